@@ -1,0 +1,1 @@
+"""Built-in dataset loaders, installed as ``valbench.datasets``."""

@@ -1,0 +1,1 @@
+"""Built-in method adapters, installed as ``valbench.methods``."""

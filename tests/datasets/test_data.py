@@ -1,0 +1,190 @@
+"""valbench.data: seeded stratified splits, train-only standardization, caps and label noise."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from valbench.data import cap_train, inject_label_noise, stratified_splits, stratified_subsample
+from valbench.errors import UsageError
+from valbench.types import DatasetSplits
+
+N = 500
+PROPS = np.array([0.5, 0.3, 0.2])
+
+
+def _data(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Imbalanced 3-class data whose last column is the row id (to trace rows through splits)."""
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(3), (PROPS * N).astype(int))
+    x = rng.normal(loc=5.0, scale=3.0, size=(N, 4)) + y[:, None]
+    return np.column_stack([x, np.arange(N)]), y
+
+
+def _row_ids(splits: DatasetSplits) -> list[np.ndarray]:
+    """Recover raw row ids: standardizing is increasing and affine, so ranks give the ids back."""
+    parts = [splits.x_train[:, -1], splits.x_val[:, -1], splits.x_test[:, -1]]
+    ranks = np.argsort(np.argsort(np.concatenate(parts), kind="stable"), kind="stable")
+    return np.split(ranks, np.cumsum([len(p) for p in parts])[:-1])
+
+
+def test_sizes_partition_and_labels_follow_rows() -> None:
+    x, y = _data()
+    s = stratified_splits(x, y, seed=3)
+    assert (len(s.y_train), len(s.y_val), len(s.y_test)) == (300, 100, 100)
+    train, val, test = _row_ids(s)
+    assert not set(train) & set(val) and not set(train) & set(test) and not set(val) & set(test)
+    assert sorted(np.concatenate([train, val, test])) == list(range(N))
+    assert np.array_equal(s.y_train, y[train]) and np.array_equal(s.y_test, y[test])
+    assert s.n_classes == 3
+
+
+def test_ids_trace_correctly() -> None:
+    # The id trick itself: with a small, known split the ids equal the raw rows' ids.
+    x, y = _data()
+    s = stratified_splits(x, y, seed=0)
+    train, _, _ = _row_ids(s)
+    raw_std = (x[train, 0] - x[train, 0].mean()) / x[train, 0].std()
+    np.testing.assert_allclose(s.x_train[:, 0], raw_std, rtol=1e-4, atol=1e-4)
+
+
+def test_stratified_class_proportions() -> None:
+    x, y = _data()
+    s = stratified_splits(x, y, seed=1)
+    for part in (s.y_train, s.y_val, s.y_test):
+        props = np.bincount(part, minlength=3) / len(part)
+        np.testing.assert_allclose(props, PROPS, atol=0.02)
+
+
+def test_standardized_with_train_statistics_only() -> None:
+    x, y = _data()
+    s = stratified_splits(x, y, seed=2)
+    np.testing.assert_allclose(s.x_train.mean(axis=0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(s.x_train.std(axis=0), 1.0, atol=1e-4)
+    # Val and test are transformed with train's mean/std, so they are not exactly standardized.
+    assert np.abs(s.x_val.mean(axis=0)).max() > 1e-3
+    assert np.abs(s.x_val.std(axis=0) - 1.0).max() > 1e-3
+    # ...but they are the same affine map: reconstruct it from train's raw rows.
+    train, val, _ = _row_ids(s)
+    mu, sd = x[train].mean(axis=0), x[train].std(axis=0)
+    np.testing.assert_allclose(s.x_val, (x[val] - mu) / sd, rtol=1e-4, atol=1e-4)
+
+
+def test_dtypes_and_contiguity() -> None:
+    x, y = _data()
+    s = stratified_splits(x.astype(np.float64), y.astype(np.int32), seed=0)
+    for arr in (s.x_train, s.x_val, s.x_test):
+        assert arr.dtype == np.float32 and arr.flags.c_contiguous
+    for arr in (s.y_train, s.y_val, s.y_test):
+        assert arr.dtype == np.int64
+
+
+def test_deterministic_per_seed_and_differs_across_seeds() -> None:
+    x, y = _data()
+    a, b, c = (stratified_splits(x, y, seed=k) for k in (7, 7, 8))
+    assert np.array_equal(a.x_train, b.x_train) and np.array_equal(a.y_test, b.y_test)
+    assert not np.array_equal(_row_ids(a)[0], _row_ids(c)[0])
+
+
+def test_fractions_are_honoured() -> None:
+    x, y = _data()
+    s = stratified_splits(x, y, seed=0, val_fraction=0.1, test_fraction=0.3)
+    assert (len(s.y_train), len(s.y_val), len(s.y_test)) == (300, 50, 150)
+    with pytest.raises(UsageError, match="val_fraction"):
+        stratified_splits(x, y, seed=0, val_fraction=0.5, test_fraction=0.5)
+
+
+def test_max_train_caps_stratified_and_keeps_val_test() -> None:
+    x, y = _data()
+    full = stratified_splits(x, y, seed=4)
+    capped = stratified_splits(x, y, seed=4, max_train=50)
+    assert len(capped.y_train) == 50
+    np.testing.assert_allclose(np.bincount(capped.y_train) / 50, PROPS, atol=0.03)
+    assert np.array_equal(capped.x_val, full.x_val) and np.array_equal(capped.y_test, full.y_test)
+    # Capped training rows are a subset of the uncapped ones.
+    full_rows = {r.tobytes() for r in full.x_train}
+    assert all(r.tobytes() in full_rows for r in capped.x_train)
+    # A cap at or above the training size changes nothing.
+    same = stratified_splits(x, y, seed=4, max_train=10_000)
+    assert np.array_equal(same.x_train, full.x_train)
+
+
+def test_tiny_cap_keeps_every_class() -> None:
+    x, y = _data()
+    # 10 % of class 2 would round to 0 at max_train=3; every class must still be present.
+    for cap in (3, 4, 5):
+        s = stratified_splits(x, y, seed=0, max_train=cap)
+        assert len(s.y_train) == cap and set(s.y_train) == {0, 1, 2}
+
+
+def test_stratified_subsample_rare_class() -> None:
+    y = np.array([0] * 95 + [1] * 4 + [2] * 1)
+    idx = stratified_subsample(y, 10, np.random.default_rng(0))
+    assert len(idx) == 10 and len(set(idx)) == 10 and set(y[idx]) == {0, 1, 2}
+    assert np.all(np.diff(idx) > 0)
+
+
+def test_cap_train_none_and_invalid() -> None:
+    x, y = _data()
+    s = stratified_splits(x, y, seed=0)
+    assert cap_train(s, None, seed=0) is s
+    with pytest.raises(UsageError):
+        stratified_splits(x, y, seed=0, max_train=0)
+
+
+# ---------------------------------------------------------------- label noise
+
+
+@pytest.mark.parametrize("rate", [0.05, 0.1, 0.33, 0.9])
+@pytest.mark.parametrize("n_classes", [2, 3, 10])
+def test_noise_flips_exact_count_to_other_valid_classes(rate: float, n_classes: int) -> None:
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, n_classes, size=257)
+    y_before = y.copy()
+    noisy, mask = inject_label_noise(y, rate, n_classes, np.random.default_rng(1))
+    assert np.array_equal(y, y_before)  # input untouched
+    assert noisy.dtype == np.int64 and mask.dtype == bool and mask.shape == y.shape
+    assert mask.sum() == round(rate * len(y))
+    assert np.array_equal(mask, noisy != y)  # every flip changed the label, nothing else did
+    assert noisy.min() >= 0 and noisy.max() < n_classes
+
+
+def test_noise_targets_are_uniform_over_other_classes() -> None:
+    y = np.zeros(20_000, dtype=np.int64)
+    noisy, mask = inject_label_noise(y, 0.5, 4, np.random.default_rng(0))
+    counts = np.bincount(noisy[mask], minlength=4)
+    assert counts[0] == 0
+    np.testing.assert_allclose(counts[1:] / mask.sum(), 1 / 3, atol=0.02)
+
+
+def test_noise_rows_are_uniform() -> None:
+    hits = np.zeros(10)
+    rng = np.random.default_rng(0)
+    for _ in range(2000):
+        _, mask = inject_label_noise(np.zeros(10, dtype=int), 0.3, 2, rng)
+        hits += mask
+    np.testing.assert_allclose(hits / 2000, 0.3, atol=0.04)
+
+
+def test_noise_rate_zero_is_copy() -> None:
+    y = np.arange(10) % 3
+    noisy, mask = inject_label_noise(y, 0.0, 3, np.random.default_rng(0))
+    assert np.array_equal(noisy, y) and not mask.any() and mask.shape == (10,)
+    noisy[0] = 99
+    assert y[0] == 0
+
+
+@pytest.mark.parametrize("rate", [-0.1, 1.0, 1.5, float("nan")])
+def test_noise_rate_out_of_range_raises(rate: float) -> None:
+    with pytest.raises(UsageError, match=r"\[0, 1\)") as err:
+        inject_label_noise(np.zeros(10, dtype=int), rate, 2, np.random.default_rng(0))
+    assert "\n" not in str(err.value)
+
+
+def test_noise_deterministic_given_rng() -> None:
+    y = np.arange(100) % 5
+    a = inject_label_noise(y, 0.2, 5, np.random.default_rng(3))
+    b = inject_label_noise(y, 0.2, 5, np.random.default_rng(3))
+    c = inject_label_noise(y, 0.2, 5, np.random.default_rng(4))
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    assert not np.array_equal(a[1], c[1])

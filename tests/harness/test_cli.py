@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from valbench.cli import EXIT_USAGE, main
+
+SMALL = ["--datasets", "synthetic", "--preset", "ci", "--seeds", "1", "--no-progress"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--methods", "nope"], "unknown method 'nope'; valid methods: loo, random"),
+        (
+            ["--methods", "random", "--datasets", "mnist-9"],
+            "unknown dataset 'mnist-9'; valid datasets:",
+        ),
+        (["--methods", ""], "no methods selected"),
+        (["--methods", "random", "--fractions", "0.1,1.5"], "fraction 1.5 is outside (0, 1]"),
+        (["--methods", "random", "--fractions", "0"], "fraction 0 is outside (0, 1]"),
+        (["--methods", "random", "--noise", "1"], "noise rate 1 is outside [0, 1)"),
+        (["--methods", "random", "--seeds", "0"], "--seeds must be >= 1"),
+        (["--methods", "random", "--seeds", "many"], "seeds must be a whole number"),
+        (
+            ["--methods", "random", "--model", "svm"],
+            "unknown model 'svm'; valid models: logreg, mlp",
+        ),
+        (["--methods", "random", "--budget", "lots"], "invalid budget 'lots'"),
+        (["--methods", "random", "--param", "random.k=3"], "'random' has no parameter 'k'"),
+        (["--methods", "random", "--param", "loo.batch_size=3"], "not among the selected methods"),
+        (["--methods", "random", "--param", "oops"], "is not of the form METHOD.NAME=VALUE"),
+        (["--methods", "random", "--preset", "huge"], "unknown preset 'huge'"),
+        (["--methods", "random", "--jobs", "0"], "--jobs must be >= 1"),
+        (["--methods", "random", "--out", "/proc/valbench-x"], "cannot write to output directory"),
+        (["--methods", "random", "--backend", "gpu"], "unknown backend 'gpu'"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert (
+        main(["run", *args, *SMALL[:2]] if "--datasets" not in args else ["run", *args])
+        == EXIT_USAGE
+    )
+    err = capsys.readouterr().err
+    assert message in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_config_with_unknown_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('methods = ["random"]\nseedz = 3\n')
+    assert main(["run", "--config", str(config)]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "unknown key(s) seedz; valid keys:" in err and len(err.strip().splitlines()) == 1
+
+
+def test_argparse_errors_use_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["run", "--no-such-flag"])
+    assert info.value.code == EXIT_USAGE
+    assert "unrecognized arguments" in capsys.readouterr().err
+
+
+def test_report_on_a_directory_without_a_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["report", str(tmp_path)]) == EXIT_USAGE
+    assert "holds no valbench run" in capsys.readouterr().err
+
+
+def test_run_config_file_and_params(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "c.toml"
+    out = tmp_path / "run"
+    config.write_text(
+        f'methods = ["loo"]\ndatasets = ["synthetic"]\nseeds = 1\nmax_train = 30\nout = "{out}"\n'
+        "fractions = [0.2, 0.5]\n[params.loo]\nbatch_size = 7\n"
+    )
+    assert main(["run", "--config", str(config), "--preset", "ci", "--no-progress"]) == 0
+    text = (out / "results.jsonl").read_text()
+    assert '"batch_size": 7' in text and '"0.2"' in text and '"0.05"' not in text
+    assert "1/1 cells ok" in capsys.readouterr().out

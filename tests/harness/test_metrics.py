@@ -1,0 +1,488 @@
+"""Metrics checked against values computed by hand (see the comments beside each expectation)."""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+
+import numpy as np
+import pytest
+
+from valbench import metrics as M
+from valbench.errors import UsageError
+
+# Ten points. Ascending by score (lowest first):
+#   idx 1 (-0.5), 6 (-0.4), 3 (-0.2), 8 (0.0), 5 (0.1), 2 (0.3), 7 (0.5), 9 (0.7), 4 (0.8), 0 (0.9)
+# so most valuable first: 0, 4, 9, 7, 2, 5, 8, 3, 6, 1.
+SCORES = np.array([0.9, -0.5, 0.3, -0.2, 0.8, 0.1, -0.4, 0.5, 0.0, 0.7])
+DESC = [0, 4, 9, 7, 2, 5, 8, 3, 6, 1]
+# Noisy points 1, 3, 5. Walking lowest-first (1, 6, 3, 8, 5, ...) the noisy found after
+# inspecting k points is found[k] = 0, 1, 1, 2, 2, 3, 3, 3, 3, 3, 3 (k = 0..10).
+NOISY = np.zeros(10, dtype=bool)
+NOISY[[1, 3, 5]] = True
+
+
+def sum_plus_one(idx: np.ndarray) -> float:
+    """Fake evaluate: sum of (index + 1), so every subset has a checkable value (all 10 -> 55)."""
+    return float(np.sum(np.asarray(idx) + 1))
+
+
+class Recorder:
+    """Fake evaluate that records what it was given."""
+
+    def __init__(self) -> None:
+        self.calls: list[np.ndarray] = []
+
+    def __call__(self, idx: np.ndarray) -> float:
+        self.calls.append(np.array(idx))
+        return sum_plus_one(idx)
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+def test_metric_input_error_is_value_error_and_usage_error() -> None:
+    assert issubclass(M.MetricInputError, ValueError)
+    assert issubclass(M.MetricInputError, UsageError)
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ([[1.0, 2.0]], "1-D"),
+        ([], "empty"),
+        ([1.0, np.nan], "finite"),
+        ([1.0, np.inf], "finite"),
+    ],
+)
+def test_invalid_scores_raise(bad: list, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        M.rank_order(bad)
+
+
+# ----------------------------------------------------------------------------- ranking, subsets
+
+
+def test_rank_order_descending() -> None:
+    assert M.rank_order(SCORES).tolist() == DESC
+
+
+def test_rank_order_ties_keep_index_order() -> None:
+    # 3s at 1, 2, 4 stay in index order; then 2 (idx 3), then 1 (idx 0).
+    assert M.rank_order([1, 3, 3, 2, 3]).tolist() == [1, 2, 4, 3, 0]
+    assert M.rank_order([0.0, 0.0, 0.0]).tolist() == [0, 1, 2]
+
+
+@pytest.mark.parametrize(
+    "n, f, expected",
+    [
+        (10, 0.05, 1),  # 0.5 -> ceil 1
+        (10, 0.1, 1),
+        (10, 0.25, 3),  # 2.5 -> ceil 3
+        (10, 0.3, 3),  # 0.3 * 10 == 3.0000000000000004 in floats: still 3
+        (10, 0.7, 7),  # 7.000000000000001 in floats: still 7
+        (10, 1.0, 10),
+        (3, 0.5, 2),
+        (1000, 0.0001, 1),  # at least one point
+        (1, 0.05, 1),
+    ],
+)
+def test_subset_size(n: int, f: float, expected: int) -> None:
+    assert M.subset_size(n, f) == expected
+
+
+@pytest.mark.parametrize("f", [0.0, -0.1, 1.5, float("nan"), float("inf")])
+def test_fraction_outside_unit_interval_raises(f: float) -> None:
+    with pytest.raises(ValueError, match=r"fraction must lie in \(0, 1\]"):
+        M.subset_size(10, f)
+    with pytest.raises(ValueError, match="fraction"):
+        M.top_fraction(SCORES, f)
+
+
+@pytest.mark.parametrize("n", [0, -3, 2.5])
+def test_subset_size_bad_n(n: float) -> None:
+    with pytest.raises(ValueError, match="positive integer"):
+        M.subset_size(n, 0.1)  # type: ignore[arg-type]
+
+
+def test_top_fraction() -> None:
+    assert M.top_fraction(SCORES, 0.05).tolist() == [0]
+    assert M.top_fraction(SCORES, 0.3).tolist() == [0, 4, 9]
+    assert M.top_fraction(SCORES, 0.25).tolist() == [0, 4, 9]
+    assert M.top_fraction(SCORES, 1.0).tolist() == DESC
+
+
+def test_full_data_value() -> None:
+    assert M.full_data_value(10, sum_plus_one) == 55.0
+
+
+def test_subset_value_curve_ranks_by_scores() -> None:
+    rec = Recorder()
+    out = M.subset_value_curve(SCORES, M.DEFAULT_FRACTIONS, rec)
+    # 5 %: {0} -> 1; 10 %: {0} -> 1; 20 %: {0,4} -> 1+5; 30 %: {0,4,9} -> 6+10;
+    # 50 %: {0,4,9,7,2} -> 16+8+3.
+    assert out == {0.05: 1.0, 0.1: 1.0, 0.2: 6.0, 0.3: 16.0, 0.5: 27.0}
+    assert all(isinstance(v, float) for v in out.values())
+    # evaluate always sees ascending indices (training order independent of the scores)
+    assert rec.calls[-1].tolist() == [0, 2, 4, 7, 9]
+    assert json.loads(json.dumps(out)) == {
+        "0.05": 1.0,
+        "0.1": 1.0,
+        "0.2": 6.0,
+        "0.3": 16.0,
+        "0.5": 27.0,
+    }
+
+
+def test_subset_value_curve_uses_native_selection() -> None:
+    rec = Recorder()
+    # key 0.30000000000000004 (0.1 + 0.2) still matches fraction 0.3
+    selections = {0.2: np.array([8, 1]), 0.1 + 0.2: np.array([3, 2, 1])}
+    out = M.subset_value_curve(SCORES, (0.1, 0.2, 0.3), rec, selections=selections)
+    # 10 %: ranked {0} -> 1; 20 %: native {1,8} -> 2+9; 30 %: native {1,2,3} -> 2+3+4
+    assert out == {0.1: 1.0, 0.2: 11.0, 0.3: 9.0}
+    assert rec.calls[1].tolist() == [1, 8]
+
+
+@pytest.mark.parametrize(
+    "sel, match",
+    [
+        (np.array([0, 10]), "outside"),
+        (np.array([-1]), "outside"),
+        (np.array([1, 1]), "repeats"),
+        (np.array([], dtype=np.int64), "non-empty"),
+        (np.array([0.5]), "integer"),
+    ],
+)
+def test_subset_value_curve_bad_selection(sel: np.ndarray, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        M.subset_value_curve(SCORES, (0.2,), sum_plus_one, selections={0.2: sel})
+
+
+def test_subset_value_curve_empty_fractions() -> None:
+    with pytest.raises(ValueError, match="fractions is empty"):
+        M.subset_value_curve(SCORES, (), sum_plus_one)
+
+
+def test_random_subset_value() -> None:
+    calls: list[np.ndarray] = []
+
+    def size(idx: np.ndarray) -> float:
+        calls.append(np.array(idx))
+        return float(len(idx))
+
+    out = M.random_subset_value(10, (0.05, 0.3), size, np.random.default_rng(0), repeats=4)
+    assert out == {0.05: 1.0, 0.3: 3.0}  # evaluate = size of the subset
+    assert len(calls) == 8
+    for call in calls:
+        assert call.tolist() == sorted(set(call.tolist()))  # sorted, unique
+        assert 0 <= call.min() and call.max() < 10
+
+
+def test_random_subset_value_matches_same_rng_draws() -> None:
+    rng = np.random.default_rng(7)
+    expected = np.mean([sum_plus_one(rng.choice(10, 3, replace=False)) for _ in range(3)])
+    out = M.random_subset_value(10, (0.3,), sum_plus_one, np.random.default_rng(7))
+    assert out[0.3] == pytest.approx(expected)
+
+
+def test_random_subset_value_bad_repeats() -> None:
+    with pytest.raises(ValueError, match="repeats"):
+        M.random_subset_value(10, (0.1,), sum_plus_one, np.random.default_rng(0), repeats=0)
+
+
+# ----------------------------------------------------------------------------- mislabel detection
+
+
+def test_recall_curve_custom_fractions() -> None:
+    # inspected = round-half-up(f * 10): 0, 1, 2, 3, 5, 10 -> found 0, 1, 1, 2, 3, 3 of 3
+    fr, rec = M.mislabel_recall_curve(SCORES, NOISY, [0.0, 0.1, 0.2, 0.25, 0.5, 1.0])
+    assert fr.tolist() == [0.0, 0.1, 0.2, 0.25, 0.5, 1.0]
+    np.testing.assert_allclose(rec, [0, 1 / 3, 1 / 3, 2 / 3, 1, 1])
+
+
+def test_recall_curve_default_grid() -> None:
+    fr, rec = M.mislabel_recall_curve(SCORES, NOISY)
+    assert fr.shape == (101,) and fr[0] == 0.0 and fr[-1] == 1.0
+    # j = 0..100 (f = j/100) inspects floor(j/10 + 0.5) points: 0 for j<5, 1 for 5..14,
+    # 2 for 15..24, 3 for 25..34, 4 for 35..44, >=5 from 45 on.
+    expected = np.array([0.0] * 5 + [1 / 3] * 20 + [2 / 3] * 20 + [1.0] * 56)
+    np.testing.assert_allclose(rec, expected)
+
+
+def test_recall_curve_ties_inspected_in_index_order() -> None:
+    mask = np.array([False, False, True, True])
+    _, rec = M.mislabel_recall_curve(np.zeros(4), mask, [0.5, 0.75, 1.0])
+    np.testing.assert_allclose(rec, [0.0, 0.5, 1.0])
+
+
+def test_recall_curve_no_noisy_points() -> None:
+    with pytest.raises(ValueError, match="no noisy points"):
+        M.mislabel_recall_curve(SCORES, np.zeros(10, dtype=bool))
+
+
+@pytest.mark.parametrize(
+    "mask, match",
+    [
+        (np.ones(9, dtype=bool), "one entry per score"),
+        (np.array([0, 2] * 5), "boolean"),
+    ],
+)
+def test_bad_noisy_mask(mask: np.ndarray, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        M.mislabel_recall_curve(SCORES, mask)
+
+
+def test_noisy_mask_accepts_zero_one() -> None:
+    _, rec = M.mislabel_recall_curve(SCORES, NOISY.astype(int), [0.5])
+    assert rec.tolist() == [1.0]
+
+
+def test_recall_curve_fraction_range() -> None:
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        M.mislabel_recall_curve(SCORES, NOISY, [0.0, 1.2])
+
+
+def test_curve_area_by_hand() -> None:
+    # trapezoids: [0,1]: (2+4)/2 = 3; [1,3]: 2*(4+0)/2 = 4; total 7 over range 3
+    assert M.curve_area([0, 1, 3], [2, 4, 0]) == pytest.approx(7 / 3)
+    assert M.curve_area([0.2, 0.7], [5, 5]) == pytest.approx(5.0)
+    assert M.curve_area([0.0, 0.5, 1.0], [0.25, 0.25, 0.25]) == pytest.approx(0.25)
+
+
+def test_recall_auc_by_hand() -> None:
+    # spacing 0.01 over [0, 1]: area = 0.01 * (sum r_j - (r_0 + r_100) / 2)
+    # sum r_j = 20/3 + 40/3 + 56 = 76  ->  0.01 * 75.5 = 0.755
+    fr, rec = M.mislabel_recall_curve(SCORES, NOISY)
+    assert M.curve_area(fr, rec) == pytest.approx(0.755)
+
+
+@pytest.mark.parametrize(
+    "x, y, match",
+    [
+        ([0, 1], [1], "equal length"),
+        ([], [], "at least 1 point"),
+        ([0, 2, 1], [1, 1, 1], "non-decreasing"),
+        ([1, 1], [1, 2], "positive range"),
+    ],
+)
+def test_curve_area_of_one_point_is_its_value() -> None:
+    assert M.curve_area([0.5], [0.8]) == pytest.approx(0.8)
+
+
+def test_curve_area_invalid(x: list, y: list, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        M.curve_area(x, y)
+
+
+def test_detection_at_noise_rate() -> None:
+    # k = 3 flags 1, 6, 3: two of the noisy {1, 3, 5}
+    out = M.detection_at_k(SCORES, NOISY)
+    assert out == pytest.approx({"precision": 2 / 3, "recall": 2 / 3, "f1": 2 / 3})
+
+
+def test_detection_at_k_5() -> None:
+    # k = 5 flags 1, 6, 3, 8, 5: all 3 noisy; P = 3/5, R = 1, F1 = 2*0.6/1.6 = 0.75
+    out = M.detection_at_k(SCORES, NOISY, k=5)
+    assert out == pytest.approx({"precision": 0.6, "recall": 1.0, "f1": 0.75})
+
+
+def test_detection_at_k_none_found() -> None:
+    out = M.detection_at_k(np.zeros(4), np.array([False, False, True, True]), k=2)
+    assert out == {"precision": 0.0, "recall": 0.0, "f1": 0.0}
+
+
+@pytest.mark.parametrize("k", [0, 11, 2.5])
+def test_detection_bad_k(k: float) -> None:
+    with pytest.raises(ValueError, match=r"k must be an integer in \[1, 10\]"):
+        M.detection_at_k(SCORES, NOISY, k=k)  # type: ignore[arg-type]
+
+
+def test_two_means_f1_by_hand() -> None:
+    # Sorted: -.5 -.4 -.2 0 .1 | .3 .5 .7 .8 .9. Split after 0.1: means -0.2 and 0.64, midpoint
+    # 0.22 separates them, SSE 0.26 + 0.232 = 0.492 (the other fixed point, after 0.3, has
+    # SSE 0.4683 + 0.0875 = 0.5558). Low cluster {1, 6, 3, 8, 5}: P = 3/5, R = 1, F1 = 0.75.
+    assert M.two_means_f1(SCORES, NOISY) == pytest.approx(0.75)
+
+
+def test_two_means_f1_clean_split() -> None:
+    scores = np.array([0.0, 0.1, 5.0, 5.1, 5.2, 0.05])
+    mask = np.array([True, True, False, False, False, False])
+    # low cluster {0, 1, 5}: TP 2, P = 2/3, R = 1, F1 = 0.8
+    assert M.two_means_f1(scores, mask) == pytest.approx(0.8)
+    # deterministic under the seed; the flagged side is the low-mean one, whatever its label
+    assert M.two_means_f1(-scores, ~mask, seed=3) == pytest.approx(2 * 0.75 * 1 / 1.75)
+
+
+def test_two_means_f1_constant_scores_no_warning() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert M.two_means_f1(np.full(10, 0.3), NOISY) == 0.0
+
+
+def test_two_means_two_distinct_values_no_warning() -> None:
+    scores = np.array([1.0, 1.0, 1.0, 2.0, 2.0])
+    mask = np.array([True, True, False, False, False])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        # low cluster {0, 1, 2}: TP 2, P = 2/3, R = 1, F1 = 0.8
+        assert M.two_means_f1(scores, mask) == pytest.approx(0.8)
+
+
+def test_mislabel_metrics() -> None:
+    out = M.mislabel_metrics(SCORES, NOISY)
+    assert set(out) == {
+        "recall_at_noise",
+        "precision_at_noise",
+        "f1_at_noise",
+        "auc",
+        "f1_2means",
+        "curve",
+    }
+    assert out["recall_at_noise"] == pytest.approx(2 / 3)
+    assert out["precision_at_noise"] == pytest.approx(2 / 3)
+    assert out["f1_at_noise"] == pytest.approx(2 / 3)
+    assert out["auc"] == pytest.approx(0.755)
+    assert out["f1_2means"] == pytest.approx(0.75)
+    # 21-point grid f = 0, .05, ..., 1 inspects round-half-up(10 f) = 0,1,1,2,2,3,3,4,4,5,5,...
+    expected = [0.0] + [1 / 3] * 4 + [2 / 3] * 4 + [1.0] * 12
+    assert [p[0] for p in out["curve"]] == pytest.approx([i / 20 for i in range(21)])
+    assert [p[1] for p in out["curve"]] == pytest.approx(expected)
+    assert json.loads(json.dumps(out)) == out  # plain JSON types
+
+
+def test_mislabel_metrics_no_noise() -> None:
+    with pytest.raises(ValueError, match="no noisy points"):
+        M.mislabel_metrics(SCORES, np.zeros(10, dtype=bool))
+
+
+# ----------------------------------------------------------------------------- removal / addition
+
+
+def test_removal_curve_by_hand() -> None:
+    rec = Recorder()
+    fr, vals = M.removal_curve(SCORES, (0.3, 0.1), rec)
+    # f=0: all -> 55; f=.1 removes {0} -> 54; f=.3 removes {0, 4, 9} -> 55 - 1 - 5 - 10 = 39
+    assert fr.tolist() == [0.0, 0.1, 0.3]
+    assert vals.tolist() == [55.0, 54.0, 39.0]
+    assert rec.calls[2].tolist() == [1, 2, 3, 5, 6, 7, 8]
+    # area: (0.1 * (55+54)/2 + 0.2 * (54+39)/2) / 0.3 = (5.45 + 9.3) / 0.3
+    assert M.curve_area(fr, vals) == pytest.approx(14.75 / 0.3)
+
+
+def test_removal_curve_zero_given_once() -> None:
+    fr, vals = M.removal_curve(SCORES, (0.0, 0.5, 0.1, 0.5), sum_plus_one)
+    # 0.5 removes {0, 4, 9, 7, 2} -> 55 - (1+5+10+8+3) = 28
+    assert fr.tolist() == [0.0, 0.1, 0.5]
+    assert vals.tolist() == [55.0, 54.0, 28.0]
+
+
+def test_removal_curve_rejects_everything_removed() -> None:
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        M.removal_curve(SCORES, (0.5, 1.0), sum_plus_one)
+    with pytest.raises(ValueError, match="nothing to train on"):
+        M.removal_curve(SCORES, (0.95,), sum_plus_one)  # ceil(9.5) = 10 of 10
+
+
+def test_addition_curve_by_hand() -> None:
+    fr, vals = M.addition_curve(SCORES, (0.5, 0.1), sum_plus_one)
+    assert fr.tolist() == [0.1, 0.5]
+    assert vals.tolist() == [1.0, 27.0]  # {0} -> 1; {0,4,9,7,2} -> 27
+    assert M.curve_area(fr, vals) == pytest.approx(14.0)  # constant-width mean of 1 and 27
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        M.addition_curve(SCORES, (0.0, 0.5), sum_plus_one)
+
+
+def test_removal_metrics_dict() -> None:
+    out = M.removal_metrics(SCORES, (0.1, 0.3), sum_plus_one)
+    assert out["high_first"] == [[0.0, 55.0], [0.1, 54.0], [0.3, 39.0]]
+    assert out["auc"] == pytest.approx(14.75 / 0.3)
+    assert json.loads(json.dumps(out)) == out
+
+
+# ----------------------------------------------------------------------------- across seeds
+
+
+def test_mean_ci_by_hand() -> None:
+    mean, hw = M.mean_ci([1.0, 2.0, 3.0])
+    assert mean == 2.0
+    # sd = 1, t_{0.975, 2} = 4.302652729911275
+    assert hw == pytest.approx(4.302652729911275 / math.sqrt(3))
+
+
+def test_mean_ci_other_confidence_and_nans() -> None:
+    mean, hw = M.mean_ci([1.0, float("nan"), 2.0, 3.0], confidence=0.90)
+    assert mean == 2.0
+    assert hw == pytest.approx(2.919985580355516 / math.sqrt(3))  # t_{0.95, 2}
+
+
+def test_mean_ci_degenerate() -> None:
+    mean, hw = M.mean_ci([5.0])
+    assert mean == 5.0 and math.isnan(hw)
+    mean, hw = M.mean_ci([float("nan")])
+    assert math.isnan(mean) and math.isnan(hw)
+    assert M.mean_ci([2.0, 2.0]) == (2.0, 0.0)
+    with pytest.raises(ValueError, match="confidence"):
+        M.mean_ci([1.0, 2.0], confidence=95)
+
+
+def test_rank_columns_ties_averaged() -> None:
+    m = np.array([[0.9, 0.5], [0.8, 0.7], [0.9, 0.6]])
+    np.testing.assert_array_equal(M.rank_columns(m), [[1.5, 3], [3, 1], [1.5, 2]])
+    np.testing.assert_array_equal(
+        M.rank_columns(m, higher_is_better=False), [[2.5, 1], [1, 3], [2.5, 2]]
+    )
+
+
+def test_rank_columns_nan_and_1d() -> None:
+    np.testing.assert_array_equal(M.rank_columns([0.2, np.nan, 0.7]), [2, np.nan, 1])
+    r = M.rank_columns([[np.nan], [np.nan]])
+    assert np.isnan(r).all()
+    with pytest.raises(ValueError, match="1-D or 2-D"):
+        M.rank_columns(np.zeros((2, 2, 2)))
+
+
+def test_rank_stability_by_hand() -> None:
+    # ranks of b: 1, 2, 3.5, 5, 3.5; deviations -2,-1,.5,2,.5 vs -2,-1,0,1,2
+    # rho = 8 / sqrt(10 * 9.5)
+    a, b = [1, 2, 3, 4, 5], [5, 6, 7, 8, 7]
+    assert M.rank_stability(a, b) == pytest.approx(8 / math.sqrt(95))
+    assert M.rank_stability(a, a[::-1]) == pytest.approx(-1.0)
+
+
+def test_rank_stability_constant_and_mismatch() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert math.isnan(M.rank_stability([1, 1, 1], [1, 2, 3]))
+    with pytest.raises(ValueError, match="differ in length"):
+        M.rank_stability([1, 2, 3], [1, 2])
+
+
+# ----------------------------------------------------------------------------- cost
+
+
+def test_cost_summary() -> None:
+    out = M.cost_summary(1.234567, 2.0, 10.55555, 12)
+    assert out == {"wall_s": 1.2346, "cpu_s": 2.0, "peak_mem_mb": 10.5556, "model_fits": 12}
+    assert json.loads(json.dumps(out)) == out
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        ((-1.0, 0.0, 0.0, 0), "wall_s"),
+        ((0.0, float("nan"), 0.0, 0), "cpu_s"),
+        ((0.0, 0.0, float("inf"), 0), "peak_mem_mb"),
+        ((0.0, 0.0, 0.0, -1), "model_fits"),
+        ((0.0, 0.0, 0.0, 1.5), "model_fits"),
+    ],
+)
+def test_cost_summary_invalid(args: tuple, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        M.cost_summary(*args)
+
+
+def test_all_exports_exist() -> None:
+    for name in M.__all__:
+        assert hasattr(M, name), name

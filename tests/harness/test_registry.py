@@ -1,0 +1,147 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from plugin_fixtures import write_distribution
+from valbench.cli import main
+from valbench.errors import UnknownNameError, UsageError
+from valbench.registry import discover, get_dataset, get_method, method_names
+from valbench.types import Dataset, Method
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "examples" / "valbench-example-plugin"
+
+
+def test_builtins_registered_through_our_own_entry_points() -> None:
+    methods = discover("method")
+    datasets = discover("dataset")
+    assert {"random", "loo"} <= set(methods)
+    assert {"synthetic", "breast_cancer", "digits"} <= set(datasets)
+    for entry in (methods["loo"], datasets["digits"]):
+        assert entry.ok and entry.distribution.startswith("valbench ")
+    assert issubclass(get_method("loo"), Method) and get_method("loo").name == "loo"
+    assert issubclass(get_dataset("digits"), Dataset)
+
+
+def test_unknown_name_lists_valid_ones() -> None:
+    with pytest.raises(
+        UnknownNameError, match="unknown method 'nope'; valid methods: .*loo.*random"
+    ):
+        get_method("nope")
+
+
+BROKEN = """
+raise ImportError("this plugin needs a library that is not installed")
+"""
+NOT_A_METHOD = """
+class Thing:
+    pass
+"""
+
+
+def test_broken_plugin_is_listed_not_fatal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_distribution(
+        tmp_path,
+        "broken-plugin",
+        "broken_plugin_mod",
+        BROKEN,
+        "[valbench.methods]\nbroken = broken_plugin_mod:Nope\n",
+    )
+    write_distribution(
+        tmp_path,
+        "odd-plugin",
+        "odd_plugin_mod",
+        NOT_A_METHOD,
+        "[valbench.methods]\nodd = odd_plugin_mod:Thing\n",
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    entries = discover("method")
+    assert not entries["broken"].ok and "needs a library" in (entries["broken"].error or "")
+    assert not entries["odd"].ok and "not a subclass of valbench.Method" in (
+        entries["odd"].error or ""
+    )
+    assert entries["loo"].ok and "broken" not in method_names()
+    with pytest.raises(UsageError, match="failed to load: ImportError"):
+        get_method("broken")
+
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "broken" in out and "BROKEN: ImportError" in out and "broken-plugin 0.0.1" in out
+    assert "loo" in out and "[retraining]" in out and "digits" in out
+
+
+@pytest.mark.slow
+def test_example_plugin_installed_for_real(tmp_path: Path) -> None:
+    """pip-installs examples/valbench-example-plugin and uses it through its entry point."""
+    target = tmp_path / "site"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--target",
+            str(target),
+            str(EXAMPLE),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    listed = subprocess.run(
+        [sys.executable, "-m", "valbench", "list"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "centroid" in listed and "valbench-example-plugin 0.1.0" in listed
+
+    # The plugin's own test: the conformance kit on the installed class.
+    subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(EXAMPLE / "tests")],
+        env=env,
+        check=True,
+        capture_output=True,
+        cwd=tmp_path,
+    )
+
+    out = tmp_path / "run"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "valbench",
+            "run",
+            "--methods",
+            "centroid,random",
+            "--datasets",
+            "synthetic",
+            "--preset",
+            "ci",
+            "--seeds",
+            "1",
+            "--out",
+            str(out),
+            "--no-progress",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    results = (out / "results.jsonl").read_text()
+    assert '"method": "centroid"' in results and '"status": "ok"' in results

@@ -1,0 +1,407 @@
+"""The report renders from the stored files alone, correctly and reproducibly (DESIGN.md §5)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import statistics
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from valbench.report import render_report, write_results_csv
+
+FRACTIONS = ["0.05", "0.1", "0.2"]
+VOID = {"meta", "br", "img", "input", "link", "hr", "col", "area", "base", "source", "wbr"}
+
+
+def _manifest(name: str = "quick-1a2b3c4d", **extra: Any) -> dict[str, Any]:
+    manifest = {
+        "schema": 1,
+        "name": name,
+        "status": "complete",
+        "spec": {
+            "methods": ["loo", "random", "knn"],
+            "datasets": ["digits"],
+            "noise": [0.1],
+            "seeds": 3,
+            "fractions": [float(f) for f in FRACTIONS],
+            "model": "logreg",
+            "budget": "fits=2000",
+            "timeout": None,
+            "jobs": 1,
+            "params": {"loo": {}},
+            "preset": "quick",
+            "max_train": 300,
+            "root_seed": 0,
+        },
+        "config_hash": "cafe1234beef",
+        "versions": {"valbench": "0.1.0", "python": "3.11.7", "numpy": "1.26.4"},
+        "machine": {"platform": "Linux-x86_64", "cpu_count": 2},
+        "git_revision": "abc123",
+        "command": "valbench run --methods all <quoted>",
+        "started_at": "2026-11-27T01:00:00+00:00",
+        "ended_at": "2026-11-27T01:02:05+00:00",
+        "cells_total": 10,
+    }
+    manifest.update(extra)
+    return manifest
+
+
+def _ok(method: str, seed: int, base: float, dataset: str = "digits", noise: float = 0.1) -> dict:
+    """An ok line whose numbers depend on (method, seed) in a known way."""
+    cell_id = f"{dataset}.{method}.noise{noise}.seed{seed}"
+    jitter = 0.01 * seed
+    rnd = {f: 0.6 + float(f) + 0.001 * seed for f in FRACTIONS}
+    mislabel = (
+        None
+        if noise == 0
+        else {
+            "recall_at_noise": base - 0.2 + jitter,
+            "precision_at_noise": 0.5,
+            "f1_at_noise": 0.5,
+            "auc": base - 0.1 + jitter,
+            "f1_2means": base - 0.3 + jitter,
+            "curve": [[0.0, 0.0], [0.05, 0.2]],
+        }
+    )
+    return {
+        "schema": 1,
+        "cell_id": cell_id,
+        "method": method,
+        "dataset": dataset,
+        "noise": noise,
+        "seed": seed,
+        "params": {},
+        "status": "ok",
+        "error": None,
+        "cost": {
+            "wall_s": 1.0 + base + seed,
+            "cpu_s": 0.9 + base,
+            "peak_mem_mb": 300.0 + 100 * base,
+            "model_fits": int(100 * base) + seed,
+        },
+        "metrics": {
+            "subset_value": {f: base + float(f) / 2 + jitter for f in FRACTIONS},
+            "random_subset_value": rnd,
+            "full_data_value": 0.95 + 0.001 * seed,
+            "mislabel": mislabel,
+            "removal": {"fractions": [0.0, 0.1], "values": [0.95, 0.9], "auc": 0.5 + base / 10},
+            "addition": {"fractions": [0.05, 0.1], "values": [0.8, 0.85], "auc": base},
+        },
+        "scores_file": f"scores/{cell_id}.npz",
+        "stats": {"converged": True},
+        "finished_at": "2026-11-27T02:00:00+00:00",
+    }
+
+
+def _failed(method: str, seed: int, status: str = "failed") -> dict:
+    cell_id = f"digits.{method}.noise0.1.seed{seed}"
+    return {
+        "schema": 1,
+        "cell_id": cell_id,
+        "method": method,
+        "dataset": "digits",
+        "noise": 0.1,
+        "seed": seed,
+        "params": {},
+        "status": status,
+        "error": {
+            "type": "ValueError",
+            "message": "solver diverged <badly> & gave up",
+            "traceback": "Traceback (most recent call last):\n  File \"x.py\"\nValueError: boom",
+        },
+        "cost": {"wall_s": 0.5},
+        "metrics": {},
+        "scores_file": None,
+        "stats": {},
+        "finished_at": "2026-11-27T02:00:00+00:00",
+    }
+
+
+BASES = {"loo": 0.7, "knn": 0.75, "random": 0.6}
+
+
+def _write_run(path: Path, records: list[dict], manifest: dict | None = None) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "manifest.json").write_text(json.dumps(manifest or _manifest(), indent=2))
+    (path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+@pytest.fixture()
+def run_dir(tmp_path: Path) -> Path:
+    records = [_ok(m, s, b) for m, b in BASES.items() for s in range(3)]
+    records.append(_failed("knn", 3))
+    return _write_run(tmp_path / "run", records)
+
+
+class _Doc(HTMLParser):
+    """Checks tags balance and collects table cells and external references."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.stack: list[str] = []
+        self.errors: list[str] = []
+        self.external: list[str] = []
+        self.tags: list[str] = []
+        # table id -> method -> col -> {"mean", "bold", "text"}
+        self.tables: dict[str, dict[str, dict[str, dict[str, Any]]]] = {}
+        self._table: str | None = None
+        self._method: str | None = None
+        self._cell: dict[str, Any] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        self.tags.append(tag)
+        for key in ("src", "href"):
+            if (a.get(key) or "").startswith(("http:", "https:", "//")):
+                self.external.append(f"{tag} {key}={a[key]}")
+        if tag == "table" and (a.get("id") or "").startswith("table-"):
+            self._table = a["id"]
+            self.tables[self._table] = {}
+        if tag == "tr" and self._table and a.get("data-method"):
+            self._method = a["data-method"]
+            self.tables[self._table][self._method] = {}
+        if tag == "td" and self._method and a.get("data-col"):
+            self._cell = {"mean": a.get("data-mean"), "bold": False, "text": ""}
+            self.tables[self._table][self._method][a["data-col"]] = self._cell  # type: ignore[index]
+        if tag == "strong" and self._cell is not None:
+            self._cell["bold"] = True
+        if tag not in VOID:
+            self.stack.append(tag)
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)  # self-closing (SVG): nothing to balance
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in VOID:
+            return
+        if not self.stack or self.stack[-1] != tag:
+            self.errors.append(f"</{tag}> closes <{self.stack[-1] if self.stack else None}>")
+            return
+        self.stack.pop()
+        if tag == "td":
+            self._cell = None
+        elif tag == "tr":
+            self._method = None
+        elif tag == "table":
+            self._table = None
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell["text"] += data
+
+
+def _parse(html: str) -> _Doc:
+    doc = _Doc()
+    doc.feed(html)
+    doc.close()
+    return doc
+
+
+def test_report_is_one_self_contained_balanced_file(run_dir: Path) -> None:
+    out = render_report(run_dir)
+    assert out == run_dir / "index.html"
+    html = out.read_text(encoding="utf-8")
+    doc = _parse(html)
+    assert doc.errors == []
+    assert doc.stack == []
+    assert doc.external == []
+    assert "script" not in doc.tags and "link" not in doc.tags
+    assert "<style>" in html and "<svg" in html
+    assert "<?xml" not in html and "<!DOCTYPE svg" not in html
+    # header and manifest
+    assert "quick-1a2b3c4d" in html and "cafe1234beef" in html and "abc123" in html
+    assert "&lt;quoted&gt;" in html  # autoescaped
+    assert 'id="cells-ok">9<' in html and 'id="cells-failed" class="bad">1<' in html
+    assert "2 min 05 s" in html  # run elapsed from the manifest's start and end
+    assert (run_dir / "figures" / "subset_value-digits-noise0.1.svg").is_file()
+    assert (run_dir / "results.csv").is_file()
+
+
+def test_table_numbers_are_means_over_seeds(run_dir: Path) -> None:
+    html = render_report(run_dir).read_text(encoding="utf-8")
+    table = _parse(html).tables["table-digits-noise0.1"]
+    records = [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
+    ok = [r for r in records if r["status"] == "ok"]
+    checks = {
+        "subset_value@0.1": lambda r: r["metrics"]["subset_value"]["0.1"],
+        "mislabel.recall_at_noise": lambda r: r["metrics"]["mislabel"]["recall_at_noise"],
+        "mislabel.auc": lambda r: r["metrics"]["mislabel"]["auc"],
+        "mislabel.f1_2means": lambda r: r["metrics"]["mislabel"]["f1_2means"],
+        "removal.auc": lambda r: r["metrics"]["removal"]["auc"],
+        "cost.wall_s": lambda r: r["cost"]["wall_s"],
+        "cost.peak_mem_mb": lambda r: r["cost"]["peak_mem_mb"],
+        "cost.model_fits": lambda r: r["cost"]["model_fits"],
+    }
+    for method in BASES:
+        for col, get in checks.items():
+            expected = statistics.fmean(get(r) for r in ok if r["method"] == method)
+            cell = table[method][col]
+            assert float(cell["mean"]) == pytest.approx(expected, rel=1e-12), (method, col)
+            assert "±" in cell["text"]  # three seeds give an interval
+        shown = table[method]["subset_value@0.1"]["text"]
+        expected_sv = statistics.fmean(
+            r["metrics"]["subset_value"]["0.1"] for r in ok if r["method"] == method
+        )
+        assert shown.startswith(f"{expected_sv:.3f} ± ")
+    # references: random subset per fraction and full data, averaged over seeds
+    rnd = table["random subset"]["subset_value@0.2"]
+    assert float(rnd["mean"]) == pytest.approx(0.6 + 0.2 + 0.001)
+    assert not rnd["bold"]
+    full = re.search(r'<tr class="reference" data-method="full data">.*?data-mean="([^"]+)"',
+                     html, re.S)
+    assert full is not None and float(full.group(1)) == pytest.approx(0.951)
+
+
+def test_best_mean_per_column_is_bold(run_dir: Path) -> None:
+    table = _parse(render_report(run_dir).read_text(encoding="utf-8")).tables[
+        "table-digits-noise0.1"
+    ]
+    # knn has the highest base: best on higher-is-better columns
+    for col in ("subset_value@0.05", "subset_value@0.2", "mislabel.auc", "mislabel.f1_2means"):
+        bold = {m for m in BASES if table[m][col]["bold"]}
+        assert bold == {"knn"}, col
+    # lower is better: removal AUC, wall time, memory, fits -> random (smallest base)
+    for col in ("removal.auc", "cost.wall_s", "cost.peak_mem_mb", "cost.model_fits"):
+        bold = {m for m in BASES if table[m][col]["bold"]}
+        assert bold == {"random"}, col
+
+
+def test_failed_cell_shows_type_message_and_traceback(run_dir: Path) -> None:
+    html = render_report(run_dir).read_text(encoding="utf-8")
+    assert 'id="failures"' in html
+    assert 'data-cell="digits.knn.noise0.1.seed3"' in html
+    assert "solver diverged &lt;badly&gt; &amp; gave up" in html
+    assert "ValueError" in html
+    assert "<details><summary>traceback</summary><pre>Traceback (most recent call last):" in html
+    # the failed cell is left out of the aggregates: knn still counts three seeds
+    table = _parse(html).tables["table-digits-noise0.1"]
+    assert table["knn"]["cost.wall_s"]["mean"] is not None
+    assert float(table["knn"]["cost.wall_s"]["mean"]) == pytest.approx(1.75 + 1.0)
+
+
+def test_one_seed_renders_without_band_or_interval(tmp_path: Path) -> None:
+    run = _write_run(tmp_path / "one", [_ok(m, 0, b) for m, b in BASES.items()])
+    html = render_report(run).read_text(encoding="utf-8")
+    doc = _parse(html)
+    assert doc.errors == [] and doc.stack == []
+    table = doc.tables["table-digits-noise0.1"]
+    assert table["loo"]["subset_value@0.1"]["text"] == f"{0.7 + 0.05:.3f}"
+    assert "±" not in "".join(c["text"] for row in table.values() for c in row.values())
+    svg = (run / "figures" / "subset_value-digits-noise0.1.svg").read_text()
+    assert "PolyCollection" not in svg and "band" not in html.split("<figcaption>")[1]
+
+
+def test_noise_free_and_empty_runs_render(tmp_path: Path) -> None:
+    records = [_ok(m, s, b, noise=0.0) for m, b in BASES.items() for s in range(2)]
+    run = _write_run(tmp_path / "clean", records)
+    doc = _parse(render_report(run).read_text(encoding="utf-8"))
+    table = doc.tables["table-digits-noise0"]
+    assert "mislabel.auc" not in table["loo"]  # no mislabel columns without noise
+    assert "removal.auc" in table["loo"]
+
+    empty = _write_run(tmp_path / "empty", [], _manifest(status="running", ended_at=None))
+    html = render_report(empty).read_text(encoding="utf-8")
+    assert "No cell finished successfully yet" in html and "running" in html
+    assert _parse(html).errors == []
+    assert (empty / "results.csv").read_text() == (
+        "cell_id,method,dataset,noise,seed,status,metric,value\n"
+    )
+
+
+def test_rerender_is_byte_identical(run_dir: Path, tmp_path: Path) -> None:
+    first = render_report(run_dir).read_bytes()
+    figure = (run_dir / "figures" / "subset_value-digits-noise0.1.svg").read_bytes()
+    csv_bytes = (run_dir / "results.csv").read_bytes()
+    second = render_report(run_dir).read_bytes()
+    assert first == second
+    # a copy elsewhere, rendered afresh, gives the same bytes too
+    copy = _write_run(
+        tmp_path / "copy",
+        [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()],
+        json.loads((run_dir / "manifest.json").read_text()),
+    )
+    assert render_report(copy).read_bytes() == first
+    assert (copy / "figures" / "subset_value-digits-noise0.1.svg").read_bytes() == figure
+    assert (copy / "results.csv").read_bytes() == csv_bytes
+    assert b"<dc:date>" not in figure
+
+
+def test_results_csv_rows(run_dir: Path) -> None:
+    path = write_results_csv(run_dir)
+    assert path == run_dir / "results.csv"
+    with path.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == [
+        "cell_id", "method", "dataset", "noise", "seed", "status", "metric", "value"
+    ]
+    cell = [r for r in rows if r["cell_id"] == "digits.loo.noise0.1.seed1"]
+    got = {r["metric"]: r["value"] for r in cell}
+    expected = {
+        **{f"subset_value@{f}": 0.7 + float(f) / 2 + 0.01 for f in FRACTIONS},
+        **{f"random_subset_value@{f}": 0.6 + float(f) + 0.001 for f in FRACTIONS},
+        "full_data_value": 0.951,
+        "mislabel.recall_at_noise": 0.7 - 0.2 + 0.01,
+        "mislabel.precision_at_noise": 0.5,
+        "mislabel.f1_at_noise": 0.5,
+        "mislabel.auc": 0.7 - 0.1 + 0.01,
+        "mislabel.f1_2means": 0.7 - 0.3 + 0.01,
+        "removal.auc": 0.5 + 0.07,
+        "addition.auc": 0.7,
+        "cost.wall_s": 2.7,
+        "cost.cpu_s": 1.6,
+        "cost.peak_mem_mb": 370.0,
+        "cost.model_fits": 71,
+    }
+    assert set(got) == set(expected)
+    for metric, value in expected.items():
+        assert float(got[metric]) == pytest.approx(value), metric
+    assert got["cost.model_fits"] == "71"
+    assert {(r["method"], r["dataset"], r["noise"], r["seed"], r["status"]) for r in cell} == {
+        ("loo", "digits", "0.1", "1", "ok")
+    }
+    # the failed cell keeps its partial cost
+    failed = [r for r in rows if r["cell_id"] == "digits.knn.noise0.1.seed3"]
+    assert [(r["status"], r["metric"], r["value"]) for r in failed] == [
+        ("failed", "cost.wall_s", "0.5")
+    ]
+    assert len(rows) == 9 * len(expected) + 1
+    # cells in a stable order: dataset, noise, method, seed
+    order = list(dict.fromkeys(r["cell_id"] for r in rows))
+    assert order[:3] == [f"digits.knn.noise0.1.seed{s}" for s in range(3)]
+
+
+def test_cell_without_cost_or_metrics_still_has_a_csv_row(tmp_path: Path) -> None:
+    rec = _failed("loo", 0, status="timeout")
+    rec["cost"] = {}
+    run = _write_run(tmp_path / "t", [rec])
+    with write_results_csv(run).open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["cell_id"], r["status"], r["metric"], r["value"]) for r in rows] == [
+        ("digits.loo.noise0.1.seed0", "timeout", "", "")
+    ]
+
+
+def test_method_colour_is_the_same_in_every_table_and_figure(tmp_path: Path) -> None:
+    records = [_ok(m, 0, b, dataset="digits") for m, b in BASES.items()]
+    records += [_ok("loo", 0, 0.7, dataset="breast_cancer")]  # knn, random absent here
+    run = _write_run(tmp_path / "two", records)
+    html = render_report(run).read_text(encoding="utf-8")
+    swatches = re.findall(r'background: (#[0-9a-f]{6})"></span>loo<', html)
+    assert len(swatches) == 2 and swatches[0] == swatches[1]
+    for name in ("subset_value-digits-noise0.1.svg", "subset_value-breast_cancer-noise0.1.svg"):
+        assert swatches[0] in (run / "figures" / name).read_text()
+    assert html.index('id="breast_cancer-noise0.1"') < html.index('id="digits-noise0.1"')
+
+
+def test_noise_free_cell_has_no_mislabel_rows(tmp_path: Path) -> None:
+    run = _write_run(tmp_path / "clean", [_ok("loo", 0, 0.7, noise=0.0)])
+    with write_results_csv(run).open(newline="") as fh:
+        metrics = [r["metric"] for r in csv.DictReader(fh)]
+    assert not [m for m in metrics if m.startswith("mislabel")]
+    assert metrics[:3] == ["subset_value@0.05", "subset_value@0.1", "subset_value@0.2"]

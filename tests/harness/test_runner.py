@@ -1,0 +1,200 @@
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from valbench.errors import RunDirectoryError
+from valbench.runner import execute
+from valbench.spec import RunSpec
+from valbench.store import load_scores, read_manifest, read_results
+
+
+def small_spec(**changes: object) -> RunSpec:
+    base = RunSpec(
+        methods=("random", "loo"),
+        datasets=("synthetic",),
+        noise=(0.2,),
+        seeds=1,
+        max_train=40,
+        fractions=(0.1, 0.5),
+        preset="ci",
+    )
+    return base.with_overrides(**changes)
+
+
+def test_run_writes_the_run_directory(tmp_path: Path) -> None:
+    summary = execute(small_spec(), out=tmp_path, show_progress=False)
+    assert summary.ok == 2 and not summary.failed
+    manifest = read_manifest(tmp_path)
+    assert manifest["status"] == "complete" and manifest["cells_total"] == 2
+    assert manifest["versions"]["torch"] and manifest["machine"]["cpu_count"] >= 1
+    records = read_results(tmp_path)
+    assert [r["method"] for r in records] == ["random", "loo"]
+    loo = records[1]
+    assert loo["schema"] == 1 and loo["status"] == "ok" and loo["error"] is None
+    assert set(loo["metrics"]["subset_value"]) == {"0.1", "0.5"}
+    assert 0 <= loo["metrics"]["mislabel"]["auc"] <= 1
+    assert loo["cost"]["model_fits"] == 41  # U(D) and the 40 leave-one-out fits
+    scores, _ = load_scores(tmp_path, loo["scores_file"])
+    assert scores.shape == (40,) and loo["n_train"] == 40
+    assert (tmp_path / "index.html").stat().st_size > 0 and (tmp_path / "results.csv").exists()
+
+
+def test_rerun_resumes_and_other_spec_is_refused(tmp_path: Path) -> None:
+    execute(small_spec(), out=tmp_path, show_progress=False)
+    before = (tmp_path / "results.jsonl").read_bytes()
+    again = execute(small_spec(), out=tmp_path, show_progress=False)
+    assert again.skipped == 2 and again.ok == 2
+    assert (tmp_path / "results.jsonl").read_bytes() == before
+    with pytest.raises(RunDirectoryError, match="holds another run.*--overwrite"):
+        execute(small_spec(seeds=2), out=tmp_path, show_progress=False)
+    replaced = execute(small_spec(seeds=2), out=tmp_path, overwrite=True, show_progress=False)
+    assert replaced.skipped == 0 and replaced.ok == 4 and len(read_results(tmp_path)) == 4
+
+
+def _numbers(run_dir: Path) -> dict[str, tuple[dict, list[float]]]:
+    out = {}
+    for rec in read_results(run_dir):
+        scores, _ = load_scores(run_dir, rec["scores_file"])
+        out[rec["cell_id"]] = (rec["metrics"], scores.tolist())
+    return out
+
+
+def test_same_seed_same_numbers_across_backends(tmp_path: Path) -> None:
+    execute(small_spec(seeds=2), out=tmp_path / "a", show_progress=False)
+    execute(small_spec(seeds=2), out=tmp_path / "b", show_progress=False)
+    execute(small_spec(seeds=2, jobs=2), out=tmp_path / "c", backend="process", show_progress=False)
+    a = _numbers(tmp_path / "a")
+    assert a == _numbers(tmp_path / "b") == _numbers(tmp_path / "c")
+    other_root = execute(small_spec(seeds=2, root_seed=1), out=tmp_path / "d", show_progress=False)
+    assert other_root.ok == 4 and _numbers(tmp_path / "d") != a
+
+
+def test_failures_are_recorded_and_the_run_goes_on(tmp_path: Path, test_plugins: Path) -> None:
+    spec = small_spec(methods=("raises", "nan-scores", "random"))
+    summary = execute(spec, out=tmp_path, show_progress=False)
+    by_method = {r["method"]: r for r in read_results(tmp_path)}
+    assert by_method["random"]["status"] == "ok"
+    assert by_method["raises"]["status"] == "failed"
+    assert (
+        by_method["raises"]["error"]["message"]
+        == "RuntimeError: deliberate failure in a test method"
+    )
+    assert "Traceback" in by_method["raises"]["error"]["traceback"]
+    assert "non-finite scores" in by_method["nan-scores"]["error"]["message"]
+    assert sorted(summary.failed) == sorted(
+        ["synthetic.raises.noise0.2.seed0", "synthetic.nan-scores.noise0.2.seed0"]
+    )
+    # --retry-failed runs exactly the failed cells again, and still no duplicates.
+    retried = execute(spec, out=tmp_path, retry_failed=True, show_progress=False)
+    assert retried.skipped == 1 and len(read_results(tmp_path)) == 3
+    lines = (tmp_path / "results.jsonl").read_text().splitlines()
+    assert len(lines) == 3
+
+
+def test_timeouts_and_crashes_in_worker_processes(tmp_path: Path, test_plugins: Path) -> None:
+    spec = small_spec(methods=("hangs", "segfaults", "random"), timeout=3.0, jobs=2)
+    summary = execute(spec, out=tmp_path, show_progress=False)
+    by_method = {r["method"]: r for r in read_results(tmp_path)}
+    assert by_method["hangs"]["status"] == "timeout"
+    assert "time limit of 3 s" in by_method["hangs"]["error"]["message"]
+    assert by_method["segfaults"]["status"] == "failed"
+    assert "SIGSEGV" in by_method["segfaults"]["error"]["message"]
+    assert by_method["random"]["status"] == "ok" and summary.ok == 1
+
+
+def test_timeout_in_the_serial_backend(tmp_path: Path, test_plugins: Path) -> None:
+    spec = small_spec(methods=("hangs", "random"), timeout=1.0)
+    execute(spec, out=tmp_path, backend="serial", show_progress=False)
+    by_method = {r["method"]: r for r in read_results(tmp_path)}
+    assert by_method["hangs"]["status"] == "timeout" and by_method["random"]["status"] == "ok"
+
+
+def _cli(out: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "valbench",
+        "run",
+        "--methods",
+        "sleepy,random",
+        "--datasets",
+        "synthetic",
+        "--preset",
+        "ci",
+        "--seeds",
+        "4",
+        "--max-train",
+        "30",
+        "--fractions",
+        "0.5",
+        "--param",
+        "sleepy.seconds=0.4",
+        "--out",
+        str(out),
+        "--no-progress",
+        *extra,
+    ]
+
+
+def _wait_for_lines(path: Path, n: int, proc: subprocess.Popen, limit: float = 60) -> None:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if path.exists() and len(path.read_bytes().splitlines()) >= n:
+            return
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        time.sleep(0.05)
+    raise AssertionError(f"{path} never reached {n} lines")
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_resume_after_kill_loses_nothing_and_duplicates_nothing(
+    tmp_path: Path, test_plugins: Path, jobs: str
+) -> None:
+    out = tmp_path / "run"
+    proc = subprocess.Popen(_cli(out, "--jobs", jobs), stderr=subprocess.PIPE, text=True)
+    _wait_for_lines(out / "results.jsonl", 3, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished = {r["cell_id"] for r in read_results(out)}
+    assert 3 <= len(finished) < 8
+    done = subprocess.run(_cli(out, "--jobs", jobs), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    ids = [r["cell_id"] for r in lines]
+    assert len(ids) == 8 and len(set(ids)) == 8 and finished <= set(ids)
+    assert f"{len(finished)} already done" in done.stdout
+
+
+def test_ctrl_c_keeps_finished_cells(tmp_path: Path, test_plugins: Path) -> None:
+    out = tmp_path / "run"
+    proc = subprocess.Popen(_cli(out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_lines(out / "results.jsonl", 2, proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "run the same command to resume" in err and "Traceback" not in err
+    assert read_manifest(out)["status"] == "interrupted"
+    kept = read_results(out)
+    assert len(kept) >= 2 and all(r["status"] == "ok" for r in kept)
+    assert (out / "index.html").exists()
+
+
+def test_scores_are_finite_and_cover_every_point(tmp_path: Path) -> None:
+    execute(small_spec(), out=tmp_path, show_progress=False)
+    for rec in read_results(tmp_path):
+        scores, selections = load_scores(tmp_path, rec["scores_file"])
+        assert np.isfinite(scores).all() and len(scores) == rec["n_train"] and selections == {}
+
+
+def test_environment_untouched() -> None:
+    # The runner must not leave a changed working directory behind.
+    assert Path.cwd() == Path(os.getcwd())

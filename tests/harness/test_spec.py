@@ -1,0 +1,168 @@
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from valbench.errors import ConfigError, UsageError
+from valbench.spec import (
+    PRESETS,
+    Cell,
+    RunSpec,
+    build_spec,
+    load_config_file,
+    parse_param_assignments,
+)
+from valbench.types import Budget
+
+
+@pytest.mark.parametrize(
+    ("text", "fits", "seconds"),
+    [
+        ("2000", 2000, None),
+        ("fits=5", 5, None),
+        ("60s", None, 60.0),
+        ("seconds=1.5", None, 1.5),
+        ("fits=10,seconds=30", 10, 30.0),
+        ("none", None, None),
+        (None, None, None),
+    ],
+)
+def test_budget_parse(text: str | None, fits: int | None, seconds: float | None) -> None:
+    budget = Budget.parse(text)
+    assert (budget.max_fits, budget.max_seconds) == (fits, seconds)
+    assert Budget.parse(str(budget)) == budget
+
+
+@pytest.mark.parametrize("text", ["lots", "fits=-1", "fits=1.5", "0s", "fits=3,junk"])
+def test_budget_parse_rejects(text: str) -> None:
+    with pytest.raises(UsageError):
+        Budget.parse(text)
+
+
+def test_budget_accounting() -> None:
+    budget = Budget(max_fits=10)
+    assert budget.remaining_fits(4) == 6
+    assert budget.remaining_fits(12) == 0
+    assert budget.exhausted(10, 0.0) and not budget.exhausted(9, 0.0)
+    assert Budget().remaining_fits(10**9) == float("inf")
+
+
+def test_cells_grid_order_and_ids() -> None:
+    spec = RunSpec(methods=("random", "loo"), datasets=("digits",), noise=(0.1, 0.2), seeds=2)
+    cells = spec.cells()
+    assert len(cells) == 2 * 2 * 2
+    assert len({c.cell_id for c in cells}) == len(cells)
+    assert cells[0].cell_id == "digits.random.noise0.1.seed0"
+
+
+def test_seeds_shared_where_they_must_be() -> None:
+    a = Cell("digits", 0.1, 0, "loo")
+    b = Cell("digits", 0.1, 0, "random")
+    c = Cell("digits", 0.2, 0, "loo")
+    d = Cell("digits", 0.1, 1, "loo")
+    # The split is shared across methods and noise rates of one seed; not across seeds.
+    assert a.data_seed(0) == b.data_seed(0) == c.data_seed(0) != d.data_seed(0)
+    # Label flips and the random reference are shared by methods, not by noise rates.
+    assert a.noise_rng(0).integers(1 << 30) == b.noise_rng(0).integers(1 << 30)
+    assert a.noise_rng(0).integers(1 << 30) != c.noise_rng(0).integers(1 << 30)
+    assert a.eval_rng(0).random() == b.eval_rng(0).random()
+    # Each method gets its own stream; the root seed changes everything.
+    assert a.method_rng(0).random() != b.method_rng(0).random()
+    assert a.method_rng(0).random() == a.method_rng(0).random()
+    assert a.data_seed(0) != a.data_seed(1)
+
+
+def test_config_hash_ignores_execution_only_fields() -> None:
+    spec = RunSpec()
+    assert spec.config_hash() == spec.with_overrides(jobs=4, timeout=30.0).config_hash()
+    assert spec.config_hash() != spec.with_overrides(seeds=4).config_hash()
+    assert RunSpec.from_dict(spec.to_dict()) == spec
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"fractions": (0.0,)}, "outside (0, 1]"),
+        ({"fractions": (1.5,)}, "outside (0, 1]"),
+        ({"noise": (1.0,)}, "outside [0, 1)"),
+        ({"noise": (-0.1,)}, "outside [0, 1)"),
+        ({"seeds": 0}, ">= 1"),
+        ({"methods": ()}, "no methods"),
+        ({"datasets": ()}, "no datasets"),
+        ({"jobs": 0}, "--jobs"),
+        ({"timeout": -1.0}, "--timeout"),
+        ({"budget": "x"}, "invalid budget"),
+        ({"methods": ("a b",)}, "letters, digits"),
+    ],
+)
+def test_spec_rejects_bad_values(changes: dict, message: str) -> None:
+    with pytest.raises(UsageError, match=re.escape(message)):
+        RunSpec(**changes)
+
+
+def test_build_spec_precedence() -> None:
+    spec = build_spec(
+        "ci", {"seeds": 4, "datasets": ["digits"]}, {"seeds": "5", "methods": "random"}
+    )
+    assert spec.seeds == 5 and spec.datasets == ("digits",) and spec.methods == ("random",)
+    assert spec.max_train == PRESETS["ci"]["max_train"]
+    assert build_spec(None, {}, {"methods": "all"}).preset == "quick"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"seeds": "two"}, "whole number"),
+        ({"noise": "a,b"}, "numbers"),
+        ({"methods": 3}, "list of names"),
+    ],
+)
+def test_build_spec_rejects_bad_types(overrides: dict, message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        build_spec(None, {}, {"methods": "all", **overrides})
+
+
+def test_build_spec_unknown_preset() -> None:
+    with pytest.raises(UsageError, match="valid presets: ci, quick, full"):
+        build_spec("huge", {}, {})
+
+
+def test_param_assignments() -> None:
+    got = parse_param_assignments(
+        ["loo.batch_size=32", "loo.warm_start=true", 'x.name="a"', "x.raw=abc"]
+    )
+    assert got == {"loo": {"batch_size": 32, "warm_start": True}, "x": {"name": "a", "raw": "abc"}}
+    with pytest.raises(UsageError, match="METHOD.NAME=VALUE"):
+        parse_param_assignments(["batch_size=3"])
+
+
+def test_config_file(tmp_path: Path) -> None:
+    path = tmp_path / "run.toml"
+    path.write_text('methods = ["random"]\nseeds = 2\n[params.loo]\nbatch_size = 8\n')
+    assert load_config_file(path) == {
+        "methods": ["random"],
+        "seeds": 2,
+        "params": {"loo": {"batch_size": 8}},
+    }
+    path.write_text("methods = ['random']\nseedz = 2\n")
+    with pytest.raises(ConfigError, match="unknown key.*seedz.*valid keys"):
+        load_config_file(path)
+    path.write_text("methods = [")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config_file(path)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config_file(tmp_path / "missing.toml")
+    path.write_text("[params]\nloo = 3\n")
+    with pytest.raises(ConfigError, match=r"\[params.loo\]"):
+        load_config_file(path)
+
+
+def test_numpy_seed_sequence_used_not_global_state() -> None:
+    np.random.seed(1)
+    before = np.random.random()
+    np.random.seed(1)
+    Cell("digits", 0.1, 0, "loo").method_rng(0).random()
+    assert np.random.random() == before

@@ -1,0 +1,60 @@
+"""Leave-one-out against real retraining, done here without the utility engine."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from valbench import Budget
+from valbench.methods.loo import LeaveOneOut
+from valbench.testing import make_check_task
+
+
+def _retrain_accuracy(task, keep: np.ndarray) -> float:
+    clf = task.model.build(task.n_features, task.n_classes, task.seed)
+    params = clf.fit(task.x_train, task.y_train, keep[None, :])
+    return float(clf.accuracy(params, task.x_val, task.y_val)[0])
+
+
+def test_loo_equals_leave_one_out_retraining() -> None:
+    task = make_check_task(n_train=15)
+    got = LeaveOneOut().value(task, rng=np.random.default_rng(0), budget=Budget())
+    everyone = np.ones(task.n_train, dtype=bool)
+    full = _retrain_accuracy(task, everyone)
+    expected = []
+    for i in range(task.n_train):
+        keep = everyone.copy()
+        keep[i] = False
+        expected.append(full - _retrain_accuracy(task, keep))
+    np.testing.assert_allclose(got.scores, expected, atol=1e-12)
+    assert got.stats["complete"] and task.fit_counter.count == task.n_train + 1
+    # Accuracy differences on 30 validation points are multiples of 1/30.
+    np.testing.assert_allclose(np.round(got.scores * 30), got.scores * 30, atol=1e-6)
+
+
+def test_loo_under_a_small_budget_is_partial_and_honest() -> None:
+    task = make_check_task(n_train=20)
+    got = LeaveOneOut(batch_size=4).value(
+        task, rng=np.random.default_rng(0), budget=Budget(max_fits=9)
+    )
+    assert task.fit_counter.count <= 9
+    assert got.stats["points_retrained"] == 8 and not got.stats["complete"]
+    assert np.isfinite(got.scores).all()
+    full = LeaveOneOut().value(
+        make_check_task(n_train=20), rng=np.random.default_rng(0), budget=Budget()
+    )
+    # Retrained points carry their exact leave-one-out value; the rest share one filler value.
+    exact = np.isclose(got.scores, full.scores)
+    assert exact.sum() >= 8
+    filler = got.scores[~exact]
+    assert filler.size == 0 or np.allclose(filler, filler[0])
+
+
+def test_loo_warm_start_agrees_with_cold_start() -> None:
+    cold = LeaveOneOut().value(
+        make_check_task(n_train=20), rng=np.random.default_rng(0), budget=Budget()
+    )
+    warm = LeaveOneOut(warm_start=True).value(
+        make_check_task(n_train=20), rng=np.random.default_rng(0), budget=Budget()
+    )
+    # Both solve the same convex problem; they may differ by optimisation error on a point or two.
+    assert np.mean(np.isclose(cold.scores, warm.scores)) >= 0.8

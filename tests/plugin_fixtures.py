@@ -1,0 +1,124 @@
+"""Writes throwaway plugin distributions (module + dist-info, the exact on-disk format of an
+installed package) so tests can register methods that misbehave on purpose."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+MODULE = """
+import ctypes
+import os
+import time
+
+import numpy as np
+
+from valbench import Method, Valuation
+
+
+class _Base(Method):
+    family = "test"
+    summary = "test plugin"
+
+
+class Sleepy(_Base):
+    name = "sleepy"
+
+    def __init__(self, *, seconds: float = 0.3) -> None:
+        super().__init__(seconds=seconds)
+
+    def value(self, task, *, rng, budget, progress=None):
+        time.sleep(self.seconds)
+        return Valuation(scores=rng.random(task.n_train))
+
+
+class Raises(_Base):
+    name = "raises"
+
+    def value(self, task, *, rng, budget, progress=None):
+        raise RuntimeError("deliberate failure in a test method")
+
+
+class Hangs(_Base):
+    name = "hangs"
+
+    def value(self, task, *, rng, budget, progress=None):
+        while True:
+            time.sleep(0.05)
+
+
+class Segfaults(_Base):
+    name = "segfaults"
+
+    def value(self, task, *, rng, budget, progress=None):
+        ctypes.string_at(0)  # reads address 0: SIGSEGV
+        return Valuation(scores=np.zeros(task.n_train))
+
+
+class NanScores(_Base):
+    name = "nan-scores"
+
+    def value(self, task, *, rng, budget, progress=None):
+        return Valuation(scores=np.full(task.n_train, np.nan))
+
+
+class ReadsNoise(_Base):
+    name = "reads-noise"
+
+    def value(self, task, *, rng, budget, progress=None):
+        return Valuation(scores=-task.noisy_mask.astype(float))
+
+
+class ReadsTestLabels(_Base):
+    name = "reads-test"
+
+    def value(self, task, *, rng, budget, progress=None):
+        return Valuation(scores=np.full(task.n_train, float(task.y_test.mean())))
+
+
+class GlobalRandom(_Base):
+    name = "global-random"
+
+    def value(self, task, *, rng, budget, progress=None):
+        return Valuation(scores=np.random.random(task.n_train))
+
+
+class Greedy(_Base):
+    name = "greedy"
+
+    def value(self, task, *, rng, budget, progress=None):
+        u = task.utility()
+        u.many([np.arange(i + 1) for i in range(10)])
+        return Valuation(scores=rng.random(task.n_train))
+"""
+
+ENTRY_POINTS = {
+    "sleepy": "Sleepy",
+    "raises": "Raises",
+    "hangs": "Hangs",
+    "segfaults": "Segfaults",
+    "nan-scores": "NanScores",
+    "reads-noise": "ReadsNoise",
+    "reads-test": "ReadsTestLabels",
+    "global-random": "GlobalRandom",
+    "greedy": "Greedy",
+}
+
+
+def write_distribution(root: Path, dist: str, module: str, source: str, entry_points: str) -> Path:
+    """Install a one-module distribution into ``root`` by writing its files directly."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / f"{module}.py").write_text(textwrap.dedent(source))
+    info = root / f"{dist.replace('-', '_')}-0.0.1.dist-info"
+    info.mkdir(exist_ok=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.0.1\n")
+    (info / "entry_points.txt").write_text(entry_points)
+    return root
+
+
+def write_test_plugins(root: Path) -> Path:
+    """The misbehaving methods above, registered under ``valbench.methods``."""
+    eps = "[valbench.methods]\n" + "".join(
+        f"{name} = vb_test_plugins:{cls}\n" for name, cls in ENTRY_POINTS.items()
+    )
+    return write_distribution(root, "vb-test-plugins", "vb_test_plugins", MODULE, eps)

@@ -1,0 +1,30 @@
+"""valbench: benchmark data valuation and subset selection methods on the same footing."""
+
+from __future__ import annotations
+
+from valbench.types import (
+    Budget,
+    Dataset,
+    DatasetSplits,
+    FitCounter,
+    Method,
+    ProgressFn,
+    Valuation,
+    ValuationTask,
+    no_progress,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Budget",
+    "Dataset",
+    "DatasetSplits",
+    "FitCounter",
+    "Method",
+    "ProgressFn",
+    "Valuation",
+    "ValuationTask",
+    "no_progress",
+    "__version__",
+]

@@ -1,0 +1,339 @@
+"""Runs one Cell: build its task, time the method, measure the result (DESIGN.md §1).
+
+Everything here runs inside a worker (or the driver, for the serial backend); it returns a plain
+record and the scores, and never touches the run store.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+from valbench import metrics
+from valbench.data import inject_label_noise
+from valbench.errors import ValbenchError
+from valbench.registry import get_dataset, get_method, validate_params
+from valbench.spec import Cell, RunSpec
+from valbench.store import RESULTS_SCHEMA
+from valbench.types import (
+    DatasetSplits,
+    FitCounter,
+    ProgressFn,
+    Valuation,
+    ValuationTask,
+    no_progress,
+)
+
+__all__ = ["CellOutcome", "build_task", "run_cell", "failure_record", "TestEvaluator"]
+
+log = logging.getLogger(__name__)
+
+#: One torch thread per cell: the numbers then do not depend on --jobs, and parallel workers
+#: do not oversubscribe the cores.
+TORCH_THREADS_PER_CELL = 1
+
+
+@dataclass
+class CellOutcome:
+    """A finished cell: its results line (without ``scores_file``) and its arrays."""
+
+    record: dict[str, Any]
+    scores: np.ndarray | None = None
+    selections: dict[float, np.ndarray] = field(default_factory=dict)
+
+
+@lru_cache(maxsize=8)
+def _load_splits(
+    dataset: str, data_seed: int, max_train: int | None, params_json: str
+) -> DatasetSplits:
+    # Cached so a serial run or a reused worker loads each split once for all its methods.
+    import json
+
+    cls = get_dataset(dataset)
+    params = json.loads(params_json)
+    validate_params(cls, params)
+    return cls(**params).load(seed=data_seed, max_train=max_train)
+
+
+def build_task(cell: Cell, spec: RunSpec) -> ValuationTask:
+    """The ValuationTask of ``cell``: split, label noise, evaluation model."""
+    import json
+
+    from valbench.models import model_spec
+
+    data_seed = cell.data_seed(spec.root_seed)
+    splits = _load_splits(
+        cell.dataset,
+        data_seed,
+        spec.max_train,
+        json.dumps(dict(spec.params.get(cell.dataset, {})), sort_keys=True),
+    )
+    y_train, noisy = inject_label_noise(
+        splits.y_train, cell.noise, splits.n_classes, cell.noise_rng(spec.root_seed)
+    )
+    return ValuationTask(
+        x_train=splits.x_train,
+        y_train=y_train,
+        x_val=splits.x_val,
+        y_val=splits.y_val,
+        x_test=splits.x_test,
+        y_test=splits.y_test,
+        n_classes=splits.n_classes,
+        noisy_mask=noisy if cell.noise > 0 else None,
+        name=cell.dataset,
+        seed=data_seed % (2**31),
+        model=model_spec(spec.model),
+    )
+
+
+class PeakMemory:
+    """Samples this process's resident memory in a thread; ``peak_mb`` is the highest seen."""
+
+    def __init__(self, interval: float = 0.01) -> None:
+        import psutil
+
+        self._proc = psutil.Process()
+        self._interval = interval
+        self._stop = threading.Event()
+        self.peak_mb = self._rss_mb()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _rss_mb(self) -> float:
+        return float(self._proc.memory_info().rss) / 2**20
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            self.peak_mb = max(self.peak_mb, self._rss_mb())
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_mb = max(self.peak_mb, self._rss_mb())
+
+
+class TestEvaluator:
+    """Test accuracy of the evaluation model trained on train subsets, all fits in one batch.
+
+    Metric functions are pure and call ``evaluate(indices)``; a first pass records the subsets
+    they ask for, one batched fit answers all of them, a second pass reads the answers.
+    """
+
+    def __init__(self, task: ValuationTask) -> None:
+        self.task = task
+        self._answers: dict[bytes, float] = {}
+        self._wanted: dict[bytes, np.ndarray] = {}
+        self.fits = 0
+
+    @staticmethod
+    def _key(indices: np.ndarray) -> bytes:
+        return np.unique(np.asarray(indices, dtype=np.int64)).tobytes()
+
+    def recorder(self, indices: np.ndarray) -> float:
+        key = self._key(indices)
+        if key not in self._answers:
+            self._wanted[key] = np.unique(np.asarray(indices, dtype=np.int64))
+        return 0.0
+
+    def answer(self, indices: np.ndarray) -> float:
+        return self._answers[self._key(indices)]
+
+    def fit_wanted(self) -> None:
+        if not self._wanted:
+            return
+        task = self.task
+        # A separate model: the harness's fits are not charged to the method.
+        clf = task.model.build(task.n_features, task.n_classes, task.seed)
+        keys = list(self._wanted)
+        masks = np.zeros((len(keys), task.n_train), dtype=bool)
+        for row, key in enumerate(keys):
+            masks[row, self._wanted[key]] = True
+        accs = np.empty(len(keys))
+        for start in range(0, len(keys), 64):
+            params = clf.fit(task.x_train, task.y_train, masks[start : start + 64])
+            accs[start : start + 64] = clf.accuracy(params, task.x_test, task.y_test)
+        for key, acc, mask in zip(keys, accs, masks, strict=True):
+            # U(∅) follows the utility engine's convention: chance accuracy.
+            self._answers[key] = float(acc) if mask.any() else 1.0 / task.n_classes
+        self.fits += len(keys)
+        self._wanted.clear()
+
+    def two_pass(self, compute: Callable[[Callable[[np.ndarray], float]], Any]) -> Any:
+        """Run ``compute(evaluate)`` once to collect subsets, fit them, run it again for real."""
+        compute(self.recorder)
+        self.fit_wanted()
+        return compute(self.answer)
+
+
+def measure(task: ValuationTask, valuation: Valuation, cell: Cell, spec: RunSpec) -> dict[str, Any]:
+    """All metrics of one cell (DESIGN.md §4), from the scores and the test split."""
+    scores = valuation.scores
+    fractions = list(spec.fractions)
+    removal_fractions = [0.0, *fractions]
+    evaluator = TestEvaluator(task)
+
+    def compute(evaluate: Callable[[np.ndarray], float]) -> dict[str, Any]:
+        subset = metrics.subset_value_curve(
+            scores, fractions, evaluate, selections=valuation.selections
+        )
+        rand = metrics.random_subset_value(
+            task.n_train,
+            fractions,
+            evaluate,
+            cell.eval_rng(spec.root_seed),
+            repeats=spec.random_repeats,
+        )
+        full = evaluate(np.arange(task.n_train))
+        rem_x, rem_y = metrics.removal_curve(scores, removal_fractions, evaluate)
+        add_x, add_y = metrics.addition_curve(scores, fractions, evaluate)
+        return {
+            "subset_value": {f"{f:g}": v for f, v in subset.items()},
+            "random_subset_value": {f"{f:g}": v for f, v in rand.items()},
+            "full_data_value": full,
+            "removal": {
+                "fractions": list(map(float, rem_x)),
+                "values": list(map(float, rem_y)),
+                "auc": metrics.curve_area(rem_x, rem_y),
+            },
+            "addition": {
+                "fractions": list(map(float, add_x)),
+                "values": list(map(float, add_y)),
+                "auc": metrics.curve_area(add_x, add_y),
+            },
+        }
+
+    result: dict[str, Any] = evaluator.two_pass(compute)
+    noisy = task.noisy_mask
+    result["mislabel"] = (
+        metrics.mislabel_metrics(scores, noisy) if noisy is not None and noisy.any() else None
+    )
+    result["evaluation_fits"] = evaluator.fits
+    return result
+
+
+def _check_valuation(valuation: Any, n: int, method: str) -> Valuation:
+    if not isinstance(valuation, Valuation):
+        raise TypeError(f"method {method!r} returned {type(valuation).__name__}, not a Valuation")
+    if valuation.scores.shape != (n,):
+        raise ValueError(
+            f"method {method!r} returned {valuation.scores.shape} scores for {n} training points"
+        )
+    if not np.all(np.isfinite(valuation.scores)):
+        raise ValueError(f"method {method!r} returned non-finite scores")
+    for fraction, idx in valuation.selections.items():
+        if idx.ndim != 1 or (idx.size and (idx.min() < 0 or idx.max() >= n)):
+            raise ValueError(
+                f"method {method!r}: selection for {fraction:g} holds indices outside [0, {n})"
+            )
+    return valuation
+
+
+def _base_record(cell: Cell, params: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "schema": RESULTS_SCHEMA,
+        "cell_id": cell.cell_id,
+        "method": cell.method,
+        "dataset": cell.dataset,
+        "noise": cell.noise,
+        "seed": cell.seed,
+        "params": params,
+    }
+
+
+def failure_record(
+    cell: Cell,
+    spec: RunSpec,
+    status: str,
+    exc_type: str,
+    message: str,
+    tb: str = "",
+    cost: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The results line of a cell that failed or timed out."""
+    return {
+        **_base_record(cell, dict(spec.params.get(cell.method, {}))),
+        "status": status,
+        "error": {"type": exc_type, "message": message, "traceback": tb},
+        "cost": cost or {},
+        "metrics": {},
+        "scores_file": None,
+        "stats": {},
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def run_cell(cell: Cell, spec: RunSpec, progress: ProgressFn = no_progress) -> CellOutcome:
+    """Execute one cell; any exception becomes a failed record (the run goes on)."""
+    params = dict(spec.params.get(cell.method, {}))
+    cost: dict[str, Any] = {}
+    try:
+        import torch
+
+        torch.set_num_threads(TORCH_THREADS_PER_CELL)
+        cls = get_method(cell.method)
+        validate_params(cls, params)
+        method = cls(**params)
+        params = method.get_params()
+        task = build_task(cell, spec)
+        counter: FitCounter = task.fit_counter
+        wall0, cpu0 = time.perf_counter(), time.process_time()
+        with PeakMemory() as mem:
+            raw = method.value(
+                task, rng=cell.method_rng(spec.root_seed), budget=spec.budget_obj, progress=progress
+            )
+        cost = {
+            "wall_s": time.perf_counter() - wall0,
+            "cpu_s": time.process_time() - cpu0,
+            "peak_mem_mb": mem.peak_mb,
+            "model_fits": counter.count,
+        }
+        valuation = _check_valuation(raw, task.n_train, cell.method)
+        measured = measure(task, valuation, cell, spec)
+    except Exception as exc:
+        status = "timeout" if type(exc).__name__ == "CellTimeout" else "failed"
+        message = str(exc) if isinstance(exc, ValbenchError) else f"{type(exc).__name__}: {exc}"
+        return CellOutcome(
+            failure_record(
+                cell, spec, status, type(exc).__name__, message, traceback.format_exc(), cost
+            )
+        )
+    stats = {k: _jsonable(v) for k, v in valuation.stats.items()}
+    stats["evaluation_fits"] = measured.pop("evaluation_fits")
+    record = {
+        **_base_record(cell, {k: _jsonable(v) for k, v in params.items()}),
+        "status": "ok",
+        "error": None,
+        "cost": cost,
+        "metrics": measured,
+        "scores_file": None,
+        "stats": stats,
+        "n_train": task.n_train,
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    return CellOutcome(record, valuation.scores, dict(valuation.selections))
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    return repr(value)

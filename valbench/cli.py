@@ -1,0 +1,209 @@
+"""The ``valbench`` command: ``run``, ``list``, ``report``.
+
+Exit status: 0 success; 1 some cells failed or timed out; 2 bad input (one line on stderr);
+130 interrupted (finished cells are kept; the same command resumes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from valbench import __version__
+from valbench.errors import ValbenchError
+
+__all__ = ["main", "build_parser", "EXIT_OK", "EXIT_CELLS_FAILED", "EXIT_USAGE", "EXIT_INTERRUPTED"]
+
+EXIT_OK, EXIT_CELLS_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that fails with our one-line format and exit status."""
+
+    def error(self, message: str) -> Any:
+        self.exit(EXIT_USAGE, f"valbench: error: {message} (see `{self.prog} --help`)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="valbench", description="Benchmark data valuation and subset selection methods."
+    )
+    parser.add_argument("--version", action="version", version=f"valbench {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser(
+        "run",
+        help="run (or resume) a benchmark and write its report",
+        description="Run methods × datasets × noise × seeds; resume if the run exists.",
+    )
+    run.add_argument("--methods", help="comma-separated method names, or 'all' (default: all)")
+    run.add_argument(
+        "--datasets", help="comma-separated dataset names, or 'all' (default: from the preset)"
+    )
+    run.add_argument("--noise", help="label-noise rates in [0, 1), comma-separated (e.g. 0.1)")
+    run.add_argument("--seeds", help="number of seeds (>= 1)")
+    run.add_argument(
+        "--root-seed", dest="root_seed", help="root seed from which every cell's seeds derive"
+    )
+    run.add_argument("--fractions", help="subset fractions in (0, 1], comma-separated")
+    run.add_argument("--model", help="evaluation model: logreg or mlp")
+    run.add_argument(
+        "--budget", help="per-method budget: '2000', 'fits=2000', '60s' or 'fits=2000,seconds=60'"
+    )
+    run.add_argument(
+        "--max-train", dest="max_train", help="cap on training points per dataset ('none' for all)"
+    )
+    run.add_argument("--jobs", help="cells run in parallel worker processes (default 1)")
+    run.add_argument(
+        "--timeout", help="seconds a cell may run before it is stopped and recorded as timeout"
+    )
+    run.add_argument("--backend", default="auto", help="auto (default), serial or process")
+    run.add_argument(
+        "--out", type=Path, help="run directory (default: reports/<preset>-<config hash>)"
+    )
+    run.add_argument(
+        "--config", type=Path, help="TOML file with any of these options and [params.METHOD] tables"
+    )
+    run.add_argument(
+        "--preset", help="quick (default), ci or full: datasets, sizes, seeds and budget"
+    )
+    run.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="METHOD.NAME=VALUE",
+        help="a method (or dataset) parameter, e.g. loo.batch_size=32; repeatable",
+    )
+    run.add_argument("--overwrite", action="store_true", help="replace a different run in --out")
+    run.add_argument(
+        "--retry-failed",
+        dest="retry_failed",
+        action="store_true",
+        help="run failed and timed-out cells again",
+    )
+    run.add_argument(
+        "--no-progress", dest="progress", action="store_false", help="hide the progress bar"
+    )
+
+    sub.add_parser(
+        "list", help="list registered methods and datasets, and plugins that fail to load"
+    )
+
+    report = sub.add_parser("report", help="re-render a run's report from its stored results")
+    report.add_argument("run_dir", type=Path)
+    return parser
+
+
+_SPEC_FLAGS = (
+    "methods",
+    "datasets",
+    "noise",
+    "seeds",
+    "root_seed",
+    "fractions",
+    "model",
+    "budget",
+    "max_train",
+    "jobs",
+    "timeout",
+)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from valbench.runner import execute
+    from valbench.spec import build_spec, load_config_file, parse_param_assignments
+
+    config = load_config_file(args.config) if args.config else {}
+    overrides: dict[str, Any] = {
+        k: getattr(args, k) for k in _SPEC_FLAGS if getattr(args, k) is not None
+    }
+    overrides.setdefault("methods", config.get("methods", "all"))
+    overrides["params"] = parse_param_assignments(args.param)
+    spec = build_spec(args.preset, config, overrides)
+    out = args.out if args.out is not None else (Path(config["out"]) if "out" in config else None)
+    command = " ".join(["valbench", *map(shlex.quote, sys.argv[1:])])
+    summary = execute(
+        spec,
+        out=out,
+        overwrite=args.overwrite,
+        retry_failed=args.retry_failed,
+        backend=args.backend,
+        show_progress=args.progress,
+        command=command,
+    )
+    ran = summary.total - summary.skipped
+    print(
+        f"{summary.ok}/{summary.total} cells ok, {len(summary.failed)} failed "
+        f"({summary.skipped} already done, {ran} run now, {summary.wall_s:.1f} s) "
+        f"-> {summary.run_dir}"
+    )
+    if summary.report is not None:
+        print(f"report: {summary.report}")
+    if summary.interrupted:
+        print(
+            f"interrupted: finished cells are kept in {summary.run_dir}; "
+            "run the same command to resume",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    if summary.failed:
+        print(f"failed cells: {', '.join(summary.failed)}", file=sys.stderr)
+        return EXIT_CELLS_FAILED
+    return EXIT_OK
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from valbench.registry import discover
+
+    for kind, title in (("method", "Methods"), ("dataset", "Datasets")):
+        print(f"{title}:")
+        entries = discover(kind)  # type: ignore[arg-type]
+        width = max((len(n) for n in entries), default=0)
+        for name, entry in entries.items():
+            if entry.ok:
+                family = f"[{entry.family}] " if entry.family else ""
+                print(f"  {name:<{width}}  {family}{entry.summary}  ({entry.distribution})")
+            else:
+                print(
+                    f"  {name:<{width}}  BROKEN: {entry.error}  "
+                    f"({entry.distribution}: {entry.target})"
+                )
+        print()
+    return EXIT_OK
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from valbench.report import render_report
+    from valbench.store import read_manifest
+
+    read_manifest(args.run_dir)  # a clear error when it is not a run directory
+    print(render_report(args.run_dir))
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``valbench`` console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    commands = {"run": _cmd_run, "list": _cmd_list, "report": _cmd_report}
+    try:
+        return commands[args.command](args)
+    except ValbenchError as exc:
+        print(f"valbench: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("valbench: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""Errors a user can cause. The CLI prints them as one line and exits with their ``exit_code``."""
+
+from __future__ import annotations
+
+__all__ = [
+    "ValbenchError",
+    "UsageError",
+    "UnknownNameError",
+    "ConfigError",
+    "DatasetError",
+    "RunDirectoryError",
+    "BudgetExceeded",
+    "ConformanceError",
+    "CellTimeout",
+]
+
+
+class ValbenchError(Exception):
+    """Base of every error valbench raises on purpose; its message says what to do."""
+
+    exit_code = 2
+
+
+class UsageError(ValbenchError):
+    """A value given on the command line, in a config file or to an API is invalid."""
+
+
+class UnknownNameError(UsageError):
+    """A method or dataset name is not registered."""
+
+    def __init__(self, kind: str, name: str, valid: list[str]) -> None:
+        self.kind, self.name, self.valid = kind, name, sorted(valid)
+        super().__init__(
+            f"unknown {kind} {name!r}; valid {kind}s: "
+            f"{', '.join(self.valid) or '(none registered)'}"
+        )
+
+
+class ConfigError(UsageError):
+    """A config file cannot be read or has unknown or invalid keys."""
+
+
+class DatasetError(ValbenchError):
+    """A dataset cannot be loaded (missing files, wrong format)."""
+
+
+class RunDirectoryError(ValbenchError):
+    """The output directory cannot be used (not writable, holds another run)."""
+
+
+class BudgetExceeded(ValbenchError):
+    """A method tried to spend more than its :class:`~valbench.types.Budget` allows."""
+
+
+class ConformanceError(AssertionError):
+    """A method breaks the contract checked by :func:`valbench.testing.check_method`."""
+
+
+class CellTimeout(ValbenchError):
+    """A cell ran past its time limit."""

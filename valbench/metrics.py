@@ -1,0 +1,426 @@
+"""Benchmark metrics as pure functions (DESIGN.md §4): numpy in, plain floats, arrays, dicts out.
+
+Conventions: scores are "higher = more valuable". Orders are deterministic: most-valuable-first
+orders sort stably on ``-score`` (ties by ascending index); lowest-first orders sort stably on
+``score`` (ties by ascending index, as OpenDataVal does). Where a model must be trained, the
+function takes ``evaluate(train_indices) -> test accuracy`` and passes it sorted indices, so the
+training order never depends on the scores. Nothing here does I/O or trains a model itself.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from valbench.errors import UsageError
+
+__all__ = [
+    "DEFAULT_FRACTIONS",
+    "MetricInputError",
+    "EvaluateFn",
+    "rank_order",
+    "subset_size",
+    "top_fraction",
+    "full_data_value",
+    "subset_value_curve",
+    "random_subset_value",
+    "mislabel_recall_curve",
+    "curve_area",
+    "detection_at_k",
+    "two_means_f1",
+    "mislabel_metrics",
+    "removal_curve",
+    "addition_curve",
+    "removal_metrics",
+    "mean_ci",
+    "rank_columns",
+    "rank_stability",
+    "cost_summary",
+]
+
+DEFAULT_FRACTIONS: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.5)
+"""Subset fractions reported by default (5, 10, 20, 30, 50 %)."""
+
+EvaluateFn = Callable[[np.ndarray], float]
+"""``evaluate(train_indices) -> test accuracy`` of the evaluation model trained on those points."""
+
+_EPS = 1e-9  # absorbs float error in fraction * n (0.3 * 10 == 3.0000000000000004)
+_RECALL_GRID = np.linspace(0.0, 1.0, 101)
+_COARSE_GRID = np.linspace(0.0, 1.0, 21)
+
+
+class MetricInputError(UsageError, ValueError):
+    """Invalid input to a metric (bad fraction, length mismatch, no noisy points, ...)."""
+
+
+# --------------------------------------------------------------------------- validation helpers
+
+
+def _as_scores(scores: Any) -> np.ndarray:
+    arr = np.asarray(scores, dtype=np.float64)
+    if arr.ndim != 1:
+        raise MetricInputError(f"scores must be a 1-D array, got shape {arr.shape}")
+    if arr.size == 0:
+        raise MetricInputError("scores is empty; need at least one training point")
+    if not np.all(np.isfinite(arr)):
+        bad = int(np.count_nonzero(~np.isfinite(arr)))
+        raise MetricInputError(f"scores must be finite; {bad} of {arr.size} are NaN or inf")
+    return arr
+
+
+def _as_mask(noisy_mask: Any, n: int) -> np.ndarray:
+    arr = np.asarray(noisy_mask)
+    if arr.ndim != 1 or arr.shape[0] != n:
+        raise MetricInputError(
+            f"noisy_mask must be 1-D with one entry per score ({n}), got shape {arr.shape}"
+        )
+    if arr.dtype != np.bool_:
+        if not np.all((arr == 0) | (arr == 1)):
+            raise MetricInputError("noisy_mask must be boolean (or 0/1)")
+        arr = arr.astype(bool)
+    if not arr.any():
+        raise MetricInputError(
+            "noisy_mask has no noisy points; mislabel detection needs a dataset with label noise "
+            "(noise > 0)"
+        )
+    return arr
+
+
+def _check_fraction(fraction: float, *, allow_zero: bool = False, allow_one: bool = True) -> float:
+    f = float(fraction)
+    lo_ok = f >= 0.0 if allow_zero else f > 0.0
+    hi_ok = f <= 1.0 if allow_one else f < 1.0
+    if not (math.isfinite(f) and lo_ok and hi_ok):
+        lo, hi = ("[0" if allow_zero else "(0"), ("1]" if allow_one else "1)")
+        raise MetricInputError(f"fraction must lie in {lo}, {hi}, got {fraction!r}")
+    return f
+
+
+def _fractions(
+    fractions: Iterable[float], *, allow_zero: bool = False, allow_one: bool = True
+) -> list[float]:
+    out = [_check_fraction(f, allow_zero=allow_zero, allow_one=allow_one) for f in fractions]
+    if not out:
+        raise MetricInputError("fractions is empty; give at least one fraction")
+    return out
+
+
+def _nearest_count(n: int, fraction: float) -> int:
+    """Points inspected at ``fraction`` of ``n``: nearest integer, halves rounded up."""
+    return int(math.floor(fraction * n + 0.5 + _EPS))
+
+
+def _ascending_order(scores: np.ndarray) -> np.ndarray:
+    """Indices from least to most valuable; ties by ascending index."""
+    return np.argsort(scores, kind="stable")
+
+
+def _call(evaluate: EvaluateFn, indices: np.ndarray) -> float:
+    return float(evaluate(np.sort(indices).astype(np.int64)))
+
+
+# --------------------------------------------------------------------------- ranking and subsets
+
+
+def rank_order(scores: Any) -> np.ndarray:
+    """Indices from most to least valuable (stable: ties keep ascending index order)."""
+    arr = _as_scores(scores)
+    return np.argsort(-arr, kind="stable")
+
+
+def subset_size(n: int, fraction: float) -> int:
+    """Number of points in a ``fraction`` subset of ``n``: ``ceil(fraction * n)``, at least 1."""
+    if int(n) != n or n < 1:
+        raise MetricInputError(f"n must be a positive integer, got {n!r}")
+    f = _check_fraction(fraction)
+    return max(1, min(int(n), math.ceil(f * n - _EPS)))
+
+
+def top_fraction(scores: Any, fraction: float) -> np.ndarray:
+    """Indices of the ``subset_size(n, fraction)`` highest-valued points, most valuable first."""
+    order = rank_order(scores)
+    return order[: subset_size(order.size, fraction)]
+
+
+def full_data_value(n: int, evaluate: EvaluateFn) -> float:
+    """Reference value: ``evaluate`` on all ``n`` training points."""
+    if int(n) != n or n < 1:
+        raise MetricInputError(f"n must be a positive integer, got {n!r}")
+    return _call(evaluate, np.arange(int(n)))
+
+
+def _find_selection(
+    selections: Mapping[float, Any] | None, fraction: float, n: int
+) -> np.ndarray | None:
+    if not selections:
+        return None
+    for key, sel in selections.items():
+        if math.isclose(float(key), fraction, rel_tol=0.0, abs_tol=_EPS):
+            idx = np.asarray(sel)
+            if idx.ndim != 1 or idx.size == 0 or not np.issubdtype(idx.dtype, np.integer):
+                raise MetricInputError(
+                    f"selection for fraction {fraction} must be a non-empty 1-D integer array"
+                )
+            if idx.min() < 0 or idx.max() >= n:
+                raise MetricInputError(
+                    f"selection for fraction {fraction} has indices outside [0, {n})"
+                )
+            if np.unique(idx).size != idx.size:
+                raise MetricInputError(f"selection for fraction {fraction} repeats indices")
+            return idx.astype(np.int64)
+    return None
+
+
+def subset_value_curve(
+    scores: Any,
+    fractions: Iterable[float],
+    evaluate: EvaluateFn,
+    selections: Mapping[float, Any] | None = None,
+) -> dict[float, float]:
+    """Value of the subset chosen at each fraction: the native selection if given, else the top."""
+    arr = _as_scores(scores)
+    out: dict[float, float] = {}
+    for f in _fractions(fractions):
+        chosen = _find_selection(selections, f, arr.size)
+        if chosen is None:
+            chosen = top_fraction(arr, f)
+        out[f] = _call(evaluate, chosen)
+    return out
+
+
+def random_subset_value(
+    n: int,
+    fractions: Iterable[float],
+    evaluate: EvaluateFn,
+    rng: np.random.Generator,
+    repeats: int = 3,
+) -> dict[float, float]:
+    """Random reference: mean over ``repeats`` of ``evaluate`` on random same-size subsets."""
+    if int(repeats) != repeats or repeats < 1:
+        raise MetricInputError(f"repeats must be a positive integer, got {repeats!r}")
+    out: dict[float, float] = {}
+    for f in _fractions(fractions):
+        size = subset_size(n, f)
+        vals = [
+            _call(evaluate, rng.choice(int(n), size=size, replace=False)) for _ in range(repeats)
+        ]
+        out[f] = float(np.mean(vals))
+    return out
+
+
+# --------------------------------------------------------------------------- mislabel detection
+
+
+def mislabel_recall_curve(
+    scores: Any, noisy_mask: Any, fractions: Iterable[float] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Recall of noisy points among the lowest-valued ``round(f * n)`` points, for each ``f``.
+
+    Returns ``(fractions, recall)``; default fractions are 0, 0.01, ..., 1 (101 points).
+    """
+    arr = _as_scores(scores)
+    mask = _as_mask(noisy_mask, arr.size)
+    fr = (
+        _RECALL_GRID.copy()
+        if fractions is None
+        else np.asarray(_fractions(fractions, allow_zero=True), dtype=np.float64)
+    )
+    found = np.concatenate([[0], np.cumsum(mask[_ascending_order(arr)])])
+    counts = np.array([_nearest_count(arr.size, f) for f in fr], dtype=np.int64)
+    return fr, found[counts] / mask.sum()
+
+
+def curve_area(x: Any, y: Any) -> float:
+    """Trapezoid area under ``y(x)`` divided by the x-range (a constant curve ``c`` has area c).
+
+    A curve of one point is constant: its area is that point's value.
+    """
+    xa = np.asarray(x, dtype=np.float64)
+    ya = np.asarray(y, dtype=np.float64)
+    if xa.ndim != 1 or xa.shape != ya.shape:
+        raise MetricInputError(
+            f"x and y must be 1-D of equal length, got shapes {xa.shape} and {ya.shape}"
+        )
+    if xa.size == 0:
+        raise MetricInputError("need at least 1 point for an area, got none")
+    if xa.size == 1:
+        return float(ya[0])
+    if np.any(np.diff(xa) < 0):
+        raise MetricInputError("x must be non-decreasing")
+    width = xa[-1] - xa[0]
+    if not width > 0:
+        raise MetricInputError("x must span a positive range")
+    return float(np.sum(np.diff(xa) * (ya[1:] + ya[:-1]) / 2.0) / width)
+
+
+def _prf(flags: np.ndarray, mask: np.ndarray) -> dict[str, float]:
+    tp = int(np.count_nonzero(flags & mask))
+    n_flag, n_true = int(flags.sum()), int(mask.sum())
+    precision = tp / n_flag if n_flag else 0.0
+    recall = tp / n_true if n_true else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+    return {"precision": float(precision), "recall": float(recall), "f1": float(f1)}
+
+
+def detection_at_k(scores: Any, noisy_mask: Any, k: int | None = None) -> dict[str, float]:
+    """Precision, recall and F1 of flagging the ``k`` lowest-valued points (default: #noisy)."""
+    arr = _as_scores(scores)
+    mask = _as_mask(noisy_mask, arr.size)
+    if k is None:
+        k = int(mask.sum())
+    if int(k) != k or not 1 <= k <= arr.size:
+        raise MetricInputError(f"k must be an integer in [1, {arr.size}], got {k!r}")
+    flags = np.zeros(arr.size, dtype=bool)
+    flags[_ascending_order(arr)[: int(k)]] = True
+    return _prf(flags, mask)
+
+
+def two_means_f1(scores: Any, noisy_mask: Any, seed: int = 0) -> float:
+    """OpenDataVal-style F1: 1-D 2-means on the scores, the lower-mean cluster flagged noisy.
+
+    Constant scores cannot be split and give 0.0.
+    """
+    arr = _as_scores(scores)
+    mask = _as_mask(noisy_mask, arr.size)
+    if arr.size < 2 or np.ptp(arr) == 0:
+        return 0.0
+    from sklearn.cluster import KMeans
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        km = KMeans(n_clusters=2, n_init=10, random_state=seed).fit(arr.reshape(-1, 1))
+    labels = km.labels_
+    if np.unique(labels).size < 2:
+        return 0.0
+    low = min((0, 1), key=lambda c: float(arr[labels == c].mean()))
+    return _prf(labels == low, mask)["f1"]
+
+
+def mislabel_metrics(scores: Any, noisy_mask: Any, seed: int = 0) -> dict[str, Any]:
+    """All mislabel-detection metrics of one cell as a JSON-friendly dict (DESIGN.md §5)."""
+    at_noise = detection_at_k(scores, noisy_mask)
+    fr, rec = mislabel_recall_curve(scores, noisy_mask)
+    cfr, crec = mislabel_recall_curve(scores, noisy_mask, _COARSE_GRID)
+    return {
+        "recall_at_noise": at_noise["recall"],
+        "precision_at_noise": at_noise["precision"],
+        "f1_at_noise": at_noise["f1"],
+        "auc": curve_area(fr, rec),
+        "f1_2means": two_means_f1(scores, noisy_mask, seed=seed),
+        "curve": [[round(float(f), 10), float(r)] for f, r in zip(cfr, crec, strict=True)],
+    }
+
+
+# --------------------------------------------------------------------------- removal / addition
+
+
+def removal_curve(
+    scores: Any, fractions: Iterable[float], evaluate: EvaluateFn
+) -> tuple[np.ndarray, np.ndarray]:
+    """Value after removing the top ``subset_size(n, f)`` points, highest-valued first.
+
+    Fractions must lie in [0, 1); 0 (no removal) is always included; returned sorted.
+    """
+    order = rank_order(scores)
+    fr = sorted({0.0, *_fractions(fractions, allow_zero=True, allow_one=False)})
+    values = []
+    for f in fr:
+        removed = 0 if f == 0.0 else subset_size(order.size, f)
+        if removed >= order.size:
+            raise MetricInputError(
+                f"removing fraction {f} of {order.size} points leaves nothing to train on"
+            )
+        values.append(_call(evaluate, order[removed:]))
+    return np.asarray(fr, dtype=np.float64), np.asarray(values, dtype=np.float64)
+
+
+def addition_curve(
+    scores: Any, fractions: Iterable[float], evaluate: EvaluateFn
+) -> tuple[np.ndarray, np.ndarray]:
+    """Value of training on the top ``subset_size(n, f)`` points, for each ``f`` in (0, 1]."""
+    arr = _as_scores(scores)
+    fr = sorted(set(_fractions(fractions)))
+    values = [_call(evaluate, top_fraction(arr, f)) for f in fr]
+    return np.asarray(fr, dtype=np.float64), np.asarray(values, dtype=np.float64)
+
+
+def removal_metrics(
+    scores: Any, fractions: Iterable[float], evaluate: EvaluateFn
+) -> dict[str, Any]:
+    """Removal curve as the §5 dict: ``{"high_first": [[f, value], ...], "auc": area}``."""
+    fr, vals = removal_curve(scores, fractions, evaluate)
+    return {
+        "high_first": [[float(f), float(v)] for f, v in zip(fr, vals, strict=True)],
+        "auc": curve_area(fr, vals) if fr.size >= 2 else float(vals[0]),
+    }
+
+
+# --------------------------------------------------------------------------- across seeds
+
+
+def mean_ci(values: Iterable[float], confidence: float = 0.95) -> tuple[float, float]:
+    """Mean and Student-t half-width of its ``confidence`` interval; NaNs dropped.
+
+    One value gives half-width NaN; no values give ``(nan, nan)``.
+    """
+    if not 0.0 < float(confidence) < 1.0:
+        raise MetricInputError(f"confidence must lie in (0, 1), got {confidence!r}")
+    arr = np.asarray(list(values), dtype=np.float64).ravel()
+    arr = arr[~np.isnan(arr)]
+    if arr.size == 0:
+        return math.nan, math.nan
+    mean = float(arr.mean())
+    if arr.size == 1:
+        return mean, math.nan
+    t = float(stats.t.ppf((1.0 + float(confidence)) / 2.0, df=arr.size - 1))
+    return mean, t * float(arr.std(ddof=1)) / math.sqrt(arr.size)
+
+
+def rank_columns(matrix: Any, higher_is_better: bool = True) -> np.ndarray:
+    """Rank methods (axis 0) within each column: 1 = best, ties averaged, NaN cells stay NaN."""
+    m = np.asarray(matrix, dtype=np.float64)
+    if m.ndim == 1:
+        m = m[:, None]
+    if m.ndim != 2:
+        raise MetricInputError(f"matrix must be 1-D or 2-D (methods x columns), got {m.shape}")
+    keyed = -m if higher_is_better else m
+    ranks = np.full(m.shape, np.nan)
+    for j in range(m.shape[1]):
+        ok = ~np.isnan(keyed[:, j])
+        if ok.any():
+            ranks[ok, j] = stats.rankdata(keyed[ok, j], method="average")
+    return ranks if np.asarray(matrix).ndim == 2 else ranks[:, 0]
+
+
+def rank_stability(scores_a: Any, scores_b: Any) -> float:
+    """Spearman correlation between two score vectors (e.g. two seeds); constant input gives NaN."""
+    a, b = _as_scores(scores_a), _as_scores(scores_b)
+    if a.shape != b.shape:
+        raise MetricInputError(f"score vectors differ in length: {a.size} vs {b.size}")
+    if a.size < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return math.nan
+    return float(stats.spearmanr(a, b).statistic)
+
+
+# --------------------------------------------------------------------------- cost
+
+
+def cost_summary(
+    wall_s: float, cpu_s: float, peak_mem_mb: float, model_fits: int
+) -> dict[str, Any]:
+    """Validate and round the cost of one ``value()`` call into the §5 ``cost`` dict."""
+    out: dict[str, Any] = {}
+    for name, val in (("wall_s", wall_s), ("cpu_s", cpu_s), ("peak_mem_mb", peak_mem_mb)):
+        v = float(val)
+        if not (math.isfinite(v) and v >= 0):
+            raise MetricInputError(f"{name} must be a finite number >= 0, got {val!r}")
+        out[name] = round(v, 4)
+    if int(model_fits) != model_fits or model_fits < 0:
+        raise MetricInputError(f"model_fits must be an integer >= 0, got {model_fits!r}")
+    out["model_fits"] = int(model_fits)
+    return out

@@ -1,0 +1,134 @@
+"""Finds methods and datasets through the entry-point groups ``valbench.methods``/``.datasets``.
+
+Built-ins are registered the same way, in valbench's own ``pyproject.toml``; the harness never
+imports a method module by name. A plugin that fails to load is reported, not fatal.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from dataclasses import dataclass
+from importlib.metadata import EntryPoint, entry_points
+from typing import Any, Literal
+
+from valbench.errors import UnknownNameError, UsageError
+from valbench.types import Dataset, Method, init_params
+
+__all__ = [
+    "METHODS_GROUP",
+    "DATASETS_GROUP",
+    "Entry",
+    "discover",
+    "get_method",
+    "get_dataset",
+    "method_names",
+    "dataset_names",
+    "validate_params",
+]
+
+log = logging.getLogger(__name__)
+
+METHODS_GROUP = "valbench.methods"
+DATASETS_GROUP = "valbench.datasets"
+Kind = Literal["method", "dataset"]
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One registered plugin: what it is, who provided it, and why it failed if it did."""
+
+    kind: Kind
+    name: str
+    target: str
+    distribution: str
+    obj: Any = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def summary(self) -> str:
+        return str(getattr(self.obj, "summary", "")) if self.ok else ""
+
+    @property
+    def family(self) -> str:
+        return str(getattr(self.obj, "family", "")) if self.ok else ""
+
+
+def _load(kind: Kind, ep: EntryPoint) -> Entry:
+    dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist is not None else "?"
+    base = Method if kind == "method" else Dataset
+    try:
+        obj = ep.load()
+    except Exception as exc:  # a broken plugin must not break the rest
+        log.debug("plugin %s failed:\n%s", ep.value, traceback.format_exc())
+        return Entry(kind, ep.name, ep.value, dist, error=f"{type(exc).__name__}: {exc}")
+    if not (isinstance(obj, type) and issubclass(obj, base)):
+        return Entry(
+            kind,
+            ep.name,
+            ep.value,
+            dist,
+            error=f"{ep.value} is not a subclass of valbench.{base.__name__}",
+        )
+    return Entry(kind, ep.name, ep.value, dist, obj=obj)
+
+
+def discover(kind: Kind) -> dict[str, Entry]:
+    """Every entry of one kind, by name, loaded now (so freshly installed plugins are seen)."""
+    group = METHODS_GROUP if kind == "method" else DATASETS_GROUP
+    found: dict[str, Entry] = {}
+    for ep in sorted(entry_points(group=group), key=lambda e: e.name):
+        if ep.name in found:
+            log.warning("%s %r registered twice; keeping %s", kind, ep.name, found[ep.name].target)
+            continue
+        found[ep.name] = _load(kind, ep)
+    return found
+
+
+def _get(kind: Kind, name: str) -> Any:
+    entries = discover(kind)
+    entry = entries.get(name)
+    if entry is None:
+        raise UnknownNameError(kind, name, [n for n, e in entries.items() if e.ok])
+    if not entry.ok:
+        raise UsageError(
+            f"{kind} {name!r} (from {entry.distribution}) failed to load: {entry.error}"
+        )
+    return entry.obj
+
+
+def get_method(name: str) -> type[Method]:
+    """The method class registered as ``name``."""
+    cls: type[Method] = _get("method", name)
+    return cls
+
+
+def get_dataset(name: str) -> type[Dataset]:
+    """The dataset class registered as ``name``."""
+    cls: type[Dataset] = _get("dataset", name)
+    return cls
+
+
+def method_names() -> list[str]:
+    """Names of the methods that load."""
+    return [n for n, e in discover("method").items() if e.ok]
+
+
+def dataset_names() -> list[str]:
+    """Names of the datasets that load."""
+    return [n for n, e in discover("dataset").items() if e.ok]
+
+
+def validate_params(cls: type[Method] | type[Dataset], params: dict[str, Any]) -> None:
+    """Raise a one-line error when ``params`` names something ``cls.__init__`` does not take."""
+    valid = init_params(cls)
+    unknown = sorted(set(params) - set(valid))
+    if unknown:
+        raise UsageError(
+            f"{cls.name!r} has no parameter {', '.join(map(repr, unknown))}; "
+            f"valid: {', '.join(sorted(valid)) or '(none)'}"
+        )

@@ -1,0 +1,438 @@
+"""Schedules Cells on a backend, writes each finished one to the run store, renders the report.
+
+The driver process alone writes the store. Backends: ``serial`` (in this process; a timeout
+interrupts through SIGALRM) and ``process`` (one fresh worker process per cell, ``--jobs``
+at a time; a crash or a timeout kills only that cell).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import logging
+import multiprocessing as mp
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+from typing import Any
+
+from valbench.cell import CellOutcome, failure_record, run_cell
+from valbench.errors import CellTimeout, RunDirectoryError, UsageError
+from valbench.registry import dataset_names, discover, method_names
+from valbench.spec import Cell, RunSpec
+from valbench.store import RunStore, read_manifest, read_results
+
+__all__ = ["RunSummary", "execute", "default_run_dir", "BACKENDS", "resolve_names"]
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "serial", "process")
+ResultFn = Callable[[CellOutcome], None]
+ProgressFn = Callable[[Cell, int, int], None]
+
+
+@dataclass
+class RunSummary:
+    """What a run did, for the CLI's last lines and exit status."""
+
+    run_dir: Path
+    total: int
+    skipped: int = 0
+    ok: int = 0
+    failed: list[str] = field(default_factory=list)
+    interrupted: bool = False
+    wall_s: float = 0.0
+    report: Path | None = None
+
+
+def resolve_names(spec: RunSpec) -> RunSpec:
+    """Expand ``all`` and check every method and dataset name against the registry."""
+    from valbench.errors import UnknownNameError
+
+    def check(kind: str, names: tuple[str, ...], valid: list[str]) -> tuple[str, ...]:
+        if "all" in names:
+            return tuple(valid)
+        for name in names:
+            if name not in valid:
+                broken = discover("method" if kind == "method" else "dataset").get(name)
+                if broken is not None and not broken.ok:
+                    raise UsageError(f"{kind} {name!r} failed to load: {broken.error}")
+                raise UnknownNameError(kind, name, valid)
+        return tuple(dict.fromkeys(names))
+
+    methods = check("method", spec.methods, method_names())
+    datasets = check("dataset", spec.datasets, dataset_names())
+    from valbench.models import MODEL_NAMES
+    from valbench.registry import get_dataset, get_method, validate_params
+
+    if spec.model not in MODEL_NAMES:
+        raise UnknownNameError("model", spec.model, list(MODEL_NAMES))
+    for name, params in spec.params.items():
+        if name in methods:
+            validate_params(get_method(name), dict(params))
+        elif name in datasets:
+            validate_params(get_dataset(name), dict(params))
+        else:
+            raise UsageError(
+                f"parameters given for {name!r}, which is not among the selected methods "
+                f"({', '.join(methods)}) or datasets ({', '.join(datasets)})"
+            )
+    return spec.with_overrides(methods=methods, datasets=datasets)
+
+
+def default_run_dir(spec: RunSpec, root: Path = Path("reports")) -> Path:
+    """``reports/<preset>-<hash>``: the same spec resumes, another spec gets its own directory."""
+    return root / f"{spec.preset}-{spec.config_hash()[:8]}"
+
+
+# ----------------------------------------------------------------------------- backends
+
+
+@contextmanager
+def _alarm(seconds: float | None) -> Iterator[None]:
+    """Raise CellTimeout in this (main) thread after ``seconds``."""
+    if not seconds or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def on_alarm(signum: int, frame: Any) -> None:
+        raise CellTimeout(f"cell exceeded its time limit of {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def run_serial(
+    cells: list[Cell], spec: RunSpec, on_result: ResultFn, on_progress: ProgressFn
+) -> None:
+    """Run cells one after another in this process."""
+    for cell in cells:
+        with _alarm(spec.timeout):
+            try:
+                outcome = run_cell(cell, spec, lambda d, t, c=cell: on_progress(c, d, t))
+            except CellTimeout as exc:  # raised outside the method's try (e.g. while loading)
+                outcome = CellOutcome(
+                    failure_record(cell, spec, "timeout", "CellTimeout", str(exc))
+                )
+        on_result(outcome)
+
+
+def _worker_main(
+    cell: Cell, spec_data: dict[str, Any], conn: Connection, sys_path: list[str]
+) -> None:
+    # Ctrl-C reaches the whole process group; the driver decides what happens to workers.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The fork server was started once; plugins found on the driver's current path must be
+    # found here too.
+    sys.path[:] = sys_path
+    importlib.invalidate_caches()
+    spec = RunSpec.from_dict(spec_data)
+    last = [0.0]
+
+    def progress(done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - last[0] > 0.25 or done >= total:
+            last[0] = now
+            conn.send(("progress", done, total))
+
+    outcome = run_cell(cell, spec, progress)
+    conn.send(("result", outcome))
+    conn.close()
+
+
+def _signal_name(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        try:
+            return f"killed by signal {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"killed by signal {-exitcode}"
+    return f"exited with status {exitcode}"
+
+
+@dataclass
+class _Running:
+    process: Any
+    conn: Connection
+    cell: Cell
+    started: float
+    outcome: CellOutcome | None = None
+
+
+def run_processes(
+    cells: list[Cell], spec: RunSpec, on_result: ResultFn, on_progress: ProgressFn
+) -> None:
+    """Run each cell in a fresh worker process, ``spec.jobs`` at a time."""
+    ctx = mp.get_context("forkserver")
+    # Import the heavy stack once in the fork server, not in every worker.
+    ctx.set_forkserver_preload(["valbench.cell", "valbench.models", "valbench.utility"])
+    pending = deque(cells)
+    running: dict[Connection, _Running] = {}
+    spec_data = spec.to_dict()
+    try:
+        while pending or running:
+            while pending and len(running) < spec.jobs:
+                cell = pending.popleft()
+                parent, child = ctx.Pipe(duplex=False)
+                proc = ctx.Process(
+                    target=_worker_main, args=(cell, spec_data, child, list(sys.path)), daemon=True
+                )
+                proc.start()
+                child.close()
+                running[parent] = _Running(proc, parent, cell, time.monotonic())
+            waitables: list[Any] = [*running, *(r.process.sentinel for r in running.values())]
+            wait(waitables, timeout=0.2)
+            for conn, job in list(running.items()):
+                _drain(job, on_progress)
+                finished = job.outcome is not None or not job.process.is_alive()
+                if finished:
+                    job.process.join(timeout=5)
+                    _drain(job, on_progress)
+                    outcome = job.outcome or CellOutcome(
+                        failure_record(
+                            job.cell,
+                            spec,
+                            "failed",
+                            "WorkerCrashed",
+                            f"worker process {_signal_name(job.process.exitcode)} "
+                            "before reporting a result",
+                        )
+                    )
+                elif spec.timeout and time.monotonic() - job.started > spec.timeout:
+                    job.process.kill()
+                    job.process.join()
+                    outcome = CellOutcome(
+                        failure_record(
+                            job.cell,
+                            spec,
+                            "timeout",
+                            "CellTimeout",
+                            f"cell exceeded its time limit of {spec.timeout:g} s; worker killed",
+                        )
+                    )
+                else:
+                    continue
+                conn.close()
+                del running[conn]
+                on_result(outcome)
+    finally:
+        for job in running.values():
+            job.process.kill()
+            job.process.join()
+            job.conn.close()
+
+
+def _drain(job: _Running, on_progress: ProgressFn) -> None:
+    try:
+        while job.outcome is None and job.conn.poll():
+            kind, *payload = job.conn.recv()
+            if kind == "progress":
+                on_progress(job.cell, *payload)
+            elif kind == "result":
+                job.outcome = payload[0]
+    except (EOFError, OSError):
+        pass
+
+
+# ----------------------------------------------------------------------------- the driver
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for dist in ("valbench", "numpy", "scipy", "scikit-learn", "torch", "cvxpy", "cvxpylayers"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _machine() -> dict[str, Any]:
+    import psutil
+
+    return {
+        "platform": platform.platform(),
+        "processor": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+    }
+
+
+def _git_revision() -> str | None:
+    here = Path(__file__).resolve().parent
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{rev}{'-dirty' if dirty else ''}" or None
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+_OWNED = ("results.jsonl", "results.csv", "index.html", "summary.json", "manifest.json")
+
+
+def _open_run_dir(store: RunStore, spec: RunSpec, overwrite: bool, command: str) -> dict[str, Any]:
+    """Create or reopen the run directory; refuse one that holds a different spec."""
+    store.prepare()
+    manifest_path = store.run_dir / "manifest.json"
+    config_hash = spec.config_hash()
+    if manifest_path.exists():
+        old = read_manifest(store.run_dir)
+        if old.get("config_hash") != config_hash:
+            if not overwrite:
+                raise RunDirectoryError(
+                    f"{store.run_dir} holds another run (config {old.get('config_hash')}, "
+                    "this one is "
+                    f"{config_hash}); pass --overwrite to replace it, or choose another --out"
+                )
+            for name in _OWNED:
+                (store.run_dir / name).unlink(missing_ok=True)
+            for sub in ("scores", "figures"):
+                shutil.rmtree(store.run_dir / sub, ignore_errors=True)
+            store.prepare()
+        else:
+            old.update(
+                status="running",
+                ended_at=None,
+                spec=spec.to_dict(),
+                resumed=int(old.get("resumed", 0)) + 1,
+                command=command,
+            )
+            return old
+    return {
+        "schema": 1,
+        "name": store.run_dir.name,
+        "status": "running",
+        "spec": spec.to_dict(),
+        "config_hash": config_hash,
+        "versions": _versions(),
+        "machine": _machine(),
+        "git_revision": _git_revision(),
+        "command": command,
+        "started_at": _now(),
+        "ended_at": None,
+        "cells_total": len(spec.cells()),
+    }
+
+
+def execute(
+    spec: RunSpec,
+    *,
+    out: Path | None = None,
+    overwrite: bool = False,
+    retry_failed: bool = False,
+    backend: str = "auto",
+    show_progress: bool = True,
+    command: str = "",
+) -> RunSummary:
+    """Run (or resume) ``spec`` into a run directory and render its report."""
+    spec = resolve_names(spec)
+    if backend not in BACKENDS:
+        raise UsageError(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
+    run_dir = Path(out) if out is not None else default_run_dir(spec)
+    store = RunStore(run_dir)
+    manifest = _open_run_dir(store, spec, overwrite, command)
+    store.repair()
+    store.write_manifest(manifest)
+
+    cells = spec.cells()
+    done = {r["cell_id"]: r for r in read_results(run_dir)}
+    if retry_failed:
+        retry = [cid for cid, r in done.items() if r.get("status") != "ok"]
+        store.drop_cells(retry)
+        for cid in retry:
+            del done[cid]
+    todo = [c for c in cells if c.cell_id not in done]
+    summary = RunSummary(run_dir=run_dir, total=len(cells), skipped=len(cells) - len(todo))
+    summary.ok = sum(1 for c in cells if done.get(c.cell_id, {}).get("status") == "ok")
+    summary.failed = [
+        c.cell_id for c in cells if c.cell_id in done and done[c.cell_id].get("status") != "ok"
+    ]
+
+    from tqdm import tqdm
+
+    bar = tqdm(
+        total=len(todo), desc="cells", unit="cell", disable=not show_progress, dynamic_ncols=True
+    )
+
+    def on_result(outcome: CellOutcome) -> None:
+        record = outcome.record
+        if outcome.scores is not None:
+            record["scores_file"] = store.write_scores(
+                record["cell_id"], outcome.scores, outcome.selections
+            )
+        store.append_result(record)
+        if record["status"] == "ok":
+            summary.ok += 1
+        else:
+            summary.failed.append(record["cell_id"])
+            err = record.get("error") or {}
+            bar.write(f"{record['status']}: {record['cell_id']}: {err.get('message', '')}")
+        bar.set_postfix(ok=summary.ok, failed=len(summary.failed), refresh=False)
+        bar.update(1)
+
+    def on_progress(cell: Cell, done_: int, total: int) -> None:
+        bar.set_postfix_str(f"{cell.cell_id} {done_}/{total}", refresh=True)
+
+    use_serial = backend == "serial" or (backend == "auto" and spec.jobs == 1 and not spec.timeout)
+    started = time.perf_counter()
+    try:
+        (run_serial if use_serial else run_processes)(todo, spec, on_result, on_progress)
+    except KeyboardInterrupt:
+        summary.interrupted = True
+    finally:
+        bar.close()
+        summary.wall_s = time.perf_counter() - started
+        manifest.update(
+            status="interrupted" if summary.interrupted else "complete", ended_at=_now()
+        )
+        manifest["wall_s"] = round(float(manifest.get("wall_s", 0.0)) + summary.wall_s, 3)
+        store.write_manifest(manifest)
+        summary.report = _render(run_dir)
+    return summary
+
+
+def _render(run_dir: Path) -> Path | None:
+    from valbench.report import render_report
+
+    try:
+        return render_report(run_dir)
+    except Exception:  # the results are safe on disk; a report bug must not hide them
+        log.exception("rendering the report failed; the results in %s are intact", run_dir)
+        print(
+            f"warning: the report could not be rendered; results are in {run_dir}", file=sys.stderr
+        )
+        return None

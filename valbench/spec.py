@@ -1,0 +1,325 @@
+"""What a run computes: RunSpec (from presets, a TOML config and CLI flags) expanded into Cells."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import tomllib
+import zlib
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from valbench.errors import ConfigError, UsageError
+from valbench.types import Budget
+
+__all__ = [
+    "PRESETS",
+    "DEFAULT_PRESET",
+    "RunSpec",
+    "Cell",
+    "load_config_file",
+    "parse_param_assignments",
+    "stable_int",
+    "build_spec",
+    "CONFIG_KEYS",
+]
+
+#: Presets pick dataset slices and budgets; ``quick`` is the default and keeps
+#: ``valbench run --methods all`` within minutes on a 2-core laptop.
+PRESETS: dict[str, dict[str, Any]] = {
+    "ci": {
+        "datasets": ["synthetic", "breast_cancer"],
+        "noise": [0.1],
+        "seeds": 2,
+        "max_train": 120,
+        "budget": "fits=300,seconds=60",
+    },
+    "quick": {
+        "datasets": ["synthetic", "breast_cancer", "digits"],
+        "noise": [0.1],
+        "seeds": 3,
+        "max_train": 250,
+        "budget": "fits=600,seconds=60",
+    },
+    "full": {
+        "datasets": ["synthetic", "breast_cancer", "digits"],
+        "noise": [0.1, 0.2],
+        "seeds": 5,
+        "max_train": None,
+        "budget": "fits=5000",
+    },
+}
+DEFAULT_PRESET = "quick"
+
+_NAME_RE = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+def stable_int(text: str) -> int:
+    """A process-independent 32-bit hash (Python's ``hash`` is salted per process)."""
+    return zlib.crc32(text.encode("utf-8"))
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything that determines a run's numbers (plus how to execute it)."""
+
+    methods: tuple[str, ...] = ("random", "loo")
+    datasets: tuple[str, ...] = ("synthetic", "breast_cancer", "digits")
+    noise: tuple[float, ...] = (0.1,)
+    seeds: int = 3
+    root_seed: int = 0
+    fractions: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.5)
+    model: str = "logreg"
+    budget: str = "none"
+    max_train: int | None = None
+    random_repeats: int = 3
+    params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    preset: str = DEFAULT_PRESET
+    # Execution only: these do not change a cell's numbers, so they are not in the config hash.
+    jobs: int = 1
+    timeout: float | None = None
+
+    EXECUTION_ONLY = ("jobs", "timeout", "preset")
+
+    def __post_init__(self) -> None:
+        if not self.methods:
+            raise UsageError("no methods selected; name at least one with --methods (or 'all')")
+        if not self.datasets:
+            raise UsageError("no datasets selected; name at least one with --datasets")
+        if not self.fractions:
+            raise UsageError("no fractions given; use e.g. --fractions 0.1,0.2")
+        for f in self.fractions:
+            if not (0 < f <= 1) or math.isnan(f):
+                raise UsageError(
+                    f"fraction {f:g} is outside (0, 1]; use e.g. --fractions 0.05,0.1,0.5"
+                )
+        for rate in self.noise:
+            if not (0 <= rate < 1):
+                raise UsageError(f"noise rate {rate:g} is outside [0, 1); use e.g. --noise 0.1")
+        if self.seeds < 1:
+            raise UsageError(f"--seeds must be >= 1 (the number of seeds), got {self.seeds}")
+        if self.jobs < 1:
+            raise UsageError(f"--jobs must be >= 1, got {self.jobs}")
+        if self.timeout is not None and not self.timeout > 0:
+            raise UsageError(f"--timeout must be > 0 seconds, got {self.timeout:g}")
+        if self.max_train is not None and self.max_train < 2:
+            raise UsageError(f"max_train must be >= 2, got {self.max_train}")
+        if self.random_repeats < 1:
+            raise UsageError(f"random_repeats must be >= 1, got {self.random_repeats}")
+        Budget.parse(self.budget)  # validates
+        for name in (*self.methods, *self.datasets):
+            if name != _NAME_RE.sub("_", name):
+                raise UsageError(f"name {name!r} may only use letters, digits, '_' and '-'")
+
+    @property
+    def budget_obj(self) -> Budget:
+        return Budget.parse(self.budget)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly form, recorded in the manifest."""
+        data = asdict(self)
+        data["params"] = {k: dict(v) for k, v in self.params.items()}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RunSpec:
+        known = {f.name for f in fields(cls)}
+        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known}
+        return cls(**kwargs)
+
+    def config_hash(self) -> str:
+        """Hash of what determines the numbers; a run directory belongs to one hash."""
+        data = {k: v for k, v in self.to_dict().items() if k not in self.EXECUTION_ONLY}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+    def cells(self) -> list[Cell]:
+        """The grid: one cell per (dataset, noise, seed, method), in a stable order."""
+        return [
+            Cell(dataset=d, noise=float(n), seed=s, method=m)
+            for d in self.datasets
+            for n in self.noise
+            for s in range(self.seeds)
+            for m in self.methods
+        ]
+
+    def with_overrides(self, **changes: Any) -> RunSpec:
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One (dataset, noise, seed, method): the unit of scheduling, failure, resume and reporting."""
+
+    dataset: str
+    noise: float
+    seed: int
+    method: str
+
+    @property
+    def cell_id(self) -> str:
+        return f"{self.dataset}.{self.method}.noise{self.noise:g}.seed{self.seed}"
+
+    def data_seed(self, root_seed: int) -> int:
+        """Seed of the split: shared by every method and noise rate of this seed."""
+        return int(np.random.SeedSequence([root_seed, self.seed]).generate_state(1)[0])
+
+    def _seq(self, root_seed: int, *parts: int) -> np.random.SeedSequence:
+        return np.random.SeedSequence(
+            [root_seed, self.seed, stable_int(self.dataset), round(self.noise * 1_000_000), *parts]
+        )
+
+    def noise_rng(self, root_seed: int) -> np.random.Generator:
+        """RNG of the label flips (same for every method)."""
+        return np.random.default_rng(self._seq(root_seed, 1))
+
+    def eval_rng(self, root_seed: int) -> np.random.Generator:
+        """RNG of the random-subset reference (same for every method)."""
+        return np.random.default_rng(self._seq(root_seed, 2))
+
+    def method_rng(self, root_seed: int) -> np.random.Generator:
+        """RNG handed to the method."""
+        return np.random.default_rng(self._seq(root_seed, 3, stable_int(self.method)))
+
+
+def _parse_scalar(text: str) -> Any:
+    """Read a CLI parameter value as TOML would (numbers, booleans, strings)."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def parse_param_assignments(items: list[str]) -> dict[str, dict[str, Any]]:
+    """Read ``--param method.key=value`` items into ``{method: {key: value}}``."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        m = re.fullmatch(r"([A-Za-z0-9_-]+)\.([A-Za-z_][A-Za-z0-9_]*)=(.*)", item)
+        if not m:
+            raise UsageError(
+                f"--param {item!r} is not of the form METHOD.NAME=VALUE (e.g. loo.batch_size=32)"
+            )
+        out.setdefault(m.group(1), {})[m.group(2)] = _parse_scalar(m.group(3))
+    return out
+
+
+CONFIG_KEYS = {
+    "methods",
+    "datasets",
+    "noise",
+    "seeds",
+    "root_seed",
+    "fractions",
+    "model",
+    "budget",
+    "max_train",
+    "random_repeats",
+    "params",
+    "preset",
+    "jobs",
+    "timeout",
+    "out",
+}
+
+
+def load_config_file(path: Path) -> dict[str, Any]:
+    """Read a TOML config; unknown keys are refused with the list of valid ones."""
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    unknown = sorted(set(data) - CONFIG_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"config file {path}: unknown key(s) {', '.join(unknown)}; valid keys: "
+            f"{', '.join(sorted(CONFIG_KEYS))}"
+        )
+    params = data.get("params", {})
+    if not isinstance(params, dict) or not all(isinstance(v, dict) for v in params.values()):
+        raise ConfigError(
+            f"config file {path}: [params] must hold one table per method, e.g. [params.loo]"
+        )
+    return data
+
+
+def _as_names(key: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [v for v in (p.strip() for p in value.split(",")) if v]
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise UsageError(f'{key} must be a list of names, e.g. {key} = ["a", "b"]')
+    return tuple(value)
+
+
+def _as_floats(key: str, value: Any) -> tuple[float, ...]:
+    if isinstance(value, str):
+        try:
+            value = [float(p) for p in value.split(",") if p.strip()]
+        except ValueError:
+            raise UsageError(f"{key} must be comma-separated numbers, got {value!r}") from None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, list | tuple) or not all(
+        isinstance(v, int | float) and not isinstance(v, bool) for v in value
+    ):
+        raise UsageError(f"{key} must be a list of numbers, got {value!r}")
+    return tuple(float(v) for v in value)
+
+
+def _as_int(key: str, value: Any, optional: bool = False) -> int | None:
+    if optional and (value is None or value in ("none", "")):
+        return None
+    if isinstance(value, str):
+        try:
+            value = int(value)
+        except ValueError:
+            raise UsageError(f"{key} must be a whole number, got {value!r}") from None
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise UsageError(f"{key} must be a whole number, got {value!r}")
+    return value
+
+
+def _as_float_or_none(key: str, value: Any) -> float | None:
+    if value is None or value in ("none", ""):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"{key} must be a number of seconds, got {value!r}") from None
+
+
+def build_spec(
+    preset: str | None, config: Mapping[str, Any], overrides: Mapping[str, Any]
+) -> RunSpec:
+    """Merge preset defaults < config file < command-line flags into a checked RunSpec."""
+    preset = preset or config.get("preset") or DEFAULT_PRESET
+    if preset not in PRESETS:
+        raise UsageError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")
+    merged: dict[str, Any] = {**PRESETS[preset], **config, **overrides, "preset": preset}
+    merged.pop("out", None)
+    params: dict[str, dict[str, Any]] = {k: dict(v) for k, v in config.get("params", {}).items()}
+    for name, values in overrides.get("params", {}).items():
+        params.setdefault(name, {}).update(values)
+    kwargs: dict[str, Any] = {"preset": preset, "params": params}
+    for key, value in merged.items():
+        if key in ("methods", "datasets"):
+            kwargs[key] = _as_names(key, value)
+        elif key in ("noise", "fractions"):
+            kwargs[key] = _as_floats(key, value)
+        elif key in ("seeds", "root_seed", "random_repeats", "jobs"):
+            kwargs[key] = _as_int(key, value)
+        elif key == "max_train":
+            kwargs[key] = _as_int(key, value, optional=True)
+        elif key == "timeout":
+            kwargs[key] = _as_float_or_none(key, value)
+        elif key in ("model", "budget"):
+            if not isinstance(value, str | int) or isinstance(value, bool):
+                raise UsageError(f"{key} must be a string, got {value!r}")
+            kwargs[key] = str(value)
+    return RunSpec(**kwargs)

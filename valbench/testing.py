@@ -1,0 +1,155 @@
+"""Conformance kit for method plugins: ``check_method(MyMethod)`` in your tests.
+
+The analogue of scikit-learn's ``check_estimator``: it runs a method on a small task and
+raises :class:`~valbench.errors.ConformanceError` naming the first broken rule.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from valbench.errors import ConformanceError
+from valbench.types import Budget, FitCounter, Method, Valuation, ValuationTask
+
+__all__ = ["check_method", "make_check_task", "FORBIDDEN_FIELDS"]
+
+#: What a method must never read: the test split and the planted-noise mask.
+FORBIDDEN_FIELDS = frozenset({"x_test", "y_test", "noisy_mask"})
+
+
+class _GuardedTask(ValuationTask):
+    """A task whose test split and noise mask raise when a method reads them."""
+
+    def __getattribute__(self, name: str) -> Any:
+        if name in FORBIDDEN_FIELDS:
+            raise ConformanceError(
+                f"the method read task.{name}; methods may use train and validation data only"
+            )
+        return object.__getattribute__(self, name)
+
+
+def make_check_task(
+    seed: int = 0, n_train: int = 48, *, guarded: bool = False, poison: bool = False
+) -> ValuationTask:
+    """A small 3-class task with 10 % flipped labels; ``poison`` scrambles test data and mask."""
+    from valbench.data import inject_label_noise
+    from valbench.models import ModelSpec
+
+    rng = np.random.default_rng(1234)
+    centers = np.array([[0.0, 0.0], [3.0, 0.0], [0.0, 3.0]])
+
+    def draw(n: int) -> tuple[np.ndarray, np.ndarray]:
+        y = np.arange(n) % 3
+        x = centers[y] + rng.normal(scale=0.9, size=(n, 2))
+        return x.astype(np.float32), y.astype(np.int64)
+
+    x_train, y_clean = draw(n_train)
+    x_val, y_val = draw(30)
+    x_test, y_test = draw(30)
+    y_train, noisy = inject_label_noise(y_clean, 0.1, 3, np.random.default_rng(7))
+    if poison:
+        scramble = np.random.default_rng(99)
+        x_test = scramble.normal(size=x_test.shape).astype(np.float32) * 100
+        y_test = scramble.integers(0, 3, size=y_test.shape)
+        noisy = ~noisy
+    cls = _GuardedTask if guarded else ValuationTask
+    return cls(
+        x_train=x_train,
+        y_train=y_train,
+        x_val=x_val,
+        y_val=y_val,
+        x_test=x_test,
+        y_test=y_test,
+        n_classes=3,
+        noisy_mask=noisy,
+        name="conformance",
+        seed=seed,
+        model=ModelSpec(kind="logreg", epochs=40),
+        fit_counter=FitCounter(),
+    )
+
+
+def _run(method: Method, task: ValuationTask, budget: Budget, seed: int = 0) -> Valuation:
+    out = method.value(task, rng=np.random.default_rng(seed), budget=budget)
+    if not isinstance(out, Valuation):
+        raise ConformanceError(f"value() returned {type(out).__name__}, not a valbench.Valuation")
+    return out
+
+
+def check_method(
+    method_cls: type[Method],
+    params: Mapping[str, Any] | None = None,
+    *,
+    budget: Budget | None = None,
+) -> None:
+    """Raise ConformanceError unless ``method_cls`` follows the Method contract.
+
+    Checked: name/family/summary set; parameters round-trip through ``get_params``; scores
+    finite, one per training point; selections valid; same seed, same scores; test data and the
+    noise mask never read (guarded, then poisoned); the fit budget honoured.
+    """
+    params = dict(params or {})
+    if not isinstance(method_cls, type) or not issubclass(method_cls, Method):
+        raise ConformanceError(f"{method_cls!r} is not a subclass of valbench.Method")
+    for attr in ("name", "family", "summary"):
+        if not getattr(method_cls, attr, ""):
+            raise ConformanceError(
+                f"{method_cls.__name__}.{attr} is empty; set it as a class attribute"
+            )
+
+    method = method_cls(**params)
+    got = method.get_params()
+    if any(got.get(k) != v for k, v in params.items()):
+        raise ConformanceError(f"get_params() returned {got}, which loses the given {params}")
+    if method_cls(**got).get_params() != got:
+        raise ConformanceError("rebuilding the method from get_params() gives other parameters")
+    budget = budget or Budget(max_fits=200)
+
+    task = make_check_task(guarded=True)
+    first = _run(method, task, budget)
+    n = task.n_train
+    if first.scores.shape != (n,):
+        raise ConformanceError(f"scores have shape {first.scores.shape}; expected ({n},)")
+    if not np.all(np.isfinite(first.scores)):
+        raise ConformanceError("scores contain NaN or infinity")
+    for fraction, idx in first.selections.items():
+        if not 0 < fraction <= 1:
+            raise ConformanceError(f"selection key {fraction} is not a fraction in (0, 1]")
+        if (
+            idx.ndim != 1
+            or (idx.size and (idx.min() < 0 or idx.max() >= n))
+            or len(set(idx)) != len(idx)
+        ):
+            raise ConformanceError(
+                f"selection for {fraction:g} is not a set of distinct train indices"
+            )
+    try:
+        json.dumps(
+            first.stats, default=lambda o: o.item() if isinstance(o, np.generic) else repr(o)
+        )
+    except (TypeError, ValueError) as exc:
+        raise ConformanceError(f"stats cannot be stored as JSON: {exc}") from None
+
+    again = _run(method_cls(**params), make_check_task(guarded=True), budget)
+    if not np.array_equal(first.scores, again.scores):
+        raise ConformanceError(
+            "the same seed gave different scores; draw randomness only from `rng`"
+        )
+
+    poisoned = _run(method_cls(**params), make_check_task(poison=True), budget)
+    if not np.array_equal(first.scores, poisoned.scores):
+        raise ConformanceError(
+            "scores changed when test data and the noise mask changed: the method leaks them"
+        )
+
+    tight = Budget(max_fits=3)
+    small = make_check_task(guarded=True)
+    _run(method_cls(**params), small, tight)
+    if small.fit_counter.count > 3:
+        raise ConformanceError(
+            f"budget of 3 model fits not honoured: the method made {small.fit_counter.count}"
+        )

@@ -1,0 +1,271 @@
+"""The public types every method and dataset plugin is written against (DESIGN.md §3)."""
+
+from __future__ import annotations
+
+import abc
+import inspect
+import math
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+import numpy as np
+
+from valbench.errors import UsageError
+
+if TYPE_CHECKING:
+    from valbench.models import BatchedClassifier
+    from valbench.utility import UtilityEngine
+
+__all__ = [
+    "Budget",
+    "FitCounter",
+    "ModelFactory",
+    "ValuationTask",
+    "Valuation",
+    "Method",
+    "ProgressFn",
+    "DatasetSplits",
+    "Dataset",
+    "no_progress",
+    "init_params",
+]
+
+ProgressFn = Callable[[int, int], None]
+"""``progress(done, total)``: lets a long method report inner progress to the harness."""
+
+
+def no_progress(done: int, total: int) -> None:
+    """A progress callback that ignores its arguments."""
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What a method may spend: model fits and/or wall seconds (``None`` = unlimited).
+
+    Iterative estimators stop when the budget is spent and report what they used, so methods
+    can be compared at equal cost.
+    """
+
+    max_fits: int | None = None
+    max_seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_fits is not None and self.max_fits < 0:
+            raise UsageError(f"budget fits must be >= 0, got {self.max_fits}")
+        if self.max_seconds is not None and not self.max_seconds > 0:
+            raise UsageError(f"budget seconds must be > 0, got {self.max_seconds}")
+
+    @classmethod
+    def parse(cls, text: str | int | None) -> Budget:
+        """Read a budget: ``"2000"`` or ``"fits=2000"``, ``"60s"``, or ``"fits=500,seconds=30"``."""
+        if text is None or text == "" or text == "none":
+            return cls()
+        if isinstance(text, int):
+            return cls(max_fits=text)
+        fits: int | None = None
+        seconds: float | None = None
+        for part in str(text).split(","):
+            part = part.strip()
+            m_fits = re.fullmatch(r"(?:fits=)?(\d+)", part)
+            m_sec = re.fullmatch(r"(?:seconds=)?(\d+(?:\.\d*)?)s?", part)
+            if m_fits and not part.endswith("s"):
+                fits = int(m_fits.group(1))
+            elif m_sec and (part.startswith("seconds=") or part.endswith("s")):
+                seconds = float(m_sec.group(1))
+            else:
+                raise UsageError(
+                    f"invalid budget {text!r}; use e.g. '2000' or 'fits=2000', '60s' or "
+                    "'seconds=60', or both: 'fits=2000,seconds=60'"
+                )
+        return cls(max_fits=fits, max_seconds=seconds)
+
+    def __str__(self) -> str:
+        parts = []
+        if self.max_fits is not None:
+            parts.append(f"fits={self.max_fits}")
+        if self.max_seconds is not None:
+            parts.append(f"seconds={self.max_seconds:g}")
+        return ",".join(parts) or "none"
+
+    def remaining_fits(self, used: int) -> float:
+        """Fits still allowed after ``used`` (``inf`` when unlimited)."""
+        return math.inf if self.max_fits is None else max(0, self.max_fits - used)
+
+    def exhausted(self, fits_used: int, started: float) -> bool:
+        """True once the fits or the seconds since ``started`` (a perf_counter) are spent."""
+        if self.max_fits is not None and fits_used >= self.max_fits:
+            return True
+        return self.max_seconds is not None and time.perf_counter() - started >= self.max_seconds
+
+
+class FitCounter:
+    """Counts model fits; shared by everything that trains on behalf of one method call."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def add(self, n: int = 1) -> None:
+        """Record ``n`` more model fits."""
+        self.count += int(n)
+
+
+class ModelFactory(Protocol):
+    """Builds the evaluation/utility model for a task (see :mod:`valbench.models`)."""
+
+    def build(self, n_features: int, n_classes: int, seed: int) -> BatchedClassifier: ...
+
+
+@dataclass(frozen=True, eq=False)
+class ValuationTask:
+    """One dataset split handed to a method.
+
+    Methods may use ``*_train`` and ``*_val``; they must never read ``x_test``/``y_test`` or
+    ``noisy_mask`` (the conformance kit checks this by poisoning them).
+    """
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    n_classes: int
+    noisy_mask: np.ndarray | None
+    name: str
+    seed: int
+    model: ModelFactory
+    fit_counter: FitCounter = field(default_factory=FitCounter)
+
+    @property
+    def n_train(self) -> int:
+        """Number of training points, i.e. the length of every score vector."""
+        return int(self.x_train.shape[0])
+
+    @property
+    def n_features(self) -> int:
+        """Number of input features."""
+        return int(self.x_train.shape[1])
+
+    def build_model(self, seed: int | None = None) -> BatchedClassifier:
+        """A fresh evaluation model whose fits are counted against this task."""
+        clf = self.model.build(self.n_features, self.n_classes, self.seed if seed is None else seed)
+        clf.fit_counter = self.fit_counter
+        return clf
+
+    def utility(self, **options: Any) -> UtilityEngine:
+        """The utility U(S) = validation accuracy of the model trained on S (cached, batched)."""
+        from valbench.utility import UtilityEngine
+
+        return UtilityEngine(self, **options)
+
+
+@dataclass
+class Valuation:
+    """What a method returns: one score per training point (higher = more valuable).
+
+    ``selections`` holds native subset choices of set-aware selectors, keyed by fraction; the
+    harness uses them instead of ranking by ``scores`` for those fractions.
+    """
+
+    scores: np.ndarray
+    selections: dict[float, np.ndarray] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.scores = np.asarray(self.scores, dtype=np.float64)
+        self.selections = {
+            float(k): np.asarray(v, dtype=np.int64) for k, v in self.selections.items()
+        }
+
+
+class Method(abc.ABC):
+    """Base class of every valuation method (scikit-learn style parameters).
+
+    ``__init__(**params)`` only stores parameters, so a run can record and replay them;
+    subclasses declare them as keyword arguments with defaults and set ``name``, ``family``
+    and ``summary``. The one abstract call is :meth:`value`.
+    """
+
+    name: ClassVar[str] = ""
+    family: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+
+    def __init__(self, **params: Any) -> None:
+        valid = self._param_names()
+        for key, value in params.items():
+            if key not in valid:
+                raise UsageError(
+                    f"method {self.name!r} has no parameter {key!r}; "
+                    f"valid: {', '.join(sorted(valid)) or '(none)'}"
+                )
+            setattr(self, key, value)
+
+    @classmethod
+    def _param_names(cls) -> dict[str, Any]:
+        return init_params(cls)
+
+    def get_params(self) -> dict[str, Any]:
+        """The parameters this instance runs with (defaults filled in)."""
+        return {k: getattr(self, k, default) for k, default in self._param_names().items()}
+
+    @abc.abstractmethod
+    def value(
+        self,
+        task: ValuationTask,
+        *,
+        rng: np.random.Generator,
+        budget: Budget,
+        progress: ProgressFn = no_progress,
+    ) -> Valuation:
+        """Score every training point of ``task`` within ``budget``."""
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+
+@dataclass(frozen=True)
+class DatasetSplits:
+    """Train/validation/test arrays of a dataset, before any label noise."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    n_classes: int
+
+    def __post_init__(self) -> None:
+        for part in ("train", "val", "test"):
+            x, y = getattr(self, f"x_{part}"), getattr(self, f"y_{part}")
+            object.__setattr__(self, f"x_{part}", np.ascontiguousarray(x, dtype=np.float32))
+            object.__setattr__(self, f"y_{part}", np.ascontiguousarray(y, dtype=np.int64))
+            if len(x) != len(y):
+                raise ValueError(f"{part}: {len(x)} rows of features but {len(y)} labels")
+
+
+class Dataset(abc.ABC):
+    """Base class of dataset loaders, registered in the ``valbench.datasets`` entry-point group."""
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    #: True when the features are 2-D points the report can draw.
+    is_2d: ClassVar[bool] = False
+
+    @abc.abstractmethod
+    def load(self, *, seed: int, max_train: int | None = None) -> DatasetSplits:
+        """Return standardized splits for ``seed``; at most ``max_train`` training points."""
+
+
+def init_params(cls: type) -> dict[str, Any]:
+    """Keyword-only parameters of ``cls.__init__`` and their defaults (sklearn-style params)."""
+    sig = inspect.signature(cls.__init__)  # type: ignore[misc]
+    return {
+        p.name: p.default
+        for p in sig.parameters.values()
+        if p.name != "self" and p.kind is p.KEYWORD_ONLY
+    }
