@@ -43,8 +43,13 @@ class SklearnBundledDataset(Dataset):
         """Standardized stratified splits for ``seed``; at most ``max_train`` training rows."""
         x, y = self.raw()
         return stratified_splits(
-            x, y, seed=seed, val_fraction=self.val_fraction, test_fraction=self.test_fraction,
-            max_train=max_train, n_classes=self.n_classes,
+            x,
+            y,
+            seed=seed,
+            val_fraction=self.val_fraction,
+            test_fraction=self.test_fraction,
+            max_train=max_train,
+            n_classes=self.n_classes,
         )
 
 

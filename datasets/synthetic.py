@@ -122,6 +122,4 @@ class SyntheticDataset(Dataset):
     def load(self, *, seed: int, max_train: int | None = None) -> DatasetSplits:
         """Standardized stratified 60/20/20 splits of :meth:`generate` for ``seed``."""
         x, y, _ = self.generate(seed)
-        return stratified_splits(
-            x, y, seed=seed, max_train=max_train, n_classes=self.n_classes
-        )
+        return stratified_splits(x, y, seed=seed, max_train=max_train, n_classes=self.n_classes)

@@ -24,7 +24,8 @@ class LeaveOneOut(Method):
     summary = "Leave-one-out retraining: U(D) − U(D∖{i}) for every training point."
 
     def __init__(self, *, warm_start: bool = False, batch_size: int = 64) -> None:
-        super().__init__(warm_start=warm_start, batch_size=batch_size)
+        self.warm_start = warm_start
+        self.batch_size = batch_size
 
     def value(
         self,
@@ -37,7 +38,7 @@ class LeaveOneOut(Method):
         started = time.perf_counter()
         n = task.n_train
         utility = task.utility(batch_size=self.batch_size, warm_start=self.warm_start)
-        # The full-data fit (plus the warm-start fit, which is the same model) is one fit.
+        # U(D) costs one fit; a warm start trains the full-data solution once more to start from.
         affordable = int(min(n, budget.remaining_fits(1 + int(self.warm_start))))
         order = rng.permutation(n)[:affordable] if affordable < n else np.arange(n)
         full = utility.full_score if affordable > 0 else float("nan")

@@ -16,9 +16,6 @@ class RandomMethod(Method):
     family = "baseline"
     summary = "Uniform random scores; the reference line for every metric."
 
-    def __init__(self) -> None:
-        super().__init__()
-
     def value(
         self,
         task: ValuationTask,

@@ -50,9 +50,7 @@ def _stratify_or_none(y: np.ndarray) -> np.ndarray | None:
     return y
 
 
-def stratified_subsample(
-    y: np.ndarray, size: int, rng: np.random.Generator
-) -> np.ndarray:
+def stratified_subsample(y: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
     """Sorted indices of a class-stratified subsample of ``size`` rows of ``y``.
 
     Per-class counts are proportional (largest remainder) and every class present keeps at
@@ -92,9 +90,12 @@ def cap_train(splits: DatasetSplits, max_train: int | None, seed: int) -> Datase
     rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(3)[2])
     keep = stratified_subsample(splits.y_train, max_train, rng)
     return DatasetSplits(
-        x_train=splits.x_train[keep], y_train=splits.y_train[keep],
-        x_val=splits.x_val, y_val=splits.y_val,
-        x_test=splits.x_test, y_test=splits.y_test,
+        x_train=splits.x_train[keep],
+        y_train=splits.y_train[keep],
+        x_val=splits.x_val,
+        y_val=splits.y_val,
+        x_test=splits.x_test,
+        y_test=splits.y_test,
         n_classes=splits.n_classes,
     )
 
@@ -149,20 +150,27 @@ def stratified_splits(
     idx = np.arange(len(y))
     try:
         rest, test = train_test_split(
-            idx, test_size=n_test, stratify=_stratify_or_none(y),
+            idx,
+            test_size=n_test,
+            stratify=_stratify_or_none(y),
             random_state=_split_seed(rng),
         )
         train, val = train_test_split(
-            rest, test_size=n_val, stratify=_stratify_or_none(y[rest]),
+            rest,
+            test_size=n_val,
+            stratify=_stratify_or_none(y[rest]),
             random_state=_split_seed(rng),
         )
     except ValueError as exc:  # e.g. fewer val/test rows than classes
         raise DatasetError(f"cannot split {len(y)} rows into train/val/test: {exc}") from exc
     scaler = StandardScaler().fit(x[train])
     splits = DatasetSplits(
-        x_train=scaler.transform(x[train]), y_train=y[train],
-        x_val=scaler.transform(x[val]), y_val=y[val],
-        x_test=scaler.transform(x[test]), y_test=y[test],
+        x_train=scaler.transform(x[train]),
+        y_train=y[train],
+        x_val=scaler.transform(x[val]),
+        y_val=y[val],
+        x_test=scaler.transform(x[test]),
+        y_test=y[test],
         n_classes=k,
     )
     return cap_train(splits, max_train, seed)

@@ -234,12 +234,27 @@ def _cost(name: str) -> Callable[[Mapping[str, Any]], float | None]:
 
 
 TABLE_COLUMNS: tuple[Column, ...] = (
-    Column("mislabel.recall_at_noise", "recall @ noise", _metric("mislabel", "recall_at_noise"),
-           True, group="mislabel detection"),
-    Column("mislabel.auc", "detection AUC", _metric("mislabel", "auc"), True,
-           group="mislabel detection"),
-    Column("mislabel.f1_2means", "2-means F1", _metric("mislabel", "f1_2means"), True,
-           group="mislabel detection"),
+    Column(
+        "mislabel.recall_at_noise",
+        "recall @ noise",
+        _metric("mislabel", "recall_at_noise"),
+        True,
+        group="mislabel detection",
+    ),
+    Column(
+        "mislabel.auc",
+        "detection AUC",
+        _metric("mislabel", "auc"),
+        True,
+        group="mislabel detection",
+    ),
+    Column(
+        "mislabel.f1_2means",
+        "2-means F1",
+        _metric("mislabel", "f1_2means"),
+        True,
+        group="mislabel detection",
+    ),
     Column("removal.auc", "removal AUC", _metric("removal", "auc"), False, group="point removal"),
     Column("cost.wall_s", "wall s", _cost("wall_s"), False, fmt=".3g", group="cost"),
     Column("cost.peak_mem_mb", "peak MB", _cost("peak_mem_mb"), False, fmt=".0f", group="cost"),
@@ -337,7 +352,8 @@ def _slug(text: str) -> str:
 
 
 def _per_seed_reference(
-    records: Sequence[Mapping[str, Any]], extract: Callable[[Mapping[str, Any]], float | None],
+    records: Sequence[Mapping[str, Any]],
+    extract: Callable[[Mapping[str, Any]], float | None],
     fmt: str,
 ) -> Stat:
     """A reference shared by every method of a seed: averaged within a seed, then over seeds."""
@@ -346,8 +362,9 @@ def _per_seed_reference(
         value = extract(rec)
         if value is not None:
             by_seed[rec.get("seed")].append(value)
-    return _stat((sum(v) / len(v) for _, v in sorted(by_seed.items(), key=lambda kv: str(kv[0]))),
-                 fmt)
+    return _stat(
+        (sum(v) / len(v) for _, v in sorted(by_seed.items(), key=lambda kv: str(kv[0]))), fmt
+    )
 
 
 def summarise(records: Iterable[Mapping[str, Any]]) -> list[GroupSummary]:
@@ -437,9 +454,11 @@ def _subset_figure(group: GroupSummary, colors: Mapping[str, str]) -> str:
         ax = fig.subplots()
         xs_all = [float(f) for f in group.fractions]
         for method, cells in group.rows.items():
-            pts = [(float(f), cells[f"subset_value@{f}"]) for f in group.fractions
-                   if cells.get(f"subset_value@{f}") is not None
-                   and cells[f"subset_value@{f}"].present]
+            pts = [
+                (float(f), cells[f"subset_value@{f}"])
+                for f in group.fractions
+                if cells.get(f"subset_value@{f}") is not None and cells[f"subset_value@{f}"].present
+            ]
             if not pts:
                 continue
             xs = [x for x, _ in pts]
@@ -447,13 +466,24 @@ def _subset_figure(group: GroupSummary, colors: Mapping[str, str]) -> str:
             color = colors.get(method, "#333333")
             ax.plot(xs, ys, marker="o", ms=3.5, lw=1.6, color=color, label=_mpl_text(method))
             if all(s.n >= 2 and math.isfinite(s.half_width) for _, s in pts):
-                ax.fill_between(xs, [s.mean - s.half_width for _, s in pts],
-                                [s.mean + s.half_width for _, s in pts],
-                                color=color, alpha=0.18, lw=0)
+                ax.fill_between(
+                    xs,
+                    [s.mean - s.half_width for _, s in pts],
+                    [s.mean + s.half_width for _, s in pts],
+                    color=color,
+                    alpha=0.18,
+                    lw=0,
+                )
         rnd = [(float(f), s) for f, s in group.random_subset.items() if s.present]
         if rnd:
-            ax.plot([x for x, _ in rnd], [s.mean for _, s in rnd], ls="--", lw=1.3,
-                    color="#555555", label="random subset")
+            ax.plot(
+                [x for x, _ in rnd],
+                [s.mean for _, s in rnd],
+                ls="--",
+                lw=1.3,
+                color="#555555",
+                label="random subset",
+            )
         if group.full_data.present:
             ax.axhline(group.full_data.mean, ls=":", lw=1.3, color="#000000", label="full data")
         if xs_all:
@@ -588,13 +618,17 @@ def render_report(run_dir: Path) -> Path:
             }
         )
 
-    html = _environment().get_template(TEMPLATE).render(
-        header=_header(manifest, records),
-        manifest=manifest,
-        groups=groups,
-        colors=colors,
-        failures=_failures(records),
-        confidence=CONFIDENCE,
+    html = (
+        _environment()
+        .get_template(TEMPLATE)
+        .render(
+            header=_header(manifest, records),
+            manifest=manifest,
+            groups=groups,
+            colors=colors,
+            failures=_failures(records),
+            confidence=CONFIDENCE,
+        )
     )
     target = run_dir / REPORT_FILE
     _write_atomic(target, html.encode("utf-8"))

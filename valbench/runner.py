@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
@@ -125,7 +126,7 @@ def run_serial(
     for cell in cells:
         with _alarm(spec.timeout):
             try:
-                outcome = run_cell(cell, spec, lambda d, t, c=cell: on_progress(c, d, t))
+                outcome = run_cell(cell, spec, partial(on_progress, cell))
             except CellTimeout as exc:  # raised outside the method's try (e.g. while loading)
                 outcome = CellOutcome(
                     failure_record(cell, spec, "timeout", "CellTimeout", str(exc))

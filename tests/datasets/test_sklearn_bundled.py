@@ -7,13 +7,13 @@ import importlib.metadata
 import numpy as np
 import pytest
 from sklearn.neighbors import NearestNeighbors
+
 from valbench.datasets.sklearn_bundled import (
     BreastCancerDataset,
     DigitsDataset,
     SklearnBundledDataset,
 )
 from valbench.datasets.synthetic import SyntheticDataset
-
 from valbench.types import Dataset
 
 CASES = [(BreastCancerDataset, 569, 30, 2), (DigitsDataset, 1797, 64, 10)]

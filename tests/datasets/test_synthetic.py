@@ -7,8 +7,8 @@ import pytest
 from sklearn.cluster import KMeans
 from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import NearestNeighbors
-from valbench.datasets.synthetic import SyntheticDataset
 
+from valbench.datasets.synthetic import SyntheticDataset
 from valbench.errors import UsageError
 from valbench.types import init_params
 
@@ -140,7 +140,11 @@ def test_planted_redundancy_rewards_a_diverse_subset() -> None:
 
 
 def test_invalid_params_raise_usage_error() -> None:
-    for bad in ({"n_classes": 1}, {"duplicate_fraction": 1.0}, {"clusters_per_class": 0},
-                {"n_samples": 5}):
+    for bad in (
+        {"n_classes": 1},
+        {"duplicate_fraction": 1.0},
+        {"clusters_per_class": 0},
+        {"n_samples": 5},
+    ):
         with pytest.raises(UsageError):
             SyntheticDataset(**bad).load(seed=0)  # type: ignore[arg-type]

@@ -258,6 +258,10 @@ def test_recall_auc_by_hand() -> None:
     assert M.curve_area(fr, rec) == pytest.approx(0.755)
 
 
+def test_curve_area_of_one_point_is_its_value() -> None:
+    assert M.curve_area([0.5], [0.8]) == pytest.approx(0.8)
+
+
 @pytest.mark.parametrize(
     "x, y, match",
     [
@@ -267,10 +271,6 @@ def test_recall_auc_by_hand() -> None:
         ([1, 1], [1, 2], "positive range"),
     ],
 )
-def test_curve_area_of_one_point_is_its_value() -> None:
-    assert M.curve_area([0.5], [0.8]) == pytest.approx(0.8)
-
-
 def test_curve_area_invalid(x: list, y: list, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         M.curve_area(x, y)

@@ -112,7 +112,7 @@ def _failed(method: str, seed: int, status: str = "failed") -> dict:
         "error": {
             "type": "ValueError",
             "message": "solver diverged <badly> & gave up",
-            "traceback": "Traceback (most recent call last):\n  File \"x.py\"\nValueError: boom",
+            "traceback": 'Traceback (most recent call last):\n  File "x.py"\nValueError: boom',
         },
         "cost": {"wall_s": 0.5},
         "metrics": {},
@@ -253,8 +253,9 @@ def test_table_numbers_are_means_over_seeds(run_dir: Path) -> None:
     rnd = table["random subset"]["subset_value@0.2"]
     assert float(rnd["mean"]) == pytest.approx(0.6 + 0.2 + 0.001)
     assert not rnd["bold"]
-    full = re.search(r'<tr class="reference" data-method="full data">.*?data-mean="([^"]+)"',
-                     html, re.S)
+    full = re.search(
+        r'<tr class="reference" data-method="full data">.*?data-mean="([^"]+)"', html, re.S
+    )
     assert full is not None and float(full.group(1)) == pytest.approx(0.951)
 
 
@@ -338,7 +339,14 @@ def test_results_csv_rows(run_dir: Path) -> None:
     with path.open(newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert list(rows[0]) == [
-        "cell_id", "method", "dataset", "noise", "seed", "status", "metric", "value"
+        "cell_id",
+        "method",
+        "dataset",
+        "noise",
+        "seed",
+        "status",
+        "metric",
+        "value",
     ]
     cell = [r for r in rows if r["cell_id"] == "digits.loo.noise0.1.seed1"]
     got = {r["metric"]: r["value"] for r in cell}

@@ -21,7 +21,7 @@ class CentroidTypicality(Method):
     summary = "Negative distance of each point to its labelled class centroid."
 
     def __init__(self, *, metric: str = "euclidean") -> None:
-        super().__init__(metric=metric)
+        self.metric = metric  # only store parameters (scikit-learn style)
 
     def value(
         self,

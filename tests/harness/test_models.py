@@ -1,0 +1,340 @@
+"""Tests of the batched torch evaluation models (valbench.models)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from valbench.errors import UnknownNameError, UsageError
+from valbench.models import MODEL_NAMES, BatchedClassifier, ModelSpec, Params, model_spec
+from valbench.types import FitCounter
+
+KINDS = ["logreg", "mlp"]
+
+
+def blobs(
+    n: int = 150, d: int = 4, n_classes: int = 3, seed: int = 0, spread: float = 4.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Well-separated Gaussian blobs, classes in round-robin order."""
+    rng = np.random.default_rng(seed)
+    centers = np.random.default_rng(123).normal(size=(n_classes, d)) * spread
+    y = np.arange(n) % n_classes
+    x = centers[y] + rng.normal(size=(n, d))
+    return x.astype(np.float32), y.astype(np.int64)
+
+
+def small_spec(kind: str, **kw: object) -> ModelSpec:
+    return ModelSpec.parse(kind, **{"epochs": 60, **kw})
+
+
+# -- ModelSpec --------------------------------------------------------------------------------
+
+
+def test_model_names_and_parse() -> None:
+    assert MODEL_NAMES == ("logreg", "mlp")
+    spec = model_spec("mlp", hidden="16", lr="0.01", epochs=10)
+    assert spec == ModelSpec(kind="mlp", hidden=16, lr=0.01, epochs=10)
+    assert ModelSpec.parse("logreg") == ModelSpec()
+
+
+def test_unknown_model_name() -> None:
+    with pytest.raises(UnknownNameError) as err:
+        model_spec("svm")
+    assert err.value.kind == "model" and err.value.valid == ["logreg", "mlp"]
+    with pytest.raises(UnknownNameError):
+        ModelSpec(kind="forest")
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"epochs": -1},
+        {"lr": 0.0},
+        {"lr": float("nan")},
+        {"l2": -1.0},
+        {"hidden": 0},
+        {"dtype": "float16"},
+        {"depth": 3},
+        {"epochs": "many"},
+    ],
+)
+def test_bad_model_params(params: dict[str, object]) -> None:
+    with pytest.raises(UsageError):
+        model_spec("mlp", **params)
+
+
+# -- accuracy ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_learns_separable_blobs(kind: str) -> None:
+    x, y = blobs(n=300, d=5)
+    clf = ModelSpec(kind=kind).build(5, 3, seed=0)
+    params = clf.fit_subset(x, y, np.arange(len(y)))
+    assert params.batch_size == 1
+    assert clf.accuracy(params, x, y)[0] > 0.9
+    assert clf.predict(params, x).shape == (1, 300)
+    proba = clf.predict_proba(params, x)
+    assert proba.shape == (1, 300, 3)
+    np.testing.assert_allclose(proba.sum(-1), 1.0, rtol=1e-5)
+
+
+def test_logreg_agrees_with_sklearn_on_digits() -> None:
+    from sklearn.datasets import load_digits
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import train_test_split
+    from sklearn.preprocessing import StandardScaler
+
+    x, y = load_digits(return_X_y=True)
+    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.3, random_state=0, stratify=y)
+    scaler = StandardScaler().fit(x_tr)
+    x_tr = scaler.transform(x_tr).astype(np.float32)
+    x_te = scaler.transform(x_te).astype(np.float32)
+    spec = ModelSpec()
+    # sklearn minimises C*sum(CE) + ||w||²/2, i.e. mean CE + ||w||²/(2 C n): same objective.
+    sk = LogisticRegression(C=1.0 / (spec.l2 * len(y_tr)), max_iter=5000).fit(x_tr, y_tr)
+    clf = spec.build(64, 10, seed=0)
+    ours = clf.accuracy(clf.fit_subset(x_tr, y_tr, np.arange(len(y_tr))), x_te, y_te)[0]
+    assert abs(ours - sk.score(x_te, y_te)) <= 0.03
+    assert ours > 0.9
+
+
+# -- gradients --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_hand_written_gradients_match_autograd(kind: str) -> None:
+    x, y = blobs(n=40, d=3)
+    clf = ModelSpec(kind=kind, hidden=8, l2=0.1, dtype="float64").build(3, 3, seed=1)
+    rng = np.random.default_rng(0)
+    masks = rng.random((4, 40)) < 0.5
+    masks[2] = False  # empty subset: zero loss, zero gradient
+    masks[3] = False
+    masks[3, 7] = True  # single point
+    # Start from trained-ish random parameters so ReLUs and softmax are not at a trivial point.
+    start = clf.fit(x, y, masks[:1], epochs=5).repeat(4)
+    gen = torch.Generator().manual_seed(0)
+    noisy = Params(
+        kind,
+        {
+            k: (v + 0.3 * torch.randn(v.shape, generator=gen, dtype=v.dtype)).requires_grad_()
+            for k, v in start.tensors.items()
+        },
+    )
+    clf.loss(noisy, x, y, masks).sum().backward()
+    ours = clf.gradients(noisy, x, y, masks)
+    for name, tensor in noisy.tensors.items():
+        assert tensor.grad is not None
+        torch.testing.assert_close(ours[name], tensor.grad, rtol=1e-8, atol=1e-10)
+        assert torch.all(ours[name][2] == 0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_training_decreases_the_loss(kind: str) -> None:
+    x, y = blobs(n=60, d=3)
+    clf = small_spec(kind).build(3, 3, seed=0)
+    masks = np.ones((1, 60), dtype=bool)
+    before = clf.loss(clf.init_params(), x, y, masks).item()
+    after = clf.loss(clf.fit(x, y, masks), x, y, masks).item()
+    assert after < 0.5 * before
+
+
+# -- batching and determinism ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_batched_equals_individual(kind: str, dtype: str) -> None:
+    x, y = blobs(n=80, d=4, spread=1.5)
+    rng = np.random.default_rng(1)
+    subsets = [rng.choice(80, size=k, replace=False) for k in (5, 20, 40, 70, 80)]
+    spec = small_spec(kind, dtype=dtype)
+    clf = spec.build(4, 3, seed=3)
+    together = clf.fit(x, y, subsets)
+    assert together.batch_size == 5
+    pred_together = clf.predict(together, x)
+    # In float64 batching changes nothing but rounding. In float32 Adam's g/sqrt(v) amplifies
+    # rounding on near-zero gradients (dead ReLUs) to ~1e-3, still far below a real mismatch.
+    atol = 1e-9 if dtype == "float64" else 3e-3
+    for i, subset in enumerate(subsets):
+        alone = spec.build(4, 3, seed=3).fit_subset(x, y, subset)
+        for name, tensor in alone.tensors.items():
+            torch.testing.assert_close(together[name][i : i + 1], tensor, rtol=0, atol=atol)
+        agree = (clf.predict(alone, x)[0] == pred_together[i]).mean()
+        assert agree >= (1.0 if dtype == "float64" else 0.98)
+    # The subsets differ, so the models must too (guards against all rows sharing one fit).
+    first = next(iter(together.tensors))
+    assert not torch.allclose(together[first][0], together[first][4])
+
+
+def test_masks_as_bool_array_or_index_lists_agree() -> None:
+    x, y = blobs(n=50)
+    clf = small_spec("logreg").build(4, 3, seed=0)
+    idx = [np.arange(10), np.array([3, 4, 40])]
+    mask = np.zeros((2, 50), dtype=bool)
+    for row, ids in zip(mask, idx, strict=True):
+        row[ids] = True
+    a, b = clf.fit(x, y, idx), clf.fit(x, y, mask)
+    for name in a.tensors:
+        assert torch.equal(a[name], b[name])
+    with pytest.raises(UsageError):
+        clf.fit(x, y, [np.array([50])])
+    with pytest.raises(UsageError):
+        clf.fit(x, y, np.ones((2, 49), dtype=bool))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_same_seed_same_params(kind: str) -> None:
+    x, y = blobs()
+    subset = np.arange(0, 150, 2)
+    a = small_spec(kind).build(4, 3, seed=7).fit_subset(x, y, subset)
+    b = small_spec(kind).build(4, 3, seed=7).fit_subset(x, y, subset)
+    for name in a.tensors:
+        assert torch.equal(a[name], b[name])
+
+
+def test_mlp_seed_changes_params_logreg_does_not() -> None:
+    x, y = blobs()
+    a = small_spec("mlp").build(4, 3, seed=0)
+    b = small_spec("mlp").build(4, 3, seed=1)
+    assert not torch.allclose(a.init_params()["W1"], b.init_params()["W1"])
+    everything = np.arange(150)
+    assert not torch.allclose(
+        a.fit_subset(x, y, everything)["W1"], b.fit_subset(x, y, everything)["W1"]
+    )
+    # logreg starts at zero: convex, so the seed must not matter.
+    la = small_spec("logreg").build(4, 3, seed=0).fit_subset(x, y, range(150))
+    lb = small_spec("logreg").build(4, 3, seed=1).fit_subset(x, y, range(150))
+    assert torch.equal(la["W"], lb["W"])
+
+
+def test_every_model_in_a_batch_shares_the_init() -> None:
+    clf = small_spec("mlp").build(4, 3, seed=5)
+    init = clf.init_params(3)
+    assert init.batch_size == 3
+    for name, tensor in init.tensors.items():
+        assert torch.equal(tensor[0], tensor[2]), name
+
+
+# -- edge subsets -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_subset_missing_a_class(kind: str) -> None:
+    x, y = blobs(n=90)
+    clf = small_spec(kind).build(4, 3, seed=0)
+    subset = np.flatnonzero(y != 2)
+    params = clf.fit_subset(x, y, subset)
+    proba = clf.predict_proba(params, x)
+    assert proba.shape == (1, 90, 3) and np.isfinite(proba).all()
+    # The absent class is pushed down on the points that were trained on ...
+    assert proba[0, subset, 2].max() < 0.2
+    # ... and those are fitted; accuracy on everything stays finite.
+    assert clf.accuracy(params, x[subset], y[subset])[0] > 0.9
+    acc = clf.accuracy(params, x, y)[0]
+    assert np.isfinite(acc)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_single_point(kind: str) -> None:
+    x, y = blobs(n=60)
+    clf = small_spec(kind, epochs=150).build(4, 3, seed=0)
+    params = clf.fit(x, y, [[i] for i in range(3)])  # one point of each class
+    pred = clf.predict(params, x)
+    proba = clf.predict_proba(params, x)
+    for i in range(3):
+        assert proba[i, i, y[i]] > 0.9  # confident on its own point
+        assert np.isfinite(proba[i]).all()
+        # Far from converged optimum (an unpenalised bias would grow without bound) the
+        # model still predicts the point's class on most of the points of that class.
+        assert (pred[i][y == y[i]] == y[i]).mean() > 0.7
+    if kind == "mlp":
+        # The MLP's one point dominates everywhere on these blobs.
+        assert all((pred[i] == y[i]).all() for i in range(3))
+    assert np.isfinite(clf.accuracy(params, x, y)).all()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_empty_mask_keeps_init(kind: str) -> None:
+    x, y = blobs(n=60)
+    clf = small_spec(kind).build(4, 3, seed=2)
+    masks = np.zeros((3, 60), dtype=bool)
+    masks[1, :30] = True  # a trained neighbour in the same batch must not leak into the others
+    params = clf.fit(x, y, masks)
+    init = clf.init_params()
+    for name, tensor in params.tensors.items():
+        assert torch.equal(tensor[0:1], init[name]), name
+        assert torch.equal(tensor[2:3], init[name]), name
+        assert not torch.equal(tensor[1:2], init[name]), name
+    acc = clf.accuracy(params, x, y)
+    assert np.isfinite(acc).all()
+    if kind == "logreg":
+        assert np.all(clf.predict(params.select(0), x) == 0)  # zero weights: argmax picks class 0
+
+
+def test_zero_models_and_empty_eval() -> None:
+    x, y = blobs(n=30)
+    clf = small_spec("logreg").build(4, 3, seed=0)
+    counter = clf.fit_counter = FitCounter()
+    params = clf.fit(x, y, np.zeros((0, 30), dtype=bool))
+    assert params.batch_size == 0 and counter.count == 0
+    one = clf.fit_subset(x, y, range(30))
+    assert np.isnan(clf.accuracy(one, x[:0], y[:0])).all()
+
+
+# -- counting, warm starts, Params -------------------------------------------------------------
+
+
+def test_fit_counter_counts_every_model() -> None:
+    x, y = blobs(n=40)
+    task_counter = FitCounter()
+    clf = small_spec("logreg", epochs=5).build(4, 3, seed=0)
+    clf.fit_counter = task_counter
+    clf.fit(x, y, np.ones((7, 40), dtype=bool))
+    assert task_counter.count == 7
+    clf.fit_subset(x, y, [1, 2, 3])
+    assert task_counter.count == 8
+    clf.fit(x, y, [[0], [1]], epochs=0)
+    assert task_counter.count == 10
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_warm_start_from_init(kind: str) -> None:
+    x, y = blobs(n=60)
+    clf = small_spec(kind).build(4, 3, seed=0)
+    full = clf.fit_subset(x, y, range(60))
+    # Zero more steps from a solution returns that solution, broadcast to the batch.
+    again = clf.fit(x, y, np.ones((3, 60), dtype=bool), init=full, epochs=0)
+    assert again.batch_size == 3
+    for name, tensor in full.tensors.items():
+        assert torch.equal(again[name][2:3], tensor)
+    # Continuing from the optimum stays near it (Adam restarts, so not exactly).
+    cont = clf.fit(x, y, np.ones((1, 60), dtype=bool), init=full)
+    assert clf.accuracy(cont, x, y)[0] == pytest.approx(clf.accuracy(full, x, y)[0], abs=0.05)
+    with pytest.raises(UsageError):
+        clf.fit(x, y, np.ones((2, 60), dtype=bool), init=again)
+
+
+def test_params_select_and_repeat() -> None:
+    x, y = blobs(n=60)
+    clf = small_spec("mlp").build(4, 3, seed=0)
+    params = clf.fit(x, y, [range(10), range(20), range(30)])
+    picked = params.select([2, 0])
+    assert picked.batch_size == 2
+    assert torch.equal(picked["W2"][0], params["W2"][2])
+    assert params.select(1).batch_size == 1
+    assert params.select(1).repeat(4).batch_size == 4
+    with pytest.raises(ValueError):
+        params.repeat(2)
+    arrays = params.numpy()
+    assert arrays["W1"].shape == (3, 4, 64) and arrays["W2"].shape == (3, 64, 3)
+
+
+def test_float64_option() -> None:
+    x, y = blobs(n=60)
+    clf = ModelSpec(dtype="float64", epochs=30).build(4, 3, seed=0)
+    assert isinstance(clf, BatchedClassifier)
+    params = clf.fit_subset(x, y, range(60))
+    assert params["W"].dtype == torch.float64
+    assert clf.accuracy(params, x, y)[0] > 0.9

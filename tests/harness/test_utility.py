@@ -1,0 +1,224 @@
+"""Tests of the cached, batched utility engine (valbench.utility)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from valbench.errors import UsageError
+from valbench.models import BatchedClassifier, ModelSpec
+from valbench.types import FitCounter, ValuationTask
+from valbench.utility import UtilityEngine
+
+N_TRAIN = 60
+
+
+def make_task(
+    cls: type[ValuationTask] = ValuationTask, *, kind: str = "logreg", epochs: int = 40
+) -> ValuationTask:
+    """A 3-class blob task with overlapping classes (so subsets give different accuracies)."""
+    rng = np.random.default_rng(0)
+    centers = np.array([[0.0, 0.0], [2.0, 0.0], [0.0, 2.0]])
+
+    def draw(n: int) -> tuple[np.ndarray, np.ndarray]:
+        y = np.arange(n) % 3
+        return (centers[y] + rng.normal(size=(n, 2))).astype(np.float32), y.astype(np.int64)
+
+    x_train, y_train = draw(N_TRAIN)
+    x_val, y_val = draw(45)
+    x_test, y_test = draw(45)
+    return cls(
+        x_train=x_train,
+        y_train=y_train,
+        x_val=x_val,
+        y_val=y_val,
+        x_test=x_test,
+        y_test=y_test,
+        n_classes=3,
+        noisy_mask=np.zeros(N_TRAIN, dtype=bool),
+        name="t",
+        seed=0,
+        model=ModelSpec(kind=kind, epochs=epochs),
+        fit_counter=FitCounter(),
+    )
+
+
+class PoisonedTask(ValuationTask):
+    """A task whose test data and noise mask raise when read."""
+
+    def __getattribute__(self, name: str) -> Any:
+        if name in ("x_test", "y_test", "noisy_mask"):
+            raise AssertionError(f"the utility engine read task.{name}")
+        return object.__getattribute__(self, name)
+
+
+@pytest.fixture
+def task() -> ValuationTask:
+    return make_task()
+
+
+def test_value_is_validation_accuracy_of_the_subset_model(task: ValuationTask) -> None:
+    engine = UtilityEngine(task)
+    subset = np.arange(0, N_TRAIN, 2)
+    clf = task.model.build(task.n_features, task.n_classes, task.seed)
+    expected = clf.accuracy(
+        clf.fit_subset(task.x_train, task.y_train, subset), task.x_val, task.y_val
+    )[0]
+    assert engine(subset) == expected
+    assert engine.fits == 1 and task.fit_counter.count == 1
+
+
+def test_cache_hit_returns_same_value_without_a_fit(task: ValuationTask) -> None:
+    engine = UtilityEngine(task)
+    subset = [5, 1, 9, 30, 31, 40]
+    first = engine(subset)
+    assert (engine.fits, engine.cache_misses, engine.cache_hits) == (1, 1, 0)
+    # Same set as indices in another order, as a mask, and as a tuple: all cache hits.
+    mask = np.zeros(N_TRAIN, dtype=bool)
+    mask[subset] = True
+    assert engine(sorted(subset)) == first
+    assert engine(mask) == first
+    assert engine(tuple(subset)) == first
+    assert (engine.fits, engine.cache_hits) == (1, 3)
+    assert task.fit_counter.count == 1
+    assert len(engine) == 1
+
+
+def test_many_dedupes_and_batches(task: ValuationTask, monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = UtilityEngine(task, batch_size=3)
+    calls: list[int] = []
+    real_fit = BatchedClassifier.fit
+
+    def counting_fit(self: BatchedClassifier, x: Any, y: Any, masks: Any, **kw: Any) -> Any:
+        calls.append(len(masks))
+        return real_fit(self, x, y, masks, **kw)
+
+    monkeypatch.setattr(BatchedClassifier, "fit", counting_fit)
+    rng = np.random.default_rng(1)
+    distinct = [rng.choice(N_TRAIN, size=k, replace=False) for k in (3, 10, 20, 30, 40, 50, 55)]
+    request = distinct + [distinct[0], distinct[3], distinct[0]]
+    values = engine.many(request)
+    assert values.shape == (10,) and values.dtype == np.float64
+    assert calls == [3, 3, 1]  # 7 distinct subsets in batches of 3
+    assert engine.fits == 7 and task.fit_counter.count == 7
+    assert engine.cache_misses == 7 and engine.cache_hits == 3
+    assert values[7] == values[0] and values[9] == values[0] and values[8] == values[3]
+    # Asking again trains nothing.
+    np.testing.assert_array_equal(engine.many(request), values)
+    assert calls == [3, 3, 1] and engine.cache_hits == 13
+    # Batched values equal one-at-a-time values from a fresh engine.
+    fresh = UtilityEngine(make_task())
+    np.testing.assert_allclose([fresh(s) for s in distinct], values[:7], atol=1.5 / 45)
+    assert calls == [3, 3, 1] + [1] * 7
+
+
+def test_lru_eviction(task: ValuationTask) -> None:
+    engine = UtilityEngine(task, cache_size=2)
+    a, b, c = [0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]
+    engine(a)
+    engine(b)
+    engine(a)  # a becomes the most recently used
+    assert engine.fits == 2
+    engine(c)  # evicts b, the least recently used
+    assert len(engine) == 2 and engine.fits == 3
+    engine(a)
+    assert engine.fits == 3  # a survived
+    engine(b)
+    assert engine.fits == 4  # b was evicted and had to be retrained
+
+
+def test_cache_size_zero_still_dedupes_within_a_call(task: ValuationTask) -> None:
+    engine = UtilityEngine(task, cache_size=0)
+    values = engine.many([[1, 2, 3], [1, 2, 3]])
+    assert engine.fits == 1 and values[0] == values[1] and len(engine) == 0
+    engine([1, 2, 3])
+    assert engine.fits == 2
+
+
+def test_empty_subset_scores_chance_without_a_fit(task: ValuationTask) -> None:
+    engine = UtilityEngine(task)
+    assert engine.empty_score == pytest.approx(1 / 3)
+    assert engine([]) == engine.empty_score
+    assert engine(np.zeros(N_TRAIN, dtype=bool)) == engine.empty_score
+    values = engine.many([[], [0, 1, 2]])
+    assert values[0] == pytest.approx(1 / 3)
+    assert engine.fits == 1 and task.fit_counter.count == 1
+
+
+def test_full_score(task: ValuationTask) -> None:
+    engine = UtilityEngine(task)
+    full = engine.full_score
+    assert full > 0.5  # the blobs are learnable
+    assert engine(range(N_TRAIN)) == full
+    assert engine(np.ones(N_TRAIN, dtype=bool)) == full
+    assert engine.fits == 1
+    assert engine.full_score == full and engine.fits == 1
+
+
+def test_engine_never_touches_test_data_or_noise_mask() -> None:
+    poisoned = make_task(PoisonedTask)
+    with pytest.raises(AssertionError):
+        _ = poisoned.x_test  # the poison works
+    for warm in (False, True):
+        engine = UtilityEngine(poisoned, warm_start=warm, batch_size=4)
+        values = engine.many([[0, 1, 2], list(range(30)), []])
+        assert np.isfinite(values).all()
+        assert np.isfinite(engine.full_score)
+    assert np.isfinite(poisoned.utility()([3, 4, 5]))
+
+
+def test_warm_start_matches_cold_start_for_leave_one_out() -> None:
+    cold_task, warm_task = make_task(epochs=150), make_task(epochs=150)
+    cold, warm = UtilityEngine(cold_task), UtilityEngine(warm_task, warm_start=True)
+    everyone = np.ones(N_TRAIN, dtype=bool)
+    loo = np.repeat(everyone[None, :], 10, axis=0)
+    loo[np.arange(10), np.arange(10)] = False
+    cold_values = cold.many(list(loo))
+    warm_values = warm.many(list(loo))
+    # Optimisation error only: at most a couple of validation points flip.
+    np.testing.assert_allclose(warm_values, cold_values, atol=2.5 / 45)
+    assert warm.full_score == pytest.approx(cold.full_score, abs=2.5 / 45)
+    # The warm-start base fit is counted once, on top of the 10 + 1 subsets.
+    assert warm.fits == 12 and warm_task.fit_counter.count == 12
+    assert cold.fits == 11
+
+
+def test_epochs_override_changes_the_model(task: ValuationTask) -> None:
+    subset = list(range(0, N_TRAIN, 2))
+    zero = UtilityEngine(task, epochs=0)
+    # Zero steps leaves logreg at its zero init, which predicts class 0: accuracy 1/3 here.
+    assert zero(subset) == pytest.approx(1 / 3)
+    assert UtilityEngine(task)(subset) > 0.5
+
+
+def test_mlp_engine(task: ValuationTask) -> None:
+    engine = UtilityEngine(make_task(kind="mlp", epochs=30), batch_size=8)
+    values = engine.many([range(10), range(40), range(N_TRAIN)])
+    assert np.isfinite(values).all() and engine.fits == 3
+
+
+@pytest.mark.parametrize(
+    "subset", [[N_TRAIN], [-1], np.ones(N_TRAIN - 1, dtype=bool), [0.5, 1.5], [[0, 1]]]
+)
+def test_invalid_subsets(task: ValuationTask, subset: Any) -> None:
+    with pytest.raises(UsageError):
+        UtilityEngine(task)(subset)
+
+
+@pytest.mark.parametrize("options", [{"cache_size": -1}, {"batch_size": 0}, {"epochs": -2}])
+def test_invalid_options(task: ValuationTask, options: dict[str, int]) -> None:
+    with pytest.raises(UsageError):
+        UtilityEngine(task, **options)
+
+
+def test_task_utility_shortcut_and_stats(task: ValuationTask) -> None:
+    engine = task.utility(batch_size=16)
+    assert isinstance(engine, UtilityEngine) and engine.batch_size == 16
+    engine([1, 2, 3])
+    engine([1, 2, 3])
+    assert engine.stats() == {"utility_fits": 1, "cache_hits": 1, "cache_misses": 1}
+    engine.clear_cache()
+    engine([1, 2, 3])
+    assert engine.fits == 2

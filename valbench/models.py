@@ -1,0 +1,501 @@
+"""Evaluation models in torch that train many independent copies at once.
+
+A :class:`BatchedClassifier` fits ``B`` models of the same architecture, each on its own
+subset of one shared training set, in a single full-batch optimisation: every parameter has
+a leading batch dimension and each model's loss only touches its own slice. Because Adam is
+per-coordinate, training ``B`` models together gives the same parameters (up to float
+rounding) as training each alone, which is what lets the utility engine batch retrainings.
+
+Gradients are written out by hand (the models are tiny); this avoids autograd's per-step
+overhead, which dominates at these sizes. ``tests/harness/test_models.py`` checks them
+against autograd.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from valbench.errors import UnknownNameError, UsageError
+from valbench.types import FitCounter
+
+__all__ = [
+    "MODEL_NAMES",
+    "ModelSpec",
+    "Params",
+    "BatchedClassifier",
+    "model_spec",
+]
+
+MODEL_NAMES: tuple[str, ...] = ("logreg", "mlp")
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+_BETA1, _BETA2, _EPS = 0.9, 0.999, 1e-8
+_LOGIT_RANGE = 60.0
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Configuration of the evaluation model; implements :class:`valbench.types.ModelFactory`.
+
+    Attributes:
+        kind: ``"logreg"`` (multinomial logistic regression) or ``"mlp"`` (one ReLU hidden layer).
+        epochs: Full-batch Adam steps per fit.
+        lr: Adam learning rate.
+        l2: Weight decay, added to each model's loss as ``l2/2 * ||weights||²`` (biases excluded).
+        hidden: Hidden units of the MLP (ignored by logreg).
+        dtype: ``"float32"`` (default) or ``"float64"``.
+    """
+
+    kind: str = "logreg"
+    epochs: int = 150
+    lr: float = 0.05
+    l2: float = 1e-3
+    hidden: int = 64
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if self.kind not in MODEL_NAMES:
+            raise UnknownNameError("model", self.kind, list(MODEL_NAMES))
+        if not isinstance(self.epochs, int) or self.epochs < 0:
+            raise UsageError(f"model epochs must be an integer >= 0, got {self.epochs!r}")
+        if not (isinstance(self.lr, int | float) and math.isfinite(self.lr) and self.lr > 0):
+            raise UsageError(f"model lr must be a finite number > 0, got {self.lr!r}")
+        if not (isinstance(self.l2, int | float) and math.isfinite(self.l2) and self.l2 >= 0):
+            raise UsageError(f"model l2 must be a finite number >= 0, got {self.l2!r}")
+        if not isinstance(self.hidden, int) or self.hidden < 1:
+            raise UsageError(f"model hidden must be an integer >= 1, got {self.hidden!r}")
+        if self.dtype not in _DTYPES:
+            raise UsageError(f"model dtype must be one of {', '.join(_DTYPES)}, got {self.dtype!r}")
+
+    @classmethod
+    def parse(cls, name: str, **overrides: Any) -> ModelSpec:
+        """The spec of model ``name`` with some fields overridden (strings are converted).
+
+        Raises:
+            UnknownNameError: ``name`` is not in :data:`MODEL_NAMES`.
+            UsageError: an override is not a field or has an invalid value.
+        """
+        if name not in MODEL_NAMES:
+            raise UnknownNameError("model", name, list(MODEL_NAMES))
+        fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "kind"}
+        values: dict[str, Any] = {}
+        for key, value in overrides.items():
+            if key not in fields:
+                raise UsageError(
+                    f"model {name!r} has no parameter {key!r}; valid: {', '.join(sorted(fields))}"
+                )
+            values[key] = _coerce(key, value, type(getattr(cls, key)))
+        return cls(kind=name, **values)
+
+    def build(self, n_features: int, n_classes: int, seed: int) -> BatchedClassifier:
+        """A fresh classifier for ``n_features`` inputs and ``n_classes`` outputs."""
+        return BatchedClassifier(self, n_features, n_classes, seed)
+
+
+def model_spec(name: str, **params: Any) -> ModelSpec:
+    """Shorthand for :meth:`ModelSpec.parse` (used by the runner with ``RunSpec.model``)."""
+    return ModelSpec.parse(name, **params)
+
+
+def _coerce(key: str, value: Any, kind: type) -> Any:
+    # Config files and the CLI hand over strings; convert them to the field's type.
+    if not isinstance(value, str) or kind is str:
+        return value
+    try:
+        return kind(value)
+    except ValueError:
+        raise UsageError(
+            f"model parameter {key}={value!r} is not a valid {kind.__name__}"
+        ) from None
+
+
+@dataclass
+class Params:
+    """Parameters of ``B`` models: named tensors, each with the batch as leading dimension.
+
+    logreg: ``W`` (B, d, C), ``b`` (B, C). mlp: ``W1`` (B, d, h), ``b1`` (B, h),
+    ``W2`` (B, h, C), ``b2`` (B, C).
+    """
+
+    kind: str
+    tensors: dict[str, torch.Tensor]
+
+    @property
+    def batch_size(self) -> int:
+        """Number of models held."""
+        return int(next(iter(self.tensors.values())).shape[0])
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.tensors[name]
+
+    def select(self, indices: int | Sequence[int] | np.ndarray) -> Params:
+        """The models at ``indices`` (an int keeps a batch of one)."""
+        idx = torch.as_tensor(np.atleast_1d(np.asarray(indices, dtype=np.int64)))
+        return Params(self.kind, {k: v[idx].clone() for k, v in self.tensors.items()})
+
+    def repeat(self, batch_size: int) -> Params:
+        """``batch_size`` copies of a batch of one (e.g. a shared initialisation)."""
+        if self.batch_size != 1:
+            raise ValueError(f"repeat needs a batch of 1, this one holds {self.batch_size}")
+        return Params(
+            self.kind,
+            {k: v.expand(batch_size, *v.shape[1:]).clone() for k, v in self.tensors.items()},
+        )
+
+    def numpy(self) -> dict[str, np.ndarray]:
+        """The parameters as numpy arrays (copies)."""
+        return {k: v.detach().cpu().numpy().copy() for k, v in self.tensors.items()}
+
+
+class BatchedClassifier:
+    """Trains ``B`` independent classifiers at once on subsets of the same training arrays.
+
+    Each model ``b`` minimises the mean cross-entropy over its own subset plus
+    ``l2/2 * ||weights||²`` with full-batch Adam; the softmax is always over all
+    ``n_classes``, so subsets missing classes work. A model whose subset is empty gets a zero
+    loss (no penalty either) and so keeps its initial parameters: zero for logreg, which
+    predicts class 0 everywhere; the seeded initialisation for the MLP.
+
+    Every model of a batch starts from the same initialisation for the same ``seed``, so a
+    model trained in a batch equals the one trained alone on the same subset.
+
+    The torch copy of the last training arrays is memoised by object identity, so treat the
+    arrays passed to :meth:`fit` as immutable (as :class:`~valbench.types.ValuationTask` does).
+    """
+
+    def __init__(self, spec: ModelSpec, n_features: int, n_classes: int, seed: int) -> None:
+        if n_features < 1 or n_classes < 1:
+            raise UsageError(
+                f"need at least one feature and one class, got {n_features} and {n_classes}"
+            )
+        self.spec = spec
+        self.n_features = int(n_features)
+        self.n_classes = int(n_classes)
+        self.seed = int(seed)
+        self.dtype = _DTYPES[spec.dtype]
+        #: Every model trained adds 1 here (a batch of B adds B); set by ``task.build_model``.
+        self.fit_counter: FitCounter | None = None
+        self._init = self._initial_params()
+        # The last training arrays converted to torch; the utility engine refits on the same
+        # arrays thousands of times, so keep the conversion and one-hot labels. Holding the
+        # numpy objects themselves makes the identity check safe (their ids cannot be reused).
+        self._data: (
+            tuple[np.ndarray, np.ndarray, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None
+        ) = None
+
+    # -- construction -------------------------------------------------------------------------
+
+    def _initial_params(self) -> Params:
+        d, c = self.n_features, self.n_classes
+        if self.spec.kind == "logreg":
+            # Zero init: the problem is convex, so no symmetry to break and no seed dependence.
+            return Params(
+                "logreg",
+                {
+                    "W": torch.zeros(1, d, c, dtype=self.dtype),
+                    "b": torch.zeros(1, c, dtype=self.dtype),
+                },
+            )
+        h = self.spec.hidden
+        gen = torch.Generator().manual_seed(self.seed)
+
+        def uniform(shape: tuple[int, ...], fan_in: int) -> torch.Tensor:
+            # torch.nn.Linear's default init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+            bound = 1.0 / math.sqrt(fan_in)
+            draw = torch.rand(shape, generator=gen, dtype=torch.float64)
+            return ((draw * 2 - 1) * bound).to(self.dtype)
+
+        return Params(
+            "mlp",
+            {
+                "W1": uniform((1, d, h), d),
+                "b1": uniform((1, h), d),
+                "W2": uniform((1, h, c), h),
+                "b2": uniform((1, c), h),
+            },
+        )
+
+    def init_params(self, batch_size: int = 1) -> Params:
+        """The initial parameters (identical for every model of a batch)."""
+        return self._init.repeat(batch_size)
+
+    # -- conversion ---------------------------------------------------------------------------
+
+    def _features(self, x: np.ndarray) -> torch.Tensor:
+        arr = np.asarray(x)
+        if arr.ndim != 2 or arr.shape[1] != self.n_features:
+            raise UsageError(f"expected features of shape (n, {self.n_features}), got {arr.shape}")
+        arr = np.ascontiguousarray(arr, dtype=self.spec.dtype)
+        # torch.from_numpy shares memory and warns on read-only arrays; copy those instead.
+        return torch.from_numpy(arr if arr.flags.writeable else arr.copy())
+
+    def _training_data(
+        self, x: np.ndarray, y: np.ndarray
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``x`` (n, d), ``x.T`` (d, n) and the one-hot labels transposed (C, n), memoised."""
+        if self._data is not None and self._data[0] is x and self._data[1] is y:
+            return self._data[2]
+        xt = self._features(x)
+        labels = np.asarray(y, dtype=np.int64)
+        if labels.shape != (xt.shape[0],):
+            raise UsageError(f"expected {xt.shape[0]} labels, got shape {labels.shape}")
+        if labels.size and (labels.min() < 0 or labels.max() >= self.n_classes):
+            raise UsageError(
+                f"labels must lie in [0, {self.n_classes}), got {labels.min()}..{labels.max()}"
+            )
+        onehot_t = torch.zeros(self.n_classes, len(labels), dtype=self.dtype)
+        onehot_t[torch.from_numpy(labels), torch.arange(len(labels))] = 1.0
+        tensors = (xt, xt.T.contiguous(), onehot_t)
+        self._data = (x, y, tensors)
+        return tensors
+
+    def _masks(self, masks: np.ndarray | Sequence[np.ndarray], n: int) -> torch.Tensor:
+        """Bool (B, n) from a bool array or a list of index arrays."""
+        if isinstance(masks, np.ndarray) and masks.dtype == bool:
+            out = masks if masks.ndim == 2 else masks[None, :]
+        else:
+            rows = list(masks)
+            out = np.zeros((len(rows), n), dtype=bool)
+            for i, row in enumerate(rows):
+                arr = np.asarray(row)
+                if arr.dtype == bool:
+                    out[i] = arr
+                elif arr.size:
+                    idx = arr.astype(np.int64, copy=False)
+                    if idx.min() < 0 or idx.max() >= n:
+                        raise UsageError(f"subset index out of range for {n} training points")
+                    out[i, idx] = True
+        if out.ndim != 2 or out.shape[1] != n:
+            raise UsageError(f"masks must have shape (B, {n}), got {out.shape}")
+        return torch.from_numpy(np.ascontiguousarray(out))
+
+    # -- training -----------------------------------------------------------------------------
+
+    def fit(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        masks: np.ndarray | Sequence[np.ndarray],
+        *,
+        init: Params | None = None,
+        epochs: int | None = None,
+    ) -> Params:
+        """Train one model per row of ``masks`` on the rows of ``x, y`` that row selects.
+
+        Args:
+            x: Training features (n, d).
+            y: Training labels (n,), integers in ``[0, n_classes)``.
+            masks: Bool array (B, n) or a list of B index arrays (or bool rows).
+            init: Parameters to start from (a batch of 1 is broadcast to B); default: the seeded
+                init.
+            epochs: Adam steps, overriding the spec's.
+
+        Returns:
+            The B trained models.
+        """
+        xt, xt_t, onehot_t = self._training_data(x, y)
+        m = self._masks(masks, xt.shape[0])
+        batch = int(m.shape[0])
+        steps = self.spec.epochs if epochs is None else int(epochs)
+        if steps < 0:
+            raise UsageError(f"epochs must be >= 0, got {steps}")
+        if init is None:
+            params = self._init.repeat(batch)
+        elif init.kind != self.spec.kind:
+            raise UsageError(f"init holds {init.kind} parameters, this model is {self.spec.kind}")
+        elif init.batch_size == 1:
+            params = init.repeat(batch)
+        elif init.batch_size == batch:
+            params = init.select(np.arange(batch))
+        else:
+            raise UsageError(f"init holds {init.batch_size} models, need 1 or {batch}")
+        if batch == 0:
+            return params
+
+        counts = m.sum(dim=1)
+        # Per-point loss weights (B, 1, n): 1/|S_b| on the subset, 0 elsewhere, so each model's
+        # loss is the mean over its own subset; an empty subset gets all-zero weights.
+        weights = (m.to(self.dtype) / counts.clamp(min=1).to(self.dtype)[:, None])[:, None, :]
+        # The L2 penalty only for non-empty subsets, so an empty one has zero gradient and Adam
+        # (whose step is 0 for a zero gradient) leaves it at its initialisation.
+        decay = (self.spec.l2 * (counts > 0).to(self.dtype)).view(batch, 1, 1)
+
+        # Train in the "class-major" layout (weights transposed, activations (B, features, n)):
+        # every product is then one contiguous GEMM and the softmax runs over a middle
+        # dimension, which torch's CPU kernel does ~30x faster than over a tiny last one.
+        # Adam is per-coordinate, so the layout does not change the result.
+        tensors = {k: _to_class_major(v.to(self.dtype)) for k, v in params.tensors.items()}
+        grad_fn = self._logreg_grads if self.spec.kind == "logreg" else self._mlp_grads
+        names = list(tensors)
+        values = [tensors[k] for k in names]
+        state_m = [torch.zeros_like(v) for v in values]
+        state_v = [torch.zeros_like(v) for v in values]
+        lr = self.spec.lr
+        with torch.no_grad():
+            for step in range(1, steps + 1):
+                found = grad_fn(tensors, xt, xt_t, onehot_t, weights, decay)
+                grads = [found[k] for k in names]
+                # Adam, as in torch.optim.Adam(foreach=True): one fused call per operation over
+                # all tensors keeps the per-step overhead low for these small models.
+                torch._foreach_lerp_(state_m, grads, 1.0 - _BETA1)
+                torch._foreach_mul_(state_v, _BETA2)
+                torch._foreach_addcmul_(state_v, grads, grads, 1.0 - _BETA2)
+                denom = torch._foreach_div(state_v, 1.0 - _BETA2**step)
+                torch._foreach_sqrt_(denom)
+                torch._foreach_add_(denom, _EPS)
+                torch._foreach_addcdiv_(values, state_m, denom, -lr / (1.0 - _BETA1**step))
+        if self.fit_counter is not None:
+            self.fit_counter.add(batch)
+        return Params(self.spec.kind, {k: _from_class_major(v) for k, v in tensors.items()})
+
+    def fit_subset(
+        self, x: np.ndarray, y: np.ndarray, indices: np.ndarray | Sequence[int]
+    ) -> Params:
+        """Train a single model on ``x[indices], y[indices]`` (a batch of one)."""
+        return self.fit(x, y, [np.asarray(indices, dtype=np.int64)])
+
+    @staticmethod
+    def _residual(
+        logits: torch.Tensor, onehot_t: torch.Tensor, weights: torch.Tensor
+    ) -> torch.Tensor:
+        # d(weighted mean CE)/d(logits) = w_i * (softmax - onehot), shape (B, C, n).
+        # Logits more than _LOGIT_RANGE below the row's max are clamped: their probability
+        # (< 1e-26) would otherwise underflow to subnormal floats, which make every later CPU
+        # op (and the GEMMs most) 10-100x slower once the model is confident. The gradient
+        # changes by less than that probability.
+        shifted = logits.sub_(logits.amax(dim=1, keepdim=True)).clamp_(min=-_LOGIT_RANGE)
+        return torch.softmax(shifted, dim=1).sub_(onehot_t).mul_(weights)
+
+    def _logreg_grads(
+        self,
+        p: dict[str, torch.Tensor],
+        x: torch.Tensor,
+        x_t: torch.Tensor,
+        onehot_t: torch.Tensor,
+        weights: torch.Tensor,
+        decay: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        w, b = p["W"], p["b"]  # (B, C, d), (B, C)
+        batch, c, d = w.shape
+        n = x.shape[0]
+        # One GEMM for all models: (B*C, d) @ (d, n).
+        logits = (w.view(batch * c, d) @ x_t).view(batch, c, n).add_(b[:, :, None])
+        g = self._residual(logits, onehot_t, weights)
+        grad_w = (g.view(batch * c, n) @ x).view(batch, c, d)
+        return {"W": grad_w.add_(decay * w), "b": g.sum(dim=2)}
+
+    def _mlp_grads(
+        self,
+        p: dict[str, torch.Tensor],
+        x: torch.Tensor,
+        x_t: torch.Tensor,
+        onehot_t: torch.Tensor,
+        weights: torch.Tensor,
+        decay: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        w1, b1, w2, b2 = p["W1"], p["b1"], p["W2"], p["b2"]  # (B,h,d) (B,h) (B,C,h) (B,C)
+        batch, h, d = w1.shape
+        n = x.shape[0]
+        act = (w1.view(batch * h, d) @ x_t).view(batch, h, n).add_(b1[:, :, None]).clamp_(min=0)
+        logits = torch.baddbmm(b2[:, :, None], w2, act)  # (B, C, n)
+        g = self._residual(logits, onehot_t, weights)
+        grad_w2 = torch.bmm(g, act.transpose(1, 2))  # (B, C, h)
+        # ReLU's derivative: act > 0 exactly where the pre-activation is > 0.
+        d_pre = torch.bmm(w2.transpose(1, 2), g).mul_(act > 0)  # (B, h, n)
+        grad_w1 = (d_pre.view(batch * h, n) @ x).view(batch, h, d)
+        return {
+            "W1": grad_w1.add_(decay * w1),
+            "b1": d_pre.sum(dim=2),
+            "W2": grad_w2.add_(decay * w2),
+            "b2": g.sum(dim=2),
+        }
+
+    def loss(
+        self, params: Params, x: np.ndarray, y: np.ndarray, masks: np.ndarray | Sequence[np.ndarray]
+    ) -> torch.Tensor:
+        """Each model's training objective (mean CE over its subset + L2) as a tensor (B,).
+
+        Written with plain differentiable torch ops, independent of the hand-written
+        gradients, so tests can check those against autograd.
+        """
+        xt, _, onehot_t = self._training_data(x, y)
+        m = self._masks(masks, xt.shape[0]).to(self.dtype)
+        logits = self._logits(params.tensors, xt)  # (B, m, C)
+        ce = -(torch.log_softmax(logits, dim=-1) * onehot_t.T).sum(-1)  # (B, n)
+        counts = m.sum(dim=1)
+        data = (ce * m).sum(dim=1) / counts.clamp(min=1)
+        names = ("W",) if self.spec.kind == "logreg" else ("W1", "W2")
+        penalty = torch.stack([params[k].pow(2).sum(dim=(1, 2)) for k in names]).sum(0)
+        return data + 0.5 * self.spec.l2 * (counts > 0).to(self.dtype) * penalty
+
+    def gradients(
+        self, params: Params, x: np.ndarray, y: np.ndarray, masks: np.ndarray | Sequence[np.ndarray]
+    ) -> dict[str, torch.Tensor]:
+        """The hand-written gradients of :meth:`loss` (summed over models), in the Params layout."""
+        xt, xt_t, onehot_t = self._training_data(x, y)
+        m = self._masks(masks, xt.shape[0])
+        counts = m.sum(dim=1)
+        weights = (m.to(self.dtype) / counts.clamp(min=1).to(self.dtype)[:, None])[:, None, :]
+        decay = (self.spec.l2 * (counts > 0).to(self.dtype)).view(-1, 1, 1)
+        tensors = {k: _to_class_major(v.to(self.dtype)) for k, v in params.tensors.items()}
+        grad_fn = self._logreg_grads if self.spec.kind == "logreg" else self._mlp_grads
+        with torch.no_grad():
+            grads = grad_fn(tensors, xt, xt_t, onehot_t, weights, decay)
+        return {k: _from_class_major(v) for k, v in grads.items()}
+
+    # -- evaluation ---------------------------------------------------------------------------
+
+    def _logits(self, p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """Logits (B, m, C) of parameters in the Params layout."""
+        if self.spec.kind == "logreg":
+            return torch.matmul(x, p["W"]) + p["b"][:, None, :]
+        act = (torch.matmul(x, p["W1"]) + p["b1"][:, None, :]).clamp(min=0)
+        return torch.bmm(act, p["W2"]) + p["b2"][:, None, :]
+
+    def _class_major_logits(self, p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        # (B, C, m) contiguous, so softmax/argmax over dim 1 take the fast kernels.
+        return self._logits(p, x).transpose(1, 2).contiguous()
+
+    def predict_proba(self, params: Params, x: np.ndarray) -> np.ndarray:
+        """Class probabilities of every model on ``x``, shape (B, m, C)."""
+        with torch.no_grad():
+            logits = self._class_major_logits(params.tensors, self._features(x))
+            probs = torch.softmax(logits, dim=1).transpose(1, 2)
+        return probs.cpu().numpy()
+
+    def predict(self, params: Params, x: np.ndarray) -> np.ndarray:
+        """Predicted labels of every model on ``x``, shape (B, m), int64."""
+        with torch.no_grad():
+            labels = self._class_major_logits(params.tensors, self._features(x)).argmax(dim=1)
+        return labels.cpu().numpy().astype(np.int64)
+
+    def accuracy(self, params: Params, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Accuracy of every model on ``(x, y)``, shape (B,), float64 (NaN when ``x`` is empty)."""
+        labels = torch.from_numpy(np.asarray(y, dtype=np.int64))
+        with torch.no_grad():
+            xt = self._features(x)
+            if xt.shape[0] == 0:
+                return np.full(params.batch_size, np.nan)
+            pred = self._class_major_logits(params.tensors, xt).argmax(dim=1)  # (B, m)
+            correct = (pred == labels[None, :]).to(torch.float64).mean(dim=1)
+        return correct.cpu().numpy()
+
+
+def _to_class_major(tensor: torch.Tensor) -> torch.Tensor:
+    # Weight matrices (B, in, out) -> (B, out, in); biases unchanged. Always a fresh copy.
+    if tensor.ndim == 3:
+        return tensor.transpose(1, 2).contiguous()
+    return tensor.clone()
+
+
+def _from_class_major(tensor: torch.Tensor) -> torch.Tensor:
+    if tensor.ndim == 3:
+        return tensor.transpose(1, 2).contiguous()
+    return tensor

@@ -1,0 +1,202 @@
+"""The utility engine: U(S) = validation accuracy of the evaluation model trained on S.
+
+Retraining-based methods (leave-one-out, the Shapley family, ...) ask for U on thousands of
+subsets, often the same ones again. The engine answers from an LRU cache keyed by the
+subset's packed bitmask, deduplicates each request and trains the rest in batches with one
+:meth:`~valbench.models.BatchedClassifier.fit` call per batch.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from valbench.errors import UsageError
+from valbench.models import Params
+from valbench.types import ValuationTask
+
+__all__ = ["UtilityEngine", "Subset"]
+
+logger = logging.getLogger(__name__)
+
+Subset = np.ndarray | Iterable[int]
+"""A training subset: an iterable of indices or a bool mask over the training points."""
+
+
+class UtilityEngine:
+    """Cached, batched U(S) for one task; reads only the task's train and validation data.
+
+    Conventions:
+        * U(∅) = ``empty_score`` = 1 / n_classes, the expected accuracy of guessing; no fit.
+        * Every subset is trained from the same initialisation (the task's seed), so U is a
+          deterministic function of S.
+        * With ``warm_start=True`` every fit starts from the full-data solution (trained once,
+          counted as one fit, not cached as U(all)), including the fit behind ``full_score``,
+          so all values come from the same procedure. For the convex logreg this changes
+          results only by optimisation error; it mainly helps leave-one-out, whose subsets are
+          close to the full set.
+
+    Args:
+        task: The task whose ``x_train``/``y_train`` are subsetted and whose ``x_val``/``y_val``
+            score the models. Fits are counted in ``task.fit_counter``.
+        cache_size: Most subsets remembered (least recently used are evicted; 0 = no cache).
+        batch_size: Models trained per :meth:`BatchedClassifier.fit` call.
+        warm_start: Start every fit from the full-data solution.
+        epochs: Optimisation steps per fit, overriding the task's model spec.
+    """
+
+    def __init__(
+        self,
+        task: ValuationTask,
+        *,
+        cache_size: int = 65536,
+        batch_size: int = 64,
+        warm_start: bool = False,
+        epochs: int | None = None,
+    ) -> None:
+        if cache_size < 0:
+            raise UsageError(f"cache_size must be >= 0, got {cache_size}")
+        if batch_size < 1:
+            raise UsageError(f"batch_size must be >= 1, got {batch_size}")
+        if epochs is not None and epochs < 0:
+            raise UsageError(f"epochs must be >= 0, got {epochs}")
+        self.task = task
+        self.cache_size = int(cache_size)
+        self.batch_size = int(batch_size)
+        self.warm_start = bool(warm_start)
+        self.epochs = epochs
+        # Read the allowed arrays once; the engine never touches test data or noisy_mask.
+        self._x_train = task.x_train
+        self._y_train = task.y_train
+        self._x_val = task.x_val
+        self._y_val = task.y_val
+        self.n_train = int(self._x_train.shape[0])
+        self.n_classes = int(task.n_classes)
+        self.model = task.build_model()
+        self._cache: OrderedDict[bytes, float] = OrderedDict()
+        self._warm_params: Params | None = None
+        #: Models this engine trained (the warm-start fit included).
+        self.fits = 0
+        #: Subsets answered without training (cache, or a repeat within one request).
+        self.cache_hits = 0
+        #: Subsets that had to be trained.
+        self.cache_misses = 0
+
+    # -- public -------------------------------------------------------------------------------
+
+    @property
+    def empty_score(self) -> float:
+        """U(∅): chance accuracy 1 / n_classes (a model trained on nothing can only guess)."""
+        return 1.0 / self.n_classes
+
+    @property
+    def full_score(self) -> float:
+        """U(all training points), cached like any other subset."""
+        return self(np.ones(self.n_train, dtype=bool))
+
+    def __call__(self, subset: Subset) -> float:
+        """U(subset) for one subset (indices or a bool mask)."""
+        return float(self.many([subset])[0])
+
+    def many(self, subsets: Iterable[Subset]) -> np.ndarray:
+        """U for each of ``subsets`` (float64 array): cached, deduplicated, trained in batches."""
+        masks = [self._mask(s) for s in subsets]
+        out = np.empty(len(masks), dtype=np.float64)
+        # key -> positions in ``out`` still waiting for that subset's value
+        pending: dict[bytes, list[int]] = {}
+        pending_masks: list[np.ndarray] = []
+        for pos, mask in enumerate(masks):
+            if not mask.any():
+                out[pos] = self.empty_score
+                continue
+            key = np.packbits(mask).tobytes()
+            cached = self._cache.get(key)
+            if cached is not None:
+                self._cache.move_to_end(key)
+                out[pos] = cached
+                self.cache_hits += 1
+            elif key in pending:
+                pending[key].append(pos)
+                self.cache_hits += 1
+            else:
+                pending[key] = [pos]
+                pending_masks.append(mask)
+                self.cache_misses += 1
+
+        keys = list(pending)
+        for start in range(0, len(keys), self.batch_size):
+            chunk = np.stack(pending_masks[start : start + self.batch_size])
+            scores = self._train_and_score(chunk)
+            for key, score in zip(keys[start : start + self.batch_size], scores, strict=True):
+                value = float(score)
+                out[pending[key]] = value
+                self._remember(key, value)
+        return out
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for a :class:`~valbench.types.Valuation`'s ``stats``."""
+        return {
+            "utility_fits": self.fits,
+            "cache_hits": self.cache_hits,
+            "cache_misses": self.cache_misses,
+        }
+
+    def clear_cache(self) -> None:
+        """Forget every cached value (counters are kept)."""
+        self._cache.clear()
+
+    def __len__(self) -> int:
+        """Number of cached subsets."""
+        return len(self._cache)
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _mask(self, subset: Subset) -> np.ndarray:
+        arr = np.asarray(subset if isinstance(subset, np.ndarray) else list(subset))
+        n = self.n_train
+        if arr.dtype == bool:
+            if arr.shape != (n,):
+                raise UsageError(f"a subset mask must have shape ({n},), got {arr.shape}")
+            return arr
+        if arr.size == 0:
+            return np.zeros(n, dtype=bool)
+        if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
+            raise UsageError(
+                f"a subset must be a bool mask or a 1-D array of integer indices, got {arr.dtype} "
+                f"with shape {arr.shape}"
+            )
+        if arr.min() < 0 or arr.max() >= n:
+            raise UsageError(f"subset index out of range [0, {n}): {arr.min()}..{arr.max()}")
+        mask = np.zeros(n, dtype=bool)
+        mask[arr] = True
+        return mask
+
+    def _remember(self, key: bytes, value: float) -> None:
+        if self.cache_size == 0:
+            return
+        self._cache[key] = value
+        self._cache.move_to_end(key)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+
+    def _warm_init(self) -> Params | None:
+        if not self.warm_start:
+            return None
+        if self._warm_params is None:
+            full = np.ones((1, self.n_train), dtype=bool)
+            self._warm_params = self.model.fit(
+                self._x_train, self._y_train, full, epochs=self.epochs
+            )
+            self.fits += 1
+        return self._warm_params
+
+    def _train_and_score(self, masks: np.ndarray) -> np.ndarray:
+        init = self._warm_init()
+        params = self.model.fit(self._x_train, self._y_train, masks, init=init, epochs=self.epochs)
+        self.fits += params.batch_size
+        logger.debug("trained %d models (engine total %d)", params.batch_size, self.fits)
+        return self.model.accuracy(params, self._x_val, self._y_val)
