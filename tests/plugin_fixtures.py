@@ -83,6 +83,25 @@ class GlobalRandom(_Base):
         return Valuation(scores=np.random.random(task.n_train))
 
 
+class Small(_Base):
+    name = "small-only"
+    max_train = 10
+
+    def value(self, task, *, rng, budget, progress=None):
+        return Valuation(scores=rng.random(task.n_train))
+
+
+class Detects(_Base):
+    name = "detects"
+
+    def value(self, task, *, rng, budget, progress=None):
+        # Distance to the own-class centroid, as a detection score only.
+        x, y = task.x_train, task.y_train
+        centroids = np.stack([x[y == c].mean(axis=0) for c in range(task.n_classes)])
+        dist = np.linalg.norm(x - centroids[y], axis=1)
+        return Valuation(scores=np.zeros(task.n_train), detection_scores=-dist)
+
+
 class Greedy(_Base):
     name = "greedy"
 
@@ -102,6 +121,8 @@ ENTRY_POINTS = {
     "reads-test": "ReadsTestLabels",
     "global-random": "GlobalRandom",
     "greedy": "Greedy",
+    "small-only": "Small",
+    "detects": "Detects",
 }
 
 

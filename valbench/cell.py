@@ -49,6 +49,7 @@ class CellOutcome:
     record: dict[str, Any]
     scores: np.ndarray | None = None
     selections: dict[float, np.ndarray] = field(default_factory=dict)
+    detection_scores: np.ndarray | None = None
 
 
 @lru_cache(maxsize=8)
@@ -216,8 +217,9 @@ def measure(task: ValuationTask, valuation: Valuation, cell: Cell, spec: RunSpec
 
     result: dict[str, Any] = evaluator.two_pass(compute)
     noisy = task.noisy_mask
+    detection = scores if valuation.detection_scores is None else valuation.detection_scores
     result["mislabel"] = (
-        metrics.mislabel_metrics(scores, noisy) if noisy is not None and noisy.any() else None
+        metrics.mislabel_metrics(detection, noisy) if noisy is not None and noisy.any() else None
     )
     result["evaluation_fits"] = evaluator.fits
     return result
@@ -232,6 +234,9 @@ def _check_valuation(valuation: Any, n: int, method: str) -> Valuation:
         )
     if not np.all(np.isfinite(valuation.scores)):
         raise ValueError(f"method {method!r} returned non-finite scores")
+    detection = valuation.detection_scores
+    if detection is not None and (detection.shape != (n,) or not np.all(np.isfinite(detection))):
+        raise ValueError(f"method {method!r} returned invalid detection scores")
     for fraction, idx in valuation.selections.items():
         if idx.ndim != 1 or (idx.size and (idx.min() < 0 or idx.max() >= n)):
             raise ValueError(
@@ -287,6 +292,12 @@ def run_cell(cell: Cell, spec: RunSpec, progress: ProgressFn = no_progress) -> C
         method = cls(**params)
         params = method.get_params()
         task = build_task(cell, spec)
+        if cls.max_train is not None and task.n_train > cls.max_train:
+            message = (
+                f"{cell.method} handles at most {cls.max_train} training points and this slice "
+                f"of {cell.dataset} has {task.n_train}; run it with --max-train {cls.max_train}"
+            )
+            return CellOutcome(failure_record(cell, spec, "skipped", "TooLarge", message))
         counter: FitCounter = task.fit_counter
         wall0, cpu0 = time.perf_counter(), time.process_time()
         with PeakMemory() as mem:
@@ -322,7 +333,9 @@ def run_cell(cell: Cell, spec: RunSpec, progress: ProgressFn = no_progress) -> C
         "n_train": task.n_train,
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    return CellOutcome(record, valuation.scores, dict(valuation.selections))
+    return CellOutcome(
+        record, valuation.scores, dict(valuation.selections), valuation.detection_scores
+    )
 
 
 def _jsonable(value: Any) -> Any:

@@ -137,10 +137,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         show_progress=args.progress,
         command=command,
     )
-    ran = summary.total - summary.skipped
+    ran = summary.total - summary.already_done
+    declined = f", {len(summary.declined)} declined" if summary.declined else ""
     print(
-        f"{summary.ok}/{summary.total} cells ok, {len(summary.failed)} failed "
-        f"({summary.skipped} already done, {ran} run now, {summary.wall_s:.1f} s) "
+        f"{summary.ok}/{summary.total} cells ok, {len(summary.failed)} failed{declined} "
+        f"({summary.already_done} already done, {ran} run now, {summary.wall_s:.1f} s) "
         f"-> {summary.run_dir}"
     )
     if summary.report is not None:

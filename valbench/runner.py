@@ -49,9 +49,11 @@ class RunSummary:
 
     run_dir: Path
     total: int
-    skipped: int = 0
+    already_done: int = 0
     ok: int = 0
     failed: list[str] = field(default_factory=list)
+    #: Cells a method declined (e.g. a training set above its ``max_train``): not failures.
+    declined: list[str] = field(default_factory=list)
     interrupted: bool = False
     wall_s: float = 0.0
     report: Path | None = None
@@ -372,41 +374,41 @@ def execute(
     cells = spec.cells()
     done = {r["cell_id"]: r for r in read_results(run_dir)}
     if retry_failed:
-        retry = [cid for cid, r in done.items() if r.get("status") != "ok"]
+        retry = [cid for cid, r in done.items() if r.get("status") in ("failed", "timeout")]
         store.drop_cells(retry)
         for cid in retry:
             del done[cid]
     todo = [c for c in cells if c.cell_id not in done]
-    summary = RunSummary(run_dir=run_dir, total=len(cells), skipped=len(cells) - len(todo))
-    summary.ok = sum(1 for c in cells if done.get(c.cell_id, {}).get("status") == "ok")
-    summary.failed = [
-        c.cell_id for c in cells if c.cell_id in done and done[c.cell_id].get("status") != "ok"
-    ]
+    summary = RunSummary(run_dir=run_dir, total=len(cells), already_done=len(cells) - len(todo))
+    for cell in cells:
+        status = done.get(cell.cell_id, {}).get("status")
+        if status == "ok":
+            summary.ok += 1
+        elif status == "skipped":
+            summary.declined.append(cell.cell_id)
+        elif status is not None:
+            summary.failed.append(cell.cell_id)
 
-    from tqdm import tqdm
-
-    bar = tqdm(
-        total=len(todo), desc="cells", unit="cell", disable=not show_progress, dynamic_ncols=True
-    )
+    bar = _ProgressBar(len(todo), enabled=show_progress)
 
     def on_result(outcome: CellOutcome) -> None:
         record = outcome.record
         if outcome.scores is not None:
             record["scores_file"] = store.write_scores(
-                record["cell_id"], outcome.scores, outcome.selections
+                record["cell_id"], outcome.scores, outcome.selections, outcome.detection_scores
             )
         store.append_result(record)
-        if record["status"] == "ok":
+        status = record["status"]
+        if status == "ok":
             summary.ok += 1
+        elif status == "skipped":
+            summary.declined.append(record["cell_id"])
         else:
             summary.failed.append(record["cell_id"])
-            err = record.get("error") or {}
-            bar.write(f"{record['status']}: {record['cell_id']}: {err.get('message', '')}")
-        bar.set_postfix(ok=summary.ok, failed=len(summary.failed), refresh=False)
-        bar.update(1)
+        bar.cell_done(record, summary.ok, len(summary.failed))
 
     def on_progress(cell: Cell, done_: int, total: int) -> None:
-        bar.set_postfix_str(f"{cell.cell_id} {done_}/{total}", refresh=True)
+        bar.inner(cell, done_, total)
 
     use_serial = backend == "serial" or (backend == "auto" and spec.jobs == 1 and not spec.timeout)
     started = time.perf_counter()
@@ -424,6 +426,41 @@ def execute(
         store.write_manifest(manifest)
         summary.report = _render(run_dir)
     return summary
+
+
+class _ProgressBar:
+    """tqdm bar (cells done, failed, ETA, the running cell's inner progress) on a terminal;
+    one line per finished cell elsewhere, so CI logs stay readable."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        from tqdm import tqdm
+
+        self.interactive = enabled and sys.stderr.isatty()
+        self.plain = enabled and not self.interactive
+        self.total, self.count = total, 0
+        self.bar = tqdm(total=total, desc="cells", unit="cell", disable=not self.interactive)
+        self.counts = ""
+
+    def cell_done(self, record: dict[str, Any], ok: int, failed: int) -> None:
+        self.count += 1
+        self.counts = f"ok={ok} failed={failed}"
+        status, cell_id = record["status"], record["cell_id"]
+        message = (record.get("error") or {}).get("message", "")
+        if self.plain:
+            wall = (record.get("cost") or {}).get("wall_s")
+            took = f" ({wall:.2f} s)" if isinstance(wall, float) else ""
+            detail = f": {message}" if status != "ok" else ""
+            print(f"[{self.count}/{self.total}] {status} {cell_id}{took}{detail}", file=sys.stderr)
+        elif status != "ok":
+            self.bar.write(f"{status}: {cell_id}: {message}")
+        self.bar.set_postfix_str(self.counts, refresh=False)
+        self.bar.update(1)
+
+    def inner(self, cell: Cell, done: int, total: int) -> None:
+        self.bar.set_postfix_str(f"{self.counts} | {cell.cell_id} {done}/{total}")
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def _render(run_dir: Path) -> Path | None:

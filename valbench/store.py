@@ -178,11 +178,17 @@ class RunStore:
             os.close(fd)
 
     def write_scores(
-        self, cell_id: str, scores: np.ndarray, selections: Mapping[float, np.ndarray]
+        self,
+        cell_id: str,
+        scores: np.ndarray,
+        selections: Mapping[float, np.ndarray],
+        detection_scores: np.ndarray | None = None,
     ) -> str:
         """Save a cell's per-point scores and native selections; returns the run-relative path."""
         rel = f"{SCORES_DIR}/{cell_id}.npz"
         arrays: dict[str, np.ndarray] = {"scores": np.asarray(scores)}
+        if detection_scores is not None:
+            arrays["detection_scores"] = np.asarray(detection_scores)
         for fraction, idx in selections.items():
             arrays[f"selection_{float(fraction):g}"] = np.asarray(idx)
         target = self.run_dir / rel

@@ -116,6 +116,9 @@ def check_method(
         raise ConformanceError(f"scores have shape {first.scores.shape}; expected ({n},)")
     if not np.all(np.isfinite(first.scores)):
         raise ConformanceError("scores contain NaN or infinity")
+    detection = first.detection_scores
+    if detection is not None and (detection.shape != (n,) or not np.all(np.isfinite(detection))):
+        raise ConformanceError("detection_scores must be finite, one per training point")
     for fraction, idx in first.selections.items():
         if not 0 < fraction <= 1:
             raise ConformanceError(f"selection key {fraction} is not a fraction in (0, 1]")

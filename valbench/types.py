@@ -168,14 +168,20 @@ class Valuation:
 
     ``selections`` holds native subset choices of set-aware selectors, keyed by fraction; the
     harness uses them instead of ranking by ``scores`` for those fractions.
+    ``detection_scores`` is an optional second score for mislabel detection, in the same
+    direction (lowest = most suspicious), for methods whose documented practice ranks noise by
+    another quantity (e.g. self-influence); the harness uses ``scores`` when it is None.
     """
 
     scores: np.ndarray
     selections: dict[float, np.ndarray] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
+    detection_scores: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.scores = np.asarray(self.scores, dtype=np.float64)
+        if self.detection_scores is not None:
+            self.detection_scores = np.asarray(self.detection_scores, dtype=np.float64)
         self.selections = {
             float(k): np.asarray(v, dtype=np.int64) for k, v in self.selections.items()
         }
@@ -192,6 +198,9 @@ class Method(abc.ABC):
     name: ClassVar[str] = ""
     family: ClassVar[str] = ""
     summary: ClassVar[str] = ""
+    #: Largest training set the method accepts (e.g. exact enumeration); the harness records
+    #: larger cells as ``skipped`` instead of running them. None = no limit.
+    max_train: ClassVar[int | None] = None
 
     def __init__(self, **params: Any) -> None:
         valid = self._param_names()

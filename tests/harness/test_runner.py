@@ -52,12 +52,12 @@ def test_rerun_resumes_and_other_spec_is_refused(tmp_path: Path) -> None:
     execute(small_spec(), out=tmp_path, show_progress=False)
     before = (tmp_path / "results.jsonl").read_bytes()
     again = execute(small_spec(), out=tmp_path, show_progress=False)
-    assert again.skipped == 2 and again.ok == 2
+    assert again.already_done == 2 and again.ok == 2
     assert (tmp_path / "results.jsonl").read_bytes() == before
     with pytest.raises(RunDirectoryError, match="holds another run.*--overwrite"):
         execute(small_spec(seeds=2), out=tmp_path, show_progress=False)
     replaced = execute(small_spec(seeds=2), out=tmp_path, overwrite=True, show_progress=False)
-    assert replaced.skipped == 0 and replaced.ok == 4 and len(read_results(tmp_path)) == 4
+    assert replaced.already_done == 0 and replaced.ok == 4 and len(read_results(tmp_path)) == 4
 
 
 def _numbers(run_dir: Path) -> dict[str, tuple[dict, list[float]]]:
@@ -95,9 +95,31 @@ def test_failures_are_recorded_and_the_run_goes_on(tmp_path: Path, test_plugins:
     )
     # --retry-failed runs exactly the failed cells again, and still no duplicates.
     retried = execute(spec, out=tmp_path, retry_failed=True, show_progress=False)
-    assert retried.skipped == 1 and len(read_results(tmp_path)) == 3
+    assert retried.already_done == 1 and len(read_results(tmp_path)) == 3
     lines = (tmp_path / "results.jsonl").read_text().splitlines()
     assert len(lines) == 3
+
+
+def test_cells_too_large_for_a_method_are_declined_not_failed(
+    tmp_path: Path, test_plugins: Path
+) -> None:
+    summary = execute(
+        small_spec(methods=("small-only", "random")), out=tmp_path, show_progress=False
+    )
+    by_method = {r["method"]: r for r in read_results(tmp_path)}
+    assert by_method["small-only"]["status"] == "skipped"
+    assert "at most 10 training points" in by_method["small-only"]["error"]["message"]
+    assert summary.declined == ["synthetic.small-only.noise0.2.seed0"] and not summary.failed
+    assert 'id="cells-declined">1<' in (tmp_path / "index.html").read_text()
+
+
+def test_detection_scores_drive_the_mislabel_metrics(tmp_path: Path, test_plugins: Path) -> None:
+    execute(small_spec(methods=("detects",)), out=tmp_path, show_progress=False)
+    (rec,) = read_results(tmp_path)
+    # Constant scores rank noise no better than chance; the centroid distance finds the flips.
+    assert rec["metrics"]["mislabel"]["auc"] > 0.7
+    with np.load(tmp_path / rec["scores_file"]) as data:
+        assert data["detection_scores"].shape == (40,)
 
 
 def test_timeouts_and_crashes_in_worker_processes(tmp_path: Path, test_plugins: Path) -> None:
