@@ -102,6 +102,14 @@ class Detects(_Base):
         return Valuation(scores=np.zeros(task.n_train), detection_scores=-dist)
 
 
+class Hog(_Base):
+    name = "hog"
+
+    def value(self, task, *, rng, budget, progress=None):
+        block = np.ones(3 * 2**30 // 8)  # 3 GiB, touched
+        return Valuation(scores=np.full(task.n_train, block[-1]))
+
+
 class Greedy(_Base):
     name = "greedy"
 
@@ -121,6 +129,7 @@ ENTRY_POINTS = {
     "reads-test": "ReadsTestLabels",
     "global-random": "GlobalRandom",
     "greedy": "Greedy",
+    "hog": "Hog",
     "small-only": "Small",
     "detects": "Detects",
 }

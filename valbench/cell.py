@@ -50,6 +50,9 @@ class CellOutcome:
     scores: np.ndarray | None = None
     selections: dict[float, np.ndarray] = field(default_factory=dict)
     detection_scores: np.ndarray | None = None
+    #: For 2-D datasets: the training points, labels and noise mask, so the report can draw
+    #: selections without reloading the data.
+    points: dict[str, np.ndarray] | None = None
 
 
 @lru_cache(maxsize=8)
@@ -333,8 +336,13 @@ def run_cell(cell: Cell, spec: RunSpec, progress: ProgressFn = no_progress) -> C
         "n_train": task.n_train,
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+    points = None
+    if get_dataset(cell.dataset).is_2d:
+        points = {"x_train": task.x_train, "y_train": task.y_train}
+        if task.noisy_mask is not None:
+            points["noisy_mask"] = task.noisy_mask
     return CellOutcome(
-        record, valuation.scores, dict(valuation.selections), valuation.detection_scores
+        record, valuation.scores, dict(valuation.selections), valuation.detection_scores, points
     )
 
 

@@ -63,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--timeout", help="seconds a cell may run before it is stopped and recorded as timeout"
     )
+    run.add_argument(
+        "--max-memory",
+        dest="max_memory_mb",
+        help="MB of memory a cell may allocate; beyond it the cell fails with MemoryError",
+    )
     run.add_argument("--backend", default="auto", help="auto (default), serial or process")
     run.add_argument(
         "--out", type=Path, help="run directory (default: reports/<preset>-<config hash>)"
@@ -95,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
         "list", help="list registered methods and datasets, and plugins that fail to load"
     )
 
+    status = sub.add_parser("status", help="show a run's finished, failed and pending cells")
+    status.add_argument("run_dir", type=Path)
+
     report = sub.add_parser("report", help="re-render a run's report from its stored results")
     report.add_argument("run_dir", type=Path)
     return parser
@@ -112,6 +120,7 @@ _SPEC_FLAGS = (
     "max_train",
     "jobs",
     "timeout",
+    "max_memory_mb",
 )
 
 
@@ -179,6 +188,22 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_status(args: argparse.Namespace) -> int:
+    from valbench.runner import run_status
+    from valbench.store import read_manifest
+
+    manifest = read_manifest(args.run_dir)
+    states = run_status(args.run_dir)
+    total = sum(len(v) for v in states.values())
+    print(f"{args.run_dir}: {manifest.get('status', 'unknown')}, {total} cells")
+    for state, cells in states.items():
+        if cells:
+            print(
+                f"  {state:<8} {len(cells):>5}  {', '.join(cells[:6])}{' …' if len(cells) > 6 else ''}"
+            )
+    return EXIT_OK
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from valbench.report import render_report
     from valbench.store import read_manifest
@@ -195,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    commands = {"run": _cmd_run, "list": _cmd_list, "report": _cmd_report}
+    commands = {"run": _cmd_run, "list": _cmd_list, "status": _cmd_status, "report": _cmd_report}
     try:
         return commands[args.command](args)
     except ValbenchError as exc:

@@ -34,7 +34,7 @@ from valbench.registry import dataset_names, discover, method_names
 from valbench.spec import Cell, RunSpec
 from valbench.store import RunStore, read_manifest, read_results
 
-__all__ = ["RunSummary", "execute", "default_run_dir", "BACKENDS", "resolve_names"]
+__all__ = ["RunSummary", "execute", "default_run_dir", "BACKENDS", "resolve_names", "run_status"]
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +145,8 @@ def _worker_main(
     # found here too.
     sys.path[:] = sys_path
     importlib.invalidate_caches()
+    if spec_data.get("max_memory_mb"):
+        _cap_memory(float(spec_data["max_memory_mb"]))
     spec = RunSpec.from_dict(spec_data)
     last = [0.0]
 
@@ -157,6 +159,21 @@ def _worker_main(
     outcome = run_cell(cell, spec, progress)
     conn.send(("result", outcome))
     conn.close()
+
+
+def _cap_memory(megabytes: float) -> None:
+    """Let this worker grow by at most ``megabytes`` of address space beyond what it maps now.
+
+    The fork server's preloaded libraries already map a lot of virtual memory, so the cap is
+    relative; an allocation past it raises MemoryError inside the method (a failed cell).
+    """
+    import resource
+
+    import psutil
+
+    limit = psutil.Process().memory_info().vms + int(megabytes * 2**20)
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
 
 
 def _signal_name(exitcode: int | None) -> str:
@@ -323,7 +340,7 @@ def _open_run_dir(store: RunStore, spec: RunSpec, overwrite: bool, command: str)
                 )
             for name in _OWNED:
                 (store.run_dir / name).unlink(missing_ok=True)
-            for sub in ("scores", "figures"):
+            for sub in ("scores", "figures", "points"):
                 shutil.rmtree(store.run_dir / sub, ignore_errors=True)
             store.prepare()
         else:
@@ -397,6 +414,10 @@ def execute(
             record["scores_file"] = store.write_scores(
                 record["cell_id"], outcome.scores, outcome.selections, outcome.detection_scores
             )
+        if outcome.points is not None:
+            store.write_points(
+                f"{record['dataset']}.seed{record['seed']}.noise{record['noise']:g}", outcome.points
+            )
         store.append_result(record)
         status = record["status"]
         if status == "ok":
@@ -410,7 +431,10 @@ def execute(
     def on_progress(cell: Cell, done_: int, total: int) -> None:
         bar.inner(cell, done_, total)
 
-    use_serial = backend == "serial" or (backend == "auto" and spec.jobs == 1 and not spec.timeout)
+    if backend == "serial" and spec.max_memory_mb:
+        raise UsageError("--max-memory needs worker processes; drop --backend serial")
+    isolated = spec.jobs > 1 or spec.timeout or spec.max_memory_mb
+    use_serial = backend == "serial" or (backend == "auto" and not isolated)
     started = time.perf_counter()
     try:
         (run_serial if use_serial else run_processes)(todo, spec, on_result, on_progress)
@@ -426,6 +450,23 @@ def execute(
         store.write_manifest(manifest)
         summary.report = _render(run_dir)
     return summary
+
+
+def run_status(run_dir: Path) -> dict[str, list[str]]:
+    """Cells of a run by state: ok, failed, timeout, skipped (declined) and pending."""
+    manifest = read_manifest(run_dir)
+    spec = RunSpec.from_dict(manifest.get("spec", {}))
+    done = {r["cell_id"]: str(r.get("status")) for r in read_results(run_dir)}
+    states: dict[str, list[str]] = {
+        "ok": [],
+        "failed": [],
+        "timeout": [],
+        "skipped": [],
+        "pending": [],
+    }
+    for cell in spec.cells():
+        states.setdefault(done.get(cell.cell_id, "pending"), []).append(cell.cell_id)
+    return states
 
 
 class _ProgressBar:

@@ -84,8 +84,9 @@ class RunSpec:
     # Execution only: these do not change a cell's numbers, so they are not in the config hash.
     jobs: int = 1
     timeout: float | None = None
+    max_memory_mb: float | None = None
 
-    EXECUTION_ONLY = ("jobs", "timeout", "preset")
+    EXECUTION_ONLY = ("jobs", "timeout", "preset", "max_memory_mb")
 
     def __post_init__(self) -> None:
         if not self.methods:
@@ -108,6 +109,8 @@ class RunSpec:
             raise UsageError(f"--jobs must be >= 1, got {self.jobs}")
         if self.timeout is not None and not self.timeout > 0:
             raise UsageError(f"--timeout must be > 0 seconds, got {self.timeout:g}")
+        if self.max_memory_mb is not None and not self.max_memory_mb > 0:
+            raise UsageError(f"--max-memory must be > 0 MB, got {self.max_memory_mb:g}")
         if self.max_train is not None and self.max_train < 2:
             raise UsageError(f"max_train must be >= 2, got {self.max_train}")
         if self.random_repeats < 1:
@@ -225,6 +228,7 @@ CONFIG_KEYS = {
     "preset",
     "jobs",
     "timeout",
+    "max_memory_mb",
     "out",
 }
 
@@ -318,7 +322,7 @@ def build_spec(
             kwargs[key] = _as_int(key, value)
         elif key == "max_train":
             kwargs[key] = _as_int(key, value, optional=True)
-        elif key == "timeout":
+        elif key in ("timeout", "max_memory_mb"):
             kwargs[key] = _as_float_or_none(key, value)
         elif key in ("model", "budget"):
             if not isinstance(value, str | int) or isinstance(value, bool):

@@ -25,6 +25,7 @@ __all__ = [
     "RESULTS_FILE",
     "RESULTS_CSV",
     "SCORES_DIR",
+    "POINTS_DIR",
     "RunStore",
     "read_results",
     "read_manifest",
@@ -39,6 +40,7 @@ MANIFEST_FILE = "manifest.json"
 RESULTS_FILE = "results.jsonl"
 RESULTS_CSV = "results.csv"
 SCORES_DIR = "scores"
+POINTS_DIR = "points"
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -198,6 +200,18 @@ class RunStore:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, target)
+        return rel
+
+    def write_points(self, name: str, arrays: Mapping[str, np.ndarray]) -> str:
+        """Save a 2-D dataset's training points once per split (``points/<name>.npz``)."""
+        rel = f"{POINTS_DIR}/{name}.npz"
+        target = self.run_dir / rel
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.tmp")
+            with tmp.open("wb") as fh:
+                np.savez_compressed(fh, **arrays)  # type: ignore[arg-type]
+            os.replace(tmp, target)
         return rel
 
 

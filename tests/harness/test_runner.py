@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from valbench.errors import RunDirectoryError
-from valbench.runner import execute
+from valbench.cli import main
+from valbench.runner import execute, run_status
 from valbench.spec import RunSpec
 from valbench.store import load_scores, read_manifest, read_results
 
@@ -46,6 +47,9 @@ def test_run_writes_the_run_directory(tmp_path: Path) -> None:
     scores, _ = load_scores(tmp_path, loo["scores_file"])
     assert scores.shape == (40,) and loo["n_train"] == 40
     assert (tmp_path / "index.html").stat().st_size > 0 and (tmp_path / "results.csv").exists()
+    # synthetic is 2-D: its training points are kept once per split for the report's drawings.
+    with np.load(tmp_path / "points" / "synthetic.seed0.noise0.2.npz") as points:
+        assert points["x_train"].shape == (40, 2) and points["noisy_mask"].sum() == 8
 
 
 def test_rerun_resumes_and_other_spec_is_refused(tmp_path: Path) -> None:
@@ -131,6 +135,30 @@ def test_timeouts_and_crashes_in_worker_processes(tmp_path: Path, test_plugins: 
     assert by_method["segfaults"]["status"] == "failed"
     assert "SIGSEGV" in by_method["segfaults"]["error"]["message"]
     assert by_method["random"]["status"] == "ok" and summary.ok == 1
+
+
+def test_memory_cap_isolates_a_memory_hog(tmp_path: Path, test_plugins: Path) -> None:
+    summary = execute(
+        small_spec(methods=("hog", "random"), max_memory_mb=500.0),
+        out=tmp_path,
+        show_progress=False,
+    )
+    by_method = {r["method"]: r for r in read_results(tmp_path)}
+    assert by_method["hog"]["status"] == "failed"
+    assert "MemoryError" in by_method["hog"]["error"]["message"]
+    assert by_method["random"]["status"] == "ok" and summary.failed == [by_method["hog"]["cell_id"]]
+
+
+def test_status_lists_cells_by_state(tmp_path: Path, test_plugins: Path, capsys) -> None:
+    execute(small_spec(methods=("raises", "random"), seeds=2), out=tmp_path, show_progress=False)
+    # Forget one finished line, as if the run had been killed before writing it.
+    lines = (tmp_path / "results.jsonl").read_text().splitlines(keepends=True)
+    (tmp_path / "results.jsonl").write_text("".join(lines[:-1]))
+    states = run_status(tmp_path)
+    assert len(states["ok"]) == 1 and len(states["failed"]) == 2 and len(states["pending"]) == 1
+    assert main(["status", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "pending" in out and "synthetic.random.noise0.2.seed1" in out
 
 
 def test_timeout_in_the_serial_backend(tmp_path: Path, test_plugins: Path) -> None:
