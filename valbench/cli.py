@@ -198,9 +198,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
     print(f"{args.run_dir}: {manifest.get('status', 'unknown')}, {total} cells")
     for state, cells in states.items():
         if cells:
-            print(
-                f"  {state:<8} {len(cells):>5}  {', '.join(cells[:6])}{' …' if len(cells) > 6 else ''}"
-            )
+            more = " …" if len(cells) > 6 else ""
+            print(f"  {state:<8} {len(cells):>5}  {', '.join(cells[:6])}{more}")
     return EXIT_OK
 
 

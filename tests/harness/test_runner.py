@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from valbench.errors import RunDirectoryError
 from valbench.cli import main
+from valbench.errors import RunDirectoryError
 from valbench.runner import execute, run_status
 from valbench.spec import RunSpec
 from valbench.store import load_scores, read_manifest, read_results
