@@ -77,23 +77,30 @@ def _load(kind: Kind, ep: EntryPoint) -> Entry:
     return Entry(kind, ep.name, ep.value, dist, obj=obj)
 
 
-def discover(kind: Kind) -> dict[str, Entry]:
-    """Every entry of one kind, by name, loaded now (so freshly installed plugins are seen)."""
+def _entry_points(kind: Kind) -> dict[str, EntryPoint]:
+    """Registered entry points of one kind by name, not yet imported (the first one wins)."""
     group = METHODS_GROUP if kind == "method" else DATASETS_GROUP
-    found: dict[str, Entry] = {}
+    found: dict[str, EntryPoint] = {}
     for ep in sorted(entry_points(group=group), key=lambda e: e.name):
         if ep.name in found:
-            log.warning("%s %r registered twice; keeping %s", kind, ep.name, found[ep.name].target)
+            log.warning("%s %r registered twice; keeping %s", kind, ep.name, found[ep.name].value)
             continue
-        found[ep.name] = _load(kind, ep)
+        found[ep.name] = ep
     return found
 
 
+def discover(kind: Kind) -> dict[str, Entry]:
+    """Every entry of one kind, by name, loaded now (so freshly installed plugins are seen)."""
+    return {name: _load(kind, ep) for name, ep in _entry_points(kind).items()}
+
+
 def _get(kind: Kind, name: str) -> Any:
-    entries = discover(kind)
-    entry = entries.get(name)
-    if entry is None:
-        raise UnknownNameError(kind, name, [n for n, e in entries.items() if e.ok])
+    # Import only the entry asked for: a worker running one cell must not pay for every plugin.
+    ep = _entry_points(kind).get(name)
+    if ep is None:
+        valid = [n for n, e in discover(kind).items() if e.ok]
+        raise UnknownNameError(kind, name, valid)
+    entry = _load(kind, ep)
     if not entry.ok:
         raise UsageError(
             f"{kind} {name!r} (from {entry.distribution}) failed to load: {entry.error}"
