@@ -23,7 +23,7 @@ from valbench.data import inject_label_noise
 from valbench.errors import ValbenchError
 from valbench.registry import get_dataset, get_method, validate_params
 from valbench.spec import Cell, RunSpec
-from valbench.store import RESULTS_SCHEMA
+from valbench.store import RESULTS_SCHEMA, to_jsonable
 from valbench.types import (
     DatasetSplits,
     FitCounter,
@@ -323,10 +323,10 @@ def run_cell(cell: Cell, spec: RunSpec, progress: ProgressFn = no_progress) -> C
                 cell, spec, status, type(exc).__name__, message, traceback.format_exc(), cost
             )
         )
-    stats = {k: _jsonable(v) for k, v in valuation.stats.items()}
+    stats = {k: to_jsonable(v) for k, v in valuation.stats.items()}
     stats["evaluation_fits"] = measured.pop("evaluation_fits")
     record = {
-        **_base_record(cell, {k: _jsonable(v) for k, v in params.items()}),
+        **_base_record(cell, {k: to_jsonable(v) for k, v in params.items()}),
         "status": "ok",
         "error": None,
         "cost": cost,
@@ -344,17 +344,3 @@ def run_cell(cell: Cell, spec: RunSpec, progress: ProgressFn = no_progress) -> C
     return CellOutcome(
         record, valuation.scores, dict(valuation.selections), valuation.detection_scores, points
     )
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, str | int | float | bool) or value is None:
-        return value
-    return repr(value)

@@ -16,6 +16,7 @@ from typing import Any
 
 from valbench import __version__
 from valbench.errors import ValbenchError
+from valbench.spec import CONFIG_KEYS
 
 __all__ = ["main", "build_parser", "EXIT_OK", "EXIT_CELLS_FAILED", "EXIT_USAGE", "EXIT_INTERRUPTED"]
 
@@ -108,20 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_SPEC_FLAGS = (
-    "methods",
-    "datasets",
-    "noise",
-    "seeds",
-    "root_seed",
-    "fractions",
-    "model",
-    "budget",
-    "max_train",
-    "jobs",
-    "timeout",
-    "max_memory_mb",
-)
+# Every config-file key that is also a `run` flag (the rest are config-only or handled apart).
+_SPEC_FLAGS = tuple(sorted(CONFIG_KEYS - {"params", "preset", "out", "random_repeats"}))
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

@@ -31,6 +31,7 @@ __all__ = [
     "read_manifest",
     "write_json_atomic",
     "load_scores",
+    "to_jsonable",
 ]
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, sort_keys=False, default=_json_default)
+            json.dump(to_jsonable(data), fh, indent=2)
             fh.write("\n")
             fh.flush()
             os.fsync(fh.fileno())
@@ -59,14 +60,21 @@ def write_json_atomic(path: Path, data: Any) -> None:
         raise
 
 
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+def to_jsonable(value: Any) -> Any:
+    """``value`` with numpy scalars/arrays and paths made JSON types; anything else by repr."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    return repr(value)
 
 
 def read_manifest(run_dir: Path) -> dict[str, Any]:
@@ -171,7 +179,7 @@ class RunStore:
 
     def append_result(self, record: Mapping[str, Any]) -> None:
         """Append one cell's line with a single write, then fsync (DESIGN.md §5)."""
-        line = json.dumps(dict(record), default=_json_default, allow_nan=True) + "\n"
+        line = json.dumps(to_jsonable(record), allow_nan=True) + "\n"
         fd = os.open(self.results_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             os.write(fd, line.encode("utf-8"))

@@ -12,7 +12,7 @@ SMALL = ["--datasets", "synthetic", "--preset", "ci", "--seeds", "1", "--no-prog
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--methods", "nope"], "unknown method 'nope'; valid methods: loo, random"),
+        (["--methods", "nope"], "unknown method 'nope'; valid methods: "),
         (
             ["--methods", "random", "--datasets", "mnist-9"],
             "unknown dataset 'mnist-9'; valid datasets:",
@@ -46,6 +46,8 @@ def test_bad_input_is_one_line_exit_2(
     )
     err = capsys.readouterr().err
     assert message in err
+    if "valid methods" in message:
+        assert "loo" in err and "random" in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
