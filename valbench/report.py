@@ -1,18 +1,17 @@
-"""The run report: ``results.csv`` and a self-contained ``index.html`` (DESIGN.md §5).
+"""The run report: ``index.html``, ``results.csv``, ``summary.json``, ``figures/`` (DESIGN.md §5).
 
-Both are rendered from the stored files alone (``manifest.json`` and ``results.jsonl``), so
-``valbench report RUN_DIR`` reproduces them byte for byte: nothing depends on the time of
-rendering, and the SVG figures are written with a fixed hash salt and no date.
+All are rendered from the stored files alone (``manifest.json``, ``results.jsonl`` and, for the
+2-D selection figures, ``scores/`` and ``points/``), so ``valbench report RUN_DIR`` reproduces
+them byte for byte: nothing depends on the time of rendering, and the SVG figures are written
+with a fixed hash salt and no date.
 
 The report is built in three steps, each easy to extend:
 
 1. :func:`tidy_rows` flattens each results line into ``(metric, value)`` pairs (the CSV rows).
-2. :func:`summarise` groups the ``ok`` cells by (dataset, noise) and aggregates every column of
-   :data:`TABLE_COLUMNS` over seeds with :func:`valbench.metrics.mean_ci`.
-3. :func:`render_report` draws one figure per group and fills ``templates/report.html.j2``.
-
-A new table column is one more :class:`Column` in :data:`TABLE_COLUMNS`; a new figure is one
-more entry in :attr:`GroupSummary.figures`.
+2. :func:`valbench.summary.summarise` aggregates the ``ok`` cells per (dataset, noise) into the
+   leaderboard numbers (also written as ``summary.json``).
+3. :func:`render_report` draws the figures (:mod:`valbench.figures`) and fills
+   ``templates/report.html.j2``.
 """
 
 from __future__ import annotations
@@ -26,19 +25,50 @@ import os
 import re
 import tempfile
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from valbench.metrics import mean_ci
-from valbench.store import RESULTS_CSV, read_manifest, read_results
+import numpy as np
+
+from valbench.figures import (
+    cd_figure,
+    method_colors,
+    mislabel_figure,
+    pareto_figure,
+    rank_heatmap_figure,
+    removal_figure,
+    runtime_figure,
+    selection_figure,
+    subset_figure,
+)
+from valbench.store import POINTS_DIR, RESULTS_CSV, read_manifest, read_results
+from valbench.summary import (
+    ALPHA,
+    CONFIDENCE,
+    GAIN_KEY,
+    HEADLINE_KEYS,
+    TABLE_COLUMNS,
+    TEST_NAME,
+    CDResult,
+    Column,
+    GroupSummary,
+    Stat,
+    fraction_label,
+    friedman_nemenyi,
+    get_number,
+    is_number,
+    record_sort_key,
+    summarise,
+    summary_json,
+)
 
 __all__ = [
     "CSV_COLUMNS",
     "FIGURES_DIR",
     "REPORT_FILE",
+    "SUMMARY_FILE",
     "TABLE_COLUMNS",
     "Column",
     "Stat",
@@ -53,21 +83,17 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 REPORT_FILE = "index.html"
+SUMMARY_FILE = "summary.json"
 FIGURES_DIR = "figures"
 CSV_COLUMNS = ("cell_id", "method", "dataset", "noise", "seed", "status", "metric", "value")
 TEMPLATE = "report.html.j2"
-SVG_HASH_SALT = "valbench-report"
-CONFIDENCE = 0.95
+SELECTION_FRACTION = 0.1
+CD_KEYS: tuple[tuple[str, str], ...] = (
+    (GAIN_KEY, "subset value gain over random"),
+    ("mislabel.auc", "mislabel detection AUC"),
+)
 
 # --------------------------------------------------------------------------- flattening
-
-
-def _fraction_label(key: Any) -> str:
-    """Canonical text of a fraction key (``"0.10"`` and ``0.1`` both give ``"0.1"``)."""
-    try:
-        return f"{float(key):g}"
-    except (TypeError, ValueError):
-        return str(key)
 
 
 def _is_fraction_map(value: Mapping[str, Any]) -> bool:
@@ -81,15 +107,6 @@ def _is_fraction_map(value: Mapping[str, Any]) -> bool:
     return True
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _as_float(value: Any, default: float | None = None) -> float | None:
-    """``value`` as a float when it is a number (not a bool), else ``default``."""
-    return float(value) if _is_number(value) else default
-
-
 def _flatten_metrics(metrics: Mapping[str, Any]) -> list[tuple[str, float | int]]:
     """Scalar metrics of one cell: ``name@fraction`` for per-fraction maps, ``a.b`` for nesting.
 
@@ -101,13 +118,13 @@ def _flatten_metrics(metrics: Mapping[str, Any]) -> list[tuple[str, float | int]
         if isinstance(value, Mapping):
             if _is_fraction_map(value):
                 for key in sorted(value, key=float):
-                    if _is_number(value[key]):
-                        out.append((f"{name}@{_fraction_label(key)}", value[key]))
+                    if is_number(value[key]):
+                        out.append((f"{name}@{fraction_label(key)}", value[key]))
             else:
                 for sub, sub_value in value.items():
-                    if _is_number(sub_value):
+                    if is_number(sub_value):
                         out.append((f"{name}.{sub}", sub_value))
-        elif _is_number(value):
+        elif is_number(value):
             out.append((name, value))
     return out
 
@@ -116,7 +133,7 @@ def tidy_rows(record: Mapping[str, Any]) -> list[tuple[str, float | int]]:
     """The ``(metric, value)`` pairs of one results line: its metrics, then ``cost.*``."""
     pairs = _flatten_metrics(record.get("metrics") or {})
     cost = record.get("cost") or {}
-    pairs.extend((f"cost.{k}", v) for k, v in cost.items() if _is_number(v))
+    pairs.extend((f"cost.{k}", v) for k, v in cost.items() if is_number(v))
     return pairs
 
 
@@ -126,16 +143,6 @@ def _csv_value(value: float | int) -> str:
     return repr(float(value))
 
 
-def _sort_key(record: Mapping[str, Any]) -> tuple[Any, ...]:
-    return (
-        str(record.get("dataset", "")),
-        _as_float(record.get("noise"), math.inf),
-        str(record.get("method", "")),
-        _as_float(record.get("seed"), -math.inf),
-        str(record.get("cell_id", "")),
-    )
-
-
 def write_results_csv(run_dir: Path) -> Path:
     """Write ``run_dir/results.csv``: one row per cell and metric, cells sorted; returns its path.
 
@@ -143,7 +150,7 @@ def write_results_csv(run_dir: Path) -> Path:
     empty ``metric`` and ``value``, so every cell of ``results.jsonl`` appears.
     """
     run_dir = Path(run_dir)
-    records = sorted(read_results(run_dir), key=_sort_key)
+    records = sorted(read_results(run_dir), key=record_sort_key)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
@@ -177,326 +184,6 @@ def _write_atomic(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-# --------------------------------------------------------------------------- aggregation
-
-
-def _get(record: Mapping[str, Any], *path: str) -> float | None:
-    """A number nested in a record, or None when absent or not a finite number."""
-    node: Any = record
-    for key in path:
-        if not isinstance(node, Mapping) or key not in node:
-            return None
-        node = node[key]
-    if not _is_number(node) or not math.isfinite(node):
-        return None
-    return float(node)
-
-
-def _get_fraction(record: Mapping[str, Any], name: str, fraction: str) -> float | None:
-    values = (record.get("metrics") or {}).get(name)
-    if not isinstance(values, Mapping):
-        return None
-    for key, value in values.items():
-        if _fraction_label(key) == fraction:
-            return float(value) if _is_number(value) and math.isfinite(value) else None
-    return None
-
-
-@dataclass(frozen=True)
-class Column:
-    """One column of the per-dataset table: how to read it from a results line, how to show it."""
-
-    key: str
-    label: str
-    extract: Callable[[Mapping[str, Any]], float | None]
-    higher_is_better: bool
-    fmt: str = ".3f"
-    group: str = ""
-    fraction: str | None = None  # set on the subset-value columns
-
-    @property
-    def arrow(self) -> str:
-        return "↑" if self.higher_is_better else "↓"
-
-
-def _fraction_getter(name: str, fraction: str) -> Callable[[Mapping[str, Any]], float | None]:
-    return lambda rec: _get_fraction(rec, name, fraction)
-
-
-def _metric(*path: str) -> Callable[[Mapping[str, Any]], float | None]:
-    return lambda rec: _get(rec, "metrics", *path)
-
-
-def _cost(name: str) -> Callable[[Mapping[str, Any]], float | None]:
-    return lambda rec: _get(rec, "cost", name)
-
-
-TABLE_COLUMNS: tuple[Column, ...] = (
-    Column(
-        "mislabel.recall_at_noise",
-        "recall @ noise",
-        _metric("mislabel", "recall_at_noise"),
-        True,
-        group="mislabel detection",
-    ),
-    Column(
-        "mislabel.auc",
-        "detection AUC",
-        _metric("mislabel", "auc"),
-        True,
-        group="mislabel detection",
-    ),
-    Column(
-        "mislabel.f1_2means",
-        "2-means F1",
-        _metric("mislabel", "f1_2means"),
-        True,
-        group="mislabel detection",
-    ),
-    Column("removal.auc", "removal AUC", _metric("removal", "auc"), False, group="point removal"),
-    Column("cost.wall_s", "wall s", _cost("wall_s"), False, fmt=".3g", group="cost"),
-    Column("cost.peak_mem_mb", "peak MB", _cost("peak_mem_mb"), False, fmt=".0f", group="cost"),
-    Column("cost.model_fits", "model fits", _cost("model_fits"), False, fmt=".0f", group="cost"),
-)
-"""Columns after the subset-value ones (which depend on the fractions of the run)."""
-
-
-def _subset_column(fraction: str) -> Column:
-    return Column(
-        f"subset_value@{fraction}",
-        f"{float(fraction) * 100:g}%",
-        _fraction_getter("subset_value", fraction),
-        True,
-        group="subset value (test accuracy)",
-        fraction=fraction,
-    )
-
-
-@dataclass(frozen=True)
-class Stat:
-    """Mean and confidence half-width over seeds of one table cell."""
-
-    mean: float
-    half_width: float
-    n: int
-    fmt: str = ".3f"
-    best: bool = False
-
-    @property
-    def present(self) -> bool:
-        return self.n > 0 and math.isfinite(self.mean)
-
-    @property
-    def text(self) -> str:
-        if not self.present:
-            return "—"
-        shown = format(self.mean, self.fmt)
-        if self.n >= 2 and math.isfinite(self.half_width):
-            shown += f" ± {format(self.half_width, self.fmt)}"
-        return shown
-
-
-def _stat(values: Iterable[float | None], fmt: str) -> Stat:
-    kept = [v for v in values if v is not None]
-    if not kept:
-        return Stat(math.nan, math.nan, 0, fmt)
-    mean, half = mean_ci(kept, confidence=CONFIDENCE)
-    return Stat(mean, half, len(kept), fmt)
-
-
-@dataclass
-class GroupSummary:
-    """Everything the report shows for one (dataset, noise): table rows, references, figures."""
-
-    dataset: str
-    noise: float | None
-    fractions: list[str]
-    columns: list[Column]
-    rows: dict[str, dict[str, Stat]]  # method -> column key -> stat
-    n_seeds: dict[str, int]  # method -> number of ok cells
-    random_subset: dict[str, Stat]  # fraction -> stat over seeds
-    full_data: Stat
-    figures: list[dict[str, str]] = field(default_factory=list)  # {"title", "file", "svg"}
-
-    @property
-    def column_groups(self) -> list[tuple[str, int]]:
-        """Consecutive runs of :attr:`columns` sharing a ``group``: ``(group, span)``."""
-        spans: list[tuple[str, int]] = []
-        for col in self.columns:
-            if spans and spans[-1][0] == col.group:
-                spans[-1] = (col.group, spans[-1][1] + 1)
-            else:
-                spans.append((col.group, 1))
-        return spans
-
-    @property
-    def n_subset_columns(self) -> int:
-        return sum(1 for c in self.columns if c.fraction is not None)
-
-    @property
-    def title(self) -> str:
-        if self.noise is None:
-            return self.dataset
-        return f"{self.dataset} · label noise {self.noise:g}"
-
-    @property
-    def slug(self) -> str:
-        noise = "" if self.noise is None else f"-noise{self.noise:g}"
-        return _slug(f"{self.dataset}{noise}")
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "x"
-
-
-def _per_seed_reference(
-    records: Sequence[Mapping[str, Any]],
-    extract: Callable[[Mapping[str, Any]], float | None],
-    fmt: str,
-) -> Stat:
-    """A reference shared by every method of a seed: averaged within a seed, then over seeds."""
-    by_seed: dict[Any, list[float]] = defaultdict(list)
-    for rec in records:
-        value = extract(rec)
-        if value is not None:
-            by_seed[rec.get("seed")].append(value)
-    return _stat(
-        (sum(v) / len(v) for _, v in sorted(by_seed.items(), key=lambda kv: str(kv[0]))), fmt
-    )
-
-
-def summarise(records: Iterable[Mapping[str, Any]]) -> list[GroupSummary]:
-    """Aggregate the ``ok`` cells over seeds, one :class:`GroupSummary` per (dataset, noise)."""
-    groups: dict[tuple[str, float | None], list[Mapping[str, Any]]] = defaultdict(list)
-    for rec in sorted(records, key=_sort_key):
-        if rec.get("status") != "ok":
-            continue
-        groups[(str(rec.get("dataset", "")), _as_float(rec.get("noise")))].append(rec)
-
-    out = []
-    for (dataset, noise), recs in sorted(
-        groups.items(), key=lambda kv: (kv[0][0], math.inf if kv[0][1] is None else kv[0][1])
-    ):
-        fractions = sorted(
-            {
-                _fraction_label(k)
-                for rec in recs
-                for name in ("subset_value", "random_subset_value")
-                for k in ((rec.get("metrics") or {}).get(name) or {})
-            },
-            key=float,
-        )
-        candidates = [_subset_column(f) for f in fractions] + list(TABLE_COLUMNS)
-        by_method: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
-        for rec in recs:
-            by_method[str(rec.get("method", ""))].append(rec)
-        rows: dict[str, dict[str, Stat]] = {
-            m: {c.key: _stat((c.extract(r) for r in by_method[m]), c.fmt) for c in candidates}
-            for m in sorted(by_method)
-        }
-        columns = [c for c in candidates if any(rows[m][c.key].present for m in rows)]
-        for col in columns:
-            means = [rows[m][col.key].mean for m in rows if rows[m][col.key].present]
-            best = max(means) if col.higher_is_better else min(means)
-            for m in rows:
-                stat = rows[m][col.key]
-                if stat.present and math.isclose(stat.mean, best, rel_tol=1e-12, abs_tol=1e-15):
-                    rows[m][col.key] = Stat(stat.mean, stat.half_width, stat.n, stat.fmt, True)
-        out.append(
-            GroupSummary(
-                dataset=dataset,
-                noise=noise,
-                fractions=fractions,
-                columns=columns,
-                rows=rows,
-                n_seeds={m: len(by_method[m]) for m in rows},
-                random_subset={
-                    f: _per_seed_reference(recs, _fraction_getter("random_subset_value", f), ".3f")
-                    for f in fractions
-                },
-                full_data=_per_seed_reference(recs, _metric("full_data_value"), ".3f"),
-            )
-        )
-    return out
-
-
-# --------------------------------------------------------------------------- figures
-
-
-def method_colors(methods: Iterable[str]) -> dict[str, str]:
-    """One colour per method, keyed by sorted name, so a method keeps its colour in every figure."""
-    import seaborn as sns
-
-    names = sorted(set(methods))
-    if not names:
-        return {}
-    palette = sns.color_palette("tab10" if len(names) <= 10 else "husl", len(names))
-    return {
-        name: "#{:02x}{:02x}{:02x}".format(*(round(c * 255) for c in rgb))
-        for name, rgb in zip(names, palette, strict=True)
-    }
-
-
-def _mpl_text(text: str) -> str:
-    return text.replace("$", r"\$")
-
-
-def _subset_figure(group: GroupSummary, colors: Mapping[str, str]) -> str:
-    """The subset-value-vs-fraction figure of one group, as SVG text."""
-    import matplotlib
-    from matplotlib.figure import Figure
-
-    # A bare Figure needs no pyplot and no backend switch: headless, thread-safe, nothing to close.
-    with matplotlib.rc_context({"svg.hashsalt": SVG_HASH_SALT, "svg.fonttype": "none"}):
-        fig = Figure(figsize=(6.4, 3.8))
-        ax = fig.subplots()
-        xs_all = [float(f) for f in group.fractions]
-        for method, cells in group.rows.items():
-            pts = [
-                (float(f), cells[f"subset_value@{f}"])
-                for f in group.fractions
-                if cells.get(f"subset_value@{f}") is not None and cells[f"subset_value@{f}"].present
-            ]
-            if not pts:
-                continue
-            xs = [x for x, _ in pts]
-            ys = [s.mean for _, s in pts]
-            color = colors.get(method, "#333333")
-            ax.plot(xs, ys, marker="o", ms=3.5, lw=1.6, color=color, label=_mpl_text(method))
-            if all(s.n >= 2 and math.isfinite(s.half_width) for _, s in pts):
-                ax.fill_between(
-                    xs,
-                    [s.mean - s.half_width for _, s in pts],
-                    [s.mean + s.half_width for _, s in pts],
-                    color=color,
-                    alpha=0.18,
-                    lw=0,
-                )
-        rnd = [(float(f), s) for f, s in group.random_subset.items() if s.present]
-        if rnd:
-            ax.plot(
-                [x for x, _ in rnd],
-                [s.mean for _, s in rnd],
-                ls="--",
-                lw=1.3,
-                color="#555555",
-                label="random subset",
-            )
-        if group.full_data.present:
-            ax.axhline(group.full_data.mean, ls=":", lw=1.3, color="#000000", label="full data")
-        if xs_all:
-            ax.set_xticks(xs_all, [f"{x * 100:g}%" for x in xs_all])
-        ax.set_xlabel("fraction of training data kept")
-        ax.set_ylabel("test accuracy")
-        ax.set_title(_mpl_text(f"{group.title}: subset value"), fontsize=10)
-        ax.grid(True, alpha=0.3, lw=0.6)
-        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
-        fig.tight_layout()
-        buf = io.StringIO()
-        fig.savefig(buf, format="svg", metadata={"Date": None})
-    return buf.getvalue()
 
 
 _SVG_PROLOGUE = re.compile(r"\A.*?(?=<svg\b)", re.S)
@@ -537,7 +224,7 @@ def _header(manifest: Mapping[str, Any], records: Sequence[Mapping[str, Any]]) -
     counts: dict[str, int] = defaultdict(int)
     for rec in records:
         counts[str(rec.get("status", "unknown"))] += 1
-    wall = sum(v for rec in records if (v := _get(rec, "cost", "wall_s")) is not None)
+    wall = sum(v for rec in records if (v := get_number(rec, "cost", "wall_s")) is not None)
     total = manifest.get("cells_total")
     return {
         "name": manifest.get("name") or "valbench run",
@@ -547,7 +234,7 @@ def _header(manifest: Mapping[str, Any], records: Sequence[Mapping[str, Any]]) -
         "declined": counts.get("skipped", 0),
         "counts": sorted(counts.items()),
         "finished": len(records),
-        "total": total if _is_number(total) else None,
+        "total": total if is_number(total) else None,
         "cell_wall": _duration(wall),
         "elapsed": _duration(_elapsed(manifest)),
         "started_at": manifest.get("started_at"),
@@ -555,9 +242,67 @@ def _header(manifest: Mapping[str, Any], records: Sequence[Mapping[str, Any]]) -
     }
 
 
+def _spec_list(manifest: Mapping[str, Any], key: str, seen: Sequence[Any]) -> list[Any]:
+    spec = manifest.get("spec")
+    value = spec.get(key) if isinstance(spec, Mapping) else None
+    if isinstance(value, list) and value:
+        return list(value)
+    return list(dict.fromkeys(seen))
+
+
+def _overview(
+    manifest: Mapping[str, Any],
+    records: Sequence[Mapping[str, Any]],
+    groups: Sequence[GroupSummary],
+) -> dict[str, Any]:
+    """The run's facts for the summary: what was compared, on what, how often."""
+    methods = _spec_list(manifest, "methods", sorted({str(r.get("method")) for r in records}))
+    datasets = _spec_list(manifest, "datasets", sorted({str(r.get("dataset")) for r in records}))
+    noise = _spec_list(
+        manifest, "noise", sorted({float(r["noise"]) for r in records if is_number(r.get("noise"))})
+    )
+    spec = manifest.get("spec")
+    seeds = spec.get("seeds") if isinstance(spec, Mapping) else None
+    if not is_number(seeds):
+        seeds = len({r.get("seed") for r in records}) or None
+    max_seeds = max((g.max_seeds for g in groups), default=0)
+    return {
+        "methods": methods,
+        "datasets": datasets,
+        "noise": [f"{float(n):g}" for n in noise if is_number(n)],
+        "seeds": seeds,
+        "one_seed": bool(groups) and max_seeds < 2,
+        "fractions": sorted({f for g in groups for f in g.fractions}, key=float),
+    }
+
+
+def _headline(groups: Sequence[GroupSummary]) -> dict[str, Any]:
+    """Per group, the best method on each headline column, with the number of ties."""
+    keys = [k for k in HEADLINE_KEYS if any(g.column(k) is not None for g in groups)]
+    columns = []
+    for key in keys:
+        col = next(c for g in groups if (c := g.column(key)) is not None)
+        columns.append(col)
+    rows = []
+    for g in groups:
+        cells = {}
+        for col in columns:
+            if g.column(col.key) is None:
+                continue
+            best = g.best_methods(col.key)
+            tied = sorted(m for m, c in g.rows.items() if c[col.key].tied)
+            cells[col.key] = {
+                "methods": best,
+                "stat": g.rows[best[0]][col.key] if best else None,
+                "tied": tied,
+            }
+        rows.append({"group": g, "cells": cells})
+    return {"columns": columns, "rows": rows}
+
+
 def _failures(records: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
     out = []
-    for rec in sorted(records, key=_sort_key):
+    for rec in sorted(records, key=record_sort_key):
         if rec.get("status") == "ok":
             continue
         raw_error = rec.get("error")
@@ -572,6 +317,212 @@ def _failures(records: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
             }
         )
     return out
+
+
+def _cells(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Per-cell details: parameters, statistics the method reported, cost, status."""
+    out = []
+    for rec in sorted(records, key=record_sort_key):
+        wall = get_number(rec, "cost", "wall_s")
+        fits = get_number(rec, "cost", "model_fits")
+        out.append(
+            {
+                "cell_id": str(rec.get("cell_id", "")),
+                "method": str(rec.get("method", "")),
+                "status": str(rec.get("status", "")),
+                "n_train": rec.get("n_train") if is_number(rec.get("n_train")) else None,
+                "wall": "—" if wall is None else f"{wall:.3g}",
+                "fits": "—" if fits is None else f"{fits:.0f}",
+                "params": _compact_json(rec.get("params") or {}),
+                "stats": _compact_json(rec.get("stats") or {}),
+            }
+        )
+    return out
+
+
+def _compact_json(value: Any) -> str:
+    if not value:
+        return ""
+    return json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def _points_file(run_dir: Path, group: GroupSummary, seed: Any) -> Path | None:
+    if group.noise is None:
+        return None
+    path = run_dir / POINTS_DIR / f"{group.dataset}.seed{seed}.noise{group.noise:g}.npz"
+    return path if path.is_file() else None
+
+
+def _selection_svg(
+    run_dir: Path, group: GroupSummary, colors: Mapping[str, str]
+) -> tuple[str, Any] | None:
+    """The 2-D selection figure of a group, from its first seed with stored points; or None."""
+    from valbench.metrics import top_fraction
+
+    seeds = sorted(
+        {r.get("seed") for recs in group.records.values() for r in recs},
+        key=lambda s: (str(type(s)), s),
+    )
+    for seed in seeds:
+        path = _points_file(run_dir, group, seed)
+        if path is None:
+            continue
+        try:
+            with np.load(path) as pts:
+                x = np.asarray(pts["x_train"], dtype=np.float64)
+                y = np.asarray(pts["y_train"])
+                noisy = np.asarray(pts["noisy_mask"], dtype=bool) if "noisy_mask" in pts else None
+            if x.ndim != 2 or x.shape[1] != 2:
+                return None
+            selections: dict[str, np.ndarray] = {}
+            for method, recs in group.records.items():
+                rec = next((r for r in recs if r.get("seed") == seed), None)
+                scores_file = rec.get("scores_file") if rec else None
+                if not scores_file or not (run_dir / str(scores_file)).is_file():
+                    continue
+                with np.load(run_dir / str(scores_file)) as data:
+                    key = f"selection_{SELECTION_FRACTION:g}"
+                    if key in data.files:
+                        idx = np.asarray(data[key], dtype=np.int64)
+                    else:
+                        idx = top_fraction(data["scores"], SELECTION_FRACTION)
+                if idx.size and idx.min() >= 0 and idx.max() < len(x):
+                    selections[method] = idx
+        except (OSError, KeyError, ValueError) as exc:
+            log.warning("selection figure of %s skipped: %s", group.title, exc)
+            return None
+        if not selections:
+            return None
+        title = (
+            f"{group.title}, seed {seed}: top {SELECTION_FRACTION * 100:g}% selected "
+            "(coloured), flipped labels (red ×)"
+        )
+        return selection_figure(title, x, y, noisy, selections, colors), seed
+    return None
+
+
+def _add_figure(
+    run_dir: Path,
+    figures: list[dict[str, Any]],
+    kind: str,
+    slug: str,
+    svg: str | None,
+    title: str,
+    caption: str,
+) -> None:
+    from markupsafe import Markup
+
+    if svg is None:
+        return
+    name = f"{kind}-{slug}.svg" if slug else f"{kind}.svg"
+    _write_atomic(run_dir / FIGURES_DIR / name, svg.encode("utf-8"))
+    figures.append(
+        {
+            "kind": kind,
+            "title": title,
+            "caption": caption,
+            "file": f"{FIGURES_DIR}/{name}",
+            "svg": Markup(_inline_svg(svg, f"fig-{kind}-{slug or 'all'}")),
+        }
+    )
+
+
+def _group_figures(run_dir: Path, group: GroupSummary, colors: Mapping[str, str]) -> None:
+    band = (
+        f"band: {CONFIDENCE * 100:g} % CI over seeds"
+        if group.max_seeds >= 2
+        else "one seed, so no interval is drawn"
+    )
+
+    def add(kind: str, svg: str | None, title: str, caption: str) -> None:
+        _add_figure(run_dir, group.figures, kind, group.slug, svg, title, caption)
+
+    if group.fractions:
+        add(
+            "subset_value",
+            subset_figure(group, colors),
+            "subset value vs fraction kept",
+            f"Lines: mean over seeds; {band}; dashed: random subset; dotted: full data.",
+        )
+    add(
+        "mislabel_recall",
+        mislabel_figure(group, colors),
+        "mislabel recall vs fraction inspected",
+        f"Lowest-valued points inspected first; {band}; dashed: random order (the diagonal); "
+        "dotted: the ideal ranking (every flipped label first).",
+    )
+    add(
+        "removal",
+        removal_figure(group, colors),
+        "point removal",
+        f"Test accuracy after removing the highest-valued points; a steeper drop means the "
+        f"method found the points that matter; {band}; dotted: full data.",
+    )
+    add(
+        "runtime",
+        runtime_figure(group, colors),
+        "runtime per method",
+        "Mean wall time per cell, log scale, fastest first; whiskers: CI over seeds.",
+    )
+    add(
+        "pareto",
+        pareto_figure(group, colors),
+        "value vs cost",
+        "Mean subset-value gain over random (points, mean over fractions) against mean wall "
+        "time; outlined points and the step line: the Pareto front (nothing else is both "
+        "faster and better).",
+    )
+    selection = _selection_svg(run_dir, group, colors)
+    if selection is not None:
+        add(
+            "selection",
+            selection[0],
+            "selected subsets on the 2-D data",
+            f"Seed {selection[1]}: each method's top {SELECTION_FRACTION * 100:g} % (its native "
+            "selection where it has one) in its colour over the grey training points; circles "
+            "and squares: the two label classes; red ×: flipped labels.",
+        )
+
+
+def _cross_figures(
+    run_dir: Path, groups: Sequence[GroupSummary], colors: Mapping[str, str]
+) -> tuple[list[dict[str, Any]], list[CDResult]]:
+    figures: list[dict[str, Any]] = []
+    _add_figure(
+        run_dir,
+        figures,
+        "rank_heatmap",
+        "",
+        rank_heatmap_figure(groups, CD_KEYS),
+        "rank heatmap",
+        "Rank of each method's mean in each dataset (1 = best, ties averaged; blank: no value).",
+    )
+    results = []
+    for key, label in CD_KEYS:
+        result = friedman_nemenyi(groups, key)
+        if result is None:
+            continue
+        results.append(result)
+        _add_figure(
+            run_dir,
+            figures,
+            "critical_difference",
+            re.sub(r"[^A-Za-z0-9_.-]+", "_", key),
+            cd_figure(result, colors),
+            f"critical-difference diagram: {label}",
+            f"Average rank over {result.n_blocks} datasets (lower is better) of the "
+            f"{len(result.methods)} methods with a value on every one. Friedman χ² = "
+            f"{result.friedman_chi2:.2f}, p = {result.friedman_p:.3g}; methods joined by a bar "
+            f"are within the Nemenyi critical difference CD = {result.critical_difference:.2f} "
+            f"(α = {ALPHA:g}) of each other (Demšar 2006).",
+        )
+    return figures, results
+
+
+# --------------------------------------------------------------------------- rendering
 
 
 def _environment() -> Any:
@@ -590,45 +541,46 @@ def _environment() -> Any:
 
 
 def render_report(run_dir: Path) -> Path:
-    """Render ``run_dir/index.html`` (plus ``results.csv`` and ``figures/*.svg``); returns its path.
+    """Render ``run_dir/index.html`` with ``results.csv``, ``summary.json`` and ``figures/``.
 
-    Only ``manifest.json`` and ``results.jsonl`` are read, and the output depends on nothing
-    else, so re-rendering the same run gives byte-identical files.
+    Only the run's stored files are read and the output depends on nothing else, so
+    re-rendering the same run gives byte-identical files. Returns the path of ``index.html``.
     """
-    from markupsafe import Markup
-
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir)
-    records = sorted(read_results(run_dir), key=_sort_key)
+    records = sorted(read_results(run_dir), key=record_sort_key)
     write_results_csv(run_dir)
 
     groups = summarise(records)
-    colors = method_colors(m for g in groups for m in g.rows)
-    fig_dir = run_dir / FIGURES_DIR
+    colors = method_colors(str(r.get("method", "")) for r in records)
     for group in groups:
-        if not group.fractions:
-            continue
-        svg = _subset_figure(group, colors)
-        name = f"subset_value-{group.slug}.svg"
-        _write_atomic(fig_dir / name, svg.encode("utf-8"))
-        group.figures.append(
-            {
-                "title": "subset value vs fraction kept",
-                "file": f"{FIGURES_DIR}/{name}",
-                "svg": Markup(_inline_svg(svg, f"fig-{group.slug}")),
-            }
-        )
+        _group_figures(run_dir, group, colors)
+    cross, cd_results = _cross_figures(run_dir, groups, colors)
+
+    summary = summary_json(manifest, groups, cd_results)
+    _write_atomic(
+        run_dir / SUMMARY_FILE,
+        (json.dumps(summary, indent=2, ensure_ascii=False) + "\n").encode("utf-8"),
+    )
 
     html = (
         _environment()
         .get_template(TEMPLATE)
         .render(
             header=_header(manifest, records),
+            overview=_overview(manifest, records, groups),
+            headline=_headline(groups),
             manifest=manifest,
             groups=groups,
             colors=colors,
+            cross_figures=cross,
+            cd_results=cd_results,
             failures=_failures(records),
+            cells=_cells(records),
             confidence=CONFIDENCE,
+            alpha=ALPHA,
+            test_name=TEST_NAME,
+            selection_fraction=SELECTION_FRACTION,
         )
     )
     target = run_dir / REPORT_FILE

@@ -153,6 +153,7 @@ class _Doc(HTMLParser):
         self._table: str | None = None
         self._method: str | None = None
         self._cell: dict[str, Any] | None = None
+        self._aside = 0
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         a = dict(attrs)
@@ -171,6 +172,9 @@ class _Doc(HTMLParser):
             self.tables[self._table][self._method][a["data-col"]] = self._cell  # type: ignore[index]
         if tag == "strong" and self._cell is not None:
             self._cell["bold"] = True
+        if tag == "span" and self._cell is not None and a.get("class") in ("rank", "mark"):
+            self._aside += 1  # rank and "not significantly different" marks: not the number
+            self._cell[a["class"]] = True
         if tag not in VOID:
             self.stack.append(tag)
 
@@ -184,6 +188,8 @@ class _Doc(HTMLParser):
             self.errors.append(f"</{tag}> closes <{self.stack[-1] if self.stack else None}>")
             return
         self.stack.pop()
+        if tag == "span" and self._aside:
+            self._aside -= 1
         if tag == "td":
             self._cell = None
         elif tag == "tr":
@@ -192,7 +198,7 @@ class _Doc(HTMLParser):
             self._table = None
 
     def handle_data(self, data: str) -> None:
-        if self._cell is not None:
+        if self._cell is not None and not self._aside:
             self._cell["text"] += data
 
 

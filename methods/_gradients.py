@@ -1,0 +1,397 @@
+"""Shared machinery of the gradient family: float64 functional models, per-sample gradients,
+Hessians, inverse-Hessian-vector products and last-layer refits.
+
+Everything here works in float64 on flat parameter vectors. A model is a :class:`Functional`:
+the evaluation model's forward pass written as a pure function of a parameter dict, so
+``torch.func`` can take per-sample gradients (``vmap(grad)``) and Hessian-vector products
+(forward-over-reverse) without a Python loop over points.
+
+The training objective is the evaluation model's (see :mod:`valbench.models`):
+``L(θ) = mean_i CE(f_θ(x_i), y_i) + l2/2 · ||weights||²`` (biases are not decayed).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.func import grad, jvp, vmap
+
+from valbench.errors import UsageError
+from valbench.models import Params
+
+__all__ = [
+    "Functional",
+    "LAYERS",
+    "SOLVERS",
+    "functional_from_params",
+    "head_features",
+    "per_sample_grads",
+    "summed_grad",
+    "head_hessian",
+    "full_hessian",
+    "make_hvp",
+    "solve_exact",
+    "solve_cg",
+    "solve_lissa",
+    "refine_head",
+    "as_tensor",
+]
+
+LAYERS: tuple[str, ...] = ("all", "last")
+SOLVERS: tuple[str, ...] = ("auto", "exact", "cg", "lissa")
+DTYPE = torch.float64
+#: Largest parameter count for which an explicit Hessian is built (``solver="auto"``).
+MAX_EXACT_PARAMS = 3000
+
+
+def as_tensor(x: np.ndarray, dtype: torch.dtype = DTYPE) -> torch.Tensor:
+    """A float64 (or ``dtype``) torch copy of a numpy array."""
+    return torch.as_tensor(np.ascontiguousarray(x), dtype=dtype).clone()
+
+
+@dataclass
+class Functional:
+    """A model as a pure function of named parameters, plus the objective's L2 terms.
+
+    Attributes:
+        kind: ``"head"`` (multinomial logistic regression on fixed inputs ``W, b``) or
+            ``"mlp"`` (``W1, b1, W2, b2``).
+        params: The parameters (float64), in the :class:`~valbench.models.Params` layout
+            without the batch dimension.
+        decayed: Names of the parameters the objective decays with ``l2/2 · ||·||²``.
+        l2: The decay coefficient.
+    """
+
+    kind: str
+    params: dict[str, torch.Tensor]
+    decayed: tuple[str, ...]
+    l2: float
+
+    @property
+    def names(self) -> list[str]:
+        """Parameter names in flattening order."""
+        return list(self.params)
+
+    @property
+    def n_params(self) -> int:
+        """Length of the flat parameter vector."""
+        return sum(v.numel() for v in self.params.values())
+
+    def flat(self) -> torch.Tensor:
+        """The parameters as one flat vector (row-major, in ``names`` order)."""
+        return torch.cat([v.reshape(-1) for v in self.params.values()])
+
+    def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Split a flat vector into tensors shaped like ``params``."""
+        out, at = {}, 0
+        for k, v in self.params.items():
+            out[k] = flat[at : at + v.numel()].reshape(v.shape)
+            at += v.numel()
+        return out
+
+    def decay_mask(self) -> torch.Tensor:
+        """1 on the flat coordinates the L2 term decays, 0 elsewhere."""
+        return torch.cat(
+            [
+                torch.full((v.numel(),), float(k in self.decayed), dtype=DTYPE)
+                for k, v in self.params.items()
+            ]
+        )
+
+    def logits(self, p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """Pre-softmax outputs of ``x`` (n, C) or of one point ``x`` (d,)."""
+        if self.kind == "head":
+            return x @ p["W"] + p["b"]
+        act = (x @ p["W1"] + p["b1"]).clamp(min=0)
+        return act @ p["W2"] + p["b2"]
+
+
+def functional_from_params(params: Params, l2: float, layers: str = "all") -> Functional:
+    """The float64 functional model of the first model in ``params``.
+
+    ``layers="last"`` keeps only the output layer (a head on the penultimate features, see
+    :func:`head_features`); for logistic regression both choices are the same model.
+    """
+    if layers not in LAYERS:
+        raise UsageError(f"layers must be one of {', '.join(LAYERS)}, got {layers!r}")
+    t = {k: v[0].detach().to(DTYPE).clone() for k, v in params.tensors.items()}
+    if params.kind == "logreg":
+        return Functional("head", {"W": t["W"], "b": t["b"]}, ("W",), l2)
+    if layers == "last":
+        return Functional("head", {"W": t["W2"], "b": t["b2"]}, ("W",), l2)
+    return Functional("mlp", t, ("W1", "W2"), l2)
+
+
+def head_features(params: Params, x: np.ndarray) -> torch.Tensor:
+    """Inputs of the output layer in float64: ``x`` itself for logreg, hidden ReLUs for the MLP."""
+    xt = as_tensor(x)
+    if params.kind == "logreg":
+        return xt
+    w1, b1 = params["W1"][0].to(DTYPE), params["b1"][0].to(DTYPE)
+    return (xt @ w1 + b1).clamp(min=0)
+
+
+def _point_loss(
+    model: Functional, p: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor
+) -> torch.Tensor:
+    # Cross-entropy of a single point (no L2: that belongs to the objective, not to a point).
+    return -torch.log_softmax(model.logits(p, x), dim=-1).gather(-1, y[None])[0]
+
+
+def per_sample_grads(
+    model: Functional,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    params: dict[str, torch.Tensor] | None = None,
+    chunk: int = 4096,
+) -> torch.Tensor:
+    """∇_θ CE(z_i) of every point as rows of an (n, P) matrix: ``vmap(grad)``, chunked."""
+    p = model.params if params is None else params
+    fn = vmap(grad(lambda q, xi, yi: _point_loss(model, q, xi, yi)), in_dims=(None, 0, 0))
+    rows = []
+    for start in range(0, x.shape[0], chunk):
+        g = fn(p, x[start : start + chunk], y[start : start + chunk])
+        rows.append(torch.cat([g[k].reshape(g[k].shape[0], -1) for k in p], dim=1))
+    if not rows:
+        return torch.zeros(0, model.n_params, dtype=DTYPE)
+    return torch.cat(rows)
+
+
+def summed_grad(
+    model: Functional,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    params: dict[str, torch.Tensor] | None = None,
+    chunk: int = 4096,
+) -> torch.Tensor:
+    """Σ_v ∇_θ CE(z_v) as a flat vector, streamed over chunks (memory independent of n)."""
+    p = model.params if params is None else params
+
+    def total(q: dict[str, torch.Tensor], xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+        logp = torch.log_softmax(model.logits(q, xs), dim=-1)
+        return -logp.gather(1, ys[:, None]).sum()
+
+    out = torch.zeros(model.n_params, dtype=DTYPE)
+    g_fn = grad(total)
+    for start in range(0, x.shape[0], chunk):
+        g = g_fn(p, x[start : start + chunk], y[start : start + chunk])
+        out += torch.cat([g[k].reshape(-1) for k in p])
+    return out
+
+
+def _objective(model: Functional, x: torch.Tensor, y: torch.Tensor) -> Callable[..., torch.Tensor]:
+    mask = model.decay_mask()
+
+    def objective(flat: torch.Tensor) -> torch.Tensor:
+        logp = torch.log_softmax(model.logits(model.unflatten(flat), x), dim=-1)
+        data = -logp.gather(1, y[:, None]).mean()
+        return data + 0.5 * model.l2 * (mask * flat * flat).sum()
+
+    return objective
+
+
+def make_hvp(
+    model: Functional, x: torch.Tensor, y: torch.Tensor
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """v ↦ ∇²L(θ̂) v of the training objective (forward-over-reverse), for v of shape (P,)."""
+    g_fn = grad(_objective(model, x, y))
+    theta = model.flat()
+
+    def hvp(v: torch.Tensor) -> torch.Tensor:
+        return jvp(g_fn, (theta,), (v,))[1]
+
+    return hvp
+
+
+def batched_hvp(
+    hvp: Callable[[torch.Tensor], torch.Tensor],
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The HVP applied to the columns of a (P, k) matrix at once (``vmap``)."""
+    many = vmap(hvp, in_dims=1, out_dims=1)
+    return lambda vs: many(vs)
+
+
+def head_hessian(phi: torch.Tensor, probs: torch.Tensor, l2: float) -> torch.Tensor:
+    """Closed-form Hessian of the head objective at ``probs = softmax(φW + b)``.
+
+    Parameters are flattened as ``[W (d, C) row-major, b (C)]``, which is ``Θ = [W; b]`` of the
+    augmented features ``φ̃ = [φ, 1]`` row-major, so
+    ``H = (1/n) Σ_i (diag(p_i) − p_i p_iᵀ) ⊗ φ̃_i φ̃_iᵀ + l2 · I_W``.
+    Two GEMMs instead of P autograd passes: this is what makes Newton refits cheap.
+    """
+    n, d = phi.shape
+    c = probs.shape[1]
+    aug = torch.cat([phi, torch.ones(n, 1, dtype=DTYPE)], dim=1)  # (n, d+1)
+    z = (aug[:, :, None] * probs[:, None, :]).reshape(n, (d + 1) * c)
+    h = -(z.T @ z)
+    diag_blocks = torch.einsum("na,nc,nb->acb", aug, probs, aug)  # (d+1, C, d+1)
+    h4 = h.view(d + 1, c, d + 1, c)
+    idx = torch.arange(c)
+    h4[:, idx, :, idx] += diag_blocks.permute(1, 0, 2)
+    h /= n
+    h.diagonal()[: d * c] += l2
+    return h
+
+
+def full_hessian(
+    hvp: Callable[[torch.Tensor], torch.Tensor], n_params: int, chunk: int = 256
+) -> torch.Tensor:
+    """Explicit Hessian from HVPs with the identity's columns (for models without closed form)."""
+    many = vmap(hvp, in_dims=1, out_dims=1, chunk_size=chunk)
+    return many(torch.eye(n_params, dtype=DTYPE))
+
+
+def solve_exact(hessian: torch.Tensor, damping: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A solver ``B ↦ (H + λI)⁻¹ B`` by one Cholesky factorisation (LU if H is indefinite)."""
+    a = hessian + damping * torch.eye(hessian.shape[0], dtype=DTYPE)
+    a = 0.5 * (a + a.T)
+    factor, info = torch.linalg.cholesky_ex(a)
+    if int(info) == 0:
+        return lambda b: torch.cholesky_solve(b.reshape(b.shape[0], -1), factor).reshape(b.shape)
+    lu, piv = torch.linalg.lu_factor(a)
+    return lambda b: torch.linalg.lu_solve(lu, piv, b.reshape(b.shape[0], -1)).reshape(b.shape)
+
+
+def solve_cg(
+    hvp_many: Callable[[torch.Tensor], torch.Tensor],
+    b: torch.Tensor,
+    damping: float,
+    *,
+    tol: float = 1e-8,
+    maxiter: int = 200,
+) -> tuple[torch.Tensor, int, bool]:
+    """Conjugate gradients on ``(H + λI) X = B`` for every column of ``B`` (P, k) in parallel.
+
+    Returns the solution, the iterations run and whether every column reached
+    ``||r|| ≤ tol · ||b||``.
+    """
+    b2 = b.reshape(b.shape[0], -1)
+
+    def op(v: torch.Tensor) -> torch.Tensor:
+        return hvp_many(v) + damping * v
+
+    x = torch.zeros_like(b2)
+    r = b2.clone()
+    p = r.clone()
+    rs = (r * r).sum(0)
+    target = (tol * b2.norm(dim=0)) ** 2
+    it = 0
+    converged = bool((rs <= target).all())
+    while it < maxiter and not converged:
+        ap = op(p)
+        curv = (p * ap).sum(0)
+        active = rs > target
+        alpha = torch.where(active, rs / torch.where(curv > 0, curv, 1.0), 0.0)
+        x += alpha * p
+        r -= alpha * ap
+        rs_new = (r * r).sum(0)
+        beta = torch.where(active, rs_new / torch.where(rs > 0, rs, 1.0), 0.0)
+        p = r + beta * p
+        rs = rs_new
+        it += 1
+        converged = bool((rs <= target).all())
+    return x.reshape(b.shape), it, converged
+
+
+def power_iteration(
+    hvp_one: Callable[[torch.Tensor], torch.Tensor],
+    n_params: int,
+    rng: np.random.Generator,
+    iters: int = 30,
+) -> float:
+    """An estimate of the Hessian's largest eigenvalue (for LiSSA's scale)."""
+    v = as_tensor(rng.normal(size=n_params))
+    v /= v.norm()
+    lam = 0.0
+    for _ in range(iters):
+        w = hvp_one(v)
+        lam = float(v @ w)
+        v = w / w.norm().clamp(min=1e-300)
+    return abs(lam)
+
+
+def solve_lissa(
+    hvp_many: Callable[[torch.Tensor], torch.Tensor],
+    b: torch.Tensor,
+    damping: float,
+    scale: float,
+    *,
+    depth: int = 1000,
+    tol: float = 1e-10,
+) -> tuple[torch.Tensor, int, bool]:
+    """LiSSA: ``h_t = b + (I − (H + λI)/σ) h_{t−1}``, estimate ``h_T / σ`` (Agarwal et al.).
+
+    Uses full-batch HVPs (deterministic; the recursion converges to the damped solve when
+    ``σ`` exceeds the top eigenvalue of ``H + λI``). Stops early once the update is below
+    ``tol`` relative to ``h``.
+    """
+    b2 = b.reshape(b.shape[0], -1)
+    h = b2.clone()
+    it = 0
+    converged = False
+    while it < depth and not converged:
+        step = b2 - (hvp_many(h) + damping * h) / scale
+        h = h + step
+        it += 1
+        converged = float(step.norm() / h.norm().clamp(min=1e-300)) <= tol
+    return (h / scale).reshape(b.shape), it, converged
+
+
+def refine_head(
+    phi: torch.Tensor,
+    y: torch.Tensor,
+    w: torch.Tensor,
+    b: torch.Tensor,
+    l2: float,
+    *,
+    max_iter: int = 50,
+    tol: float = 1e-10,
+) -> tuple[torch.Tensor, torch.Tensor, int, float]:
+    """Newton's method (with backtracking) to a stationary point of the head objective.
+
+    Influence and representer points assume ∇L(θ̂) = 0; Adam in float32 stops short of it, so a
+    few float64 Newton steps from the fitted weights finish the job. Returns ``W, b``, the
+    iterations and the final gradient norm. The bias-shift direction (adding a constant to
+    every class) is flat, so each step solves with a tiny ridge.
+    """
+    n, d = phi.shape
+    c = w.shape[1]
+    aug = torch.cat([phi, torch.ones(n, 1, dtype=DTYPE)], dim=1)
+    theta = torch.cat([w, b[None, :]], dim=0).clone()  # (d+1, C)
+    onehot = torch.nn.functional.one_hot(y, c).to(DTYPE)
+    decay = torch.ones(d + 1, 1, dtype=DTYPE)
+    decay[d] = 0.0
+
+    def objective(th: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = aug @ th
+        logp = torch.log_softmax(logits, dim=1)
+        value = -(logp * onehot).sum() / n + 0.5 * l2 * (decay * th * th).sum()
+        return value, logp.exp()
+
+    value, probs = objective(theta)
+    g_norm = math.inf
+    it = 0
+    for it in range(1, max_iter + 1):
+        g = aug.T @ (probs - onehot) / n + l2 * decay * theta
+        g_norm = float(g.norm())
+        if g_norm <= tol:
+            it -= 1
+            break
+        h = head_hessian(phi, probs, l2)
+        h.diagonal().add_(1e-12 * max(1.0, float(h.diagonal().max())))
+        step = torch.linalg.solve(h, g.reshape(-1)).reshape(d + 1, c)
+        t = 1.0
+        while t > 1e-8:
+            cand = theta - t * step
+            new_value, new_probs = objective(cand)
+            if new_value <= value + 1e-4 * t * float((g * -step).sum()) or t < 1e-6:
+                break
+            t *= 0.5
+        theta, value, probs = cand, new_value, new_probs
+    return theta[:d].contiguous(), theta[d].contiguous(), it, g_norm

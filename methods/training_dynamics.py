@@ -1,0 +1,441 @@
+"""Training-dynamics scores: GraNd, EL2N (Paul et al. 2021), forgetting (Toneva et al. 2019).
+
+All three say how *hard* a training point is. Convention (also written into ``stats``):
+
+* ``scores`` = hardness: higher = harder = **keep** when selecting a subset, as the papers prune
+  the easiest points. With ``offset > 0`` the hardest ``offset`` fraction is moved to the bottom
+  first (the paper's variant under label noise).
+* ``detection_scores`` = −hardness: for mislabel detection the hardest point is the most
+  suspicious, and the harness reads the lowest detection score as most suspicious.
+
+Each of the R runs trains a fresh torch network shaped like the run's evaluation model (linear for
+``logreg``, one hidden ReLU layer for ``mlp``) with minibatch Adam; the R runs are trained together
+as one stacked ensemble (``functional_call`` under ``vmap``), which gives the same
+result as training them one by one (Adam is per-coordinate) at a fraction of the Python overhead.
+Each run draws its initialisation and minibatch order from its own ``torch.Generator`` seeded
+from ``rng``; global RNG state is never used.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from valbench import Budget, Method, ProgressFn, Valuation, ValuationTask, no_progress
+from valbench.errors import UsageError
+from valbench.models import ModelSpec
+
+__all__ = [
+    "GraNd",
+    "EL2N",
+    "Forgetting",
+    "TrainedRuns",
+    "make_network",
+    "train_runs",
+    "per_example_grad_norms",
+    "error_l2_norms",
+    "forgetting_counts",
+    "apply_offset",
+    "default_epochs",
+]
+
+StackedParams = dict[str, torch.Tensor]
+
+#: Per-sample gradient chunks hold at most this many floats (runs x points x parameters).
+_GRAD_CHUNK_FLOATS = 1 << 24
+_BETA1, _BETA2, _EPS = 0.9, 0.999, 1e-8
+
+
+# -- networks and training ---------------------------------------------------------------------
+
+
+def make_network(kind: str, n_features: int, n_classes: int, hidden: int = 64) -> nn.Module:
+    """A torch network matching the evaluation model ``kind`` ("logreg" or "mlp")."""
+    if kind == "logreg":
+        return nn.Linear(n_features, n_classes)
+    if kind == "mlp":
+        return nn.Sequential(nn.Linear(n_features, hidden), nn.ReLU(), nn.Linear(hidden, n_classes))
+    raise UsageError(f"training-dynamics methods support models logreg and mlp, not {kind!r}")
+
+
+def _seeded_init(net: nn.Module, gen: torch.Generator) -> StackedParams:
+    """One run's parameters: nn.Linear's default U(±1/sqrt(fan_in)), drawn from ``gen``."""
+    out: StackedParams = {}
+    fan_in = 1
+    for name, p in net.named_parameters():
+        if name.endswith("weight"):
+            fan_in = p.shape[1]
+        bound = 1.0 / math.sqrt(fan_in)
+        draw = torch.rand(p.shape, generator=gen, dtype=torch.float64)
+        out[name] = ((draw * 2 - 1) * bound).to(p.dtype)
+    return out
+
+
+@dataclass
+class TrainedRuns:
+    """R trained runs: the network skeleton, stacked parameters (R, ...) and what training saw.
+
+    ``correct`` is (epochs, R, n) bool: whether run r classified point i correctly when it was
+    presented in epoch e (None unless recorded).
+    """
+
+    net: nn.Module
+    params: StackedParams
+    correct: np.ndarray | None
+    steps: int
+
+    @property
+    def runs(self) -> int:
+        """Number of runs held."""
+        return int(next(iter(self.params.values())).shape[0])
+
+
+def _features(x: np.ndarray) -> torch.Tensor:
+    arr = np.ascontiguousarray(x, dtype=np.float32)
+    # torch warns on read-only numpy memory (tasks may hold such arrays); copy those instead.
+    return torch.from_numpy(arr if arr.flags.writeable else arr.copy())
+
+
+def _single_forward(net: nn.Module) -> Callable[[StackedParams, torch.Tensor], torch.Tensor]:
+    # A stateless copy (on the meta device) so functional_call never touches real parameters.
+    base = copy.deepcopy(net).to("meta")
+
+    def forward(params: StackedParams, x: torch.Tensor) -> torch.Tensor:
+        return functional_call(base, params, (x,))
+
+    return forward
+
+
+def train_runs(
+    x: np.ndarray,
+    y: np.ndarray,
+    n_classes: int,
+    *,
+    seeds: list[int],
+    epochs: int,
+    kind: str = "logreg",
+    hidden: int = 64,
+    lr: float = 0.01,
+    batch_size: int = 32,
+    l2: float = 0.0,
+    record_correct: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> TrainedRuns:
+    """Train one network per seed for ``epochs`` epochs of minibatch Adam, all runs stacked.
+
+    Each run's initialisation and per-epoch shuffle come from ``torch.Generator(seed)``; the loss
+    is the minibatch mean cross-entropy plus ``l2/2 * ||weights||²`` (biases excluded), as the
+    evaluation model uses.
+    """
+    xt = _features(x)
+    yt = torch.as_tensor(np.asarray(y, dtype=np.int64))
+    n, d = xt.shape
+    net = make_network(kind, d, n_classes, hidden)
+    gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+    inits = [_seeded_init(net, g) for g in gens]
+    params = {k: torch.stack([p[k] for p in inits]).requires_grad_(True) for k in inits[0]}
+    forward = vmap(_single_forward(net))
+    runs = len(seeds)
+    correct = np.zeros((epochs, runs, n), dtype=bool) if record_correct else None
+    weights = [k for k in params if k.endswith("weight")]
+    steps = 0
+    if epochs > 0 and n > 0 and runs > 0:
+        values = list(params.values())
+        # Adam by hand (torch.optim.Adam's defaults): torch.optim imports torch._dynamo on first
+        # use, seconds per fresh worker process, more than a whole cell's training here.
+        state_m = [torch.zeros_like(v) for v in values]
+        state_v = [torch.zeros_like(v) for v in values]
+        rows = torch.arange(runs)[:, None]
+        for epoch in range(epochs):
+            # Every run shuffles with its own generator; the batch shapes agree across runs.
+            order = torch.stack([torch.randperm(n, generator=g) for g in gens])
+            for start in range(0, n, batch_size):
+                idx = order[:, start : start + batch_size]  # (R, b)
+                xb, yb = xt[idx], yt[idx]
+                logits = forward(params, xb)  # (R, b, C)
+                # Mean over the batch per run, summed over runs: each run gets its own gradient.
+                loss = (
+                    nn.functional.cross_entropy(
+                        logits.reshape(-1, n_classes), yb.reshape(-1), reduction="sum"
+                    )
+                    / idx.shape[1]
+                )
+                if l2 > 0:
+                    loss = loss + 0.5 * l2 * sum(params[k].pow(2).sum() for k in weights)
+                if correct is not None:
+                    # Correctness at presentation time, before this step's update (Toneva et al.).
+                    hit = (logits.detach().argmax(dim=2) == yb).numpy()
+                    correct[epoch, rows.numpy(), idx.numpy()] = hit
+                grads = list(torch.autograd.grad(loss, values))
+                steps += 1
+                with torch.no_grad():
+                    torch._foreach_lerp_(state_m, grads, 1.0 - _BETA1)
+                    torch._foreach_mul_(state_v, _BETA2)
+                    torch._foreach_addcmul_(state_v, grads, grads, 1.0 - _BETA2)
+                    denom = torch._foreach_div(state_v, 1.0 - _BETA2**steps)
+                    torch._foreach_sqrt_(denom)
+                    torch._foreach_add_(denom, _EPS)
+                    torch._foreach_addcdiv_(values, state_m, denom, -lr / (1.0 - _BETA1**steps))
+            if progress is not None:
+                progress(epoch + 1)
+    return TrainedRuns(net, {k: v.detach() for k, v in params.items()}, correct, steps)
+
+
+# -- scores -----------------------------------------------------------------------------------
+
+
+def per_example_grad_norms(trained: TrainedRuns, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """(R, n) L2 norms of each point's cross-entropy gradient w.r.t. all parameters, per run."""
+    forward = _single_forward(trained.net)
+
+    def loss_one(params: StackedParams, xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
+        logits = forward(params, xi[None])
+        return nn.functional.cross_entropy(logits, yi[None])
+
+    # Inner vmap: over points (shared params); outer vmap: over runs (shared points).
+    per_sample = vmap(vmap(grad(loss_one), in_dims=(None, 0, 0)), in_dims=(0, None, None))
+    xt = _features(x)
+    yt = torch.as_tensor(np.asarray(y, dtype=np.int64))
+    n_params = sum(v[0].numel() for v in trained.params.values())
+    chunk = max(1, _GRAD_CHUNK_FLOATS // max(1, n_params * trained.runs))
+    out = torch.empty(trained.runs, len(xt), dtype=torch.float64)
+    with torch.no_grad():
+        for s in range(0, len(xt), chunk):
+            grads = per_sample(trained.params, xt[s : s + chunk], yt[s : s + chunk])
+            sq = sum(g.flatten(2).pow(2).sum(dim=2).double() for g in grads.values())
+            out[:, s : s + chunk] = torch.as_tensor(sq).sqrt()
+    return out.numpy()
+
+
+def _logits(trained: TrainedRuns, x: np.ndarray) -> torch.Tensor:
+    xt = _features(x)
+    forward = vmap(_single_forward(trained.net), in_dims=(0, None))
+    with torch.no_grad():
+        return forward(trained.params, xt)  # (R, n, C)
+
+
+def error_l2_norms(trained: TrainedRuns, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """(R, n) EL2N per run: ||softmax(f(x)) − onehot(y)||₂."""
+    probs = torch.softmax(_logits(trained, x).double(), dim=2)
+    yt = torch.as_tensor(np.asarray(y, dtype=np.int64))
+    onehot = nn.functional.one_hot(yt, probs.shape[2]).double()
+    return torch.linalg.vector_norm(probs - onehot[None], dim=2).numpy()
+
+
+def forgetting_counts(correct: np.ndarray, never_learned: float | None = None) -> np.ndarray:
+    """Forgetting events per point from per-presentation correctness (T presentations, ..., n).
+
+    A forgetting event is a correct → incorrect transition between consecutive presentations.
+    Points never classified correctly get ``never_learned`` (default ``T + 1``, more than any
+    possible count), standing in for the paper's infinity.
+    """
+    seq = np.asarray(correct, dtype=bool)
+    events = (seq[:-1] & ~seq[1:]).sum(axis=0).astype(np.float64)
+    fill = float(seq.shape[0] + 1) if never_learned is None else float(never_learned)
+    return np.where(seq.any(axis=0), events, fill)
+
+
+def apply_offset(hardness: np.ndarray, offset: float) -> np.ndarray:
+    """Move the hardest ``offset`` fraction below every other score (hardest lowest)."""
+    h = np.asarray(hardness, dtype=np.float64)
+    k = int(round(offset * len(h)))
+    if k <= 0:
+        return h.copy()
+    top = np.argsort(-h, kind="stable")[:k]
+    rest = np.ones(len(h), dtype=bool)
+    rest[top] = False
+    floor = float(h[rest].min()) if rest.any() else 0.0
+    out = h.copy()
+    # Keep them ordered among themselves (hardest lowest), all strictly under the rest.
+    out[top] = floor - 1.0 - (h[top] - h[top].min())
+    return out
+
+
+def default_epochs(n: int, batch_size: int, steps: int, lo: int, hi: int) -> int:
+    """Epochs giving about ``steps`` optimiser steps on ``n`` points, clipped to [lo, hi]."""
+    per_epoch = max(1, math.ceil(n / batch_size))
+    return int(min(hi, max(lo, math.ceil(steps / per_epoch))))
+
+
+# -- adapters ---------------------------------------------------------------------------------
+
+
+class _TrainingDynamics(Method):
+    """Shared template: train R seeded runs within the budget, average a per-run hardness."""
+
+    family = "training-dynamics"
+    #: (target optimiser steps, min epochs, max epochs) for ``epochs=None``.
+    _default_schedule: ClassVar[tuple[int, int, int]] = (200, 1, 20)
+    _record_correct: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        *,
+        runs: int = 10,
+        epochs: int | None = None,
+        lr: float = 0.01,
+        batch_size: int = 32,
+        offset: float = 0.0,
+    ) -> None:
+        self.runs = runs
+        self.epochs = epochs
+        self.lr = lr
+        self.batch_size = batch_size
+        self.offset = offset
+
+    def _validate(self) -> None:
+        if not isinstance(self.runs, int) or self.runs < 1:
+            raise UsageError(f"{self.name} runs must be an integer >= 1, got {self.runs!r}")
+        if self.epochs is not None and (not isinstance(self.epochs, int) or self.epochs < 0):
+            raise UsageError(f"{self.name} epochs must be an integer >= 0, got {self.epochs!r}")
+        if not (isinstance(self.lr, int | float) and math.isfinite(self.lr) and self.lr > 0):
+            raise UsageError(f"{self.name} lr must be a finite number > 0, got {self.lr!r}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise UsageError(
+                f"{self.name} batch_size must be an integer >= 1, got {self.batch_size!r}"
+            )
+        if not (isinstance(self.offset, int | float) and 0 <= self.offset < 1):
+            raise UsageError(f"{self.name} offset must be in [0, 1), got {self.offset!r}")
+
+    def resolved_epochs(self, n: int) -> int:
+        """The epochs actually trained on ``n`` points (the parameter or the scaled default)."""
+        if self.epochs is not None:
+            return int(self.epochs)
+        return default_epochs(n, self.batch_size, *self._default_schedule)
+
+    def _hardness(self, trained: TrainedRuns, task: ValuationTask, epochs: int) -> np.ndarray:
+        """(R, n) hardness of every point in every run."""
+        raise NotImplementedError
+
+    def value(
+        self,
+        task: ValuationTask,
+        *,
+        rng: np.random.Generator,
+        budget: Budget,
+        progress: ProgressFn = no_progress,
+    ) -> Valuation:
+        self._validate()
+        started = time.perf_counter()
+        n = task.n_train
+        spec = task.model if isinstance(task.model, ModelSpec) else ModelSpec()
+        epochs = self.resolved_epochs(n)
+        # All R seeds are drawn up front, so a budget-cut run is a prefix of the full one.
+        seeds = [int(s) for s in rng.integers(0, 2**62, size=self.runs)]
+        affordable = int(min(self.runs, budget.remaining_fits(task.fit_counter.count)))
+        # Under a time budget, train one run at a time so we can stop between runs.
+        group = affordable if budget.max_seconds is None else 1
+        per_run: list[np.ndarray] = []
+        steps = 0
+        done = 0
+        # Progress in run-epochs (a run at initialisation counts as one unit).
+        unit = max(1, epochs)
+        total = affordable * unit
+        while done < affordable and not budget.exhausted(task.fit_counter.count, started):
+            chunk = seeds[done : done + group]
+
+            def epoch_done(e: int, before: int = done, width: int = len(chunk)) -> None:
+                progress(before * unit + e * width, total)
+
+            trained = train_runs(
+                task.x_train,
+                task.y_train,
+                task.n_classes,
+                seeds=chunk,
+                epochs=epochs,
+                kind=spec.kind,
+                hidden=spec.hidden,
+                lr=self.lr,
+                batch_size=self.batch_size,
+                l2=spec.l2,
+                record_correct=self._record_correct,
+                progress=epoch_done,
+            )
+            task.fit_counter.add(len(chunk))  # one fit per training run
+            per_run.append(self._hardness(trained, task, epochs))
+            steps = trained.steps  # the same for every group: same n, epochs, batch size
+            done += len(chunk)
+            progress(done * unit, total)
+
+        hardness = np.concatenate(per_run).mean(axis=0) if per_run else np.zeros(n)
+        return Valuation(
+            scores=apply_offset(hardness, float(self.offset)),
+            detection_scores=-hardness,
+            stats={
+                "runs": done,
+                "runs_requested": int(self.runs),
+                "complete": done == self.runs,
+                "epochs": epochs,
+                "optimizer_steps_per_run": steps,
+                "model": spec.kind,
+                "offset": float(self.offset),
+                "direction": "scores = hardness: higher = harder = keep (pruning keeps hardest)",
+                "detection": "detection_scores = -hardness: lowest (hardest) = most suspicious",
+            },
+        )
+
+
+class GraNd(_TrainingDynamics):
+    """GraNd: mean over R runs of ||∇_θ ℓ(x, y; θ)||₂ over all parameters (higher = harder = keep).
+
+    ``epochs=0`` (default) scores at initialisation, as the paper does; Kirsch (2023) found it
+    beats random only later in training, so set ``epochs`` to score after t epochs.
+    """
+
+    name = "grand"
+    summary = "GraNd: expected per-example loss-gradient norm over R runs (high = hard = keep)."
+
+    def __init__(
+        self,
+        *,
+        runs: int = 10,
+        epochs: int | None = 0,
+        lr: float = 0.01,
+        batch_size: int = 32,
+        offset: float = 0.0,
+    ) -> None:
+        super().__init__(runs=runs, epochs=epochs, lr=lr, batch_size=batch_size, offset=offset)
+
+    def _hardness(self, trained: TrainedRuns, task: ValuationTask, epochs: int) -> np.ndarray:
+        return per_example_grad_norms(trained, task.x_train, task.y_train)
+
+
+class EL2N(_TrainingDynamics):
+    """EL2N: mean over R runs of ||softmax(f(x)) − onehot(y)||₂ early in training.
+
+    ``epochs=None`` trains about 200 minibatch steps (1–20 epochs): "early", as the paper's
+    epoch 20 of 200, scaled to the dataset.
+    """
+
+    name = "el2n"
+    summary = "EL2N: expected error-vector norm early in training over R runs (high = hard = keep)."
+
+    def _hardness(self, trained: TrainedRuns, task: ValuationTask, epochs: int) -> np.ndarray:
+        return error_l2_norms(trained, task.x_train, task.y_train)
+
+
+class Forgetting(_TrainingDynamics):
+    """Forgetting events (Toneva et al.): correct → incorrect transitions between presentations.
+
+    Never-learned points count as most forgettable (``epochs + 1``). ``epochs=None`` trains about
+    1000 minibatch steps (10–50 epochs), so there are enough presentations to forget.
+    """
+
+    name = "forgetting"
+    summary = "Forgetting events during training, averaged over R runs (high = hard = keep)."
+    _default_schedule = (1000, 10, 50)
+    _record_correct = True
+
+    def _hardness(self, trained: TrainedRuns, task: ValuationTask, epochs: int) -> np.ndarray:
+        assert trained.correct is not None
+        # (epochs, R, n) -> (R, n): count along the presentation axis for each run.
+        return forgetting_counts(trained.correct)

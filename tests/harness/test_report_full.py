@@ -1,0 +1,340 @@
+"""The full report: leaderboards traceable to results.jsonl, figures, exports, validity."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from scipy import stats
+from test_report_fakes import fake_run, read_jsonl
+
+from valbench.report import render_report
+
+ROOT = Path(__file__).resolve().parents[2]
+CHECK_SCRIPT = ROOT / ".ci" / "check_report.py"
+
+
+def _strict_parse(html: str) -> Any:
+    html5lib = pytest.importorskip("html5lib")
+    parser = html5lib.HTMLParser(strict=True, namespaceHTMLElements=False)
+    tree = parser.parse(html)  # raises on the first parse error
+    assert parser.errors == []
+    return tree
+
+
+def _check_module() -> Any:
+    spec = importlib.util.spec_from_file_location("check_report", CHECK_SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three methods, two datasets (one 2-D), three seeds, one failed cell; rendered once."""
+    run = fake_run(
+        tmp_path_factory.mktemp("full") / "run",
+        failed=["digits.loo.noise0.1.seed2"],
+    )
+    render_report(run)
+    return run
+
+
+def _cells(tree: Any, table_id: str) -> dict[str, dict[str, dict[str, str | None]]]:
+    out: dict[str, dict[str, dict[str, str | None]]] = {}
+    table = next(t for t in tree.iter("table") if t.get("id") == table_id)
+    for tr in table.iter("tr"):
+        method = tr.get("data-method")
+        if not method or "reference" in (tr.get("class") or ""):
+            continue
+        out[method] = {
+            td.get("data-col"): {
+                "mean": td.get("data-mean"),
+                "rank": td.get("data-rank"),
+                "p": td.get("data-p"),
+                "class": td.get("class"),
+            }
+            for td in tr.iter("td")
+            if td.get("data-col")
+        }
+    return out
+
+
+def _expected(records: list[dict[str, Any]], dataset: str, method: str, key: str) -> list[float]:
+    """Per-seed values of a leaderboard column, recomputed from results.jsonl lines."""
+    out = []
+    for r in records:
+        if (r["dataset"], r["method"], r["status"]) != (dataset, method, "ok"):
+            continue
+        m = r["metrics"]
+        if key.startswith("subset_value@"):
+            out.append(m["subset_value"][key.split("@")[1]])
+        elif key == "gain":
+            out.append(
+                100
+                * float(
+                    np.mean(
+                        [
+                            m["subset_value"][f] - m["random_subset_value"][f]
+                            for f in m["subset_value"]
+                        ]
+                    )
+                )
+            )
+        elif key.startswith("cost."):
+            out.append(r["cost"][key[5:]])
+        else:
+            head, tail = key.split(".")
+            out.append(m[head][tail])
+    return out
+
+
+@pytest.mark.filterwarnings("ignore:Precision loss:RuntimeWarning")
+def test_leaderboard_in_html_equals_summary_json_and_results(full_run: Path) -> None:
+    tree = _strict_parse((full_run / "index.html").read_text(encoding="utf-8"))
+    summary = json.loads((full_run / "summary.json").read_text())
+    records = read_jsonl(full_run)
+    keys = [
+        "subset_value@0.1",
+        "gain",
+        "mislabel.recall_at_noise",
+        "mislabel.auc",
+        "removal.auc",
+        "cost.wall_s",
+        "cost.model_fits",
+    ]
+    assert summary["test"]["alpha"] == 0.05
+    for group in summary["groups"]:
+        dataset = group["dataset"]
+        html = _cells(tree, f"table-{dataset}-noise0.1")
+        for key in keys:
+            col = next(c for c in group["columns"] if c["key"] == key)
+            means = {}
+            for method, entry in group["methods"].items():
+                values = _expected(records, dataset, method, key)
+                stat = entry["values"][key]
+                assert stat["mean"] == pytest.approx(float(np.mean(values)), rel=1e-12)
+                assert stat["n"] == len(values)
+                if len(values) >= 2:
+                    t = stats.t.ppf(0.975, len(values) - 1)
+                    half = t * float(np.std(values, ddof=1)) / math.sqrt(len(values))
+                    assert stat["ci_half_width"] == pytest.approx(half, rel=1e-9)
+                # the HTML shows exactly the summary.json numbers
+                cell = html[method][key]
+                assert float(cell["mean"]) == stat["mean"]
+                assert float(cell["rank"]) == stat["rank"]
+                assert ("best" == cell["class"]) == stat["best"]
+                assert ("tied" == cell["class"]) == stat["not_significantly_worse"]
+                means[method] = stat["mean"]
+            # rank 1 = best mean; best flag on the best mean
+            best = (max if col["higher_is_better"] else min)(means, key=means.__getitem__)
+            assert group["methods"][best]["values"][key]["rank"] == 1
+            assert group["methods"][best]["values"][key]["best"]
+            # paired t-test over the seeds both have, against the best
+            for method in means:
+                if method == best:
+                    continue
+                a = {
+                    r["seed"]: v
+                    for r, v in zip(
+                        [
+                            r
+                            for r in records
+                            if (r["dataset"], r["method"], r["status"]) == (dataset, best, "ok")
+                        ],
+                        _expected(records, dataset, best, key),
+                        strict=True,
+                    )
+                }
+                b = {
+                    r["seed"]: v
+                    for r, v in zip(
+                        [
+                            r
+                            for r in records
+                            if (r["dataset"], r["method"], r["status"]) == (dataset, method, "ok")
+                        ],
+                        _expected(records, dataset, method, key),
+                        strict=True,
+                    )
+                }
+                seeds = sorted(set(a) & set(b))
+                p = stats.ttest_rel([a[s] for s in seeds], [b[s] for s in seeds]).pvalue
+                got = group["methods"][method]["values"][key]
+                assert got["p_vs_best"] == pytest.approx(p, rel=1e-9)
+                assert got["not_significantly_worse"] == (p >= 0.05)
+    # and the independent CI checker agrees
+    assert _check_module().check_report(full_run) == []
+
+
+def test_page_has_every_section_and_figure(full_run: Path) -> None:
+    html = (full_run / "index.html").read_text(encoding="utf-8")
+    for section in (
+        "summary",
+        "headline",
+        "digits-noise0.1",
+        "synthetic-noise0.1",
+        "across",
+        "cells",
+        "failures",
+        "reproducibility",
+    ):
+        assert f'id="{section}"' in html, section
+    assert "paired t-test" in html and "α = 0.05" in html
+    figures = {p.name for p in (full_run / "figures").iterdir()}
+    for kind in ("subset_value", "mislabel_recall", "removal", "runtime", "pareto"):
+        for group in ("digits-noise0.1", "synthetic-noise0.1"):
+            assert f"{kind}-{group}.svg" in figures
+    # 2-D points exist for synthetic only: one selection figure
+    assert "selection-synthetic-noise0.1.svg" in figures
+    assert "selection-digits-noise0.1.svg" not in figures
+    assert {"rank_heatmap.svg", "critical_difference-gain.svg"} <= figures
+    assert "Friedman" in html and "Nemenyi" in html
+    # every figure is inlined, and the page names its file
+    assert html.count("<svg") == len(figures)
+    for name in figures:
+        assert f"<code>figures/{name}</code>" in html
+    # the failed cell: in the failures table with its folded traceback, and in the cell list
+    assert html.count('data-cell="digits.loo.noise0.1.seed2"') == 2
+    assert "diverged at &lt;step 3&gt;" in html and "<details><summary>traceback</summary>" in html
+    # headline: the best method per dataset is the one bold in the leaderboard
+    summary = json.loads((full_run / "summary.json").read_text())
+    for group in summary["groups"]:
+        best = ",".join(group["best"]["gain"])
+        assert f'data-col="gain" data-best="{best}"' in html
+
+
+def test_rerender_is_byte_identical_with_all_exports(full_run: Path, tmp_path: Path) -> None:
+    names = ["index.html", "summary.json", "results.csv"] + [
+        f"figures/{p.name}" for p in sorted((full_run / "figures").iterdir())
+    ]
+    before = {n: (full_run / n).read_bytes() for n in names}
+    copy = tmp_path / "copy"
+    shutil.copytree(full_run, copy)
+    shutil.rmtree(copy / "figures")
+    for n in ("index.html", "summary.json", "results.csv"):
+        (copy / n).unlink()
+    render_report(copy)
+    assert {n: (copy / n).read_bytes() for n in names} == before
+
+
+def test_one_dataset_one_seed_renders_without_cd_or_bands(tmp_path: Path) -> None:
+    run = fake_run(tmp_path / "one", datasets=("digits",), seeds=1, two_d=())
+    html = render_report(run).read_text(encoding="utf-8")
+    _strict_parse(html)
+    figures = {p.name for p in (run / "figures").iterdir()}
+    assert not [f for f in figures if f.startswith("critical_difference")]
+    assert "Critical-difference diagram: " not in html  # no such figure caption
+    assert "No critical-difference diagram: it needs at least two datasets" in html
+    assert 'id="one-seed-note"' in html and "no CI bands" in html
+    assert "±" not in html.split('id="across"')[0].split('id="table-digits-noise0.1"')[1]
+    assert (
+        "PolyCollection" not in (run / "figures" / "subset_value-digits-noise0.1.svg").read_text()
+    )
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["across_datasets"] == []
+    stat = summary["groups"][0]["methods"]["loo"]["values"]["gain"]
+    assert stat["ci_half_width"] is None and stat["p_vs_best"] is None
+    assert _check_module().check_report(run) == []
+
+
+def test_check_report_script_flags_a_tampered_summary(full_run: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "t"
+    shutil.copytree(full_run, copy)
+    ok = subprocess.run(
+        [sys.executable, str(CHECK_SCRIPT), str(copy)], capture_output=True, text=True, check=False
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.startswith("OK: ")
+    summary = json.loads((copy / "summary.json").read_text())
+    summary["groups"][0]["methods"]["loo"]["values"]["gain"]["mean"] += 1.0
+    (copy / "summary.json").write_text(json.dumps(summary))
+    (copy / "figures" / "runtime-digits-noise0.1.svg").unlink()
+    bad = _check_module().check_report(copy)
+    assert any("loo/gain" in p and "results.jsonl gives" in p for p in bad)
+    assert any("runtime-digits-noise0.1.svg" in p for p in bad)
+
+
+CHROMIUM_CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "chrome")
+
+
+def _chromium() -> str | None:
+    for name in CHROMIUM_CANDIDATES:
+        if path := shutil.which(name):
+            return path
+    return None
+
+
+@pytest.mark.browser
+def test_report_loads_in_headless_chromium(full_run: Path, tmp_path: Path) -> None:
+    """Headless Chromium loads the page without console errors; every figure has a size."""
+    chromium = _chromium()
+    if chromium is None:
+        print("no Chromium installed (apt-get install chromium); browser check skipped")
+        pytest.skip("no Chromium installed: apt-get install chromium")
+    # a copy with a probe: the page itself has no script; this one measures the figures and
+    # prints the result into the DOM, which --dump-dom returns after load
+    probe = tmp_path / "probe.html"
+    html = (full_run / "index.html").read_text(encoding="utf-8")
+    script = (
+        "<script>window.addEventListener('load', () => {"
+        "const figs = [...document.querySelectorAll('figure svg')].map(s => {"
+        "const r = s.getBoundingClientRect(); return [r.width, r.height]; });"
+        "const out = document.createElement('pre'); out.id = 'probe-result';"
+        "out.textContent = JSON.stringify(figs); document.body.appendChild(out); });"
+        "</script>"
+    )
+    probe.write_text(html.replace("</body>", script + "</body>"), encoding="utf-8")
+    profile = tmp_path / "profile"
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-extensions",
+        "--no-first-run",
+        "--hide-scrollbars",
+        "--window-size=1280,2000",
+        f"--user-data-dir={profile}",
+        "--enable-logging=stderr",
+        "--v=0",
+        "--virtual-time-budget=5000",
+    ]
+    dom = subprocess.run(
+        [chromium, *flags, "--dump-dom", probe.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    console = [line for line in dom.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
+    assert console == [], console
+    found = re.search(r'<pre id="probe-result">(.*?)</pre>', dom.stdout, re.S)
+    assert found is not None, dom.stdout[-2000:]
+    sizes = json.loads(found.group(1))
+    n_figures = len(list((full_run / "figures").iterdir()))
+    assert len(sizes) == n_figures
+    assert all(w > 0 and h > 0 for w, h in sizes), sizes
+    # the unmodified page, as a user opens it from disk, renders to a screenshot
+    shot = tmp_path / "page.png"
+    run = subprocess.run(
+        [chromium, *flags, f"--screenshot={shot}", (full_run / "index.html").as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert shot.is_file() and shot.stat().st_size > 10_000
+    assert not [line for line in run.stderr.splitlines() if "CONSOLE" in line]

@@ -1,0 +1,502 @@
+"""The report's figures, drawn with matplotlib (and seaborn's palette) as deterministic SVG text.
+
+Every function returns the SVG of one figure. Figures are bare :class:`matplotlib.figure.Figure`
+objects (no pyplot, no backend switch), saved with a fixed hash salt and no date so that a
+re-render is byte-identical. A method keeps the colour of :func:`method_colors` everywhere.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+
+from valbench.metrics import mean_ci
+from valbench.summary import GAIN_KEY, CDResult, GroupSummary
+
+__all__ = [
+    "SVG_HASH_SALT",
+    "cd_figure",
+    "method_colors",
+    "mislabel_figure",
+    "pareto_figure",
+    "pareto_front",
+    "rank_heatmap_figure",
+    "removal_figure",
+    "runtime_figure",
+    "selection_figure",
+    "subset_figure",
+]
+
+SVG_HASH_SALT = "valbench-report"
+_REF = "#555555"
+_RC: dict[str, Any] = {
+    "svg.hashsalt": SVG_HASH_SALT,
+    "svg.fonttype": "none",
+    "font.size": 9,
+    "axes.titlesize": 10,
+    "legend.fontsize": 8,
+}
+
+
+def method_colors(methods: Iterable[str]) -> dict[str, str]:
+    """One colour per method, keyed by sorted name, so a method keeps its colour in every figure."""
+    import seaborn as sns
+
+    names = sorted(set(methods))
+    if not names:
+        return {}
+    palette = sns.color_palette("tab10" if len(names) <= 10 else "husl", len(names))
+    return {
+        name: "#{:02x}{:02x}{:02x}".format(*(round(c * 255) for c in rgb))
+        for name, rgb in zip(names, palette, strict=True)
+    }
+
+
+def _t(text: str) -> str:
+    """Text safe from matplotlib's mathtext."""
+    return text.replace("$", r"\$")
+
+
+@contextmanager
+def _figure(width: float, height: float) -> Iterator[tuple[Any, io.StringIO]]:
+    import matplotlib
+    from matplotlib.figure import Figure
+
+    buf = io.StringIO()
+    with matplotlib.rc_context(_RC):  # type: ignore[arg-type]
+        fig = Figure(figsize=(width, height))
+        yield fig, buf
+        fig.savefig(buf, format="svg", metadata={"Date": None})
+
+
+def _legend_right(ax: Any) -> None:
+    handles, _ = ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+
+
+def _mean_curve(
+    curves: Sequence[tuple[Sequence[float], Sequence[float]]],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Mean curve over seeds on the x values all seeds share, with the CI half-width (≥2 seeds)."""
+    by_x: dict[float, list[float]] = defaultdict(list)
+    for xs, ys in curves:
+        for x, y in zip(xs, ys, strict=False):
+            if math.isfinite(x) and math.isfinite(y):
+                by_x[round(float(x), 10)].append(float(y))
+    n = len(curves)
+    xs_common = sorted(x for x, v in by_x.items() if len(v) == n)
+    if not xs_common:
+        return np.array([]), np.array([]), None
+    stats = [mean_ci(by_x[x]) for x in xs_common]
+    mean = np.array([m for m, _ in stats])
+    half = np.array([h for _, h in stats]) if n >= 2 else None
+    return np.array(xs_common), mean, half
+
+
+def _plot_curve(ax: Any, xs: Any, mean: Any, half: Any, color: str, label: str) -> None:
+    """A mean curve with its CI band clipped to [0, 1] (accuracies and recalls)."""
+    ax.plot(xs, mean, marker="o", ms=2.5, lw=1.5, color=color, label=_t(label))
+    if half is not None and np.all(np.isfinite(half)) and len(xs) > 1:
+        lo = np.clip(mean - half, 0.0, 1.0)
+        hi = np.clip(mean + half, 0.0, 1.0)
+        ax.fill_between(xs, lo, hi, color=color, alpha=0.15, lw=0)
+
+
+def _fit_ylim(ax: Any, values: Iterable[float]) -> None:
+    """Y range from the means and references (bands may run off it), within [0, 1]."""
+    vals = [v for v in values if math.isfinite(v)]
+    if not vals:
+        return
+    lo, hi = min(vals), max(vals)
+    pad = max(0.02, 0.12 * (hi - lo))
+    ax.set_ylim(max(0.0, lo - pad), min(1.0, hi + pad) + 0.005)
+
+
+def subset_figure(group: GroupSummary, colors: Mapping[str, str]) -> str:
+    """Subset value vs fraction kept: mean per method, CI bands, random and full-data references."""
+    with _figure(6.8, 3.8) as (fig, buf):
+        ax = fig.subplots()
+        shown: list[float] = []
+        for method, cells in group.rows.items():
+            pts = [
+                (float(f), s)
+                for f in group.fractions
+                if (s := cells.get(f"subset_value@{f}")) is not None and s.present
+            ]
+            if not pts:
+                continue
+            xs = np.array([x for x, _ in pts])
+            mean = np.array([s.mean for _, s in pts])
+            halves = [s.half_width for _, s in pts]
+            half = (
+                np.array(halves)
+                if all(s.n >= 2 and math.isfinite(s.half_width) for _, s in pts)
+                else None
+            )
+            _plot_curve(ax, xs, mean, half, colors.get(method, "#333333"), method)
+            shown.extend(mean.tolist())
+        rnd = [(float(f), s) for f, s in group.random_subset.items() if s.present]
+        shown.extend(s.mean for _, s in rnd)
+        if group.full_data.present:
+            shown.append(group.full_data.mean)
+        _fit_ylim(ax, shown)
+        if rnd:
+            ax.plot(
+                [x for x, _ in rnd],
+                [s.mean for _, s in rnd],
+                ls="--",
+                lw=1.3,
+                color=_REF,
+                label="random subset",
+            )
+        if group.full_data.present:
+            ax.axhline(group.full_data.mean, ls=":", lw=1.3, color="#000000", label="full data")
+        xs_all = [float(f) for f in group.fractions]
+        if xs_all:
+            ax.set_xticks(xs_all, [f"{x * 100:g}%" for x in xs_all])
+        ax.set_xlabel("fraction of training data kept (highest-valued first)")
+        ax.set_ylabel("test accuracy")
+        ax.set_title(_t(f"{group.title}: subset value"))
+        ax.grid(True, alpha=0.3, lw=0.6)
+        _legend_right(ax)
+        fig.tight_layout()
+    return buf.getvalue()
+
+
+def _mislabel_curve(rec: Mapping[str, Any]) -> tuple[list[float], list[float]] | None:
+    mislabel = (rec.get("metrics") or {}).get("mislabel")
+    curve = mislabel.get("curve") if isinstance(mislabel, Mapping) else None
+    if not isinstance(curve, list) or not curve:
+        return None
+    try:
+        return [float(p[0]) for p in curve], [float(p[1]) for p in curve]
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+def mislabel_figure(group: GroupSummary, colors: Mapping[str, str]) -> str | None:
+    """Mislabel recall vs fraction inspected, with the random diagonal and the ideal curve."""
+    curves = {
+        m: [c for r in recs if (c := _mislabel_curve(r)) is not None]
+        for m, recs in group.records.items()
+    }
+    curves = {m: c for m, c in curves.items() if c}
+    if not curves:
+        return None
+    with _figure(6.8, 3.8) as (fig, buf):
+        ax = fig.subplots()
+        for method, cs in curves.items():
+            xs, mean, half = _mean_curve(cs)
+            if xs.size:
+                _plot_curve(ax, xs, mean, half, colors.get(method, "#333333"), method)
+        ax.plot([0, 1], [0, 1], ls="--", lw=1.2, color=_REF, label="random order")
+        if group.noise:
+            rate = float(group.noise)
+            ax.plot([0, rate, 1], [0, 1, 1], ls=":", lw=1.3, color="#000000", label="ideal")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel("fraction of training data inspected (lowest-valued first)")
+        ax.set_ylabel("recall of flipped labels")
+        ax.set_title(_t(f"{group.title}: mislabel detection"))
+        ax.grid(True, alpha=0.3, lw=0.6)
+        _legend_right(ax)
+        fig.tight_layout()
+    return buf.getvalue()
+
+
+def _removal_curve(rec: Mapping[str, Any]) -> tuple[list[float], list[float]] | None:
+    removal = (rec.get("metrics") or {}).get("removal")
+    if not isinstance(removal, Mapping):
+        return None
+    try:
+        if isinstance(removal.get("fractions"), list) and isinstance(removal.get("values"), list):
+            xs = [float(x) for x in removal["fractions"]]
+            ys = [float(y) for y in removal["values"]]
+        elif isinstance(removal.get("high_first"), list):
+            xs = [float(p[0]) for p in removal["high_first"]]
+            ys = [float(p[1]) for p in removal["high_first"]]
+        else:
+            return None
+    except (TypeError, ValueError, IndexError):
+        return None
+    return (xs, ys) if xs and len(xs) == len(ys) else None
+
+
+def removal_figure(group: GroupSummary, colors: Mapping[str, str]) -> str | None:
+    """Test accuracy after removing the highest-valued points: the faster it drops, the better."""
+    curves = {
+        m: [c for r in recs if (c := _removal_curve(r)) is not None]
+        for m, recs in group.records.items()
+    }
+    curves = {m: c for m, c in curves.items() if c}
+    if not curves:
+        return None
+    with _figure(6.8, 3.8) as (fig, buf):
+        ax = fig.subplots()
+        shown: list[float] = []
+        for method, cs in curves.items():
+            xs, mean, half = _mean_curve(cs)
+            if xs.size:
+                _plot_curve(ax, xs, mean, half, colors.get(method, "#333333"), method)
+                shown.extend(mean.tolist())
+        if group.full_data.present:
+            shown.append(group.full_data.mean)
+        _fit_ylim(ax, shown)
+        if group.full_data.present:
+            ax.axhline(group.full_data.mean, ls=":", lw=1.3, color="#000000", label="full data")
+        ax.set_xlabel("fraction of training data removed (highest-valued first)")
+        ax.set_ylabel("test accuracy")
+        ax.set_title(_t(f"{group.title}: point removal"))
+        ax.grid(True, alpha=0.3, lw=0.6)
+        _legend_right(ax)
+        fig.tight_layout()
+    return buf.getvalue()
+
+
+def runtime_figure(group: GroupSummary, colors: Mapping[str, str]) -> str | None:
+    """Mean wall time per method on a log scale, with the CI as error bars, fastest on top."""
+    rows = [
+        (m, s)
+        for m, cells in group.rows.items()
+        if (s := cells.get("cost.wall_s")) is not None and s.present and s.mean > 0
+    ]
+    if not rows:
+        return None
+    rows.sort(key=lambda ms: (ms[1].mean, ms[0]))
+    with _figure(6.8, 0.9 + 0.24 * len(rows)) as (fig, buf):
+        ax = fig.subplots()
+        ys = np.arange(len(rows))
+        means = np.array([s.mean for _, s in rows])
+        errs = np.array(
+            [s.half_width if s.n >= 2 and math.isfinite(s.half_width) else 0.0 for _, s in rows]
+        )
+        lower = np.minimum(errs, means * 0.999)  # keep the bar above zero on a log axis
+        ax.barh(ys, means, color=[colors.get(m, "#333333") for m, _ in rows], height=0.7)
+        if errs.any():
+            ax.errorbar(means, ys, xerr=[lower, errs], fmt="none", ecolor="#222222", lw=0.8)
+        ax.set_yticks(ys, [_t(m) for m, _ in rows])
+        ax.invert_yaxis()
+        ax.set_xscale("log")
+        ax.set_xlim(float(means.min()) / 3.0, float((means + errs).max()) * 2.0)
+        ax.set_xlabel("wall time per cell, seconds (log scale)")
+        ax.set_title(_t(f"{group.title}: runtime"))
+        ax.grid(True, axis="x", alpha=0.3, lw=0.6, which="both")
+        fig.tight_layout()
+    return buf.getvalue()
+
+
+def pareto_front(points: Sequence[tuple[str, float, float]]) -> list[str]:
+    """Names of the points no other point beats on both time (lower) and value (higher)."""
+    front = []
+    for name, t, v in points:
+        dominated = any(
+            (t2 <= t and v2 >= v) and (t2 < t or v2 > v) for n2, t2, v2 in points if n2 != name
+        )
+        if not dominated:
+            front.append(name)
+    return front
+
+
+def pareto_figure(group: GroupSummary, colors: Mapping[str, str]) -> str | None:
+    """Gain over random vs wall time per method, the Pareto front joined by a step line."""
+    pts = []
+    for m, cells in group.rows.items():
+        gain, wall = cells.get(GAIN_KEY), cells.get("cost.wall_s")
+        if gain and wall and gain.present and wall.present and wall.mean > 0:
+            pts.append((m, wall.mean, gain.mean))
+    if not pts:
+        return None
+    front = set(pareto_front(pts))
+    with _figure(6.8, 4.0) as (fig, buf):
+        ax = fig.subplots()
+        for m, t, v in pts:
+            on = m in front
+            ax.scatter(
+                [t],
+                [v],
+                s=46 if on else 26,
+                color=colors.get(m, "#333333"),
+                edgecolors="#000000" if on else "none",
+                linewidths=0.8,
+                label=_t(m),
+                zorder=3,
+            )
+        fp = sorted((t, v) for m, t, v in pts if m in front)
+        if len(fp) > 1:
+            ax.step(
+                [t for t, _ in fp],
+                [v for _, v in fp],
+                where="post",
+                ls="-",
+                lw=1.0,
+                color=_REF,
+                label="Pareto front",
+                zorder=2,
+            )
+        ax.axhline(0.0, ls="--", lw=1.0, color=_REF)
+        ax.set_xscale("log")
+        ax.set_xlabel("wall time per cell, seconds (log scale)")
+        ax.set_ylabel("subset value gain over random, points")
+        ax.set_title(_t(f"{group.title}: value vs cost"))
+        ax.grid(True, alpha=0.3, lw=0.6, which="both")
+        _legend_right(ax)
+        fig.tight_layout()
+    return buf.getvalue()
+
+
+def rank_heatmap_figure(
+    groups: Sequence[GroupSummary], keys: Sequence[tuple[str, str]]
+) -> str | None:
+    """Rank of each method (rows) in each group (columns), one panel per ``(key, label)``."""
+    panels = []
+    for key, label in keys:
+        cols = [g for g in groups if g.column(key) is not None]
+        if cols:
+            panels.append((key, label, cols))
+    if not panels:
+        return None
+    methods = sorted({m for g in groups for m in g.rows})
+    width = max(4.0, 1.6 + sum(0.9 * len(c) + 1.2 for _, _, c in panels))
+    with _figure(width, 1.2 + 0.26 * len(methods)) as (fig, buf):
+        axes = fig.subplots(1, len(panels), squeeze=False)[0]
+        for ax, (key, label, cols) in zip(axes, panels, strict=True):
+            mat = np.array(
+                [
+                    [
+                        g.rows[m][key].rank if m in g.rows and g.rows[m][key].present else np.nan
+                        for g in cols
+                    ]
+                    for m in methods
+                ]
+            )
+            masked = np.ma.masked_invalid(mat)
+            vmax = max(2.0, float(np.nanmax(mat))) if np.isfinite(mat).any() else 2.0
+            ax.imshow(masked, cmap="viridis_r", vmin=1, vmax=vmax, aspect="auto")
+            for i in range(mat.shape[0]):
+                for j in range(mat.shape[1]):
+                    if np.isfinite(mat[i, j]):
+                        ax.text(
+                            j,
+                            i,
+                            f"{mat[i, j]:g}",
+                            ha="center",
+                            va="center",
+                            fontsize=7,
+                            color="#ffffff" if mat[i, j] > (1 + vmax) / 2 else "#000000",
+                        )
+            ax.set_xticks(
+                range(len(cols)),
+                [_t(g.title.replace(" · label noise ", "\nnoise ")) for g in cols],
+                fontsize=7,
+            )
+            ax.set_yticks(range(len(methods)), [_t(m) for m in methods])
+            ax.set_title(_t(f"rank: {label}"))
+        fig.tight_layout()
+    return buf.getvalue()
+
+
+def cd_figure(result: CDResult, colors: Mapping[str, str]) -> str:
+    """Critical-difference diagram (Demšar 2006): average ranks, CD bar, cliques of ties."""
+    k = len(result.methods)
+    ranked = list(result.average_ranks.items())  # best (lowest rank) first
+    half = (k + 1) // 2
+    left, right = ranked[:half], ranked[half:]
+    rows = max(len(left), len(right))
+    height = 1.3 + 0.22 * rows + 0.12 * len(result.cliques)
+    with _figure(6.8, height) as (fig, buf):
+        ax = fig.subplots()
+        ax.set_axis_off()
+        lo, hi = 1.0, float(max(k, 2))
+        ax.set_xlim(lo - 0.6, hi + 0.6)
+        top = 0.0
+        ax.set_ylim(-(rows + 1.5) * 0.22 - 0.12 * len(result.cliques) - 0.1, 0.62)
+        ax.plot([lo, hi], [top, top], color="#000000", lw=1.0)
+        for tick in range(1, int(hi) + 1):
+            ax.plot([tick, tick], [top, top + 0.06], color="#000000", lw=0.8)
+            ax.text(tick, top + 0.1, str(tick), ha="center", va="bottom", fontsize=8)
+        cd = result.critical_difference
+        ax.plot([lo, lo + cd], [top + 0.42, top + 0.42], color="#000000", lw=1.4)
+        ax.text(lo + cd / 2, top + 0.46, f"CD = {cd:.2f}", ha="center", va="bottom", fontsize=8)
+        # cliques: thick bars just under the axis
+        for i, clique in enumerate(result.cliques):
+            ranks = [result.average_ranks[m] for m in clique]
+            y = top - 0.1 - 0.12 * i
+            ax.plot([min(ranks) - 0.03, max(ranks) + 0.03], [y, y], color="#000000", lw=2.4)
+        base = top - 0.1 - 0.12 * len(result.cliques) - 0.1
+        for side, items in (("left", left), ("right", right)):
+            for i, (m, r) in enumerate(items if side == "left" else list(reversed(items))):
+                y = base - 0.22 * (i + 1)
+                x_text = lo - 0.5 if side == "left" else hi + 0.5
+                color = colors.get(m, "#333333")
+                ax.plot([r, r, x_text], [top, y, y], color=color, lw=1.0)
+                ax.text(
+                    x_text + (-0.05 if side == "left" else 0.05),
+                    y,
+                    _t(f"{m} ({r:.2f})"),
+                    ha="right" if side == "left" else "left",
+                    va="center",
+                    fontsize=8,
+                    color="#000000",
+                )
+        fig.subplots_adjust(left=0.2, right=0.8, top=0.98, bottom=0.02)
+    return buf.getvalue()
+
+
+def selection_figure(
+    title: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    noisy: np.ndarray | None,
+    selections: Mapping[str, np.ndarray],
+    colors: Mapping[str, str],
+) -> str:
+    """Each method's selected subset (filled, method colour) over the 2-D data; noisy points ×.
+
+    ``title`` goes into the SVG's ``<title>`` (the caption under the figure says the rest).
+    """
+    names = list(selections)
+    ncols = min(4, max(1, len(names)))
+    nrows = math.ceil(len(names) / ncols)
+    with _figure(1.9 * ncols + 0.4, 1.9 * nrows + 0.2) as (fig, buf):
+        axes = fig.subplots(nrows, ncols, squeeze=False)
+        shapes = np.where(np.asarray(y).astype(np.int64) % 2 == 0, 0, 1)
+        for ax, name in zip(axes.ravel(), names, strict=False):
+            chosen = np.zeros(len(x), dtype=bool)
+            chosen[selections[name]] = True
+            for cls, marker in ((0, "o"), (1, "s")):
+                sel = shapes == cls
+                ax.scatter(
+                    x[sel & ~chosen, 0],
+                    x[sel & ~chosen, 1],
+                    s=5,
+                    marker=marker,
+                    color="#c8c8c8",
+                    linewidths=0,
+                )
+                ax.scatter(
+                    x[sel & chosen, 0],
+                    x[sel & chosen, 1],
+                    s=12,
+                    marker=marker,
+                    color=colors.get(name, "#333333"),
+                    linewidths=0,
+                )
+            if noisy is not None and noisy.any():
+                ax.scatter(
+                    x[noisy, 0], x[noisy, 1], s=14, marker="x", color="#c62828", linewidths=0.7
+                )
+            ax.set_title(_t(name), fontsize=8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        for ax in axes.ravel()[len(names) :]:
+            ax.set_axis_off()
+        fig.set_label(_t(title))
+        fig.tight_layout()
+    return buf.getvalue()

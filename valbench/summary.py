@@ -1,0 +1,597 @@
+"""The leaderboard numbers of a run: per-(dataset, noise) tables, ranks, paired tests, CD ranks.
+
+Everything here is computed from ``results.jsonl`` records alone and is pure (no I/O):
+
+- :func:`summarise` groups the ``ok`` cells by (dataset, noise) and aggregates every
+  :class:`Column` over seeds (mean and Student-t interval), ranks the methods per column, marks
+  the best mean and every method not significantly different from it (:data:`TEST_NAME`);
+- :func:`friedman_nemenyi` ranks the methods across groups (Demšar 2006) for the CD diagram;
+- :func:`summary_json` is the ``summary.json`` export, the same numbers the HTML shows.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from valbench.metrics import mean_ci, rank_columns
+
+__all__ = [
+    "ALPHA",
+    "CONFIDENCE",
+    "GAIN_KEY",
+    "HEADLINE_KEYS",
+    "SUMMARY_SCHEMA",
+    "TABLE_COLUMNS",
+    "TEST_NAME",
+    "CDResult",
+    "Column",
+    "GroupSummary",
+    "Stat",
+    "as_float",
+    "fraction_label",
+    "friedman_nemenyi",
+    "get_number",
+    "is_number",
+    "paired_p_value",
+    "record_sort_key",
+    "summarise",
+    "summary_json",
+]
+
+CONFIDENCE = 0.95
+ALPHA = 0.05
+TEST_NAME = "two-sided paired t-test over seeds"
+SUMMARY_SCHEMA = 1
+GAIN_KEY = "gain"
+HEADLINE_KEYS = (
+    GAIN_KEY,
+    "mislabel.recall_at_noise",
+    "mislabel.auc",
+    "removal.auc",
+    "cost.wall_s",
+)
+"""Columns of the headline table (best method per dataset on each)."""
+
+# --------------------------------------------------------------------------- record access
+
+
+def fraction_label(key: Any) -> str:
+    """Canonical text of a fraction key (``"0.10"`` and ``0.1`` both give ``"0.1"``)."""
+    try:
+        return f"{float(key):g}"
+    except (TypeError, ValueError):
+        return str(key)
+
+
+def is_number(value: Any) -> bool:
+    """True for int and float, not bool."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def as_float(value: Any, default: float | None = None) -> float | None:
+    """``value`` as a float when it is a number (not a bool), else ``default``."""
+    return float(value) if is_number(value) else default
+
+
+def get_number(record: Mapping[str, Any], *path: str) -> float | None:
+    """A finite number nested in a record, or None."""
+    node: Any = record
+    for key in path:
+        if not isinstance(node, Mapping) or key not in node:
+            return None
+        node = node[key]
+    if not is_number(node) or not math.isfinite(node):
+        return None
+    return float(node)
+
+
+def _fraction_map(record: Mapping[str, Any], name: str) -> dict[str, float]:
+    values = (record.get("metrics") or {}).get(name)
+    if not isinstance(values, Mapping):
+        return {}
+    return {
+        fraction_label(k): float(v) for k, v in values.items() if is_number(v) and math.isfinite(v)
+    }
+
+
+def _get_fraction(record: Mapping[str, Any], name: str, fraction: str) -> float | None:
+    return _fraction_map(record, name).get(fraction)
+
+
+def gain_over_random(record: Mapping[str, Any]) -> float | None:
+    """Mean over fractions of (subset value − random subset value), in percentage points."""
+    chosen = _fraction_map(record, "subset_value")
+    rnd = _fraction_map(record, "random_subset_value")
+    diffs = [100.0 * (chosen[f] - rnd[f]) for f in chosen if f in rnd]
+    return sum(diffs) / len(diffs) if diffs else None
+
+
+def record_sort_key(record: Mapping[str, Any]) -> tuple[Any, ...]:
+    """Stable order of results lines: dataset, noise, method, seed, cell id."""
+    return (
+        str(record.get("dataset", "")),
+        as_float(record.get("noise"), math.inf),
+        str(record.get("method", "")),
+        as_float(record.get("seed"), -math.inf),
+        str(record.get("cell_id", "")),
+    )
+
+
+# --------------------------------------------------------------------------- columns
+
+
+@dataclass(frozen=True)
+class Column:
+    """One leaderboard column: how to read it from a results line, how to show it."""
+
+    key: str
+    label: str
+    extract: Callable[[Mapping[str, Any]], float | None]
+    higher_is_better: bool
+    fmt: str = ".3f"
+    group: str = ""
+    fraction: str | None = None  # set on the subset-value columns
+    description: str = ""
+
+    @property
+    def arrow(self) -> str:
+        return "↑" if self.higher_is_better else "↓"
+
+
+def _metric(*path: str) -> Callable[[Mapping[str, Any]], float | None]:
+    return lambda rec: get_number(rec, "metrics", *path)
+
+
+def _cost(name: str) -> Callable[[Mapping[str, Any]], float | None]:
+    return lambda rec: get_number(rec, "cost", name)
+
+
+def _fraction_getter(name: str, fraction: str) -> Callable[[Mapping[str, Any]], float | None]:
+    return lambda rec: _get_fraction(rec, name, fraction)
+
+
+TABLE_COLUMNS: tuple[Column, ...] = (
+    Column(
+        GAIN_KEY,
+        "gain, pp",
+        gain_over_random,
+        True,
+        fmt="+.1f",
+        group="vs random",
+        description="subset value minus random subset value, mean over fractions, in points",
+    ),
+    Column(
+        "mislabel.recall_at_noise",
+        "recall @ noise",
+        _metric("mislabel", "recall_at_noise"),
+        True,
+        group="mislabel detection",
+        description="share of flipped labels among the lowest-valued noise-rate share of points",
+    ),
+    Column(
+        "mislabel.auc",
+        "detection AUC",
+        _metric("mislabel", "auc"),
+        True,
+        group="mislabel detection",
+        description="area under the recall vs fraction inspected curve",
+    ),
+    Column(
+        "mislabel.f1_2means",
+        "2-means F1",
+        _metric("mislabel", "f1_2means"),
+        True,
+        group="mislabel detection",
+        description="F1 of flagging the lower cluster of a 1-D 2-means on the scores",
+    ),
+    Column(
+        "removal.auc",
+        "removal AUC",
+        _metric("removal", "auc"),
+        False,
+        group="point removal",
+        description="area under test accuracy after removing the highest-valued points",
+    ),
+    Column("cost.wall_s", "wall s", _cost("wall_s"), False, fmt=".3g", group="cost"),
+    Column("cost.peak_mem_mb", "peak MB", _cost("peak_mem_mb"), False, fmt=".0f", group="cost"),
+    Column("cost.model_fits", "model fits", _cost("model_fits"), False, fmt=".0f", group="cost"),
+)
+"""Columns after the subset-value ones (which depend on the fractions of the run)."""
+
+
+def _subset_column(fraction: str) -> Column:
+    return Column(
+        f"subset_value@{fraction}",
+        f"{float(fraction) * 100:g}%",
+        _fraction_getter("subset_value", fraction),
+        True,
+        group="subset value (test accuracy)",
+        fraction=fraction,
+        description=f"test accuracy of a model trained on the top {float(fraction) * 100:g}%",
+    )
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+@dataclass(frozen=True)
+class Stat:
+    """One leaderboard cell: mean and CI half-width over seeds, rank, best and test marks."""
+
+    mean: float
+    half_width: float
+    n: int
+    fmt: str = ".3f"
+    best: bool = False
+    rank: float = math.nan
+    p_value: float | None = None  # paired test against the best method (None: not tested)
+    tied: bool = False  # not significantly different from the best (and not best itself)
+
+    @property
+    def present(self) -> bool:
+        return self.n > 0 and math.isfinite(self.mean)
+
+    @property
+    def text(self) -> str:
+        if not self.present:
+            return "—"
+        shown = format(self.mean, self.fmt)
+        if self.n >= 2 and math.isfinite(self.half_width):
+            shown += f" ± {format(self.half_width, self.fmt.lstrip('+'))}"
+        return shown
+
+    @property
+    def rank_text(self) -> str:
+        if not math.isfinite(self.rank):
+            return ""
+        return f"{self.rank:g}" if self.rank == int(self.rank) else f"{self.rank:.1f}"
+
+
+def _stat(values: Iterable[float | None], fmt: str) -> Stat:
+    kept = [v for v in values if v is not None]
+    if not kept:
+        return Stat(math.nan, math.nan, 0, fmt)
+    mean, half = mean_ci(kept, confidence=CONFIDENCE)
+    return Stat(mean, half, len(kept), fmt)
+
+
+def paired_p_value(a: Sequence[float], b: Sequence[float]) -> float | None:
+    """Two-sided paired t-test p-value of ``a`` vs ``b``; None with fewer than 2 pairs.
+
+    Identical pairs give 1.0; a constant non-zero difference gives 0.0.
+    """
+    if len(a) != len(b) or len(a) < 2:
+        return None
+    diffs = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    scale = max(float(np.max(np.abs(a))), float(np.max(np.abs(b))), 1e-300)
+    if np.all(np.abs(diffs) <= 1e-12 * scale):
+        return 1.0
+    if np.allclose(diffs, diffs[0], rtol=1e-9, atol=1e-12 * scale):
+        return 0.0  # a constant non-zero difference: the t statistic is infinite
+    import warnings
+
+    from scipy import stats
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return float(stats.ttest_rel(a, b).pvalue)
+
+
+@dataclass
+class GroupSummary:
+    """Everything the report shows for one (dataset, noise): table rows, references, figures."""
+
+    dataset: str
+    noise: float | None
+    fractions: list[str]
+    columns: list[Column]
+    rows: dict[str, dict[str, Stat]]  # method -> column key -> stat
+    n_seeds: dict[str, int]  # method -> number of ok cells
+    random_subset: dict[str, Stat]  # fraction -> stat over seeds
+    full_data: Stat
+    records: dict[str, list[Mapping[str, Any]]] = field(default_factory=dict, repr=False)
+    figures: list[dict[str, Any]] = field(default_factory=list)  # {"title", "file", "svg", ...}
+
+    @property
+    def column_groups(self) -> list[tuple[str, int]]:
+        """Consecutive runs of :attr:`columns` sharing a ``group``: ``(group, span)``."""
+        spans: list[tuple[str, int]] = []
+        for col in self.columns:
+            if spans and spans[-1][0] == col.group:
+                spans[-1] = (col.group, spans[-1][1] + 1)
+            else:
+                spans.append((col.group, 1))
+        return spans
+
+    @property
+    def n_subset_columns(self) -> int:
+        return sum(1 for c in self.columns if c.fraction is not None)
+
+    @property
+    def max_seeds(self) -> int:
+        return max(self.n_seeds.values(), default=0)
+
+    @property
+    def title(self) -> str:
+        if self.noise is None:
+            return self.dataset
+        return f"{self.dataset} · label noise {self.noise:g}"
+
+    @property
+    def slug(self) -> str:
+        import re
+
+        noise = "" if self.noise is None else f"-noise{self.noise:g}"
+        return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{self.dataset}{noise}").strip("_") or "x"
+
+    def column(self, key: str) -> Column | None:
+        return next((c for c in self.columns if c.key == key), None)
+
+    def best_methods(self, key: str) -> list[str]:
+        """Methods holding the best mean of column ``key`` (ties kept), sorted."""
+        return [m for m, cells in self.rows.items() if key in cells and cells[key].best]
+
+
+def _per_seed_reference(
+    records: Sequence[Mapping[str, Any]],
+    extract: Callable[[Mapping[str, Any]], float | None],
+    fmt: str,
+) -> Stat:
+    """A reference shared by every method of a seed: averaged within a seed, then over seeds."""
+    by_seed: dict[Any, list[float]] = defaultdict(list)
+    for rec in records:
+        value = extract(rec)
+        if value is not None:
+            by_seed[rec.get("seed")].append(value)
+    return _stat(
+        (sum(v) / len(v) for _, v in sorted(by_seed.items(), key=lambda kv: str(kv[0]))), fmt
+    )
+
+
+def _mark_column(
+    col: Column, rows: dict[str, dict[str, Stat]], by_method: Mapping[str, Sequence[Any]]
+) -> None:
+    """Set rank, best and the paired-test marks of one column in place."""
+    methods = [m for m in rows if rows[m][col.key].present]
+    if not methods:
+        return
+    means = [rows[m][col.key].mean for m in methods]
+    ranks = rank_columns(np.asarray(means), higher_is_better=col.higher_is_better)
+    best_mean = max(means) if col.higher_is_better else min(means)
+    best = [
+        m
+        for m in methods
+        if math.isclose(rows[m][col.key].mean, best_mean, rel_tol=1e-12, abs_tol=1e-15)
+    ]
+    ref = best[0]
+    ref_values = {
+        str(r.get("seed")): v for r in by_method[ref] if (v := col.extract(r)) is not None
+    }
+    for method, rank in zip(methods, ranks, strict=True):
+        stat = rows[method][col.key]
+        is_best = method in best
+        p_value: float | None = None
+        if not is_best:
+            mine = {
+                str(r.get("seed")): v
+                for r in by_method[method]
+                if (v := col.extract(r)) is not None
+            }
+            seeds = sorted(set(mine) & set(ref_values))
+            p_value = paired_p_value([ref_values[s] for s in seeds], [mine[s] for s in seeds])
+        rows[method][col.key] = Stat(
+            stat.mean,
+            stat.half_width,
+            stat.n,
+            stat.fmt,
+            best=is_best,
+            rank=float(rank),
+            p_value=p_value,
+            tied=p_value is not None and p_value >= ALPHA,
+        )
+
+
+def summarise(records: Iterable[Mapping[str, Any]]) -> list[GroupSummary]:
+    """Aggregate the ``ok`` cells over seeds, one :class:`GroupSummary` per (dataset, noise)."""
+    groups: dict[tuple[str, float | None], list[Mapping[str, Any]]] = defaultdict(list)
+    for rec in sorted(records, key=record_sort_key):
+        if rec.get("status") != "ok":
+            continue
+        groups[(str(rec.get("dataset", "")), as_float(rec.get("noise")))].append(rec)
+
+    out = []
+    for (dataset, noise), recs in sorted(
+        groups.items(), key=lambda kv: (kv[0][0], math.inf if kv[0][1] is None else kv[0][1])
+    ):
+        fractions = sorted(
+            {
+                f
+                for rec in recs
+                for name in ("subset_value", "random_subset_value")
+                for f in _fraction_map(rec, name)
+            },
+            key=float,
+        )
+        candidates = [_subset_column(f) for f in fractions] + list(TABLE_COLUMNS)
+        by_method: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+        for rec in recs:
+            by_method[str(rec.get("method", ""))].append(rec)
+        rows: dict[str, dict[str, Stat]] = {
+            m: {c.key: _stat((c.extract(r) for r in by_method[m]), c.fmt) for c in candidates}
+            for m in sorted(by_method)
+        }
+        columns = [c for c in candidates if any(rows[m][c.key].present for m in rows)]
+        for col in columns:
+            _mark_column(col, rows, by_method)
+        out.append(
+            GroupSummary(
+                dataset=dataset,
+                noise=noise,
+                fractions=fractions,
+                columns=columns,
+                rows=rows,
+                n_seeds={m: len(by_method[m]) for m in rows},
+                random_subset={
+                    f: _per_seed_reference(recs, _fraction_getter("random_subset_value", f), ".3f")
+                    for f in fractions
+                },
+                full_data=_per_seed_reference(recs, _metric("full_data_value"), ".3f"),
+                records={m: by_method[m] for m in sorted(by_method)},
+            )
+        )
+    return out
+
+
+# --------------------------------------------------------------------------- across datasets
+
+
+@dataclass(frozen=True)
+class CDResult:
+    """Average ranks across groups with the Friedman test and the Nemenyi critical difference."""
+
+    key: str
+    label: str
+    blocks: list[str]
+    methods: list[str]
+    average_ranks: dict[str, float]
+    friedman_chi2: float
+    friedman_p: float
+    critical_difference: float
+    cliques: list[list[str]]  # maximal runs of methods whose ranks differ by less than the CD
+
+    @property
+    def n_blocks(self) -> int:
+        return len(self.blocks)
+
+
+def _nemenyi_q(k: int, alpha: float = ALPHA) -> float:
+    """Critical value q_alpha of the Nemenyi test (studentized range / sqrt 2; Demšar Table 5)."""
+    from scipy import stats
+
+    return float(stats.studentized_range.ppf(1.0 - alpha, k, np.inf)) / math.sqrt(2.0)
+
+
+def friedman_nemenyi(groups: Sequence[GroupSummary], key: str) -> CDResult | None:
+    """Friedman + Nemenyi over the groups on column ``key`` (Demšar 2006).
+
+    Only methods with a value in every group take part. None with fewer than 2 groups or 2
+    methods.
+    """
+    blocks = [g for g in groups if g.column(key) is not None]
+    if len(blocks) < 2:
+        return None
+    col = blocks[0].column(key)
+    assert col is not None
+    methods = sorted(
+        set.intersection(*({m for m in g.rows if g.rows[m][key].present} for g in blocks))
+    )
+    k, n = len(methods), len(blocks)
+    if k < 2:
+        return None
+    matrix = np.array([[g.rows[m][key].mean for g in blocks] for m in methods])
+    ranks = rank_columns(matrix, higher_is_better=col.higher_is_better)
+    avg = ranks.mean(axis=1)
+    chi2 = 12.0 * n / (k * (k + 1)) * (float(np.sum(avg**2)) - k * (k + 1) ** 2 / 4.0)
+    from scipy import stats
+
+    p = float(stats.chi2.sf(chi2, k - 1))
+    cd = _nemenyi_q(k) * math.sqrt(k * (k + 1) / (6.0 * n))
+    order = sorted(range(k), key=lambda i: (avg[i], methods[i]))
+    cliques: list[list[str]] = []
+    for i, start in enumerate(order):
+        members = [j for j in order[i:] if avg[j] - avg[start] < cd - 1e-12]
+        if len(members) < 2:
+            continue
+        names = [methods[j] for j in members]
+        if not any(set(names) <= set(c) for c in cliques):
+            cliques.append(names)
+    return CDResult(
+        key=key,
+        label=col.label,
+        blocks=[g.title for g in blocks],
+        methods=methods,
+        average_ranks={methods[i]: float(avg[i]) for i in order},
+        friedman_chi2=float(chi2),
+        friedman_p=p,
+        critical_difference=float(cd),
+        cliques=cliques,
+    )
+
+
+# --------------------------------------------------------------------------- export
+
+
+def _num(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+def _stat_json(stat: Stat) -> dict[str, Any]:
+    return {
+        "mean": _num(stat.mean),
+        "ci_half_width": _num(stat.half_width),
+        "n": stat.n,
+        "rank": _num(stat.rank),
+        "best": stat.best,
+        "p_vs_best": _num(stat.p_value),
+        "not_significantly_worse": stat.tied,
+    }
+
+
+def summary_json(
+    manifest: Mapping[str, Any], groups: Sequence[GroupSummary], cd: Sequence[CDResult]
+) -> dict[str, Any]:
+    """The ``summary.json`` export: every leaderboard number of the HTML report."""
+    return {
+        "schema": SUMMARY_SCHEMA,
+        "run": manifest.get("name"),
+        "config_hash": manifest.get("config_hash"),
+        "confidence": CONFIDENCE,
+        "test": {"name": TEST_NAME, "alpha": ALPHA, "against": "the best mean of the column"},
+        "groups": [
+            {
+                "dataset": g.dataset,
+                "noise": g.noise,
+                "fractions": g.fractions,
+                "columns": [
+                    {
+                        "key": c.key,
+                        "label": c.label,
+                        "group": c.group,
+                        "higher_is_better": c.higher_is_better,
+                    }
+                    for c in g.columns
+                ],
+                "methods": {
+                    m: {
+                        "n_seeds": g.n_seeds[m],
+                        "values": {c.key: _stat_json(cells[c.key]) for c in g.columns},
+                    }
+                    for m, cells in g.rows.items()
+                },
+                "references": {
+                    "random_subset": {f: _stat_json(s) for f, s in g.random_subset.items()},
+                    "full_data": _stat_json(g.full_data),
+                },
+                "best": {c.key: g.best_methods(c.key) for c in g.columns},
+            }
+            for g in groups
+        ],
+        "across_datasets": [
+            {
+                "key": r.key,
+                "blocks": r.blocks,
+                "average_ranks": r.average_ranks,
+                "friedman_chi2": _num(r.friedman_chi2),
+                "friedman_p": _num(r.friedman_p),
+                "nemenyi_critical_difference": _num(r.critical_difference),
+                "cliques": r.cliques,
+            }
+            for r in cd
+        ],
+    }
