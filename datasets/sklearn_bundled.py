@@ -10,12 +10,12 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
-from sklearn.datasets import load_breast_cancer, load_digits
+from sklearn.datasets import load_breast_cancer, load_digits, load_wine
 
-from valbench.data import stratified_splits
+from valbench.data import resize_splits, stratified_splits
 from valbench.types import Dataset, DatasetSplits
 
-__all__ = ["SklearnBundledDataset", "BreastCancerDataset", "DigitsDataset"]
+__all__ = ["SklearnBundledDataset", "BreastCancerDataset", "DigitsDataset", "WineDataset"]
 
 
 class SklearnBundledDataset(Dataset):
@@ -24,15 +24,36 @@ class SklearnBundledDataset(Dataset):
     Args:
         val_fraction: Share of rows held out for validation.
         test_fraction: Share of rows held out for testing.
+        n_train: Cap on training rows (stratified, seeded); ``max_train`` also caps.
+        n_val: Cap on validation rows (stratified subsample of the validation split).
+        n_test: Cap on test rows (stratified subsample of the test split).
     """
 
     #: The ``sklearn.datasets`` loader, called as ``loader(return_X_y=True)``.
     loader: ClassVar[Callable[..., Any]]
     n_classes: ClassVar[int]
+    #: Full size, classes and features, for ``valbench list``.
+    info: ClassVar[dict[str, Any]] = {}
 
-    def __init__(self, *, val_fraction: float = 0.2, test_fraction: float = 0.2) -> None:
+    def __init__(
+        self,
+        *,
+        val_fraction: float = 0.2,
+        test_fraction: float = 0.2,
+        n_train: int | None = None,
+        n_val: int | None = None,
+        n_test: int | None = None,
+    ) -> None:
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
+        self.n_train = n_train
+        self.n_val = n_val
+        self.n_test = n_test
+
+    @classmethod
+    def available(cls) -> bool:
+        """Always: the data ship inside scikit-learn."""
+        return True
 
     def raw(self) -> tuple[np.ndarray, np.ndarray]:
         """The full, unsplit and unstandardized ``(x, y)``."""
@@ -42,7 +63,7 @@ class SklearnBundledDataset(Dataset):
     def load(self, *, seed: int, max_train: int | None = None) -> DatasetSplits:
         """Standardized stratified splits for ``seed``; at most ``max_train`` training rows."""
         x, y = self.raw()
-        return stratified_splits(
+        splits = stratified_splits(
             x,
             y,
             seed=seed,
@@ -50,6 +71,9 @@ class SklearnBundledDataset(Dataset):
             test_fraction=self.test_fraction,
             max_train=max_train,
             n_classes=self.n_classes,
+        )
+        return resize_splits(
+            splits, seed=seed, n_train=self.n_train, n_val=self.n_val, n_test=self.n_test
         )
 
 
@@ -60,6 +84,7 @@ class BreastCancerDataset(SklearnBundledDataset):
     summary = "Wisconsin breast cancer (scikit-learn bundled): 569 rows, 30 features, 2 classes"
     loader = staticmethod(load_breast_cancer)
     n_classes = 2
+    info = {"rows": 569, "classes": 2, "features": 30}
 
 
 class DigitsDataset(SklearnBundledDataset):
@@ -69,3 +94,14 @@ class DigitsDataset(SklearnBundledDataset):
     summary = "Handwritten digits 8x8 (scikit-learn bundled): 1797 rows, 64 features, 10 classes"
     loader = staticmethod(load_digits)
     n_classes = 10
+    info = {"rows": 1797, "classes": 10, "features": 64}
+
+
+class WineDataset(SklearnBundledDataset):
+    """Wine recognition (UCI): 178 rows, 13 chemical features, 3 cultivars."""
+
+    name = "wine"
+    summary = "Wine recognition (scikit-learn bundled): 178 rows, 13 features, 3 classes"
+    loader = staticmethod(load_wine)
+    n_classes = 3
+    info = {"rows": 178, "classes": 3, "features": 13}

@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 
 from valbench import metrics
-from valbench.data import inject_label_noise
+from valbench.data import apply_label_noise, imbalance_train
 from valbench.errors import ValbenchError
 from valbench.registry import get_dataset, get_method, validate_params
-from valbench.spec import Cell, RunSpec
+from valbench.spec import FILE_PREFIX, Cell, RunSpec, dataset_slug
 from valbench.store import RESULTS_SCHEMA, to_jsonable
 from valbench.types import (
     DatasetSplits,
@@ -62,8 +62,14 @@ def _load_splits(
     # Cached so a serial run or a reused worker loads each split once for all its methods.
     import json
 
-    cls = get_dataset(dataset)
     params = json.loads(params_json)
+    if dataset.startswith(FILE_PREFIX):
+        from valbench.userdata import FileDataset
+
+        return FileDataset(path=dataset[len(FILE_PREFIX) :], **params).load(
+            seed=data_seed, max_train=max_train
+        )
+    cls = get_dataset(dataset)
     validate_params(cls, params)
     return cls(**params).load(seed=data_seed, max_train=max_train)
 
@@ -75,14 +81,21 @@ def build_task(cell: Cell, spec: RunSpec) -> ValuationTask:
     from valbench.models import model_spec
 
     data_seed = cell.data_seed(spec.root_seed)
+    params = dict(spec.params.get(cell.dataset, {}))
+    if cell.dataset.startswith(FILE_PREFIX) and spec.label_column:
+        params["label_column"] = spec.label_column
     splits = _load_splits(
-        cell.dataset,
-        data_seed,
-        spec.max_train,
-        json.dumps(dict(spec.params.get(cell.dataset, {})), sort_keys=True),
+        cell.dataset, data_seed, spec.max_train, json.dumps(params, sort_keys=True)
     )
-    y_train, noisy = inject_label_noise(
-        splits.y_train, cell.noise, splits.n_classes, cell.noise_rng(spec.root_seed)
+    if spec.imbalance != 1:
+        splits = imbalance_train(splits, spec.imbalance, data_seed)
+    # Noise goes to the training split only, after splitting; the mask never reaches methods.
+    y_train, noisy = apply_label_noise(
+        splits.y_train,
+        cell.noise,
+        splits.n_classes,
+        cell.noise_rng(spec.root_seed),
+        model=spec.noise_model,
     )
     return ValuationTask(
         x_train=splits.x_train,
@@ -337,7 +350,7 @@ def run_cell(cell: Cell, spec: RunSpec, progress: ProgressFn = no_progress) -> C
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     points = None
-    if get_dataset(cell.dataset).is_2d:
+    if not cell.dataset.startswith(FILE_PREFIX) and get_dataset(cell.dataset).is_2d:
         points = {"x_train": task.x_train, "y_train": task.y_train}
         if task.noisy_mask is not None:
             points["noisy_mask"] = task.noisy_mask

@@ -69,6 +69,19 @@ def build_parser() -> argparse.ArgumentParser:
         dest="max_memory_mb",
         help="MB of memory a cell may allocate; beyond it the cell fails with MemoryError",
     )
+    run.add_argument("--noise-model", dest="noise_model", help="uniform (default) or pair flips")
+    run.add_argument(
+        "--imbalance", help="make the training split long-tailed: max/min class-size ratio (>= 1)"
+    )
+    run.add_argument(
+        "--label-column", dest="label_column", help="label column of file:PATH .csv/.parquet data"
+    )
+    run.add_argument(
+        "--data-dir",
+        dest="data_dir",
+        type=Path,
+        help="where datasets are cached/downloaded (default: $VALBENCH_DATA or ~/.cache/valbench)",
+    )
     run.add_argument("--backend", default="auto", help="auto (default), serial or process")
     run.add_argument(
         "--out", type=Path, help="run directory (default: reports/<preset>-<config hash>)"
@@ -97,9 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-progress", dest="progress", action="store_false", help="hide the progress bar"
     )
 
-    sub.add_parser(
+    lister = sub.add_parser(
         "list", help="list registered methods and datasets, and plugins that fail to load"
     )
+    lister.add_argument("--methods", action="store_true", help="only methods")
+    lister.add_argument("--datasets", action="store_true", help="only datasets, with sizes")
 
     status = sub.add_parser("status", help="show a run's finished, failed and pending cells")
     status.add_argument("run_dir", type=Path)
@@ -110,14 +125,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Every config-file key that is also a `run` flag (the rest are config-only or handled apart).
-_SPEC_FLAGS = tuple(sorted(CONFIG_KEYS - {"params", "preset", "out", "random_repeats"}))
+_SPEC_FLAGS = tuple(sorted(CONFIG_KEYS - {"params", "preset", "out", "random_repeats", "data_dir"}))
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from valbench.runner import execute
     from valbench.spec import build_spec, load_config_file, parse_param_assignments
 
+    from valbench.cache import set_data_dir
+
     config = load_config_file(args.config) if args.config else {}
+    data_dir = args.data_dir or config.get("data_dir")
+    if data_dir:
+        set_data_dir(data_dir)
     overrides: dict[str, Any] = {
         k: getattr(args, k) for k in _SPEC_FLAGS if getattr(args, k) is not None
     }
@@ -160,7 +180,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_list(args: argparse.Namespace) -> int:
     from valbench.registry import discover
 
-    for kind, title in (("method", "Methods"), ("dataset", "Datasets")):
+    kinds = [("method", "Methods"), ("dataset", "Datasets")]
+    if args.methods != args.datasets:
+        kinds = [kinds[0] if args.methods else kinds[1]]
+    for kind, title in kinds:
         print(f"{title}:")
         entries = discover(kind)  # type: ignore[arg-type]
         width = max((len(n) for n in entries), default=0)
@@ -168,6 +191,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
             if entry.ok:
                 family = f"[{entry.family}] " if entry.family else ""
                 print(f"  {name:<{width}}  {family}{entry.summary}  ({entry.distribution})")
+                if kind == "dataset":
+                    print(f"  {'':<{width}}  {_dataset_facts(entry.obj)}")
             else:
                 print(
                     f"  {name:<{width}}  BROKEN: {entry.error}  "
@@ -175,6 +200,16 @@ def _cmd_list(args: argparse.Namespace) -> int:
                 )
         print()
     return EXIT_OK
+
+
+def _dataset_facts(cls: Any) -> str:
+    info = getattr(cls, "info", {}) or {}
+    facts = [f"{k} {v}" for k, v in info.items()]
+    try:
+        offline = "yes" if cls.available() else "no (needs files or a download)"
+    except Exception as exc:  # a failing probe is shown, not raised
+        offline = f"unknown ({type(exc).__name__})"
+    return " · ".join([*facts, f"offline here: {offline}"])
 
 
 def _cmd_status(args: argparse.Namespace) -> int:

@@ -15,7 +15,22 @@ from sklearn.preprocessing import StandardScaler
 from valbench.errors import DatasetError, UsageError
 from valbench.types import DatasetSplits
 
-__all__ = ["stratified_splits", "cap_train", "stratified_subsample", "inject_label_noise"]
+__all__ = [
+    "NOISE_MODELS",
+    "stratified_splits",
+    "cap_train",
+    "resize_splits",
+    "stratified_subsample",
+    "inject_label_noise",
+    "pair_flip_noise",
+    "apply_label_noise",
+    "imbalance_indices",
+    "imbalance_train",
+    "pool_split_indices",
+]
+
+#: Label noise models understood by :func:`apply_label_noise`.
+NOISE_MODELS = ("uniform", "pair")
 
 logger = logging.getLogger(__name__)
 
@@ -203,3 +218,184 @@ def inject_label_noise(
     noisy[rows] = (noisy[rows] + rng.integers(1, n_classes, size=n_flip)) % n_classes
     mask[rows] = True
     return noisy, mask
+
+
+def _check_rate(rate: float) -> None:
+    if not (0.0 <= rate < 1.0):
+        raise UsageError(f"label noise rate must be in [0, 1), got {rate}")
+
+
+def pair_flip_noise(
+    y: np.ndarray,
+    rate: float,
+    n_classes: int,
+    rng: np.random.Generator,
+    *,
+    pairs: dict[int, int] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Class-conditional (pair) flips: exactly ``round(rate * len(y))`` labels ``c -> pairs[c]``.
+
+    The flipped rows are a class-stratified sample (each class loses about ``rate`` of its
+    rows); every flipped label moves to its class's partner, by default ``(c + 1) % n_classes``
+    (the "pair flipping" of Han et al., 2018).
+
+    Returns:
+        ``(noisy_y, noisy_mask)`` as :func:`inject_label_noise`.
+    """
+    _check_rate(rate)
+    y = np.asarray(y)
+    _check_labels(y, n_classes)
+    noisy = y.astype(np.int64, copy=True)
+    mask = np.zeros(len(noisy), dtype=bool)
+    n_flip = int(round(rate * len(noisy)))
+    if n_flip == 0:
+        return noisy, mask
+    if n_classes < 2:
+        raise UsageError(f"label noise needs at least 2 classes, got n_classes={n_classes}")
+    target = (np.arange(n_classes) + 1) % n_classes
+    for src, dst in (pairs or {}).items():
+        if not (0 <= int(src) < n_classes and 0 <= int(dst) < n_classes) or src == dst:
+            raise UsageError(
+                f"noise pair {src}->{dst} must map a class in 0..{n_classes - 1} to another one"
+            )
+        target[int(src)] = int(dst)
+    rows = stratified_subsample(noisy, n_flip, rng)
+    noisy[rows] = target[noisy[rows]]
+    mask[rows] = True
+    return noisy, mask
+
+
+def apply_label_noise(
+    y: np.ndarray,
+    rate: float,
+    n_classes: int,
+    rng: np.random.Generator,
+    *,
+    model: str = "uniform",
+    pairs: dict[int, int] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Flip exactly ``round(rate * len(y))`` training labels with noise ``model``.
+
+    ``"uniform"``: :func:`inject_label_noise`; ``"pair"``: :func:`pair_flip_noise`. Apply it
+    to the training labels only, after splitting; keep the mask away from methods.
+    """
+    if model == "uniform":
+        if pairs:
+            raise UsageError("noise pairs only apply to the 'pair' noise model")
+        return inject_label_noise(y, rate, n_classes, rng)
+    if model == "pair":
+        return pair_flip_noise(y, rate, n_classes, rng, pairs=pairs)
+    raise UsageError(f"unknown noise model {model!r}; valid: {', '.join(NOISE_MODELS)}")
+
+
+def imbalance_indices(
+    y: np.ndarray, ratio: float, rng: np.random.Generator, *, n_classes: int | None = None
+) -> np.ndarray:
+    """Sorted row indices that make ``y`` long-tailed with ``max/min`` class size ``ratio``.
+
+    Class ``c`` keeps ``n_max * ratio ** (-c / (K - 1))`` rows (an exponential profile, as in
+    long-tailed CIFAR), where ``n_max`` is the size of the smallest class so every target can
+    be met; ``ratio == 1`` balances the classes. Rows kept within a class are drawn at random.
+    """
+    if ratio < 1:
+        raise UsageError(f"imbalance ratio must be >= 1 (largest / smallest class), got {ratio}")
+    y = np.asarray(y)
+    k = _check_labels(y, n_classes)
+    counts = np.bincount(y.astype(np.int64), minlength=k)
+    present = np.flatnonzero(counts)
+    if present.size < 2:
+        return np.arange(len(y), dtype=np.int64)
+    n_max = int(counts[present].min())
+    steps = np.arange(present.size) / (present.size - 1)
+    sizes = np.maximum(1, np.floor(n_max * float(ratio) ** (-steps))).astype(np.int64)
+    chosen = [
+        rng.choice(np.flatnonzero(y == c), size=int(s), replace=False)
+        for c, s in zip(present, sizes, strict=True)
+    ]
+    return np.sort(np.concatenate(chosen)).astype(np.int64)
+
+
+def imbalance_train(splits: DatasetSplits, ratio: float, seed: int) -> DatasetSplits:
+    """Make the training split long-tailed (see :func:`imbalance_indices`); val/test unchanged."""
+    if ratio == 1:
+        return splits
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 1]).spawn(1)[0])
+    keep = imbalance_indices(splits.y_train, ratio, rng, n_classes=splits.n_classes)
+    return DatasetSplits(
+        x_train=splits.x_train[keep],
+        y_train=splits.y_train[keep],
+        x_val=splits.x_val,
+        y_val=splits.y_val,
+        x_test=splits.x_test,
+        y_test=splits.y_test,
+        n_classes=splits.n_classes,
+    )
+
+
+def _check_size(label: str, value: int | None) -> None:
+    if value is not None and (not isinstance(value, int | np.integer) or value < 1):
+        raise UsageError(f"{label} must be a positive integer or None, got {value!r}")
+
+
+def resize_splits(
+    splits: DatasetSplits,
+    *,
+    seed: int,
+    n_train: int | None = None,
+    n_val: int | None = None,
+    n_test: int | None = None,
+) -> DatasetSplits:
+    """Stratified, seeded subsamples of each split to at most ``n_train``/``n_val``/``n_test``.
+
+    ``None`` keeps a split whole. The training rows are chosen exactly as :func:`cap_train`
+    chooses them, so ``n_train`` and the harness's ``max_train`` agree.
+    """
+    for label, value in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):
+        _check_size(label, value)
+    splits = cap_train(splits, n_train, seed)
+    ss = np.random.SeedSequence([seed, 2]).spawn(2)
+    parts = {}
+    for part, size, child in (("val", n_val, ss[0]), ("test", n_test, ss[1])):
+        x, y = getattr(splits, f"x_{part}"), getattr(splits, f"y_{part}")
+        if size is not None and size < len(y):
+            keep = stratified_subsample(y, size, np.random.default_rng(child))
+            x, y = x[keep], y[keep]
+        parts[f"x_{part}"], parts[f"y_{part}"] = x, y
+    return DatasetSplits(
+        x_train=splits.x_train, y_train=splits.y_train, n_classes=splits.n_classes, **parts
+    )
+
+
+def pool_split_indices(
+    y: np.ndarray,
+    *,
+    seed: int,
+    n_val: int,
+    n_test: int,
+    n_train: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Carve stratified val and test rows (``n_val``/``n_test``, may be 0) out of one pool.
+
+    The rest is the training split, capped at ``n_train`` rows (stratified) when given. Each
+    index array comes back in a seeded random order, so rows sorted by class get shuffled.
+    """
+    y = np.asarray(y)
+    if n_val < 0 or n_test < 0 or n_val + n_test >= len(y):
+        raise DatasetError(
+            f"{len(y)} rows are too few for {n_val} validation and {n_test} test rows "
+            "plus at least one training row"
+        )
+    _check_size("n_train", n_train)
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 3]))
+    rest = np.arange(len(y), dtype=np.int64)
+    carved = []
+    for size in (n_val, n_test):
+        pick = rest[stratified_subsample(y[rest], size, rng)] if size else rest[:0]
+        rest = np.setdiff1d(rest, pick, assume_unique=True)
+        carved.append(pick)
+    # Val and test are fixed before the training cap, so a cap never changes them.
+    val, test = rng.permutation(carved[0]), rng.permutation(carved[1])
+    train = rest
+    if n_train is not None and n_train < len(train):
+        train = train[stratified_subsample(y[train], n_train, rng)]
+    return rng.permutation(train), val, test

@@ -31,7 +31,7 @@ from typing import Any
 from valbench.cell import CellOutcome, failure_record, run_cell
 from valbench.errors import CellTimeout, RunDirectoryError, UsageError
 from valbench.registry import dataset_names, discover, method_names
-from valbench.spec import Cell, RunSpec
+from valbench.spec import FILE_PREFIX, Cell, RunSpec, dataset_slug
 from valbench.store import RunStore, read_manifest, read_results
 
 __all__ = ["RunSummary", "execute", "default_run_dir", "BACKENDS", "resolve_names", "run_status"]
@@ -67,7 +67,9 @@ def resolve_names(spec: RunSpec) -> RunSpec:
         if "all" in names:
             return tuple(valid)
         for name in names:
-            if name not in valid:
+            if kind == "dataset" and name.startswith(FILE_PREFIX):
+                _check_data_file(name[len(FILE_PREFIX) :])
+            elif name not in valid:
                 broken = discover("method" if kind == "method" else "dataset").get(name)
                 if broken is not None and not broken.ok:
                     raise UsageError(f"{kind} {name!r} failed to load: {broken.error}")
@@ -76,6 +78,8 @@ def resolve_names(spec: RunSpec) -> RunSpec:
 
     methods = check("method", spec.methods, method_names())
     datasets = check("dataset", spec.datasets, dataset_names())
+    if "all" in spec.datasets:  # only what loads on this machine without a download
+        datasets = tuple(d for d in datasets if _available_offline(d))
     from valbench.models import MODEL_NAMES
     from valbench.registry import get_dataset, get_method, validate_params
 
@@ -92,6 +96,25 @@ def resolve_names(spec: RunSpec) -> RunSpec:
                 f"({', '.join(methods)}) or datasets ({', '.join(datasets)})"
             )
     return spec.with_overrides(methods=methods, datasets=datasets)
+
+
+def _check_data_file(path: str) -> None:
+    from valbench.userdata import SUFFIXES
+
+    if not Path(path).is_file():
+        raise UsageError(f"dataset file {path} does not exist; give --datasets file:PATH to a file")
+    if Path(path).suffix not in SUFFIXES:
+        raise UsageError(f"dataset file {path}: unsupported type; use one of {', '.join(SUFFIXES)}")
+
+
+def _available_offline(name: str) -> bool:
+    from valbench.registry import get_dataset
+
+    available = getattr(get_dataset(name), "available", None)
+    try:
+        return bool(available()) if callable(available) else True
+    except Exception:  # a probe that fails means "not available", never a crash
+        return False
 
 
 def default_run_dir(spec: RunSpec, root: Path = Path("reports")) -> Path:
@@ -416,7 +439,8 @@ def execute(
             )
         if outcome.points is not None:
             store.write_points(
-                f"{record['dataset']}.seed{record['seed']}.noise{record['noise']:g}", outcome.points
+                f"{dataset_slug(record['dataset'])}.seed{record['seed']}.noise{record['noise']:g}",
+                outcome.points,
             )
         store.append_result(record)
         status = record["status"]

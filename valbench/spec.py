@@ -27,6 +27,8 @@ __all__ = [
     "parse_param_assignments",
     "stable_int",
     "build_spec",
+    "dataset_slug",
+    "FILE_PREFIX",
     "CONFIG_KEYS",
 ]
 
@@ -60,6 +62,18 @@ DEFAULT_PRESET = "quick"
 _NAME_RE = re.compile(r"[^A-Za-z0-9_-]+")
 
 
+FILE_PREFIX = "file:"
+
+
+def dataset_slug(name: str) -> str:
+    """A file-name-safe label of a dataset: ``file:PATH`` becomes ``file-<stem>-<hash>``."""
+    if not name.startswith(FILE_PREFIX):
+        return name
+    path = name[len(FILE_PREFIX) :]
+    stem = _NAME_RE.sub("_", Path(path).stem).strip("_") or "data"
+    return f"file-{stem}-{stable_int(path):08x}"
+
+
 def stable_int(text: str) -> int:
     """A process-independent 32-bit hash (Python's ``hash`` is salted per process)."""
     return zlib.crc32(text.encode("utf-8"))
@@ -78,6 +92,9 @@ class RunSpec:
     model: str = "logreg"
     budget: str = "none"
     max_train: int | None = None
+    noise_model: str = "uniform"
+    imbalance: float = 1.0
+    label_column: str | None = None
     random_repeats: int = 3
     params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     preset: str = DEFAULT_PRESET
@@ -117,8 +134,21 @@ class RunSpec:
             raise UsageError(f"random_repeats must be >= 1, got {self.random_repeats}")
         Budget.parse(self.budget)  # validates
         for name in (*self.methods, *self.datasets):
-            if name != _NAME_RE.sub("_", name):
+            if name.startswith(FILE_PREFIX) and name in self.datasets:
+                if len(name) == len(FILE_PREFIX):
+                    raise UsageError("--datasets file: needs a path, e.g. file:my_embeddings.npz")
+            elif name != _NAME_RE.sub("_", name):
                 raise UsageError(f"name {name!r} may only use letters, digits, '_' and '-'")
+        from valbench.data import NOISE_MODELS
+
+        if self.noise_model not in NOISE_MODELS:
+            raise UsageError(
+                f"unknown noise model {self.noise_model!r}; valid: {', '.join(NOISE_MODELS)}"
+            )
+        if not self.imbalance >= 1:
+            raise UsageError(
+                f"--imbalance is a max/min class-size ratio >= 1, got {self.imbalance:g}"
+            )
 
     @property
     def budget_obj(self) -> Budget:
@@ -168,7 +198,7 @@ class Cell:
 
     @property
     def cell_id(self) -> str:
-        return f"{self.dataset}.{self.method}.noise{self.noise:g}.seed{self.seed}"
+        return f"{dataset_slug(self.dataset)}.{self.method}.noise{self.noise:g}.seed{self.seed}"
 
     def data_seed(self, root_seed: int) -> int:
         """Seed of the split: shared by every method and noise rate of this seed."""
@@ -229,6 +259,10 @@ CONFIG_KEYS = {
     "jobs",
     "timeout",
     "max_memory_mb",
+    "noise_model",
+    "imbalance",
+    "label_column",
+    "data_dir",
     "out",
 }
 
@@ -309,6 +343,7 @@ def build_spec(
         raise UsageError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")
     merged: dict[str, Any] = {**PRESETS[preset], **config, **overrides, "preset": preset}
     merged.pop("out", None)
+    merged.pop("data_dir", None)
     params: dict[str, dict[str, Any]] = {k: dict(v) for k, v in config.get("params", {}).items()}
     for name, values in overrides.get("params", {}).items():
         params.setdefault(name, {}).update(values)
@@ -324,6 +359,12 @@ def build_spec(
             kwargs[key] = _as_int(key, value, optional=True)
         elif key in ("timeout", "max_memory_mb"):
             kwargs[key] = _as_float_or_none(key, value)
+        elif key == "imbalance":
+            kwargs[key] = _as_float_or_none(key, value) or 1.0
+        elif key in ("noise_model", "label_column"):
+            if not isinstance(value, str):
+                raise UsageError(f"{key} must be a string, got {value!r}")
+            kwargs[key] = value
         elif key in ("model", "budget"):
             if not isinstance(value, str | int) or isinstance(value, bool):
                 raise UsageError(f"{key} must be a string, got {value!r}")

@@ -264,6 +264,13 @@ class Dataset(abc.ABC):
     summary: ClassVar[str] = ""
     #: True when the features are 2-D points the report can draw.
     is_2d: ClassVar[bool] = False
+    #: Full size, e.g. ``{"rows": 1797, "classes": 10, "features": 64}``; shown by ``valbench list``.
+    info: ClassVar[dict[str, Any]] = {}
+
+    @classmethod
+    def available(cls) -> bool:
+        """Whether the data loads on this machine without a download."""
+        return True
 
     @abc.abstractmethod
     def load(self, *, seed: int, max_train: int | None = None) -> DatasetSplits:

@@ -84,3 +84,57 @@ def test_run_config_file_and_params(tmp_path: Path, capsys: pytest.CaptureFixtur
     text = (out / "results.jsonl").read_text()
     assert '"batch_size": 7' in text and '"0.2"' in text and '"0.05"' not in text
     assert "1/1 cells ok" in capsys.readouterr().out
+
+
+def test_run_on_a_users_file_with_pair_noise(tmp_path: Path) -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(120, 4)).astype("float32")
+    np.savez(tmp_path / "emb.npz", x=x, y=(x[:, 0] > 0).astype(int))
+    out = tmp_path / "run"
+    args = [
+        "run",
+        "--methods",
+        "random",
+        "--datasets",
+        f"file:{tmp_path / 'emb.npz'}",
+        "--seeds",
+        "1",
+        "--noise-model",
+        "pair",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
+    assert main(args) == 0
+    (line,) = (out / "results.jsonl").read_text().splitlines()
+    assert f'"dataset": "file:{tmp_path / "emb.npz"}"' in line and '"status": "ok"' in line
+    assert '"cell_id": "file-emb-' in line
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--datasets", "file:/nonexistent/x.npz"],
+            "dataset file /nonexistent/x.npz does not exist",
+        ),
+        (["--datasets", "file:"], "needs a path"),
+        (["--noise-model", "swap"], "unknown noise model 'swap'; valid: uniform, pair"),
+        (["--imbalance", "0.5"], "--imbalance is a max/min class-size ratio >= 1"),
+    ],
+)
+def test_dataset_option_errors(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["run", "--methods", "random", *args]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_list_datasets_shows_sizes_and_availability(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["list", "--datasets"]) == 0
+    out = capsys.readouterr().out
+    assert "Methods:" not in out and "digits" in out
+    assert "rows 1797 · classes 10 · features 64 · offline here: yes" in out

@@ -1,0 +1,543 @@
+"""Shared machinery of the image datasets: on-disk formats, splits, features and their cache.
+
+Formats are read with numpy, gzip and pickle only (torchvision is needed just to download):
+
+- IDX (the MNIST family): big-endian magic ``0x00 0x00 <dtype> <ndim>``, then ``ndim``
+  uint32 sizes, then the data; files may be gzipped (``.gz``) or not.
+- CIFAR-10 python batches: pickles holding ``b"data"`` (``n x 3072`` uint8, channel-major)
+  and ``b"labels"`` (a list of ints).
+
+Features (``features=``): ``raw`` (flattened pixels scaled to [0, 1], optionally projected on
+``pca`` principal components fitted on the training split), ``cnn`` (penultimate layer of a
+small CNN trained on the training split only) and ``pretrained`` (ImageNet ResNet-18 from
+torchvision). ``cnn`` and ``pretrained`` features are cached on disk, keyed by dataset, split
+seed, sizes and feature config; a cached file is only used when its stored config is equal.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import logging
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from valbench.cache import config_key, data_dir
+from valbench.data import pool_split_indices
+from valbench.errors import DatasetError, UsageError
+from valbench.types import Dataset, DatasetSplits
+
+__all__ = [
+    "IDX_FILES",
+    "FEATURES",
+    "read_idx",
+    "find_idx_dir",
+    "read_idx_dir",
+    "read_cifar10_dir",
+    "ImageDataset",
+    "small_cnn",
+]
+
+logger = logging.getLogger(__name__)
+
+#: The four IDX files of the MNIST family (each may also be stored with a ``.gz`` suffix).
+IDX_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+#: Feature kinds of image datasets.
+FEATURES = ("raw", "cnn", "pretrained")
+_FEATURE_CACHE_VERSION = 1
+
+_IDX_DTYPES: dict[int, np.dtype[Any]] = {
+    0x08: np.dtype(np.uint8),
+    0x09: np.dtype(np.int8),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+
+
+def _open(path: Path) -> Any:
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")  # noqa: SIM115
+
+
+def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read one IDX file (gzipped when its name ends in ``.gz``) into a numpy array."""
+    path = Path(path)
+    try:
+        with _open(path) as f:
+            raw = f.read()
+    except (OSError, EOFError) as exc:
+        raise DatasetError(f"{path}: cannot read ({exc}); replace the file") from exc
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        raise DatasetError(f"{path}: not an IDX file (bad magic number); replace the file")
+    dtype, ndim = _IDX_DTYPES[raw[2]], raw[3]
+    header = 4 + 4 * ndim
+    if ndim == 0 or len(raw) < header:
+        raise DatasetError(f"{path}: truncated IDX header; replace the file")
+    shape = tuple(int(v) for v in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
+    count = int(np.prod(shape))
+    if len(raw) - header != count * dtype.itemsize:
+        raise DatasetError(
+            f"{path}: IDX header says shape {shape} but the file holds "
+            f"{len(raw) - header} data bytes; replace the file"
+        )
+    return np.frombuffer(raw, dtype=dtype, count=count, offset=header).reshape(shape)
+
+
+def _idx_path(directory: Path, stem: str) -> Path | None:
+    for candidate in (directory / stem, directory / f"{stem}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def find_idx_dir(candidates: list[Path]) -> Path | None:
+    """The first directory in ``candidates`` holding all four IDX files (gzipped or not)."""
+    for directory in candidates:
+        if all(_idx_path(directory, stem) is not None for stem in IDX_FILES):
+            return directory
+    return None
+
+
+def _check_images_labels(
+    where: Path, part: str, x: np.ndarray, y: np.ndarray, shape: tuple[int, ...], k: int
+) -> None:
+    if x.shape[1:] != shape or x.dtype != np.uint8:
+        raise DatasetError(
+            f"{where}: {part} images have shape {x.shape[1:]} and dtype {x.dtype}, "
+            f"expected {shape} uint8; replace the files"
+        )
+    if y.ndim != 1 or len(y) != len(x):
+        raise DatasetError(
+            f"{where}: {len(x)} {part} images but labels of shape {y.shape}; replace the files"
+        )
+    if len(y) and (int(y.min()) < 0 or int(y.max()) >= k):
+        raise DatasetError(
+            f"{where}: {part} labels outside 0..{k - 1} "
+            f"(found {int(y.min())}..{int(y.max())}); replace the files"
+        )
+
+
+def read_idx_dir(
+    directory: Path, *, image_shape: tuple[int, int] = (28, 28), n_classes: int = 10
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Train and test pools of an MNIST-family directory: images ``(n, 1, H, W)`` uint8."""
+    arrays = []
+    for stem in IDX_FILES:
+        path = _idx_path(directory, stem)
+        if path is None:
+            raise DatasetError(f"{directory}: missing {stem} (or {stem}.gz)")
+        arrays.append(read_idx(path))
+    x_tr, y_tr, x_te, y_te = arrays
+    _check_images_labels(directory, "train", x_tr, y_tr, image_shape, n_classes)
+    _check_images_labels(directory, "test", x_te, y_te, image_shape, n_classes)
+    return (
+        x_tr[:, None],
+        y_tr.astype(np.int64),
+        x_te[:, None],
+        y_te.astype(np.int64),
+    )
+
+
+CIFAR10_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
+CIFAR10_TEST = "test_batch"
+
+
+def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with open(path, "rb") as f:
+            batch = pickle.load(f, encoding="bytes")
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad file
+        raise DatasetError(f"{path}: not a CIFAR-10 python batch ({exc}); replace it") from exc
+    if not isinstance(batch, dict):
+        raise DatasetError(f"{path}: not a CIFAR-10 python batch (no dict); replace it")
+    data = batch.get(b"data", batch.get("data"))
+    labels = batch.get(b"labels", batch.get("labels"))
+    if data is None or labels is None:
+        raise DatasetError(f"{path}: CIFAR-10 batch lacks b'data' or b'labels'; replace it")
+    x = np.asarray(data)
+    y = np.asarray(labels, dtype=np.int64)
+    if x.ndim != 2 or x.shape[1] != 3 * 32 * 32 or x.dtype != np.uint8:
+        raise DatasetError(
+            f"{path}: CIFAR-10 data has shape {x.shape} and dtype {x.dtype}, "
+            "expected (n, 3072) uint8; replace it"
+        )
+    x = x.reshape(-1, 3, 32, 32)
+    _check_images_labels(path, "batch", x, y, (3, 32, 32), 10)
+    return x, y
+
+
+def read_cifar10_dir(directory: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Train and test pools of a ``cifar-10-batches-py`` directory: ``(n, 3, 32, 32)`` uint8."""
+    parts = [_read_cifar_batch(directory / name) for name in CIFAR10_TRAIN]
+    x_te, y_te = _read_cifar_batch(directory / CIFAR10_TEST)
+    x_tr = np.concatenate([p[0] for p in parts])
+    y_tr = np.concatenate([p[1] for p in parts])
+    return x_tr, y_tr, x_te, y_te
+
+
+# ----------------------------------------------------------------------------------- features
+
+
+def small_cnn(in_channels: int, n_classes: int, width: int = 16, dim: int = 64) -> Any:
+    """Two conv blocks, a ``dim``-wide penultimate layer and a linear head (``nn.Sequential``).
+
+    ``net[0]`` maps images to the penultimate features; ``net[1]`` is the classifier head.
+    """
+    import torch.nn as nn
+
+    body = nn.Sequential(
+        nn.Conv2d(in_channels, width, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(width, 2 * width, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.AdaptiveAvgPool2d(4),
+        nn.Flatten(),
+        nn.Linear(2 * width * 16, dim),
+        nn.ReLU(),
+    )
+    return nn.Sequential(body, nn.Linear(dim, n_classes))
+
+
+def _cnn_features(
+    x_tr: np.ndarray,
+    y_tr: np.ndarray,
+    others: list[np.ndarray],
+    *,
+    n_classes: int,
+    seed: int,
+    epochs: int,
+    dim: int,
+    width: int,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+) -> list[np.ndarray]:
+    """Train :func:`small_cnn` on ``(x_tr, y_tr)``; penultimate features of train and others."""
+    import torch
+
+    imgs = torch.from_numpy(x_tr.astype(np.float32) / 255.0)
+    mean = imgs.mean(dim=(0, 2, 3), keepdim=True)
+    std = imgs.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
+    labels = torch.from_numpy(y_tr.astype(np.int64))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = small_cnn(x_tr.shape[1], n_classes, width=width, dim=dim)
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    net.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(imgs), generator=gen)
+        for start in range(0, len(imgs), batch_size):
+            idx = order[start : start + batch_size]
+            opt.zero_grad()
+            loss = loss_fn(net((imgs[idx] - mean) / std), labels[idx])
+            loss.backward()
+            opt.step()
+    net.eval()
+    body = net[0]
+    out = []
+    with torch.no_grad():
+        for arr in [x_tr, *others]:
+            feats = [
+                body((torch.from_numpy(arr[s : s + 512].astype(np.float32) / 255.0) - mean) / std)
+                for s in range(0, len(arr), 512)
+            ]
+            out.append(torch.cat(feats).numpy() if feats else np.zeros((0, dim), np.float32))
+    return out
+
+
+def _pretrained_features(arrays: list[np.ndarray], *, size: int) -> list[np.ndarray]:
+    """ImageNet ResNet-18 (torchvision) features, 512 per image; clear errors when missing."""
+    try:
+        import torch
+        import torchvision
+    except ImportError as exc:
+        raise DatasetError(
+            "features='pretrained' needs torchvision: pip install 'valbench[vision]' "
+            "(or use features='cnn' or 'raw')"
+        ) from exc
+    try:
+        weights = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
+        net = torchvision.models.resnet18(weights=weights)
+    except Exception as exc:  # noqa: BLE001 - download or file errors
+        raise DatasetError(
+            "features='pretrained' needs the ResNet-18 ImageNet weights (resnet18-f37072fd.pth) "
+            f"in {torch.hub.get_dir()}/checkpoints or a network to fetch them ({exc})"
+        ) from exc
+    net.fc = torch.nn.Identity()
+    net.eval()
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    out = []
+    with torch.no_grad():
+        for arr in arrays:
+            feats = []
+            for s in range(0, len(arr), 128):
+                batch = torch.from_numpy(arr[s : s + 128].astype(np.float32) / 255.0)
+                if batch.shape[1] == 1:
+                    batch = batch.expand(-1, 3, -1, -1)
+                batch = torch.nn.functional.interpolate(
+                    batch, size=(size, size), mode="bilinear", align_corners=False
+                )
+                feats.append(net((batch - mean) / std))
+            out.append(torch.cat(feats).numpy() if feats else np.zeros((0, 512), np.float32))
+    return out
+
+
+def _standardize(train: np.ndarray, others: list[np.ndarray]) -> list[np.ndarray]:
+    mu = train.mean(axis=0)
+    sd = train.std(axis=0)
+    sd[sd < 1e-12] = 1.0
+    return [(a - mu) / sd for a in [train, *others]]
+
+
+def _fingerprint(*arrays: np.ndarray) -> str:
+    """A cheap identity of the source pools (shapes and label bytes)."""
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(repr(a.shape).encode())
+        h.update(np.ascontiguousarray(a).tobytes() if a.ndim == 1 else b"")
+    return h.hexdigest()[:16]
+
+
+def _atomic_savez(path: Path, **arrays: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.npz")
+    os.close(fd)
+    try:
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+class ImageDataset(Dataset):
+    """Base of image datasets: seeded stratified splits, then features on the chosen rows only.
+
+    Subclasses implement :meth:`pools` (train pool and optional standard test pool as
+    ``(n, C, H, W)`` uint8 images) and :meth:`available`. Sizes are applied *before* feature
+    work, so a 250-point slice of a 60 000-image dataset never trains a CNN on 60 000 images.
+
+    Args:
+        features: ``raw``, ``cnn`` or ``pretrained``.
+        pca: With ``raw``: project on this many principal components (fitted on train).
+        n_train: Cap on training rows (stratified); the harness's ``max_train`` also caps.
+        n_val: Validation rows carved from the training pool; None = the class's
+            ``default_n_val``, or ``val_fraction`` of the pool when that is None too.
+        n_test: Test rows (from the standard test set when there is one); None = all of it,
+            or ``test_fraction`` of the pool when the dataset has no standard test set.
+        val_fraction: Share of the pool used for validation when ``n_val`` is None.
+        test_fraction: Share of the pool used for testing when there is no test set.
+        cnn_epochs: Training epochs of the small CNN (``features='cnn'``).
+        cnn_dim: Width of the CNN's penultimate layer = number of features.
+        cnn_width: Channels of the CNN's first conv layer.
+        pretrained_size: Side images are resized to for ResNet-18.
+        cache_features: Cache ``cnn``/``pretrained`` features in the data directory.
+        data_dir: Data directory; None = ``--data-dir``, ``$VALBENCH_DATA`` or the user cache.
+        root: A torchvision root directory that may already hold the files (datasets that
+            are searched on disk only).
+    """
+
+    #: Classes of the dataset.
+    n_classes: ClassVar[int] = 10
+    #: Full size, classes and features, for ``valbench list``.
+    info: ClassVar[dict[str, Any]] = {}
+    #: Validation rows when ``n_val`` is None (None: ``val_fraction`` of the pool).
+    default_n_val: ClassVar[int | None] = None
+
+    def __init__(
+        self,
+        *,
+        features: str = "raw",
+        pca: int | None = None,
+        n_train: int | None = None,
+        n_val: int | None = None,
+        n_test: int | None = None,
+        val_fraction: float = 0.2,
+        test_fraction: float = 0.2,
+        cnn_epochs: int = 8,
+        cnn_dim: int = 64,
+        cnn_width: int = 16,
+        pretrained_size: int = 224,
+        cache_features: bool = True,
+        data_dir: str | None = None,
+        root: str | None = None,
+    ) -> None:
+        self.features = features
+        self.pca = pca
+        self.n_train = n_train
+        self.n_val = n_val
+        self.n_test = n_test
+        self.val_fraction = val_fraction
+        self.test_fraction = test_fraction
+        self.cnn_epochs = cnn_epochs
+        self.cnn_dim = cnn_dim
+        self.cnn_width = cnn_width
+        self.pretrained_size = pretrained_size
+        self.cache_features = cache_features
+        self.data_dir = data_dir
+        self.root = root
+
+    # -- to implement ---------------------------------------------------------------------
+
+    def pools(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """``(x_pool, y_pool, x_test, y_test)``; the test pair is None without a test set."""
+        raise NotImplementedError
+
+    @classmethod
+    def available(cls) -> bool:
+        """Whether the data can be loaded here without a network."""
+        return True
+
+    # -- shared ---------------------------------------------------------------------------
+
+    def feature_config(self) -> dict[str, Any]:
+        """The parameters the features depend on (part of the cache key)."""
+        cfg: dict[str, Any] = {"features": self.features}
+        if self.features == "raw":
+            cfg["pca"] = self.pca
+        elif self.features == "cnn":
+            cfg.update(epochs=self.cnn_epochs, dim=self.cnn_dim, width=self.cnn_width)
+        elif self.features == "pretrained":
+            cfg.update(model="resnet18-imagenet1k-v1", size=self.pretrained_size)
+        return cfg
+
+    def _validate(self) -> None:
+        if self.features not in FEATURES:
+            raise UsageError(
+                f"{self.name}: unknown features {self.features!r}; valid: {', '.join(FEATURES)}"
+            )
+        if self.pca is not None and (self.features != "raw" or self.pca < 1):
+            raise UsageError(f"{self.name}: pca must be a positive integer with features='raw'")
+        if not (0 < self.val_fraction < 1 and 0 < self.test_fraction < 1):
+            raise UsageError(f"{self.name}: val_fraction and test_fraction must be in (0, 1)")
+        if self.cnn_epochs < 1 or self.cnn_dim < 1 or self.cnn_width < 1:
+            raise UsageError(f"{self.name}: cnn_epochs, cnn_dim and cnn_width must be >= 1")
+
+    def split_indices(
+        self,
+        y_pool: np.ndarray,
+        y_test: np.ndarray | None,
+        *,
+        seed: int,
+        max_train: int | None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Indices of train and val rows in the pool, and of test rows (pool or test set)."""
+        caps = [c for c in (self.n_train, max_train) if c is not None]
+        cap = min(caps) if caps else None
+        n_val = self.n_val if self.n_val is not None else self.default_n_val
+        if n_val is None:
+            n_val = round(self.val_fraction * len(y_pool))
+        if y_test is None:
+            n_test = (
+                self.n_test if self.n_test is not None else round(self.test_fraction * len(y_pool))
+            )
+            return pool_split_indices(
+                y_pool, seed=seed, n_val=max(1, n_val), n_test=max(1, n_test), n_train=cap
+            )
+        train, val, _ = pool_split_indices(
+            y_pool, seed=seed, n_val=max(1, n_val), n_test=0, n_train=cap
+        )
+        test = np.arange(len(y_test), dtype=np.int64)
+        if self.n_test is not None and self.n_test < len(y_test):
+            _, test, _ = pool_split_indices(y_test, seed=seed, n_val=self.n_test, n_test=0)
+        return train, val, test
+
+    def _cache_path(self, config: dict[str, Any]) -> Path:
+        return data_dir(self.data_dir) / "features" / self.name / f"{config_key(config)}.npz"
+
+    def load(self, *, seed: int, max_train: int | None = None) -> DatasetSplits:
+        """Splits for ``seed`` with the configured features (cached for cnn/pretrained)."""
+        self._validate()
+        x_pool, y_pool, x_test, y_test = self.pools()
+        train, val, test = self.split_indices(y_pool, y_test, seed=seed, max_train=max_train)
+        x_te_src = x_pool if x_test is None else x_test
+        y_te_src = y_pool if y_test is None else y_test
+        assert y_te_src is not None
+        ys = (y_pool[train], y_pool[val], y_te_src[test])
+        config = {
+            "version": _FEATURE_CACHE_VERSION,
+            "dataset": self.name,
+            "seed": seed,
+            "rows": [len(train), len(val), len(test)],
+            "source": _fingerprint(y_pool, *(() if y_test is None else (y_test,))),
+            "split": _fingerprint(train, val, test),
+            **self.feature_config(),
+        }
+        cacheable = self.cache_features and self.features != "raw"
+        path = self._cache_path(config) if cacheable else None
+        if path is not None and path.is_file():
+            try:
+                with np.load(path, allow_pickle=False) as f:
+                    if json.loads(str(f["config"])) == config:
+                        logger.info("features of %s read from %s", self.name, path)
+                        return self._splits([f["x_train"], f["x_val"], f["x_test"]], ys)
+            except (OSError, ValueError, KeyError) as exc:
+                logger.warning("ignoring unreadable feature cache %s: %s", path, exc)
+        feats = self._features(x_pool[train], ys[0], [x_pool[val], x_te_src[test]], seed)
+        if path is not None:
+            _atomic_savez(
+                path,
+                config=np.array(json.dumps(config, sort_keys=True)),
+                x_train=feats[0],
+                x_val=feats[1],
+                x_test=feats[2],
+            )
+        return self._splits(feats, ys)
+
+    def _splits(self, feats: list[np.ndarray], ys: tuple[np.ndarray, ...]) -> DatasetSplits:
+        return DatasetSplits(
+            x_train=feats[0],
+            y_train=ys[0],
+            x_val=feats[1],
+            y_val=ys[1],
+            x_test=feats[2],
+            y_test=ys[2],
+            n_classes=self.n_classes,
+        )
+
+    def _features(
+        self, x_tr: np.ndarray, y_tr: np.ndarray, others: list[np.ndarray], seed: int
+    ) -> list[np.ndarray]:
+        if self.features == "cnn":
+            feats = _cnn_features(
+                x_tr,
+                y_tr,
+                others,
+                n_classes=self.n_classes,
+                seed=seed,
+                epochs=self.cnn_epochs,
+                dim=self.cnn_dim,
+                width=self.cnn_width,
+            )
+            return _standardize(feats[0], feats[1:])
+        if self.features == "pretrained":
+            feats = _pretrained_features([x_tr, *others], size=self.pretrained_size)
+            return _standardize(feats[0], feats[1:])
+        flat = [a.reshape(len(a), -1).astype(np.float32) / 255.0 for a in [x_tr, *others]]
+        if self.pca is None:
+            return flat
+        if self.pca > min(flat[0].shape):
+            raise UsageError(
+                f"{self.name}: pca={self.pca} exceeds min(n_train, n_pixels) = "
+                f"{min(flat[0].shape)}; lower pca or raise n_train"
+            )
+        from sklearn.decomposition import PCA
+
+        proj = PCA(n_components=self.pca, random_state=seed % 2**32).fit(flat[0])
+        return [proj.transform(a) for a in flat]

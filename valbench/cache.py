@@ -1,0 +1,69 @@
+"""Where valbench keeps downloaded datasets and computed features.
+
+The data directory is, in order of precedence: a path set with :func:`set_data_dir` (the CLI's
+``--data-dir``), the environment variable ``VALBENCH_DATA``, else the platform's user cache
+directory (``$XDG_CACHE_HOME/valbench`` or ``~/.cache/valbench`` on Linux,
+``~/Library/Caches/valbench`` on macOS, ``%LOCALAPPDATA%\\valbench\\Cache`` on Windows).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ENV_VAR", "data_dir", "set_data_dir", "default_data_dir", "config_key"]
+
+#: Environment variable naming the data directory (inherited by worker processes).
+ENV_VAR = "VALBENCH_DATA"
+
+_override: Path | None = None
+
+
+def default_data_dir() -> Path:
+    """The platform's per-user cache directory for valbench."""
+    if sys.platform == "win32":
+        base = os.environ.get("LOCALAPPDATA") or str(Path.home() / "AppData" / "Local")
+        return Path(base) / "valbench" / "Cache"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Caches" / "valbench"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "valbench"
+
+
+def set_data_dir(path: str | os.PathLike[str] | None) -> None:
+    """Use ``path`` as the data directory in this process and in workers it starts.
+
+    Also sets ``VALBENCH_DATA`` so worker processes see the same directory; ``None`` clears
+    the override (the environment variable is left as it is).
+    """
+    global _override
+    if path is None:
+        _override = None
+        return
+    _override = Path(path).expanduser()
+    os.environ[ENV_VAR] = str(_override)
+
+
+def data_dir(override: str | os.PathLike[str] | None = None) -> Path:
+    """The data directory: ``override``, else --data-dir, else $VALBENCH_DATA, else default.
+
+    The directory is not created here; writers create what they need.
+    """
+    if override is not None and str(override) != "":
+        return Path(override).expanduser()
+    if _override is not None:
+        return _override
+    env = os.environ.get(ENV_VAR)
+    if env:
+        return Path(env).expanduser()
+    return default_data_dir()
+
+
+def config_key(config: dict[str, Any]) -> str:
+    """A short stable hash of a JSON-serializable config (for cache file names)."""
+    text = json.dumps(config, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:20]

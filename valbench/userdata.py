@@ -1,0 +1,291 @@
+"""The user's own data: ``file:PATH`` datasets from ``.npz``, ``.csv`` or ``.parquet`` files.
+
+- ``.npz``: arrays ``x`` (n, d) and ``y`` (n,), optionally ``x_val``/``y_val`` and
+  ``x_test``/``y_test``; splits not given are carved from ``x``/``y`` (stratified, seeded).
+- ``.csv`` / ``.parquet``: one row per point, a label column (``label_column``, default
+  ``label`` or ``y``) and numeric feature columns.
+
+Labels may be integers or strings; they are mapped to ``0..K-1`` in sorted order. Every
+problem raises a one-line :class:`~valbench.errors.DatasetError` naming the file and the fix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from valbench.data import pool_split_indices
+from valbench.errors import DatasetError, UsageError
+from valbench.types import Dataset, DatasetSplits
+
+__all__ = ["FileDataset", "load_file_dataset", "read_file_arrays", "SUFFIXES"]
+
+#: File types FileDataset reads.
+SUFFIXES = (".npz", ".csv", ".parquet")
+_PARTS = ("train", "val", "test")
+
+
+def _fail(path: Path, what: str) -> DatasetError:
+    return DatasetError(f"{path}: {what}")
+
+
+def _read_table(path: Path, label_column: str | None) -> dict[str, np.ndarray]:
+    import pandas as pd
+
+    try:
+        if path.suffix == ".csv":
+            frame = pd.read_csv(path)
+        else:
+            frame = pd.read_parquet(path)
+    except ImportError as exc:
+        raise _fail(path, f"reading parquet needs pyarrow: pip install pyarrow ({exc})") from exc
+    except Exception as exc:  # noqa: BLE001 - any parser failure is the file's fault
+        msg = str(exc).replace("\n", " ")
+        raise _fail(path, f"cannot parse ({type(exc).__name__}: {msg}); fix the file") from exc
+    columns = [str(c) for c in frame.columns]
+    if label_column is None:
+        label_column = next((c for c in ("label", "y") if c in columns), None)
+        if label_column is None:
+            raise _fail(
+                path,
+                f"no label column; name it with --label-column (columns: {', '.join(columns)})",
+            )
+    if label_column not in columns:
+        raise _fail(
+            path, f"no column {label_column!r}; columns are: {', '.join(columns) or '(none)'}"
+        )
+    feats = frame.drop(columns=[label_column])
+    bad = [str(c) for c in feats.columns if not pd.api.types.is_numeric_dtype(feats[c])]
+    if bad:
+        raise _fail(
+            path,
+            f"feature columns must be numeric; not numeric: {', '.join(bad[:5])}"
+            + (" ..." if len(bad) > 5 else "")
+            + " (encode or drop them)",
+        )
+    labels = frame[label_column]
+    if labels.isna().any():
+        raise _fail(path, f"label column {label_column!r} has missing values; fill or drop rows")
+    y = labels.to_numpy()
+    if y.dtype == object:
+        kinds = {type(v) for v in y}
+        if kinds <= {str}:
+            y = y.astype(str)
+    return {"x": feats.to_numpy(), "y": y}
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
+    except ValueError as exc:
+        raise _fail(
+            path,
+            "holds object arrays; save labels as integers or fixed-width strings "
+            "(np.asarray(y, dtype=str)) and features as numbers",
+        ) from exc
+    except Exception as exc:  # noqa: BLE001
+        raise _fail(path, f"not a readable .npz ({exc}); save it with numpy.savez") from exc
+
+
+def read_file_arrays(path: Path, label_column: str | None = None) -> dict[str, np.ndarray]:
+    """Raw arrays of a user file: ``x``, ``y`` and optionally ``x_val``... (unvalidated)."""
+    if not path.is_file():
+        raise DatasetError(f"{path}: no such file")
+    if path.suffix == ".npz":
+        if label_column is not None:
+            raise _fail(path, "label_column applies to .csv/.parquet files, not .npz")
+        return _read_npz(path)
+    if path.suffix in (".csv", ".parquet"):
+        return _read_table(path, label_column)
+    raise _fail(path, f"unsupported file type; use one of {', '.join(SUFFIXES)}")
+
+
+def _check_x(path: Path, key: str, x: np.ndarray) -> np.ndarray:
+    if x.dtype == bool:
+        x = x.astype(np.float64)
+    if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
+        raise _fail(path, f"{key} has dtype {x.dtype}; features must be real numbers")
+    if x.ndim != 2:
+        raise _fail(path, f"{key} has shape {x.shape}; features must be 2-D (n_rows, n_features)")
+    if x.shape[1] == 0:
+        raise _fail(path, f"{key} has no feature columns")
+    bad = ~np.isfinite(x)
+    if bad.any():
+        rows = np.flatnonzero(bad.any(axis=1))
+        raise _fail(
+            path,
+            f"{key} has {int(bad.sum())} NaN/inf values (first in row {int(rows[0])}); "
+            "impute or drop those rows",
+        )
+    return x.astype(np.float64)
+
+
+def _check_y(path: Path, key: str, y: np.ndarray, n: int) -> np.ndarray:
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1 or len(y) != n:
+        raise _fail(path, f"{key} has shape {y.shape}; need one label per row ({n},)")
+    if y.dtype.kind in "US":
+        return y.astype(str)
+    if y.dtype == bool:
+        return y.astype(np.int64)
+    if np.issubdtype(y.dtype, np.integer):
+        return y.astype(np.int64)
+    if np.issubdtype(y.dtype, np.floating):
+        if not np.all(np.isfinite(y)):
+            raise _fail(path, f"{key} has NaN/inf labels; drop those rows")
+        if np.all(np.mod(y, 1) == 0):
+            return y.astype(np.int64)
+        raise _fail(path, f"{key} holds non-integer numbers; labels must be integers or strings")
+    raise _fail(path, f"{key} has dtype {y.dtype}; labels must be integers or strings")
+
+
+class FileDataset(Dataset):
+    """A dataset read from the user's ``.npz``, ``.csv`` or ``.parquet`` file.
+
+    Args:
+        path: The file.
+        label_column: Label column of a ``.csv``/``.parquet`` (default ``label`` or ``y``).
+        val_fraction: Share of rows carved for validation when the file has no ``x_val``.
+        test_fraction: Share of rows carved for testing when the file has no ``x_test``.
+        n_train: Cap on training rows (stratified); the harness's ``max_train`` also caps.
+        n_val: Validation rows to carve (or to subsample from ``x_val``).
+        n_test: Test rows to carve (or to subsample from ``x_test``).
+        standardize: Standardize features with training-split statistics.
+    """
+
+    name = "file"
+    summary = "Your own data from a .npz (x, y[, x_val, y_val, x_test, y_test]), .csv or .parquet"
+    info: ClassVar[dict[str, Any]] = {"rows": "any", "classes": "any", "features": "any"}
+
+    def __init__(
+        self,
+        *,
+        path: str = "",
+        label_column: str | None = None,
+        val_fraction: float = 0.2,
+        test_fraction: float = 0.2,
+        n_train: int | None = None,
+        n_val: int | None = None,
+        n_test: int | None = None,
+        standardize: bool = True,
+    ) -> None:
+        self.path = path
+        self.label_column = label_column
+        self.val_fraction = val_fraction
+        self.test_fraction = test_fraction
+        self.n_train = n_train
+        self.n_val = n_val
+        self.n_test = n_test
+        self.standardize = standardize
+
+    @classmethod
+    def available(cls) -> bool:
+        """Always (given a file)."""
+        return True
+
+    def read(self) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[str]]:
+        """Validated parts ``{"train": (x, y), ...}`` with int labels, and the class names."""
+        if not self.path:
+            raise UsageError("the file dataset needs a path: --datasets file:PATH")
+        path = Path(self.path).expanduser()
+        arrays = read_file_arrays(path, self.label_column)
+        for key in ("x", "y"):
+            if key not in arrays:
+                raise _fail(path, f"no array {key!r}; found: {', '.join(sorted(arrays))}")
+        parts: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for part, suffix in zip(_PARTS, ("", "_val", "_test"), strict=True):
+            kx, ky = f"x{suffix}", f"y{suffix}"
+            if (kx in arrays) != (ky in arrays):
+                raise _fail(path, f"has {kx if kx in arrays else ky} without its partner")
+            if kx not in arrays:
+                continue
+            x = _check_x(path, kx, np.asarray(arrays[kx]))
+            parts[part] = (x, _check_y(path, ky, np.asarray(arrays[ky]), len(x)))
+        widths = {p: x.shape[1] for p, (x, _) in parts.items()}
+        if len(set(widths.values())) > 1:
+            raise _fail(path, f"feature counts differ between splits: {widths}")
+        kinds = {y.dtype.kind for _, y in parts.values()}
+        if len(kinds) > 1:
+            raise _fail(path, "labels mix strings and integers across splits; use one type")
+        classes = np.unique(np.concatenate([y for _, y in parts.values()]))
+        if len(classes) < 2:
+            raise _fail(path, f"labels hold {len(classes)} class; need at least 2")
+        train_classes = set(np.unique(parts["train"][1]).tolist())
+        missing = [str(c) for c in classes if c not in train_classes]
+        if missing:
+            raise _fail(path, f"classes {', '.join(missing)} never occur in x/y (training data)")
+        mapped = {
+            p: (x, np.searchsorted(classes, y).astype(np.int64)) for p, (x, y) in parts.items()
+        }
+        need = 1 + sum(p not in parts for p in ("val", "test"))
+        counts = np.bincount(mapped["train"][1], minlength=len(classes))
+        if need > 1 and counts.min() < need:
+            c = int(np.argmin(counts))
+            raise _fail(
+                path,
+                f"class {classes[c]!s} has {int(counts[c])} row(s); each class needs at least "
+                f"{need} to be split into train/val/test (add rows, drop the class, or provide "
+                "x_val/y_val and x_test/y_test)",
+            )
+        return mapped, [str(c) for c in classes]
+
+    def load(self, *, seed: int, max_train: int | None = None) -> DatasetSplits:
+        """Splits for ``seed``: given splits kept, missing ones carved (stratified)."""
+        parts, classes = self.read()
+        x, y = parts["train"]
+        caps = [c for c in (self.n_train, max_train) if c is not None]
+        carve = {
+            p: 0 if p in parts else max(1, round(frac * len(y)))
+            for p, frac in (("val", self.val_fraction), ("test", self.test_fraction))
+        }
+        for p in ("val", "test"):
+            size = self.n_val if p == "val" else self.n_test
+            if size is not None and p not in parts:
+                carve[p] = size
+        try:
+            train, val, test = pool_split_indices(
+                y,
+                seed=seed,
+                n_val=carve["val"],
+                n_test=carve["test"],
+                n_train=min(caps) if caps else None,
+            )
+        except DatasetError as exc:
+            raise DatasetError(f"{self.path}: {exc}") from exc
+        out = {"train": (x[train], y[train])}
+        for p, idx in (("val", val), ("test", test)):
+            if p in parts:
+                px, py = parts[p]
+                size = self.n_val if p == "val" else self.n_test
+                if size is not None and size < len(py):
+                    _, keep, _ = pool_split_indices(py, seed=seed, n_val=size, n_test=0)
+                    px, py = px[keep], py[keep]
+                out[p] = (px, py)
+            else:
+                out[p] = (x[idx], y[idx])
+        if self.standardize:
+            mu = out["train"][0].mean(axis=0)
+            sd = out["train"][0].std(axis=0)
+            sd[sd < 1e-12] = 1.0
+            out = {p: ((px - mu) / sd, py) for p, (px, py) in out.items()}
+        return DatasetSplits(
+            x_train=out["train"][0],
+            y_train=out["train"][1],
+            x_val=out["val"][0],
+            y_val=out["val"][1],
+            x_test=out["test"][0],
+            y_test=out["test"][1],
+            n_classes=len(classes),
+        )
+
+
+def load_file_dataset(path: str, *, label_column: str | None = None) -> FileDataset:
+    """A :class:`FileDataset` for ``path`` (what ``--datasets file:PATH`` resolves to)."""
+    suffix = Path(path).suffix
+    if suffix not in SUFFIXES:
+        raise DatasetError(f"{path}: unsupported file type; use one of {', '.join(SUFFIXES)}")
+    return FileDataset(path=path, label_column=label_column)
