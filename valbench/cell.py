@@ -22,7 +22,7 @@ from valbench import metrics
 from valbench.data import apply_label_noise, imbalance_train
 from valbench.errors import ValbenchError
 from valbench.registry import get_dataset, get_method, validate_params
-from valbench.spec import FILE_PREFIX, Cell, RunSpec, dataset_slug
+from valbench.spec import FILE_PREFIX, Cell, RunSpec
 from valbench.store import RESULTS_SCHEMA, to_jsonable
 from valbench.types import (
     DatasetSplits,

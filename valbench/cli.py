@@ -129,10 +129,9 @@ _SPEC_FLAGS = tuple(sorted(CONFIG_KEYS - {"params", "preset", "out", "random_rep
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from valbench.cache import set_data_dir
     from valbench.runner import execute
     from valbench.spec import build_spec, load_config_file, parse_param_assignments
-
-    from valbench.cache import set_data_dir
 
     config = load_config_file(args.config) if args.config else {}
     data_dir = args.data_dir or config.get("data_dir")

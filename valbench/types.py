@@ -264,7 +264,7 @@ class Dataset(abc.ABC):
     summary: ClassVar[str] = ""
     #: True when the features are 2-D points the report can draw.
     is_2d: ClassVar[bool] = False
-    #: Full size, e.g. ``{"rows": 1797, "classes": 10, "features": 64}``; shown by ``valbench list``.
+    #: Full size, e.g. ``{"rows": 1797, "classes": 10, "features": 64}`` (``valbench list``).
     info: ClassVar[dict[str, Any]] = {}
 
     @classmethod
