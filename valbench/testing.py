@@ -109,7 +109,9 @@ def check_method(
         raise ConformanceError("rebuilding the method from get_params() gives other parameters")
     budget = budget or Budget(max_fits=200)
 
-    task = make_check_task(guarded=True)
+    # A method with a size limit (exact enumeration) is checked on a task it accepts.
+    n_train = min(48, method_cls.max_train or 48)
+    task = make_check_task(n_train=n_train, guarded=True)
     first = _run(method, task, budget)
     n = task.n_train
     if first.scores.shape != (n,):
@@ -137,20 +139,20 @@ def check_method(
     except (TypeError, ValueError) as exc:
         raise ConformanceError(f"stats cannot be stored as JSON: {exc}") from None
 
-    again = _run(method_cls(**params), make_check_task(guarded=True), budget)
+    again = _run(method_cls(**params), make_check_task(n_train=n_train, guarded=True), budget)
     if not np.array_equal(first.scores, again.scores):
         raise ConformanceError(
             "the same seed gave different scores; draw randomness only from `rng`"
         )
 
-    poisoned = _run(method_cls(**params), make_check_task(poison=True), budget)
+    poisoned = _run(method_cls(**params), make_check_task(n_train=n_train, poison=True), budget)
     if not np.array_equal(first.scores, poisoned.scores):
         raise ConformanceError(
             "scores changed when test data and the noise mask changed: the method leaks them"
         )
 
     tight = Budget(max_fits=3)
-    small = make_check_task(guarded=True)
+    small = make_check_task(n_train=n_train, guarded=True)
     _run(method_cls(**params), small, tight)
     if small.fit_counter.count > 3:
         raise ConformanceError(

@@ -77,7 +77,6 @@ def test_broken_plugin_is_listed_not_fatal(
     assert "loo" in out and "[retraining]" in out and "digits" in out
 
 
-@pytest.mark.slow
 def test_example_plugin_installed_for_real(tmp_path: Path) -> None:
     """pip-installs examples/valbench-example-plugin and uses it through its entry point."""
     target = tmp_path / "site"

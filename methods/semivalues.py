@@ -1,0 +1,512 @@
+"""The semivalue family: exact Shapley, TMC-Shapley, Beta Shapley and Data Banzhaf.
+
+A semivalue is φ_i = Σ_k p(k) · E[U(S ∪ {i}) − U(S) | S ⊆ D∖{i}, |S| = k], where p is a
+probability law over the size k = 0 … n−1 of the coalition joined (Shapley: uniform 1/n).
+Every estimator here takes a *game*: a callable ``many(masks) -> values`` mapping a bool array
+(B, n) of subsets to their utilities, so the same code runs on the cached, batched
+:class:`~valbench.utility.UtilityEngine` and on closed-form games in the tests.
+
+* :func:`exact_semivalue` enumerates all 2^n subsets (small n only).
+* :func:`tmc_shapley` walks random permutations (Ghorbani & Zou 2019), many at once in
+  lock-step with a few prefixes of look-ahead per call, so each engine call trains a full batch.
+* :func:`msr_semivalue` is a weighted maximum-sample-reuse estimator: subsets are drawn with a
+  size law r(m) matched to p, every sample updates every point through importance weights, and
+  self-normalised means keep it stable. For Banzhaf the weights are constant and it reduces to
+  the MSR estimator of Wang & Jia (2023). A new semivalue only supplies its size law p(k).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import numpy as np
+from scipy.special import betaln, gammaln
+
+from valbench import Budget, Method, ProgressFn, Valuation, ValuationTask, no_progress
+from valbench.errors import UsageError
+
+__all__ = [
+    "Game",
+    "Remaining",
+    "exact_semivalue",
+    "tmc_shapley",
+    "msr_semivalue",
+    "shapley_size_weights",
+    "beta_size_weights",
+    "banzhaf_size_weights",
+    "ExactShapley",
+    "TMCShapley",
+    "Semivalue",
+    "BetaShapley",
+    "DataBanzhaf",
+]
+
+Game = Callable[[np.ndarray], np.ndarray]
+"""``many(masks)``: utilities (B,) of the subsets given as a bool array (B, n)."""
+
+Remaining = Callable[[], float]
+"""How many more subsets may be evaluated now (``inf`` = unlimited, 0 = stop)."""
+
+
+def _unlimited() -> float:
+    return math.inf
+
+
+# -- size laws p(k), k = 0 … n−1 ----------------------------------------------------------------
+
+
+def shapley_size_weights(n: int) -> np.ndarray:
+    """Shapley: every coalition size equally likely, p(k) = 1/n."""
+    return np.full(n, 1.0 / n)
+
+
+def beta_size_weights(n: int, alpha: float, beta: float) -> np.ndarray:
+    """Beta Shapley (Kwon & Zou 2022): p(k) = C(n−1, k) B(k + β, n−1−k + α) / B(α, β).
+
+    A Beta-binomial law; α > β puts the weight on small coalitions, α = β = 1 is Shapley.
+    """
+    if not (alpha > 0 and beta > 0):
+        raise UsageError(f"beta-shapley needs alpha > 0 and beta > 0, got ({alpha}, {beta})")
+    k = np.arange(n, dtype=np.float64)
+    log_choose = gammaln(n) - gammaln(k + 1) - gammaln(n - k)
+    log_p = log_choose + betaln(k + beta, n - 1 - k + alpha) - betaln(alpha, beta)
+    p = np.exp(log_p)
+    return p / p.sum()  # remove rounding drift in the log-space sum
+
+
+def banzhaf_size_weights(n: int) -> np.ndarray:
+    """Banzhaf: every coalition equally likely, so sizes follow Binomial(n − 1, 1/2)."""
+    k = np.arange(n, dtype=np.float64)
+    p = np.exp(gammaln(n) - gammaln(k + 1) - gammaln(n - k) - (n - 1) * math.log(2.0))
+    return p / p.sum()
+
+
+# -- estimators --------------------------------------------------------------------------------
+
+
+def _popcounts(n: int) -> np.ndarray:
+    idx = np.arange(1 << n, dtype=np.int64)
+    bits = (idx[:, None] >> np.arange(n)) & 1
+    return bits.sum(axis=1)
+
+
+def _all_masks(n: int, start: int, stop: int) -> np.ndarray:
+    idx = np.arange(start, stop, dtype=np.int64)
+    return ((idx[:, None] >> np.arange(n)) & 1).astype(bool)
+
+
+def exact_semivalue(
+    n: int,
+    many: Game,
+    size_weights: np.ndarray | None = None,
+    *,
+    batch_size: int = 4096,
+    remaining: Remaining = _unlimited,
+) -> np.ndarray | None:
+    """Semivalue by enumerating all 2^n subsets (Shapley by default); None if stopped early.
+
+    Subset number ``s`` holds point ``i`` iff bit ``i`` of ``s`` is set.
+    """
+    p = shapley_size_weights(n) if size_weights is None else np.asarray(size_weights, float)
+    total = 1 << n
+    values = np.empty(total, dtype=np.float64)
+    for start in range(0, total, batch_size):
+        stop = min(total, start + batch_size)
+        if remaining() < stop - start:
+            return None
+        values[start:stop] = many(_all_masks(n, start, stop))
+    sizes = _popcounts(n)
+    # Weight of one coalition S of size k: p(k) / C(n−1, k).
+    k = np.arange(n, dtype=np.float64)
+    per_set = p * np.exp(gammaln(k + 1) + gammaln(n - k) - gammaln(n))
+    idx = np.arange(total, dtype=np.int64)
+    out = np.empty(n, dtype=np.float64)
+    for i in range(n):
+        without = idx[((idx >> i) & 1) == 0]
+        gain = values[without | (1 << i)] - values[without]
+        out[i] = float(np.dot(per_set[sizes[without]], gain))
+    return out
+
+
+def tmc_shapley(
+    n: int,
+    many: Game,
+    rng: np.random.Generator,
+    *,
+    full: float,
+    empty: float,
+    remaining: Remaining = _unlimited,
+    max_permutations: int = 1000,
+    tolerance: float = 0.01,
+    truncation_steps: int = 5,
+    parallel: int = 2,
+    lookahead: int = 32,
+    convergence_tol: float = 0.05,
+    convergence_window: int = 20,
+    progress: ProgressFn = no_progress,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Truncated Monte-Carlo Shapley; returns the values and stats.
+
+    Few permutations with a long look-ahead (the defaults, 2 × 32) keep each batch on short
+    prefixes of few permutations, which the engine then trains on those columns only.
+
+    Each permutation is walked prefix by prefix; the marginal of π[j] is U(π[:j+1]) − U(π[:j]).
+    Once |U(D) − U(prefix)| ≤ ``tolerance``·|U(D)| for more than ``truncation_steps`` steps in a
+    row, the rest of that permutation gets marginal 0 (the original rule). Up to ``parallel``
+    permutations advance together, each ``lookahead`` prefixes per call, so one call evaluates
+    up to ``parallel × lookahead`` subsets; marginals computed past a truncation point within
+    the last block are true marginals and are kept. Values are per-point means over all
+    marginals sampled, so a permutation cut short by the budget still contributes what it
+    measured. Converged when ``||φ − φ_old||₁ / ||φ||₁ < convergence_tol``, φ_old being the
+    estimate ``convergence_window`` permutations earlier.
+    """
+    sums = np.zeros(n)
+    counts = np.zeros(n)
+    zeros_filled = 0
+    evaluated = 0
+    finished = 0
+    partial = 0
+    walk_lengths: list[int] = []
+    snapshots: list[tuple[int, np.ndarray]] = []
+    converged = False
+    cut = False
+    while finished < max_permutations and not converged and not cut:
+        left = remaining()
+        if left < 1:
+            break
+        # Size the round to what the budget affords, so a small budget still finishes a few
+        # whole permutations instead of many short prefixes (which would bias towards them).
+        expected = float(np.mean(walk_lengths)) if walk_lengths else float(n)
+        n_perm = int(min(parallel, max_permutations - finished, max(1.0, left // expected)))
+        perms = np.stack([rng.permutation(n) for _ in range(n_perm)])
+        ranks = np.empty_like(perms)
+        ranks[np.arange(n_perm)[:, None], perms] = np.arange(n)[None, :]
+        pos = np.zeros(n_perm, dtype=np.int64)  # prefix length reached
+        prev = np.full(n_perm, float(empty))
+        streak = np.zeros(n_perm, dtype=np.int64)
+        active = np.ones(n_perm, dtype=bool)
+        while active.any():
+            left = remaining()
+            rows = np.flatnonzero(active)
+            if left < 1:
+                cut = True
+                break
+            if left < len(rows):
+                rows = rows[: int(left)]
+            k = int(min(lookahead, max(1, left // len(rows))))
+            lengths = pos[rows, None] + np.arange(1, k + 1)[None, :]  # (a, k)
+            valid = lengths <= n
+            masks = ranks[rows, None, :] < lengths[:, :, None]  # (a, k, n)
+            values = np.full(lengths.shape, np.nan)
+            values[valid] = many(masks[valid])
+            evaluated += int(valid.sum())
+            for r, p_idx in enumerate(rows):
+                truncated = False
+                for j in range(k):
+                    if not valid[r, j]:
+                        break
+                    v = values[r, j]
+                    point = perms[p_idx, pos[p_idx]]
+                    sums[point] += v - prev[p_idx]
+                    counts[point] += 1
+                    prev[p_idx] = v
+                    pos[p_idx] += 1
+                    if abs(full - v) <= tolerance * abs(full):
+                        streak[p_idx] += 1
+                        truncated = truncated or bool(streak[p_idx] > truncation_steps)
+                    else:
+                        streak[p_idx] = 0
+                if truncated and pos[p_idx] < n:
+                    rest = perms[p_idx, pos[p_idx] :]
+                    counts[rest] += 1  # marginal 0 for the truncated tail
+                    zeros_filled += len(rest)
+                if truncated or pos[p_idx] >= n:
+                    active[p_idx] = False
+                    finished += 1
+                    walk_lengths.append(int(pos[p_idx]))
+            progress(finished, max_permutations)
+        partial += int(active.sum())
+        estimate = sums / np.maximum(counts, 1)
+        snapshots.append((finished, estimate))
+        older = [s for f, s in snapshots if f <= finished - convergence_window]
+        if older:
+            scale = float(np.abs(estimate).sum())
+            change = float(np.abs(estimate - older[-1]).sum())
+            converged = scale > 0 and change / scale < convergence_tol
+    scores = sums / np.maximum(counts, 1)
+    samples = int(counts.sum())
+    return scores, {
+        "permutations": finished,
+        "partial_permutations": partial,
+        "subsets_evaluated": evaluated,
+        "converged": bool(converged),
+        "truncated_fraction": zeros_filled / samples if samples else 0.0,
+        "mean_walk_length": float(np.mean(walk_lengths)) if walk_lengths else 0.0,
+        "points_unsampled": int((counts == 0).sum()),
+    }
+
+
+def msr_semivalue(
+    n: int,
+    many: Game,
+    rng: np.random.Generator,
+    size_weights: np.ndarray,
+    *,
+    remaining: Remaining = _unlimited,
+    max_samples: int = 2000,
+    batch_size: int = 64,
+    progress: ProgressFn = no_progress,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Weighted maximum-sample-reuse estimate of the semivalue with size law ``size_weights``.
+
+    Subsets T are drawn with size m ~ r(m) = (p(m−1) + p(m)) / 2, then uniformly given m. Since
+    φ_i = Σ_{T∋i} q(T∖i) U(T) − Σ_{T∌i} q(T) U(T) with q(S) = p(|S|)/C(n−1, |S|), a point in T
+    gets importance weight p(m−1)·n/(m·r(m)) and a point outside p(m)·n/((n−m)·r(m)); the
+    estimate is the difference of the two self-normalised weighted means of U. For Banzhaf
+    both weights are 2 and this is the plain MSR estimator (mean U with i − mean U without).
+    """
+    p = np.asarray(size_weights, dtype=np.float64)
+    if p.shape != (n,):
+        raise UsageError(f"size weights must have shape ({n},), got {p.shape}")
+    padded = np.concatenate([[0.0], p, [0.0]])
+    r = (padded[:-1] + padded[1:]) / 2  # sizes m = 0 … n
+    m = np.arange(n + 1, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        w_in = np.where((m > 0) & (r > 0), padded[:-1] * n / (m * r), 0.0)
+        w_out = np.where((m < n) & (r > 0), padded[1:] * n / ((n - m) * r), 0.0)
+    r = r / r.sum()
+    in_w, in_wu = np.zeros(n), np.zeros(n)
+    out_w, out_wu = np.zeros(n), np.zeros(n)
+    drawn = 0
+    while drawn < max_samples:
+        left = remaining()
+        if left < 1:
+            break
+        b = int(min(batch_size, max_samples - drawn, left))
+        sizes = rng.choice(n + 1, size=b, p=r)
+        ranks = np.argsort(np.argsort(rng.random((b, n)), axis=1), axis=1)
+        masks = ranks < sizes[:, None]
+        u = many(masks)
+        inside = masks.astype(np.float64)
+        outside = 1.0 - inside
+        a, c = w_in[sizes], w_out[sizes]
+        in_w += a @ inside
+        in_wu += (a * u) @ inside
+        out_w += c @ outside
+        out_wu += (c * u) @ outside
+        drawn += b
+        progress(drawn, max_samples)
+    known = (in_w > 0) & (out_w > 0)
+    scores = np.zeros(n)
+    scores[known] = in_wu[known] / in_w[known] - out_wu[known] / out_w[known]
+    return scores, {
+        "samples": drawn,
+        "points_unestimated": int((~known).sum()),
+        "complete": bool(known.all()),
+    }
+
+
+# -- adapters ----------------------------------------------------------------------------------
+
+
+def _engine_game(
+    task: ValuationTask, budget: Budget, started: float, batch_size: int
+) -> tuple[Any, Game, Remaining]:
+    utility = task.utility(batch_size=batch_size)
+
+    def many(masks: np.ndarray) -> np.ndarray:
+        return utility.many(list(masks))
+
+    def remaining() -> float:
+        used = task.fit_counter.count
+        if budget.exhausted(used, started):
+            return 0
+        return budget.remaining_fits(used)
+
+    return utility, many, remaining
+
+
+class ExactShapley(Method):
+    """Exact Shapley values by enumerating all 2^n subsets through the utility engine.
+
+    Needs 2^n − 1 model fits, so it refuses more than ``max_train`` = 14 points (16,383 fits).
+    With a budget below that it returns zeros and ``stats["complete"] = False``.
+    """
+
+    name = "exact-shapley"
+    family = "retraining"
+    summary = "Exact Shapley values by enumerating every subset (ground truth; n ≤ 14)."
+    max_train: ClassVar[int | None] = 14
+
+    def __init__(self, *, batch_size: int = 256) -> None:
+        self.batch_size = batch_size
+
+    def value(
+        self,
+        task: ValuationTask,
+        *,
+        rng: np.random.Generator,
+        budget: Budget,
+        progress: ProgressFn = no_progress,
+    ) -> Valuation:
+        n = task.n_train
+        limit = self.max_train or 0
+        if n > limit:
+            raise UsageError(
+                f"exact-shapley enumerates 2^n subsets and handles at most {limit} training "
+                f"points; this task has {n}. Use --max-train {limit}, or tmc-shapley."
+            )
+        started = time.perf_counter()
+        utility, many, remaining = _engine_game(task, budget, started, self.batch_size)
+        # Refuse before fitting anything when the budget cannot cover the whole enumeration.
+        enough = remaining() >= (1 << n) - 1
+        values = exact_semivalue(n, many, remaining=remaining) if enough else None
+        complete = values is not None
+        return Valuation(
+            scores=values if values is not None else np.zeros(n),
+            stats={"complete": complete, "fits": task.fit_counter.count, **utility.stats()},
+        )
+
+
+class TMCShapley(Method):
+    """Truncated Monte-Carlo Shapley (Ghorbani & Zou 2019) on the batched utility engine.
+
+    See :func:`tmc_shapley` for the parameters; the run stops at the budget (fits/seconds), at
+    ``max_permutations`` or on convergence.
+    """
+
+    name = "tmc-shapley"
+    family = "retraining"
+    summary = "Truncated Monte-Carlo Data Shapley: permutation marginals with truncation."
+
+    def __init__(
+        self,
+        *,
+        max_permutations: int = 1000,
+        tolerance: float = 0.01,
+        truncation_steps: int = 5,
+        parallel: int = 2,
+        lookahead: int = 32,
+        convergence_tol: float = 0.05,
+        convergence_window: int = 20,
+    ) -> None:
+        self.max_permutations = max_permutations
+        self.tolerance = tolerance
+        self.truncation_steps = truncation_steps
+        self.parallel = parallel
+        self.lookahead = lookahead
+        self.convergence_tol = convergence_tol
+        self.convergence_window = convergence_window
+
+    def value(
+        self,
+        task: ValuationTask,
+        *,
+        rng: np.random.Generator,
+        budget: Budget,
+        progress: ProgressFn = no_progress,
+    ) -> Valuation:
+        started = time.perf_counter()
+        n = task.n_train
+        batch = max(1, self.parallel * self.lookahead)
+        utility, many, remaining = _engine_game(task, budget, started, batch)
+        if remaining() < 1:
+            return Valuation(np.zeros(n), stats={"complete": False, "permutations": 0})
+        full = utility.full_score
+        scores, stats = tmc_shapley(
+            n,
+            many,
+            rng,
+            full=full,
+            empty=utility.empty_score,
+            remaining=remaining,
+            max_permutations=self.max_permutations,
+            tolerance=self.tolerance,
+            truncation_steps=self.truncation_steps,
+            parallel=self.parallel,
+            lookahead=self.lookahead,
+            convergence_tol=self.convergence_tol,
+            convergence_window=self.convergence_window,
+            progress=progress,
+        )
+        stats.update(full_score=full, fits=task.fit_counter.count, **utility.stats())
+        stats["complete"] = stats["permutations"] > 0 and stats["points_unsampled"] == 0
+        return Valuation(scores=scores, stats=stats)
+
+
+class Semivalue(Method):
+    """Base of MSR-estimated semivalues: a subclass only defines :meth:`size_weights`."""
+
+    family = "retraining"
+
+    def __init__(self, *, max_samples: int = 2000, batch_size: int = 64) -> None:
+        self.max_samples = max_samples
+        self.batch_size = batch_size
+
+    def size_weights(self, n: int) -> np.ndarray:
+        """The law p(k) over coalition sizes k = 0 … n−1 that defines this semivalue."""
+        raise NotImplementedError
+
+    def value(
+        self,
+        task: ValuationTask,
+        *,
+        rng: np.random.Generator,
+        budget: Budget,
+        progress: ProgressFn = no_progress,
+    ) -> Valuation:
+        started = time.perf_counter()
+        n = task.n_train
+        utility, many, remaining = _engine_game(task, budget, started, self.batch_size)
+        scores, stats = msr_semivalue(
+            n,
+            many,
+            rng,
+            self.size_weights(n),
+            remaining=remaining,
+            max_samples=self.max_samples,
+            batch_size=self.batch_size,
+            progress=progress,
+        )
+        stats.update(fits=task.fit_counter.count, **utility.stats())
+        return Valuation(scores=scores, stats=stats)
+
+
+class BetaShapley(Semivalue):
+    """Beta(α, β) Shapley (Kwon & Zou 2022); α = β = 1 is the Shapley value."""
+
+    name = "beta-shapley"
+    summary = "Beta Shapley semivalue (default Beta(16, 1)), maximum-sample-reuse estimate."
+
+    def __init__(
+        self,
+        *,
+        alpha: float = 16.0,
+        beta: float = 1.0,
+        max_samples: int = 2000,
+        batch_size: int = 64,
+    ) -> None:
+        super().__init__(max_samples=max_samples, batch_size=batch_size)
+        self.alpha = alpha
+        self.beta = beta
+
+    def size_weights(self, n: int) -> np.ndarray:
+        """Beta-binomial law of coalition sizes (see :func:`beta_size_weights`)."""
+        return beta_size_weights(n, self.alpha, self.beta)
+
+
+class DataBanzhaf(Semivalue):
+    """Data Banzhaf (Wang & Jia 2023) with the maximum-sample-reuse estimator."""
+
+    name = "banzhaf"
+    summary = "Data Banzhaf: mean U with the point − mean U without it, over random halves."
+
+    def __init__(self, *, max_samples: int = 2000, batch_size: int = 64) -> None:
+        super().__init__(max_samples=max_samples, batch_size=batch_size)
+
+    def size_weights(self, n: int) -> np.ndarray:
+        """Binomial(n − 1, 1/2): every coalition equally likely."""
+        return banzhaf_size_weights(n)

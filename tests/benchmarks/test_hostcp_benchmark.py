@@ -1,0 +1,109 @@
+"""Benchmarks of HOST-CP's per-batch programs (pytest-benchmark).
+
+Run with ``pytest tests/benchmarks/test_hostcp_benchmark.py --benchmark-enable``; by default
+(``--benchmark-disable``) each runs once as a plain test. Targets on 2 cores (issue 5): the
+cvxpylayers LP ≤ 35 ms per 40×40 solve with gradient, the smooth layer ≤ 1 ms, the closed form
+≥ 1000× faster than the LP solve.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from valbench import Budget, ValuationTask
+from valbench.methods.hostcp import HostCPFast, HostCPSmooth
+from valbench.methods.hostcp.layers import closed_form_selection, entropic_assign, lp_layer
+from valbench.models import ModelSpec
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    # As in the method: torch's intra-op threads only spin on tensors this small.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _instance(b: int, e: int) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(b, 16, generator=gen, dtype=torch.float64)
+    o = torch.randn(e, 16, generator=gen, dtype=torch.float64)
+    return torch.cdist(x, x), torch.cdist(x, o)
+
+
+def _solve_lp(dn: torch.Tensor, do: torch.Tensor, k: int) -> None:
+    dn_r, do_r = dn.clone().requires_grad_(), do.clone().requires_grad_()
+    zn, _ = lp_layer(dn.shape[0], do.shape[1])(dn_r, do_r, k)
+    zn.sum(0).pow(2).sum().backward()
+
+
+def _solve_smooth(dn: torch.Tensor, do: torch.Tensor, k: int) -> None:
+    dn_r, do_r = dn.clone().requires_grad_(), do.clone().requires_grad_()
+    zn, _, _ = entropic_assign(dn_r, do_r, k, 0.1)
+    zn.sum(0).pow(2).sum().backward()
+
+
+def test_lp_layer_40x40_with_gradient(benchmark: Any) -> None:
+    dn, do = _instance(40, 40)
+    lp_layer(40, 40)  # build outside the timing (~1 s, once per process)
+    benchmark(_solve_lp, dn, do, 4)
+
+
+def test_smooth_layer_40x40_with_gradient(benchmark: Any) -> None:
+    dn, do = _instance(40, 40)
+    benchmark(_solve_smooth, dn, do, 4)
+
+
+def test_closed_form_40x40(benchmark: Any) -> None:
+    _, do = _instance(40, 40)
+    benchmark(closed_form_selection, do, 4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("size", [100, 200])
+def test_smooth_layer_large_with_gradient(benchmark: Any, size: int) -> None:
+    dn, do = _instance(size, size)
+    benchmark(_solve_smooth, dn, do, size // 10)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("size", [100])
+def test_lp_layer_large_with_gradient(benchmark: Any, size: int) -> None:
+    dn, do = _instance(size, size)
+    lp_layer(size, size)
+    benchmark(_solve_lp, dn, do, size // 10)
+
+
+def _task(n: int) -> ValuationTask:
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(3, 20))
+
+    def draw(m: int) -> tuple[np.ndarray, np.ndarray]:
+        y = rng.integers(0, 3, size=m)
+        return (centers[y] + rng.normal(size=(m, 20))).astype(np.float32), y.astype(np.int64)
+
+    x_train, y_train = draw(n)
+    x_val, y_val = draw(max(50, n // 5))
+    x_test, y_test = draw(50)
+    return ValuationTask(
+        x_train, y_train, x_val, y_val, x_test, y_test, 3, None, "bench", 0, ModelSpec()
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n", [1000, 4000])
+@pytest.mark.parametrize("cls", [HostCPFast, HostCPSmooth])
+def test_cell_cost_vs_n(benchmark: Any, cls: type, n: int) -> None:
+    task = _task(n)
+    method = cls(fractions=(0.1,))
+    benchmark.pedantic(
+        lambda: method.value(task, rng=np.random.default_rng(0), budget=Budget()),
+        rounds=1,
+        iterations=1,
+    )

@@ -1,0 +1,260 @@
+"""HOST-CP: the per-batch programs, their layers and gradients, and the four registered variants."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from valbench import Budget, ValuationTask
+from valbench.methods.hostcp import HostCP, HostCPDS3, HostCPFast, HostCPSmooth
+from valbench.methods.hostcp.layers import (
+    closed_form_selection,
+    ds3_solve,
+    entropic_assign,
+    entropic_cvxpy_layer,
+    lp_closed_form,
+    lp_layer,
+)
+from valbench.methods.hostcp.loop import ThetaModel, per_sample_grads, per_sample_grads_func
+from valbench.metrics import subset_size
+from valbench.models import ModelSpec
+from valbench.testing import check_method, make_check_task
+
+B, E = 20, 20
+
+
+def _instance(seed: int, b: int = B, e: int = E, dim: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, dim, generator=gen, dtype=torch.float64)
+    o = torch.randn(e, dim, generator=gen, dtype=torch.float64)
+    return torch.cdist(x, x), torch.cdist(x, o)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_lp_layer_is_feasible_and_equals_the_closed_form(seed: int) -> None:
+    dn, do = _instance(seed)
+    k = 2 + seed
+    zn, zo = lp_layer(B, E)(dn, do, k)
+    zn, zo = zn.detach(), zo.detach()
+    tol = 1e-6
+    np.testing.assert_allclose((zn.sum(1) + zo.sum(1)).numpy(), 1.0, atol=tol)
+    assert zn.min() >= -tol and zo.min() >= -tol and zn.max() <= 1 + tol and zo.max() <= 1 + tol
+    assert float(zn.sum()) <= k + tol
+    selected = torch.nonzero(zn.sum(0) > 0.9).flatten()
+    assert sorted(selected.tolist()) == sorted(closed_form_selection(do, k).tolist())
+    cn, co = lp_closed_form(dn, do, k)
+    np.testing.assert_allclose(zn.numpy(), cn.numpy(), atol=1e-4)
+    np.testing.assert_allclose(zo.numpy(), co.numpy(), atol=1e-4)
+    objective = float((dn * zn).sum() + (do * zo).sum())
+    assert objective == pytest.approx(float((dn * cn).sum() + (do * co).sum()), abs=1e-5)
+
+
+def _smooth_loss(dn: torch.Tensor, do: torch.Tensor, k: float, eps: float) -> torch.Tensor:
+    # A generic downstream function of both blocks, so every part of the Jacobian is exercised.
+    zn, zo, _ = entropic_assign(dn, do, k, eps)
+    w = torch.linspace(-1.0, 1.0, zn.shape[1], dtype=torch.float64)
+    return (zn.sum(0) * w).sum() + (zn**2).sum() + (zo * torch.cos(do)).sum()
+
+
+@pytest.mark.parametrize(("k", "eps"), [(3.0, 0.3), (6.0, 1.0), (30.0, 0.5)])
+def test_entropic_layer_gradient_matches_central_differences(k: float, eps: float) -> None:
+    dn, do = _instance(7, 10, 12)
+    dn_r, do_r = dn.clone().requires_grad_(), do.clone().requires_grad_()
+    _smooth_loss(dn_r, do_r, k, eps).backward()
+    assert dn_r.grad is not None and do_r.grad is not None
+    gen = torch.Generator().manual_seed(1)
+    h = 1e-5
+    for _ in range(4):
+        vn = torch.randn(dn.shape, generator=gen, dtype=torch.float64)
+        vo = torch.randn(do.shape, generator=gen, dtype=torch.float64)
+        plus = _smooth_loss(dn + h * vn, do + h * vo, k, eps)
+        minus = _smooth_loss(dn - h * vn, do - h * vo, k, eps)
+        numeric = float((plus - minus) / (2 * h))
+        analytic = float((dn_r.grad * vn).sum() + (do_r.grad * vo).sum())
+        assert abs(numeric - analytic) <= 1e-6 * max(1.0, abs(analytic))
+
+
+def test_entropic_layer_solves_the_program_and_agrees_with_cvxpylayers() -> None:
+    b, e, k, eps = 8, 8, 2.0, 0.5
+    dn, do = _instance(3, b, e, dim=3)
+    dn_r, do_r = dn.clone().requires_grad_(), do.clone().requires_grad_()
+    zn, zo, mu = entropic_assign(dn_r, do_r, k, eps)
+    np.testing.assert_allclose((zn.sum(1) + zo.sum(1)).detach().numpy(), 1.0, atol=1e-12)
+    assert float(mu) > 0 and float(zn.sum()) == pytest.approx(k, abs=1e-10)  # budget active
+    w = torch.linspace(-1.0, 1.0, b, dtype=torch.float64)
+    (zn.sum(0) * w).sum().backward()
+
+    layer = entropic_cvxpy_layer(b, e, eps)
+    dn_c, do_c = dn.clone().requires_grad_(), do.clone().requires_grad_()
+    zn_c, zo_c = layer(dn_c, do_c, torch.tensor(k, dtype=torch.float64))
+    np.testing.assert_allclose(zn_c.detach().numpy(), zn.detach().numpy(), atol=1e-4)
+    (zn_c.sum(0) * w).sum().backward()
+    assert dn_r.grad is not None and dn_c.grad is not None
+    assert do_r.grad is not None and do_c.grad is not None
+    for ours, theirs in ((dn_r.grad, dn_c.grad), (do_r.grad, do_c.grad)):
+        rel = float((ours - theirs).norm() / ours.norm())
+        assert rel < 0.05, rel
+
+
+def test_entropic_layer_tends_to_the_lp_and_carries_a_real_gradient() -> None:
+    dn, do = _instance(11)
+    k = 4
+    zn, _, _ = entropic_assign(dn, do, k, 1e-3)
+    top = torch.sort(-zn.sum(0), stable=True).indices[:k]
+    assert sorted(top.tolist()) == sorted(closed_form_selection(do, k).tolist())
+    # Gradient that reaches the distances: LP (cvxpylayers) vs the smooth layer at eps = 0.5.
+    w = torch.linspace(-1.0, 1.0, B, dtype=torch.float64)
+    norms = []
+    for smooth in (False, True):
+        dn_r, do_r = dn.clone().requires_grad_(), do.clone().requires_grad_()
+        if smooth:
+            zn_s, _, _ = entropic_assign(dn_r, do_r, k, 0.5)
+        else:
+            zn_s, _ = lp_layer(B, E)(dn_r, do_r, k)
+        (zn_s.sum(0) * w).sum().backward()
+        assert dn_r.grad is not None and do_r.grad is not None
+        norms.append(float(torch.cat([dn_r.grad.flatten(), do_r.grad.flatten()]).norm()))
+    assert norms[1] > 100 * norms[0], norms
+
+
+@pytest.mark.parametrize("kind", ["logreg", "mlp"])
+def test_per_sample_gradient_identity(kind: str) -> None:
+    task = make_check_task()
+    task = ValuationTask(**{**task.__dict__, "model": ModelSpec(kind=kind, hidden=7)})
+    theta = ThetaModel(task)
+    gen = torch.Generator().manual_seed(0)
+    params = {
+        k: v + 0.1 * torch.randn(v.shape, generator=gen, dtype=v.dtype)
+        for k, v in theta.params.items()
+    }
+    x = torch.as_tensor(task.x_train[:9], dtype=torch.float64)
+    y = torch.as_tensor(task.y_train[:9])
+    manual = per_sample_grads(theta, params, x, y)
+    func = per_sample_grads_func(theta, params, x, y)
+    for j in range(len(y)):
+        p = {k: v.clone().requires_grad_() for k, v in params.items()}
+        torch.nn.functional.cross_entropy(theta.logits(p, x[j : j + 1]), y[j : j + 1]).backward()
+        for name, v in p.items():
+            assert v.grad is not None
+            torch.testing.assert_close(manual[name][j], v.grad, rtol=1e-10, atol=1e-12)
+            torch.testing.assert_close(func[name][j], v.grad, rtol=1e-10, atol=1e-12)
+    # sum_j s_j grad l_j = grad sum_j s_j l_j (what the look-ahead relies on).
+    s = torch.rand(len(y), generator=gen, dtype=torch.float64)
+    p = {k: v.clone().requires_grad_() for k, v in params.items()}
+    logits = theta.logits(p, x)
+    (torch.nn.functional.cross_entropy(logits, y, reduction="none") * s).sum().backward()
+    for name, v in p.items():
+        assert v.grad is not None
+        torch.testing.assert_close(torch.einsum("j,j...->...", s, manual[name]), v.grad)
+
+
+def test_ds3_program_is_feasible_and_budgets_representatives() -> None:
+    dn, do = _instance(5)
+    zn, zo, t = ds3_solve(dn.numpy(), do.numpy(), 3)
+    np.testing.assert_allclose(zn.sum(1) + zo.sum(1), 1.0, atol=1e-7)
+    assert t.sum() <= 3 + 1e-7 and np.all(zn <= t[None, :] + 1e-7)
+    # Never worse than the LP's optimum restricted to self-assignment (a feasible DS3 point).
+    cn, co = lp_closed_form(dn, do, 3)
+    assert (dn.numpy() * zn).sum() + (do.numpy() * zo).sum() <= float(
+        (dn * cn).sum() + (do * co).sum()
+    ) + 1e-7
+
+
+@pytest.mark.parametrize("kind", ["logreg", "mlp"])
+def test_faithful_selections_equal_fast_path_when_phi_is_not_learned(kind: str) -> None:
+    params = {"fractions": (0.1, 0.3), "epochs": 2, "batch_size": 20, "n_existing": 20}
+    task = make_check_task(n_train=70)
+    task = ValuationTask(**{**task.__dict__, "model": ModelSpec(kind=kind, hidden=8)})
+    lp = HostCP(learn_phi=False, **params).value(
+        task, rng=np.random.default_rng(3), budget=Budget()
+    )
+    fast = HostCPFast(**params).value(task, rng=np.random.default_rng(3), budget=Budget())
+    for f in (0.1, 0.3):
+        np.testing.assert_array_equal(lp.selections[f], fast.selections[f])
+    np.testing.assert_allclose(lp.scores, fast.scores, atol=1e-6)
+
+
+def _synthetic_task(seed: int, n_train: int = 240) -> tuple[ValuationTask, np.ndarray]:
+    """A task on the synthetic dataset with the cluster id of every training point."""
+    from valbench.datasets.synthetic import SyntheticDataset
+
+    x, y, cluster = SyntheticDataset(n_samples=n_train + 160).generate(seed)
+    tr, va, te = slice(0, n_train), slice(n_train, n_train + 80), slice(n_train + 80, None)
+    mu, sd = x[tr].mean(0), x[tr].std(0)
+    xs = ((x - mu) / sd).astype(np.float32)
+    task = ValuationTask(
+        x_train=xs[tr],
+        y_train=y[tr],
+        x_val=xs[va],
+        y_val=y[va],
+        x_test=xs[te],
+        y_test=y[te],
+        n_classes=3,
+        noisy_mask=None,
+        name="synthetic",
+        seed=seed,
+        model=ModelSpec(kind="logreg"),
+    )
+    return task, cluster[tr]
+
+
+def _redundant(selected: np.ndarray, cluster: np.ndarray) -> int:
+    """Selected near-duplicates beyond the first of each dense cluster."""
+    ids = cluster[selected]
+    ids = ids[ids >= 0]
+    return int(len(ids) - len(np.unique(ids)))
+
+
+def test_ds3_selects_fewer_near_duplicates_than_top_k() -> None:
+    fraction, seeds = 0.1, (0, 1, 2)
+    counts: dict[str, list[int]] = {"ds3": [], "fast": [], "smooth": []}
+    for seed in seeds:
+        task, cluster = _synthetic_task(seed)
+        size = subset_size(task.n_train, fraction)
+        ds3 = HostCPDS3(fractions=(fraction,)).value(
+            task, rng=np.random.default_rng(seed), budget=Budget()
+        )
+        counts["ds3"].append(_redundant(ds3.selections[fraction], cluster))
+        for name, cls in (("fast", HostCPFast), ("smooth", HostCPSmooth)):
+            out = cls(fractions=(fraction,)).value(
+                task, rng=np.random.default_rng(seed), budget=Budget()
+            )
+            top = np.argsort(-out.scores, kind="stable")[:size]  # top-k by the per-point score
+            counts[name].append(_redundant(top, cluster))
+    print("redundant near-duplicates at 10 %:", counts)
+    assert sum(counts["ds3"]) < sum(counts["fast"])
+    assert sum(counts["ds3"]) < sum(counts["smooth"])
+
+
+def test_faithful_subset_value_at_10_percent_is_at_least_random() -> None:
+    fraction, got, rand = 0.1, [], []
+    for seed in (0, 1, 2):
+        task, _ = _synthetic_task(seed)
+        out = HostCP(fractions=(fraction,)).value(
+            task, rng=np.random.default_rng(seed), budget=Budget()
+        )
+        clf = task.model.build(task.n_features, task.n_classes, seed)
+        sel = out.selections[fraction]
+        rng = np.random.default_rng(100 + seed)
+        masks = [sel] + [rng.choice(task.n_train, len(sel), replace=False) for _ in range(10)]
+        acc = clf.accuracy(clf.fit(task.x_train, task.y_train, masks), task.x_test, task.y_test)
+        got.append(float(acc[0]))
+        rand.append(float(acc[1:].mean()))
+    print(f"subset value at 10 %: hostcp {got} (mean {np.mean(got):.3f}), random {rand}")
+    assert np.mean(got) >= np.mean(rand) - 0.02
+
+
+@pytest.mark.parametrize("cls", [HostCP, HostCPFast, HostCPSmooth, HostCPDS3])
+def test_conformance(cls: type) -> None:
+    check_method(cls, {"epochs": 2})
+
+
+def test_diagnostics_are_reported() -> None:
+    out = HostCPSmooth(fractions=(0.2,), epochs=2).value(
+        make_check_task(), rng=np.random.default_rng(0), budget=Budget()
+    )
+    per = out.stats["per_fraction"]["0.2"]
+    assert per["solves"] == 4 and len(per["fraction_selected_per_epoch"]) == 2
+    assert out.stats["phi_grad_norm"] > 0 and out.stats["solver_s_per_batch"] > 0
+    assert np.isfinite(out.stats["objective_mean"])

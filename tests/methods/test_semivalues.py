@@ -1,0 +1,268 @@
+"""Semivalues against ground truth computed here independently of the estimators."""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import pytest
+import torch
+
+import valbench.testing
+from valbench import Budget, ValuationTask
+from valbench.errors import UsageError
+from valbench.methods.semivalues import (
+    BetaShapley,
+    DataBanzhaf,
+    ExactShapley,
+    TMCShapley,
+    banzhaf_size_weights,
+    beta_size_weights,
+    exact_semivalue,
+    msr_semivalue,
+    shapley_size_weights,
+    tmc_shapley,
+)
+from valbench.testing import check_method, make_check_task
+
+N = 8  # 255 non-empty subsets: brute force stays cheap
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    # Tiny fits are dominated by thread hand-offs: one thread is ~15x faster on a busy machine.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _fresh_accuracy(task: ValuationTask, subset: tuple[int, ...]) -> float:
+    """U(S) with a brand-new model trained on S alone; U(∅) = chance, the engine's convention."""
+    if not subset:
+        return 1.0 / task.n_classes
+    clf = task.model.build(task.n_features, task.n_classes, task.seed)
+    keep = np.zeros(task.n_train, dtype=bool)
+    keep[list(subset)] = True
+    params = clf.fit(task.x_train, task.y_train, keep[None, :])
+    return float(clf.accuracy(params, task.x_val, task.y_val)[0])
+
+
+@functools.cache
+def _brute_force(n: int) -> tuple[dict[frozenset[int], float], np.ndarray, np.ndarray]:
+    """All U(S) by separate fits, then Shapley (factorial weights) and Banzhaf by definition."""
+    task = make_check_task(n_train=n)
+    utility = {
+        frozenset(s): _fresh_accuracy(task, s)
+        for size in range(n + 1)
+        for s in itertools.combinations(range(n), size)
+    }
+    shapley = np.zeros(n)
+    banzhaf = np.zeros(n)
+    for i in range(n):
+        others = [j for j in range(n) if j != i]
+        for size in range(n):
+            weight = math.factorial(size) * math.factorial(n - size - 1) / math.factorial(n)
+            for s in itertools.combinations(others, size):
+                gain = utility[frozenset(s) | {i}] - utility[frozenset(s)]
+                shapley[i] += weight * gain
+                banzhaf[i] += gain / 2 ** (n - 1)
+    return utility, shapley, banzhaf
+
+
+def _table_game(n: int, table: dict[frozenset[int], float]) -> Callable[[np.ndarray], np.ndarray]:
+    def many(masks: np.ndarray) -> np.ndarray:
+        return np.array([table[frozenset(np.flatnonzero(row).tolist())] for row in masks])
+
+    return many
+
+
+# -- exact -------------------------------------------------------------------------------------
+
+
+def test_exact_shapley_equals_brute_force_and_is_efficient() -> None:
+    utility, shapley, _ = _brute_force(N)
+    task = make_check_task(n_train=N)
+    got = ExactShapley().value(task, rng=np.random.default_rng(0), budget=Budget())
+    assert got.stats["complete"]
+    assert task.fit_counter.count == 2**N - 1
+    np.testing.assert_allclose(got.scores, shapley, atol=1e-9)
+    assert np.ptp(shapley) > 0.05  # a non-trivial game, not all zeros
+    # Efficiency: Σφ = U(D) − U(∅).
+    everyone = frozenset(range(N))
+    assert got.scores.sum() == pytest.approx(utility[everyone] - utility[frozenset()], abs=1e-9)
+
+
+def test_exact_shapley_symmetry_for_duplicate_points() -> None:
+    base = make_check_task(n_train=7)
+    x, y = base.x_train.copy(), base.y_train.copy()
+    x[5], y[5] = x[2], y[2]  # point 5 is an exact copy of point 2
+    task = ValuationTask(
+        x_train=x,
+        y_train=y,
+        x_val=base.x_val,
+        y_val=base.y_val,
+        x_test=base.x_test,
+        y_test=base.y_test,
+        n_classes=3,
+        noisy_mask=None,
+        name="dup",
+        seed=0,
+        model=base.model,
+    )
+    got = ExactShapley().value(task, rng=np.random.default_rng(0), budget=Budget()).scores
+    assert got[2] == pytest.approx(got[5], abs=1e-9)
+    assert abs(got[2]) > 1e-3  # the copies matter, so equality is not trivially 0 = 0
+
+
+def test_exact_semivalue_null_player_and_closed_form_games() -> None:
+    n = 6
+    # Glove game: points 0-2 hold left gloves, 3-5 right; U = number of pairs. Point 5's right
+    # glove is made worthless by a weight of 0 below: a null player.
+    left, right = np.array([1, 1, 1, 0, 0, 0.0]), np.array([0, 0, 0, 1, 1, 0.0])
+
+    def glove(masks: np.ndarray) -> np.ndarray:
+        return np.minimum(masks @ left, masks @ right)
+
+    phi = exact_semivalue(n, glove)
+    assert phi is not None
+    assert phi[5] == 0.0
+    assert phi.sum() == pytest.approx(2.0)
+    np.testing.assert_allclose(phi[:3], phi[0])  # symmetric lefts
+    np.testing.assert_allclose(phi[3:5], phi[3])
+    # Additive game: every semivalue of an additive game is the point's own weight.
+    w = np.array([0.5, -1.0, 2.0, 0.0, 3.0, 0.25])
+    for p in (shapley_size_weights(n), banzhaf_size_weights(n), beta_size_weights(n, 16, 1)):
+        np.testing.assert_allclose(exact_semivalue(n, lambda m: m @ w, p), w, atol=1e-12)
+
+
+def test_exact_shapley_refuses_large_tasks_and_respects_budget() -> None:
+    with pytest.raises(UsageError, match="at most 14"):
+        ExactShapley().value(
+            make_check_task(n_train=15), rng=np.random.default_rng(0), budget=Budget()
+        )
+    task = make_check_task(n_train=6)
+    got = ExactShapley().value(task, rng=np.random.default_rng(0), budget=Budget(max_fits=62))
+    assert task.fit_counter.count == 0 and not got.stats["complete"]
+    assert np.array_equal(got.scores, np.zeros(6))
+
+
+def test_beta_weights() -> None:
+    np.testing.assert_allclose(beta_size_weights(9, 1, 1), np.full(9, 1 / 9))
+    p = beta_size_weights(9, 16, 1)
+    assert p.sum() == pytest.approx(1) and np.all(np.diff(p) < 0)  # favours small coalitions
+    # Beta-binomial(β=1, α=16) at k = 0: B(1, 24)/B(16, 1) = 16/24.
+    assert p[0] == pytest.approx(16 / 24)
+
+
+# -- estimators on the real utility, n = 8 ------------------------------------------------------
+
+
+def _max_error(estimate: np.ndarray, exact: np.ndarray) -> float:
+    return float(np.abs(estimate - exact).max())
+
+
+def test_tmc_converges_to_exact_shapley() -> None:
+    _, shapley, _ = _brute_force(N)
+    errors = []
+    for perms in (10, 100, 1000):
+        task = make_check_task(n_train=N)
+        got = TMCShapley(max_permutations=perms, tolerance=0.0, convergence_tol=0.0).value(
+            task, rng=np.random.default_rng(3), budget=Budget()
+        )
+        assert got.stats["permutations"] == perms
+        assert task.fit_counter.count <= 2**N - 1  # the cache answers every repeat
+        errors.append(_max_error(got.scores, shapley))
+    # Measured max |error| (φ spans 0.093): 0.066, 0.015, 0.0037 (≈ 1/sqrt(permutations)).
+    assert errors[0] > errors[1] > errors[2]
+    assert errors[2] < 0.01
+
+
+def test_tmc_truncation_and_budget() -> None:
+    _, shapley, _ = _brute_force(N)
+    task = make_check_task(n_train=N)
+    # With 8 points, truncating after more than 5 steps near U(D) would never trigger.
+    got = TMCShapley(max_permutations=500, convergence_tol=0.0, truncation_steps=1).value(
+        task, rng=np.random.default_rng(0), budget=Budget()
+    )
+    assert got.stats["truncated_fraction"] > 0
+    assert _max_error(got.scores, shapley) < 0.05  # truncation bias stays small
+    small = make_check_task(n_train=40)
+    got = TMCShapley().value(small, rng=np.random.default_rng(0), budget=Budget(max_fits=30))
+    assert small.fit_counter.count <= 30 and np.isfinite(got.scores).all()
+    stop = make_check_task(n_train=40)
+    got = TMCShapley(convergence_window=5, convergence_tol=0.2).value(
+        stop, rng=np.random.default_rng(0), budget=Budget()
+    )
+    assert got.stats["converged"] and got.stats["permutations"] < 1000
+
+
+@pytest.mark.parametrize("kind", ["beta11", "banzhaf"])
+def test_msr_semivalues_converge_to_exact(kind: str) -> None:
+    _, shapley, banzhaf = _brute_force(N)
+    exact = shapley if kind == "beta11" else banzhaf
+    errors = []
+    for samples in (100, 1000, 10000):
+        task = make_check_task(n_train=N)
+        method = (
+            BetaShapley(alpha=1.0, beta=1.0, max_samples=samples)
+            if kind == "beta11"
+            else DataBanzhaf(max_samples=samples)
+        )
+        got = method.value(task, rng=np.random.default_rng(5), budget=Budget())
+        assert task.fit_counter.count <= 2**N - 1
+        errors.append(_max_error(got.scores, exact))
+    # Measured max |error| (φ spans ≈0.1): beta(1,1) 0.076, 0.020, 0.012; banzhaf 0.059, 0.010,
+    # 0.0069 (the cache makes 10,000 samples cost at most 255 fits).
+    assert errors[0] > errors[1] > errors[2]
+    assert errors[2] < 0.015
+
+
+def test_msr_on_a_closed_form_game_and_tiny_budget() -> None:
+    n = 10
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=n)
+
+    def game(masks: np.ndarray) -> np.ndarray:
+        return np.sqrt(masks @ np.abs(w)) + (masks[:, 0] & masks[:, 1])
+
+    exact = exact_semivalue(n, game, beta_size_weights(n, 16, 1))
+    assert exact is not None
+    est, stats = msr_semivalue(
+        n, game, np.random.default_rng(1), beta_size_weights(n, 16, 1), max_samples=40000
+    )
+    assert stats["complete"] and _max_error(est, exact) < 0.02
+    est, stats = msr_semivalue(
+        n, game, np.random.default_rng(1), shapley_size_weights(n), remaining=lambda: 0
+    )
+    assert stats["samples"] == 0 and not stats["complete"] and np.array_equal(est, np.zeros(n))
+    full = float(game(np.ones((1, n), dtype=bool))[0])
+    est, stats = tmc_shapley(
+        n,
+        game,
+        np.random.default_rng(1),
+        full=full,
+        empty=0.0,
+        max_permutations=3000,
+        tolerance=0.0,
+        convergence_tol=0.0,
+    )
+    assert _max_error(est, exact_semivalue(n, game)) < 0.05
+
+
+# -- conformance -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cls", [TMCShapley, BetaShapley, DataBanzhaf])
+def test_conformance(cls: type) -> None:
+    check_method(cls)
+
+
+def test_exact_shapley_conformance_on_a_task_it_accepts(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The kit's default task has 48 points, above exact-shapley's limit of 14.
+    small = functools.partial(valbench.testing.make_check_task, n_train=9)
+    monkeypatch.setattr(valbench.testing, "make_check_task", small)
+    check_method(ExactShapley, budget=Budget(max_fits=600))
