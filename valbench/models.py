@@ -286,6 +286,7 @@ class BatchedClassifier:
         *,
         init: Params | None = None,
         epochs: int | None = None,
+        sample_weight: np.ndarray | None = None,
     ) -> Params:
         """Train one model per row of ``masks`` on the rows of ``x, y`` that row selects.
 
@@ -296,6 +297,8 @@ class BatchedClassifier:
             init: Parameters to start from (a batch of 1 is broadcast to B); default: the seeded
                 init.
             epochs: Adam steps, overriding the spec's.
+            sample_weight: Optional non-negative (B, n) weights (e.g. bootstrap multiplicities):
+                model ``b`` then minimises the weighted mean loss over its subset.
 
         Returns:
             The B trained models.
@@ -322,7 +325,14 @@ class BatchedClassifier:
         counts = m.sum(dim=1)
         # Per-point loss weights (B, 1, n): 1/|S_b| on the subset, 0 elsewhere, so each model's
         # loss is the mean over its own subset; an empty subset gets all-zero weights.
-        weights = (m.to(self.dtype) / counts.clamp(min=1).to(self.dtype)[:, None])[:, None, :]
+        mass = m.to(self.dtype)
+        if sample_weight is not None:
+            w = torch.as_tensor(np.asarray(sample_weight), dtype=self.dtype)
+            if w.shape != m.shape or bool((w < 0).any()):
+                raise UsageError(f"sample_weight must be non-negative of shape {tuple(m.shape)}")
+            mass = mass * w
+        total = mass.sum(dim=1).clamp(min=torch.finfo(self.dtype).tiny)
+        weights = (mass / total[:, None])[:, None, :]
         # The L2 penalty only for non-empty subsets, so an empty one has zero gradient and Adam
         # (whose step is 0 for a zero gradient) leaves it at its initialisation.
         decay = (self.spec.l2 * (counts > 0).to(self.dtype)).view(batch, 1, 1)

@@ -1,0 +1,157 @@
+"""Data-OOB (Kwon & Zou, ICML 2023): out-of-bag accuracy of a bagging ensemble.
+
+Fit ``B`` bootstrap copies of the task's evaluation model; the value of training point ``i`` is
+the fraction of the models whose bootstrap sample missed ``i`` that predict ``y_i`` correctly.
+All ``B`` models train together as one batch of a :class:`~valbench.models.BatchedClassifier`.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from valbench import Budget, Method, ProgressFn, Valuation, ValuationTask, no_progress
+from valbench.errors import UsageError
+from valbench.models import BatchedClassifier, Params
+
+__all__ = ["DataOOB", "bootstrap_counts", "weighted_fit"]
+
+WEIGHTINGS = ("counts", "unique")
+
+
+def bootstrap_counts(n: int, n_models: int, rng: np.random.Generator) -> np.ndarray:
+    """How often each of ``n`` points is drawn into each of ``n_models`` bootstraps (int64)."""
+    draws = rng.integers(0, n, size=(n_models, n))
+    flat = (np.arange(n_models)[:, None] * n + draws).ravel()
+    return np.bincount(flat, minlength=n_models * n).reshape(n_models, n)
+
+
+def weighted_fit(
+    clf: BatchedClassifier,
+    x: np.ndarray,
+    y: np.ndarray,
+    counts: np.ndarray,
+    *,
+    init: Params | None = None,
+    epochs: int | None = None,
+) -> Params:
+    """Train one model per row of ``counts``, point ``i`` weighted by its multiplicity.
+
+    Each model minimises sum_i c_i loss_i / sum_i c_i, i.e. exactly the mean loss over its
+    bootstrap sample with repeats.
+    """
+    return clf.fit(x, y, counts > 0, init=init, epochs=epochs, sample_weight=counts)
+
+
+class DataOOB(Method):
+    """Out-of-bag value from ``n_estimators`` bootstrap models (capped by the fit budget).
+
+    Points that are in every bootstrap sample (never out of bag) get the mean of the others'
+    values. Fits: one per bootstrap model, plus one for the full-data model when
+    ``warm_start`` is on.
+
+    Args:
+        n_estimators: Bootstrap models B (fewer when ``budget.max_fits`` is smaller).
+        weighting: ``"counts"``: each model weights a point by how often its bootstrap drew it
+            (the paper's bootstrap; see :func:`weighted_fit` for the cost); ``"unique"``: each
+            model trains on the distinct drawn points with equal weight (subbagging, ~63 % of
+            the points; cheaper, an approximation).
+        batch_size: Models trained per batched fit.
+        warm_start: Start every bootstrap model from the full-data model (trained once), so
+            ``epochs`` can be small: logreg is convex and each bootstrap optimum lies near it.
+        epochs: Optimisation steps per bootstrap model (None: the task's model spec; with
+            ``warm_start`` None means a third of it).
+    """
+
+    name = "data-oob"
+    family = "retraining"
+    summary = "Data-OOB (Kwon & Zou 2023): out-of-bag accuracy of a bootstrap ensemble."
+
+    def __init__(
+        self,
+        *,
+        n_estimators: int = 200,
+        weighting: str = "counts",
+        batch_size: int = 200,
+        warm_start: bool = False,
+        epochs: int | None = None,
+    ) -> None:
+        self.n_estimators = n_estimators
+        self.weighting = weighting
+        self.batch_size = batch_size
+        self.warm_start = warm_start
+        self.epochs = epochs
+
+    def _check(self) -> None:
+        if not isinstance(self.n_estimators, int) or self.n_estimators < 1:
+            raise UsageError(f"data-oob n_estimators must be >= 1, got {self.n_estimators!r}")
+        if self.weighting not in WEIGHTINGS:
+            raise UsageError(
+                f"data-oob weighting must be one of {', '.join(WEIGHTINGS)}, got {self.weighting!r}"
+            )
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise UsageError(f"data-oob batch_size must be >= 1, got {self.batch_size!r}")
+        if self.epochs is not None and (not isinstance(self.epochs, int) or self.epochs < 0):
+            raise UsageError(f"data-oob epochs must be >= 0 or None, got {self.epochs!r}")
+
+    def value(
+        self,
+        task: ValuationTask,
+        *,
+        rng: np.random.Generator,
+        budget: Budget,
+        progress: ProgressFn = no_progress,
+    ) -> Valuation:
+        self._check()
+        started = time.perf_counter()
+        fits_before = task.fit_counter.count
+        n = task.n_train
+        x, y = task.x_train, task.y_train
+        affordable = int(min(self.n_estimators, budget.remaining_fits(0)))
+        warm = bool(self.warm_start) and affordable >= 2
+        n_models = affordable - int(warm)
+        # Draw every bootstrap up front: model b's sample does not depend on how many the
+        # seconds budget lets us train, so a cut-short run is a prefix of the full one.
+        counts = bootstrap_counts(n, n_models, rng)
+
+        clf = task.build_model()
+        init: Params | None = None
+        epochs = self.epochs
+        if warm:
+            init = clf.fit(x, y, np.ones((1, n), dtype=bool))
+            if epochs is None:
+                epochs = max(1, clf.spec.epochs // 3)
+
+        hits = np.zeros(n)  # correct out-of-bag predictions per point
+        seen = np.zeros(n)  # out-of-bag appearances per point
+        trained = 0
+        for start in range(0, n_models, self.batch_size):
+            if budget.exhausted(task.fit_counter.count - fits_before, started):
+                break
+            chunk = counts[start : start + self.batch_size]
+            if self.weighting == "counts":
+                params = weighted_fit(clf, x, y, chunk, init=init, epochs=epochs)
+            else:
+                params = clf.fit(x, y, chunk > 0, init=init, epochs=epochs)
+            oob = chunk == 0
+            correct = clf.predict(params, x) == y[None, :]
+            hits += (oob & correct).sum(axis=0)
+            seen += oob.sum(axis=0)
+            trained += len(chunk)
+            progress(trained, n_models)
+
+        covered = seen > 0
+        scores = np.zeros(n)
+        scores[covered] = hits[covered] / seen[covered]
+        # Never out of bag: no evidence either way, so put them in the middle of the ranking.
+        scores[~covered] = scores[covered].mean() if covered.any() else 0.0
+        return Valuation(
+            scores=scores,
+            stats={
+                "n_estimators": trained,
+                "warm_start": warm,
+                "never_out_of_bag": int((~covered).sum()),
+                "mean_out_of_bag_per_point": float(seen.mean()) if n else 0.0,
+            },
+        )

@@ -1,0 +1,83 @@
+"""Data-OOB: planted label noise is found, runs reproduce, the budget holds."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from valbench import Budget, FitCounter, ValuationTask
+from valbench.data import inject_label_noise
+from valbench.datasets.sklearn_bundled import DigitsDataset
+from valbench.methods.data_oob import DataOOB, bootstrap_counts, weighted_fit
+from valbench.models import ModelSpec
+from valbench.testing import check_method, make_check_task
+
+
+def _digits_task(n_train: int = 250, rate: float = 0.2) -> ValuationTask:
+    splits = DigitsDataset().load(seed=0, max_train=n_train)
+    y, noisy = inject_label_noise(splits.y_train, rate, 10, np.random.default_rng(0))
+    return ValuationTask(
+        splits.x_train, y, splits.x_val, splits.y_val, splits.x_test, splits.y_test,
+        10, noisy, "digits", 0, ModelSpec(), FitCounter(),
+    )  # fmt: skip
+
+
+def test_flipped_labels_get_low_values() -> None:
+    # Measured: AUC 0.975 (unique) / 0.973 (counts) with 200 models on 250 digits, 20 % flips.
+    task = _digits_task()
+    got = DataOOB(n_estimators=100).value(task, rng=np.random.default_rng(0), budget=Budget())
+    auc = roc_auc_score(task.noisy_mask, -got.scores)
+    assert auc > 0.9, auc
+    assert task.fit_counter.count == 100 and got.stats["never_out_of_bag"] == 0
+
+
+def test_reproducible_and_seed_dependent() -> None:
+    def run(seed: int) -> np.ndarray:
+        return (
+            DataOOB(n_estimators=30)
+            .value(make_check_task(), rng=np.random.default_rng(seed), budget=Budget())
+            .scores
+        )
+
+    np.testing.assert_array_equal(run(1), run(1))
+    assert not np.array_equal(run(1), run(2))
+
+
+def test_budget_caps_the_ensemble() -> None:
+    task = make_check_task()
+    got = DataOOB(n_estimators=200, batch_size=7).value(
+        task, rng=np.random.default_rng(0), budget=Budget(max_fits=20)
+    )
+    assert task.fit_counter.count == 20 and got.stats["n_estimators"] == 20
+    task = make_check_task()
+    got = DataOOB(warm_start=True).value(
+        task, rng=np.random.default_rng(0), budget=Budget(max_fits=3)
+    )
+    assert task.fit_counter.count == 3 and np.isfinite(got.scores).all()
+
+
+def test_weighted_fit_equals_training_on_the_bootstrap_with_repeats() -> None:
+    task = make_check_task(n_train=20)
+    clf = task.model.build(task.n_features, task.n_classes, 0)
+    counts = bootstrap_counts(20, 3, np.random.default_rng(0))
+    weighted = weighted_fit(clf, task.x_train, task.y_train, counts)
+    for b in range(3):
+        idx = np.repeat(np.arange(20), counts[b])
+        alone = clf.fit(task.x_train[idx], task.y_train[idx], np.ones((1, len(idx)), bool))
+        for key in weighted.tensors:
+            np.testing.assert_allclose(
+                weighted.tensors[key][b].numpy(), alone.tensors[key][0].numpy(), atol=1e-5
+            )
+
+
+def test_counts_weighting_also_detects_noise() -> None:
+    task = make_check_task(n_train=90)
+    got = DataOOB(n_estimators=40, weighting="counts").value(
+        task, rng=np.random.default_rng(0), budget=Budget()
+    )
+    assert roc_auc_score(task.noisy_mask, -got.scores) > 0.75
+
+
+def test_conformance() -> None:
+    check_method(DataOOB)
+    check_method(DataOOB, {"weighting": "counts", "warm_start": True, "n_estimators": 10})

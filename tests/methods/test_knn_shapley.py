@@ -1,0 +1,80 @@
+"""KNN-Shapley against a brute-force Shapley enumeration of the KNN utility."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from valbench import Budget
+from valbench.methods.knn_shapley import KNNShapley, knn_shapley_values
+from valbench.testing import check_method, make_check_task
+
+
+def _knn_utility(subset: tuple[int, ...], dist: np.ndarray, match: np.ndarray, k: int) -> float:
+    """Jia et al.'s U(S): mean over validation points of (1/K) * #correct among the
+    min(K, |S|) nearest points of S (so U(∅) = 0 and small S are divided by K, not |S|)."""
+    if not subset:
+        return 0.0
+    idx = np.array(subset)
+    total = 0.0
+    for v in range(dist.shape[0]):
+        nearest = idx[np.argsort(dist[v, idx], kind="stable")[:k]]
+        total += match[v, nearest].sum() / k
+    return total / dist.shape[0]
+
+
+def _brute_force_shapley(x, y, xv, yv, k: int) -> np.ndarray:
+    n = len(x)
+    dist = np.linalg.norm(xv[:, None, :] - x[None, :, :], axis=2)
+    match = (y[None, :] == yv[:, None]).astype(float)
+    utility = {
+        s: _knn_utility(s, dist, match, k)
+        for size in range(n + 1)
+        for s in itertools.combinations(range(n), size)
+    }
+    phi = np.zeros(n)
+    for i in range(n):
+        others = [j for j in range(n) if j != i]
+        for size in range(n):
+            weight = math.factorial(size) * math.factorial(n - size - 1) / math.factorial(n)
+            for s in itertools.combinations(others, size):
+                with_i = tuple(sorted(s + (i,)))
+                phi[i] += weight * (utility[with_i] - utility[s])
+    return phi
+
+
+@pytest.mark.parametrize(("n", "k", "seed"), [(8, 3, 0), (10, 5, 1), (9, 1, 2), (6, 8, 3)])
+def test_equals_brute_force_enumeration(n: int, k: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 3))
+    y = rng.integers(0, 3, size=n)
+    xv = rng.normal(size=(7, 3))
+    yv = rng.integers(0, 3, size=7)
+    expected = _brute_force_shapley(x, y, xv, yv, k)
+    got = knn_shapley_values(x, y, xv, yv, k)
+    np.testing.assert_allclose(got, expected, atol=1e-12)
+    # Chunking over validation points changes nothing.
+    np.testing.assert_allclose(knn_shapley_values(x, y, xv, yv, k, chunk_size=2), got, atol=1e-15)
+    # Efficiency: the values add up to U(D) - U(∅).
+    dist = np.linalg.norm(xv[:, None, :] - x[None, :, :], axis=2)
+    match = (y[None, :] == yv[:, None]).astype(float)
+    full = _knn_utility(tuple(range(n)), dist, match, k)
+    assert got.sum() == pytest.approx(full, abs=1e-12)
+
+
+def test_method_trains_nothing_and_flags_noise() -> None:
+    task = make_check_task(n_train=120)
+    got = KNNShapley(k=5).value(task, rng=np.random.default_rng(0), budget=Budget(max_fits=0))
+    assert task.fit_counter.count == 0
+    assert got.scores.shape == (120,) and np.isfinite(got.scores).all()
+    noisy = task.noisy_mask  # read by the test only
+    assert noisy is not None
+    assert got.scores[noisy].mean() < got.scores[~noisy].mean()
+
+
+def test_conformance() -> None:
+    check_method(KNNShapley)
+    check_method(KNNShapley, {"k": 3, "chunk_size": 4})
