@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from valbench import __version__
-from valbench.errors import ValbenchError
+from valbench.errors import UsageError, ValbenchError
 from valbench.spec import CONFIG_KEYS
 
 __all__ = ["main", "build_parser", "EXIT_OK", "EXIT_CELLS_FAILED", "EXIT_USAGE", "EXIT_INTERRUPTED"]
@@ -82,7 +82,19 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="where datasets are cached/downloaded (default: $VALBENCH_DATA or ~/.cache/valbench)",
     )
-    run.add_argument("--backend", default="auto", help="auto (default), serial or process")
+    run.add_argument(
+        "--backend", default="auto", help="auto (default), serial, process, dask or ray"
+    )
+    run.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="Dask scheduler of --backend dask (default: start a local cluster)",
+    )
+    run.add_argument(
+        "--address",
+        metavar="ADDRESS",
+        help="Ray cluster of --backend ray, e.g. ray://host:10001 (default: start a local one)",
+    )
     run.add_argument(
         "--out", type=Path, help="run directory (default: reports/<preset>-<config hash>)"
     )
@@ -142,6 +154,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     }
     overrides.setdefault("methods", config.get("methods", "all"))
     overrides["params"] = parse_param_assignments(args.param)
+    if (args.scheduler and args.backend != "dask") or (args.address and args.backend != "ray"):
+        raise UsageError("--scheduler goes with --backend dask, --address with --backend ray")
     spec = build_spec(args.preset, config, overrides)
     out = args.out if args.out is not None else (Path(config["out"]) if "out" in config else None)
     command = " ".join(["valbench", *map(shlex.quote, sys.argv[1:])])
@@ -153,6 +167,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         backend=args.backend,
         show_progress=args.progress,
         command=command,
+        address=args.scheduler or args.address,
     )
     ran = summary.total - summary.already_done
     declined = f", {len(summary.declined)} declined" if summary.declined else ""

@@ -1,8 +1,9 @@
 """Schedules Cells on a backend, writes each finished one to the run store, renders the report.
 
 The driver process alone writes the store. Backends: ``serial`` (in this process; a timeout
-interrupts through SIGALRM) and ``process`` (one fresh worker process per cell, ``--jobs``
-at a time; a crash or a timeout kills only that cell).
+interrupts through SIGALRM), ``process`` (one fresh worker process per cell, ``--jobs``
+at a time; a crash or a timeout kills only that cell) and ``dask`` / ``ray`` (one task per cell
+on a cluster, see :mod:`valbench.distributed`).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ __all__ = ["RunSummary", "execute", "default_run_dir", "BACKENDS", "resolve_name
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "serial", "process")
+BACKENDS = ("auto", "serial", "process", "dask", "ray")
 ResultFn = Callable[[CellOutcome], None]
 ProgressFn = Callable[[Cell, int, int], None]
 
@@ -208,6 +209,18 @@ def _signal_name(exitcode: int | None) -> str:
     return f"exited with status {exitcode}"
 
 
+#: Modules the fork server imports once for all workers; each saves every cell its import.
+_PRELOAD = (
+    "valbench.cell",
+    "valbench.models",
+    "valbench.utility",
+    "valbench.metrics",
+    "valbench.data",
+    "sklearn.cluster",
+    "valbench.datasets",
+)
+
+
 @dataclass
 class _Running:
     process: Any
@@ -222,8 +235,9 @@ def run_processes(
 ) -> None:
     """Run each cell in a fresh worker process, ``spec.jobs`` at a time."""
     ctx = mp.get_context("forkserver")
-    # Import the heavy stack once in the fork server, not in every worker.
-    ctx.set_forkserver_preload(["valbench.cell", "valbench.models", "valbench.utility"])
+    # Import the heavy stack once in the fork server, not in every worker (imports only: a
+    # thread pool started before fork, e.g. OpenMP's, is not safe to inherit).
+    ctx.set_forkserver_preload(list(_PRELOAD))
     pending = deque(cells)
     running: dict[Connection, _Running] = {}
     spec_data = spec.to_dict()
@@ -400,11 +414,25 @@ def execute(
     backend: str = "auto",
     show_progress: bool = True,
     command: str = "",
+    address: str | None = None,
 ) -> RunSummary:
-    """Run (or resume) ``spec`` into a run directory and render its report."""
+    """Run (or resume) ``spec`` into a run directory and render its report.
+
+    ``address`` is the Dask scheduler or Ray cluster of ``backend`` ``dask`` / ``ray``; without
+    one those backends start a local cluster.
+    """
     spec = resolve_names(spec)
     if backend not in BACKENDS:
         raise UsageError(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
+    if address is not None and backend not in ("dask", "ray"):
+        raise UsageError(
+            "--scheduler / --address name a cluster; use them with --backend dask or ray"
+        )
+    if backend in ("dask", "ray") and spec.max_memory_mb:
+        raise UsageError(
+            f"--max-memory needs the process backend; with --backend {backend} set the "
+            "workers' memory limit instead"
+        )
     run_dir = Path(out) if out is not None else default_run_dir(spec)
     store = RunStore(run_dir)
     manifest = _open_run_dir(store, spec, overwrite, command)
@@ -459,9 +487,18 @@ def execute(
         raise UsageError("--max-memory needs worker processes; drop --backend serial")
     isolated = spec.jobs > 1 or spec.timeout or spec.max_memory_mb
     use_serial = backend == "serial" or (backend == "auto" and not isolated)
+    run: Callable[[list[Cell], RunSpec, ResultFn, ProgressFn], None]
+    if backend in ("dask", "ray"):
+        from valbench import distributed
+
+        engine = distributed.run_dask if backend == "dask" else distributed.run_ray
+        run = partial(engine, address=address)
+    else:
+        run = run_serial if use_serial else run_processes
     started = time.perf_counter()
     try:
-        (run_serial if use_serial else run_processes)(todo, spec, on_result, on_progress)
+        if todo:
+            run(todo, spec, on_result, on_progress)
     except KeyboardInterrupt:
         summary.interrupted = True
     finally:

@@ -58,6 +58,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 DEFAULT_PRESET = "quick"
+#: More seeds than any benchmark needs; a typo like ``--seeds 1000000000`` must not build a
+#: billion-cell grid in memory.
+MAX_SEEDS = 10_000
 
 _NAME_RE = re.compile(r"[^A-Za-z0-9_-]+")
 
@@ -122,6 +125,10 @@ class RunSpec:
                 raise UsageError(f"noise rate {rate:g} is outside [0, 1); use e.g. --noise 0.1")
         if self.seeds < 1:
             raise UsageError(f"--seeds must be >= 1 (the number of seeds), got {self.seeds}")
+        if self.seeds > MAX_SEEDS:
+            raise UsageError(f"--seeds must be <= {MAX_SEEDS}, got {self.seeds}")
+        if self.root_seed < 0:
+            raise UsageError(f"--root-seed must be >= 0, got {self.root_seed}")
         if self.jobs < 1:
             raise UsageError(f"--jobs must be >= 1, got {self.jobs}")
         if self.timeout is not None and not self.timeout > 0:
@@ -281,6 +288,9 @@ def load_config_file(path: Path) -> dict[str, Any]:
             f"config file {path}: unknown key(s) {', '.join(unknown)}; valid keys: "
             f"{', '.join(sorted(CONFIG_KEYS))}"
         )
+    for key in ("out", "data_dir"):
+        if key in data and not isinstance(data[key], str):
+            raise ConfigError(f"config file {path}: {key} must be a path string, got {data[key]!r}")
     params = data.get("params", {})
     if not isinstance(params, dict) or not all(isinstance(v, dict) for v in params.values()):
         raise ConfigError(
@@ -339,7 +349,7 @@ def build_spec(
 ) -> RunSpec:
     """Merge preset defaults < config file < command-line flags into a checked RunSpec."""
     preset = preset or config.get("preset") or DEFAULT_PRESET
-    if preset not in PRESETS:
+    if not isinstance(preset, str) or preset not in PRESETS:
         raise UsageError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")
     merged: dict[str, Any] = {**PRESETS[preset], **config, **overrides, "preset": preset}
     merged.pop("out", None)

@@ -45,19 +45,24 @@ def _read_table(path: Path, label_column: str | None) -> dict[str, np.ndarray]:
         msg = str(exc).replace("\n", " ")
         raise _fail(path, f"cannot parse ({type(exc).__name__}: {msg}); fix the file") from exc
     columns = [str(c) for c in frame.columns]
+    shown = [c.encode("unicode_escape").decode("ascii") for c in columns]  # one line each
     if label_column is None:
         label_column = next((c for c in ("label", "y") if c in columns), None)
         if label_column is None:
             raise _fail(
                 path,
-                f"no label column; name it with --label-column (columns: {', '.join(columns)})",
+                f"no label column; name it with --label-column (columns: {', '.join(shown)})",
             )
     if label_column not in columns:
         raise _fail(
-            path, f"no column {label_column!r}; columns are: {', '.join(columns) or '(none)'}"
+            path, f"no column {label_column!r}; columns are: {', '.join(shown) or '(none)'}"
         )
     feats = frame.drop(columns=[label_column])
-    bad = [str(c) for c in feats.columns if not pd.api.types.is_numeric_dtype(feats[c])]
+    bad = [
+        str(c).encode("unicode_escape").decode("ascii")
+        for c in feats.columns
+        if not pd.api.types.is_numeric_dtype(feats[c])
+    ]
     if bad:
         raise _fail(
             path,
@@ -129,7 +134,12 @@ def _check_y(path: Path, key: str, y: np.ndarray, n: int) -> np.ndarray:
     if y.ndim != 1 or len(y) != n:
         raise _fail(path, f"{key} has shape {y.shape}; need one label per row ({n},)")
     if y.dtype.kind in "US":
-        return y.astype(str)
+        try:
+            return y.astype(str)
+        except UnicodeDecodeError:
+            raise _fail(
+                path, f"{key} holds bytes that are not ASCII text; save str labels"
+            ) from None
     if y.dtype == bool:
         return y.astype(np.int64)
     if np.issubdtype(y.dtype, np.integer):

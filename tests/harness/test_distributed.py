@@ -1,0 +1,130 @@
+"""Dask and Ray backends: a real local cluster of two workers gives the serial backend's numbers."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from valbench.cli import main
+from valbench.errors import UsageError
+from valbench.runner import execute
+from valbench.spec import RunSpec
+from valbench.store import load_scores, read_manifest, read_results
+
+
+def _spec(**changes: object) -> RunSpec:
+    base = RunSpec(
+        methods=("random", "loo"),
+        datasets=("synthetic",),
+        noise=(0.2,),
+        seeds=2,
+        max_train=30,
+        fractions=(0.1, 0.5),
+        preset="ci",
+    )
+    return base.with_overrides(**changes)
+
+
+def _numbers(run_dir: Path) -> dict[str, tuple[str, dict, list[float]]]:
+    out = {}
+    for rec in read_results(run_dir):
+        scores, _ = load_scores(run_dir, rec["scores_file"])
+        out[rec["cell_id"]] = (rec["status"], rec["metrics"], scores.tolist())
+    return out
+
+
+@pytest.fixture(scope="module")
+def serial_numbers(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    out = tmp_path_factory.mktemp("serial")
+    summary = execute(_spec(), out=out, backend="serial", show_progress=False)
+    assert summary.ok == 4
+    return _numbers(out)
+
+
+def _needs(module: str) -> pytest.MarkDecorator:
+    return pytest.mark.skipif(
+        importlib.util.find_spec(module) is None, reason=f"{module} is not installed"
+    )
+
+
+@pytest.fixture
+def plugin_env(test_plugins: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    # Cluster workers are separate interpreters: they find the test plugins via PYTHONPATH.
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(test_plugins), *sys.path]))
+    return test_plugins
+
+
+@_needs("distributed")
+def test_dask_local_cluster_equals_serial(tmp_path: Path, serial_numbers: dict) -> None:
+    summary = execute(_spec(), out=tmp_path, backend="dask", show_progress=False)
+    assert summary.ok == 4 and not summary.failed
+    assert _numbers(tmp_path) == serial_numbers
+    assert read_manifest(tmp_path)["status"] == "complete"
+    lines = (tmp_path / "results.jsonl").read_text().splitlines()
+    assert len(lines) == 4  # the driver wrote each cell exactly once
+
+
+@_needs("ray")
+def test_ray_local_cluster_equals_serial(tmp_path: Path, serial_numbers: dict) -> None:
+    summary = execute(_spec(), out=tmp_path, backend="ray", show_progress=False)
+    assert summary.ok == 4 and not summary.failed
+    assert _numbers(tmp_path) == serial_numbers
+    assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 4
+
+
+@_needs("distributed")
+def test_dask_scheduler_address_and_timeout(tmp_path: Path, plugin_env: Path) -> None:
+    from distributed import LocalCluster
+
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as cluster:
+        spec = _spec(methods=("hangs", "raises", "random"), seeds=1, timeout=3.0)
+        summary = execute(
+            spec,
+            out=tmp_path,
+            backend="dask",
+            address=cluster.scheduler_address,
+            show_progress=False,
+        )
+    by_method = {r["method"]: r for r in read_results(tmp_path)}
+    assert by_method["hangs"]["status"] == "timeout"
+    assert "time limit of 3 s" in by_method["hangs"]["error"]["message"]
+    assert "worker restarted" in by_method["hangs"]["error"]["message"]
+    assert by_method["raises"]["status"] == "failed"
+    assert by_method["random"]["status"] == "ok" and summary.ok == 1
+
+
+@_needs("ray")
+def test_ray_timeout_and_segfault(tmp_path: Path, plugin_env: Path) -> None:
+    spec = _spec(methods=("hangs", "segfaults", "random"), seeds=1, timeout=8.0)
+    summary = execute(spec, out=tmp_path, backend="ray", show_progress=False)
+    by_method = {r["method"]: r for r in read_results(tmp_path)}
+    assert by_method["hangs"]["status"] == "timeout"
+    assert by_method["segfaults"]["status"] == "failed"
+    assert by_method["segfaults"]["error"]["type"] == "WorkerCrashed"
+    assert "worker process was killed" in by_method["hangs"]["error"]["message"]
+    assert by_method["random"]["status"] == "ok" and summary.ok == 1
+
+
+def test_cluster_options_are_checked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(UsageError, match="--backend dask or ray"):
+        execute(_spec(), out=tmp_path / "a", backend="process", address="tcp://x:1")
+    with pytest.raises(UsageError, match="--max-memory needs the process backend"):
+        execute(_spec(max_memory_mb=100.0), out=tmp_path / "b", backend="dask")
+    argv = ["run", "--methods", "random", "--datasets", "synthetic", "--out", str(tmp_path / "c")]
+    assert main([*argv, "--backend", "ray", "--scheduler", "tcp://x:1"]) == 2
+    assert "--scheduler goes with --backend dask" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
+
+
+def test_missing_engine_names_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    with pytest.raises(UsageError, match=r"pip install 'valbench\[ray\]'"):
+        execute(
+            _spec(seeds=1, methods=("random",)), out=tmp_path, backend="ray", show_progress=False
+        )

@@ -1,0 +1,230 @@
+"""Hostile input: config files, ``valbench run`` arguments and dataset files either work or
+raise one :mod:`valbench.errors` line — never another exception, never a half-made run directory."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import string
+import tempfile
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+hypothesis = pytest.importorskip("hypothesis", reason="hypothesis is not installed")
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from hypothesis.extra import numpy as hnp  # noqa: E402
+
+from valbench import cli  # noqa: E402
+from valbench.errors import ValbenchError  # noqa: E402
+from valbench.runner import RunSummary, resolve_names  # noqa: E402
+from valbench.spec import CONFIG_KEYS, build_spec, load_config_file  # noqa: E402
+from valbench.userdata import FileDataset  # noqa: E402
+
+#: ~50 examples keep the file fast; VALBENCH_HYPOTHESIS_EXAMPLES=2000 hunts harder.
+SETTINGS = settings(
+    max_examples=int(os.environ.get("VALBENCH_HYPOTHESIS_EXAMPLES", "50")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+
+# ----------------------------------------------------------------------------- TOML values
+
+_scalars = st.one_of(
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.booleans(),
+    st.text(max_size=12),
+    st.sampled_from(["random", "loo", "synthetic", "all", "none", "0.1", "fits=10", "ci", ""]),
+)
+_values = st.one_of(_scalars, st.lists(_scalars, max_size=4))
+
+
+def _toml_scalar(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return (
+            "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf") if math.isinf(v) else repr(v)
+        )
+    return json.dumps(v)  # a TOML basic string is a JSON string for these characters
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, list):
+        return "[" + ", ".join(map(_toml_scalar, v)) + "]"
+    return _toml_scalar(v)
+
+
+_keys = st.sampled_from(sorted(CONFIG_KEYS - {"params", "out", "data_dir"}) + ["bogus"])
+_param_tables = st.dictionaries(
+    st.sampled_from(["random", "loo", "synthetic", "knn", "x-y"]),
+    st.dictionaries(st.sampled_from(["seed", "batch_size", "k", "n_train"]), _scalars, max_size=2),
+    max_size=2,
+)
+
+
+@st.composite
+def toml_configs(draw: st.DrawFn) -> str:
+    """Well-formed TOML with config keys of random types, or random TOML-ish text."""
+    if draw(st.booleans()):
+        return draw(st.text(alphabet=string.printable + "[]=\"'é", max_size=80))
+    lines = [f"{k} = {_toml_value(v)}" for k, v in draw(st.dictionaries(_keys, _values)).items()]
+    for name, table in draw(_param_tables).items():
+        lines.append(f'[params."{name}"]')
+        lines += [f"{k} = {_toml_value(v)}" for k, v in table.items()]
+    return "\n".join(lines) + "\n"
+
+
+@SETTINGS
+@given(text=toml_configs())
+def test_config_files_work_or_raise_a_valbench_error(text: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "c.toml"
+        path.write_text(text, encoding="utf-8")
+        try:
+            config = load_config_file(path)
+            spec = build_spec(None, config, {"methods": config.get("methods", "all")})
+            resolve_names(spec)
+            spec.config_hash()
+        except ValbenchError as exc:
+            assert "\n" not in str(exc)
+
+
+# ----------------------------------------------------------------------------- CLI arguments
+
+_FLAGS = [
+    "--methods", "--datasets", "--noise", "--seeds", "--root-seed", "--fractions", "--model",
+    "--budget", "--max-train", "--jobs", "--timeout", "--max-memory", "--noise-model",
+    "--imbalance", "--label-column", "--backend", "--preset", "--param", "--scheduler",
+    "--address",
+]  # fmt: skip
+_SWITCHES = ["--overwrite", "--retry-failed", "--no-progress", "--bogus", "-v"]
+_flag_values = st.one_of(
+    st.text(alphabet=string.printable, max_size=10),
+    st.sampled_from(["random", "loo,random", "synthetic", "0", "-1", "1e9", "nan", "0.1", "all"]),
+)
+
+
+@st.composite
+def run_argv(draw: st.DrawFn) -> list[str]:
+    argv = ["run"]
+    for _ in range(draw(st.integers(0, 6))):
+        if draw(st.integers(0, 4)) == 0:
+            argv.append(draw(st.sampled_from(_SWITCHES)))
+        else:
+            argv += [draw(st.sampled_from(_FLAGS)), draw(_flag_values)]
+    return argv
+
+
+@SETTINGS
+@given(argv=run_argv())
+def test_run_arguments_exit_cleanly(
+    argv: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import valbench.runner
+
+    def fake_execute(spec: Any, *, out: Path | None = None, **kw: Any) -> RunSummary:
+        spec = resolve_names(spec)  # what the real one checks before touching the disk
+        assert out is not None
+        out.mkdir(parents=True, exist_ok=True)
+        return RunSummary(run_dir=out, total=len(spec.cells()))
+
+    monkeypatch.setattr(valbench.runner, "execute", fake_execute)
+    out = tmp_path / "run"
+    if out.exists():
+        out.rmdir()
+    err = io.StringIO()
+    with redirect_stderr(err), redirect_stdout(io.StringIO()):
+        try:
+            code = cli.main([*argv, "--out", str(out)])
+        except SystemExit as exc:  # argparse's own errors
+            code = exc.code  # type: ignore[assignment]
+    message = err.getvalue()
+    assert code in (0, 1, 2), message
+    assert "Traceback" not in message
+    if code == 2:
+        assert message.count("\n") == 1 and message.startswith("valbench: error:"), message
+        assert not out.exists()
+
+
+# ----------------------------------------------------------------------------- dataset files
+
+_KEYS = ["x", "y", "x_val", "y_val", "x_test", "y_test", "z"]
+_dtypes = st.sampled_from(["f8", "f4", "i8", "u1", "?", "U3", "S2", "c16", "M8[D]"])
+
+
+@st.composite
+def npz_arrays(draw: st.DrawFn) -> dict[str, np.ndarray]:
+    n = draw(st.integers(0, 12))
+    out: dict[str, np.ndarray] = {}
+    for key in draw(st.lists(st.sampled_from(_KEYS), unique=True, max_size=6)):
+        if key.startswith("x") and draw(st.booleans()):
+            shape: tuple[int, ...] = (n, draw(st.integers(0, 3)))
+        elif draw(st.booleans()):
+            shape = (n,)
+        else:
+            shape = tuple(draw(st.lists(st.integers(0, 4), max_size=3)))
+        out[key] = draw(hnp.arrays(np.dtype(draw(_dtypes)), shape))
+    return out
+
+
+def _load(path: Path, max_train: int | None, **params: Any) -> None:
+    try:
+        splits = FileDataset(path=str(path), **params).load(seed=0, max_train=max_train)
+    except ValbenchError as exc:
+        assert "\n" not in str(exc)
+        return
+    assert splits.x_train.shape[0] == splits.y_train.shape[0] > 0
+    assert np.isfinite(splits.x_train).all() and splits.n_classes >= 2
+
+
+@SETTINGS
+@given(
+    arrays=npz_arrays(),
+    max_train=st.one_of(st.none(), st.integers(2, 10)),
+    raw=st.one_of(st.none(), st.binary(max_size=64)),
+)
+def test_npz_files_load_or_raise_a_dataset_error(
+    arrays: dict[str, np.ndarray], max_train: int | None, raw: bytes | None
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "d.npz"
+        if raw is not None and not arrays:
+            path.write_bytes(raw)
+        else:
+            np.savez(path, **arrays)  # type: ignore[arg-type]
+        _load(path, max_train)
+
+
+@SETTINGS
+@given(
+    text=st.one_of(
+        st.text(alphabet='0123456789,.-e\n abxylabelnaNinf"', max_size=120),
+        st.lists(
+            st.lists(
+                st.sampled_from(["0", "1", "2", "-3.5", "a", "", "nan", "1e400"]),
+                min_size=3,
+                max_size=3,
+            ),
+            max_size=12,
+        ).map(lambda rows: "x1,x2,label\n" + "\n".join(",".join(r) for r in rows)),
+    ),
+    label_column=st.sampled_from([None, "label", "y", "x2", "missing"]),
+    max_train=st.one_of(st.none(), st.integers(2, 10)),
+)
+def test_csv_files_load_or_raise_a_dataset_error(
+    text: str, label_column: str | None, max_train: int | None
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "d.csv"
+        path.write_text(text, encoding="utf-8")
+        _load(path, max_train, label_column=label_column)

@@ -1,0 +1,244 @@
+"""Dask and Ray backends: each Cell is one task on a cluster; the driver alone writes the store.
+
+Both run :func:`valbench.cell.run_cell` remotely and stream each outcome back as it finishes
+(``as_completed`` / ``ray.wait``) to the runner's ``on_result`` callback, the same path the local
+backends use. Without an address each starts a local cluster of two single-threaded worker
+processes and shuts it down afterwards; with one it connects and only disconnects.
+
+``--timeout``: a cell still running after ``timeout`` seconds is recorded as ``timeout``.
+
+- Ray: the clock starts when the task is handed out (at most as many tasks are in flight as the
+  cluster has CPUs); ``ray.cancel(force=True)`` kills the worker process running it.
+- Dask: the clock starts when a worker starts the task (the task reports it as an event). Dask
+  cannot interrupt a running task (it is a thread), so the driver cancels the future and
+  restarts that worker through its nanny; a worker without a nanny keeps running the task and
+  its result is discarded.
+
+Ctrl-C cancels every outstanding task. Method progress inside a cell is not streamed; cells
+finished are. ``--jobs`` does not apply (the cluster's workers set the parallelism) and
+``--max-memory`` is refused (set the workers' memory limit instead).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from valbench.cell import CellOutcome, failure_record, run_cell
+from valbench.errors import UsageError
+from valbench.spec import Cell, RunSpec
+
+__all__ = ["run_dask", "run_ray", "LOCAL_WORKERS"]
+
+log = logging.getLogger(__name__)
+
+ResultFn = Callable[[CellOutcome], None]
+ProgressFn = Callable[[Cell, int, int], None]
+
+#: Workers (one thread / CPU each) of the local cluster started when no address is given.
+LOCAL_WORKERS = 2
+_POLL_S = 0.2
+
+
+def _missing(extra: str, exc: ImportError) -> UsageError:
+    return UsageError(
+        f"--backend {extra} needs the {extra} extra: pip install 'valbench[{extra}]' ({exc})"
+    )
+
+
+def _timeout_outcome(cell: Cell, spec: RunSpec, how: str) -> CellOutcome:
+    assert spec.timeout is not None
+    return CellOutcome(
+        failure_record(
+            cell,
+            spec,
+            "timeout",
+            "CellTimeout",
+            f"cell exceeded its time limit of {spec.timeout:g} s; {how}",
+        )
+    )
+
+
+def _crash_outcome(cell: Cell, spec: RunSpec, exc: BaseException) -> CellOutcome:
+    # run_cell turns every exception of the method into a record; what reaches here is the
+    # engine's own failure (a killed worker, a lost connection, a serialization error).
+    message = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:500]
+    return CellOutcome(failure_record(cell, spec, "failed", "WorkerCrashed", message))
+
+
+# ----------------------------------------------------------------------------- dask
+
+
+def _dask_task(cell: Cell, spec: RunSpec, topic: str | None) -> CellOutcome:
+    """What a Dask worker runs: announce the start (for the driver's clock), run the cell."""
+    if topic is not None:
+        from distributed import get_worker
+
+        worker = get_worker()
+        worker.log_event(topic, {"cell_id": cell.cell_id, "worker": worker.address})
+    return run_cell(cell, spec)
+
+
+def run_dask(
+    cells: list[Cell],
+    spec: RunSpec,
+    on_result: ResultFn,
+    on_progress: ProgressFn,
+    address: str | None = None,
+) -> None:
+    """Run each cell as one Dask task on the scheduler at ``address`` (or a local cluster)."""
+    try:
+        from distributed import Client, LocalCluster, wait
+    except ImportError as exc:
+        raise _missing("dask", exc) from None
+    cluster = None
+    if address is None:
+        cluster = LocalCluster(
+            n_workers=LOCAL_WORKERS,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=logging.WARNING,
+        )
+        client = Client(cluster)
+    else:
+        try:
+            client = Client(address, timeout=30)
+        except (OSError, TimeoutError) as exc:
+            raise UsageError(
+                f"cannot reach the Dask scheduler at {address} ({exc}); check --scheduler"
+            ) from None
+    topic = f"valbench-started-{uuid.uuid4().hex}" if spec.timeout else None
+    started: dict[str, tuple[float, str]] = {}
+    lock = threading.Lock()
+    if topic is not None:
+
+        def on_started(event: tuple[float, dict[str, str]]) -> None:
+            msg = event[1]
+            with lock:
+                started[msg["cell_id"]] = (time.monotonic(), msg["worker"])
+
+        client.subscribe_topic(topic, on_started)
+    futures: dict[Any, Cell] = {}
+    try:
+        for cell in cells:
+            fut = client.submit(_dask_task, cell, spec, topic, pure=False)
+            futures[fut] = cell
+        while futures:
+            try:
+                done = wait(list(futures), timeout=_POLL_S, return_when="FIRST_COMPLETED").done
+            except TimeoutError:  # nothing finished within the poll interval
+                done = set()
+            for fut in done:
+                cell = futures.pop(fut)
+                try:
+                    outcome = fut.result()
+                except Exception as exc:  # noqa: BLE001 - the engine failed, not the method
+                    outcome = _crash_outcome(cell, spec, exc)
+                on_result(outcome)
+            if spec.timeout:
+                now = time.monotonic()
+                for fut, cell in list(futures.items()):
+                    with lock:
+                        start = started.get(cell.cell_id)
+                    if start is None or now - start[0] <= spec.timeout or fut.done():
+                        continue
+                    del futures[fut]
+                    fut.cancel()
+                    how = "task cancelled"
+                    try:
+                        client.restart_workers([start[1]], timeout=60, raise_for_error=True)
+                        how += " and its worker restarted"
+                    except Exception as exc:  # noqa: BLE001 - best effort (no nanny, say)
+                        log.warning("could not restart Dask worker %s: %s", start[1], exc)
+                        how += "; its worker could not be restarted and runs it to the end"
+                    on_result(_timeout_outcome(cell, spec, how))
+    finally:
+        if futures:
+            client.cancel(list(futures), force=True)
+        if topic is not None:
+            client.unsubscribe_topic(topic)
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+# ----------------------------------------------------------------------------- ray
+
+
+def _ray_task(cell: Cell, spec: RunSpec) -> CellOutcome:
+    """What a Ray worker runs."""
+    return run_cell(cell, spec)
+
+
+def run_ray(
+    cells: list[Cell],
+    spec: RunSpec,
+    on_result: ResultFn,
+    on_progress: ProgressFn,
+    address: str | None = None,
+) -> None:
+    """Run each cell as one Ray task on the cluster at ``address`` (or a local one)."""
+    try:
+        import ray
+    except ImportError as exc:
+        raise _missing("ray", exc) from None
+    owned = not ray.is_initialized()
+    if owned:
+        try:
+            if address is None:
+                ray.init(
+                    num_cpus=LOCAL_WORKERS,
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    configure_logging=False,
+                )
+            else:
+                ray.init(address=address, log_to_driver=False, configure_logging=False)
+        except ConnectionError as exc:
+            raise UsageError(
+                f"cannot reach the Ray cluster at {address} ({exc}); check --address"
+            ) from None
+    remote = ray.remote(num_cpus=1, max_retries=0)(_ray_task)
+    spec_ref = ray.put(spec)
+    # With a timeout the clock starts at hand-out, so only as many tasks as CPUs are in flight.
+    slots = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    window = slots if spec.timeout else len(cells)
+    pending = deque(cells)
+    running: dict[Any, tuple[Cell, float]] = {}
+    try:
+        while pending or running:
+            while pending and len(running) < window:
+                cell = pending.popleft()
+                running[remote.remote(cell, spec_ref)] = (cell, time.monotonic())
+            ready, _ = ray.wait(list(running), num_returns=1, timeout=_POLL_S)
+            for ref in ready:
+                cell, _ = running.pop(ref)
+                try:
+                    outcome = ray.get(ref)
+                except Exception as exc:  # noqa: BLE001 - a killed worker, not the method
+                    outcome = _crash_outcome(cell, spec, exc)
+                on_result(outcome)
+            if spec.timeout:
+                now = time.monotonic()
+                for ref, (cell, start) in list(running.items()):
+                    if now - start > spec.timeout:
+                        del running[ref]
+                        try:
+                            ray.cancel(ref, force=True)
+                        except Exception:  # noqa: BLE001 - it finished in the meantime
+                            pass
+                        on_result(_timeout_outcome(cell, spec, "its worker process was killed"))
+    finally:
+        for ref in running:
+            try:
+                ray.cancel(ref, force=True)
+            except Exception:  # noqa: BLE001 - already finished or gone
+                pass
+        if owned:
+            ray.shutdown()
