@@ -50,7 +50,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "budget": "fits=600,seconds=60",
     },
     "full": {
-        "datasets": ["synthetic", "breast_cancer", "digits"],
+        "datasets": ["synthetic", "breast_cancer", "digits", "wine", "mnist1d", "mnist-5k"],
         "noise": [0.1, 0.2],
         "seeds": 5,
         "max_train": None,
