@@ -196,14 +196,63 @@ class UtilityEngine:
 
     def _train_and_score(self, masks: np.ndarray) -> np.ndarray:
         init = self._warm_init()
+        scores = np.empty(len(masks), dtype=np.float64)
+        for rows in _column_groups(masks):
+            scores[rows] = self._fit_group(masks[rows], init)
+        return scores
+
+    def _fit_group(self, masks: np.ndarray, init: Params | None) -> np.ndarray:
         x, y = self._x_train, self._y_train
         used = masks.any(axis=0)
-        # A batch that touches few training points (the short prefixes of one TMC permutation,
-        # say) trains on those columns only: the same per-model losses, at a fraction of the
-        # cost, since a point outside every subset only adds zero-weight terms.
-        if used.sum() <= self.n_train // 2:
+        # A group that touches few training points (the prefixes of one TMC permutation, say)
+        # trains on those columns only: the same per-model losses at a fraction of the cost,
+        # since a point outside every subset only adds zero-weight terms. Near the full set the
+        # copy (and the re-conversion it forces) is not worth it.
+        if used.sum() <= _RESTRICT_FRACTION * self.n_train:
             x, y, masks = x[used], y[used], masks[:, used]
         params = self.model.fit(x, y, masks, init=init, epochs=self.epochs)
         self.fits += params.batch_size
         logger.debug("trained %d models (engine total %d)", params.batch_size, self.fits)
         return self.model.accuracy(params, self._x_val, self._y_val)
+
+
+#: Restrict a fit to the columns its subsets use when they are at most this fraction of all.
+_RESTRICT_FRACTION = 0.9
+#: Smallest group worth a fit call of its own (each call has a fixed per-step overhead).
+_MIN_GROUP = 8
+#: The fixed cost of one more fit call, in (model × training point) units of per-step work.
+_CALL_COST = 4096
+
+
+def _column_groups(masks: np.ndarray) -> list[np.ndarray]:
+    """Split a batch (in its order) into runs of rows that share most of their columns.
+
+    A fit costs about rows × (columns touched by any row), so two TMC permutations' prefix
+    blocks fitted together pay for the union of both prefixes. Walking the rows in order, a
+    row starts a new group when more than a quarter of its points lie outside the current group's
+    union and the current group already holds ``_MIN_GROUP`` rows. Nested prefixes never
+    split; random subsets (Banzhaf) quickly cover everything and rarely split. The split is
+    kept only if rows × union columns summed over the groups, plus ``_CALL_COST`` per extra
+    group, is below the whole batch's cost.
+    """
+    b = len(masks)
+    if b <= _MIN_GROUP:
+        return [np.arange(b)]
+    starts = [0]
+    union = masks[0].copy()
+    for r in range(1, b):
+        row = masks[r]
+        new = int((row & ~union).sum())
+        if 4 * new > int(row.sum()) and r - starts[-1] >= _MIN_GROUP:
+            starts.append(r)
+            union = row.copy()
+        else:
+            union |= row
+    bounds = [*starts, b]
+    groups = [np.arange(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
+    # Split only when it saves more than the extra fit calls cost.
+    together = b * int(masks.any(axis=0).sum())
+    split = sum(len(g) * int(masks[g].any(axis=0).sum()) for g in groups)
+    if split + _CALL_COST * (len(groups) - 1) >= together:
+        return [np.arange(b)]
+    return groups

@@ -222,3 +222,31 @@ def test_task_utility_shortcut_and_stats(task: ValuationTask) -> None:
     engine.clear_cache()
     engine([1, 2, 3])
     assert engine.fits == 2
+
+
+def test_column_groups_split_prefix_blocks_of_different_permutations() -> None:
+    from valbench.utility import _column_groups
+
+    n, k = 1000, 32
+    rng = np.random.default_rng(0)
+    ranks = np.stack([rng.permutation(n), rng.permutation(n)])
+    # Two permutations' prefixes of lengths 500 … 531, as TMC asks for them.
+    lengths = 500 + np.arange(1, k + 1)
+    masks = (ranks[:, None, :] < lengths[None, :, None]).reshape(2 * k, n)
+    groups = _column_groups(masks)
+    assert [g.tolist() for g in groups] == [list(range(k)), list(range(k, 2 * k))]
+    # Short prefixes and random halves are cheaper in one call: no split.
+    short = (ranks[:, None, :] < (np.arange(1, k + 1))[None, :, None]).reshape(2 * k, n)
+    assert len(_column_groups(short)) == 1
+    halves = rng.random((64, n)) < 0.5
+    assert len(_column_groups(halves)) == 1
+
+
+def test_grouped_fits_equal_one_batch(task: ValuationTask) -> None:
+    # Splitting a batch into column groups changes only float rounding, not the utilities.
+    n = task.n_train
+    rng = np.random.default_rng(1)
+    masks = np.stack([rng.permutation(n) < m for m in range(1, n + 1)] * 2)
+    grouped = UtilityEngine(task, batch_size=len(masks), cache_size=0).many(list(masks))
+    single = UtilityEngine(task, batch_size=1, cache_size=0).many(list(masks))
+    np.testing.assert_allclose(grouped, single, atol=1.5 / len(task.y_val))
