@@ -128,3 +128,72 @@ def test_missing_engine_names_the_extra(tmp_path: Path, monkeypatch: pytest.Monk
         execute(
             _spec(seeds=1, methods=("random",)), out=tmp_path, backend="ray", show_progress=False
         )
+
+
+@_needs("ray")
+def test_ray_cluster_started_elsewhere_reached_by_address(
+    tmp_path: Path, serial_numbers: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cluster that valbench did not start (``ray start --head``), joined through --address."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    ray_cli = shutil.which("ray") or str(Path(sys.executable).with_name("ray"))
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    port = "6391"
+    # Ray's socket paths must stay under 107 bytes: a short temporary directory of its own.
+    ray_tmp = tempfile.mkdtemp(prefix="vbray")
+    started = subprocess.run(
+        [
+            ray_cli,
+            "start",
+            "--head",
+            "--num-cpus",
+            "2",
+            "--port",
+            port,
+            "--include-dashboard=false",
+            "--temp-dir",
+            ray_tmp,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert started.returncode == 0, started.stderr
+    try:
+        out = tmp_path / "run"
+        code = main(
+            [
+                "run",
+                "--methods",
+                "random,loo",
+                "--datasets",
+                "synthetic",
+                "--preset",
+                "ci",
+                "--seeds",
+                "2",
+                "--max-train",
+                "30",
+                "--fractions",
+                "0.1,0.5",
+                "--noise",
+                "0.2",
+                "--backend",
+                "ray",
+                "--address",
+                f"127.0.0.1:{port}",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        assert code == 0
+        assert _numbers(out) == serial_numbers
+    finally:
+        subprocess.run([ray_cli, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
