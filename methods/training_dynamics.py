@@ -195,6 +195,12 @@ def train_runs(
 
 def per_example_grad_norms(trained: TrainedRuns, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """(R, n) L2 norms of each point's cross-entropy gradient w.r.t. all parameters, per run."""
+    if isinstance(trained.net, nn.Linear):
+        # Linear model: the gradient is (p − onehot) ⊗ [x, 1], so its norm is the product of
+        # the two norms — exact, and no (n × parameters) per-sample gradients to build.
+        xt = _features(x).double()
+        input_norm = torch.sqrt(xt.pow(2).sum(dim=1) + 1.0)
+        return error_l2_norms(trained, x, y) * input_norm.numpy()[None, :]
     forward = _single_forward(trained.net)
 
     def loss_one(params: StackedParams, xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:

@@ -128,3 +128,51 @@ def test_default_cell_on_250_points_is_quick() -> None:
         elapsed = time.perf_counter() - start
         print(f"\n{cls.name:10s} default on 250 points: {elapsed:.3f}s")
         assert elapsed < 5.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cls", [EL2N, GraNd])
+def test_cost_ratio_on_full_fashion_mnist(benchmark: Any, cls: type[Method]) -> None:
+    """All 59,000 Fashion-MNIST training rows (raw pixels), 2 runs of 1 epoch."""
+    from valbench.datasets.vision import FashionMNISTDataset
+
+    if not FashionMNISTDataset.available():
+        pytest.skip("Fashion-MNIST files are not on this machine (Debian: dataset-fashion-mnist)")
+    splits = FashionMNISTDataset(n_val=1000).load(seed=0)
+    task = ValuationTask(
+        x_train=splits.x_train,
+        y_train=splits.y_train,
+        x_val=splits.x_val,
+        y_val=splits.y_val,
+        x_test=splits.x_test,
+        y_test=splits.y_test,
+        n_classes=splits.n_classes,
+        noisy_mask=None,
+        name="fashion-mnist",
+        seed=0,
+        model=ModelSpec(),
+        fit_counter=FitCounter(),
+    )
+    seeds = [int(s) for s in np.random.default_rng(0).integers(0, 2**62, size=2)]
+    method = cls(runs=2, epochs=1)
+
+    def run_method() -> None:
+        method.value(task, rng=np.random.default_rng(0), budget=Budget())
+
+    def run_training() -> None:
+        train_runs(
+            task.x_train,
+            task.y_train,
+            task.n_classes,
+            seeds=seeds,
+            epochs=1,
+            kind="logreg",
+            hidden=64,
+            l2=task.model.l2,
+        )  # type: ignore[attr-defined]
+
+    run_method()
+    benchmark.pedantic(run_method, rounds=1, iterations=1)
+    ratio = _best(run_method, 2) / _best(run_training, 2)
+    benchmark.extra_info["ratio"] = ratio
+    assert ratio <= MAX_RATIO
