@@ -38,6 +38,11 @@ def one_thread() -> Iterator[None]:
 def make_task(n: int, kind: str = "logreg") -> ValuationTask:
     """``n`` training points of the synthetic 2-D, 3-class problem."""
     splits = SyntheticDataset(n_samples=int(n / 0.6) + 30).load(seed=0, max_train=n)
+    return task_of(splits, "synthetic", kind)
+
+
+def task_of(splits: Any, name: str, kind: str = "logreg") -> ValuationTask:
+    """A noise-free task over ``splits`` with the evaluation model ``kind``."""
     return ValuationTask(
         x_train=splits.x_train,
         y_train=splits.y_train,
@@ -47,7 +52,7 @@ def make_task(n: int, kind: str = "logreg") -> ValuationTask:
         y_test=splits.y_test,
         n_classes=splits.n_classes,
         noisy_mask=None,
-        name="synthetic",
+        name=name,
         seed=0,
         model=ModelSpec(kind=kind),
         fit_counter=FitCounter(),
@@ -138,21 +143,7 @@ def test_cost_ratio_on_full_fashion_mnist(benchmark: Any, cls: type[Method]) -> 
 
     if not FashionMNISTDataset.available():
         pytest.skip("Fashion-MNIST files are not on this machine (Debian: dataset-fashion-mnist)")
-    splits = FashionMNISTDataset(n_val=1000).load(seed=0)
-    task = ValuationTask(
-        x_train=splits.x_train,
-        y_train=splits.y_train,
-        x_val=splits.x_val,
-        y_val=splits.y_val,
-        x_test=splits.x_test,
-        y_test=splits.y_test,
-        n_classes=splits.n_classes,
-        noisy_mask=None,
-        name="fashion-mnist",
-        seed=0,
-        model=ModelSpec(),
-        fit_counter=FitCounter(),
-    )
+    task = task_of(FashionMNISTDataset(n_val=1000).load(seed=0), "fashion-mnist")
     seeds = [int(s) for s in np.random.default_rng(0).integers(0, 2**62, size=2)]
     method = cls(runs=2, epochs=1)
 
