@@ -172,8 +172,8 @@ class HostCP(_HostCPBase):
         lr: θ's SGD step size. lr_phi: φ's. weight_decay: λ for both.
         threshold: ``r_j`` above which an incoming point counts as selected (original 0.9).
         embed_dim: Width of φ's embedding (original 100).
-        solver: diffcp solve method, ``"CLARABEL"`` (default; ECOS, faster in the issue's
-            measurements, is not installed here) or ``"SCS"``/``"ECOS"``.
+        solver: diffcp solve method, ``"ECOS"`` (default, the fastest here), ``"CLARABEL"``
+            or ``"SCS"``.
         learn_phi: False skips the look-ahead and φ's update (selections then equal the fast
             path's).
     """
@@ -194,7 +194,7 @@ class HostCP(_HostCPBase):
         weight_decay: float = 5e-4,
         threshold: float = 0.9,
         embed_dim: int = 100,
-        solver: str = "CLARABEL",
+        solver: str = "ECOS",
         learn_phi: bool = True,
     ) -> None:
         super().__init__(

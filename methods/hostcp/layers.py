@@ -76,11 +76,11 @@ class LPLayer:
     Args:
         b: Number of incoming points.
         e: Number of existing points.
-        solver: diffcp's solve method: ``"CLARABEL"`` (default; ECOS, measured faster, is not
-            installed here), ``"ECOS"`` or ``"SCS"``.
+        solver: diffcp's solve method: ``"ECOS"`` (default; 18 ms per 40×40 solve with
+            gradient here), ``"CLARABEL"`` (25 ms) or ``"SCS"``.
     """
 
-    def __init__(self, b: int, e: int, solver: str = "CLARABEL") -> None:
+    def __init__(self, b: int, e: int, solver: str = "ECOS") -> None:
         import cvxpy as cp
         from cvxpylayers.torch import CvxpyLayer
 
@@ -122,7 +122,7 @@ class LPLayer:
 
 
 @lru_cache(maxsize=16)
-def lp_layer(b: int, e: int, solver: str = "CLARABEL") -> LPLayer:
+def lp_layer(b: int, e: int, solver: str = "ECOS") -> LPLayer:
     """A cached :class:`LPLayer`; building one costs far more than a solve."""
     return LPLayer(b, e, solver)
 

@@ -51,7 +51,7 @@ class LoopConfig:
     weight_decay: float = 5e-4
     threshold: float = 0.9
     embed_dim: int = 100
-    solver: str = "CLARABEL"
+    solver: str = "ECOS"
     eps: float = 0.05
     learn_phi: bool = True
 
