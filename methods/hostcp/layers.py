@@ -130,49 +130,55 @@ def lp_layer(b: int, e: int, solver: str = "ECOS") -> LPLayer:
 def _row_log_masses(
     dn: torch.Tensor, do: torch.Tensor, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.logsumexp(-dn / eps, dim=1), torch.logsumexp(-do / eps, dim=1)
+    return torch.logsumexp(-dn / eps, dim=-1), torch.logsumexp(-do / eps, dim=-1)
 
 
-def _solve_multiplier(a: torch.Tensor, k: float) -> float:
-    """``t = mu/eps >= 0`` with ``sum_i sigmoid(a_i - t) = k`` (0 when the budget is slack).
+def _solve_multiplier(a: torch.Tensor, k: float) -> np.ndarray:
+    """``t = mu/eps >= 0`` per problem with ``sum_i sigmoid(a_i - t) = k`` (0 when slack).
 
-    The sum falls monotonically in ``t``: bracket the root, then safeguarded Newton (numpy,
-    since at B = 40 numpy's per-call overhead is a fraction of torch's).
+    ``a`` is (..., b); the result has its leading shape. The sum falls monotonically in ``t``:
+    bracket the root, then safeguarded Newton, vectorised over problems (numpy, since at
+    b = 40 numpy's per-call overhead is a fraction of torch's).
     """
     a64 = a.detach().double().numpy()
-    b = a64.size
+    shape = a64.shape[:-1]
+    a64 = a64.reshape(-1, a64.shape[-1])
+    b = a64.shape[1]
 
     def sig(x: np.ndarray) -> np.ndarray:
         return 0.5 * (1.0 + np.tanh(0.5 * x))  # overflow-free logistic
 
-    if k >= b or float(sig(a64).sum()) <= k:
-        return 0.0
+    t = np.zeros(len(a64))
+    active = np.full(len(a64), k < b) & (sig(a64).sum(axis=1) > k)
+    if not active.any():
+        return t.reshape(shape)
     # g(0) > k, and at hi every term is below k/b, so g(hi) < k.
-    lo = 0.0
-    hi = max(1.0, float(a64.max()) - math.log(k / (b - k)) + 1.0)
-    t = 0.5 * (lo + hi)
+    lo = np.zeros(len(a64))
+    hi = np.maximum(1.0, a64.max(axis=1) - math.log(k / (b - k)) + 1.0)
+    t = np.where(active, 0.5 * (lo + hi), 0.0)
     for _ in range(200):
-        s = sig(a64 - t)
-        g = float(s.sum()) - k
-        if abs(g) < 1e-14 * max(1.0, k):
+        s = sig(a64 - t[:, None])
+        g = s.sum(axis=1) - k
+        done = ~active | (np.abs(g) < 1e-14 * max(1.0, k)) | (hi - lo < 1e-15 * np.maximum(1.0, hi))
+        if done.all():
             break
-        if g > 0:
-            lo = t
-        else:
-            hi = t
-        slope = float((s * (1 - s)).sum())
-        step = t + g / slope if slope > 0 else 0.5 * (lo + hi)
+        lo = np.where(~done & (g > 0), t, lo)
+        hi = np.where(~done & (g <= 0), t, hi)
+        slope = (s * (1 - s)).sum(axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            step = np.where(slope > 0, t + g / slope, 0.5 * (lo + hi))
         # Newton while it stays inside the bracket, bisection otherwise.
-        t = step if lo < step < hi else 0.5 * (lo + hi)
-        if hi - lo < 1e-15 * max(1.0, hi):
-            break
-    return t
+        step = np.where((lo < step) & (step < hi), step, 0.5 * (lo + hi))
+        t = np.where(done, t, step)
+    return np.where(active, t, 0.0).reshape(shape)
 
 
 def entropic_assign(
     dn: torch.Tensor, do: torch.Tensor, k: float, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Solve ``min <Dn,Zn> + <Do,Zo> - eps*H(Z)`` s.t. rows sum to 1, ``sum(Zn) <= k``.
+
+    Batched: ``dn`` (..., b, b) and ``do`` (..., b, e) solve one program per leading index.
 
     ``H(Z) = -sum Z log Z``. For a multiplier ``mu`` of the budget the rows are softmaxes of
     ``-(D + mu*[incoming])/eps``; ``mu`` solves a monotone scalar equation. Its derivative
@@ -184,23 +190,21 @@ def entropic_assign(
     """
     if k <= 0:
         # A zero budget forbids incoming representatives outright (the multiplier is infinite).
-        zo = torch.softmax(-do / eps, dim=1)
-        return torch.zeros_like(dn), zo, torch.tensor(math.inf, dtype=dn.dtype)
+        zo = torch.softmax(-do / eps, dim=-1)
+        return torch.zeros_like(dn), zo, torch.full(dn.shape[:-2], math.inf, dtype=dn.dtype)
     log_n, log_o = _row_log_masses(dn, do, eps)
     a = log_n - log_o  # row i's incoming share is sigmoid(a_i - mu/eps)
-    t_star = _solve_multiplier(a, float(k))
-    if t_star > 0:
-        t0 = torch.tensor(t_star, dtype=a.dtype)
-        s = torch.sigmoid(a - t0)
-        g = s.sum() - k
-        slope = (s * (1 - s)).sum().detach()
-        # g == 0 at t0, so t has t0's value and dt/da = (dg/da)/slope: the implicit derivative.
-        t = t0 + g / slope
-    else:
-        t = torch.zeros((), dtype=a.dtype)
-    share_n = torch.sigmoid(a - t)  # mass of each row on incoming points
-    zn = share_n[:, None] * torch.softmax(-dn / eps, dim=1)
-    zo = (1 - share_n)[:, None] * torch.softmax(-do / eps, dim=1)
+    t0 = torch.as_tensor(_solve_multiplier(a, float(k)), dtype=a.dtype)
+    s = torch.sigmoid(a - t0[..., None])
+    g = s.sum(dim=-1) - k
+    slope = (s * (1 - s)).sum(dim=-1).detach()
+    # g == 0 at t0, so t has t0's value and dt/da = (dg/da)/slope: the implicit derivative.
+    # A slack budget (t0 = 0) keeps t = 0 with no derivative.
+    binding = t0 > 0
+    t = torch.where(binding, t0 + g / torch.where(binding, slope, 1.0), torch.zeros_like(t0))
+    share_n = torch.sigmoid(a - t[..., None])  # mass of each row on incoming points
+    zn = share_n[..., None] * torch.softmax(-dn / eps, dim=-1)
+    zo = (1 - share_n)[..., None] * torch.softmax(-do / eps, dim=-1)
     return zn, zo, t * eps
 
 

@@ -46,7 +46,7 @@ def _solve_lp(dn: torch.Tensor, do: torch.Tensor, k: int) -> None:
 def _solve_smooth(dn: torch.Tensor, do: torch.Tensor, k: int) -> None:
     dn_r, do_r = dn.clone().requires_grad_(), do.clone().requires_grad_()
     zn, _, _ = entropic_assign(dn_r, do_r, k, 0.1)
-    zn.sum(0).pow(2).sum().backward()
+    zn.sum(-2).pow(2).sum().backward()
 
 
 def test_lp_layer_40x40_with_gradient(benchmark: Any) -> None:
@@ -58,6 +58,14 @@ def test_lp_layer_40x40_with_gradient(benchmark: Any) -> None:
 def test_smooth_layer_40x40_with_gradient(benchmark: Any) -> None:
     dn, do = _instance(40, 40)
     benchmark(_solve_smooth, dn, do, 4)
+
+
+def test_smooth_layer_batched_64_problems_40x40(benchmark: Any) -> None:
+    """64 programs in one call (forward + exact gradient); per-solve cost = time / 64."""
+    dn, do = _instance(40, 40)
+    gen = torch.Generator().manual_seed(1)
+    jitter = torch.rand(64, 1, 1, generator=gen, dtype=torch.float64)
+    benchmark(_solve_smooth, dn[None] * (1 + jitter), do[None] * (1 + jitter), 4)
 
 
 def test_closed_form_40x40(benchmark: Any) -> None:
