@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from valbench.data import stratified_splits
+from valbench.data import resize_splits, stratified_splits
 from valbench.errors import UsageError
 from valbench.types import Dataset, DatasetSplits
 
@@ -60,8 +60,14 @@ class SyntheticDataset(Dataset):
         duplicate_fraction: float = 0.5,
         clusters_per_class: int = 2,
         cluster_spread: float = 0.01,
+        n_train: int | None = None,
+        n_val: int | None = None,
+        n_test: int | None = None,
     ) -> None:
         self.n_samples = n_samples
+        self.n_train = n_train
+        self.n_val = n_val
+        self.n_test = n_test
         self.n_classes = n_classes
         self.duplicate_fraction = duplicate_fraction
         self.clusters_per_class = clusters_per_class
@@ -120,6 +126,10 @@ class SyntheticDataset(Dataset):
         return x[order], y[order], cid[order]
 
     def load(self, *, seed: int, max_train: int | None = None) -> DatasetSplits:
-        """Standardized stratified 60/20/20 splits of :meth:`generate` for ``seed``."""
+        """Standardized stratified 60/20/20 splits of :meth:`generate` for ``seed``, then
+        subsampled to ``n_train``/``n_val``/``n_test`` when given."""
         x, y, _ = self.generate(seed)
-        return stratified_splits(x, y, seed=seed, max_train=max_train, n_classes=self.n_classes)
+        splits = stratified_splits(x, y, seed=seed, max_train=max_train, n_classes=self.n_classes)
+        return resize_splits(
+            splits, seed=seed, n_train=self.n_train, n_val=self.n_val, n_test=self.n_test
+        )

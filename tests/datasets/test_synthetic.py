@@ -148,3 +148,13 @@ def test_invalid_params_raise_usage_error() -> None:
     ):
         with pytest.raises(UsageError):
             SyntheticDataset(**bad).load(seed=0)  # type: ignore[arg-type]
+
+
+def test_split_sizes_are_parameters() -> None:
+    full = SyntheticDataset().load(seed=0)
+    small = SyntheticDataset(n_train=90, n_val=30, n_test=60).load(seed=0)
+    assert (len(small.y_train), len(small.y_val), len(small.y_test)) == (90, 30, 60)
+    assert set(np.unique(small.y_val)) == set(np.unique(full.y_val))  # stratified: all classes
+    # Subsamples of the same split: every kept test row is a row of the full test split.
+    full_rows = {tuple(r) for r in full.x_test.round(6)}
+    assert all(tuple(r) in full_rows for r in small.x_test.round(6))
