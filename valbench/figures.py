@@ -161,13 +161,24 @@ def subset_figure(group: GroupSummary, colors: Mapping[str, str]) -> str:
         xs_all = [float(f) for f in group.fractions]
         if xs_all:
             ax.set_xticks(xs_all, [f"{x * 100:g}%" for x in xs_all])
-        ax.set_xlabel("fraction of training data kept (highest-valued first)")
-        ax.set_ylabel("test accuracy")
-        ax.set_title(_t(f"{group.title}: subset value"))
-        ax.grid(True, alpha=0.3, lw=0.6)
-        _legend_right(ax)
-        fig.tight_layout()
+        _finish_curve_axes(
+            fig,
+            ax,
+            "fraction of training data kept (highest-valued first)",
+            "test accuracy",
+            f"{group.title}: subset value",
+        )
     return buf.getvalue()
+
+
+def _finish_curve_axes(fig: Any, ax: Any, xlabel: str, ylabel: str, title: str) -> None:
+    """Labels, title, grid and the legend beside the axes: the same on every curve figure."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(_t(title))
+    ax.grid(True, alpha=0.3, lw=0.6)
+    _legend_right(ax)
+    fig.tight_layout()
 
 
 def _mislabel_curve(rec: Mapping[str, Any]) -> tuple[list[float], list[float]] | None:
@@ -202,12 +213,13 @@ def mislabel_figure(group: GroupSummary, colors: Mapping[str, str]) -> str | Non
             ax.plot([0, rate, 1], [0, 1, 1], ls=":", lw=1.3, color="#000000", label="ideal")
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1.02)
-        ax.set_xlabel("fraction of training data inspected (lowest-valued first)")
-        ax.set_ylabel("recall of flipped labels")
-        ax.set_title(_t(f"{group.title}: mislabel detection"))
-        ax.grid(True, alpha=0.3, lw=0.6)
-        _legend_right(ax)
-        fig.tight_layout()
+        _finish_curve_axes(
+            fig,
+            ax,
+            "fraction of training data inspected (lowest-valued first)",
+            "recall of flipped labels",
+            f"{group.title}: mislabel detection",
+        )
     return buf.getvalue()
 
 
@@ -251,12 +263,13 @@ def removal_figure(group: GroupSummary, colors: Mapping[str, str]) -> str | None
         _fit_ylim(ax, shown)
         if group.full_data.present:
             ax.axhline(group.full_data.mean, ls=":", lw=1.3, color="#000000", label="full data")
-        ax.set_xlabel("fraction of training data removed (highest-valued first)")
-        ax.set_ylabel("test accuracy")
-        ax.set_title(_t(f"{group.title}: point removal"))
-        ax.grid(True, alpha=0.3, lw=0.6)
-        _legend_right(ax)
-        fig.tight_layout()
+        _finish_curve_axes(
+            fig,
+            ax,
+            "fraction of training data removed (highest-valued first)",
+            "test accuracy",
+            f"{group.title}: point removal",
+        )
     return buf.getvalue()
 
 
