@@ -1,6 +1,6 @@
 """Shared machinery of the image datasets: on-disk formats, splits, features and their cache.
 
-Formats are read with numpy, gzip and pickle only (torchvision is needed just to download):
+Formats are read with numpy, gzip and pickle only:
 
 - IDX (the MNIST family): big-endian magic ``0x00 0x00 <dtype> <ndim>``, then ``ndim``
   uint32 sizes, then the data; files may be gzipped (``.gz``) or not.
@@ -36,10 +36,13 @@ from valbench.types import Dataset, DatasetSplits
 __all__ = [
     "IDX_FILES",
     "FEATURES",
+    "parse_idx",
     "read_idx",
+    "check_idx_download",
     "find_idx_dir",
     "read_idx_dir",
     "read_cifar10_dir",
+    "check_cifar10_dir",
     "ImageDataset",
     "small_cnn",
 ]
@@ -71,6 +74,23 @@ def _open(path: Path) -> Any:
     return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")  # noqa: SIM115
 
 
+def parse_idx(raw: bytes) -> np.ndarray:
+    """Decode the bytes of an (uncompressed) IDX file; ValueError says what is wrong."""
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        raise ValueError("not an IDX file (bad magic number)")
+    dtype, ndim = _IDX_DTYPES[raw[2]], raw[3]
+    header = 4 + 4 * ndim
+    if ndim == 0 or len(raw) < header:
+        raise ValueError("truncated IDX header")
+    shape = tuple(int(v) for v in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
+    count = int(np.prod(shape))
+    if len(raw) - header != count * dtype.itemsize:
+        raise ValueError(
+            f"IDX header says shape {shape} but the file holds {len(raw) - header} data bytes"
+        )
+    return np.frombuffer(raw, dtype=dtype, count=count, offset=header).reshape(shape)
+
+
 def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     """Read one IDX file (gzipped when its name ends in ``.gz``) into a numpy array."""
     path = Path(path)
@@ -79,20 +99,37 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
             raw = f.read()
     except (OSError, EOFError) as exc:
         raise DatasetError(f"{path}: cannot read ({exc}); replace the file") from exc
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-        raise DatasetError(f"{path}: not an IDX file (bad magic number); replace the file")
-    dtype, ndim = _IDX_DTYPES[raw[2]], raw[3]
-    header = 4 + 4 * ndim
-    if ndim == 0 or len(raw) < header:
-        raise DatasetError(f"{path}: truncated IDX header; replace the file")
-    shape = tuple(int(v) for v in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
-    count = int(np.prod(shape))
-    if len(raw) - header != count * dtype.itemsize:
-        raise DatasetError(
-            f"{path}: IDX header says shape {shape} but the file holds "
-            f"{len(raw) - header} data bytes; replace the file"
+    try:
+        return parse_idx(raw)
+    except ValueError as exc:
+        raise DatasetError(f"{path}: {exc}; replace the file") from exc
+
+
+def check_idx_download(
+    path: Path, stem: str, *, image_shape: tuple[int, int] = (28, 28), n_classes: int = 10
+) -> None:
+    """Check a downloaded gzipped IDX file holds what ``stem`` names; ValueError if not.
+
+    Images must be ``(n, *image_shape)`` uint8, labels a uint8 vector in ``0..n_classes-1``.
+    """
+    try:
+        raw = gzip.decompress(path.read_bytes())
+    except (OSError, EOFError) as exc:
+        raise ValueError(f"not a gzip file ({exc})") from exc
+    arr = parse_idx(raw)
+    if arr.dtype != np.uint8:
+        raise ValueError(f"{stem} holds {arr.dtype}, expected uint8")
+    if "images" in stem and (arr.ndim != 3 or arr.shape[1:] != image_shape):
+        raise ValueError(
+            f"{stem} holds shape {arr.shape}, expected (n, {image_shape[0]}, {image_shape[1]})"
         )
-    return np.frombuffer(raw, dtype=dtype, count=count, offset=header).reshape(shape)
+    if "labels" in stem:
+        if arr.ndim != 1:
+            raise ValueError(f"{stem} holds shape {arr.shape}, expected (n,)")
+        if arr.size and int(arr.max()) >= n_classes:
+            raise ValueError(
+                f"{stem} holds labels up to {int(arr.max())}, expected 0..{n_classes - 1}"
+            )
 
 
 def _idx_path(directory: Path, stem: str) -> Path | None:
@@ -176,6 +213,17 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     x = x.reshape(-1, 3, 32, 32)
     _check_images_labels(path, "batch", x, y, (3, 32, 32), 10)
     return x, y
+
+
+def check_cifar10_dir(directory: Path) -> None:
+    """Check every batch of an unpacked ``cifar-10-batches-py``; ValueError if one is bad."""
+    try:
+        read_cifar10_dir(directory)
+    except DatasetError as exc:
+        message = str(exc).replace(str(directory) + os.sep, "")
+        raise ValueError(
+            message.removesuffix("; replace it").removesuffix("; replace the files")
+        ) from exc
 
 
 def read_cifar10_dir(directory: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

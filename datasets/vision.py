@@ -3,26 +3,32 @@
 Files are looked for, in order, in valbench's data directory (``<data>/<name>/`` or the
 torchvision layout ``<data>/FashionMNIST/raw/``), in system directories (Debian's
 ``dataset-fashion-mnist`` installs ``/usr/share/datasets/fashion-mnist/``), under a
-torchvision root given as ``root``; else they are downloaded through torchvision (the
-``vision`` extra) into the data directory when it is installed and a network exists; else a
-:class:`~valbench.errors.DatasetError` says how to provide them.
+torchvision root given as ``root``; else they are downloaded (standard library only, see
+:mod:`valbench.datasets._download`: mirrors in turn, md5 and content checked, atomic renames)
+into ``<data>/<name>/`` (``<data>/cifar-10-batches-py/`` for CIFAR-10); else a
+:class:`~valbench.errors.DatasetError` says why the download failed and how to provide them.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import shutil
+import tempfile
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
 from valbench.cache import data_dir
+from valbench.datasets import _download
 from valbench.datasets._images import (
     CIFAR10_TEST,
     CIFAR10_TRAIN,
     IDX_FILES,
     ImageDataset,
+    check_cifar10_dir,
+    check_idx_download,
     find_idx_dir,
     read_cifar10_dir,
     read_idx_dir,
@@ -59,18 +65,10 @@ def _stamp(directory: Path) -> tuple[float, ...]:
     return tuple(p.stat().st_mtime for p in sorted(directory.iterdir()) if p.is_file())
 
 
-def _torchvision() -> Any:
-    try:
-        import torchvision
-    except ImportError:
-        return None
-    return torchvision
-
-
 class _SearchedDataset(ImageDataset):
-    """An image dataset found on disk, or downloaded through torchvision into the data dir."""
+    """An image dataset found on disk, or downloaded into the data directory."""
 
-    #: The torchvision dataset class name, which is also its directory under a root.
+    #: The torchvision dataset class name, which is also its directory under a torchvision root.
     torchvision_name: ClassVar[str]
     #: Names of the files that must be pre-placed (for the error message).
     files: ClassVar[tuple[str, ...]]
@@ -85,40 +83,47 @@ class _SearchedDataset(ImageDataset):
         raise NotImplementedError
 
     @classmethod
+    def download(cls, data: Path) -> Path:
+        """Download the files into their place under ``data``; return that directory.
+
+        Raises:
+            DownloadError: No mirror delivered a verified copy (the message says why).
+        """
+        raise NotImplementedError
+
+    @classmethod
     def available(cls) -> bool:
         """True when the files are on disk here (no download needed)."""
         return cls._find(cls._candidates(data_dir(), None)) is not None
 
     def locate(self) -> Path:
-        """The directory holding the files, downloading them through torchvision if needed."""
+        """The directory holding the files, downloading them into the data dir if needed."""
         data = data_dir(self.data_dir)
         found = self._find(self._candidates(data, self.root))
         if found is not None:
             return found
-        tv = _torchvision()
-        reason = "torchvision is not installed"
-        if tv is not None:
-            try:
-                logger.info("downloading %s into %s", self.name, data)
-                data.mkdir(parents=True, exist_ok=True)
-                tv_cls = getattr(tv.datasets, self.torchvision_name)
-                for train in (True, False):
-                    tv_cls(root=str(data), train=train, download=True)
-            except Exception as exc:  # noqa: BLE001 - network or disk failure
-                reason = f"download failed: {type(exc).__name__}: {exc}".replace("\n", " ")
-            found = self._find(self._candidates(data, self.root))
-            if found is not None:
-                return found
         first = self._candidates(data, None)[0]
+        try:
+            logger.info("%s not found on disk; downloading it into %s", self.name, first)
+            self.download(data)
+            reason = "the downloaded files were not found afterwards"
+        except _download.DownloadError as exc:
+            reason = f"download failed: {exc}"
+        except OSError as exc:  # e.g. the data directory is not writable
+            reason = f"download failed: {type(exc).__name__}: {exc}"
+        found = self._find(self._candidates(data, self.root))
+        if found is not None:
+            return found
         system = ", ".join(str(p) for p in SYSTEM_DIRS.get(self.name, []))
-        raise DatasetError(
+        message = (
             f"{self.name} not found ({reason}); provide it one of three ways: put "
             f"{', '.join(self.files)} in {first}"
             + (f" (or install the system package that fills {system})" if system else "")
             + f"; or pass root=DIR holding {self.torchvision_name}'s torchvision layout; or "
-            "pip install 'valbench[vision]' and run once with a network to download it into "
-            f"{data} (--data-dir or VALBENCH_DATA choose another directory)"
+            f"run once with a network to download it into {first} "
+            "(--data-dir or VALBENCH_DATA choose another directory)"
         )
+        raise DatasetError(" ".join(message.split()))
 
 
 class IdxDataset(_SearchedDataset):
@@ -137,6 +142,27 @@ class IdxDataset(_SearchedDataset):
     @classmethod
     def _find(cls, candidates: list[Path]) -> Path | None:
         return find_idx_dir(candidates)
+
+    @classmethod
+    def download(cls, data: Path) -> Path:
+        """Download the four gzipped IDX files into ``<data>/<name>/``."""
+        target = data / cls.name
+        sums = _download.CHECKSUMS.get(cls.name, {})
+        for stem in IDX_FILES:
+            if (target / stem).is_file() or (target / f"{stem}.gz").is_file():
+                continue
+
+            def check(tmp: Path, stem: str = stem) -> None:
+                check_idx_download(tmp, stem, n_classes=cls.n_classes)
+
+            name = f"{stem}.gz"
+            _download.fetch(
+                [base + name for base in _download.MIRRORS.get(cls.name, [])],
+                target / name,
+                check=check,
+                md5=sums.get(name),
+            )
+        return target
 
     def pools(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
         """The 60 000 training and 10 000 test images, ``(n, 1, 28, 28)`` uint8."""
@@ -185,6 +211,35 @@ class CIFAR10Dataset(_SearchedDataset):
             if all((directory / name).is_file() for name in cls.files):
                 return directory
         return None
+
+    @classmethod
+    def download(cls, data: Path) -> Path:
+        """Download the python tarball and unpack its batches into ``<data>/cifar-10-batches-py/``.
+
+        Only the known regular files are unpacked (tarfile's ``data`` filter, no links), into
+        a hidden staging directory; they are checked there and then renamed into place.
+        """
+        folder = "cifar-10-batches-py"
+        archive = "cifar-10-python.tar.gz"
+
+        def unpack(tmp: Path) -> Path:
+            staging = Path(tempfile.mkdtemp(dir=data, prefix=f".{folder}."))
+            try:
+                unpacked = _download.extract_members(
+                    tmp, folder, {*cls.files, "batches.meta"}, staging
+                )
+                check_cifar10_dir(unpacked)
+                _download.replace_tree(unpacked, data / folder)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+            return data / folder
+
+        return _download.fetch_with(
+            [base + archive for base in _download.MIRRORS.get(cls.name, [])],
+            data,
+            unpack,
+            md5=_download.CHECKSUMS.get(cls.name, {}).get(archive),
+        )
 
     def pools(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
         """The 50 000 training and 10 000 test images, ``(n, 3, 32, 32)`` uint8."""

@@ -2,53 +2,26 @@
 
 from __future__ import annotations
 
-import gzip
 import pickle
-import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
+from image_fixtures import N_TEST, N_TRAIN, make_idx_dir, write_cifar, write_idx
 
-from valbench.datasets import vision
+from valbench.datasets import _download, vision
 from valbench.datasets._images import IDX_FILES, read_idx
 from valbench.datasets.vision import CIFAR10Dataset, FashionMNISTDataset, MNISTDataset
 from valbench.errors import DatasetError, UsageError
 
-N_TRAIN, N_TEST = 120, 40
-
-
-def write_idx(path: Path, arr: np.ndarray, *, gz: bool = True) -> None:
-    """Write ``arr`` (uint8) as an IDX file: magic 0x0000 08 <ndim>, big-endian sizes."""
-    data = struct.pack(">BBBB", 0, 0, 0x08, arr.ndim) + struct.pack(f">{arr.ndim}I", *arr.shape)
-    data += arr.astype(np.uint8).tobytes()
-    if gz:
-        path = path.with_name(path.name + ".gz")
-        path.write_bytes(gzip.compress(data))
-    else:
-        path.write_bytes(data)
-
-
-def make_idx_dir(directory: Path, *, gz: bool = True, seed: int = 0) -> None:
-    """Four tiny MNIST-family IDX files; the image's first pixel encodes its label."""
-    directory.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for prefix, n in (("train", N_TRAIN), ("t10k", N_TEST)):
-        y = (np.arange(n) % 10).astype(np.uint8)
-        x = rng.integers(0, 50, size=(n, 28, 28), dtype=np.uint8)
-        x[:, 0, 0] = y * 20
-        x[:, 10:18, 10:18] += (y * 20)[:, None, None]
-        write_idx(directory / f"{prefix}-images-idx3-ubyte", x, gz=gz)
-        write_idx(directory / f"{prefix}-labels-idx1-ubyte", y, gz=gz)
-
 
 @pytest.fixture
 def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An empty data dir, no system dirs, no torchvision (so nothing is found or downloaded)."""
+    """An empty data dir, no system dirs, no mirrors (so nothing is found or downloaded)."""
     data = tmp_path / "data"
     monkeypatch.setenv("VALBENCH_DATA", str(data))
     monkeypatch.setattr(vision, "SYSTEM_DIRS", {"fashion-mnist": [], "mnist": [], "cifar10": []})
-    monkeypatch.setattr(vision, "_torchvision", lambda: None)
+    monkeypatch.setattr(_download, "MIRRORS", {})
     return data
 
 
@@ -123,36 +96,12 @@ def test_offline_error_names_three_ways_and_files(isolated: Path) -> None:
     msg = str(err.value)
     assert "\n" not in msg and str(isolated / "fashion-mnist") in msg
     assert all(f"{stem}.gz" in msg for stem in IDX_FILES)
-    assert "root=" in msg and "valbench[vision]" in msg and "torchvision is not installed" in msg
-
-
-def test_offline_error_when_download_fails(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    class _Offline:
-        def __init__(self, **kwargs: object) -> None:
-            raise OSError("network unreachable")
-
-    class _TV:
-        class datasets:  # noqa: N801 - mimics torchvision.datasets
-            CIFAR10 = _Offline
-
-    monkeypatch.setattr(vision, "_torchvision", lambda: _TV)
-    with pytest.raises(DatasetError, match="download failed: OSError: network unreachable"):
-        CIFAR10Dataset().load(seed=0)
-
-
-def _write_cifar(directory: Path) -> None:
-    directory.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for name, n in [(f"data_batch_{i}", 20) for i in range(1, 6)] + [("test_batch", 30)]:
-        labels = [int(v) for v in np.arange(n) % 10]
-        data = rng.integers(0, 255, size=(n, 3072), dtype=np.uint8)
-        data[:, 0] = np.array(labels) * 10
-        with open(directory / name, "wb") as f:
-            pickle.dump({b"batch_label": name.encode(), b"labels": labels, b"data": data}, f)
+    assert "root=" in msg and "run once with a network" in msg
+    assert "download failed: no download mirror is configured" in msg
 
 
 def test_cifar10_pickled_batches(isolated: Path) -> None:
-    _write_cifar(isolated / "cifar-10-batches-py")
+    write_cifar(isolated / "cifar-10-batches-py")
     assert CIFAR10Dataset.available()
     s = CIFAR10Dataset(n_val=20).load(seed=0)
     assert s.x_train.shape == (80, 3072) and s.x_test.shape == (30, 3072)

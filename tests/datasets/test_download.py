@@ -1,0 +1,217 @@
+"""The standard-library downloader against a local HTTP server serving tiny files in the exact
+published formats: end-to-end loads, checksum and content checks falling through to the next
+mirror, safe tar extraction, one-line errors, and no half-written file ever left behind."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from image_fixtures import (
+    N_TEST,
+    N_TRAIN,
+    cifar_batches,
+    cifar_tarball,
+    idx_arrays,
+    idx_bytes,
+    idx_gz_files,
+    refused_url,
+    serve,
+    tarball,
+)
+
+from valbench.datasets import _download, vision
+from valbench.datasets._images import IDX_FILES
+from valbench.datasets.vision import CIFAR10Dataset, FashionMNISTDataset, MNISTDataset
+from valbench.errors import DatasetError
+
+GZ_NAMES = [f"{stem}.gz" for stem in IDX_FILES]
+
+
+def _md5(data: bytes) -> str:
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+@pytest.fixture
+def data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty data dir and no system dirs; each test sets the mirrors it serves."""
+    path = tmp_path / "data"
+    monkeypatch.setenv("VALBENCH_DATA", str(path))
+    monkeypatch.setattr(vision, "SYSTEM_DIRS", {"fashion-mnist": [], "mnist": [], "cifar10": []})
+    monkeypatch.setattr(_download, "MIRRORS", {})
+    monkeypatch.setattr(_download, "CHECKSUMS", {})
+    return path
+
+
+def _all_files(root: Path) -> list[str]:
+    """Every file under ``root`` (hidden ones too), relative, sorted."""
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def test_idx_download_then_load_end_to_end(data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    files = idx_gz_files()
+    with serve({f"/m1/{k}": v for k, v in files.items()}) as srv:
+        monkeypatch.setitem(_download.MIRRORS, "fashion-mnist", [f"{srv.url}/m1/"])
+        monkeypatch.setitem(
+            _download.CHECKSUMS, "fashion-mnist", {k: _md5(v) for k, v in files.items()}
+        )
+        assert not FashionMNISTDataset.available()
+        s = FashionMNISTDataset(n_val=20).load(seed=0)
+        assert sorted(srv.hits) == sorted(f"/m1/{k}" for k in files)
+        # Present now: a second load reads the disk and asks the server nothing.
+        FashionMNISTDataset(n_val=20).load(seed=1)
+        assert len(srv.hits) == 4
+    assert (len(s.y_train), len(s.y_val), len(s.y_test)) == (N_TRAIN - 20, 20, N_TEST)
+    assert np.allclose(s.x_train[:, 0] * 255 / 20, s.y_train)
+    assert FashionMNISTDataset.available()
+    assert _all_files(data) == sorted(f"fashion-mnist/{k}" for k in GZ_NAMES)
+    for name in GZ_NAMES:
+        assert (data / "fashion-mnist" / name).read_bytes() == files[name]
+
+
+def test_bad_md5_or_bad_content_falls_through_to_next_mirror(
+    data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    good = idx_gz_files()
+    # Well-formed files with valid content, but not the published bytes: only md5 catches it.
+    other = {f"{k}.gz": gzip.compress(idx_bytes(v[::-1])) for k, v in idx_arrays().items()}
+    routes: dict[str, bytes | int | tuple[str, bytes]] = {f"/good/{k}": v for k, v in good.items()}
+    routes.update({f"/bad/{k}": v for k, v in other.items()})
+    with serve(routes) as srv:
+        monkeypatch.setitem(_download.MIRRORS, "mnist", [f"{srv.url}/bad/", f"{srv.url}/good/"])
+        monkeypatch.setitem(_download.CHECKSUMS, "mnist", {k: _md5(v) for k, v in good.items()})
+        MNISTDataset(n_val=20).load(seed=0)
+        assert [h.split("/")[1] for h in srv.hits] == ["bad", "good"] * 4
+    for name in GZ_NAMES:
+        assert (data / "mnist" / name).read_bytes() == good[name]
+    assert _all_files(data) == sorted(f"mnist/{k}" for k in GZ_NAMES)
+
+
+@pytest.mark.parametrize(
+    "stem, corrupt",
+    [
+        ("train-images-idx3-ubyte", b"this is not gzip"),
+        ("train-labels-idx1-ubyte", gzip.compress(b"\x08\x03\x00\x00" + bytes(20))),  # magic
+        ("train-labels-idx1-ubyte", gzip.compress(idx_bytes(np.full(N_TRAIN, 10, np.uint8)))),
+        ("t10k-images-idx3-ubyte", gzip.compress(idx_bytes(np.zeros((N_TEST, 32, 32))))),
+    ],
+    ids=["not-gzip", "bad-magic", "label-out-of-range", "wrong-image-shape"],
+)
+def test_content_is_checked_even_without_a_checksum(
+    data: Path, monkeypatch: pytest.MonkeyPatch, stem: str, corrupt: bytes
+) -> None:
+    good = idx_gz_files()
+    routes: dict[str, bytes | int | tuple[str, bytes]] = {f"/good/{k}": v for k, v in good.items()}
+    routes[f"/bad/{stem}.gz"] = corrupt
+    with serve(routes) as srv:
+        monkeypatch.setitem(_download.MIRRORS, "mnist", [f"{srv.url}/bad/", f"{srv.url}/good/"])
+        MNISTDataset(n_val=20).load(seed=0)  # no md5 known: the decoded content decides
+        assert f"/bad/{stem}.gz" in srv.hits
+    assert (data / "mnist" / f"{stem}.gz").read_bytes() == good[f"{stem}.gz"]
+    assert _all_files(data) == sorted(f"mnist/{k}" for k in GZ_NAMES)
+
+
+def test_all_mirrors_failing_is_one_line_error_and_leaves_nothing(
+    data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    good = idx_gz_files()
+    name = "train-images-idx3-ubyte.gz"
+    # First mirror: 404; second: an interrupted transfer (half the bytes, then hang-up);
+    # third: nothing listens.
+    with serve({f"/trunc/{name}": ("truncate", good[name])}) as srv:
+        mirrors = [f"{srv.url}/missing/", f"{srv.url}/trunc/", refused_url()]
+        monkeypatch.setitem(_download.MIRRORS, "fashion-mnist", mirrors)
+        with pytest.raises(DatasetError) as err:
+            FashionMNISTDataset().load(seed=0)
+        assert srv.hits == [f"/missing/{name}", f"/trunc/{name}"]
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert msg.startswith("fashion-mnist not found (download failed: no mirror delivered")
+    assert "HTTP 404" in msg and "refused" in msg.lower()
+    assert all(m + name in msg for m in mirrors)
+    assert str(data / "fashion-mnist") in msg and all(k in msg for k in GZ_NAMES)
+    assert "root=" in msg
+    assert _all_files(data) == []  # no final file and no temporary one
+
+
+def test_cifar10_download_unpacks_batches_then_loads(
+    data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    archive = cifar_tarball()
+    with serve({"/kriz/cifar-10-python.tar.gz": archive}) as srv:
+        monkeypatch.setitem(_download.MIRRORS, "cifar10", [f"{srv.url}/kriz/"])
+        monkeypatch.setitem(
+            _download.CHECKSUMS, "cifar10", {"cifar-10-python.tar.gz": _md5(archive)}
+        )
+        s = CIFAR10Dataset(n_val=20).load(seed=0)
+    assert s.x_train.shape == (80, 3072) and s.x_test.shape == (30, 3072)
+    assert np.allclose(s.x_train[:, 0] * 255 / 10, s.y_train)
+    # The batches are unpacked into place; neither the tarball nor a staging dir is left.
+    expected = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]
+    assert _all_files(data) == sorted(f"cifar-10-batches-py/{k}" for k in expected)
+    assert [p.name for p in data.iterdir()] == ["cifar-10-batches-py"]
+
+
+def test_cifar10_hostile_or_corrupt_archives_fall_through(
+    tmp_path: Path, data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    batches = {f"cifar-10-batches-py/{k}": v for k, v in cifar_batches().items()}
+    # Path traversal and a link in place of a batch: the link is not a regular file, so the
+    # archive lacks test_batch and is refused; nothing lands outside the data directory.
+    evil = dict(batches)
+    del evil["cifar-10-batches-py/test_batch"]
+    evil["../escaped"] = b"x"
+    evil["/tmp/absolute-escape"] = b"x"
+    hostile = tarball(evil, links={"cifar-10-batches-py/test_batch": "/etc/passwd"})
+    bad_batch = dict(batches)
+    bad_batch["cifar-10-batches-py/data_batch_3"] = b"not a pickle"
+    routes: dict[str, bytes | int | tuple[str, bytes]] = {
+        "/a/cifar-10-python.tar.gz": hostile,
+        "/b/cifar-10-python.tar.gz": tarball(bad_batch),
+        "/c/cifar-10-python.tar.gz": b"\x1f\x8b not really gzip",
+        "/d/cifar-10-python.tar.gz": cifar_tarball(),
+    }
+    with serve(routes) as srv:
+        monkeypatch.setitem(_download.MIRRORS, "cifar10", [f"{srv.url}/{m}/" for m in "abcd"])
+        CIFAR10Dataset(n_val=20).load(seed=0)
+        assert [h.split("/")[1] for h in srv.hits] == list("abcd")
+    assert not (data.parent / "escaped").exists() and not (tmp_path / "escaped").exists()
+    assert not Path("/tmp/absolute-escape").exists()
+    assert not (data / "cifar-10-batches-py" / "test_batch").is_symlink()
+    assert [p.name for p in data.iterdir()] == ["cifar-10-batches-py"]
+
+
+def test_cifar10_all_archives_bad_reports_each_reason(
+    data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    good = cifar_tarball()
+    with serve({"/a/cifar-10-python.tar.gz": good, "/b/cifar-10-python.tar.gz": b"junk"}) as srv:
+        monkeypatch.setitem(_download.MIRRORS, "cifar10", [f"{srv.url}/a/", f"{srv.url}/b/"])
+        monkeypatch.setitem(_download.CHECKSUMS, "cifar10", {"cifar-10-python.tar.gz": "0" * 32})
+        with pytest.raises(DatasetError) as err:
+            CIFAR10Dataset().load(seed=0)
+    msg = str(err.value)
+    assert "\n" not in msg and msg.count("differs from the expected " + "0" * 32) == 2
+    assert str(data / "cifar-10-batches-py") in msg and "test_batch" in msg
+    assert _all_files(data) == []
+
+
+def test_published_checksums_are_the_torchvision_ones() -> None:
+    # Pinned here so an accidental edit of the table is caught (values as torchvision checks).
+    assert _download.CHECKSUMS["mnist"]["train-images-idx3-ubyte.gz"].startswith("f68b3c2d")
+    assert _download.CHECKSUMS["fashion-mnist"]["t10k-labels-idx1-ubyte.gz"].startswith("bb300cfd")
+    assert _download.CHECKSUMS["cifar10"]["cifar-10-python.tar.gz"] == (
+        "c58f30108f718f92721af3b95e74349a"
+    )
+    assert all(len(v) == 4 for k, v in _download.CHECKSUMS.items() if "mnist" in k)
+    assert _download.MIRRORS["mnist"][0].startswith("https://ossci-datasets.s3.amazonaws.com/")
+
+
+def test_idx_files_of_fixture_are_real_idx() -> None:
+    arrays = idx_arrays()
+    assert arrays["train-images-idx3-ubyte"].shape == (N_TRAIN, 28, 28)
+    raw = gzip.decompress(idx_gz_files()["train-labels-idx1-ubyte.gz"])
+    assert raw[:4] == b"\x00\x00\x08\x01" and int.from_bytes(raw[4:8], "big") == N_TRAIN
