@@ -9,8 +9,9 @@ Formats are read with numpy, gzip and pickle only:
 
 Features (``features=``): ``raw`` (flattened pixels scaled to [0, 1], optionally projected on
 ``pca`` principal components fitted on the training split), ``cnn`` (penultimate layer of a
-small CNN trained on the training split only) and ``pretrained`` (ImageNet ResNet-18 from
-torchvision). ``cnn`` and ``pretrained`` features are cached on disk, keyed by dataset, split
+small CNN trained on the training split only) and ``pretrained`` (ImageNet ResNet-18, our own
+implementation loading torchvision's checkpoint; see :mod:`valbench.datasets._resnet`).
+``cnn`` and ``pretrained`` features are cached on disk, keyed by dataset, split
 seed, sizes and feature config; a cached file is only used when its stored config is equal.
 """
 
@@ -58,7 +59,7 @@ IDX_FILES = (
 )
 #: Feature kinds of image datasets.
 FEATURES = ("raw", "cnn", "pretrained")
-_FEATURE_CACHE_VERSION = 1
+_FEATURE_CACHE_VERSION = 2
 
 _IDX_DTYPES: dict[int, np.dtype[Any]] = {
     0x08: np.dtype(np.uint8),
@@ -308,42 +309,11 @@ def _cnn_features(
     return out
 
 
-def _pretrained_features(arrays: list[np.ndarray], *, size: int) -> list[np.ndarray]:
-    """ImageNet ResNet-18 (torchvision) features, 512 per image; clear errors when missing."""
-    try:
-        import torch
-        import torchvision
-    except ImportError as exc:
-        raise DatasetError(
-            "features='pretrained' needs torchvision: pip install 'valbench[vision]' "
-            "(or use features='cnn' or 'raw')"
-        ) from exc
-    try:
-        weights = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
-        net = torchvision.models.resnet18(weights=weights)
-    except Exception as exc:  # noqa: BLE001 - download or file errors
-        raise DatasetError(
-            "features='pretrained' needs the ResNet-18 ImageNet weights (resnet18-f37072fd.pth) "
-            f"in {torch.hub.get_dir()}/checkpoints or a network to fetch them ({exc})"
-        ) from exc
-    net.fc = torch.nn.Identity()
-    net.eval()
-    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-    out = []
-    with torch.no_grad():
-        for arr in arrays:
-            feats = []
-            for s in range(0, len(arr), 128):
-                batch = torch.from_numpy(arr[s : s + 128].astype(np.float32) / 255.0)
-                if batch.shape[1] == 1:
-                    batch = batch.expand(-1, 3, -1, -1)
-                batch = torch.nn.functional.interpolate(
-                    batch, size=(size, size), mode="bilinear", align_corners=False
-                )
-                feats.append(net((batch - mean) / std))
-            out.append(torch.cat(feats).numpy() if feats else np.zeros((0, 512), np.float32))
-    return out
+def _pretrained_features(arrays: list[np.ndarray], *, size: int, data: Path) -> list[np.ndarray]:
+    """ImageNet ResNet-18 features, 512 per image (see :mod:`valbench.datasets._resnet`)."""
+    from valbench.datasets._resnet import resnet18_features
+
+    return resnet18_features(arrays, size=size, data=data)
 
 
 def _standardize(train: np.ndarray, others: list[np.ndarray]) -> list[np.ndarray]:
@@ -394,7 +364,8 @@ class ImageDataset(Dataset):
         cnn_epochs: Training epochs of the small CNN (``features='cnn'``).
         cnn_dim: Width of the CNN's penultimate layer = number of features.
         cnn_width: Channels of the CNN's first conv layer.
-        pretrained_size: Side images are resized to for ResNet-18.
+        pretrained_size: Side of the ResNet-18 input crop (images are resized to
+            ``pretrained_size * 256 / 224`` and center-cropped, as torchvision's transforms do).
         cache_features: Cache ``cnn``/``pretrained`` features in the data directory.
         data_dir: Data directory; None = ``--data-dir``, ``$VALBENCH_DATA`` or the user cache.
         root: A torchvision root directory that may already hold the files (datasets that
@@ -575,7 +546,9 @@ class ImageDataset(Dataset):
             )
             return _standardize(feats[0], feats[1:])
         if self.features == "pretrained":
-            feats = _pretrained_features([x_tr, *others], size=self.pretrained_size)
+            feats = _pretrained_features(
+                [x_tr, *others], size=self.pretrained_size, data=data_dir(self.data_dir)
+            )
             return _standardize(feats[0], feats[1:])
         flat = [a.reshape(len(a), -1).astype(np.float32) / 255.0 for a in [x_tr, *others]]
         if self.pca is None:

@@ -138,21 +138,3 @@ def test_cnn_features_deterministic_and_cache_keyed(isolated: Path) -> None:
     stored["config"] = np.array('{"features": "other"}')
     np.savez(files[0], **stored)
     assert FashionMNISTDataset(**kw).load(seed=0).x_train.max() < 50
-
-
-def test_pretrained_without_torchvision_is_a_clear_error(
-    isolated: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import builtins
-
-    make_idx_dir(isolated / "fashion-mnist")
-    real_import = builtins.__import__
-
-    def no_tv(name: str, *args: object, **kwargs: object) -> object:
-        if name == "torchvision":
-            raise ImportError("no torchvision")
-        return real_import(name, *args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(builtins, "__import__", no_tv)
-    with pytest.raises(DatasetError, match=r"valbench\[vision\]"):
-        FashionMNISTDataset(features="pretrained", n_val=20).load(seed=0)

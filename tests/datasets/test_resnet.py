@@ -1,0 +1,257 @@
+"""ResNet-18 features without torchvision: architecture vs torchvision's checkpoint keys,
+weights found or downloaded (sha256 prefix checked), preprocessing, features and their cache."""
+
+from __future__ import annotations
+
+import builtins
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from image_fixtures import N_TEST, N_TRAIN, make_idx_dir, serve
+
+from valbench.datasets import _download, _resnet, vision
+from valbench.datasets.vision import FashionMNISTDataset
+from valbench.errors import DatasetError
+
+#: ``torchvision.models.resnet18().state_dict().keys()``, in order (torchvision 0.29.1; the
+#: published resnet18-f37072fd.pth holds these minus the ``num_batches_tracked`` entries,
+#: which batch norm fills in when they are absent).
+TORCHVISION_KEYS = """
+    conv1.weight
+    bn1.weight bn1.bias bn1.running_mean bn1.running_var bn1.num_batches_tracked
+    layer1.0.conv1.weight
+    layer1.0.bn1.weight layer1.0.bn1.bias layer1.0.bn1.running_mean layer1.0.bn1.running_var
+    layer1.0.bn1.num_batches_tracked
+    layer1.0.conv2.weight
+    layer1.0.bn2.weight layer1.0.bn2.bias layer1.0.bn2.running_mean layer1.0.bn2.running_var
+    layer1.0.bn2.num_batches_tracked
+    layer1.1.conv1.weight
+    layer1.1.bn1.weight layer1.1.bn1.bias layer1.1.bn1.running_mean layer1.1.bn1.running_var
+    layer1.1.bn1.num_batches_tracked
+    layer1.1.conv2.weight
+    layer1.1.bn2.weight layer1.1.bn2.bias layer1.1.bn2.running_mean layer1.1.bn2.running_var
+    layer1.1.bn2.num_batches_tracked
+    layer2.0.conv1.weight
+    layer2.0.bn1.weight layer2.0.bn1.bias layer2.0.bn1.running_mean layer2.0.bn1.running_var
+    layer2.0.bn1.num_batches_tracked
+    layer2.0.conv2.weight
+    layer2.0.bn2.weight layer2.0.bn2.bias layer2.0.bn2.running_mean layer2.0.bn2.running_var
+    layer2.0.bn2.num_batches_tracked
+    layer2.0.downsample.0.weight
+    layer2.0.downsample.1.weight layer2.0.downsample.1.bias
+    layer2.0.downsample.1.running_mean layer2.0.downsample.1.running_var
+    layer2.0.downsample.1.num_batches_tracked
+    layer2.1.conv1.weight
+    layer2.1.bn1.weight layer2.1.bn1.bias layer2.1.bn1.running_mean layer2.1.bn1.running_var
+    layer2.1.bn1.num_batches_tracked
+    layer2.1.conv2.weight
+    layer2.1.bn2.weight layer2.1.bn2.bias layer2.1.bn2.running_mean layer2.1.bn2.running_var
+    layer2.1.bn2.num_batches_tracked
+    layer3.0.conv1.weight
+    layer3.0.bn1.weight layer3.0.bn1.bias layer3.0.bn1.running_mean layer3.0.bn1.running_var
+    layer3.0.bn1.num_batches_tracked
+    layer3.0.conv2.weight
+    layer3.0.bn2.weight layer3.0.bn2.bias layer3.0.bn2.running_mean layer3.0.bn2.running_var
+    layer3.0.bn2.num_batches_tracked
+    layer3.0.downsample.0.weight
+    layer3.0.downsample.1.weight layer3.0.downsample.1.bias
+    layer3.0.downsample.1.running_mean layer3.0.downsample.1.running_var
+    layer3.0.downsample.1.num_batches_tracked
+    layer3.1.conv1.weight
+    layer3.1.bn1.weight layer3.1.bn1.bias layer3.1.bn1.running_mean layer3.1.bn1.running_var
+    layer3.1.bn1.num_batches_tracked
+    layer3.1.conv2.weight
+    layer3.1.bn2.weight layer3.1.bn2.bias layer3.1.bn2.running_mean layer3.1.bn2.running_var
+    layer3.1.bn2.num_batches_tracked
+    layer4.0.conv1.weight
+    layer4.0.bn1.weight layer4.0.bn1.bias layer4.0.bn1.running_mean layer4.0.bn1.running_var
+    layer4.0.bn1.num_batches_tracked
+    layer4.0.conv2.weight
+    layer4.0.bn2.weight layer4.0.bn2.bias layer4.0.bn2.running_mean layer4.0.bn2.running_var
+    layer4.0.bn2.num_batches_tracked
+    layer4.0.downsample.0.weight
+    layer4.0.downsample.1.weight layer4.0.downsample.1.bias
+    layer4.0.downsample.1.running_mean layer4.0.downsample.1.running_var
+    layer4.0.downsample.1.num_batches_tracked
+    layer4.1.conv1.weight
+    layer4.1.bn1.weight layer4.1.bn1.bias layer4.1.bn1.running_mean layer4.1.bn1.running_var
+    layer4.1.bn1.num_batches_tracked
+    layer4.1.conv2.weight
+    layer4.1.bn2.weight layer4.1.bn2.bias layer4.1.bn2.running_mean layer4.1.bn2.running_var
+    layer4.1.bn2.num_batches_tracked
+    fc.weight fc.bias
+""".split()
+
+SMALL = 32  # ResNet-18 runs at 32x32 thanks to its adaptive pool; fast enough for tests
+
+
+@pytest.fixture(scope="module")
+def weights_bytes(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """A random ResNet-18 checkpoint in the published format (non-trivial BN statistics)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net = _resnet.ResNet18()
+        with torch.no_grad():
+            for mod in net.modules():
+                if isinstance(mod, torch.nn.BatchNorm2d):
+                    mod.running_mean.normal_(0, 0.2)
+                    mod.running_var.uniform_(0.5, 2.0)
+                    mod.weight.uniform_(0.5, 1.5)
+                    mod.bias.normal_(0, 0.1)
+    path = tmp_path_factory.mktemp("weights") / _resnet.WEIGHTS_FILE
+    torch.save(net.state_dict(), path)
+    return path.read_bytes()
+
+
+@pytest.fixture
+def data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Empty data dir and torch hub dir, no mirrors, and torchvision unimportable."""
+    path = tmp_path / "data"
+    monkeypatch.setenv("VALBENCH_DATA", str(path))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(vision, "SYSTEM_DIRS", {"fashion-mnist": [], "mnist": [], "cifar10": []})
+    monkeypatch.setattr(_download, "MIRRORS", {})
+    real_import = builtins.__import__
+
+    def no_torchvision(name: str, *args: object, **kwargs: object) -> object:
+        if name == "torchvision" or name.startswith("torchvision."):
+            raise ImportError("torchvision is not importable here")
+        return real_import(name, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(builtins, "__import__", no_torchvision)
+    make_idx_dir(path / "fashion-mnist")
+    return path
+
+
+def _place(weights_bytes: bytes, directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / _resnet.WEIGHTS_FILE
+    path.write_bytes(weights_bytes)
+    return path
+
+
+def test_module_names_match_torchvision_checkpoint() -> None:
+    state = _resnet.ResNet18().state_dict()
+    assert len(TORCHVISION_KEYS) == 122
+    assert list(state) == TORCHVISION_KEYS
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    assert shapes["conv1.weight"] == (64, 3, 7, 7)
+    assert shapes["layer1.0.conv1.weight"] == (64, 64, 3, 3)
+    assert shapes["layer2.0.conv1.weight"] == (128, 64, 3, 3)
+    assert shapes["layer2.0.downsample.0.weight"] == (128, 64, 1, 1)
+    assert shapes["layer4.1.bn2.running_var"] == (512,)
+    assert shapes["fc.weight"] == (1000, 512)
+    assert "layer1.0.downsample.0.weight" not in state  # same width, stride 1: identity
+
+
+def test_preprocess_shapes_grey_replicated_and_normalized() -> None:
+    rng = np.random.default_rng(0)
+    grey = rng.integers(0, 256, size=(2, 1, 28, 28), dtype=np.uint8)
+    x = _resnet.preprocess(grey, 224)
+    assert x.shape == (2, 3, 224, 224) and x.dtype == torch.float32
+    rgb = _resnet.preprocess(np.repeat(grey, 3, axis=1), 224)
+    assert torch.equal(x, rgb)
+    # A constant image maps to (level/255 - mean) / std in every channel.
+    flat = _resnet.preprocess(np.full((1, 3, 32, 32), 255, np.uint8), SMALL)
+    expected = (1 - torch.tensor(_resnet.IMAGENET_MEAN)) / torch.tensor(_resnet.IMAGENET_STD)
+    torch.testing.assert_close(flat[0, :, 5, 7], expected)
+
+
+def test_pretrained_features_without_torchvision_deterministic_and_cached(
+    data: Path, weights_bytes: bytes
+) -> None:
+    _place(weights_bytes, data / "models")
+    kw = {"features": "pretrained", "pretrained_size": SMALL, "n_val": 20}
+    a = FashionMNISTDataset(**kw).load(seed=0)
+    assert a.x_train.shape == (N_TRAIN - 20, 512) and a.x_test.shape == (N_TEST, 512)
+    assert a.x_train.dtype == np.float32 and np.isfinite(a.x_train).all()
+    np.testing.assert_allclose(a.x_train.mean(axis=0), 0, atol=5e-3)  # standardized on train
+    assert a.x_train.std(axis=0).max() > 0.5
+    b = FashionMNISTDataset(**kw, cache_features=False).load(seed=0)
+    np.testing.assert_allclose(a.x_train, b.x_train, atol=1e-5)
+    np.testing.assert_allclose(a.x_test, b.x_test, atol=1e-5)
+    files = sorted((data / "features" / "fashion-mnist").glob("*.npz"))
+    assert len(files) == 1
+    with np.load(files[0]) as f:
+        stored = dict(f)
+    stored["x_train"] = stored["x_train"] + 100.0
+    np.savez(files[0], **stored)
+    assert FashionMNISTDataset(**kw).load(seed=0).x_train.min() > 50  # same config: read
+    other = FashionMNISTDataset(**{**kw, "pretrained_size": 40}).load(seed=0)
+    assert other.x_train.max() < 50  # another size: recomputed, its own file
+    assert len(list((data / "features" / "fashion-mnist").glob("*.npz"))) == 2
+
+
+def test_features_are_those_of_the_loaded_weights(data: Path, weights_bytes: bytes) -> None:
+    path = _place(weights_bytes, data / "models")
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, size=(5, 3, 32, 32), dtype=np.uint8)
+    feats = _resnet.resnet18_features([images, images[:0]], size=SMALL, data=data, batch_size=2)
+    assert feats[0].shape == (5, 512) and feats[0].dtype == np.float32
+    assert feats[1].shape == (0, 512)
+    net = _resnet.ResNet18()
+    net.load_state_dict(torch.load(path, weights_only=True))
+    with torch.no_grad():
+        ref = net.eval().features(_resnet.preprocess(images, SMALL)).numpy()
+    np.testing.assert_allclose(feats[0], ref, rtol=1e-5, atol=1e-5)
+    # The same image gives the same features, whatever batch it comes in.
+    alone = _resnet.resnet18_features([images[3:4]], size=SMALL, data=data)[0]
+    np.testing.assert_allclose(alone[0], feats[0][3], rtol=1e-4, atol=1e-4)
+
+
+def test_weights_found_in_torch_hub_cache(data: Path, weights_bytes: bytes) -> None:
+    hub = Path(torch.hub.get_dir()) / "checkpoints"
+    assert str(hub).startswith(str(data.parent))  # TORCH_HOME points into tmp
+    _place(weights_bytes, hub)
+    assert _resnet.find_weights(data) == hub / _resnet.WEIGHTS_FILE
+    net = _resnet.load_resnet18(data)
+    assert not net.training
+
+
+def test_missing_weights_is_a_one_line_error(data: Path) -> None:
+    with pytest.raises(DatasetError) as err:
+        FashionMNISTDataset(features="pretrained", pretrained_size=SMALL, n_val=20).load(seed=0)
+    msg = str(err.value)
+    assert "\n" not in msg and _resnet.WEIGHTS_FILE in msg
+    assert "download failed: no download mirror is configured" in msg
+    assert str(data / "models") in msg and str(Path(torch.hub.get_dir()) / "checkpoints") in msg
+    assert "features='cnn'" in msg
+    assert not (data / "models").exists() or not any((data / "models").iterdir())
+
+
+def test_corrupt_weights_file_is_named(data: Path, weights_bytes: bytes) -> None:
+    path = _place(b"not a checkpoint", data / "models")
+    with pytest.raises(DatasetError, match=f"{path}: not a torch checkpoint.*delete it") as err:
+        _resnet.load_resnet18(data)
+    assert "\n" not in str(err.value)
+    state = torch.load(_place(weights_bytes, data.parent / "w"), weights_only=True)
+    del state["fc.bias"]
+    torch.save(state, path)
+    with pytest.raises(DatasetError, match="not ResNet-18 weights.*fc.bias"):
+        _resnet.load_resnet18(data)
+
+
+def test_weights_download_checks_sha256_prefix_then_falls_through(
+    data: Path, weights_bytes: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Name the file after its own sha256 prefix, as the published one is.
+    name = f"resnet18-{hashlib.sha256(weights_bytes).hexdigest()[:8]}.pth"
+    monkeypatch.setattr(_resnet, "WEIGHTS_FILE", name)
+    tampered = bytearray(weights_bytes)
+    tampered[-100] ^= 1  # one flipped bit: the sha256 prefix no longer matches
+    routes: dict[str, bytes | int | tuple[str, bytes]] = {
+        f"/bad/{name}": bytes(tampered),
+        f"/good/{name}": weights_bytes,
+    }
+    with serve(routes) as srv:
+        monkeypatch.setitem(_download.MIRRORS, "resnet18", [f"{srv.url}/bad/", f"{srv.url}/good/"])
+        net = _resnet.load_resnet18(data)
+        assert srv.hits == [f"/bad/{name}", f"/good/{name}"]
+    assert (data / "models" / name).read_bytes() == weights_bytes
+    assert sorted(p.name for p in (data / "models").iterdir()) == [name]
+    assert torch.equal(
+        net.state_dict()["conv1.weight"], torch.load(data / "models" / name)["conv1.weight"]
+    )
