@@ -139,7 +139,10 @@ def test_ray_cluster_started_elsewhere_reached_by_address(
     import subprocess
     import tempfile
 
-    ray_cli = shutil.which("ray") or str(Path(sys.executable).with_name("ray"))
+    # The ray CLI of this interpreter: another one on PATH (a global install, a pyenv shim)
+    # would start a cluster whose workers import some other valbench, or none.
+    beside = Path(sys.executable).with_name("ray")
+    ray_cli = str(beside) if beside.exists() else shutil.which("ray") or "ray"
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     port = "6391"
