@@ -2,9 +2,10 @@
 
 A :class:`BatchedClassifier` fits ``B`` models of the same architecture, each on its own
 subset of one shared training set, in a single full-batch optimisation: every parameter has
-a leading batch dimension and each model's loss only touches its own slice. Because Adam is
-per-coordinate, training ``B`` models together gives the same parameters (up to float
-rounding) as training each alone, which is what lets the utility engine batch retrainings.
+a leading batch dimension and each model's loss only touches its own slice. Adam is
+per-coordinate, and the L-BFGS here keeps a history, a step and a line search per model, so
+training ``B`` models together gives the same parameters (up to float rounding) as training
+each alone, which is what lets the utility engine batch retrainings.
 
 Gradients are written out by hand (the models are tiny); this avoids autograd's per-step
 overhead, which dominates at these sizes. ``tests/harness/test_models.py`` checks them
@@ -34,10 +35,15 @@ __all__ = [
 ]
 
 MODEL_NAMES: tuple[str, ...] = ("logreg", "mlp")
+SOLVERS: tuple[str, ...] = ("auto", "lbfgs", "adam")
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 _BETA1, _BETA2, _EPS = 0.9, 0.999, 1e-8
 _LOGIT_RANGE = 60.0
+# L-BFGS: curvature pairs kept, most halvings of a step, sufficient-decrease constant.
+_LBFGS_MEMORY = 10
+_LINE_SEARCH_STEPS = 20
+_ARMIJO_C1 = 1e-4
 
 
 @dataclass(frozen=True)
@@ -46,11 +52,17 @@ class ModelSpec:
 
     Attributes:
         kind: ``"logreg"`` (multinomial logistic regression) or ``"mlp"`` (one ReLU hidden layer).
-        epochs: Full-batch Adam steps per fit.
-        lr: Adam learning rate.
+        epochs: Steps per fit: full-batch Adam steps, or the most L-BFGS iterations.
+        lr: Adam learning rate (unused by L-BFGS).
         l2: Weight decay, added to each model's loss as ``l2/2 * ||weights||²`` (biases excluded).
         hidden: Hidden units of the MLP (ignored by logreg).
         dtype: ``"float32"`` (default) or ``"float64"``.
+        solver: ``"lbfgs"`` (batched L-BFGS to a gradient tolerance), ``"adam"`` (a fixed number
+            of full-batch Adam steps) or ``"auto"``: L-BFGS for the convex logreg, Adam for the
+            MLP. On digits L-BFGS reaches a 6x smaller objective gap than 150 Adam steps in
+            40 % of the time (``tests/benchmarks/test_utility_benchmark.py``).
+        tol: L-BFGS stops a model once every gradient entry is at most ``tol`` in magnitude
+            (the loss is a mean, so this does not grow with the subset size).
     """
 
     kind: str = "logreg"
@@ -59,6 +71,8 @@ class ModelSpec:
     l2: float = 1e-3
     hidden: int = 64
     dtype: str = "float32"
+    solver: str = "auto"
+    tol: float = 3e-4
 
     def __post_init__(self) -> None:
         if self.kind not in MODEL_NAMES:
@@ -73,6 +87,23 @@ class ModelSpec:
             raise UsageError(f"model hidden must be an integer >= 1, got {self.hidden!r}")
         if self.dtype not in _DTYPES:
             raise UsageError(f"model dtype must be one of {', '.join(_DTYPES)}, got {self.dtype!r}")
+        if self.solver not in SOLVERS:
+            raise UsageError(
+                f"model solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}"
+            )
+        if not (isinstance(self.tol, int | float) and math.isfinite(self.tol) and self.tol > 0):
+            raise UsageError(f"model tol must be a finite number > 0, got {self.tol!r}")
+        if self.solver == "lbfgs" and self.kind != "logreg":
+            raise UsageError(
+                f"model solver 'lbfgs' is for logreg only; use solver=adam or auto for {self.kind}"
+            )
+
+    @property
+    def resolved_solver(self) -> str:
+        """The solver ``fit`` uses: ``"auto"`` is L-BFGS for logreg and Adam for the MLP."""
+        if self.solver != "auto":
+            return self.solver
+        return "lbfgs" if self.kind == "logreg" else "adam"
 
     @classmethod
     def parse(cls, name: str, **overrides: Any) -> ModelSpec:
@@ -158,7 +189,8 @@ class BatchedClassifier:
     """Trains ``B`` independent classifiers at once on subsets of the same training arrays.
 
     Each model ``b`` minimises the mean cross-entropy over its own subset plus
-    ``l2/2 * ||weights||²`` with full-batch Adam; the softmax is always over all
+    ``l2/2 * ||weights||²`` with full-batch L-BFGS (logreg, by default) or Adam; the softmax is
+    always over all
     ``n_classes``, so subsets missing classes work. A model whose subset is empty gets a zero
     loss (no penalty either) and so keeps its initial parameters: zero for logreg, which
     predicts class 0 everywhere; the seeded initialisation for the MLP.
@@ -297,7 +329,7 @@ class BatchedClassifier:
             masks: Bool array (B, n) or a list of B index arrays (or bool rows).
             init: Parameters to start from (a batch of 1 is broadcast to B); default: the seeded
                 init.
-            epochs: Adam steps, overriding the spec's.
+            epochs: Adam steps (or the most L-BFGS iterations), overriding the spec's.
             sample_weight: Optional non-negative (B, n) weights (e.g. bootstrap multiplicities):
                 model ``b`` then minimises the weighted mean loss over its subset.
 
@@ -343,7 +375,10 @@ class BatchedClassifier:
         # dimension, which torch's CPU kernel does ~30x faster than over a tiny last one.
         # Adam is per-coordinate, so the layout does not change the result.
         if self.spec.kind == "logreg":
-            fitted = self._fit_logreg(x, params, weights, decay, steps)
+            if self.spec.resolved_solver == "lbfgs":
+                fitted = self._fit_logreg_lbfgs(x, params, weights, decay, steps)
+            else:
+                fitted = self._fit_logreg(x, params, weights, decay, steps)
             if self.fit_counter is not None:
                 self.fit_counter.add(batch)
             return fitted
@@ -382,6 +417,32 @@ class BatchedClassifier:
         self._aug = (x, tensors)
         return tensors
 
+    def _logreg_problem(
+        self, x: np.ndarray, params: Params, decay: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``[x, 1]``, its transpose, the weights as (B, C, d+1) and the per-entry L2 factors.
+
+        The bias is folded into the weights as a last column (features ``[x, 1]``), so each
+        step is one GEMM each way; the L2 penalty covers the weights, not that bias column.
+        """
+        xa, xa_t = self._augmented(x)
+        batch, d = params["W"].shape[0], self.n_features
+        w = torch.cat([params["W"].to(self.dtype).transpose(1, 2), params["b"][:, :, None]], 2)
+        decay_aug = decay.expand(batch, 1, d + 1).clone()
+        decay_aug[:, :, d] = 0.0
+        return xa, xa_t, w.contiguous(), decay_aug
+
+    def _logreg_params(self, w: torch.Tensor) -> Params:
+        d = self.n_features
+        return Params(
+            "logreg",
+            {"W": w[:, :, :d].transpose(1, 2).contiguous(), "b": w[:, :, d].contiguous()},
+        )
+
+    def _onehot_t(self) -> torch.Tensor:
+        assert self._data is not None  # fit() converted the training data just before
+        return self._data[2][2]
+
     def _fit_logreg(
         self,
         x: np.ndarray,
@@ -396,35 +457,150 @@ class BatchedClassifier:
         two, so each step issues about half the torch calls: for the small fits the utility
         engine runs by the thousand, the per-call overhead is most of the cost.
         """
-        _, _, onehot_t = self._data[2] if self._data is not None else (None, None, None)
-        assert onehot_t is not None  # fit() converted the training data just before
-        xa, xa_t = self._augmented(x)
-        batch, d = params["W"].shape[0], self.n_features
-        c = self.n_classes
-        n = xa.shape[0]
-        w = torch.cat([params["W"].to(self.dtype).transpose(1, 2), params["b"][:, :, None]], 2)
-        w = w.contiguous()  # (B, C, d+1)
-        # The L2 penalty on the weights only, not on the bias column.
-        decay_aug = decay.expand(batch, 1, d + 1).clone()
-        decay_aug[:, :, d] = 0.0
+        onehot_t = self._onehot_t()
+        xa, xa_t, w, decay_aug = self._logreg_problem(x, params, decay)
+        batch, c, n = w.shape[0], self.n_classes, xa.shape[0]
         state_m = torch.zeros_like(w)
         state_v = torch.zeros_like(w)
         lr = self.spec.lr
-        flat = w.view(batch * c, d + 1)
+        flat = w.view(batch * c, -1)
         with torch.no_grad():
             for step in range(1, steps + 1):
                 logits = (flat @ xa_t).view(batch, c, n)
                 g = self._residual(logits, onehot_t, weights)
-                grad = (g.view(batch * c, n) @ xa).view(batch, c, d + 1)
+                grad = (g.view(batch * c, n) @ xa).view(batch, c, -1)
                 grad.addcmul_(decay_aug, w)
                 state_m.lerp_(grad, 1.0 - _BETA1)
                 state_v.mul_(_BETA2).addcmul_(grad, grad, value=1.0 - _BETA2)
                 denom = state_v.sqrt().div_(math.sqrt(1.0 - _BETA2**step)).add_(_EPS)
                 w.addcdiv_(state_m, denom, value=-lr / (1.0 - _BETA1**step))
-        return Params(
-            "logreg",
-            {"W": w[:, :, :d].transpose(1, 2).contiguous(), "b": w[:, :, d].contiguous()},
-        )
+        return self._logreg_params(w)
+
+    def _logreg_loss_grad(
+        self,
+        w: torch.Tensor,
+        xa: torch.Tensor,
+        xa_t: torch.Tensor,
+        weights: torch.Tensor,
+        decay_aug: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each model's objective (B,) and its gradient (B, C, d+1), in one pass."""
+        onehot_t = self._onehot_t()
+        batch, c, n = w.shape[0], self.n_classes, xa.shape[0]
+        logits = (w.view(batch * c, -1) @ xa_t).view(batch, c, n)
+        shifted = logits.sub_(logits.amax(dim=1, keepdim=True)).clamp_(min=-_LOGIT_RANGE)
+        true_logit = (shifted * onehot_t).sum(dim=1)  # (B, n)
+        probs = shifted.exp_()
+        norm = probs.sum(dim=1)  # (B, n)
+        ce = norm.log().sub_(true_logit)
+        wts = weights.view(batch, n)
+        loss = (ce * wts).sum(dim=1) + 0.5 * (decay_aug * w * w).sum(dim=(1, 2))
+        resid = probs.div_(norm[:, None, :]).sub_(onehot_t).mul_(weights)
+        grad = (resid.view(batch * c, n) @ xa).view(batch, c, -1)
+        return loss, grad.addcmul_(decay_aug, w)
+
+    def _fit_logreg_lbfgs(
+        self,
+        x: np.ndarray,
+        params: Params,
+        weights: torch.Tensor,
+        decay: torch.Tensor,
+        max_iter: int,
+    ) -> Params:
+        """Batched L-BFGS on logreg until each model's largest gradient entry is <= ``tol``.
+
+        Every model keeps its own curvature history, step and Armijo line search, so a model
+        follows the path it would follow alone (batching changes only float rounding). Models
+        that converge leave the batch, so the GEMMs shrink as the batch finishes; a backtracking
+        step re-evaluates only the models that have not yet accepted it.
+        """
+        xa, xa_t, w, decay_aug = self._logreg_problem(x, params, decay)
+        batch, c = w.shape[0], self.n_classes
+        size = w[0].numel()
+        tol = float(self.spec.tol)
+        out = w.view(batch, size).clone()
+        with torch.no_grad():
+            active = torch.arange(batch)
+            cur = out.clone()
+            f, g = self._logreg_loss_grad(w, xa, xa_t, weights, decay_aug)
+            g = g.view(batch, size)
+            wts, dec = weights, decay_aug
+            hist_s = torch.zeros(_LBFGS_MEMORY, batch, size, dtype=self.dtype)
+            hist_y = torch.zeros_like(hist_s)
+            hist_rho = torch.zeros(_LBFGS_MEMORY, batch, dtype=self.dtype)
+            stored = 0
+            stuck = torch.zeros(batch, dtype=torch.bool)
+            for _ in range(max_iter):
+                running = (g.abs().amax(dim=1) > tol) & ~stuck
+                if not bool(running.all()):
+                    out[active[~running]] = cur[~running]
+                    active, cur, f, g = active[running], cur[running], f[running], g[running]
+                    wts, dec = wts[running], dec[running]
+                    hist_s, hist_y = hist_s[:, running], hist_y[:, running]
+                    hist_rho = hist_rho[:, running]
+                if len(active) == 0:
+                    break
+                direction = -_two_loop(g, hist_s, hist_y, hist_rho, stored)
+                slope = (g * direction).sum(dim=1)
+                # Not a descent direction (curvature history gone stale): steepest descent.
+                uphill = slope >= 0
+                if bool(uphill.any()):
+                    direction[uphill] = -g[uphill] / g[uphill].abs().sum(1, keepdim=True)
+                    slope = (g * direction).sum(dim=1)
+                new, f, g_new, stuck = self._armijo(cur, f, g, direction, slope, xa, xa_t, wts, dec)
+                step, change = new - cur, g_new - g
+                curvature = (step * change).sum(dim=1)
+                # Keep a pair only where it carries positive curvature (always, in exact
+                # arithmetic, for this strongly convex loss; rounding can say otherwise). The
+                # test is relative to |y|², as in L-BFGS-B: tiny steps near the optimum still
+                # teach the scale.
+                eps = torch.finfo(self.dtype).eps
+                keep = curvature > eps * (change * change).sum(dim=1)
+                slot = stored % _LBFGS_MEMORY
+                hist_s[slot] = step * keep[:, None]
+                hist_y[slot] = change * keep[:, None]
+                hist_rho[slot] = torch.where(keep, 1.0 / curvature, torch.zeros_like(curvature))
+                stored += 1
+                cur, g = new, g_new
+            out[active] = cur
+        return self._logreg_params(out.view(batch, c, -1))
+
+    def _armijo(
+        self,
+        cur: torch.Tensor,
+        f: torch.Tensor,
+        g: torch.Tensor,
+        direction: torch.Tensor,
+        slope: torch.Tensor,
+        xa: torch.Tensor,
+        xa_t: torch.Tensor,
+        weights: torch.Tensor,
+        decay_aug: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One backtracking line search per model: the first of t = 1, 1/2, ... with
+        sufficient decrease. Returns the new points, objectives, gradients and which models
+        found no such step (float32 noise at their optimum): those stay put, and are done."""
+        batch, c = cur.shape[0], self.n_classes
+        new, f_new, g_new = cur.clone(), f.clone(), g.clone()
+        todo = torch.arange(batch)
+        t = torch.ones(batch, dtype=self.dtype)
+        # Slack of a few float32 ulps of the loss, so rounding never rejects a true decrease.
+        slack = 4 * torch.finfo(self.dtype).eps * f.abs()
+        for _ in range(_LINE_SEARCH_STEPS):
+            trial = cur[todo] + t[todo, None] * direction[todo]
+            f_t, g_t = self._logreg_loss_grad(
+                trial.view(len(todo), c, -1), xa, xa_t, weights[todo], decay_aug[todo]
+            )
+            ok = f_t <= f[todo] + _ARMIJO_C1 * t[todo] * slope[todo] + slack[todo]
+            done = todo[ok]
+            new[done], f_new[done], g_new[done] = trial[ok], f_t[ok], g_t.view(len(todo), -1)[ok]
+            todo = todo[~ok]
+            if len(todo) == 0:
+                break
+            t[todo] *= 0.5
+        failed = torch.zeros(batch, dtype=torch.bool)
+        failed[todo] = True
+        return new, f_new, g_new, failed
 
     def fit_subset(
         self, x: np.ndarray, y: np.ndarray, indices: np.ndarray | Sequence[int]
@@ -557,6 +733,37 @@ class BatchedClassifier:
             pred = self._class_major_logits(params.tensors, xt).argmax(dim=1)  # (B, m)
             correct = (pred == labels[None, :]).to(torch.float64).mean(dim=1)
         return correct.cpu().numpy()
+
+
+def _two_loop(
+    g: torch.Tensor, hist_s: torch.Tensor, hist_y: torch.Tensor, hist_rho: torch.Tensor, stored: int
+) -> torch.Tensor:
+    """L-BFGS's two-loop recursion for each row of ``g`` (B, P): an approximation of H⁻¹g.
+
+    ``hist_*`` are ring buffers (memory, B, P) holding the last ``min(stored, memory)`` pairs
+    (a pair zeroed out, rho = 0, is skipped by the arithmetic). Without history the step is the
+    gradient scaled to unit L1 norm, as torch.optim.LBFGS does for its first step.
+    """
+    memory = hist_s.shape[0]
+    count = min(stored, memory)
+    if count == 0:
+        return g / g.abs().sum(dim=1, keepdim=True).clamp(min=1.0)
+    newest_first = [(stored - 1 - k) % memory for k in range(count)]
+    q = g.clone()
+    alphas = []
+    for i in newest_first:
+        alpha = hist_rho[i] * (hist_s[i] * q).sum(dim=1)
+        q.sub_(alpha[:, None] * hist_y[i])
+        alphas.append(alpha)
+    # Initial Hessian guess γI with γ = sᵀy / yᵀy of the newest pair (1 where that pair is empty).
+    s0, y0 = hist_s[newest_first[0]], hist_y[newest_first[0]]
+    yy = (y0 * y0).sum(dim=1)
+    gamma = torch.where(yy > 0, (s0 * y0).sum(dim=1) / yy.clamp(min=1e-30), torch.ones_like(yy))
+    q.mul_(gamma[:, None])
+    for i, alpha in zip(reversed(newest_first), reversed(alphas), strict=True):
+        beta = hist_rho[i] * (hist_y[i] * q).sum(dim=1)
+        q.add_((alpha - beta)[:, None] * hist_s[i])
+    return q
 
 
 def _to_class_major(tensor: torch.Tensor) -> torch.Tensor:

@@ -57,11 +57,21 @@ def test_unknown_model_name() -> None:
         {"dtype": "float16"},
         {"depth": 3},
         {"epochs": "many"},
+        {"solver": "sgd"},
+        {"solver": "lbfgs"},  # the MLP is not convex: L-BFGS is offered for logreg only
+        {"tol": 0.0},
+        {"tol": float("inf")},
     ],
 )
 def test_bad_model_params(params: dict[str, object]) -> None:
     with pytest.raises(UsageError):
         model_spec("mlp", **params)
+
+
+def test_auto_solver_is_lbfgs_for_logreg_and_adam_for_mlp() -> None:
+    assert ModelSpec().resolved_solver == "lbfgs"
+    assert ModelSpec(kind="mlp").resolved_solver == "adam"
+    assert model_spec("logreg", solver="adam", tol="1e-5") == ModelSpec(solver="adam", tol=1e-5)
 
 
 # -- accuracy ---------------------------------------------------------------------------------
@@ -98,6 +108,50 @@ def test_logreg_agrees_with_sklearn_on_digits() -> None:
     ours = clf.accuracy(clf.fit_subset(x_tr, y_tr, np.arange(len(y_tr))), x_te, y_te)[0]
     assert abs(ours - sk.score(x_te, y_te)) <= 0.03
     assert ours > 0.9
+
+
+def test_lbfgs_reaches_sklearns_optimum_on_every_subset() -> None:
+    from sklearn.datasets import load_digits
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    x, y = load_digits(return_X_y=True)
+    x, y = StandardScaler().fit_transform(x[:400]), y[:400]
+    spec = ModelSpec(dtype="float64", tol=1e-9, epochs=2000)
+    rng = np.random.default_rng(0)
+    masks = np.zeros((4, 400), dtype=bool)
+    for row, size in zip(masks, (60, 150, 300, 400), strict=True):
+        row[rng.choice(400, size, replace=False)] = True
+    masks[0, :10] = True  # every class present, so sklearn fits all ten
+    clf = spec.build(64, 10, seed=0)
+    ours = clf.predict_proba(clf.fit(x, y, masks), x)
+    for b, row in enumerate(masks):
+        sk = LogisticRegression(C=1.0 / (spec.l2 * row.sum()), tol=1e-12, max_iter=20000)
+        sk.fit(x[row], y[row])
+        # Probabilities, not weights: the unpenalised biases are defined up to a shared shift.
+        np.testing.assert_allclose(ours[b], sk.predict_proba(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("tol", [1e-3, 1e-5])
+def test_lbfgs_stops_each_model_within_its_gradient_tolerance(tol: float) -> None:
+    x, y = blobs(n=200, d=6)
+    rng = np.random.default_rng(1)
+    masks = rng.random((12, 200)) < rng.uniform(0.05, 1.0, size=(12, 1))
+    clf = ModelSpec(dtype="float64", tol=tol, epochs=5000).build(6, 3, seed=0)
+    params = clf.fit(x, y, masks)
+    for b in range(len(masks)):
+        grads = clf.gradients(params.select(b), x, y, masks[b : b + 1])
+        assert max(float(g.abs().max()) for g in grads.values()) <= tol
+
+
+def test_lbfgs_iteration_cap_and_zero_iterations() -> None:
+    x, y = blobs(n=100, d=4)
+    clf = ModelSpec(epochs=0).build(4, 3, seed=0)
+    params = clf.fit(x, y, np.ones((2, 100), dtype=bool))
+    assert all(float(v.abs().max()) == 0.0 for v in params.tensors.values())
+    capped = ModelSpec(epochs=3, tol=1e-12).build(4, 3, seed=0)
+    grads = capped.gradients(capped.fit_subset(x, y, np.arange(100)), x, y, [np.arange(100)])
+    assert max(float(g.abs().max()) for g in grads.values()) > 1e-6  # stopped by the cap
 
 
 # -- gradients --------------------------------------------------------------------------------

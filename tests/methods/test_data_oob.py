@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from sklearn.metrics import roc_auc_score
 
 from valbench import Budget, FitCounter, ValuationTask
@@ -56,9 +57,16 @@ def test_budget_caps_the_ensemble() -> None:
     assert task.fit_counter.count == 3 and np.isfinite(got.scores).all()
 
 
-def test_weighted_fit_equals_training_on_the_bootstrap_with_repeats() -> None:
+@pytest.mark.parametrize(
+    "model",
+    # Adam follows the same path either way; L-BFGS run to a tight tolerance reaches the same
+    # optimum (its path may differ by rounding, hence float64).
+    [ModelSpec(solver="adam"), ModelSpec(dtype="float64", tol=1e-9, epochs=1000)],
+    ids=["adam", "lbfgs"],
+)
+def test_weighted_fit_equals_training_on_the_bootstrap_with_repeats(model: ModelSpec) -> None:
     task = make_check_task(n_train=20)
-    clf = task.model.build(task.n_features, task.n_classes, 0)
+    clf = model.build(task.n_features, task.n_classes, 0)
     counts = bootstrap_counts(20, 3, np.random.default_rng(0))
     weighted = weighted_fit(clf, task.x_train, task.y_train, counts)
     for b in range(3):
