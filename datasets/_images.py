@@ -12,7 +12,8 @@ Features (``features=``): ``raw`` (flattened pixels scaled to [0, 1], optionally
 small CNN trained on the training split only) and ``pretrained`` (ImageNet ResNet-18, our own
 implementation loading torchvision's checkpoint; see :mod:`valbench.datasets._resnet`).
 ``cnn`` and ``pretrained`` features are cached on disk, keyed by dataset, split
-seed, sizes and feature config; a cached file is only used when its stored config is equal.
+seed, sizes and feature config (and, for ``cnn``, the training labels it learned from); a
+cached file is only used when its stored config is equal.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import numpy as np
 from valbench.cache import config_key, data_dir
 from valbench.data import pool_split_indices
 from valbench.errors import DatasetError, UsageError
-from valbench.types import Dataset, DatasetSplits
+from valbench.types import Dataset, DatasetSplits, Relabel
 
 __all__ = [
     "IDX_FILES",
@@ -344,12 +345,35 @@ def _atomic_savez(path: Path, **arrays: Any) -> None:
             os.unlink(tmp)
 
 
+def _checked_relabel(
+    relabel: Relabel, y: np.ndarray, n_classes: int, name: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """``relabel(y, n_classes)`` with its answer checked: valid rows, one label per row."""
+    rows, labels = relabel(y, n_classes)
+    rows = np.asarray(rows, dtype=np.int64)
+    labels = np.asarray(labels, dtype=np.int64)
+    if rows.ndim != 1 or labels.shape != rows.shape:
+        raise ValueError(f"{name}: relabel returned {rows.shape} rows but {labels.shape} labels")
+    if rows.size and (rows.min() < 0 or rows.max() >= len(y)):
+        raise ValueError(f"{name}: relabel returned rows outside 0..{len(y) - 1}")
+    if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
+        raise ValueError(f"{name}: relabel returned labels outside 0..{n_classes - 1}")
+    return rows, labels
+
+
 class ImageDataset(Dataset):
     """Base of image datasets: seeded stratified splits, then features on the chosen rows only.
 
     Subclasses implement :meth:`pools` (train pool and optional standard test pool as
     ``(n, C, H, W)`` uint8 images) and :meth:`available`. Sizes are applied *before* feature
     work, so a 250-point slice of a 60 000-image dataset never trains a CNN on 60 000 images.
+
+    ``cnn`` features are learned from the training labels, so :meth:`features_use_labels` is
+    True for them and the harness loads them through :meth:`load_relabelled`: the CNN trains
+    on the rows and the (noisy) labels the methods will see, never on the clean labels, which
+    would leak into the features and flatter mislabel detection. Their cache key includes a
+    fingerprint of those labels, so a backbone is never reused for another noise draw.
+    ``raw`` and ``pretrained`` features ignore the labels and are shared by every noise draw.
 
     Args:
         features: ``raw``, ``cnn`` or ``pretrained``.
@@ -480,15 +504,34 @@ class ImageDataset(Dataset):
     def _cache_path(self, config: dict[str, Any]) -> Path:
         return data_dir(self.data_dir) / "features" / self.name / f"{config_key(config)}.npz"
 
+    def features_use_labels(self) -> bool:
+        """True for ``cnn`` features: the CNN is trained on the training labels."""
+        return self.features == "cnn"
+
     def load(self, *, seed: int, max_train: int | None = None) -> DatasetSplits:
         """Splits for ``seed`` with the configured features (cached for cnn/pretrained)."""
+        return self._load(seed=seed, max_train=max_train, relabel=None)
+
+    def load_relabelled(
+        self, *, seed: int, relabel: Relabel, max_train: int | None = None
+    ) -> DatasetSplits:
+        """Splits whose training rows and labels ``relabel`` chose; ``cnn`` trains on them."""
+        if not self.features_use_labels():
+            return super().load_relabelled(seed=seed, relabel=relabel, max_train=max_train)
+        return self._load(seed=seed, max_train=max_train, relabel=relabel)
+
+    def _load(self, *, seed: int, max_train: int | None, relabel: Relabel | None) -> DatasetSplits:
         self._validate()
         x_pool, y_pool, x_test, y_test = self.pools()
         train, val, test = self.split_indices(y_pool, y_test, seed=seed, max_train=max_train)
+        y_train = y_pool[train]
+        if relabel is not None:
+            rows, y_train = _checked_relabel(relabel, y_train, self.n_classes, self.name)
+            train = train[rows]
         x_te_src = x_pool if x_test is None else x_test
         y_te_src = y_pool if y_test is None else y_test
         assert y_te_src is not None
-        ys = (y_pool[train], y_pool[val], y_te_src[test])
+        ys = (y_train, y_pool[val], y_te_src[test])
         config = {
             "version": _FEATURE_CACHE_VERSION,
             "dataset": self.name,
@@ -498,6 +541,10 @@ class ImageDataset(Dataset):
             "split": _fingerprint(train, val, test),
             **self.feature_config(),
         }
+        if self.features_use_labels():
+            # The features are learned from these labels (noisy ones in a noisy cell): a
+            # backbone trained on one noise draw is never reused for another.
+            config["train_labels"] = _fingerprint(y_train)
         cacheable = self.cache_features and self.features != "raw"
         path = self._cache_path(config) if cacheable else None
         if path is not None and path.is_file():
@@ -508,7 +555,7 @@ class ImageDataset(Dataset):
                         return self._splits([f["x_train"], f["x_val"], f["x_test"]], ys)
             except (OSError, ValueError, KeyError) as exc:
                 logger.warning("ignoring unreadable feature cache %s: %s", path, exc)
-        feats = self._features(x_pool[train], ys[0], [x_pool[val], x_te_src[test]], seed)
+        feats = self._features(x_pool[train], y_train, [x_pool[val], x_te_src[test]], seed)
         if path is not None:
             _atomic_savez(
                 path,

@@ -11,7 +11,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
@@ -19,15 +19,17 @@ from typing import Any
 import numpy as np
 
 from valbench import metrics
-from valbench.data import apply_label_noise, imbalance_train
+from valbench.data import apply_label_noise, imbalance_indices
 from valbench.errors import ValbenchError
 from valbench.registry import get_dataset, get_method, validate_params
 from valbench.spec import FILE_PREFIX, Cell, RunSpec
 from valbench.store import RESULTS_SCHEMA, to_jsonable
 from valbench.types import (
+    Dataset,
     DatasetSplits,
     FitCounter,
     ProgressFn,
+    Relabel,
     Valuation,
     ValuationTask,
     no_progress,
@@ -55,27 +57,80 @@ class CellOutcome:
     points: dict[str, np.ndarray] | None = None
 
 
-@lru_cache(maxsize=8)
-def _load_splits(
-    dataset: str, data_seed: int, max_train: int | None, params_json: str
-) -> DatasetSplits:
-    # Cached so a serial run or a reused worker loads each split once for all its methods.
+def _dataset(dataset: str, params_json: str) -> Dataset:
+    """The dataset instance named ``dataset`` with its JSON-encoded parameters."""
     import json
 
     params = json.loads(params_json)
     if dataset.startswith(FILE_PREFIX):
         from valbench.userdata import FileDataset
 
-        return FileDataset(path=dataset[len(FILE_PREFIX) :], **params).load(
-            seed=data_seed, max_train=max_train
-        )
+        return FileDataset(path=dataset[len(FILE_PREFIX) :], **params)
     cls = get_dataset(dataset)
     validate_params(cls, params)
-    return cls(**params).load(seed=data_seed, max_train=max_train)
+    return cls(**params)
+
+
+@lru_cache(maxsize=8)
+def _load_splits(
+    dataset: str, data_seed: int, max_train: int | None, params_json: str
+) -> DatasetSplits:
+    # Cached so a serial run or a reused worker loads each split once for all its methods.
+    return _dataset(dataset, params_json).load(seed=data_seed, max_train=max_train)
+
+
+def _imbalance_rows(y: np.ndarray, ratio: float, data_seed: int, n_classes: int) -> np.ndarray:
+    """The training rows :func:`~valbench.data.imbalance_train` keeps (same seed, same rows)."""
+    if ratio == 1:
+        return np.arange(len(y), dtype=np.int64)
+    rng = np.random.default_rng(np.random.SeedSequence([data_seed, 1]).spawn(1)[0])
+    return imbalance_indices(y, ratio, rng, n_classes=n_classes)
+
+
+def _relabeller(
+    noise_cell: Cell, root_seed: int, imbalance: float, noise_model: str
+) -> tuple[Relabel, dict[str, np.ndarray]]:
+    """The cell's ``relabel``: imbalance, then label noise; the mask lands in the dict only."""
+    out: dict[str, np.ndarray] = {}
+    data_seed = noise_cell.data_seed(root_seed)
+
+    def relabel(y: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+        rows = _imbalance_rows(y, imbalance, data_seed, n_classes)
+        labels, out["noisy"] = apply_label_noise(
+            y[rows], noise_cell.noise, n_classes, noise_cell.noise_rng(root_seed), model=noise_model
+        )
+        return rows, labels
+
+    return relabel, out
+
+
+@lru_cache(maxsize=8)
+def _load_relabelled(
+    noise_cell: Cell,
+    root_seed: int,
+    max_train: int | None,
+    imbalance: float,
+    noise_model: str,
+    params_json: str,
+) -> tuple[DatasetSplits, np.ndarray]:
+    # For datasets whose features are learned from the training labels: the features depend
+    # on the noise draw, so the cache key holds everything the draw depends on (not the method).
+    relabel, out = _relabeller(noise_cell, root_seed, imbalance, noise_model)
+    splits = _dataset(noise_cell.dataset, params_json).load_relabelled(
+        seed=noise_cell.data_seed(root_seed), relabel=relabel, max_train=max_train
+    )
+    if "noisy" not in out:
+        raise RuntimeError(f"dataset {noise_cell.dataset!r}: load_relabelled never called relabel")
+    return splits, out["noisy"]
 
 
 def build_task(cell: Cell, spec: RunSpec) -> ValuationTask:
-    """The ValuationTask of ``cell``: split, label noise, evaluation model."""
+    """The ValuationTask of ``cell``: split, imbalance, label noise, evaluation model.
+
+    Imbalance and noise go to the training split only, after splitting; the noisy mask never
+    reaches methods. A dataset whose features are learned from the training labels (see
+    :meth:`~valbench.types.Dataset.features_use_labels`) learns them from the noisy labels.
+    """
     import json
 
     from valbench.models import model_spec
@@ -84,22 +139,25 @@ def build_task(cell: Cell, spec: RunSpec) -> ValuationTask:
     params = dict(spec.params.get(cell.dataset, {}))
     if cell.dataset.startswith(FILE_PREFIX) and spec.label_column:
         params["label_column"] = spec.label_column
-    splits = _load_splits(
-        cell.dataset, data_seed, spec.max_train, json.dumps(params, sort_keys=True)
-    )
-    if spec.imbalance != 1:
-        splits = imbalance_train(splits, spec.imbalance, data_seed)
-    # Noise goes to the training split only, after splitting; the mask never reaches methods.
-    y_train, noisy = apply_label_noise(
-        splits.y_train,
-        cell.noise,
-        splits.n_classes,
-        cell.noise_rng(spec.root_seed),
-        model=spec.noise_model,
-    )
+    params_json = json.dumps(params, sort_keys=True)
+    noise_cell = replace(cell, method="")
+    if _dataset(cell.dataset, params_json).features_use_labels():
+        splits, noisy = _load_relabelled(
+            noise_cell,
+            spec.root_seed,
+            spec.max_train,
+            spec.imbalance,
+            spec.noise_model,
+            params_json,
+        )
+    else:
+        clean = _load_splits(cell.dataset, data_seed, spec.max_train, params_json)
+        relabel, out = _relabeller(noise_cell, spec.root_seed, spec.imbalance, spec.noise_model)
+        splits = clean.with_train(*relabel(clean.y_train, clean.n_classes))
+        noisy = out["noisy"]
     return ValuationTask(
         x_train=splits.x_train,
-        y_train=y_train,
+        y_train=splits.y_train,
         x_val=splits.x_val,
         y_val=splits.y_val,
         x_test=splits.x_test,

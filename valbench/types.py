@@ -29,12 +29,19 @@ __all__ = [
     "ProgressFn",
     "DatasetSplits",
     "Dataset",
+    "Relabel",
     "no_progress",
     "init_params",
 ]
 
 ProgressFn = Callable[[int, int], None]
 """``progress(done, total)``: lets a long method report inner progress to the harness."""
+
+
+Relabel = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
+"""``relabel(y_train, n_classes) -> (rows, labels)``: which training rows a task keeps and the
+labels its methods will see for them (e.g. after imbalance and label noise); see
+:meth:`Dataset.load_relabelled`."""
 
 
 def no_progress(done: int, total: int) -> None:
@@ -256,6 +263,21 @@ class DatasetSplits:
             if len(x) != len(y):
                 raise ValueError(f"{part}: {len(x)} rows of features but {len(y)} labels")
 
+    def with_train(self, rows: np.ndarray, labels: np.ndarray) -> DatasetSplits:
+        """These splits with training rows ``rows`` only, labelled ``labels``; val/test kept."""
+        rows = np.asarray(rows, dtype=np.int64)
+        n = len(self.x_train)
+        keep_all = rows.shape == (n,) and np.array_equal(rows, np.arange(n))
+        return DatasetSplits(
+            x_train=self.x_train if keep_all else self.x_train[rows],
+            y_train=labels,
+            x_val=self.x_val,
+            y_val=self.y_val,
+            x_test=self.x_test,
+            y_test=self.y_test,
+            n_classes=self.n_classes,
+        )
+
 
 class Dataset(abc.ABC):
     """Base class of dataset loaders, registered in the ``valbench.datasets`` entry-point group."""
@@ -275,6 +297,31 @@ class Dataset(abc.ABC):
     @abc.abstractmethod
     def load(self, *, seed: int, max_train: int | None = None) -> DatasetSplits:
         """Return standardized splits for ``seed``; at most ``max_train`` training points."""
+
+    def features_use_labels(self) -> bool:
+        """True when this instance learns its features from the training labels.
+
+        A dataset whose features come from a model trained on the training labels (a CNN
+        backbone, say) returns True; the harness then calls :meth:`load_relabelled` so the
+        features are learned from the labels the methods will see (after label noise), never
+        from the clean ones, which would leak into the features and flatter mislabel detection.
+        """
+        return False
+
+    def load_relabelled(
+        self, *, seed: int, relabel: Relabel, max_train: int | None = None
+    ) -> DatasetSplits:
+        """Splits for ``seed`` whose training rows and labels ``relabel`` chose before featurizing.
+
+        ``relabel(y_train, n_classes)`` gets the clean training labels of the split and returns
+        ``(rows, labels)``: the rows to keep and their labels as the methods will see them. It
+        must be called exactly once. Datasets whose :meth:`features_use_labels` is True override
+        this to learn their features from ``labels`` on ``rows`` (and must key any feature cache
+        by them); this default, right for every other dataset, loads and then applies it.
+        """
+        splits = self.load(seed=seed, max_train=max_train)
+        rows, labels = relabel(splits.y_train, splits.n_classes)
+        return splits.with_train(rows, labels)
 
 
 def init_params(cls: type) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -138,3 +139,32 @@ def test_cnn_features_deterministic_and_cache_keyed(isolated: Path) -> None:
     stored["config"] = np.array('{"features": "other"}')
     np.savez(files[0], **stored)
     assert FashionMNISTDataset(**kw).load(seed=0).x_train.max() < 50
+
+
+def test_load_relabelled_raw_is_load_then_relabel(isolated: Path) -> None:
+    make_idx_dir(isolated / "fashion-mnist")
+    ds = FashionMNISTDataset(n_val=20)
+    assert (
+        not ds.features_use_labels() and FashionMNISTDataset(features="cnn").features_use_labels()
+    )
+    full = ds.load(seed=3)
+    rows = np.arange(0, N_TRAIN - 20, 2)
+    labels = (full.y_train[rows] + 1) % 10
+    got = ds.load_relabelled(seed=3, relabel=lambda y, k: (rows, labels))
+    assert np.array_equal(got.x_train, full.x_train[rows]) and np.array_equal(got.y_train, labels)
+    assert np.array_equal(got.x_test, full.x_test)
+
+
+@pytest.mark.parametrize(
+    "answer, match",
+    [
+        (lambda y: (np.arange(len(y)), y[:-1]), "rows but"),
+        (lambda y: (np.arange(len(y)) + 1, y), "rows outside"),
+        (lambda y: (np.arange(len(y)), y + 10), "labels outside"),
+    ],
+)
+def test_cnn_relabel_answers_are_checked(isolated: Path, answer: Any, match: str) -> None:
+    make_idx_dir(isolated / "fashion-mnist")
+    ds = FashionMNISTDataset(features="cnn", n_val=20, cnn_epochs=1, cnn_dim=4, cnn_width=2)
+    with pytest.raises(ValueError, match=match):
+        ds.load_relabelled(seed=0, relabel=lambda y, k: answer(y))
