@@ -16,9 +16,9 @@ from valbench.datasets import _download, _resnet, vision
 from valbench.datasets.vision import FashionMNISTDataset
 from valbench.errors import DatasetError
 
-#: ``torchvision.models.resnet18().state_dict().keys()``, in order (torchvision 0.29.1; the
-#: published resnet18-f37072fd.pth holds these minus the ``num_batches_tracked`` entries,
-#: which batch norm fills in when they are absent).
+#: ``torchvision.models.resnet18().state_dict().keys()``, in order (read from torchvision
+#: 0.29.1). torchvision loads the published resnet18-f37072fd.pth into modules with exactly
+#: these names and types, so it loads into ours the same way.
 TORCHVISION_KEYS = """
     conv1.weight
     bn1.weight bn1.bias bn1.running_mean bn1.running_var bn1.num_batches_tracked
