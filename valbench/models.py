@@ -40,7 +40,8 @@ SOLVERS: tuple[str, ...] = ("auto", "lbfgs", "adam")
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 _BETA1, _BETA2, _EPS = 0.9, 0.999, 1e-8
 _LOGIT_RANGE = 60.0
-# L-BFGS: curvature pairs kept, most halvings of a step, sufficient-decrease constant.
+# L-BFGS: curvature pairs kept, halvings of a step before a model counts as stuck (float
+# noise at its optimum: it is then done), sufficient-decrease constant.
 _LBFGS_MEMORY = 10
 _LINE_SEARCH_STEPS = 20
 _ARMIJO_C1 = 1e-4
@@ -509,15 +510,19 @@ class BatchedClassifier:
     ) -> Params:
         """Batched L-BFGS on logreg until each model's largest gradient entry is <= ``tol``.
 
-        Every model keeps its own curvature history, step and Armijo line search, so a model
-        follows the path it would follow alone (batching changes only float rounding). Models
-        that converge leave the batch, so the GEMMs shrink as the batch finishes; a backtracking
-        step re-evaluates only the models that have not yet accepted it.
+        Every model keeps its own curvature history, step length and Armijo test, so a model
+        follows the path it would follow alone (batching changes only float rounding). The
+        backtracking is folded into the iterations: a model whose trial point fails the test
+        stays put and tries half the step at the next one, so an iteration is always exactly
+        one loss-and-gradient pass. Models that converge leave the batch, so the GEMMs shrink
+        as the batch finishes. Directions use the compact form of the L-BFGS matrix
+        (:class:`CurvatureMemory`): at these sizes the per-op overhead is most of the cost.
         """
         xa, xa_t, w, decay_aug = self._logreg_problem(x, params, decay)
         batch, c = w.shape[0], self.n_classes
         size = w[0].numel()
         tol = float(self.spec.tol)
+        eps = torch.finfo(self.dtype).eps
         out = w.view(batch, size).clone()
         with torch.no_grad():
             active = torch.arange(batch)
@@ -525,82 +530,38 @@ class BatchedClassifier:
             f, g = self._logreg_loss_grad(w, xa, xa_t, weights, decay_aug)
             g = g.view(batch, size)
             wts, dec = weights, decay_aug
-            hist_s = torch.zeros(_LBFGS_MEMORY, batch, size, dtype=self.dtype)
-            hist_y = torch.zeros_like(hist_s)
-            hist_rho = torch.zeros(_LBFGS_MEMORY, batch, dtype=self.dtype)
-            stored = 0
-            stuck = torch.zeros(batch, dtype=torch.bool)
+            memory = CurvatureMemory(g)
+            step = torch.ones(batch, dtype=self.dtype)
+            failures = torch.zeros(batch, dtype=torch.int64)
             for _ in range(max_iter):
-                running = (g.abs().amax(dim=1) > tol) & ~stuck
+                running = (g.abs().amax(dim=1) > tol) & (failures <= _LINE_SEARCH_STEPS)
                 if not bool(running.all()):
                     out[active[~running]] = cur[~running]
                     active, cur, f, g = active[running], cur[running], f[running], g[running]
-                    wts, dec = wts[running], dec[running]
-                    hist_s, hist_y = hist_s[:, running], hist_y[:, running]
-                    hist_rho = hist_rho[:, running]
+                    wts, dec, step = wts[running], dec[running], step[running]
+                    failures = failures[running]
+                    memory.keep(running)
                 if len(active) == 0:
                     break
-                direction = -_two_loop(g, hist_s, hist_y, hist_rho, stored)
+                direction = memory.direction(g)
                 slope = (g * direction).sum(dim=1)
-                # Not a descent direction (curvature history gone stale): steepest descent.
-                uphill = slope >= 0
-                if bool(uphill.any()):
-                    direction[uphill] = -g[uphill] / g[uphill].abs().sum(1, keepdim=True)
-                    slope = (g * direction).sum(dim=1)
-                new, f, g_new, stuck = self._armijo(cur, f, g, direction, slope, xa, xa_t, wts, dec)
-                step, change = new - cur, g_new - g
-                curvature = (step * change).sum(dim=1)
-                # Keep a pair only where it carries positive curvature (always, in exact
-                # arithmetic, for this strongly convex loss; rounding can say otherwise). The
-                # test is relative to |y|², as in L-BFGS-B: tiny steps near the optimum still
-                # teach the scale.
-                eps = torch.finfo(self.dtype).eps
-                keep = curvature > eps * (change * change).sum(dim=1)
-                slot = stored % _LBFGS_MEMORY
-                hist_s[slot] = step * keep[:, None]
-                hist_y[slot] = change * keep[:, None]
-                hist_rho[slot] = torch.where(keep, 1.0 / curvature, torch.zeros_like(curvature))
-                stored += 1
-                cur, g = new, g_new
+                trial = torch.addcmul(cur, step[:, None], direction)
+                f_t, g_t = self._logreg_loss_grad(trial.view(-1, c, size // c), xa, xa_t, wts, dec)
+                g_t = g_t.view(-1, size)
+                # Sufficient decrease, with a few ulps of slack so that rounding never rejects
+                # a true decrease near the optimum.
+                ok = f_t <= f + _ARMIJO_C1 * step * slope + 4 * eps * f.abs()
+                ok_col = ok[:, None]
+                memory.push(
+                    torch.where(ok_col, trial - cur, 0.0), torch.where(ok_col, g_t - g, 0.0)
+                )
+                cur = torch.where(ok_col, trial, cur)
+                g = torch.where(ok_col, g_t, g)
+                f = torch.where(ok, f_t, f)
+                step = torch.where(ok, 1.0, step * 0.5)
+                failures = torch.where(ok, 0, failures + 1)
             out[active] = cur
         return self._logreg_params(out.view(batch, c, -1))
-
-    def _armijo(
-        self,
-        cur: torch.Tensor,
-        f: torch.Tensor,
-        g: torch.Tensor,
-        direction: torch.Tensor,
-        slope: torch.Tensor,
-        xa: torch.Tensor,
-        xa_t: torch.Tensor,
-        weights: torch.Tensor,
-        decay_aug: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One backtracking line search per model: the first of t = 1, 1/2, ... with
-        sufficient decrease. Returns the new points, objectives, gradients and which models
-        found no such step (float32 noise at their optimum): those stay put, and are done."""
-        batch, c = cur.shape[0], self.n_classes
-        new, f_new, g_new = cur.clone(), f.clone(), g.clone()
-        todo = torch.arange(batch)
-        t = torch.ones(batch, dtype=self.dtype)
-        # Slack of a few float32 ulps of the loss, so rounding never rejects a true decrease.
-        slack = 4 * torch.finfo(self.dtype).eps * f.abs()
-        for _ in range(_LINE_SEARCH_STEPS):
-            trial = cur[todo] + t[todo, None] * direction[todo]
-            f_t, g_t = self._logreg_loss_grad(
-                trial.view(len(todo), c, -1), xa, xa_t, weights[todo], decay_aug[todo]
-            )
-            ok = f_t <= f[todo] + _ARMIJO_C1 * t[todo] * slope[todo] + slack[todo]
-            done = todo[ok]
-            new[done], f_new[done], g_new[done] = trial[ok], f_t[ok], g_t.view(len(todo), -1)[ok]
-            todo = todo[~ok]
-            if len(todo) == 0:
-                break
-            t[todo] *= 0.5
-        failed = torch.zeros(batch, dtype=torch.bool)
-        failed[todo] = True
-        return new, f_new, g_new, failed
 
     def fit_subset(
         self, x: np.ndarray, y: np.ndarray, indices: np.ndarray | Sequence[int]
@@ -735,35 +696,76 @@ class BatchedClassifier:
         return correct.cpu().numpy()
 
 
-def _two_loop(
-    g: torch.Tensor, hist_s: torch.Tensor, hist_y: torch.Tensor, hist_rho: torch.Tensor, stored: int
-) -> torch.Tensor:
-    """L-BFGS's two-loop recursion for each row of ``g`` (B, P): an approximation of H⁻¹g.
+class CurvatureMemory:
+    """The last ``_LBFGS_MEMORY`` curvature pairs (s, y) of each of B models, oldest first.
 
-    ``hist_*`` are ring buffers (memory, B, P) holding the last ``min(stored, memory)`` pairs
-    (a pair zeroed out, rho = 0, is skipped by the arithmetic). Without history the step is the
-    gradient scaled to unit L1 norm, as torch.optim.LBFGS does for its first step.
+    :meth:`direction` applies the L-BFGS inverse-Hessian approximation in its compact form
+    (Byrd, Nocedal & Schnabel 1994): with S, Y the stored steps and gradient changes (rows),
+    R the upper triangle of SYᵀ, D its diagonal and γ the scale sᵀy / yᵀy of the newest pair,
+
+        H g = γ g + Sᵀ R⁻ᵀ((D + γ YYᵀ) u − γ Y g) − γ Yᵀ u,   u = R⁻¹ S g,
+
+    the same vector as the two-loop recursion. S and Y are stacked in one tensor Z = [S; Y],
+    so Z g, Z Zᵀ and the final product are one batched GEMM each: at these sizes the number
+    of torch calls, not their arithmetic, is the cost. An empty slot (a pair dropped for lack
+    of positive curvature) has s = y = 0 and a unit diagonal in R, which makes its terms
+    vanish. Before any pair, H g = g / max(1, |g|₁), torch.optim.LBFGS's first step.
     """
-    memory = hist_s.shape[0]
-    count = min(stored, memory)
-    if count == 0:
-        return g / g.abs().sum(dim=1, keepdim=True).clamp(min=1.0)
-    newest_first = [(stored - 1 - k) % memory for k in range(count)]
-    q = g.clone()
-    alphas = []
-    for i in newest_first:
-        alpha = hist_rho[i] * (hist_s[i] * q).sum(dim=1)
-        q.sub_(alpha[:, None] * hist_y[i])
-        alphas.append(alpha)
-    # Initial Hessian guess γI with γ = sᵀy / yᵀy of the newest pair (1 where that pair is empty).
-    s0, y0 = hist_s[newest_first[0]], hist_y[newest_first[0]]
-    yy = (y0 * y0).sum(dim=1)
-    gamma = torch.where(yy > 0, (s0 * y0).sum(dim=1) / yy.clamp(min=1e-30), torch.ones_like(yy))
-    q.mul_(gamma[:, None])
-    for i, alpha in zip(reversed(newest_first), reversed(alphas), strict=True):
-        beta = hist_rho[i] * (hist_y[i] * q).sum(dim=1)
-        q.add_((alpha - beta)[:, None] * hist_s[i])
-    return q
+
+    def __init__(self, g: torch.Tensor) -> None:
+        batch, size = g.shape
+        self.count = 0
+        self.z = torch.zeros(batch, 2 * _LBFGS_MEMORY, size, dtype=g.dtype)  # [S; Y]
+        self.gamma = 1.0 / g.abs().sum(dim=1).clamp(min=1.0)
+
+    def keep(self, rows: torch.Tensor) -> None:
+        """Keep only the models selected by the bool mask ``rows``."""
+        self.z, self.gamma = self.z[rows], self.gamma[rows]
+
+    def push(self, step: torch.Tensor, change: torch.Tensor) -> None:
+        """Append one pair per model, the oldest dropping out once the memory is full.
+
+        A pair without positive curvature (rounding can make one; exact arithmetic cannot,
+        the loss being strongly convex) is stored empty. The test is relative to |y|², as in
+        L-BFGS-B. A step that moved no model adds nothing.
+        """
+        curvature = (step * change).sum(dim=1)
+        yy = (change * change).sum(dim=1)
+        good = curvature > torch.finfo(step.dtype).eps * yy
+        if not bool(good.any()):
+            return
+        good_col = good[:, None]
+        m = _LBFGS_MEMORY
+        # Shift both halves one slot towards the old end and write the new pair last.
+        self.z = torch.roll(self.z.view(-1, 2, m, self.z.shape[2]), -1, dims=2)
+        self.z[:, 0, -1] = torch.where(good_col, step, 0.0)
+        self.z[:, 1, -1] = torch.where(good_col, change, 0.0)
+        self.z = self.z.view(-1, 2 * m, step.shape[1])
+        self.count = min(self.count + 1, m)
+        scale = curvature / yy.clamp(min=torch.finfo(yy.dtype).tiny)
+        self.gamma = torch.where(good, scale, self.gamma)
+
+    def direction(self, g: torch.Tensor) -> torch.Tensor:
+        """−H g for each model (B, P): a descent direction, H being positive definite."""
+        gamma = self.gamma[:, None]
+        k, m = self.count, _LBFGS_MEMORY
+        if k == 0:
+            return -gamma * g
+        # The filled slots only: the last k of each half.
+        z = torch.cat([self.z[:, m - k : m], self.z[:, 2 * m - k :]], dim=1)  # (B, 2k, P)
+        zg = torch.bmm(z, g[:, :, None])  # (B, 2k, 1): S g over Y g
+        zz = torch.bmm(z, z.transpose(1, 2))  # (B, 2k, 2k)
+        sy, yy = zz[:, :k, k:], zz[:, k:, k:]
+        diag = torch.diagonal(sy, dim1=1, dim2=2)
+        r = torch.triu(sy) + torch.diag_embed((diag == 0).to(sy.dtype))
+        u = torch.linalg.solve_triangular(r, zg[:, :k], upper=True)
+        g3 = gamma[:, :, None]
+        inner = diag[:, :, None] * u + g3 * (torch.bmm(yy, u) - zg[:, k:])
+        p = torch.linalg.solve_triangular(r.transpose(1, 2), inner, upper=False)
+        coef = torch.cat([p, -g3 * u], dim=1)  # (B, 2k, 1)
+        return torch.baddbmm(gamma[:, :, None] * g[:, :, None], z.transpose(1, 2), coef)[
+            :, :, 0
+        ].neg_()
 
 
 def _to_class_major(tensor: torch.Tensor) -> torch.Tensor:
