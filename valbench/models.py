@@ -181,6 +181,12 @@ class Params:
             {k: v.expand(batch_size, *v.shape[1:]).clone() for k, v in self.tensors.items()},
         )
 
+    @staticmethod
+    def concat(parts: Sequence[Params]) -> Params:
+        """The models of ``parts`` one after the other (all of the same kind)."""
+        names = parts[0].tensors
+        return Params(parts[0].kind, {k: torch.cat([p[k] for p in parts]) for k in names})
+
     def numpy(self) -> dict[str, np.ndarray]:
         """The parameters as numpy arrays (copies)."""
         return {k: v.detach().cpu().numpy().copy() for k, v in self.tensors.items()}
@@ -706,41 +712,59 @@ class CurvatureMemory:
         H g = γ g + Sᵀ R⁻ᵀ((D + γ YYᵀ) u − γ Y g) − γ Yᵀ u,   u = R⁻¹ S g,
 
     the same vector as the two-loop recursion. S and Y are stacked in one tensor Z = [S; Y],
-    so Z g, Z Zᵀ and the final product are one batched GEMM each: at these sizes the number
-    of torch calls, not their arithmetic, is the cost. An empty slot (a pair dropped for lack
-    of positive curvature) has s = y = 0 and a unit diagonal in R, which makes its terms
-    vanish. Before any pair, H g = g / max(1, |g|₁), torch.optim.LBFGS's first step.
+    so Z g and the final product are one batched GEMM each (at these sizes the number of
+    torch calls, not their arithmetic, is the cost), and Z Zᵀ is updated per pair.
+    ``count`` is the most pairs any model holds; a model with fewer has empty slots (s = y = 0)
+    at the old end, which a unit diagonal in R makes vanish from the formula. Before any pair,
+    H g = g / max(1, |g|₁), as torch.optim.LBFGS's first step.
     """
 
     def __init__(self, g: torch.Tensor) -> None:
         batch, size = g.shape
+        m = _LBFGS_MEMORY
         self.count = 0
-        self.z = torch.zeros(batch, 2 * _LBFGS_MEMORY, size, dtype=g.dtype)  # [S; Y]
+        self.z = torch.zeros(batch, 2 * m, size, dtype=g.dtype)  # rows: s_1..s_m, y_1..y_m
+        # Z Zᵀ, kept up to date one row and column per pair instead of recomputed (the
+        # product is the largest in a direction, 2m times the others).
+        self.zz = torch.zeros(batch, 2 * m, 2 * m, dtype=g.dtype)
         self.gamma = 1.0 / g.abs().sum(dim=1).clamp(min=1.0)
 
     def keep(self, rows: torch.Tensor) -> None:
         """Keep only the models selected by the bool mask ``rows``."""
-        self.z, self.gamma = self.z[rows], self.gamma[rows]
+        self.z, self.zz, self.gamma = self.z[rows], self.zz[rows], self.gamma[rows]
 
     def push(self, step: torch.Tensor, change: torch.Tensor) -> None:
         """Append one pair per model, the oldest dropping out once the memory is full.
 
         A pair without positive curvature (rounding can make one; exact arithmetic cannot,
-        the loss being strongly convex) is stored empty. The test is relative to |y|², as in
-        L-BFGS-B. A step that moved no model adds nothing.
+        the loss being strongly convex), or from a model that did not move, is not stored.
+        The test is relative to |y|², as in L-BFGS-B. Slots a model never filled hold zeros.
         """
         curvature = (step * change).sum(dim=1)
         yy = (change * change).sum(dim=1)
         good = curvature > torch.finfo(step.dtype).eps * yy
         if not bool(good.any()):
             return
-        good_col = good[:, None]
         m = _LBFGS_MEMORY
-        # Shift both halves one slot towards the old end and write the new pair last.
-        self.z = torch.roll(self.z.view(-1, 2, m, self.z.shape[2]), -1, dims=2)
-        self.z[:, 0, -1] = torch.where(good_col, step, 0.0)
-        self.z[:, 1, -1] = torch.where(good_col, change, 0.0)
-        self.z = self.z.view(-1, 2 * m, step.shape[1])
+        batch, size = step.shape
+        new = torch.stack([step, change], 1)
+        # Shift each half one slot towards the old end and put the new pair last, for the
+        # models that have one; the others keep their memory as it was, so a model's history
+        # never depends on the rest of the batch.
+        z = torch.roll(self.z.view(batch, 2, m, size), -1, dims=2)
+        z[:, :, -1] = new
+        z = z.view(batch, 2 * m, size)
+        zz = torch.roll(self.zz.view(batch, 2, m, 2, m), (-1, -1), dims=(2, 4))
+        zz = zz.view(batch, 2 * m, 2 * m)
+        cross = torch.bmm(new, z.transpose(1, 2))  # (B, 2, 2m): new rows of Z Zᵀ
+        last = [m - 1, 2 * m - 1]
+        zz[:, last, :] = cross
+        zz[:, :, last] = cross.transpose(1, 2)
+        if bool(good.all()):
+            self.z, self.zz = z, zz
+        else:
+            self.z = torch.where(good[:, None, None], z, self.z)
+            self.zz = torch.where(good[:, None, None], zz, self.zz)
         self.count = min(self.count + 1, m)
         scale = curvature / yy.clamp(min=torch.finfo(yy.dtype).tiny)
         self.gamma = torch.where(good, scale, self.gamma)
@@ -751,21 +775,22 @@ class CurvatureMemory:
         k, m = self.count, _LBFGS_MEMORY
         if k == 0:
             return -gamma * g
+        zg = torch.bmm(self.z, g[:, :, None])  # (B, 2m, 1): S g over Y g
         # The filled slots only: the last k of each half.
-        z = torch.cat([self.z[:, m - k : m], self.z[:, 2 * m - k :]], dim=1)  # (B, 2k, P)
-        zg = torch.bmm(z, g[:, :, None])  # (B, 2k, 1): S g over Y g
-        zz = torch.bmm(z, z.transpose(1, 2))  # (B, 2k, 2k)
-        sy, yy = zz[:, :k, k:], zz[:, k:, k:]
+        sg, yg = zg[:, m - k : m], zg[:, 2 * m - k :]
+        sy = self.zz[:, m - k : m, 2 * m - k :]
+        yy = self.zz[:, 2 * m - k :, 2 * m - k :]
         diag = torch.diagonal(sy, dim1=1, dim2=2)
         r = torch.triu(sy) + torch.diag_embed((diag == 0).to(sy.dtype))
-        u = torch.linalg.solve_triangular(r, zg[:, :k], upper=True)
+        u = torch.linalg.solve_triangular(r, sg, upper=True)
         g3 = gamma[:, :, None]
-        inner = diag[:, :, None] * u + g3 * (torch.bmm(yy, u) - zg[:, k:])
+        inner = diag[:, :, None] * u + g3 * (torch.bmm(yy, u) - yg)
         p = torch.linalg.solve_triangular(r.transpose(1, 2), inner, upper=False)
-        coef = torch.cat([p, -g3 * u], dim=1)  # (B, 2k, 1)
-        return torch.baddbmm(gamma[:, :, None] * g[:, :, None], z.transpose(1, 2), coef)[
-            :, :, 0
-        ].neg_()
+        coef = torch.zeros_like(zg)  # weights of the rows of Z in H g (empty slots: 0)
+        coef[:, m - k : m] = p
+        coef[:, 2 * m - k :] = -g3 * u
+        hg = torch.bmm(coef.transpose(1, 2), self.z)[:, 0]  # (B, P)
+        return hg.add_(gamma * g).neg_()
 
 
 def _to_class_major(tensor: torch.Tensor) -> torch.Tensor:

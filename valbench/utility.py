@@ -39,13 +39,20 @@ class UtilityEngine:
           so all values come from the same procedure. For the convex logreg this changes
           results only by optimisation error; it mainly helps leave-one-out, whose subsets are
           close to the full set.
+        * With ``warm_start="nearest"`` each subset starts from the most similar subset of the
+          previous fit call (Jaccard similarity at least ``NEAREST_MIN_JACCARD``): the next
+          block of a Monte-Carlo permutation starts from the longest prefix of the block
+          before. This needs a solver that runs to a tolerance (L-BFGS, the logreg default):
+          then U(S) depends on the start only through that tolerance. With a fixed number of
+          Adam steps the start would change the model itself, so those fits start cold.
 
     Args:
         task: The task whose ``x_train``/``y_train`` are subsetted and whose ``x_val``/``y_val``
             score the models. Fits are counted in ``task.fit_counter``.
         cache_size: Most subsets remembered (least recently used are evicted; 0 = no cache).
         batch_size: Models trained per :meth:`BatchedClassifier.fit` call.
-        warm_start: Start every fit from the full-data solution.
+        warm_start: ``True``: start every fit from the full-data solution; ``"nearest"``: from
+            the most similar subset fitted by the previous call; ``False``: cold starts.
         epochs: Optimisation steps per fit, overriding the task's model spec.
     """
 
@@ -55,7 +62,7 @@ class UtilityEngine:
         *,
         cache_size: int = 65536,
         batch_size: int = 64,
-        warm_start: bool = False,
+        warm_start: bool | str = False,
         epochs: int | None = None,
     ) -> None:
         if cache_size < 0:
@@ -64,10 +71,12 @@ class UtilityEngine:
             raise UsageError(f"batch_size must be >= 1, got {batch_size}")
         if epochs is not None and epochs < 0:
             raise UsageError(f"epochs must be >= 0, got {epochs}")
+        if warm_start not in (True, False, "nearest"):
+            raise UsageError(f"warm_start must be True, False or 'nearest', got {warm_start!r}")
         self.task = task
         self.cache_size = int(cache_size)
         self.batch_size = int(batch_size)
-        self.warm_start = bool(warm_start)
+        self.warm_start = warm_start is True
         self.epochs = epochs
         # Read the allowed arrays once; the engine never touches test data or noisy_mask.
         self._x_train = task.x_train
@@ -77,14 +86,19 @@ class UtilityEngine:
         self.n_train = int(self._x_train.shape[0])
         self.n_classes = int(task.n_classes)
         self.model = task.build_model()
+        self.warm_nearest = warm_start == "nearest" and self.model.spec.resolved_solver == "lbfgs"
         self._cache: OrderedDict[bytes, float] = OrderedDict()
         self._warm_params: Params | None = None
+        # The subsets and models of the last fit call, for ``warm_start="nearest"``.
+        self._recent: tuple[np.ndarray, Params] | None = None
         #: Models this engine trained (the warm-start fit included).
         self.fits = 0
         #: Subsets answered without training (cache, or a repeat within one request).
         self.cache_hits = 0
         #: Subsets that had to be trained.
         self.cache_misses = 0
+        #: Fits that started from a similar earlier subset (``warm_start="nearest"``).
+        self.warm_starts = 0
 
     # -- public -------------------------------------------------------------------------------
 
@@ -139,11 +153,14 @@ class UtilityEngine:
 
     def stats(self) -> dict[str, Any]:
         """Counters for a :class:`~valbench.types.Valuation`'s ``stats``."""
-        return {
+        out = {
             "utility_fits": self.fits,
             "cache_hits": self.cache_hits,
             "cache_misses": self.cache_misses,
         }
+        if self.warm_nearest:
+            out["warm_starts"] = self.warm_starts
+        return out
 
     def clear_cache(self) -> None:
         """Forget every cached value (counters are kept)."""
@@ -197,25 +214,56 @@ class UtilityEngine:
     def _train_and_score(self, masks: np.ndarray) -> np.ndarray:
         init = self._warm_init()
         scores = np.empty(len(masks), dtype=np.float64)
-        for rows in _column_groups(masks):
-            scores[rows] = self._fit_group(masks[rows], init)
+        fitted: list[Params] = []
+        groups = _column_groups(masks)
+        for rows in groups:
+            scores[rows], params = self._fit_group(masks[rows], init)
+            fitted.append(params)
+        if self.warm_nearest:
+            order = np.concatenate(groups)
+            self._recent = (masks[order], Params.concat(fitted))
         return scores
 
-    def _fit_group(self, masks: np.ndarray, init: Params | None) -> np.ndarray:
+    def _fit_group(self, masks: np.ndarray, init: Params | None) -> tuple[np.ndarray, Params]:
         x, y = self._x_train, self._y_train
         used = masks.any(axis=0)
         # A group that touches few training points (the prefixes of one TMC permutation, say)
         # trains on those columns only: the same per-model losses at a fraction of the cost,
         # since a point outside every subset only adds zero-weight terms. Near the full set the
         # copy (and the re-conversion it forces) is not worth it.
+        if init is None and self.warm_nearest:
+            init = self._nearest_init(masks)
         if used.sum() <= _RESTRICT_FRACTION * self.n_train:
             x, y, masks = x[used], y[used], masks[:, used]
         params = self.model.fit(x, y, masks, init=init, epochs=self.epochs)
         self.fits += params.batch_size
         logger.debug("trained %d models (engine total %d)", params.batch_size, self.fits)
-        return self.model.accuracy(params, self._x_val, self._y_val)
+        return self.model.accuracy(params, self._x_val, self._y_val), params
+
+    def _nearest_init(self, masks: np.ndarray) -> Params | None:
+        """Per-row starts: the most similar subset of the last call, else the cold init."""
+        if self._recent is None:
+            return None
+        before, params = self._recent
+        a = masks.astype(np.float32)
+        b = before.astype(np.float32)
+        inter = a @ b.T
+        union = a.sum(1)[:, None] + b.sum(1)[None, :] - inter
+        jaccard = inter / np.maximum(union, 1.0)
+        best = jaccard.argmax(axis=1)
+        close = jaccard[np.arange(len(masks)), best] >= NEAREST_MIN_JACCARD
+        if not close.any():
+            return None
+        self.warm_starts += int(close.sum())
+        init = self.model.init_params(len(masks))
+        rows = np.flatnonzero(close)
+        for name, tensor in init.tensors.items():
+            tensor[rows] = params[name][best[rows]]
+        return init
 
 
+#: Smallest Jaccard similarity |A∩B| / |A∪B| at which ``warm_start="nearest"`` reuses a model.
+NEAREST_MIN_JACCARD = 0.5
 #: Restrict a fit to the columns its subsets use when they are at most this fraction of all.
 _RESTRICT_FRACTION = 0.9
 #: Smallest group worth a fit call of its own (each call has a fixed per-step overhead).

@@ -392,3 +392,43 @@ def test_float64_option() -> None:
     params = clf.fit_subset(x, y, range(60))
     assert params["W"].dtype == torch.float64
     assert clf.accuracy(params, x, y)[0] > 0.9
+
+
+def _two_loop_reference(g: np.ndarray, pairs: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    # Nocedal & Wright, Algorithm 7.4, written out plainly: H g for pairs oldest first.
+    q = g.copy()
+    alphas = []
+    for s, y in reversed(pairs):
+        alpha = (s @ q) / (s @ y)
+        q -= alpha * y
+        alphas.append(alpha)
+    s, y = pairs[-1]
+    r = (s @ y) / (y @ y) * q
+    for (s, y), alpha in zip(pairs, reversed(alphas), strict=True):
+        r += s * (alpha - (y @ r) / (s @ y))
+    return r
+
+
+def test_compact_lbfgs_direction_equals_the_two_loop_recursion() -> None:
+    from valbench.models import _LBFGS_MEMORY, CurvatureMemory
+
+    rng = np.random.default_rng(0)
+    size, pushes = 7, _LBFGS_MEMORY + 3  # more pairs than the memory holds
+    a = rng.normal(size=(size, size))
+    hessian = a @ a.T + np.eye(size)  # y = H s gives positive curvature
+    g = torch.from_numpy(rng.normal(size=(2, size)))
+    memory = CurvatureMemory(g)
+    history: list[list[tuple[np.ndarray, np.ndarray]]] = [[], []]
+    for t in range(pushes):
+        step = rng.normal(size=(2, size))
+        change = step @ hessian
+        if t % 3 == 1:
+            step[1] = change[1] = 0.0  # model 1 did not move: it stores nothing
+        for b in range(2):
+            if step[b].any():
+                history[b].append((step[b], change[b]))
+        memory.push(torch.from_numpy(step), torch.from_numpy(change))
+    got = memory.direction(g).numpy()
+    for b in range(2):
+        want = _two_loop_reference(g[b].numpy(), history[b][-_LBFGS_MEMORY:])
+        np.testing.assert_allclose(got[b], -want, rtol=1e-9, atol=1e-12)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -183,6 +184,50 @@ def test_warm_start_matches_cold_start_for_leave_one_out() -> None:
     # The warm-start base fit is counted once, on top of the 10 + 1 subsets.
     assert warm.fits == 12 and warm_task.fit_counter.count == 12
     assert cold.fits == 11
+
+
+def _prefix_blocks(order: np.ndarray, block: int) -> list[np.ndarray]:
+    """The prefixes of ``order`` in blocks of ``block`` consecutive lengths, as TMC asks."""
+    n = len(order)
+    masks = np.zeros((n, n), dtype=bool)
+    for j in range(n):
+        masks[j, order[: j + 1]] = True
+    return [masks[i : i + block] for i in range(0, n, block)]
+
+
+def test_nearest_warm_start_reaches_the_same_models_from_earlier_prefixes() -> None:
+    spec = ModelSpec(dtype="float64", tol=1e-9, epochs=2000)
+    cold_task = dataclasses.replace(make_task(), model=spec, fit_counter=FitCounter())
+    warm_task = dataclasses.replace(make_task(), model=spec, fit_counter=FitCounter())
+    cold, warm = UtilityEngine(cold_task), UtilityEngine(warm_task, warm_start="nearest")
+    order = np.random.default_rng(0).permutation(N_TRAIN)
+    cold_params, warm_params = [], []
+    for block in _prefix_blocks(order, 12):
+        for engine, out in ((cold, cold_params), (warm, warm_params)):
+            engine.many(list(block))
+            assert engine._recent is not None or engine is cold
+            if engine is warm:
+                out.append(engine._recent[1]["W"].numpy())
+            else:
+                out.append(cold.model.fit(cold._x_train, cold._y_train, block)["W"].numpy())
+    # Every block after the first started from the previous block's longest prefix ...
+    assert warm.warm_starts >= N_TRAIN - 12 - 2
+    assert warm.stats()["warm_starts"] == warm.warm_starts
+    # ... and still lands on the same optimum as a cold start.
+    np.testing.assert_allclose(np.concatenate(warm_params), np.concatenate(cold_params), atol=1e-6)
+
+
+def test_nearest_warm_start_needs_a_converged_solver() -> None:
+    # A fixed number of Adam steps would give another model from another start: cold starts.
+    adam = ModelSpec(solver="adam", epochs=40)
+    engine = UtilityEngine(dataclasses.replace(make_task(), model=adam), warm_start="nearest")
+    reference = UtilityEngine(dataclasses.replace(make_task(), model=adam))
+    order = np.arange(N_TRAIN)
+    for block in _prefix_blocks(order, 10):
+        np.testing.assert_array_equal(engine.many(list(block)), reference.many(list(block)))
+    assert not engine.warm_nearest and engine.warm_starts == 0
+    with pytest.raises(UsageError, match="warm_start"):
+        UtilityEngine(make_task(), warm_start="previous")
 
 
 def test_epochs_override_changes_the_model(task: ValuationTask) -> None:
