@@ -42,7 +42,7 @@ _BETA1, _BETA2, _EPS = 0.9, 0.999, 1e-8
 _LOGIT_RANGE = 60.0
 # L-BFGS: curvature pairs kept, halvings of a step before a model counts as stuck (float
 # noise at its optimum: it is then done), sufficient-decrease constant.
-_LBFGS_MEMORY = 10
+_LBFGS_MEMORY = 5
 _LINE_SEARCH_STEPS = 20
 _ARMIJO_C1 = 1e-4
 

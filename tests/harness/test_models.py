@@ -209,8 +209,10 @@ def test_batched_equals_individual(kind: str, dtype: str) -> None:
     assert together.batch_size == 5
     pred_together = clf.predict(together, x)
     # In float64 batching changes nothing but rounding. In float32 Adam's g/sqrt(v) amplifies
-    # rounding on near-zero gradients (dead ReLUs) to ~1e-3, still far below a real mismatch.
-    atol = 1e-9 if dtype == "float64" else 3e-3
+    # rounding on near-zero gradients (dead ReLUs) to ~1e-3, still far below a real mismatch;
+    # float32 rounding can also shift where L-BFGS stops, and any stop within its gradient
+    # tolerance may lie ~tol/l2 away along the flattest direction (measured: 0.03).
+    atol = 1e-9 if dtype == "float64" else (3e-3 if kind == "mlp" else 0.1)
     for i, subset in enumerate(subsets):
         alone = spec.build(4, 3, seed=3).fit_subset(x, y, subset)
         for name, tensor in alone.tensors.items():
