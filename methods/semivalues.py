@@ -55,6 +55,12 @@ def _unlimited() -> float:
     return math.inf
 
 
+def _share(left: float, parts: float) -> float:
+    """``left // parts`` that stays infinite for an unlimited budget (``inf // x`` is NaN,
+    and ``max(1, nan)`` is 1: an unlimited run would then fit one subset per call)."""
+    return math.inf if math.isinf(left) else left // parts
+
+
 # -- size laws p(k), k = 0 … n−1 ----------------------------------------------------------------
 
 
@@ -181,7 +187,7 @@ def tmc_shapley(
         # Size the round to what the budget affords, so a small budget still finishes a few
         # whole permutations instead of many short prefixes (which would bias towards them).
         expected = float(np.mean(walk_lengths)) if walk_lengths else float(n)
-        n_perm = int(min(parallel, max_permutations - finished, max(1.0, left // expected)))
+        n_perm = int(min(parallel, max_permutations - finished, max(1.0, _share(left, expected))))
         perms = np.stack([rng.permutation(n) for _ in range(n_perm)])
         ranks = np.empty_like(perms)
         ranks[np.arange(n_perm)[:, None], perms] = np.arange(n)[None, :]
@@ -197,7 +203,7 @@ def tmc_shapley(
                 break
             if left < len(rows):
                 rows = rows[: int(left)]
-            k = int(min(lookahead, max(1, left // len(rows))))
+            k = int(min(lookahead, max(1.0, _share(left, len(rows)))))
             lengths = pos[rows, None] + np.arange(1, k + 1)[None, :]  # (a, k)
             valid = lengths <= n
             masks = ranks[rows, None, :] < lengths[:, :, None]  # (a, k, n)

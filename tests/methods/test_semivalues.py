@@ -184,10 +184,11 @@ def test_tmc_converges_to_exact_shapley() -> None:
 def test_tmc_truncation_and_budget() -> None:
     _, shapley, _ = _brute_force(N)
     task = make_check_task(n_train=N)
-    # With 8 points, truncating after more than 5 steps near U(D) would never trigger.
-    got = TMCShapley(max_permutations=500, convergence_tol=0.0, truncation_steps=1).value(
-        task, rng=np.random.default_rng(0), budget=Budget()
-    )
+    # With 8 points, truncating after more than 5 steps near U(D) would never trigger; and a
+    # look-ahead of 2 leaves prefixes after the cut to skip (a whole walk in one block is kept).
+    got = TMCShapley(
+        max_permutations=500, convergence_tol=0.0, truncation_steps=1, lookahead=2
+    ).value(task, rng=np.random.default_rng(0), budget=Budget())
     assert got.stats["truncated_fraction"] > 0
     assert _max_error(got.scores, shapley) < 0.05  # truncation bias stays small
     small = make_check_task(n_train=40)
@@ -251,6 +252,32 @@ def test_msr_on_a_closed_form_game_and_tiny_budget() -> None:
         convergence_tol=0.0,
     )
     assert _max_error(est, exact_semivalue(n, game)) < 0.05
+
+
+@pytest.mark.parametrize("limited", [False, True])
+def test_tmc_batches_whole_blocks_with_and_without_a_fit_budget(limited: bool) -> None:
+    # An unlimited budget (inf fits left) once made every call a single subset (inf // x is
+    # NaN in Python), the default of a plain `valbench run`; it must batch like a large one.
+    n, batches = 40, []
+
+    def game(masks: np.ndarray) -> np.ndarray:
+        batches.append(len(masks))
+        return masks.sum(axis=1) / n
+
+    tmc_shapley(
+        n,
+        game,
+        np.random.default_rng(0),
+        full=1.0,
+        empty=0.0,
+        remaining=(lambda: 10**9) if limited else (lambda: math.inf),
+        max_permutations=8,
+        tolerance=0.0,
+        parallel=4,
+        lookahead=10,
+    )
+    assert max(batches) == 4 * 10
+    assert sum(batches) == 8 * n and len(batches) == 8
 
 
 # -- conformance -------------------------------------------------------------------------------
