@@ -11,8 +11,10 @@ from valbench.models import ModelSpec
 from valbench.testing import check_method, make_check_task
 
 
-def _reference(task: ValuationTask, perms: np.ndarray, lr: float, metric: str) -> np.ndarray:
-    """One SGD epoch per permutation, one model at a time, in numpy."""
+def _reference(
+    task: ValuationTask, perms: np.ndarray, lr: float, metric: str, l2: float = 0.0
+) -> np.ndarray:
+    """One SGD epoch per permutation, one model at a time, in numpy, scoring from scratch."""
     n, d, c = task.n_train, task.n_features, task.n_classes
     x, y = task.x_train.astype(np.float64), task.y_train
     xv, yv = task.x_val.astype(np.float64), task.y_val
@@ -34,7 +36,7 @@ def _reference(task: ValuationTask, perms: np.ndarray, lr: float, metric: str) -
             p = np.exp(z - z.max())
             p /= p.sum()
             p[y[i]] -= 1.0
-            w = w - lr * np.outer(x[i], p)
+            w = w - lr * (np.outer(x[i], p) + l2 * w)
             b = b - lr * p
             now = score(w, b)
             values[i] += now - prev
@@ -42,19 +44,31 @@ def _reference(task: ValuationTask, perms: np.ndarray, lr: float, metric: str) -
     return values / len(perms)
 
 
+@pytest.mark.parametrize("l2", [0.0, 0.05])
 @pytest.mark.parametrize("metric", ["accuracy", "log_likelihood"])
-def test_matches_plain_loop(metric: str) -> None:
+def test_matches_plain_loop(metric: str, l2: float) -> None:
     task = make_check_task(n_train=12)
-    method = GShapley(lr=0.1, metric=metric, max_permutations=7, batch_size=3)
+    method = GShapley(lr=0.1, l2=l2, metric=metric, max_permutations=7, batch_size=3)
     got = method.value(task, rng=np.random.default_rng(5), budget=Budget())
     rng = np.random.default_rng(5)
     perms = np.stack([rng.permutation(12) for _ in range(7)])
-    expected = _reference(task, perms, 0.1, metric)
+    expected = _reference(task, perms, 0.1, metric, l2)
     if metric == "accuracy":
         np.testing.assert_array_equal(got.scores, expected)
     else:
         np.testing.assert_allclose(got.scores, expected, rtol=0, atol=1e-12)
     assert got.stats["permutations"] == 7 and task.fit_counter.count == 7
+
+
+def test_gram_matrix_and_on_the_fly_products_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    import valbench.methods.gshapley as gshapley
+
+    task = make_check_task(n_train=20)
+    kwargs = {"lr": 0.2, "l2": 0.01, "metric": "log_likelihood", "max_permutations": 5}
+    with_gram = GShapley(**kwargs).value(task, rng=np.random.default_rng(1), budget=Budget())
+    monkeypatch.setattr(gshapley, "_GRAM_MAX_ENTRIES", 0)
+    without = GShapley(**kwargs).value(task, rng=np.random.default_rng(1), budget=Budget())
+    np.testing.assert_allclose(with_gram.scores, without.scores, rtol=0, atol=1e-12)
 
 
 def test_deterministic_and_batching_invariant() -> None:
