@@ -35,13 +35,16 @@ def fit_for_gradients(
     if model.kind == "head":
         phi = gr.head_features(params, task.x_train)
         phi_val = gr.head_features(params, task.x_val)
+        if gr.REDUCE_WIDE_HEADS and phi.shape[1] > phi.shape[0]:
+            phi, phi_val, model.params["W"] = gr.in_training_span(phi, phi_val, model.params["W"])
+            stats["head_inputs_in_span"] = int(phi.shape[1])
         if refine:
             y = torch.as_tensor(task.y_train, dtype=torch.int64)
             w, b, its, g_norm = gr.refine_head(
                 phi, y, model.params["W"], model.params["b"], model.l2
             )
             model.params = {"W": w, "b": b}
-            stats = {"newton_iterations": its, "grad_norm": g_norm}
+            stats.update(newton_iterations=its, grad_norm=g_norm)
         return model, phi, phi_val, stats
     return model, gr.as_tensor(task.x_train), gr.as_tensor(task.x_val), stats
 

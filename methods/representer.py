@@ -26,6 +26,8 @@ class Representer:
     """
 
     alpha: torch.Tensor  # (n, C)
+    # With more last-layer inputs than training points, d is the dimension of their span
+    # (see :func:`~valbench.methods._gradients.in_training_span`).
     phi: torch.Tensor  # (n, d) training features of the last layer
     phi_val: torch.Tensor  # (m, d)
     w: torch.Tensor  # (d, C)
@@ -50,13 +52,17 @@ def fit_representer(task: ValuationTask, l2: float | None = None) -> Representer
         )
     head = gr.functional_from_params(params, lam, "last")
     phi = gr.head_features(params, task.x_train)
+    phi_val = gr.head_features(params, task.x_val)
+    w0 = head.params["W"]
+    if gr.REDUCE_WIDE_HEADS and phi.shape[1] > phi.shape[0]:
+        phi, phi_val, w0 = gr.in_training_span(phi, phi_val, w0)
     y = torch.as_tensor(task.y_train, dtype=torch.int64)
-    w, b, _, g_norm = gr.refine_head(phi, y, head.params["W"], head.params["b"], lam)
+    w, b, _, g_norm = gr.refine_head(phi, y, w0, head.params["b"], lam)
     probs = torch.softmax(phi @ w + b, dim=1)
     onehot = torch.nn.functional.one_hot(y, task.n_classes).to(gr.DTYPE)
     # α_i = −1/(2λn) ∂ℓ_i/∂Φ_i with the paper's λ||W||², i.e. λ = l2/2 here: (onehot − p)/(l2 n).
     alpha = (onehot - probs) / (lam * task.n_train)
-    return Representer(alpha, phi, gr.head_features(params, task.x_val), w, b, lam, g_norm)
+    return Representer(alpha, phi, phi_val, w, b, lam, g_norm)
 
 
 class RepresenterPoints(Method):

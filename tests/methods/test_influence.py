@@ -9,6 +9,7 @@ from scipy.optimize import minimize
 from scipy.special import log_softmax
 from scipy.stats import pearsonr
 from sklearn.metrics import roc_auc_score
+from wide_task import wide_task
 
 from valbench import Budget
 from valbench.methods import _gradients as gr
@@ -160,3 +161,21 @@ def test_influence_rejects_unknown_solver() -> None:
 @pytest.mark.parametrize("solver", ["auto", "cg"])
 def test_influence_conforms(solver: str) -> None:
     check_method(InfluenceFunction, {"solver": solver})
+
+
+@pytest.mark.parametrize("solver", ["exact", "cg"])
+def test_wide_head_in_the_span_of_its_training_inputs_changes_nothing(
+    monkeypatch: pytest.MonkeyPatch, solver: str
+) -> None:
+    # More inputs (40) than training points (25): the reduced head must give the same values.
+    import valbench.methods._gradients as gradients
+
+    reduced = _val(wide_task(), solver=solver, damping=0.0)
+    assert reduced.stats["head_inputs_in_span"] == 25
+    monkeypatch.setattr(gradients, "REDUCE_WIDE_HEADS", False)
+    full = _val(wide_task(), solver=solver, damping=0.0)
+    assert "head_inputs_in_span" not in full.stats
+    np.testing.assert_allclose(reduced.scores, full.scores, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(
+        reduced.detection_scores, full.detection_scores, rtol=1e-6, atol=1e-12
+    )

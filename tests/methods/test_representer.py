@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from sklearn.metrics import roc_auc_score
+from wide_task import wide_task
 
 from valbench import Budget
 from valbench.errors import UsageError
@@ -66,3 +67,18 @@ def test_representer_needs_a_regularised_last_layer() -> None:
 
 def test_representer_conforms() -> None:
     check_method(RepresenterPoints)
+
+
+def test_wide_last_layer_in_the_span_of_its_training_inputs_changes_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import valbench.methods._gradients as gradients
+
+    method = RepresenterPoints()
+    reduced = method.value(wide_task(), rng=np.random.default_rng(0), budget=Budget())
+    assert fit_representer(wide_task()).phi.shape[1] == 25  # 40 inputs, 25 training points
+    monkeypatch.setattr(gradients, "REDUCE_WIDE_HEADS", False)
+    full = method.value(wide_task(), rng=np.random.default_rng(0), budget=Budget())
+    assert fit_representer(wide_task()).phi.shape[1] == 40
+    np.testing.assert_allclose(reduced.scores, full.scores, rtol=1e-6, atol=1e-10)
+    np.testing.assert_allclose(reduced.detection_scores, full.detection_scores, rtol=1e-6)
