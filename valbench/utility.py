@@ -86,7 +86,9 @@ class UtilityEngine:
         self.n_train = int(self._x_train.shape[0])
         self.n_classes = int(task.n_classes)
         self.model = task.build_model()
-        self.warm_nearest = warm_start == "nearest" and self.model.spec.resolved_solver == "lbfgs"
+        # Only a model fitted to a tolerance may start anywhere (see the class docstring).
+        solver = getattr(getattr(self.model, "spec", None), "resolved_solver", None)
+        self.warm_nearest = warm_start == "nearest" and solver == "lbfgs"
         self._cache: OrderedDict[bytes, float] = OrderedDict()
         self._warm_params: Params | None = None
         # The subsets and models of the last fit call, for ``warm_start="nearest"``.
@@ -225,14 +227,14 @@ class UtilityEngine:
         return scores
 
     def _fit_group(self, masks: np.ndarray, init: Params | None) -> tuple[np.ndarray, Params]:
+        if init is None and self.warm_nearest:
+            init = self._nearest_init(masks)
         x, y = self._x_train, self._y_train
         used = masks.any(axis=0)
         # A group that touches few training points (the prefixes of one TMC permutation, say)
         # trains on those columns only: the same per-model losses at a fraction of the cost,
         # since a point outside every subset only adds zero-weight terms. Near the full set the
         # copy (and the re-conversion it forces) is not worth it.
-        if init is None and self.warm_nearest:
-            init = self._nearest_init(masks)
         if used.sum() <= _RESTRICT_FRACTION * self.n_train:
             x, y, masks = x[used], y[used], masks[:, used]
         params = self.model.fit(x, y, masks, init=init, epochs=self.epochs)
