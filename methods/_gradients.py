@@ -141,8 +141,11 @@ def in_training_span(
     itself, so ``gᵀ H⁻¹ g_i`` only sees the part of a validation gradient inside it. On raw
     pixels (784 inputs, a few hundred points) the parameters shrink threefold and the exact
     solver replaces conjugate gradients. Inner products with training inputs are unchanged,
-    so representer kernels are too.
+    so representer kernels are too. Returns the inputs unchanged for a head no wider than its
+    training set (or with ``REDUCE_WIDE_HEADS`` off).
     """
+    if not REDUCE_WIDE_HEADS or phi.shape[1] <= phi.shape[0]:
+        return phi, phi_val, w
     _, sing, vt = torch.linalg.svd(phi, full_matrices=False)
     if len(sing) == 0 or float(sing[0]) == 0.0:
         return phi, phi_val, w

@@ -35,8 +35,9 @@ def fit_for_gradients(
     if model.kind == "head":
         phi = gr.head_features(params, task.x_train)
         phi_val = gr.head_features(params, task.x_val)
-        if gr.REDUCE_WIDE_HEADS and phi.shape[1] > phi.shape[0]:
-            phi, phi_val, model.params["W"] = gr.in_training_span(phi, phi_val, model.params["W"])
+        width = phi.shape[1]
+        phi, phi_val, model.params["W"] = gr.in_training_span(phi, phi_val, model.params["W"])
+        if phi.shape[1] < width:
             stats["head_inputs_in_span"] = int(phi.shape[1])
         if refine:
             y = torch.as_tensor(task.y_train, dtype=torch.int64)

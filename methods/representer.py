@@ -53,9 +53,7 @@ def fit_representer(task: ValuationTask, l2: float | None = None) -> Representer
     head = gr.functional_from_params(params, lam, "last")
     phi = gr.head_features(params, task.x_train)
     phi_val = gr.head_features(params, task.x_val)
-    w0 = head.params["W"]
-    if gr.REDUCE_WIDE_HEADS and phi.shape[1] > phi.shape[0]:
-        phi, phi_val, w0 = gr.in_training_span(phi, phi_val, w0)
+    phi, phi_val, w0 = gr.in_training_span(phi, phi_val, head.params["W"])
     y = torch.as_tensor(task.y_train, dtype=torch.int64)
     w, b, _, g_norm = gr.refine_head(phi, y, w0, head.params["b"], lam)
     probs = torch.softmax(phi @ w + b, dim=1)
