@@ -378,11 +378,14 @@ def run_cell(cell: Cell, spec: RunSpec, progress: ProgressFn = no_progress) -> C
             raw = method.value(
                 task, rng=cell.method_rng(spec.root_seed), budget=spec.budget_obj, progress=progress
             )
+        wall = time.perf_counter() - wall0
         cost = {
-            "wall_s": time.perf_counter() - wall0,
+            "wall_s": wall,
             "cpu_s": time.process_time() - cpu0,
             "peak_mem_mb": mem.peak_mb,
             "model_fits": counter.count,
+            # Model fits per wall second of the method (None when it fitted nothing).
+            "fits_per_s": counter.count / wall if counter.count and wall > 0 else None,
         }
         valuation = _check_valuation(raw, task.n_train, cell.method)
         measured = measure(task, valuation, cell, spec)

@@ -201,6 +201,15 @@ TABLE_COLUMNS: tuple[Column, ...] = (
     Column("cost.wall_s", "wall s", _cost("wall_s"), False, fmt=".3g", group="cost"),
     Column("cost.peak_mem_mb", "peak MB", _cost("peak_mem_mb"), False, fmt=".0f", group="cost"),
     Column("cost.model_fits", "model fits", _cost("model_fits"), False, fmt=".0f", group="cost"),
+    Column(
+        "cost.fits_per_s",
+        "fits / s",
+        _cost("fits_per_s"),
+        True,
+        fmt=".0f",
+        group="cost",
+        description="model fits per wall second of the method (blank when it fits none)",
+    ),
 )
 """Columns after the subset-value ones (which depend on the fractions of the run)."""
 

@@ -44,6 +44,8 @@ def test_run_writes_the_run_directory(tmp_path: Path) -> None:
     assert set(loo["metrics"]["subset_value"]) == {"0.1", "0.5"}
     assert 0 <= loo["metrics"]["mislabel"]["auc"] <= 1
     assert loo["cost"]["model_fits"] == 41  # U(D) and the 40 leave-one-out fits
+    assert loo["cost"]["fits_per_s"] == pytest.approx(41 / loo["cost"]["wall_s"])
+    assert records[0]["cost"]["fits_per_s"] is None  # random fits nothing
     scores, _ = load_scores(tmp_path, loo["scores_file"])
     assert scores.shape == (40,) and loo["n_train"] == 40
     assert (tmp_path / "index.html").stat().st_size > 0 and (tmp_path / "results.csv").exists()
