@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from valbench import metrics
-from valbench.data import apply_label_noise, imbalance_indices
+from valbench.data import apply_label_noise, imbalance_rows
 from valbench.errors import ValbenchError
 from valbench.registry import get_dataset, get_method, validate_params
 from valbench.spec import FILE_PREFIX, Cell, RunSpec
@@ -79,14 +79,6 @@ def _load_splits(
     return _dataset(dataset, params_json).load(seed=data_seed, max_train=max_train)
 
 
-def _imbalance_rows(y: np.ndarray, ratio: float, data_seed: int, n_classes: int) -> np.ndarray:
-    """The training rows :func:`~valbench.data.imbalance_train` keeps (same seed, same rows)."""
-    if ratio == 1:
-        return np.arange(len(y), dtype=np.int64)
-    rng = np.random.default_rng(np.random.SeedSequence([data_seed, 1]).spawn(1)[0])
-    return imbalance_indices(y, ratio, rng, n_classes=n_classes)
-
-
 def _relabeller(
     noise_cell: Cell, root_seed: int, imbalance: float, noise_model: str
 ) -> tuple[Relabel, dict[str, np.ndarray]]:
@@ -95,7 +87,7 @@ def _relabeller(
     data_seed = noise_cell.data_seed(root_seed)
 
     def relabel(y: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
-        rows = _imbalance_rows(y, imbalance, data_seed, n_classes)
+        rows = imbalance_rows(y, imbalance, data_seed, n_classes)
         labels, out["noisy"] = apply_label_noise(
             y[rows], noise_cell.noise, n_classes, noise_cell.noise_rng(root_seed), model=noise_model
         )

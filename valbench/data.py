@@ -25,6 +25,7 @@ __all__ = [
     "pair_flip_noise",
     "apply_label_noise",
     "imbalance_indices",
+    "imbalance_rows",
     "imbalance_train",
     "pool_split_indices",
 ]
@@ -203,26 +204,27 @@ def inject_label_noise(
         ``(noisy_y, noisy_mask)``: an int64 copy of ``y`` with the flips, and a bool mask that
         is True exactly where ``noisy_y`` differs from ``y``.
     """
-    if not (0.0 <= rate < 1.0):
-        raise UsageError(f"label noise rate must be in [0, 1), got {rate}")
-    y = np.asarray(y)
-    _check_labels(y, n_classes)
-    noisy = y.astype(np.int64, copy=True)
-    mask = np.zeros(len(noisy), dtype=bool)
-    n_flip = int(round(rate * len(noisy)))
+    noisy, mask, n_flip = _flip_setup(y, rate, n_classes)
     if n_flip == 0:
         return noisy, mask
-    if n_classes < 2:
-        raise UsageError(f"label noise needs at least 2 classes, got n_classes={n_classes}")
     rows = rng.choice(len(noisy), size=n_flip, replace=False)
     noisy[rows] = (noisy[rows] + rng.integers(1, n_classes, size=n_flip)) % n_classes
     mask[rows] = True
     return noisy, mask
 
 
-def _check_rate(rate: float) -> None:
+def _flip_setup(y: np.ndarray, rate: float, n_classes: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Checked inputs of a noise model: an int64 copy of ``y``, an all-False mask and the
+    number of labels to flip (flipping any needs two classes)."""
     if not (0.0 <= rate < 1.0):
         raise UsageError(f"label noise rate must be in [0, 1), got {rate}")
+    y = np.asarray(y)
+    _check_labels(y, n_classes)
+    noisy = y.astype(np.int64, copy=True)
+    n_flip = int(round(rate * len(noisy)))
+    if n_flip and n_classes < 2:
+        raise UsageError(f"label noise needs at least 2 classes, got n_classes={n_classes}")
+    return noisy, np.zeros(len(noisy), dtype=bool), n_flip
 
 
 def pair_flip_noise(
@@ -242,16 +244,9 @@ def pair_flip_noise(
     Returns:
         ``(noisy_y, noisy_mask)`` as :func:`inject_label_noise`.
     """
-    _check_rate(rate)
-    y = np.asarray(y)
-    _check_labels(y, n_classes)
-    noisy = y.astype(np.int64, copy=True)
-    mask = np.zeros(len(noisy), dtype=bool)
-    n_flip = int(round(rate * len(noisy)))
+    noisy, mask, n_flip = _flip_setup(y, rate, n_classes)
     if n_flip == 0:
         return noisy, mask
-    if n_classes < 2:
-        raise UsageError(f"label noise needs at least 2 classes, got n_classes={n_classes}")
     target = (np.arange(n_classes) + 1) % n_classes
     for src, dst in (pairs or {}).items():
         if not (0 <= int(src) < n_classes and 0 <= int(dst) < n_classes) or src == dst:
@@ -315,12 +310,19 @@ def imbalance_indices(
     return np.sort(np.concatenate(chosen)).astype(np.int64)
 
 
+def imbalance_rows(y: np.ndarray, ratio: float, seed: int, n_classes: int) -> np.ndarray:
+    """The training rows a long-tailed split keeps for ``seed`` (all of them when ratio is 1)."""
+    if ratio == 1:
+        return np.arange(len(y), dtype=np.int64)
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 1]).spawn(1)[0])
+    return imbalance_indices(y, ratio, rng, n_classes=n_classes)
+
+
 def imbalance_train(splits: DatasetSplits, ratio: float, seed: int) -> DatasetSplits:
     """Make the training split long-tailed (see :func:`imbalance_indices`); val/test unchanged."""
     if ratio == 1:
         return splits
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 1]).spawn(1)[0])
-    keep = imbalance_indices(splits.y_train, ratio, rng, n_classes=splits.n_classes)
+    keep = imbalance_rows(splits.y_train, ratio, seed, splits.n_classes)
     return DatasetSplits(
         x_train=splits.x_train[keep],
         y_train=splits.y_train[keep],
