@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from reference_size import reference_size
 
 from valbench import Budget, FitCounter, Method, Valuation, ValuationTask
 from valbench.data import inject_label_noise
@@ -41,12 +42,6 @@ def synthetic_task(n_train: int) -> ValuationTask:
         splits.x_train, splits.y_train, splits.x_val, splits.y_val, splits.x_test,
         splits.y_test, splits.n_classes, None, "synthetic", 0, ModelSpec(), FitCounter(),
     )  # fmt: skip
-
-
-def _reference_size(benchmark: Any) -> None:
-    """Skip a reference-size run unless benchmarks are enabled (a plain pytest stays fast)."""
-    if getattr(benchmark, "disabled", False):
-        pytest.skip("reference-size benchmark: run with -m slow --benchmark-enable")
 
 
 def _run(benchmark: Any, method: Method, make_task: Any, budget: Budget | None = None) -> Valuation:
@@ -80,14 +75,14 @@ def test_gshapley_small(benchmark: Any) -> None:
 
 @pytest.mark.slow
 def test_knn_shapley_digits_reference(benchmark: Any) -> None:
-    _reference_size(benchmark)
+    reference_size(benchmark)
     _run(benchmark, KNNShapley(k=5), digits_task)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("weighting", ["unique", "counts"])
 def test_data_oob_digits_1000_models(benchmark: Any, weighting: str) -> None:
-    _reference_size(benchmark)
+    reference_size(benchmark)
     task_holder: list[ValuationTask] = []
 
     def make() -> ValuationTask:
@@ -101,19 +96,19 @@ def test_data_oob_digits_1000_models(benchmark: Any, weighting: str) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("n", [250, 500, 1000, 2000, 4000])
 def test_knn_shapley_cost_against_n(benchmark: Any, n: int) -> None:
-    _reference_size(benchmark)
+    reference_size(benchmark)
     _run(benchmark, KNNShapley(), lambda: synthetic_task(n))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("n", [250, 500, 1000, 2000, 4000])
 def test_data_oob_cost_against_n(benchmark: Any, n: int) -> None:
-    _reference_size(benchmark)
+    reference_size(benchmark)
     _run(benchmark, DataOOB(n_estimators=200, weighting="unique"), lambda: synthetic_task(n))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("n", [250, 500, 1000, 2000, 4000])
 def test_gshapley_cost_against_n(benchmark: Any, n: int) -> None:
-    _reference_size(benchmark)
+    reference_size(benchmark)
     _run(benchmark, GShapley(max_permutations=20), lambda: synthetic_task(n))

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from reference_size import reference_size
 
 from valbench import Budget, FitCounter, Method, ValuationTask
 from valbench.data import inject_label_noise
@@ -89,12 +90,6 @@ def mnist_task(n_train: int, first: int | None = None) -> ValuationTask:
     )  # fmt: skip
 
 
-def _reference_size(benchmark: Any) -> None:
-    """Skip a reference-size run unless benchmarks are enabled (a plain pytest stays fast)."""
-    if getattr(benchmark, "disabled", False):
-        pytest.skip("reference-size benchmark: run with -m slow --benchmark-enable")
-
-
 def _run(
     benchmark: Any,
     label: str,
@@ -139,7 +134,7 @@ def _run(
 @pytest.mark.parametrize("n", SIZES)
 @pytest.mark.parametrize("label", list(WORKLOADS))
 def test_cost_against_n(benchmark: Any, label: str, n: int) -> None:
-    _reference_size(benchmark)
+    reference_size(benchmark)
     if _cpu_seen.get(label, 0.0) > STOP_AFTER_CPU_S:
         pytest.skip(f"{label} already took > {STOP_AFTER_CPU_S:.0f} CPU s at a smaller n")
     factory, fits = WORKLOADS[label]
@@ -156,7 +151,7 @@ def test_cost_against_n(benchmark: Any, label: str, n: int) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("n", [10, 12, 14])
 def test_exact_shapley_cost_against_n(benchmark: Any, n: int) -> None:
-    _reference_size(benchmark)
+    reference_size(benchmark)
     task = _run(
         benchmark, "exact-shapley", ExactShapley(), lambda: mnist_task(250, first=n), Budget()
     )

