@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from valbench import models
 from valbench.errors import UnknownNameError, UsageError
 from valbench.models import MODEL_NAMES, BatchedClassifier, ModelSpec, Params, model_spec
 from valbench.types import FitCounter
@@ -26,6 +27,14 @@ def blobs(
 
 def small_spec(kind: str, **kw: object) -> ModelSpec:
     return ModelSpec.parse(kind, **{"epochs": 60, **kw})
+
+
+@pytest.fixture(params=["whitened", "plain"])
+def whitening(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run an L-BFGS test in whitened coordinates (the default here) and without them."""
+    if request.param == "plain":
+        monkeypatch.setattr(models, "_WHITEN_MIN_ROWS_PER_COLUMN", 10**9)
+    return str(request.param)
 
 
 # -- ModelSpec --------------------------------------------------------------------------------
@@ -110,7 +119,7 @@ def test_logreg_agrees_with_sklearn_on_digits() -> None:
     assert ours > 0.9
 
 
-def test_lbfgs_reaches_sklearns_optimum_on_every_subset() -> None:
+def test_lbfgs_reaches_sklearns_optimum_on_every_subset(whitening: str) -> None:
     from sklearn.datasets import load_digits
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
@@ -133,15 +142,51 @@ def test_lbfgs_reaches_sklearns_optimum_on_every_subset() -> None:
 
 
 @pytest.mark.parametrize("tol", [1e-3, 1e-5])
-def test_lbfgs_stops_each_model_within_its_gradient_tolerance(tol: float) -> None:
+def test_lbfgs_stops_each_model_within_its_gradient_tolerance(tol: float, whitening: str) -> None:
     x, y = blobs(n=200, d=6)
     rng = np.random.default_rng(1)
     masks = rng.random((12, 200)) < rng.uniform(0.05, 1.0, size=(12, 1))
     clf = ModelSpec(dtype="float64", tol=tol, epochs=5000).build(6, 3, seed=0)
+    assert (clf._whitening(x) is None) == (whitening == "plain")
     params = clf.fit(x, y, masks)
     for b in range(len(masks)):
         grads = clf.gradients(params.select(b), x, y, masks[b : b + 1])
         assert max(float(g.abs().max()) for g in grads.values()) <= tol
+
+
+def test_whitening_cuts_lbfgs_passes_on_correlated_features(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    x, y = blobs(n=600, d=8, spread=1.0)
+    # Strongly correlated, unequally scaled features: the curvature L-BFGS must otherwise learn.
+    mixing = np.random.default_rng(5).normal(size=(8, 8)) @ np.diag(np.geomspace(0.1, 10, 8))
+    x = (x @ mixing).astype(np.float32)
+    masks = np.random.default_rng(2).random((8, 600)) < 0.5
+    spec = ModelSpec(dtype="float64", tol=1e-9, epochs=5000)
+    passes = [0]
+    plain_pass = BatchedClassifier._logreg_loss_grad
+
+    def counted(self: BatchedClassifier, *args: object) -> tuple[torch.Tensor, torch.Tensor]:
+        passes[0] += len(args[0])  # one per model in the batch
+        return plain_pass(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(BatchedClassifier, "_logreg_loss_grad", counted)
+    results = {}
+    for mode, min_rows in (("whitened", 4), ("plain", 10**9)):
+        monkeypatch.setattr(models, "_WHITEN_MIN_ROWS_PER_COLUMN", min_rows)
+        passes[0] = 0
+        clf = spec.build(8, 3, seed=0)
+        results[mode] = (clf.predict_proba(clf.fit(x, y, masks), x), passes[0])
+    # The same optimum, reached in far fewer loss-and-gradient passes.
+    np.testing.assert_allclose(results["whitened"][0], results["plain"][0], atol=1e-6)
+    assert results["whitened"][1] < 0.5 * results["plain"][1]
+
+
+def test_whitening_is_skipped_for_wide_problems() -> None:
+    x, y = blobs(n=30, d=8)  # fewer than 4 rows per weight column
+    clf = ModelSpec().build(8, 3, seed=0)
+    assert clf._whitening(x) is None
+    assert clf._whitening(np.concatenate([x] * 4)) is not None
 
 
 def test_lbfgs_iteration_cap_and_zero_iterations() -> None:

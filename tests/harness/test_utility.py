@@ -196,7 +196,7 @@ def _prefix_blocks(order: np.ndarray, block: int) -> list[np.ndarray]:
 
 
 def test_nearest_warm_start_reaches_the_same_models_from_earlier_prefixes() -> None:
-    spec = ModelSpec(dtype="float64", tol=1e-9, epochs=2000)
+    spec = ModelSpec(dtype="float64", tol=1e-11, epochs=2000)
     cold_task = dataclasses.replace(make_task(), model=spec, fit_counter=FitCounter())
     warm_task = dataclasses.replace(make_task(), model=spec, fit_counter=FitCounter())
     cold, warm = UtilityEngine(cold_task), UtilityEngine(warm_task, warm_start="nearest")
@@ -287,11 +287,14 @@ def test_column_groups_split_prefix_blocks_of_different_permutations() -> None:
     assert len(_column_groups(halves)) == 1
 
 
-def test_grouped_fits_equal_one_batch(task: ValuationTask) -> None:
-    # Splitting a batch into column groups changes only float rounding, not the utilities.
+def test_grouped_fits_equal_one_batch() -> None:
+    # Splitting a batch into column groups changes the rows each fit sees, and so L-BFGS's
+    # whitened path, but not the optimum it converges to: the utilities are the same.
+    spec = ModelSpec(dtype="float64", tol=1e-10, epochs=2000)
+    task = dataclasses.replace(make_task(), model=spec, fit_counter=FitCounter())
     n = task.n_train
     rng = np.random.default_rng(1)
     masks = np.stack([rng.permutation(n) < m for m in range(1, n + 1)] * 2)
     grouped = UtilityEngine(task, batch_size=len(masks), cache_size=0).many(list(masks))
     single = UtilityEngine(task, batch_size=1, cache_size=0).many(list(masks))
-    np.testing.assert_allclose(grouped, single, atol=1.5 / len(task.y_val))
+    np.testing.assert_array_equal(grouped, single)
