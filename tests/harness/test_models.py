@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
@@ -147,7 +149,6 @@ def test_lbfgs_stops_each_model_within_its_gradient_tolerance(tol: float, whiten
     rng = np.random.default_rng(1)
     masks = rng.random((12, 200)) < rng.uniform(0.05, 1.0, size=(12, 1))
     clf = ModelSpec(dtype="float64", tol=tol, epochs=5000).build(6, 3, seed=0)
-    assert (clf._whitening(x) is None) == (whitening == "plain")
     params = clf.fit(x, y, masks)
     for b in range(len(masks)):
         grads = clf.gradients(params.select(b), x, y, masks[b : b + 1])
@@ -182,11 +183,28 @@ def test_whitening_cuts_lbfgs_passes_on_correlated_features(
     assert results["whitened"][1] < 0.5 * results["plain"][1]
 
 
-def test_whitening_is_skipped_for_wide_problems() -> None:
-    x, y = blobs(n=30, d=8)  # fewer than 4 rows per weight column
-    clf = ModelSpec().build(8, 3, seed=0)
-    assert clf._whitening(x) is None
-    assert clf._whitening(np.concatenate([x] * 4)) is not None
+def test_only_models_with_enough_rows_per_column_are_whitened(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    x, y = blobs(n=200, d=4)
+    rows = models._WHITEN_MIN_ROWS_PER_COLUMN * 5  # 5 weight columns
+    calls: list[tuple[int, bool]] = []
+    plain_fit = BatchedClassifier._fit_logreg_lbfgs
+
+    def spy(self: BatchedClassifier, *args: Any) -> Params:
+        calls.append((args[1].batch_size, args[-1] is not None))
+        return plain_fit(self, *args)
+
+    monkeypatch.setattr(BatchedClassifier, "_fit_logreg_lbfgs", spy)
+    sizes = [rows - 1, rows, 5, 200, 3]
+    clf = ModelSpec(dtype="float64", tol=1e-10, epochs=2000).build(4, 3, seed=0)
+    together = clf.fit(x, y, [np.arange(k) for k in sizes])
+    assert calls == [(2, True), (3, False)]  # split by size, whatever the batch order
+    calls.clear()
+    for b, k in enumerate(sizes):  # and each model is the one it would be alone, in place
+        alone = clf.fit_subset(x, y, np.arange(k))
+        assert calls[-1] == (1, k >= rows)
+        torch.testing.assert_close(together["W"][b : b + 1], alone["W"], rtol=0, atol=1e-7)
 
 
 def test_lbfgs_iteration_cap_and_zero_iterations() -> None:
