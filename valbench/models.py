@@ -401,7 +401,10 @@ class BatchedClassifier:
         # Adam is per-coordinate, so the layout does not change the result.
         if self.spec.kind == "logreg":
             if self.spec.resolved_solver == "lbfgs":
-                fitted = self._fit_logreg_lbfgs_by_size(x, params, weights, decay, steps, counts)
+                # Whitening pays off for a subset with enough rows to share the covariance of
+                # the whole training set (see _whitening); each model is judged on its own.
+                whiten = counts >= _WHITEN_MIN_ROWS_PER_COLUMN * (self.n_features + 1)
+                fitted = self._fit_logreg_lbfgs(x, params, weights, decay, steps, whiten)
             else:
                 fitted = self._fit_logreg(x, params, weights, decay, steps)
             if self.fit_counter is not None:
@@ -464,6 +467,15 @@ class BatchedClassifier:
         ``_WHITEN_FLOOR`` of their mean) and T = Σ^(-1/2), each class's weights are w = T v
         and the features become [x, 1] T. The optimum is the same point; the path to it is
         not, because correlated features no longer stretch the curvature L-BFGS must learn.
+
+        A random subset shares this covariance once it has several rows per weight column;
+        then L-BFGS needs far fewer passes. With 8 rows per column (scipy's L-BFGS-B
+        agreeing): digits 47 -> 33, mnist-5k on 64 PCA features 42 -> 34, breast_cancer
+        59 -> 14. A smaller subset's curvature is mostly the L2 term in the directions its
+        few rows do not span, and this whitening slows it down (digits, 30 rows: 16 -> 19);
+        near 4 rows per column it gains nothing on mnist-5k, and the extra (d+1)² products
+        made Banzhaf on 500 points 10-20 % slower. Hence ``_WHITEN_MIN_ROWS_PER_COLUMN`` = 6:
+        no slower anywhere measured, 27-30 % faster for Banzhaf on digits and on 2000 points.
         """
         if self._white is not None and self._white[0] is x:
             return self._white[1]
@@ -487,41 +499,6 @@ class BatchedClassifier:
         )
         self._white = (x, white)
         return white
-
-    def _fit_logreg_lbfgs_by_size(
-        self,
-        x: np.ndarray,
-        params: Params,
-        weights: torch.Tensor,
-        decay: torch.Tensor,
-        max_iter: int,
-        counts: torch.Tensor,
-    ) -> Params:
-        """L-BFGS, whitened for the models whose subsets are large enough to profit.
-
-        Whitening uses the covariance of all training rows, which a random subset shares
-        once it has several rows per weight column; then L-BFGS needs far fewer passes. With 8
-        rows per column (scipy's L-BFGS-B agreeing): digits 47 -> 33, mnist-5k on 64 PCA
-        features 42 -> 34, breast_cancer 59 -> 14. A smaller subset's curvature is mostly the
-        L2 term in the directions its few rows do not span, and whitening for the full
-        covariance slows it down (digits, 30 rows: 16 -> 19); near 4 rows per column it
-        gains nothing on mnist-5k. So a model is whitened when its own subset has at least
-        ``_WHITEN_MIN_ROWS_PER_COLUMN`` rows per column, whatever else is in the batch (at 4,
-        splitting batches in two made Banzhaf on 500 points 10 % slower; at 6 it costs nothing
-        measurable, at 8 the digits benchmark lost its gain).
-        """
-        large = counts >= _WHITEN_MIN_ROWS_PER_COLUMN * (self.n_features + 1)
-        if bool(large.all()) or not bool(large.any()):
-            white = self._whitening(x) if bool(large.all()) else None
-            return self._fit_logreg_lbfgs(x, params, weights, decay, max_iter, white)
-        parts, rows = [], []
-        for keep, white in ((large, self._whitening(x)), (~large, None)):
-            idx = torch.nonzero(keep)[:, 0]
-            part = params.select(idx.numpy())
-            parts.append(self._fit_logreg_lbfgs(x, part, weights[idx], decay[idx], max_iter, white))
-            rows.append(idx)
-        order = torch.argsort(torch.cat(rows))
-        return Params.concat(parts).select(order.numpy())
 
     def _logreg_params(self, w: torch.Tensor) -> Params:
         d = self.n_features
@@ -612,7 +589,7 @@ class BatchedClassifier:
         weights: torch.Tensor,
         decay: torch.Tensor,
         max_iter: int,
-        white: Whitening | None,
+        whiten: torch.Tensor,
     ) -> Params:
         """Batched L-BFGS on logreg until each model's largest gradient entry is <= ``tol``.
 
@@ -623,42 +600,62 @@ class BatchedClassifier:
         one loss-and-gradient pass. Models that converge leave the batch, so the GEMMs shrink
         as the batch finishes. Directions use the compact form of the L-BFGS matrix
         (:class:`CurvatureMemory`): at these sizes the per-op overhead is most of the cost.
-        With ``white``, the iterations run on the whitened weights v (w = v T).
+
+        A model with ``whiten`` set iterates on its whitened weights v (w = v T), the others on
+        w. Once any model is whitened, the GEMMs of all run on the whitened features [x, 1] T
+        with u = v or u = w T⁻¹ (the same logits), so a mixed batch still makes one pass per
+        iteration.
         """
         xa, xa_t, w, decay_aug = self._logreg_problem(x, params, decay)
-        penalty = None
-        if white is not None:
-            xa, xa_t, penalty = white.xa, white.xa_t, white.penalty
-            start, w = w, w @ white.inverse  # v = w T⁻¹
-            decay_aug = decay.expand(w.shape[0], 1, 1)
         batch, c = w.shape[0], self.n_classes
         size = w[0].numel()
         tol = float(self.spec.tol)
         eps = torch.finfo(self.dtype).eps
+        white = self._whitening(x) if bool(whiten.any()) else None
+        mixed = not bool(whiten.all())
+        penalty = None
+        start = w
+        if white is not None:
+            xa, xa_t, penalty = white.xa, white.xa_t, white.penalty
+            decay_aug = decay.expand(batch, 1, 1)
+            w = self._where_rows(whiten, w @ white.inverse, w)  # v = w T⁻¹ where whitened
 
-        def largest_entry(g: torch.Tensor) -> torch.Tensor:
+        def loss_grad(
+            z: torch.Tensor, rows: torch.Tensor, wts: torch.Tensor, dec: torch.Tensor
+        ) -> tuple[torch.Tensor, torch.Tensor]:
+            """Objective and gradient in each model's own coordinates z (v or w)."""
+            if white is None:
+                return self._logreg_loss_grad(z, xa, xa_t, wts, dec)
+            u = self._where_rows(rows, z, z @ white.inverse) if mixed else z
+            f, g_u = self._logreg_loss_grad(u, xa, xa_t, wts, dec, penalty)
+            # d/dw of a function of u = w T⁻¹ is g_u T⁻¹ (T is symmetric).
+            return f, (self._where_rows(rows, g_u, g_u @ white.inverse) if mixed else g_u)
+
+        def largest_entry(g: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
             # The stopping test is on the gradient in the original coordinates, g_w = g_v T⁻¹,
             # so whitening changes the path, not what a converged fit is.
             if white is not None:
-                g = (g.view(-1, self.n_features + 1) @ white.inverse).view(g.shape)
+                shaped = g.view(-1, c, size // c)
+                g_w = shaped @ white.inverse
+                g = (self._where_rows(rows, g_w, shaped) if mixed else g_w).view(g.shape)
             return g.abs().amax(dim=1)
 
         out = w.reshape(batch, size).clone()
         with torch.no_grad():
             active = torch.arange(batch)
             cur = out.clone()
-            f, g = self._logreg_loss_grad(w, xa, xa_t, weights, decay_aug, penalty)
+            f, g = loss_grad(w, whiten, weights, decay_aug)
             g = g.view(batch, size)
-            wts, dec = weights, decay_aug
+            rows, wts, dec = whiten, weights, decay_aug
             memory = CurvatureMemory(g)
             step = torch.ones(batch, dtype=self.dtype)
             failures = torch.zeros(batch, dtype=torch.int64)
             for _ in range(max_iter):
-                running = (largest_entry(g) > tol) & (failures <= _LINE_SEARCH_STEPS)
+                running = (largest_entry(g, rows) > tol) & (failures <= _LINE_SEARCH_STEPS)
                 if not bool(running.all()):
                     out[active[~running]] = cur[~running]
                     active, cur, f, g = active[running], cur[running], f[running], g[running]
-                    wts, dec, step = wts[running], dec[running], step[running]
+                    rows, wts, dec, step = rows[running], wts[running], dec[running], step[running]
                     failures = failures[running]
                     memory.keep(running)
                 if len(active) == 0:
@@ -666,9 +663,7 @@ class BatchedClassifier:
                 direction = memory.direction(g)
                 slope = (g * direction).sum(dim=1)
                 trial = torch.addcmul(cur, step[:, None], direction)
-                f_t, g_t = self._logreg_loss_grad(
-                    trial.view(-1, c, size // c), xa, xa_t, wts, dec, penalty
-                )
+                f_t, g_t = loss_grad(trial.view(-1, c, size // c), rows, wts, dec)
                 g_t = g_t.view(-1, size)
                 # Sufficient decrease, with a few ulps of slack so that rounding never rejects
                 # a true decrease near the optimum.
@@ -686,8 +681,13 @@ class BatchedClassifier:
         out = out.view(batch, c, -1)
         if white is not None:
             # Back as start + the step taken, so a model that did not move is returned exactly.
-            out = start + (out - w) @ white.basis
+            out = self._where_rows(whiten, start + (out - w) @ white.basis, out)
         return self._logreg_params(out)
+
+    @staticmethod
+    def _where_rows(rows: torch.Tensor, picked: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+        """``picked`` for the models flagged in ``rows`` (B,), ``other`` for the rest."""
+        return torch.where(rows.view(-1, *([1] * (picked.ndim - 1))), picked, other)
 
     def fit_subset(
         self, x: np.ndarray, y: np.ndarray, indices: np.ndarray | Sequence[int]
