@@ -117,6 +117,23 @@ class Greedy(_Base):
         u = task.utility()
         u.many([np.arange(i + 1) for i in range(10)])
         return Valuation(scores=rng.random(task.n_train))
+
+
+class CountsThreads(_Base):
+    name = "counts-threads"
+
+    def value(self, task, *, rng, budget, progress=None):
+        import threadpoolctl
+        import torch
+
+        pools = threadpoolctl.threadpool_info()
+        return Valuation(
+            scores=rng.random(task.n_train),
+            stats={
+                "torch_threads": torch.get_num_threads(),
+                "pool_threads": max((p["num_threads"] for p in pools), default=1),
+            },
+        )
 """
 
 ENTRY_POINTS = {
@@ -132,6 +149,7 @@ ENTRY_POINTS = {
     "hog": "Hog",
     "small-only": "Small",
     "detects": "Detects",
+    "counts-threads": "CountsThreads",
 }
 
 

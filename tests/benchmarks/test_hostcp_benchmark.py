@@ -8,7 +8,6 @@ cvxpylayers LP ≤ 35 ms per 40×40 solve with gradient, the smooth layer ≤ 1 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -19,15 +18,6 @@ from valbench import Budget, ValuationTask
 from valbench.methods.hostcp import HostCPFast, HostCPSmooth
 from valbench.methods.hostcp.layers import closed_form_selection, entropic_assign, lp_layer
 from valbench.models import ModelSpec
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    # As in the method: torch's intra-op threads only spin on tensors this small.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _instance(b: int, e: int) -> tuple[torch.Tensor, torch.Tensor]:

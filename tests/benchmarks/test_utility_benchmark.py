@@ -123,17 +123,10 @@ def test_logreg_solver_speed_and_gap_on_digits(
     exact optimum (median, max). Measured (1 thread): L-BFGS (tol 3e-4) 2.2–3 ms per fit,
     gap median 3.3e-4 (max 1.3e-3); 150 Adam steps 5.5–8 ms per fit, gap median 1.7e-3
     (max 3.2e-3)."""
-    import torch
-
     x, y, masks = digits_optimum["x"], digits_optimum["y"], digits_optimum["masks"]
     spec = ModelSpec(solver=solver)
     clf = spec.build(x.shape[1], 10, seed=0)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        params = benchmark.pedantic(lambda: clf.fit(x, y, masks), rounds=3, iterations=1)
-    finally:
-        torch.set_num_threads(before)
+    params = benchmark.pedantic(lambda: clf.fit(x, y, masks), rounds=3, iterations=1)
     ours = clf.loss(params, x, y, masks).detach().numpy().astype(np.float64)
     gaps = []
     for b, sk in enumerate(digits_optimum["sklearn"]):

@@ -106,6 +106,16 @@ def test_failures_are_recorded_and_the_run_goes_on(tmp_path: Path, test_plugins:
     assert len(lines) == 3
 
 
+def test_a_cell_runs_one_thread_for_torch_and_for_blas(tmp_path: Path, test_plugins: Path) -> None:
+    import threadpoolctl
+
+    if not threadpoolctl.threadpool_info():
+        pytest.skip("numpy here loads no BLAS or OpenMP pool to limit")
+    execute(small_spec(methods=("counts-threads",)), out=tmp_path, show_progress=False)
+    (record,) = read_results(tmp_path)
+    assert (record["stats"]["torch_threads"], record["stats"]["pool_threads"]) == (1, 1)
+
+
 def test_cells_too_large_for_a_method_are_declined_not_failed(
     tmp_path: Path, test_plugins: Path
 ) -> None:
