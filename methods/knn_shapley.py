@@ -63,7 +63,7 @@ def knn_shapley_values(
         xc, yc = xv[start : start + step], yv[start : start + step]
         # Squared distances up to a per-row constant (||v||² does not change the order).
         dist = sq_train[None, :] - 2.0 * (xc @ xt.T)
-        order = torch.sort(dist, dim=1, stable=True).indices  # (c, N): nearest first
+        order = torch.from_numpy(_nearest_first(dist.numpy()))  # (c, N)
         match = (yt[order] == yc[:, None]).to(torch.float64)  # (c, N)
         # s_i = match_N coef_N + sum_{j >= i} (match_j - match_{j+1}) coef_j: a reversed cumsum.
         diffs = (match[:, :-1] - match[:, 1:]) * coef[:-1]
@@ -75,6 +75,21 @@ def knn_shapley_values(
         total.index_add_(0, order.reshape(-1), s.reshape(-1))
         progress(min(start + step, m), m)
     return (total / m).numpy()
+
+
+def _nearest_first(dist: np.ndarray) -> np.ndarray:
+    """Each row's argsort, ties broken by index, as a stable sort gives it.
+
+    numpy's default (SIMD quicksort) argsort is 6x faster than a stable sort here (digits:
+    2 vs 13 ms for 300 x 1000) and gives the same order wherever a row has no tied distances;
+    only rows with a tie (duplicate points, say) are sorted again stably.
+    """
+    order = np.argsort(dist, axis=1)
+    ranked = np.take_along_axis(dist, order, axis=1)
+    tied = (ranked[:, 1:] == ranked[:, :-1]).any(axis=1)
+    if tied.any():
+        order[tied] = np.argsort(dist[tied], axis=1, kind="stable")
+    return order
 
 
 class KNNShapley(Method):

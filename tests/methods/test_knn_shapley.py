@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from valbench import Budget
-from valbench.methods.knn_shapley import KNNShapley, knn_shapley_values
+from valbench.methods.knn_shapley import KNNShapley, _nearest_first, knn_shapley_values
 from valbench.testing import check_method, make_check_task
 
 
@@ -63,6 +63,25 @@ def test_equals_brute_force_enumeration(n: int, k: int, seed: int) -> None:
     match = (y[None, :] == yv[:, None]).astype(float)
     full = _knn_utility(tuple(range(n)), dist, match, k)
     assert got.sum() == pytest.approx(full, abs=1e-12)
+
+
+def test_duplicate_points_tie_by_index_as_in_the_enumeration() -> None:
+    # Copies with other labels: which copy counts as nearer changes the values.
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(4, 3))
+    x = np.concatenate([x, x])
+    y = np.array([0, 1, 2, 0, 1, 2, 0, 1])
+    xv, yv = rng.normal(size=(6, 3)), rng.integers(0, 3, size=6)
+    expected = _brute_force_shapley(x, y, xv, yv, 3)
+    np.testing.assert_allclose(knn_shapley_values(x, y, xv, yv, 3), expected, atol=1e-12)
+
+
+def test_nearest_first_is_the_stable_argsort() -> None:
+    rng = np.random.default_rng(0)
+    dist = rng.random((50, 200))
+    dist[::3] = np.round(dist[::3] * 20)  # every third row full of ties
+    got = _nearest_first(dist)
+    np.testing.assert_array_equal(got, np.argsort(dist, axis=1, kind="stable"))
 
 
 def test_method_trains_nothing_and_flags_noise() -> None:
