@@ -464,9 +464,10 @@ class BatchedClassifier:
         """The change of variables L-BFGS runs in for training features ``x``, memoised.
 
         With Σ = [x, 1]ᵀ[x, 1] / n over the whole training set (eigenvalues floored at
-        ``_WHITEN_FLOOR`` of their mean) and T = Σ^(-1/2), each class's weights are w = T v
-        and the features become [x, 1] T. The optimum is the same point; the path to it is
-        not, because correlated features no longer stretch the curvature L-BFGS must learn.
+        ``_WHITEN_FLOOR`` of their mean) and T = Σ^(-1/2) (symmetric), each class's weight row
+        is w = v T and the features become [x, 1] T, so the logits are unchanged. The optimum
+        is the same point; the path to it is not, because correlated features no longer
+        stretch the curvature L-BFGS must learn.
 
         A random subset shares this covariance once it has several rows per weight column;
         then L-BFGS needs far fewer passes. With 8 rows per column (scipy's L-BFGS-B
@@ -617,7 +618,7 @@ class BatchedClassifier:
         start = w
         if white is not None:
             xa, xa_t, penalty = white.xa, white.xa_t, white.penalty
-            decay_aug = decay.expand(batch, 1, 1)
+            decay_aug = decay  # per model (B, 1, 1): the bias is left out by the penalty matrix
             w = self._where_rows(whiten, w @ white.inverse, w)  # v = w T⁻¹ where whitened
 
         def loss_grad(
