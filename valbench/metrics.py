@@ -40,7 +40,6 @@ __all__ = [
     "mean_ci",
     "rank_columns",
     "rank_stability",
-    "cost_summary",
 ]
 
 DEFAULT_FRACTIONS: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.5)
@@ -405,22 +404,3 @@ def rank_stability(scores_a: Any, scores_b: Any) -> float:
     if a.size < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
         return math.nan
     return float(stats.spearmanr(a, b).statistic)
-
-
-# --------------------------------------------------------------------------- cost
-
-
-def cost_summary(
-    wall_s: float, cpu_s: float, peak_mem_mb: float, model_fits: int
-) -> dict[str, Any]:
-    """Validate and round the cost of one ``value()`` call into the §5 ``cost`` dict."""
-    out: dict[str, Any] = {}
-    for name, val in (("wall_s", wall_s), ("cpu_s", cpu_s), ("peak_mem_mb", peak_mem_mb)):
-        v = float(val)
-        if not (math.isfinite(v) and v >= 0):
-            raise MetricInputError(f"{name} must be a finite number >= 0, got {val!r}")
-        out[name] = round(v, 4)
-    if int(model_fits) != model_fits or model_fits < 0:
-        raise MetricInputError(f"model_fits must be an integer >= 0, got {model_fits!r}")
-    out["model_fits"] = int(model_fits)
-    return out

@@ -459,30 +459,6 @@ def test_rank_stability_constant_and_mismatch() -> None:
         M.rank_stability([1, 2, 3], [1, 2])
 
 
-# ----------------------------------------------------------------------------- cost
-
-
-def test_cost_summary() -> None:
-    out = M.cost_summary(1.234567, 2.0, 10.55555, 12)
-    assert out == {"wall_s": 1.2346, "cpu_s": 2.0, "peak_mem_mb": 10.5556, "model_fits": 12}
-    assert json.loads(json.dumps(out)) == out
-
-
-@pytest.mark.parametrize(
-    "args, match",
-    [
-        ((-1.0, 0.0, 0.0, 0), "wall_s"),
-        ((0.0, float("nan"), 0.0, 0), "cpu_s"),
-        ((0.0, 0.0, float("inf"), 0), "peak_mem_mb"),
-        ((0.0, 0.0, 0.0, -1), "model_fits"),
-        ((0.0, 0.0, 0.0, 1.5), "model_fits"),
-    ],
-)
-def test_cost_summary_invalid(args: tuple, match: str) -> None:
-    with pytest.raises(ValueError, match=match):
-        M.cost_summary(*args)
-
-
 def test_all_exports_exist() -> None:
     for name in M.__all__:
         assert hasattr(M, name), name
