@@ -480,9 +480,12 @@ class BatchedClassifier:
         """
         if self._white is not None and self._white[0] is x:
             return self._white[1]
-        xa, _ = self._augmented(x)
-        xa64 = xa.to(torch.float64)
-        values, vectors = torch.linalg.eigh(xa64.T @ xa64 / len(xa64))
+        xa, xa_t = self._augmented(x)
+        # The (d+1)² Gram matrix in the model's dtype (no float64 copy of the data: T only
+        # needs to be roughly right, the optimum does not depend on it); its eigenproblem
+        # in float64, so that T and T⁻¹ are each other's inverse to float64 rounding.
+        gram = (xa_t @ xa).to(torch.float64) / len(xa)
+        values, vectors = torch.linalg.eigh(gram)
         values = values.clamp(min=0.0)
         values += _WHITEN_FLOOR * values.mean() + torch.finfo(torch.float64).tiny  # 0 < T
         basis = (vectors * values.rsqrt()) @ vectors.T  # T, symmetric
@@ -490,7 +493,7 @@ class BatchedClassifier:
         # The L2 penalty l2/2 |D w|² (D drops the bias column) is l2/2 vᵀ (T D T) v.
         unbiased = basis.clone()
         unbiased[:, -1] = 0.0
-        xw = (xa64 @ basis).to(self.dtype)
+        xw = xa @ basis.to(self.dtype)
         white = Whitening(
             basis=basis.to(self.dtype),
             inverse=inverse.to(self.dtype),
