@@ -291,6 +291,12 @@ class BatchedClassifier:
         if arr.ndim != 2 or arr.shape[1] != self.n_features:
             raise UsageError(f"expected features of shape (n, {self.n_features}), got {arr.shape}")
         arr = np.ascontiguousarray(arr, dtype=self.spec.dtype)
+        finite = np.isfinite(arr).all(axis=1)
+        if not finite.all():
+            raise UsageError(
+                f"features hold NaN or inf in {int((~finite).sum())} of {len(arr)} rows "
+                f"(first: row {int(np.argmin(finite))}); impute or drop them before valuing"
+            )
         # torch.from_numpy shares memory and warns on read-only arrays; copy those instead.
         return torch.from_numpy(arr if arr.flags.writeable else arr.copy())
 

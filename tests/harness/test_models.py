@@ -173,7 +173,7 @@ def test_whitening_cuts_lbfgs_passes_on_correlated_features(
 
     monkeypatch.setattr(BatchedClassifier, "_logreg_loss_grad", counted)
     results = {}
-    for mode, min_rows in (("whitened", 4), ("plain", 10**9)):
+    for mode, min_rows in (("whitened", models._WHITEN_MIN_ROWS_PER_COLUMN), ("plain", 10**9)):
         monkeypatch.setattr(models, "_WHITEN_MIN_ROWS_PER_COLUMN", min_rows)
         passes[0] = 0
         clf = spec.build(8, 3, seed=0)
@@ -299,6 +299,20 @@ def test_batched_equals_individual(kind: str, dtype: str) -> None:
     # The subsets differ, so the models must too (guards against all rows sharing one fit).
     first = next(iter(together.tensors))
     assert not torch.allclose(together[first][0], together[first][4])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_features_are_refused_with_the_row(kind: str, bad: float) -> None:
+    x, y = blobs(n=200)
+    clf = small_spec(kind).build(4, 3, seed=0)
+    params = clf.fit_subset(x, y, np.arange(200))
+    broken = x.copy()  # a new array: the model memoises the one it saw by identity
+    broken[7, 2] = bad
+    with pytest.raises(UsageError, match="1 of 200 rows .first: row 7."):
+        clf.fit_subset(broken, y, np.arange(200))
+    with pytest.raises(UsageError, match="NaN or inf"):
+        clf.accuracy(params, broken, y)
 
 
 def test_masks_as_bool_array_or_index_lists_agree() -> None:
