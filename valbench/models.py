@@ -242,11 +242,16 @@ class BatchedClassifier:
         # arrays thousands of times, so keep the conversion and one-hot labels. Holding the
         # numpy objects themselves makes the identity check safe (their ids cannot be reused).
         self._data: (
-            tuple[np.ndarray, np.ndarray, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None
+            tuple[
+                np.ndarray,
+                np.ndarray,
+                tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+                torch.Tensor,  # the labels as indices (1, 1, n), for gathering
+            ]
+            | None
         ) = None
         self._aug: tuple[np.ndarray, tuple[torch.Tensor, torch.Tensor]] | None = None
         self._white: tuple[np.ndarray, Whitening] | None = None
-        self._labels: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # -- construction -------------------------------------------------------------------------
 
@@ -317,7 +322,7 @@ class BatchedClassifier:
         onehot_t = torch.zeros(self.n_classes, len(labels), dtype=self.dtype)
         onehot_t[torch.from_numpy(labels), torch.arange(len(labels))] = 1.0
         tensors = (xt, xt.T.contiguous(), onehot_t)
-        self._data = (x, y, tensors)
+        self._data = (x, y, tensors, torch.from_numpy(labels).view(1, 1, -1))
         return tensors
 
     def _masks(self, masks: np.ndarray | Sequence[np.ndarray], n: int) -> torch.Tensor:
@@ -521,11 +526,9 @@ class BatchedClassifier:
         assert self._data is not None  # fit() converted the training data just before
         return self._data[2][2]
 
-    def _label_index(self, onehot_t: torch.Tensor) -> torch.Tensor:
-        """The labels as indices (1, 1, n), memoised with the one-hot matrix they come from."""
-        if self._labels is None or self._labels[0] is not onehot_t:
-            self._labels = (onehot_t, onehot_t.argmax(dim=0).view(1, 1, -1))
-        return self._labels[1]
+    def _label_index(self) -> torch.Tensor:
+        assert self._data is not None  # fit() converted the training data just before
+        return self._data[3]
 
     def _fit_logreg(
         self,
@@ -579,7 +582,7 @@ class BatchedClassifier:
         logits = (w.view(batch * c, -1) @ xa_t).view(batch, c, n)
         shifted = logits.sub_(logits.amax(dim=1, keepdim=True)).clamp_(min=-_LOGIT_RANGE)
         # Each point's own logit, read by index (a third of the passes over (B, C, n) here).
-        true_logit = shifted.gather(1, self._label_index(onehot_t).expand(batch, 1, n))[:, 0]
+        true_logit = shifted.gather(1, self._label_index().expand(batch, 1, n))[:, 0]
         probs = shifted.exp_()
         norm = probs.sum(dim=1)  # (B, n)
         ce = norm.log().sub_(true_logit)
