@@ -10,7 +10,8 @@ import logging
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -45,6 +46,20 @@ log = logging.getLogger(__name__)
 #: seconds are not inflated by BLAS threads spinning between numpy's small products (TMC on
 #: digits: 16 CPU s with OpenBLAS's default pool, 9 with one thread, the same wall time).
 THREADS_PER_CELL = 1
+
+
+@contextmanager
+def cell_threads() -> Iterator[None]:
+    """Torch and numpy's thread pools at ``THREADS_PER_CELL`` inside the block, restored after."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(THREADS_PER_CELL)
+    try:
+        with threadpool_limits(limits=THREADS_PER_CELL):
+            yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @dataclass
@@ -350,12 +365,14 @@ def failure_record(
 
 def run_cell(cell: Cell, spec: RunSpec, progress: ProgressFn = no_progress) -> CellOutcome:
     """Execute one cell; any exception becomes a failed record (the run goes on)."""
+    with cell_threads():
+        return _run_cell(cell, spec, progress)
+
+
+def _run_cell(cell: Cell, spec: RunSpec, progress: ProgressFn) -> CellOutcome:
     params = dict(spec.params.get(cell.method, {}))
     cost: dict[str, Any] = {}
     try:
-        import torch
-
-        torch.set_num_threads(THREADS_PER_CELL)
         cls = get_method(cell.method)
         validate_params(cls, params)
         method = cls(**params)
@@ -369,7 +386,7 @@ def run_cell(cell: Cell, spec: RunSpec, progress: ProgressFn = no_progress) -> C
             return CellOutcome(failure_record(cell, spec, "skipped", "TooLarge", message))
         counter: FitCounter = task.fit_counter
         wall0, cpu0 = time.perf_counter(), time.process_time()
-        with PeakMemory() as mem, threadpool_limits(limits=THREADS_PER_CELL):
+        with PeakMemory() as mem:
             raw = method.value(
                 task, rng=cell.method_rng(spec.root_seed), budget=spec.budget_obj, progress=progress
             )
