@@ -11,9 +11,12 @@ from plugin_fixtures import write_test_plugins  # noqa: E402
 
 
 @pytest.fixture
-def test_plugins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Register the misbehaving test methods for one test (on sys.path and PYTHONPATH)."""
-    root = write_test_plugins(tmp_path / "plugins")
+def test_plugins(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Register the misbehaving test methods for one test (on sys.path and PYTHONPATH).
+
+    They live outside the test's ``tmp_path``, which stays empty for a run directory.
+    """
+    root = write_test_plugins(tmp_path_factory.mktemp("plugins"))
     monkeypatch.syspath_prepend(str(root))
     monkeypatch.setenv("PYTHONPATH", str(root))
     return root

@@ -55,6 +55,20 @@ class Segfaults(_Base):
         return Valuation(scores=np.zeros(task.n_train))
 
 
+class Exits(_Base):
+    name = "exits"
+
+    def value(self, task, *, rng, budget, progress=None):
+        os._exit(1)  # ends the process at once: no exception, no cleanup
+
+
+class SysExit(_Base):
+    name = "sys-exit"
+
+    def value(self, task, *, rng, budget, progress=None):
+        raise SystemExit(3)
+
+
 class NanScores(_Base):
     name = "nan-scores"
 
@@ -141,6 +155,8 @@ ENTRY_POINTS = {
     "raises": "Raises",
     "hangs": "Hangs",
     "segfaults": "Segfaults",
+    "exits": "Exits",
+    "sys-exit": "SysExit",
     "nan-scores": "NanScores",
     "reads-noise": "ReadsNoise",
     "reads-test": "ReadsTestLabels",

@@ -401,7 +401,7 @@ def _run_cell(cell: Cell, spec: RunSpec, progress: ProgressFn) -> CellOutcome:
         }
         valuation = _check_valuation(raw, task.n_train, cell.method)
         measured = measure(task, valuation, cell, spec)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # a method calling sys.exit() fails its cell only
         status = "timeout" if type(exc).__name__ == "CellTimeout" else "failed"
         message = str(exc) if isinstance(exc, ValbenchError) else f"{type(exc).__name__}: {exc}"
         return CellOutcome(

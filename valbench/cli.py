@@ -227,13 +227,15 @@ def _dataset_facts(cls: Any) -> str:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from valbench.runner import run_status
+    from valbench.runner import run_liveness, run_status
     from valbench.store import read_manifest
 
     manifest = read_manifest(args.run_dir)
     states = run_status(args.run_dir)
     total = sum(len(v) for v in states.values())
-    print(f"{args.run_dir}: {manifest.get('status', 'unknown')}, {total} cells")
+    status = str(manifest.get("status", "unknown"))
+    liveness = run_liveness(args.run_dir, status)
+    print(f"{args.run_dir}: {status}, {liveness}, {total} cells")
     for state, cells in states.items():
         if cells:
             more = " …" if len(cells) > 6 else ""

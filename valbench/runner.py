@@ -1,9 +1,11 @@
 """Schedules Cells on a backend, writes each finished one to the run store, renders the report.
 
-The driver process alone writes the store. Backends: ``serial`` (in this process; a timeout
-interrupts through SIGALRM), ``process`` (one fresh worker process per cell, ``--jobs``
-at a time; a crash or a timeout kills only that cell) and ``dask`` / ``ray`` (one task per cell
-on a cluster, see :mod:`valbench.distributed`).
+The driver process alone writes the store, under the run directory's lock. Backends:
+``process`` (the default: ``--jobs`` worker processes that run cell after cell; a crash, an
+exit or a timeout ends only that cell, and its worker is replaced), ``serial`` (in this
+process, for debugging: a timeout interrupts through SIGALRM, but a method that kills its
+process ends the run) and ``dask`` / ``ray`` (one task per cell on a cluster, see
+:mod:`valbench.distributed`). Workers end with the driver, however it ends.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import logging
 import multiprocessing as mp
 import os
 import platform
-import shutil
 import signal
 import subprocess
 import sys
@@ -33,9 +34,24 @@ from valbench.cell import CellOutcome, failure_record, run_cell
 from valbench.errors import CellTimeout, RunDirectoryError, UsageError
 from valbench.registry import dataset_names, discover, method_names
 from valbench.spec import FILE_PREFIX, Cell, RunSpec, dataset_slug
-from valbench.store import RunStore, read_manifest, read_results
+from valbench.store import (
+    RunStore,
+    StoreWriteError,
+    describe_holder,
+    lock_holder,
+    read_manifest,
+    read_results,
+)
 
-__all__ = ["RunSummary", "execute", "default_run_dir", "BACKENDS", "resolve_names", "run_status"]
+__all__ = [
+    "RunSummary",
+    "execute",
+    "default_run_dir",
+    "BACKENDS",
+    "resolve_names",
+    "run_status",
+    "run_liveness",
+]
 
 log = logging.getLogger(__name__)
 
@@ -161,10 +177,12 @@ def run_serial(
 
 
 def _worker_main(
-    cell: Cell, spec_data: dict[str, Any], conn: Connection, sys_path: list[str]
+    spec_data: dict[str, Any], conn: Connection, sys_path: list[str], driver: tuple[int, float]
 ) -> None:
+    """A worker: runs the cells it is sent, one after another, until told to stop."""
     # Ctrl-C reaches the whole process group; the driver decides what happens to workers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_driver(*driver)
     # The fork server was started once; plugins found on the driver's current path must be
     # found here too.
     sys.path[:] = sys_path
@@ -180,9 +198,59 @@ def _worker_main(
             last[0] = now
             conn.send(("progress", done, total))
 
-    outcome = run_cell(cell, spec, progress)
-    conn.send(("result", outcome))
-    conn.close()
+    while True:
+        try:
+            cell = conn.recv()
+        except (EOFError, OSError):  # the driver is gone
+            return
+        if cell is None:
+            return
+        outcome = run_cell(cell, spec, progress)
+        try:
+            conn.send(("result", outcome))
+        except Exception as exc:  # e.g. stats that cannot be pickled: still one record
+            conn.send(
+                (
+                    "result",
+                    CellOutcome(
+                        failure_record(
+                            cell,
+                            spec,
+                            "failed",
+                            type(exc).__name__,
+                            f"the cell's result could not be sent to the driver: {exc}",
+                        )
+                    ),
+                )
+            )
+
+
+def _die_with_driver(pid: int, create_time: float) -> None:
+    """End this worker when the driver ends, even by kill -9 (a hung cell included)."""
+    import ctypes
+    import threading
+
+    import psutil
+
+    if sys.platform.startswith("linux"):
+        try:  # PR_SET_PDEATHSIG: SIGKILL when the parent (the fork server) exits
+            ctypes.CDLL(None).prctl(1, signal.SIGKILL)
+        except (OSError, AttributeError):
+            pass
+
+    def driver_alive() -> bool:
+        try:
+            proc = psutil.Process(pid)
+            return proc.create_time() == create_time and proc.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
+    def watch() -> None:  # the fork server is the parent: also watch the driver itself
+        while driver_alive():
+            time.sleep(0.5)
+        os._exit(3)
+
+    threading.Thread(target=watch, name="valbench-driver-watch", daemon=True).start()
 
 
 def _cap_memory(megabytes: float) -> None:
@@ -221,61 +289,104 @@ _PRELOAD = (
 )
 
 
-@dataclass
-class _Running:
-    process: Any
-    conn: Connection
-    cell: Cell
-    started: float
-    outcome: CellOutcome | None = None
+class _Worker:
+    """The driver's handle on one worker process and the cell it is running."""
+
+    def __init__(self, ctx: Any, spec_data: dict[str, Any]) -> None:
+        import psutil
+
+        self.conn, child = ctx.Pipe(duplex=True)
+        driver = (os.getpid(), psutil.Process().create_time())
+        self.process = ctx.Process(
+            target=_worker_main, args=(spec_data, child, list(sys.path), driver), daemon=True
+        )
+        self.process.start()
+        child.close()
+        self.cell: Cell | None = None
+        self.started = 0.0
+        self.outcome: CellOutcome | None = None
+
+    def submit(self, cell: Cell) -> None:
+        self.cell, self.outcome, self.started = cell, None, time.monotonic()
+        self.conn.send(cell)
+
+    def drain(self, on_progress: ProgressFn) -> None:
+        try:
+            while self.outcome is None and self.conn.poll():
+                kind, *payload = self.conn.recv()
+                if kind == "progress" and self.cell is not None:
+                    on_progress(self.cell, *payload)
+                elif kind == "result":
+                    self.outcome = payload[0]
+        except (EOFError, OSError):
+            pass
+
+    def kill(self) -> None:
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join()
+        self.conn.close()
 
 
 def run_processes(
     cells: list[Cell], spec: RunSpec, on_result: ResultFn, on_progress: ProgressFn
 ) -> None:
-    """Run each cell in a fresh worker process, ``spec.jobs`` at a time."""
+    """Run cells in ``spec.jobs`` worker processes; a crash or a timeout kills only its cell.
+
+    A worker runs cell after cell (its imports and loaded datasets are reused) and is replaced
+    after a crash or a timeout. With a memory cap each cell gets a fresh worker, since the cap
+    is measured from a worker's starting size.
+    """
     ctx = mp.get_context("forkserver")
     # Import the heavy stack once in the fork server, not in every worker (imports only: a
     # thread pool started before fork, e.g. OpenMP's, is not safe to inherit).
     ctx.set_forkserver_preload(list(_PRELOAD))
     pending = deque(cells)
-    running: dict[Connection, _Running] = {}
+    workers: list[_Worker] = []
     spec_data = spec.to_dict()
+    fresh_each_cell = spec.max_memory_mb is not None
     try:
-        while pending or running:
-            while pending and len(running) < spec.jobs:
-                cell = pending.popleft()
-                parent, child = ctx.Pipe(duplex=False)
-                proc = ctx.Process(
-                    target=_worker_main, args=(cell, spec_data, child, list(sys.path)), daemon=True
-                )
-                proc.start()
-                child.close()
-                running[parent] = _Running(proc, parent, cell, time.monotonic())
-            waitables: list[Any] = [*running, *(r.process.sentinel for r in running.values())]
-            wait(waitables, timeout=0.2)
-            for conn, job in list(running.items()):
-                _drain(job, on_progress)
-                finished = job.outcome is not None or not job.process.is_alive()
-                if finished:
-                    job.process.join(timeout=5)
-                    _drain(job, on_progress)
-                    outcome = job.outcome or CellOutcome(
+        while pending or any(w.cell is not None for w in workers):
+            for worker in [w for w in workers if w.cell is None and not w.process.is_alive()]:
+                worker.kill()
+                workers.remove(worker)
+            while pending and len(workers) < spec.jobs:
+                workers.append(_Worker(ctx, spec_data))
+            for worker in workers:
+                if worker.cell is None and pending:
+                    worker.submit(pending.popleft())
+            busy = [w for w in workers if w.cell is not None]
+            wait([*(w.conn for w in busy), *(w.process.sentinel for w in busy)], timeout=0.2)
+            for worker in busy:
+                worker.drain(on_progress)
+                cell = worker.cell
+                assert cell is not None
+                if worker.outcome is not None:
+                    outcome = worker.outcome
+                    if fresh_each_cell:
+                        worker.kill()
+                        workers.remove(worker)
+                elif not worker.process.is_alive():
+                    worker.process.join(timeout=5)
+                    worker.drain(on_progress)
+                    outcome = worker.outcome or CellOutcome(
                         failure_record(
-                            job.cell,
+                            cell,
                             spec,
                             "failed",
                             "WorkerCrashed",
-                            f"worker process {_signal_name(job.process.exitcode)} "
+                            f"worker process {_signal_name(worker.process.exitcode)} "
                             "before reporting a result",
                         )
                     )
-                elif spec.timeout and time.monotonic() - job.started > spec.timeout:
-                    job.process.kill()
-                    job.process.join()
+                    worker.kill()
+                    workers.remove(worker)
+                elif spec.timeout and time.monotonic() - worker.started > spec.timeout:
+                    worker.kill()
+                    workers.remove(worker)
                     outcome = CellOutcome(
                         failure_record(
-                            job.cell,
+                            cell,
                             spec,
                             "timeout",
                             "CellTimeout",
@@ -284,26 +395,11 @@ def run_processes(
                     )
                 else:
                     continue
-                conn.close()
-                del running[conn]
+                worker.cell = None
                 on_result(outcome)
     finally:
-        for job in running.values():
-            job.process.kill()
-            job.process.join()
-            job.conn.close()
-
-
-def _drain(job: _Running, on_progress: ProgressFn) -> None:
-    try:
-        while job.outcome is None and job.conn.poll():
-            kind, *payload = job.conn.recv()
-            if kind == "progress":
-                on_progress(job.cell, *payload)
-            elif kind == "result":
-                job.outcome = payload[0]
-    except (EOFError, OSError):
-        pass
+        for worker in workers:
+            worker.kill()
 
 
 # ----------------------------------------------------------------------------- the driver
@@ -358,15 +454,17 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-_OWNED = ("results.jsonl", "results.csv", "index.html", "summary.json", "manifest.json")
-
-
 def _open_run_dir(store: RunStore, spec: RunSpec, overwrite: bool, command: str) -> dict[str, Any]:
-    """Create or reopen the run directory; refuse one that holds a different spec."""
+    """Create or reopen the run directory under its lock; refuse one that holds another run.
+
+    A directory that is neither empty nor a valbench run is refused (with or without
+    ``--overwrite``), and ``--overwrite`` removes only what valbench wrote.
+    """
     store.prepare()
-    manifest_path = store.run_dir / "manifest.json"
+    store.holds_run()  # a foreign folder is refused before valbench leaves a lock file in it
+    store.lock()
     config_hash = spec.config_hash()
-    if manifest_path.exists():
+    if store.holds_run():  # again under the lock: another run may have just started here
         old = read_manifest(store.run_dir)
         if old.get("config_hash") != config_hash:
             if not overwrite:
@@ -375,11 +473,7 @@ def _open_run_dir(store: RunStore, spec: RunSpec, overwrite: bool, command: str)
                     "this one is "
                     f"{config_hash}); pass --overwrite to replace it, or choose another --out"
                 )
-            for name in _OWNED:
-                (store.run_dir / name).unlink(missing_ok=True)
-            for sub in ("scores", "figures", "points"):
-                shutil.rmtree(store.run_dir / sub, ignore_errors=True)
-            store.prepare()
+            store.clear()
         else:
             old.update(
                 status="running",
@@ -434,11 +528,28 @@ def execute(
             "workers' memory limit instead"
         )
     run_dir = Path(out) if out is not None else default_run_dir(spec)
+    if backend == "serial" and spec.max_memory_mb:
+        raise UsageError("--max-memory needs worker processes; drop --backend serial")
     store = RunStore(run_dir)
-    manifest = _open_run_dir(store, spec, overwrite, command)
-    store.repair()
-    store.write_manifest(manifest)
+    try:
+        manifest = _open_run_dir(store, spec, overwrite, command)
+        store.repair()
+        store.write_manifest(manifest)
+        return _execute_cells(spec, store, manifest, retry_failed, backend, show_progress, address)
+    finally:
+        store.unlock()
 
+
+def _execute_cells(
+    spec: RunSpec,
+    store: RunStore,
+    manifest: dict[str, Any],
+    retry_failed: bool,
+    backend: str,
+    show_progress: bool,
+    address: str | None,
+) -> RunSummary:
+    run_dir = store.run_dir
     cells = spec.cells()
     done = {r["cell_id"]: r for r in read_results(run_dir)}
     if retry_failed:
@@ -483,34 +594,56 @@ def execute(
     def on_progress(cell: Cell, done_: int, total: int) -> None:
         bar.inner(cell, done_, total)
 
-    if backend == "serial" and spec.max_memory_mb:
-        raise UsageError("--max-memory needs worker processes; drop --backend serial")
-    isolated = spec.jobs > 1 or spec.timeout or spec.max_memory_mb
-    use_serial = backend == "serial" or (backend == "auto" and not isolated)
     run: Callable[[list[Cell], RunSpec, ResultFn, ProgressFn], None]
     if backend in ("dask", "ray"):
         from valbench import distributed
 
         engine = distributed.run_dask if backend == "dask" else distributed.run_ray
         run = partial(engine, address=address)
-    else:
-        run = run_serial if use_serial else run_processes
+    else:  # every cell in a worker process unless serial is asked for by name
+        run = run_serial if backend == "serial" else run_processes
     started = time.perf_counter()
+    aborted: BaseException | None = None
     try:
         if todo:
             run(todo, spec, on_result, on_progress)
     except KeyboardInterrupt:
         summary.interrupted = True
+    except BaseException as exc:  # recorded in the manifest, then raised on
+        aborted = exc
+        raise
     finally:
         bar.close()
         summary.wall_s = time.perf_counter() - started
-        manifest.update(
-            status="interrupted" if summary.interrupted else "complete", ended_at=_now()
-        )
+        finished = summary.ok + len(summary.failed) + len(summary.declined)
+        if summary.interrupted:
+            state = "interrupted"
+        elif aborted is not None:
+            state = "aborted"
+            manifest["error"] = f"{type(aborted).__name__}: {aborted}"
+        else:
+            state = "complete" if finished == summary.total else "incomplete"
+        manifest.update(status=state, ended_at=_now())
         manifest["wall_s"] = round(float(manifest.get("wall_s", 0.0)) + summary.wall_s, 3)
-        store.write_manifest(manifest)
-        summary.report = _render(run_dir)
+        try:
+            store.write_manifest(manifest)
+        except StoreWriteError:
+            if aborted is None:
+                raise
+        else:  # a report needs a writable directory: not after a failed write
+            if not isinstance(aborted, StoreWriteError):
+                summary.report = _render(run_dir)
     return summary
+
+
+def run_liveness(run_dir: Path, manifest_status: str) -> str:
+    """Whether a run is being written now: ``live (pid …)``, or why it is not."""
+    holder = lock_holder(run_dir)
+    if holder is not None:
+        return f"live ({describe_holder(holder)})"
+    if manifest_status == "running":
+        return "not live (its driver is gone; run the same command to resume)"
+    return "not live"
 
 
 def run_status(run_dir: Path) -> dict[str, list[str]]:

@@ -1,23 +1,35 @@
-"""The run directory: manifest, append-only results, per-cell scores (DESIGN.md §5).
+"""The run directory: manifest, append-only results, per-cell scores, and its lock.
 
 Only the driver process writes here. Each finished cell is one ``results.jsonl`` line written
 with a single ``write`` and fsynced, so a crash can at worst leave a torn last line, which
-readers detect and drop.
+readers detect and drop. Every file is created without following symbolic links (a link
+planted in the directory is refused, never written through), and a run holds an exclusive
+lock on the directory for as long as it writes there.
 """
 
 from __future__ import annotations
 
+import errno
+import io
 import json
 import logging
+import math
 import os
+import socket
 import tempfile
 from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from valbench.errors import RunDirectoryError
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: runs go unlocked
+    fcntl = None  # type: ignore[assignment]
 
 __all__ = [
     "RESULTS_SCHEMA",
@@ -26,12 +38,20 @@ __all__ = [
     "RESULTS_CSV",
     "SCORES_DIR",
     "POINTS_DIR",
+    "FIGURES_DIR",
+    "LOCK_FILE",
+    "OWNED_FILES",
     "RunStore",
+    "StoreWriteError",
     "read_results",
     "read_manifest",
     "write_json_atomic",
+    "write_bytes_atomic",
     "load_scores",
     "to_jsonable",
+    "lock_holder",
+    "describe_holder",
+    "refuse_links",
 ]
 
 log = logging.getLogger(__name__)
@@ -42,36 +62,85 @@ RESULTS_FILE = "results.jsonl"
 RESULTS_CSV = "results.csv"
 SCORES_DIR = "scores"
 POINTS_DIR = "points"
+FIGURES_DIR = "figures"
+LOCK_FILE = ".lock"
+#: The files valbench writes at the top of a run directory; ``--overwrite`` removes only these
+#: and the ``*.npz`` / ``*.svg`` files it writes in ``scores/``, ``points/`` and ``figures/``.
+OWNED_FILES = (
+    MANIFEST_FILE,
+    RESULTS_FILE,
+    RESULTS_CSV,
+    "index.html",
+    "summary.json",
+)
+_OWNED_SUBDIRS = {SCORES_DIR: ".npz", POINTS_DIR: ".npz", FIGURES_DIR: ".svg"}
+_FILE_MODE = 0o644  # results and reports are meant to be shared, as any file the umask allows
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to ``path`` through a temporary file and a rename, so readers never see half."""
+class StoreWriteError(RunDirectoryError):
+    """Writing the run directory failed (disk full, permissions); finished cells are kept."""
+
+
+def _write_error(path: Path, exc: OSError) -> StoreWriteError:
+    what = "no space left on the device" if exc.errno == errno.ENOSPC else (exc.strerror or exc)
+    return StoreWriteError(
+        f"cannot write {path}: {what}; the cells finished so far are kept, so free the space "
+        "(or fix the permissions) and run the same command again to resume"
+    )
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a fresh temporary file and a rename.
+
+    Readers never see half a file, and the rename replaces a link at ``path`` instead of
+    writing through it. On failure nothing is left behind and the old file is intact.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(to_jsonable(data), fh, indent=2)
-            fh.write("\n")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise _write_error(path, exc) from None
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, _FILE_MODE & ~_umask())  # mkstemp makes it owner-only
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise _write_error(path, exc) from None
         raise
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to ``path`` atomically (see :func:`write_bytes_atomic`); NaN becomes null."""
+    text = json.dumps(to_jsonable(data), indent=2, allow_nan=False) + "\n"
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
 def to_jsonable(value: Any) -> Any:
-    """``value`` with numpy scalars/arrays and paths made JSON types; anything else by repr."""
+    """``value`` with numpy scalars/arrays and paths made JSON types, non-finite floats null;
+    anything else by repr."""
     if isinstance(value, np.generic):
-        return value.item()
+        return to_jsonable(value.item())
     if isinstance(value, np.ndarray):
-        return value.tolist()
+        return to_jsonable(value.tolist())
     if isinstance(value, Mapping):
         return {str(k): to_jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [to_jsonable(v) for v in value]
     if isinstance(value, Path):
         return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # strict JSON has no NaN or infinity; readers take null as "no number"
     if isinstance(value, str | int | float | bool) or value is None:
         return value
     return repr(value)
@@ -121,27 +190,119 @@ def read_results(run_dir: Path) -> list[dict[str, Any]]:
 
 
 class RunStore:
-    """Writes one run directory: manifest, results lines, scores files."""
+    """Writes one run directory: manifest, results lines, scores files; holds its lock."""
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = Path(run_dir)
+        self._lock_fd: int | None = None
 
     @property
     def results_path(self) -> Path:
         return self.run_dir / RESULTS_FILE
 
     def prepare(self) -> None:
-        """Create the directory and check it is writable (a one-line error otherwise)."""
+        """Create the directory, refuse links inside it, and check that it is writable."""
         try:
-            (self.run_dir / SCORES_DIR).mkdir(parents=True, exist_ok=True)
-            probe = self.run_dir / ".write-probe"
-            probe.write_bytes(b"")
-            probe.unlink()
+            self.run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise RunDirectoryError(
                 f"cannot write to output directory {self.run_dir}: {exc.strerror or exc}; "
                 "choose another with --out"
             ) from None
+        if not self.run_dir.is_dir():
+            raise RunDirectoryError(f"{self.run_dir} is not a directory; choose another --out")
+        refuse_links(self.run_dir)
+        try:  # a fresh random name: nothing planted can be followed
+            fd, probe = tempfile.mkstemp(dir=self.run_dir, prefix=".write-probe.")
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            raise RunDirectoryError(
+                f"cannot write to output directory {self.run_dir}: {exc.strerror or exc}; "
+                "choose another with --out"
+            ) from None
+
+    def lock(self) -> None:
+        """Take the directory's exclusive lock, or refuse: another live run is writing here.
+
+        The lock is an OS file lock, released when this process ends however it ends, so a
+        killed run never leaves a stale lock behind.
+        """
+        if fcntl is None or self._lock_fd is not None:
+            return
+        path = self.run_dir / LOCK_FILE
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, _FILE_MODE)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                refuse_links(self.run_dir)
+            raise RunDirectoryError(
+                f"cannot lock output directory {self.run_dir}: {exc.strerror or exc}; "
+                "choose another with --out"
+            ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = _lock_info(fd)
+            os.close(fd)
+            raise RunDirectoryError(
+                f"{self.run_dir} is in use by another valbench run ({describe_holder(holder)}); "
+                "wait for it to finish, or choose another --out"
+            ) from None
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "since": _now()}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing releases the lock; the file stays (no races)
+            self._lock_fd = None
+
+    def holds_run(self) -> bool:
+        """True for a valbench run directory, False for an empty one; refuses anything else.
+
+        A directory with other files, or a ``manifest.json`` valbench did not write, is not
+        ours to write into (let alone to clear with ``--overwrite``).
+        """
+        manifest = self.run_dir / MANIFEST_FILE
+        if manifest.exists():
+            if not _is_valbench_manifest(manifest):
+                raise RunDirectoryError(
+                    f"{manifest} was not written by valbench; valbench will not write into or "
+                    "clear this directory: choose another --out"
+                )
+            return True
+        foreign = [
+            entry.name
+            for entry in sorted(self.run_dir.iterdir())
+            if not _is_scratch(entry)
+            and not (entry.name in _OWNED_SUBDIRS and entry.is_dir() and not any(entry.iterdir()))
+        ]
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (" …" if len(foreign) > 3 else "")
+            raise RunDirectoryError(
+                f"{self.run_dir} is not empty ({shown}) and holds no valbench run; choose a "
+                "new or empty directory with --out"
+            )
+        return False
+
+    def clear(self) -> None:
+        """Remove what valbench wrote here (for ``--overwrite``), and nothing else."""
+        refuse_links(self.run_dir)
+        for name in OWNED_FILES:
+            (self.run_dir / name).unlink(missing_ok=True)
+        for sub, suffix in _OWNED_SUBDIRS.items():
+            folder = self.run_dir / sub
+            if not folder.is_dir():
+                continue
+            for entry in folder.iterdir():
+                if entry.is_file() and (entry.suffix == suffix or _is_scratch(entry)):
+                    entry.unlink()
+            try:
+                folder.rmdir()
+            except OSError:  # it holds files of someone else's: leave them
+                pass
 
     def write_manifest(self, manifest: Mapping[str, Any]) -> None:
         write_json_atomic(self.run_dir / MANIFEST_FILE, dict(manifest))
@@ -155,7 +316,7 @@ class RunStore:
             return
         keep = raw[: raw.rfind(b"\n") + 1]
         log.warning("dropping a torn last line from %s", self.results_path)
-        self._rewrite(keep)
+        write_bytes_atomic(self.results_path, keep)
 
     def drop_cells(self, cell_ids: Iterable[str]) -> None:
         """Remove the lines of ``cell_ids`` (used before retrying failed cells)."""
@@ -167,23 +328,31 @@ class RunStore:
             for line in self.results_path.read_bytes().splitlines(keepends=True)
             if _line_cell_id(line) not in drop
         ]
-        self._rewrite(b"".join(kept))
-
-    def _rewrite(self, data: bytes) -> None:
-        tmp = self.results_path.with_suffix(".jsonl.tmp")
-        with tmp.open("wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.results_path)
+        write_bytes_atomic(self.results_path, b"".join(kept))
 
     def append_result(self, record: Mapping[str, Any]) -> None:
-        """Append one cell's line with a single write, then fsync (DESIGN.md §5)."""
-        line = json.dumps(to_jsonable(record), allow_nan=True) + "\n"
-        fd = os.open(self.results_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        """Append one cell's line with a single write, then fsync.
+
+        One ``write`` of the whole line means a crash leaves at worst a torn last line; the
+        file is opened without following a link, and strict JSON is written (NaN as null).
+        """
+        line = json.dumps(to_jsonable(record), allow_nan=False) + "\n"
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
         try:
-            os.write(fd, line.encode("utf-8"))
+            fd = os.open(self.results_path, flags, _FILE_MODE)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                refuse_links(self.run_dir)
+            raise _write_error(self.results_path, exc) from None
+        try:
+            data = line.encode("utf-8")
+            written = os.write(fd, data)
+            if written != len(data):  # a short write on a full disk: cut the torn tail off
+                os.ftruncate(fd, os.fstat(fd).st_size - written)
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
             os.fsync(fd)
+        except OSError as exc:
+            raise _write_error(self.results_path, exc) from None
         finally:
             os.close(fd)
 
@@ -201,13 +370,7 @@ class RunStore:
             arrays["detection_scores"] = np.asarray(detection_scores)
         for fraction, idx in selections.items():
             arrays[f"selection_{float(fraction):g}"] = np.asarray(idx)
-        target = self.run_dir / rel
-        tmp = target.with_name(f".{target.name}.tmp")
-        with tmp.open("wb") as fh:
-            np.savez_compressed(fh, **arrays)  # type: ignore[arg-type]
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
+        write_bytes_atomic(self.run_dir / rel, _npz_bytes(arrays))
         return rel
 
     def write_points(self, name: str, arrays: Mapping[str, np.ndarray]) -> str:
@@ -215,12 +378,90 @@ class RunStore:
         rel = f"{POINTS_DIR}/{name}.npz"
         target = self.run_dir / rel
         if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.tmp")
-            with tmp.open("wb") as fh:
-                np.savez_compressed(fh, **arrays)  # type: ignore[arg-type]
-            os.replace(tmp, target)
+            write_bytes_atomic(target, _npz_bytes(dict(arrays)))
         return rel
+
+
+def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)  # type: ignore[arg-type]
+    return buf.getvalue()
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _is_scratch(entry: Path) -> bool:
+    """The lock file and the hidden temporaries of an interrupted atomic write."""
+    name = entry.name
+    return name == LOCK_FILE or (name.startswith(".") and name.endswith(".tmp"))
+
+
+def _is_valbench_manifest(path: Path) -> bool:
+    try:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and {"config_hash", "spec", "cells_total"} <= set(data)
+
+
+def refuse_links(run_dir: Path) -> None:
+    """Refuse a run directory with a symbolic link where valbench reads or writes.
+
+    A planted link (``results.jsonl -> ~/.bashrc``) would otherwise be written through.
+    """
+    run_dir = Path(run_dir)
+    places = [run_dir / name for name in (*OWNED_FILES, LOCK_FILE, *_OWNED_SUBDIRS)]
+    for sub in _OWNED_SUBDIRS:
+        folder = run_dir / sub
+        if folder.is_dir() and not folder.is_symlink():
+            places.extend(folder.iterdir())
+    for place in places:
+        if place.is_symlink():
+            raise RunDirectoryError(
+                f"{place} is a symbolic link; valbench never writes through links in a run "
+                "directory: remove it, or choose another --out"
+            )
+
+
+def _lock_info(fd: int) -> dict[str, Any]:
+    try:
+        data = json.loads(os.pread(fd, 4096, 0) or b"{}")
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def describe_holder(info: Mapping[str, Any]) -> str:
+    """``pid 123 on host, since …`` for a lock holder's record (whatever of it is there)."""
+    parts = []
+    if isinstance(info.get("pid"), int):
+        parts.append(f"pid {info['pid']}")
+    if isinstance(info.get("host"), str):
+        parts.append(f"on {info['host']!r}")
+    if isinstance(info.get("since"), str):
+        parts.append(f"since {info['since']!r}")
+    return " ".join(parts) or "holder unknown"
+
+
+def lock_holder(run_dir: Path) -> dict[str, Any] | None:
+    """The record of the live run that holds ``run_dir``'s lock, or None when none does."""
+    if fcntl is None:
+        return None
+    try:
+        fd = os.open(Path(run_dir) / LOCK_FILE, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return _lock_info(fd)
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
 
 
 def _line_cell_id(line: bytes) -> str | None:
