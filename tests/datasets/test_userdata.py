@@ -142,7 +142,9 @@ def test_misleading_cases_get_their_own_one_line_message(tmp_path: Path) -> None
 
 
 @pytest.mark.parametrize("standardize", [True, False])
-def test_huge_finite_features_are_refused_naming_the_file(tmp_path: Path, standardize: bool) -> None:
+def test_huge_finite_features_are_refused_naming_the_file(
+    tmp_path: Path, standardize: bool
+) -> None:
     big = X.copy()
     big[7, 2] = 1e308 if standardize else 1e300
     big[8, 2] = -1e308 if standardize else -1e300
@@ -190,3 +192,22 @@ def test_hostile_class_and_column_names_are_escaped(tmp_path: Path) -> None:
     for message in messages:
         _one_line(message)
     assert "'d\\u202eevil'" in messages[0] and "\\x1b" in messages[-1]
+
+
+def test_file_is_parsed_once_until_it_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import valbench.userdata as userdata
+
+    calls = []
+    real = userdata.read_file_arrays
+    monkeypatch.setattr(userdata, "read_file_arrays", lambda *a: calls.append(a) or real(*a))
+    path = _npz(tmp_path, x=X, y=Y)
+    a = FileDataset(path=str(path), standardize=False).load(seed=0)
+    FileDataset(path=str(path), standardize=False).load(seed=1)
+    assert len(calls) == 1
+    np.savez(path, x=X + 1, y=Y)  # same path, new content: parsed again
+    b = FileDataset(path=str(path), standardize=False).load(seed=0)
+    assert len(calls) == 2 and np.allclose(b.x_train, a.x_train + 1)
+    with pytest.raises(ValueError, match="read-only"):
+        FileDataset(path=str(path)).read()[0]["train"][0][0, 0] = 1.0
