@@ -70,7 +70,7 @@ def _read_table(path: Path, label_column: str | None) -> dict[str, np.ndarray]:
     import pandas as pd
 
     if path.stat().st_size == 0:
-        raise _fail(path, "is empty; write a header line and one row per point")
+        raise _fail(path, "is empty (0 bytes); write one row per point into it")
     try:
         if path.suffix == ".csv":
             frame = pd.read_csv(path)
@@ -82,7 +82,7 @@ def _read_table(path: Path, label_column: str | None) -> dict[str, np.ndarray]:
         msg = str(exc).replace("\n", " ")
         raise _fail(path, f"cannot parse ({type(exc).__name__}: {msg}); fix the file") from exc
     if len(frame) == 0:
-        raise _fail(path, "has no data rows (only a header); add one row per point")
+        raise _fail(path, "has no data rows; add one row per point")
     columns = [str(c) for c in frame.columns]
     shown = [c.encode("unicode_escape").decode("ascii") for c in columns]  # one line each
     if label_column is None:
