@@ -1,11 +1,11 @@
 """Shared machinery of the image datasets: on-disk formats, splits, features and their cache.
 
-Formats are read with numpy, gzip and pickle only:
+Formats are read with numpy, gzip and a restricted unpickler only:
 
 - IDX (the MNIST family): big-endian magic ``0x00 0x00 <dtype> <ndim>``, then ``ndim``
   uint32 sizes, then the data; files may be gzipped (``.gz``) or not.
 - CIFAR-10 python batches: pickles holding ``b"data"`` (``n x 3072`` uint8, channel-major)
-  and ``b"labels"`` (a list of ints).
+  and ``b"labels"`` (a list of ints); only the globals such a batch needs are resolved.
 
 Features (``features=``): ``raw`` (flattened pixels scaled to [0, 1], optionally projected on
 ``pca`` principal components fitted on the training split), ``cnn`` (penultimate layer of a
@@ -193,12 +193,60 @@ CIFAR10_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR10_TEST = "test_batch"
 
 
+#: How to mend a batch file that must not be read; ``check_cifar10_dir`` strips it again.
+_REFETCH = "; delete it so valbench downloads a fresh copy, or re-download it"
+
+
+def _numpy_reconstruct() -> Any:
+    try:
+        from numpy._core.multiarray import _reconstruct  # numpy >= 2
+    except ImportError:  # pragma: no cover - numpy 1.x
+        from numpy.core.multiarray import _reconstruct  # type: ignore[no-redef]
+    return _reconstruct
+
+
+class _ForeignGlobal(pickle.UnpicklingError):
+    """A batch names a global outside the CIFAR allowance (never imported, never called)."""
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles CIFAR-10 batches and nothing else: pickle.load would run any callable a
+    crafted file names, so only the globals the published (Python 2) batches use resolve.
+
+    Dicts, lists, ints and byte strings need no globals; a numpy array needs these three
+    (``numpy.core`` in the published files, ``numpy._core`` when re-pickled by numpy 2).
+    """
+
+    def find_class(self, module: str, name: str) -> Any:
+        if name == "_reconstruct" and module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+            return _numpy_reconstruct()
+        if (module, name) == ("numpy", "ndarray"):
+            return np.ndarray
+        if (module, name) == ("numpy", "dtype"):
+            return np.dtype
+        raise _ForeignGlobal(f"{module}.{name}")
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters escaped, so a message stays one harmless line."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+
+
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         with open(path, "rb") as f:
-            batch = pickle.load(f, encoding="bytes")
+            batch = _CifarUnpickler(f, encoding="bytes").load()
+    except _ForeignGlobal as exc:
+        raise DatasetError(
+            _printable(
+                f"{path}: not a genuine CIFAR-10 batch: it asks to load {exc}, which CIFAR "
+                f"batches never do (a tampered or foreign file; nothing was run){_REFETCH}"
+            )
+        ) from None
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad file
-        raise DatasetError(f"{path}: not a CIFAR-10 python batch ({exc}); replace it") from exc
+        raise DatasetError(
+            _printable(f"{path}: not a CIFAR-10 python batch ({exc}); replace it")
+        ) from exc
     if not isinstance(batch, dict):
         raise DatasetError(f"{path}: not a CIFAR-10 python batch (no dict); replace it")
     data = batch.get(b"data", batch.get("data"))
@@ -224,7 +272,9 @@ def check_cifar10_dir(directory: Path) -> None:
     except DatasetError as exc:
         message = str(exc).replace(str(directory) + os.sep, "")
         raise ValueError(
-            message.removesuffix("; replace it").removesuffix("; replace the files")
+            message.removesuffix("; replace it")
+            .removesuffix("; replace the files")
+            .removesuffix(_REFETCH)
         ) from exc
 
 

@@ -80,12 +80,14 @@ def resolve_names(spec: RunSpec) -> RunSpec:
     """Expand ``all`` and check every method and dataset name against the registry."""
     from valbench.errors import UnknownNameError
 
+    fingerprints: dict[str, str] = {}
+
     def check(kind: str, names: tuple[str, ...], valid: list[str]) -> tuple[str, ...]:
         if "all" in names:
             return tuple(valid)
         for name in names:
             if kind == "dataset" and name.startswith(FILE_PREFIX):
-                _check_data_file(name[len(FILE_PREFIX) :])
+                fingerprints[name] = _check_data_file(name[len(FILE_PREFIX) :], spec)
             elif name not in valid:
                 broken = discover("method" if kind == "method" else "dataset").get(name)
                 if broken is not None and not broken.ok:
@@ -112,16 +114,39 @@ def resolve_names(spec: RunSpec) -> RunSpec:
                 f"parameters given for {name!r}, which is not among the selected methods "
                 f"({', '.join(methods)}) or datasets ({', '.join(datasets)})"
             )
-    return spec.with_overrides(methods=methods, datasets=datasets)
+    return spec.with_overrides(methods=methods, datasets=datasets, data_fingerprints=fingerprints)
 
 
-def _check_data_file(path: str) -> None:
-    from valbench.userdata import SUFFIXES
+def _check_data_file(path: str, spec: RunSpec) -> str:
+    """Load and validate a ``file:PATH`` dataset as a cell would; return its content hash.
 
-    if not Path(path).is_file():
-        raise UsageError(f"dataset file {path} does not exist; give --datasets file:PATH to a file")
-    if Path(path).suffix not in SUFFIXES:
-        raise UsageError(f"dataset file {path}: unsupported type; use one of {', '.join(SUFFIXES)}")
+    Runs before the run directory exists: a bad file is one line and exit 2, not a run whose
+    every cell fails. The parse is cached, so cells in this process do not repeat it.
+    """
+    from valbench.userdata import SUFFIXES, file_fingerprint, load_file_dataset, printable
+
+    where = Path(path).expanduser()
+    if where.is_dir():
+        raise UsageError(
+            printable(
+                f"dataset file {path} is a directory; give the data file itself, e.g. "
+                f"file:{Path(path) / 'data.csv'}"
+            )
+        )
+    if not where.is_file():
+        raise UsageError(
+            printable(f"dataset file {path} does not exist; give --datasets file:PATH to a file")
+        )
+    if where.suffix not in SUFFIXES:
+        raise UsageError(
+            printable(f"dataset file {path}: unsupported type; use one of {', '.join(SUFFIXES)}")
+        )
+    fingerprint = file_fingerprint(where)
+    first = Cell(dataset=FILE_PREFIX + path, noise=0.0, seed=0, method="")
+    load_file_dataset(path, label_column=spec.label_column).load(
+        seed=first.data_seed(spec.root_seed), max_train=spec.max_train
+    )
+    return fingerprint
 
 
 def _available_offline(name: str) -> bool:

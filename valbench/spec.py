@@ -100,6 +100,9 @@ class RunSpec:
     label_column: str | None = None
     random_repeats: int = 3
     params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    #: Content hash of each ``file:PATH`` dataset (set by ``resolve_names``): a file edited in
+    #: place makes another run, never a resume of cells computed from the old content.
+    data_fingerprints: Mapping[str, str] = field(default_factory=dict)
     preset: str = DEFAULT_PRESET
     # Execution only: these do not change a cell's numbers, so they are not in the config hash.
     jobs: int = 1
@@ -165,6 +168,7 @@ class RunSpec:
         """JSON-friendly form, recorded in the manifest."""
         data = asdict(self)
         data["params"] = {k: dict(v) for k, v in self.params.items()}
+        data["data_fingerprints"] = dict(self.data_fingerprints)
         return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
 
     @classmethod
@@ -178,6 +182,8 @@ class RunSpec:
     def config_hash(self) -> str:
         """Hash of what determines the numbers; a run directory belongs to one hash."""
         data = {k: v for k, v in self.to_dict().items() if k not in self.EXECUTION_ONLY}
+        if not data["data_fingerprints"]:  # runs without file: datasets keep their hashes
+            del data["data_fingerprints"]
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
     def cells(self) -> list[Cell]:

@@ -11,6 +11,9 @@ problem raises a one-line :class:`~valbench.errors.DatasetError` naming the file
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import zipfile
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -20,20 +23,54 @@ from valbench.data import pool_split_indices
 from valbench.errors import DatasetError, UsageError
 from valbench.types import Dataset, DatasetSplits
 
-__all__ = ["FileDataset", "load_file_dataset", "read_file_arrays", "SUFFIXES"]
+__all__ = [
+    "FileDataset",
+    "load_file_dataset",
+    "read_file_arrays",
+    "file_fingerprint",
+    "printable",
+    "SUFFIXES",
+]
 
 #: File types FileDataset reads.
 SUFFIXES = (".npz", ".csv", ".parquet")
 _PARTS = ("train", "val", "test")
+#: Largest feature magnitude standardisation survives: the squared deviations it sums must
+#: stay below float64's 1.8e308 (with room for ~1e7 rows).
+_STANDARDIZE_LIMIT = 1e150
+#: Without standardisation features reach the models as float32.
+_FLOAT32_LIMIT = float(np.finfo(np.float32).max)
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters (newlines, terminal escapes) escaped: one safe line."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
 def _fail(path: Path, what: str) -> DatasetError:
-    return DatasetError(f"{path}: {what}")
+    # Paths, column names and labels come from the user's file: never print them raw.
+    return DatasetError(printable(f"{path}: {what}"))
+
+
+def _label(value: Any) -> str:
+    """A class label for a message: strings quoted (their spaces and commas visible)."""
+    return repr(str(value)) if isinstance(value, str) else str(value)
+
+
+def file_fingerprint(path: Path) -> str:
+    """First 16 hex digits of the file's sha256: what a run over ``file:PATH`` is keyed on."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
 
 
 def _read_table(path: Path, label_column: str | None) -> dict[str, np.ndarray]:
     import pandas as pd
 
+    if path.stat().st_size == 0:
+        raise _fail(path, "is empty (0 bytes); write one row per point into it")
     try:
         if path.suffix == ".csv":
             frame = pd.read_csv(path)
@@ -44,6 +81,8 @@ def _read_table(path: Path, label_column: str | None) -> dict[str, np.ndarray]:
     except Exception as exc:  # noqa: BLE001 - any parser failure is the file's fault
         msg = str(exc).replace("\n", " ")
         raise _fail(path, f"cannot parse ({type(exc).__name__}: {msg}); fix the file") from exc
+    if len(frame) == 0:
+        raise _fail(path, "has no data rows; add one row per point")
     columns = [str(c) for c in frame.columns]
     shown = [c.encode("unicode_escape").decode("ascii") for c in columns]  # one line each
     if label_column is None:
@@ -82,23 +121,51 @@ def _read_table(path: Path, label_column: str | None) -> dict[str, np.ndarray]:
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            return {k: f[k] for k in f.files}
-    except ValueError as exc:
+    # np.load guesses the format from the first bytes (and would blame anything else on
+    # pickled data), so the format is settled here first.
+    with open(path, "rb") as f:
+        head = f.read(6)
+    if head == b"\x93NUMPY":
         raise _fail(
             path,
-            "holds object arrays; save labels as integers or fixed-width strings "
-            "(np.asarray(y, dtype=str)) and features as numbers",
-        ) from exc
-    except Exception as exc:  # noqa: BLE001
-        raise _fail(path, f"not a readable .npz ({exc}); save it with numpy.savez") from exc
+            "holds a single .npy array, not a .npz archive; save x and y together with "
+            "numpy.savez(path, x=x, y=y)",
+        )
+    if not zipfile.is_zipfile(path):
+        raise _fail(
+            path,
+            "is not a .npz archive (a zip of .npy arrays): damaged or another format; save it "
+            "with numpy.savez(path, x=x, y=y)",
+        )
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            out = {}
+            for key in f.files:
+                try:
+                    out[key] = f[key]
+                except ValueError as exc:
+                    if "allow_pickle" not in str(exc):
+                        raise
+                    raise _fail(
+                        path,
+                        f"holds object arrays ({key!r} stores Python objects); save labels as "
+                        "integers or fixed-width strings (np.asarray(y, dtype=str)) and features "
+                        "as numbers",
+                    ) from None
+            return out
+    except DatasetError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a damaged archive or member
+        msg = f"{type(exc).__name__}: {exc}"
+        raise _fail(path, f"not a readable .npz ({msg}); save it again with numpy.savez") from exc
 
 
 def read_file_arrays(path: Path, label_column: str | None = None) -> dict[str, np.ndarray]:
     """Raw arrays of a user file: ``x``, ``y`` and optionally ``x_val``... (unvalidated)."""
+    if path.is_dir():
+        raise _fail(path, "is a directory; give the data file itself, e.g. file:DIR/data.csv")
     if not path.is_file():
-        raise DatasetError(f"{path}: no such file")
+        raise _fail(path, "no such file")
     if path.suffix == ".npz":
         if label_column is not None:
             raise _fail(path, "label_column applies to .csv/.parquet files, not .npz")
@@ -108,7 +175,7 @@ def read_file_arrays(path: Path, label_column: str | None = None) -> dict[str, n
     raise _fail(path, f"unsupported file type; use one of {', '.join(SUFFIXES)}")
 
 
-def _check_x(path: Path, key: str, x: np.ndarray) -> np.ndarray:
+def _check_x(path: Path, key: str, x: np.ndarray, *, standardize: bool) -> np.ndarray:
     if x.dtype == bool:
         x = x.astype(np.float64)
     if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
@@ -125,7 +192,19 @@ def _check_x(path: Path, key: str, x: np.ndarray) -> np.ndarray:
             f"{key} has {int(bad.sum())} NaN/inf values (first in row {int(rows[0])}); "
             "impute or drop those rows",
         )
-    return x.astype(np.float64)
+    x = x.astype(np.float64)
+    limit = _STANDARDIZE_LIMIT if standardize else _FLOAT32_LIMIT
+    big = np.abs(x) > limit
+    if big.any():
+        rows = np.flatnonzero(big.any(axis=1))
+        why = "standardising them would overflow" if standardize else "models use float32"
+        raise _fail(
+            path,
+            f"{key} has values too large (|value| up to {np.abs(x).max():.3g}, first in row "
+            f"{int(rows[0])}; beyond {limit:.3g} {why}); rescale those features, e.g. divide "
+            "by a constant or take logs",
+        )
+    return x
 
 
 def _check_y(path: Path, key: str, y: np.ndarray, n: int) -> np.ndarray:
@@ -151,6 +230,57 @@ def _check_y(path: Path, key: str, y: np.ndarray, n: int) -> np.ndarray:
             return y.astype(np.int64)
         raise _fail(path, f"{key} holds non-integer numbers; labels must be integers or strings")
     raise _fail(path, f"{key} has dtype {y.dtype}; labels must be integers or strings")
+
+
+@functools.lru_cache(maxsize=4)
+def _read_validated(
+    path_str: str, stamp: tuple[int, ...] | None, label_column: str | None, standardize: bool
+) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[str]]:
+    # ``stamp`` (size, times, inode) keys the cache on the file's current state.
+    path = Path(path_str)
+    arrays = read_file_arrays(path, label_column)
+    for key in ("x", "y"):
+        if key not in arrays:
+            raise _fail(path, f"no array {key!r}; found: {', '.join(sorted(arrays))}")
+    parts: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for part, suffix in zip(_PARTS, ("", "_val", "_test"), strict=True):
+        kx, ky = f"x{suffix}", f"y{suffix}"
+        if (kx in arrays) != (ky in arrays):
+            raise _fail(path, f"has {kx if kx in arrays else ky} without its partner")
+        if kx not in arrays:
+            continue
+        x = _check_x(path, kx, np.asarray(arrays[kx]), standardize=standardize)
+        if len(x) == 0:
+            raise _fail(path, f"{kx} has no rows; add one row per point")
+        parts[part] = (x, _check_y(path, ky, np.asarray(arrays[ky]), len(x)))
+    widths = {p: x.shape[1] for p, (x, _) in parts.items()}
+    if len(set(widths.values())) > 1:
+        raise _fail(path, f"feature counts differ between splits: {widths}")
+    kinds = {y.dtype.kind for _, y in parts.values()}
+    if len(kinds) > 1:
+        raise _fail(path, "labels mix strings and integers across splits; use one type")
+    classes = np.unique(np.concatenate([y for _, y in parts.values()]))
+    if len(classes) < 2:
+        raise _fail(path, f"labels hold {len(classes)} class; need at least 2")
+    train_classes = set(np.unique(parts["train"][1]).tolist())
+    missing = [_label(c) for c in classes if c not in train_classes]
+    if missing:
+        raise _fail(path, f"classes {', '.join(missing)} never occur in x/y (training data)")
+    mapped = {p: (x, np.searchsorted(classes, y).astype(np.int64)) for p, (x, y) in parts.items()}
+    need = 1 + sum(p not in parts for p in ("val", "test"))
+    counts = np.bincount(mapped["train"][1], minlength=len(classes))
+    if need > 1 and counts.min() < need:
+        c = int(np.argmin(counts))
+        raise _fail(
+            path,
+            f"class {_label(classes[c])} has {int(counts[c])} row(s); each class needs at least "
+            f"{need} to be split into train/val/test (add rows, drop the class, or provide "
+            "x_val/y_val and x_test/y_test)",
+        )
+    for x, y in mapped.values():
+        x.flags.writeable = False
+        y.flags.writeable = False
+    return mapped, [str(c) for c in classes]
 
 
 class FileDataset(Dataset):
@@ -198,50 +328,20 @@ class FileDataset(Dataset):
         return True
 
     def read(self) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[str]]:
-        """Validated parts ``{"train": (x, y), ...}`` with int labels, and the class names."""
+        """Validated parts ``{"train": (x, y), ...}`` with int labels, and the class names.
+
+        The arrays are read-only: one parse serves every seed and cell of this process (the
+        run's up-front check included) until the file changes.
+        """
         if not self.path:
             raise UsageError("the file dataset needs a path: --datasets file:PATH")
         path = Path(self.path).expanduser()
-        arrays = read_file_arrays(path, self.label_column)
-        for key in ("x", "y"):
-            if key not in arrays:
-                raise _fail(path, f"no array {key!r}; found: {', '.join(sorted(arrays))}")
-        parts: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        for part, suffix in zip(_PARTS, ("", "_val", "_test"), strict=True):
-            kx, ky = f"x{suffix}", f"y{suffix}"
-            if (kx in arrays) != (ky in arrays):
-                raise _fail(path, f"has {kx if kx in arrays else ky} without its partner")
-            if kx not in arrays:
-                continue
-            x = _check_x(path, kx, np.asarray(arrays[kx]))
-            parts[part] = (x, _check_y(path, ky, np.asarray(arrays[ky]), len(x)))
-        widths = {p: x.shape[1] for p, (x, _) in parts.items()}
-        if len(set(widths.values())) > 1:
-            raise _fail(path, f"feature counts differ between splits: {widths}")
-        kinds = {y.dtype.kind for _, y in parts.values()}
-        if len(kinds) > 1:
-            raise _fail(path, "labels mix strings and integers across splits; use one type")
-        classes = np.unique(np.concatenate([y for _, y in parts.values()]))
-        if len(classes) < 2:
-            raise _fail(path, f"labels hold {len(classes)} class; need at least 2")
-        train_classes = set(np.unique(parts["train"][1]).tolist())
-        missing = [str(c) for c in classes if c not in train_classes]
-        if missing:
-            raise _fail(path, f"classes {', '.join(missing)} never occur in x/y (training data)")
-        mapped = {
-            p: (x, np.searchsorted(classes, y).astype(np.int64)) for p, (x, y) in parts.items()
-        }
-        need = 1 + sum(p not in parts for p in ("val", "test"))
-        counts = np.bincount(mapped["train"][1], minlength=len(classes))
-        if need > 1 and counts.min() < need:
-            c = int(np.argmin(counts))
-            raise _fail(
-                path,
-                f"class {classes[c]!s} has {int(counts[c])} row(s); each class needs at least "
-                f"{need} to be split into train/val/test (add rows, drop the class, or provide "
-                "x_val/y_val and x_test/y_test)",
-            )
-        return mapped, [str(c) for c in classes]
+        try:
+            st = path.stat()
+            stamp = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+        except OSError:
+            stamp = None  # read_file_arrays says what is wrong
+        return _read_validated(str(path), stamp, self.label_column, self.standardize)
 
     def load(self, *, seed: int, max_train: int | None = None) -> DatasetSplits:
         """Splits for ``seed``: given splits kept, missing ones carved (stratified)."""
@@ -265,7 +365,7 @@ class FileDataset(Dataset):
                 n_train=min(caps) if caps else None,
             )
         except DatasetError as exc:
-            raise DatasetError(f"{self.path}: {exc}") from exc
+            raise _fail(Path(self.path), str(exc)) from exc
         out = {"train": (x[train], y[train])}
         for p, idx in (("val", val), ("test", test)):
             if p in parts:
@@ -274,7 +374,7 @@ class FileDataset(Dataset):
                 if size is not None and size < len(py):
                     _, keep, _ = pool_split_indices(py, seed=seed, n_val=size, n_test=0)
                     px, py = px[keep], py[keep]
-                out[p] = (px, py)
+                out[p] = (px, py.copy())  # the parsed arrays stay shared and read-only
             else:
                 out[p] = (x[idx], y[idx])
         if self.standardize:
@@ -282,6 +382,16 @@ class FileDataset(Dataset):
             sd = out["train"][0].std(axis=0)
             sd[sd < 1e-12] = 1.0
             out = {p: ((px - mu) / sd, py) for p, (px, py) in out.items()}
+            for p, (px, _) in out.items():
+                # A column nearly constant in training and far off elsewhere leaves float32.
+                wild = np.abs(px).max(axis=0, initial=0.0) > _FLOAT32_LIMIT
+                if wild.any():
+                    raise _fail(
+                        Path(self.path),
+                        f"feature column {int(np.argmax(wild))} is too large in the {p} split "
+                        "after standardising with the training split's statistics (nearly "
+                        "constant in training); rescale or drop that column",
+                    )
         return DatasetSplits(
             x_train=out["train"][0],
             y_train=out["train"][1],
@@ -297,5 +407,5 @@ def load_file_dataset(path: str, *, label_column: str | None = None) -> FileData
     """A :class:`FileDataset` for ``path`` (what ``--datasets file:PATH`` resolves to)."""
     suffix = Path(path).suffix
     if suffix not in SUFFIXES:
-        raise DatasetError(f"{path}: unsupported file type; use one of {', '.join(SUFFIXES)}")
+        raise _fail(Path(path), f"unsupported file type; use one of {', '.join(SUFFIXES)}")
     return FileDataset(path=path, label_column=label_column)

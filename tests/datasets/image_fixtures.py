@@ -63,8 +63,32 @@ def make_idx_dir(directory: Path, *, gz: bool = True, seed: int = 0) -> None:
         write_idx(directory / stem, arr, gz=gz)
 
 
+class _Py2Pickler(pickle._Pickler):  # type: ignore[name-defined]
+    """Protocol 2 as Python 2's cPickle wrote it: ``str``/``bytes`` as 8-bit strings."""
+
+    dispatch = dict(pickle._Pickler.dispatch)  # type: ignore[attr-defined]
+
+    def save_str8(self, obj: str | bytes) -> None:
+        data = obj if isinstance(obj, bytes) else obj.encode("latin-1")
+        if len(data) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(data)]) + data)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(data)) + data)
+        self.memoize(obj)
+
+    dispatch[bytes] = save_str8
+    dispatch[str] = save_str8
+
+
+def py2_pickle(obj: object) -> bytes:
+    """``obj`` pickled the way the published CIFAR-10 batches are (Python 2, numpy.core)."""
+    buf = io.BytesIO()
+    _Py2Pickler(buf, protocol=2).dump(obj)
+    return buf.getvalue().replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n")
+
+
 def cifar_batches(n_train_batch: int = 20, n_test: int = 30) -> dict[str, bytes]:
-    """Pickled CIFAR-10 python batches (and ``batches.meta``); pixel 0 encodes the label."""
+    """CIFAR-10 python batches and ``batches.meta``, pickled as published; pixel 0 is the label."""
     rng = np.random.default_rng(0)
     out = {}
     sizes = [(f"data_batch_{i}", n_train_batch) for i in range(1, 6)] + [("test_batch", n_test)]
@@ -72,10 +96,12 @@ def cifar_batches(n_train_batch: int = 20, n_test: int = 30) -> dict[str, bytes]
         labels = [int(v) for v in np.arange(n) % 10]
         data = rng.integers(0, 255, size=(n, 3072), dtype=np.uint8)
         data[:, 0] = np.array(labels) * 10
-        out[name] = pickle.dumps({b"batch_label": name.encode(), b"labels": labels, b"data": data})
+        files = [f"img_{i}.png".encode() for i in range(n)]
+        batch = {b"batch_label": name.encode(), b"labels": labels, b"data": data}
+        out[name] = py2_pickle({**batch, b"filenames": files})
     names = [b"airplane", b"automobile", b"bird", b"cat", b"deer"]
     names += [b"dog", b"frog", b"horse", b"ship", b"truck"]
-    out["batches.meta"] = pickle.dumps({b"label_names": names, b"num_vis": 3072})
+    out["batches.meta"] = py2_pickle({b"label_names": names, b"num_vis": 3072})
     return out
 
 

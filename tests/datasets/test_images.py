@@ -168,3 +168,47 @@ def test_cnn_relabel_answers_are_checked(isolated: Path, answer: Any, match: str
     ds = FashionMNISTDataset(features="cnn", n_val=20, cnn_epochs=1, cnn_dim=4, cnn_width=2)
     with pytest.raises(ValueError, match=match):
         ds.load_relabelled(seed=0, relabel=lambda y, k: answer(y))
+
+
+def test_cifar10_fixture_is_the_published_python2_format() -> None:
+    from image_fixtures import cifar_batches
+
+    batch = cifar_batches()["data_batch_1"]
+    assert batch.startswith(b"\x80\x02}")  # protocol 2, a dict
+    assert b"cnumpy.core.multiarray\n_reconstruct\n" in batch and b"U\x04data" in batch
+
+
+class _Payload:
+    """Unpickling this runs ``call(*args)``: what a crafted batch file can do to pickle.load."""
+
+    def __init__(self, call: Any, *args: Any) -> None:
+        self.call, self.args = call, args
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return self.call, self.args
+
+
+@pytest.mark.parametrize("via", ["os.system", "exec", "nested"])
+def test_cifar10_batch_that_runs_code_is_refused_not_run(
+    isolated: Path, tmp_path: Path, via: str
+) -> None:
+    import os
+
+    folder = isolated / "cifar-10-batches-py"
+    write_cifar(folder)
+    marker = tmp_path / "pwned"
+    payload = {
+        "os.system": _Payload(os.system, f"touch {marker}"),
+        "exec": _Payload(exec, f"open({str(marker)!r}, 'w').close()"),
+        "nested": [_Payload(os.system, f"touch {marker}")],
+    }[via]
+    labels = [0, 1] * 10
+    data = np.zeros((20, 3072), dtype=np.uint8)
+    crafted = {b"data": data, b"labels": labels, b"filenames": payload}
+    (folder / "data_batch_3").write_bytes(pickle.dumps(crafted, protocol=2))
+    with pytest.raises(DatasetError) as err:
+        CIFAR10Dataset(n_val=20).load(seed=0)
+    assert not marker.exists()
+    msg = str(err.value)
+    assert "\n" not in msg and str(folder / "data_batch_3") in msg
+    assert "delete it" in msg and "download" in msg

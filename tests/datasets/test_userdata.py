@@ -108,3 +108,106 @@ def test_object_arrays_and_table_problems(tmp_path: Path) -> None:
         load_file_dataset(str(tmp_path / "d.txt"), label_column=None)
     with pytest.raises(DatasetError, match="no such file"):
         FileDataset(path=str(tmp_path / "missing.npz")).load(seed=0)
+
+
+def _one_line(message: str) -> None:
+    """One printable line: no newline, no terminal escape or other control character."""
+    assert message.isprintable(), repr(message)
+
+
+def test_misleading_cases_get_their_own_one_line_message(tmp_path: Path) -> None:
+    cases: list[tuple[Path, str]] = []
+    junk = tmp_path / "junk.npz"
+    junk.write_bytes(bytes(range(256)) * 4)
+    cases.append((junk, "not a .npz archive"))
+    single = tmp_path / "single.npz"
+    with open(single, "wb") as f:
+        np.save(f, X)
+    cases.append((single, "a single .npy array"))
+    header = tmp_path / "header.csv"
+    header.write_text("x1,x2,label\n")
+    cases.append((header, "no data rows"))
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    cases.append((empty, "is empty"))
+    folder = tmp_path / "folder.csv"
+    folder.mkdir()
+    cases.append((folder, "is a directory"))
+    for path, message in cases:
+        with pytest.raises(DatasetError, match=message) as err:
+            FileDataset(path=str(path)).load(seed=0)
+        assert str(err.value).startswith(str(path)), err.value
+        _one_line(str(err.value))
+        assert "object arrays" not in str(err.value) and "not numeric" not in str(err.value)
+
+
+@pytest.mark.parametrize("standardize", [True, False])
+def test_huge_finite_features_are_refused_naming_the_file(
+    tmp_path: Path, standardize: bool
+) -> None:
+    big = X.copy()
+    big[7, 2] = 1e308 if standardize else 1e300
+    big[8, 2] = -1e308 if standardize else -1e300
+    path = _npz(tmp_path, x=big, y=Y)
+    with pytest.raises(DatasetError, match="too large") as err:
+        FileDataset(path=str(path), standardize=standardize).load(seed=0)
+    msg = str(err.value)
+    assert msg.startswith(str(path)) and "row 7" in msg and "NaN" not in msg
+    _one_line(msg)
+    ok = X * 1e20  # large but well within range: loads, finite
+    s = FileDataset(path=str(_npz(tmp_path, x=ok, y=Y)), standardize=standardize).load(seed=0)
+    assert np.isfinite(s.x_train).all()
+
+
+HOSTILE = ["a\x1b[31mred", "b\nnext line", "c\r\x07", "d\u202eevil"]
+
+
+def test_hostile_class_and_column_names_are_escaped(tmp_path: Path) -> None:
+    names = np.array(HOSTILE)
+    y = names[np.arange(90) % 4]
+    y[:3] = HOSTILE[3]
+    y[3:] = np.where(y[3:] == HOSTILE[3], HOSTILE[0], y[3:])  # one class of 3 rows: too few
+    y[0] = HOSTILE[1]
+    y[1] = HOSTILE[1]
+    np.savez(tmp_path / "d.npz", x=X, y=y)
+    messages = []
+    with pytest.raises(DatasetError, match="row.s.; each class needs") as err:
+        FileDataset(path=str(tmp_path / "d.npz")).load(seed=0)
+    messages.append(str(err.value))
+    # a class only in the validation split
+    np.savez(tmp_path / "v.npz", x=X, y=names[Y], x_val=X[:2], y_val=names[[3, 3]])
+    with pytest.raises(DatasetError, match="never occur") as err:
+        FileDataset(path=str(tmp_path / "v.npz")).load(seed=0)
+    messages.append(str(err.value))
+    frame = pd.DataFrame({"f\x1b[2J": ["s"] * 3, "label\n": [0, 1, 0]})
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    for column in (None, "label\n", "k\x1b[0m"):
+        with pytest.raises(DatasetError) as err:
+            load_file_dataset(str(tmp_path / "t.csv"), label_column=column).load(seed=0)
+        messages.append(str(err.value))
+    weird = tmp_path / "we\x1bird\nname.npz"
+    with pytest.raises(DatasetError) as err:
+        FileDataset(path=str(weird)).load(seed=0)
+    messages.append(str(err.value))
+    for message in messages:
+        _one_line(message)
+    assert "'d\\u202eevil'" in messages[0] and "\\x1b" in messages[-1]
+
+
+def test_file_is_parsed_once_until_it_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import valbench.userdata as userdata
+
+    calls = []
+    real = userdata.read_file_arrays
+    monkeypatch.setattr(userdata, "read_file_arrays", lambda *a: calls.append(a) or real(*a))
+    path = _npz(tmp_path, x=X, y=Y)
+    a = FileDataset(path=str(path), standardize=False).load(seed=0)
+    FileDataset(path=str(path), standardize=False).load(seed=1)
+    assert len(calls) == 1
+    np.savez(path, x=X + 1, y=Y)  # same path, new content: parsed again
+    b = FileDataset(path=str(path), standardize=False).load(seed=0)
+    assert len(calls) == 2 and np.allclose(b.x_train, a.x_train + 1)
+    with pytest.raises(ValueError, match="read-only"):
+        FileDataset(path=str(path)).read()[0]["train"][0][0, 0] = 1.0

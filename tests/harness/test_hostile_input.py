@@ -228,3 +228,69 @@ def test_csv_files_load_or_raise_a_dataset_error(
         path = Path(tmp) / "d.csv"
         path.write_text(text, encoding="utf-8")
         _load(path, max_train, label_column=label_column)
+
+
+# ----------------------------------------------------------------------------- file: datasets
+
+
+def _cli(argv: list[str]) -> tuple[int, str]:
+    err = io.StringIO()
+    with redirect_stderr(err), redirect_stdout(io.StringIO()):
+        code = cli.main(argv)
+    return code, err.getvalue()
+
+
+def _bad_files(tmp: Path) -> list[Path]:
+    header = tmp / "header.csv"
+    header.write_text("x1,x2,label\n")
+    text = tmp / "text.csv"
+    text.write_text("x1,x2,label\n" + "".join(f"{i},a{i},{i % 2}\n" for i in range(20)))
+    junk = tmp / "junk.npz"
+    junk.write_bytes(os.urandom(256))
+    folder = tmp / "folder.csv"
+    folder.mkdir()
+    huge = tmp / "huge.csv"
+    huge.write_text("x1,x2,label\n" + "".join(f"{i}e307,1,{i % 2}\n" for i in range(1, 21)))
+    one_class = tmp / "one.csv"
+    one_class.write_text("x1,label\n" + "".join(f"{i},0\n" for i in range(20)))
+    return [header, text, junk, folder, huge, one_class]
+
+
+def test_bad_data_file_is_refused_before_any_run_directory(tmp_path: Path) -> None:
+    for path in _bad_files(tmp_path):
+        out = tmp_path / f"run-{path.stem}"
+        argv = ["run", "--methods", "random", "--datasets", f"file:{path}", "--seeds", "1"]
+        code, message = _cli([*argv, "--backend", "serial", "--no-progress", "--out", str(out)])
+        assert code == 2, (path, message)
+        assert message.count("\n") == 1 and message.startswith("valbench: error:"), message
+        assert str(path) in message
+        assert not out.exists(), path
+
+
+def _small_csv(path: Path, shift: float) -> None:
+    rng = np.random.default_rng(0)
+    rows = [f"{a + shift:.4f},{b:.4f},{i % 2}" for i, (a, b) in enumerate(rng.normal(size=(40, 2)))]
+    path.write_text("x1,x2,label\n" + "\n".join(rows) + "\n")
+
+
+def test_edited_data_file_is_not_resumed_with_stale_results(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import valbench.runner
+    from valbench.runner import default_run_dir
+    from valbench.spec import RunSpec
+
+    monkeypatch.setattr(valbench.runner, "_render", lambda run_dir: None)  # no report needed
+    data = tmp_path / "x.csv"
+    _small_csv(data, 0.0)
+    out = tmp_path / "run"
+    argv = ["run", "--methods", "random", "--datasets", f"file:{data}", "--seeds", "1"]
+    argv += ["--noise", "0", "--fractions", "0.5", "--backend", "serial", "--no-progress"]
+    spec = RunSpec(methods=("random",), datasets=(f"file:{data}",), seeds=1)
+    before = default_run_dir(resolve_names(spec))
+    assert _cli([*argv, "--out", str(out)])[0] == 0
+    assert _cli([*argv, "--out", str(out)])[0] == 0  # the same file resumes
+    _small_csv(data, 5.0)  # edited in place: same path, same size class, new content
+    code, message = _cli([*argv, "--out", str(out)])
+    assert code == 2 and "holds another run" in message, message
+    assert default_run_dir(resolve_names(spec)) != before
