@@ -32,7 +32,7 @@ import numpy as np
 
 from valbench.cache import config_key, data_dir
 from valbench.data import pool_split_indices
-from valbench.errors import DatasetError, UsageError
+from valbench.errors import DatasetError, UsageError, printable
 from valbench.types import Dataset, DatasetSplits, Relabel
 
 __all__ = [
@@ -227,25 +227,20 @@ class _CifarUnpickler(pickle.Unpickler):
         raise _ForeignGlobal(f"{module}.{name}")
 
 
-def _printable(text: str) -> str:
-    """``text`` with control characters escaped, so a message stays one harmless line."""
-    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
-
-
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         with open(path, "rb") as f:
             batch = _CifarUnpickler(f, encoding="bytes").load()
     except _ForeignGlobal as exc:
         raise DatasetError(
-            _printable(
+            printable(
                 f"{path}: not a genuine CIFAR-10 batch: it asks to load {exc}, which CIFAR "
                 f"batches never do (a tampered or foreign file; nothing was run){_REFETCH}"
             )
         ) from None
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad file
         raise DatasetError(
-            _printable(f"{path}: not a CIFAR-10 python batch ({exc}); replace it")
+            printable(f"{path}: not a CIFAR-10 python batch ({exc}); replace it")
         ) from exc
     if not isinstance(batch, dict):
         raise DatasetError(f"{path}: not a CIFAR-10 python batch (no dict); replace it")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from valbench import __version__
-from valbench.errors import UsageError, ValbenchError
+from valbench.errors import UsageError, ValbenchError, printable
 from valbench.spec import CONFIG_KEYS
 
 __all__ = ["main", "build_parser", "EXIT_OK", "EXIT_CELLS_FAILED", "EXIT_USAGE", "EXIT_INTERRUPTED"]
@@ -263,7 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return commands[args.command](args)
     except ValbenchError as exc:
-        print(f"valbench: error: {exc}", file=sys.stderr)
+        print(f"valbench: error: {printable(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("valbench: interrupted", file=sys.stderr)

@@ -12,7 +12,17 @@ __all__ = [
     "BudgetExceeded",
     "ConformanceError",
     "CellTimeout",
+    "printable",
 ]
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters (newlines, terminal escapes) escaped: one safe line.
+
+    Messages quote paths, column names and labels from users' files; none reaches a terminal
+    raw.
+    """
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
 class ValbenchError(Exception):

@@ -123,7 +123,8 @@ def _check_data_file(path: str, spec: RunSpec) -> str:
     Runs before the run directory exists: a bad file is one line and exit 2, not a run whose
     every cell fails. The parse is cached, so cells in this process do not repeat it.
     """
-    from valbench.userdata import SUFFIXES, file_fingerprint, load_file_dataset, printable
+    from valbench.errors import printable
+    from valbench.userdata import SUFFIXES, file_fingerprint, load_file_dataset
 
     where = Path(path).expanduser()
     if where.is_dir():

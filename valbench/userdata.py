@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from valbench.data import pool_split_indices
-from valbench.errors import DatasetError, UsageError
+from valbench.errors import DatasetError, UsageError, printable
 from valbench.types import Dataset, DatasetSplits
 
 __all__ = [
@@ -40,11 +40,6 @@ _PARTS = ("train", "val", "test")
 _STANDARDIZE_LIMIT = 1e150
 #: Without standardisation features reach the models as float32.
 _FLOAT32_LIMIT = float(np.finfo(np.float32).max)
-
-
-def printable(text: str) -> str:
-    """``text`` with control characters (newlines, terminal escapes) escaped: one safe line."""
-    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
 def _fail(path: Path, what: str) -> DatasetError:
