@@ -5,9 +5,13 @@ Run with ``pytest tests/benchmarks --benchmark-enable``; by default each runs on
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
+from reference_size import reference_size
 
 from valbench.runner import execute
 from valbench.spec import RunSpec
@@ -43,3 +47,55 @@ def test_per_cell_overhead(benchmark, tmp_path: Path, backend: str) -> None:
     benchmark.pedantic(run, rounds=2 if benchmark.enabled else 1, iterations=1)
     if benchmark.enabled and benchmark.stats:
         benchmark.extra_info["seconds_per_cell"] = benchmark.stats.stats.mean / 20
+
+
+#: A default-size run of real methods: what isolating every cell in a worker process costs
+#: against running the cells inside the driver.
+_OVERHEAD_RUN = [
+    "--methods",
+    "random,loo,knn-shapley,data-oob,influence,el2n,tmc-shapley",
+    "--datasets",
+    "synthetic,breast_cancer",
+    "--seeds",
+    "2",
+    "--no-progress",
+]
+
+
+@pytest.mark.slow
+def test_default_run_overhead_against_serial(benchmark, tmp_path: Path) -> None:
+    """Wall seconds of the same run, serial in the driver and in the default worker process,
+    each from a fresh interpreter as a user would start it; ``extra_info`` has the ratio."""
+    reference_size(benchmark)
+    walls: dict[str, float] = {}
+
+    def run() -> None:
+        for backend in ("serial", "auto"):
+            out = tmp_path / f"{backend}-{len(walls)}"
+            started = time.perf_counter()
+            done = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "valbench",
+                    "run",
+                    *_OVERHEAD_RUN,
+                    "--out",
+                    str(out),
+                    "--backend",
+                    backend,
+                ],
+                capture_output=True,
+                text=True,
+            )
+            walls[backend] = time.perf_counter() - started
+            assert done.returncode == 0, done.stderr
+
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    benchmark.extra_info.update(
+        serial_s=walls["serial"], default_s=walls["auto"], ratio=walls["auto"] / walls["serial"]
+    )
+    print(
+        f"serial {walls['serial']:.1f} s, default {walls['auto']:.1f} s, "
+        f"overhead {100 * (walls['auto'] / walls['serial'] - 1):+.1f} %"
+    )
