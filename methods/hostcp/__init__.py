@@ -11,14 +11,16 @@ program (:mod:`.layers`):
 - ``hostcp-ds3``: DS3's representative-count budget ``Σ_j max_i Zn_ij ≤ k``, so near-duplicates
   compete for one representative.
 
-Decisions (REFERENCE.md): one run per requested fraction (a fraction is an input of the program),
-each run is one θ training and counts one model fit; with fewer fits than fractions, the first
-fractions are run and the others are left to the harness's ranking by ``scores``. The native
-selection at ``f`` is the last epoch's selected points (``⌊f·n⌋`` of them over an epoch), filled
-up to the harness's ``ceil(f·n)`` by that run's scores. ``scores`` = mean over runs of (last-epoch
-selection weight + selection weight averaged over epochs). θ's step is a selection-weighted
-*mean* with SGD (η = 0.1; the original's η = 1e-3 on a sum barely trains at these sizes); φ is
-trained on the validation split only; per-sample gradients are exact (``torch.func``).
+Decisions, each a departure from the paper and its code or a choice they leave open (all
+listed in docs/methods.md, "hostcp"): one run per requested fraction (a fraction is an input
+of the program), each run is one θ training and counts one model fit; with fewer fits than
+fractions, the first fractions are run and the others are left to the harness's ranking by
+``scores``. The native selection at ``f`` is the last epoch's selected points (``⌊f·n⌋`` of
+them over an epoch), filled up to the harness's ``ceil(f·n)`` by that run's scores. ``scores``
+= mean over runs of (last-epoch selection weight + selection weight averaged over epochs).
+θ's step is a selection-weighted *mean* with SGD (η = 0.1; the original's η = 1e-3 on a sum
+barely trains at these sizes); φ is trained on the validation split only; per-sample
+gradients are exact (``torch.func``).
 """
 
 from __future__ import annotations
