@@ -52,16 +52,18 @@ class DataOOB(Method):
     ``warm_start`` is on.
 
     Args:
-        n_estimators: Bootstrap models B (fewer when ``budget.max_fits`` is smaller).
+        n_estimators: Bootstrap models B (default 200, >= 1; fewer when ``budget.max_fits``
+            is smaller).
         weighting: ``"counts"``: each model weights a point by how often its bootstrap drew it
-            (the paper's bootstrap; see :func:`weighted_fit` for the cost); ``"unique"``: each
+            (the paper's bootstrap; the default; see :func:`weighted_fit`); ``"unique"``: each
             model trains on the distinct drawn points with equal weight (subbagging, ~63 % of
             the points; cheaper, an approximation).
-        batch_size: Models trained per batched fit.
-        warm_start: Start every bootstrap model from the full-data model (trained once), so
-            ``epochs`` can be small: logreg is convex and each bootstrap optimum lies near it.
-        epochs: Optimisation steps per bootstrap model (None: the task's model spec; with
-            ``warm_start`` None means a third of it).
+        batch_size: Models trained per batched fit (default 200, >= 1).
+        warm_start: Start every bootstrap model from the full-data model (trained once, one
+            more fit), so ``epochs`` can be small: logreg is convex and each bootstrap optimum
+            lies near it (default False).
+        epochs: Optimisation steps per bootstrap model (default None: the task's model spec;
+            with ``warm_start`` None means a third of it; else >= 0).
     """
 
     name = "data-oob"

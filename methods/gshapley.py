@@ -97,12 +97,13 @@ class GShapley(Method):
     (checked between batches of permutations).
 
     Args:
-        lr: SGD learning rate, fixed for all steps (chosen once, not per point).
-        l2: L2 penalty on the weights in each SGD step.
-        metric: Validation score whose change is the marginal: ``"accuracy"`` (the paper) or
-            ``"log_likelihood"`` (mean log-probability of the true label; smoother).
-        max_permutations: Most permutations drawn.
-        batch_size: Permutations run together as one batch of models.
+        lr: SGD learning rate, fixed for all steps (chosen once, not per point; default
+            0.1, > 0).
+        l2: L2 penalty on the weights in each SGD step (default 0, >= 0).
+        metric: Validation score whose change is the marginal: ``"accuracy"`` (the paper,
+            default) or ``"log_likelihood"`` (mean log-probability of the true label; smoother).
+        max_permutations: Most permutations drawn (default 100, >= 1).
+        batch_size: Permutations run together as one batch of models (default 50, >= 1).
     """
 
     name = "g-shapley"

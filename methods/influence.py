@@ -67,6 +67,22 @@ class InfluenceFunction(Method):
     3000 parameters. ``layers="last"`` (default, common practice) restricts an MLP to its output
     layer on fixed hidden features; ``"all"`` takes every MLP parameter (slow: CG with
     self-influence costs n block solves). Logistic regression has one layer: both are the same.
+
+    Args:
+        solver: Inverse-Hessian solver: ``"auto"`` (default), ``"exact"``, ``"cg"`` or
+            ``"lissa"``.
+        damping: λ added to the Hessian's diagonal (default 1e-3, >= 0).
+        layers: ``"last"`` (default: an MLP's output layer only) or ``"all"`` parameters.
+        refine: Finish the fit of a head with float64 Newton steps to a stationary point
+            (default True), where the influence approximation is derived.
+        self_influence: Also compute the self-influence ``detection_scores`` (default True).
+        maxiter: Most conjugate-gradient iterations per solve (default 200).
+        tol: CG stops at a residual below ``tol`` × the right-hand side's norm, LiSSA once
+            its update is below ``tol`` relative to the iterate (default 1e-8).
+        lissa_depth: Most LiSSA recursion steps (default 1000).
+        lissa_scale: LiSSA's σ, which must exceed the largest eigenvalue of H + λI (default
+            None: 1.2 × a power-iteration estimate of it).
+        chunk: Training or validation points whose gradients are held at once (default 1024).
     """
 
     name = "influence"

@@ -96,9 +96,9 @@ class KNNShapley(Method):
     """Closed-form KNN-Shapley, vectorised over validation points (chunked to bound memory).
 
     Args:
-        k: Number of neighbours of the KNN utility.
-        chunk_size: Validation points processed at once (None: as many as keep each chunk's
-            matrices to about 4M elements).
+        k: Number of neighbours of the KNN utility (default 5, integer >= 1).
+        chunk_size: Validation points processed at once (default None: as many as keep each
+            chunk's matrices to about 4M elements; else >= 1).
     """
 
     name = "knn-shapley"

@@ -17,6 +17,11 @@ class LeaveOneOut(Method):
     With a budget below ``n + 1`` fits, only the points of a seeded random order that the
     budget covers are retrained; the rest get the mean of those computed (so they sit in the
     middle of the ranking) and ``stats["complete"]`` is False.
+
+    Args:
+        warm_start: Start every fit from the full-data solution, trained once and counted as
+            one more fit (default False: every fit starts from the model's initialisation).
+        batch_size: Leave-one-out models trained per batched fit (default 64, >= 1).
     """
 
     name = "loo"

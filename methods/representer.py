@@ -71,6 +71,11 @@ class RepresenterPoints(Method):
     helps (it pushes validation logits towards their labels). ``detection_scores = −α_{i,y_i}``
     (= −|α_{i,y_i}|, Yeh et al.'s global importance, always ≥ 0): points with large weight on
     their own label are the poorly fitted ones, the most suspicious.
+
+    Args:
+        l2: L2 strength of the last-layer refit (default None: the evaluation model's; must
+            be > 0, the decomposition needs a regularised last layer).
+        chunk: Validation points whose kernel column block is held at once (default 1024).
     """
 
     name = "representer"

@@ -345,6 +345,9 @@ class ExactShapley(Method):
 
     Needs 2^n − 1 model fits, so it refuses more than ``max_train`` = 14 points (16,383 fits).
     With a budget below that it returns zeros and ``stats["complete"] = False``.
+
+    Args:
+        batch_size: Subsets handed to the utility engine per call (default 256, >= 1).
     """
 
     name = "exact-shapley"
@@ -389,6 +392,19 @@ class TMCShapley(Method):
     ``max_permutations`` or on convergence. ``warm_start`` starts each block of prefixes from
     the longest prefix of the block before (the utility engine's ``warm_start="nearest"``;
     it applies to evaluation models fitted to a tolerance, the default logreg).
+
+    Args:
+        max_permutations: Most permutations walked (default 1000, >= 1).
+        tolerance: Truncation tolerance, relative to |U(D)| (default 0.01, the paper's 1 %).
+        truncation_steps: A permutation is truncated once more than this many steps in a row
+            fall within ``tolerance`` of U(D) (default 5, as in the original code).
+        parallel: Permutations advanced together (default 16, >= 1).
+        lookahead: Prefixes per permutation evaluated per engine call (default 16, >= 1).
+        convergence_tol: Stop when the relative L1 change of the estimate over
+            ``convergence_window`` permutations falls below this (default 0.05).
+        convergence_window: Permutations between the two estimates compared (default 20).
+        warm_start: Start each block of prefixes from the previous block's longest prefix
+            (default True; used only with evaluation models fitted to a tolerance).
     """
 
     name = "tmc-shapley"
@@ -494,7 +510,15 @@ class Semivalue(Method):
 
 
 class BetaShapley(Semivalue):
-    """Beta(α, β) Shapley (Kwon & Zou 2022); α = β = 1 is the Shapley value."""
+    """Beta(α, β) Shapley (Kwon & Zou 2022); α = β = 1 is the Shapley value.
+
+    Args:
+        alpha: α of the Beta law over coalition sizes (default 16, > 0); α > β favours
+            small coalitions.
+        beta: β of the Beta law (default 1, > 0).
+        max_samples: Most random subsets drawn, one model fit each (default 2000, >= 1).
+        batch_size: Subsets drawn and fitted per batch (default 64, >= 1).
+    """
 
     name = "beta-shapley"
     summary = "Beta Shapley semivalue (default Beta(16, 1)), maximum-sample-reuse estimate."
@@ -517,7 +541,12 @@ class BetaShapley(Semivalue):
 
 
 class DataBanzhaf(Semivalue):
-    """Data Banzhaf (Wang & Jia 2023) with the maximum-sample-reuse estimator."""
+    """Data Banzhaf (Wang & Jia 2023) with the maximum-sample-reuse estimator.
+
+    Args:
+        max_samples: Most random subsets drawn, one model fit each (default 2000, >= 1).
+        batch_size: Subsets drawn and fitted per batch (default 64, >= 1).
+    """
 
     name = "banzhaf"
     summary = "Data Banzhaf: mean U with the point − mean U without it, over random halves."

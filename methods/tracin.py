@@ -90,6 +90,15 @@ class TracIn(Method):
     self-influence most suspicious). ``ℓ`` is the per-point cross-entropy (the L2 term is not a
     point's); checkpoints are spread evenly over ``epochs`` of minibatch SGD at constant ``lr``.
     ``layers="last"`` uses gradients of the output layer only (an MLP's; logreg has one layer).
+
+    Args:
+        epochs: Epochs of minibatch SGD (default 20, >= 1).
+        checkpoints: Checkpoints saved, spread evenly over the epochs, the last at the end
+            (default 5, >= 1; at most ``epochs``).
+        lr: Constant SGD step size η, also each checkpoint's weight (default 0.1, > 0).
+        batch_size: SGD minibatch size (default 32).
+        layers: ``"all"`` parameters (default) or ``"last"`` (an MLP's output layer only).
+        chunk: Training or validation points whose gradients are held at once (default 1024).
     """
 
     name = "tracin"

@@ -395,6 +395,16 @@ class GraNd(_TrainingDynamics):
 
     ``epochs=0`` (default) scores at initialisation, as the paper does; Kirsch (2023) found it
     beats random only later in training, so set ``epochs`` to score after t epochs.
+
+    Args:
+        runs: Independent training runs R averaged over (default 10, >= 1; fewer when the fit
+            budget is smaller).
+        epochs: Epochs trained before scoring (default 0: at initialisation; None: about
+            200 minibatch steps, 1-20 epochs; else >= 0).
+        lr: Adam step size (default 0.01, finite, > 0).
+        batch_size: Minibatch size (default 32, >= 1).
+        offset: Fraction of the hardest points moved to the bottom of ``scores``, the paper's
+            remedy under label noise (default 0, in [0, 1)).
     """
 
     name = "grand"
@@ -420,6 +430,16 @@ class EL2N(_TrainingDynamics):
 
     ``epochs=None`` trains about 200 minibatch steps (1–20 epochs): "early", as the paper's
     epoch 20 of 200, scaled to the dataset.
+
+    Args:
+        runs: Independent training runs R averaged over (default 10, >= 1; fewer when the fit
+            budget is smaller).
+        epochs: Epochs trained before scoring (default None: about 200 minibatch steps,
+            1-20 epochs; else >= 0).
+        lr: Adam step size (default 0.01, finite, > 0).
+        batch_size: Minibatch size (default 32, >= 1).
+        offset: Fraction of the hardest points moved to the bottom of ``scores``, the paper's
+            remedy under label noise (default 0, in [0, 1)).
     """
 
     name = "el2n"
@@ -434,6 +454,16 @@ class Forgetting(_TrainingDynamics):
 
     Never-learned points count as most forgettable (``epochs + 1``). ``epochs=None`` trains about
     1000 minibatch steps (10–50 epochs), so there are enough presentations to forget.
+
+    Args:
+        runs: Independent training runs R averaged over (default 10, >= 1; fewer when the fit
+            budget is smaller).
+        epochs: Epochs of training whose presentations are watched (default None: about
+            1000 minibatch steps, 10-50 epochs; else >= 0).
+        lr: Adam step size (default 0.01, finite, > 0).
+        batch_size: Minibatch size (default 32, >= 1).
+        offset: Fraction of the hardest points moved to the bottom of ``scores``, the paper's
+            remedy under label noise (default 0, in [0, 1)).
     """
 
     name = "forgetting"

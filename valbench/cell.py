@@ -1,4 +1,6 @@
-"""Runs one Cell: build its task, time the method, measure the result (DESIGN.md §1).
+"""Runs one Cell: build its task, time the method, measure the result.
+
+Where this sits in a run is described in docs/architecture.md, "Data flow".
 
 Everything here runs inside a worker (or the driver, for the serial backend); it returns a plain
 record and the scores, and never touches the run store.
@@ -263,7 +265,11 @@ class TestEvaluator:
 
 
 def measure(task: ValuationTask, valuation: Valuation, cell: Cell, spec: RunSpec) -> dict[str, Any]:
-    """All metrics of one cell (DESIGN.md §4), from the scores and the test split."""
+    """All metrics of one cell, from the scores and the test split.
+
+    The result is the ``metrics`` object of the cell's results line (docs/architecture.md,
+    "Results record").
+    """
     scores = valuation.scores
     fractions = list(spec.fractions)
     removal_fractions = [0.0, *fractions]

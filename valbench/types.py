@@ -1,4 +1,7 @@
-"""The public types every method and dataset plugin is written against (DESIGN.md §3)."""
+"""The public types every method and dataset plugin is written against.
+
+The contracts are described in docs/architecture.md, "Contracts".
+"""
 
 from __future__ import annotations
 

@@ -11,14 +11,16 @@ program (:mod:`.layers`):
 - ``hostcp-ds3``: DS3's representative-count budget ``Σ_j max_i Zn_ij ≤ k``, so near-duplicates
   compete for one representative.
 
-Decisions (REFERENCE.md): one run per requested fraction (a fraction is an input of the program),
-each run is one θ training and counts one model fit; with fewer fits than fractions, the first
-fractions are run and the others are left to the harness's ranking by ``scores``. The native
-selection at ``f`` is the last epoch's selected points (``⌊f·n⌋`` of them over an epoch), filled
-up to the harness's ``ceil(f·n)`` by that run's scores. ``scores`` = mean over runs of (last-epoch
-selection weight + selection weight averaged over epochs). θ's step is a selection-weighted
-*mean* with SGD (η = 0.1; the original's η = 1e-3 on a sum barely trains at these sizes); φ is
-trained on the validation split only; per-sample gradients are exact (``torch.func``).
+Decisions, each a departure from the paper and its code or a choice they leave open (all
+listed in docs/methods.md, "hostcp"): one run per requested fraction (a fraction is an input
+of the program), each run is one θ training and counts one model fit; with fewer fits than
+fractions, the first fractions are run and the others are left to the harness's ranking by
+``scores``. The native selection at ``f`` is the last epoch's selected points (``⌊f·n⌋`` of
+them over an epoch), filled up to the harness's ``ceil(f·n)`` by that run's scores. ``scores``
+= mean over runs of (last-epoch selection weight + selection weight averaged over epochs).
+θ's step is a selection-weighted *mean* with SGD (η = 0.1; the original's η = 1e-3 on a sum
+barely trains at these sizes); φ is trained on the validation split only; per-sample
+gradients are exact (``torch.func``).
 """
 
 from __future__ import annotations
@@ -165,17 +167,23 @@ class HostCP(_HostCPBase):
     """Faithful HOST-CP: the budgeted assignment LP as a cvxpylayers layer, gradient into φ.
 
     Args:
-        fractions: Selection fractions to run (one θ training each).
-        batch_size: Incoming points per mini-batch (B).
-        n_existing: Existing-set neighbours retrieved per batch (E).
-        epochs: Passes over the training set (the original: 5; 3 keeps a 250-point cell ~10 s).
-        lr: θ's SGD step size. lr_phi: φ's. weight_decay: λ for both.
-        threshold: ``r_j`` above which an incoming point counts as selected (original 0.9).
-        embed_dim: Width of φ's embedding (original 100).
+        fractions: Selection fractions to run, one θ training (one model fit) each
+            (default 0.05, 0.1, 0.2, 0.3, 0.5; each in (0, 1]).
+        batch_size: Incoming points per mini-batch, B (default 40, as the original).
+        n_existing: Existing-set neighbours retrieved per batch, E (default 40, as the original).
+        epochs: Passes over the training set (default 3; the original: 5; 3 keeps a 250-point
+            cell at about 10 s).
+        lr: θ's SGD step size on the selection-weighted mean loss (default 0.1; the original:
+            1e-3 on a sum).
+        lr_phi: φ's SGD step size (default 0.01).
+        weight_decay: Weight decay λ of θ and φ (default 5e-4, as the original).
+        threshold: ``r_j`` above which an incoming point counts as selected (default 0.9, as
+            the original).
+        embed_dim: Width of φ's embedding (default 100, as the original).
         solver: diffcp solve method, ``"ECOS"`` (default, the fastest here), ``"CLARABEL"``
             or ``"SCS"``.
-        learn_phi: False skips the look-ahead and φ's update (selections then equal the fast
-            path's).
+        learn_phi: Learn φ through the look-ahead step (default True); False skips the
+            look-ahead and φ's update (selections then equal the fast path's).
     """
 
     name = "hostcp"
@@ -216,7 +224,22 @@ class HostCP(_HostCPBase):
 
 
 class HostCPFast(_HostCPBase):
-    """HOST-CP with the LP's exact closed form and no gradient into φ (φ stays at its init)."""
+    """HOST-CP with the LP's exact closed form and no gradient into φ (φ stays at its init).
+
+    Args:
+        fractions: Selection fractions to run, one θ training (one model fit) each
+            (default 0.05, 0.1, 0.2, 0.3, 0.5; each in (0, 1]).
+        batch_size: Incoming points per mini-batch, B (default 40, as the original).
+        n_existing: Existing-set neighbours retrieved per batch, E (default 40, as the original).
+        epochs: Passes over the training set (default 3; the original: 5; 3 keeps a 250-point
+            cell at about 10 s).
+        lr: θ's SGD step size on the selection-weighted mean loss (default 0.1; the original:
+            1e-3 on a sum).
+        lr_phi: Not used by this variant, whose φ is not learned (default 0.01).
+        weight_decay: Weight decay λ of θ and φ (default 5e-4, as the original).
+        threshold: Not used by this variant, which selects the top ``k`` (default 0.9).
+        embed_dim: Width of φ's embedding (default 100, as the original).
+    """
 
     name = "hostcp-fast"
     summary = "HOST-CP, exact closed-form LP path: top-k incoming points far from the selected set."
@@ -231,6 +254,22 @@ class HostCPSmooth(_HostCPBase):
 
     The torch layer is exact and implicitly differentiated, so φ learns from an informative
     gradient; selected are the top-``k`` columns by ``r_j``.
+
+    Args:
+        fractions: Selection fractions to run, one θ training (one model fit) each
+            (default 0.05, 0.1, 0.2, 0.3, 0.5; each in (0, 1]).
+        batch_size: Incoming points per mini-batch, B (default 40, as the original).
+        n_existing: Existing-set neighbours retrieved per batch, E (default 40, as the original).
+        epochs: Passes over the training set (default 3; the original: 5; 3 keeps a 250-point
+            cell at about 10 s).
+        lr: θ's SGD step size on the selection-weighted mean loss (default 0.1; the original:
+            1e-3 on a sum).
+        lr_phi: φ's SGD step size (default 0.01).
+        weight_decay: Weight decay λ of θ and φ (default 5e-4, as the original).
+        threshold: Not used by this variant, which selects the top ``k`` (default 0.9).
+        embed_dim: Width of φ's embedding (default 100, as the original).
+        eps: Weight of the entropic term, relative to the batch's mean distance to the
+            nearest existing point (default 0.05, > 0; smaller is closer to the LP).
     """
 
     name = "hostcp-smooth"
@@ -269,7 +308,23 @@ class HostCPSmooth(_HostCPBase):
 
 
 class HostCPDS3(_HostCPBase):
-    """HOST-CP with DS3's representative-count budget (an LP, solved by HiGHS; φ not learned)."""
+    """HOST-CP with DS3's representative-count budget (an LP, solved by HiGHS; φ not learned).
+
+    Args:
+        fractions: Selection fractions to run, one θ training (one model fit) each
+            (default 0.05, 0.1, 0.2, 0.3, 0.5; each in (0, 1]).
+        batch_size: Incoming points per mini-batch, B (default 40, as the original).
+        n_existing: Existing-set neighbours retrieved per batch, E (default 40, as the original).
+        epochs: Passes over the training set (default 3; the original: 5; 3 keeps a 250-point
+            cell at about 10 s).
+        lr: θ's SGD step size on the selection-weighted mean loss (default 0.1; the original:
+            1e-3 on a sum).
+        lr_phi: Not used by this variant, whose φ is not learned (default 0.01).
+        weight_decay: Weight decay λ of θ and φ (default 5e-4, as the original).
+        threshold: Not used by this variant, which selects the representatives the program
+            opens (default 0.9).
+        embed_dim: Width of φ's embedding (default 100, as the original).
+    """
 
     name = "hostcp-ds3"
     summary = "HOST-CP with a DS3 representative budget: near-duplicates share one representative."
