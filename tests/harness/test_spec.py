@@ -42,6 +42,27 @@ def test_budget_parse_rejects(text: str) -> None:
         Budget.parse(text)
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("fits=1,fits=2", "gives fits twice"),
+        ("10,fits=2", "gives fits twice"),
+        ("60s,seconds=2", "gives seconds twice"),
+        ("0", "a budget of 0 fits"),
+        ("fits=0", "a budget of 0 fits"),
+        ("fits=0,seconds=5", "a budget of 0 fits"),
+        ("seconds=0", "a budget of 0 seconds"),
+        ("seconds=0.0", "a budget of 0 seconds"),
+        ("seconds=" + "9" * 400, "not a finite number"),
+        (0, "a budget of 0 fits"),
+        (True, "invalid budget"),
+    ],
+)
+def test_budget_parse_refuses_duplicates_zero_and_overflow(text: object, message: str) -> None:
+    with pytest.raises(UsageError, match=re.escape(message)):
+        Budget.parse(text)  # type: ignore[arg-type]
+
+
 def test_budget_accounting() -> None:
     budget = Budget(max_fits=10)
     assert budget.remaining_fits(4) == 6
