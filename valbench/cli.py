@@ -52,22 +52,27 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--root-seed", dest="root_seed", help="root seed from which every cell's seeds derive"
     )
-    run.add_argument("--fractions", help="subset fractions in (0, 1], comma-separated")
+    run.add_argument("--fractions", help="subset fractions in (0, 1), comma-separated")
     run.add_argument("--model", help="evaluation model: logreg or mlp")
     run.add_argument(
-        "--budget", help="per-method budget: '2000', 'fits=2000', '60s' or 'fits=2000,seconds=60'"
+        "--budget",
+        help="per-method budget (> 0): '2000', 'fits=2000', '60s' or 'fits=2000,seconds=60'",
     )
     run.add_argument(
         "--max-train", dest="max_train", help="cap on training points per dataset ('none' for all)"
     )
-    run.add_argument("--jobs", help="cells run in parallel worker processes (default 1)")
     run.add_argument(
-        "--timeout", help="seconds a cell may run before it is stopped and recorded as timeout"
+        "--jobs", help="cells run in parallel worker processes (default 1, at most the CPUs)"
+    )
+    run.add_argument(
+        "--timeout",
+        help="seconds (up to 1e7) a cell may run before it is stopped and recorded as timeout",
     )
     run.add_argument(
         "--max-memory",
         dest="max_memory_mb",
-        help="MB of memory a cell may allocate; beyond it the cell fails with MemoryError",
+        help="MB of memory (64 to 2^30) a cell may allocate; beyond it the cell fails with "
+        "MemoryError",
     )
     run.add_argument("--noise-model", dest="noise_model", help="uniform (default) or pair flips")
     run.add_argument(

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import math
+import os
 import re
 from pathlib import Path
 
@@ -106,8 +108,14 @@ def test_config_hash_ignores_execution_only_fields() -> None:
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"fractions": (0.0,)}, "outside (0, 1]"),
-        ({"fractions": (1.5,)}, "outside (0, 1]"),
+        ({"fractions": (0.0,)}, "outside (0, 1)"),
+        ({"fractions": (1.5,)}, "outside (0, 1)"),
+        # Removing 100% of the training set leaves nothing to train on: the removal curve
+        # is undefined at 1, so every cell would fail.
+        ({"fractions": (1.0,)}, "fraction 1 is outside (0, 1)"),
+        ({"fractions": (float("nan"),)}, "outside (0, 1)"),
+        ({"fractions": (True,)}, "fractions must be numbers, not true/false"),
+        ({"noise": (False,)}, "noise must be numbers, not true/false"),
         ({"noise": (1.0,)}, "outside [0, 1)"),
         ({"noise": (-0.1,)}, "outside [0, 1)"),
         ({"seeds": 0}, ">= 1"),
@@ -115,6 +123,21 @@ def test_config_hash_ignores_execution_only_fields() -> None:
         ({"datasets": ()}, "no datasets"),
         ({"jobs": 0}, "--jobs"),
         ({"timeout": -1.0}, "--timeout"),
+        ({"timeout": math.inf}, "--timeout must be a finite number of seconds <= 1e+07"),
+        ({"timeout": math.nan}, "--timeout must be a finite number of seconds <= 1e+07"),
+        ({"timeout": 1e300}, "--timeout must be a finite number of seconds <= 1e+07"),
+        ({"timeout": True}, "--timeout must be a number, not true/false"),
+        ({"max_memory_mb": 1.0}, "--max-memory must be at least 64 MB"),
+        ({"max_memory_mb": 63.9}, "--max-memory must be at least 64 MB"),
+        ({"max_memory_mb": math.inf}, "--max-memory must be a finite number of MB <= 1073741824"),
+        ({"max_memory_mb": 1e300}, "--max-memory must be a finite number of MB <= 1073741824"),
+        ({"max_memory_mb": math.nan}, "--max-memory must be a finite number of MB"),
+        ({"max_memory_mb": True}, "--max-memory must be a number, not true/false"),
+        ({"imbalance": math.inf}, "--imbalance is a max/min class-size ratio >= 1"),
+        ({"imbalance": 0.0}, "--imbalance is a max/min class-size ratio >= 1"),
+        ({"imbalance": True}, "--imbalance must be a number, not true/false"),
+        ({"seeds": True}, "seeds must be a whole number, not true/false"),
+        ({"jobs": True}, "jobs must be a whole number, not true/false"),
         ({"budget": "x"}, "invalid budget"),
         ({"methods": ("a b",)}, "letters, digits"),
     ],
@@ -139,11 +162,40 @@ def test_build_spec_precedence() -> None:
         ({"seeds": "two"}, "whole number"),
         ({"noise": "a,b"}, "numbers"),
         ({"methods": 3}, "list of names"),
+        # TOML booleans are not numbers (float(True) would be a 1 s timeout).
+        ({"timeout": True}, "timeout must be a number, got True"),
+        ({"max_memory_mb": True}, "max_memory_mb must be a number, got True"),
+        ({"imbalance": False}, "imbalance must be a number, got False"),
+        ({"noise": True}, "noise must be a list of numbers"),
+        ({"fractions": [0.1, True]}, "fractions must be a list of numbers"),
+        ({"seeds": True}, "seeds must be a whole number"),
+        ({"max_train": False}, "max_train must be a whole number"),
+        ({"timeout": "soon"}, "timeout must be a number, got 'soon'"),
+        ({"max_memory_mb": "lots"}, "max_memory_mb must be a number, got 'lots'"),
+        # 0 is not "unset": it used to become the default ratio 1 silently.
+        ({"imbalance": "0"}, "--imbalance is a max/min class-size ratio >= 1, got 0"),
+        ({"imbalance": 0}, "--imbalance is a max/min class-size ratio >= 1, got 0"),
+        ({"timeout": "inf"}, "--timeout must be a finite number"),
+        ({"max_memory_mb": "1e300"}, "--max-memory must be a finite number"),
     ],
 )
 def test_build_spec_rejects_bad_types(overrides: dict, message: str) -> None:
     with pytest.raises(UsageError, match=message):
         build_spec(None, {}, {"methods": "all", **overrides})
+
+
+def test_build_spec_jobs_capped_at_cpu_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("os.cpu_count", lambda: 4)
+    assert build_spec(None, {}, {"methods": "all", "jobs": "4"}).jobs == 4
+    with pytest.raises(UsageError, match=re.escape("--jobs 5 is more than the 4 CPUs")):
+        build_spec(None, {}, {"methods": "all", "jobs": "5"})
+    with pytest.raises(UsageError, match=re.escape("--jobs 9 is more than the 4 CPUs")):
+        build_spec(None, {"jobs": 9}, {"methods": "all"})
+
+
+def test_build_spec_imbalance_none_is_the_default() -> None:
+    assert build_spec(None, {}, {"methods": "all", "imbalance": "none"}).imbalance == 1.0
+    assert build_spec(None, {}, {"methods": "all", "imbalance": "2.5"}).imbalance == 2.5
 
 
 def test_build_spec_unknown_preset() -> None:
