@@ -233,6 +233,40 @@ def test_config_file(tmp_path: Path) -> None:
         load_config_file(path)
 
 
+def test_config_file_that_cannot_be_read(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="is a directory, not a TOML file"):
+        load_config_file(tmp_path)
+    latin1 = tmp_path / "latin1.toml"
+    latin1.write_bytes('methods = ["caf\xe9"]\n'.encode("latin-1"))
+    with pytest.raises(ConfigError, match="is not UTF-8 text"):
+        load_config_file(latin1)
+    big = tmp_path / "big.toml"
+    big.write_text("# " + "x" * (2 * 2**20) + "\n")
+    with pytest.raises(ConfigError, match="is larger than 1 MB"):
+        load_config_file(big)
+    for bad in (latin1, big):
+        with pytest.raises(ConfigError) as info:
+            load_config_file(bad)
+        assert "\n" not in str(info.value)
+
+
+def test_config_file_without_read_permission(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "secret.toml"
+    path.write_text("seeds = 2\n")
+    if hasattr(os, "geteuid") and os.geteuid() == 0:  # root reads any file: pretend
+        denied = PermissionError(13, "Permission denied", str(path))
+        monkeypatch.setattr(Path, "open", lambda *a, **k: (_ for _ in ()).throw(denied))
+    else:
+        path.chmod(0)
+    try:
+        with pytest.raises(ConfigError, match="cannot read config file .*: Permission denied$"):
+            load_config_file(path)
+    finally:
+        path.chmod(0o600)
+
+
 def test_numpy_seed_sequence_used_not_global_state() -> None:
     np.random.seed(1)
     before = np.random.random()
