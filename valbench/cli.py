@@ -84,7 +84,6 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--data-dir",
         dest="data_dir",
-        type=Path,
         help="where datasets are cached/downloaded (default: $VALBENCH_DATA or ~/.cache/valbench)",
     )
     run.add_argument(
@@ -100,9 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ADDRESS",
         help="Ray cluster of --backend ray, e.g. ray://host:10001 (default: start a local one)",
     )
-    run.add_argument(
-        "--out", type=Path, help="run directory (default: reports/<preset>-<config hash>)"
-    )
+    run.add_argument("--out", help="run directory (default: reports/<preset>-<config hash>)")
     run.add_argument(
         "--config", type=Path, help="TOML file with any of these options and [params.METHOD] tables"
     )
@@ -145,13 +142,24 @@ def build_parser() -> argparse.ArgumentParser:
 _SPEC_FLAGS = tuple(sorted(CONFIG_KEYS - {"params", "preset", "out", "random_repeats", "data_dir"}))
 
 
+def _directory(flag: str, value: str | None) -> Path | None:
+    # Path("") is ".": an empty value (an unset shell variable) would write into the cwd.
+    if value is None:
+        return None
+    if not value.strip():
+        raise UsageError(f"{flag} is empty; name a directory or leave the flag out")
+    return Path(value)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from valbench.cache import set_data_dir
     from valbench.runner import execute
     from valbench.spec import build_spec, load_config_file, parse_param_assignments
 
+    out_flag = _directory("--out", args.out)
+    data_dir_flag = _directory("--data-dir", args.data_dir)
     config = load_config_file(args.config) if args.config else {}
-    data_dir = args.data_dir or config.get("data_dir")
+    data_dir = data_dir_flag or config.get("data_dir")
     if data_dir:
         set_data_dir(data_dir)
     overrides: dict[str, Any] = {
@@ -162,7 +170,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if (args.scheduler and args.backend != "dask") or (args.address and args.backend != "ray"):
         raise UsageError("--scheduler goes with --backend dask, --address with --backend ray")
     spec = build_spec(args.preset, config, overrides)
-    out = args.out if args.out is not None else (Path(config["out"]) if "out" in config else None)
+    out = out_flag if out_flag is not None else (Path(config["out"]) if "out" in config else None)
     command = " ".join(["valbench", *map(shlex.quote, sys.argv[1:])])
     summary = execute(
         spec,

@@ -433,6 +433,8 @@ def execute(
             f"--max-memory needs the process backend; with --backend {backend} set the "
             "workers' memory limit instead"
         )
+    if backend == "serial" and spec.max_memory_mb:  # before the run directory is made
+        raise UsageError("--max-memory needs worker processes; drop --backend serial")
     run_dir = Path(out) if out is not None else default_run_dir(spec)
     store = RunStore(run_dir)
     manifest = _open_run_dir(store, spec, overwrite, command)

@@ -353,6 +353,8 @@ def load_config_file(path: Path) -> dict[str, Any]:
     for key in ("out", "data_dir"):
         if key in data and not isinstance(data[key], str):
             raise ConfigError(f"config file {path}: {key} must be a path string, got {data[key]!r}")
+        if key in data and not data[key].strip():  # Path("") is the current directory
+            raise ConfigError(f"config file {path}: {key} is empty; name a directory or drop it")
     params = data.get("params", {})
     if not isinstance(params, dict) or not all(isinstance(v, dict) for v in params.values()):
         raise ConfigError(
