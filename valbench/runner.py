@@ -553,9 +553,13 @@ def execute(
             f"--max-memory needs the process backend; with --backend {backend} set the "
             "workers' memory limit instead"
         )
-    run_dir = Path(out) if out is not None else default_run_dir(spec)
-    if backend == "serial" and spec.max_memory_mb:
+    if backend == "serial" and spec.max_memory_mb:  # before the run directory is made
         raise UsageError("--max-memory needs worker processes; drop --backend serial")
+    if backend in ("dask", "ray"):
+        from valbench.distributed import check_backend
+
+        check_backend(backend, address)  # a missing extra, a bad or dead address
+    run_dir = Path(out) if out is not None else default_run_dir(spec)
     store = RunStore(run_dir)
     try:
         manifest = _open_run_dir(store, spec, overwrite, command)

@@ -70,11 +70,15 @@ class Budget:
 
     @classmethod
     def parse(cls, text: str | int | None) -> Budget:
-        """Read a budget: ``"2000"`` or ``"fits=2000"``, ``"60s"``, or ``"fits=500,seconds=30"``."""
+        """Read a budget: ``"2000"`` or ``"fits=2000"``, ``"60s"``, or ``"fits=500,seconds=30"``.
+
+        A limit of 0 is refused here (a method could do nothing with it), as is a limit given
+        twice; the constructor still takes ``max_fits=0`` for methods that are handed leftovers.
+        """
         if text is None or text == "" or text == "none":
             return cls()
-        if isinstance(text, int):
-            return cls(max_fits=text)
+        if isinstance(text, bool) or not isinstance(text, str | int):
+            raise UsageError(f"invalid budget {text!r}; use e.g. '2000' or 'fits=2000'")
         fits: int | None = None
         seconds: float | None = None
         for part in str(text).split(","):
@@ -82,9 +86,24 @@ class Budget:
             m_fits = re.fullmatch(r"(?:fits=)?(\d+)", part)
             m_sec = re.fullmatch(r"(?:seconds=)?(\d+(?:\.\d*)?)s?", part)
             if m_fits and not part.endswith("s"):
+                if fits is not None:
+                    raise UsageError(f"budget {text!r} gives fits twice; give each limit once")
                 fits = int(m_fits.group(1))
+                if fits == 0:
+                    raise UsageError(
+                        f"a budget of 0 fits ({text!r}) lets a method do nothing; give at least 1"
+                    )
             elif m_sec and (part.startswith("seconds=") or part.endswith("s")):
+                if seconds is not None:
+                    raise UsageError(f"budget {text!r} gives seconds twice; give each limit once")
                 seconds = float(m_sec.group(1))
+                if not math.isfinite(seconds):  # hundreds of digits read as inf
+                    raise UsageError(f"budget seconds in {text!r} is not a finite number")
+                if seconds == 0:
+                    raise UsageError(
+                        f"a budget of 0 seconds ({text!r}) lets a method do nothing; "
+                        "give more than 0"
+                    )
             else:
                 raise UsageError(
                     f"invalid budget {text!r}; use e.g. '2000' or 'fits=2000', '60s' or "
