@@ -230,8 +230,11 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _dataset_facts(cls: Any) -> str:
+    from collections.abc import Mapping
+
     info = getattr(cls, "info", {}) or {}
-    facts = [f"{k} {v}" for k, v in info.items()]
+    # A plugin's info is shown as it is when it is not the mapping it should be.
+    facts = [f"{k} {v}" for k, v in info.items()] if isinstance(info, Mapping) else [repr(info)]
     try:
         offline = "yes" if cls.available() else "no (needs files or a download)"
     except Exception as exc:  # a failing probe is shown, not raised

@@ -729,13 +729,19 @@ class _ProgressBar:
 
 
 def _render(run_dir: Path) -> Path | None:
+    from valbench.errors import ValbenchError, printable
     from valbench.report import render_report
 
     try:
         return render_report(run_dir)
-    except Exception:  # the results are safe on disk; a report bug must not hide them
-        log.exception("rendering the report failed; the results in %s are intact", run_dir)
+    except Exception as exc:  # the results are safe on disk; a report bug must not hide them
+        log.debug("rendering the report failed", exc_info=True)
+        reason = str(exc) if isinstance(exc, ValbenchError) else f"{type(exc).__name__}: {exc}"
         print(
-            f"warning: the report could not be rendered; results are in {run_dir}", file=sys.stderr
+            printable(
+                f"warning: the report could not be rendered ({reason}); the results are intact "
+                f"in {run_dir} (`valbench report {run_dir}` shows why)"
+            ),
+            file=sys.stderr,
         )
         return None
