@@ -7,7 +7,7 @@ import inspect
 import math
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Budget",
+    "BudgetMeter",
+    "RunContext",
     "FitCounter",
     "ModelFactory",
     "ValuationTask",
@@ -119,6 +121,50 @@ class FitCounter:
         self.count += int(n)
 
 
+class BudgetMeter:
+    """What a method may still spend: owns the clock and the fit counter of one method call.
+
+    The clock starts and the fits are counted from the moment the meter is made, so a method
+    never keeps its own ``started`` or subtracts the fits made before it was called.
+    """
+
+    def __init__(self, budget: Budget, counter: FitCounter) -> None:
+        self.budget = budget
+        self._counter = counter
+        self._fits0 = counter.count
+        self._started = time.perf_counter()
+
+    def fits_used(self) -> int:
+        """Model fits counted since the meter was made."""
+        return self._counter.count - self._fits0
+
+    def seconds_used(self) -> float:
+        """Wall seconds since the meter was made."""
+        return time.perf_counter() - self._started
+
+    def remaining_fits(self) -> float:
+        """Fits still allowed (``inf`` when unlimited, never negative)."""
+        if self.budget.max_fits is None:
+            return math.inf
+        return max(0, self.budget.max_fits - self.fits_used())
+
+    def remaining_seconds(self) -> float:
+        """Seconds still allowed (``inf`` when unlimited, never negative)."""
+        if self.budget.max_seconds is None:
+            return math.inf
+        return max(0.0, self.budget.max_seconds - self.seconds_used())
+
+    def exhausted(self) -> bool:
+        """True once the fits or the seconds are spent."""
+        return self.remaining_fits() <= 0 or self.remaining_seconds() <= 0
+
+    def __repr__(self) -> str:
+        return (
+            f"BudgetMeter({self.budget}, fits_used={self.fits_used()}, "
+            f"seconds_used={self.seconds_used():.3g})"
+        )
+
+
 class ModelFactory(Protocol):
     """Builds the evaluation/utility model for a task (see :mod:`valbench.models`)."""
 
@@ -192,6 +238,40 @@ class Valuation:
         self.selections = {
             float(k): np.asarray(v, dtype=np.int64) for k, v in self.selections.items()
         }
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What the harness hands a method besides the task.
+
+    ``rng`` is the method's only source of randomness; ``budget`` meters the fits and seconds
+    of this call; ``fractions`` are the run's subset fractions, ascending: a set-aware selector
+    computes its selections at exactly these; ``progress(done, total)`` reports inner progress.
+    """
+
+    rng: np.random.Generator
+    budget: BudgetMeter
+    fractions: tuple[float, ...]
+    progress: ProgressFn = no_progress
+
+    @classmethod
+    def for_task(
+        cls,
+        task: ValuationTask,
+        *,
+        seed: int = 0,
+        budget: Budget | None = None,
+        fractions: Sequence[float] = (0.05, 0.1, 0.2, 0.3, 0.5),
+        progress: ProgressFn = no_progress,
+    ) -> RunContext:
+        """A context for calling a method by hand (tests, notebooks): ``rng`` from ``seed``,
+        the meter on ``task.fit_counter`` (unlimited when ``budget`` is None)."""
+        return cls(
+            rng=np.random.default_rng(seed),
+            budget=BudgetMeter(budget or Budget(), task.fit_counter),
+            fractions=tuple(sorted(float(f) for f in fractions)),
+            progress=progress,
+        )
 
 
 class Method(abc.ABC):
