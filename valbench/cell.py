@@ -27,11 +27,13 @@ from valbench.registry import get_dataset, get_method, validate_params
 from valbench.spec import FILE_PREFIX, Cell, RunSpec
 from valbench.store import RESULTS_SCHEMA, to_jsonable
 from valbench.types import (
+    BudgetMeter,
     Dataset,
     DatasetSplits,
     FitCounter,
     ProgressFn,
     Relabel,
+    RunContext,
     Valuation,
     ValuationTask,
     no_progress,
@@ -387,9 +389,13 @@ def _run_cell(cell: Cell, spec: RunSpec, progress: ProgressFn) -> CellOutcome:
         counter: FitCounter = task.fit_counter
         wall0, cpu0 = time.perf_counter(), time.process_time()
         with PeakMemory() as mem:
-            raw = method.value(
-                task, rng=cell.method_rng(spec.root_seed), budget=spec.budget_obj, progress=progress
+            ctx = RunContext(
+                rng=cell.method_rng(spec.root_seed),
+                budget=BudgetMeter(spec.budget_obj, counter),
+                fractions=tuple(sorted(spec.fractions)),
+                progress=progress,
             )
+            raw = method.value(task, ctx)
         wall = time.perf_counter() - wall0
         cost = {
             "wall_s": wall,

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from valbench.errors import ConformanceError
-from valbench.types import Budget, FitCounter, Method, Valuation, ValuationTask
+from valbench.types import Budget, FitCounter, Method, RunContext, Valuation, ValuationTask
 
 __all__ = ["check_method", "make_check_task", "FORBIDDEN_FIELDS"]
 
@@ -74,7 +74,7 @@ def make_check_task(
 
 
 def _run(method: Method, task: ValuationTask, budget: Budget, seed: int = 0) -> Valuation:
-    out = method.value(task, rng=np.random.default_rng(seed), budget=budget)
+    out = method.value(task, RunContext.for_task(task, seed=seed, budget=budget))
     if not isinstance(out, Valuation):
         raise ConformanceError(f"value() returned {type(out).__name__}, not a valbench.Valuation")
     return out

@@ -308,15 +308,8 @@ class Method(abc.ABC):
         return {k: getattr(self, k, default) for k, default in self._param_names().items()}
 
     @abc.abstractmethod
-    def value(
-        self,
-        task: ValuationTask,
-        *,
-        rng: np.random.Generator,
-        budget: Budget,
-        progress: ProgressFn = no_progress,
-    ) -> Valuation:
-        """Score every training point of ``task`` within ``budget``."""
+    def value(self, task: ValuationTask, ctx: RunContext) -> Valuation:
+        """Score every training point of ``task`` within ``ctx.budget``, drawing on ``ctx.rng``."""
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
