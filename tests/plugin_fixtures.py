@@ -148,6 +148,24 @@ class CountsThreads(_Base):
                 "pool_threads": max((p["num_threads"] for p in pools), default=1),
             },
         )
+
+
+class OffFraction(_Base):
+    name = "off-fraction"
+
+    def value(self, task, ctx):
+        # A selection at a fraction the run never asked for.
+        return Valuation(scores=ctx.rng.random(task.n_train), selections={0.42: np.arange(3)})
+
+
+class WrongSize(_Base):
+    name = "wrong-size"
+
+    def value(self, task, ctx):
+        # One index short of the size the harness gives the top of the ranking.
+        f = ctx.fractions[0]
+        size = max(1, int(np.ceil(f * task.n_train - 1e-9))) - 1
+        return Valuation(scores=ctx.rng.random(task.n_train), selections={f: np.arange(size)})
 """
 
 ENTRY_POINTS = {
@@ -166,6 +184,8 @@ ENTRY_POINTS = {
     "small-only": "Small",
     "detects": "Detects",
     "counts-threads": "CountsThreads",
+    "off-fraction": "OffFraction",
+    "wrong-size": "WrongSize",
 }
 
 

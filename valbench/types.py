@@ -220,7 +220,10 @@ class Valuation:
     """What a method returns: one score per training point (higher = more valuable).
 
     ``selections`` holds native subset choices of set-aware selectors, keyed by fraction; the
-    harness uses them instead of ranking by ``scores`` for those fractions.
+    harness uses them instead of ranking by ``scores`` for those fractions. Keys must be
+    fractions of ``RunContext.fractions``, and the selection at ``f`` must hold
+    ``metrics.subset_size(n, f)`` = ``max(1, ceil(f * n))`` distinct training indices (the size
+    the harness gives the top-``f`` of ``scores``), so both compete at the same size.
     ``detection_scores`` is an optional second score for mislabel detection, in the same
     direction (lowest = most suspicious), for methods whose documented practice ranks noise by
     another quantity (e.g. self-influence); the harness uses ``scores`` when it is None.
@@ -288,6 +291,9 @@ class Method(abc.ABC):
     #: Largest training set the method accepts (e.g. exact enumeration); the harness records
     #: larger cells as ``skipped`` instead of running them. None = no limit.
     max_train: ClassVar[int | None] = None
+    #: True for set-aware selectors, which return ``Valuation.selections`` at every fraction of
+    #: ``ctx.fractions`` they can serve; the harness records any they did not serve.
+    selects_subsets: ClassVar[bool] = False
 
     def __init__(self, **params: Any) -> None:
         valid = self._param_names()

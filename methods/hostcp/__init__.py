@@ -41,6 +41,7 @@ class _HostCPBase(Method):
     """Shared parameters and the per-fraction driver; subclasses fix the program (``mode``)."""
 
     family = "subset-selection"
+    selects_subsets = True
     mode: ClassVar[str] = "lp"
 
     def __init__(
