@@ -25,16 +25,14 @@ gradients are exact (``torch.func``).
 
 from __future__ import annotations
 
-import time
-from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from valbench import Budget, Method, ProgressFn, Valuation, ValuationTask, no_progress
-from valbench.metrics import DEFAULT_FRACTIONS, subset_size
+from valbench import Method, RunContext, Valuation, ValuationTask
+from valbench.metrics import subset_size
 
 from .loop import LoopConfig, RunResult, run_online
 
@@ -45,12 +43,12 @@ class _HostCPBase(Method):
     """Shared parameters and the per-fraction driver; subclasses fix the program (``mode``)."""
 
     family = "subset-selection"
+    selects_subsets = True
     mode: ClassVar[str] = "lp"
 
     def __init__(
         self,
         *,
-        fractions: Sequence[float] = DEFAULT_FRACTIONS,
         batch_size: int = 40,
         n_existing: int = 40,
         epochs: int = 3,
@@ -60,7 +58,6 @@ class _HostCPBase(Method):
         threshold: float = 0.9,
         embed_dim: int = 100,
     ) -> None:
-        self.fractions = fractions
         self.batch_size = batch_size
         self.n_existing = n_existing
         self.epochs = epochs
@@ -89,13 +86,12 @@ class _HostCPBase(Method):
         fractions: list[float],
         cfg: LoopConfig,
         seeds: list[np.random.Generator],
-        budget: Budget,
-        started: float,
+        ctx: RunContext,
         runs: dict[float, RunResult],
-        progress: ProgressFn,
     ) -> None:
+        meter = ctx.budget
         for i, f in enumerate(fractions):
-            if runs and budget.exhausted(task.fit_counter.count, started):
+            if runs and meter.exhausted():
                 break
             runs[f] = run_online(
                 task,
@@ -103,33 +99,24 @@ class _HostCPBase(Method):
                 cfg,
                 seeds[i],
                 # Within a run only the seconds can run out (its one fit is already counted).
-                deadline=lambda: Budget(max_seconds=budget.max_seconds).exhausted(0, started),
+                deadline=lambda: meter.remaining_seconds() <= 0,
             )
-            progress(i + 1, len(fractions))
+            ctx.progress(i + 1, len(fractions))
 
-    def value(
-        self,
-        task: ValuationTask,
-        *,
-        rng: np.random.Generator,
-        budget: Budget,
-        progress: ProgressFn = no_progress,
-    ) -> Valuation:
-        started = time.perf_counter()
+    def value(self, task: ValuationTask, ctx: RunContext) -> Valuation:
         cfg = self._config()
         n = task.n_train
-        fractions = [float(f) for f in self.fractions]
-        used0 = task.fit_counter.count
-        affordable = int(min(len(fractions), budget.remaining_fits(used0)))
+        fractions = [float(f) for f in ctx.fractions]
+        affordable = int(min(len(fractions), ctx.budget.remaining_fits()))
         runs: dict[float, RunResult] = {}
         # One child stream per fraction, so a fraction's run does not depend on the others'.
-        seeds = rng.spawn(len(fractions))
+        seeds = ctx.rng.spawn(len(fractions))
         # The per-batch tensors are tiny: torch's intra-op threads only spin (measured 5-20x
         # slower wall time on 2 shared cores), so run single-threaded and restore afterwards.
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            self._run_all(task, fractions[:affordable], cfg, seeds, budget, started, runs, progress)
+            self._run_all(task, fractions[:affordable], cfg, seeds, ctx, runs)
         finally:
             torch.set_num_threads(threads)
         if not runs:
@@ -167,8 +154,6 @@ class HostCP(_HostCPBase):
     """Faithful HOST-CP: the budgeted assignment LP as a cvxpylayers layer, gradient into φ.
 
     Args:
-        fractions: Selection fractions to run, one θ training (one model fit) each
-            (default 0.05, 0.1, 0.2, 0.3, 0.5; each in (0, 1]).
         batch_size: Incoming points per mini-batch, B (default 40, as the original).
         n_existing: Existing-set neighbours retrieved per batch, E (default 40, as the original).
         epochs: Passes over the training set (default 3; the original: 5; 3 keeps a 250-point
@@ -193,7 +178,6 @@ class HostCP(_HostCPBase):
     def __init__(
         self,
         *,
-        fractions: Sequence[float] = DEFAULT_FRACTIONS,
         batch_size: int = 40,
         n_existing: int = 40,
         epochs: int = 3,
@@ -206,7 +190,6 @@ class HostCP(_HostCPBase):
         learn_phi: bool = True,
     ) -> None:
         super().__init__(
-            fractions=fractions,
             batch_size=batch_size,
             n_existing=n_existing,
             epochs=epochs,
@@ -227,8 +210,6 @@ class HostCPFast(_HostCPBase):
     """HOST-CP with the LP's exact closed form and no gradient into φ (φ stays at its init).
 
     Args:
-        fractions: Selection fractions to run, one θ training (one model fit) each
-            (default 0.05, 0.1, 0.2, 0.3, 0.5; each in (0, 1]).
         batch_size: Incoming points per mini-batch, B (default 40, as the original).
         n_existing: Existing-set neighbours retrieved per batch, E (default 40, as the original).
         epochs: Passes over the training set (default 3; the original: 5; 3 keeps a 250-point
@@ -256,8 +237,6 @@ class HostCPSmooth(_HostCPBase):
     gradient; selected are the top-``k`` columns by ``r_j``.
 
     Args:
-        fractions: Selection fractions to run, one θ training (one model fit) each
-            (default 0.05, 0.1, 0.2, 0.3, 0.5; each in (0, 1]).
         batch_size: Incoming points per mini-batch, B (default 40, as the original).
         n_existing: Existing-set neighbours retrieved per batch, E (default 40, as the original).
         epochs: Passes over the training set (default 3; the original: 5; 3 keeps a 250-point
@@ -279,7 +258,6 @@ class HostCPSmooth(_HostCPBase):
     def __init__(
         self,
         *,
-        fractions: Sequence[float] = DEFAULT_FRACTIONS,
         batch_size: int = 40,
         n_existing: int = 40,
         epochs: int = 3,
@@ -291,7 +269,6 @@ class HostCPSmooth(_HostCPBase):
         eps: float = 0.05,
     ) -> None:
         super().__init__(
-            fractions=fractions,
             batch_size=batch_size,
             n_existing=n_existing,
             epochs=epochs,
@@ -311,8 +288,6 @@ class HostCPDS3(_HostCPBase):
     """HOST-CP with DS3's representative-count budget (an LP, solved by HiGHS; φ not learned).
 
     Args:
-        fractions: Selection fractions to run, one θ training (one model fit) each
-            (default 0.05, 0.1, 0.2, 0.3, 0.5; each in (0, 1]).
         batch_size: Incoming points per mini-batch, B (default 40, as the original).
         n_existing: Existing-set neighbours retrieved per batch, E (default 40, as the original).
         epochs: Passes over the training set (default 3; the original: 5; 3 keeps a 250-point
