@@ -9,7 +9,6 @@ record and the scores, and never touches the run store.
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 import traceback
@@ -34,6 +33,7 @@ from valbench.types import (
     Dataset,
     DatasetSplits,
     FitCounter,
+    InvalidValuation,
     ProgressFn,
     Relabel,
     RunContext,
@@ -48,7 +48,6 @@ __all__ = [
     "run_cell",
     "failure_record",
     "TestEvaluator",
-    "selection_problem",
 ]
 
 log = logging.getLogger(__name__)
@@ -330,58 +329,13 @@ def measure(task: ValuationTask, valuation: Valuation, cell: Cell, spec: RunSpec
     return result
 
 
-def selection_problem(
-    fraction: float, idx: np.ndarray, fractions: Sequence[float], n: int
-) -> str | None:
-    """Why ``idx`` is not a valid selection at ``fraction`` of a run asking for ``fractions``
-    on ``n`` training points, or None: the fraction must be one the run asked for, and the
-    selection ``metrics.subset_size(n, fraction)`` distinct indices in ``[0, n)``, the size the
-    ranking by scores gets, so both compete at the same size."""
-    if _requested(fraction, fractions) is None:
-        asked = ", ".join(f"{f:g}" for f in fractions)
-        return f"a selection at fraction {fraction:g}, which the run did not ask for ({asked})"
-    if idx.ndim != 1 or (idx.size and (idx.min() < 0 or idx.max() >= n)):
-        return f"the selection at {fraction:g} holds indices outside [0, {n})"
-    size = metrics.subset_size(n, fraction)
-    if idx.size != size or np.unique(idx).size != idx.size:
-        return (
-            f"the selection at {fraction:g} holds {idx.size} indices ({np.unique(idx).size} "
-            f"distinct); at {fraction:g} of {n} points it must hold {size} distinct ones"
-        )
-    return None
-
-
-def _requested(fraction: float, fractions: Sequence[float]) -> float | None:
-    """The requested fraction ``fraction`` stands for (float noise absorbed), or None."""
-    for f in fractions:
-        if math.isclose(float(fraction), float(f), rel_tol=0.0, abs_tol=1e-9):
-            return float(f)
-    return None
-
-
 def _check_valuation(valuation: Any, n: int, method: str, fractions: Sequence[float]) -> Valuation:
     if not isinstance(valuation, Valuation):
         raise TypeError(f"method {method!r} returned {type(valuation).__name__}, not a Valuation")
-    if valuation.scores.shape != (n,):
-        raise ValueError(
-            f"method {method!r} returned {valuation.scores.shape} scores for {n} training points"
-        )
-    if not np.all(np.isfinite(valuation.scores)):
-        raise ValueError(f"method {method!r} returned non-finite scores")
-    detection = valuation.detection_scores
-    if detection is not None and (detection.shape != (n,) or not np.all(np.isfinite(detection))):
-        raise ValueError(f"method {method!r} returned invalid detection scores")
-    selections: dict[float, np.ndarray] = {}
-    for fraction, idx in valuation.selections.items():
-        problem = selection_problem(fraction, idx, fractions, n)
-        if problem is not None:
-            raise ValueError(f"method {method!r}: {problem}")
-        requested = _requested(fraction, fractions)
-        assert requested is not None  # selection_problem refused it otherwise
-        selections[requested] = idx
-    # Keyed by the requested fractions themselves, so the record's look-ups match exactly.
-    valuation.selections = selections
-    return valuation
+    try:
+        return valuation.validate(n, fractions)
+    except InvalidValuation as exc:
+        raise InvalidValuation(f"method {method!r} returned an invalid result: {exc}") from None
 
 
 def _base_record(cell: Cell, params: dict[str, Any]) -> dict[str, Any]:
@@ -479,6 +433,9 @@ def _run_cell(cell: Cell, spec: RunSpec, progress: ProgressFn) -> CellOutcome:
     record = {
         **_base_record(cell, {k: to_jsonable(v) for k, v in params.items()}),
         "status": "ok",
+        # False for an estimate its method could not finish: a partial result, never to be
+        # read as the real one.
+        "complete": valuation.complete,
         "error": None,
         "cost": cost,
         "metrics": measured,

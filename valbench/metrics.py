@@ -18,6 +18,7 @@ import numpy as np
 from scipy import stats
 
 from valbench.errors import UsageError
+from valbench.types import subset_size as contract_subset_size
 
 __all__ = [
     "DEFAULT_FRACTIONS",
@@ -136,8 +137,7 @@ def subset_size(n: int, fraction: float) -> int:
     """Number of points in a ``fraction`` subset of ``n``: ``ceil(fraction * n)``, at least 1."""
     if int(n) != n or n < 1:
         raise MetricInputError(f"n must be a positive integer, got {n!r}")
-    f = _check_fraction(fraction)
-    return max(1, min(int(n), math.ceil(f * n - _EPS)))
+    return contract_subset_size(int(n), _check_fraction(fraction))
 
 
 def top_fraction(scores: Any, fraction: float) -> np.ndarray:

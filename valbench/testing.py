@@ -12,9 +12,16 @@ from typing import Any
 
 import numpy as np
 
-from valbench.cell import selection_problem
 from valbench.errors import ConformanceError
-from valbench.types import Budget, FitCounter, Method, RunContext, Valuation, ValuationTask
+from valbench.types import (
+    Budget,
+    FitCounter,
+    InvalidValuation,
+    Method,
+    RunContext,
+    Valuation,
+    ValuationTask,
+)
 
 __all__ = ["check_method", "make_check_task", "FORBIDDEN_FIELDS"]
 
@@ -122,17 +129,10 @@ def check_method(
     task = make_check_task(n_train=n_train, guarded=True)
     first = _run(method, task, budget)
     n = task.n_train
-    if first.scores.shape != (n,):
-        raise ConformanceError(f"scores have shape {first.scores.shape}; expected ({n},)")
-    if not np.all(np.isfinite(first.scores)):
-        raise ConformanceError("scores contain NaN or infinity")
-    detection = first.detection_scores
-    if detection is not None and (detection.shape != (n,) or not np.all(np.isfinite(detection))):
-        raise ConformanceError("detection_scores must be finite, one per training point")
-    for fraction, idx in first.selections.items():
-        problem = selection_problem(fraction, idx, CHECK_FRACTIONS, n)
-        if problem is not None:
-            raise ConformanceError(f"value() returned {problem}")
+    try:
+        first.validate(n, CHECK_FRACTIONS)
+    except InvalidValuation as exc:
+        raise ConformanceError(f"value() returned an invalid result: {exc}") from None
     if method_cls.selects_subsets and not first.selections:
         raise ConformanceError(
             f"{method_cls.__name__}.selects_subsets is True but value() returned no selections "

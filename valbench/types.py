@@ -30,6 +30,8 @@ __all__ = [
     "ModelFactory",
     "ValuationTask",
     "Valuation",
+    "InvalidValuation",
+    "subset_size",
     "Method",
     "ProgressFn",
     "DatasetSplits",
@@ -237,6 +239,21 @@ class ValuationTask:
         return UtilityEngine(self, **options)
 
 
+#: Absorbs float error in ``fraction * n`` (0.3 * 10 == 3.0000000000000004).
+_FRACTION_EPS = 1e-9
+
+
+def subset_size(n: int, fraction: float) -> int:
+    """Points in a ``fraction`` subset of ``n`` training points: ``ceil(fraction * n)``, at
+    least 1 and at most ``n``. The one size rule for the harness's top-``f`` ranking and for
+    a selector's own selection, so both compete at the same size."""
+    return max(1, min(int(n), math.ceil(float(fraction) * n - _FRACTION_EPS)))
+
+
+class InvalidValuation(ValueError):
+    """A :class:`Valuation` breaks its contract (see :meth:`Valuation.validate`)."""
+
+
 @dataclass
 class Valuation:
     """What a method returns: one score per training point (higher = more valuable).
@@ -244,17 +261,21 @@ class Valuation:
     ``selections`` holds native subset choices of set-aware selectors, keyed by fraction; the
     harness uses them instead of ranking by ``scores`` for those fractions. Keys must be
     fractions of ``RunContext.fractions``, and the selection at ``f`` must hold
-    ``metrics.subset_size(n, f)`` = ``max(1, ceil(f * n))`` distinct training indices (the size
-    the harness gives the top-``f`` of ``scores``), so both compete at the same size.
+    ``subset_size(n, f)`` = ``max(1, ceil(f * n))`` distinct training indices (the size the
+    harness gives the top-``f`` of ``scores``), so both compete at the same size.
     ``detection_scores`` is an optional second score for mislabel detection, in the same
     direction (lowest = most suspicious), for methods whose documented practice ranks noise by
     another quantity (e.g. self-influence); the harness uses ``scores`` when it is None.
+    ``complete`` is False for an estimate the method could not finish (its budget ran out
+    before every point was valued, say); ``stats`` says how far it got. It defaults to
+    ``stats["complete"]`` when a method sets only that.
     """
 
     scores: np.ndarray
     selections: dict[float, np.ndarray] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
     detection_scores: np.ndarray | None = None
+    complete: bool | None = None
 
     def __post_init__(self) -> None:
         self.scores = np.asarray(self.scores, dtype=np.float64)
@@ -263,6 +284,63 @@ class Valuation:
         self.selections = {
             float(k): np.asarray(v, dtype=np.int64) for k, v in self.selections.items()
         }
+        if self.complete is None:
+            self.complete = bool(self.stats.get("complete", True))
+        self.complete = bool(self.complete)
+        self.stats = {**self.stats, "complete": self.complete}
+
+    def validate(self, n_train: int, fractions: Sequence[float] | None = None) -> Valuation:
+        """Check this result against the contract; raise :class:`InvalidValuation` saying what
+        is wrong. The one validity rule: the harness, the conformance kit and the metrics all
+        rely on it.
+
+        Scores and detection scores: finite, one per training point. Selections: at fractions
+        the run asked for (``fractions``; any in (0, 1) when None), each of
+        :func:`subset_size` distinct indices in ``[0, n_train)``. Returns this Valuation with
+        its selections keyed by the requested fractions themselves (float noise absorbed).
+        """
+        n = int(n_train)
+        for label, arr in (("scores", self.scores), ("detection scores", self.detection_scores)):
+            if arr is None:
+                continue
+            if arr.shape != (n,):
+                raise InvalidValuation(f"{label} have shape {arr.shape}; expected ({n},)")
+            if not np.all(np.isfinite(arr)):
+                bad = int(np.count_nonzero(~np.isfinite(arr)))
+                raise InvalidValuation(f"{label} hold {bad} NaN or infinite values")
+        keyed: dict[float, np.ndarray] = {}
+        for fraction, idx in self.selections.items():
+            requested = _requested_fraction(fraction, fractions)
+            if requested is None:
+                asked = ", ".join(f"{f:g}" for f in fractions or ())
+                raise InvalidValuation(
+                    f"a selection at fraction {fraction:g}, which the run did not ask for "
+                    f"({asked or 'fractions lie in (0, 1)'})"
+                )
+            if idx.ndim != 1 or (idx.size and (idx.min() < 0 or idx.max() >= n)):
+                raise InvalidValuation(
+                    f"the selection at {fraction:g} holds indices outside [0, {n})"
+                )
+            size = subset_size(n, requested)
+            distinct = np.unique(idx).size
+            if idx.size != size or distinct != idx.size:
+                raise InvalidValuation(
+                    f"the selection at {fraction:g} holds {idx.size} indices ({distinct} "
+                    f"distinct); at {fraction:g} of {n} points it must hold {size} distinct ones"
+                )
+            keyed[requested] = idx
+        self.selections = keyed
+        return self
+
+
+def _requested_fraction(fraction: float, fractions: Sequence[float] | None) -> float | None:
+    """The requested fraction ``fraction`` stands for, or None when the run did not ask it."""
+    if fractions is None:
+        return float(fraction) if 0 < fraction < 1 else None
+    for f in fractions:
+        if math.isclose(float(fraction), float(f), rel_tol=0.0, abs_tol=_FRACTION_EPS):
+            return float(f)
+    return None
 
 
 @dataclass(frozen=True)

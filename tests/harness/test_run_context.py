@@ -78,3 +78,33 @@ def test_for_task_defaults_unlimited_with_the_default_fractions() -> None:
     assert ctx.fractions == (0.05, 0.1, 0.2, 0.3, 0.5)
     assert ctx.budget.budget == Budget() and ctx.budget.remaining_fits() == math.inf
     assert ctx.rng.random() == np.random.default_rng(0).random()
+
+
+def test_valuation_validate_is_the_one_rule() -> None:
+    from valbench.types import InvalidValuation, Valuation, subset_size
+
+    ok = Valuation(scores=np.zeros(10), selections={0.30000000000000004: np.arange(3)})
+    assert ok.validate(10, (0.3,)).selections.keys() == {0.3}  # keyed by the asked fraction
+    assert ok.complete is True and ok.stats["complete"] is True
+    bad = {
+        "shape": Valuation(scores=np.zeros(9)),
+        "NaN": Valuation(scores=np.r_[np.zeros(9), np.nan]),
+        "detection": Valuation(scores=np.zeros(10), detection_scores=np.zeros(3)),
+        "not asked": Valuation(scores=np.zeros(10), selections={0.5: np.arange(5)}),
+        "outside": Valuation(scores=np.zeros(10), selections={0.3: np.array([0, 1, 10])}),
+        "size": Valuation(scores=np.zeros(10), selections={0.3: np.arange(4)}),
+        "repeats": Valuation(scores=np.zeros(10), selections={0.3: np.array([1, 1, 2])}),
+    }
+    for label, valuation in bad.items():
+        with pytest.raises(InvalidValuation):
+            valuation.validate(10, (0.3,))
+        assert label
+    assert subset_size(10, 0.3) == 3 and subset_size(10, 0.01) == 1 and subset_size(7, 0.5) == 4
+
+
+def test_complete_follows_the_stats_unless_given() -> None:
+    from valbench.types import Valuation
+
+    assert Valuation(scores=np.zeros(2), stats={"complete": False}).complete is False
+    partial = Valuation(scores=np.zeros(2), complete=False)
+    assert partial.stats["complete"] is False

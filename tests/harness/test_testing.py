@@ -17,7 +17,7 @@ from valbench.testing import check_method, make_check_task
         ("reads-noise", "read task.noisy_mask"),
         ("reads-test", "read task.y_test"),
         ("global-random", "same seed gave different scores"),
-        ("nan-scores", "NaN or infinity"),
+        ("nan-scores", "NaN or infinite"),
         ("greedy", "budget of 3 model fits not honoured"),
         ("raises", "deliberate failure"),
         ("off-fraction", "selection at fraction 0.42, which the run did not ask for"),
