@@ -135,6 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="re-render a run's report from its stored results")
     report.add_argument("run_dir", type=Path)
+    report.add_argument(
+        "--include-partial",
+        dest="include_partial",
+        action="store_true",
+        help="rank partial cells (an estimate its method could not finish) with the rest; "
+        "they are marked",
+    )
     return parser
 
 
@@ -264,7 +271,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from valbench.store import read_manifest
 
     read_manifest(args.run_dir)  # a clear error when it is not a run directory
-    print(render_report(args.run_dir))
+    print(render_report(args.run_dir, include_partial=args.include_partial))
     return EXIT_OK
 
 

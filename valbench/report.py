@@ -71,6 +71,7 @@ from valbench.summary import (
     friedman_nemenyi,
     get_number,
     is_number,
+    is_partial,
     record_sort_key,
     summarise,
     summary_json,
@@ -375,6 +376,7 @@ def _cells(
                 "cell_id": str(rec.get("cell_id", "")),
                 "method": str(rec.get("method", "")),
                 "status": str(rec.get("status", "")),
+                "partial": rec.get("status") == "ok" and is_partial(rec),
                 "n_train": rec.get("n_train") if is_number(rec.get("n_train")) else None,
                 "wall": "—" if wall is None else f"{wall:.3g}",
                 "fits": "—" if fits is None else f"{fits:.0f}",
@@ -622,8 +624,11 @@ def _environment() -> Any:
     return env
 
 
-def render_report(run_dir: Path) -> Path:
+def render_report(run_dir: Path, include_partial: bool = False) -> Path:
     """Render ``run_dir/index.html`` with ``results.csv``, ``summary.json`` and ``figures/``.
+
+    Partial cells (an estimate the method could not finish) are left out of every table,
+    rank and figure unless ``include_partial``; the page says which were.
 
     Only the run's stored files are read and the output depends on nothing else, so
     re-rendering the same run gives byte-identical files. Returns the path of ``index.html``.
@@ -634,7 +639,7 @@ def render_report(run_dir: Path) -> Path:
     records = sorted(read_results(run_dir), key=record_sort_key)
     write_results_csv(run_dir)
 
-    groups = summarise(records)
+    groups = summarise(records, include_partial=include_partial)
     colors = method_colors(str(r.get("method", "")) for r in records)
     damaged: dict[str, str] = {}  # cell id -> why its drawing is missing
     for group in groups:

@@ -40,6 +40,7 @@ __all__ = [
     "is_number",
     "paired_p_value",
     "record_sort_key",
+    "is_partial",
     "summarise",
     "summary_json",
 ]
@@ -120,6 +121,15 @@ def gain_over_random(record: Mapping[str, Any]) -> float | None:
     rnd = _fraction_map(record, "random_subset_value")
     diffs = [100.0 * (chosen[f] - rnd[f]) for f in chosen if f in rnd]
     return sum(diffs) / len(diffs) if diffs else None
+
+
+def is_partial(record: Mapping[str, Any]) -> bool:
+    """True for an ``ok`` cell whose method could not finish its estimate (its budget ran out,
+    say): the record's ``complete`` flag, or ``stats.complete`` in records written before it."""
+    if record.get("complete") is False:
+        return True
+    stats = record.get("stats")
+    return isinstance(stats, Mapping) and stats.get("complete") is False
 
 
 def record_sort_key(record: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -317,6 +327,10 @@ class GroupSummary:
     records: dict[str, list[Mapping[str, Any]]] = field(default_factory=dict, repr=False)
     figures: list[dict[str, Any]] = field(default_factory=list)  # {"title", "file", "svg", ...}
     notes: list[str] = field(default_factory=list)  # what could not be drawn, and why
+    #: method -> number of its partial cells: left out of the table, ranks and figures unless
+    #: the report includes partial cells (then they are in, and marked).
+    partial: dict[str, int] = field(default_factory=dict)
+    partial_included: bool = False
 
     @property
     def column_groups(self) -> list[tuple[str, int]]:
@@ -417,13 +431,27 @@ def _mark_column(
         )
 
 
-def summarise(records: Iterable[Mapping[str, Any]]) -> list[GroupSummary]:
-    """Aggregate the ``ok`` cells over seeds, one :class:`GroupSummary` per (dataset, noise)."""
+def summarise(
+    records: Iterable[Mapping[str, Any]], include_partial: bool = False
+) -> list[GroupSummary]:
+    """Aggregate the ``ok`` cells over seeds, one :class:`GroupSummary` per (dataset, noise).
+
+    A partial cell (:func:`is_partial`) is never ranked as if complete: it is left out and
+    counted in :attr:`GroupSummary.partial`, unless ``include_partial``.
+    """
     groups: dict[tuple[str, float | None], list[Mapping[str, Any]]] = defaultdict(list)
+    partial: dict[tuple[str, float | None], dict[str, int]] = defaultdict(dict)
     for rec in sorted(records, key=record_sort_key):
         if rec.get("status") != "ok":
             continue
-        groups[(str(rec.get("dataset", "")), as_float(rec.get("noise")))].append(rec)
+        key = (str(rec.get("dataset", "")), as_float(rec.get("noise")))
+        if is_partial(rec):
+            method = str(rec.get("method", ""))
+            partial[key][method] = partial[key].get(method, 0) + 1
+            if not include_partial:
+                groups.setdefault(key, [])
+                continue
+        groups[key].append(rec)
 
     out = []
     for (dataset, noise), recs in sorted(
@@ -449,9 +477,24 @@ def summarise(records: Iterable[Mapping[str, Any]]) -> list[GroupSummary]:
         columns = [c for c in candidates if any(rows[m][c.key].present for m in rows)]
         for col in columns:
             _mark_column(col, rows, by_method)
+        notes = []
+        if partial[(dataset, noise)]:
+            listed = ", ".join(f"{m} ({n})" for m, n in sorted(partial[(dataset, noise)].items()))
+            notes.append(
+                f"Partial cells (the method's estimate is incomplete, e.g. its budget ran out): "
+                f"{listed}. "
+                + (
+                    "Included in this table as asked; their numbers are not the method's full "
+                    "estimate."
+                    if include_partial
+                    else "Left out of this table, its ranks and figures; `valbench report "
+                    "--include-partial RUN_DIR` shows them."
+                )
+            )
         out.append(
             GroupSummary(
                 dataset=dataset,
+                notes=notes,
                 noise=noise,
                 fractions=fractions,
                 columns=columns,
@@ -463,6 +506,8 @@ def summarise(records: Iterable[Mapping[str, Any]]) -> list[GroupSummary]:
                 },
                 full_data=_per_seed_reference(recs, _metric("full_data_value"), ".3f"),
                 records={m: by_method[m] for m in sorted(by_method)},
+                partial=dict(sorted(partial[(dataset, noise)].items())),
+                partial_included=include_partial,
             )
         )
     return out
@@ -599,6 +644,8 @@ def summary_json(
                     "full_data": _stat_json(g.full_data),
                 },
                 "best": {c.key: g.best_methods(c.key) for c in g.columns},
+                "partial_cells": g.partial,
+                "partial_included": g.partial_included,
             }
             for g in groups
         ],

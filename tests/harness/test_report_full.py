@@ -338,3 +338,34 @@ def test_report_loads_in_headless_chromium(full_run: Path, tmp_path: Path) -> No
     assert run.returncode == 0, run.stderr[-2000:]
     assert shot.is_file() and shot.stat().st_size > 10_000
     assert not [line for line in run.stderr.splitlines() if "CONSOLE" in line]
+
+
+def _mark_partial(run: Path, method: str, use_stats: bool) -> None:
+    lines = read_jsonl(run)
+    for rec in lines:
+        if rec["method"] == method:
+            if use_stats:  # a record written before the typed flag: stats.complete only
+                rec["stats"]["complete"] = False
+            else:
+                rec["complete"] = False
+    (run / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+
+
+@pytest.mark.parametrize("use_stats", [False, True])
+def test_partial_cells_are_never_ranked_as_complete(tmp_path: Path, use_stats: bool) -> None:
+    run = fake_run(tmp_path / "run", methods=("random", "loo", "knn-shapley"), seeds=2)
+    _mark_partial(run, "loo", use_stats)
+    render_report(run)
+    summary = json.loads((run / "summary.json").read_text())
+    for group in summary["groups"]:
+        assert "loo" not in group["methods"] and group["partial_cells"] == {"loo": 2}
+        assert all("loo" not in best for best in group["best"].values())
+    assert all("loo" not in r["average_ranks"] for r in summary["across_datasets"])
+    page = (run / "index.html").read_text()
+    assert "Partial cells" in page and "--include-partial" in page and "(partial)" in page
+
+    render_report(run, include_partial=True)
+    summary = json.loads((run / "summary.json").read_text())
+    for group in summary["groups"]:
+        assert group["methods"]["loo"]["n_seeds"] == 2 and group["partial_included"]
+    assert "Included in this table as asked" in (run / "index.html").read_text()
