@@ -332,9 +332,14 @@ class _Worker:
         self.started = 0.0
         self.outcome: CellOutcome | None = None
 
-    def submit(self, cell: Cell) -> None:
+    def submit(self, cell: Cell) -> bool:
+        """Hand ``cell`` to the worker; False when the worker is gone (the cell is not run)."""
+        try:
+            self.conn.send(cell)
+        except OSError:  # it died while idle: the caller replaces it and resubmits the cell
+            return False
         self.cell, self.outcome, self.started = cell, None, time.monotonic()
-        self.conn.send(cell)
+        return True
 
     def drain(self, on_progress: ProgressFn) -> None:
         try:
@@ -371,6 +376,7 @@ def run_processes(
     workers: list[_Worker] = []
     spec_data = spec.to_dict()
     fresh_each_cell = spec.max_memory_mb is not None
+    refused: dict[str, int] = {}  # cell id -> workers that died before taking it
     try:
         while pending or any(w.cell is not None for w in workers):
             for worker in [w for w in workers if w.cell is None and not w.process.is_alive()]:
@@ -378,9 +384,24 @@ def run_processes(
                 workers.remove(worker)
             while pending and len(workers) < spec.jobs:
                 workers.append(_Worker(ctx, spec_data))
-            for worker in workers:
-                if worker.cell is None and pending:
-                    worker.submit(pending.popleft())
+            for worker in list(workers):
+                if worker.cell is not None or not pending:
+                    continue
+                handed = pending.popleft()
+                if worker.submit(handed):
+                    continue
+                worker.kill()  # it died while idle: replaced on the next pass
+                workers.remove(worker)
+                if refused.get(handed.cell_id, 0) < 1:  # one more worker, then the cell fails
+                    refused[handed.cell_id] = 1
+                    pending.appendleft(handed)
+                else:
+                    message = "worker processes died before they could be handed this cell"
+                    on_result(
+                        CellOutcome(
+                            failure_record(handed, spec, "failed", "WorkerCrashed", message)
+                        )
+                    )
             busy = [w for w in workers if w.cell is not None]
             wait([*(w.conn for w in busy), *(w.process.sentinel for w in busy)], timeout=0.2)
             for worker in busy:

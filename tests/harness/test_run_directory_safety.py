@@ -343,3 +343,28 @@ def test_report_refuses_a_planted_figures_link(
     assert main(["report", str(out)]) == 2
     assert "symbolic link" in _one_line_error(capsys)
     assert list(elsewhere.iterdir()) == []
+
+
+@pytest.mark.parametrize("deaths", [1, 99])
+def test_a_worker_that_died_idle_is_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, deaths: int
+) -> None:
+    real_submit = runner._Worker.submit
+    left = [deaths]
+
+    def submit(self: runner._Worker, cell: object) -> bool:
+        if left[0] > 0:  # as if the worker had died between two cells
+            left[0] -= 1
+            self.process.kill()
+            self.process.join()
+            return False
+        return real_submit(self, cell)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(runner._Worker, "submit", submit)
+    summary = execute(small_spec(methods=("random", "loo")), out=tmp_path, show_progress=False)
+    by_method = {r["method"]: r for r in read_results(tmp_path)}
+    if deaths == 1:  # the cell goes to a fresh worker
+        assert summary.ok == 2
+    else:  # a cell no worker lives to take fails, once, and the run still ends
+        assert by_method["random"]["status"] == by_method["loo"]["status"] == "failed"
+        assert by_method["random"]["error"]["type"] == "WorkerCrashed"
