@@ -1,0 +1,88 @@
+"""Shared by the selection tests: a stand-in run context and small tasks."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from valbench.models import ModelSpec
+from valbench.testing import make_check_task
+from valbench.types import Budget, FitCounter, ValuationTask
+
+
+@dataclass
+class StandInMeter:
+    """The run's budget as a meter: fits counted on the task's counter, seconds from start."""
+
+    budget: Budget
+    counter: FitCounter
+    started: float = field(default_factory=time.perf_counter)
+
+    def remaining_fits(self) -> float:
+        return self.budget.remaining_fits(self.counter.count)
+
+    def exhausted(self) -> bool:
+        return self.budget.exhausted(self.counter.count, self.started)
+
+
+@dataclass
+class StandInContext:
+    """What a method's ``value(task, ctx)`` reads: rng, budget meter, fractions, progress."""
+
+    rng: np.random.Generator
+    budget: StandInMeter
+    fractions: tuple[float, ...]
+    progress: Callable[[int, int], None] = lambda done, total: None
+
+
+def make_ctx(
+    task: ValuationTask,
+    fractions: tuple[float, ...] = (0.1, 0.25, 0.5),
+    *,
+    seed: int = 0,
+    budget: Budget | None = None,
+) -> StandInContext:
+    return StandInContext(
+        rng=np.random.default_rng(seed),
+        budget=StandInMeter(budget or Budget(), task.fit_counter),
+        fractions=tuple(sorted(fractions)),
+    )
+
+
+def small_task(n_train: int = 60, seed: int = 0) -> ValuationTask:
+    """``make_check_task`` with a fresh fit counter and an L-BFGS logreg model."""
+    base = make_check_task(n_train=n_train, seed=seed)
+    return dataclasses.replace(base, model=ModelSpec(kind="logreg"), fit_counter=FitCounter())
+
+
+def points_task(x: np.ndarray, y: np.ndarray | None = None, n_classes: int = 1) -> ValuationTask:
+    """A task whose training features are ``x`` (labels ``y``, default all 0)."""
+    base = make_check_task()
+    labels = np.zeros(len(x), dtype=np.int64) if y is None else np.asarray(y, dtype=np.int64)
+    return dataclasses.replace(
+        base,
+        x_train=np.asarray(x, dtype=np.float32),
+        y_train=labels,
+        x_val=np.asarray(x[:5], dtype=np.float32),
+        y_val=labels[:5],
+        n_classes=n_classes,
+        fit_counter=FitCounter(),
+    )
+
+
+def check_selections(valuation, n: int, fractions: tuple[float, ...]) -> None:
+    """Every fraction holds exactly subset_size(n, f) distinct in-range indices."""
+    from valbench.metrics import subset_size
+
+    assert set(valuation.selections) == {float(f) for f in fractions}
+    for f in fractions:
+        idx = valuation.selections[float(f)]
+        assert len(idx) == subset_size(n, f)
+        assert len(np.unique(idx)) == len(idx)
+        assert idx.min() >= 0 and idx.max() < n
+    assert valuation.scores.shape == (n,)
+    assert np.all(np.isfinite(valuation.scores))
