@@ -1,7 +1,10 @@
 """Subset selectors: HOST-CP's competitors, each choosing a subset per fraction."""
 
+from valbench.methods.selection.ccs import CCS
 from valbench.methods.selection.herding import Herding
 from valbench.methods.selection.kcenter import KCenter
+from valbench.methods.selection.moderate import Moderate
 from valbench.methods.selection.submodular import FacilityLocation, GraphCut
+from valbench.methods.selection.uncertainty import Uncertainty
 
-__all__ = ["KCenter", "FacilityLocation", "GraphCut", "Herding"]
+__all__ = ["KCenter", "FacilityLocation", "GraphCut", "Herding", "Uncertainty", "Moderate", "CCS"]
