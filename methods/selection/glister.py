@@ -66,13 +66,13 @@ def glister_order(
     ``greedy="stochastic"`` scores a random ``ceil(n / k · log(1 / epsilon))`` of the points not
     yet picked at each step (Mirzasoleiman et al. 2015); ``"naive"`` scores all of them.
     """
-    n = g_train.shape[0]
-    k = min(k, n)
-    sample = n if greedy == "naive" else min(n, math.ceil(n / max(k, 1) * math.log(1 / epsilon)))
     if greedy not in GREEDY:
         raise UsageError(f"greedy must be one of {', '.join(GREEDY)}, got {greedy!r}")
     if greedy == "stochastic" and rng is None:
         raise UsageError("stochastic greedy needs an rng")
+    n = g_train.shape[0]
+    k = min(k, n)
+    sample = n if greedy == "naive" else min(n, math.ceil(n / max(k, 1) * math.log(1 / epsilon)))
     available = np.ones(n, dtype=bool)
     stepped = np.zeros_like(theta0)  # Σ_{s ∈ S} ∇ℓ_s
     val_grad = val.grad(theta0)
