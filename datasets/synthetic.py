@@ -41,11 +41,17 @@ class SyntheticDataset(Dataset):
     """2-D Gaussian classes plus dense clusters of near-duplicates far from the boundaries.
 
     Args:
-        n_samples: Total number of points before splitting.
-        n_classes: Number of classes (at least 2).
-        duplicate_fraction: Share of points that sit in the dense near-duplicate clusters.
-        clusters_per_class: Number of dense clusters per class.
-        cluster_spread: Standard deviation of each dense cluster (raw units; classes have 1).
+        n_samples: Total number of points before splitting (default 1200, >= 10 × n_classes).
+        n_classes: Number of classes (default 3, at least 2).
+        duplicate_fraction: Share of points that sit in the dense near-duplicate clusters
+            (default 0.5, in [0, 1)).
+        clusters_per_class: Number of dense clusters per class (default 2, >= 1).
+        cluster_spread: Standard deviation of each dense cluster (raw units; classes have 1;
+            default 0.01, >= 0).
+        n_train: Cap on training rows (stratified, seeded; default None: the whole 60 %
+            training split); the harness's ``max_train`` also caps.
+        n_val: Cap on validation rows (stratified subsample; default None: the whole 20 %).
+        n_test: Cap on test rows (stratified subsample; default None: the whole 20 %).
     """
 
     name = "synthetic"

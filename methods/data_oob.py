@@ -7,11 +7,9 @@ All ``B`` models train together as one batch of a :class:`~valbench.models.Batch
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
-from valbench import Budget, Method, ProgressFn, Valuation, ValuationTask, no_progress
+from valbench import Method, RunContext, Valuation, ValuationTask
 from valbench.errors import UsageError
 from valbench.models import BatchedClassifier, Params
 
@@ -52,16 +50,18 @@ class DataOOB(Method):
     ``warm_start`` is on.
 
     Args:
-        n_estimators: Bootstrap models B (fewer when ``budget.max_fits`` is smaller).
+        n_estimators: Bootstrap models B (default 200, >= 1; fewer when ``budget.max_fits``
+            is smaller).
         weighting: ``"counts"``: each model weights a point by how often its bootstrap drew it
-            (the paper's bootstrap; see :func:`weighted_fit` for the cost); ``"unique"``: each
+            (the paper's bootstrap; the default; see :func:`weighted_fit`); ``"unique"``: each
             model trains on the distinct drawn points with equal weight (subbagging, ~63 % of
             the points; cheaper, an approximation).
-        batch_size: Models trained per batched fit.
-        warm_start: Start every bootstrap model from the full-data model (trained once), so
-            ``epochs`` can be small: logreg is convex and each bootstrap optimum lies near it.
-        epochs: Optimisation steps per bootstrap model (None: the task's model spec; with
-            ``warm_start`` None means a third of it).
+        batch_size: Models trained per batched fit (default 200, >= 1).
+        warm_start: Start every bootstrap model from the full-data model (trained once, one
+            more fit), so ``epochs`` can be small: logreg is convex and each bootstrap optimum
+            lies near it (default False).
+        epochs: Optimisation steps per bootstrap model (default None: the task's model spec;
+            with ``warm_start`` None means a third of it; else >= 0).
     """
 
     name = "data-oob"
@@ -95,25 +95,16 @@ class DataOOB(Method):
         if self.epochs is not None and (not isinstance(self.epochs, int) or self.epochs < 0):
             raise UsageError(f"data-oob epochs must be >= 0 or None, got {self.epochs!r}")
 
-    def value(
-        self,
-        task: ValuationTask,
-        *,
-        rng: np.random.Generator,
-        budget: Budget,
-        progress: ProgressFn = no_progress,
-    ) -> Valuation:
+    def value(self, task: ValuationTask, ctx: RunContext) -> Valuation:
         self._check()
-        started = time.perf_counter()
-        fits_before = task.fit_counter.count
         n = task.n_train
         x, y = task.x_train, task.y_train
-        affordable = int(min(self.n_estimators, budget.remaining_fits(0)))
+        affordable = int(min(self.n_estimators, ctx.budget.remaining_fits()))
         warm = bool(self.warm_start) and affordable >= 2
         n_models = affordable - int(warm)
         # Draw every bootstrap up front: model b's sample does not depend on how many the
         # seconds budget lets us train, so a cut-short run is a prefix of the full one.
-        counts = bootstrap_counts(n, n_models, rng)
+        counts = bootstrap_counts(n, n_models, ctx.rng)
 
         clf = task.build_model()
         init: Params | None = None
@@ -127,7 +118,7 @@ class DataOOB(Method):
         seen = np.zeros(n)  # out-of-bag appearances per point
         trained = 0
         for start in range(0, n_models, self.batch_size):
-            if budget.exhausted(task.fit_counter.count - fits_before, started):
+            if ctx.budget.exhausted():
                 break
             chunk = counts[start : start + self.batch_size]
             if self.weighting == "counts":
@@ -139,7 +130,7 @@ class DataOOB(Method):
             hits += (oob & correct).sum(axis=0)
             seen += oob.sum(axis=0)
             trained += len(chunk)
-            progress(trained, n_models)
+            ctx.progress(trained, n_models)
 
         covered = seen > 0
         scores = np.zeros(n)

@@ -9,12 +9,10 @@ batch of models (one weight tensor with a leading permutation dimension).
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import torch
 
-from valbench import Budget, Method, ProgressFn, Valuation, ValuationTask, no_progress
+from valbench import Method, RunContext, Valuation, ValuationTask
 from valbench.errors import UsageError
 
 __all__ = ["GShapley", "gshapley_marginals"]
@@ -97,12 +95,13 @@ class GShapley(Method):
     (checked between batches of permutations).
 
     Args:
-        lr: SGD learning rate, fixed for all steps (chosen once, not per point).
-        l2: L2 penalty on the weights in each SGD step.
-        metric: Validation score whose change is the marginal: ``"accuracy"`` (the paper) or
-            ``"log_likelihood"`` (mean log-probability of the true label; smoother).
-        max_permutations: Most permutations drawn.
-        batch_size: Permutations run together as one batch of models.
+        lr: SGD learning rate, fixed for all steps (chosen once, not per point; default
+            0.1, > 0).
+        l2: L2 penalty on the weights in each SGD step (default 0, >= 0).
+        metric: Validation score whose change is the marginal: ``"accuracy"`` (the paper,
+            default) or ``"log_likelihood"`` (mean log-probability of the true label; smoother).
+        max_permutations: Most permutations drawn (default 100, >= 1).
+        batch_size: Permutations run together as one batch of models (default 50, >= 1).
     """
 
     name = "g-shapley"
@@ -138,27 +137,19 @@ class GShapley(Method):
             if not isinstance(value, int) or value < 1:
                 raise UsageError(f"g-shapley {key} must be an integer >= 1, got {value!r}")
 
-    def value(
-        self,
-        task: ValuationTask,
-        *,
-        rng: np.random.Generator,
-        budget: Budget,
-        progress: ProgressFn = no_progress,
-    ) -> Valuation:
+    def value(self, task: ValuationTask, ctx: RunContext) -> Valuation:
         self._check()
-        started = time.perf_counter()
         n = task.n_train
-        total = int(min(self.max_permutations, budget.remaining_fits(0)))
+        total = int(min(self.max_permutations, ctx.budget.remaining_fits()))
         sums = np.zeros(n)
         done = 0
         while done < total:
-            if budget.exhausted(done, started):
+            if ctx.budget.exhausted():
                 break
             size = min(self.batch_size, total - done)
             # Permutations drawn in order from rng, so the first k are the same however the
             # run is batched or cut short.
-            perms = np.stack([rng.permutation(n) for _ in range(size)])
+            perms = np.stack([ctx.rng.permutation(n) for _ in range(size)])
             marginals = gshapley_marginals(
                 task.x_train,
                 task.y_train,
@@ -173,7 +164,7 @@ class GShapley(Method):
             task.fit_counter.add(size)
             sums += marginals.sum(axis=0)
             done += size
-            progress(done, total)
+            ctx.progress(done, total)
         scores = sums / done if done else np.zeros(n)
         return Valuation(
             scores=scores,

@@ -3,14 +3,13 @@ validation loss would rise if the point were removed, to first order, without re
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 
-from valbench import Budget, Method, ProgressFn, Valuation, ValuationTask, no_progress
+from valbench import Method, RunContext, Valuation, ValuationTask
 from valbench.errors import UsageError
 from valbench.methods import _gradients as gr
 
@@ -67,6 +66,22 @@ class InfluenceFunction(Method):
     3000 parameters. ``layers="last"`` (default, common practice) restricts an MLP to its output
     layer on fixed hidden features; ``"all"`` takes every MLP parameter (slow: CG with
     self-influence costs n block solves). Logistic regression has one layer: both are the same.
+
+    Args:
+        solver: Inverse-Hessian solver: ``"auto"`` (default), ``"exact"``, ``"cg"`` or
+            ``"lissa"``.
+        damping: λ added to the Hessian's diagonal (default 1e-3, >= 0).
+        layers: ``"last"`` (default: an MLP's output layer only) or ``"all"`` parameters.
+        refine: Finish the fit of a head with float64 Newton steps to a stationary point
+            (default True), where the influence approximation is derived.
+        self_influence: Also compute the self-influence ``detection_scores`` (default True).
+        maxiter: Most conjugate-gradient iterations per solve (default 200).
+        tol: CG stops at a residual below ``tol`` × the right-hand side's norm, LiSSA once
+            its update is below ``tol`` relative to the iterate (default 1e-8).
+        lissa_depth: Most LiSSA recursion steps (default 1000).
+        lissa_scale: LiSSA's σ, which must exceed the largest eigenvalue of H + λI (default
+            None: 1.2 × a power-iteration estimate of it).
+        chunk: Training or validation points whose gradients are held at once (default 1024).
     """
 
     name = "influence"
@@ -108,18 +123,10 @@ class InfluenceFunction(Method):
         if not self.damping >= 0:
             raise UsageError(f"damping must be >= 0, got {self.damping!r}")
 
-    def value(
-        self,
-        task: ValuationTask,
-        *,
-        rng: np.random.Generator,
-        budget: Budget,
-        progress: ProgressFn = no_progress,
-    ) -> Valuation:
+    def value(self, task: ValuationTask, ctx: RunContext) -> Valuation:
         self._check()
-        started = time.perf_counter()
         n = task.n_train
-        if budget.remaining_fits(task.fit_counter.count) < 1:
+        if ctx.budget.remaining_fits() < 1:
             return Valuation(scores=np.zeros(n), stats={"complete": False, "reason": "no fits"})
         model, x_in, xv_in, stats = fit_for_gradients(task, self.layers, self.refine)
         y = torch.as_tensor(task.y_train, dtype=torch.int64)
@@ -129,7 +136,7 @@ class InfluenceFunction(Method):
         if solver == "auto":
             solver = "exact" if n_params <= gr.MAX_EXACT_PARAMS else "cg"
 
-        solve = self._solver(solver, model, x_in, y, rng, stats)
+        solve = self._solver(solver, model, x_in, y, ctx.rng, stats)
         g_val = gr.summed_grad(model, xv_in, yv, chunk=self.chunk)
         s = solve(g_val[:, None])[:, 0]
 
@@ -141,12 +148,12 @@ class InfluenceFunction(Method):
             scores[start:stop] = (g @ s).numpy()
             if self_inf is not None:
                 self_inf[start:stop] = (g * solve(g.T).T).sum(1).numpy()
-            progress(stop, n)
+            ctx.progress(stop, n)
         stats.update(
             {
                 "solver": solver,
                 "n_params": n_params,
-                "seconds": time.perf_counter() - started,
+                "seconds": ctx.budget.seconds_used(),
                 "complete": True,
             }
         )

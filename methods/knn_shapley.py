@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from valbench import Budget, Method, ProgressFn, Valuation, ValuationTask, no_progress
+from valbench import Method, ProgressFn, RunContext, Valuation, ValuationTask, no_progress
 from valbench.errors import UsageError
 
 __all__ = ["KNNShapley", "knn_shapley_values"]
@@ -96,9 +96,9 @@ class KNNShapley(Method):
     """Closed-form KNN-Shapley, vectorised over validation points (chunked to bound memory).
 
     Args:
-        k: Number of neighbours of the KNN utility.
-        chunk_size: Validation points processed at once (None: as many as keep each chunk's
-            matrices to about 4M elements).
+        k: Number of neighbours of the KNN utility (default 5, integer >= 1).
+        chunk_size: Validation points processed at once (default None: as many as keep each
+            chunk's matrices to about 4M elements; else >= 1).
     """
 
     name = "knn-shapley"
@@ -109,14 +109,7 @@ class KNNShapley(Method):
         self.k = k
         self.chunk_size = chunk_size
 
-    def value(
-        self,
-        task: ValuationTask,
-        *,
-        rng: np.random.Generator,
-        budget: Budget,
-        progress: ProgressFn = no_progress,
-    ) -> Valuation:
+    def value(self, task: ValuationTask, ctx: RunContext) -> Valuation:
         if not isinstance(self.k, int) or self.k < 1:
             raise UsageError(f"knn-shapley k must be an integer >= 1, got {self.k!r}")
         if self.chunk_size is not None and (
@@ -125,7 +118,7 @@ class KNNShapley(Method):
             raise UsageError(
                 f"knn-shapley chunk_size must be >= 1 or None, got {self.chunk_size!r}"
             )
-        # Deterministic: rng and the fit budget are not needed (the method trains no model).
+        # Deterministic: ctx.rng and the fit budget are not needed (the method trains no model).
         scores = knn_shapley_values(
             task.x_train,
             task.y_train,
@@ -133,7 +126,7 @@ class KNNShapley(Method):
             task.y_val,
             self.k,
             chunk_size=self.chunk_size,
-            progress=progress,
+            progress=ctx.progress,
         )
         return Valuation(
             scores=scores,

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
-from valbench import Budget, Method, ProgressFn, Valuation, ValuationTask, no_progress
+from valbench import Method, RunContext, Valuation, ValuationTask
 
 __all__ = ["LeaveOneOut"]
 
@@ -17,6 +15,11 @@ class LeaveOneOut(Method):
     With a budget below ``n + 1`` fits, only the points of a seeded random order that the
     budget covers are retrained; the rest get the mean of those computed (so they sit in the
     middle of the ranking) and ``stats["complete"]`` is False.
+
+    Args:
+        warm_start: Start every fit from the full-data solution, trained once and counted as
+            one more fit (default False: every fit starts from the model's initialisation).
+        batch_size: Leave-one-out models trained per batched fit (default 64, >= 1).
     """
 
     name = "loo"
@@ -27,34 +30,26 @@ class LeaveOneOut(Method):
         self.warm_start = warm_start
         self.batch_size = batch_size
 
-    def value(
-        self,
-        task: ValuationTask,
-        *,
-        rng: np.random.Generator,
-        budget: Budget,
-        progress: ProgressFn = no_progress,
-    ) -> Valuation:
-        started = time.perf_counter()
+    def value(self, task: ValuationTask, ctx: RunContext) -> Valuation:
         n = task.n_train
         utility = task.utility(batch_size=self.batch_size, warm_start=self.warm_start)
         # U(D) costs one fit; a warm start trains the full-data solution once more to start from.
-        affordable = int(min(n, budget.remaining_fits(1 + int(self.warm_start))))
-        order = rng.permutation(n)[:affordable] if affordable < n else np.arange(n)
+        affordable = int(min(n, max(0, ctx.budget.remaining_fits() - (1 + int(self.warm_start)))))
+        order = ctx.rng.permutation(n)[:affordable] if affordable < n else np.arange(n)
         full = utility.full_score if affordable > 0 else float("nan")
 
         values = np.full(n, np.nan)
         everyone = np.ones(n, dtype=bool)
         done = 0
         for start in range(0, len(order), self.batch_size):
-            if budget.exhausted(task.fit_counter.count, started):
+            if ctx.budget.exhausted():
                 break
             chunk = order[start : start + self.batch_size]
             masks = np.repeat(everyone[None, :], len(chunk), axis=0)
             masks[np.arange(len(chunk)), chunk] = False
             values[chunk] = full - utility.many(list(masks))
             done += len(chunk)
-            progress(done, n)
+            ctx.progress(done, n)
 
         computed = ~np.isnan(values)
         fill = float(values[computed].mean()) if computed.any() else 0.0

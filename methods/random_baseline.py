@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import numpy as np
-
-from valbench import Budget, Method, ProgressFn, Valuation, ValuationTask, no_progress
+from valbench import Method, RunContext, Valuation, ValuationTask
 
 __all__ = ["RandomMethod"]
 
@@ -16,14 +14,7 @@ class RandomMethod(Method):
     family = "baseline"
     summary = "Uniform random scores; the reference line for every metric."
 
-    def value(
-        self,
-        task: ValuationTask,
-        *,
-        rng: np.random.Generator,
-        budget: Budget,
-        progress: ProgressFn = no_progress,
-    ) -> Valuation:
-        scores = rng.random(task.n_train)
-        progress(1, 1)
+    def value(self, task: ValuationTask, ctx: RunContext) -> Valuation:
+        scores = ctx.rng.random(task.n_train)
+        ctx.progress(1, 1)
         return Valuation(scores=scores, stats={"model_fits": 0})

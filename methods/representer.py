@@ -3,13 +3,12 @@ last layer, every pre-softmax output is a sum of one term per training point."""
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from valbench import Budget, Method, ProgressFn, Valuation, ValuationTask, no_progress
+from valbench import Method, RunContext, Valuation, ValuationTask
 from valbench.errors import UsageError
 from valbench.methods import _gradients as gr
 
@@ -71,6 +70,11 @@ class RepresenterPoints(Method):
     helps (it pushes validation logits towards their labels). ``detection_scores = −α_{i,y_i}``
     (= −|α_{i,y_i}|, Yeh et al.'s global importance, always ≥ 0): points with large weight on
     their own label are the poorly fitted ones, the most suspicious.
+
+    Args:
+        l2: L2 strength of the last-layer refit (default None: the evaluation model's; must
+            be > 0, the decomposition needs a regularised last layer).
+        chunk: Validation points whose kernel column block is held at once (default 1024).
     """
 
     name = "representer"
@@ -81,17 +85,9 @@ class RepresenterPoints(Method):
         self.l2 = l2
         self.chunk = chunk
 
-    def value(
-        self,
-        task: ValuationTask,
-        *,
-        rng: np.random.Generator,
-        budget: Budget,
-        progress: ProgressFn = no_progress,
-    ) -> Valuation:
-        started = time.perf_counter()
+    def value(self, task: ValuationTask, ctx: RunContext) -> Valuation:
         n = task.n_train
-        if budget.remaining_fits(task.fit_counter.count) < 1:
+        if ctx.budget.remaining_fits() < 1:
             return Valuation(scores=np.zeros(n), stats={"complete": False, "reason": "no fits"})
         rep = fit_representer(task, self.l2)
         yv = torch.as_tensor(task.y_val, dtype=torch.int64)
@@ -103,14 +99,14 @@ class RepresenterPoints(Method):
             k = rep.phi @ rep.phi_val[start : start + self.chunk].T  # (n, m_chunk)
             scores += (k * (rep.alpha @ resid[start : start + self.chunk].T)).sum(1)
         own = rep.alpha.gather(1, torch.as_tensor(task.y_train, dtype=torch.int64)[:, None])[:, 0]
-        progress(n, n)
+        ctx.progress(n, n)
         return Valuation(
             scores=scores.numpy(),
             detection_scores=-own.abs().numpy(),
             stats={
                 "l2": rep.l2,
                 "grad_norm": rep.grad_norm,
-                "seconds": time.perf_counter() - started,
+                "seconds": ctx.budget.seconds_used(),
                 "complete": True,
             },
         )

@@ -18,14 +18,21 @@ Every estimator here takes a *game*: a callable ``many(masks) -> values`` mappin
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
 from scipy.special import betaln, gammaln
 
-from valbench import Budget, Method, ProgressFn, Valuation, ValuationTask, no_progress
+from valbench import (
+    BudgetMeter,
+    Method,
+    ProgressFn,
+    RunContext,
+    Valuation,
+    ValuationTask,
+    no_progress,
+)
 from valbench.errors import UsageError
 
 __all__ = [
@@ -321,8 +328,7 @@ def msr_semivalue(
 
 def _engine_game(
     task: ValuationTask,
-    budget: Budget,
-    started: float,
+    budget: BudgetMeter,
     batch_size: int,
     warm_start: bool | str = False,
 ) -> tuple[Any, Game, Remaining]:
@@ -332,10 +338,9 @@ def _engine_game(
         return utility.many(list(masks))
 
     def remaining() -> float:
-        used = task.fit_counter.count
-        if budget.exhausted(used, started):
+        if budget.exhausted():
             return 0
-        return budget.remaining_fits(used)
+        return budget.remaining_fits()
 
     return utility, many, remaining
 
@@ -345,6 +350,9 @@ class ExactShapley(Method):
 
     Needs 2^n − 1 model fits, so it refuses more than ``max_train`` = 14 points (16,383 fits).
     With a budget below that it returns zeros and ``stats["complete"] = False``.
+
+    Args:
+        batch_size: Subsets handed to the utility engine per call (default 256, >= 1).
     """
 
     name = "exact-shapley"
@@ -355,14 +363,7 @@ class ExactShapley(Method):
     def __init__(self, *, batch_size: int = 256) -> None:
         self.batch_size = batch_size
 
-    def value(
-        self,
-        task: ValuationTask,
-        *,
-        rng: np.random.Generator,
-        budget: Budget,
-        progress: ProgressFn = no_progress,
-    ) -> Valuation:
+    def value(self, task: ValuationTask, ctx: RunContext) -> Valuation:
         n = task.n_train
         limit = self.max_train or 0
         if n > limit:
@@ -370,8 +371,7 @@ class ExactShapley(Method):
                 f"exact-shapley enumerates 2^n subsets and handles at most {limit} training "
                 f"points; this task has {n}. Use --max-train {limit}, or tmc-shapley."
             )
-        started = time.perf_counter()
-        utility, many, remaining = _engine_game(task, budget, started, self.batch_size)
+        utility, many, remaining = _engine_game(task, ctx.budget, self.batch_size)
         # Refuse before fitting anything when the budget cannot cover the whole enumeration.
         enough = remaining() >= (1 << n) - 1
         values = exact_semivalue(n, many, remaining=remaining) if enough else None
@@ -389,6 +389,19 @@ class TMCShapley(Method):
     ``max_permutations`` or on convergence. ``warm_start`` starts each block of prefixes from
     the longest prefix of the block before (the utility engine's ``warm_start="nearest"``;
     it applies to evaluation models fitted to a tolerance, the default logreg).
+
+    Args:
+        max_permutations: Most permutations walked (default 1000, >= 1).
+        tolerance: Truncation tolerance, relative to |U(D)| (default 0.01, the paper's 1 %).
+        truncation_steps: A permutation is truncated once more than this many steps in a row
+            fall within ``tolerance`` of U(D) (default 5, as in the original code).
+        parallel: Permutations advanced together (default 16, >= 1).
+        lookahead: Prefixes per permutation evaluated per engine call (default 16, >= 1).
+        convergence_tol: Stop when the relative L1 change of the estimate over
+            ``convergence_window`` permutations falls below this (default 0.05).
+        convergence_window: Permutations between the two estimates compared (default 20).
+        warm_start: Start each block of prefixes from the previous block's longest prefix
+            (default True; used only with evaluation models fitted to a tolerance).
     """
 
     name = "tmc-shapley"
@@ -416,20 +429,12 @@ class TMCShapley(Method):
         self.convergence_window = convergence_window
         self.warm_start = warm_start
 
-    def value(
-        self,
-        task: ValuationTask,
-        *,
-        rng: np.random.Generator,
-        budget: Budget,
-        progress: ProgressFn = no_progress,
-    ) -> Valuation:
-        started = time.perf_counter()
+    def value(self, task: ValuationTask, ctx: RunContext) -> Valuation:
         n = task.n_train
         batch = max(1, self.parallel * self.lookahead)
         # Each block of prefixes starts from the longest prefix of the block before.
         utility, many, remaining = _engine_game(
-            task, budget, started, batch, warm_start="nearest" if self.warm_start else False
+            task, ctx.budget, batch, warm_start="nearest" if self.warm_start else False
         )
         if remaining() < 1:
             return Valuation(np.zeros(n), stats={"complete": False, "permutations": 0})
@@ -437,7 +442,7 @@ class TMCShapley(Method):
         scores, stats = tmc_shapley(
             n,
             many,
-            rng,
+            ctx.rng,
             full=full,
             empty=utility.empty_score,
             remaining=remaining,
@@ -448,7 +453,7 @@ class TMCShapley(Method):
             lookahead=self.lookahead,
             convergence_tol=self.convergence_tol,
             convergence_window=self.convergence_window,
-            progress=progress,
+            progress=ctx.progress,
         )
         stats.update(full_score=full, fits=task.fit_counter.count, **utility.stats())
         stats["complete"] = stats["permutations"] > 0 and stats["points_unsampled"] == 0
@@ -468,33 +473,33 @@ class Semivalue(Method):
         """The law p(k) over coalition sizes k = 0 … n−1 that defines this semivalue."""
         raise NotImplementedError
 
-    def value(
-        self,
-        task: ValuationTask,
-        *,
-        rng: np.random.Generator,
-        budget: Budget,
-        progress: ProgressFn = no_progress,
-    ) -> Valuation:
-        started = time.perf_counter()
+    def value(self, task: ValuationTask, ctx: RunContext) -> Valuation:
         n = task.n_train
-        utility, many, remaining = _engine_game(task, budget, started, self.batch_size)
+        utility, many, remaining = _engine_game(task, ctx.budget, self.batch_size)
         scores, stats = msr_semivalue(
             n,
             many,
-            rng,
+            ctx.rng,
             self.size_weights(n),
             remaining=remaining,
             max_samples=self.max_samples,
             batch_size=self.batch_size,
-            progress=progress,
+            progress=ctx.progress,
         )
         stats.update(fits=task.fit_counter.count, **utility.stats())
         return Valuation(scores=scores, stats=stats)
 
 
 class BetaShapley(Semivalue):
-    """Beta(α, β) Shapley (Kwon & Zou 2022); α = β = 1 is the Shapley value."""
+    """Beta(α, β) Shapley (Kwon & Zou 2022); α = β = 1 is the Shapley value.
+
+    Args:
+        alpha: α of the Beta law over coalition sizes (default 16, > 0); α > β favours
+            small coalitions.
+        beta: β of the Beta law (default 1, > 0).
+        max_samples: Most random subsets drawn, one model fit each (default 2000, >= 1).
+        batch_size: Subsets drawn and fitted per batch (default 64, >= 1).
+    """
 
     name = "beta-shapley"
     summary = "Beta Shapley semivalue (default Beta(16, 1)), maximum-sample-reuse estimate."
@@ -517,7 +522,12 @@ class BetaShapley(Semivalue):
 
 
 class DataBanzhaf(Semivalue):
-    """Data Banzhaf (Wang & Jia 2023) with the maximum-sample-reuse estimator."""
+    """Data Banzhaf (Wang & Jia 2023) with the maximum-sample-reuse estimator.
+
+    Args:
+        max_samples: Most random subsets drawn, one model fit each (default 2000, >= 1).
+        batch_size: Subsets drawn and fitted per batch (default 64, >= 1).
+    """
 
     name = "banzhaf"
     summary = "Data Banzhaf: mean U with the point − mean U without it, over random halves."

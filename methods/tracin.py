@@ -3,12 +3,10 @@ validation loss, summed over checkpoints saved during SGD (TracInCP)."""
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import torch
 
-from valbench import Budget, Method, ProgressFn, Valuation, ValuationTask, no_progress
+from valbench import Method, RunContext, Valuation, ValuationTask
 from valbench.errors import UsageError
 from valbench.methods import _gradients as gr
 from valbench.models import Params
@@ -90,6 +88,15 @@ class TracIn(Method):
     self-influence most suspicious). ``ℓ`` is the per-point cross-entropy (the L2 term is not a
     point's); checkpoints are spread evenly over ``epochs`` of minibatch SGD at constant ``lr``.
     ``layers="last"`` uses gradients of the output layer only (an MLP's; logreg has one layer).
+
+    Args:
+        epochs: Epochs of minibatch SGD (default 20, >= 1).
+        checkpoints: Checkpoints saved, spread evenly over the epochs, the last at the end
+            (default 5, >= 1; at most ``epochs``).
+        lr: Constant SGD step size η, also each checkpoint's weight (default 0.1, > 0).
+        batch_size: SGD minibatch size (default 32).
+        layers: ``"all"`` parameters (default) or ``"last"`` (an MLP's output layer only).
+        chunk: Training or validation points whose gradients are held at once (default 1024).
     """
 
     name = "tracin"
@@ -113,21 +120,13 @@ class TracIn(Method):
         self.layers = layers
         self.chunk = chunk
 
-    def value(
-        self,
-        task: ValuationTask,
-        *,
-        rng: np.random.Generator,
-        budget: Budget,
-        progress: ProgressFn = no_progress,
-    ) -> Valuation:
+    def value(self, task: ValuationTask, ctx: RunContext) -> Valuation:
         if self.layers not in gr.LAYERS:
             raise UsageError(f"layers must be one of {', '.join(gr.LAYERS)}, got {self.layers!r}")
         if not (int(self.epochs) >= 1 and int(self.checkpoints) >= 1 and self.lr > 0):
             raise UsageError("tracin needs epochs >= 1, checkpoints >= 1 and lr > 0")
-        started = time.perf_counter()
         n = task.n_train
-        if budget.remaining_fits(task.fit_counter.count) < 1:
+        if ctx.budget.remaining_fits() < 1:
             return Valuation(scores=np.zeros(n), stats={"complete": False, "reason": "no fits"})
         saved = sgd_checkpoints(
             task,
@@ -135,7 +134,7 @@ class TracIn(Method):
             lr=float(self.lr),
             batch_size=int(self.batch_size),
             checkpoints=int(self.checkpoints),
-            rng=rng,
+            rng=ctx.rng,
         )
         l2 = float(task.build_model().spec.l2)
         y = torch.as_tensor(task.y_train, dtype=torch.int64)
@@ -155,13 +154,13 @@ class TracIn(Method):
                 g = gr.per_sample_grads(model, x_in[start:stop], y[start:stop], chunk=self.chunk)
                 scores[start:stop] += float(self.lr) * (g @ g_val).numpy()
                 self_inf[start:stop] += float(self.lr) * (g * g).sum(1).numpy()
-            progress(t + 1, len(saved))
+            ctx.progress(t + 1, len(saved))
         return Valuation(
             scores=scores,
             detection_scores=-self_inf,
             stats={
                 "checkpoint_epochs": checkpoint_epochs(int(self.epochs), int(self.checkpoints)),
-                "seconds": time.perf_counter() - started,
+                "seconds": ctx.budget.seconds_used(),
                 "complete": True,
             },
         )

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
@@ -30,7 +29,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from valbench import Budget, Method, ProgressFn, Valuation, ValuationTask, no_progress
+from valbench import Method, RunContext, Valuation, ValuationTask
 from valbench.errors import UsageError
 from valbench.models import ModelSpec
 
@@ -322,35 +321,27 @@ class _TrainingDynamics(Method):
         """(R, n) hardness of every point in every run."""
         raise NotImplementedError
 
-    def value(
-        self,
-        task: ValuationTask,
-        *,
-        rng: np.random.Generator,
-        budget: Budget,
-        progress: ProgressFn = no_progress,
-    ) -> Valuation:
+    def value(self, task: ValuationTask, ctx: RunContext) -> Valuation:
         self._validate()
-        started = time.perf_counter()
         n = task.n_train
         spec = task.model if isinstance(task.model, ModelSpec) else ModelSpec()
         epochs = self.resolved_epochs(n)
         # All R seeds are drawn up front, so a budget-cut run is a prefix of the full one.
-        seeds = [int(s) for s in rng.integers(0, 2**62, size=self.runs)]
-        affordable = int(min(self.runs, budget.remaining_fits(task.fit_counter.count)))
+        seeds = [int(s) for s in ctx.rng.integers(0, 2**62, size=self.runs)]
+        affordable = int(min(self.runs, ctx.budget.remaining_fits()))
         # Under a time budget, train one run at a time so we can stop between runs.
-        group = affordable if budget.max_seconds is None else 1
+        group = affordable if ctx.budget.budget.max_seconds is None else 1
         per_run: list[np.ndarray] = []
         steps = 0
         done = 0
         # Progress in run-epochs (a run at initialisation counts as one unit).
         unit = max(1, epochs)
         total = affordable * unit
-        while done < affordable and not budget.exhausted(task.fit_counter.count, started):
+        while done < affordable and not ctx.budget.exhausted():
             chunk = seeds[done : done + group]
 
             def epoch_done(e: int, before: int = done, width: int = len(chunk)) -> None:
-                progress(before * unit + e * width, total)
+                ctx.progress(before * unit + e * width, total)
 
             trained = train_runs(
                 task.x_train,
@@ -370,7 +361,7 @@ class _TrainingDynamics(Method):
             per_run.append(self._hardness(trained, task, epochs))
             steps = trained.steps  # the same for every group: same n, epochs, batch size
             done += len(chunk)
-            progress(done * unit, total)
+            ctx.progress(done * unit, total)
 
         hardness = np.concatenate(per_run).mean(axis=0) if per_run else np.zeros(n)
         return Valuation(
@@ -395,6 +386,16 @@ class GraNd(_TrainingDynamics):
 
     ``epochs=0`` (default) scores at initialisation, as the paper does; Kirsch (2023) found it
     beats random only later in training, so set ``epochs`` to score after t epochs.
+
+    Args:
+        runs: Independent training runs R averaged over (default 10, >= 1; fewer when the fit
+            budget is smaller).
+        epochs: Epochs trained before scoring (default 0: at initialisation; None: about
+            200 minibatch steps, 1-20 epochs; else >= 0).
+        lr: Adam step size (default 0.01, finite, > 0).
+        batch_size: Minibatch size (default 32, >= 1).
+        offset: Fraction of the hardest points moved to the bottom of ``scores``, the paper's
+            remedy under label noise (default 0, in [0, 1)).
     """
 
     name = "grand"
@@ -420,6 +421,16 @@ class EL2N(_TrainingDynamics):
 
     ``epochs=None`` trains about 200 minibatch steps (1–20 epochs): "early", as the paper's
     epoch 20 of 200, scaled to the dataset.
+
+    Args:
+        runs: Independent training runs R averaged over (default 10, >= 1; fewer when the fit
+            budget is smaller).
+        epochs: Epochs trained before scoring (default None: about 200 minibatch steps,
+            1-20 epochs; else >= 0).
+        lr: Adam step size (default 0.01, finite, > 0).
+        batch_size: Minibatch size (default 32, >= 1).
+        offset: Fraction of the hardest points moved to the bottom of ``scores``, the paper's
+            remedy under label noise (default 0, in [0, 1)).
     """
 
     name = "el2n"
@@ -434,6 +445,16 @@ class Forgetting(_TrainingDynamics):
 
     Never-learned points count as most forgettable (``epochs + 1``). ``epochs=None`` trains about
     1000 minibatch steps (10–50 epochs), so there are enough presentations to forget.
+
+    Args:
+        runs: Independent training runs R averaged over (default 10, >= 1; fewer when the fit
+            budget is smaller).
+        epochs: Epochs of training whose presentations are watched (default None: about
+            1000 minibatch steps, 10-50 epochs; else >= 0).
+        lr: Adam step size (default 0.01, finite, > 0).
+        batch_size: Minibatch size (default 32, >= 1).
+        offset: Fraction of the hardest points moved to the bottom of ``scores``, the paper's
+            remedy under label noise (default 0, in [0, 1)).
     """
 
     name = "forgetting"

@@ -27,22 +27,22 @@ class Sleepy(_Base):
     def __init__(self, *, seconds: float = 0.3) -> None:
         super().__init__(seconds=seconds)
 
-    def value(self, task, *, rng, budget, progress=None):
+    def value(self, task, ctx):
         time.sleep(self.seconds)
-        return Valuation(scores=rng.random(task.n_train))
+        return Valuation(scores=ctx.rng.random(task.n_train))
 
 
 class Raises(_Base):
     name = "raises"
 
-    def value(self, task, *, rng, budget, progress=None):
+    def value(self, task, ctx):
         raise RuntimeError("deliberate failure in a test method")
 
 
 class Hangs(_Base):
     name = "hangs"
 
-    def value(self, task, *, rng, budget, progress=None):
+    def value(self, task, ctx):
         while True:
             time.sleep(0.05)
 
@@ -50,7 +50,7 @@ class Hangs(_Base):
 class Segfaults(_Base):
     name = "segfaults"
 
-    def value(self, task, *, rng, budget, progress=None):
+    def value(self, task, ctx):
         ctypes.string_at(0)  # reads address 0: SIGSEGV
         return Valuation(scores=np.zeros(task.n_train))
 
@@ -58,42 +58,42 @@ class Segfaults(_Base):
 class Exits(_Base):
     name = "exits"
 
-    def value(self, task, *, rng, budget, progress=None):
+    def value(self, task, ctx):
         os._exit(1)  # ends the process at once: no exception, no cleanup
 
 
 class SysExit(_Base):
     name = "sys-exit"
 
-    def value(self, task, *, rng, budget, progress=None):
+    def value(self, task, ctx):
         raise SystemExit(3)
 
 
 class NanScores(_Base):
     name = "nan-scores"
 
-    def value(self, task, *, rng, budget, progress=None):
+    def value(self, task, ctx):
         return Valuation(scores=np.full(task.n_train, np.nan))
 
 
 class ReadsNoise(_Base):
     name = "reads-noise"
 
-    def value(self, task, *, rng, budget, progress=None):
+    def value(self, task, ctx):
         return Valuation(scores=-task.noisy_mask.astype(float))
 
 
 class ReadsTestLabels(_Base):
     name = "reads-test"
 
-    def value(self, task, *, rng, budget, progress=None):
+    def value(self, task, ctx):
         return Valuation(scores=np.full(task.n_train, float(task.y_test.mean())))
 
 
 class GlobalRandom(_Base):
     name = "global-random"
 
-    def value(self, task, *, rng, budget, progress=None):
+    def value(self, task, ctx):
         return Valuation(scores=np.random.random(task.n_train))
 
 
@@ -101,14 +101,14 @@ class Small(_Base):
     name = "small-only"
     max_train = 10
 
-    def value(self, task, *, rng, budget, progress=None):
-        return Valuation(scores=rng.random(task.n_train))
+    def value(self, task, ctx):
+        return Valuation(scores=ctx.rng.random(task.n_train))
 
 
 class Detects(_Base):
     name = "detects"
 
-    def value(self, task, *, rng, budget, progress=None):
+    def value(self, task, ctx):
         # Distance to the own-class centroid, as a detection score only.
         x, y = task.x_train, task.y_train
         centroids = np.stack([x[y == c].mean(axis=0) for c in range(task.n_classes)])
@@ -119,7 +119,7 @@ class Detects(_Base):
 class Hog(_Base):
     name = "hog"
 
-    def value(self, task, *, rng, budget, progress=None):
+    def value(self, task, ctx):
         block = np.ones(3 * 2**30 // 8)  # 3 GiB, touched
         return Valuation(scores=np.full(task.n_train, block[-1]))
 
@@ -127,27 +127,45 @@ class Hog(_Base):
 class Greedy(_Base):
     name = "greedy"
 
-    def value(self, task, *, rng, budget, progress=None):
+    def value(self, task, ctx):
         u = task.utility()
         u.many([np.arange(i + 1) for i in range(10)])
-        return Valuation(scores=rng.random(task.n_train))
+        return Valuation(scores=ctx.rng.random(task.n_train))
 
 
 class CountsThreads(_Base):
     name = "counts-threads"
 
-    def value(self, task, *, rng, budget, progress=None):
+    def value(self, task, ctx):
         import threadpoolctl
         import torch
 
         pools = threadpoolctl.threadpool_info()
         return Valuation(
-            scores=rng.random(task.n_train),
+            scores=ctx.rng.random(task.n_train),
             stats={
                 "torch_threads": torch.get_num_threads(),
                 "pool_threads": max((p["num_threads"] for p in pools), default=1),
             },
         )
+
+
+class OffFraction(_Base):
+    name = "off-fraction"
+
+    def value(self, task, ctx):
+        # A selection at a fraction the run never asked for.
+        return Valuation(scores=ctx.rng.random(task.n_train), selections={0.42: np.arange(3)})
+
+
+class WrongSize(_Base):
+    name = "wrong-size"
+
+    def value(self, task, ctx):
+        # One index short of the size the harness gives the top of the ranking.
+        f = ctx.fractions[0]
+        size = max(1, int(np.ceil(f * task.n_train - 1e-9))) - 1
+        return Valuation(scores=ctx.rng.random(task.n_train), selections={f: np.arange(size)})
 """
 
 ENTRY_POINTS = {
@@ -166,6 +184,8 @@ ENTRY_POINTS = {
     "small-only": "Small",
     "detects": "Detects",
     "counts-threads": "CountsThreads",
+    "off-fraction": "OffFraction",
+    "wrong-size": "WrongSize",
 }
 
 

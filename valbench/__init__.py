@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from valbench.types import (
     Budget,
+    BudgetMeter,
     Dataset,
     DatasetSplits,
     FitCounter,
     Method,
     ProgressFn,
+    RunContext,
     Valuation,
     ValuationTask,
     no_progress,
@@ -18,11 +20,13 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Budget",
+    "BudgetMeter",
     "Dataset",
     "DatasetSplits",
     "FitCounter",
     "Method",
     "ProgressFn",
+    "RunContext",
     "Valuation",
     "ValuationTask",
     "no_progress",

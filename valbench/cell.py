@@ -1,4 +1,6 @@
-"""Runs one Cell: build its task, time the method, measure the result (DESIGN.md §1).
+"""Runs one Cell: build its task, time the method, measure the result.
+
+Where this sits in a run is described in docs/architecture.md, "Data flow".
 
 Everything here runs inside a worker (or the driver, for the serial backend); it returns a plain
 record and the scores, and never touches the run store.
@@ -7,10 +9,11 @@ record and the scores, and never touches the run store.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -27,17 +30,26 @@ from valbench.registry import get_dataset, get_method, validate_params
 from valbench.spec import FILE_PREFIX, Cell, RunSpec
 from valbench.store import RESULTS_SCHEMA, to_jsonable
 from valbench.types import (
+    BudgetMeter,
     Dataset,
     DatasetSplits,
     FitCounter,
     ProgressFn,
     Relabel,
+    RunContext,
     Valuation,
     ValuationTask,
     no_progress,
 )
 
-__all__ = ["CellOutcome", "build_task", "run_cell", "failure_record", "TestEvaluator"]
+__all__ = [
+    "CellOutcome",
+    "build_task",
+    "run_cell",
+    "failure_record",
+    "TestEvaluator",
+    "selection_problem",
+]
 
 log = logging.getLogger(__name__)
 
@@ -263,7 +275,11 @@ class TestEvaluator:
 
 
 def measure(task: ValuationTask, valuation: Valuation, cell: Cell, spec: RunSpec) -> dict[str, Any]:
-    """All metrics of one cell (DESIGN.md §4), from the scores and the test split."""
+    """All metrics of one cell, from the scores and the test split.
+
+    The result is the ``metrics`` object of the cell's results line (docs/architecture.md,
+    "Results record").
+    """
     scores = valuation.scores
     fractions = list(spec.fractions)
     removal_fractions = [0.0, *fractions]
@@ -306,10 +322,44 @@ def measure(task: ValuationTask, valuation: Valuation, cell: Cell, spec: RunSpec
         metrics.mislabel_metrics(detection, noisy) if noisy is not None and noisy.any() else None
     )
     result["evaluation_fits"] = evaluator.fits
+    # Where each fraction's subset came from, so a score ranking standing in for a selector's
+    # own choice is visible in the record (_check_valuation keys selections by these fractions).
+    result["subset_source"] = {
+        f"{f:g}": "selection" if f in valuation.selections else "scores" for f in fractions
+    }
     return result
 
 
-def _check_valuation(valuation: Any, n: int, method: str) -> Valuation:
+def selection_problem(
+    fraction: float, idx: np.ndarray, fractions: Sequence[float], n: int
+) -> str | None:
+    """Why ``idx`` is not a valid selection at ``fraction`` of a run asking for ``fractions``
+    on ``n`` training points, or None: the fraction must be one the run asked for, and the
+    selection ``metrics.subset_size(n, fraction)`` distinct indices in ``[0, n)``, the size the
+    ranking by scores gets, so both compete at the same size."""
+    if _requested(fraction, fractions) is None:
+        asked = ", ".join(f"{f:g}" for f in fractions)
+        return f"a selection at fraction {fraction:g}, which the run did not ask for ({asked})"
+    if idx.ndim != 1 or (idx.size and (idx.min() < 0 or idx.max() >= n)):
+        return f"the selection at {fraction:g} holds indices outside [0, {n})"
+    size = metrics.subset_size(n, fraction)
+    if idx.size != size or np.unique(idx).size != idx.size:
+        return (
+            f"the selection at {fraction:g} holds {idx.size} indices ({np.unique(idx).size} "
+            f"distinct); at {fraction:g} of {n} points it must hold {size} distinct ones"
+        )
+    return None
+
+
+def _requested(fraction: float, fractions: Sequence[float]) -> float | None:
+    """The requested fraction ``fraction`` stands for (float noise absorbed), or None."""
+    for f in fractions:
+        if math.isclose(float(fraction), float(f), rel_tol=0.0, abs_tol=1e-9):
+            return float(f)
+    return None
+
+
+def _check_valuation(valuation: Any, n: int, method: str, fractions: Sequence[float]) -> Valuation:
     if not isinstance(valuation, Valuation):
         raise TypeError(f"method {method!r} returned {type(valuation).__name__}, not a Valuation")
     if valuation.scores.shape != (n,):
@@ -321,11 +371,16 @@ def _check_valuation(valuation: Any, n: int, method: str) -> Valuation:
     detection = valuation.detection_scores
     if detection is not None and (detection.shape != (n,) or not np.all(np.isfinite(detection))):
         raise ValueError(f"method {method!r} returned invalid detection scores")
+    selections: dict[float, np.ndarray] = {}
     for fraction, idx in valuation.selections.items():
-        if idx.ndim != 1 or (idx.size and (idx.min() < 0 or idx.max() >= n)):
-            raise ValueError(
-                f"method {method!r}: selection for {fraction:g} holds indices outside [0, {n})"
-            )
+        problem = selection_problem(fraction, idx, fractions, n)
+        if problem is not None:
+            raise ValueError(f"method {method!r}: {problem}")
+        requested = _requested(fraction, fractions)
+        assert requested is not None  # selection_problem refused it otherwise
+        selections[requested] = idx
+    # Keyed by the requested fractions themselves, so the record's look-ups match exactly.
+    valuation.selections = selections
     return valuation
 
 
@@ -387,9 +442,13 @@ def _run_cell(cell: Cell, spec: RunSpec, progress: ProgressFn) -> CellOutcome:
         counter: FitCounter = task.fit_counter
         wall0, cpu0 = time.perf_counter(), time.process_time()
         with PeakMemory() as mem:
-            raw = method.value(
-                task, rng=cell.method_rng(spec.root_seed), budget=spec.budget_obj, progress=progress
+            ctx = RunContext(
+                rng=cell.method_rng(spec.root_seed),
+                budget=BudgetMeter(spec.budget_obj, counter),
+                fractions=tuple(sorted(spec.fractions)),
+                progress=progress,
             )
+            raw = method.value(task, ctx)
         wall = time.perf_counter() - wall0
         cost = {
             "wall_s": wall,
@@ -399,7 +458,7 @@ def _run_cell(cell: Cell, spec: RunSpec, progress: ProgressFn) -> CellOutcome:
             # Model fits per wall second of the method (None when it fitted nothing).
             "fits_per_s": counter.count / wall if counter.count and wall > 0 else None,
         }
-        valuation = _check_valuation(raw, task.n_train, cell.method)
+        valuation = _check_valuation(raw, task.n_train, cell.method, ctx.fractions)
         measured = measure(task, valuation, cell, spec)
     except (Exception, SystemExit) as exc:  # a method calling sys.exit() fails its cell only
         status = "timeout" if type(exc).__name__ == "CellTimeout" else "failed"
@@ -411,6 +470,12 @@ def _run_cell(cell: Cell, spec: RunSpec, progress: ProgressFn) -> CellOutcome:
         )
     stats = {k: to_jsonable(v) for k, v in valuation.stats.items()}
     stats["evaluation_fits"] = measured.pop("evaluation_fits")
+    if cls.selects_subsets:
+        # A requested fraction the selector did not serve (its budget ran out, say) was ranked
+        # by scores instead: say so where the record's reader looks for the method's own notes.
+        unserved = [f for f, src in measured["subset_source"].items() if src != "selection"]
+        if unserved:
+            stats["unserved_fractions"] = unserved
     record = {
         **_base_record(cell, {k: to_jsonable(v) for k, v in params.items()}),
         "status": "ok",

@@ -52,22 +52,27 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--root-seed", dest="root_seed", help="root seed from which every cell's seeds derive"
     )
-    run.add_argument("--fractions", help="subset fractions in (0, 1], comma-separated")
+    run.add_argument("--fractions", help="subset fractions in (0, 1), comma-separated")
     run.add_argument("--model", help="evaluation model: logreg or mlp")
     run.add_argument(
-        "--budget", help="per-method budget: '2000', 'fits=2000', '60s' or 'fits=2000,seconds=60'"
+        "--budget",
+        help="per-method budget (> 0): '2000', 'fits=2000', '60s' or 'fits=2000,seconds=60'",
     )
     run.add_argument(
         "--max-train", dest="max_train", help="cap on training points per dataset ('none' for all)"
     )
-    run.add_argument("--jobs", help="cells run in parallel worker processes (default 1)")
     run.add_argument(
-        "--timeout", help="seconds a cell may run before it is stopped and recorded as timeout"
+        "--jobs", help="cells run in parallel worker processes (default 1, at most the CPUs)"
+    )
+    run.add_argument(
+        "--timeout",
+        help="seconds (up to 1e7) a cell may run before it is stopped and recorded as timeout",
     )
     run.add_argument(
         "--max-memory",
         dest="max_memory_mb",
-        help="MB of memory a cell may allocate; beyond it the cell fails with MemoryError",
+        help="MB of memory (64 to 2^30) a cell may allocate; beyond it the cell fails with "
+        "MemoryError",
     )
     run.add_argument("--noise-model", dest="noise_model", help="uniform (default) or pair flips")
     run.add_argument(
@@ -79,7 +84,6 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--data-dir",
         dest="data_dir",
-        type=Path,
         help="where datasets are cached/downloaded (default: $VALBENCH_DATA or ~/.cache/valbench)",
     )
     run.add_argument(
@@ -95,9 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ADDRESS",
         help="Ray cluster of --backend ray, e.g. ray://host:10001 (default: start a local one)",
     )
-    run.add_argument(
-        "--out", type=Path, help="run directory (default: reports/<preset>-<config hash>)"
-    )
+    run.add_argument("--out", help="run directory (default: reports/<preset>-<config hash>)")
     run.add_argument(
         "--config", type=Path, help="TOML file with any of these options and [params.METHOD] tables"
     )
@@ -140,13 +142,24 @@ def build_parser() -> argparse.ArgumentParser:
 _SPEC_FLAGS = tuple(sorted(CONFIG_KEYS - {"params", "preset", "out", "random_repeats", "data_dir"}))
 
 
+def _directory(flag: str, value: str | None) -> Path | None:
+    # Path("") is ".": an empty value (an unset shell variable) would write into the cwd.
+    if value is None:
+        return None
+    if not value.strip():
+        raise UsageError(f"{flag} is empty; name a directory or leave the flag out")
+    return Path(value)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from valbench.cache import set_data_dir
     from valbench.runner import execute
     from valbench.spec import build_spec, load_config_file, parse_param_assignments
 
+    out_flag = _directory("--out", args.out)
+    data_dir_flag = _directory("--data-dir", args.data_dir)
     config = load_config_file(args.config) if args.config else {}
-    data_dir = args.data_dir or config.get("data_dir")
+    data_dir = data_dir_flag or config.get("data_dir")
     if data_dir:
         set_data_dir(data_dir)
     overrides: dict[str, Any] = {
@@ -157,7 +170,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if (args.scheduler and args.backend != "dask") or (args.address and args.backend != "ray"):
         raise UsageError("--scheduler goes with --backend dask, --address with --backend ray")
     spec = build_spec(args.preset, config, overrides)
-    out = args.out if args.out is not None else (Path(config["out"]) if "out" in config else None)
+    out = out_flag if out_flag is not None else (Path(config["out"]) if "out" in config else None)
     command = " ".join(["valbench", *map(shlex.quote, sys.argv[1:])])
     summary = execute(
         spec,
@@ -217,8 +230,11 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _dataset_facts(cls: Any) -> str:
+    from collections.abc import Mapping
+
     info = getattr(cls, "info", {}) or {}
-    facts = [f"{k} {v}" for k, v in info.items()]
+    # A plugin's info is shown as it is when it is not the mapping it should be.
+    facts = [f"{k} {v}" for k, v in info.items()] if isinstance(info, Mapping) else [repr(info)]
     try:
         offline = "yes" if cls.available() else "no (needs files or a download)"
     except Exception as exc:  # a failing probe is shown, not raised

@@ -14,6 +14,14 @@ processes and shuts it down afterwards; with one it connects and only disconnect
   restarts that worker through its nanny; a worker without a nanny keeps running the task and
   its result is discarded.
 
+A cell that kills its worker (a segfault, ``os._exit``) is recorded as failed
+(``WorkerCrashed``) after one attempt: the local Dask cluster is started with
+``distributed.scheduler.allowed-failures = 0`` (a scheduler started elsewhere keeps its own
+setting, by default 3 reruns) and Ray tasks have ``max_retries=0``.
+
+:func:`check_backend` refuses, before the runner makes a run directory, a missing extra and an
+address that is malformed or does not accept a connection within ``CONNECT_TIMEOUT_S``.
+
 Ctrl-C cancels every outstanding task. Method progress inside a cell is not streamed; cells
 finished are. ``--jobs`` does not apply (the cluster's workers set the parallelism) and
 ``--max-memory`` is refused (set the workers' memory limit instead).
@@ -21,7 +29,9 @@ finished are. ``--jobs`` does not apply (the cluster's workers set the paralleli
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import socket
 import threading
 import time
 import uuid
@@ -33,7 +43,7 @@ from valbench.cell import CellOutcome, failure_record, run_cell
 from valbench.errors import UsageError
 from valbench.spec import Cell, RunSpec
 
-__all__ = ["run_dask", "run_ray", "LOCAL_WORKERS"]
+__all__ = ["run_dask", "run_ray", "check_backend", "LOCAL_WORKERS", "CONNECT_TIMEOUT_S"]
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +53,81 @@ ProgressFn = Callable[[Cell, int, int], None]
 #: Workers (one thread / CPU each) of the local cluster started when no address is given.
 LOCAL_WORKERS = 2
 _POLL_S = 0.2
+#: Seconds a scheduler / cluster address has to accept a connection before it is refused.
+CONNECT_TIMEOUT_S = 10.0
+_MODULES = {"dask": "distributed", "ray": "ray"}
+_DASK_TCP_SCHEMES = ("tcp", "tls", "ws", "wss")
 
 
 def _missing(extra: str, exc: ImportError) -> UsageError:
     return UsageError(
         f"--backend {extra} needs the {extra} extra: pip install 'valbench[{extra}]' ({exc})"
     )
+
+
+def check_backend(backend: str, address: str | None) -> None:
+    """Raise UsageError if ``backend`` cannot run here: its extra is missing, or ``address``
+    is malformed or unreachable. A no-op for the local backends."""
+    module = _MODULES.get(backend)
+    if module is None:
+        return
+    if importlib.util.find_spec(module) is None:
+        raise _missing(backend, ModuleNotFoundError(f"No module named {module!r}"))
+    if address is None:
+        return
+    if backend == "dask":
+        _check_dask_address(address)
+    else:
+        _check_ray_address(address)
+
+
+def _one_line(exc: BaseException) -> str:
+    return str(exc).replace("\n", " ")[:300]
+
+
+def _check_dask_address(address: str) -> None:
+    from distributed.comm.addressing import normalize_address, parse_address, parse_host_port
+    from distributed.comm.registry import backends
+
+    example = "use e.g. --scheduler tcp://host:8786"
+    try:
+        scheme, location = parse_address(normalize_address(address))
+        # inproc:// lives inside one process: never another process's scheduler.
+        if scheme not in backends or scheme == "inproc":
+            raise ValueError(f"unknown scheme {scheme!r}")
+        host, port = parse_host_port(location) if scheme in _DASK_TCP_SCHEMES else (None, 0)
+    except (ValueError, TypeError) as exc:
+        raise UsageError(
+            f"{address!r} is not a Dask scheduler address ({_one_line(exc)}); {example}"
+        ) from None
+    if host is not None:  # other schemes (ucx) are left to the Client
+        _probe("Dask scheduler", address, host, port, "--scheduler")
+
+
+def _check_ray_address(address: str) -> None:
+    if address in ("auto", "local"):  # ray.init finds (or starts) the cluster itself
+        return
+    scheme, sep, location = address.rpartition("://")
+    host, colon, port = location.rpartition(":")
+    host = host.strip("[]")  # an IPv6 literal
+    if (sep and scheme != "ray") or not colon or not host or not port.isdigit():
+        raise UsageError(
+            f"{address!r} is not a Ray cluster address; use e.g. --address host:6379 "
+            "or ray://host:10001"
+        )
+    _probe("Ray cluster", address, host, int(port), "--address")
+
+
+def _probe(what: str, address: str, host: str, port: int, flag: str) -> None:
+    """Open (and close) a TCP connection: the engines' own clients retry a dead address for
+    long (Ray: until killed), so reachability is checked here with a timeout."""
+    if not 0 < port < 65536:
+        raise UsageError(f"port {port} of {address} is outside 1-65535; check {flag}")
+    try:
+        socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S).close()
+    except (OSError, ValueError) as exc:  # ValueError: a host with a NUL byte
+        reason = getattr(exc, "strerror", None) or _one_line(exc) or type(exc).__name__
+        raise UsageError(f"cannot reach the {what} at {address} ({reason}); check {flag}") from None
 
 
 def _timeout_outcome(cell: Cell, spec: RunSpec, how: str) -> CellOutcome:
@@ -96,22 +175,29 @@ def run_dask(
         from distributed import Client, LocalCluster, wait
     except ImportError as exc:
         raise _missing("dask", exc) from None
+    import dask
+
     cluster = None
     if address is None:
-        cluster = LocalCluster(
-            n_workers=LOCAL_WORKERS,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            silence_logs=logging.WARNING,
-        )
+        # One attempt per cell: by default the scheduler reruns a task that killed its worker
+        # on up to 3 more workers, each of which it kills too. The scheduler reads this setting
+        # when it is created (in this process for a local cluster).
+        with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+            cluster = LocalCluster(
+                n_workers=LOCAL_WORKERS,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                silence_logs=logging.WARNING,
+            )
         client = Client(cluster)
     else:
         try:
             client = Client(address, timeout=30)
-        except (OSError, TimeoutError) as exc:
+        except (OSError, TimeoutError, ValueError, TypeError) as exc:
             raise UsageError(
-                f"cannot reach the Dask scheduler at {address} ({exc}); check --scheduler"
+                f"cannot reach the Dask scheduler at {address} ({_one_line(exc)}); "
+                "check --scheduler"
             ) from None
     topic = f"valbench-started-{uuid.uuid4().hex}" if spec.timeout else None
     started: dict[str, tuple[float, str]] = {}
@@ -127,7 +213,7 @@ def run_dask(
     futures: dict[Any, Cell] = {}
     try:
         for cell in cells:
-            fut = client.submit(_dask_task, cell, spec, topic, pure=False)
+            fut = client.submit(_dask_task, cell, spec, topic, pure=False, retries=0)
             futures[fut] = cell
         while futures:
             try:
@@ -200,9 +286,9 @@ def run_ray(
                 )
             else:
                 ray.init(address=address, log_to_driver=False, configure_logging=False)
-        except ConnectionError as exc:
+        except (ConnectionError, ValueError) as exc:
             raise UsageError(
-                f"cannot reach the Ray cluster at {address} ({exc}); check --address"
+                f"cannot reach the Ray cluster at {address} ({_one_line(exc)}); check --address"
             ) from None
     remote = ray.remote(num_cpus=1, max_retries=0)(_ray_task)
     spec_ref = ray.put(spec)

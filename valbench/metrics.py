@@ -1,4 +1,4 @@
-"""Benchmark metrics as pure functions (DESIGN.md §4): numpy in, plain floats, arrays, dicts out.
+"""Benchmark metrics as pure functions: numpy in, plain floats, arrays, dicts out.
 
 Conventions: scores are "higher = more valuable". Orders are deterministic: most-valuable-first
 orders sort stably on ``-score`` (ties by ascending index); lowest-first orders sort stably on
@@ -301,7 +301,11 @@ def two_means_f1(scores: Any, noisy_mask: Any, seed: int = 0) -> float:
 
 
 def mislabel_metrics(scores: Any, noisy_mask: Any, seed: int = 0) -> dict[str, Any]:
-    """All mislabel-detection metrics of one cell as a JSON-friendly dict (DESIGN.md §5)."""
+    """All mislabel-detection metrics of one cell as a JSON-friendly dict.
+
+    It becomes ``metrics.mislabel`` of the cell's results line (docs/architecture.md,
+    "Results record").
+    """
     at_noise = detection_at_k(scores, noisy_mask)
     fr, rec = mislabel_recall_curve(scores, noisy_mask)
     cfr, crec = mislabel_recall_curve(scores, noisy_mask, _COARSE_GRID)

@@ -1,12 +1,15 @@
 """Finds methods and datasets through the entry-point groups ``valbench.methods``/``.datasets``.
 
 Built-ins are registered the same way, in valbench's own ``pyproject.toml``; the harness never
-imports a method module by name. A plugin that fails to load is reported, not fatal.
+imports a method module by name. A plugin that fails to load, is registered under a name a run
+cannot use, or whose class calls itself by another name is reported as broken, not fatal:
+``valbench list`` shows why and ``--methods all`` leaves it out with a warning.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import traceback
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
@@ -32,6 +35,10 @@ log = logging.getLogger(__name__)
 METHODS_GROUP = "valbench.methods"
 DATASETS_GROUP = "valbench.datasets"
 Kind = Literal["method", "dataset"]
+#: What a run accepts as a method or dataset name (cell ids and file names are built from it).
+_VALID_NAME = re.compile(r"[A-Za-z0-9_-]+")
+#: Names the command line gives a meaning of its own.
+_RESERVED = ("all",)
 
 
 @dataclass(frozen=True)
@@ -61,6 +68,20 @@ class Entry:
 def _load(kind: Kind, ep: EntryPoint) -> Entry:
     dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist is not None else "?"
     base = Method if kind == "method" else Dataset
+    # Checked before importing: such a name would break every run that selects 'all'.
+    if not _VALID_NAME.fullmatch(ep.name):
+        return Entry(
+            kind,
+            ep.name,
+            ep.value,
+            dist,
+            error=f"invalid name {ep.name!r}: a {kind} name may only use letters, digits, "
+            "'_' and '-'",
+        )
+    if ep.name in _RESERVED:
+        return Entry(
+            kind, ep.name, ep.value, dist, error=f"the name {ep.name!r} is reserved by valbench"
+        )
     try:
         obj = ep.load()
     except Exception as exc:  # a broken plugin must not break the rest
@@ -73,6 +94,16 @@ def _load(kind: Kind, ep: EntryPoint) -> Entry:
             ep.value,
             dist,
             error=f"{ep.value} is not a subclass of valbench.{base.__name__}",
+        )
+    own = getattr(obj, "name", None)
+    if own != ep.name:  # results would carry one name and the class report another
+        return Entry(
+            kind,
+            ep.name,
+            ep.value,
+            dist,
+            error=f"{ep.value} calls itself {own!r} but is registered as {ep.name!r}; "
+            "the two must match",
         )
     return Entry(kind, ep.name, ep.value, dist, obj=obj)
 
@@ -120,14 +151,30 @@ def get_dataset(name: str) -> type[Dataset]:
     return cls
 
 
+def _working_names(kind: Kind) -> list[str]:
+    names = []
+    for name, entry in discover(kind).items():
+        if entry.ok:
+            names.append(name)
+        else:  # one plugin's mistake must not stop `--methods all` for everyone
+            log.warning(
+                "%s plugin %r (%s) skipped: %s; `valbench list` shows it",
+                kind,
+                name,
+                entry.distribution,
+                entry.error,
+            )
+    return names
+
+
 def method_names() -> list[str]:
-    """Names of the methods that load."""
-    return [n for n, e in discover("method").items() if e.ok]
+    """Names of the methods that load; a broken one is skipped with a warning."""
+    return _working_names("method")
 
 
 def dataset_names() -> list[str]:
-    """Names of the datasets that load."""
-    return [n for n, e in discover("dataset").items() if e.ok]
+    """Names of the datasets that load; a broken one is skipped with a warning."""
+    return _working_names("dataset")
 
 
 def validate_params(cls: type[Method] | type[Dataset], params: dict[str, Any]) -> None:

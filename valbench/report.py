@@ -1,9 +1,11 @@
-"""The run report: ``index.html``, ``results.csv``, ``summary.json``, ``figures/`` (DESIGN.md §5).
+"""The run report: ``index.html``, ``results.csv``, ``summary.json``, ``figures/``.
 
 All are rendered from the stored files alone (``manifest.json``, ``results.jsonl`` and, for the
 2-D selection figures, ``scores/`` and ``points/``), so ``valbench report RUN_DIR`` reproduces
 them byte for byte: nothing depends on the time of rendering, and the SVG figures are written
-with a fixed hash salt and no date.
+with a fixed hash salt and no date. A damaged ``.npz`` file leaves its drawing out with a note
+on the page; the page never embeds more than :data:`EMBED_LIMIT` characters of one cell's
+stats, parameters or error (the full record stays in ``results.jsonl``).
 
 The report is built in three steps, each easy to extend:
 
@@ -32,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from valbench.errors import RunDirectoryError
 from valbench.figures import (
     cd_figure,
     method_colors,
@@ -43,7 +46,16 @@ from valbench.figures import (
     selection_figure,
     subset_figure,
 )
-from valbench.store import POINTS_DIR, RESULTS_CSV, read_manifest, read_results
+from valbench.store import (
+    FIGURES_DIR,
+    POINTS_DIR,
+    RESULTS_CSV,
+    atomic_write,
+    check_entries,
+    load_scores,
+    read_manifest,
+    read_results,
+)
 from valbench.summary import (
     ALPHA,
     CONFIDENCE,
@@ -84,10 +96,13 @@ log = logging.getLogger(__name__)
 
 REPORT_FILE = "index.html"
 SUMMARY_FILE = "summary.json"
-FIGURES_DIR = "figures"
 CSV_COLUMNS = ("cell_id", "method", "dataset", "noise", "seed", "status", "metric", "value")
 TEMPLATE = "report.html.j2"
 SELECTION_FRACTION = 0.1
+#: Characters of one cell's stats, parameters, error message or traceback the page embeds; a
+#: plugin's 50 MB of stats must not become a 50 MB page.
+EMBED_LIMIT = 64 * 1024
+TRUNCATED_NOTE = "truncated; full record in results.jsonl"
 CD_KEYS: tuple[tuple[str, str], ...] = (
     (GAIN_KEY, "subset value gain over random"),
     ("mislabel.auc", "mislabel detection AUC"),
@@ -174,16 +189,29 @@ def write_results_csv(run_dir: Path) -> Path:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a report is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        atomic_write(path, data)
+    except OSError as exc:  # disk full, index.html made a directory, ...
+        raise _cannot_write(path, exc) from None
+
+
+def _cannot_write(where: Path, exc: OSError) -> RunDirectoryError:
+    return RunDirectoryError(
+        f"cannot write the report to {where}: {exc.strerror or exc}; copy the run directory "
+        "somewhere writable (cp -r RUN_DIR COPY) and run `valbench report COPY`"
+    )
+
+
+def _check_writable(run_dir: Path) -> None:
+    """Fail before writing anything when the run directory is read-only or holds a planted
+    link where the report writes (a one-line error)."""
+    check_entries(run_dir)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".report-probe.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise _cannot_write(run_dir, exc) from None
 
 
 _SVG_PROLOGUE = re.compile(r"\A.*?(?=<svg\b)", re.S)
@@ -300,29 +328,46 @@ def _headline(groups: Sequence[GroupSummary]) -> dict[str, Any]:
     return {"columns": columns, "rows": rows}
 
 
-def _failures(records: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
+def _failures(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for rec in sorted(records, key=record_sort_key):
         if rec.get("status") == "ok":
             continue
         raw_error = rec.get("error")
         error: Mapping[str, Any] = raw_error if isinstance(raw_error, Mapping) else {}
+        message, message_cut = _capped(str(error.get("message") or ""))
+        tb, tb_cut = _capped(str(error.get("traceback") or ""))
         out.append(
             {
                 "cell_id": str(rec.get("cell_id", "")),
                 "status": str(rec.get("status", "")),
-                "type": str(error.get("type") or ""),
-                "message": str(error.get("message") or ""),
-                "traceback": str(error.get("traceback") or ""),
+                "type": _capped(str(error.get("type") or ""), 200)[0],
+                "message": message,
+                "traceback": tb,
+                "truncated": message_cut or tb_cut,
             }
         )
     return out
 
 
-def _cells(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Per-cell details: parameters, statistics the method reported, cost, status."""
+def _capped(text: str, limit: int = EMBED_LIMIT) -> tuple[str, bool]:
+    """``text`` cut to ``limit`` characters, and whether it was cut."""
+    if len(text) <= limit:
+        return text, False
+    return text[:limit] + " …", True
+
+
+def _cells(
+    records: Sequence[Mapping[str, Any]], notes: Mapping[str, str] | None = None
+) -> list[dict[str, Any]]:
+    """Per-cell details: parameters, statistics the method reported, cost, status.
+
+    ``notes`` maps a cell id to a remark shown in its row (e.g. a damaged scores file).
+    """
     out = []
     for rec in sorted(records, key=record_sort_key):
+        params, params_cut = _capped(_compact_json(rec.get("params") or {}))
+        stats, stats_cut = _capped(_compact_json(rec.get("stats") or {}))
         wall = get_number(rec, "cost", "wall_s")
         fits = get_number(rec, "cost", "model_fits")
         out.append(
@@ -333,8 +378,10 @@ def _cells(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
                 "n_train": rec.get("n_train") if is_number(rec.get("n_train")) else None,
                 "wall": "—" if wall is None else f"{wall:.3g}",
                 "fits": "—" if fits is None else f"{fits:.0f}",
-                "params": _compact_json(rec.get("params") or {}),
-                "stats": _compact_json(rec.get("stats") or {}),
+                "params": params,
+                "stats": stats,
+                "truncated": params_cut or stats_cut,
+                "note": (notes or {}).get(str(rec.get("cell_id", "")), ""),
             }
         )
     return out
@@ -343,7 +390,10 @@ def _cells(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 def _compact_json(value: Any) -> str:
     if not value:
         return ""
-    return json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
+    try:
+        return json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
+    except (ValueError, RecursionError):  # nested too deeply to print
+        return "(not printable; see results.jsonl)"
 
 
 # --------------------------------------------------------------------------- figures
@@ -353,13 +403,40 @@ def _points_file(run_dir: Path, group: GroupSummary, seed: Any) -> Path | None:
     if group.noise is None:
         return None
     path = run_dir / POINTS_DIR / f"{group.dataset}.seed{seed}.noise{group.noise:g}.npz"
-    return path if path.is_file() else None
+    try:
+        return path if path.is_file() else None
+    except (OSError, ValueError):  # a dataset name no file can have (NUL, too long)
+        return None
+
+
+def _load_points(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """A 2-D split's training points, labels and noise mask, checked against each other."""
+
+    def damaged(why: str) -> RunDirectoryError:
+        return RunDirectoryError(f"points file {path} is damaged ({why})")
+
+    try:
+        with np.load(path, allow_pickle=False) as pts:
+            x = np.asarray(pts["x_train"], dtype=np.float64)
+            y = np.asarray(pts["y_train"]).astype(np.int64)
+            noisy = np.asarray(pts["noisy_mask"], dtype=bool) if "noisy_mask" in pts else None
+    # numpy, zipfile and zlib raise a dozen types on a damaged file (EOFError, BadZipFile,
+    # zlib.error, ValueError, a plain .npy without a context manager, ...): all mean damaged.
+    except Exception as exc:
+        raise damaged(f"{type(exc).__name__}: {exc}") from None
+    if x.ndim != 2 or y.shape != (len(x),) or (noisy is not None and noisy.shape != y.shape):
+        raise damaged(f"x_train {x.shape}, y_train {y.shape} do not match")
+    return x, y, noisy
 
 
 def _selection_svg(
-    run_dir: Path, group: GroupSummary, colors: Mapping[str, str]
+    run_dir: Path, group: GroupSummary, colors: Mapping[str, str], damaged: dict[str, str]
 ) -> tuple[str, Any] | None:
-    """The 2-D selection figure of a group, from its first seed with stored points; or None."""
+    """The 2-D selection figure of a group, from its first seed with stored points; or None.
+
+    A damaged points or scores file is left out with one warning, a note under the group's
+    figures and (for scores) a note in ``damaged`` by cell id.
+    """
     from valbench.metrics import top_fraction
 
     seeds = sorted(
@@ -371,31 +448,34 @@ def _selection_svg(
         if path is None:
             continue
         try:
-            with np.load(path) as pts:
-                x = np.asarray(pts["x_train"], dtype=np.float64)
-                y = np.asarray(pts["y_train"])
-                noisy = np.asarray(pts["noisy_mask"], dtype=bool) if "noisy_mask" in pts else None
-            if x.ndim != 2 or x.shape[1] != 2:
-                return None
-            selections: dict[str, np.ndarray] = {}
-            for method, recs in group.records.items():
-                rec = next((r for r in recs if r.get("seed") == seed), None)
-                scores_file = rec.get("scores_file") if rec else None
-                if not scores_file or not (run_dir / str(scores_file)).is_file():
-                    continue
-                with np.load(run_dir / str(scores_file)) as data:
-                    key = f"selection_{SELECTION_FRACTION:g}"
-                    if key in data.files:
-                        idx = np.asarray(data[key], dtype=np.int64)
-                    else:
-                        idx = top_fraction(data["scores"], SELECTION_FRACTION)
-                if idx.size and idx.min() >= 0 and idx.max() < len(x):
-                    selections[method] = idx
-        except (OSError, KeyError, ValueError) as exc:
-            log.warning("selection figure of %s skipped: %s", group.title, exc)
+            x, y, noisy = _load_points(path)
+        except RunDirectoryError as exc:
+            log.warning("%s", exc)
+            group.notes.append(f"Selection figure not drawn from seed {seed}: {exc}.")
+            continue
+        if x.shape[1] != 2:
             return None
+        selections: dict[str, np.ndarray] = {}
+        for method, recs in group.records.items():
+            rec = next((r for r in recs if r.get("seed") == seed), None)
+            scores_file = rec.get("scores_file") if rec else None
+            if not rec or not scores_file:
+                continue
+            try:
+                scores, native = load_scores(run_dir, str(scores_file))
+                idx = native.get(SELECTION_FRACTION)
+                if idx is None:
+                    idx = top_fraction(scores, SELECTION_FRACTION)
+            except (RunDirectoryError, ValueError) as exc:
+                log.warning("%s", exc)
+                damaged[str(rec.get("cell_id"))] = f"left out of the selection figure: {exc}"
+                group.notes.append(f"{method} left out of the selection figure: {exc}.")
+                continue
+            idx = np.asarray(idx, dtype=np.int64)
+            if idx.size and idx.min() >= 0 and idx.max() < len(x):
+                selections[method] = idx
         if not selections:
-            return None
+            continue
         title = (
             f"{group.title}, seed {seed}: top {SELECTION_FRACTION * 100:g}% selected "
             "(coloured), flipped labels (red ×)"
@@ -430,7 +510,9 @@ def _add_figure(
     )
 
 
-def _group_figures(run_dir: Path, group: GroupSummary, colors: Mapping[str, str]) -> None:
+def _group_figures(
+    run_dir: Path, group: GroupSummary, colors: Mapping[str, str], damaged: dict[str, str]
+) -> None:
     band = (
         f"band: {CONFIDENCE * 100:g} % CI over seeds"
         if group.max_seeds >= 2
@@ -475,7 +557,7 @@ def _group_figures(run_dir: Path, group: GroupSummary, colors: Mapping[str, str]
         "time; outlined points and the step line: the Pareto front (nothing else is both "
         "faster and better).",
     )
-    selection = _selection_svg(run_dir, group, colors)
+    selection = _selection_svg(run_dir, group, colors, damaged)
     if selection is not None:
         add(
             "selection",
@@ -548,13 +630,15 @@ def render_report(run_dir: Path) -> Path:
     """
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir)
+    _check_writable(run_dir)
     records = sorted(read_results(run_dir), key=record_sort_key)
     write_results_csv(run_dir)
 
     groups = summarise(records)
     colors = method_colors(str(r.get("method", "")) for r in records)
+    damaged: dict[str, str] = {}  # cell id -> why its drawing is missing
     for group in groups:
-        _group_figures(run_dir, group, colors)
+        _group_figures(run_dir, group, colors, damaged)
     cross, cd_results = _cross_figures(run_dir, groups, colors)
 
     summary = summary_json(manifest, groups, cd_results)
@@ -576,7 +660,8 @@ def render_report(run_dir: Path) -> Path:
             cross_figures=cross,
             cd_results=cd_results,
             failures=_failures(records),
-            cells=_cells(records),
+            cells=_cells(records, damaged),
+            truncated_note=TRUNCATED_NOTE,
             confidence=CONFIDENCE,
             alpha=ALPHA,
             test_name=TEST_NAME,

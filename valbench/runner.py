@@ -553,9 +553,13 @@ def execute(
             f"--max-memory needs the process backend; with --backend {backend} set the "
             "workers' memory limit instead"
         )
-    run_dir = Path(out) if out is not None else default_run_dir(spec)
-    if backend == "serial" and spec.max_memory_mb:
+    if backend == "serial" and spec.max_memory_mb:  # before the run directory is made
         raise UsageError("--max-memory needs worker processes; drop --backend serial")
+    if backend in ("dask", "ray"):
+        from valbench.distributed import check_backend
+
+        check_backend(backend, address)  # a missing extra, a bad or dead address
+    run_dir = Path(out) if out is not None else default_run_dir(spec)
     store = RunStore(run_dir)
     try:
         manifest = _open_run_dir(store, spec, overwrite, command)
@@ -725,13 +729,19 @@ class _ProgressBar:
 
 
 def _render(run_dir: Path) -> Path | None:
+    from valbench.errors import ValbenchError, printable
     from valbench.report import render_report
 
     try:
         return render_report(run_dir)
-    except Exception:  # the results are safe on disk; a report bug must not hide them
-        log.exception("rendering the report failed; the results in %s are intact", run_dir)
+    except Exception as exc:  # the results are safe on disk; a report bug must not hide them
+        log.debug("rendering the report failed", exc_info=True)
+        reason = str(exc) if isinstance(exc, ValbenchError) else f"{type(exc).__name__}: {exc}"
         print(
-            f"warning: the report could not be rendered; results are in {run_dir}", file=sys.stderr
+            printable(
+                f"warning: the report could not be rendered ({reason}); the results are intact "
+                f"in {run_dir} (`valbench report {run_dir}` shows why)"
+            ),
+            file=sys.stderr,
         )
         return None

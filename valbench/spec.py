@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
 import tomllib
 import zlib
@@ -61,6 +62,14 @@ DEFAULT_PRESET = "quick"
 #: More seeds than any benchmark needs; a typo like ``--seeds 1000000000`` must not build a
 #: billion-cell grid in memory.
 MAX_SEEDS = 10_000
+#: --timeout above this (about 116 days) is a typo; larger values overflow the timers.
+MAX_TIMEOUT_S = 1e7
+#: --max-memory below this leaves a worker no room to start (it can hang instead of failing);
+#: above MAX_MEMORY_MB (1 PiB) the address-space limit overflows.
+MIN_MEMORY_MB = 64
+MAX_MEMORY_MB = 2**30
+#: A config file larger than this is not a config file (and /dev/zero must not be read whole).
+MAX_CONFIG_BYTES = 2**20
 
 _NAME_RE = re.compile(r"[^A-Za-z0-9_-]+")
 
@@ -112,6 +121,26 @@ class RunSpec:
     EXECUTION_ONLY = ("jobs", "timeout", "preset", "max_memory_mb")
 
     def __post_init__(self) -> None:
+        # bool is an int subclass: True would pass as 1 (a 1 s timeout, 1 seed).
+        for key in ("noise", "fractions"):
+            if any(isinstance(v, bool) for v in getattr(self, key)):
+                raise UsageError(f"{key} must be numbers, not true/false")
+        for key, flag in (
+            ("seeds", "--seeds"),
+            ("root_seed", "--root-seed"),
+            ("jobs", "--jobs"),
+            ("random_repeats", "random_repeats"),
+            ("max_train", "--max-train"),
+        ):
+            if isinstance(getattr(self, key), bool):
+                raise UsageError(f"{flag} must be a whole number, not true/false")
+        for key, flag in (
+            ("timeout", "--timeout"),
+            ("max_memory_mb", "--max-memory"),
+            ("imbalance", "--imbalance"),
+        ):
+            if isinstance(getattr(self, key), bool):
+                raise UsageError(f"{flag} must be a number, not true/false")
         if not self.methods:
             raise UsageError("no methods selected; name at least one with --methods (or 'all')")
         if not self.datasets:
@@ -119,9 +148,10 @@ class RunSpec:
         if not self.fractions:
             raise UsageError("no fractions given; use e.g. --fractions 0.1,0.2")
         for f in self.fractions:
-            if not (0 < f <= 1) or math.isnan(f):
+            # 1 is refused: the removal curve at 1 would train on nothing, failing every cell.
+            if not (0 < f < 1):
                 raise UsageError(
-                    f"fraction {f:g} is outside (0, 1]; use e.g. --fractions 0.05,0.1,0.5"
+                    f"fraction {f:g} is outside (0, 1); use e.g. --fractions 0.05,0.1,0.5"
                 )
         for rate in self.noise:
             if not (0 <= rate < 1):
@@ -134,10 +164,25 @@ class RunSpec:
             raise UsageError(f"--root-seed must be >= 0, got {self.root_seed}")
         if self.jobs < 1:
             raise UsageError(f"--jobs must be >= 1, got {self.jobs}")
-        if self.timeout is not None and not self.timeout > 0:
-            raise UsageError(f"--timeout must be > 0 seconds, got {self.timeout:g}")
-        if self.max_memory_mb is not None and not self.max_memory_mb > 0:
-            raise UsageError(f"--max-memory must be > 0 MB, got {self.max_memory_mb:g}")
+        if self.timeout is not None:
+            if not math.isnan(self.timeout) and self.timeout <= 0:
+                raise UsageError(f"--timeout must be > 0 seconds, got {self.timeout:g}")
+            if not self.timeout <= MAX_TIMEOUT_S:
+                raise UsageError(
+                    f"--timeout must be a finite number of seconds <= {MAX_TIMEOUT_S:g}, "
+                    f"got {self.timeout:g}"
+                )
+        if self.max_memory_mb is not None:
+            if not self.max_memory_mb <= MAX_MEMORY_MB:
+                raise UsageError(
+                    f"--max-memory must be a finite number of MB <= {MAX_MEMORY_MB}, "
+                    f"got {self.max_memory_mb:g}"
+                )
+            if self.max_memory_mb < MIN_MEMORY_MB:
+                raise UsageError(
+                    f"--max-memory must be at least {MIN_MEMORY_MB} MB (a worker needs that "
+                    f"much to start), got {self.max_memory_mb:g}"
+                )
         if self.max_train is not None and self.max_train < 2:
             raise UsageError(f"max_train must be >= 2, got {self.max_train}")
         if self.random_repeats < 1:
@@ -155,7 +200,7 @@ class RunSpec:
             raise UsageError(
                 f"unknown noise model {self.noise_model!r}; valid: {', '.join(NOISE_MODELS)}"
             )
-        if not self.imbalance >= 1:
+        if not (1 <= self.imbalance < math.inf):
             raise UsageError(
                 f"--imbalance is a max/min class-size ratio >= 1, got {self.imbalance:g}"
             )
@@ -282,11 +327,28 @@ CONFIG_KEYS = {
 
 def load_config_file(path: Path) -> dict[str, Any]:
     """Read a TOML config; unknown keys are refused with the list of valid ones."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a directory, not a TOML file")
     try:
-        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        # Read one byte past the limit: enough to tell a too-large file (or /dev/zero).
+        with path.open("rb") as fh:
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {path} is larger than {MAX_CONFIG_BYTES // 2**20} MB")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8"
+        ) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
     unknown = sorted(set(data) - CONFIG_KEYS)
     if unknown:
@@ -297,6 +359,8 @@ def load_config_file(path: Path) -> dict[str, Any]:
     for key in ("out", "data_dir"):
         if key in data and not isinstance(data[key], str):
             raise ConfigError(f"config file {path}: {key} must be a path string, got {data[key]!r}")
+        if key in data and not data[key].strip():  # Path("") is the current directory
+            raise ConfigError(f"config file {path}: {key} is empty; name a directory or drop it")
     params = data.get("params", {})
     if not isinstance(params, dict) or not all(isinstance(v, dict) for v in params.values()):
         raise ConfigError(
@@ -344,10 +408,20 @@ def _as_int(key: str, value: Any, optional: bool = False) -> int | None:
 def _as_float_or_none(key: str, value: Any) -> float | None:
     if value is None or value in ("none", ""):
         return None
+    # float(True) is 1.0: a TOML ``timeout = true`` must not become a 1 s timeout.
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise UsageError(f"{key} must be a number, got {value!r}")
     try:
         return float(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"{key} must be a number of seconds, got {value!r}") from None
+    except ValueError:
+        raise UsageError(f"{key} must be a number, got {value!r}") from None
+
+
+def _check_jobs(jobs: int) -> None:
+    """More worker processes than CPUs only slow every cell down (and skew its timings)."""
+    cpus = os.cpu_count() or 1
+    if jobs > cpus:
+        raise UsageError(f"--jobs {jobs} is more than the {cpus} CPUs of this machine")
 
 
 def build_spec(
@@ -376,7 +450,9 @@ def build_spec(
         elif key in ("timeout", "max_memory_mb"):
             kwargs[key] = _as_float_or_none(key, value)
         elif key == "imbalance":
-            kwargs[key] = _as_float_or_none(key, value) or 1.0
+            # Unset means balanced; 0 is not unset, RunSpec refuses it.
+            imbalance = _as_float_or_none(key, value)
+            kwargs[key] = 1.0 if imbalance is None else imbalance
         elif key in ("noise_model", "label_column"):
             if not isinstance(value, str):
                 raise UsageError(f"{key} must be a string, got {value!r}")
@@ -385,4 +461,6 @@ def build_spec(
             if not isinstance(value, str | int) or isinstance(value, bool):
                 raise UsageError(f"{key} must be a string, got {value!r}")
             kwargs[key] = str(value)
-    return RunSpec(**kwargs)
+    spec = RunSpec(**kwargs)
+    _check_jobs(spec.jobs)
+    return spec

@@ -17,7 +17,7 @@ import math
 import os
 import socket
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -47,11 +47,12 @@ __all__ = [
     "read_manifest",
     "write_json_atomic",
     "write_bytes_atomic",
+    "atomic_write",
     "load_scores",
     "to_jsonable",
     "lock_holder",
     "describe_holder",
-    "refuse_links",
+    "check_entries",
 ]
 
 log = logging.getLogger(__name__)
@@ -89,17 +90,15 @@ def _write_error(path: Path, exc: OSError) -> StoreWriteError:
     )
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a fresh temporary file and a rename.
 
     Readers never see half a file, and the rename replaces a link at ``path`` instead of
-    writing through it. On failure nothing is left behind and the old file is intact.
+    writing through it. On failure (an ``OSError``) nothing is left behind and the old file is
+    intact.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise _write_error(path, exc) from None
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -107,11 +106,17 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
             os.fsync(fh.fileno())
         os.chmod(tmp, _FILE_MODE & ~_umask())  # mkstemp makes it owner-only
         os.replace(tmp, path)
-    except BaseException as exc:
+    except BaseException:
         Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise _write_error(path, exc) from None
         raise
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """:func:`atomic_write` for the run's own files: a failure is one resumable-error line."""
+    try:
+        atomic_write(path, data)
+    except OSError as exc:
+        raise _write_error(path, exc) from None
 
 
 def _umask() -> int:
@@ -147,45 +152,250 @@ def to_jsonable(value: Any) -> Any:
 
 
 def read_manifest(run_dir: Path) -> dict[str, Any]:
-    """The run's manifest; a clear error when ``run_dir`` holds no run."""
-    path = Path(run_dir) / MANIFEST_FILE
+    """The run's manifest, checked: a one-line RunDirectoryError when it is missing or damaged.
+
+    Every field its readers use (``status``, ``report``, a resumed ``run``) is checked for
+    type, and ``spec`` must be one :class:`~valbench.spec.RunSpec` accepts, so no reader needs
+    to guard against a hand-edited or half-overwritten file.
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / MANIFEST_FILE
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirectoryError(
+            f"{run_dir} is a file, not a run directory; give the directory that `valbench run` "
+            "wrote"
+        )
     try:
-        return dict(json.loads(path.read_text(encoding="utf-8")))
+        data = json.loads(path.read_bytes().decode("utf-8"))
     except FileNotFoundError:
         raise RunDirectoryError(
             f"{run_dir} holds no valbench run (no {MANIFEST_FILE}); give the directory "
             "that `valbench run` wrote"
         ) from None
+    except IsADirectoryError:
+        raise _damaged(path, "is a directory, not a file") from None
+    except OSError as exc:
+        raise RunDirectoryError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise _damaged(path, "is not UTF-8 text") from None
     except json.JSONDecodeError as exc:
         raise RunDirectoryError(
             f"{path} is not valid JSON ({exc}); the run directory is damaged"
         ) from None
+    except (ValueError, RecursionError) as exc:  # an integer of 5000 digits, nesting too deep
+        raise _damaged(path, f"cannot be read ({type(exc).__name__})") from None
+    _check_manifest(path, data)
+    return dict(data)
+
+
+def _damaged(path: Path, problem: str) -> RunDirectoryError:
+    return RunDirectoryError(
+        f"{path} {problem}; the run directory is damaged (restore the file, or start over "
+        "with `valbench run --overwrite`)"
+    )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_dict(value: Any) -> bool:
+    return isinstance(value, dict)
+
+
+def _is_str(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+def _optional(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda value: value is None or check(value)
+
+
+def _list_of(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda value: isinstance(value, list) and all(check(v) for v in value)
+
+
+# What the manifest's readers expect of each field (a field may be absent).
+_MANIFEST_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "schema": (_is_int, "a whole number"),
+    "name": (_optional(_is_str), "a string"),
+    "status": (_optional(_is_str), "a string"),
+    "config_hash": (_optional(_is_str), "a string"),
+    "command": (_optional(_is_str), "a string"),
+    "git_revision": (_optional(_is_str), "a string"),
+    "started_at": (_optional(_is_str), "a string"),
+    "ended_at": (_optional(_is_str), "a string"),
+    "cells_total": (_optional(_is_int), "a whole number"),
+    "resumed": (_is_int, "a whole number"),
+    "wall_s": (_is_number, "a number"),
+    "versions": (_optional(_is_dict), "an object"),
+    "machine": (_optional(_is_dict), "an object"),
+}
+
+# The types RunSpec.from_dict needs; its own checks then judge the values.
+_SPEC_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "methods": (_list_of(_is_str), "a list of names"),
+    "datasets": (_list_of(_is_str), "a list of names"),
+    "noise": (_list_of(_is_number), "a list of numbers"),
+    "fractions": (_list_of(_is_number), "a list of numbers"),
+    "seeds": (_is_int, "a whole number"),
+    "root_seed": (_is_int, "a whole number"),
+    "random_repeats": (_is_int, "a whole number"),
+    "jobs": (_is_int, "a whole number"),
+    "max_train": (_optional(_is_int), "a whole number or null"),
+    "model": (_is_str, "a string"),
+    "budget": (_is_str, "a string"),
+    "noise_model": (_is_str, "a string"),
+    "preset": (_is_str, "a string"),
+    "label_column": (_optional(_is_str), "a string or null"),
+    "imbalance": (_is_number, "a number"),
+    "timeout": (_optional(_is_number), "a number or null"),
+    "max_memory_mb": (_optional(_is_number), "a number or null"),
+    "params": (
+        lambda v: _is_dict(v) and all(_is_dict(p) for p in v.values()),
+        "an object of objects",
+    ),
+}
+
+
+def _check_manifest(path: Path, data: Any) -> None:
+    if not isinstance(data, dict):
+        raise _damaged(path, f"holds a JSON {_json_type(data)}, not an object")
+    for key, (check, wanted) in _MANIFEST_FIELDS.items():
+        if key in data and not check(data[key]):
+            raise _damaged(path, f"has {key} = {_short(data[key])}, not {wanted}")
+    spec = data.get("spec")
+    if not isinstance(spec, dict):
+        raise _damaged(path, f"has spec = {_short(spec)}, not an object")
+    for key, (check, wanted) in _SPEC_FIELDS.items():
+        if key in spec and not check(spec[key]):
+            raise _damaged(path, f"has spec.{key} = {_short(spec[key])}, not {wanted}")
+    from valbench.errors import ValbenchError
+    from valbench.spec import RunSpec
+
+    try:
+        spec_obj = RunSpec.from_dict(spec)
+        spec_obj.config_hash()
+    except ValbenchError as exc:
+        raise _damaged(path, f"has a spec valbench refuses ({exc})") from None
+    except (TypeError, ValueError, OverflowError) as exc:  # a field the table above misses
+        raise _damaged(path, f"has a spec valbench cannot use ({type(exc).__name__})") from None
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "object", list: "list", str: "string", bool: "boolean", type(None): "null"}
+    return names.get(type(value), "number")
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """A value for an error line: its JSON, cut short."""
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except (ValueError, RecursionError):
+        text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+#: The statuses a cell's results line can have.
+CELL_STATUSES = ("ok", "failed", "timeout", "skipped")
+
+# What the readers of a results line expect of each field (a field may be absent).
+_RECORD_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "schema": (_is_int, "a whole number"),
+    "method": (_is_str, "a string"),
+    "dataset": (_is_str, "a string"),
+    "noise": (_optional(_is_number), "a number"),
+    "seed": (_optional(_is_int), "a whole number"),
+    "params": (_optional(_is_dict), "an object"),
+    "error": (_optional(_is_dict), "an object or null"),
+    "cost": (_optional(_is_dict), "an object"),
+    "metrics": (_optional(_is_dict), "an object"),
+    "stats": (_optional(_is_dict), "an object"),
+    "n_train": (_optional(_is_int), "a whole number"),
+    "finished_at": (_optional(_is_str), "a string"),
+    "scores_file": (
+        _optional(
+            lambda v: (
+                _is_str(v)
+                and bool(v)
+                and "\x00" not in v
+                and not Path(v).is_absolute()
+                and ".." not in Path(v).parts
+            )
+        ),
+        "a path inside the run directory",
+    ),
+}
+
+
+def _record_problem(rec: Any) -> str | None:
+    """Why a parsed results line cannot be used, or None when it can."""
+    if not isinstance(rec, dict):
+        return f"a JSON {_json_type(rec)}, not an object"
+    cell_id = rec.get("cell_id")
+    if not isinstance(cell_id, str) or not cell_id:
+        return f"cell_id = {_short(cell_id)}, not a cell id"
+    if rec.get("status") not in CELL_STATUSES:
+        return f"status = {_short(rec.get('status'))}, not one of {', '.join(CELL_STATUSES)}"
+    for key, (check, wanted) in _RECORD_FIELDS.items():
+        if key in rec and not check(rec[key]):
+            return f"{key} = {_short(rec[key])}, not {wanted}"
+    return None
+
+
+#: Skipped results lines warned about one by one; beyond this, one line sums up the rest.
+_MAX_LINE_WARNINGS = 5
 
 
 def read_results(run_dir: Path) -> list[dict[str, Any]]:
-    """All complete result lines of a run, in file order; a torn or foreign line is skipped.
+    """All usable result lines of a run, in file order.
 
-    When a cell appears more than once (a retried failure), the last line wins.
+    A torn last line (the writer was killed), a line that is not JSON, and a line whose fields
+    have the wrong types or an unknown status are skipped with a warning: a damaged line never
+    takes a valid cell with it. When a cell appears more than once (a retried failure), the last
+    usable line wins.
     """
     path = Path(run_dir) / RESULTS_FILE
-    if not path.exists():
+    if not path.is_file():
         return []
     by_cell: dict[str, dict[str, Any]] = {}
-    with path.open("rb") as fh:
-        for lineno, raw in enumerate(fh, 1):
-            if not raw.endswith(b"\n"):
-                log.warning("%s:%d: torn last line dropped (the writer was killed)", path, lineno)
-                continue
-            try:
-                rec = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                log.warning("%s:%d: unreadable line skipped", path, lineno)
-                continue
-            if not isinstance(rec, dict) or "cell_id" not in rec:
-                log.warning("%s:%d: line without a cell_id skipped", path, lineno)
-                continue
-            by_cell.pop(rec["cell_id"], None)  # keep file order of the latest line
-            by_cell[rec["cell_id"]] = rec
+    skipped = 0
+
+    def skip(lineno: int, why: str) -> None:
+        nonlocal skipped
+        skipped += 1
+        if skipped <= _MAX_LINE_WARNINGS:
+            log.warning("%s:%d: line skipped: %s", path, lineno, why)
+
+    try:
+        with path.open("rb") as fh:
+            for lineno, raw in enumerate(fh, 1):
+                if not raw.endswith(b"\n"):
+                    log.warning(
+                        "%s:%d: torn last line dropped (the writer was killed)", path, lineno
+                    )
+                    continue
+                if not raw.strip():
+                    continue
+                try:
+                    rec = json.loads(raw)
+                except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+                    skip(lineno, f"not JSON ({type(exc).__name__})")
+                    continue
+                problem = _record_problem(rec)
+                if problem is not None:
+                    skip(lineno, problem)
+                    continue
+                by_cell.pop(rec["cell_id"], None)  # keep file order of the latest line
+                by_cell[rec["cell_id"]] = rec
+    except OSError as exc:
+        raise RunDirectoryError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if skipped > _MAX_LINE_WARNINGS:
+        log.warning("%s: %d more damaged lines skipped", path, skipped - _MAX_LINE_WARNINGS)
     return list(by_cell.values())
 
 
@@ -211,7 +421,7 @@ class RunStore:
             ) from None
         if not self.run_dir.is_dir():
             raise RunDirectoryError(f"{self.run_dir} is not a directory; choose another --out")
-        refuse_links(self.run_dir)
+        check_entries(self.run_dir)
         try:  # a fresh random name: nothing planted can be followed
             fd, probe = tempfile.mkstemp(dir=self.run_dir, prefix=".write-probe.")
             os.close(fd)
@@ -235,7 +445,7 @@ class RunStore:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, _FILE_MODE)
         except OSError as exc:
             if exc.errno == errno.ELOOP:
-                refuse_links(self.run_dir)
+                check_entries(self.run_dir)
             raise RunDirectoryError(
                 f"cannot lock output directory {self.run_dir}: {exc.strerror or exc}; "
                 "choose another with --out"
@@ -289,7 +499,7 @@ class RunStore:
 
     def clear(self) -> None:
         """Remove what valbench wrote here (for ``--overwrite``), and nothing else."""
-        refuse_links(self.run_dir)
+        check_entries(self.run_dir)
         for name in OWNED_FILES:
             (self.run_dir / name).unlink(missing_ok=True)
         for sub, suffix in _OWNED_SUBDIRS.items():
@@ -342,7 +552,7 @@ class RunStore:
             fd = os.open(self.results_path, flags, _FILE_MODE)
         except OSError as exc:
             if exc.errno == errno.ELOOP:
-                refuse_links(self.run_dir)
+                check_entries(self.run_dir)
             raise _write_error(self.results_path, exc) from None
         try:
             data = line.encode("utf-8")
@@ -406,10 +616,12 @@ def _is_valbench_manifest(path: Path) -> bool:
     return isinstance(data, dict) and {"config_hash", "spec", "cells_total"} <= set(data)
 
 
-def refuse_links(run_dir: Path) -> None:
-    """Refuse a run directory with a symbolic link where valbench reads or writes.
+def check_entries(run_dir: Path) -> None:
+    """Refuse a run directory with a symbolic link, or the wrong kind of entry, where valbench
+    reads or writes.
 
-    A planted link (``results.jsonl -> ~/.bashrc``) would otherwise be written through.
+    A planted link (``results.jsonl -> ~/.bashrc``) would otherwise be written through, and a
+    directory named ``results.jsonl`` would break every reader.
     """
     run_dir = Path(run_dir)
     places = [run_dir / name for name in (*OWNED_FILES, LOCK_FILE, *_OWNED_SUBDIRS)]
@@ -422,6 +634,13 @@ def refuse_links(run_dir: Path) -> None:
             raise RunDirectoryError(
                 f"{place} is a symbolic link; valbench never writes through links in a run "
                 "directory: remove it, or choose another --out"
+            )
+        wants_dir = place.name in _OWNED_SUBDIRS and place.parent == run_dir
+        if place.exists() and (place.is_dir() != wants_dir):
+            kind = "a directory" if wants_dir else "a file"
+            raise RunDirectoryError(
+                f"{place} should be {kind} but is not; the run directory is damaged: move "
+                "that entry away, or choose another --out"
             )
 
 
@@ -467,18 +686,50 @@ def lock_holder(run_dir: Path) -> dict[str, Any] | None:
 def _line_cell_id(line: bytes) -> str | None:
     try:
         rec = json.loads(line)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
-    return rec.get("cell_id") if isinstance(rec, dict) else None
+    cell_id = rec.get("cell_id") if isinstance(rec, dict) else None
+    return cell_id if isinstance(cell_id, str) else None
 
 
 def load_scores(run_dir: Path, scores_file: str) -> tuple[np.ndarray, dict[float, np.ndarray]]:
-    """Read back a cell's scores and native selections."""
-    with np.load(Path(run_dir) / scores_file) as data:
-        scores = data["scores"]
-        selections = {
-            float(k.removeprefix("selection_")): data[k]
-            for k in data.files
-            if k.startswith("selection_")
-        }
+    """Read back a cell's scores and native selections.
+
+    A missing, truncated or foreign file raises a one-line RunDirectoryError naming it, which
+    the report catches to leave that cell out of its drawings.
+    """
+    path = Path(run_dir) / scores_file
+
+    def damaged(why: str) -> RunDirectoryError:
+        return RunDirectoryError(
+            f"scores file {path} is damaged ({why}); the cell's scores are lost"
+        )
+
+    try:
+        data = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise RunDirectoryError(f"scores file {path} is missing") from None
+    # numpy, zipfile and zlib raise a dozen types on a damaged file (EOFError, BadZipFile,
+    # zlib.error, ValueError, ...): every one means the same thing here.
+    except Exception as exc:
+        raise damaged(f"{type(exc).__name__}: {exc}") from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise damaged("not an .npz archive")
+    with data:
+        try:
+            scores = np.asarray(data["scores"])
+            selections = {
+                float(k.removeprefix("selection_")): np.asarray(data[k])
+                for k in data.files
+                if k.startswith("selection_")
+            }
+        except KeyError:
+            raise damaged("no 'scores' array") from None
+        except Exception as exc:  # the archive's members: the same dozen types as above
+            raise damaged(f"{type(exc).__name__}: {exc}") from None
+    if scores.ndim != 1 or scores.dtype.kind not in "biuf":
+        raise damaged(f"scores are {scores.dtype} of shape {scores.shape}, not a vector")
+    for fraction, idx in selections.items():
+        if idx.ndim != 1 or idx.dtype.kind not in "iu":
+            raise damaged(f"selection {fraction:g} is not a vector of indices")
     return scores, selections

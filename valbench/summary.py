@@ -96,8 +96,18 @@ def _fraction_map(record: Mapping[str, Any], name: str) -> dict[str, float]:
     if not isinstance(values, Mapping):
         return {}
     return {
-        fraction_label(k): float(v) for k, v in values.items() if is_number(v) and math.isfinite(v)
+        fraction_label(k): float(v)
+        for k, v in values.items()
+        if _is_fraction_key(k) and is_number(v) and math.isfinite(v)
     }
+
+
+def _is_fraction_key(key: Any) -> bool:
+    """A key that names a fraction in (0, 1]; a hand-edited line may hold anything."""
+    try:
+        return 0.0 < float(key) <= 1.0
+    except (TypeError, ValueError):
+        return False
 
 
 def _get_fraction(record: Mapping[str, Any], name: str, fraction: str) -> float | None:
@@ -306,6 +316,7 @@ class GroupSummary:
     full_data: Stat
     records: dict[str, list[Mapping[str, Any]]] = field(default_factory=dict, repr=False)
     figures: list[dict[str, Any]] = field(default_factory=list)  # {"title", "file", "svg", ...}
+    notes: list[str] = field(default_factory=list)  # what could not be drawn, and why
 
     @property
     def column_groups(self) -> list[tuple[str, int]]:

@@ -12,13 +12,18 @@ from typing import Any
 
 import numpy as np
 
+from valbench.cell import selection_problem
 from valbench.errors import ConformanceError
-from valbench.types import Budget, FitCounter, Method, Valuation, ValuationTask
+from valbench.types import Budget, FitCounter, Method, RunContext, Valuation, ValuationTask
 
 __all__ = ["check_method", "make_check_task", "FORBIDDEN_FIELDS"]
 
 #: What a method must never read: the test split and the planted-noise mask.
 FORBIDDEN_FIELDS = frozenset({"x_test", "y_test", "noisy_mask"})
+
+#: The subset fractions the kit asks for: not the defaults, so a set-aware selector that
+#: computes its own list instead of ``ctx.fractions`` is caught.
+CHECK_FRACTIONS = (0.15, 0.25, 0.5)
 
 
 class _GuardedTask(ValuationTask):
@@ -74,7 +79,8 @@ def make_check_task(
 
 
 def _run(method: Method, task: ValuationTask, budget: Budget, seed: int = 0) -> Valuation:
-    out = method.value(task, rng=np.random.default_rng(seed), budget=budget)
+    ctx = RunContext.for_task(task, seed=seed, budget=budget, fractions=CHECK_FRACTIONS)
+    out = method.value(task, ctx)
     if not isinstance(out, Valuation):
         raise ConformanceError(f"value() returned {type(out).__name__}, not a valbench.Valuation")
     return out
@@ -89,8 +95,10 @@ def check_method(
     """Raise ConformanceError unless ``method_cls`` follows the Method contract.
 
     Checked: name/family/summary set; parameters round-trip through ``get_params``; scores
-    finite, one per training point; selections valid; same seed, same scores; test data and the
-    noise mask never read (guarded, then poisoned); the fit budget honoured.
+    finite, one per training point; selections only at the requested fractions
+    (``ctx.fractions``) and of the harness's size, and some for a ``selects_subsets`` method;
+    same seed, same scores; test data and the noise mask never read (guarded, then poisoned);
+    the fit budget honoured.
     """
     params = dict(params or {})
     if not isinstance(method_cls, type) or not issubclass(method_cls, Method):
@@ -122,16 +130,14 @@ def check_method(
     if detection is not None and (detection.shape != (n,) or not np.all(np.isfinite(detection))):
         raise ConformanceError("detection_scores must be finite, one per training point")
     for fraction, idx in first.selections.items():
-        if not 0 < fraction <= 1:
-            raise ConformanceError(f"selection key {fraction} is not a fraction in (0, 1]")
-        if (
-            idx.ndim != 1
-            or (idx.size and (idx.min() < 0 or idx.max() >= n))
-            or len(set(idx)) != len(idx)
-        ):
-            raise ConformanceError(
-                f"selection for {fraction:g} is not a set of distinct train indices"
-            )
+        problem = selection_problem(fraction, idx, CHECK_FRACTIONS, n)
+        if problem is not None:
+            raise ConformanceError(f"value() returned {problem}")
+    if method_cls.selects_subsets and not first.selections:
+        raise ConformanceError(
+            f"{method_cls.__name__}.selects_subsets is True but value() returned no selections "
+            f"for fractions {CHECK_FRACTIONS} within {budget}"
+        )
     try:
         json.dumps(
             first.stats, default=lambda o: o.item() if isinstance(o, np.generic) else repr(o)

@@ -1,4 +1,7 @@
-"""The public types every method and dataset plugin is written against (DESIGN.md §3)."""
+"""The public types every method and dataset plugin is written against.
+
+The contracts are described in docs/architecture.md, "Contracts".
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ import inspect
 import math
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
@@ -21,6 +24,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Budget",
+    "BudgetMeter",
+    "RunContext",
     "FitCounter",
     "ModelFactory",
     "ValuationTask",
@@ -67,11 +72,15 @@ class Budget:
 
     @classmethod
     def parse(cls, text: str | int | None) -> Budget:
-        """Read a budget: ``"2000"`` or ``"fits=2000"``, ``"60s"``, or ``"fits=500,seconds=30"``."""
+        """Read a budget: ``"2000"`` or ``"fits=2000"``, ``"60s"``, or ``"fits=500,seconds=30"``.
+
+        A limit of 0 is refused here (a method could do nothing with it), as is a limit given
+        twice; the constructor still takes ``max_fits=0`` for methods that are handed leftovers.
+        """
         if text is None or text == "" or text == "none":
             return cls()
-        if isinstance(text, int):
-            return cls(max_fits=text)
+        if isinstance(text, bool) or not isinstance(text, str | int):
+            raise UsageError(f"invalid budget {text!r}; use e.g. '2000' or 'fits=2000'")
         fits: int | None = None
         seconds: float | None = None
         for part in str(text).split(","):
@@ -79,9 +88,24 @@ class Budget:
             m_fits = re.fullmatch(r"(?:fits=)?(\d+)", part)
             m_sec = re.fullmatch(r"(?:seconds=)?(\d+(?:\.\d*)?)s?", part)
             if m_fits and not part.endswith("s"):
+                if fits is not None:
+                    raise UsageError(f"budget {text!r} gives fits twice; give each limit once")
                 fits = int(m_fits.group(1))
+                if fits == 0:
+                    raise UsageError(
+                        f"a budget of 0 fits ({text!r}) lets a method do nothing; give at least 1"
+                    )
             elif m_sec and (part.startswith("seconds=") or part.endswith("s")):
+                if seconds is not None:
+                    raise UsageError(f"budget {text!r} gives seconds twice; give each limit once")
                 seconds = float(m_sec.group(1))
+                if not math.isfinite(seconds):  # hundreds of digits read as inf
+                    raise UsageError(f"budget seconds in {text!r} is not a finite number")
+                if seconds == 0:
+                    raise UsageError(
+                        f"a budget of 0 seconds ({text!r}) lets a method do nothing; "
+                        "give more than 0"
+                    )
             else:
                 raise UsageError(
                     f"invalid budget {text!r}; use e.g. '2000' or 'fits=2000', '60s' or "
@@ -117,6 +141,50 @@ class FitCounter:
     def add(self, n: int = 1) -> None:
         """Record ``n`` more model fits."""
         self.count += int(n)
+
+
+class BudgetMeter:
+    """What a method may still spend: owns the clock and the fit counter of one method call.
+
+    The clock starts and the fits are counted from the moment the meter is made, so a method
+    never keeps its own ``started`` or subtracts the fits made before it was called.
+    """
+
+    def __init__(self, budget: Budget, counter: FitCounter) -> None:
+        self.budget = budget
+        self._counter = counter
+        self._fits0 = counter.count
+        self._started = time.perf_counter()
+
+    def fits_used(self) -> int:
+        """Model fits counted since the meter was made."""
+        return self._counter.count - self._fits0
+
+    def seconds_used(self) -> float:
+        """Wall seconds since the meter was made."""
+        return time.perf_counter() - self._started
+
+    def remaining_fits(self) -> float:
+        """Fits still allowed (``inf`` when unlimited, never negative)."""
+        if self.budget.max_fits is None:
+            return math.inf
+        return max(0, self.budget.max_fits - self.fits_used())
+
+    def remaining_seconds(self) -> float:
+        """Seconds still allowed (``inf`` when unlimited, never negative)."""
+        if self.budget.max_seconds is None:
+            return math.inf
+        return max(0.0, self.budget.max_seconds - self.seconds_used())
+
+    def exhausted(self) -> bool:
+        """True once the fits or the seconds are spent."""
+        return self.remaining_fits() <= 0 or self.remaining_seconds() <= 0
+
+    def __repr__(self) -> str:
+        return (
+            f"BudgetMeter({self.budget}, fits_used={self.fits_used()}, "
+            f"seconds_used={self.seconds_used():.3g})"
+        )
 
 
 class ModelFactory(Protocol):
@@ -174,7 +242,10 @@ class Valuation:
     """What a method returns: one score per training point (higher = more valuable).
 
     ``selections`` holds native subset choices of set-aware selectors, keyed by fraction; the
-    harness uses them instead of ranking by ``scores`` for those fractions.
+    harness uses them instead of ranking by ``scores`` for those fractions. Keys must be
+    fractions of ``RunContext.fractions``, and the selection at ``f`` must hold
+    ``metrics.subset_size(n, f)`` = ``max(1, ceil(f * n))`` distinct training indices (the size
+    the harness gives the top-``f`` of ``scores``), so both compete at the same size.
     ``detection_scores`` is an optional second score for mislabel detection, in the same
     direction (lowest = most suspicious), for methods whose documented practice ranks noise by
     another quantity (e.g. self-influence); the harness uses ``scores`` when it is None.
@@ -194,6 +265,40 @@ class Valuation:
         }
 
 
+@dataclass(frozen=True)
+class RunContext:
+    """What the harness hands a method besides the task.
+
+    ``rng`` is the method's only source of randomness; ``budget`` meters the fits and seconds
+    of this call; ``fractions`` are the run's subset fractions, ascending: a set-aware selector
+    computes its selections at exactly these; ``progress(done, total)`` reports inner progress.
+    """
+
+    rng: np.random.Generator
+    budget: BudgetMeter
+    fractions: tuple[float, ...]
+    progress: ProgressFn = no_progress
+
+    @classmethod
+    def for_task(
+        cls,
+        task: ValuationTask,
+        *,
+        seed: int = 0,
+        budget: Budget | None = None,
+        fractions: Sequence[float] = (0.05, 0.1, 0.2, 0.3, 0.5),
+        progress: ProgressFn = no_progress,
+    ) -> RunContext:
+        """A context for calling a method by hand (tests, notebooks): ``rng`` from ``seed``,
+        the meter on ``task.fit_counter`` (unlimited when ``budget`` is None)."""
+        return cls(
+            rng=np.random.default_rng(seed),
+            budget=BudgetMeter(budget or Budget(), task.fit_counter),
+            fractions=tuple(sorted(float(f) for f in fractions)),
+            progress=progress,
+        )
+
+
 class Method(abc.ABC):
     """Base class of every valuation method (scikit-learn style parameters).
 
@@ -208,6 +313,9 @@ class Method(abc.ABC):
     #: Largest training set the method accepts (e.g. exact enumeration); the harness records
     #: larger cells as ``skipped`` instead of running them. None = no limit.
     max_train: ClassVar[int | None] = None
+    #: True for set-aware selectors, which return ``Valuation.selections`` at every fraction of
+    #: ``ctx.fractions`` they can serve; the harness records any they did not serve.
+    selects_subsets: ClassVar[bool] = False
 
     def __init__(self, **params: Any) -> None:
         valid = self._param_names()
@@ -228,15 +336,8 @@ class Method(abc.ABC):
         return {k: getattr(self, k, default) for k, default in self._param_names().items()}
 
     @abc.abstractmethod
-    def value(
-        self,
-        task: ValuationTask,
-        *,
-        rng: np.random.Generator,
-        budget: Budget,
-        progress: ProgressFn = no_progress,
-    ) -> Valuation:
-        """Score every training point of ``task`` within ``budget``."""
+    def value(self, task: ValuationTask, ctx: RunContext) -> Valuation:
+        """Score every training point of ``task`` within ``ctx.budget``, drawing on ``ctx.rng``."""
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())

@@ -11,28 +11,28 @@ program (:mod:`.layers`):
 - ``hostcp-ds3``: DS3's representative-count budget ``Σ_j max_i Zn_ij ≤ k``, so near-duplicates
   compete for one representative.
 
-Decisions (REFERENCE.md): one run per requested fraction (a fraction is an input of the program),
-each run is one θ training and counts one model fit; with fewer fits than fractions, the first
-fractions are run and the others are left to the harness's ranking by ``scores``. The native
-selection at ``f`` is the last epoch's selected points (``⌊f·n⌋`` of them over an epoch), filled
-up to the harness's ``ceil(f·n)`` by that run's scores. ``scores`` = mean over runs of (last-epoch
-selection weight + selection weight averaged over epochs). θ's step is a selection-weighted
-*mean* with SGD (η = 0.1; the original's η = 1e-3 on a sum barely trains at these sizes); φ is
-trained on the validation split only; per-sample gradients are exact (``torch.func``).
+Decisions, each a departure from the paper and its code or a choice they leave open (all
+listed in docs/methods.md, "hostcp"): one run per requested fraction (a fraction is an input
+of the program), each run is one θ training and counts one model fit; with fewer fits than
+fractions, the first fractions are run and the others are left to the harness's ranking by
+``scores``. The native selection at ``f`` is the last epoch's selected points (``⌊f·n⌋`` of
+them over an epoch), filled up to the harness's ``ceil(f·n)`` by that run's scores. ``scores``
+= mean over runs of (last-epoch selection weight + selection weight averaged over epochs).
+θ's step is a selection-weighted *mean* with SGD (η = 0.1; the original's η = 1e-3 on a sum
+barely trains at these sizes); φ is trained on the validation split only; per-sample
+gradients are exact (``torch.func``).
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from valbench import Budget, Method, ProgressFn, Valuation, ValuationTask, no_progress
-from valbench.metrics import DEFAULT_FRACTIONS, subset_size
+from valbench import Method, RunContext, Valuation, ValuationTask
+from valbench.metrics import subset_size
 
 from .loop import LoopConfig, RunResult, run_online
 
@@ -43,12 +43,12 @@ class _HostCPBase(Method):
     """Shared parameters and the per-fraction driver; subclasses fix the program (``mode``)."""
 
     family = "subset-selection"
+    selects_subsets = True
     mode: ClassVar[str] = "lp"
 
     def __init__(
         self,
         *,
-        fractions: Sequence[float] = DEFAULT_FRACTIONS,
         batch_size: int = 40,
         n_existing: int = 40,
         epochs: int = 3,
@@ -58,7 +58,6 @@ class _HostCPBase(Method):
         threshold: float = 0.9,
         embed_dim: int = 100,
     ) -> None:
-        self.fractions = fractions
         self.batch_size = batch_size
         self.n_existing = n_existing
         self.epochs = epochs
@@ -87,13 +86,12 @@ class _HostCPBase(Method):
         fractions: list[float],
         cfg: LoopConfig,
         seeds: list[np.random.Generator],
-        budget: Budget,
-        started: float,
+        ctx: RunContext,
         runs: dict[float, RunResult],
-        progress: ProgressFn,
     ) -> None:
+        meter = ctx.budget
         for i, f in enumerate(fractions):
-            if runs and budget.exhausted(task.fit_counter.count, started):
+            if runs and meter.exhausted():
                 break
             runs[f] = run_online(
                 task,
@@ -101,33 +99,24 @@ class _HostCPBase(Method):
                 cfg,
                 seeds[i],
                 # Within a run only the seconds can run out (its one fit is already counted).
-                deadline=lambda: Budget(max_seconds=budget.max_seconds).exhausted(0, started),
+                deadline=lambda: meter.remaining_seconds() <= 0,
             )
-            progress(i + 1, len(fractions))
+            ctx.progress(i + 1, len(fractions))
 
-    def value(
-        self,
-        task: ValuationTask,
-        *,
-        rng: np.random.Generator,
-        budget: Budget,
-        progress: ProgressFn = no_progress,
-    ) -> Valuation:
-        started = time.perf_counter()
+    def value(self, task: ValuationTask, ctx: RunContext) -> Valuation:
         cfg = self._config()
         n = task.n_train
-        fractions = [float(f) for f in self.fractions]
-        used0 = task.fit_counter.count
-        affordable = int(min(len(fractions), budget.remaining_fits(used0)))
+        fractions = [float(f) for f in ctx.fractions]
+        affordable = int(min(len(fractions), ctx.budget.remaining_fits()))
         runs: dict[float, RunResult] = {}
         # One child stream per fraction, so a fraction's run does not depend on the others'.
-        seeds = rng.spawn(len(fractions))
+        seeds = ctx.rng.spawn(len(fractions))
         # The per-batch tensors are tiny: torch's intra-op threads only spin (measured 5-20x
         # slower wall time on 2 shared cores), so run single-threaded and restore afterwards.
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            self._run_all(task, fractions[:affordable], cfg, seeds, budget, started, runs, progress)
+            self._run_all(task, fractions[:affordable], cfg, seeds, ctx, runs)
         finally:
             torch.set_num_threads(threads)
         if not runs:
@@ -165,17 +154,21 @@ class HostCP(_HostCPBase):
     """Faithful HOST-CP: the budgeted assignment LP as a cvxpylayers layer, gradient into φ.
 
     Args:
-        fractions: Selection fractions to run (one θ training each).
-        batch_size: Incoming points per mini-batch (B).
-        n_existing: Existing-set neighbours retrieved per batch (E).
-        epochs: Passes over the training set (the original: 5; 3 keeps a 250-point cell ~10 s).
-        lr: θ's SGD step size. lr_phi: φ's. weight_decay: λ for both.
-        threshold: ``r_j`` above which an incoming point counts as selected (original 0.9).
-        embed_dim: Width of φ's embedding (original 100).
+        batch_size: Incoming points per mini-batch, B (default 40, as the original).
+        n_existing: Existing-set neighbours retrieved per batch, E (default 40, as the original).
+        epochs: Passes over the training set (default 3; the original: 5; 3 keeps a 250-point
+            cell at about 10 s).
+        lr: θ's SGD step size on the selection-weighted mean loss (default 0.1; the original:
+            1e-3 on a sum).
+        lr_phi: φ's SGD step size (default 0.01).
+        weight_decay: Weight decay λ of θ and φ (default 5e-4, as the original).
+        threshold: ``r_j`` above which an incoming point counts as selected (default 0.9, as
+            the original).
+        embed_dim: Width of φ's embedding (default 100, as the original).
         solver: diffcp solve method, ``"ECOS"`` (default, the fastest here), ``"CLARABEL"``
             or ``"SCS"``.
-        learn_phi: False skips the look-ahead and φ's update (selections then equal the fast
-            path's).
+        learn_phi: Learn φ through the look-ahead step (default True); False skips the
+            look-ahead and φ's update (selections then equal the fast path's).
     """
 
     name = "hostcp"
@@ -185,7 +178,6 @@ class HostCP(_HostCPBase):
     def __init__(
         self,
         *,
-        fractions: Sequence[float] = DEFAULT_FRACTIONS,
         batch_size: int = 40,
         n_existing: int = 40,
         epochs: int = 3,
@@ -198,7 +190,6 @@ class HostCP(_HostCPBase):
         learn_phi: bool = True,
     ) -> None:
         super().__init__(
-            fractions=fractions,
             batch_size=batch_size,
             n_existing=n_existing,
             epochs=epochs,
@@ -216,7 +207,20 @@ class HostCP(_HostCPBase):
 
 
 class HostCPFast(_HostCPBase):
-    """HOST-CP with the LP's exact closed form and no gradient into φ (φ stays at its init)."""
+    """HOST-CP with the LP's exact closed form and no gradient into φ (φ stays at its init).
+
+    Args:
+        batch_size: Incoming points per mini-batch, B (default 40, as the original).
+        n_existing: Existing-set neighbours retrieved per batch, E (default 40, as the original).
+        epochs: Passes over the training set (default 3; the original: 5; 3 keeps a 250-point
+            cell at about 10 s).
+        lr: θ's SGD step size on the selection-weighted mean loss (default 0.1; the original:
+            1e-3 on a sum).
+        lr_phi: Not used by this variant, whose φ is not learned (default 0.01).
+        weight_decay: Weight decay λ of θ and φ (default 5e-4, as the original).
+        threshold: Not used by this variant, which selects the top ``k`` (default 0.9).
+        embed_dim: Width of φ's embedding (default 100, as the original).
+    """
 
     name = "hostcp-fast"
     summary = "HOST-CP, exact closed-form LP path: top-k incoming points far from the selected set."
@@ -231,6 +235,20 @@ class HostCPSmooth(_HostCPBase):
 
     The torch layer is exact and implicitly differentiated, so φ learns from an informative
     gradient; selected are the top-``k`` columns by ``r_j``.
+
+    Args:
+        batch_size: Incoming points per mini-batch, B (default 40, as the original).
+        n_existing: Existing-set neighbours retrieved per batch, E (default 40, as the original).
+        epochs: Passes over the training set (default 3; the original: 5; 3 keeps a 250-point
+            cell at about 10 s).
+        lr: θ's SGD step size on the selection-weighted mean loss (default 0.1; the original:
+            1e-3 on a sum).
+        lr_phi: φ's SGD step size (default 0.01).
+        weight_decay: Weight decay λ of θ and φ (default 5e-4, as the original).
+        threshold: Not used by this variant, which selects the top ``k`` (default 0.9).
+        embed_dim: Width of φ's embedding (default 100, as the original).
+        eps: Weight of the entropic term, relative to the batch's mean distance to the
+            nearest existing point (default 0.05, > 0; smaller is closer to the LP).
     """
 
     name = "hostcp-smooth"
@@ -240,7 +258,6 @@ class HostCPSmooth(_HostCPBase):
     def __init__(
         self,
         *,
-        fractions: Sequence[float] = DEFAULT_FRACTIONS,
         batch_size: int = 40,
         n_existing: int = 40,
         epochs: int = 3,
@@ -252,7 +269,6 @@ class HostCPSmooth(_HostCPBase):
         eps: float = 0.05,
     ) -> None:
         super().__init__(
-            fractions=fractions,
             batch_size=batch_size,
             n_existing=n_existing,
             epochs=epochs,
@@ -269,7 +285,21 @@ class HostCPSmooth(_HostCPBase):
 
 
 class HostCPDS3(_HostCPBase):
-    """HOST-CP with DS3's representative-count budget (an LP, solved by HiGHS; φ not learned)."""
+    """HOST-CP with DS3's representative-count budget (an LP, solved by HiGHS; φ not learned).
+
+    Args:
+        batch_size: Incoming points per mini-batch, B (default 40, as the original).
+        n_existing: Existing-set neighbours retrieved per batch, E (default 40, as the original).
+        epochs: Passes over the training set (default 3; the original: 5; 3 keeps a 250-point
+            cell at about 10 s).
+        lr: θ's SGD step size on the selection-weighted mean loss (default 0.1; the original:
+            1e-3 on a sum).
+        lr_phi: Not used by this variant, whose φ is not learned (default 0.01).
+        weight_decay: Weight decay λ of θ and φ (default 5e-4, as the original).
+        threshold: Not used by this variant, which selects the representatives the program
+            opens (default 0.9).
+        embed_dim: Width of φ's embedding (default 100, as the original).
+    """
 
     name = "hostcp-ds3"
     summary = "HOST-CP with a DS3 representative budget: near-duplicates share one representative."

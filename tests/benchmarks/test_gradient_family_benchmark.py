@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from valbench import Budget, Method
+from valbench import Method, RunContext
 from valbench.datasets.sklearn_bundled import DigitsDataset
 from valbench.methods.influence import InfluenceFunction
 from valbench.methods.representer import RepresenterPoints
@@ -63,7 +63,7 @@ def make_task(splits: DatasetSplits, n_train: int, n_val: int = 300) -> Valuatio
 
 
 def _run(method: Method, task: ValuationTask) -> np.ndarray:
-    return method.value(task, rng=np.random.default_rng(0), budget=Budget()).scores
+    return method.value(task, RunContext.for_task(task)).scores
 
 
 @pytest.mark.parametrize("n_train", [100, 250])

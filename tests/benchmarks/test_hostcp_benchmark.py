@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from valbench import Budget, ValuationTask
+from valbench import RunContext, ValuationTask
 from valbench.methods.hostcp import HostCPFast, HostCPSmooth
 from valbench.methods.hostcp.layers import closed_form_selection, entropic_assign, lp_layer
 from valbench.models import ModelSpec
@@ -99,9 +99,9 @@ def _task(n: int) -> ValuationTask:
 @pytest.mark.parametrize("cls", [HostCPFast, HostCPSmooth])
 def test_cell_cost_vs_n(benchmark: Any, cls: type, n: int) -> None:
     task = _task(n)
-    method = cls(fractions=(0.1,))
+    method = cls()
     benchmark.pedantic(
-        lambda: method.value(task, rng=np.random.default_rng(0), budget=Budget()),
+        lambda: method.value(task, RunContext.for_task(task, fractions=(0.1,))),
         rounds=1,
         iterations=1,
     )

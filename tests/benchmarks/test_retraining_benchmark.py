@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from reference_size import reference_size
 
-from valbench import Budget, FitCounter, Method, Valuation, ValuationTask
+from valbench import Budget, FitCounter, Method, RunContext, Valuation, ValuationTask
 from valbench.data import inject_label_noise
 from valbench.datasets.sklearn_bundled import DigitsDataset
 from valbench.datasets.synthetic import SyntheticDataset
@@ -53,7 +53,9 @@ def _run(benchmark: Any, method: Method, make_task: Any, budget: Budget | None =
     holder: dict[str, ValuationTask] = {}
 
     def call() -> Valuation:
-        return method.value(holder["task"], rng=np.random.default_rng(0), budget=budget or Budget())
+        return method.value(
+            holder["task"], RunContext.for_task(holder["task"], budget=budget or Budget())
+        )
 
     out: Valuation = benchmark.pedantic(call, setup=setup, rounds=1, iterations=1)
     assert np.isfinite(out.scores).all()

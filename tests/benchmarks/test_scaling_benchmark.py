@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 from reference_size import reference_size
 
-from valbench import Budget, FitCounter, Method, ValuationTask
+from valbench import Budget, FitCounter, Method, RunContext, ValuationTask
 from valbench.data import inject_label_noise
 from valbench.datasets.packaged import MNIST5kDataset
 from valbench.methods.data_oob import DataOOB
@@ -98,7 +98,7 @@ def _run(
 
     def call() -> Any:
         started, wall_started = time.process_time(), time.perf_counter()
-        out = method.value(tasks[-1], rng=np.random.default_rng(0), budget=budget)
+        out = method.value(tasks[-1], RunContext.for_task(tasks[-1], budget=budget))
         cpu.append(time.process_time() - started)
         wall.append(time.perf_counter() - wall_started)
         return out

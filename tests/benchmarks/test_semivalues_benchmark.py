@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from valbench import Budget, Method, ValuationTask
+from valbench import Budget, Method, RunContext, ValuationTask
 from valbench.data import inject_label_noise
 from valbench.datasets.sklearn_bundled import BreastCancerDataset, DigitsDataset
 from valbench.methods.semivalues import DataBanzhaf, TMCShapley
@@ -50,7 +50,7 @@ def _run(benchmark: Any, method: Method, name: str, n_train: int, n_val: int, fi
         return (), {}
 
     def run() -> Any:
-        return method.value(tasks[-1], rng=np.random.default_rng(0), budget=Budget(max_fits=fits))
+        return method.value(tasks[-1], RunContext.for_task(tasks[-1], budget=Budget(max_fits=fits)))
 
     started, cpu_started = time.perf_counter(), time.process_time()
     out = benchmark.pedantic(run, setup=setup, rounds=1, iterations=1)

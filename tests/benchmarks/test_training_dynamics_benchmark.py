@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from valbench import Budget, FitCounter, Method, ValuationTask
+from valbench import FitCounter, Method, RunContext, ValuationTask
 from valbench.datasets.synthetic import SyntheticDataset
 from valbench.methods.training_dynamics import EL2N, Forgetting, GraNd, train_runs
 from valbench.models import ModelSpec
@@ -67,7 +67,7 @@ def _ratio(
     seeds = [int(s) for s in np.random.default_rng(0).integers(0, 2**62, size=RUNS)]
 
     def run_method() -> None:
-        method.value(task, rng=np.random.default_rng(0), budget=Budget())
+        method.value(task, RunContext.for_task(task))
 
     def run_training() -> None:
         train_runs(
@@ -119,7 +119,7 @@ def test_default_cell_on_250_points_is_quick() -> None:
     task = make_task(250)
     for cls in (GraNd, EL2N, Forgetting):
         start = time.perf_counter()
-        cls().value(task, rng=np.random.default_rng(0), budget=Budget())
+        cls().value(task, RunContext.for_task(task))
         elapsed = time.perf_counter() - start
         print(f"\n{cls.name:10s} default on 250 points: {elapsed:.3f}s")
         assert elapsed < 5.0
@@ -138,7 +138,7 @@ def test_cost_ratio_on_full_fashion_mnist(benchmark: Any, cls: type[Method]) -> 
     method = cls(runs=2, epochs=1)
 
     def run_method() -> None:
-        method.value(task, rng=np.random.default_rng(0), budget=Budget())
+        method.value(task, RunContext.for_task(task))
 
     def run_training() -> None:
         train_runs(

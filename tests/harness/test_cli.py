@@ -18,8 +18,8 @@ SMALL = ["--datasets", "synthetic", "--preset", "ci", "--seeds", "1", "--no-prog
             "unknown dataset 'mnist-9'; valid datasets:",
         ),
         (["--methods", ""], "no methods selected"),
-        (["--methods", "random", "--fractions", "0.1,1.5"], "fraction 1.5 is outside (0, 1]"),
-        (["--methods", "random", "--fractions", "0"], "fraction 0 is outside (0, 1]"),
+        (["--methods", "random", "--fractions", "0.1,1.5"], "fraction 1.5 is outside (0, 1)"),
+        (["--methods", "random", "--fractions", "0"], "fraction 0 is outside (0, 1)"),
         (["--methods", "random", "--noise", "1"], "noise rate 1 is outside [0, 1)"),
         (["--methods", "random", "--seeds", "0"], "--seeds must be >= 1"),
         (["--methods", "random", "--seeds", "many"], "seeds must be a whole number"),
@@ -138,3 +138,81 @@ def test_list_datasets_shows_sizes_and_availability(capsys: pytest.CaptureFixtur
     out = capsys.readouterr().out
     assert "Methods:" not in out and "digits" in out
     assert "rows 1797 · classes 10 · features 64 · offline here: yes" in out
+
+
+def _refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """Run ``valbench run ARGV``; it must exit 2 with one error line. Returns the line."""
+    assert main(["run", *argv]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith("valbench: error: ")
+    return err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--fractions", "0.5,1"], "fraction 1 is outside (0, 1)"),
+        (["--max-memory", "1"], "--max-memory must be at least 64 MB"),
+        (["--max-memory", "inf"], "--max-memory must be a finite number of MB <= 1073741824"),
+        (["--max-memory", "1e300"], "--max-memory must be a finite number of MB"),
+        (["--max-memory", "nan"], "--max-memory must be a finite number of MB"),
+        (["--timeout", "inf", "--backend", "serial"], "--timeout must be a finite number"),
+        (["--timeout", "1e300"], "--timeout must be a finite number of seconds <= 1e+07"),
+        (["--imbalance", "0"], "--imbalance is a max/min class-size ratio >= 1, got 0"),
+        (["--budget", "fits=1,fits=2"], "gives fits twice"),
+        (["--budget", "0"], "a budget of 0 fits"),
+        (["--budget", "seconds=0"], "a budget of 0 seconds"),
+        (["--backend", "serial", "--max-memory", "100"], "--max-memory needs worker processes"),
+    ],
+)
+def test_hostile_values_refused_before_the_run_directory(
+    args: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    err = _refused(["--methods", "random", *SMALL, *args, "--out", str(out)], capsys)
+    assert message in err
+    assert not out.exists()
+
+
+def test_jobs_above_the_cpu_count(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import os
+
+    jobs = str((os.cpu_count() or 1) + 1)
+    out = tmp_path / "run"
+    err = _refused(["--methods", "random", *SMALL, "--jobs", jobs, "--out", str(out)], capsys)
+    assert f"--jobs {jobs} is more than the" in err and not out.exists()
+
+
+@pytest.mark.parametrize("flag", ["--out", "--data-dir"])
+def test_empty_directory_flags(
+    flag: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Path("") is "."; an empty value (an unset shell variable) must not write into the cwd.
+    monkeypatch.chdir(tmp_path)
+    err = _refused(["--methods", "random", *SMALL, flag, ""], capsys)
+    assert f"{flag} is empty" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_config_out_empty(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "c.toml").write_text('methods = ["random"]\nout = ""\n')
+    err = _refused(["--config", "c.toml", *SMALL], capsys)
+    assert "out is empty" in err and sorted(p.name for p in tmp_path.iterdir()) == ["c.toml"]
+
+
+def test_config_hostile_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    err = _refused(["--config", str(tmp_path), "--out", str(out)], capsys)
+    assert "is a directory, not a TOML file" in err
+    config = tmp_path / "c.toml"
+    config.write_text('methods = ["random"]\ntimeout = true\n')
+    err = _refused(["--config", str(config), *SMALL, "--out", str(out)], capsys)
+    assert "timeout must be a number, got True" in err
+    config.write_bytes(b'methods = ["caf\xe9"]\n')
+    err = _refused(["--config", str(config), *SMALL, "--out", str(out)], capsys)
+    assert "is not UTF-8 text" in err
+    assert not out.exists()

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from valbench.cli import main
+from valbench.distributed import check_backend
 from valbench.errors import UsageError
 from valbench.runner import execute
 from valbench.spec import RunSpec
@@ -200,3 +202,96 @@ def test_ray_cluster_started_elsewhere_reached_by_address(
     finally:
         subprocess.run([ray_cli, "stop", "--force"], env=env, capture_output=True, timeout=120)
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- hostile clusters
+
+_ARGV = ["run", "--methods", "random", "--datasets", "synthetic", "--preset", "ci", "--seeds", "1"]
+
+
+@_needs("distributed")
+@pytest.mark.parametrize(
+    ("address", "message"),
+    [
+        ("not a url", "'not a url' is not a Dask scheduler address"),
+        ("foo://x:1", "'foo://x:1' is not a Dask scheduler address"),
+        ("tcp://127.0.0.1:1", "cannot reach the Dask scheduler at tcp://127.0.0.1:1"),
+    ],
+)
+def test_dask_bad_scheduler_is_one_line_before_the_run_directory(
+    address: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    code = main([*_ARGV, "--backend", "dask", "--scheduler", address, "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not out.exists()
+
+
+@_needs("ray")
+def test_ray_unreachable_address_is_one_line_not_endless_retries(tmp_path: Path) -> None:
+    # ray.init retries a dead address until killed: the check must give up on its own.
+    out = tmp_path / "run"
+    argv = [*_ARGV, "--backend", "ray", "--address", "127.0.0.1:1", "--out", str(out)]
+    done = subprocess.run(
+        [sys.executable, "-m", "valbench.cli", *argv], capture_output=True, text=True, timeout=90
+    )
+    assert done.returncode == 2, done.stderr
+    assert "cannot reach the Ray cluster at 127.0.0.1:1" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_check_backend_without_address_or_cluster_is_a_no_op() -> None:
+    check_backend("process", None)
+    check_backend("serial", None)
+
+
+_EXITS = """
+import os
+
+import numpy as np
+
+from valbench import Method, Valuation
+
+
+class Exits(Method):
+    name = "exits"
+    family = "test"
+    summary = "kills its worker process; counts its attempts in a file"
+
+    def __init__(self, *, marker: str = "") -> None:
+        super().__init__(marker=marker)
+
+    def value(self, task, *, rng, budget, progress=None):
+        with open(self.marker, "a") as fh:
+            fh.write("attempt\\n")
+        os._exit(3)
+        return Valuation(scores=np.zeros(task.n_train))
+"""
+
+
+@_needs("distributed")
+def test_dask_crashing_cell_runs_once_and_is_recorded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cell that kills its worker is not rerun on the next worker (Dask's default is 3 more)."""
+    from plugin_fixtures import write_distribution
+
+    root = write_distribution(
+        tmp_path / "plugins",
+        "vb-exits",
+        "vb_exits",
+        _EXITS,
+        "[valbench.methods]\nexits = vb_exits:Exits\n",
+    )
+    monkeypatch.syspath_prepend(str(root))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(root), *sys.path]))
+    marker = tmp_path / "attempts.txt"
+    spec = _spec(methods=("exits",), seeds=1, params={"exits": {"marker": str(marker)}})
+    summary = execute(spec, out=tmp_path / "run", backend="dask", show_progress=False)
+    (record,) = read_results(tmp_path / "run")
+    assert record["status"] == "failed" and record["error"]["type"] == "WorkerCrashed"
+    assert summary.failed == [record["cell_id"]]
+    assert marker.read_text().splitlines() == ["attempt"]

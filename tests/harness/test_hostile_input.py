@@ -294,3 +294,108 @@ def test_edited_data_file_is_not_resumed_with_stale_results(
     code, message = _cli([*argv, "--out", str(out)])
     assert code == 2 and "holds another run" in message, message
     assert default_run_dir(resolve_names(spec)) != before
+
+
+# ============================================================================= numbers and limits
+# (flags/config side: every numeric option is a finite number in its documented range, never a
+# bool read as 0/1, or the input is refused with one line before a run directory exists)
+
+_numbers = st.one_of(
+    st.booleans(),
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([0, 1, 63, 64, 1e7, 1e300, 2**30, 2**40]),
+)
+_NUMERIC_KEYS = ["timeout", "max_memory_mb", "imbalance", "noise", "fractions", "seeds", "jobs"]
+
+
+def _assert_in_range(spec: Any) -> None:
+    from valbench.spec import MAX_MEMORY_MB, MAX_TIMEOUT_S, MIN_MEMORY_MB
+
+    assert spec.timeout is None or (
+        not isinstance(spec.timeout, bool) and 0 < spec.timeout <= MAX_TIMEOUT_S
+    )
+    assert spec.max_memory_mb is None or (
+        not isinstance(spec.max_memory_mb, bool)
+        and MIN_MEMORY_MB <= spec.max_memory_mb <= MAX_MEMORY_MB
+    )
+    assert not isinstance(spec.imbalance, bool) and 1 <= spec.imbalance < math.inf
+    assert all(0 < f < 1 for f in spec.fractions) and all(0 <= r < 1 for r in spec.noise)
+    assert 1 <= spec.jobs <= (os.cpu_count() or 1) and not isinstance(spec.seeds, bool)
+    budget = spec.budget_obj
+    assert budget.max_fits is None or budget.max_fits > 0
+    assert budget.max_seconds is None or 0 < budget.max_seconds < math.inf
+
+
+@SETTINGS
+@given(values=st.dictionaries(st.sampled_from(_NUMERIC_KEYS), _numbers, min_size=1, max_size=2))
+def test_numeric_config_values_are_in_range_or_refused(values: dict[str, Any]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "c.toml"
+        path.write_text("".join(f"{k} = {_toml_scalar(v)}\n" for k, v in values.items()))
+        try:
+            spec = build_spec(None, load_config_file(path), {"methods": "random"})
+        except ValbenchError as exc:
+            assert "\n" not in str(exc)
+            return
+        _assert_in_range(spec)
+        for key, value in values.items():  # a TOML bool is never read as a number
+            assert not isinstance(value, bool), (key, value)
+
+
+_numeric_text = st.one_of(
+    st.sampled_from(["inf", "-inf", "nan", "1e300", "1e-300", "0", "-0", "true", "1", "64"]),
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.integers(-(2**70), 2**70).map(str),
+)
+_budget_text = st.one_of(
+    st.sampled_from(["0", "fits=0", "0s", "seconds=0", "fits=1,fits=1", "1,2", "5s,5s", "9" * 400]),
+    st.lists(
+        st.sampled_from(["fits=3", "seconds=2", "4", "7s", "fits=0", "seconds=" + "9" * 400]),
+        min_size=1,
+        max_size=3,
+    ).map(",".join),
+)
+
+
+@SETTINGS
+@given(
+    flags=st.lists(
+        st.one_of(
+            st.tuples(
+                st.sampled_from(["--timeout", "--max-memory", "--imbalance", "--jobs"]),
+                _numeric_text,
+            ),
+            st.tuples(st.just("--budget"), _budget_text),
+        ),
+        min_size=1,
+        max_size=3,
+    )
+)
+def test_numeric_flags_are_in_range_or_refused_before_the_run_directory(
+    flags: list[tuple[str, str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import valbench.runner
+
+    seen: list[Any] = []
+
+    def fake_execute(spec: Any, *, out: Path | None = None, **kw: Any) -> RunSummary:
+        seen.append(spec)
+        assert out is not None
+        out.mkdir(parents=True, exist_ok=True)
+        return RunSummary(run_dir=out, total=len(spec.cells()))
+
+    monkeypatch.setattr(valbench.runner, "execute", fake_execute)
+    out = tmp_path / "run"
+    if out.exists():
+        out.rmdir()
+    argv = ["run", "--methods", "random", "--datasets", "synthetic", "--out", str(out)]
+    argv += [f"{flag}={value}" for flag, value in flags]  # "=": values may start with "-"
+    err = io.StringIO()
+    with redirect_stderr(err), redirect_stdout(io.StringIO()):
+        code = cli.main(argv)
+    if code == 2:
+        assert err.getvalue().count("\n") == 1 and not out.exists(), err.getvalue()
+    else:
+        assert code == 0 and len(seen) == 1, err.getvalue()
+        _assert_in_range(seen[0])

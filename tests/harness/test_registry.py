@@ -77,6 +77,98 @@ def test_broken_plugin_is_listed_not_fatal(
     assert "loo" in out and "[retraining]" in out and "digits" in out
 
 
+MISNAMED = """
+from valbench import Method, Valuation
+
+
+class Good(Method):
+    name = "fine-one"
+    summary = "a well-behaved plugin"
+
+    def value(self, task, *, rng, budget, progress=None):
+        return Valuation(scores=rng.random(task.n_train))
+
+
+class Misnamed(Good):
+    name = "something-else"
+"""
+
+
+def test_badly_named_plugins_are_broken_and_all_skips_them(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from valbench.runner import resolve_names
+    from valbench.spec import RunSpec
+
+    write_distribution(
+        tmp_path,
+        "misnamed-plugin",
+        "misnamed_plugin_mod",
+        MISNAMED,
+        "[valbench.methods]\n"
+        "has space = misnamed_plugin_mod:Good\n"
+        "a/b = misnamed_plugin_mod:Good\n"
+        "all = misnamed_plugin_mod:Good\n"
+        "misnamed = misnamed_plugin_mod:Misnamed\n"
+        "fine-one = misnamed_plugin_mod:Good\n",
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    entries = discover("method")
+    assert "letters, digits" in (entries["has space"].error or "")
+    assert "letters, digits" in (entries["a/b"].error or "")
+    assert "reserved" in (entries["all"].error or "")
+    assert "calls itself 'something-else'" in (entries["misnamed"].error or "")
+    assert entries["fine-one"].ok
+    names = method_names()
+    assert "fine-one" in names and not {"has space", "a/b", "all", "misnamed"} & set(names)
+
+    caplog.clear()
+    spec = resolve_names(RunSpec(methods=("all",), datasets=("synthetic",)))
+    assert "fine-one" in spec.methods and "loo" in spec.methods and "misnamed" not in spec.methods
+    skipped = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len([m for m in skipped if "skipped" in m]) == 4, skipped
+    with pytest.raises(UsageError, match="failed to load: .*calls itself"):
+        get_method("misnamed")
+
+    assert main(["list", "--methods"]) == 0
+    out = capsys.readouterr().out
+    assert "BROKEN: invalid name 'has space'" in out and "BROKEN: invalid name 'a/b'" in out
+    assert "misnamed-plugin 0.0.1" in out and "fine-one" in out
+
+
+HOSTILE_DATASET = """
+from valbench import Dataset
+
+
+class Odd(Dataset):
+    name = "odd-info"
+    info = ["not", "a", "mapping"]
+
+    @classmethod
+    def available(cls):
+        raise RuntimeError("probe exploded")
+"""
+
+
+def test_list_shows_a_dataset_with_odd_info(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_distribution(
+        tmp_path,
+        "odd-dataset",
+        "odd_dataset_mod",
+        HOSTILE_DATASET,
+        "[valbench.datasets]\nodd-info = odd_dataset_mod:Odd\n",
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(["list", "--datasets"]) == 0
+    out = capsys.readouterr().out
+    assert "odd-info" in out and "offline here: unknown (RuntimeError)" in out
+
+
 def test_example_plugin_installed_for_real(tmp_path: Path) -> None:
     """pip-installs examples/valbench-example-plugin and uses it through its entry point."""
     target = tmp_path / "site"

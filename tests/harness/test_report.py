@@ -1,4 +1,4 @@
-"""The report renders from the stored files alone, correctly and reproducibly (DESIGN.md §5)."""
+"""The report renders from the stored files alone, correctly and reproducibly."""
 
 from __future__ import annotations
 

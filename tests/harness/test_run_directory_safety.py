@@ -314,3 +314,32 @@ def test_non_finite_numbers_are_written_as_null(tmp_path: Path) -> None:
 
     line = (tmp_path / "results.jsonl").read_text()
     assert json.loads(line, parse_constant=strict)["metrics"] == {"auc": None, "x": None}
+
+
+def test_an_entry_of_the_wrong_kind_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    assert main(_run_args(out)) == 0
+    (out / "results.jsonl").unlink()
+    (out / "results.jsonl").mkdir()
+    capsys.readouterr()
+    assert main(_run_args(out)) == 2
+    assert "should be a file" in _one_line_error(capsys)
+
+
+def test_report_refuses_a_planted_figures_link(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    assert main(_run_args(out)) == 0
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for figure in (out / "figures").iterdir():
+        figure.unlink()
+    (out / "figures").rmdir()
+    (out / "figures").symlink_to(elsewhere)
+    capsys.readouterr()
+    assert main(["report", str(out)]) == 2
+    assert "symbolic link" in _one_line_error(capsys)
+    assert list(elsewhere.iterdir()) == []

@@ -42,6 +42,9 @@ def test_run_writes_the_run_directory(tmp_path: Path) -> None:
     loo = records[1]
     assert loo["schema"] == 1 and loo["status"] == "ok" and loo["error"] is None
     assert set(loo["metrics"]["subset_value"]) == {"0.1", "0.5"}
+    # loo selects nothing itself: both subsets are the top of its ranking, and not flagged.
+    assert loo["metrics"]["subset_source"] == {"0.1": "scores", "0.5": "scores"}
+    assert "unserved_fractions" not in loo["stats"]
     assert 0 <= loo["metrics"]["mislabel"]["auc"] <= 1
     assert loo["cost"]["model_fits"] == 41  # U(D) and the 40 leave-one-out fits
     assert loo["cost"]["fits_per_s"] == pytest.approx(41 / loo["cost"]["wall_s"])
@@ -104,6 +107,54 @@ def test_failures_are_recorded_and_the_run_goes_on(tmp_path: Path, test_plugins:
     assert retried.already_done == 1 and len(read_results(tmp_path)) == 3
     lines = (tmp_path / "results.jsonl").read_text().splitlines()
     assert len(lines) == 3
+
+
+def test_hostcp_selects_exactly_the_run_fractions(tmp_path: Path) -> None:
+    spec = small_spec(
+        methods=("hostcp-fast",), fractions=(0.25, 0.15), params={"hostcp-fast": {"epochs": 1}}
+    )
+    execute(spec, out=tmp_path, show_progress=False)
+    (record,) = read_results(tmp_path)
+    assert record["status"] == "ok", record["error"]
+    assert record["metrics"]["subset_source"] == {"0.15": "selection", "0.25": "selection"}
+    assert "unserved_fractions" not in record["stats"]
+    assert set(record["stats"]["per_fraction"]) == {"0.15", "0.25"}
+    _, selections = load_scores(tmp_path, record["scores_file"])
+    assert set(selections) == {0.15, 0.25}
+    # The harness's subset sizes, ceil(f * n), of distinct points.
+    assert {f: len(set(s)) for f, s in selections.items()} == {0.15: 6, 0.25: 10}
+
+
+def test_a_fraction_a_selector_did_not_serve_is_recorded(tmp_path: Path) -> None:
+    # One fit buys HOST-CP one run: the first fraction only.
+    spec = small_spec(
+        methods=("hostcp-fast",),
+        fractions=(0.15, 0.25),
+        budget="fits=1",
+        params={"hostcp-fast": {"epochs": 1}},
+    )
+    execute(spec, out=tmp_path, show_progress=False)
+    (record,) = read_results(tmp_path)
+    assert record["status"] == "ok", record["error"]
+    assert record["metrics"]["subset_source"] == {"0.15": "selection", "0.25": "scores"}
+    assert record["stats"]["unserved_fractions"] == ["0.25"]
+
+
+def test_selections_off_the_run_fractions_or_of_the_wrong_size_fail_the_cell(
+    tmp_path: Path, test_plugins: Path
+) -> None:
+    execute(small_spec(methods=("off-fraction", "wrong-size")), out=tmp_path, show_progress=False)
+    by_method = {r["method"]: r for r in read_results(tmp_path)}
+    assert by_method["off-fraction"]["status"] == "failed"
+    assert by_method["off-fraction"]["error"]["message"] == (
+        "ValueError: method 'off-fraction': a selection at fraction 0.42, which the run did not "
+        "ask for (0.1, 0.5)"
+    )
+    assert by_method["wrong-size"]["status"] == "failed"
+    assert by_method["wrong-size"]["error"]["message"] == (
+        "ValueError: method 'wrong-size': the selection at 0.1 holds 3 indices (3 distinct); "
+        "at 0.1 of 40 points it must hold 4 distinct ones"
+    )
 
 
 def test_a_cell_runs_one_thread_for_torch_and_for_blas(tmp_path: Path, test_plugins: Path) -> None:

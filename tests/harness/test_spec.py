@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import math
+import os
 import re
 from pathlib import Path
 
@@ -40,6 +42,27 @@ def test_budget_parse(text: str | None, fits: int | None, seconds: float | None)
 def test_budget_parse_rejects(text: str) -> None:
     with pytest.raises(UsageError):
         Budget.parse(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("fits=1,fits=2", "gives fits twice"),
+        ("10,fits=2", "gives fits twice"),
+        ("60s,seconds=2", "gives seconds twice"),
+        ("0", "a budget of 0 fits"),
+        ("fits=0", "a budget of 0 fits"),
+        ("fits=0,seconds=5", "a budget of 0 fits"),
+        ("seconds=0", "a budget of 0 seconds"),
+        ("seconds=0.0", "a budget of 0 seconds"),
+        ("seconds=" + "9" * 400, "not a finite number"),
+        (0, "a budget of 0 fits"),
+        (True, "invalid budget"),
+    ],
+)
+def test_budget_parse_refuses_duplicates_zero_and_overflow(text: object, message: str) -> None:
+    with pytest.raises(UsageError, match=re.escape(message)):
+        Budget.parse(text)  # type: ignore[arg-type]
 
 
 def test_budget_accounting() -> None:
@@ -85,8 +108,14 @@ def test_config_hash_ignores_execution_only_fields() -> None:
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"fractions": (0.0,)}, "outside (0, 1]"),
-        ({"fractions": (1.5,)}, "outside (0, 1]"),
+        ({"fractions": (0.0,)}, "outside (0, 1)"),
+        ({"fractions": (1.5,)}, "outside (0, 1)"),
+        # Removing 100% of the training set leaves nothing to train on: the removal curve
+        # is undefined at 1, so every cell would fail.
+        ({"fractions": (1.0,)}, "fraction 1 is outside (0, 1)"),
+        ({"fractions": (float("nan"),)}, "outside (0, 1)"),
+        ({"fractions": (True,)}, "fractions must be numbers, not true/false"),
+        ({"noise": (False,)}, "noise must be numbers, not true/false"),
         ({"noise": (1.0,)}, "outside [0, 1)"),
         ({"noise": (-0.1,)}, "outside [0, 1)"),
         ({"seeds": 0}, ">= 1"),
@@ -94,6 +123,21 @@ def test_config_hash_ignores_execution_only_fields() -> None:
         ({"datasets": ()}, "no datasets"),
         ({"jobs": 0}, "--jobs"),
         ({"timeout": -1.0}, "--timeout"),
+        ({"timeout": math.inf}, "--timeout must be a finite number of seconds <= 1e+07"),
+        ({"timeout": math.nan}, "--timeout must be a finite number of seconds <= 1e+07"),
+        ({"timeout": 1e300}, "--timeout must be a finite number of seconds <= 1e+07"),
+        ({"timeout": True}, "--timeout must be a number, not true/false"),
+        ({"max_memory_mb": 1.0}, "--max-memory must be at least 64 MB"),
+        ({"max_memory_mb": 63.9}, "--max-memory must be at least 64 MB"),
+        ({"max_memory_mb": math.inf}, "--max-memory must be a finite number of MB <= 1073741824"),
+        ({"max_memory_mb": 1e300}, "--max-memory must be a finite number of MB <= 1073741824"),
+        ({"max_memory_mb": math.nan}, "--max-memory must be a finite number of MB"),
+        ({"max_memory_mb": True}, "--max-memory must be a number, not true/false"),
+        ({"imbalance": math.inf}, "--imbalance is a max/min class-size ratio >= 1"),
+        ({"imbalance": 0.0}, "--imbalance is a max/min class-size ratio >= 1"),
+        ({"imbalance": True}, "--imbalance must be a number, not true/false"),
+        ({"seeds": True}, "seeds must be a whole number, not true/false"),
+        ({"jobs": True}, "jobs must be a whole number, not true/false"),
         ({"budget": "x"}, "invalid budget"),
         ({"methods": ("a b",)}, "letters, digits"),
     ],
@@ -118,11 +162,40 @@ def test_build_spec_precedence() -> None:
         ({"seeds": "two"}, "whole number"),
         ({"noise": "a,b"}, "numbers"),
         ({"methods": 3}, "list of names"),
+        # TOML booleans are not numbers (float(True) would be a 1 s timeout).
+        ({"timeout": True}, "timeout must be a number, got True"),
+        ({"max_memory_mb": True}, "max_memory_mb must be a number, got True"),
+        ({"imbalance": False}, "imbalance must be a number, got False"),
+        ({"noise": True}, "noise must be a list of numbers"),
+        ({"fractions": [0.1, True]}, "fractions must be a list of numbers"),
+        ({"seeds": True}, "seeds must be a whole number"),
+        ({"max_train": False}, "max_train must be a whole number"),
+        ({"timeout": "soon"}, "timeout must be a number, got 'soon'"),
+        ({"max_memory_mb": "lots"}, "max_memory_mb must be a number, got 'lots'"),
+        # 0 is not "unset": it used to become the default ratio 1 silently.
+        ({"imbalance": "0"}, "--imbalance is a max/min class-size ratio >= 1, got 0"),
+        ({"imbalance": 0}, "--imbalance is a max/min class-size ratio >= 1, got 0"),
+        ({"timeout": "inf"}, "--timeout must be a finite number"),
+        ({"max_memory_mb": "1e300"}, "--max-memory must be a finite number"),
     ],
 )
 def test_build_spec_rejects_bad_types(overrides: dict, message: str) -> None:
     with pytest.raises(UsageError, match=message):
         build_spec(None, {}, {"methods": "all", **overrides})
+
+
+def test_build_spec_jobs_capped_at_cpu_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("os.cpu_count", lambda: 4)
+    assert build_spec(None, {}, {"methods": "all", "jobs": "4"}).jobs == 4
+    with pytest.raises(UsageError, match=re.escape("--jobs 5 is more than the 4 CPUs")):
+        build_spec(None, {}, {"methods": "all", "jobs": "5"})
+    with pytest.raises(UsageError, match=re.escape("--jobs 9 is more than the 4 CPUs")):
+        build_spec(None, {"jobs": 9}, {"methods": "all"})
+
+
+def test_build_spec_imbalance_none_is_the_default() -> None:
+    assert build_spec(None, {}, {"methods": "all", "imbalance": "none"}).imbalance == 1.0
+    assert build_spec(None, {}, {"methods": "all", "imbalance": "2.5"}).imbalance == 2.5
 
 
 def test_build_spec_unknown_preset() -> None:
@@ -158,6 +231,40 @@ def test_config_file(tmp_path: Path) -> None:
     path.write_text("[params]\nloo = 3\n")
     with pytest.raises(ConfigError, match=r"\[params.loo\]"):
         load_config_file(path)
+
+
+def test_config_file_that_cannot_be_read(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="is a directory, not a TOML file"):
+        load_config_file(tmp_path)
+    latin1 = tmp_path / "latin1.toml"
+    latin1.write_bytes('methods = ["caf\xe9"]\n'.encode("latin-1"))
+    with pytest.raises(ConfigError, match="is not UTF-8 text"):
+        load_config_file(latin1)
+    big = tmp_path / "big.toml"
+    big.write_text("# " + "x" * (2 * 2**20) + "\n")
+    with pytest.raises(ConfigError, match="is larger than 1 MB"):
+        load_config_file(big)
+    for bad in (latin1, big):
+        with pytest.raises(ConfigError) as info:
+            load_config_file(bad)
+        assert "\n" not in str(info.value)
+
+
+def test_config_file_without_read_permission(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "secret.toml"
+    path.write_text("seeds = 2\n")
+    if hasattr(os, "geteuid") and os.geteuid() == 0:  # root reads any file: pretend
+        denied = PermissionError(13, "Permission denied", str(path))
+        monkeypatch.setattr(Path, "open", lambda *a, **k: (_ for _ in ()).throw(denied))
+    else:
+        path.chmod(0)
+    try:
+        with pytest.raises(ConfigError, match="cannot read config file .*: Permission denied$"):
+            load_config_file(path)
+    finally:
+        path.chmod(0o600)
 
 
 def test_numpy_seed_sequence_used_not_global_state() -> None:

@@ -66,9 +66,58 @@ def test_manifest_errors(tmp_path: Path) -> None:
     with pytest.raises(RunDirectoryError, match="not valid JSON"):
         read_manifest(tmp_path)
     store = RunStore(tmp_path)
-    store.write_manifest({"a": np.int64(3)})
-    assert read_manifest(tmp_path) == {"a": 3}
+    spec = {"methods": ["random"], "datasets": ["synthetic"]}
+    store.write_manifest({"cells_total": np.int64(3), "spec": spec})
+    assert read_manifest(tmp_path) == {"cells_total": 3, "spec": spec}
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize(
+    ("manifest", "message"),
+    [
+        ([], "holds a JSON list, not an object"),
+        ({"spec": None}, "spec = null, not an object"),
+        ({"spec": {"seeds": "x"}}, 'spec.seeds = "x", not a whole number'),
+        ({"spec": {"methods": []}}, "spec valbench refuses.*no methods selected"),
+        ({"spec": {}, "config_hash": 5}, "config_hash = 5, not a string"),
+        ({"spec": {}, "wall_s": "1"}, "wall_s"),
+    ],
+)
+def test_manifest_of_the_wrong_shape(tmp_path: Path, manifest: object, message: str) -> None:
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(RunDirectoryError, match=message):
+        read_manifest(tmp_path)
+
+
+def test_manifest_unreadable_or_run_dir_a_file(tmp_path: Path) -> None:
+    (tmp_path / "manifest.json").write_bytes('{"name": "é"}'.encode("latin-1"))
+    with pytest.raises(RunDirectoryError, match="not UTF-8"):
+        read_manifest(tmp_path)
+    (tmp_path / "manifest.json").unlink()
+    (tmp_path / "manifest.json").mkdir()
+    with pytest.raises(RunDirectoryError, match="is a directory"):
+        read_manifest(tmp_path)
+    with pytest.raises(RunDirectoryError, match="is a file, not a run directory"):
+        read_manifest(Path(__file__))
+
+
+def test_results_lines_of_the_wrong_shape_are_skipped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    bad = [
+        {"cell_id": ["a"], "status": "ok"},
+        {"cell_id": "a", "status": "exploded"},
+        {"cell_id": "a", "status": "ok", "metrics": "x"},
+        {"cell_id": "a", "status": "ok", "scores_file": "../../etc/passwd"},
+        [1, 2],
+    ]
+    lines = [json.dumps(_rec("a")), *map(json.dumps, bad), "[" * 100_000, json.dumps(_rec("b"))]
+    (tmp_path / "results.jsonl").write_text("\n".join(lines) + "\n")
+    assert [r["cell_id"] for r in read_results(tmp_path)] == ["a", "b"]
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 6  # five one by one, then one line for the rest
+    assert "results.jsonl:2: line skipped: cell_id" in messages[0]
+    assert "1 more damaged lines skipped" in messages[-1]
 
 
 def test_unwritable_directory() -> None:

@@ -20,6 +20,8 @@ from valbench.testing import check_method, make_check_task
         ("nan-scores", "NaN or infinity"),
         ("greedy", "budget of 3 model fits not honoured"),
         ("raises", "deliberate failure"),
+        ("off-fraction", "selection at fraction 0.42, which the run did not ask for"),
+        ("wrong-size", "selection at 0.15 holds 7 indices .* it must hold 8 distinct ones"),
     ],
 )
 def test_kit_rejects_broken_methods(test_plugins: Path, name: str, message: str) -> None:

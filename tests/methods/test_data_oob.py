@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from valbench import Budget, FitCounter, ValuationTask
+from valbench import Budget, FitCounter, RunContext, ValuationTask
 from valbench.data import inject_label_noise
 from valbench.datasets.sklearn_bundled import DigitsDataset
 from valbench.methods.data_oob import DataOOB, bootstrap_counts, weighted_fit
@@ -26,7 +26,7 @@ def _digits_task(n_train: int = 250, rate: float = 0.2) -> ValuationTask:
 def test_flipped_labels_get_low_values() -> None:
     # Measured: AUC 0.975 (unique) / 0.973 (counts) with 200 models on 250 digits, 20 % flips.
     task = _digits_task()
-    got = DataOOB(n_estimators=100).value(task, rng=np.random.default_rng(0), budget=Budget())
+    got = DataOOB(n_estimators=100).value(task, RunContext.for_task(task))
     auc = roc_auc_score(task.noisy_mask, -got.scores)
     assert auc > 0.9, auc
     assert task.fit_counter.count == 100 and got.stats["never_out_of_bag"] == 0
@@ -36,7 +36,7 @@ def test_reproducible_and_seed_dependent() -> None:
     def run(seed: int) -> np.ndarray:
         return (
             DataOOB(n_estimators=30)
-            .value(make_check_task(), rng=np.random.default_rng(seed), budget=Budget())
+            .value(fresh := make_check_task(), RunContext.for_task(fresh, seed=seed))
             .scores
         )
 
@@ -47,13 +47,11 @@ def test_reproducible_and_seed_dependent() -> None:
 def test_budget_caps_the_ensemble() -> None:
     task = make_check_task()
     got = DataOOB(n_estimators=200, batch_size=7).value(
-        task, rng=np.random.default_rng(0), budget=Budget(max_fits=20)
+        task, RunContext.for_task(task, budget=Budget(max_fits=20))
     )
     assert task.fit_counter.count == 20 and got.stats["n_estimators"] == 20
     task = make_check_task()
-    got = DataOOB(warm_start=True).value(
-        task, rng=np.random.default_rng(0), budget=Budget(max_fits=3)
-    )
+    got = DataOOB(warm_start=True).value(task, RunContext.for_task(task, budget=Budget(max_fits=3)))
     assert task.fit_counter.count == 3 and np.isfinite(got.scores).all()
 
 
@@ -80,9 +78,7 @@ def test_weighted_fit_equals_training_on_the_bootstrap_with_repeats(model: Model
 
 def test_counts_weighting_also_detects_noise() -> None:
     task = make_check_task(n_train=90)
-    got = DataOOB(n_estimators=40, weighting="counts").value(
-        task, rng=np.random.default_rng(0), budget=Budget()
-    )
+    got = DataOOB(n_estimators=40, weighting="counts").value(task, RunContext.for_task(task))
     assert roc_auc_score(task.noisy_mask, -got.scores) > 0.75
 
 

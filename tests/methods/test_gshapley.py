@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from valbench import Budget, FitCounter, ValuationTask
+from valbench import Budget, FitCounter, RunContext, ValuationTask
 from valbench.methods.gshapley import GShapley
 from valbench.models import ModelSpec
 from valbench.testing import check_method, make_check_task
@@ -49,7 +49,7 @@ def _reference(
 def test_matches_plain_loop(metric: str, l2: float) -> None:
     task = make_check_task(n_train=12)
     method = GShapley(lr=0.1, l2=l2, metric=metric, max_permutations=7, batch_size=3)
-    got = method.value(task, rng=np.random.default_rng(5), budget=Budget())
+    got = method.value(task, RunContext.for_task(task, seed=5))
     rng = np.random.default_rng(5)
     perms = np.stack([rng.permutation(12) for _ in range(7)])
     expected = _reference(task, perms, 0.1, metric, l2)
@@ -65,18 +65,18 @@ def test_gram_matrix_and_on_the_fly_products_agree(monkeypatch: pytest.MonkeyPat
 
     task = make_check_task(n_train=20)
     kwargs = {"lr": 0.2, "l2": 0.01, "metric": "log_likelihood", "max_permutations": 5}
-    with_gram = GShapley(**kwargs).value(task, rng=np.random.default_rng(1), budget=Budget())
+    with_gram = GShapley(**kwargs).value(task, RunContext.for_task(task, seed=1))
     monkeypatch.setattr(gshapley, "_GRAM_MAX_ENTRIES", 0)
-    without = GShapley(**kwargs).value(task, rng=np.random.default_rng(1), budget=Budget())
+    without = GShapley(**kwargs).value(task, RunContext.for_task(task, seed=1))
     np.testing.assert_allclose(with_gram.scores, without.scores, rtol=0, atol=1e-12)
 
 
 def test_deterministic_and_batching_invariant() -> None:
     one = GShapley(max_permutations=9, batch_size=9).value(
-        make_check_task(), rng=np.random.default_rng(3), budget=Budget()
+        fresh := make_check_task(), RunContext.for_task(fresh, seed=3)
     )
     two = GShapley(max_permutations=9, batch_size=2).value(
-        make_check_task(), rng=np.random.default_rng(3), budget=Budget()
+        fresh := make_check_task(), RunContext.for_task(fresh, seed=3)
     )
     np.testing.assert_array_equal(one.scores, two.scores)
 
@@ -100,7 +100,7 @@ def _toy_task() -> tuple[ValuationTask, int]:
 def test_mislabelled_point_gets_negative_value() -> None:
     task, bad = _toy_task()
     got = GShapley(lr=0.5, max_permutations=300, metric="log_likelihood").value(
-        task, rng=np.random.default_rng(0), budget=Budget()
+        task, RunContext.for_task(task)
     )
     assert got.scores[bad] < 0
     assert got.scores[bad] == got.scores.min()
@@ -111,7 +111,7 @@ def test_mislabelled_point_gets_negative_value() -> None:
 def test_budget_counts_one_fit_per_permutation() -> None:
     task = make_check_task()
     got = GShapley(max_permutations=50, batch_size=4).value(
-        task, rng=np.random.default_rng(0), budget=Budget(max_fits=10)
+        task, RunContext.for_task(task, budget=Budget(max_fits=10))
     )
     assert task.fit_counter.count == 10 and got.stats["permutations"] == 10
     assert not got.stats["complete"]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from valbench import Budget, ValuationTask
+from valbench import RunContext, ValuationTask
 from valbench.methods.hostcp import HostCP, HostCPDS3, HostCPFast, HostCPSmooth
 from valbench.methods.hostcp.layers import (
     closed_form_selection,
@@ -163,13 +163,13 @@ def test_ds3_program_is_feasible_and_budgets_representatives() -> None:
 
 @pytest.mark.parametrize("kind", ["logreg", "mlp"])
 def test_faithful_selections_equal_fast_path_when_phi_is_not_learned(kind: str) -> None:
-    params = {"fractions": (0.1, 0.3), "epochs": 2, "batch_size": 20, "n_existing": 20}
+    params = {"epochs": 2, "batch_size": 20, "n_existing": 20}
     task = make_check_task(n_train=70)
     task = ValuationTask(**{**task.__dict__, "model": ModelSpec(kind=kind, hidden=8)})
     lp = HostCP(learn_phi=False, **params).value(
-        task, rng=np.random.default_rng(3), budget=Budget()
+        task, RunContext.for_task(task, seed=3, fractions=(0.1, 0.3))
     )
-    fast = HostCPFast(**params).value(task, rng=np.random.default_rng(3), budget=Budget())
+    fast = HostCPFast(**params).value(task, RunContext.for_task(task, seed=3, fractions=(0.1, 0.3)))
     for f in (0.1, 0.3):
         np.testing.assert_array_equal(lp.selections[f], fast.selections[f])
     np.testing.assert_allclose(lp.scores, fast.scores, atol=1e-6)
@@ -212,14 +212,10 @@ def test_ds3_selects_fewer_near_duplicates_than_top_k() -> None:
     for seed in seeds:
         task, cluster = _synthetic_task(seed)
         size = subset_size(task.n_train, fraction)
-        ds3 = HostCPDS3(fractions=(fraction,)).value(
-            task, rng=np.random.default_rng(seed), budget=Budget()
-        )
+        ds3 = HostCPDS3().value(task, RunContext.for_task(task, seed=seed, fractions=(fraction,)))
         counts["ds3"].append(_redundant(ds3.selections[fraction], cluster))
         for name, cls in (("fast", HostCPFast), ("smooth", HostCPSmooth)):
-            out = cls(fractions=(fraction,)).value(
-                task, rng=np.random.default_rng(seed), budget=Budget()
-            )
+            out = cls().value(task, RunContext.for_task(task, seed=seed, fractions=(fraction,)))
             top = np.argsort(-out.scores, kind="stable")[:size]  # top-k by the per-point score
             counts[name].append(_redundant(top, cluster))
     print("redundant near-duplicates at 10 %:", counts)
@@ -231,9 +227,7 @@ def test_faithful_subset_value_at_10_percent_is_at_least_random() -> None:
     fraction, got, rand = 0.1, [], []
     for seed in (0, 1, 2):
         task, _ = _synthetic_task(seed)
-        out = HostCP(fractions=(fraction,)).value(
-            task, rng=np.random.default_rng(seed), budget=Budget()
-        )
+        out = HostCP().value(task, RunContext.for_task(task, seed=seed, fractions=(fraction,)))
         clf = task.model.build(task.n_features, task.n_classes, seed)
         sel = out.selections[fraction]
         rng = np.random.default_rng(100 + seed)
@@ -251,9 +245,8 @@ def test_conformance(cls: type) -> None:
 
 
 def test_diagnostics_are_reported() -> None:
-    out = HostCPSmooth(fractions=(0.2,), epochs=2).value(
-        make_check_task(), rng=np.random.default_rng(0), budget=Budget()
-    )
+    task = make_check_task()
+    out = HostCPSmooth(epochs=2).value(task, RunContext.for_task(task, fractions=(0.2,)))
     per = out.stats["per_fraction"]["0.2"]
     assert per["solves"] == 4 and len(per["fraction_selected_per_epoch"]) == 2
     assert out.stats["phi_grad_norm"] > 0 and out.stats["solver_s_per_batch"] > 0

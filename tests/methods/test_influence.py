@@ -11,7 +11,7 @@ from scipy.stats import pearsonr
 from sklearn.metrics import roc_auc_score
 from wide_task import wide_task
 
-from valbench import Budget
+from valbench import Budget, RunContext
 from valbench.methods import _gradients as gr
 from valbench.methods.influence import InfluenceFunction
 from valbench.models import ModelSpec
@@ -21,7 +21,7 @@ RNG = np.random.default_rng
 
 
 def _val(task, **params):
-    return InfluenceFunction(**params).value(task, rng=RNG(0), budget=Budget())
+    return InfluenceFunction(**params).value(task, RunContext.for_task(task))
 
 
 def _fit_lbfgs(x, y, c, l2, keep):
@@ -147,7 +147,7 @@ def test_influence_counts_one_fit_and_respects_a_zero_budget() -> None:
     _val(task)
     assert task.fit_counter.count == 1
     empty = make_check_task()
-    out = InfluenceFunction().value(empty, rng=RNG(0), budget=Budget(max_fits=0))
+    out = InfluenceFunction().value(empty, RunContext.for_task(empty, budget=Budget(max_fits=0)))
     assert empty.fit_counter.count == 0 and not out.stats["complete"]
 
 

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from valbench import Budget
+from valbench import Budget, RunContext
 from valbench.methods.knn_shapley import KNNShapley, _nearest_first, knn_shapley_values
 from valbench.testing import check_method, make_check_task
 
@@ -86,7 +86,7 @@ def test_nearest_first_is_the_stable_argsort() -> None:
 
 def test_method_trains_nothing_and_flags_noise() -> None:
     task = make_check_task(n_train=120)
-    got = KNNShapley(k=5).value(task, rng=np.random.default_rng(0), budget=Budget(max_fits=0))
+    got = KNNShapley(k=5).value(task, RunContext.for_task(task, budget=Budget(max_fits=0)))
     assert task.fit_counter.count == 0
     assert got.scores.shape == (120,) and np.isfinite(got.scores).all()
     noisy = task.noisy_mask  # read by the test only

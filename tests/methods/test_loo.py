@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from valbench import Budget
+from valbench import Budget, RunContext
 from valbench.methods.loo import LeaveOneOut
 from valbench.testing import make_check_task
 
@@ -17,7 +17,7 @@ def _retrain_accuracy(task, keep: np.ndarray) -> float:
 
 def test_loo_equals_leave_one_out_retraining() -> None:
     task = make_check_task(n_train=15)
-    got = LeaveOneOut().value(task, rng=np.random.default_rng(0), budget=Budget())
+    got = LeaveOneOut().value(task, RunContext.for_task(task))
     everyone = np.ones(task.n_train, dtype=bool)
     full = _retrain_accuracy(task, everyone)
     expected = []
@@ -34,14 +34,12 @@ def test_loo_equals_leave_one_out_retraining() -> None:
 def test_loo_under_a_small_budget_is_partial_and_honest() -> None:
     task = make_check_task(n_train=20)
     got = LeaveOneOut(batch_size=4).value(
-        task, rng=np.random.default_rng(0), budget=Budget(max_fits=9)
+        task, RunContext.for_task(task, budget=Budget(max_fits=9))
     )
     assert task.fit_counter.count <= 9
     assert got.stats["points_retrained"] == 8 and not got.stats["complete"]
     assert np.isfinite(got.scores).all()
-    full = LeaveOneOut().value(
-        make_check_task(n_train=20), rng=np.random.default_rng(0), budget=Budget()
-    )
+    full = LeaveOneOut().value(fresh := make_check_task(n_train=20), RunContext.for_task(fresh))
     # Retrained points carry their exact leave-one-out value; the rest share one filler value.
     exact = np.isclose(got.scores, full.scores)
     assert exact.sum() >= 8
@@ -50,11 +48,9 @@ def test_loo_under_a_small_budget_is_partial_and_honest() -> None:
 
 
 def test_loo_warm_start_agrees_with_cold_start() -> None:
-    cold = LeaveOneOut().value(
-        make_check_task(n_train=20), rng=np.random.default_rng(0), budget=Budget()
-    )
+    cold = LeaveOneOut().value(fresh := make_check_task(n_train=20), RunContext.for_task(fresh))
     warm = LeaveOneOut(warm_start=True).value(
-        make_check_task(n_train=20), rng=np.random.default_rng(0), budget=Budget()
+        fresh := make_check_task(n_train=20), RunContext.for_task(fresh)
     )
     # Both solve the same convex problem; they may differ by optimisation error on a point or two.
     assert np.mean(np.isclose(cold.scores, warm.scores)) >= 0.8

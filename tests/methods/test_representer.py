@@ -8,7 +8,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 from wide_task import wide_task
 
-from valbench import Budget
+from valbench import RunContext
 from valbench.errors import UsageError
 from valbench.methods.representer import RepresenterPoints, fit_representer
 from valbench.models import ModelSpec
@@ -42,9 +42,7 @@ def test_scores_are_the_validation_representer_values_and_stream() -> None:
     resid = torch.nn.functional.one_hot(torch.as_tensor(task.y_val), 3).double() - probs
     expected = ((rep.phi @ rep.phi_val.T) * (rep.alpha @ resid.T)).sum(1).numpy()
     for chunk in (1024, 7):
-        got = RepresenterPoints(chunk=chunk).value(
-            _task(), rng=np.random.default_rng(0), budget=Budget()
-        )
+        got = RepresenterPoints(chunk=chunk).value(fresh := _task(), RunContext.for_task(fresh))
         np.testing.assert_allclose(got.scores, expected, rtol=1e-10, atol=1e-14)
     own = rep.alpha[np.arange(task.n_train), task.y_train].numpy()
     np.testing.assert_allclose(got.detection_scores, -own)
@@ -54,7 +52,7 @@ def test_scores_are_the_validation_representer_values_and_stream() -> None:
 def test_representer_detects_planted_noise() -> None:
     # 200 points, 20 flipped: measured AUC ≈ 0.97; a random ranking gives 0.5.
     task = make_check_task(n_train=200)
-    got = RepresenterPoints().value(task, rng=np.random.default_rng(0), budget=Budget())
+    got = RepresenterPoints().value(task, RunContext.for_task(task))
     auc = roc_auc_score(task.noisy_mask, -got.detection_scores)
     assert auc >= 0.85, auc
     assert task.fit_counter.count == 1
@@ -62,7 +60,7 @@ def test_representer_detects_planted_noise() -> None:
 
 def test_representer_needs_a_regularised_last_layer() -> None:
     with pytest.raises(UsageError, match="l2"):
-        RepresenterPoints().value(_task(l2=0.0), rng=np.random.default_rng(0), budget=Budget())
+        RepresenterPoints().value(fresh := _task(l2=0.0), RunContext.for_task(fresh))
 
 
 def test_representer_conforms() -> None:
@@ -75,10 +73,10 @@ def test_wide_last_layer_in_the_span_of_its_training_inputs_changes_nothing(
     import valbench.methods._gradients as gradients
 
     method = RepresenterPoints()
-    reduced = method.value(wide_task(), rng=np.random.default_rng(0), budget=Budget())
+    reduced = method.value(fresh := wide_task(), RunContext.for_task(fresh))
     assert fit_representer(wide_task()).phi.shape[1] == 25  # 40 inputs, 25 training points
     monkeypatch.setattr(gradients, "REDUCE_WIDE_HEADS", False)
-    full = method.value(wide_task(), rng=np.random.default_rng(0), budget=Budget())
+    full = method.value(fresh := wide_task(), RunContext.for_task(fresh))
     assert fit_representer(wide_task()).phi.shape[1] == 40
     np.testing.assert_allclose(reduced.scores, full.scores, rtol=1e-6, atol=1e-10)
     np.testing.assert_allclose(reduced.detection_scores, full.detection_scores, rtol=1e-6)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import valbench.testing
-from valbench import Budget, ValuationTask
+from valbench import Budget, RunContext, ValuationTask
 from valbench.errors import UsageError
 from valbench.methods.semivalues import (
     BetaShapley,
@@ -86,7 +86,7 @@ def _table_game(n: int, table: dict[frozenset[int], float]) -> Callable[[np.ndar
 def test_exact_shapley_equals_brute_force_and_is_efficient() -> None:
     utility, shapley, _ = _brute_force(N)
     task = make_check_task(n_train=N)
-    got = ExactShapley().value(task, rng=np.random.default_rng(0), budget=Budget())
+    got = ExactShapley().value(task, RunContext.for_task(task))
     assert got.stats["complete"]
     assert task.fit_counter.count == 2**N - 1
     np.testing.assert_allclose(got.scores, shapley, atol=1e-9)
@@ -113,7 +113,7 @@ def test_exact_shapley_symmetry_for_duplicate_points() -> None:
         seed=0,
         model=base.model,
     )
-    got = ExactShapley().value(task, rng=np.random.default_rng(0), budget=Budget()).scores
+    got = ExactShapley().value(task, RunContext.for_task(task)).scores
     assert got[2] == pytest.approx(got[5], abs=1e-9)
     assert abs(got[2]) > 1e-3  # the copies matter, so equality is not trivially 0 = 0
 
@@ -141,11 +141,9 @@ def test_exact_semivalue_null_player_and_closed_form_games() -> None:
 
 def test_exact_shapley_refuses_large_tasks_and_respects_budget() -> None:
     with pytest.raises(UsageError, match="at most 14"):
-        ExactShapley().value(
-            make_check_task(n_train=15), rng=np.random.default_rng(0), budget=Budget()
-        )
+        ExactShapley().value(fresh := make_check_task(n_train=15), RunContext.for_task(fresh))
     task = make_check_task(n_train=6)
-    got = ExactShapley().value(task, rng=np.random.default_rng(0), budget=Budget(max_fits=62))
+    got = ExactShapley().value(task, RunContext.for_task(task, budget=Budget(max_fits=62)))
     assert task.fit_counter.count == 0 and not got.stats["complete"]
     assert np.array_equal(got.scores, np.zeros(6))
 
@@ -171,7 +169,7 @@ def test_tmc_converges_to_exact_shapley() -> None:
     for perms in (10, 100, 1000):
         task = make_check_task(n_train=N)
         got = TMCShapley(max_permutations=perms, tolerance=0.0, convergence_tol=0.0).value(
-            task, rng=np.random.default_rng(3), budget=Budget()
+            task, RunContext.for_task(task, seed=3)
         )
         assert got.stats["permutations"] == perms
         assert task.fit_counter.count <= 2**N - 1  # the cache answers every repeat
@@ -188,15 +186,15 @@ def test_tmc_truncation_and_budget() -> None:
     # look-ahead of 2 leaves prefixes after the cut to skip (a whole walk in one block is kept).
     got = TMCShapley(
         max_permutations=500, convergence_tol=0.0, truncation_steps=1, lookahead=2
-    ).value(task, rng=np.random.default_rng(0), budget=Budget())
+    ).value(task, RunContext.for_task(task))
     assert got.stats["truncated_fraction"] > 0
     assert _max_error(got.scores, shapley) < 0.05  # truncation bias stays small
     small = make_check_task(n_train=40)
-    got = TMCShapley().value(small, rng=np.random.default_rng(0), budget=Budget(max_fits=30))
+    got = TMCShapley().value(small, RunContext.for_task(small, budget=Budget(max_fits=30)))
     assert small.fit_counter.count <= 30 and np.isfinite(got.scores).all()
     stop = make_check_task(n_train=40)
     got = TMCShapley(convergence_window=5, convergence_tol=0.2).value(
-        stop, rng=np.random.default_rng(0), budget=Budget()
+        stop, RunContext.for_task(stop)
     )
     assert got.stats["converged"] and got.stats["permutations"] < 1000
 
@@ -213,7 +211,7 @@ def test_msr_semivalues_converge_to_exact(kind: str) -> None:
             if kind == "beta11"
             else DataBanzhaf(max_samples=samples)
         )
-        got = method.value(task, rng=np.random.default_rng(5), budget=Budget())
+        got = method.value(task, RunContext.for_task(task, seed=5))
         assert task.fit_counter.count <= 2**N - 1
         errors.append(_max_error(got.scores, exact))
     # Measured max |error| (|φ| ≤ 0.16): beta(1,1) 0.076, 0.033, 0.016; banzhaf 0.064, 0.013,

@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from valbench import Budget
+from valbench import RunContext
 from valbench.methods import _gradients as gr
 from valbench.methods.tracin import TracIn, checkpoint_epochs, sgd_checkpoints, sgd_gradient
 from valbench.testing import check_method, make_check_task
@@ -16,7 +16,7 @@ from valbench.testing import check_method, make_check_task
 def test_single_checkpoint_equals_lr_times_hand_gradient_dot_product() -> None:
     lr = 0.3
     got = TracIn(epochs=3, checkpoints=1, lr=lr, batch_size=8).value(
-        make_check_task(), rng=np.random.default_rng(5), budget=Budget()
+        fresh := make_check_task(), RunContext.for_task(fresh, seed=5)
     )
     task = make_check_task()
     (params,) = sgd_checkpoints(
@@ -70,7 +70,7 @@ def test_checkpoint_epochs_are_spread_and_end_last() -> None:
 def test_tracin_self_influence_finds_planted_noise() -> None:
     # 200 points, 20 flipped: measured AUC ≈ 0.91; a random ranking gives 0.5.
     task = make_check_task(n_train=200)
-    got = TracIn().value(task, rng=np.random.default_rng(0), budget=Budget())
+    got = TracIn().value(task, RunContext.for_task(task))
     auc = roc_auc_score(task.noisy_mask, -got.detection_scores)
     assert auc >= 0.8, auc
     assert task.fit_counter.count == 1
@@ -82,9 +82,7 @@ def test_tracin_mlp_last_layer_runs() -> None:
     base = make_check_task()
     task = type(base)(**{**base.__dict__, "model": ModelSpec(kind="mlp", hidden=6)})
     for layers in ("all", "last"):
-        got = TracIn(layers=layers, epochs=4).value(
-            task, rng=np.random.default_rng(0), budget=Budget()
-        )
+        got = TracIn(layers=layers, epochs=4).value(task, RunContext.for_task(task))
         assert np.isfinite(got.scores).all()
 
 

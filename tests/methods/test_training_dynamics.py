@@ -9,7 +9,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from valbench import Budget, FitCounter, Method, Valuation, ValuationTask
+from valbench import Budget, FitCounter, Method, RunContext, Valuation, ValuationTask
 from valbench.data import inject_label_noise
 from valbench.errors import UsageError
 from valbench.methods.training_dynamics import (
@@ -165,7 +165,7 @@ def test_stacked_runs_equal_runs_trained_alone() -> None:
 def test_average_over_runs_is_deterministic_under_the_seed(cls: type[Method]) -> None:
     def scores(seed: int) -> np.ndarray:
         method = cls(runs=3, epochs=2)
-        return method.value(_task(), rng=np.random.default_rng(seed), budget=Budget()).scores
+        return method.value(fresh := _task(), RunContext.for_task(fresh, seed=seed)).scores
 
     np.testing.assert_array_equal(scores(0), scores(0))
     assert not np.array_equal(scores(0), scores(1))
@@ -173,7 +173,7 @@ def test_average_over_runs_is_deterministic_under_the_seed(cls: type[Method]) ->
 
 def test_el2n_is_the_mean_of_its_runs() -> None:
     task = _task()
-    got = EL2N(runs=3, epochs=2).value(task, rng=np.random.default_rng(4), budget=Budget())
+    got = EL2N(runs=3, epochs=2).value(task, RunContext.for_task(task, seed=4))
     seeds = [int(s) for s in np.random.default_rng(4).integers(0, 2**62, size=3)]
     per_run = [
         error_l2_norms(
@@ -189,21 +189,21 @@ def test_el2n_is_the_mean_of_its_runs() -> None:
 
 def test_budget_cuts_runs_to_a_prefix_and_counts_fits() -> None:
     task = _task()
-    cut = EL2N(runs=5, epochs=2).value(
-        task, rng=np.random.default_rng(0), budget=Budget(max_fits=2)
-    )
+    cut = EL2N(runs=5, epochs=2).value(task, RunContext.for_task(task, budget=Budget(max_fits=2)))
     assert task.fit_counter.count == 2
     assert cut.stats["runs"] == 2 and not cut.stats["complete"]
-    two = EL2N(runs=2, epochs=2).value(_task(), rng=np.random.default_rng(0), budget=Budget())
+    two = EL2N(runs=2, epochs=2).value(fresh := _task(), RunContext.for_task(fresh))
     np.testing.assert_allclose(cut.scores, two.scores, rtol=1e-6)
-    none = EL2N(runs=5).value(_task(), rng=np.random.default_rng(0), budget=Budget(max_fits=0))
+    none = EL2N(runs=5).value(
+        fresh := _task(), RunContext.for_task(fresh, budget=Budget(max_fits=0))
+    )
     assert none.stats["runs"] == 0 and np.all(np.isfinite(none.scores))
 
 
 def test_time_budget_trains_run_by_run() -> None:
     task = _task()
     got = EL2N(runs=4, epochs=1).value(
-        task, rng=np.random.default_rng(0), budget=Budget(max_seconds=1000)
+        task, RunContext.for_task(task, budget=Budget(max_seconds=1000))
     )
     assert got.stats["runs"] == 4 and task.fit_counter.count == 4
 
@@ -218,10 +218,8 @@ def test_offset_moves_the_hardest_to_the_bottom() -> None:
     np.testing.assert_array_equal(out[rest], h[rest])
     np.testing.assert_array_equal(apply_offset(h, 0.0), h)
 
-    plain = EL2N(runs=2, epochs=2).value(_task(), rng=np.random.default_rng(0), budget=Budget())
-    shifted = EL2N(runs=2, epochs=2, offset=0.1).value(
-        _task(), rng=np.random.default_rng(0), budget=Budget()
-    )
+    plain = EL2N(runs=2, epochs=2).value(fresh := _task(), RunContext.for_task(fresh))
+    shifted = EL2N(runs=2, epochs=2, offset=0.1).value(fresh := _task(), RunContext.for_task(fresh))
     np.testing.assert_array_equal(shifted.detection_scores, plain.detection_scores)
     np.testing.assert_allclose(plain.detection_scores, -plain.scores)
     k = 9  # 10 % of 90
@@ -230,18 +228,16 @@ def test_offset_moves_the_hardest_to_the_bottom() -> None:
 
 
 def test_direction_is_stated_and_parameters_are_validated() -> None:
-    got = GraNd(runs=1).value(_task(), rng=np.random.default_rng(0), budget=Budget())
+    got = GraNd(runs=1).value(fresh := _task(), RunContext.for_task(fresh))
     assert "keep" in got.stats["direction"] and "suspicious" in got.stats["detection"]
     assert got.stats["epochs"] == 0 and got.stats["optimizer_steps_per_run"] == 0
     for bad in ({"runs": 0}, {"epochs": -1}, {"lr": 0.0}, {"batch_size": 0}, {"offset": 1.0}):
         with pytest.raises(UsageError):
-            EL2N(**bad).value(_task(), rng=np.random.default_rng(0), budget=Budget())
+            EL2N(**bad).value(fresh := _task(), RunContext.for_task(fresh))
 
 
 def test_mlp_model_is_used_when_the_run_asks_for_it() -> None:
-    got = EL2N(runs=2, epochs=1).value(
-        _task(kind="mlp"), rng=np.random.default_rng(0), budget=Budget()
-    )
+    got = EL2N(runs=2, epochs=1).value(fresh := _task(kind="mlp"), RunContext.for_task(fresh))
     assert got.stats["model"] == "mlp" and np.all(np.isfinite(got.scores))
 
 
@@ -260,7 +256,7 @@ def test_planted_label_noise_is_found(cls: type[Method], floor: float) -> None:
     # el2n AUC 0.99-1.00, forgetting 0.96-0.97); flips are the hardest, so -hardness ranks them
     # lowest.
     task = _task(300, noise=0.2, seed=3)
-    got = cls().value(task, rng=np.random.default_rng(0), budget=Budget())
+    got = cls().value(task, RunContext.for_task(task))
     auc = _detection_auc(task, got)
     assert auc > floor, auc
 
@@ -269,8 +265,8 @@ def test_grand_after_training_finds_noise_but_not_at_initialisation() -> None:
     # Kirsch (2023): GraNd at initialisation is no better than random; later in training it is.
     # Measured on seeds 3-5: 0.40-0.49 at init, 0.79-0.90 after 10 epochs.
     task = _task(300, noise=0.2, seed=3)
-    late = GraNd(epochs=10).value(task, rng=np.random.default_rng(0), budget=Budget())
-    early = GraNd().value(task, rng=np.random.default_rng(0), budget=Budget())
+    late = GraNd(epochs=10).value(task, RunContext.for_task(task))
+    early = GraNd().value(task, RunContext.for_task(task))
     assert _detection_auc(task, late) > 0.7
     assert _detection_auc(task, early) < 0.6
 

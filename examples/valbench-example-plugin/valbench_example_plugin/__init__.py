@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from valbench import Budget, Method, ProgressFn, Valuation, ValuationTask, no_progress
+from valbench import Method, RunContext, Valuation, ValuationTask
 
 __all__ = ["CentroidTypicality"]
 
@@ -23,14 +23,7 @@ class CentroidTypicality(Method):
     def __init__(self, *, metric: str = "euclidean") -> None:
         self.metric = metric  # only store parameters (scikit-learn style)
 
-    def value(
-        self,
-        task: ValuationTask,
-        *,
-        rng: np.random.Generator,
-        budget: Budget,
-        progress: ProgressFn = no_progress,
-    ) -> Valuation:
+    def value(self, task: ValuationTask, ctx: RunContext) -> Valuation:
         x, y = task.x_train.astype(np.float64), task.y_train
         centroids = np.zeros((task.n_classes, x.shape[1]))
         for c in np.unique(y):
@@ -42,5 +35,5 @@ class CentroidTypicality(Method):
             dist = np.abs(diff).sum(axis=1)
         else:
             raise ValueError(f"metric must be 'euclidean' or 'manhattan', got {self.metric!r}")
-        progress(1, 1)
+        ctx.progress(1, 1)
         return Valuation(scores=-dist, stats={"metric": self.metric})

@@ -1,0 +1,80 @@
+"""The run context a method gets: the budget meter and RunContext.for_task."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+
+import valbench.types
+from valbench import Budget, BudgetMeter, FitCounter, RunContext
+from valbench.testing import make_check_task
+
+
+class _Clock:
+    """A stand-in for the ``time`` module whose perf_counter the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+def test_meter_counts_fits_from_its_creation_and_never_goes_negative() -> None:
+    counter = FitCounter()
+    counter.add(5)  # spent before the method was called: not the method's
+    meter = BudgetMeter(Budget(max_fits=10), counter)
+    assert meter.fits_used() == 0 and meter.remaining_fits() == 10 and not meter.exhausted()
+    counter.add(4)
+    assert meter.fits_used() == 4 and meter.remaining_fits() == 6 and not meter.exhausted()
+    counter.add(9)
+    assert meter.fits_used() == 13 and meter.remaining_fits() == 0 and meter.exhausted()
+    assert meter.budget == Budget(max_fits=10)
+
+
+def test_meter_clock_starts_at_creation(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = _Clock()
+    monkeypatch.setattr(valbench.types, "time", clock)
+    meter = BudgetMeter(Budget(max_seconds=2.0), FitCounter())
+    clock.now += 0.5
+    assert meter.seconds_used() == pytest.approx(0.5)
+    assert meter.remaining_seconds() == pytest.approx(1.5) and not meter.exhausted()
+    assert meter.remaining_fits() == math.inf  # no fit limit
+    clock.now += 1.5
+    assert meter.remaining_seconds() == 0.0 and meter.exhausted()
+    clock.now += 10
+    assert meter.remaining_seconds() == 0.0
+
+
+def test_unlimited_meter_is_never_exhausted() -> None:
+    counter = FitCounter()
+    meter = BudgetMeter(Budget(), counter)
+    counter.add(10**6)
+    assert meter.remaining_fits() == math.inf and meter.remaining_seconds() == math.inf
+    assert not meter.exhausted() and meter.fits_used() == 10**6
+    assert meter.seconds_used() >= 0
+
+
+def test_for_task_builds_rng_meter_and_sorted_fractions() -> None:
+    task = make_check_task()
+    task.fit_counter.add(3)
+    ctx = RunContext.for_task(task, seed=7, budget=Budget(max_fits=4), fractions=(0.5, 0.15))
+    assert ctx.fractions == (0.15, 0.5)
+    assert ctx.rng.random() == np.random.default_rng(7).random()
+    # The meter watches the task's own counter, from now on.
+    assert ctx.budget.fits_used() == 0 and ctx.budget.remaining_fits() == 4
+    task.fit_counter.add(4)
+    assert ctx.budget.exhausted()
+    ctx.progress(1, 2)  # the default ignores progress
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        ctx.fractions = (0.1,)  # type: ignore[misc]
+
+
+def test_for_task_defaults_unlimited_with_the_default_fractions() -> None:
+    ctx = RunContext.for_task(make_check_task())
+    assert ctx.fractions == (0.05, 0.1, 0.2, 0.3, 0.5)
+    assert ctx.budget.budget == Budget() and ctx.budget.remaining_fits() == math.inf
+    assert ctx.rng.random() == np.random.default_rng(0).random()

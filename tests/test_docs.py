@@ -1,0 +1,152 @@
+"""The documentation keeps up with the code.
+
+* Every built-in method and dataset documents each constructor parameter in a Google-style
+  ``Args:`` section of its class docstring, and documents no parameter that does not exist.
+* No code cites the design notes that lived outside the repository; docs/ is the reference.
+* docs/architecture.md and docs/methods.md exist, and docs/methods.md covers every method.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from valbench.registry import dataset_names, get_dataset, get_method, method_names
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+_ENTRY = re.compile(r"(?P<name>\*{0,2}\w+)(?: \([^)]*\))?:(?P<text>.*)$")
+
+
+def _registered(group: str) -> list[str]:
+    """Entry-point names the repository's own pyproject.toml registers in ``group``."""
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    return sorted(data["project"]["entry-points"][group])
+
+
+BUILTIN_METHODS = _registered("valbench.methods")
+BUILTIN_DATASETS = _registered("valbench.datasets")
+
+
+def _builtin(names: list[str], get: object) -> list[str]:
+    # Test plugins may be registered while the suite runs; only valbench's own are checked.
+    return sorted(n for n in names if get(n).__module__.startswith("valbench."))  # type: ignore[operator]
+
+
+def test_registry_holds_every_builtin() -> None:
+    """The installed entry points match pyproject.toml (else reinstall: pip install -e .)."""
+    assert _builtin(method_names(), get_method) == BUILTIN_METHODS
+    assert _builtin(dataset_names(), get_dataset) == BUILTIN_DATASETS
+
+
+def args_section(doc: str | None) -> dict[str, str]:
+    """Parameter name -> first line of its description, from a Google-style ``Args:`` section.
+
+    Raises AssertionError on a malformed section (an entry line that is not ``name: text``,
+    a name given twice, or an entry with no description).
+    """
+    lines = inspect.cleandoc(doc or "").splitlines()
+    starts = [i for i, line in enumerate(lines) if line.strip() == "Args:"]
+    assert len(starts) <= 1, "more than one Args: section"
+    if not starts:
+        return {}
+    head = lines[starts[0]]
+    base = len(head) - len(head.lstrip())
+    entries: dict[str, str] = {}
+    indent: int | None = None
+    for line in lines[starts[0] + 1 :]:
+        if not line.strip():
+            continue
+        depth = len(line) - len(line.lstrip())
+        if depth <= base:
+            break  # the next section, or prose after the list
+        if indent is None:
+            indent = depth
+        if depth > indent:
+            continue  # a continuation line of the entry above
+        match = _ENTRY.fullmatch(line.strip())
+        assert match, f"malformed Args entry: {line.strip()!r}"
+        name = match["name"].lstrip("*")
+        assert name not in entries, f"{name!r} documented twice"
+        assert match["text"].strip(), f"{name!r} has no description"
+        entries[name] = match["text"].strip()
+    return entries
+
+
+def constructor_params(cls: type) -> list[str]:
+    """Names of the parameters ``cls(...)`` accepts by keyword (``**kwargs`` excluded)."""
+    sig = inspect.signature(cls.__init__)  # type: ignore[misc]
+    return [
+        p.name
+        for p in sig.parameters.values()
+        if p.name != "self" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+
+
+def _check_documented(cls: type) -> None:
+    # The class's own docstring: a subclass's help() does not show its base's text.
+    documented = args_section(cls.__dict__.get("__doc__"))
+    params = constructor_params(cls)
+    missing = [p for p in params if p not in documented]
+    extra = [d for d in documented if d not in params]
+    assert not missing, f"{cls.__qualname__}: Args: does not document {missing}"
+    assert not extra, f"{cls.__qualname__}: Args: documents {extra}, not parameters of __init__"
+
+
+@pytest.mark.parametrize("name", BUILTIN_METHODS)
+def test_method_documents_its_parameters(name: str) -> None:
+    _check_documented(get_method(name))
+
+
+@pytest.mark.parametrize("name", BUILTIN_DATASETS)
+def test_dataset_documents_its_parameters(name: str) -> None:
+    _check_documented(get_dataset(name))
+
+
+def test_args_parser() -> None:
+    doc = """Summary.
+
+    Args:
+        alpha: First.
+        beta (float): Second,
+            continued.
+
+    Returns:
+        nothing: not an argument.
+    """
+    assert args_section(doc) == {"alpha": "First.", "beta": "Second,"}
+    assert args_section("No section.") == {}
+    with pytest.raises(AssertionError, match="malformed"):
+        args_section("S.\n\n    Args:\n        a: one. b: two\n        not an entry\n")
+
+
+_OUTSIDE_NOTES = ("DESIGN.md", "REFERENCE.md")
+
+
+def _citations() -> list[str]:
+    found = []
+    for folder in ("valbench", "methods", "datasets"):
+        for path in sorted((ROOT / folder).rglob("*")):
+            if not path.is_file() or "__pycache__" in path.parts:
+                continue
+            text = path.read_bytes().decode("utf-8", errors="replace")
+            for lineno, line in enumerate(text.splitlines(), 1):
+                if any(note in line for note in _OUTSIDE_NOTES):
+                    found.append(f"{path.relative_to(ROOT)}:{lineno}")
+    return found
+
+
+def test_code_cites_no_notes_outside_the_repository() -> None:
+    """Code points into docs/ (or says the thing), never to files that do not ship."""
+    assert _citations() == []
+
+
+def test_docs_exist_and_name_every_method() -> None:
+    assert (DOCS / "architecture.md").is_file()
+    text = (DOCS / "methods.md").read_text(encoding="utf-8")
+    missing = [name for name in BUILTIN_METHODS if f"`{name}`" not in text]
+    assert not missing, f"docs/methods.md does not describe {missing}"
