@@ -108,8 +108,10 @@ class Stopper:
 
     def step(self, n: int = 1) -> bool:
         """Record ``n`` steps; True when the caller should stop."""
+        before = self.done
         self.done += n
-        if self.done % self.every < n or self.done >= self.total:
+        # The first step looks too, so a budget already spent stops the greedy at once.
+        if before == 0 or before // self.every != self.done // self.every:
             self.ctx.progress(min(self.done, self.total), self.total)
             if self.ctx.budget.exhausted():
                 self.stopped = True
@@ -130,7 +132,7 @@ class Selector(Method):
     #: Model fits the selector makes (0 for purely geometric ones).
     fits_needed: ClassVar[int] = 0
 
-    def value(self, task: ValuationTask, ctx: RunContext) -> Valuation:  # type: ignore[override]
+    def value(self, task: ValuationTask, ctx: RunContext) -> Valuation:
         n = task.n_train
         sizes = selection_sizes(n, tuple(ctx.fractions))
         if ctx.budget.remaining_fits() < self.fits_needed:

@@ -105,6 +105,11 @@ class CCS(Selector):
     recorded during training (AUM / forgetting / EL2N at an early epoch); never prunes below
     the budget (``min(beta n, n - k)`` points); ``beta=0.1`` and ``strata=50`` as defaults where
     the paper tunes ``beta`` per pruning rate; no per-class balancing.
+
+    Args:
+        difficulty: ``"el2n"`` (default) or ``"margin"``: the hardness that strata cut.
+        beta: Fraction of the hardest points pruned first (default 0.1; never into the budget).
+        strata: Number of equal-width difficulty strata (default 50).
     """
 
     name = "ccs"

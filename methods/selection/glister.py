@@ -107,6 +107,12 @@ class Glister(GreedySelector):
     gradient at ``θ_S`` is recomputed exactly (it is cheap for one layer) rather than by its
     Taylor expansion; no L2 term in the validation objective; defaults ``eta=0.01``,
     stochastic greedy with ``epsilon=0.01``; global, not per class.
+
+    Args:
+        eta: Step size of the one-step update ``θ_S = θ0 - eta Σ_S ∇ℓ`` (default 0.01).
+        greedy: ``"stochastic"`` (default) or ``"naive"`` (score every point at every step).
+        epsilon: Stochastic greedy's accuracy: each step scores ``n / k · log(1 / epsilon)``
+            points (default 0.01).
     """
 
     name = "glister"

@@ -98,6 +98,11 @@ class GradMatch(GreedySelector):
     trains on the subset unweighted; ``lam=0.5`` as in CORDS; one OMP per class for the largest
     fraction, smaller fractions taking its prefixes (OMP's pick order does not depend on the
     stopping size, only the weights do).
+
+    Args:
+        lam: Ridge strength of each non-negative refit (default 0.5).
+        tol: OMP stops once the residual is below ``tol`` times the target's norm (default
+            1e-10).
     """
 
     name = "gradmatch"

@@ -105,6 +105,12 @@ class Herding(GreedySelector):
     (the default, on the embeddings). The RBF ``gamma`` defaults to ``1 / d`` (standardised
     features). Global by default; ``per_class=True`` herds each class to its own mean with
     class-proportional quotas (DeepCore's ``balance``).
+
+    Args:
+        kernel: ``"linear"`` (default: the embeddings themselves) or ``"rbf"``.
+        gamma: RBF width ``exp(-gamma ||x - x'||²)`` (default None: ``1 / d``).
+        per_class: Herd each class to its own mean with class-proportional quotas (default
+            False).
     """
 
     name = "herding"

@@ -65,6 +65,11 @@ class KCenter(GreedySelector):
     (outlier-budget MIP) variant. ``metric="cosine"`` runs on unit-normalised rows.
     ``per_class=True`` runs the traversal inside each class with class-proportional quotas
     (DeepCore's ``balance``); the default is the paper's single global traversal.
+
+    Args:
+        metric: ``"euclidean"`` (default) or ``"cosine"`` (Euclidean on unit rows).
+        per_class: Traverse each class separately with class-proportional quotas (default
+            False: one global traversal).
     """
 
     name = "kcenter"

@@ -67,6 +67,9 @@ class Moderate(ScoreSelector):
     per rate, which can differ by one point at the band's edges). ``per_class=True`` ranks
     within each class (DeepCore's balanced variant); the default ranks all points together, as
     the authors do.
+
+    Args:
+        per_class: Rank distances within each class (default False: over all points).
     """
 
     name = "moderate"

@@ -164,6 +164,11 @@ class FacilityLocation(GreedySelector):
     per-class, ``balance``), class quotas follow a divisor rule so every fraction is a prefix of
     one order; large classes compute similarity columns on demand instead of holding the
     matrix. apricot-select is not used (own lazy greedy with a heap).
+
+    Args:
+        metric: ``"euclidean"`` (default) or ``"cosine"`` (Euclidean on unit rows).
+        per_class: Select inside each class with class-proportional quotas (default True);
+            False selects over all points at once.
     """
 
     name = "facility-location"
@@ -199,6 +204,12 @@ class GraphCut(GreedySelector):
     Departures from DeepCore: same similarities and per-class quotas as
     :class:`FacilityLocation`; plain greedy (the function is not monotone for ``lam > 1/2``,
     so lazy bounds would not be exact); ``lam=1`` as DeepCore's default.
+
+    Args:
+        metric: ``"euclidean"`` (default) or ``"cosine"`` (Euclidean on unit rows).
+        per_class: Select inside each class with class-proportional quotas (default True).
+        lam: Weight of the within-subset similarity penalty (default 1.0; monotone for
+            ``lam <= 0.5``).
     """
 
     name = "graph-cut"

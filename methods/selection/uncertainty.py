@@ -50,6 +50,9 @@ class Uncertainty(ScoreSelector):
     Departures from DeepCore: the model is the task's evaluation model fitted to convergence on
     all data (DeepCore trains a network for a few epochs first); the label is not used, as in
     the original criteria; no per-class balancing.
+
+    Args:
+        criterion: ``"least_confidence"`` (default), ``"margin"`` or ``"entropy"``.
     """
 
     name = "uncertainty"

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pytest
 from reference_size import reference_size
 
-from valbench import Budget, Method
+from valbench import Method
 from valbench.methods.selection import (
     CCS,
     Craig,
@@ -33,7 +32,7 @@ from valbench.methods.selection import (
 )
 from valbench.metrics import subset_size
 from valbench.models import ModelSpec
-from valbench.types import FitCounter, ValuationTask
+from valbench.types import FitCounter, RunContext, ValuationTask
 
 SIZES = (1_000, 5_000, 20_000, 60_000)
 FRACTION = 0.1
@@ -49,27 +48,6 @@ SELECTORS: dict[str, Callable[[], Method]] = {
     "craig": Craig,
     "glister": Glister,
 }
-
-
-@dataclass
-class _Meter:
-    budget: Budget
-    counter: FitCounter
-    started: float = field(default_factory=time.perf_counter)
-
-    def remaining_fits(self) -> float:
-        return self.budget.remaining_fits(self.counter.count)
-
-    def exhausted(self) -> bool:
-        return self.budget.exhausted(self.counter.count, self.started)
-
-
-@dataclass
-class _Context:
-    rng: np.random.Generator
-    budget: _Meter
-    fractions: tuple[float, ...]
-    progress: Callable[[int, int], None] = lambda done, total: None
 
 
 def embedding_task(n: int, n_val: int = 1_000, d: int = 64, classes: int = 10) -> ValuationTask:
@@ -119,9 +97,9 @@ def test_selector_speed(benchmark: Any, tasks: dict[int, ValuationTask], name: s
 
     def run() -> Any:
         task.fit_counter.count = 0
-        ctx = _Context(np.random.default_rng(0), _Meter(Budget(), task.fit_counter), (FRACTION,))
+        ctx = RunContext.for_task(task, fractions=(FRACTION,))
         start = time.process_time()
-        out = method.value(task, ctx)  # type: ignore[call-arg]
+        out = method.value(task, ctx)
         seconds.append(time.process_time() - start)
         return out
 

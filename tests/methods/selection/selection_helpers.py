@@ -1,42 +1,14 @@
-"""Shared by the selection tests: a stand-in run context and small tasks."""
+"""Shared by the selection tests: run contexts and small tasks."""
 
 from __future__ import annotations
 
 import dataclasses
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from valbench.models import ModelSpec
 from valbench.testing import make_check_task
-from valbench.types import Budget, FitCounter, ValuationTask
-
-
-@dataclass
-class StandInMeter:
-    """The run's budget as a meter: fits counted on the task's counter, seconds from start."""
-
-    budget: Budget
-    counter: FitCounter
-    started: float = field(default_factory=time.perf_counter)
-
-    def remaining_fits(self) -> float:
-        return self.budget.remaining_fits(self.counter.count)
-
-    def exhausted(self) -> bool:
-        return self.budget.exhausted(self.counter.count, self.started)
-
-
-@dataclass
-class StandInContext:
-    """What a method's ``value(task, ctx)`` reads: rng, budget meter, fractions, progress."""
-
-    rng: np.random.Generator
-    budget: StandInMeter
-    fractions: tuple[float, ...]
-    progress: Callable[[int, int], None] = lambda done, total: None
+from valbench.types import Budget, FitCounter, RunContext, ValuationTask
 
 
 def make_ctx(
@@ -45,12 +17,9 @@ def make_ctx(
     *,
     seed: int = 0,
     budget: Budget | None = None,
-) -> StandInContext:
-    return StandInContext(
-        rng=np.random.default_rng(seed),
-        budget=StandInMeter(budget or Budget(), task.fit_counter),
-        fractions=tuple(sorted(fractions)),
-    )
+) -> RunContext:
+    """The run context a selector gets, metering ``task``'s fits."""
+    return RunContext.for_task(task, seed=seed, budget=budget, fractions=fractions)
 
 
 def small_task(n_train: int = 60, seed: int = 0) -> ValuationTask:
