@@ -113,7 +113,9 @@ class Stopper:
         # The first step looks too, so a budget already spent stops the greedy at once.
         if before == 0 or before // self.every != self.done // self.every:
             self.ctx.progress(min(self.done, self.total), self.total)
-            if self.ctx.budget.exhausted():
+            # Only the clock: the fits a selector needs are paid before its greedy starts,
+            # and a fit budget spent on exactly those must not cut the greedy short.
+            if self.ctx.budget.remaining_seconds() <= 0:
                 self.stopped = True
         return self.stopped
 

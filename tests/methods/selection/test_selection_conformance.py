@@ -75,7 +75,7 @@ def test_model_based_selectors_spend_one_fit(cls: type[Method]) -> None:
     task = small_task(40)
     out = cls().value(task, make_ctx(task, (0.2,), budget=Budget(max_fits=1)))
     check_selections(out, 40, (0.2,))
-    assert task.fit_counter.count == 1
+    assert task.fit_counter.count == 1 and out.stats["complete"] is True
     starved = small_task(40)
     out = cls().value(starved, make_ctx(starved, (0.2,), budget=Budget(max_fits=0)))
     assert starved.fit_counter.count == 0 and out.stats["complete"] is False
