@@ -28,6 +28,10 @@ __all__ = [
     "AllDataModel",
     "fit_all_data",
     "last_layer_grads",
+    "GradientRows",
+    "Rows",
+    "row_sq_norms",
+    "cross",
 ]
 
 METRICS: tuple[str, ...] = ("euclidean", "cosine")
@@ -124,3 +128,72 @@ def last_layer_grads(phi: np.ndarray, probs: np.ndarray, y: np.ndarray) -> np.nd
     np.multiply(phi[:, :, None], resid[:, None, :], out=out[:, :d, :])
     out[:, d, :] = resid
     return out.reshape(n, (d + 1) * c)
+
+
+class GradientRows:
+    """Per-sample last-layer gradients ``g_i = [phi_i, 1] outer r_i`` kept as their two factors.
+
+    Row ``i`` of :func:`last_layer_grads` is ``aug[i] ⊗ resid[i]`` (``aug = [phi, 1]``,
+    ``resid = p - onehot``), so inner products factor:
+    ``g_i · g_j = (aug_i · aug_j)(resid_i · resid_j)``. Gram blocks then cost
+    ``(d + 1) + C`` per pair instead of ``(d + 1) C``, and products with a flat vector read
+    ``n (d + 1 + C)`` numbers instead of ``n (d + 1) C``: exact, never materialising the rows.
+    """
+
+    def __init__(self, phi: np.ndarray, probs: np.ndarray, y: np.ndarray) -> None:
+        n = phi.shape[0]
+        self.aug = np.hstack([phi, np.ones((n, 1))])
+        self.resid = np.array(probs, dtype=np.float64, copy=True)
+        self.resid[np.arange(n), np.asarray(y, dtype=np.int64)] -= 1.0
+
+    def __len__(self) -> int:
+        return int(self.aug.shape[0])
+
+    @property
+    def width(self) -> int:
+        """Length of one gradient, ``(d + 1) C``."""
+        return int(self.aug.shape[1] * self.resid.shape[1])
+
+    def subset(self, idx: np.ndarray) -> GradientRows:
+        """The rows ``idx``, still factored."""
+        out = object.__new__(GradientRows)
+        out.aug, out.resid = self.aug[idx], self.resid[idx]
+        return out
+
+    def dense(self, idx: np.ndarray | slice | None = None) -> np.ndarray:
+        """Rows ``idx`` (all by default) as the (k, (d + 1) C) matrix."""
+        sel = slice(None) if idx is None else idx
+        a, r = self.aug[sel], self.resid[sel]
+        return (a[:, :, None] * r[:, None, :]).reshape(len(a), -1)
+
+    def sq_norms(self) -> np.ndarray:
+        """``||g_i||² = ||aug_i||² ||resid_i||²``."""
+        return sq_norms(self.aug) * sq_norms(self.resid)
+
+    def gram(self, rows: np.ndarray | slice, other: GradientRows) -> np.ndarray:
+        """``g_i · h_j`` for rows ``rows`` of self against every row of ``other``."""
+        return (self.aug[rows] @ other.aug.T) * (self.resid[rows] @ other.resid.T)
+
+    def rmatvec(self, v: np.ndarray) -> np.ndarray:
+        """``g_i · v`` for every row, ``v`` flat of length ``(d + 1) C``."""
+        m = v.reshape(self.aug.shape[1], self.resid.shape[1])
+        return np.einsum("ij,ij->i", self.aug @ m, self.resid)
+
+    def total(self) -> np.ndarray:
+        """``Σ_i g_i`` (flat)."""
+        return (self.aug.T @ self.resid).reshape(-1)
+
+
+Rows = np.ndarray | GradientRows
+
+
+def row_sq_norms(x: Rows) -> np.ndarray:
+    """Squared row norms of a matrix or of factored gradients."""
+    return x.sq_norms() if isinstance(x, GradientRows) else sq_norms(x)
+
+
+def cross(x: Rows, rows: np.ndarray | slice, other: Rows | None = None) -> np.ndarray:
+    """Inner products of rows ``rows`` of ``x`` with every row of ``other`` (default ``x``)."""
+    if isinstance(x, GradientRows):
+        return x.gram(rows, x if other is None else other)  # type: ignore[arg-type]
+    return x[rows] @ (x if other is None else other).T  # type: ignore[union-attr]

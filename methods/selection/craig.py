@@ -8,12 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from valbench.methods.selection._base import GreedySelector, Stopper
-from valbench.methods.selection._features import (
-    distances_to,
-    fit_all_data,
-    last_layer_grads,
-    sq_norms,
-)
+from valbench.methods.selection._features import GradientRows, Rows, fit_all_data, row_sq_norms
 from valbench.methods.selection.submodular import facility_location_order
 from valbench.types import ValuationTask
 
@@ -23,11 +18,17 @@ if TYPE_CHECKING:
 __all__ = ["Craig", "craig_weights"]
 
 
-def craig_weights(g: np.ndarray, chosen: np.ndarray) -> np.ndarray:
+def craig_weights(g: Rows, chosen: np.ndarray) -> np.ndarray:
     """CRAIG's step sizes: how many rows of ``g`` have ``g[chosen[j]]`` as their nearest chosen
     gradient (ties to the earlier pick). They sum to ``len(g)``."""
-    dist = distances_to(g, sq_norms(g), g[chosen])
-    return np.bincount(np.argmin(dist, axis=1), minlength=len(chosen)).astype(np.float64)
+    chosen = np.asarray(chosen, dtype=np.int64)
+    norms = row_sq_norms(g)
+    if isinstance(g, GradientRows):
+        inner = g.gram(slice(None), g.subset(chosen))
+    else:
+        inner = g @ g[chosen].T
+    d2 = norms[:, None] + norms[chosen][None, :] - 2.0 * inner
+    return np.bincount(np.argmin(d2, axis=1), minlength=len(chosen)).astype(np.float64)
 
 
 class Craig(GreedySelector):
@@ -56,14 +57,16 @@ class Craig(GreedySelector):
         self, task: ValuationTask, ctx: RunContext, k: int
     ) -> tuple[np.ndarray, dict[str, Any]]:
         model = fit_all_data(task)
-        grads = last_layer_grads(model.phi, model.probs, task.y_train)
+        # Factored gradients: the same distances at a tenth of the cost (see GradientRows).
+        grads = GradientRows(model.phi, model.probs, task.y_train)
         weight_sum = 0.0
 
         def group(rows: np.ndarray, kc: int, stopper: Stopper) -> np.ndarray:
             nonlocal weight_sum
-            order = facility_location_order(grads[rows], kc, stopper)[0]
+            g = grads.subset(rows)
+            order = facility_location_order(g, kc, stopper)[0]
             if len(order):
-                weight_sum += float(craig_weights(grads[rows], order).sum())
+                weight_sum += float(craig_weights(g, order).sum())
             return order
 
         order, complete = self.per_class_order(task, ctx, k, group)

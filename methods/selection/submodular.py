@@ -16,7 +16,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from valbench.methods.selection._base import GreedySelector, Stopper
-from valbench.methods.selection._features import block_rows, distances_to, embeddings, sq_norms
+from valbench.methods.selection._features import (
+    GradientRows,
+    Rows,
+    block_rows,
+    cross,
+    embeddings,
+    row_sq_norms,
+)
 from valbench.types import ValuationTask
 
 if TYPE_CHECKING:
@@ -38,34 +45,44 @@ DENSE_MAX = 8192
 
 
 class Similarity:
-    """``sim(i, j) = dmax - dist(x_i, x_j)`` over the rows of ``x``: columns and column sums."""
+    """``sim(i, j) = dmax - dist(x_i, x_j)`` over the rows of ``x``: columns and column sums.
 
-    def __init__(self, x: np.ndarray, dense_max: int = DENSE_MAX) -> None:
-        self.x = np.ascontiguousarray(x, dtype=np.float64)
-        self.m = m = self.x.shape[0]
-        self.norms = sq_norms(self.x)
+    ``x`` is a matrix or factored gradients (:class:`GradientRows`), whose distances come from
+    their factored inner products.
+    """
+
+    def __init__(self, x: Rows, dense_max: int = DENSE_MAX) -> None:
+        self.x: Rows = x if isinstance(x, GradientRows) else np.asarray(x, dtype=np.float64)
+        self.m = m = len(self.x)
+        self.norms = row_sq_norms(self.x)
         self.dense: np.ndarray | None = np.empty((m, m), np.float32) if m <= dense_max else None
         col_dist = np.zeros(m)
         dmax = 0.0
         step = block_rows(m)
         for start in range(0, m, step):
             rows = slice(start, start + step)
-            block = distances_to(self.x[rows], self.norms[rows], self.x)
+            block = self._distances(rows)
             col_dist += block.sum(axis=0)
             dmax = max(dmax, float(block.max(initial=0.0)))
             if self.dense is not None:
-                self.dense[start : start + step] = block
+                self.dense[rows] = block
         self.dmax = dmax
         if self.dense is not None:
             np.subtract(np.float32(dmax), self.dense, out=self.dense)
         #: Σ_i sim(i, j), in float64 whichever the storage.
         self.colsum = m * dmax - col_dist
 
+    def _distances(self, rows: slice | np.ndarray) -> np.ndarray:
+        # Distances from rows ``rows`` to every row: ||a||² + ||b||² - 2 a·b, clipped at 0.
+        d2 = self.norms[rows][:, None] + self.norms[None, :] - 2.0 * cross(self.x, rows)
+        np.maximum(d2, 0.0, out=d2)
+        return np.sqrt(d2, out=d2)
+
     def column(self, j: int) -> np.ndarray:
         """``sim(·, j)`` as float64 (the matrix is symmetric, so a dense row serves)."""
         if self.dense is not None:
             return self.dense[j].astype(np.float64)
-        return self.dmax - distances_to(self.x, self.norms, self.x[j])[:, 0]
+        return self.dmax - self._distances(np.array([j]))[0]
 
 
 def lazy_greedy(
@@ -101,7 +118,7 @@ def lazy_greedy(
 
 
 def facility_location_order(
-    x: np.ndarray, k: int, stopper: Stopper | None = None, dense_max: int = DENSE_MAX
+    x: Rows, k: int, stopper: Stopper | None = None, dense_max: int = DENSE_MAX
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Lazy-greedy maximisation of ``f(S) = Σ_i max_{j ∈ S} sim(i, j)`` over the rows of ``x``."""
     sim = Similarity(x, dense_max)

@@ -13,7 +13,7 @@ from sklearn.linear_model import orthogonal_mp
 from valbench.methods import _gradients as gr
 from valbench.methods.selection import Craig, Glister, GradMatch
 from valbench.methods.selection._base import class_schedule
-from valbench.methods.selection._features import fit_all_data, last_layer_grads
+from valbench.methods.selection._features import GradientRows, fit_all_data, last_layer_grads
 from valbench.methods.selection.craig import craig_weights
 from valbench.methods.selection.glister import ValidationLoss, glister_order
 from valbench.methods.selection.gradmatch import omp
@@ -159,3 +159,31 @@ def test_glister_method(greedy: str) -> None:
     check_selections(out, 60, fractions)
     np.testing.assert_array_equal(out.selections[0.1], out.selections[0.5][:6])
     assert task.fit_counter.count == 1
+
+
+def test_factored_gradients_equal_the_dense_rows() -> None:
+    rng = np.random.default_rng(7)
+    phi = rng.normal(size=(30, 4))
+    probs = rng.dirichlet(np.ones(3), size=30)
+    y = rng.integers(0, 3, size=30)
+    dense = last_layer_grads(phi, probs, y)
+    rows = GradientRows(phi, probs, y)
+    np.testing.assert_allclose(rows.dense(), dense, atol=1e-15)
+    np.testing.assert_allclose(rows.sq_norms(), (dense**2).sum(1), rtol=1e-12)
+    np.testing.assert_allclose(rows.gram(slice(3, 9), rows), dense[3:9] @ dense.T, atol=1e-12)
+    v = rng.normal(size=dense.shape[1])
+    np.testing.assert_allclose(rows.rmatvec(v), dense @ v, atol=1e-12)
+    np.testing.assert_allclose(rows.total(), dense.sum(0), atol=1e-12)
+    sub = np.array([4, 1, 20])
+    np.testing.assert_allclose(rows.subset(sub).dense(), dense[sub], atol=1e-15)
+    # The algorithms give the same answers on either form.
+    s_dense, w_dense = omp(dense.T, dense.sum(0), 8, nonneg=True, lam=0.5)
+    s_rows, w_rows = omp(rows, rows.total(), 8, nonneg=True, lam=0.5)
+    assert s_dense.tolist() == s_rows.tolist()
+    np.testing.assert_allclose(w_rows, w_dense, rtol=1e-8, atol=1e-10)
+    assert (
+        facility_location_order(rows, 10)[0].tolist()
+        == facility_location_order(dense, 10)[0].tolist()
+    )
+    order = facility_location_order(dense, 5)[0]
+    np.testing.assert_array_equal(craig_weights(rows, order), craig_weights(dense, order))
