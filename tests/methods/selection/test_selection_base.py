@@ -1,0 +1,49 @@
+"""The shared selector machinery: sizes, class schedule, prefixes, scores."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from valbench.methods.selection._base import (
+    class_schedule,
+    fill_order,
+    merge_class_orders,
+    scores_from_order,
+    selection_sizes,
+)
+from valbench.metrics import subset_size
+
+
+def test_sizes_use_the_harness_rule() -> None:
+    for n in (1, 7, 48, 1000):
+        for f in (0.001, 0.1, 0.25, 1 / 3, 0.5, 1.0):
+            assert selection_sizes(n, (f,))[f] == subset_size(n, f)
+
+
+def test_scores_rank_like_the_order() -> None:
+    order = np.array([4, 0, 2])
+    scores = scores_from_order(6, order)
+    np.testing.assert_array_equal(scores, [2, 0, 1, 0, 3, 0])
+    np.testing.assert_array_equal(np.argsort(-scores, kind="stable")[:3], order)
+
+
+@pytest.mark.parametrize("sizes", [(5, 5, 5), (50, 3, 20, 0, 7), (1, 100)])
+def test_class_schedule_prefixes_are_near_proportional(sizes: tuple[int, ...]) -> None:
+    y = np.repeat(np.arange(len(sizes)), sizes)
+    n = len(y)
+    sched = class_schedule(y, len(sizes), n)
+    counts_all = np.bincount(sched, minlength=len(sizes))
+    np.testing.assert_array_equal(counts_all, sizes)  # never more picks than points
+    for k in range(1, n + 1):
+        taken = np.bincount(sched[:k], minlength=len(sizes))
+        # Every prefix is within one pick (plus rounding) of the exact proportional share.
+        assert np.all(np.abs(taken - k * np.asarray(sizes) / n) < 1.0 + 1e-9), (k, taken)
+
+
+def test_merge_and_fill() -> None:
+    sched = np.array([0, 1, 0, 1])
+    merged = merge_class_orders(sched, {0: np.array([3, 1]), 1: np.array([2, 0])})
+    np.testing.assert_array_equal(merged, [3, 2, 1, 0])
+    filled = fill_order(np.array([2]), 5, 4, np.random.default_rng(0))
+    assert filled[0] == 2 and len(set(filled)) == 4

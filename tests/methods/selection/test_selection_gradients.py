@@ -1,0 +1,189 @@
+"""GradMatch, CRAIG and GLISTER: OMP = scikit-learn's, CRAIG = facility location on gradient
+similarities, GLISTER's Taylor gain = the exact gain to first order."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import nnls
+from selection_helpers import check_selections, make_ctx, small_task
+from sklearn.linear_model import orthogonal_mp
+
+from valbench.methods import _gradients as gr
+from valbench.methods.selection import Craig, Glister, GradMatch
+from valbench.methods.selection._base import class_schedule
+from valbench.methods.selection._features import GradientRows, fit_all_data, last_layer_grads
+from valbench.methods.selection.craig import craig_weights
+from valbench.methods.selection.glister import ValidationLoss, glister_order
+from valbench.methods.selection.gradmatch import omp
+from valbench.methods.selection.submodular import facility_location_order
+
+
+def test_closed_form_gradients_equal_autograd() -> None:
+    task = small_task(40)
+    clf = task.build_model()
+    params = clf.fit(task.x_train, task.y_train, np.ones((1, 40), dtype=bool))
+    head = gr.functional_from_params(params, float(clf.spec.l2), "last")
+    x = gr.head_features(params, task.x_train)
+    auto = gr.per_sample_grads(head, x, torch.as_tensor(task.y_train)).numpy()
+    model = fit_all_data(small_task(40))
+    np.testing.assert_allclose(
+        last_layer_grads(model.phi, model.probs, task.y_train), auto, rtol=1e-6, atol=1e-8
+    )
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_omp_equals_scikit_learn(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    a = rng.normal(size=(30, 60))
+    b = a[:, rng.choice(60, 5, replace=False)] @ rng.normal(size=5) + 0.05 * rng.normal(size=30)
+    for k in (1, 3, 8, 15):
+        support, w = omp(a, b, k)
+        coef = orthogonal_mp(a, b, n_nonzero_coefs=k)
+        assert set(support.tolist()) == set(np.flatnonzero(coef).tolist())
+        np.testing.assert_allclose(w, coef[support], rtol=1e-8, atol=1e-10)
+    # The path: scikit-learn's support after each step is our order's prefix.
+    support, _ = omp(a, b, 8)
+    coefs = orthogonal_mp(a, b, n_nonzero_coefs=8, return_path=True)
+    for step in range(8):
+        assert set(np.flatnonzero(coefs[:, step])) == set(support[: step + 1].tolist())
+
+
+def test_nonnegative_omp_with_ridge() -> None:
+    rng = np.random.default_rng(5)
+    a = np.abs(rng.normal(size=(20, 40)))
+    b = a[:, :6].sum(axis=1)
+    lam = 0.5
+    support, w = omp(a, b, 10, nonneg=True, lam=lam)
+    assert (w >= 0).all()
+    # Each refit is the ridge NNLS on the support: check the last one directly.
+    sub = a[:, support]
+    aug = np.vstack([sub, np.sqrt(lam) * np.eye(len(support))])
+    expected = nnls(aug, np.concatenate([b, np.zeros(len(support))]))[0]
+    np.testing.assert_allclose(w, expected, atol=1e-8)
+    # Picks are the positively most correlated columns: the first is argmax a_jᵀ b.
+    assert support[0] == int(np.argmax(a.T @ b))
+    # An exactly representable target stops early without ridge.
+    exact, _ = omp(a, a[:, 3] * 2.0, 10, nonneg=True)
+    assert exact.tolist() == [3]
+
+
+def test_gradmatch_method() -> None:
+    task = small_task(60)
+    fractions = (0.1, 0.5)
+    out = GradMatch().value(task, make_ctx(task, fractions))
+    check_selections(out, 60, fractions)
+    np.testing.assert_array_equal(out.selections[0.1], out.selections[0.5][:6])
+    counts = np.bincount(task.y_train[out.selections[0.5]], minlength=3)
+    np.testing.assert_array_equal(
+        counts, np.bincount(class_schedule(task.y_train, 3, 30), minlength=3)
+    )
+    assert task.fit_counter.count == 1
+
+
+def test_craig_is_facility_location_on_gradient_similarities() -> None:
+    task = small_task(60)
+    fractions = (0.2, 0.5)
+    out = Craig().value(task, make_ctx(task, fractions))
+    check_selections(out, 60, fractions)
+    model = fit_all_data(small_task(60))
+    grads = last_layer_grads(model.phi, model.probs, task.y_train)
+    chosen = out.selections[0.5]
+    for c in range(3):
+        rows = np.flatnonzero(task.y_train == c)
+        mine = [int(i) for i in chosen if task.y_train[i] == c]
+        expected, _ = facility_location_order(grads[rows], len(mine))
+        assert mine == rows[expected].tolist()
+        # ... and that greedy maximises the explicit gradient-similarity facility location:
+        d = np.linalg.norm(grads[rows][:, None] - grads[rows][None], axis=2)
+        sim = d.max() - d
+        local = [int(np.flatnonzero(rows == i)[0]) for i in mine]
+        best_single = int(np.argmax(sim.sum(0)))
+        assert local[0] == best_single
+        weights = craig_weights(grads[rows], np.asarray(local))
+        assert weights.sum() == len(rows) and (weights >= 1).all()
+        # Weights are cluster sizes: every point counted at its most similar pick.
+        nearest = np.argmax(sim[:, local], axis=1)
+        np.testing.assert_array_equal(weights, np.bincount(nearest, minlength=len(local)))
+
+
+def _tiny_problem(seed: int = 0) -> tuple[np.ndarray, ValidationLoss, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    phi = rng.normal(size=(12, 3))
+    y = rng.integers(0, 3, size=12)
+    probs = rng.dirichlet(np.ones(3), size=12)
+    val = ValidationLoss(rng.normal(size=(9, 3)), rng.integers(0, 3, size=9), 3)
+    theta = rng.normal(size=12)
+    return last_layer_grads(phi, probs, y), val, theta
+
+
+def test_validation_gradient_is_the_loss_gradient() -> None:
+    _, val, theta = _tiny_problem()
+    h = 1e-6
+    numeric = [
+        (val.loss(theta + h * e) - val.loss(theta - h * e)) / (2 * h) for e in np.eye(len(theta))
+    ]
+    np.testing.assert_allclose(val.grad(theta), numeric, rtol=1e-6, atol=1e-9)
+
+
+def test_taylor_gain_equals_the_exact_gain_to_first_order() -> None:
+    g, val, theta = _tiny_problem(1)
+    taylor_unit = g @ val.grad(theta)  # gain per unit eta
+    errors = []
+    for eta in (1e-2, 1e-3, 1e-4):
+        exact = np.array([val.loss(theta) - val.loss(theta - eta * gi) for gi in g])
+        errors.append(np.abs(exact - eta * taylor_unit).max())
+        # Second-order remainder: the error shrinks like eta².
+        assert errors[-1] <= 10 * eta**2 * np.abs(g).sum(1).max() ** 2
+    assert errors[1] < errors[0] / 50 and errors[2] < errors[1] / 50
+
+
+def test_glister_naive_greedy_follows_the_updated_validation_gradient() -> None:
+    g, val, theta = _tiny_problem(2)
+    eta = 0.05
+    order = glister_order(g, val, theta, 5, eta=eta, greedy="naive")
+    chosen: list[int] = []
+    for _ in range(5):
+        current = theta - eta * g[chosen].sum(axis=0)
+        gains = [-np.inf if i in chosen else eta * g[i] @ val.grad(current) for i in range(12)]
+        chosen.append(int(np.argmax(gains)))
+    assert order.tolist() == chosen
+
+
+@pytest.mark.parametrize("greedy", ["stochastic", "naive"])
+def test_glister_method(greedy: str) -> None:
+    task = small_task(60)
+    fractions = (0.1, 0.5)
+    out = Glister(greedy=greedy).value(task, make_ctx(task, fractions))
+    check_selections(out, 60, fractions)
+    np.testing.assert_array_equal(out.selections[0.1], out.selections[0.5][:6])
+    assert task.fit_counter.count == 1
+
+
+def test_factored_gradients_equal_the_dense_rows() -> None:
+    rng = np.random.default_rng(7)
+    phi = rng.normal(size=(30, 4))
+    probs = rng.dirichlet(np.ones(3), size=30)
+    y = rng.integers(0, 3, size=30)
+    dense = last_layer_grads(phi, probs, y)
+    rows = GradientRows(phi, probs, y)
+    np.testing.assert_allclose(rows.dense(), dense, atol=1e-15)
+    np.testing.assert_allclose(rows.sq_norms(), (dense**2).sum(1), rtol=1e-12)
+    np.testing.assert_allclose(rows.gram(slice(3, 9), rows), dense[3:9] @ dense.T, atol=1e-12)
+    v = rng.normal(size=dense.shape[1])
+    np.testing.assert_allclose(rows.rmatvec(v), dense @ v, atol=1e-12)
+    np.testing.assert_allclose(rows.total(), dense.sum(0), atol=1e-12)
+    sub = np.array([4, 1, 20])
+    np.testing.assert_allclose(rows.subset(sub).dense(), dense[sub], atol=1e-15)
+    # The algorithms give the same answers on either form.
+    s_dense, w_dense = omp(dense.T, dense.sum(0), 8, nonneg=True, lam=0.5)
+    s_rows, w_rows = omp(rows, rows.total(), 8, nonneg=True, lam=0.5)
+    assert s_dense.tolist() == s_rows.tolist()
+    np.testing.assert_allclose(w_rows, w_dense, rtol=1e-8, atol=1e-10)
+    assert (
+        facility_location_order(rows, 10)[0].tolist()
+        == facility_location_order(dense, 10)[0].tolist()
+    )
+    order = facility_location_order(dense, 5)[0]
+    np.testing.assert_array_equal(craig_weights(rows, order), craig_weights(dense, order))

@@ -1,0 +1,90 @@
+"""k-center greedy: a 2-approximation of the minimax radius, equal to the naive loop."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from selection_helpers import check_selections, make_ctx, points_task, small_task
+
+from valbench.methods.selection import KCenter
+from valbench.methods.selection.kcenter import kcenter_greedy
+
+
+def _radius(x: np.ndarray, centres: tuple[int, ...] | np.ndarray) -> float:
+    d = np.linalg.norm(x[:, None, :] - x[None, list(centres), :], axis=2)
+    return float(d.min(axis=1).max())
+
+
+def _naive(x: np.ndarray, k: int, first: int) -> list[int]:
+    # O(n² k): recompute every point's distance to its nearest centre at every step.
+    centres = [first]
+    while len(centres) < k:
+        best, best_d = -1, -1.0
+        for i in range(len(x)):
+            if i in centres:
+                continue
+            d = min(float(np.linalg.norm(x[i] - x[c])) for c in centres)
+            if d > best_d:
+                best, best_d = i, d
+        centres.append(best)
+    return centres
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_greedy_is_within_twice_the_optimal_radius(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(5, 11))
+    x = rng.normal(size=(n, 2)) * rng.uniform(0.5, 3, size=2)
+    for k in range(1, n):
+        optimum = min(_radius(x, c) for c in itertools.combinations(range(n), k))
+        for first in range(n):
+            order, radius = kcenter_greedy(x, k, first)
+            assert radius == pytest.approx(_radius(x, order), rel=1e-5, abs=1e-5)
+            assert radius <= 2 * optimum * (1 + 1e-6) + 1e-6
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_matches_the_naive_loop(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(40, 5))
+    order, _ = kcenter_greedy(x, 15, first=7)
+    assert order.tolist() == _naive(x, 15, 7)
+
+
+def test_duplicates_are_never_picked_twice() -> None:
+    x = np.repeat(np.eye(3), 4, axis=0)
+    order, radius = kcenter_greedy(x, 12, first=0)
+    assert sorted(order) == list(range(12))
+    assert radius == 0.0
+    assert {int(i) // 4 for i in order[:3]} == {0, 1, 2}  # the three locations first
+
+
+def test_method_selections_are_prefixes_of_one_traversal() -> None:
+    task = small_task(60)
+    fractions = (0.05, 0.2, 0.5, 1.0)
+    out = KCenter().value(task, make_ctx(task, fractions))
+    check_selections(out, 60, fractions)
+    full = out.selections[1.0]
+    for f in fractions:
+        sel = out.selections[f]
+        np.testing.assert_array_equal(sel, full[: len(sel)])
+    np.testing.assert_array_equal(np.argsort(-out.scores, kind="stable"), full)
+    assert out.stats["model_fits"] == 0 and task.fit_counter.count == 0
+
+
+def test_per_class_keeps_class_shares() -> None:
+    rng = np.random.default_rng(1)
+    y = np.repeat([0, 1, 2], [30, 20, 10])
+    task = points_task(rng.normal(size=(60, 3)), y, 3)
+    out = KCenter(per_class=True).value(task, make_ctx(task, (0.5,)))
+    check_selections(out, 60, (0.5,))
+    np.testing.assert_array_equal(np.bincount(y[out.selections[0.5]]), [15, 10, 5])
+
+
+def test_same_seed_same_selection() -> None:
+    task = small_task(48)
+    a = KCenter(metric="cosine").value(task, make_ctx(task, seed=3))
+    b = KCenter(metric="cosine").value(task, make_ctx(task, seed=3))
+    np.testing.assert_array_equal(a.scores, b.scores)

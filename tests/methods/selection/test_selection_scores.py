@@ -1,0 +1,131 @@
+"""Uncertainty, Moderate-DS and CCS: closed-form checks on hand-built sets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from selection_helpers import check_selections, make_ctx, points_task, small_task
+
+from valbench import Budget
+from valbench.errors import UsageError
+from valbench.methods.selection import CCS, Moderate, Uncertainty
+from valbench.methods.selection._features import fit_all_data
+from valbench.methods.selection.ccs import allocate, ccs_sample, difficulty
+from valbench.methods.selection.moderate import centre_distances, moderate_scores
+from valbench.methods.selection.uncertainty import uncertainty_scores
+
+PROBS = np.array(
+    [
+        [0.7, 0.2, 0.1],
+        [0.4, 0.4, 0.2],
+        [1.0, 0.0, 0.0],
+        [0.5, 0.3, 0.2],
+    ]
+)
+
+
+def test_uncertainty_criteria_in_closed_form() -> None:
+    np.testing.assert_allclose(uncertainty_scores(PROBS, "least_confidence"), [0.3, 0.6, 0.0, 0.5])
+    np.testing.assert_allclose(uncertainty_scores(PROBS, "margin"), [-0.5, 0.0, -1.0, -0.2])
+    ent = [
+        -(0.7 * np.log(0.7) + 0.2 * np.log(0.2) + 0.1 * np.log(0.1)),
+        -(2 * 0.4 * np.log(0.4) + 0.2 * np.log(0.2)),
+        0.0,
+        -(0.5 * np.log(0.5) + 0.3 * np.log(0.3) + 0.2 * np.log(0.2)),
+    ]
+    np.testing.assert_allclose(uncertainty_scores(PROBS, "entropy"), ent)
+    with pytest.raises(UsageError):
+        uncertainty_scores(PROBS, "variance")
+
+
+@pytest.mark.parametrize("criterion", ["least_confidence", "margin", "entropy"])
+def test_uncertainty_method_ranks_the_all_data_model(criterion: str) -> None:
+    task = small_task(60)
+    out = Uncertainty(criterion=criterion).value(task, make_ctx(task, (0.1, 0.5)))
+    check_selections(out, 60, (0.1, 0.5))
+    expected = uncertainty_scores(fit_all_data(small_task(60)).probs, criterion)
+    np.testing.assert_allclose(out.scores, expected, rtol=1e-6, atol=1e-9)
+    top = np.argsort(-expected, kind="stable")[:6]
+    np.testing.assert_array_equal(np.sort(out.selections[0.1]), np.sort(top))
+    assert task.fit_counter.count == 1 and out.stats["model_fits"] == 1
+
+
+def test_no_fit_left_means_no_selection() -> None:
+    task = small_task(30)
+    out = Uncertainty().value(task, make_ctx(task, budget=Budget(max_fits=0)))
+    assert out.stats["complete"] is False and not out.selections
+    assert task.fit_counter.count == 0
+
+
+def test_moderate_keeps_the_median_band() -> None:
+    # Class 0 on a line around its median 0: distances 0, 1, 2, ..., 8 (rank = distance).
+    x0 = np.array([[0.0], [1.0], [-2.0], [3.0], [-4.0], [5.0], [-6.0], [7.0], [-8.0]])
+    # Class 1 far away, distances 0, 10, 10 + 0.5 around median 100.
+    x1 = np.array([[100.0], [110.0], [89.5]])
+    x = np.vstack([x0, x1])
+    y = np.array([0] * 9 + [1] * 3)
+    d = centre_distances(x, y, 2)
+    np.testing.assert_allclose(d, [0, 1, 2, 3, 4, 5, 6, 7, 8, 0, 10, 10.5])
+    scores = moderate_scores(x, y, 2)
+    # 12 distances sorted: 0,0,1,..,8,10,10.5 -> median ranks 5.5: the points at distance 4, 5.
+    top2 = np.argsort(-scores, kind="stable")[:2]
+    assert set(top2.tolist()) == {4, 5}
+    top4 = np.argsort(-scores, kind="stable")[:4]
+    assert set(top4.tolist()) == {3, 4, 5, 6}
+    per_class = moderate_scores(x, y, 2, per_class=True)
+    assert np.argmax(per_class[:9]) == 4 and np.argmax(per_class[9:]) == 1
+
+
+def test_moderate_method() -> None:
+    task = small_task(60)
+    out = Moderate().value(task, make_ctx(task, (0.2, 0.6)))
+    check_selections(out, 60, (0.2, 0.6))
+    assert set(out.selections[0.2]) <= set(out.selections[0.6])
+    assert task.fit_counter.count == 0
+
+
+def test_difficulty_in_closed_form() -> None:
+    y = np.array([0, 1, 2, 0])
+    el2n = difficulty(PROBS, y, "el2n")
+    np.testing.assert_allclose(el2n[0], np.sqrt(0.3**2 + 0.2**2 + 0.1**2))
+    np.testing.assert_allclose(el2n[2], np.sqrt(2.0))
+    np.testing.assert_allclose(difficulty(PROBS, y, "margin"), [-0.5, 0.0, 1.0, -0.2])
+
+
+def test_allocation_visits_small_strata_first() -> None:
+    np.testing.assert_array_equal(allocate(np.array([10, 2, 30]), 12), [5, 2, 5])
+    np.testing.assert_array_equal(allocate(np.array([10, 2, 30]), 40), [10, 2, 28])
+    np.testing.assert_array_equal(allocate(np.array([3, 3, 3, 0]), 7), [2, 2, 3, 0])
+    for k in range(0, 43):
+        got = allocate(np.array([10, 2, 30]), k)
+        assert got.sum() == k and np.all(got <= [10, 2, 30])
+
+
+def test_ccs_prunes_the_hardest_and_stratifies() -> None:
+    # 10 easy (0), 2 middling (1), 30 hard-ish (2), one outlier (10); beta prunes one point.
+    hardness = np.array([0.0] * 10 + [1.0] * 2 + [2.0] * 30 + [10.0])
+    chosen, info = ccs_sample(hardness, 12, beta=1 / 43, strata=3, rng=np.random.default_rng(0))
+    assert info["pruned"] == 1 and 42 not in chosen
+    counts = [np.sum(chosen < 10), np.sum((chosen >= 10) & (chosen < 12)), np.sum(chosen >= 12)]
+    assert counts == [5, 2, 5]
+    # Never prunes into the budget: k = n keeps everything.
+    everything, info = ccs_sample(hardness, 43, beta=0.5, strata=3, rng=np.random.default_rng(0))
+    assert info["pruned"] == 0 and len(everything) == 43
+
+
+def test_ccs_method() -> None:
+    task = small_task(80)
+    fractions = (0.1, 0.3, 0.5)
+    out = CCS(strata=5).value(task, make_ctx(task, fractions))
+    check_selections(out, 80, fractions)
+    hardness = difficulty(fit_all_data(small_task(80)).probs, task.y_train, "el2n")
+    hardest = np.argsort(-hardness, kind="stable")[:8]
+    for f in fractions:
+        assert not set(out.selections[f]) & set(hardest)
+    assert out.scores.max() <= len(fractions)
+
+
+def test_geometric_selector_with_one_point() -> None:
+    task = points_task(np.zeros((1, 2)))
+    out = Moderate().value(task, make_ctx(task, (0.5,)))
+    np.testing.assert_array_equal(out.selections[0.5], [0])

@@ -1,0 +1,107 @@
+"""Facility location and graph cut: approximation bound, lazy = plain greedy, blocked = dense."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from selection_helpers import check_selections, make_ctx, small_task
+
+from valbench.methods.selection import FacilityLocation, GraphCut
+from valbench.methods.selection.submodular import (
+    Similarity,
+    facility_location_order,
+    facility_location_value,
+    graph_cut_order,
+)
+
+
+def _sim(x: np.ndarray) -> np.ndarray:
+    d = np.linalg.norm(x[:, None, :] - x[None, :, :], axis=2)
+    return d.max() - d
+
+
+def _plain_greedy_fl(x: np.ndarray, k: int) -> list[int]:
+    # Every gain recomputed at every step; ties to the lower index.
+    sim = Similarity(x)
+    cover = np.zeros(len(x))
+    chosen: list[int] = []
+    for _ in range(k):
+        gains = [
+            -np.inf if j in chosen else float(np.maximum(sim.column(j) - cover, 0.0).sum())
+            for j in range(len(x))
+        ]
+        j = int(np.argmax(gains))
+        chosen.append(j)
+        np.maximum(cover, sim.column(j), out=cover)
+    return chosen
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_greedy_reaches_one_minus_one_over_e_of_the_optimum(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(6, 11))
+    x = rng.normal(size=(n, 3))
+    sim = _sim(x)
+    for k in range(1, n):
+        best = max(sim[:, list(c)].max(axis=1).sum() for c in itertools.combinations(range(n), k))
+        order, info = facility_location_order(x, k)
+        value = sim[:, order].max(axis=1).sum()
+        assert value == pytest.approx(info["objective"], rel=1e-5)
+        assert value >= (1 - 1 / np.e) * best - 1e-6
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_lazy_greedy_equals_plain_greedy(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(80, 4))
+    order, info = facility_location_order(x, 25)
+    assert order.tolist() == _plain_greedy_fl(x, 25)
+    assert info["evaluations"] < 80 * 25  # laziness saved evaluations
+
+
+def test_blocked_similarities_match_the_dense_matrix() -> None:
+    x = np.random.default_rng(4).normal(size=(70, 6))
+    dense = Similarity(x)
+    blocked = Similarity(x, dense_max=0)
+    assert blocked.dense is None and dense.dense is not None
+    np.testing.assert_allclose(blocked.column(5), _sim(x)[:, 5], atol=1e-9)
+    np.testing.assert_allclose(dense.column(5), _sim(x)[:, 5], atol=1e-5)
+    np.testing.assert_allclose(blocked.colsum, _sim(x).sum(0), rtol=1e-8)
+    a, _ = facility_location_order(x, 20, dense_max=0)
+    b, _ = facility_location_order(x, 20)
+    assert a.tolist() == b.tolist()
+    assert facility_location_value(x, a) == pytest.approx(_sim(x)[:, a].max(axis=1).sum())
+
+
+def test_graph_cut_matches_its_definition() -> None:
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(30, 3))
+    sim = _sim(x)
+    lam = 0.7
+
+    def f(s: list[int]) -> float:
+        return float(sim[:, s].sum() - lam * sim[np.ix_(s, s)].sum())
+
+    order, _ = graph_cut_order(x, 10, lam)
+    chosen: list[int] = []
+    for _ in range(10):
+        gains = [-np.inf if j in chosen else f([*chosen, j]) - f(chosen) for j in range(30)]
+        chosen.append(int(np.argmax(gains)))
+    assert order.tolist() == chosen
+
+
+@pytest.mark.parametrize("cls", [FacilityLocation, GraphCut])
+@pytest.mark.parametrize("per_class", [True, False])
+def test_methods_return_nested_selections(cls: type, per_class: bool) -> None:
+    task = small_task(60)
+    fractions = (0.1, 0.3, 1.0)
+    out = cls(per_class=per_class).value(task, make_ctx(task, fractions))
+    check_selections(out, 60, fractions)
+    full = out.selections[1.0]
+    for f in fractions:
+        np.testing.assert_array_equal(out.selections[f], full[: len(out.selections[f])])
+    if per_class:
+        counts = np.bincount(task.y_train[out.selections[0.3]], minlength=3)
+        assert counts.max() - counts.min() <= 1  # balanced classes, balanced picks
