@@ -129,7 +129,7 @@ class Selector(Method):
     ``complete: False`` (the harness then records what it could not do rather than a guess).
     """
 
-    family: ClassVar[str] = "selection"
+    family: ClassVar[str] = "subset-selection"
     selects_subsets: ClassVar[bool] = True
     #: Model fits the selector makes (0 for purely geometric ones).
     fits_needed: ClassVar[int] = 0

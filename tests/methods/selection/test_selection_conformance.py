@@ -67,7 +67,7 @@ def test_conforms(cls: type[Method], params: dict[str, Any]) -> None:
 )
 def test_registered_under_its_name(name: str) -> None:
     cls = get_method(name)
-    assert cls.name == name and cls.family == "selection" and cls.selects_subsets
+    assert cls.name == name and cls.family == "subset-selection" and cls.selects_subsets
 
 
 @pytest.mark.parametrize("cls", [GradMatch, Craig, Glister, Uncertainty, CCS])
