@@ -609,11 +609,15 @@ def _is_scratch(entry: Path) -> bool:
 
 
 def _is_valbench_manifest(path: Path) -> bool:
+    """False only for a readable JSON object without valbench's fields: someone else's file.
+
+    A damaged file counts as valbench's, so that :func:`read_manifest` explains the damage.
+    """
     try:
         data = json.loads(path.read_bytes())
-    except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and {"config_hash", "spec", "cells_total"} <= set(data)
+    except (OSError, ValueError, RecursionError):
+        return True
+    return not isinstance(data, dict) or {"config_hash", "spec", "cells_total"} <= set(data)
 
 
 def check_entries(run_dir: Path) -> None:
