@@ -59,14 +59,19 @@ from valbench.store import (
 from valbench.summary import (
     ALPHA,
     CONFIDENCE,
+    CORRECTION,
     GAIN_KEY,
     HEADLINE_KEYS,
+    INTERVAL_NAME,
+    MIN_CD_BLOCKS,
+    POWER,
     TABLE_COLUMNS,
     TEST_NAME,
     CDResult,
     Column,
     GroupSummary,
     Stat,
+    dataset_blocks,
     fraction_label,
     friedman_nemenyi,
     get_number,
@@ -573,7 +578,8 @@ def _group_figures(
 
 def _cross_figures(
     run_dir: Path, groups: Sequence[GroupSummary], colors: Mapping[str, str]
-) -> tuple[list[dict[str, Any]], list[CDResult]]:
+) -> tuple[list[dict[str, Any]], list[CDResult], list[str]]:
+    """Rank heatmap and CD diagrams, their results, and why a CD diagram was not drawn."""
     figures: list[dict[str, Any]] = []
     _add_figure(
         run_dir,
@@ -585,9 +591,13 @@ def _cross_figures(
         "Rank of each method's mean in each dataset (1 = best, ties averaged; blank: no value).",
     )
     results = []
+    notes = []
     for key, label in CD_KEYS:
         result = friedman_nemenyi(groups, key)
         if result is None:
+            datasets, methods, _ = dataset_blocks(groups, key)
+            if datasets:
+                notes.append(_no_cd_note(label, len(datasets), len(methods)))
             continue
         results.append(result)
         _add_figure(
@@ -597,13 +607,36 @@ def _cross_figures(
             re.sub(r"[^A-Za-z0-9_.-]+", "_", key),
             cd_figure(result, colors),
             f"critical-difference diagram: {label}",
-            f"Average rank over {result.n_blocks} datasets (lower is better) of the "
-            f"{len(result.methods)} methods with a value on every one. Friedman χ² = "
-            f"{result.friedman_chi2:.2f}, p = {result.friedman_p:.3g}; methods joined by a bar "
-            f"are within the Nemenyi critical difference CD = {result.critical_difference:.2f} "
-            f"(α = {ALPHA:g}) of each other (Demšar 2006).",
+            f"Average rank over {result.n_blocks} datasets (lower is better; one block per "
+            f"dataset, its noise rates averaged) of the {len(result.methods)} methods with a "
+            f"value on every one. Friedman χ² = {result.friedman_chi2:.2f}, p = "
+            f"{result.friedman_p:.3g}; Iman–Davenport F = {result.iman_davenport_f:.2f}, p = "
+            f"{result.iman_davenport_p:.3g}"
+            + (
+                f" (equal ranks are not rejected at α = {ALPHA:g}: the bars below are no "
+                "evidence of a difference)"
+                if result.iman_davenport_p >= ALPHA
+                else ""
+            )
+            + f"; methods joined by a bar are within the Nemenyi critical difference CD = "
+            f"{result.critical_difference:.2f} (α = {ALPHA:g}) of each other (Demšar 2006).",
         )
-    return figures, results
+    return figures, results, notes
+
+
+def _no_cd_note(label: str, n_datasets: int, n_methods: int) -> str:
+    if n_methods < 2:
+        return (
+            f"No Friedman test or critical-difference diagram for {label}: fewer than two "
+            "methods have a value on every dataset."
+        )
+    return (
+        f"No Friedman test or critical-difference diagram for {label}: this run has "
+        f"{n_datasets} dataset{'s' if n_datasets != 1 else ''} and they need at least "
+        f"{MIN_CD_BLOCKS} (each dataset is one block, its noise rates averaged). With fewer, the "
+        "test's approximations are poor and the critical difference is so wide that no method "
+        "can be told apart; compare methods within each dataset's table instead."
+    )
 
 
 # --------------------------------------------------------------------------- rendering
@@ -644,7 +677,7 @@ def render_report(run_dir: Path, include_partial: bool = False) -> Path:
     damaged: dict[str, str] = {}  # cell id -> why its drawing is missing
     for group in groups:
         _group_figures(run_dir, group, colors, damaged)
-    cross, cd_results = _cross_figures(run_dir, groups, colors)
+    cross, cd_results, cd_notes = _cross_figures(run_dir, groups, colors)
 
     summary = summary_json(manifest, groups, cd_results)
     _write_atomic(
@@ -664,6 +697,11 @@ def render_report(run_dir: Path, include_partial: bool = False) -> Path:
             colors=colors,
             cross_figures=cross,
             cd_results=cd_results,
+            cd_notes=cd_notes,
+            too_small=bool(groups) and not any(g.separated_from_random for g in groups),
+            interval_name=INTERVAL_NAME,
+            correction=CORRECTION,
+            power=POWER,
             failures=_failures(records),
             cells=_cells(records, damaged),
             truncated_note=TRUNCATED_NOTE,
