@@ -375,6 +375,7 @@ def _cells(
         params, params_cut = _capped(_compact_json(rec.get("params") or {}))
         stats, stats_cut = _capped(_compact_json(rec.get("stats") or {}))
         wall = get_number(rec, "cost", "wall_s")
+        cpu = get_number(rec, "cost", "cpu_s")
         fits = get_number(rec, "cost", "model_fits")
         out.append(
             {
@@ -384,6 +385,7 @@ def _cells(
                 "partial": rec.get("status") == "ok" and is_partial(rec),
                 "n_train": rec.get("n_train") if is_number(rec.get("n_train")) else None,
                 "wall": "—" if wall is None else f"{wall:.3g}",
+                "cpu": "—" if cpu is None else f"{cpu:.3g}",
                 "fits": "—" if fits is None else f"{fits:.0f}",
                 "params": params,
                 "stats": stats,
@@ -554,15 +556,16 @@ def _group_figures(
         "runtime",
         runtime_figure(group, colors),
         "runtime per method",
-        "Mean wall time per cell, log scale, fastest first; whiskers: CI over seeds.",
+        "Mean CPU time per cell, log scale, fastest first; whiskers: CI over seeds.",
     )
     add(
         "pareto",
         pareto_figure(group, colors),
         "value vs cost",
-        "Mean subset-value gain over random (points, mean over fractions) against mean wall "
-        "time; outlined points and the step line: the Pareto front (nothing else is both "
-        "faster and better).",
+        "Mean subset-value gain over random (points, mean over fractions) against mean CPU "
+        "seconds per cell; outlined points and the step line: the Pareto front (nothing else "
+        "is both cheaper and better). CPU seconds, not model fits: a fit is a different amount "
+        "of work per method.",
     )
     selection = _selection_svg(run_dir, group, colors, damaged)
     if selection is not None:

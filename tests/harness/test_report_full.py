@@ -111,7 +111,6 @@ def test_leaderboard_in_html_equals_summary_json_and_results(full_run: Path) -> 
         "mislabel.auc",
         "removal.auc",
         "cost.wall_s",
-        "cost.model_fits",
     ]
     assert summary["test"]["alpha"] == 0.05
     for group in summary["groups"]:

@@ -168,3 +168,24 @@ def test_separated_from_random_is_a_holm_corrected_paired_test_against_random() 
     clear = noisy + [_line("good", s, 0.7 + d) for s, d in enumerate((0.01, 0.02, 0.0))]
     (group,) = summarise(clear)
     assert group.separated_from_random == ["good"]
+
+
+# --------------------------------------------------------------------------- 5. cost
+
+
+def test_costs_are_compared_in_cpu_seconds_and_fits_are_not_ranked() -> None:
+    from valbench.figures import pareto_points
+
+    # "cheap" fits little but burns CPU; "dear" fits a lot in little CPU time
+    records = []
+    for s in range(3):
+        for method, cpu, fits, gain in (("cheap", 9.0, 10, 0.2), ("dear", 1.0, 900, 0.1)):
+            line = _line(method, s, 0.5 + gain + 0.01 * s, cpu_s=cpu + 0.1 * s)
+            line["cost"].update(wall_s=1.0, model_fits=fits + s)
+            records.append(line)
+    (group,) = summarise(records)
+    assert group.best_methods("cost.cpu_s") == ["dear"]
+    fits = group.rows["cheap"]["cost.model_fits"]
+    assert not fits.best and math.isnan(fits.rank) and fits.p_value is None
+    assert group.best_methods("cost.model_fits") == []
+    assert {m: t for m, t, _ in pareto_points(group)} == pytest.approx({"cheap": 9.1, "dear": 1.1})
