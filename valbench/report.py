@@ -46,6 +46,7 @@ from valbench.figures import (
     selection_figure,
     subset_figure,
 )
+from valbench.spec import FILE_PREFIX
 from valbench.store import (
     FIGURES_DIR,
     POINTS_DIR,
@@ -111,7 +112,7 @@ EMBED_LIMIT = 64 * 1024
 TRUNCATED_NOTE = "truncated; full record in results.jsonl"
 CD_KEYS: tuple[tuple[str, str], ...] = (
     (GAIN_KEY, "subset value gain over random"),
-    ("mislabel.auc", "mislabel detection AUC"),
+    ("mislabel.auc", "mislabel detection AUC (planted flips)"),
 )
 
 # --------------------------------------------------------------------------- flattening
@@ -300,7 +301,14 @@ def _overview(
     if not is_number(seeds):
         seeds = len({r.get("seed") for r in records}) or None
     max_seeds = max((g.max_seeds for g in groups), default=0)
+    rates = [float(n) for n in noise if is_number(n) and float(n) > 0]
+    planted = [
+        f"valbench planted {' / '.join(f'{r * 100:g}%' for r in rates)} label flips in {d}"
+        for d in datasets
+        if rates and str(d).startswith(FILE_PREFIX)
+    ]
     return {
+        "planted": planted,
         "methods": methods,
         "datasets": datasets,
         "noise": [f"{float(n):g}" for n in noise if is_number(n)],
@@ -541,7 +549,7 @@ def _group_figures(
     add(
         "mislabel_recall",
         mislabel_figure(group, colors),
-        "mislabel recall vs fraction inspected",
+        "recall of the planted label flips vs fraction inspected",
         f"Lowest-valued points inspected first; {band}; dashed: random order (the diagonal); "
         "dotted: the ideal ranking (every flipped label first).",
     )

@@ -189,3 +189,40 @@ def test_costs_are_compared_in_cpu_seconds_and_fits_are_not_ranked() -> None:
     assert not fits.best and math.isnan(fits.rank) and fits.p_value is None
     assert group.best_methods("cost.model_fits") == []
     assert {m: t for m, t, _ in pareto_points(group)} == pytest.approx({"cheap": 9.1, "dear": 1.1})
+
+
+# --------------------------------------------------------------------------- the page
+
+
+def test_page_states_intervals_corrections_limits_and_planted_flips(tmp_path: Any) -> None:
+    import json
+
+    from valbench.report import render_report
+
+    name = "file:my.csv"
+    run = fake_run(tmp_path / "r", methods=("a", "b"), datasets=(name,), seeds=2, two_d=())
+    # two seeds far apart, and no method separable from random
+    records = [
+        _line(m, s, v, r, dataset=name, recall=v)
+        for m, pairs in {
+            "a": ((0.95, 0.10), (0.05, 0.90)),
+            "b": ((0.50, 0.52), (0.60, 0.57)),
+        }.items()
+        for s, (v, r) in enumerate(pairs)
+    ]
+    for rec in records:
+        rec["cell_id"] = f"{rec['method']}.{rec['seed']}"
+    (run / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    html = render_report(run).read_text(encoding="utf-8")
+    top = html.split('id="summary"')[1].split("<h3>")[0]
+    assert "This run is too small to rank methods" in top
+    assert f"valbench planted 10% label flips in {name}" in top and "--noise 0" in top
+    legend = html.split('class="note legend"')[1].split("</p>")[0]
+    assert "clipped to that range and shown as [low, high]" in legend
+    assert "Holm-corrected" in legend and "detectable difference" in legend
+    assert "CPU seconds" in legend and "(planted flips)" in legend
+    assert "mislabel detection (planted flips)</th>" in html
+    table = html.split('id="table-file_my.csv-noise0.1"')[1].split("</table>")[0]
+    assert "0.500 [0.000, 1.000]" in table  # method a's subset value: 0.95 and 0.05
+    assert 'data-method="detectable difference"' in table
+    assert "this run has 1 dataset and they need at least 5" in html
