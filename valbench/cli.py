@@ -42,12 +42,19 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="run (or resume) a benchmark and write its report",
         description="Run methods × datasets × noise × seeds; resume if the run exists.",
+        epilog=_presets_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     run.add_argument("--methods", help="comma-separated method names, or 'all' (default: all)")
     run.add_argument(
         "--datasets", help="comma-separated dataset names, or 'all' (default: from the preset)"
     )
-    run.add_argument("--noise", help="label-noise rates in [0, 1), comma-separated (e.g. 0.1)")
+    run.add_argument(
+        "--noise",
+        help="label-noise rates in [0, 1), comma-separated (e.g. 0.1); this share of labels is "
+        "flipped on purpose, file: data included (default: from the preset; 0 keeps labels as "
+        "given)",
+    )
     run.add_argument("--seeds", help="number of seeds (>= 1)")
     run.add_argument(
         "--root-seed", dest="root_seed", help="root seed from which every cell's seeds derive"
@@ -145,6 +152,50 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _presets_epilog() -> str:
+    """The defaults of every preset, so that --help says what a bare run plants and spends."""
+    from valbench.spec import DEFAULT_PRESET, PRESETS
+
+    lines = ["presets (flags and --config override them):"]
+    for name, preset in PRESETS.items():
+        default = " (default)" if name == DEFAULT_PRESET else ""
+        noise = ", ".join(f"{float(n):g}" for n in preset.get("noise", []))
+        max_train = preset.get("max_train")
+        lines.append(
+            f"  {name}{default}: datasets {', '.join(preset.get('datasets', []))}; "
+            f"noise {noise or '0'}; seeds {preset.get('seeds')}; "
+            f"max_train {'all' if max_train is None else max_train}; "
+            f"budget {preset.get('budget') or 'none'}"
+        )
+    lines += [
+        "",
+        "--noise flips that share of training labels on every dataset, file:PATH data too, and",
+        "mislabel detection scores only those planted flips; pass --noise 0 to value your",
+        "labels as given. --budget seconds=N compares methods at equal cost (a 'fit' is a",
+        "different amount of work per method).",
+    ]
+    return "\n".join(lines)
+
+
+def _planting_lines(spec: Any) -> list[str]:
+    """One warning per existing file: dataset that will get planted label flips."""
+    from valbench.spec import FILE_PREFIX
+
+    rates = [float(n) for n in spec.noise if float(n) > 0]
+    if not rates:
+        return []
+    shown = " / ".join(f"{r * 100:g}%" for r in rates)
+    out = []
+    for name in spec.datasets:
+        # A missing file fails right after with its own error; no warning for it first.
+        if name.startswith(FILE_PREFIX) and Path(name[len(FILE_PREFIX) :]).is_file():
+            out.append(
+                f"planting {shown} label flips in {name}; pass --noise 0 to value your labels "
+                "as given"
+            )
+    return out
+
+
 # Every config-file key that is also a `run` flag (the rest are config-only or handled apart).
 _SPEC_FLAGS = tuple(sorted(CONFIG_KEYS - {"params", "preset", "out", "random_repeats", "data_dir"}))
 
@@ -179,6 +230,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     spec = build_spec(args.preset, config, overrides)
     out = out_flag if out_flag is not None else (Path(config["out"]) if "out" in config else None)
     command = " ".join(["valbench", *map(shlex.quote, sys.argv[1:])])
+    for line in _planting_lines(spec):
+        print(printable(line), file=sys.stderr)
     summary = execute(
         spec,
         out=out,

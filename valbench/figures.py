@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from valbench.metrics import mean_ci
-from valbench.summary import GAIN_KEY, CDResult, GroupSummary
+from valbench.summary import COST_KEY, GAIN_KEY, CDResult, GroupSummary
 
 __all__ = [
     "SVG_HASH_SALT",
@@ -26,6 +26,7 @@ __all__ = [
     "mislabel_figure",
     "pareto_figure",
     "pareto_front",
+    "pareto_points",
     "rank_heatmap_figure",
     "removal_figure",
     "runtime_figure",
@@ -274,11 +275,11 @@ def removal_figure(group: GroupSummary, colors: Mapping[str, str]) -> str | None
 
 
 def runtime_figure(group: GroupSummary, colors: Mapping[str, str]) -> str | None:
-    """Mean wall time per method on a log scale, with the CI as error bars, fastest on top."""
+    """Mean CPU time per method on a log scale, with the CI as error bars, fastest on top."""
     rows = [
         (m, s)
         for m, cells in group.rows.items()
-        if (s := cells.get("cost.wall_s")) is not None and s.present and s.mean > 0
+        if (s := cells.get(COST_KEY)) is not None and s.present and s.mean > 0
     ]
     if not rows:
         return None
@@ -298,7 +299,7 @@ def runtime_figure(group: GroupSummary, colors: Mapping[str, str]) -> str | None
         ax.invert_yaxis()
         ax.set_xscale("log")
         ax.set_xlim(float(means.min()) / 3.0, float((means + errs).max()) * 2.0)
-        ax.set_xlabel("wall time per cell, seconds (log scale)")
+        ax.set_xlabel("CPU time per cell, seconds (log scale)")
         ax.set_title(_t(f"{group.title}: runtime"))
         ax.grid(True, axis="x", alpha=0.3, lw=0.6, which="both")
         fig.tight_layout()
@@ -317,13 +318,22 @@ def pareto_front(points: Sequence[tuple[str, float, float]]) -> list[str]:
     return front
 
 
-def pareto_figure(group: GroupSummary, colors: Mapping[str, str]) -> str | None:
-    """Gain over random vs wall time per method, the Pareto front joined by a step line."""
+def pareto_points(group: GroupSummary) -> list[tuple[str, float, float]]:
+    """``(method, mean CPU seconds, mean gain over random)`` of the methods with both.
+
+    CPU seconds, not fits: a fit is a different amount of work per method.
+    """
     pts = []
     for m, cells in group.rows.items():
-        gain, wall = cells.get(GAIN_KEY), cells.get("cost.wall_s")
-        if gain and wall and gain.present and wall.present and wall.mean > 0:
-            pts.append((m, wall.mean, gain.mean))
+        gain, cpu = cells.get(GAIN_KEY), cells.get(COST_KEY)
+        if gain and cpu and gain.present and cpu.present and cpu.mean > 0:
+            pts.append((m, cpu.mean, gain.mean))
+    return pts
+
+
+def pareto_figure(group: GroupSummary, colors: Mapping[str, str]) -> str | None:
+    """Gain over random vs CPU time per method, the Pareto front joined by a step line."""
+    pts = pareto_points(group)
     if not pts:
         return None
     front = set(pareto_front(pts))
@@ -355,7 +365,7 @@ def pareto_figure(group: GroupSummary, colors: Mapping[str, str]) -> str | None:
             )
         ax.axhline(0.0, ls="--", lw=1.0, color=_REF)
         ax.set_xscale("log")
-        ax.set_xlabel("wall time per cell, seconds (log scale)")
+        ax.set_xlabel("CPU time per cell, seconds (log scale)")
         ax.set_ylabel("subset value gain over random, points")
         ax.set_title(_t(f"{group.title}: value vs cost"))
         ax.grid(True, alpha=0.3, lw=0.6, which="both")

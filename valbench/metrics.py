@@ -10,7 +10,6 @@ training order never depends on the scores. Nothing here does I/O or trains a mo
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -34,6 +33,7 @@ __all__ = [
     "curve_area",
     "detection_at_k",
     "two_means_f1",
+    "two_means_split",
     "mislabel_metrics",
     "removal_curve",
     "addition_curve",
@@ -279,25 +279,51 @@ def detection_at_k(scores: Any, noisy_mask: Any, k: int | None = None) -> dict[s
     return _prf(flags, mask)
 
 
-def two_means_f1(scores: Any, noisy_mask: Any, seed: int = 0) -> float:
-    """OpenDataVal-style F1: 1-D 2-means on the scores, the lower-mean cluster flagged noisy.
+def two_means_split(scores: Any) -> np.ndarray:
+    """The low cluster of the exact 1-D 2-means clustering of ``scores``, as a boolean mask.
 
-    Constant scores cannot be split and give 0.0.
+    In one dimension the optimal two clusters are a split of the sorted scores, so trying every
+    split point and keeping the one with the least within-cluster sum of squares is exact (no
+    random restarts; Grønlund et al. 2017). Equal scores always fall in the same cluster, so the
+    result does not depend on the order of the points; among equally good splits the lowest one
+    is kept. Constant scores cannot be split: all False.
     """
     arr = _as_scores(scores)
-    mask = _as_mask(noisy_mask, arr.size)
-    if arr.size < 2 or np.ptp(arr) == 0:
-        return 0.0
-    from sklearn.cluster import KMeans
+    order = np.argsort(arr, kind="stable")
+    ranked = arr[order]
+    n = ranked.size
+    # Candidate splits: after position i (low = ranked[:i]) where the value changes.
+    cuts = np.flatnonzero(np.diff(ranked) > 0) + 1
+    flags = np.zeros(n, dtype=bool)
+    if cuts.size == 0:
+        return flags
+    # Centre first: sums of squares of large, close scores lose every digit otherwise.
+    centred = ranked - ranked.mean()
+    csum = np.concatenate(([0.0], np.cumsum(centred)))
+    csq = np.concatenate(([0.0], np.cumsum(centred * centred)))
+    low_n = cuts.astype(np.float64)
+    high_n = n - low_n
+    low_sse = csq[cuts] - csum[cuts] ** 2 / low_n
+    high_sse = (csq[n] - csq[cuts]) - (csum[n] - csum[cuts]) ** 2 / high_n
+    best = int(cuts[int(np.argmin(low_sse + high_sse))])
+    flags[order[:best]] = True
+    return flags
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        km = KMeans(n_clusters=2, n_init=10, random_state=seed).fit(arr.reshape(-1, 1))
-    labels = km.labels_
-    if np.unique(labels).size < 2:
+
+def two_means_f1(scores: Any, noisy_mask: Any, seed: int = 0) -> float:
+    """OpenDataVal-style F1: the lower cluster of an exact 1-D 2-means on the scores is flagged
+    noisy (:func:`two_means_split`), scored against the noisy mask.
+
+    Constant scores cannot be split and give 0.0. ``seed`` is kept for callers; the split is
+    exact, so nothing is random.
+    """
+    del seed
+    arr = _as_scores(scores)
+    mask = _as_mask(noisy_mask, arr.size)
+    flags = two_means_split(arr)
+    if not flags.any():
         return 0.0
-    low = min((0, 1), key=lambda c: float(arr[labels == c].mean()))
-    return _prf(labels == low, mask)["f1"]
+    return _prf(flags, mask)["f1"]
 
 
 def mislabel_metrics(scores: Any, noisy_mask: Any, seed: int = 0) -> dict[str, Any]:

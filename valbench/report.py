@@ -46,6 +46,7 @@ from valbench.figures import (
     selection_figure,
     subset_figure,
 )
+from valbench.spec import FILE_PREFIX
 from valbench.store import (
     FIGURES_DIR,
     POINTS_DIR,
@@ -59,14 +60,19 @@ from valbench.store import (
 from valbench.summary import (
     ALPHA,
     CONFIDENCE,
+    CORRECTION,
     GAIN_KEY,
     HEADLINE_KEYS,
+    INTERVAL_NAME,
+    MIN_CD_BLOCKS,
+    POWER,
     TABLE_COLUMNS,
     TEST_NAME,
     CDResult,
     Column,
     GroupSummary,
     Stat,
+    dataset_blocks,
     fraction_label,
     friedman_nemenyi,
     get_number,
@@ -106,7 +112,7 @@ EMBED_LIMIT = 64 * 1024
 TRUNCATED_NOTE = "truncated; full record in results.jsonl"
 CD_KEYS: tuple[tuple[str, str], ...] = (
     (GAIN_KEY, "subset value gain over random"),
-    ("mislabel.auc", "mislabel detection AUC"),
+    ("mislabel.auc", "mislabel detection AUC (planted flips)"),
 )
 
 # --------------------------------------------------------------------------- flattening
@@ -295,7 +301,14 @@ def _overview(
     if not is_number(seeds):
         seeds = len({r.get("seed") for r in records}) or None
     max_seeds = max((g.max_seeds for g in groups), default=0)
+    rates = [float(n) for n in noise if is_number(n) and float(n) > 0]
+    planted = [
+        f"valbench planted {' / '.join(f'{r * 100:g}%' for r in rates)} label flips in {d}"
+        for d in datasets
+        if rates and str(d).startswith(FILE_PREFIX)
+    ]
     return {
+        "planted": planted,
         "methods": methods,
         "datasets": datasets,
         "noise": [f"{float(n):g}" for n in noise if is_number(n)],
@@ -370,6 +383,7 @@ def _cells(
         params, params_cut = _capped(_compact_json(rec.get("params") or {}))
         stats, stats_cut = _capped(_compact_json(rec.get("stats") or {}))
         wall = get_number(rec, "cost", "wall_s")
+        cpu = get_number(rec, "cost", "cpu_s")
         fits = get_number(rec, "cost", "model_fits")
         out.append(
             {
@@ -379,6 +393,7 @@ def _cells(
                 "partial": rec.get("status") == "ok" and is_partial(rec),
                 "n_train": rec.get("n_train") if is_number(rec.get("n_train")) else None,
                 "wall": "—" if wall is None else f"{wall:.3g}",
+                "cpu": "—" if cpu is None else f"{cpu:.3g}",
                 "fits": "—" if fits is None else f"{fits:.0f}",
                 "params": params,
                 "stats": stats,
@@ -534,7 +549,7 @@ def _group_figures(
     add(
         "mislabel_recall",
         mislabel_figure(group, colors),
-        "mislabel recall vs fraction inspected",
+        "recall of the planted label flips vs fraction inspected",
         f"Lowest-valued points inspected first; {band}; dashed: random order (the diagonal); "
         "dotted: the ideal ranking (every flipped label first).",
     )
@@ -549,15 +564,16 @@ def _group_figures(
         "runtime",
         runtime_figure(group, colors),
         "runtime per method",
-        "Mean wall time per cell, log scale, fastest first; whiskers: CI over seeds.",
+        "Mean CPU time per cell, log scale, fastest first; whiskers: CI over seeds.",
     )
     add(
         "pareto",
         pareto_figure(group, colors),
         "value vs cost",
-        "Mean subset-value gain over random (points, mean over fractions) against mean wall "
-        "time; outlined points and the step line: the Pareto front (nothing else is both "
-        "faster and better).",
+        "Mean subset-value gain over random (points, mean over fractions) against mean CPU "
+        "seconds per cell; outlined points and the step line: the Pareto front (nothing else "
+        "is both cheaper and better). CPU seconds, not model fits: a fit is a different amount "
+        "of work per method.",
     )
     selection = _selection_svg(run_dir, group, colors, damaged)
     if selection is not None:
@@ -573,7 +589,8 @@ def _group_figures(
 
 def _cross_figures(
     run_dir: Path, groups: Sequence[GroupSummary], colors: Mapping[str, str]
-) -> tuple[list[dict[str, Any]], list[CDResult]]:
+) -> tuple[list[dict[str, Any]], list[CDResult], list[str]]:
+    """Rank heatmap and CD diagrams, their results, and why a CD diagram was not drawn."""
     figures: list[dict[str, Any]] = []
     _add_figure(
         run_dir,
@@ -585,9 +602,13 @@ def _cross_figures(
         "Rank of each method's mean in each dataset (1 = best, ties averaged; blank: no value).",
     )
     results = []
+    notes = []
     for key, label in CD_KEYS:
         result = friedman_nemenyi(groups, key)
         if result is None:
+            datasets, methods, _ = dataset_blocks(groups, key)
+            if datasets:
+                notes.append(_no_cd_note(label, len(datasets), len(methods)))
             continue
         results.append(result)
         _add_figure(
@@ -597,13 +618,36 @@ def _cross_figures(
             re.sub(r"[^A-Za-z0-9_.-]+", "_", key),
             cd_figure(result, colors),
             f"critical-difference diagram: {label}",
-            f"Average rank over {result.n_blocks} datasets (lower is better) of the "
-            f"{len(result.methods)} methods with a value on every one. Friedman χ² = "
-            f"{result.friedman_chi2:.2f}, p = {result.friedman_p:.3g}; methods joined by a bar "
-            f"are within the Nemenyi critical difference CD = {result.critical_difference:.2f} "
-            f"(α = {ALPHA:g}) of each other (Demšar 2006).",
+            f"Average rank over {result.n_blocks} datasets (lower is better; one block per "
+            f"dataset, its noise rates averaged) of the {len(result.methods)} methods with a "
+            f"value on every one. Friedman χ² = {result.friedman_chi2:.2f}, p = "
+            f"{result.friedman_p:.3g}; Iman–Davenport F = {result.iman_davenport_f:.2f}, p = "
+            f"{result.iman_davenport_p:.3g}"
+            + (
+                f" (equal ranks are not rejected at α = {ALPHA:g}: the bars below are no "
+                "evidence of a difference)"
+                if result.iman_davenport_p >= ALPHA
+                else ""
+            )
+            + f"; methods joined by a bar are within the Nemenyi critical difference CD = "
+            f"{result.critical_difference:.2f} (α = {ALPHA:g}) of each other (Demšar 2006).",
         )
-    return figures, results
+    return figures, results, notes
+
+
+def _no_cd_note(label: str, n_datasets: int, n_methods: int) -> str:
+    if n_methods < 2:
+        return (
+            f"No Friedman test or critical-difference diagram for {label}: fewer than two "
+            "methods have a value on every dataset."
+        )
+    return (
+        f"No Friedman test or critical-difference diagram for {label}: this run has "
+        f"{n_datasets} dataset{'s' if n_datasets != 1 else ''} and they need at least "
+        f"{MIN_CD_BLOCKS} (each dataset is one block, its noise rates averaged). With fewer, the "
+        "test's approximations are poor and the critical difference is so wide that no method "
+        "can be told apart; compare methods within each dataset's table instead."
+    )
 
 
 # --------------------------------------------------------------------------- rendering
@@ -644,7 +688,7 @@ def render_report(run_dir: Path, include_partial: bool = False) -> Path:
     damaged: dict[str, str] = {}  # cell id -> why its drawing is missing
     for group in groups:
         _group_figures(run_dir, group, colors, damaged)
-    cross, cd_results = _cross_figures(run_dir, groups, colors)
+    cross, cd_results, cd_notes = _cross_figures(run_dir, groups, colors)
 
     summary = summary_json(manifest, groups, cd_results)
     _write_atomic(
@@ -664,6 +708,11 @@ def render_report(run_dir: Path, include_partial: bool = False) -> Path:
             colors=colors,
             cross_figures=cross,
             cd_results=cd_results,
+            cd_notes=cd_notes,
+            too_small=bool(groups) and not any(g.separated_from_random for g in groups),
+            interval_name=INTERVAL_NAME,
+            correction=CORRECTION,
+            power=POWER,
             failures=_failures(records),
             cells=_cells(records, damaged),
             truncated_note=TRUNCATED_NOTE,

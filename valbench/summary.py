@@ -4,8 +4,10 @@ Everything here is computed from ``results.jsonl`` records alone and is pure (no
 
 - :func:`summarise` groups the ``ok`` cells by (dataset, noise) and aggregates every
   :class:`Column` over seeds (mean and Student-t interval), ranks the methods per column, marks
-  the best mean and every method not significantly different from it (:data:`TEST_NAME`);
-- :func:`friedman_nemenyi` ranks the methods across groups (Demšar 2006) for the CD diagram;
+  the best mean and every method not significantly different from it (:data:`TEST_NAME`,
+  Holm-corrected over the methods of the column);
+- :func:`friedman_nemenyi` ranks the methods across datasets (Demšar 2006) for the CD diagram,
+  one block per dataset and only with :data:`MIN_CD_BLOCKS` of them;
 - :func:`summary_json` is the ``summary.json`` export, the same numbers the HTML shows.
 """
 
@@ -14,7 +16,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -24,8 +26,14 @@ from valbench.metrics import mean_ci, rank_columns
 __all__ = [
     "ALPHA",
     "CONFIDENCE",
+    "CORRECTION",
+    "COST_KEY",
+    "FIT_NOTE",
+    "POWER",
     "GAIN_KEY",
     "HEADLINE_KEYS",
+    "MIN_CD_BLOCKS",
+    "INTERVAL_NAME",
     "SUMMARY_SCHEMA",
     "TABLE_COLUMNS",
     "TEST_NAME",
@@ -35,8 +43,11 @@ __all__ = [
     "Stat",
     "as_float",
     "fraction_label",
+    "dataset_blocks",
     "friedman_nemenyi",
     "get_number",
+    "holm",
+    "min_detectable_difference",
     "is_number",
     "paired_p_value",
     "record_sort_key",
@@ -48,6 +59,9 @@ __all__ = [
 CONFIDENCE = 0.95
 ALPHA = 0.05
 TEST_NAME = "two-sided paired t-test over seeds"
+CORRECTION = "Holm"
+POWER = 0.8
+"""Power at which :func:`min_detectable_difference` is quoted (the usual 80 %)."""
 SUMMARY_SCHEMA = 1
 GAIN_KEY = "gain"
 HEADLINE_KEYS = (
@@ -55,9 +69,25 @@ HEADLINE_KEYS = (
     "mislabel.recall_at_noise",
     "mislabel.auc",
     "removal.auc",
-    "cost.wall_s",
+    "cost.cpu_s",
 )
 """Columns of the headline table (best method per dataset on each)."""
+COST_KEY = "cost.cpu_s"
+"""The cost methods are compared on: CPU seconds. A "fit" is a different amount of work per method
+(one TMC permutation prefix, one G-Shapley epoch, one whole HOST-CP run), so fits are shown but
+never ranked."""
+UNIT = (0.0, 1.0)
+"""Range of accuracies, recalls, F1 scores and normalised curve areas."""
+GAIN_BOUNDS = (-100.0, 100.0)
+"""Range of a difference of two accuracies, in percentage points."""
+COST = (0.0, math.inf)
+INTERVAL_NAME = "Student t over seeds, clipped to the metric's possible range"
+DETECTION_GROUP = "mislabel detection (planted flips)"
+"""Detection metrics count only the flips valbench planted; labels wrong in the data count clean."""
+FIT_NOTE = (
+    "a fit is a different amount of work per method (a TMC prefix, a G-Shapley epoch, a whole "
+    "HOST-CP run): not ranked; compare CPU seconds"
+)
 
 # --------------------------------------------------------------------------- record access
 
@@ -158,6 +188,10 @@ class Column:
     group: str = ""
     fraction: str | None = None  # set on the subset-value columns
     description: str = ""
+    #: The values the metric can take; an interval is never shown beyond them.
+    bounds: tuple[float, float] = (-math.inf, math.inf)
+    #: False for a column not comparable across methods: shown, but not ranked or tested.
+    compared: bool = True
 
     @property
     def arrow(self) -> str:
@@ -185,30 +219,36 @@ TABLE_COLUMNS: tuple[Column, ...] = (
         fmt="+.1f",
         group="vs random",
         description="subset value minus random subset value, mean over fractions, in points",
+        bounds=GAIN_BOUNDS,
     ),
     Column(
         "mislabel.recall_at_noise",
         "recall @ noise",
         _metric("mislabel", "recall_at_noise"),
         True,
-        group="mislabel detection",
-        description="share of flipped labels among the lowest-valued noise-rate share of points",
+        group=DETECTION_GROUP,
+        description="share of the planted label flips among the lowest-valued noise-rate share "
+        "of points",
+        bounds=UNIT,
     ),
     Column(
         "mislabel.auc",
         "detection AUC",
         _metric("mislabel", "auc"),
         True,
-        group="mislabel detection",
-        description="area under the recall vs fraction inspected curve",
+        group=DETECTION_GROUP,
+        description="area under the recall of planted flips vs fraction inspected curve",
+        bounds=UNIT,
     ),
     Column(
         "mislabel.f1_2means",
         "2-means F1",
         _metric("mislabel", "f1_2means"),
         True,
-        group="mislabel detection",
-        description="F1 of flagging the lower cluster of a 1-D 2-means on the scores",
+        group=DETECTION_GROUP,
+        description="F1 against the planted flips of flagging the lower cluster of the exact "
+        "1-D 2-means split of the scores",
+        bounds=UNIT,
     ),
     Column(
         "removal.auc",
@@ -217,10 +257,39 @@ TABLE_COLUMNS: tuple[Column, ...] = (
         False,
         group="point removal",
         description="area under test accuracy after removing the highest-valued points",
+        bounds=UNIT,
     ),
-    Column("cost.wall_s", "wall s", _cost("wall_s"), False, fmt=".3g", group="cost"),
-    Column("cost.peak_mem_mb", "peak MB", _cost("peak_mem_mb"), False, fmt=".0f", group="cost"),
-    Column("cost.model_fits", "model fits", _cost("model_fits"), False, fmt=".0f", group="cost"),
+    Column(
+        COST_KEY,
+        "CPU s",
+        _cost("cpu_s"),
+        False,
+        fmt=".3g",
+        group="cost",
+        description="CPU seconds of the cell: the cost methods are compared on",
+        bounds=COST,
+    ),
+    Column("cost.wall_s", "wall s", _cost("wall_s"), False, fmt=".3g", group="cost", bounds=COST),
+    Column(
+        "cost.peak_mem_mb",
+        "peak MB",
+        _cost("peak_mem_mb"),
+        False,
+        fmt=".0f",
+        group="cost",
+        bounds=COST,
+    ),
+    Column(
+        "cost.model_fits",
+        "model fits",
+        _cost("model_fits"),
+        False,
+        fmt=".0f",
+        group="cost",
+        description=FIT_NOTE,
+        bounds=COST,
+        compared=False,
+    ),
     Column(
         "cost.fits_per_s",
         "fits / s",
@@ -228,7 +297,10 @@ TABLE_COLUMNS: tuple[Column, ...] = (
         True,
         fmt=".0f",
         group="cost",
-        description="model fits per wall second of the method (blank when it fits none)",
+        description="model fits per wall second of the method (blank when it fits none); "
+        + FIT_NOTE,
+        bounds=COST,
+        compared=False,
     ),
 )
 """Columns after the subset-value ones (which depend on the fractions of the run)."""
@@ -243,6 +315,7 @@ def _subset_column(fraction: str) -> Column:
         group="subset value (test accuracy)",
         fraction=fraction,
         description=f"test accuracy of a model trained on the top {float(fraction) * 100:g}%",
+        bounds=UNIT,
     )
 
 
@@ -261,18 +334,45 @@ class Stat:
     rank: float = math.nan
     p_value: float | None = None  # paired test against the best method (None: not tested)
     tied: bool = False  # not significantly different from the best (and not best itself)
+    bounds: tuple[float, float] = (-math.inf, math.inf)
+    p_holm: float | None = None  # p_value after Holm's correction over the column's tests
 
     @property
     def present(self) -> bool:
         return self.n > 0 and math.isfinite(self.mean)
 
     @property
+    def interval(self) -> tuple[float, float] | None:
+        """The confidence interval, clipped to :attr:`bounds`; None with fewer than 2 values.
+
+        With 2 seeds the t quantile is 12.7, so mean ± half-width easily leaves the range an
+        accuracy can take; the clipped interval is the set of possible values it covers.
+        """
+        if self.n < 2 or not math.isfinite(self.half_width) or not self.present:
+            return None
+        low, high = self.bounds
+        return max(self.mean - self.half_width, low), min(self.mean + self.half_width, high)
+
+    @property
+    def clipped(self) -> bool:
+        """True when the interval reaches past the metric's range and is cut to it."""
+        interval = self.interval
+        return interval is not None and (
+            interval[0] > self.mean - self.half_width or interval[1] < self.mean + self.half_width
+        )
+
+    @property
     def text(self) -> str:
         if not self.present:
             return "—"
         shown = format(self.mean, self.fmt)
-        if self.n >= 2 and math.isfinite(self.half_width):
-            shown += f" ± {format(self.half_width, self.fmt.lstrip('+'))}"
+        interval = self.interval
+        plain = self.fmt.lstrip("+")
+        if interval is not None and self.clipped:
+            # Asymmetric once clipped: "± h" would claim values the metric cannot take.
+            shown += f" [{format(interval[0], plain)}, {format(interval[1], plain)}]"
+        elif interval is not None:
+            shown += f" ± {format(self.half_width, plain)}"
         return shown
 
     @property
@@ -282,12 +382,14 @@ class Stat:
         return f"{self.rank:g}" if self.rank == int(self.rank) else f"{self.rank:.1f}"
 
 
-def _stat(values: Iterable[float | None], fmt: str) -> Stat:
+def _stat(
+    values: Iterable[float | None], fmt: str, bounds: tuple[float, float] = (-math.inf, math.inf)
+) -> Stat:
     kept = [v for v in values if v is not None]
     if not kept:
-        return Stat(math.nan, math.nan, 0, fmt)
+        return Stat(math.nan, math.nan, 0, fmt, bounds=bounds)
     mean, half = mean_ci(kept, confidence=CONFIDENCE)
-    return Stat(mean, half, len(kept), fmt)
+    return Stat(mean, half, len(kept), fmt, bounds=bounds)
 
 
 def paired_p_value(a: Sequence[float], b: Sequence[float]) -> float | None:
@@ -331,6 +433,11 @@ class GroupSummary:
     #: the report includes partial cells (then they are in, and marked).
     partial: dict[str, int] = field(default_factory=dict)
     partial_included: bool = False
+    #: column key -> smallest difference from the best this run's paired tests could detect
+    #: (:func:`min_detectable_difference`; NaN where nothing was tested).
+    detectable: dict[str, float] = field(default_factory=dict)
+    #: methods whose gain over the random subset is significant (Holm over the group's methods)
+    separated_from_random: list[str] = field(default_factory=list)
 
     @property
     def column_groups(self) -> list[tuple[str, int]]:
@@ -367,6 +474,14 @@ class GroupSummary:
     def column(self, key: str) -> Column | None:
         return next((c for c in self.columns if c.key == key), None)
 
+    def detectable_text(self, key: str) -> str:
+        """The minimum detectable difference of column ``key`` as shown, or "—"."""
+        value = self.detectable.get(key, math.nan)
+        col = self.column(key)
+        if col is None or not math.isfinite(value):
+            return "—"
+        return format(value, col.fmt.lstrip("+"))
+
     def best_methods(self, key: str) -> list[str]:
         """Methods holding the best mean of column ``key`` (ties kept), sorted."""
         return [m for m, cells in self.rows.items() if key in cells and cells[key].best]
@@ -376,6 +491,7 @@ def _per_seed_reference(
     records: Sequence[Mapping[str, Any]],
     extract: Callable[[Mapping[str, Any]], float | None],
     fmt: str,
+    bounds: tuple[float, float] = UNIT,
 ) -> Stat:
     """A reference shared by every method of a seed: averaged within a seed, then over seeds."""
     by_seed: dict[Any, list[float]] = defaultdict(list)
@@ -384,17 +500,66 @@ def _per_seed_reference(
         if value is not None:
             by_seed[rec.get("seed")].append(value)
     return _stat(
-        (sum(v) / len(v) for _, v in sorted(by_seed.items(), key=lambda kv: str(kv[0]))), fmt
+        (sum(v) / len(v) for _, v in sorted(by_seed.items(), key=lambda kv: str(kv[0]))),
+        fmt,
+        bounds,
     )
+
+
+def holm(p_values: Mapping[str, float]) -> dict[str, float]:
+    """Holm's step-down adjusted p-values of a family of tests (Holm 1979).
+
+    Sorted ascending, the i-th smallest of m p-values becomes ``(m - i + 1) * p``, made
+    non-decreasing along the order and capped at 1; rejecting where the adjusted p < α keeps
+    the chance of any false rejection in the family at most α.
+    """
+    ordered = sorted(p_values.items(), key=lambda kv: (kv[1], kv[0]))
+    m = len(ordered)
+    out: dict[str, float] = {}
+    running = 0.0
+    for i, (name, p) in enumerate(ordered):
+        running = max(running, min(1.0, (m - i) * p))
+        out[name] = running
+    return out
+
+
+def min_detectable_difference(
+    sd: float, n: int, alpha: float = ALPHA, power: float = POWER
+) -> float:
+    """Smallest true mean difference a two-sided paired t-test on ``n`` pairs detects.
+
+    ``(t[1 - α/2, n-1] + t[power, n-1]) · sd / √n``, with ``sd`` the standard deviation of the
+    paired differences: the usual normal-approximation formula with t quantiles in place of z.
+    NaN with fewer than 2 pairs.
+    """
+    if n < 2 or not math.isfinite(sd):
+        return math.nan
+    from scipy import stats
+
+    df = n - 1
+    factor = float(stats.t.ppf(1.0 - alpha / 2.0, df) + stats.t.ppf(power, df))
+    return factor * sd / math.sqrt(n)
+
+
+def _seed_values(
+    records: Sequence[Mapping[str, Any]], extract: Callable[[Mapping[str, Any]], float | None]
+) -> dict[str, float]:
+    return {str(r.get("seed")): v for r in records if (v := extract(r)) is not None}
 
 
 def _mark_column(
     col: Column, rows: dict[str, dict[str, Stat]], by_method: Mapping[str, Sequence[Any]]
-) -> None:
-    """Set rank, best and the paired-test marks of one column in place."""
+) -> float:
+    """Set rank, best and the paired-test marks of one column in place.
+
+    Every other method is tested against the best one; the p-values are Holm-corrected over
+    those tests, and ``tied`` follows the corrected p. Returns the column's minimum detectable
+    difference (:func:`min_detectable_difference` with the root-mean-square paired standard
+    deviation of those tests and the fewest shared seeds), NaN when nothing could be tested.
+    """
     methods = [m for m in rows if rows[m][col.key].present]
-    if not methods:
-        return
+    if not methods or not col.compared:
+        return math.nan
     means = [rows[m][col.key].mean for m in methods]
     ranks = rank_columns(np.asarray(means), higher_is_better=col.higher_is_better)
     best_mean = max(means) if col.higher_is_better else min(means)
@@ -403,32 +568,52 @@ def _mark_column(
         for m in methods
         if math.isclose(rows[m][col.key].mean, best_mean, rel_tol=1e-12, abs_tol=1e-15)
     ]
-    ref = best[0]
-    ref_values = {
-        str(r.get("seed")): v for r in by_method[ref] if (v := col.extract(r)) is not None
-    }
+    ref_values = _seed_values(by_method[best[0]], col.extract)
+    raw: dict[str, float] = {}
+    sds: list[float] = []
+    pairs: list[int] = []
+    for method in methods:
+        if method in best:
+            continue
+        mine = _seed_values(by_method[method], col.extract)
+        seeds = sorted(set(mine) & set(ref_values))
+        ref, other = [ref_values[s] for s in seeds], [mine[s] for s in seeds]
+        p_value = paired_p_value(ref, other)
+        if p_value is None:
+            continue
+        raw[method] = p_value
+        sds.append(float(np.std(np.subtract(ref, other), ddof=1)))
+        pairs.append(len(seeds))
+    adjusted = holm(raw)
     for method, rank in zip(methods, ranks, strict=True):
-        stat = rows[method][col.key]
-        is_best = method in best
-        p_value: float | None = None
-        if not is_best:
-            mine = {
-                str(r.get("seed")): v
-                for r in by_method[method]
-                if (v := col.extract(r)) is not None
-            }
-            seeds = sorted(set(mine) & set(ref_values))
-            p_value = paired_p_value([ref_values[s] for s in seeds], [mine[s] for s in seeds])
-        rows[method][col.key] = Stat(
-            stat.mean,
-            stat.half_width,
-            stat.n,
-            stat.fmt,
-            best=is_best,
+        p_holm = adjusted.get(method)
+        rows[method][col.key] = replace(
+            rows[method][col.key],
+            best=method in best,
             rank=float(rank),
-            p_value=p_value,
-            tied=p_value is not None and p_value >= ALPHA,
+            p_value=raw.get(method),
+            p_holm=p_holm,
+            tied=p_holm is not None and p_holm >= ALPHA,
         )
+    if not sds:
+        return math.nan
+    return min_detectable_difference(math.sqrt(float(np.mean(np.square(sds)))), min(pairs))
+
+
+def _separated_from_random(by_method: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[str]:
+    """Methods whose subset-value gain over the random subset differs from 0, Holm-corrected.
+
+    The gain of one seed is the paired difference between the method's subset and the random
+    subset of that seed, so a one-sample t-test of the gains against 0 is the paired t-test of
+    the method against random selection.
+    """
+    raw: dict[str, float] = {}
+    for method, records in by_method.items():
+        gains = list(_seed_values(records, gain_over_random).values())
+        p_value = paired_p_value(gains, [0.0] * len(gains))
+        if p_value is not None:
+            raw[method] = p_value
+    return sorted(m for m, p in holm(raw).items() if p < ALPHA)
 
 
 def summarise(
@@ -471,12 +656,14 @@ def summarise(
         for rec in recs:
             by_method[str(rec.get("method", ""))].append(rec)
         rows: dict[str, dict[str, Stat]] = {
-            m: {c.key: _stat((c.extract(r) for r in by_method[m]), c.fmt) for c in candidates}
+            m: {
+                c.key: _stat((c.extract(r) for r in by_method[m]), c.fmt, c.bounds)
+                for c in candidates
+            }
             for m in sorted(by_method)
         }
         columns = [c for c in candidates if any(rows[m][c.key].present for m in rows)]
-        for col in columns:
-            _mark_column(col, rows, by_method)
+        detectable = {col.key: _mark_column(col, rows, by_method) for col in columns}
         notes = []
         if partial[(dataset, noise)]:
             listed = ", ".join(f"{m} ({n})" for m, n in sorted(partial[(dataset, noise)].items()))
@@ -508,6 +695,8 @@ def summarise(
                 records={m: by_method[m] for m in sorted(by_method)},
                 partial=dict(sorted(partial[(dataset, noise)].items())),
                 partial_included=include_partial,
+                detectable=detectable,
+                separated_from_random=_separated_from_random(by_method),
             )
         )
     return out
@@ -516,9 +705,23 @@ def summarise(
 # --------------------------------------------------------------------------- across datasets
 
 
+MIN_CD_BLOCKS = 5
+"""Fewest datasets (blocks) for the Friedman test and the Nemenyi CD diagram.
+
+Below it the χ² and F approximations of the Friedman statistic are poor (Demšar 2006 asks for
+more datasets than that), and the critical difference is so wide that nothing can be separated:
+with 2 methods on 3 datasets, or 3 methods on 2, the CD exceeds the largest possible difference
+of average ranks. A diagram drawn there only looks like evidence.
+"""
+
+
 @dataclass(frozen=True)
 class CDResult:
-    """Average ranks across groups with the Friedman test and the Nemenyi critical difference."""
+    """Average ranks across datasets with the Friedman test and the Nemenyi critical difference.
+
+    Each dataset is one block: a method's value on it is its mean over the dataset's noise rates,
+    so a dataset run at two noise rates is not counted twice.
+    """
 
     key: str
     label: str
@@ -527,6 +730,8 @@ class CDResult:
     average_ranks: dict[str, float]
     friedman_chi2: float
     friedman_p: float
+    iman_davenport_f: float
+    iman_davenport_p: float
     critical_difference: float
     cliques: list[list[str]]  # maximal runs of methods whose ranks differ by less than the CD
 
@@ -542,30 +747,62 @@ def _nemenyi_q(k: int, alpha: float = ALPHA) -> float:
     return float(stats.studentized_range.ppf(1.0 - alpha, k, np.inf)) / math.sqrt(2.0)
 
 
-def friedman_nemenyi(groups: Sequence[GroupSummary], key: str) -> CDResult | None:
-    """Friedman + Nemenyi over the groups on column ``key`` (Demšar 2006).
+def dataset_blocks(
+    groups: Sequence[GroupSummary], key: str
+) -> tuple[list[str], list[str], np.ndarray]:
+    """The Friedman blocks of column ``key``: datasets, methods, values (methods × datasets).
 
-    Only methods with a value in every group take part. None with fewer than 2 groups or 2
-    methods.
+    A method's value on a dataset is its mean over the dataset's noise rates; only methods with
+    a value at every noise rate of every dataset take part.
     """
-    blocks = [g for g in groups if g.column(key) is not None]
-    if len(blocks) < 2:
-        return None
-    col = blocks[0].column(key)
-    assert col is not None
+    by_dataset: dict[str, list[GroupSummary]] = defaultdict(list)
+    for g in groups:
+        if g.column(key) is not None:
+            by_dataset[g.dataset].append(g)
+    datasets = sorted(by_dataset)
+    if not datasets:
+        return [], [], np.zeros((0, 0))
     methods = sorted(
-        set.intersection(*({m for m in g.rows if g.rows[m][key].present} for g in blocks))
+        set.intersection(
+            *(
+                {m for m in g.rows if g.rows[m][key].present}
+                for gs in by_dataset.values()
+                for g in gs
+            )
+        )
     )
-    k, n = len(methods), len(blocks)
-    if k < 2:
+    values = np.array(
+        [
+            [float(np.mean([g.rows[m][key].mean for g in by_dataset[d]])) for d in datasets]
+            for m in methods
+        ]
+    ).reshape(len(methods), len(datasets))
+    return datasets, methods, values
+
+
+def friedman_nemenyi(
+    groups: Sequence[GroupSummary], key: str, min_blocks: int = MIN_CD_BLOCKS
+) -> CDResult | None:
+    """Friedman, Iman–Davenport and Nemenyi over the datasets on column ``key`` (Demšar 2006).
+
+    Blocks are datasets (:func:`dataset_blocks`). None with fewer than ``min_blocks`` datasets
+    (:data:`MIN_CD_BLOCKS`) or 2 methods.
+    """
+    datasets, methods, matrix = dataset_blocks(groups, key)
+    k, n = len(methods), len(datasets)
+    if n < max(2, min_blocks) or k < 2:
         return None
-    matrix = np.array([[g.rows[m][key].mean for g in blocks] for m in methods])
+    col = next(c for g in groups if (c := g.column(key)) is not None)
     ranks = rank_columns(matrix, higher_is_better=col.higher_is_better)
     avg = ranks.mean(axis=1)
     chi2 = 12.0 * n / (k * (k + 1)) * (float(np.sum(avg**2)) - k * (k + 1) ** 2 / 4.0)
     from scipy import stats
 
     p = float(stats.chi2.sf(chi2, k - 1))
+    # Iman & Davenport's F form of the statistic: less conservative than the χ² one.
+    denominator = n * (k - 1) - chi2
+    f_stat = (n - 1) * chi2 / denominator if denominator > 1e-12 else math.inf
+    f_p = float(stats.f.sf(f_stat, k - 1, (k - 1) * (n - 1))) if math.isfinite(f_stat) else 0.0
     cd = _nemenyi_q(k) * math.sqrt(k * (k + 1) / (6.0 * n))
     order = sorted(range(k), key=lambda i: (avg[i], methods[i]))
     cliques: list[list[str]] = []
@@ -579,11 +816,13 @@ def friedman_nemenyi(groups: Sequence[GroupSummary], key: str) -> CDResult | Non
     return CDResult(
         key=key,
         label=col.label,
-        blocks=[g.title for g in blocks],
+        blocks=datasets,
         methods=methods,
         average_ranks={methods[i]: float(avg[i]) for i in order},
         friedman_chi2=float(chi2),
         friedman_p=p,
+        iman_davenport_f=float(f_stat),
+        iman_davenport_p=f_p,
         critical_difference=float(cd),
         cliques=cliques,
     )
@@ -597,13 +836,17 @@ def _num(value: float | None) -> float | None:
 
 
 def _stat_json(stat: Stat) -> dict[str, Any]:
+    interval = stat.interval
     return {
         "mean": _num(stat.mean),
         "ci_half_width": _num(stat.half_width),
+        "ci_low": None if interval is None else _num(interval[0]),
+        "ci_high": None if interval is None else _num(interval[1]),
         "n": stat.n,
         "rank": _num(stat.rank),
         "best": stat.best,
         "p_vs_best": _num(stat.p_value),
+        "p_vs_best_holm": _num(stat.p_holm),
         "not_significantly_worse": stat.tied,
     }
 
@@ -617,7 +860,14 @@ def summary_json(
         "run": manifest.get("name"),
         "config_hash": manifest.get("config_hash"),
         "confidence": CONFIDENCE,
-        "test": {"name": TEST_NAME, "alpha": ALPHA, "against": "the best mean of the column"},
+        "interval": INTERVAL_NAME,
+        "test": {
+            "name": TEST_NAME,
+            "alpha": ALPHA,
+            "against": "the best mean of the column",
+            "correction": f"{CORRECTION} over the methods tested in each column",
+            "detectable_difference_power": POWER,
+        },
         "groups": [
             {
                 "dataset": g.dataset,
@@ -645,6 +895,8 @@ def summary_json(
                 },
                 "best": {c.key: g.best_methods(c.key) for c in g.columns},
                 "partial_cells": g.partial,
+                "min_detectable_difference": {k: _num(v) for k, v in g.detectable.items()},
+                "separated_from_random": g.separated_from_random,
                 "partial_included": g.partial_included,
             }
             for g in groups
@@ -656,6 +908,8 @@ def summary_json(
                 "average_ranks": r.average_ranks,
                 "friedman_chi2": _num(r.friedman_chi2),
                 "friedman_p": _num(r.friedman_p),
+                "iman_davenport_f": _num(r.iman_davenport_f),
+                "iman_davenport_p": _num(r.iman_davenport_p),
                 "nemenyi_critical_difference": _num(r.critical_difference),
                 "cliques": r.cliques,
             }

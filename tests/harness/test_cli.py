@@ -216,3 +216,47 @@ def test_config_hostile_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     err = _refused(["--config", str(config), *SMALL, "--out", str(out)], capsys)
     assert "is not UTF-8 text" in err
     assert not out.exists()
+
+
+def test_run_help_shows_every_presets_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    from valbench.spec import PRESETS
+
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    out = capsys.readouterr().out
+    for name, preset in PRESETS.items():
+        (line,) = [x for x in out.splitlines() if x.strip().startswith(f"{name}")]
+        assert ", ".join(preset["datasets"]) in line
+        assert f"seeds {preset['seeds']}" in line
+        assert f"budget {preset['budget']}" in line
+        assert "noise " + ", ".join(f"{n:g}" for n in preset["noise"]) in line
+        assert f"max_train {preset['max_train'] or 'all'}" in line
+    assert "pass --noise 0 to value your" in out
+
+
+def _stop_before_running(monkeypatch: pytest.MonkeyPatch) -> None:
+    import valbench.runner
+
+    def execute(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt  # the run itself is not what these tests look at
+
+    monkeypatch.setattr(valbench.runner, "execute", execute)
+
+
+def test_run_on_file_data_says_it_plants_label_flips(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "my.csv"
+    data.write_text("a,b,label\n1,2,0\n3,4,1\n")
+    _stop_before_running(monkeypatch)
+    base = ["run", "--methods", "random", "--datasets", f"file:{data}", "--out", str(tmp_path)]
+    main(base)  # the preset's noise, 0.1
+    err = capsys.readouterr().err
+    assert (
+        f"planting 10% label flips in file:{data}; pass --noise 0 to value your labels as given"
+        in err
+    )
+    main([*base, "--noise", "0"])
+    assert "planting" not in capsys.readouterr().err
+    main(["run", "--methods", "random", "--datasets", "synthetic", "--out", str(tmp_path)])
+    assert "planting" not in capsys.readouterr().err  # built-in data: nothing to say

@@ -330,6 +330,65 @@ def test_two_means_two_distinct_values_no_warning() -> None:
         assert M.two_means_f1(scores, mask) == pytest.approx(0.8)
 
 
+# Scores on which sklearn's KMeans (n_init=10) stops in a local optimum: it flags the 8 lowest
+# (SSE 4.8074) where the 7 lowest are optimal (SSE 4.5532, by the table in the test below).
+KMEANS_TRAP = np.array([-0.002, 0.263, 0.001, -0.154, 0.047, 2.217, 0.849, -0.349, -2.026])
+
+
+def _sse(values: np.ndarray, low: np.ndarray) -> float:
+    return float(sum(((values[f] - values[f].mean()) ** 2).sum() for f in (low, ~low)))
+
+
+def test_two_means_split_by_hand() -> None:
+    # [0, 1, 2, 3, 10]: split after 3 costs 5 + 0, after 2 costs 2 + 24.5, after 0 costs 0 + 50
+    assert M.two_means_split(np.array([3.0, 10.0, 0.0, 2.0, 1.0])).tolist() == [
+        True,
+        False,
+        True,
+        True,
+        True,
+    ]
+    # KMEANS_TRAP sorted; SSE of the split after the i lowest, i = 1..8:
+    # 4.8217 5.6550 5.9271 6.0751 5.8279 5.2358 4.5532 4.8074 -> the 7 lowest
+    ranked = np.sort(KMEANS_TRAP)
+    table = [_sse(ranked, np.arange(9) < i) for i in range(1, 9)]
+    assert table == pytest.approx(
+        [4.8217, 5.6550, 5.9271, 6.0751, 5.8279, 5.2358, 4.5532, 4.8074], abs=1e-4
+    )
+    low = M.two_means_split(KMEANS_TRAP)
+    assert sorted(KMEANS_TRAP[low]) == sorted(ranked[:7])
+    # the 0.849 point is clean: flagging it (as KMeans did) would cost precision
+    mask = KMEANS_TRAP < 0.5
+    assert M.two_means_f1(KMEANS_TRAP, mask) == pytest.approx(1.0)
+    # ties stay together whatever the order of the points
+    tied = np.array([0.0, 0.0, 1.0, 1.0, 1.0, 5.0])
+    assert M.two_means_split(tied).tolist() == [True] * 5 + [False]
+    assert M.two_means_split(tied[::-1]).tolist() == [False] + [True] * 5
+
+
+def test_two_means_f1_equals_brute_force_over_all_labelings() -> None:
+    rng = np.random.default_rng(7)
+    cases = [KMEANS_TRAP] + [rng.normal(size=n) ** 3 for n in range(2, 11) for _ in range(25)]
+    for scores in cases:
+        n = scores.size
+        mask = rng.random(n) < 0.3
+        mask[0] = True
+        best_sse, best_low = math.inf, None
+        for code in range(1, 2**n - 1):  # every labelling with two non-empty clusters
+            side = np.array([(code >> i) & 1 for i in range(n)], dtype=bool)
+            cost = _sse(scores, side)
+            if cost < best_sse - 1e-12:
+                low = side if scores[side].mean() < scores[~side].mean() else ~side
+                best_sse, best_low = cost, low
+        assert best_low is not None
+        got = M.two_means_split(scores)
+        assert _sse(scores, got) == pytest.approx(best_sse, abs=1e-12)
+        assert got.tolist() == best_low.tolist()
+        tp = int((best_low & mask).sum())
+        want = 2 * tp / (int(best_low.sum()) + int(mask.sum()))
+        assert M.two_means_f1(scores, mask) == pytest.approx(want)
+
+
 def test_mislabel_metrics() -> None:
     out = M.mislabel_metrics(SCORES, NOISY)
     assert set(out) == {

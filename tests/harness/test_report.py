@@ -273,10 +273,14 @@ def test_best_mean_per_column_is_bold(run_dir: Path) -> None:
     for col in ("subset_value@0.05", "subset_value@0.2", "mislabel.auc", "mislabel.f1_2means"):
         bold = {m for m in BASES if table[m][col]["bold"]}
         assert bold == {"knn"}, col
-    # lower is better: removal AUC, wall time, memory, fits -> random (smallest base)
-    for col in ("removal.auc", "cost.wall_s", "cost.peak_mem_mb", "cost.model_fits"):
+    # lower is better: removal AUC, CPU and wall time, memory -> random (smallest base)
+    for col in ("removal.auc", "cost.cpu_s", "cost.wall_s", "cost.peak_mem_mb"):
         bold = {m for m in BASES if table[m][col]["bold"]}
         assert bold == {"random"}, col
+    # a fit is a different amount of work per method: fits are shown, never ranked
+    for col in ("cost.model_fits", "cost.fits_per_s"):
+        assert not any(table[m].get(col, {}).get("bold") for m in BASES), col
+        assert not any(table[m].get(col, {}).get("rank") for m in BASES), col
 
 
 def test_failed_cell_shows_type_message_and_traceback(run_dir: Path) -> None:

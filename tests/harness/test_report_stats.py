@@ -1,0 +1,228 @@
+"""The report's statistics mean what they say: intervals, blocks, multiplicity, detectability."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+from scipy import stats
+from test_report_fakes import fake_run, read_jsonl
+
+from valbench.summary import (
+    MIN_CD_BLOCKS,
+    friedman_nemenyi,
+    holm,
+    min_detectable_difference,
+    summarise,
+    summary_json,
+)
+
+
+def _line(method: str, seed: int, chosen: float, random: float = 0.5, **extra: Any) -> dict:
+    """A minimal ok line: one fraction's subset value against the random subset's."""
+    return {
+        "status": "ok",
+        "dataset": extra.get("dataset", "d"),
+        "noise": extra.get("noise", 0.1),
+        "method": method,
+        "seed": seed,
+        "cost": {"cpu_s": extra.get("cpu_s", 1.0)},
+        "metrics": {
+            "subset_value": {"0.1": chosen},
+            "random_subset_value": {"0.1": random},
+            "mislabel": {"recall_at_noise": extra.get("recall", chosen)},
+        },
+    }
+
+
+# --------------------------------------------------------------------------- 1. intervals
+
+
+def test_two_far_apart_seeds_never_give_an_interval_outside_the_metric_range() -> None:
+    # 2 seeds: the t quantile is 12.7, so mean ± half-width runs far past [0, 1]
+    records = [_line("m", 0, 0.99, 0.02), _line("m", 1, 0.02, 0.99), _line("r", 0, 0.5, 0.5)]
+    (group,) = summarise(records)
+    acc = group.rows["m"]["subset_value@0.1"]
+    assert acc.half_width > 1.0  # the raw Student-t half-width is kept (summary.json has it)
+    assert acc.interval == (0.0, 1.0)
+    assert acc.clipped and acc.text == "0.505 [0.000, 1.000]"
+    recall = group.rows["m"]["mislabel.recall_at_noise"]
+    assert recall.interval == (0.0, 1.0)
+    gain = group.rows["m"]["gain"]  # +97 and −97 points: the interval stays within ±100
+    assert gain.interval == (-100.0, 100.0) and "±" not in gain.text
+    exported = summary_json({}, [group], [])["groups"][0]["methods"]["m"]["values"]
+    for key, (low, high) in {
+        "subset_value@0.1": (0.0, 1.0),
+        "mislabel.recall_at_noise": (0.0, 1.0),
+        "gain": (-100.0, 100.0),
+    }.items():
+        assert low <= exported[key]["ci_low"] <= exported[key]["ci_high"] <= high
+    # an interval inside the range is shown as before
+    near = summarise([_line("m", 0, 0.70), _line("m", 1, 0.72)])[0].rows["m"]["subset_value@0.1"]
+    assert not near.clipped and near.text == f"0.710 ± {near.half_width:.3f}"
+
+
+# --------------------------------------------------------------------------- 2. Friedman blocks
+
+
+def _two_noise_rates(tmp_path: Any, datasets: tuple[str, ...]) -> list[dict]:
+    records = []
+    for i, noise in enumerate((0.1, 0.2)):
+        run = fake_run(
+            tmp_path / f"n{i}",
+            methods=("a", "b", "c"),
+            datasets=datasets,
+            seeds=1,
+            noise=noise,
+            two_d=(),
+            seed=i,
+        )
+        records += read_jsonl(run)
+    return records
+
+
+def test_friedman_blocks_are_datasets_with_noise_rates_averaged(tmp_path: Any) -> None:
+    # names of different lengths: the fake skill of a method depends on it, so ranks differ
+    datasets = tuple("d" * (i + 1) for i in range(MIN_CD_BLOCKS))
+    groups = summarise(_two_noise_rates(tmp_path, datasets))
+    assert len(groups) == 2 * MIN_CD_BLOCKS
+    res = friedman_nemenyi(groups, "gain")
+    assert res is not None
+    assert res.blocks == list(datasets)  # each dataset once, not once per noise rate
+    # ranks of the mean over the two noise rates, by hand
+    ranks: dict[str, list[float]] = {m: [] for m in ("a", "b", "c")}
+    for d in datasets:
+        means = {
+            m: sum(g.rows[m]["gain"].mean for g in groups if g.dataset == d) / 2 for m in ranks
+        }
+        for m, r in zip(means, stats.rankdata([-v for v in means.values()]), strict=True):
+            ranks[m].append(float(r))
+    for m, rs in ranks.items():
+        assert res.average_ranks[m] == pytest.approx(sum(rs) / len(rs))
+    k, n = 3, MIN_CD_BLOCKS
+    q = stats.studentized_range.ppf(0.95, k, math.inf) / math.sqrt(2)
+    assert res.critical_difference == pytest.approx(q * math.sqrt(k * (k + 1) / (6 * n)))
+    chi2 = res.friedman_chi2
+    f = (n - 1) * chi2 / (n * (k - 1) - chi2)
+    assert res.iman_davenport_f == pytest.approx(f)
+    assert res.iman_davenport_p == pytest.approx(stats.f.sf(f, k - 1, (k - 1) * (n - 1)))
+
+
+def test_no_friedman_or_cd_with_fewer_than_the_minimum_datasets(tmp_path: Any) -> None:
+    # 4 datasets at 2 noise rates: 8 (dataset, noise) groups, but only 4 blocks
+    datasets = tuple("d" * (i + 1) for i in range(MIN_CD_BLOCKS - 1))
+    groups = summarise(_two_noise_rates(tmp_path, datasets))
+    assert len(groups) == 8
+    assert friedman_nemenyi(groups, "gain") is None
+
+
+# --------------------------------------------------------------------------- 3. Holm, MDD
+
+
+def test_holm_adjusted_p_values() -> None:
+    got = holm({"a": 0.01, "b": 0.04, "c": 0.03})
+    # sorted a, c, b: 3·0.01, max(0.03, 2·0.03), max(0.06, 1·0.04)
+    assert got == pytest.approx({"a": 0.03, "c": 0.06, "b": 0.06})
+    assert holm({"x": 0.4, "y": 0.7}) == pytest.approx({"x": 0.8, "y": 0.8})
+    assert holm({}) == {}
+
+
+def test_tied_mark_uses_the_holm_corrected_p() -> None:
+    best = [0.80, 0.82, 0.78]
+    gaps = {"m1": (0.02, 0.03, 0.04), "m2": (0.03, 0.04, 0.06)}
+    records = [_line("best", s, v) for s, v in enumerate(best)]
+    for method, gap in gaps.items():
+        records += [_line(method, s, v - g) for s, (v, g) in enumerate(zip(best, gap, strict=True))]
+    (group,) = summarise(records)
+    raw = {
+        m: stats.ttest_rel(best, [v - g for v, g in zip(best, gap, strict=True)]).pvalue
+        for m, gap in gaps.items()
+    }
+    assert all(p < 0.05 for p in raw.values())  # each alone would be "significantly worse"
+    for method in gaps:
+        stat = group.rows[method]["subset_value@0.1"]
+        assert stat.p_value == pytest.approx(raw[method])
+        assert stat.p_holm == pytest.approx(2 * min(raw.values()))
+        assert stat.tied  # but not after correcting for the two comparisons
+
+
+def test_minimum_detectable_difference_formula_and_group_value() -> None:
+    # (t[0.975, 2] + t[0.8, 2]) / √3 = (4.303 + 1.061) / 1.732
+    assert min_detectable_difference(1.0, 3) == pytest.approx(3.0968, abs=1e-3)
+    assert math.isnan(min_detectable_difference(1.0, 1))
+    best = [0.80, 0.82, 0.78]
+    gap = (0.02, 0.03, 0.04)
+    records = [_line("best", s, v) for s, v in enumerate(best)]
+    records += [_line("m", s, v - g) for s, (v, g) in enumerate(zip(best, gap, strict=True))]
+    (group,) = summarise(records)
+    sd = stats.tstd(gap)
+    want = (stats.t.ppf(0.975, 2) + stats.t.ppf(0.8, 2)) * sd / math.sqrt(3)
+    assert group.detectable["subset_value@0.1"] == pytest.approx(want)
+
+
+def test_separated_from_random_is_a_holm_corrected_paired_test_against_random() -> None:
+    noisy = [_line("m", s, 0.5 + d) for s, d in enumerate((0.05, -0.04, 0.01))]
+    (group,) = summarise(noisy)
+    assert group.separated_from_random == []
+    clear = noisy + [_line("good", s, 0.7 + d) for s, d in enumerate((0.01, 0.02, 0.0))]
+    (group,) = summarise(clear)
+    assert group.separated_from_random == ["good"]
+
+
+# --------------------------------------------------------------------------- 5. cost
+
+
+def test_costs_are_compared_in_cpu_seconds_and_fits_are_not_ranked() -> None:
+    from valbench.figures import pareto_points
+
+    # "cheap" fits little but burns CPU; "dear" fits a lot in little CPU time
+    records = []
+    for s in range(3):
+        for method, cpu, fits, gain in (("cheap", 9.0, 10, 0.2), ("dear", 1.0, 900, 0.1)):
+            line = _line(method, s, 0.5 + gain + 0.01 * s, cpu_s=cpu + 0.1 * s)
+            line["cost"].update(wall_s=1.0, model_fits=fits + s)
+            records.append(line)
+    (group,) = summarise(records)
+    assert group.best_methods("cost.cpu_s") == ["dear"]
+    fits = group.rows["cheap"]["cost.model_fits"]
+    assert not fits.best and math.isnan(fits.rank) and fits.p_value is None
+    assert group.best_methods("cost.model_fits") == []
+    assert {m: t for m, t, _ in pareto_points(group)} == pytest.approx({"cheap": 9.1, "dear": 1.1})
+
+
+# --------------------------------------------------------------------------- the page
+
+
+def test_page_states_intervals_corrections_limits_and_planted_flips(tmp_path: Any) -> None:
+    import json
+
+    from valbench.report import render_report
+
+    name = "file:my.csv"
+    run = fake_run(tmp_path / "r", methods=("a", "b"), datasets=(name,), seeds=2, two_d=())
+    # two seeds far apart, and no method separable from random
+    records = [
+        _line(m, s, v, r, dataset=name, recall=v)
+        for m, pairs in {
+            "a": ((0.95, 0.10), (0.05, 0.90)),
+            "b": ((0.50, 0.52), (0.60, 0.57)),
+        }.items()
+        for s, (v, r) in enumerate(pairs)
+    ]
+    for rec in records:
+        rec["cell_id"] = f"{rec['method']}.{rec['seed']}"
+    (run / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    html = render_report(run).read_text(encoding="utf-8")
+    top = html.split('id="summary"')[1].split("<h3>")[0]
+    assert "This run is too small to rank methods" in top
+    assert f"valbench planted 10% label flips in {name}" in top and "--noise 0" in top
+    legend = html.split('class="note legend"')[1].split("</p>")[0]
+    assert "clipped to that range and shown as [low, high]" in legend
+    assert "Holm-corrected" in legend and "detectable difference" in legend
+    assert "CPU seconds" in legend and "(planted flips)" in legend
+    assert "mislabel detection (planted flips)</th>" in html
+    table = html.split('id="table-file_my.csv-noise0.1"')[1].split("</table>")[0]
+    assert "0.500 [0.000, 1.000]" in table  # method a's subset value: 0.95 and 0.05
+    assert 'data-method="detectable difference"' in table
+    assert "this run has 1 dataset and they need at least 5" in html
