@@ -364,13 +364,17 @@ def _mark_partial(run: Path, method: str, use_stats: bool) -> None:
 
 @pytest.mark.parametrize("use_stats", [False, True])
 def test_partial_cells_are_never_ranked_as_complete(tmp_path: Path, use_stats: bool) -> None:
-    run = fake_run(tmp_path / "run", methods=("random", "loo", "knn-shapley"), seeds=2)
+    datasets = ("d1", "d2", "d3", "d4", "d5")  # enough blocks for the cross-dataset ranks
+    run = fake_run(
+        tmp_path / "run", methods=("random", "loo", "knn-shapley"), datasets=datasets, seeds=2
+    )
     _mark_partial(run, "loo", use_stats)
     render_report(run)
     summary = json.loads((run / "summary.json").read_text())
     for group in summary["groups"]:
         assert "loo" not in group["methods"] and group["partial_cells"] == {"loo": 2}
         assert all("loo" not in best for best in group["best"].values())
+    assert summary["across_datasets"]
     assert all("loo" not in r["average_ranks"] for r in summary["across_datasets"])
     page = (run / "index.html").read_text()
     assert "Partial cells" in page and "--include-partial" in page and "(partial)" in page
