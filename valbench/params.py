@@ -301,7 +301,10 @@ def check_params(
             hint = (
                 f"; e.g. --param {name}.{key}={toml_value(example)}" if example is not None else ""
             )
-            shown = repr(value)
+            # Shown as --param reads it: the user typed `true`, not `True`.
+            shown = (
+                toml_value(value) if isinstance(value, bool | str | int | float) else repr(value)
+            )
             if len(shown) > 60:  # a pasted blob must not flood the one line
                 shown = shown[:57] + "..."
             raise UsageError(f"{kind} {name!r}: {key}={shown} is not {spec.allowed(value)}{hint}")
