@@ -315,8 +315,12 @@ def assign_params(obj: object, params: Mapping[str, Any], *, kind: str) -> None:
     ``obj`` under its own name, defaults filled in."""
     cls = type(obj)
     check_params(cls, params, kind=kind)
+    own = getattr(obj, "__dict__", {})
     for key, spec in declared_params(cls).items():
-        setattr(obj, key, params[key] if key in params else spec.default)
+        if key in params:
+            setattr(obj, key, params[key])
+        elif key not in own:  # a plugin's __init__ may have stored it before calling super()
+            setattr(obj, key, spec.default)
 
 
 _MISSING = object()

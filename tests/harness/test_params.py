@@ -307,6 +307,22 @@ def test_signature_declarations_keep_plugins_working_and_checked() -> None:
     check_method(Legacy)
 
 
+class StoresFirst(_Plugin):
+    """Stores its own parameter, then hands the rest to the base (legacy style)."""
+
+    name = "stores-first"
+
+    def __init__(self, *, k: int = 5, seconds: float = 0.5) -> None:
+        self.k = k
+        super().__init__(seconds=seconds)
+
+
+def test_the_base_init_keeps_what_a_plugin_stored_before_calling_it() -> None:
+    assert StoresFirst(k=9).get_params() == {"k": 9, "seconds": 0.5}
+    with pytest.raises(UsageError, match="seconds"):
+        StoresFirst(seconds="x")  # type: ignore[arg-type]
+
+
 def test_a_parameter_stored_under_another_name_fails_get_params_and_the_kit() -> None:
     method = PrivParam(k=9)
     with pytest.raises(AttributeError, match="stored no attribute 'k'.*self.k = k"):
