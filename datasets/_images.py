@@ -33,6 +33,7 @@ import numpy as np
 from valbench.cache import config_key, data_dir
 from valbench.data import pool_split_indices
 from valbench.errors import DatasetError, UsageError, printable
+from valbench.params import Interval, Options, Param
 from valbench.types import Dataset, DatasetSplits, Relabel
 
 __all__ = [
@@ -448,38 +449,69 @@ class ImageDataset(Dataset):
     #: Validation rows when ``n_val`` is None (None: ``val_fraction`` of the pool).
     default_n_val: ClassVar[int | None] = None
 
-    def __init__(
-        self,
-        *,
-        features: str = "raw",
-        pca: int | None = None,
-        n_train: int | None = None,
-        n_val: int | None = None,
-        n_test: int | None = None,
-        val_fraction: float = 0.2,
-        test_fraction: float = 0.2,
-        cnn_epochs: int = 8,
-        cnn_dim: int = 64,
-        cnn_width: int = 16,
-        pretrained_size: int = 224,
-        cache_features: bool = True,
-        data_dir: str | None = None,
-        root: str | None = None,
-    ) -> None:
-        self.features = features
-        self.pca = pca
-        self.n_train = n_train
-        self.n_val = n_val
-        self.n_test = n_test
-        self.val_fraction = val_fraction
-        self.test_fraction = test_fraction
-        self.cnn_epochs = cnn_epochs
-        self.cnn_dim = cnn_dim
-        self.cnn_width = cnn_width
-        self.pretrained_size = pretrained_size
-        self.cache_features = cache_features
-        self.data_dir = data_dir
-        self.root = root
+    parameters = {
+        "features": Param(
+            "raw",
+            Options(str, FEATURES),
+            doc="raw pixels, cnn (a small CNN on the training split) or pretrained",
+        ),
+        "pca": Param(
+            None,
+            Interval(int, 1, None),
+            None,
+            doc="with raw: principal components kept (None: all pixels)",
+        ),
+        "n_train": Param(
+            None, Interval(int, 1, None), None, doc="cap on training rows (None: no cap)"
+        ),
+        "n_val": Param(
+            None, Interval(int, 1, None), None, doc="validation rows (None: the dataset's default)"
+        ),
+        "n_test": Param(
+            None, Interval(int, 1, None), None, doc="test rows (None: the dataset's default)"
+        ),
+        "val_fraction": Param(
+            0.2,
+            Interval(float, 0, 1, closed="neither"),
+            doc="share of the pool used for validation when n_val is None",
+        ),
+        "test_fraction": Param(
+            0.2,
+            Interval(float, 0, 1, closed="neither"),
+            doc="share of the pool used for testing without a test set",
+        ),
+        "cnn_epochs": Param(8, Interval(int, 1, None), doc="training epochs of the small CNN"),
+        "cnn_dim": Param(
+            64, Interval(int, 1, None), doc="width of the CNN's penultimate layer = features"
+        ),
+        "cnn_width": Param(
+            16, Interval(int, 1, None), doc="channels of the CNN's first convolution"
+        ),
+        "pretrained_size": Param(
+            224, Interval(int, 1, None), doc="side of the ResNet-18 input crop"
+        ),
+        "cache_features": Param(
+            True, bool, doc="cache cnn/pretrained features in the data directory"
+        ),
+        "data_dir": Param(
+            None, str, None, doc="data directory (None: --data-dir, $VALBENCH_DATA or the cache)"
+        ),
+        "root": Param(None, str, None, doc="a torchvision root that may already hold the files"),
+    }
+    features: str
+    pca: int | None
+    n_train: int | None
+    n_val: int | None
+    n_test: int | None
+    val_fraction: float
+    test_fraction: float
+    cnn_epochs: int
+    cnn_dim: int
+    cnn_width: int
+    pretrained_size: int
+    cache_features: bool
+    data_dir: str | None
+    root: str | None
 
     # -- to implement ---------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ import numpy as np
 from valbench.data import pool_split_indices
 from valbench.datasets._images import ImageDataset
 from valbench.errors import DatasetError, UsageError
+from valbench.params import Interval, Param
 from valbench.types import Dataset, DatasetSplits
 
 __all__ = ["MNIST1DDataset", "MNIST5kDataset"]
@@ -93,18 +94,32 @@ class MNIST1DDataset(Dataset):
     info: ClassVar[dict[str, Any]] = {"rows": 5000, "classes": 10, "features": 40}
     n_classes: ClassVar[int] = 10
 
-    def __init__(
-        self,
-        *,
-        n_train: int | None = None,
-        n_val: int | None = None,
-        n_test: int | None = None,
-        val_fraction: float = 0.2,
-    ) -> None:
-        self.n_train = n_train
-        self.n_val = n_val
-        self.n_test = n_test
-        self.val_fraction = val_fraction
+    parameters = {
+        "n_train": Param(
+            None, Interval(int, 1, None), None, doc="cap on training rows (None: no cap)"
+        ),
+        "n_val": Param(
+            None,
+            Interval(int, 1, None),
+            None,
+            doc="validation rows (None: val_fraction of the pool)",
+        ),
+        "n_test": Param(
+            None,
+            Interval(int, 1, None),
+            None,
+            doc="test rows, a stratified subsample (None: all 1000)",
+        ),
+        "val_fraction": Param(
+            0.2,
+            Interval(float, 0, 1, closed="neither"),
+            doc="share of the pool used for validation when n_val is None",
+        ),
+    }
+    n_train: int | None
+    n_val: int | None
+    n_test: int | None
+    val_fraction: float
 
     @classmethod
     def available(cls) -> bool:

@@ -13,6 +13,7 @@ import numpy as np
 from sklearn.datasets import load_breast_cancer, load_digits, load_wine
 
 from valbench.data import resize_splits, stratified_splits
+from valbench.params import Interval, Param
 from valbench.types import Dataset, DatasetSplits
 
 __all__ = ["SklearnBundledDataset", "BreastCancerDataset", "DigitsDataset", "WineDataset"]
@@ -35,20 +36,30 @@ class SklearnBundledDataset(Dataset):
     #: Full size, classes and features, for ``valbench list``.
     info: ClassVar[dict[str, Any]] = {}
 
-    def __init__(
-        self,
-        *,
-        val_fraction: float = 0.2,
-        test_fraction: float = 0.2,
-        n_train: int | None = None,
-        n_val: int | None = None,
-        n_test: int | None = None,
-    ) -> None:
-        self.val_fraction = val_fraction
-        self.test_fraction = test_fraction
-        self.n_train = n_train
-        self.n_val = n_val
-        self.n_test = n_test
+    parameters = {
+        "val_fraction": Param(
+            0.2,
+            Interval(float, 0, 1, closed="neither"),
+            doc="share of rows held out for validation",
+        ),
+        "test_fraction": Param(
+            0.2, Interval(float, 0, 1, closed="neither"), doc="share of rows held out for testing"
+        ),
+        "n_train": Param(
+            None, Interval(int, 1, None), None, doc="cap on training rows (None: no cap)"
+        ),
+        "n_val": Param(
+            None, Interval(int, 1, None), None, doc="cap on validation rows (None: the whole split)"
+        ),
+        "n_test": Param(
+            None, Interval(int, 1, None), None, doc="cap on test rows (None: the whole split)"
+        ),
+    }
+    val_fraction: float
+    test_fraction: float
+    n_train: int | None
+    n_val: int | None
+    n_test: int | None
 
     @classmethod
     def available(cls) -> bool:

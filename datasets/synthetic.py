@@ -28,6 +28,7 @@ import numpy as np
 
 from valbench.data import resize_splits, stratified_splits
 from valbench.errors import UsageError
+from valbench.params import Interval, Param
 from valbench.types import Dataset, DatasetSplits
 
 __all__ = ["SyntheticDataset"]
@@ -58,26 +59,38 @@ class SyntheticDataset(Dataset):
     summary = "2-D Gaussian mixture with dense near-duplicate clusters (planted redundancy)"
     is_2d = True
 
-    def __init__(
-        self,
-        *,
-        n_samples: int = 1200,
-        n_classes: int = 3,
-        duplicate_fraction: float = 0.5,
-        clusters_per_class: int = 2,
-        cluster_spread: float = 0.01,
-        n_train: int | None = None,
-        n_val: int | None = None,
-        n_test: int | None = None,
-    ) -> None:
-        self.n_samples = n_samples
-        self.n_train = n_train
-        self.n_val = n_val
-        self.n_test = n_test
-        self.n_classes = n_classes
-        self.duplicate_fraction = duplicate_fraction
-        self.clusters_per_class = clusters_per_class
-        self.cluster_spread = cluster_spread
+    parameters = {
+        "n_samples": Param(
+            1200, Interval(int, 20, None), doc="points before splitting (at least 10 per class)"
+        ),
+        "n_classes": Param(3, Interval(int, 2, None), doc="number of classes"),
+        "duplicate_fraction": Param(
+            0.5,
+            Interval(float, 0, 1, closed="left"),
+            doc="share of points in the dense near-duplicate clusters",
+        ),
+        "clusters_per_class": Param(2, Interval(int, 1, None), doc="dense clusters per class"),
+        "cluster_spread": Param(
+            0.01, Interval(float, 0, None), doc="standard deviation of each dense cluster"
+        ),
+        "n_train": Param(
+            None, Interval(int, 1, None), None, doc="cap on training rows (None: the whole 60 %)"
+        ),
+        "n_val": Param(
+            None, Interval(int, 1, None), None, doc="cap on validation rows (None: the whole 20 %)"
+        ),
+        "n_test": Param(
+            None, Interval(int, 1, None), None, doc="cap on test rows (None: the whole 20 %)"
+        ),
+    }
+    n_samples: int
+    n_classes: int
+    duplicate_fraction: float
+    clusters_per_class: int
+    cluster_spread: float
+    n_train: int | None
+    n_val: int | None
+    n_test: int | None
 
     def _validate(self) -> None:
         if self.n_classes < 2:

@@ -12,6 +12,7 @@ import numpy as np
 from valbench import Method, RunContext, Valuation, ValuationTask
 from valbench.errors import UsageError
 from valbench.models import BatchedClassifier, Params
+from valbench.params import Interval, Options, Param
 
 __all__ = ["DataOOB", "bootstrap_counts", "weighted_fit"]
 
@@ -68,20 +69,33 @@ class DataOOB(Method):
     family = "retraining"
     summary = "Data-OOB (Kwon & Zou 2023): out-of-bag accuracy of a bootstrap ensemble."
 
-    def __init__(
-        self,
-        *,
-        n_estimators: int = 200,
-        weighting: str = "counts",
-        batch_size: int = 200,
-        warm_start: bool = False,
-        epochs: int | None = None,
-    ) -> None:
-        self.n_estimators = n_estimators
-        self.weighting = weighting
-        self.batch_size = batch_size
-        self.warm_start = warm_start
-        self.epochs = epochs
+    parameters = {
+        "n_estimators": Param(
+            200,
+            Interval(int, 1, None),
+            doc="bootstrap models B (fewer when the fit budget is smaller)",
+        ),
+        "weighting": Param(
+            "counts",
+            Options(str, WEIGHTINGS),
+            doc="counts: weight by draws (the paper); unique: subbagging",
+        ),
+        "batch_size": Param(200, Interval(int, 1, None), doc="models trained per batched fit"),
+        "warm_start": Param(
+            False, bool, doc="start every bootstrap model from the full-data model"
+        ),
+        "epochs": Param(
+            None,
+            Interval(int, 0, None),
+            None,
+            doc="optimisation steps per model (None: the model spec's)",
+        ),
+    }
+    n_estimators: int
+    weighting: str
+    batch_size: int
+    warm_start: bool
+    epochs: int | None
 
     def _check(self) -> None:
         if not isinstance(self.n_estimators, int) or self.n_estimators < 1:

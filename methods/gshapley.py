@@ -14,6 +14,7 @@ import torch
 
 from valbench import Method, RunContext, Valuation, ValuationTask
 from valbench.errors import UsageError
+from valbench.params import Interval, Options, Param
 
 __all__ = ["GShapley", "gshapley_marginals"]
 
@@ -108,20 +109,28 @@ class GShapley(Method):
     family = "retraining"
     summary = "G-Shapley (Ghorbani & Zou 2019): one SGD epoch per permutation, marginal = Δ score."
 
-    def __init__(
-        self,
-        *,
-        lr: float = 0.1,
-        l2: float = 0.0,
-        metric: str = "accuracy",
-        max_permutations: int = 100,
-        batch_size: int = 50,
-    ) -> None:
-        self.lr = lr
-        self.l2 = l2
-        self.metric = metric
-        self.max_permutations = max_permutations
-        self.batch_size = batch_size
+    parameters = {
+        "lr": Param(
+            0.1,
+            Interval(float, 0, None, closed="neither"),
+            doc="SGD learning rate, fixed for all steps",
+        ),
+        "l2": Param(
+            0.0, Interval(float, 0, None), doc="L2 penalty on the weights in each SGD step"
+        ),
+        "metric": Param(
+            "accuracy", Options(str, METRICS), doc="validation score whose change is the marginal"
+        ),
+        "max_permutations": Param(100, Interval(int, 1, None), doc="most permutations drawn"),
+        "batch_size": Param(
+            50, Interval(int, 1, None), doc="permutations run together as one batch of models"
+        ),
+    }
+    lr: float
+    l2: float
+    metric: str
+    max_permutations: int
+    batch_size: int
 
     def _check(self) -> None:
         if not (isinstance(self.lr, int | float) and self.lr > 0):

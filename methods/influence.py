@@ -12,6 +12,7 @@ import torch
 from valbench import Method, RunContext, Valuation, ValuationTask
 from valbench.errors import UsageError
 from valbench.methods import _gradients as gr
+from valbench.params import Interval, Options, Param
 
 __all__ = ["InfluenceFunction", "fit_for_gradients"]
 
@@ -90,30 +91,45 @@ class InfluenceFunction(Method):
         "Influence functions (Koh & Liang 2017): −Δ validation loss from up-weighting a point."
     )
 
-    def __init__(
-        self,
-        *,
-        solver: str = "auto",
-        damping: float = 1e-3,
-        layers: str = "last",
-        refine: bool = True,
-        self_influence: bool = True,
-        maxiter: int = 200,
-        tol: float = 1e-8,
-        lissa_depth: int = 1000,
-        lissa_scale: float | None = None,
-        chunk: int = 1024,
-    ) -> None:
-        self.solver = solver
-        self.damping = damping
-        self.layers = layers
-        self.refine = refine
-        self.self_influence = self_influence
-        self.maxiter = maxiter
-        self.tol = tol
-        self.lissa_depth = lissa_depth
-        self.lissa_scale = lissa_scale
-        self.chunk = chunk
+    parameters = {
+        "solver": Param("auto", Options(str, gr.SOLVERS), doc="inverse-Hessian solver"),
+        "damping": Param(
+            1e-3, Interval(float, 0, None), doc="lambda added to the Hessian's diagonal"
+        ),
+        "layers": Param(
+            "last",
+            Options(str, gr.LAYERS),
+            doc="parameters differentiated: an MLP's last layer or all",
+        ),
+        "refine": Param(True, bool, doc="finish a head's fit with float64 Newton steps"),
+        "self_influence": Param(True, bool, doc="also compute self-influence detection scores"),
+        "maxiter": Param(
+            200, Interval(int, 1, None), doc="most conjugate-gradient iterations per solve"
+        ),
+        "tol": Param(
+            1e-8,
+            Interval(float, 0, None, closed="neither"),
+            doc="relative tolerance of CG and LiSSA",
+        ),
+        "lissa_depth": Param(1000, Interval(int, 1, None), doc="most LiSSA recursion steps"),
+        "lissa_scale": Param(
+            None,
+            Interval(float, 0, None, closed="neither"),
+            None,
+            doc="LiSSA's sigma (None: 1.2 x a power-iteration estimate)",
+        ),
+        "chunk": Param(1024, Interval(int, 1, None), doc="points whose gradients are held at once"),
+    }
+    solver: str
+    damping: float
+    layers: str
+    refine: bool
+    self_influence: bool
+    maxiter: int
+    tol: float
+    lissa_depth: int
+    lissa_scale: float | None
+    chunk: int
 
     def _check(self) -> None:
         if self.solver not in gr.SOLVERS:

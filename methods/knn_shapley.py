@@ -26,6 +26,7 @@ import torch
 
 from valbench import Method, ProgressFn, RunContext, Valuation, ValuationTask, no_progress
 from valbench.errors import UsageError
+from valbench.params import Interval, Param
 
 __all__ = ["KNNShapley", "knn_shapley_values"]
 
@@ -105,9 +106,17 @@ class KNNShapley(Method):
     family = "retraining"
     summary = "Exact Shapley values of a K-nearest-neighbour utility (Jia et al. 2019); no fits."
 
-    def __init__(self, *, k: int = 5, chunk_size: int | None = None) -> None:
-        self.k = k
-        self.chunk_size = chunk_size
+    parameters = {
+        "k": Param(5, Interval(int, 1, None), doc="neighbours of the KNN utility"),
+        "chunk_size": Param(
+            None,
+            Interval(int, 1, None),
+            None,
+            doc="validation points processed at once (None: about 4M elements)",
+        ),
+    }
+    k: int
+    chunk_size: int | None
 
     def value(self, task: ValuationTask, ctx: RunContext) -> Valuation:
         if not isinstance(self.k, int) or self.k < 1:

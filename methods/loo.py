@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from valbench import Method, RunContext, Valuation, ValuationTask
+from valbench.params import Interval, Param
 
 __all__ = ["LeaveOneOut"]
 
@@ -26,9 +27,16 @@ class LeaveOneOut(Method):
     family = "retraining"
     summary = "Leave-one-out retraining: U(D) − U(D∖{i}) for every training point."
 
-    def __init__(self, *, warm_start: bool = False, batch_size: int = 64) -> None:
-        self.warm_start = warm_start
-        self.batch_size = batch_size
+    parameters = {
+        "warm_start": Param(
+            False, bool, doc="start every fit from the full-data solution (one more fit)"
+        ),
+        "batch_size": Param(
+            64, Interval(int, 1, None), doc="leave-one-out models trained per batched fit"
+        ),
+    }
+    warm_start: bool
+    batch_size: int
 
     def value(self, task: ValuationTask, ctx: RunContext) -> Valuation:
         n = task.n_train

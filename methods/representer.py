@@ -11,6 +11,7 @@ import torch
 from valbench import Method, RunContext, Valuation, ValuationTask
 from valbench.errors import UsageError
 from valbench.methods import _gradients as gr
+from valbench.params import Interval, Param
 
 __all__ = ["RepresenterPoints", "Representer", "fit_representer"]
 
@@ -81,9 +82,19 @@ class RepresenterPoints(Method):
     family = "gradient"
     summary = "Representer points (Yeh et al. 2018): last-layer representer values on validation."
 
-    def __init__(self, *, l2: float | None = None, chunk: int = 1024) -> None:
-        self.l2 = l2
-        self.chunk = chunk
+    parameters = {
+        "l2": Param(
+            None,
+            Interval(float, 0, None, closed="neither"),
+            None,
+            doc="L2 strength of the last-layer refit (None: the model's)",
+        ),
+        "chunk": Param(
+            1024, Interval(int, 1, None), doc="validation points whose kernel block is held at once"
+        ),
+    }
+    l2: float | None
+    chunk: int
 
     def value(self, task: ValuationTask, ctx: RunContext) -> Valuation:
         n = task.n_train

@@ -34,6 +34,7 @@ from valbench import (
     no_progress,
 )
 from valbench.errors import UsageError
+from valbench.params import Interval, Param
 
 __all__ = [
     "Game",
@@ -360,8 +361,12 @@ class ExactShapley(Method):
     summary = "Exact Shapley values by enumerating every subset (ground truth; n ≤ 14)."
     max_train: ClassVar[int | None] = 14
 
-    def __init__(self, *, batch_size: int = 256) -> None:
-        self.batch_size = batch_size
+    parameters = {
+        "batch_size": Param(
+            256, Interval(int, 1, None), doc="subsets handed to the utility engine per call"
+        ),
+    }
+    batch_size: int
 
     def value(self, task: ValuationTask, ctx: RunContext) -> Valuation:
         n = task.n_train
@@ -408,26 +413,36 @@ class TMCShapley(Method):
     family = "retraining"
     summary = "Truncated Monte-Carlo Data Shapley: permutation marginals with truncation."
 
-    def __init__(
-        self,
-        *,
-        max_permutations: int = 1000,
-        tolerance: float = 0.01,
-        truncation_steps: int = 5,
-        parallel: int = 16,
-        lookahead: int = 16,
-        convergence_tol: float = 0.05,
-        convergence_window: int = 20,
-        warm_start: bool = True,
-    ) -> None:
-        self.max_permutations = max_permutations
-        self.tolerance = tolerance
-        self.truncation_steps = truncation_steps
-        self.parallel = parallel
-        self.lookahead = lookahead
-        self.convergence_tol = convergence_tol
-        self.convergence_window = convergence_window
-        self.warm_start = warm_start
+    parameters = {
+        "max_permutations": Param(1000, Interval(int, 1, None), doc="most permutations walked"),
+        "tolerance": Param(
+            0.01, Interval(float, 0, None), doc="truncation tolerance, relative to |U(D)|"
+        ),
+        "truncation_steps": Param(
+            5, Interval(int, 0, None), doc="steps in a row within tolerance before truncating"
+        ),
+        "parallel": Param(16, Interval(int, 1, None), doc="permutations advanced together"),
+        "lookahead": Param(
+            16, Interval(int, 1, None), doc="prefixes per permutation evaluated per engine call"
+        ),
+        "convergence_tol": Param(
+            0.05, Interval(float, 0, None), doc="stop below this relative L1 change of the estimate"
+        ),
+        "convergence_window": Param(
+            20, Interval(int, 1, None), doc="permutations between the two estimates compared"
+        ),
+        "warm_start": Param(
+            True, bool, doc="start each block of prefixes from the previous longest"
+        ),
+    }
+    max_permutations: int
+    tolerance: float
+    truncation_steps: int
+    parallel: int
+    lookahead: int
+    convergence_tol: float
+    convergence_window: int
+    warm_start: bool
 
     def value(self, task: ValuationTask, ctx: RunContext) -> Valuation:
         n = task.n_train
@@ -465,9 +480,14 @@ class Semivalue(Method):
 
     family = "retraining"
 
-    def __init__(self, *, max_samples: int = 2000, batch_size: int = 64) -> None:
-        self.max_samples = max_samples
-        self.batch_size = batch_size
+    parameters = {
+        "max_samples": Param(
+            2000, Interval(int, 1, None), doc="most random subsets drawn, one model fit each"
+        ),
+        "batch_size": Param(64, Interval(int, 1, None), doc="subsets drawn and fitted per batch"),
+    }
+    max_samples: int
+    batch_size: int
 
     def size_weights(self, n: int) -> np.ndarray:
         """The law p(k) over coalition sizes k = 0 … n−1 that defines this semivalue."""
@@ -504,17 +524,21 @@ class BetaShapley(Semivalue):
     name = "beta-shapley"
     summary = "Beta Shapley semivalue (default Beta(16, 1)), maximum-sample-reuse estimate."
 
-    def __init__(
-        self,
-        *,
-        alpha: float = 16.0,
-        beta: float = 1.0,
-        max_samples: int = 2000,
-        batch_size: int = 64,
-    ) -> None:
-        super().__init__(max_samples=max_samples, batch_size=batch_size)
-        self.alpha = alpha
-        self.beta = beta
+    parameters = {
+        "alpha": Param(
+            16.0,
+            Interval(float, 0, None, closed="neither"),
+            doc="alpha of the Beta law over coalition sizes",
+        ),
+        "beta": Param(
+            1.0,
+            Interval(float, 0, None, closed="neither"),
+            doc="beta of the Beta law over coalition sizes",
+        ),
+        **Semivalue.parameters,
+    }
+    alpha: float
+    beta: float
 
     def size_weights(self, n: int) -> np.ndarray:
         """Beta-binomial law of coalition sizes (see :func:`beta_size_weights`)."""
@@ -531,9 +555,6 @@ class DataBanzhaf(Semivalue):
 
     name = "banzhaf"
     summary = "Data Banzhaf: mean U with the point − mean U without it, over random halves."
-
-    def __init__(self, *, max_samples: int = 2000, batch_size: int = 64) -> None:
-        super().__init__(max_samples=max_samples, batch_size=batch_size)
 
     def size_weights(self, n: int) -> np.ndarray:
         """Binomial(n − 1, 1/2): every coalition equally likely."""

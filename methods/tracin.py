@@ -10,6 +10,7 @@ from valbench import Method, RunContext, Valuation, ValuationTask
 from valbench.errors import UsageError
 from valbench.methods import _gradients as gr
 from valbench.models import Params
+from valbench.params import Interval, Options, Param
 
 __all__ = ["TracIn", "sgd_checkpoints", "sgd_gradient", "checkpoint_epochs"]
 
@@ -103,22 +104,30 @@ class TracIn(Method):
     family = "gradient"
     summary = "TracInCP (Pruthi et al. 2020): lr × gradient dot products over SGD checkpoints."
 
-    def __init__(
-        self,
-        *,
-        epochs: int = 20,
-        checkpoints: int = 5,
-        lr: float = 0.1,
-        batch_size: int = 32,
-        layers: str = "all",
-        chunk: int = 1024,
-    ) -> None:
-        self.epochs = epochs
-        self.checkpoints = checkpoints
-        self.lr = lr
-        self.batch_size = batch_size
-        self.layers = layers
-        self.chunk = chunk
+    parameters = {
+        "epochs": Param(20, Interval(int, 1, None), doc="epochs of minibatch SGD"),
+        "checkpoints": Param(
+            5, Interval(int, 1, None), doc="checkpoints saved, spread evenly over the epochs"
+        ),
+        "lr": Param(
+            0.1,
+            Interval(float, 0, None, closed="neither"),
+            doc="constant SGD step size, also each checkpoint's weight",
+        ),
+        "batch_size": Param(32, Interval(int, 1, None), doc="SGD minibatch size"),
+        "layers": Param(
+            "all",
+            Options(str, gr.LAYERS),
+            doc="parameters differentiated: all or an MLP's last layer",
+        ),
+        "chunk": Param(1024, Interval(int, 1, None), doc="points whose gradients are held at once"),
+    }
+    epochs: int
+    checkpoints: int
+    lr: float
+    batch_size: int
+    layers: str
+    chunk: int
 
     def value(self, task: ValuationTask, ctx: RunContext) -> Valuation:
         if self.layers not in gr.LAYERS:

@@ -32,6 +32,7 @@ from torch.func import functional_call, grad, vmap
 from valbench import Method, RunContext, Valuation, ValuationTask
 from valbench.errors import UsageError
 from valbench.models import ModelSpec
+from valbench.params import Interval, Param
 
 __all__ = [
     "GraNd",
@@ -282,20 +283,27 @@ class _TrainingDynamics(Method):
     _default_schedule: ClassVar[tuple[int, int, int]] = (200, 1, 20)
     _record_correct: ClassVar[bool] = False
 
-    def __init__(
-        self,
-        *,
-        runs: int = 10,
-        epochs: int | None = None,
-        lr: float = 0.01,
-        batch_size: int = 32,
-        offset: float = 0.0,
-    ) -> None:
-        self.runs = runs
-        self.epochs = epochs
-        self.lr = lr
-        self.batch_size = batch_size
-        self.offset = offset
+    parameters = {
+        "runs": Param(10, Interval(int, 1, None), doc="independent training runs averaged over"),
+        "epochs": Param(
+            None,
+            Interval(int, 0, None),
+            None,
+            doc="epochs trained (None: a number scaled to the dataset)",
+        ),
+        "lr": Param(0.01, Interval(float, 0, None, closed="neither"), doc="Adam step size"),
+        "batch_size": Param(32, Interval(int, 1, None), doc="minibatch size"),
+        "offset": Param(
+            0.0,
+            Interval(float, 0, 1, closed="left"),
+            doc="fraction of the hardest points moved to the bottom",
+        ),
+    }
+    runs: int
+    epochs: int | None
+    lr: float
+    batch_size: int
+    offset: float
 
     def _validate(self) -> None:
         if not isinstance(self.runs, int) or self.runs < 1:
@@ -401,16 +409,15 @@ class GraNd(_TrainingDynamics):
     name = "grand"
     summary = "GraNd: expected per-example loss-gradient norm over R runs (high = hard = keep)."
 
-    def __init__(
-        self,
-        *,
-        runs: int = 10,
-        epochs: int | None = 0,
-        lr: float = 0.01,
-        batch_size: int = 32,
-        offset: float = 0.0,
-    ) -> None:
-        super().__init__(runs=runs, epochs=epochs, lr=lr, batch_size=batch_size, offset=offset)
+    parameters = {
+        **_TrainingDynamics.parameters,
+        "epochs": Param(
+            0,
+            Interval(int, 0, None),
+            None,
+            doc="epochs trained before scoring (0: at initialisation)",
+        ),
+    }
 
     def _hardness(self, trained: TrainedRuns, task: ValuationTask, epochs: int) -> np.ndarray:
         return per_example_grad_norms(trained, task.x_train, task.y_train)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from valbench.params import declared_params
 from valbench.registry import dataset_names, get_dataset, get_method, method_names
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,13 +79,8 @@ def args_section(doc: str | None) -> dict[str, str]:
 
 
 def constructor_params(cls: type) -> list[str]:
-    """Names of the parameters ``cls(...)`` accepts by keyword (``**kwargs`` excluded)."""
-    sig = inspect.signature(cls.__init__)  # type: ignore[misc]
-    return [
-        p.name
-        for p in sig.parameters.values()
-        if p.name != "self" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
-    ]
+    """Names of the parameters ``cls(...)`` accepts: its declaration (or keyword-only ones)."""
+    return list(declared_params(cls))
 
 
 def _check_documented(cls: type) -> None:
@@ -94,7 +90,7 @@ def _check_documented(cls: type) -> None:
     missing = [p for p in params if p not in documented]
     extra = [d for d in documented if d not in params]
     assert not missing, f"{cls.__qualname__}: Args: does not document {missing}"
-    assert not extra, f"{cls.__qualname__}: Args: documents {extra}, not parameters of __init__"
+    assert not extra, f"{cls.__qualname__}: Args: documents {extra}, not declared parameters"
 
 
 @pytest.mark.parametrize("name", BUILTIN_METHODS)

@@ -136,6 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     lister.add_argument("--methods", action="store_true", help="only methods")
     lister.add_argument("--datasets", action="store_true", help="only datasets, with sizes")
+    lister.add_argument(
+        "-v",
+        "--verbose",
+        dest="details",
+        action="store_true",
+        help="also each parameter: type, default, allowed values and what it does",
+    )
 
     status = sub.add_parser("status", help="show a run's finished, failed and pending cells")
     status.add_argument("run_dir", type=Path)
@@ -280,6 +287,9 @@ def _cmd_list(args: argparse.Namespace) -> int:
                 print(f"  {name:<{width}}  {family}{entry.summary}  ({entry.distribution})")
                 if kind == "dataset":
                     print(f"  {'':<{width}}  {_dataset_facts(entry.obj)}")
+                if args.details:
+                    for line in _param_lines(entry.obj):
+                        print(f"  {'':<{width}}    {line}")
             else:
                 print(
                     f"  {name:<{width}}  BROKEN: {entry.error}  "
@@ -287,6 +297,30 @@ def _cmd_list(args: argparse.Namespace) -> int:
                 )
         print()
     return EXIT_OK
+
+
+def _param_lines(cls: Any) -> list[str]:
+    """One line per declared parameter: ``name: type = default, range -- doc``."""
+    from valbench.params import declared_params, toml_value
+
+    try:
+        specs = declared_params(cls)
+    except Exception as exc:  # a plugin's broken declaration is shown, not raised
+        return [f"parameters unreadable: {type(exc).__name__}: {printable(str(exc))}"]
+    if not specs:
+        return ["(no parameters)"]
+    width = max(len(k) for k in specs)
+    lines = []
+    for key, spec in specs.items():
+        default = "None" if spec.default is None else toml_value(spec.default)
+        text = f"{key:<{width}}  {spec.type_text()} = {default}"
+        allowed = spec.range_text()
+        if allowed:
+            text += f", {'' if allowed.startswith('one of') else 'in '}{allowed}"
+        if spec.doc:
+            text += f" -- {spec.doc}"
+        lines.append(printable(text))
+    return lines
 
 
 def _dataset_facts(cls: Any) -> str:

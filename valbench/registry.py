@@ -16,7 +16,8 @@ from importlib.metadata import EntryPoint, entry_points
 from typing import Any, Literal
 
 from valbench.errors import UnknownNameError, UsageError
-from valbench.types import Dataset, Method, init_params
+from valbench.params import check_params
+from valbench.types import Dataset, Method
 
 __all__ = [
     "METHODS_GROUP",
@@ -178,11 +179,7 @@ def dataset_names() -> list[str]:
 
 
 def validate_params(cls: type[Method] | type[Dataset], params: dict[str, Any]) -> None:
-    """Raise a one-line error when ``params`` names something ``cls.__init__`` does not take."""
-    valid = init_params(cls)
-    unknown = sorted(set(params) - set(valid))
-    if unknown:
-        raise UsageError(
-            f"{cls.name!r} has no parameter {', '.join(map(repr, unknown))}; "
-            f"valid: {', '.join(sorted(valid)) or '(none)'}"
-        )
+    """Raise a one-line UsageError when ``params`` names a parameter ``cls`` does not declare
+    or gives one a value its declaration refuses; the run directory does not exist yet."""
+    kind = "method" if issubclass(cls, Method) else "dataset"
+    check_params(cls, params, kind=kind)

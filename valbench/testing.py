@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from valbench.errors import ConformanceError
+from valbench.params import declared_params, valid_alternative
 from valbench.types import (
     Budget,
     FitCounter,
@@ -93,6 +94,13 @@ def _run(method: Method, task: ValuationTask, budget: Budget, seed: int = 0) -> 
     return out
 
 
+def _params_of(method: Method) -> dict[str, Any]:
+    try:
+        return method.get_params()
+    except AttributeError as exc:
+        raise ConformanceError(f"get_params() failed: {exc}") from None
+
+
 def check_method(
     method_cls: type[Method],
     params: Mapping[str, Any] | None = None,
@@ -101,7 +109,8 @@ def check_method(
 ) -> None:
     """Raise ConformanceError unless ``method_cls`` follows the Method contract.
 
-    Checked: name/family/summary set; parameters round-trip through ``get_params``; scores
+    Checked: name/family/summary set; every parameter is stored under its own name and
+    round-trips through ``get_params`` (each also set to a non-default value); scores
     finite, one per training point; selections only at the requested fractions
     (``ctx.fractions``) and of the harness's size, and some for a ``selects_subsets`` method;
     same seed, same scores; test data and the noise mask never read (guarded, then poisoned);
@@ -117,7 +126,19 @@ def check_method(
             )
 
     method = method_cls(**params)
-    got = method.get_params()
+    got = _params_of(method)
+    # Each parameter set to another valid value must come back as given: one stored under
+    # another name (self._k) or read from a class attribute would be recorded as its default.
+    for key, spec in declared_params(method_cls).items():
+        other = valid_alternative(spec)
+        if key in params or other is None:
+            continue
+        back = _params_of(method_cls(**{**params, key: other})).get(key)
+        if back != other:
+            raise ConformanceError(
+                f"{method_cls.__name__}({key}={other!r}).get_params() gives {key}={back!r}; "
+                f"store each parameter under its own name (self.{key} = {key})"
+            )
     if any(got.get(k) != v for k, v in params.items()):
         raise ConformanceError(f"get_params() returned {got}, which loses the given {params}")
     if method_cls(**got).get_params() != got:

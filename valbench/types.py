@@ -6,7 +6,6 @@ The contracts are described in docs/architecture.md, "Contracts".
 from __future__ import annotations
 
 import abc
-import inspect
 import math
 import re
 import time
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 import numpy as np
 
 from valbench.errors import UsageError
+from valbench.params import Param, assign_params, declared_params, stored_params
 
 if TYPE_CHECKING:
     from valbench.models import BatchedClassifier
@@ -380,9 +380,11 @@ class RunContext:
 class Method(abc.ABC):
     """Base class of every valuation method (scikit-learn style parameters).
 
-    ``__init__(**params)`` only stores parameters, so a run can record and replay them;
-    subclasses declare them as keyword arguments with defaults and set ``name``, ``family``
-    and ``summary``. The one abstract call is :meth:`value`.
+    Subclasses set ``name``, ``family`` and ``summary`` and declare their parameters in
+    ``parameters`` (see :mod:`valbench.params`); ``__init__(**params)`` checks each value
+    against its declaration and only stores it, so a run can record and replay them. A class
+    that takes keyword-only ``__init__`` parameters instead keeps working: its declaration is
+    derived from the signature. The one abstract call is :meth:`value`.
     """
 
     name: ClassVar[str] = ""
@@ -394,31 +396,29 @@ class Method(abc.ABC):
     #: True for set-aware selectors, which return ``Valuation.selections`` at every fraction of
     #: ``ctx.fractions`` they can serve; the harness records any they did not serve.
     selects_subsets: ClassVar[bool] = False
+    #: The parameters by name: default, constraints and a one-line doc.
+    parameters: ClassVar[dict[str, Param]] = {}
 
     def __init__(self, **params: Any) -> None:
-        valid = self._param_names()
-        for key, value in params.items():
-            if key not in valid:
-                raise UsageError(
-                    f"method {self.name!r} has no parameter {key!r}; "
-                    f"valid: {', '.join(sorted(valid)) or '(none)'}"
-                )
-            setattr(self, key, value)
+        assign_params(self, params, kind="method")
 
     @classmethod
     def _param_names(cls) -> dict[str, Any]:
         return init_params(cls)
 
     def get_params(self) -> dict[str, Any]:
-        """The parameters this instance runs with (defaults filled in)."""
-        return {k: getattr(self, k, default) for k, default in self._param_names().items()}
+        """The parameter values this instance holds (each stored under its own name)."""
+        return stored_params(self)
 
     @abc.abstractmethod
     def value(self, task: ValuationTask, ctx: RunContext) -> Valuation:
         """Score every training point of ``task`` within ``ctx.budget``, drawing on ``ctx.rng``."""
 
     def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        try:
+            args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        except AttributeError:  # a broken plugin is still shown
+            args = "?"
         return f"{type(self).__name__}({args})"
 
 
@@ -467,6 +467,15 @@ class Dataset(abc.ABC):
     is_2d: ClassVar[bool] = False
     #: Full size, e.g. ``{"rows": 1797, "classes": 10, "features": 64}`` (``valbench list``).
     info: ClassVar[dict[str, Any]] = {}
+    #: The parameters by name, declared as a method's are (see :mod:`valbench.params`).
+    parameters: ClassVar[dict[str, Param]] = {}
+
+    def __init__(self, **params: Any) -> None:
+        assign_params(self, params, kind="dataset")
+
+    def get_params(self) -> dict[str, Any]:
+        """The parameter values this instance holds (each stored under its own name)."""
+        return stored_params(self)
 
     @classmethod
     def available(cls) -> bool:
@@ -504,10 +513,6 @@ class Dataset(abc.ABC):
 
 
 def init_params(cls: type) -> dict[str, Any]:
-    """Keyword-only parameters of ``cls.__init__`` and their defaults (sklearn-style params)."""
-    sig = inspect.signature(cls.__init__)  # type: ignore[misc]
-    return {
-        p.name: p.default
-        for p in sig.parameters.values()
-        if p.name != "self" and p.kind is p.KEYWORD_ONLY
-    }
+    """``cls``'s parameters and their defaults: its declaration, or its keyword-only
+    ``__init__`` parameters (see :func:`valbench.params.declared_params`)."""
+    return {name: spec.default for name, spec in declared_params(cls).items()}

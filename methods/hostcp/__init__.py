@@ -33,7 +33,9 @@ import torch
 
 from valbench import Method, RunContext, Valuation, ValuationTask
 from valbench.metrics import subset_size
+from valbench.params import Interval, Options, Param
 
+from .layers import SOLVERS
 from .loop import LoopConfig, RunResult, run_online
 
 __all__ = ["HostCP", "HostCPFast", "HostCPSmooth", "HostCPDS3"]
@@ -46,26 +48,28 @@ class _HostCPBase(Method):
     selects_subsets = True
     mode: ClassVar[str] = "lp"
 
-    def __init__(
-        self,
-        *,
-        batch_size: int = 40,
-        n_existing: int = 40,
-        epochs: int = 3,
-        lr: float = 0.1,
-        lr_phi: float = 0.01,
-        weight_decay: float = 5e-4,
-        threshold: float = 0.9,
-        embed_dim: int = 100,
-    ) -> None:
-        self.batch_size = batch_size
-        self.n_existing = n_existing
-        self.epochs = epochs
-        self.lr = lr
-        self.lr_phi = lr_phi
-        self.weight_decay = weight_decay
-        self.threshold = threshold
-        self.embed_dim = embed_dim
+    parameters = {
+        "batch_size": Param(40, Interval(int, 1, None), doc="incoming points per mini-batch, B"),
+        "n_existing": Param(
+            40, Interval(int, 1, None), doc="existing-set neighbours retrieved per batch, E"
+        ),
+        "epochs": Param(3, Interval(int, 1, None), doc="passes over the training set"),
+        "lr": Param(0.1, Interval(float, 0, None, closed="neither"), doc="theta's SGD step size"),
+        "lr_phi": Param(0.01, Interval(float, 0, None), doc="phi's SGD step size"),
+        "weight_decay": Param(5e-4, Interval(float, 0, None), doc="weight decay of theta and phi"),
+        "threshold": Param(
+            0.9, Interval(float, 0, 1), doc="r_j above which an incoming point counts as selected"
+        ),
+        "embed_dim": Param(100, Interval(int, 1, None), doc="width of phi's embedding"),
+    }
+    batch_size: int
+    n_existing: int
+    epochs: int
+    lr: float
+    lr_phi: float
+    weight_decay: float
+    threshold: float
+    embed_dim: int
 
     def _config(self) -> LoopConfig:
         return LoopConfig(
@@ -175,32 +179,13 @@ class HostCP(_HostCPBase):
     summary = "HOST-CP: online selection through a differentiable per-batch LP (cvxpylayers)."
     mode = "lp"
 
-    def __init__(
-        self,
-        *,
-        batch_size: int = 40,
-        n_existing: int = 40,
-        epochs: int = 3,
-        lr: float = 0.1,
-        lr_phi: float = 0.01,
-        weight_decay: float = 5e-4,
-        threshold: float = 0.9,
-        embed_dim: int = 100,
-        solver: str = "ECOS",
-        learn_phi: bool = True,
-    ) -> None:
-        super().__init__(
-            batch_size=batch_size,
-            n_existing=n_existing,
-            epochs=epochs,
-            lr=lr,
-            lr_phi=lr_phi,
-            weight_decay=weight_decay,
-            threshold=threshold,
-            embed_dim=embed_dim,
-        )
-        self.solver = solver
-        self.learn_phi = learn_phi
+    parameters = {
+        **_HostCPBase.parameters,
+        "solver": Param("ECOS", Options(str, SOLVERS), doc="diffcp solve method"),
+        "learn_phi": Param(True, bool, doc="learn phi through the look-ahead step"),
+    }
+    solver: str
+    learn_phi: bool
 
     def _config(self) -> LoopConfig:
         return replace(super()._config(), solver=str(self.solver), learn_phi=bool(self.learn_phi))
@@ -255,30 +240,15 @@ class HostCPSmooth(_HostCPBase):
     summary = "HOST-CP with an entropy-regularised program: exact, informative gradients into φ."
     mode = "smooth"
 
-    def __init__(
-        self,
-        *,
-        batch_size: int = 40,
-        n_existing: int = 40,
-        epochs: int = 3,
-        lr: float = 0.1,
-        lr_phi: float = 0.01,
-        weight_decay: float = 5e-4,
-        threshold: float = 0.9,
-        embed_dim: int = 100,
-        eps: float = 0.05,
-    ) -> None:
-        super().__init__(
-            batch_size=batch_size,
-            n_existing=n_existing,
-            epochs=epochs,
-            lr=lr,
-            lr_phi=lr_phi,
-            weight_decay=weight_decay,
-            threshold=threshold,
-            embed_dim=embed_dim,
-        )
-        self.eps = eps
+    parameters = {
+        **_HostCPBase.parameters,
+        "eps": Param(
+            0.05,
+            Interval(float, 0, None, closed="neither"),
+            doc="weight of the entropic term, relative to the mean nearest distance",
+        ),
+    }
+    eps: float
 
     def _config(self) -> LoopConfig:
         return replace(super()._config(), eps=float(self.eps))

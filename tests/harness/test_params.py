@@ -1,0 +1,340 @@
+"""Declared parameters: the vocabulary, every registered class's declaration, the CLI.
+
+For every registered method and dataset, invalid values are derived from the declaration
+(just outside each interval, infinities and NaN, wrong types including bools and strings, a
+value that is not an option) and each must be refused with a UsageError by
+``validate_params`` and by the constructor; defaults must round-trip through ``get_params``.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from valbench import Method, RunContext, Valuation, ValuationTask
+from valbench.cli import main
+from valbench.errors import ConformanceError, UsageError
+from valbench.params import (
+    Interval,
+    Options,
+    Param,
+    check_params,
+    declared_params,
+    is_type,
+    valid_alternative,
+)
+from valbench.registry import (
+    dataset_names,
+    get_dataset,
+    get_method,
+    method_names,
+    validate_params,
+)
+from valbench.testing import check_method
+from valbench.types import init_params
+
+# --- the vocabulary -------------------------------------------------------------------------
+
+
+def test_types_bool_is_not_a_number_int_is_a_float_str_is_never_coerced() -> None:
+    assert is_type(3, int) and is_type(np.int64(3), int) and not is_type(True, int)
+    assert is_type(3, float) and is_type(2.5, float) and not is_type(False, float)
+    assert not is_type(np.bool_(True), int) and is_type(np.bool_(True), bool)
+    assert not is_type(2.0, int) and not is_type(1, bool)
+    assert not is_type("3", int) and not is_type("3.0", float) and not is_type("true", bool)
+
+
+@pytest.mark.parametrize(
+    ("interval", "inside", "outside"),
+    [
+        (Interval(int, 1, None), [1, 2, 10**12], [0, -1, 1.0, True, "2"]),
+        (Interval(int, 0, 5, closed="neither"), [1, 4], [0, 5, -1, 6]),
+        (Interval(float, 0, 1, closed="left"), [0, 0.0, 0.5], [1, 1.0, -1e-300, math.nan]),
+        (Interval(float, 0, 1, closed="right"), [1, 1e-300], [0, 0.0, 1.0000001]),
+        (Interval(float, 0, None), [0, 1e300], [math.inf, math.nan, -0.1]),
+        (Interval(float, None, 0), [-1e300, 0], [-math.inf, 0.1]),
+    ],
+)
+def test_interval(interval: Interval, inside: list[Any], outside: list[Any]) -> None:
+    assert all(interval.accepts(v) for v in inside)
+    assert not any(interval.accepts(v) for v in outside)
+
+
+def test_interval_and_options_describe_themselves() -> None:
+    assert Interval(int, 1, None).bounds() == "[1, inf)"
+    assert Interval(float, 0, 1, closed="neither").bounds() == "(0, 1)"
+    assert Interval(float, 0, 1, closed="right").describe() == "a float in (0, 1]"
+    assert Interval(int, 1, None).describe(0) == "in [1, inf)"
+    assert Options(str, ("a", "b")).describe() == "one of 'a', 'b'"
+    with pytest.raises(TypeError):
+        Interval(str, 0, 1)
+    with pytest.raises(ValueError):
+        Interval(int, 2, 1)
+    with pytest.raises(ValueError):
+        Options(str, ("a", 1))
+
+
+def test_param_checks_its_default_and_accepts_any_constraint() -> None:
+    p = Param(None, Interval(int, 0, None), None, doc="d")
+    assert p.accepts(None) and p.accepts(0) and not p.accepts(-1) and not p.accepts("x")
+    assert p.type_text() == "int | None" and p.range_text() == "[0, inf)"
+    assert Param(3).accepts("anything")  # no constraint: what a None signature default gives
+    with pytest.raises(ValueError, match="default"):
+        Param(0, Interval(int, 1, None))
+    with pytest.raises(TypeError):
+        Param(1, "int")  # type: ignore[arg-type]
+
+
+def test_valid_alternative_differs_from_the_default_and_is_valid() -> None:
+    for spec in (
+        Param(1, Interval(int, 1, None)),
+        Param(True, bool),
+        Param("a", Options(str, ("a", "b"))),
+        Param(0.5, Interval(float, 0, 1, closed="neither")),
+        Param(None, Interval(int, 1, None), None),
+    ):
+        other = valid_alternative(spec)
+        assert other is not None and other != spec.default and spec.accepts(other)
+
+
+# --- every registered class -----------------------------------------------------------------
+
+
+def invalid_values(spec: Param) -> list[Any]:
+    """Values the declaration must refuse, derived from each constraint."""
+    found: list[Any] = []
+    for c in spec.constraints:
+        candidates: list[Any] = []
+        if isinstance(c, Interval):
+            for bound, closed, down in (
+                (c.low, c.low_closed, True),
+                (c.high, c.high_closed, False),
+            ):
+                if bound is None:
+                    if c.type is float:
+                        candidates.append(-math.inf if down else math.inf)
+                elif not closed:
+                    candidates.append(c.type(bound))
+                elif c.type is int:
+                    candidates.append(int(bound) - 1 if down else int(bound) + 1)
+                else:
+                    candidates.append(math.nextafter(bound, -math.inf if down else math.inf))
+            if c.type is float:
+                candidates.append(math.nan)
+            else:
+                candidates.append(float(c.low if c.low is not None else 0) + 0.5)
+        elif isinstance(c, Options):
+            candidates.append("not-an-option" if c.type is str else max(c.values) + 1)
+        others = [d for d in spec.constraints if d is not c]
+        # A value outside one constraint may be inside another (an interval or None).
+        found += [v for v in candidates if not any(_admits(d, v) for d in others)]
+    admitted = {c.type if isinstance(c, Interval | Options) else c for c in spec.constraints}
+    if bool not in admitted:
+        found += [True, False]
+    if str not in admitted:
+        found += ["5", "abc", "true"]
+    if admitted <= {bool, None}:
+        found += [1, 0]
+    if admitted & {str} and not admitted & {int, float}:
+        found += [3]
+    return found
+
+
+def _admits(constraint: Any, value: Any) -> bool:
+    return Param(None, constraint, None).accepts(value)
+
+
+def _registered() -> list[tuple[str, str]]:
+    return [("method", n) for n in method_names()] + [("dataset", n) for n in dataset_names()]
+
+
+def _cls(kind: str, name: str) -> type:
+    return get_method(name) if kind == "method" else get_dataset(name)
+
+
+def _builtin(cls: type) -> bool:
+    return cls.__module__.startswith("valbench.")
+
+
+@pytest.mark.parametrize(("kind", "name"), _registered())
+def test_every_invalid_value_is_refused_before_and_at_construction(kind: str, name: str) -> None:
+    cls = _cls(kind, name)
+    specs = declared_params(cls)
+    for key, spec in specs.items():
+        bad = invalid_values(spec)
+        if _builtin(cls):  # a real constraint, not just a type, on every built-in parameter
+            assert spec.constraints and spec.doc, f"{name}.{key} declares no constraint or doc"
+            assert len(bad) >= 2, f"{name}.{key}: nothing derivable to refuse"
+        for value in bad:
+            with pytest.raises(UsageError) as err:
+                validate_params(cls, {key: value})
+            message = str(err.value)
+            assert "\n" not in message and f"{kind} {name!r}: {key}=" in message, message
+            assert f"--param {name}.{key}=" in message or spec.default is None, message
+            with pytest.raises(UsageError):
+                cls(**{key: value})
+
+
+@pytest.mark.parametrize(("kind", "name"), _registered())
+def test_defaults_round_trip_through_get_params(kind: str, name: str) -> None:
+    cls = _cls(kind, name)
+    defaults = init_params(cls)
+    got = cls().get_params()
+    assert got == defaults
+    assert {k: type(v) for k, v in got.items()} == {k: type(v) for k, v in defaults.items()}
+    assert cls(**got).get_params() == got
+    validate_params(cls, got)
+    for key, spec in declared_params(cls).items():
+        other = valid_alternative(spec)
+        if other is not None:  # a non-default value is stored, not replaced by the default
+            assert cls(**{key: other}).get_params()[key] == other
+
+
+@pytest.mark.parametrize(("kind", "name"), _registered())
+def test_unknown_names_are_refused_with_the_valid_list(kind: str, name: str) -> None:
+    cls = _cls(kind, name)
+    with pytest.raises(UsageError, match=r"has no parameter 'bogus'; valid: "):
+        validate_params(cls, {"bogus": 1})
+    with pytest.raises(UsageError, match="bogus"):
+        cls(bogus=1)
+
+
+def test_the_measured_cases_are_refused_by_the_constructors() -> None:
+    with pytest.raises(UsageError, match=r"n_estimators=0 is not in \[1, inf\)"):
+        get_method("data-oob")(n_estimators=0)
+    with pytest.raises(UsageError, match=r"max_permutations=-1 is not in \[1, inf\)"):
+        get_method("tmc-shapley")(max_permutations=-1)
+    with pytest.raises(UsageError, match=r"alpha=-1 is not in \(0, inf\)"):
+        get_method("beta-shapley")(alpha=-1)
+    assert get_method("beta-shapley")(alpha=2).get_params()["alpha"] == 2  # an int is a float
+
+
+# --- the command line -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "param", "message"),
+    [
+        (
+            "data-oob",
+            "data-oob.n_estimators=0",
+            "method 'data-oob': n_estimators=0 is not in [1, inf); "
+            "e.g. --param data-oob.n_estimators=200",
+        ),
+        ("tmc-shapley", "tmc-shapley.max_permutations=-1", "max_permutations=-1 is not in"),
+        ("beta-shapley", "beta-shapley.alpha=-1", "alpha=-1 is not in (0, inf)"),
+        ("loo", "loo.batch_size=abc", 'batch_size="abc" is not an int in [1, inf)'),
+        ("loo", "loo.batch_size=true", "batch_size=true is not an int in [1, inf)"),
+        ("loo", "loo.batch_size=2.5", "batch_size=2.5 is not an int in [1, inf)"),
+        ("data-oob", 'data-oob.weighting="x"', "is not one of 'counts', 'unique'"),
+        ("random", "digits.n_val=0", "dataset 'digits': n_val=0 is not in [1, inf) or None"),
+    ],
+)
+def test_cli_refuses_bad_values_before_the_run_directory_exists(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], method: str, param: str, message: str
+) -> None:
+    out = tmp_path / "r"
+    argv = ["run", "--methods", method, "--datasets", "digits", "--param", param]
+    rc = main([*argv, "--out", str(out), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.count("\n") == 1 and message in err, err
+    assert not out.exists()
+
+
+def test_list_verbose_shows_every_parameter(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["list", "--methods", "-v"]) == 0
+    text = capsys.readouterr().out
+    assert "n_estimators  int = 200, in [1, inf) -- bootstrap models B" in text
+    assert "weighting     str = \"counts\", one of 'counts', 'unique' -- " in text
+    assert "epochs        int | None = None, in [0, inf) -- " in text
+    assert "(no parameters)" in text  # random
+    assert main(["list", "--datasets", "--verbose"]) == 0
+    text = capsys.readouterr().out
+    assert "n_classes           int = 3, in [2, inf) -- number of classes" in text
+    assert "cache_features   bool = true -- " in text
+    assert main(["list", "--methods"]) == 0
+    assert "n_estimators" not in capsys.readouterr().out
+
+
+# --- plugins with keyword-only __init__ parameters ----------------------------------------------
+
+
+class _Plugin(Method):
+    family = "test"
+    summary = "test plugin"
+
+    def value(self, task: ValuationTask, ctx: RunContext) -> Valuation:
+        return Valuation(scores=ctx.rng.random(task.n_train))
+
+
+class Legacy(_Plugin):
+    name = "legacy"
+
+    def __init__(self, *, k: int = 5, lr: float = 1, tag: str = "a", on: bool = False) -> None:
+        self.k, self.lr, self.tag, self.on = k, lr, tag, on
+
+
+class PrivParam(_Plugin):
+    """Stores ``k`` as ``self._k``: get_params() must not report the default instead."""
+
+    name = "privparam"
+
+    def __init__(self, *, k: int = 5) -> None:
+        self._k = k
+
+
+class ClassAttrParam(PrivParam):
+    """Like PrivParam, with a class attribute ``k`` that an attribute lookup would find."""
+
+    name = "classattr"
+    k = 5
+
+
+def test_signature_declarations_keep_plugins_working_and_checked() -> None:
+    specs = declared_params(Legacy)
+    assert list(specs) == ["k", "lr", "tag", "on"]
+    assert init_params(Legacy) == {"k": 5, "lr": 1, "tag": "a", "on": False}
+    validate_params(Legacy, {"k": 3, "lr": 0.5, "tag": "b", "on": True})
+    for bad in ({"k": "abc"}, {"k": True}, {"k": 2.5}, {"lr": "x"}, {"on": 1}, {"tag": 3}):
+        with pytest.raises(UsageError):
+            validate_params(Legacy, bad)
+    assert Legacy(k=7).get_params() == {"k": 7, "lr": 1, "tag": "a", "on": False}
+    check_method(Legacy)
+
+
+class StoresFirst(_Plugin):
+    """Stores its own parameter, then hands the rest to the base (legacy style)."""
+
+    name = "stores-first"
+
+    def __init__(self, *, k: int = 5, seconds: float = 0.5) -> None:
+        self.k = k
+        super().__init__(seconds=seconds)
+
+
+def test_the_base_init_keeps_what_a_plugin_stored_before_calling_it() -> None:
+    assert StoresFirst(k=9).get_params() == {"k": 9, "seconds": 0.5}
+    with pytest.raises(UsageError, match="seconds"):
+        StoresFirst(seconds="x")  # type: ignore[arg-type]
+
+
+def test_a_parameter_stored_under_another_name_fails_get_params_and_the_kit() -> None:
+    method = PrivParam(k=9)
+    with pytest.raises(AttributeError, match="stored no attribute 'k'.*self.k = k"):
+        method.get_params()
+    with pytest.raises(ConformanceError, match="stored no attribute 'k'"):
+        check_method(PrivParam)
+    # A class attribute hides the missing one from get_params; the kit still sees it.
+    assert ClassAttrParam(k=9).get_params() == {"k": 5}
+    with pytest.raises(ConformanceError, match=r"ClassAttrParam\(k=1\).get_params\(\) gives k=5"):
+        check_method(ClassAttrParam)
+
+
+def test_check_params_names_the_kind_and_the_class() -> None:
+    with pytest.raises(UsageError, match=r"^method 'legacy': k=0\.5 is not an int"):
+        check_params(Legacy, {"k": 0.5}, kind="method")
