@@ -11,6 +11,7 @@ import numpy as np
 from valbench.errors import UsageError
 from valbench.methods.selection._base import Selector
 from valbench.methods.selection._features import fit_all_data
+from valbench.params import Interval, Options, Param
 from valbench.types import ValuationTask
 
 if TYPE_CHECKING:
@@ -119,20 +120,17 @@ class CCS(Selector):
     beta: float
     strata: int
 
-    def __init__(self, *, difficulty: str = "el2n", beta: float = 0.1, strata: int = 50) -> None:
-        super().__init__(difficulty=difficulty, beta=beta, strata=strata)
+    parameters = {
+        "difficulty": Param("el2n", Options(str, DIFFICULTIES), doc="hardness the strata cut"),
+        "beta": Param(
+            0.1, Interval(float, 0, 1, closed="left"), doc="fraction of the hardest pruned first"
+        ),
+        "strata": Param(50, Interval(int, 1, None), doc="equal-width difficulty strata"),
+    }
 
     def select(
         self, task: ValuationTask, ctx: RunContext, sizes: dict[float, int]
     ) -> tuple[np.ndarray, dict[float, np.ndarray], dict[str, Any]]:
-        if not 0 <= self.beta < 1 or int(self.strata) < 1:
-            raise UsageError(
-                f"ccs needs 0 <= beta < 1 and strata >= 1, got {self.beta}, {self.strata}"
-            )
-        if self.difficulty not in DIFFICULTIES:
-            raise UsageError(
-                f"difficulty must be one of {', '.join(DIFFICULTIES)}, got {self.difficulty!r}"
-            )
         model = fit_all_data(task)
         hardness = difficulty(model.probs, task.y_train, self.difficulty)
         selections: dict[float, np.ndarray] = {}

@@ -50,9 +50,6 @@ class Craig(GreedySelector):
     summary = "CRAIG (Mirzasoleiman et al. 2020): facility location on per-class gradients."
     fits_needed = 1
 
-    def __init__(self) -> None:
-        super().__init__()
-
     def greedy_order(
         self, task: ValuationTask, ctx: RunContext, k: int
     ) -> tuple[np.ndarray, dict[str, Any]]:

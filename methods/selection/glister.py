@@ -11,6 +11,7 @@ import numpy as np
 from valbench.errors import UsageError
 from valbench.methods.selection._base import GreedySelector, Stopper
 from valbench.methods.selection._features import fit_all_data, last_layer_grads
+from valbench.params import Interval, Options, Param
 from valbench.types import ValuationTask
 
 if TYPE_CHECKING:
@@ -122,18 +123,19 @@ class Glister(GreedySelector):
     greedy: str
     epsilon: float
 
-    def __init__(
-        self, *, eta: float = 0.01, greedy: str = "stochastic", epsilon: float = 0.01
-    ) -> None:
-        super().__init__(eta=eta, greedy=greedy, epsilon=epsilon)
+    parameters = {
+        "eta": Param(
+            0.01, Interval(float, 0, None, closed="neither"), doc="step size of the one-step update"
+        ),
+        "greedy": Param("stochastic", Options(str, GREEDY), doc="stochastic or naive greedy"),
+        "epsilon": Param(
+            0.01, Interval(float, 0, 1, closed="neither"), doc="stochastic greedy's accuracy"
+        ),
+    }
 
     def greedy_order(
         self, task: ValuationTask, ctx: RunContext, k: int
     ) -> tuple[np.ndarray, dict[str, Any]]:
-        if self.greedy not in GREEDY:
-            raise UsageError(f"greedy must be one of {', '.join(GREEDY)}, got {self.greedy!r}")
-        if not 0 < self.epsilon < 1:
-            raise UsageError(f"epsilon must lie in (0, 1), got {self.epsilon}")
         model = fit_all_data(task)
         grads = last_layer_grads(model.phi, model.probs, task.y_train)
         val = ValidationLoss(model.phi_val, task.y_val, task.n_classes)

@@ -11,6 +11,7 @@ from scipy.optimize import nnls
 
 from valbench.methods.selection._base import GreedySelector, Stopper, fill_order
 from valbench.methods.selection._features import GradientRows, fit_all_data
+from valbench.params import Interval, Param
 from valbench.types import ValuationTask
 
 if TYPE_CHECKING:
@@ -124,8 +125,10 @@ class GradMatch(GreedySelector):
     lam: float
     tol: float
 
-    def __init__(self, *, lam: float = 0.5, tol: float = 1e-10) -> None:
-        super().__init__(lam=lam, tol=tol)
+    parameters = {
+        "lam": Param(0.5, Interval(float, 0, None), doc="ridge strength of each refit"),
+        "tol": Param(1e-10, Interval(float, 0, None), doc="OMP stops below this residual"),
+    }
 
     def greedy_order(
         self, task: ValuationTask, ctx: RunContext, k: int

@@ -9,6 +9,7 @@ import numpy as np
 from valbench.errors import UsageError
 from valbench.methods.selection._base import GreedySelector, Stopper
 from valbench.methods.selection._features import block_rows, distances_to, embeddings, sq_norms
+from valbench.params import Interval, Options, Param
 from valbench.types import ValuationTask
 
 if TYPE_CHECKING:
@@ -119,16 +120,17 @@ class Herding(GreedySelector):
     gamma: float | None
     per_class: bool
 
-    def __init__(
-        self, *, kernel: str = "linear", gamma: float | None = None, per_class: bool = False
-    ) -> None:
-        super().__init__(kernel=kernel, gamma=gamma, per_class=per_class)
+    parameters = {
+        "kernel": Param("linear", Options(str, KERNELS), doc="kernel of the mean embedding"),
+        "gamma": Param(
+            None, Interval(float, 0, None, closed="neither"), None, doc="RBF width (None: 1/d)"
+        ),
+        "per_class": Param(False, bool, doc="herd each class to its own mean"),
+    }
 
     def greedy_order(
         self, task: ValuationTask, ctx: RunContext, k: int
     ) -> tuple[np.ndarray, dict[str, Any]]:
-        if self.kernel not in KERNELS:
-            raise UsageError(f"kernel must be one of {', '.join(KERNELS)}, got {self.kernel!r}")
         x = embeddings(task.x_train)
         stats: dict[str, Any] = {"kernel": self.kernel, "per_class": self.per_class}
         if not self.per_class:

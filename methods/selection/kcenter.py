@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from valbench.methods.selection._base import GreedySelector, Stopper
-from valbench.methods.selection._features import embeddings, sq_norms
+from valbench.methods.selection._features import METRICS, embeddings, sq_norms
+from valbench.params import Options, Param
 from valbench.types import ValuationTask
 
 if TYPE_CHECKING:
@@ -77,8 +78,10 @@ class KCenter(GreedySelector):
     metric: str
     per_class: bool
 
-    def __init__(self, *, metric: str = "euclidean", per_class: bool = False) -> None:
-        super().__init__(metric=metric, per_class=per_class)
+    parameters = {
+        "metric": Param("euclidean", Options(str, METRICS), doc="distance on the embeddings"),
+        "per_class": Param(False, bool, doc="one traversal per class, class-proportional"),
+    }
 
     def greedy_order(
         self, task: ValuationTask, ctx: RunContext, k: int

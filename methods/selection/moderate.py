@@ -9,6 +9,7 @@ import numpy as np
 
 from valbench.methods.selection._base import ScoreSelector
 from valbench.methods.selection._features import embeddings
+from valbench.params import Param
 from valbench.types import ValuationTask
 
 if TYPE_CHECKING:
@@ -76,8 +77,9 @@ class Moderate(ScoreSelector):
     summary = "Moderate-DS (Xia et al. 2023): distances to the class centre nearest the median."
     per_class: bool
 
-    def __init__(self, *, per_class: bool = False) -> None:
-        super().__init__(per_class=per_class)
+    parameters = {
+        "per_class": Param(False, bool, doc="rank distances within each class"),
+    }
 
     def point_scores(self, task: ValuationTask, ctx: RunContext) -> tuple[np.ndarray, dict]:
         x = embeddings(task.x_train)

@@ -17,6 +17,7 @@ import numpy as np
 
 from valbench.methods.selection._base import GreedySelector, Stopper
 from valbench.methods.selection._features import (
+    METRICS,
     GradientRows,
     Rows,
     block_rows,
@@ -24,6 +25,7 @@ from valbench.methods.selection._features import (
     embeddings,
     row_sq_norms,
 )
+from valbench.params import Interval, Options, Param
 from valbench.types import ValuationTask
 
 if TYPE_CHECKING:
@@ -193,8 +195,10 @@ class FacilityLocation(GreedySelector):
     metric: str
     per_class: bool
 
-    def __init__(self, *, metric: str = "euclidean", per_class: bool = True) -> None:
-        super().__init__(metric=metric, per_class=per_class)
+    parameters = {
+        "metric": Param("euclidean", Options(str, METRICS), doc="distance on the embeddings"),
+        "per_class": Param(True, bool, doc="select inside each class, class-proportional"),
+    }
 
     def greedy_order(
         self, task: ValuationTask, ctx: RunContext, k: int
@@ -235,8 +239,10 @@ class GraphCut(GreedySelector):
     per_class: bool
     lam: float
 
-    def __init__(self, *, metric: str = "euclidean", per_class: bool = True, lam: float = 1.0):
-        super().__init__(metric=metric, per_class=per_class, lam=lam)
+    parameters = {
+        **FacilityLocation.parameters,
+        "lam": Param(1.0, Interval(float, 0, None), doc="weight of the within-subset penalty"),
+    }
 
     def greedy_order(
         self, task: ValuationTask, ctx: RunContext, k: int

@@ -10,6 +10,7 @@ import numpy as np
 from valbench.errors import UsageError
 from valbench.methods.selection._base import ScoreSelector
 from valbench.methods.selection._features import fit_all_data
+from valbench.params import Options, Param
 from valbench.types import ValuationTask
 
 if TYPE_CHECKING:
@@ -60,14 +61,13 @@ class Uncertainty(ScoreSelector):
     fits_needed = 1
     criterion: str
 
-    def __init__(self, *, criterion: str = "least_confidence") -> None:
-        super().__init__(criterion=criterion)
+    parameters = {
+        "criterion": Param(
+            "least_confidence", Options(str, CRITERIA), doc="uncertainty of the predictions"
+        ),
+    }
 
     def point_scores(self, task: ValuationTask, ctx: RunContext) -> tuple[np.ndarray, dict]:
-        if self.criterion not in CRITERIA:
-            raise UsageError(
-                f"criterion must be one of {', '.join(CRITERIA)}, got {self.criterion!r}"
-            )
         model = fit_all_data(task)
         ctx.progress(1, 1)
         stats: dict[str, Any] = {"criterion": self.criterion, "score": "uncertainty"}
