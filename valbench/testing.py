@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 
-from valbench.cell import selection_problem
 from valbench.errors import ConformanceError
 from valbench.types import (
     Budget,
@@ -22,6 +21,7 @@ from valbench.types import (
     Valuation,
     ValuationTask,
 )
+from valbench.worker import selection_problem
 
 __all__ = ["check_method", "make_check_task", "FORBIDDEN_FIELDS"]
 

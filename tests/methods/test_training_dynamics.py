@@ -31,7 +31,7 @@ from valbench.utility import UtilityEngine
 
 @pytest.fixture(autouse=True)
 def one_thread() -> Iterator[None]:
-    # Cells run with one torch thread (valbench.cell); tiny models only lose time to more.
+    # Cells run with one torch thread (valbench.worker); tiny models only lose time to more.
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
