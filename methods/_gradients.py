@@ -21,7 +21,7 @@ import torch
 from torch.func import grad, jvp, vmap
 
 from valbench.errors import UsageError
-from valbench.models import Params
+from valbench.types import ModelParams
 
 __all__ = [
     "Functional",
@@ -60,7 +60,7 @@ class Functional:
     Attributes:
         kind: ``"head"`` (multinomial logistic regression on fixed inputs ``W, b``) or
             ``"mlp"`` (``W1, b1, W2, b2``).
-        params: The parameters (float64), in the :class:`~valbench.models.Params` layout
+        params: The parameters (float64), in the :class:`~valbench.types.ModelParams` layout
             without the batch dimension.
         decayed: Names of the parameters the objective decays with ``l2/2 · ||·||²``.
         l2: The decay coefficient.
@@ -110,7 +110,7 @@ class Functional:
         return act @ p["W2"] + p["b2"]
 
 
-def functional_from_params(params: Params, l2: float, layers: str = "all") -> Functional:
+def functional_from_params(params: ModelParams, l2: float, layers: str = "all") -> Functional:
     """The float64 functional model of the first model in ``params``.
 
     ``layers="last"`` keeps only the output layer (a head on the penultimate features, see
@@ -154,12 +154,12 @@ def in_training_span(
     return phi @ basis, phi_val @ basis, basis.T @ w
 
 
-def head_features(params: Params, x: np.ndarray) -> torch.Tensor:
+def head_features(params: ModelParams, x: np.ndarray) -> torch.Tensor:
     """Inputs of the output layer in float64: ``x`` itself for logreg, hidden ReLUs for the MLP."""
     xt = as_tensor(x)
     if params.kind == "logreg":
         return xt
-    w1, b1 = params["W1"][0].to(DTYPE), params["b1"][0].to(DTYPE)
+    w1, b1 = params.tensors["W1"][0].to(DTYPE), params.tensors["b1"][0].to(DTYPE)
     return (xt @ w1 + b1).clamp(min=0)
 
 

@@ -2,21 +2,25 @@
 
 Fit ``B`` bootstrap copies of the task's evaluation model; the value of training point ``i`` is
 the fraction of the models whose bootstrap sample missed ``i`` that predict ``y_i`` correctly.
-All ``B`` models train together as one batch of a :class:`~valbench.models.BatchedClassifier`.
+All ``B`` models train together as one batch of the task's :class:`~valbench.types.BatchedModel`.
 """
 
 from __future__ import annotations
+
+from typing import TypeVar
 
 import numpy as np
 
 from valbench import Method, RunContext, Valuation, ValuationTask
 from valbench.errors import UsageError
-from valbench.models import BatchedClassifier, Params
 from valbench.params import Interval, Options, Param
+from valbench.types import BatchedModel, ModelParams
 
 __all__ = ["DataOOB", "bootstrap_counts", "weighted_fit"]
 
 WEIGHTINGS = ("counts", "unique")
+
+P = TypeVar("P", bound=ModelParams)
 
 
 def bootstrap_counts(n: int, n_models: int, rng: np.random.Generator) -> np.ndarray:
@@ -27,14 +31,14 @@ def bootstrap_counts(n: int, n_models: int, rng: np.random.Generator) -> np.ndar
 
 
 def weighted_fit(
-    clf: BatchedClassifier,
+    clf: BatchedModel[P],
     x: np.ndarray,
     y: np.ndarray,
     counts: np.ndarray,
     *,
-    init: Params | None = None,
+    init: P | None = None,
     epochs: int | None = None,
-) -> Params:
+) -> P:
     """Train one model per row of ``counts``, point ``i`` weighted by its multiplicity.
 
     Each model minimises sum_i c_i loss_i / sum_i c_i, i.e. exactly the mean loss over its
@@ -121,7 +125,7 @@ class DataOOB(Method):
         counts = bootstrap_counts(n, n_models, ctx.rng)
 
         clf = task.build_model()
-        init: Params | None = None
+        init: ModelParams | None = None
         epochs = self.epochs
         if warm:
             init = clf.fit(x, y, np.ones((1, n), dtype=bool))

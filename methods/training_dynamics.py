@@ -31,7 +31,6 @@ from torch.func import functional_call, grad, vmap
 
 from valbench import Method, RunContext, Valuation, ValuationTask
 from valbench.errors import UsageError
-from valbench.models import ModelSpec
 from valbench.params import Interval, Param
 
 __all__ = [
@@ -332,7 +331,7 @@ class _TrainingDynamics(Method):
     def value(self, task: ValuationTask, ctx: RunContext) -> Valuation:
         self._validate()
         n = task.n_train
-        spec = task.model if isinstance(task.model, ModelSpec) else ModelSpec()
+        spec = task.model
         epochs = self.resolved_epochs(n)
         # All R seeds are drawn up front, so a budget-cut run is a prefix of the full one.
         seeds = [int(s) for s in ctx.rng.integers(0, 2**62, size=self.runs)]

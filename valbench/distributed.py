@@ -1,6 +1,6 @@
 """Dask and Ray backends: each Cell is one task on a cluster; the driver alone writes the store.
 
-Both run :func:`valbench.cell.run_cell` remotely and stream each outcome back as it finishes
+Both run :func:`valbench.worker.run_cell` remotely and stream each outcome back as it finishes
 (``as_completed`` / ``ray.wait``) to the runner's ``on_result`` callback, the same path the local
 backends use. Without an address each starts a local cluster of two single-threaded worker
 processes and shuts it down afterwards; with one it connects and only disconnects.
@@ -39,16 +39,15 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from valbench.cell import CellOutcome, failure_record, run_cell
 from valbench.errors import UsageError
-from valbench.spec import Cell, RunSpec
+from valbench.spec import Cell, CellProgressFn, RunSpec
+from valbench.worker import CellOutcome, failure_record, run_cell
 
 __all__ = ["run_dask", "run_ray", "check_backend", "LOCAL_WORKERS", "CONNECT_TIMEOUT_S"]
 
 log = logging.getLogger(__name__)
 
 ResultFn = Callable[[CellOutcome], None]
-ProgressFn = Callable[[Cell, int, int], None]
 
 #: Workers (one thread / CPU each) of the local cluster started when no address is given.
 LOCAL_WORKERS = 2
@@ -167,7 +166,7 @@ def run_dask(
     cells: list[Cell],
     spec: RunSpec,
     on_result: ResultFn,
-    on_progress: ProgressFn,
+    on_progress: CellProgressFn,
     address: str | None = None,
 ) -> None:
     """Run each cell as one Dask task on the scheduler at ``address`` (or a local cluster)."""
@@ -266,7 +265,7 @@ def run_ray(
     cells: list[Cell],
     spec: RunSpec,
     on_result: ResultFn,
-    on_progress: ProgressFn,
+    on_progress: CellProgressFn,
     address: str | None = None,
 ) -> None:
     """Run each cell as one Ray task on the cluster at ``address`` (or a local one)."""

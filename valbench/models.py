@@ -31,7 +31,6 @@ __all__ = [
     "ModelSpec",
     "Params",
     "BatchedClassifier",
-    "model_spec",
 ]
 
 MODEL_NAMES: tuple[str, ...] = ("logreg", "mlp")
@@ -136,11 +135,6 @@ class ModelSpec:
         return BatchedClassifier(self, n_features, n_classes, seed)
 
 
-def model_spec(name: str, **params: Any) -> ModelSpec:
-    """Shorthand for :meth:`ModelSpec.parse` (used by the runner with ``RunSpec.model``)."""
-    return ModelSpec.parse(name, **params)
-
-
 def _coerce(key: str, value: Any, kind: type) -> Any:
     # Config files and the CLI hand over strings; convert them to the field's type.
     if not isinstance(value, str) or kind is str:
@@ -210,6 +204,8 @@ class Params:
 
 class BatchedClassifier:
     """Trains ``B`` independent classifiers at once on subsets of the same training arrays.
+
+    Implements :class:`valbench.types.BatchedModel` with :class:`Params`.
 
     Each model ``b`` minimises the mean cross-entropy over its own subset plus
     ``l2/2 * ||weights||²`` with full-batch L-BFGS (logreg, by default) or Adam; the softmax is

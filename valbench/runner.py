@@ -30,10 +30,9 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
-from valbench.cell import CellOutcome, failure_record, run_cell
 from valbench.errors import CellTimeout, RunDirectoryError, UsageError
 from valbench.registry import dataset_names, discover, method_names
-from valbench.spec import FILE_PREFIX, Cell, RunSpec, dataset_slug
+from valbench.spec import FILE_PREFIX, Cell, CellProgressFn, RunSpec, dataset_slug
 from valbench.store import (
     RunStore,
     StoreWriteError,
@@ -42,6 +41,7 @@ from valbench.store import (
     read_manifest,
     read_results,
 )
+from valbench.worker import CellOutcome, failure_record, run_cell
 
 __all__ = [
     "RunSummary",
@@ -57,7 +57,6 @@ log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "serial", "process", "dask", "ray")
 ResultFn = Callable[[CellOutcome], None]
-ProgressFn = Callable[[Cell, int, int], None]
 
 
 @dataclass
@@ -188,7 +187,7 @@ def _alarm(seconds: float | None) -> Iterator[None]:
 
 
 def run_serial(
-    cells: list[Cell], spec: RunSpec, on_result: ResultFn, on_progress: ProgressFn
+    cells: list[Cell], spec: RunSpec, on_result: ResultFn, on_progress: CellProgressFn
 ) -> None:
     """Run cells one after another in this process."""
     for cell in cells:
@@ -305,7 +304,7 @@ def _signal_name(exitcode: int | None) -> str:
 
 #: Modules the fork server imports once for all workers; each saves every cell its import.
 _PRELOAD = (
-    "valbench.cell",
+    "valbench.worker",
     "valbench.models",
     "valbench.utility",
     "valbench.metrics",
@@ -341,7 +340,7 @@ class _Worker:
         self.cell, self.outcome, self.started = cell, None, time.monotonic()
         return True
 
-    def drain(self, on_progress: ProgressFn) -> None:
+    def drain(self, on_progress: CellProgressFn) -> None:
         try:
             while self.outcome is None and self.conn.poll():
                 kind, *payload = self.conn.recv()
@@ -360,7 +359,7 @@ class _Worker:
 
 
 def run_processes(
-    cells: list[Cell], spec: RunSpec, on_result: ResultFn, on_progress: ProgressFn
+    cells: list[Cell], spec: RunSpec, on_result: ResultFn, on_progress: CellProgressFn
 ) -> None:
     """Run cells in ``spec.jobs`` worker processes; a crash or a timeout kills only its cell.
 
@@ -645,7 +644,7 @@ def _execute_cells(
     def on_progress(cell: Cell, done_: int, total: int) -> None:
         bar.inner(cell, done_, total)
 
-    run: Callable[[list[Cell], RunSpec, ResultFn, ProgressFn], None]
+    run: Callable[[list[Cell], RunSpec, ResultFn, CellProgressFn], None]
     if backend in ("dask", "ray"):
         from valbench import distributed
 

@@ -9,7 +9,7 @@ import os
 import re
 import tomllib
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ __all__ = [
     "DEFAULT_PRESET",
     "RunSpec",
     "Cell",
+    "CellProgressFn",
     "load_config_file",
     "parse_param_assignments",
     "stable_int",
@@ -278,6 +279,14 @@ class Cell:
     def method_rng(self, root_seed: int) -> np.random.Generator:
         """RNG handed to the method."""
         return np.random.default_rng(self._seq(root_seed, 3, stable_int(self.method)))
+
+
+CellProgressFn = Callable[[Cell, int, int], None]
+"""``on_progress(cell, done, total)``: a cell's inner progress, as the scheduler reports it.
+
+Not :data:`valbench.types.ProgressFn`, the ``progress(done, total)`` a method calls: the
+scheduler adds which cell it came from.
+"""
 
 
 def _parse_scalar(text: str) -> Any:

@@ -16,7 +16,7 @@ from valbench.errors import ConformanceError
 from valbench.params import declared_params, valid_alternative
 from valbench.types import (
     Budget,
-    FitCounter,
+    DatasetSplits,
     InvalidValuation,
     Method,
     RunContext,
@@ -51,6 +51,7 @@ def make_check_task(
     """A small 3-class task with 10 % flipped labels; ``poison`` scrambles test data and mask."""
     from valbench.data import inject_label_noise
     from valbench.models import ModelSpec
+    from valbench.utility import UtilityEngine
 
     rng = np.random.default_rng(1234)
     centers = np.array([[0.0, 0.0], [3.0, 0.0], [0.0, 3.0]])
@@ -70,19 +71,14 @@ def make_check_task(
         y_test = scramble.integers(0, 3, size=y_test.shape)
         noisy = ~noisy
     cls = _GuardedTask if guarded else ValuationTask
-    return cls(
-        x_train=x_train,
-        y_train=y_train,
-        x_val=x_val,
-        y_val=y_val,
-        x_test=x_test,
-        y_test=y_test,
-        n_classes=3,
+    splits = DatasetSplits(x_train, y_train, x_val, y_val, x_test, y_test, n_classes=3)
+    return cls.from_splits(
+        splits,
+        model=ModelSpec(kind="logreg", epochs=40),
         noisy_mask=noisy,
         name="conformance",
         seed=seed,
-        model=ModelSpec(kind="logreg", epochs=40),
-        fit_counter=FitCounter(),
+        utility_factory=UtilityEngine,
     )
 
 

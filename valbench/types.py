@@ -1,6 +1,8 @@
 """The public types every method and dataset plugin is written against.
 
-The contracts are described in docs/architecture.md, "Contracts".
+The contracts are described in docs/architecture.md, "Contracts". This module is the bottom
+layer: it imports nothing from valbench but :mod:`valbench.errors`, so the engine (models,
+utility) implements the protocols below without the contract depending on it.
 """
 
 from __future__ import annotations
@@ -9,18 +11,14 @@ import abc
 import math
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, Self, TypeVar
 
 import numpy as np
 
 from valbench.errors import UsageError
 from valbench.params import Param, assign_params, declared_params, stored_params
-
-if TYPE_CHECKING:
-    from valbench.models import BatchedClassifier
-    from valbench.utility import UtilityEngine
 
 __all__ = [
     "Budget",
@@ -28,6 +26,11 @@ __all__ = [
     "RunContext",
     "FitCounter",
     "ModelFactory",
+    "ModelParams",
+    "BatchedModel",
+    "Subset",
+    "Utility",
+    "UtilityFactory",
     "ValuationTask",
     "Valuation",
     "InvalidValuation",
@@ -189,10 +192,149 @@ class BudgetMeter:
         )
 
 
-class ModelFactory(Protocol):
-    """Builds the evaluation/utility model for a task (see :mod:`valbench.models`)."""
+class ModelParams(Protocol):
+    """Parameters of ``B`` models: named tensors, each with the batch as leading dimension.
 
-    def build(self, n_features: int, n_classes: int, seed: int) -> BatchedClassifier: ...
+    logreg: ``W`` (B, d, C), ``b`` (B, C); mlp: ``W1``, ``b1``, ``W2``, ``b2``.
+    """
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def tensors(self) -> Mapping[str, Any]: ...
+
+    @property
+    def batch_size(self) -> int: ...
+
+
+# Invariant: what a model's ``fit`` returns is what its ``predict`` and ``fit(init=...)`` take.
+P = TypeVar("P", bound=ModelParams)
+
+
+class BatchedModel(Protocol[P]):
+    """The evaluation model: trains ``B`` independent copies at once, one per subset mask.
+
+    Every model of a batch starts from the same seeded initialisation, so a model trained in a
+    batch equals the one trained alone on the same subset.
+    """
+
+    #: Every model trained adds 1 here (a batch of B adds B); set by ``task.build_model``.
+    fit_counter: FitCounter | None
+
+    @property
+    def spec(self) -> ModelFactory:
+        """The spec this model was built from."""
+        ...
+
+    def init_params(self, batch_size: int = 1) -> P:
+        """The initial parameters, the same for every model of the batch."""
+        ...
+
+    def fit(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        masks: np.ndarray | Sequence[np.ndarray],
+        *,
+        init: P | None = None,
+        epochs: int | None = None,
+        sample_weight: np.ndarray | None = None,
+    ) -> P:
+        """One model per row of ``masks`` (bool (B, n) or B index arrays), trained on those rows;
+        ``epochs`` overrides the spec's, ``sample_weight`` (B, n) weights each row's loss."""
+        ...
+
+    def predict_proba(self, params: P, x: np.ndarray) -> np.ndarray:
+        """Class probabilities of every model on ``x``, shape (B, m, C)."""
+        ...
+
+    def predict(self, params: P, x: np.ndarray) -> np.ndarray:
+        """Predicted labels of every model on ``x``, shape (B, m), int64."""
+        ...
+
+    def accuracy(self, params: P, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Accuracy of every model on ``(x, y)``, shape (B,), float64."""
+        ...
+
+
+class ModelFactory(Protocol):
+    """The spec of a task's evaluation model: what it is and how to build it.
+
+    Methods that train a model of their own (gradients, training dynamics) read the
+    architecture and regularisation here so they match the evaluation model.
+    """
+
+    @property
+    def kind(self) -> str:
+        """The architecture: ``"logreg"`` or ``"mlp"`` (one ReLU hidden layer)."""
+        ...
+
+    @property
+    def epochs(self) -> int:
+        """Optimisation steps per fit (Adam steps, or the most L-BFGS iterations)."""
+        ...
+
+    @property
+    def l2(self) -> float:
+        """Weight decay: ``l2/2 * ||weights||²`` is added to the loss (biases excluded)."""
+        ...
+
+    @property
+    def hidden(self) -> int:
+        """Hidden units of the MLP (unused by logreg)."""
+        ...
+
+    @property
+    def resolved_solver(self) -> str:
+        """``"lbfgs"`` (to a gradient tolerance) or ``"adam"`` (a fixed number of steps)."""
+        ...
+
+    def build(self, n_features: int, n_classes: int, seed: int) -> BatchedModel[Any]:
+        """A fresh model for ``n_features`` inputs and ``n_classes`` outputs, seeded by ``seed``."""
+        ...
+
+
+Subset = np.ndarray | Iterable[int]
+"""A training subset: an iterable of indices or a bool mask over the training points."""
+
+
+class Utility(Protocol):
+    """U(S): the validation accuracy of the evaluation model trained on subset S.
+
+    ``task.utility(**options)`` returns one; U(∅) is ``empty_score`` and costs no fit.
+    """
+
+    @property
+    def full_score(self) -> float:
+        """U(all training points)."""
+        ...
+
+    @property
+    def empty_score(self) -> float:
+        """U(∅): chance accuracy 1 / n_classes."""
+        ...
+
+    @property
+    def cache_hits(self) -> int:
+        """Subsets answered without training."""
+        ...
+
+    def __call__(self, subset: Subset) -> float:
+        """U(subset) for one subset."""
+        ...
+
+    def many(self, subsets: Iterable[Subset]) -> np.ndarray:
+        """U for each of ``subsets`` (float64 array)."""
+        ...
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for a :class:`Valuation`'s ``stats``."""
+        ...
+
+
+UtilityFactory = Callable[..., Utility]
+"""``factory(task, **options) -> Utility``: what the harness injects into a task."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -200,7 +342,9 @@ class ValuationTask:
     """One dataset split handed to a method.
 
     Methods may use ``*_train`` and ``*_val``; they must never read ``x_test``/``y_test`` or
-    ``noisy_mask`` (the conformance kit checks this by poisoning them).
+    ``noisy_mask`` (the conformance kit checks this by poisoning them). ``utility_factory`` is
+    injected by whoever builds the task (the harness, a test), so this contract never imports
+    the engine; build tasks with :meth:`from_splits`.
     """
 
     x_train: np.ndarray
@@ -215,6 +359,36 @@ class ValuationTask:
     seed: int
     model: ModelFactory
     fit_counter: FitCounter = field(default_factory=FitCounter)
+    utility_factory: UtilityFactory | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_splits(
+        cls,
+        splits: DatasetSplits,
+        *,
+        model: ModelFactory,
+        name: str,
+        seed: int,
+        noisy_mask: np.ndarray | None = None,
+        utility_factory: UtilityFactory | None = None,
+        fit_counter: FitCounter | None = None,
+    ) -> Self:
+        """The task over ``splits`` (a fresh fit counter unless one is given)."""
+        return cls(
+            x_train=splits.x_train,
+            y_train=splits.y_train,
+            x_val=splits.x_val,
+            y_val=splits.y_val,
+            x_test=splits.x_test,
+            y_test=splits.y_test,
+            n_classes=splits.n_classes,
+            noisy_mask=noisy_mask,
+            name=name,
+            seed=seed,
+            model=model,
+            fit_counter=FitCounter() if fit_counter is None else fit_counter,
+            utility_factory=utility_factory,
+        )
 
     @property
     def n_train(self) -> int:
@@ -226,17 +400,20 @@ class ValuationTask:
         """Number of input features."""
         return int(self.x_train.shape[1])
 
-    def build_model(self, seed: int | None = None) -> BatchedClassifier:
+    def build_model(self, seed: int | None = None) -> BatchedModel[Any]:
         """A fresh evaluation model whose fits are counted against this task."""
         clf = self.model.build(self.n_features, self.n_classes, self.seed if seed is None else seed)
         clf.fit_counter = self.fit_counter
         return clf
 
-    def utility(self, **options: Any) -> UtilityEngine:
+    def utility(self, **options: Any) -> Utility:
         """The utility U(S) = validation accuracy of the model trained on S (cached, batched)."""
-        from valbench.utility import UtilityEngine
-
-        return UtilityEngine(self, **options)
+        if self.utility_factory is None:
+            raise UsageError(
+                f"task {self.name!r} has no utility engine; build it with "
+                "ValuationTask.from_splits(..., utility_factory=valbench.utility.UtilityEngine)"
+            )
+        return self.utility_factory(self, **options)
 
 
 #: Absorbs float error in ``fraction * n`` (0.3 * 10 == 3.0000000000000004).

@@ -17,18 +17,18 @@ import numpy as np
 
 from valbench.errors import UsageError
 from valbench.models import Params
-from valbench.types import ValuationTask
+from valbench.types import Subset, ValuationTask
 
 __all__ = ["UtilityEngine", "Subset"]
 
 logger = logging.getLogger(__name__)
 
-Subset = np.ndarray | Iterable[int]
-"""A training subset: an iterable of indices or a bool mask over the training points."""
-
 
 class UtilityEngine:
     """Cached, batched U(S) for one task; reads only the task's train and validation data.
+
+    Implements :class:`valbench.types.Utility`; the harness injects this class as a task's
+    ``utility_factory``.
 
     Conventions:
         * U(∅) = ``empty_score`` = 1 / n_classes, the expected accuracy of guessing; no fit.
@@ -87,8 +87,7 @@ class UtilityEngine:
         self.n_classes = int(task.n_classes)
         self.model = task.build_model()
         # Only a model fitted to a tolerance may start anywhere (see the class docstring).
-        solver = getattr(getattr(self.model, "spec", None), "resolved_solver", None)
-        self.warm_nearest = warm_start == "nearest" and solver == "lbfgs"
+        self.warm_nearest = warm_start == "nearest" and self.model.spec.resolved_solver == "lbfgs"
         self._cache: OrderedDict[bytes, float] = OrderedDict()
         self._warm_params: Params | None = None
         # The subsets and models of the last fit call, for ``warm_start="nearest"``.

@@ -69,8 +69,7 @@ class ThetaModel:
     """θ as a functional model: logistic regression or a one-hidden-layer ReLU MLP."""
 
     def __init__(self, task: ValuationTask) -> None:
-        spec = task.model
-        kind = getattr(spec, "kind", "logreg")
+        kind = task.model.kind
         # Start from the evaluation model's own initialisation (zeros for logreg, seeded MLP).
         init = task.model.build(task.n_features, task.n_classes, task.seed).init_params(1)
         self.kind = kind if kind in ("logreg", "mlp") else "logreg"

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from valbench.cell import cell_threads
+from valbench.worker import cell_threads
 
 
 @pytest.fixture(autouse=True)

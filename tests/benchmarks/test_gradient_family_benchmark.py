@@ -10,6 +10,7 @@ Run with ``pytest tests/benchmarks --benchmark-enable [-m slow]``.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -22,7 +23,8 @@ from valbench.methods.influence import InfluenceFunction
 from valbench.methods.representer import RepresenterPoints
 from valbench.methods.tracin import TracIn
 from valbench.models import ModelSpec
-from valbench.types import DatasetSplits, FitCounter, ValuationTask
+from valbench.types import DatasetSplits, ValuationTask
+from valbench.utility import UtilityEngine
 
 DAMPING = 1e-3
 PYDVL_SECONDS = 1.7
@@ -46,19 +48,17 @@ def digits() -> DatasetSplits:
 
 def make_task(splits: DatasetSplits, n_train: int, n_val: int = 300) -> ValuationTask:
     """The first ``n_train`` training and ``n_val`` validation points of digits, logreg model."""
-    return ValuationTask(
-        x_train=splits.x_train[:n_train],
-        y_train=splits.y_train[:n_train],
+    part = dataclasses.replace(
+        splits.with_train(np.arange(n_train), splits.y_train[:n_train]),
         x_val=splits.x_val[:n_val],
         y_val=splits.y_val[:n_val],
-        x_test=splits.x_test,
-        y_test=splits.y_test,
-        n_classes=splits.n_classes,
-        noisy_mask=None,
+    )
+    return ValuationTask.from_splits(
+        part,
+        model=ModelSpec(kind="logreg"),
         name="digits",
         seed=0,
-        model=ModelSpec(kind="logreg"),
-        fit_counter=FitCounter(),
+        utility_factory=UtilityEngine,
     )
 
 

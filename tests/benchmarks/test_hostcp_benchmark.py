@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from valbench import RunContext, ValuationTask
+from valbench import DatasetSplits, RunContext, ValuationTask
 from valbench.methods.hostcp import HostCPFast, HostCPSmooth
 from valbench.methods.hostcp.layers import closed_form_selection, entropic_assign, lp_layer
 from valbench.models import ModelSpec
+from valbench.utility import UtilityEngine
 
 
 def _instance(b: int, e: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,8 +90,9 @@ def _task(n: int) -> ValuationTask:
     x_train, y_train = draw(n)
     x_val, y_val = draw(max(50, n // 5))
     x_test, y_test = draw(50)
-    return ValuationTask(
-        x_train, y_train, x_val, y_val, x_test, y_test, 3, None, "bench", 0, ModelSpec()
+    splits = DatasetSplits(x_train, y_train, x_val, y_val, x_test, y_test, n_classes=3)
+    return ValuationTask.from_splits(
+        splits, model=ModelSpec(), name="bench", seed=0, utility_factory=UtilityEngine
     )
 
 

@@ -9,13 +9,14 @@ Run them with ``pytest tests/benchmarks/test_retraining_benchmark.py -m slow
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
 import pytest
 from reference_size import reference_size
 
-from valbench import Budget, FitCounter, Method, RunContext, Valuation, ValuationTask
+from valbench import Budget, Method, RunContext, Valuation, ValuationTask
 from valbench.data import inject_label_noise
 from valbench.datasets.sklearn_bundled import DigitsDataset
 from valbench.datasets.synthetic import SyntheticDataset
@@ -23,25 +24,34 @@ from valbench.methods.data_oob import DataOOB
 from valbench.methods.gshapley import GShapley
 from valbench.methods.knn_shapley import KNNShapley
 from valbench.models import ModelSpec
+from valbench.utility import UtilityEngine
 
 
 def digits_task(n_train: int = 1000, n_val: int = 300, rate: float = 0.1) -> ValuationTask:
     """Digits with ``rate`` flipped training labels and ``n_val`` validation points."""
     splits = DigitsDataset().load(seed=0, max_train=n_train)
     y, noisy = inject_label_noise(splits.y_train, rate, 10, np.random.default_rng(0))
-    return ValuationTask(
-        splits.x_train, y, splits.x_val[:n_val], splits.y_val[:n_val],
-        splits.x_test, splits.y_test, 10, noisy, "digits", 0, ModelSpec(), FitCounter(),
-    )  # fmt: skip
+    splits = dataclasses.replace(
+        splits.with_train(np.arange(len(y)), y),
+        x_val=splits.x_val[:n_val],
+        y_val=splits.y_val[:n_val],
+    )
+    return ValuationTask.from_splits(
+        splits,
+        model=ModelSpec(),
+        noisy_mask=noisy,
+        name="digits",
+        seed=0,
+        utility_factory=UtilityEngine,
+    )
 
 
 def synthetic_task(n_train: int) -> ValuationTask:
     """The 2-D synthetic mixture with ``n_train`` training points (for cost against n)."""
     splits = SyntheticDataset(n_samples=int(n_train / 0.6) + 10).load(seed=0, max_train=n_train)
-    return ValuationTask(
-        splits.x_train, splits.y_train, splits.x_val, splits.y_val, splits.x_test,
-        splits.y_test, splits.n_classes, None, "synthetic", 0, ModelSpec(), FitCounter(),
-    )  # fmt: skip
+    return ValuationTask.from_splits(
+        splits, model=ModelSpec(), name="synthetic", seed=0, utility_factory=UtilityEngine
+    )
 
 
 def _run(benchmark: Any, method: Method, make_task: Any, budget: Budget | None = None) -> Valuation:

@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 from reference_size import reference_size
 
-from valbench import Budget, FitCounter, Method, RunContext, ValuationTask
+from valbench import Budget, Method, RunContext, ValuationTask
 from valbench.data import inject_label_noise
 from valbench.datasets.packaged import MNIST5kDataset
 from valbench.methods.data_oob import DataOOB
@@ -38,6 +38,7 @@ from valbench.methods.loo import LeaveOneOut
 from valbench.methods.semivalues import BetaShapley, DataBanzhaf, ExactShapley, TMCShapley
 from valbench.models import ModelSpec
 from valbench.types import DatasetSplits
+from valbench.utility import UtilityEngine
 
 SIZES = [250, 500, 1000, 2000, 4000]
 N_VAL = 300
@@ -75,10 +76,15 @@ def mnist_task(n_train: int, first: int | None = None) -> ValuationTask:
     s = _splits(n_train)
     y, noisy = inject_label_noise(s.y_train, 0.1, s.n_classes, np.random.default_rng(0))
     rows = slice(None) if first is None else slice(0, first)
-    return ValuationTask(
-        s.x_train[rows], y[rows], s.x_val, s.y_val, s.x_test, s.y_test, s.n_classes,
-        noisy[rows], "mnist-5k", 0, ModelSpec(), FitCounter(),
-    )  # fmt: skip
+    kept = np.arange(len(y))[rows]
+    return ValuationTask.from_splits(
+        s.with_train(kept, y[kept]),
+        model=ModelSpec(),
+        noisy_mask=noisy[kept],
+        name="mnist-5k",
+        seed=0,
+        utility_factory=UtilityEngine,
+    )
 
 
 def _run(

@@ -32,7 +32,8 @@ from valbench.methods.selection import (
 )
 from valbench.metrics import subset_size
 from valbench.models import ModelSpec
-from valbench.types import FitCounter, RunContext, ValuationTask
+from valbench.types import DatasetSplits, RunContext, ValuationTask
+from valbench.utility import UtilityEngine
 
 SIZES = (1_000, 5_000, 20_000, 60_000)
 FRACTION = 0.1
@@ -63,19 +64,21 @@ def embedding_task(n: int, n_val: int = 1_000, d: int = 64, classes: int = 10) -
     x, y = draw(n)
     xv, yv = draw(n_val)
     mean, std = x.mean(0), x.std(0)
-    return ValuationTask(
-        x_train=((x - mean) / std).astype(np.float32),
-        y_train=y.astype(np.int64),
-        x_val=((xv - mean) / std).astype(np.float32),
-        y_val=yv.astype(np.int64),
-        x_test=np.zeros((1, d), dtype=np.float32),
-        y_test=np.zeros(1, dtype=np.int64),
+    splits = DatasetSplits(
+        x_train=(x - mean) / std,
+        y_train=y,
+        x_val=(xv - mean) / std,
+        y_val=yv,
+        x_test=np.zeros((1, d)),
+        y_test=np.zeros(1),
         n_classes=classes,
-        noisy_mask=None,
+    )
+    return ValuationTask.from_splits(
+        splits,
+        model=ModelSpec(kind="logreg"),
         name="embeddings",
         seed=0,
-        model=ModelSpec(kind="logreg"),
-        fit_counter=FitCounter(),
+        utility_factory=UtilityEngine,
     )
 
 

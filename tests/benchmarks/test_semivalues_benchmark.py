@@ -9,6 +9,7 @@ Like a valbench cell, each runs with one thread for torch and for BLAS (conftest
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -20,6 +21,7 @@ from valbench.data import inject_label_noise
 from valbench.datasets.sklearn_bundled import BreastCancerDataset, DigitsDataset
 from valbench.methods.semivalues import DataBanzhaf, TMCShapley
 from valbench.models import ModelSpec
+from valbench.utility import UtilityEngine
 
 
 def make_task(name: str, n_train: int, n_val: int) -> ValuationTask:
@@ -27,18 +29,16 @@ def make_task(name: str, n_train: int, n_val: int) -> ValuationTask:
     loader = DigitsDataset() if name == "digits" else BreastCancerDataset()
     s = loader.load(seed=0, max_train=n_train)
     y, noisy = inject_label_noise(s.y_train, 0.1, s.n_classes, np.random.default_rng(0))
-    return ValuationTask(
-        x_train=s.x_train,
-        y_train=y,
-        x_val=s.x_val[:n_val],
-        y_val=s.y_val[:n_val],
-        x_test=s.x_test,
-        y_test=s.y_test,
-        n_classes=s.n_classes,
+    s = dataclasses.replace(
+        s.with_train(np.arange(len(y)), y), x_val=s.x_val[:n_val], y_val=s.y_val[:n_val]
+    )
+    return ValuationTask.from_splits(
+        s,
+        model=ModelSpec(kind="logreg"),
         noisy_mask=noisy,
         name=name,
         seed=0,
-        model=ModelSpec(kind="logreg"),
+        utility_factory=UtilityEngine,
     )
 
 

@@ -15,10 +15,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from valbench import FitCounter, Method, RunContext, ValuationTask
+from valbench import Method, RunContext, ValuationTask
 from valbench.datasets.synthetic import SyntheticDataset
 from valbench.methods.training_dynamics import EL2N, Forgetting, GraNd, train_runs
 from valbench.models import ModelSpec
+from valbench.utility import UtilityEngine
 
 RUNS, EPOCHS = 10, 3
 #: Generous for a shared, noisy 2-core machine; the target is 1.5.
@@ -33,19 +34,8 @@ def make_task(n: int, kind: str = "logreg") -> ValuationTask:
 
 def task_of(splits: Any, name: str, kind: str = "logreg") -> ValuationTask:
     """A noise-free task over ``splits`` with the evaluation model ``kind``."""
-    return ValuationTask(
-        x_train=splits.x_train,
-        y_train=splits.y_train,
-        x_val=splits.x_val,
-        y_val=splits.y_val,
-        x_test=splits.x_test,
-        y_test=splits.y_test,
-        n_classes=splits.n_classes,
-        noisy_mask=None,
-        name=name,
-        seed=0,
-        model=ModelSpec(kind=kind),
-        fit_counter=FitCounter(),
+    return ValuationTask.from_splits(
+        splits, model=ModelSpec(kind=kind), name=name, seed=0, utility_factory=UtilityEngine
     )
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from valbench.models import ModelSpec
-from valbench.types import FitCounter, ValuationTask
+from valbench.types import DatasetSplits, ValuationTask
 from valbench.utility import UtilityEngine
 
 N, D, C = 500, 20, 3
@@ -30,19 +30,9 @@ def make_task(kind: str = "logreg") -> ValuationTask:
     x_train, y_train = draw(N)
     x_val, y_val = draw(200)
     x_test, y_test = draw(200)
-    return ValuationTask(
-        x_train=x_train,
-        y_train=y_train,
-        x_val=x_val,
-        y_val=y_val,
-        x_test=x_test,
-        y_test=y_test,
-        n_classes=C,
-        noisy_mask=None,
-        name="bench",
-        seed=0,
-        model=ModelSpec(kind=kind),
-        fit_counter=FitCounter(),
+    splits = DatasetSplits(x_train, y_train, x_val, y_val, x_test, y_test, n_classes=C)
+    return ValuationTask.from_splits(
+        splits, model=ModelSpec(kind=kind), name="bench", seed=0, utility_factory=UtilityEngine
     )
 
 

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pytest
 
-from valbench import cell as cell_mod
+from valbench import worker as cell_mod
 from valbench.data import apply_label_noise, imbalance_train
 from valbench.datasets import _download, vision
 from valbench.datasets.vision import FashionMNISTDataset

@@ -10,7 +10,7 @@ import torch
 
 from valbench import models
 from valbench.errors import UnknownNameError, UsageError
-from valbench.models import MODEL_NAMES, BatchedClassifier, ModelSpec, Params, model_spec
+from valbench.models import MODEL_NAMES, BatchedClassifier, ModelSpec, Params
 from valbench.types import FitCounter
 
 KINDS = ["logreg", "mlp"]
@@ -44,14 +44,14 @@ def whitening(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
 
 def test_model_names_and_parse() -> None:
     assert MODEL_NAMES == ("logreg", "mlp")
-    spec = model_spec("mlp", hidden="16", lr="0.01", epochs=10)
+    spec = ModelSpec.parse("mlp", hidden="16", lr="0.01", epochs=10)
     assert spec == ModelSpec(kind="mlp", hidden=16, lr=0.01, epochs=10)
     assert ModelSpec.parse("logreg") == ModelSpec()
 
 
 def test_unknown_model_name() -> None:
     with pytest.raises(UnknownNameError) as err:
-        model_spec("svm")
+        ModelSpec.parse("svm")
     assert err.value.kind == "model" and err.value.valid == ["logreg", "mlp"]
     with pytest.raises(UnknownNameError):
         ModelSpec(kind="forest")
@@ -76,13 +76,15 @@ def test_unknown_model_name() -> None:
 )
 def test_bad_model_params(params: dict[str, object]) -> None:
     with pytest.raises(UsageError):
-        model_spec("mlp", **params)
+        ModelSpec.parse("mlp", **params)
 
 
 def test_auto_solver_is_lbfgs_for_logreg_and_adam_for_mlp() -> None:
     assert ModelSpec().resolved_solver == "lbfgs"
     assert ModelSpec(kind="mlp").resolved_solver == "adam"
-    assert model_spec("logreg", solver="adam", tol="1e-5") == ModelSpec(solver="adam", tol=1e-5)
+    assert ModelSpec.parse("logreg", solver="adam", tol="1e-5") == ModelSpec(
+        solver="adam", tol=1e-5
+    )
 
 
 # -- accuracy ---------------------------------------------------------------------------------

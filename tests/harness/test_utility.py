@@ -10,7 +10,7 @@ import pytest
 
 from valbench.errors import UsageError
 from valbench.models import BatchedClassifier, ModelSpec
-from valbench.types import FitCounter, ValuationTask
+from valbench.types import DatasetSplits, FitCounter, ValuationTask
 from valbench.utility import UtilityEngine
 
 N_TRAIN = 60
@@ -30,19 +30,13 @@ def make_task(
     x_train, y_train = draw(N_TRAIN)
     x_val, y_val = draw(45)
     x_test, y_test = draw(45)
-    return cls(
-        x_train=x_train,
-        y_train=y_train,
-        x_val=x_val,
-        y_val=y_val,
-        x_test=x_test,
-        y_test=y_test,
-        n_classes=3,
+    return cls.from_splits(
+        DatasetSplits(x_train, y_train, x_val, y_val, x_test, y_test, n_classes=3),
+        model=ModelSpec(kind=kind, epochs=epochs),
         noisy_mask=np.zeros(N_TRAIN, dtype=bool),
         name="t",
         seed=0,
-        model=ModelSpec(kind=kind, epochs=epochs),
-        fit_counter=FitCounter(),
+        utility_factory=UtilityEngine,
     )
 
 

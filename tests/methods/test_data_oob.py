@@ -6,21 +6,26 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from valbench import Budget, FitCounter, RunContext, ValuationTask
+from valbench import Budget, RunContext, ValuationTask
 from valbench.data import inject_label_noise
 from valbench.datasets.sklearn_bundled import DigitsDataset
 from valbench.methods.data_oob import DataOOB, bootstrap_counts, weighted_fit
 from valbench.models import ModelSpec
 from valbench.testing import check_method, make_check_task
+from valbench.utility import UtilityEngine
 
 
 def _digits_task(n_train: int = 250, rate: float = 0.2) -> ValuationTask:
     splits = DigitsDataset().load(seed=0, max_train=n_train)
     y, noisy = inject_label_noise(splits.y_train, rate, 10, np.random.default_rng(0))
-    return ValuationTask(
-        splits.x_train, y, splits.x_val, splits.y_val, splits.x_test, splits.y_test,
-        10, noisy, "digits", 0, ModelSpec(), FitCounter(),
-    )  # fmt: skip
+    return ValuationTask.from_splits(
+        splits.with_train(np.arange(len(y)), y),
+        model=ModelSpec(),
+        noisy_mask=noisy,
+        name="digits",
+        seed=0,
+        utility_factory=UtilityEngine,
+    )
 
 
 def test_flipped_labels_get_low_values() -> None:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from valbench import Budget, FitCounter, RunContext, ValuationTask
+from valbench import Budget, DatasetSplits, RunContext, ValuationTask
 from valbench.methods.gshapley import GShapley
 from valbench.models import ModelSpec
 from valbench.testing import check_method, make_check_task
+from valbench.utility import UtilityEngine
 
 
 def _reference(
@@ -93,7 +94,10 @@ def _toy_task() -> tuple[ValuationTask, int]:
     x, y = draw(30)
     x[0], y[0] = (-2.5, -2.5), 1
     xv, yv = draw(100)
-    task = ValuationTask(x, y, xv, yv, xv, yv, 2, None, "toy", 0, ModelSpec(), FitCounter())
+    splits = DatasetSplits(x, y, xv, yv, xv, yv, n_classes=2)
+    task = ValuationTask.from_splits(
+        splits, model=ModelSpec(), name="toy", seed=0, utility_factory=UtilityEngine
+    )
     return task, 0
 
 

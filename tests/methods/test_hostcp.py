@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
-from valbench import RunContext, ValuationTask
+from valbench import DatasetSplits, RunContext, ValuationTask
 from valbench.methods.hostcp import HostCP, HostCPDS3, HostCPFast, HostCPSmooth
 from valbench.methods.hostcp.layers import (
     closed_form_selection,
@@ -20,6 +22,7 @@ from valbench.methods.hostcp.loop import ThetaModel, per_sample_grads, per_sampl
 from valbench.metrics import subset_size
 from valbench.models import ModelSpec
 from valbench.testing import check_method, make_check_task
+from valbench.utility import UtilityEngine
 
 B, E = 20, 20
 
@@ -121,7 +124,7 @@ def test_entropic_layer_tends_to_the_lp_and_carries_a_real_gradient() -> None:
 @pytest.mark.parametrize("kind", ["logreg", "mlp"])
 def test_per_sample_gradient_identity(kind: str) -> None:
     task = make_check_task()
-    task = ValuationTask(**{**task.__dict__, "model": ModelSpec(kind=kind, hidden=7)})
+    task = dataclasses.replace(task, model=ModelSpec(kind=kind, hidden=7))
     theta = ThetaModel(task)
     gen = torch.Generator().manual_seed(0)
     params = {
@@ -165,7 +168,7 @@ def test_ds3_program_is_feasible_and_budgets_representatives() -> None:
 def test_faithful_selections_equal_fast_path_when_phi_is_not_learned(kind: str) -> None:
     params = {"epochs": 2, "batch_size": 20, "n_existing": 20}
     task = make_check_task(n_train=70)
-    task = ValuationTask(**{**task.__dict__, "model": ModelSpec(kind=kind, hidden=8)})
+    task = dataclasses.replace(task, model=ModelSpec(kind=kind, hidden=8))
     lp = HostCP(learn_phi=False, **params).value(
         task, RunContext.for_task(task, seed=3, fractions=(0.1, 0.3))
     )
@@ -183,18 +186,13 @@ def _synthetic_task(seed: int, n_train: int = 240) -> tuple[ValuationTask, np.nd
     tr, va, te = slice(0, n_train), slice(n_train, n_train + 80), slice(n_train + 80, None)
     mu, sd = x[tr].mean(0), x[tr].std(0)
     xs = ((x - mu) / sd).astype(np.float32)
-    task = ValuationTask(
-        x_train=xs[tr],
-        y_train=y[tr],
-        x_val=xs[va],
-        y_val=y[va],
-        x_test=xs[te],
-        y_test=y[te],
-        n_classes=3,
-        noisy_mask=None,
+    splits = DatasetSplits(xs[tr], y[tr], xs[va], y[va], xs[te], y[te], n_classes=3)
+    task = ValuationTask.from_splits(
+        splits,
+        model=ModelSpec(kind="logreg"),
         name="synthetic",
         seed=seed,
-        model=ModelSpec(kind="logreg"),
+        utility_factory=UtilityEngine,
     )
     return task, cluster[tr]
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import valbench.testing
-from valbench import Budget, RunContext, ValuationTask
+from valbench import Budget, DatasetSplits, RunContext, ValuationTask
 from valbench.errors import UsageError
 from valbench.methods.semivalues import (
     BetaShapley,
@@ -27,6 +27,7 @@ from valbench.methods.semivalues import (
     tmc_shapley,
 )
 from valbench.testing import check_method, make_check_task
+from valbench.utility import UtilityEngine
 
 N = 8  # 255 non-empty subsets: brute force stays cheap
 
@@ -100,18 +101,9 @@ def test_exact_shapley_symmetry_for_duplicate_points() -> None:
     base = make_check_task(n_train=7)
     x, y = base.x_train.copy(), base.y_train.copy()
     x[5], y[5] = x[2], y[2]  # point 5 is an exact copy of point 2
-    task = ValuationTask(
-        x_train=x,
-        y_train=y,
-        x_val=base.x_val,
-        y_val=base.y_val,
-        x_test=base.x_test,
-        y_test=base.y_test,
-        n_classes=3,
-        noisy_mask=None,
-        name="dup",
-        seed=0,
-        model=base.model,
+    splits = DatasetSplits(x, y, base.x_val, base.y_val, base.x_test, base.y_test, n_classes=3)
+    task = ValuationTask.from_splits(
+        splits, model=base.model, name="dup", seed=0, utility_factory=UtilityEngine
     )
     got = ExactShapley().value(task, RunContext.for_task(task)).scores
     assert got[2] == pytest.approx(got[5], abs=1e-9)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from valbench import Budget, FitCounter, Method, RunContext, Valuation, ValuationTask
+from valbench import Budget, DatasetSplits, Method, RunContext, Valuation, ValuationTask
 from valbench.data import inject_label_noise
 from valbench.errors import UsageError
 from valbench.methods.training_dynamics import (
@@ -26,11 +26,12 @@ from valbench.methods.training_dynamics import (
 )
 from valbench.models import ModelSpec
 from valbench.testing import check_method
+from valbench.utility import UtilityEngine
 
 
 @pytest.fixture(autouse=True)
 def one_thread() -> Iterator[None]:
-    # Cells run with one torch thread (valbench.cell); tiny models only lose time to more.
+    # Cells run with one torch thread (valbench.worker); tiny models only lose time to more.
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -49,19 +50,13 @@ def _task(n: int = 90, *, kind: str = "logreg", noise: float = 0.0, seed: int = 
     x, y_clean = _blobs(n, seed)
     x_val, y_val = _blobs(30, seed + 1)
     y, noisy = inject_label_noise(y_clean, noise, 3, np.random.default_rng(seed + 2))
-    return ValuationTask(
-        x_train=x,
-        y_train=y,
-        x_val=x_val,
-        y_val=y_val,
-        x_test=x_val,
-        y_test=y_val,
-        n_classes=3,
+    return ValuationTask.from_splits(
+        DatasetSplits(x, y, x_val, y_val, x_val, y_val, n_classes=3),
+        model=ModelSpec(kind=kind, hidden=8),
         noisy_mask=noisy,
         name="blobs",
         seed=seed,
-        model=ModelSpec(kind=kind, hidden=8),
-        fit_counter=FitCounter(),
+        utility_factory=UtilityEngine,
     )
 
 

@@ -154,7 +154,8 @@ def build_task(cell: Cell, spec: RunSpec) -> ValuationTask:
     """
     import json
 
-    from valbench.models import model_spec
+    from valbench.models import ModelSpec
+    from valbench.utility import UtilityEngine
 
     data_seed = cell.data_seed(spec.root_seed)
     params = dict(spec.params.get(cell.dataset, {}))
@@ -176,18 +177,13 @@ def build_task(cell: Cell, spec: RunSpec) -> ValuationTask:
         relabel, out = _relabeller(noise_cell, spec.root_seed, spec.imbalance, spec.noise_model)
         splits = clean.with_train(*relabel(clean.y_train, clean.n_classes))
         noisy = out["noisy"]
-    return ValuationTask(
-        x_train=splits.x_train,
-        y_train=splits.y_train,
-        x_val=splits.x_val,
-        y_val=splits.y_val,
-        x_test=splits.x_test,
-        y_test=splits.y_test,
-        n_classes=splits.n_classes,
+    return ValuationTask.from_splits(
+        splits,
+        model=ModelSpec.parse(spec.model),
         noisy_mask=noisy if cell.noise > 0 else None,
         name=cell.dataset,
         seed=data_seed % (2**31),
-        model=model_spec(spec.model),
+        utility_factory=UtilityEngine,
     )
 
 
