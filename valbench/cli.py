@@ -194,8 +194,7 @@ def _planting_lines(spec: Any) -> list[str]:
     shown = " / ".join(f"{r * 100:g}%" for r in rates)
     out = []
     for name in spec.datasets:
-        # A missing file fails right after with its own error; no warning for it first.
-        if name.startswith(FILE_PREFIX) and Path(name[len(FILE_PREFIX) :]).is_file():
+        if name.startswith(FILE_PREFIX):
             out.append(
                 f"planting {shown} label flips in {name}; pass --noise 0 to value your labels "
                 "as given"
@@ -218,7 +217,7 @@ def _directory(flag: str, value: str | None) -> Path | None:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from valbench.cache import set_data_dir
-    from valbench.runner import execute
+    from valbench.runner import execute, resolve_names
     from valbench.spec import build_spec, load_config_file, parse_param_assignments
 
     out_flag = _directory("--out", args.out)
@@ -237,6 +236,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     spec = build_spec(args.preset, config, overrides)
     out = out_flag if out_flag is not None else (Path(config["out"]) if "out" in config else None)
     command = " ".join(["valbench", *map(shlex.quote, sys.argv[1:])])
+    # Names and data files are checked first: a bad file is one line, with no warning before it.
+    spec = resolve_names(spec)
     for line in _planting_lines(spec):
         print(printable(line), file=sys.stderr)
     summary = execute(

@@ -247,7 +247,8 @@ def test_run_on_file_data_says_it_plants_label_flips(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     data = tmp_path / "my.csv"
-    data.write_text("a,b,label\n1,2,0\n3,4,1\n")
+    rows = "".join(f"{i},{i % 7},{i % 2}\n" for i in range(40))  # valid: checked before the line
+    data.write_text("a,b,label\n" + rows)
     _stop_before_running(monkeypatch)
     base = ["run", "--methods", "random", "--datasets", f"file:{data}", "--out", str(tmp_path)]
     main(base)  # the preset's noise, 0.1

@@ -147,13 +147,13 @@ def test_selections_off_the_run_fractions_or_of_the_wrong_size_fail_the_cell(
     by_method = {r["method"]: r for r in read_results(tmp_path)}
     assert by_method["off-fraction"]["status"] == "failed"
     assert by_method["off-fraction"]["error"]["message"] == (
-        "ValueError: method 'off-fraction': a selection at fraction 0.42, which the run did not "
-        "ask for (0.1, 0.5)"
+        "InvalidValuation: method 'off-fraction' returned an invalid result: a selection at "
+        "fraction 0.42, which the run did not ask for (0.1, 0.5)"
     )
     assert by_method["wrong-size"]["status"] == "failed"
     assert by_method["wrong-size"]["error"]["message"] == (
-        "ValueError: method 'wrong-size': the selection at 0.1 holds 3 indices (3 distinct); "
-        "at 0.1 of 40 points it must hold 4 distinct ones"
+        "InvalidValuation: method 'wrong-size' returned an invalid result: the selection at 0.1 "
+        "holds 3 indices (3 distinct); at 0.1 of 40 points it must hold 4 distinct ones"
     )
 
 
