@@ -149,3 +149,24 @@ def test_craig_and_gradmatch_cells_train_weighted(tmp_path: Path) -> None:
     assert section.count('<tr><th class="name"><span class="swatch"') == 2
     assert "(random)" in section
     assert "the method's weights): craig, gradmatch;" in section
+
+
+def test_craig_and_gradmatch_weigh_each_fraction_by_its_own_picks() -> None:
+    from valbench.methods.selection.craig import Craig
+    from valbench.methods.selection.gradmatch import GradMatch
+    from valbench.types import RunContext
+
+    task = make_check_task(n_train=90)
+    ctx = RunContext.for_task(task, fractions=(0.1, 0.5))
+    craig = Craig().value(task, ctx).validate(90, ctx.fractions)
+    for f, sel in craig.selections.items():
+        # Cluster sizes: in every class they add up to the class size.
+        for c in range(3):
+            in_class = task.y_train[sel] == c
+            assert craig.selection_weights[f][in_class].sum() == np.sum(task.y_train == c)
+    task = make_check_task(n_train=90)
+    got = GradMatch().value(task, RunContext.for_task(task, fractions=(0.1, 0.5)))
+    assert got.stats["random_fill"] == 0
+    # At the largest fraction, OMP's own weights; a smaller prefix is refitted, not cut.
+    assert got.selection_weights[0.5].sum() == pytest.approx(got.stats["weight_sum"], rel=1e-6)
+    assert not np.allclose(got.selection_weights[0.1], got.selection_weights[0.5][:9])
