@@ -7,20 +7,20 @@ All ``B`` models train together as one batch of the task's :class:`~valbench.typ
 
 from __future__ import annotations
 
-from typing import TypeVar
-
 import numpy as np
 
 from valbench import Method, RunContext, Valuation, ValuationTask
 from valbench.errors import UsageError
+
+# The weighted fit lives in the engine (the harness trains weighted selections with it too);
+# re-exported here, where it first served the bootstrap.
+from valbench.models import weighted_fit
 from valbench.params import Interval, Options, Param
-from valbench.types import BatchedModel, ModelParams
+from valbench.types import ModelParams
 
 __all__ = ["DataOOB", "bootstrap_counts", "weighted_fit"]
 
 WEIGHTINGS = ("counts", "unique")
-
-P = TypeVar("P", bound=ModelParams)
 
 
 def bootstrap_counts(n: int, n_models: int, rng: np.random.Generator) -> np.ndarray:
@@ -28,23 +28,6 @@ def bootstrap_counts(n: int, n_models: int, rng: np.random.Generator) -> np.ndar
     draws = rng.integers(0, n, size=(n_models, n))
     flat = (np.arange(n_models)[:, None] * n + draws).ravel()
     return np.bincount(flat, minlength=n_models * n).reshape(n_models, n)
-
-
-def weighted_fit(
-    clf: BatchedModel[P],
-    x: np.ndarray,
-    y: np.ndarray,
-    counts: np.ndarray,
-    *,
-    init: P | None = None,
-    epochs: int | None = None,
-) -> P:
-    """Train one model per row of ``counts``, point ``i`` weighted by its multiplicity.
-
-    Each model minimises sum_i c_i loss_i / sum_i c_i, i.e. exactly the mean loss over its
-    bootstrap sample with repeats.
-    """
-    return clf.fit(x, y, counts > 0, init=init, epochs=epochs, sample_weight=counts)
 
 
 class DataOOB(Method):

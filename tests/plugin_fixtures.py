@@ -166,6 +166,22 @@ class WrongSize(_Base):
         f = ctx.fractions[0]
         size = max(1, int(np.ceil(f * task.n_train - 1e-9))) - 1
         return Valuation(scores=ctx.rng.random(task.n_train), selections={f: np.arange(size)})
+
+
+class BadWeights(_Base):
+    name = "bad-weights"
+
+    def value(self, task, ctx):
+        # A valid selection whose weights hold one negative value.
+        f = ctx.fractions[0]
+        size = max(1, int(np.ceil(f * task.n_train - 1e-9)))
+        weights = np.ones(size)
+        weights[0] = -1.0
+        return Valuation(
+            scores=ctx.rng.random(task.n_train),
+            selections={f: np.arange(size)},
+            selection_weights={f: weights},
+        )
 """
 
 ENTRY_POINTS = {
@@ -186,6 +202,7 @@ ENTRY_POINTS = {
     "counts-threads": "CountsThreads",
     "off-fraction": "OffFraction",
     "wrong-size": "WrongSize",
+    "bad-weights": "BadWeights",
 }
 
 

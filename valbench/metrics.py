@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from scipy import stats
@@ -23,6 +23,7 @@ __all__ = [
     "DEFAULT_FRACTIONS",
     "MetricInputError",
     "EvaluateFn",
+    "WeightedEvaluateFn",
     "rank_order",
     "subset_size",
     "top_fraction",
@@ -48,6 +49,14 @@ DEFAULT_FRACTIONS: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.5)
 
 EvaluateFn = Callable[[np.ndarray], float]
 """``evaluate(train_indices) -> test accuracy`` of the evaluation model trained on those points."""
+
+
+class WeightedEvaluateFn(Protocol):
+    """``evaluate(train_indices, weights)``: as :data:`EvaluateFn`, each point's loss weighted
+    by its entry of ``weights`` (same order as the indices) when they are given."""
+
+    def __call__(self, indices: np.ndarray, weights: np.ndarray | None = None) -> float: ...
+
 
 _EPS = 1e-9  # absorbs float error in fraction * n (0.3 * 10 == 3.0000000000000004)
 _RECALL_GRID = np.linspace(0.0, 1.0, 101)
@@ -180,16 +189,47 @@ def subset_value_curve(
     fractions: Iterable[float],
     evaluate: EvaluateFn,
     selections: Mapping[float, Any] | None = None,
+    selection_weights: Mapping[float, Any] | None = None,
+    weighted: WeightedEvaluateFn | None = None,
 ) -> dict[float, float]:
-    """Value of the subset chosen at each fraction: the native selection if given, else the top."""
+    """Value of the subset chosen at each fraction: the native selection if given, else the top.
+
+    A native selection with an entry in ``selection_weights`` (one weight per index, same
+    order) is valued by ``weighted(indices, weights)`` instead of ``evaluate``.
+    """
     arr = _as_scores(scores)
     out: dict[float, float] = {}
     for f in _fractions(fractions):
         chosen = _find_selection(selections, f, arr.size)
         if chosen is None:
-            chosen = top_fraction(arr, f)
-        out[f] = _call(evaluate, chosen)
+            out[f] = _call(evaluate, top_fraction(arr, f))
+            continue
+        weights = _find_selection_weights(selection_weights, f, chosen.size)
+        if weights is None:
+            out[f] = _call(evaluate, chosen)
+            continue
+        if weighted is None:
+            raise MetricInputError(f"the selection at {f} has weights but no weighted evaluate")
+        # Sorted indices as everywhere here; the weights follow their points.
+        order = np.argsort(chosen, kind="stable")
+        out[f] = float(weighted(chosen[order], weights[order]))
     return out
+
+
+def _find_selection_weights(
+    weights: Mapping[float, Any] | None, fraction: float, size: int
+) -> np.ndarray | None:
+    for key, w in (weights or {}).items():
+        if math.isclose(float(key), fraction, rel_tol=0.0, abs_tol=_EPS):
+            arr = np.asarray(w, dtype=np.float64)
+            if arr.shape != (size,) or not np.all(np.isfinite(arr)) or np.any(arr < 0):
+                raise MetricInputError(
+                    f"selection weights for fraction {fraction} must be {size} finite values >= 0"
+                )
+            if not np.any(arr > 0):
+                raise MetricInputError(f"selection weights for fraction {fraction} are all zero")
+            return arr
+    return None
 
 
 def random_subset_value(

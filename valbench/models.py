@@ -18,19 +18,20 @@ import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
 from valbench.errors import UnknownNameError, UsageError
-from valbench.types import FitCounter
+from valbench.types import BatchedModel, FitCounter, ModelParams
 
 __all__ = [
     "MODEL_NAMES",
     "ModelSpec",
     "Params",
     "BatchedClassifier",
+    "weighted_fit",
 ]
 
 MODEL_NAMES: tuple[str, ...] = ("logreg", "mlp")
@@ -933,3 +934,25 @@ def _from_class_major(tensor: torch.Tensor) -> torch.Tensor:
     if tensor.ndim == 3:
         return tensor.transpose(1, 2).contiguous()
     return tensor
+
+
+P = TypeVar("P", bound=ModelParams)
+
+
+def weighted_fit(
+    clf: BatchedModel[P],
+    x: np.ndarray,
+    y: np.ndarray,
+    weights: np.ndarray,
+    *,
+    init: P | None = None,
+    epochs: int | None = None,
+) -> P:
+    """Train one model per row of ``weights`` (B, n), point ``i`` weighted by ``weights[b, i]``.
+
+    Each model minimises ``sum_i w_i loss_i / sum_i w_i`` plus the L2 term, over the points of
+    positive weight: with integer weights (bootstrap multiplicities, say) exactly the mean loss
+    over the subset with each point repeated ``w_i`` times.
+    """
+    weights = np.asarray(weights)
+    return clf.fit(x, y, weights > 0, init=init, epochs=epochs, sample_weight=weights)

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from valbench.errors import RunDirectoryError
+from valbench.errors import RunDirectoryError, ValbenchError
 from valbench.figures import (
     cd_figure,
     method_colors,
@@ -46,6 +46,7 @@ from valbench.figures import (
     selection_figure,
     subset_figure,
 )
+from valbench.registry import get_method
 from valbench.spec import FILE_PREFIX
 from valbench.store import (
     FIGURES_DIR,
@@ -76,6 +77,7 @@ from valbench.summary import (
     fraction_label,
     friedman_nemenyi,
     get_number,
+    head_to_head,
     is_number,
     is_partial,
     record_sort_key,
@@ -668,6 +670,18 @@ def _environment() -> Any:
     return env
 
 
+def _families(records: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    """Each recorded method's ``family``, from the registry (results lines do not carry it);
+    a method not installed here has none, and is shown as a per-point one."""
+    out: dict[str, str] = {}
+    for name in sorted({str(r.get("method", "")) for r in records}):
+        try:
+            out[name] = get_method(name).family
+        except ValbenchError:
+            out[name] = ""
+    return out
+
+
 def render_report(run_dir: Path, include_partial: bool = False) -> Path:
     """Render ``run_dir/index.html`` with ``results.csv``, ``summary.json`` and ``figures/``.
 
@@ -706,6 +720,7 @@ def render_report(run_dir: Path, include_partial: bool = False) -> Path:
             manifest=manifest,
             groups=groups,
             colors=colors,
+            head_to_head=head_to_head(groups, _families(records)),
             cross_figures=cross,
             cd_results=cd_results,
             cd_notes=cd_notes,

@@ -24,6 +24,9 @@ import numpy as np
 from valbench.metrics import mean_ci, rank_columns
 
 __all__ = [
+    "SELECTION_FAMILY",
+    "HeadToHead",
+    "head_to_head",
     "ALPHA",
     "CONFIDENCE",
     "CORRECTION",
@@ -699,6 +702,67 @@ def summarise(
                 separated_from_random=_separated_from_random(by_method),
             )
         )
+    return out
+
+
+# --------------------------------------------------------------------------- head to head
+
+#: The method family the head-to-head section compares (``Method.family``).
+SELECTION_FAMILY = "subset-selection"
+
+
+@dataclass(frozen=True)
+class HeadToHead:
+    """One (dataset, noise): the subset selectors against each other and against the best
+    per-point valuation, at each fraction, from the group's subset-value statistics."""
+
+    title: str
+    slug: str
+    fractions: list[str]
+    selectors: dict[str, dict[str, Stat]]  # selector -> fraction -> its subset-value stat
+    #: fraction -> (the per-point method with the best mean there, its stat), or None
+    best_point: dict[str, tuple[str, Stat] | None]
+    #: fraction -> the methods (selectors or the per-point best) holding the top mean
+    top: dict[str, list[str]]
+    weighted: list[str]  # selectors whose cells trained on weighted selections
+
+
+def head_to_head(groups: Sequence[GroupSummary], families: Mapping[str, str]) -> list[HeadToHead]:
+    """The head-to-head table of every group holding a method of :data:`SELECTION_FAMILY`
+    (``families`` maps method names to their family; unknown methods are per-point ones)."""
+    out = []
+    for g in groups:
+        selectors = [m for m in g.rows if families.get(m) == SELECTION_FAMILY]
+        if not selectors:
+            continue
+        others = [m for m in g.rows if m not in selectors]
+        rows: dict[str, dict[str, Stat]] = {m: {} for m in selectors}
+        best_point: dict[str, tuple[str, Stat] | None] = {}
+        top: dict[str, list[str]] = {}
+        for f in g.fractions:
+            key = _subset_column(f).key
+            for m in selectors:
+                rows[m][f] = g.rows[m].get(key) or _stat([], ".3f", UNIT)
+            scored = [(m, g.rows[m][key]) for m in others if g.rows[m][key].present]
+            best_point[f] = max(scored, key=lambda ms: ms[1].mean) if scored else None
+            entries = [(m, rows[m][f]) for m in selectors if rows[m][f].present]
+            point = best_point[f]
+            if point is not None:
+                entries.append(point)
+            high = max((st.mean for _, st in entries), default=math.nan)
+            top[f] = [m for m, st in entries if st.mean == high]
+        weighted = [
+            m
+            for m in selectors
+            if any(
+                any(
+                    v is True
+                    for v in ((r.get("metrics") or {}).get("subset_weighted") or {}).values()
+                )
+                for r in g.records.get(m, [])
+            )
+        ]
+        out.append(HeadToHead(g.title, g.slug, list(g.fractions), rows, best_point, top, weighted))
     return out
 
 

@@ -440,6 +440,11 @@ class Valuation:
     fractions of ``RunContext.fractions``, and the selection at ``f`` must hold
     ``subset_size(n, f)`` = ``max(1, ceil(f * n))`` distinct training indices (the size the
     harness gives the top-``f`` of ``scores``), so both compete at the same size.
+    ``selection_weights`` optionally weights a selection's points when the harness trains on
+    it: ``selection_weights[f]`` holds one finite weight ``>= 0`` per index of
+    ``selections[f]``, in the same order, not all zero (a weighted coreset such as CRAIG's
+    cluster sizes). Only the relative weights matter: the harness trains on the weighted mean
+    loss. A selection without weights is trained on unweighted.
     ``detection_scores`` is an optional second score for mislabel detection, in the same
     direction (lowest = most suspicious), for methods whose documented practice ranks noise by
     another quantity (e.g. self-influence); the harness uses ``scores`` when it is None.
@@ -450,6 +455,7 @@ class Valuation:
 
     scores: np.ndarray
     selections: dict[float, np.ndarray] = field(default_factory=dict)
+    selection_weights: dict[float, np.ndarray] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
     detection_scores: np.ndarray | None = None
     complete: bool | None = None
@@ -460,6 +466,9 @@ class Valuation:
             self.detection_scores = np.asarray(self.detection_scores, dtype=np.float64)
         self.selections = {
             float(k): np.asarray(v, dtype=np.int64) for k, v in self.selections.items()
+        }
+        self.selection_weights = {
+            float(k): np.asarray(v, dtype=np.float64) for k, v in self.selection_weights.items()
         }
         if self.complete is None:
             self.complete = bool(self.stats.get("complete", True))
@@ -473,8 +482,10 @@ class Valuation:
 
         Scores and detection scores: finite, one per training point. Selections: at fractions
         the run asked for (``fractions``; any in (0, 1) when None), each of
-        :func:`subset_size` distinct indices in ``[0, n_train)``. Returns this Valuation with
-        its selections keyed by the requested fractions themselves (float noise absorbed).
+        :func:`subset_size` distinct indices in ``[0, n_train)``. Selection weights: only for
+        fractions that have a selection, one per index of it, finite, ``>= 0``, not all zero.
+        Returns this Valuation with its selections and weights keyed by the requested fractions
+        themselves (float noise absorbed).
         """
         n = int(n_train)
         for label, arr in (("scores", self.scores), ("detection scores", self.detection_scores)):
@@ -486,6 +497,7 @@ class Valuation:
                 bad = int(np.count_nonzero(~np.isfinite(arr)))
                 raise InvalidValuation(f"{label} hold {bad} NaN or infinite values")
         keyed: dict[float, np.ndarray] = {}
+        requested_of: dict[float, float] = {}
         for fraction, idx in self.selections.items():
             requested = _requested_fraction(fraction, fractions)
             if requested is None:
@@ -506,7 +518,42 @@ class Valuation:
                     f"distinct); at {fraction:g} of {n} points it must hold {size} distinct ones"
                 )
             keyed[requested] = idx
+            requested_of[fraction] = requested
+        weights: dict[float, np.ndarray] = {}
+        for fraction, w in self.selection_weights.items():
+            matched = [
+                f
+                for f in self.selections
+                if math.isclose(fraction, f, rel_tol=0.0, abs_tol=_FRACTION_EPS)
+            ]
+            if not matched:
+                raise InvalidValuation(
+                    f"selection weights at fraction {fraction:g}, which has no selection"
+                )
+            idx = self.selections[matched[0]]
+            if w.shape != idx.shape:
+                raise InvalidValuation(
+                    f"the selection weights at {fraction:g} have shape {w.shape}; the selection "
+                    f"holds {idx.size} indices, so expected ({idx.size},)"
+                )
+            if not np.all(np.isfinite(w)):
+                bad = int(np.count_nonzero(~np.isfinite(w)))
+                raise InvalidValuation(
+                    f"the selection weights at {fraction:g} hold {bad} NaN or infinite values"
+                )
+            if np.any(w < 0):
+                raise InvalidValuation(
+                    f"the selection weights at {fraction:g} hold {int(np.count_nonzero(w < 0))} "
+                    "negative values; weights must be >= 0"
+                )
+            if not np.any(w > 0):
+                raise InvalidValuation(
+                    f"the selection weights at {fraction:g} are all zero; at least one point "
+                    "must carry weight"
+                )
+            weights[requested_of[matched[0]]] = w
         self.selections = keyed
+        self.selection_weights = weights
         return self
 
 

@@ -48,6 +48,7 @@ __all__ = [
     "run_cell",
     "failure_record",
     "TestEvaluator",
+    "mean_one",
 ]
 
 log = logging.getLogger(__name__)
@@ -216,53 +217,83 @@ class PeakMemory:
         self.peak_mb = max(self.peak_mb, self._rss_mb())
 
 
+def mean_one(weights: np.ndarray) -> np.ndarray:
+    """``weights`` scaled so their mean over the subset is 1 (float64).
+
+    The model minimises the weighted *mean* loss plus ``l2/2 ||w||²``, so the weights' scale
+    cancels and the L2 term keeps its balance against the loss whatever scale a method chose;
+    scaling to mean 1 states that in the weights themselves, keeps them in float32's range
+    (the model's dtype), and makes equal weights exactly the all-ones mask of an unweighted fit.
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    return w * (w.size / w.sum())
+
+
 class TestEvaluator:
     """Test accuracy of the evaluation model trained on train subsets, all fits in one batch.
 
-    Metric functions are pure and call ``evaluate(indices)``; a first pass records the subsets
-    they ask for, one batched fit answers all of them, a second pass reads the answers.
+    Metric functions are pure and call ``evaluate(indices)`` (or ``evaluate(indices, weights)``
+    for a weighted selection); a first pass records the subsets they ask for, one batched fit
+    answers all of them, a second pass reads the answers.
     """
 
     def __init__(self, task: ValuationTask) -> None:
         self.task = task
-        self._answers: dict[bytes, float] = {}
-        self._wanted: dict[bytes, np.ndarray] = {}
+        self._answers: dict[tuple[bytes, bytes], float] = {}
+        self._wanted: dict[tuple[bytes, bytes], np.ndarray] = {}
         self.fits = 0
 
-    @staticmethod
-    def _key(indices: np.ndarray) -> bytes:
-        return np.unique(np.asarray(indices, dtype=np.int64)).tobytes()
+    def _row(
+        self, indices: np.ndarray, weights: np.ndarray | None
+    ) -> tuple[tuple[bytes, bytes], np.ndarray]:
+        """The subset's key and its training weights over all points (0 outside it)."""
+        idx = np.asarray(indices, dtype=np.int64)
+        row = np.zeros(self.task.n_train)
+        if weights is None:
+            idx = np.unique(idx)
+            row[idx] = 1.0
+            return (idx.tobytes(), b""), row
+        order = np.argsort(idx, kind="stable")
+        idx, w = idx[order], mean_one(np.asarray(weights, dtype=np.float64)[order])
+        row[idx] = w
+        return (idx.tobytes(), w.tobytes()), row
 
-    def recorder(self, indices: np.ndarray) -> float:
-        key = self._key(indices)
+    def recorder(self, indices: np.ndarray, weights: np.ndarray | None = None) -> float:
+        key, row = self._row(indices, weights)
         if key not in self._answers:
-            self._wanted[key] = np.unique(np.asarray(indices, dtype=np.int64))
+            self._wanted[key] = row
         return 0.0
 
-    def answer(self, indices: np.ndarray) -> float:
-        return self._answers[self._key(indices)]
+    def answer(self, indices: np.ndarray, weights: np.ndarray | None = None) -> float:
+        return self._answers[self._row(indices, weights)[0]]
 
     def fit_wanted(self) -> None:
         if not self._wanted:
             return
+        from valbench.models import weighted_fit
+
         task = self.task
         # A separate model: the harness's fits are not charged to the method.
         clf = task.model.build(task.n_features, task.n_classes, task.seed)
         keys = list(self._wanted)
-        masks = np.zeros((len(keys), task.n_train), dtype=bool)
-        for row, key in enumerate(keys):
-            masks[row, self._wanted[key]] = True
+        rows = np.stack([self._wanted[key] for key in keys])
+        weighted = np.array([bool(key[1]) for key in keys])
         accs = np.empty(len(keys))
         for start in range(0, len(keys), 64):
-            params = clf.fit(task.x_train, task.y_train, masks[start : start + 64])
+            chunk = rows[start : start + 64]
+            if weighted[start : start + 64].any():
+                # Unweighted rows ride along with weight 1 on their subset: the same loss.
+                params = weighted_fit(clf, task.x_train, task.y_train, chunk)
+            else:
+                params = clf.fit(task.x_train, task.y_train, chunk > 0)
             accs[start : start + 64] = clf.accuracy(params, task.x_test, task.y_test)
-        for key, acc, mask in zip(keys, accs, masks, strict=True):
+        for key, acc, row in zip(keys, accs, rows, strict=True):
             # U(∅) follows the utility engine's convention: chance accuracy.
-            self._answers[key] = float(acc) if mask.any() else 1.0 / task.n_classes
+            self._answers[key] = float(acc) if row.any() else 1.0 / task.n_classes
         self.fits += len(keys)
         self._wanted.clear()
 
-    def two_pass(self, compute: Callable[[Callable[[np.ndarray], float]], Any]) -> Any:
+    def two_pass(self, compute: Callable[[metrics.WeightedEvaluateFn], Any]) -> Any:
         """Run ``compute(evaluate)`` once to collect subsets, fit them, run it again for real."""
         compute(self.recorder)
         self.fit_wanted()
@@ -280,9 +311,14 @@ def measure(task: ValuationTask, valuation: Valuation, cell: Cell, spec: RunSpec
     removal_fractions = [0.0, *fractions]
     evaluator = TestEvaluator(task)
 
-    def compute(evaluate: Callable[[np.ndarray], float]) -> dict[str, Any]:
+    def compute(evaluate: metrics.WeightedEvaluateFn) -> dict[str, Any]:
         subset = metrics.subset_value_curve(
-            scores, fractions, evaluate, selections=valuation.selections
+            scores,
+            fractions,
+            evaluate,
+            selections=valuation.selections,
+            selection_weights=valuation.selection_weights,
+            weighted=evaluate,
         )
         rand = metrics.random_subset_value(
             task.n_train,
@@ -321,6 +357,12 @@ def measure(task: ValuationTask, valuation: Valuation, cell: Cell, spec: RunSpec
     # own choice is visible in the record (_check_valuation keys selections by these fractions).
     result["subset_source"] = {
         f"{f:g}": "selection" if f in valuation.selections else "scores" for f in fractions
+    }
+    # The fractions whose selection was trained on with the method's per-point weights.
+    result["subset_weighted"] = {
+        f"{f:g}": True
+        for f in fractions
+        if f in valuation.selections and f in valuation.selection_weights
     }
     return result
 

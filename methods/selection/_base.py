@@ -144,12 +144,22 @@ class Selector(Method):
             )
         started = time.perf_counter()
         fits_before = task.fit_counter.count
-        scores, chosen, stats = self.select(task, ctx, sizes)
+        scores, chosen, weights, stats = self.select_weighted(task, ctx, sizes)
         selections = {f: chosen[f] for f in sizes}
         stats.setdefault("complete", True)
         stats["model_fits"] = task.fit_counter.count - fits_before
         stats["seconds"] = time.perf_counter() - started
-        return Valuation(scores=scores, selections=selections, stats=stats)
+        return Valuation(
+            scores=scores, selections=selections, selection_weights=weights, stats=stats
+        )
+
+    def select_weighted(
+        self, task: ValuationTask, ctx: RunContext, sizes: dict[float, int]
+    ) -> tuple[np.ndarray, dict[float, np.ndarray], dict[float, np.ndarray], dict[str, Any]]:
+        """As :meth:`select`, plus ``{f: weights}`` for the selections the harness should train
+        on weighted (one weight per index, same order); none by default."""
+        scores, chosen, stats = self.select(task, ctx, sizes)
+        return scores, chosen, {}, stats
 
     @abc.abstractmethod
     def select(
@@ -169,9 +179,15 @@ class GreedySelector(Selector):
     def select(
         self, task: ValuationTask, ctx: RunContext, sizes: dict[float, int]
     ) -> tuple[np.ndarray, dict[float, np.ndarray], dict[str, Any]]:
+        scores, selections, _, stats = self.select_weighted(task, ctx, sizes)
+        return scores, selections, stats
+
+    def select_weighted(
+        self, task: ValuationTask, ctx: RunContext, sizes: dict[float, int]
+    ) -> tuple[np.ndarray, dict[float, np.ndarray], dict[float, np.ndarray], dict[str, Any]]:
         n = task.n_train
         k = max(sizes.values())
-        order, stats = self.greedy_order(task, ctx, k)
+        order, stats, weigh = self.weighted_greedy_order(task, ctx, k)
         if len(order) < k:
             stats["complete"] = False
             stats["greedy_picks"] = int(len(order))
@@ -179,14 +195,25 @@ class GreedySelector(Selector):
         if len(np.unique(order)) != k:
             raise AssertionError(f"{self.name}: greedy order repeats points")
         selections = {f: order[:s].copy() for f, s in sizes.items()}
+        weights = {} if weigh is None else {f: weigh(sel) for f, sel in selections.items()}
         stats["score"] = "reverse greedy order: first pick highest, unpicked 0"
-        return scores_from_order(n, order), selections, stats
+        return scores_from_order(n, order), selections, weights, stats
 
     @abc.abstractmethod
     def greedy_order(
         self, task: ValuationTask, ctx: RunContext, k: int
     ) -> tuple[np.ndarray, dict[str, Any]]:
         """Up to ``k`` distinct indices in pick order, and stats."""
+
+    def weighted_greedy_order(
+        self, task: ValuationTask, ctx: RunContext, k: int
+    ) -> tuple[np.ndarray, dict[str, Any], Callable[[np.ndarray], np.ndarray] | None]:
+        """As :meth:`greedy_order`, plus ``weigh(prefix) -> weights``: the weights the harness
+        trains a selection (a prefix of the order) with; None (the default) for unweighted.
+        A weighted selector overrides this, since its weights need what the order was built
+        from (its gradients, say) and each fraction's prefix has weights of its own."""
+        order, stats = self.greedy_order(task, ctx, k)
+        return order, stats, None
 
     def per_class_order(
         self,

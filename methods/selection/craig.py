@@ -3,6 +3,7 @@ by facility location, weighted by the size of their clusters."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -40,10 +41,13 @@ class Craig(GreedySelector):
     Each pick's weight is its cluster size (:func:`craig_weights`; they sum to the class size).
     Scores: reverse pick order.
 
+    The harness trains on each selection weighted (``Valuation.selection_weights``), as CRAIG
+    trains with per-element step sizes: at every fraction a pick weighs the size of its cluster
+    among its class when the class's picks are those in that fraction's selection.
+
     Departures from the original: gradients at the converged all-data model rather than at
-    every epoch during training; the weights are computed (``stats['weight_sum']``) but the
-    harness trains on the subset unweighted; one greedy order per class for the largest
-    fraction, smaller fractions taking its prefixes.
+    every epoch during training; one greedy order per class for the largest fraction, smaller
+    fractions taking its prefixes (each prefix weighted by its own clusters).
     """
 
     name = "craig"
@@ -53,6 +57,12 @@ class Craig(GreedySelector):
     def greedy_order(
         self, task: ValuationTask, ctx: RunContext, k: int
     ) -> tuple[np.ndarray, dict[str, Any]]:
+        order, stats, _ = self.weighted_greedy_order(task, ctx, k)
+        return order, stats
+
+    def weighted_greedy_order(
+        self, task: ValuationTask, ctx: RunContext, k: int
+    ) -> tuple[np.ndarray, dict[str, Any], Callable[[np.ndarray], np.ndarray]]:
         model = fit_all_data(task)
         # Factored gradients: the same distances at a tenth of the cost (see GradientRows).
         grads = GradientRows(model.phi, model.probs, task.y_train)
@@ -66,5 +76,14 @@ class Craig(GreedySelector):
                 weight_sum += float(craig_weights(g, order).sum())
             return order
 
+        def weigh(prefix: np.ndarray) -> np.ndarray:
+            weights = np.empty(len(prefix))
+            for c in np.unique(task.y_train[prefix]):
+                rows = np.flatnonzero(task.y_train == c)
+                at = np.flatnonzero(task.y_train[prefix] == c)
+                local = np.searchsorted(rows, prefix[at])  # rows is sorted
+                weights[at] = craig_weights(grads.subset(rows), local)
+            return weights
+
         order, complete = self.per_class_order(task, ctx, k, group)
-        return order, {"weight_sum": weight_sum, "complete": complete}
+        return order, {"weight_sum": weight_sum, "complete": complete}, weigh

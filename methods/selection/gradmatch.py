@@ -3,6 +3,7 @@ matches the class's full gradient sum, found by orthogonal matching pursuit."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -17,7 +18,7 @@ from valbench.types import ValuationTask
 if TYPE_CHECKING:
     from valbench.types import RunContext
 
-__all__ = ["GradMatch", "omp"]
+__all__ = ["GradMatch", "omp", "ridge_nnls"]
 
 
 def _correlate(a: np.ndarray | GradientRows, v: np.ndarray) -> np.ndarray:
@@ -107,11 +108,15 @@ class GradMatch(GreedySelector):
     follow the shared divisor schedule, so every fraction is a prefix. Scores: reverse pick order
     (random fill after OMP's picks).
 
+    The harness trains on each selection weighted (``Valuation.selection_weights``), as
+    GradMatch trains with its matching weights: at every fraction, a class's OMP picks weigh
+    the non-negative ridge refit of the class's gradient sum on just those picks (OMP's own
+    weights had it stopped there), and random fill points weigh 1, as in CORDS.
+
     Departures from the original: gradients at the converged all-data model, not during
-    training; the matching weights are reported (``stats['weight_sum']``) but the harness
-    trains on the subset unweighted; ``lam=0.5`` as in CORDS; one OMP per class for the largest
-    fraction, smaller fractions taking its prefixes (OMP's pick order does not depend on the
-    stopping size, only the weights do).
+    training; ``lam=0.5`` as in CORDS; one OMP per class for the largest fraction, smaller
+    fractions taking its prefixes (OMP's pick order does not depend on the stopping size, only
+    the weights do, so each prefix is refitted).
 
     Args:
         lam: Ridge strength of each non-negative refit (default 0.5).
@@ -133,11 +138,18 @@ class GradMatch(GreedySelector):
     def greedy_order(
         self, task: ValuationTask, ctx: RunContext, k: int
     ) -> tuple[np.ndarray, dict[str, Any]]:
+        order, stats, _ = self.weighted_greedy_order(task, ctx, k)
+        return order, stats
+
+    def weighted_greedy_order(
+        self, task: ValuationTask, ctx: RunContext, k: int
+    ) -> tuple[np.ndarray, dict[str, Any], Callable[[np.ndarray], np.ndarray]]:
         model = fit_all_data(task)
         # Factored gradients: correlations read a tenth of the memory (see GradientRows).
         grads = GradientRows(model.phi, model.probs, task.y_train)
         filled = 0
         weight_sum = 0.0
+        picked = np.zeros(task.n_train, dtype=bool)  # chosen by OMP, not by the random fill
 
         def group(rows: np.ndarray, kc: int, stopper: Stopper) -> np.ndarray:
             nonlocal filled, weight_sum
@@ -153,8 +165,28 @@ class GradMatch(GreedySelector):
             )
             weight_sum += float(w.sum())
             filled += kc - len(support)
+            picked[rows[support]] = True
             return fill_order(support, len(rows), kc, ctx.rng)
+
+        def weigh(prefix: np.ndarray) -> np.ndarray:
+            weights = np.ones(len(prefix))
+            for c in np.unique(task.y_train[prefix]):
+                rows = np.flatnonzero(task.y_train == c)
+                at = np.flatnonzero((task.y_train[prefix] == c) & picked[prefix])
+                if len(at):
+                    g = grads.subset(rows)
+                    local = np.searchsorted(rows, prefix[at])  # rows is sorted
+                    weights[at] = ridge_nnls(g.dense(local).T, g.total(), float(self.lam))
+            return weights
 
         order, complete = self.per_class_order(task, ctx, k, group)
         stats = {"random_fill": filled, "weight_sum": weight_sum, "complete": complete}
-        return order, stats
+        return order, stats, weigh
+
+
+def ridge_nnls(a: np.ndarray, b: np.ndarray, lam: float) -> np.ndarray:
+    """``argmin_{w >= 0} ||a w - b||² + lam ||w||²``: the refit OMP makes on its support."""
+    s = a.shape[1]
+    stacked = np.vstack([a, np.sqrt(lam) * np.eye(s)]) if lam > 0 else a
+    rhs = np.concatenate([b, np.zeros(s)]) if lam > 0 else b
+    return nnls(stacked, rhs, maxiter=max(100, 10 * s))[0]
