@@ -671,10 +671,15 @@ def _environment() -> Any:
 
 
 def _families(records: Sequence[Mapping[str, Any]]) -> dict[str, str]:
-    """Each recorded method's ``family``, from the registry (results lines do not carry it);
-    a method not installed here has none, and is shown as a per-point one."""
+    """Each recorded method's ``family`` as its results lines recorded it (so the page depends
+    on the run's files alone); lines written before the field fall back to the registry, and a
+    method not installed here has none (shown as a per-point one)."""
     out: dict[str, str] = {}
-    for name in sorted({str(r.get("method", "")) for r in records}):
+    for rec in records:
+        name, family = str(rec.get("method", "")), rec.get("family")
+        if isinstance(family, str) and family:
+            out[name] = family
+    for name in sorted({str(r.get("method", "")) for r in records} - set(out)):
         try:
             out[name] = get_method(name).family
         except ValbenchError:

@@ -471,6 +471,7 @@ def _run_cell(cell: Cell, spec: RunSpec, progress: ProgressFn) -> CellOutcome:
     record = {
         **_base_record(cell, {k: to_jsonable(v) for k, v in params.items()}),
         "status": "ok",
+        "family": cls.family,
         # False for an estimate its method could not finish: a partial result, never to be
         # read as the real one.
         "complete": valuation.complete,
