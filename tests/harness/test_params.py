@@ -34,7 +34,7 @@ from valbench.registry import (
     method_names,
     validate_params,
 )
-from valbench.testing import check_method
+from valbench.testing import check_method, invalid_values
 from valbench.types import init_params
 
 # --- the vocabulary -------------------------------------------------------------------------
@@ -102,50 +102,6 @@ def test_valid_alternative_differs_from_the_default_and_is_valid() -> None:
 
 
 # --- every registered class -----------------------------------------------------------------
-
-
-def invalid_values(spec: Param) -> list[Any]:
-    """Values the declaration must refuse, derived from each constraint."""
-    found: list[Any] = []
-    for c in spec.constraints:
-        candidates: list[Any] = []
-        if isinstance(c, Interval):
-            for bound, closed, down in (
-                (c.low, c.low_closed, True),
-                (c.high, c.high_closed, False),
-            ):
-                if bound is None:
-                    if c.type is float:
-                        candidates.append(-math.inf if down else math.inf)
-                elif not closed:
-                    candidates.append(c.type(bound))
-                elif c.type is int:
-                    candidates.append(int(bound) - 1 if down else int(bound) + 1)
-                else:
-                    candidates.append(math.nextafter(bound, -math.inf if down else math.inf))
-            if c.type is float:
-                candidates.append(math.nan)
-            else:
-                candidates.append(float(c.low if c.low is not None else 0) + 0.5)
-        elif isinstance(c, Options):
-            candidates.append("not-an-option" if c.type is str else max(c.values) + 1)
-        others = [d for d in spec.constraints if d is not c]
-        # A value outside one constraint may be inside another (an interval or None).
-        found += [v for v in candidates if not any(_admits(d, v) for d in others)]
-    admitted = {c.type if isinstance(c, Interval | Options) else c for c in spec.constraints}
-    if bool not in admitted:
-        found += [True, False]
-    if str not in admitted:
-        found += ["5", "abc", "true"]
-    if admitted <= {bool, None}:
-        found += [1, 0]
-    if admitted & {str} and not admitted & {int, float}:
-        found += [3]
-    return found
-
-
-def _admits(constraint: Any, value: Any) -> bool:
-    return Param(None, constraint, None).accepts(value)
 
 
 def _registered() -> list[tuple[str, str]]:

@@ -15,6 +15,43 @@ from valbench.types import Dataset, Method
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "valbench-example-plugin"
+EXAMPLE_DATASET = REPO / "examples" / "valbench-example-dataset"
+
+
+def _pip_install(example: Path, target: Path) -> dict[str, str]:
+    """pip-installs ``example`` into ``target``; the environment that sees it."""
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--target",
+            str(target),
+            str(example),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return {**os.environ, "PYTHONPATH": str(target)}
+
+
+def _plugin_tests(example: Path, env: dict[str, str], cwd: Path) -> None:
+    """The plugin's own test suite (the conformance kit) on the installed class."""
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(example / "tests")],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+    )
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert " passed" in done.stdout and "failed" not in done.stdout
 
 
 def test_builtins_registered_through_our_own_entry_points() -> None:
@@ -171,26 +208,7 @@ def test_list_shows_a_dataset_with_odd_info(
 
 def test_example_plugin_installed_for_real(tmp_path: Path) -> None:
     """pip-installs examples/valbench-example-plugin and uses it through its entry point."""
-    target = tmp_path / "site"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--no-deps",
-            "--no-build-isolation",
-            "--no-index",
-            "--target",
-            str(target),
-            str(EXAMPLE),
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    env = {**os.environ, "PYTHONPATH": str(target)}
+    env = _pip_install(EXAMPLE, tmp_path / "site")
     listed = subprocess.run(
         [sys.executable, "-m", "valbench", "list"],
         env=env,
@@ -199,15 +217,7 @@ def test_example_plugin_installed_for_real(tmp_path: Path) -> None:
         check=True,
     ).stdout
     assert "centroid" in listed and "valbench-example-plugin 0.1.0" in listed
-
-    # The plugin's own test: the conformance kit on the installed class.
-    subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(EXAMPLE / "tests")],
-        env=env,
-        check=True,
-        capture_output=True,
-        cwd=tmp_path,
-    )
+    _plugin_tests(EXAMPLE, env, tmp_path)
 
     out = tmp_path / "run"
     done = subprocess.run(
@@ -236,3 +246,47 @@ def test_example_plugin_installed_for_real(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     results = (out / "results.jsonl").read_text()
     assert '"method": "centroid"' in results and '"status": "ok"' in results
+
+
+def test_example_dataset_installed_for_real(tmp_path: Path) -> None:
+    """pip-installs examples/valbench-example-dataset and runs on it through its entry point."""
+    env = _pip_install(EXAMPLE_DATASET, tmp_path / "site")
+    listed = subprocess.run(
+        [sys.executable, "-m", "valbench", "list", "--datasets"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "moons" in listed and "valbench-example-dataset 0.1.0" in listed
+    _plugin_tests(EXAMPLE_DATASET, env, tmp_path)
+
+    out = tmp_path / "run"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "valbench",
+            "run",
+            "--methods",
+            "random",
+            "--datasets",
+            "moons",
+            "--param",
+            "moons.noise=0.1",
+            "--preset",
+            "ci",
+            "--seeds",
+            "1",
+            "--out",
+            str(out),
+            "--no-progress",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    results = (out / "results.jsonl").read_text()
+    assert '"dataset": "moons"' in results and '"status": "ok"' in results

@@ -1,13 +1,12 @@
-"""Every registered method passes the conformance kit (plugins installed here included)."""
+"""Every registered method passes the conformance kit, one test per method and rule
+(plugins installed here included)."""
 
 from __future__ import annotations
 
-import pytest
-
 from valbench.registry import get_method, method_names
-from valbench.testing import check_method
+from valbench.testing import Check, parametrize_method_checks
 
 
-@pytest.mark.parametrize("name", method_names())
-def test_registered_method_conforms(name: str) -> None:
-    check_method(get_method(name))
+@parametrize_method_checks(*(get_method(name) for name in method_names()))
+def test_registered_method_conforms(check: Check) -> None:
+    check()

@@ -1,8 +1,8 @@
 from valbench_example_plugin import CentroidTypicality
 
-from valbench.testing import check_method
+from valbench.testing import Check, parametrize_method_checks
 
 
-def test_centroid_conforms() -> None:
-    check_method(CentroidTypicality)
-    check_method(CentroidTypicality, {"metric": "manhattan"})
+@parametrize_method_checks(CentroidTypicality, (CentroidTypicality, {"metric": "manhattan"}))
+def test_centroid_conforms(check: Check) -> None:
+    check()
