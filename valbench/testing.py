@@ -371,7 +371,9 @@ def method_checks(
 
     def scores_valid() -> None:
         out = first()
-        _invalid("scores", lambda: replace(out, selections={}).validate(n_train))
+        _invalid(
+            "scores", lambda: replace(out, selections={}, selection_weights={}).validate(n_train)
+        )
 
     def selections_at_run_fractions() -> None:
         out = first()

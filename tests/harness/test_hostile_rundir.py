@@ -460,6 +460,9 @@ def test_any_damaged_manifest_is_handled(real_run: Path, data: st.DataObject) ->
         _commands_are_clean(run_dir, lines, status_counts=False)
 
 
+# Slow (each example renders a report): the deterministic cases above cover each kind
+# of damage by default; `pytest -m slow` adds the random combinations.
+@pytest.mark.slow
 @SETTINGS
 @given(data=st.data())
 def test_any_damaged_results_file_is_handled(real_run: Path, data: st.DataObject) -> None:
@@ -471,6 +474,9 @@ def test_any_damaged_results_file_is_handled(real_run: Path, data: st.DataObject
         _commands_are_clean(run_dir, survivors, status_counts=True)
 
 
+# Slow (each example renders a report): the deterministic cases above cover each kind
+# of damage by default; `pytest -m slow` adds the random combinations.
+@pytest.mark.slow
 @SETTINGS
 @given(data=st.data())
 def test_any_damaged_npz_file_is_handled(real_run: Path, data: st.DataObject) -> None:

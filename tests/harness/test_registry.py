@@ -18,8 +18,8 @@ EXAMPLE = REPO / "examples" / "valbench-example-plugin"
 EXAMPLE_DATASET = REPO / "examples" / "valbench-example-dataset"
 
 
-def _pip_install(example: Path, target: Path) -> dict[str, str]:
-    """pip-installs ``example`` into ``target``; the environment that sees it."""
+def _pip_install(*examples: Path, target: Path) -> dict[str, str]:
+    """pip-installs ``examples`` into ``target`` (one pip call); the environment that sees it."""
     subprocess.run(
         [
             sys.executable,
@@ -32,7 +32,7 @@ def _pip_install(example: Path, target: Path) -> dict[str, str]:
             "--no-index",
             "--target",
             str(target),
-            str(example),
+            *map(str, examples),
         ],
         check=True,
         capture_output=True,
@@ -206,9 +206,10 @@ def test_list_shows_a_dataset_with_odd_info(
     assert "odd-info" in out and "offline here: unknown (RuntimeError)" in out
 
 
-def test_example_plugin_installed_for_real(tmp_path: Path) -> None:
-    """pip-installs examples/valbench-example-plugin and uses it through its entry point."""
-    env = _pip_install(EXAMPLE, tmp_path / "site")
+def test_example_plugins_installed_for_real(tmp_path: Path) -> None:
+    """pip-installs the example method and dataset plugins and uses both through their entry
+    points: listed, their own test suites (the conformance kit) pass, and a run uses them."""
+    env = _pip_install(EXAMPLE, EXAMPLE_DATASET, target=tmp_path / "site")
     listed = subprocess.run(
         [sys.executable, "-m", "valbench", "list"],
         env=env,
@@ -217,7 +218,9 @@ def test_example_plugin_installed_for_real(tmp_path: Path) -> None:
         check=True,
     ).stdout
     assert "centroid" in listed and "valbench-example-plugin 0.1.0" in listed
+    assert "moons" in listed and "valbench-example-dataset 0.1.0" in listed
     _plugin_tests(EXAMPLE, env, tmp_path)
+    _plugin_tests(EXAMPLE_DATASET, env, tmp_path)
 
     out = tmp_path / "run"
     done = subprocess.run(
@@ -229,49 +232,7 @@ def test_example_plugin_installed_for_real(tmp_path: Path) -> None:
             "--methods",
             "centroid,random",
             "--datasets",
-            "synthetic",
-            "--preset",
-            "ci",
-            "--seeds",
-            "1",
-            "--out",
-            str(out),
-            "--no-progress",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-    )
-    assert done.returncode == 0, done.stderr
-    results = (out / "results.jsonl").read_text()
-    assert '"method": "centroid"' in results and '"status": "ok"' in results
-
-
-def test_example_dataset_installed_for_real(tmp_path: Path) -> None:
-    """pip-installs examples/valbench-example-dataset and runs on it through its entry point."""
-    env = _pip_install(EXAMPLE_DATASET, tmp_path / "site")
-    listed = subprocess.run(
-        [sys.executable, "-m", "valbench", "list", "--datasets"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    assert "moons" in listed and "valbench-example-dataset 0.1.0" in listed
-    _plugin_tests(EXAMPLE_DATASET, env, tmp_path)
-
-    out = tmp_path / "run"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "valbench",
-            "run",
-            "--methods",
-            "random",
-            "--datasets",
-            "moons",
+            "synthetic,moons",
             "--param",
             "moons.noise=0.1",
             "--preset",
@@ -289,4 +250,5 @@ def test_example_dataset_installed_for_real(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     results = (out / "results.jsonl").read_text()
-    assert '"dataset": "moons"' in results and '"status": "ok"' in results
+    assert '"method": "centroid"' in results and '"dataset": "moons"' in results
+    assert '"status": "ok"' in results and '"status": "failed"' not in results

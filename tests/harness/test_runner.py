@@ -98,7 +98,7 @@ def test_failures_are_recorded_and_the_run_goes_on(tmp_path: Path, test_plugins:
         == "RuntimeError: deliberate failure in a test method"
     )
     assert "Traceback" in by_method["raises"]["error"]["traceback"]
-    assert "non-finite scores" in by_method["nan-scores"]["error"]["message"]
+    assert "NaN or infinite" in by_method["nan-scores"]["error"]["message"]
     assert sorted(summary.failed) == sorted(
         ["synthetic.raises.noise0.2.seed0", "synthetic.nan-scores.noise0.2.seed0"]
     )
