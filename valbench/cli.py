@@ -217,7 +217,7 @@ def _directory(flag: str, value: str | None) -> Path | None:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from valbench.cache import set_data_dir
-    from valbench.runner import execute, resolve_names
+    from valbench.pool import warm_workers
     from valbench.spec import build_spec, load_config_file, parse_param_assignments
 
     out_flag = _directory("--out", args.out)
@@ -236,6 +236,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     spec = build_spec(args.preset, config, overrides)
     out = out_flag if out_flag is not None else (Path(config["out"]) if "out" in config else None)
     command = " ".join(["valbench", *map(shlex.quote, sys.argv[1:])])
+    if args.backend in ("auto", "process"):
+        warm_workers(spec)  # the workers' imports overlap the driver's own, from here on
+    from valbench.runner import execute, resolve_names
+
     # Names and data files are checked first: a bad file is one line, with no warning before it.
     spec = resolve_names(spec)
     for line in _planting_lines(spec):

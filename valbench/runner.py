@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from valbench.errors import CellTimeout, RunDirectoryError, UsageError
+from valbench.pool import preload_modules, warm_workers
 from valbench.registry import dataset_names, discover, method_names
 from valbench.spec import FILE_PREFIX, Cell, CellProgressFn, RunSpec, dataset_slug
 from valbench.store import (
@@ -302,18 +303,6 @@ def _signal_name(exitcode: int | None) -> str:
     return f"exited with status {exitcode}"
 
 
-#: Modules the fork server imports once for all workers; each saves every cell its import.
-_PRELOAD = (
-    "valbench.worker",
-    "valbench.models",
-    "valbench.utility",
-    "valbench.metrics",
-    "valbench.data",
-    "sklearn.cluster",
-    "valbench.datasets",
-)
-
-
 class _Worker:
     """The driver's handle on one worker process and the cell it is running."""
 
@@ -370,7 +359,7 @@ def run_processes(
     ctx = mp.get_context("forkserver")
     # Import the heavy stack once in the fork server, not in every worker (imports only: a
     # thread pool started before fork, e.g. OpenMP's, is not safe to inherit).
-    ctx.set_forkserver_preload(list(_PRELOAD))
+    ctx.set_forkserver_preload(preload_modules(spec))  # no-op when warm_workers started it
     pending = deque(cells)
     workers: list[_Worker] = []
     spec_data = spec.to_dict()
@@ -554,6 +543,8 @@ def execute(
     ``address`` is the Dask scheduler or Ray cluster of ``backend`` ``dask`` / ``ray``; without
     one those backends start a local cluster.
     """
+    if backend in ("auto", "process"):
+        warm_workers(spec)
     spec = resolve_names(spec)
     if backend not in BACKENDS:
         raise UsageError(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
