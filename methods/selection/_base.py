@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Selector",
     "GreedySelector",
+    "WeightedGreedySelector",
     "ScoreSelector",
     "selection_sizes",
     "scores_from_order",
@@ -243,6 +244,23 @@ class GreedySelector(Selector):
                 local = fill_order(local, len(rows), int(quota[c]), ctx.rng)
             orders[int(c)] = rows[local]
         return merge_class_orders(schedule, orders), complete
+
+
+class WeightedGreedySelector(GreedySelector):
+    """A greedy selector whose selections carry weights: it implements
+    :meth:`weighted_greedy_order`, and its plain order is that order without the weights."""
+
+    def greedy_order(
+        self, task: ValuationTask, ctx: RunContext, k: int
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        order, stats, _ = self.weighted_greedy_order(task, ctx, k)
+        return order, stats
+
+    @abc.abstractmethod
+    def weighted_greedy_order(
+        self, task: ValuationTask, ctx: RunContext, k: int
+    ) -> tuple[np.ndarray, dict[str, Any], Callable[[np.ndarray], np.ndarray] | None]:
+        """The order, its stats and ``weigh(prefix) -> weights``."""
 
 
 class ScoreSelector(Selector):

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from valbench.methods.selection._base import GreedySelector, Stopper
+from valbench.methods.selection._base import Stopper, WeightedGreedySelector
 from valbench.methods.selection._features import GradientRows, Rows, fit_all_data, row_sq_norms
 from valbench.methods.selection.submodular import facility_location_order
 from valbench.types import ValuationTask
@@ -32,7 +32,7 @@ def craig_weights(g: Rows, chosen: np.ndarray) -> np.ndarray:
     return np.bincount(np.argmin(d2, axis=1), minlength=len(chosen)).astype(np.float64)
 
 
-class Craig(GreedySelector):
+class Craig(WeightedGreedySelector):
     """CRAIG: per class, facility location on last-layer gradient similarities.
 
     One counted fit of the task's model on all data; per-sample gradients of its last layer in
@@ -53,12 +53,6 @@ class Craig(GreedySelector):
     name = "craig"
     summary = "CRAIG (Mirzasoleiman et al. 2020): facility location on per-class gradients."
     fits_needed = 1
-
-    def greedy_order(
-        self, task: ValuationTask, ctx: RunContext, k: int
-    ) -> tuple[np.ndarray, dict[str, Any]]:
-        order, stats, _ = self.weighted_greedy_order(task, ctx, k)
-        return order, stats
 
     def weighted_greedy_order(
         self, task: ValuationTask, ctx: RunContext, k: int

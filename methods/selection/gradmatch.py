@@ -10,7 +10,7 @@ import numpy as np
 from scipy.linalg import solve_triangular
 from scipy.optimize import nnls
 
-from valbench.methods.selection._base import GreedySelector, Stopper, fill_order
+from valbench.methods.selection._base import Stopper, WeightedGreedySelector, fill_order
 from valbench.methods.selection._features import GradientRows, fit_all_data
 from valbench.params import Interval, Param
 from valbench.types import ValuationTask
@@ -97,7 +97,7 @@ def omp(
     return np.asarray(support, dtype=np.int64), weights
 
 
-class GradMatch(GreedySelector):
+class GradMatch(WeightedGreedySelector):
     """GradMatch: per class, non-negative OMP of the class's summed last-layer gradient.
 
     One counted fit of the task's model on all data; per-sample gradients of its last layer in
@@ -134,12 +134,6 @@ class GradMatch(GreedySelector):
         "lam": Param(0.5, Interval(float, 0, None), doc="ridge strength of each refit"),
         "tol": Param(1e-10, Interval(float, 0, None), doc="OMP stops below this residual"),
     }
-
-    def greedy_order(
-        self, task: ValuationTask, ctx: RunContext, k: int
-    ) -> tuple[np.ndarray, dict[str, Any]]:
-        order, stats, _ = self.weighted_greedy_order(task, ctx, k)
-        return order, stats
 
     def weighted_greedy_order(
         self, task: ValuationTask, ctx: RunContext, k: int
