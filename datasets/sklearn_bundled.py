@@ -23,11 +23,12 @@ class SklearnBundledDataset(Dataset):
     """Base of loaders for a ``sklearn.datasets.load_*`` function; subclasses set ``loader``.
 
     Args:
-        val_fraction: Share of rows held out for validation.
-        test_fraction: Share of rows held out for testing.
-        n_train: Cap on training rows (stratified, seeded); ``max_train`` also caps.
-        n_val: Cap on validation rows (stratified subsample of the validation split).
-        n_test: Cap on test rows (stratified subsample of the test split).
+        val_fraction: Share of rows held out for validation (default 0.2).
+        test_fraction: Share of rows held out for testing (default 0.2).
+        n_train: Cap on training rows (stratified, seeded; default None: no cap); the
+            harness's ``max_train`` also caps.
+        n_val: Cap on validation rows (stratified subsample; default None: the whole split).
+        n_test: Cap on test rows (stratified subsample; default None: the whole split).
     """
 
     #: The ``sklearn.datasets`` loader, called as ``loader(return_X_y=True)``.
@@ -89,16 +90,7 @@ class SklearnBundledDataset(Dataset):
 
 
 class BreastCancerDataset(SklearnBundledDataset):
-    """Wisconsin breast cancer: 569 rows, 30 features, 2 classes.
-
-    Args:
-        val_fraction: Share of rows held out for validation (default 0.2).
-        test_fraction: Share of rows held out for testing (default 0.2).
-        n_train: Cap on training rows (stratified, seeded; default None: no cap); the
-            harness's ``max_train`` also caps.
-        n_val: Cap on validation rows (stratified subsample; default None: the whole split).
-        n_test: Cap on test rows (stratified subsample; default None: the whole split).
-    """
+    """Wisconsin breast cancer: 569 rows, 30 features, 2 classes."""
 
     name = "breast_cancer"
     summary = "Wisconsin breast cancer (scikit-learn bundled): 569 rows, 30 features, 2 classes"
@@ -108,16 +100,7 @@ class BreastCancerDataset(SklearnBundledDataset):
 
 
 class DigitsDataset(SklearnBundledDataset):
-    """Handwritten digits 8x8: 1797 rows, 64 features, 10 classes.
-
-    Args:
-        val_fraction: Share of rows held out for validation (default 0.2).
-        test_fraction: Share of rows held out for testing (default 0.2).
-        n_train: Cap on training rows (stratified, seeded; default None: no cap); the
-            harness's ``max_train`` also caps.
-        n_val: Cap on validation rows (stratified subsample; default None: the whole split).
-        n_test: Cap on test rows (stratified subsample; default None: the whole split).
-    """
+    """Handwritten digits 8x8: 1797 rows, 64 features, 10 classes."""
 
     name = "digits"
     summary = "Handwritten digits 8x8 (scikit-learn bundled): 1797 rows, 64 features, 10 classes"
@@ -127,16 +110,7 @@ class DigitsDataset(SklearnBundledDataset):
 
 
 class WineDataset(SklearnBundledDataset):
-    """Wine recognition (UCI): 178 rows, 13 chemical features, 3 cultivars.
-
-    Args:
-        val_fraction: Share of rows held out for validation (default 0.2).
-        test_fraction: Share of rows held out for testing (default 0.2).
-        n_train: Cap on training rows (stratified, seeded; default None: no cap); the
-            harness's ``max_train`` also caps.
-        n_val: Cap on validation rows (stratified subsample; default None: the whole split).
-        n_test: Cap on test rows (stratified subsample; default None: the whole split).
-    """
+    """Wine recognition (UCI): 178 rows, 13 chemical features, 3 cultivars."""
 
     name = "wine"
     summary = "Wine recognition (scikit-learn bundled): 178 rows, 13 features, 3 classes"

@@ -66,7 +66,31 @@ def _stamp(directory: Path) -> tuple[float, ...]:
 
 
 class _SearchedDataset(ImageDataset):
-    """An image dataset found on disk, or downloaded into the data directory."""
+    """An image dataset found on disk, or downloaded into the data directory.
+
+    Args:
+        features: ``"raw"`` pixels (default), ``"cnn"`` (a small CNN trained on the training
+            split, penultimate layer) or ``"pretrained"`` (ImageNet ResNet-18).
+        pca: With ``raw``: project on this many principal components fitted on the training
+            split (default None: all pixels; else >= 1).
+        n_train: Cap on training rows (stratified; default None: no cap); the harness's
+            ``max_train`` also caps.
+        n_val: Validation rows carved from the training pool (default None: 2000).
+        n_test: Test rows, a stratified subsample of the standard test set (default None: all
+            of it).
+        val_fraction: Not used: ``n_val`` has a fixed default here (default 0.2).
+        test_fraction: Not used: the dataset has a standard test set (default 0.2).
+        cnn_epochs: Training epochs of the small CNN (``features="cnn"``; default 8, >= 1).
+        cnn_dim: Width of the CNN's penultimate layer = number of features (default 64, >= 1).
+        cnn_width: Channels of the CNN's first convolution (default 16, >= 1).
+        pretrained_size: Side of the ResNet-18 input crop (default 224); images are resized
+            to ``pretrained_size * 256 / 224`` and center-cropped, as torchvision does.
+        cache_features: Cache ``cnn``/``pretrained`` features in the data directory (default
+            True).
+        data_dir: Data directory (default None: ``--data-dir``, ``$VALBENCH_DATA`` or
+            ``~/.cache/valbench``).
+        root: A torchvision root directory that may already hold the files (default None).
+    """
 
     #: The torchvision dataset class name, which is also its directory under a torchvision root.
     torchvision_name: ClassVar[str]
@@ -171,31 +195,7 @@ class IdxDataset(_SearchedDataset):
 
 
 class FashionMNISTDataset(IdxDataset):
-    """Fashion-MNIST (Zalando): 70 000 grey 28x28 images of clothing, 10 classes.
-
-    Args:
-        features: ``"raw"`` pixels (default), ``"cnn"`` (a small CNN trained on the training
-            split, penultimate layer) or ``"pretrained"`` (ImageNet ResNet-18).
-        pca: With ``raw``: project on this many principal components fitted on the training
-            split (default None: all pixels; else >= 1).
-        n_train: Cap on training rows (stratified; default None: no cap); the harness's
-            ``max_train`` also caps.
-        n_val: Validation rows carved from the training pool (default None: 2000).
-        n_test: Test rows, a stratified subsample of the standard test set (default None: all
-            of it).
-        val_fraction: Not used: ``n_val`` has a fixed default here (default 0.2).
-        test_fraction: Not used: the dataset has a standard test set (default 0.2).
-        cnn_epochs: Training epochs of the small CNN (``features="cnn"``; default 8, >= 1).
-        cnn_dim: Width of the CNN's penultimate layer = number of features (default 64, >= 1).
-        cnn_width: Channels of the CNN's first convolution (default 16, >= 1).
-        pretrained_size: Side of the ResNet-18 input crop (default 224); images are resized
-            to ``pretrained_size * 256 / 224`` and center-cropped, as torchvision does.
-        cache_features: Cache ``cnn``/``pretrained`` features in the data directory (default
-            True).
-        data_dir: Data directory (default None: ``--data-dir``, ``$VALBENCH_DATA`` or
-            ``~/.cache/valbench``).
-        root: A torchvision root directory that may already hold the files (default None).
-    """
+    """Fashion-MNIST (Zalando): 70 000 grey 28x28 images of clothing, 10 classes."""
 
     name = "fashion-mnist"
     summary = "Fashion-MNIST: 60k+10k 28x28 clothing images, 10 classes (--param features=...)"
@@ -204,31 +204,7 @@ class FashionMNISTDataset(IdxDataset):
 
 
 class MNISTDataset(IdxDataset):
-    """MNIST handwritten digits: 70 000 grey 28x28 images, 10 classes.
-
-    Args:
-        features: ``"raw"`` pixels (default), ``"cnn"`` (a small CNN trained on the training
-            split, penultimate layer) or ``"pretrained"`` (ImageNet ResNet-18).
-        pca: With ``raw``: project on this many principal components fitted on the training
-            split (default None: all pixels; else >= 1).
-        n_train: Cap on training rows (stratified; default None: no cap); the harness's
-            ``max_train`` also caps.
-        n_val: Validation rows carved from the training pool (default None: 2000).
-        n_test: Test rows, a stratified subsample of the standard test set (default None: all
-            of it).
-        val_fraction: Not used: ``n_val`` has a fixed default here (default 0.2).
-        test_fraction: Not used: the dataset has a standard test set (default 0.2).
-        cnn_epochs: Training epochs of the small CNN (``features="cnn"``; default 8, >= 1).
-        cnn_dim: Width of the CNN's penultimate layer = number of features (default 64, >= 1).
-        cnn_width: Channels of the CNN's first convolution (default 16, >= 1).
-        pretrained_size: Side of the ResNet-18 input crop (default 224); images are resized
-            to ``pretrained_size * 256 / 224`` and center-cropped, as torchvision does.
-        cache_features: Cache ``cnn``/``pretrained`` features in the data directory (default
-            True).
-        data_dir: Data directory (default None: ``--data-dir``, ``$VALBENCH_DATA`` or
-            ``~/.cache/valbench``).
-        root: A torchvision root directory that may already hold the files (default None).
-    """
+    """MNIST handwritten digits: 70 000 grey 28x28 images, 10 classes."""
 
     name = "mnist"
     summary = "MNIST: 60k+10k 28x28 handwritten digits, 10 classes (network or pre-placed files)"
@@ -237,31 +213,7 @@ class MNISTDataset(IdxDataset):
 
 
 class CIFAR10Dataset(_SearchedDataset):
-    """CIFAR-10: 60 000 colour 32x32 images, 10 classes (python pickle batches).
-
-    Args:
-        features: ``"raw"`` pixels (default), ``"cnn"`` (a small CNN trained on the training
-            split, penultimate layer) or ``"pretrained"`` (ImageNet ResNet-18).
-        pca: With ``raw``: project on this many principal components fitted on the training
-            split (default None: all pixels; else >= 1).
-        n_train: Cap on training rows (stratified; default None: no cap); the harness's
-            ``max_train`` also caps.
-        n_val: Validation rows carved from the training pool (default None: 2000).
-        n_test: Test rows, a stratified subsample of the standard test set (default None: all
-            of it).
-        val_fraction: Not used: ``n_val`` has a fixed default here (default 0.2).
-        test_fraction: Not used: the dataset has a standard test set (default 0.2).
-        cnn_epochs: Training epochs of the small CNN (``features="cnn"``; default 8, >= 1).
-        cnn_dim: Width of the CNN's penultimate layer = number of features (default 64, >= 1).
-        cnn_width: Channels of the CNN's first convolution (default 16, >= 1).
-        pretrained_size: Side of the ResNet-18 input crop (default 224); images are resized
-            to ``pretrained_size * 256 / 224`` and center-cropped, as torchvision does.
-        cache_features: Cache ``cnn``/``pretrained`` features in the data directory (default
-            True).
-        data_dir: Data directory (default None: ``--data-dir``, ``$VALBENCH_DATA`` or
-            ``~/.cache/valbench``).
-        root: A torchvision root directory that may already hold the files (default None).
-    """
+    """CIFAR-10: 60 000 colour 32x32 images, 10 classes (python pickle batches)."""
 
     name = "cifar10"
     summary = "CIFAR-10: 50k+10k 32x32 colour images, 10 classes (network or pre-placed files)"

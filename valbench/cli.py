@@ -348,7 +348,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     manifest = read_manifest(args.run_dir)
     states = run_status(args.run_dir)
     total = sum(len(v) for v in states.values())
-    status = str(manifest.get("status", "unknown"))
+    status = manifest.status or "unknown"
     liveness = run_liveness(args.run_dir, status)
     print(f"{args.run_dir}: {status}, {liveness}, {total} cells")
     for state, cells in states.items():

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from valbench.metrics import mean_ci
+from valbench.records import CellRecord
 from valbench.summary import COST_KEY, GAIN_KEY, CDResult, GroupSummary
 
 __all__ = [
@@ -182,15 +183,12 @@ def _finish_curve_axes(fig: Any, ax: Any, xlabel: str, ylabel: str, title: str) 
     fig.tight_layout()
 
 
-def _mislabel_curve(rec: Mapping[str, Any]) -> tuple[list[float], list[float]] | None:
-    mislabel = (rec.get("metrics") or {}).get("mislabel")
-    curve = mislabel.get("curve") if isinstance(mislabel, Mapping) else None
-    if not isinstance(curve, list) or not curve:
+def _mislabel_curve(rec: CellRecord) -> tuple[list[float], list[float]] | None:
+    mislabel = rec.metrics.mislabel
+    if mislabel is None or not mislabel.curve:
         return None
-    try:
-        return [float(p[0]) for p in curve], [float(p[1]) for p in curve]
-    except (TypeError, ValueError, IndexError):
-        return None
+    points = [(x, y) for x, y in mislabel.curve if x is not None and y is not None]
+    return ([x for x, _ in points], [y for _, y in points]) if points else None
 
 
 def mislabel_figure(group: GroupSummary, colors: Mapping[str, str]) -> str | None:
@@ -224,22 +222,16 @@ def mislabel_figure(group: GroupSummary, colors: Mapping[str, str]) -> str | Non
     return buf.getvalue()
 
 
-def _removal_curve(rec: Mapping[str, Any]) -> tuple[list[float], list[float]] | None:
-    removal = (rec.get("metrics") or {}).get("removal")
-    if not isinstance(removal, Mapping):
+def _removal_curve(rec: CellRecord) -> tuple[list[float], list[float]] | None:
+    removal = rec.metrics.removal
+    if removal is None:
         return None
-    try:
-        if isinstance(removal.get("fractions"), list) and isinstance(removal.get("values"), list):
-            xs = [float(x) for x in removal["fractions"]]
-            ys = [float(y) for y in removal["values"]]
-        elif isinstance(removal.get("high_first"), list):
-            xs = [float(p[0]) for p in removal["high_first"]]
-            ys = [float(p[1]) for p in removal["high_first"]]
-        else:
-            return None
-    except (TypeError, ValueError, IndexError):
-        return None
-    return (xs, ys) if xs and len(xs) == len(ys) else None
+    points = [
+        (x, y)
+        for x, y in zip(removal.fractions, removal.values, strict=True)
+        if x is not None and y is not None
+    ]
+    return ([x for x, _ in points], [y for _, y in points]) if points else None
 
 
 def removal_figure(group: GroupSummary, colors: Mapping[str, str]) -> str | None:

@@ -38,7 +38,6 @@ __all__ = [
     "mislabel_metrics",
     "removal_curve",
     "addition_curve",
-    "removal_metrics",
     "mean_ci",
     "rank_columns",
     "rank_stability",
@@ -416,17 +415,6 @@ def addition_curve(
     fr = sorted(set(_fractions(fractions)))
     values = [_call(evaluate, top_fraction(arr, f)) for f in fr]
     return np.asarray(fr, dtype=np.float64), np.asarray(values, dtype=np.float64)
-
-
-def removal_metrics(
-    scores: Any, fractions: Iterable[float], evaluate: EvaluateFn
-) -> dict[str, Any]:
-    """Removal curve as the §5 dict: ``{"high_first": [[f, value], ...], "auc": area}``."""
-    fr, vals = removal_curve(scores, fractions, evaluate)
-    return {
-        "high_first": [[float(f), float(v)] for f, v in zip(fr, vals, strict=True)],
-        "auc": curve_area(fr, vals) if fr.size >= 2 else float(vals[0]),
-    }
 
 
 # --------------------------------------------------------------------------- across seeds

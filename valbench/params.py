@@ -30,6 +30,7 @@ import numpy as np
 from valbench.errors import UsageError
 
 __all__ = [
+    "inherit_args_doc",
     "Interval",
     "Options",
     "Param",
@@ -366,3 +367,35 @@ def _interval_candidates(c: Interval) -> list[Any]:
     if c.type is int:
         return [int(lo), int(lo) + 1, int(lo) + 2, int(hi)]
     return [float(lo), lo + (hi - lo) / 3, lo + (hi - lo) / 2, float(hi)]
+
+
+def _args_section(doc: str) -> str | None:
+    """The Google-style ``Args:`` section of a docstring (its heading and entries), or None."""
+    lines = inspect.cleandoc(doc).splitlines()
+    start = next((i for i, line in enumerate(lines) if line.strip() == "Args:"), None)
+    if start is None:
+        return None
+    base = len(lines[start]) - len(lines[start].lstrip())
+    end = start + 1
+    while end < len(lines) and (
+        not lines[end].strip() or len(lines[end]) - len(lines[end].lstrip()) > base
+    ):
+        end += 1
+    return "\n".join(line[base:] for line in lines[start:end]).rstrip()
+
+
+def inherit_args_doc(cls: type) -> None:
+    """Give ``cls`` the ``Args:`` section of the nearest base that declares the same parameters,
+    when its own docstring has none: ``help(cls)`` then documents every parameter, and the
+    text is written once, on the base."""
+    doc = cls.__dict__.get("__doc__")
+    if not doc or _args_section(doc) is not None:
+        return
+    names = set(declared_params(cls))
+    if not names:
+        return
+    for base in cls.__mro__[1:]:
+        section = _args_section(base.__dict__.get("__doc__") or "")
+        if section is not None and set(declared_params(base)) == names:
+            cls.__doc__ = inspect.cleandoc(doc) + "\n\n" + section + "\n"
+            return

@@ -46,6 +46,7 @@ from valbench.figures import (
     selection_figure,
     subset_figure,
 )
+from valbench.records import CellError, CellRecord, Manifest
 from valbench.registry import get_method
 from valbench.spec import FILE_PREFIX
 from valbench.store import (
@@ -74,12 +75,11 @@ from valbench.summary import (
     GroupSummary,
     Stat,
     dataset_blocks,
+    finite,
     fraction_label,
     friedman_nemenyi,
-    get_number,
     head_to_head,
     is_number,
-    is_partial,
     record_sort_key,
     summarise,
     summary_json,
@@ -153,11 +153,10 @@ def _flatten_metrics(metrics: Mapping[str, Any]) -> list[tuple[str, float | int]
     return out
 
 
-def tidy_rows(record: Mapping[str, Any]) -> list[tuple[str, float | int]]:
+def tidy_rows(record: CellRecord) -> list[tuple[str, float | int]]:
     """The ``(metric, value)`` pairs of one results line: its metrics, then ``cost.*``."""
-    pairs = _flatten_metrics(record.get("metrics") or {})
-    cost = record.get("cost") or {}
-    pairs.extend((f"cost.{k}", v) for k, v in cost.items() if is_number(v))
+    pairs = _flatten_metrics(record.metrics.to_json()) if record.ok else []
+    pairs.extend((f"cost.{k}", v) for k, v in record.cost.to_json().items() if is_number(v))
     return pairs
 
 
@@ -180,12 +179,12 @@ def write_results_csv(run_dir: Path) -> Path:
     writer.writerow(CSV_COLUMNS)
     for rec in records:
         head = [
-            rec.get("cell_id", ""),
-            rec.get("method", ""),
-            rec.get("dataset", ""),
-            "" if rec.get("noise") is None else rec["noise"],
-            "" if rec.get("seed") is None else rec["seed"],
-            rec.get("status", ""),
+            rec.cell_id,
+            rec.method,
+            rec.dataset,
+            "" if rec.noise is None else rec.noise,
+            "" if rec.seed is None else rec.seed,
+            rec.status,
         ]
         pairs = tidy_rows(rec)
         if not pairs:
@@ -248,60 +247,56 @@ def _duration(seconds: float | None) -> str:
     return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {secs:02d} s"
 
 
-def _elapsed(manifest: Mapping[str, Any]) -> float | None:
+def _elapsed(manifest: Manifest) -> float | None:
     try:
-        start = datetime.fromisoformat(str(manifest["started_at"]))
-        end = datetime.fromisoformat(str(manifest["ended_at"]))
-    except (KeyError, TypeError, ValueError):
+        start = datetime.fromisoformat(str(manifest.started_at))
+        end = datetime.fromisoformat(str(manifest.ended_at))
+    except (TypeError, ValueError):
         return None
     return (end - start).total_seconds()
 
 
-def _header(manifest: Mapping[str, Any], records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def _header(manifest: Manifest, records: Sequence[CellRecord]) -> dict[str, Any]:
     counts: dict[str, int] = defaultdict(int)
     for rec in records:
-        counts[str(rec.get("status", "unknown"))] += 1
-    wall = sum(v for rec in records if (v := get_number(rec, "cost", "wall_s")) is not None)
-    total = manifest.get("cells_total")
+        counts[rec.status] += 1
+    wall = sum(v for rec in records if (v := finite(rec.cost.wall_s)) is not None)
+    total = manifest.cells_total
     return {
-        "name": manifest.get("name") or "valbench run",
-        "status": manifest.get("status") or "unknown",
+        "name": manifest.name or "valbench run",
+        "status": manifest.status or "unknown",
         "ok": counts.get("ok", 0),
         "failed": sum(n for s, n in counts.items() if s not in ("ok", "skipped")),
         "declined": counts.get("skipped", 0),
         "counts": sorted(counts.items()),
         "finished": len(records),
-        "total": total if is_number(total) else None,
+        "total": total,
         "cell_wall": _duration(wall),
         "elapsed": _duration(_elapsed(manifest)),
-        "started_at": manifest.get("started_at"),
-        "ended_at": manifest.get("ended_at"),
+        "started_at": manifest.started_at,
+        "ended_at": manifest.ended_at,
     }
 
 
-def _spec_list(manifest: Mapping[str, Any], key: str, seen: Sequence[Any]) -> list[Any]:
-    spec = manifest.get("spec")
-    value = spec.get(key) if isinstance(spec, Mapping) else None
+def _spec_list(manifest: Manifest, key: str, seen: Sequence[Any]) -> list[Any]:
+    value = manifest.spec.get(key)
     if isinstance(value, list) and value:
         return list(value)
     return list(dict.fromkeys(seen))
 
 
 def _overview(
-    manifest: Mapping[str, Any],
-    records: Sequence[Mapping[str, Any]],
+    manifest: Manifest,
+    records: Sequence[CellRecord],
     groups: Sequence[GroupSummary],
 ) -> dict[str, Any]:
     """The run's facts for the summary: what was compared, on what, how often."""
-    methods = _spec_list(manifest, "methods", sorted({str(r.get("method")) for r in records}))
-    datasets = _spec_list(manifest, "datasets", sorted({str(r.get("dataset")) for r in records}))
-    noise = _spec_list(
-        manifest, "noise", sorted({float(r["noise"]) for r in records if is_number(r.get("noise"))})
-    )
-    spec = manifest.get("spec")
-    seeds = spec.get("seeds") if isinstance(spec, Mapping) else None
+    methods = _spec_list(manifest, "methods", sorted({r.method for r in records}))
+    datasets = _spec_list(manifest, "datasets", sorted({r.dataset for r in records}))
+    noise = _spec_list(manifest, "noise", sorted({r.noise for r in records if r.noise is not None}))
+    seeds = manifest.spec.get("seeds")
     if not is_number(seeds):
-        seeds = len({r.get("seed") for r in records}) or None
+        seeds = len({r.seed for r in records}) or None
     max_seeds = max((g.max_seeds for g in groups), default=0)
     rates = [float(n) for n in noise if is_number(n) and float(n) > 0]
     planted = [
@@ -344,20 +339,19 @@ def _headline(groups: Sequence[GroupSummary]) -> dict[str, Any]:
     return {"columns": columns, "rows": rows}
 
 
-def _failures(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def _failures(records: Sequence[CellRecord]) -> list[dict[str, Any]]:
     out = []
     for rec in sorted(records, key=record_sort_key):
-        if rec.get("status") == "ok":
+        if rec.ok:
             continue
-        raw_error = rec.get("error")
-        error: Mapping[str, Any] = raw_error if isinstance(raw_error, Mapping) else {}
-        message, message_cut = _capped(str(error.get("message") or ""))
-        tb, tb_cut = _capped(str(error.get("traceback") or ""))
+        error = rec.error or CellError(type="", message="")
+        message, message_cut = _capped(error.message)
+        tb, tb_cut = _capped(error.traceback)
         out.append(
             {
-                "cell_id": str(rec.get("cell_id", "")),
-                "status": str(rec.get("status", "")),
-                "type": _capped(str(error.get("type") or ""), 200)[0],
+                "cell_id": rec.cell_id,
+                "status": rec.status,
+                "type": _capped(error.type, 200)[0],
                 "message": message,
                 "traceback": tb,
                 "truncated": message_cut or tb_cut,
@@ -374,7 +368,7 @@ def _capped(text: str, limit: int = EMBED_LIMIT) -> tuple[str, bool]:
 
 
 def _cells(
-    records: Sequence[Mapping[str, Any]], notes: Mapping[str, str] | None = None
+    records: Sequence[CellRecord], notes: Mapping[str, str] | None = None
 ) -> list[dict[str, Any]]:
     """Per-cell details: parameters, statistics the method reported, cost, status.
 
@@ -382,25 +376,23 @@ def _cells(
     """
     out = []
     for rec in sorted(records, key=record_sort_key):
-        params, params_cut = _capped(_compact_json(rec.get("params") or {}))
-        stats, stats_cut = _capped(_compact_json(rec.get("stats") or {}))
-        wall = get_number(rec, "cost", "wall_s")
-        cpu = get_number(rec, "cost", "cpu_s")
-        fits = get_number(rec, "cost", "model_fits")
+        params, params_cut = _capped(_compact_json(dict(rec.params)))
+        stats, stats_cut = _capped(_compact_json(dict(rec.stats)))
+        wall, cpu, fits = finite(rec.cost.wall_s), finite(rec.cost.cpu_s), rec.cost.model_fits
         out.append(
             {
-                "cell_id": str(rec.get("cell_id", "")),
-                "method": str(rec.get("method", "")),
-                "status": str(rec.get("status", "")),
-                "partial": rec.get("status") == "ok" and is_partial(rec),
-                "n_train": rec.get("n_train") if is_number(rec.get("n_train")) else None,
+                "cell_id": rec.cell_id,
+                "method": rec.method,
+                "status": rec.status,
+                "partial": rec.partial,
+                "n_train": rec.n_train,
                 "wall": "—" if wall is None else f"{wall:.3g}",
                 "cpu": "—" if cpu is None else f"{cpu:.3g}",
                 "fits": "—" if fits is None else f"{fits:.0f}",
                 "params": params,
                 "stats": stats,
                 "truncated": params_cut or stats_cut,
-                "note": (notes or {}).get(str(rec.get("cell_id", "")), ""),
+                "note": (notes or {}).get(rec.cell_id, ""),
             }
         )
     return out
@@ -459,7 +451,7 @@ def _selection_svg(
     from valbench.metrics import top_fraction
 
     seeds = sorted(
-        {r.get("seed") for recs in group.records.values() for r in recs},
+        {r.seed for recs in group.records.values() for r in recs},
         key=lambda s: (str(type(s)), s),
     )
     for seed in seeds:
@@ -476,18 +468,17 @@ def _selection_svg(
             return None
         selections: dict[str, np.ndarray] = {}
         for method, recs in group.records.items():
-            rec = next((r for r in recs if r.get("seed") == seed), None)
-            scores_file = rec.get("scores_file") if rec else None
-            if not rec or not scores_file:
+            rec = next((r for r in recs if r.seed == seed), None)
+            if rec is None or not rec.scores_file:
                 continue
             try:
-                scores, native = load_scores(run_dir, str(scores_file))
+                scores, native = load_scores(run_dir, rec.scores_file)
                 idx = native.get(SELECTION_FRACTION)
                 if idx is None:
                     idx = top_fraction(scores, SELECTION_FRACTION)
             except (RunDirectoryError, ValueError) as exc:
                 log.warning("%s", exc)
-                damaged[str(rec.get("cell_id"))] = f"left out of the selection figure: {exc}"
+                damaged[rec.cell_id] = f"left out of the selection figure: {exc}"
                 group.notes.append(f"{method} left out of the selection figure: {exc}.")
                 continue
             idx = np.asarray(idx, dtype=np.int64)
@@ -670,16 +661,15 @@ def _environment() -> Any:
     return env
 
 
-def _families(records: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+def _families(records: Sequence[CellRecord]) -> dict[str, str]:
     """Each recorded method's ``family`` as its results lines recorded it (so the page depends
     on the run's files alone); lines written before the field fall back to the registry, and a
     method not installed here has none (shown as a per-point one)."""
     out: dict[str, str] = {}
     for rec in records:
-        name, family = str(rec.get("method", "")), rec.get("family")
-        if isinstance(family, str) and family:
-            out[name] = family
-    for name in sorted({str(r.get("method", "")) for r in records} - set(out)):
+        if rec.family:
+            out[rec.method] = rec.family
+    for name in sorted({r.method for r in records} - set(out)):
         try:
             out[name] = get_method(name).family
         except ValbenchError:
@@ -703,7 +693,7 @@ def render_report(run_dir: Path, include_partial: bool = False) -> Path:
     write_results_csv(run_dir)
 
     groups = summarise(records, include_partial=include_partial)
-    colors = method_colors(str(r.get("method", "")) for r in records)
+    colors = method_colors(r.method for r in records)
     damaged: dict[str, str] = {}  # cell id -> why its drawing is missing
     for group in groups:
         _group_figures(run_dir, group, colors, damaged)

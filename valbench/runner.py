@@ -23,7 +23,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import partial
 from multiprocessing.connection import Connection, wait
@@ -32,6 +32,7 @@ from typing import Any
 
 from valbench.errors import CellTimeout, RunDirectoryError, UsageError
 from valbench.pool import preload_modules, warm_workers
+from valbench.records import CellRecord, Manifest
 from valbench.registry import dataset_names, discover, method_names
 from valbench.spec import FILE_PREFIX, Cell, CellProgressFn, RunSpec, dataset_slug
 from valbench.store import (
@@ -482,7 +483,7 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def _open_run_dir(store: RunStore, spec: RunSpec, overwrite: bool, command: str) -> dict[str, Any]:
+def _open_run_dir(store: RunStore, spec: RunSpec, overwrite: bool, command: str) -> Manifest:
     """Create or reopen the run directory under its lock; refuse one that holds another run.
 
     A directory that is neither empty nor a valbench run is refused (with or without
@@ -494,37 +495,37 @@ def _open_run_dir(store: RunStore, spec: RunSpec, overwrite: bool, command: str)
     config_hash = spec.config_hash()
     if store.holds_run():  # again under the lock: another run may have just started here
         old = read_manifest(store.run_dir)
-        if old.get("config_hash") != config_hash:
+        if old.config_hash != config_hash:
             if not overwrite:
                 raise RunDirectoryError(
-                    f"{store.run_dir} holds another run (config {old.get('config_hash')}, "
+                    f"{store.run_dir} holds another run (config {old.config_hash}, "
                     "this one is "
                     f"{config_hash}); pass --overwrite to replace it, or choose another --out"
                 )
             store.clear()
         else:
-            old.update(
+            return replace(
+                old,
                 status="running",
                 ended_at=None,
+                error=None,
                 spec=spec.to_dict(),
-                resumed=int(old.get("resumed", 0)) + 1,
+                resumed=old.resumed + 1,
                 command=command,
             )
-            return old
-    return {
-        "schema": 1,
-        "name": store.run_dir.name,
-        "status": "running",
-        "spec": spec.to_dict(),
-        "config_hash": config_hash,
-        "versions": _versions(),
-        "machine": _machine(),
-        "git_revision": _git_revision(),
-        "command": command,
-        "started_at": _now(),
-        "ended_at": None,
-        "cells_total": len(spec.cells()),
-    }
+    return Manifest(
+        name=store.run_dir.name,
+        status="running",
+        spec=spec.to_dict(),
+        config_hash=config_hash,
+        versions=_versions(),
+        machine=_machine(),
+        git_revision=_git_revision(),
+        command=command,
+        started_at=_now(),
+        ended_at=None,
+        cells_total=len(spec.cells()),
+    )
 
 
 def execute(
@@ -577,7 +578,7 @@ def execute(
 def _execute_cells(
     spec: RunSpec,
     store: RunStore,
-    manifest: dict[str, Any],
+    manifest: Manifest,
     retry_failed: bool,
     backend: str,
     show_progress: bool,
@@ -585,16 +586,16 @@ def _execute_cells(
 ) -> RunSummary:
     run_dir = store.run_dir
     cells = spec.cells()
-    done = {r["cell_id"]: r for r in read_results(run_dir)}
+    done = {r.cell_id: r for r in read_results(run_dir)}
     if retry_failed:
-        retry = [cid for cid, r in done.items() if r.get("status") in ("failed", "timeout")]
+        retry = [cid for cid, r in done.items() if r.status in ("failed", "timeout")]
         store.drop_cells(retry)
         for cid in retry:
             del done[cid]
     todo = [c for c in cells if c.cell_id not in done]
     summary = RunSummary(run_dir=run_dir, total=len(cells), already_done=len(cells) - len(todo))
     for cell in cells:
-        status = done.get(cell.cell_id, {}).get("status")
+        status = done[cell.cell_id].status if cell.cell_id in done else None
         if status == "ok":
             summary.ok += 1
         elif status == "skipped":
@@ -607,22 +608,23 @@ def _execute_cells(
     def on_result(outcome: CellOutcome) -> None:
         record = outcome.record
         if outcome.scores is not None:
-            record["scores_file"] = store.write_scores(
-                record["cell_id"], outcome.scores, outcome.selections, outcome.detection_scores
+            record = record.with_scores_file(
+                store.write_scores(
+                    record.cell_id, outcome.scores, outcome.selections, outcome.detection_scores
+                )
             )
         if outcome.points is not None:
             store.write_points(
-                f"{dataset_slug(record['dataset'])}.seed{record['seed']}.noise{record['noise']:g}",
+                f"{dataset_slug(record.dataset)}.seed{record.seed}.noise{record.noise:g}",
                 outcome.points,
             )
         store.append_result(record)
-        status = record["status"]
-        if status == "ok":
+        if record.status == "ok":
             summary.ok += 1
-        elif status == "skipped":
-            summary.declined.append(record["cell_id"])
+        elif record.status == "skipped":
+            summary.declined.append(record.cell_id)
         else:
-            summary.failed.append(record["cell_id"])
+            summary.failed.append(record.cell_id)
         bar.cell_done(record, summary.ok, len(summary.failed))
 
     def on_progress(cell: Cell, done_: int, total: int) -> None:
@@ -650,15 +652,21 @@ def _execute_cells(
         bar.close()
         summary.wall_s = time.perf_counter() - started
         finished = summary.ok + len(summary.failed) + len(summary.declined)
+        error = None
         if summary.interrupted:
             state = "interrupted"
         elif aborted is not None:
             state = "aborted"
-            manifest["error"] = f"{type(aborted).__name__}: {aborted}"
+            error = f"{type(aborted).__name__}: {aborted}"
         else:
             state = "complete" if finished == summary.total else "incomplete"
-        manifest.update(status=state, ended_at=_now())
-        manifest["wall_s"] = round(float(manifest.get("wall_s", 0.0)) + summary.wall_s, 3)
+        manifest = replace(
+            manifest,
+            status=state,
+            ended_at=_now(),
+            wall_s=round(manifest.wall_s + summary.wall_s, 3),
+            error=error,
+        )
         try:
             store.write_manifest(manifest)
         except StoreWriteError:
@@ -683,8 +691,8 @@ def run_liveness(run_dir: Path, manifest_status: str) -> str:
 def run_status(run_dir: Path) -> dict[str, list[str]]:
     """Cells of a run by state: ok, failed, timeout, skipped (declined) and pending."""
     manifest = read_manifest(run_dir)
-    spec = RunSpec.from_dict(manifest.get("spec", {}))
-    done = {r["cell_id"]: str(r.get("status")) for r in read_results(run_dir)}
+    spec = RunSpec.from_dict(dict(manifest.spec))
+    done = {r.cell_id: r.status for r in read_results(run_dir)}
     states: dict[str, list[str]] = {
         "ok": [],
         "failed": [],
@@ -710,14 +718,14 @@ class _ProgressBar:
         self.bar = tqdm(total=total, desc="cells", unit="cell", disable=not self.interactive)
         self.counts = ""
 
-    def cell_done(self, record: dict[str, Any], ok: int, failed: int) -> None:
+    def cell_done(self, record: CellRecord, ok: int, failed: int) -> None:
         self.count += 1
         self.counts = f"ok={ok} failed={failed}"
-        status, cell_id = record["status"], record["cell_id"]
-        message = (record.get("error") or {}).get("message", "")
+        status, cell_id = record.status, record.cell_id
+        message = record.error.message if record.error is not None else ""
         if self.plain:
-            wall = (record.get("cost") or {}).get("wall_s")
-            took = f" ({wall:.2f} s)" if isinstance(wall, float) else ""
+            wall = record.cost.wall_s
+            took = f" ({wall:.2f} s)" if wall is not None else ""
             detail = f": {message}" if status != "ok" else ""
             print(f"[{self.count}/{self.total}] {status} {cell_id}{took}{detail}", file=sys.stderr)
         elif status != "ok":

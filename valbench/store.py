@@ -25,6 +25,14 @@ from typing import Any
 import numpy as np
 
 from valbench.errors import RunDirectoryError
+from valbench.records import (
+    RECORD_SCHEMA,
+    CellRecord,
+    Manifest,
+    NewerSchemaError,
+    RecordError,
+    short_json,
+)
 
 try:
     import fcntl
@@ -57,7 +65,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-RESULTS_SCHEMA = 1
+RESULTS_SCHEMA = RECORD_SCHEMA
 MANIFEST_FILE = "manifest.json"
 RESULTS_FILE = "results.jsonl"
 RESULTS_CSV = "results.csv"
@@ -151,12 +159,12 @@ def to_jsonable(value: Any) -> Any:
     return repr(value)
 
 
-def read_manifest(run_dir: Path) -> dict[str, Any]:
+def read_manifest(run_dir: Path) -> Manifest:
     """The run's manifest, checked: a one-line RunDirectoryError when it is missing or damaged.
 
-    Every field its readers use (``status``, ``report``, a resumed ``run``) is checked for
-    type, and ``spec`` must be one :class:`~valbench.spec.RunSpec` accepts, so no reader needs
-    to guard against a hand-edited or half-overwritten file.
+    Every field is checked for type (:class:`~valbench.records.Manifest`), a manifest of a
+    newer schema is refused, and ``spec`` must be one :class:`~valbench.spec.RunSpec` accepts,
+    so no reader needs to guard against a hand-edited or half-overwritten file.
     """
     run_dir = Path(run_dir)
     path = run_dir / MANIFEST_FILE
@@ -184,8 +192,7 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
         ) from None
     except (ValueError, RecursionError) as exc:  # an integer of 5000 digits, nesting too deep
         raise _damaged(path, f"cannot be read ({type(exc).__name__})") from None
-    _check_manifest(path, data)
-    return dict(data)
+    return _check_manifest(path, data)
 
 
 def _damaged(path: Path, problem: str) -> RunDirectoryError:
@@ -219,23 +226,6 @@ def _list_of(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
     return lambda value: isinstance(value, list) and all(check(v) for v in value)
 
 
-# What the manifest's readers expect of each field (a field may be absent).
-_MANIFEST_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "schema": (_is_int, "a whole number"),
-    "name": (_optional(_is_str), "a string"),
-    "status": (_optional(_is_str), "a string"),
-    "config_hash": (_optional(_is_str), "a string"),
-    "command": (_optional(_is_str), "a string"),
-    "git_revision": (_optional(_is_str), "a string"),
-    "started_at": (_optional(_is_str), "a string"),
-    "ended_at": (_optional(_is_str), "a string"),
-    "cells_total": (_optional(_is_int), "a whole number"),
-    "resumed": (_is_int, "a whole number"),
-    "wall_s": (_is_number, "a number"),
-    "versions": (_optional(_is_dict), "an object"),
-    "machine": (_optional(_is_dict), "an object"),
-}
-
 # The types RunSpec.from_dict needs; its own checks then judge the values.
 _SPEC_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "methods": (_list_of(_is_str), "a list of names"),
@@ -262,107 +252,47 @@ _SPEC_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 
-def _check_manifest(path: Path, data: Any) -> None:
-    if not isinstance(data, dict):
-        raise _damaged(path, f"holds a JSON {_json_type(data)}, not an object")
-    for key, (check, wanted) in _MANIFEST_FIELDS.items():
-        if key in data and not check(data[key]):
-            raise _damaged(path, f"has {key} = {_short(data[key])}, not {wanted}")
-    spec = data.get("spec")
-    if not isinstance(spec, dict):
-        raise _damaged(path, f"has spec = {_short(spec)}, not an object")
+def _check_manifest(path: Path, data: Any) -> Manifest:
+    try:
+        manifest = Manifest.from_json(data)
+    except NewerSchemaError as exc:
+        raise RunDirectoryError(f"{path} {exc}") from None
+    except RecordError as exc:
+        raise _damaged(path, str(exc)) from None
+    spec = manifest.spec
     for key, (check, wanted) in _SPEC_FIELDS.items():
         if key in spec and not check(spec[key]):
-            raise _damaged(path, f"has spec.{key} = {_short(spec[key])}, not {wanted}")
+            raise _damaged(path, f"has spec.{key} = {short_json(spec[key])}, not {wanted}")
     from valbench.errors import ValbenchError
     from valbench.spec import RunSpec
 
     try:
-        spec_obj = RunSpec.from_dict(spec)
+        spec_obj = RunSpec.from_dict(dict(spec))
         spec_obj.config_hash()
     except ValbenchError as exc:
         raise _damaged(path, f"has a spec valbench refuses ({exc})") from None
     except (TypeError, ValueError, OverflowError) as exc:  # a field the table above misses
         raise _damaged(path, f"has a spec valbench cannot use ({type(exc).__name__})") from None
-
-
-def _json_type(value: Any) -> str:
-    names = {dict: "object", list: "list", str: "string", bool: "boolean", type(None): "null"}
-    return names.get(type(value), "number")
-
-
-def _short(value: Any, limit: int = 60) -> str:
-    """A value for an error line: its JSON, cut short."""
-    try:
-        text = json.dumps(value, ensure_ascii=False)
-    except (ValueError, RecursionError):
-        text = repr(value)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-#: The statuses a cell's results line can have.
-CELL_STATUSES = ("ok", "failed", "timeout", "skipped")
-
-# What the readers of a results line expect of each field (a field may be absent).
-_RECORD_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "schema": (_is_int, "a whole number"),
-    "method": (_is_str, "a string"),
-    "dataset": (_is_str, "a string"),
-    "noise": (_optional(_is_number), "a number"),
-    "seed": (_optional(_is_int), "a whole number"),
-    "params": (_optional(_is_dict), "an object"),
-    "error": (_optional(_is_dict), "an object or null"),
-    "cost": (_optional(_is_dict), "an object"),
-    "metrics": (_optional(_is_dict), "an object"),
-    "stats": (_optional(_is_dict), "an object"),
-    "n_train": (_optional(_is_int), "a whole number"),
-    "finished_at": (_optional(_is_str), "a string"),
-    "scores_file": (
-        _optional(
-            lambda v: (
-                _is_str(v)
-                and bool(v)
-                and "\x00" not in v
-                and not Path(v).is_absolute()
-                and ".." not in Path(v).parts
-            )
-        ),
-        "a path inside the run directory",
-    ),
-}
-
-
-def _record_problem(rec: Any) -> str | None:
-    """Why a parsed results line cannot be used, or None when it can."""
-    if not isinstance(rec, dict):
-        return f"a JSON {_json_type(rec)}, not an object"
-    cell_id = rec.get("cell_id")
-    if not isinstance(cell_id, str) or not cell_id:
-        return f"cell_id = {_short(cell_id)}, not a cell id"
-    if rec.get("status") not in CELL_STATUSES:
-        return f"status = {_short(rec.get('status'))}, not one of {', '.join(CELL_STATUSES)}"
-    for key, (check, wanted) in _RECORD_FIELDS.items():
-        if key in rec and not check(rec[key]):
-            return f"{key} = {_short(rec[key])}, not {wanted}"
-    return None
+    return manifest
 
 
 #: Skipped results lines warned about one by one; beyond this, one line sums up the rest.
 _MAX_LINE_WARNINGS = 5
 
 
-def read_results(run_dir: Path) -> list[dict[str, Any]]:
+def read_results(run_dir: Path) -> list[CellRecord]:
     """All usable result lines of a run, in file order.
 
     A torn last line (the writer was killed), a line that is not JSON, and a line whose fields
     have the wrong types or an unknown status are skipped with a warning: a damaged line never
-    takes a valid cell with it. When a cell appears more than once (a retried failure), the last
-    usable line wins.
+    takes a valid cell with it. Lines of an older schema are migrated; a line of a newer one
+    refuses the whole file (RunDirectoryError): half a run must not pass as all of it. When a
+    cell appears more than once (a retried failure), the last usable line wins.
     """
     path = Path(run_dir) / RESULTS_FILE
     if not path.is_file():
         return []
-    by_cell: dict[str, dict[str, Any]] = {}
+    by_cell: dict[str, CellRecord] = {}
     skipped = 0
 
     def skip(lineno: int, why: str) -> None:
@@ -386,12 +316,15 @@ def read_results(run_dir: Path) -> list[dict[str, Any]]:
                 except (ValueError, UnicodeDecodeError, RecursionError) as exc:
                     skip(lineno, f"not JSON ({type(exc).__name__})")
                     continue
-                problem = _record_problem(rec)
-                if problem is not None:
-                    skip(lineno, problem)
+                try:
+                    record = CellRecord.from_json(rec)
+                except NewerSchemaError as exc:
+                    raise RunDirectoryError(f"{path}:{lineno}: {exc}") from None
+                except RecordError as exc:
+                    skip(lineno, str(exc))
                     continue
-                by_cell.pop(rec["cell_id"], None)  # keep file order of the latest line
-                by_cell[rec["cell_id"]] = rec
+                by_cell.pop(record.cell_id, None)  # keep file order of the latest line
+                by_cell[record.cell_id] = record
     except OSError as exc:
         raise RunDirectoryError(f"cannot read {path}: {exc.strerror or exc}") from None
     if skipped > _MAX_LINE_WARNINGS:
@@ -514,8 +447,8 @@ class RunStore:
             except OSError:  # it holds files of someone else's: leave them
                 pass
 
-    def write_manifest(self, manifest: Mapping[str, Any]) -> None:
-        write_json_atomic(self.run_dir / MANIFEST_FILE, dict(manifest))
+    def write_manifest(self, manifest: Manifest) -> None:
+        write_json_atomic(self.run_dir / MANIFEST_FILE, manifest.to_json())
 
     def repair(self) -> None:
         """Rewrite ``results.jsonl`` keeping only complete lines (drops a torn tail)."""
@@ -540,13 +473,13 @@ class RunStore:
         ]
         write_bytes_atomic(self.results_path, b"".join(kept))
 
-    def append_result(self, record: Mapping[str, Any]) -> None:
+    def append_result(self, record: CellRecord) -> None:
         """Append one cell's line with a single write, then fsync.
 
         One ``write`` of the whole line means a crash leaves at worst a torn last line; the
         file is opened without following a link, and strict JSON is written (NaN as null).
         """
-        line = json.dumps(to_jsonable(record), allow_nan=False) + "\n"
+        line = json.dumps(to_jsonable(record.to_json()), allow_nan=False) + "\n"
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
         try:
             fd = os.open(self.results_path, flags, _FILE_MODE)

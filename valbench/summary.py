@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from valbench.metrics import mean_ci, rank_columns
+from valbench.records import CellRecord, Manifest
 
 __all__ = [
     "SELECTION_FAMILY",
@@ -44,17 +45,15 @@ __all__ = [
     "Column",
     "GroupSummary",
     "Stat",
-    "as_float",
     "fraction_label",
     "dataset_blocks",
     "friedman_nemenyi",
-    "get_number",
+    "finite",
     "holm",
     "min_detectable_difference",
     "is_number",
     "paired_p_value",
     "record_sort_key",
-    "is_partial",
     "summarise",
     "summary_json",
 ]
@@ -108,71 +107,27 @@ def is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def as_float(value: Any, default: float | None = None) -> float | None:
-    """``value`` as a float when it is a number (not a bool), else ``default``."""
-    return float(value) if is_number(value) else default
+def finite(value: float | None) -> float | None:
+    """``value`` when it is a finite number, else None."""
+    return value if value is not None and math.isfinite(value) else None
 
 
-def get_number(record: Mapping[str, Any], *path: str) -> float | None:
-    """A finite number nested in a record, or None."""
-    node: Any = record
-    for key in path:
-        if not isinstance(node, Mapping) or key not in node:
-            return None
-        node = node[key]
-    if not is_number(node) or not math.isfinite(node):
-        return None
-    return float(node)
-
-
-def _fraction_map(record: Mapping[str, Any], name: str) -> dict[str, float]:
-    values = (record.get("metrics") or {}).get(name)
-    if not isinstance(values, Mapping):
-        return {}
-    return {
-        fraction_label(k): float(v)
-        for k, v in values.items()
-        if _is_fraction_key(k) and is_number(v) and math.isfinite(v)
-    }
-
-
-def _is_fraction_key(key: Any) -> bool:
-    """A key that names a fraction in (0, 1]; a hand-edited line may hold anything."""
-    try:
-        return 0.0 < float(key) <= 1.0
-    except (TypeError, ValueError):
-        return False
-
-
-def _get_fraction(record: Mapping[str, Any], name: str, fraction: str) -> float | None:
-    return _fraction_map(record, name).get(fraction)
-
-
-def gain_over_random(record: Mapping[str, Any]) -> float | None:
+def gain_over_random(record: CellRecord) -> float | None:
     """Mean over fractions of (subset value − random subset value), in percentage points."""
-    chosen = _fraction_map(record, "subset_value")
-    rnd = _fraction_map(record, "random_subset_value")
+    chosen = record.metrics.fraction_values("subset_value")
+    rnd = record.metrics.fraction_values("random_subset_value")
     diffs = [100.0 * (chosen[f] - rnd[f]) for f in chosen if f in rnd]
     return sum(diffs) / len(diffs) if diffs else None
 
 
-def is_partial(record: Mapping[str, Any]) -> bool:
-    """True for an ``ok`` cell whose method could not finish its estimate (its budget ran out,
-    say): the record's ``complete`` flag, or ``stats.complete`` in records written before it."""
-    if record.get("complete") is False:
-        return True
-    stats = record.get("stats")
-    return isinstance(stats, Mapping) and stats.get("complete") is False
-
-
-def record_sort_key(record: Mapping[str, Any]) -> tuple[Any, ...]:
+def record_sort_key(record: CellRecord) -> tuple[Any, ...]:
     """Stable order of results lines: dataset, noise, method, seed, cell id."""
     return (
-        str(record.get("dataset", "")),
-        as_float(record.get("noise"), math.inf),
-        str(record.get("method", "")),
-        as_float(record.get("seed"), -math.inf),
-        str(record.get("cell_id", "")),
+        record.dataset,
+        math.inf if record.noise is None else record.noise,
+        record.method,
+        -math.inf if record.seed is None else record.seed,
+        record.cell_id,
     )
 
 
@@ -185,7 +140,7 @@ class Column:
 
     key: str
     label: str
-    extract: Callable[[Mapping[str, Any]], float | None]
+    extract: Extract
     higher_is_better: bool
     fmt: str = ".3f"
     group: str = ""
@@ -201,16 +156,31 @@ class Column:
         return "↑" if self.higher_is_better else "↓"
 
 
-def _metric(*path: str) -> Callable[[Mapping[str, Any]], float | None]:
-    return lambda rec: get_number(rec, "metrics", *path)
+Extract = Callable[[CellRecord], float | None]
 
 
-def _cost(name: str) -> Callable[[Mapping[str, Any]], float | None]:
-    return lambda rec: get_number(rec, "cost", name)
+def _mislabel(name: str) -> Extract:
+    return lambda rec: rec.metric(
+        lambda m: None if m.mislabel is None else getattr(m.mislabel, name)
+    )
 
 
-def _fraction_getter(name: str, fraction: str) -> Callable[[Mapping[str, Any]], float | None]:
-    return lambda rec: _get_fraction(rec, name, fraction)
+def _curve_area(name: str) -> Extract:
+    return lambda rec: rec.metric(
+        lambda m: None if getattr(m, name) is None else getattr(m, name).auc
+    )
+
+
+def _cost(name: str) -> Extract:
+    return lambda rec: finite(getattr(rec.cost, name))
+
+
+def _full_data_value(rec: CellRecord) -> float | None:
+    return rec.metric(lambda m: m.full_data_value)
+
+
+def _fraction_getter(name: str, fraction: str) -> Extract:
+    return lambda rec: rec.metrics.fraction_values(name).get(fraction)
 
 
 TABLE_COLUMNS: tuple[Column, ...] = (
@@ -227,7 +197,7 @@ TABLE_COLUMNS: tuple[Column, ...] = (
     Column(
         "mislabel.recall_at_noise",
         "recall @ noise",
-        _metric("mislabel", "recall_at_noise"),
+        _mislabel("recall_at_noise"),
         True,
         group=DETECTION_GROUP,
         description="share of the planted label flips among the lowest-valued noise-rate share "
@@ -237,7 +207,7 @@ TABLE_COLUMNS: tuple[Column, ...] = (
     Column(
         "mislabel.auc",
         "detection AUC",
-        _metric("mislabel", "auc"),
+        _mislabel("auc"),
         True,
         group=DETECTION_GROUP,
         description="area under the recall of planted flips vs fraction inspected curve",
@@ -246,7 +216,7 @@ TABLE_COLUMNS: tuple[Column, ...] = (
     Column(
         "mislabel.f1_2means",
         "2-means F1",
-        _metric("mislabel", "f1_2means"),
+        _mislabel("f1_2means"),
         True,
         group=DETECTION_GROUP,
         description="F1 against the planted flips of flagging the lower cluster of the exact "
@@ -256,7 +226,7 @@ TABLE_COLUMNS: tuple[Column, ...] = (
     Column(
         "removal.auc",
         "removal AUC",
-        _metric("removal", "auc"),
+        _curve_area("removal"),
         False,
         group="point removal",
         description="area under test accuracy after removing the highest-valued points",
@@ -429,7 +399,7 @@ class GroupSummary:
     n_seeds: dict[str, int]  # method -> number of ok cells
     random_subset: dict[str, Stat]  # fraction -> stat over seeds
     full_data: Stat
-    records: dict[str, list[Mapping[str, Any]]] = field(default_factory=dict, repr=False)
+    records: dict[str, list[CellRecord]] = field(default_factory=dict, repr=False)
     figures: list[dict[str, Any]] = field(default_factory=list)  # {"title", "file", "svg", ...}
     notes: list[str] = field(default_factory=list)  # what could not be drawn, and why
     #: method -> number of its partial cells: left out of the table, ranks and figures unless
@@ -492,7 +462,7 @@ class GroupSummary:
 
 def _per_seed_reference(
     records: Sequence[Mapping[str, Any]],
-    extract: Callable[[Mapping[str, Any]], float | None],
+    extract: Extract,
     fmt: str,
     bounds: tuple[float, float] = UNIT,
 ) -> Stat:
@@ -501,7 +471,7 @@ def _per_seed_reference(
     for rec in records:
         value = extract(rec)
         if value is not None:
-            by_seed[rec.get("seed")].append(value)
+            by_seed[rec.seed].append(value)
     return _stat(
         (sum(v) / len(v) for _, v in sorted(by_seed.items(), key=lambda kv: str(kv[0]))),
         fmt,
@@ -544,10 +514,8 @@ def min_detectable_difference(
     return factor * sd / math.sqrt(n)
 
 
-def _seed_values(
-    records: Sequence[Mapping[str, Any]], extract: Callable[[Mapping[str, Any]], float | None]
-) -> dict[str, float]:
-    return {str(r.get("seed")): v for r in records if (v := extract(r)) is not None}
+def _seed_values(records: Sequence[CellRecord], extract: Extract) -> dict[str, float]:
+    return {str(r.seed): v for r in records if (v := extract(r)) is not None}
 
 
 def _mark_column(
@@ -603,7 +571,7 @@ def _mark_column(
     return min_detectable_difference(math.sqrt(float(np.mean(np.square(sds)))), min(pairs))
 
 
-def _separated_from_random(by_method: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[str]:
+def _separated_from_random(by_method: Mapping[str, Sequence[CellRecord]]) -> list[str]:
     """Methods whose subset-value gain over the random subset differs from 0, Holm-corrected.
 
     The gain of one seed is the paired difference between the method's subset and the random
@@ -619,22 +587,20 @@ def _separated_from_random(by_method: Mapping[str, Sequence[Mapping[str, Any]]])
     return sorted(m for m, p in holm(raw).items() if p < ALPHA)
 
 
-def summarise(
-    records: Iterable[Mapping[str, Any]], include_partial: bool = False
-) -> list[GroupSummary]:
+def summarise(records: Iterable[CellRecord], include_partial: bool = False) -> list[GroupSummary]:
     """Aggregate the ``ok`` cells over seeds, one :class:`GroupSummary` per (dataset, noise).
 
-    A partial cell (:func:`is_partial`) is never ranked as if complete: it is left out and
+    A partial cell (:attr:`CellRecord.partial`) is never ranked as if complete: it is left out and
     counted in :attr:`GroupSummary.partial`, unless ``include_partial``.
     """
-    groups: dict[tuple[str, float | None], list[Mapping[str, Any]]] = defaultdict(list)
+    groups: dict[tuple[str, float | None], list[CellRecord]] = defaultdict(list)
     partial: dict[tuple[str, float | None], dict[str, int]] = defaultdict(dict)
     for rec in sorted(records, key=record_sort_key):
-        if rec.get("status") != "ok":
+        if not rec.ok:
             continue
-        key = (str(rec.get("dataset", "")), as_float(rec.get("noise")))
-        if is_partial(rec):
-            method = str(rec.get("method", ""))
+        key = (rec.dataset, rec.noise)
+        if rec.partial:
+            method = rec.method
             partial[key][method] = partial[key].get(method, 0) + 1
             if not include_partial:
                 groups.setdefault(key, [])
@@ -650,14 +616,14 @@ def summarise(
                 f
                 for rec in recs
                 for name in ("subset_value", "random_subset_value")
-                for f in _fraction_map(rec, name)
+                for f in rec.metrics.fraction_values(name)
             },
             key=float,
         )
         candidates = [_subset_column(f) for f in fractions] + list(TABLE_COLUMNS)
-        by_method: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+        by_method: dict[str, list[CellRecord]] = defaultdict(list)
         for rec in recs:
-            by_method[str(rec.get("method", ""))].append(rec)
+            by_method[rec.method].append(rec)
         rows: dict[str, dict[str, Stat]] = {
             m: {
                 c.key: _stat((c.extract(r) for r in by_method[m]), c.fmt, c.bounds)
@@ -694,7 +660,7 @@ def summarise(
                     f: _per_seed_reference(recs, _fraction_getter("random_subset_value", f), ".3f")
                     for f in fractions
                 },
-                full_data=_per_seed_reference(recs, _metric("full_data_value"), ".3f"),
+                full_data=_per_seed_reference(recs, _full_data_value, ".3f"),
                 records={m: by_method[m] for m in sorted(by_method)},
                 partial=dict(sorted(partial[(dataset, noise)].items())),
                 partial_included=include_partial,
@@ -754,13 +720,7 @@ def head_to_head(groups: Sequence[GroupSummary], families: Mapping[str, str]) ->
         weighted = [
             m
             for m in selectors
-            if any(
-                any(
-                    v is True
-                    for v in ((r.get("metrics") or {}).get("subset_weighted") or {}).values()
-                )
-                for r in g.records.get(m, [])
-            )
+            if any(any(r.metrics.subset_weighted.values()) for r in g.records.get(m, []))
         ]
         out.append(HeadToHead(g.title, g.slug, list(g.fractions), rows, best_point, top, weighted))
     return out
@@ -916,13 +876,13 @@ def _stat_json(stat: Stat) -> dict[str, Any]:
 
 
 def summary_json(
-    manifest: Mapping[str, Any], groups: Sequence[GroupSummary], cd: Sequence[CDResult]
+    manifest: Manifest, groups: Sequence[GroupSummary], cd: Sequence[CDResult]
 ) -> dict[str, Any]:
     """The ``summary.json`` export: every leaderboard number of the HTML report."""
     return {
         "schema": SUMMARY_SCHEMA,
-        "run": manifest.get("name"),
-        "config_hash": manifest.get("config_hash"),
+        "run": manifest.name,
+        "config_hash": manifest.config_hash,
         "confidence": CONFIDENCE,
         "interval": INTERVAL_NAME,
         "test": {

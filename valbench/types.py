@@ -18,7 +18,13 @@ from typing import Any, ClassVar, Protocol, Self, TypeVar
 import numpy as np
 
 from valbench.errors import UsageError
-from valbench.params import Param, assign_params, declared_params, stored_params
+from valbench.params import (
+    Param,
+    assign_params,
+    declared_params,
+    inherit_args_doc,
+    stored_params,
+)
 
 __all__ = [
     "Budget",
@@ -265,30 +271,16 @@ class ModelFactory(Protocol):
     architecture and regularisation here so they match the evaluation model.
     """
 
-    @property
-    def kind(self) -> str:
-        """The architecture: ``"logreg"`` or ``"mlp"`` (one ReLU hidden layer)."""
-        ...
-
-    @property
-    def epochs(self) -> int:
-        """Optimisation steps per fit (Adam steps, or the most L-BFGS iterations)."""
-        ...
-
-    @property
-    def l2(self) -> float:
-        """Weight decay: ``l2/2 * ||weights||²`` is added to the loss (biases excluded)."""
-        ...
-
-    @property
-    def hidden(self) -> int:
-        """Hidden units of the MLP (unused by logreg)."""
-        ...
-
-    @property
-    def resolved_solver(self) -> str:
-        """``"lbfgs"`` (to a gradient tolerance) or ``"adam"`` (a fixed number of steps)."""
-        ...
+    #: The architecture: ``"logreg"`` or ``"mlp"`` (one ReLU hidden layer).
+    kind: str
+    #: Optimisation steps per fit (Adam steps, or the most L-BFGS iterations).
+    epochs: int
+    #: Weight decay: ``l2/2 * ||weights||²`` is added to the loss (biases excluded).
+    l2: float
+    #: Hidden units of the MLP (unused by logreg).
+    hidden: int
+    #: ``"lbfgs"`` (to a gradient tolerance) or ``"adam"`` (a fixed number of steps).
+    resolved_solver: str
 
     def build(self, n_features: int, n_classes: int, seed: int) -> BatchedModel[Any]:
         """A fresh model for ``n_features`` inputs and ``n_classes`` outputs, seeded by ``seed``."""
@@ -305,20 +297,12 @@ class Utility(Protocol):
     ``task.utility(**options)`` returns one; U(∅) is ``empty_score`` and costs no fit.
     """
 
-    @property
-    def full_score(self) -> float:
-        """U(all training points)."""
-        ...
-
-    @property
-    def empty_score(self) -> float:
-        """U(∅): chance accuracy 1 / n_classes."""
-        ...
-
-    @property
-    def cache_hits(self) -> int:
-        """Subsets answered without training."""
-        ...
+    #: U(all training points).
+    full_score: float
+    #: U(∅): chance accuracy 1 / n_classes.
+    empty_score: float
+    #: Subsets answered without training.
+    cache_hits: int
 
     def __call__(self, subset: Subset) -> float:
         """U(subset) for one subset."""
@@ -601,14 +585,37 @@ class RunContext:
         )
 
 
-class Method(abc.ABC):
+class _Parameterised:
+    """What methods and datasets share: parameters declared once in ``parameters``, checked
+    and stored by ``__init__``, read back by :meth:`get_params`; an ``Args:`` section inherited
+    from the nearest base with the same parameters when a subclass's docstring has none."""
+
+    #: The parameters by name: default, constraints and a one-line doc (:mod:`valbench.params`).
+    parameters: ClassVar[dict[str, Param]] = {}
+    _param_kind: ClassVar[str] = ""
+
+    def __init__(self, **params: Any) -> None:
+        assign_params(self, params, kind=self._param_kind)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        inherit_args_doc(cls)
+
+    def get_params(self) -> dict[str, Any]:
+        """The parameter values this instance holds (each stored under its own name)."""
+        return stored_params(self)
+
+
+class Method(_Parameterised, abc.ABC):
     """Base class of every valuation method (scikit-learn style parameters).
 
     Subclasses set ``name``, ``family`` and ``summary`` and declare their parameters in
     ``parameters`` (see :mod:`valbench.params`); ``__init__(**params)`` checks each value
     against its declaration and only stores it, so a run can record and replay them. A class
     that takes keyword-only ``__init__`` parameters instead keeps working: its declaration is
-    derived from the signature. The one abstract call is :meth:`value`.
+    derived from the signature. The one abstract call is :meth:`value`. A subclass whose
+    docstring has no ``Args:`` section takes the section of the nearest base declaring the
+    same parameters.
     """
 
     name: ClassVar[str] = ""
@@ -620,19 +627,11 @@ class Method(abc.ABC):
     #: True for set-aware selectors, which return ``Valuation.selections`` at every fraction of
     #: ``ctx.fractions`` they can serve; the harness records any they did not serve.
     selects_subsets: ClassVar[bool] = False
-    #: The parameters by name: default, constraints and a one-line doc.
-    parameters: ClassVar[dict[str, Param]] = {}
-
-    def __init__(self, **params: Any) -> None:
-        assign_params(self, params, kind="method")
+    _param_kind = "method"
 
     @classmethod
     def _param_names(cls) -> dict[str, Any]:
         return init_params(cls)
-
-    def get_params(self) -> dict[str, Any]:
-        """The parameter values this instance holds (each stored under its own name)."""
-        return stored_params(self)
 
     @abc.abstractmethod
     def value(self, task: ValuationTask, ctx: RunContext) -> Valuation:
@@ -682,7 +681,7 @@ class DatasetSplits:
         )
 
 
-class Dataset(abc.ABC):
+class Dataset(_Parameterised, abc.ABC):
     """Base class of dataset loaders, registered in the ``valbench.datasets`` entry-point group."""
 
     name: ClassVar[str] = ""
@@ -691,15 +690,7 @@ class Dataset(abc.ABC):
     is_2d: ClassVar[bool] = False
     #: Full size, e.g. ``{"rows": 1797, "classes": 10, "features": 64}`` (``valbench list``).
     info: ClassVar[dict[str, Any]] = {}
-    #: The parameters by name, declared as a method's are (see :mod:`valbench.params`).
-    parameters: ClassVar[dict[str, Param]] = {}
-
-    def __init__(self, **params: Any) -> None:
-        assign_params(self, params, kind="dataset")
-
-    def get_params(self) -> dict[str, Any]:
-        """The parameter values this instance holds (each stored under its own name)."""
-        return stored_params(self)
+    _param_kind = "dataset"
 
     @classmethod
     def available(cls) -> bool:

@@ -25,9 +25,10 @@ from threadpoolctl import threadpool_limits
 from valbench import metrics
 from valbench.data import apply_label_noise, imbalance_rows
 from valbench.errors import ValbenchError
+from valbench.records import CellCost, CellError, CellMetrics, CellRecord
 from valbench.registry import get_dataset, get_method, validate_params
 from valbench.spec import FILE_PREFIX, Cell, RunSpec
-from valbench.store import RESULTS_SCHEMA, to_jsonable
+from valbench.store import to_jsonable
 from valbench.types import (
     BudgetMeter,
     Dataset,
@@ -78,7 +79,7 @@ def cell_threads() -> Iterator[None]:
 class CellOutcome:
     """A finished cell: its results line (without ``scores_file``) and its arrays."""
 
-    record: dict[str, Any]
+    record: CellRecord
     scores: np.ndarray | None = None
     selections: dict[float, np.ndarray] = field(default_factory=dict)
     detection_scores: np.ndarray | None = None
@@ -376,18 +377,6 @@ def _check_valuation(valuation: Any, n: int, method: str, fractions: Sequence[fl
         raise InvalidValuation(f"method {method!r} returned an invalid result: {exc}") from None
 
 
-def _base_record(cell: Cell, params: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "schema": RESULTS_SCHEMA,
-        "cell_id": cell.cell_id,
-        "method": cell.method,
-        "dataset": cell.dataset,
-        "noise": cell.noise,
-        "seed": cell.seed,
-        "params": params,
-    }
-
-
 def failure_record(
     cell: Cell,
     spec: RunSpec,
@@ -395,19 +384,21 @@ def failure_record(
     exc_type: str,
     message: str,
     tb: str = "",
-    cost: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The results line of a cell that failed or timed out."""
-    return {
-        **_base_record(cell, dict(spec.params.get(cell.method, {}))),
-        "status": status,
-        "error": {"type": exc_type, "message": message, "traceback": tb},
-        "cost": cost or {},
-        "metrics": {},
-        "scores_file": None,
-        "stats": {},
-        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
+    cost: CellCost | None = None,
+) -> CellRecord:
+    """The results line of a cell that failed, timed out or was skipped."""
+    return CellRecord(
+        cell_id=cell.cell_id,
+        status=status,
+        method=cell.method,
+        dataset=cell.dataset,
+        noise=cell.noise,
+        seed=cell.seed,
+        params=to_jsonable(dict(spec.params.get(cell.method, {}))),
+        error=CellError(type=exc_type, message=message, traceback=tb),
+        cost=cost or CellCost(),
+        finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
 
 
 def run_cell(cell: Cell, spec: RunSpec, progress: ProgressFn = no_progress) -> CellOutcome:
@@ -418,7 +409,7 @@ def run_cell(cell: Cell, spec: RunSpec, progress: ProgressFn = no_progress) -> C
 
 def _run_cell(cell: Cell, spec: RunSpec, progress: ProgressFn) -> CellOutcome:
     params = dict(spec.params.get(cell.method, {}))
-    cost: dict[str, Any] = {}
+    cost: CellCost | None = None
     try:
         cls = get_method(cell.method)
         validate_params(cls, params)
@@ -442,14 +433,13 @@ def _run_cell(cell: Cell, spec: RunSpec, progress: ProgressFn) -> CellOutcome:
             )
             raw = method.value(task, ctx)
         wall = time.perf_counter() - wall0
-        cost = {
-            "wall_s": wall,
-            "cpu_s": time.process_time() - cpu0,
-            "peak_mem_mb": mem.peak_mb,
-            "model_fits": counter.count,
-            # Model fits per wall second of the method (None when it fitted nothing).
-            "fits_per_s": counter.count / wall if counter.count and wall > 0 else None,
-        }
+        cost = CellCost(
+            wall_s=wall,
+            cpu_s=time.process_time() - cpu0,
+            peak_mem_mb=mem.peak_mb,
+            model_fits=counter.count,
+            fits_per_s=counter.count / wall if counter.count and wall > 0 else None,
+        )
         valuation = _check_valuation(raw, task.n_train, cell.method, ctx.fractions)
         measured = measure(task, valuation, cell, spec)
     except (Exception, SystemExit) as exc:  # a method calling sys.exit() fails its cell only
@@ -468,21 +458,24 @@ def _run_cell(cell: Cell, spec: RunSpec, progress: ProgressFn) -> CellOutcome:
         unserved = [f for f, src in measured["subset_source"].items() if src != "selection"]
         if unserved:
             stats["unserved_fractions"] = unserved
-    record = {
-        **_base_record(cell, {k: to_jsonable(v) for k, v in params.items()}),
-        "status": "ok",
-        "family": cls.family,
+    record = CellRecord(
+        cell_id=cell.cell_id,
+        status="ok",
+        method=cell.method,
+        dataset=cell.dataset,
+        noise=cell.noise,
+        seed=cell.seed,
+        params={k: to_jsonable(v) for k, v in params.items()},
+        family=cls.family,
         # False for an estimate its method could not finish: a partial result, never to be
         # read as the real one.
-        "complete": valuation.complete,
-        "error": None,
-        "cost": cost,
-        "metrics": measured,
-        "scores_file": None,
-        "stats": stats,
-        "n_train": task.n_train,
-        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
+        complete=valuation.complete,
+        cost=cost,
+        metrics=CellMetrics.from_json(to_jsonable(measured)),
+        stats=stats,
+        n_train=task.n_train,
+        finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
     points = None
     if not cell.dataset.startswith(FILE_PREFIX) and get_dataset(cell.dataset).is_2d:
         points = {"x_train": task.x_train, "y_train": task.y_train}

@@ -41,8 +41,8 @@ def _run(out: Path, cells: int) -> dict[str, float]:
     wall = time.perf_counter() - started
     assert summary.ok == cells and not summary.failed
     records = read_results(out)
-    assert len(records) == cells and len({r["cell_id"] for r in records}) == cells
-    in_method = sum(r["cost"]["wall_s"] for r in records)
+    assert len(records) == cells and len({r.cell_id for r in records}) == cells
+    in_method = sum(r.cost.wall_s for r in records)
     return {
         "cells": cells,
         "wall_s": wall,

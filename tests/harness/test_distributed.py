@@ -34,8 +34,8 @@ def _spec(**changes: object) -> RunSpec:
 def _numbers(run_dir: Path) -> dict[str, tuple[str, dict, list[float]]]:
     out = {}
     for rec in read_results(run_dir):
-        scores, _ = load_scores(run_dir, rec["scores_file"])
-        out[rec["cell_id"]] = (rec["status"], rec["metrics"], scores.tolist())
+        scores, _ = load_scores(run_dir, rec.scores_file)
+        out[rec.cell_id] = (rec.status, rec.metrics, scores.tolist())
     return out
 
 
@@ -65,7 +65,7 @@ def test_dask_local_cluster_equals_serial(tmp_path: Path, serial_numbers: dict) 
     summary = execute(_spec(), out=tmp_path, backend="dask", show_progress=False)
     assert summary.ok == 4 and not summary.failed
     assert _numbers(tmp_path) == serial_numbers
-    assert read_manifest(tmp_path)["status"] == "complete"
+    assert read_manifest(tmp_path).status == "complete"
     lines = (tmp_path / "results.jsonl").read_text().splitlines()
     assert len(lines) == 4  # the driver wrote each cell exactly once
 
@@ -94,24 +94,24 @@ def test_dask_scheduler_address_and_timeout(tmp_path: Path, plugin_env: Path) ->
             address=cluster.scheduler_address,
             show_progress=False,
         )
-    by_method = {r["method"]: r for r in read_results(tmp_path)}
-    assert by_method["hangs"]["status"] == "timeout"
-    assert "time limit of 8 s" in by_method["hangs"]["error"]["message"]
-    assert "worker restarted" in by_method["hangs"]["error"]["message"]
-    assert by_method["raises"]["status"] == "failed"
-    assert by_method["random"]["status"] == "ok" and summary.ok == 1
+    by_method = {r.method: r for r in read_results(tmp_path)}
+    assert by_method["hangs"].status == "timeout"
+    assert "time limit of 8 s" in by_method["hangs"].error.message
+    assert "worker restarted" in by_method["hangs"].error.message
+    assert by_method["raises"].status == "failed"
+    assert by_method["random"].status == "ok" and summary.ok == 1
 
 
 @_needs("ray")
 def test_ray_timeout_and_segfault(tmp_path: Path, plugin_env: Path) -> None:
     spec = _spec(methods=("hangs", "segfaults", "random"), seeds=1, timeout=8.0)
     summary = execute(spec, out=tmp_path, backend="ray", show_progress=False)
-    by_method = {r["method"]: r for r in read_results(tmp_path)}
-    assert by_method["hangs"]["status"] == "timeout"
-    assert by_method["segfaults"]["status"] == "failed"
-    assert by_method["segfaults"]["error"]["type"] == "WorkerCrashed"
-    assert "worker process was killed" in by_method["hangs"]["error"]["message"]
-    assert by_method["random"]["status"] == "ok" and summary.ok == 1
+    by_method = {r.method: r for r in read_results(tmp_path)}
+    assert by_method["hangs"].status == "timeout"
+    assert by_method["segfaults"].status == "failed"
+    assert by_method["segfaults"].error.type == "WorkerCrashed"
+    assert "worker process was killed" in by_method["hangs"].error.message
+    assert by_method["random"].status == "ok" and summary.ok == 1
 
 
 def test_cluster_options_are_checked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -293,6 +293,6 @@ def test_dask_crashing_cell_runs_once_and_is_recorded(
     spec = _spec(methods=("exits",), seeds=1, params={"exits": {"marker": str(marker)}})
     summary = execute(spec, out=tmp_path / "run", backend="dask", show_progress=False)
     (record,) = read_results(tmp_path / "run")
-    assert record["status"] == "failed" and record["error"]["type"] == "WorkerCrashed"
-    assert summary.failed == [record["cell_id"]]
+    assert record.status == "failed" and record.error.type == "WorkerCrashed"
+    assert summary.failed == [record.cell_id]
     assert marker.read_text().splitlines() == ["attempt"]

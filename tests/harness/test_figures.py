@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 
 import pytest
-from test_report_fakes import read_jsonl
+from test_report_fakes import read_records
 
 from valbench.figures import method_colors, pareto_front
 from valbench.summary import friedman_nemenyi, paired_p_value, summarise
@@ -43,7 +43,7 @@ def test_friedman_nemenyi_matches_demsar(tmp_path: Path) -> None:
         seeds=1,
         two_d=(),
     )
-    groups = summarise(read_jsonl(run))
+    groups = summarise(read_records(run))
     res = friedman_nemenyi(groups, "gain")
     assert res is not None
     k, n = 4, 5

@@ -211,7 +211,7 @@ def test_malformed_results_line_is_skipped_with_a_warning(
     path.write_bytes(lines[0] + (json.dumps(bad) + "\n").encode() + lines[1])
     with caplog.at_level(logging.WARNING, logger="valbench.store"):
         got = read_results(run_copy)
-    assert [r["cell_id"] for r in got] == [json.loads(x)["cell_id"] for x in lines]
+    assert [r.cell_id for r in got] == [json.loads(x)["cell_id"] for x in lines]
     assert any(field in r.getMessage() and ":2:" in r.getMessage() for r in caplog.records)
     assert run_status(run_copy)["ok"] == [json.loads(x)["cell_id"] for x in lines]
     rc, out, err = _cli("status", str(run_copy))
@@ -232,7 +232,7 @@ def test_stats_of_50_mb_are_capped_on_the_page(run_copy: Path) -> None:
     html = (run_copy / "index.html").read_text()
     assert len(html) < 2_000_000
     assert "truncated; full record in results.jsonl" in html
-    assert len(read_results(run_copy)[0]["stats"]["trace"]) == 50_000  # the record is intact
+    assert len(read_results(run_copy)[0].stats["trace"]) == 50_000  # the record is intact
 
 
 def test_huge_error_message_is_capped_on_the_page(run_copy: Path) -> None:

@@ -453,16 +453,6 @@ def test_addition_curve_by_hand() -> None:
         M.addition_curve(SCORES, (0.0, 0.5), sum_plus_one)
 
 
-def test_removal_metrics_dict() -> None:
-    out = M.removal_metrics(SCORES, (0.1, 0.3), sum_plus_one)
-    assert out["high_first"] == [[0.0, 55.0], [0.1, 54.0], [0.3, 39.0]]
-    assert out["auc"] == pytest.approx(14.75 / 0.3)
-    assert json.loads(json.dumps(out)) == out
-
-
-# ----------------------------------------------------------------------------- across seeds
-
-
 def test_mean_ci_by_hand() -> None:
     mean, hw = M.mean_ci([1.0, 2.0, 3.0])
     assert mean == 2.0

@@ -294,3 +294,39 @@ def test_a_parameter_stored_under_another_name_fails_get_params_and_the_kit() ->
 def test_check_params_names_the_kind_and_the_class() -> None:
     with pytest.raises(UsageError, match=r"^method 'legacy': k=0\.5 is not an int"):
         check_params(Legacy, {"k": 0.5}, kind="method")
+
+
+def test_a_subclass_without_args_takes_its_bases_section_only_for_the_same_parameters() -> None:
+    from valbench.params import Interval, Param
+    from valbench.types import Dataset
+
+    class Base(Dataset):
+        """Base.
+
+        Args:
+            k: How many (default 1).
+        """
+
+        parameters = {"k": Param(1, Interval(int, 1, None), doc="how many")}
+
+    class Same(Base):
+        """Same parameters, no section of its own."""
+
+    class Own(Base):
+        """Its own words.
+
+        Args:
+            k: Its own description.
+        """
+
+    class More(Base):
+        """One more parameter: the base's section would be wrong."""
+
+        parameters = {**Base.parameters, "j": Param(2, Interval(int, 1, None), doc="j")}
+
+    assert (
+        Same.__doc__
+        == "Same parameters, no section of its own.\n\nArgs:\n    k: How many (default 1).\n"
+    )
+    assert "Its own description" in Own.__doc__ and "How many" not in Own.__doc__
+    assert More.__doc__ == "One more parameter: the base's section would be wrong."

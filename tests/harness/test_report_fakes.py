@@ -10,7 +10,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["FRACTIONS", "fake_run", "read_jsonl"]
+from valbench.records import CellRecord
+
+__all__ = ["FRACTIONS", "fake_run", "read_jsonl", "read_records"]
 
 FRACTIONS = (0.05, 0.1, 0.2, 0.3, 0.5)
 _GRID = [round(i / 20, 10) for i in range(21)]
@@ -19,6 +21,11 @@ _GRID = [round(i / 20, 10) for i in range(21)]
 def read_jsonl(run: Path) -> list[dict[str, Any]]:
     """The results lines of a run."""
     return [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
+
+
+def read_records(run: Path) -> list[CellRecord]:
+    """The typed records of a run's results lines (each line parsed and migrated)."""
+    return [CellRecord.from_json(line) for line in read_jsonl(run)]
 
 
 def _record(
@@ -170,7 +177,7 @@ def test_fake_run_is_a_readable_run(tmp_path: Path) -> None:
     from valbench.store import read_manifest, read_results
 
     run = fake_run(tmp_path / "r", seeds=2, failed=["digits.loo.noise0.1.seed1"])
-    assert read_manifest(run)["status"] == "complete"
+    assert read_manifest(run).status == "complete"
     records = read_results(run)
     assert len(records) == 2 * 2 * 3
-    assert sum(r["status"] == "failed" for r in records) == 1
+    assert sum(r.status == "failed" for r in records) == 1

@@ -387,11 +387,15 @@ def test_partial_cells_are_never_ranked_as_complete(tmp_path: Path) -> None:
 
 
 def test_a_record_without_the_flag_is_partial_by_its_stats() -> None:
-    from valbench.summary import is_partial, summarise
+    from valbench.records import CellRecord
+    from valbench.summary import summarise
 
-    ok = {"status": "ok", "method": "m", "dataset": "d", "noise": 0.1, "seed": 0}
-    older = {**ok, "method": "old", "stats": {"complete": False}}  # before the typed flag
-    assert is_partial(older) and not is_partial({**ok, "stats": {}})
-    assert is_partial({**ok, "complete": False, "stats": {"complete": True}})
-    (group,) = summarise([ok, older])
+    ok = {"cell_id": "c", "status": "ok", "method": "m", "dataset": "d", "noise": 0.1, "seed": 0}
+    # Schema 1, before the typed flag: stats.complete only.
+    older = CellRecord.from_json({**ok, "method": "old", "stats": {"complete": False}})
+    assert older.partial and not CellRecord.from_json({**ok, "stats": {}}).partial
+    assert CellRecord.from_json({**ok, "complete": False, "stats": {"complete": True}}).partial
+    # Schema 2: the typed flag alone decides.
+    assert not CellRecord.from_json({**ok, "schema": 2, "stats": {"complete": False}}).partial
+    (group,) = summarise([CellRecord.from_json(ok), older])
     assert group.partial == {"old": 1} and "old" not in group.rows

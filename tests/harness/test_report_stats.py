@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 from scipy import stats
-from test_report_fakes import fake_run, read_jsonl
+from test_report_fakes import fake_run, read_records
 
+from valbench.records import CellRecord, Manifest
 from valbench.summary import (
     MIN_CD_BLOCKS,
     friedman_nemenyi,
@@ -19,9 +20,16 @@ from valbench.summary import (
 )
 
 
-def _line(method: str, seed: int, chosen: float, random: float = 0.5, **extra: Any) -> dict:
+def _line(
+    method: str, seed: int, chosen: float, random: float = 0.5, **extra: Any
+) -> CellRecord:
     """A minimal ok line: one fraction's subset value against the random subset's."""
+    return CellRecord.from_json(_line_json(method, seed, chosen, random, **extra))
+
+
+def _line_json(method: str, seed: int, chosen: float, random: float, **extra: Any) -> dict:
     return {
+        "cell_id": f"{extra.get('dataset', 'd')}.{method}.{extra.get('noise', 0.1)}.{seed}",
         "status": "ok",
         "dataset": extra.get("dataset", "d"),
         "noise": extra.get("noise", 0.1),
@@ -51,7 +59,7 @@ def test_two_far_apart_seeds_never_give_an_interval_outside_the_metric_range() -
     assert recall.interval == (0.0, 1.0)
     gain = group.rows["m"]["gain"]  # +97 and −97 points: the interval stays within ±100
     assert gain.interval == (-100.0, 100.0) and "±" not in gain.text
-    exported = summary_json({}, [group], [])["groups"][0]["methods"]["m"]["values"]
+    exported = summary_json(Manifest(spec={}), [group], [])["groups"][0]["methods"]["m"]["values"]
     for key, (low, high) in {
         "subset_value@0.1": (0.0, 1.0),
         "mislabel.recall_at_noise": (0.0, 1.0),
@@ -78,7 +86,7 @@ def _two_noise_rates(tmp_path: Any, datasets: tuple[str, ...]) -> list[dict]:
             two_d=(),
             seed=i,
         )
-        records += read_jsonl(run)
+        records += read_records(run)
     return records
 
 
@@ -180,9 +188,9 @@ def test_costs_are_compared_in_cpu_seconds_and_fits_are_not_ranked() -> None:
     records = []
     for s in range(3):
         for method, cpu, fits, gain in (("cheap", 9.0, 10, 0.2), ("dear", 1.0, 900, 0.1)):
-            line = _line(method, s, 0.5 + gain + 0.01 * s, cpu_s=cpu + 0.1 * s)
+            line = _line_json(method, s, 0.5 + gain + 0.01 * s, 0.5, cpu_s=cpu + 0.1 * s)
             line["cost"].update(wall_s=1.0, model_fits=fits + s)
-            records.append(line)
+            records.append(CellRecord.from_json(line))
     (group,) = summarise(records)
     assert group.best_methods("cost.cpu_s") == ["dear"]
     fits = group.rows["cheap"]["cost.model_fits"]
@@ -203,15 +211,13 @@ def test_page_states_intervals_corrections_limits_and_planted_flips(tmp_path: An
     run = fake_run(tmp_path / "r", methods=("a", "b"), datasets=(name,), seeds=2, two_d=())
     # two seeds far apart, and no method separable from random
     records = [
-        _line(m, s, v, r, dataset=name, recall=v)
+        _line_json(m, s, v, r, dataset=name, recall=v)
         for m, pairs in {
             "a": ((0.95, 0.10), (0.05, 0.90)),
             "b": ((0.50, 0.52), (0.60, 0.57)),
         }.items()
         for s, (v, r) in enumerate(pairs)
     ]
-    for rec in records:
-        rec["cell_id"] = f"{rec['method']}.{rec['seed']}"
     (run / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     html = render_report(run).read_text(encoding="utf-8")
     top = html.split('id="summary"')[1].split("<h3>")[0]

@@ -146,7 +146,7 @@ def test_overwrite_removes_only_what_valbench_wrote(tmp_path: Path) -> None:
     assert replaced.ok == 2
     assert (tmp_path / "notes.txt").read_text() == "mine"
     assert (tmp_path / "figures" / "mine.png").read_bytes() == b"png"
-    assert read_manifest(tmp_path)["cells_total"] == 2
+    assert read_manifest(tmp_path).cells_total == 2
 
 
 def test_files_are_shared_like_the_rest(tmp_path: Path) -> None:
@@ -168,12 +168,12 @@ def test_a_crashing_method_cannot_end_a_default_run(
 ) -> None:
     spec = small_spec(methods=("random", crash, "loo"))
     summary = execute(spec, out=tmp_path, show_progress=False)  # default backend, no flags
-    by_method = {r["method"]: r for r in read_results(tmp_path)}
+    by_method = {r.method: r for r in read_results(tmp_path)}
     assert set(by_method) == {"random", crash, "loo"}
-    assert by_method["random"]["status"] == by_method["loo"]["status"] == "ok"
-    assert by_method[crash]["status"] == "failed"
-    assert summary.ok == 2 and summary.failed == [by_method[crash]["cell_id"]]
-    assert read_manifest(tmp_path)["status"] == "complete"
+    assert by_method["random"].status == by_method["loo"].status == "ok"
+    assert by_method[crash].status == "failed"
+    assert summary.ok == 2 and summary.failed == [by_method[crash].cell_id]
+    assert read_manifest(tmp_path).status == "complete"
 
 
 def test_sys_exit_in_the_serial_backend_fails_only_its_cell(
@@ -181,10 +181,10 @@ def test_sys_exit_in_the_serial_backend_fails_only_its_cell(
 ) -> None:
     spec = small_spec(methods=("sys-exit", "random"))
     execute(spec, out=tmp_path, backend="serial", show_progress=False)
-    by_method = {r["method"]: r for r in read_results(tmp_path)}
-    assert by_method["sys-exit"]["status"] == "failed"
-    assert "SystemExit: 3" in by_method["sys-exit"]["error"]["message"]
-    assert by_method["random"]["status"] == "ok"
+    by_method = {r.method: r for r in read_results(tmp_path)}
+    assert by_method["sys-exit"].status == "failed"
+    assert "SystemExit: 3" in by_method["sys-exit"].error.message
+    assert by_method["random"].status == "ok"
 
 
 def test_a_backend_that_breaks_leaves_an_aborted_manifest(
@@ -197,7 +197,7 @@ def test_a_backend_that_breaks_leaves_an_aborted_manifest(
     with pytest.raises(ConnectionError):
         execute(small_spec(), out=tmp_path, show_progress=False)
     manifest = read_manifest(tmp_path)
-    assert manifest["status"] == "aborted" and "scheduler went away" in manifest["error"]
+    assert manifest.status == "aborted" and "scheduler went away" in manifest.error
 
 
 # ----------------------------------------------------------------------------- concurrency
@@ -297,8 +297,8 @@ def test_a_full_disk_is_one_line_and_loses_nothing(
     err = _one_line_error(capsys)
     assert "no space left on the device" in err and "run the same command again" in err
     assert [p for p in out.rglob("*") if p.name.endswith(".tmp")] == []
-    assert [r["method"] for r in read_results(out)] == ["random"]
-    assert read_manifest(out)["status"] == "aborted"
+    assert [r.method for r in read_results(out)] == ["random"]
+    assert read_manifest(out).status == "aborted"
     monkeypatch.setattr(os, "fsync", real_fsync)
     assert main(args) == 0
     assert "1 already done" in capsys.readouterr().out
@@ -362,9 +362,9 @@ def test_a_worker_that_died_idle_is_replaced(
 
     monkeypatch.setattr(runner._Worker, "submit", submit)
     summary = execute(small_spec(methods=("random", "loo")), out=tmp_path, show_progress=False)
-    by_method = {r["method"]: r for r in read_results(tmp_path)}
+    by_method = {r.method: r for r in read_results(tmp_path)}
     if deaths == 1:  # the cell goes to a fresh worker
         assert summary.ok == 2
     else:  # a cell no worker lives to take fails, once, and the run still ends
-        assert by_method["random"]["status"] == by_method["loo"]["status"] == "failed"
-        assert by_method["random"]["error"]["type"] == "WorkerCrashed"
+        assert by_method["random"].status == by_method["loo"].status == "failed"
+        assert by_method["random"].error.type == "WorkerCrashed"

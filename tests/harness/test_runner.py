@@ -13,6 +13,7 @@ import pytest
 
 from valbench.cli import main
 from valbench.errors import RunDirectoryError
+from valbench.records import RECORD_SCHEMA
 from valbench.runner import execute, run_status
 from valbench.spec import RunSpec
 from valbench.store import load_scores, read_manifest, read_results
@@ -35,22 +36,22 @@ def test_run_writes_the_run_directory(tmp_path: Path) -> None:
     summary = execute(small_spec(), out=tmp_path, show_progress=False)
     assert summary.ok == 2 and not summary.failed
     manifest = read_manifest(tmp_path)
-    assert manifest["status"] == "complete" and manifest["cells_total"] == 2
-    assert manifest["versions"]["torch"] and manifest["machine"]["cpu_count"] >= 1
+    assert manifest.status == "complete" and manifest.cells_total == 2
+    assert manifest.versions["torch"] and manifest.machine["cpu_count"] >= 1
     records = read_results(tmp_path)
-    assert [r["method"] for r in records] == ["random", "loo"]
+    assert [r.method for r in records] == ["random", "loo"]
     loo = records[1]
-    assert loo["schema"] == 1 and loo["status"] == "ok" and loo["error"] is None
-    assert set(loo["metrics"]["subset_value"]) == {"0.1", "0.5"}
+    assert loo.schema == RECORD_SCHEMA and loo.status == "ok" and loo.error is None
+    assert set(loo.metrics.subset_value) == {"0.1", "0.5"}
     # loo selects nothing itself: both subsets are the top of its ranking, and not flagged.
-    assert loo["metrics"]["subset_source"] == {"0.1": "scores", "0.5": "scores"}
-    assert "unserved_fractions" not in loo["stats"]
-    assert 0 <= loo["metrics"]["mislabel"]["auc"] <= 1
-    assert loo["cost"]["model_fits"] == 41  # U(D) and the 40 leave-one-out fits
-    assert loo["cost"]["fits_per_s"] == pytest.approx(41 / loo["cost"]["wall_s"])
-    assert records[0]["cost"]["fits_per_s"] is None  # random fits nothing
-    scores, _ = load_scores(tmp_path, loo["scores_file"])
-    assert scores.shape == (40,) and loo["n_train"] == 40
+    assert loo.metrics.subset_source == {"0.1": "scores", "0.5": "scores"}
+    assert "unserved_fractions" not in loo.stats
+    assert 0 <= loo.metrics.mislabel.auc <= 1
+    assert loo.cost.model_fits == 41  # U(D) and the 40 leave-one-out fits
+    assert loo.cost.fits_per_s == pytest.approx(41 / loo.cost.wall_s)
+    assert records[0].cost.fits_per_s is None  # random fits nothing
+    scores, _ = load_scores(tmp_path, loo.scores_file)
+    assert scores.shape == (40,) and loo.n_train == 40
     assert (tmp_path / "index.html").stat().st_size > 0 and (tmp_path / "results.csv").exists()
     # synthetic is 2-D: its training points are kept once per split for the report's drawings.
     with np.load(tmp_path / "points" / "synthetic.seed0.noise0.2.npz") as points:
@@ -72,8 +73,8 @@ def test_rerun_resumes_and_other_spec_is_refused(tmp_path: Path) -> None:
 def _numbers(run_dir: Path) -> dict[str, tuple[dict, list[float]]]:
     out = {}
     for rec in read_results(run_dir):
-        scores, _ = load_scores(run_dir, rec["scores_file"])
-        out[rec["cell_id"]] = (rec["metrics"], scores.tolist())
+        scores, _ = load_scores(run_dir, rec.scores_file)
+        out[rec.cell_id] = (rec.metrics, scores.tolist())
     return out
 
 
@@ -90,15 +91,15 @@ def test_same_seed_same_numbers_across_backends(tmp_path: Path) -> None:
 def test_failures_are_recorded_and_the_run_goes_on(tmp_path: Path, test_plugins: Path) -> None:
     spec = small_spec(methods=("raises", "nan-scores", "random"))
     summary = execute(spec, out=tmp_path, show_progress=False)
-    by_method = {r["method"]: r for r in read_results(tmp_path)}
-    assert by_method["random"]["status"] == "ok"
-    assert by_method["raises"]["status"] == "failed"
+    by_method = {r.method: r for r in read_results(tmp_path)}
+    assert by_method["random"].status == "ok"
+    assert by_method["raises"].status == "failed"
     assert (
-        by_method["raises"]["error"]["message"]
+        by_method["raises"].error.message
         == "RuntimeError: deliberate failure in a test method"
     )
-    assert "Traceback" in by_method["raises"]["error"]["traceback"]
-    assert "NaN or infinite" in by_method["nan-scores"]["error"]["message"]
+    assert "Traceback" in by_method["raises"].error.traceback
+    assert "NaN or infinite" in by_method["nan-scores"].error.message
     assert sorted(summary.failed) == sorted(
         ["synthetic.raises.noise0.2.seed0", "synthetic.nan-scores.noise0.2.seed0"]
     )
@@ -115,11 +116,11 @@ def test_hostcp_selects_exactly_the_run_fractions(tmp_path: Path) -> None:
     )
     execute(spec, out=tmp_path, show_progress=False)
     (record,) = read_results(tmp_path)
-    assert record["status"] == "ok", record["error"]
-    assert record["metrics"]["subset_source"] == {"0.15": "selection", "0.25": "selection"}
-    assert "unserved_fractions" not in record["stats"]
-    assert set(record["stats"]["per_fraction"]) == {"0.15", "0.25"}
-    _, selections = load_scores(tmp_path, record["scores_file"])
+    assert record.status == "ok", record.error
+    assert record.metrics.subset_source == {"0.15": "selection", "0.25": "selection"}
+    assert "unserved_fractions" not in record.stats
+    assert set(record.stats["per_fraction"]) == {"0.15", "0.25"}
+    _, selections = load_scores(tmp_path, record.scores_file)
     assert set(selections) == {0.15, 0.25}
     # The harness's subset sizes, ceil(f * n), of distinct points.
     assert {f: len(set(s)) for f, s in selections.items()} == {0.15: 6, 0.25: 10}
@@ -135,23 +136,23 @@ def test_a_fraction_a_selector_did_not_serve_is_recorded(tmp_path: Path) -> None
     )
     execute(spec, out=tmp_path, show_progress=False)
     (record,) = read_results(tmp_path)
-    assert record["status"] == "ok", record["error"]
-    assert record["metrics"]["subset_source"] == {"0.15": "selection", "0.25": "scores"}
-    assert record["stats"]["unserved_fractions"] == ["0.25"]
+    assert record.status == "ok", record.error
+    assert record.metrics.subset_source == {"0.15": "selection", "0.25": "scores"}
+    assert record.stats["unserved_fractions"] == ["0.25"]
 
 
 def test_selections_off_the_run_fractions_or_of_the_wrong_size_fail_the_cell(
     tmp_path: Path, test_plugins: Path
 ) -> None:
     execute(small_spec(methods=("off-fraction", "wrong-size")), out=tmp_path, show_progress=False)
-    by_method = {r["method"]: r for r in read_results(tmp_path)}
-    assert by_method["off-fraction"]["status"] == "failed"
-    assert by_method["off-fraction"]["error"]["message"] == (
+    by_method = {r.method: r for r in read_results(tmp_path)}
+    assert by_method["off-fraction"].status == "failed"
+    assert by_method["off-fraction"].error.message == (
         "InvalidValuation: method 'off-fraction' returned an invalid result: a selection at "
         "fraction 0.42, which the run did not ask for (0.1, 0.5)"
     )
-    assert by_method["wrong-size"]["status"] == "failed"
-    assert by_method["wrong-size"]["error"]["message"] == (
+    assert by_method["wrong-size"].status == "failed"
+    assert by_method["wrong-size"].error.message == (
         "InvalidValuation: method 'wrong-size' returned an invalid result: the selection at 0.1 "
         "holds 3 indices (3 distinct); at 0.1 of 40 points it must hold 4 distinct ones"
     )
@@ -164,7 +165,7 @@ def test_a_cell_runs_one_thread_for_torch_and_for_blas(tmp_path: Path, test_plug
         pytest.skip("numpy here loads no BLAS or OpenMP pool to limit")
     execute(small_spec(methods=("counts-threads",)), out=tmp_path, show_progress=False)
     (record,) = read_results(tmp_path)
-    assert (record["stats"]["torch_threads"], record["stats"]["pool_threads"]) == (1, 1)
+    assert (record.stats["torch_threads"], record.stats["pool_threads"]) == (1, 1)
 
 
 def test_cells_too_large_for_a_method_are_declined_not_failed(
@@ -173,9 +174,9 @@ def test_cells_too_large_for_a_method_are_declined_not_failed(
     summary = execute(
         small_spec(methods=("small-only", "random")), out=tmp_path, show_progress=False
     )
-    by_method = {r["method"]: r for r in read_results(tmp_path)}
-    assert by_method["small-only"]["status"] == "skipped"
-    assert "at most 10 training points" in by_method["small-only"]["error"]["message"]
+    by_method = {r.method: r for r in read_results(tmp_path)}
+    assert by_method["small-only"].status == "skipped"
+    assert "at most 10 training points" in by_method["small-only"].error.message
     assert summary.declined == ["synthetic.small-only.noise0.2.seed0"] and not summary.failed
     assert 'id="cells-declined">1<' in (tmp_path / "index.html").read_text()
 
@@ -184,20 +185,20 @@ def test_detection_scores_drive_the_mislabel_metrics(tmp_path: Path, test_plugin
     execute(small_spec(methods=("detects",)), out=tmp_path, show_progress=False)
     (rec,) = read_results(tmp_path)
     # Constant scores rank noise no better than chance; the centroid distance finds the flips.
-    assert rec["metrics"]["mislabel"]["auc"] > 0.7
-    with np.load(tmp_path / rec["scores_file"]) as data:
+    assert rec.metrics.mislabel.auc > 0.7
+    with np.load(tmp_path / rec.scores_file) as data:
         assert data["detection_scores"].shape == (40,)
 
 
 def test_timeouts_and_crashes_in_worker_processes(tmp_path: Path, test_plugins: Path) -> None:
     spec = small_spec(methods=("hangs", "segfaults", "random"), timeout=3.0, jobs=2)
     summary = execute(spec, out=tmp_path, show_progress=False)
-    by_method = {r["method"]: r for r in read_results(tmp_path)}
-    assert by_method["hangs"]["status"] == "timeout"
-    assert "time limit of 3 s" in by_method["hangs"]["error"]["message"]
-    assert by_method["segfaults"]["status"] == "failed"
-    assert "SIGSEGV" in by_method["segfaults"]["error"]["message"]
-    assert by_method["random"]["status"] == "ok" and summary.ok == 1
+    by_method = {r.method: r for r in read_results(tmp_path)}
+    assert by_method["hangs"].status == "timeout"
+    assert "time limit of 3 s" in by_method["hangs"].error.message
+    assert by_method["segfaults"].status == "failed"
+    assert "SIGSEGV" in by_method["segfaults"].error.message
+    assert by_method["random"].status == "ok" and summary.ok == 1
 
 
 def test_memory_cap_isolates_a_memory_hog(tmp_path: Path, test_plugins: Path) -> None:
@@ -206,10 +207,10 @@ def test_memory_cap_isolates_a_memory_hog(tmp_path: Path, test_plugins: Path) ->
         out=tmp_path,
         show_progress=False,
     )
-    by_method = {r["method"]: r for r in read_results(tmp_path)}
-    assert by_method["hog"]["status"] == "failed"
-    assert "MemoryError" in by_method["hog"]["error"]["message"]
-    assert by_method["random"]["status"] == "ok" and summary.failed == [by_method["hog"]["cell_id"]]
+    by_method = {r.method: r for r in read_results(tmp_path)}
+    assert by_method["hog"].status == "failed"
+    assert "MemoryError" in by_method["hog"].error.message
+    assert by_method["random"].status == "ok" and summary.failed == [by_method["hog"].cell_id]
 
 
 def test_status_lists_cells_by_state(tmp_path: Path, test_plugins: Path, capsys) -> None:
@@ -227,8 +228,8 @@ def test_status_lists_cells_by_state(tmp_path: Path, test_plugins: Path, capsys)
 def test_timeout_in_the_serial_backend(tmp_path: Path, test_plugins: Path) -> None:
     spec = small_spec(methods=("hangs", "random"), timeout=1.0)
     execute(spec, out=tmp_path, backend="serial", show_progress=False)
-    by_method = {r["method"]: r for r in read_results(tmp_path)}
-    assert by_method["hangs"]["status"] == "timeout" and by_method["random"]["status"] == "ok"
+    by_method = {r.method: r for r in read_results(tmp_path)}
+    assert by_method["hangs"].status == "timeout" and by_method["random"].status == "ok"
 
 
 def _cli(out: Path, *extra: str) -> list[str]:
@@ -277,7 +278,7 @@ def test_resume_after_kill_loses_nothing_and_duplicates_nothing(
     _wait_for_lines(out / "results.jsonl", 3, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    finished = {r["cell_id"] for r in read_results(out)}
+    finished = {r.cell_id for r in read_results(out)}
     assert 3 <= len(finished) < 8
     done = subprocess.run(_cli(out, "--jobs", jobs), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
@@ -295,17 +296,17 @@ def test_ctrl_c_keeps_finished_cells(tmp_path: Path, test_plugins: Path) -> None
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "run the same command to resume" in err and "Traceback" not in err
-    assert read_manifest(out)["status"] == "interrupted"
+    assert read_manifest(out).status == "interrupted"
     kept = read_results(out)
-    assert len(kept) >= 2 and all(r["status"] == "ok" for r in kept)
+    assert len(kept) >= 2 and all(r.status == "ok" for r in kept)
     assert (out / "index.html").exists()
 
 
 def test_scores_are_finite_and_cover_every_point(tmp_path: Path) -> None:
     execute(small_spec(), out=tmp_path, show_progress=False)
     for rec in read_results(tmp_path):
-        scores, selections = load_scores(tmp_path, rec["scores_file"])
-        assert np.isfinite(scores).all() and len(scores) == rec["n_train"] and selections == {}
+        scores, selections = load_scores(tmp_path, rec.scores_file)
+        assert np.isfinite(scores).all() and len(scores) == rec.n_train and selections == {}
 
 
 def test_environment_untouched() -> None:

@@ -125,8 +125,8 @@ def _spec(methods: tuple[str, ...]) -> RunSpec:
 def test_a_plugin_with_invalid_weights_fails_its_cell(tmp_path: Path, test_plugins: Path) -> None:
     execute(_spec(("bad-weights",)), out=tmp_path, show_progress=False)
     (record,) = read_results(tmp_path)
-    assert record["status"] == "failed"
-    assert record["error"]["message"] == (
+    assert record.status == "failed"
+    assert record.error.message == (
         "InvalidValuation: method 'bad-weights' returned an invalid result: the selection "
         "weights at 0.1 hold 1 negative values; weights must be >= 0"
     )
@@ -134,13 +134,13 @@ def test_a_plugin_with_invalid_weights_fails_its_cell(tmp_path: Path, test_plugi
 
 def test_craig_and_gradmatch_cells_train_weighted(tmp_path: Path) -> None:
     execute(_spec(("craig", "gradmatch", "random")), out=tmp_path, show_progress=False)
-    by_method = {r["method"]: r for r in read_results(tmp_path)}
+    by_method = {r.method: r for r in read_results(tmp_path)}
     for name in ("craig", "gradmatch"):
         record = by_method[name]
-        assert record["status"] == "ok", record["error"]
-        assert record["metrics"]["subset_source"] == {"0.1": "selection", "0.5": "selection"}
-        assert record["metrics"]["subset_weighted"] == {"0.1": True, "0.5": True}
-    assert by_method["random"]["metrics"]["subset_weighted"] == {}
+        assert record.status == "ok", record.error
+        assert record.metrics.subset_source == {"0.1": "selection", "0.5": "selection"}
+        assert record.metrics.subset_weighted == {"0.1": True, "0.5": True}
+    assert by_method["random"].metrics.subset_weighted == {}
     # The report's head to head: both selectors against random, the best per-point method here.
     html = (tmp_path / "index.html").read_text()
     section = html[html.index('<section id="head-to-head">') :]

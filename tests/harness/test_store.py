@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 
 from valbench.errors import RunDirectoryError
+from valbench.records import CellRecord, Manifest
 from valbench.store import RunStore, load_scores, read_manifest, read_results
 
 
-def _rec(cell_id: str, status: str = "ok") -> dict:
-    return {"schema": 1, "cell_id": cell_id, "status": status}
+def _rec(cell_id: str, status: str = "ok") -> CellRecord:
+    return CellRecord(cell_id=cell_id, status=status, method="random", dataset="synthetic")
 
 
 def test_append_and_read_back(tmp_path: Path) -> None:
@@ -19,7 +20,7 @@ def test_append_and_read_back(tmp_path: Path) -> None:
     store.prepare()
     store.append_result(_rec("a"))
     store.append_result(_rec("b", "failed"))
-    assert [r["cell_id"] for r in read_results(store.run_dir)] == ["a", "b"]
+    assert [r.cell_id for r in read_results(store.run_dir)] == ["a", "b"]
 
 
 def test_torn_last_line_is_dropped_not_parsed(tmp_path: Path) -> None:
@@ -28,7 +29,7 @@ def test_torn_last_line_is_dropped_not_parsed(tmp_path: Path) -> None:
     store.append_result(_rec("a"))
     with open(store.results_path, "ab") as fh:
         fh.write(b'{"schema": 1, "cell_id": "b", "sta')  # the writer was killed mid-line
-    assert [r["cell_id"] for r in read_results(tmp_path)] == ["a"]
+    assert [r.cell_id for r in read_results(tmp_path)] == ["a"]
     store.repair()
     store.append_result(_rec("c"))
     lines = store.results_path.read_text().splitlines()
@@ -42,9 +43,9 @@ def test_last_line_of_a_cell_wins_and_drop_cells(tmp_path: Path) -> None:
     store.append_result(_rec("b"))
     store.append_result(_rec("a", "ok"))
     got = read_results(tmp_path)
-    assert [(r["cell_id"], r["status"]) for r in got] == [("b", "ok"), ("a", "ok")]
+    assert [(r.cell_id, r.status) for r in got] == [("b", "ok"), ("a", "ok")]
     store.drop_cells(["a"])
-    assert [r["cell_id"] for r in read_results(tmp_path)] == ["b"]
+    assert [r.cell_id for r in read_results(tmp_path)] == ["b"]
 
 
 def test_scores_round_trip(tmp_path: Path) -> None:
@@ -67,8 +68,9 @@ def test_manifest_errors(tmp_path: Path) -> None:
         read_manifest(tmp_path)
     store = RunStore(tmp_path)
     spec = {"methods": ["random"], "datasets": ["synthetic"]}
-    store.write_manifest({"cells_total": np.int64(3), "spec": spec})
-    assert read_manifest(tmp_path) == {"cells_total": 3, "spec": spec}
+    manifest = Manifest(cells_total=int(np.int64(3)), spec=spec)
+    store.write_manifest(manifest)
+    assert read_manifest(tmp_path) == manifest
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
@@ -111,9 +113,10 @@ def test_results_lines_of_the_wrong_shape_are_skipped(
         {"cell_id": "a", "status": "ok", "scores_file": "../../etc/passwd"},
         [1, 2],
     ]
-    lines = [json.dumps(_rec("a")), *map(json.dumps, bad), "[" * 100_000, json.dumps(_rec("b"))]
+    good = [json.dumps(_rec(c).to_json()) for c in "ab"]
+    lines = [good[0], *map(json.dumps, bad), "[" * 100_000, good[1]]
     (tmp_path / "results.jsonl").write_text("\n".join(lines) + "\n")
-    assert [r["cell_id"] for r in read_results(tmp_path)] == ["a", "b"]
+    assert [r.cell_id for r in read_results(tmp_path)] == ["a", "b"]
     messages = [r.getMessage() for r in caplog.records]
     assert len(messages) == 6  # five one by one, then one line for the rest
     assert "results.jsonl:2: line skipped: cell_id" in messages[0]

@@ -1,0 +1,191 @@
+"""Typed run records: exact round trips, one-line type errors, schema migration and refusal."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from valbench.errors import RunDirectoryError
+from valbench.records import (
+    MANIFEST_SCHEMA,
+    RECORD_SCHEMA,
+    CellCost,
+    CellError,
+    CellMetrics,
+    CellRecord,
+    Curve,
+    Manifest,
+    MislabelMetrics,
+    RecordError,
+    migrate_cell,
+)
+from valbench.store import RunStore, read_manifest, read_results
+
+
+def _ok_line() -> dict:
+    """A results line as the harness writes it today (schema 2)."""
+    return {
+        "schema": RECORD_SCHEMA,
+        "cell_id": "digits.loo.noise0.1.seed0",
+        "method": "loo",
+        "dataset": "digits",
+        "noise": 0.1,
+        "seed": 0,
+        "params": {"batch_size": 64, "warm_start": False},
+        "status": "ok",
+        "family": "retraining",
+        "complete": False,
+        "error": None,
+        "cost": {"cpu_s": 1.5, "wall_s": 2.0, "peak_mem_mb": 300.0, "model_fits": 41},
+        "metrics": {
+            "subset_value": {"0.1": 0.8, "0.5": None},
+            "random_subset_value": {"0.1": 0.7, "0.5": 0.9},
+            "full_data_value": 0.95,
+            "removal": {"fractions": [0.0, 0.1], "values": [0.95, 0.9], "auc": 0.09},
+            "addition": {"fractions": [0.1], "values": [0.8], "auc": 0.8},
+            "mislabel": {
+                "recall_at_noise": 0.5,
+                "precision_at_noise": 0.5,
+                "f1_at_noise": 0.5,
+                "auc": 0.75,
+                "f1_2means": 0.4,
+                "curve": [[0.0, 0.0], [1.0, 1.0]],
+            },
+            "subset_source": {"0.1": "scores", "0.5": "scores"},
+            "subset_weighted": {},
+            "lds": 0.3,  # a metric this version does not know by name: kept verbatim
+        },
+        "scores_file": "scores/digits.loo.noise0.1.seed0.npz",
+        "stats": {"points_retrained": 20, "complete": False},
+        "n_train": 40,
+        "finished_at": "2026-12-02T01:00:00+00:00",
+        "plugin_note": "kept",
+    }
+
+
+def test_a_record_round_trips_exactly_and_reads_as_attributes() -> None:
+    line = _ok_line()
+    rec = CellRecord.from_json(line)
+    assert rec.to_json() == line
+    assert CellRecord.from_json(json.loads(json.dumps(rec.to_json()))) == rec
+    assert rec.partial and rec.ok and rec.family == "retraining"
+    assert rec.cost == CellCost(cpu_s=1.5, wall_s=2.0, peak_mem_mb=300.0, model_fits=41)
+    assert rec.metrics.removal == Curve((0.0, 0.1), (0.95, 0.9), 0.09)
+    assert isinstance(rec.metrics.mislabel, MislabelMetrics) and rec.metrics.mislabel.auc == 0.75
+    assert rec.metrics.fraction_values("subset_value") == {"0.1": 0.8}  # null is no number
+    assert rec.metrics.extra == {"lds": 0.3} and rec.extra == {"plugin_note": "kept"}
+    assert rec.metric(lambda m: m.full_data_value) == 0.95
+
+
+def test_a_failed_record_round_trips() -> None:
+    rec = CellRecord(
+        cell_id="c",
+        status="failed",
+        method="m",
+        dataset="d",
+        error=CellError("ValueError", "bad", "Traceback"),
+        cost=CellCost(wall_s=0.5),
+    )
+    back = CellRecord.from_json(rec.to_json())
+    assert back == rec and not back.ok and not back.partial
+    assert back.to_json()["metrics"] == {} and back.metric(lambda m: m.full_data_value) is None
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        (("method",), 3, "method = 3, not a string"),
+        (("seed",), 1.5, "seed = 1.5, not a whole number"),
+        (("complete",), "yes", 'complete = "yes", not true or false'),
+        (("cost", "cpu_s"), "1", 'cost.cpu_s = "1", not a number'),
+        (("cost", "model_fits"), True, "cost.model_fits = true, not a whole number"),
+        (("metrics", "subset_value", "0.1"), "x", 'metrics.subset_value.0.1 = "x", not a number'),
+        (("metrics", "mislabel", "auc"), [1], "metrics.mislabel.auc = [1], not a number"),
+        (("metrics", "removal", "values"), [1.0], "metrics.removal has 2 fractions but 1 values"),
+        (("metrics", "removal"), 4, "metrics.removal = 4, not an object"),
+        (("metrics", "subset_source", "0.1"), "own", "subset_source.0.1"),
+        (("metrics", "mislabel", "curve"), [[1, 2, 3]], "not a pair of numbers"),
+        (("error",), "boom", 'error = "boom", not an object'),
+        (("scores_file",), "../../etc/passwd", "not a path inside the run directory"),
+        (("scores_file",), "/etc/passwd", "not a path inside the run directory"),
+        (("stats",), [1], "stats = [1], not an object"),
+    ],
+)
+def test_a_field_of_the_wrong_type_is_named_in_one_line(
+    path: tuple[str, ...], value: object, message: str
+) -> None:
+    line = _ok_line()
+    node = line
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    with pytest.raises(RecordError, match=message.replace("[", r"\[").replace(".", r"\.")) as err:
+        CellRecord.from_json(line)
+    assert "\n" not in str(err.value)
+
+
+def test_schema_1_lines_are_migrated() -> None:
+    line = _ok_line()
+    del line["complete"], line["family"]
+    line["schema"] = 1
+    line["metrics"]["removal"] = {"high_first": [[0.0, 0.95], [0.1, 0.9]], "auc": 0.09}
+    rec = CellRecord.from_json(line)
+    assert rec.schema == RECORD_SCHEMA and rec.partial  # from stats.complete
+    assert rec.metrics.removal == Curve((0.0, 0.1), (0.95, 0.9), 0.09)
+    line["stats"] = {}
+    assert not CellRecord.from_json(line).partial  # no flag at all: complete
+    assert migrate_cell({"cell_id": "c", "status": "ok"})["complete"] is True
+    # Schema 2 reads the typed flag alone: a stale stats entry does not override it.
+    two = {**_ok_line(), "complete": True}
+    assert not CellRecord.from_json(two).partial
+
+
+def test_a_newer_results_schema_refuses_the_run(tmp_path: Path) -> None:
+    store = RunStore(tmp_path)
+    store.prepare()
+    store.append_result(CellRecord.from_json(_ok_line()))
+    newer = {**_ok_line(), "cell_id": "later", "schema": RECORD_SCHEMA + 1}
+    with (tmp_path / "results.jsonl").open("a") as fh:
+        fh.write(json.dumps(newer) + "\n")
+    with pytest.raises(RunDirectoryError, match=r"results.jsonl:2: written by a newer valbench"):
+        read_results(tmp_path)
+
+
+def test_manifest_round_trips_and_a_newer_one_is_refused(tmp_path: Path) -> None:
+    manifest = Manifest(
+        spec={"methods": ["random"], "datasets": ["synthetic"]},
+        name="r",
+        status="complete",
+        cells_total=3,
+        resumed=1,
+        wall_s=2.5,
+        versions={"valbench": "0.2"},
+        extra={"note": "kept"},
+    )
+    store = RunStore(tmp_path)
+    store.prepare()
+    store.write_manifest(manifest)
+    assert read_manifest(tmp_path) == manifest
+    data = json.loads((tmp_path / "manifest.json").read_text())
+    assert data["schema"] == MANIFEST_SCHEMA
+    (tmp_path / "manifest.json").write_text(json.dumps({**data, "schema": MANIFEST_SCHEMA + 1}))
+    with pytest.raises(RunDirectoryError, match="newer valbench.*upgrade valbench"):
+        read_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps({**data, "schema": 1}))
+    assert read_manifest(tmp_path) == manifest  # schema 1 reads as today's
+
+
+def test_non_finite_numbers_are_written_as_null_and_read_as_none(tmp_path: Path) -> None:
+    rec = CellRecord.from_json(_ok_line())
+    nan_metrics = CellMetrics.from_json({**_ok_line()["metrics"], "full_data_value": math.nan})
+    from dataclasses import replace
+
+    store = RunStore(tmp_path)
+    store.prepare()
+    store.append_result(replace(rec, metrics=nan_metrics))
+    (back,) = read_results(tmp_path)
+    assert back.metrics.full_data_value is None
+    assert back.metric(lambda m: m.full_data_value) is None

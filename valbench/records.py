@@ -1,0 +1,608 @@
+"""Typed, versioned run records: one results line per cell, and the run's manifest.
+
+Every record is a frozen dataclass with ``from_json`` (checks each field's type and says in one
+line what is wrong) and ``to_json`` (the exact JSON object the store writes). The schema number
+of each line and of the manifest is checked on read: a newer one is refused with a clear
+message, an older one is migrated (see :func:`migrate_cell` and docs/architecture.md, "Record
+schema"). Readers (summary, report, runner, CLI) use attributes, never string paths.
+
+This module imports nothing from valbench but errors, so any layer may read records.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import PurePath
+from typing import Any
+
+__all__ = [
+    "RECORD_SCHEMA",
+    "MANIFEST_SCHEMA",
+    "CELL_STATUSES",
+    "RecordError",
+    "NewerSchemaError",
+    "CellError",
+    "CellCost",
+    "Curve",
+    "MislabelMetrics",
+    "CellMetrics",
+    "CellRecord",
+    "Manifest",
+    "migrate_cell",
+    "json_type_name",
+    "short_json",
+]
+
+#: Version of a results line. 2: ``family`` and the typed ``complete`` flag are top-level
+#: fields (schema 1 lines carried ``complete`` in ``stats`` only, or not at all).
+RECORD_SCHEMA = 2
+#: Version of ``manifest.json``. 2: unchanged fields, written by the typed :class:`Manifest`.
+MANIFEST_SCHEMA = 2
+
+#: The statuses a cell's results line can have.
+CELL_STATUSES = ("ok", "failed", "timeout", "skipped")
+
+
+class RecordError(ValueError):
+    """A record field has the wrong type; the message names the field and what was found."""
+
+
+class NewerSchemaError(RecordError):
+    """The record was written by a newer valbench than this one."""
+
+
+# --------------------------------------------------------------------------- field checks
+
+
+def json_type_name(value: Any) -> str:
+    """The JSON name of a parsed value's type, for an error line."""
+    names = {dict: "object", list: "list", str: "string", bool: "boolean", type(None): "null"}
+    return names.get(type(value), "number")
+
+
+def short_json(value: Any, limit: int = 60) -> str:
+    """A value for an error line: its JSON-ish text, cut short."""
+    import json
+
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError, RecursionError):
+        text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+class _Reader:
+    """Reads typed fields out of one JSON object, naming the path of the first bad one."""
+
+    def __init__(self, data: Any, where: str = "") -> None:
+        if not isinstance(data, Mapping):
+            raise RecordError(
+                f"{where or 'record'} is a JSON {json_type_name(data)}, not an object"
+            )
+        self.data = data
+        self.where = where
+
+    def _name(self, key: str) -> str:
+        return f"{self.where}.{key}" if self.where else key
+
+    def _bad(self, key: str, wanted: str) -> RecordError:
+        return RecordError(f"{self._name(key)} = {short_json(self.data[key])}, not {wanted}")
+
+    def get(self, key: str, check: Callable[[Any], bool], wanted: str, default: Any = None) -> Any:
+        if key not in self.data:
+            return default
+        value = self.data[key]
+        if not check(value):
+            raise self._bad(key, wanted)
+        return value
+
+    def string(self, key: str, *, required: bool = False) -> str | None:
+        if required and key not in self.data:
+            raise RecordError(f"{self._name(key)} is missing")
+        return self.get(key, lambda v: v is None or isinstance(v, str), "a string")
+
+    def integer(self, key: str) -> int | None:
+        return self.get(key, lambda v: v is None or _is_int(v), "a whole number")
+
+    def number(self, key: str) -> float | None:
+        """A number; null (how a NaN is written) and absence read as None."""
+        value = self.get(key, lambda v: v is None or _is_number(v), "a number")
+        return None if value is None else float(value)
+
+    def boolean(self, key: str, default: bool) -> bool:
+        return bool(self.get(key, lambda v: isinstance(v, bool), "true or false", default))
+
+    def obj(self, key: str) -> dict[str, Any]:
+        value = self.get(key, lambda v: v is None or isinstance(v, Mapping), "an object")
+        return dict(value or {})
+
+    def sub(self, key: str) -> _Reader | None:
+        """The nested object at ``key`` (None when absent or null)."""
+        value = self.data.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, Mapping):
+            raise self._bad(key, "an object")
+        return _Reader(value, self._name(key))
+
+    def number_map(self, key: str) -> dict[str, float | None]:
+        """An object of fraction label -> number or null."""
+        out: dict[str, float | None] = {}
+        for label, value in self.obj(key).items():
+            if value is not None and not _is_number(value):
+                raise RecordError(f"{self._name(key)}.{label} = {short_json(value)}, not a number")
+            out[str(label)] = None if value is None else float(value)
+        return out
+
+    def numbers(self, key: str) -> tuple[float | None, ...]:
+        value = self.get(key, lambda v: isinstance(v, list), "a list of numbers", [])
+        if not all(v is None or _is_number(v) for v in value):
+            raise self._bad(key, "a list of numbers")
+        return tuple(None if v is None else float(v) for v in value)
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _known(cls: type, data: Mapping[str, Any]) -> dict[str, Any]:
+    """The keys of ``data`` that are not fields of ``cls`` (kept, so a record round-trips)."""
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in data.items() if k not in names and k != "extra"}
+
+
+# --------------------------------------------------------------------------- cell record
+
+
+@dataclass(frozen=True)
+class CellError:
+    """Why a cell did not produce a result."""
+
+    type: str
+    message: str
+    traceback: str = ""
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "error") -> CellError:
+        r = _Reader(data, where)
+        return cls(
+            type=r.string("type") or "",
+            message=r.string("message") or "",
+            traceback=r.string("traceback") or "",
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": self.type, "message": self.message, "traceback": self.traceback}
+
+
+@dataclass(frozen=True)
+class CellCost:
+    """What a cell's method spent. ``None`` where it was not measured (a cell that failed)."""
+
+    cpu_s: float | None = None
+    wall_s: float | None = None
+    peak_mem_mb: float | None = None
+    #: Model fits counted by the task's fit counter (what a "fit" is differs by method).
+    model_fits: int | None = None
+    #: Model fits per wall second of the method; None when it fitted nothing.
+    fits_per_s: float | None = None
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "cost") -> CellCost:
+        r = _Reader(data or {}, where)
+        return cls(
+            cpu_s=r.number("cpu_s"),
+            wall_s=r.number("wall_s"),
+            peak_mem_mb=r.number("peak_mem_mb"),
+            model_fits=r.integer("model_fits"),
+            fits_per_s=r.number("fits_per_s"),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None
+        }
+
+
+@dataclass(frozen=True)
+class Curve:
+    """Test accuracy at each fraction of points removed or added, and the area under it."""
+
+    fractions: tuple[float | None, ...]
+    values: tuple[float | None, ...]
+    auc: float | None
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> Curve:
+        r = _Reader(data, where)
+        curve = cls(
+            fractions=r.numbers("fractions"), values=r.numbers("values"), auc=r.number("auc")
+        )
+        if len(curve.fractions) != len(curve.values):
+            raise RecordError(
+                f"{where} has {len(curve.fractions)} fractions but {len(curve.values)} values"
+            )
+        return curve
+
+    def to_json(self) -> dict[str, Any]:
+        return {"fractions": list(self.fractions), "values": list(self.values), "auc": self.auc}
+
+
+@dataclass(frozen=True)
+class MislabelMetrics:
+    """Detection of the planted label flips by low scores."""
+
+    recall_at_noise: float | None
+    precision_at_noise: float | None
+    f1_at_noise: float | None
+    auc: float | None
+    f1_2means: float | None
+    #: (fraction inspected, recall) pairs.
+    curve: tuple[tuple[float | None, float | None], ...] = ()
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "metrics.mislabel") -> MislabelMetrics:
+        r = _Reader(data, where)
+        raw_curve = r.get("curve", lambda v: isinstance(v, list), "a list of pairs", [])
+        curve = []
+        for pair in raw_curve:
+            if not (
+                isinstance(pair, list)
+                and len(pair) == 2
+                and all(v is None or _is_number(v) for v in pair)
+            ):
+                raise RecordError(f"{where}.curve holds {short_json(pair)}, not a pair of numbers")
+            curve.append(tuple(None if v is None else float(v) for v in pair))
+        return cls(
+            recall_at_noise=r.number("recall_at_noise"),
+            precision_at_noise=r.number("precision_at_noise"),
+            f1_at_noise=r.number("f1_at_noise"),
+            auc=r.number("auc"),
+            f1_2means=r.number("f1_2means"),
+            curve=tuple(curve),  # type: ignore[arg-type]
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "curve"}
+        out["curve"] = [list(pair) for pair in self.curve]
+        return out
+
+
+@dataclass(frozen=True)
+class CellMetrics:
+    """Everything the harness measured on one cell's scores (all on the test split).
+
+    Fraction-keyed maps use the fraction's ``%g`` label ("0.1") as key, as in the JSON.
+    """
+
+    subset_value: Mapping[str, float | None] = field(default_factory=dict)
+    random_subset_value: Mapping[str, float | None] = field(default_factory=dict)
+    full_data_value: float | None = None
+    removal: Curve | None = None
+    addition: Curve | None = None
+    mislabel: MislabelMetrics | None = None
+    #: Per fraction: "selection" (the method's own set) or "scores" (its top-ranked points).
+    subset_source: Mapping[str, str] = field(default_factory=dict)
+    #: The fractions whose selection was trained on with the method's per-point weights.
+    subset_weighted: Mapping[str, bool] = field(default_factory=dict)
+    #: Metrics this version does not know by name (a newer minor addition), kept verbatim.
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "metrics") -> CellMetrics:
+        r = _Reader(data or {}, where)
+        sources = r.obj("subset_source")
+        weighted = r.obj("subset_weighted")
+        for label, source in sources.items():
+            if source not in ("selection", "scores"):
+                found = short_json(source)
+                raise RecordError(
+                    f'{where}.subset_source.{label} = {found}, not "selection" or "scores"'
+                )
+        for label, flag in weighted.items():
+            if not isinstance(flag, bool):
+                raise RecordError(
+                    f"{where}.subset_weighted.{label} = {short_json(flag)}, not true or false"
+                )
+        removal, addition, mislabel = r.sub("removal"), r.sub("addition"), r.sub("mislabel")
+        return cls(
+            subset_value=r.number_map("subset_value"),
+            random_subset_value=r.number_map("random_subset_value"),
+            full_data_value=r.number("full_data_value"),
+            removal=None if removal is None else Curve.from_json(removal.data, removal.where),
+            addition=None if addition is None else Curve.from_json(addition.data, addition.where),
+            mislabel=None if mislabel is None else MislabelMetrics.from_json(mislabel.data),
+            subset_source=sources,
+            subset_weighted=weighted,
+            extra=_known(cls, r.data),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "subset_value": dict(self.subset_value),
+            "random_subset_value": dict(self.random_subset_value),
+            "full_data_value": self.full_data_value,
+            "removal": None if self.removal is None else self.removal.to_json(),
+            "addition": None if self.addition is None else self.addition.to_json(),
+            "mislabel": None if self.mislabel is None else self.mislabel.to_json(),
+            "subset_source": dict(self.subset_source),
+            "subset_weighted": dict(self.subset_weighted),
+            **self.extra,
+        }
+
+    def fraction_values(self, name: str) -> dict[str, float]:
+        """The finite values of a fraction-keyed metric ("subset_value" or
+        "random_subset_value") under fractions in (0, 1]."""
+        values = {
+            "subset_value": self.subset_value,
+            "random_subset_value": self.random_subset_value,
+        }[name]
+        return {
+            _fraction_label(k): v
+            for k, v in values.items()
+            if _is_fraction(k) and v is not None and math.isfinite(v)
+        }
+
+
+def _fraction_label(key: str) -> str:
+    return f"{float(key):g}"
+
+
+def _is_fraction(key: str) -> bool:
+    """A key that names a fraction in (0, 1]; a hand-edited line may hold anything."""
+    try:
+        return 0.0 < float(key) <= 1.0
+    except (TypeError, ValueError):
+        return False
+
+
+def _scores_path(value: Any) -> bool:
+    return value is None or (
+        isinstance(value, str)
+        and bool(value)
+        and "\x00" not in value
+        and not PurePath(value).is_absolute()
+        and ".." not in PurePath(value).parts
+    )
+
+
+def _schema(data: Mapping[str, Any], kind: str, newest: int) -> int:
+    """The schema number of a record (absent: 1); a newer one than ``newest`` is refused."""
+    schema = data.get("schema", 1)
+    if not _is_int(schema) or schema < 1:
+        raise RecordError(f"schema = {short_json(schema)}, not a schema number")
+    if schema > newest:
+        raise NewerSchemaError(
+            f"written by a newer valbench ({kind} schema {schema}; this one reads up to "
+            f"{newest}): upgrade valbench to read it"
+        )
+    return schema
+
+
+def migrate_cell(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A results line of any known schema as the current schema's JSON object.
+
+    Schema 1 (valbench before typed records): ``complete`` lived in ``stats`` when a method
+    reported it; the top-level flag is taken from there (absent means complete). The first
+    schema-1 lines held the removal curve as ``high_first`` pairs; they become its fractions and
+    values.
+    """
+    schema = _schema(data, "results", RECORD_SCHEMA)
+    out = dict(data)
+    if schema == 1:
+        metrics = out.get("metrics")
+        removal = metrics.get("removal") if isinstance(metrics, Mapping) else None
+        if isinstance(removal, Mapping) and isinstance(removal.get("high_first"), list):
+            # The first records wrote the removal curve as [[fraction, value], ...] pairs.
+            pairs = [p for p in removal["high_first"] if isinstance(p, list) and len(p) == 2]
+            new = {k: v for k, v in removal.items() if k != "high_first"}
+            new.update(fractions=[p[0] for p in pairs], values=[p[1] for p in pairs])
+            out["metrics"] = {**metrics, "removal": new}
+        stats = out.get("stats")
+        if "complete" not in out:
+            flag = stats.get("complete") if isinstance(stats, Mapping) else None
+            out["complete"] = flag if isinstance(flag, bool) else True
+    out["schema"] = RECORD_SCHEMA
+    return out
+
+
+@dataclass(frozen=True)
+class CellRecord:
+    """One cell's results line: what ran, its status, cost, metrics and where its scores are."""
+
+    cell_id: str
+    status: str
+    method: str
+    dataset: str
+    noise: float | None = None
+    seed: int | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)
+    family: str | None = None
+    #: False for an estimate its method could not finish: never to be read as the real one.
+    complete: bool = True
+    error: CellError | None = None
+    cost: CellCost = field(default_factory=CellCost)
+    metrics: CellMetrics = field(default_factory=CellMetrics)
+    #: The method's own notes (JSON values), e.g. permutations run or convergence.
+    stats: Mapping[str, Any] = field(default_factory=dict)
+    scores_file: str | None = None
+    n_train: int | None = None
+    finished_at: str | None = None
+    schema: int = RECORD_SCHEMA
+    #: Top-level keys this version does not know (kept verbatim, so a line round-trips).
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def partial(self) -> bool:
+        """An ``ok`` cell whose method could not finish its estimate (its budget ran out)."""
+        return self.ok and not self.complete
+
+    @classmethod
+    def from_json(cls, data: Any) -> CellRecord:
+        """The record of a parsed results line; RecordError says why it cannot be used."""
+        if not isinstance(data, Mapping):
+            raise RecordError(f"a JSON {json_type_name(data)}, not an object")
+        cell_id = data.get("cell_id")
+        if not isinstance(cell_id, str) or not cell_id:
+            raise RecordError(f"cell_id = {short_json(cell_id)}, not a cell id")
+        if data.get("status") not in CELL_STATUSES:
+            raise RecordError(
+                f"status = {short_json(data.get('status'))}, not one of {', '.join(CELL_STATUSES)}"
+            )
+        data = migrate_cell(data)
+        r = _Reader(data)
+        error = r.sub("error")
+        return cls(
+            cell_id=cell_id,
+            status=data["status"],
+            method=r.string("method", required=True) or "",
+            dataset=r.string("dataset", required=True) or "",
+            noise=r.number("noise"),
+            seed=r.integer("seed"),
+            params=r.obj("params"),
+            family=r.string("family"),
+            complete=r.boolean("complete", True),
+            error=None if error is None else CellError.from_json(error.data),
+            cost=CellCost.from_json(r.obj("cost")),
+            metrics=CellMetrics.from_json(r.obj("metrics")),
+            stats=r.obj("stats"),
+            scores_file=r.get("scores_file", _scores_path, "a path inside the run directory"),
+            n_train=r.integer("n_train"),
+            finished_at=r.string("finished_at"),
+            schema=RECORD_SCHEMA,
+            extra=_known(cls, data),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The results line's JSON object (non-finite numbers are made null by the store)."""
+        return {
+            "schema": self.schema,
+            "cell_id": self.cell_id,
+            "method": self.method,
+            "dataset": self.dataset,
+            "noise": self.noise,
+            "seed": self.seed,
+            "params": dict(self.params),
+            "status": self.status,
+            "family": self.family,
+            "complete": self.complete,
+            "error": None if self.error is None else self.error.to_json(),
+            "cost": self.cost.to_json(),
+            "metrics": self.metrics.to_json() if self.ok else {},
+            "scores_file": self.scores_file,
+            "stats": dict(self.stats),
+            "n_train": self.n_train,
+            "finished_at": self.finished_at,
+            **self.extra,
+        }
+
+    def with_scores_file(self, scores_file: str | None) -> CellRecord:
+        from dataclasses import replace
+
+        return replace(self, scores_file=scores_file)
+
+    def metric(self, getter: Callable[[CellMetrics], float | None]) -> float | None:
+        """A finite metric of an ``ok`` cell, read by ``getter``; None otherwise."""
+        return _finite(getter(self.metrics)) if self.ok else None
+
+
+# --------------------------------------------------------------------------- manifest
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The run's manifest: its spec, state, provenance and totals.
+
+    ``spec`` is kept as the JSON object :meth:`valbench.spec.RunSpec.to_dict` wrote; the store
+    checks it with ``RunSpec.from_dict`` on read.
+    """
+
+    spec: Mapping[str, Any]
+    name: str | None = None
+    status: str | None = None
+    config_hash: str | None = None
+    command: str | None = None
+    git_revision: str | None = None
+    started_at: str | None = None
+    ended_at: str | None = None
+    cells_total: int | None = None
+    resumed: int = 0
+    wall_s: float = 0.0
+    versions: Mapping[str, Any] = field(default_factory=dict)
+    machine: Mapping[str, Any] = field(default_factory=dict)
+    #: Why the run stopped, for an aborted run.
+    error: str | None = None
+    schema: int = MANIFEST_SCHEMA
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, data: Any) -> Manifest:
+        if not isinstance(data, Mapping):
+            raise RecordError(f"holds a JSON {json_type_name(data)}, not an object")
+        try:
+            _schema(data, "manifest", MANIFEST_SCHEMA)
+        except NewerSchemaError as exc:
+            raise NewerSchemaError(f"was {exc}") from None
+        except RecordError as exc:
+            raise RecordError(f"has {exc}") from None
+        r = _Reader(data)
+        spec = data.get("spec")
+        if not isinstance(spec, Mapping):
+            raise RecordError(f"has spec = {short_json(spec)}, not an object")
+        try:
+            return cls(
+                spec=dict(spec),
+                name=r.string("name"),
+                status=r.string("status"),
+                config_hash=r.string("config_hash"),
+                command=r.string("command"),
+                git_revision=r.string("git_revision"),
+                started_at=r.string("started_at"),
+                ended_at=r.string("ended_at"),
+                cells_total=r.integer("cells_total"),
+                resumed=r.get("resumed", _is_int, "a whole number", 0),
+                wall_s=float(r.get("wall_s", _is_number, "a number", 0.0)),
+                versions=r.obj("versions"),
+                machine=r.obj("machine"),
+                error=r.string("error"),
+                schema=MANIFEST_SCHEMA,
+                extra=_known(cls, data),
+            )
+        except RecordError as exc:
+            raise RecordError(f"has {exc}") from None
+
+    def to_json(self) -> dict[str, Any]:
+        out = {
+            "schema": self.schema,
+            "name": self.name,
+            "status": self.status,
+            "spec": dict(self.spec),
+            "config_hash": self.config_hash,
+            "versions": dict(self.versions),
+            "machine": dict(self.machine),
+            "git_revision": self.git_revision,
+            "command": self.command,
+            "started_at": self.started_at,
+            "ended_at": self.ended_at,
+            "cells_total": self.cells_total,
+            "resumed": self.resumed,
+            "wall_s": self.wall_s,
+            **self.extra,
+        }
+        if self.error is not None:
+            out["error"] = self.error
+        return out
