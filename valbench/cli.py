@@ -89,6 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--label-column", dest="label_column", help="label column of file:PATH .csv/.parquet data"
     )
     run.add_argument(
+        "--id-column",
+        dest="id_column",
+        help="id column of file:PATH .csv/.parquet data: not a feature; `valbench export` "
+        "carries it",
+    )
+    run.add_argument(
         "--data-dir",
         dest="data_dir",
         help="where datasets are cached/downloaded (default: $VALBENCH_DATA or ~/.cache/valbench)",
