@@ -121,7 +121,7 @@ def _read_table(
             path,
             f"feature columns must be numeric; not numeric: {', '.join(bad[:5])}"
             + (" ..." if len(bad) > 5 else "")
-            + " (encode or drop them)",
+            + " (encode or drop them; an id column: name it with --id-column)",
         )
     labels = frame[label_column]
     if labels.isna().any():
