@@ -96,13 +96,13 @@ class Run:
 
         from valbench.report import tidy_rows
 
-        rows = []
+        rows: list[dict[str, Any]] = []
         for rec in self.records:
             head = {k: rec.get(k) for k in ("cell_id", "method", "dataset", "noise", "seed")}
             head["status"] = rec.get("status")
             head["complete"] = rec.get("complete") if rec.get("status") == "ok" else None
-            pairs = tidy_rows(rec) or [(None, None)]
-            rows.extend({**head, "metric": m, "value": v} for m, v in pairs)
+            pairs: list[tuple[str | None, float | int | None]] = list(tidy_rows(rec))
+            rows.extend({**head, "metric": m, "value": v} for m, v in pairs or [(None, None)])
         columns = [
             "cell_id",
             "method",
@@ -130,11 +130,11 @@ class Run:
             and (noise is None or float(r.get("noise", -1)) == float(noise))
         ]
         if not matches:
-            cells = sorted({f"{r.get('method')}/{r.get('dataset')}" for r in self.records})
+            held = sorted({f"{r.get('method')}/{r.get('dataset')}" for r in self.records})
             raise UsageError(
                 printable(
                     f"no cell {method}/{dataset} seed {seed} in {self.run_dir}; it holds "
-                    f"{', '.join(cells)}"
+                    f"{', '.join(held)}"
                 )
             )
         if len(matches) > 1:
@@ -143,16 +143,16 @@ class Run:
         (rec,) = matches
         if rec.get("status") != "ok" or not rec.get("scores_file"):
             raise UsageError(f"cell {rec['cell_id']} has no values: its status is {rec['status']}")
-        cells = load_cell_arrays(self.run_dir, rec["scores_file"])
+        arrays = load_cell_arrays(self.run_dir, rec["scores_file"])
         return ValueResult(
             method=method,
             dataset=dataset,
             seed=seed,
-            indices=cells.train_rows,
-            values=cells.scores,
-            stderr=point_stderr(rec.get("stats"), len(cells.scores)),
+            indices=arrays.train_rows,
+            values=arrays.scores,
+            stderr=point_stderr(rec.get("stats"), len(arrays.scores)),
             complete=bool(rec.get("complete", True)),
-            detection_scores=cells.detection_scores,
+            detection_scores=arrays.detection_scores,
             noise=float(rec["noise"]),
         )
 

@@ -189,7 +189,7 @@ def value_arrays(
         raise UsageError(f"unknown model {model!r}; valid: {', '.join(MODEL_NAMES)}")
     budget_obj = Budget.parse(budget)
     classes_by_name = check_request(codes, classes, methods, folds, params)
-    params = {m: dict((params or {}).get(m, {})) for m in methods}
+    given = {m: dict((params or {}).get(m, {})) for m in methods}
     spec = ModelSpec.parse(model)
     n = len(codes)
     fold = np.empty(n, dtype=np.int64)
@@ -230,7 +230,7 @@ def value_arrays(
                 budget=BudgetMeter(budget_obj, task.fit_counter),
                 fractions=_FRACTIONS,
             )
-            valuation = classes_by_name[name](**params[name]).value(task, ctx)
+            valuation = classes_by_name[name](**given[name]).value(task, ctx)
             valuation.validate(len(rows), _FRACTIONS)
             detection = (
                 valuation.scores
@@ -255,7 +255,7 @@ def value_arrays(
         stderr=stderr,
         complete=complete,
         method_suspicion=out["method_suspicion"],
-        params=params,
+        params=given,
     )
 
 
