@@ -609,6 +609,8 @@ class ImageDataset(Dataset):
         y_te_src = y_pool if y_test is None else y_test
         assert y_te_src is not None
         ys = (y_train, y_pool[val], y_te_src[test])
+        # Rows of the pool; test rows only when they were carved from it too.
+        rows = (train, val, test if y_test is None else None)
         config = {
             "version": _FEATURE_CACHE_VERSION,
             "dataset": self.name,
@@ -629,7 +631,7 @@ class ImageDataset(Dataset):
                 with np.load(path, allow_pickle=False) as f:
                     if json.loads(str(f["config"])) == config:
                         logger.info("features of %s read from %s", self.name, path)
-                        return self._splits([f["x_train"], f["x_val"], f["x_test"]], ys)
+                        return self._splits([f["x_train"], f["x_val"], f["x_test"]], ys, rows)
             except (OSError, ValueError, KeyError) as exc:
                 logger.warning("ignoring unreadable feature cache %s: %s", path, exc)
         feats = self._features(x_pool[train], y_train, [x_pool[val], x_te_src[test]], seed)
@@ -641,9 +643,14 @@ class ImageDataset(Dataset):
                 x_val=feats[1],
                 x_test=feats[2],
             )
-        return self._splits(feats, ys)
+        return self._splits(feats, ys, rows)
 
-    def _splits(self, feats: list[np.ndarray], ys: tuple[np.ndarray, ...]) -> DatasetSplits:
+    def _splits(
+        self,
+        feats: list[np.ndarray],
+        ys: tuple[np.ndarray, ...],
+        rows: tuple[np.ndarray | None, ...],
+    ) -> DatasetSplits:
         return DatasetSplits(
             x_train=feats[0],
             y_train=ys[0],
@@ -652,6 +659,9 @@ class ImageDataset(Dataset):
             x_test=feats[2],
             y_test=ys[2],
             n_classes=self.n_classes,
+            train_rows=rows[0],
+            val_rows=rows[1],
+            test_rows=rows[2],
         )
 
     def _features(

@@ -170,4 +170,7 @@ class MNIST1DDataset(Dataset):
             x_test=(x_te[test] - mu) / sd,
             y_test=y_te[test],
             n_classes=self.n_classes,
+            # Rows of the training pool; the test rows come from a table of their own.
+            train_rows=train,
+            val_rows=val,
         )

@@ -116,6 +116,16 @@ class Detects(_Base):
         return Valuation(scores=np.zeros(task.n_train), detection_scores=-dist)
 
 
+class RowEcho(_Base):
+    name = "row-echo"
+
+    def value(self, task, ctx):
+        # A known function of each row: its first (standardised) feature; and a per-point
+        # "standard error" in stats, its second feature's magnitude.
+        x = task.x_train.astype(float)
+        return Valuation(scores=x[:, 0], stats={"point_stderr": np.abs(x[:, 1]).tolist()})
+
+
 class Hog(_Base):
     name = "hog"
 
@@ -203,6 +213,7 @@ ENTRY_POINTS = {
     "off-fraction": "OffFraction",
     "wrong-size": "WrongSize",
     "bad-weights": "BadWeights",
+    "row-echo": "RowEcho",
 }
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from valbench.types import (
     Budget,
     BudgetMeter,
@@ -18,6 +20,19 @@ from valbench.types import (
 
 __version__ = "0.1.0"
 
+#: The Python API (valbench.api), loaded on first use: ``import valbench`` stays light, and a
+#: plugin importing the contract never pulls in the harness.
+_API = ("run", "value", "value_file", "open_run", "Run", "ValueResult")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        import importlib
+
+        return getattr(importlib.import_module("valbench.api"), name)
+    raise AttributeError(f"module 'valbench' has no attribute {name!r}")
+
+
 __all__ = [
     "Budget",
     "BudgetMeter",
@@ -31,4 +46,5 @@ __all__ = [
     "ValuationTask",
     "no_progress",
     "__version__",
+    *_API,
 ]

@@ -1,4 +1,4 @@
-"""The ``valbench`` command: ``run``, ``list``, ``report``.
+"""The ``valbench`` command: ``run``, ``list``, ``status``, ``report``, ``export``, ``value``.
 
 Exit status: 0 success; 1 some cells failed or timed out; 2 bad input (one line on stderr);
 130 interrupted (finished cells are kept; the same command resumes).
@@ -89,6 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--label-column", dest="label_column", help="label column of file:PATH .csv/.parquet data"
     )
     run.add_argument(
+        "--id-column",
+        dest="id_column",
+        help="id column of file:PATH .csv/.parquet data: not a feature; `valbench export` "
+        "carries it",
+    )
+    run.add_argument(
         "--data-dir",
         dest="data_dir",
         help="where datasets are cached/downloaded (default: $VALBENCH_DATA or ~/.cache/valbench)",
@@ -155,6 +161,69 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="rank partial cells (an estimate its method could not finish) with the rest; "
         "they are marked",
+    )
+    value = sub.add_parser(
+        "value",
+        help="value every row of your own file (labels as given) and list the rows to check",
+        description="Value every row of FILE, labels as given (nothing is flipped): the rows "
+        "are cut into --folds stratified folds, each valued as the training data of a task "
+        "whose validation set is the other folds, so each row gets one value. Writes one row "
+        "per input row (id, label, fold, each method's value and rank, 1 = most suspicious, a "
+        "consensus suspicion score and its rank) and a self-contained HTML page of the most "
+        "suspicious rows with what their nearest neighbours are labelled.",
+    )
+    value.add_argument("file", type=Path, help="a .csv, .parquet or .npz (x, y) file")
+    value.add_argument(
+        "--methods",
+        default="knn-shapley,data-oob",
+        help="comma-separated method names (default: knn-shapley,data-oob)",
+    )
+    value.add_argument("--label-column", dest="label_column", help="label column (.csv/.parquet)")
+    value.add_argument(
+        "--id-column",
+        dest="id_column",
+        help="id column (.csv/.parquet): not a feature, written out",
+    )
+    value.add_argument(
+        "--folds", "-k", default="2", help="folds of the cross-fitting, >= 2 (default 2)"
+    )
+    value.add_argument("--seed", default="0", help="seed of the folds and methods (default 0)")
+    value.add_argument("--model", default="logreg", help="evaluation model: logreg or mlp")
+    value.add_argument("--budget", help="per method and fold: '2000', '60s', ... (default none)")
+    value.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="METHOD.NAME=VALUE",
+        help="a method parameter, e.g. knn-shapley.k=10; repeatable",
+    )
+    value.add_argument("--out", help="table to write (default: <file stem>-values.csv)")
+    value.add_argument(
+        "--html", help="page of the most suspicious rows (default: --out with .html)"
+    )
+    value.add_argument("--top", default="20", help="rows on the HTML page (default 20)")
+
+    export = sub.add_parser(
+        "export",
+        help="write a run's scores as a per-row table (row index, id, label, split, score, rank)",
+        description="One row per (cell, row of the dataset): dataset, noise, seed, method, the "
+        "row's index in the data as loaded (file: data: its row in your file) and id, its split, "
+        "its given label and the label the method saw, whether a flip was planted there, and "
+        "for training rows the score, its rank (1 = highest), the detection score, the "
+        "suspicion rank (1 = most suspicious), the per-point standard error where the method "
+        "reports one and whether the estimate is complete.",
+    )
+    export.add_argument("run_dir", type=Path)
+    export.add_argument("--format", dest="fmt", choices=("csv", "parquet"), default=None)
+    export.add_argument(
+        "--method",
+        action="append",
+        default=[],
+        metavar="M",
+        help="only this method's cells (repeatable; default: every method)",
+    )
+    export.add_argument(
+        "--out", help="file to write (default: ./<run directory name>-rows.csv or .parquet)"
     )
     return parser
 
@@ -367,6 +436,52 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _whole(flag: str, text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise UsageError(f"{flag} must be a whole number, got {text!r}") from None
+
+
+def _cmd_value(args: argparse.Namespace) -> int:
+    from valbench.api import value_file
+    from valbench.spec import parse_param_assignments
+
+    folds, seed = _whole("--folds", args.folds), _whole("--seed", args.seed)
+    top = _whole("--top", args.top)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    out = _directory("--out", args.out) or Path(f"{args.file.stem}-values.csv")
+    html = _directory("--html", args.html) or out.with_suffix(".html")
+    frame, _ = value_file(
+        args.file,
+        methods,
+        label_column=args.label_column,
+        id_column=args.id_column,
+        folds=folds,
+        seed=seed,
+        model=args.model,
+        budget=args.budget,
+        params=parse_param_assignments(args.param),
+        out=out,
+        html=html,
+        top=top,
+    )
+    print(f"{len(frame)} rows valued by {', '.join(methods)} -> {out}")
+    print(f"most suspicious rows: {html}")
+    return EXIT_OK
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from valbench.api import export
+
+    fmt = args.fmt or ("parquet" if (args.out or "").endswith(".parquet") else "csv")
+    # Beside, not inside, the run directory: that holds only what the run itself wrote.
+    out = _directory("--out", args.out) or Path(f"{args.run_dir.resolve().name}-rows.{fmt}")
+    frame = export(args.run_dir, out=out, fmt=fmt, methods=args.method or None)
+    print(f"{len(frame)} rows -> {out}")
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``valbench`` console script."""
     args = build_parser().parse_args(argv)
@@ -374,7 +489,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    commands = {"run": _cmd_run, "list": _cmd_list, "status": _cmd_status, "report": _cmd_report}
+    commands = {
+        "run": _cmd_run,
+        "list": _cmd_list,
+        "status": _cmd_status,
+        "report": _cmd_report,
+        "export": _cmd_export,
+        "value": _cmd_value,
+    }
     try:
         return commands[args.command](args)
     except ValbenchError as exc:

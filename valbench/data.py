@@ -105,15 +105,7 @@ def cap_train(splits: DatasetSplits, max_train: int | None, seed: int) -> Datase
         raise UsageError(f"max_train must be a positive integer, got {max_train}")
     rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(3)[2])
     keep = stratified_subsample(splits.y_train, max_train, rng)
-    return DatasetSplits(
-        x_train=splits.x_train[keep],
-        y_train=splits.y_train[keep],
-        x_val=splits.x_val,
-        y_val=splits.y_val,
-        x_test=splits.x_test,
-        y_test=splits.y_test,
-        n_classes=splits.n_classes,
-    )
+    return splits.with_train(keep, splits.y_train[keep])
 
 
 def stratified_splits(
@@ -188,6 +180,9 @@ def stratified_splits(
         x_test=scaler.transform(x[test]),
         y_test=y[test],
         n_classes=k,
+        train_rows=train,
+        val_rows=val,
+        test_rows=test,
     )
     return cap_train(splits, max_train, seed)
 
@@ -323,15 +318,7 @@ def imbalance_train(splits: DatasetSplits, ratio: float, seed: int) -> DatasetSp
     if ratio == 1:
         return splits
     keep = imbalance_rows(splits.y_train, ratio, seed, splits.n_classes)
-    return DatasetSplits(
-        x_train=splits.x_train[keep],
-        y_train=splits.y_train[keep],
-        x_val=splits.x_val,
-        y_val=splits.y_val,
-        x_test=splits.x_test,
-        y_test=splits.y_test,
-        n_classes=splits.n_classes,
-    )
+    return splits.with_train(keep, splits.y_train[keep])
 
 
 def _check_size(label: str, value: int | None) -> None:
@@ -359,12 +346,18 @@ def resize_splits(
     parts = {}
     for part, size, child in (("val", n_val, ss[0]), ("test", n_test, ss[1])):
         x, y = getattr(splits, f"x_{part}"), getattr(splits, f"y_{part}")
+        rows = getattr(splits, f"{part}_rows")
         if size is not None and size < len(y):
             keep = stratified_subsample(y, size, np.random.default_rng(child))
             x, y = x[keep], y[keep]
-        parts[f"x_{part}"], parts[f"y_{part}"] = x, y
+            rows = None if rows is None else rows[keep]
+        parts[f"x_{part}"], parts[f"y_{part}"], parts[f"{part}_rows"] = x, y, rows
     return DatasetSplits(
-        x_train=splits.x_train, y_train=splits.y_train, n_classes=splits.n_classes, **parts
+        x_train=splits.x_train,
+        y_train=splits.y_train,
+        n_classes=splits.n_classes,
+        train_rows=splits.train_rows,
+        **parts,
     )
 
 

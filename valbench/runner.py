@@ -145,7 +145,7 @@ def _check_data_file(path: str, spec: RunSpec) -> str:
         )
     fingerprint = file_fingerprint(where)
     first = Cell(dataset=FILE_PREFIX + path, noise=0.0, seed=0, method="")
-    load_file_dataset(path, label_column=spec.label_column).load(
+    load_file_dataset(path, label_column=spec.label_column, id_column=spec.id_column).load(
         seed=first.data_seed(spec.root_seed), max_train=spec.max_train
     )
     return fingerprint
@@ -610,7 +610,11 @@ def _execute_cells(
         if outcome.scores is not None:
             record = record.with_scores_file(
                 store.write_scores(
-                    record.cell_id, outcome.scores, outcome.selections, outcome.detection_scores
+                    record.cell_id,
+                    outcome.scores,
+                    outcome.selections,
+                    outcome.detection_scores,
+                    extra=outcome.provenance,
                 )
             )
         if outcome.points is not None:

@@ -108,6 +108,8 @@ class RunSpec:
     noise_model: str = "uniform"
     imbalance: float = 1.0
     label_column: str | None = None
+    #: Id column of ``file:`` .csv/.parquet data: kept out of the features, carried into exports.
+    id_column: str | None = None
     random_repeats: int = 3
     params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     #: Content hash of each ``file:PATH`` dataset (set by ``resolve_names``): a file edited in
@@ -201,6 +203,8 @@ class RunSpec:
             raise UsageError(
                 f"unknown noise model {self.noise_model!r}; valid: {', '.join(NOISE_MODELS)}"
             )
+        if self.id_column is not None and self.id_column == self.label_column:
+            raise UsageError(f"--id-column {self.id_column!r} is also the --label-column")
         if not (1 <= self.imbalance < math.inf):
             raise UsageError(
                 f"--imbalance is a max/min class-size ratio >= 1, got {self.imbalance:g}"
@@ -230,6 +234,8 @@ class RunSpec:
         data = {k: v for k, v in self.to_dict().items() if k not in self.EXECUTION_ONLY}
         if not data["data_fingerprints"]:  # runs without file: datasets keep their hashes
             del data["data_fingerprints"]
+        if data["id_column"] is None:  # so do runs without an id column
+            del data["id_column"]
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
     def cells(self) -> list[Cell]:
@@ -329,6 +335,7 @@ CONFIG_KEYS = {
     "noise_model",
     "imbalance",
     "label_column",
+    "id_column",
     "data_dir",
     "out",
 }
@@ -462,7 +469,7 @@ def build_spec(
             # Unset means balanced; 0 is not unset, RunSpec refuses it.
             imbalance = _as_float_or_none(key, value)
             kwargs[key] = 1.0 if imbalance is None else imbalance
-        elif key in ("noise_model", "label_column"):
+        elif key in ("noise_model", "label_column", "id_column"):
             if not isinstance(value, str):
                 raise UsageError(f"{key} must be a string, got {value!r}")
             kwargs[key] = value

@@ -242,6 +242,7 @@ _SPEC_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "noise_model": (_is_str, "a string"),
     "preset": (_is_str, "a string"),
     "label_column": (_optional(_is_str), "a string or null"),
+    "id_column": (_optional(_is_str), "a string or null"),
     "imbalance": (_is_number, "a number"),
     "timeout": (_optional(_is_number), "a number or null"),
     "max_memory_mb": (_optional(_is_number), "a number or null"),
@@ -505,10 +506,13 @@ class RunStore:
         scores: np.ndarray,
         selections: Mapping[float, np.ndarray],
         detection_scores: np.ndarray | None = None,
+        extra: Mapping[str, np.ndarray] | None = None,
     ) -> str:
-        """Save a cell's per-point scores and native selections; returns the run-relative path."""
+        """Save a cell's per-point scores and native selections, and ``extra`` arrays (where
+        the points came from: ``CellOutcome.provenance``); returns the run-relative path."""
         rel = f"{SCORES_DIR}/{cell_id}.npz"
-        arrays: dict[str, np.ndarray] = {"scores": np.asarray(scores)}
+        arrays: dict[str, np.ndarray] = {k: np.asarray(v) for k, v in (extra or {}).items()}
+        arrays["scores"] = np.asarray(scores)
         if detection_scores is not None:
             arrays["detection_scores"] = np.asarray(detection_scores)
         for fraction, idx in selections.items():

@@ -647,7 +647,13 @@ class Method(_Parameterised, abc.ABC):
 
 @dataclass(frozen=True)
 class DatasetSplits:
-    """Train/validation/test arrays of a dataset, before any label noise."""
+    """Train/validation/test arrays of a dataset, before any label noise.
+
+    ``train_rows``, ``val_rows`` and ``test_rows`` optionally say where each row came from:
+    its index in the dataset as loaded (for ``file:`` data, its row in the user's file), so
+    a score can be traced back to the row it belongs to. None when the dataset does not know
+    (or, for ``test_rows``, when the test rows come from another table than the pool).
+    """
 
     x_train: np.ndarray
     y_train: np.ndarray
@@ -656,6 +662,9 @@ class DatasetSplits:
     x_test: np.ndarray
     y_test: np.ndarray
     n_classes: int
+    train_rows: np.ndarray | None = None
+    val_rows: np.ndarray | None = None
+    test_rows: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         for part in ("train", "val", "test"):
@@ -664,6 +673,12 @@ class DatasetSplits:
             object.__setattr__(self, f"y_{part}", np.ascontiguousarray(y, dtype=np.int64))
             if len(x) != len(y):
                 raise ValueError(f"{part}: {len(x)} rows of features but {len(y)} labels")
+            rows = getattr(self, f"{part}_rows")
+            if rows is not None:
+                rows = np.ascontiguousarray(rows, dtype=np.int64)
+                object.__setattr__(self, f"{part}_rows", rows)
+                if rows.shape != (len(y),):
+                    raise ValueError(f"{part}: {len(y)} rows but {rows.shape} row indices")
 
     def with_train(self, rows: np.ndarray, labels: np.ndarray) -> DatasetSplits:
         """These splits with training rows ``rows`` only, labelled ``labels``; val/test kept."""
@@ -678,6 +693,9 @@ class DatasetSplits:
             x_test=self.x_test,
             y_test=self.y_test,
             n_classes=self.n_classes,
+            train_rows=None if self.train_rows is None else self.train_rows[rows],
+            val_rows=self.val_rows,
+            test_rows=self.test_rows,
         )
 
 

@@ -3,7 +3,12 @@
 - ``.npz``: arrays ``x`` (n, d) and ``y`` (n,), optionally ``x_val``/``y_val`` and
   ``x_test``/``y_test``; splits not given are carved from ``x``/``y`` (stratified, seeded).
 - ``.csv`` / ``.parquet``: one row per point, a label column (``label_column``, default
-  ``label`` or ``y``) and numeric feature columns.
+  ``label`` or ``y``), optionally an id column (``id_column``: kept out of the features, carried
+  into exports) and numeric feature columns.
+
+Every split remembers the row of the file each point came from (``DatasetSplits.train_rows``
+...): the row number among the data rows of a ``.csv``/``.parquet`` (0 = the first row after
+the header), the index into ``x`` of a ``.npz``.
 
 Labels may be integers or strings; they are mapped to ``0..K-1`` in sorted order. Every
 problem raises a one-line :class:`~valbench.errors.DatasetError` naming the file and the fix.
@@ -27,6 +32,7 @@ __all__ = [
     "FileDataset",
     "load_file_dataset",
     "read_file_arrays",
+    "read_ids",
     "file_fingerprint",
     "printable",
     "SUFFIXES",
@@ -61,16 +67,25 @@ def file_fingerprint(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def _read_table(path: Path, label_column: str | None) -> dict[str, np.ndarray]:
+def _read_frame(path: Path, id_column: str | None = None) -> Any:
+    """The file's table (a pandas DataFrame); an id column is read as text."""
+    import pandas as pd
+
+    if path.suffix == ".csv":
+        # Ids stay as written ("007" is not 7): read as text.
+        return pd.read_csv(path, dtype={id_column: str} if id_column else None)
+    return pd.read_parquet(path)
+
+
+def _read_table(
+    path: Path, label_column: str | None, id_column: str | None = None
+) -> dict[str, np.ndarray]:
     import pandas as pd
 
     if path.stat().st_size == 0:
         raise _fail(path, "is empty (0 bytes); write one row per point into it")
     try:
-        if path.suffix == ".csv":
-            frame = pd.read_csv(path)
-        else:
-            frame = pd.read_parquet(path)
+        frame = _read_frame(path, id_column)
     except ImportError as exc:
         raise _fail(path, f"reading parquet needs pyarrow: pip install pyarrow ({exc})") from exc
     except Exception as exc:  # noqa: BLE001 - any parser failure is the file's fault
@@ -91,7 +106,11 @@ def _read_table(path: Path, label_column: str | None) -> dict[str, np.ndarray]:
         raise _fail(
             path, f"no column {label_column!r}; columns are: {', '.join(shown) or '(none)'}"
         )
-    feats = frame.drop(columns=[label_column])
+    dropped = [label_column]
+    if id_column is not None:
+        _check_ids(path, frame, id_column, label_column, shown)
+        dropped.append(id_column)
+    feats = frame.drop(columns=dropped)
     bad = [
         str(c).encode("unicode_escape").decode("ascii")
         for c in feats.columns
@@ -102,7 +121,7 @@ def _read_table(path: Path, label_column: str | None) -> dict[str, np.ndarray]:
             path,
             f"feature columns must be numeric; not numeric: {', '.join(bad[:5])}"
             + (" ..." if len(bad) > 5 else "")
-            + " (encode or drop them)",
+            + " (encode or drop them; an id column: name it with --id-column)",
         )
     labels = frame[label_column]
     if labels.isna().any():
@@ -113,6 +132,35 @@ def _read_table(path: Path, label_column: str | None) -> dict[str, np.ndarray]:
         if kinds <= {str}:
             y = y.astype(str)
     return {"x": feats.to_numpy(), "y": y}
+
+
+def _check_ids(path: Path, frame: Any, id_column: str, label_column: str, shown: list[str]) -> None:
+    """An id column must exist, differ from the label column, and name each row once."""
+    if id_column not in [str(c) for c in frame.columns]:
+        raise _fail(
+            path, f"no id column {id_column!r}; columns are: {', '.join(shown) or '(none)'}"
+        )
+    if id_column == label_column:
+        raise _fail(path, f"{id_column!r} cannot be both the label and the id column")
+    ids = frame[id_column]
+    if ids.isna().any():
+        row = int(np.flatnonzero(ids.isna().to_numpy())[0])
+        raise _fail(path, f"id column {id_column!r} is empty in row {row}; give every row an id")
+    dup = ids.duplicated()
+    if dup.any():
+        row = int(np.flatnonzero(dup.to_numpy())[0])
+        raise _fail(
+            path,
+            f"id column {id_column!r} repeats the id {str(ids.iloc[row])!r} (row {row}); "
+            "ids must name one row each",
+        )
+
+
+def read_ids(path: str | Path, id_column: str) -> np.ndarray:
+    """The id of every row of a ``.csv``/``.parquet`` file, as text (row order of the file)."""
+    path = Path(path).expanduser()
+    frame = _read_frame(path, id_column)
+    return frame[id_column].astype(str).to_numpy()
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
@@ -155,7 +203,9 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
         raise _fail(path, f"not a readable .npz ({msg}); save it again with numpy.savez") from exc
 
 
-def read_file_arrays(path: Path, label_column: str | None = None) -> dict[str, np.ndarray]:
+def read_file_arrays(
+    path: Path, label_column: str | None = None, id_column: str | None = None
+) -> dict[str, np.ndarray]:
     """Raw arrays of a user file: ``x``, ``y`` and optionally ``x_val``... (unvalidated)."""
     if path.is_dir():
         raise _fail(path, "is a directory; give the data file itself, e.g. file:DIR/data.csv")
@@ -164,9 +214,11 @@ def read_file_arrays(path: Path, label_column: str | None = None) -> dict[str, n
     if path.suffix == ".npz":
         if label_column is not None:
             raise _fail(path, "label_column applies to .csv/.parquet files, not .npz")
+        if id_column is not None:
+            raise _fail(path, "id_column applies to .csv/.parquet files, not .npz")
         return _read_npz(path)
     if path.suffix in (".csv", ".parquet"):
-        return _read_table(path, label_column)
+        return _read_table(path, label_column, id_column)
     raise _fail(path, f"unsupported file type; use one of {', '.join(SUFFIXES)}")
 
 
@@ -229,11 +281,15 @@ def _check_y(path: Path, key: str, y: np.ndarray, n: int) -> np.ndarray:
 
 @functools.lru_cache(maxsize=4)
 def _read_validated(
-    path_str: str, stamp: tuple[int, ...] | None, label_column: str | None, standardize: bool
+    path_str: str,
+    stamp: tuple[int, ...] | None,
+    label_column: str | None,
+    standardize: bool,
+    id_column: str | None = None,
 ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[str]]:
     # ``stamp`` (size, times, inode) keys the cache on the file's current state.
     path = Path(path_str)
-    arrays = read_file_arrays(path, label_column)
+    arrays = read_file_arrays(path, label_column, id_column)
     for key in ("x", "y"):
         if key not in arrays:
             raise _fail(path, f"no array {key!r}; found: {', '.join(sorted(arrays))}")
@@ -284,6 +340,8 @@ class FileDataset(Dataset):
     Args:
         path: The file.
         label_column: Label column of a ``.csv``/``.parquet`` (default ``label`` or ``y``).
+        id_column: Id column of a ``.csv``/``.parquet``: not a feature; exports carry it
+            (default None: every column but the label is a feature).
         val_fraction: Share of rows carved for validation when the file has no ``x_val``.
         test_fraction: Share of rows carved for testing when the file has no ``x_test``.
         n_train: Cap on training rows (stratified); the harness's ``max_train`` also caps.
@@ -301,6 +359,7 @@ class FileDataset(Dataset):
         *,
         path: str = "",
         label_column: str | None = None,
+        id_column: str | None = None,
         val_fraction: float = 0.2,
         test_fraction: float = 0.2,
         n_train: int | None = None,
@@ -310,6 +369,7 @@ class FileDataset(Dataset):
     ) -> None:
         self.path = path
         self.label_column = label_column
+        self.id_column = id_column
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
         self.n_train = n_train
@@ -336,7 +396,9 @@ class FileDataset(Dataset):
             stamp = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
         except OSError:
             stamp = None  # read_file_arrays says what is wrong
-        return _read_validated(str(path), stamp, self.label_column, self.standardize)
+        return _read_validated(
+            str(path), stamp, self.label_column, self.standardize, self.id_column
+        )
 
     def load(self, *, seed: int, max_train: int | None = None) -> DatasetSplits:
         """Splits for ``seed``: given splits kept, missing ones carved (stratified)."""
@@ -362,8 +424,11 @@ class FileDataset(Dataset):
         except DatasetError as exc:
             raise _fail(Path(self.path), str(exc)) from exc
         out = {"train": (x[train], y[train])}
+        # The row of the file each point came from; None for a split the file gives apart.
+        rows: dict[str, np.ndarray | None] = {"train": train, "val": val, "test": test}
         for p, idx in (("val", val), ("test", test)):
             if p in parts:
+                rows[p] = None
                 px, py = parts[p]
                 size = self.n_val if p == "val" else self.n_test
                 if size is not None and size < len(py):
@@ -395,12 +460,17 @@ class FileDataset(Dataset):
             x_test=out["test"][0],
             y_test=out["test"][1],
             n_classes=len(classes),
+            train_rows=rows["train"],
+            val_rows=rows["val"],
+            test_rows=rows["test"],
         )
 
 
-def load_file_dataset(path: str, *, label_column: str | None = None) -> FileDataset:
+def load_file_dataset(
+    path: str, *, label_column: str | None = None, id_column: str | None = None
+) -> FileDataset:
     """A :class:`FileDataset` for ``path`` (what ``--datasets file:PATH`` resolves to)."""
     suffix = Path(path).suffix
     if suffix not in SUFFIXES:
         raise _fail(Path(path), f"unsupported file type; use one of {', '.join(SUFFIXES)}")
-    return FileDataset(path=path, label_column=label_column)
+    return FileDataset(path=path, label_column=label_column, id_column=id_column)

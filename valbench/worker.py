@@ -46,6 +46,7 @@ from valbench.types import (
 __all__ = [
     "CellOutcome",
     "build_task",
+    "build_task_with_provenance",
     "run_cell",
     "failure_record",
     "TestEvaluator",
@@ -86,6 +87,11 @@ class CellOutcome:
     #: For 2-D datasets: the training points, labels and noise mask, so the report can draw
     #: selections without reloading the data.
     points: dict[str, np.ndarray] | None = None
+    #: Where the scores belong (stored beside them): ``train_rows`` (each training point's row
+    #: in the dataset as loaded) and ``val_rows``/``test_rows`` when the dataset knows them,
+    #: ``given_labels`` (before planted noise), ``labels`` (as the method saw them) and
+    #: ``noisy_mask`` (the planted flips), all in training order.
+    provenance: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def _dataset(dataset: str, params_json: str) -> Dataset:
@@ -113,12 +119,14 @@ def _load_splits(
 def _relabeller(
     noise_cell: Cell, root_seed: int, imbalance: float, noise_model: str
 ) -> tuple[Relabel, dict[str, np.ndarray]]:
-    """The cell's ``relabel``: imbalance, then label noise; the mask lands in the dict only."""
+    """The cell's ``relabel``: imbalance, then label noise; the mask (``noisy``) and the labels
+    before the noise (``given``) land in the dict only."""
     out: dict[str, np.ndarray] = {}
     data_seed = noise_cell.data_seed(root_seed)
 
     def relabel(y: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
         rows = imbalance_rows(y, imbalance, data_seed, n_classes)
+        out["given"] = np.asarray(y[rows], dtype=np.int64)
         labels, out["noisy"] = apply_label_noise(
             y[rows], noise_cell.noise, n_classes, noise_cell.noise_rng(root_seed), model=noise_model
         )
@@ -135,7 +143,7 @@ def _load_relabelled(
     imbalance: float,
     noise_model: str,
     params_json: str,
-) -> tuple[DatasetSplits, np.ndarray]:
+) -> tuple[DatasetSplits, np.ndarray, np.ndarray]:
     # For datasets whose features are learned from the training labels: the features depend
     # on the noise draw, so the cache key holds everything the draw depends on (not the method).
     relabel, out = _relabeller(noise_cell, root_seed, imbalance, noise_model)
@@ -144,7 +152,7 @@ def _load_relabelled(
     )
     if "noisy" not in out:
         raise RuntimeError(f"dataset {noise_cell.dataset!r}: load_relabelled never called relabel")
-    return splits, out["noisy"]
+    return splits, out["noisy"], out["given"]
 
 
 def build_task(cell: Cell, spec: RunSpec) -> ValuationTask:
@@ -154,6 +162,13 @@ def build_task(cell: Cell, spec: RunSpec) -> ValuationTask:
     reaches methods. A dataset whose features are learned from the training labels (see
     :meth:`~valbench.types.Dataset.features_use_labels`) learns them from the noisy labels.
     """
+    return build_task_with_provenance(cell, spec)[0]
+
+
+def build_task_with_provenance(
+    cell: Cell, spec: RunSpec
+) -> tuple[ValuationTask, dict[str, np.ndarray]]:
+    """:func:`build_task`, and where its points came from (see ``CellOutcome.provenance``)."""
     import json
 
     from valbench.models import ModelSpec
@@ -163,10 +178,12 @@ def build_task(cell: Cell, spec: RunSpec) -> ValuationTask:
     params = dict(spec.params.get(cell.dataset, {}))
     if cell.dataset.startswith(FILE_PREFIX) and spec.label_column:
         params["label_column"] = spec.label_column
+    if cell.dataset.startswith(FILE_PREFIX) and spec.id_column:
+        params["id_column"] = spec.id_column
     params_json = json.dumps(params, sort_keys=True)
     noise_cell = replace(cell, method="")
     if _dataset(cell.dataset, params_json).features_use_labels():
-        splits, noisy = _load_relabelled(
+        splits, noisy, given = _load_relabelled(
             noise_cell,
             spec.root_seed,
             spec.max_train,
@@ -178,8 +195,13 @@ def build_task(cell: Cell, spec: RunSpec) -> ValuationTask:
         clean = _load_splits(cell.dataset, data_seed, spec.max_train, params_json)
         relabel, out = _relabeller(noise_cell, spec.root_seed, spec.imbalance, spec.noise_model)
         splits = clean.with_train(*relabel(clean.y_train, clean.n_classes))
-        noisy = out["noisy"]
-    return ValuationTask.from_splits(
+        noisy, given = out["noisy"], out["given"]
+    provenance = {"given_labels": given, "labels": splits.y_train, "noisy_mask": noisy}
+    for part in ("train", "val", "test"):
+        rows = getattr(splits, f"{part}_rows")
+        if rows is not None:
+            provenance[f"{part}_rows"] = rows
+    task = ValuationTask.from_splits(
         splits,
         model=ModelSpec.parse(spec.model),
         noisy_mask=noisy if cell.noise > 0 else None,
@@ -187,6 +209,7 @@ def build_task(cell: Cell, spec: RunSpec) -> ValuationTask:
         seed=data_seed % (2**31),
         utility_factory=UtilityEngine,
     )
+    return task, provenance
 
 
 class PeakMemory:
@@ -415,7 +438,7 @@ def _run_cell(cell: Cell, spec: RunSpec, progress: ProgressFn) -> CellOutcome:
         validate_params(cls, params)
         method = cls(**params)
         params = method.get_params()
-        task = build_task(cell, spec)
+        task, provenance = build_task_with_provenance(cell, spec)
         if cls.max_train is not None and task.n_train > cls.max_train:
             message = (
                 f"{cell.method} handles at most {cls.max_train} training points and this slice "
@@ -482,5 +505,10 @@ def _run_cell(cell: Cell, spec: RunSpec, progress: ProgressFn) -> CellOutcome:
         if task.noisy_mask is not None:
             points["noisy_mask"] = task.noisy_mask
     return CellOutcome(
-        record, valuation.scores, dict(valuation.selections), valuation.detection_scores, points
+        record,
+        valuation.scores,
+        dict(valuation.selections),
+        valuation.detection_scores,
+        points,
+        provenance,
     )

@@ -1,0 +1,47 @@
+"""The Python API: valbench.run / open_run / Run.values, and the README's example."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import valbench
+from valbench.errors import UsageError
+
+
+def test_run_returns_results_and_values_with_rows(tmp_path: Path) -> None:
+    run = valbench.run(
+        methods=["random"],
+        datasets=["synthetic"],
+        seeds=1,
+        noise=[0.1],
+        max_train=60,
+        out=tmp_path / "r",
+    )
+    results = run.results
+    assert set(results["method"]) == {"random"} and (results["status"] == "ok").all()
+    assert "mislabel.auc" in set(results["metric"])
+    values = run.values("random", "synthetic", seed=0)
+    assert len(values.values) == len(values.indices) == 60 and values.complete
+    # The indices are rows of the dataset as loaded: distinct, and exactly the training rows
+    # of the export.
+    table = run.export()
+    train = table[(table["split"] == "train") & (table["method"] == "random")]
+    assert sorted(values.indices) == sorted(train["row"])
+    by_row = dict(zip(train["row"], train["score"], strict=True))
+    np.testing.assert_allclose([by_row[i] for i in values.indices], values.values)
+    assert valbench.open_run(tmp_path / "r").values("random", "synthetic").noise == 0.1
+    with pytest.raises(UsageError, match="no cell loo/synthetic"):
+        run.values("loo", "synthetic")
+    with pytest.raises(UsageError, match="unknown option 'sedes'"):
+        valbench.run(methods=["random"], sedes=2)
+
+
+def test_readme_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    block = readme.split("### From Python")[1].split("```python\n")[1].split("```")[0]
+    monkeypatch.chdir(tmp_path)
+    exec(compile(block, "README.md", "exec"), {})
+    assert (tmp_path / "reports" / "api-example" / "results.jsonl").is_file()

@@ -1,0 +1,114 @@
+"""`valbench export`: every exported value lands on the row of the user's file it belongs to."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from valbench.cli import EXIT_USAGE, main
+from valbench.export import point_stderr, rank_desc
+
+
+def _users_file(path: Path, n: int = 90) -> pd.DataFrame:
+    """A practitioner's CSV: string ids (not in row order), string labels, two features."""
+    rng = np.random.default_rng(3)
+    f1, f2 = rng.normal(size=n), rng.normal(size=n)
+    frame = pd.DataFrame(
+        {
+            "sample": [f"S-{i:03d}x" for i in rng.permutation(n)],
+            "f1": f1 * 10 + 5,
+            "kind": np.where(f1 + 0.5 * f2 > 0, "cat", "dog"),
+            "f2": f2,
+        }
+    )
+    frame.to_csv(path, index=False)
+    return frame
+
+
+def test_export_maps_every_value_to_its_row(
+    tmp_path: Path, test_plugins: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "mine.csv"
+    users = _users_file(data)
+    run = tmp_path / "run"
+    argv = ["run", "--methods", "row-echo", "--datasets", f"file:{data}", "--label-column"]
+    argv += ["kind", "--id-column", "sample", "--seeds", "2", "--noise", "0.2", "--out", str(run)]
+    assert main([*argv, "--backend", "serial", "--no-progress"]) == 0
+    out = tmp_path / "rows.csv"
+    assert main(["export", str(run), "--out", str(out)]) == 0
+    table = pd.read_csv(out, dtype={"id": str})
+    assert set(table["seed"]) == {0, 1}
+    for _, cell in table.groupby("seed"):
+        # Every row of the file once, with its own id and label.
+        assert sorted(cell["row"]) == list(range(len(users)))
+        assert (cell["id"].to_numpy() == users["sample"].to_numpy()[cell["row"]]).all()
+        assert (cell["given_label"].to_numpy() == users["kind"].to_numpy()[cell["row"]]).all()
+        train = cell[cell["split"] == "train"]
+        assert set(cell["split"]) == {"train", "val", "test"}
+        # The planted flips are exactly the rows whose label the method saw differs from the
+        # file's, 20 % of the training rows.
+        flipped = train["label_seen"] != train["given_label"]
+        assert (train["planted_flip"] == flipped).all()
+        assert train["planted_flip"].sum() == round(0.2 * len(train))
+        # row-echo scores each point by its standardised f1: a known function of the row.
+        f1 = users["f1"].to_numpy()[train["row"]]
+        expected = (f1 - f1.mean()) / f1.std()
+        np.testing.assert_allclose(train["score"], expected, atol=1e-5)
+        f2 = users["f2"].to_numpy()[train["row"]]
+        np.testing.assert_allclose(train["stderr"], np.abs((f2 - f2.mean()) / f2.std()), atol=1e-5)
+        assert (train["rank"] == rank_desc(train["score"].to_numpy())).all()
+        held = cell[cell["split"] != "train"]
+        assert held["score"].isna().all() and not held["planted_flip"].any()
+    assert "sample" not in set(table.columns) - {"id"}
+
+
+def test_export_refuses_a_changed_file_and_unknown_method(
+    tmp_path: Path, test_plugins: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "mine.csv"
+    _users_file(data, n=40)
+    run = tmp_path / "run"
+    argv = ["run", "--methods", "row-echo", "--datasets", f"file:{data}", "--label-column"]
+    argv += ["kind", "--seeds", "1", "--noise", "0", "--out", str(run), "--backend", "serial"]
+    assert main([*argv, "--no-progress"]) == EXIT_USAGE  # a text column is no feature
+    assert "name it with --id-column" in capsys.readouterr().err
+    assert main([*argv, "--id-column", "sample", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["export", str(run), "--method", "loo", "--out", str(tmp_path / "a.csv")]) == 2
+    assert "'loo' has no cells" in capsys.readouterr().err
+    with data.open("a") as fh:
+        fh.write("S-999x,1.0,cat,0.5\n")
+    assert main(["export", str(run), "--out", str(tmp_path / "b.csv")]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "changed since the run" in err and err.count("\n") == 1
+
+
+def test_id_column_is_not_a_feature_and_must_name_rows(tmp_path: Path) -> None:
+    from valbench.errors import DatasetError
+    from valbench.userdata import FileDataset
+
+    data = tmp_path / "mine.csv"
+    users = _users_file(data, n=40)
+    splits = FileDataset(path=str(data), label_column="kind", id_column="sample").load(seed=0)
+    assert splits.x_train.shape[1] == 2
+    rows = np.concatenate([splits.train_rows, splits.val_rows, splits.test_rows])
+    assert sorted(rows) == list(range(40))
+    raw = users[["f1", "f2"]].to_numpy()[splits.train_rows]
+    np.testing.assert_allclose(splits.x_train, (raw - raw.mean(0)) / raw.std(0), atol=1e-5)
+    users.loc[3, "sample"] = users.loc[7, "sample"]
+    users.to_csv(data, index=False)
+    with pytest.raises(DatasetError, match="repeats the id"):
+        FileDataset(path=str(data), label_column="kind", id_column="sample").load(seed=0)
+    with pytest.raises(DatasetError, match="no id column 'nope'"):
+        FileDataset(path=str(data), label_column="kind", id_column="nope").load(seed=0)
+
+
+def test_point_stderr_lookup() -> None:
+    assert point_stderr({"tmc": {"values_stderr": [0.1, 0.2]}}, 2).tolist() == [0.1, 0.2]
+    assert point_stderr({"std_err": [0.1, 0.2, 0.3]}, 2) is None  # wrong length
+    assert point_stderr({"stderr_mean": 0.1}, 2) is None  # a summary, not per point
+    assert point_stderr({"complete": True}, 2) is None
+    assert rank_desc(np.array([0.5, 2.0, 0.5, -1.0])).tolist() == [2, 1, 3, 4]

@@ -1,0 +1,306 @@
+"""valbench from Python: run a benchmark, read its results, value your own arrays.
+
+``valbench.run(...)`` runs (or resumes) a benchmark as ``valbench run`` does and returns a
+:class:`Run`: ``results`` is a tidy DataFrame (one row per cell and metric, as the report's
+``results.csv``) and ``values(method, dataset, seed)`` one cell's scores as a
+:class:`ValueResult`, each value with the row of the dataset it belongs to.
+``valbench.value(x, y, method=...)`` values every row of your own arrays by cross-fitting,
+labels as given. The ``valbench export`` and ``valbench value`` commands are thin layers over
+:func:`export` and :func:`value_file`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from valbench.errors import UsageError, printable
+from valbench.export import export_table, load_cell_arrays, point_stderr, write_table
+from valbench.practitioner import (
+    DEFAULT_FOLDS,
+    DEFAULT_METHODS,
+    CrossFitValues,
+    read_user_file,
+    suspicious_rows_html,
+    value_arrays,
+    values_frame,
+)
+from valbench.records import CellRecord
+
+__all__ = ["Run", "ValueResult", "run", "value", "value_file", "export", "open_run"]
+
+
+@dataclass
+class ValueResult:
+    """One method's values of the training rows of one dataset and seed.
+
+    ``indices`` are the rows of the dataset as loaded (for ``file:`` data, rows of the user's
+    file; for :func:`value`, rows of ``x``), one per value; ``stderr`` holds the estimator's
+    per-point standard errors where the method reports them; ``complete`` is False for an
+    estimate the method could not finish (never to be read as the real one).
+    """
+
+    method: str
+    dataset: str
+    seed: int
+    indices: np.ndarray
+    values: np.ndarray
+    stderr: np.ndarray | None
+    complete: bool
+    detection_scores: np.ndarray | None = None
+    noise: float = 0.0
+
+    def to_dataframe(self) -> Any:
+        """Columns ``index``, ``value``, ``stderr`` (empty when none), ``complete``, one row
+        per value, in the order of ``indices``."""
+        import pandas as pd
+
+        n = len(self.values)
+        return pd.DataFrame(
+            {
+                "index": self.indices,
+                "value": self.values,
+                "stderr": self.stderr if self.stderr is not None else np.full(n, np.nan),
+                "complete": np.full(n, self.complete),
+            }
+        )
+
+
+class Run:
+    """A run directory read back: ``results``, ``values(...)``, ``export(...)``."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        from valbench.store import read_manifest
+
+        self.run_dir = Path(run_dir)
+        self.manifest = read_manifest(self.run_dir)
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.run_dir)!r}, status={self.manifest.status!r})"
+
+    @property
+    def records(self) -> list[CellRecord]:
+        """The typed results lines (the last line of a cell winning)."""
+        from valbench.store import read_results
+
+        return read_results(self.run_dir)
+
+    @property
+    def results(self) -> Any:
+        """Tidy DataFrame: one row per cell and scalar metric (``results.csv``'s rows), with
+        the cell's ``status`` and ``complete`` flag."""
+        import pandas as pd
+
+        from valbench.report import tidy_rows
+
+        rows: list[dict[str, Any]] = []
+        for rec in self.records:
+            head = {k: getattr(rec, k) for k in ("cell_id", "method", "dataset", "noise", "seed")}
+            head["status"] = rec.status
+            head["complete"] = rec.complete if rec.ok else None
+            pairs: list[tuple[str | None, float | int | None]] = list(tidy_rows(rec))
+            rows.extend({**head, "metric": m, "value": v} for m, v in pairs or [(None, None)])
+        columns = [
+            "cell_id",
+            "method",
+            "dataset",
+            "noise",
+            "seed",
+            "status",
+            "complete",
+            "metric",
+            "value",
+        ]
+        return pd.DataFrame(rows, columns=columns)
+
+    def values(
+        self, method: str, dataset: str, seed: int = 0, noise: float | None = None
+    ) -> ValueResult:
+        """The scores of the cell (``method``, ``dataset``, ``seed``; ``noise`` when the run
+        has several rates), each with its row of the dataset."""
+        matches = [
+            r
+            for r in self.records
+            if r.method == method
+            and r.dataset == dataset
+            and r.seed == seed
+            and (noise is None or r.noise == float(noise))
+        ]
+        if not matches:
+            held = sorted({f"{r.method}/{r.dataset}" for r in self.records})
+            raise UsageError(
+                printable(
+                    f"no cell {method}/{dataset} seed {seed} in {self.run_dir}; it holds "
+                    f"{', '.join(held)}"
+                )
+            )
+        if len(matches) > 1:
+            rates = ", ".join(f"{r.noise:g}" for r in matches)
+            raise UsageError(f"the run has {method}/{dataset} at noise {rates}: pass noise=")
+        (rec,) = matches
+        if not rec.ok or not rec.scores_file:
+            raise UsageError(f"cell {rec.cell_id} has no values: its status is {rec.status}")
+        arrays = load_cell_arrays(self.run_dir, rec.scores_file)
+        return ValueResult(
+            method=method,
+            dataset=dataset,
+            seed=seed,
+            indices=arrays.train_rows,
+            values=arrays.scores,
+            stderr=point_stderr(rec.stats, len(arrays.scores)),
+            complete=rec.complete,
+            detection_scores=arrays.detection_scores,
+            noise=rec.noise,
+        )
+
+    def export(
+        self, out: str | Path | None = None, *, fmt: str | None = None, methods: Any = None
+    ) -> Any:
+        """The per-row table (see :func:`export`)."""
+        return export(self.run_dir, out=out, fmt=fmt, methods=methods)
+
+
+def open_run(run_dir: str | Path) -> Run:
+    """A finished (or partial) run directory as a :class:`Run`."""
+    return Run(run_dir)
+
+
+def run(
+    methods: str | Sequence[str] = "all",
+    datasets: str | Sequence[str] | None = None,
+    *,
+    out: str | Path | None = None,
+    preset: str | None = None,
+    backend: str = "serial",
+    progress: bool = False,
+    overwrite: bool = False,
+    **options: Any,
+) -> Run:
+    """Run (or resume) a benchmark, as ``valbench run`` does, and return its :class:`Run`.
+
+    ``options`` are the run's settings by their config-file names (``noise``, ``seeds``,
+    ``max_train``, ``budget``, ``model``, ``params``, ``label_column``, ``id_column``...).
+    ``backend`` defaults to ``serial`` (cells run in this process); pass ``"process"`` for
+    isolated workers. Bad input raises a :class:`~valbench.errors.ValbenchError` before any
+    cell runs.
+    """
+    from valbench.runner import execute
+    from valbench.spec import CONFIG_KEYS, build_spec
+
+    unknown = sorted(set(options) - CONFIG_KEYS)
+    if unknown:
+        raise UsageError(
+            f"unknown option {unknown[0]!r}; valid: {', '.join(sorted(CONFIG_KEYS - {'out'}))}"
+        )
+    overrides: dict[str, Any] = {"methods": methods, **options}
+    if datasets is not None:
+        overrides["datasets"] = datasets
+    if options.get("data_dir"):
+        from valbench.cache import set_data_dir
+
+        set_data_dir(options["data_dir"])
+    spec = build_spec(preset, {}, overrides)
+    summary = execute(
+        spec,
+        out=None if out is None else Path(out),
+        overwrite=overwrite,
+        backend=backend,
+        show_progress=progress,
+        command="valbench.run(...)",
+    )
+    return Run(summary.run_dir)
+
+
+def value(
+    x: Any,
+    y: Any,
+    method: str = "knn-shapley",
+    *,
+    folds: int = DEFAULT_FOLDS,
+    seed: int = 0,
+    model: str = "logreg",
+    budget: str | int | None = None,
+    **params: Any,
+) -> ValueResult:
+    """Value every row of ``x`` (labels ``y`` as given, ints or strings) with ``method``.
+
+    Cross-fitting: ``folds`` stratified folds, each valued as the training set of a task
+    whose validation set is the other folds, so each row gets one value (comparable within
+    its fold; see :mod:`valbench.practitioner`). ``params`` are the method's parameters.
+    """
+    result = value_arrays(
+        x, y, [method], folds=folds, seed=seed, model=model, budget=budget, params={method: params}
+    )
+    return ValueResult(
+        method=method,
+        dataset="arrays",
+        seed=seed,
+        indices=np.arange(len(result.fold)),
+        values=result.values[method],
+        stderr=result.stderr[method],
+        complete=bool(result.complete[method].all()),
+        detection_scores=result.detection[method],
+    )
+
+
+def value_file(
+    path: str | Path,
+    methods: Sequence[str] = DEFAULT_METHODS,
+    *,
+    label_column: str | None = None,
+    id_column: str | None = None,
+    folds: int = DEFAULT_FOLDS,
+    seed: int = 0,
+    model: str = "logreg",
+    budget: str | int | None = None,
+    params: Mapping[str, Mapping[str, Any]] | None = None,
+    out: str | Path | None = None,
+    html: str | Path | None = None,
+    top: int = 20,
+) -> tuple[Any, CrossFitValues]:
+    """Value every row of a ``.csv``/``.parquet``/``.npz`` file (what ``valbench value``
+    does): the per-row table (see :func:`valbench.practitioner.values_frame`), written to
+    ``out`` when given, and the page of the most suspicious rows to ``html`` when given."""
+    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
+        raise UsageError(f"top must be a whole number >= 1, got {top!r}")
+    for target in (out, html):
+        if target is not None and not Path(target).parent.is_dir():
+            raise UsageError(printable(f"{Path(target).parent} does not exist; create it first"))
+    data = read_user_file(path, label_column, id_column)
+    result = value_arrays(
+        data.x,
+        data.labels,
+        list(methods),
+        folds=folds,
+        seed=seed,
+        model=model,
+        budget=budget,
+        params=params,
+    )
+    frame = values_frame(result, data.labels, data.ids)
+    if out is not None:
+        write_table(frame, Path(out))
+    if html is not None:
+        page = suspicious_rows_html(
+            frame, data.x, data.labels, title=f"Rows to check in {Path(path).name}", top=top
+        )
+        Path(html).write_text(page, encoding="utf-8")
+    return frame, result
+
+
+def export(
+    run_dir: str | Path,
+    *,
+    out: str | Path | None = None,
+    fmt: str | None = None,
+    methods: Sequence[str] | None = None,
+) -> Any:
+    """The per-row table of a run (see :mod:`valbench.export`); written to ``out`` when given."""
+    frame = export_table(Path(run_dir), methods)
+    if out is not None:
+        write_table(frame, Path(out), fmt)
+    return frame

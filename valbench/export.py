@@ -1,0 +1,301 @@
+"""A run's scores as a tidy per-row table: which row of the data each number belongs to.
+
+``valbench export RUN_DIR`` and :meth:`valbench.api.Run.export` write it. One table row per
+(cell, row of the dataset): the dataset, noise rate, seed and method of the cell; the row's
+index in the dataset as loaded (for ``file:`` data its row in the user's file, 0 = the first
+data row) and its id (``--id-column``); the split the row fell in (``train``, ``val``,
+``test``, or ``unused`` for a row a training cap or ``--imbalance`` left out); its label as
+given and as the method saw it, and whether valbench planted a flip there; then, for training
+rows only, the score, its rank (1 = highest score), the detection score (what mislabel
+detection ranks, lowest = most suspicious), the suspicion rank (1 = lowest detection score),
+the estimator's per-point standard error where the method reports one, and whether the
+cell's estimate is complete. Validation, test and unused rows get no value: their value
+columns are empty.
+
+The row indices come from the scores files (``train_rows``...), written since valbench
+stored them; an older run's rows are refused with one line rather than guessed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from valbench.errors import RunDirectoryError, UsageError, printable
+from valbench.records import CellRecord
+from valbench.spec import FILE_PREFIX, RunSpec
+from valbench.store import read_manifest, read_results
+
+__all__ = [
+    "EXPORT_FORMATS",
+    "EXPORT_COLUMNS",
+    "point_stderr",
+    "CellArrays",
+    "load_cell_arrays",
+    "export_table",
+    "write_table",
+    "rank_desc",
+]
+
+EXPORT_FORMATS = ("csv", "parquet")
+#: The columns of the exported table, in order.
+EXPORT_COLUMNS = (
+    "dataset",
+    "noise",
+    "seed",
+    "method",
+    "row",
+    "id",
+    "split",
+    "given_label",
+    "label_seen",
+    "planted_flip",
+    "score",
+    "rank",
+    "detection_score",
+    "suspicion_rank",
+    "stderr",
+    "complete",
+)
+
+
+def point_stderr(stats: Mapping[str, Any] | None, n_train: int) -> np.ndarray | None:
+    """The per-point standard errors a method put in its ``stats``, or None.
+
+    The one place that knows where they live: the first entry whose name contains ``stderr``
+    or ``std_err`` (top level first, then one level down) holding ``n_train`` finite
+    numbers >= 0.
+    """
+    if not isinstance(stats, Mapping):
+        return None
+    nested = [v for v in stats.values() if isinstance(v, Mapping)]
+    for table in (stats, *nested):
+        for key, value in table.items():
+            name = str(key).lower()
+            if "stderr" not in name and "std_err" not in name:
+                continue
+            if isinstance(value, str | bytes) or not isinstance(value, Sequence | np.ndarray):
+                continue
+            try:
+                arr = np.asarray(value, dtype=np.float64)
+            except (TypeError, ValueError):
+                continue
+            if arr.shape == (n_train,) and np.all(np.isfinite(arr)) and np.all(arr >= 0):
+                return arr
+    return None
+
+
+def rank_desc(values: np.ndarray) -> np.ndarray:
+    """Rank 1 for the highest value; ties broken by index, as the metrics break them."""
+    order = np.lexsort((np.arange(len(values)), -np.asarray(values, dtype=np.float64)))
+    ranks = np.empty(len(values), dtype=np.int64)
+    ranks[order] = np.arange(1, len(values) + 1)
+    return ranks
+
+
+@dataclass
+class CellArrays:
+    """What a cell's scores file holds, in training order."""
+
+    scores: np.ndarray
+    detection_scores: np.ndarray | None
+    train_rows: np.ndarray
+    val_rows: np.ndarray | None
+    test_rows: np.ndarray | None
+    given_labels: np.ndarray
+    labels: np.ndarray
+    noisy_mask: np.ndarray
+
+
+def load_cell_arrays(run_dir: Path, scores_file: str) -> CellArrays:
+    """Read a scores file with where its points came from; one-line error when it cannot."""
+    path = Path(run_dir) / scores_file
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: np.asarray(data[k]) for k in data.files}
+    except FileNotFoundError:
+        raise RunDirectoryError(f"scores file {path} is missing") from None
+    except Exception as exc:  # numpy/zipfile raise many types on a damaged file
+        raise RunDirectoryError(
+            f"scores file {path} is damaged ({type(exc).__name__}: {exc})"
+        ) from None
+    if "train_rows" not in arrays or "scores" not in arrays:
+        raise RunDirectoryError(
+            f"scores file {path} does not say which rows its scores belong to (written before "
+            "valbench stored row indices, or the dataset does not report them); run it again "
+            "with this version of valbench to export it"
+        )
+    n = len(arrays["scores"])
+    for key in ("train_rows", "given_labels", "labels", "noisy_mask", "detection_scores"):
+        if key in arrays and arrays[key].shape != (n,):
+            raise RunDirectoryError(f"scores file {path}: {key} does not match its {n} scores")
+    return CellArrays(
+        scores=arrays["scores"].astype(np.float64),
+        detection_scores=arrays.get("detection_scores"),
+        train_rows=arrays["train_rows"].astype(np.int64),
+        val_rows=arrays.get("val_rows"),
+        test_rows=arrays.get("test_rows"),
+        given_labels=arrays.get("given_labels", arrays.get("labels", np.full(n, -1))),
+        labels=arrays.get("labels", np.full(n, -1)),
+        noisy_mask=arrays.get("noisy_mask", np.zeros(n, dtype=bool)).astype(bool),
+    )
+
+
+@dataclass
+class _FileRows:
+    """A ``file:`` dataset as the user wrote it: labels (text) and ids of every row."""
+
+    labels: np.ndarray
+    ids: np.ndarray | None
+    classes: list[str]
+
+
+def _file_rows(name: str, spec: RunSpec) -> _FileRows:
+    from valbench.userdata import FileDataset, file_fingerprint, read_ids
+
+    path = Path(name[len(FILE_PREFIX) :]).expanduser()
+    if not path.is_file():
+        raise UsageError(
+            printable(f"{path}: the run's data file is gone; its rows cannot be matched")
+        )
+    want = dict(spec.data_fingerprints).get(name)
+    if want is not None and file_fingerprint(path) != want:
+        raise UsageError(
+            printable(
+                f"{path} changed since the run (its content hash differs); its rows cannot be "
+                "matched to the stored scores: restore the file or run again"
+            )
+        )
+    ds = FileDataset(
+        path=str(path), label_column=spec.label_column, id_column=spec.id_column, standardize=False
+    )
+    parts, classes = ds.read()
+    labels = np.asarray(classes, dtype=object)[parts["train"][1]]
+    ids = read_ids(path, spec.id_column) if spec.id_column else None
+    return _FileRows(labels=labels, ids=ids, classes=classes)
+
+
+def _cell_frame(record: CellRecord, cells: CellArrays, file: _FileRows | None) -> Any:
+    import pandas as pd
+
+    n = len(cells.scores)
+    rows = cells.train_rows
+    detection = cells.scores if cells.detection_scores is None else cells.detection_scores
+    stderr = point_stderr(record.stats, n)
+    if file is not None:
+        given = file.labels[rows]
+        # The labels the cell was built from must be the file's: a mismatch is a wrong mapping.
+        stored = np.asarray(file.classes, dtype=object)[cells.given_labels]
+        if not np.array_equal(given, stored):
+            raise RunDirectoryError(
+                f"cell {record.cell_id}: the stored labels disagree with the data file's "
+                "rows; the file or the scores file was altered"
+            )
+        seen = np.asarray(file.classes, dtype=object)[cells.labels]
+    else:
+        given, seen = cells.given_labels.astype(object), cells.labels.astype(object)
+    train = pd.DataFrame(
+        {
+            "row": rows,
+            "split": "train",
+            "given_label": given,
+            "label_seen": seen,
+            "planted_flip": cells.noisy_mask,
+            "score": cells.scores,
+            "rank": rank_desc(cells.scores),
+            "detection_score": detection,
+            "suspicion_rank": rank_desc(-detection),
+            "stderr": stderr if stderr is not None else np.full(n, np.nan),
+            "complete": record.complete,
+        }
+    )
+    others = []
+    known = set(rows.tolist())
+    for split, idx in (("val", cells.val_rows), ("test", cells.test_rows)):
+        if idx is None:
+            continue
+        known.update(idx.tolist())
+        others.append(pd.DataFrame({"row": idx.astype(np.int64), "split": split}))
+    if file is not None:  # every row of the user's file appears, also those no split used
+        unused = np.setdiff1d(np.arange(len(file.labels)), np.fromiter(known, np.int64))
+        others.append(pd.DataFrame({"row": unused, "split": "unused"}))
+    frame = pd.concat([train, *others], ignore_index=True)
+    if file is not None:
+        held = frame["split"] != "train"
+        frame.loc[held, "given_label"] = file.labels[frame.loc[held, "row"].to_numpy()]
+        frame.loc[held, "label_seen"] = frame.loc[held, "given_label"]
+        frame.loc[held, "planted_flip"] = False
+        frame["id"] = None if file.ids is None else file.ids[frame["row"].to_numpy()]
+    else:
+        frame["id"] = None
+    frame["planted_flip"] = frame["planted_flip"].astype("boolean")
+    frame["rank"] = frame["rank"].astype("Int64")
+    frame["suspicion_rank"] = frame["suspicion_rank"].astype("Int64")
+    frame["complete"] = frame["complete"].astype("boolean")
+    for key in ("dataset", "noise", "seed", "method"):
+        frame[key] = getattr(record, key)
+    return frame.sort_values("row", kind="stable")
+
+
+def export_table(run_dir: Path, methods: Sequence[str] | None = None) -> Any:
+    """The tidy per-row table of a run's ``ok`` cells (a pandas DataFrame; see the module doc).
+
+    ``methods`` keeps only those methods' cells; a name the run never ran is refused.
+    """
+    import pandas as pd
+
+    run_dir = Path(run_dir)
+    manifest = read_manifest(run_dir)
+    spec = RunSpec.from_dict(dict(manifest.spec))
+    records = {r.cell_id: r for r in read_results(run_dir)}  # the last line wins
+    ran = sorted({r.method for r in records.values()})
+    if methods:
+        unknown = [m for m in methods if m not in ran]
+        if unknown:
+            raise UsageError(
+                f"method {unknown[0]!r} has no cells in {run_dir}; it ran: {', '.join(ran)}"
+            )
+    files: dict[str, _FileRows] = {}
+    frames = []
+    for record in records.values():
+        if not record.ok or not record.scores_file:
+            continue
+        if methods and record.method not in methods:
+            continue
+        name = record.dataset
+        file = None
+        if name.startswith(FILE_PREFIX):
+            if name not in files:
+                files[name] = _file_rows(name, spec)
+            file = files[name]
+        cells = load_cell_arrays(run_dir, record.scores_file)
+        frames.append(_cell_frame(record, cells, file))
+    if not frames:
+        raise UsageError(f"{run_dir} has no finished cells to export")
+    frame = pd.concat(frames, ignore_index=True)
+    frame = frame.sort_values(["dataset", "noise", "seed", "method", "row"], kind="stable")
+    return frame.loc[:, list(EXPORT_COLUMNS)].reset_index(drop=True)
+
+
+def write_table(frame: Any, out: Path, fmt: str | None = None) -> Path:
+    """Write ``frame`` as CSV or Parquet (from ``fmt``, else from ``out``'s suffix)."""
+    out = Path(out)
+    fmt = fmt or ("parquet" if out.suffix == ".parquet" else "csv")
+    if fmt not in EXPORT_FORMATS:
+        raise UsageError(f"unknown format {fmt!r}; use one of {', '.join(EXPORT_FORMATS)}")
+    if out.is_dir():
+        raise UsageError(f"{out} is a directory; name the file to write")
+    if not out.parent.is_dir():
+        raise UsageError(f"{out.parent} does not exist; create it or choose another --out")
+    if fmt == "parquet":
+        try:
+            frame.to_parquet(out, index=False)
+        except ImportError as exc:
+            raise UsageError(f"writing parquet needs pyarrow: pip install pyarrow ({exc})") from exc
+    else:
+        frame.to_csv(out, index=False)
+    return out

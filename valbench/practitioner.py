@@ -1,0 +1,390 @@
+"""Valuing every row of the user's own data, as given: ``valbench value`` and ``valbench.value``.
+
+No label is flipped on purpose here. The rows are cut into ``folds`` stratified folds; each
+fold in turn is the training set of a valuation task whose validation set is every other row,
+so each row is valued exactly once, as training data, against rows held out from its fold.
+The task's test split is that same validation set: methods never read it (the conformance
+kit checks this), and no test metric is computed here.
+
+Values of different folds come from different training sets, so a row's standing is read
+within its fold: each method's **suspicion** of a row is ``1 - q``, where ``q`` is the share
+of its fold's other rows whose detection score (the method's ``detection_scores``, else its
+scores; lowest = most suspicious) is lower than the row's: 1 for the fold's most suspicious
+row, 0 for its least. The **consensus suspicion** is the mean over the methods, and
+``suspicion_rank`` 1 is the row to check first.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from valbench.errors import UsageError, printable
+from valbench.export import point_stderr, rank_desc
+from valbench.spec import stable_int
+from valbench.types import (
+    Budget,
+    BudgetMeter,
+    DatasetSplits,
+    Method,
+    RunContext,
+    ValuationTask,
+)
+
+__all__ = [
+    "DEFAULT_FOLDS",
+    "DEFAULT_METHODS",
+    "CrossFitValues",
+    "check_request",
+    "value_arrays",
+    "read_user_file",
+    "values_frame",
+    "neighbour_votes",
+    "suspicious_rows_html",
+    "recall_at",
+]
+
+DEFAULT_FOLDS = 2
+DEFAULT_METHODS = ("knn-shapley", "data-oob")
+#: Subset fractions handed to set-aware selectors (their scores are used here, not subsets).
+_FRACTIONS = (0.05, 0.1, 0.2, 0.3, 0.5)
+
+
+@dataclass
+class CrossFitValues:
+    """Every row's value from each method, valued once as training data of its fold."""
+
+    methods: tuple[str, ...]
+    fold: np.ndarray
+    values: dict[str, np.ndarray]
+    detection: dict[str, np.ndarray]
+    #: Per-point standard errors where the method reports them (else None).
+    stderr: dict[str, np.ndarray | None]
+    #: Per row: False where the method's estimate for the row's fold is partial.
+    complete: dict[str, np.ndarray]
+    #: Each method's within-fold suspicion in [0, 1] (1 = its fold's most suspicious row).
+    method_suspicion: dict[str, np.ndarray]
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def suspicion(self) -> np.ndarray:
+        """The consensus: mean of the methods' suspicions (1 = check first)."""
+        return np.mean([self.method_suspicion[m] for m in self.methods], axis=0)
+
+
+def _labels(y: Any) -> tuple[np.ndarray, list[Any]]:
+    y = np.asarray(y)
+    if y.ndim != 1:
+        raise UsageError(f"labels must be one per row (1-D), got shape {y.shape}")
+    if y.dtype.kind == "f":
+        if not np.all(np.isfinite(y)) or not np.all(np.mod(y, 1) == 0):
+            raise UsageError("labels must be integers or strings, not fractional numbers")
+    classes, codes = np.unique(y, return_inverse=True)
+    return codes.astype(np.int64), classes.tolist()
+
+
+def check_request(
+    y_codes: np.ndarray,
+    classes: Sequence[Any],
+    methods: Sequence[str],
+    folds: int,
+    params: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, type[Method]]:
+    """Refuse a request that cannot be served, with one line, before any work."""
+    from valbench.registry import get_method, validate_params
+
+    if isinstance(folds, bool) or not isinstance(folds, int | np.integer) or folds < 2:
+        raise UsageError(
+            f"folds must be a whole number >= 2 (each row is valued in one fold against the "
+            f"others), got {folds!r}"
+        )
+    if not methods:
+        raise UsageError("name at least one method, e.g. --methods knn-shapley")
+    classes_found = len(classes)
+    if classes_found < 2:
+        raise UsageError(f"the labels hold {classes_found} class; valuing needs at least 2")
+    counts = np.bincount(y_codes, minlength=classes_found)
+    if counts.min() < folds:
+        c = int(np.argmin(counts))
+        raise UsageError(
+            printable(
+                f"class {classes[c]!r} has {int(counts[c])} row(s); with {folds} folds each "
+                f"class needs at least {folds} (one per fold): add rows, drop the class or "
+                "use fewer folds"
+            )
+        )
+    params = params or {}
+    unknown = sorted(set(params) - set(methods))
+    if unknown:
+        raise UsageError(f"parameters given for {unknown[0]!r}, which is not among the methods")
+    out = {}
+    for name in methods:
+        cls = get_method(name)  # an unknown name: one line listing the valid ones
+        validate_params(cls, dict(params.get(name, {})))
+        n_train = int(counts.sum()) // folds
+        if cls.max_train is not None and n_train > cls.max_train:
+            raise UsageError(
+                f"{name} handles at most {cls.max_train} training points and each of the "
+                f"{folds} folds holds about {n_train}; use more folds or another method"
+            )
+        out[name] = cls
+    return out
+
+
+def _standardize(train: np.ndarray, other: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    mu, sd = train.mean(axis=0), train.std(axis=0)
+    sd[sd < 1e-12] = 1.0
+    return (train - mu) / sd, (other - mu) / sd
+
+
+def _within_fold_suspicion(detection: np.ndarray) -> np.ndarray:
+    """1 for the lowest detection score of the fold, 0 for the highest (ties by index)."""
+    n = len(detection)
+    if n == 1:
+        return np.ones(1)
+    low_rank = rank_desc(-detection)  # 1 = lowest detection score
+    return 1.0 - (low_rank - 1) / (n - 1)
+
+
+def value_arrays(
+    x: Any,
+    y: Any,
+    methods: Sequence[str] = DEFAULT_METHODS,
+    *,
+    folds: int = DEFAULT_FOLDS,
+    seed: int = 0,
+    model: str = "logreg",
+    budget: str | int | None = None,
+    params: Mapping[str, Mapping[str, Any]] | None = None,
+    standardize: bool = True,
+) -> CrossFitValues:
+    """Value every row of ``(x, y)`` by cross-fitting (see the module doc); labels as given.
+
+    ``params`` holds each method's parameters by name, ``budget`` applies to each method in
+    each fold (``"2000"``, ``"60s"``...). The same seed gives the same numbers.
+    """
+    from sklearn.model_selection import StratifiedKFold
+
+    from valbench.models import MODEL_NAMES, ModelSpec
+    from valbench.utility import UtilityEngine
+
+    x = np.asarray(x)
+    if x.ndim != 2 or not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
+        raise UsageError(f"x must be a 2-D numeric array (rows, features), got {x.shape} {x.dtype}")
+    x = x.astype(np.float64)
+    if not np.all(np.isfinite(x)):
+        raise UsageError("x holds NaN or infinite values; impute or drop those rows")
+    codes, classes = _labels(y)
+    if len(codes) != len(x):
+        raise UsageError(f"x has {len(x)} rows but y has {len(codes)} labels")
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise UsageError(f"seed must be a whole number >= 0, got {seed!r}")
+    if model not in MODEL_NAMES:
+        raise UsageError(f"unknown model {model!r}; valid: {', '.join(MODEL_NAMES)}")
+    budget_obj = Budget.parse(budget)
+    classes_by_name = check_request(codes, classes, methods, folds, params)
+    given = {m: dict((params or {}).get(m, {})) for m in methods}
+    spec = ModelSpec.parse(model)
+    n = len(codes)
+    fold = np.empty(n, dtype=np.int64)
+    splitter = StratifiedKFold(
+        n_splits=int(folds),
+        shuffle=True,
+        random_state=int(np.random.SeedSequence([seed, 0]).generate_state(1)[0]),
+    )
+    out = {
+        key: {m: np.empty(n) for m in methods}
+        for key in ("values", "detection", "method_suspicion")
+    }
+    stderr: dict[str, np.ndarray | None] = {m: np.full(n, np.nan) for m in methods}
+    complete = {m: np.ones(n, dtype=bool) for m in methods}
+    # StratifiedKFold's test folds partition the rows: fold f is valued against the rest.
+    for f, (rest, rows) in enumerate(splitter.split(np.zeros(n), codes)):
+        fold[rows] = f
+        x_train, x_rest = _standardize(x[rows], x[rest]) if standardize else (x[rows], x[rest])
+        splits = DatasetSplits(
+            x_train=x_train,
+            y_train=codes[rows],
+            x_val=x_rest,
+            y_val=codes[rest],
+            x_test=x_rest,
+            y_test=codes[rest],
+            n_classes=len(classes),
+        )
+        for name in methods:
+            task = ValuationTask.from_splits(
+                splits,
+                model=spec,
+                name="user-data",
+                seed=int(np.random.SeedSequence([seed, f]).generate_state(1)[0]) % 2**31,
+                utility_factory=UtilityEngine,
+            )
+            ctx = RunContext(
+                rng=np.random.default_rng(np.random.SeedSequence([seed, f, stable_int(name)])),
+                budget=BudgetMeter(budget_obj, task.fit_counter),
+                fractions=_FRACTIONS,
+            )
+            valuation = classes_by_name[name](**given[name]).value(task, ctx)
+            valuation.validate(len(rows), _FRACTIONS)
+            detection = (
+                valuation.scores
+                if valuation.detection_scores is None
+                else valuation.detection_scores
+            )
+            out["values"][name][rows] = valuation.scores
+            out["detection"][name][rows] = detection
+            out["method_suspicion"][name][rows] = _within_fold_suspicion(detection)
+            complete[name][rows] = bool(valuation.complete)
+            errs = point_stderr(valuation.stats, len(rows))
+            if errs is not None:
+                stderr[name][rows] = errs  # type: ignore[index]
+    for name in methods:
+        if np.all(np.isnan(stderr[name])):  # type: ignore[arg-type]
+            stderr[name] = None
+    return CrossFitValues(
+        methods=tuple(methods),
+        fold=fold,
+        values=out["values"],
+        detection=out["detection"],
+        stderr=stderr,
+        complete=complete,
+        method_suspicion=out["method_suspicion"],
+        params=given,
+    )
+
+
+@dataclass
+class UserFile:
+    """A user's table as read for ``valbench value``: features, labels (as written), ids."""
+
+    x: np.ndarray
+    labels: np.ndarray
+    ids: np.ndarray | None
+
+
+def read_user_file(
+    path: str | Path, label_column: str | None = None, id_column: str | None = None
+) -> UserFile:
+    """Read a ``.csv``/``.parquet``/``.npz`` file with the checks of ``file:`` datasets."""
+    from valbench.userdata import FileDataset, read_ids
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UsageError(printable(f"{path}: no such file; give the data file to value"))
+    ds = FileDataset(
+        path=str(path), label_column=label_column, id_column=id_column, standardize=False
+    )
+    parts, classes = ds.read()
+    if set(parts) != {"train"}:
+        raise UsageError(
+            printable(f"{path}: holds separate validation/test arrays; give one table of rows")
+        )
+    x, codes = parts["train"]
+    labels = np.asarray(classes, dtype=object)[codes]
+    ids = read_ids(path, id_column) if id_column else None
+    return UserFile(x=np.asarray(x), labels=labels, ids=ids)
+
+
+def values_frame(result: CrossFitValues, labels: np.ndarray, ids: np.ndarray | None) -> Any:
+    """One row per input row, in file order: id, label, fold, each method's value, rank,
+    standard error (when reported) and completeness, the consensus suspicion and its rank."""
+    import pandas as pd
+
+    n = len(result.fold)
+    frame = pd.DataFrame({"row": np.arange(n)})
+    if ids is not None:
+        frame.insert(0, "id", ids)
+    frame["label"] = labels
+    frame["fold"] = result.fold
+    for name in result.methods:
+        frame[f"{name}_value"] = result.values[name]
+        # 1 = the row this method finds most suspicious (read within its fold).
+        frame[f"{name}_rank"] = rank_desc(result.method_suspicion[name])
+        errs = result.stderr[name]
+        if errs is not None:
+            frame[f"{name}_stderr"] = errs
+        frame[f"{name}_complete"] = result.complete[name]
+    frame["suspicion"] = result.suspicion
+    frame["suspicion_rank"] = rank_desc(result.suspicion)
+    return frame
+
+
+def neighbour_votes(
+    x: np.ndarray, labels: np.ndarray, rows: Sequence[int], k: int = 10
+) -> list[list[tuple[Any, int]]]:
+    """For each of ``rows``: the labels of its ``k`` nearest other rows (standardised
+    features, Euclidean), as ``(label, count)`` pairs, most common first."""
+    from collections import Counter
+
+    from sklearn.neighbors import NearestNeighbors
+
+    z = (x - x.mean(axis=0)) / np.where(x.std(axis=0) < 1e-12, 1.0, x.std(axis=0))
+    k = min(k, len(x) - 1)
+    nn = NearestNeighbors(n_neighbors=k + 1).fit(z)
+    _, idx = nn.kneighbors(z[list(rows)])
+    out = []
+    for row, neigh in zip(rows, idx, strict=True):
+        others = [j for j in neigh if j != row][:k]
+        counts = Counter(labels[j] for j in others)
+        out.append(sorted(counts.items(), key=lambda kv: (-kv[1], str(kv[0]))))
+    return out
+
+
+def suspicious_rows_html(
+    frame: Any, x: np.ndarray, labels: np.ndarray, *, title: str, top: int = 20, k: int = 10
+) -> str:
+    """A self-contained page (inline CSS, no scripts, no network) of the ``top`` most
+    suspicious rows: label, consensus suspicion, each method's rank, and the labels of the
+    row's nearest neighbours."""
+    methods = [c.removesuffix("_rank") for c in frame.columns if c.endswith("_rank")]
+    methods = [m for m in methods if m != "suspicion"]
+    shown = frame.sort_values("suspicion_rank").head(top)
+    votes = neighbour_votes(x, labels, shown["row"].tolist(), k=k)
+    esc = html.escape
+    head = ["#", "id" if "id" in frame else "row", "label", "suspicion"]
+    head += [f"{m} rank" for m in methods] + [f"{min(k, len(x) - 1)} nearest neighbours say"]
+    lines = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{esc(title)}</title>",
+        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left}"
+        ".disagree{color:#b00;font-weight:bold}</style></head><body>",
+        f"<h1>{esc(title)}</h1>",
+        f"<p>The {len(shown)} rows of {len(frame)} most worth checking, by the consensus "
+        f"suspicion of {esc(', '.join(methods))} (each row valued once, as training data of its "
+        "fold, against the other folds; labels as given, none flipped). A rank is 1 for the "
+        "row a method finds most suspicious. The neighbours are the nearest rows by "
+        "standardised features; their labels are in red when most disagree with the row's.</p>",
+        "<table><thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr></thead>",
+        "<tbody>",
+    ]
+    for (_, rec), vote in zip(shown.iterrows(), votes, strict=True):
+        name = rec["id"] if "id" in frame else rec["row"]
+        agree = dict(vote).get(rec["label"], 0)
+        said = ", ".join(f"{c}× {esc(str(lab))}" for lab, c in vote)
+        cls = ' class="disagree"' if agree * 2 < sum(c for _, c in vote) else ""
+        cells = [
+            str(int(rec["suspicion_rank"])),
+            esc(str(name)),
+            esc(str(rec["label"])),
+            f"{rec['suspicion']:.3f}",
+            *(str(int(rec[f"{m}_rank"])) for m in methods),
+            f"<span{cls}>{said}</span>",
+        ]
+        lines.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    lines += ["</tbody></table>", "</body></html>", ""]
+    return "\n".join(lines)
+
+
+def recall_at(suspicion: np.ndarray, flagged: np.ndarray, share: float) -> float:
+    """Share of ``flagged`` rows among the ``ceil(share * n)`` most suspicious rows."""
+    n = len(suspicion)
+    top = rank_desc(suspicion) <= math.ceil(share * n)
+    return float((top & flagged).sum() / max(1, flagged.sum()))
