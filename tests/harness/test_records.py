@@ -189,3 +189,11 @@ def test_non_finite_numbers_are_written_as_null_and_read_as_none(tmp_path: Path)
     (back,) = read_results(tmp_path)
     assert back.metrics.full_data_value is None
     assert back.metric(lambda m: m.full_data_value) is None
+
+
+def test_the_readme_example_line_is_a_valid_current_record() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    block = readme.split("A `results.jsonl` line:", 1)[1].split("```json", 1)[1]
+    line = json.loads(block.split("```", 1)[0])
+    rec = CellRecord.from_json(line)
+    assert line["schema"] == RECORD_SCHEMA and rec.to_json() == line
