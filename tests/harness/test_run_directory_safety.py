@@ -19,6 +19,7 @@ import pytest
 from valbench import runner
 from valbench.cli import main
 from valbench.errors import RunDirectoryError
+from valbench.records import CellMetrics, CellRecord
 from valbench.runner import execute
 from valbench.spec import RunSpec
 from valbench.store import RunStore, lock_holder, read_manifest, read_results
@@ -108,7 +109,7 @@ def test_appending_never_follows_a_link(tmp_path: Path) -> None:
     victim.write_text("")
     (tmp_path / "results.jsonl").symlink_to(victim)
     with pytest.raises(RunDirectoryError, match="symbolic link"):
-        store.append_result({"cell_id": "x"})
+        store.append_result(CellRecord(cell_id="x", status="ok", method="m", dataset="d"))
     assert victim.read_text() == ""
 
 
@@ -307,13 +308,17 @@ def test_a_full_disk_is_one_line_and_loses_nothing(
 
 def test_non_finite_numbers_are_written_as_null(tmp_path: Path) -> None:
     store = RunStore(tmp_path)
-    store.append_result({"cell_id": "c", "metrics": {"auc": float("nan"), "x": float("inf")}})
+    metrics = CellMetrics(full_data_value=float("nan"), extra={"x": float("inf")})
+    store.append_result(
+        CellRecord(cell_id="c", status="ok", method="m", dataset="d", metrics=metrics)
+    )
 
     def strict(token: str) -> None:
         raise ValueError(f"non-standard JSON constant {token}")
 
     line = (tmp_path / "results.jsonl").read_text()
-    assert json.loads(line, parse_constant=strict)["metrics"] == {"auc": None, "x": None}
+    metrics_json = json.loads(line, parse_constant=strict)["metrics"]
+    assert metrics_json["full_data_value"] is None and metrics_json["x"] is None
 
 
 def test_an_entry_of_the_wrong_kind_is_refused(
