@@ -151,6 +151,12 @@ class _Reader:
         return tuple(None if v is None else float(v) for v in value)
 
 
+def _scalar_fields(cls: type, r: _Reader) -> dict[str, Any]:
+    """Every ``int | None`` and ``float | None`` field of dataclass ``cls``, read by ``r``."""
+    readers = {"int | None": r.integer, "float | None": r.number}
+    return {f.name: readers[f.type](f.name) for f in fields(cls) if f.type in readers}
+
+
 def _finite(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
@@ -199,14 +205,7 @@ class CellCost:
 
     @classmethod
     def from_json(cls, data: Any, where: str = "cost") -> CellCost:
-        r = _Reader(data or {}, where)
-        return cls(
-            cpu_s=r.number("cpu_s"),
-            wall_s=r.number("wall_s"),
-            peak_mem_mb=r.number("peak_mem_mb"),
-            model_fits=r.integer("model_fits"),
-            fits_per_s=r.number("fits_per_s"),
-        )
+        return cls(**_scalar_fields(cls, _Reader(data or {}, where)))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -263,14 +262,7 @@ class MislabelMetrics:
             ):
                 raise RecordError(f"{where}.curve holds {short_json(pair)}, not a pair of numbers")
             curve.append(tuple(None if v is None else float(v) for v in pair))
-        return cls(
-            recall_at_noise=r.number("recall_at_noise"),
-            precision_at_noise=r.number("precision_at_noise"),
-            f1_at_noise=r.number("f1_at_noise"),
-            auc=r.number("auc"),
-            f1_2means=r.number("f1_2means"),
-            curve=tuple(curve),  # type: ignore[arg-type]
-        )
+        return cls(**_scalar_fields(cls, r), curve=tuple(curve))  # type: ignore[arg-type]
 
     def to_json(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "curve"}

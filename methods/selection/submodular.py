@@ -9,6 +9,7 @@ ever held for large n.
 
 from __future__ import annotations
 
+import abc
 import heapq
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -171,7 +172,40 @@ def graph_cut_order(
     return order, {}
 
 
-class FacilityLocation(GreedySelector):
+class _EmbeddingGreedy(GreedySelector):
+    """A greedy submodular selection on the task's embeddings, run inside each class with
+    class-proportional quotas or over all points; subclasses give the greedy order itself."""
+
+    metric: str
+    per_class: bool
+
+    parameters = {
+        "metric": Param("euclidean", Options(str, METRICS), doc="distance on the embeddings"),
+        "per_class": Param(True, bool, doc="select inside each class, class-proportional"),
+    }
+
+    def greedy_order(
+        self, task: ValuationTask, ctx: RunContext, k: int
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """The greedy order on the task's embeddings, inside each class or over all points."""
+        x = embeddings(task.x_train, self.metric)
+        stats: dict[str, Any] = {"metric": self.metric, "per_class": self.per_class}
+        if not self.per_class:
+            order, info = self._order(x, k, Stopper(ctx, k))
+            return order, {**stats, **info}
+
+        def group(rows: np.ndarray, kc: int, stopper: Stopper) -> np.ndarray:
+            return self._order(x[rows], kc, stopper)[0]
+
+        order, complete = self.per_class_order(task, ctx, k, group)
+        return order, {**stats, "complete": complete}
+
+    @abc.abstractmethod
+    def _order(self, x: np.ndarray, k: int, stopper: Stopper) -> tuple[np.ndarray, dict[str, Any]]:
+        """The greedy order of ``k`` picks among the rows of ``x``, and notes for the stats."""
+
+
+class FacilityLocation(_EmbeddingGreedy):
     """Facility location: the subset that best represents every point by its most similar pick.
 
     Maximises ``Σ_i max_{j ∈ S} sim(i, j)`` with lazy greedy (a (1 - 1/e)-approximation,
@@ -192,31 +226,12 @@ class FacilityLocation(GreedySelector):
 
     name = "facility-location"
     summary = "Facility location by lazy greedy on embeddings (submodular coverage)."
-    metric: str
-    per_class: bool
 
-    parameters = {
-        "metric": Param("euclidean", Options(str, METRICS), doc="distance on the embeddings"),
-        "per_class": Param(True, bool, doc="select inside each class, class-proportional"),
-    }
-
-    def greedy_order(
-        self, task: ValuationTask, ctx: RunContext, k: int
-    ) -> tuple[np.ndarray, dict[str, Any]]:
-        x = embeddings(task.x_train, self.metric)
-        stats: dict[str, Any] = {"metric": self.metric, "per_class": self.per_class}
-        if not self.per_class:
-            order, info = facility_location_order(x, k, Stopper(ctx, k))
-            return order, {**stats, **info}
-
-        def group(rows: np.ndarray, kc: int, stopper: Stopper) -> np.ndarray:
-            return facility_location_order(x[rows], kc, stopper)[0]
-
-        order, complete = self.per_class_order(task, ctx, k, group)
-        return order, {**stats, "complete": complete}
+    def _order(self, x: np.ndarray, k: int, stopper: Stopper) -> tuple[np.ndarray, dict[str, Any]]:
+        return facility_location_order(x, k, stopper)
 
 
-class GraphCut(GreedySelector):
+class GraphCut(_EmbeddingGreedy):
     """Graph cut: representative (high total similarity to all points) yet diverse picks.
 
     Greedy maximisation of ``Σ_{i ∈ V, j ∈ S} sim(i, j) - lam Σ_{i, j ∈ S} sim(i, j)``. Scores:
@@ -235,25 +250,12 @@ class GraphCut(GreedySelector):
 
     name = "graph-cut"
     summary = "Graph-cut submodular selection on embeddings (representative and diverse)."
-    metric: str
-    per_class: bool
     lam: float
 
     parameters = {
-        **FacilityLocation.parameters,
+        **_EmbeddingGreedy.parameters,
         "lam": Param(1.0, Interval(float, 0, None), doc="weight of the within-subset penalty"),
     }
 
-    def greedy_order(
-        self, task: ValuationTask, ctx: RunContext, k: int
-    ) -> tuple[np.ndarray, dict[str, Any]]:
-        x = embeddings(task.x_train, self.metric)
-        stats: dict[str, Any] = {"metric": self.metric, "per_class": self.per_class}
-        if not self.per_class:
-            return graph_cut_order(x, k, float(self.lam), Stopper(ctx, k))[0], stats
-
-        def group(rows: np.ndarray, kc: int, stopper: Stopper) -> np.ndarray:
-            return graph_cut_order(x[rows], kc, float(self.lam), stopper)[0]
-
-        order, complete = self.per_class_order(task, ctx, k, group)
-        return order, {**stats, "complete": complete}
+    def _order(self, x: np.ndarray, k: int, stopper: Stopper) -> tuple[np.ndarray, dict[str, Any]]:
+        return graph_cut_order(x, k, float(self.lam), stopper)
