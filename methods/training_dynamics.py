@@ -275,7 +275,18 @@ def default_epochs(n: int, batch_size: int, steps: int, lo: int, hi: int) -> int
 
 
 class _TrainingDynamics(Method):
-    """Shared template: train R seeded runs within the budget, average a per-run hardness."""
+    """Shared template: train R seeded runs within the budget, average a per-run hardness.
+
+    Args:
+        runs: Independent training runs R averaged over (default 10, >= 1; fewer when the fit
+            budget is smaller).
+        epochs: Epochs trained before scoring (default None: a number scaled to the dataset;
+            else >= 0).
+        lr: Adam step size (default 0.01, finite, > 0).
+        batch_size: Minibatch size (default 32, >= 1).
+        offset: Fraction of the hardest points moved to the bottom of ``scores``, the paper's
+            remedy under label noise (default 0, in [0, 1)).
+    """
 
     family = "training-dynamics"
     #: (target optimiser steps, min epochs, max epochs) for ``epochs=None``.
@@ -395,14 +406,8 @@ class GraNd(_TrainingDynamics):
     beats random only later in training, so set ``epochs`` to score after t epochs.
 
     Args:
-        runs: Independent training runs R averaged over (default 10, >= 1; fewer when the fit
-            budget is smaller).
         epochs: Epochs trained before scoring (default 0: at initialisation; None: about
             200 minibatch steps, 1-20 epochs; else >= 0).
-        lr: Adam step size (default 0.01, finite, > 0).
-        batch_size: Minibatch size (default 32, >= 1).
-        offset: Fraction of the hardest points moved to the bottom of ``scores``, the paper's
-            remedy under label noise (default 0, in [0, 1)).
     """
 
     name = "grand"
@@ -429,14 +434,8 @@ class EL2N(_TrainingDynamics):
     epoch 20 of 200, scaled to the dataset.
 
     Args:
-        runs: Independent training runs R averaged over (default 10, >= 1; fewer when the fit
-            budget is smaller).
         epochs: Epochs trained before scoring (default None: about 200 minibatch steps,
             1-20 epochs; else >= 0).
-        lr: Adam step size (default 0.01, finite, > 0).
-        batch_size: Minibatch size (default 32, >= 1).
-        offset: Fraction of the hardest points moved to the bottom of ``scores``, the paper's
-            remedy under label noise (default 0, in [0, 1)).
     """
 
     name = "el2n"
@@ -453,14 +452,8 @@ class Forgetting(_TrainingDynamics):
     1000 minibatch steps (10–50 epochs), so there are enough presentations to forget.
 
     Args:
-        runs: Independent training runs R averaged over (default 10, >= 1; fewer when the fit
-            budget is smaller).
         epochs: Epochs of training whose presentations are watched (default None: about
             1000 minibatch steps, 10-50 epochs; else >= 0).
-        lr: Adam step size (default 0.01, finite, > 0).
-        batch_size: Minibatch size (default 32, >= 1).
-        offset: Fraction of the hardest points moved to the bottom of ``scores``, the paper's
-            remedy under label noise (default 0, in [0, 1)).
     """
 
     name = "forgetting"

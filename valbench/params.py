@@ -384,18 +384,46 @@ def _args_section(doc: str) -> str | None:
     return "\n".join(line[base:] for line in lines[start:end]).rstrip()
 
 
+def _args_entries(section: str) -> dict[str, list[str]]:
+    """The entries of an ``Args:`` section by parameter name, each with its continuation lines."""
+    entries: dict[str, list[str]] = {}
+    lines = [line for line in section.splitlines()[1:] if line.strip()]
+    indent = min((len(line) - len(line.lstrip()) for line in lines), default=0)
+    for line in lines:
+        if len(line) - len(line.lstrip()) == indent:
+            name = line.strip().split(":", 1)[0].lstrip("*")
+            entries[name] = []
+        if entries:
+            entries[list(entries)[-1]].append(line[indent:])
+    return entries
+
+
 def inherit_args_doc(cls: type) -> None:
-    """Give ``cls`` the ``Args:`` section of the nearest base that declares the same parameters,
-    when its own docstring has none: ``help(cls)`` then documents every parameter, and the
-    text is written once, on the base."""
+    """Complete ``cls``'s ``Args:`` section from the nearest base that documents the rest.
+
+    A subclass documents only what is new or different: its own entries (if any) win, and the
+    nearest base whose section covers every other declared parameter supplies those, in
+    declaration order. ``help(cls)`` then documents every parameter, each text written once.
+    Nothing changes when no base covers the rest (the docs linter then names what is missing).
+    """
     doc = cls.__dict__.get("__doc__")
-    if not doc or _args_section(doc) is not None:
+    names = list(declared_params(cls))
+    if not doc or not names:
         return
-    names = set(declared_params(cls))
-    if not names:
+    section = _args_section(doc)
+    own = _args_entries(section) if section is not None else {}
+    if set(own) >= set(names):
         return
     for base in cls.__mro__[1:]:
-        section = _args_section(base.__dict__.get("__doc__") or "")
-        if section is not None and set(declared_params(base)) == names:
-            cls.__doc__ = inspect.cleandoc(doc) + "\n\n" + section + "\n"
-            return
+        base_section = _args_section(base.__dict__.get("__doc__") or "")
+        if base_section is None:
+            continue
+        merged = {**_args_entries(base_section), **own}
+        if set(merged) != set(names):
+            continue
+        body = "\n".join("    " + line for name in names for line in merged[name])
+        text = inspect.cleandoc(doc)
+        if section is not None:  # the section ends the docstring's own text or sits inside it
+            text = text.replace(section, "").rstrip()
+        cls.__doc__ = f"{text}\n\nArgs:\n{body}\n"
+        return

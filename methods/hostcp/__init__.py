@@ -42,7 +42,23 @@ __all__ = ["HostCP", "HostCPFast", "HostCPSmooth", "HostCPDS3"]
 
 
 class _HostCPBase(Method):
-    """Shared parameters and the per-fraction driver; subclasses fix the program (``mode``)."""
+    """Shared parameters and the per-fraction driver; subclasses fix the program (``mode``).
+
+    Args:
+        batch_size: Incoming points per mini-batch, B (default 40, as the original).
+        n_existing: Existing-set neighbours retrieved per batch, E (default 40, as the original).
+        epochs: Passes over the training set (default 3; the original: 5; 3 keeps a 250-point
+            cell at about 10 s).
+        lr: θ's SGD step size on the selection-weighted mean loss (default 0.1; the original:
+            1e-3 on a sum).
+        lr_phi: φ's SGD step size (default 0.01); unused where φ is not learned (hostcp-fast,
+            hostcp-ds3).
+        weight_decay: Weight decay λ of θ and φ (default 5e-4, as the original).
+        threshold: ``r_j`` above which an incoming point counts as selected (default 0.9);
+            hostcp-fast and hostcp-smooth select the top ``k`` instead, hostcp-ds3 the
+            representatives its program opens.
+        embed_dim: Width of φ's embedding (default 100, as the original).
+    """
 
     family = "subset-selection"
     selects_subsets = True
@@ -158,17 +174,6 @@ class HostCP(_HostCPBase):
     """Faithful HOST-CP: the budgeted assignment LP as a cvxpylayers layer, gradient into φ.
 
     Args:
-        batch_size: Incoming points per mini-batch, B (default 40, as the original).
-        n_existing: Existing-set neighbours retrieved per batch, E (default 40, as the original).
-        epochs: Passes over the training set (default 3; the original: 5; 3 keeps a 250-point
-            cell at about 10 s).
-        lr: θ's SGD step size on the selection-weighted mean loss (default 0.1; the original:
-            1e-3 on a sum).
-        lr_phi: φ's SGD step size (default 0.01).
-        weight_decay: Weight decay λ of θ and φ (default 5e-4, as the original).
-        threshold: ``r_j`` above which an incoming point counts as selected (default 0.9, as
-            the original).
-        embed_dim: Width of φ's embedding (default 100, as the original).
         solver: diffcp solve method, ``"ECOS"`` (default, the fastest here), ``"CLARABEL"``
             or ``"SCS"``.
         learn_phi: Learn φ through the look-ahead step (default True); False skips the
@@ -192,20 +197,7 @@ class HostCP(_HostCPBase):
 
 
 class HostCPFast(_HostCPBase):
-    """HOST-CP with the LP's exact closed form and no gradient into φ (φ stays at its init).
-
-    Args:
-        batch_size: Incoming points per mini-batch, B (default 40, as the original).
-        n_existing: Existing-set neighbours retrieved per batch, E (default 40, as the original).
-        epochs: Passes over the training set (default 3; the original: 5; 3 keeps a 250-point
-            cell at about 10 s).
-        lr: θ's SGD step size on the selection-weighted mean loss (default 0.1; the original:
-            1e-3 on a sum).
-        lr_phi: Not used by this variant, whose φ is not learned (default 0.01).
-        weight_decay: Weight decay λ of θ and φ (default 5e-4, as the original).
-        threshold: Not used by this variant, which selects the top ``k`` (default 0.9).
-        embed_dim: Width of φ's embedding (default 100, as the original).
-    """
+    """HOST-CP with the LP's exact closed form and no gradient into φ (φ stays at its init)."""
 
     name = "hostcp-fast"
     summary = "HOST-CP, exact closed-form LP path: top-k incoming points far from the selected set."
@@ -222,16 +214,6 @@ class HostCPSmooth(_HostCPBase):
     gradient; selected are the top-``k`` columns by ``r_j``.
 
     Args:
-        batch_size: Incoming points per mini-batch, B (default 40, as the original).
-        n_existing: Existing-set neighbours retrieved per batch, E (default 40, as the original).
-        epochs: Passes over the training set (default 3; the original: 5; 3 keeps a 250-point
-            cell at about 10 s).
-        lr: θ's SGD step size on the selection-weighted mean loss (default 0.1; the original:
-            1e-3 on a sum).
-        lr_phi: φ's SGD step size (default 0.01).
-        weight_decay: Weight decay λ of θ and φ (default 5e-4, as the original).
-        threshold: Not used by this variant, which selects the top ``k`` (default 0.9).
-        embed_dim: Width of φ's embedding (default 100, as the original).
         eps: Weight of the entropic term, relative to the batch's mean distance to the
             nearest existing point (default 0.05, > 0; smaller is closer to the LP).
     """
@@ -255,21 +237,7 @@ class HostCPSmooth(_HostCPBase):
 
 
 class HostCPDS3(_HostCPBase):
-    """HOST-CP with DS3's representative-count budget (an LP, solved by HiGHS; φ not learned).
-
-    Args:
-        batch_size: Incoming points per mini-batch, B (default 40, as the original).
-        n_existing: Existing-set neighbours retrieved per batch, E (default 40, as the original).
-        epochs: Passes over the training set (default 3; the original: 5; 3 keeps a 250-point
-            cell at about 10 s).
-        lr: θ's SGD step size on the selection-weighted mean loss (default 0.1; the original:
-            1e-3 on a sum).
-        lr_phi: Not used by this variant, whose φ is not learned (default 0.01).
-        weight_decay: Weight decay λ of θ and φ (default 5e-4, as the original).
-        threshold: Not used by this variant, which selects the representatives the program
-            opens (default 0.9).
-        embed_dim: Width of φ's embedding (default 100, as the original).
-    """
+    """HOST-CP with DS3's representative-count budget (an LP, solved by HiGHS; φ not learned)."""
 
     name = "hostcp-ds3"
     summary = "HOST-CP with a DS3 representative budget: near-duplicates share one representative."

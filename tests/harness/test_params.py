@@ -330,3 +330,37 @@ def test_a_subclass_without_args_takes_its_bases_section_only_for_the_same_param
     )
     assert "Its own description" in Own.__doc__ and "How many" not in Own.__doc__
     assert More.__doc__ == "One more parameter: the base's section would be wrong."
+
+
+def test_a_subclass_section_lists_only_what_is_new_and_the_base_supplies_the_rest() -> None:
+    from valbench.params import Interval, Param
+    from valbench.types import Dataset
+
+    class Base(Dataset):
+        """Base.
+
+        Args:
+            k: How many (default 1).
+            m: Base words for m.
+        """
+
+        parameters = {
+            "k": Param(1, Interval(int, 1, None), doc="how many"),
+            "m": Param(1, Interval(int, 1, None), doc="m"),
+        }
+
+    class Extended(Base):
+        """Extended.
+
+        Args:
+            m: Its own words for m,
+                over two lines.
+            j: The new one.
+        """
+
+        parameters = {**Base.parameters, "j": Param(2, Interval(int, 1, None), doc="j")}
+
+    assert Extended.__doc__ == (
+        "Extended.\n\nArgs:\n    k: How many (default 1).\n    m: Its own words for m,\n"
+        "        over two lines.\n    j: The new one.\n"
+    )
