@@ -422,24 +422,31 @@ class ImageDataset(Dataset):
     ``raw`` and ``pretrained`` features ignore the labels and are shared by every noise draw.
 
     Args:
-        features: ``raw``, ``cnn`` or ``pretrained``.
-        pca: With ``raw``: project on this many principal components (fitted on train).
-        n_train: Cap on training rows (stratified); the harness's ``max_train`` also caps.
-        n_val: Validation rows carved from the training pool; None = the class's
-            ``default_n_val``, or ``val_fraction`` of the pool when that is None too.
-        n_test: Test rows (from the standard test set when there is one); None = all of it,
-            or ``test_fraction`` of the pool when the dataset has no standard test set.
-        val_fraction: Share of the pool used for validation when ``n_val`` is None.
-        test_fraction: Share of the pool used for testing when there is no test set.
-        cnn_epochs: Training epochs of the small CNN (``features='cnn'``).
-        cnn_dim: Width of the CNN's penultimate layer = number of features.
-        cnn_width: Channels of the CNN's first conv layer.
-        pretrained_size: Side of the ResNet-18 input crop (images are resized to
-            ``pretrained_size * 256 / 224`` and center-cropped, as torchvision's transforms do).
-        cache_features: Cache ``cnn``/``pretrained`` features in the data directory.
-        data_dir: Data directory; None = ``--data-dir``, ``$VALBENCH_DATA`` or the user cache.
-        root: A torchvision root directory that may already hold the files (datasets that
-            are searched on disk only).
+        features: ``"raw"`` pixels (default), ``"cnn"`` (a small CNN trained on the training
+            split, penultimate layer) or ``"pretrained"`` (ImageNet ResNet-18).
+        pca: With ``raw``: project on this many principal components fitted on the training
+            split (default None: all pixels; else >= 1).
+        n_train: Cap on training rows (stratified; default None: no cap); the harness's
+            ``max_train`` also caps.
+        n_val: Validation rows carved from the training pool (default None: the class's
+            ``default_n_val``, or ``val_fraction`` of the pool when that is None too).
+        n_test: Test rows (from the standard test set when there is one; default None: all of
+            it, or ``test_fraction`` of the pool when the dataset has no standard test set).
+        val_fraction: Share of the pool used for validation when ``n_val`` is None (default
+            0.2, in (0, 1)).
+        test_fraction: Share of the pool used for testing when there is no test set (default
+            0.2, in (0, 1)).
+        cnn_epochs: Training epochs of the small CNN (``features="cnn"``; default 8, >= 1).
+        cnn_dim: Width of the CNN's penultimate layer = number of features (default 64, >= 1).
+        cnn_width: Channels of the CNN's first convolution (default 16, >= 1).
+        pretrained_size: Side of the ResNet-18 input crop (default 224); images are resized
+            to ``pretrained_size * 256 / 224`` and center-cropped, as torchvision does.
+        cache_features: Cache ``cnn``/``pretrained`` features in the data directory (default
+            True).
+        data_dir: Data directory (default None: ``--data-dir``, ``$VALBENCH_DATA`` or
+            ``~/.cache/valbench``).
+        root: A torchvision root directory that may already hold the files (default None;
+            datasets that are searched on disk only).
     """
 
     #: Classes of the dataset.

