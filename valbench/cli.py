@@ -1,6 +1,7 @@
-"""The ``valbench`` command: ``run``, ``list``, ``report``.
+"""The ``valbench`` command: ``run``, ``list``, ``status``, ``report``, ``compare``.
 
-Exit status: 0 success; 1 some cells failed or timed out; 2 bad input (one line on stderr);
+Exit status: 0 success; 1 some cells failed or timed out (``compare --fail-on-regression``: a
+method got significantly worse); 2 bad input (one line on stderr);
 130 interrupted (finished cells are kept; the same command resumes).
 """
 
@@ -155,6 +156,33 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="rank partial cells (an estimate its method could not finish) with the rest; "
         "they are marked",
+    )
+
+    compare = sub.add_parser(
+        "compare",
+        help="compare two runs: per dataset, method and metric, B - A with a paired test",
+        description="Compare run B against run A (the reference) on the seeds both hold: the "
+        "difference of each leaderboard column and a paired t-test over seeds, Holm-corrected. "
+        "Prints a table and writes a self-contained HTML page.",
+    )
+    compare.add_argument("run_a", type=Path, help="the reference run directory")
+    compare.add_argument("run_b", type=Path, help="the run compared against it")
+    compare.add_argument(
+        "--html",
+        type=Path,
+        help="where to write the HTML page (default: compare-<B>-vs-<A>.html here)",
+    )
+    compare.add_argument(
+        "--fail-on-regression",
+        dest="fail_on_regression",
+        action="store_true",
+        help="exit 1 when a quality metric of a method got significantly worse (costs never count)",
+    )
+    compare.add_argument(
+        "--changed-only",
+        dest="changed_only",
+        action="store_true",
+        help="print only the significant changes (the page keeps every row)",
     )
     return parser
 
@@ -367,6 +395,41 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    import re
+
+    from valbench.compare import compare_runs, format_table, render_html
+    from valbench.store import read_manifest
+
+    for run_dir in (args.run_a, args.run_b):
+        read_manifest(run_dir)  # a clear error when it is not a run directory
+    html = _directory("--html", None if args.html is None else str(args.html))
+    comparison = compare_runs(args.run_a, args.run_b)
+    if not comparison.differences:
+        raise UsageError(
+            f"{args.run_a} and {args.run_b} share no method with ok cells on the same dataset "
+            "and noise rate; nothing to compare"
+        )
+    if html is None:
+        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"compare-{comparison.run_b}-vs-{comparison.run_a}")
+        html = Path(safe + ".html")
+    for line in format_table(comparison, changed_only=args.changed_only).splitlines():
+        print(printable(line))
+    try:
+        print(f"page: {render_html(comparison, html)}")
+    except OSError as exc:
+        raise UsageError(f"cannot write {html}: {exc.strerror or exc}") from None
+    if comparison.regressions:
+        print(
+            f"{len(comparison.regressions)} significant regression(s): "
+            + "; ".join(f"{d.title}: {d.method} {d.label}" for d in comparison.regressions),
+            file=sys.stderr,
+        )
+        if args.fail_on_regression:
+            return EXIT_CELLS_FAILED
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``valbench`` console script."""
     args = build_parser().parse_args(argv)
@@ -374,7 +437,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    commands = {"run": _cmd_run, "list": _cmd_list, "status": _cmd_status, "report": _cmd_report}
+    commands = {
+        "run": _cmd_run,
+        "list": _cmd_list,
+        "status": _cmd_status,
+        "report": _cmd_report,
+        "compare": _cmd_compare,
+    }
     try:
         return commands[args.command](args)
     except ValbenchError as exc:
