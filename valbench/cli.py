@@ -269,7 +269,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from valbench.runner import execute, resolve_names
 
     # Names and data files are checked first: a bad file is one line, with no warning before it.
-    spec = resolve_names(spec)
+    # A config file may hold parameters for more methods than --methods selects: those are
+    # dropped; a --param for a method the run leaves out is still refused.
+    narrowable = set(config.get("params", {})) - set(overrides["params"])
+    spec = resolve_names(spec, narrowable)
     for line in _planting_lines(spec):
         print(printable(line), file=sys.stderr)
     summary = execute(
@@ -283,9 +286,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         address=args.scheduler or args.address,
     )
     ran = summary.total - summary.already_done
-    declined = f", {len(summary.declined)} declined" if summary.declined else ""
+    skipped = f", {len(summary.skipped)} skipped" if summary.skipped else ""
     print(
-        f"{summary.ok}/{summary.total} cells ok, {len(summary.failed)} failed{declined} "
+        f"{summary.ok}/{summary.total} cells ok, {len(summary.failed)} failed{skipped} "
         f"({summary.already_done} already done, {ran} run now, {summary.wall_s:.1f} s) "
         f"-> {summary.run_dir}"
     )

@@ -268,7 +268,7 @@ def _header(manifest: Mapping[str, Any], records: Sequence[Mapping[str, Any]]) -
         "status": manifest.get("status") or "unknown",
         "ok": counts.get("ok", 0),
         "failed": sum(n for s, n in counts.items() if s not in ("ok", "skipped")),
-        "declined": counts.get("skipped", 0),
+        "skipped": counts.get("skipped", 0),
         "counts": sorted(counts.items()),
         "finished": len(records),
         "total": total if is_number(total) else None,
