@@ -118,6 +118,7 @@ def _goal(group: GroupSummary, goal: str, question: str, key: str) -> GoalVerdic
         f"{_names(best)} {'has' if len(best) == 1 else 'share'} the "
         f"{'highest' if col.higher_is_better else 'lowest'} mean {col.label} ({top.text})"
     )
+    worse = "costlier" if goal == "cost" else "worse"
     if not tested:
         why = f"{has}; with one seed per method nothing could be tested, so this is one draw."
     elif len(best) == len(present):
@@ -126,11 +127,11 @@ def _goal(group: GroupSummary, goal: str, question: str, key: str) -> GoalVerdic
         others = len(present) - len(best)
         why = f"{has}; " + (
             f"{len(tied)} of the other {others} method{'s' if others != 1 else ''} "
-            f"{'is' if len(tied) == 1 else 'are'} not significantly worse (paired t-test "
+            f"{'is' if len(tied) == 1 else 'are'} not significantly {worse} (paired t-test "
             f"over seeds, {CORRECTION}-corrected, α = {ALPHA:g}), so the run cannot tell "
             "them apart from it."
             if tied
-            else f"every other method is significantly worse (paired t-test over seeds, "
+            else f"every other method is significantly {worse} (paired t-test over seeds, "
             f"{CORRECTION}-corrected, α = {ALPHA:g})."
         )
         mdd = group.detectable.get(key, math.nan)
