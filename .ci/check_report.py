@@ -5,8 +5,8 @@ Checks, independently of valbench's own code (stdlib + html5lib):
 
 - ``index.html``, ``results.csv``, ``summary.json`` and every figure the page names exist and
   are non-empty; every figure file is well-formed XML (SVG);
-- the HTML parses with html5lib in strict mode (no parse errors), has no ``<script>`` and no
-  external ``src``/``href``;
+- the HTML parses with html5lib in strict mode (no parse errors), has no ``<script src>`` (only
+  the inline method filter) and no external ``src``/``href``;
 - every leaderboard mean in ``summary.json`` equals the mean over seeds recomputed here from
   ``results.jsonl`` (ok cells only), with the same number of seeds; and every ``data-mean`` of
   the HTML leaderboards equals the one in ``summary.json``;
@@ -114,8 +114,8 @@ def check_report(run_dir: Path) -> list[str]:
         return [f"index.html: HTML parse error: {exc}"]
     for el in tree.iter():
         tag = el.tag if isinstance(el.tag, str) else ""
-        if tag.rsplit("}", 1)[-1] == "script":
-            problems.append("index.html: has a <script>")
+        if tag.rsplit("}", 1)[-1] == "script" and el.get("src") is not None:
+            problems.append("index.html: has a <script src>")
         for attr in ("src", "href"):
             if (el.get(attr) or "").startswith(("http:", "https:", "//")):
                 problems.append(f"index.html: external {attr}={el.get(attr)}")

@@ -1,6 +1,8 @@
-"""The ``valbench`` command: ``run``, ``list``, ``status``, ``report``, ``export``, ``value``.
+"""The ``valbench`` command: ``run``, ``list``, ``status``, ``report``, ``export``, ``value``,
+``compare``.
 
-Exit status: 0 success; 1 some cells failed or timed out; 2 bad input (one line on stderr);
+Exit status: 0 success; 1 some cells failed or timed out (``compare --fail-on-regression``: a
+method got significantly worse); 2 bad input (one line on stderr);
 130 interrupted (finished cells are kept; the same command resumes).
 """
 
@@ -225,6 +227,33 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--out", help="file to write (default: ./<run directory name>-rows.csv or .parquet)"
     )
+
+    compare = sub.add_parser(
+        "compare",
+        help="compare two runs: per dataset, method and metric, B - A with a paired test",
+        description="Compare run B against run A (the reference) on the seeds both hold: the "
+        "difference of each leaderboard column and a paired t-test over seeds, Holm-corrected. "
+        "Prints a table and writes a self-contained HTML page.",
+    )
+    compare.add_argument("run_a", type=Path, help="the reference run directory")
+    compare.add_argument("run_b", type=Path, help="the run compared against it")
+    compare.add_argument(
+        "--html",
+        type=Path,
+        help="where to write the HTML page (default: compare-<B>-vs-<A>.html here)",
+    )
+    compare.add_argument(
+        "--fail-on-regression",
+        dest="fail_on_regression",
+        action="store_true",
+        help="exit 1 when a quality metric of a method got significantly worse (costs never count)",
+    )
+    compare.add_argument(
+        "--changed-only",
+        dest="changed_only",
+        action="store_true",
+        help="print only the significant changes (the page keeps every row)",
+    )
     return parser
 
 
@@ -310,7 +339,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from valbench.runner import execute, resolve_names
 
     # Names and data files are checked first: a bad file is one line, with no warning before it.
-    spec = resolve_names(spec)
+    # A config file may hold parameters for more methods than --methods selects: those are
+    # dropped; a --param for a method the run leaves out is still refused.
+    narrowable = set(config.get("params", {})) - set(overrides["params"])
+    spec = resolve_names(spec, narrowable)
     for line in _planting_lines(spec):
         print(printable(line), file=sys.stderr)
     summary = execute(
@@ -324,9 +356,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         address=args.scheduler or args.address,
     )
     ran = summary.total - summary.already_done
-    declined = f", {len(summary.declined)} declined" if summary.declined else ""
+    skipped = f", {len(summary.skipped)} skipped" if summary.skipped else ""
     print(
-        f"{summary.ok}/{summary.total} cells ok, {len(summary.failed)} failed{declined} "
+        f"{summary.ok}/{summary.total} cells ok, {len(summary.failed)} failed{skipped} "
         f"({summary.already_done} already done, {ran} run now, {summary.wall_s:.1f} s) "
         f"-> {summary.run_dir}"
     )
@@ -482,6 +514,41 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    import re
+
+    from valbench.compare import compare_runs, format_table, render_html
+    from valbench.store import read_manifest
+
+    for run_dir in (args.run_a, args.run_b):
+        read_manifest(run_dir)  # a clear error when it is not a run directory
+    html = _directory("--html", None if args.html is None else str(args.html))
+    comparison = compare_runs(args.run_a, args.run_b)
+    if not comparison.differences:
+        raise UsageError(
+            f"{args.run_a} and {args.run_b} share no method with ok cells on the same dataset "
+            "and noise rate; nothing to compare"
+        )
+    if html is None:
+        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"compare-{comparison.run_b}-vs-{comparison.run_a}")
+        html = Path(safe + ".html")
+    for line in format_table(comparison, changed_only=args.changed_only).splitlines():
+        print(printable(line))
+    try:
+        print(f"page: {render_html(comparison, html)}")
+    except OSError as exc:
+        raise UsageError(f"cannot write {html}: {exc.strerror or exc}") from None
+    if comparison.regressions:
+        print(
+            f"{len(comparison.regressions)} significant regression(s): "
+            + "; ".join(f"{d.title}: {d.method} {d.label}" for d in comparison.regressions),
+            file=sys.stderr,
+        )
+        if args.fail_on_regression:
+            return EXIT_CELLS_FAILED
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``valbench`` console script."""
     args = build_parser().parse_args(argv)
@@ -496,6 +563,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "report": _cmd_report,
         "export": _cmd_export,
         "value": _cmd_value,
+        "compare": _cmd_compare,
     }
     try:
         return commands[args.command](args)

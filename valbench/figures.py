@@ -1,8 +1,17 @@
-"""The report's figures, drawn with matplotlib (and seaborn's palette) as deterministic SVG text.
+"""The report's figures, drawn with matplotlib as deterministic SVG text.
 
 Every function returns the SVG of one figure. Figures are bare :class:`matplotlib.figure.Figure`
 objects (no pyplot, no backend switch), saved with a fixed hash salt and no date so that a
-re-render is byte-identical. A method keeps the colour of :func:`method_colors` everywhere.
+re-render is byte-identical.
+
+A method keeps the style of :func:`method_styles` everywhere: its family's hue from the
+colour-blind-safe palette of Okabe & Ito (:data:`FAMILY_COLORS`), a shade of it per method, and
+a marker and line style of its own, so that two methods of one family still differ in shape.
+With more than :data:`HIGHLIGHT` + 1 methods, the curve figures draw the :data:`HIGHLIGHT` best
+(by the figure's own leaderboard column) and the random baseline in their style and every other
+method as a thin light-grey line without a band (:func:`highlighted`), so 30 methods do not
+merge into one wash. Each drawn method's artists carry the SVG id ``vbm-<i>-…`` (``i``: the
+method's :attr:`MethodStyle.index`) so that the page's method filter can hide them.
 """
 
 from __future__ import annotations
@@ -12,6 +21,7 @@ import math
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,9 +31,14 @@ from valbench.records import CellRecord
 from valbench.summary import COST_KEY, GAIN_KEY, CDResult, GroupSummary
 
 __all__ = [
+    "FAMILY_COLORS",
+    "HIGHLIGHT",
+    "MethodStyle",
     "SVG_HASH_SALT",
     "cd_figure",
+    "highlighted",
     "method_colors",
+    "method_styles",
     "mislabel_figure",
     "pareto_figure",
     "pareto_front",
@@ -46,18 +61,112 @@ _RC: dict[str, Any] = {
 }
 
 
-def method_colors(methods: Iterable[str]) -> dict[str, str]:
-    """One colour per method, keyed by sorted name, so a method keeps its colour in every figure."""
-    import seaborn as sns
+FAMILY_COLORS: dict[str, str] = {
+    "baseline": "#000000",
+    "retraining": "#0072B2",
+    "gradient": "#D55E00",
+    "training-dynamics": "#009E73",
+    "subset-selection": "#CC79A7",
+}
+"""Hue of each built-in family: the colour-blind-safe palette of Okabe & Ito (2008)."""
+_SPARE_COLORS = ("#E69F00", "#56B4E9", "#8C6D1F", "#777777")
+"""Hues of further families (plugins), in sorted order of their names; the last one repeats."""
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p", "d", "8")
+LINESTYLES: tuple[Any, ...] = (
+    "-",
+    "--",
+    ":",
+    "-.",
+    (0, (6, 1.5, 1, 1.5, 1, 1.5)),
+    (0, (1, 1)),
+    (0, (8, 2)),
+    (0, (3, 1, 1, 1)),
+)
+HIGHLIGHT = 5
+"""Methods drawn in colour in a curve figure (the best by its column), besides random."""
+_MUTED = "#cfcfcf"
+RANDOM_METHOD = "random"
 
+
+@dataclass(frozen=True)
+class MethodStyle:
+    """How one method is drawn everywhere: colour (its family's hue), marker, line style."""
+
+    color: str
+    marker: str
+    linestyle: Any
+    family: str
+    index: int  # position in the sorted method names: the ``vbm-<index>`` id of its artists
+
+
+def _mix(color: str, t: float) -> str:
+    """``color`` mixed towards white (t > 0) or black (t < 0) by ``|t|``."""
+    rgb = [int(color[i : i + 2], 16) for i in (1, 3, 5)]
+    target = 255 if t > 0 else 0
+    return "#{:02x}{:02x}{:02x}".format(*(round(c + (target - c) * abs(t)) for c in rgb))
+
+
+def method_styles(
+    methods: Iterable[str], families: Mapping[str, str] | None = None
+) -> dict[str, MethodStyle]:
+    """One style per method, stable for the same names and families.
+
+    Methods are grouped by family (``families`` maps a name to its family; a missing one is
+    family ``""``); a family gets its hue from :data:`FAMILY_COLORS` (other families, in sorted
+    order, from a spare list), each member a shade of it from dark to light, and a marker and
+    line style of its own within the family.
+    """
     names = sorted(set(methods))
-    if not names:
-        return {}
-    palette = sns.color_palette("tab10" if len(names) <= 10 else "husl", len(names))
-    return {
-        name: "#{:02x}{:02x}{:02x}".format(*(round(c * 255) for c in rgb))
-        for name, rgb in zip(names, palette, strict=True)
-    }
+    families = families or {}
+    members: dict[str, list[str]] = defaultdict(list)
+    for name in names:
+        members[str(families.get(name) or "")].append(name)
+    others = sorted(f for f in members if f not in FAMILY_COLORS)
+    hues = dict(FAMILY_COLORS)
+    for i, family in enumerate(others):
+        hues[family] = _SPARE_COLORS[min(i, len(_SPARE_COLORS) - 1)]
+    out: dict[str, MethodStyle] = {}
+    for family, group in members.items():
+        n = len(group)
+        for i, name in enumerate(group):
+            t = 0.0 if n == 1 else -0.35 + 0.85 * i / (n - 1)  # dark .. light
+            base = hues[family]
+            if base == "#000000":
+                t = 0.6 * abs(t)  # black only lightens, towards grey
+            out[name] = MethodStyle(
+                color=_mix(base, t),
+                marker=MARKERS[i % len(MARKERS)],
+                linestyle=LINESTYLES[i % len(LINESTYLES)],
+                family=family,
+                index=names.index(name),
+            )
+    return out
+
+
+def method_colors(
+    methods: Iterable[str], families: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The colour of each method's :func:`method_styles` (without families: one family)."""
+    return {name: style.color for name, style in method_styles(methods, families).items()}
+
+
+def _style(styles: Mapping[str, MethodStyle], method: str) -> MethodStyle:
+    return styles.get(method) or MethodStyle("#333333", "o", "-", "", -1)
+
+
+def highlighted(group: GroupSummary, key: str, k: int = HIGHLIGHT) -> list[str]:
+    """Methods a curve figure draws in colour: all with at most ``k + 1`` methods, else the
+    ``k`` best means of column ``key`` (ties broken by name) and the random baseline."""
+    methods = sorted(group.rows)
+    if len(methods) <= k + 1:
+        return methods
+    col = group.column(key)
+    scored = [m for m in methods if group.rows[m][key].present] if col else []
+    sign = -1.0 if col is not None and col.higher_is_better else 1.0
+    best = sorted(scored, key=lambda m: (sign * group.rows[m][key].mean, m))[:k]
+    if RANDOM_METHOD in group.rows and RANDOM_METHOD not in best:
+        best.append(RANDOM_METHOD)
+    return sorted(best)
 
 
 def _t(text: str) -> str:
@@ -102,13 +211,38 @@ def _mean_curve(
     return np.array(xs_common), mean, half
 
 
-def _plot_curve(ax: Any, xs: Any, mean: Any, half: Any, color: str, label: str) -> None:
-    """A mean curve with its CI band clipped to [0, 1] (accuracies and recalls)."""
-    ax.plot(xs, mean, marker="o", ms=2.5, lw=1.5, color=color, label=_t(label))
+def _plot_curve(
+    ax: Any, xs: Any, mean: Any, half: Any, style: MethodStyle, label: str, muted: bool = False
+) -> None:
+    """A mean curve with its CI band clipped to [0, 1] (accuracies and recalls); a muted one is
+    a thin grey line without band, marker or legend entry, under the others."""
+    if muted:
+        (line,) = ax.plot(xs, mean, lw=0.8, color=_MUTED, zorder=1)
+        line.set_gid(f"vbm-{style.index}-line")
+        return
+    (line,) = ax.plot(
+        xs,
+        mean,
+        marker=style.marker,
+        ms=3.5,
+        lw=1.5,
+        ls=style.linestyle,
+        color=style.color,
+        label=_t(label),
+        zorder=3,
+    )
+    line.set_gid(f"vbm-{style.index}-line")
     if half is not None and np.all(np.isfinite(half)) and len(xs) > 1:
         lo = np.clip(mean - half, 0.0, 1.0)
         hi = np.clip(mean + half, 0.0, 1.0)
-        ax.fill_between(xs, lo, hi, color=color, alpha=0.15, lw=0)
+        band = ax.fill_between(xs, lo, hi, color=style.color, alpha=0.12, lw=0, zorder=2)
+        band.set_gid(f"vbm-{style.index}-band")
+
+
+def _muted_legend(ax: Any, n_muted: int) -> None:
+    """A legend entry for the grey lines, when there are any."""
+    if n_muted:
+        ax.plot([], [], lw=0.8, color=_MUTED, label=f"{n_muted} other methods")
 
 
 def _fit_ylim(ax: Any, values: Iterable[float]) -> None:
@@ -121,12 +255,16 @@ def _fit_ylim(ax: Any, values: Iterable[float]) -> None:
     ax.set_ylim(max(0.0, lo - pad), min(1.0, hi + pad) + 0.005)
 
 
-def subset_figure(group: GroupSummary, colors: Mapping[str, str]) -> str:
-    """Subset value vs fraction kept: mean per method, CI bands, random and full-data references."""
+def subset_figure(group: GroupSummary, styles: Mapping[str, MethodStyle]) -> str:
+    """Subset value vs fraction kept: mean per method, CI bands, random and full-data references.
+
+    Beyond :data:`HIGHLIGHT` + 1 methods, only the best by gain over random and the random
+    baseline are in colour (:func:`highlighted`)."""
+    shown_in_colour = set(highlighted(group, GAIN_KEY))
     with _figure(6.8, 3.8) as (fig, buf):
         ax = fig.subplots()
         shown: list[float] = []
-        for method, cells in group.rows.items():
+        for method, cells in sorted(group.rows.items(), key=lambda mc: mc[0] in shown_in_colour):
             pts = [
                 (float(f), s)
                 for f in group.fractions
@@ -142,8 +280,11 @@ def subset_figure(group: GroupSummary, colors: Mapping[str, str]) -> str:
                 if all(s.n >= 2 and math.isfinite(s.half_width) for _, s in pts)
                 else None
             )
-            _plot_curve(ax, xs, mean, half, colors.get(method, "#333333"), method)
-            shown.extend(mean.tolist())
+            muted = method not in shown_in_colour
+            _plot_curve(ax, xs, mean, half, _style(styles, method), method, muted)
+            if not muted:
+                shown.extend(mean.tolist())
+        _muted_legend(ax, len(group.rows) - len(shown_in_colour))
         rnd = [(float(f), s) for f, s in group.random_subset.items() if s.present]
         shown.extend(s.mean for _, s in rnd)
         if group.full_data.present:
@@ -191,8 +332,9 @@ def _mislabel_curve(rec: CellRecord) -> tuple[list[float], list[float]] | None:
     return ([x for x, _ in points], [y for _, y in points]) if points else None
 
 
-def mislabel_figure(group: GroupSummary, colors: Mapping[str, str]) -> str | None:
-    """Mislabel recall vs fraction inspected, with the random diagonal and the ideal curve."""
+def mislabel_figure(group: GroupSummary, styles: Mapping[str, MethodStyle]) -> str | None:
+    """Mislabel recall vs fraction inspected, with the random diagonal and the ideal curve;
+    beyond :data:`HIGHLIGHT` + 1 methods, the best by detection AUC in colour."""
     curves = {
         m: [c for r in recs if (c := _mislabel_curve(r)) is not None]
         for m, recs in group.records.items()
@@ -200,12 +342,15 @@ def mislabel_figure(group: GroupSummary, colors: Mapping[str, str]) -> str | Non
     curves = {m: c for m, c in curves.items() if c}
     if not curves:
         return None
+    shown_in_colour = set(highlighted(group, "mislabel.auc"))
     with _figure(6.8, 3.8) as (fig, buf):
         ax = fig.subplots()
-        for method, cs in curves.items():
+        for method, cs in sorted(curves.items(), key=lambda mc: mc[0] in shown_in_colour):
             xs, mean, half = _mean_curve(cs)
             if xs.size:
-                _plot_curve(ax, xs, mean, half, colors.get(method, "#333333"), method)
+                muted = method not in shown_in_colour
+                _plot_curve(ax, xs, mean, half, _style(styles, method), method, muted)
+        _muted_legend(ax, sum(m not in shown_in_colour for m in curves))
         ax.plot([0, 1], [0, 1], ls="--", lw=1.2, color=_REF, label="random order")
         if group.noise:
             rate = float(group.noise)
@@ -234,8 +379,9 @@ def _removal_curve(rec: CellRecord) -> tuple[list[float], list[float]] | None:
     return ([x for x, _ in points], [y for _, y in points]) if points else None
 
 
-def removal_figure(group: GroupSummary, colors: Mapping[str, str]) -> str | None:
-    """Test accuracy after removing the highest-valued points: the faster it drops, the better."""
+def removal_figure(group: GroupSummary, styles: Mapping[str, MethodStyle]) -> str | None:
+    """Test accuracy after removing the highest-valued points: the faster it drops, the better;
+    beyond :data:`HIGHLIGHT` + 1 methods, the best by removal AUC in colour."""
     curves = {
         m: [c for r in recs if (c := _removal_curve(r)) is not None]
         for m, recs in group.records.items()
@@ -243,14 +389,18 @@ def removal_figure(group: GroupSummary, colors: Mapping[str, str]) -> str | None
     curves = {m: c for m, c in curves.items() if c}
     if not curves:
         return None
+    shown_in_colour = set(highlighted(group, "removal.auc"))
     with _figure(6.8, 3.8) as (fig, buf):
         ax = fig.subplots()
         shown: list[float] = []
-        for method, cs in curves.items():
+        for method, cs in sorted(curves.items(), key=lambda mc: mc[0] in shown_in_colour):
             xs, mean, half = _mean_curve(cs)
             if xs.size:
-                _plot_curve(ax, xs, mean, half, colors.get(method, "#333333"), method)
-                shown.extend(mean.tolist())
+                muted = method not in shown_in_colour
+                _plot_curve(ax, xs, mean, half, _style(styles, method), method, muted)
+                if not muted:
+                    shown.extend(mean.tolist())
+        _muted_legend(ax, sum(m not in shown_in_colour for m in curves))
         if group.full_data.present:
             shown.append(group.full_data.mean)
         _fit_ylim(ax, shown)
@@ -266,7 +416,7 @@ def removal_figure(group: GroupSummary, colors: Mapping[str, str]) -> str | None
     return buf.getvalue()
 
 
-def runtime_figure(group: GroupSummary, colors: Mapping[str, str]) -> str | None:
+def runtime_figure(group: GroupSummary, styles: Mapping[str, MethodStyle]) -> str | None:
     """Mean CPU time per method on a log scale, with the CI as error bars, fastest on top."""
     rows = [
         (m, s)
@@ -284,7 +434,9 @@ def runtime_figure(group: GroupSummary, colors: Mapping[str, str]) -> str | None
             [s.half_width if s.n >= 2 and math.isfinite(s.half_width) else 0.0 for _, s in rows]
         )
         lower = np.minimum(errs, means * 0.999)  # keep the bar above zero on a log axis
-        ax.barh(ys, means, color=[colors.get(m, "#333333") for m, _ in rows], height=0.7)
+        bars = ax.barh(ys, means, color=[_style(styles, m).color for m, _ in rows], height=0.7)
+        for bar, (m, _) in zip(bars, rows, strict=True):
+            bar.set_gid(f"vbm-{_style(styles, m).index}-bar")
         if errs.any():
             ax.errorbar(means, ys, xerr=[lower, errs], fmt="none", ecolor="#222222", lw=0.8)
         ax.set_yticks(ys, [_t(m) for m, _ in rows])
@@ -323,26 +475,44 @@ def pareto_points(group: GroupSummary) -> list[tuple[str, float, float]]:
     return pts
 
 
-def pareto_figure(group: GroupSummary, colors: Mapping[str, str]) -> str | None:
-    """Gain over random vs CPU time per method, the Pareto front joined by a step line."""
+def pareto_figure(group: GroupSummary, styles: Mapping[str, MethodStyle]) -> str | None:
+    """Gain over random vs CPU time per method, the Pareto front joined by a step line.
+
+    Beyond :data:`HIGHLIGHT` + 1 methods, only the front and random are in colour and in the
+    legend; the others are grey points named beside them."""
     pts = pareto_points(group)
     if not pts:
         return None
     front = set(pareto_front(pts))
     with _figure(6.8, 4.0) as (fig, buf):
         ax = fig.subplots()
+        many = len(pts) > HIGHLIGHT + 1
         for m, t, v in pts:
             on = m in front
-            ax.scatter(
-                [t],
-                [v],
-                s=46 if on else 26,
-                color=colors.get(m, "#333333"),
-                edgecolors="#000000" if on else "none",
-                linewidths=0.8,
-                label=_t(m),
-                zorder=3,
-            )
+            style = _style(styles, m)
+            if many and not on and m != RANDOM_METHOD:
+                dot = ax.scatter([t], [v], s=14, color=_MUTED, marker=style.marker, zorder=2)
+                ax.annotate(
+                    _t(m),
+                    (t, v),
+                    xytext=(3, 2),
+                    textcoords="offset points",
+                    fontsize=6,
+                    color="#8a8a8a",
+                )
+            else:
+                dot = ax.scatter(
+                    [t],
+                    [v],
+                    s=46 if on else 26,
+                    color=style.color,
+                    marker=style.marker,
+                    edgecolors="#000000" if on else "none",
+                    linewidths=0.8,
+                    label=_t(m),
+                    zorder=3,
+                )
+            dot.set_gid(f"vbm-{style.index}-point")
         fp = sorted((t, v) for m, t, v in pts if m in front)
         if len(fp) > 1:
             ax.step(
@@ -417,7 +587,7 @@ def rank_heatmap_figure(
     return buf.getvalue()
 
 
-def cd_figure(result: CDResult, colors: Mapping[str, str]) -> str:
+def cd_figure(result: CDResult, styles: Mapping[str, MethodStyle]) -> str:
     """Critical-difference diagram (Demšar 2006): average ranks, CD bar, cliques of ties."""
     k = len(result.methods)
     ranked = list(result.average_ranks.items())  # best (lowest rank) first
@@ -449,7 +619,7 @@ def cd_figure(result: CDResult, colors: Mapping[str, str]) -> str:
             for i, (m, r) in enumerate(items if side == "left" else list(reversed(items))):
                 y = base - 0.22 * (i + 1)
                 x_text = lo - 0.5 if side == "left" else hi + 0.5
-                color = colors.get(m, "#333333")
+                color = _style(styles, m).color
                 ax.plot([r, r, x_text], [top, y, y], color=color, lw=1.0)
                 ax.text(
                     x_text + (-0.05 if side == "left" else 0.05),
@@ -470,7 +640,7 @@ def selection_figure(
     y: np.ndarray,
     noisy: np.ndarray | None,
     selections: Mapping[str, np.ndarray],
-    colors: Mapping[str, str],
+    styles: Mapping[str, MethodStyle],
 ) -> str:
     """Each method's selected subset (filled, method colour) over the 2-D data; noisy points ×.
 
@@ -500,7 +670,7 @@ def selection_figure(
                     x[sel & chosen, 1],
                     s=12,
                     marker=marker,
-                    color=colors.get(name, "#333333"),
+                    color=_style(styles, name).color,
                     linewidths=0,
                 )
             if noisy is not None and noisy.any():

@@ -36,8 +36,11 @@ import numpy as np
 
 from valbench.errors import RunDirectoryError, ValbenchError
 from valbench.figures import (
+    HIGHLIGHT,
+    MethodStyle,
     cd_figure,
-    method_colors,
+    highlighted,
+    method_styles,
     mislabel_figure,
     pareto_figure,
     rank_heatmap_figure,
@@ -84,6 +87,7 @@ from valbench.summary import (
     summarise,
     summary_json,
 )
+from valbench.verdict import verdicts
 
 __all__ = [
     "CSV_COLUMNS",
@@ -94,7 +98,7 @@ __all__ = [
     "Column",
     "Stat",
     "GroupSummary",
-    "method_colors",
+    "method_styles",
     "render_report",
     "summarise",
     "tidy_rows",
@@ -267,7 +271,7 @@ def _header(manifest: Manifest, records: Sequence[CellRecord]) -> dict[str, Any]
         "status": manifest.status or "unknown",
         "ok": counts.get("ok", 0),
         "failed": sum(n for s, n in counts.items() if s not in ("ok", "skipped")),
-        "declined": counts.get("skipped", 0),
+        "skipped": counts.get("skipped", 0),
         "counts": sorted(counts.items()),
         "finished": len(records),
         "total": total,
@@ -441,7 +445,7 @@ def _load_points(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]
 
 
 def _selection_svg(
-    run_dir: Path, group: GroupSummary, colors: Mapping[str, str], damaged: dict[str, str]
+    run_dir: Path, group: GroupSummary, styles: Mapping[str, MethodStyle], damaged: dict[str, str]
 ) -> tuple[str, Any] | None:
     """The 2-D selection figure of a group, from its first seed with stored points; or None.
 
@@ -490,7 +494,7 @@ def _selection_svg(
             f"{group.title}, seed {seed}: top {SELECTION_FRACTION * 100:g}% selected "
             "(coloured), flipped labels (red ×)"
         )
-        return selection_figure(title, x, y, noisy, selections, colors), seed
+        return selection_figure(title, x, y, noisy, selections, styles), seed
     return None
 
 
@@ -521,7 +525,7 @@ def _add_figure(
 
 
 def _group_figures(
-    run_dir: Path, group: GroupSummary, colors: Mapping[str, str], damaged: dict[str, str]
+    run_dir: Path, group: GroupSummary, styles: Mapping[str, MethodStyle], damaged: dict[str, str]
 ) -> None:
     band = (
         f"band: {CONFIDENCE * 100:g} % CI over seeds"
@@ -532,43 +536,60 @@ def _group_figures(
     def add(kind: str, svg: str | None, title: str, caption: str) -> None:
         _add_figure(run_dir, group.figures, kind, group.slug, svg, title, caption)
 
+    def colour(key: str, label: str) -> str:
+        shown = highlighted(group, key)
+        muted = len(group.rows) - len(shown)
+        if not muted:
+            return ""
+        return (
+            f" In colour: the {HIGHLIGHT} best by {label} and random ({', '.join(shown)}); the "
+            f"other {muted} methods are light-grey lines without bands (the method filter above "
+            "the tables hides any)."
+        )
+
     if group.fractions:
         add(
             "subset_value",
-            subset_figure(group, colors),
+            subset_figure(group, styles),
             "subset value vs fraction kept",
-            f"Lines: mean over seeds; {band}; dashed: random subset; dotted: full data.",
+            f"Lines: mean over seeds; {band}; dashed grey: random subset; dotted: full data."
+            + colour(GAIN_KEY, "gain over random"),
         )
     add(
         "mislabel_recall",
-        mislabel_figure(group, colors),
+        mislabel_figure(group, styles),
         "recall of the planted label flips vs fraction inspected",
-        f"Lowest-valued points inspected first; {band}; dashed: random order (the diagonal); "
-        "dotted: the ideal ranking (every flipped label first).",
+        f"Lowest-valued points inspected first; {band}; dashed grey: random order (the "
+        "diagonal); dotted: the ideal ranking (every flipped label first)."
+        + colour("mislabel.auc", "detection AUC"),
     )
     add(
         "removal",
-        removal_figure(group, colors),
+        removal_figure(group, styles),
         "point removal",
         f"Test accuracy after removing the highest-valued points; a steeper drop means the "
-        f"method found the points that matter; {band}; dotted: full data.",
+        f"method found the points that matter; {band}; dotted: full data."
+        + colour("removal.auc", "removal AUC"),
     )
     add(
         "runtime",
-        runtime_figure(group, colors),
+        runtime_figure(group, styles),
         "runtime per method",
         "Mean CPU time per cell, log scale, fastest first; whiskers: CI over seeds.",
     )
     add(
         "pareto",
-        pareto_figure(group, colors),
+        pareto_figure(group, styles),
         "value vs cost",
         "Mean subset-value gain over random (points, mean over fractions) against mean CPU "
         "seconds per cell; outlined points and the step line: the Pareto front (nothing else "
         "is both cheaper and better). CPU seconds, not model fits: a fit is a different amount "
-        "of work per method.",
+        "of work per method."
+        + (
+            " Grey, named points: methods off the front." if len(group.rows) > HIGHLIGHT + 1 else ""
+        ),
     )
-    selection = _selection_svg(run_dir, group, colors, damaged)
+    selection = _selection_svg(run_dir, group, styles, damaged)
     if selection is not None:
         add(
             "selection",
@@ -581,7 +602,7 @@ def _group_figures(
 
 
 def _cross_figures(
-    run_dir: Path, groups: Sequence[GroupSummary], colors: Mapping[str, str]
+    run_dir: Path, groups: Sequence[GroupSummary], styles: Mapping[str, MethodStyle]
 ) -> tuple[list[dict[str, Any]], list[CDResult], list[str]]:
     """Rank heatmap and CD diagrams, their results, and why a CD diagram was not drawn."""
     figures: list[dict[str, Any]] = []
@@ -609,7 +630,7 @@ def _cross_figures(
             figures,
             "critical_difference",
             re.sub(r"[^A-Za-z0-9_.-]+", "_", key),
-            cd_figure(result, colors),
+            cd_figure(result, styles),
             f"critical-difference diagram: {label}",
             f"Average rank over {result.n_blocks} datasets (lower is better; one block per "
             f"dataset, its noise rates averaged) of the {len(result.methods)} methods with a "
@@ -661,6 +682,17 @@ def _environment() -> Any:
     return env
 
 
+def _method_filter(styles: Mapping[str, MethodStyle]) -> list[dict[str, Any]]:
+    """The method filter's checkboxes: one group per family, its methods in their colours."""
+    by_family: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for name, style in sorted(styles.items()):
+        by_family[style.family].append({"name": name, "color": style.color, "id": style.index})
+    return [
+        {"family": family or "other", "methods": methods}
+        for family, methods in sorted(by_family.items())
+    ]
+
+
 def _families(records: Sequence[CellRecord]) -> dict[str, str]:
     """Each recorded method's ``family`` as its results lines recorded it (so the page depends
     on the run's files alone); lines written before the field fall back to the registry, and a
@@ -693,13 +725,17 @@ def render_report(run_dir: Path, include_partial: bool = False) -> Path:
     write_results_csv(run_dir)
 
     groups = summarise(records, include_partial=include_partial)
-    colors = method_colors(r.method for r in records)
+    families = _families(records)
+    styles = method_styles((r.method for r in records), families)
+    colors = {m: s.color for m, s in styles.items()}
     damaged: dict[str, str] = {}  # cell id -> why its drawing is missing
     for group in groups:
-        _group_figures(run_dir, group, colors, damaged)
-    cross, cd_results, cd_notes = _cross_figures(run_dir, groups, colors)
+        _group_figures(run_dir, group, styles, damaged)
+    cross, cd_results, cd_notes = _cross_figures(run_dir, groups, styles)
 
+    verdict = verdicts(groups)
     summary = summary_json(manifest, groups, cd_results)
+    summary["verdict"] = [v.to_dict() for v in verdict]
     _write_atomic(
         run_dir / SUMMARY_FILE,
         (json.dumps(summary, indent=2, ensure_ascii=False) + "\n").encode("utf-8"),
@@ -712,10 +748,12 @@ def render_report(run_dir: Path, include_partial: bool = False) -> Path:
             header=_header(manifest, records),
             overview=_overview(manifest, records, groups),
             headline=_headline(groups),
+            verdicts=verdict,
             manifest=manifest,
             groups=groups,
             colors=colors,
-            head_to_head=head_to_head(groups, _families(records)),
+            head_to_head=head_to_head(groups, families),
+            method_filter=_method_filter(styles),
             cross_figures=cross,
             cd_results=cd_results,
             cd_notes=cd_notes,

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -70,15 +70,22 @@ class RunSummary:
     already_done: int = 0
     ok: int = 0
     failed: list[str] = field(default_factory=list)
-    #: Cells a method declined (e.g. a training set above its ``max_train``): not failures.
-    declined: list[str] = field(default_factory=list)
+    #: Cells skipped because the method cannot take them (a training set above its
+    #: ``max_train``): not failures.
+    skipped: list[str] = field(default_factory=list)
     interrupted: bool = False
     wall_s: float = 0.0
     report: Path | None = None
 
 
-def resolve_names(spec: RunSpec) -> RunSpec:
-    """Expand ``all`` and check every method and dataset name against the registry."""
+def resolve_names(spec: RunSpec, narrowable: Collection[str] = ()) -> RunSpec:
+    """Expand ``all`` and check every method and dataset name against the registry.
+
+    Parameters of a method or dataset the run does not select are refused, except those of
+    the registered names in ``narrowable`` (a config file's tables, which may hold parameters
+    for more methods than ``--methods`` selects): those are dropped, so they neither fail the
+    run nor change its config hash. An unregistered name is refused either way.
+    """
     from valbench.errors import UnknownNameError
 
     fingerprints: dict[str, str] = {}
@@ -105,17 +112,22 @@ def resolve_names(spec: RunSpec) -> RunSpec:
 
     if spec.model not in MODEL_NAMES:
         raise UnknownNameError("model", spec.model, list(MODEL_NAMES))
-    for name, params in spec.params.items():
+    params = dict(spec.params)
+    for name, values in spec.params.items():
         if name in methods:
-            validate_params(get_method(name), dict(params))
+            validate_params(get_method(name), dict(values))
         elif name in datasets:
-            validate_params(get_dataset(name), dict(params))
+            validate_params(get_dataset(name), dict(values))
+        elif name in narrowable and (name in method_names() or name in dataset_names()):
+            del params[name]
         else:
             raise UsageError(
                 f"parameters given for {name!r}, which is not among the selected methods "
                 f"({', '.join(methods)}) or datasets ({', '.join(datasets)})"
             )
-    return spec.with_overrides(methods=methods, datasets=datasets, data_fingerprints=fingerprints)
+    return spec.with_overrides(
+        methods=methods, datasets=datasets, data_fingerprints=fingerprints, params=params
+    )
 
 
 def _check_data_file(path: str, spec: RunSpec) -> str:
@@ -441,13 +453,23 @@ def run_processes(
 # ----------------------------------------------------------------------------- the driver
 
 
-def _versions() -> dict[str, str]:
+def _versions(spec: RunSpec | None = None) -> dict[str, str]:
+    """Python, the core libraries, and the distribution of every method and dataset of ``spec``
+    that a plugin provides (``file:`` data has none)."""
     out = {"python": platform.python_version()}
     for dist in ("valbench", "numpy", "scipy", "scikit-learn", "torch", "cvxpy", "cvxpylayers"):
         try:
             out[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             pass
+    if spec is not None:
+        for kind, names in (("method", spec.methods), ("dataset", spec.datasets)):
+            entries = discover(kind)  # type: ignore[arg-type]
+            for name in names:
+                entry = entries.get(name)
+                dist, _, version = entry.distribution.partition(" ") if entry else ("?", "", "")
+                if dist != "?" and version:
+                    out.setdefault(dist, version)
     return out
 
 
@@ -518,7 +540,7 @@ def _open_run_dir(store: RunStore, spec: RunSpec, overwrite: bool, command: str)
         status="running",
         spec=spec.to_dict(),
         config_hash=config_hash,
-        versions=_versions(),
+        versions=_versions(spec),
         machine=_machine(),
         git_revision=_git_revision(),
         command=command,
@@ -599,7 +621,7 @@ def _execute_cells(
         if status == "ok":
             summary.ok += 1
         elif status == "skipped":
-            summary.declined.append(cell.cell_id)
+            summary.skipped.append(cell.cell_id)
         elif status is not None:
             summary.failed.append(cell.cell_id)
 
@@ -626,7 +648,7 @@ def _execute_cells(
         if record.status == "ok":
             summary.ok += 1
         elif record.status == "skipped":
-            summary.declined.append(record.cell_id)
+            summary.skipped.append(record.cell_id)
         else:
             summary.failed.append(record.cell_id)
         bar.cell_done(record, summary.ok, len(summary.failed))
@@ -655,7 +677,7 @@ def _execute_cells(
     finally:
         bar.close()
         summary.wall_s = time.perf_counter() - started
-        finished = summary.ok + len(summary.failed) + len(summary.declined)
+        finished = summary.ok + len(summary.failed) + len(summary.skipped)
         error = None
         if summary.interrupted:
             state = "interrupted"
@@ -693,7 +715,7 @@ def run_liveness(run_dir: Path, manifest_status: str) -> str:
 
 
 def run_status(run_dir: Path) -> dict[str, list[str]]:
-    """Cells of a run by state: ok, failed, timeout, skipped (declined) and pending."""
+    """Cells of a run by state: ok, failed, timeout, skipped (too large for its method), pending."""
     manifest = read_manifest(run_dir)
     spec = RunSpec.from_dict(dict(manifest.spec))
     done = {r.cell_id: r.status for r in read_results(run_dir)}

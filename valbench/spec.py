@@ -382,7 +382,25 @@ def load_config_file(path: Path) -> dict[str, Any]:
         raise ConfigError(
             f"config file {path}: [params] must hold one table per method, e.g. [params.loo]"
         )
+    # Relative paths in the file are relative to the file, wherever the command runs from.
+    for key in ("out", "data_dir"):
+        if key in data:
+            data[key] = _beside(path, data[key])
+    if "datasets" in data:
+        data["datasets"] = [
+            FILE_PREFIX + _beside(path, name[len(FILE_PREFIX) :])
+            if name.startswith(FILE_PREFIX)
+            else name
+            for name in _as_names("datasets", data["datasets"])
+        ]
     return data
+
+
+def _beside(config: Path, value: str) -> str:
+    """``value`` as a path relative to the config file's folder (absolute and ``~`` paths kept)."""
+    if value.startswith("~") or Path(value).is_absolute():
+        return value
+    return str(config.parent / value)
 
 
 def _as_names(key: str, value: Any) -> tuple[str, ...]:

@@ -54,6 +54,7 @@ __all__ = [
     "is_number",
     "paired_p_value",
     "record_sort_key",
+    "seed_values",
     "summarise",
     "summary_json",
 ]
@@ -514,7 +515,8 @@ def min_detectable_difference(
     return factor * sd / math.sqrt(n)
 
 
-def _seed_values(records: Sequence[CellRecord], extract: Extract) -> dict[str, float]:
+def seed_values(records: Sequence[CellRecord], extract: Extract) -> dict[str, float]:
+    """A column's value of each seed (by the seed's label) among ``records``."""
     return {str(r.seed): v for r in records if (v := extract(r)) is not None}
 
 
@@ -539,14 +541,14 @@ def _mark_column(
         for m in methods
         if math.isclose(rows[m][col.key].mean, best_mean, rel_tol=1e-12, abs_tol=1e-15)
     ]
-    ref_values = _seed_values(by_method[best[0]], col.extract)
+    ref_values = seed_values(by_method[best[0]], col.extract)
     raw: dict[str, float] = {}
     sds: list[float] = []
     pairs: list[int] = []
     for method in methods:
         if method in best:
             continue
-        mine = _seed_values(by_method[method], col.extract)
+        mine = seed_values(by_method[method], col.extract)
         seeds = sorted(set(mine) & set(ref_values))
         ref, other = [ref_values[s] for s in seeds], [mine[s] for s in seeds]
         p_value = paired_p_value(ref, other)
@@ -580,7 +582,7 @@ def _separated_from_random(by_method: Mapping[str, Sequence[CellRecord]]) -> lis
     """
     raw: dict[str, float] = {}
     for method, records in by_method.items():
-        gains = list(_seed_values(records, gain_over_random).values())
+        gains = list(seed_values(records, gain_over_random).values())
         p_value = paired_p_value(gains, [0.0] * len(gains))
         if p_value is not None:
             raw[method] = p_value

@@ -73,17 +73,35 @@ def test_report_on_a_directory_without_a_run(
     assert "holds no valbench run" in capsys.readouterr().err
 
 
-def test_run_config_file_and_params(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    config = tmp_path / "c.toml"
-    out = tmp_path / "run"
+def test_run_config_file_and_params(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "conf" / "c.toml"
+    config.parent.mkdir()
+    # out is relative: to the config file, not to where the command runs; the file holds
+    # parameters for more methods than --methods selects
     config.write_text(
-        f'methods = ["loo"]\ndatasets = ["synthetic"]\nseeds = 1\nmax_train = 30\nout = "{out}"\n'
-        "fractions = [0.2, 0.5]\n[params.loo]\nbatch_size = 7\n"
+        'methods = ["loo", "tmc-shapley"]\ndatasets = ["synthetic"]\nseeds = 1\n'
+        'max_train = 30\nout = "run"\nfractions = [0.2, 0.5]\n[params.loo]\nbatch_size = 7\n'
+        "[params.tmc-shapley]\nmax_permutations = 5\n"
     )
-    assert main(["run", "--config", str(config), "--preset", "ci", "--no-progress"]) == 0
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    argv = ["run", "--config", str(config), "--preset", "ci", "--no-progress"]
+    assert main([*argv, "--methods", "loo"]) == 0
+    out = config.parent / "run"
     text = (out / "results.jsonl").read_text()
     assert '"batch_size": 7' in text and '"0.2"' in text and '"0.05"' not in text
+    assert "tmc-shapley" not in (out / "manifest.json").read_text()  # nor in the config hash
     assert "1/1 cells ok" in capsys.readouterr().out
+    assert list(elsewhere.iterdir()) == []
+    # a --param for a method the run leaves out is still a mistake, and so is a typo
+    assert main([*argv, "--methods", "loo", "--param", "banzhaf.max_subsets=10"]) == 2
+    assert "parameters given for 'banzhaf'" in capsys.readouterr().err
+    config.write_text(config.read_text() + "[params.tmc-shapely]\nmax_permutations = 5\n")
+    assert main([*argv, "--methods", "loo"]) == 2
+    assert "'tmc-shapely'" in capsys.readouterr().err
 
 
 def test_run_on_a_users_file_with_pair_noise(tmp_path: Path) -> None:

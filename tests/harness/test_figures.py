@@ -55,3 +55,58 @@ def test_friedman_nemenyi_matches_demsar(tmp_path: Path) -> None:
     assert list(res.average_ranks) == sorted(res.average_ranks, key=res.average_ranks.__getitem__)
     assert 0.0 <= res.friedman_p <= 1.0
     assert friedman_nemenyi(groups[:1], "gain") is None  # one dataset: no CD diagram
+
+
+def test_styles_follow_families_and_tell_every_method_apart() -> None:
+    import colorsys
+
+    from valbench.figures import FAMILY_COLORS, method_styles
+
+    # the built-in methods' families (29 in 5), as `valbench list` shows them
+    members = {
+        "baseline": "random",
+        "retraining": "loo exact-shapley tmc-shapley beta-shapley banzhaf g-shapley knn-shapley "
+        "data-oob",
+        "gradient": "influence tracin representer",
+        "training-dynamics": "grand el2n forgetting",
+        "subset-selection": "hostcp hostcp-fast hostcp-smooth hostcp-ds3 kcenter "
+        "facility-location graph-cut herding uncertainty moderate ccs gradmatch craig glister",
+    }
+    families = {m: family for family, names in members.items() for m in names.split()}
+    assert len(families) == 29
+    styles = method_styles(families, families)
+    assert styles == method_styles(sorted(families, reverse=True), families)  # stable
+    assert len({s.color for s in styles.values()}) == len(styles)  # a swatch per method
+    by_family: dict[str, list[str]] = {}
+    for name, style in styles.items():
+        by_family.setdefault(style.family, []).append(name)
+    for family, names in by_family.items():
+        shapes = {(styles[n].marker, str(styles[n].linestyle)) for n in names}
+        assert len(shapes) == len(names), family  # within a family, the shapes differ
+        base = FAMILY_COLORS[family]
+        if base == "#000000":
+            continue
+        hue = colorsys.rgb_to_hls(*(int(base[i : i + 2], 16) / 255 for i in (1, 3, 5)))[0]
+        for n in names:  # a shade of the family's hue
+            c = styles[n].color
+            h = colorsys.rgb_to_hls(*(int(c[i : i + 2], 16) / 255 for i in (1, 3, 5)))[0]
+            assert abs(h - hue) < 0.02, (n, c, base)
+
+
+def test_curve_figures_highlight_the_best_few_and_random(tmp_path: Path) -> None:
+    from test_report_fakes import fake_run
+
+    from valbench.figures import HIGHLIGHT, highlighted, method_styles, subset_figure
+
+    methods = ["random", *(f"m{i:02d}" for i in range(12))]
+    run = fake_run(tmp_path / "r", methods=methods, datasets=("d",), seeds=2, two_d=())
+    (group,) = summarise(read_records(run))
+    shown = highlighted(group, "gain")
+    best = sorted(group.rows, key=lambda m: -group.rows[m]["gain"].mean)[:HIGHLIGHT]
+    assert set(shown) == set(best) | {"random"}
+    svg = subset_figure(group, method_styles(methods))
+    assert f"{len(methods) - len(shown)} other methods" in svg
+    for m in shown:  # the legend names exactly the highlighted methods
+        assert f">{m}<" in svg
+    assert not [m for m in methods if m not in shown and f">{m}<" in svg]
+    assert highlighted(group, "gain", k=len(methods)) == sorted(methods)

@@ -286,26 +286,46 @@ def _chromium() -> str | None:
     return None
 
 
-@pytest.mark.browser
-def test_report_loads_in_headless_chromium(full_run: Path, tmp_path: Path) -> None:
-    """Headless Chromium loads the page without console errors; every figure has a size."""
+_PROBE = """<script>window.addEventListener('load', () => {
+  const inner = window.innerWidth;
+  const figs = [...document.querySelectorAll('figure svg')].map(s => {
+    const r = s.getBoundingClientRect(); const st = getComputedStyle(s);
+    return [r.width, r.height, r.left, r.right, st.visibility, st.display]; });
+  const widths = [document.body.scrollWidth, document.documentElement.scrollWidth, inner];
+  const box = document.getElementById('method-filter');
+  let filter = null;
+  if (box) {
+    const input = box.querySelector('input[data-method]');
+    const name = input.getAttribute('data-method');
+    const rows = [...document.querySelectorAll('tr[data-method]')]
+      .filter(r => r.getAttribute('data-method') === name);
+    input.click();
+    const hidden = rows.filter(r => r.style.display === 'none').length;
+    const drawn = [...document.querySelectorAll('svg [id]')]
+      .filter(e => e.style.display === 'none').length;
+    input.click();
+    const back = rows.filter(r => r.style.display === 'none').length;
+    filter = {shown: !box.hidden, name, rows: rows.length, hidden, drawn, back};
+  }
+  const out = document.createElement('pre'); out.id = 'probe-result';
+  out.textContent = JSON.stringify({figs, widths, filter}); document.body.appendChild(out);
+});</script>"""
+
+
+def _open_in_chromium(run: Path, tmp_path: Path) -> dict[str, Any]:
+    """Load a copy of the report with :data:`_PROBE` at 1,280 pixels; the probe's findings.
+
+    The probe measures the figures and the page width, unticks the first method of the filter
+    and counts what it hid, and prints the result into the DOM, which --dump-dom returns.
+    The unmodified page is also rendered to a screenshot.
+    """
     chromium = _chromium()
     if chromium is None:
         print("no Chromium installed (apt-get install chromium); browser check skipped")
         pytest.skip("no Chromium installed: apt-get install chromium")
-    # a copy with a probe: the page itself has no script; this one measures the figures and
-    # prints the result into the DOM, which --dump-dom returns after load
     probe = tmp_path / "probe.html"
-    html = (full_run / "index.html").read_text(encoding="utf-8")
-    script = (
-        "<script>window.addEventListener('load', () => {"
-        "const figs = [...document.querySelectorAll('figure svg')].map(s => {"
-        "const r = s.getBoundingClientRect(); return [r.width, r.height]; });"
-        "const out = document.createElement('pre'); out.id = 'probe-result';"
-        "out.textContent = JSON.stringify(figs); document.body.appendChild(out); });"
-        "</script>"
-    )
-    probe.write_text(html.replace("</body>", script + "</body>"), encoding="utf-8")
+    html = (run / "index.html").read_text(encoding="utf-8")
+    probe.write_text(html.replace("</body>", _PROBE + "</body>"), encoding="utf-8")
     profile = tmp_path / "profile"
     flags = [
         "--headless",
@@ -333,22 +353,56 @@ def test_report_loads_in_headless_chromium(full_run: Path, tmp_path: Path) -> No
     assert console == [], console
     found = re.search(r'<pre id="probe-result">(.*?)</pre>', dom.stdout, re.S)
     assert found is not None, dom.stdout[-2000:]
-    sizes = json.loads(found.group(1))
-    n_figures = len(list((full_run / "figures").iterdir()))
-    assert len(sizes) == n_figures
-    assert all(w > 0 and h > 0 for w, h in sizes), sizes
     # the unmodified page, as a user opens it from disk, renders to a screenshot
     shot = tmp_path / "page.png"
-    run = subprocess.run(
-        [chromium, *flags, f"--screenshot={shot}", (full_run / "index.html").as_uri()],
+    shown = subprocess.run(
+        [chromium, *flags, f"--screenshot={shot}", (run / "index.html").as_uri()],
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
-    assert run.returncode == 0, run.stderr[-2000:]
+    assert shown.returncode == 0, shown.stderr[-2000:]
     assert shot.is_file() and shot.stat().st_size > 10_000
-    assert not [line for line in run.stderr.splitlines() if "CONSOLE" in line]
+    assert not [line for line in shown.stderr.splitlines() if "CONSOLE" in line]
+    result: dict[str, Any] = json.loads(found.group(1))
+    return result
+
+
+def _check_layout(run: Path, probe: dict[str, Any]) -> None:
+    """No horizontal overflow at 1,280 pixels; every figure visible inside the window; the
+    method filter shown and hiding (and showing again) the rows and drawings of a method."""
+    body, document, inner = probe["widths"]
+    assert inner == 1280 and body <= inner and document <= inner, probe["widths"]
+    n_figures = len(list((run / "figures").iterdir()))
+    assert len(probe["figs"]) == n_figures
+    for width, height, left, right, visibility, display in probe["figs"]:
+        assert width > 50 and height > 50 and visibility == "visible" and display != "none"
+        assert 0 <= left and right <= inner, (left, right)
+    f = probe["filter"]
+    assert f is not None and f["shown"] and f["rows"] > 0
+    assert f["hidden"] == f["rows"] and f["back"] == 0 and f["drawn"] > 0, f
+
+
+@pytest.mark.browser
+def test_report_loads_in_headless_chromium(full_run: Path, tmp_path: Path) -> None:
+    """Headless Chromium loads the page without console errors; it fits 1,280 pixels; every
+    figure is visible; the method filter works."""
+    _check_layout(full_run, _open_in_chromium(full_run, tmp_path))
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_a_report_of_29_methods_fits_1280_pixels(tmp_path: Path) -> None:
+    """The built-in methods' names and families (29, in 5 families): wide tables scroll inside
+    their box, the page body never does."""
+    from valbench.registry import discover
+
+    methods = sorted(n for n, e in discover("method").items() if e.ok)
+    assert len(methods) >= 29
+    run = fake_run(tmp_path / "run", methods=methods, seeds=2)
+    render_report(run)
+    _check_layout(run, _open_in_chromium(run, tmp_path))
 
 
 def _mark_partial(run: Path, method: str, use_stats: bool) -> None:

@@ -20,9 +20,7 @@ from valbench.summary import (
 )
 
 
-def _line(
-    method: str, seed: int, chosen: float, random: float = 0.5, **extra: Any
-) -> CellRecord:
+def _line(method: str, seed: int, chosen: float, random: float = 0.5, **extra: Any) -> CellRecord:
     """A minimal ok line: one fraction's subset value against the random subset's."""
     return CellRecord.from_json(_line_json(method, seed, chosen, random, **extra))
 

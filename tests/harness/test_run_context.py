@@ -108,3 +108,20 @@ def test_complete_follows_the_stats_unless_given() -> None:
     assert Valuation(scores=np.zeros(2), stats={"complete": False}).complete is False
     partial = Valuation(scores=np.zeros(2), complete=False)
     assert partial.stats["complete"] is False
+
+
+def test_inner_progress_counts_against_the_budget() -> None:
+    from valbench.worker import budget_progress
+
+    seen: list[tuple[int, int]] = []
+    counter = FitCounter()
+    free = budget_progress(lambda d, t: seen.append((d, t)), BudgetMeter(Budget(), counter))
+    free(3, 1000)  # no budget: as the method reports it
+    meter = BudgetMeter(Budget(max_fits=200), counter)
+    shown = budget_progress(lambda d, t: seen.append((d, t)), meter)
+    counter.add(50)
+    shown(10, 1000)  # 1 % of its permutations, a quarter of its fits
+    counter.add(150)
+    shown(40, 1000)  # the budget is spent: the bar is full although the loop counted to 4 %
+    shown(40, 0)
+    assert seen == [(3, 1000), (25, 100), (100, 100), (100, 100)]

@@ -94,10 +94,7 @@ def test_failures_are_recorded_and_the_run_goes_on(tmp_path: Path, test_plugins:
     by_method = {r.method: r for r in read_results(tmp_path)}
     assert by_method["random"].status == "ok"
     assert by_method["raises"].status == "failed"
-    assert (
-        by_method["raises"].error.message
-        == "RuntimeError: deliberate failure in a test method"
-    )
+    assert by_method["raises"].error.message == "RuntimeError: deliberate failure in a test method"
     assert "Traceback" in by_method["raises"].error.traceback
     assert "NaN or infinite" in by_method["nan-scores"].error.message
     assert sorted(summary.failed) == sorted(
@@ -168,7 +165,7 @@ def test_a_cell_runs_one_thread_for_torch_and_for_blas(tmp_path: Path, test_plug
     assert (record.stats["torch_threads"], record.stats["pool_threads"]) == (1, 1)
 
 
-def test_cells_too_large_for_a_method_are_declined_not_failed(
+def test_cells_too_large_for_a_method_are_skipped_not_failed(
     tmp_path: Path, test_plugins: Path
 ) -> None:
     summary = execute(
@@ -177,8 +174,8 @@ def test_cells_too_large_for_a_method_are_declined_not_failed(
     by_method = {r.method: r for r in read_results(tmp_path)}
     assert by_method["small-only"].status == "skipped"
     assert "at most 10 training points" in by_method["small-only"].error.message
-    assert summary.declined == ["synthetic.small-only.noise0.2.seed0"] and not summary.failed
-    assert 'id="cells-declined">1<' in (tmp_path / "index.html").read_text()
+    assert summary.skipped == ["synthetic.small-only.noise0.2.seed0"] and not summary.failed
+    assert 'id="cells-skipped">1<' in (tmp_path / "index.html").read_text()
 
 
 def test_detection_scores_drive_the_mislabel_metrics(tmp_path: Path, test_plugins: Path) -> None:
@@ -312,3 +309,12 @@ def test_scores_are_finite_and_cover_every_point(tmp_path: Path) -> None:
 def test_environment_untouched() -> None:
     # The runner must not leave a changed working directory behind.
     assert Path.cwd() == Path(os.getcwd())
+
+
+def test_plugin_distributions_are_recorded_in_the_manifest_versions(test_plugins: Path) -> None:
+    from valbench.runner import _versions
+
+    versions = _versions(small_spec(methods=("random", "sleepy")))
+    assert versions["vb-test-plugins"] == "0.0.1"
+    assert versions["valbench"] and versions["torch"]  # built-ins: valbench's own line
+    assert "vb-test-plugins" not in _versions(small_spec(methods=("random",)))

@@ -233,6 +233,30 @@ def test_config_file(tmp_path: Path) -> None:
         load_config_file(path)
 
 
+def test_relative_paths_in_a_config_file_are_relative_to_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "conf"
+    folder.mkdir()
+    path = folder / "run.toml"
+    path.write_text(
+        'out = "runs/a"\ndata_dir = "cache"\n'
+        f'datasets = ["file:data/x.csv", "digits", "file:{tmp_path}/abs.csv", "file:~/h.csv"]\n'
+    )
+    data = load_config_file(path)
+    assert data["out"] == str(folder / "runs" / "a") and data["data_dir"] == str(folder / "cache")
+    assert data["datasets"] == [
+        f"file:{folder / 'data' / 'x.csv'}",
+        "digits",
+        f"file:{tmp_path}/abs.csv",
+        "file:~/h.csv",
+    ]
+    # a config in the current directory keeps its paths as written (and its config hash)
+    monkeypatch.chdir(folder)
+    data = load_config_file(Path("run.toml"))
+    assert data["out"] == "runs/a" and data["datasets"][0] == "file:data/x.csv"
+
+
 def test_config_file_that_cannot_be_read(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="is a directory, not a TOML file"):
         load_config_file(tmp_path)

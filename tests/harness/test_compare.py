@@ -1,0 +1,146 @@
+"""``valbench compare``: differences and paired tests between two runs, against ground truth."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from scipy import stats
+from test_report_fakes import fake_run, read_jsonl
+
+from valbench.cli import main
+from valbench.compare import compare_runs
+from valbench.summary import holm
+
+
+def _rewrite(run: Path, change: Any) -> None:
+    lines = read_jsonl(run)
+    for rec in lines:
+        change(rec)
+    (run / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+
+
+def _gain(rec: dict[str, Any]) -> float:
+    m = rec["metrics"]
+    return float(
+        np.mean([100 * (v - m["random_subset_value"][f]) for f, v in m["subset_value"].items()])
+    )
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return fake_run(tmp_path_factory.mktemp("cmp") / "a", seeds=5, datasets=("digits",), two_d=())
+
+
+def _copy(base: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "b"
+    shutil.copytree(base, out)
+    return out
+
+
+def test_a_run_against_itself_changes_nothing(base: Path, tmp_path: Path) -> None:
+    comparison = compare_runs(base, base)
+    assert comparison.differences and not comparison.only_a and not comparison.notes
+    assert all(
+        d.diff == 0 and d.p_value == 1.0 and d.change == "same" for d in comparison.differences
+    )
+    assert {d.method for d in comparison.differences} == {"random", "loo", "knn-shapley"}
+    page = tmp_path / "c.html"
+    assert main(["compare", str(base), str(base), "--fail-on-regression", "--html", str(page)]) == 0
+    html = page.read_text()
+    assert "No quality metric got significantly worse" in html and "<script" not in html
+
+
+def test_a_planted_regression_is_found_with_the_paired_test(
+    base: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_b = _copy(base, tmp_path)
+    rng = np.random.default_rng(3)
+
+    def worse(rec: dict[str, Any]) -> None:
+        if rec["method"] == "knn-shapley":
+            drop = 0.05 + rng.normal(0, 0.002)
+            rec["metrics"]["subset_value"] = {
+                f: v - drop for f, v in rec["metrics"]["subset_value"].items()
+            }
+
+    _rewrite(run_b, worse)
+    comparison = compare_runs(base, run_b)
+    (gain,) = [d for d in comparison.differences if (d.method, d.key) == ("knn-shapley", "gain")]
+    a = [_gain(r) for r in read_jsonl(base) if r["method"] == "knn-shapley"]
+    b = [_gain(r) for r in read_jsonl(run_b) if r["method"] == "knn-shapley"]
+    assert gain.n_pairs == 5
+    assert gain.diff == pytest.approx(np.mean(b) - np.mean(a))
+    assert gain.p_value == pytest.approx(stats.ttest_rel(a, b).pvalue)
+    quality = {str(i): d.p_value for i, d in enumerate(comparison.differences) if d.gated}
+    index = comparison.differences.index(gain)
+    assert gain.p_holm == pytest.approx(holm(quality)[str(index)])  # Holm over all quality tests
+    assert gain.change == "worse" and gain in comparison.regressions
+    assert all(d.method == "knn-shapley" for d in comparison.regressions)
+    assert {d.method for d in comparison.differences if d.change != "same"} == {"knn-shapley"}
+    # the reverse comparison calls it an improvement
+    assert compare_runs(run_b, base).improvements and not compare_runs(run_b, base).regressions
+
+    page = tmp_path / "c.html"
+    argv = ["compare", str(base), str(run_b), "--html", str(page)]
+    assert main(argv) == 0  # reported, but only fails when asked
+    assert main([*argv, "--fail-on-regression", "--changed-only"]) == 1
+    out, err = capsys.readouterr()
+    assert "WORSE" in out and "knn-shapley" in err and "regression" in err
+    assert 'class="worse" data-method="knn-shapley" data-col="gain"' in page.read_text()
+
+
+def test_costs_are_tested_but_never_a_regression(base: Path, tmp_path: Path) -> None:
+    run_b = _copy(base, tmp_path)
+
+    def slower(rec: dict[str, Any]) -> None:
+        rec["cost"]["cpu_s"] = rec["cost"]["cpu_s"] * 3 + 0.01 * rec["seed"]
+
+    _rewrite(run_b, slower)
+    comparison = compare_runs(base, run_b)
+    cpu = [d for d in comparison.differences if d.key == "cost.cpu_s"]
+    assert cpu and all(d.change == "worse" and not d.gated for d in cpu)
+    assert comparison.regressions == []
+    assert (
+        main(
+            [
+                "compare",
+                str(base),
+                str(run_b),
+                "--fail-on-regression",
+                "--html",
+                str(tmp_path / "c.html"),
+            ]
+        )
+        == 0
+    )
+
+
+def test_unshared_seeds_methods_and_specs_are_said(base: Path, tmp_path: Path) -> None:
+    run_b = _copy(base, tmp_path)
+    lines = [r for r in read_jsonl(run_b) if r["method"] != "loo" or r["seed"] == 0]
+    lines = [r for r in lines if r["method"] != "random"]
+    (run_b / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    manifest = json.loads((run_b / "manifest.json").read_text())
+    manifest["spec"]["root_seed"] = 7
+    (run_b / "manifest.json").write_text(json.dumps(manifest))
+    comparison = compare_runs(base, run_b)
+    loo = [d for d in comparison.differences if d.method == "loo"]
+    assert loo and all(d.n_pairs == 1 and d.change == "untested" for d in loo)
+    assert comparison.only_a == ["digits · label noise 0.1: random"]
+    assert any("root seeds" in n for n in comparison.notes)
+    assert any("fewer than 2 seeds" in n for n in comparison.notes)
+
+
+def test_runs_with_nothing_in_common_are_one_line(
+    base: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    other = fake_run(tmp_path / "o", seeds=2, datasets=("wine",), two_d=())
+    assert main(["compare", str(base), str(other)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "nothing to compare" in err
+    assert main(["compare", str(base), str(tmp_path / "missing")]) == 2

@@ -1,0 +1,106 @@
+"""The verdict: per goal, the best method and those the run cannot tell apart from it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from test_report_fakes import fake_run
+
+from valbench.summary import summarise
+from valbench.verdict import verdicts
+
+
+def _rec(method: str, seed: int, gain: float, auc: float, cpu: float, noise: float = 0.1) -> Any:
+    """One ok line whose gain over random is ``gain`` points at both fractions."""
+    rnd = {"0.1": 0.6 + 0.01 * seed, "0.5": 0.8}
+    return {
+        "status": "ok",
+        "method": method,
+        "dataset": "d",
+        "noise": noise,
+        "seed": seed,
+        "cell_id": f"d.{method}.noise{noise:g}.seed{seed}",
+        "cost": {"cpu_s": cpu},
+        "metrics": {
+            "subset_value": {f: v + gain / 100 for f, v in rnd.items()},
+            "random_subset_value": rnd,
+            "mislabel": None if noise == 0 else {"auc": auc},
+        },
+    }
+
+
+# per seed: (gain, detection AUC, CPU s); "close" is within noise of "good", "bad" far below
+TABLE = {
+    "good": [(5.0, 0.90, 10.0), (6.0, 0.91, 11.0), (5.5, 0.89, 10.5), (5.2, 0.90, 10.2)],
+    "close": [(4.9, 0.70, 1.0), (6.0, 0.72, 1.1), (5.0, 0.71, 1.0), (5.6, 0.70, 1.05)],
+    "bad": [(1.0, 0.60, 0.1), (1.2, 0.61, 0.12), (0.9, 0.59, 0.11), (1.1, 0.60, 0.1)],
+    "random": [(0.1, 0.50, 0.01), (-0.2, 0.49, 0.01), (0.0, 0.51, 0.011), (0.1, 0.50, 0.01)],
+}
+
+
+def _records(seeds: int = 4, noise: float = 0.1) -> list[Any]:
+    return [_rec(m, s, *TABLE[m][s], noise=noise) for m in TABLE for s in range(seeds)]
+
+
+def test_recommended_is_the_best_and_those_not_significantly_worse() -> None:
+    (v,) = verdicts(summarise(_records()))
+    subset, mislabel, cost = (v.goal(g) for g in ("subset", "mislabel", "cost"))
+    assert subset is not None and mislabel is not None and cost is not None
+    # gain: good 5.425, close 5.375 with paired differences 0.1, 0, 0.5, -0.4: not separable
+    assert subset.best == ["good"] and subset.recommended == ["good", "close"]
+    assert subset.tested and "not significantly worse" in subset.why
+    # detection: good is far ahead of every other
+    assert mislabel.recommended == ["good"] and "every other method is significantly worse" in (
+        mislabel.why
+    )
+    assert any("planted" in c for c in mislabel.caveats)
+    # Pareto on (CPU s, AUC): each is cheaper than everything better -> all four, cheapest first
+    assert mislabel.pareto == ["random", "bad", "close", "good"]
+    # Pareto on (CPU s, gain): each is cheaper than every better one, so all four are on it
+    assert subset.pareto == ["random", "bad", "close", "good"]
+    assert cost.recommended == ["random"] and cost.pareto == []
+    assert any("the cheapest that does is bad (0.108" in c for c in cost.caveats)
+    assert v.seeds == 4 and v.n_methods == 4
+    assert any("Only 4 seeds" in c for c in subset.caveats)
+
+
+def test_one_seed_is_no_evidence_and_noise_zero_has_no_detection_goal() -> None:
+    (v,) = verdicts(summarise(_records(seeds=1, noise=0.0)))
+    assert v.goal("mislabel") is None
+    subset = v.goal("subset")
+    assert subset is not None and not subset.tested and subset.recommended == subset.best
+    assert "one draw" in subset.why
+    assert any("One seed" in c for c in v.caveats) and any("No labels" in c for c in v.caveats)
+
+
+def test_random_among_the_recommended_is_said() -> None:
+    records = [r for r in _records() if r["method"] in ("random", "bad")]
+    for r in records:  # bad is as good as random at selecting
+        if r["method"] == "bad":
+            r["metrics"]["subset_value"] = {
+                f: v + 0.001 * (-1) ** r["seed"]
+                for f, v in r["metrics"]["random_subset_value"].items()
+            }
+    (v,) = verdicts(summarise(records))
+    subset = v.goal("subset")
+    assert subset is not None and set(subset.recommended) == {"random", "bad"}
+    assert any("beat chance" in c for c in subset.caveats)
+    assert any("random subset" in c for c in subset.caveats)
+
+
+def test_the_report_shows_and_exports_the_verdict(tmp_path: Path) -> None:
+    from valbench.report import render_report
+
+    run = fake_run(
+        tmp_path / "r", methods=("random", "loo"), datasets=("digits",), two_d=(), seeds=2
+    )
+    render_report(run)
+    summary = json.loads((run / "summary.json").read_text())
+    (v,) = summary["verdict"]
+    assert [g["goal"] for g in v["goals"]] == ["subset", "mislabel", "cost"]
+    html = (run / "index.html").read_text()
+    assert 'id="verdict"' in html and 'data-goal="mislabel"' in html
+    best = summary["groups"][0]["best"]["gain"]
+    assert v["goals"][0]["best"] == best

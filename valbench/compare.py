@@ -1,0 +1,338 @@
+"""Compare two runs: per dataset, method and metric, the difference and a paired test over seeds.
+
+``valbench compare RUN_A RUN_B`` answers "did this method get better or worse from run A to run
+B?" (a commit to the next, a parameter change, another machine). Everything comes from the two
+runs' stored results through :func:`valbench.summary.summarise`, so a number here is the same
+one each run's report shows:
+
+- the ``ok`` cells of each run are summarised as the report does (partial cells left out);
+- for every (dataset, noise, method) in both runs and every leaderboard column both have, the
+  per-seed values of the seeds both runs hold are paired; the difference is the mean of
+  ``B - A`` over those seeds, and the test is :data:`~valbench.summary.TEST_NAME`
+  (:func:`~valbench.summary.paired_p_value`);
+- p-values are Holm-corrected (:func:`~valbench.summary.holm`) over every test of one family:
+  the quality metrics (subset value, gain, detection, removal) form one family and the costs
+  another, so a slower machine never hides or fakes a change of quality;
+- a change is ``better`` or ``worse`` when the corrected p is below :data:`ALPHA` and the mean
+  difference points that way; ``same`` otherwise; ``untested`` with fewer than 2 shared seeds.
+
+Only quality metrics count as a regression (:attr:`Comparison.regressions`): costs depend on
+the machine and its load, so they are shown and tested but never fail a comparison.
+
+The pairing is only as good as the seeds: two runs with the same root seed see the same splits
+and label flips at each seed; with different root seeds the pairs are unrelated draws (the test
+stays valid, it just loses the pairing's power), and :attr:`Comparison.notes` says so.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from valbench.records import CellRecord, Manifest
+from valbench.store import atomic_write, read_manifest, read_results
+from valbench.summary import (
+    ALPHA,
+    CORRECTION,
+    TEST_NAME,
+    Column,
+    GroupSummary,
+    holm,
+    paired_p_value,
+    seed_values,
+    summarise,
+)
+
+__all__ = [
+    "ALPHA",
+    "COST_GROUP",
+    "Comparison",
+    "Difference",
+    "compare_runs",
+    "format_table",
+    "render_html",
+]
+
+COST_GROUP = "cost"
+"""Column group of the costs: tested in their own Holm family and never a regression."""
+#: Spec keys that say how a run was executed, not what it computed: never reported as differing.
+_EXECUTION_KEYS = frozenset({"jobs", "timeout", "max_memory_mb", "preset"})
+TEMPLATE = "compare.html.j2"
+
+
+@dataclass(frozen=True)
+class Difference:
+    """One (dataset, noise, method, column) in both runs: means over the shared seeds and test."""
+
+    dataset: str
+    noise: float | None
+    method: str
+    key: str
+    label: str
+    group: str
+    higher_is_better: bool
+    fmt: str
+    mean_a: float
+    mean_b: float
+    n_pairs: int
+    p_value: float | None  # paired test (None: fewer than 2 shared seeds)
+    p_holm: float | None = None
+    change: str = "untested"  # "better", "worse", "same" or "untested"
+
+    @property
+    def diff(self) -> float:
+        """Mean of ``B - A`` over the shared seeds (equal to ``mean_b - mean_a``)."""
+        return self.mean_b - self.mean_a
+
+    @property
+    def gated(self) -> bool:
+        """True for a quality metric: a significant worsening is a regression."""
+        return self.group != COST_GROUP
+
+    @property
+    def title(self) -> str:
+        return (
+            self.dataset if self.noise is None else f"{self.dataset} · label noise {self.noise:g}"
+        )
+
+    def text(self, value: float, signed: bool = False) -> str:
+        fmt = self.fmt.lstrip("+")
+        return format(value, ("+" if signed else "") + fmt)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """What :func:`compare_runs` found; every difference, and why some could not be compared."""
+
+    run_a: str
+    run_b: str
+    revision_a: str | None
+    revision_b: str | None
+    differences: list[Difference]
+    only_a: list[str] = field(default_factory=list)  # "dataset · noise: method" only in A
+    only_b: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def regressions(self) -> list[Difference]:
+        """Quality metrics that got significantly worse from A to B."""
+        return [d for d in self.differences if d.gated and d.change == "worse"]
+
+    @property
+    def improvements(self) -> list[Difference]:
+        return [d for d in self.differences if d.gated and d.change == "better"]
+
+    def by_group(self) -> dict[str, list[Difference]]:
+        """Differences per dataset title, in their order."""
+        out: dict[str, list[Difference]] = {}
+        for d in self.differences:
+            out.setdefault(d.title, []).append(d)
+        return out
+
+
+def _key(g: GroupSummary) -> tuple[str, float | None]:
+    return g.dataset, g.noise
+
+
+def _pair(
+    col: Column, records_a: Sequence[CellRecord], records_b: Sequence[CellRecord]
+) -> tuple[list, list]:
+    a, b = seed_values(records_a, col.extract), seed_values(records_b, col.extract)
+    seeds = sorted(set(a) & set(b))
+    return [a[s] for s in seeds], [b[s] for s in seeds]
+
+
+def _spec_notes(manifest_a: Manifest, manifest_b: Manifest) -> list[str]:
+    spec_a, spec_b = manifest_a.spec, manifest_b.spec
+    differing = sorted(
+        k
+        for k in set(spec_a) | set(spec_b)
+        if k not in _EXECUTION_KEYS
+        and k not in ("methods", "datasets")
+        and spec_a.get(k) != spec_b.get(k)
+    )
+    notes = []
+    if "root_seed" in differing:
+        notes.append(
+            "The runs have different root seeds: seed i of A and of B are different splits and "
+            "label flips, so the pairs are unrelated draws (the test stays valid but loses the "
+            "power of pairing)."
+        )
+    rest = [k for k in differing if k != "root_seed"]
+    if rest:
+        notes.append(
+            "The runs' specs differ in "
+            + ", ".join(rest)
+            + ": a difference below may come from that change rather than from the method."
+        )
+    return notes
+
+
+def compare_runs(run_a: Path, run_b: Path, alpha: float = ALPHA) -> Comparison:
+    """Compare run B against run A (the reference); see the module docstring for the rules."""
+    run_a, run_b = Path(run_a), Path(run_b)
+    manifest_a, manifest_b = read_manifest(run_a), read_manifest(run_b)
+    groups_a = {_key(g): g for g in summarise(read_results(run_a))}
+    groups_b = {_key(g): g for g in summarise(read_results(run_b))}
+    raw: list[Difference] = []
+    only_a: list[str] = []
+    only_b: list[str] = []
+    notes = _spec_notes(manifest_a, manifest_b)
+    few_seeds = False
+    for key in sorted(
+        set(groups_a) | set(groups_b), key=lambda k: (k[0], math.inf if k[1] is None else k[1])
+    ):
+        ga, gb = groups_a.get(key), groups_b.get(key)
+        if ga is None or gb is None:
+            present = gb if ga is None else ga
+            assert present is not None
+            side = only_b if ga is None else only_a
+            side.extend(f"{present.title}: {m}" for m in present.rows)
+            continue
+        only_a.extend(f"{ga.title}: {m}" for m in ga.rows if m not in gb.rows)
+        only_b.extend(f"{gb.title}: {m}" for m in gb.rows if m not in ga.rows)
+        for g, run in ((ga, "A"), (gb, "B")):
+            if g.partial:
+                listed = ", ".join(f"{m} ({n})" for m, n in g.partial.items())
+                notes.append(f"{g.title}: partial cells of run {run} left out: {listed}.")
+        columns_b = {c.key for c in gb.columns}
+        for method in (m for m in ga.rows if m in gb.rows):
+            for col in (c for c in ga.columns if c.key in columns_b):
+                a, b = _pair(col, ga.records[method], gb.records[method])
+                if not a:
+                    continue
+                few_seeds = few_seeds or len(a) < 2
+                raw.append(
+                    Difference(
+                        dataset=ga.dataset,
+                        noise=ga.noise,
+                        method=method,
+                        key=col.key,
+                        label=col.label,
+                        group=col.group,
+                        higher_is_better=col.higher_is_better,
+                        fmt=col.fmt,
+                        mean_a=math.fsum(a) / len(a),
+                        mean_b=math.fsum(b) / len(b),
+                        n_pairs=len(a),
+                        p_value=paired_p_value(a, b),
+                    )
+                )
+    if few_seeds:
+        notes.append(
+            "Some methods share fewer than 2 seeds between the runs: their differences are "
+            "shown but untested, and never count as a regression."
+        )
+    return Comparison(
+        run_a=str(manifest_a.name or run_a.name),
+        run_b=str(manifest_b.name or run_b.name),
+        revision_a=manifest_a.git_revision,
+        revision_b=manifest_b.git_revision,
+        differences=_judge(raw, alpha),
+        only_a=only_a,
+        only_b=only_b,
+        notes=notes,
+    )
+
+
+def _judge(raw: Sequence[Difference], alpha: float) -> list[Difference]:
+    """Holm-correct each family (quality, cost) and name each change."""
+    adjusted: dict[int, float] = {}
+    for gated in (True, False):
+        family = {
+            str(i): d.p_value
+            for i, d in enumerate(raw)
+            if d.gated == gated and d.p_value is not None
+        }
+        adjusted.update({int(i): p for i, p in holm(family).items()})
+    out = []
+    for i, d in enumerate(raw):
+        p_holm = adjusted.get(i)
+        if p_holm is None:
+            change = "untested"
+        elif p_holm < alpha and d.diff != 0:
+            change = "better" if (d.diff > 0) == d.higher_is_better else "worse"
+        else:
+            change = "same"
+        out.append(
+            Difference(**{**d.__dict__, "p_holm": p_holm, "change": change})  # frozen copy
+        )
+    return out
+
+
+# --------------------------------------------------------------------------- output
+
+
+def _p_text(p: float | None) -> str:
+    return "—" if p is None else f"{p:.2g}"
+
+
+def format_table(comparison: Comparison, changed_only: bool = False) -> str:
+    """The comparison as a plain-text table, one block per dataset (for the terminal)."""
+    header = ("method", "metric", "A", "B", "B − A", "seeds", f"p ({CORRECTION})", "change")
+    lines = [
+        f"A = {comparison.run_a} ({comparison.revision_a or 'revision unknown'}), "
+        f"B = {comparison.run_b} ({comparison.revision_b or 'revision unknown'})",
+        f"{TEST_NAME} on the seeds both runs hold; {CORRECTION}-corrected over the quality "
+        f"metrics (and apart over the costs), α = {ALPHA:g}; costs never count as a regression",
+    ]
+    for title, diffs in comparison.by_group().items():
+        shown = [d for d in diffs if not changed_only or d.change in ("better", "worse")]
+        if not shown:
+            continue
+        rows = [
+            (
+                d.method,
+                f"{d.label} {'↑' if d.higher_is_better else '↓'}",
+                d.text(d.mean_a),
+                d.text(d.mean_b),
+                d.text(d.diff, signed=True),
+                str(d.n_pairs),
+                _p_text(d.p_holm),
+                d.change.upper() if d.change == "worse" and d.gated else d.change,
+            )
+            for d in shown
+        ]
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+        lines += ["", title]
+        for row in [header, *rows]:
+            lines.append(
+                "  ".join(
+                    cell.ljust(w) if i < 2 or i == len(row) - 1 else cell.rjust(w)
+                    for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+                ).rstrip()
+            )
+    if changed_only and not comparison.regressions and not comparison.improvements:
+        lines += ["", "no significant change of any quality metric"]
+    for label, items in (("only in A", comparison.only_a), ("only in B", comparison.only_b)):
+        if items:
+            lines += ["", f"{label} (not compared): {', '.join(items)}"]
+    lines += [""] + [f"note: {n}" for n in comparison.notes]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def render_html(comparison: Comparison, target: Path) -> Path:
+    """Write the comparison as one self-contained HTML page (inline CSS, no script, no network)."""
+    from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+    env = Environment(
+        loader=FileSystemLoader(str(Path(__file__).parent / "templates")),
+        autoescape=True,
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    html = env.get_template(TEMPLATE).render(
+        c=comparison,
+        groups=comparison.by_group(),
+        alpha=ALPHA,
+        test_name=TEST_NAME,
+        correction=CORRECTION,
+        p_text=_p_text,
+    )
+    target = Path(target)
+    atomic_write(target, html.encode("utf-8"))
+    return target

@@ -1,0 +1,231 @@
+"""Which method to trust on this data: one verdict per (dataset, noise) and goal.
+
+The leaderboard crowns a method per column; a user with one goal wants the set of methods the
+run cannot tell apart from the best on that goal, what each costs, and how far the run can be
+trusted. :func:`verdicts` answers from the summary's own numbers (:class:`GroupSummary`), so
+nothing here is a new statistic:
+
+- **recommended**: the best mean of the goal's column and every method *not significantly
+  worse* than it (the column's paired t-tests against the best, Holm-corrected, as marked by
+  :func:`valbench.summary.summarise`), best mean first;
+- **pareto**: the cost-Pareto set of the goal: the methods no other method beats on both mean
+  CPU seconds (lower) and the goal's metric (higher) (:func:`valbench.figures.pareto_front`);
+- **why**: one sentence that says where the recommendation comes from;
+- **caveats**: what the data impose (one seed, few seeds and the smallest detectable
+  difference, planted flips only, no method beating random, partial cells left out).
+
+The return value is plain (frozen dataclasses of strings, lists and numbers, with
+:meth:`Verdict.to_dict` for JSON) so that another command can pick methods from a finished run.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from valbench.figures import pareto_front
+from valbench.summary import ALPHA, CORRECTION, COST_KEY, GAIN_KEY, GroupSummary, Stat
+
+__all__ = ["GOALS", "FEW_SEEDS", "GoalVerdict", "Verdict", "verdicts"]
+
+DETECTION_KEY = "mislabel.auc"
+GOALS: tuple[tuple[str, str, str], ...] = (
+    ("subset", "keep a valuable subset", GAIN_KEY),
+    ("mislabel", "find mislabelled points", DETECTION_KEY),
+    ("cost", "spend little", COST_KEY),
+)
+"""``(goal, question, column key)`` of each goal, in the order the page shows them."""
+FEW_SEEDS = 5
+"""Below this many seeds the verdict says how large a difference the tests could detect."""
+RANDOM_METHOD = "random"
+
+
+@dataclass(frozen=True)
+class GoalVerdict:
+    """The answer for one goal on one (dataset, noise)."""
+
+    goal: str  # "subset", "mislabel" or "cost"
+    question: str
+    key: str  # the leaderboard column the goal is judged on
+    label: str
+    best: list[str]  # best mean (ties kept)
+    recommended: list[str]  # best, then every method not significantly worse, by mean
+    pareto: list[str]  # cost-Pareto set on (CPU s, this column), cheapest first
+    why: str
+    caveats: list[str] = field(default_factory=list)
+    tested: bool = False  # whether paired tests backed the recommendation (>= 2 seeds)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """All goals of one (dataset, noise)."""
+
+    dataset: str
+    noise: float | None
+    title: str
+    slug: str
+    n_methods: int
+    seeds: int
+    goals: list[GoalVerdict]
+    caveats: list[str] = field(default_factory=list)
+
+    def goal(self, name: str) -> GoalVerdict | None:
+        return next((g for g in self.goals if g.goal == name), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _names(methods: Sequence[str]) -> str:
+    return ", ".join(methods) if methods else "none"
+
+
+def _ranked(group: GroupSummary, key: str, methods: Sequence[str], better_high: bool) -> list[str]:
+    return sorted(methods, key=lambda m: ((-1 if better_high else 1) * group.rows[m][key].mean, m))
+
+
+def _front(group: GroupSummary, key: str) -> list[str]:
+    """Cost-Pareto set on (mean CPU s, mean of ``key``), cheapest first."""
+    points = []
+    for method, cells in group.rows.items():
+        value, cpu = cells.get(key), cells.get(COST_KEY)
+        if value and cpu and value.present and cpu.present:
+            points.append((method, cpu.mean, value.mean))
+    front = set(pareto_front(points))
+    return [m for m, _, _ in sorted(points, key=lambda p: (p[1], -p[2], p[0])) if m in front]
+
+
+def _goal(group: GroupSummary, goal: str, question: str, key: str) -> GoalVerdict | None:
+    col = group.column(key)
+    if col is None:
+        return None
+    present = {m: cells[key] for m, cells in group.rows.items() if cells[key].present}
+    if not present:
+        return None
+    best = group.best_methods(key)
+    if not best:  # a column the summary does not rank
+        return None
+    tied = [m for m, st in present.items() if st.tied]
+    tested = group.max_seeds >= 2 and (
+        len(best) == len(present) or any(st.p_value is not None for st in present.values())
+    )
+    recommended = best + _ranked(group, key, tied, col.higher_is_better)
+    top: Stat = present[best[0]]
+    caveats: list[str] = []
+    has = (
+        f"{_names(best)} {'has' if len(best) == 1 else 'share'} the "
+        f"{'highest' if col.higher_is_better else 'lowest'} mean {col.label} ({top.text})"
+    )
+    worse = "costlier" if goal == "cost" else "worse"
+    if not tested:
+        why = f"{has}; with one seed per method nothing could be tested, so this is one draw."
+    elif len(best) == len(present):
+        why = f"{has}: all methods are equal on it."
+    else:
+        others = len(present) - len(best)
+        why = f"{has}; " + (
+            f"{len(tied)} of the other {others} method{'s' if others != 1 else ''} "
+            f"{'is' if len(tied) == 1 else 'are'} not significantly {worse} (paired t-test "
+            f"over seeds, {CORRECTION}-corrected, α = {ALPHA:g}), so the run cannot tell "
+            "them apart from it."
+            if tied
+            else f"every other method is significantly {worse} (paired t-test over seeds, "
+            f"{CORRECTION}-corrected, α = {ALPHA:g})."
+        )
+        mdd = group.detectable.get(key, math.nan)
+        if group.max_seeds < FEW_SEEDS and math.isfinite(mdd):
+            caveats.append(
+                f"Only {group.max_seeds} seeds: the tests would find a true difference from "
+                f"the best of about {format(mdd, col.fmt.lstrip('+'))} or more "
+                "(80 % power); smaller ones go unseen."
+            )
+        if len(recommended) > max(2, len(present) // 2):
+            caveats.append(
+                f"{len(recommended)} of {len(present)} methods are indistinguishable from the "
+                "best here: this run does not single one out."
+            )
+    if goal != "cost" and RANDOM_METHOD in recommended:
+        caveats.append(
+            f"The {RANDOM_METHOD} baseline is among them: on this goal the run cannot show "
+            "that these methods beat chance."
+        )
+    if goal == "subset":
+        if tested and not group.separated_from_random:
+            caveats.append(
+                "No method's gain over a random subset of the same size is significantly "
+                "different from zero: random selection may do as well."
+            )
+        elif top.mean <= 0:
+            caveats.append("No method beats a random subset of the same size on average.")
+    elif goal == "mislabel":
+        caveats.append(
+            "Scored on the label flips valbench planted only; labels already wrong in the data "
+            "count as clean, and real label errors may be harder to find."
+        )
+        if top.mean <= 0.5:
+            caveats.append("The best detection AUC is no better than inspecting at random (0.5).")
+    else:  # cost
+        useful = [m for m in recommended if m in group.separated_from_random and m != RANDOM_METHOD]
+        beating = [
+            m
+            for m in _ranked(group, key, list(present), False)
+            if m in group.separated_from_random and m != RANDOM_METHOD
+        ]
+        if useful:
+            tail = f"of these, {_names(useful)} also beat random selection significantly."
+        elif beating:
+            tail = (
+                "none of these beats random selection significantly; the cheapest that does is "
+                f"{beating[0]} ({present[beating[0]].text} CPU s)."
+            )
+        else:
+            tail = "no method beats random selection significantly here."
+        caveats.append("CPU seconds of one cell on this machine, one thread; " + tail)
+    pareto = [] if goal == "cost" else _front(group, key)
+    return GoalVerdict(
+        goal=goal,
+        question=question,
+        key=key,
+        label=col.label,
+        best=best,
+        recommended=recommended,
+        pareto=pareto,
+        why=why,
+        caveats=caveats,
+        tested=tested,
+    )
+
+
+def verdicts(groups: Sequence[GroupSummary]) -> list[Verdict]:
+    """One :class:`Verdict` per group that has any goal's column, in the groups' order."""
+    out = []
+    for group in groups:
+        goals = [v for g in GOALS if (v := _goal(group, *g)) is not None]
+        if not goals:
+            continue
+        caveats = []
+        if group.max_seeds < 2:
+            caveats.append("One seed: no method can be told apart from another by a test.")
+        if group.partial:
+            caveats.append(
+                "Partial cells left out: "
+                + ", ".join(f"{m} ({n})" for m, n in group.partial.items())
+                + "."
+            )
+        if group.noise in (None, 0):
+            caveats.append("No labels were flipped, so mislabel detection is not judged.")
+        out.append(
+            Verdict(
+                dataset=group.dataset,
+                noise=group.noise,
+                title=group.title,
+                slug=group.slug,
+                n_methods=len(group.rows),
+                seeds=group.max_seeds,
+                goals=goals,
+                caveats=caveats,
+            )
+        )
+    return out
