@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from valbench.pages import environment
 from valbench.records import CellRecord, Manifest
 from valbench.store import atomic_write, read_manifest, read_results
 from valbench.summary import (
@@ -315,23 +316,17 @@ def format_table(comparison: Comparison, changed_only: bool = False) -> str:
 
 def render_html(comparison: Comparison, target: Path) -> Path:
     """Write the comparison as one self-contained HTML page (inline CSS, no script, no network)."""
-    from jinja2 import Environment, FileSystemLoader, StrictUndefined
-
-    env = Environment(
-        loader=FileSystemLoader(str(Path(__file__).parent / "templates")),
-        autoescape=True,
-        undefined=StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-    )
-    html = env.get_template(TEMPLATE).render(
-        c=comparison,
-        groups=comparison.by_group(),
-        alpha=ALPHA,
-        test_name=TEST_NAME,
-        correction=CORRECTION,
-        p_text=_p_text,
+    html = (
+        environment()
+        .get_template(TEMPLATE)
+        .render(
+            c=comparison,
+            groups=comparison.by_group(),
+            alpha=ALPHA,
+            test_name=TEST_NAME,
+            correction=CORRECTION,
+            p_text=_p_text,
+        )
     )
     target = Path(target)
     atomic_write(target, html.encode("utf-8"))

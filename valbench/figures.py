@@ -19,7 +19,7 @@ from __future__ import annotations
 import io
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -324,33 +324,67 @@ def _finish_curve_axes(fig: Any, ax: Any, xlabel: str, ylabel: str, title: str) 
     fig.tight_layout()
 
 
+def _finite_points(
+    xs: Sequence[float | None], ys: Sequence[float | None]
+) -> tuple[list[float], list[float]] | None:
+    """The points of a stored curve where both coordinates are numbers (null is no number)."""
+    points = [(x, y) for x, y in zip(xs, ys, strict=True) if x is not None and y is not None]
+    return ([x for x, _ in points], [y for _, y in points]) if points else None
+
+
 def _mislabel_curve(rec: CellRecord) -> tuple[list[float], list[float]] | None:
     mislabel = rec.metrics.mislabel
-    if mislabel is None or not mislabel.curve:
+    if mislabel is None:
         return None
-    points = [(x, y) for x, y in mislabel.curve if x is not None and y is not None]
-    return ([x for x, _ in points], [y for _, y in points]) if points else None
+    return _finite_points([x for x, _ in mislabel.curve], [y for _, y in mislabel.curve])
+
+
+def _removal_curve(rec: CellRecord) -> tuple[list[float], list[float]] | None:
+    removal = rec.metrics.removal
+    return None if removal is None else _finite_points(removal.fractions, removal.values)
+
+
+CurveOf = Callable[[CellRecord], tuple[list[float], list[float]] | None]
+
+
+def _curves(group: GroupSummary, read: CurveOf) -> dict[str, list[tuple[list[float], list[float]]]]:
+    """Each method's stored curves (one per seed) read by ``read``; methods without any left out."""
+    return {
+        m: cs for m, recs in group.records.items() if (cs := [c for r in recs if (c := read(r))])
+    }
+
+
+def _plot_mean_curves(
+    ax: Any,
+    group: GroupSummary,
+    styles: Mapping[str, MethodStyle],
+    curves: Mapping[str, list[tuple[list[float], list[float]]]],
+    column: str,
+) -> list[float]:
+    """Each method's curve averaged over seeds, the best by ``column`` in colour (the rest
+    muted, drawn first); returns the coloured means."""
+    shown_in_colour = set(highlighted(group, column))
+    shown: list[float] = []
+    for method, cs in sorted(curves.items(), key=lambda mc: mc[0] in shown_in_colour):
+        xs, mean, half = _mean_curve(cs)
+        if xs.size:
+            muted = method not in shown_in_colour
+            _plot_curve(ax, xs, mean, half, _style(styles, method), method, muted)
+            if not muted:
+                shown.extend(mean.tolist())
+    _muted_legend(ax, sum(m not in shown_in_colour for m in curves))
+    return shown
 
 
 def mislabel_figure(group: GroupSummary, styles: Mapping[str, MethodStyle]) -> str | None:
     """Mislabel recall vs fraction inspected, with the random diagonal and the ideal curve;
     beyond :data:`HIGHLIGHT` + 1 methods, the best by detection AUC in colour."""
-    curves = {
-        m: [c for r in recs if (c := _mislabel_curve(r)) is not None]
-        for m, recs in group.records.items()
-    }
-    curves = {m: c for m, c in curves.items() if c}
+    curves = _curves(group, _mislabel_curve)
     if not curves:
         return None
-    shown_in_colour = set(highlighted(group, "mislabel.auc"))
     with _figure(6.8, 3.8) as (fig, buf):
         ax = fig.subplots()
-        for method, cs in sorted(curves.items(), key=lambda mc: mc[0] in shown_in_colour):
-            xs, mean, half = _mean_curve(cs)
-            if xs.size:
-                muted = method not in shown_in_colour
-                _plot_curve(ax, xs, mean, half, _style(styles, method), method, muted)
-        _muted_legend(ax, sum(m not in shown_in_colour for m in curves))
+        _plot_mean_curves(ax, group, styles, curves, "mislabel.auc")
         ax.plot([0, 1], [0, 1], ls="--", lw=1.2, color=_REF, label="random order")
         if group.noise:
             rate = float(group.noise)
@@ -367,40 +401,15 @@ def mislabel_figure(group: GroupSummary, styles: Mapping[str, MethodStyle]) -> s
     return buf.getvalue()
 
 
-def _removal_curve(rec: CellRecord) -> tuple[list[float], list[float]] | None:
-    removal = rec.metrics.removal
-    if removal is None:
-        return None
-    points = [
-        (x, y)
-        for x, y in zip(removal.fractions, removal.values, strict=True)
-        if x is not None and y is not None
-    ]
-    return ([x for x, _ in points], [y for _, y in points]) if points else None
-
-
 def removal_figure(group: GroupSummary, styles: Mapping[str, MethodStyle]) -> str | None:
     """Test accuracy after removing the highest-valued points: the faster it drops, the better;
     beyond :data:`HIGHLIGHT` + 1 methods, the best by removal AUC in colour."""
-    curves = {
-        m: [c for r in recs if (c := _removal_curve(r)) is not None]
-        for m, recs in group.records.items()
-    }
-    curves = {m: c for m, c in curves.items() if c}
+    curves = _curves(group, _removal_curve)
     if not curves:
         return None
-    shown_in_colour = set(highlighted(group, "removal.auc"))
     with _figure(6.8, 3.8) as (fig, buf):
         ax = fig.subplots()
-        shown: list[float] = []
-        for method, cs in sorted(curves.items(), key=lambda mc: mc[0] in shown_in_colour):
-            xs, mean, half = _mean_curve(cs)
-            if xs.size:
-                muted = method not in shown_in_colour
-                _plot_curve(ax, xs, mean, half, _style(styles, method), method, muted)
-                if not muted:
-                    shown.extend(mean.tolist())
-        _muted_legend(ax, sum(m not in shown_in_colour for m in curves))
+        shown = _plot_mean_curves(ax, group, styles, curves, "removal.auc")
         if group.full_data.present:
             shown.append(group.full_data.mean)
         _fit_ylim(ax, shown)

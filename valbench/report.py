@@ -49,6 +49,7 @@ from valbench.figures import (
     selection_figure,
     subset_figure,
 )
+from valbench.pages import environment
 from valbench.records import CellError, CellRecord, Manifest
 from valbench.registry import get_method
 from valbench.spec import FILE_PREFIX
@@ -667,21 +668,6 @@ def _no_cd_note(label: str, n_datasets: int, n_methods: int) -> str:
 # --------------------------------------------------------------------------- rendering
 
 
-def _environment() -> Any:
-    from jinja2 import Environment, FileSystemLoader, StrictUndefined
-
-    env = Environment(
-        loader=FileSystemLoader(str(Path(__file__).parent / "templates")),
-        autoescape=True,
-        undefined=StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-    )
-    env.filters["pretty_json"] = lambda v: json.dumps(v, indent=2, ensure_ascii=False)
-    return env
-
-
 def _method_filter(styles: Mapping[str, MethodStyle]) -> list[dict[str, Any]]:
     """The method filter's checkboxes: one group per family, its methods in their colours."""
     by_family: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -742,7 +728,7 @@ def render_report(run_dir: Path, include_partial: bool = False) -> Path:
     )
 
     html = (
-        _environment()
+        environment()
         .get_template(TEMPLATE)
         .render(
             header=_header(manifest, records),

@@ -8,6 +8,7 @@ from typing import Any
 
 from test_report_fakes import fake_run
 
+from valbench.records import CellRecord
 from valbench.summary import summarise
 from valbench.verdict import verdicts
 
@@ -40,8 +41,12 @@ TABLE = {
 }
 
 
-def _records(seeds: int = 4, noise: float = 0.1) -> list[Any]:
-    return [_rec(m, s, *TABLE[m][s], noise=noise) for m in TABLE for s in range(seeds)]
+def _records(seeds: int = 4, noise: float = 0.1) -> list[CellRecord]:
+    return [
+        CellRecord.from_json(_rec(m, s, *TABLE[m][s], noise=noise))
+        for m in TABLE
+        for s in range(seeds)
+    ]
 
 
 def test_recommended_is_the_best_and_those_not_significantly_worse() -> None:
@@ -76,7 +81,7 @@ def test_one_seed_is_no_evidence_and_noise_zero_has_no_detection_goal() -> None:
 
 
 def test_random_among_the_recommended_is_said() -> None:
-    records = [r for r in _records() if r["method"] in ("random", "bad")]
+    records = [r for r in _records() if r.method in ("random", "bad")]
     for r in records:  # bad is as good as random at selecting
         if r["method"] == "bad":
             r["metrics"]["subset_value"] = {
