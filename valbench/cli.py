@@ -178,7 +178,20 @@ def build_parser() -> argparse.ArgumentParser:
     value.add_argument(
         "--methods",
         default="knn-shapley,data-oob",
-        help="comma-separated method names (default: knn-shapley,data-oob)",
+        help="comma-separated method names (default: knn-shapley,data-oob), or 'best': the "
+        "methods the verdict of a finished run (--from) recommends for --goal",
+    )
+    value.add_argument(
+        "--from",
+        dest="from_run",
+        type=Path,
+        metavar="RUN_DIR",
+        help="with --methods best: the run whose verdict picks the methods",
+    )
+    value.add_argument(
+        "--goal",
+        default="mislabel",
+        help="with --methods best: mislabel (default), subset or cost",
     )
     value.add_argument("--label-column", dest="label_column", help="label column (.csv/.parquet)")
     value.add_argument(
@@ -475,6 +488,25 @@ def _whole(flag: str, text: str) -> int:
         raise UsageError(f"{flag} must be a whole number, got {text!r}") from None
 
 
+def _trusted_methods(run_dir: Path | None, goal: str) -> list[str]:
+    """The methods the verdict of ``run_dir`` recommends for ``goal`` (``--methods best``)."""
+    from valbench.store import read_manifest, read_results
+    from valbench.summary import summarise
+    from valbench.verdict import methods_to_trust, verdicts
+
+    if run_dir is None:
+        raise UsageError(
+            "--methods best needs --from RUN_DIR, a finished run to take the verdict of"
+        )
+    read_manifest(run_dir)  # a clear error when it is not a run directory
+    try:
+        methods, why = methods_to_trust(verdicts(summarise(read_results(run_dir))), goal)
+    except ValueError as exc:
+        raise UsageError(f"{run_dir}: {exc}") from None
+    print(f"methods from the verdict of {run_dir}: {', '.join(methods)} ({why})")
+    return methods
+
+
 def _cmd_value(args: argparse.Namespace) -> int:
     from valbench.api import value_file
     from valbench.spec import parse_param_assignments
@@ -482,6 +514,10 @@ def _cmd_value(args: argparse.Namespace) -> int:
     folds, seed = _whole("--folds", args.folds), _whole("--seed", args.seed)
     top = _whole("--top", args.top)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if methods == ["best"]:
+        methods = _trusted_methods(args.from_run, args.goal)
+    elif args.from_run is not None:
+        raise UsageError("--from is read only with --methods best")
     out = _directory("--out", args.out) or Path(f"{args.file.stem}-values.csv")
     html = _directory("--html", args.html) or out.with_suffix(".html")
     frame, _ = value_file(

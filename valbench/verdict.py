@@ -28,7 +28,7 @@ from typing import Any
 from valbench.figures import pareto_front
 from valbench.summary import ALPHA, CORRECTION, COST_KEY, GAIN_KEY, GroupSummary, Stat
 
-__all__ = ["GOALS", "FEW_SEEDS", "GoalVerdict", "Verdict", "verdicts"]
+__all__ = ["GOALS", "FEW_SEEDS", "GoalVerdict", "Verdict", "methods_to_trust", "verdicts"]
 
 DETECTION_KEY = "mislabel.auc"
 GOALS: tuple[tuple[str, str, str], ...] = (
@@ -229,3 +229,35 @@ def verdicts(groups: Sequence[GroupSummary]) -> list[Verdict]:
             )
         )
     return out
+
+
+def methods_to_trust(
+    verdict_list: Sequence[Verdict], goal: str = "mislabel", most: int = 3
+) -> tuple[list[str], str]:
+    """The methods a finished run recommends for ``goal``, and one line saying why.
+
+    A method counts once per (dataset, noise) whose verdict recommends it for the goal (the
+    best, or not significantly worse than it); the methods recommended most often come first,
+    ties broken by how often each held the best mean, then by name. ``random`` is never
+    picked. At most ``most`` methods. Raises ValueError when no verdict judged the goal.
+    """
+    if goal not in {g for g, _, _ in GOALS}:
+        raise ValueError(f"unknown goal {goal!r}; use one of {', '.join(g for g, _, _ in GOALS)}")
+    judged = [g for v in verdict_list if (g := v.goal(goal)) is not None]
+    if not judged:
+        raise ValueError(f"the run holds no verdict on the goal {goal!r} (its metric is missing)")
+    counts: dict[str, tuple[int, int]] = {}
+    for g in judged:
+        for m in g.recommended:
+            if m != RANDOM_METHOD:
+                rec, best = counts.get(m, (0, 0))
+                counts[m] = (rec + 1, best + int(m in g.best))
+    chosen = sorted(counts, key=lambda m: (-counts[m][0], -counts[m][1], m))[:most]
+    if not chosen:
+        raise ValueError(f"the run recommends only random for the goal {goal!r}")
+    why = (
+        f"recommended for '{goal}' in "
+        + ", ".join(f"{m} {counts[m][0]}/{len(judged)}" for m in chosen)
+        + " of the run's dataset and noise groups"
+    )
+    return chosen, why

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from test_report_fakes import fake_run
 
 import valbench
 from valbench.cli import EXIT_USAGE, main
@@ -81,6 +82,9 @@ def test_value_is_deterministic_and_honest_about_budgets(tmp_path: Path) -> None
         (["DATA", "--label-column", "y", "--id-column", "id", "--folds", "1"], ">= 2"),
         (["DATA", "--label-column", "y", "--id-column", "id", "--folds", "x"], "whole number"),
         (["DATA", "--label-column", "y", "--id-column", "id", "--folds", "40"], "at least 40"),
+        (["DATA", "--label-column", "y", "--id-column", "id", "--methods", "best"], "--from"),
+        (["DATA", "--label-column", "y", "--from", "x.csv"], "only with --methods best"),
+        (["DATA", "--methods", "best", "--from", "RUN", "--goal", "fun"], "unknown goal 'fun'"),
     ],
 )
 def test_value_refuses_bad_input_with_one_line(
@@ -88,11 +92,28 @@ def test_value_refuses_bad_input_with_one_line(
 ) -> None:
     data = tmp_path / "mine.csv"
     _noisy_file(data, n=60)
-    args = [
-        str(data) if a == "DATA" else str(tmp_path / a) if a.endswith(".csv") else a for a in args
-    ]
+    run = fake_run(tmp_path / "run", methods=("random", "knn-shapley"), seeds=2)
+    swap = {"DATA": str(data), "RUN": str(run)}
+    args = [swap.get(a) or (str(tmp_path / a) if a.endswith(".csv") else a) for a in args]
     out = tmp_path / "values.csv"
     assert main(["value", *args, "--out", str(out)]) == EXIT_USAGE
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1, err
     assert not out.exists()
+
+
+def test_value_takes_the_methods_a_finished_run_recommends(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # In the fake run knn-shapley is the better detector (its fake skill is higher), and
+    # random is never picked.
+    run = fake_run(tmp_path / "run", methods=("random", "loo", "knn-shapley"), seeds=3)
+    data, out = tmp_path / "mine.csv", tmp_path / "values.csv"
+    _noisy_file(data, n=120)
+    argv = ["value", str(data), "--label-column", "y", "--id-column", "id", "--out", str(out)]
+    assert main([*argv, "--methods", "best", "--from", str(run)]) == 0
+    said = capsys.readouterr().out
+    assert said.startswith("methods from the verdict of") and "random" not in said.split("(")[0]
+    table = pd.read_csv(out)
+    chosen = [c.removesuffix("_value") for c in table if c.endswith("_value")]
+    assert chosen and "random" not in chosen and set(chosen) <= {"loo", "knn-shapley"}

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from test_report_fakes import fake_run
 
 from valbench.records import CellRecord
@@ -109,3 +110,18 @@ def test_the_report_shows_and_exports_the_verdict(tmp_path: Path) -> None:
     assert 'id="verdict"' in html and 'data-goal="mislabel"' in html
     best = summary["groups"][0]["best"]["gain"]
     assert v["goals"][0]["best"] == best
+
+
+def test_methods_to_trust_counts_recommendations_and_never_picks_random() -> None:
+    from valbench.verdict import methods_to_trust
+
+    both = verdicts(summarise(_records() + _records(noise=0.2)))
+    methods, why = methods_to_trust(both, "mislabel")
+    assert methods[0] == "good" and "random" not in methods
+    assert "good 2/2" in why
+    assert methods_to_trust(both, "subset")[0][0] in ("good", "close")  # tied on gain
+    with pytest.raises(ValueError, match="unknown goal"):
+        methods_to_trust(both, "speed")
+    only_random = [r for r in _records() if r.method == "random"]
+    with pytest.raises(ValueError, match="only random"):
+        methods_to_trust(verdicts(summarise(only_random)), "mislabel")
