@@ -400,6 +400,17 @@ def _check_valuation(valuation: Any, n: int, method: str, fractions: Sequence[fl
         raise InvalidValuation(f"method {method!r} returned an invalid result: {exc}") from None
 
 
+def _which_cell(cell: Cell) -> dict[str, Any]:
+    """The fields of a results line that name its cell."""
+    return {
+        "cell_id": cell.cell_id,
+        "method": cell.method,
+        "dataset": cell.dataset,
+        "noise": cell.noise,
+        "seed": cell.seed,
+    }
+
+
 def failure_record(
     cell: Cell,
     spec: RunSpec,
@@ -411,12 +422,8 @@ def failure_record(
 ) -> CellRecord:
     """The results line of a cell that failed, timed out or was skipped."""
     return CellRecord(
-        cell_id=cell.cell_id,
+        **_which_cell(cell),
         status=status,
-        method=cell.method,
-        dataset=cell.dataset,
-        noise=cell.noise,
-        seed=cell.seed,
         params=to_jsonable(dict(spec.params.get(cell.method, {}))),
         error=CellError(type=exc_type, message=message, traceback=tb),
         cost=cost or CellCost(),
@@ -506,12 +513,8 @@ def _run_cell(cell: Cell, spec: RunSpec, progress: ProgressFn) -> CellOutcome:
         if unserved:
             stats["unserved_fractions"] = unserved
     record = CellRecord(
-        cell_id=cell.cell_id,
+        **_which_cell(cell),
         status="ok",
-        method=cell.method,
-        dataset=cell.dataset,
-        noise=cell.noise,
-        seed=cell.seed,
         params={k: to_jsonable(v) for k, v in params.items()},
         family=cls.family,
         # False for an estimate its method could not finish: a partial result, never to be
