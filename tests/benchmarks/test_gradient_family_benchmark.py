@@ -52,6 +52,7 @@ def make_task(splits: DatasetSplits, n_train: int, n_val: int = 300) -> Valuatio
         splits.with_train(np.arange(n_train), splits.y_train[:n_train]),
         x_val=splits.x_val[:n_val],
         y_val=splits.y_val[:n_val],
+        val_rows=None if splits.val_rows is None else splits.val_rows[:n_val],
     )
     return ValuationTask.from_splits(
         part,

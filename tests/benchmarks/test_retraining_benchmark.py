@@ -35,6 +35,7 @@ def digits_task(n_train: int = 1000, n_val: int = 300, rate: float = 0.1) -> Val
         splits.with_train(np.arange(len(y)), y),
         x_val=splits.x_val[:n_val],
         y_val=splits.y_val[:n_val],
+        val_rows=None if splits.val_rows is None else splits.val_rows[:n_val],
     )
     return ValuationTask.from_splits(
         splits,
