@@ -394,6 +394,8 @@ class GraNd(_TrainingDynamics):
     ``epochs=0`` (default) scores at initialisation, as the paper does; Kirsch (2023) found it
     beats random only later in training, so set ``epochs`` to score after t epochs.
 
+    A budgeted fit is one training run of the network (``runs`` in all).
+
     Args:
         runs: Independent training runs R averaged over (default 10, >= 1; fewer when the fit
             budget is smaller).
@@ -428,6 +430,8 @@ class EL2N(_TrainingDynamics):
     ``epochs=None`` trains about 200 minibatch steps (1–20 epochs): "early", as the paper's
     epoch 20 of 200, scaled to the dataset.
 
+    A budgeted fit is one training run of the network (``runs`` in all).
+
     Args:
         runs: Independent training runs R averaged over (default 10, >= 1; fewer when the fit
             budget is smaller).
@@ -451,6 +455,8 @@ class Forgetting(_TrainingDynamics):
 
     Never-learned points count as most forgettable (``epochs + 1``). ``epochs=None`` trains about
     1000 minibatch steps (10–50 epochs), so there are enough presentations to forget.
+
+    A budgeted fit is one training run of the network (``runs`` in all).
 
     Args:
         runs: Independent training runs R averaged over (default 10, >= 1; fewer when the fit

@@ -157,6 +157,8 @@ def _final_subset(res: RunResult, size: int) -> np.ndarray:
 class HostCP(_HostCPBase):
     """Faithful HOST-CP: the budgeted assignment LP as a cvxpylayers layer, gradient into φ.
 
+    A budgeted fit is one whole online run at one selection fraction (θ trained once).
+
     Args:
         batch_size: Incoming points per mini-batch, B (default 40, as the original).
         n_existing: Existing-set neighbours retrieved per batch, E (default 40, as the original).
@@ -194,6 +196,8 @@ class HostCP(_HostCPBase):
 class HostCPFast(_HostCPBase):
     """HOST-CP with the LP's exact closed form and no gradient into φ (φ stays at its init).
 
+    A budgeted fit is one whole online run at one selection fraction (θ trained once).
+
     Args:
         batch_size: Incoming points per mini-batch, B (default 40, as the original).
         n_existing: Existing-set neighbours retrieved per batch, E (default 40, as the original).
@@ -220,6 +224,8 @@ class HostCPSmooth(_HostCPBase):
 
     The torch layer is exact and implicitly differentiated, so φ learns from an informative
     gradient; selected are the top-``k`` columns by ``r_j``.
+
+    A budgeted fit is one whole online run at one selection fraction (θ trained once).
 
     Args:
         batch_size: Incoming points per mini-batch, B (default 40, as the original).
@@ -256,6 +262,8 @@ class HostCPSmooth(_HostCPBase):
 
 class HostCPDS3(_HostCPBase):
     """HOST-CP with DS3's representative-count budget (an LP, solved by HiGHS; φ not learned).
+
+    A budgeted fit is one whole online run at one selection fraction (θ trained once).
 
     Args:
         batch_size: Incoming points per mini-batch, B (default 40, as the original).
