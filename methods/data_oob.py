@@ -37,6 +37,9 @@ class DataOOB(Method):
     values. Fits: one per bootstrap model, plus one for the full-data model when
     ``warm_start`` is on.
 
+    A budgeted fit is one bootstrap model (plus one for the full-data model with
+    ``warm_start``).
+
     Args:
         n_estimators: Bootstrap models B (default 200, >= 1; fewer when ``budget.max_fits``
             is smaller).

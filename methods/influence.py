@@ -68,6 +68,8 @@ class InfluenceFunction(Method):
     layer on fixed hidden features; ``"all"`` takes every MLP parameter (slow: CG with
     self-influence costs n block solves). Logistic regression has one layer: both are the same.
 
+    A budgeted fit is the one full-data model (its Newton refinement finishes it).
+
     Args:
         solver: Inverse-Hessian solver: ``"auto"`` (default), ``"exact"``, ``"cg"`` or
             ``"lissa"``.

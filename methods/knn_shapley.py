@@ -96,6 +96,8 @@ def _nearest_first(dist: np.ndarray) -> np.ndarray:
 class KNNShapley(Method):
     """Closed-form KNN-Shapley, vectorised over validation points (chunked to bound memory).
 
+    A budgeted fit is never made: no model is trained and the budget is not used.
+
     Args:
         k: Number of neighbours of the KNN utility (default 5, integer >= 1).
         chunk_size: Validation points processed at once (default None: as many as keep each

@@ -17,6 +17,9 @@ class LeaveOneOut(Method):
     budget covers are retrained; the rest get the mean of those computed (so they sit in the
     middle of the ranking) and ``stats["complete"]`` is False.
 
+    A budgeted fit is one retrained model: U(D) and one per point (one more with
+    ``warm_start``).
+
     Args:
         warm_start: Start every fit from the full-data solution, trained once and counted as
             one more fit (default False: every fit starts from the model's initialisation).

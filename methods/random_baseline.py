@@ -8,7 +8,10 @@ __all__ = ["RandomMethod"]
 
 
 class RandomMethod(Method):
-    """Scores drawn uniformly at random: the reference every method must beat."""
+    """Scores drawn uniformly at random: the reference every method must beat.
+
+    A budgeted fit is never made: no model is trained and the budget is not used.
+    """
 
     name = "random"
     family = "baseline"

@@ -72,6 +72,8 @@ class RepresenterPoints(Method):
     (= −|α_{i,y_i}|, Yeh et al.'s global importance, always ≥ 0): points with large weight on
     their own label are the poorly fitted ones, the most suspicious.
 
+    A budgeted fit is the one full-data model (the last-layer refit finishes it).
+
     Args:
         l2: L2 strength of the last-layer refit (default None: the evaluation model's; must
             be > 0, the decomposition needs a regularised last layer).

@@ -18,6 +18,7 @@ Every estimator here takes a *game*: a callable ``many(masks) -> values`` mappin
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -41,6 +42,7 @@ __all__ = [
     "Remaining",
     "exact_semivalue",
     "tmc_shapley",
+    "convergence_error",
     "msr_semivalue",
     "shapley_size_weights",
     "beta_size_weights",
@@ -145,6 +147,16 @@ def exact_semivalue(
     return out
 
 
+def convergence_error(running: np.ndarray) -> float:
+    """The original TMC stopping statistic over running means ``running`` (T, n), oldest first.
+
+    max over t of the mean over points of |φ_t − φ_T| / (|φ_T| + 1e-12): the worst mean
+    relative distance of an earlier running estimate from the latest one.
+    """
+    last = running[-1]
+    return float((np.abs(running - last) / (np.abs(last) + 1e-12)).mean(axis=1).max())
+
+
 def tmc_shapley(
     n: int,
     many: Game,
@@ -158,51 +170,64 @@ def tmc_shapley(
     truncation_steps: int = 5,
     parallel: int = 16,
     lookahead: int = 16,
-    convergence_tol: float = 0.05,
-    convergence_window: int = 20,
+    convergence_tol: float = 0.1,
+    convergence_window: int = 100,
     progress: ProgressFn = no_progress,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Truncated Monte-Carlo Shapley; returns the values and stats.
-
-    Many permutations advance together (the defaults, 16 × 16 prefixes per call) so that each
-    fit call trains a large batch, and with the engine's ``warm_start="nearest"`` each block
-    of 16 prefixes starts from the last prefix of the block before, 1–16 points shorter.
 
     Each permutation is walked prefix by prefix; the marginal of π[j] is U(π[:j+1]) − U(π[:j]).
     Once |U(D) − U(prefix)| ≤ ``tolerance``·|U(D)| for more than ``truncation_steps`` steps in a
     row, the rest of that permutation gets marginal 0 (the original rule). Up to ``parallel``
     permutations advance together, each ``lookahead`` prefixes per call, so one call evaluates
     up to ``parallel × lookahead`` subsets; marginals computed past a truncation point within
-    the last block are true marginals and are kept. Values are per-point means over all
-    marginals sampled, so a permutation cut short by the budget still contributes what it
-    measured. Converged when ``||φ − φ_old||₁ / ||φ||₁ < convergence_tol``, φ_old being the
-    estimate ``convergence_window`` permutations earlier.
+    the last block are true marginals and are kept.
+
+    Only completed permutations enter the estimate: a permutation the budget cuts short is
+    dropped whole (its fits are spent, its marginals discarded), so every point has one
+    marginal per completed permutation and the values of an untruncated run always sum to
+    U(D) − U(∅). The values are the mean marginals, ``sample_counts`` the number of marginals
+    per point and ``stderr`` the standard error of each mean (NaN below two samples).
+
+    Convergence is the original code's test (Ghorbani & Zou, ``DShap.py``/``shap_utils.error``):
+    with the running means φ_t after each of the last ``convergence_window`` completed
+    permutations, the error is max_t mean_i |φ_t,i − φ_last,i| / (|φ_last,i| + 1e-12); the run
+    stops when it is below ``convergence_tol``. As there (``run(save_every=100, err=0.1)``),
+    the test is made every ``convergence_window`` permutations, so a run that converges does so
+    after a multiple of the window, at least two windows.
     """
     sums = np.zeros(n)
-    counts = np.zeros(n)
+    squares = np.zeros(n)
+    finished = 0
     zeros_filled = 0
     evaluated = 0
-    finished = 0
     partial = 0
+    dropped_fits = 0
     walk_lengths: list[int] = []
-    snapshots: list[tuple[int, np.ndarray]] = []
+    history: deque[np.ndarray] = deque(maxlen=convergence_window)
+    error = math.inf
     converged = False
     cut = False
     while finished < max_permutations and not converged and not cut:
         left = remaining()
         if left < 1:
             break
-        # Size the round to what the budget affords, so a small budget still finishes a few
-        # whole permutations instead of many short prefixes (which would bias towards them).
+        # Size the round to what the budget affords, so a small budget still finishes whole
+        # permutations, and end it at the next convergence test.
         expected = float(np.mean(walk_lengths)) if walk_lengths else float(n)
-        n_perm = int(min(parallel, max_permutations - finished, max(1.0, _share(left, expected))))
+        to_test = convergence_window - finished % convergence_window
+        n_perm = int(
+            min(parallel, max_permutations - finished, to_test, max(1.0, _share(left, expected)))
+        )
         perms = np.stack([rng.permutation(n) for _ in range(n_perm)])
         ranks = np.empty_like(perms)
         ranks[np.arange(n_perm)[:, None], perms] = np.arange(n)[None, :]
+        marginals = np.zeros((n_perm, n))
         pos = np.zeros(n_perm, dtype=np.int64)  # prefix length reached
         prev = np.full(n_perm, float(empty))
         streak = np.zeros(n_perm, dtype=np.int64)
         active = np.ones(n_perm, dtype=bool)
+        done = np.zeros(n_perm, dtype=bool)
         while active.any():
             left = remaining()
             rows = np.flatnonzero(active)
@@ -224,9 +249,7 @@ def tmc_shapley(
                     if not valid[r, j]:
                         break
                     v = values[r, j]
-                    point = perms[p_idx, pos[p_idx]]
-                    sums[point] += v - prev[p_idx]
-                    counts[point] += 1
+                    marginals[p_idx, perms[p_idx, pos[p_idx]]] = v - prev[p_idx]
                     prev[p_idx] = v
                     pos[p_idx] += 1
                     if abs(full - v) <= tolerance * abs(full):
@@ -234,33 +257,40 @@ def tmc_shapley(
                         truncated = truncated or bool(streak[p_idx] > truncation_steps)
                     else:
                         streak[p_idx] = 0
-                if truncated and pos[p_idx] < n:
-                    rest = perms[p_idx, pos[p_idx] :]
-                    counts[rest] += 1  # marginal 0 for the truncated tail
-                    zeros_filled += len(rest)
                 if truncated or pos[p_idx] >= n:
+                    zeros_filled += int(n - pos[p_idx])  # marginal 0 for the truncated tail
                     active[p_idx] = False
-                    finished += 1
+                    done[p_idx] = True
                     walk_lengths.append(int(pos[p_idx]))
-            progress(finished, max_permutations)
+            progress(finished + int(done.sum()), max_permutations)
+        # Commit the completed permutations in the order they were drawn; drop the rest.
         partial += int(active.sum())
-        estimate = sums / np.maximum(counts, 1)
-        snapshots.append((finished, estimate))
-        older = [s for f, s in snapshots if f <= finished - convergence_window]
-        if older:
-            scale = float(np.abs(estimate).sum())
-            change = float(np.abs(estimate - older[-1]).sum())
-            converged = scale > 0 and change / scale < convergence_tol
-    scores = sums / np.maximum(counts, 1)
-    samples = int(counts.sum())
+        dropped_fits += int(pos[active].sum())
+        for p_idx in np.flatnonzero(done):
+            sums += marginals[p_idx]
+            squares += marginals[p_idx] ** 2
+            finished += 1
+            history.append(sums / finished)
+        if finished >= convergence_window and finished % convergence_window == 0:
+            error = convergence_error(np.stack(history))
+            converged = error < convergence_tol
+    count = np.full(n, finished, dtype=np.int64)
+    scores = sums / finished if finished else np.zeros(n)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        var = (squares - finished * scores**2) / (finished - 1) if finished > 1 else np.nan
+        stderr = np.sqrt(np.maximum(var, 0.0) / finished) * np.ones(n)
+    samples = finished * n
     return scores, {
         "permutations": finished,
         "partial_permutations": partial,
+        "dropped_fits": dropped_fits,
         "subsets_evaluated": evaluated,
         "converged": bool(converged),
+        "convergence_error": error if math.isfinite(error) else None,
         "truncated_fraction": zeros_filled / samples if samples else 0.0,
         "mean_walk_length": float(np.mean(walk_lengths)) if walk_lengths else 0.0,
-        "points_unsampled": int((counts == 0).sum()),
+        "sample_counts": count.tolist(),
+        "stderr": stderr.tolist(),
     }
 
 
@@ -295,6 +325,9 @@ def msr_semivalue(
     r = r / r.sum()
     in_w, in_wu = np.zeros(n), np.zeros(n)
     out_w, out_wu = np.zeros(n), np.zeros(n)
+    # Second moments for the standard errors: Σw², Σw²u, Σw²u² on each side, and sample counts.
+    sq = np.zeros((2, 3, n))
+    count = np.zeros(n, dtype=np.int64)
     drawn = 0
     while drawn < max_samples:
         left = remaining()
@@ -312,13 +345,29 @@ def msr_semivalue(
         in_wu += (a * u) @ inside
         out_w += c @ outside
         out_wu += (c * u) @ outside
+        for side, (wts, member) in enumerate(((a, inside), (c, outside))):
+            w2 = wts * wts
+            sq[side] += np.stack([w2, w2 * u, w2 * u * u]) @ member
+        count += ((a[:, None] * inside + c[:, None] * outside) > 0).sum(axis=0)
         drawn += b
         progress(drawn, max_samples)
     known = (in_w > 0) & (out_w > 0)
     scores = np.zeros(n)
-    scores[known] = in_wu[known] / in_w[known] - out_wu[known] / out_w[known]
+    stderr = np.full(n, np.nan)
+    if known.any():
+        mean_in = in_wu[known] / in_w[known]
+        mean_out = out_wu[known] / out_w[known]
+        scores[known] = mean_in - mean_out
+        # Delta-method variance of each self-normalised mean: Σ w²(u − μ)² / (Σ w)².
+        var = np.zeros(int(known.sum()))
+        for side, (mu, total) in enumerate(((mean_in, in_w), (mean_out, out_w))):
+            w2, w2u, w2u2 = sq[side][:, known]
+            var += np.maximum(w2u2 - 2 * mu * w2u + mu * mu * w2, 0.0) / total[known] ** 2
+        stderr[known] = np.sqrt(var)
     return scores, {
         "samples": drawn,
+        "sample_counts": count.tolist(),
+        "stderr": stderr.tolist(),
         "points_unestimated": int((~known).sum()),
         "complete": bool(known.all()),
     }
@@ -351,6 +400,9 @@ class ExactShapley(Method):
 
     Needs 2^n − 1 model fits, so it refuses more than ``max_train`` = 14 points (16,383 fits).
     With a budget below that it returns zeros and ``stats["complete"] = False``.
+
+    A budgeted fit is one subset's utility U(S); the enumeration costs 2^n − 1 (U(∅) is
+    free).
 
     Args:
         batch_size: Subsets handed to the utility engine per call (default 256, >= 1).
@@ -390,10 +442,19 @@ class ExactShapley(Method):
 class TMCShapley(Method):
     """Truncated Monte-Carlo Shapley (Ghorbani & Zou 2019) on the batched utility engine.
 
-    See :func:`tmc_shapley` for the parameters; the run stops at the budget (fits/seconds), at
-    ``max_permutations`` or on convergence. ``warm_start`` starts each block of prefixes from
-    the longest prefix of the block before (the utility engine's ``warm_start="nearest"``;
-    it applies to evaluation models fitted to a tolerance, the default logreg).
+    See :func:`tmc_shapley` for the estimator; the run stops at the budget (fits/seconds), at
+    ``max_permutations`` or on the original code's convergence test. Only completed
+    permutations are averaged; ``stats`` holds per-point ``sample_counts`` and ``stderr``.
+    ``complete`` is True when the run converged or walked ``max_permutations``, False when the
+    budget stopped it first. A budgeted fit is one prefix's utility U(S) (prefixes the cache
+    already holds are free), plus one for U(D).
+
+    Departures from the original code: up to ``parallel`` permutations advance together,
+    ``lookahead`` prefixes at a time, and marginals computed past a truncation point within
+    the last block are kept (they are true marginals); U(∅) is chance accuracy rather than a
+    random-init model's score; U(D) is the full-data model's validation accuracy (the original
+    takes the mean of 100 bootstrap resamples of the test score); the truncation and
+    convergence tests use the validation split.
 
     Args:
         max_permutations: Most permutations walked (default 1000, >= 1).
@@ -402,11 +463,14 @@ class TMCShapley(Method):
             fall within ``tolerance`` of U(D) (default 5, as in the original code).
         parallel: Permutations advanced together (default 16, >= 1).
         lookahead: Prefixes per permutation evaluated per engine call (default 16, >= 1).
-        convergence_tol: Stop when the relative L1 change of the estimate over
-            ``convergence_window`` permutations falls below this (default 0.05).
-        convergence_window: Permutations between the two estimates compared (default 20).
+        convergence_tol: Stop when the worst mean relative change of the running estimate over
+            the last ``convergence_window`` permutations is below this (default 0.1, the
+            original code's ``err``).
+        convergence_window: Permutations the convergence test looks back over, and between
+            two tests (default 100, as the original code).
         warm_start: Start each block of prefixes from the previous block's longest prefix
-            (default True; used only with evaluation models fitted to a tolerance).
+            (default False). With the default tolerance this makes U(S) depend on the previous
+            prefix, so the values are no longer those of one game; opt in for speed only.
     """
 
     name = "tmc-shapley"
@@ -426,13 +490,15 @@ class TMCShapley(Method):
             16, Interval(int, 1, None), doc="prefixes per permutation evaluated per engine call"
         ),
         "convergence_tol": Param(
-            0.05, Interval(float, 0, None), doc="stop below this relative L1 change of the estimate"
+            0.1,
+            Interval(float, 0, None),
+            doc="stop below this worst relative change over the window",
         ),
         "convergence_window": Param(
-            20, Interval(int, 1, None), doc="permutations between the two estimates compared"
+            100, Interval(int, 1, None), doc="permutations looked back over, and between tests"
         ),
         "warm_start": Param(
-            True, bool, doc="start each block of prefixes from the previous longest"
+            False, bool, doc="start each block of prefixes from the previous longest (not one game)"
         ),
     }
     max_permutations: int
@@ -471,7 +537,8 @@ class TMCShapley(Method):
             progress=ctx.progress,
         )
         stats.update(full_score=full, fits=task.fit_counter.count, **utility.stats())
-        stats["complete"] = stats["permutations"] > 0 and stats["points_unsampled"] == 0
+        done = stats["permutations"]
+        stats["complete"] = done > 0 and (stats["converged"] or done == self.max_permutations)
         return Valuation(scores=scores, stats=stats)
 
 
@@ -513,6 +580,9 @@ class Semivalue(Method):
 class BetaShapley(Semivalue):
     """Beta(α, β) Shapley (Kwon & Zou 2022); α = β = 1 is the Shapley value.
 
+    A budgeted fit is one sampled subset's utility U(S) (repeats answered by the cache are
+    free).
+
     Args:
         alpha: α of the Beta law over coalition sizes (default 16, > 0); α > β favours
             small coalitions.
@@ -547,6 +617,9 @@ class BetaShapley(Semivalue):
 
 class DataBanzhaf(Semivalue):
     """Data Banzhaf (Wang & Jia 2023) with the maximum-sample-reuse estimator.
+
+    A budgeted fit is one sampled subset's utility U(S) (repeats answered by the cache are
+    free).
 
     Args:
         max_samples: Most random subsets drawn, one model fit each (default 2000, >= 1).

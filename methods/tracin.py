@@ -90,6 +90,8 @@ class TracIn(Method):
     point's); checkpoints are spread evenly over ``epochs`` of minibatch SGD at constant ``lr``.
     ``layers="last"`` uses gradients of the output layer only (an MLP's; logreg has one layer).
 
+    A budgeted fit is the one SGD training run that produces the checkpoints.
+
     Args:
         epochs: Epochs of minibatch SGD (default 20, >= 1).
         checkpoints: Checkpoints saved, spread evenly over the epochs, the last at the end

@@ -405,6 +405,8 @@ class GraNd(_TrainingDynamics):
     ``epochs=0`` (default) scores at initialisation, as the paper does; Kirsch (2023) found it
     beats random only later in training, so set ``epochs`` to score after t epochs.
 
+    A budgeted fit is one training run of the network (``runs`` in all).
+
     Args:
         epochs: Epochs trained before scoring (default 0: at initialisation; None: about
             200 minibatch steps, 1-20 epochs; else >= 0).
@@ -433,6 +435,8 @@ class EL2N(_TrainingDynamics):
     ``epochs=None`` trains about 200 minibatch steps (1–20 epochs): "early", as the paper's
     epoch 20 of 200, scaled to the dataset.
 
+    A budgeted fit is one training run of the network (``runs`` in all).
+
     Args:
         epochs: Epochs trained before scoring (default None: about 200 minibatch steps,
             1-20 epochs; else >= 0).
@@ -450,6 +454,8 @@ class Forgetting(_TrainingDynamics):
 
     Never-learned points count as most forgettable (``epochs + 1``). ``epochs=None`` trains about
     1000 minibatch steps (10–50 epochs), so there are enough presentations to forget.
+
+    A budgeted fit is one training run of the network (``runs`` in all).
 
     Args:
         epochs: Epochs of training whose presentations are watched (default None: about

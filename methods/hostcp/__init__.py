@@ -173,6 +173,8 @@ def _final_subset(res: RunResult, size: int) -> np.ndarray:
 class HostCP(_HostCPBase):
     """Faithful HOST-CP: the budgeted assignment LP as a cvxpylayers layer, gradient into φ.
 
+    A budgeted fit is one whole online run at one selection fraction (θ trained once).
+
     Args:
         solver: diffcp solve method, ``"ECOS"`` (default, the fastest here), ``"CLARABEL"``
             or ``"SCS"``.
@@ -197,7 +199,10 @@ class HostCP(_HostCPBase):
 
 
 class HostCPFast(_HostCPBase):
-    """HOST-CP with the LP's exact closed form and no gradient into φ (φ stays at its init)."""
+    """HOST-CP with the LP's exact closed form and no gradient into φ (φ stays at its init).
+
+    A budgeted fit is one whole online run at one selection fraction (θ trained once).
+    """
 
     name = "hostcp-fast"
     summary = "HOST-CP, exact closed-form LP path: top-k incoming points far from the selected set."
@@ -212,6 +217,8 @@ class HostCPSmooth(_HostCPBase):
 
     The torch layer is exact and implicitly differentiated, so φ learns from an informative
     gradient; selected are the top-``k`` columns by ``r_j``.
+
+    A budgeted fit is one whole online run at one selection fraction (θ trained once).
 
     Args:
         eps: Weight of the entropic term, relative to the batch's mean distance to the
@@ -237,7 +244,10 @@ class HostCPSmooth(_HostCPBase):
 
 
 class HostCPDS3(_HostCPBase):
-    """HOST-CP with DS3's representative-count budget (an LP, solved by HiGHS; φ not learned)."""
+    """HOST-CP with DS3's representative-count budget (an LP, solved by HiGHS; φ not learned).
+
+    A budgeted fit is one whole online run at one selection fraction (θ trained once).
+    """
 
     name = "hostcp-ds3"
     summary = "HOST-CP with a DS3 representative budget: near-duplicates share one representative."

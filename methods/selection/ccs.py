@@ -107,6 +107,8 @@ class CCS(Selector):
     the budget (``min(beta n, n - k)`` points); ``beta=0.1`` and ``strata=50`` as defaults where
     the paper tunes ``beta`` per pruning rate; no per-class balancing.
 
+    A budgeted fit is the one full-data model that gives the difficulties.
+
     Args:
         difficulty: ``"el2n"`` (default) or ``"margin"``: the hardness that strata cut.
         beta: Fraction of the hardest points pruned first (default 0.1; never into the budget).

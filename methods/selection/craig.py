@@ -48,6 +48,8 @@ class Craig(WeightedGreedySelector):
     Departures from the original: gradients at the converged all-data model rather than at
     every epoch during training; one greedy order per class for the largest fraction, smaller
     fractions taking its prefixes (each prefix weighted by its own clusters).
+
+    A budgeted fit is the one full-data model whose gradients are clustered.
     """
 
     name = "craig"

@@ -109,6 +109,8 @@ class Glister(GreedySelector):
     Taylor expansion; no L2 term in the validation objective; defaults ``eta=0.01``,
     stochastic greedy with ``epsilon=0.01``; global, not per class.
 
+    A budgeted fit is the one full-data model.
+
     Args:
         eta: Step size of the one-step update ``θ_S = θ0 - eta Σ_S ∇ℓ`` (default 0.01).
         greedy: ``"stochastic"`` (default) or ``"naive"`` (score every point at every step).

@@ -118,6 +118,8 @@ class GradMatch(WeightedGreedySelector):
     fractions taking its prefixes (OMP's pick order does not depend on the stopping size, only
     the weights do, so each prefix is refitted).
 
+    A budgeted fit is the one full-data model whose gradients are matched.
+
     Args:
         lam: Ridge strength of each non-negative refit (default 0.5).
         tol: OMP stops once the residual is below ``tol`` times the target's norm (default

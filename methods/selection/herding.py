@@ -107,6 +107,8 @@ class Herding(GreedySelector):
     features). Global by default; ``per_class=True`` herds each class to its own mean with
     class-proportional quotas (DeepCore's ``balance``).
 
+    A budgeted fit is never made: no model is trained.
+
     Args:
         kernel: ``"linear"`` (default: the embeddings themselves) or ``"rbf"``.
         gamma: RBF width ``exp(-gamma ||x - x'||²)`` (default None: ``1 / d``).

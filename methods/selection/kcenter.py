@@ -67,6 +67,8 @@ class KCenter(GreedySelector):
     ``per_class=True`` runs the traversal inside each class with class-proportional quotas
     (DeepCore's ``balance``); the default is the paper's single global traversal.
 
+    A budgeted fit is never made: no model is trained.
+
     Args:
         metric: ``"euclidean"`` (default) or ``"cosine"`` (Euclidean on unit rows).
         per_class: Traverse each class separately with class-proportional quotas (default

@@ -69,6 +69,8 @@ class Moderate(ScoreSelector):
     within each class (DeepCore's balanced variant); the default ranks all points together, as
     the authors do.
 
+    A budgeted fit is never made: no model is trained.
+
     Args:
         per_class: Rank distances within each class (default False: over all points).
     """

@@ -218,6 +218,8 @@ class FacilityLocation(_EmbeddingGreedy):
     one order; large classes compute similarity columns on demand instead of holding the
     matrix. apricot-select is not used (own lazy greedy with a heap).
 
+    A budgeted fit is never made: no model is trained.
+
     Args:
         metric: ``"euclidean"`` (default) or ``"cosine"`` (Euclidean on unit rows).
         per_class: Select inside each class with class-proportional quotas (default True);
@@ -240,6 +242,8 @@ class GraphCut(_EmbeddingGreedy):
     Departures from DeepCore: same similarities and per-class quotas as
     :class:`FacilityLocation`; plain greedy (the function is not monotone for ``lam > 1/2``,
     so lazy bounds would not be exact); ``lam=1`` as DeepCore's default.
+
+    A budgeted fit is never made: no model is trained.
 
     Args:
         metric: ``"euclidean"`` (default) or ``"cosine"`` (Euclidean on unit rows).

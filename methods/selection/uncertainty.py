@@ -52,6 +52,8 @@ class Uncertainty(ScoreSelector):
     all data (DeepCore trains a network for a few epochs first); the label is not used, as in
     the original criteria; no per-class balancing.
 
+    A budgeted fit is the one full-data model.
+
     Args:
         criterion: ``"least_confidence"`` (default), ``"margin"`` or ``"entropy"``.
     """

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from valbench import Budget, DatasetSplits, RunContext, ValuationTask
-from valbench.methods.gshapley import GShapley
+from valbench.methods.gshapley import LR_GRID, GShapley, search_lr
 from valbench.models import ModelSpec
 from valbench.testing import check_method, make_check_task
 from valbench.utility import UtilityEngine
@@ -114,7 +114,7 @@ def test_mislabelled_point_gets_negative_value() -> None:
 
 def test_budget_counts_one_fit_per_permutation() -> None:
     task = make_check_task()
-    got = GShapley(max_permutations=50, batch_size=4).value(
+    got = GShapley(lr=0.1, max_permutations=50, batch_size=4).value(
         task, RunContext.for_task(task, budget=Budget(max_fits=10))
     )
     assert task.fit_counter.count == 10 and got.stats["permutations"] == 10
@@ -124,3 +124,44 @@ def test_budget_counts_one_fit_per_permutation() -> None:
 def test_conformance() -> None:
     check_method(GShapley)
     check_method(GShapley, {"metric": "log_likelihood", "max_permutations": 5})
+
+
+def _epoch_accuracy(task: ValuationTask, perm: np.ndarray, lr: float) -> float:
+    """Validation accuracy after one plain-numpy SGD epoch from zero in the order ``perm``."""
+    x, y = task.x_train.astype(np.float64), task.y_train
+    w, b = np.zeros((task.n_features, task.n_classes)), np.zeros(task.n_classes)
+    for i in perm:
+        z = x[i] @ w + b
+        p = np.exp(z - z.max())
+        p /= p.sum()
+        p[y[i]] -= 1.0
+        w, b = w - lr * np.outer(x[i], p), b - lr * p
+    logits = task.x_val.astype(np.float64) @ w + b
+    return float(np.mean(logits.argmax(axis=1) == task.y_val))
+
+
+def test_learning_rate_search_is_the_originals_criterion() -> None:
+    task = make_check_task(n_train=24)
+    lr, criteria = search_lr(
+        task.x_train, task.y_train, task.x_val, task.y_val, task.n_classes,
+        np.random.default_rng(4),
+    )  # fmt: skip
+    rng = np.random.default_rng(4)
+    expected = []
+    for rate in LR_GRID:
+        accs = np.array([_epoch_accuracy(task, rng.permutation(24), rate) for _ in range(10)])
+        expected.append(accs.mean() - accs.std())
+    np.testing.assert_allclose(criteria, expected, atol=1e-9)
+    assert lr == LR_GRID[int(np.argmax(expected))]
+    assert LR_GRID[0] == pytest.approx(0.1) and LR_GRID[-1] == pytest.approx(10**-4.5)
+
+
+def test_searched_lr_is_charged_and_declines_without_room() -> None:
+    task = make_check_task(n_train=24)
+    got = GShapley(max_permutations=5).value(task, RunContext.for_task(task))
+    assert task.fit_counter.count == 80 + 5 and got.stats["lr"] in LR_GRID
+    assert got.stats["lr_searched"] and got.complete
+    poor = make_check_task(n_train=24)
+    got = GShapley().value(poor, RunContext.for_task(poor, budget=Budget(max_fits=80)))
+    assert poor.fit_counter.count == 0 and not got.complete
+    assert np.array_equal(got.scores, np.zeros(24))

@@ -21,6 +21,7 @@ from valbench.methods.semivalues import (
     TMCShapley,
     banzhaf_size_weights,
     beta_size_weights,
+    convergence_error,
     exact_semivalue,
     msr_semivalue,
     shapley_size_weights,
@@ -283,3 +284,125 @@ def test_exact_shapley_conformance_on_a_task_it_accepts(monkeypatch: pytest.Monk
     small = functools.partial(valbench.testing.make_check_task, n_train=9)
     monkeypatch.setattr(valbench.testing, "make_check_task", small)
     check_method(ExactShapley, budget=Budget(max_fits=600))
+
+
+# -- partial results never bias; the original convergence test ---------------------------------
+
+
+def _square_game(n: int) -> Callable[[np.ndarray], np.ndarray]:
+    # U(S) = (|S| / n)²: symmetric (φ_i = 1/n), not additive, so a walk's prefixes matter.
+    return lambda masks: (masks.sum(axis=1) / n) ** 2
+
+
+def test_tmc_budget_cut_drops_unfinished_permutations() -> None:
+    # Before: partial walks kept their marginals, and on such a game with 50 fits the values
+    # summed to far more than U(D) − U(∅) (early positions have small marginals here, and a
+    # cut walk leaves only those). Completed walks only: efficiency holds exactly.
+    n, fits = 10, [0]
+
+    def game(masks: np.ndarray) -> np.ndarray:
+        fits[0] += len(masks)
+        return _square_game(n)(masks)
+
+    def remaining() -> float:
+        return 55 - fits[0]
+
+    est, stats = tmc_shapley(
+        n, game, np.random.default_rng(0), full=1.0, empty=0.0, remaining=remaining,
+        tolerance=0.0, parallel=4, lookahead=3,
+    )  # fmt: skip
+    assert fits[0] <= 55
+    assert stats["partial_permutations"] >= 1 and stats["dropped_fits"] > 0
+    assert stats["permutations"] == 5 and est.sum() == pytest.approx(1.0, abs=1e-12)
+    assert stats["sample_counts"] == [5] * n
+
+
+def test_tmc_stderr_matches_the_closed_form_spread() -> None:
+    # The marginal of the point at position j is (2j + 1) / n², j uniform on 0 … n−1: mean 1/n,
+    # variance 4 (n² − 1) / (12 n⁴).
+    n, perms = 10, 2000
+    est, stats = tmc_shapley(
+        n, _square_game(n), np.random.default_rng(1), full=1.0, empty=0.0,
+        max_permutations=perms, tolerance=0.0, convergence_tol=0.0,
+    )  # fmt: skip
+    sd = math.sqrt(4 * (n * n - 1) / (12 * n**4))
+    np.testing.assert_allclose(np.array(stats["stderr"]) * math.sqrt(perms), sd, rtol=0.1)
+    assert np.abs(est - 1 / n).max() < 4 * sd / math.sqrt(perms)
+    # An additive game has one marginal per point: no spread at all.
+    w = np.linspace(-1, 1, n)
+    est, stats = tmc_shapley(
+        n, lambda m: m @ w, np.random.default_rng(1), full=float(w.sum()), empty=0.0,
+        max_permutations=20, tolerance=0.0, convergence_tol=0.0, convergence_window=5,
+    )  # fmt: skip
+    np.testing.assert_allclose(est, w, atol=1e-12)
+    np.testing.assert_allclose(stats["stderr"], 0.0, atol=1e-7)
+
+
+def _original_error(mem: np.ndarray) -> float:
+    """Ghorbani & Zou's stopping statistic, written from its description: running means of
+    the per-permutation marginals, the last 100 compared with the final one."""
+    if len(mem) < 100:
+        return 1.0
+    running = np.cumsum(mem, 0) / np.arange(1, len(mem) + 1)[:, None]
+    last = running[-1]
+    return float(np.max(np.mean(np.abs(running[-100:] - last) / (np.abs(last) + 1e-12), axis=1)))
+
+
+def test_convergence_error_is_the_original_statistic() -> None:
+    rng = np.random.default_rng(0)
+    mem = rng.normal(0.1, 1.0, size=(250, 7))
+    running = np.cumsum(mem, 0) / np.arange(1, 251)[:, None]
+    assert convergence_error(running[-100:]) == pytest.approx(_original_error(mem), rel=1e-12)
+
+
+def test_tmc_stops_on_the_original_test_every_window() -> None:
+    n = 6
+    w = np.array([0.5, 0.3, 0.1, 0.05, 0.03, 0.02])
+
+    def game(masks: np.ndarray) -> np.ndarray:
+        return np.sqrt(masks @ w)
+
+    est, stats = tmc_shapley(
+        n, game, np.random.default_rng(2), full=1.0, empty=0.0, tolerance=0.0,
+        convergence_tol=0.05, convergence_window=40, parallel=16,
+    )  # fmt: skip
+    done = stats["permutations"]
+    assert stats["converged"] and done % 40 == 0 and done >= 80
+    assert stats["convergence_error"] < 0.05
+    # Replaying the same permutations (same rng draws, no budget): the test at every earlier
+    # multiple of the window failed, the one at `done` passed.
+    rng = np.random.default_rng(2)
+    mem = []
+    for _ in range(done):
+        order = rng.permutation(n)
+        prefix = np.zeros((n + 1, n), dtype=bool)
+        for j in range(n):
+            prefix[j + 1 :, order[j]] = True
+        u = game(prefix)
+        row = np.zeros(n)
+        row[order] = np.diff(u)
+        mem.append(row)
+    mem_arr = np.array(mem)
+    running = np.cumsum(mem_arr, 0) / np.arange(1, done + 1)[:, None]
+    for k in range(80, done, 40):
+        assert convergence_error(running[k - 40 : k]) >= 0.05
+    assert convergence_error(running[-40:]) == pytest.approx(stats["convergence_error"])
+    np.testing.assert_allclose(est, running[-1], atol=1e-12)
+
+
+def test_msr_stderr_matches_the_spread_over_seeds() -> None:
+    n = 8
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=n)
+
+    def game(masks: np.ndarray) -> np.ndarray:
+        return np.sqrt(masks @ np.abs(w)) + (masks[:, 0] & masks[:, 1])
+
+    for p in (banzhaf_size_weights(n), beta_size_weights(n, 4, 1)):
+        runs = [
+            msr_semivalue(n, game, np.random.default_rng(s), p, max_samples=400) for s in range(40)
+        ]
+        spread = np.std([est for est, _ in runs], axis=0, ddof=1)
+        reported = np.mean([st["stderr"] for _, st in runs], axis=0)
+        np.testing.assert_allclose(reported / spread, 1.0, atol=0.35)
+        assert runs[0][1]["sample_counts"] == [400] * n
