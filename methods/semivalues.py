@@ -34,7 +34,7 @@ from valbench import (
     ValuationTask,
     no_progress,
 )
-from valbench.errors import UsageError
+from valbench.errors import CellSkipped, UsageError
 from valbench.params import Interval, Param
 
 __all__ = [
@@ -131,7 +131,7 @@ def exact_semivalue(
     values = np.empty(total, dtype=np.float64)
     for start in range(0, total, batch_size):
         stop = min(total, start + batch_size)
-        if remaining() < stop - start:
+        if remaining() < stop - start - (start == 0):  # U(∅) costs no fit
             return None
         values[start:stop] = many(_all_masks(n, start, stop))
     sizes = _popcounts(n)
@@ -399,7 +399,9 @@ class ExactShapley(Method):
     """Exact Shapley values by enumerating all 2^n subsets through the utility engine.
 
     Needs 2^n − 1 model fits, so it refuses more than ``max_train`` = 14 points (16,383 fits).
-    With a budget below that it returns zeros and ``stats["complete"] = False``.
+    A fit budget below 2^n − 1 declines the cell before fitting anything (``CellSkipped``: the
+    run records it as skipped, saying how many fits it needs); a time budget that runs out
+    mid-enumeration returns zeros with ``complete=False``.
 
     A budgeted fit is one subset's utility U(S); the enumeration costs 2^n − 1 (U(∅) is
     free).
@@ -428,9 +430,15 @@ class ExactShapley(Method):
                 f"exact-shapley enumerates 2^n subsets and handles at most {limit} training "
                 f"points; this task has {n}. Use --max-train {limit}, or tmc-shapley."
             )
+        needed = (1 << n) - 1
+        if ctx.budget.remaining_fits() < needed:
+            raise CellSkipped(
+                f"exact-shapley needs 2^{n} - 1 = {needed} fits for {n} training points and the "
+                f"budget allows {ctx.budget.remaining_fits():g}; raise --budget, or lower "
+                "--max-train"
+            )
         utility, many, remaining = _engine_game(task, ctx.budget, self.batch_size)
-        # Refuse before fitting anything when the budget cannot cover the whole enumeration.
-        enough = remaining() >= (1 << n) - 1
+        enough = remaining() >= needed  # the clock may still stop the enumeration
         values = exact_semivalue(n, many, remaining=remaining) if enough else None
         complete = values is not None
         return Valuation(

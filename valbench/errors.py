@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "CellSkipped",
     "ValbenchError",
     "UsageError",
     "UnknownNameError",
@@ -64,6 +65,12 @@ class BudgetExceeded(ValbenchError):
 
 class ConformanceError(AssertionError):
     """A method breaks the contract checked by :func:`valbench.testing.check_method`."""
+
+
+class CellSkipped(ValbenchError):
+    """A method declines a cell it cannot run as its label promises (an exact enumeration the
+    budget cannot cover, say), before spending anything on it: the harness records the cell as
+    ``skipped`` with this message instead of a partial result."""
 
 
 class CellTimeout(ValbenchError):

@@ -24,7 +24,7 @@ from threadpoolctl import threadpool_limits
 
 from valbench import metrics
 from valbench.data import apply_label_noise, imbalance_rows
-from valbench.errors import ValbenchError
+from valbench.errors import CellSkipped, ValbenchError
 from valbench.records import CellCost, CellError, CellMetrics, CellRecord
 from valbench.registry import get_dataset, get_method, validate_params
 from valbench.spec import FILE_PREFIX, Cell, RunSpec
@@ -496,6 +496,8 @@ def _run_cell(cell: Cell, spec: RunSpec, progress: ProgressFn) -> CellOutcome:
         )
         valuation = _check_valuation(raw, task.n_train, cell.method, ctx.fractions)
         measured = measure(task, valuation, cell, spec)
+    except CellSkipped as exc:  # declined up front: no partial result to pass off as real
+        return CellOutcome(failure_record(cell, spec, "skipped", "CellSkipped", str(exc), "", cost))
     except (Exception, SystemExit) as exc:  # a method calling sys.exit() fails its cell only
         status = "timeout" if type(exc).__name__ == "CellTimeout" else "failed"
         message = str(exc) if isinstance(exc, ValbenchError) else f"{type(exc).__name__}: {exc}"

@@ -318,3 +318,12 @@ def test_plugin_distributions_are_recorded_in_the_manifest_versions(test_plugins
     assert versions["vb-test-plugins"] == "0.0.1"
     assert versions["valbench"] and versions["torch"]  # built-ins: valbench's own line
     assert "vb-test-plugins" not in _versions(small_spec(methods=("random",)))
+
+
+def test_an_exact_method_the_budget_cannot_cover_is_skipped_not_ranked(tmp_path: Path) -> None:
+    spec = small_spec(methods=("exact-shapley",), max_train=8, budget="100")
+    summary = execute(spec, out=tmp_path, show_progress=False, backend="serial")
+    (record,) = read_results(tmp_path)
+    assert record.status == "skipped" and record.error.type == "CellSkipped"
+    assert "needs 2^8 - 1 = 255 fits" in record.error.message
+    assert summary.skipped == [record.cell_id] and record.cost.model_fits is None

@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-import valbench.testing
 from valbench import Budget, DatasetSplits, RunContext, ValuationTask
-from valbench.errors import UsageError
+from valbench.errors import CellSkipped, UsageError
 from valbench.methods.semivalues import (
     BetaShapley,
     DataBanzhaf,
@@ -136,9 +135,11 @@ def test_exact_shapley_refuses_large_tasks_and_respects_budget() -> None:
     with pytest.raises(UsageError, match="at most 14"):
         ExactShapley().value(fresh := make_check_task(n_train=15), RunContext.for_task(fresh))
     task = make_check_task(n_train=6)
-    got = ExactShapley().value(task, RunContext.for_task(task, budget=Budget(max_fits=62)))
-    assert task.fit_counter.count == 0 and not got.stats["complete"]
-    assert np.array_equal(got.scores, np.zeros(6))
+    with pytest.raises(CellSkipped, match=r"needs 2\^6 - 1 = 63 fits .* allows 62"):
+        ExactShapley().value(task, RunContext.for_task(task, budget=Budget(max_fits=62)))
+    assert task.fit_counter.count == 0  # declined before fitting anything
+    got = ExactShapley().value(task, RunContext.for_task(task, budget=Budget(max_fits=63)))
+    assert got.complete and task.fit_counter.count == 63
 
 
 def test_beta_weights() -> None:
@@ -280,9 +281,7 @@ def test_conformance(cls: type) -> None:
 
 
 def test_exact_shapley_conformance_on_a_task_it_accepts(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The kit's default task has 48 points, above exact-shapley's limit of 14.
-    small = functools.partial(valbench.testing.make_check_task, n_train=9)
-    monkeypatch.setattr(valbench.testing, "make_check_task", small)
+    # The kit checks a size-limited method on 7 points (127 fits), within its budget.
     check_method(ExactShapley, budget=Budget(max_fits=600))
 
 
