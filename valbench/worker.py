@@ -426,7 +426,8 @@ def _lds_metrics(
 
 
 def measure(task: ValuationTask, valuation: Valuation, cell: Cell, spec: RunSpec) -> dict[str, Any]:
-    """All metrics of one cell, from the scores and the test split.
+    """All metrics of one cell, from the scores and the test split (the LDS, when
+    ``spec.metrics`` asks for it, from the validation split: see :func:`lds_reference`).
 
     The result is the ``metrics`` object of the cell's results line (docs/architecture.md,
     "Results record").
