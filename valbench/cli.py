@@ -83,6 +83,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="MB of memory (64 to 2^30) a cell may allocate; beyond it the cell fails with "
         "MemoryError",
     )
+    run.add_argument(
+        "--metrics",
+        help="optional metrics, comma-separated: lds (linear datamodeling score, the default) "
+        "or none",
+    )
+    run.add_argument(
+        "--lds-subsets",
+        dest="lds_subsets",
+        help="random half-subsets of the training set behind the LDS (default 100)",
+    )
     run.add_argument("--noise-model", dest="noise_model", help="uniform (default) or pair flips")
     run.add_argument(
         "--imbalance", help="make the training split long-tailed: max/min class-size ratio (>= 1)"

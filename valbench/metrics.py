@@ -41,6 +41,9 @@ __all__ = [
     "mean_ci",
     "rank_columns",
     "rank_stability",
+    "LDS_FRACTION",
+    "lds_subsets",
+    "linear_datamodeling_score",
 ]
 
 DEFAULT_FRACTIONS: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.5)
@@ -462,3 +465,52 @@ def rank_stability(scores_a: Any, scores_b: Any) -> float:
     if a.size < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
         return math.nan
     return float(stats.spearmanr(a, b).statistic)
+
+
+# --------------------------------------------------------------------------- LDS
+
+LDS_FRACTION = 0.5
+"""Share of the training set in each LDS subset (the α = 1/2 of Park et al. 2023)."""
+
+
+def lds_subsets(n: int, m: int, rng: np.random.Generator) -> np.ndarray:
+    """``m`` random subsets of ``subset_size(n, 1/2)`` points each, as an (m, n) bool mask.
+
+    Each subset is drawn without replacement, independently of the others (two may coincide).
+    """
+    if int(n) != n or n < 1:
+        raise MetricInputError(f"n must be a positive integer, got {n!r}")
+    if int(m) != m or m < 1:
+        raise MetricInputError(f"m must be a positive integer, got {m!r}")
+    size = subset_size(int(n), LDS_FRACTION)
+    masks = np.zeros((int(m), int(n)), dtype=bool)
+    for row in masks:
+        row[rng.choice(int(n), size=size, replace=False)] = True
+    return masks
+
+
+def linear_datamodeling_score(scores: Any, masks: Any, utilities: Any) -> float:
+    """LDS (Park et al. 2023): Spearman correlation, over subsets ``S``, between the additive
+    prediction ``sum(scores[S])`` and the actual utility ``U(S)``.
+
+    ``masks`` is (m, n) bool, one row per subset; ``utilities`` one number per row. NaN when
+    either side is constant (the correlation is undefined) or there are fewer than 2 subsets.
+    """
+    arr = _as_scores(scores)
+    sets = np.asarray(masks)
+    if sets.ndim != 2 or sets.shape[1] != arr.size or sets.dtype != np.bool_:
+        raise MetricInputError(
+            f"masks must be a bool array of shape (m, {arr.size}), got {sets.dtype} {sets.shape}"
+        )
+    util = np.asarray(utilities, dtype=np.float64)
+    if util.shape != (sets.shape[0],):
+        raise MetricInputError(
+            f"utilities must hold one number per subset ({sets.shape[0]}), got shape {util.shape}"
+        )
+    if not np.all(np.isfinite(util)):
+        raise MetricInputError("utilities must be finite")
+    # Exact sums: the float64 dot product of a 0/1 matrix with the scores.
+    predicted = sets.astype(np.float64) @ arr
+    if util.size < 2 or np.ptp(predicted) == 0 or np.ptp(util) == 0:
+        return math.nan
+    return float(stats.spearmanr(predicted, util).statistic)

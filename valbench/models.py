@@ -831,6 +831,20 @@ class BatchedClassifier:
             correct = (pred == labels[None, :]).to(torch.float64).mean(dim=1)
         return correct.cpu().numpy()
 
+    def log_loss(self, params: Params, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Mean cross-entropy of every model on ``(x, y)``, shape (B,), float64 (NaN when ``x``
+        is empty); computed from the log-softmax of the logits, so it is finite even where a
+        probability underflows to 0."""
+        labels = torch.from_numpy(np.asarray(y, dtype=np.int64))
+        with torch.no_grad():
+            xt = self._features(x)
+            if xt.shape[0] == 0:
+                return np.full(params.batch_size, np.nan)
+            logp = torch.log_softmax(self._class_major_logits(params.tensors, xt), dim=1)
+            picked = logp.gather(1, labels.expand(params.batch_size, 1, -1))[:, 0, :]  # (B, m)
+            loss = -picked.to(torch.float64).mean(dim=1)
+        return loss.cpu().numpy()
+
 
 class CurvatureMemory:
     """The last ``_LBFGS_MEMORY`` curvature pairs (s, y) of each of B models, oldest first.

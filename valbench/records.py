@@ -287,6 +287,16 @@ class CellMetrics:
     subset_source: Mapping[str, str] = field(default_factory=dict)
     #: The fractions whose selection was trained on with the method's per-point weights.
     subset_weighted: Mapping[str, bool] = field(default_factory=dict)
+    #: Linear datamodeling score (Park et al. 2023): Spearman correlation, over ``lds_subsets``
+    #: random halves S of the training set, between the sum of the scores over S and the
+    #: validation accuracy of the model trained on S. None when not measured (``--metrics
+    #: none``, or a line written before valbench measured it) or undefined (constant sums or
+    #: utilities).
+    lds: float | None = None
+    #: The same correlation with minus the validation cross-entropy of the model trained on S.
+    lds_loss: float | None = None
+    #: Number of random subsets behind ``lds``; None when LDS was not measured.
+    lds_subsets: int | None = None
     #: Metrics this version does not know by name (a newer minor addition), kept verbatim.
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -316,6 +326,9 @@ class CellMetrics:
             mislabel=None if mislabel is None else MislabelMetrics.from_json(mislabel.data),
             subset_source=sources,
             subset_weighted=weighted,
+            lds=r.number("lds"),
+            lds_loss=r.number("lds_loss"),
+            lds_subsets=r.integer("lds_subsets"),
             extra=_known(cls, r.data),
         )
 
@@ -329,6 +342,13 @@ class CellMetrics:
             "mislabel": None if self.mislabel is None else self.mislabel.to_json(),
             "subset_source": dict(self.subset_source),
             "subset_weighted": dict(self.subset_weighted),
+            # Written only when measured (an undefined correlation is then null), so the lines
+            # of a run without LDS, and of schema 2 before it, round-trip unchanged.
+            **{
+                name: getattr(self, name)
+                for name in ("lds", "lds_loss", "lds_subsets")
+                if getattr(self, name) is not None or self.lds_subsets is not None
+            },
             **self.extra,
         }
 

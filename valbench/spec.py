@@ -32,6 +32,9 @@ __all__ = [
     "dataset_slug",
     "FILE_PREFIX",
     "CONFIG_KEYS",
+    "METRICS",
+    "DEFAULT_METRICS",
+    "DEFAULT_LDS_SUBSETS",
 ]
 
 #: Presets pick dataset slices and budgets; ``quick`` is the default and keeps
@@ -50,6 +53,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "seeds": 3,
         "max_train": 250,
         "budget": "fits=600,seconds=60",
+        "lds_subsets": 100,
     },
     "full": {
         "datasets": ["synthetic", "breast_cancer", "digits", "wine", "mnist1d", "mnist-5k"],
@@ -60,6 +64,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 DEFAULT_PRESET = "quick"
+#: Optional metrics ``--metrics`` can select (the rest are always measured): ``lds``, the
+#: linear datamodeling score. ``none`` selects none of them.
+METRICS = ("lds",)
+DEFAULT_METRICS: tuple[str, ...] = ("lds",)
+#: Random half-subsets behind the LDS (the m = 100 of Park et al. 2023).
+DEFAULT_LDS_SUBSETS = 100
+#: More LDS subsets than any benchmark needs (each is one model fit per dataset, noise, seed).
+MAX_LDS_SUBSETS = 100_000
 #: More seeds than any benchmark needs; a typo like ``--seeds 1000000000`` must not build a
 #: billion-cell grid in memory.
 MAX_SEEDS = 10_000
@@ -111,6 +123,10 @@ class RunSpec:
     #: Id column of ``file:`` .csv/.parquet data: kept out of the features, carried into exports.
     id_column: str | None = None
     random_repeats: int = 3
+    #: Optional metrics measured on every ok cell (see ``METRICS``).
+    metrics: tuple[str, ...] = DEFAULT_METRICS
+    #: Random half-subsets behind the LDS.
+    lds_subsets: int = DEFAULT_LDS_SUBSETS
     params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     #: Content hash of each ``file:PATH`` dataset (set by ``resolve_names``): a file edited in
     #: place makes another run, never a resume of cells computed from the old content.
@@ -134,6 +150,7 @@ class RunSpec:
             ("jobs", "--jobs"),
             ("random_repeats", "random_repeats"),
             ("max_train", "--max-train"),
+            ("lds_subsets", "--lds-subsets"),
         ):
             if isinstance(getattr(self, key), bool):
                 raise UsageError(f"{flag} must be a whole number, not true/false")
@@ -190,6 +207,18 @@ class RunSpec:
             raise UsageError(f"max_train must be >= 2, got {self.max_train}")
         if self.random_repeats < 1:
             raise UsageError(f"random_repeats must be >= 1, got {self.random_repeats}")
+        for name in self.metrics:
+            if name not in METRICS:
+                raise UsageError(
+                    f"unknown metric {name!r} in --metrics; valid: {', '.join(METRICS)} or none"
+                )
+        if len(set(self.metrics)) != len(self.metrics):
+            raise UsageError(f"--metrics names a metric twice: {','.join(self.metrics)}")
+        if not (2 <= self.lds_subsets <= MAX_LDS_SUBSETS):
+            raise UsageError(
+                f"--lds-subsets must be in [2, {MAX_LDS_SUBSETS}] (a correlation needs two "
+                f"subsets), got {self.lds_subsets}"
+            )
         Budget.parse(self.budget)  # validates
         for name in (*self.methods, *self.datasets):
             if name.startswith(FILE_PREFIX) and name in self.datasets:
@@ -236,6 +265,11 @@ class RunSpec:
             del data["data_fingerprints"]
         if data["id_column"] is None:  # so do runs without an id column
             del data["id_column"]
+        # Runs with the default metrics keep the hash they had before --metrics existed.
+        if tuple(data["metrics"]) == DEFAULT_METRICS:
+            del data["metrics"]
+        if data["lds_subsets"] == DEFAULT_LDS_SUBSETS:
+            del data["lds_subsets"]
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
     def cells(self) -> list[Cell]:
@@ -282,6 +316,10 @@ class Cell:
         """RNG of the random-subset reference (same for every method)."""
         return np.random.default_rng(self._seq(root_seed, 2))
 
+    def lds_rng(self, root_seed: int) -> np.random.Generator:
+        """RNG of the LDS subsets (same for every method)."""
+        return np.random.default_rng(self._seq(root_seed, 4))
+
     def method_rng(self, root_seed: int) -> np.random.Generator:
         """RNG handed to the method."""
         return np.random.default_rng(self._seq(root_seed, 3, stable_int(self.method)))
@@ -327,6 +365,8 @@ CONFIG_KEYS = {
     "budget",
     "max_train",
     "random_repeats",
+    "metrics",
+    "lds_subsets",
     "params",
     "preset",
     "jobs",
@@ -411,6 +451,18 @@ def _as_names(key: str, value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _as_metrics(value: Any) -> tuple[str, ...]:
+    """``--metrics lds`` / ``none`` / a TOML list; ``none`` (alone) selects no optional metric."""
+    names = _as_names("metrics", value)
+    if not names:
+        raise UsageError("--metrics is empty; name metrics (e.g. lds) or none")
+    if "none" in names:
+        if len(names) > 1:
+            raise UsageError("--metrics none cannot be combined with other metrics")
+        return ()
+    return names
+
+
 def _as_floats(key: str, value: Any) -> tuple[float, ...]:
     if isinstance(value, str):
         try:
@@ -477,7 +529,9 @@ def build_spec(
             kwargs[key] = _as_names(key, value)
         elif key in ("noise", "fractions"):
             kwargs[key] = _as_floats(key, value)
-        elif key in ("seeds", "root_seed", "random_repeats", "jobs"):
+        elif key == "metrics":
+            kwargs[key] = _as_metrics(value)
+        elif key in ("seeds", "root_seed", "random_repeats", "jobs", "lds_subsets"):
             kwargs[key] = _as_int(key, value)
         elif key == "max_train":
             kwargs[key] = _as_int(key, value, optional=True)

@@ -84,6 +84,9 @@ UNIT = (0.0, 1.0)
 GAIN_BOUNDS = (-100.0, 100.0)
 """Range of a difference of two accuracies, in percentage points."""
 COST = (0.0, math.inf)
+CORRELATION = (-1.0, 1.0)
+"""Range of a rank correlation."""
+LDS_GROUP = "linear datamodeling (validation)"
 INTERVAL_NAME = "Student t over seeds, clipped to the metric's possible range"
 DETECTION_GROUP = "mislabel detection (planted flips)"
 """Detection metrics count only the flips valbench planted; labels wrong in the data count clean."""
@@ -232,6 +235,26 @@ TABLE_COLUMNS: tuple[Column, ...] = (
         group="point removal",
         description="area under test accuracy after removing the highest-valued points",
         bounds=UNIT,
+    ),
+    Column(
+        "lds",
+        "LDS",
+        lambda rec: rec.metric(lambda m: m.lds),
+        True,
+        group=LDS_GROUP,
+        description="linear datamodeling score: Spearman correlation, over random halves S of "
+        "the training set, between the sum of the scores over S and the validation accuracy of "
+        "the model trained on S (1: the scores predict every subset's utility in order)",
+        bounds=CORRELATION,
+    ),
+    Column(
+        "lds_loss",
+        "LDS (loss)",
+        lambda rec: rec.metric(lambda m: m.lds_loss),
+        True,
+        group=LDS_GROUP,
+        description="as LDS, against minus the validation cross-entropy of the model trained on S",
+        bounds=CORRELATION,
     ),
     Column(
         COST_KEY,

@@ -8,10 +8,12 @@ record and the scores, and never touches the run store.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
 import traceback
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -50,6 +52,8 @@ __all__ = [
     "run_cell",
     "failure_record",
     "TestEvaluator",
+    "LdsReference",
+    "lds_reference",
     "mean_one",
 ]
 
@@ -324,8 +328,106 @@ class TestEvaluator:
         return compute(self.answer)
 
 
+@dataclass(frozen=True)
+class LdsReference:
+    """The LDS subsets of one (dataset, noise, seed) and the actual utility of each."""
+
+    #: (m, n) bool: the random halves of the training set.
+    masks: np.ndarray
+    #: Validation accuracy of the evaluation model trained on each subset: U(S) of the utility
+    #: engine (same model, initialisation and fit).
+    accuracy: np.ndarray
+    #: Validation cross-entropy of the same models (None when the model gives no loss).
+    loss: np.ndarray | None
+    #: Models trained to compute it.
+    fits: int
+
+
+#: LDS references computed in this process, most recent last. Every method of a (dataset,
+#: noise, seed) gets the same subsets, so a worker that runs the methods of a split one after
+#: the other trains the m models once, not once per method.
+_LDS_CACHE: OrderedDict[tuple[Any, ...], LdsReference] = OrderedDict()
+_LDS_CACHE_SIZE = 8
+#: Models per fit call of the LDS reference (the utility engine's default batch).
+_LDS_BATCH = 64
+
+
+def _task_fingerprint(task: ValuationTask) -> str:
+    """Digest of what the LDS utilities depend on: the data the models train and score on."""
+    digest = hashlib.blake2b(digest_size=16)
+    for arr in (task.x_train, task.y_train, task.x_val, task.y_val):
+        a = np.ascontiguousarray(arr)
+        digest.update(f"{a.dtype}{a.shape}".encode())
+        digest.update(a.tobytes())
+    return digest.hexdigest()
+
+
+def lds_reference(task: ValuationTask, cell: Cell, spec: RunSpec) -> LdsReference:
+    """The ``spec.lds_subsets`` random halves of ``cell``'s training set and their utilities.
+
+    The subsets come from ``cell.lds_rng`` (root seed, seed, dataset, noise; never the method),
+    so every method of a split is measured against the same ones. The models are those of the
+    utility engine (``task.model`` from the task's seed, trained on the subset, scored on the
+    validation split); fitting them here, rather than through ``task.utility()``, also gives
+    each model's validation loss. Cached per process by a digest of the data, so ``fits`` is 0
+    when an earlier cell of the same split already trained them.
+    """
+    m = spec.lds_subsets
+    key = (
+        _task_fingerprint(task),
+        repr(task.model),
+        task.seed,
+        replace(cell, method=""),
+        spec.root_seed,
+        m,
+    )
+    cached = _LDS_CACHE.get(key)
+    if cached is not None:
+        _LDS_CACHE.move_to_end(key)
+        return replace(cached, fits=0)
+    masks = metrics.lds_subsets(task.n_train, m, cell.lds_rng(spec.root_seed))
+    # A separate model: the harness's fits are not charged to the method.
+    clf = task.model.build(task.n_features, task.n_classes, task.seed)
+    log_loss = getattr(clf, "log_loss", None)
+    accuracy, losses = [], []
+    for start in range(0, m, _LDS_BATCH):
+        params = clf.fit(task.x_train, task.y_train, masks[start : start + _LDS_BATCH])
+        accuracy.append(np.asarray(clf.accuracy(params, task.x_val, task.y_val), np.float64))
+        if log_loss is not None:
+            losses.append(np.asarray(log_loss(params, task.x_val, task.y_val), np.float64))
+    ref = LdsReference(
+        masks=masks,
+        accuracy=np.concatenate(accuracy),
+        loss=np.concatenate(losses) if log_loss is not None else None,
+        fits=m,
+    )
+    _LDS_CACHE[key] = ref
+    while len(_LDS_CACHE) > _LDS_CACHE_SIZE:
+        _LDS_CACHE.popitem(last=False)
+    return ref
+
+
+def _lds_metrics(
+    task: ValuationTask, scores: np.ndarray, cell: Cell, spec: RunSpec
+) -> dict[str, Any]:
+    """``lds`` (against validation accuracy), ``lds_loss`` (against minus the validation loss,
+    so higher is better for both) and ``lds_subsets``."""
+    ref = lds_reference(task, cell, spec)
+    lds_loss = (
+        None
+        if ref.loss is None or not np.all(np.isfinite(ref.loss))
+        else metrics.linear_datamodeling_score(scores, ref.masks, -ref.loss)
+    )
+    return {
+        "lds": metrics.linear_datamodeling_score(scores, ref.masks, ref.accuracy),
+        "lds_loss": lds_loss,
+        "lds_subsets": int(ref.masks.shape[0]),
+    }
+
+
 def measure(task: ValuationTask, valuation: Valuation, cell: Cell, spec: RunSpec) -> dict[str, Any]:
-    """All metrics of one cell, from the scores and the test split.
+    """All metrics of one cell, from the scores and the test split (the LDS, when
+    ``spec.metrics`` asks for it, from the validation split: see :func:`lds_reference`).
 
     The result is the ``metrics`` object of the cell's results line (docs/architecture.md,
     "Results record").
@@ -377,6 +479,9 @@ def measure(task: ValuationTask, valuation: Valuation, cell: Cell, spec: RunSpec
         metrics.mislabel_metrics(detection, noisy) if noisy is not None and noisy.any() else None
     )
     result["evaluation_fits"] = evaluator.fits
+    if "lds" in spec.metrics:
+        # On the validation split, against the method's own scores (not detection_scores).
+        result.update(_lds_metrics(task, scores, cell, spec))
     # Where each fraction's subset came from, so a score ranking standing in for a selector's
     # own choice is visible in the record (_check_valuation keys selections by these fractions).
     result["subset_source"] = {

@@ -35,6 +35,9 @@ SMALL = ["--datasets", "synthetic", "--preset", "ci", "--seeds", "1", "--no-prog
         (["--methods", "random", "--jobs", "0"], "--jobs must be >= 1"),
         (["--methods", "random", "--out", "/proc/valbench-x"], "cannot write to output directory"),
         (["--methods", "random", "--backend", "gpu"], "unknown backend 'gpu'"),
+        (["--methods", "random", "--metrics", "bogus"], "unknown metric 'bogus' in --metrics"),
+        (["--methods", "random", "--metrics", "none,lds"], "--metrics none cannot be combined"),
+        (["--methods", "random", "--lds-subsets", "1"], "--lds-subsets must be in [2, 100000]"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(

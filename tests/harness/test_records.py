@@ -56,7 +56,10 @@ def _ok_line() -> dict:
             },
             "subset_source": {"0.1": "scores", "0.5": "scores"},
             "subset_weighted": {},
-            "lds": 0.3,  # a metric this version does not know by name: kept verbatim
+            "lds": 0.3,
+            "lds_loss": None,  # measured, but undefined (a constant side)
+            "lds_subsets": 100,
+            "future_metric": 0.3,  # a metric this version does not know by name: kept verbatim
         },
         "scores_file": "scores/digits.loo.noise0.1.seed0.npz",
         "stats": {"points_retrained": 20, "complete": False},
@@ -76,7 +79,8 @@ def test_a_record_round_trips_exactly_and_reads_as_attributes() -> None:
     assert rec.metrics.removal == Curve((0.0, 0.1), (0.95, 0.9), 0.09)
     assert isinstance(rec.metrics.mislabel, MislabelMetrics) and rec.metrics.mislabel.auc == 0.75
     assert rec.metrics.fraction_values("subset_value") == {"0.1": 0.8}  # null is no number
-    assert rec.metrics.extra == {"lds": 0.3} and rec.extra == {"plugin_note": "kept"}
+    assert rec.metrics.extra == {"future_metric": 0.3} and rec.extra == {"plugin_note": "kept"}
+    assert (rec.metrics.lds, rec.metrics.lds_loss, rec.metrics.lds_subsets) == (0.3, None, 100)
     assert rec.metric(lambda m: m.full_data_value) == 0.95
 
 
@@ -104,6 +108,8 @@ def test_a_failed_record_round_trips() -> None:
         (("cost", "model_fits"), True, "cost.model_fits = true, not a whole number"),
         (("metrics", "subset_value", "0.1"), "x", 'metrics.subset_value.0.1 = "x", not a number'),
         (("metrics", "mislabel", "auc"), [1], "metrics.mislabel.auc = [1], not a number"),
+        (("metrics", "lds"), "0.3", 'metrics.lds = "0.3", not a number'),
+        (("metrics", "lds_subsets"), 1.5, "metrics.lds_subsets = 1.5, not a whole number"),
         (("metrics", "removal", "values"), [1.0], "metrics.removal has 2 fractions but 1 values"),
         (("metrics", "removal"), 4, "metrics.removal = 4, not an object"),
         (("metrics", "subset_source", "0.1"), "own", "subset_source.0.1"),
@@ -125,6 +131,15 @@ def test_a_field_of_the_wrong_type_is_named_in_one_line(
     with pytest.raises(RecordError, match=message.replace("[", r"\[").replace(".", r"\.")) as err:
         CellRecord.from_json(line)
     assert "\n" not in str(err.value)
+
+
+def test_a_schema_2_line_without_lds_reads_as_none_and_round_trips() -> None:
+    line = _ok_line()
+    for name in ("lds", "lds_loss", "lds_subsets"):
+        del line["metrics"][name]
+    rec = CellRecord.from_json(line)
+    assert (rec.metrics.lds, rec.metrics.lds_loss, rec.metrics.lds_subsets) == (None, None, None)
+    assert rec.to_json() == line  # nothing added to a line that had no LDS
 
 
 def test_schema_1_lines_are_migrated() -> None:
