@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy.linalg import blas
 from torch.func import grad, jvp, vmap
 
 from valbench.errors import UsageError
@@ -32,9 +33,11 @@ __all__ = [
     "per_sample_grads",
     "summed_grad",
     "head_hessian",
+    "head_grads",
     "full_hessian",
     "make_hvp",
     "solve_exact",
+    "factor_exact",
     "solve_cg",
     "solve_lissa",
     "refine_head",
@@ -251,20 +254,37 @@ def head_hessian(phi: torch.Tensor, probs: torch.Tensor, l2: float) -> torch.Ten
     Parameters are flattened as ``[W (d, C) row-major, b (C)]``, which is ``Θ = [W; b]`` of the
     augmented features ``φ̃ = [φ, 1]`` row-major, so
     ``H = (1/n) Σ_i (diag(p_i) − p_i p_iᵀ) ⊗ φ̃_i φ̃_iᵀ + l2 · I_W``.
-    Two GEMMs instead of P autograd passes: this is what makes Newton refits cheap.
+    With ``z_i = φ̃_i ⊗ p_i`` the ``p pᵀ`` part is ``−ZᵀZ/n``, one symmetric rank-n update
+    (BLAS ``syrk``, half the work of a GEMM), and the ``diag(p)`` part is the C diagonal
+    blocks ``Σ_i p_ic φ̃_i φ̃_iᵀ``, read off one GEMM ``Zᵀ Φ̃``.
     """
     n, d = phi.shape
     c = probs.shape[1]
+    k = d + 1
     aug = torch.cat([phi, torch.ones(n, 1, dtype=DTYPE)], dim=1)  # (n, d+1)
-    z = (aug[:, :, None] * probs[:, None, :]).reshape(n, (d + 1) * c)
-    h = -(z.T @ z)
-    diag_blocks = torch.einsum("na,nc,nb->acb", aug, probs, aug)  # (d+1, C, d+1)
-    h4 = h.view(d + 1, c, d + 1, c)
-    idx = torch.arange(c)
-    h4[:, idx, :, idx] += diag_blocks.permute(1, 0, 2)
-    h /= n
+    z = (aug[:, :, None] * probs[:, None, :]).reshape(n, k * c)
+    # zᵀ (P, n) is Fortran-ordered in numpy's eyes: syrk reads it without a copy. It writes
+    # the lower triangle only and leaves the zeros above, so L + Lᵀ doubles just the diagonal.
+    zeros = np.zeros((k * c, k * c), order="F")
+    low = torch.from_numpy(blas.dsyrk(-1.0 / n, z.numpy().T, c=zeros, lower=1, overwrite_c=1))
+    h = low + low.T
+    h.diagonal().mul_(0.5)
+    blocks = (z.T @ aug).view(k, c, k) / n  # [a, c, b] = (1/n) Σ_i φ̃_ia p_ic φ̃_ib
+    h.view(k, c, k, c).diagonal(dim1=1, dim2=3).add_(blocks.permute(0, 2, 1))
     h.diagonal()[: d * c] += l2
     return h
+
+
+def head_grads(phi: torch.Tensor, probs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-sample gradients ∇_Θ CE(z_i) = φ̃_i ⊗ (p_i − e_{y_i}) of a head, as (n, P) rows.
+
+    The closed form of :func:`per_sample_grads` for ``kind="head"`` (same flattening as
+    :func:`head_hessian`), without autograd.
+    """
+    n = phi.shape[0]
+    aug = torch.cat([phi, torch.ones(n, 1, dtype=DTYPE)], dim=1)
+    resid = probs - torch.nn.functional.one_hot(y, probs.shape[1]).to(DTYPE)
+    return (aug[:, :, None] * resid[:, None, :]).reshape(n, -1)
 
 
 def full_hessian(
@@ -275,15 +295,37 @@ def full_hessian(
     return many(torch.eye(n_params, dtype=DTYPE))
 
 
-def solve_exact(hessian: torch.Tensor, damping: float) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A solver ``B ↦ (H + λI)⁻¹ B`` by one Cholesky factorisation (LU if H is indefinite)."""
-    a = hessian + damping * torch.eye(hessian.shape[0], dtype=DTYPE)
-    a = 0.5 * (a + a.T)
+def factor_exact(
+    hessian: torch.Tensor, damping: float
+) -> tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor] | None]:
+    """Factor ``A = H + λI`` once: a solver ``B ↦ A⁻¹B`` and, when ``A = LLᵀ`` is positive
+    definite, the whitener ``B ↦ L⁻¹B`` (None when Cholesky fails and LU solves instead).
+
+    ``bᵀA⁻¹c = (L⁻¹b)ᵀ(L⁻¹c)``: whitening a block of vectors is one triangular solve where
+    ``A⁻¹B`` takes two.
+    """
+    a = hessian + hessian.T
+    a.mul_(0.5).diagonal().add_(damping)
     factor, info = torch.linalg.cholesky_ex(a)
     if int(info) == 0:
-        return lambda b: torch.cholesky_solve(b.reshape(b.shape[0], -1), factor).reshape(b.shape)
+
+        def solve(b: torch.Tensor) -> torch.Tensor:
+            return torch.cholesky_solve(b.reshape(b.shape[0], -1), factor).reshape(b.shape)
+
+        def whiten(b: torch.Tensor) -> torch.Tensor:
+            flat = b.reshape(b.shape[0], -1)
+            return torch.linalg.solve_triangular(factor, flat, upper=False).reshape(b.shape)
+
+        return solve, whiten
     lu, piv = torch.linalg.lu_factor(a)
-    return lambda b: torch.linalg.lu_solve(lu, piv, b.reshape(b.shape[0], -1)).reshape(b.shape)
+    return lambda b: torch.linalg.lu_solve(lu, piv, b.reshape(b.shape[0], -1)).reshape(
+        b.shape
+    ), None
+
+
+def solve_exact(hessian: torch.Tensor, damping: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A solver ``B ↦ (H + λI)⁻¹ B`` by one Cholesky factorisation (LU if H is indefinite)."""
+    return factor_exact(hessian, damping)[0]
 
 
 def solve_cg(
@@ -380,13 +422,21 @@ def refine_head(
     *,
     max_iter: int = 50,
     tol: float = 1e-10,
+    contraction: float = 0.5,
 ) -> tuple[torch.Tensor, torch.Tensor, int, float]:
     """Newton's method (with backtracking) to a stationary point of the head objective.
 
     Influence and representer points assume ∇L(θ̂) = 0; Adam in float32 stops short of it, so a
     few float64 Newton steps from the fitted weights finish the job. Returns ``W, b``, the
-    iterations and the final gradient norm. The bias-shift direction (adding a constant to
-    every class) is flat, so each step solves with a tiny ridge.
+    iterations and the final gradient norm (at most ``tol`` unless ``max_iter`` ran out). The
+    bias-shift direction (adding a constant to every class) is flat, so each step solves with
+    a tiny ridge.
+
+    Near the optimum the Hessian barely moves, so its factorisation is kept for the next steps
+    (a chord / modified Newton step: ``θ ← θ − H(θ_j)⁻¹ ∇L(θ)``) while each step cuts the
+    gradient norm at least by ``contraction`` without backtracking; otherwise the Hessian is
+    rebuilt at the current point (a plain Newton step). ``contraction=0`` is plain Newton.
+    Only the path differs: the stopping rule and the point it stops at are the same.
     """
     n, d = phi.shape
     c = w.shape[1]
@@ -404,16 +454,19 @@ def refine_head(
 
     value, probs = objective(theta)
     g_norm = math.inf
+    solve: Callable[[torch.Tensor], torch.Tensor] | None = None
     it = 0
     for it in range(1, max_iter + 1):
         g = aug.T @ (probs - onehot) / n + l2 * decay * theta
-        g_norm = float(g.norm())
+        previous, g_norm = g_norm, float(g.norm())
         if g_norm <= tol:
             it -= 1
             break
-        h = head_hessian(phi, probs, l2)
-        h.diagonal().add_(1e-12 * max(1.0, float(h.diagonal().max())))
-        step = torch.linalg.solve(h, g.reshape(-1)).reshape(d + 1, c)
+        if solve is None or g_norm > contraction * previous:
+            h = head_hessian(phi, probs, l2)
+            h.diagonal().add_(1e-12 * max(1.0, float(h.diagonal().max())))
+            solve = solve_exact(h, 0.0)
+        step = solve(g.reshape(-1, 1)).reshape(d + 1, c)
         t = 1.0
         while t > 1e-8:
             cand = theta - t * step
@@ -421,5 +474,7 @@ def refine_head(
             if new_value <= value + 1e-4 * t * float((g * -step).sum()) or t < 1e-6:
                 break
             t *= 0.5
+        if t < 1.0:
+            solve = None  # a damped step: rebuild the Hessian where it landed
         theta, value, probs = cand, new_value, new_probs
     return theta[:d].contiguous(), theta[d].contiguous(), it, g_norm

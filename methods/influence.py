@@ -154,17 +154,31 @@ class InfluenceFunction(Method):
         if solver == "auto":
             solver = "exact" if n_params <= gr.MAX_EXACT_PARAMS else "cg"
 
-        solve = self._solver(solver, model, x_in, y, ctx.rng, stats)
-        g_val = gr.summed_grad(model, xv_in, yv, chunk=self.chunk)
-        s = solve(g_val[:, None])[:, 0]
+        solve, whiten = self._solver(solver, model, x_in, y, ctx.rng, stats)
+        if model.kind == "head":
+            g_val = self._grads(model, xv_in, yv).sum(0)
+        else:
+            g_val = gr.summed_grad(model, xv_in, yv, chunk=self.chunk)
+        self_inf = np.empty(n) if self.self_influence else None
+        if self_inf is not None and whiten is not None:
+            # A = LLᵀ: gᵀA⁻¹g_val = (L⁻¹g)ᵀ(L⁻¹g_val), so one triangular solve per chunk
+            # serves both the scores and the self-influence.
+            u = whiten(g_val[:, None])[:, 0]
+        else:
+            s = solve(g_val[:, None])[:, 0]
 
         scores = np.empty(n)
-        self_inf = np.empty(n) if self.self_influence else None
         for start in range(0, n, self.chunk):
             stop = min(n, start + self.chunk)
-            g = gr.per_sample_grads(model, x_in[start:stop], y[start:stop], chunk=self.chunk)
-            scores[start:stop] = (g @ s).numpy()
-            if self_inf is not None:
+            g = self._grads(model, x_in[start:stop], y[start:stop])
+            if self_inf is None:
+                scores[start:stop] = (g @ s).numpy()
+            elif whiten is not None:
+                wg = whiten(g.T)
+                scores[start:stop] = (wg.T @ u).numpy()
+                self_inf[start:stop] = (wg * wg).sum(0).numpy()
+            else:
+                scores[start:stop] = (g @ s).numpy()
                 self_inf[start:stop] = (g * solve(g.T).T).sum(1).numpy()
             ctx.progress(stop, n)
         stats.update(
@@ -181,6 +195,13 @@ class InfluenceFunction(Method):
             stats=stats,
         )
 
+    def _grads(self, model: gr.Functional, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per-sample gradients (n, P): closed form for a head, ``vmap(grad)`` otherwise."""
+        if model.kind == "head":
+            probs = torch.softmax(model.logits(model.params, x), dim=1)
+            return gr.head_grads(x, probs, y)
+        return gr.per_sample_grads(model, x, y, chunk=self.chunk)
+
     def _solver(
         self,
         solver: str,
@@ -189,8 +210,11 @@ class InfluenceFunction(Method):
         y: torch.Tensor,
         rng: np.random.Generator,
         stats: dict[str, Any],
-    ) -> Callable[[torch.Tensor], torch.Tensor]:
-        """A function ``B (P, k) ↦ (H + λI)⁻¹ B`` for the chosen solver."""
+    ) -> tuple[
+        Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor] | None
+    ]:
+        """A function ``B (P, k) ↦ (H + λI)⁻¹ B`` for the chosen solver and, for the exact
+        solver on a positive definite ``H + λI = LLᵀ``, the whitener ``B ↦ L⁻¹B``."""
         damping = float(self.damping)
         if solver == "exact":
             if model.kind == "head":
@@ -198,7 +222,7 @@ class InfluenceFunction(Method):
                 hessian = gr.head_hessian(x, probs, model.l2)
             else:
                 hessian = gr.full_hessian(gr.make_hvp(model, x, y), model.n_params)
-            return gr.solve_exact(hessian, damping)
+            return gr.factor_exact(hessian, damping)
         hvp = gr.make_hvp(model, x, y)
         hvp_many = gr.batched_hvp(hvp)
         if solver == "cg":
@@ -209,7 +233,7 @@ class InfluenceFunction(Method):
                 stats["converged"] = bool(stats.get("converged", True)) and ok
                 return out
 
-            return cg
+            return cg, None
         scale = self.lissa_scale
         if scale is None:
             # σ must exceed the top eigenvalue of H + λI for the recursion to contract.
@@ -224,4 +248,4 @@ class InfluenceFunction(Method):
             stats["converged"] = bool(stats.get("converged", True)) and ok
             return out
 
-        return lissa
+        return lissa, None

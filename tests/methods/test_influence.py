@@ -179,3 +179,60 @@ def test_wide_head_in_the_span_of_its_training_inputs_changes_nothing(
     np.testing.assert_allclose(
         reduced.detection_scores, full.detection_scores, rtol=1e-6, atol=1e-12
     )
+
+
+def _reference_influence(model, x, y, xv, yv, damping):
+    """Straightforward influence: autograd Hessian, one backward pass per point, dense solve."""
+    mask = model.decay_mask()
+
+    def objective(flat):
+        logp = torch.log_softmax(model.logits(model.unflatten(flat), x), dim=-1)
+        return -logp.gather(1, y[:, None]).mean() + 0.5 * model.l2 * (mask * flat * flat).sum()
+
+    def point_grad(xs, ys):
+        flat = model.flat().clone().requires_grad_(True)
+        loss = torch.nn.functional.cross_entropy(
+            model.logits(model.unflatten(flat), xs), ys, reduction="sum"
+        )
+        return torch.autograd.grad(loss, flat)[0]
+
+    hessian = torch.autograd.functional.hessian(objective, model.flat())
+    a = hessian + damping * torch.eye(model.n_params, dtype=torch.float64)
+    grads = torch.stack([point_grad(x[i : i + 1], y[i : i + 1]) for i in range(len(y))])
+    s = torch.linalg.solve(a, point_grad(xv, yv))
+    self_inf = (grads * torch.linalg.solve(a, grads.T).T).sum(1)
+    return (grads @ s).numpy(), -self_inf.numpy()
+
+
+def test_fast_exact_path_equals_a_straightforward_reference() -> None:
+    # Same fitted weights on both sides (refine=False): the closed-form Hessian (syrk),
+    # closed-form gradients and the Cholesky whitening must reproduce autograd + a dense solve.
+    from valbench.methods.influence import fit_for_gradients
+
+    ref_task, task = make_check_task(n_train=40), make_check_task(n_train=40)
+    model, x, xv, _ = fit_for_gradients(ref_task, "last", refine=False)
+    y, yv = torch.as_tensor(ref_task.y_train), torch.as_tensor(ref_task.y_val)
+    scores, detection = _reference_influence(model, x, y, xv, yv, damping=1e-3)
+    got = _val(task, solver="exact", damping=1e-3, refine=False)
+    np.testing.assert_allclose(got.scores, scores, rtol=0, atol=1e-8 * np.abs(scores).max())
+    np.testing.assert_allclose(
+        got.detection_scores, detection, rtol=0, atol=1e-8 * np.abs(detection).max()
+    )
+    # Without self-influence the scores take the plain Cholesky solve: the same numbers.
+    plain = _val(make_check_task(n_train=40), damping=1e-3, refine=False, self_influence=False)
+    np.testing.assert_allclose(plain.scores, scores, rtol=0, atol=1e-8 * np.abs(scores).max())
+
+
+def test_newton_reusing_its_factor_stops_where_plain_newton_does() -> None:
+    task = make_check_task(n_train=60)
+    clf = task.build_model()
+    params = clf.fit(task.x_train, task.y_train, np.ones((1, 60), dtype=bool))
+    phi, y = gr.head_features(params, task.x_train), torch.as_tensor(task.y_train)
+    w0, b0 = (params.tensors[k][0].to(torch.float64) for k in ("W", "b"))
+    l2, tol = float(clf.spec.l2), 1e-10
+    fast = gr.refine_head(phi, y, w0, b0, l2, tol=tol)
+    plain = gr.refine_head(phi, y, w0, b0, l2, tol=tol, contraction=0.0)
+    assert fast[3] <= tol and plain[3] <= tol
+    # Both within tol of the same stationary point: |Δθ| <= 2 tol / λ_min(H) <= 2 tol / l2.
+    assert float((fast[0] - plain[0]).norm()) <= 2 * tol / l2
+    assert float((fast[1] - plain[1]).norm()) <= 2 * tol / l2
