@@ -30,7 +30,10 @@ def make_task(name: str, n_train: int, n_val: int) -> ValuationTask:
     s = loader.load(seed=0, max_train=n_train)
     y, noisy = inject_label_noise(s.y_train, 0.1, s.n_classes, np.random.default_rng(0))
     s = dataclasses.replace(
-        s.with_train(np.arange(len(y)), y), x_val=s.x_val[:n_val], y_val=s.y_val[:n_val]
+        s.with_train(np.arange(len(y)), y),
+        x_val=s.x_val[:n_val],
+        y_val=s.y_val[:n_val],
+        val_rows=None if s.val_rows is None else s.val_rows[:n_val],
     )
     return ValuationTask.from_splits(
         s,
