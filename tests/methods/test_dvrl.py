@@ -16,7 +16,7 @@ from valbench.data import inject_label_noise
 from valbench.datasets.sklearn_bundled import DigitsDataset
 from valbench.methods.dvrl import DVRL, LOG_EPS, ValueEstimator, reinforce_loss
 from valbench.models import ModelSpec
-from valbench.testing import make_check_task
+from valbench.testing import check_method, make_check_task
 from valbench.utility import UtilityEngine
 
 
@@ -118,3 +118,8 @@ def test_budget_cuts_the_iterations() -> None:
     got = DVRL().value(task, RunContext.for_task(task, budget=Budget(max_fits=2)))
     assert task.fit_counter.count == 0 and not got.complete
     np.testing.assert_array_equal(got.scores, np.zeros(24))
+
+
+def test_options_conform() -> None:
+    # The paper's moving-average baseline and the log-loss reward, through the whole kit.
+    check_method(DVRL, {"iterations": 5, "metric": "log_loss", "baseline": "moving_average"})
