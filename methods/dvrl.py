@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from valbench import Method, RunContext, Valuation, ValuationTask
+from valbench.errors import CellSkipped
 from valbench.params import Interval, Options, Param
 from valbench.types import BatchedModel, ModelParams
 
@@ -140,12 +141,13 @@ class DVRL(Method):
     that picks nothing is redrawn at probability 1/2, as there. Scores are the estimator's final
     selection probabilities in (0, 1): higher = more valuable.
 
-    Fits: one per iteration (the evaluation model trained on that iteration's selection), plus
-    two at the start: the model trained on the validation split (the estimator's input
-    ``|onehot(y) - p_val(x)|``) and the full-data model (the reward baseline). The budget is
-    checked before every iteration; a run cut short returns the estimator as trained so far
-    with ``complete=False``. With fewer than 3 fits nothing is learned: every score is 0 and
-    ``complete=False``.
+    A budgeted fit is one predictor fit: one per iteration (the evaluation model trained on
+    that iteration's selection), plus two at the start: the model trained on the validation
+    split (the estimator's input ``|onehot(y) - p_val(x)|``) and the full-data model (the
+    reward baseline). The budget is checked before every iteration; a run cut short returns
+    the estimator as trained so far with ``complete=False``. A fit budget below 3 declines the
+    cell before fitting anything (``CellSkipped``); a seconds budget spent before the first
+    iteration returns zeros with ``complete=False``.
 
     Departures from the authors' code:
 
@@ -219,11 +221,11 @@ class DVRL(Method):
     def value(self, task: ValuationTask, ctx: RunContext) -> Valuation:
         n, n_classes = task.n_train, task.n_classes
         x, y = task.x_train, task.y_train
-        if ctx.budget.remaining_fits() < 3 or ctx.budget.exhausted():
-            return Valuation(
-                scores=np.zeros(n),
-                complete=False,
-                stats={"iterations": 0, "reason": "budget below 3 fits"},
+        if ctx.budget.remaining_fits() < 3:
+            raise CellSkipped(
+                f"dvrl needs at least 3 fits (2 + one per iteration; {self.iterations + 2} for "
+                f"iterations={self.iterations}) and the budget allows "
+                f"{ctx.budget.remaining_fits():g}; raise --budget"
             )
         clf = task.build_model()
         # The estimator's extra input: how far the validation-trained model is from each label.
@@ -280,8 +282,11 @@ class DVRL(Method):
             done += 1
             ctx.progress(done, self.iterations)
 
-        with torch.no_grad():
-            scores = dve(x_t, onehot_t, diff_t).numpy().astype(np.float64)
+        if done == 0:  # the seconds ran out before one iteration: nothing was learned
+            scores = np.zeros(n)
+        else:
+            with torch.no_grad():
+                scores = dve(x_t, onehot_t, diff_t).numpy().astype(np.float64)
         tail = rewards[-100:]
         return Valuation(
             scores=scores,
