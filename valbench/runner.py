@@ -116,6 +116,8 @@ def resolve_names(spec: RunSpec, narrowable: Collection[str] = ()) -> RunSpec:
     for name, values in spec.params.items():
         if name in methods:
             validate_params(get_method(name), dict(values))
+        elif name in datasets and name.startswith(FILE_PREFIX):
+            _check_file_params(name, dict(values))
         elif name in datasets:
             validate_params(get_dataset(name), dict(values))
         elif name in narrowable and (name in method_names() or name in dataset_names()):
@@ -128,6 +130,21 @@ def resolve_names(spec: RunSpec, narrowable: Collection[str] = ()) -> RunSpec:
     return spec.with_overrides(
         methods=methods, datasets=datasets, data_fingerprints=fingerprints, params=params
     )
+
+
+_FILE_FLAGS = {"path": "--datasets", "label_column": "--label-column", "id_column": "--id-column"}
+
+
+def _check_file_params(name: str, values: dict[str, Any]) -> None:
+    """``--param file:PATH.NAME=VALUE``: the split and scaling parameters of a file dataset;
+    the path, label and id columns have their own flags."""
+    from valbench.params import check_params
+    from valbench.userdata import FileDataset
+
+    for key, flag in _FILE_FLAGS.items():
+        if key in values:
+            raise UsageError(f"{name}: set {key} with {flag}, not --param")
+    check_params(FileDataset, values, kind="dataset", name=name)
 
 
 def _check_data_file(path: str, spec: RunSpec) -> str:
@@ -157,9 +174,11 @@ def _check_data_file(path: str, spec: RunSpec) -> str:
         )
     fingerprint = file_fingerprint(where)
     first = Cell(dataset=FILE_PREFIX + path, noise=0.0, seed=0, method="")
-    load_file_dataset(path, label_column=spec.label_column, id_column=spec.id_column).load(
-        seed=first.data_seed(spec.root_seed), max_train=spec.max_train
-    )
+    params = dict(spec.params.get(FILE_PREFIX + path, {}))
+    _check_file_params(FILE_PREFIX + path, params)
+    load_file_dataset(
+        path, label_column=spec.label_column, id_column=spec.id_column, **params
+    ).load(seed=first.data_seed(spec.root_seed), max_train=spec.max_train)
     return fingerprint
 
 

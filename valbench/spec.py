@@ -345,7 +345,8 @@ def parse_param_assignments(items: list[str]) -> dict[str, dict[str, Any]]:
     """Read ``--param method.key=value`` items into ``{method: {key: value}}``."""
     out: dict[str, dict[str, Any]] = {}
     for item in items:
-        m = re.fullmatch(r"([A-Za-z0-9_-]+)\.([A-Za-z_][A-Za-z0-9_]*)=(.*)", item)
+        # The name before the last dot: a method, a dataset, or file:PATH (which has dots).
+        m = re.fullmatch(r"([^=]+)\.([A-Za-z_][A-Za-z0-9_]*)=(.*)", item)
         if not m:
             raise UsageError(
                 f"--param {item!r} is not of the form METHOD.NAME=VALUE (e.g. loo.batch_size=32)"

@@ -26,6 +26,7 @@ import numpy as np
 
 from valbench.data import pool_split_indices
 from valbench.errors import DatasetError, UsageError, printable
+from valbench.params import Interval, Param
 from valbench.types import Dataset, DatasetSplits
 
 __all__ = [
@@ -353,6 +354,21 @@ class FileDataset(Dataset):
     name = "file"
     summary = "Your own data from a .npz (x, y[, x_val, y_val, x_test, y_test]), .csv or .parquet"
     info: ClassVar[dict[str, Any]] = {"rows": "any", "classes": "any", "features": "any"}
+    parameters = {
+        "path": Param("", str, doc="the file"),
+        "label_column": Param(None, str, None, doc="label column of a .csv/.parquet"),
+        "id_column": Param(None, str, None, doc="id column of a .csv/.parquet (not a feature)"),
+        "val_fraction": Param(
+            0.2, Interval(float, 0, 1, closed="neither"), doc="share of rows for validation"
+        ),
+        "test_fraction": Param(
+            0.2, Interval(float, 0, 1, closed="neither"), doc="share of rows for testing"
+        ),
+        "n_train": Param(None, Interval(int, 1, None), None, doc="cap on training rows"),
+        "n_val": Param(None, Interval(int, 1, None), None, doc="validation rows to carve"),
+        "n_test": Param(None, Interval(int, 1, None), None, doc="test rows to carve"),
+        "standardize": Param(True, bool, doc="standardize with training-split statistics"),
+    }
 
     def __init__(
         self,
@@ -467,10 +483,11 @@ class FileDataset(Dataset):
 
 
 def load_file_dataset(
-    path: str, *, label_column: str | None = None, id_column: str | None = None
+    path: str, *, label_column: str | None = None, id_column: str | None = None, **params: Any
 ) -> FileDataset:
-    """A :class:`FileDataset` for ``path`` (what ``--datasets file:PATH`` resolves to)."""
+    """A :class:`FileDataset` for ``path`` (what ``--datasets file:PATH`` resolves to), with
+    its other parameters (split shares and sizes, ``standardize``)."""
     suffix = Path(path).suffix
     if suffix not in SUFFIXES:
         raise _fail(Path(path), f"unsupported file type; use one of {', '.join(SUFFIXES)}")
-    return FileDataset(path=path, label_column=label_column, id_column=id_column)
+    return FileDataset(path=path, label_column=label_column, id_column=id_column, **params)

@@ -211,3 +211,35 @@ def test_file_is_parsed_once_until_it_changes(
     assert len(calls) == 2 and np.allclose(b.x_train, a.x_train + 1)
     with pytest.raises(ValueError, match="read-only"):
         FileDataset(path=str(path)).read()[0]["train"][0][0, 0] = 1.0
+
+
+def test_a_file_datasets_parameters_are_set_with_param_and_checked_up_front(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json as _json
+
+    from valbench.cli import main
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(120, 3))
+    path = tmp_path / "d.csv"
+    lines = ["a,b,c,y"] + [f"{r[0]},{r[1]},{r[2]},{int(r[0] > 0)}" for r in x]
+    path.write_text("\n".join(lines) + "\n")
+    base = ["run", "--methods", "random", "--datasets", f"file:{path}", "--label-column", "y"]
+    base += ["--seeds", "1", "--noise", "0", "--backend", "serial"]
+    name = f"file:{path}"
+    for bad, message in [
+        ("val_fraction=2", "val_fraction=2 is not in (0, 1)"),
+        ("val_frac=0.3", "has no parameter 'val_frac'"),
+        ("label_column=y", "set label_column with --label-column"),
+    ]:
+        out = tmp_path / "bad"
+        assert main([*base, "--param", f"{name}.{bad}", "--out", str(out)]) == 2
+        assert message in capsys.readouterr().err and not out.exists()
+    out = tmp_path / "run"
+    assert main([*base, "--param", f"{name}.val_fraction=0.3", "--out", str(out)]) == 0
+    manifest = _json.loads((out / "manifest.json").read_text())
+    assert manifest["spec"]["params"][name] == {"val_fraction": 0.3}
+    (scores,) = (out / "scores").glob("*.npz")
+    with np.load(scores) as arrays:  # 120 rows: 36 validation (0.3), 24 test, 60 training
+        assert (len(arrays["scores"]), len(arrays["val_rows"])) == (60, 36)
