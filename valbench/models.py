@@ -50,6 +50,9 @@ _ARMIJO_C1 = 1e-4
 # eigenvalues is this fraction of their mean.
 _WHITEN_MIN_ROWS_PER_COLUMN = 6
 _WHITEN_FLOOR = 0.03
+# L-BFGS: when every model of the batch accepts its trial point, update them all without the
+# per-model selections (same numbers, fewer torch calls); False forces the general update.
+_ALL_ACCEPT_SHORTCUT = True
 
 
 @dataclass(frozen=True)
@@ -676,7 +679,7 @@ class BatchedClassifier:
                 # a true decrease near the optimum.
                 bound = torch.addcmul(f, step, slope, value=_ARMIJO_C1)
                 ok = f_t <= bound.add_(f.abs().mul_(4 * eps))
-                if bool(ok.all()):
+                if _ALL_ACCEPT_SHORTCUT and bool(ok.all()):
                     # The usual case, with fewer calls: every model takes its step.
                     memory.push(trial - cur, g_t - g)
                     cur, g, f, gmax = trial, g_t, f_t, gmax_t
