@@ -529,7 +529,6 @@ def test_compact_lbfgs_direction_equals_the_two_loop_recursion() -> None:
         np.testing.assert_allclose(got[b], -want, rtol=1e-9, atol=1e-12)
 
 
-
 def test_lbfgs_shortcut_predicts_as_the_general_update_on_random_digits_subsets(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
