@@ -896,9 +896,10 @@ class CurvatureMemory:
         zz = torch.roll(self.zz.view(batch, 2, m, 2, m), (-1, -1), dims=(2, 4))
         zz = zz.view(batch, 2 * m, 2 * m)
         cross = torch.bmm(new, z.transpose(1, 2))  # (B, 2, 2m): new rows of Z Zᵀ
-        last = [m - 1, 2 * m - 1]
-        zz[:, last, :] = cross
-        zz[:, :, last] = cross.transpose(1, 2)
+        # The new pair's rows and columns, written through views (plain slices, not index lists).
+        halves = zz.view(batch, 2, m, 2, m)
+        halves[:, :, -1] = cross.view(batch, 2, 2, m)
+        halves[:, :, :, :, -1] = cross.view(batch, 2, 2, m).permute(0, 2, 3, 1)
         if bool(good.all()):
             self.z, self.zz = z, zz
         else:
@@ -925,9 +926,12 @@ class CurvatureMemory:
         g3 = gamma[:, :, None]
         inner = diag[:, :, None] * u + g3 * (torch.bmm(yy, u) - yg)
         p = torch.linalg.solve_triangular(r.transpose(1, 2), inner, upper=False)
-        coef = torch.zeros_like(zg)  # weights of the rows of Z in H g (empty slots: 0)
-        coef[:, m - k : m] = p
-        coef[:, 2 * m - k :] = -g3 * u
+        if k == m:  # every slot in use (the usual case): the weights of the rows of Z in H g
+            coef = torch.cat([p, u.mul(-g3)], dim=1)
+        else:
+            coef = torch.zeros_like(zg)  # empty slots: 0
+            coef[:, m - k : m] = p
+            coef[:, 2 * m - k :] = -g3 * u
         hg = torch.bmm(coef.transpose(1, 2), self.z)[:, 0]  # (B, P)
         return hg.add_(gamma * g).neg_()
 
