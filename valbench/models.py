@@ -50,6 +50,9 @@ _ARMIJO_C1 = 1e-4
 # eigenvalues is this fraction of their mean.
 _WHITEN_MIN_ROWS_PER_COLUMN = 6
 _WHITEN_FLOOR = 0.03
+# L-BFGS: when every model of the batch accepts its trial point, update them all without the
+# per-model selections (same numbers, fewer torch calls); False forces the general update.
+_ALL_ACCEPT_SHORTCUT = True
 
 
 @dataclass(frozen=True)
@@ -632,52 +635,57 @@ class BatchedClassifier:
 
         def loss_grad(
             z: torch.Tensor, rows: torch.Tensor, wts: torch.Tensor, dec: torch.Tensor
-        ) -> tuple[torch.Tensor, torch.Tensor]:
-            """Objective and gradient in each model's own coordinates z (v or w)."""
+        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            """Objective, gradient (B, size) in each model's own coordinates z (v or w), and the
+            largest entry of the gradient in the original coordinates (the stopping test's)."""
             if white is None:
-                return self._logreg_loss_grad(z, xa, xa_t, wts, dec)
+                f, g_w = self._logreg_loss_grad(z, xa, xa_t, wts, dec)
+                g_w = g_w.view(-1, size)
+                return f, g_w, g_w.abs().amax(dim=1)
             u = self._where_rows(rows, z, z @ white.inverse) if mixed else z
             f, g_u = self._logreg_loss_grad(u, xa, xa_t, wts, dec, penalty)
-            # d/dw of a function of u = w T⁻¹ is g_u T⁻¹ (T is symmetric).
-            return f, (self._where_rows(rows, g_u, g_u @ white.inverse) if mixed else g_u)
-
-        def largest_entry(g: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-            # The stopping test is on the gradient in the original coordinates, g_w = g_v T⁻¹,
-            # so whitening changes the path, not what a converged fit is.
-            if white is not None:
-                shaped = g.view(-1, c, size // c)
-                g_w = shaped @ white.inverse
-                g = (self._where_rows(rows, g_w, shaped) if mixed else g_w).view(g.shape)
-            return g.abs().amax(dim=1)
+            # d/dw of a function of u = w T⁻¹ is g_u T⁻¹ (T is symmetric). The stopping test
+            # is on that gradient in the original coordinates for every model (for a whitened
+            # one g_v T⁻¹ = g_u T⁻¹), so whitening changes the path, not what a converged fit is.
+            g_w = g_u @ white.inverse
+            g = self._where_rows(rows, g_u, g_w) if mixed else g_u
+            return f, g.view(-1, size), g_w.view(-1, size).abs().amax(dim=1)
 
         out = w.reshape(batch, size).clone()
         with torch.no_grad():
             active = torch.arange(batch)
             cur = out.clone()
-            f, g = loss_grad(w, whiten, weights, decay_aug)
-            g = g.view(batch, size)
+            f, g, gmax = loss_grad(w, whiten, weights, decay_aug)
             rows, wts, dec = whiten, weights, decay_aug
             memory = CurvatureMemory(g)
             step = torch.ones(batch, dtype=self.dtype)
             failures = torch.zeros(batch, dtype=torch.int64)
             for _ in range(max_iter):
-                running = (largest_entry(g, rows) > tol) & (failures <= _LINE_SEARCH_STEPS)
+                running = (gmax > tol) & (failures <= _LINE_SEARCH_STEPS)
                 if not bool(running.all()):
+                    # Converged (or stuck) models leave the batch: every later pass is smaller.
                     out[active[~running]] = cur[~running]
                     active, cur, f, g = active[running], cur[running], f[running], g[running]
                     rows, wts, dec, step = rows[running], wts[running], dec[running], step[running]
-                    failures = failures[running]
+                    failures, gmax = failures[running], gmax[running]
                     memory.keep(running)
                 if len(active) == 0:
                     break
                 direction = memory.direction(g)
                 slope = (g * direction).sum(dim=1)
                 trial = torch.addcmul(cur, step[:, None], direction)
-                f_t, g_t = loss_grad(trial.view(-1, c, size // c), rows, wts, dec)
-                g_t = g_t.view(-1, size)
+                f_t, g_t, gmax_t = loss_grad(trial.view(-1, c, size // c), rows, wts, dec)
                 # Sufficient decrease, with a few ulps of slack so that rounding never rejects
                 # a true decrease near the optimum.
-                ok = f_t <= f + _ARMIJO_C1 * step * slope + 4 * eps * f.abs()
+                bound = torch.addcmul(f, step, slope, value=_ARMIJO_C1)
+                ok = f_t <= bound.add_(f.abs().mul_(4 * eps))
+                if _ALL_ACCEPT_SHORTCUT and bool(ok.all()):
+                    # The usual case, with fewer calls: every model takes its step.
+                    memory.push(trial - cur, g_t - g)
+                    cur, g, f, gmax = trial, g_t, f_t, gmax_t
+                    step = torch.ones_like(step)
+                    failures = torch.zeros_like(failures)
+                    continue
                 ok_col = ok[:, None]
                 memory.push(
                     torch.where(ok_col, trial - cur, 0.0), torch.where(ok_col, g_t - g, 0.0)
@@ -685,6 +693,7 @@ class BatchedClassifier:
                 cur = torch.where(ok_col, trial, cur)
                 g = torch.where(ok_col, g_t, g)
                 f = torch.where(ok, f_t, f)
+                gmax = torch.where(ok, gmax_t, gmax)
                 step = torch.where(ok, 1.0, step * 0.5)
                 failures = torch.where(ok, 0, failures + 1)
             out[active] = cur
@@ -901,9 +910,10 @@ class CurvatureMemory:
         zz = torch.roll(self.zz.view(batch, 2, m, 2, m), (-1, -1), dims=(2, 4))
         zz = zz.view(batch, 2 * m, 2 * m)
         cross = torch.bmm(new, z.transpose(1, 2))  # (B, 2, 2m): new rows of Z Zᵀ
-        last = [m - 1, 2 * m - 1]
-        zz[:, last, :] = cross
-        zz[:, :, last] = cross.transpose(1, 2)
+        # The new pair's rows and columns, written through views (plain slices, not index lists).
+        halves = zz.view(batch, 2, m, 2, m)
+        halves[:, :, -1] = cross.view(batch, 2, 2, m)
+        halves[:, :, :, :, -1] = cross.view(batch, 2, 2, m).permute(0, 2, 3, 1)
         if bool(good.all()):
             self.z, self.zz = z, zz
         else:
@@ -930,9 +940,12 @@ class CurvatureMemory:
         g3 = gamma[:, :, None]
         inner = diag[:, :, None] * u + g3 * (torch.bmm(yy, u) - yg)
         p = torch.linalg.solve_triangular(r.transpose(1, 2), inner, upper=False)
-        coef = torch.zeros_like(zg)  # weights of the rows of Z in H g (empty slots: 0)
-        coef[:, m - k : m] = p
-        coef[:, 2 * m - k :] = -g3 * u
+        if k == m:  # every slot in use (the usual case): the weights of the rows of Z in H g
+            coef = torch.cat([p, u.mul(-g3)], dim=1)
+        else:
+            coef = torch.zeros_like(zg)  # empty slots: 0
+            coef[:, m - k : m] = p
+            coef[:, 2 * m - k :] = -g3 * u
         hg = torch.bmm(coef.transpose(1, 2), self.z)[:, 0]  # (B, P)
         return hg.add_(gamma * g).neg_()
 

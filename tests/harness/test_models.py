@@ -527,3 +527,25 @@ def test_compact_lbfgs_direction_equals_the_two_loop_recursion() -> None:
     for b in range(2):
         want = _two_loop_reference(g[b].numpy(), history[b][-_LBFGS_MEMORY:])
         np.testing.assert_allclose(got[b], -want, rtol=1e-9, atol=1e-12)
+
+
+def test_lbfgs_shortcut_predicts_as_the_general_update_on_random_digits_subsets(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The one-step update when every model accepts its step (the fast path) predicts the
+    validation labels of random digits subsets as the general per-model update does."""
+    from sklearn.datasets import load_digits
+    from sklearn.preprocessing import StandardScaler
+
+    x, y = load_digits(return_X_y=True)
+    x = StandardScaler().fit_transform(x).astype(np.float32)
+    x_tr, y_tr, x_val = x[:600], y[:600], x[600:900]
+    rng = np.random.default_rng(1)
+    masks = rng.random((24, 600)) < rng.uniform(0.2, 0.9, size=(24, 1))
+    clf = ModelSpec().build(64, 10, seed=0)  # the defaults the utility engine trains with
+    fast = clf.predict(clf.fit(x_tr, y_tr, masks), x_val)
+    monkeypatch.setattr(models, "_ALL_ACCEPT_SHORTCUT", False)
+    general = clf.predict(clf.fit(x_tr, y_tr, masks), x_val)
+    share = float(np.mean(fast == general))
+    print(f"shortcut vs general update: {share:.4%} of validation predictions agree")
+    assert share >= 0.99, f"only {share:.4%} of validation predictions agree"
