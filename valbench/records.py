@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import PurePath
 from typing import Any
 
@@ -523,8 +523,6 @@ class CellRecord:
         }
 
     def with_scores_file(self, scores_file: str | None) -> CellRecord:
-        from dataclasses import replace
-
         return replace(self, scores_file=scores_file)
 
     def metric(self, getter: Callable[[CellMetrics], float | None]) -> float | None:

@@ -86,7 +86,8 @@ def test_dask_scheduler_address_and_timeout(tmp_path: Path, plugin_env: Path) ->
         n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
     ) as cluster:
         # Long enough for a cell's first imports on a busy machine; "hangs" still hits it.
-        spec = _spec(methods=("hangs", "raises", "random"), seeds=1, timeout=8.0)
+        # No LDS: its 100 fits in a cold worker would make this a test of the machine's speed.
+        spec = _spec(methods=("hangs", "raises", "random"), seeds=1, timeout=8.0, metrics=())
         summary = execute(
             spec,
             out=tmp_path,
@@ -104,7 +105,7 @@ def test_dask_scheduler_address_and_timeout(tmp_path: Path, plugin_env: Path) ->
 
 @_needs("ray")
 def test_ray_timeout_and_segfault(tmp_path: Path, plugin_env: Path) -> None:
-    spec = _spec(methods=("hangs", "segfaults", "random"), seeds=1, timeout=8.0)
+    spec = _spec(methods=("hangs", "segfaults", "random"), seeds=1, timeout=8.0, metrics=())
     summary = execute(spec, out=tmp_path, backend="ray", show_progress=False)
     by_method = {r.method: r for r in read_results(tmp_path)}
     assert by_method["hangs"].status == "timeout"
