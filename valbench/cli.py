@@ -71,7 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-train", dest="max_train", help="cap on training points per dataset ('none' for all)"
     )
     run.add_argument(
-        "--jobs", help="cells run in parallel worker processes (default 1, at most the CPUs)"
+        "--jobs",
+        help="cells run in parallel worker processes (default 1; at most the CPUs; 'auto': "
+        "one per CPU)",
     )
     run.add_argument(
         "--timeout",

@@ -532,6 +532,8 @@ def build_spec(
             kwargs[key] = _as_floats(key, value)
         elif key == "metrics":
             kwargs[key] = _as_metrics(value)
+        elif key == "jobs" and value == "auto":  # one worker per CPU of this machine
+            kwargs[key] = os.cpu_count() or 1
         elif key in ("seeds", "root_seed", "random_repeats", "jobs", "lds_subsets"):
             kwargs[key] = _as_int(key, value)
         elif key == "max_train":

@@ -30,6 +30,7 @@ def _grid(seeds: int, jobs: int = 1) -> RunSpec:
     )
 
 
+@pytest.mark.slow  # a measurement: run with `pytest -m slow --benchmark-enable`
 @pytest.mark.parametrize("backend", ["serial", "process"])
 def test_per_cell_overhead(benchmark, tmp_path: Path, backend: str) -> None:
     runs = iter(range(10**6))

@@ -60,6 +60,9 @@ def plugin_env(test_plugins: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return test_plugins
 
 
+# Slow: the cross-backend determinism test of test_runner covers the default backends, and
+# the timeout tests below start a cluster of each kind by default.
+@pytest.mark.slow
 @_needs("distributed")
 def test_dask_local_cluster_equals_serial(tmp_path: Path, serial_numbers: dict) -> None:
     summary = execute(_spec(), out=tmp_path, backend="dask", show_progress=False)
@@ -70,6 +73,7 @@ def test_dask_local_cluster_equals_serial(tmp_path: Path, serial_numbers: dict) 
     assert len(lines) == 4  # the driver wrote each cell exactly once
 
 
+@pytest.mark.slow
 @_needs("ray")
 def test_ray_local_cluster_equals_serial(tmp_path: Path, serial_numbers: dict) -> None:
     summary = execute(_spec(), out=tmp_path, backend="ray", show_progress=False)

@@ -266,7 +266,8 @@ def _wait_for_lines(path: Path, n: int, proc: subprocess.Popen, limit: float = 6
     raise AssertionError(f"{path} never reached {n} lines")
 
 
-@pytest.mark.parametrize("jobs", ["1", "2"])
+# One worker is the slow-marked case: two workers kill and resume the same way, and more.
+@pytest.mark.parametrize("jobs", [pytest.param("1", marks=pytest.mark.slow), "2"])
 def test_resume_after_kill_loses_nothing_and_duplicates_nothing(
     tmp_path: Path, test_plugins: Path, jobs: str
 ) -> None:

@@ -297,3 +297,13 @@ def test_numpy_seed_sequence_used_not_global_state() -> None:
     np.random.seed(1)
     Cell("digits", 0.1, 0, "loo").method_rng(0).random()
     assert np.random.random() == before
+
+
+def test_jobs_auto_is_one_worker_per_cpu() -> None:
+    import os
+
+    from valbench.spec import build_spec
+
+    assert build_spec(None, {}, {"jobs": "auto"}).jobs == (os.cpu_count() or 1)
+    with pytest.raises(UsageError, match="jobs must be a whole number"):
+        build_spec(None, {}, {"jobs": "many"})
