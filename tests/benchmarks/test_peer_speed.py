@@ -64,7 +64,6 @@ if __name__ == "__main__":  # before numpy and torch start their thread pools
     os.environ["TQDM_DISABLE"] = "1"  # OpenDataVal's progress bars
 
 import argparse
-import dataclasses
 import importlib.util
 import resource
 import sys
@@ -76,13 +75,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+from noisy_tasks import noisy_task
 
 from valbench import Budget, Method, RunContext, ValuationTask
-from valbench.data import inject_label_noise
-from valbench.datasets.sklearn_bundled import BreastCancerDataset, DigitsDataset
 from valbench.metrics import detection_at_k
 from valbench.models import ModelSpec
-from valbench.utility import UtilityEngine
 from valbench.worker import cell_threads
 
 NOISE_RATE = 0.1
@@ -94,23 +91,7 @@ REPEATS = 2
 
 def make_task(dataset: str, n_train: int, n_val: int) -> ValuationTask:
     """``dataset`` (digits or breast_cancer), seed 0, 10 % flipped labels, logreg utility."""
-    loader = DigitsDataset() if dataset == "digits" else BreastCancerDataset()
-    s = loader.load(seed=0, max_train=n_train)
-    y, noisy = inject_label_noise(s.y_train, NOISE_RATE, s.n_classes, np.random.default_rng(0))
-    s = dataclasses.replace(
-        s.with_train(np.arange(len(y)), y),
-        x_val=s.x_val[:n_val],
-        y_val=s.y_val[:n_val],
-        val_rows=None if s.val_rows is None else s.val_rows[:n_val],
-    )
-    return ValuationTask.from_splits(
-        s,
-        model=ModelSpec(kind="logreg"),
-        noisy_mask=noisy,
-        name=dataset,
-        seed=0,
-        utility_factory=UtilityEngine,
-    )
+    return noisy_task(dataset, n_train, n_val, NOISE_RATE)
 
 
 class FitCount:

@@ -9,40 +9,20 @@ Like a valbench cell, each runs with one thread for torch and for BLAS (conftest
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from typing import Any
 
 import numpy as np
 import pytest
+from noisy_tasks import noisy_task
 
 from valbench import Budget, Method, RunContext, ValuationTask
-from valbench.data import inject_label_noise
-from valbench.datasets.sklearn_bundled import BreastCancerDataset, DigitsDataset
 from valbench.methods.semivalues import DataBanzhaf, TMCShapley
-from valbench.models import ModelSpec
-from valbench.utility import UtilityEngine
 
 
 def make_task(name: str, n_train: int, n_val: int) -> ValuationTask:
     """``name`` (digits or breast_cancer) with 10 % flipped training labels, logreg utility."""
-    loader = DigitsDataset() if name == "digits" else BreastCancerDataset()
-    s = loader.load(seed=0, max_train=n_train)
-    y, noisy = inject_label_noise(s.y_train, 0.1, s.n_classes, np.random.default_rng(0))
-    s = dataclasses.replace(
-        s.with_train(np.arange(len(y)), y),
-        x_val=s.x_val[:n_val],
-        y_val=s.y_val[:n_val],
-        val_rows=None if s.val_rows is None else s.val_rows[:n_val],
-    )
-    return ValuationTask.from_splits(
-        s,
-        model=ModelSpec(kind="logreg"),
-        noisy_mask=noisy,
-        name=name,
-        seed=0,
-        utility_factory=UtilityEngine,
-    )
+    return noisy_task(name, n_train, n_val)
 
 
 def _run(benchmark: Any, method: Method, name: str, n_train: int, n_val: int, fits: int) -> None:

@@ -4,7 +4,6 @@ budget holds."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -20,15 +19,7 @@ from valbench.models import ModelSpec
 from valbench.testing import check_method, make_check_task
 from valbench.utility import UtilityEngine
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    # One predictor fit per iteration: thread hand-offs dominate these tiny fits, as in a cell
-    # (the harness runs every cell with one torch thread).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_loss_gradient_is_the_closed_form() -> None:

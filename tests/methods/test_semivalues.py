@@ -5,11 +5,10 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 import pytest
-import torch
 
 from valbench import Budget, DatasetSplits, RunContext, ValuationTask
 from valbench.errors import CellSkipped, UsageError
@@ -32,13 +31,7 @@ from valbench.utility import UtilityEngine
 N = 8  # 255 non-empty subsets: brute force stays cheap
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    # Tiny fits are dominated by thread hand-offs: one thread is ~15x faster on a busy machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _fresh_accuracy(task: ValuationTask, subset: tuple[int, ...]) -> float:

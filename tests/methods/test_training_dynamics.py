@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
@@ -28,14 +26,7 @@ from valbench.models import ModelSpec
 from valbench.testing import check_method
 from valbench.utility import UtilityEngine
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    # Cells run with one torch thread (valbench.worker); tiny models only lose time to more.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _blobs(n: int, seed: int = 0, d: int = 2) -> tuple[np.ndarray, np.ndarray]:
