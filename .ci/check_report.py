@@ -55,6 +55,8 @@ def _extract(rec: dict[str, Any], key: str) -> float | None:
         return sum(diffs) / len(diffs) if diffs else None
     head, _, tail = key.partition(".")
     node = rec.get("cost") if head == "cost" else metrics.get(head)
+    if not tail:  # a top-level metric, e.g. lds
+        return _num(node)
     return _num(node.get(tail)) if isinstance(node, dict) else None
 
 
