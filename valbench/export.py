@@ -129,6 +129,10 @@ def load_cell_arrays(run_dir: Path, scores_file: str) -> CellArrays:
             "valbench stored row indices, or the dataset does not report them); run it again "
             "with this version of valbench to export it"
         )
+    # Written together with train_rows: a file without them is damaged, never filled in.
+    missing = [k for k in ("given_labels", "labels", "noisy_mask") if k not in arrays]
+    if missing:
+        raise RunDirectoryError(f"scores file {path} is damaged: it lacks {', '.join(missing)}")
     n = len(arrays["scores"])
     for key in ("train_rows", "given_labels", "labels", "noisy_mask", "detection_scores"):
         if key in arrays and arrays[key].shape != (n,):
@@ -139,9 +143,9 @@ def load_cell_arrays(run_dir: Path, scores_file: str) -> CellArrays:
         train_rows=arrays["train_rows"].astype(np.int64),
         val_rows=arrays.get("val_rows"),
         test_rows=arrays.get("test_rows"),
-        given_labels=arrays.get("given_labels", arrays.get("labels", np.full(n, -1))),
-        labels=arrays.get("labels", np.full(n, -1)),
-        noisy_mask=arrays.get("noisy_mask", np.zeros(n, dtype=bool)).astype(bool),
+        given_labels=arrays["given_labels"],
+        labels=arrays["labels"],
+        noisy_mask=arrays["noisy_mask"].astype(bool),
     )
 
 

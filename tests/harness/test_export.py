@@ -112,3 +112,12 @@ def test_point_stderr_lookup() -> None:
     assert point_stderr({"stderr_mean": 0.1}, 2) is None  # a summary, not per point
     assert point_stderr({"complete": True}, 2) is None
     assert rank_desc(np.array([0.5, 2.0, 0.5, -1.0])).tolist() == [2, 1, 3, 4]
+
+
+def test_a_scores_file_missing_its_labels_is_refused_not_filled_in(tmp_path: Path) -> None:
+    from valbench.errors import RunDirectoryError
+    from valbench.export import load_cell_arrays
+
+    np.savez(tmp_path / "c.npz", scores=np.zeros(3), train_rows=np.arange(3), labels=np.zeros(3))
+    with pytest.raises(RunDirectoryError, match="lacks given_labels, noisy_mask"):
+        load_cell_arrays(tmp_path, "c.npz")
