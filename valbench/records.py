@@ -33,6 +33,7 @@ __all__ = [
     "migrate_cell",
     "json_type_name",
     "short_json",
+    "fraction_label",
 ]
 
 #: Version of a results line. 2: ``family`` and the typed ``complete`` flag are top-level
@@ -360,14 +361,18 @@ class CellMetrics:
             "random_subset_value": self.random_subset_value,
         }[name]
         return {
-            _fraction_label(k): v
+            fraction_label(k): v
             for k, v in values.items()
             if _is_fraction(k) and v is not None and math.isfinite(v)
         }
 
 
-def _fraction_label(key: str) -> str:
-    return f"{float(key):g}"
+def fraction_label(key: Any) -> str:
+    """Canonical text of a fraction key (``"0.10"`` and ``0.1`` both give ``"0.1"``)."""
+    try:
+        return f"{float(key):g}"
+    except (TypeError, ValueError):
+        return str(key)
 
 
 def _is_fraction(key: str) -> bool:

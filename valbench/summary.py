@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from valbench.metrics import mean_ci, rank_columns
-from valbench.records import CellRecord, Manifest
+from valbench.records import CellRecord, Manifest, fraction_label
 
 __all__ = [
     "SELECTION_FAMILY",
@@ -96,14 +96,6 @@ FIT_NOTE = (
 )
 
 # --------------------------------------------------------------------------- record access
-
-
-def fraction_label(key: Any) -> str:
-    """Canonical text of a fraction key (``"0.10"`` and ``0.1`` both give ``"0.1"``)."""
-    try:
-        return f"{float(key):g}"
-    except (TypeError, ValueError):
-        return str(key)
 
 
 def is_number(value: Any) -> bool:
