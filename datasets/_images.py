@@ -455,6 +455,8 @@ class ImageDataset(Dataset):
     info: ClassVar[dict[str, Any]] = {}
     #: Validation rows when ``n_val`` is None (None: ``val_fraction`` of the pool).
     default_n_val: ClassVar[int | None] = None
+    #: Shape (C, H, W) of one image.
+    image_shape: ClassVar[tuple[int, int, int]] = (1, 28, 28)
 
     parameters = {
         "features": Param(
@@ -587,6 +589,10 @@ class ImageDataset(Dataset):
 
     def _cache_path(self, config: dict[str, Any]) -> Path:
         return data_dir(self.data_dir) / "features" / self.name / f"{config_key(config)}.npz"
+
+    def pixel_shape(self) -> tuple[int, int, int] | None:
+        """The image shape with ``features="raw"`` and no ``pca`` (pixels in [0, 1])."""
+        return self.image_shape if self.features == "raw" and self.pca is None else None
 
     def features_use_labels(self) -> bool:
         """True for ``cnn`` features: the CNN is trained on the training labels."""

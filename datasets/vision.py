@@ -205,6 +205,7 @@ class CIFAR10Dataset(_SearchedDataset):
     info = {"rows": 60000, "classes": 10, "features": "3072 pixels | cnn | pretrained"}
     torchvision_name = "CIFAR10"
     files = (*CIFAR10_TRAIN, CIFAR10_TEST)
+    image_shape = (3, 32, 32)
 
     @classmethod
     def _candidates(cls, data: Path, root: str | None) -> list[Path]:

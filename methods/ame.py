@@ -110,6 +110,7 @@ class AME(Method):
         batch_size: Subsets trained per batched call of the utility engine (default 256).
     """
 
+    architectures = None  # any evaluation model
     name = "ame"
     family = "retraining"
     summary = "AME (Lin et al. 2022): Lasso regression of utility on random subset membership."

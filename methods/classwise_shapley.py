@@ -171,6 +171,7 @@ class ClasswiseShapley(Method):
         batch_size: Prefixes trained per batched fit (default 64).
     """
 
+    architectures = None  # any evaluation model
     name = "classwise-shapley"
     family = "retraining"
     summary = "Class-wise Shapley (Schoch et al. 2022): in-class Shapley with out-of-class context."

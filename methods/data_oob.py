@@ -55,6 +55,7 @@ class DataOOB(Method):
             with ``warm_start`` None means a third of it; else >= 0).
     """
 
+    architectures = None  # any evaluation model
     name = "data-oob"
     family = "retraining"
     summary = "Data-OOB (Kwon & Zou 2023): out-of-bag accuracy of a bootstrap ensemble."

@@ -104,6 +104,7 @@ class KNNShapley(Method):
             chunk's matrices to about 4M elements; else >= 1).
     """
 
+    architectures = None  # any evaluation model
     name = "knn-shapley"
     family = "retraining"
     summary = "Exact Shapley values of a K-nearest-neighbour utility (Jia et al. 2019); no fits."

@@ -129,6 +129,7 @@ class LAVA(Method):
             iterations (default 1000, >= 1).
     """
 
+    architectures = None  # any evaluation model
     name = "lava"
     family = "retraining"
     summary = "LAVA (Just et al. 2023): calibrated OT gradients to the validation set, model-free."

@@ -26,6 +26,7 @@ class LeaveOneOut(Method):
         batch_size: Leave-one-out models trained per batched fit (default 64, >= 1).
     """
 
+    architectures = None  # any evaluation model
     name = "loo"
     family = "retraining"
     summary = "Leave-one-out retraining: U(D) − U(D∖{i}) for every training point."

@@ -13,6 +13,7 @@ class RandomMethod(Method):
     A budgeted fit is never made: no model is trained and the budget is not used.
     """
 
+    architectures = None  # any evaluation model
     name = "random"
     family = "baseline"
     summary = "Uniform random scores; the reference line for every metric."

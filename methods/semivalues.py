@@ -410,6 +410,7 @@ class ExactShapley(Method):
         batch_size: Subsets handed to the utility engine per call (default 256, >= 1).
     """
 
+    architectures = None  # any evaluation model
     name = "exact-shapley"
     family = "retraining"
     summary = "Exact Shapley values by enumerating every subset (ground truth; n ≤ 14)."
@@ -481,6 +482,7 @@ class TMCShapley(Method):
             prefix, so the values are no longer those of one game; opt in for speed only.
     """
 
+    architectures = None  # any evaluation model
     name = "tmc-shapley"
     family = "retraining"
     summary = "Truncated Monte-Carlo Data Shapley: permutation marginals with truncation."
@@ -555,6 +557,7 @@ class Semivalue(Method):
 
     family = "retraining"
 
+    architectures = None  # any evaluation model
     parameters = {
         "max_samples": Param(
             2000, Interval(int, 1, None), doc="most random subsets drawn, one model fit each"

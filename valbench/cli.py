@@ -62,7 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--root-seed", dest="root_seed", help="root seed from which every cell's seeds derive"
     )
     run.add_argument("--fractions", help="subset fractions in (0, 1), comma-separated")
-    run.add_argument("--model", help="evaluation model: logreg or mlp")
+    run.add_argument(
+        "--model",
+        help="evaluation model: logreg, mlp, or on raw image pixels cnn or resnet18",
+    )
+    run.add_argument(
+        "--device",
+        help="where deep models train: auto (a GPU when present; the default), cpu or cuda",
+    )
     run.add_argument(
         "--budget",
         help="per-method budget (> 0): '2000', 'fits=2000', '60s' or 'fits=2000,seconds=60'",

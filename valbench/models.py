@@ -24,10 +24,12 @@ import numpy as np
 import torch
 
 from valbench.errors import UnknownNameError, UsageError
+from valbench.nets import DEVICES, DeepClassifier, Recipe, architecture_names, get_architecture
 from valbench.types import BatchedModel, FitCounter, ModelParams
 
 __all__ = [
     "MODEL_NAMES",
+    "model_names",
     "ModelSpec",
     "Params",
     "BatchedClassifier",
@@ -35,6 +37,15 @@ __all__ = [
 ]
 
 MODEL_NAMES: tuple[str, ...] = ("logreg", "mlp")
+#: Field defaults a deep architecture replaces with its recipe's (see ModelSpec).
+_RECIPE_FIELDS = {"epochs": 150, "lr": 0.05, "l2": 1e-3}
+
+
+def model_names() -> tuple[str, ...]:
+    """Every ``--model`` name: logreg, mlp, then the deep architectures of ``valbench.nets``."""
+    return (*MODEL_NAMES, *architecture_names())
+
+
 SOLVERS: tuple[str, ...] = ("auto", "lbfgs", "adam")
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -59,8 +70,15 @@ _ALL_ACCEPT_SHORTCUT = True
 class ModelSpec:
     """Configuration of the evaluation model; implements :class:`valbench.types.ModelFactory`.
 
+    A deep ``kind`` (``cnn``, ``resnet18`` or a plugin of ``valbench.nets``) trains on raw
+    image pixels by minibatches: ``epochs`` are passes over the subset, ``lr`` the peak
+    learning rate, ``l2`` the optimiser's coupled weight decay (biases and batch norm
+    included), and ``batch_size`` the minibatch; any of these left at its field default
+    takes the architecture's recipe (:class:`valbench.nets.Recipe`).
+
     Attributes:
-        kind: ``"logreg"`` (multinomial logistic regression) or ``"mlp"`` (one ReLU hidden layer).
+        kind: ``"logreg"`` (multinomial logistic regression), ``"mlp"`` (one ReLU hidden layer)
+            or a deep architecture's name.
         epochs: Steps per fit: full-batch Adam steps, or the most L-BFGS iterations.
         lr: Adam learning rate (unused by L-BFGS).
         l2: Weight decay, added to each model's loss as ``l2/2 * ||weights||²`` (biases excluded).
@@ -82,10 +100,38 @@ class ModelSpec:
     dtype: str = "float32"
     solver: str = "auto"
     tol: float = 3e-4
+    #: Deep models: minibatch size (None: the recipe's; unused by logreg and mlp).
+    batch_size: int | None = None
+    #: ``cpu``, ``cuda`` or ``auto`` (a GPU when present); logreg and mlp run on the CPU.
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
-        if self.kind not in MODEL_NAMES:
-            raise UnknownNameError("model", self.kind, list(MODEL_NAMES))
+        if self.kind not in MODEL_NAMES and self.kind not in architecture_names():
+            raise UnknownNameError("model", self.kind, list(model_names()))
+        if self.device not in DEVICES:
+            raise UsageError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.deep:
+            recipe = get_architecture(self.kind).recipe
+            for key, default in _RECIPE_FIELDS.items():
+                if getattr(self, key) == default:
+                    object.__setattr__(
+                        self, key, getattr(recipe, "weight_decay" if key == "l2" else key)
+                    )
+            if self.batch_size is None:
+                object.__setattr__(self, "batch_size", recipe.batch_size)
+            if not isinstance(self.batch_size, int) or self.batch_size < 1:
+                raise UsageError(
+                    f"model batch_size must be an integer >= 1, got {self.batch_size!r}"
+                )
+            if self.solver != "auto":
+                raise UsageError(
+                    f"model {self.kind} trains with its recipe's optimiser; leave solver=auto"
+                )
+        elif self.device == "cuda":
+            raise UsageError(
+                f"--device cuda: the {self.kind} evaluation model runs on the CPU only; "
+                "use --device cpu (or auto), or a deep model (--model cnn)"
+            )
         if not isinstance(self.epochs, int) or self.epochs < 0:
             raise UsageError(f"model epochs must be an integer >= 0, got {self.epochs!r}")
         if not (isinstance(self.lr, int | float) and math.isfinite(self.lr) and self.lr > 0):
@@ -108,8 +154,31 @@ class ModelSpec:
             )
 
     @property
+    def deep(self) -> bool:
+        """True for a deep architecture (trained on raw pixels by :mod:`valbench.nets`)."""
+        return self.kind not in MODEL_NAMES
+
+    @property
+    def recipe(self) -> Recipe:
+        """A deep model's training recipe: the architecture's, with this spec's overrides."""
+        base = get_architecture(self.kind).recipe
+        assert self.batch_size is not None  # set by __post_init__ for deep kinds
+        return Recipe(
+            optimizer=base.optimizer,
+            lr=float(self.lr),
+            schedule=base.schedule,
+            momentum=base.momentum,
+            weight_decay=float(self.l2),
+            batch_size=int(self.batch_size),
+            epochs=int(self.epochs),
+        )
+
+    @property
     def resolved_solver(self) -> str:
-        """The solver ``fit`` uses: ``"auto"`` is L-BFGS for logreg and Adam for the MLP."""
+        """The solver ``fit`` uses: ``"auto"`` is L-BFGS for logreg and Adam for the MLP (a
+        deep model: its recipe's optimiser, ``sgd`` or ``adam``)."""
+        if self.deep:
+            return str(get_architecture(self.kind).recipe.optimizer)
         if self.solver != "auto":
             return self.solver
         return "lbfgs" if self.kind == "logreg" else "adam"
@@ -122,8 +191,8 @@ class ModelSpec:
             UnknownNameError: ``name`` is not in :data:`MODEL_NAMES`.
             UsageError: an override is not a field or has an invalid value.
         """
-        if name not in MODEL_NAMES:
-            raise UnknownNameError("model", name, list(MODEL_NAMES))
+        if name not in model_names():
+            raise UnknownNameError("model", name, list(model_names()))
         fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "kind"}
         values: dict[str, Any] = {}
         for key, value in overrides.items():
@@ -131,11 +200,15 @@ class ModelSpec:
                 raise UsageError(
                     f"model {name!r} has no parameter {key!r}; valid: {', '.join(sorted(fields))}"
                 )
-            values[key] = _coerce(key, value, type(getattr(cls, key)))
+            kind = int if key == "batch_size" else type(getattr(cls, key))
+            values[key] = _coerce(key, value, kind)
         return cls(kind=name, **values)
 
-    def build(self, n_features: int, n_classes: int, seed: int) -> BatchedClassifier:
-        """A fresh classifier for ``n_features`` inputs and ``n_classes`` outputs."""
+    def build(self, n_features: int, n_classes: int, seed: int) -> Any:
+        """A fresh classifier for ``n_features`` inputs and ``n_classes`` outputs: a
+        :class:`BatchedClassifier`, or a :class:`valbench.nets.DeepClassifier` for a deep kind."""
+        if self.deep:
+            return DeepClassifier(self, n_features, n_classes, seed)
         return BatchedClassifier(self, n_features, n_classes, seed)
 
 

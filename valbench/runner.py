@@ -107,11 +107,27 @@ def resolve_names(spec: RunSpec, narrowable: Collection[str] = ()) -> RunSpec:
     datasets = check("dataset", spec.datasets, dataset_names())
     if "all" in spec.datasets:  # only what loads on this machine without a download
         datasets = tuple(d for d in datasets if _available_offline(d))
-    from valbench.models import MODEL_NAMES
+    from valbench.models import ModelSpec, model_names
+    from valbench.nets import resolve_device
     from valbench.registry import get_dataset, get_method, validate_params
 
-    if spec.model not in MODEL_NAMES:
-        raise UnknownNameError("model", spec.model, list(MODEL_NAMES))
+    if spec.model not in model_names():
+        raise UnknownNameError("model", spec.model, list(model_names()))
+    model = ModelSpec.parse(spec.model, device=spec.device)  # a bad --device fails here
+    if model.deep:
+        resolve_device(spec.device)  # --device cuda without a GPU: one line, before any work
+        for name in datasets:
+            ds = None if name.startswith(FILE_PREFIX) else get_dataset(name)
+            if ds is not None:
+                values = dict(spec.params.get(name, {}))
+                validate_params(ds, values)
+                shape = ds(**values).pixel_shape()
+            if ds is None or shape is None:
+                raise UsageError(
+                    f"--model {spec.model} trains on raw image pixels and dataset {name!r} has "
+                    "none (use fashion-mnist, mnist, mnist-5k or cifar10 with features=raw and "
+                    "no pca), or choose --model logreg or mlp"
+                )
     params = dict(spec.params)
     for name, values in spec.params.items():
         if name in methods:

@@ -136,8 +136,11 @@ class RunSpec:
     jobs: int = 1
     timeout: float | None = None
     max_memory_mb: float | None = None
+    #: Where the deep evaluation models train: ``auto`` (a GPU when present), ``cpu``, ``cuda``.
+    #: Execution only, like ``jobs``: a GPU changes float rounding, not what is computed.
+    device: str = "auto"
 
-    EXECUTION_ONLY = ("jobs", "timeout", "preset", "max_memory_mb")
+    EXECUTION_ONLY = ("jobs", "timeout", "preset", "max_memory_mb", "device")
 
     def __post_init__(self) -> None:
         # bool is an int subclass: True would pass as 1 (a 1 s timeout, 1 seed).
@@ -234,6 +237,8 @@ class RunSpec:
             )
         if self.id_column is not None and self.id_column == self.label_column:
             raise UsageError(f"--id-column {self.id_column!r} is also the --label-column")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise UsageError(f"--device must be auto, cpu or cuda, got {self.device!r}")
         if not (1 <= self.imbalance < math.inf):
             raise UsageError(
                 f"--imbalance is a max/min class-size ratio >= 1, got {self.imbalance:g}"
@@ -363,6 +368,7 @@ CONFIG_KEYS = {
     "root_seed",
     "fractions",
     "model",
+    "device",
     "budget",
     "max_train",
     "random_repeats",
@@ -548,7 +554,7 @@ def build_spec(
             if not isinstance(value, str):
                 raise UsageError(f"{key} must be a string, got {value!r}")
             kwargs[key] = value
-        elif key in ("model", "budget"):
+        elif key in ("model", "budget", "device"):
             if not isinstance(value, str | int) or isinstance(value, bool):
                 raise UsageError(f"{key} must be a string, got {value!r}")
             kwargs[key] = str(value)

@@ -33,6 +33,7 @@ __all__ = [
     "FitCounter",
     "ModelFactory",
     "ModelParams",
+    "Architecture",
     "BatchedModel",
     "Subset",
     "Utility",
@@ -284,6 +285,38 @@ class ModelFactory(Protocol):
 
     def build(self, n_features: int, n_classes: int, seed: int) -> BatchedModel[Any]:
         """A fresh model for ``n_features`` inputs and ``n_classes`` outputs, seeded by ``seed``."""
+        ...
+
+
+class Architecture(Protocol):
+    """A deep evaluation-model architecture: pure functions of a parameter dict.
+
+    Registered by name (``valbench.nets``: built-ins ``cnn`` and ``resnet18``, plugins under
+    the entry-point group ``valbench.models``), selected with ``--model NAME``. Nothing holds
+    state, so ``torch.func.vmap`` trains stacked copies and ``torch.func.grad`` gives
+    per-sample gradients. Tensors are ``torch.Tensor`` (typed ``Any``: this layer does not
+    import torch).
+    """
+
+    #: The registry key (``--model NAME``).
+    name: str
+    #: The default training recipe (a ``valbench.nets.Recipe``).
+    recipe: Any
+    #: Most copies trained in one pass, and images per copy per evaluation chunk.
+    max_copies: int
+    eval_rows: int
+
+    def init(self, in_shape: tuple[int, int, int], n_classes: int, seed: int) -> tuple[Any, Any]:
+        """Seeded ``(parameters, buffers)``, two dicts of tensors, for images ``in_shape``."""
+        ...
+
+    def apply(
+        self, params: Any, buffers: Any, x: Any, *, train: bool = False, weight: Any = None
+    ) -> tuple[Any, Any, Any]:
+        """``(penultimate features, logits, new buffers)`` of images ``x`` (n, C, H, W).
+
+        ``train``: batch statistics (counting only the rows of positive ``weight``) instead
+        of the running ones, whose update is returned in the new buffers."""
         ...
 
 
@@ -627,6 +660,12 @@ class Method(_Parameterised, abc.ABC):
     #: True for set-aware selectors, which return ``Valuation.selections`` at every fraction of
     #: ``ctx.fractions`` they can serve; the harness records any they did not serve.
     selects_subsets: ClassVar[bool] = False
+    #: Evaluation models (``--model`` names) whose cells the method can run. ``None``: any,
+    #: for a method that trains models only through ``task.utility()`` and
+    #: ``task.build_model()`` (or trains none). The default suits a method whose code is
+    #: written for logreg and the MLP; the harness declines its other cells as ``skipped``
+    #: (``CellSkipped``) before calling :meth:`value`.
+    architectures: ClassVar[tuple[str, ...] | None] = ("logreg", "mlp")
     _param_kind = "method"
 
     @classmethod
@@ -718,6 +757,12 @@ class Dataset(_Parameterised, abc.ABC):
     @abc.abstractmethod
     def load(self, *, seed: int, max_train: int | None = None) -> DatasetSplits:
         """Return standardized splits for ``seed``; at most ``max_train`` training points."""
+
+    def pixel_shape(self) -> tuple[int, int, int] | None:
+        """``(C, H, W)`` when this instance's features are raw image pixels in [0, 1], each row
+        an image flattened channel-major (what the deep models of ``--model cnn`` read); None
+        otherwise."""
+        return None
 
     def features_use_labels(self) -> bool:
         """True when this instance learns its features from the training labels.

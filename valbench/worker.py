@@ -207,7 +207,7 @@ def build_task_with_provenance(
             provenance[f"{part}_rows"] = rows
     task = ValuationTask.from_splits(
         splits,
-        model=ModelSpec.parse(spec.model),
+        model=ModelSpec.parse(spec.model, device=spec.device),
         noisy_mask=noisy if cell.noise > 0 else None,
         name=cell.dataset,
         seed=data_seed % (2**31),
@@ -574,6 +574,11 @@ def _run_cell(cell: Cell, spec: RunSpec, progress: ProgressFn) -> CellOutcome:
         method = cls(**params)
         params = method.get_params()
         task, provenance = build_task_with_provenance(cell, spec)
+        if cls.architectures is not None and task.model.kind not in cls.architectures:
+            raise CellSkipped(
+                f"{cell.method} is written for the {' and '.join(cls.architectures)} evaluation "
+                f"models and cannot train --model {task.model.kind} yet; it declines this cell"
+            )
         if cls.max_train is not None and task.n_train > cls.max_train:
             message = (
                 f"{cell.method} handles at most {cls.max_train} training points and this slice "
