@@ -8,9 +8,10 @@ Formats are read with numpy, gzip and a restricted unpickler only:
   and ``b"labels"`` (a list of ints); only the globals such a batch needs are resolved.
 
 Features (``features=``): ``raw`` (flattened pixels scaled to [0, 1], optionally projected on
-``pca`` principal components fitted on the training split), ``cnn`` (penultimate layer of a
-small CNN trained on the training split only) and ``pretrained`` (ImageNet ResNet-18, our own
-implementation loading torchvision's checkpoint; see :mod:`valbench.datasets._resnet`).
+``pca`` principal components fitted on the training split), ``cnn`` (penultimate layer of the
+``cnn`` architecture of :mod:`valbench.nets`, trained on the training split only) and
+``pretrained`` (ImageNet ResNet-18, our own implementation loading torchvision's checkpoint;
+see :mod:`valbench.datasets._resnet`).
 ``cnn`` and ``pretrained`` features are cached on disk, keyed by dataset, split
 seed, sizes and feature config (and, for ``cnn``, the training labels it learned from); a
 cached file is only used when its stored config is equal.
@@ -25,6 +26,7 @@ import logging
 import os
 import pickle
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -47,7 +49,6 @@ __all__ = [
     "read_cifar10_dir",
     "check_cifar10_dir",
     "ImageDataset",
-    "small_cnn",
 ]
 
 logger = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ IDX_FILES = (
 )
 #: Feature kinds of image datasets.
 FEATURES = ("raw", "cnn", "pretrained")
-_FEATURE_CACHE_VERSION = 2
+_FEATURE_CACHE_VERSION = 3  # 3: the CNN of valbench.nets
 
 _IDX_DTYPES: dict[int, np.dtype[Any]] = {
     0x08: np.dtype(np.uint8),
@@ -286,28 +287,6 @@ def read_cifar10_dir(directory: Path) -> tuple[np.ndarray, np.ndarray, np.ndarra
 # ----------------------------------------------------------------------------------- features
 
 
-def small_cnn(in_channels: int, n_classes: int, width: int = 16, dim: int = 64) -> Any:
-    """Two conv blocks, a ``dim``-wide penultimate layer and a linear head (``nn.Sequential``).
-
-    ``net[0]`` maps images to the penultimate features; ``net[1]`` is the classifier head.
-    """
-    import torch.nn as nn
-
-    body = nn.Sequential(
-        nn.Conv2d(in_channels, width, 3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(width, 2 * width, 3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.AdaptiveAvgPool2d(4),
-        nn.Flatten(),
-        nn.Linear(2 * width * 16, dim),
-        nn.ReLU(),
-    )
-    return nn.Sequential(body, nn.Linear(dim, n_classes))
-
-
 def _cnn_features(
     x_tr: np.ndarray,
     y_tr: np.ndarray,
@@ -318,38 +297,43 @@ def _cnn_features(
     epochs: int,
     dim: int,
     width: int,
-    batch_size: int = 64,
-    lr: float = 1e-3,
 ) -> list[np.ndarray]:
-    """Train :func:`small_cnn` on ``(x_tr, y_tr)``; penultimate features of train and others."""
+    """Train the ``cnn`` architecture of :mod:`valbench.nets` on ``(x_tr, y_tr)`` with its
+    recipe (Adam, lr 1e-3, batch 64) for ``epochs``; penultimate features of train and others.
+
+    Images are standardized per channel with the training split's mean and deviation.
+    """
     import torch
 
+    from valbench.nets import SmallCNN, train_copies
+
+    arch = SmallCNN(width=width, dim=dim)
     imgs = torch.from_numpy(x_tr.astype(np.float32) / 255.0)
     mean = imgs.mean(dim=(0, 2, 3), keepdim=True)
     std = imgs.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
     labels = torch.from_numpy(y_tr.astype(np.int64))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        net = small_cnn(x_tr.shape[1], n_classes, width=width, dim=dim)
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
-    loss_fn = torch.nn.CrossEntropyLoss()
-    net.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(imgs), generator=gen)
-        for start in range(0, len(imgs), batch_size):
-            idx = order[start : start + batch_size]
-            opt.zero_grad()
-            loss = loss_fn(net((imgs[idx] - mean) / std), labels[idx])
-            loss.backward()
-            opt.step()
-    net.eval()
-    body = net[0]
+    params, buffers = arch.init(tuple(x_tr.shape[1:]), n_classes, seed)
+    recipe = replace(arch.recipe, epochs=epochs)
+    trained, _ = train_copies(
+        arch,
+        {k: v[None] for k, v in params.items()},
+        {k: v[None] for k, v in buffers.items()},
+        (imgs - mean) / std,
+        labels,
+        torch.ones(1, len(labels)),
+        recipe=recipe,
+        seed=seed,
+    )
+    final = {k: v[0] for k, v in trained.items()}
     out = []
     with torch.no_grad():
         for arr in [x_tr, *others]:
             feats = [
-                body((torch.from_numpy(arr[s : s + 512].astype(np.float32) / 255.0) - mean) / std)
+                arch.apply(
+                    final,
+                    buffers,
+                    (torch.from_numpy(arr[s : s + 512].astype(np.float32) / 255.0) - mean) / std,
+                )[0]
                 for s in range(0, len(arr), 512)
             ]
             out.append(torch.cat(feats).numpy() if feats else np.zeros((0, dim), np.float32))

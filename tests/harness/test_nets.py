@@ -318,3 +318,49 @@ def test_deep_classifier_fits_counts_and_scores() -> None:
     # A fit from init with no epochs returns that init.
     warm = clf.fit(x, y, masks[:1], init=params.select(0), epochs=0)
     np.testing.assert_array_equal(clf.logits(warm, x), clf.logits(params.select(0), x))
+
+
+# -- the harness: refusals, declines, the device flag --------------------------------------------
+
+
+def test_deep_model_needs_raw_image_pixels_refused_before_the_run() -> None:
+    from valbench.runner import resolve_names
+    from valbench.spec import RunSpec
+
+    spec = RunSpec(methods=("loo",), datasets=("digits",), model="cnn")
+    with pytest.raises(UsageError, match="raw image pixels and dataset 'digits' has none"):
+        resolve_names(spec)
+    pca = RunSpec(
+        methods=("loo",), datasets=("mnist-5k",), model="cnn", params={"mnist-5k": {"pca": 20}}
+    )
+    with pytest.raises(UsageError, match="dataset 'mnist-5k' has none"):
+        resolve_names(pca)
+    ok = resolve_names(RunSpec(methods=("loo",), datasets=("mnist-5k",), model="resnet18"))
+    assert ok.model == "resnet18"
+    with pytest.raises(UsageError, match="runs on the CPU only"):
+        resolve_names(RunSpec(methods=("loo",), datasets=("digits",), device="cuda"))
+
+
+def test_device_is_execution_only_and_checked() -> None:
+    from valbench.spec import RunSpec, build_spec
+
+    assert RunSpec(device="cpu").config_hash() == RunSpec(device="auto").config_hash()
+    assert build_spec(None, {}, {"device": "cpu", "model": "cnn"}).device == "cpu"
+    with pytest.raises(UsageError, match="--device must be auto, cpu or cuda"):
+        RunSpec(device="gpu")
+
+
+@pytest.mark.slow  # loads mnist-5k and the registry: 15 s on the shared machine
+def test_method_written_for_logreg_declines_a_deep_cell() -> None:
+    from valbench.registry import get_method
+    from valbench.spec import Cell, RunSpec
+    from valbench.worker import run_cell
+
+    assert get_method("loo").architectures is None  # through the utility engine: any model
+    assert get_method("grand").architectures == ("logreg", "mlp")
+    spec = RunSpec(methods=("grand",), datasets=("mnist-5k",), model="cnn", max_train=40)
+    outcome = run_cell(Cell(dataset="mnist-5k", noise=0.0, seed=0, method="grand"), spec)
+    record = outcome.record
+    assert record.status == "skipped" and record.error is not None
+    assert record.error.type == "CellSkipped"
+    assert "cannot train --model cnn" in record.error.message
