@@ -187,10 +187,27 @@ class ModelSpec:
     def parse(cls, name: str, **overrides: Any) -> ModelSpec:
         """The spec of model ``name`` with some fields overridden (strings are converted).
 
+        ``name`` may carry overrides itself, as ``--model`` does: ``"cnn:epochs=30,lr=0.002"``
+        (those in ``overrides`` win).
+
         Raises:
-            UnknownNameError: ``name`` is not in :data:`MODEL_NAMES`.
+            UnknownNameError: ``name`` is not in :func:`model_names`.
             UsageError: an override is not a field or has an invalid value.
         """
+        if ":" in name:
+            name, _, tail = name.partition(":")
+            given: dict[str, Any] = {}
+            for item in filter(None, (p.strip() for p in tail.split(","))):
+                key, eq, value = item.partition("=")
+                if not eq or not key.strip():
+                    raise UsageError(
+                        f"--model {name}:{tail}: {item!r} is not KEY=VALUE "
+                        f"(e.g. --model {name}:epochs=30)"
+                    )
+                if key.strip() == "device":
+                    raise UsageError("choose the device with --device, not inside --model")
+                given[key.strip()] = value.strip()
+            overrides = {**given, **overrides}
         if name not in model_names():
             raise UnknownNameError("model", name, list(model_names()))
         fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "kind"}

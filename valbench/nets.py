@@ -195,7 +195,11 @@ def _batch_norm(
     if not train:
         mean, var = buffers[f"{name}.mean"], buffers[f"{name}.var"]
     else:
-        rows = torch.ones(h.shape[0], dtype=h.dtype) if weight is None else (weight > 0).to(h.dtype)
+        rows = (
+            torch.ones(h.shape[0], dtype=h.dtype, device=h.device)
+            if weight is None
+            else (weight > 0).to(h.dtype)
+        )
         rows = rows.view(-1, 1, 1, 1)
         count = rows.sum() * h.shape[2] * h.shape[3]
         mean = (h * rows).sum(dim=(0, 2, 3)) / count.clamp(min=1.0)

@@ -78,6 +78,18 @@ def test_spec_recipe_defaults_and_overrides() -> None:
         ModelSpec.parse("cnn", device="tpu")
 
 
+def test_model_flag_carries_overrides() -> None:
+    assert ModelSpec.parse("cnn:epochs=30, lr=0.002").recipe.epochs == 30
+    assert ModelSpec.parse("cnn:epochs=30", epochs=2).epochs == 2  # keyword overrides win
+    assert ModelSpec.parse("logreg:tol=1e-5") == ModelSpec(tol=1e-5)
+    with pytest.raises(UsageError, match="is not KEY=VALUE"):
+        ModelSpec.parse("cnn:epochs")
+    with pytest.raises(UsageError, match="with --device"):
+        ModelSpec.parse("cnn:device=cuda")
+    with pytest.raises(UnknownNameError):
+        ModelSpec.parse("vgg:epochs=3")
+
+
 def test_non_image_features_refused_in_one_line() -> None:
     with pytest.raises(UsageError, match=r"raw image pixels .* this data has 64 features"):
         ModelSpec.parse("cnn").build(64, 10, 0)
