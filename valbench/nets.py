@@ -454,8 +454,9 @@ def train_copies(
     *,
     recipe: Recipe,
     seed: int,
+    stack: bool | None = None,
 ) -> tuple[Tensors, Tensors]:
-    """Train ``B`` copies at once; copy ``b`` on the points where ``weights[b] > 0``.
+    """Train ``B`` copies; copy ``b`` on the points where ``weights[b] > 0``.
 
     Args:
         arch: The architecture.
@@ -466,12 +467,37 @@ def train_copies(
         recipe: Optimiser, schedule, batch size and epochs.
         seed: Seeds the per-epoch point order (shared by every copy, so batching does not
             change it).
+        stack: Train the copies together as one vmapped computation (True) or one after the
+            other (False); the result is the same up to float rounding. None: together on a
+            GPU, one after the other on a CPU, where a vmapped (grouped) convolution ran
+            slower than the copies' own: 16 cnn copies on one thread took 1.14x (1,000-image
+            subsets), 1.19x (100) and 1.38x (20) the time of the loop.
 
     Returns:
         The trained parameters and buffers, stacked.
     """
     batch, n = weights.shape
     device = x.device
+    if stack is None:
+        stack = device.type != "cpu"
+    if not stack and batch > 1:
+        parts = [
+            train_copies(
+                arch,
+                {k: v[b : b + 1] for k, v in params.items()},
+                {k: v[b : b + 1] for k, v in buffers.items()},
+                x,
+                y,
+                weights[b : b + 1],
+                recipe=recipe,
+                seed=seed,
+            )
+            for b in range(batch)
+        ]
+        return (
+            {k: torch.cat([p[0][k] for p in parts]) for k in params},
+            {k: torch.cat([p[1][k] for p in parts]) for k in buffers},
+        )
     member = weights > 0
     counts = member.sum(dim=1)
     bs = int(recipe.batch_size)
@@ -614,8 +640,9 @@ class DeepClassifier:
     flattened raw pixels in [0, 1] (the image datasets' ``features="raw"``), read as
     (C, H, W) by :func:`image_shape` and mapped to [-1, 1] by ``2x - 1`` (a fixed map, so
     U(S) never depends on which rows a fit call sees). Every copy starts from the same
-    seeded initialisation; the copies of a call train together by :func:`train_copies`
-    (at most the architecture's ``max_copies`` per pass), which equals training each alone.
+    seeded initialisation; the copies of a call train by :func:`train_copies` (stacked on a
+    GPU, at most the architecture's ``max_copies`` per pass; one after another on a CPU),
+    which equals training each alone.
     """
 
     def __init__(self, spec: Any, n_features: int, n_classes: int, seed: int) -> None:

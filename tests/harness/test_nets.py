@@ -234,7 +234,9 @@ def test_cnn_copies_trained_together_equal_each_alone() -> None:
     x, y = images(40), torch.from_numpy(np.arange(40) % 3)
     w = subsets(4, 40)
     recipe = Recipe("adam", 1e-2, "constant", 0.0, 0.0, 8, 2)
-    together, _ = train_copies(arch, stacked(params, 4), {}, x, y, w, recipe=recipe, seed=3)
+    together, _ = train_copies(
+        arch, stacked(params, 4), {}, x, y, w, recipe=recipe, seed=3, stack=True
+    )
     for b in range(4):
         alone, _ = train_copies(
             arch, stacked(params, 1), {}, x, y, w[b : b + 1], recipe=recipe, seed=3
@@ -259,7 +261,7 @@ def test_resnet_copies_trained_together_equal_each_alone_in_float64() -> None:
     w = subsets(3, 30).double()
     recipe = Recipe("sgd", 0.1, "cosine", 0.9, 5e-4, 8, 2)
     p3, b3 = train_copies(
-        arch, stacked(params, 3), stacked(buffers, 3), x, y, w, recipe=recipe, seed=0
+        arch, stacked(params, 3), stacked(buffers, 3), x, y, w, recipe=recipe, seed=0, stack=True
     )
     for b in range(3):
         p1, b1 = train_copies(
@@ -335,6 +337,7 @@ def test_deep_classifier_fits_counts_and_scores() -> None:
 # -- the harness: refusals, declines, the device flag --------------------------------------------
 
 
+@pytest.mark.slow  # discovers every registered method and dataset: 10-30 s on the shared machine
 def test_deep_model_needs_raw_image_pixels_refused_before_the_run() -> None:
     from valbench.runner import resolve_names
     from valbench.spec import RunSpec
@@ -376,3 +379,27 @@ def test_method_written_for_logreg_declines_a_deep_cell() -> None:
     assert record.status == "skipped" and record.error is not None
     assert record.error.type == "CellSkipped"
     assert "cannot train --model cnn" in record.error.message
+
+
+def test_utility_engine_on_the_cnn_equals_fits_one_by_one() -> None:
+    """U(S) through the engine (deduplicated, cached, copies in one call) = a fit of S alone."""
+    from valbench.types import DatasetSplits, ValuationTask
+    from valbench.utility import UtilityEngine
+
+    rng = np.random.default_rng(0)
+    y = np.arange(36) % 2
+    x = rng.random((36, 784), dtype=np.float32) * 0.5
+    x[y == 1, :392] += 0.5
+    splits = DatasetSplits(x[:24], y[:24], x[24:], y[24:], x[24:], y[24:], n_classes=2)
+    spec = ModelSpec.parse("cnn:epochs=2,batch_size=8,lr=0.01")
+    task = ValuationTask.from_splits(
+        splits, model=spec, name="toy", seed=0, utility_factory=UtilityEngine
+    )
+    engine = task.utility()
+    subsets = [np.arange(12), np.arange(6, 24), np.arange(12)]
+    values = engine.many(subsets)
+    assert values[0] == values[2] and engine.cache_hits == 1 and task.fit_counter.count == 2
+    for subset, value in zip(subsets[:2], values, strict=False):
+        clf = spec.build(784, 2, seed=0)
+        alone = clf.accuracy(clf.fit(x[:24], y[:24], [subset]), x[24:], y[24:])[0]
+        assert value == alone
