@@ -349,6 +349,14 @@ def method_checks(
 
     def class_attributes() -> None:
         _check_attributes(cls, Method, ("name", "family", "summary"))
+        models = getattr(cls, "architectures", None)
+        if models is not None and not (
+            isinstance(models, tuple) and models and all(isinstance(m, str) for m in models)
+        ):
+            raise ConformanceError(
+                f"{getattr(cls, '__name__', cls)}.architectures must be None (any evaluation "
+                f"model) or a non-empty tuple of --model names, got {models!r}"
+            )
 
     yield "class_attributes", class_attributes
     if not isinstance(cls, type) or not issubclass(cls, Method):

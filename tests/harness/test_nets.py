@@ -403,3 +403,17 @@ def test_utility_engine_on_the_cnn_equals_fits_one_by_one() -> None:
         clf = spec.build(784, 2, seed=0)
         alone = clf.accuracy(clf.fit(x[:24], y[:24], [subset]), x[24:], y[24:])[0]
         assert value == alone
+
+
+def test_conformance_kit_checks_the_architectures_attribute() -> None:
+    from valbench.errors import ConformanceError
+    from valbench.methods.loo import LeaveOneOut
+    from valbench.testing import method_checks
+
+    class Broken(LeaveOneOut):
+        architectures = "cnn"  # type: ignore[assignment]
+
+    checks = dict(method_checks(Broken))
+    with pytest.raises(ConformanceError, match="architectures must be None"):
+        checks["class_attributes"]()
+    dict(method_checks(LeaveOneOut))["class_attributes"]()
