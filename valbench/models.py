@@ -201,8 +201,8 @@ class ModelSpec:
                 key, eq, value = item.partition("=")
                 if not eq or not key.strip():
                     raise UsageError(
-                        f"--model {name}:{tail}: {item!r} is not KEY=VALUE "
-                        f"(e.g. --model {name}:epochs=30)"
+                        f"--model {name!r}: override {item!r} is not KEY=VALUE "
+                        "(e.g. --model cnn:epochs=30)"
                     )
                 if key.strip() == "device":
                     raise UsageError("choose the device with --device, not inside --model")

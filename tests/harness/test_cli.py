@@ -25,7 +25,7 @@ SMALL = ["--datasets", "synthetic", "--preset", "ci", "--seeds", "1", "--no-prog
         (["--methods", "random", "--seeds", "many"], "seeds must be a whole number"),
         (
             ["--methods", "random", "--model", "svm"],
-            "unknown model 'svm'; valid models: logreg, mlp",
+            "unknown model 'svm'; valid models: cnn, logreg, mlp, resnet18",
         ),
         (["--methods", "random", "--budget", "lots"], "invalid budget 'lots'"),
         (["--methods", "random", "--param", "random.k=3"], "'random' has no parameter 'k'"),

@@ -105,7 +105,7 @@ _FLAGS = [
     "--methods", "--datasets", "--noise", "--seeds", "--root-seed", "--fractions", "--model",
     "--budget", "--max-train", "--jobs", "--timeout", "--max-memory", "--noise-model",
     "--imbalance", "--label-column", "--backend", "--preset", "--param", "--scheduler",
-    "--address",
+    "--address", "--device",
 ]  # fmt: skip
 _SWITCHES = ["--overwrite", "--retry-failed", "--no-progress", "--bogus", "-v"]
 _flag_values = st.one_of(
