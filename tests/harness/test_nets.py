@@ -417,3 +417,33 @@ def test_conformance_kit_checks_the_architectures_attribute() -> None:
     with pytest.raises(ConformanceError, match="architectures must be None"):
         checks["class_attributes"]()
     dict(method_checks(LeaveOneOut))["class_attributes"]()
+
+
+@pytest.mark.slow  # trains a few hundred tiny CNNs: about a minute on the shared machine
+@pytest.mark.parametrize("method", ["loo", "data-oob"])
+def test_utility_methods_run_a_cnn_cell_end_to_end(method: str) -> None:
+    from valbench.spec import Cell, RunSpec
+    from valbench.worker import run_cell
+
+    spec = RunSpec(
+        methods=(method,),
+        datasets=("mnist-5k",),
+        model="cnn:epochs=1,batch_size=8",
+        max_train=12,
+        lds_subsets=4,
+        random_repeats=1,
+        params={"data-oob": {"n_estimators": 8}} if method == "data-oob" else {},
+    )
+    outcome = run_cell(Cell(dataset="mnist-5k", noise=0.0, seed=0, method=method), spec)
+    record = outcome.record
+    assert record.status == "ok", record.error
+    metrics = record.metrics
+    assert metrics.full_data_value is not None and 0 <= metrics.full_data_value <= 1
+    assert metrics.lds_subsets == 4 and set(metrics.subset_value) == {
+        "0.05",
+        "0.1",
+        "0.2",
+        "0.3",
+        "0.5",
+    }
+    assert record.cost is not None and record.cost.model_fits > 0
