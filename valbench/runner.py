@@ -553,6 +553,7 @@ def _open_run_dir(store: RunStore, spec: RunSpec, overwrite: bool, command: str)
                 spec=spec.to_dict(),
                 resumed=old.resumed + 1,
                 command=command,
+                claims=_claims(spec),
             )
     return Manifest(
         name=store.run_dir.name,
@@ -566,7 +567,20 @@ def _open_run_dir(store: RunStore, spec: RunSpec, overwrite: bool, command: str)
         started_at=_now(),
         ended_at=None,
         cells_total=len(spec.cells()),
+        claims=_claims(spec),
     )
+
+
+def _claims(spec: RunSpec) -> dict[str, list[dict[str, Any]]]:
+    """The paper claims each of the run's methods declares, for the report to check."""
+    from valbench.registry import get_method
+
+    out = {}
+    for name in spec.methods:
+        claims = getattr(get_method(name), "claims", ())
+        if claims:
+            out[name] = [claim.to_json() for claim in claims]
+    return out
 
 
 def execute(

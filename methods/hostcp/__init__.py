@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from valbench import Method, RunContext, Valuation, ValuationTask
+from valbench.types import Claim
 from valbench.metrics import subset_size
 from valbench.params import Interval, Options, Param
 
@@ -39,6 +40,8 @@ from .layers import SOLVERS
 from .loop import LoopConfig, RunResult, run_online
 
 __all__ = ["HostCP", "HostCPFast", "HostCPSmooth", "HostCPDS3"]
+
+PAPER = "Das et al., ECML-PKDD 2021, abstract"
 
 
 class _HostCPBase(Method):
@@ -63,6 +66,23 @@ class _HostCPBase(Method):
     family = "subset-selection"
     selects_subsets = True
     mode: ClassVar[str] = "lp"
+    #: The abstract's three claims; the report checks each against the run (valbench.claims).
+    claims = (
+        Claim(
+            "consistently higher value subsets of training data, compared to the recent "
+            "state-of-the-art methods",
+            PAPER,
+            "higher-subset-value",
+        ),
+        Claim("sometimes ~20% higher", PAPER, "subset-value-gain", threshold=20.0),
+        Claim("also useful in finding mislabelled training data", PAPER, "mislabel-detection"),
+        Claim(
+            "takes running time comparable to the existing valuation functions",
+            PAPER,
+            "comparable-runtime",
+            threshold=3.0,
+        ),
+    )
 
     parameters = {
         "batch_size": Param(40, Interval(int, 1, None), doc="incoming points per mini-batch, B"),
