@@ -178,7 +178,7 @@ def _check_data_file(path: str, spec: RunSpec) -> str:
     _check_file_params(FILE_PREFIX + path, params)
     load_file_dataset(
         path, label_column=spec.label_column, id_column=spec.id_column, **params
-    ).load(seed=first.data_seed(spec.root_seed), max_train=spec.max_train)
+    ).load(seed=first.data_seed(spec.root_seed), max_train=spec.train_cap(FILE_PREFIX + path))
     return fingerprint
 
 
