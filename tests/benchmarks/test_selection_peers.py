@@ -389,21 +389,40 @@ def _omp_per_class(solve: Any, g: np.ndarray, k: int) -> tuple[list[np.ndarray],
     return supports, weights
 
 
+def _match_error(g: np.ndarray, idx: np.ndarray, w: np.ndarray) -> float:
+    """``sqrt(Σ_c ||Σ_{i ∈ S_c} w_i g_i - Σ_{i ∈ c} g_i||²) / sqrt(Σ_c ||Σ_{i ∈ c} g_i||²)``:
+    how well the weighted picks match each class's gradient sum."""
+    y = task().y_train
+    err = tot = 0.0
+    for c in np.unique(y):
+        target = g[y == c].sum(axis=0)
+        mine = y[idx] == c
+        err += float(np.sum((w[mine] @ g[idx[mine]] - target) ** 2))
+        tot += float(np.sum(target**2))
+    return float(np.sqrt(err / tot))
+
+
 def _gradmatch_row(
-    peer_name: str, fraction: float, solve: Any, target_scale: np.ndarray, note: str
+    peer_name: str,
+    fraction: float,
+    solve: Any,
+    target_scale: np.ndarray,
+    note: str,
+    lam: float | None = None,
 ) -> Row:
-    """valbench's GradMatch against a peer's OMP ``solve(class_gradients, quota) -> x``, run
-    per class with valbench's quotas; the peer's weights times ``target_scale`` compared."""
-    order, weights, stats = run(GradMatch(), fraction)
+    """valbench's GradMatch (ridge ``lam``, default its own) against a peer's OMP
+    ``solve(class_gradients, quota) -> x``, run per class with valbench's quotas; the peer's
+    weights times ``target_scale`` compared. valbench's matching error uses the weights it
+    trains with (random fill at 1), the peer's its OMP atoms only (its random fill left out)."""
+    method = GradMatch() if lam is None else GradMatch(lam=lam)
+    order, weights, stats = run(method, fraction)
     assert weights is not None
     g, _ = gradients()
     k = len(order)
     vb_weight = dict(zip(order.tolist(), weights.tolist(), strict=True))
     supports, w = _omp_per_class(solve, g, k)
-    peer, w_peer = (
-        np.concatenate(supports),
-        np.concatenate(w) * target_scale[np.concatenate(supports)],
-    )
+    peer = np.concatenate(supports)
+    w_peer = np.concatenate(w) * target_scale[peer]
     at = {int(i): j for j, i in enumerate(peer)}
     common = [int(i) for i in order if int(i) in at]
     w_vb = np.array([vb_weight[i] for i in common])
@@ -418,6 +437,8 @@ def _gradmatch_row(
             "peer_within_valbench": float(set(peer) <= set(order)),
             "weights_pearson_common": float(pearsonr(w_vb, w_pc)[0]),
             "max_rel_weight_diff_common": float(np.max(np.abs(w_pc - w_vb) / np.abs(w_vb))),
+            "match_error_valbench": _match_error(g, order, weights.astype(np.float64)),
+            "match_error_peer": _match_error(g, peer, w_peer),
             "valbench_random_fill": float(stats["random_fill"]),
         },
         note,
@@ -446,6 +467,23 @@ def row_gradmatch_cords(fraction: float = FRACTION) -> Row:
         "does not mask them, re-picks one (a duplicate row, not a new index), so it returns "
         "fewer distinct atoms (CORDS then fills at random) and shifts the weights onto the "
         "wrong atoms; valbench and DeepCore mask chosen atoms",
+    )
+
+
+def row_gradmatch_cords_cpu(fraction: float = FRACTION) -> Row:
+    cs = _need(cords(), "VALBENCH_CORDS_SRC")
+
+    def solve(gc: np.ndarray, q: int) -> np.ndarray:
+        return cs.omp.OrthogonalMP_REG(gc.T, gc.sum(axis=0), nnz=q, positive=True, lam=0)
+
+    return _gradmatch_row(
+        "CORDS OrthogonalMP_REG (its CPU path: lam=0 fixed)",
+        fraction,
+        solve,
+        np.ones(N_TRAIN),
+        "CORDS's GradMatch on CPU calls this numpy solver with lam=0 whatever its lam; "
+        "compared with valbench's GradMatch(lam=0)",
+        lam=0.0,
     )
 
 
@@ -666,6 +704,8 @@ ROWS = {
     "craig": row_craig,
     "gradmatch-cords": row_gradmatch_cords,
     "gradmatch-cords-0.6": lambda: row_gradmatch_cords(0.6),
+    "gradmatch-cords-cpu": row_gradmatch_cords_cpu,
+    "gradmatch-cords-cpu-0.6": lambda: row_gradmatch_cords_cpu(0.6),
     "gradmatch-deepcore": row_gradmatch_deepcore,
     "gradmatch-deepcore-0.6": lambda: row_gradmatch_deepcore(0.6),
     "glister-cords": row_glister,
@@ -699,6 +739,13 @@ def test_craig_equals_deepcore_up_to_its_plus_one_weights() -> None:
 
 
 @pytest.mark.parametrize("fraction", [FRACTION, 0.6])
+def test_gradmatch_lam0_equals_cords_cpu_omp(fraction: float) -> None:
+    numbers = row_gradmatch_cords_cpu(fraction).numbers
+    assert numbers["jaccard"] == 1.0
+    assert numbers["max_rel_weight_diff_common"] < 1e-6
+
+
+@pytest.mark.parametrize("fraction", [FRACTION, 0.6])
 def test_gradmatch_equals_deepcore_omp(fraction: float) -> None:
     numbers = row_gradmatch_deepcore(fraction).numbers
     assert numbers["jaccard"] == 1.0
@@ -713,6 +760,7 @@ def test_gradmatch_against_cords_omp() -> None:
     large = row_gradmatch_cords(0.6).numbers
     assert large["peer_picks"] < subset_size(N_TRAIN, 0.6)
     assert large["peer_within_valbench"] == 1.0
+    assert large["match_error_valbench"] < large["match_error_peer"]
 
 
 def test_glister_naive_equals_cords_order() -> None:
