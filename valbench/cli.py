@@ -362,7 +362,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {
         k: getattr(args, k) for k in _SPEC_FLAGS if getattr(args, k) is not None
     }
-    overrides.setdefault("methods", config.get("methods", "all"))
     overrides["params"] = parse_param_assignments(args.param)
     if (args.scheduler and args.backend != "dask") or (args.address and args.backend != "ray"):
         raise UsageError("--scheduler goes with --backend dask, --address with --backend ray")

@@ -586,6 +586,7 @@ def build_spec(
         raise UsageError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")
     sources = (PRESETS[preset], config, overrides)
     merged: dict[str, Any] = {**PRESETS[preset], **config, **overrides, "preset": preset}
+    merged.setdefault("methods", "all")  # a preset may name its methods; else every one
     merged.pop("out", None)
     merged.pop("data_dir", None)
     params: dict[str, dict[str, Any]] = {k: dict(v) for k, v in config.get("params", {}).items()}
