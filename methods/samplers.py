@@ -1,0 +1,286 @@
+"""Samplers of the semivalue framework: which marginals U(S ∪ {i}) − U(S) a run looks at.
+
+A *sampler* plans the pairs (i, S), S ⊆ D∖{i}, whose marginals a sampled semivalue averages,
+and says how to turn the marginals it planned into values. The estimator loop that evaluates
+them through the utility engine, respects the budget and reports partial runs is
+:func:`valbench.methods.semivalues.sampled_semivalue`; a new sampler only implements
+:class:`Sampler`.
+
+* :class:`OwenSampler`: Owen's multilinear extension (Okhrati & Lipani 2021). The Shapley
+  value is φ_i = ∫₀¹ E[U(S ∪ {i}) − U(S)] dq with S holding every other point independently
+  with probability q; the integral is approximated on a grid of q, a few subsets per grid
+  point, optionally with antithetic pairs (q and 1 − q through S and its complement).
+* :class:`StratifiedSampler`: the coalition size is the stratum (Maleki et al. 2014; Wu et al.
+  2023's VRDS): a fixed number m_k of subsets of each size k per point, the semivalue the
+  p-weighted sum of the per-size mean marginals.
+
+Both yield *blocks* of samples (one sample per point, in a random order), so a run the budget
+cuts short has looked at every point about equally often.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from typing import Any, NamedTuple
+
+import numpy as np
+from scipy.stats import binom
+
+from valbench.errors import UsageError
+
+__all__ = [
+    "Block",
+    "MarginalLog",
+    "Sampler",
+    "OwenSampler",
+    "StratifiedSampler",
+    "owen_grid",
+    "owen_size_law",
+    "stratum_counts",
+]
+
+
+class Block(NamedTuple):
+    """Samples drawn together: point ``index[b]`` joins the coalition ``masks[b]``.
+
+    ``masks`` is a bool array (B, n) with ``masks[b, index[b]]`` False.
+    """
+
+    index: np.ndarray
+    masks: np.ndarray
+
+
+class MarginalLog(NamedTuple):
+    """Every marginal a run evaluated, in order: point, coalition size and U(S ∪ {i}) − U(S)."""
+
+    index: np.ndarray
+    size: np.ndarray
+    marginal: np.ndarray
+
+
+class Sampler(ABC):
+    """Plans the marginals of a sampled semivalue and combines them into values."""
+
+    @abstractmethod
+    def per_point(self, n: int) -> int:
+        """Marginals per point in the whole plan."""
+
+    @abstractmethod
+    def blocks(self, n: int, rng: np.random.Generator) -> Iterator[Block]:
+        """The plan, block by block; ``per_point(n)`` samples for every point in all."""
+
+    @abstractmethod
+    def estimate(
+        self, n: int, log: MarginalLog, size_weights: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+        """Values, per-point standard errors and extra stats from the marginals in ``log``.
+
+        ``size_weights`` is the semivalue's law p(k) over coalition sizes k = 0 … n−1. The
+        log may stop short of the plan (a budget cut); the stats then say what is missing.
+        """
+
+
+def _shuffled_rows(n: int, rng: np.random.Generator) -> np.ndarray:
+    return rng.permutation(n).astype(np.int64)
+
+
+def _per_point_moments(n: int, index: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, ...]:
+    count = np.bincount(index, minlength=n)
+    total = np.bincount(index, weights=x, minlength=n)
+    squares = np.bincount(index, weights=x * x, minlength=n)
+    return count, total, squares
+
+
+# -- Owen sampling -----------------------------------------------------------------------------
+
+
+def owen_grid(q_points: int, antithetic: bool) -> np.ndarray:
+    """The inclusion probabilities q: ``q_points`` evenly spaced over [0, 1], both ends included
+    (over [0, 1/2] when antithetic: each q also stands for 1 − q)."""
+    return np.linspace(0.0, 0.5 if antithetic else 1.0, q_points)
+
+
+def owen_size_law(n: int, q_points: int, antithetic: bool = False) -> np.ndarray:
+    """Law of the coalition size k = 0 … n−1 that Owen sampling on the grid draws from.
+
+    Each grid point q draws sizes from Binomial(n − 1, q); the grid mixes them equally (with
+    its antithetic twin 1 − q). As the grid gets finer this tends to 1/n for every k, the
+    Shapley law, which Owen sampling's plain mean of marginals assumes; on a finite grid the
+    estimate's expectation is the semivalue of this law instead (a quadrature bias of order
+    1/``q_points`` that moves weight to the smallest and largest coalitions).
+    """
+    k = np.arange(n)
+    q = owen_grid(q_points, antithetic)
+    law = binom.pmf(k[None, :], n - 1, q[:, None])
+    if antithetic:
+        law = (law + binom.pmf(k[None, :], n - 1, 1.0 - q[:, None])) / 2
+    out = law.mean(axis=0)
+    return out / out.sum()
+
+
+class OwenSampler(Sampler):
+    """Owen sampling (Okhrati & Lipani 2021), as in pyDVL's ``OwenSampler`` with a grid.
+
+    For every q of :func:`owen_grid` and each of ``inner`` repeats, one random coalition T
+    holds every point independently with probability q, and each point i is valued against
+    S = T ∖ {i}; with ``antithetic`` the complement D ∖ T is used too (each point then sees
+    S and (D ∖ {i}) ∖ S). The value is the plain mean of a point's marginals, the grid's
+    Riemann sum of the multilinear-extension integral (exact as the grid gets fine; see
+    :func:`owen_size_law` for its expectation on a finite grid).
+
+    The draw T is shared by all points of a block: every point's marginals have the law they
+    would have with a draw of its own (pyDVL draws one per point), and the block needs only
+    n + 1 distinct subsets (T ∪ {i} is T for i ∈ T, T ∖ {i} is T otherwise) instead of 2n.
+    The (q, repeat) pairs are visited in a random order, so a run the budget cuts short has
+    sampled a random part of the grid rather than its low end.
+    """
+
+    def __init__(self, q_points: int = 100, inner: int = 2, antithetic: bool = False) -> None:
+        if q_points < 1 or inner < 1:
+            raise UsageError(
+                f"Owen sampling needs q_points >= 1 and inner >= 1, got {q_points}, {inner}"
+            )
+        self.q_points = q_points
+        self.inner = inner
+        self.antithetic = antithetic
+
+    def per_point(self, n: int) -> int:
+        return self.q_points * self.inner * (2 if self.antithetic else 1)
+
+    def blocks(self, n: int, rng: np.random.Generator) -> Iterator[Block]:
+        grid = owen_grid(self.q_points, self.antithetic)
+        schedule = np.repeat(grid, self.inner)[rng.permutation(self.q_points * self.inner)]
+        diagonal = np.eye(n, dtype=bool)
+        for q in schedule:
+            coalition = rng.random(n) < q
+            draws = (coalition, ~coalition) if self.antithetic else (coalition,)
+            for members in draws:
+                order = _shuffled_rows(n, rng)
+                masks = np.broadcast_to(members, (n, n)) & ~diagonal
+                yield Block(order, masks[order])
+
+    def estimate(
+        self, n: int, log: MarginalLog, size_weights: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+        # Owen's estimator is the plain mean for Shapley (p = 1/n, the integral's own law);
+        # another semivalue reweights each marginal by p(k) / (1/n).
+        weighted = log.marginal * (np.asarray(size_weights, float)[log.size] * n)
+        count, total, squares = _per_point_moments(n, log.index, weighted)
+        values = np.divide(total, count, out=np.zeros(n), where=count > 0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            var = (squares - count * values**2) / (count - 1)
+            stderr = np.where(count > 1, np.sqrt(np.maximum(var, 0.0) / count), np.nan)
+        return values, stderr, {"q_points": self.q_points, "inner": self.inner}
+
+
+# -- stratified sampling -----------------------------------------------------------------------
+
+SIZE_RULES = ("harmonic", "constant")
+
+
+def stratum_counts(n: int, per_point: int, rule: str = "harmonic") -> np.ndarray:
+    """Subsets m_k of each size k = 0 … n−1 per point.
+
+    m_k ∝ f(k) with f(k) = 1/(k + 1) (``harmonic``, Wu et al. 2023's VRDS) or f(k) = 1
+    (``constant``), rounded down to whole numbers with the remainder given to the largest
+    fractional parts so they sum to ``per_point``; a size left with none gets one, so every
+    stratum is estimated (the total is then more than ``per_point``).
+    """
+    if rule not in SIZE_RULES:
+        raise UsageError(f"stratified sizes must be one of {SIZE_RULES}, got {rule!r}")
+    k = np.arange(n, dtype=np.float64)
+    f = 1.0 / (k + 1.0) if rule == "harmonic" else np.ones(n)
+    share = per_point * f / f.sum()
+    counts = np.floor(share).astype(np.int64)
+    short = per_point - int(counts.sum())
+    if short > 0:
+        counts[np.argsort(-(share - counts), kind="stable")[:short]] += 1
+    return np.maximum(counts, 1)
+
+
+class StratifiedSampler(Sampler):
+    """Stratified sampling by coalition size (Maleki et al. 2014; Wu et al. 2023).
+
+    Every point gets m_k = :func:`stratum_counts` subsets of each size k, drawn uniformly
+    from the subsets of D ∖ {i} of that size; its value is Σ_k p(k) · (mean marginal at size
+    k). The sizes are visited round-robin (one subset of every size still due, smallest
+    first, then again), each round-robin step one block with a sample for every point, so a
+    run cut short has estimated the small sizes of every point first. A stratum with no
+    sample (only in a cut run) is left out and the remaining p(k) renormalised.
+    """
+
+    def __init__(self, per_point: int = 200, rule: str = "harmonic") -> None:
+        if per_point < 1:
+            raise UsageError(f"stratified sampling needs per_point >= 1, got {per_point}")
+        stratum_counts(2, 1, rule)  # refuse an unknown rule before any work
+        self.target = per_point
+        self.rule = rule
+
+    def per_point(self, n: int) -> int:
+        return int(stratum_counts(n, self.target, self.rule).sum())
+
+    def schedule(self, n: int) -> np.ndarray:
+        """The sizes of the blocks, in order (round-robin over the strata)."""
+        left = stratum_counts(n, self.target, self.rule).copy()
+        out = []
+        while left.any():
+            due = np.flatnonzero(left)
+            out.append(due)
+            left[due] -= 1
+        return np.concatenate(out)
+
+    def blocks(self, n: int, rng: np.random.Generator) -> Iterator[Block]:
+        rows = np.arange(n)
+        for k in self.schedule(n):
+            order = _shuffled_rows(n, rng)
+            keys = rng.random((n, n))
+            keys[rows, order] = np.inf  # row r values point order[r]: never its own member
+            masks = np.zeros((n, n), dtype=bool)
+            if k > 0:
+                members = np.argpartition(keys, int(k) - 1, axis=1)[:, : int(k)]
+                masks[rows[:, None], members] = True
+            yield Block(order, masks)
+
+    def estimate(
+        self, n: int, log: MarginalLog, size_weights: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+        p = np.asarray(size_weights, dtype=np.float64)
+        # Group the marginals by (point, size): only strata with samples are materialised.
+        key = log.index.astype(np.int64) * n + log.size
+        strata, inverse, count = np.unique(key, return_inverse=True, return_counts=True)
+        total = np.bincount(inverse, weights=log.marginal, minlength=len(strata))
+        squares = np.bincount(inverse, weights=log.marginal**2, minlength=len(strata))
+        point, size = strata // n, strata % n
+        mean = total / count
+        with np.errstate(invalid="ignore", divide="ignore"):
+            var = np.where(count > 1, (squares - count * mean**2) / (count - 1), np.nan)
+        var = np.maximum(var, 0.0)
+        # A stratum of one sample has no variance of its own: use the mean of the point's
+        # other strata (NaN stderr when the point has none with two samples).
+        has = np.isfinite(var)
+        pooled = np.bincount(point[has], weights=var[has], minlength=n) / np.maximum(
+            np.bincount(point[has], minlength=n), 1
+        )
+        pooled[np.bincount(point[has], minlength=n) == 0] = np.nan
+        var = np.where(has, var, pooled[point])
+        mass = np.bincount(point, weights=p[size], minlength=n)
+        values = np.divide(
+            np.bincount(point, weights=p[size] * mean, minlength=n),
+            mass,
+            out=np.zeros(n),
+            where=mass > 0,
+        )
+        spread = np.bincount(point, weights=p[size] ** 2 * var / count, minlength=n)
+        stderr = np.where(mass > 0, np.sqrt(spread) / np.where(mass > 0, mass, 1.0), np.nan)
+        planned = stratum_counts(n, self.target, self.rule)
+        missing = n * int((planned > 0).sum()) - len(strata)
+        return (
+            values,
+            stderr,
+            {
+                "size_rule": self.rule,
+                "strata_unsampled": missing,
+                "stratum_counts": planned.tolist(),
+            },
+        )
