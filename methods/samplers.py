@@ -44,19 +44,25 @@ __all__ = [
 class Block(NamedTuple):
     """Samples drawn together: point ``index[b]`` joins the coalition ``masks[b]``.
 
-    ``masks`` is a bool array (B, n) with ``masks[b, index[b]]`` False.
+    ``masks`` is a bool array (B, n) with ``masks[b, index[b]]`` False. A block is one draw
+    of the sampler's design, all in its ``stratum`` (a size, a grid point); the samples of one
+    point within a block form one unit of the estimate (an antithetic pair, say).
     """
 
     index: np.ndarray
     masks: np.ndarray
+    stratum: int
 
 
 class MarginalLog(NamedTuple):
-    """Every marginal a run evaluated, in order: point, coalition size and U(S ∪ {i}) − U(S)."""
+    """Every marginal a run evaluated, in order: point, coalition size, U(S ∪ {i}) − U(S),
+    and the number and stratum of the block it came from."""
 
     index: np.ndarray
     size: np.ndarray
     marginal: np.ndarray
+    block: np.ndarray
+    stratum: np.ndarray
 
 
 class Sampler(ABC):
@@ -85,11 +91,48 @@ def _shuffled_rows(n: int, rng: np.random.Generator) -> np.ndarray:
     return rng.permutation(n).astype(np.int64)
 
 
-def _per_point_moments(n: int, index: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, ...]:
-    count = np.bincount(index, minlength=n)
-    total = np.bincount(index, weights=x, minlength=n)
-    squares = np.bincount(index, weights=x * x, minlength=n)
-    return count, total, squares
+class _Cells(NamedTuple):
+    """Per (point, stratum) cell: its point, stratum, unit count, mean and variance of units."""
+
+    point: np.ndarray
+    stratum: np.ndarray
+    count: np.ndarray
+    mean: np.ndarray
+    var: np.ndarray
+
+
+def _group(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Distinct keys, their counts and the mean of ``values`` per key."""
+    distinct, inverse, count = np.unique(keys, return_inverse=True, return_counts=True)
+    return distinct, count, np.bincount(inverse, weights=values) / count
+
+
+def _cells(n: int, log: MarginalLog, x: np.ndarray) -> _Cells:
+    """Units (a point's values ``x`` within one block, averaged), grouped by (point, stratum).
+
+    Only the cells with samples are materialised. A cell of one unit has no variance of its
+    own; it takes the mean variance of the point's other cells (NaN when it has none).
+    """
+    blocks = int(log.block.max()) + 1 if len(log.block) else 1
+    strata = int(log.stratum.max()) + 1 if len(log.stratum) else 1
+    unit_key, _, unit_value = _group(log.index * blocks + log.block, x)
+    # The stratum of each unit: all samples of a block share it.
+    block_stratum = np.zeros(blocks, dtype=np.int64)
+    block_stratum[log.block] = log.stratum
+    unit_point, unit_stratum = unit_key // blocks, block_stratum[unit_key % blocks]
+    cell_key, inverse, count = np.unique(
+        unit_point * strata + unit_stratum, return_inverse=True, return_counts=True
+    )
+    mean = np.bincount(inverse, weights=unit_value) / count
+    squares = np.bincount(inverse, weights=(unit_value - mean[inverse]) ** 2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        var = np.where(count > 1, squares / (count - 1), np.nan)
+    point = cell_key // strata
+    own = np.isfinite(var)
+    with_var = np.bincount(point[own], minlength=n)
+    pooled = np.bincount(point[own], weights=var[own], minlength=n) / np.maximum(with_var, 1)
+    pooled[with_var == 0] = np.nan
+    return _Cells(point, cell_key % strata, count, mean, np.where(own, var, pooled[point]))
 
 
 # -- Owen sampling -----------------------------------------------------------------------------
@@ -149,28 +192,36 @@ class OwenSampler(Sampler):
         return self.q_points * self.inner * (2 if self.antithetic else 1)
 
     def blocks(self, n: int, rng: np.random.Generator) -> Iterator[Block]:
+        draws = self.q_points * self.inner
+        schedule = np.repeat(np.arange(self.q_points), self.inner)[rng.permutation(draws)]
         grid = owen_grid(self.q_points, self.antithetic)
-        schedule = np.repeat(grid, self.inner)[rng.permutation(self.q_points * self.inner)]
-        diagonal = np.eye(n, dtype=bool)
-        for q in schedule:
-            coalition = rng.random(n) < q
-            draws = (coalition, ~coalition) if self.antithetic else (coalition,)
-            for members in draws:
-                order = _shuffled_rows(n, rng)
-                masks = np.broadcast_to(members, (n, n)) & ~diagonal
-                yield Block(order, masks[order])
+        others = ~np.eye(n, dtype=bool)
+        for j in schedule:
+            coalition = rng.random(n) < grid[j]
+            order = _shuffled_rows(n, rng)
+            masks = np.broadcast_to(coalition, (n, n)) & others
+            if not self.antithetic:
+                yield Block(order, masks[order], int(j))
+                continue
+            # Each point's pair side by side: S, then the rest of the others (D ∖ {i}) ∖ S.
+            pairs = np.stack([masks[order], others[order] & ~masks[order]], axis=1)
+            yield Block(np.repeat(order, 2), pairs.reshape(2 * n, n), int(j))
 
     def estimate(
         self, n: int, log: MarginalLog, size_weights: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
         # Owen's estimator is the plain mean for Shapley (p = 1/n, the integral's own law);
-        # another semivalue reweights each marginal by p(k) / (1/n).
+        # another semivalue reweights each marginal by p(k) / (1/n). The units (one draw, or
+        # one antithetic pair) are averaged; the grid is fixed, so the error is that of a
+        # sample stratified by q: Var = Σ_q c_q s_q² / (Σ_q c_q)².
         weighted = log.marginal * (np.asarray(size_weights, float)[log.size] * n)
-        count, total, squares = _per_point_moments(n, log.index, weighted)
-        values = np.divide(total, count, out=np.zeros(n), where=count > 0)
+        cells = _cells(n, log, weighted)
+        units = np.bincount(cells.point, weights=cells.count, minlength=n)
+        total = np.bincount(cells.point, weights=cells.count * cells.mean, minlength=n)
+        values = np.divide(total, units, out=np.zeros(n), where=units > 0)
+        spread = np.bincount(cells.point, weights=cells.count * cells.var, minlength=n)
         with np.errstate(invalid="ignore", divide="ignore"):
-            var = (squares - count * values**2) / (count - 1)
-            stderr = np.where(count > 1, np.sqrt(np.maximum(var, 0.0) / count), np.nan)
+            stderr = np.where(units > 0, np.sqrt(spread) / units, np.nan)
         return values, stderr, {"q_points": self.q_points, "inner": self.inner}
 
 
@@ -240,47 +291,27 @@ class StratifiedSampler(Sampler):
             if k > 0:
                 members = np.argpartition(keys, int(k) - 1, axis=1)[:, : int(k)]
                 masks[rows[:, None], members] = True
-            yield Block(order, masks)
+            yield Block(order, masks, int(k))
 
     def estimate(
         self, n: int, log: MarginalLog, size_weights: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
         p = np.asarray(size_weights, dtype=np.float64)
-        # Group the marginals by (point, size): only strata with samples are materialised.
-        key = log.index.astype(np.int64) * n + log.size
-        strata, inverse, count = np.unique(key, return_inverse=True, return_counts=True)
-        total = np.bincount(inverse, weights=log.marginal, minlength=len(strata))
-        squares = np.bincount(inverse, weights=log.marginal**2, minlength=len(strata))
-        point, size = strata // n, strata % n
-        mean = total / count
+        cells = _cells(n, log, log.marginal)  # strata = sizes, one marginal per unit
+        weight = p[cells.stratum]
+        mass = np.bincount(cells.point, weights=weight, minlength=n)
+        total = np.bincount(cells.point, weights=weight * cells.mean, minlength=n)
+        values = np.divide(total, mass, out=np.zeros(n), where=mass > 0)
+        spread = np.bincount(cells.point, weights=weight**2 * cells.var / cells.count, minlength=n)
         with np.errstate(invalid="ignore", divide="ignore"):
-            var = np.where(count > 1, (squares - count * mean**2) / (count - 1), np.nan)
-        var = np.maximum(var, 0.0)
-        # A stratum of one sample has no variance of its own: use the mean of the point's
-        # other strata (NaN stderr when the point has none with two samples).
-        has = np.isfinite(var)
-        pooled = np.bincount(point[has], weights=var[has], minlength=n) / np.maximum(
-            np.bincount(point[has], minlength=n), 1
-        )
-        pooled[np.bincount(point[has], minlength=n) == 0] = np.nan
-        var = np.where(has, var, pooled[point])
-        mass = np.bincount(point, weights=p[size], minlength=n)
-        values = np.divide(
-            np.bincount(point, weights=p[size] * mean, minlength=n),
-            mass,
-            out=np.zeros(n),
-            where=mass > 0,
-        )
-        spread = np.bincount(point, weights=p[size] ** 2 * var / count, minlength=n)
-        stderr = np.where(mass > 0, np.sqrt(spread) / np.where(mass > 0, mass, 1.0), np.nan)
+            stderr = np.where(mass > 0, np.sqrt(spread) / mass, np.nan)
         planned = stratum_counts(n, self.target, self.rule)
-        missing = n * int((planned > 0).sum()) - len(strata)
         return (
             values,
             stderr,
             {
                 "size_rule": self.rule,
-                "strata_unsampled": missing,
+                "strata_unsampled": n * len(planned) - len(cells.point),
                 "stratum_counts": planned.tolist(),
             },
         )

@@ -422,29 +422,35 @@ def sampled_semivalue(
     stream = sampler.blocks(n, rng)
     block_index = np.empty(0, dtype=np.int64)
     block_masks = np.empty((0, n), dtype=bool)
-    offset = 0
-    logs: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    block_no, stratum, offset = -1, 0, 0
+    logs: list[tuple[np.ndarray, ...]] = []
     done = evaluated = 0
     while done < planned:
         left = remaining()
         if left < 1:
             break
         # Gather up to batch_size samples from the stream, across block boundaries.
-        parts_index, parts_masks, have = [], [], 0
+        pieces: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        have = 0
         while have < batch_size:
             if offset == len(block_index):
                 block = next(stream, None)
                 if block is None:
                     break
-                block_index, block_masks, offset = block.index, block.masks, 0
+                block_index, block_masks, stratum = block
+                block_no, offset = block_no + 1, 0
             take = min(batch_size - have, len(block_index) - offset)
-            parts_index.append(block_index[offset : offset + take])
-            parts_masks.append(block_masks[offset : offset + take])
+            tags = np.full(take, block_no, dtype=np.int64), np.full(take, stratum, dtype=np.int64)
+            pieces.append(
+                (block_index[offset : offset + take], block_masks[offset : offset + take], *tags)
+            )
             offset += take
             have += take
         if not have:
             break
-        index, without = np.concatenate(parts_index), np.concatenate(parts_masks)
+        index, without, blocks, strata = (
+            np.concatenate(part) for part in zip(*pieces, strict=True)
+        )
         within = without.copy()
         within[np.arange(have), index] = True
         subsets, where = _distinct_rows(np.concatenate([within, without]))
@@ -454,16 +460,19 @@ def sampled_semivalue(
             if have < 1:
                 break
             index, within, without = index[:have], within[:have], without[:have]
+            blocks, strata = blocks[:have], strata[:have]
             subsets, where = _distinct_rows(np.concatenate([within, without]))
         utilities = many(subsets)[where]
         evaluated += len(subsets)
-        logs.append((index, without.sum(axis=1), utilities[:have] - utilities[have:]))
+        marginals = utilities[:have] - utilities[have:]
+        logs.append((index, without.sum(axis=1), marginals, blocks, strata))
         done += have
         progress(done, planned)
+    dtypes = (np.int64, np.int64, np.float64, np.int64, np.int64)
     log = MarginalLog(
         *(
             np.concatenate([entry[j] for entry in logs]) if logs else np.empty(0, dtype=dtype)
-            for j, dtype in enumerate((np.int64, np.int64, np.float64))
+            for j, dtype in enumerate(dtypes)
         )
     )
     values, stderr, extra = sampler.estimate(n, log, p)
