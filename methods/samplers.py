@@ -44,14 +44,15 @@ __all__ = [
 class Block(NamedTuple):
     """Samples drawn together: point ``index[b]`` joins the coalition ``masks[b]``.
 
-    ``masks`` is a bool array (B, n) with ``masks[b, index[b]]`` False. A block is one draw
-    of the sampler's design, all in its ``stratum`` (a size, a grid point); the samples of one
-    point within a block form one unit of the estimate (an antithetic pair, say).
+    ``masks`` is a bool array (B, n) with ``masks[b, index[b]]`` False, and ``stratum[b]``
+    the sample's stratum in the sampler's design (a size, a grid point). The samples of one
+    point within a block form one unit of the estimate (an antithetic pair, say), all in one
+    stratum.
     """
 
     index: np.ndarray
     masks: np.ndarray
-    stratum: int
+    stratum: np.ndarray
 
 
 class MarginalLog(NamedTuple):
@@ -101,12 +102,6 @@ class _Cells(NamedTuple):
     var: np.ndarray
 
 
-def _group(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Distinct keys, their counts and the mean of ``values`` per key."""
-    distinct, inverse, count = np.unique(keys, return_inverse=True, return_counts=True)
-    return distinct, count, np.bincount(inverse, weights=values) / count
-
-
 def _cells(n: int, log: MarginalLog, x: np.ndarray) -> _Cells:
     """Units (a point's values ``x`` within one block, averaged), grouped by (point, stratum).
 
@@ -115,11 +110,11 @@ def _cells(n: int, log: MarginalLog, x: np.ndarray) -> _Cells:
     """
     blocks = int(log.block.max()) + 1 if len(log.block) else 1
     strata = int(log.stratum.max()) + 1 if len(log.stratum) else 1
-    unit_key, _, unit_value = _group(log.index * blocks + log.block, x)
-    # The stratum of each unit: all samples of a block share it.
-    block_stratum = np.zeros(blocks, dtype=np.int64)
-    block_stratum[log.block] = log.stratum
-    unit_point, unit_stratum = unit_key // blocks, block_stratum[unit_key % blocks]
+    unit_key, first, inverse, count = np.unique(
+        log.index * blocks + log.block, return_index=True, return_inverse=True, return_counts=True
+    )
+    unit_value = np.bincount(inverse, weights=x) / count
+    unit_point, unit_stratum = unit_key // blocks, log.stratum[first]
     cell_key, inverse, count = np.unique(
         unit_point * strata + unit_stratum, return_inverse=True, return_counts=True
     )
@@ -201,11 +196,11 @@ class OwenSampler(Sampler):
             order = _shuffled_rows(n, rng)
             masks = np.broadcast_to(coalition, (n, n)) & others
             if not self.antithetic:
-                yield Block(order, masks[order], int(j))
+                yield Block(order, masks[order], np.full(n, j))
                 continue
             # Each point's pair side by side: S, then the rest of the others (D ∖ {i}) ∖ S.
             pairs = np.stack([masks[order], others[order] & ~masks[order]], axis=1)
-            yield Block(np.repeat(order, 2), pairs.reshape(2 * n, n), int(j))
+            yield Block(np.repeat(order, 2), pairs.reshape(2 * n, n), np.full(2 * n, j))
 
     def estimate(
         self, n: int, log: MarginalLog, size_weights: np.ndarray
@@ -255,10 +250,11 @@ class StratifiedSampler(Sampler):
 
     Every point gets m_k = :func:`stratum_counts` subsets of each size k, drawn uniformly
     from the subsets of D ∖ {i} of that size; its value is Σ_k p(k) · (mean marginal at size
-    k). The sizes are visited round-robin (one subset of every size still due, smallest
-    first, then again), each round-robin step one block with a sample for every point, so a
-    run cut short has estimated the small sizes of every point first. A stratum with no
-    sample (only in a cut run) is left out and the remaining p(k) renormalised.
+    k). The sizes are visited round-robin: a round has one subset of every size still due,
+    in a random order of each point's own, and each step of a round is a block with one
+    sample for every point. A run cut short has thus given every point about as many
+    samples, of a random choice of sizes; a stratum with no sample (only in a cut run) is
+    left out and the remaining p(k) renormalised.
     """
 
     def __init__(self, per_point: int = 200, rule: str = "harmonic") -> None:
@@ -271,27 +267,27 @@ class StratifiedSampler(Sampler):
     def per_point(self, n: int) -> int:
         return int(stratum_counts(n, self.target, self.rule).sum())
 
-    def schedule(self, n: int) -> np.ndarray:
-        """The sizes of the blocks, in order (round-robin over the strata)."""
+    def rounds(self, n: int) -> Iterator[np.ndarray]:
+        """The sizes due in each round-robin round: every size with coalitions left."""
         left = stratum_counts(n, self.target, self.rule).copy()
-        out = []
         while left.any():
             due = np.flatnonzero(left)
-            out.append(due)
             left[due] -= 1
-        return np.concatenate(out)
+            yield due
 
     def blocks(self, n: int, rng: np.random.Generator) -> Iterator[Block]:
         rows = np.arange(n)
-        for k in self.schedule(n):
-            order = _shuffled_rows(n, rng)
-            keys = rng.random((n, n))
-            keys[rows, order] = np.inf  # row r values point order[r]: never its own member
-            masks = np.zeros((n, n), dtype=bool)
-            if k > 0:
-                members = np.argpartition(keys, int(k) - 1, axis=1)[:, : int(k)]
-                masks[rows[:, None], members] = True
-            yield Block(order, masks, int(k))
+        for due in self.rounds(n):
+            # Each point visits the round's sizes in its own random order.
+            sizes = due[np.argsort(rng.random((n, len(due))), axis=1)]
+            for step in range(len(due)):
+                order = _shuffled_rows(n, rng)
+                k = sizes[order, step]
+                keys = rng.random((n, n))
+                keys[rows, order] = np.inf  # row r values point order[r]: never its own member
+                # The k smallest keys of a row: a uniform subset of size k of the others.
+                ranks = np.argsort(np.argsort(keys, axis=1), axis=1)
+                yield Block(order, ranks < k[:, None], k)
 
     def estimate(
         self, n: int, log: MarginalLog, size_weights: np.ndarray

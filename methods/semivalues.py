@@ -422,7 +422,8 @@ def sampled_semivalue(
     stream = sampler.blocks(n, rng)
     block_index = np.empty(0, dtype=np.int64)
     block_masks = np.empty((0, n), dtype=bool)
-    block_no, stratum, offset = -1, 0, 0
+    block_strata = np.empty(0, dtype=np.int64)
+    block_no, offset = -1, 0
     logs: list[tuple[np.ndarray, ...]] = []
     done = evaluated = 0
     while done < planned:
@@ -437,10 +438,10 @@ def sampled_semivalue(
                 block = next(stream, None)
                 if block is None:
                     break
-                block_index, block_masks, stratum = block
+                block_index, block_masks, block_strata = block
                 block_no, offset = block_no + 1, 0
             take = min(batch_size - have, len(block_index) - offset)
-            tags = np.full(take, block_no, dtype=np.int64), np.full(take, stratum, dtype=np.int64)
+            tags = np.full(take, block_no, dtype=np.int64), block_strata[offset : offset + take]
             pieces.append(
                 (block_index[offset : offset + take], block_masks[offset : offset + take], *tags)
             )
@@ -849,9 +850,10 @@ class StratifiedShapley(SampledShapley):
     Every point gets m_k random coalitions of each size k = 0 … n−1 from the other points,
     m_k ∝ 1/(k + 1) (``harmonic``, VRDS) or constant, about ``samples_per_index`` in all; its
     value is the mean over k of its mean marginal at size k
-    (:class:`~valbench.methods.samplers.StratifiedSampler`). Sizes are visited round-robin,
-    one coalition per point at a time, so a budget-cut run has the small sizes of every point;
-    it is marked ``complete`` False, and a point missing some sizes is averaged over the ones
+    (:class:`~valbench.methods.samplers.StratifiedSampler`). Sizes are visited round-robin
+    (a round gives every point one coalition of every size still due, in a random order of
+    its own), so a budget-cut run has given every point about as many marginals, at a random
+    choice of sizes; it is marked ``complete`` False, and a point missing some sizes is averaged over the ones
     it has (``stats.strata_unsampled`` counts the missing (point, size) pairs).
 
     A budgeted fit is one subset's utility U(S) (subsets the cache holds are free); each
