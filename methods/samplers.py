@@ -286,8 +286,9 @@ class StratifiedSampler(Sampler):
                 keys = rng.random((n, n))
                 keys[rows, order] = np.inf  # row r values point order[r]: never its own member
                 # The k smallest keys of a row: a uniform subset of size k of the others.
-                ranks = np.argsort(np.argsort(keys, axis=1), axis=1)
-                yield Block(order, ranks < k[:, None], k)
+                masks = np.empty((n, n), dtype=bool)
+                np.put_along_axis(masks, np.argsort(keys, axis=1), rows < k[:, None], axis=1)
+                yield Block(order, masks, k)
 
     def estimate(
         self, n: int, log: MarginalLog, size_weights: np.ndarray
