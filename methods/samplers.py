@@ -14,8 +14,8 @@ them through the utility engine, respects the budget and reports partial runs is
   2023's VRDS): a fixed number m_k of subsets of each size k per point, the semivalue the
   p-weighted sum of the per-size mean marginals.
 
-Both yield *blocks* of samples (one sample per point, in a random order), so a run the budget
-cuts short has looked at every point about equally often.
+Both yield *blocks* of samples (one sample, or one antithetic pair, per point, in a random
+order), so a run the budget cuts short has looked at every point about equally often.
 """
 
 from __future__ import annotations
@@ -93,20 +93,22 @@ def _shuffled_rows(n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 class _Cells(NamedTuple):
-    """Per (point, stratum) cell: its point, stratum, unit count, mean and variance of units."""
+    """Per (point, stratum) cell: its point, stratum, unit count, mean and variance of units
+    (``var`` NaN for a cell of one unit); and every unit's point and value."""
 
     point: np.ndarray
     stratum: np.ndarray
     count: np.ndarray
     mean: np.ndarray
     var: np.ndarray
+    unit_point: np.ndarray
+    unit_value: np.ndarray
 
 
 def _cells(n: int, log: MarginalLog, x: np.ndarray) -> _Cells:
     """Units (a point's values ``x`` within one block, averaged), grouped by (point, stratum).
 
-    Only the cells with samples are materialised. A cell of one unit has no variance of its
-    own; it takes the mean variance of the point's other cells (NaN when it has none).
+    Only the cells with samples are materialised.
     """
     blocks = int(log.block.max()) + 1 if len(log.block) else 1
     strata = int(log.stratum.max()) + 1 if len(log.stratum) else 1
@@ -123,11 +125,17 @@ def _cells(n: int, log: MarginalLog, x: np.ndarray) -> _Cells:
     with np.errstate(invalid="ignore", divide="ignore"):
         var = np.where(count > 1, squares / (count - 1), np.nan)
     point = cell_key // strata
-    own = np.isfinite(var)
-    with_var = np.bincount(point[own], minlength=n)
-    pooled = np.bincount(point[own], weights=var[own], minlength=n) / np.maximum(with_var, 1)
-    pooled[with_var == 0] = np.nan
-    return _Cells(point, cell_key % strata, count, mean, np.where(own, var, pooled[point]))
+    return _Cells(point, cell_key % strata, count, mean, var, unit_point, unit_value)
+
+
+def _pooled(n: int, cells: _Cells) -> tuple[np.ndarray, np.ndarray]:
+    """Each cell's variance, a cell of one unit taking the mean variance of its point's other
+    cells (NaN when it has none); and whether each point has a cell of two units or more."""
+    own = np.isfinite(cells.var)
+    with_var = np.bincount(cells.point[own], minlength=n)
+    pooled = np.bincount(cells.point[own], weights=cells.var[own], minlength=n)
+    pooled = np.where(with_var > 0, pooled / np.maximum(with_var, 1), np.nan)
+    return np.where(own, cells.var, pooled[cells.point]), with_var > 0
 
 
 # -- Owen sampling -----------------------------------------------------------------------------
@@ -210,12 +218,21 @@ class OwenSampler(Sampler):
         # one antithetic pair) are averaged; the grid is fixed, so the error is that of a
         # sample stratified by q: Var = Σ_q c_q s_q² / (Σ_q c_q)².
         weighted = log.marginal * (np.asarray(size_weights, float)[log.size] * n)
+        # A point cut short by the budget has a random part of the (q, repeat) schedule, so
+        # it gets the i.i.d. standard error of its units, as does a point whose grid points
+        # have one unit each (inner = 1: no variance within a q; an overestimate then).
         cells = _cells(n, log, weighted)
+        var, has_within = _pooled(n, cells)
         units = np.bincount(cells.point, weights=cells.count, minlength=n)
+        stratified = has_within & (units == self.q_points * self.inner)
         total = np.bincount(cells.point, weights=cells.count * cells.mean, minlength=n)
         values = np.divide(total, units, out=np.zeros(n), where=units > 0)
-        spread = np.bincount(cells.point, weights=cells.count * cells.var, minlength=n)
+        spread = np.bincount(cells.point, weights=cells.count * var, minlength=n)
+        centred = (cells.unit_value - values[cells.unit_point]) ** 2
+        iid = np.bincount(cells.unit_point, weights=centred, minlength=n)
         with np.errstate(invalid="ignore", divide="ignore"):
+            iid = np.where(units > 1, iid / (units - 1) * units, np.nan)
+            spread = np.where(stratified, spread, iid)
             stderr = np.where(units > 0, np.sqrt(spread) / units, np.nan)
         return values, stderr, {"q_points": self.q_points, "inner": self.inner}
 
@@ -295,11 +312,12 @@ class StratifiedSampler(Sampler):
     ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
         p = np.asarray(size_weights, dtype=np.float64)
         cells = _cells(n, log, log.marginal)  # strata = sizes, one marginal per unit
+        var, _ = _pooled(n, cells)  # a size with one sample borrows the point's mean variance
         weight = p[cells.stratum]
         mass = np.bincount(cells.point, weights=weight, minlength=n)
         total = np.bincount(cells.point, weights=weight * cells.mean, minlength=n)
         values = np.divide(total, mass, out=np.zeros(n), where=mass > 0)
-        spread = np.bincount(cells.point, weights=weight**2 * cells.var / cells.count, minlength=n)
+        spread = np.bincount(cells.point, weights=weight**2 * var / cells.count, minlength=n)
         with np.errstate(invalid="ignore", divide="ignore"):
             stderr = np.where(mass > 0, np.sqrt(spread) / mass, np.nan)
         planned = stratum_counts(n, self.target, self.rule)

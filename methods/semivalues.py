@@ -802,7 +802,8 @@ class OwenShapley(SampledShapley):
     its marginals (:class:`~valbench.methods.samplers.OwenSampler`); ``antithetic`` spreads
     the grid over [0, 1/2] and adds each coalition's complement. The run ends when every point
     has its q_points × inner_samples (× 2) marginals, ``complete``, or at the budget,
-    ``complete`` False. ``stats`` holds per-point ``sample_counts`` and ``stderr``.
+    ``complete`` False. ``stats`` holds per-point ``sample_counts`` and ``stderr`` (stratified
+    by q; the i.i.d. one for a point cut short, or with ``inner_samples=1``).
 
     A budgeted fit is one subset's utility U(S) (subsets the cache holds are free); a full run
     draws q_points × inner_samples (× 2) coalitions of n + 1 distinct subsets each.
