@@ -854,8 +854,9 @@ class StratifiedShapley(SampledShapley):
     (:class:`~valbench.methods.samplers.StratifiedSampler`). Sizes are visited round-robin
     (a round gives every point one coalition of every size still due, in a random order of
     its own), so a budget-cut run has given every point about as many marginals, at a random
-    choice of sizes; it is marked ``complete`` False, and a point missing some sizes is averaged over the ones
-    it has (``stats.strata_unsampled`` counts the missing (point, size) pairs).
+    choice of sizes; it is marked ``complete`` False, and a point missing some sizes is
+    averaged over the ones it has (``stats.strata_unsampled`` counts the missing (point,
+    size) pairs).
 
     A budgeted fit is one subset's utility U(S) (subsets the cache holds are free); each
     marginal needs two.
