@@ -4,8 +4,8 @@ Four registered variants share one online loop (:mod:`.loop`) and differ in the 
 program (:mod:`.layers`):
 
 - ``hostcp``: faithful; the budgeted assignment LP through cvxpylayers, its gradient into φ.
-- ``hostcp-fast``: the LP's exact closed form (top-``k`` by distance to the nearest existing
-  point); no gradient into φ (the LP's is zero almost everywhere anyway).
+- ``hostcp-fast``: the LP's exact closed form (the ``f·m`` incoming points farthest from their
+  nearest existing point); no gradient into φ (the LP's is zero almost everywhere anyway).
 - ``hostcp-smooth``: an entropic term ``ε·Σ Z log Z`` makes the program strictly convex; solved
   by a torch layer with implicit differentiation, so φ gets an exact, informative gradient.
 - ``hostcp-ds3``: DS3's representative-count budget ``Σ_j max_i Zn_ij ≤ k``, so near-duplicates
@@ -262,7 +262,9 @@ class HostCP(_HostCPBase):
 
 
 class HostCPFast(_HostCPBase):
-    """HOST-CP with the LP's exact closed form and no gradient into φ (φ stays at its init).
+    """HOST-CP with the LP's exact closed form and no gradient into φ (only its weight decay).
+
+    The same loop as :class:`HostCP`; its selections equal ``hostcp``'s with ``learn_phi=False``.
 
     A budgeted fit is one whole online run at one selection fraction (θ trained once).
     """
@@ -279,7 +281,7 @@ class HostCPSmooth(_HostCPBase):
     """HOST-CP with an entropic program (``eps`` relative to the nearest-existing distance).
 
     The torch layer is exact and implicitly differentiated, so φ learns from an informative
-    gradient; selected are the top-``k`` columns by ``r_j``.
+    gradient; selected are the top ``⌊f·m⌋`` columns by ``r_j``. The same loop as :class:`HostCP`.
 
     A budgeted fit is one whole online run at one selection fraction (θ trained once).
 
@@ -308,6 +310,8 @@ class HostCPSmooth(_HostCPBase):
 
 class HostCPDS3(_HostCPBase):
     """HOST-CP with DS3's representative-count budget (an LP, solved by HiGHS; φ not learned).
+
+    The same loop as :class:`HostCP`; at most ``⌊f·m⌋`` representatives per batch of ``m``.
 
     A budgeted fit is one whole online run at one selection fraction (θ trained once).
     """
