@@ -30,12 +30,12 @@ import numpy as np
 import torch
 
 from valbench import Method, RunContext, Valuation, ValuationTask
-from valbench.types import Claim
 from valbench.metrics import subset_size
 from valbench.params import Interval, Options, Param
+from valbench.types import Claim
 
 from .layers import SOLVERS
-from .loop import GRAD_SUMS, LoopConfig, RunResult, run_online
+from .loop import GRAD_SUMS, PHI_NORMS, LoopConfig, RunResult, run_online
 
 __all__ = ["HostCP", "HostCPFast", "HostCPSmooth", "HostCPDS3"]
 
@@ -64,6 +64,10 @@ class _HostCPBase(Method):
             Σ_j s_j ∇ℓ_j as the paper writes it, or ``"cumulative"``, what the authors'
             code computes (it never zeroes the gradient between per-sample ``backward()``
             calls, so ∇ℓ_j is weighted by Σ_{l≥j} s_l).
+        phi_norm: φ's BatchNorm statistics: ``"batch"`` (default, as the original: each
+            batch's own, so a point embeds differently in different batches and incoming and
+            stored existing points are not measured alike) or ``"running"`` (running averages
+            with momentum 0.1, from the first batch).
     """
 
     family = "subset-selection"
@@ -105,6 +109,9 @@ class _HostCPBase(Method):
             Options(str, GRAD_SUMS),
             doc="theta's gradient sum: the paper's per-sample sum or the code's cumulative one",
         ),
+        "phi_norm": Param(
+            "batch", Options(str, PHI_NORMS), doc="phi's BatchNorm statistics: batch or running"
+        ),
     }
     batch_size: int
     n_existing: int
@@ -115,6 +122,7 @@ class _HostCPBase(Method):
     threshold: float
     embed_dim: int
     grad_sum: str
+    phi_norm: str
 
     def _config(self) -> LoopConfig:
         return LoopConfig(
@@ -128,6 +136,7 @@ class _HostCPBase(Method):
             threshold=float(self.threshold),
             embed_dim=int(self.embed_dim),
             grad_sum=str(self.grad_sum),
+            phi_norm=str(self.phi_norm),
         )
 
     @staticmethod

@@ -38,6 +38,7 @@ from .layers import ds3_solve, entropic_assign, lp_closed_form, lp_layer
 __all__ = [
     "GRAD_SUMS",
     "LoopConfig",
+    "PHI_NORMS",
     "Phi",
     "RunResult",
     "ThetaModel",
@@ -54,6 +55,8 @@ MODES = ("lp", "fast", "smooth", "ds3")
 #: update); ``"cumulative"`` is what the authors' code computes (it never zeroes ``.grad``
 #: between the per-sample ``backward()`` calls, so ∇ℓ_j is weighted by Σ_{l >= j} s_l).
 GRAD_SUMS = ("per-sample", "cumulative")
+#: φ's BatchNorm statistics: each batch's own (the original) or running averages.
+PHI_NORMS = ("batch", "running")
 #: Validation points per look-ahead batch: the original sums the mean loss of batches of 1000.
 VAL_BATCH = 1000
 _DT = torch.float64  # the problems are tiny; float64 keeps layers and checks exact
@@ -76,6 +79,7 @@ class LoopConfig:
     eps: float = 0.05
     learn_phi: bool = True
     grad_sum: str = "per-sample"
+    phi_norm: str = "batch"
 
 
 @dataclass
@@ -171,26 +175,38 @@ def per_sample_grads_func(
 
 
 class Phi:
-    """The selection model φ: Linear → ReLU → BatchNorm1d (training mode), functional.
+    """The selection model φ: Linear → ReLU → BatchNorm1d, functional.
 
-    As in the original, BatchNorm normalises every batch by its own statistics (biased
-    variance, ε = 1e-5); its running statistics are never read, so they are not kept. The
-    Linear layer starts from ``torch.nn.Linear``'s initialisation (uniform in ±1/√d_in),
-    drawn from ``gen``; γ = 1, β = 0.
+    ``norm="batch"`` is the original (BatchNorm in training mode): every batch is normalised
+    by its own statistics (biased variance, ε = 1e-5). ``norm="running"`` normalises by
+    running statistics instead (momentum 0.1, started from the first batch, not
+    differentiated), so a point embeds the same whichever batch it arrives in. The Linear
+    layer starts from ``torch.nn.Linear``'s initialisation (uniform in ±1/√d_in), drawn from
+    ``gen``; γ = 1, β = 0.
     """
 
-    def __init__(self, d_in: int, dim: int, gen: torch.Generator) -> None:
+    def __init__(self, d_in: int, dim: int, gen: torch.Generator, norm: str = "batch") -> None:
+        if norm not in PHI_NORMS:
+            raise ValueError(f"norm must be one of {PHI_NORMS}, got {norm!r}")
         bound = 1.0 / math.sqrt(d_in)
+        self.norm = norm
         self.params = {
             "W": ((torch.rand(d_in, dim, generator=gen, dtype=_DT) * 2 - 1) * bound),
             "b": ((torch.rand(dim, generator=gen, dtype=_DT) * 2 - 1) * bound),
             "gamma": torch.ones(dim, dtype=_DT),
             "beta": torch.zeros(dim, dtype=_DT),
         }
+        self.running: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def __call__(self, h: torch.Tensor) -> torch.Tensor:
         z = torch.relu(h @ self.params["W"] + self.params["b"])
         mean, var = z.mean(dim=0), z.var(dim=0, unbiased=False)
+        if self.norm == "running":
+            mean, var = mean.detach(), var.detach()
+            if self.running is not None:
+                mean = 0.9 * self.running[0] + 0.1 * mean
+                var = 0.9 * self.running[1] + 0.1 * var
+            self.running = (mean, var)
         return self.params["gamma"] * (z - mean) / torch.sqrt(var + 1e-5) + self.params["beta"]
 
 
@@ -303,7 +319,7 @@ def run_online(
     yv = torch.as_tensor(task.y_val, dtype=torch.int64)
 
     theta = ThetaModel(task)
-    phi = Phi(theta.embed_dim, cfg.embed_dim, gen)
+    phi = Phi(theta.embed_dim, cfg.embed_dim, gen, cfg.phi_norm)
     if phi_init is not None:
         phi.params = {k: v.to(_DT).clone() for k, v in phi_init.items()}
     b_max, e_max = cfg.batch_size, cfg.n_existing
