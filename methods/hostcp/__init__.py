@@ -57,7 +57,7 @@ class _HostCPBase(Method):
         weight_decay: Weight decay λ of every parameter of θ and φ (default 5e-4, as the
             original).
         threshold: ``r_j`` above which an incoming point counts as selected (default 0.9, as
-            the original); hostcp-smooth selects the top ``⌊f·B⌋`` instead, hostcp-ds3 the
+            the original); hostcp-smooth selects the top ``⌊f·m⌋`` instead, hostcp-ds3 the
             representatives its program opens.
         embed_dim: Width of φ's embedding (default 100, as the original).
         grad_sum: How θ's step sums per-sample gradients: ``"per-sample"`` (default),
@@ -243,6 +243,7 @@ class HostCP(_HostCPBase):
       compiles a layer per shape; same optimum, since a padded row or a duplicate column
       changes no optimal ``Zn``); the budget ``Σ Zn ≤ f·m`` is written linearly (with
       ``Zn ≥ 0`` it equals the original's norm of column norms), which ECOS solves faster;
+    - float64 on the CPU (the original: float32 on a GPU);
     - one run per requested fraction, and ``scores`` for the ranking metrics (the original
       only selects).
 
