@@ -399,3 +399,13 @@ def test_retrieval_follows_the_authors_neighbour_rule(n_pool: int) -> None:
     chosen = sorted(close_ind(exact_search(pool.numpy(), incoming.numpy(), 10), 10))
     assert got.tolist() == [n_pool - 1 if i < 0 else i for i in chosen]
     assert len(got) == (n_pool + 1 if n_pool < 10 else 10)
+
+
+def test_a_budget_below_the_threshold_selects_nothing_and_is_marked_incomplete() -> None:
+    """f·B = 0.5 < 0.9: the LP puts half a point's mass on one point, so none passes."""
+    task = make_check_task(n_train=40)
+    out = HostCPFast(batch_size=10, n_existing=10, epochs=1).value(
+        task, RunContext.for_task(task, fractions=(0.05, 0.3))
+    )
+    assert out.stats["empty_selections"] == ["0.05"] and out.complete is False
+    assert out.stats["per_fraction"]["0.3"]["fraction_selected_per_epoch"] == [0.3]
