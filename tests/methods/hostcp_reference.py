@@ -42,7 +42,7 @@ def subset_layer(
     if linear_budget:
         est_size = cp.sum(zn)
     else:
-        n_p = cp.norm(zn, p=1, axis=0)  # sum over i, estimate of j's representativeness
+        n_p = cp.norm(zn, p=1, axis=0)  # r_j = Σ_i Zn_ij, then their sum
         est_size = cp.norm(n_p, p=1)
     constraints = [0 <= zo, zo <= 1, 0 <= zn, zn <= 1, m == 1, est_size <= fraction * d_in]
     prob = cp.Problem(cp.Minimize(obj), constraints)
