@@ -21,8 +21,11 @@ from valbench.methods import _gradients as gr
 __all__ = [
     "arnoldi_eigenpairs",
     "arnoldi_inverse",
+    "ekfac_layer_factors",
     "ekfac_head_factors",
+    "ekfac_mlp_factors",
     "ekfac_inverse",
+    "ekfac_block_inverse",
     "datainf_dampings",
     "datainf_inverse",
 ]
@@ -117,63 +120,115 @@ def arnoldi_inverse(
 # --- EK-FAC (George et al., NeurIPS 2018; Grosse et al., 2023) -----------------------------
 
 
-def ekfac_head_factors(
-    phi: torch.Tensor, probs: torch.Tensor, l2: float
+def ekfac_layer_factors(
+    inputs: torch.Tensor, probs: torch.Tensor, l2: float, jac: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Kronecker eigenbases and corrected eigenvalues of a head's Hessian.
+    """Kronecker eigenbases and corrected eigenvalues of one linear layer's Gauss-Newton block.
 
-    K-FAC factors of the one linear layer: ``A = E[φ̃ φ̃ᵀ]`` over the training inputs and
-    ``S = E[g gᵀ]`` over the logit gradients ``g = p − e_ŷ`` with ŷ drawn from the model
-    (the true Fisher), whose expectation is ``diag(p) − p pᵀ``, taken in closed form.
-    With ``A = Q_A Λ_A Q_Aᵀ`` and ``S = Q_S Λ_S Q_Sᵀ``, the eigenvalue correction refits the
-    diagonal in the basis ``Q_A ⊗ Q_S``: ``Λ*[a, c] = E[((Q_Aᵀφ̃)_a (Q_Sᵀ g)_c)²]``, again
-    with the expectation over ŷ in closed form, plus the objective's L2 term seen in that
-    basis, ``l2 · Σ_{rows of W} Q_A[r, a]²``. For cross-entropy on a linear layer the Fisher
-    is the Hessian, so ``Λ*`` is exactly the diagonal of ``(Q_A ⊗ Q_S)ᵀ H (Q_A ⊗ Q_S)``.
-    Returns ``Q_A`` (d+1, d+1), ``Q_S`` (C, C) and ``Λ*`` (d+1, C).
+    The layer maps ``inputs`` (n, d), augmented with the bias's 1 to ``ã``, to pre-activations
+    whose gradient is ``g = B (p − e_ŷ)``, with ``B`` (n, h, C) the per-point Jacobian
+    ``jac`` from the layer's pre-activations to the logits, transposed (None: the identity,
+    an output layer), and ŷ drawn from the model (the true Fisher). K-FAC factors:
+    ``A = E[ã ãᵀ]`` and ``S = E[g gᵀ] = E[B (diag p − p pᵀ) Bᵀ]``, the expectation over ŷ
+    taken in closed form. With ``A = Q_A Λ_A Q_Aᵀ`` and ``S = Q_S Λ_S Q_Sᵀ``, the eigenvalue
+    correction refits the diagonal in the basis ``Q_A ⊗ Q_S``:
+    ``Λ*[a, j] = E[((Q_Aᵀã)_a (Q_Sᵀ g)_j)²]``, plus the objective's L2 term on the weights
+    (not the bias) seen in that basis, ``l2 · Σ_{weight rows r} Q_A[r, a]²``. So ``Λ*`` is
+    exactly the diagonal of ``(Q_A ⊗ Q_S)ᵀ (G + L2) (Q_A ⊗ Q_S)`` for the layer's
+    Gauss-Newton block ``G``; for an output layer under cross-entropy ``G`` is the Hessian's.
+    Returns ``Q_A`` (d+1, d+1), ``Q_S`` (h, h) and ``Λ*`` (d+1, h), in the row-major
+    flattening of ``[W; b]``.
     """
-    n, d = phi.shape
-    aug = torch.cat([phi, torch.ones(n, 1, dtype=DTYPE)], dim=1)
+    n, d = inputs.shape
+    aug = torch.cat([inputs, torch.ones(n, 1, dtype=DTYPE)], dim=1)
     a_factor = aug.T @ aug / n
-    s_factor = (torch.diag(probs.sum(0)) - probs.T @ probs) / n
+    if jac is None:
+        s_factor = (torch.diag(probs.sum(0)) - probs.T @ probs) / n
+    else:
+        bp = (jac @ probs[:, :, None])[:, :, 0]  # (n, h)
+        s_factor = (torch.einsum("nhc,nc,nkc->hk", jac, probs, jac) - bp.T @ bp) / n
     _, q_a = torch.linalg.eigh(a_factor)
     _, q_s = torch.linalg.eigh(s_factor)
     u2 = (aug @ q_a) ** 2  # (n, d+1)
-    # diag(Q_Sᵀ (diag p − p pᵀ) Q_S) per point: p·Q_S² − (p·Q_S)².
-    m = probs @ q_s**2 - (probs @ q_s) ** 2  # (n, C)
+    # diag(K (diag p − p pᵀ) Kᵀ) per point with K = Q_Sᵀ B: (p · K²) − (K p)².
+    if jac is None:
+        m = probs @ q_s**2 - (probs @ q_s) ** 2  # (n, h)
+    else:
+        k = q_s.T @ jac  # (n, h, C)
+        m = (k**2 * probs[:, None, :]).sum(2) - (k @ probs[:, :, None])[:, :, 0] ** 2
     lam = u2.T @ m / n
     lam += l2 * (q_a[:d] ** 2).sum(0)[:, None]
     return q_a, q_s, lam
 
 
+def ekfac_head_factors(
+    phi: torch.Tensor, probs: torch.Tensor, l2: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`ekfac_layer_factors` of a head (logistic regression on ``phi``)."""
+    return ekfac_layer_factors(phi, probs, l2)
+
+
+def ekfac_mlp_factors(
+    params: dict[str, torch.Tensor], x: torch.Tensor, l2: float
+) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Per-layer EK-FAC factors of the one-hidden-layer MLP (``W1, b1, W2, b2``): the hidden
+    layer's pre-activation gradient is ``diag(relu'(pre)) W2 (p − e_ŷ)``, so its ``B`` is
+    ``diag(relu'(pre)) W2``; the output layer's is the identity."""
+    pre = x @ params["W1"] + params["b1"]
+    act = pre.clamp(min=0)
+    probs = torch.softmax(act @ params["W2"] + params["b2"], dim=1)
+    jac = (pre > 0).to(DTYPE)[:, :, None] * params["W2"][None]  # (n, h, C)
+    return [ekfac_layer_factors(x, probs, l2, jac), ekfac_layer_factors(act, probs, l2)]
+
+
 def ekfac_inverse(
     q_a: torch.Tensor, q_s: torch.Tensor, lam: torch.Tensor, damping: float
 ) -> tuple[Solve, Solve | None]:
-    """``(H + λI)⁻¹ ≈ (Q_A ⊗ Q_S) diag(1 / (Λ* + λ)) (Q_A ⊗ Q_S)ᵀ`` for a head."""
-    k, c = lam.shape
-    shifted = lam + damping
-    ok = shifted.abs() > 1e-12 * float(shifted.abs().max().clamp(min=1e-300))
-    inv = torch.where(ok, 1.0 / torch.where(ok, shifted, 1.0), 0.0)
+    """``(G + λI)⁻¹ ≈ (Q_A ⊗ Q_S) diag(1 / (Λ* + λ)) (Q_A ⊗ Q_S)ᵀ`` for one layer."""
+    return ekfac_block_inverse([(q_a, q_s, lam)], [damping])
 
-    def rotate(b: torch.Tensor) -> torch.Tensor:
-        # (P, m) -> (m, k, C) in the eigenbasis: Q_Aᵀ V Q_S for each column V (k, C).
-        v = b.reshape(k, c, -1).permute(2, 0, 1)
+
+def ekfac_block_inverse(
+    layers: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], dampings: list[float]
+) -> tuple[Solve, Solve | None]:
+    """The block-diagonal EK-FAC inverse over consecutive layers of the flat parameters,
+    each ``(Q_A, Q_S, Λ*)`` with its own λ; ``whiten`` exists when every ``Λ* + λ > 0``."""
+    spans, at = [], 0
+    for _, _, lam in layers:
+        spans.append((at, at + lam.numel()))
+        at += lam.numel()
+    invs, positive = [], True
+    for (_, _, lam), damping in zip(layers, dampings, strict=True):
+        shifted = lam + damping
+        ok = shifted.abs() > 1e-12 * float(shifted.abs().max().clamp(min=1e-300))
+        invs.append(torch.where(ok, 1.0 / torch.where(ok, shifted, 1.0), 0.0))
+        positive = positive and bool((shifted[ok] > 0).all())
+
+    def rotated(flat: torch.Tensor, i: int) -> torch.Tensor:
+        # Layer i's rows (P_i, m) -> (m, k, h) in its eigenbasis: Q_Aᵀ V Q_S per column V.
+        q_a, q_s, lam = layers[i]
+        lo, hi = spans[i]
+        v = flat[lo:hi].reshape(lam.shape[0], lam.shape[1], -1).permute(2, 0, 1)
         return q_a.T @ v @ q_s
 
     def solve(b: torch.Tensor) -> torch.Tensor:
         flat = b.reshape(b.shape[0], -1)
-        r = rotate(flat) * inv
-        back = q_a @ r @ q_s.T  # (m, k, C)
-        return back.permute(1, 2, 0).reshape(flat.shape).reshape(b.shape)
+        out = torch.empty_like(flat)
+        for i, (q_a, q_s, _) in enumerate(layers):
+            lo, hi = spans[i]
+            back = q_a @ (rotated(flat, i) * invs[i]) @ q_s.T  # (m, k, h)
+            out[lo:hi] = back.permute(1, 2, 0).reshape(hi - lo, -1)
+        return out.reshape(b.shape)
 
-    whiten: Solve | None = None
-    if bool((shifted[ok] > 0).all()):
-        root = inv.sqrt()
+    if not positive:
+        return solve, None
+    roots = [inv.sqrt() for inv in invs]
 
-        def whiten(b: torch.Tensor) -> torch.Tensor:
-            flat = b.reshape(b.shape[0], -1)
-            r = rotate(flat) * root
-            return r.reshape(r.shape[0], -1).T
+    def whiten(b: torch.Tensor) -> torch.Tensor:
+        flat = b.reshape(b.shape[0], -1)
+        return torch.cat(
+            [(rotated(flat, i) * roots[i]).reshape(flat.shape[1], -1).T for i in range(len(layers))]
+        )
 
     return solve, whiten
 

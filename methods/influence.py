@@ -75,12 +75,13 @@ class InfluenceFunction(Method):
     Influence at scale replaces ``(H + λI)⁻¹`` by an approximation: ``arnoldi`` (Schioppa et
     al. 2022: Arnoldi iterations on HVPs, the top ``arnoldi_rank`` eigenpairs by |eigenvalue|,
     the rest of the spectrum dropped), ``ekfac`` (George et al. 2018, Grosse et al. 2023:
-    Kronecker factors ``E[φ̃φ̃ᵀ]`` and ``E[ggᵀ]`` of the output layer with model-sampled labels
-    in closed form, eigenvalues refitted in their eigenbasis, the L2 term included; one linear
-    layer only) and ``datainf`` (Kwon et al. 2024: per parameter tensor, the inverse of the
-    empirical Fisher with sum and inverse swapped, ``(1/n) Σ_i (g_i g_iᵀ + λ_l I)⁻¹``, without
-    the L2 term, as the paper). ``damping`` is the λ of ``exact``, ``cg``, ``lissa`` and
-    ``arnoldi``; EK-FAC and DataInf have their own.
+    per linear layer, Kronecker factors ``E[ããᵀ]`` of its inputs and ``E[ggᵀ]`` of its
+    pre-activation gradients with model-sampled labels in closed form, eigenvalues refitted
+    in their eigenbasis, the L2 term included; block-diagonal over an MLP's two layers with
+    ``layers="all"``) and ``datainf`` (Kwon et al. 2024: per parameter tensor, the inverse of
+    the empirical Fisher with sum and inverse swapped, ``(1/n) Σ_i (g_i g_iᵀ + λ_l I)⁻¹``,
+    without the L2 term, as the paper). ``damping`` is the λ of ``exact``, ``cg``, ``lissa``
+    and ``arnoldi``; EK-FAC and DataInf have their own.
 
     A budgeted fit is the one full-data model (its Newton refinement finishes it).
 
@@ -103,7 +104,7 @@ class InfluenceFunction(Method):
         arnoldi_iterations: Arnoldi: Krylov steps (default None: max(2 · rank + 1, 20), pyDVL's
             Krylov dimension; at most the number of parameters).
         ekfac_damping: EK-FAC: λ added to the corrected eigenvalues (default None: 0.1 × their
-            mean, kronfluence's heuristic for ``damping=None``).
+            mean in each layer, kronfluence's heuristic for ``damping=None``).
         datainf_damping: DataInf: λ of every parameter tensor (default None: the paper's
             per-tensor 0.1 × mean squared gradient entry).
     """
@@ -191,11 +192,6 @@ class InfluenceFunction(Method):
 
     def value(self, task: ValuationTask, ctx: RunContext) -> Valuation:
         self._check()
-        if self.solver == "ekfac" and task.model.kind != "logreg" and self.layers == "all":
-            raise UsageError(
-                "influence: solver='ekfac' covers one linear layer (logreg, or an MLP with "
-                "layers='last'); use solver='arnoldi' or 'datainf' for layers='all'"
-            )
         n = task.n_train
         if ctx.budget.remaining_fits() < 1:
             return Valuation(scores=np.zeros(n), stats={"complete": False, "reason": "no fits"})
@@ -332,12 +328,17 @@ class InfluenceFunction(Method):
             stats.update(info)
             return solve, whiten
         if solver == "ekfac":
-            probs = torch.softmax(model.logits(model.params, x), dim=1)
-            q_a, q_s, lam = ih.ekfac_head_factors(x, probs, model.l2)
-            damping = self.ekfac_damping
-            damping = 0.1 * float(lam.mean()) if damping is None else float(damping)
-            stats["ekfac_damping"] = damping
-            return ih.ekfac_inverse(q_a, q_s, lam, damping)
+            if model.kind == "head":
+                probs = torch.softmax(model.logits(model.params, x), dim=1)
+                factors = [ih.ekfac_head_factors(x, probs, model.l2)]
+            else:
+                factors = ih.ekfac_mlp_factors(model.params, x, model.l2)
+            dampings = [
+                0.1 * float(lam.mean()) if self.ekfac_damping is None else float(self.ekfac_damping)
+                for _, _, lam in factors
+            ]
+            stats["ekfac_damping"] = dampings
+            return ih.ekfac_block_inverse(factors, dampings)
         grads = torch.cat(
             [
                 self._grads(model, x[i : i + self.chunk], y[i : i + self.chunk])

@@ -13,7 +13,6 @@ from scipy.stats import spearmanr
 from wide_task import wide_task
 
 from valbench import RunContext
-from valbench.errors import UsageError
 from valbench.methods import _gradients as gr
 from valbench.methods import _inverse_hessian as ih
 from valbench.methods.influence import InfluenceFunction, fit_for_gradients
@@ -93,12 +92,10 @@ def test_arnoldi_rank_correlation_with_exact_influence_grows_with_rank() -> None
 
 
 def test_arnoldi_on_every_mlp_layer_matches_the_exact_solver() -> None:
-    spec = ModelSpec(kind="mlp", epochs=60, hidden=4, l2=1e-2)
-    make = lambda: dataclasses.replace(make_check_task(n_train=40), model=spec)  # noqa: E731
-    exact = _val(make(), solver="exact", layers="all", damping=0.5)
+    exact = _val(_mlp_task(), solver="exact", layers="all", damping=0.5)
     n_params = 2 * 4 + 4 + 4 * 3 + 3
     full = _val(
-        make(), solver="arnoldi", layers="all", damping=0.5, arnoldi_rank=n_params,
+        _mlp_task(), solver="arnoldi", layers="all", damping=0.5, arnoldi_rank=n_params,
         arnoldi_iterations=n_params,
     )  # fmt: skip
     assert _rel(full.scores, exact.scores) < 1e-6
@@ -149,14 +146,50 @@ def test_ekfac_against_the_exact_inverse_on_a_fitted_model() -> None:
     assert spearmanr(got.scores, reference.scores).statistic > 0.8
     assert spearmanr(got.detection_scores, reference.detection_scores).statistic > 0.98
     default = _val(solver="ekfac")
-    assert default.stats["ekfac_damping"] == pytest.approx(0.1 * float(lam.mean()), rel=1e-9)
+    assert default.stats["ekfac_damping"] == pytest.approx([0.1 * float(lam.mean())], rel=1e-9)
 
 
-def test_ekfac_refuses_every_mlp_layer_before_training() -> None:
-    task = dataclasses.replace(make_check_task(), model=ModelSpec(kind="mlp", hidden=4))
-    with pytest.raises(UsageError, match="ekfac"):
-        _val(task, solver="ekfac", layers="all")
-    assert task.fit_counter.count == 0
+def _mlp_task():
+    spec = ModelSpec(kind="mlp", epochs=60, hidden=4, l2=1e-2)
+    return dataclasses.replace(make_check_task(n_train=40), model=spec)
+
+
+def test_ekfac_on_every_mlp_layer_refits_each_gauss_newton_block_diagonal() -> None:
+    # Per layer, Λ* must be the diagonal of the layer's Gauss-Newton block (1/n) Σ_i J_iᵀ
+    # (diag p_i − p_i p_iᵀ) J_i (+ L2 on its weights) in the basis Q_A ⊗ Q_S, with J_i the
+    # Jacobian of point i's logits, taken here by autograd (vmap of jacrev).
+    from torch.func import jacrev, vmap
+
+    task = _mlp_task()
+    model, x, _, _ = fit_for_gradients(task, "all", refine=False)
+    factors = ih.ekfac_mlp_factors(model.params, x, model.l2)
+    theta = model.flat()
+    jac = vmap(jacrev(lambda t, xi: model.logits(model.unflatten(t), xi)), in_dims=(None, 0))(
+        theta, x
+    )  # (n, C, P)
+    probs = torch.softmax(model.logits(model.params, x), dim=1)
+    fisher = torch.diag_embed(probs) - probs[:, :, None] * probs[:, None, :]
+    gauss_newton = torch.einsum("ncp,ncd,ndq->pq", jac, fisher, jac) / x.shape[0]
+    gauss_newton += torch.diag(model.l2 * model.decay_mask())
+    at = 0
+    for q_a, q_s, lam in factors:
+        block = gauss_newton[at : at + lam.numel(), at : at + lam.numel()]
+        basis = torch.kron(q_a, q_s)
+        expected = torch.diagonal(basis.T @ block @ basis).reshape(lam.shape)
+        torch.testing.assert_close(lam, expected, rtol=1e-9, atol=1e-13)
+        at += lam.numel()
+    assert at == model.n_params
+
+
+def test_ekfac_on_every_mlp_layer_against_the_exact_solver() -> None:
+    # 31 parameters, damping 0.5 on both sides (the exact Hessian of the MLP is not positive
+    # definite without it). Measured Spearman with the exact scores 0.98, self-influence
+    # 0.998 (0.96 and 0.995 with the default per-layer damping ≈ 0.03 and 0.016).
+    exact = _val(_mlp_task(), solver="exact", layers="all", damping=0.5)
+    got = _val(_mlp_task(), solver="ekfac", layers="all", ekfac_damping=0.5)
+    assert len(got.stats["ekfac_damping"]) == 2
+    assert spearmanr(got.scores, exact.scores).statistic > 0.9
+    assert spearmanr(got.detection_scores, exact.detection_scores).statistic > 0.98
 
 
 # --- DataInf ---------------------------------------------------------------------------
