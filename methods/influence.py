@@ -158,7 +158,7 @@ class InfluenceFunction(Method):
             None,
             Interval(float, 0, None),
             None,
-            doc="EK-FAC: lambda (None: 0.1 x the mean corrected eigenvalue)",
+            doc="EK-FAC: lambda (None: 0.1 x each layer's mean corrected eigenvalue)",
         ),
         "datainf_damping": Param(
             None,
