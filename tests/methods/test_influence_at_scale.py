@@ -248,3 +248,65 @@ def test_datainf_agrees_with_exact_influence_in_rank() -> None:
 @pytest.mark.parametrize("solver", ["arnoldi", "ekfac", "datainf"])
 def test_influence_approximations_conform(solver: str) -> None:
     check_method(InfluenceFunction, {"solver": solver})
+
+
+# --- pyDVL's numbers -------------------------------------------------------------------
+
+#: pyDVL 0.10.0 on the problem of :func:`_pydvl_problem`: a ``torch.nn.Linear(3, 3)`` in
+#: float64 with weight ``W.T`` and bias ``b``, loss ``cross_entropy``, one batch of the 12
+#: training points; ``ArnoldiInfluence(model, loss, regularization=0.01, rank=3, tol=1e-12)``
+#: and ``InverseHarmonicMeanInfluence(model, loss, regularization=0.05,
+#: block_structure=BlockMode.PARAMETER_WISE)`` (its DataInf), each ``.fit(loader)`` then
+#: ``.influences(x_test, y_test, x, y)`` (2 × 12), printed to 17 digits.
+PYDVL_ARNOLDI = [
+    [-1.1130055782373915, -1.4339263623970258, -0.25666759955486346, -1.5587157451094804,
+     4.191648272233492, -1.384878038772902, -0.01527479196136669, -2.7467911390019526,
+     -0.7658254208823003, -0.35086003746837824, 3.772604090185364, 3.2432667383446363],
+    [-0.25502955454848825, 0.02300538203712363, 1.8304066703317807, 1.1417396486318463,
+     -2.755382686317546, 1.3418767426875124, -1.951075191626316, 0.29083020990338504,
+     1.938732087851568, -0.1366760880669564, -2.7025708619781073, -2.2716964723192463],
+]  # fmt: skip
+PYDVL_DATAINF = [
+    [-0.4120890992289411, -0.3726226266967883, 0.11072246126061241, -0.9164416106646728,
+     5.190654908487736, -0.5156617523321214, 0.13816681070105197, 0.7523297147714165,
+     0.2844989694389701, -0.5708573443216474, 2.9916000977972885, 0.6636258762846495],
+    [-0.05579283057043952, -0.2818466470339249, 0.4455962772284566, 0.3147136516192902,
+     -0.19249471818359465, 0.698741526546961, 0.38143053389224524, -0.21356160266466068,
+     1.1513634379230568, -0.08786393620931882, -0.3503915961212556, -0.4450350928295559],
+]  # fmt: skip
+
+
+def _pydvl_problem():
+    """12 training and 2 test points, 3 features, 3 classes, fixed (unfitted) weights; the
+    objective is the mean cross-entropy alone (l2 = 0), as pyDVL's loss."""
+    rng = np.random.default_rng(0)
+    x = torch.tensor(rng.normal(size=(12, 3)))
+    y = torch.tensor(rng.integers(0, 3, size=12))
+    w = torch.tensor(rng.normal(size=(3, 3)) * 0.5)
+    b = torch.tensor(rng.normal(size=3) * 0.5)
+    xt, yt = torch.tensor(rng.normal(size=(2, 3))), torch.tensor([0, 2])
+    model = gr.Functional("head", {"W": w, "b": b}, ("W",), 0.0)
+
+    def grads(xs, ys):
+        return gr.head_grads(xs, torch.softmax(model.logits(model.params, xs), dim=1), ys)
+
+    return model, x, y, grads(x, y), grads(xt, yt)
+
+
+def test_arnoldi_reproduces_pydvl() -> None:
+    # Both find the exact top-3 eigenpairs of this 12-parameter Hessian: agreement to 1e-10.
+    model, x, y, g, g_test = _pydvl_problem()
+    solve, _, _ = ih.arnoldi_inverse(
+        gr.make_hvp(model, x, y), 12, rank=3, iterations=12, damping=0.01,
+        rng=np.random.default_rng(1),
+    )  # fmt: skip
+    np.testing.assert_allclose((g_test @ solve(g.T)).numpy(), PYDVL_ARNOLDI, rtol=1e-10)
+
+
+def test_datainf_reproduces_pydvl_up_to_its_batch_normalisation() -> None:
+    # pyDVL's harmonic mean is (1/n) times the paper's (1/n) Σ_i (g_i g_iᵀ + λI)⁻¹, which the
+    # original code computes (hvp += (v − C_i g_i) / (n_train · λ)): ours = n × pyDVL's.
+    _, _, _, g, g_test = _pydvl_problem()
+    solve = ih.datainf_inverse(g, [(0, 9), (9, 12)], [0.05, 0.05])
+    got = (g_test @ solve(g.T)).numpy()
+    np.testing.assert_allclose(got, 12 * np.asarray(PYDVL_DATAINF), rtol=1e-10)
