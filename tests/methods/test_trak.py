@@ -8,6 +8,8 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from scipy.optimize import minimize
+from scipy.special import log_softmax, logsumexp
 from scipy.stats import spearmanr
 from wide_task import wide_task
 
@@ -137,3 +139,65 @@ def test_trak_values_an_mlp_and_conforms() -> None:
     assert out.stats["n_params"] == 2 * 4 + 4 + 4 * 3 + 3
     assert np.isfinite(out.scores).all() and out.scores.std() > 0
     check_method(TRAK, {"proj_dim": 64, "checkpoints": 2})
+
+
+def _loo_margin_drops(task, l2: float) -> np.ndarray:
+    """Actual leave-one-out retraining (float64 L-BFGS to a tight optimum of the model's
+    objective, warm-started at the full-data solution): how much the summed validation margin
+    Σ_v f(z_v) falls when each training point is removed (positive = the point helped)."""
+    x, y, c = task.x_train.astype(np.float64), task.y_train, task.n_classes
+    xv, yv = task.x_val.astype(np.float64), task.y_val
+    n, d = x.shape
+
+    def fit(keep, start):
+        xs, onehot = x[keep], np.eye(c)[y[keep]]
+
+        def fun(theta):
+            w, b = theta[: d * c].reshape(d, c), theta[d * c :]
+            logp = log_softmax(xs @ w + b, axis=1)
+            g = (np.exp(logp) - onehot) / len(xs)
+            value = -(logp * onehot).sum() / len(xs) + 0.5 * l2 * (w * w).sum()
+            return value, np.concatenate([(xs.T @ g + l2 * w).ravel(), g.sum(0)])
+
+        opts = {"gtol": 1e-12, "ftol": 1e-15, "maxiter": 10000}
+        return minimize(fun, start, jac=True, method="L-BFGS-B", options=opts).x
+
+    def margin(theta):
+        z = xv @ theta[: d * c].reshape(d, c) + theta[d * c :]
+        rows = np.arange(len(yv))
+        others = z.copy()
+        others[rows, yv] = -np.inf
+        return (z[rows, yv] - logsumexp(others, axis=1)).sum()
+
+    everyone = np.ones(n, dtype=bool)
+    full = fit(everyone, np.zeros(d * c + c))
+    drops = []
+    for i in range(n):
+        keep = everyone.copy()
+        keep[i] = False
+        drops.append(margin(full) - margin(fit(keep, full)))
+    return np.asarray(drops)
+
+
+@pytest.mark.slow
+def test_agreement_with_leave_one_out_retraining_grows_from_small_projections() -> None:
+    # 150 points, 63 parameters; mean Spearman over 3 seeds between TRAK and the actual drop
+    # of the summed validation margin (TRAK's output function) on leave-one-out retraining.
+    # Measured: k=4: 0.41, k=16: 0.80, k=32: 0.83, k >= 63: 0.79 (exact influence: 0.68).
+    # On 300 points with 27 parameters: 0.51 (k=4), 0.82 (k=8), 0.73 (k >= 27): it rises
+    # from small k, then levels off or dips slightly.
+    actual = _loo_margin_drops(wide_task(n_train=150, width=20), l2=1e-2)
+    rho = {
+        k: float(
+            np.mean(
+                [
+                    spearmanr(_trak(wide_task(n_train=150, width=20), seed=s, proj_dim=k).scores,
+                              actual).statistic
+                    for s in (0, 1, 2)
+                ]
+            )
+        )
+        for k in (4, 16, 63)
+    }  # fmt: skip
+    assert rho[4] < rho[16] - 0.2, rho
+    assert rho[63] > rho[4] + 0.2 and rho[63] > 0.7, rho
