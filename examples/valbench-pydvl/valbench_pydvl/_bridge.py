@@ -38,7 +38,15 @@ __all__ = [
     "seed_from",
     "scores_from_result",
     "budget_stop",
+    "import_pydvl",
 ]
+
+
+def import_pydvl() -> None:
+    """Import pyDVL once, without the FutureWarnings its deprecation helper prints on import."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        import pydvl.valuation  # noqa: F401
 
 
 class BudgetSpent(Exception):

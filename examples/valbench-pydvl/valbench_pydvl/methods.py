@@ -21,6 +21,7 @@ from valbench_pydvl._bridge import (
     Meter,
     budget_stop,
     check_logreg,
+    import_pydvl,
     model_utility,
     pydvl_data,
     same_logreg,
@@ -155,6 +156,7 @@ class PyDVLTMCShapley(Method):
 
     def value(self, task: ValuationTask, ctx: RunContext) -> Valuation:
         check_logreg(task, self.name)
+        import_pydvl()
         from pydvl.valuation import (
             HistoryDeviation,
             MaxSamples,
@@ -210,6 +212,7 @@ class PyDVLBanzhaf(Method):
 
     def value(self, task: ValuationTask, ctx: RunContext) -> Valuation:
         check_logreg(task, self.name)
+        import_pydvl()
         from pydvl.valuation import MaxSamples, MSRBanzhafValuation, NoStopping
 
         def build(utility: Any) -> Any:
@@ -257,6 +260,7 @@ class PyDVLBetaShapley(Method):
 
     def value(self, task: ValuationTask, ctx: RunContext) -> Valuation:
         check_logreg(task, self.name)
+        import_pydvl()
         from pydvl.valuation import (
             BetaShapleyValuation,
             MaxSamples,
@@ -303,6 +307,7 @@ class PyDVLLeaveOneOut(Method):
 
     def value(self, task: ValuationTask, ctx: RunContext) -> Valuation:
         check_logreg(task, self.name)
+        import_pydvl()
         from pydvl.valuation import LOOValuation, MinUpdates
 
         return _run_semivalue(
@@ -333,6 +338,7 @@ class PyDVLKNNShapley(Method):
     parameters = {"k": Param(5, Interval(int, 1, None), doc="neighbours K")}
 
     def value(self, task: ValuationTask, ctx: RunContext) -> Valuation:
+        import_pydvl()
         from pydvl.valuation import KNNShapleyValuation
         from sklearn.neighbors import KNeighborsClassifier
 
@@ -375,6 +381,7 @@ class PyDVLDataOOB(Method):
 
     def value(self, task: ValuationTask, ctx: RunContext) -> Valuation:
         check_logreg(task, self.name)
+        import_pydvl()
         from pydvl.valuation import DataOOBValuation
         from sklearn.ensemble import BaggingClassifier
 
@@ -435,6 +442,7 @@ class PyDVLInfluence(Method):
 
     def value(self, task: ValuationTask, ctx: RunContext) -> Valuation:
         check_logreg(task, self.name)
+        import_pydvl()
         import torch
         from pydvl.influence.torch import DirectInfluence
         from torch.utils.data import DataLoader, TensorDataset
