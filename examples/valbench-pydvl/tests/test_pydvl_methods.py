@@ -143,6 +143,22 @@ def test_banzhaf_matches_exact_banzhaf() -> None:
     assert np.corrcoef(out.scores, exact)[0, 1] > 0.9
 
 
+@pytest.mark.slow
+def test_beta_matches_exact_beta_shapley() -> None:
+    """pyDVL's Beta(16, 1) weights are Kwon & Zou's (valbench's size law p(k))."""
+    from valbench.methods.semivalues import beta_size_weights
+
+    task = small_task(6)
+    p = beta_size_weights(6, 16.0, 1.0)
+    q = beta_size_weights(6, 1.0, 16.0)  # the law with α and β swapped: large coalitions
+    exact = exact_semivalue(task, lambda k, n: p[k] / math.comb(n - 1, k))
+    swapped = exact_semivalue(task, lambda k, n: q[k] / math.comb(n - 1, k))
+    out = run(PyDVLBetaShapley(max_samples=300), task)
+    # Importance-weighted permutations are noisy at 300 samples (measured max error 0.012).
+    assert np.max(np.abs(out.scores - exact)) < 0.015
+    assert np.linalg.norm(out.scores - exact) < np.linalg.norm(out.scores - swapped) / 3
+
+
 def test_knn_equals_valbench_knn_shapley() -> None:
     from valbench.methods.knn_shapley import KNNShapley
 
