@@ -103,7 +103,7 @@ def test_tmc_without_truncation_is_efficient() -> None:
     method = PyDVLTMCShapley(burn_in_fraction=1.0, max_permutations=6)
     out = run(method, task)
     total = sklearn_utility(task, range(8)) - 1 / 3
-    assert out.complete and out.stats["samples"] == 6
+    assert out.complete and out.stats["samples_drawn"] == 6
     assert math.isclose(out.scores.sum(), total, abs_tol=1e-9)
     assert task.fit_counter.count <= 6 * 8 + 1  # every prefix but ∅, plus U(D)
 

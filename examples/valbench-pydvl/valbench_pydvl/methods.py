@@ -103,7 +103,9 @@ def _run_semivalue(
         complete=complete,
         stats={
             "pydvl": _pydvl_version(),
-            "samples": int(valuation.sampler.n_samples),
+            # Drawn by pyDVL's sampler, with one the budget cut short (then dropped);
+            # sample_counts says how many informed each point.
+            "samples_drawn": int(valuation.sampler.n_samples),
             "fits": int(ctx.budget.fits_used()),
             "stopped_by": "own criterion" if complete else "budget",
             "sample_counts": counts.tolist(),
