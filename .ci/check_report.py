@@ -10,7 +10,8 @@ Checks, independently of valbench's own code (stdlib + html5lib):
 - every leaderboard mean in ``summary.json`` equals the mean over seeds recomputed here from
   ``results.jsonl`` (ok cells only), with the same number of seeds; and every ``data-mean`` of
   the HTML leaderboards equals the one in ``summary.json``;
-- every cell of ``results.jsonl`` has rows in ``results.csv``; every non-ok cell is on the page.
+- every cell of ``results.jsonl`` has rows in ``results.csv``; every non-ok cell is on the page;
+- every paper claim the manifest records is checked in ``summary.json`` and shown on the page.
 
 Exits 0 and prints one ``OK`` line, or prints each problem and exits 1.
 """
@@ -201,6 +202,17 @@ def check_report(run_dir: Path) -> list[str]:
             problems.append(f"results.csv: no row for cell {cid}")
         if rec.get("status") != "ok" and f'data-cell="{cid}"' not in html:
             problems.append(f"index.html: {rec.get('status')} cell {cid} not shown")
+    # every claim the run's methods declared is answered, in summary.json and on the page
+    manifest = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
+    declared = {(m, c["text"]) for m, cs in manifest.get("claims", {}).items() for c in cs}
+    answered = {(c["method"], c["claim"]["text"]) for c in summary.get("claims", [])}
+    if declared != answered:
+        problems.append(
+            f"summary.json answers claims {sorted(answered)}, declared {sorted(declared)}"
+        )
+    for method, _text in sorted(declared):
+        if f'<tr data-method="{method}" data-kind=' not in html:
+            problems.append(f"index.html: no checked claim of {method}")
     if not problems:
         print(
             f"OK: {run_dir}: {len(records)} cells, {len(summary.get('groups', []))} leaderboards, "

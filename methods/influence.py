@@ -12,9 +12,13 @@ import torch
 from valbench import Method, RunContext, Valuation, ValuationTask
 from valbench.errors import UsageError
 from valbench.methods import _gradients as gr
+from valbench.methods import _inverse_hessian as ih
 from valbench.params import Interval, Options, Param
 
-__all__ = ["InfluenceFunction", "fit_for_gradients"]
+__all__ = ["InfluenceFunction", "fit_for_gradients", "SOLVERS"]
+
+#: The inverse-Hessian solvers: exact ones and, for influence at scale, approximations.
+SOLVERS: tuple[str, ...] = (*gr.SOLVERS, "arnoldi", "ekfac", "datainf")
 
 
 def fit_for_gradients(
@@ -68,11 +72,22 @@ class InfluenceFunction(Method):
     layer on fixed hidden features; ``"all"`` takes every MLP parameter (slow: CG with
     self-influence costs n block solves). Logistic regression has one layer: both are the same.
 
+    Influence at scale replaces ``(H + λI)⁻¹`` by an approximation: ``arnoldi`` (Schioppa et
+    al. 2022: Arnoldi iterations on HVPs, the top ``arnoldi_rank`` eigenpairs by |eigenvalue|,
+    the rest of the spectrum dropped), ``ekfac`` (George et al. 2018, Grosse et al. 2023:
+    per linear layer, Kronecker factors ``E[ããᵀ]`` of its inputs and ``E[ggᵀ]`` of its
+    pre-activation gradients with model-sampled labels in closed form, eigenvalues refitted
+    in their eigenbasis, the L2 term included; block-diagonal over an MLP's two layers with
+    ``layers="all"``) and ``datainf`` (Kwon et al. 2024: per parameter tensor, the inverse of
+    the empirical Fisher with sum and inverse swapped, ``(1/n) Σ_i (g_i g_iᵀ + λ_l I)⁻¹``,
+    without the L2 term, as the paper). ``damping`` is the λ of ``exact``, ``cg``, ``lissa``
+    and ``arnoldi``; EK-FAC and DataInf have their own.
+
     A budgeted fit is the one full-data model (its Newton refinement finishes it).
 
     Args:
-        solver: Inverse-Hessian solver: ``"auto"`` (default), ``"exact"``, ``"cg"`` or
-            ``"lissa"``.
+        solver: Inverse-Hessian solver: ``"auto"`` (default), ``"exact"``, ``"cg"``,
+            ``"lissa"``, or the approximations ``"arnoldi"``, ``"ekfac"``, ``"datainf"``.
         damping: λ added to the Hessian's diagonal (default 1e-3, >= 0).
         layers: ``"last"`` (default: an MLP's output layer only) or ``"all"`` parameters.
         refine: Finish the fit of a head with float64 Newton steps to a stationary point
@@ -85,6 +100,13 @@ class InfluenceFunction(Method):
         lissa_scale: LiSSA's σ, which must exceed the largest eigenvalue of H + λI (default
             None: 1.2 × a power-iteration estimate of it).
         chunk: Training or validation points whose gradients are held at once (default 1024).
+        arnoldi_rank: Arnoldi: eigenpairs of largest |eigenvalue| kept (default 10, pyDVL's).
+        arnoldi_iterations: Arnoldi: Krylov steps (default None: max(2 · rank + 1, 20), pyDVL's
+            Krylov dimension; at most the number of parameters).
+        ekfac_damping: EK-FAC: λ added to the corrected eigenvalues (default None: 0.1 × their
+            mean in each layer, kronfluence's heuristic for ``damping=None``).
+        datainf_damping: DataInf: λ of every parameter tensor (default None: the paper's
+            per-tensor 0.1 × mean squared gradient entry).
     """
 
     name = "influence"
@@ -94,7 +116,9 @@ class InfluenceFunction(Method):
     )
 
     parameters = {
-        "solver": Param("auto", Options(str, gr.SOLVERS), doc="inverse-Hessian solver"),
+        "solver": Param(
+            "auto", Options(str, SOLVERS), doc="inverse-Hessian solver or approximation"
+        ),
         "damping": Param(
             1e-3, Interval(float, 0, None), doc="lambda added to the Hessian's diagonal"
         ),
@@ -121,6 +145,27 @@ class InfluenceFunction(Method):
             doc="LiSSA's sigma (None: 1.2 x a power-iteration estimate)",
         ),
         "chunk": Param(1024, Interval(int, 1, None), doc="points whose gradients are held at once"),
+        "arnoldi_rank": Param(
+            10, Interval(int, 1, None), doc="Arnoldi: eigenpairs of largest |eigenvalue| kept"
+        ),
+        "arnoldi_iterations": Param(
+            None,
+            Interval(int, 1, None),
+            None,
+            doc="Arnoldi: Krylov steps (None: max(2 rank + 1, 20), at most the parameters)",
+        ),
+        "ekfac_damping": Param(
+            None,
+            Interval(float, 0, None),
+            None,
+            doc="EK-FAC: lambda (None: 0.1 x each layer's mean corrected eigenvalue)",
+        ),
+        "datainf_damping": Param(
+            None,
+            Interval(float, 0, None, closed="neither"),
+            None,
+            doc="DataInf: lambda of every block (None: 0.1 x its mean squared gradient entry)",
+        ),
     }
     solver: str
     damping: float
@@ -132,10 +177,14 @@ class InfluenceFunction(Method):
     lissa_depth: int
     lissa_scale: float | None
     chunk: int
+    arnoldi_rank: int
+    arnoldi_iterations: int | None
+    ekfac_damping: float | None
+    datainf_damping: float | None
 
     def _check(self) -> None:
-        if self.solver not in gr.SOLVERS:
-            raise UsageError(f"solver must be one of {', '.join(gr.SOLVERS)}, got {self.solver!r}")
+        if self.solver not in SOLVERS:
+            raise UsageError(f"solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}")
         if self.layers not in gr.LAYERS:
             raise UsageError(f"layers must be one of {', '.join(gr.LAYERS)}, got {self.layers!r}")
         if not self.damping >= 0:
@@ -223,6 +272,8 @@ class InfluenceFunction(Method):
             else:
                 hessian = gr.full_hessian(gr.make_hvp(model, x, y), model.n_params)
             return gr.factor_exact(hessian, damping)
+        if solver in ("arnoldi", "ekfac", "datainf"):
+            return self._approximation(solver, model, x, y, rng, stats)
         hvp = gr.make_hvp(model, x, y)
         hvp_many = gr.batched_hvp(hvp)
         if solver == "cg":
@@ -249,3 +300,55 @@ class InfluenceFunction(Method):
             return out
 
         return lissa, None
+
+    def _approximation(
+        self,
+        solver: str,
+        model: gr.Functional,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        rng: np.random.Generator,
+        stats: dict[str, Any],
+    ) -> tuple[
+        Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor] | None
+    ]:
+        """Solver and whitener of an inverse-Hessian approximation (Arnoldi, EK-FAC, DataInf)."""
+        if solver == "arnoldi":
+            rank = int(self.arnoldi_rank)
+            steps = self.arnoldi_iterations
+            steps = max(2 * rank + 1, 20) if steps is None else int(steps)
+            solve, whiten, info = ih.arnoldi_inverse(
+                gr.make_hvp(model, x, y),
+                model.n_params,
+                rank=rank,
+                iterations=steps,
+                damping=float(self.damping),
+                rng=rng,
+            )
+            stats.update(info)
+            return solve, whiten
+        if solver == "ekfac":
+            if model.kind == "head":
+                probs = torch.softmax(model.logits(model.params, x), dim=1)
+                factors = [ih.ekfac_head_factors(x, probs, model.l2)]
+            else:
+                factors = ih.ekfac_mlp_factors(model.params, x, model.l2)
+            dampings = [
+                0.1 * float(lam.mean()) if self.ekfac_damping is None else float(self.ekfac_damping)
+                for _, _, lam in factors
+            ]
+            stats["ekfac_damping"] = dampings
+            return ih.ekfac_block_inverse(factors, dampings)
+        grads = torch.cat(
+            [
+                self._grads(model, x[i : i + self.chunk], y[i : i + self.chunk])
+                for i in range(0, x.shape[0], self.chunk)
+            ]
+        )
+        blocks, at = [], 0
+        for v in model.params.values():
+            blocks.append((at, at + v.numel()))
+            at += v.numel()
+        dampings = ih.datainf_dampings(grads, blocks, self.datainf_damping)
+        stats["datainf_damping"] = dict(zip(model.names, dampings, strict=True))
+        return ih.datainf_inverse(grads, blocks, dampings), None

@@ -1,4 +1,4 @@
-"""The semivalue family: exact Shapley, TMC-Shapley, Beta Shapley and Data Banzhaf.
+"""The semivalue family: exact, TMC, Owen and stratified Shapley, Beta Shapley, Data Banzhaf.
 
 A semivalue is φ_i = Σ_k p(k) · E[U(S ∪ {i}) − U(S) | S ⊆ D∖{i}, |S| = k], where p is a
 probability law over the size k = 0 … n−1 of the coalition joined (Shapley: uniform 1/n).
@@ -13,6 +13,9 @@ Every estimator here takes a *game*: a callable ``many(masks) -> values`` mappin
   size law r(m) matched to p, every sample updates every point through importance weights, and
   self-normalised means keep it stable. For Banzhaf the weights are constant and it reduces to
   the MSR estimator of Wang & Jia (2023). A new semivalue only supplies its size law p(k).
+* :func:`sampled_semivalue` averages marginals U(S ∪ {i}) − U(S) at the pairs (i, S) a
+  *sampler* plans (:mod:`valbench.methods.samplers`: Owen, stratified by size); it batches
+  them through the game, stops at the budget and leaves the combination to the sampler.
 """
 
 from __future__ import annotations
@@ -35,7 +38,14 @@ from valbench import (
     no_progress,
 )
 from valbench.errors import CellSkipped, UsageError
-from valbench.params import Interval, Param
+from valbench.methods.samplers import (
+    SIZE_RULES,
+    MarginalLog,
+    OwenSampler,
+    Sampler,
+    StratifiedSampler,
+)
+from valbench.params import Interval, Options, Param
 
 __all__ = [
     "Game",
@@ -44,6 +54,7 @@ __all__ = [
     "tmc_shapley",
     "convergence_error",
     "msr_semivalue",
+    "sampled_semivalue",
     "shapley_size_weights",
     "beta_size_weights",
     "banzhaf_size_weights",
@@ -52,6 +63,9 @@ __all__ = [
     "Semivalue",
     "BetaShapley",
     "DataBanzhaf",
+    "SampledShapley",
+    "OwenShapley",
+    "StratifiedShapley",
 ]
 
 Game = Callable[[np.ndarray], np.ndarray]
@@ -373,6 +387,108 @@ def msr_semivalue(
     }
 
 
+def _distinct_rows(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct rows of a bool array and, for each row, the index of its copy."""
+    packed = np.packbits(masks, axis=1)
+    _, first, inverse = np.unique(packed, axis=0, return_index=True, return_inverse=True)
+    return masks[first], inverse.reshape(-1)
+
+
+def sampled_semivalue(
+    n: int,
+    many: Game,
+    rng: np.random.Generator,
+    sampler: Sampler,
+    size_weights: np.ndarray,
+    *,
+    remaining: Remaining = _unlimited,
+    batch_size: int = 128,
+    progress: ProgressFn = no_progress,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Semivalue with size law ``size_weights`` from the marginals ``sampler`` plans.
+
+    The sampler's blocks are evaluated ``batch_size`` samples per call: each sample (i, S)
+    needs U(S ∪ {i}) and U(S), and the distinct subsets of a call are evaluated once. A call
+    never asks for more distinct subsets than ``remaining()`` allows (when it would, it takes
+    only as many samples as are surely affordable, two subsets each), so the budget is
+    honoured; the run then stops with the marginals it has, ``complete`` False. The sampler
+    combines the marginals (:meth:`Sampler.estimate`); ``sample_counts`` (marginals per
+    point) and ``stderr`` (per-point standard error) are lists in training order.
+    """
+    p = np.asarray(size_weights, dtype=np.float64)
+    if p.shape != (n,):
+        raise UsageError(f"size weights must have shape ({n},), got {p.shape}")
+    planned = n * sampler.per_point(n)
+    stream = sampler.blocks(n, rng)
+    block_index = np.empty(0, dtype=np.int64)
+    block_masks = np.empty((0, n), dtype=bool)
+    block_strata = np.empty(0, dtype=np.int64)
+    block_no, offset = -1, 0
+    logs: list[tuple[np.ndarray, ...]] = []
+    done = evaluated = 0
+    while done < planned:
+        left = remaining()
+        if left < 1:
+            break
+        # Gather up to batch_size samples from the stream, across block boundaries.
+        pieces: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        have = 0
+        while have < batch_size:
+            if offset == len(block_index):
+                block = next(stream, None)
+                if block is None:
+                    break
+                block_index, block_masks, block_strata = block
+                block_no, offset = block_no + 1, 0
+            take = min(batch_size - have, len(block_index) - offset)
+            tags = np.full(take, block_no, dtype=np.int64), block_strata[offset : offset + take]
+            pieces.append(
+                (block_index[offset : offset + take], block_masks[offset : offset + take], *tags)
+            )
+            offset += take
+            have += take
+        if not have:
+            break
+        index, without, blocks, strata = (
+            np.concatenate(part) for part in zip(*pieces, strict=True)
+        )
+        within = without.copy()
+        within[np.arange(have), index] = True
+        subsets, where = _distinct_rows(np.concatenate([within, without]))
+        if len(subsets) > left:
+            # Keep what two subsets per sample surely affords; the rest is never evaluated.
+            have = int(min(have, left // 2))
+            if have < 1:
+                break
+            index, within, without = index[:have], within[:have], without[:have]
+            blocks, strata = blocks[:have], strata[:have]
+            subsets, where = _distinct_rows(np.concatenate([within, without]))
+        utilities = many(subsets)[where]
+        evaluated += len(subsets)
+        marginals = utilities[:have] - utilities[have:]
+        logs.append((index, without.sum(axis=1), marginals, blocks, strata))
+        done += have
+        progress(done, planned)
+    dtypes = (np.int64, np.int64, np.float64, np.int64, np.int64)
+    log = MarginalLog(
+        *(
+            np.concatenate([entry[j] for entry in logs]) if logs else np.empty(0, dtype=dtype)
+            for j, dtype in enumerate(dtypes)
+        )
+    )
+    values, stderr, extra = sampler.estimate(n, log, p)
+    counts = np.bincount(log.index, minlength=n)
+    return values, {
+        "samples": done,
+        "samples_planned": planned,
+        "subsets_evaluated": evaluated,
+        "sample_counts": counts.tolist(),
+        "stderr": stderr.tolist(),
+        "complete": done == planned,
+        **extra,
+    }
+
+
 # -- adapters ----------------------------------------------------------------------------------
 
 
@@ -643,3 +759,140 @@ class DataBanzhaf(Semivalue):
     def size_weights(self, n: int) -> np.ndarray:
         """Binomial(n − 1, 1/2): every coalition equally likely."""
         return banzhaf_size_weights(n)
+
+
+class SampledShapley(Method):
+    """Base of the Shapley estimators that average sampled marginals: a subclass only builds
+    its :class:`~valbench.methods.samplers.Sampler`."""
+
+    family = "retraining"
+
+    parameters = {
+        "batch_size": Param(
+            128, Interval(int, 1, None), doc="marginals (two subsets each) per engine call"
+        ),
+    }
+    batch_size: int
+
+    def sampler(self) -> Sampler:
+        """The sampler that plans this estimator's marginals."""
+        raise NotImplementedError
+
+    def value(self, task: ValuationTask, ctx: RunContext) -> Valuation:
+        n = task.n_train
+        sampler = self.sampler()
+        utility, many, remaining = _engine_game(task, ctx.budget, 2 * self.batch_size)
+        scores, stats = sampled_semivalue(
+            n,
+            many,
+            ctx.rng,
+            sampler,
+            shapley_size_weights(n),
+            remaining=remaining,
+            batch_size=self.batch_size,
+            progress=ctx.progress,
+        )
+        stats.update(fits=task.fit_counter.count, **utility.stats())
+        return Valuation(scores=scores, stats=stats)
+
+
+class OwenShapley(SampledShapley):
+    """Shapley values by Owen sampling (Okhrati & Lipani 2021), pyDVL's ``OwenSampler``.
+
+    The Shapley value is the integral over q in [0, 1] of a point's expected marginal when
+    every other point joins with probability q. On ``q_points`` evenly spaced q (0 and 1
+    included), ``inner_samples`` random coalitions each, a point's value is the plain mean of
+    its marginals (:class:`~valbench.methods.samplers.OwenSampler`); ``antithetic`` spreads
+    the grid over [0, 1/2] and adds each coalition's complement. The run ends when every point
+    has its q_points × inner_samples (× 2) marginals, ``complete``, or at the budget,
+    ``complete`` False. ``stats`` holds per-point ``sample_counts`` and ``stderr`` (stratified
+    by q; the i.i.d. one for a point cut short, or with ``inner_samples=1``).
+
+    A budgeted fit is one subset's utility U(S) (subsets the cache holds are free); a full run
+    draws q_points × inner_samples (× 2) coalitions of n + 1 distinct subsets each.
+
+    Departures from pyDVL (which needs the grid size and sets no default): one coalition per
+    (q, repeat) is shared by all points (each point's marginals keep their law; pyDVL draws
+    one per point, which costs 2n subsets rather than n + 1); the (q, repeat) pairs are
+    visited in a random order, so a budget-cut run has a random part of the grid; the default
+    grid of 100 points is pyDVL's documented example. On a finite grid the estimate is biased
+    by O(1/q_points) towards the smallest and largest coalitions
+    (:func:`~valbench.methods.samplers.owen_size_law`), as in the paper.
+
+    Args:
+        q_points: Inclusion probabilities q on the grid (default 100, >= 2).
+        inner_samples: Random coalitions per q (default 2, the paper's choice, >= 1).
+        antithetic: Grid over [0, 1/2], each coalition paired with its complement
+            (default False).
+        batch_size: Marginals (two subsets each) per engine call (default 128, >= 1).
+    """
+
+    name = "owen-shapley"
+    summary = "Shapley values by Owen sampling: marginals on a grid of inclusion probabilities."
+
+    parameters = {
+        "q_points": Param(100, Interval(int, 2, None), doc="inclusion probabilities on the grid"),
+        "inner_samples": Param(2, Interval(int, 1, None), doc="random coalitions per q"),
+        "antithetic": Param(
+            False, bool, doc="grid over [0, 1/2], each coalition paired with its complement"
+        ),
+        **SampledShapley.parameters,
+    }
+    q_points: int
+    inner_samples: int
+    antithetic: bool
+
+    def sampler(self) -> Sampler:
+        """Owen sampling on the grid (see :class:`~valbench.methods.samplers.OwenSampler`)."""
+        return OwenSampler(self.q_points, self.inner_samples, self.antithetic)
+
+
+class StratifiedShapley(SampledShapley):
+    """Shapley values by sampling stratified by coalition size (Maleki et al. 2014; VRDS of
+    Wu et al. 2023), pyDVL's ``StratifiedSampler``/``VRDSSampler``.
+
+    Every point gets m_k random coalitions of each size k = 0 … n−1 from the other points,
+    m_k ∝ 1/(k + 1) (``harmonic``, VRDS) or constant, about ``samples_per_index`` in all; its
+    value is the mean over k of its mean marginal at size k
+    (:class:`~valbench.methods.samplers.StratifiedSampler`). Sizes are visited round-robin
+    (a round gives every point one coalition of every size still due, in a random order of
+    its own), so a budget-cut run has given every point about as many marginals, at a random
+    choice of sizes; it is marked ``complete`` False, and a point missing some sizes is
+    averaged over the ones it has (``stats.strata_unsampled`` counts the missing (point,
+    size) pairs).
+
+    A budgeted fit is one subset's utility U(S) (subsets the cache holds are free); each
+    marginal needs two.
+
+    Departures from pyDVL: every size gets at least one coalition, so the estimate is
+    unbiased for any ``samples_per_index`` (pyDVL's rounding leaves sizes unsampled when the
+    count is below n, and its weights assume the unrounded shares), and each size's mean is
+    taken over the coalitions actually drawn; the sizes are visited round-robin rather than
+    size by size; pyDVL sets no default count (200 here, what Owen's defaults draw).
+
+    Args:
+        samples_per_index: Coalitions per point, shared out over the sizes (default 200,
+            >= 1); each size gets at least one, so the total is at least n.
+        sample_sizes: How the coalitions are shared out over the sizes: ``harmonic`` (m_k ∝
+            1/(k + 1), VRDS; the default) or ``constant``.
+        batch_size: Marginals (two subsets each) per engine call (default 128, >= 1).
+    """
+
+    name = "stratified-shapley"
+    summary = "Shapley values by sampling stratified by coalition size (VRDS harmonic sizes)."
+
+    parameters = {
+        "samples_per_index": Param(
+            200, Interval(int, 1, None), doc="coalitions per point, shared out over the sizes"
+        ),
+        "sample_sizes": Param(
+            "harmonic", Options(str, SIZE_RULES), doc="how coalitions are shared over sizes"
+        ),
+        **SampledShapley.parameters,
+    }
+    samples_per_index: int
+    sample_sizes: str
+
+    def sampler(self) -> Sampler:
+        """Stratified sampling (see :class:`~valbench.methods.samplers.StratifiedSampler`)."""
+        return StratifiedSampler(self.samples_per_index, self.sample_sizes)

@@ -4,6 +4,7 @@
   ``Args:`` section of its class docstring, and documents no parameter that does not exist.
 * No code cites the design notes that lived outside the repository; docs/ is the reference.
 * docs/architecture.md and docs/methods.md exist, and docs/methods.md covers every method.
+* CI runs the README's quick-start commands verbatim.
 """
 
 from __future__ import annotations
@@ -146,3 +147,14 @@ def test_docs_exist_and_name_every_method() -> None:
     text = (DOCS / "methods.md").read_text(encoding="utf-8")
     missing = [name for name in BUILTIN_METHODS if f"`{name}`" not in text]
     assert not missing, f"docs/methods.md does not describe {missing}"
+
+
+def test_ci_runs_the_readme_quick_start_verbatim() -> None:
+    """CI's two set-up commands are the README's quick-start commands, character for character."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    quick_start = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    commands = re.findall(r"```bash\n(.+?)\n```", quick_start)
+    assert len(commands) == 2, commands
+    ci_lines = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+    for command in commands:
+        assert command in ci_lines, f".ci/run lacks the README command {command!r}"

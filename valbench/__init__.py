@@ -7,6 +7,7 @@ from typing import Any
 from valbench.types import (
     Budget,
     BudgetMeter,
+    Claim,
     Dataset,
     DatasetSplits,
     FitCounter,
@@ -36,6 +37,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "Budget",
     "BudgetMeter",
+    "Claim",
     "Dataset",
     "DatasetSplits",
     "FitCounter",

@@ -75,7 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="per-method budget (> 0): '2000', 'fits=2000', '60s' or 'fits=2000,seconds=60'",
     )
     run.add_argument(
-        "--max-train", dest="max_train", help="cap on training points per dataset ('none' for all)"
+        "--max-train",
+        dest="max_train",
+        help="cap on training points per dataset ('none' for all); NAME=N caps one dataset, "
+        "e.g. 250,fashion-mnist=2000",
     )
     run.add_argument(
         "--jobs",
@@ -289,6 +292,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _caps_text(max_train: Any) -> str:
+    """A preset's ``max_train`` as --help shows it: a number, "all", or per-dataset caps."""
+    if isinstance(max_train, dict):
+        return ", ".join(f"{k}={'all' if v is None else v}" for k, v in max_train.items())
+    return "all" if max_train is None else str(max_train)
+
+
 def _presets_epilog() -> str:
     """The defaults of every preset, so that --help says what a bare run plants and spends."""
     from valbench.spec import DEFAULT_PRESET, PRESETS
@@ -301,7 +311,7 @@ def _presets_epilog() -> str:
         lines.append(
             f"  {name}{default}: datasets {', '.join(preset.get('datasets', []))}; "
             f"noise {noise or '0'}; seeds {preset.get('seeds')}; "
-            f"max_train {'all' if max_train is None else max_train}; "
+            f"max_train {_caps_text(max_train)}; "
             f"budget {preset.get('budget') or 'none'}"
         )
     lines += [
@@ -359,7 +369,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {
         k: getattr(args, k) for k in _SPEC_FLAGS if getattr(args, k) is not None
     }
-    overrides.setdefault("methods", config.get("methods", "all"))
     overrides["params"] = parse_param_assignments(args.param)
     if (args.scheduler and args.backend != "dask") or (args.address and args.backend != "ray"):
         raise UsageError("--scheduler goes with --backend dask, --address with --backend ray")

@@ -561,6 +561,9 @@ class Manifest:
     machine: Mapping[str, Any] = field(default_factory=dict)
     #: Why the run stopped, for an aborted run.
     error: str | None = None
+    #: method -> the paper claims it declares (:meth:`valbench.types.Claim.to_json`), kept so
+    #: the report can check them from the run's own files.
+    claims: Mapping[str, Any] = field(default_factory=dict)
     schema: int = MANIFEST_SCHEMA
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -594,6 +597,7 @@ class Manifest:
                 versions=r.obj("versions"),
                 machine=r.obj("machine"),
                 error=r.string("error"),
+                claims=r.obj("claims"),
                 schema=MANIFEST_SCHEMA,
                 extra=_known(cls, data),
             )
@@ -620,4 +624,6 @@ class Manifest:
         }
         if self.error is not None:
             out["error"] = self.error
+        if self.claims:
+            out["claims"] = {m: list(c) for m, c in self.claims.items()}
         return out

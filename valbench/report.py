@@ -88,6 +88,7 @@ from valbench.summary import (
     summarise,
     summary_json,
 )
+from valbench.claims import check_claims
 from valbench.verdict import verdicts
 
 __all__ = [
@@ -722,6 +723,9 @@ def render_report(run_dir: Path, include_partial: bool = False) -> Path:
     verdict = verdicts(groups)
     summary = summary_json(manifest, groups, cd_results)
     summary["verdict"] = [v.to_dict() for v in verdict]
+    claims = check_claims(records, manifest, include_partial=include_partial)
+    if claims:
+        summary["claims"] = [c.to_dict() for c in claims]
     _write_atomic(
         run_dir / SUMMARY_FILE,
         (json.dumps(summary, indent=2, ensure_ascii=False) + "\n").encode("utf-8"),
@@ -735,6 +739,7 @@ def render_report(run_dir: Path, include_partial: bool = False) -> Path:
             overview=_overview(manifest, records, groups),
             headline=_headline(groups),
             verdicts=verdict,
+            claims=claims,
             manifest=manifest,
             groups=groups,
             colors=colors,

@@ -193,7 +193,7 @@ def _check_data_file(path: str, spec: RunSpec) -> str:
     _check_file_params(FILE_PREFIX + path, params)
     load_file_dataset(
         path, label_column=spec.label_column, id_column=spec.id_column, **params
-    ).load(seed=first.data_seed(spec.root_seed), max_train=spec.max_train)
+    ).load(seed=first.data_seed(spec.root_seed), max_train=spec.train_cap(FILE_PREFIX + path))
     return fingerprint
 
 
@@ -568,6 +568,7 @@ def _open_run_dir(store: RunStore, spec: RunSpec, overwrite: bool, command: str)
                 spec=spec.to_dict(),
                 resumed=old.resumed + 1,
                 command=command,
+                claims=_claims(spec),
             )
     return Manifest(
         name=store.run_dir.name,
@@ -581,7 +582,20 @@ def _open_run_dir(store: RunStore, spec: RunSpec, overwrite: bool, command: str)
         started_at=_now(),
         ended_at=None,
         cells_total=len(spec.cells()),
+        claims=_claims(spec),
     )
+
+
+def _claims(spec: RunSpec) -> dict[str, list[dict[str, Any]]]:
+    """The paper claims each of the run's methods declares, for the report to check."""
+    from valbench.registry import get_method
+
+    out = {}
+    for name in spec.methods:
+        claims = getattr(get_method(name), "claims", ())
+        if claims:
+            out[name] = [claim.to_json() for claim in claims]
+    return out
 
 
 def execute(

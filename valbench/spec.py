@@ -9,7 +9,7 @@ import os
 import re
 import tomllib
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -117,6 +117,8 @@ class RunSpec:
     model: str = "logreg"
     budget: str = "none"
     max_train: int | None = None
+    #: Per-dataset caps on training points, overriding ``max_train`` for the datasets named.
+    max_train_by_dataset: Mapping[str, int | None] = field(default_factory=dict)
     noise_model: str = "uniform"
     imbalance: float = 1.0
     label_column: str | None = None
@@ -206,8 +208,20 @@ class RunSpec:
                     f"--max-memory must be at least {MIN_MEMORY_MB} MB (a worker needs that "
                     f"much to start), got {self.max_memory_mb:g}"
                 )
-        if self.max_train is not None and self.max_train < 2:
-            raise UsageError(f"max_train must be >= 2, got {self.max_train}")
+        for name, cap in (("", self.max_train), *self.max_train_by_dataset.items()):
+            if isinstance(cap, bool) or not (cap is None or isinstance(cap, int)):
+                raise UsageError(
+                    f"--max-train {name}{'=' if name else ''}{cap!r}: not a whole number"
+                )
+            if cap is not None and cap < 2:
+                where = f" for {name}" if name else ""
+                raise UsageError(f"--max-train must be >= 2{where}, got {cap}")
+        unknown = sorted(set(self.max_train_by_dataset) - set(self.datasets))
+        if unknown and "all" not in self.datasets:
+            raise UsageError(
+                f"--max-train names {', '.join(unknown)}, not among the run's datasets "
+                f"({', '.join(self.datasets)})"
+            )
         if self.random_repeats < 1:
             raise UsageError(f"random_repeats must be >= 1, got {self.random_repeats}")
         for name in self.metrics:
@@ -244,6 +258,10 @@ class RunSpec:
                 f"--imbalance is a max/min class-size ratio >= 1, got {self.imbalance:g}"
             )
 
+    def train_cap(self, dataset: str) -> int | None:
+        """The cap on training points of ``dataset``: its own if given, else ``max_train``."""
+        return self.max_train_by_dataset.get(dataset, self.max_train)
+
     @property
     def budget_obj(self) -> Budget:
         return Budget.parse(self.budget)
@@ -253,6 +271,7 @@ class RunSpec:
         data = asdict(self)
         data["params"] = {k: dict(v) for k, v in self.params.items()}
         data["data_fingerprints"] = dict(self.data_fingerprints)
+        data["max_train_by_dataset"] = dict(self.max_train_by_dataset)
         return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
 
     @classmethod
@@ -270,6 +289,8 @@ class RunSpec:
             del data["data_fingerprints"]
         if data["id_column"] is None:  # so do runs without an id column
             del data["id_column"]
+        if not data["max_train_by_dataset"]:  # and runs with one cap for every dataset
+            del data["max_train_by_dataset"]
         # Runs with the default metrics keep the hash they had before --metrics existed.
         if tuple(data["metrics"]) == DEFAULT_METRICS:
             del data["metrics"]
@@ -498,6 +519,51 @@ def _as_int(key: str, value: Any, optional: bool = False) -> int | None:
     return value
 
 
+def _as_caps(value: Any) -> tuple[bool, int | None, dict[str, int | None]]:
+    """One source's ``max_train``: (whether it sets the default cap, that cap, per-dataset caps).
+
+    Accepts a whole number or "none" (every dataset), a mapping ``{dataset: cap}`` whose key
+    ``"*"`` is the default, or the command line's "250,fashion-mnist=2000,synthetic=none".
+    """
+    if isinstance(value, Mapping):
+        items = [(str(k), v) for k, v in value.items()]
+    elif isinstance(value, str) and ("=" in value or "," in value):
+        items = []
+        for part in filter(None, (p.strip() for p in value.split(","))):
+            name, eq, cap = part.partition("=")
+            items.append((name.strip(), cap.strip()) if eq else ("*", name))
+    else:
+        return True, _as_int("max_train", value, optional=True), {}
+    has_default, default, per = False, None, {}
+    for name, cap in items:
+        number = _as_int(f"max_train {name}" if name != "*" else "max_train", cap, optional=True)
+        if name == "*":
+            has_default, default = True, number
+        else:
+            per[name] = number
+    return has_default, default, per
+
+
+def _merge_caps(
+    values: Sequence[Any], datasets: Sequence[str], from_preset: bool
+) -> tuple[int | None, dict[str, int | None]]:
+    """Merge ``max_train`` from preset < config < flags: later defaults and entries win.
+
+    A preset's per-dataset caps apply only to the datasets the run selects (the user may have
+    chosen others); a cap the user names for a dataset outside the run is refused later.
+    """
+    default: int | None = None
+    per: dict[str, int | None] = {}
+    for i, value in enumerate(values):
+        has_default, cap, caps = _as_caps(value)
+        if has_default:
+            default = cap
+        if i == 0 and from_preset:
+            caps = {k: v for k, v in caps.items() if k in datasets}
+        per.update(caps)
+    return default, per
+
+
 def _as_float_or_none(key: str, value: Any) -> float | None:
     if value is None or value in ("none", ""):
         return None
@@ -524,7 +590,9 @@ def build_spec(
     preset = preset or config.get("preset") or DEFAULT_PRESET
     if not isinstance(preset, str) or preset not in PRESETS:
         raise UsageError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")
+    sources = (PRESETS[preset], config, overrides)
     merged: dict[str, Any] = {**PRESETS[preset], **config, **overrides, "preset": preset}
+    merged.setdefault("methods", "all")  # a preset may name its methods; else every one
     merged.pop("out", None)
     merged.pop("data_dir", None)
     params: dict[str, dict[str, Any]] = {k: dict(v) for k, v in config.get("params", {}).items()}
@@ -543,7 +611,12 @@ def build_spec(
         elif key in ("seeds", "root_seed", "random_repeats", "jobs", "lds_subsets"):
             kwargs[key] = _as_int(key, value)
         elif key == "max_train":
-            kwargs[key] = _as_int(key, value, optional=True)
+            caps = _merge_caps(
+                [src["max_train"] for src in sources if "max_train" in src],
+                kwargs.get("datasets") or _as_names("datasets", merged["datasets"]),
+                from_preset="max_train" in PRESETS[preset],
+            )
+            kwargs["max_train"], kwargs["max_train_by_dataset"] = caps
         elif key in ("timeout", "max_memory_mb"):
             kwargs[key] = _as_float_or_none(key, value)
         elif key == "imbalance":

@@ -317,6 +317,12 @@ def _split(item: Any) -> tuple[Any, dict[str, Any]]:
 # --- methods ----------------------------------------------------------------------------
 
 
+def _named(*checks: Check) -> Iterator[tuple[str, Check]]:
+    """``(name, check)`` pairs, each named after its function."""
+    for check in checks:
+        yield check.__name__, check
+
+
 def _run(method: Method, task: ValuationTask, budget: Budget, seed: int = 0) -> Valuation:
     ctx = RunContext.for_task(task, seed=seed, budget=budget, fractions=CHECK_FRACTIONS)
     out = method.value(task, ctx)
@@ -433,15 +439,17 @@ def method_checks(
     def name_matches_entry_point() -> None:
         _check_entry_point_name(cls, METHODS_GROUP)
 
-    yield "params_round_trip", params_round_trip
-    yield "params_refuse_invalid", params_refuse_invalid
-    yield "scores_valid", scores_valid
-    yield "selections_at_run_fractions", selections_at_run_fractions
-    yield "stats_json", stats_json
-    yield "deterministic_given_rng", deterministic_given_rng
-    yield "does_not_read_test_or_noise", does_not_read_test_or_noise
-    yield "honours_fit_budget", honours_fit_budget
-    yield "name_matches_entry_point", name_matches_entry_point
+    yield from _named(
+        params_round_trip,
+        params_refuse_invalid,
+        scores_valid,
+        selections_at_run_fractions,
+        stats_json,
+        deterministic_given_rng,
+        does_not_read_test_or_noise,
+        honours_fit_budget,
+        name_matches_entry_point,
+    )
 
 
 def check_method(
@@ -619,15 +627,17 @@ def dataset_checks(
     def name_matches_entry_point() -> None:
         _check_entry_point_name(cls, DATASETS_GROUP)
 
-    yield "params_round_trip", params_round_trip
-    yield "params_refuse_invalid", params_refuse_invalid
-    yield "available_is_bool", available_is_bool
-    yield "load_returns_valid_splits", load_returns_valid_splits
-    yield "respects_max_train", respects_max_train
-    yield "deterministic_given_seed", deterministic_given_seed
-    yield "other_seed_other_split", other_seed_other_split
-    yield "relabel_called_once", relabel_called_once
-    yield "name_matches_entry_point", name_matches_entry_point
+    yield from _named(
+        params_round_trip,
+        params_refuse_invalid,
+        available_is_bool,
+        load_returns_valid_splits,
+        respects_max_train,
+        deterministic_given_seed,
+        other_seed_other_split,
+        relabel_called_once,
+        name_matches_entry_point,
+    )
 
 
 def check_dataset(

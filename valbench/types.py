@@ -43,6 +43,8 @@ __all__ = [
     "InvalidValuation",
     "subset_size",
     "Method",
+    "Claim",
+    "CLAIM_KINDS",
     "ProgressFn",
     "DatasetSplits",
     "Dataset",
@@ -639,6 +641,50 @@ class _Parameterised:
         return stored_params(self)
 
 
+CLAIM_KINDS: dict[str, str] = {
+    "higher-subset-value": "the method's subsets are worth more than the best other method's at "
+    "every dataset and fraction",
+    "subset-value-gain": "on some dataset and fraction, the method's subsets are worth about "
+    "`threshold` % more than the best other method's",
+    "mislabel-detection": "the method finds more planted label flips than random inspection",
+    "comparable-runtime": "the method's CPU time is within a factor `threshold` of the median "
+    "valuation method's (or below it)",
+}
+"""The kinds of published claim the report can check from a run's numbers, and what each means."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A claim of a method's paper that a run can confirm or refute, declared on the Method class.
+
+    ``text`` quotes the paper, ``source`` says where (e.g. "Das et al. 2021, abstract"); methods
+    declaring claims with the same ``source`` are variants of one paper and are never each
+    other's competitors. ``kind`` is one of :data:`CLAIM_KINDS`; ``threshold`` is the kind's
+    number (percent gain for ``subset-value-gain``, a factor for ``comparable-runtime``).
+    """
+
+    text: str
+    source: str
+    kind: str
+    threshold: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in CLAIM_KINDS:
+            raise ValueError(f"claim kind {self.kind!r} is not one of {sorted(CLAIM_KINDS)}")
+        if self.kind == "subset-value-gain" and not self.threshold > 0:
+            raise ValueError("a subset-value-gain claim needs a threshold > 0 (percent)")
+        if self.kind == "comparable-runtime" and not self.threshold >= 1:
+            raise ValueError("a comparable-runtime claim needs a threshold >= 1 (a factor)")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "source": self.source,
+            "kind": self.kind,
+            "threshold": self.threshold,
+        }
+
+
 class Method(_Parameterised, abc.ABC):
     """Base class of every valuation method (scikit-learn style parameters).
 
@@ -666,6 +712,8 @@ class Method(_Parameterised, abc.ABC):
     #: written for logreg and the MLP; the harness declines its other cells as ``skipped``
     #: (``CellSkipped``) before calling :meth:`value`.
     architectures: ClassVar[tuple[str, ...] | None] = ("logreg", "mlp")
+    #: Claims of the method's paper the report checks against the run's numbers.
+    claims: ClassVar[tuple[Claim, ...]] = ()
     _param_kind = "method"
 
     @classmethod

@@ -190,13 +190,13 @@ def build_task_with_provenance(
         splits, noisy, given = _load_relabelled(
             noise_cell,
             spec.root_seed,
-            spec.max_train,
+            spec.train_cap(cell.dataset),
             spec.imbalance,
             spec.noise_model,
             params_json,
         )
     else:
-        clean = _load_splits(cell.dataset, data_seed, spec.max_train, params_json)
+        clean = _load_splits(cell.dataset, data_seed, spec.train_cap(cell.dataset), params_json)
         relabel, out = _relabeller(noise_cell, spec.root_seed, spec.imbalance, spec.noise_model)
         splits = clean.with_train(*relabel(clean.y_train, clean.n_classes))
         noisy, given = out["noisy"], out["given"]

@@ -51,22 +51,30 @@ def closed_form_selection(do: torch.Tensor, k: int) -> torch.Tensor:
     return order[:k]
 
 
-def lp_closed_form(dn: torch.Tensor, do: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def lp_closed_form(
+    dn: torch.Tensor, do: torch.Tensor, k: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The optimum (``Zn``, ``Zo``) of the budgeted assignment LP, computed without a solver.
 
-    Self-assignment costs ``Dn_ii = 0`` and one unit of budget; every other row's cheapest option
-    without budget is its nearest existing point. So the budget is best spent on the ``k`` rows
-    whose nearest existing point is farthest.
+    Self-assignment costs ``Dn_ii = 0`` and one unit of budget per unit of mass; every other
+    row's cheapest option without budget is its nearest existing point. So the budget is best
+    spent on the rows whose nearest existing point is farthest: ``⌊k⌋`` of them assign to
+    themselves and, for a fractional ``k``, the next one puts its remaining ``k − ⌊k⌋`` there.
     """
     b, e = do.shape
-    chosen = closed_form_selection(do, k)
+    k = max(0.0, min(float(k), float(b)))
+    full = math.floor(k + 1e-12)
+    part = k - full if k - full > 1e-12 else 0.0
+    order = closed_form_selection(do, b)
     zn = torch.zeros(b, b, dtype=torch.float64)
     zo = torch.zeros(b, e, dtype=torch.float64)
-    zn[chosen, chosen] = 1.0
-    rest = torch.ones(b, dtype=torch.bool)
-    rest[chosen] = False
-    rows = torch.nonzero(rest).flatten()
-    zo[rows, do.detach()[rows].argmin(dim=1)] = 1.0
+    self_mass = torch.zeros(b, dtype=torch.float64)
+    self_mass[order[:full]] = 1.0
+    if part and full < b:
+        self_mass[order[full]] = part
+    rows = torch.arange(b)
+    zn[rows, rows] = self_mass
+    zo[rows, do.detach().argmin(dim=1)] = 1.0 - self_mass
     return zn, zo
 
 

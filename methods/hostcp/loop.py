@@ -1,13 +1,23 @@
 """The online HOST-CP loop shared by every variant (one run = one selection fraction).
 
-Per mini-batch of B incoming points: embed them with the selection model φ (Linear → ReLU →
-BatchNorm over θ's hidden layer, or the features for logreg), retrieve up to E nearest neighbours
-among the points already selected this epoch (exact search in torch), solve the per-batch program
-(:mod:`.layers`) for the representativeness ``r_j``, select ``k_t`` points and weight them
-``s_j = r_j / max selected r``; take the look-ahead step θ̂ = θ − η Σ s_j ∇ℓ_j(θ) with true
-per-sample gradients (closed form, checked against ``torch.func.vmap(grad)``), back-propagate
-the validation loss of θ̂ into φ, then update θ and φ with weight decay. The subset is the
-points selected in the last epoch.
+The authors' training loop, step by step. The training points are visited in their fixed order
+(no reshuffling), in mini-batches of B. For each batch:
+
+1. θ's embedding of the batch (:meth:`ThetaModel.embed`, the seam a deep backbone plugs into)
+   is embedded by the selection model φ = Linear → ReLU → BatchNorm (batch statistics);
+2. the existing set is the embeddings of the points selected so far this epoch, stored when
+   they were selected; E of them are retrieved by the authors' neighbour rule
+   (:func:`retrieve`), or E zero vectors while the set is empty;
+3. the per-batch program (:mod:`.layers`) on ``D^n`` (incoming-incoming distances) and
+   ``D^o`` (incoming-existing) with budget ``f·m`` (m = the batch's size) gives the
+   representativeness ``r_j`` (column sums of ``Zn``); for the LP, points with ``r_j`` above
+   the threshold are selected and weighted ``s_j = r_j / max r`` (0 for the others);
+4. look-ahead θ̂ = θ − η Σ_j s_j ∇ℓ_j(θ), with the summed validation loss of θ̂
+   back-propagated into φ (through ``s`` and the program);
+5. θ ← θ − η (Σ_j s_j ∇ℓ_j(θ) + λθ) and φ ← φ − η_φ (∇φ + λφ), weight decay λ on every
+   parameter.
+
+The native subset is the points selected in the last epoch.
 """
 
 from __future__ import annotations
@@ -23,18 +33,32 @@ import torch
 
 from valbench.types import ValuationTask
 
-from .layers import closed_form_selection, ds3_solve, entropic_assign, lp_closed_form, lp_layer
+from .layers import ds3_solve, entropic_assign, lp_closed_form, lp_layer
 
 __all__ = [
+    "GRAD_SUMS",
     "LoopConfig",
+    "PHI_NORMS",
+    "Phi",
     "RunResult",
     "ThetaModel",
+    "VAL_BATCH",
     "per_sample_grads",
     "per_sample_grads_func",
+    "retrieve",
     "run_online",
+    "selection_weights",
 ]
 
 MODES = ("lp", "fast", "smooth", "ds3")
+#: How θ's step sums the per-sample gradients: ``"per-sample"`` is Σ_j s_j ∇ℓ_j (the paper's
+#: update); ``"cumulative"`` is what the authors' code computes (it never zeroes ``.grad``
+#: between the per-sample ``backward()`` calls, so ∇ℓ_j is weighted by Σ_{l >= j} s_l).
+GRAD_SUMS = ("per-sample", "cumulative")
+#: φ's BatchNorm statistics: each batch's own (the original) or running averages.
+PHI_NORMS = ("batch", "running")
+#: Validation points per look-ahead batch: the original sums the mean loss of batches of 1000.
+VAL_BATCH = 1000
 _DT = torch.float64  # the problems are tiny; float64 keeps layers and checks exact
 
 
@@ -45,28 +69,44 @@ class LoopConfig:
     mode: str = "lp"
     batch_size: int = 40
     n_existing: int = 40
-    epochs: int = 3
-    lr: float = 0.1
-    lr_phi: float = 0.01
+    epochs: int = 5
+    lr: float = 1e-3
+    lr_phi: float = 1e-3
     weight_decay: float = 5e-4
     threshold: float = 0.9
     embed_dim: int = 100
     solver: str = "ECOS"
     eps: float = 0.05
     learn_phi: bool = True
+    grad_sum: str = "per-sample"
+    phi_norm: str = "batch"
 
 
 @dataclass
 class RunResult:
-    """What one run produced: last-epoch selection, per-point scores and diagnostics."""
+    """What one run produced: last-epoch selection, per-point scores and diagnostics.
+
+    ``epoch_selections[e]`` is every point selected in epoch ``e``, in selection order;
+    ``theta`` and ``phi`` are the final parameters.
+    """
 
     selected: np.ndarray
     scores: np.ndarray
     stats: dict[str, Any] = field(default_factory=dict)
+    epoch_selections: list[np.ndarray] = field(default_factory=list)
+    theta: dict[str, torch.Tensor] = field(default_factory=dict)
+    phi: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class ThetaModel:
-    """θ as a functional model: logistic regression or a one-hidden-layer ReLU MLP."""
+    """θ as a functional model: logistic regression or a one-hidden-layer ReLU MLP.
+
+    The seam between θ and the selection model is :meth:`embed`, the original's ``extractor``:
+    θ's layers but the last, applied without the activations its ``forward`` adds (the
+    original builds it as ``nn.Sequential`` of the network's child modules, which drops the
+    functional ReLUs). For the MLP that is the hidden layer before its ReLU; for logistic
+    regression, which has no layer but the last, it is the features themselves.
+    """
 
     def __init__(self, task: ValuationTask) -> None:
         kind = task.model.kind
@@ -75,21 +115,24 @@ class ThetaModel:
         self.kind = kind if kind in ("logreg", "mlp") else "logreg"
         self.params = {k: v[0].to(_DT).clone() for k, v in init.tensors.items()}
 
+    @property
+    def embed_dim(self) -> int:
+        """Width of :meth:`embed`'s output (φ's input)."""
+        return int(
+            self.params["W"].shape[0] if self.kind == "logreg" else self.params["W1"].shape[1]
+        )
+
     def logits(self, p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         """Class logits of ``x`` (n, d) under parameters ``p``."""
         if self.kind == "logreg":
             return x @ p["W"] + p["b"]
         return torch.relu(x @ p["W1"] + p["b1"]) @ p["W2"] + p["b2"]
 
-    def hidden(self, x: torch.Tensor) -> torch.Tensor:
-        """The representation φ embeds: θ's hidden layer (MLP) or the features (logreg)."""
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """θ's embedding of ``x`` that φ reads, under the current parameters (detached)."""
         if self.kind == "logreg":
             return x
-        return torch.relu(x @ self.params["W1"] + self.params["b1"]).detach()
-
-    def weight_names(self) -> list[str]:
-        """Parameters that take weight decay (biases excluded, as in the evaluation model)."""
-        return [k for k in self.params if k.startswith("W")]
+        return (x @ self.params["W1"] + self.params["b1"]).detach()
 
 
 def per_sample_grads(
@@ -131,57 +174,81 @@ def per_sample_grads_func(
     return out
 
 
-class _Phi:
-    """The selection model g_φ: Linear → ReLU → BatchNorm, functional.
+class Phi:
+    """The selection model φ: Linear → ReLU → BatchNorm1d, functional.
 
-    BatchNorm normalises with *running* statistics (momentum 0.1, started from the first batch)
-    rather than each batch's own: with per-batch statistics the same point embeds differently
-    in different batches, so incoming and existing points would not be comparable.
+    ``norm="batch"`` is the original (BatchNorm in training mode): every batch is normalised
+    by its own statistics (biased variance, ε = 1e-5). ``norm="running"`` normalises by
+    running statistics instead (momentum 0.1, started from the first batch, not
+    differentiated), so a point embeds the same whichever batch it arrives in. The Linear
+    layer starts from ``torch.nn.Linear``'s initialisation (uniform in ±1/√d_in), drawn from
+    ``gen``; γ = 1, β = 0.
     """
 
-    def __init__(self, d_in: int, dim: int, gen: torch.Generator) -> None:
+    def __init__(self, d_in: int, dim: int, gen: torch.Generator, norm: str = "batch") -> None:
+        if norm not in PHI_NORMS:
+            raise ValueError(f"norm must be one of {PHI_NORMS}, got {norm!r}")
         bound = 1.0 / math.sqrt(d_in)
+        self.norm = norm
         self.params = {
             "W": ((torch.rand(d_in, dim, generator=gen, dtype=_DT) * 2 - 1) * bound),
             "b": ((torch.rand(dim, generator=gen, dtype=_DT) * 2 - 1) * bound),
             "gamma": torch.ones(dim, dtype=_DT),
             "beta": torch.zeros(dim, dtype=_DT),
         }
-        self.mean: torch.Tensor | None = None
-        self.var: torch.Tensor | None = None
+        self.running: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def __call__(self, h: torch.Tensor, update: bool = False) -> torch.Tensor:
+    def __call__(self, h: torch.Tensor) -> torch.Tensor:
         z = torch.relu(h @ self.params["W"] + self.params["b"])
-        if update:
-            with torch.no_grad():
-                mean, var = z.mean(dim=0), z.var(dim=0, unbiased=False)
-                if self.mean is None or self.var is None:
-                    self.mean, self.var = mean, var
-                else:
-                    self.mean = 0.9 * self.mean + 0.1 * mean
-                    self.var = 0.9 * self.var + 0.1 * var
-        assert self.mean is not None and self.var is not None
-        scale = self.params["gamma"] / torch.sqrt(self.var + 1e-5)
-        return scale * (z - self.mean) + self.params["beta"]
+        mean, var = z.mean(dim=0), z.var(dim=0, unbiased=False)
+        if self.norm == "running":
+            mean, var = mean.detach(), var.detach()
+            if self.running is not None:
+                mean = 0.9 * self.running[0] + 0.1 * mean
+                var = 0.9 * self.running[1] + 0.1 * var
+            self.running = (mean, var)
+        return self.params["gamma"] * (z - mean) / torch.sqrt(var + 1e-5) + self.params["beta"]
 
 
-def _retrieve(incoming: torch.Tensor, existing: torch.Tensor, e: int) -> torch.Tensor:
-    """Indices (exactly ``e``) of existing points near the batch: every row's nearest first.
+def _cdist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    # Direct differences, not the matmul expansion: exact zeros on the diagonal, no cancellation.
+    return torch.cdist(a, b, compute_mode="donot_use_mm_for_euclid_dist")
 
-    Exact search: each incoming point's nearest existing point is always included, so the
-    distance to the nearest retrieved point equals the true nearest-neighbour distance; the
-    rest are filled by closeness to the batch, and a small set is repeated cyclically (a
-    duplicate column changes no optimum).
+
+def retrieve(incoming: torch.Tensor, existing: torch.Tensor, e: int) -> torch.Tensor:
+    """Rows of ``existing`` (sorted indices) that form ``D^o``, by the authors' rule.
+
+    Each incoming point's ``e`` nearest existing points are listed (exact search); the result is
+    the first ``e`` distinct indices met when reading the lists rank by rank (every point's
+    nearest first, then every point's second nearest, ...). With fewer than ``e`` existing
+    points the lists are padded with ``-1``, as FAISS pads them, and the original's ``-1``
+    reads the last existing point, which so appears twice. One existing point is used as it is.
     """
-    dist = torch.cdist(incoming, existing)
-    nearest = torch.unique(dist.argmin(dim=1))
-    closeness = dist.min(dim=0).values
-    order = torch.sort(closeness, stable=True).indices
-    rest = order[~torch.isin(order, nearest)]
-    idx = torch.cat([nearest, rest])[:e]
-    if idx.numel() < e:
-        idx = idx.repeat(math.ceil(e / idx.numel()))[:e]
-    return idx
+    n_pool = existing.shape[0]
+    if n_pool <= 1:
+        return torch.zeros(n_pool, dtype=torch.int64)
+    kk = min(e, n_pool)
+    order = torch.sort(_cdist(incoming, existing), dim=1, stable=True).indices[:, :kk]
+    if kk < e:
+        # Every point is somebody's neighbour here, then the -1 padding: all points and -1.
+        listed = torch.cat([torch.full((1,), -1), torch.unique(order)])
+    else:
+        flat = order.T.reshape(-1).tolist()  # rank by rank, incoming points in batch order
+        seen: dict[int, None] = {}
+        for i in flat:
+            seen.setdefault(i, None)
+            if len(seen) == e:
+                break
+        listed = torch.tensor(sorted(seen), dtype=torch.int64)
+    return torch.where(listed < 0, n_pool - 1, listed)
+
+
+def _fill_columns(near: torch.Tensor, e: int) -> torch.Tensor:
+    """Repeat existing columns cyclically up to ``e`` (a duplicate column changes no optimum)."""
+    if near.shape[0] >= e:
+        return near
+    reps = math.ceil(e / near.shape[0])
+    return near.repeat(reps, 1)[:e]
 
 
 def _pad(dn: torch.Tensor, do: torch.Tensor, b: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -201,16 +268,48 @@ def _pad(dn: torch.Tensor, do: torch.Tensor, b: int) -> tuple[torch.Tensor, torc
     return dn_p, torch.cat([do, pad_o], 0)
 
 
+def selection_weights(r: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The original's weights and selection from the representativeness ``r``.
+
+    ``s = r / max r`` where ``r > threshold`` and 0 elsewhere (the maximum differentiated too);
+    selected are the points whose weight exceeds the batch's smallest weight, which is the
+    points above the threshold unless every point of the batch is.
+    """
+    sv = torch.where(r > threshold, r, torch.zeros_like(r))
+    top = sv.max()
+    s = sv / top if float(top.detach()) != 0.0 else sv
+    chosen = torch.nonzero(s.detach() > s.detach().min()).flatten()
+    return s, chosen
+
+
+def _val_loss(
+    theta: ThetaModel, params: dict[str, torch.Tensor], xv: torch.Tensor, yv: torch.Tensor
+) -> torch.Tensor:
+    """Sum over validation batches of ``VAL_BATCH`` of their mean cross-entropy."""
+    total = torch.zeros((), dtype=_DT)
+    for start in range(0, len(yv), VAL_BATCH):
+        xs, ys = xv[start : start + VAL_BATCH], yv[start : start + VAL_BATCH]
+        total = total + torch.nn.functional.cross_entropy(theta.logits(params, xs), ys)
+    return total
+
+
 def run_online(
     task: ValuationTask,
     fraction: float,
     cfg: LoopConfig,
     rng: np.random.Generator,
     deadline: Callable[[], bool] | None = None,
+    phi_init: dict[str, torch.Tensor] | None = None,
 ) -> RunResult:
-    """One HOST-CP run at selection fraction ``fraction``; counts as one θ training run."""
+    """One HOST-CP run at selection fraction ``fraction``; counts as one θ training run.
+
+    ``rng`` draws φ's initialisation only (the data order is fixed); ``phi_init`` replaces
+    that draw (tests hand the same φ to a reference implementation).
+    """
     if cfg.mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {cfg.mode!r}")
+    if cfg.grad_sum not in GRAD_SUMS:
+        raise ValueError(f"grad_sum must be one of {GRAD_SUMS}, got {cfg.grad_sum!r}")
     task.fit_counter.add(1)  # θ is trained once per run
     gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
     n = task.n_train
@@ -220,11 +319,12 @@ def run_online(
     yv = torch.as_tensor(task.y_val, dtype=torch.int64)
 
     theta = ThetaModel(task)
-    d_in = task.n_features if theta.kind == "logreg" else theta.params["W1"].shape[1]
-    phi = _Phi(d_in, cfg.embed_dim, gen)
+    phi = Phi(theta.embed_dim, cfg.embed_dim, gen, cfg.phi_norm)
+    if phi_init is not None:
+        phi.params = {k: v.to(_DT).clone() for k, v in phi_init.items()}
     b_max, e_max = cfg.batch_size, cfg.n_existing
-    # Only the faithful and smooth programs pass a gradient to φ (the others are LPs whose
-    # derivative is zero almost everywhere, so their look-ahead would be wasted work).
+    # Only the faithful and smooth programs pass a gradient to φ (the others have none, so
+    # their look-ahead would be wasted work; φ still takes its weight decay).
     wants_grad = cfg.learn_phi and cfg.mode in ("lp", "smooth") and len(yv) > 0
 
     weights = np.zeros((cfg.epochs, n))
@@ -233,126 +333,114 @@ def run_online(
     objectives: list[float] = []
     phi_grad_norms: list[float] = []
     frac_per_epoch: list[float] = []
-    last_selected = np.zeros(0, dtype=np.int64)
+    epoch_selections: list[np.ndarray] = []
     epochs_done = 0
 
     for epoch in range(cfg.epochs):
         if deadline is not None and epoch > 0 and deadline():
             break
-        order = rng.permutation(n)
-        existing: list[np.ndarray] = []  # indices selected so far this epoch
+        existing: list[torch.Tensor] = []  # embeddings of this epoch's selected points
         selected_epoch: list[np.ndarray] = []
         for start in range(0, n, b_max):
-            idx = order[start : start + b_max]
+            idx = np.arange(start, min(start + b_max, n))
             m = len(idx)
-            # Budgets summing to floor(f * n) over the epoch, not floor(f * B) per batch.
-            k = math.floor(fraction * (start + m) + 1e-9) - math.floor(fraction * start + 1e-9)
+            budget = fraction * m  # the original's ``fraction * D_in``
             xb, yb = x[idx], y[idx]
             for p in phi.params.values():
                 p.requires_grad_(wants_grad)
-            emb = phi(theta.hidden(xb), update=True)
+            emb = phi(theta.embed(xb))
             if existing:
-                # Existing points are re-embedded with the current θ and φ (the original keeps
-                # stale embeddings in its index), detached: only incoming points carry gradient.
-                with torch.no_grad():
-                    pool = phi(theta.hidden(x[np.concatenate(existing)]))
-                near = pool[_retrieve(emb.detach(), pool, e_max)]
+                pool = torch.cat(existing)
+                near = pool[retrieve(emb.detach(), pool, e_max)]
             else:
                 near = torch.zeros(e_max, emb.shape[1], dtype=_DT)  # the original's empty set
-            dn = torch.cdist(emb, emb)
-            do = torch.cdist(emb, near)
+            dn = _cdist(emb, emb)
+            do = _cdist(emb, near)
 
             tic = time.perf_counter()
-            if cfg.mode == "fast":
-                chosen = closed_form_selection(do, k)
-                zn, zo = lp_closed_form(dn.detach(), do.detach(), k)
-                r = zn.sum(dim=0)
-            elif cfg.mode == "lp":
-                dn_p, do_p = _pad(dn, do, b_max)
-                layer = lp_layer(b_max, e_max, cfg.solver)
-                if wants_grad:
-                    zn, zo = layer(dn_p, do_p, k)
+            if cfg.mode in ("fast", "lp"):
+                if cfg.mode == "fast":
+                    zn, zo = lp_closed_form(dn.detach(), do.detach(), budget)
                 else:
-                    with torch.no_grad():
-                        zn, zo = layer(dn_p.detach(), do_p.detach(), k)
-                zn, zo = zn[:m, :m], zo[:m]
-                r = zn.sum(dim=0)
-                # Interior-point solutions sit within ~1e-8 of the LP's 0/1 vertex; snap such
-                # values (keeping the gradient path) so solver noise cannot reorder ties.
-                snap = torch.round(r.detach())
-                r = r + torch.where((r.detach() - snap).abs() < 1e-6, snap - r.detach(), 0.0)
-                chosen = torch.nonzero(r.detach() > cfg.threshold).flatten()
-            elif cfg.mode == "smooth":
-                # ε is relative to the typical nearest-existing distance, so it is scale-free.
-                scale = float(do.detach().min(dim=1).values.mean().clamp(min=1e-12))
-                zn, zo, _ = entropic_assign(dn, do, k, cfg.eps * scale)
-                r = zn.sum(dim=0)
-                chosen = torch.sort(-r.detach(), stable=True).indices[:k]
-            else:  # ds3
-                zn_np, zo_np, t = ds3_solve(dn.detach().numpy(), do.detach().numpy(), k)
-                zn, zo = torch.from_numpy(zn_np), torch.from_numpy(zo_np)
-                r = zn.sum(dim=0)
-                # Representatives are the columns the program opened (t_j), ties by mass.
-                key = torch.from_numpy(t) + 1e-6 * r
-                chosen = torch.sort(-key, stable=True).indices[:k]
-                chosen = chosen[torch.from_numpy(t)[chosen] > 1e-6]
+                    do = _fill_columns(do.T, e_max).T
+                    dn_p, do_p = _pad(dn, do, b_max)
+                    layer = lp_layer(b_max, e_max, cfg.solver)
+                    if wants_grad:
+                        zn, zo = layer(dn_p, do_p, budget)
+                    else:
+                        with torch.no_grad():
+                            zn, zo = layer(dn_p.detach(), do_p.detach(), budget)
+                    zn, zo = zn[:m, :m], zo[:m]
+                r = zn.abs().sum(dim=0)
+                s, chosen = selection_weights(r, cfg.threshold)
+            else:
+                k = math.floor(budget + 1e-9)
+                if cfg.mode == "smooth":
+                    # ε is relative to the typical nearest-existing distance, so it is scale-free.
+                    scale = float(do.detach().min(dim=1).values.mean().clamp(min=1e-12))
+                    zn, zo, _ = entropic_assign(dn, do, budget, cfg.eps * scale)
+                    r = zn.sum(dim=0)
+                    chosen = torch.sort(-r.detach(), stable=True).indices[:k]
+                else:  # ds3
+                    zn_np, zo_np, t = ds3_solve(dn.detach().numpy(), do.detach().numpy(), budget)
+                    zn, zo = torch.from_numpy(zn_np), torch.from_numpy(zo_np)
+                    r = zn.sum(dim=0)
+                    # Representatives are the columns the program opened (t_j), ties by mass.
+                    key = torch.from_numpy(t) + 1e-6 * r
+                    chosen = torch.sort(-key, stable=True).indices[:k]
+                    chosen = chosen[torch.from_numpy(t)[chosen] > 1e-6]
+                mask = torch.zeros(m, dtype=_DT)
+                mask[chosen] = 1.0
+                r_sel = r * mask
+                top = r_sel.max()
+                s = r_sel / top if len(chosen) and float(top.detach()) > 0 else r_sel
             solve_times.append(time.perf_counter() - tic)
             objectives.append(
                 float((dn.detach() * zn.detach()).sum() + (do.detach() * zo.detach()).sum())
             )
 
-            mask = torch.zeros(m, dtype=_DT)
-            mask[chosen] = 1.0
-            if len(chosen):
-                r_sel = r * mask
-                s = r_sel / r_sel.detach().max().clamp(min=1e-12)
-            else:
-                s = torch.zeros(m, dtype=_DT)
-
             g = per_sample_grads(theta, theta.params, xb, yb)
-            # A weighted mean (not the original's sum) so the step size does not depend on f.
-            norm = max(float(s.detach().sum()), 1.0)
-            if wants_grad and s.requires_grad:
-                look = {
-                    k_: theta.params[k_] - cfg.lr * torch.einsum("j,j...->...", s, g[k_]) / norm
-                    for k_ in theta.params
-                }
-                val_loss = torch.nn.functional.cross_entropy(theta.logits(look, xv), yv)
-                grads = torch.autograd.grad(val_loss, list(phi.params.values()), allow_unused=True)
-                gnorm = 0.0
-                with torch.no_grad():
-                    for p, gp in zip(phi.params.values(), grads, strict=True):
-                        if gp is None:
-                            continue
-                        gnorm += float(gp.pow(2).sum())
-                        decay = cfg.weight_decay * p if p.ndim > 1 else 0.0
-                        p -= cfg.lr_phi * (gp + decay)
-                phi_grad_norms.append(math.sqrt(gnorm))
-            for p in phi.params.values():
-                p.requires_grad_(False)
-
-            sd = s.detach()
+            # The weight each per-sample gradient gets in θ's step (see GRAD_SUMS).
+            w = s if cfg.grad_sum == "per-sample" else s.flip(0).cumsum(0).flip(0)
+            step = {k_: torch.einsum("j,j...->...", w, g[k_]) for k_ in theta.params}
+            phi_grads: list[torch.Tensor | None] = [None] * len(phi.params)
+            if wants_grad and w.requires_grad:
+                look = {k_: theta.params[k_] - cfg.lr * step[k_] for k_ in theta.params}
+                phi_grads = list(
+                    torch.autograd.grad(
+                        _val_loss(theta, look, xv, yv),
+                        list(phi.params.values()),
+                        allow_unused=True,
+                    )
+                )
             with torch.no_grad():
-                decayed = set(theta.weight_names())
+                gnorm = 0.0
+                for (name, p), gp in zip(phi.params.items(), phi_grads, strict=True):
+                    d = cfg.weight_decay * p
+                    if gp is not None:
+                        gnorm += float(gp.pow(2).sum())
+                        d = d + gp
+                    phi.params[name] = (p - cfg.lr_phi * d).detach()
+                if wants_grad:
+                    phi_grad_norms.append(math.sqrt(gnorm))
                 for k_, v in theta.params.items():
-                    step = torch.einsum("j,j...->...", sd, g[k_]) / norm
-                    if k_ in decayed:
-                        step = step + cfg.weight_decay * v
-                    theta.params[k_] = v - cfg.lr * step
+                    theta.params[k_] = v - cfg.lr * (step[k_].detach() + cfg.weight_decay * v)
 
-            sel_idx = idx[chosen.numpy()]
-            weights[epoch, idx] = sd.numpy()
+            chosen_np = chosen.numpy()
+            sel_idx = idx[chosen_np]
+            weights[epoch, idx] = s.detach().numpy()
             reps[idx] += r.detach().numpy()
             selected_epoch.append(sel_idx)
-            if len(chosen):
-                existing.append(sel_idx)
-        last_selected = np.concatenate(selected_epoch) if selected_epoch else last_selected
-        frac_per_epoch.append(len(last_selected) / n)
+            if len(chosen_np):
+                existing.append(emb.detach()[chosen])
+        epoch_selections.append(np.concatenate(selected_epoch).astype(np.int64))
+        frac_per_epoch.append(len(epoch_selections[-1]) / n)
         epochs_done += 1
 
-    w = weights[:epochs_done]
+    w_ep = weights[:epochs_done]
     # Last-epoch weight first, then the weight averaged over epochs (both in [0, 1]).
-    scores = w[-1] + w.mean(axis=0) if epochs_done else np.zeros(n)
+    scores = w_ep[-1] + w_ep.mean(axis=0) if epochs_done else np.zeros(n)
+    last = epoch_selections[-1] if epoch_selections else np.zeros(0, dtype=np.int64)
     stats: dict[str, Any] = {
         "epochs": epochs_done,
         "solves": len(solve_times),
@@ -363,4 +451,11 @@ def run_online(
         "objective_mean": float(np.mean(objectives)) if objectives else 0.0,
         "mean_representativeness": float(reps.mean() / max(epochs_done, 1)),
     }
-    return RunResult(selected=last_selected.astype(np.int64), scores=scores, stats=stats)
+    return RunResult(
+        selected=last,
+        scores=scores,
+        stats=stats,
+        epoch_selections=epoch_selections,
+        theta=dict(theta.params),
+        phi=dict(phi.params),
+    )

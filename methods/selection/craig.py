@@ -47,7 +47,8 @@ class Craig(WeightedGreedySelector):
 
     Departures from the original: gradients at the converged all-data model rather than at
     every epoch during training; one greedy order per class for the largest fraction, smaller
-    fractions taking its prefixes (each prefix weighted by its own clusters).
+    fractions taking its prefixes (each prefix weighted by its own clusters). DeepCore's CRAIG
+    selects the same points but weighs each one cluster size + 1.
 
     A budgeted fit is the one full-data model whose gradients are clustered.
     """

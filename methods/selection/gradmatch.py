@@ -47,13 +47,16 @@ def omp(
     Each step adds the column most correlated with the residual (``|a_j · r|``, or the largest
     positive ``a_j · r`` when ``nonneg``), then refits the weights on the support by
     ``min ||a_S w - b||² + lam ||w||²`` (subject to ``w >= 0`` when ``nonneg``). Stops early
-    when ``||r|| <= tol ||b||``, when no column correlates positively (``nonneg``), or when the
-    next column is linearly dependent on the support (``lam = 0``). Returns the support in pick
-    order and its weights.
+    when ``||r|| <= tol ||b||``, when no column correlates positively (``nonneg``), or, without
+    ``nonneg``, when the next column is linearly dependent on the support (``lam = 0``: the
+    residual is then orthogonal to it). Returns the support in pick order and its weights.
 
     The unconstrained refit updates a Cholesky factor of ``a_Sᵀ a_S + lam I`` by one row per
     step (O(k²)); under ``nonneg`` that solution is kept when it is already non-negative (it is
-    then the constrained optimum) and otherwise replaced by NNLS on the factor.
+    then the constrained optimum) and otherwise replaced by NNLS on the factor. Under
+    ``nonneg`` a positively correlated column still lowers the residual when it is dependent
+    on the support (the support's cone need not hold ``b``'s projection), so it is added and
+    from then on each refit is NNLS on the support's columns themselves.
     """
     n = len(a) if isinstance(a, GradientRows) else a.shape[1]
     k = min(k, n)
@@ -66,6 +69,7 @@ def omp(
     weights = np.zeros(0)
     resid = b.copy()
     taken = np.zeros(n, dtype=bool)
+    direct = False  # the support's Gram matrix is singular: refit by NNLS on its columns
     while len(support) < k and float(np.linalg.norm(resid)) > tol * b_norm:
         corr = _correlate(a, resid)
         score = corr if nonneg else np.abs(corr)
@@ -75,22 +79,31 @@ def omp(
             break
         s = len(support)
         col = _atoms(a, [j])[:, 0]
-        cross = picked[:, :s].T @ col if s else np.zeros(0)
-        row = solve_triangular(chol[:s, :s], cross, lower=True) if s else cross
-        diag = float(col @ col) + lam - float(row @ row)
-        if not diag > 1e-12 * (float(col @ col) + lam):
-            break  # dependent on the support: adding it cannot lower the residual
-        chol[s, :s] = row
-        chol[s, s] = np.sqrt(diag)
-        atb[s] = float(col @ b)
+        if not direct:
+            cross = picked[:, :s].T @ col if s else np.zeros(0)
+            row = solve_triangular(chol[:s, :s], cross, lower=True) if s else cross
+            diag = float(col @ col) + lam - float(row @ row)
+            if not diag > 1e-12 * (float(col @ col) + lam):
+                if not nonneg:
+                    break  # dependent on the support: the residual is orthogonal to it
+                direct = True
+            else:
+                chol[s, :s] = row
+                chol[s, s] = np.sqrt(diag)
+                atb[s] = float(col @ b)
+        if direct and not score[j] > 1e-10 * float(np.linalg.norm(col) * np.linalg.norm(resid)):
+            break  # correlated by rounding only
         support.append(j)
         picked[:, s] = col
         taken[j] = True
-        factor = chol[: s + 1, : s + 1]
-        half = solve_triangular(factor, atb[: s + 1], lower=True)
-        weights = solve_triangular(factor.T, half, lower=False)
-        if nonneg and weights.min() < 0:
-            weights = nnls(factor.T, half)[0]
+        if direct:
+            weights = ridge_nnls(picked[:, : s + 1], b, lam)
+        else:
+            factor = chol[: s + 1, : s + 1]
+            half = solve_triangular(factor, atb[: s + 1], lower=True)
+            weights = solve_triangular(factor.T, half, lower=False)
+            if nonneg and weights.min() < 0:
+                weights = nnls(factor.T, half)[0]
         resid = b - picked[:, : s + 1] @ weights
         if stopper is not None and stopper.step():
             break

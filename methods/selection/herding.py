@@ -102,10 +102,13 @@ class Herding(GreedySelector):
     Departures from the originals: selection without replacement from the finite set (herding
     samples with replacement from a distribution); the pick minimises the discrepancy itself,
     which adds ``-k(x, x)/2`` to Chen et al.'s kernel-herding criterion: the same rule for the
-    RBF kernel (constant diagonal), and DeepCore's Euclidean herding for the linear kernel
-    (the default, on the embeddings). The RBF ``gamma`` defaults to ``1 / d`` (standardised
-    features). Global by default; ``per_class=True`` herds each class to its own mean with
-    class-proportional quotas (DeepCore's ``balance``).
+    RBF kernel (constant diagonal), and the Euclidean herding DeepCore describes for the
+    linear kernel (the default, on the embeddings); DeepCore's code instead takes the point
+    *farthest* from ``(t + 1) mu - Σ picks`` (an argmax of the distance), whose subset mean
+    drifts away from ``mu`` (docs/methods.md, "Agreement with DeepCore and CORDS"). The RBF
+    ``gamma`` defaults to ``1 / d`` (standardised features). Global by default;
+    ``per_class=True`` herds each class to its own mean with class-proportional quotas
+    (DeepCore's ``balance``).
 
     A budgeted fit is never made: no model is trained.
 

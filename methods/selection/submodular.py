@@ -241,7 +241,9 @@ class GraphCut(_EmbeddingGreedy):
 
     Departures from DeepCore: same similarities and per-class quotas as
     :class:`FacilityLocation`; plain greedy (the function is not monotone for ``lam > 1/2``,
-    so lazy bounds would not be exact); ``lam=1`` as DeepCore's default.
+    so lazy bounds would not be exact); ``lam=1`` as DeepCore's default. DeepCore puts its
+    ``lam`` on the coverage term instead (gain ``lam Σ_i sim(i, j) - 2 Σ_S sim(s, j)``), so its
+    ``lam`` is this class's ``1 / lam``; at 1 they coincide.
 
     A budgeted fit is never made: no model is trained.
 

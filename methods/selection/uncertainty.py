@@ -50,7 +50,9 @@ class Uncertainty(ScoreSelector):
 
     Departures from DeepCore: the model is the task's evaluation model fitted to convergence on
     all data (DeepCore trains a network for a few epochs first); the label is not used, as in
-    the original criteria; no per-class balancing.
+    the original criteria; no per-class balancing. ``least_confidence`` is one minus the
+    largest class probability (DeepCore's code ranks by the largest logit instead); margin and
+    entropy rank points as DeepCore's do.
 
     A budgeted fit is the one full-data model.
 

@@ -4,6 +4,11 @@ Run with ``pytest tests/benchmarks/test_hostcp_benchmark.py --benchmark-enable``
 (``--benchmark-disable``) each runs once as a plain test. Targets on 2 cores (issue 5): the
 cvxpylayers LP ≤ 35 ms per 40×40 solve with gradient, the smooth layer ≤ 1 ms, the closed form
 ≥ 1000× faster than the LP solve.
+
+A faithful ``hostcp`` cell costs one online run per requested fraction, each
+``epochs × ceil(n / B)`` LP solves with gradient: linear in n and in the number of fractions
+(``test_faithful_cost_counts``, a plain test, checks the counts; the ``slow`` benchmarks time
+it against n and the fractions).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import pytest
 import torch
 
 from valbench import DatasetSplits, RunContext, ValuationTask
-from valbench.methods.hostcp import HostCPFast, HostCPSmooth
+from valbench.methods.hostcp import HostCP, HostCPFast, HostCPSmooth
 from valbench.methods.hostcp.layers import closed_form_selection, entropic_assign, lp_layer
 from valbench.models import ModelSpec
 from valbench.utility import UtilityEngine
@@ -104,6 +109,33 @@ def test_cell_cost_vs_n(benchmark: Any, cls: type, n: int) -> None:
     method = cls()
     benchmark.pedantic(
         lambda: method.value(task, RunContext.for_task(task, fractions=(0.1,))),
+        rounds=1,
+        iterations=1,
+    )
+
+
+@pytest.mark.parametrize("fractions", [(0.1,), (0.1, 0.3, 0.5)])
+def test_faithful_cost_counts(fractions: tuple[float, ...]) -> None:
+    """One run (one fit) per requested fraction, ``epochs × ceil(n / B)`` solves per run."""
+    task = _task(50)
+    out = HostCP(epochs=1, batch_size=20, n_existing=10).value(
+        task, RunContext.for_task(task, fractions=fractions)
+    )
+    assert task.fit_counter.count == len(fractions)
+    assert out.stats["solves"] == len(fractions) * 1 * 3
+    assert sorted(out.selections) == list(fractions)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fractions", [(0.1,), (0.05, 0.1, 0.2, 0.3, 0.5)])
+@pytest.mark.parametrize("n", [250, 500, 1000])
+def test_faithful_cell_cost_vs_n_and_fractions(
+    benchmark: Any, n: int, fractions: tuple[float, ...]
+) -> None:
+    task = _task(n)
+    method = HostCP()
+    benchmark.pedantic(
+        lambda: method.value(task, RunContext.for_task(task, fractions=fractions)),
         rounds=1,
         iterations=1,
     )

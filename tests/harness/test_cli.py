@@ -38,6 +38,7 @@ SMALL = ["--datasets", "synthetic", "--preset", "ci", "--seeds", "1", "--no-prog
         (["--methods", "random", "--metrics", "bogus"], "unknown metric 'bogus' in --metrics"),
         (["--methods", "random", "--metrics", "none,lds"], "--metrics none cannot be combined"),
         (["--methods", "random", "--lds-subsets", "1"], "--lds-subsets must be in [2, 100000]"),
+        (["--methods", "random", "--max-train", "iris=30"], "--max-train names iris, not among"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(
@@ -282,3 +283,14 @@ def test_run_on_file_data_says_it_plants_label_flips(
     assert "planting" not in capsys.readouterr().err
     main(["run", "--methods", "random", "--datasets", "synthetic", "--out", str(tmp_path)])
     assert "planting" not in capsys.readouterr().err  # built-in data: nothing to say
+
+
+def test_max_train_per_dataset_reaches_the_cells(tmp_path: Path) -> None:
+    from valbench.store import read_results
+
+    argv = ["run", "--methods", "random", "--datasets", "digits,wine", "--max-train", "40,wine=30"]
+    assert (
+        main([*argv, "--seeds", "1", "--metrics", "none", "--no-progress", "--out", str(tmp_path)])
+        == 0
+    )
+    assert {r.dataset: r.n_train for r in read_results(tmp_path)} == {"digits": 40, "wine": 30}

@@ -156,6 +156,45 @@ def test_build_spec_precedence() -> None:
     assert build_spec(None, {}, {"methods": "all"}).preset == "quick"
 
 
+def test_max_train_per_dataset_overrides_the_default_cap() -> None:
+    flags = {"methods": "random", "datasets": "digits,wine", "max_train": "100,wine=none"}
+    spec = build_spec("quick", {}, flags)
+    assert spec.train_cap("digits") == 100 and spec.train_cap("wine") is None
+    # entries alone keep the lower source's default; a config table's "*" is the default
+    spec = build_spec("quick", {}, {**flags, "max_train": "wine=40"})
+    assert spec.train_cap("digits") == PRESETS["quick"]["max_train"]
+    assert spec.train_cap("wine") == 40
+    spec = build_spec(
+        "quick", {"max_train": {"*": 60, "digits": 30}}, {**flags, "max_train": "wine=40"}
+    )
+    assert (spec.train_cap("digits"), spec.train_cap("wine")) == (30, 40)
+    # one cap for every dataset keeps the hash runs had before per-dataset caps existed
+    plain = build_spec("quick", {}, {**flags, "max_train": "100"})
+    assert "max_train_by_dataset" not in plain.to_dict() or not plain.max_train_by_dataset
+    assert plain.config_hash() != spec.config_hash()
+    assert RunSpec.from_dict(spec.to_dict()) == spec
+
+
+def test_a_preset_cap_for_an_unselected_dataset_is_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
+    preset = {**PRESETS["quick"], "max_train": {"*": 50, "digits": 30, "wine": 20}}
+    monkeypatch.setitem(PRESETS, "quick", preset)
+    spec = build_spec("quick", {}, {"methods": "random", "datasets": "digits"})
+    assert dict(spec.max_train_by_dataset) == {"digits": 30} and spec.max_train == 50
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("100,iris=50", "--max-train names iris, not among the run's datasets"),
+        ("digits=1", "--max-train must be >= 2 for digits, got 1"),
+        ("digits=lots", "max_train digits must be a whole number, got 'lots'"),
+    ],
+)
+def test_max_train_per_dataset_refuses_bad_caps(value: str, message: str) -> None:
+    with pytest.raises(UsageError, match=re.escape(message)):
+        build_spec("quick", {}, {"methods": "random", "datasets": "digits", "max_train": value})
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [

@@ -69,6 +69,47 @@ def test_nonnegative_omp_with_ridge() -> None:
     assert exact.tolist() == [3]
 
 
+def _nonneg_omp_reference(a: np.ndarray, b: np.ndarray, k: int) -> tuple[list[int], np.ndarray]:
+    # Non-negative OMP from its definition: add the untaken column most positively correlated
+    # with the residual, refit all weights by NNLS, until k columns, no positive correlation or
+    # an exact fit.
+    support: list[int] = []
+    w = np.zeros(0)
+    resid = b.copy()
+    while len(support) < k and np.linalg.norm(resid) > 1e-10 * np.linalg.norm(b):
+        corr = a.T @ resid
+        corr[support] = -np.inf
+        j = int(np.argmax(corr))
+        if not corr[j] > 1e-10 * np.linalg.norm(a[:, j]) * np.linalg.norm(resid):
+            break
+        support.append(j)
+        w = nnls(a[:, support], b)[0]
+        resid = b - a[:, support] @ w
+    return support, w
+
+
+@pytest.mark.parametrize("seed", [1, 2, 4, 5])
+def test_nonnegative_omp_goes_on_past_a_spanning_support(seed: int) -> None:
+    # Positive atoms in 5 dimensions, a target outside their cone: once 5 atoms span the
+    # space, a further (dependent) column can still lower the non-negative residual, so the
+    # pursuit must not stop there (it used to, leaving the rest of the quota to random fill).
+    rng = np.random.default_rng(seed)
+    a = np.abs(rng.normal(size=(5, 40)))
+    b = rng.normal(size=5) + 1.0
+    support, w = omp(a, b, 12, nonneg=True)
+    ref_support, ref_w = _nonneg_omp_reference(a, b, 12)
+    assert len(support) > 5
+    assert support.tolist() == ref_support
+    np.testing.assert_allclose(w, ref_w, atol=1e-8)
+    first = nnls(a[:, support[:5]], b)[1]  # the residual where the pursuit used to stop
+    resid = b - a[:, support] @ w
+    assert np.linalg.norm(resid) < first - 1e-6
+    # Stopped at the quota, an exact fit, or with no positively correlated column left.
+    corr = a.T @ resid
+    corr[support] = -np.inf
+    assert len(support) == 12 or np.linalg.norm(resid) <= 1e-8 or corr.max() <= 1e-8
+
+
 def test_gradmatch_method() -> None:
     task = small_task(60)
     fractions = (0.1, 0.5)

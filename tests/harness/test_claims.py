@@ -1,0 +1,198 @@
+"""Published claims checked against a run: each kind's verdict on records with known answers."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from valbench.claims import HOLDS, INCONCLUSIVE, NOT_HOLDS, check_claims
+from valbench.records import CellRecord, Manifest
+from valbench.types import Claim
+
+SOURCE = "Someone et al. 2021, abstract"
+
+
+def _rec(
+    method: str,
+    seed: int,
+    value: float,
+    *,
+    recall: float = 0.1,
+    cpu: float = 1.0,
+    family: str = "retraining",
+    dataset: str = "d",
+    noise: float = 0.1,
+) -> CellRecord:
+    data: dict[str, Any] = {
+        "status": "ok",
+        "method": method,
+        "family": family,
+        "dataset": dataset,
+        "noise": noise,
+        "seed": seed,
+        "cell_id": f"{dataset}.{method}.noise{noise:g}.seed{seed}",
+        "cost": {"cpu_s": cpu},
+        "metrics": {
+            "subset_value": {"0.1": value},
+            "random_subset_value": {"0.1": 0.5 + 0.001 * seed},
+            "mislabel": {"recall_at_noise": recall, "auc": 0.5},
+        },
+    }
+    return CellRecord.from_json(data)
+
+
+def _manifest(*claims: Claim, methods: tuple[str, ...] = ("mine",)) -> Manifest:
+    return Manifest(spec={}, claims={m: [c.to_json() for c in claims] for m in methods})
+
+
+def _one(records: list[CellRecord], claim: Claim, **kw: Any) -> Any:
+    (check,) = check_claims(records, _manifest(claim, **kw))
+    return check
+
+
+SEEDS = range(4)
+JITTER = (0.0, 0.004, -0.003, 0.002)
+
+
+def _subset_run(mine: float, other: float) -> list[CellRecord]:
+    return [_rec("mine", s, mine + JITTER[s], family="subset-selection") for s in SEEDS] + [
+        _rec("other", s, other + JITTER[s] / 2) for s in SEEDS
+    ]
+
+
+@pytest.mark.parametrize(
+    ("mine", "other", "expected"),
+    [(0.80, 0.70, HOLDS), (0.60, 0.70, NOT_HOLDS), (0.70, 0.70, INCONCLUSIVE)],
+)
+def test_higher_subset_value_against_the_best_other_method(
+    mine: float, other: float, expected: str
+) -> None:
+    check = _one(_subset_run(mine, other), Claim("higher", SOURCE, "higher-subset-value"))
+    assert check.verdict == expected
+    (comparison,) = check.comparisons
+    assert comparison.against == "other"
+    assert comparison.mean == pytest.approx(100 * (mine - other) / other, abs=0.5)
+
+
+def test_subset_gain_reads_about_t_percent_as_at_least_half_of_it() -> None:
+    claim = Claim("~20% higher", SOURCE, "subset-value-gain", threshold=20.0)
+    assert _one(_subset_run(0.84, 0.70), claim).verdict == HOLDS  # +20 %
+    assert _one(_subset_run(0.75, 0.70), claim).verdict == NOT_HOLDS  # +7 %, tight interval
+
+
+def test_variants_of_one_paper_are_not_each_others_competitors() -> None:
+    records = _subset_run(0.80, 0.70) + [
+        _rec("sibling", s, 0.95, family="subset-selection") for s in SEEDS
+    ]
+    claim = Claim("higher", SOURCE, "higher-subset-value")
+    (mine, sibling) = check_claims(records, _manifest(claim, methods=("mine", "sibling")))
+    assert mine.verdict == HOLDS and {c.against for c in mine.comparisons} == {"other"}
+    # without the shared source, the sibling would be the best other method and refute it
+    alone = check_claims(records, _manifest(claim))
+    assert alone[0].verdict == NOT_HOLDS
+
+
+def test_the_harness_random_subsets_are_a_competitor() -> None:
+    records = [_rec("mine", s, 0.45 + JITTER[s]) for s in SEEDS]
+    check = _one(records, Claim("higher", SOURCE, "higher-subset-value"))
+    assert check.verdict == NOT_HOLDS and check.comparisons[0].against == "random subsets"
+
+
+def test_mislabel_detection_against_random_and_its_expectation() -> None:
+    claim = Claim("finds flips", SOURCE, "mislabel-detection")
+    found = [_rec("mine", s, 0.7, recall=0.5 + JITTER[s]) for s in SEEDS]
+    rnd = [_rec("random", s, 0.7, recall=0.1 + JITTER[s] / 2, family="baseline") for s in SEEDS]
+    assert _one(found + rnd, claim).verdict == HOLDS
+    blind = [_rec("mine", s, 0.7, recall=0.05 + JITTER[s] / 4) for s in SEEDS]
+    assert _one(blind + rnd, claim).verdict == NOT_HOLDS
+    # without a random method, random inspection's expected recall (the noise rate) is the bar
+    check = _one(found, claim)
+    assert check.verdict == HOLDS
+    assert check.comparisons[0].against == "random inspection (expected)"
+    assert check.comparisons[0].mean == pytest.approx(40.0, abs=0.5)
+
+
+def test_runtime_is_a_geometric_mean_ratio_to_the_median_valuation_method() -> None:
+    claim = Claim("comparable time", SOURCE, "comparable-runtime", threshold=3.0)
+
+    def run(my_cpu: float) -> list[CellRecord]:
+        mine = [_rec("mine", s, 0.7, cpu=my_cpu * (1 + JITTER[s])) for s in SEEDS]
+        peers = [
+            _rec(name, s, 0.7, cpu=cpu, family=fam)
+            for s in SEEDS
+            for name, cpu, fam in (
+                ("a", 1.0, "retraining"),
+                ("b", 2.0, "gradient"),
+                ("c", 4.0, "retraining"),
+                ("fast", 1e-4, "baseline"),  # not a valuation method: not in the median
+            )
+        ]
+        return mine + peers
+
+    check = _one(run(4.0), claim)
+    assert check.comparisons[0].mean == pytest.approx(2.0, rel=0.01)
+    assert check.verdict == HOLDS
+    assert _one(run(40.0), claim).verdict == NOT_HOLDS
+
+
+def test_one_seed_is_never_a_verdict() -> None:
+    records = [_rec("mine", 0, 0.9), _rec("other", 0, 0.5)]
+    check = _one(records, Claim("higher", SOURCE, "higher-subset-value"))
+    assert check.verdict == INCONCLUSIVE and "one seed" in check.measured
+
+
+def test_partial_cells_are_left_out_unless_asked() -> None:
+    records = _subset_run(0.80, 0.70)
+    partial = [
+        CellRecord.from_json({**r.to_json(), "complete": False}) if r.method == "mine" else r
+        for r in records
+    ]
+    claim = Claim("higher", SOURCE, "higher-subset-value")
+    (check,) = check_claims(partial, _manifest(claim))
+    assert check.verdict == INCONCLUSIVE and not check.comparisons
+    (check,) = check_claims(partial, _manifest(claim), include_partial=True)
+    assert check.verdict == HOLDS
+
+
+def test_a_bad_claim_declaration_is_refused() -> None:
+    with pytest.raises(ValueError, match="not one of"):
+        Claim("x", SOURCE, "faster-than-light")
+    with pytest.raises(ValueError, match="threshold"):
+        Claim("x", SOURCE, "subset-value-gain")
+
+
+def test_hostcp_declares_its_abstract_claims() -> None:
+    from valbench.registry import get_method
+
+    kinds = {c.kind for c in get_method("hostcp").claims}
+    assert kinds == {
+        "higher-subset-value",
+        "subset-value-gain",
+        "mislabel-detection",
+        "comparable-runtime",
+    }
+    assert get_method("hostcp-fast").claims == get_method("hostcp").claims
+
+
+def test_the_report_shows_and_exports_the_checked_claims(tmp_path: Path) -> None:
+    from test_report_fakes import fake_run
+
+    from valbench.report import render_report
+    from valbench.store import MANIFEST_FILE, read_manifest
+
+    run = fake_run(
+        tmp_path / "r", methods=("random", "loo"), datasets=("digits",), two_d=(), seeds=2
+    )
+    claim = Claim("finds flips", SOURCE, "mislabel-detection")
+    manifest = replace(read_manifest(run), claims={"loo": [claim.to_json()]})
+    (run / MANIFEST_FILE).write_text(json.dumps(manifest.to_json()))
+    render_report(run)
+    (exported,) = json.loads((run / "summary.json").read_text())["claims"]
+    assert exported["method"] == "loo" and exported["claim"]["kind"] == "mislabel-detection"
+    html = (run / "index.html").read_text()
+    assert 'id="claims"' in html and f'data-verdict="{exported["verdict"]}"' in html
+    assert "“finds flips”" in html

@@ -1,0 +1,335 @@
+"""Published claims, checked against a run's numbers: one verdict per (method, claim).
+
+A method declares the claims of its paper as :class:`valbench.types.Claim` data; the run keeps
+them in its manifest, and :func:`check_claims` answers each from the run's records alone, so the
+harness needs no knowledge of any one method. Every verdict is one word:
+
+- **holds** when the run's intervals support the claim everywhere it is tested;
+- **does not hold** when an interval contradicts it somewhere;
+- **inconclusive** otherwise: intervals too wide (few seeds), or nothing to compare.
+
+Each comparison is paired by seed (the same split, the same planted flips) and summarised by the
+mean with its Student-t 95 % interval over seeds, as in the leaderboards; one seed gives no
+interval and so no verdict but "inconclusive". The rules per kind:
+
+- ``higher-subset-value``: at each (dataset, noise, fraction), the per-seed relative gain in
+  percent of the method's subset value over the *best other method* there (the highest mean
+  subset value among methods not declaring claims of the same source, random subsets included).
+  Holds when every interval lies above 0; does not hold when one lies below 0.
+- ``subset-value-gain`` (threshold T %): the same gains. "About T % higher" is read as at least
+  T/2: holds when some interval lies at or above T/2; does not hold when every interval lies
+  below T/2.
+- ``mislabel-detection``: per (dataset, noise > 0), recall of planted flips at the noise rate
+  minus random's, in points. Holds when every interval lies above 0; does not hold when one
+  lies at or below 0.
+- ``comparable-runtime`` (factor T): per (dataset, noise), the per-seed ratio of the method's CPU
+  seconds to the median CPU seconds of the valuation methods of that seed (families retraining and
+  gradient), averaged on the log scale (a geometric mean, with its interval). Holds when every
+  interval's upper end is at most T; does not hold when one's lower end exceeds T.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from valbench.metrics import mean_ci
+from valbench.records import CellRecord, Manifest
+from valbench.summary import CONFIDENCE
+from valbench.types import CLAIM_KINDS, Claim
+
+__all__ = ["HOLDS", "NOT_HOLDS", "INCONCLUSIVE", "ClaimCheck", "Comparison", "check_claims"]
+
+HOLDS, NOT_HOLDS, INCONCLUSIVE = "holds", "does not hold", "inconclusive"
+VALUATION_FAMILIES = ("retraining", "gradient")
+"""The families whose median CPU time a ``comparable-runtime`` claim is measured against."""
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One paired comparison behind a verdict: where, against what, and the interval."""
+
+    dataset: str
+    noise: float | None
+    fraction: str | None  # subset claims only
+    against: str  # the method (or "median valuation method") compared with
+    mean: float
+    low: float | None  # None with fewer than 2 seeds
+    high: float | None
+    seeds: int
+
+
+@dataclass(frozen=True)
+class ClaimCheck:
+    """The verdict on one claim of one method, with the comparisons it rests on."""
+
+    method: str
+    claim: Claim
+    verdict: str
+    measured: str  # one line: the numbers the verdict rests on
+    rule: str  # how the verdict follows from them
+    comparisons: list[Comparison] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["claim"] = self.claim.to_json()
+        return out
+
+
+def _interval(values: Sequence[float]) -> tuple[float, float | None, float | None]:
+    mean, half = mean_ci(values, confidence=CONFIDENCE)
+    if len(values) < 2 or not math.isfinite(half):
+        return mean, None, None
+    return mean, mean - half, mean + half
+
+
+def _by_seed(records: Iterable[CellRecord], read: Callable[[CellRecord], float | None]) -> dict:
+    out: dict[int, float] = {}
+    for rec in records:
+        value = read(rec)
+        if rec.seed is not None and value is not None and math.isfinite(value):
+            out[rec.seed] = value
+    return out
+
+
+def _paired(
+    a: Mapping[int, float], b: Mapping[int, float], diff: Callable[[float, float], float | None]
+) -> list[float]:
+    values = [diff(a[s], b[s]) for s in sorted(set(a) & set(b))]
+    return [v for v in values if v is not None and math.isfinite(v)]
+
+
+def _groups(records: Iterable[CellRecord], include_partial: bool) -> dict[tuple, dict]:
+    """(dataset, noise) -> method -> the ok (and, unless asked, complete) records."""
+    out: dict[tuple, dict[str, list[CellRecord]]] = defaultdict(lambda: defaultdict(list))
+    for rec in records:
+        if rec.ok and (include_partial or not rec.partial):
+            out[(rec.dataset, rec.noise)][rec.method].append(rec)
+    return out
+
+
+def _subset_comparisons(
+    method: str, rivals_excluded: set[str], groups: Mapping[tuple, Mapping[str, list]]
+) -> list[Comparison]:
+    out = []
+    for (dataset, noise), by_method in sorted(groups.items(), key=_group_order):
+        mine = by_method.get(method)
+        if not mine:
+            continue
+        fractions = sorted({f for r in mine for f in r.metrics.fraction_values("subset_value")})
+        for fraction in sorted(fractions, key=float):
+            value = _by_seed(
+                mine, lambda r, f=fraction: r.metrics.fraction_values("subset_value").get(f)
+            )
+            rivals = {
+                name: _by_seed(
+                    recs, lambda r, f=fraction: r.metrics.fraction_values("subset_value").get(f)
+                )
+                for name, recs in by_method.items()
+                if name not in rivals_excluded
+            }
+            rnd = _by_seed(
+                mine, lambda r, f=fraction: r.metrics.fraction_values("random_subset_value").get(f)
+            )
+            if rnd:
+                rivals["random subsets"] = rnd
+            rivals = {k: v for k, v in rivals.items() if v}
+            if not value or not rivals:
+                continue
+            best = max(sorted(rivals), key=lambda k: statistics.fmean(rivals[k].values()))
+            gains = _paired(
+                value, rivals[best], lambda m, o: 100.0 * (m - o) / o if o > 0 else None
+            )
+            if gains:
+                out.append(
+                    Comparison(dataset, noise, fraction, best, *_interval(gains), len(gains))
+                )
+    return out
+
+
+def _mislabel_comparisons(
+    method: str, groups: Mapping[tuple, Mapping[str, list]]
+) -> list[Comparison]:
+    out = []
+    for (dataset, noise), by_method in sorted(groups.items(), key=_group_order):
+        if not noise or method not in by_method:
+            continue
+        mine = _by_seed(by_method[method], _recall)
+        if "random" in by_method:
+            against, reference = "random", _by_seed(by_method["random"], _recall)
+        else:  # inspecting a random noise-rate share of the points finds that share of the flips
+            against, reference = "random inspection (expected)", dict.fromkeys(mine, 100.0 * noise)
+        diffs = _paired(mine, reference, lambda a, b: a - b)
+        if diffs:
+            out.append(Comparison(dataset, noise, None, against, *_interval(diffs), len(diffs)))
+    return out
+
+
+def _recall(record: CellRecord) -> float | None:
+    m = record.metrics.mislabel
+    return None if m is None or m.recall_at_noise is None else 100.0 * m.recall_at_noise
+
+
+def _runtime_comparisons(
+    method: str, groups: Mapping[tuple, Mapping[str, list]]
+) -> list[Comparison]:
+    out = []
+    for (dataset, noise), by_method in sorted(groups.items(), key=_group_order):
+        if method not in by_method:
+            continue
+        cpu = lambda r: r.cost.cpu_s if r.cost.cpu_s and r.cost.cpu_s > 0 else None  # noqa: E731
+        mine = _by_seed(by_method[method], cpu)
+        others: dict[int, list[float]] = defaultdict(list)
+        for name, recs in by_method.items():
+            if name != method and recs[0].family in VALUATION_FAMILIES:
+                for seed, value in _by_seed(recs, cpu).items():
+                    others[seed].append(value)
+        median = {seed: statistics.median(v) for seed, v in others.items()}
+        logs = _paired(mine, median, lambda m, o: math.log(m / o))
+        if logs:
+            mean, low, high = _interval(logs)
+            out.append(
+                Comparison(
+                    dataset,
+                    noise,
+                    None,
+                    "median valuation method",
+                    math.exp(mean),
+                    None if low is None else math.exp(low),
+                    None if high is None else math.exp(high),
+                    len(logs),
+                )
+            )
+    return out
+
+
+def _group_order(item: tuple) -> tuple:
+    (dataset, noise), _ = item
+    return dataset, math.inf if noise is None else noise
+
+
+def _decide(
+    comparisons: Sequence[Comparison],
+    supports: Callable[[Comparison], bool],
+    refutes: Callable[[Comparison], bool],
+) -> str:
+    tested = [c for c in comparisons if c.low is not None]
+    if any(refutes(c) for c in tested):
+        return NOT_HOLDS
+    if tested and len(tested) == len(comparisons) and all(supports(c) for c in tested):
+        return HOLDS
+    return INCONCLUSIVE
+
+
+def _where(c: Comparison) -> str:
+    where = c.dataset if not c.noise else f"{c.dataset}, noise {c.noise:g}"
+    return f"{where}, {float(c.fraction) * 100:g} %" if c.fraction is not None else where
+
+
+def _shown(c: Comparison, unit: str) -> str:
+    if c.low is None:
+        return f"{c.mean:+.1f}{unit} (1 seed)" if unit != "x" else f"{c.mean:.2g}x (1 seed)"
+    if unit == "x":
+        return f"{c.mean:.2g}x [{c.low:.2g}, {c.high:.2g}]"
+    return f"{c.mean:+.1f}{unit} [{c.low:+.1f}, {c.high:+.1f}]"
+
+
+def _check(method: str, claim: Claim, excluded: set[str], groups: Mapping) -> ClaimCheck:
+    kind, t = claim.kind, claim.threshold
+    if kind in ("higher-subset-value", "subset-value-gain"):
+        comps = _subset_comparisons(method, excluded, groups)
+        unit = " %"
+        if kind == "higher-subset-value":
+            verdict = _decide(comps, lambda c: c.low > 0, lambda c: c.high < 0)
+            rule = (
+                "holds when every gain's interval lies above 0; does not hold when one lies below 0"
+            )
+        else:
+            half = t / 2
+            tested = [c for c in comps if c.low is not None]
+            if any(c.low >= half for c in tested):
+                verdict = HOLDS
+            elif tested and len(tested) == len(comps) and all(c.high < half for c in tested):
+                verdict = NOT_HOLDS
+            else:
+                verdict = INCONCLUSIVE
+            rule = (
+                f"“about {t:g} %” read as at least {half:g} %: holds when some gain's interval "
+                f"lies at or above {half:g} %; does not hold when every interval lies below it"
+            )
+        subject = "relative subset-value gain over the best other method"
+    elif kind == "mislabel-detection":
+        comps = _mislabel_comparisons(method, groups)
+        unit = " pts"
+        verdict = _decide(comps, lambda c: c.low > 0, lambda c: c.high <= 0)
+        rule = "holds when every interval lies above 0; does not hold when one lies at or below 0"
+        subject = "recall of planted flips minus random's"
+    else:
+        comps = _runtime_comparisons(method, groups)
+        unit = "x"
+        verdict = _decide(comps, lambda c: c.high <= t, lambda c: c.low > t)
+        rule = (
+            f"holds when every ratio's interval ends at or below {t:g}x; does not hold when one "
+            f"starts above {t:g}x"
+        )
+        subject = "CPU time ÷ median valuation method's (retraining and gradient families)"
+    if not comps:
+        return ClaimCheck(
+            method, claim, INCONCLUSIVE, f"{subject}: nothing in this run to compare", rule
+        )
+    worst, best = (min(comps, key=lambda c: c.mean), max(comps, key=lambda c: c.mean))
+    if kind == "comparable-runtime":
+        worst, best = best, worst  # a larger ratio is the worse case
+    plural = "s" if len(comps) != 1 else ""
+    measured = (
+        f"{subject}: best {_shown(best, unit)} ({_where(best)}), worst {_shown(worst, unit)} "
+        f"({_where(worst)}), over {len(comps)} comparison{plural}"
+    )
+    if all(c.low is None for c in comps):
+        measured += "; one seed gives no interval, so no verdict"
+    return ClaimCheck(method, claim, verdict, measured, rule, comps)
+
+
+def check_claims(
+    records: Iterable[CellRecord], manifest: Manifest, include_partial: bool = False
+) -> list[ClaimCheck]:
+    """Every claim the run's methods declared (kept in ``manifest.claims``), checked.
+
+    Partial cells are left out unless ``include_partial``, as in the leaderboards. Claims of a
+    kind this valbench does not know (a newer plugin) are skipped.
+    """
+    declared: dict[str, list[Claim]] = {}
+    for method, items in sorted(manifest.claims.items()):
+        claims = []
+        for item in items if isinstance(items, list) else []:
+            if isinstance(item, Mapping) and item.get("kind") in CLAIM_KINDS:
+                try:
+                    claims.append(
+                        Claim(
+                            **{
+                                k: item[k]
+                                for k in ("text", "source", "kind", "threshold")
+                                if k in item
+                            }
+                        )
+                    )
+                except (TypeError, ValueError):
+                    continue
+        if claims:
+            declared[method] = claims
+    if not declared:
+        return []
+    groups = _groups(records, include_partial)
+    sources: dict[str, set[str]] = defaultdict(set)
+    for method, claims in declared.items():
+        for claim in claims:
+            sources[claim.source].add(method)
+    out = []
+    for method, claims in declared.items():
+        for claim in claims:
+            out.append(_check(method, claim, sources[claim.source], groups))
+    return out
