@@ -766,6 +766,7 @@ class SampledShapley(Method):
     its :class:`~valbench.methods.samplers.Sampler`."""
 
     family = "retraining"
+    architectures = None  # any evaluation model
 
     parameters = {
         "batch_size": Param(
