@@ -73,6 +73,8 @@ class _HostCPBase(Method):
     family = "subset-selection"
     selects_subsets = True
     mode: ClassVar[str] = "lp"
+    #: θ is the evaluation model; deep architectures without buffers (the CNN) work too.
+    architectures = ("logreg", "mlp", "cnn")
     #: The abstract's three claims; the report checks each against the run (valbench.claims).
     claims = (
         Claim(
@@ -218,12 +220,13 @@ def _final_subset(res: RunResult, size: int) -> np.ndarray:
 class HostCP(_HostCPBase):
     """Faithful HOST-CP: the authors' loop with the budgeted assignment LP in cvxpylayers.
 
-    θ is the run's evaluation model (logreg or MLP) on the dataset's features, trained only by
-    HOST-CP's selection-weighted steps; φ (Linear → ReLU → BatchNorm on batch statistics)
-    reads θ's embedding: for the MLP its hidden layer before the ReLU (the original's
-    ``extractor``, θ's child layers but the last); for logistic regression, which has no layer
-    but the last, the features themselves, so θ then shapes the selection only through the
-    look-ahead gradient that trains φ. The per-batch LP has budget ``f·m`` on the incoming
+    θ is the run's evaluation model (logreg, MLP, or ``--model cnn`` on raw pixels) on the
+    dataset's features, trained only by HOST-CP's selection-weighted steps; φ (Linear → ReLU →
+    BatchNorm on batch statistics) reads θ's embedding: for the MLP its hidden layer before the
+    ReLU (the original's ``extractor``, θ's child layers but the last); for the CNN its
+    penultimate features (after their ReLU); for logistic regression, which has no layer but
+    the last, the features themselves, so θ then shapes the selection only through the
+    look-ahead gradient that trains φ. Backbones with batch norm (``resnet18``) decline. The per-batch LP has budget ``f·m`` on the incoming
     assignment mass; the threshold rule, the weights ``s = r / max r``, the fixed data order,
     the stale existing set, the look-ahead on the validation loss and both updates (one step
     size, weight decay on every parameter) are as coded. A budgeted fit is one whole online
@@ -232,7 +235,9 @@ class HostCP(_HostCPBase):
     Departures from the authors' code, each for a reason:
 
     - θ is valbench's evaluation model on the features, from its own initialisation (the
-      paper: a 3-layer MLP on the features of a ResNet-18 pre-trained on all the data);
+      paper: a 3-layer MLP on the features of a ResNet-18 pre-trained on all the data); with
+      ``--model cnn`` θ is the CNN on raw pixels and φ reads its penultimate features after
+      their ReLU (the extractor's reading would drop it);
     - φ is trained on the validation split (the original: a list of test-split indices);
     - θ's step sums ``s_j ∇ℓ_j`` per sample (the paper's update) by default; the code's
       accumulated sum is ``grad_sum="cumulative"``;

@@ -99,37 +99,64 @@ class RunResult:
 
 
 class ThetaModel:
-    """θ as a functional model: logistic regression or a one-hidden-layer ReLU MLP.
+    """θ as a functional model: logistic regression, a one-hidden-layer ReLU MLP, or a deep
+    architecture without buffers (``cnn``; the paper's backbone is a ResNet).
 
     The seam between θ and the selection model is :meth:`embed`, the original's ``extractor``:
     θ's layers but the last, applied without the activations its ``forward`` adds (the
     original builds it as ``nn.Sequential`` of the network's child modules, which drops the
     functional ReLUs). For the MLP that is the hidden layer before its ReLU; for logistic
-    regression, which has no layer but the last, it is the features themselves.
+    regression, which has no layer but the last, it is the features themselves; for a deep
+    architecture, its penultimate features as the architecture defines them (the CNN's are
+    after its ReLU: a departure from the extractor's reading, which would drop it).
     """
 
     def __init__(self, task: ValuationTask) -> None:
         kind = task.model.kind
+        self.kind = kind if kind in ("logreg", "mlp") else "deep"
+        if self.kind == "deep":
+            from valbench.nets import get_architecture, image_shape
+
+            self.arch = get_architecture(kind)
+            self.shape = image_shape(task.n_features, kind)
+            params, buffers = self.arch.init(self.shape, task.n_classes, task.seed)
+            if buffers:
+                raise ValueError(
+                    f"θ = {kind}: architectures with buffers (batch norm) are not supported"
+                )
+            self.params = {k: v.to(_DT).clone() for k, v in params.items()}
+            return
         # Start from the evaluation model's own initialisation (zeros for logreg, seeded MLP).
         init = task.model.build(task.n_features, task.n_classes, task.seed).init_params(1)
-        self.kind = kind if kind in ("logreg", "mlp") else "logreg"
         self.params = {k: v[0].to(_DT).clone() for k, v in init.tensors.items()}
+
+    def _images(self, x: torch.Tensor) -> torch.Tensor:
+        # The deep evaluation models' fixed input map: pixels in [0, 1] to [-1, 1].
+        return x.reshape(-1, *self.shape) * 2.0 - 1.0
 
     @property
     def embed_dim(self) -> int:
         """Width of :meth:`embed`'s output (φ's input)."""
+        if self.kind == "deep":
+            probe = torch.zeros(1, int(np.prod(self.shape)), dtype=_DT)
+            return int(self.embed(probe).shape[1])
         return int(
             self.params["W"].shape[0] if self.kind == "logreg" else self.params["W1"].shape[1]
         )
 
     def logits(self, p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         """Class logits of ``x`` (n, d) under parameters ``p``."""
+        if self.kind == "deep":
+            return self.arch.apply(p, {}, self._images(x))[1]
         if self.kind == "logreg":
             return x @ p["W"] + p["b"]
         return torch.relu(x @ p["W1"] + p["b1"]) @ p["W2"] + p["b2"]
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """θ's embedding of ``x`` that φ reads, under the current parameters (detached)."""
+        if self.kind == "deep":
+            with torch.no_grad():
+                return self.arch.apply(self.params, {}, self._images(x))[0]
         if self.kind == "logreg":
             return x
         return (x @ self.params["W1"] + self.params["b1"]).detach()
@@ -144,6 +171,8 @@ def per_sample_grads(
     without its first-call cost (2-3 s of lazy imports per process, more than a whole cell of
     the fast path).
     """
+    if model.kind == "deep":
+        return per_sample_grads_func(model, params, x, y)
     onehot = torch.nn.functional.one_hot(y, params["b" if model.kind == "logreg" else "b2"].numel())
     if model.kind == "logreg":
         delta = torch.softmax(x @ params["W"] + params["b"], dim=1) - onehot.to(x.dtype)

@@ -409,3 +409,54 @@ def test_a_budget_below_the_threshold_selects_nothing_and_is_marked_incomplete()
     )
     assert out.stats["empty_selections"] == ["0.05"] and out.complete is False
     assert out.stats["per_fraction"]["0.3"]["fraction_selected_per_epoch"] == [0.3]
+
+
+def _tiny_images() -> ValuationTask:
+    """40 training images of two classes told apart by which half of the image is bright."""
+    rng = np.random.default_rng(0)
+    y = np.arange(60) % 2
+    x = rng.random((60, 784), dtype=np.float32) * 0.5
+    x[y == 1, :392] += 0.5
+    splits = DatasetSplits(x[:40], y[:40], x[40:], y[40:], x[40:], y[40:], n_classes=2)
+    return ValuationTask.from_splits(
+        splits,
+        model=ModelSpec.parse("cnn:epochs=1,batch_size=8"),
+        name="images",
+        seed=0,
+        utility_factory=UtilityEngine,
+    )
+
+
+def test_a_cnn_theta_feeds_phi_its_penultimate_features_and_its_training_moves_them() -> None:
+    """θ = the CNN evaluation model: φ reads its penultimate features (64 wide), the per-sample
+    gradients are torch.func's, and θ's training changes the selections."""
+    from valbench.nets import get_architecture
+
+    task = _tiny_images()
+    theta = ThetaModel(task)
+    assert theta.embed_dim == 64
+    x = torch.as_tensor(task.x_train[:3], dtype=torch.float64)
+    images = x.reshape(-1, 1, 28, 28) * 2 - 1
+    want = get_architecture("cnn").apply(theta.params, {}, images)[0]
+    torch.testing.assert_close(theta.embed(x), want)
+    y = torch.as_tensor(task.y_train[:3])
+    grads = per_sample_grads(theta, theta.params, x, y)
+    one = {k: v.detach().requires_grad_() for k, v in theta.params.items()}
+    loss = torch.nn.functional.cross_entropy(theta.logits(one, x[1:2]), y[1:2])
+    for key, g in zip(one, torch.autograd.grad(loss, list(one.values())), strict=True):
+        torch.testing.assert_close(grads[key][1], g)
+    phi = Phi(theta.embed_dim, 6, torch.Generator().manual_seed(5))
+    picks = {}
+    for lr in (1e-9, 0.5):
+        cfg = LoopConfig(batch_size=10, n_existing=10, epochs=1, lr=lr, embed_dim=6)
+        out = run_online(task, 0.3, cfg, np.random.default_rng(0), phi_init=phi.params)
+        picks[lr] = [s.tolist() for s in out.epoch_selections]
+    assert picks[1e-9] != picks[0.5]
+
+
+def test_hostcp_runs_on_the_cnn_and_declines_a_backbone_with_batch_norm() -> None:
+    task = _tiny_images()
+    ctx = RunContext.for_task(task, seed=1, fractions=(0.2,))
+    out = HostCPFast(batch_size=10, n_existing=10, epochs=1).value(task, ctx)
+    assert out.complete and len(out.selections[0.2]) == 8
+    assert "cnn" in HostCPFast.architectures and "resnet18" not in HostCPFast.architectures
