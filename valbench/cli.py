@@ -64,7 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--fractions", help="subset fractions in (0, 1), comma-separated")
     run.add_argument(
         "--model",
-        help="evaluation model: logreg, mlp, or on raw image pixels cnn or resnet18",
+        action="append",
+        help="evaluation model: logreg, mlp, or on raw image pixels cnn or resnet18 "
+        "(overrides as cnn:epochs=30); DATASET=MODEL sets one dataset's; repeatable",
     )
     run.add_argument(
         "--device",

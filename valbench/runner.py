@@ -112,21 +112,23 @@ def resolve_names(spec: RunSpec, narrowable: Collection[str] = ()) -> RunSpec:
     from valbench.registry import get_dataset, get_method, validate_params
 
     # An unknown name, a bad override (--model cnn:epochs=x) or --device fail here.
-    model = ModelSpec.parse(spec.model, device=spec.device)
-    if model.deep:
+    ModelSpec.parse(spec.model, device=spec.device)
+    for name in datasets:
+        model = ModelSpec.parse(spec.model_for(name), device=spec.device)
+        if not model.deep:
+            continue
         resolve_device(spec.device)  # --device cuda without a GPU: one line, before any work
-        for name in datasets:
-            ds = None if name.startswith(FILE_PREFIX) else get_dataset(name)
-            if ds is not None:
-                values = dict(spec.params.get(name, {}))
-                validate_params(ds, values)
-                shape = ds(**values).pixel_shape()
-            if ds is None or shape is None:
-                raise UsageError(
-                    f"--model {spec.model} trains on raw image pixels and dataset {name!r} has "
-                    "none (use fashion-mnist, mnist, mnist-5k or cifar10 with features=raw and "
-                    "no pca), or choose --model logreg or mlp"
-                )
+        ds = None if name.startswith(FILE_PREFIX) else get_dataset(name)
+        if ds is not None:
+            values = dict(spec.params.get(name, {}))
+            validate_params(ds, values)
+            shape = ds(**values).pixel_shape()
+        if ds is None or shape is None:
+            raise UsageError(
+                f"--model {spec.model_for(name)} trains on raw image pixels and dataset "
+                f"{name!r} has none (use fashion-mnist, mnist, mnist-5k or cifar10 with "
+                "features=raw and no pca), or choose --model logreg or mlp"
+            )
     params = dict(spec.params)
     for name, values in spec.params.items():
         if name in methods:

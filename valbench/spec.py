@@ -115,6 +115,8 @@ class RunSpec:
     root_seed: int = 0
     fractions: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.5)
     model: str = "logreg"
+    #: Per-dataset evaluation models, overriding ``model`` for the datasets named.
+    model_by_dataset: Mapping[str, str] = field(default_factory=dict)
     budget: str = "none"
     max_train: int | None = None
     #: Per-dataset caps on training points, overriding ``max_train`` for the datasets named.
@@ -216,12 +218,16 @@ class RunSpec:
             if cap is not None and cap < 2:
                 where = f" for {name}" if name else ""
                 raise UsageError(f"--max-train must be >= 2{where}, got {cap}")
-        unknown = sorted(set(self.max_train_by_dataset) - set(self.datasets))
-        if unknown and "all" not in self.datasets:
-            raise UsageError(
-                f"--max-train names {', '.join(unknown)}, not among the run's datasets "
-                f"({', '.join(self.datasets)})"
-            )
+        for flag, named in (
+            ("--max-train", self.max_train_by_dataset),
+            ("--model", self.model_by_dataset),
+        ):
+            unknown = sorted(set(named) - set(self.datasets))
+            if unknown and "all" not in self.datasets:
+                raise UsageError(
+                    f"{flag} names {', '.join(unknown)}, not among the run's datasets "
+                    f"({', '.join(self.datasets)})"
+                )
         if self.random_repeats < 1:
             raise UsageError(f"random_repeats must be >= 1, got {self.random_repeats}")
         for name in self.metrics:
@@ -258,6 +264,10 @@ class RunSpec:
                 f"--imbalance is a max/min class-size ratio >= 1, got {self.imbalance:g}"
             )
 
+    def model_for(self, dataset: str) -> str:
+        """The evaluation model of ``dataset``: its own if given, else ``model``."""
+        return self.model_by_dataset.get(dataset, self.model)
+
     def train_cap(self, dataset: str) -> int | None:
         """The cap on training points of ``dataset``: its own if given, else ``max_train``."""
         return self.max_train_by_dataset.get(dataset, self.max_train)
@@ -272,6 +282,7 @@ class RunSpec:
         data["params"] = {k: dict(v) for k, v in self.params.items()}
         data["data_fingerprints"] = dict(self.data_fingerprints)
         data["max_train_by_dataset"] = dict(self.max_train_by_dataset)
+        data["model_by_dataset"] = dict(self.model_by_dataset)
         return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
 
     @classmethod
@@ -291,6 +302,8 @@ class RunSpec:
             del data["id_column"]
         if not data["max_train_by_dataset"]:  # and runs with one cap for every dataset
             del data["max_train_by_dataset"]
+        if not data["model_by_dataset"]:  # and runs with one model for every dataset
+            del data["model_by_dataset"]
         # Runs with the default metrics keep the hash they had before --metrics existed.
         if tuple(data["metrics"]) == DEFAULT_METRICS:
             del data["metrics"]
@@ -564,6 +577,43 @@ def _merge_caps(
     return default, per
 
 
+def _model_entries(value: Any) -> list[tuple[str, str]]:
+    """One source's ``model`` as ``(dataset or "*", model)`` pairs.
+
+    Accepts a model string (``cnn:epochs=30,lr=0.002`` carries its own overrides), a list of
+    them where ``DATASET=MODEL`` entries name one dataset (the repeatable ``--model``), or a
+    mapping ``{dataset: model}`` whose key ``"*"`` is the default.
+    """
+    if isinstance(value, Mapping):
+        items = [(str(k), v) for k, v in value.items()]
+    else:
+        items = []
+        for entry in value if isinstance(value, list | tuple) else [value]:
+            if not isinstance(entry, str):
+                raise UsageError(f"model must be a string, got {entry!r}")
+            head = entry.partition(":")[0]
+            name, eq, rest = entry.partition("=")
+            items.append((name.strip(), rest.strip()) if eq and "=" in head else ("*", entry))
+    for name, model in items:
+        if not isinstance(model, str) or not model:
+            raise UsageError(f"model for {name} must be a model name, got {model!r}")
+    return items
+
+
+def _merge_models(
+    values: Sequence[Any], datasets: Sequence[str], from_preset: bool
+) -> tuple[str, dict[str, str]]:
+    """Merge ``model`` from preset < config < flags, as :func:`_merge_caps` merges caps."""
+    default, per = "logreg", {}
+    for i, value in enumerate(values):
+        for name, model in _model_entries(value):
+            if name == "*":
+                default = model
+            elif not (i == 0 and from_preset) or name in datasets:
+                per[name] = model
+    return default, per
+
+
 def _as_float_or_none(key: str, value: Any) -> float | None:
     if value is None or value in ("none", ""):
         return None
@@ -627,7 +677,13 @@ def build_spec(
             if not isinstance(value, str):
                 raise UsageError(f"{key} must be a string, got {value!r}")
             kwargs[key] = value
-        elif key in ("model", "budget", "device"):
+        elif key == "model":
+            kwargs["model"], kwargs["model_by_dataset"] = _merge_models(
+                [src["model"] for src in sources if "model" in src],
+                kwargs.get("datasets") or _as_names("datasets", merged["datasets"]),
+                from_preset="model" in PRESETS[preset],
+            )
+        elif key in ("budget", "device"):
             if not isinstance(value, str | int) or isinstance(value, bool):
                 raise UsageError(f"{key} must be a string, got {value!r}")
             kwargs[key] = str(value)

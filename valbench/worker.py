@@ -207,7 +207,7 @@ def build_task_with_provenance(
             provenance[f"{part}_rows"] = rows
     task = ValuationTask.from_splits(
         splits,
-        model=ModelSpec.parse(spec.model, device=spec.device),
+        model=ModelSpec.parse(spec.model_for(cell.dataset), device=spec.device),
         noisy_mask=noisy if cell.noise > 0 else None,
         name=cell.dataset,
         seed=data_seed % (2**31),

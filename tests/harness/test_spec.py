@@ -182,6 +182,21 @@ def test_a_preset_cap_for_an_unselected_dataset_is_dropped(monkeypatch: pytest.M
     assert dict(spec.max_train_by_dataset) == {"digits": 30} and spec.max_train == 50
 
 
+def test_model_per_dataset_overrides_the_default_model() -> None:
+    flags = {"methods": "random", "datasets": "digits,mnist-5k"}
+    spec = build_spec("quick", {}, {**flags, "model": ["mlp", "mnist-5k=cnn:epochs=30,lr=0.002"]})
+    assert spec.model_for("digits") == "mlp"
+    assert spec.model_for("mnist-5k") == "cnn:epochs=30,lr=0.002"
+    # a model string with its own overrides is one default, not a per-dataset entry
+    plain = build_spec("quick", {}, {**flags, "model": "cnn:epochs=30"})
+    assert plain.model == "cnn:epochs=30" and not plain.model_by_dataset
+    table = build_spec("quick", {"model": {"*": "mlp", "mnist-5k": "cnn"}}, flags)
+    assert (table.model_for("digits"), table.model_for("mnist-5k")) == ("mlp", "cnn")
+    assert RunSpec.from_dict(spec.to_dict()) == spec
+    with pytest.raises(UsageError, match="--model names wine, not among the run's datasets"):
+        build_spec("quick", {}, {**flags, "model": ["wine=cnn"]})
+
+
 @pytest.mark.parametrize(
     ("value", "message"),
     [
