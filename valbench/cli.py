@@ -143,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", type=Path, help="TOML file with any of these options and [params.METHOD] tables"
     )
     run.add_argument(
-        "--preset", help="quick (default), ci or full: datasets, sizes, seeds and budget"
+        "--preset",
+        help="quick (default), ci, full or hostcp-paper: datasets, sizes, seeds, budget",
     )
     run.add_argument(
         "--param",
@@ -301,6 +302,15 @@ def _caps_text(max_train: Any) -> str:
     return "all" if max_train is None else str(max_train)
 
 
+def _preset_value(value: Any) -> str:
+    """A preset's list, model table or parameter tables as --help shows them."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {_preset_value(v)}" for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return ",".join(map(str, value))
+    return str(value)
+
+
 def _presets_epilog() -> str:
     """The defaults of every preset, so that --help says what a bare run plants and spends."""
     from valbench.spec import DEFAULT_PRESET, PRESETS
@@ -315,6 +325,11 @@ def _presets_epilog() -> str:
             f"noise {noise or '0'}; seeds {preset.get('seeds')}; "
             f"max_train {_caps_text(max_train)}; "
             f"budget {preset.get('budget') or 'none'}"
+            + "".join(
+                f"; {key} {_preset_value(preset[key])}"
+                for key in ("methods", "fractions", "model", "params")
+                if key in preset
+            )
         )
     lines += [
         "",

@@ -62,6 +62,26 @@ PRESETS: dict[str, dict[str, Any]] = {
         "max_train": None,
         "budget": "fits=5000",
     },
+    # HOST-CP's own setting (Das et al. 2021): its variants against the valuation methods the
+    # paper compared with and the subset-selection family, on planted redundancy and on
+    # images, where θ is an MLP on deep features learned from the noisy training data (the
+    # paper: on ResNet-18 features). --model fashion-mnist=cnn trains the CNN from scratch.
+    "hostcp-paper": {
+        "methods": [
+            *("hostcp", "hostcp-fast", "hostcp-smooth", "hostcp-ds3"),
+            *("influence", "tmc-shapley", "g-shapley", "representer", "tracin", "random"),
+            *("kcenter", "facility-location", "craig", "gradmatch", "glister", "herding"),
+            *("uncertainty", "moderate", "ccs"),
+        ],
+        "datasets": ["synthetic", "fashion-mnist", "mnist-5k"],
+        "noise": [0.1],
+        "seeds": 3,
+        "fractions": [0.05, 0.1, 0.2, 0.3, 0.5],
+        "model": "mlp",
+        "max_train": {"*": 400, "fashion-mnist": 600, "mnist-5k": 600},
+        "budget": "fits=1000,seconds=120",
+        "params": {"fashion-mnist": {"features": "cnn"}, "mnist-5k": {"features": "cnn"}},
+    },
 }
 DEFAULT_PRESET = "quick"
 #: Optional metrics ``--metrics`` can select (the rest are always measured): ``lds``, the
@@ -645,9 +665,15 @@ def build_spec(
     merged.setdefault("methods", "all")  # a preset may name its methods; else every one
     merged.pop("out", None)
     merged.pop("data_dir", None)
-    params: dict[str, dict[str, Any]] = {k: dict(v) for k, v in config.get("params", {}).items()}
-    for name, values in overrides.get("params", {}).items():
-        params.setdefault(name, {}).update(values)
+    params: dict[str, dict[str, Any]] = {}
+    selected = {
+        *_as_names("methods", merged["methods"]),
+        *_as_names("datasets", merged["datasets"]),
+    }
+    for i, source in enumerate(sources):  # the preset's, then the config file's, then --param
+        for name, values in source.get("params", {}).items():
+            if i > 0 or name in selected or "all" in selected:  # a preset's: selected only
+                params.setdefault(name, {}).update(values)
     kwargs: dict[str, Any] = {"preset": preset, "params": params}
     for key, value in merged.items():
         if key in ("methods", "datasets"):

@@ -361,3 +361,20 @@ def test_jobs_auto_is_one_worker_per_cpu() -> None:
     assert build_spec(None, {}, {"jobs": "auto"}).jobs == (os.cpu_count() or 1)
     with pytest.raises(UsageError, match="jobs must be a whole number"):
         build_spec(None, {}, {"jobs": "many"})
+
+
+def test_the_hostcp_paper_preset_sets_its_methods_models_caps_and_features() -> None:
+    spec = build_spec("hostcp-paper", {}, {})
+    assert spec.methods[:4] == ("hostcp", "hostcp-fast", "hostcp-smooth", "hostcp-ds3")
+    assert {"influence", "tmc-shapley", "g-shapley", "representer", "tracin"} <= set(spec.methods)
+    assert spec.fractions == (0.05, 0.1, 0.2, 0.3, 0.5)
+    assert spec.train_cap("synthetic") == 400 and spec.train_cap("fashion-mnist") == 600
+    assert spec.params["fashion-mnist"] == {"features": "cnn"}
+    # flags and parameters still win over the preset's
+    mine = build_spec(
+        "hostcp-paper",
+        {},
+        {"methods": "random", "datasets": "mnist-5k", "params": {"mnist-5k": {"features": "raw"}}},
+    )
+    assert mine.methods == ("random",) and mine.params == {"mnist-5k": {"features": "raw"}}
+    assert dict(mine.max_train_by_dataset) == {"mnist-5k": 600}
