@@ -1,0 +1,150 @@
+"""One game: U(S) is a function of S alone, up to the evaluation model's solver tolerance.
+
+The retraining methods read U(S) = validation accuracy of the logreg trained on S, and the
+utility engine trains S in whatever batch, column restriction and start its caller's request
+happens to produce. Those choices must not change U. This test trains random subsets of two
+bundled datasets with the one-game setting :data:`ONE_GAME` (L-BFGS in float64 to a gradient
+tolerance of 1e-8, at most 1,000 iterations) along five paths
+
+* ``batched``: cold starts (the model's fixed initialisation), batches of 64 in order, on all
+  training columns (the reference);
+* ``regrouped``: cold, the subsets in reverse order in batches of 7, each batch trained on the
+  columns it uses only (as the engine's column restriction does);
+* ``alone``: cold, a batch of one (torch then runs other kernels than for a batch);
+* ``warm-full``: started from the full-data solution (``UtilityEngine(warm_start=True)``);
+* ``warm-near``: started from the solution of a neighbouring subset, the same subset with
+  about a tenth of its points swapped (``warm_start="nearest"`` reuses one at Jaccard >= 0.5);
+
+and counts the subsets whose whole vector of validation predictions differs between any path
+and the reference.
+
+Statistics. ``N_SUBSETS`` = 500 random subsets per dataset (sizes uniform in 1..n, so small
+and large subsets alike), 1,000 in all, and the test allows at most one disagreeing subset
+(0.1 %) over both datasets. Only the ``alone`` path is run on the first ``N_ALONE`` subsets of
+each dataset (a batch of one costs a full per-call overhead per subset). With a true
+disagreement rate p per subset, the number of disagreeing subsets is about Poisson(1000 p): at
+p = 1 % (a fit alone on digits with the float32 L-BFGS at tolerance 3e-4) the test passes with
+probability e^-10 (1 + 10) = 5e-4, at p = 0.5 % with 0.04; at p = 0.1 % it passes with 0.74.
+So a pass says the rate is below about half a percent with 96 % confidence, and the observed
+rate is printed. The draw is seeded, so the outcome is deterministic.
+
+The default :class:`~valbench.models.ModelSpec` (float32, tolerance 3e-4) is not one game by
+this test: warm starts from the full-data solution change the predictions of 466 of 500
+digits subsets and 193 of 500 breast_cancer subsets (measured 2026-12-02). It is kept as the
+default because the one-game setting costs 4x (breast_cancer) to 9x (digits) the CPU time; the
+retraining methods start cold by default, and ``--model logreg:dtype=float64,tol=1e-8,
+epochs=1000`` runs a benchmark on the one game. The default's failure is asserted too (strict
+xfail), so the day it passes the test says so.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from valbench.datasets.sklearn_bundled import BreastCancerDataset, DigitsDataset
+from valbench.models import BatchedClassifier, ModelSpec, Params
+
+N_SUBSETS = 500
+N_ALONE = 60
+MAX_DISAGREEING = 1  # of 2 * N_SUBSETS subsets: 0.1 %
+DIGITS_TRAIN = 300  # digits' training rows (the first of the default split), to keep it fast
+#: The evaluation model under which U(S) is one game (``epochs`` caps L-BFGS's iterations).
+ONE_GAME = ModelSpec(kind="logreg", dtype="float64", tol=1e-8, epochs=1000)
+
+
+def _subsets(n: int, count: int, rng: np.random.Generator) -> np.ndarray:
+    """``count`` random non-empty subsets (bool rows) of sizes uniform in 1..n."""
+    sizes = rng.integers(1, n + 1, size=count)
+    ranks = rng.random((count, n)).argsort(axis=1).argsort(axis=1)
+    return ranks < sizes[:, None]
+
+
+def _neighbours(masks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Each subset with about a tenth of its points swapped for points outside it."""
+    out = masks.copy()
+    for row in out:
+        inside, outside = np.flatnonzero(row), np.flatnonzero(~row)
+        k = min(max(1, len(inside) // 10), len(outside), len(inside) - 1)
+        if k > 0:
+            row[rng.choice(inside, k, replace=False)] = False
+            row[rng.choice(outside, k, replace=False)] = True
+    return out
+
+
+def _fit_predict(
+    clf: BatchedClassifier,
+    x: np.ndarray,
+    y: np.ndarray,
+    x_val: np.ndarray,
+    masks: np.ndarray,
+    *,
+    batch: int,
+    init: Params | None = None,
+    restrict: bool = False,
+) -> np.ndarray:
+    """Validation predictions (B, m) of one model per row of ``masks``, in batches."""
+    preds = []
+    for lo in range(0, len(masks), batch):
+        rows = masks[lo : lo + batch]
+        start = init
+        if init is not None and init.batch_size > 1:
+            start = init.select(np.arange(lo, lo + len(rows)))
+        xs, ys = x, y
+        if restrict:
+            used = rows.any(axis=0)
+            xs, ys, rows = x[used], y[used], rows[:, used]
+        preds.append(clf.predict(clf.fit(xs, ys, rows, init=start), x_val))
+    return np.concatenate(preds)
+
+
+def _disagreements(dataset: str, spec: ModelSpec) -> dict[str, np.ndarray]:
+    """Per path, a bool per subset: its validation predictions differ from ``batched``."""
+    if dataset == "digits":
+        splits = DigitsDataset().load(seed=0, max_train=DIGITS_TRAIN)
+    else:
+        splits = BreastCancerDataset().load(seed=0)
+    x, y, x_val = splits.x_train, splits.y_train, splits.x_val
+    clf = spec.build(x.shape[1], splits.n_classes, seed=0)
+    rng = np.random.default_rng(20)
+    masks = _subsets(len(y), N_SUBSETS, rng)
+    ref = _fit_predict(clf, x, y, x_val, masks, batch=64)
+    paths: dict[str, np.ndarray] = {}
+    backwards = np.ascontiguousarray(masks[::-1])
+    paths["regrouped"] = _fit_predict(clf, x, y, x_val, backwards, batch=7, restrict=True)[::-1]
+    paths["alone"] = _fit_predict(clf, x, y, x_val, masks[:N_ALONE], batch=1)
+    full = clf.fit(x, y, np.ones((1, len(y)), dtype=bool))
+    paths["warm-full"] = _fit_predict(clf, x, y, x_val, masks, batch=64, init=full)
+    near = clf.fit(x, y, _neighbours(masks, rng))
+    paths["warm-near"] = _fit_predict(clf, x, y, x_val, masks, batch=64, init=near)
+    return {k: (v != ref[: len(v)]).any(axis=1) for k, v in paths.items()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "spec",
+    [
+        pytest.param(ONE_GAME, id="one-game-setting"),
+        pytest.param(
+            ModelSpec(),
+            id="default",
+            marks=pytest.mark.xfail(strict=True, reason="the fast default is not one game"),
+        ),
+    ],
+)
+def test_one_game_same_predictions_whatever_the_batch_or_start(spec: ModelSpec) -> None:
+    per_path: dict[str, int] = {}
+    bad = 0
+    for dataset in ("digits", "breast_cancer"):
+        diff = _disagreements(dataset, spec)
+        for path, flags in diff.items():
+            per_path[f"{dataset}/{path}"] = int(flags.sum())
+        any_path = np.zeros(N_SUBSETS, dtype=bool)
+        for flags in diff.values():
+            any_path[: len(flags)] |= flags
+        bad += int(any_path.sum())
+    print(f"subsets whose validation predictions differ from the batched cold fit: {per_path}")
+    assert bad <= MAX_DISAGREEING, (
+        f"{bad} of {2 * N_SUBSETS} subsets change their validation predictions with the batch "
+        f"or the start ({per_path}); U(S) is not a function of S alone at {spec}"
+    )
