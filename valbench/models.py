@@ -25,7 +25,7 @@ import torch
 
 from valbench.errors import UnknownNameError, UsageError
 from valbench.nets import DEVICES, DeepClassifier, Recipe, architecture_names, get_architecture
-from valbench.types import BatchedModel, FitCounter, ModelParams
+from valbench.types import BatchedModel, FitCounter, ModelParams, subset_masks
 
 __all__ = [
     "MODEL_NAMES",
@@ -417,23 +417,7 @@ class BatchedClassifier:
 
     def _masks(self, masks: np.ndarray | Sequence[np.ndarray], n: int) -> torch.Tensor:
         """Bool (B, n) from a bool array or a list of index arrays."""
-        if isinstance(masks, np.ndarray) and masks.dtype == bool:
-            out = masks if masks.ndim == 2 else masks[None, :]
-        else:
-            rows = list(masks)
-            out = np.zeros((len(rows), n), dtype=bool)
-            for i, row in enumerate(rows):
-                arr = np.asarray(row)
-                if arr.dtype == bool:
-                    out[i] = arr
-                elif arr.size:
-                    idx = arr.astype(np.int64, copy=False)
-                    if idx.min() < 0 or idx.max() >= n:
-                        raise UsageError(f"subset index out of range for {n} training points")
-                    out[i, idx] = True
-        if out.ndim != 2 or out.shape[1] != n:
-            raise UsageError(f"masks must have shape (B, {n}), got {out.shape}")
-        return torch.from_numpy(np.ascontiguousarray(out))
+        return torch.from_numpy(np.ascontiguousarray(subset_masks(masks, n)))
 
     # -- training -----------------------------------------------------------------------------
 

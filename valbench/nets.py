@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from valbench.errors import UnknownNameError, UsageError
-from valbench.types import Architecture, FitCounter
+from valbench.types import Architecture, FitCounter, subset_masks
 
 __all__ = [
     "ARCHITECTURE_GROUP",
@@ -695,23 +695,8 @@ class DeepClassifier:
         return xt, yt
 
     def _masks(self, masks: np.ndarray | Sequence[np.ndarray], n: int) -> np.ndarray:
-        if isinstance(masks, np.ndarray) and masks.dtype == bool:
-            out = masks if masks.ndim == 2 else masks[None, :]
-        else:
-            rows = list(masks)
-            out = np.zeros((len(rows), n), dtype=bool)
-            for i, row in enumerate(rows):
-                arr = np.asarray(row)
-                if arr.dtype == bool:
-                    out[i] = arr
-                elif arr.size:
-                    idx = arr.astype(np.int64, copy=False)
-                    if idx.min() < 0 or idx.max() >= n:
-                        raise UsageError(f"subset index out of range for {n} training points")
-                    out[i, idx] = True
-        if out.ndim != 2 or out.shape[1] != n:
-            raise UsageError(f"masks must have shape (B, {n}), got {out.shape}")
-        return out
+        """Bool (B, n) from a bool array or a list of index arrays."""
+        return subset_masks(masks, n)
 
     def fit(
         self,

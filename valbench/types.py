@@ -36,6 +36,7 @@ __all__ = [
     "Architecture",
     "BatchedModel",
     "Subset",
+    "subset_masks",
     "Utility",
     "UtilityFactory",
     "ValuationTask",
@@ -324,6 +325,27 @@ class Architecture(Protocol):
 
 Subset = np.ndarray | Iterable[int]
 """A training subset: an iterable of indices or a bool mask over the training points."""
+
+
+def subset_masks(masks: np.ndarray | Sequence[np.ndarray], n: int) -> np.ndarray:
+    """Bool (B, n) masks from a bool array (one row or B) or B index arrays or bool rows."""
+    if isinstance(masks, np.ndarray) and masks.dtype == bool:
+        out = masks if masks.ndim == 2 else masks[None, :]
+    else:
+        rows = list(masks)
+        out = np.zeros((len(rows), n), dtype=bool)
+        for i, row in enumerate(rows):
+            arr = np.asarray(row)
+            if arr.dtype == bool:
+                out[i] = arr
+            elif arr.size:
+                idx = arr.astype(np.int64, copy=False)
+                if idx.min() < 0 or idx.max() >= n:
+                    raise UsageError(f"subset index out of range for {n} training points")
+                out[i, idx] = True
+    if out.ndim != 2 or out.shape[1] != n:
+        raise UsageError(f"masks must have shape (B, {n}), got {out.shape}")
+    return out
 
 
 class Utility(Protocol):
