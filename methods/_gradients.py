@@ -22,6 +22,7 @@ from scipy.linalg import blas
 from torch.func import grad, jvp, vmap
 
 from valbench.errors import UsageError
+from valbench.params import Interval, Options, Param
 from valbench.types import ModelParams
 
 __all__ = [
@@ -45,6 +46,17 @@ __all__ = [
 ]
 
 LAYERS: tuple[str, ...] = ("all", "last")
+
+
+def layers_param(default: str) -> Param:
+    """The gradient methods' ``layers`` parameter: which parameters are differentiated."""
+    return Param(
+        default, Options(str, LAYERS), doc="parameters differentiated: an MLP's last layer or all"
+    )
+
+
+#: The gradient methods' ``chunk`` parameter: how many points' gradients are held at once.
+CHUNK_PARAM = Param(1024, Interval(int, 1, None), doc="points whose gradients are held at once")
 SOLVERS: tuple[str, ...] = ("auto", "exact", "cg", "lissa")
 DTYPE = torch.float64
 #: Largest parameter count for which an explicit Hessian is built (``solver="auto"``).

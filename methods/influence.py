@@ -122,11 +122,7 @@ class InfluenceFunction(Method):
         "damping": Param(
             1e-3, Interval(float, 0, None), doc="lambda added to the Hessian's diagonal"
         ),
-        "layers": Param(
-            "last",
-            Options(str, gr.LAYERS),
-            doc="parameters differentiated: an MLP's last layer or all",
-        ),
+        "layers": gr.layers_param("last"),
         "refine": Param(True, bool, doc="finish a head's fit with float64 Newton steps"),
         "self_influence": Param(True, bool, doc="also compute self-influence detection scores"),
         "maxiter": Param(
@@ -144,7 +140,7 @@ class InfluenceFunction(Method):
             None,
             doc="LiSSA's sigma (None: 1.2 x a power-iteration estimate)",
         ),
-        "chunk": Param(1024, Interval(int, 1, None), doc="points whose gradients are held at once"),
+        "chunk": gr.CHUNK_PARAM,
         "arnoldi_rank": Param(
             10, Interval(int, 1, None), doc="Arnoldi: eigenpairs of largest |eigenvalue| kept"
         ),

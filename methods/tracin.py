@@ -10,7 +10,7 @@ from valbench import Method, RunContext, Valuation, ValuationTask
 from valbench.errors import UsageError
 from valbench.methods import _gradients as gr
 from valbench.models import Params
-from valbench.params import Interval, Options, Param
+from valbench.params import Interval, Param
 
 __all__ = ["TracIn", "sgd_checkpoints", "sgd_gradient", "checkpoint_epochs"]
 
@@ -117,12 +117,8 @@ class TracIn(Method):
             doc="constant SGD step size, also each checkpoint's weight",
         ),
         "batch_size": Param(32, Interval(int, 1, None), doc="SGD minibatch size"),
-        "layers": Param(
-            "all",
-            Options(str, gr.LAYERS),
-            doc="parameters differentiated: all or an MLP's last layer",
-        ),
-        "chunk": Param(1024, Interval(int, 1, None), doc="points whose gradients are held at once"),
+        "layers": gr.layers_param("all"),
+        "chunk": gr.CHUNK_PARAM,
     }
     epochs: int
     checkpoints: int

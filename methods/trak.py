@@ -132,12 +132,8 @@ class TRAK(Method):
         "projection": Param(
             "rademacher", Options(str, PROJECTIONS), doc="entries of the projection matrix"
         ),
-        "layers": Param(
-            "all",
-            Options(str, gr.LAYERS),
-            doc="parameters differentiated: all or an MLP's last layer",
-        ),
-        "chunk": Param(1024, Interval(int, 1, None), doc="points whose gradients are held at once"),
+        "layers": gr.layers_param("all"),
+        "chunk": gr.CHUNK_PARAM,
     }
     proj_dim: int
     checkpoints: int
