@@ -252,7 +252,15 @@ def test_run_help_shows_every_presets_defaults(capsys: pytest.CaptureFixture[str
         assert f"seeds {preset['seeds']}" in line
         assert f"budget {preset['budget']}" in line
         assert "noise " + ", ".join(f"{n:g}" for n in preset["noise"]) in line
-        assert f"max_train {preset['max_train'] or 'all'}" in line
+        caps = preset["max_train"]
+        if isinstance(caps, dict):
+            shown = ", ".join(f"{k}={'all' if v is None else v}" for k, v in caps.items())
+        else:
+            shown = caps or "all"
+        assert f"max_train {shown}" in line
+        for key in ("methods", "fractions"):  # a preset that names them shows them
+            if key in preset:
+                assert f"{key} {','.join(map(str, preset[key]))}" in line
     assert "pass --noise 0 to value your" in out
 
 

@@ -286,9 +286,18 @@ def test_resume_after_kill_loses_nothing_and_duplicates_nothing(
     assert f"{len(finished)} already done" in done.stdout
 
 
+def _foreground() -> None:
+    # A child inherits an ignored SIGINT (as a shell's background job does), and Python then
+    # keeps ignoring it; an earlier test's cluster may leave it ignored in this process. A
+    # user's Ctrl-C reaches a foreground process, so the child starts with the default.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_keeps_finished_cells(tmp_path: Path, test_plugins: Path) -> None:
     out = tmp_path / "run"
-    proc = subprocess.Popen(_cli(out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        _cli(out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_foreground
+    )
     _wait_for_lines(out / "results.jsonl", 2, proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
