@@ -68,6 +68,7 @@ def _bench(benchmark, tmp_path: Path, cells: int) -> dict[str, float]:  # type: 
     return result
 
 
+@pytest.mark.slow  # a timing of a whole small grid (15-35 s)
 def test_grid_overhead_small(benchmark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     _bench(benchmark, tmp_path, 40)
 

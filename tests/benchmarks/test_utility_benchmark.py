@@ -105,6 +105,7 @@ def digits_optimum() -> dict[str, Any]:
     return {"x": s.x_train, "y": y, "masks": masks, "sklearn": best}
 
 
+@pytest.mark.slow  # a speed measurement: 25-60 s of fits on digits
 @pytest.mark.parametrize("solver", ["lbfgs", "adam"])
 def test_logreg_solver_speed_and_gap_on_digits(
     benchmark: Any, digits_optimum: dict[str, Any], solver: str

@@ -158,6 +158,7 @@ def test_lbfgs_stops_each_model_within_its_gradient_tolerance(tol: float, whiten
         assert max(float(g.abs().max()) for g in grads.values()) <= tol
 
 
+@pytest.mark.slow  # counts L-BFGS passes with and without whitening (20-45 s)
 def test_whitening_cuts_lbfgs_passes_on_correlated_features(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

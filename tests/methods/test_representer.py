@@ -67,6 +67,7 @@ def test_representer_conforms() -> None:
     check_method(RepresenterPoints)
 
 
+@pytest.mark.slow  # an invariance on a wide task: 17-45 s of fits
 def test_wide_last_layer_in_the_span_of_its_training_inputs_changes_nothing(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
