@@ -37,8 +37,9 @@ __all__ = [
 ]
 
 MODEL_NAMES: tuple[str, ...] = ("logreg", "mlp")
-#: Field defaults a deep architecture replaces with its recipe's (see ModelSpec).
-_RECIPE_FIELDS = {"epochs": 150, "lr": 0.05, "l2": 1e-3}
+#: ModelSpec fields a deep architecture fills from its recipe when left at their defaults
+#: (ModelSpec field -> Recipe field).
+_RECIPE_FIELDS = {"epochs": "epochs", "lr": "lr", "l2": "weight_decay"}
 
 
 def model_names() -> tuple[str, ...]:
@@ -112,11 +113,10 @@ class ModelSpec:
             raise UsageError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.deep:
             recipe = get_architecture(self.kind).recipe
-            for key, default in _RECIPE_FIELDS.items():
-                if getattr(self, key) == default:
-                    object.__setattr__(
-                        self, key, getattr(recipe, "weight_decay" if key == "l2" else key)
-                    )
+            defaults = {f.name: f.default for f in dataclasses.fields(self)}
+            for key, recipe_key in _RECIPE_FIELDS.items():
+                if getattr(self, key) == defaults[key]:
+                    object.__setattr__(self, key, getattr(recipe, recipe_key))
             if self.batch_size is None:
                 object.__setattr__(self, "batch_size", recipe.batch_size)
             if not isinstance(self.batch_size, int) or self.batch_size < 1:
