@@ -7,6 +7,7 @@ none touches global RNG state.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import numpy as np
 from sklearn.model_selection import train_test_split
@@ -352,13 +353,7 @@ def resize_splits(
             x, y = x[keep], y[keep]
             rows = None if rows is None else rows[keep]
         parts[f"x_{part}"], parts[f"y_{part}"], parts[f"{part}_rows"] = x, y, rows
-    return DatasetSplits(
-        x_train=splits.x_train,
-        y_train=splits.y_train,
-        n_classes=splits.n_classes,
-        train_rows=splits.train_rows,
-        **parts,
-    )
+    return replace(splits, **parts)
 
 
 def pool_split_indices(
