@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from valbench.data import pool_split_indices
+from valbench.data import pool_split_indices, split_caps
 from valbench.datasets._images import ImageDataset
 from valbench.errors import DatasetError, UsageError
 from valbench.params import Interval, Param
@@ -80,20 +80,9 @@ class MNIST1DDataset(Dataset):
     n_classes: ClassVar[int] = 10
 
     parameters = {
-        "n_train": Param(
-            None, Interval(int, 1, None), None, doc="cap on training rows (None: no cap)"
-        ),
-        "n_val": Param(
-            None,
-            Interval(int, 1, None),
-            None,
-            doc="validation rows (None: val_fraction of the pool)",
-        ),
-        "n_test": Param(
-            None,
-            Interval(int, 1, None),
-            None,
-            doc="test rows, a stratified subsample (None: all 1000)",
+        **split_caps(
+            val="validation rows (None: val_fraction of the pool)",
+            test="test rows, a stratified subsample (None: all 1000)",
         ),
         "val_fraction": Param(
             0.2,

@@ -14,6 +14,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
 from valbench.errors import DatasetError, UsageError
+from valbench.params import Interval, Param
 from valbench.types import DatasetSplits
 
 __all__ = [
@@ -320,6 +321,16 @@ def imbalance_train(splits: DatasetSplits, ratio: float, seed: int) -> DatasetSp
         return splits
     keep = imbalance_rows(splits.y_train, ratio, seed, splits.n_classes)
     return splits.with_train(keep, splits.y_train[keep])
+
+
+def split_caps(
+    *, val: str, test: str, train: str = "cap on training rows (None: no cap)"
+) -> dict[str, Param]:
+    """A dataset's ``n_train``, ``n_val`` and ``n_test`` parameters, documented by ``train``,
+    ``val`` and ``test``: each None or a row count of at least 1, as :func:`resize_splits` and
+    :func:`pool_split_indices` take them."""
+    docs = {"n_train": train, "n_val": val, "n_test": test}
+    return {name: Param(None, Interval(int, 1, None), None, doc=doc) for name, doc in docs.items()}
 
 
 def _check_size(label: str, value: int | None) -> None:
