@@ -12,7 +12,7 @@ import math
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, ClassVar, Protocol, Self, TypeVar
 
 import numpy as np
@@ -707,12 +707,7 @@ class Claim:
             raise ValueError("a comparable-runtime claim needs a threshold >= 1 (a factor)")
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "text": self.text,
-            "source": self.source,
-            "kind": self.kind,
-            "threshold": self.threshold,
-        }
+        return asdict(self)
 
 
 class Method(_Parameterised, abc.ABC):
