@@ -25,7 +25,14 @@ import torch
 
 from valbench.errors import UnknownNameError, UsageError
 from valbench.nets import DEVICES, DeepClassifier, Recipe, architecture_names, get_architecture
-from valbench.types import BatchedModel, FitCounter, ModelParams, subset_masks
+from valbench.types import (
+    BatchedModel,
+    FitCounter,
+    ModelParams,
+    class_labels,
+    feature_matrix,
+    subset_masks,
+)
 
 __all__ = [
     "MODEL_NAMES",
@@ -383,10 +390,7 @@ class BatchedClassifier:
     # -- conversion ---------------------------------------------------------------------------
 
     def _features(self, x: np.ndarray) -> torch.Tensor:
-        arr = np.asarray(x)
-        if arr.ndim != 2 or arr.shape[1] != self.n_features:
-            raise UsageError(f"expected features of shape (n, {self.n_features}), got {arr.shape}")
-        arr = np.ascontiguousarray(arr, dtype=self.spec.dtype)
+        arr = np.ascontiguousarray(feature_matrix(x, self.n_features), dtype=self.spec.dtype)
         finite = np.isfinite(arr).all(axis=1)
         if not finite.all():
             raise UsageError(
@@ -403,13 +407,7 @@ class BatchedClassifier:
         if self._data is not None and self._data[0] is x and self._data[1] is y:
             return self._data[2]
         xt = self._features(x)
-        labels = np.asarray(y, dtype=np.int64)
-        if labels.shape != (xt.shape[0],):
-            raise UsageError(f"expected {xt.shape[0]} labels, got shape {labels.shape}")
-        if labels.size and (labels.min() < 0 or labels.max() >= self.n_classes):
-            raise UsageError(
-                f"labels must lie in [0, {self.n_classes}), got {labels.min()}..{labels.max()}"
-            )
+        labels = class_labels(y, xt.shape[0], self.n_classes)
         onehot_t = torch.zeros(self.n_classes, len(labels), dtype=self.dtype)
         onehot_t[torch.from_numpy(labels), torch.arange(len(labels))] = 1.0
         tensors = (xt, xt.T.contiguous(), onehot_t)

@@ -37,6 +37,8 @@ __all__ = [
     "BatchedModel",
     "Subset",
     "subset_masks",
+    "feature_matrix",
+    "class_labels",
     "Utility",
     "UtilityFactory",
     "ValuationTask",
@@ -346,6 +348,25 @@ def subset_masks(masks: np.ndarray | Sequence[np.ndarray], n: int) -> np.ndarray
     if out.ndim != 2 or out.shape[1] != n:
         raise UsageError(f"masks must have shape (B, {n}), got {out.shape}")
     return out
+
+
+def feature_matrix(x: np.ndarray, n_features: int) -> np.ndarray:
+    """``x`` as an array of shape ``(n, n_features)``, refused in one line otherwise."""
+    arr = np.asarray(x)
+    if arr.ndim != 2 or arr.shape[1] != n_features:
+        raise UsageError(f"expected features of shape (n, {n_features}), got {arr.shape}")
+    return arr
+
+
+def class_labels(y: np.ndarray, n: int, n_classes: int) -> np.ndarray:
+    """``y`` as int64 class indices, one for each of ``n`` rows, each in ``[0, n_classes)``;
+    refused in one line otherwise."""
+    labels = np.asarray(y, dtype=np.int64)
+    if labels.shape != (n,):
+        raise UsageError(f"expected {n} labels, got shape {labels.shape}")
+    if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
+        raise UsageError(f"labels must lie in [0, {n_classes}), got {labels.min()}..{labels.max()}")
+    return labels
 
 
 class Utility(Protocol):
