@@ -33,7 +33,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from valbench.cache import config_key, data_dir
-from valbench.data import pool_split_indices
+from valbench.data import pool_split_indices, split_caps
 from valbench.errors import DatasetError, UsageError, printable
 from valbench.params import Interval, Options, Param
 from valbench.types import Dataset, DatasetSplits, Relabel
@@ -454,14 +454,9 @@ class ImageDataset(Dataset):
             None,
             doc="with raw: principal components kept (None: all pixels)",
         ),
-        "n_train": Param(
-            None, Interval(int, 1, None), None, doc="cap on training rows (None: no cap)"
-        ),
-        "n_val": Param(
-            None, Interval(int, 1, None), None, doc="validation rows (None: the dataset's default)"
-        ),
-        "n_test": Param(
-            None, Interval(int, 1, None), None, doc="test rows (None: the dataset's default)"
+        **split_caps(
+            val="validation rows (None: the dataset's default)",
+            test="test rows (None: the dataset's default)",
         ),
         "val_fraction": Param(
             0.2,

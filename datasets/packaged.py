@@ -8,10 +8,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from valbench.data import pool_split_indices
+from valbench.data import pool_split_indices, split_caps
 from valbench.datasets._images import ImageDataset
 from valbench.errors import DatasetError, UsageError
-from valbench.params import Interval, Param
 from valbench.types import Dataset, DatasetSplits
 
 __all__ = ["MNIST1DDataset", "MNIST5kDataset"]
@@ -95,26 +94,12 @@ class MNIST1DDataset(Dataset):
     n_classes: ClassVar[int] = 10
 
     parameters = {
-        "n_train": Param(
-            None, Interval(int, 1, None), None, doc="cap on training rows (None: no cap)"
+        **split_caps(
+            val="validation rows (None: val_fraction of the pool)",
+            test="test rows, a stratified subsample (None: all 1000)",
         ),
-        "n_val": Param(
-            None,
-            Interval(int, 1, None),
-            None,
-            doc="validation rows (None: val_fraction of the pool)",
-        ),
-        "n_test": Param(
-            None,
-            Interval(int, 1, None),
-            None,
-            doc="test rows, a stratified subsample (None: all 1000)",
-        ),
-        "val_fraction": Param(
-            0.2,
-            Interval(float, 0, 1, closed="neither"),
-            doc="share of the pool used for validation when n_val is None",
-        ),
+        # The same parameter as the image datasets': validation is carved from a pool alike.
+        "val_fraction": ImageDataset.parameters["val_fraction"],
     }
     n_train: int | None
     n_val: int | None

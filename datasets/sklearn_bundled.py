@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 import numpy as np
 from sklearn.datasets import load_breast_cancer, load_digits, load_wine
 
-from valbench.data import resize_splits, stratified_splits
+from valbench.data import resize_splits, split_caps, stratified_splits
 from valbench.params import Interval, Param
 from valbench.types import Dataset, DatasetSplits
 
@@ -46,14 +46,9 @@ class SklearnBundledDataset(Dataset):
         "test_fraction": Param(
             0.2, Interval(float, 0, 1, closed="neither"), doc="share of rows held out for testing"
         ),
-        "n_train": Param(
-            None, Interval(int, 1, None), None, doc="cap on training rows (None: no cap)"
-        ),
-        "n_val": Param(
-            None, Interval(int, 1, None), None, doc="cap on validation rows (None: the whole split)"
-        ),
-        "n_test": Param(
-            None, Interval(int, 1, None), None, doc="cap on test rows (None: the whole split)"
+        **split_caps(
+            val="cap on validation rows (None: the whole split)",
+            test="cap on test rows (None: the whole split)",
         ),
     }
     val_fraction: float

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from valbench.data import resize_splits, stratified_splits
+from valbench.data import resize_splits, split_caps, stratified_splits
 from valbench.errors import UsageError
 from valbench.params import Interval, Param
 from valbench.types import Dataset, DatasetSplits
@@ -73,14 +73,10 @@ class SyntheticDataset(Dataset):
         "cluster_spread": Param(
             0.01, Interval(float, 0, None), doc="standard deviation of each dense cluster"
         ),
-        "n_train": Param(
-            None, Interval(int, 1, None), None, doc="cap on training rows (None: the whole 60 %)"
-        ),
-        "n_val": Param(
-            None, Interval(int, 1, None), None, doc="cap on validation rows (None: the whole 20 %)"
-        ),
-        "n_test": Param(
-            None, Interval(int, 1, None), None, doc="cap on test rows (None: the whole 20 %)"
+        **split_caps(
+            train="cap on training rows (None: the whole 60 %)",
+            val="cap on validation rows (None: the whole 20 %)",
+            test="cap on test rows (None: the whole 20 %)",
         ),
     }
     n_samples: int

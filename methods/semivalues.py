@@ -511,7 +511,16 @@ def _engine_game(
     return utility, many, remaining
 
 
-class ExactShapley(Method):
+class _EngineGame(Method):
+    """Base of this module's methods: each estimates values of the game U(S) that
+    :func:`_engine_game` reads from the task's utility engine, so it trains models only
+    through ``task.utility()`` and runs on any evaluation model."""
+
+    family = "retraining"
+    architectures = None
+
+
+class ExactShapley(_EngineGame):
     """Exact Shapley values by enumerating all 2^n subsets through the utility engine.
 
     Needs 2^n − 1 model fits, so it refuses more than ``max_train`` = 14 points (16,383 fits).
@@ -526,9 +535,7 @@ class ExactShapley(Method):
         batch_size: Subsets handed to the utility engine per call (default 256, >= 1).
     """
 
-    architectures = None  # any evaluation model
     name = "exact-shapley"
-    family = "retraining"
     summary = "Exact Shapley values by enumerating every subset (ground truth; n ≤ 14)."
     max_train: ClassVar[int | None] = 14
 
@@ -564,7 +571,7 @@ class ExactShapley(Method):
         )
 
 
-class TMCShapley(Method):
+class TMCShapley(_EngineGame):
     """Truncated Monte-Carlo Shapley (Ghorbani & Zou 2019) on the batched utility engine.
 
     See :func:`tmc_shapley` for the estimator; the run stops at the budget (fits/seconds), at
@@ -598,9 +605,7 @@ class TMCShapley(Method):
             prefix, so the values are no longer those of one game; opt in for speed only.
     """
 
-    architectures = None  # any evaluation model
     name = "tmc-shapley"
-    family = "retraining"
     summary = "Truncated Monte-Carlo Data Shapley: permutation marginals with truncation."
 
     parameters = {
@@ -668,12 +673,9 @@ class TMCShapley(Method):
         return Valuation(scores=scores, stats=stats)
 
 
-class Semivalue(Method):
+class Semivalue(_EngineGame):
     """Base of MSR-estimated semivalues: a subclass only defines :meth:`size_weights`."""
 
-    family = "retraining"
-
-    architectures = None  # any evaluation model
     parameters = {
         "max_samples": Param(
             2000, Interval(int, 1, None), doc="most random subsets drawn, one model fit each"
@@ -761,12 +763,9 @@ class DataBanzhaf(Semivalue):
         return banzhaf_size_weights(n)
 
 
-class SampledShapley(Method):
+class SampledShapley(_EngineGame):
     """Base of the Shapley estimators that average sampled marginals: a subclass only builds
     its :class:`~valbench.methods.samplers.Sampler`."""
-
-    family = "retraining"
-    architectures = None  # any evaluation model
 
     parameters = {
         "batch_size": Param(

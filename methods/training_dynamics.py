@@ -31,6 +31,7 @@ from torch.func import functional_call, grad, vmap
 
 from valbench import Method, RunContext, Valuation, ValuationTask
 from valbench.errors import UsageError
+from valbench.models import foreach_adam_step
 from valbench.params import Interval, Param
 
 __all__ = [
@@ -51,7 +52,6 @@ StackedParams = dict[str, torch.Tensor]
 
 #: Per-sample gradient chunks hold at most this many floats (runs x points x parameters).
 _GRAD_CHUNK_FLOATS = 1 << 24
-_BETA1, _BETA2, _EPS = 0.9, 0.999, 1e-8
 
 
 # -- networks and training ---------------------------------------------------------------------
@@ -176,14 +176,7 @@ def train_runs(
                     correct[epoch, rows.numpy(), idx.numpy()] = hit
                 grads = list(torch.autograd.grad(loss, values))
                 steps += 1
-                with torch.no_grad():
-                    torch._foreach_lerp_(state_m, grads, 1.0 - _BETA1)
-                    torch._foreach_mul_(state_v, _BETA2)
-                    torch._foreach_addcmul_(state_v, grads, grads, 1.0 - _BETA2)
-                    denom = torch._foreach_div(state_v, 1.0 - _BETA2**steps)
-                    torch._foreach_sqrt_(denom)
-                    torch._foreach_add_(denom, _EPS)
-                    torch._foreach_addcdiv_(values, state_m, denom, -lr / (1.0 - _BETA1**steps))
+                foreach_adam_step(values, grads, state_m, state_v, steps, lr)
             if progress is not None:
                 progress(epoch + 1)
     return TrainedRuns(net, {k: v.detach() for k, v in params.items()}, correct, steps)

@@ -622,7 +622,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     if comparison.regressions:
         print(
             f"{len(comparison.regressions)} significant regression(s): "
-            + "; ".join(f"{d.title}: {d.method} {d.label}" for d in comparison.regressions),
+            + "; ".join(f"{d.title}: {d.method} {d.column.label}" for d in comparison.regressions),
             file=sys.stderr,
         )
         if args.fail_on_regression:

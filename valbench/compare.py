@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from valbench.pages import environment
@@ -70,11 +70,7 @@ class Difference:
     dataset: str
     noise: float | None
     method: str
-    key: str
-    label: str
-    group: str
-    higher_is_better: bool
-    fmt: str
+    column: Column
     mean_a: float
     mean_b: float
     n_pairs: int
@@ -90,7 +86,7 @@ class Difference:
     @property
     def gated(self) -> bool:
         """True for a quality metric: a significant worsening is a regression."""
-        return self.group != COST_GROUP
+        return self.column.group != COST_GROUP
 
     @property
     def title(self) -> str:
@@ -99,7 +95,7 @@ class Difference:
         )
 
     def text(self, value: float, signed: bool = False) -> str:
-        fmt = self.fmt.lstrip("+")
+        fmt = self.column.fmt.lstrip("+")
         return format(value, ("+" if signed else "") + fmt)
 
 
@@ -210,11 +206,7 @@ def compare_runs(run_a: Path, run_b: Path, alpha: float = ALPHA) -> Comparison:
                         dataset=ga.dataset,
                         noise=ga.noise,
                         method=method,
-                        key=col.key,
-                        label=col.label,
-                        group=col.group,
-                        higher_is_better=col.higher_is_better,
-                        fmt=col.fmt,
+                        column=col,
                         mean_a=math.fsum(a) / len(a),
                         mean_b=math.fsum(b) / len(b),
                         n_pairs=len(a),
@@ -254,12 +246,10 @@ def _judge(raw: Sequence[Difference], alpha: float) -> list[Difference]:
         if p_holm is None:
             change = "untested"
         elif p_holm < alpha and d.diff != 0:
-            change = "better" if (d.diff > 0) == d.higher_is_better else "worse"
+            change = "better" if (d.diff > 0) == d.column.higher_is_better else "worse"
         else:
             change = "same"
-        out.append(
-            Difference(**{**d.__dict__, "p_holm": p_holm, "change": change})  # frozen copy
-        )
+        out.append(replace(d, p_holm=p_holm, change=change))
     return out
 
 
@@ -286,7 +276,7 @@ def format_table(comparison: Comparison, changed_only: bool = False) -> str:
         rows = [
             (
                 d.method,
-                f"{d.label} {'↑' if d.higher_is_better else '↓'}",
+                f"{d.column.label} {d.column.arrow}",
                 d.text(d.mean_a),
                 d.text(d.mean_b),
                 d.text(d.diff, signed=True),

@@ -7,12 +7,14 @@ none touches global RNG state.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import numpy as np
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
 from valbench.errors import DatasetError, UsageError
+from valbench.params import Interval, Param
 from valbench.types import DatasetSplits
 
 __all__ = [
@@ -321,6 +323,16 @@ def imbalance_train(splits: DatasetSplits, ratio: float, seed: int) -> DatasetSp
     return splits.with_train(keep, splits.y_train[keep])
 
 
+def split_caps(
+    *, val: str, test: str, train: str = "cap on training rows (None: no cap)"
+) -> dict[str, Param]:
+    """A dataset's ``n_train``, ``n_val`` and ``n_test`` parameters, documented by ``train``,
+    ``val`` and ``test``: each None or a row count of at least 1, as :func:`resize_splits` and
+    :func:`pool_split_indices` take them."""
+    docs = {"n_train": train, "n_val": val, "n_test": test}
+    return {name: Param(None, Interval(int, 1, None), None, doc=doc) for name, doc in docs.items()}
+
+
 def _check_size(label: str, value: int | None) -> None:
     if value is not None and (not isinstance(value, int | np.integer) or value < 1):
         raise UsageError(f"{label} must be a positive integer or None, got {value!r}")
@@ -352,13 +364,7 @@ def resize_splits(
             x, y = x[keep], y[keep]
             rows = None if rows is None else rows[keep]
         parts[f"x_{part}"], parts[f"y_{part}"], parts[f"{part}_rows"] = x, y, rows
-    return DatasetSplits(
-        x_train=splits.x_train,
-        y_train=splits.y_train,
-        n_classes=splits.n_classes,
-        train_rows=splits.train_rows,
-        **parts,
-    )
+    return replace(splits, **parts)
 
 
 def pool_split_indices(

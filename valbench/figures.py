@@ -376,53 +376,76 @@ def _plot_mean_curves(
     return shown
 
 
-def mislabel_figure(group: GroupSummary, styles: Mapping[str, MethodStyle]) -> str | None:
-    """Mislabel recall vs fraction inspected, with the random diagonal and the ideal curve;
-    beyond :data:`HIGHLIGHT` + 1 methods, the best by detection AUC in colour."""
-    curves = _curves(group, _mislabel_curve)
+def _stored_curve_figure(
+    group: GroupSummary,
+    styles: Mapping[str, MethodStyle],
+    read: CurveOf,
+    column: str,
+    references: Callable[[Any, list[float]], None],
+    labels: tuple[str, str, str],
+) -> str | None:
+    """The figure of the stored per-seed curves ``read`` gives (None when no method has one):
+    their means by :func:`_plot_mean_curves` (coloured by ``column``), then ``references(ax,
+    coloured means)`` draws the reference lines and limits; ``labels`` = x, y and title."""
+    curves = _curves(group, read)
     if not curves:
         return None
     with _figure(6.8, 3.8) as (fig, buf):
         ax = fig.subplots()
-        _plot_mean_curves(ax, group, styles, curves, "mislabel.auc")
+        references(ax, _plot_mean_curves(ax, group, styles, curves, column))
+        _finish_curve_axes(fig, ax, *labels)
+    return buf.getvalue()
+
+
+def mislabel_figure(group: GroupSummary, styles: Mapping[str, MethodStyle]) -> str | None:
+    """Mislabel recall vs fraction inspected, with the random diagonal and the ideal curve;
+    beyond :data:`HIGHLIGHT` + 1 methods, the best by detection AUC in colour."""
+
+    def references(ax: Any, shown: list[float]) -> None:
         ax.plot([0, 1], [0, 1], ls="--", lw=1.2, color=_REF, label="random order")
         if group.noise:
             rate = float(group.noise)
             ax.plot([0, rate, 1], [0, 1, 1], ls=":", lw=1.3, color="#000000", label="ideal")
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1.02)
-        _finish_curve_axes(
-            fig,
-            ax,
+
+    return _stored_curve_figure(
+        group,
+        styles,
+        _mislabel_curve,
+        "mislabel.auc",
+        references,
+        (
             "fraction of training data inspected (lowest-valued first)",
             "recall of flipped labels",
             f"{group.title}: mislabel detection",
-        )
-    return buf.getvalue()
+        ),
+    )
 
 
 def removal_figure(group: GroupSummary, styles: Mapping[str, MethodStyle]) -> str | None:
     """Test accuracy after removing the highest-valued points: the faster it drops, the better;
     beyond :data:`HIGHLIGHT` + 1 methods, the best by removal AUC in colour."""
-    curves = _curves(group, _removal_curve)
-    if not curves:
-        return None
-    with _figure(6.8, 3.8) as (fig, buf):
-        ax = fig.subplots()
-        shown = _plot_mean_curves(ax, group, styles, curves, "removal.auc")
+
+    def references(ax: Any, shown: list[float]) -> None:
         if group.full_data.present:
             shown.append(group.full_data.mean)
         _fit_ylim(ax, shown)
         if group.full_data.present:
             ax.axhline(group.full_data.mean, ls=":", lw=1.3, color="#000000", label="full data")
-        _finish_curve_axes(
-            fig,
-            ax,
+
+    return _stored_curve_figure(
+        group,
+        styles,
+        _removal_curve,
+        "removal.auc",
+        references,
+        (
             "fraction of training data removed (highest-valued first)",
             "test accuracy",
             f"{group.title}: point removal",
-        )
-    return buf.getvalue()
+        ),
+    )
 
 
 def runtime_figure(group: GroupSummary, styles: Mapping[str, MethodStyle]) -> str | None:

@@ -25,7 +25,14 @@ import torch
 
 from valbench.errors import UnknownNameError, UsageError
 from valbench.nets import DEVICES, DeepClassifier, Recipe, architecture_names, get_architecture
-from valbench.types import BatchedModel, FitCounter, ModelParams, subset_masks
+from valbench.types import (
+    BatchedModel,
+    FitCounter,
+    ModelParams,
+    class_labels,
+    feature_matrix,
+    subset_masks,
+)
 
 __all__ = [
     "MODEL_NAMES",
@@ -34,6 +41,7 @@ __all__ = [
     "Params",
     "BatchedClassifier",
     "weighted_fit",
+    "foreach_adam_step",
 ]
 
 MODEL_NAMES: tuple[str, ...] = ("logreg", "mlp")
@@ -382,10 +390,7 @@ class BatchedClassifier:
     # -- conversion ---------------------------------------------------------------------------
 
     def _features(self, x: np.ndarray) -> torch.Tensor:
-        arr = np.asarray(x)
-        if arr.ndim != 2 or arr.shape[1] != self.n_features:
-            raise UsageError(f"expected features of shape (n, {self.n_features}), got {arr.shape}")
-        arr = np.ascontiguousarray(arr, dtype=self.spec.dtype)
+        arr = np.ascontiguousarray(feature_matrix(x, self.n_features), dtype=self.spec.dtype)
         finite = np.isfinite(arr).all(axis=1)
         if not finite.all():
             raise UsageError(
@@ -402,13 +407,7 @@ class BatchedClassifier:
         if self._data is not None and self._data[0] is x and self._data[1] is y:
             return self._data[2]
         xt = self._features(x)
-        labels = np.asarray(y, dtype=np.int64)
-        if labels.shape != (xt.shape[0],):
-            raise UsageError(f"expected {xt.shape[0]} labels, got shape {labels.shape}")
-        if labels.size and (labels.min() < 0 or labels.max() >= self.n_classes):
-            raise UsageError(
-                f"labels must lie in [0, {self.n_classes}), got {labels.min()}..{labels.max()}"
-            )
+        labels = class_labels(y, xt.shape[0], self.n_classes)
         onehot_t = torch.zeros(self.n_classes, len(labels), dtype=self.dtype)
         onehot_t[torch.from_numpy(labels), torch.arange(len(labels))] = 1.0
         tensors = (xt, xt.T.contiguous(), onehot_t)
@@ -506,15 +505,7 @@ class BatchedClassifier:
             for step in range(1, steps + 1):
                 found = grad_fn(tensors, xt, xt_t, onehot_t, weights, decay)
                 grads = [found[k] for k in names]
-                # Adam, as in torch.optim.Adam(foreach=True): one fused call per operation over
-                # all tensors keeps the per-step overhead low for these small models.
-                torch._foreach_lerp_(state_m, grads, 1.0 - _BETA1)
-                torch._foreach_mul_(state_v, _BETA2)
-                torch._foreach_addcmul_(state_v, grads, grads, 1.0 - _BETA2)
-                denom = torch._foreach_div(state_v, 1.0 - _BETA2**step)
-                torch._foreach_sqrt_(denom)
-                torch._foreach_add_(denom, _EPS)
-                torch._foreach_addcdiv_(values, state_m, denom, -lr / (1.0 - _BETA1**step))
+                foreach_adam_step(values, grads, state_m, state_v, step, lr)
         if self.fit_counter is not None:
             self.fit_counter.add(batch)
         return Params(self.spec.kind, {k: _from_class_major(v) for k, v in tensors.items()})
@@ -1035,6 +1026,28 @@ def _from_class_major(tensor: torch.Tensor) -> torch.Tensor:
     if tensor.ndim == 3:
         return tensor.transpose(1, 2).contiguous()
     return tensor
+
+
+@torch.no_grad()
+def foreach_adam_step(
+    values: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    state_m: list[torch.Tensor],
+    state_v: list[torch.Tensor],
+    step: int,
+    lr: float,
+) -> None:
+    """Adam step number ``step`` (from 1) in place on ``values``, with torch.optim.Adam's
+    defaults (betas 0.9/0.999, eps 1e-8, no decay) and as its ``foreach=True`` path computes
+    it: one fused call per operation over all tensors keeps the per-step overhead low for
+    small models. ``state_m``/``state_v`` are the moment estimates, updated in place."""
+    torch._foreach_lerp_(state_m, grads, 1.0 - _BETA1)
+    torch._foreach_mul_(state_v, _BETA2)
+    torch._foreach_addcmul_(state_v, grads, grads, 1.0 - _BETA2)
+    denom = torch._foreach_div(state_v, 1.0 - _BETA2**step)
+    torch._foreach_sqrt_(denom)
+    torch._foreach_add_(denom, _EPS)
+    torch._foreach_addcdiv_(values, state_m, denom, -lr / (1.0 - _BETA1**step))
 
 
 P = TypeVar("P", bound=ModelParams)

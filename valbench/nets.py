@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from valbench.errors import UnknownNameError, UsageError
-from valbench.types import Architecture, FitCounter, subset_masks
+from valbench.types import Architecture, FitCounter, class_labels, feature_matrix, subset_masks
 
 __all__ = [
     "ARCHITECTURE_GROUP",
@@ -672,9 +672,7 @@ class DeepClassifier:
         return self._init.repeat(batch_size)
 
     def _images(self, x: np.ndarray) -> torch.Tensor:
-        arr = np.asarray(x)
-        if arr.ndim != 2 or arr.shape[1] != self.n_features:
-            raise UsageError(f"expected features of shape (n, {self.n_features}), got {arr.shape}")
+        arr = feature_matrix(x, self.n_features)
         if not np.isfinite(arr).all():
             raise UsageError("images hold NaN or inf; the deep models need raw pixels in [0, 1]")
         t = torch.as_tensor(np.ascontiguousarray(arr, dtype=np.float32)).to(self.device, self.dtype)
@@ -683,13 +681,7 @@ class DeepClassifier:
     def _training_data(self, x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         if self._data is not None and self._data[0] is x and self._data[1] is y:
             return self._data[2], self._data[3]
-        labels = np.asarray(y, dtype=np.int64)
-        if labels.shape != (len(x),):
-            raise UsageError(f"expected {len(x)} labels, got shape {labels.shape}")
-        if labels.size and (labels.min() < 0 or labels.max() >= self.n_classes):
-            raise UsageError(
-                f"labels must lie in [0, {self.n_classes}), got {labels.min()}..{labels.max()}"
-            )
+        labels = class_labels(y, len(x), self.n_classes)
         xt, yt = self._images(x), torch.from_numpy(labels).to(self.device)
         self._data = (x, y, xt, yt)
         return xt, yt

@@ -317,6 +317,24 @@ def _split(item: Any) -> tuple[Any, dict[str, Any]]:
 # --- methods ----------------------------------------------------------------------------
 
 
+def _plugin_checks(
+    cls: type[Any], params: dict[str, Any], group: str
+) -> tuple[Check, Check, Check]:
+    """The checks a method and a dataset share: ``params_round_trip``,
+    ``params_refuse_invalid`` and ``name_matches_entry_point`` (in the entry-point ``group``)."""
+
+    def params_round_trip() -> None:
+        _check_params_round_trip(cls, params)
+
+    def params_refuse_invalid() -> None:
+        _check_params_refuse_invalid(cls, params)
+
+    def name_matches_entry_point() -> None:
+        _check_entry_point_name(cls, group)
+
+    return params_round_trip, params_refuse_invalid, name_matches_entry_point
+
+
 def _named(*checks: Check) -> Iterator[tuple[str, Check]]:
     """``(name, check)`` pairs, each named after its function."""
     for check in checks:
@@ -377,12 +395,9 @@ def method_checks(
         return _run(cls(**params), make_check_task(n_train=n_train, guarded=True), budget)
 
     first = _Once(first_run)
-
-    def params_round_trip() -> None:
-        _check_params_round_trip(cls, params)
-
-    def params_refuse_invalid() -> None:
-        _check_params_refuse_invalid(cls, params)
+    params_round_trip, params_refuse_invalid, name_matches_entry_point = _plugin_checks(
+        cls, params, METHODS_GROUP
+    )
 
     def scores_valid() -> None:
         out = first()
@@ -435,9 +450,6 @@ def method_checks(
             raise ConformanceError(
                 f"budget of 3 model fits not honoured: the method made {small.fit_counter.count}"
             )
-
-    def name_matches_entry_point() -> None:
-        _check_entry_point_name(cls, METHODS_GROUP)
 
     yield from _named(
         params_round_trip,
@@ -557,12 +569,9 @@ def dataset_checks(
         return  # nothing else can be checked on what is not a Dataset
     seed, other_seed = seeds
     first = _Once(lambda: _check_splits(cls(**params).load(seed=seed, max_train=max_train), None))
-
-    def params_round_trip() -> None:
-        _check_params_round_trip(cls, params)
-
-    def params_refuse_invalid() -> None:
-        _check_params_refuse_invalid(cls, params)
+    params_round_trip, params_refuse_invalid, name_matches_entry_point = _plugin_checks(
+        cls, params, DATASETS_GROUP
+    )
 
     def available_is_bool() -> None:
         got = cls.available()
@@ -623,9 +632,6 @@ def dataset_checks(
                 "features_use_labels() is False but load_relabelled() gave other features "
                 "than load() restricted to the chosen rows"
             )
-
-    def name_matches_entry_point() -> None:
-        _check_entry_point_name(cls, DATASETS_GROUP)
 
     yield from _named(
         params_round_trip,

@@ -12,7 +12,7 @@ import math
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, ClassVar, Protocol, Self, TypeVar
 
 import numpy as np
@@ -37,6 +37,8 @@ __all__ = [
     "BatchedModel",
     "Subset",
     "subset_masks",
+    "feature_matrix",
+    "class_labels",
     "Utility",
     "UtilityFactory",
     "ValuationTask",
@@ -348,6 +350,25 @@ def subset_masks(masks: np.ndarray | Sequence[np.ndarray], n: int) -> np.ndarray
     return out
 
 
+def feature_matrix(x: np.ndarray, n_features: int) -> np.ndarray:
+    """``x`` as an array of shape ``(n, n_features)``, refused in one line otherwise."""
+    arr = np.asarray(x)
+    if arr.ndim != 2 or arr.shape[1] != n_features:
+        raise UsageError(f"expected features of shape (n, {n_features}), got {arr.shape}")
+    return arr
+
+
+def class_labels(y: np.ndarray, n: int, n_classes: int) -> np.ndarray:
+    """``y`` as int64 class indices, one for each of ``n`` rows, each in ``[0, n_classes)``;
+    refused in one line otherwise."""
+    labels = np.asarray(y, dtype=np.int64)
+    if labels.shape != (n,):
+        raise UsageError(f"expected {n} labels, got shape {labels.shape}")
+    if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
+        raise UsageError(f"labels must lie in [0, {n_classes}), got {labels.min()}..{labels.max()}")
+    return labels
+
+
 class Utility(Protocol):
     """U(S): the validation accuracy of the evaluation model trained on subset S.
 
@@ -379,14 +400,11 @@ UtilityFactory = Callable[..., Utility]
 
 
 @dataclass(frozen=True, eq=False)
-class ValuationTask:
-    """One dataset split handed to a method.
-
-    Methods may use ``*_train`` and ``*_val``; they must never read ``x_test``/``y_test`` or
-    ``noisy_mask`` (the conformance kit checks this by poisoning them). ``utility_factory`` is
-    injected by whoever builds the task (the harness, a test), so this contract never imports
-    the engine; build tasks with :meth:`from_splits`.
-    """
+class _SplitArrays:
+    """The fields a dataset's splits and a valuation task share: the train/validation/test
+    arrays and the number of classes. Inherited by :class:`DatasetSplits` and
+    :class:`ValuationTask`, so the two declare them once and a task copies them from splits by
+    :func:`_split_arrays`."""
 
     x_train: np.ndarray
     y_train: np.ndarray
@@ -395,6 +413,23 @@ class ValuationTask:
     x_test: np.ndarray
     y_test: np.ndarray
     n_classes: int
+
+
+def _split_arrays(splits: _SplitArrays) -> dict[str, Any]:
+    """The :class:`_SplitArrays` fields of ``splits``, by name."""
+    return {f.name: getattr(splits, f.name) for f in fields(_SplitArrays)}
+
+
+@dataclass(frozen=True, eq=False)
+class ValuationTask(_SplitArrays):
+    """One dataset split handed to a method.
+
+    Methods may use ``*_train`` and ``*_val``; they must never read ``x_test``/``y_test`` or
+    ``noisy_mask`` (the conformance kit checks this by poisoning them). ``utility_factory`` is
+    injected by whoever builds the task (the harness, a test), so this contract never imports
+    the engine; build tasks with :meth:`from_splits`.
+    """
+
     noisy_mask: np.ndarray | None
     name: str
     seed: int
@@ -416,13 +451,7 @@ class ValuationTask:
     ) -> Self:
         """The task over ``splits`` (a fresh fit counter unless one is given)."""
         return cls(
-            x_train=splits.x_train,
-            y_train=splits.y_train,
-            x_val=splits.x_val,
-            y_val=splits.y_val,
-            x_test=splits.x_test,
-            y_test=splits.y_test,
-            n_classes=splits.n_classes,
+            **_split_arrays(splits),
             noisy_mask=noisy_mask,
             name=name,
             seed=seed,
@@ -699,12 +728,7 @@ class Claim:
             raise ValueError("a comparable-runtime claim needs a threshold >= 1 (a factor)")
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "text": self.text,
-            "source": self.source,
-            "kind": self.kind,
-            "threshold": self.threshold,
-        }
+        return asdict(self)
 
 
 class Method(_Parameterised, abc.ABC):
@@ -755,7 +779,7 @@ class Method(_Parameterised, abc.ABC):
 
 
 @dataclass(frozen=True)
-class DatasetSplits:
+class DatasetSplits(_SplitArrays):
     """Train/validation/test arrays of a dataset, before any label noise.
 
     ``train_rows``, ``val_rows`` and ``test_rows`` optionally say where each row came from:
@@ -764,13 +788,6 @@ class DatasetSplits:
     (or, for ``test_rows``, when the test rows come from another table than the pool).
     """
 
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_val: np.ndarray
-    y_val: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
-    n_classes: int
     train_rows: np.ndarray | None = None
     val_rows: np.ndarray | None = None
     test_rows: np.ndarray | None = None
@@ -794,17 +811,11 @@ class DatasetSplits:
         rows = np.asarray(rows, dtype=np.int64)
         n = len(self.x_train)
         keep_all = rows.shape == (n,) and np.array_equal(rows, np.arange(n))
-        return DatasetSplits(
+        return replace(
+            self,
             x_train=self.x_train if keep_all else self.x_train[rows],
             y_train=labels,
-            x_val=self.x_val,
-            y_val=self.y_val,
-            x_test=self.x_test,
-            y_test=self.y_test,
-            n_classes=self.n_classes,
             train_rows=None if self.train_rows is None else self.train_rows[rows],
-            val_rows=self.val_rows,
-            test_rows=self.test_rows,
         )
 
 

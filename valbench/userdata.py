@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from valbench.data import pool_split_indices
+from valbench.data import pool_split_indices, split_caps
 from valbench.errors import DatasetError, UsageError, printable
 from valbench.params import Interval, Param
 from valbench.types import Dataset, DatasetSplits
@@ -364,9 +364,9 @@ class FileDataset(Dataset):
         "test_fraction": Param(
             0.2, Interval(float, 0, 1, closed="neither"), doc="share of rows for testing"
         ),
-        "n_train": Param(None, Interval(int, 1, None), None, doc="cap on training rows"),
-        "n_val": Param(None, Interval(int, 1, None), None, doc="validation rows to carve"),
-        "n_test": Param(None, Interval(int, 1, None), None, doc="test rows to carve"),
+        **split_caps(
+            train="cap on training rows", val="validation rows to carve", test="test rows to carve"
+        ),
         "standardize": Param(True, bool, doc="standardize with training-split statistics"),
     }
 

@@ -226,8 +226,9 @@ class HostCP(_HostCPBase):
     ReLU (the original's ``extractor``, θ's child layers but the last); for the CNN its
     penultimate features (after their ReLU); for logistic regression, which has no layer but
     the last, the features themselves, so θ then shapes the selection only through the
-    look-ahead gradient that trains φ. Backbones with batch norm (``resnet18``) decline. The per-batch LP has budget ``f·m`` on the incoming
-    assignment mass; the threshold rule, the weights ``s = r / max r``, the fixed data order,
+    look-ahead gradient that trains φ. Backbones with batch norm (``resnet18``) decline. The
+    per-batch LP has budget ``f·m`` on the incoming assignment mass; the threshold rule, the
+    weights ``s = r / max r``, the fixed data order,
     the stale existing set, the look-ahead on the validation loss and both updates (one step
     size, weight decay on every parameter) are as coded. A budgeted fit is one whole online
     run at one selection fraction (θ trained once).
@@ -288,9 +289,6 @@ class HostCPFast(_HostCPBase):
     summary = "HOST-CP, exact closed-form LP path: top-k incoming points far from the selected set."
     mode = "fast"
 
-    def _config(self) -> LoopConfig:
-        return replace(super()._config(), learn_phi=False)
-
 
 class HostCPSmooth(_HostCPBase):
     """HOST-CP with an entropic program (``eps`` relative to the nearest-existing distance).
@@ -334,6 +332,3 @@ class HostCPDS3(_HostCPBase):
     name = "hostcp-ds3"
     summary = "HOST-CP with a DS3 representative budget: near-duplicates share one representative."
     mode = "ds3"
-
-    def _config(self) -> LoopConfig:
-        return replace(super()._config(), learn_phi=False)

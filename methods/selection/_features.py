@@ -29,6 +29,7 @@ __all__ = [
     "fit_all_data",
     "last_layer_grads",
     "GradientRows",
+    "training_gradients",
     "Rows",
     "row_sq_norms",
     "cross",
@@ -128,6 +129,14 @@ def last_layer_grads(phi: np.ndarray, probs: np.ndarray, y: np.ndarray) -> np.nd
     np.multiply(phi[:, :, None], resid[:, None, :], out=out[:, :d, :])
     out[:, d, :] = resid
     return out.reshape(n, (d + 1) * c)
+
+
+def training_gradients(task: ValuationTask) -> GradientRows:
+    """Per-sample last-layer gradients of every training point at the all-data model (one
+    counted fit, :func:`fit_all_data`), factored: distances and correlations between them
+    cost about a tenth of the dense rows' time and memory (see :class:`GradientRows`)."""
+    model = fit_all_data(task)
+    return GradientRows(model.phi, model.probs, task.y_train)
 
 
 class GradientRows:

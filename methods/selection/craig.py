@@ -9,7 +9,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from valbench.methods.selection._base import Stopper, WeightedGreedySelector
-from valbench.methods.selection._features import GradientRows, Rows, fit_all_data, row_sq_norms
+from valbench.methods.selection._features import (
+    GradientRows,
+    Rows,
+    row_sq_norms,
+    training_gradients,
+)
 from valbench.methods.selection.submodular import facility_location_order
 from valbench.types import ValuationTask
 
@@ -60,9 +65,7 @@ class Craig(WeightedGreedySelector):
     def weighted_greedy_order(
         self, task: ValuationTask, ctx: RunContext, k: int
     ) -> tuple[np.ndarray, dict[str, Any], Callable[[np.ndarray], np.ndarray]]:
-        model = fit_all_data(task)
-        # Factored gradients: the same distances at a tenth of the cost (see GradientRows).
-        grads = GradientRows(model.phi, model.probs, task.y_train)
+        grads = training_gradients(task)
         weight_sum = 0.0
 
         def group(rows: np.ndarray, kc: int, stopper: Stopper) -> np.ndarray:

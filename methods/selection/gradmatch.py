@@ -11,7 +11,7 @@ from scipy.linalg import solve_triangular
 from scipy.optimize import nnls
 
 from valbench.methods.selection._base import Stopper, WeightedGreedySelector, fill_order
-from valbench.methods.selection._features import GradientRows, fit_all_data
+from valbench.methods.selection._features import GradientRows, training_gradients
 from valbench.params import Interval, Param
 from valbench.types import ValuationTask
 
@@ -153,9 +153,7 @@ class GradMatch(WeightedGreedySelector):
     def weighted_greedy_order(
         self, task: ValuationTask, ctx: RunContext, k: int
     ) -> tuple[np.ndarray, dict[str, Any], Callable[[np.ndarray], np.ndarray]]:
-        model = fit_all_data(task)
-        # Factored gradients: correlations read a tenth of the memory (see GradientRows).
-        grads = GradientRows(model.phi, model.probs, task.y_train)
+        grads = training_gradients(task)
         filled = 0
         weight_sum = 0.0
         picked = np.zeros(task.n_train, dtype=bool)  # chosen by OMP, not by the random fill

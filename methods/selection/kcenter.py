@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from valbench.methods.selection._base import GreedySelector, Stopper
-from valbench.methods.selection._features import METRICS, embeddings, sq_norms
-from valbench.params import Options, Param
-from valbench.types import ValuationTask
-
-if TYPE_CHECKING:
-    from valbench.types import RunContext
+from valbench.methods.selection._base import Stopper
+from valbench.methods.selection._features import sq_norms
+from valbench.methods.selection.submodular import _EmbeddingGreedy
+from valbench.params import Param
 
 __all__ = ["KCenter", "kcenter_greedy"]
 
@@ -53,7 +50,7 @@ def kcenter_greedy(
     return order, float(np.sqrt(max(float(nearest.max()), 0.0))) if n else 0.0
 
 
-class KCenter(GreedySelector):
+class KCenter(_EmbeddingGreedy):
     """k-center greedy: the subset whose balls of the smallest radius cover every point.
 
     Greedy farthest-first traversal (a 2-approximation of the minimax radius) on the
@@ -77,29 +74,14 @@ class KCenter(GreedySelector):
 
     name = "kcenter"
     summary = "k-center greedy (Sener & Savarese 2018): farthest-first coverage of embeddings."
-    metric: str
-    per_class: bool
 
     parameters = {
-        "metric": Param("euclidean", Options(str, METRICS), doc="distance on the embeddings"),
+        **_EmbeddingGreedy.parameters,
         "per_class": Param(False, bool, doc="one traversal per class, class-proportional"),
     }
 
-    def greedy_order(
-        self, task: ValuationTask, ctx: RunContext, k: int
+    def _order(
+        self, x: np.ndarray, k: int, stopper: Stopper, rng: np.random.Generator
     ) -> tuple[np.ndarray, dict[str, Any]]:
-        x = embeddings(task.x_train, self.metric)
-        stats: dict[str, Any] = {"metric": self.metric, "per_class": self.per_class}
-        if self.per_class:
-
-            def group(rows: np.ndarray, kc: int, stopper: Stopper) -> np.ndarray:
-                first = int(ctx.rng.integers(len(rows)))
-                return kcenter_greedy(x[rows], kc, first, stopper)[0]
-
-            order, complete = self.per_class_order(task, ctx, k, group)
-            stats["complete"] = complete
-            return order, stats
-        first = int(ctx.rng.integers(task.n_train))
-        order, radius = kcenter_greedy(x, k, first, Stopper(ctx, k))
-        stats["radius"] = radius
-        return order, stats
+        order, radius = kcenter_greedy(x, k, int(rng.integers(len(x))), stopper)
+        return order, {"radius": radius}

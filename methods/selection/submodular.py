@@ -173,7 +173,7 @@ def graph_cut_order(
 
 
 class _EmbeddingGreedy(GreedySelector):
-    """A greedy submodular selection on the task's embeddings, run inside each class with
+    """A greedy selection on the task's embeddings, run inside each class with
     class-proportional quotas or over all points; subclasses give the greedy order itself."""
 
     metric: str
@@ -191,18 +191,21 @@ class _EmbeddingGreedy(GreedySelector):
         x = embeddings(task.x_train, self.metric)
         stats: dict[str, Any] = {"metric": self.metric, "per_class": self.per_class}
         if not self.per_class:
-            order, info = self._order(x, k, Stopper(ctx, k))
+            order, info = self._order(x, k, Stopper(ctx, k), ctx.rng)
             return order, {**stats, **info}
 
         def group(rows: np.ndarray, kc: int, stopper: Stopper) -> np.ndarray:
-            return self._order(x[rows], kc, stopper)[0]
+            return self._order(x[rows], kc, stopper, ctx.rng)[0]
 
         order, complete = self.per_class_order(task, ctx, k, group)
         return order, {**stats, "complete": complete}
 
     @abc.abstractmethod
-    def _order(self, x: np.ndarray, k: int, stopper: Stopper) -> tuple[np.ndarray, dict[str, Any]]:
-        """The greedy order of ``k`` picks among the rows of ``x``, and notes for the stats."""
+    def _order(
+        self, x: np.ndarray, k: int, stopper: Stopper, rng: np.random.Generator
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """The greedy order of ``k`` picks among the rows of ``x``, and notes for the stats;
+        ``rng`` (the run's) for an order with a random start."""
 
 
 class FacilityLocation(_EmbeddingGreedy):
@@ -229,7 +232,9 @@ class FacilityLocation(_EmbeddingGreedy):
     name = "facility-location"
     summary = "Facility location by lazy greedy on embeddings (submodular coverage)."
 
-    def _order(self, x: np.ndarray, k: int, stopper: Stopper) -> tuple[np.ndarray, dict[str, Any]]:
+    def _order(
+        self, x: np.ndarray, k: int, stopper: Stopper, rng: np.random.Generator
+    ) -> tuple[np.ndarray, dict[str, Any]]:
         return facility_location_order(x, k, stopper)
 
 
@@ -263,5 +268,7 @@ class GraphCut(_EmbeddingGreedy):
         "lam": Param(1.0, Interval(float, 0, None), doc="weight of the within-subset penalty"),
     }
 
-    def _order(self, x: np.ndarray, k: int, stopper: Stopper) -> tuple[np.ndarray, dict[str, Any]]:
+    def _order(
+        self, x: np.ndarray, k: int, stopper: Stopper, rng: np.random.Generator
+    ) -> tuple[np.ndarray, dict[str, Any]]:
         return graph_cut_order(x, k, float(self.lam), stopper)

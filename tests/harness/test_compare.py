@@ -70,7 +70,9 @@ def test_a_planted_regression_is_found_with_the_paired_test(
 
     _rewrite(run_b, worse)
     comparison = compare_runs(base, run_b)
-    (gain,) = [d for d in comparison.differences if (d.method, d.key) == ("knn-shapley", "gain")]
+    (gain,) = [
+        d for d in comparison.differences if (d.method, d.column.key) == ("knn-shapley", "gain")
+    ]
     a = [_gain(r) for r in read_jsonl(base) if r["method"] == "knn-shapley"]
     b = [_gain(r) for r in read_jsonl(run_b) if r["method"] == "knn-shapley"]
     assert gain.n_pairs == 5
@@ -102,7 +104,7 @@ def test_costs_are_tested_but_never_a_regression(base: Path, tmp_path: Path) -> 
 
     _rewrite(run_b, slower)
     comparison = compare_runs(base, run_b)
-    cpu = [d for d in comparison.differences if d.key == "cost.cpu_s"]
+    cpu = [d for d in comparison.differences if d.column.key == "cost.cpu_s"]
     assert cpu and all(d.change == "worse" and not d.gated for d in cpu)
     assert comparison.regressions == []
     assert (
