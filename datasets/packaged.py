@@ -113,24 +113,8 @@ class MNIST1DDataset(Dataset):
 
     @staticmethod
     def generate() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """``(x, y, x_test, y_test)`` of the default MNIST-1D; numpy's global RNG is restored."""
-        _require("mnist1d", "mnist1d")
-        import random
-
-        from mnist1d.data import get_dataset_args, make_dataset
-
-        np_state, py_state = np.random.get_state(), random.getstate()
-        try:
-            data = make_dataset(get_dataset_args())
-        finally:
-            np.random.set_state(np_state)
-            random.setstate(py_state)
-        return (
-            np.asarray(data["x"], dtype=np.float64),
-            np.asarray(data["y"], dtype=np.int64),
-            np.asarray(data["x_test"], dtype=np.float64),
-            np.asarray(data["y_test"], dtype=np.int64),
-        )
+        """``(x, y, x_test, y_test)`` of the default MNIST-1D; numpy's global RNG is untouched."""
+        return tuple(a.copy() for a in _mnist1d_arrays())  # type: ignore[return-value]
 
     def load(self, *, seed: int, max_train: int | None = None) -> DatasetSplits:
         """Standardized splits for ``seed``; at most ``min(n_train, max_train)`` training rows."""
@@ -159,3 +143,25 @@ class MNIST1DDataset(Dataset):
             train_rows=train,
             val_rows=val,
         )
+
+
+@functools.lru_cache(maxsize=1)
+def _mnist1d_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The default MNIST-1D, generated once a process (seconds of work; the data never vary)."""
+    _require("mnist1d", "mnist1d")
+    import random
+
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    np_state, py_state = np.random.get_state(), random.getstate()
+    try:
+        data = make_dataset(get_dataset_args())
+    finally:
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+    return (
+        np.asarray(data["x"], dtype=np.float64),
+        np.asarray(data["y"], dtype=np.int64),
+        np.asarray(data["x_test"], dtype=np.float64),
+        np.asarray(data["y_test"], dtype=np.int64),
+    )

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from valbench.datasets.packaged import MNIST1DDataset, MNIST5kDataset
+from valbench.datasets.packaged import MNIST1DDataset, MNIST5kDataset, _mnist1d_arrays
 from valbench.datasets.sklearn_bundled import WineDataset
 from valbench.datasets.vision import CIFAR10Dataset, FashionMNISTDataset, MNISTDataset
 from valbench.types import init_params
@@ -36,6 +36,7 @@ def test_mnist_5k_shapes_shuffled_deterministic() -> None:
 
 @pytest.mark.skipif(not MNIST1DDataset.available(), reason="mnist1d not installed")
 def test_mnist1d_shapes_and_global_rng_untouched() -> None:
+    _mnist1d_arrays.cache_clear()  # generate now: that is when the global RNG is at risk
     np.random.seed(123)
     expected = np.random.random()
     np.random.seed(123)
