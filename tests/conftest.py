@@ -11,11 +11,22 @@ sys.path.insert(0, str(Path(__file__).parent))  # tests' own helper modules
 from plugin_fixtures import write_test_plugins  # noqa: E402
 
 
+@pytest.fixture(autouse=True, scope="session")
+def threads_as_in_a_cell() -> Iterator[None]:
+    """Every test computes with the thread pools a cell has (``valbench.worker.cell_threads``:
+    one torch and one BLAS thread), so a test checks the numbers a run produces. Methods that
+    train one tiny model after another also lose most of their time to thread hand-offs with
+    more: an influence fit on 25 points took 17 s on two threads of a busy machine, 0.45 s on
+    one."""
+    from valbench.worker import cell_threads
+
+    with cell_threads():
+        yield
+
+
 @pytest.fixture
 def one_torch_thread() -> Iterator[None]:
-    """Torch on one thread for a test, as every cell runs (valbench.worker): methods that
-    train one tiny model after another lose most of their time to thread hand-offs otherwise.
-    A module opts in with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    """Torch on one thread for a test (session-wide already; kept for modules that name it)."""
     import torch
 
     before = torch.get_num_threads()
