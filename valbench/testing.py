@@ -342,8 +342,12 @@ def _named(*checks: Check) -> Iterator[tuple[str, Check]]:
 
 
 def _run(method: Method, task: ValuationTask, budget: Budget, seed: int = 0) -> Valuation:
+    """``method`` on ``task`` as a cell runs it: with a cell's thread pools (one thread)."""
+    from valbench.worker import cell_threads
+
     ctx = RunContext.for_task(task, seed=seed, budget=budget, fractions=CHECK_FRACTIONS)
-    out = method.value(task, ctx)
+    with cell_threads():
+        out = method.value(task, ctx)
     if not isinstance(out, Valuation):
         raise ConformanceError(f"value() returned {type(out).__name__}, not a valbench.Valuation")
     return out

@@ -41,10 +41,13 @@ def _pip_install(*examples: Path, target: Path) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(target)}
 
 
-def _plugin_tests(example: Path, env: dict[str, str], cwd: Path) -> None:
-    """The plugin's own test suite (the conformance kit) on the installed class."""
+def _plugin_tests(*examples: Path, env: dict[str, str], cwd: Path) -> None:
+    """The plugins' own test suites (the conformance kit) on the installed classes, in one
+    pytest process (importlib mode: the suites' files share a name)."""
+    suites = [str(example / "tests") for example in examples]
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(example / "tests")],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--import-mode=importlib"]
+        + suites,
         env=env,
         capture_output=True,
         text=True,
@@ -219,8 +222,7 @@ def test_example_plugins_installed_for_real(tmp_path: Path) -> None:
     ).stdout
     assert "centroid" in listed and "valbench-example-plugin 0.1.0" in listed
     assert "moons" in listed and "valbench-example-dataset 0.1.0" in listed
-    _plugin_tests(EXAMPLE, env, tmp_path)
-    _plugin_tests(EXAMPLE_DATASET, env, tmp_path)
+    _plugin_tests(EXAMPLE, EXAMPLE_DATASET, env=env, cwd=tmp_path)
 
     out = tmp_path / "run"
     done = subprocess.run(
