@@ -16,6 +16,7 @@ from valbench.errors import UsageError
 from valbench.methods import _gradients as gr
 from valbench.methods.influence import InfluenceFunction
 from valbench.methods.representer import YEH_L2, RepresenterPoints, fit_representer
+from valbench.methods.trak import TRAK, project
 from valbench.models import ModelSpec
 from valbench.types import DatasetSplits, ValuationTask
 from valbench.utility import UtilityEngine
@@ -166,20 +167,25 @@ def test_last_layer_influence_on_the_cnn_predicts_refitting_the_head_without_a_p
 # --- influence on every layer of a (tiny) CNN --------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tiny_cnn():
+def _tiny() -> nets.SmallCNN:
+    return nets.SmallCNN(width=1, dim=2)
+
+
+@pytest.fixture
+def tiny_cnn(monkeypatch):
     """``--model cnn`` built as a 1-channel, 2-unit SmallCNN (105 parameters with 3 classes)."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(nets._BUILTINS, "cnn", lambda: nets.SmallCNN(width=1, dim=2))
-        yield
+    monkeypatch.setitem(nets._BUILTINS, "cnn", _tiny)
 
 
 @pytest.fixture(scope="module")
-def tiny_case(tiny_cnn):
-    """12 images, the tiny CNN trained on them, its objective and smallest Hessian eigenvalue."""
-    task = _images_task("cnn:epochs=3,batch_size=4,lr=0.01,l2=0.001", n_train=12, n_val=6)
-    theta, point_loss, objective = _all_layer_problem(task)
-    return task, theta, point_loss, objective, _smallest_eigenvalue(objective, theta)
+def tiny_case():
+    """12 images, the tiny CNN trained on them, its objective and smallest Hessian eigenvalue
+    (the tests using it take ``tiny_cnn`` too, so that the methods build the same network)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(nets._BUILTINS, "cnn", _tiny)
+        task = _images_task("cnn:epochs=3,batch_size=4,lr=0.01,l2=0.001", n_train=12, n_val=6)
+        theta, point_loss, objective = _all_layer_problem(task)
+        return task, theta, point_loss, objective, _smallest_eigenvalue(objective, theta)
 
 
 def _all_layer_problem(task: ValuationTask):
@@ -217,7 +223,7 @@ def _smallest_eigenvalue(objective, theta: torch.Tensor) -> float:
 @pytest.mark.slow  # explicit Hessians of a CNN on 12 images: 10-60 s on the shared machine
 @pytest.mark.parametrize("solver", ["cg", "exact"])
 def test_all_layer_influence_on_a_tiny_cnn_equals_the_explicit_damped_solve(
-    tiny_case, solver: str
+    tiny_cnn, tiny_case, solver: str
 ) -> None:
     task, theta, point_loss, objective, lam_min = tiny_case
     damping = max(0.0, -lam_min) + 0.1  # H + λI positive definite, as CG needs
@@ -233,7 +239,9 @@ def test_all_layer_influence_on_a_tiny_cnn_equals_the_explicit_damped_solve(
 
 
 @pytest.mark.slow  # shares the explicit Hessian above
-def test_cg_stops_at_negative_curvature_and_the_run_is_marked_incomplete(tiny_case) -> None:
+def test_cg_stops_at_negative_curvature_and_the_run_is_marked_incomplete(
+    tiny_cnn, tiny_case
+) -> None:
     """Undamped, the trained network's Hessian is indefinite: CG stops where it meets
     non-positive curvature (as Newton-CG) and the scores are not passed off as complete."""
     a = torch.diag(torch.tensor([2.0, -1.0], dtype=F64))
@@ -267,6 +275,42 @@ def test_all_layer_requests_a_deep_model_cannot_serve_are_refused_before_trainin
         assert task.fit_counter.count == before  # refused before any fit
 
 
+# --- TRAK on every layer of a (tiny) CNN -----------------------------------------------------
+
+
+def test_trak_on_a_tiny_cnn_equals_its_formula_on_backward_pass_gradients(tiny_cnn) -> None:
+    """TRAK on every layer of the network: ``(1 − p_j) [Φ (ΦᵀΦ)⁺ Σ_v φ_v]_j`` with ``Φ = G P``,
+    G the margin gradients by one backward pass per image through ``log p_y − log(1 − p_y)``
+    of the same trained model and P the method's seeded projection."""
+    task = _images_task("cnn:epochs=2,batch_size=4,lr=0.01", n_train=12, n_val=6)
+    k = 8
+    got = TRAK(proj_dim=k, checkpoints=1).value(task, RunContext.for_task(task, seed=2))
+    assert got.complete and got.stats["n_params"] == 105 and got.stats["feature_rank"] == [k]
+    # The method's one model and projection: the seeds its rng draws first.
+    seeds = RunContext.for_task(task, seed=2).rng.integers(0, 2**31 - 1, size=(1, 2))
+    clf = task.build_model(seed=int(seeds[0, 0]))
+    params = clf.fit(task.x_train, task.y_train, np.ones((1, 12), dtype=bool))
+    p = {k: v[0].to(F64) for k, v in params.tensors.items()}
+
+    def margins(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        rows, p_y = [], []
+        for xi, yi in zip(_pixels(x), y, strict=True):
+            leaves = {k: v.clone().requires_grad_(True) for k, v in p.items()}
+            prob = torch.softmax(clf.arch.apply(leaves, {}, xi[None])[1][0], dim=0)[int(yi)]
+            f = torch.log(prob) - torch.log(1 - prob)
+            grads = torch.autograd.grad(f, list(leaves.values()))
+            rows.append(torch.cat([g.reshape(-1) for g in grads]).numpy())
+            p_y.append(float(prob))
+        return np.stack(rows), np.asarray(p_y)
+
+    g, p_y = margins(task.x_train, task.y_train)
+    gv = margins(task.x_val, task.y_val)[0]
+    phi = project(torch.as_tensor(g), k, "rademacher", int(seeds[0, 1])).numpy()
+    phi_v = project(torch.as_tensor(gv), k, "rademacher", int(seeds[0, 1])).numpy().sum(0)
+    want = (1 - p_y) * (phi @ np.linalg.solve(phi.T @ phi, phi_v))
+    np.testing.assert_allclose(got.scores, want, rtol=1e-6, atol=1e-8 * np.abs(want).max())
+
+
 # --- representer points on the penultimate layer -----------------------------------------------
 
 
@@ -291,3 +335,27 @@ def test_representer_on_the_cnn_decomposes_the_refitted_heads_logits() -> None:
     np.testing.assert_allclose(out.scores, want.numpy(), rtol=1e-8, atol=1e-12)
     # The two flipped labels are poorly fitted: the largest weights on their own label.
     assert set(np.argsort(out.detection_scores)[:2]) == {3, 7}
+
+
+# --- the harness ---------------------------------------------------------------------------------
+
+
+@pytest.mark.slow  # loads mnist-5k and trains a few CNNs: about a minute on the shared machine
+@pytest.mark.parametrize("method", ["influence", "representer"])
+def test_gradient_methods_run_a_cnn_cell_end_to_end(method: str) -> None:
+    from valbench.spec import Cell, RunSpec
+    from valbench.worker import run_cell
+
+    spec = RunSpec(
+        methods=(method,),
+        datasets=("mnist-5k",),
+        model="cnn:epochs=1,batch_size=16",
+        max_train=40,
+        metrics=(),
+        random_repeats=1,
+    )
+    outcome = run_cell(Cell(dataset="mnist-5k", noise=0.1, seed=0, method=method), spec)
+    record = outcome.record
+    assert record.status == "ok", record.error
+    assert record.complete and record.cost is not None and record.cost.model_fits >= 1
+    assert record.metrics.mislabel is not None
