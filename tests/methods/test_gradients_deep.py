@@ -160,7 +160,7 @@ def test_last_layer_influence_on_the_cnn_predicts_refitting_the_head_without_a_p
         refit = _head_fit(phi[keep], task.y_train[keep], c, l2, gtol=1e-8)
         actual.append(val_loss(refit) - base)
     r = pearsonr(got.scores / n, actual).statistic
-    assert r >= 0.9, r  # measured 0.99
+    assert r >= 0.99, r  # measured 0.9998
     assert np.argmax(got.scores) == np.argmax(actual)
 
 
