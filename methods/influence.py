@@ -117,6 +117,10 @@ class InfluenceFunction(Method):
     solve per training point: with ``cg`` or ``lissa`` it is refused before any work (pass
     ``self_influence=False``).
 
+    A ``cg`` or ``lissa`` solve that stops short of ``tol`` (at ``maxiter`` or ``lissa_depth``,
+    or CG at non-positive curvature) leaves scores that are not the damped inverse-Hessian
+    products: the run is marked ``complete=False``.
+
     A budgeted fit is the one full-data model (its Newton refinement finishes it).
 
     Args:
@@ -127,7 +131,8 @@ class InfluenceFunction(Method):
         layers: ``"last"`` (default: an MLP's or a deep model's output layer only) or
             ``"all"`` parameters.
         refine: Finish the fit of a head with float64 Newton steps to a stationary point
-            (default True), where the influence approximation is derived.
+            (default True), where the influence approximation is derived (a deep model's
+            head only when the model has weight decay; otherwise it has none to reach).
         self_influence: Also compute the self-influence ``detection_scores`` (default True).
         maxiter: Most conjugate-gradient iterations per solve (default 200).
         tol: CG stops at a residual below ``tol`` × the right-hand side's norm, LiSSA once
