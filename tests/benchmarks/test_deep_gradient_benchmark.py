@@ -83,3 +83,18 @@ def test_influence_and_representer_on_the_cnn_with_1000_images() -> None:
             )
         else:
             assert out.complete
+
+
+def test_trak_on_the_cnn_with_1000_images() -> None:
+    """One of TRAK's models (the default averages 5, each its own fit and gradient pass)."""
+    from valbench.methods.trak import TRAK
+
+    task = _task()
+    for layers in ("all", "last"):
+        method = TRAK(checkpoints=1, layers=layers)
+        out, cpu, wall = _cpu(lambda m=method: m.value(task, RunContext.for_task(task)))
+        print(
+            f"\ntrak layers={layers}, 1 model (fit included), proj_dim 2048: {cpu:.1f} s CPU "
+            f"({wall:.1f} wall); {out.stats['n_params']} parameters"
+        )
+        assert out.complete and np.isfinite(out.scores).all()
