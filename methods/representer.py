@@ -83,9 +83,9 @@ class RepresenterPoints(Method):
     (= −|α_{i,y_i}|, Yeh et al.'s global importance, always ≥ 0): points with large weight on
     their own label are the poorly fitted ones, the most suspicious.
 
-    On a deep model (``--model cnn``) the network is trained once with its recipe and the
-    decomposition is taken on its penultimate layer, as Yeh et al.: the head is refitted on
-    the frozen penultimate features to a stationary point of mean cross-entropy +
+    On a deep model (``--model cnn`` or ``resnet18``) the network is trained once with its
+    recipe and the decomposition is taken on its penultimate layer, as Yeh et al.: the head is
+    refitted on the frozen penultimate features to a stationary point of mean cross-entropy +
     ``l2/2 · ||W||²``, and ``k(x_i, x) = φ(x_i) · φ(x)`` is the inner product of those features.
 
     A budgeted fit is the one full-data model (the last-layer refit finishes it).
@@ -100,7 +100,7 @@ class RepresenterPoints(Method):
     name = "representer"
     family = "gradient"
     summary = "Representer points (Yeh et al. 2018): last-layer representer values on validation."
-    architectures = ("logreg", "mlp", "cnn")
+    architectures = ("logreg", "mlp", "cnn", "resnet18")
 
     parameters = {
         "l2": Param(

@@ -355,3 +355,23 @@ def test_gradient_methods_run_a_cnn_cell_end_to_end(method: str) -> None:
     assert record.status == "ok", record.error
     assert record.complete and record.cost is not None and record.cost.model_fits >= 1
     assert record.metrics.mislabel is not None
+
+
+@pytest.mark.slow  # trains a (narrow) ResNet-18 twice: about 25 s on the shared machine
+def test_representer_on_a_resnet_reads_its_penultimate_features_with_batch_norm_statistics(
+    monkeypatch,
+) -> None:
+    """ResNet-18 (at width 2) evaluates with its batch-norm running statistics: the kernel is
+    the one of the classifier's own penultimate features, and the identity holds."""
+    monkeypatch.setitem(nets._BUILTINS, "resnet18", lambda: nets.ResNet18(width=2))
+    task = _images_task("resnet18:epochs=1,batch_size=8", n_train=24, n_val=8)
+    rep = fit_representer(task)
+    assert rep.l2 == 5e-4  # the recipe's weight decay
+    clf = task.build_model()
+    params = clf.fit(task.x_train, task.y_train, np.ones((1, 24), dtype=bool))
+    assert params.buffers  # running statistics exist and are used
+    phi, phi_val = clf.features(params, task.x_train)[0], clf.features(params, task.x_val)[0]
+    kernel = torch.as_tensor(phi_val @ phi.T, dtype=F64)
+    torch.testing.assert_close(rep.phi_val @ rep.phi.T, kernel, rtol=1e-4, atol=1e-5)
+    head = rep.phi_val @ rep.w + rep.b
+    torch.testing.assert_close(rep.phi_val @ rep.phi.T @ rep.alpha + rep.b, head)
