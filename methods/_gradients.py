@@ -7,20 +7,25 @@ the evaluation model's forward pass written as a pure function of a parameter di
 (forward-over-reverse) without a Python loop over points.
 
 The training objective is the evaluation model's (see :mod:`valbench.models`):
-``L(θ) = mean_i CE(f_θ(x_i), y_i) + l2/2 · ||weights||²`` (biases are not decayed).
+``L(θ) = mean_i CE(f_θ(x_i), y_i) + l2/2 · ||weights||²`` (biases are not decayed). A deep
+architecture (:mod:`valbench.nets`, ``kind="deep"``) is the network itself in eval mode, its
+``apply`` in float64; its recipe's coupled weight decay covers every parameter, biases included,
+so its objective decays them all. Its last layer on the frozen penultimate features is a head.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 from scipy.linalg import blas
 from torch.func import grad, jvp, vmap
 
+from valbench import nets
 from valbench.errors import UsageError
 from valbench.params import Interval, Options, Param
 from valbench.types import ModelParams
@@ -31,6 +36,7 @@ __all__ = [
     "SOLVERS",
     "functional_from_params",
     "head_features",
+    "gradient_inputs",
     "per_sample_grads",
     "summed_grad",
     "head_hessian",
@@ -73,18 +79,23 @@ class Functional:
     """A model as a pure function of named parameters, plus the objective's L2 terms.
 
     Attributes:
-        kind: ``"head"`` (multinomial logistic regression on fixed inputs ``W, b``) or
-            ``"mlp"`` (``W1, b1, W2, b2``).
+        kind: ``"head"`` (multinomial logistic regression on fixed inputs ``W, b``),
+            ``"mlp"`` (``W1, b1, W2, b2``) or ``"deep"`` (a :mod:`valbench.nets` architecture
+            on images (n, C, H, W), every parameter of its ``init``).
         params: The parameters (float64), in the :class:`~valbench.types.ModelParams` layout
             without the batch dimension.
         decayed: Names of the parameters the objective decays with ``l2/2 · ||·||²``.
         l2: The decay coefficient.
+        arch: ``"deep"``: the architecture (``apply`` runs in eval mode).
+        buffers: ``"deep"``: its buffers (batch-norm running statistics), float64, fixed.
     """
 
     kind: str
     params: dict[str, torch.Tensor]
     decayed: tuple[str, ...]
     l2: float
+    arch: Any = None
+    buffers: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def names(self) -> list[str]:
@@ -118,22 +129,45 @@ class Functional:
         )
 
     def logits(self, p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        """Pre-softmax outputs of ``x`` (n, C) or of one point ``x`` (d,)."""
+        """Pre-softmax outputs of ``x`` (n, C) or of one point ``x`` (d,) (an image (C, H, W)
+        for ``"deep"``)."""
         if self.kind == "head":
             return x @ p["W"] + p["b"]
+        if self.kind == "deep":
+            one = x.dim() == 3
+            out = self.arch.apply(p, self.buffers, x[None] if one else x, train=False)[1]
+            return out[0] if one else out
         act = (x @ p["W1"] + p["b1"]).clamp(min=0)
         return act @ p["W2"] + p["b2"]
 
 
-def functional_from_params(params: ModelParams, l2: float, layers: str = "all") -> Functional:
+def functional_from_params(
+    params: ModelParams, l2: float, layers: str = "all", arch: Any = None
+) -> Functional:
     """The float64 functional model of the first model in ``params``.
 
     ``layers="last"`` keeps only the output layer (a head on the penultimate features, see
-    :func:`head_features`); for logistic regression both choices are the same model.
+    :func:`head_features`); for logistic regression both choices are the same model. For a
+    deep model (:class:`valbench.nets.DeepParams`) ``arch`` is its architecture; its head is
+    ``head.weight`` / ``head.bias`` (``W = head.weightᵀ``), with the bias left undecayed as
+    every head here.
     """
     if layers not in LAYERS:
         raise UsageError(f"layers must be one of {', '.join(LAYERS)}, got {layers!r}")
-    t = {k: v[0].detach().to(DTYPE).clone() for k, v in params.tensors.items()}
+    t = {k: v[0].detach().to("cpu", DTYPE).clone() for k, v in params.tensors.items()}
+    if isinstance(params, nets.DeepParams):
+        if "head.weight" not in t or "head.bias" not in t:
+            raise UsageError(
+                f"the gradient methods need the {params.kind} architecture's output layer "
+                "as parameters 'head.weight' and 'head.bias'"
+            )
+        if layers == "last":
+            w = t["head.weight"].T.contiguous()
+            return Functional("head", {"W": w, "b": t["head.bias"]}, ("W",), l2)
+        if arch is None:
+            raise UsageError(f"layers='all' on {params.kind} needs its architecture")
+        buffers = {k: v[0].detach().to("cpu", DTYPE).clone() for k, v in params.buffers.items()}
+        return Functional("deep", t, tuple(t), l2, arch=arch, buffers=buffers)
     if params.kind == "logreg":
         return Functional("head", {"W": t["W"], "b": t["b"]}, ("W",), l2)
     if layers == "last":
@@ -169,13 +203,43 @@ def in_training_span(
     return phi @ basis, phi_val @ basis, basis.T @ w
 
 
-def head_features(params: ModelParams, x: np.ndarray) -> torch.Tensor:
-    """Inputs of the output layer in float64: ``x`` itself for logreg, hidden ReLUs for the MLP."""
+def head_features(params: ModelParams, x: np.ndarray, clf: Any = None) -> torch.Tensor:
+    """Inputs of the output layer in float64: ``x`` itself for logreg, hidden ReLUs for the MLP,
+    the penultimate features of a deep model (``clf``, its :class:`~valbench.nets.DeepClassifier`)
+    computed in float64 by its architecture in eval mode."""
+    if isinstance(params, nets.DeepParams):
+        return gradient_inputs(clf, params, x, deep_head=True)
     xt = as_tensor(x)
     if params.kind == "logreg":
         return xt
     w1, b1 = params.tensors["W1"][0].to(DTYPE), params.tensors["b1"][0].to(DTYPE)
     return (xt @ w1 + b1).clamp(min=0)
+
+
+def gradient_inputs(
+    clf: Any, params: ModelParams, x: np.ndarray, *, deep_head: bool = False, chunk: int = 512
+) -> torch.Tensor:
+    """What the functional model of ``params`` reads for raw rows ``x``, in float64 on the CPU.
+
+    Shallow models: ``x`` itself (an MLP with every layer; a head takes :func:`head_features`).
+    A deep model: its images (:func:`valbench.nets.classifier_inputs`), or with ``deep_head``
+    its penultimate features, computed by its architecture in float64 (``chunk`` images at once).
+    """
+    if not isinstance(params, nets.DeepParams):
+        return as_tensor(x)
+    images = nets.classifier_inputs(clf, x).detach().to("cpu", DTYPE)
+    if not deep_head:
+        return images
+    p = {k: v[0].detach().to("cpu", DTYPE) for k, v in params.tensors.items()}
+    b = {k: v[0].detach().to("cpu", DTYPE) for k, v in params.buffers.items()}
+    with torch.no_grad():
+        parts = [
+            clf.arch.apply(p, b, images[s : s + chunk], train=False)[0]
+            for s in range(0, images.shape[0], chunk)
+        ]
+    if not parts:
+        return torch.zeros(0, int(p["head.weight"].shape[1]), dtype=DTYPE)
+    return torch.cat(parts)
 
 
 def _point_loss(
@@ -228,28 +292,53 @@ def summed_grad(
     return out
 
 
-def _objective(model: Functional, x: torch.Tensor, y: torch.Tensor) -> Callable[..., torch.Tensor]:
+def _objective(
+    model: Functional, x: torch.Tensor, y: torch.Tensor, n: int | None = None, l2: bool = True
+) -> Callable[..., torch.Tensor]:
+    # The data term sums over x and divides by n (default len(x)); ``l2`` adds the decay.
     mask = model.decay_mask()
+    count = x.shape[0] if n is None else n
 
     def objective(flat: torch.Tensor) -> torch.Tensor:
         logp = torch.log_softmax(model.logits(model.unflatten(flat), x), dim=-1)
-        data = -logp.gather(1, y[:, None]).mean()
+        data = -logp.gather(1, y[:, None]).sum() / count
+        if not l2:
+            return data
         return data + 0.5 * model.l2 * (mask * flat * flat).sum()
 
     return objective
 
 
 def make_hvp(
-    model: Functional, x: torch.Tensor, y: torch.Tensor
+    model: Functional, x: torch.Tensor, y: torch.Tensor, *, chunk: int | None = None
 ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """v ↦ ∇²L(θ̂) v of the training objective (forward-over-reverse), for v of shape (P,)."""
-    g_fn = grad(_objective(model, x, y))
+    """v ↦ ∇²L(θ̂) v of the training objective (forward-over-reverse), for v of shape (P,).
+
+    With ``chunk`` the data term's HVP is summed over chunks of that many points (memory of
+    one chunk's forward pass, the same product up to summation order).
+    """
     theta = model.flat()
+    n = x.shape[0]
+    if chunk is None or n <= chunk:
+        g_fn = grad(_objective(model, x, y))
 
-    def hvp(v: torch.Tensor) -> torch.Tensor:
-        return jvp(g_fn, (theta,), (v,))[1]
+        def hvp(v: torch.Tensor) -> torch.Tensor:
+            return jvp(g_fn, (theta,), (v,))[1]
 
-    return hvp
+        return hvp
+    parts = [
+        grad(_objective(model, x[s : s + chunk], y[s : s + chunk], n=n, l2=False))
+        for s in range(0, n, chunk)
+    ]
+    decay = model.l2 * model.decay_mask()
+
+    def chunked(v: torch.Tensor) -> torch.Tensor:
+        out = decay * v
+        for g_fn in parts:
+            out = out + jvp(g_fn, (theta,), (v,))[1]
+        return out
+
+    return chunked
 
 
 def batched_hvp(
@@ -347,11 +436,15 @@ def solve_cg(
     *,
     tol: float = 1e-8,
     maxiter: int = 200,
+    info: dict[str, object] | None = None,
 ) -> tuple[torch.Tensor, int, bool]:
     """Conjugate gradients on ``(H + λI) X = B`` for every column of ``B`` (P, k) in parallel.
 
     Returns the solution, the iterations run and whether every column reached
-    ``||r|| ≤ tol · ||b||``.
+    ``||r|| ≤ tol · ||b||``. A column that meets a direction of non-positive curvature (an
+    indefinite ``H + λI``, as a neural network's away from a minimum) stops there, as
+    Newton-CG truncates, and counts as not converged; ``info["negative_curvature"]`` is then
+    set to True.
     """
     b2 = b.reshape(b.shape[0], -1)
 
@@ -365,10 +458,14 @@ def solve_cg(
     target = (tol * b2.norm(dim=0)) ** 2
     it = 0
     converged = bool((rs <= target).all())
+    stopped = torch.zeros_like(rs, dtype=torch.bool)
     while it < maxiter and not converged:
         ap = op(p)
         curv = (p * ap).sum(0)
-        active = rs > target
+        stopped |= (rs > target) & ~(curv > 0)
+        active = (rs > target) & ~stopped
+        if not bool(active.any()):
+            break
         alpha = torch.where(active, rs / torch.where(curv > 0, curv, 1.0), 0.0)
         x += alpha * p
         r -= alpha * ap
@@ -378,6 +475,10 @@ def solve_cg(
         rs = rs_new
         it += 1
         converged = bool((rs <= target).all())
+    if bool(stopped.any()):
+        converged = False
+        if info is not None:
+            info["negative_curvature"] = True
     return x.reshape(b.shape), it, converged
 
 

@@ -19,10 +19,18 @@ __all__ = ["InfluenceFunction", "fit_for_gradients", "SOLVERS"]
 
 #: The inverse-Hessian solvers: exact ones and, for influence at scale, approximations.
 SOLVERS: tuple[str, ...] = (*gr.SOLVERS, "arnoldi", "ekfac", "datainf")
+#: ``damping=None``: λ of the logreg and MLP models, and of the deep ones (Koh & Liang's
+#: released code uses 0.01 for its CNN on MNIST, whose Hessian is not positive definite).
+SHALLOW_DAMPING = 1e-3
+DEEP_DAMPING = 1e-2
+
+
+def _is_deep(task: ValuationTask) -> bool:
+    return getattr(task.model, "kind", "logreg") not in ("logreg", "mlp")
 
 
 def fit_for_gradients(
-    task: ValuationTask, layers: str, refine: bool
+    task: ValuationTask, layers: str, refine: bool, clf: Any = None
 ) -> tuple[gr.Functional, torch.Tensor, torch.Tensor, dict[str, Any]]:
     """Train the evaluation model once on all training data; return it as a float64 functional
     model with the (train, validation) inputs it sees.
@@ -31,19 +39,31 @@ def fit_for_gradients(
     weights are refined by float64 Newton steps to a stationary point of the same objective:
     influence and representer points are derived at ∇L(θ̂) = 0, and Adam in float32 stops short
     of it. The refinement finishes the one counted fit; it is not a second model.
+
+    A deep model (``--model cnn``) with ``layers="last"`` is a head on its penultimate features
+    (frozen, computed in float64); it is refined only when the objective has an L2 term
+    (``l2 > 0``): without one a head that separates its training points has no stationary
+    point, and the influence is taken at the trained weights with damping (Koh & Liang's
+    treatment of a non-convergent model). With ``layers="all"`` it is the whole network at
+    its trained weights. ``clf`` is the task's model when the caller built it already.
     """
-    clf = task.build_model()
+    clf = task.build_model() if clf is None else clf
     params = clf.fit(task.x_train, task.y_train, np.ones((1, task.n_train), dtype=bool))
-    model = gr.functional_from_params(params, float(clf.spec.l2), layers)
+    deep = _is_deep(task)
+    model = gr.functional_from_params(
+        params, float(clf.spec.l2), layers, arch=clf.arch if deep else None
+    )
     stats: dict[str, Any] = {}
     if model.kind == "head":
-        phi = gr.head_features(params, task.x_train)
-        phi_val = gr.head_features(params, task.x_val)
+        phi = gr.head_features(params, task.x_train, clf)
+        phi_val = gr.head_features(params, task.x_val, clf)
         width = phi.shape[1]
         phi, phi_val, model.params["W"] = gr.in_training_span(phi, phi_val, model.params["W"])
         if phi.shape[1] < width:
             stats["head_inputs_in_span"] = int(phi.shape[1])
-        if refine:
+        if deep:
+            stats["refined"] = bool(refine and model.l2 > 0)
+        if refine and not (deep and model.l2 <= 0):
             y = torch.as_tensor(task.y_train, dtype=torch.int64)
             w, b, its, g_norm = gr.refine_head(
                 phi, y, model.params["W"], model.params["b"], model.l2
@@ -51,7 +71,8 @@ def fit_for_gradients(
             model.params = {"W": w, "b": b}
             stats.update(newton_iterations=its, grad_norm=g_norm)
         return model, phi, phi_val, stats
-    return model, gr.as_tensor(task.x_train), gr.as_tensor(task.x_val), stats
+    x_in = gr.gradient_inputs(clf, params, task.x_train)
+    return model, x_in, gr.gradient_inputs(clf, params, task.x_val), stats
 
 
 class InfluenceFunction(Method):
@@ -83,15 +104,35 @@ class InfluenceFunction(Method):
     without the L2 term, as the paper). ``damping`` is the λ of ``exact``, ``cg``, ``lissa``
     and ``arnoldi``; EK-FAC and DataInf have their own.
 
+    On a deep model (``--model cnn``) the network is trained once with its recipe.
+    ``layers="last"`` takes its linear head on the frozen penultimate features (convex: the
+    exact solver applies; refined to a stationary point only when the model has an L2 term);
+    ``"all"`` takes every parameter of the network at its trained weights, with Hessian-vector
+    products by torch.func (forward-over-reverse in float64, summed over ``chunk`` images),
+    solved by ``cg`` (what ``auto`` picks), ``lissa``, ``arnoldi`` or ``datainf`` (EK-FAC's
+    factors are written for linear layers: with ``"last"`` only). The network's Hessian is
+    not positive definite and Adam stops short of a stationary point, so, as Koh & Liang for
+    their CNN, the damped Hessian at the trained weights is inverted (``damping=None`` is their
+    0.01 on a deep model). Self-influence on every layer of a deep model takes one iterative
+    solve per training point: with ``cg`` or ``lissa`` it is refused before any work (pass
+    ``self_influence=False``).
+
+    A ``cg`` or ``lissa`` solve that stops short of ``tol`` (at ``maxiter`` or ``lissa_depth``,
+    or CG at non-positive curvature) leaves scores that are not the damped inverse-Hessian
+    products: the run is marked ``complete=False``.
+
     A budgeted fit is the one full-data model (its Newton refinement finishes it).
 
     Args:
         solver: Inverse-Hessian solver: ``"auto"`` (default), ``"exact"``, ``"cg"``,
             ``"lissa"``, or the approximations ``"arnoldi"``, ``"ekfac"``, ``"datainf"``.
-        damping: λ added to the Hessian's diagonal (default 1e-3, >= 0).
-        layers: ``"last"`` (default: an MLP's output layer only) or ``"all"`` parameters.
+        damping: λ added to the Hessian's diagonal (default None: 1e-3 on logreg and the MLP,
+            0.01 on a deep model as Koh & Liang's CNN; >= 0).
+        layers: ``"last"`` (default: an MLP's or a deep model's output layer only) or
+            ``"all"`` parameters.
         refine: Finish the fit of a head with float64 Newton steps to a stationary point
-            (default True), where the influence approximation is derived.
+            (default True), where the influence approximation is derived (a deep model's
+            head only when the model has weight decay; otherwise it has none to reach).
         self_influence: Also compute the self-influence ``detection_scores`` (default True).
         maxiter: Most conjugate-gradient iterations per solve (default 200).
         tol: CG stops at a residual below ``tol`` × the right-hand side's norm, LiSSA once
@@ -114,13 +155,17 @@ class InfluenceFunction(Method):
     summary = (
         "Influence functions (Koh & Liang 2017): −Δ validation loss from up-weighting a point."
     )
+    architectures = ("logreg", "mlp", "cnn")
 
     parameters = {
         "solver": Param(
             "auto", Options(str, SOLVERS), doc="inverse-Hessian solver or approximation"
         ),
         "damping": Param(
-            1e-3, Interval(float, 0, None), doc="lambda added to the Hessian's diagonal"
+            None,
+            Interval(float, 0, None),
+            None,
+            doc="lambda added to the Hessian's diagonal (None: 1e-3, or 0.01 on a deep model)",
         ),
         "layers": gr.layers_param("last"),
         "refine": Param(True, bool, doc="finish a head's fit with float64 Newton steps"),
@@ -164,7 +209,7 @@ class InfluenceFunction(Method):
         ),
     }
     solver: str
-    damping: float
+    damping: float | None
     layers: str
     refine: bool
     self_influence: bool
@@ -183,23 +228,50 @@ class InfluenceFunction(Method):
             raise UsageError(f"solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}")
         if self.layers not in gr.LAYERS:
             raise UsageError(f"layers must be one of {', '.join(gr.LAYERS)}, got {self.layers!r}")
-        if not self.damping >= 0:
+        if self.damping is not None and not self.damping >= 0:
             raise UsageError(f"damping must be >= 0, got {self.damping!r}")
+
+    def _deep_check(self, clf: Any) -> None:
+        """Refuse, before any work, what a deep model cannot do with every layer."""
+        if self.layers != "all":
+            return
+        if self.solver == "ekfac":
+            raise UsageError(
+                "influence solver='ekfac' has Kronecker factors for linear layers only; on a "
+                "deep model use layers='last' or another solver (cg, lissa, arnoldi, datainf)"
+            )
+        n_params = sum(v[0].numel() for v in clf.init_params(1).tensors.values())
+        auto = "exact" if n_params <= gr.MAX_EXACT_PARAMS else "cg"
+        solver = auto if self.solver == "auto" else self.solver
+        if self.self_influence and solver in ("cg", "lissa"):
+            raise UsageError(
+                f"influence self-influence with layers='all' on a deep model needs one {solver} "
+                "solve per training point; pass self_influence=False (or layers='last', or "
+                "solver='arnoldi'/'datainf')"
+            )
 
     def value(self, task: ValuationTask, ctx: RunContext) -> Valuation:
         self._check()
         n = task.n_train
+        deep = _is_deep(task)
+        clf = task.build_model()
+        if deep:
+            self._deep_check(clf)
         if ctx.budget.remaining_fits() < 1:
             return Valuation(scores=np.zeros(n), stats={"complete": False, "reason": "no fits"})
-        model, x_in, xv_in, stats = fit_for_gradients(task, self.layers, self.refine)
+        model, x_in, xv_in, stats = fit_for_gradients(task, self.layers, self.refine, clf)
         y = torch.as_tensor(task.y_train, dtype=torch.int64)
         yv = torch.as_tensor(task.y_val, dtype=torch.int64)
         n_params = model.n_params
         solver = self.solver
         if solver == "auto":
             solver = "exact" if n_params <= gr.MAX_EXACT_PARAMS else "cg"
+        damping = self.damping
+        if damping is None:
+            damping = DEEP_DAMPING if deep else SHALLOW_DAMPING
+        stats["damping"] = float(damping)
 
-        solve, whiten = self._solver(solver, model, x_in, y, ctx.rng, stats)
+        solve, whiten = self._solver(solver, model, x_in, y, ctx.rng, stats, float(damping))
         if model.kind == "head":
             g_val = self._grads(model, xv_in, yv).sum(0)
         else:
@@ -231,14 +303,23 @@ class InfluenceFunction(Method):
                 "solver": solver,
                 "n_params": n_params,
                 "seconds": ctx.budget.seconds_used(),
-                "complete": True,
+                "complete": stats.get("converged", True) is not False,
             }
         )
+        if not stats["complete"]:
+            # The scores are not (H + λI)⁻¹ products, only the solver's last iterate.
+            stats["reason"] = f"the {solver} solver did not converge (see its stats)"
         return Valuation(
             scores=scores,
             detection_scores=None if self_inf is None else -self_inf,
             stats=stats,
         )
+
+    def _hvp(
+        self, model: gr.Functional, x: torch.Tensor, y: torch.Tensor
+    ) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The training objective's HVP; a deep network's is summed over ``chunk`` images."""
+        return gr.make_hvp(model, x, y, chunk=self.chunk if model.kind == "deep" else None)
 
     def _grads(self, model: gr.Functional, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Per-sample gradients (n, P): closed form for a head, ``vmap(grad)`` otherwise."""
@@ -255,27 +336,29 @@ class InfluenceFunction(Method):
         y: torch.Tensor,
         rng: np.random.Generator,
         stats: dict[str, Any],
+        damping: float,
     ) -> tuple[
         Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor] | None
     ]:
         """A function ``B (P, k) ↦ (H + λI)⁻¹ B`` for the chosen solver and, for the exact
         solver on a positive definite ``H + λI = LLᵀ``, the whitener ``B ↦ L⁻¹B``."""
-        damping = float(self.damping)
         if solver == "exact":
             if model.kind == "head":
                 probs = torch.softmax(model.logits(model.params, x), dim=1)
                 hessian = gr.head_hessian(x, probs, model.l2)
             else:
-                hessian = gr.full_hessian(gr.make_hvp(model, x, y), model.n_params)
+                hessian = gr.full_hessian(self._hvp(model, x, y), model.n_params)
             return gr.factor_exact(hessian, damping)
         if solver in ("arnoldi", "ekfac", "datainf"):
-            return self._approximation(solver, model, x, y, rng, stats)
-        hvp = gr.make_hvp(model, x, y)
+            return self._approximation(solver, model, x, y, rng, stats, damping)
+        hvp = self._hvp(model, x, y)
         hvp_many = gr.batched_hvp(hvp)
         if solver == "cg":
 
             def cg(b: torch.Tensor) -> torch.Tensor:
-                out, its, ok = gr.solve_cg(hvp_many, b, damping, tol=self.tol, maxiter=self.maxiter)
+                out, its, ok = gr.solve_cg(
+                    hvp_many, b, damping, tol=self.tol, maxiter=self.maxiter, info=stats
+                )
                 stats["cg_iterations"] = max(int(stats.get("cg_iterations", 0)), its)
                 stats["converged"] = bool(stats.get("converged", True)) and ok
                 return out
@@ -305,6 +388,7 @@ class InfluenceFunction(Method):
         y: torch.Tensor,
         rng: np.random.Generator,
         stats: dict[str, Any],
+        damping: float,
     ) -> tuple[
         Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor] | None
     ]:
@@ -314,11 +398,11 @@ class InfluenceFunction(Method):
             steps = self.arnoldi_iterations
             steps = max(2 * rank + 1, 20) if steps is None else int(steps)
             solve, whiten, info = ih.arnoldi_inverse(
-                gr.make_hvp(model, x, y),
+                self._hvp(model, x, y),
                 model.n_params,
                 rank=rank,
                 iterations=steps,
-                damping=float(self.damping),
+                damping=damping,
                 rng=rng,
             )
             stats.update(info)

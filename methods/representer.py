@@ -8,12 +8,16 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from valbench import Method, RunContext, Valuation, ValuationTask
+from valbench import Method, RunContext, Valuation, ValuationTask, nets
 from valbench.errors import UsageError
 from valbench.methods import _gradients as gr
 from valbench.params import Interval, Param
 
-__all__ = ["RepresenterPoints", "Representer", "fit_representer"]
+__all__ = ["RepresenterPoints", "Representer", "fit_representer", "YEH_L2"]
+
+#: ``l2=None`` on a deep model without weight decay (the ``cnn`` recipe has none): Yeh et al.'s
+#: released code fine-tunes the last layer with ``λ||W||²``, λ = 0.003, i.e. ``l2/2`` = 0.003.
+YEH_L2 = 0.006
 
 
 @dataclass
@@ -41,18 +45,23 @@ def fit_representer(task: ValuationTask, l2: float | None = None) -> Representer
 
     ``l2`` overrides the model's decay for the last-layer refit (it must be > 0). The refit is
     Newton's method from the fitted weights on fixed features: it finishes the one counted fit.
+    A deep model's last layer is its head on the penultimate features (frozen, computed in
+    float64); with ``l2=None`` and no weight decay in the model it is refitted with
+    :data:`YEH_L2`.
     """
     clf = task.build_model()
     params = clf.fit(task.x_train, task.y_train, np.ones((1, task.n_train), dtype=bool))
     lam = float(clf.spec.l2 if l2 is None else l2)
+    if l2 is None and isinstance(params, nets.DeepParams) and not lam > 0:
+        lam = YEH_L2
     if not lam > 0:
         raise UsageError(
             f"representer points need an L2-regularised last layer; got l2={lam!r} "
             "(pass l2=... > 0 to the method or to the model)"
         )
     head = gr.functional_from_params(params, lam, "last")
-    phi = gr.head_features(params, task.x_train)
-    phi_val = gr.head_features(params, task.x_val)
+    phi = gr.head_features(params, task.x_train, clf)
+    phi_val = gr.head_features(params, task.x_val, clf)
     phi, phi_val, w0 = gr.in_training_span(phi, phi_val, head.params["W"])
     y = torch.as_tensor(task.y_train, dtype=torch.int64)
     # Plain Newton (a fresh Hessian every step): its last, quadratic step lands far below the
@@ -74,17 +83,24 @@ class RepresenterPoints(Method):
     (= −|α_{i,y_i}|, Yeh et al.'s global importance, always ≥ 0): points with large weight on
     their own label are the poorly fitted ones, the most suspicious.
 
+    On a deep model (``--model cnn`` or ``resnet18``) the network is trained once with its
+    recipe and the decomposition is taken on its penultimate layer, as Yeh et al.: the head is
+    refitted on the frozen penultimate features to a stationary point of mean cross-entropy +
+    ``l2/2 · ||W||²``, and ``k(x_i, x) = φ(x_i) · φ(x)`` is the inner product of those features.
+
     A budgeted fit is the one full-data model (the last-layer refit finishes it).
 
     Args:
-        l2: L2 strength of the last-layer refit (default None: the evaluation model's; must
-            be > 0, the decomposition needs a regularised last layer).
+        l2: L2 strength of the last-layer refit (default None: the evaluation model's, or on
+            a deep model without weight decay 0.006, Yeh et al.'s λ = 0.003 on ``λ||W||²``;
+            must be > 0, the decomposition needs a regularised last layer).
         chunk: Validation points whose kernel column block is held at once (default 1024).
     """
 
     name = "representer"
     family = "gradient"
     summary = "Representer points (Yeh et al. 2018): last-layer representer values on validation."
+    architectures = ("logreg", "mlp", "cnn", "resnet18")
 
     parameters = {
         "l2": Param(

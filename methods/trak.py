@@ -107,7 +107,11 @@ class TRAK(Method):
 
     The models are the evaluation model fitted on all training data from seeds drawn from
     ``rng``; each is one budgeted fit. Logistic regression starts from zeros, so its models
-    coincide and only the projections differ between them; an MLP's initialisations differ.
+    coincide and only the projections differ between them; an MLP's initialisations differ,
+    and a deep model's (``--model cnn``, trained with its recipe) initialisation and minibatch
+    order. On a deep model ``layers="all"`` differentiates every parameter of the network in
+    eval mode (float64, ``vmap(grad)``, as the paper's per-sample gradients) and ``"last"``
+    its head on the frozen penultimate features.
 
     Args:
         proj_dim: Dimension k of the random projection (default 2048, the reference
@@ -123,6 +127,7 @@ class TRAK(Method):
     name = "trak"
     family = "gradient"
     summary = "TRAK (Park et al. 2023): projected output gradients at independently trained models."
+    architectures = ("logreg", "mlp", "cnn")
 
     parameters = {
         "proj_dim": Param(2048, Interval(int, 1, None), doc="dimension of the random projection"),
@@ -166,12 +171,15 @@ class TRAK(Method):
                 break
             clf = task.build_model(seed=int(seeds[m, 0]))
             params = clf.fit(task.x_train, task.y_train, np.ones((1, n), dtype=bool))
-            model = gr.functional_from_params(params, float(clf.spec.l2), self.layers)
+            model = gr.functional_from_params(
+                params, float(clf.spec.l2), self.layers, arch=getattr(clf, "arch", None)
+            )
             if model.kind == "head":
-                x_in = gr.head_features(params, task.x_train)
-                xv_in = gr.head_features(params, task.x_val)
+                x_in = gr.head_features(params, task.x_train, clf)
+                xv_in = gr.head_features(params, task.x_val, clf)
             else:
-                x_in, xv_in = gr.as_tensor(task.x_train), gr.as_tensor(task.x_val)
+                x_in = gr.gradient_inputs(clf, params, task.x_train)
+                xv_in = gr.gradient_inputs(clf, params, task.x_val)
             n_params = model.n_params
             seed = int(seeds[m, 1])
             phi = torch.cat(

@@ -62,6 +62,7 @@ __all__ = [
     "adam_step",
     "train_copies",
     "per_sample_grads",
+    "classifier_inputs",
 ]
 
 #: Entry-point group of architecture plugins (``name = "module:Class"``, instantiated bare).
@@ -804,3 +805,10 @@ class DeepClassifier:
         labels = torch.as_tensor(np.asarray(y, dtype=np.int64), device=logp.device)
         picked = logp.gather(2, labels.view(1, -1, 1).expand(logp.shape[0], -1, 1))[..., 0]
         return (-picked.mean(dim=1)).cpu().numpy()
+
+
+def classifier_inputs(clf: DeepClassifier, x: np.ndarray) -> torch.Tensor:
+    """The images (n, C, H, W) that ``clf`` feeds its architecture for flattened pixels ``x``
+    (read as :func:`image_shape`, mapped by ``2x - 1``), on its device and in its dtype: what
+    a method differentiating the architecture itself (influence on every layer) must see."""
+    return clf._images(x)
