@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from valbench.claims import check_claims
 from valbench.errors import RunDirectoryError, ValbenchError
 from valbench.figures import (
     HIGHLIGHT,
@@ -88,7 +89,6 @@ from valbench.summary import (
     summarise,
     summary_json,
 )
-from valbench.claims import check_claims
 from valbench.verdict import verdicts
 
 __all__ = [
