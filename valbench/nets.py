@@ -61,6 +61,8 @@ __all__ = [
     "sgd_step",
     "adam_step",
     "train_copies",
+    "BatchHook",
+    "EpochHook",
     "per_sample_grads",
     "classifier_inputs",
 ]
@@ -75,6 +77,10 @@ _BN_EPS = 1e-5
 _BN_MOMENTUM = 0.1
 
 Tensors = dict[str, torch.Tensor]
+#: ``on_batch(epoch, copies, idx, valid, logits)`` of :func:`train_copies`.
+BatchHook = Callable[[int, range, torch.Tensor, torch.Tensor, torch.Tensor], None]
+#: ``on_epoch(epoch, copies, params, buffers)`` of :func:`train_copies`.
+EpochHook = Callable[[int, range, Tensors, Tensors], None]
 
 
 @dataclass(frozen=True)
@@ -454,8 +460,11 @@ def train_copies(
     weights: torch.Tensor,
     *,
     recipe: Recipe,
-    seed: int,
+    seed: int | Sequence[int],
     stack: bool | None = None,
+    stop_after: int | None = None,
+    on_batch: BatchHook | None = None,
+    on_epoch: EpochHook | None = None,
 ) -> tuple[Tensors, Tensors]:
     """Train ``B`` copies; copy ``b`` on the points where ``weights[b] > 0``.
 
@@ -466,19 +475,37 @@ def train_copies(
         weights: (B, n) per-point loss weights, 0 outside a copy's subset. A minibatch's loss
             is ``sum w_i ce_i / sum w_i`` over its rows.
         recipe: Optimiser, schedule, batch size and epochs.
-        seed: Seeds the per-epoch point order (shared by every copy, so batching does not
-            change it).
+        seed: Seeds the per-epoch point order: an int, one order shared by every copy (so
+            batching does not change it), or ``B`` ints, each copy's own order (independent
+            runs; copy ``b`` then follows the order a lone copy with seed ``seed[b]`` would).
         stack: Train the copies together as one vmapped computation (True) or one after the
             other (False); the result is the same up to float rounding. None: together on a
             GPU, one after the other on a CPU, where a vmapped (grouped) convolution ran
             slower than the copies' own: 16 cnn copies on one thread took 1.14x (1,000-image
             subsets), 1.19x (100) and 1.38x (20) the time of the loop.
+        stop_after: Train only the first ``stop_after`` epochs of the recipe, its learning
+            rate schedule still spanning ``recipe.epochs`` (a network part-way through its
+            training, as the training-dynamics scores read it); None: every epoch.
+        on_batch: Called once per minibatch after its training-mode forward pass and before
+            its update, as ``on_batch(epoch, copies, idx, valid, logits)``: ``copies`` (a
+            range) the copies these tensors belong to, ``idx`` (b, m) the training indices of
+            the minibatch rows, ``valid`` (b, m) the rows that are real (a copy's own points;
+            a copy whose epoch is over has none), ``logits`` (b, m, C), detached. Forgetting
+            events read each point's correctness at presentation from it.
+        on_epoch: Called after each epoch as ``on_epoch(epoch, copies, params, buffers)``
+            with the copies' parameters and buffers at that point (fresh tensors, never
+            modified afterwards): checkpoints.
 
     Returns:
         The trained parameters and buffers, stacked.
     """
     batch, n = weights.shape
     device = x.device
+    seeds = [int(seed)] * batch if isinstance(seed, int | np.integer) else [int(s) for s in seed]
+    if len(seeds) != batch:
+        raise UsageError(f"train_copies: {len(seeds)} seeds for {batch} copies")
+    if stop_after is not None and stop_after < 0:
+        raise UsageError(f"train_copies: stop_after must be >= 0, got {stop_after}")
     if stack is None:
         stack = device.type != "cpu"
     if not stack and batch > 1:
@@ -491,7 +518,10 @@ def train_copies(
                 y,
                 weights[b : b + 1],
                 recipe=recipe,
-                seed=seed,
+                seed=seeds[b],
+                stop_after=stop_after,
+                on_batch=_shifted(on_batch, b),
+                on_epoch=_shifted(on_epoch, b),
             )
             for b in range(batch)
         ]
@@ -508,10 +538,11 @@ def train_copies(
 
     def copy_loss(
         p: Tensors, b: Tensors, xb: torch.Tensor, yb: torch.Tensor, wb: torch.Tensor
-    ) -> tuple[torch.Tensor, Tensors]:
+    ) -> tuple[torch.Tensor, tuple[Tensors, torch.Tensor]]:
         _, logits, new_b = arch.apply(p, b, xb, train=True, weight=wb)
         ce = F.cross_entropy(logits, yb, reduction="none")
-        return (ce * wb).sum() / wb.sum().clamp(min=torch.finfo(wb.dtype).tiny), new_b
+        loss = (ce * wb).sum() / wb.sum().clamp(min=torch.finfo(wb.dtype).tiny)
+        return loss, (new_b, logits)
 
     # The forward pass is vmapped over the copies and differentiated by plain autograd: the
     # copies share no parameter, so the gradient of the summed losses is each copy's own. On
@@ -520,23 +551,30 @@ def train_copies(
 
     def forward(
         p: Tensors, b: Tensors, xb: torch.Tensor, yb: torch.Tensor, wb: torch.Tensor
-    ) -> tuple[torch.Tensor, Tensors]:
+    ) -> tuple[torch.Tensor, tuple[Tensors, torch.Tensor]]:
         if batch != 1:
             return batched(p, b, xb, yb, wb)
         # One copy: the same function without vmap's per-call overhead (about 10 %).
-        loss, new_b = copy_loss(
+        loss, (new_b, logits) = copy_loss(
             {k: v[0] for k, v in p.items()}, {k: v[0] for k, v in b.items()}, xb[0], yb[0], wb[0]
         )
-        return loss[None], {k: v[None] for k, v in new_b.items()}
+        return loss[None], ({k: v[None] for k, v in new_b.items()}, logits[None])
 
     names = list(params)
     positions = torch.arange(n, device=device)
-    for epoch in range(recipe.epochs):
+    copies = range(batch)
+    shared = len(set(seeds)) <= 1
+    epochs = recipe.epochs if stop_after is None else min(int(stop_after), recipe.epochs)
+    for epoch in range(epochs):
         lr = lr_at(recipe.lr, recipe.schedule, epoch, recipe.epochs)
-        order = _epoch_order(n, seed, epoch, device)
-        # Each copy's points first, in the epoch's order (a stable sort keeps that order).
-        outside = (~member[:, order]).to(torch.int8)
-        ranked = order[torch.sort(outside, dim=1, stable=True).indices]  # (B, n)
+        if shared:
+            first = seeds[0] if seeds else 0
+            orders = _epoch_order(n, first, epoch, device)[None].expand(batch, n)
+        else:
+            orders = torch.stack([_epoch_order(n, s, epoch, device) for s in seeds])
+        # Each copy's points first, in its epoch's order (a stable sort keeps that order).
+        outside = (~member.gather(1, orders)).to(torch.int8)
+        ranked = orders.gather(1, torch.sort(outside, dim=1, stable=True).indices)  # (B, n)
         for t in range(n_steps):
             cols = positions[t * bs : (t + 1) * bs]
             idx = ranked[:, cols]  # (B, m)
@@ -545,7 +583,9 @@ def train_copies(
             xb, yb = x[idx], y[idx]
             wb = torch.where(valid, weights.gather(1, idx), 0.0)
             leaves = {k: v.detach().requires_grad_() for k, v in params.items()}
-            losses, new_buffers = forward(leaves, buffers, xb, yb, wb)
+            losses, (new_buffers, logits) = forward(leaves, buffers, xb, yb, wb)
+            if on_batch is not None:
+                on_batch(epoch, copies, idx, valid, logits.detach())
             found = torch.autograd.grad(losses.sum(), [leaves[k] for k in names])
             grads = dict(zip(names, found, strict=True))
             params = {k: v.detach() for k, v in leaves.items()}
@@ -564,7 +604,20 @@ def train_copies(
                     params, grads, state, lr=lr, weight_decay=recipe.weight_decay, active=active
                 )
             buffers = {k: _gate(active, v.detach(), buffers[k]) for k, v in new_buffers.items()}
+        if on_epoch is not None:
+            on_epoch(epoch, copies, params, buffers)
     return params, buffers
+
+
+def _shifted(hook: Callable[..., None] | None, first: int) -> Callable[..., None] | None:
+    """``hook`` for a call training copies ``first, first + 1, ...`` of the caller's batch."""
+    if hook is None:
+        return None
+
+    def shifted(epoch: int, copies: range, *rest: Any) -> None:
+        hook(epoch, range(copies.start + first, copies.stop + first), *rest)
+
+    return shifted
 
 
 def per_sample_grads(
@@ -671,6 +724,11 @@ class DeepClassifier:
     def init_params(self, batch_size: int = 1) -> DeepParams:
         """The initial parameters (identical for every copy)."""
         return self._init.repeat(batch_size)
+
+    def images(self, x: np.ndarray) -> torch.Tensor:
+        """Flattened raw pixels ``x`` (n, C·H·W) in [0, 1] as the (n, C, H, W) tensor the
+        network reads (``2x - 1``, on the model's device and dtype)."""
+        return self._images(x)
 
     def _images(self, x: np.ndarray) -> torch.Tensor:
         arr = feature_matrix(x, self.n_features)

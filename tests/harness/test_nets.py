@@ -273,6 +273,108 @@ def test_resnet_copies_trained_together_equal_each_alone_in_float64() -> None:
             torch.testing.assert_close(b3[k][b], b1[k][0], atol=1e-9, rtol=0)
 
 
+def test_per_copy_seeds_stop_after_and_hooks() -> None:
+    """Copies with their own seeds equal each alone; ``stop_after`` keeps the schedule of the
+    full recipe and equals the epoch's checkpoint; ``on_batch`` sees every point of a copy once
+    per epoch, with the logits of the parameters before the step."""
+    arch = SmallCNN(width=2, dim=4)
+    inits = [arch.init((1, 28, 28), 3, s)[0] for s in (5, 9)]
+    start = {k: torch.stack([p[k] for p in inits]) for k in inits[0]}
+    x, y = images(20), torch.from_numpy(np.arange(20) % 3)
+    w = torch.ones(2, 20)
+    w[1, :4] = 0.0
+    recipe = Recipe("sgd", 0.1, "cosine", 0.9, 0.0, 8, 3)
+    seen: list[tuple[int, range, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    saved: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
+
+    def on_batch(epoch: int, copies: range, idx: torch.Tensor, valid: torch.Tensor, logits):
+        seen.append((epoch, copies, idx, valid, logits))
+
+    def on_epoch(epoch: int, copies: range, params, buffers) -> None:
+        for j, b in enumerate(copies):
+            saved[(epoch, b)] = {k: v[j] for k, v in params.items()}
+
+    together, _ = train_copies(
+        arch,
+        start,
+        {},
+        x,
+        y,
+        w,
+        recipe=recipe,
+        seed=[5, 9],
+        stack=True,
+        on_batch=on_batch,
+        on_epoch=on_epoch,
+    )
+    looped, _ = train_copies(arch, start, {}, x, y, w, recipe=recipe, seed=[5, 9], stack=False)
+    for b, s in enumerate((5, 9)):
+        alone, _ = train_copies(
+            arch,
+            {k: v[b : b + 1] for k, v in start.items()},
+            {},
+            x,
+            y,
+            w[b : b + 1],
+            recipe=recipe,
+            seed=s,
+        )
+        for k in start:
+            torch.testing.assert_close(together[k][b], alone[k][0], atol=1e-5, rtol=0)
+            torch.testing.assert_close(looped[k][b], alone[k][0], atol=1e-6, rtol=0)
+            torch.testing.assert_close(saved[(2, b)][k], together[k][b])
+    # Two epochs of the 3-epoch cosine schedule = the checkpoint after epoch 1, not 2 epochs
+    # of a 2-epoch schedule.
+    part, _ = train_copies(
+        arch, start, {}, x, y, w, recipe=recipe, seed=[5, 9], stack=True, stop_after=2
+    )
+    short, _ = train_copies(
+        arch,
+        start,
+        {},
+        x,
+        y,
+        w,
+        recipe=Recipe(**{**recipe.__dict__, "epochs": 2}),
+        seed=[5, 9],
+        stack=True,
+    )
+    for k in start:
+        torch.testing.assert_close(part[k], torch.stack([saved[(1, 0)][k], saved[(1, 1)][k]]))
+    assert any(not torch.allclose(part[k], short[k]) for k in start)
+    for epoch in range(3):
+        for b, subset in enumerate((set(range(20)), set(range(4, 20)))):
+            shown = [
+                i
+                for e, copies, idx, valid, _ in seen
+                if e == epoch
+                for i in idx[b][valid[b]].tolist()
+            ]
+            assert sorted(shown) == sorted(subset)
+    _, copies, idx, valid, logits = seen[0]
+    assert copies == range(2) and bool(valid.all())
+    for b in range(2):
+        first = arch.apply(inits[b], {}, x[idx[b]], train=True)[1]
+        torch.testing.assert_close(logits[b], first, atol=1e-5, rtol=0)
+    # The loop path reports the caller's copy numbers.
+    loop_copies: set[range] = set()
+    train_copies(
+        arch,
+        start,
+        {},
+        x,
+        y,
+        w,
+        recipe=recipe,
+        seed=[5, 9],
+        stack=False,
+        on_epoch=lambda e, copies, p, b: loop_copies.add(copies),
+    )
+    assert loop_copies == {range(0, 1), range(1, 2)}
+    with pytest.raises(UsageError, match="3 seeds for 2 copies"):
+        train_copies(arch, start, {}, x, y, w, recipe=recipe, seed=[1, 2, 3])
+
+
 def test_sample_weights_scale_the_loss() -> None:
     """Integer weights = repeating a point within its minibatch: weight 2 on every point of a
     one-batch subset equals weight 1 (the minibatch loss is a weighted mean)."""
