@@ -14,6 +14,11 @@ as one stacked ensemble (``functional_call`` under ``vmap``), which gives the sa
 result as training them one by one (Adam is per-coordinate) at a fraction of the Python overhead.
 Each run draws its initialisation and minibatch order from its own ``torch.Generator`` seeded
 from ``rng``; global RNG state is never used.
+
+On a deep evaluation model (``cnn``, ``resnet18``: :mod:`valbench.nets`) run r *is* the
+evaluation model trained on every training point from model seed ``s_r`` (its initialisation and
+its batch order), with the architecture's own recipe (optimiser, learning rate and schedule,
+weight decay, batch size), by :func:`valbench.nets.train_copies` (see :func:`train_deep_runs`).
 """
 
 from __future__ import annotations
@@ -21,8 +26,8 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import ClassVar
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -32,6 +37,14 @@ from torch.func import functional_call, grad, vmap
 from valbench import Method, RunContext, Valuation, ValuationTask
 from valbench.errors import UsageError
 from valbench.models import foreach_adam_step
+from valbench.nets import (
+    DeepClassifier,
+    DeepParams,
+    Recipe,
+    get_architecture,
+    per_sample_grads,
+    train_copies,
+)
 from valbench.params import Interval, Param
 
 __all__ = [
@@ -46,6 +59,11 @@ __all__ = [
     "forgetting_counts",
     "apply_offset",
     "default_epochs",
+    "DeepRuns",
+    "train_deep_runs",
+    "deep_grad_norms",
+    "deep_error_l2_norms",
+    "deep_default_epochs",
 ]
 
 StackedParams = dict[str, torch.Tensor]
@@ -264,26 +282,166 @@ def default_epochs(n: int, batch_size: int, steps: int, lo: int, hi: int) -> int
     return int(min(hi, max(lo, math.ceil(steps / per_epoch))))
 
 
+# -- deep architectures (valbench.nets) ------------------------------------------------------
+
+
+@dataclass
+class DeepRuns:
+    """R runs of a deep evaluation model: the classifier that reads the images, the stacked
+    parameters and buffers (R, ...), the epochs trained, and (when recorded) ``correct``
+    (epochs, R, n): whether run r classified point i correctly when it was presented in epoch e
+    (the training-mode forward pass of its minibatch, before that step's update)."""
+
+    clf: DeepClassifier
+    params: dict[str, torch.Tensor]
+    buffers: dict[str, torch.Tensor]
+    epochs: int
+    steps: int
+    correct: np.ndarray | None
+
+    @property
+    def runs(self) -> int:
+        """Number of runs held."""
+        return int(next(iter(self.params.values())).shape[0])
+
+    def run(self, r: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Parameters and buffers of run ``r`` (no leading dimension)."""
+        return {k: v[r] for k, v in self.params.items()}, {k: v[r] for k, v in self.buffers.items()}
+
+
+def deep_default_epochs(recipe_epochs: int, fraction: float) -> int:
+    """``ceil(fraction · recipe epochs)``, at least 1: "epoch 20 of 200" is fraction 0.1."""
+    return max(1, math.ceil(fraction * int(recipe_epochs) - 1e-9))
+
+
+def train_deep_runs(
+    task: ValuationTask,
+    seeds: list[int],
+    *,
+    epochs: int,
+    record_correct: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> DeepRuns:
+    """Train one copy of the task's deep evaluation model per seed on every training point.
+
+    Run r starts from the architecture's initialisation drawn with ``seeds[r]`` and visits the
+    points in the per-epoch order of model seed ``seeds[r]``, so it is exactly the evaluation
+    model of seed ``seeds[r]`` fitted on all points (``task.model.build(.., seeds[r]).fit``),
+    stopped after ``epochs`` epochs of its recipe's schedule (``epochs`` beyond the recipe's:
+    the schedule spans ``epochs``). ``progress(e)`` is called after each epoch of the group.
+    """
+    clf = task.model.build(task.n_features, task.n_classes, int(seeds[0]))
+    if not isinstance(clf, DeepClassifier):
+        raise UsageError(f"train_deep_runs needs a deep evaluation model, not {task.model.kind}")
+    arch, n, runs = clf.arch, task.n_train, len(seeds)
+    x = clf.images(task.x_train)
+    y = torch.as_tensor(np.asarray(task.y_train, dtype=np.int64)).to(clf.device)
+    inits = [arch.init(clf.shape, task.n_classes, int(s)) for s in seeds]
+
+    def stacked(which: int) -> dict[str, torch.Tensor]:
+        return {
+            k: torch.stack([i[which][k] for i in inits]).to(clf.device, clf.dtype)
+            for k in inits[0][which]
+        }
+
+    recipe = clf.recipe
+    if epochs > recipe.epochs:
+        recipe = replace(recipe, epochs=int(epochs))
+    correct = np.zeros((epochs, runs, n), dtype=bool) if record_correct else None
+
+    def on_batch(
+        epoch: int, copies: range, idx: torch.Tensor, valid: torch.Tensor, logits: torch.Tensor
+    ) -> None:
+        assert correct is not None
+        hit = (logits.argmax(dim=-1) == y[idx]).cpu().numpy()
+        rows, ok = idx.cpu().numpy(), valid.cpu().numpy()
+        for j, b in enumerate(copies):
+            correct[epoch, b, rows[j][ok[j]]] = hit[j][ok[j]]
+
+    def on_epoch(epoch: int, copies: range, *_: Any) -> None:
+        if progress is not None and copies.stop == runs:
+            progress(epoch + 1)
+
+    params, buffers = train_copies(
+        arch,
+        stacked(0),
+        stacked(1),
+        x,
+        y,
+        torch.ones(runs, n, device=clf.device, dtype=clf.dtype),
+        recipe=recipe,
+        seed=[int(s) for s in seeds],
+        stop_after=int(epochs),
+        on_batch=on_batch if record_correct else None,
+        on_epoch=on_epoch,
+    )
+    steps = math.ceil(n / recipe.batch_size) * int(epochs) if n else 0
+    return DeepRuns(clf, params, buffers, int(epochs), steps, correct)
+
+
+#: Per-sample gradients of a deep model are computed for at most this many floats at once.
+_DEEP_GRAD_CHUNK_FLOATS = 1 << 25
+
+
+def deep_grad_norms(runs: DeepRuns, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """(R, n) L2 norm of each point's cross-entropy gradient w.r.t. all of a run's parameters
+    (biases and batch-norm scales included; batch norm in evaluation mode, on its running
+    statistics), by :func:`valbench.nets.per_sample_grads`."""
+    clf = runs.clf
+    xt = clf.images(x)
+    yt = torch.as_tensor(np.asarray(y, dtype=np.int64)).to(clf.device)
+    n_params = sum(v[0].numel() for v in runs.params.values())
+    chunk = max(1, _DEEP_GRAD_CHUNK_FLOATS // max(1, n_params))
+    out = np.zeros((runs.runs, len(xt)))
+    for r in range(runs.runs):
+        p, b = runs.run(r)
+        for s in range(0, len(xt), chunk):
+            g = per_sample_grads(clf.arch, p, b, xt[s : s + chunk], yt[s : s + chunk])
+            sq = sum(v.flatten(1).double().pow(2).sum(dim=1) for v in g.values())
+            out[r, s : s + chunk] = torch.as_tensor(sq).sqrt().cpu().numpy()
+    return out
+
+
+def deep_error_l2_norms(runs: DeepRuns, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """(R, n) EL2N per run: ||softmax(f(x)) − onehot(y)||₂ of each trained copy (evaluation
+    mode), in float64."""
+    stacked = DeepParams(runs.clf.spec.kind, runs.params, runs.buffers)
+    logits = torch.as_tensor(runs.clf.logits(stacked, x)).double()
+    probs = torch.softmax(logits, dim=2)
+    onehot = nn.functional.one_hot(torch.as_tensor(np.asarray(y, dtype=np.int64)), probs.shape[2])
+    return torch.linalg.vector_norm(probs - onehot.double()[None], dim=2).numpy()
+
+
 # -- adapters ---------------------------------------------------------------------------------
 
 
 class _TrainingDynamics(Method):
     """Shared template: train R seeded runs within the budget, average a per-run hardness.
 
+    On a deep evaluation model (``cnn``, ``resnet18``) each run is the evaluation model itself,
+    trained on every training point with its architecture's recipe (``--model
+    cnn:epochs=..,lr=..,batch_size=..`` changes it); ``lr`` and ``batch_size`` below are then
+    refused unless left at their defaults.
+
     Args:
         runs: Independent training runs R averaged over (default 10, >= 1; fewer when the fit
             budget is smaller).
         epochs: Epochs trained before scoring (default None: a number scaled to the dataset;
             else >= 0).
-        lr: Adam step size (default 0.01, finite, > 0).
-        batch_size: Minibatch size (default 32, >= 1).
+        lr: Adam step size of the logreg/MLP runs (default 0.01, finite, > 0; a deep model
+            uses its recipe's).
+        batch_size: Minibatch size of the logreg/MLP runs (default 32, >= 1; a deep model
+            uses its recipe's).
         offset: Fraction of the hardest points moved to the bottom of ``scores``, the paper's
             remedy under label noise (default 0, in [0, 1)).
     """
 
     family = "training-dynamics"
+    architectures = ("logreg", "mlp", "cnn", "resnet18")
     #: (target optimiser steps, min epochs, max epochs) for ``epochs=None``.
     _default_schedule: ClassVar[tuple[int, int, int]] = (200, 1, 20)
+    #: On a deep model, ``epochs=None`` trains this fraction of the recipe's epochs (>= 1).
+    _deep_fraction: ClassVar[float] = 0.1
     _record_correct: ClassVar[bool] = False
 
     parameters = {
@@ -294,8 +452,16 @@ class _TrainingDynamics(Method):
             None,
             doc="epochs trained (None: a number scaled to the dataset)",
         ),
-        "lr": Param(0.01, Interval(float, 0, None, closed="neither"), doc="Adam step size"),
-        "batch_size": Param(32, Interval(int, 1, None), doc="minibatch size"),
+        "lr": Param(
+            0.01,
+            Interval(float, 0, None, closed="neither"),
+            doc="Adam step size (logreg/MLP; a deep model uses its recipe's)",
+        ),
+        "batch_size": Param(
+            32,
+            Interval(int, 1, None),
+            doc="minibatch size (logreg/MLP; a deep model uses its recipe's)",
+        ),
         "offset": Param(
             0.0,
             Interval(float, 0, 1, closed="left"),
@@ -308,7 +474,7 @@ class _TrainingDynamics(Method):
     batch_size: int
     offset: float
 
-    def _validate(self) -> None:
+    def _validate(self, task: ValuationTask) -> None:
         if not isinstance(self.runs, int) or self.runs < 1:
             raise UsageError(f"{self.name} runs must be an integer >= 1, got {self.runs!r}")
         if self.epochs is not None and (not isinstance(self.epochs, int) or self.epochs < 0):
@@ -321,27 +487,46 @@ class _TrainingDynamics(Method):
             )
         if not (isinstance(self.offset, int | float) and 0 <= self.offset < 1):
             raise UsageError(f"{self.name} offset must be in [0, 1), got {self.offset!r}")
+        if _is_deep(task):
+            for key in ("lr", "batch_size"):
+                if getattr(self, key) != self.parameters[key].default:
+                    raise UsageError(
+                        f"{self.name} {key}={getattr(self, key)!r}: on --model "
+                        f"{task.model.kind} the runs train with the model's recipe; set it "
+                        f"with --model {task.model.kind}:{key}=VALUE"
+                    )
 
-    def resolved_epochs(self, n: int) -> int:
-        """The epochs actually trained on ``n`` points (the parameter or the scaled default)."""
+    def resolved_epochs(self, n: int, recipe_epochs: int | None = None) -> int:
+        """The epochs actually trained on ``n`` points (the parameter or the scaled default;
+        on a deep model whose recipe trains ``recipe_epochs``, a fraction of those)."""
         if self.epochs is not None:
             return int(self.epochs)
+        if recipe_epochs is not None:
+            return deep_default_epochs(recipe_epochs, self._deep_fraction)
         return default_epochs(n, self.batch_size, *self._default_schedule)
 
     def _hardness(self, trained: TrainedRuns, task: ValuationTask, epochs: int) -> np.ndarray:
         """(R, n) hardness of every point in every run."""
         raise NotImplementedError
 
+    def _deep_hardness(self, trained: DeepRuns, task: ValuationTask) -> np.ndarray:
+        """(R, n) hardness of every point in every run of a deep model."""
+        raise NotImplementedError
+
     def value(self, task: ValuationTask, ctx: RunContext) -> Valuation:
-        self._validate()
+        self._validate(task)
         n = task.n_train
         spec = task.model
-        epochs = self.resolved_epochs(n)
+        deep = _is_deep(task)
+        recipe = _deep_recipe(task) if deep else None
+        epochs = self.resolved_epochs(n, recipe.epochs if recipe is not None else None)
         # All R seeds are drawn up front, so a budget-cut run is a prefix of the full one.
         seeds = [int(s) for s in ctx.rng.integers(0, 2**62, size=self.runs)]
         affordable = int(min(self.runs, ctx.budget.remaining_fits()))
         # Under a time budget, train one run at a time so we can stop between runs.
         group = affordable if ctx.budget.budget.max_seconds is None else 1
+        if deep:
+            group = min(group, max(1, int(get_architecture(spec.kind).max_copies)))
         per_run: list[np.ndarray] = []
         steps = 0
         done = 0
@@ -354,42 +539,76 @@ class _TrainingDynamics(Method):
             def epoch_done(e: int, before: int = done, width: int = len(chunk)) -> None:
                 ctx.progress(before * unit + e * width, total)
 
-            trained = train_runs(
-                task.x_train,
-                task.y_train,
-                task.n_classes,
-                seeds=chunk,
-                epochs=epochs,
-                kind=spec.kind,
-                hidden=spec.hidden,
-                lr=self.lr,
-                batch_size=self.batch_size,
-                l2=spec.l2,
-                record_correct=self._record_correct,
-                progress=epoch_done,
-            )
-            task.fit_counter.add(len(chunk))  # one fit per training run
-            per_run.append(self._hardness(trained, task, epochs))
-            steps = trained.steps  # the same for every group: same n, epochs, batch size
+            if deep:
+                runs = train_deep_runs(
+                    task,
+                    chunk,
+                    epochs=epochs,
+                    record_correct=self._record_correct,
+                    progress=epoch_done,
+                )
+                task.fit_counter.add(len(chunk))  # one fit per training run
+                per_run.append(self._deep_hardness(runs, task))
+                steps = runs.steps
+            else:
+                trained = train_runs(
+                    task.x_train,
+                    task.y_train,
+                    task.n_classes,
+                    seeds=chunk,
+                    epochs=epochs,
+                    kind=spec.kind,
+                    hidden=spec.hidden,
+                    lr=self.lr,
+                    batch_size=self.batch_size,
+                    l2=spec.l2,
+                    record_correct=self._record_correct,
+                    progress=epoch_done,
+                )
+                task.fit_counter.add(len(chunk))  # one fit per training run
+                per_run.append(self._hardness(trained, task, epochs))
+                steps = trained.steps  # the same for every group: same n, epochs, batch size
             done += len(chunk)
             ctx.progress(done * unit, total)
 
         hardness = np.concatenate(per_run).mean(axis=0) if per_run else np.zeros(n)
+        stats: dict[str, Any] = {
+            "runs": done,
+            "runs_requested": int(self.runs),
+            "complete": done == self.runs,
+            "epochs": epochs,
+            "optimizer_steps_per_run": steps,
+            "model": spec.kind,
+            "offset": float(self.offset),
+            "direction": "scores = hardness: higher = harder = keep (pruning keeps hardest)",
+            "detection": "detection_scores = -hardness: lowest (hardest) = most suspicious",
+        }
+        if recipe is not None:
+            stats["recipe"] = {
+                "optimizer": recipe.optimizer,
+                "lr": recipe.lr,
+                "schedule": recipe.schedule,
+                "schedule_epochs": max(recipe.epochs, epochs),
+                "batch_size": recipe.batch_size,
+                "weight_decay": recipe.weight_decay,
+            }
         return Valuation(
             scores=apply_offset(hardness, float(self.offset)),
             detection_scores=-hardness,
-            stats={
-                "runs": done,
-                "runs_requested": int(self.runs),
-                "complete": done == self.runs,
-                "epochs": epochs,
-                "optimizer_steps_per_run": steps,
-                "model": spec.kind,
-                "offset": float(self.offset),
-                "direction": "scores = hardness: higher = harder = keep (pruning keeps hardest)",
-                "detection": "detection_scores = -hardness: lowest (hardest) = most suspicious",
-            },
+            stats=stats,
         )
+
+
+def _is_deep(task: ValuationTask) -> bool:
+    return task.model.kind not in ("logreg", "mlp")
+
+
+def _deep_recipe(task: ValuationTask) -> Recipe:
+    """The training recipe of the task's deep evaluation model (with its ``--model`` overrides)."""
+    recipe = getattr(task.model, "recipe", None)
+    if not isinstance(recipe, Recipe):
+        raise UsageError(f"model {task.model.kind!r} carries no training recipe")
+    return recipe
 
 
 class GraNd(_TrainingDynamics):
@@ -398,11 +617,17 @@ class GraNd(_TrainingDynamics):
     ``epochs=0`` (default) scores at initialisation, as the paper does; Kirsch (2023) found it
     beats random only later in training, so set ``epochs`` to score after t epochs.
 
+    On ``cnn``/``resnet18`` the R runs are R initialisations of the evaluation model (at
+    ``epochs=0`` nothing is trained), the gradient over every parameter by
+    :func:`valbench.nets.per_sample_grads`, batch norm on its running statistics (evaluation
+    mode).
+
     A budgeted fit is one training run of the network (``runs`` in all).
 
     Args:
         epochs: Epochs trained before scoring (default 0: at initialisation; None: about
-            200 minibatch steps, 1-20 epochs; else >= 0).
+            200 minibatch steps, 1-20 epochs, or on a deep model a tenth of its recipe's
+            epochs, at least 1; else >= 0).
     """
 
     name = "grand"
@@ -421,18 +646,23 @@ class GraNd(_TrainingDynamics):
     def _hardness(self, trained: TrainedRuns, task: ValuationTask, epochs: int) -> np.ndarray:
         return per_example_grad_norms(trained, task.x_train, task.y_train)
 
+    def _deep_hardness(self, trained: DeepRuns, task: ValuationTask) -> np.ndarray:
+        return deep_grad_norms(trained, task.x_train, task.y_train)
+
 
 class EL2N(_TrainingDynamics):
     """EL2N: mean over R runs of ||softmax(f(x)) − onehot(y)||₂ early in training.
 
     ``epochs=None`` trains about 200 minibatch steps (1–20 epochs): "early", as the paper's
-    epoch 20 of 200, scaled to the dataset.
+    epoch 20 of 200, scaled to the dataset. On ``cnn``/``resnet18`` it is the paper's fraction
+    itself: a tenth of the recipe's epochs (at least 1: 1 of the cnn's 8, 2 of resnet18's
+    15), the learning-rate schedule spanning the full recipe.
 
     A budgeted fit is one training run of the network (``runs`` in all).
 
     Args:
         epochs: Epochs trained before scoring (default None: about 200 minibatch steps,
-            1-20 epochs; else >= 0).
+            1-20 epochs, or on a deep model a tenth of its recipe's epochs; else >= 0).
     """
 
     name = "el2n"
@@ -441,26 +671,38 @@ class EL2N(_TrainingDynamics):
     def _hardness(self, trained: TrainedRuns, task: ValuationTask, epochs: int) -> np.ndarray:
         return error_l2_norms(trained, task.x_train, task.y_train)
 
+    def _deep_hardness(self, trained: DeepRuns, task: ValuationTask) -> np.ndarray:
+        return deep_error_l2_norms(trained, task.x_train, task.y_train)
+
 
 class Forgetting(_TrainingDynamics):
     """Forgetting events (Toneva et al.): correct → incorrect transitions between presentations.
 
     Never-learned points count as most forgettable (``epochs + 1``). ``epochs=None`` trains about
-    1000 minibatch steps (10–50 epochs), so there are enough presentations to forget.
+    1000 minibatch steps (10–50 epochs), so there are enough presentations to forget; on
+    ``cnn``/``resnet18`` it watches every epoch of the recipe's training (8 and 15 epochs by
+    default; the paper trains 200), reading correctness from the training-mode forward pass
+    of each minibatch before its step, as the paper's code does.
 
     A budgeted fit is one training run of the network (``runs`` in all).
 
     Args:
         epochs: Epochs of training whose presentations are watched (default None: about
-            1000 minibatch steps, 10-50 epochs; else >= 0).
+            1000 minibatch steps, 10-50 epochs, or on a deep model all of its recipe's
+            epochs; else >= 0).
     """
 
     name = "forgetting"
     summary = "Forgetting events during training, averaged over R runs (high = hard = keep)."
     _default_schedule = (1000, 10, 50)
+    _deep_fraction = 1.0
     _record_correct = True
 
     def _hardness(self, trained: TrainedRuns, task: ValuationTask, epochs: int) -> np.ndarray:
         assert trained.correct is not None
         # (epochs, R, n) -> (R, n): count along the presentation axis for each run.
+        return forgetting_counts(trained.correct)
+
+    def _deep_hardness(self, trained: DeepRuns, task: ValuationTask) -> np.ndarray:
+        assert trained.correct is not None
         return forgetting_counts(trained.correct)

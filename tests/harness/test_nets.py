@@ -474,9 +474,9 @@ def test_method_written_for_logreg_declines_a_deep_cell() -> None:
     from valbench.worker import run_cell
 
     assert get_method("loo").architectures is None  # through the utility engine: any model
-    assert get_method("grand").architectures == ("logreg", "mlp")
-    spec = RunSpec(methods=("grand",), datasets=("mnist-5k",), model="cnn", max_train=40)
-    outcome = run_cell(Cell(dataset="mnist-5k", noise=0.0, seed=0, method="grand"), spec)
+    assert get_method("dvrl").architectures == ("logreg", "mlp")
+    spec = RunSpec(methods=("dvrl",), datasets=("mnist-5k",), model="cnn", max_train=40)
+    outcome = run_cell(Cell(dataset="mnist-5k", noise=0.0, seed=0, method="dvrl"), spec)
     record = outcome.record
     assert record.status == "skipped" and record.error is not None
     assert record.error.type == "CellSkipped"
