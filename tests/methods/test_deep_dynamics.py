@@ -234,3 +234,28 @@ def test_resnet_grand_forgetting_and_tracin(tiny_resnet: str) -> None:
     tracin = TracIn(checkpoints=2, layers="last").value(task, RunContext.for_task(task))
     assert tracin.stats["checkpoint_epochs"] == [8, 15]
     assert tracin.stats["checkpoint_lrs"][0] == pytest.approx(nets.lr_at(0.1, "cosine", 7, 15))
+
+
+@pytest.mark.slow  # loads mnist-5k, trains the metrics' CNNs: 45 s CPU, minutes of wall here
+def test_a_cnn_run_through_the_harness_gives_ok_cells(tmp_path) -> None:
+    import valbench
+
+    methods = ["grand", "el2n", "forgetting", "tracin"]
+    run = valbench.run(
+        methods=methods,
+        datasets=["mnist-5k"],
+        seeds=1,
+        noise=[0.2],
+        max_train=24,
+        model="cnn:epochs=2,batch_size=8",
+        lds_subsets=4,
+        random_repeats=1,
+        params={m: {"runs": 2} for m in methods[:3]},
+        out=tmp_path / "r",
+    )
+    results = run.results
+    assert set(results["method"]) == set(methods)
+    assert (results["status"] == "ok").all(), results[results["status"] != "ok"]
+    for method in methods:
+        values = run.values(method, "mnist-5k", seed=0)
+        assert len(values.values) == 24 and values.complete
