@@ -39,7 +39,6 @@ from valbench.errors import UsageError
 from valbench.models import foreach_adam_step
 from valbench.nets import (
     DeepClassifier,
-    DeepParams,
     Recipe,
     get_architecture,
     per_sample_grads,
@@ -405,8 +404,23 @@ def deep_grad_norms(runs: DeepRuns, x: np.ndarray, y: np.ndarray) -> np.ndarray:
 def deep_error_l2_norms(runs: DeepRuns, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """(R, n) EL2N per run: ||softmax(f(x)) − onehot(y)||₂ of each trained copy (evaluation
     mode), in float64."""
-    stacked = DeepParams(runs.clf.spec.kind, runs.params, runs.buffers)
-    logits = torch.as_tensor(runs.clf.logits(stacked, x)).double()
+    clf = runs.clf
+    xt = clf.images(x)
+    rows = max(1, int(clf.arch.eval_rows))
+    # Run by run, not vmapped over the runs: on a CPU a vmapped (grouped) convolution is the
+    # slower one (see valbench.nets.train_copies).
+    with torch.no_grad():
+        logits = torch.stack(
+            [
+                torch.cat(
+                    [
+                        clf.arch.apply(*runs.run(r), xt[s : s + rows], train=False)[1]
+                        for s in range(0, len(xt), rows)
+                    ]
+                )
+                for r in range(runs.runs)
+            ]
+        ).double()
     probs = torch.softmax(logits, dim=2)
     onehot = nn.functional.one_hot(torch.as_tensor(np.asarray(y, dtype=np.int64)), probs.shape[2])
     return torch.linalg.vector_norm(probs - onehot.double()[None], dim=2).numpy()
