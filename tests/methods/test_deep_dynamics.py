@@ -236,6 +236,25 @@ def test_resnet_grand_forgetting_and_tracin(tiny_resnet: str) -> None:
     assert tracin.stats["checkpoint_lrs"][0] == pytest.approx(nets.lr_at(0.1, "cosine", 7, 15))
 
 
+@pytest.mark.slow  # the full-width ResNet-18 (11M parameters): per-sample gradients on a CPU
+def test_full_resnet18_grand_at_initialisation_equals_autograd() -> None:
+    task = _task("resnet18", n=6)
+    got = GraNd(runs=1).value(task, RunContext.for_task(task, seed=1))
+    arch = ResNet18()
+    params, buffers = arch.init((1, 28, 28), 3, _seeds(1, 1)[0])
+    expected = _loop_grad_norms(arch, params, buffers, _images(task.x_train), task.y_train)
+    np.testing.assert_allclose(got.scores, expected, rtol=1e-4)
+
+
+def test_deep_default_epochs_follow_the_papers_fraction() -> None:
+    from valbench.methods.training_dynamics import deep_default_epochs
+
+    # EL2N at epoch 20 of 200: 1 of the cnn's 8 epochs, 2 of resnet18's 15.
+    assert deep_default_epochs(8, 0.1) == 1 and deep_default_epochs(15, 0.1) == 2
+    assert deep_default_epochs(200, 0.1) == 20 and deep_default_epochs(8, 1.0) == 8
+    assert EL2N().resolved_epochs(N, 15) == 2 and GraNd().resolved_epochs(N, 15) == 0
+
+
 @pytest.mark.slow  # loads mnist-5k, trains the metrics' CNNs: 45 s CPU, minutes of wall here
 def test_a_cnn_run_through_the_harness_gives_ok_cells(tmp_path) -> None:
     import valbench
