@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from valbench import Method, RunContext, Valuation, ValuationTask
 from valbench.errors import UsageError
 from valbench.methods import _gradients as gr
+from valbench.methods.training_dynamics import DEEP_GRAD_ROWS
 from valbench.models import Params
 from valbench.nets import DeepClassifier, lr_at, per_sample_grads, train_copies
 from valbench.params import Interval, Param
@@ -207,7 +208,8 @@ def deep_tracin(
     yv = torch.as_tensor(np.asarray(task.y_val, dtype=np.int64)).to(clf.device)
     n = task.n_train
     n_params = sum(v.numel() for v in saved[0].params.values()) if saved else 1
-    rows = max(1, min(int(chunk), _DEEP_GRAD_FLOATS // max(1, n_params)))
+    # At most 64 points at a time as well: measured fastest on a CPU (see DEEP_GRAD_ROWS).
+    rows = max(1, min(int(chunk), DEEP_GRAD_ROWS, _DEEP_GRAD_FLOATS // max(1, n_params)))
     scores, self_inf = np.zeros(n), np.zeros(n)
     for t, cp in enumerate(saved):
         g_val = sum(
@@ -256,7 +258,7 @@ class TracIn(Method):
         layers: ``"all"`` parameters (default) or ``"last"`` (an MLP's output layer only; a
             deep model's linear head).
         chunk: Training or validation points whose gradients are held at once (default 1024;
-            on a deep model also at most 2^25 gradient floats).
+            on a deep model also at most 64 points and 2^25 gradient floats).
     """
 
     name = "tracin"
