@@ -173,7 +173,7 @@ def test_whitening_cuts_lbfgs_passes_on_correlated_features(
 
     def counted(self: BatchedClassifier, *args: object) -> tuple[torch.Tensor, torch.Tensor]:
         passes[0] += len(args[0])  # one per model in the batch
-        return plain_pass(self, *args)  # type: ignore[arg-type]
+        return plain_pass(self, *args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(BatchedClassifier, "_logreg_loss_grad", counted)
     results = {}
@@ -197,12 +197,14 @@ def test_only_models_with_enough_rows_per_column_are_whitened(
     plain_fit, plain_pass = BatchedClassifier._fit_logreg_lbfgs, BatchedClassifier._logreg_loss_grad
 
     def spy(self: BatchedClassifier, *args: Any) -> Params:
-        flags.append(args[-1].tolist())
+        flags.append(args[5].tolist())  # (x, params, weights, decay, max_iter, whiten, absent)
         return plain_fit(self, *args)
 
-    def counted(self: BatchedClassifier, *args: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    def counted(
+        self: BatchedClassifier, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         passes[0] += 1
-        return plain_pass(self, *args)
+        return plain_pass(self, *args, **kwargs)
 
     monkeypatch.setattr(BatchedClassifier, "_fit_logreg_lbfgs", spy)
     monkeypatch.setattr(BatchedClassifier, "_logreg_loss_grad", counted)
@@ -289,11 +291,16 @@ def test_batched_equals_individual(kind: str, dtype: str) -> None:
     together = clf.fit(x, y, subsets)
     assert together.batch_size == 5
     pred_together = clf.predict(together, x)
-    # In float64 batching changes nothing but rounding. In float32 Adam's g/sqrt(v) amplifies
-    # rounding on near-zero gradients (dead ReLUs) to ~1e-3, still far below a real mismatch;
-    # float32 rounding can also shift where L-BFGS stops, and any stop within its gradient
-    # tolerance may lie ~tol/l2 away along the flattest direction (measured: 0.03).
-    atol = 1e-9 if dtype == "float64" else (3e-3 if kind == "mlp" else 0.1)
+    # In float64 batching changes nothing but rounding; L-BFGS to its default tolerance 1e-8
+    # runs long enough (to the 60-iteration cap here) for rounding to move its stop by ~2e-8
+    # (measured). In float32 Adam's g/sqrt(v) amplifies rounding on near-zero gradients (dead
+    # ReLUs) to ~1e-3, still far below a real mismatch; float32 rounding can also shift where
+    # L-BFGS stops, and any stop within its gradient tolerance may lie ~tol/l2 away along the
+    # flattest direction (measured: 0.03).
+    if dtype == "float64":
+        atol = 1e-9 if kind == "mlp" else 1e-7
+    else:
+        atol = 3e-3 if kind == "mlp" else 0.1
     for i, subset in enumerate(subsets):
         alone = spec.build(4, 3, seed=3).fit_subset(x, y, subset)
         for name, tensor in alone.tensors.items():
