@@ -209,12 +209,6 @@ class ModelSpec:
             return "newton"
         return self.resolved_solver
 
-    @property
-    def to_tolerance(self) -> bool:
-        """True when every fit runs to the gradient tolerance ``tol`` (logreg's L-BFGS and
-        Newton), so that where a fit starts does not change its result beyond ``tol``."""
-        return self.kind == "logreg" and self.resolved_solver in ("lbfgs", "newton")
-
     @classmethod
     def parse(cls, name: str, **overrides: Any) -> ModelSpec:
         """The spec of model ``name`` with some fields overridden (strings are converted).
