@@ -171,7 +171,9 @@ def test_whitening_cuts_lbfgs_passes_on_correlated_features(
     passes = [0]
     plain_pass = BatchedClassifier._logreg_loss_grad
 
-    def counted(self: BatchedClassifier, *args: object) -> tuple[torch.Tensor, torch.Tensor]:
+    def counted(
+        self: BatchedClassifier, *args: object, **kwargs: object
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         passes[0] += len(args[0])  # one per model in the batch
         return plain_pass(self, *args, **kwargs)  # type: ignore[arg-type]
 
