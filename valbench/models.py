@@ -328,11 +328,12 @@ class BatchedClassifier:
     Implements :class:`valbench.types.BatchedModel` with :class:`Params`.
 
     Each model ``b`` minimises the mean cross-entropy over its own subset plus
-    ``l2/2 * ||weights||²`` with full-batch L-BFGS (logreg, by default) or Adam; the softmax is
-    always over all
-    ``n_classes``, so subsets missing classes work. A model whose subset is empty gets a zero
-    loss (no penalty either) and so keeps its initial parameters: zero for logreg, which
-    predicts class 0 everywhere; the seeded initialisation for the MLP.
+    ``l2/2 * ||weights||²`` with full-batch Newton (logreg with two classes, by default),
+    L-BFGS (logreg with more) or Adam. Adam's softmax is over all ``n_classes``; Newton and
+    L-BFGS fit a class missing from a subset as the limit of its optimum (probability 0, bias
+    :data:`ABSENT_BIAS`), so subsets missing classes work either way. A model whose subset is
+    empty gets a zero loss (no penalty either) and so keeps its initial parameters: zero for
+    logreg, which predicts class 0 everywhere; the seeded initialisation for the MLP.
 
     Every model of a batch starts from the same initialisation for the same ``seed``, so a
     model trained in a batch equals the one trained alone on the same subset.
