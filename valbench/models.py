@@ -573,10 +573,12 @@ class BatchedClassifier:
     @staticmethod
     def _mark_absent(params: Params, absent: torch.Tensor) -> Params:
         """The limit model of each subset: its absent classes get zero weights and
-        :data:`ABSENT_BIAS` (their probability 0)."""
+        :data:`ABSENT_BIAS` (their probability 0); a lone present class zero weights."""
         if not bool(absent.any()):
             return params
-        w = params["W"].masked_fill(absent[:, None, :], 0.0)
+        # With one class present the loss is 0 whatever the weights: its optimum is zero too.
+        single = (absent.sum(dim=1) == absent.shape[1] - 1)[:, None]
+        w = params["W"].masked_fill((absent | single)[:, None, :], 0.0)
         return Params("logreg", {"W": w, "b": params["b"].masked_fill(absent, ABSENT_BIAS)})
 
     def _augmented(self, x: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:

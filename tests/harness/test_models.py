@@ -636,3 +636,7 @@ def test_single_class_subset_predicts_its_class() -> None:
     assert (fitted["W"][0] == 0).all()
     # The empty subset keeps its initialisation (zero), as before.
     assert (fitted["W"][1] == 0).all() and (fitted["b"][1] == 0).all()
+    # From any start: one class present, the loss is 0, so the weights' optimum is 0.
+    full = clf.fit(x, y, np.ones((1, len(y)), dtype=bool))
+    warm = clf.fit(x, y, only_ones[None, :], init=full)
+    assert (warm["W"] == 0).all() and float(warm["b"][0, 0]) == models.ABSENT_BIAS
