@@ -55,11 +55,20 @@ def model_names() -> tuple[str, ...]:
     return (*MODEL_NAMES, *architecture_names())
 
 
-SOLVERS: tuple[str, ...] = ("auto", "lbfgs", "adam")
+SOLVERS: tuple[str, ...] = ("auto", "lbfgs", "newton", "adam")
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
+#: ``dtype="auto"``: float64 for logreg (its solvers run to a tolerance float32 cannot reach),
+#: float32 for the MLP and the deep models.
+_AUTO_DTYPE = {"logreg": "float64"}
 _BETA1, _BETA2, _EPS = 0.9, 0.999, 1e-8
 _LOGIT_RANGE = 60.0
+#: The bias a fitted logreg gives a class absent from its subset (L-BFGS and Newton): the
+#: optimum then has no finite bias for that class (it goes to -inf, the class's probability to
+#: 0), so the fit solves the limit problem, the softmax over the present classes only, and
+#: returns the absent class with zero weights and this bias (e^-1e4 is 0 in float32 and
+#: float64: the class is never predicted).
+ABSENT_BIAS = -1.0e4
 # L-BFGS: curvature pairs kept, halvings of a step before a model counts as stuck (float
 # noise at its optimum: it is then done), sufficient-decrease constant.
 _LBFGS_MEMORY = 5
@@ -92,13 +101,19 @@ class ModelSpec:
         lr: Adam learning rate (unused by L-BFGS).
         l2: Weight decay, added to each model's loss as ``l2/2 * ||weights||²`` (biases excluded).
         hidden: Hidden units of the MLP (ignored by logreg).
-        dtype: ``"float32"`` (default) or ``"float64"``.
-        solver: ``"lbfgs"`` (batched L-BFGS to a gradient tolerance), ``"adam"`` (a fixed number
-            of full-batch Adam steps) or ``"auto"``: L-BFGS for the convex logreg, Adam for the
-            MLP. On digits L-BFGS ends 5x closer to the optimum's objective than 150 Adam
-            steps, in about 40 % of the time (``tests/benchmarks/test_utility_benchmark.py``).
-        tol: L-BFGS stops a model once every gradient entry is at most ``tol`` in magnitude
-            (the loss is a mean, so this does not grow with the subset size).
+        dtype: ``"float32"``, ``"float64"`` or ``"auto"`` (the default): float64 for logreg,
+            float32 for the MLP and the deep models. Resolved on construction, so ``dtype``
+            always reads ``"float32"`` or ``"float64"``.
+        solver: ``"lbfgs"`` (batched L-BFGS to a gradient tolerance), ``"newton"`` (batched
+            Newton to a gradient tolerance; logreg with two classes only), ``"adam"`` (a fixed
+            number of full-batch Adam steps) or ``"auto"``: for logreg Newton with two classes
+            and L-BFGS with more, Adam for the MLP. On digits L-BFGS ends 5x closer to the
+            optimum's objective than 150 Adam steps, in about 40 % of the time
+            (``tests/benchmarks/test_utility_benchmark.py``).
+        tol: L-BFGS and Newton stop a model once every gradient entry is at most ``tol`` in
+            magnitude (the loss is a mean, so this does not grow with the subset size). The
+            default 1e-8 (in float64) makes U(S) one game: the validation predictions do not
+            depend on the batch or the start (``tests/harness/test_one_game.py``).
     """
 
     kind: str = "logreg"
@@ -106,9 +121,9 @@ class ModelSpec:
     lr: float = 0.05
     l2: float = 1e-3
     hidden: int = 64
-    dtype: str = "float32"
+    dtype: str = "auto"
     solver: str = "auto"
-    tol: float = 3e-4
+    tol: float = 1e-8
     #: Deep models: minibatch size (None: the recipe's; unused by logreg and mlp).
     batch_size: int | None = None
     #: ``cpu``, ``cuda`` or ``auto`` (a GPU when present); logreg and mlp run on the CPU.
@@ -119,6 +134,8 @@ class ModelSpec:
             raise UnknownNameError("model", self.kind, list(model_names()))
         if self.device not in DEVICES:
             raise UsageError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.dtype == "auto":
+            object.__setattr__(self, "dtype", _AUTO_DTYPE.get(self.kind, "float32"))
         if self.deep:
             recipe = get_architecture(self.kind).recipe
             defaults = {f.name: f.default for f in dataclasses.fields(self)}
@@ -156,9 +173,10 @@ class ModelSpec:
             )
         if not (isinstance(self.tol, int | float) and math.isfinite(self.tol) and self.tol > 0):
             raise UsageError(f"model tol must be a finite number > 0, got {self.tol!r}")
-        if self.solver == "lbfgs" and self.kind != "logreg":
+        if self.solver in ("lbfgs", "newton") and self.kind != "logreg":
             raise UsageError(
-                f"model solver 'lbfgs' is for logreg only; use solver=adam or auto for {self.kind}"
+                f"model solver {self.solver!r} is for logreg only; use solver=adam or auto for "
+                f"{self.kind}"
             )
 
     @property
@@ -183,13 +201,21 @@ class ModelSpec:
 
     @property
     def resolved_solver(self) -> str:
-        """The solver ``fit`` uses: ``"auto"`` is L-BFGS for logreg and Adam for the MLP (a
-        deep model: its recipe's optimiser, ``sgd`` or ``adam``)."""
+        """The solver ``fit`` uses with more than two classes: ``"auto"`` is L-BFGS for logreg
+        and Adam for the MLP (a deep model: its recipe's optimiser, ``sgd`` or ``adam``).
+        :meth:`solver_for` gives it for a number of classes."""
         if self.deep:
             return str(get_architecture(self.kind).recipe.optimizer)
         if self.solver != "auto":
             return self.solver
         return "lbfgs" if self.kind == "logreg" else "adam"
+
+    def solver_for(self, n_classes: int) -> str:
+        """The solver ``fit`` uses for ``n_classes`` classes: ``"auto"`` is Newton for a
+        two-class logreg (its Hessian is (d+1)², cheap), else :attr:`resolved_solver`."""
+        if self.kind == "logreg" and self.solver == "auto" and n_classes == 2:
+            return "newton"
+        return self.resolved_solver
 
     @classmethod
     def parse(cls, name: str, **overrides: Any) -> ModelSpec:
@@ -310,11 +336,12 @@ class BatchedClassifier:
     Implements :class:`valbench.types.BatchedModel` with :class:`Params`.
 
     Each model ``b`` minimises the mean cross-entropy over its own subset plus
-    ``l2/2 * ||weights||²`` with full-batch L-BFGS (logreg, by default) or Adam; the softmax is
-    always over all
-    ``n_classes``, so subsets missing classes work. A model whose subset is empty gets a zero
-    loss (no penalty either) and so keeps its initial parameters: zero for logreg, which
-    predicts class 0 everywhere; the seeded initialisation for the MLP.
+    ``l2/2 * ||weights||²`` with full-batch Newton (logreg with two classes, by default),
+    L-BFGS (logreg with more) or Adam. Adam's softmax is over all ``n_classes``; Newton and
+    L-BFGS fit a class missing from a subset as the limit of its optimum (probability 0, bias
+    :data:`ABSENT_BIAS`), so subsets missing classes work either way. A model whose subset is
+    empty gets a zero loss (no penalty either) and so keeps its initial parameters: zero for
+    logreg, which predicts class 0 everywhere; the seeded initialisation for the MLP.
 
     Every model of a batch starts from the same initialisation for the same ``seed``, so a
     model trained in a batch equals the one trained alone on the same subset.
@@ -333,6 +360,13 @@ class BatchedClassifier:
         self.n_classes = int(n_classes)
         self.seed = int(seed)
         self.dtype = _DTYPES[spec.dtype]
+        #: The solver of :meth:`fit` (``spec.solver_for(n_classes)``).
+        self.solver = spec.solver_for(self.n_classes)
+        if self.solver == "newton" and self.n_classes > 2:
+            raise UsageError(
+                f"model solver 'newton' is for two classes; this task has {self.n_classes} "
+                "(use solver=lbfgs or auto)"
+            )
         #: Every model trained adds 1 here (a batch of B adds B); set by ``task.build_model``.
         self.fit_counter: FitCounter | None = None
         self._init = self._initial_params()
@@ -484,11 +518,19 @@ class BatchedClassifier:
         # dimension, which torch's CPU kernel does ~30x faster than over a tiny last one.
         # Adam is per-coordinate, so the layout does not change the result.
         if self.spec.kind == "logreg":
-            if self.spec.resolved_solver == "lbfgs":
+            if self.solver in ("newton", "lbfgs"):
+                # Classes absent from a non-empty subset: the limit problem (see ABSENT_BIAS).
+                absent = ((mass @ onehot_t.T) <= 0) & (counts > 0)[:, None]  # (B, C)
+                params = self._restart_absent(params, absent)
+            if self.solver == "newton":
+                fitted = self._fit_logreg_newton(x, params, weights, decay, steps, absent)
+                fitted = self._mark_absent(fitted, absent)
+            elif self.solver == "lbfgs":
                 # Whitening pays off for a subset with enough rows to share the covariance of
                 # the whole training set (see _whitening); each model is judged on its own.
                 whiten = counts >= _WHITEN_MIN_ROWS_PER_COLUMN * (self.n_features + 1)
-                fitted = self._fit_logreg_lbfgs(x, params, weights, decay, steps, whiten)
+                fitted = self._fit_logreg_lbfgs(x, params, weights, decay, steps, whiten, absent)
+                fitted = self._mark_absent(fitted, absent)
             else:
                 fitted = self._fit_logreg(x, params, weights, decay, steps)
             if self.fit_counter is not None:
@@ -509,6 +551,26 @@ class BatchedClassifier:
         if self.fit_counter is not None:
             self.fit_counter.add(batch)
         return Params(self.spec.kind, {k: _from_class_major(v) for k, v in tensors.items()})
+
+    def _restart_absent(self, params: Params, absent: torch.Tensor) -> Params:
+        """``params`` with every class that is present in a model's subset but was absent from
+        its start's (bias at :data:`ABSENT_BIAS`) restarted at zero, so any start works."""
+        stale = (params["b"] <= 0.5 * ABSENT_BIAS) & ~absent
+        if not bool(stale.any()):
+            return params
+        w = params["W"].masked_fill(stale[:, None, :], 0.0)
+        return Params("logreg", {"W": w, "b": params["b"].masked_fill(stale, 0.0)})
+
+    @staticmethod
+    def _mark_absent(params: Params, absent: torch.Tensor) -> Params:
+        """The limit model of each subset: its absent classes get zero weights and
+        :data:`ABSENT_BIAS` (their probability 0); a lone present class zero weights."""
+        if not bool(absent.any()):
+            return params
+        # With one class present the loss is 0 whatever the weights: its optimum is zero too.
+        single = (absent.sum(dim=1) == absent.shape[1] - 1)[:, None]
+        w = params["W"].masked_fill((absent | single)[:, None, :], 0.0)
+        return Params("logreg", {"W": w, "b": params["b"].masked_fill(absent, ABSENT_BIAS)})
 
     def _augmented(self, x: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """``[x, 1]`` (n, d+1) and its transpose (d+1, n), memoised like the training data."""
@@ -636,15 +698,20 @@ class BatchedClassifier:
         weights: torch.Tensor,
         decay_aug: torch.Tensor,
         penalty: torch.Tensor | None = None,
+        offset: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Each model's objective (B,) and its gradient (B, C, d+1), in one pass.
 
         The L2 term is ``decay_aug/2 * |w|²`` entrywise, or with a ``penalty`` matrix P
-        (whitened coordinates) ``decay_aug/2 * w P wᵀ`` per class row.
+        (whitened coordinates) ``decay_aug/2 * w P wᵀ`` per class row. ``offset`` (B, C, 1),
+        added to the logits, is -inf for the classes a model leaves out of its softmax (they
+        then get probability e^-60 at most, and a gradient as small).
         """
         onehot_t = self._onehot_t()
         batch, c, n = w.shape[0], self.n_classes, xa.shape[0]
         logits = (w.view(batch * c, -1) @ xa_t).view(batch, c, n)
+        if offset is not None:
+            logits.add_(offset)
         shifted = logits.sub_(logits.amax(dim=1, keepdim=True)).clamp_(min=-_LOGIT_RANGE)
         # Each point's own logit, read by index (a third of the passes over (B, C, n) here).
         true_logit = shifted.gather(1, self._label_index().expand(batch, 1, n))[:, 0]
@@ -668,6 +735,7 @@ class BatchedClassifier:
         decay: torch.Tensor,
         max_iter: int,
         whiten: torch.Tensor,
+        absent: torch.Tensor,
     ) -> Params:
         """Batched L-BFGS on logreg until each model's largest gradient entry is <= ``tol``.
 
@@ -698,17 +766,26 @@ class BatchedClassifier:
             decay_aug = decay  # per model (B, 1, 1): the bias is left out by the penalty matrix
             w = self._where_rows(whiten, w @ white.inverse, w)  # v = w T⁻¹ where whitened
 
+        # Classes absent from a model's subset leave its softmax (the limit problem).
+        offsets = torch.where(absent, -math.inf, 0.0).to(self.dtype)[:, :, None]
+        any_absent = bool(absent.any())
+
         def loss_grad(
-            z: torch.Tensor, rows: torch.Tensor, wts: torch.Tensor, dec: torch.Tensor
+            z: torch.Tensor,
+            rows: torch.Tensor,
+            wts: torch.Tensor,
+            dec: torch.Tensor,
+            off: torch.Tensor,
         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             """Objective, gradient (B, size) in each model's own coordinates z (v or w), and the
             largest entry of the gradient in the original coordinates (the stopping test's)."""
+            shift = off if any_absent else None
             if white is None:
-                f, g_w = self._logreg_loss_grad(z, xa, xa_t, wts, dec)
+                f, g_w = self._logreg_loss_grad(z, xa, xa_t, wts, dec, offset=shift)
                 g_w = g_w.view(-1, size)
                 return f, g_w, g_w.abs().amax(dim=1)
             u = self._where_rows(rows, z, z @ white.inverse) if mixed else z
-            f, g_u = self._logreg_loss_grad(u, xa, xa_t, wts, dec, penalty)
+            f, g_u = self._logreg_loss_grad(u, xa, xa_t, wts, dec, penalty, shift)
             # d/dw of a function of u = w T⁻¹ is g_u T⁻¹ (T is symmetric). The stopping test
             # is on that gradient in the original coordinates for every model (for a whitened
             # one g_v T⁻¹ = g_u T⁻¹), so whitening changes the path, not what a converged fit is.
@@ -720,8 +797,8 @@ class BatchedClassifier:
         with torch.no_grad():
             active = torch.arange(batch)
             cur = out.clone()
-            f, g, gmax = loss_grad(w, whiten, weights, decay_aug)
-            rows, wts, dec = whiten, weights, decay_aug
+            f, g, gmax = loss_grad(w, whiten, weights, decay_aug, offsets)
+            rows, wts, dec, off = whiten, weights, decay_aug, offsets
             memory = CurvatureMemory(g)
             step = torch.ones(batch, dtype=self.dtype)
             failures = torch.zeros(batch, dtype=torch.int64)
@@ -732,6 +809,7 @@ class BatchedClassifier:
                     out[active[~running]] = cur[~running]
                     active, cur, f, g = active[running], cur[running], f[running], g[running]
                     rows, wts, dec, step = rows[running], wts[running], dec[running], step[running]
+                    off = off[running]
                     failures, gmax = failures[running], gmax[running]
                     memory.keep(running)
                 if len(active) == 0:
@@ -739,7 +817,7 @@ class BatchedClassifier:
                 direction = memory.direction(g)
                 slope = (g * direction).sum(dim=1)
                 trial = torch.addcmul(cur, step[:, None], direction)
-                f_t, g_t, gmax_t = loss_grad(trial.view(-1, c, size // c), rows, wts, dec)
+                f_t, g_t, gmax_t = loss_grad(trial.view(-1, c, size // c), rows, wts, dec, off)
                 # Sufficient decrease, with a few ulps of slack so that rounding never rejects
                 # a true decrease near the optimum.
                 bound = torch.addcmul(f, step, slope, value=_ARMIJO_C1)
@@ -767,6 +845,119 @@ class BatchedClassifier:
             # Back as start + the step taken, so a model that did not move is returned exactly.
             out = self._where_rows(whiten, start + (out - w) @ white.basis, out)
         return self._logreg_params(out)
+
+    def _fit_logreg_newton(
+        self,
+        x: np.ndarray,
+        params: Params,
+        weights: torch.Tensor,
+        decay: torch.Tensor,
+        max_iter: int,
+        absent: torch.Tensor,
+    ) -> Params:
+        """Batched Newton on a two-class logreg until each model's largest gradient entry is
+        <= ``tol``.
+
+        With two classes only the difference β = w₁ − w₀ (bias column included) reaches the
+        loss, and the L2 term is smallest at w₀ = −β/2, w₁ = β/2 for a given β; so each model
+        minimises F(β) = Σᵢ ωᵢ (log(1 + e^zᵢ) − yᵢ zᵢ) + l2/4 |β without bias|², zᵢ = [xᵢ, 1]·β,
+        whose gradient is the original gradient's w₁ block (the w₀ block is its negative): the
+        stopping test is the same as L-BFGS's. The Hessian [x, 1]ᵀ diag(ωᵢ σᵢ(1 − σᵢ)) [x, 1]
+        + l2/2 D is (d+1)², so each model solves its own Newton system by Cholesky; the step
+        is halved while the Armijo test fails (a model whose trial fails stays put and tries
+        half the step at the next iteration, as in :meth:`_fit_logreg_lbfgs`). Newton is
+        affine invariant, so no whitening. The biases keep the start's common shift (the loss
+        does not see it); a model already within ``tol`` at its start is returned as it was,
+        and so is one whose subset holds a single class (``absent``: the caller sets its
+        limit model).
+        """
+        xa, xa_t, w, decay_aug = self._logreg_problem(x, params, decay)
+        batch, size = w.shape[0], w.shape[2]
+        tol = float(self.spec.tol)
+        eps = torch.finfo(self.dtype).eps
+        label = self._onehot_t()[1]  # (n,): 1 for class 1
+        start = w
+        beta0 = (w[:, 1] - w[:, 0]).contiguous()  # (B, d+1)
+        curv = 0.5 * decay_aug.view(batch, size)  # l2/2 on the weights, 0 on the bias
+        wts_all = weights.view(batch, -1)
+
+        def evaluate(
+            beta: torch.Tensor, wts: torch.Tensor, pen: torch.Tensor
+        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            """F (b,), its gradient (b, d+1) and the Hessian's point weights ωᵢσᵢ(1 − σᵢ)."""
+            z = beta @ xa_t  # (b, n)
+            loss = (torch.logaddexp(z, torch.zeros_like(z)).sub_(z * label) * wts).sum(dim=1)
+            loss = loss + 0.5 * (pen * beta * beta).sum(dim=1)
+            prob = torch.sigmoid(z)
+            grad = ((prob - label) * wts) @ xa + pen * beta
+            return loss, grad, prob.mul_(1.0 - prob).mul_(wts)
+
+        with torch.no_grad():
+            out = beta0.clone()
+            moved = torch.zeros(batch, dtype=torch.bool)
+            active = torch.arange(batch)
+            cur, wts, pen = beta0, wts_all, curv
+            f, g, h = evaluate(cur, wts, pen)
+            gmax = g.abs().amax(dim=1).masked_fill_(absent.any(dim=1), 0.0)
+            step = torch.ones(batch, dtype=self.dtype)
+            failures = torch.zeros(batch, dtype=torch.int64)
+            eye = torch.eye(size, dtype=self.dtype)
+            for _ in range(max_iter):
+                running = (gmax > tol) & (failures <= _LINE_SEARCH_STEPS)
+                if not bool(running.all()):
+                    out[active[~running]] = cur[~running]
+                    active, cur, f, g, h = (
+                        active[running],
+                        cur[running],
+                        f[running],
+                        g[running],
+                        h[running],
+                    )
+                    wts, pen, step, failures = (
+                        wts[running],
+                        pen[running],
+                        step[running],
+                        failures[running],
+                    )
+                    gmax = gmax[running]
+                if len(active) == 0:
+                    break
+                moved[active] = True
+                hess = torch.bmm(xa_t[None] * h[:, None, :], xa.expand(len(active), -1, -1))
+                hess.add_(torch.diag_embed(pen))
+                chol, info = torch.linalg.cholesky_ex(hess)
+                if bool((info > 0).any()):
+                    # No curvature left in some direction (every point's σ saturated, say):
+                    # a small ridge, which changes the path but not where it stops (g = 0).
+                    bad = info > 0
+                    scale = hess[bad].diagonal(dim1=1, dim2=2).abs().mean(dim=1).clamp(min=1.0)
+                    ridge = hess[bad] + (1e3 * eps) * scale[:, None, None] * eye
+                    chol[bad] = torch.linalg.cholesky_ex(ridge)[0]
+                direction = torch.cholesky_solve(-g[:, :, None], chol)[:, :, 0]
+                slope = (g * direction).sum(dim=1)
+                descent = torch.isfinite(slope) & (slope < 0)
+                if not bool(descent.all()):  # a failed factorisation: a gradient step instead
+                    direction = torch.where(descent[:, None], direction, -g)
+                    slope = torch.where(descent, slope, -(g * g).sum(dim=1))
+                trial = torch.addcmul(cur, step[:, None], direction)
+                f_t, g_t, h_t = evaluate(trial, wts, pen)
+                bound = torch.addcmul(f, step, slope, value=_ARMIJO_C1)
+                ok = f_t <= bound.add_(f.abs().mul_(4 * eps))
+                ok_col = ok[:, None]
+                cur = torch.where(ok_col, trial, cur)
+                g = torch.where(ok_col, g_t, g)
+                h = torch.where(ok_col, h_t, h)
+                f = torch.where(ok, f_t, f)
+                gmax = torch.where(ok, g_t.abs().amax(dim=1), gmax)
+                step = torch.where(ok, 1.0, step * 0.5)
+                failures = torch.where(ok, 0, failures + 1)
+            out[active] = cur
+        # w₀ = −β/2, w₁ = β/2 on the weights; the biases around the start's common shift.
+        fitted = torch.stack([-0.5 * out, 0.5 * out], dim=1)
+        common = 0.5 * (start[:, 0, -1] + start[:, 1, -1])
+        fitted[:, :, -1] += common[:, None]
+        fitted = self._where_rows(moved, fitted, start)
+        return self._logreg_params(fitted)
 
     @staticmethod
     def _where_rows(rows: torch.Tensor, picked: torch.Tensor, other: torch.Tensor) -> torch.Tensor:

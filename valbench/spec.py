@@ -110,6 +110,13 @@ _NAME_RE = re.compile(r"[^A-Za-z0-9_-]+")
 FILE_PREFIX = "file:"
 
 
+#: Version of the logreg evaluation model's defaults, in the config hash of every run that
+#: evaluates with logreg. 2: one game (float64, tolerance 1e-8, Newton for two classes; see
+#: ``valbench.models.ModelSpec``), whose numbers differ from version 1's (float32 L-BFGS to
+#: 3e-4), so a run directory of version 1 is refused, never resumed with the new model.
+LOGREG_VERSION = 2
+
+
 def dataset_slug(name: str) -> str:
     """A file-name-safe label of a dataset: ``file:PATH`` becomes ``file-<stem>-<hash>``."""
     if not name.startswith(FILE_PREFIX):
@@ -329,6 +336,10 @@ class RunSpec:
             del data["metrics"]
         if data["lds_subsets"] == DEFAULT_LDS_SUBSETS:
             del data["lds_subsets"]
+        # A run with a logreg evaluation model hashes the version of its defaults, whose
+        # numbers the model string alone does not pin (runs of other models keep their hashes).
+        if any(self.model_for(d).partition(":")[0] == "logreg" for d in self.datasets):
+            data["logreg_version"] = LOGREG_VERSION
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
     def cells(self) -> list[Cell]:

@@ -285,7 +285,8 @@ class ModelFactory(Protocol):
     l2: float
     #: Hidden units of the MLP (unused by logreg).
     hidden: int
-    #: ``"lbfgs"`` (to a gradient tolerance) or ``"adam"`` (a fixed number of steps).
+    #: ``"lbfgs"`` or ``"newton"`` (to a gradient tolerance) or ``"adam"`` (a fixed number of
+    #: steps); logreg's ``"auto"`` runs Newton on two classes (``ModelSpec.solver_for``).
     resolved_solver: str
 
     def build(self, n_features: int, n_classes: int, seed: int) -> BatchedModel[Any]:

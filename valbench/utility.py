@@ -87,7 +87,8 @@ class UtilityEngine:
         self.n_classes = int(task.n_classes)
         self.model = task.build_model()
         # Only a model fitted to a tolerance may start anywhere (see the class docstring).
-        self.warm_nearest = warm_start == "nearest" and self.model.spec.resolved_solver == "lbfgs"
+        solver = getattr(self.model, "solver", None) or self.model.spec.resolved_solver
+        self.warm_nearest = warm_start == "nearest" and solver in ("lbfgs", "newton")
         self._cache: OrderedDict[bytes, float] = OrderedDict()
         self._warm_params: Params | None = None
         # The subsets and models of the last fit call, for ``warm_start="nearest"``.

@@ -12,10 +12,10 @@ L-BFGS ``tol`` on the largest gradient entry, ``epochs`` as the most L-BFGS iter
 peers get scikit-learn's ``LogisticRegression`` (lbfgs, whose objective is also a mean and
 whose ``tol`` is also the largest gradient entry) with ``C`` set at each fit to
 ``1 / (l2 * n_subset)`` (``2 / (l2 * n_subset)`` for two classes, where scikit-learn fits one
-weight vector instead of two). valbench trains in float32 with its batched torch L-BFGS, the
-peers in float64 with scipy's. The values read from ``ModelSpec()`` at run time, so a changed
-default (tolerance, say) moves both sides together. valbench runs cold (``warm_start=False``
-wherever a method has it), like the peers.
+weight vector instead of two). valbench trains in float64 with its batched torch Newton (two
+classes) or L-BFGS (more), the peers in float64 with scipy's L-BFGS. The values read from
+``ModelSpec()`` at run time, so a changed default (tolerance, say) moves both sides together.
+valbench runs cold (``warm_start=False`` wherever a method has it), like the peers.
 
 Each side runs twice and the smaller CPU time counts (``resource.getrusage``: this process
 and any children, user + system), with one thread for torch and the BLAS pools

@@ -105,6 +105,35 @@ def test_config_hash_ignores_execution_only_fields() -> None:
     assert RunSpec.from_dict(spec.to_dict()) == spec
 
 
+def test_logreg_runs_hash_the_model_version() -> None:
+    """A logreg run's hash carries LOGREG_VERSION, so a run directory made with the previous
+    logreg defaults (other numbers under the same ``--model logreg``) is not resumed; runs of
+    other models keep their hashes."""
+    import hashlib
+    import json
+
+    from valbench import spec as spec_module
+
+    def hash_without_version(spec: RunSpec) -> str:
+        data = {k: v for k, v in spec.to_dict().items() if k not in RunSpec.EXECUTION_ONLY}
+        for key in ("data_fingerprints", "max_train_by_dataset", "model_by_dataset"):
+            if not data[key]:
+                del data[key]
+        for key in ("id_column", "metrics", "lds_subsets"):
+            del data[key]  # at their defaults: left out of the hash
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+    logreg, mlp = RunSpec(model="logreg"), RunSpec(model="mlp")
+    assert spec_module.LOGREG_VERSION == 2
+    assert mlp.config_hash() == hash_without_version(mlp)
+    assert logreg.config_hash() != hash_without_version(logreg)
+    assert RunSpec(model="logreg:tol=1e-6").config_hash() != hash_without_version(
+        RunSpec(model="logreg:tol=1e-6")
+    )
+    mixed = RunSpec(model="mlp", model_by_dataset={"digits": "logreg"})
+    assert mixed.config_hash() != hash_without_version(mixed)  # digits evaluates with logreg
+
+
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
