@@ -32,7 +32,7 @@ parameters agree to float32 rounding.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib.metadata import entry_points
@@ -73,6 +73,8 @@ ARCHITECTURE_GROUP = "valbench.models"
 DEVICES = ("auto", "cpu", "cuda")
 #: Flattened raw-pixel widths and the image shape (C, H, W) they are read as.
 _PIXEL_SHAPES = {784: (1, 28, 28), 3072: (3, 32, 32)}
+#: Images per evaluation chunk on a CPU, copy by copy (see DeepClassifier._outputs).
+CPU_EVAL_ROWS = 64
 _BN_EPS = 1e-5
 _BN_MOMENTUM = 0.1
 
@@ -817,21 +819,40 @@ class DeepClassifier:
     def _outputs(self, params: DeepParams, x: np.ndarray, what: int) -> torch.Tensor:
         """Logits (what=1) or penultimate features (what=0) of every copy, (B, m, ·)."""
         xt = self._images(x)
-        rows = max(1, int(self.arch.eval_rows) // max(1, params.batch_size))
+        if len(xt) == 0:
+            width = self.n_classes if what == 1 else 0
+            return torch.zeros(params.batch_size, 0, width, device=self.device)
 
         def run(p: Tensors, b: Tensors, xb: torch.Tensor) -> torch.Tensor:
             return self.arch.apply(p, b, xb, train=False)[what]
 
-        fn = torch.func.vmap(run, in_dims=(0, 0, None))
         with torch.no_grad():
-            outs = [
-                fn(params.tensors, params.buffers, xt[s : s + rows])
-                for s in range(0, len(xt), rows)
-            ]
-        if not outs:
-            width = self.n_classes if what == 1 else 0
-            return torch.zeros(params.batch_size, 0, width, device=self.device)
-        return torch.cat(outs, dim=1)
+            if self.device.type != "cpu":  # all copies at once, as many images as fit
+                rows = max(1, int(self.arch.eval_rows) // max(1, params.batch_size))
+                fn = torch.func.vmap(run, in_dims=(0, 0, None))
+                chunks = range(0, len(xt), rows)
+                return torch.cat(
+                    [fn(params.tensors, params.buffers, xt[s : s + rows]) for s in chunks], dim=1
+                )
+            # On a CPU a vmapped (grouped) convolution is the slow path: 16 cnn copies on
+            # 2,000 images took 18 s vmapped in chunks of 256 and 5.6 s copy by copy in
+            # chunks of 64 (one thread), the small chunks staying in cache.
+            rows = min(int(self.arch.eval_rows), CPU_EVAL_ROWS)
+            return torch.stack(
+                [
+                    torch.cat([run(p, b, xt[s : s + rows]) for s in range(0, len(xt), rows)], dim=0)
+                    for p, b in self._copies(params)
+                ]
+            )
+
+    @staticmethod
+    def _copies(params: DeepParams) -> Iterator[tuple[Tensors, Tensors]]:
+        """Each copy's own parameters and buffers (views into the stacked tensors)."""
+        for i in range(params.batch_size):
+            yield (
+                {k: v[i] for k, v in params.tensors.items()},
+                {k: v[i] for k, v in params.buffers.items()},
+            )
 
     def logits(self, params: DeepParams, x: np.ndarray) -> np.ndarray:
         """Logits of every copy on ``x``, shape (B, m, C)."""
