@@ -25,17 +25,6 @@ def threads_as_in_a_cell() -> Iterator[None]:
 
 
 @pytest.fixture
-def one_torch_thread() -> Iterator[None]:
-    """Torch on one thread for a test (session-wide already; kept for modules that name it)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture
 def test_plugins(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Register the misbehaving test methods for one test (on sys.path and PYTHONPATH).
 

@@ -24,8 +24,6 @@ from valbench.nets import (
 )
 from valbench.types import FitCounter
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
 
 def stacked(tensors: dict[str, torch.Tensor], copies: int) -> dict[str, torch.Tensor]:
     return {k: v[None].expand(copies, *v.shape).clone() for k, v in tensors.items()}

@@ -3,12 +3,8 @@
 
 from __future__ import annotations
 
-import pytest
-
 from valbench.registry import get_method, method_names
 from valbench.testing import Check, parametrize_method_checks
-
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @parametrize_method_checks(*(get_method(name) for name in method_names()))

@@ -22,8 +22,6 @@ from valbench.models import ModelSpec
 from valbench.nets import ResNet18, SmallCNN
 from valbench.utility import UtilityEngine
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
 N, N_VAL = 40, 12
 
 

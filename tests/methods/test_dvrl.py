@@ -19,8 +19,6 @@ from valbench.models import ModelSpec
 from valbench.testing import check_method, make_check_task
 from valbench.utility import UtilityEngine
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
 
 def test_loss_gradient_is_the_closed_form() -> None:
     p = torch.tensor([0.2, 0.7, 0.5, 0.9], dtype=torch.float64, requires_grad=True)

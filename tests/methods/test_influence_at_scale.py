@@ -19,8 +19,6 @@ from valbench.methods.influence import InfluenceFunction, fit_for_gradients
 from valbench.models import ModelSpec
 from valbench.testing import check_method, make_check_task
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
 
 def _task():
     return wide_task(n_train=120, width=8)

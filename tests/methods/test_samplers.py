@@ -30,8 +30,6 @@ from valbench.methods.semivalues import (
 )
 from valbench.testing import make_check_task
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
 N = 8
 W = np.array([0.9, 0.1, 0.5, 0.3, 1.2, 0.05, 0.7, 0.2])
 

@@ -31,9 +31,6 @@ from valbench.utility import UtilityEngine
 N = 8  # 255 non-empty subsets: brute force stays cheap
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
 def _fresh_accuracy(task: ValuationTask, subset: tuple[int, ...]) -> float:
     """U(S) with a brand-new model trained on S alone; U(∅) = chance, the engine's convention."""
     if not subset:

@@ -26,8 +26,6 @@ from valbench.models import ModelSpec
 from valbench.testing import check_method
 from valbench.utility import UtilityEngine
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
 
 def _blobs(n: int, seed: int = 0, d: int = 2) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)

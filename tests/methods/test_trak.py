@@ -20,8 +20,6 @@ from valbench.methods.trak import TRAK, margin_grads
 from valbench.models import ModelSpec
 from valbench.testing import check_method, make_check_task
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
 
 def _trak(task, seed=0, **params):
     return TRAK(**params).value(task, RunContext.for_task(task, seed=seed))
