@@ -8,7 +8,8 @@ Checks, independently of valbench's own code (stdlib + html5lib):
 - the HTML parses with html5lib in strict mode (no parse errors), has no ``<script src>`` (only
   the inline method filter) and no external ``src``/``href``;
 - every leaderboard mean in ``summary.json`` equals the mean over seeds recomputed here from
-  ``results.jsonl`` (ok cells only), with the same number of seeds; and every ``data-mean`` of
+  ``results.jsonl`` (ok cells; a partial one only when the run included them, else counted
+  as the summary's left-out cells), with the same number of seeds; and every ``data-mean`` of
   the HTML leaderboards equals the one in ``summary.json``;
 - every cell of ``results.jsonl`` has rows in ``results.csv``; every non-ok cell is on the page;
 - every paper claim the manifest records is checked in ``summary.json`` and shown on the page.
@@ -59,6 +60,16 @@ def _extract(rec: dict[str, Any], key: str) -> float | None:
     if not tail:  # a top-level metric, e.g. lds
         return _num(node)
     return _num(node.get(tail)) if isinstance(node, dict) else None
+
+
+def _partial(rec: dict[str, Any]) -> bool:
+    """An ok cell whose estimate is incomplete: its ``complete`` flag, or for a record written
+    before the flag existed, ``stats.complete``."""
+    complete = rec.get("complete")
+    if complete is None:
+        stats = rec.get("stats")
+        complete = stats.get("complete", True) if isinstance(stats, dict) else True
+    return complete is False
 
 
 def _slug(dataset: str, noise: Any) -> str:
@@ -163,8 +174,21 @@ def check_report(run_dir: Path) -> list[str]:
         table = html_tables.get(f"table-{_slug(dataset, noise)}")
         if table is None:
             problems.append(f"index.html: no leaderboard for {dataset} noise {noise}")
+        # A partial cell (ok, its estimate incomplete) is left out of the group's statistics
+        # unless the run included partial cells; the summary counts the ones it left out.
+        included = bool(group.get("partial_included"))
+        partial: dict[str, int] = defaultdict(int)
+        for (d, nz, m), group_recs in ok.items():
+            if (d, nz) == (dataset, noise):
+                partial[m] += sum(_partial(r) for r in group_recs)
+        left_out = {m: c for m, c in partial.items() if c and not included}
+        if left_out != dict(group.get("partial_cells") or {}) and not included:
+            problems.append(
+                f"summary.json {dataset}: partial cells {group.get('partial_cells')} but "
+                f"results.jsonl has {left_out}"
+            )
         for method, entry in group["methods"].items():
-            recs = ok.get((dataset, noise, method), [])
+            recs = [r for r in ok.get((dataset, noise, method), []) if included or not _partial(r)]
             if entry["n_seeds"] != len(recs):
                 problems.append(
                     f"summary.json {dataset}/{method}: n_seeds {entry['n_seeds']} but "

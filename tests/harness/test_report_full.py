@@ -440,6 +440,22 @@ def test_partial_cells_are_never_ranked_as_complete(tmp_path: Path) -> None:
     assert "Included in this table as asked" in (run / "index.html").read_text()
 
 
+def test_check_script_leaves_out_a_partial_seed_as_the_summary_does(tmp_path: Path) -> None:
+    # One of loo's seeds partial: the summary ranks loo on its complete seed, and the CI check
+    # recomputes its means the same way (and all of them when partial cells are included).
+    run = fake_run(tmp_path / "run", seeds=2)
+    lines = read_jsonl(run)
+    first = next(r for r in lines if r["method"] == "loo" and r["seed"] == 0)
+    first["complete"] = False
+    (run / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    render_report(run)
+    group = json.loads((run / "summary.json").read_text())["groups"]
+    assert [g["methods"]["loo"]["n_seeds"] for g in group] == [1, 2]
+    assert _check_module().check_report(run) == []
+    render_report(run, include_partial=True)
+    assert _check_module().check_report(run) == []
+
+
 def test_a_record_without_the_flag_is_partial_by_its_stats() -> None:
     from valbench.records import CellRecord
     from valbench.summary import summarise
