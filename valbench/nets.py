@@ -663,6 +663,14 @@ class DeepParams:
             self.kind, pick, {k: v[idx.to(v.device)].clone() for k, v in self.buffers.items()}
         )
 
+    def copies(self) -> Iterator[tuple[Tensors, Tensors]]:
+        """Each copy's own parameters and buffers, unstacked (views, not clones)."""
+        for i in range(self.batch_size):
+            yield (
+                {k: v[i] for k, v in self.tensors.items()},
+                {k: v[i] for k, v in self.buffers.items()},
+            )
+
     def repeat(self, batch_size: int) -> DeepParams:
         """``batch_size`` copies of a batch of one."""
         if self.batch_size != 1:
@@ -841,17 +849,8 @@ class DeepClassifier:
             return torch.stack(
                 [
                     torch.cat([run(p, b, xt[s : s + rows]) for s in range(0, len(xt), rows)], dim=0)
-                    for p, b in self._copies(params)
+                    for p, b in params.copies()
                 ]
-            )
-
-    @staticmethod
-    def _copies(params: DeepParams) -> Iterator[tuple[Tensors, Tensors]]:
-        """Each copy's own parameters and buffers (views into the stacked tensors)."""
-        for i in range(params.batch_size):
-            yield (
-                {k: v[i] for k, v in params.tensors.items()},
-                {k: v[i] for k, v in params.buffers.items()},
             )
 
     def logits(self, params: DeepParams, x: np.ndarray) -> np.ndarray:
