@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from image_tasks import half_bright_images
 
 from valbench import nets
 from valbench.errors import UnknownNameError, UsageError
@@ -483,25 +484,16 @@ def test_method_written_for_logreg_declines_a_deep_cell() -> None:
 
 def test_utility_engine_on_the_cnn_equals_fits_one_by_one() -> None:
     """U(S) through the engine (deduplicated, cached, copies in one call) = a fit of S alone."""
-    from valbench.types import DatasetSplits, ValuationTask
-    from valbench.utility import UtilityEngine
-
-    rng = np.random.default_rng(0)
-    y = np.arange(36) % 2
-    x = rng.random((36, 784), dtype=np.float32) * 0.5
-    x[y == 1, :392] += 0.5
-    splits = DatasetSplits(x[:24], y[:24], x[24:], y[24:], x[24:], y[24:], n_classes=2)
-    spec = ModelSpec.parse("cnn:epochs=2,batch_size=8,lr=0.01")
-    task = ValuationTask.from_splits(
-        splits, model=spec, name="toy", seed=0, utility_factory=UtilityEngine
-    )
+    task = half_bright_images(36, 24, "cnn:epochs=2,batch_size=8,lr=0.01", "toy")
+    spec = task.model
     engine = task.utility()
     subsets = [np.arange(12), np.arange(6, 24), np.arange(12)]
     values = engine.many(subsets)
     assert values[0] == values[2] and engine.cache_hits == 1 and task.fit_counter.count == 2
     for subset, value in zip(subsets[:2], values, strict=False):
         clf = spec.build(784, 2, seed=0)
-        alone = clf.accuracy(clf.fit(x[:24], y[:24], [subset]), x[24:], y[24:])[0]
+        fitted = clf.fit(task.x_train, task.y_train, [subset])
+        alone = clf.accuracy(fitted, task.x_val, task.y_val)[0]
         assert value == alone
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from hostcp_reference import close_ind, exact_search, run_reference
+from image_tasks import half_bright_images
 
 from valbench import DatasetSplits, RunContext, ValuationTask
 from valbench.methods.hostcp import HostCP, HostCPDS3, HostCPFast, HostCPSmooth
@@ -413,18 +414,7 @@ def test_a_budget_below_the_threshold_selects_nothing_and_is_marked_incomplete()
 
 def _tiny_images() -> ValuationTask:
     """40 training images of two classes told apart by which half of the image is bright."""
-    rng = np.random.default_rng(0)
-    y = np.arange(60) % 2
-    x = rng.random((60, 784), dtype=np.float32) * 0.5
-    x[y == 1, :392] += 0.5
-    splits = DatasetSplits(x[:40], y[:40], x[40:], y[40:], x[40:], y[40:], n_classes=2)
-    return ValuationTask.from_splits(
-        splits,
-        model=ModelSpec.parse("cnn:epochs=1,batch_size=8"),
-        name="images",
-        seed=0,
-        utility_factory=UtilityEngine,
-    )
+    return half_bright_images(60, 40, "cnn:epochs=1,batch_size=8", "images")
 
 
 def test_a_cnn_theta_feeds_phi_its_penultimate_features_and_its_training_moves_them() -> None:
