@@ -51,6 +51,9 @@ def _extract(rec: dict[str, Any], key: str) -> float | None:
     metrics = rec.get("metrics") or {}
     if key.startswith("subset_value@"):
         return _fraction_map(rec, "subset_value").get(key.split("@", 1)[1])
+    if key.startswith("scratch.subset_value@"):  # the from-scratch reading (--scratch-model)
+        scratch = metrics.get("scratch")
+        return _fraction_map({"metrics": scratch}, "subset_value").get(key.split("@", 1)[1])
     if key == "gain":
         chosen, rnd = _fraction_map(rec, "subset_value"), _fraction_map(rec, "random_subset_value")
         diffs = [100.0 * (chosen[f] - rnd[f]) for f in chosen if f in rnd]

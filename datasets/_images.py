@@ -573,6 +573,11 @@ class ImageDataset(Dataset):
         """The image shape with ``features="raw"`` and no ``pca`` (pixels in [0, 1])."""
         return self.image_shape if self.features == "raw" and self.pca is None else None
 
+    def pixel_params(self) -> dict[str, Any] | None:
+        """``features="raw"`` without ``pca``: the same rows (the split and the relabelling do
+        not depend on the features) as pixels; None when this instance gives pixels already."""
+        return None if self.pixel_shape() is not None else {"features": "raw", "pca": None}
+
     def features_use_labels(self) -> bool:
         """True for ``cnn`` features: the CNN is trained on the training labels."""
         return self.features == "cnn"

@@ -19,6 +19,9 @@ interval and so no verdict but "inconclusive". The rules per kind:
 - ``subset-value-gain`` (threshold T %): the same gains. "About T % higher" is read as at least
   T/2: holds when some interval lies at or above T/2; does not hold when every interval lies
   below T/2.
+- With a from-scratch reading in the run (``--scratch-model``: a network trained on each
+  subset's raw pixels, the data-pruning papers' reading), each subset-value claim is checked a
+  second time against it, as its own verdict (``ClaimCheck.reading``).
 - ``mislabel-detection``: per (dataset, noise > 0), recall of planted flips at the noise rate
   minus random's, in points. Holds when every interval lies above 0; does not hold when one
   lies at or below 0.
@@ -34,7 +37,7 @@ import math
 import statistics
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from valbench.metrics import mean_ci
@@ -73,6 +76,11 @@ class ClaimCheck:
     measured: str  # one line: the numbers the verdict rests on
     rule: str  # how the verdict follows from them
     comparisons: list[Comparison] = field(default_factory=list)
+    #: How subset value was read, where the run has two readings ("" otherwise).
+    reading: str = ""
+    #: True for the from-scratch reading (``--scratch-model``), which subset-value claims are
+    #: checked against too, beside the evaluation model's.
+    scratch: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -113,28 +121,29 @@ def _groups(records: Iterable[CellRecord], include_partial: bool) -> dict[tuple,
 
 
 def _subset_comparisons(
-    method: str, rivals_excluded: set[str], groups: Mapping[tuple, Mapping[str, list]]
+    method: str,
+    rivals_excluded: set[str],
+    groups: Mapping[tuple, Mapping[str, list]],
+    scratch: bool = False,
 ) -> list[Comparison]:
     out = []
+
+    def values(r: CellRecord, name: str) -> dict[str, float]:
+        return r.metrics.fraction_values(name, scratch=scratch)
+
     for (dataset, noise), by_method in sorted(groups.items(), key=_group_order):
         mine = by_method.get(method)
         if not mine:
             continue
-        fractions = sorted({f for r in mine for f in r.metrics.fraction_values("subset_value")})
+        fractions = sorted({f for r in mine for f in values(r, "subset_value")})
         for fraction in sorted(fractions, key=float):
-            value = _by_seed(
-                mine, lambda r, f=fraction: r.metrics.fraction_values("subset_value").get(f)
-            )
+            value = _by_seed(mine, lambda r, f=fraction: values(r, "subset_value").get(f))
             rivals = {
-                name: _by_seed(
-                    recs, lambda r, f=fraction: r.metrics.fraction_values("subset_value").get(f)
-                )
+                name: _by_seed(recs, lambda r, f=fraction: values(r, "subset_value").get(f))
                 for name, recs in by_method.items()
                 if name not in rivals_excluded
             }
-            rnd = _by_seed(
-                mine, lambda r, f=fraction: r.metrics.fraction_values("random_subset_value").get(f)
-            )
+            rnd = _by_seed(mine, lambda r, f=fraction: values(r, "random_subset_value").get(f))
             if rnd:
                 rivals["random subsets"] = rnd
             rivals = {k: v for k, v in rivals.items() if v}
@@ -238,10 +247,18 @@ def _shown(c: Comparison, unit: str) -> str:
     return f"{c.mean:+.1f}{unit} [{c.low:+.1f}, {c.high:+.1f}]"
 
 
-def _check(method: str, claim: Claim, excluded: set[str], groups: Mapping) -> ClaimCheck:
+SUBSET_KINDS = ("higher-subset-value", "subset-value-gain")
+MODEL_READING = "subset value read with the run's evaluation model on its features"
+
+
+def _check(
+    method: str, claim: Claim, excluded: set[str], groups: Mapping, scratch: str = ""
+) -> ClaimCheck:
+    """The verdict on ``claim``; with ``scratch`` (the model's name), a subset-value claim is
+    read from the from-scratch reading instead of the evaluation model's."""
     kind, t = claim.kind, claim.threshold
-    if kind in ("higher-subset-value", "subset-value-gain"):
-        comps = _subset_comparisons(method, excluded, groups)
+    if kind in SUBSET_KINDS:
+        comps = _subset_comparisons(method, excluded, groups, scratch=bool(scratch))
         unit = " %"
         if kind == "higher-subset-value":
             verdict = _decide(comps, lambda c: c.low > 0, lambda c: c.high < 0)
@@ -277,9 +294,16 @@ def _check(method: str, claim: Claim, excluded: set[str], groups: Mapping) -> Cl
             f"starts above {t:g}x"
         )
         subject = "CPU time ÷ median valuation method's (retraining and gradient families)"
+    reading = f"subset value read with {scratch} trained from scratch on pixels" if scratch else ""
+    common = {"reading": reading, "scratch": bool(scratch)}
     if not comps:
         return ClaimCheck(
-            method, claim, INCONCLUSIVE, f"{subject}: nothing in this run to compare", rule
+            method,
+            claim,
+            INCONCLUSIVE,
+            f"{subject}: nothing in this run to compare",
+            rule,
+            **common,
         )
     worst, best = (min(comps, key=lambda c: c.mean), max(comps, key=lambda c: c.mean))
     if kind == "comparable-runtime":
@@ -291,7 +315,7 @@ def _check(method: str, claim: Claim, excluded: set[str], groups: Mapping) -> Cl
     )
     if all(c.low is None for c in comps):
         measured += "; one seed gives no interval, so no verdict"
-    return ClaimCheck(method, claim, verdict, measured, rule, comps)
+    return ClaimCheck(method, claim, verdict, measured, rule, comps, **common)
 
 
 def check_claims(
@@ -324,6 +348,15 @@ def check_claims(
     if not declared:
         return []
     groups = _groups(records, include_partial)
+    scratch_models = sorted(
+        {
+            rec.metrics.scratch.model
+            for by_method in groups.values()
+            for recs in by_method.values()
+            for rec in recs
+            if rec.metrics.scratch is not None
+        }
+    )
     sources: dict[str, set[str]] = defaultdict(set)
     for method, claims in declared.items():
         for claim in claims:
@@ -331,5 +364,10 @@ def check_claims(
     out = []
     for method, claims in declared.items():
         for claim in claims:
-            out.append(_check(method, claim, sources[claim.source], groups))
+            check = _check(method, claim, sources[claim.source], groups)
+            if claim.kind in SUBSET_KINDS and scratch_models:
+                model = " / ".join(scratch_models)
+                out.append(replace(check, reading=MODEL_READING))
+                check = _check(method, claim, sources[claim.source], groups, scratch=model)
+            out.append(check)
     return out

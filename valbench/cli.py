@@ -69,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(overrides as cnn:epochs=30); DATASET=MODEL sets one dataset's; repeatable",
     )
     run.add_argument(
+        "--scratch-model",
+        dest="scratch_model",
+        help="also read subset value by training this model (e.g. cnn) from scratch on the raw "
+        "pixels of each subset, on image datasets run with features=cnn, pretrained or pca",
+    )
+    run.add_argument(
         "--device",
         help="where deep models train: auto (a GPU when present; the default), cpu or cuda",
     )
@@ -327,7 +333,7 @@ def _presets_epilog() -> str:
             f"budget {preset.get('budget') or 'none'}"
             + "".join(
                 f"; {key} {_preset_value(preset[key])}"
-                for key in ("methods", "fractions", "model", "params")
+                for key in ("methods", "fractions", "model", "scratch_model", "params")
                 if key in preset
             )
         )

@@ -27,6 +27,7 @@ __all__ = [
     "CellCost",
     "Curve",
     "MislabelMetrics",
+    "ScratchReading",
     "CellMetrics",
     "CellRecord",
     "Manifest",
@@ -272,6 +273,41 @@ class MislabelMetrics:
 
 
 @dataclass(frozen=True)
+class ScratchReading:
+    """Subset value read a second way (``--scratch-model``): a network trained from scratch on
+    the raw pixels of each subset, the same subsets as the evaluation model's reading."""
+
+    #: The model as the run named it (``cnn``, ``cnn:epochs=30``).
+    model: str
+    subset_value: Mapping[str, float | None] = field(default_factory=dict)
+    #: The same random subsets as the evaluation model's reference, trained this way.
+    random_subset_value: Mapping[str, float | None] = field(default_factory=dict)
+    full_data_value: float | None = None
+    #: Networks this cell trained for the reading (0 when the references were reused).
+    fits: int | None = None
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "metrics.scratch") -> ScratchReading:
+        r = _Reader(data, where)
+        return cls(
+            model=r.string("model", required=True) or "",
+            subset_value=r.number_map("subset_value"),
+            random_subset_value=r.number_map("random_subset_value"),
+            full_data_value=r.number("full_data_value"),
+            fits=r.integer("fits"),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "subset_value": dict(self.subset_value),
+            "random_subset_value": dict(self.random_subset_value),
+            "full_data_value": self.full_data_value,
+            "fits": self.fits,
+        }
+
+
+@dataclass(frozen=True)
 class CellMetrics:
     """Everything the harness measured on one cell's scores (all on the test split).
 
@@ -298,6 +334,8 @@ class CellMetrics:
     lds_loss: float | None = None
     #: Number of random subsets behind ``lds``; None when LDS was not measured.
     lds_subsets: int | None = None
+    #: Subset value with ``--scratch-model`` trained from scratch on pixels; None without one.
+    scratch: ScratchReading | None = None
     #: Metrics this version does not know by name (a newer minor addition), kept verbatim.
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -318,6 +356,7 @@ class CellMetrics:
                     f"{where}.subset_weighted.{label} = {short_json(flag)}, not true or false"
                 )
         removal, addition, mislabel = r.sub("removal"), r.sub("addition"), r.sub("mislabel")
+        scratch = r.sub("scratch")
         return cls(
             subset_value=r.number_map("subset_value"),
             random_subset_value=r.number_map("random_subset_value"),
@@ -330,6 +369,9 @@ class CellMetrics:
             lds=r.number("lds"),
             lds_loss=r.number("lds_loss"),
             lds_subsets=r.integer("lds_subsets"),
+            scratch=None
+            if scratch is None
+            else ScratchReading.from_json(scratch.data, scratch.where),
             extra=_known(cls, r.data),
         )
 
@@ -350,15 +392,20 @@ class CellMetrics:
                 for name in ("lds", "lds_loss", "lds_subsets")
                 if getattr(self, name) is not None or self.lds_subsets is not None
             },
+            **({} if self.scratch is None else {"scratch": self.scratch.to_json()}),
             **self.extra,
         }
 
-    def fraction_values(self, name: str) -> dict[str, float]:
+    def fraction_values(self, name: str, *, scratch: bool = False) -> dict[str, float]:
         """The finite values of a fraction-keyed metric ("subset_value" or
-        "random_subset_value") under fractions in (0, 1]."""
+        "random_subset_value") under fractions in (0, 1]; with ``scratch``, of the from-scratch
+        reading (empty without one)."""
+        source: Any = self.scratch if scratch else self
+        if source is None:
+            return {}
         values = {
-            "subset_value": self.subset_value,
-            "random_subset_value": self.random_subset_value,
+            "subset_value": source.subset_value,
+            "random_subset_value": source.random_subset_value,
         }[name]
         return {
             fraction_label(k): v

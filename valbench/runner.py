@@ -43,7 +43,7 @@ from valbench.store import (
     read_manifest,
     read_results,
 )
-from valbench.worker import CellOutcome, failure_record, run_cell
+from valbench.worker import CellOutcome, failure_record, run_cell, scratch_params
 
 __all__ = [
     "RunSummary",
@@ -128,6 +128,16 @@ def resolve_names(spec: RunSpec, narrowable: Collection[str] = ()) -> RunSpec:
                 f"--model {spec.model_for(name)} trains on raw image pixels and dataset "
                 f"{name!r} has none (use fashion-mnist, mnist, mnist-5k or cifar10 with "
                 "features=raw and no pca), or choose --model logreg or mlp"
+            )
+    if spec.scratch_model is not None:
+        scratch = ModelSpec.parse(spec.scratch_model, device=spec.device)
+        if scratch.deep:
+            resolve_device(spec.device)
+        if not any(scratch_params(d, spec) is not None for d in datasets):
+            raise UsageError(
+                f"--scratch-model {spec.scratch_model} trains on the raw pixels of image datasets "
+                "whose run features are not pixels (fashion-mnist, mnist, mnist-5k or cifar10 "
+                "with features=cnn, pretrained or pca); none of the run's datasets is one"
             )
     params = dict(spec.params)
     for name, values in spec.params.items():

@@ -175,8 +175,12 @@ def _full_data_value(rec: CellRecord) -> float | None:
     return rec.metric(lambda m: m.full_data_value)
 
 
-def _fraction_getter(name: str, fraction: str) -> Extract:
-    return lambda rec: rec.metrics.fraction_values(name).get(fraction)
+def _fraction_getter(name: str, fraction: str, *, scratch: bool = False) -> Extract:
+    return lambda rec: rec.metrics.fraction_values(name, scratch=scratch).get(fraction)
+
+
+def _scratch_full_data_value(rec: CellRecord) -> float | None:
+    return rec.metric(lambda m: None if m.scratch is None else m.scratch.full_data_value)
 
 
 TABLE_COLUMNS: tuple[Column, ...] = (
@@ -308,6 +312,39 @@ def _subset_column(fraction: str) -> Column:
     )
 
 
+SCRATCH_FULL_KEY = "scratch.full_data_value"
+
+
+def _scratch_columns(fractions: Sequence[str], model: str) -> list[Column]:
+    """The from-scratch reading's subset-value columns, then its full-data value (the same
+    for every method of a seed: shown as the reading's ceiling, not ranked)."""
+    group = f"subset value, {model} trained from scratch on pixels (test accuracy)"
+    return [
+        Column(
+            f"scratch.subset_value@{f}",
+            f"{float(f) * 100:g}%",
+            _fraction_getter("subset_value", f, scratch=True),
+            True,
+            group=group,
+            description=f"test accuracy of {model} trained from scratch on the raw pixels of "
+            f"the top {float(f) * 100:g}%",
+            bounds=UNIT,
+        )
+        for f in fractions
+    ] + [
+        Column(
+            SCRATCH_FULL_KEY,
+            "100%",
+            _scratch_full_data_value,
+            True,
+            group=group,
+            description=f"test accuracy of {model} trained from scratch on every training point",
+            bounds=UNIT,
+            compared=False,
+        )
+    ]
+
+
 # --------------------------------------------------------------------------- statistics
 
 
@@ -427,6 +464,8 @@ class GroupSummary:
     detectable: dict[str, float] = field(default_factory=dict)
     #: methods whose gain over the random subset is significant (Holm over the group's methods)
     separated_from_random: list[str] = field(default_factory=list)
+    #: column key -> the random subsets' stat of a from-scratch subset-value column
+    scratch_random_subset: dict[str, Stat] = field(default_factory=dict)
 
     @property
     def column_groups(self) -> list[tuple[str, int]]:
@@ -637,7 +676,9 @@ def summarise(records: Iterable[CellRecord], include_partial: bool = False) -> l
             },
             key=float,
         )
-        candidates = [_subset_column(f) for f in fractions] + list(TABLE_COLUMNS)
+        scratch_models = sorted({r.metrics.scratch.model for r in recs if r.metrics.scratch})
+        scratch = _scratch_columns(fractions, " / ".join(scratch_models)) if scratch_models else []
+        candidates = [_subset_column(f) for f in fractions] + scratch + list(TABLE_COLUMNS)
         by_method: dict[str, list[CellRecord]] = defaultdict(list)
         for rec in recs:
             by_method[rec.method].append(rec)
@@ -678,6 +719,13 @@ def summarise(records: Iterable[CellRecord], include_partial: bool = False) -> l
                     for f in fractions
                 },
                 full_data=_per_seed_reference(recs, _full_data_value, ".3f"),
+                scratch_random_subset={
+                    f"scratch.subset_value@{f}": _per_seed_reference(
+                        recs, _fraction_getter("random_subset_value", f, scratch=True), ".3f"
+                    )
+                    for f in fractions
+                    if scratch
+                },
                 records={m: by_method[m] for m in sorted(by_method)},
                 partial=dict(sorted(partial[(dataset, noise)].items())),
                 partial_included=include_partial,
@@ -933,6 +981,15 @@ def summary_json(
                 "references": {
                     "random_subset": {f: _stat_json(s) for f, s in g.random_subset.items()},
                     "full_data": _stat_json(g.full_data),
+                    **(
+                        {
+                            "scratch_random_subset": {
+                                k: _stat_json(s) for k, s in g.scratch_random_subset.items()
+                            }
+                        }
+                        if g.scratch_random_subset
+                        else {}
+                    ),
                 },
                 "best": {c.key: g.best_methods(c.key) for c in g.columns},
                 "partial_cells": g.partial,

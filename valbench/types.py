@@ -846,6 +846,16 @@ class Dataset(_Parameterised, abc.ABC):
         otherwise."""
         return None
 
+    def pixel_params(self) -> dict[str, Any] | None:
+        """The parameter changes that make this instance load raw image pixels (see
+        :meth:`pixel_shape`) of the same split rows, or None: no images, or pixels already.
+
+        The harness loads that variant for the from-scratch subset-value reading
+        (``--scratch-model``): a network trained on each subset's pixels, beside the evaluation
+        model on this instance's features. The rows and labels must not depend on the features.
+        """
+        return None
+
     def features_use_labels(self) -> bool:
         """True when this instance learns its features from the training labels.
 

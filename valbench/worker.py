@@ -55,6 +55,9 @@ __all__ = [
     "LdsReference",
     "lds_reference",
     "mean_one",
+    "scratch_params",
+    "scratch_task",
+    "scratch_metrics",
 ]
 
 log = logging.getLogger(__name__)
@@ -343,11 +346,34 @@ class LdsReference:
     fits: int
 
 
-#: LDS references computed in this process, most recent last. Every method of a (dataset,
-#: noise, seed) gets the same subsets, so a worker that runs the methods of a split one after
-#: the other trains the m models once, not once per method.
-_LDS_CACHE: OrderedDict[tuple[Any, ...], LdsReference] = OrderedDict()
-_LDS_CACHE_SIZE = 8
+class _Recent(OrderedDict[tuple[Any, ...], Any]):
+    """The last ``size`` references this process computed, by key, least recent dropped first.
+
+    A reference shared by every method of a (dataset, noise, seed) is then computed once by a
+    worker that runs the methods of a split one after the other, not once per method.
+    """
+
+    def __init__(self, size: int = 8) -> None:
+        super().__init__()
+        self.size = size
+
+    def fetch(self, key: tuple[Any, ...]) -> Any:
+        value = self.get(key)
+        if value is not None:
+            self.move_to_end(key)
+        return value
+
+    def keep(self, key: tuple[Any, ...], value: Any) -> Any:
+        self[key] = value
+        while len(self) > self.size:
+            self.popitem(last=False)
+        return value
+
+
+#: LDS references (:class:`LdsReference`) computed in this process.
+_LDS_CACHE = _Recent()
+#: From-scratch random-subset and full-data references (:class:`ScratchReference`).
+_SCRATCH_CACHE = _Recent()
 #: Models per fit call of the LDS reference (the utility engine's default batch).
 _LDS_BATCH = 64
 
@@ -381,9 +407,8 @@ def lds_reference(task: ValuationTask, cell: Cell, spec: RunSpec) -> LdsReferenc
         spec.root_seed,
         m,
     )
-    cached = _LDS_CACHE.get(key)
+    cached = _LDS_CACHE.fetch(key)
     if cached is not None:
-        _LDS_CACHE.move_to_end(key)
         return replace(cached, fits=0)
     masks = metrics.lds_subsets(task.n_train, m, cell.lds_rng(spec.root_seed))
     # A separate model: the harness's fits are not charged to the method.
@@ -401,10 +426,7 @@ def lds_reference(task: ValuationTask, cell: Cell, spec: RunSpec) -> LdsReferenc
         loss=np.concatenate(losses) if log_loss is not None else None,
         fits=m,
     )
-    _LDS_CACHE[key] = ref
-    while len(_LDS_CACHE) > _LDS_CACHE_SIZE:
-        _LDS_CACHE.popitem(last=False)
-    return ref
+    return _LDS_CACHE.keep(key, ref)
 
 
 def _lds_metrics(
@@ -425,12 +447,129 @@ def _lds_metrics(
     }
 
 
-def measure(task: ValuationTask, valuation: Valuation, cell: Cell, spec: RunSpec) -> dict[str, Any]:
+def scratch_params(dataset: str, spec: RunSpec) -> dict[str, Any] | None:
+    """The parameters of ``dataset``'s raw-pixel variant for the from-scratch reading, or None
+    when the run asks for no such reading or the dataset has no variant to give (no images, or
+    the run reads its pixels already: see :meth:`~valbench.types.Dataset.pixel_params`)."""
+    import json
+
+    if spec.scratch_model is None or dataset.startswith(FILE_PREFIX):
+        return None
+    params = dict(spec.params.get(dataset, {}))
+    changes = _dataset(dataset, json.dumps(params, sort_keys=True)).pixel_params()
+    return None if changes is None else {**params, **changes}
+
+
+def scratch_task(
+    cell: Cell, spec: RunSpec, provenance: dict[str, np.ndarray]
+) -> ValuationTask | None:
+    """``cell``'s points as raw pixels with ``spec.scratch_model`` as the model, or None.
+
+    Built like the cell's own task (same split, imbalance and planted flips), from the
+    dataset's pixel variant; refused unless its training, validation and test rows and the
+    training labels are exactly the cell's, so both readings train on the same points.
+    """
+    params = scratch_params(cell.dataset, spec)
+    if params is None:
+        return None
+    assert spec.scratch_model is not None
+    pixel_spec = replace(
+        spec,
+        params={**spec.params, cell.dataset: params},
+        model_by_dataset={**spec.model_by_dataset, cell.dataset: spec.scratch_model},
+    )
+    task, seen = build_task_with_provenance(cell, pixel_spec)
+    for key in ("train_rows", "val_rows", "test_rows", "labels", "noisy_mask"):
+        mine, theirs = provenance.get(key), seen.get(key)
+        if (mine is None) != (theirs is None) or (
+            mine is not None and not np.array_equal(mine, theirs)
+        ):
+            raise RuntimeError(
+                f"{cell.dataset}: its raw-pixel variant has other {key.replace('_', ' ')} than "
+                "the run's features, so no from-scratch reading of the same subsets exists"
+            )
+    return task
+
+
+@dataclass(frozen=True)
+class ScratchReference:
+    """The from-scratch model on the random subsets of one split, and on all its points."""
+
+    random_subset_value: dict[float, float]
+    full_data_value: float
+    fits: int
+
+
+def scratch_metrics(
+    task: ValuationTask, valuation: Valuation, cell: Cell, spec: RunSpec
+) -> dict[str, Any]:
+    """The ``scratch`` metrics of a cell: subset value with ``task`` (:func:`scratch_task`).
+
+    The method's subsets are those of the evaluation model's reading (its selections or top
+    scores, weighted where it gave weights); the random subsets are drawn from the same
+    ``cell.eval_rng``, so both readings compare the same subsets. The random and full-data
+    references are the same for every method of a split and computed once per process.
+    """
+    fractions = list(spec.fractions)
+    key = (
+        _task_fingerprint(task),
+        repr(task.model),
+        task.seed,
+        replace(cell, method=""),
+        spec.root_seed,
+        tuple(fractions),
+        spec.random_repeats,
+    )
+    fits = 0
+    ref = _SCRATCH_CACHE.fetch(key)
+    if ref is None:
+        references = TestEvaluator(task)
+        rand, full = references.two_pass(
+            lambda evaluate: (
+                metrics.random_subset_value(
+                    task.n_train,
+                    fractions,
+                    evaluate,
+                    cell.eval_rng(spec.root_seed),
+                    repeats=spec.random_repeats,
+                ),
+                evaluate(np.arange(task.n_train)),
+            )
+        )
+        fits = references.fits
+        ref = _SCRATCH_CACHE.keep(key, ScratchReference(rand, full, fits))
+    evaluator = TestEvaluator(task)
+    subset = evaluator.two_pass(
+        lambda evaluate: metrics.subset_value_curve(
+            valuation.scores,
+            fractions,
+            evaluate,
+            selections=valuation.selections,
+            selection_weights=valuation.selection_weights,
+            weighted=evaluate,
+        )
+    )
+    return {
+        "model": spec.scratch_model,
+        "subset_value": {f"{f:g}": v for f, v in subset.items()},
+        "random_subset_value": {f"{f:g}": v for f, v in ref.random_subset_value.items()},
+        "full_data_value": ref.full_data_value,
+        "fits": fits + evaluator.fits,
+    }
+
+
+def measure(
+    task: ValuationTask,
+    valuation: Valuation,
+    cell: Cell,
+    spec: RunSpec,
+    pixels: ValuationTask | None = None,
+) -> dict[str, Any]:
     """All metrics of one cell, from the scores and the test split (the LDS, when
     ``spec.metrics`` asks for it, from the validation split: see :func:`lds_reference`).
 
     The result is the ``metrics`` object of the cell's results line (docs/architecture.md,
-    "Results record").
+    "Results record"). ``pixels`` (:func:`scratch_task`) adds the from-scratch reading.
     """
     scores = valuation.scores
     fractions = list(spec.fractions)
@@ -493,6 +632,8 @@ def measure(task: ValuationTask, valuation: Valuation, cell: Cell, spec: RunSpec
         for f in fractions
         if f in valuation.selections and f in valuation.selection_weights
     }
+    if pixels is not None:
+        result["scratch"] = scratch_metrics(pixels, valuation, cell, spec)
     return result
 
 
@@ -574,6 +715,7 @@ def _run_cell(cell: Cell, spec: RunSpec, progress: ProgressFn) -> CellOutcome:
         method = cls(**params)
         params = method.get_params()
         task, provenance = build_task_with_provenance(cell, spec)
+        pixels = scratch_task(cell, spec, provenance)  # refused here, before the method runs
         if cls.architectures is not None and task.model.kind not in cls.architectures:
             raise CellSkipped(
                 f"{cell.method} is written for the {' and '.join(cls.architectures)} evaluation "
@@ -605,7 +747,7 @@ def _run_cell(cell: Cell, spec: RunSpec, progress: ProgressFn) -> CellOutcome:
             fits_per_s=counter.count / wall if counter.count and wall > 0 else None,
         )
         valuation = _check_valuation(raw, task.n_train, cell.method, ctx.fractions)
-        measured = measure(task, valuation, cell, spec)
+        measured = measure(task, valuation, cell, spec, pixels)
     except CellSkipped as exc:  # declined up front: no partial result to pass off as real
         return CellOutcome(failure_record(cell, spec, "skipped", "CellSkipped", str(exc), "", cost))
     except (Exception, SystemExit) as exc:  # a method calling sys.exit() fails its cell only

@@ -196,3 +196,35 @@ def test_the_report_shows_and_exports_the_checked_claims(tmp_path: Path) -> None
     html = (run / "index.html").read_text()
     assert 'id="claims"' in html and f'data-verdict="{exported["verdict"]}"' in html
     assert "“finds flips”" in html
+
+
+def _with_scratch(record: CellRecord, value: float) -> CellRecord:
+    """``record`` with a from-scratch reading whose subset value at 10 % is ``value``."""
+    data = record.to_json()
+    data["metrics"]["scratch"] = {
+        "model": "cnn",
+        "subset_value": {"0.1": value},
+        "random_subset_value": {"0.1": 0.2},
+        "full_data_value": 0.9,
+        "fits": 1,
+    }
+    return CellRecord.from_json(data)
+
+
+def test_a_subset_claim_gets_a_verdict_per_reading() -> None:
+    """With a from-scratch reading, a subset-value claim is answered for each reading on its own
+    numbers: here it holds on the evaluation model's and does not hold from scratch."""
+    run = _subset_run(0.80, 0.70)
+    scratch = {"mine": 0.30, "other": 0.60}
+    records = [_with_scratch(r, scratch[r.method] + JITTER[r.seed]) for r in run]
+    checks = check_claims(records, _manifest(Claim("higher", SOURCE, "higher-subset-value")))
+    assert [(c.scratch, c.verdict) for c in checks] == [(False, HOLDS), (True, NOT_HOLDS)]
+    model, scratch_check = checks
+    assert "evaluation model" in model.reading
+    assert "cnn trained from scratch" in scratch_check.reading
+    (comparison,) = scratch_check.comparisons
+    assert comparison.against == "other"
+    assert comparison.mean == pytest.approx(100 * (0.30 - 0.60) / 0.60, abs=1.0)
+    # Mislabel and runtime claims have one reading.
+    (one,) = check_claims(records, _manifest(Claim("finds", SOURCE, "mislabel-detection")))
+    assert not one.scratch and one.reading == ""

@@ -227,11 +227,16 @@ def test_cosine_schedule() -> None:
 
 
 def test_cnn_copies_trained_together_equal_each_alone() -> None:
-    """Same init, same batch order: float32 parameters agree to 1e-5 (measured: below 1e-6)."""
+    """Same init, same batch order: the parameters agree to 1e-9 in float64.
+
+    Not in float32: there the grouped and the plain convolutions round differently, and Adam
+    divides a near-zero gradient by its own tiny scale, so the difference grows to a step's
+    size: below 1e-6 on one CPU, 9.4e-5 on an AMD EPYC, for the same code."""
     arch = SmallCNN(width=4, dim=8)
     params, buffers = arch.init((1, 28, 28), 3, 0)
-    x, y = images(40), torch.from_numpy(np.arange(40) % 3)
-    w = subsets(4, 40)
+    params = {k: v.double() for k, v in params.items()}
+    x, y = images(40).double(), torch.from_numpy(np.arange(40) % 3)
+    w = subsets(4, 40).double()
     recipe = Recipe("adam", 1e-2, "constant", 0.0, 0.0, 8, 2)
     together, _ = train_copies(
         arch, stacked(params, 4), {}, x, y, w, recipe=recipe, seed=3, stack=True
@@ -241,7 +246,7 @@ def test_cnn_copies_trained_together_equal_each_alone() -> None:
             arch, stacked(params, 1), {}, x, y, w[b : b + 1], recipe=recipe, seed=3
         )
         for k in params:
-            torch.testing.assert_close(together[k][b], alone[k][0], atol=1e-5, rtol=0)
+            torch.testing.assert_close(together[k][b], alone[k][0], atol=1e-9, rtol=0)
     moved = max(float((together[k][0] - params[k]).abs().max()) for k in params)
     assert moved > 1e-2  # the copies did train
     assert all(torch.equal(together[k][3], params[k]) for k in params)  # empty subset

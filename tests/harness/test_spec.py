@@ -119,7 +119,7 @@ def test_logreg_runs_hash_the_model_version() -> None:
         for key in ("data_fingerprints", "max_train_by_dataset", "model_by_dataset"):
             if not data[key]:
                 del data[key]
-        for key in ("id_column", "metrics", "lds_subsets"):
+        for key in ("id_column", "metrics", "lds_subsets", "scratch_model"):
             del data[key]  # at their defaults: left out of the hash
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -132,6 +132,8 @@ def test_logreg_runs_hash_the_model_version() -> None:
     )
     mixed = RunSpec(model="mlp", model_by_dataset={"digits": "logreg"})
     assert mixed.config_hash() != hash_without_version(mixed)  # digits evaluates with logreg
+    # A from-scratch reading adds numbers: another hash; without one the hash is unchanged.
+    assert RunSpec(model="mlp", scratch_model="cnn").config_hash() != mlp.config_hash()
 
 
 @pytest.mark.parametrize(
@@ -399,6 +401,10 @@ def test_the_hostcp_paper_preset_sets_its_methods_models_caps_and_features() -> 
     assert spec.fractions == (0.05, 0.1, 0.2, 0.3, 0.5)
     assert spec.train_cap("synthetic") == 400 and spec.train_cap("fashion-mnist") == 600
     assert spec.params["fashion-mnist"] == {"features": "cnn"}
+    # subset value is also read by the CNN trained from scratch on each subset's pixels
+    assert spec.scratch_model == "cnn:epochs=30"
+    assert build_spec("hostcp-paper", {}, {"scratch_model": "logreg"}).scratch_model == "logreg"
+    assert build_spec("quick", {}, {}).scratch_model is None
     # flags and parameters still win over the preset's
     mine = build_spec(
         "hostcp-paper",
