@@ -188,7 +188,7 @@ def run(
     isolated workers. Bad input raises a :class:`~valbench.errors.ValbenchError` before any
     cell runs.
     """
-    from valbench.runner import execute
+    from valbench.runner import available_offline, execute
     from valbench.spec import CONFIG_KEYS, build_spec
 
     unknown = sorted(set(options) - CONFIG_KEYS)
@@ -203,7 +203,7 @@ def run(
         from valbench.cache import set_data_dir
 
         set_data_dir(options["data_dir"])
-    spec = build_spec(preset, {}, overrides)
+    spec = build_spec(preset, {}, overrides, present=available_offline)
     summary = execute(
         spec,
         out=None if out is None else Path(out),

@@ -327,7 +327,9 @@ def _presets_epilog() -> str:
         noise = ", ".join(f"{float(n):g}" for n in preset.get("noise", []))
         max_train = preset.get("max_train")
         lines.append(
-            f"  {name}{default}: datasets {', '.join(preset.get('datasets', []))}; "
+            f"  {name}{default}: datasets {', '.join(preset.get('datasets', []))}"
+            + "".join(f" (+ {d} when present)" for d in preset.get("datasets_when_present", []))
+            + "; "
             f"noise {noise or '0'}; seeds {preset.get('seeds')}; "
             f"max_train {_caps_text(max_train)}; "
             f"budget {preset.get('budget') or 'none'}"
@@ -381,6 +383,7 @@ def _directory(flag: str, value: str | None) -> Path | None:
 def _cmd_run(args: argparse.Namespace) -> int:
     from valbench.cache import set_data_dir
     from valbench.pool import warm_workers
+    from valbench.runner import available_offline
     from valbench.spec import build_spec, load_config_file, parse_param_assignments
 
     out_flag = _directory("--out", args.out)
@@ -395,7 +398,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     overrides["params"] = parse_param_assignments(args.param)
     if (args.scheduler and args.backend != "dask") or (args.address and args.backend != "ray"):
         raise UsageError("--scheduler goes with --backend dask, --address with --backend ray")
-    spec = build_spec(args.preset, config, overrides)
+    spec = build_spec(args.preset, config, overrides, present=available_offline)
     out = out_flag if out_flag is not None else (Path(config["out"]) if "out" in config else None)
     command = " ".join(["valbench", *map(shlex.quote, sys.argv[1:])])
     if args.backend in ("auto", "process"):

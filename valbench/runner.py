@@ -106,7 +106,7 @@ def resolve_names(spec: RunSpec, narrowable: Collection[str] = ()) -> RunSpec:
     methods = check("method", spec.methods, method_names())
     datasets = check("dataset", spec.datasets, dataset_names())
     if "all" in spec.datasets:  # only what loads on this machine without a download
-        datasets = tuple(d for d in datasets if _available_offline(d))
+        datasets = tuple(d for d in datasets if available_offline(d))
     from valbench.models import ModelSpec
     from valbench.nets import resolve_device
     from valbench.registry import get_dataset, get_method, validate_params
@@ -209,7 +209,8 @@ def _check_data_file(path: str, spec: RunSpec) -> str:
     return fingerprint
 
 
-def _available_offline(name: str) -> bool:
+def available_offline(name: str) -> bool:
+    """Whether dataset ``name`` loads on this machine without a download."""
     from valbench.registry import get_dataset
 
     available = getattr(get_dataset(name), "available", None)

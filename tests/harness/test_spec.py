@@ -413,3 +413,17 @@ def test_the_hostcp_paper_preset_sets_its_methods_models_caps_and_features() -> 
     )
     assert mine.methods == ("random",) and mine.params == {"mnist-5k": {"features": "raw"}}
     assert dict(mine.max_train_by_dataset) == {"mnist-5k": 600}
+
+
+def test_a_preset_dataset_joins_when_its_files_are_present() -> None:
+    """hostcp-paper adds CIFAR-10 (with its cap and features) only where ``present`` says its
+    files are here, and never when the config or the flags name the datasets."""
+    here = build_spec("hostcp-paper", {}, {}, present=lambda name: name == "cifar10")
+    assert here.datasets == ("synthetic", "fashion-mnist", "mnist-5k", "cifar10")
+    assert here.train_cap("cifar10") == 600 and here.params["cifar10"] == {"features": "cnn"}
+    absent = build_spec("hostcp-paper", {}, {}, present=lambda name: False)
+    assert absent.datasets == ("synthetic", "fashion-mnist", "mnist-5k")
+    assert "cifar10" not in absent.params and "cifar10" not in absent.max_train_by_dataset
+    named = build_spec("hostcp-paper", {}, {"datasets": "mnist-5k"}, present=lambda name: True)
+    assert named.datasets == ("mnist-5k",)
+    assert build_spec("hostcp-paper", {}, {}).datasets == absent.datasets  # no probe: none join
