@@ -134,6 +134,21 @@ def _prefixed(prefix: str, tensors: Tensors) -> Tensors:
     return {f"{prefix}.{k}": v for k, v in tensors.items()}
 
 
+def max_pool_2x2(h: torch.Tensor) -> torch.Tensor:
+    """2x2 max pooling with stride 2 (``F.max_pool2d(h, 2)``).
+
+    Where no gradient is being taken, computed as the larger of the even and odd rows, then of
+    the even and odd columns: the same numbers (NaN included), 18x faster on one CPU thread
+    than torch's pooling kernel (0.5 ms against 9 ms for 64x16x28x28), which took three
+    quarters of a CNN's evaluation time. Under autograd (training, torch.func gradients), and
+    for odd sizes, torch's own: its gradient goes to one element of a tied window.
+    """
+    if torch.is_grad_enabled() or h.shape[-1] % 2 or h.shape[-2] % 2:
+        return F.max_pool2d(h, 2)
+    rows = torch.maximum(h[..., 0::2, :], h[..., 1::2, :])
+    return torch.maximum(rows[..., 0::2], rows[..., 1::2])
+
+
 class SmallCNN:
     """``cnn``: conv(3x3, w) - ReLU - maxpool 2 - conv(3x3, 2w) - ReLU - maxpool 2 - adaptive
     average pool to 4x4 - linear to ``dim`` - ReLU (the penultimate features) - linear head.
@@ -175,11 +190,11 @@ class SmallCNN:
         weight: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, Tensors]:
         """Penultimate features, logits and (unchanged, empty) buffers of images ``x``."""
-        h = F.max_pool2d(
-            F.relu(F.conv2d(x, params["conv1.weight"], params["conv1.bias"], padding=1)), 2
+        h = max_pool_2x2(
+            F.relu(F.conv2d(x, params["conv1.weight"], params["conv1.bias"], padding=1))
         )
-        h = F.max_pool2d(
-            F.relu(F.conv2d(h, params["conv2.weight"], params["conv2.bias"], padding=1)), 2
+        h = max_pool_2x2(
+            F.relu(F.conv2d(h, params["conv2.weight"], params["conv2.bias"], padding=1))
         )
         h = F.adaptive_avg_pool2d(h, 4).flatten(1)
         feats = F.relu(F.linear(h, params["fc.weight"], params["fc.bias"]))

@@ -544,3 +544,19 @@ def test_utility_methods_run_a_cnn_cell_end_to_end(method: str) -> None:
         "0.5",
     }
     assert record.cost is not None and record.cost.model_fits > 0
+
+
+@pytest.mark.parametrize("shape", [(3, 4, 28, 28), (2, 5, 14, 14), (1, 2, 7, 7), (2, 3, 6, 9)])
+def test_max_pool_2x2_equals_torchs(shape: tuple[int, ...]) -> None:
+    """The evaluation path of the CNN's pooling gives torch's numbers exactly (ties after ReLU,
+    NaN and odd sizes included), and under autograd torch's own gradient."""
+    h = torch.relu(torch.randn(shape, generator=torch.Generator().manual_seed(0)))
+    h.view(-1)[3] = float("nan")
+    with torch.no_grad():
+        assert torch.equal(
+            nets.max_pool_2x2(h).nan_to_num(-1.0), F.max_pool2d(h, 2).nan_to_num(-1.0)
+        )
+    leaf = h.nan_to_num(0.0).requires_grad_()
+    (grad,) = torch.autograd.grad(nets.max_pool_2x2(leaf).sum(), leaf)
+    (ref,) = torch.autograd.grad(F.max_pool2d(leaf, 2).sum(), leaf)
+    assert torch.equal(grad, ref)
