@@ -277,7 +277,8 @@ class ModelFactory(Protocol):
     architecture and regularisation here so they match the evaluation model.
     """
 
-    #: The architecture: ``"logreg"`` or ``"mlp"`` (one ReLU hidden layer).
+    #: The architecture's registered name (``valbench.nets``): ``"logreg"``, ``"mlp"`` (one
+    #: ReLU hidden layer), a deep one (``"cnn"``, ``"resnet18"``) or a plugin's.
     kind: str
     #: Optimisation steps per fit (Adam steps, or the most L-BFGS iterations).
     epochs: int
