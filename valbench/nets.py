@@ -358,8 +358,12 @@ class _PluginNetwork(ImageNetwork):
         self.max_copies, self.eval_rows = int(inner.max_copies), int(inner.eval_rows)
 
     def __getattr__(self, attr: str) -> Any:
-        # Anything else the plugin defines (its widths, say) reads through.
-        return getattr(self.__dict__["inner"], attr)
+        # Anything else the plugin defines (its widths, say) reads through; before __init__
+        # (a copy or unpickling in progress) there is nothing to read.
+        inner = self.__dict__.get("inner")
+        if inner is None:
+            raise AttributeError(attr)
+        return getattr(inner, attr)
 
     def init(self, in_shape: tuple[int, ...], n_classes: int, seed: int) -> tuple[Tensors, Tensors]:
         """The plugin's ``init``."""

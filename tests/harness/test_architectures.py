@@ -53,17 +53,32 @@ class TwoHiddenLayers(ImageNetwork):
         return feats, F.linear(feats, params["head.weight"], params["head.bias"]), dict(buffers)
 
 
+class BareTwoHiddenLayers:
+    """The same network written against the bare protocol only (no base class)."""
+
+    name = "bare"
+    recipe = TwoHiddenLayers.recipe
+    max_copies, eval_rows = 8, 64
+    init = TwoHiddenLayers.init
+    apply = TwoHiddenLayers.apply
+
+
 class EntryPoint:
-    name = "mlp2"
+    def __init__(self, name: str, cls: type) -> None:
+        self.name, self.cls = name, cls
 
     def load(self) -> type:
-        return TwoHiddenLayers
+        return self.cls
 
 
 @pytest.fixture
 def mlp2(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``mlp2`` registered as an entry-point plugin of the group ``valbench.models``."""
-    monkeypatch.setattr(nets, "_plugins", lambda: {"mlp2": EntryPoint()})
+    """``mlp2`` and ``bare`` registered as entry-point plugins of the group ``valbench.models``."""
+    plugins = {
+        "mlp2": EntryPoint("mlp2", TwoHiddenLayers),
+        "bare": EntryPoint("bare", BareTwoHiddenLayers),
+    }
+    monkeypatch.setattr(nets, "_plugins", lambda: plugins)
 
 
 def _float64(tensors: Mapping[str, torch.Tensor]) -> Tensors:
@@ -72,7 +87,7 @@ def _float64(tensors: Mapping[str, torch.Tensor]) -> Tensors:
 
 @pytest.mark.parametrize(
     ("name", "n_features"),
-    [("logreg", 6), ("mlp", 6), ("cnn", 784), ("resnet18", 784), ("mlp2", 784)],
+    [("logreg", 6), ("mlp", 6), ("cnn", 784), ("resnet18", 784), ("mlp2", 784), ("bare", 784)],
 )
 def test_the_registry_serves_every_architecture_through_one_interface(
     name: str, n_features: int, mlp2: None
