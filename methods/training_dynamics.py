@@ -8,10 +8,11 @@ All three say how *hard* a training point is. Convention (also written into ``st
 * ``detection_scores`` = −hardness: for mislabel detection the hardest point is the most
   suspicious, and the harness reads the lowest detection score as most suspicious.
 
-Each of the R runs trains a fresh torch network shaped like the run's evaluation model (linear for
-``logreg``, one hidden ReLU layer for ``mlp``) with minibatch Adam; the R runs are trained together
-as one stacked ensemble (``functional_call`` under ``vmap``), which gives the same
-result as training them one by one (Adam is per-coordinate) at a fraction of the Python overhead.
+Each of the R runs trains a fresh torch network shaped like the run's evaluation model (its
+architecture's torch.nn form: linear for ``logreg``, one hidden ReLU layer for ``mlp``) with
+minibatch Adam; the R runs are trained together as one stacked ensemble (``functional_call``
+under ``vmap``), which gives the same result as training them one by one (Adam is
+per-coordinate) at a fraction of the Python overhead.
 Each run draws its initialisation and minibatch order from its own ``torch.Generator`` seeded
 from ``rng``; global RNG state is never used.
 
