@@ -164,9 +164,9 @@ def functional_from_params(
     ``layers="last"`` keeps only the output layer (a head on the penultimate features, see
     :func:`head_features`, as the architecture's :meth:`~valbench.network.Network.head`
     gives it, its bias undecayed); for a linear architecture (logistic regression) both
-    choices are the same model. ``arch`` is the model's architecture (its classifier's
-    ``arch``; by default the one registered as ``params.kind``, which a deep model needs
-    given: its plugin may be configured).
+    choices are the same model. ``arch`` is the model's architecture, its classifier's
+    ``arch``; left None, the one registered as ``params.kind`` (a deep network differentiated
+    whole must be given its own).
     """
     if layers not in LAYERS:
         raise UsageError(f"layers must be one of {', '.join(LAYERS)}, got {layers!r}")
