@@ -187,9 +187,7 @@ class SmallCNN(ImageNetwork):
     def __init__(self, width: int = 16, dim: int = 64) -> None:
         self.width, self.dim = int(width), int(dim)
 
-    def init(
-        self, in_shape: tuple[int, int, int], n_classes: int, seed: int
-    ) -> tuple[Tensors, Tensors]:
+    def init(self, in_shape: tuple[int, ...], n_classes: int, seed: int) -> tuple[Tensors, Tensors]:
         """Parameters (torch.nn's default init, seeded) and buffers (none)."""
         gen = torch.Generator().manual_seed(int(seed))
         w = self.width
@@ -288,9 +286,7 @@ class ResNet18(ImageNetwork):
                 cin = cout
         return out
 
-    def init(
-        self, in_shape: tuple[int, int, int], n_classes: int, seed: int
-    ) -> tuple[Tensors, Tensors]:
+    def init(self, in_shape: tuple[int, ...], n_classes: int, seed: int) -> tuple[Tensors, Tensors]:
         """Parameters (torch.nn's default init, seeded) and batch-norm running statistics."""
         gen = torch.Generator().manual_seed(int(seed))
         params: Tensors = {}
@@ -919,7 +915,8 @@ class DeepClassifier:
             return torch.zeros(params.batch_size, 0, width, device=self.device)
 
         def run(p: Tensors, b: Tensors, xb: torch.Tensor) -> torch.Tensor:
-            return self.arch.apply(p, b, xb, train=False)[what]
+            feats, logits, _ = self.arch.apply(p, b, xb, train=False)
+            return logits if what == 1 else feats
 
         with torch.no_grad():
             if self.device.type != "cpu":  # all copies at once, as many images as fit

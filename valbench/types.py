@@ -219,6 +219,12 @@ class ModelParams(Protocol):
     @property
     def batch_size(self) -> int: ...
 
+    @property
+    def buffers(self) -> Mapping[str, Any]:
+        """Running statistics (a deep network's batch norm), batch first; empty for the
+        shallow models."""
+        ...
+
 
 # Invariant: what a model's ``fit`` returns is what its ``predict`` and ``fit(init=...)`` take.
 P = TypeVar("P", bound=ModelParams)
@@ -233,6 +239,9 @@ class BatchedModel(Protocol[P]):
 
     #: Every model trained adds 1 here (a batch of B adds B); set by ``task.build_model``.
     fit_counter: FitCounter | None
+    #: The architecture (a ``valbench.network.Network``): its init, forward pass, head and
+    #: per-sample gradients, for methods that differentiate the model themselves.
+    arch: Any
 
     @property
     def spec(self) -> ModelFactory:
