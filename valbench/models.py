@@ -146,6 +146,11 @@ class ModelSpec:
             raise UsageError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.dtype == "auto":
             object.__setattr__(self, "dtype", _AUTO_DTYPE.get(self.kind, "float32"))
+        if not self.deep and self.kind not in MODEL_NAMES:
+            raise UsageError(
+                f"model {self.kind} is a shallow architecture; BatchedClassifier's solvers fit "
+                f"only {' and '.join(MODEL_NAMES)} (a plugin model subclasses nets.ImageNetwork)"
+            )
         if self.deep:
             recipe = get_architecture(self.kind).recipe
             defaults = {f.name: f.default for f in dataclasses.fields(self)}

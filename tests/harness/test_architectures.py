@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from image_tasks import half_bright_images
 
 from valbench import RunContext, nets
+from valbench.errors import UsageError
 from valbench.methods.hostcp import HostCPFast
 from valbench.methods.hostcp.loop import ThetaModel, per_sample_grads
 from valbench.methods.representer import fit_representer
@@ -171,6 +172,18 @@ def test_the_evaluation_models_start_where_their_architecture_says() -> None:
         torch.testing.assert_close(got[k][0], v, rtol=0, atol=0)
     zero = BatchedClassifier(ModelSpec(), d, c, seed).init_params(1)
     assert zero["W"].dtype == torch.float64 and not zero["W"].any() and not zero["b"].any()
+
+
+def test_a_shallow_plugin_is_refused_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The batched solvers know logreg and the MLP only: another shallow model is refused in
+    one line instead of reaching a solver written for neither."""
+
+    class Linear2(LogReg):
+        name = "linear2"
+
+    monkeypatch.setattr(nets, "_plugins", lambda: {"linear2": EntryPoint("linear2", Linear2)})
+    with pytest.raises(UsageError, match="shallow architecture"):
+        ModelSpec.parse("linear2")
 
 
 def test_a_new_architecture_in_one_class_runs_the_gradient_methods(mlp2: None) -> None:
