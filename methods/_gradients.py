@@ -7,10 +7,11 @@ the evaluation model's forward pass written as a pure function of a parameter di
 (forward-over-reverse) without a Python loop over points.
 
 The training objective is the evaluation model's (see :mod:`valbench.models`):
-``L(θ) = mean_i CE(f_θ(x_i), y_i) + l2/2 · ||weights||²`` (biases are not decayed). A deep
-architecture (:mod:`valbench.nets`, ``kind="deep"``) is the network itself in eval mode, its
-``apply`` in float64; its recipe's coupled weight decay covers every parameter, biases included,
-so its objective decays them all. Its last layer on the frozen penultimate features is a head.
+``L(θ) = mean_i CE(f_θ(x_i), y_i) + l2/2 · ||weights||²`` (biases are not decayed). The forward
+pass is the architecture's (:mod:`valbench.nets`), which also says which parameters are decayed:
+a deep network runs in eval mode in float64, and its recipe's coupled weight decay covers every
+parameter, biases included. A network's last layer on its frozen penultimate features is a
+head: multinomial logistic regression, with closed forms for its gradients and Hessian.
 """
 
 from __future__ import annotations
@@ -34,8 +35,10 @@ __all__ = [
     "Functional",
     "LAYERS",
     "SOLVERS",
+    "architecture_of",
     "functional_from_params",
     "head_features",
+    "functional_inputs",
     "gradient_inputs",
     "per_sample_grads",
     "summed_grad",
@@ -74,20 +77,32 @@ def as_tensor(x: np.ndarray, dtype: torch.dtype = DTYPE) -> torch.Tensor:
     return torch.as_tensor(np.ascontiguousarray(x), dtype=dtype).clone()
 
 
+#: A head is logistic regression on fixed inputs: its forward pass is that architecture's.
+HEAD_ARCHITECTURE = "logreg"
+
+
+def architecture_of(kind: str) -> Any:
+    """The architecture of a :class:`Functional` of ``kind``: logreg for ``"head"``, else the
+    one registered under that name."""
+    return nets.get_architecture(HEAD_ARCHITECTURE if kind == "head" else kind)
+
+
 @dataclass
 class Functional:
     """A model as a pure function of named parameters, plus the objective's L2 terms.
 
     Attributes:
-        kind: ``"head"`` (multinomial logistic regression on fixed inputs ``W, b``),
-            ``"mlp"`` (``W1, b1, W2, b2``) or ``"deep"`` (a :mod:`valbench.nets` architecture
-            on images (n, C, H, W), every parameter of its ``init``).
+        kind: ``"head"`` (multinomial logistic regression on fixed inputs ``W, b``: the
+            closed forms :func:`head_grads` and :func:`head_hessian` apply) or the registered
+            name of a network differentiated whole (``"mlp"``, ``"cnn"``, ...: every
+            parameter of its ``init``).
         params: The parameters (float64), in the :class:`~valbench.types.ModelParams` layout
             without the batch dimension.
         decayed: Names of the parameters the objective decays with ``l2/2 · ||·||²``.
         l2: The decay coefficient.
-        arch: ``"deep"``: the architecture (``apply`` runs in eval mode).
-        buffers: ``"deep"``: its buffers (batch-norm running statistics), float64, fixed.
+        arch: The architecture whose forward pass this is (eval mode); by default the one
+            registered as ``kind`` (logreg for a head).
+        buffers: Its buffers (a deep network's batch-norm running statistics), float64, fixed.
     """
 
     kind: str
@@ -96,6 +111,10 @@ class Functional:
     l2: float
     arch: Any = None
     buffers: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.arch is None:
+            self.arch = architecture_of(self.kind)
 
     @property
     def names(self) -> list[str]:
@@ -129,16 +148,12 @@ class Functional:
         )
 
     def logits(self, p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        """Pre-softmax outputs of ``x`` (n, C) or of one point ``x`` (d,) (an image (C, H, W)
-        for ``"deep"``)."""
-        if self.kind == "head":
-            return x @ p["W"] + p["b"]
-        if self.kind == "deep":
-            one = x.dim() == 3
-            out = self.arch.apply(p, self.buffers, x[None] if one else x, train=False)[1]
-            return out[0] if one else out
-        act = (x @ p["W1"] + p["b1"]).clamp(min=0)
-        return act @ p["W2"] + p["b2"]
+        """Pre-softmax outputs (n, C) of a batch ``x`` (rows, or images for a deep network)."""
+        return self.arch.logits(p, self.buffers, x)
+
+    def point_logits(self, p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """Pre-softmax outputs (C,) of one point ``x`` (what ``vmap`` over points sees)."""
+        return self.arch.point_logits(p, self.buffers, x)
 
 
 def functional_from_params(
@@ -147,32 +162,24 @@ def functional_from_params(
     """The float64 functional model of the first model in ``params``.
 
     ``layers="last"`` keeps only the output layer (a head on the penultimate features, see
-    :func:`head_features`); for logistic regression both choices are the same model. For a
-    deep model (:class:`valbench.nets.DeepParams`) ``arch`` is its architecture; its head is
-    ``head.weight`` / ``head.bias`` (``W = head.weightᵀ``), with the bias left undecayed as
-    every head here.
+    :func:`head_features`, as the architecture's :meth:`~valbench.network.Network.head`
+    gives it, its bias undecayed); for a linear architecture (logistic regression) both
+    choices are the same model. ``arch`` is the model's architecture, its classifier's
+    ``arch``; left None, the one registered as ``params.kind`` (a deep network differentiated
+    whole must be given its own).
     """
     if layers not in LAYERS:
         raise UsageError(f"layers must be one of {', '.join(LAYERS)}, got {layers!r}")
-    t = {k: v[0].detach().to("cpu", DTYPE).clone() for k, v in params.tensors.items()}
-    if isinstance(params, nets.DeepParams):
-        if "head.weight" not in t or "head.bias" not in t:
-            raise UsageError(
-                f"the gradient methods need the {params.kind} architecture's output layer "
-                "as parameters 'head.weight' and 'head.bias'"
-            )
-        if layers == "last":
-            w = t["head.weight"].T.contiguous()
-            return Functional("head", {"W": w, "b": t["head.bias"]}, ("W",), l2)
-        if arch is None:
+    if arch is None:
+        if isinstance(params, nets.DeepParams) and layers == "all":
             raise UsageError(f"layers='all' on {params.kind} needs its architecture")
-        buffers = {k: v[0].detach().to("cpu", DTYPE).clone() for k, v in params.buffers.items()}
-        return Functional("deep", t, tuple(t), l2, arch=arch, buffers=buffers)
-    if params.kind == "logreg":
-        return Functional("head", {"W": t["W"], "b": t["b"]}, ("W",), l2)
-    if layers == "last":
-        return Functional("head", {"W": t["W2"], "b": t["b2"]}, ("W",), l2)
-    return Functional("mlp", t, ("W1", "W2"), l2)
+        arch = nets.get_architecture(params.kind)
+    t = {k: v[0].detach().to("cpu", DTYPE).clone() for k, v in params.tensors.items()}
+    w, b = arch.head(t)  # also refuses a deep network without a recognisable head
+    if layers == "last" or arch.linear:
+        return Functional("head", {"W": w, "b": b}, ("W",), l2)
+    buffers = {k: v[0].detach().to("cpu", DTYPE).clone() for k, v in params.buffers.items()}
+    return Functional(params.kind, t, arch.decayed(t), l2, arch=arch, buffers=buffers)
 
 
 #: Rewrite a head with more inputs than training points in the span of its training inputs.
@@ -203,50 +210,46 @@ def in_training_span(
     return phi @ basis, phi_val @ basis, basis.T @ w
 
 
-def head_features(params: ModelParams, x: np.ndarray, clf: Any = None) -> torch.Tensor:
-    """Inputs of the output layer in float64: ``x`` itself for logreg, hidden ReLUs for the MLP,
-    the penultimate features of a deep model (``clf``, its :class:`~valbench.nets.DeepClassifier`)
-    computed in float64 by its architecture in eval mode."""
-    if isinstance(params, nets.DeepParams):
-        return gradient_inputs(clf, params, x, deep_head=True)
-    xt = as_tensor(x)
-    if params.kind == "logreg":
-        return xt
-    w1, b1 = params.tensors["W1"][0].to(DTYPE), params.tensors["b1"][0].to(DTYPE)
-    return (xt @ w1 + b1).clamp(min=0)
-
-
-def gradient_inputs(
-    clf: Any, params: ModelParams, x: np.ndarray, *, deep_head: bool = False, chunk: int = 512
+def head_features(
+    params: ModelParams, x: np.ndarray, clf: Any = None, *, chunk: int = 512
 ) -> torch.Tensor:
-    """What the functional model of ``params`` reads for raw rows ``x``, in float64 on the CPU.
-
-    Shallow models: ``x`` itself (an MLP with every layer; a head takes :func:`head_features`).
-    A deep model: its images (:func:`valbench.nets.classifier_inputs`), or with ``deep_head``
-    its penultimate features, computed by its architecture in float64 (``chunk`` images at once).
-    """
-    if not isinstance(params, nets.DeepParams):
-        return as_tensor(x)
-    images = nets.classifier_inputs(clf, x).detach().to("cpu", DTYPE)
-    if not deep_head:
-        return images
+    """Inputs of the output layer in float64: the architecture's penultimate features (the rows
+    themselves for logreg, the hidden ReLUs for the MLP, a deep network's in eval mode),
+    ``chunk`` inputs at a time. ``clf`` is the model's classifier (a deep one needs it: its
+    architecture and input map); without it the architecture registered as ``params.kind``."""
+    arch = nets.get_architecture(params.kind) if clf is None else clf.arch
+    inputs = gradient_inputs(clf, params, x)
     p = {k: v[0].detach().to("cpu", DTYPE) for k, v in params.tensors.items()}
     b = {k: v[0].detach().to("cpu", DTYPE) for k, v in params.buffers.items()}
-    with torch.no_grad():
-        parts = [
-            clf.arch.apply(p, b, images[s : s + chunk], train=False)[0]
-            for s in range(0, images.shape[0], chunk)
-        ]
-    if not parts:
-        return torch.zeros(0, int(p["head.weight"].shape[1]), dtype=DTYPE)
-    return torch.cat(parts)
+    with torch.no_grad():  # at least one (maybe empty) chunk, so the width is the network's
+        rows = range(0, max(1, inputs.shape[0]), chunk)
+        return torch.cat([arch.penultimate(p, b, inputs[s : s + chunk]) for s in rows])
+
+
+def functional_inputs(
+    model: Functional, params: ModelParams, x: np.ndarray, clf: Any = None
+) -> torch.Tensor:
+    """What ``model`` (made from ``params`` by :func:`functional_from_params`) reads for raw
+    rows ``x``: a head its :func:`head_features`, a whole network its :func:`gradient_inputs`."""
+    if model.kind == "head":
+        return head_features(params, x, clf)
+    return gradient_inputs(clf, params, x)
+
+
+def gradient_inputs(clf: Any, params: ModelParams, x: np.ndarray) -> torch.Tensor:
+    """What the functional model of ``params`` reads for raw rows ``x``, in float64 on the CPU:
+    ``x`` itself for a shallow model, the images of a deep one
+    (:func:`valbench.nets.classifier_inputs`). A head reads :func:`head_features` instead."""
+    if not isinstance(params, nets.DeepParams):
+        return as_tensor(x)
+    return nets.classifier_inputs(clf, x).detach().to("cpu", DTYPE)
 
 
 def _point_loss(
     model: Functional, p: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor
 ) -> torch.Tensor:
     # Cross-entropy of a single point (no L2: that belongs to the objective, not to a point).
-    return -torch.log_softmax(model.logits(p, x), dim=-1).gather(-1, y[None])[0]
+    return -torch.log_softmax(model.point_logits(p, x), dim=-1).gather(-1, y[None])[0]
 
 
 def per_sample_grads(

@@ -13,6 +13,7 @@ from valbench import Method, RunContext, Valuation, ValuationTask
 from valbench.errors import UsageError
 from valbench.methods import _gradients as gr
 from valbench.methods import _inverse_hessian as ih
+from valbench.nets import get_architecture
 from valbench.params import Interval, Options, Param
 
 __all__ = ["InfluenceFunction", "fit_for_gradients", "SOLVERS"]
@@ -26,7 +27,7 @@ DEEP_DAMPING = 1e-2
 
 
 def _is_deep(task: ValuationTask) -> bool:
-    return getattr(task.model, "kind", "logreg") not in ("logreg", "mlp")
+    return bool(get_architecture(getattr(task.model, "kind", "logreg")).deep)
 
 
 def fit_for_gradients(
@@ -50,9 +51,7 @@ def fit_for_gradients(
     clf = task.build_model() if clf is None else clf
     params = clf.fit(task.x_train, task.y_train, np.ones((1, task.n_train), dtype=bool))
     deep = _is_deep(task)
-    model = gr.functional_from_params(
-        params, float(clf.spec.l2), layers, arch=clf.arch if deep else None
-    )
+    model = gr.functional_from_params(params, float(clf.spec.l2), layers, arch=clf.arch)
     stats: dict[str, Any] = {}
     if model.kind == "head":
         phi = gr.head_features(params, task.x_train, clf)
@@ -319,7 +318,7 @@ class InfluenceFunction(Method):
         self, model: gr.Functional, x: torch.Tensor, y: torch.Tensor
     ) -> Callable[[torch.Tensor], torch.Tensor]:
         """The training objective's HVP; a deep network's is summed over ``chunk`` images."""
-        return gr.make_hvp(model, x, y, chunk=self.chunk if model.kind == "deep" else None)
+        return gr.make_hvp(model, x, y, chunk=self.chunk if model.arch.deep else None)
 
     def _grads(self, model: gr.Functional, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Per-sample gradients (n, P): closed form for a head, ``vmap(grad)`` otherwise."""

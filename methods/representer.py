@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from valbench import Method, RunContext, Valuation, ValuationTask, nets
+from valbench import Method, RunContext, Valuation, ValuationTask
 from valbench.errors import UsageError
 from valbench.methods import _gradients as gr
 from valbench.params import Interval, Param
@@ -52,7 +52,7 @@ def fit_representer(task: ValuationTask, l2: float | None = None) -> Representer
     clf = task.build_model()
     params = clf.fit(task.x_train, task.y_train, np.ones((1, task.n_train), dtype=bool))
     lam = float(clf.spec.l2 if l2 is None else l2)
-    if l2 is None and isinstance(params, nets.DeepParams) and not lam > 0:
+    if l2 is None and clf.arch.deep and not lam > 0:
         lam = YEH_L2
     if not lam > 0:
         raise UsageError(

@@ -19,7 +19,7 @@ from valbench.errors import UsageError
 from valbench.methods import _gradients as gr
 from valbench.methods.training_dynamics import DEEP_GRAD_ROWS
 from valbench.models import Params
-from valbench.nets import DeepClassifier, lr_at, per_sample_grads, train_copies
+from valbench.nets import DeepClassifier, get_architecture, lr_at, per_sample_grads, train_copies
 from valbench.params import Interval, Param
 
 __all__ = [
@@ -42,21 +42,11 @@ def checkpoint_epochs(epochs: int, checkpoints: int) -> list[int]:
 def sgd_gradient(
     kind: str, p: dict[str, torch.Tensor], x: torch.Tensor, onehot: torch.Tensor, l2: float
 ) -> dict[str, torch.Tensor]:
-    """Gradient of the minibatch objective, written out: autograd's per-step overhead would
-    dominate SGD on these tiny models (checked against autograd in the tests)."""
-    if kind == "head":
-        g = (torch.softmax(x @ p["W"] + p["b"], dim=1) - onehot) / x.shape[0]
-        return {"W": x.T @ g + l2 * p["W"], "b": g.sum(0)}
-    pre = x @ p["W1"] + p["b1"]
-    act = pre.clamp(min=0)
-    g = (torch.softmax(act @ p["W2"] + p["b2"], dim=1) - onehot) / x.shape[0]
-    d_pre = (g @ p["W2"].T) * (pre > 0)
-    return {
-        "W1": x.T @ d_pre + l2 * p["W1"],
-        "b1": d_pre.sum(0),
-        "W2": act.T @ g + l2 * p["W2"],
-        "b2": g.sum(0),
-    }
+    """Gradient of the minibatch objective of a :class:`~valbench.methods._gradients.Functional`
+    of this ``kind`` (``"head"`` or an architecture's name): the architecture's closed form for
+    logreg and the MLP, as autograd's per-step overhead would dominate SGD on these tiny models
+    (checked against autograd in the tests)."""
+    return gr.architecture_of(kind).objective_grad(p, x, onehot, l2)
 
 
 def sgd_checkpoints(
@@ -90,7 +80,7 @@ def sgd_checkpoints(
             order = torch.as_tensor(rng.permutation(n))
             for start in range(0, n, batch_size):
                 idx = order[start : start + batch_size]
-                g = sgd_gradient(model.kind, p, x[idx], onehot[idx], model.l2)
+                g = model.arch.objective_grad(p, x[idx], onehot[idx], model.l2)
                 p = {k: v - lr * g[k] for k, v in p.items()}
             if epoch in save:
                 out.append(Params(init.kind, {k: v[None].clone() for k, v in p.items()}))
@@ -293,7 +283,7 @@ class TracIn(Method):
         if not (int(self.epochs) >= 1 and int(self.checkpoints) >= 1 and self.lr > 0):
             raise UsageError("tracin needs epochs >= 1, checkpoints >= 1 and lr > 0")
         n = task.n_train
-        deep = task.model.kind not in ("logreg", "mlp")
+        deep = bool(get_architecture(task.model.kind).deep)
         if deep:
             for key in ("epochs", "lr", "batch_size"):
                 if getattr(self, key) != self.parameters[key].default:
@@ -321,11 +311,8 @@ class TracIn(Method):
         self_inf = np.zeros(n)
         for t, params in enumerate(saved):
             model = gr.functional_from_params(params, l2, self.layers)
-            if model.kind == "head":
-                x_in = gr.head_features(params, task.x_train)
-                xv_in = gr.head_features(params, task.x_val)
-            else:
-                x_in, xv_in = gr.as_tensor(task.x_train), gr.as_tensor(task.x_val)
+            x_in = gr.functional_inputs(model, params, task.x_train)
+            xv_in = gr.functional_inputs(model, params, task.x_val)
             g_val = gr.summed_grad(model, xv_in, yv, chunk=self.chunk)
             for start in range(0, n, self.chunk):
                 stop = min(n, start + self.chunk)

@@ -8,10 +8,11 @@ All three say how *hard* a training point is. Convention (also written into ``st
 * ``detection_scores`` = −hardness: for mislabel detection the hardest point is the most
   suspicious, and the harness reads the lowest detection score as most suspicious.
 
-Each of the R runs trains a fresh torch network shaped like the run's evaluation model (linear for
-``logreg``, one hidden ReLU layer for ``mlp``) with minibatch Adam; the R runs are trained together
-as one stacked ensemble (``functional_call`` under ``vmap``), which gives the same
-result as training them one by one (Adam is per-coordinate) at a fraction of the Python overhead.
+Each of the R runs trains a fresh torch network shaped like the run's evaluation model (its
+architecture's torch.nn form: linear for ``logreg``, one hidden ReLU layer for ``mlp``) with
+minibatch Adam; the R runs are trained together as one stacked ensemble (``functional_call``
+under ``vmap``), which gives the same result as training them one by one (Adam is
+per-coordinate) at a fraction of the Python overhead.
 Each run draws its initialisation and minibatch order from its own ``torch.Generator`` seeded
 from ``rng``; global RNG state is never used.
 
@@ -27,6 +28,7 @@ import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from types import SimpleNamespace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -44,6 +46,7 @@ from valbench.nets import (
     per_sample_grads,
     train_copies,
 )
+from valbench.network import uniform_init
 from valbench.params import Interval, Param
 
 __all__ = [
@@ -75,12 +78,10 @@ _GRAD_CHUNK_FLOATS = 1 << 24
 
 
 def make_network(kind: str, n_features: int, n_classes: int, hidden: int = 64) -> nn.Module:
-    """A torch network matching the evaluation model ``kind`` ("logreg" or "mlp")."""
-    if kind == "logreg":
-        return nn.Linear(n_features, n_classes)
-    if kind == "mlp":
-        return nn.Sequential(nn.Linear(n_features, hidden), nn.ReLU(), nn.Linear(hidden, n_classes))
-    raise UsageError(f"training-dynamics methods support models logreg and mlp, not {kind!r}")
+    """The evaluation model ``kind``'s architecture as a torch.nn module (``hidden``: the MLP's
+    width); UsageError for a deep model, whose runs train with its recipe instead."""
+    arch = get_architecture(kind).configured(SimpleNamespace(hidden=hidden))
+    return arch.module(n_features, n_classes)
 
 
 def _seeded_init(net: nn.Module, gen: torch.Generator) -> StackedParams:
@@ -90,9 +91,7 @@ def _seeded_init(net: nn.Module, gen: torch.Generator) -> StackedParams:
     for name, p in net.named_parameters():
         if name.endswith("weight"):
             fan_in = p.shape[1]
-        bound = 1.0 / math.sqrt(fan_in)
-        draw = torch.rand(p.shape, generator=gen, dtype=torch.float64)
-        out[name] = ((draw * 2 - 1) * bound).to(p.dtype)
+        out[name] = uniform_init(gen, tuple(p.shape), fan_in).to(p.dtype)
     return out
 
 
@@ -618,7 +617,7 @@ class _TrainingDynamics(Method):
 
 
 def _is_deep(task: ValuationTask) -> bool:
-    return task.model.kind not in ("logreg", "mlp")
+    return bool(get_architecture(task.model.kind).deep)
 
 
 def _deep_recipe(task: ValuationTask) -> Recipe:

@@ -48,7 +48,7 @@ def margin_grads(
         return (aug[:, :, None] * resid[:, None, :]).reshape(x.shape[0], -1)
 
     def one(p: dict[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
-        return _margin(model.logits(p, xi), yi)
+        return _margin(model.point_logits(p, xi), yi)
 
     fn = vmap(grad(one), in_dims=(None, 0, 0))
     rows = []
@@ -172,14 +172,10 @@ class TRAK(Method):
             clf = task.build_model(seed=int(seeds[m, 0]))
             params = clf.fit(task.x_train, task.y_train, np.ones((1, n), dtype=bool))
             model = gr.functional_from_params(
-                params, float(clf.spec.l2), self.layers, arch=getattr(clf, "arch", None)
+                params, float(clf.spec.l2), self.layers, arch=clf.arch
             )
-            if model.kind == "head":
-                x_in = gr.head_features(params, task.x_train, clf)
-                xv_in = gr.head_features(params, task.x_val, clf)
-            else:
-                x_in = gr.gradient_inputs(clf, params, task.x_train)
-                xv_in = gr.gradient_inputs(clf, params, task.x_val)
+            x_in = gr.functional_inputs(model, params, task.x_train, clf)
+            xv_in = gr.functional_inputs(model, params, task.x_val, clf)
             n_params = model.n_params
             seed = int(seeds[m, 1])
             phi = torch.cat(

@@ -24,7 +24,14 @@ import numpy as np
 import torch
 
 from valbench.errors import UnknownNameError, UsageError
-from valbench.nets import DEVICES, DeepClassifier, Recipe, architecture_names, get_architecture
+from valbench.nets import (
+    DEVICES,
+    DeepClassifier,
+    Recipe,
+    architecture_for,
+    architecture_names,
+    get_architecture,
+)
 from valbench.types import (
     BatchedModel,
     FitCounter,
@@ -44,6 +51,8 @@ __all__ = [
     "foreach_adam_step",
 ]
 
+#: The shallow models, fitted by BatchedClassifier's batched solvers (their architectures,
+#: init and forward pass, are :mod:`valbench.network`'s).
 MODEL_NAMES: tuple[str, ...] = ("logreg", "mlp")
 #: ModelSpec fields a deep architecture fills from its recipe when left at their defaults
 #: (ModelSpec field -> Recipe field).
@@ -51,8 +60,9 @@ _RECIPE_FIELDS = {"epochs": "epochs", "lr": "lr", "l2": "weight_decay"}
 
 
 def model_names() -> tuple[str, ...]:
-    """Every ``--model`` name: logreg, mlp, then the deep architectures of ``valbench.nets``."""
-    return (*MODEL_NAMES, *architecture_names())
+    """Every ``--model`` name: the architectures of ``valbench.nets`` (logreg, mlp, the deep
+    ones, then plugins)."""
+    return architecture_names()
 
 
 SOLVERS: tuple[str, ...] = ("auto", "lbfgs", "newton", "adam")
@@ -130,12 +140,17 @@ class ModelSpec:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
-        if self.kind not in MODEL_NAMES and self.kind not in architecture_names():
+        if self.kind not in architecture_names():
             raise UnknownNameError("model", self.kind, list(model_names()))
         if self.device not in DEVICES:
             raise UsageError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.dtype == "auto":
             object.__setattr__(self, "dtype", _AUTO_DTYPE.get(self.kind, "float32"))
+        if not self.deep and self.kind not in MODEL_NAMES:
+            raise UsageError(
+                f"model {self.kind} is a shallow architecture; BatchedClassifier's solvers fit "
+                f"only {' and '.join(MODEL_NAMES)} (a plugin model subclasses nets.ImageNetwork)"
+            )
         if self.deep:
             recipe = get_architecture(self.kind).recipe
             defaults = {f.name: f.default for f in dataclasses.fields(self)}
@@ -182,7 +197,7 @@ class ModelSpec:
     @property
     def deep(self) -> bool:
         """True for a deep architecture (trained on raw pixels by :mod:`valbench.nets`)."""
-        return self.kind not in MODEL_NAMES
+        return bool(get_architecture(self.kind).deep)
 
     @property
     def recipe(self) -> Recipe:
@@ -302,6 +317,11 @@ class Params:
         """Number of models held."""
         return int(next(iter(self.tensors.values())).shape[0])
 
+    @property
+    def buffers(self) -> dict[str, torch.Tensor]:
+        """Empty: logreg and the MLP keep no running statistics (read like DeepParams')."""
+        return {}
+
     def __getitem__(self, name: str) -> torch.Tensor:
         return self.tensors[name]
 
@@ -356,6 +376,8 @@ class BatchedClassifier:
                 f"need at least one feature and one class, got {n_features} and {n_classes}"
             )
         self.spec = spec
+        #: The architecture (:mod:`valbench.network`): its init, forward pass and gradients.
+        self.arch = architecture_for(spec)
         self.n_features = int(n_features)
         self.n_classes = int(n_classes)
         self.seed = int(seed)
@@ -388,34 +410,9 @@ class BatchedClassifier:
     # -- construction -------------------------------------------------------------------------
 
     def _initial_params(self) -> Params:
-        d, c = self.n_features, self.n_classes
-        if self.spec.kind == "logreg":
-            # Zero init: the problem is convex, so no symmetry to break and no seed dependence.
-            return Params(
-                "logreg",
-                {
-                    "W": torch.zeros(1, d, c, dtype=self.dtype),
-                    "b": torch.zeros(1, c, dtype=self.dtype),
-                },
-            )
-        h = self.spec.hidden
-        gen = torch.Generator().manual_seed(self.seed)
-
-        def uniform(shape: tuple[int, ...], fan_in: int) -> torch.Tensor:
-            # torch.nn.Linear's default init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
-            bound = 1.0 / math.sqrt(fan_in)
-            draw = torch.rand(shape, generator=gen, dtype=torch.float64)
-            return ((draw * 2 - 1) * bound).to(self.dtype)
-
-        return Params(
-            "mlp",
-            {
-                "W1": uniform((1, d, h), d),
-                "b1": uniform((1, h), d),
-                "W2": uniform((1, h, c), h),
-                "b2": uniform((1, c), h),
-            },
-        )
+        # The architecture's seeded init (zeros for logreg), rounded to the model's dtype.
+        params, _ = self.arch.init((self.n_features,), self.n_classes, self.seed)
+        return Params(self.spec.kind, {k: v[None].to(self.dtype) for k, v in params.items()})
 
     def init_params(self, batch_size: int = 1) -> Params:
         """The initial parameters (identical for every model of a batch)."""
@@ -1040,7 +1037,7 @@ class BatchedClassifier:
         ce = -(torch.log_softmax(logits, dim=-1) * onehot_t.T).sum(-1)  # (B, n)
         counts = m.sum(dim=1)
         data = (ce * m).sum(dim=1) / counts.clamp(min=1)
-        names = ("W",) if self.spec.kind == "logreg" else ("W1", "W2")
+        names = self.arch.decayed(params.tensors)
         penalty = torch.stack([params[k].pow(2).sum(dim=(1, 2)) for k in names]).sum(0)
         return data + 0.5 * self.spec.l2 * (counts > 0).to(self.dtype) * penalty
 

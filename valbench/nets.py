@@ -1,24 +1,29 @@
-"""Deep evaluation models: architectures by name, optimisers on tensors, many copies at once.
+"""The architecture registry, and the deep evaluation models: optimisers on tensors, many
+copies at once.
 
-An **architecture** (:class:`valbench.types.Architecture`) is a set of pure functions of a
-parameter dict: ``init`` draws the parameters and buffers, ``apply`` maps images to the
-penultimate features and the logits. Nothing holds state, so :func:`torch.func.vmap` trains
+An **architecture** (:class:`valbench.types.Architecture`, a :class:`valbench.network.Network`)
+is a set of pure functions of a parameter dict: ``init`` draws the parameters and buffers,
+``apply`` maps inputs to the penultimate features and the logits, and the rest (logits,
+penultimate features, per-sample gradients, the head) follows from those two unless the
+architecture writes a closed form. Nothing holds state, so :func:`torch.func.vmap` trains
 ``B`` copies at once with stacked parameters (a convolution over stacked weights runs as one
 grouped convolution) and :func:`torch.func.grad` gives per-sample gradients.
 
-Built-ins, registered by name (plugins add their own under the entry-point group
-``valbench.models``; see :func:`get_architecture`):
+Every evaluation model is registered here by name (plugins add their own under the entry-point
+group ``valbench.models``; see :func:`get_architecture`):
 
+- ``logreg`` and ``mlp`` (:mod:`valbench.network`): shallow models on feature rows, fitted by
+  :class:`valbench.models.BatchedClassifier`.
 - ``cnn``: the small CNN also behind the image datasets' ``features="cnn"`` (two 3x3 conv
   blocks with max-pooling, a 4x4 adaptive average pool, a 64-unit ReLU layer, a linear head).
 - ``resnet18``: the CIFAR-style ResNet-18 (He et al. 2016, as in the widely used
   ``pytorch-cifar`` code): 3x3 stem, no max-pool, four stages of two basic blocks (64, 128,
   256, 512 channels), global average pool, linear head.
 
-Each architecture carries its training :class:`Recipe` (optimiser, learning rate, schedule,
-weight decay, batch size, epochs). :class:`DeepClassifier` implements
-:class:`valbench.types.BatchedModel` for these architectures; :func:`train_copies` is the
-batched trainer behind it.
+Each deep architecture (an :class:`ImageNetwork`) carries its training :class:`Recipe`
+(optimiser, learning rate, schedule, weight decay, batch size, epochs).
+:class:`DeepClassifier` implements :class:`valbench.types.BatchedModel` for these
+architectures; :func:`train_copies` is the batched trainer behind it.
 
 **Batched = alone.** Copy ``b`` trains on the points of its own subset, in the order of a
 permutation drawn per epoch from the model seed and restricted to that subset, in minibatches
@@ -43,18 +48,21 @@ import torch
 import torch.nn.functional as F
 
 from valbench.errors import UnknownNameError, UsageError
-from valbench.types import Architecture, FitCounter, class_labels, feature_matrix, subset_masks
+from valbench.network import MLP, LogReg, Network, uniform_init
+from valbench.types import FitCounter, class_labels, feature_matrix, subset_masks
 
 __all__ = [
     "ARCHITECTURE_GROUP",
     "DEVICES",
     "Recipe",
+    "ImageNetwork",
     "SmallCNN",
     "ResNet18",
     "DeepParams",
     "DeepClassifier",
     "architecture_names",
     "get_architecture",
+    "architecture_for",
     "image_shape",
     "resolve_device",
     "lr_at",
@@ -113,10 +121,8 @@ class Recipe:
 
 
 def _uniform(gen: torch.Generator, shape: tuple[int, ...], fan_in: int) -> torch.Tensor:
-    # torch.nn's default init for conv and linear layers (kaiming_uniform with a = sqrt(5)
-    # works out to this bound) and for their biases.
-    bound = 1.0 / math.sqrt(fan_in)
-    return (torch.rand(shape, generator=gen, dtype=torch.float64) * 2 - 1).mul_(bound).float()
+    # torch.nn's default init for conv and linear layers and their biases, kept in float32.
+    return uniform_init(gen, shape, fan_in).float()
 
 
 def _conv(gen: torch.Generator, cin: int, cout: int, k: int, bias: bool) -> Tensors:
@@ -149,7 +155,37 @@ def max_pool_2x2(h: torch.Tensor) -> torch.Tensor:
     return torch.maximum(rows[..., 0::2], rows[..., 1::2])
 
 
-class SmallCNN:
+class ImageNetwork(Network):
+    """Base of the deep architectures: networks on images (C, H, W), trained by minibatches
+    with their :class:`Recipe` (:func:`train_copies`).
+
+    They read flattened raw pixels in [0, 1] as the image shape :func:`image_shape` gives,
+    mapped to [-1, 1] by ``2x - 1`` (a fixed map, so U(S) never depends on which rows a call
+    sees). The last layer is ``head.weight`` (C, D) and ``head.bias``; the recipe's coupled
+    weight decay covers every parameter, biases and batch norm included.
+    """
+
+    deep = True
+
+    def input_shape(self, n_features: int) -> tuple[int, ...]:
+        """The (C, H, W) that ``n_features`` raw pixels are read as (UsageError if none)."""
+        return image_shape(n_features, self.name)
+
+    def inputs(self, x: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+        """Flattened pixels (n, C·H·W) in [0, 1] as images (n, C, H, W) in [-1, 1]."""
+        return x.reshape(-1, *shape) * 2.0 - 1.0
+
+    def head(self, params: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``W = head.weightᵀ`` (D, C) and ``b = head.bias``."""
+        if "head.weight" not in params or "head.bias" not in params:
+            raise UsageError(
+                f"the gradient methods need the {self.name} architecture's output layer "
+                "as parameters 'head.weight' and 'head.bias'"
+            )
+        return params["head.weight"].T.contiguous(), params["head.bias"]
+
+
+class SmallCNN(ImageNetwork):
     """``cnn``: conv(3x3, w) - ReLU - maxpool 2 - conv(3x3, 2w) - ReLU - maxpool 2 - adaptive
     average pool to 4x4 - linear to ``dim`` - ReLU (the penultimate features) - linear head.
 
@@ -166,9 +202,7 @@ class SmallCNN:
     def __init__(self, width: int = 16, dim: int = 64) -> None:
         self.width, self.dim = int(width), int(dim)
 
-    def init(
-        self, in_shape: tuple[int, int, int], n_classes: int, seed: int
-    ) -> tuple[Tensors, Tensors]:
+    def init(self, in_shape: tuple[int, ...], n_classes: int, seed: int) -> tuple[Tensors, Tensors]:
         """Parameters (torch.nn's default init, seeded) and buffers (none)."""
         gen = torch.Generator().manual_seed(int(seed))
         w = self.width
@@ -235,7 +269,7 @@ def _batch_norm(
     return (h - mean.view(1, -1, 1, 1)) * (inv * gamma).view(1, -1, 1, 1) + beta.view(1, -1, 1, 1)
 
 
-class ResNet18:
+class ResNet18(ImageNetwork):
     """``resnet18``: CIFAR-style ResNet-18 (3x3 stem of ``width`` channels, stride 1, no
     max-pool; stages of two basic blocks at width x 1, 2, 4, 8 with strides 1, 2, 2, 2;
     1x1 projection shortcuts where the shape changes; global average pool; linear head).
@@ -267,9 +301,7 @@ class ResNet18:
                 cin = cout
         return out
 
-    def init(
-        self, in_shape: tuple[int, int, int], n_classes: int, seed: int
-    ) -> tuple[Tensors, Tensors]:
+    def init(self, in_shape: tuple[int, ...], n_classes: int, seed: int) -> tuple[Tensors, Tensors]:
         """Parameters (torch.nn's default init, seeded) and batch-norm running statistics."""
         gen = torch.Generator().manual_seed(int(seed))
         params: Tensors = {}
@@ -327,7 +359,50 @@ class ResNet18:
         return feats, F.linear(feats, params["head.weight"], params["head.bias"]), new
 
 
-_BUILTINS: dict[str, Callable[[], Architecture]] = {"cnn": SmallCNN, "resnet18": ResNet18}
+class _PluginNetwork(ImageNetwork):
+    """A deep plugin written against the bare protocol (``init``, ``apply`` and the recipe
+    attributes, not an :class:`ImageNetwork`): the derived operations come from here."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.name, self.recipe = inner.name, inner.recipe
+        self.max_copies, self.eval_rows = int(inner.max_copies), int(inner.eval_rows)
+
+    def __getattr__(self, attr: str) -> Any:
+        # Anything else the plugin defines (its widths, say) reads through; before __init__
+        # (a copy or unpickling in progress) there is nothing to read.
+        inner = self.__dict__.get("inner")
+        if inner is None:
+            raise AttributeError(attr)
+        return getattr(inner, attr)
+
+    def init(self, in_shape: tuple[int, ...], n_classes: int, seed: int) -> tuple[Tensors, Tensors]:
+        """The plugin's ``init``."""
+        out: tuple[Tensors, Tensors] = self.inner.init(in_shape, n_classes, seed)
+        return out
+
+    def apply(
+        self,
+        params: Mapping[str, torch.Tensor],
+        buffers: Mapping[str, torch.Tensor],
+        x: torch.Tensor,
+        *,
+        train: bool = False,
+        weight: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, Tensors]:
+        """The plugin's ``apply``."""
+        out: tuple[torch.Tensor, torch.Tensor, Tensors] = self.inner.apply(
+            params, buffers, x, train=train, weight=weight
+        )
+        return out
+
+
+_BUILTINS: dict[str, Callable[[], Network]] = {
+    "logreg": LogReg,
+    "mlp": MLP,
+    "cnn": SmallCNN,
+    "resnet18": ResNet18,
+}
 
 
 @lru_cache(maxsize=1)
@@ -336,18 +411,30 @@ def _plugins() -> dict[str, Any]:
 
 
 def architecture_names() -> tuple[str, ...]:
-    """Names of every deep architecture: the built-ins, then plugins (sorted)."""
+    """Names of every architecture (``--model`` names): the built-ins, then plugins (sorted)."""
     return (*_BUILTINS, *sorted(set(_plugins()) - set(_BUILTINS)))
 
 
-def get_architecture(name: str) -> Architecture:
-    """A fresh architecture object registered as ``name`` (built-ins win over plugins)."""
+def get_architecture(name: str) -> Network:
+    """A fresh architecture object registered as ``name`` (built-ins win over plugins).
+
+    A plugin is the entry point's object called bare; one that is not a
+    :class:`~valbench.network.Network` is taken as a deep network on images (its ``init``
+    and ``apply`` behind :class:`ImageNetwork`'s derived operations).
+    """
     if name in _BUILTINS:
         return _BUILTINS[name]()
     ep = _plugins().get(name)
     if ep is None:
-        raise UnknownNameError("model", name, ["logreg", "mlp", *architecture_names()])
-    return ep.load()()
+        raise UnknownNameError("model", name, list(architecture_names()))
+    arch = ep.load()()
+    return arch if isinstance(arch, Network) else _PluginNetwork(arch)
+
+
+def architecture_for(spec: Any) -> Network:
+    """The architecture of a model spec (:class:`~valbench.models.ModelSpec`): its ``kind``,
+    set up as the spec says (the MLP's ``hidden`` width)."""
+    return get_architecture(spec.kind).configured(spec)
 
 
 def image_shape(n_features: int, model: str) -> tuple[int, int, int]:
@@ -469,7 +556,7 @@ def _epoch_order(n: int, seed: int, epoch: int, device: torch.device) -> torch.T
 
 
 def train_copies(
-    arch: Architecture,
+    arch: Network,
     params: Tensors,
     buffers: Tensors,
     x: torch.Tensor,
@@ -638,20 +725,16 @@ def _shifted(hook: Callable[..., None] | None, first: int) -> Callable[..., None
 
 
 def per_sample_grads(
-    arch: Architecture,
+    arch: Network,
     params: Mapping[str, torch.Tensor],
     buffers: Mapping[str, torch.Tensor],
     x: torch.Tensor,
     y: torch.Tensor,
 ) -> Tensors:
     """Gradient of each point's cross-entropy w.r.t. one model's parameters (eval mode):
-    each tensor gets a leading dimension of ``len(x)`` (torch.func.vmap over torch.func.grad)."""
-
-    def one(p: Mapping[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
-        _, logits, _ = arch.apply(p, buffers, xi[None], train=False)
-        return F.cross_entropy(logits, yi[None])
-
-    return torch.func.vmap(torch.func.grad(one), in_dims=(None, 0, 0))(dict(params), x, y)
+    each tensor gets a leading dimension of ``len(x)`` (the architecture's closed form, or
+    torch.func.vmap over torch.func.grad: :func:`valbench.network.func_per_sample_grads`)."""
+    return arch.per_sample_grads(params, buffers, x, y)
 
 
 # ------------------------------------------------------------------------------- the model
@@ -728,11 +811,11 @@ class DeepClassifier:
         if n_classes < 1:
             raise UsageError(f"need at least one class, got {n_classes}")
         self.spec = spec
-        self.arch = get_architecture(spec.kind)
+        self.arch = architecture_for(spec)
         self.n_features = int(n_features)
         self.n_classes = int(n_classes)
         self.seed = int(seed)
-        self.shape = image_shape(n_features, spec.kind)
+        self.shape = self.arch.input_shape(n_features)
         self.device = resolve_device(spec.device)
         self.recipe: Recipe = spec.recipe
         self.dtype = torch.float64 if spec.dtype == "float64" else torch.float32
@@ -760,7 +843,7 @@ class DeepClassifier:
         if not np.isfinite(arr).all():
             raise UsageError("images hold NaN or inf; the deep models need raw pixels in [0, 1]")
         t = torch.as_tensor(np.ascontiguousarray(arr, dtype=np.float32)).to(self.device, self.dtype)
-        return t.view(-1, *self.shape).mul(2.0).sub_(1.0)
+        return self.arch.inputs(t, self.shape)
 
     def _training_data(self, x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         if self._data is not None and self._data[0] is x and self._data[1] is y:
@@ -847,7 +930,8 @@ class DeepClassifier:
             return torch.zeros(params.batch_size, 0, width, device=self.device)
 
         def run(p: Tensors, b: Tensors, xb: torch.Tensor) -> torch.Tensor:
-            return self.arch.apply(p, b, xb, train=False)[what]
+            feats, logits, _ = self.arch.apply(p, b, xb, train=False)
+            return logits if what == 1 else feats
 
         with torch.no_grad():
             if self.device.type != "cpu":  # all copies at once, as many images as fit

@@ -219,6 +219,12 @@ class ModelParams(Protocol):
     @property
     def batch_size(self) -> int: ...
 
+    @property
+    def buffers(self) -> Mapping[str, Any]:
+        """Running statistics (a deep network's batch norm), batch first; empty for the
+        shallow models."""
+        ...
+
 
 # Invariant: what a model's ``fit`` returns is what its ``predict`` and ``fit(init=...)`` take.
 P = TypeVar("P", bound=ModelParams)
@@ -233,6 +239,9 @@ class BatchedModel(Protocol[P]):
 
     #: Every model trained adds 1 here (a batch of B adds B); set by ``task.build_model``.
     fit_counter: FitCounter | None
+    #: The architecture (a ``valbench.network.Network``): its init, forward pass, head and
+    #: per-sample gradients, for methods that differentiate the model themselves.
+    arch: Any
 
     @property
     def spec(self) -> ModelFactory:
@@ -277,7 +286,8 @@ class ModelFactory(Protocol):
     architecture and regularisation here so they match the evaluation model.
     """
 
-    #: The architecture: ``"logreg"`` or ``"mlp"`` (one ReLU hidden layer).
+    #: The architecture's registered name (``valbench.nets``): ``"logreg"``, ``"mlp"`` (one
+    #: ReLU hidden layer), a deep one (``"cnn"``, ``"resnet18"``) or a plugin's.
     kind: str
     #: Optimisation steps per fit (Adam steps, or the most L-BFGS iterations).
     epochs: int
@@ -295,31 +305,39 @@ class ModelFactory(Protocol):
 
 
 class Architecture(Protocol):
-    """A deep evaluation-model architecture: pure functions of a parameter dict.
+    """An evaluation-model architecture: pure functions of a parameter dict.
 
-    Registered by name (``valbench.nets``: built-ins ``cnn`` and ``resnet18``, plugins under
-    the entry-point group ``valbench.models``), selected with ``--model NAME``. Nothing holds
-    state, so ``torch.func.vmap`` trains stacked copies and ``torch.func.grad`` gives
-    per-sample gradients. Tensors are ``torch.Tensor`` (typed ``Any``: this layer does not
-    import torch).
+    Registered by name (``valbench.nets``: built-ins ``logreg``, ``mlp``, ``cnn`` and
+    ``resnet18``, plugins under the entry-point group ``valbench.models``), selected with
+    ``--model NAME``. Nothing holds state, so ``torch.func.vmap`` trains stacked copies and
+    ``torch.func.grad`` gives per-sample gradients. Tensors are ``torch.Tensor`` (typed
+    ``Any``: this layer does not import torch).
+
+    A plugin writes these two functions and the attributes; subclassing
+    ``valbench.nets.ImageNetwork`` (a ``valbench.network.Network``) gives the operations the
+    methods ask for (logits, penultimate features, per-sample gradients, the head), and a bare
+    object is wrapped in one.
     """
 
     #: The registry key (``--model NAME``).
     name: str
-    #: The default training recipe (a ``valbench.nets.Recipe``).
+    #: A deep network's default training recipe (a ``valbench.nets.Recipe``); None for the
+    #: shallow models, which their ModelSpec's solver fits.
     recipe: Any
     #: Most copies trained in one pass, and images per copy per evaluation chunk.
     max_copies: int
     eval_rows: int
 
-    def init(self, in_shape: tuple[int, int, int], n_classes: int, seed: int) -> tuple[Any, Any]:
-        """Seeded ``(parameters, buffers)``, two dicts of tensors, for images ``in_shape``."""
+    def init(self, in_shape: tuple[int, ...], n_classes: int, seed: int) -> tuple[Any, Any]:
+        """Seeded ``(parameters, buffers)``, two dicts of tensors, for inputs of shape
+        ``in_shape`` (images (C, H, W), or ``(d,)`` for a shallow model on feature rows)."""
         ...
 
     def apply(
         self, params: Any, buffers: Any, x: Any, *, train: bool = False, weight: Any = None
     ) -> tuple[Any, Any, Any]:
-        """``(penultimate features, logits, new buffers)`` of images ``x`` (n, C, H, W).
+        """``(penultimate features, logits, new buffers)`` of a batch ``x`` (images
+        (n, C, H, W), or rows (n, d)).
 
         ``train``: batch statistics (counting only the rows of positive ``weight``) instead
         of the running ones, whose update is returned in the new buffers."""

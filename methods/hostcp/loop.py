@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from valbench.network import func_per_sample_grads
 from valbench.types import ValuationTask
 
 from .layers import ds3_solve, entropic_assign, lp_closed_form, lp_layer
@@ -99,67 +100,51 @@ class RunResult:
 
 
 class ThetaModel:
-    """θ as a functional model: logistic regression, a one-hidden-layer ReLU MLP, or a deep
-    architecture without buffers (``cnn``; the paper's backbone is a ResNet).
+    """θ as a functional model: the task's evaluation architecture (logistic regression, a
+    one-hidden-layer ReLU MLP, or a deep architecture without buffers: ``cnn``; the paper's
+    backbone is a ResNet), started from the evaluation model's own initialisation.
 
     The seam between θ and the selection model is :meth:`embed`, the original's ``extractor``:
     θ's layers but the last, applied without the activations its ``forward`` adds (the
     original builds it as ``nn.Sequential`` of the network's child modules, which drops the
-    functional ReLUs). For the MLP that is the hidden layer before its ReLU; for logistic
-    regression, which has no layer but the last, it is the features themselves; for a deep
-    architecture, its penultimate features as the architecture defines them (the CNN's are
-    after its ReLU: a departure from the extractor's reading, which would drop it).
+    functional ReLUs). The architecture's ``embed`` says what that is: for the MLP the hidden
+    layer before its ReLU; for logistic regression, which has no layer but the last, the
+    features themselves; for a deep architecture, its penultimate features as the
+    architecture defines them (the CNN's are after its ReLU: a departure from the extractor's
+    reading, which would drop it).
     """
 
     def __init__(self, task: ValuationTask) -> None:
-        kind = task.model.kind
-        self.kind = kind if kind in ("logreg", "mlp") else "deep"
-        if self.kind == "deep":
-            from valbench.nets import get_architecture, image_shape
+        model = task.model.build(task.n_features, task.n_classes, task.seed)
+        self.arch = model.arch
+        self.shape = self.arch.input_shape(task.n_features)
+        # Start from the evaluation model's own initialisation (zeros for logreg, the seeded
+        # MLP or network), as that model holds it (its dtype), in float64.
+        start = model.init_params(1)
+        if start.buffers:
+            raise ValueError(
+                f"θ = {task.model.kind}: architectures with buffers (batch norm) are not supported"
+            )
+        self.params = {k: v[0].to("cpu", _DT).clone() for k, v in start.tensors.items()}
 
-            self.arch = get_architecture(kind)
-            self.shape = image_shape(task.n_features, kind)
-            params, buffers = self.arch.init(self.shape, task.n_classes, task.seed)
-            if buffers:
-                raise ValueError(
-                    f"θ = {kind}: architectures with buffers (batch norm) are not supported"
-                )
-            self.params = {k: v.to(_DT).clone() for k, v in params.items()}
-            return
-        # Start from the evaluation model's own initialisation (zeros for logreg, seeded MLP).
-        init = task.model.build(task.n_features, task.n_classes, task.seed).init_params(1)
-        self.params = {k: v[0].to(_DT).clone() for k, v in init.tensors.items()}
-
-    def _images(self, x: torch.Tensor) -> torch.Tensor:
-        # The deep evaluation models' fixed input map: pixels in [0, 1] to [-1, 1].
-        return x.reshape(-1, *self.shape) * 2.0 - 1.0
+    def _inputs(self, x: torch.Tensor) -> torch.Tensor:
+        # The feature rows as the architecture reads them (a deep one: images in [-1, 1]).
+        return self.arch.inputs(x, self.shape)
 
     @property
     def embed_dim(self) -> int:
         """Width of :meth:`embed`'s output (φ's input)."""
-        if self.kind == "deep":
-            probe = torch.zeros(1, int(np.prod(self.shape)), dtype=_DT)
-            return int(self.embed(probe).shape[1])
-        return int(
-            self.params["W"].shape[0] if self.kind == "logreg" else self.params["W1"].shape[1]
-        )
+        probe = torch.zeros(1, int(np.prod(self.shape)), dtype=_DT)
+        return int(self.embed(probe).shape[1])
 
     def logits(self, p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         """Class logits of ``x`` (n, d) under parameters ``p``."""
-        if self.kind == "deep":
-            return self.arch.apply(p, {}, self._images(x))[1]
-        if self.kind == "logreg":
-            return x @ p["W"] + p["b"]
-        return torch.relu(x @ p["W1"] + p["b1"]) @ p["W2"] + p["b2"]
+        return self.arch.logits(p, {}, self._inputs(x))
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """θ's embedding of ``x`` that φ reads, under the current parameters (detached)."""
-        if self.kind == "deep":
-            with torch.no_grad():
-                return self.arch.apply(self.params, {}, self._images(x))[0]
-        if self.kind == "logreg":
-            return x
-        return (x @ self.params["W1"] + self.params["b1"]).detach()
+        with torch.no_grad():
+            return self.arch.embed(self.params, {}, self._inputs(x))
 
 
 def per_sample_grads(
@@ -167,40 +152,18 @@ def per_sample_grads(
 ) -> dict[str, torch.Tensor]:
     """∇_θ ℓ(x_j, y_j; θ) for every row j (cross-entropy), each with a leading batch dimension.
 
-    Written out for the two θ models: the same values as ``torch.func.vmap(grad(ℓ))`` (tested),
-    without its first-call cost (2-3 s of lazy imports per process, more than a whole cell of
-    the fast path).
+    The architecture's: written out for logreg and the MLP, the same values as
+    ``torch.func.vmap(grad(ℓ))`` (tested) without its first-call cost (2-3 s of lazy imports
+    per process, more than a whole cell of the fast path); ``torch.func``'s for a deep one.
     """
-    if model.kind == "deep":
-        return per_sample_grads_func(model, params, x, y)
-    onehot = torch.nn.functional.one_hot(y, params["b" if model.kind == "logreg" else "b2"].numel())
-    if model.kind == "logreg":
-        delta = torch.softmax(x @ params["W"] + params["b"], dim=1) - onehot.to(x.dtype)
-        return {"W": x[:, :, None] * delta[:, None, :], "b": delta}
-    pre = x @ params["W1"] + params["b1"]
-    h = torch.relu(pre)
-    delta2 = torch.softmax(h @ params["W2"] + params["b2"], dim=1) - onehot.to(x.dtype)
-    delta1 = (delta2 @ params["W2"].T) * (pre > 0).to(x.dtype)
-    return {
-        "W1": x[:, :, None] * delta1[:, None, :],
-        "b1": delta1,
-        "W2": h[:, :, None] * delta2[:, None, :],
-        "b2": delta2,
-    }
+    return model.arch.per_sample_grads(params, {}, model._inputs(x), y)
 
 
 def per_sample_grads_func(
     model: ThetaModel, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor
 ) -> dict[str, torch.Tensor]:
     """The same per-sample gradients by ``torch.func.vmap(grad)`` (the reference in tests)."""
-    from torch.func import grad, vmap
-
-    def loss_one(p: dict[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
-        logits = model.logits(p, xi[None, :])
-        return torch.nn.functional.cross_entropy(logits, yi[None])
-
-    out: dict[str, torch.Tensor] = vmap(grad(loss_one), in_dims=(None, 0, 0))(params, x, y)
-    return out
+    return func_per_sample_grads(model.arch, params, {}, model._inputs(x), y)
 
 
 class Phi:

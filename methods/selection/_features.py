@@ -3,9 +3,9 @@ per-sample last-layer gradients.
 
 Until deep models land, a task's standardised features are its embeddings. The all-data model
 is the task's evaluation model trained once on every training point; its last layer is a
-multinomial logistic head on ``phi`` (the features for logreg, the hidden ReLUs for the MLP),
-whose per-sample cross-entropy gradient has the closed form
-``(softmax(phi W + b) - onehot(y)) outer [phi, 1]``, flattened like
+multinomial logistic head on ``phi`` (its architecture's penultimate features: the features for
+logreg, the hidden ReLUs for the MLP), whose per-sample cross-entropy gradient has the closed
+form ``(softmax(phi W + b) - onehot(y)) outer [phi, 1]``, flattened like
 :func:`valbench.methods._gradients.head_hessian`'s parameters (``[W (d, C) row-major, b]``).
 """
 
@@ -102,8 +102,8 @@ def fit_all_data(task: ValuationTask) -> AllDataModel:
     clf = task.build_model()
     params = clf.fit(task.x_train, task.y_train, np.ones((1, task.n_train), dtype=bool))
     head = gr.functional_from_params(params, float(clf.spec.l2), "last")
-    phi = gr.head_features(params, task.x_train).numpy()
-    phi_val = gr.head_features(params, task.x_val).numpy()
+    phi = gr.head_features(params, task.x_train, clf).numpy()
+    phi_val = gr.head_features(params, task.x_val, clf).numpy()
     w = head.params["W"].numpy()
     b = head.params["b"].numpy()
     return AllDataModel(
