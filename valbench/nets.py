@@ -972,16 +972,34 @@ class DeepClassifier:
         """Accuracy of every copy on ``(x, y)``, shape (B,), float64 (NaN when ``x`` is empty)."""
         if len(x) == 0:
             return np.full(params.batch_size, np.nan)
-        return (self.predict(params, x) == np.asarray(y)[None, :]).mean(axis=1).astype(np.float64)
+        return _accuracy(self._outputs(params, x, 1), y)
 
     def log_loss(self, params: DeepParams, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Mean cross-entropy of every copy on ``(x, y)``, shape (B,), float64."""
         if len(x) == 0:
             return np.full(params.batch_size, np.nan)
-        logp = torch.log_softmax(self._outputs(params, x, 1).double(), dim=-1)
-        labels = torch.as_tensor(np.asarray(y, dtype=np.int64), device=logp.device)
-        picked = logp.gather(2, labels.view(1, -1, 1).expand(logp.shape[0], -1, 1))[..., 0]
-        return (-picked.mean(dim=1)).cpu().numpy()
+        return _log_loss(self._outputs(params, x, 1), y)
+
+    def accuracy_and_log_loss(
+        self, params: DeepParams, x: np.ndarray, y: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`accuracy` and :meth:`log_loss` from one forward pass (the LDS reads both)."""
+        if len(x) == 0:
+            return self.accuracy(params, x, y), self.log_loss(params, x, y)
+        logits = self._outputs(params, x, 1)
+        return _accuracy(logits, y), _log_loss(logits, y)
+
+
+def _accuracy(logits: torch.Tensor, y: np.ndarray) -> np.ndarray:
+    predicted = logits.argmax(dim=-1).cpu().numpy()
+    return (predicted == np.asarray(y)[None, :]).mean(axis=1).astype(np.float64)
+
+
+def _log_loss(logits: torch.Tensor, y: np.ndarray) -> np.ndarray:
+    logp = torch.log_softmax(logits.double(), dim=-1)
+    labels = torch.as_tensor(np.asarray(y, dtype=np.int64), device=logp.device)
+    picked = logp.gather(2, labels.view(1, -1, 1).expand(logp.shape[0], -1, 1))[..., 0]
+    return (-picked.mean(dim=1)).cpu().numpy()
 
 
 def classifier_inputs(clf: DeepClassifier, x: np.ndarray) -> torch.Tensor:

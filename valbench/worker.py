@@ -414,9 +414,15 @@ def lds_reference(task: ValuationTask, cell: Cell, spec: RunSpec) -> LdsReferenc
     # A separate model: the harness's fits are not charged to the method.
     clf = task.model.build(task.n_features, task.n_classes, task.seed)
     log_loss = getattr(clf, "log_loss", None)
+    both = getattr(clf, "accuracy_and_log_loss", None)  # one forward pass for the two
     accuracy, losses = [], []
     for start in range(0, m, _LDS_BATCH):
         params = clf.fit(task.x_train, task.y_train, masks[start : start + _LDS_BATCH])
+        if both is not None:
+            acc, loss = both(params, task.x_val, task.y_val)
+            accuracy.append(np.asarray(acc, np.float64))
+            losses.append(np.asarray(loss, np.float64))
+            continue
         accuracy.append(np.asarray(clf.accuracy(params, task.x_val, task.y_val), np.float64))
         if log_loss is not None:
             losses.append(np.asarray(log_loss(params, task.x_val, task.y_val), np.float64))

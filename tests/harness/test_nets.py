@@ -430,6 +430,9 @@ def test_deep_classifier_fits_counts_and_scores() -> None:
     assert clf.features(params, x[:5]).shape == (3, 5, 64)
     loss = clf.log_loss(params, x, y)
     assert loss.shape == (3,) and loss[0] < loss[2]
+    both = clf.accuracy_and_log_loss(params, x, y)  # one forward pass, the same numbers
+    np.testing.assert_array_equal(both[0], acc)
+    np.testing.assert_array_equal(both[1], loss)
     # Same seed, same numbers; alone = in the batch up to float rounding.
     again = spec.build(784, 2, seed=0).fit(x, y, masks)
     np.testing.assert_array_equal(clf.logits(params, x), clf.logits(again, x))
