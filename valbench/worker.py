@@ -289,6 +289,10 @@ class TestEvaluator:
         row[idx] = w
         return (idx.tobytes(), w.tobytes()), row
 
+    def know(self, indices: np.ndarray, value: float) -> None:
+        """Take ``value`` as the answer for the unweighted subset ``indices`` (no fit)."""
+        self._answers[self._row(indices, None)[0]] = value
+
     def recorder(self, indices: np.ndarray, weights: np.ndarray | None = None) -> float:
         key, row = self._row(indices, weights)
         if key not in self._answers:
@@ -372,16 +376,16 @@ class _Recent(OrderedDict[tuple[Any, ...], Any]):
 
 #: LDS references (:class:`LdsReference`) computed in this process.
 _LDS_CACHE = _Recent()
-#: From-scratch random-subset and full-data references (:class:`ScratchReference`).
-_SCRATCH_CACHE = _Recent()
 #: Models per fit call of the LDS reference (the utility engine's default batch).
 _LDS_BATCH = 64
 
 
-def _task_fingerprint(task: ValuationTask) -> str:
-    """Digest of what the LDS utilities depend on: the data the models train and score on."""
+def _task_fingerprint(task: ValuationTask, *, test: bool = False) -> str:
+    """Digest of the data the models train and score on: training and validation splits (what
+    the LDS utilities depend on), and with ``test`` the test split too."""
     digest = hashlib.blake2b(digest_size=16)
-    for arr in (task.x_train, task.y_train, task.x_val, task.y_val):
+    arrays = [task.x_train, task.y_train, task.x_val, task.y_val]
+    for arr in arrays + ([task.x_test, task.y_test] if test else []):
         a = np.ascontiguousarray(arr)
         digest.update(f"{a.dtype}{a.shape}".encode())
         digest.update(a.tobytes())
@@ -498,12 +502,54 @@ def scratch_task(
 
 
 @dataclass(frozen=True)
-class ScratchReference:
-    """The from-scratch model on the random subsets of one split, and on all its points."""
+class SubsetReference:
+    """What every method of a split is compared with: the model on the split's random subsets
+    (``random_subset_value``, keyed by fraction) and on all its training points."""
 
     random_subset_value: dict[float, float]
     full_data_value: float
+    #: Models trained for it (0 when this process had it already).
     fits: int
+
+
+#: Subset references (:class:`SubsetReference`) computed in this process.
+_REFERENCE_CACHE = _Recent()
+
+
+def subset_reference(task: ValuationTask, cell: Cell, spec: RunSpec) -> SubsetReference:
+    """The random-subset and full-data references of ``cell``'s split under ``task.model``.
+
+    The random subsets come from ``cell.eval_rng`` (never the method), ``spec.random_repeats``
+    draws per fraction, trained in one batch of their own, so every method of a split gets the
+    same numbers, computed once per process (``fits`` 0 when reused).
+    """
+    fractions = list(spec.fractions)
+    key = (
+        _task_fingerprint(task, test=True),
+        repr(task.model),
+        task.seed,
+        replace(cell, method=""),
+        spec.root_seed,
+        tuple(fractions),
+        spec.random_repeats,
+    )
+    cached = _REFERENCE_CACHE.fetch(key)
+    if cached is not None:
+        return replace(cached, fits=0)
+    evaluator = TestEvaluator(task)
+    rand, full = evaluator.two_pass(
+        lambda evaluate: (
+            metrics.random_subset_value(
+                task.n_train,
+                fractions,
+                evaluate,
+                cell.eval_rng(spec.root_seed),
+                repeats=spec.random_repeats,
+            ),
+            evaluate(np.arange(task.n_train)),
+        )
+    )
+    return _REFERENCE_CACHE.keep(key, SubsetReference(rand, full, evaluator.fits))
 
 
 def scratch_metrics(
@@ -517,33 +563,7 @@ def scratch_metrics(
     references are the same for every method of a split and computed once per process.
     """
     fractions = list(spec.fractions)
-    key = (
-        _task_fingerprint(task),
-        repr(task.model),
-        task.seed,
-        replace(cell, method=""),
-        spec.root_seed,
-        tuple(fractions),
-        spec.random_repeats,
-    )
-    fits = 0
-    ref = _SCRATCH_CACHE.fetch(key)
-    if ref is None:
-        references = TestEvaluator(task)
-        rand, full = references.two_pass(
-            lambda evaluate: (
-                metrics.random_subset_value(
-                    task.n_train,
-                    fractions,
-                    evaluate,
-                    cell.eval_rng(spec.root_seed),
-                    repeats=spec.random_repeats,
-                ),
-                evaluate(np.arange(task.n_train)),
-            )
-        )
-        fits = references.fits
-        ref = _SCRATCH_CACHE.keep(key, ScratchReference(rand, full, fits))
+    ref = subset_reference(task, cell, spec)
     evaluator = TestEvaluator(task)
     subset = evaluator.two_pass(
         lambda evaluate: metrics.subset_value_curve(
@@ -560,7 +580,7 @@ def scratch_metrics(
         "subset_value": {f"{f:g}": v for f, v in subset.items()},
         "random_subset_value": {f"{f:g}": v for f, v in ref.random_subset_value.items()},
         "full_data_value": ref.full_data_value,
-        "fits": fits + evaluator.fits,
+        "fits": ref.fits + evaluator.fits,
     }
 
 
@@ -591,20 +611,12 @@ def measure(
             selection_weights=valuation.selection_weights,
             weighted=evaluate,
         )
-        rand = metrics.random_subset_value(
-            task.n_train,
-            fractions,
-            evaluate,
-            cell.eval_rng(spec.root_seed),
-            repeats=spec.random_repeats,
-        )
-        full = evaluate(np.arange(task.n_train))
         rem_x, rem_y = metrics.removal_curve(scores, removal_fractions, evaluate)
         add_x, add_y = metrics.addition_curve(scores, fractions, evaluate)
         return {
             "subset_value": {f"{f:g}": v for f, v in subset.items()},
-            "random_subset_value": {f"{f:g}": v for f, v in rand.items()},
-            "full_data_value": full,
+            "random_subset_value": {f"{f:g}": v for f, v in reference.random_subset_value.items()},
+            "full_data_value": reference.full_data_value,
             "removal": {
                 "fractions": list(map(float, rem_x)),
                 "values": list(map(float, rem_y)),
@@ -617,13 +629,16 @@ def measure(
             },
         }
 
+    reference = subset_reference(task, cell, spec)
+    # Removal at 0 % trains on every point: the reference's full-data model, the same number.
+    evaluator.know(np.arange(task.n_train), reference.full_data_value)
     result: dict[str, Any] = evaluator.two_pass(compute)
     noisy = task.noisy_mask
     detection = scores if valuation.detection_scores is None else valuation.detection_scores
     result["mislabel"] = (
         metrics.mislabel_metrics(detection, noisy) if noisy is not None and noisy.any() else None
     )
-    result["evaluation_fits"] = evaluator.fits
+    result["evaluation_fits"] = evaluator.fits + reference.fits
     if "lds" in spec.metrics:
         # On the validation split, against the method's own scores (not detection_scores).
         result.update(_lds_metrics(task, scores, cell, spec))

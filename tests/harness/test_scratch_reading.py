@@ -39,7 +39,7 @@ def _spec(**changes: object) -> RunSpec:
 
 @pytest.fixture
 def fresh_cache(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(worker, "_SCRATCH_CACHE", type(worker._SCRATCH_CACHE)())
+    monkeypatch.setattr(worker, "_REFERENCE_CACHE", type(worker._REFERENCE_CACHE)())
 
 
 def _pixel_accuracy(task_pixels: object, rows: np.ndarray) -> float:
@@ -165,3 +165,25 @@ def test_the_report_shows_and_checks_the_reading(tmp_path: Path) -> None:
     html = (out / "index.html").read_text()
     assert "trained from scratch on pixels" in html
     assert _check_module().check_report(out) == []
+
+
+def test_the_random_and_full_data_references_are_one_per_split(fresh_cache: None) -> None:
+    """Every method of a split reads the same random-subset and full-data references, trained
+    once per process in a batch of their own; removal at 0 % is the full-data model."""
+    spec = _spec(datasets=("digits",), params={}, scratch_model=None)
+    first = run_cell(Cell("digits", 0.1, 0, "knn-shapley"), spec).record
+    second = run_cell(Cell("digits", 0.1, 0, "random"), spec).record
+    assert first.metrics.random_subset_value == second.metrics.random_subset_value
+    assert first.metrics.full_data_value == second.metrics.full_data_value
+    assert first.metrics.removal is not None
+    assert first.metrics.removal.values[0] == first.metrics.full_data_value
+    references = 2 * 2 + 1  # two fractions, two draws each, and all points
+    assert first.stats["evaluation_fits"] - second.stats["evaluation_fits"] == references
+    # The reference equals a fresh computation (no cache): it depends on the split alone.
+    task = worker.build_task(Cell("digits", 0.1, 0, "loo"), spec)
+    worker._REFERENCE_CACHE.clear()
+    again = worker.subset_reference(task, Cell("digits", 0.1, 0, "loo"), spec)
+    assert again.fits == references
+    assert {f"{f:g}": v for f, v in again.random_subset_value.items()} == dict(
+        first.metrics.random_subset_value
+    )
