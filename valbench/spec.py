@@ -569,7 +569,8 @@ def _as_floats(key: str, value: Any) -> tuple[float, ...]:
 
 
 def _as_int(key: str, value: Any, optional: bool = False) -> int | None:
-    if optional and (value is None or value in ("none", "")):
+    # "all" as --help shows an uncapped max_train; "none" as the config file's spelling.
+    if optional and (value is None or value in ("none", "all", "")):
         return None
     if isinstance(value, str):
         try:

@@ -191,6 +191,11 @@ def test_max_train_per_dataset_overrides_the_default_cap() -> None:
     flags = {"methods": "random", "datasets": "digits,wine", "max_train": "100,wine=none"}
     spec = build_spec("quick", {}, flags)
     assert spec.train_cap("digits") == 100 and spec.train_cap("wine") is None
+    # "all", as --help shows an uncapped preset, is "none"
+    every = build_spec("quick", {}, {**flags, "max_train": "all,digits=30,wine=all"})
+    assert every.max_train is None and every.train_cap("digits") == 30
+    assert every.train_cap("wine") is None
+    assert build_spec("quick", {}, {**flags, "max_train": "all"}).max_train is None
     # entries alone keep the lower source's default; a config table's "*" is the default
     spec = build_spec("quick", {}, {**flags, "max_train": "wine=40"})
     assert spec.train_cap("digits") == PRESETS["quick"]["max_train"]
