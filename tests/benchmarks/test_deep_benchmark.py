@@ -10,8 +10,8 @@ measured numbers are printed. Run with
 On one CPU thread a convolution is arithmetic-bound at a minibatch of 64, and torch's
 vmapped (grouped) convolution ran slower than the copies' own, so stacking copies loses
 there (0.88x measured on one machine, 0.47-0.60x on an AMD EPYC) and ``train_copies`` trains
-them one after another on a CPU unless told to stack. The 3x target is for a GPU, where one copy leaves most of the device idle;
-it is asserted when CUDA is present.
+them one after another on a CPU unless told to stack. The 3x target is for a GPU, where one
+copy leaves most of the device idle; it is asserted when CUDA is present.
 """
 
 from __future__ import annotations

@@ -49,6 +49,28 @@ def test_meter_clock_starts_at_creation(monkeypatch: pytest.MonkeyPatch) -> None
     assert meter.remaining_seconds() == 0.0
 
 
+def test_a_seconds_budget_bounds_the_fits_left_by_their_pace(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Once fits were made, remaining_fits is at most what the seconds left pay for at their
+    pace, so a method sizing its requests by it stops near the limit."""
+    clock = _Clock()
+    monkeypatch.setattr(valbench.types, "time", clock)
+    counter = FitCounter()
+    meter = BudgetMeter(Budget(max_fits=100, max_seconds=10.0), counter)
+    assert meter.remaining_fits() == 100  # no pace yet: the fit limit alone
+    counter.add(4)
+    clock.now += 4.0  # 1 s a fit, 6 s left
+    assert meter.remaining_fits() == 6 and not meter.exhausted()
+    counter.add(2)
+    clock.now += 5.0  # 1.5 s a fit, 1 s left: not enough for another
+    assert meter.remaining_fits() == 0 and meter.exhausted()
+    fast = BudgetMeter(Budget(max_fits=100, max_seconds=10.0), counter)
+    counter.add(10)
+    clock.now += 0.01  # fast fits: the fit limit binds
+    assert fast.remaining_fits() == 90
+
+
 def test_unlimited_meter_is_never_exhausted() -> None:
     counter = FitCounter()
     meter = BudgetMeter(Budget(), counter)
