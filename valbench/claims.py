@@ -295,7 +295,6 @@ def _check(
         )
         subject = "CPU time ÷ median valuation method's (retraining and gradient families)"
     reading = f"subset value read with {scratch} trained from scratch on pixels" if scratch else ""
-    common = {"reading": reading, "scratch": bool(scratch)}
     if not comps:
         return ClaimCheck(
             method,
@@ -303,7 +302,8 @@ def _check(
             INCONCLUSIVE,
             f"{subject}: nothing in this run to compare",
             rule,
-            **common,
+            reading=reading,
+            scratch=bool(scratch),
         )
     worst, best = (min(comps, key=lambda c: c.mean), max(comps, key=lambda c: c.mean))
     if kind == "comparable-runtime":
@@ -315,7 +315,9 @@ def _check(
     )
     if all(c.low is None for c in comps):
         measured += "; one seed gives no interval, so no verdict"
-    return ClaimCheck(method, claim, verdict, measured, rule, comps, **common)
+    return ClaimCheck(
+        method, claim, verdict, measured, rule, comps, reading=reading, scratch=bool(scratch)
+    )
 
 
 def check_claims(

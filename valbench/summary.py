@@ -516,7 +516,7 @@ class GroupSummary:
 
 
 def _per_seed_reference(
-    records: Sequence[Mapping[str, Any]],
+    records: Sequence[CellRecord],
     extract: Extract,
     fmt: str,
     bounds: tuple[float, float] = UNIT,

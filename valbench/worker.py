@@ -491,9 +491,10 @@ def scratch_task(
     task, seen = build_task_with_provenance(cell, pixel_spec)
     for key in ("train_rows", "val_rows", "test_rows", "labels", "noisy_mask"):
         mine, theirs = provenance.get(key), seen.get(key)
-        if (mine is None) != (theirs is None) or (
-            mine is not None and not np.array_equal(mine, theirs)
-        ):
+        same = (mine is None and theirs is None) or (
+            mine is not None and theirs is not None and np.array_equal(mine, theirs)
+        )
+        if not same:
             raise RuntimeError(
                 f"{cell.dataset}: its raw-pixel variant has other {key.replace('_', ' ')} than "
                 "the run's features, so no from-scratch reading of the same subsets exists"
