@@ -392,6 +392,19 @@ def _task_fingerprint(task: ValuationTask, *, test: bool = False) -> str:
     return digest.hexdigest()
 
 
+def _validation_scores(
+    clf: Any, params: Any, x: np.ndarray, y: np.ndarray
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Accuracy and cross-entropy (None when the model gives no loss) of each model, from one
+    forward pass where the classifier offers both at once."""
+    both = getattr(clf, "accuracy_and_log_loss", None)
+    if both is not None:
+        acc, loss = both(params, x, y)
+        return acc, loss
+    log_loss = getattr(clf, "log_loss", None)
+    return clf.accuracy(params, x, y), None if log_loss is None else log_loss(params, x, y)
+
+
 def lds_reference(task: ValuationTask, cell: Cell, spec: RunSpec) -> LdsReference:
     """The ``spec.lds_subsets`` random halves of ``cell``'s training set and their utilities.
 
@@ -417,23 +430,17 @@ def lds_reference(task: ValuationTask, cell: Cell, spec: RunSpec) -> LdsReferenc
     masks = metrics.lds_subsets(task.n_train, m, cell.lds_rng(spec.root_seed))
     # A separate model: the harness's fits are not charged to the method.
     clf = task.model.build(task.n_features, task.n_classes, task.seed)
-    log_loss = getattr(clf, "log_loss", None)
-    both = getattr(clf, "accuracy_and_log_loss", None)  # one forward pass for the two
     accuracy, losses = [], []
     for start in range(0, m, _LDS_BATCH):
         params = clf.fit(task.x_train, task.y_train, masks[start : start + _LDS_BATCH])
-        if both is not None:
-            acc, loss = both(params, task.x_val, task.y_val)
-            accuracy.append(np.asarray(acc, np.float64))
+        acc, loss = _validation_scores(clf, params, task.x_val, task.y_val)
+        accuracy.append(np.asarray(acc, np.float64))
+        if loss is not None:
             losses.append(np.asarray(loss, np.float64))
-            continue
-        accuracy.append(np.asarray(clf.accuracy(params, task.x_val, task.y_val), np.float64))
-        if log_loss is not None:
-            losses.append(np.asarray(log_loss(params, task.x_val, task.y_val), np.float64))
     ref = LdsReference(
         masks=masks,
         accuracy=np.concatenate(accuracy),
-        loss=np.concatenate(losses) if log_loss is not None else None,
+        loss=np.concatenate(losses) if losses else None,
         fits=m,
     )
     return _LDS_CACHE.keep(key, ref)
@@ -601,7 +608,10 @@ def measure(
     scores = valuation.scores
     fractions = list(spec.fractions)
     removal_fractions = [0.0, *fractions]
+    reference = subset_reference(task, cell, spec)
     evaluator = TestEvaluator(task)
+    # Removal at 0 % trains on every point: the reference's full-data model, the same number.
+    evaluator.know(np.arange(task.n_train), reference.full_data_value)
 
     def compute(evaluate: metrics.WeightedEvaluateFn) -> dict[str, Any]:
         subset = metrics.subset_value_curve(
@@ -630,9 +640,6 @@ def measure(
             },
         }
 
-    reference = subset_reference(task, cell, spec)
-    # Removal at 0 % trains on every point: the reference's full-data model, the same number.
-    evaluator.know(np.arange(task.n_train), reference.full_data_value)
     result: dict[str, Any] = evaluator.two_pass(compute)
     noisy = task.noisy_mask
     detection = scores if valuation.detection_scores is None else valuation.detection_scores
