@@ -24,6 +24,8 @@ from valbench.methods.hostcp.loop import (
     LoopConfig,
     Phi,
     ThetaModel,
+    _cdist,
+    nearest,
     per_sample_grads,
     per_sample_grads_func,
     retrieve,
@@ -400,6 +402,23 @@ def test_retrieval_follows_the_authors_neighbour_rule(n_pool: int) -> None:
     chosen = sorted(close_ind(exact_search(pool.numpy(), incoming.numpy(), 10), 10))
     assert got.tolist() == [n_pool - 1 if i < 0 else i for i in chosen]
     assert len(got) == (n_pool + 1 if n_pool < 10 else 10)
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e4])
+def test_shortlisted_neighbours_equal_a_stable_sort_of_every_exact_distance(scale: float) -> None:
+    """Duplicates (exact ties), near-ties below the expansion's rounding, and a far offset."""
+    gen = torch.Generator().manual_seed(7)
+    pool = torch.randn(600, 20, generator=gen, dtype=torch.float64) + scale
+    pool[300:400] = pool[:100]  # exact duplicates: ties broken by the lower index
+    pool[400:450] = pool[100:150] * (1 + 1e-15)  # ties the expansion cannot tell apart
+    pool[450:] = pool[450:].round(decimals=0)  # lattice points: many equal distances
+    incoming = torch.cat([pool[:5], pool[450:460], torch.randn(25, 20, generator=gen) + scale])
+    for k in (1, 10, 40):
+        want = torch.sort(_cdist(incoming, pool), dim=1, stable=True).indices[:, :k]
+        assert torch.equal(nearest(incoming, pool, k), want)
+    got = retrieve(incoming, pool, 40, pool.pow(2).sum(dim=1))
+    chosen = sorted(close_ind(exact_search(pool.numpy(), incoming.numpy(), 40), 40))
+    assert got.tolist() == chosen
 
 
 def test_a_budget_below_the_threshold_selects_nothing_and_is_marked_incomplete() -> None:
