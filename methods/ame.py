@@ -140,7 +140,7 @@ class AME(Method):
         values = np.empty(self.max_samples)
         done = 0
         while done < self.max_samples:
-            left = ctx.budget.remaining_fits()
+            left = ctx.budget.next_request()
             if left < 1 or ctx.budget.exhausted():
                 break
             stop = int(min(self.max_samples, done + self.batch_size, done + left))

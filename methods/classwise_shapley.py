@@ -201,7 +201,7 @@ class ClasswiseShapley(Method):
         def remaining() -> float:
             if ctx.budget.remaining_seconds() <= 0:
                 return 0.0
-            return ctx.budget.remaining_fits() - reserve
+            return ctx.budget.next_request() - reserve
 
         sums, counts, rounds = classwise_shapley(
             task.y_train,

@@ -122,10 +122,12 @@ class DataOOB(Method):
         hits = np.zeros(n)  # correct out-of-bag predictions per point
         seen = np.zeros(n)  # out-of-bag appearances per point
         trained = 0
-        for start in range(0, n_models, self.batch_size):
-            if ctx.budget.exhausted():
+        while trained < n_models and not ctx.budget.exhausted():
+            # Sized by the pace so far, so a seconds budget stops near its limit.
+            size = int(ctx.budget.next_request(self.batch_size))
+            if size < 1:
                 break
-            chunk = counts[start : start + self.batch_size]
+            chunk = counts[trained : trained + size]
             if self.weighting == "counts":
                 params = weighted_fit(clf, x, y, chunk, init=init, epochs=epochs)
             else:

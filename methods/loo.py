@@ -53,10 +53,12 @@ class LeaveOneOut(Method):
         values = np.full(n, np.nan)
         everyone = np.ones(n, dtype=bool)
         done = 0
-        for start in range(0, len(order), self.batch_size):
-            if ctx.budget.exhausted():
+        while done < len(order) and not ctx.budget.exhausted():
+            # Sized by the pace so far, so a seconds budget stops near its limit.
+            size = int(ctx.budget.next_request(self.batch_size))
+            if size < 1:
                 break
-            chunk = order[start : start + self.batch_size]
+            chunk = order[done : done + size]
             masks = np.repeat(everyone[None, :], len(chunk), axis=0)
             masks[np.arange(len(chunk)), chunk] = False
             values[chunk] = full - utility.many(list(masks))

@@ -497,7 +497,15 @@ def _engine_game(
     budget: BudgetMeter,
     batch_size: int,
     warm_start: bool | str = False,
+    *,
+    paced: bool = True,
 ) -> tuple[Any, Game, Remaining]:
+    """The task's utility as a game, and what the next request may ask for.
+
+    ``paced``: requests are sized by :meth:`BudgetMeter.next_request` (a small first request
+    under a seconds budget, then the pace); an all-or-nothing enumeration asks for the fit
+    limit instead.
+    """
     utility = task.utility(batch_size=batch_size, warm_start=warm_start)
 
     def many(masks: np.ndarray) -> np.ndarray:
@@ -506,7 +514,7 @@ def _engine_game(
     def remaining() -> float:
         if budget.exhausted():
             return 0
-        return budget.remaining_fits()
+        return budget.next_request() if paced else budget.remaining_fits()
 
     return utility, many, remaining
 
@@ -561,7 +569,7 @@ class ExactShapley(_EngineGame):
                 f"budget allows {ctx.budget.remaining_fits():g}; raise --budget, or lower "
                 "--max-train"
             )
-        utility, many, remaining = _engine_game(task, ctx.budget, self.batch_size)
+        utility, many, remaining = _engine_game(task, ctx.budget, self.batch_size, paced=False)
         enough = remaining() >= needed  # the clock may still stop the enumeration
         values = exact_semivalue(n, many, remaining=remaining) if enough else None
         complete = values is not None

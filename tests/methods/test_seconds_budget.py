@@ -1,0 +1,78 @@
+"""Under a seconds budget, every retraining method that sizes its requests stops near the limit:
+its first request is small (no pace is known yet) and later ones are sized by the pace."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+import valbench.types
+from valbench import Budget, RunContext
+from valbench.registry import get_method
+from valbench.testing import make_check_task
+from valbench.types import BudgetMeter
+
+SECONDS = 30.0
+
+
+class _FitClock:
+    """A stand-in for the ``time`` module: every counted fit takes one second."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize(
+    ("method", "params"),
+    [
+        ("ame", {"batch_size": 256}),
+        ("data-oob", {"batch_size": 200, "warm_start": False}),
+        ("loo", {"batch_size": 64}),
+        ("classwise-shapley", {}),
+        ("banzhaf", {}),
+        ("beta-shapley", {}),
+        ("owen-shapley", {}),
+        ("stratified-shapley", {}),
+        ("tmc-shapley", {}),
+    ],
+)
+def test_a_method_under_a_seconds_budget_overshoots_by_at_most_a_fit_or_two(
+    monkeypatch: pytest.MonkeyPatch, method: str, params: dict[str, Any]
+) -> None:
+    """With 1 s a fit and 30 s, a first request sized by the fit limit alone (256 subsets for
+    ame) would run 256 s; paced, the method stops within two fits of the limit."""
+    clock = _FitClock()
+    monkeypatch.setattr(valbench.types, "time", clock)
+    task = make_check_task(n_train=60)
+    counter = task.fit_counter
+    add = counter.add
+
+    def timed_add(n: int = 1) -> None:
+        add(n)
+        clock.now += float(n)
+
+    monkeypatch.setattr(counter, "add", timed_add)
+    ctx = RunContext.for_task(task, seed=0, budget=Budget(max_fits=10_000, max_seconds=SECONDS))
+    get_method(method)(**params).value(task, ctx)
+    assert 0 < ctx.budget.fits_used() <= SECONDS + 2
+
+
+def test_the_first_request_is_small_only_under_a_seconds_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = _FitClock()
+    monkeypatch.setattr(valbench.types, "time", clock)
+    counter = valbench.types.FitCounter()
+    timed = BudgetMeter(Budget(max_fits=100, max_seconds=10.0), counter)
+    fits_only = BudgetMeter(Budget(max_fits=100), counter)
+    assert timed.next_request() == BudgetMeter.FIRST_REQUEST and timed.next_request(3) == 3
+    assert fits_only.next_request() == 100 and fits_only.next_request(7) == 7
+    counter.add(4)
+    clock.now += 2.0  # 0.5 s a fit, 8 s left: 16 more
+    assert timed.next_request() == 16 and timed.next_request(5) == 5
+    clock.now += 7.0  # 2.25 s a fit, 1 s left: none
+    assert timed.next_request() == 0
