@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from valbench.methods.selection._features import embedding_fits
 from valbench.metrics import subset_size
 from valbench.types import Method, Valuation, ValuationTask
 
@@ -125,20 +126,33 @@ class Selector(Method):
     """A set-aware selector: the adapter from :meth:`select` to the Method contract.
 
     Subclasses implement :meth:`select`, returning per-point scores, the selection of each
-    size asked for and JSON-ready stats. ``fits_needed`` model fits are checked against the
-    budget first; a selector that cannot afford them returns zero scores, no selections and
-    ``complete: False`` (the harness then records what it could not do rather than a guess).
+    size asked for and JSON-ready stats. The model fits :meth:`fits_for` the task are checked
+    against the budget first; a selector that cannot afford them returns zero scores, no
+    selections and ``complete: False`` (the harness then records what it could not do rather
+    than a guess).
+
+    Every selector runs on every architecture: what it reads of a model (penultimate
+    features, last-layer gradients, class probabilities) comes from
+    :mod:`~valbench.methods.selection._features`, which asks the architecture.
     """
 
     family: ClassVar[str] = "subset-selection"
     selects_subsets: ClassVar[bool] = True
+    architectures: ClassVar[tuple[str, ...] | None] = None
     #: Model fits the selector makes (0 for purely geometric ones).
     fits_needed: ClassVar[int] = 0
+    #: True for a selector on embeddings (:func:`~._features.task_embeddings`): on a deep
+    #: model they cost one fit.
+    uses_embeddings: ClassVar[bool] = False
+
+    def fits_for(self, task: ValuationTask) -> int:
+        """Model fits the selector makes on ``task``."""
+        return self.fits_needed + int(self.uses_embeddings and embedding_fits(task))
 
     def value(self, task: ValuationTask, ctx: RunContext) -> Valuation:
         n = task.n_train
         sizes = selection_sizes(n, tuple(ctx.fractions))
-        if ctx.budget.remaining_fits() < self.fits_needed:
+        if ctx.budget.remaining_fits() < self.fits_for(task):
             return Valuation(
                 scores=np.zeros(n),
                 stats={"complete": False, "reason": "no fits left", "model_fits": 0},

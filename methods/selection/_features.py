@@ -1,7 +1,9 @@
 """Inputs the selectors share: embeddings, blocked distances, and the all-data model with its
 per-sample last-layer gradients.
 
-Until deep models land, a task's standardised features are its embeddings. The all-data model
+A task's embeddings (:func:`task_embeddings`) are its standardised features for a shallow
+evaluation model; a deep one reads raw pixels, so there they are the penultimate features of
+the network trained on all the data (DeepCore's embedding). The all-data model
 is the task's evaluation model trained once on every training point; its last layer is a
 multinomial logistic head on ``phi`` (its architecture's penultimate features: the features for
 logreg, the hidden ReLUs for the MLP), whose per-sample cross-entropy gradient has the closed
@@ -22,6 +24,8 @@ from valbench.types import ValuationTask
 __all__ = [
     "METRICS",
     "embeddings",
+    "embedding_fits",
+    "task_embeddings",
     "sq_norms",
     "distances_to",
     "block_rows",
@@ -50,6 +54,17 @@ def embeddings(x: np.ndarray, metric: str = "euclidean") -> np.ndarray:
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         out /= np.where(norms > 0, norms, 1.0)
     return out
+
+
+def embedding_fits(task: ValuationTask) -> int:
+    """Model fits :func:`task_embeddings` makes: one on a deep model, none otherwise."""
+    return int(task.model.deep)
+
+
+def task_embeddings(task: ValuationTask, metric: str = "euclidean") -> np.ndarray:
+    """The training points' embeddings (see the module docstring), as :func:`embeddings`."""
+    rows = fit_all_data(task).phi if task.model.deep else task.x_train
+    return embeddings(rows, metric)
 
 
 def sq_norms(x: np.ndarray) -> np.ndarray:

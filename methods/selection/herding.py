@@ -8,7 +8,12 @@ import numpy as np
 
 from valbench.errors import UsageError
 from valbench.methods.selection._base import GreedySelector, Stopper
-from valbench.methods.selection._features import block_rows, distances_to, embeddings, sq_norms
+from valbench.methods.selection._features import (
+    block_rows,
+    distances_to,
+    sq_norms,
+    task_embeddings,
+)
 from valbench.params import Interval, Options, Param
 from valbench.types import ValuationTask
 
@@ -106,11 +111,14 @@ class Herding(GreedySelector):
     linear kernel (the default, on the embeddings); DeepCore's code instead takes the point
     *farthest* from ``(t + 1) mu - Σ picks`` (an argmax of the distance), whose subset mean
     drifts away from ``mu`` (docs/methods.md, "Agreement with DeepCore and CORDS"). The RBF
-    ``gamma`` defaults to ``1 / d`` (standardised features). Global by default;
+    ``gamma`` defaults to ``1 / d`` (d the embeddings' width). The embeddings are the task's
+    standardised features on a shallow model, the all-data network's penultimate features on
+    a deep one (DeepCore's). Global by default;
     ``per_class=True`` herds each class to its own mean with class-proportional quotas
     (DeepCore's ``balance``).
 
-    A budgeted fit is never made: no model is trained.
+    A budgeted fit is made only on a deep model (``--model cnn``/``resnet18``): the network
+    trained on all the data, whose penultimate features are the embeddings.
 
     Args:
         kernel: ``"linear"`` (default: the embeddings themselves) or ``"rbf"``.
@@ -118,6 +126,8 @@ class Herding(GreedySelector):
         per_class: Herd each class to its own mean with class-proportional quotas (default
             False).
     """
+
+    uses_embeddings = True
 
     name = "herding"
     summary = "Kernel herding (Welling 2009, Chen et al. 2010): match the mean embedding."
@@ -136,7 +146,7 @@ class Herding(GreedySelector):
     def greedy_order(
         self, task: ValuationTask, ctx: RunContext, k: int
     ) -> tuple[np.ndarray, dict[str, Any]]:
-        x = embeddings(task.x_train)
+        x = task_embeddings(task)
         stats: dict[str, Any] = {"kernel": self.kernel, "per_class": self.per_class}
         if not self.per_class:
             return herding_order(x, k, self.kernel, self.gamma, Stopper(ctx, k)), stats

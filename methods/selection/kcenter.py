@@ -57,14 +57,17 @@ class KCenter(_EmbeddingGreedy):
     embeddings; each fraction is a prefix of one traversal. Scores: the reverse pick order
     (first centre highest, points never picked 0).
 
-    Departures from the original: the embeddings are the task's standardised features (no
-    network penultimate layer yet); the first centre is drawn uniformly from ``ctx.rng``
-    (the paper's active-learning setting starts from a labelled pool instead); no robust
-    (outlier-budget MIP) variant. ``metric="cosine"`` runs on unit-normalised rows.
+    Departures from the original: the embeddings are the task's standardised features on a
+    shallow model (the paper's are a CNN's penultimate features, as here on a deep model:
+    the network trained once on all the data, not during active learning); the first centre
+    is drawn uniformly from ``ctx.rng`` (the paper's active-learning setting starts from a
+    labelled pool instead); no robust (outlier-budget MIP) variant. ``metric="cosine"`` runs
+    on unit-normalised rows.
     ``per_class=True`` runs the traversal inside each class with class-proportional quotas
     (DeepCore's ``balance``); the default is the paper's single global traversal.
 
-    A budgeted fit is never made: no model is trained.
+    A budgeted fit is made only on a deep model (``--model cnn``/``resnet18``): the network
+    trained on all the data, whose penultimate features are the embeddings.
 
     Args:
         metric: ``"euclidean"`` (default) or ``"cosine"`` (Euclidean on unit rows).

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from valbench.methods.selection._base import ScoreSelector
-from valbench.methods.selection._features import embeddings
+from valbench.methods.selection._features import task_embeddings
 from valbench.params import Param
 from valbench.types import ValuationTask
 
@@ -62,18 +62,22 @@ class Moderate(ScoreSelector):
     (the coordinate-wise median of the class's embeddings), so the top k is the middle band;
     ties keep ascending index.
 
-    Departures from the original: the embeddings are the task's standardised features (the
-    paper uses a pretrained network's); the band is ranked by distance from the median rank,
-    which nests across fractions (the authors cut ``[round(n (1 - r) / 2), round(n (1 + r) / 2))``
-    per rate, which can differ by one point at the band's edges). ``per_class=True`` ranks
-    within each class (DeepCore's balanced variant); the default ranks all points together, as
-    the authors do.
+    Departures from the original: the embeddings are the task's standardised features on a
+    shallow model, and on a deep one the penultimate features of the network trained on all
+    the data (the paper uses a pretrained network's); the band is ranked by distance from the
+    median rank, which nests across fractions (the authors cut
+    ``[round(n (1 - r) / 2), round(n (1 + r) / 2))`` per rate, which can differ by one point
+    at the band's edges). ``per_class=True`` ranks within each class (DeepCore's balanced
+    variant); the default ranks all points together, as the authors do.
 
-    A budgeted fit is never made: no model is trained.
+    A budgeted fit is made only on a deep model (``--model cnn``/``resnet18``): the network
+    trained on all the data, whose penultimate features are the embeddings.
 
     Args:
         per_class: Rank distances within each class (default False: over all points).
     """
+
+    uses_embeddings = True
 
     name = "moderate"
     summary = "Moderate-DS (Xia et al. 2023): distances to the class centre nearest the median."
@@ -84,7 +88,7 @@ class Moderate(ScoreSelector):
     }
 
     def point_scores(self, task: ValuationTask, ctx: RunContext) -> tuple[np.ndarray, dict]:
-        x = embeddings(task.x_train)
+        x = task_embeddings(task)
         scores = moderate_scores(x, task.y_train, task.n_classes, self.per_class)
         ctx.progress(1, 1)
         stats: dict[str, Any] = {"per_class": self.per_class, "score": "-|rank - median rank|/m"}

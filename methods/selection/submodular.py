@@ -23,8 +23,8 @@ from valbench.methods.selection._features import (
     Rows,
     block_rows,
     cross,
-    embeddings,
     row_sq_norms,
+    task_embeddings,
 )
 from valbench.params import Interval, Options, Param
 from valbench.types import ValuationTask
@@ -176,6 +176,7 @@ class _EmbeddingGreedy(GreedySelector):
     """A greedy selection on the task's embeddings, run inside each class with
     class-proportional quotas or over all points; subclasses give the greedy order itself."""
 
+    uses_embeddings = True
     metric: str
     per_class: bool
 
@@ -188,7 +189,7 @@ class _EmbeddingGreedy(GreedySelector):
         self, task: ValuationTask, ctx: RunContext, k: int
     ) -> tuple[np.ndarray, dict[str, Any]]:
         """The greedy order on the task's embeddings, inside each class or over all points."""
-        x = embeddings(task.x_train, self.metric)
+        x = task_embeddings(task, self.metric)
         stats: dict[str, Any] = {"metric": self.metric, "per_class": self.per_class}
         if not self.per_class:
             order, info = self._order(x, k, Stopper(ctx, k), ctx.rng)
@@ -215,13 +216,15 @@ class FacilityLocation(_EmbeddingGreedy):
     Nemhauser et al. 1978), ``sim = dmax - distance`` on the embeddings. Scores: reverse pick
     order (first pick highest, unpicked 0).
 
-    Departures from DeepCore/apricot: the embeddings are the task's standardised features;
+    Departures from DeepCore/apricot: the embeddings are the task's standardised features on a
+    shallow model (DeepCore's are the trained network's, as here on a deep model);
     similarities are ``dmax - Euclidean distance`` within each class (DeepCore's default is
     per-class, ``balance``), class quotas follow a divisor rule so every fraction is a prefix of
     one order; large classes compute similarity columns on demand instead of holding the
     matrix. apricot-select is not used (own lazy greedy with a heap).
 
-    A budgeted fit is never made: no model is trained.
+    A budgeted fit is made only on a deep model (``--model cnn``/``resnet18``): the network
+    trained on all the data, whose penultimate features are the embeddings.
 
     Args:
         metric: ``"euclidean"`` (default) or ``"cosine"`` (Euclidean on unit rows).
@@ -250,7 +253,8 @@ class GraphCut(_EmbeddingGreedy):
     ``lam`` on the coverage term instead (gain ``lam Σ_i sim(i, j) - 2 Σ_S sim(s, j)``), so its
     ``lam`` is this class's ``1 / lam``; at 1 they coincide.
 
-    A budgeted fit is never made: no model is trained.
+    A budgeted fit is made only on a deep model (``--model cnn``/``resnet18``): the network
+    trained on all the data, whose penultimate features are the embeddings.
 
     Args:
         metric: ``"euclidean"`` (default) or ``"cosine"`` (Euclidean on unit rows).
