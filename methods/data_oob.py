@@ -34,15 +34,14 @@ class DataOOB(Method):
     """Out-of-bag value from ``n_estimators`` bootstrap models (capped by the fit budget).
 
     Points that are in every bootstrap sample (never out of bag) get the mean of the others'
-    values. Fits: one per bootstrap model, plus one for the full-data model when
-    ``warm_start`` is on.
+    values.
 
-    A budgeted fit is one bootstrap model (plus one for the full-data model with
-    ``warm_start``).
+    A budgeted fit is one bootstrap model; with ``warm_start`` the full-data model is one of
+    the ``n_estimators`` fits, so B − 1 bootstrap models are trained.
 
     Args:
-        n_estimators: Bootstrap models B (default 200, >= 1; fewer when ``budget.max_fits``
-            is smaller).
+        n_estimators: Bootstrap models B (default 200, >= 1; fewer when the budget is
+            smaller, and the valuation is then marked incomplete).
         weighting: ``"counts"``: each model weights a point by how often its bootstrap drew it
             (the paper's bootstrap; the default; see :func:`weighted_fit`); ``"unique"``: each
             model trains on the distinct drawn points with equal weight (subbagging, ~63 % of
@@ -146,6 +145,8 @@ class DataOOB(Method):
         scores[~covered] = scores[covered].mean() if covered.any() else 0.0
         return Valuation(
             scores=scores,
+            # Fewer models than asked (a fit or seconds budget) is a partial estimate.
+            complete=affordable == self.n_estimators and trained == n_models,
             stats={
                 "n_estimators": trained,
                 "warm_start": warm,

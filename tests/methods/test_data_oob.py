@@ -55,9 +55,17 @@ def test_budget_caps_the_ensemble() -> None:
         task, RunContext.for_task(task, budget=Budget(max_fits=20))
     )
     assert task.fit_counter.count == 20 and got.stats["n_estimators"] == 20
+    assert got.complete is False  # 20 of the 200 models asked for: a partial estimate
     task = make_check_task()
     got = DataOOB(warm_start=True).value(task, RunContext.for_task(task, budget=Budget(max_fits=3)))
     assert task.fit_counter.count == 3 and np.isfinite(got.scores).all()
+    assert got.complete is False
+    for warm in (False, True):  # the whole ensemble (the warm start's full model on top)
+        task = make_check_task()
+        got = DataOOB(n_estimators=30, warm_start=warm).value(
+            task, RunContext.for_task(task, budget=Budget(max_fits=30))
+        )
+        assert got.complete is True and task.fit_counter.count == 30
 
 
 @pytest.mark.parametrize(
