@@ -215,7 +215,9 @@ class GShapley(Method):
         while done < total:
             if ctx.budget.exhausted():
                 break
-            size = min(self.batch_size, total - done)
+            size = int(ctx.budget.next_request(min(self.batch_size, total - done)))
+            if size < 1:
+                break
             # Permutations drawn in order from rng, so the first k are the same however the
             # run is batched or cut short.
             perms = np.stack([ctx.rng.permutation(n) for _ in range(size)])

@@ -38,6 +38,7 @@ class _FitClock:
         ("owen-shapley", {}),
         ("stratified-shapley", {}),
         ("tmc-shapley", {}),
+        ("g-shapley", {"lr": 0.1}),
     ],
 )
 def test_a_method_under_a_seconds_budget_overshoots_by_at_most_a_fit_or_two(
