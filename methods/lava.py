@@ -9,7 +9,7 @@ the training and the validation set, with no learning algorithm.
 where W(c, c') is the optimal-transport cost (squared Euclidean / 2) between the features of
 the training points of class c and of the validation points of class c', so two labels are
 close when their feature distributions are. The entropic OT problem between the uniform
-training and validation measures (POT's stabilized Sinkhorn with ε-scaling) gives dual
+training and validation measures (POT's log-domain Sinkhorn with ε-scaling) gives dual
 potentials f on the training points; f_i is the derivative of the OT cost in the mass of
 point i, up to a common constant. The paper's *calibrated gradient* removes that constant by
 moving mass from all other training points to i evenly:
@@ -22,11 +22,14 @@ to the validation set (g_i > 0) is harmful, so the score is −g_i.
 
 from __future__ import annotations
 
+import math
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import ot
+import torch
 
 from valbench import Method, RunContext, Valuation, ValuationTask
 from valbench.params import Interval, Param
@@ -75,26 +78,68 @@ def lava_cost(
     return lam_x * _half_sq(x_train, x_val) + lam_y * w[y_train][:, y_val] / 2.0
 
 
+#: Sinkhorn iterations per round: the deadline and the tolerance are checked between rounds.
+ROUND = 100
+
+
 def lava_potentials(
-    cost: np.ndarray, *, reg: float, max_iter: int = 1000, tol: float = 1e-12
+    cost: np.ndarray,
+    *,
+    reg: float,
+    max_iter: int = 1000,
+    tol: float = 1e-12,
+    deadline: Callable[[], bool] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Entropic OT between uniform measures on the rows and columns of ``cost``: the training
     potentials f (defined up to a constant), the plan, and convergence info.
 
-    Solved by POT's stabilized Sinkhorn with ε-scaling (ε anneals down to ``reg``, as
-    GeomLoss does), to a squared marginal error of at most ``tol``.
+    Log-domain Sinkhorn (POT's ``sinkhorn_log``, never underflowing however small ε is
+    against the costs) with ε-scaling: ε halves from the cost's range down to ``reg``, one
+    round of :data:`ROUND` iterations per step, each warm-started from the last; at ``reg`` it
+    runs round after round until the squared error of the column marginal is at most ``tol``,
+    ``max_iter`` rounds were run in all, or ``deadline()`` says the time is spent.
     """
     n, m = cost.shape
-    with warnings.catch_warnings():
-        # The inner stabilized rounds warn when one stops at its own cap; convergence is
-        # judged here, on the final marginal error, and reported.
-        warnings.simplefilter("ignore", UserWarning)
-        plan, log = ot.bregman.sinkhorn_epsilon_scaling(
-            ot.unif(n), ot.unif(m), cost, reg, numItermax=max_iter, stopThr=tol, log=True
-        )
-    err = float(log["err"][-1]) if len(log["err"]) else float("nan")
-    info = {"iterations": int(log["niter"]), "marginal_error": err, "converged": err <= tol}
-    return np.asarray(log["alpha"], dtype=np.float64), plan, info
+    cost_t = torch.as_tensor(cost, dtype=torch.float64)
+    a, b = ot.unif(n, type_as=cost_t), ot.unif(m, type_as=cost_t)
+    eps = max(float(reg), float(cost.max() - cost.min()) if cost.size else 0.0)
+    f, g = torch.zeros(n, dtype=torch.float64), torch.zeros(m, dtype=torch.float64)
+    rounds = iterations = 0
+    while rounds < max_iter and not (rounds and deadline is not None and deadline()):
+        if rounds:
+            eps = max(float(reg), eps / 2)
+        with warnings.catch_warnings():
+            # sinkhorn_log warns when a round ends before its threshold; convergence is
+            # judged here, over the rounds.
+            warnings.simplefilter("ignore", UserWarning)
+            _, log = ot.bregman.sinkhorn_log(
+                a, b, cost_t, eps, numItermax=ROUND, stopThr=math.sqrt(tol) if eps <= reg else 0.0,
+                warmstart=(f / eps, g / eps) if rounds else None, log=True,
+            )  # fmt: skip
+        f, g = eps * log["log_u"], eps * log["log_v"]
+        rounds += 1
+        iterations += int(log["niter"])
+        if eps <= reg and _marginal_error(f, g, cost_t, eps, b) <= tol:
+            break
+    err = _marginal_error(f, g, cost_t, eps, b)
+    plan = torch.exp((f[:, None] + g[None, :] - cost_t) / eps).numpy()
+    info = {
+        "iterations": iterations,
+        "rounds": rounds,
+        "final_eps": eps,  # above ``reg`` when the rounds or the deadline ran out first
+        "marginal_error": err,
+        "converged": eps <= reg and err <= tol,
+    }
+    return f.numpy(), plan, info
+
+
+def _marginal_error(
+    f: torch.Tensor, g: torch.Tensor, cost: torch.Tensor, eps: float, b: torch.Tensor
+) -> float:
+    """Squared error of the plan's column marginal (its row marginal is exact after a
+    Sinkhorn update of f)."""
+    column = torch.exp((f[:, None] + g[None, :] - cost) / eps).sum(dim=0)
+    return float(((column - b) ** 2).sum())
 
 
 def calibrated_gradient(f: np.ndarray) -> np.ndarray:
@@ -110,23 +155,26 @@ def calibrated_gradient(f: np.ndarray) -> np.ndarray:
 class LAVA(Method):
     """LAVA: minus the calibrated gradient of the label-aware OT distance to the validation set.
 
-    No model is trained, so the fit budget is not used (0 fits); ``rng`` is not used either
-    (the result is deterministic).
+    No model is trained, so the fit budget is not used (0 fits); a seconds budget stops the
+    Sinkhorn rounds (the valuation is then marked incomplete). ``rng`` is not used (the
+    result is deterministic).
 
     Departures: the class-to-class distances W are exact OT costs (POT's ``ot.emd2``) where the
     original (via OTDD and GeomLoss) uses a debiased Sinkhorn divergence with the same ε; the
     outer problem is solved to a squared marginal error of 1e-12, where GeomLoss stops its
     ε-scaling schedule after a fixed number of steps. Features are the dataset's standardized
     features (the paper embeds images with a pretrained network first). A solve that stops at
-    ``max_iter`` rounds before its tolerance is reported with ``complete=False``.
+    ``max_iter`` rounds or the time budget before its tolerance is reported with
+    ``complete=False``: on 1,000 raw MNIST images (784 pixels, costs about 70, so ε is 1/700
+    of them) the marginal error falls by only a fifth every 500 iterations.
 
     Args:
         entreg: Entropic regularization ε of the outer OT problem, in cost units (default 0.1,
             the original's; > 0).
         lam_x: Weight of the feature part of the ground cost (default 1.0, >= 0).
         lam_y: Weight of the label part W(y, y') of the ground cost (default 1.0, >= 0).
-        max_iter: Most ε-scaling rounds of the Sinkhorn solver, each up to 100 stabilized
-            iterations (default 1000, >= 1).
+        max_iter: Most rounds of the Sinkhorn solver, each up to 100 log-domain iterations
+            (default 1000, >= 1).
     """
 
     architectures = None  # any evaluation model
@@ -154,7 +202,12 @@ class LAVA(Method):
         cost = lava_cost(
             x_tr, task.y_train, x_va, task.y_val, w, lam_x=self.lam_x, lam_y=self.lam_y
         )
-        f, plan, info = lava_potentials(cost, reg=float(self.entreg), max_iter=self.max_iter)
+        f, plan, info = lava_potentials(
+            cost,
+            reg=float(self.entreg),
+            max_iter=self.max_iter,
+            deadline=lambda: ctx.budget.remaining_seconds() <= 0,
+        )
         scores = -calibrated_gradient(f)
         return Valuation(
             scores=scores,

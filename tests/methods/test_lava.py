@@ -8,7 +8,7 @@ import numpy as np
 import ot
 from sklearn.metrics import roc_auc_score
 
-from valbench import RunContext
+from valbench import Budget, RunContext
 from valbench.methods.lava import (
     LAVA,
     calibrated_gradient,
@@ -107,3 +107,32 @@ def test_flipped_labels_get_low_values() -> None:
     assert got.complete and task.fit_counter.count == 0
     again = LAVA().value(task, RunContext.for_task(task, seed=5))
     np.testing.assert_array_equal(got.scores, again.scores)
+
+
+def test_costs_that_dwarf_the_entropy_still_give_the_entropic_plan() -> None:
+    """Costs of 300 to 1000 ε (raw pixels are about 700 ε): the plan is the entropic optimum,
+    the unique coupling of Gibbs form exp((f_i + g_j - C_ij) / ε) with both marginals."""
+    rng = np.random.default_rng(4)
+    cost = rng.random((20, 15)) * 70 + 30
+    f, plan, info = lava_potentials(cost, reg=0.1)
+    assert info["converged"] and info["final_eps"] == 0.1 and info["marginal_error"] <= 1e-12
+    np.testing.assert_allclose(plan.sum(axis=1), ot.unif(20), rtol=1e-12)
+    np.testing.assert_allclose(plan.sum(axis=0), ot.unif(15), atol=1e-6)
+    g_over_eps = np.log(plan) + cost / 0.1 - f[:, None] / 0.1  # the same in every row
+    np.testing.assert_allclose(g_over_eps, np.broadcast_to(g_over_eps[0], (20, 15)), atol=1e-8)
+
+
+def test_a_spent_time_budget_stops_the_solve_and_marks_it_incomplete() -> None:
+    task = make_check_task(n_train=96)
+    got = LAVA().value(task, RunContext.for_task(task, budget=Budget(max_seconds=1e-9)))
+    assert got.complete is False and got.stats["rounds"] == 1
+    assert np.isfinite(got.scores).all() and task.fit_counter.count == 0
+    calls = []
+
+    def after_three() -> bool:
+        calls.append(1)
+        return len(calls) >= 3
+
+    cost = np.random.default_rng(0).random((30, 20)) * 70
+    _, _, info = lava_potentials(cost, reg=0.1, deadline=after_three)
+    assert info["rounds"] == 3 and not info["converged"]
