@@ -24,6 +24,7 @@ from scipy.special import gammaln
 from sklearn.linear_model import LassoCV, LinearRegression
 
 from valbench import Method, RunContext, Valuation, ValuationTask
+from valbench.errors import CellSkipped
 from valbench.params import Interval, Options, Param
 
 __all__ = ["AME", "AME_PROBABILITIES", "ame_design", "ame_size_weights", "ame_regression"]
@@ -148,10 +149,11 @@ class AME(Method):
             done = stop
             ctx.progress(done, self.max_samples)
         complete = done == self.max_samples
+        if done < 2:  # fewer than two subsets leave nothing to regress on
+            raise CellSkipped(f"ame: {ctx.budget.shortfall('pair of subsets', 2)}")
         scores = np.zeros(n)
         info: dict[str, float] = {}
-        # Fewer than two subsets leave nothing to regress on: all-zero scores, marked partial.
-        if done >= 2 and np.ptp(values[:done]) > 0:
+        if np.ptp(values[:done]) > 0:
             scores, info = ame_regression(
                 masks[:done], probs[:done], values[:done], regression=self.regression, cv=self.cv
             )

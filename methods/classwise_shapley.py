@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from valbench import Method, RunContext, Valuation, ValuationTask
+from valbench.errors import CellSkipped
 from valbench.params import Interval, Param
 from valbench.types import BatchedModel
 
@@ -213,6 +214,11 @@ class ClasswiseShapley(Method):
             batch_size=self.batch_size,
             remaining=remaining,
         )
+        if rounds == 0:  # no class has a whole permutation's marginals
+            # A round walks every point once, two more fits per class for its full set and
+            # context.
+            need = task.n_train + 2 * len(np.unique(task.y_train))
+            raise CellSkipped(f"classwise-shapley: {ctx.budget.shortfall('round', need)}")
         scores = np.where(counts > 0, sums / np.maximum(counts, 1), 0.0)
         unscaled = 0
         normalized = False

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from valbench import Method, RunContext, Valuation, ValuationTask
+from valbench.errors import CellSkipped
 from valbench.params import Interval, Param
 
 __all__ = ["LeaveOneOut"]
@@ -66,6 +67,8 @@ class LeaveOneOut(Method):
             ctx.progress(done, n)
 
         computed = ~np.isnan(values)
+        if not computed.any():  # U(D) and one point left out, at the least
+            raise CellSkipped(f"loo: {ctx.budget.shortfall('leave-one-out value', 2)}")
         fill = float(values[computed].mean()) if computed.any() else 0.0
         values[~computed] = fill
         return Valuation(

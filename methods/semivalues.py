@@ -534,7 +534,7 @@ class ExactShapley(_EngineGame):
     Needs 2^n − 1 model fits, so it refuses more than ``max_train`` = 14 points (16,383 fits).
     A fit budget below 2^n − 1 declines the cell before fitting anything (``CellSkipped``: the
     run records it as skipped, saying how many fits it needs); a time budget that runs out
-    mid-enumeration returns zeros with ``complete=False``.
+    mid-enumeration declines it too, with what the enumeration would take at its pace.
 
     A budgeted fit is one subset's utility U(S); the enumeration costs 2^n − 1 (U(∅) is
     free).
@@ -572,10 +572,11 @@ class ExactShapley(_EngineGame):
         utility, many, remaining = _engine_game(task, ctx.budget, self.batch_size, paced=False)
         enough = remaining() >= needed  # the clock may still stop the enumeration
         values = exact_semivalue(n, many, remaining=remaining) if enough else None
-        complete = values is not None
+        if values is None:  # the clock stopped the enumeration: no value is exact
+            raise CellSkipped(f"exact-shapley: {ctx.budget.shortfall('enumeration', needed)}")
         return Valuation(
-            scores=values if values is not None else np.zeros(n),
-            stats={"complete": complete, "fits": task.fit_counter.count, **utility.stats()},
+            scores=values,
+            stats={"complete": True, "fits": task.fit_counter.count, **utility.stats()},
         )
 
 
@@ -657,7 +658,7 @@ class TMCShapley(_EngineGame):
             task, ctx.budget, batch, warm_start="nearest" if self.warm_start else False
         )
         if remaining() < 1:
-            return Valuation(np.zeros(n), stats={"complete": False, "permutations": 0})
+            raise CellSkipped(f"tmc-shapley: {ctx.budget.shortfall('permutation', n + 1)}")
         full = utility.full_score
         scores, stats = tmc_shapley(
             n,
@@ -677,7 +678,9 @@ class TMCShapley(_EngineGame):
         )
         stats.update(full_score=full, fits=task.fit_counter.count, **utility.stats())
         done = stats["permutations"]
-        stats["complete"] = done > 0 and (stats["converged"] or done == self.max_permutations)
+        if done == 0:  # no point has a marginal: nothing to report as an estimate
+            raise CellSkipped(f"tmc-shapley: {ctx.budget.shortfall('permutation', n + 1)}")
+        stats["complete"] = stats["converged"] or done == self.max_permutations
         return Valuation(scores=scores, stats=stats)
 
 
@@ -710,6 +713,8 @@ class Semivalue(_EngineGame):
             batch_size=self.batch_size,
             progress=ctx.progress,
         )
+        if stats["points_unestimated"] == n:  # every point needs a subset with it and one without
+            raise CellSkipped(f"{self.name}: {ctx.budget.shortfall('pair of subsets', 2)}")
         stats.update(fits=task.fit_counter.count, **utility.stats())
         return Valuation(scores=scores, stats=stats)
 
@@ -800,6 +805,8 @@ class SampledShapley(_EngineGame):
             batch_size=self.batch_size,
             progress=ctx.progress,
         )
+        if stats["samples"] == 0:  # not one marginal: nothing to report as an estimate
+            raise CellSkipped(f"{self.name}: {ctx.budget.shortfall('marginal', 2)}")
         stats.update(fits=task.fit_counter.count, **utility.stats())
         return Valuation(scores=scores, stats=stats)
 

@@ -215,6 +215,19 @@ class BudgetMeter:
             left = min(left, self.FIRST_REQUEST)
         return left
 
+    def shortfall(self, unit: str, fits_per_unit: float) -> str:
+        """Why a method that finished no whole ``unit`` of its estimate declines, and what
+        budget one unit would need (for a ``CellSkipped`` message)."""
+        used = self.fits_used()
+        message = (
+            f"the budget ({self.budget}) covered no whole {unit} ({used} model fits in "
+            f"{self.seconds_used():.0f} s); one {unit} needs up to {fits_per_unit:,.0f} fits"
+        )
+        if used:
+            pace = self.seconds_used() / used
+            message += f", about {fits_per_unit * pace:,.0f} s at this cell's {pace:.2g} s a fit"
+        return message + "; raise --budget"
+
     def remaining_seconds(self) -> float:
         """Seconds still allowed (``inf`` when unlimited, never negative)."""
         if self.budget.max_seconds is None:

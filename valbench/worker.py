@@ -758,23 +758,26 @@ def _run_cell(cell: Cell, spec: RunSpec, progress: ProgressFn) -> CellOutcome:
             return CellOutcome(failure_record(cell, spec, "skipped", "TooLarge", message))
         counter: FitCounter = task.fit_counter
         wall0, cpu0 = time.perf_counter(), time.process_time()
-        with PeakMemory() as mem:
-            meter = BudgetMeter(spec.budget_obj, counter)
-            ctx = RunContext(
-                rng=cell.method_rng(spec.root_seed),
-                budget=meter,
-                fractions=tuple(sorted(spec.fractions)),
-                progress=budget_progress(progress, meter),
+        mem = PeakMemory()
+        try:
+            with mem:
+                meter = BudgetMeter(spec.budget_obj, counter)
+                ctx = RunContext(
+                    rng=cell.method_rng(spec.root_seed),
+                    budget=meter,
+                    fractions=tuple(sorted(spec.fractions)),
+                    progress=budget_progress(progress, meter),
+                )
+                raw = method.value(task, ctx)
+        finally:  # a method that declines after spending its budget keeps its cost on record
+            wall = time.perf_counter() - wall0
+            cost = CellCost(
+                wall_s=wall,
+                cpu_s=time.process_time() - cpu0,
+                peak_mem_mb=mem.peak_mb,
+                model_fits=counter.count,
+                fits_per_s=counter.count / wall if counter.count and wall > 0 else None,
             )
-            raw = method.value(task, ctx)
-        wall = time.perf_counter() - wall0
-        cost = CellCost(
-            wall_s=wall,
-            cpu_s=time.process_time() - cpu0,
-            peak_mem_mb=mem.peak_mb,
-            model_fits=counter.count,
-            fits_per_s=counter.count / wall if counter.count and wall > 0 else None,
-        )
         valuation = _check_valuation(raw, task.n_train, cell.method, ctx.fractions)
         measured = measure(task, valuation, cell, spec, pixels)
     except CellSkipped as exc:  # declined up front: no partial result to pass off as real

@@ -336,4 +336,17 @@ def test_an_exact_method_the_budget_cannot_cover_is_skipped_not_ranked(tmp_path:
     (record,) = read_results(tmp_path)
     assert record.status == "skipped" and record.error.type == "CellSkipped"
     assert "needs 2^8 - 1 = 255 fits" in record.error.message
-    assert summary.skipped == [record.cell_id] and record.cost.model_fits is None
+    assert summary.skipped == [record.cell_id] and record.cost.model_fits == 0  # spent nothing
+
+
+def test_a_method_that_finishes_no_whole_unit_is_skipped_with_its_cost(tmp_path: Path) -> None:
+    """TMC walks no whole permutation of 30 points with 10 fits: the cell is declined, saying
+    what one permutation needs, and keeps the fits and seconds it spent on record."""
+    spec = small_spec(methods=("tmc-shapley",), max_train=30, budget="10")
+    summary = execute(spec, out=tmp_path, show_progress=False, backend="serial")
+    (record,) = read_results(tmp_path)
+    assert record.status == "skipped" and record.error.type == "CellSkipped"
+    assert "no whole permutation" in record.error.message
+    assert "needs up to 31 fits" in record.error.message
+    assert summary.skipped == [record.cell_id] and record.cost.model_fits == 10
+    assert record.cost.cpu_s > 0

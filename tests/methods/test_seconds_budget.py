@@ -9,6 +9,7 @@ import pytest
 
 import valbench.types
 from valbench import Budget, RunContext
+from valbench.errors import CellSkipped
 from valbench.registry import get_method
 from valbench.testing import make_check_task
 from valbench.types import BudgetMeter
@@ -58,8 +59,50 @@ def test_a_method_under_a_seconds_budget_overshoots_by_at_most_a_fit_or_two(
 
     monkeypatch.setattr(counter, "add", timed_add)
     ctx = RunContext.for_task(task, seed=0, budget=Budget(max_fits=10_000, max_seconds=SECONDS))
-    get_method(method)(**params).value(task, ctx)
+    try:
+        get_method(method)(**params).value(task, ctx)
+    except CellSkipped as declined:  # no whole unit of its estimate fitted in 30 s
+        assert "raise --budget" in str(declined)
     assert 0 < ctx.budget.fits_used() <= SECONDS + 2
+
+
+@pytest.mark.parametrize(
+    ("method", "unit", "needs"),
+    [
+        ("tmc-shapley", "permutation", "61 fits"),
+        ("classwise-shapley", "round", "66 fits"),
+        ("ame", "pair of subsets", "2 fits"),
+        ("loo", "leave-one-out value", "2 fits"),
+        ("owen-shapley", "marginal", "2 fits"),
+        ("banzhaf", "pair of subsets", "2 fits"),
+    ],
+)
+def test_a_method_that_finishes_no_whole_unit_declines_with_the_budget_it_needs(
+    monkeypatch: pytest.MonkeyPatch, method: str, unit: str, needs: str
+) -> None:
+    """A fit budget too small for one permutation (TMC), one round (class-wise), two subsets
+    (AME, Banzhaf), one marginal or one left-out point: no estimate, so the cell is declined
+    with the budget one unit needs, instead of all-zero scores marked partial."""
+    clock = _FitClock()
+    monkeypatch.setattr(valbench.types, "time", clock)
+    task = make_check_task(n_train=60)
+    counter = task.fit_counter
+    add = counter.add
+
+    def timed_add(n: int = 1) -> None:
+        add(n)
+        clock.now += 0.5 * n
+
+    monkeypatch.setattr(counter, "add", timed_add)
+    fits = {"tmc-shapley": 20, "classwise-shapley": 20}.get(method, 1)
+    ctx = RunContext.for_task(task, seed=0, budget=Budget(max_fits=fits))
+    with pytest.raises(CellSkipped) as declined:
+        get_method(method)().value(task, ctx)
+    message = str(declined.value)
+    assert f"covered no whole {unit}" in message and f"needs up to {needs}" in message
+    assert message.startswith(method) and "raise --budget" in message
+    if ctx.budget.fits_used():
+        assert "at this cell's 0.5 s a fit" in message
 
 
 def test_the_first_request_is_small_only_under_a_seconds_budget(

@@ -174,8 +174,13 @@ def test_tmc_truncation_and_budget() -> None:
     assert got.stats["truncated_fraction"] > 0
     assert _max_error(got.scores, shapley) < 0.05  # truncation bias stays small
     small = make_check_task(n_train=40)
-    got = TMCShapley().value(small, RunContext.for_task(small, budget=Budget(max_fits=30)))
-    assert small.fit_counter.count <= 30 and np.isfinite(got.scores).all()
+    got = TMCShapley().value(small, RunContext.for_task(small, budget=Budget(max_fits=90)))
+    assert small.fit_counter.count <= 90 and np.isfinite(got.scores).all()
+    assert got.stats["permutations"] >= 1 and not got.stats["complete"]
+    short = make_check_task(n_train=40)  # not one whole walk of up to 41 fits
+    with pytest.raises(CellSkipped, match="no whole permutation"):
+        TMCShapley().value(short, RunContext.for_task(short, budget=Budget(max_fits=30)))
+    assert short.fit_counter.count <= 30
     stop = make_check_task(n_train=40)
     got = TMCShapley(convergence_window=5, convergence_tol=0.2).value(
         stop, RunContext.for_task(stop)
