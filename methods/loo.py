@@ -69,7 +69,7 @@ class LeaveOneOut(Method):
         computed = ~np.isnan(values)
         if not computed.any():  # U(D) and one point left out, at the least
             raise CellSkipped(f"loo: {ctx.budget.shortfall('leave-one-out value', 2)}")
-        fill = float(values[computed].mean()) if computed.any() else 0.0
+        fill = float(values[computed].mean())
         values[~computed] = fill
         return Valuation(
             scores=values,

@@ -221,7 +221,8 @@ class BudgetMeter:
         used = self.fits_used()
         message = (
             f"the budget ({self.budget}) covered no whole {unit} ({used} model fits in "
-            f"{self.seconds_used():.0f} s); one {unit} needs up to {fits_per_unit:,.0f} fits"
+            f"{self.seconds_used():.0f} s); one {unit} needs up to {fits_per_unit:,.0f} "
+            f"fit{'' if fits_per_unit == 1 else 's'}"
         )
         if used:
             pace = self.seconds_used() / used

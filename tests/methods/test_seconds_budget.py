@@ -75,6 +75,7 @@ def test_a_method_under_a_seconds_budget_overshoots_by_at_most_a_fit_or_two(
         ("loo", "leave-one-out value", "2 fits"),
         ("owen-shapley", "marginal", "2 fits"),
         ("banzhaf", "pair of subsets", "2 fits"),
+        ("data-oob", "bootstrap model", "1 fit;"),
     ],
 )
 def test_a_method_that_finishes_no_whole_unit_declines_with_the_budget_it_needs(
@@ -94,7 +95,7 @@ def test_a_method_that_finishes_no_whole_unit_declines_with_the_budget_it_needs(
         clock.now += 0.5 * n
 
     monkeypatch.setattr(counter, "add", timed_add)
-    fits = {"tmc-shapley": 20, "classwise-shapley": 20}.get(method, 1)
+    fits = {"tmc-shapley": 20, "classwise-shapley": 20, "data-oob": 0}.get(method, 1)
     ctx = RunContext.for_task(task, seed=0, budget=Budget(max_fits=fits))
     with pytest.raises(CellSkipped) as declined:
         get_method(method)().value(task, ctx)
