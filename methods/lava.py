@@ -9,7 +9,7 @@ the training and the validation set, with no learning algorithm.
 where W(c, c') is the optimal-transport cost (squared Euclidean / 2) between the features of
 the training points of class c and of the validation points of class c', so two labels are
 close when their feature distributions are. The entropic OT problem between the uniform
-training and validation measures (POT's log-domain Sinkhorn with ε-scaling) gives dual
+training and validation measures (POT's stabilized Sinkhorn with ε-scaling) gives dual
 potentials f on the training points; f_i is the derivative of the OT cost in the mass of
 point i, up to a common constant. The paper's *calibrated gradient* removes that constant by
 moving mass from all other training points to i evenly:
@@ -80,6 +80,8 @@ def lava_cost(
 
 #: Sinkhorn iterations per round: the deadline and the tolerance are checked between rounds.
 ROUND = 100
+#: ε of the first round; round i solves at ``(EPS0 - reg) e^-i + reg`` (POT's ε-scaling).
+EPS0 = 1e4
 
 
 def lava_potentials(
@@ -93,53 +95,57 @@ def lava_potentials(
     """Entropic OT between uniform measures on the rows and columns of ``cost``: the training
     potentials f (defined up to a constant), the plan, and convergence info.
 
-    Log-domain Sinkhorn (POT's ``sinkhorn_log``, never underflowing however small ε is
-    against the costs) with ε-scaling: ε halves from the cost's range down to ``reg``, one
-    round of :data:`ROUND` iterations per step, each warm-started from the last; at ``reg`` it
-    runs round after round until the squared error of the column marginal is at most ``tol``,
-    ``max_iter`` rounds were run in all, or ``deadline()`` says the time is spent.
+    POT's ε-scaling, one round at a time: round i runs up to :data:`ROUND` iterations of the
+    stabilized Sinkhorn at ε_i = (:data:`EPS0` − reg) e^−i + reg, warm-started from the last
+    round's potentials, until the squared marginal errors (rows plus columns) are at most
+    ``tol`` at ε = ``reg``, ``max_iter`` rounds have run, or ``deadline()`` says the time is
+    spent (checked between rounds). Where the stabilized kernel underflows to an empty plan
+    (1,000 raw MNIST images: costs about 70 against ε = 0.1), the remaining rounds run POT's
+    log-domain Sinkhorn from the same potentials; ``info["solver"]`` says which ran.
     """
     n, m = cost.shape
-    cost_t = torch.as_tensor(cost, dtype=torch.float64)
-    a, b = ot.unif(n, type_as=cost_t), ot.unif(m, type_as=cost_t)
-    eps = max(float(reg), float(cost.max() - cost.min()) if cost.size else 0.0)
-    f, g = torch.zeros(n, dtype=torch.float64), torch.zeros(m, dtype=torch.float64)
+    a, b = ot.unif(n), ot.unif(m)
+    f, g = np.zeros(n), np.zeros(m)
+    solver, cost_t = "stabilized", None
+    plan = np.zeros((n, m))
     rounds = iterations = 0
-    while rounds < max_iter and not (rounds and deadline is not None and deadline()):
-        if rounds:
-            eps = max(float(reg), eps / 2)
-        with warnings.catch_warnings():
-            # sinkhorn_log warns when a round ends before its threshold; convergence is
-            # judged here, over the rounds.
-            warnings.simplefilter("ignore", UserWarning)
-            _, log = ot.bregman.sinkhorn_log(
-                a, b, cost_t, eps, numItermax=ROUND, stopThr=math.sqrt(tol) if eps <= reg else 0.0,
-                warmstart=(f / eps, g / eps) if rounds else None, log=True,
-            )  # fmt: skip
-        f, g = eps * log["log_u"], eps * log["log_v"]
-        rounds += 1
-        iterations += int(log["niter"])
-        if eps <= reg and _marginal_error(f, g, cost_t, eps, b) <= tol:
-            break
-    err = _marginal_error(f, g, cost_t, eps, b)
-    plan = torch.exp((f[:, None] + g[None, :] - cost_t) / eps).numpy()
+    err, eps = math.inf, float(reg)
+    with warnings.catch_warnings():
+        # A round that ends before its threshold warns; convergence is judged here.
+        warnings.simplefilter("ignore", UserWarning)
+        while rounds < max_iter and not (rounds and deadline is not None and deadline()):
+            eps = (EPS0 - reg) * math.exp(-rounds) + reg
+            if solver == "stabilized":
+                plan, log = ot.bregman.sinkhorn_stabilized(
+                    a, b, cost, eps, numItermax=ROUND, stopThr=tol, warmstart=(f, g), log=True
+                )
+                if np.isfinite(plan).all() and plan.sum() > 0.5:
+                    f, g = log["alpha"], log["beta"]
+                else:  # the kernel underflowed: go on in the log domain from (f, g)
+                    solver, cost_t = "log-domain", torch.as_tensor(cost, dtype=torch.float64)
+            if solver == "log-domain":
+                assert cost_t is not None
+                _, log = ot.bregman.sinkhorn_log(
+                    torch.as_tensor(a), torch.as_tensor(b), cost_t, eps, numItermax=ROUND,
+                    stopThr=math.sqrt(tol), warmstart=(torch.as_tensor(f / eps),
+                    torch.as_tensor(g / eps)), log=True,
+                )  # fmt: skip
+                f, g = (eps * log["log_u"]).numpy(), (eps * log["log_v"]).numpy()
+                plan = np.exp((f[:, None] + g[None, :] - cost) / eps)
+            rounds += 1
+            iterations += int(log["n_iter"] if solver == "stabilized" else log["niter"])
+            err = float(((plan.sum(axis=0) - b) ** 2).sum() + ((plan.sum(axis=1) - a) ** 2).sum())
+            if eps - reg <= 1e-12 * reg and err <= tol:
+                break
     info = {
         "iterations": iterations,
         "rounds": rounds,
+        "solver": solver,
         "final_eps": eps,  # above ``reg`` when the rounds or the deadline ran out first
         "marginal_error": err,
-        "converged": eps <= reg and err <= tol,
+        "converged": eps - reg <= 1e-12 * reg and err <= tol,
     }
-    return f.numpy(), plan, info
-
-
-def _marginal_error(
-    f: torch.Tensor, g: torch.Tensor, cost: torch.Tensor, eps: float, b: torch.Tensor
-) -> float:
-    """Squared error of the plan's column marginal (its row marginal is exact after a
-    Sinkhorn update of f)."""
-    column = torch.exp((f[:, None] + g[None, :] - cost) / eps).sum(dim=0)
-    return float(((column - b) ** 2).sum())
+    return np.asarray(f, dtype=np.float64), plan, info
 
 
 def calibrated_gradient(f: np.ndarray) -> np.ndarray:
@@ -173,7 +179,7 @@ class LAVA(Method):
             the original's; > 0).
         lam_x: Weight of the feature part of the ground cost (default 1.0, >= 0).
         lam_y: Weight of the label part W(y, y') of the ground cost (default 1.0, >= 0).
-        max_iter: Most rounds of the Sinkhorn solver, each up to 100 log-domain iterations
+        max_iter: Most ε-scaling rounds of the Sinkhorn solver, each up to 100 iterations
             (default 1000, >= 1).
     """
 

@@ -4,8 +4,11 @@ found on a small problem."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import ot
+import pytest
 from sklearn.metrics import roc_auc_score
 
 from valbench import Budget, RunContext
@@ -120,6 +123,32 @@ def test_costs_that_dwarf_the_entropy_still_give_the_entropic_plan() -> None:
     np.testing.assert_allclose(plan.sum(axis=0), ot.unif(15), atol=1e-6)
     g_over_eps = np.log(plan) + cost / 0.1 - f[:, None] / 0.1  # the same in every row
     np.testing.assert_allclose(g_over_eps, np.broadcast_to(g_over_eps[0], (20, 15)), atol=1e-8)
+
+
+def test_an_underflowing_stabilized_kernel_hands_over_to_the_log_domain(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On 1,000 raw MNIST images the stabilized kernel underflowed to an all-zero plan: from
+    then on the log-domain rounds take over from the same potentials and reach the same
+    optimum. Simulated here by a stabilized solver that underflows from its tenth round."""
+    rng = np.random.default_rng(3)
+    cost = rng.random((25, 18)) * 40
+    f_ref, plan_ref, ref = lava_potentials(cost, reg=0.1)
+    assert ref["solver"] == "stabilized" and ref["converged"]
+    stabilized = ot.bregman.sinkhorn_stabilized
+    calls = []
+
+    def underflowing(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        plan, log = stabilized(*args, **kwargs)
+        return (plan * 0.0 if len(calls) >= 10 else plan), log
+
+    monkeypatch.setattr(ot.bregman, "sinkhorn_stabilized", underflowing)
+    f, plan, info = lava_potentials(cost, reg=0.1)
+    assert info["solver"] == "log-domain" and info["converged"] and len(calls) == 10
+    # Both stop at a squared marginal error of 1e-12, so entries agree to about 1e-6.
+    np.testing.assert_allclose(plan, plan_ref, atol=5e-6)
+    np.testing.assert_allclose(calibrated_gradient(f), calibrated_gradient(f_ref), atol=1e-4)
 
 
 def test_a_spent_time_budget_stops_the_solve_and_marks_it_incomplete() -> None:
