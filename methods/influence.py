@@ -13,7 +13,7 @@ from valbench import Method, RunContext, Valuation, ValuationTask
 from valbench.errors import UsageError
 from valbench.methods import _gradients as gr
 from valbench.methods import _inverse_hessian as ih
-from valbench.nets import get_architecture
+from valbench.nets import is_deep
 from valbench.params import Interval, Options, Param
 
 __all__ = ["InfluenceFunction", "fit_for_gradients", "SOLVERS"]
@@ -24,10 +24,6 @@ SOLVERS: tuple[str, ...] = (*gr.SOLVERS, "arnoldi", "ekfac", "datainf")
 #: released code uses 0.01 for its CNN on MNIST, whose Hessian is not positive definite).
 SHALLOW_DAMPING = 1e-3
 DEEP_DAMPING = 1e-2
-
-
-def _is_deep(task: ValuationTask) -> bool:
-    return bool(get_architecture(getattr(task.model, "kind", "logreg")).deep)
 
 
 def fit_for_gradients(
@@ -50,7 +46,7 @@ def fit_for_gradients(
     """
     clf = task.build_model() if clf is None else clf
     params = clf.fit(task.x_train, task.y_train, np.ones((1, task.n_train), dtype=bool))
-    deep = _is_deep(task)
+    deep = is_deep(task.model.kind)
     model = gr.functional_from_params(params, float(clf.spec.l2), layers, arch=clf.arch)
     stats: dict[str, Any] = {}
     if model.kind == "head":
@@ -252,7 +248,7 @@ class InfluenceFunction(Method):
     def value(self, task: ValuationTask, ctx: RunContext) -> Valuation:
         self._check()
         n = task.n_train
-        deep = _is_deep(task)
+        deep = is_deep(task.model.kind)
         clf = task.build_model()
         if deep:
             self._deep_check(clf)

@@ -43,6 +43,7 @@ from valbench.nets import (
     DeepClassifier,
     Recipe,
     get_architecture,
+    is_deep,
     per_sample_grads,
     train_copies,
 )
@@ -504,7 +505,7 @@ class _TrainingDynamics(Method):
             )
         if not (isinstance(self.offset, int | float) and 0 <= self.offset < 1):
             raise UsageError(f"{self.name} offset must be in [0, 1), got {self.offset!r}")
-        if _is_deep(task):
+        if is_deep(task.model.kind):
             for key in ("lr", "batch_size"):
                 if getattr(self, key) != self.parameters[key].default:
                     raise UsageError(
@@ -534,7 +535,7 @@ class _TrainingDynamics(Method):
         self._validate(task)
         n = task.n_train
         spec = task.model
-        deep = _is_deep(task)
+        deep = is_deep(task.model.kind)
         recipe = _deep_recipe(task) if deep else None
         epochs = self.resolved_epochs(n, recipe.epochs if recipe is not None else None)
         # All R seeds are drawn up front, so a budget-cut run is a prefix of the full one.
@@ -614,10 +615,6 @@ class _TrainingDynamics(Method):
             detection_scores=-hardness,
             stats=stats,
         )
-
-
-def _is_deep(task: ValuationTask) -> bool:
-    return bool(get_architecture(task.model.kind).deep)
 
 
 def _deep_recipe(task: ValuationTask) -> Recipe:

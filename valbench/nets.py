@@ -62,6 +62,7 @@ __all__ = [
     "DeepClassifier",
     "architecture_names",
     "get_architecture",
+    "is_deep",
     "architecture_for",
     "image_shape",
     "resolve_device",
@@ -413,6 +414,11 @@ def _plugins() -> dict[str, Any]:
 def architecture_names() -> tuple[str, ...]:
     """Names of every architecture (``--model`` names): the built-ins, then plugins (sorted)."""
     return (*_BUILTINS, *sorted(set(_plugins()) - set(_BUILTINS)))
+
+
+def is_deep(kind: str) -> bool:
+    """True when the architecture registered as ``kind`` is deep (:attr:`Network.deep`)."""
+    return bool(get_architecture(kind).deep)
 
 
 def get_architecture(name: str) -> Network:

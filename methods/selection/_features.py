@@ -19,6 +19,7 @@ import numpy as np
 
 from valbench.errors import UsageError
 from valbench.methods import _gradients as gr
+from valbench.nets import is_deep
 from valbench.types import ValuationTask
 
 __all__ = [
@@ -58,12 +59,12 @@ def embeddings(x: np.ndarray, metric: str = "euclidean") -> np.ndarray:
 
 def embedding_fits(task: ValuationTask) -> int:
     """Model fits :func:`task_embeddings` makes: one on a deep model, none otherwise."""
-    return int(task.model.deep)
+    return int(is_deep(task.model.kind))
 
 
 def task_embeddings(task: ValuationTask, metric: str = "euclidean") -> np.ndarray:
     """The training points' embeddings (see the module docstring), as :func:`embeddings`."""
-    rows = fit_all_data(task).phi if task.model.deep else task.x_train
+    rows = fit_all_data(task).phi if is_deep(task.model.kind) else task.x_train
     return embeddings(rows, metric)
 
 
