@@ -1,5 +1,6 @@
 """Under a seconds budget, every retraining method that sizes its requests stops near the limit:
-its first request is small (no pace is known yet) and later ones are sized by the pace."""
+its first request is small (no pace is known yet) and later ones are sized by the pace. A
+method that finishes no whole unit of its estimate declines, saying what one unit needs."""
 
 from __future__ import annotations
 
@@ -12,19 +13,34 @@ from valbench import Budget, RunContext
 from valbench.errors import CellSkipped
 from valbench.registry import get_method
 from valbench.testing import make_check_task
-from valbench.types import BudgetMeter
+from valbench.types import BudgetMeter, ValuationTask
 
 SECONDS = 30.0
 
 
 class _FitClock:
-    """A stand-in for the ``time`` module: every counted fit takes one second."""
+    """A stand-in for the ``time`` module whose clock the tests move by hand."""
 
     def __init__(self) -> None:
         self.now = 0.0
 
     def perf_counter(self) -> float:
         return self.now
+
+
+def _timed_task(monkeypatch: pytest.MonkeyPatch, seconds_per_fit: float) -> ValuationTask:
+    """The kit's 60-point task, on a clock that moves only when a fit is counted."""
+    clock = _FitClock()
+    monkeypatch.setattr(valbench.types, "time", clock)
+    task = make_check_task(n_train=60)
+    add = task.fit_counter.add
+
+    def timed_add(n: int = 1) -> None:
+        add(n)
+        clock.now += seconds_per_fit * n
+
+    monkeypatch.setattr(task.fit_counter, "add", timed_add)
+    return task
 
 
 @pytest.mark.parametrize(
@@ -47,17 +63,7 @@ def test_a_method_under_a_seconds_budget_overshoots_by_at_most_a_fit_or_two(
 ) -> None:
     """With 1 s a fit and 30 s, a first request sized by the fit limit alone (256 subsets for
     ame) would run 256 s; paced, the method stops within two fits of the limit."""
-    clock = _FitClock()
-    monkeypatch.setattr(valbench.types, "time", clock)
-    task = make_check_task(n_train=60)
-    counter = task.fit_counter
-    add = counter.add
-
-    def timed_add(n: int = 1) -> None:
-        add(n)
-        clock.now += float(n)
-
-    monkeypatch.setattr(counter, "add", timed_add)
+    task = _timed_task(monkeypatch, seconds_per_fit=1.0)
     ctx = RunContext.for_task(task, seed=0, budget=Budget(max_fits=10_000, max_seconds=SECONDS))
     try:
         get_method(method)(**params).value(task, ctx)
@@ -84,17 +90,7 @@ def test_a_method_that_finishes_no_whole_unit_declines_with_the_budget_it_needs(
     """A fit budget too small for one permutation (TMC), one round (class-wise), two subsets
     (AME, Banzhaf), one marginal or one left-out point: no estimate, so the cell is declined
     with the budget one unit needs, instead of all-zero scores marked partial."""
-    clock = _FitClock()
-    monkeypatch.setattr(valbench.types, "time", clock)
-    task = make_check_task(n_train=60)
-    counter = task.fit_counter
-    add = counter.add
-
-    def timed_add(n: int = 1) -> None:
-        add(n)
-        clock.now += 0.5 * n
-
-    monkeypatch.setattr(counter, "add", timed_add)
+    task = _timed_task(monkeypatch, seconds_per_fit=0.5)
     fits = {"tmc-shapley": 20, "classwise-shapley": 20, "data-oob": 0}.get(method, 1)
     ctx = RunContext.for_task(task, seed=0, budget=Budget(max_fits=fits))
     with pytest.raises(CellSkipped) as declined:
