@@ -7,8 +7,9 @@ processes and shuts it down afterwards; with one it connects and only disconnect
 
 ``--timeout``: a cell still running after ``timeout`` seconds is recorded as ``timeout``.
 
-- Ray: the clock starts when the task is handed out (at most as many tasks are in flight as the
-  cluster has CPUs); ``ray.cancel(force=True)`` kills the worker process running it.
+- Ray: the clock starts when a worker starts the task (the task notes it with a small actor,
+  whose own clock then gives every running cell's age, so a cold worker's start-up is not
+  the cell's time); ``ray.cancel(force=True)`` kills the worker process running it.
 - Dask: the clock starts when a worker starts the task (the task reports it as an event). Dask
   cannot interrupt a running task (it is a thread), so the driver cancels the future and
   restarts that worker through its nanny; a worker without a nanny keeps running the task and
@@ -256,8 +257,24 @@ def run_dask(
 # ----------------------------------------------------------------------------- ray
 
 
-def _ray_task(cell: Cell, spec: RunSpec) -> CellOutcome:
-    """What a Ray worker runs."""
+class _StartLog:
+    """A Ray actor where tasks note when they start; ages are read on the actor's one clock."""
+
+    def __init__(self) -> None:
+        self._started: dict[str, float] = {}
+
+    def start(self, cell_id: str) -> None:
+        self._started[cell_id] = time.monotonic()
+
+    def ages(self) -> dict[str, float]:
+        now = time.monotonic()
+        return {cell_id: now - t for cell_id, t in self._started.items()}
+
+
+def _ray_task(cell: Cell, spec: RunSpec, starts: Any = None) -> CellOutcome:
+    """What a Ray worker runs (noting its start first, when the run has a timeout)."""
+    if starts is not None:
+        starts.start.remote(cell.cell_id)
     return run_cell(cell, spec)
 
 
@@ -291,28 +308,29 @@ def run_ray(
             ) from None
     remote = ray.remote(num_cpus=1, max_retries=0)(_ray_task)
     spec_ref = ray.put(spec)
-    # With a timeout the clock starts at hand-out, so only as many tasks as CPUs are in flight.
+    starts = ray.remote(num_cpus=0)(_StartLog).remote() if spec.timeout else None
+    # With a timeout only as many tasks as CPUs are in flight, so none waits long for a worker.
     slots = max(1, int(ray.cluster_resources().get("CPU", 1)))
     window = slots if spec.timeout else len(cells)
     pending = deque(cells)
-    running: dict[Any, tuple[Cell, float]] = {}
+    running: dict[Any, Cell] = {}
     try:
         while pending or running:
             while pending and len(running) < window:
                 cell = pending.popleft()
-                running[remote.remote(cell, spec_ref)] = (cell, time.monotonic())
+                running[remote.remote(cell, spec_ref, starts)] = cell
             ready, _ = ray.wait(list(running), num_returns=1, timeout=_POLL_S)
             for ref in ready:
-                cell, _ = running.pop(ref)
+                cell = running.pop(ref)
                 try:
                     outcome = ray.get(ref)
                 except Exception as exc:  # noqa: BLE001 - a killed worker, not the method
                     outcome = _crash_outcome(cell, spec, exc)
                 on_result(outcome)
-            if spec.timeout:
-                now = time.monotonic()
-                for ref, (cell, start) in list(running.items()):
-                    if now - start > spec.timeout:
+            if spec.timeout and running:
+                ages = ray.get(starts.ages.remote())
+                for ref, cell in list(running.items()):
+                    if ages.get(cell.cell_id, 0.0) > spec.timeout:
                         del running[ref]
                         try:
                             ray.cancel(ref, force=True)
