@@ -695,10 +695,12 @@ def failure_record(
     tb: str = "",
     cost: CellCost | None = None,
 ) -> CellRecord:
-    """The results line of a cell that failed, timed out or was skipped."""
+    """The results line of a cell that failed, timed out or was skipped (no estimate, so not
+    complete)."""
     return CellRecord(
         **_which_cell(cell),
         status=status,
+        complete=False,
         params=to_jsonable(dict(spec.params.get(cell.method, {}))),
         error=CellError(type=exc_type, message=message, traceback=tb),
         cost=cost or CellCost(),

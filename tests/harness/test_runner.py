@@ -349,4 +349,4 @@ def test_a_method_that_finishes_no_whole_unit_is_skipped_with_its_cost(tmp_path:
     assert "no whole permutation" in record.error.message
     assert "needs up to 31 fits" in record.error.message
     assert summary.skipped == [record.cell_id] and record.cost.model_fits == 10
-    assert record.cost.cpu_s > 0
+    assert record.cost.cpu_s > 0 and record.complete is False
