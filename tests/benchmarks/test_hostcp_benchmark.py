@@ -161,10 +161,11 @@ def test_full_fashion_mnist_at_one_fraction(
     benchmark: Any, full_fashion_mnist: ValuationTask, cls: type
 ) -> None:
     """Issue 17's targets on 2 CPU cores: ``hostcp-fast`` and ``hostcp-smooth`` under 2 minutes,
-    the faithful ``hostcp`` under 10. Measured through the CLI (10 % planted flips, two cells
-    side by side): hostcp-fast 33 s, hostcp-smooth 59 s, hostcp 222 s wall. Most of a run
-    once was the nearest-existing search over the growing existing set (5,800 points by the
-    last batch): 137 s for hostcp-smooth before the shortlisted search."""
+    the faithful ``hostcp`` under 10. Measured here, one at a time: hostcp-fast 24 s,
+    hostcp-smooth 51 s, hostcp 206 s; through the CLI (10 % planted flips, two cells side by
+    side) 33 s, 59 s and 222 s. Most of a run once was the nearest-existing search over the
+    growing existing set (5,800 points by the last batch): 137 s for hostcp-smooth before the
+    shortlisted search."""
     task = full_fashion_mnist
     method = cls()
     out = benchmark.pedantic(
