@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from valbench import Method, RunContext, Valuation, ValuationTask
+from valbench.errors import CellSkipped
 from valbench.metrics import subset_size
 from valbench.params import Interval, Options, Param
 from valbench.types import Claim
@@ -180,8 +181,8 @@ class _HostCPBase(Method):
             self._run_all(task, fractions[:affordable], cfg, seeds, ctx, runs)
         finally:
             torch.set_num_threads(threads)
-        if not runs:
-            return Valuation(scores=np.zeros(n), stats={"runs": 0, "complete": False})
+        if not runs:  # not one online run: no selection and no scores
+            raise CellSkipped(f"{self.name}: {ctx.budget.shortfall('online run', 1)}")
 
         scores = np.mean([r.scores for r in runs.values()], axis=0)
         selections: dict[float, np.ndarray] = {}

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from valbench.errors import CellSkipped
 from valbench.methods.selection._features import embedding_fits
 from valbench.metrics import subset_size
 from valbench.types import Method, Valuation, ValuationTask
@@ -127,9 +128,8 @@ class Selector(Method):
 
     Subclasses implement :meth:`select`, returning per-point scores, the selection of each
     size asked for and JSON-ready stats. The model fits :meth:`fits_for` the task are checked
-    against the budget first; a selector that cannot afford them returns zero scores, no
-    selections and ``complete: False`` (the harness then records what it could not do rather
-    than a guess).
+    against the budget first; a selector that cannot afford them declines the cell
+    (``CellSkipped``, saying what it needs) rather than guess.
 
     Every selector runs on every architecture: what it reads of a model (penultimate
     features, last-layer gradients, class probabilities) comes from
@@ -152,11 +152,9 @@ class Selector(Method):
     def value(self, task: ValuationTask, ctx: RunContext) -> Valuation:
         n = task.n_train
         sizes = selection_sizes(n, tuple(ctx.fractions))
-        if ctx.budget.remaining_fits() < self.fits_for(task):
-            return Valuation(
-                scores=np.zeros(n),
-                stats={"complete": False, "reason": "no fits left", "model_fits": 0},
-            )
+        needed = self.fits_for(task)
+        if ctx.budget.remaining_fits() < needed:
+            raise CellSkipped(f"{self.name}: {ctx.budget.shortfall('selection', needed)}")
         started = time.perf_counter()
         fits_before = task.fit_counter.count
         scores, chosen, weights, stats = self.select_weighted(task, ctx, sizes)

@@ -12,6 +12,7 @@ from sklearn.metrics import roc_auc_score
 from wide_task import wide_task
 
 from valbench import Budget, RunContext
+from valbench.errors import CellSkipped
 from valbench.methods import _gradients as gr
 from valbench.methods.influence import InfluenceFunction
 from valbench.models import ModelSpec
@@ -147,8 +148,9 @@ def test_influence_counts_one_fit_and_respects_a_zero_budget() -> None:
     _val(task)
     assert task.fit_counter.count == 1
     empty = make_check_task()
-    out = InfluenceFunction().value(empty, RunContext.for_task(empty, budget=Budget(max_fits=0)))
-    assert empty.fit_counter.count == 0 and not out.stats["complete"]
+    with pytest.raises(CellSkipped, match="no whole model training"):
+        InfluenceFunction().value(empty, RunContext.for_task(empty, budget=Budget(max_fits=0)))
+    assert empty.fit_counter.count == 0
 
 
 def test_influence_rejects_unknown_solver() -> None:

@@ -14,6 +14,7 @@ from scipy.stats import spearmanr
 from wide_task import wide_task
 
 from valbench import Budget, RunContext
+from valbench.errors import CellSkipped
 from valbench.methods import _gradients as gr
 from valbench.methods.influence import InfluenceFunction
 from valbench.methods.trak import TRAK, margin_grads
@@ -124,9 +125,9 @@ def test_trak_budget_limits_the_models_and_marks_the_estimate_partial() -> None:
     assert cut.fit_counter.count == 2
     assert not out.complete and out.stats["checkpoints_used"] == 2
     empty = make_check_task(n_train=40)
-    none = TRAK().value(empty, RunContext.for_task(empty, budget=Budget(max_fits=0)))
-    assert empty.fit_counter.count == 0 and not none.complete
-    assert not none.scores.any()
+    with pytest.raises(CellSkipped, match="trak: .* no whole model "):
+        TRAK().value(empty, RunContext.for_task(empty, budget=Budget(max_fits=0)))
+    assert empty.fit_counter.count == 0
 
 
 def test_trak_values_an_mlp_and_conforms() -> None:

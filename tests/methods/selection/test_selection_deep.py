@@ -11,6 +11,7 @@ from image_tasks import half_bright_images
 from selection_helpers import check_selections, make_ctx, small_task
 
 from valbench import Budget
+from valbench.errors import CellSkipped
 from valbench.methods import _gradients as gr
 from valbench.methods.selection import (
     CCS,
@@ -56,8 +57,9 @@ def test_every_selector_selects_on_a_cnn_with_one_fit(cls: type[Method]) -> None
 def test_geometric_selectors_fit_only_on_a_deep_model(cls: type[Method]) -> None:
     shallow, deep = small_task(N), _cnn_task()
     assert cls().fits_for(shallow) == 0 and cls().fits_for(deep) == 1
-    starved = cls().value(deep, make_ctx(deep, (0.2,), budget=Budget(max_fits=0)))
-    assert starved.stats["complete"] is False and deep.fit_counter.count == 0
+    with pytest.raises(CellSkipped, match="needs up to 1 fit;"):
+        cls().value(deep, make_ctx(deep, (0.2,), budget=Budget(max_fits=0)))
+    assert deep.fit_counter.count == 0
     cls().value(shallow, make_ctx(shallow, (0.2,), budget=Budget(max_fits=0)))
     assert shallow.fit_counter.count == 0
 

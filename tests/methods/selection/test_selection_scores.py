@@ -7,7 +7,7 @@ import pytest
 from selection_helpers import check_selections, make_ctx, points_task, small_task
 
 from valbench import Budget
-from valbench.errors import UsageError
+from valbench.errors import CellSkipped, UsageError
 from valbench.methods.selection import CCS, Moderate, Uncertainty
 from valbench.methods.selection._features import fit_all_data
 from valbench.methods.selection.ccs import allocate, ccs_sample, difficulty
@@ -52,8 +52,8 @@ def test_uncertainty_method_ranks_the_all_data_model(criterion: str) -> None:
 
 def test_no_fit_left_means_no_selection() -> None:
     task = small_task(30)
-    out = Uncertainty().value(task, make_ctx(task, budget=Budget(max_fits=0)))
-    assert out.stats["complete"] is False and not out.selections
+    with pytest.raises(CellSkipped, match="uncertainty: .* needs up to 1 fit"):
+        Uncertainty().value(task, make_ctx(task, budget=Budget(max_fits=0)))
     assert task.fit_counter.count == 0
 
 
