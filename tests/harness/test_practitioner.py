@@ -12,6 +12,7 @@ from test_report_fakes import fake_run
 
 import valbench
 from valbench.cli import EXIT_USAGE, main
+from valbench.errors import CellSkipped
 from valbench.practitioner import recall_at
 
 
@@ -68,8 +69,11 @@ def test_value_is_deterministic_and_honest_about_budgets(tmp_path: Path) -> None
     assert a.complete and a.stderr is None and a.indices.tolist() == list(range(80))
     frame = a.to_dataframe()
     assert list(frame.columns) == ["index", "value", "stderr", "complete"]
-    partial = valbench.value(x, y, method="tmc-shapley", budget="fits=5")
+    partial = valbench.value(x, y, method="tmc-shapley", budget="fits=150")
     assert not partial.complete
+    # Five fits walk no whole permutation: no estimate, and the error says what one needs.
+    with pytest.raises(CellSkipped, match="no whole permutation.*needs up to"):
+        valbench.value(x, y, method="tmc-shapley", budget="fits=5")
 
 
 @pytest.mark.parametrize(
