@@ -146,8 +146,8 @@ class DVRL(Method):
     split (the estimator's input ``|onehot(y) - p_val(x)|``) and the full-data model (the
     reward baseline). The budget is checked before every iteration; a run cut short returns
     the estimator as trained so far with ``complete=False``. A fit budget below 3 declines the
-    cell before fitting anything (``CellSkipped``); a seconds budget spent before the first
-    iteration returns zeros with ``complete=False``.
+    cell before fitting anything (``CellSkipped``); so does a seconds budget spent before the
+    first iteration, with what one iteration needs.
 
     Departures from the authors' code:
 
@@ -283,10 +283,9 @@ class DVRL(Method):
             ctx.progress(done, self.iterations)
 
         if done == 0:  # the seconds ran out before one iteration: nothing was learned
-            scores = np.zeros(n)
-        else:
-            with torch.no_grad():
-                scores = dve(x_t, onehot_t, diff_t).numpy().astype(np.float64)
+            raise CellSkipped(f"dvrl: {ctx.budget.shortfall('iteration', 1)}")
+        with torch.no_grad():
+            scores = dve(x_t, onehot_t, diff_t).numpy().astype(np.float64)
         tail = rewards[-100:]
         return Valuation(
             scores=scores,

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from valbench import Method, RunContext, Valuation, ValuationTask
-from valbench.errors import UsageError
+from valbench.errors import CellSkipped, UsageError
 from valbench.params import Interval, Options, Param
 
 __all__ = ["GShapley", "gshapley_marginals", "search_lr", "LR_GRID"]
@@ -133,7 +133,7 @@ class GShapley(Method):
 
     A budgeted fit is one permutation: one SGD epoch of one model; the learning-rate search
     spends 80 such epochs first. A budget that cannot pay for the search and one permutation
-    gives zeros with ``complete`` False.
+    declines the cell (``CellSkipped``, saying what it needs).
 
     Departures: the search scores on the validation split (the original: the test split);
     logistic regression only; no convergence test (the original stops on the same test as
@@ -200,8 +200,8 @@ class GShapley(Method):
             cost = len(LR_GRID) * LR_SEARCH_RUNS
             if ctx.budget.remaining_fits() < cost + 1 or ctx.budget.exhausted():
                 # The search alone would not leave one permutation: decline before any work.
-                stats.update(permutations=0, complete=False, lr=None)
-                return Valuation(scores=np.zeros(n), stats=stats)
+                unit = "learning-rate search and permutation"
+                raise CellSkipped(f"g-shapley: {ctx.budget.shortfall(unit, cost + 1)}")
             lr, criteria = search_lr(
                 task.x_train, task.y_train, task.x_val, task.y_val, task.n_classes, ctx.rng,
                 l2=float(self.l2),
@@ -236,6 +236,8 @@ class GShapley(Method):
             sums += marginals.sum(axis=0)
             done += size
             ctx.progress(done, total)
-        scores = sums / done if done else np.zeros(n)
+        if done == 0:  # not one permutation: no estimate
+            raise CellSkipped(f"g-shapley: {ctx.budget.shortfall('permutation', 1)}")
+        scores = sums / done
         stats.update(permutations=done, complete=done == self.max_permutations)
         return Valuation(scores=scores, stats=stats)

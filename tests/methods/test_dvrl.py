@@ -113,3 +113,9 @@ def test_budget_cuts_the_iterations() -> None:
 def test_options_conform() -> None:
     # The paper's moving-average baseline and the log-loss reward, through the whole kit.
     check_method(DVRL, {"iterations": 5, "metric": "log_loss", "baseline": "moving_average"})
+
+
+def test_a_seconds_budget_spent_before_the_first_iteration_declines() -> None:
+    task = make_check_task(n_train=40)
+    with pytest.raises(CellSkipped, match="dvrl: .* no whole iteration"):
+        DVRL().value(task, RunContext.for_task(task, budget=Budget(max_seconds=1e-9)))

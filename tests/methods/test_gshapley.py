@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from valbench import Budget, DatasetSplits, RunContext, ValuationTask
+from valbench.errors import CellSkipped
 from valbench.methods.gshapley import LR_GRID, GShapley, search_lr
 from valbench.models import ModelSpec
 from valbench.testing import check_method, make_check_task
@@ -162,6 +163,6 @@ def test_searched_lr_is_charged_and_declines_without_room() -> None:
     assert task.fit_counter.count == 80 + 5 and got.stats["lr"] in LR_GRID
     assert got.stats["lr_searched"] and got.complete
     poor = make_check_task(n_train=24)
-    got = GShapley().value(poor, RunContext.for_task(poor, budget=Budget(max_fits=80)))
-    assert poor.fit_counter.count == 0 and not got.complete
-    assert np.array_equal(got.scores, np.zeros(24))
+    with pytest.raises(CellSkipped, match="search and permutation needs up to 81 fits"):
+        GShapley().value(poor, RunContext.for_task(poor, budget=Budget(max_fits=80)))
+    assert poor.fit_counter.count == 0
