@@ -226,7 +226,12 @@ def _list_of(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
     return lambda value: isinstance(value, list) and all(check(v) for v in value)
 
 
-# The types RunSpec.from_dict needs; its own checks then judge the values.
+def _dict_of(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda value: _is_dict(value) and all(check(v) for v in value.values())
+
+
+# The types RunSpec.from_dict needs, one entry per RunSpec field (a test holds the two
+# together); its own checks then judge the values.
 _SPEC_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "methods": (_list_of(_is_str), "a list of names"),
     "datasets": (_list_of(_is_str), "a list of names"),
@@ -250,6 +255,13 @@ _SPEC_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
         lambda v: _is_dict(v) and all(_is_dict(p) for p in v.values()),
         "an object of objects",
     ),
+    "model_by_dataset": (_dict_of(_is_str), "an object of strings"),
+    "max_train_by_dataset": (_dict_of(_optional(_is_int)), "an object of whole numbers or null"),
+    "data_fingerprints": (_dict_of(_is_str), "an object of strings"),
+    "scratch_model": (_optional(_is_str), "a string or null"),
+    "metrics": (_list_of(_is_str), "a list of names"),
+    "lds_subsets": (_is_int, "a whole number"),
+    "device": (_is_str, "a string"),
 }
 
 
