@@ -782,7 +782,7 @@ def _run_cell(cell: Cell, spec: RunSpec, progress: ProgressFn) -> CellOutcome:
             )
         valuation = _check_valuation(raw, task.n_train, cell.method, ctx.fractions)
         measured = measure(task, valuation, cell, spec, pixels)
-    except CellSkipped as exc:  # declined up front: no partial result to pass off as real
+    except CellSkipped as exc:  # declined, up front or with no estimate: nothing to pass off
         return CellOutcome(failure_record(cell, spec, "skipped", "CellSkipped", str(exc), "", cost))
     except (Exception, SystemExit) as exc:  # a method calling sys.exit() fails its cell only
         status = "timeout" if type(exc).__name__ == "CellTimeout" else "failed"
