@@ -308,7 +308,7 @@ def run_ray(
             ) from None
     remote = ray.remote(num_cpus=1, max_retries=0)(_ray_task)
     spec_ref = ray.put(spec)
-    starts = ray.remote(num_cpus=0)(_StartLog).remote() if spec.timeout else None
+    starts: Any = ray.remote(num_cpus=0)(_StartLog).remote() if spec.timeout else None
     # With a timeout only as many tasks as CPUs are in flight, so none waits long for a worker.
     slots = max(1, int(ray.cluster_resources().get("CPU", 1)))
     window = slots if spec.timeout else len(cells)
@@ -328,7 +328,7 @@ def run_ray(
                     outcome = _crash_outcome(cell, spec, exc)
                 on_result(outcome)
             if spec.timeout and running:
-                ages = ray.get(starts.ages.remote())
+                ages: dict[str, float] = ray.get(starts.ages.remote())
                 for ref, cell in list(running.items()):
                     if ages.get(cell.cell_id, 0.0) > spec.timeout:
                         del running[ref]
