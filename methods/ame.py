@@ -24,7 +24,6 @@ from scipy.special import gammaln
 from sklearn.linear_model import LassoCV, LinearRegression
 
 from valbench import Method, RunContext, Valuation, ValuationTask
-from valbench.errors import CellSkipped
 from valbench.params import Interval, Options, Param
 
 __all__ = ["AME", "AME_PROBABILITIES", "ame_design", "ame_size_weights", "ame_regression"]
@@ -150,7 +149,7 @@ class AME(Method):
             ctx.progress(done, self.max_samples)
         complete = done == self.max_samples
         if done < 2:  # fewer than two subsets leave nothing to regress on
-            raise CellSkipped(f"ame: {ctx.budget.shortfall('pair of subsets', 2)}")
+            raise ctx.budget.decline(self.name, "pair of subsets", 2)
         scores = np.zeros(n)
         info: dict[str, float] = {}
         if np.ptp(values[:done]) > 0:

@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 
 from valbench import Method, RunContext, Valuation, ValuationTask
-from valbench.errors import CellSkipped
 from valbench.params import Interval, Param
 from valbench.types import BatchedModel
 
@@ -218,7 +217,7 @@ class ClasswiseShapley(Method):
             # A round walks every point once, two more fits per class for its full set and
             # context.
             need = task.n_train + 2 * len(np.unique(task.y_train))
-            raise CellSkipped(f"classwise-shapley: {ctx.budget.shortfall('round', need)}")
+            raise ctx.budget.decline(self.name, "round", need)
         scores = np.where(counts > 0, sums / np.maximum(counts, 1), 0.0)
         unscaled = 0
         normalized = False

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from valbench import Method, RunContext, Valuation, ValuationTask
-from valbench.errors import CellSkipped, UsageError
+from valbench.errors import UsageError
 
 # The weighted fit lives in the engine (the harness trains weighted selections with it too);
 # re-exported here, where it first served the bootstrap.
@@ -139,7 +139,7 @@ class DataOOB(Method):
             ctx.progress(trained, n_models)
 
         if trained == 0:  # not one bootstrap model: no point was ever out of bag
-            raise CellSkipped(f"data-oob: {ctx.budget.shortfall('bootstrap model', 1)}")
+            raise ctx.budget.decline(self.name, "bootstrap model", 1)
         covered = seen > 0
         scores = np.zeros(n)
         scores[covered] = hits[covered] / seen[covered]

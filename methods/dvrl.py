@@ -283,7 +283,7 @@ class DVRL(Method):
             ctx.progress(done, self.iterations)
 
         if done == 0:  # the seconds ran out before one iteration: nothing was learned
-            raise CellSkipped(f"dvrl: {ctx.budget.shortfall('iteration', 1)}")
+            raise ctx.budget.decline(self.name, "iteration", 1)
         with torch.no_grad():
             scores = dve(x_t, onehot_t, diff_t).numpy().astype(np.float64)
         tail = rewards[-100:]

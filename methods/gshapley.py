@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from valbench import Method, RunContext, Valuation, ValuationTask
-from valbench.errors import CellSkipped, UsageError
+from valbench.errors import UsageError
 from valbench.params import Interval, Options, Param
 
 __all__ = ["GShapley", "gshapley_marginals", "search_lr", "LR_GRID"]
@@ -201,7 +201,7 @@ class GShapley(Method):
             if ctx.budget.remaining_fits() < cost + 1 or ctx.budget.exhausted():
                 # The search alone would not leave one permutation: decline before any work.
                 unit = "learning-rate search and permutation"
-                raise CellSkipped(f"g-shapley: {ctx.budget.shortfall(unit, cost + 1)}")
+                raise ctx.budget.decline(self.name, unit, cost + 1)
             lr, criteria = search_lr(
                 task.x_train, task.y_train, task.x_val, task.y_val, task.n_classes, ctx.rng,
                 l2=float(self.l2),
@@ -237,7 +237,7 @@ class GShapley(Method):
             done += size
             ctx.progress(done, total)
         if done == 0:  # not one permutation: no estimate
-            raise CellSkipped(f"g-shapley: {ctx.budget.shortfall('permutation', 1)}")
+            raise ctx.budget.decline(self.name, "permutation", 1)
         scores = sums / done
         stats.update(permutations=done, complete=done == self.max_permutations)
         return Valuation(scores=scores, stats=stats)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from valbench import Method, RunContext, Valuation, ValuationTask
-from valbench.errors import CellSkipped, UsageError
+from valbench.errors import UsageError
 from valbench.methods import _gradients as gr
 from valbench.methods import _inverse_hessian as ih
 from valbench.nets import is_deep
@@ -253,7 +253,7 @@ class InfluenceFunction(Method):
         if deep:
             self._deep_check(clf)
         if ctx.budget.remaining_fits() < 1:
-            raise CellSkipped(f"{self.name}: {ctx.budget.shortfall('model training', 1)}")
+            raise ctx.budget.decline(self.name, "model training", 1)
         model, x_in, xv_in, stats = fit_for_gradients(task, self.layers, self.refine, clf)
         y = torch.as_tensor(task.y_train, dtype=torch.int64)
         yv = torch.as_tensor(task.y_val, dtype=torch.int64)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 
 from valbench import Method, RunContext, Valuation, ValuationTask
-from valbench.errors import CellSkipped
 from valbench.params import Interval, Param
 
 __all__ = ["LeaveOneOut"]
@@ -68,7 +67,7 @@ class LeaveOneOut(Method):
 
         computed = ~np.isnan(values)
         if not computed.any():  # U(D) and one point left out, at the least
-            raise CellSkipped(f"loo: {ctx.budget.shortfall('leave-one-out value', 2)}")
+            raise ctx.budget.decline(self.name, "leave-one-out value", 2)
         fill = float(values[computed].mean())
         values[~computed] = fill
         return Valuation(

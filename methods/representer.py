@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from valbench import Method, RunContext, Valuation, ValuationTask
-from valbench.errors import CellSkipped, UsageError
+from valbench.errors import UsageError
 from valbench.methods import _gradients as gr
 from valbench.params import Interval, Param
 
@@ -119,7 +119,7 @@ class RepresenterPoints(Method):
     def value(self, task: ValuationTask, ctx: RunContext) -> Valuation:
         n = task.n_train
         if ctx.budget.remaining_fits() < 1:
-            raise CellSkipped(f"{self.name}: {ctx.budget.shortfall('model training', 1)}")
+            raise ctx.budget.decline(self.name, "model training", 1)
         rep = fit_representer(task, self.l2)
         yv = torch.as_tensor(task.y_val, dtype=torch.int64)
         probs_val = torch.softmax(rep.phi_val @ rep.w + rep.b, dim=1)

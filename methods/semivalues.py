@@ -573,7 +573,7 @@ class ExactShapley(_EngineGame):
         enough = remaining() >= needed  # the clock may still stop the enumeration
         values = exact_semivalue(n, many, remaining=remaining) if enough else None
         if values is None:  # the clock stopped the enumeration: no value is exact
-            raise CellSkipped(f"exact-shapley: {ctx.budget.shortfall('enumeration', needed)}")
+            raise ctx.budget.decline(self.name, "enumeration", needed)
         return Valuation(
             scores=values,
             stats={"complete": True, "fits": task.fit_counter.count, **utility.stats()},
@@ -658,7 +658,7 @@ class TMCShapley(_EngineGame):
             task, ctx.budget, batch, warm_start="nearest" if self.warm_start else False
         )
         if remaining() < 1:
-            raise CellSkipped(f"tmc-shapley: {ctx.budget.shortfall('permutation', n + 1)}")
+            raise ctx.budget.decline(self.name, "permutation", n + 1)
         full = utility.full_score
         scores, stats = tmc_shapley(
             n,
@@ -679,7 +679,7 @@ class TMCShapley(_EngineGame):
         stats.update(full_score=full, fits=task.fit_counter.count, **utility.stats())
         done = stats["permutations"]
         if done == 0:  # no point has a marginal: nothing to report as an estimate
-            raise CellSkipped(f"tmc-shapley: {ctx.budget.shortfall('permutation', n + 1)}")
+            raise ctx.budget.decline(self.name, "permutation", n + 1)
         stats["complete"] = stats["converged"] or done == self.max_permutations
         return Valuation(scores=scores, stats=stats)
 
@@ -714,7 +714,7 @@ class Semivalue(_EngineGame):
             progress=ctx.progress,
         )
         if stats["points_unestimated"] == n:  # every point needs a subset with it and one without
-            raise CellSkipped(f"{self.name}: {ctx.budget.shortfall('pair of subsets', 2)}")
+            raise ctx.budget.decline(self.name, "pair of subsets", 2)
         stats.update(fits=task.fit_counter.count, **utility.stats())
         return Valuation(scores=scores, stats=stats)
 
@@ -806,7 +806,7 @@ class SampledShapley(_EngineGame):
             progress=ctx.progress,
         )
         if stats["samples"] == 0:  # not one marginal: nothing to report as an estimate
-            raise CellSkipped(f"{self.name}: {ctx.budget.shortfall('marginal', 2)}")
+            raise ctx.budget.decline(self.name, "marginal", 2)
         stats.update(fits=task.fit_counter.count, **utility.stats())
         return Valuation(scores=scores, stats=stats)
 

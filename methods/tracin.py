@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from valbench import Method, RunContext, Valuation, ValuationTask
-from valbench.errors import CellSkipped, UsageError
+from valbench.errors import UsageError
 from valbench.methods import _gradients as gr
 from valbench.methods.training_dynamics import DEEP_GRAD_ROWS
 from valbench.models import Params
@@ -293,7 +293,7 @@ class TracIn(Method):
                         f"{task.model.kind}:{key}=VALUE"
                     )
         if ctx.budget.remaining_fits() < 1:
-            raise CellSkipped(f"{self.name}: {ctx.budget.shortfall('training run', 1)}")
+            raise ctx.budget.decline(self.name, "training run", 1)
         if deep:
             return self._value_deep(task, ctx)
         saved = sgd_checkpoints(

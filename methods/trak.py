@@ -8,7 +8,7 @@ import torch
 from torch.func import grad, vmap
 
 from valbench import Method, RunContext, Valuation, ValuationTask
-from valbench.errors import CellSkipped, UsageError
+from valbench.errors import UsageError
 from valbench.methods import _gradients as gr
 from valbench.params import Interval, Options, Param
 
@@ -160,7 +160,7 @@ class TRAK(Method):
         seeds = ctx.rng.integers(0, 2**31 - 1, size=(wanted, 2))
         models = int(min(wanted, ctx.budget.remaining_fits()))
         if models < 1:
-            raise CellSkipped(f"{self.name}: {ctx.budget.shortfall('model', 1)}")
+            raise ctx.budget.decline(self.name, "model", 1)
         y = torch.as_tensor(task.y_train, dtype=torch.int64)
         yv = torch.as_tensor(task.y_val, dtype=torch.int64)
         attribution = torch.zeros(n, dtype=gr.DTYPE)

@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Protocol, Self, TypeVar
 
 import numpy as np
 
-from valbench.errors import UsageError
+from valbench.errors import CellSkipped, UsageError
 from valbench.params import (
     Param,
     assign_params,
@@ -215,19 +215,20 @@ class BudgetMeter:
             left = min(left, self.FIRST_REQUEST)
         return left
 
-    def shortfall(self, unit: str, fits_per_unit: float) -> str:
-        """Why a method that finished no whole ``unit`` of its estimate declines, and what
-        budget one unit would need (for a ``CellSkipped`` message)."""
+    def decline(self, method: str, unit: str, fits_per_unit: float) -> CellSkipped:
+        """The ``CellSkipped`` a method raises when it finished no whole ``unit`` of its
+        estimate: what the budget covered, and what one unit would need in fits and, at this
+        call's pace, in seconds."""
         used = self.fits_used()
         message = (
-            f"the budget ({self.budget}) covered no whole {unit} ({used} model fits in "
+            f"{method}: the budget ({self.budget}) covered no whole {unit} ({used} model fits in "
             f"{self.seconds_used():.0f} s); one {unit} needs up to {fits_per_unit:,.0f} "
             f"fit{'' if fits_per_unit == 1 else 's'}"
         )
         if used:
             pace = self.seconds_used() / used
             message += f", about {fits_per_unit * pace:,.0f} s at this cell's {pace:.2g} s a fit"
-        return message + "; raise --budget"
+        return CellSkipped(message + "; raise --budget")
 
     def remaining_seconds(self) -> float:
         """Seconds still allowed (``inf`` when unlimited, never negative)."""

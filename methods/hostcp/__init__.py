@@ -30,7 +30,6 @@ import numpy as np
 import torch
 
 from valbench import Method, RunContext, Valuation, ValuationTask
-from valbench.errors import CellSkipped
 from valbench.metrics import subset_size
 from valbench.params import Interval, Options, Param
 from valbench.types import Claim
@@ -182,7 +181,7 @@ class _HostCPBase(Method):
         finally:
             torch.set_num_threads(threads)
         if not runs:  # not one online run: no selection and no scores
-            raise CellSkipped(f"{self.name}: {ctx.budget.shortfall('online run', 1)}")
+            raise ctx.budget.decline(self.name, "online run", 1)
 
         scores = np.mean([r.scores for r in runs.values()], axis=0)
         selections: dict[float, np.ndarray] = {}

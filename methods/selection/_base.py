@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from valbench.errors import CellSkipped
 from valbench.methods.selection._features import embedding_fits
 from valbench.metrics import subset_size
 from valbench.types import Method, Valuation, ValuationTask
@@ -154,7 +153,7 @@ class Selector(Method):
         sizes = selection_sizes(n, tuple(ctx.fractions))
         needed = self.fits_for(task)
         if ctx.budget.remaining_fits() < needed:
-            raise CellSkipped(f"{self.name}: {ctx.budget.shortfall('selection', needed)}")
+            raise ctx.budget.decline(self.name, "selection", needed)
         started = time.perf_counter()
         fits_before = task.fit_counter.count
         scores, chosen, weights, stats = self.select_weighted(task, ctx, sizes)
