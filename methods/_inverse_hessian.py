@@ -10,12 +10,16 @@ b (C)]``, i.e. ``Θ = [W; b]`` on the augmented inputs ``φ̃ = [φ, 1]``, row-m
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 
+from valbench.errors import UsageError
 from valbench.methods import _gradients as gr
 
 __all__ = [
@@ -24,6 +28,9 @@ __all__ = [
     "ekfac_layer_factors",
     "ekfac_head_factors",
     "ekfac_mlp_factors",
+    "KroneckerLayer",
+    "network_layers",
+    "ekfac_network_factors",
     "ekfac_inverse",
     "ekfac_block_inverse",
     "datainf_dampings",
@@ -157,8 +164,14 @@ def ekfac_layer_factors(
         k = q_s.T @ jac  # (n, h, C)
         m = (k**2 * probs[:, None, :]).sum(2) - (k @ probs[:, :, None])[:, :, 0] ** 2
     lam = u2.T @ m / n
-    lam += l2 * (q_a[:d] ** 2).sum(0)[:, None]
-    return q_a, q_s, lam
+    decayed_rows = torch.cat([torch.ones(d, dtype=DTYPE), torch.zeros(1, dtype=DTYPE)])
+    return q_a, q_s, lam + _l2_in_basis(q_a, decayed_rows, l2)
+
+
+def _l2_in_basis(q_a: torch.Tensor, decayed_rows: torch.Tensor, l2: float) -> torch.Tensor:
+    """The objective's ``l2/2 · ||·||²`` on a layer's decayed rows of ``[W; b]`` as the diagonal
+    in the basis ``Q_A ⊗ Q_S``: ``l2 · Σ_r decayed[r] Q_A[r, a]²`` for every column j, (k, 1)."""
+    return l2 * (decayed_rows[:, None] * q_a**2).sum(0)[:, None]
 
 
 def ekfac_head_factors(
@@ -181,6 +194,213 @@ def ekfac_mlp_factors(
     return [ekfac_layer_factors(x, probs, l2, jac), ekfac_layer_factors(act, probs, l2)]
 
 
+# --- EK-FAC on a network's convolution and linear layers ------------------------------------
+#
+# Grosse & Martens (ICML 2016, "KFC") extend K-FAC to a convolution by treating every output
+# position as one more input row: the layer is a linear map of the input patch ``ã_t``
+# (``F.unfold``'s ``cin · kh · kw`` values, plus the bias's 1) to the ``cout`` pre-activations
+# at position t, and its per-point weight gradient is ``Σ_t ã_t g_tᵀ``. Only the factors'
+# eigenbases come from that approximation; EK-FAC refits the eigenvalues on the per-point
+# gradients themselves, so no position-independence assumption enters ``Λ*``.
+
+
+@dataclass(frozen=True)
+class KroneckerLayer:
+    """One ``conv2d`` or ``linear`` call of a network on its own parameters.
+
+    Attributes:
+        weight: Name of its weight, ``(cout, cin, kh, kw)`` or ``(out, in)``.
+        bias: Name of its bias, or None.
+        conv: ``F.unfold``'s arguments (kernel_size, dilation, padding, stride) for a
+            convolution; None for a linear layer.
+    """
+
+    weight: str
+    bias: str | None
+    conv: dict[str, Any] | None
+
+
+_CONV_ARGS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+_LINEAR_ARGS = ("input", "weight", "bias")
+
+
+class _LayerTap(TorchFunctionMode):
+    """Watches one forward pass for ``conv2d`` and ``linear`` calls on the parameters ``names``
+    (matched by identity: ``{id(tensor): name}``). Each call's input is kept and a zero
+    ``probe`` is added to its output, so that the gradient of anything downstream with respect
+    to the probe is the gradient at the layer's pre-activations."""
+
+    def __init__(self, names: dict[int, str]) -> None:
+        super().__init__()
+        self.names = names
+        self.layers: list[KroneckerLayer] = []
+        self.inputs: list[torch.Tensor] = []
+        self.probes: list[torch.Tensor] = []
+        self.used: set[str] = set()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        kwargs = kwargs or {}
+        conv = func in (F.conv2d, torch.conv2d)
+        if not conv and func is not F.linear:
+            return func(*args, **kwargs)
+        call = dict(zip(_CONV_ARGS if conv else _LINEAR_ARGS, args, strict=False), **kwargs)
+        weight = self.names.get(id(call["weight"]))
+        if weight is None:  # not one of the network's parameters (nothing to precondition)
+            return func(*args, **kwargs)
+        bias = call.get("bias")
+        bias_name = None if bias is None else self.names.get(id(bias))
+        if bias is not None and bias_name is None:
+            raise UsageError(f"EK-FAC: the bias of layer {weight!r} is not a parameter")
+        if weight in self.used or bias_name in self.used:
+            raise UsageError(f"EK-FAC: parameter {weight!r} is used by more than one layer")
+        unfold = None
+        if conv:
+            if call.get("groups", 1) != 1 or isinstance(call.get("padding", 0), str):
+                raise UsageError(
+                    f"EK-FAC: layer {weight!r} is a grouped or string-padded convolution, "
+                    "which its Kronecker factors do not cover; use solver='datainf' or 'arnoldi'"
+                )
+            unfold = {
+                "kernel_size": tuple(call["weight"].shape[2:]),
+                "dilation": call.get("dilation", 1),
+                "padding": call.get("padding", 0),
+                "stride": call.get("stride", 1),
+            }
+        self.used.update(k for k in (weight, bias_name) if k is not None)
+        self.layers.append(KroneckerLayer(weight, bias_name, unfold))
+        self.inputs.append(call["input"].detach())
+        out = func(*args, **kwargs)
+        probe = torch.zeros_like(out, requires_grad=True)
+        self.probes.append(probe)
+        return out + probe
+
+
+def _tapped(model: gr.Functional, x: torch.Tensor) -> tuple[torch.Tensor, _LayerTap]:
+    """The logits of ``x`` with every conv/linear layer of ``model`` tapped."""
+    tap = _LayerTap({id(v): k for k, v in model.params.items()})
+    with tap:
+        logits = model.logits(model.params, x)
+    return logits, tap
+
+
+def network_layers(model: gr.Functional, x: torch.Tensor) -> list[KroneckerLayer]:
+    """The Kronecker layers of ``model`` in call order, traced on the first input of ``x``.
+
+    Raises UsageError (before any training when called on the initial parameters) if a
+    parameter is not the weight or bias of a ``conv2d`` or ``linear`` call on it (batch norm's
+    scale, say): the block-diagonal approximation would have no block for it.
+    """
+    with torch.no_grad():
+        _, tap = _tapped(model, x[:1])
+    missing = [k for k in model.params if k not in tap.used]
+    if missing:
+        raise UsageError(
+            f"EK-FAC covers convolution and linear layers only, and {model.kind}'s parameters "
+            f"{', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''} are in neither; "
+            "use solver='datainf' or 'arnoldi' (or layers='last')"
+        )
+    return tap.layers
+
+
+def _layer_rows(layer: KroneckerLayer, inputs: torch.Tensor) -> torch.Tensor:
+    """``ã`` of every (point, position): (B, T, k) with the bias's 1 last when it has one."""
+    if layer.conv is not None:
+        a = F.unfold(inputs, **layer.conv).transpose(1, 2)  # (B, T, cin·kh·kw)
+    else:
+        a = inputs.reshape(inputs.shape[0], -1, inputs.shape[-1])
+    if layer.bias is not None:
+        a = torch.cat([a, torch.ones(*a.shape[:2], 1, dtype=a.dtype)], dim=2)
+    return a
+
+
+def _layer_grads(layer: KroneckerLayer, grad: torch.Tensor) -> torch.Tensor:
+    """Pre-activation gradients of every (point, position): (B, T, h)."""
+    if layer.conv is not None:
+        return grad.flatten(2).transpose(1, 2)
+    return grad.reshape(grad.shape[0], -1, grad.shape[-1])
+
+
+def _class_passes(model: gr.Functional, x: torch.Tensor, chunk: int) -> Any:
+    """For each chunk of ``x``: the model's probabilities (B, C), every layer's ``ã`` and, per
+    class c, every layer's pre-activation gradients of ``CE(·, c)`` (backward passes of
+    ``p − e_c``, so the true Fisher's expectation over ŷ ~ p is exact, not sampled)."""
+    for start in range(0, x.shape[0], chunk):
+        logits, tap = _tapped(model, x[start : start + chunk])
+        probs = torch.softmax(logits.detach(), dim=1)
+        rows = [_layer_rows(layer, a) for layer, a in zip(tap.layers, tap.inputs, strict=True)]
+
+        def grads(c: int, logits=logits, probs=probs, tap=tap) -> list[torch.Tensor]:
+            out = probs.clone()
+            out[:, c] -= 1.0
+            g = torch.autograd.grad(logits, tap.probes, out, retain_graph=True)
+            return [_layer_grads(layer, gi) for layer, gi in zip(tap.layers, g, strict=True)]
+
+        yield probs, rows, grads
+
+
+def ekfac_network_factors(
+    model: gr.Functional, x: torch.Tensor, *, chunk: int = 256
+) -> tuple[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], torch.Tensor]:
+    """Per-layer EK-FAC factors of a network built of ``conv2d`` and ``linear`` calls.
+
+    For each layer (:func:`network_layers`): ``A = E[ã_t ã_tᵀ]`` over points and positions,
+    ``S = E_i E_ŷ[Σ_t g_t g_tᵀ]`` (ŷ from the model, expectation in closed form by one backward
+    pass per class), their eigenbases ``Q_A``, ``Q_S``, and the corrected eigenvalues
+    ``Λ*[a, j] = E_i E_ŷ[(Q_Aᵀ DW_i Q_S)[a, j]²]`` of the per-point weight gradients
+    ``DW_i = Σ_t ã_t g_tᵀ``, plus the objective's L2 term on the decayed rows. So ``Λ*`` is the
+    diagonal of the layer's Gauss-Newton block in the basis ``Q_A ⊗ Q_S``, as
+    :func:`ekfac_layer_factors` for a linear layer. Two passes over ``x`` (factors, then
+    eigenvalues), ``chunk`` inputs at a time.
+
+    Returns the factors ``(Q_A, Q_S, Λ*)`` in :func:`ekfac_block_inverse`'s form and ``order``,
+    the flat parameter indices that lay the layers' ``[W; b]`` blocks (k, h) out one after
+    another, row-major (the network stores a weight as (h, k)).
+    """
+    layers = network_layers(model, x)
+    n = x.shape[0]
+    a_sum: list[torch.Tensor] = []
+    s_sum: list[torch.Tensor] = []
+    for probs, rows, grads in _class_passes(model, x, chunk):
+        per_class = [grads(c) for c in range(probs.shape[1])]
+        for i, a in enumerate(rows):
+            if len(a_sum) <= i:
+                a_sum.append(torch.zeros(a.shape[2], a.shape[2], dtype=DTYPE))
+                h = per_class[0][i].shape[2]
+                s_sum.append(torch.zeros(h, h, dtype=DTYPE))
+            a_sum[i] += torch.einsum("bta,btk->ak", a, a)
+            for c, g in enumerate(per_class):
+                s_sum[i] += torch.einsum("bth,b,btk->hk", g[i], probs[:, c], g[i])
+    bases = []
+    for a, s in zip(a_sum, s_sum, strict=True):
+        _, q_a = torch.linalg.eigh(a / n)
+        _, q_s = torch.linalg.eigh(s / n)
+        bases.append((q_a, q_s))
+    lam = [torch.zeros(q_a.shape[0], q_s.shape[0], dtype=DTYPE) for q_a, q_s in bases]
+    for probs, rows, grads in _class_passes(model, x, chunk):
+        rotated = [a @ q_a for a, (q_a, _) in zip(rows, bases, strict=True)]
+        for c in range(probs.shape[1]):
+            for i, g in enumerate(grads(c)):
+                dw = torch.einsum("bta,bth->bah", rotated[i], g @ bases[i][1])
+                lam[i] += torch.einsum("b,bah->ah", probs[:, c], dw * dw)
+    factors, order, at = [], [], {}
+    offset = 0
+    for k, v in model.params.items():
+        at[k] = offset
+        offset += v.numel()
+    for layer, (q_a, q_s), lam_i in zip(layers, bases, lam, strict=True):
+        w = model.params[layer.weight]
+        h, k = w.shape[0], w[0].numel()
+        idx = at[layer.weight] + torch.arange(h * k).reshape(h, k).T  # (k, h): [W] rows
+        decayed = [float(layer.weight in model.decayed)] * k
+        if layer.bias is not None:
+            idx = torch.cat([idx, at[layer.bias] + torch.arange(h)[None]])
+            decayed.append(float(layer.bias in model.decayed))
+        order.append(idx.reshape(-1))
+        rows_decayed = torch.tensor(decayed, dtype=DTYPE)
+        factors.append((q_a, q_s, lam_i / n + _l2_in_basis(q_a, rows_decayed, model.l2)))
+    return factors, torch.cat(order)
+
+
 def ekfac_inverse(
     q_a: torch.Tensor, q_s: torch.Tensor, lam: torch.Tensor, damping: float
 ) -> tuple[Solve, Solve | None]:
@@ -189,10 +409,14 @@ def ekfac_inverse(
 
 
 def ekfac_block_inverse(
-    layers: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], dampings: list[float]
+    layers: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    dampings: list[float],
+    order: torch.Tensor | None = None,
 ) -> tuple[Solve, Solve | None]:
     """The block-diagonal EK-FAC inverse over consecutive layers of the flat parameters,
-    each ``(Q_A, Q_S, Λ*)`` with its own λ; ``whiten`` exists when every ``Λ* + λ > 0``."""
+    each ``(Q_A, Q_S, Λ*)`` with its own λ; ``whiten`` exists when every ``Λ* + λ > 0``.
+    ``order`` (a permutation of the flat indices) first lays the parameters out as those
+    consecutive blocks, for a model that stores them otherwise (:func:`ekfac_network_factors`)."""
     spans, at = [], 0
     for _, _, lam in layers:
         spans.append((at, at + lam.numel()))
@@ -211,13 +435,19 @@ def ekfac_block_inverse(
         v = flat[lo:hi].reshape(lam.shape[0], lam.shape[1], -1).permute(2, 0, 1)
         return q_a.T @ v @ q_s
 
-    def solve(b: torch.Tensor) -> torch.Tensor:
+    def blocks(b: torch.Tensor) -> torch.Tensor:
         flat = b.reshape(b.shape[0], -1)
+        return flat if order is None else flat[order]
+
+    def solve(b: torch.Tensor) -> torch.Tensor:
+        flat = blocks(b)
         out = torch.empty_like(flat)
         for i, (q_a, q_s, _) in enumerate(layers):
             lo, hi = spans[i]
             back = q_a @ (rotated(flat, i) * invs[i]) @ q_s.T  # (m, k, h)
             out[lo:hi] = back.permute(1, 2, 0).reshape(hi - lo, -1)
+        if order is not None:
+            out[order] = out.clone()
         return out.reshape(b.shape)
 
     if not positive:
@@ -225,7 +455,7 @@ def ekfac_block_inverse(
     roots = [inv.sqrt() for inv in invs]
 
     def whiten(b: torch.Tensor) -> torch.Tensor:
-        flat = b.reshape(b.shape[0], -1)
+        flat = blocks(b)
         return torch.cat(
             [(rotated(flat, i) * roots[i]).reshape(flat.shape[1], -1).T for i in range(len(layers))]
         )

@@ -94,7 +94,8 @@ class InfluenceFunction(Method):
     per linear layer, Kronecker factors ``E[ããᵀ]`` of its inputs and ``E[ggᵀ]`` of its
     pre-activation gradients with model-sampled labels in closed form, eigenvalues refitted
     in their eigenbasis, the L2 term included; block-diagonal over an MLP's two layers with
-    ``layers="all"``) and ``datainf`` (Kwon et al. 2024: per parameter tensor, the inverse of
+    ``layers="all"``, over every convolution and linear layer of a deep one) and ``datainf``
+    (Kwon et al. 2024: per parameter tensor, the inverse of
     the empirical Fisher with sum and inverse swapped, ``(1/n) Σ_i (g_i g_iᵀ + λ_l I)⁻¹``,
     without the L2 term, as the paper). ``damping`` is the λ of ``exact``, ``cg``, ``lissa``
     and ``arnoldi``; EK-FAC and DataInf have their own.
@@ -104,8 +105,10 @@ class InfluenceFunction(Method):
     exact solver applies; refined to a stationary point only when the model has an L2 term);
     ``"all"`` takes every parameter of the network at its trained weights, with Hessian-vector
     products by torch.func (forward-over-reverse in float64, summed over ``chunk`` images),
-    solved by ``cg`` (what ``auto`` picks), ``lissa``, ``arnoldi`` or ``datainf`` (EK-FAC's
-    factors are written for linear layers: with ``"last"`` only). The network's Hessian is
+    solved by ``cg`` (what ``auto`` picks), ``lissa``, ``arnoldi``, ``datainf`` or ``ekfac``
+    (a Kronecker block per convolution and linear layer, a convolution read as Grosse &
+    Martens' KFC; refused up front for a network with other parameters, such as batch
+    norm's). The network's Hessian is
     not positive definite and Adam stops short of a stationary point, so, as Koh & Liang for
     their CNN, the damped Hessian at the trained weights is inverted (``damping=None`` is their
     0.01 on a deep model). Self-influence on every layer of a deep model takes one iterative
@@ -226,16 +229,16 @@ class InfluenceFunction(Method):
         if self.damping is not None and not self.damping >= 0:
             raise UsageError(f"damping must be >= 0, got {self.damping!r}")
 
-    def _deep_check(self, clf: Any) -> None:
+    def _deep_check(self, clf: Any, task: ValuationTask) -> None:
         """Refuse, before any work, what a deep model cannot do with every layer."""
         if self.layers != "all":
             return
+        init = clf.init_params(1)
         if self.solver == "ekfac":
-            raise UsageError(
-                "influence solver='ekfac' has Kronecker factors for linear layers only; on a "
-                "deep model use layers='last' or another solver (cg, lissa, arnoldi, datainf)"
-            )
-        n_params = sum(v[0].numel() for v in clf.init_params(1).tensors.values())
+            # Every parameter needs a Kronecker block: trace the untrained network on one input.
+            model = gr.functional_from_params(init, float(clf.spec.l2), "all", arch=clf.arch)
+            ih.network_layers(model, gr.gradient_inputs(clf, init, task.x_train[:1]))
+        n_params = sum(v[0].numel() for v in init.tensors.values())
         auto = "exact" if n_params <= gr.MAX_EXACT_PARAMS else "cg"
         solver = auto if self.solver == "auto" else self.solver
         if self.self_influence and solver in ("cg", "lissa"):
@@ -251,7 +254,7 @@ class InfluenceFunction(Method):
         deep = is_deep(task.model.kind)
         clf = task.build_model()
         if deep:
-            self._deep_check(clf)
+            self._deep_check(clf, task)
         if ctx.budget.remaining_fits() < 1:
             raise ctx.budget.decline(self.name, "model training", 1)
         model, x_in, xv_in, stats = fit_for_gradients(task, self.layers, self.refine, clf)
@@ -403,9 +406,12 @@ class InfluenceFunction(Method):
             stats.update(info)
             return solve, whiten
         if solver == "ekfac":
+            order = None
             if model.kind == "head":
                 probs = torch.softmax(model.logits(model.params, x), dim=1)
                 factors = [ih.ekfac_head_factors(x, probs, model.l2)]
+            elif model.arch.deep:
+                factors, order = ih.ekfac_network_factors(model, x, chunk=min(self.chunk, 256))
             else:
                 factors = ih.ekfac_mlp_factors(model.params, x, model.l2)
             dampings = [
@@ -413,7 +419,7 @@ class InfluenceFunction(Method):
                 for _, _, lam in factors
             ]
             stats["ekfac_damping"] = dampings
-            return ih.ekfac_block_inverse(factors, dampings)
+            return ih.ekfac_block_inverse(factors, dampings, order)
         grads = torch.cat(
             [
                 self._grads(model, x[i : i + self.chunk], y[i : i + self.chunk])

@@ -63,6 +63,7 @@ def test_influence_and_representer_on_the_cnn_with_1000_images() -> None:
         "influence layers=last (default)": InfluenceFunction(),
         "representer (default)": RepresenterPoints(),
         "influence layers=all, datainf": InfluenceFunction(layers="all", solver="datainf"),
+        "influence layers=all, ekfac": InfluenceFunction(layers="all", solver="ekfac"),
         "influence layers=all, cg, 3 iterations, no self-influence": InfluenceFunction(
             layers="all", solver="cg", maxiter=3, self_influence=False
         ),
