@@ -320,7 +320,9 @@ def _layer_grads(layer: KroneckerLayer, grad: torch.Tensor) -> torch.Tensor:
     return grad.reshape(grad.shape[0], -1, grad.shape[-1])
 
 
-def _class_passes(model: gr.Functional, x: torch.Tensor, chunk: int) -> Any:
+def _class_passes(
+    model: gr.Functional, x: torch.Tensor, chunk: int
+) -> Iterator[tuple[torch.Tensor, list[torch.Tensor], Callable[[int], list[torch.Tensor]]]]:
     """For each chunk of ``x``: the model's probabilities (B, C), every layer's ``ã`` and, per
     class c, every layer's pre-activation gradients of ``CE(·, c)`` (backward passes of
     ``p − e_c``, so the true Fisher's expectation over ŷ ~ p is exact, not sampled)."""
@@ -379,8 +381,8 @@ def ekfac_network_factors(
     for probs, rows, grads in _class_passes(model, x, chunk):
         rotated = [a @ q_a for a, (q_a, _) in zip(rows, bases, strict=True)]
         for c in range(probs.shape[1]):
-            for i, g in enumerate(grads(c)):
-                dw = torch.einsum("bta,bth->bah", rotated[i], g @ bases[i][1])
+            for i, layer_grads in enumerate(grads(c)):
+                dw = torch.einsum("bta,bth->bah", rotated[i], layer_grads @ bases[i][1])
                 lam[i] += torch.einsum("b,bah->ah", probs[:, c], dw * dw)
     factors, order, at = [], [], {}
     offset = 0

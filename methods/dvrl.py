@@ -153,9 +153,12 @@ class DVRL(Method):
 
     - 500 iterations instead of 2000 (``iterations=2000`` restores them): one predictor fit per
       iteration cannot be batched, and 500 keep a 250-point logreg cell near 20 CPU seconds.
-    - The predictor is the run's evaluation model (logreg or mlp), trained to its own
-      convergence rule on the selected points (the code's examples: scikit-learn's
-      LogisticRegression, or a Keras network for ``inner_iterations`` epochs).
+    - The predictor is the run's evaluation model, trained to its own convergence rule on the
+      selected points (the code's examples: scikit-learn's LogisticRegression, or a Keras
+      network for ``inner_iterations`` epochs); on a deep task (``--model cnn``) that is the
+      network with its training recipe, one network per iteration, so the iterations a
+      budget affords are few (the run is then marked partial). The estimator reads the
+      task's rows as they are: raw pixels on an image task.
     - The performance is validation accuracy (or ``metric="log_loss"``) for any number of
       classes; the corrupted-sample example scores binary AUC.
     - ``baseline="moving_average"`` offers the paper's moving average of past performances
@@ -185,6 +188,7 @@ class DVRL(Method):
 
     name = "dvrl"
     family = "retraining"
+    architectures = None  # any evaluation model: it trains only through task.build_model()
     summary = "DVRL (Yoon et al. 2020): selection probabilities of a REINFORCE-trained estimator."
 
     parameters = {

@@ -475,19 +475,19 @@ def test_device_is_execution_only_and_checked() -> None:
 
 
 @pytest.mark.slow  # loads mnist-5k and the registry: 15 s on the shared machine
-def test_method_written_for_logreg_declines_a_deep_cell() -> None:
+def test_method_written_for_other_models_declines_a_cell() -> None:
     from valbench.registry import get_method
     from valbench.spec import Cell, RunSpec
     from valbench.worker import run_cell
 
     assert get_method("loo").architectures is None  # through the utility engine: any model
-    assert get_method("dvrl").architectures == ("logreg", "mlp")
-    spec = RunSpec(methods=("dvrl",), datasets=("mnist-5k",), model="cnn", max_train=40)
-    outcome = run_cell(Cell(dataset="mnist-5k", noise=0.0, seed=0, method="dvrl"), spec)
+    assert get_method("influence").architectures == ("logreg", "mlp", "cnn")
+    spec = RunSpec(methods=("influence",), datasets=("mnist-5k",), model="resnet18", max_train=40)
+    outcome = run_cell(Cell(dataset="mnist-5k", noise=0.0, seed=0, method="influence"), spec)
     record = outcome.record
     assert record.status == "skipped" and record.error is not None
     assert record.error.type == "CellSkipped"
-    assert "cannot train --model cnn" in record.error.message
+    assert "cannot train --model resnet18" in record.error.message
 
 
 def test_utility_engine_on_the_cnn_equals_fits_one_by_one() -> None:

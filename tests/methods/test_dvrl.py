@@ -8,9 +8,10 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from image_tasks import half_bright_images
 from sklearn.metrics import roc_auc_score
 
-from valbench import Budget, RunContext, ValuationTask
+from valbench import Budget, RunContext, ValuationTask, nets
 from valbench.data import inject_label_noise
 from valbench.datasets.sklearn_bundled import DigitsDataset
 from valbench.errors import CellSkipped
@@ -119,3 +120,18 @@ def test_a_seconds_budget_spent_before_the_first_iteration_declines() -> None:
     task = make_check_task(n_train=40)
     with pytest.raises(CellSkipped, match="dvrl: .* no whole iteration"):
         DVRL().value(task, RunContext.for_task(task, budget=Budget(max_seconds=1e-9)))
+
+
+def test_on_a_cnn_the_predictor_is_the_network_with_its_recipe(monkeypatch) -> None:
+    """A deep task's predictor is the task's network: the reward baseline is the accuracy of
+    the CNN trained on every point with its recipe, computed here by the classifier alone, and
+    every iteration trains one more network."""
+    monkeypatch.setitem(nets._BUILTINS, "cnn", lambda: nets.SmallCNN(width=2, dim=3))
+    task = half_bright_images(30, 18, "cnn:epochs=2,batch_size=6", "toy")
+    got = DVRL(iterations=3).value(task, RunContext.for_task(task, seed=1))
+    assert got.complete and got.stats["iterations"] == 3
+    assert task.fit_counter.count == 2 + 3
+    assert ((got.scores > 0) & (got.scores < 1)).all()
+    clf = task.build_model()
+    full = clf.fit(task.x_train, task.y_train, np.ones((1, 18), dtype=bool))
+    assert got.stats["full_data_performance"] == clf.accuracy(full, task.x_val, task.y_val)[0]

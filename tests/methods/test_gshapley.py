@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
+import torch
+from image_tasks import half_bright_images
 
-from valbench import Budget, DatasetSplits, RunContext, ValuationTask
+from valbench import Budget, DatasetSplits, RunContext, ValuationTask, nets
 from valbench.errors import CellSkipped
-from valbench.methods.gshapley import LR_GRID, GShapley, search_lr
+from valbench.methods.gshapley import (
+    LR_GRID,
+    GShapley,
+    gshapley_marginals,
+    network_gshapley_marginals,
+    search_lr,
+)
 from valbench.models import ModelSpec
 from valbench.testing import check_method, make_check_task
 from valbench.utility import UtilityEngine
@@ -143,10 +153,14 @@ def _epoch_accuracy(task: ValuationTask, perm: np.ndarray, lr: float) -> float:
 
 def test_learning_rate_search_is_the_originals_criterion() -> None:
     task = make_check_task(n_train=24)
-    lr, criteria = search_lr(
-        task.x_train, task.y_train, task.x_val, task.y_val, task.n_classes,
-        np.random.default_rng(4),
-    )  # fmt: skip
+
+    def marginals(perms: np.ndarray, rate: float) -> np.ndarray:
+        return gshapley_marginals(
+            task.x_train, task.y_train, task.x_val, task.y_val, task.n_classes, perms, lr=rate
+        )
+
+    base = float(np.mean(task.y_val == 0))  # zero weights predict class 0
+    lr, criteria = search_lr(marginals, 24, base, np.random.default_rng(4))
     rng = np.random.default_rng(4)
     expected = []
     for rate in LR_GRID:
@@ -166,3 +180,108 @@ def test_searched_lr_is_charged_and_declines_without_room() -> None:
     with pytest.raises(CellSkipped, match="search and permutation needs up to 81 fits"):
         GShapley().value(poor, RunContext.for_task(poor, budget=Budget(max_fits=80)))
     assert poor.fit_counter.count == 0
+
+
+# --- on a network: the task's own architecture, one SGD step per point ----------------------
+
+
+def test_network_steps_on_a_logistic_regression_equal_the_closed_form() -> None:
+    # The generic path (vmap of grad over the copies, validation logits recomputed) on the
+    # logreg architecture from zero weights is the rank-one closed form, with the copies one
+    # by one and stacked.
+    from valbench.network import LogReg
+
+    task = make_check_task(n_train=12)
+    perms = np.stack([np.random.default_rng(i).permutation(12) for i in range(4)])
+    f64 = torch.float64
+    x, xv = torch.as_tensor(task.x_train, dtype=f64), torch.as_tensor(task.x_val, dtype=f64)
+    y, yv = torch.as_tensor(task.y_train), torch.as_tensor(task.y_val)
+    zero = {
+        "W": torch.zeros(task.n_features, task.n_classes, dtype=f64),
+        "b": torch.zeros(task.n_classes, dtype=f64),
+    }
+    for metric, stacked in itertools.product(("accuracy", "log_likelihood"), (False, True)):
+        want = gshapley_marginals(
+            task.x_train, task.y_train, task.x_val, task.y_val, task.n_classes, perms,
+            lr=0.3, l2=0.05, metric=metric,
+        )  # fmt: skip
+        got = network_gshapley_marginals(
+            LogReg(), zero, x, y, xv, yv, perms,
+            lr=0.3, l2=0.05, metric=metric, decayed=("W",), stacked=stacked,
+        )  # fmt: skip
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+
+
+@pytest.fixture
+def tiny_cnn(monkeypatch):
+    monkeypatch.setitem(nets._BUILTINS, "cnn", lambda: nets.SmallCNN(width=2, dim=3))
+
+
+def test_on_a_cnn_each_permutation_is_one_epoch_of_single_image_sgd(tiny_cnn) -> None:
+    """Against a plain loop: the network from the model's seeded init, one autograd SGD step
+    per image in permutation order, the validation log-likelihood after each."""
+    task = half_bright_images(18, 10, "cnn:dtype=float64", "toy")
+    method = GShapley(lr=0.05, l2=0.01, metric="log_likelihood", max_permutations=3, batch_size=2)
+    got = method.value(task, RunContext.for_task(task, seed=3))
+    assert got.complete and task.fit_counter.count == 3 and got.stats["lr"] == 0.05
+
+    clf = task.build_model()
+    init = {k: v[0] for k, v in clf.init_params(1).tensors.items()}
+    images = nets.classifier_inputs(clf, task.x_train)
+    val = nets.classifier_inputs(clf, task.x_val)
+    yv = torch.as_tensor(task.y_val)
+
+    def score(p: dict) -> float:
+        with torch.no_grad():
+            logits = clf.arch.logits(p, {}, val)
+        return float(torch.log_softmax(logits, 1)[torch.arange(len(yv)), yv].mean())
+
+    rng = np.random.default_rng(3)
+    want = np.zeros(10)
+    for _ in range(3):
+        perm = rng.permutation(10)
+        p = {k: v.clone().requires_grad_() for k, v in init.items()}
+        prev = score(p)
+        for i in perm:
+            logits = clf.arch.logits(p, {}, images[i : i + 1])
+            loss = torch.nn.functional.cross_entropy(
+                logits, torch.as_tensor(task.y_train[i : i + 1])
+            )
+            grads = torch.autograd.grad(loss, list(p.values()))
+            with torch.no_grad():
+                decayed = [v * (1 - 0.05 * 0.01) for v in p.values()]
+                p = {k: v - 0.05 * g for k, v, g in zip(p, decayed, grads, strict=True)}
+            p = {k: v.requires_grad_() for k, v in p.items()}
+            now = score(p)
+            want[i] += now - prev
+            prev = now
+    np.testing.assert_allclose(got.scores, want / 3, rtol=1e-9, atol=1e-12)
+    # The copies stacked into one vmapped computation (a GPU's default) take the same steps.
+    perms = np.stack([np.random.default_rng(3 + i).permutation(10) for i in range(2)])
+    x, y = images, torch.as_tensor(task.y_train)
+    apart, stacked = (
+        network_gshapley_marginals(
+            clf.arch,
+            init,
+            x,
+            y,
+            val,
+            yv,
+            perms,
+            lr=0.05,
+            l2=0.01,
+            metric="log_likelihood",
+            decayed=tuple(init),
+            stacked=together,
+        )  # fmt: skip
+        for together in (False, True)
+    )
+    np.testing.assert_allclose(stacked, apart, rtol=1e-9, atol=1e-12)
+
+
+def test_declines_a_network_with_batch_norm(monkeypatch) -> None:
+    monkeypatch.setitem(nets._BUILTINS, "resnet18", lambda: nets.ResNet18(width=2))
+    task = half_bright_images(18, 10, "resnet18", "toy")
+    with pytest.raises(CellSkipped, match="batch norm"):
+        GShapley(lr=0.1).value(task, RunContext.for_task(task))
+    assert task.fit_counter.count == 0

@@ -28,11 +28,14 @@ class _FitClock:
         return self.now
 
 
-def _timed_task(monkeypatch: pytest.MonkeyPatch, seconds_per_fit: float) -> ValuationTask:
-    """The kit's 60-point task, on a clock that moves only when a fit is counted."""
+def _timed_task(
+    monkeypatch: pytest.MonkeyPatch, seconds_per_fit: float, task: ValuationTask | None = None
+) -> ValuationTask:
+    """``task`` (the kit's 60-point task by default) on a clock that moves only when a fit is
+    counted."""
     clock = _FitClock()
     monkeypatch.setattr(valbench.types, "time", clock)
-    task = make_check_task(n_train=60)
+    task = make_check_task(n_train=60) if task is None else task
     add = task.fit_counter.add
 
     def timed_add(n: int = 1) -> None:
@@ -117,3 +120,28 @@ def test_the_first_request_is_small_only_under_a_seconds_budget(
     assert timed.next_request() == 16 and timed.next_request(5) == 5
     clock.now += 7.0  # 2.25 s a fit, 1 s left: none
     assert timed.next_request() == 0
+
+
+@pytest.mark.parametrize("deep", [False, True])
+def test_g_shapley_abandons_a_learning_rate_search_the_budget_cannot_finish(
+    monkeypatch: pytest.MonkeyPatch, deep: bool
+) -> None:
+    """The search (80 one-epoch runs) is charged as it runs: at 1 s a fit, a 30 s budget shows
+    after the first ten epochs (logreg, run ten at a time) that the other 70 and a permutation
+    cannot fit, and the cell declines then; a network's search checks after every epoch."""
+    task = None
+    if deep:
+        from image_tasks import half_bright_images
+
+        from valbench import nets
+
+        monkeypatch.setitem(nets._BUILTINS, "cnn", lambda: nets.SmallCNN(width=2, dim=3))
+        task = half_bright_images(18, 10, "cnn", "toy")
+    task = _timed_task(monkeypatch, seconds_per_fit=1.0, task=task)
+    ctx = RunContext.for_task(task, seed=0, budget=Budget(max_seconds=SECONDS))
+    with pytest.raises(CellSkipped) as declined:
+        get_method("g-shapley")().value(task, ctx)
+    message = str(declined.value)
+    assert "covered no whole learning-rate search and permutation" in message
+    assert "needs up to 81 fits, about 81 s" in message
+    assert ctx.budget.fits_used() == (1 if deep else 10)
