@@ -153,7 +153,7 @@ class InfluenceFunction(Method):
     summary = (
         "Influence functions (Koh & Liang 2017): −Δ validation loss from up-weighting a point."
     )
-    architectures = ("logreg", "mlp", "cnn")
+    architectures = ("logreg", "mlp", "cnn", "resnet18")
 
     parameters = {
         "solver": Param(
