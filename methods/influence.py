@@ -100,7 +100,8 @@ class InfluenceFunction(Method):
     without the L2 term, as the paper). ``damping`` is the λ of ``exact``, ``cg``, ``lissa``
     and ``arnoldi``; EK-FAC and DataInf have their own.
 
-    On a deep model (``--model cnn``) the network is trained once with its recipe.
+    On a deep model (``--model cnn`` or ``resnet18``, batch norm evaluated with its running
+    statistics) the network is trained once with its recipe.
     ``layers="last"`` takes its linear head on the frozen penultimate features (convex: the
     exact solver applies; refined to a stationary point only when the model has an L2 term);
     ``"all"`` takes every parameter of the network at its trained weights, with Hessian-vector
