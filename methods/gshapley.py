@@ -6,7 +6,8 @@ validation score caused by its step. The value of a point is the mean of its mar
 permutations. Several permutations run at once as a batch of models (parameters with a leading
 permutation dimension). The model is a multinomial logistic regression from zero weights
 (closed-form steps) on logreg and MLP tasks, and the task's own network from its seeded
-initialisation on a deep one (torch.func: ``vmap`` of ``grad`` over the permutations).
+initialisation on a deep one (``torch.func.grad`` steps; the copies one by one on a CPU,
+stacked by ``vmap`` on a GPU).
 """
 
 from __future__ import annotations
