@@ -12,6 +12,7 @@ stacked by ``vmap`` on a GPU).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from typing import Any, cast
 
@@ -245,7 +246,9 @@ class GShapley(Method):
     network on the validation split after every training point (n · m images): with 1,000
     training and 300 validation images, 28-33 ms per step and copy on one CPU thread, about
     30 s per permutation, so the search (80 epochs) is out of a 60 s budget's reach: pass
-    ``lr`` there, or a budget of some 45 minutes.
+    ``lr`` there, or a budget of some 45 minutes. Under a seconds budget a network's cell
+    times one step first and declines before any epoch when the estimate for what it needs
+    (81 epochs, or 1 with ``lr``) exceeds the seconds left.
 
     Departures: the search scores on the validation split (the original: the test split);
     logistic regression on MLP tasks; no convergence test (the original stops on the same test
@@ -305,9 +308,12 @@ class GShapley(Method):
             if not isinstance(value, int) or value < 1:
                 raise UsageError(f"g-shapley {key} must be an integer >= 1, got {value!r}")
 
-    def _model(self, task: ValuationTask) -> tuple[Callable[..., np.ndarray], float]:
-        """``marginals(perms, lr, metric)`` of this task's G-Shapley model, and the validation
-        accuracy of its initial state."""
+    def _model(
+        self, task: ValuationTask
+    ) -> tuple[Callable[..., np.ndarray], float, Callable[[], float] | None]:
+        """``marginals(perms, lr, metric)`` of this task's G-Shapley model, the validation
+        accuracy of its initial state, and for a network an estimate of one epoch's seconds
+        (None for the closed form, whose epochs take milliseconds)."""
         l2 = float(self.l2)
         if not is_deep(task.model.kind):
 
@@ -318,7 +324,7 @@ class GShapley(Method):
                 )  # fmt: skip
 
             # Zero weights predict class 0 everywhere.
-            return shallow, float(np.mean(np.asarray(task.y_val) == 0))
+            return shallow, float(np.mean(np.asarray(task.y_val) == 0)), None
         clf = cast(DeepClassifier, task.build_model())  # a deep task's model
         init = clf.init_params(1)
         if init.buffers:
@@ -338,19 +344,41 @@ class GShapley(Method):
                 lr=lr, l2=l2, metric=metric, decayed=decayed,
             )  # fmt: skip
 
+        def epoch_seconds() -> float:
+            # One step on one point scores the validation split twice (before and after):
+            # an epoch of n steps costs about n halves of it.
+            began = time.perf_counter()
+            network_gshapley_marginals(
+                clf.arch, params, x[:1], y[:1], x_val, y_val, np.zeros((1, 1), dtype=np.int64),
+                lr=1e-3,
+            )  # fmt: skip
+            return task.n_train * (time.perf_counter() - began) / 2
+
         with torch.no_grad():
             start = clf.arch.logits(params, {}, x_val).argmax(dim=1)
-        return deep, float((start == y_val).double().mean())
+        return deep, float((start == y_val).double().mean()), epoch_seconds
 
     def value(self, task: ValuationTask, ctx: RunContext) -> Valuation:
         self._check()
         n = task.n_train
         stats: dict[str, object] = {"lr_searched": self.lr is None}
         lr = self.lr
-        marginals, base = self._model(task)
+        marginals, base, epoch_seconds = self._model(task)
+        cost = len(LR_GRID) * LR_SEARCH_RUNS
+        unit = "learning-rate search and permutation" if lr is None else "permutation"
+        if epoch_seconds is not None and ctx.budget.budget.max_seconds is not None:
+            # A network's epoch is indivisible and can take minutes: decline before the first
+            # one when the seconds left cannot pay for what the estimate needs.
+            epochs = cost + 1 if lr is None else 1
+            need = epochs * epoch_seconds()
+            if need > ctx.budget.remaining_seconds():
+                raise CellSkipped(
+                    f"{self.name}: one {unit} needs {epochs} SGD epoch{'s' if epochs > 1 else ''}"
+                    f" of {task.model.kind} over {n} points, about {need:,.0f} s here, and the "
+                    f"budget ({ctx.budget.budget}) leaves {ctx.budget.remaining_seconds():.0f} s;"
+                    " raise --budget" + (" or pass lr" if lr is None else "")
+                )
         if lr is None:
-            cost = len(LR_GRID) * LR_SEARCH_RUNS
-            unit = "learning-rate search and permutation"
             if ctx.budget.remaining_fits() < cost + 1 or ctx.budget.exhausted():
                 # The search alone would not leave one permutation: decline before any work.
                 raise ctx.budget.decline(self.name, unit, cost + 1)

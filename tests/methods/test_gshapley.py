@@ -285,3 +285,19 @@ def test_declines_a_network_with_batch_norm(monkeypatch) -> None:
     with pytest.raises(CellSkipped, match="batch norm"):
         GShapley(lr=0.1).value(task, RunContext.for_task(task))
     assert task.fit_counter.count == 0
+
+
+def test_on_a_cnn_an_epoch_the_seconds_left_cannot_pay_for_is_declined_up_front(tiny_cnn) -> None:
+    """A network's epoch is indivisible: one step is timed, the epoch estimated from it, and a
+    budget it would overrun declines the cell before any epoch, saying what it needs."""
+    task = half_bright_images(18, 10, "cnn", "toy")
+    for lr, unit, epochs in ((0.05, "permutation", "1 SGD epoch "), (None, "learning-rate", "81")):
+        with pytest.raises(
+            CellSkipped, match=f"one {unit}.* needs {epochs}.*of cnn over 10 points"
+        ):
+            GShapley(lr=lr).value(task, RunContext.for_task(task, budget=Budget(max_seconds=1e-6)))
+    assert task.fit_counter.count == 0
+    got = GShapley(lr=0.05, max_permutations=2).value(
+        task, RunContext.for_task(task, budget=Budget(max_seconds=600))
+    )
+    assert got.complete and task.fit_counter.count == 2
