@@ -345,9 +345,10 @@ def ekfac_network_factors(
 ) -> tuple[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], torch.Tensor]:
     """Per-layer EK-FAC factors of a network built of ``conv2d`` and ``linear`` calls.
 
-    For each layer (:func:`network_layers`): ``A = E[ã_t ã_tᵀ]`` over points and positions,
-    ``S = E_i E_ŷ[Σ_t g_t g_tᵀ]`` (ŷ from the model, expectation in closed form by one backward
-    pass per class), their eigenbases ``Q_A``, ``Q_S``, and the corrected eigenvalues
+    For each layer (:func:`network_layers`): ``A = E_i[Σ_t ã_t ã_tᵀ]`` over points i and
+    positions t, ``S = E_i E_ŷ[Σ_t g_t g_tᵀ]`` (ŷ from the model, expectation in closed form
+    by one backward pass per class), their eigenbases ``Q_A``, ``Q_S``, and the corrected
+    eigenvalues
     ``Λ*[a, j] = E_i E_ŷ[(Q_Aᵀ DW_i Q_S)[a, j]²]`` of the per-point weight gradients
     ``DW_i = Σ_t ã_t g_tᵀ``, plus the objective's L2 term on the decayed rows. So ``Λ*`` is the
     diagonal of the layer's Gauss-Newton block in the basis ``Q_A ⊗ Q_S``, as
@@ -363,15 +364,15 @@ def ekfac_network_factors(
     a_sum: list[torch.Tensor] = []
     s_sum: list[torch.Tensor] = []
     for probs, rows, grads in _class_passes(model, x, chunk):
-        per_class = [grads(c) for c in range(probs.shape[1])]
         for i, a in enumerate(rows):
             if len(a_sum) <= i:
                 a_sum.append(torch.zeros(a.shape[2], a.shape[2], dtype=DTYPE))
-                h = per_class[0][i].shape[2]
-                s_sum.append(torch.zeros(h, h, dtype=DTYPE))
             a_sum[i] += torch.einsum("bta,btk->ak", a, a)
-            for c, g in enumerate(per_class):
-                s_sum[i] += torch.einsum("bth,b,btk->hk", g[i], probs[:, c], g[i])
+        for c in range(probs.shape[1]):  # one class's gradients held at a time
+            for i, g in enumerate(grads(c)):
+                if len(s_sum) <= i:
+                    s_sum.append(torch.zeros(g.shape[2], g.shape[2], dtype=DTYPE))
+                s_sum[i] += torch.einsum("bth,b,btk->hk", g, probs[:, c], g)
     bases = []
     for a, s in zip(a_sum, s_sum, strict=True):
         _, q_a = torch.linalg.eigh(a / n)
