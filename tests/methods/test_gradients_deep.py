@@ -561,3 +561,44 @@ def test_representer_on_a_resnet_reads_its_penultimate_features_with_batch_norm_
     torch.testing.assert_close(rep.phi_val @ rep.phi.T, kernel, rtol=1e-4, atol=1e-5)
     head = rep.phi_val @ rep.w + rep.b
     torch.testing.assert_close(rep.phi_val @ rep.phi.T @ rep.alpha + rep.b, head)
+
+
+class _OddNet(nets.ImageNetwork):
+    """A network whose layers EK-FAC cannot factor: a grouped convolution, or one linear
+    layer's weight applied twice."""
+
+    name = "odd"
+    recipe = nets.SmallCNN.recipe
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+    def init(self, in_shape, n_classes, seed):
+        gen = torch.Generator().manual_seed(seed)
+        p = {
+            "conv.weight": torch.randn(2, 1 if self.kind == "grouped" else 2, 3, 3, generator=gen),
+            "head.weight": torch.randn(n_classes, 2, generator=gen),
+            "head.bias": torch.zeros(n_classes),
+        }
+        return p, {}
+
+    def apply(self, params, buffers, x, *, train=False, weight=None):
+        h = torch.cat([x, x], dim=1)
+        groups = 2 if self.kind == "grouped" else 1
+        h = torch.nn.functional.conv2d(h, params["conv.weight"], padding=1, groups=groups)
+        feats = h.mean(dim=(2, 3))
+        logits = torch.nn.functional.linear(feats, params["head.weight"], params["head.bias"])
+        if self.kind == "shared":
+            logits = torch.nn.functional.linear(logits[:, :2], params["head.weight"])
+        return feats, logits, dict(buffers)
+
+
+@pytest.mark.parametrize(
+    ("kind", "match"), [("grouped", "grouped or string-padded"), ("shared", "more than one layer")]
+)
+def test_ekfac_refuses_layers_its_kronecker_factors_do_not_cover(kind: str, match: str) -> None:
+    arch = _OddNet(kind)
+    params, _ = arch.init((1, 28, 28), 2, 0)
+    model = gr.Functional(kind="odd", params=params, decayed=(), l2=0.0, arch=arch)
+    with pytest.raises(UsageError, match=match):
+        ih.network_layers(model, torch.zeros(1, 1, 28, 28))
