@@ -186,9 +186,9 @@ def test_searched_lr_is_charged_and_declines_without_room() -> None:
 
 
 def test_network_steps_on_a_logistic_regression_equal_the_closed_form() -> None:
-    # The generic path (vmap of grad over the copies, validation logits recomputed) on the
-    # logreg architecture from zero weights is the rank-one closed form, with the copies one
-    # by one and stacked.
+    # The generic path (torch.func grad steps, validation logits recomputed after each) on
+    # the logreg architecture from zero weights is the rank-one closed form, with the copies
+    # one by one and stacked (vmap).
     from valbench.network import LogReg
 
     task = make_check_task(n_train=12)
