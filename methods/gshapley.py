@@ -244,11 +244,12 @@ class GShapley(Method):
     spends 80 such epochs first. A budget that cannot pay for the search and one permutation
     declines the cell (``CellSkipped``, saying what it needs). On a CNN an epoch evaluates the
     network on the validation split after every training point (n · m images): on mnist-5k
-    with 1,000 training and 1,000 validation images one permutation took 161 s on one CPU
+    with 1,000 training and 1,000 validation images one permutation took 161-194 s on one CPU
     thread, so the search (80 epochs) is out of a 60 s budget's reach: pass ``lr`` there, or
     a budget of some four hours. Under a seconds budget a network's cell times one step
     first and declines before any epoch when the estimate for what it needs (81 epochs, or
-    1 with ``lr``) exceeds the seconds left (the estimate said 131 s for that 161 s epoch).
+    1 with ``lr``) exceeds the seconds left (it estimated 131 s and 197 s for two such
+    epochs that took 161 s and 194 s).
 
     Departures: the search scores on the validation split (the original: the test split);
     logistic regression on MLP tasks; no convergence test (the original stops on the same test
