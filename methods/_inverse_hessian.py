@@ -385,18 +385,14 @@ def ekfac_network_factors(
             for i, layer_grads in enumerate(grads(c)):
                 dw = torch.einsum("bta,bth->bah", rotated[i], layer_grads @ bases[i][1])
                 lam[i] += torch.einsum("b,bah->ah", probs[:, c], dw * dw)
-    factors, order, at = [], [], {}
-    offset = 0
-    for k, v in model.params.items():
-        at[k] = offset
-        offset += v.numel()
+    factors, order = [], []
+    flat_index = model.unflatten(torch.arange(model.n_params))  # each parameter's flat indices
     for layer, (q_a, q_s), lam_i in zip(layers, bases, lam, strict=True):
-        w = model.params[layer.weight]
-        h, k = w.shape[0], w[0].numel()
-        idx = at[layer.weight] + torch.arange(h * k).reshape(h, k).T  # (k, h): [W] rows
-        decayed = [float(layer.weight in model.decayed)] * k
+        w_index = flat_index[layer.weight]
+        idx = w_index.reshape(w_index.shape[0], -1).T  # (k, h): the rows of [W]
+        decayed = [float(layer.weight in model.decayed)] * idx.shape[0]
         if layer.bias is not None:
-            idx = torch.cat([idx, at[layer.bias] + torch.arange(h)[None]])
+            idx = torch.cat([idx, flat_index[layer.bias][None]])
             decayed.append(float(layer.bias in model.decayed))
         order.append(idx.reshape(-1))
         rows_decayed = torch.tensor(decayed, dtype=DTYPE)

@@ -6,8 +6,8 @@ validation score caused by its step. The value of a point is the mean of its mar
 permutations. Several permutations run at once as a batch of models (parameters with a leading
 permutation dimension). The model is a multinomial logistic regression from zero weights
 (closed-form steps) on logreg and MLP tasks, and the task's own network from its seeded
-initialisation on a deep one (``torch.func.grad`` steps; the copies one by one on a CPU,
-stacked by ``vmap`` on a GPU).
+initialisation on a deep one (steps by the architecture's per-point gradient, the copies
+one by one on a CPU; by ``vmap`` over the stacked copies on a GPU).
 """
 
 from __future__ import annotations
@@ -136,8 +136,10 @@ def network_gshapley_marginals(
     the dtype and on the device of ``init``; the validation logits of every copy are
     recomputed after each step (a network has no rank-one shortcut).
 
-    ``stacked`` runs the copies as one computation (``vmap`` over stacked parameters) instead
-    of one by one; None: stacked on a GPU only. On a CPU one thread measured a stacked CNN
+    One by one, each step takes the architecture's own per-point gradient
+    (``per_sample_grads``: a closed form for logreg and the MLP, ``torch.func`` otherwise);
+    ``stacked`` runs the copies as one computation instead (``vmap`` of ``grad`` over stacked
+    parameters); None: stacked on a GPU only. On a CPU one thread measured a stacked CNN
     step 2-4x slower per copy than one by one (vmap's convolution backward over batched
     weights: 119 ms against 0.9 ms for one image's gradient), so copies run one by one there.
     """
@@ -151,7 +153,7 @@ def network_gshapley_marginals(
     # Validation images per copy per forward pass: at most EVAL_IMAGES through the network.
     chunk = max(1, EVAL_IMAGES // p_count) if stacked else EVAL_IMAGES
     logits_of = vmap(net.logits, in_dims=(0, None, None)) if stacked else net.logits
-    step_grads = vmap(grad(point_loss)) if stacked else grad(point_loss)
+    step_grads = vmap(grad(point_loss))  # the stacked copies, one point each
     copies = [
         {k: v.expand(p_count, *v.shape).clone() for k, v in init.items()}
         if stacked
@@ -178,8 +180,14 @@ def network_gshapley_marginals(
         idx = order[:, j]
         steps = (
             [step_grads(copies[0], x[idx], y[idx])]
-            if stacked
-            else [step_grads(p, x[i], y[i]) for p, i in zip(copies, idx.tolist(), strict=True)]
+            if stacked  # the architecture's own per-point gradient, one copy at a time
+            else [
+                {
+                    k: v[0]
+                    for k, v in net.per_sample_grads(p, {}, x[i : i + 1], y[i : i + 1]).items()
+                }
+                for p, i in zip(copies, idx.tolist(), strict=True)
+            ]
         )
         with torch.no_grad():
             for p, g in zip(copies, steps, strict=True):
@@ -360,8 +368,13 @@ class GShapley(Method):
             one, two = run(1), run(2)
             return task.n_train * max(two - one, one / 2)
 
-        with torch.no_grad():
-            start = clf.arch.logits(params, {}, x_val).argmax(dim=1)
+        with torch.no_grad():  # in chunks, as the steps score the validation split
+            start = torch.cat(
+                [
+                    clf.arch.logits(params, {}, x_val[s : s + EVAL_IMAGES]).argmax(dim=1)
+                    for s in range(0, len(x_val), EVAL_IMAGES)
+                ]
+            )
         return deep, float((start == y_val).double().mean()), epoch_seconds
 
     def value(self, task: ValuationTask, ctx: RunContext) -> Valuation:
