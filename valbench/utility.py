@@ -215,20 +215,24 @@ class UtilityEngine:
 
     def _train_and_score(self, masks: np.ndarray) -> np.ndarray:
         init = self._warm_init()
-        scores = np.empty(len(masks), dtype=np.float64)
-        fitted: list[Params] = []
-        groups = _column_groups(masks)
-        for rows in groups:
-            scores[rows], params = self._fit_group(masks[rows], init)
-            fitted.append(params)
-        if self.warm_nearest:
-            order = np.concatenate(groups)
-            self._recent = (masks[order], Params.concat(fitted))
-        return scores
-
-    def _fit_group(self, masks: np.ndarray, init: Params | None) -> tuple[np.ndarray, Params]:
         if init is None and self.warm_nearest:
             init = self._nearest_init(masks)
+        groups = _column_groups(masks)
+        if getattr(self.model, "fits_row_blocks", False):
+            # The model runs each group over its own rows within one fit (see _fit_group).
+            params = self.model.fit(
+                self._x_train, self._y_train, masks, init=init, epochs=self.epochs, blocks=groups
+            )
+            self.fits += params.batch_size
+        else:
+            parts = [self._fit_group(masks[g], _rows_of(init, g)) for g in groups]
+            params = type(parts[0]).concat(parts)
+        logger.debug("trained %d models (engine total %d)", params.batch_size, self.fits)
+        if self.warm_nearest:
+            self._recent = (masks, params)
+        return self.model.accuracy(params, self._x_val, self._y_val)
+
+    def _fit_group(self, masks: np.ndarray, init: Any) -> Any:
         x, y = self._x_train, self._y_train
         used = masks.any(axis=0)
         # A group that touches few training points (the prefixes of one TMC permutation, say)
@@ -239,8 +243,7 @@ class UtilityEngine:
             x, y, masks = x[used], y[used], masks[:, used]
         params = self.model.fit(x, y, masks, init=init, epochs=self.epochs)
         self.fits += params.batch_size
-        logger.debug("trained %d models (engine total %d)", params.batch_size, self.fits)
-        return self.model.accuracy(params, self._x_val, self._y_val), params
+        return params
 
     def _nearest_init(self, masks: np.ndarray) -> Params | None:
         """Per-row starts: the most similar subset of the last call, else the cold init."""
@@ -272,6 +275,13 @@ _RESTRICT_FRACTION = 0.9
 _MIN_GROUP = 8
 #: The fixed cost of one more fit call, in (model × training point) units of per-step work.
 _CALL_COST = 4096
+
+
+def _rows_of(init: Any, rows: np.ndarray) -> Any:
+    """The starts of the models at ``rows``: a shared start (a batch of one) as it is."""
+    if init is None or init.batch_size == 1:
+        return init
+    return init.select(rows)
 
 
 def _column_groups(masks: np.ndarray) -> list[np.ndarray]:

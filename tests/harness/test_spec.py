@@ -124,7 +124,7 @@ def test_logreg_runs_hash_the_model_version() -> None:
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
     logreg, mlp = RunSpec(model="logreg"), RunSpec(model="mlp")
-    assert spec_module.LOGREG_VERSION == 2
+    assert spec_module.LOGREG_VERSION == 3
     assert mlp.config_hash() == hash_without_version(mlp)
     assert logreg.config_hash() != hash_without_version(logreg)
     assert RunSpec(model="logreg:tol=1e-6").config_hash() != hash_without_version(
