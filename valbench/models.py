@@ -328,7 +328,6 @@ class _RowLayout:
     Attributes:
         xa, xa_t: the features [x, 1] (possibly whitened) and their transpose: (n, p) and
             (p, n) when shared, (G, R, p) and (G, p, R) per block.
-        onehot: the labels one-hot, (C, n) shared or (B, C, R) per model.
         labels: the labels as indices, (1, 1, n) shared or (B, 1, R) per model.
         weights: each model's loss weight per row (B, 1, n) or (B, 1, R).
         block: each model's block (B,), or None when shared.
@@ -338,12 +337,11 @@ class _RowLayout:
         self,
         xa: torch.Tensor,
         xa_t: torch.Tensor,
-        onehot: torch.Tensor,
         labels: torch.Tensor,
         weights: torch.Tensor,
         block: torch.Tensor | None = None,
     ) -> None:
-        self.xa, self.xa_t, self.onehot, self.labels = xa, xa_t, onehot, labels
+        self.xa, self.xa_t, self.labels = xa, xa_t, labels
         self.weights, self.block = weights, block
         self._runs: list[tuple[int, int, int]] = []
         if block is not None:
@@ -357,7 +355,6 @@ class _RowLayout:
     def blocked(
         cls,
         xa: torch.Tensor,
-        onehot_t: torch.Tensor,
         labels: torch.Tensor,
         weights: torch.Tensor,
         blocks: Sequence[np.ndarray],
@@ -379,11 +376,9 @@ class _RowLayout:
         )
         xa_blocks = torch.cat([xa, xa.new_zeros(1, p)])[index]  # (G, R, p)
         per_model = index[block]  # (B, R)
-        onehot = torch.cat([onehot_t, onehot_t.new_zeros(onehot_t.shape[0], 1)], 1)
         return cls(
             xa_blocks,
             xa_blocks.transpose(1, 2).contiguous(),
-            onehot[:, per_model].transpose(0, 1).contiguous(),  # (B, C, R)
             torch.cat([labels.view(-1), labels.new_zeros(1)])[per_model][:, None, :],
             torch.cat([weights, weights.new_zeros(len(weights), 1, 1)], 2).gather(
                 2, per_model[:, None, :]
@@ -394,11 +389,10 @@ class _RowLayout:
     def keep(self, rows: torch.Tensor) -> _RowLayout:
         """The layout of the models selected by the bool mask ``rows`` (order kept)."""
         if self.block is None:
-            return _RowLayout(self.xa, self.xa_t, self.onehot, self.labels, self.weights[rows])
+            return _RowLayout(self.xa, self.xa_t, self.labels, self.weights[rows])
         return _RowLayout(
             self.xa,
             self.xa_t,
-            self.onehot[rows],
             self.labels[rows],
             self.weights[rows],
             self.block[rows],
@@ -870,8 +864,10 @@ class BatchedClassifier:
         shaped = w if penalty is None else (w.view(batch * c, -1) @ penalty).view(batch, c, -1)
         shaped = shaped * decay_aug  # the penalty's gradient
         loss = (ce * weights.view(batch, n)).sum(dim=1) + 0.5 * (shaped * w).sum(dim=(1, 2))
-        # w_i (softmax - onehot) in two passes: scale by w_i / norm_i, then subtract w_i onehot.
-        resid = probs.mul_(weights / norm[:, None, :]).addcmul_(layout.onehot, weights, value=-1.0)
+        # w_i (softmax - onehot): scale by w_i / norm_i, then subtract w_i at each true class
+        # (a scatter over (B, 1, n), where a one-hot product would pass over (B, C, n)).
+        resid = probs.mul_(weights / norm[:, None, :])
+        resid.scatter_add_(1, layout.labels.expand(batch, 1, n), weights.neg())
         return loss, layout.gradient(resid).add_(shaped)
 
     def _fit_logreg_lbfgs(
@@ -914,11 +910,11 @@ class BatchedClassifier:
             xa, xa_t, penalty = white.xa, white.xa_t, white.penalty
             decay_aug = decay  # per model (B, 1, 1): the bias is left out by the penalty matrix
             w = self._where_rows(whiten, w @ white.inverse, w)  # v = w T⁻¹ where whitened
-        onehot_t, labels = self._onehot_t(), self._label_index()
+        labels = self._label_index()
         if blocks is None:
-            layout = _RowLayout(xa, xa_t, onehot_t, labels, weights)
+            layout = _RowLayout(xa, xa_t, labels, weights)
         else:
-            layout = _RowLayout.blocked(xa, onehot_t, labels, weights, blocks)
+            layout = _RowLayout.blocked(xa, labels, weights, blocks)
 
         # Classes absent from a model's subset leave its softmax (the limit problem).
         offsets = torch.where(absent, -math.inf, 0.0).to(self.dtype)[:, :, None]

@@ -640,3 +640,73 @@ def test_single_class_subset_predicts_its_class() -> None:
     full = clf.fit(x, y, np.ones((1, len(y)), dtype=bool))
     warm = clf.fit(x, y, only_ones[None, :], init=full)
     assert (warm["W"] == 0).all() and float(warm["b"][0, 0]) == models.ABSENT_BIAS
+
+
+def test_blocked_rows_fit_the_models_of_one_shared_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``blocks`` only changes which rows the products run over: each model is the one the
+    shared batch fits (its own loss, start and stopping test), blocks of unequal rows (padded)
+    and models that leave the batch at different iterations included."""
+    x, y = blobs(n=200, d=4, spread=1.5)
+    order = np.random.default_rng(4).permutation(200)
+    masks = np.zeros((9, 200), dtype=bool)
+    for b, k in enumerate((40, 45, 50, 150, 160, 170, 175)):  # two permutations' prefixes
+        masks[b, order[:k] if b < 3 else order[::-1][:k]] = True
+    masks[7, np.flatnonzero(y != 2)[:12]] = True  # class 2 absent: the limit model
+    masks[8, :] = True
+    weights = np.random.default_rng(5).integers(1, 4, size=masks.shape) * masks
+    blocks = [np.arange(3), np.arange(3, 7), np.arange(7, 9)]
+    shapes: list[tuple[int, ...]] = []
+    blocked_layout = models._RowLayout.blocked
+
+    def spy(*args: Any) -> Any:
+        layout = blocked_layout(*args)
+        shapes.append(tuple(layout.xa.shape))
+        return layout
+
+    monkeypatch.setattr(models._RowLayout, "blocked", spy)
+    clf = ModelSpec(tol=1e-10).build(4, 3, seed=0)
+    assert clf.fits_row_blocks
+    shared = clf.fit(x, y, masks, sample_weight=weights)
+    blocked = clf.fit(x, y, masks, sample_weight=weights, blocks=blocks)
+    assert shapes == [(3, 200, 5)]  # the longest block (the full-data model) sets the padding
+    for name in shared.tensors:
+        torch.testing.assert_close(blocked[name], shared[name], rtol=0, atol=1e-7)
+    assert float(blocked["b"][7, 2]) == models.ABSENT_BIAS
+    # Without the full-data model the blocks run over their own prefixes only.
+    shapes.clear()
+    clf.fit(x, y, masks[:7], blocks=[np.arange(3), np.arange(3, 7)])
+    assert shapes == [(2, 175, 5)]
+
+
+def test_blocks_must_cover_the_batch_in_order_and_are_a_hint_elsewhere() -> None:
+    x, y = blobs(n=60, d=4)
+    masks = np.ones((4, 60), dtype=bool)
+    clf = ModelSpec().build(4, 3, seed=0)
+    for bad in (
+        [np.arange(3)],
+        [np.arange(2), np.arange(3, 4)],
+        [np.array([1, 0]), np.arange(2, 4)],
+    ):
+        with pytest.raises(UsageError, match="consecutive runs"):
+            clf.fit(x, y, masks, blocks=bad)
+    # Solvers without the blocked layout (Newton, Adam) fit the same models with or without.
+    for spec, classes in ((ModelSpec(), 2), (small_spec("mlp"), 3)):
+        two = spec.build(4, classes, seed=0)
+        assert not two.fits_row_blocks
+        labels = y % classes
+        plain = two.fit(x, labels, masks)
+        hinted = two.fit(x, labels, masks, blocks=[np.arange(2), np.arange(2, 4)])
+        for name in plain.tensors:
+            torch.testing.assert_close(hinted[name], plain[name], rtol=0, atol=0)
+
+
+def test_epochs_default_follows_the_solver() -> None:
+    """A tolerance solver's cap sits far above what a fit needs; Adam keeps its step count."""
+    assert ModelSpec().epochs == models.TOLERANCE_MAX_ITER == 1000
+    assert ModelSpec(solver="newton").epochs == models.TOLERANCE_MAX_ITER
+    assert ModelSpec(solver="adam").epochs == models.ADAM_STEPS == 150
+    assert ModelSpec(kind="mlp").epochs == models.ADAM_STEPS
+    assert ModelSpec(epochs=40).epochs == 40
+    assert ModelSpec.parse("logreg:epochs=300").epochs == 300
+    with pytest.raises(UsageError, match="not a valid int"):
+        ModelSpec.parse("logreg:epochs=many")
