@@ -116,7 +116,7 @@ class DataOOB(Method):
         if warm:
             init = clf.fit(x, y, np.ones((1, n), dtype=bool))
             if epochs is None:
-                epochs = max(1, clf.spec.epochs // 3)
+                epochs = max(1, int(clf.spec.epochs or 0) // 3)
 
         hits = np.zeros(n)  # correct out-of-bag predictions per point
         seen = np.zeros(n)  # out-of-bag appearances per point

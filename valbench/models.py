@@ -216,7 +216,7 @@ class ModelSpec:
     def recipe(self) -> Recipe:
         """A deep model's training recipe: the architecture's, with this spec's overrides."""
         base = get_architecture(self.kind).recipe
-        assert self.batch_size is not None  # set by __post_init__ for deep kinds
+        assert self.batch_size is not None and self.epochs is not None  # set by __post_init__
         return Recipe(
             optimizer=base.optimizer,
             lr=float(self.lr),

@@ -332,8 +332,9 @@ class ModelFactory(Protocol):
     #: The architecture's registered name (``valbench.nets``): ``"logreg"``, ``"mlp"`` (one
     #: ReLU hidden layer), a deep one (``"cnn"``, ``"resnet18"``) or a plugin's.
     kind: str
-    #: Optimisation steps per fit (Adam steps, or the most L-BFGS iterations).
-    epochs: int
+    #: Optimisation steps per fit (Adam steps, or the most L-BFGS iterations); None only
+    #: before a spec resolves its default (``ModelSpec`` does so on construction).
+    epochs: int | None
     #: Weight decay: ``l2/2 * ||weights||²`` is added to the loss (biases excluded).
     l2: float
     #: Hidden units of the MLP (unused by logreg).

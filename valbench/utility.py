@@ -219,8 +219,10 @@ class UtilityEngine:
             init = self._nearest_init(masks)
         groups = _column_groups(masks)
         if getattr(self.model, "fits_row_blocks", False):
-            # The model runs each group over its own rows within one fit (see _fit_group).
-            params = self.model.fit(
+            # The model runs each group over its own rows within one fit (see _fit_group);
+            # ``blocks`` is that model's own option, not part of the BatchedModel contract.
+            model: Any = self.model
+            params = model.fit(
                 self._x_train, self._y_train, masks, init=init, epochs=self.epochs, blocks=groups
             )
             self.fits += params.batch_size
