@@ -512,6 +512,10 @@ class BatchedClassifier:
             )
         #: Every model trained adds 1 here (a batch of B adds B); set by ``task.build_model``.
         self.fit_counter: FitCounter | None = None
+        #: Models L-BFGS or Newton stopped at the iteration cap (``epochs``) with a gradient
+        #: entry still above ``tol``: approximate optima, which the default cap should never
+        #: produce (see ``TOLERANCE_MAX_ITER``).
+        self.fits_at_cap = 0
         self._init = self._initial_params()
         # The last training arrays converted to torch; the utility engine refits on the same
         # arrays thousands of times, so keep the conversion and one-hot labels. Holding the
@@ -688,6 +692,12 @@ class BatchedClassifier:
         if self.fit_counter is not None:
             self.fit_counter.add(batch)
         return Params(self.spec.kind, {k: _from_class_major(v) for k, v in tensors.items()})
+
+    def _count_capped(self, gmax: torch.Tensor, failures: torch.Tensor) -> None:
+        """Add the models the iteration cap stopped above the tolerance to :attr:`fits_at_cap`
+        (``gmax``, ``failures``: the models still in the batch when the loop ended)."""
+        capped = (gmax > float(self.spec.tol)) & (failures <= _LINE_SEARCH_STEPS)
+        self.fits_at_cap += int(capped.sum())
 
     @property
     def fits_row_blocks(self) -> bool:
@@ -991,6 +1001,7 @@ class BatchedClassifier:
                 step = torch.where(ok, 1.0, step * 0.5)
                 failures = torch.where(ok, 0, failures + 1)
             out[active] = cur
+            self._count_capped(gmax, failures)
         out = out.view(batch, c, -1)
         if white is not None:
             # Back as start + the step taken, so a model that did not move is returned exactly.
@@ -1103,6 +1114,7 @@ class BatchedClassifier:
                 step = torch.where(ok, 1.0, step * 0.5)
                 failures = torch.where(ok, 0, failures + 1)
             out[active] = cur
+            self._count_capped(gmax, failures)
         # w₀ = −β/2, w₁ = β/2 on the weights; the biases around the start's common shift.
         fitted = torch.stack([-0.5 * out, 0.5 * out], dim=1)
         common = 0.5 * (start[:, 0, -1] + start[:, 1, -1])

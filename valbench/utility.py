@@ -162,6 +162,11 @@ class UtilityEngine:
         }
         if self.warm_nearest:
             out["warm_starts"] = self.warm_starts
+        at_cap = int(getattr(self.model, "fits_at_cap", 0))
+        if at_cap:
+            # Fits the solver's iteration cap ended short of its tolerance: their U(S) is
+            # an approximation, so say how many (the default cap should leave none).
+            out["utility_fits_at_cap"] = at_cap
         return out
 
     def clear_cache(self) -> None:

@@ -237,6 +237,14 @@ def test_lbfgs_iteration_cap_and_zero_iterations() -> None:
     capped = ModelSpec(epochs=3, tol=1e-12).build(4, 3, seed=0)
     grads = capped.gradients(capped.fit_subset(x, y, np.arange(100)), x, y, [np.arange(100)])
     assert max(float(g.abs().max()) for g in grads.values()) > 1e-6  # stopped by the cap
+    # Both are counted as fits the cap ended above the tolerance, converged ones are not.
+    assert (clf.fits_at_cap, capped.fits_at_cap) == (2, 1)
+    converged = ModelSpec().build(4, 3, seed=0)
+    converged.fit(x, y, np.ones((2, 100), dtype=bool))
+    assert converged.fits_at_cap == 0
+    newton = ModelSpec(epochs=1, tol=1e-12).build(4, 2, seed=0)
+    newton.fit(x, y % 2, np.ones((3, 100), dtype=bool))
+    assert newton.fits_at_cap == 3
 
 
 # -- gradients --------------------------------------------------------------------------------

@@ -252,12 +252,29 @@ def test_invalid_options(task: ValuationTask, options: dict[str, int]) -> None:
         UtilityEngine(task, **options)
 
 
+def test_stats_count_fits_the_iteration_cap_ended() -> None:
+    # Two L-BFGS iterations end every fit short of the tolerance: U(S) is approximate there,
+    # and the stats say so; fits that reach the tolerance add no key.
+    capped = UtilityEngine(make_task(epochs=2))
+    capped.many([[0, 1, 2, 3, 4], [5, 6, 7, 8]])
+    assert capped.stats()["utility_fits_at_cap"] == 2
+    default = UtilityEngine(dataclasses.replace(make_task(), model=ModelSpec()))
+    default.many([[0, 1, 2, 3, 4], [5, 6, 7, 8]])
+    assert "utility_fits_at_cap" not in default.stats()
+
+
 def test_task_utility_shortcut_and_stats(task: ValuationTask) -> None:
     engine = task.utility(batch_size=16)
     assert isinstance(engine, UtilityEngine) and engine.batch_size == 16
     engine([1, 2, 3])
     engine([1, 2, 3])
-    assert engine.stats() == {"utility_fits": 1, "cache_hits": 1, "cache_misses": 1}
+    # The fixture's model stops L-BFGS after 40 iterations, short of the tolerance.
+    assert engine.stats() == {
+        "utility_fits": 1,
+        "cache_hits": 1,
+        "cache_misses": 1,
+        "utility_fits_at_cap": 1,
+    }
     engine.clear_cache()
     engine([1, 2, 3])
     assert engine.fits == 2
