@@ -224,11 +224,18 @@ class UtilityEngine:
             init = self._nearest_init(masks)
         groups = _column_groups(masks)
         if getattr(self.model, "fits_row_blocks", False):
-            # The model runs each group over its own rows within one fit (see _fit_group);
+            # The model runs each group over its own rows within one fit (see _fit_group); one
+            # group over nearly every row (random subsets) runs over all rows as it is.
             # ``blocks`` is that model's own option, not part of the BatchedModel contract.
+            narrow = len(groups) > 1 or _narrow(masks, self.n_train)
             model: Any = self.model
             params = model.fit(
-                self._x_train, self._y_train, masks, init=init, epochs=self.epochs, blocks=groups
+                self._x_train,
+                self._y_train,
+                masks,
+                init=init,
+                epochs=self.epochs,
+                blocks=groups if narrow else None,
             )
             self.fits += params.batch_size
         else:
@@ -241,12 +248,12 @@ class UtilityEngine:
 
     def _fit_group(self, masks: np.ndarray, init: Any) -> Any:
         x, y = self._x_train, self._y_train
-        used = masks.any(axis=0)
         # A group that touches few training points (the prefixes of one TMC permutation, say)
         # trains on those columns only: the same per-model losses at a fraction of the cost,
         # since a point outside every subset only adds zero-weight terms. Near the full set the
         # copy (and the re-conversion it forces) is not worth it.
-        if used.sum() <= _RESTRICT_FRACTION * self.n_train:
+        if _narrow(masks, self.n_train):
+            used = masks.any(axis=0)
             x, y, masks = x[used], y[used], masks[:, used]
         params = self.model.fit(x, y, masks, init=init, epochs=self.epochs)
         self.fits += params.batch_size
@@ -280,8 +287,14 @@ NEAREST_MIN_JACCARD = 0.5
 _RESTRICT_FRACTION = 0.9
 #: Smallest group worth a fit call of its own (each call has a fixed per-step overhead).
 _MIN_GROUP = 8
-#: The fixed cost of one more fit call, in (model × training point) units of per-step work.
+#: The fixed cost of one more group (a fit call of its own, or a block's own products in
+#: every iteration of a blocked fit), in (model × training point) units of per-step work.
 _CALL_COST = 4096
+
+
+def _narrow(masks: np.ndarray, n_train: int) -> bool:
+    """Whether the subsets of ``masks`` together touch few enough points to train on those."""
+    return int(masks.any(axis=0).sum()) <= _RESTRICT_FRACTION * n_train
 
 
 def _rows_of(init: Any, rows: np.ndarray) -> Any:
