@@ -58,6 +58,7 @@ import torch
 from valbench.data import inject_label_noise
 from valbench.datasets.sklearn_bundled import BreastCancerDataset, DigitsDataset
 from valbench.models import BatchedClassifier, ModelSpec, Params
+from valbench.types import DatasetSplits
 
 N_SUBSETS = 500
 N_ALONE = 60
@@ -124,6 +125,17 @@ def _fit_predict(
     return np.concatenate(preds)
 
 
+def _noisy_split(dataset: str) -> tuple[DatasetSplits, np.ndarray]:
+    """The dataset's default split (digits cut to ``DIGITS_TRAIN`` training rows) and its
+    training labels with ``NOISE_RATE`` of them flipped (seed 0)."""
+    if dataset == "digits":
+        splits = DigitsDataset().load(seed=0, max_train=DIGITS_TRAIN)
+    else:
+        splits = BreastCancerDataset().load(seed=0)
+    rng = np.random.default_rng(0)
+    return splits, inject_label_noise(splits.y_train, NOISE_RATE, splits.n_classes, rng)[0]
+
+
 def _blocked_predict(
     clf: BatchedClassifier, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, masks: np.ndarray
 ) -> np.ndarray:
@@ -136,14 +148,8 @@ def _disagreements(
     dataset: str, spec: ModelSpec, n_subsets: int = N_SUBSETS, n_alone: int = N_ALONE
 ) -> dict[str, np.ndarray]:
     """Per path, a bool per subset: its validation predictions differ from ``batched``."""
-    if dataset == "digits":
-        splits = DigitsDataset().load(seed=0, max_train=DIGITS_TRAIN)
-    else:
-        splits = BreastCancerDataset().load(seed=0)
+    splits, y = _noisy_split(dataset)
     x, x_val = splits.x_train, splits.x_val
-    y, _ = inject_label_noise(
-        splits.y_train, NOISE_RATE, splits.n_classes, np.random.default_rng(0)
-    )
     clf = spec.build(x.shape[1], splits.n_classes, seed=0)
     rng = np.random.default_rng(20)
     masks = _subsets(len(y), n_subsets, rng)
@@ -223,17 +229,15 @@ def test_the_tolerance_not_the_cap_ends_every_fit(dataset: str, spec: ModelSpec)
     """On 64 random subsets of each noisy dataset every fit stops at the tolerance: the models
     are bitwise those of the same solver without a cap (with the old cap of 150, 50 of 64
     noisy digits subsets stopped short of it)."""
-    loader = DigitsDataset() if dataset == "digits" else BreastCancerDataset()
-    splits = loader.load(seed=0, max_train=DIGITS_TRAIN)
+    splits, y = _noisy_split(dataset)
     x = splits.x_train
-    y, _ = inject_label_noise(
-        splits.y_train, NOISE_RATE, splits.n_classes, np.random.default_rng(0)
-    )
     masks = _subsets(len(y), 64, np.random.default_rng(21))
-    capped = spec.build(x.shape[1], splits.n_classes, seed=0).fit(x, y, masks)
+    clf = spec.build(x.shape[1], splits.n_classes, seed=0)
+    capped = clf.fit(x, y, masks)
     uncapped = dataclasses.replace(spec, epochs=NO_CAP).build(x.shape[1], splits.n_classes, 0)
     free = uncapped.fit(x, y, masks)
     stopped = torch.zeros(len(masks), dtype=torch.bool)
     for name in capped.tensors:
         stopped |= (capped[name] != free[name]).flatten(1).any(dim=1)
     assert int(stopped.sum()) == 0, f"{int(stopped.sum())} of 64 fits ended by the cap"
+    assert clf.fits_at_cap == 0  # and the classifier's own count agrees
