@@ -101,6 +101,7 @@ class UtilityEngine:
         self.cache_misses = 0
         #: Fits that started from a similar earlier subset (``warm_start="nearest"``).
         self.warm_starts = 0
+        self._cap_warned = False
 
     # -- public -------------------------------------------------------------------------------
 
@@ -242,6 +243,7 @@ class UtilityEngine:
             parts = [self._fit_group(masks[g], _rows_of(init, g)) for g in groups]
             params = type(parts[0]).concat(parts)
         logger.debug("trained %d models (engine total %d)", params.batch_size, self.fits)
+        self._warn_at_cap()
         if self.warm_nearest:
             self._recent = (masks, params)
         return self.model.accuracy(params, self._x_val, self._y_val)
@@ -258,6 +260,23 @@ class UtilityEngine:
         params = self.model.fit(x, y, masks, init=init, epochs=self.epochs)
         self.fits += params.batch_size
         return params
+
+    def _warn_at_cap(self) -> None:
+        """One warning per engine once a fit ends at the solver's iteration cap."""
+        at_cap = int(getattr(self.model, "fits_at_cap", 0))
+        if at_cap and not self._cap_warned:
+            self._cap_warned = True
+            spec = self.model.spec
+            logger.warning(
+                "%d fit(s) stopped at the iteration cap (epochs=%s) with a gradient entry above "
+                "tol=%s: their U(S) is approximate (counted in the stats as "
+                "utility_fits_at_cap); raise the cap, e.g. --model %s:epochs=%d",
+                at_cap,
+                spec.epochs,
+                getattr(spec, "tol", "?"),
+                spec.kind,
+                4 * int(spec.epochs or 1),
+            )
 
     def _nearest_init(self, masks: np.ndarray) -> Params | None:
         """Per-row starts: the most similar subset of the last call, else the cold init."""

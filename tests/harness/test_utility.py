@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Any
 
 import numpy as np
@@ -252,12 +253,17 @@ def test_invalid_options(task: ValuationTask, options: dict[str, int]) -> None:
         UtilityEngine(task, **options)
 
 
-def test_stats_count_fits_the_iteration_cap_ended() -> None:
+def test_stats_count_fits_the_iteration_cap_ended(caplog: pytest.LogCaptureFixture) -> None:
     # Two L-BFGS iterations end every fit short of the tolerance: U(S) is approximate there,
     # and the stats say so; fits that reach the tolerance add no key.
     capped = UtilityEngine(make_task(epochs=2))
-    capped.many([[0, 1, 2, 3, 4], [5, 6, 7, 8]])
-    assert capped.stats()["utility_fits_at_cap"] == 2
+    with caplog.at_level(logging.WARNING, logger="valbench.utility"):
+        capped.many([[0, 1, 2, 3, 4], [5, 6, 7, 8]])
+        capped.many([[0, 1, 2]])
+    assert capped.stats()["utility_fits_at_cap"] == 3
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 1 and "iteration cap (epochs=2)" in warned[0]
+    assert "--model logreg:epochs=8" in warned[0]
     default = UtilityEngine(dataclasses.replace(make_task(), model=ModelSpec()))
     default.many([[0, 1, 2, 3, 4], [5, 6, 7, 8]])
     assert "utility_fits_at_cap" not in default.stats()
