@@ -1,6 +1,6 @@
 """Cost of the retraining-family methods against the number of training points n (issue 6).
 
-Run the whole grid (about 3 minutes on a 2-core machine) with::
+Run the whole grid (13 minutes on a 2-core machine, 2026-12-02) with::
 
     pytest -p no:cacheprovider -q -s tests/benchmarks/test_scaling_benchmark.py -m slow \\
         --benchmark-enable
@@ -31,6 +31,7 @@ from reference_size import reference_size
 from valbench import Budget, Method, RunContext, ValuationTask
 from valbench.data import inject_label_noise
 from valbench.datasets.packaged import MNIST5kDataset
+from valbench.errors import CellSkipped
 from valbench.methods.data_oob import DataOOB
 from valbench.methods.gshapley import GShapley
 from valbench.methods.knn_shapley import KNNShapley
@@ -109,7 +110,12 @@ def _run(
         wall.append(time.perf_counter() - wall_started)
         return out
 
-    out = benchmark.pedantic(call, setup=setup, rounds=1, iterations=1)
+    try:
+        out = benchmark.pedantic(call, setup=setup, rounds=1, iterations=1)
+    except CellSkipped as declined:
+        # By design: tmc-shapley at n = 4,000 cannot finish one permutation in 2,000 fits,
+        # and a cut-short permutation is dropped, never averaged.
+        pytest.skip(str(declined))
     task = tasks[-1]
     assert np.isfinite(out.scores).all()
     fits = task.fit_counter.count
