@@ -145,6 +145,9 @@ class DataOOB(Method):
         scores[covered] = hits[covered] / seen[covered]
         # Never out of bag: no evidence either way, so put them in the middle of the ranking.
         scores[~covered] = scores[covered].mean() if covered.any() else 0.0
+        # Bootstrap models the solver's iteration cap ended above its tolerance (approximate
+        # optima; the default cap leaves none), reported as the utility engine reports its own.
+        at_cap = int(getattr(clf, "fits_at_cap", 0))
         return Valuation(
             scores=scores,
             # Fewer models than asked (a fit or seconds budget) is a partial estimate.
@@ -154,5 +157,6 @@ class DataOOB(Method):
                 "warm_start": warm,
                 "never_out_of_bag": int((~covered).sum()),
                 "mean_out_of_bag_per_point": float(seen.mean()) if n else 0.0,
+                **({"fits_at_cap": at_cap} if at_cap else {}),
             },
         )

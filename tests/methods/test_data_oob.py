@@ -35,6 +35,14 @@ def test_flipped_labels_get_low_values() -> None:
     auc = roc_auc_score(task.noisy_mask, -got.scores)
     assert auc > 0.9, auc
     assert task.fit_counter.count == 100 and got.stats["never_out_of_bag"] == 0
+    assert "fits_at_cap" not in got.stats  # every bootstrap fit reached the tolerance
+
+
+def test_fits_the_iteration_cap_ends_are_reported() -> None:
+    # Three L-BFGS iterations leave every bootstrap model above the tolerance.
+    task = _digits_task()
+    got = DataOOB(n_estimators=6, epochs=3).value(task, RunContext.for_task(task))
+    assert got.stats["fits_at_cap"] == 6
 
 
 def test_reproducible_and_seed_dependent() -> None:
