@@ -866,7 +866,8 @@ class BatchedClassifier:
             logits.add_(offset)
         shifted = logits.sub_(logits.amax(dim=1, keepdim=True)).clamp_(min=-_LOGIT_RANGE)
         # Each point's own logit, read by index (a third of the passes over (B, C, n) here).
-        true_logit = shifted.gather(1, layout.labels.expand(batch, 1, n))[:, 0]
+        labels = layout.labels.expand(batch, 1, n)
+        true_logit = shifted.gather(1, labels)[:, 0]
         probs = shifted.exp_()
         norm = probs.sum(dim=1)  # (B, n)
         ce = norm.log().sub_(true_logit)
@@ -877,7 +878,7 @@ class BatchedClassifier:
         # w_i (softmax - onehot): scale by w_i / norm_i, then subtract w_i at each true class
         # (a scatter over (B, 1, n), where a one-hot product would pass over (B, C, n)).
         resid = probs.mul_(weights / norm[:, None, :])
-        resid.scatter_add_(1, layout.labels.expand(batch, 1, n), weights.neg())
+        resid.scatter_add_(1, labels, weights.neg())
         return loss, layout.gradient(resid).add_(shaped)
 
     def _fit_logreg_lbfgs(

@@ -163,7 +163,7 @@ class UtilityEngine:
         }
         if self.warm_nearest:
             out["warm_starts"] = self.warm_starts
-        at_cap = int(getattr(self.model, "fits_at_cap", 0))
+        at_cap = self._fits_at_cap()
         if at_cap:
             # Fits the solver's iteration cap ended short of its tolerance: their U(S) is
             # an approximation, so say how many (the default cap should leave none).
@@ -228,7 +228,7 @@ class UtilityEngine:
             # The model runs each group over its own rows within one fit (see _fit_group); one
             # group over nearly every row (random subsets) runs over all rows as it is.
             # ``blocks`` is that model's own option, not part of the BatchedModel contract.
-            narrow = len(groups) > 1 or _narrow(masks, self.n_train)
+            narrow = len(groups) > 1 or _used_columns(masks, self.n_train) is not None
             model: Any = self.model
             params = model.fit(
                 self._x_train,
@@ -254,16 +254,20 @@ class UtilityEngine:
         # trains on those columns only: the same per-model losses at a fraction of the cost,
         # since a point outside every subset only adds zero-weight terms. Near the full set the
         # copy (and the re-conversion it forces) is not worth it.
-        if _narrow(masks, self.n_train):
-            used = masks.any(axis=0)
+        used = _used_columns(masks, self.n_train)
+        if used is not None:
             x, y, masks = x[used], y[used], masks[:, used]
         params = self.model.fit(x, y, masks, init=init, epochs=self.epochs)
         self.fits += params.batch_size
         return params
 
+    def _fits_at_cap(self) -> int:
+        """Fits the model's solver stopped at its iteration cap (0 for a model without one)."""
+        return int(getattr(self.model, "fits_at_cap", 0))
+
     def _warn_at_cap(self) -> None:
         """One warning per engine once a fit ends at the solver's iteration cap."""
-        at_cap = int(getattr(self.model, "fits_at_cap", 0))
+        at_cap = self._fits_at_cap()
         if at_cap and not self._cap_warned:
             self._cap_warned = True
             spec = self.model.spec
@@ -311,9 +315,10 @@ _MIN_GROUP = 8
 _CALL_COST = 4096
 
 
-def _narrow(masks: np.ndarray, n_train: int) -> bool:
-    """Whether the subsets of ``masks`` together touch few enough points to train on those."""
-    return int(masks.any(axis=0).sum()) <= _RESTRICT_FRACTION * n_train
+def _used_columns(masks: np.ndarray, n_train: int) -> np.ndarray | None:
+    """The points the subsets of ``masks`` touch, if few enough to train on those only."""
+    used = masks.any(axis=0)
+    return used if int(used.sum()) <= _RESTRICT_FRACTION * n_train else None
 
 
 def _rows_of(init: Any, rows: np.ndarray) -> Any:
