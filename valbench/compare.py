@@ -37,6 +37,7 @@ from valbench.store import atomic_write, read_manifest, read_results
 from valbench.summary import (
     ALPHA,
     CORRECTION,
+    MIN_TEST_PAIRS,
     TEST_NAME,
     Column,
     GroupSummary,
@@ -200,7 +201,7 @@ def compare_runs(run_a: Path, run_b: Path, alpha: float = ALPHA) -> Comparison:
                 a, b = _pair(col, ga.records[method], gb.records[method])
                 if not a:
                     continue
-                few_seeds = few_seeds or len(a) < 2
+                few_seeds = few_seeds or len(a) < MIN_TEST_PAIRS
                 raw.append(
                     Difference(
                         dataset=ga.dataset,
@@ -215,7 +216,8 @@ def compare_runs(run_a: Path, run_b: Path, alpha: float = ALPHA) -> Comparison:
                 )
     if few_seeds:
         notes.append(
-            "Some methods share fewer than 2 seeds between the runs: their differences are "
+            f"Some methods share fewer than {MIN_TEST_PAIRS} seeds between the runs: their "
+            "differences are "
             "shown but untested, and never count as a regression."
         )
     return Comparison(

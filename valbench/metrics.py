@@ -40,6 +40,7 @@ __all__ = [
     "addition_curve",
     "mean_ci",
     "rank_columns",
+    "same_value",
     "rank_stability",
     "LDS_FRACTION",
     "lds_subsets",
@@ -441,8 +442,33 @@ def mean_ci(values: Iterable[float], confidence: float = 0.95) -> tuple[float, f
     return mean, t * float(arr.std(ddof=1)) / math.sqrt(arr.size)
 
 
+#: Two means closer than this (relative, with an absolute floor) are the same number: means
+#: over seeds of the same accuracies can differ in the last bits by summation order alone.
+TIE_RTOL, TIE_ATOL = 1e-12, 1e-15
+
+
+def same_value(a: float, b: float) -> bool:
+    """Whether ``a`` and ``b`` count as tied (:data:`TIE_RTOL`, :data:`TIE_ATOL`)."""
+    return math.isclose(a, b, rel_tol=TIE_RTOL, abs_tol=TIE_ATOL)
+
+
+def _snap_ties(values: np.ndarray) -> np.ndarray:
+    """``values`` with each run of tied values (:func:`same_value`, in sorted order) set to
+    the run's first value, so that ranking averages their ranks."""
+    out = values.copy()
+    order = np.argsort(values, kind="stable")
+    anchor = None
+    for i in order:
+        if anchor is not None and same_value(float(values[i]), anchor):
+            out[i] = anchor
+        else:
+            anchor = float(values[i])
+    return out
+
+
 def rank_columns(matrix: Any, higher_is_better: bool = True) -> np.ndarray:
-    """Rank methods (axis 0) within each column: 1 = best, ties averaged, NaN cells stay NaN."""
+    """Rank methods (axis 0) within each column: 1 = best, ties (:func:`same_value`)
+    averaged, NaN cells stay NaN."""
     m = np.asarray(matrix, dtype=np.float64)
     if m.ndim == 1:
         m = m[:, None]
@@ -453,7 +479,7 @@ def rank_columns(matrix: Any, higher_is_better: bool = True) -> np.ndarray:
     for j in range(m.shape[1]):
         ok = ~np.isnan(keyed[:, j])
         if ok.any():
-            ranks[ok, j] = stats.rankdata(keyed[ok, j], method="average")
+            ranks[ok, j] = stats.rankdata(_snap_ties(keyed[ok, j]), method="average")
     return ranks if np.asarray(matrix).ndim == 2 else ranks[:, 0]
 
 

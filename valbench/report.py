@@ -72,6 +72,7 @@ from valbench.summary import (
     HEADLINE_KEYS,
     INTERVAL_NAME,
     MIN_CD_BLOCKS,
+    MIN_TEST_PAIRS,
     POWER,
     TABLE_COLUMNS,
     TEST_NAME,
@@ -111,7 +112,20 @@ log = logging.getLogger(__name__)
 
 REPORT_FILE = "index.html"
 SUMMARY_FILE = "summary.json"
-CSV_COLUMNS = ("cell_id", "method", "dataset", "noise", "seed", "status", "metric", "value")
+#: ``complete``: "true" or "false" (a partial estimate) for an ``ok`` cell, empty for a cell
+#: that produced no estimate; a reader aggregating the file can then keep partial cells out,
+#: as the page does.
+CSV_COLUMNS = (
+    "cell_id",
+    "method",
+    "dataset",
+    "noise",
+    "seed",
+    "status",
+    "complete",
+    "metric",
+    "value",
+)
 TEMPLATE = "report.html.j2"
 SELECTION_FRACTION = 0.1
 #: Characters of one cell's stats, parameters, error message or traceback the page embeds; a
@@ -191,6 +205,7 @@ def write_results_csv(run_dir: Path) -> Path:
             "" if rec.noise is None else rec.noise,
             "" if rec.seed is None else rec.seed,
             rec.status,
+            ("true" if rec.complete else "false") if rec.ok else "",
         ]
         pairs = tidy_rows(rec)
         if not pairs:
@@ -317,6 +332,9 @@ def _overview(
         "noise": [f"{float(n):g}" for n in noise if is_number(n)],
         "seeds": seeds,
         "one_seed": bool(groups) and max_seeds < 2,
+        "untested": bool(groups) and 2 <= max_seeds < MIN_TEST_PAIRS,
+        "max_seeds": max_seeds,
+        "min_test_pairs": MIN_TEST_PAIRS,
         "fractions": sorted({f for g in groups for f in g.fractions}, key=float),
     }
 
@@ -339,6 +357,8 @@ def _headline(groups: Sequence[GroupSummary]) -> dict[str, Any]:
             cells[col.key] = {
                 "methods": best,
                 "stat": g.rows[best[0]][col.key] if best else None,
+                # Co-best methods share a mean, not an interval: each shows its own.
+                "stats": {m: g.rows[m][col.key] for m in best},
                 "tied": tied,
             }
         rows.append({"group": g, "cells": cells})

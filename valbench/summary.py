@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from valbench.metrics import mean_ci, rank_columns
+from valbench.metrics import mean_ci, rank_columns, same_value
 from valbench.records import CellRecord, Manifest, fraction_label
 
 __all__ = [
@@ -51,6 +51,7 @@ __all__ = [
     "finite",
     "holm",
     "min_detectable_difference",
+    "MIN_TEST_PAIRS",
     "is_number",
     "paired_p_value",
     "record_sort_key",
@@ -65,6 +66,11 @@ TEST_NAME = "two-sided paired t-test over seeds"
 CORRECTION = "Holm"
 POWER = 0.8
 """Power at which :func:`min_detectable_difference` is quoted (the usual 80 %)."""
+MIN_TEST_PAIRS = 3
+"""Fewest shared seeds a paired test runs on. With two, the t-test has one degree of freedom:
+any two nearly equal differences (common for accuracies, which move in steps of 1 / n_test)
+come out "significant" while a far larger but uneven one does not, so two seeds are shown
+with intervals but left untested."""
 SUMMARY_SCHEMA = 1
 GAIN_KEY = "gain"
 HEADLINE_KEYS = (
@@ -270,7 +276,11 @@ TABLE_COLUMNS: tuple[Column, ...] = (
         False,
         fmt=".0f",
         group="cost",
+        description="highest resident memory of the worker process during the cell: it "
+        "includes what the process held before the cell (imports, earlier cells), which "
+        "varies by tens of MB between cells of one method, so it is shown, not ranked",
         bounds=COST,
+        compared=False,
     ),
     Column(
         "cost.model_fits",
@@ -419,11 +429,13 @@ def _stat(
 
 
 def paired_p_value(a: Sequence[float], b: Sequence[float]) -> float | None:
-    """Two-sided paired t-test p-value of ``a`` vs ``b``; None with fewer than 2 pairs.
+    """Two-sided paired t-test p-value of ``a`` vs ``b``; None with fewer than
+    :data:`MIN_TEST_PAIRS` pairs.
 
-    Identical pairs give 1.0; a constant non-zero difference gives 0.0.
+    Identical pairs give 1.0; a constant non-zero difference gives 0.0 (the limit of the
+    t-test as the spread of the differences goes to 0).
     """
-    if len(a) != len(b) or len(a) < 2:
+    if len(a) != len(b) or len(a) < MIN_TEST_PAIRS:
         return None
     diffs = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
     scale = max(float(np.max(np.abs(a))), float(np.max(np.abs(b))), 1e-300)
@@ -558,9 +570,9 @@ def min_detectable_difference(
 
     ``(t[1 - α/2, n-1] + t[power, n-1]) · sd / √n``, with ``sd`` the standard deviation of the
     paired differences: the usual normal-approximation formula with t quantiles in place of z.
-    NaN with fewer than 2 pairs.
+    NaN with fewer than :data:`MIN_TEST_PAIRS` pairs (no test is run).
     """
-    if n < 2 or not math.isfinite(sd):
+    if n < MIN_TEST_PAIRS or not math.isfinite(sd):
         return math.nan
     from scipy import stats
 
@@ -590,11 +602,7 @@ def _mark_column(
     means = [rows[m][col.key].mean for m in methods]
     ranks = rank_columns(np.asarray(means), higher_is_better=col.higher_is_better)
     best_mean = max(means) if col.higher_is_better else min(means)
-    best = [
-        m
-        for m in methods
-        if math.isclose(rows[m][col.key].mean, best_mean, rel_tol=1e-12, abs_tol=1e-15)
-    ]
+    best = [m for m in methods if same_value(rows[m][col.key].mean, best_mean)]
     ref_values = seed_values(by_method[best[0]], col.extract)
     raw: dict[str, float] = {}
     sds: list[float] = []
@@ -628,19 +636,22 @@ def _mark_column(
 
 
 def _separated_from_random(by_method: Mapping[str, Sequence[CellRecord]]) -> list[str]:
-    """Methods whose subset-value gain over the random subset differs from 0, Holm-corrected.
+    """Methods whose subset-value gain over the random subset is significantly above 0
+    (two-sided tests, Holm-corrected; a method significantly *below* random is not listed).
 
     The gain of one seed is the paired difference between the method's subset and the random
     subset of that seed, so a one-sample t-test of the gains against 0 is the paired t-test of
     the method against random selection.
     """
     raw: dict[str, float] = {}
+    mean_gain: dict[str, float] = {}
     for method, records in by_method.items():
         gains = list(seed_values(records, gain_over_random).values())
         p_value = paired_p_value(gains, [0.0] * len(gains))
         if p_value is not None:
             raw[method] = p_value
-    return sorted(m for m, p in holm(raw).items() if p < ALPHA)
+            mean_gain[method] = float(np.mean(gains))
+    return sorted(m for m, p in holm(raw).items() if p < ALPHA and mean_gain[m] > 0)
 
 
 def summarise(records: Iterable[CellRecord], include_partial: bool = False) -> list[GroupSummary]:
@@ -781,7 +792,7 @@ def head_to_head(groups: Sequence[GroupSummary], families: Mapping[str, str]) ->
             if point is not None:
                 entries.append(point)
             high = max((st.mean for _, st in entries), default=math.nan)
-            top[f] = [m for m, st in entries if st.mean == high]
+            top[f] = [m for m, st in entries if same_value(st.mean, high)]
         weighted = [
             m
             for m in selectors

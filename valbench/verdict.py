@@ -26,7 +26,15 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from valbench.figures import pareto_front
-from valbench.summary import ALPHA, CORRECTION, COST_KEY, GAIN_KEY, GroupSummary, Stat
+from valbench.summary import (
+    ALPHA,
+    CORRECTION,
+    COST_KEY,
+    GAIN_KEY,
+    MIN_TEST_PAIRS,
+    GroupSummary,
+    Stat,
+)
 
 __all__ = ["GOALS", "FEW_SEEDS", "GoalVerdict", "Verdict", "methods_to_trust", "verdicts"]
 
@@ -108,7 +116,7 @@ def _goal(group: GroupSummary, goal: str, question: str, key: str) -> GoalVerdic
     if not best:  # a column the summary does not rank
         return None
     tied = [m for m, st in present.items() if st.tied]
-    tested = group.max_seeds >= 2 and (
+    tested = group.max_seeds >= MIN_TEST_PAIRS and (
         len(best) == len(present) or any(st.p_value is not None for st in present.values())
     )
     recommended = best + _ranked(group, key, tied, col.higher_is_better)
@@ -120,7 +128,12 @@ def _goal(group: GroupSummary, goal: str, question: str, key: str) -> GoalVerdic
     )
     worse = "costlier" if goal == "cost" else "worse"
     if not tested:
-        why = f"{has}; with one seed per method nothing could be tested, so this is one draw."
+        why = (
+            f"{has}; with one seed per method nothing could be tested, so this is one draw."
+            if group.max_seeds < 2
+            else f"{has}; with fewer than {MIN_TEST_PAIRS} seeds per method nothing was "
+            "tested, so this is not a ranking."
+        )
     elif len(best) == len(present):
         why = f"{has}: all methods are equal on it."
     else:
@@ -206,13 +219,19 @@ def verdicts(groups: Sequence[GroupSummary]) -> list[Verdict]:
         if not goals:
             continue
         caveats = []
-        if group.max_seeds < 2:
-            caveats.append("One seed: no method can be told apart from another by a test.")
-        if group.partial:
+        if group.max_seeds < MIN_TEST_PAIRS:
             caveats.append(
-                "Partial cells left out: "
-                + ", ".join(f"{m} ({n})" for m, n in group.partial.items())
-                + "."
+                f"{'One seed' if group.max_seeds < 2 else f'{group.max_seeds} seeds'}: no "
+                f"method can be told apart from another by a test (paired tests need at least "
+                f"{MIN_TEST_PAIRS} seeds)."
+            )
+        if group.partial:
+            listed = ", ".join(f"{m} ({n})" for m, n in group.partial.items())
+            caveats.append(
+                f"Partial cells included as asked (--include-partial), ranked and marked: "
+                f"{listed}; their numbers are not the methods' full estimates."
+                if group.partial_included
+                else f"Partial cells left out: {listed}."
             )
         if group.noise in (None, 0):
             caveats.append("No labels were flipped, so mislabel detection is not judged.")

@@ -135,7 +135,7 @@ def test_unshared_seeds_methods_and_specs_are_said(base: Path, tmp_path: Path) -
     assert loo and all(d.n_pairs == 1 and d.change == "untested" for d in loo)
     assert comparison.only_a == ["digits · label noise 0.1: random"]
     assert any("root seeds" in n for n in comparison.notes)
-    assert any("fewer than 2 seeds" in n for n in comparison.notes)
+    assert any("fewer than 3 seeds" in n for n in comparison.notes)
 
 
 def test_runs_with_nothing_in_common_are_one_line(

@@ -484,6 +484,14 @@ def test_rank_columns_ties_averaged() -> None:
     )
 
 
+def test_rank_columns_ties_by_rounding_are_ties() -> None:
+    tie = 0.9199999999999999
+    assert tie != 0.92 and M.same_value(tie, 0.92)
+    np.testing.assert_array_equal(M.rank_columns([0.92, tie, 0.5]), [1.5, 1.5, 3])
+    # the tolerance is tight: a real difference in the 10th digit is no tie
+    np.testing.assert_array_equal(M.rank_columns([0.92, 0.92 - 1e-10, 0.5]), [1, 2, 3])
+
+
 def test_rank_columns_nan_and_1d() -> None:
     np.testing.assert_array_equal(M.rank_columns([0.2, np.nan, 0.7]), [2, np.nan, 1])
     r = M.rank_columns([[np.nan], [np.nan]])

@@ -277,10 +277,12 @@ def test_best_mean_per_column_is_bold(run_dir: Path) -> None:
     for col in ("subset_value@0.05", "subset_value@0.2", "mislabel.auc", "mislabel.f1_2means"):
         bold = {m for m in BASES if table[m][col]["bold"]}
         assert bold == {"knn"}, col
-    # lower is better: removal AUC, CPU and wall time, memory -> random (smallest base)
-    for col in ("removal.auc", "cost.cpu_s", "cost.wall_s", "cost.peak_mem_mb"):
+    # lower is better: removal AUC, CPU and wall time -> random (smallest base)
+    for col in ("removal.auc", "cost.cpu_s", "cost.wall_s"):
         bold = {m for m in BASES if table[m][col]["bold"]}
         assert bold == {"random"}, col
+    # the worker's resident memory includes what it held before the cell: shown, not ranked
+    assert not any(table[m]["cost.peak_mem_mb"]["bold"] for m in BASES)
     # a fit is a different amount of work per method: fits are shown, never ranked
     for col in ("cost.model_fits", "cost.fits_per_s"):
         assert not any(table[m].get(col, {}).get("bold") for m in BASES), col
@@ -325,7 +327,7 @@ def test_noise_free_and_empty_runs_render(tmp_path: Path) -> None:
     assert "No cell finished successfully yet" in html and "running" in html
     assert _parse(html).errors == []
     assert (empty / "results.csv").read_text() == (
-        "cell_id,method,dataset,noise,seed,status,metric,value\n"
+        "cell_id,method,dataset,noise,seed,status,complete,metric,value\n"
     )
 
 
@@ -359,6 +361,7 @@ def test_results_csv_rows(run_dir: Path) -> None:
         "noise",
         "seed",
         "status",
+        "complete",
         "metric",
         "value",
     ]
@@ -384,13 +387,13 @@ def test_results_csv_rows(run_dir: Path) -> None:
     for metric, value in expected.items():
         assert float(got[metric]) == pytest.approx(value), metric
     assert got["cost.model_fits"] == "71"
-    assert {(r["method"], r["dataset"], r["noise"], r["seed"], r["status"]) for r in cell} == {
-        ("loo", "digits", "0.1", "1", "ok")
-    }
+    assert {
+        (r["method"], r["dataset"], r["noise"], r["seed"], r["status"], r["complete"]) for r in cell
+    } == {("loo", "digits", "0.1", "1", "ok", "true")}
     # the failed cell keeps its partial cost
     failed = [r for r in rows if r["cell_id"] == "digits.knn.noise0.1.seed3"]
-    assert [(r["status"], r["metric"], r["value"]) for r in failed] == [
-        ("failed", "cost.wall_s", "0.5")
+    assert [(r["status"], r["complete"], r["metric"], r["value"]) for r in failed] == [
+        ("failed", "", "cost.wall_s", "0.5")
     ]
     assert len(rows) == 9 * len(expected) + 1
     # cells in a stable order: dataset, noise, method, seed

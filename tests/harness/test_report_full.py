@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import json
 import math
@@ -18,6 +19,7 @@ from scipy import stats
 from test_report_fakes import fake_run, read_jsonl
 
 from valbench.report import render_report
+from valbench.summary import MIN_TEST_PAIRS
 
 ROOT = Path(__file__).resolve().parents[2]
 CHECK_SCRIPT = ROOT / ".ci" / "check_report.py"
@@ -169,8 +171,11 @@ def test_leaderboard_in_html_equals_summary_json_and_results(full_run: Path) -> 
                     )
                 }
                 seeds = sorted(set(a) & set(b))
-                p = stats.ttest_rel([a[s] for s in seeds], [b[s] for s in seeds]).pvalue
                 got = group["methods"][method]["values"][key]
+                if len(seeds) < MIN_TEST_PAIRS:  # loo lost a seed: two pairs are not tested
+                    assert got["p_vs_best"] is None and not got["not_significantly_worse"]
+                    continue
+                p = stats.ttest_rel([a[s] for s in seeds], [b[s] for s in seeds]).pvalue
                 assert got["p_vs_best"] == pytest.approx(p, rel=1e-9)
                 raw[method] = p
             # Holm over the methods compared with the best, by hand
@@ -432,12 +437,25 @@ def test_partial_cells_are_never_ranked_as_complete(tmp_path: Path) -> None:
     assert all("loo" not in r["average_ranks"] for r in summary["across_datasets"])
     page = (run / "index.html").read_text()
     assert "Partial cells" in page and "--include-partial" in page and "(partial)" in page
+    assert 'id="few-seeds-note"' in page  # two seeds: intervals, but no paired test
 
     render_report(run, include_partial=True)
     summary = json.loads((run / "summary.json").read_text())
     for group in summary["groups"]:
         assert group["methods"]["loo"]["n_seeds"] == 2 and group["partial_included"]
-    assert "Included in this table as asked" in (run / "index.html").read_text()
+    page = (run / "index.html").read_text()
+    assert "Included in this table as asked" in page
+    # ranked now, so marked in its leaderboard rows, and the verdict says it is in, not out
+    assert page.count('data-method="loo" data-partial="2"') == len(datasets)
+    assert "(partial: 2 of 2 cells)" in page
+    caveats = [c for v in summary["verdict"] for c in v["caveats"]]
+    assert not any("left out" in c for c in caveats)
+    assert any(c.startswith("Partial cells included as asked") for c in caveats)
+    # results.csv says which rows are partial estimates, the page or not
+    with (run / "results.csv").open(newline="") as fh:
+        flags = {(r["method"], r["complete"]) for r in csv.DictReader(fh)}
+    assert ("loo", "false") in flags and ("loo", "true") not in flags
+    assert ("random", "true") in flags
 
 
 def test_check_script_leaves_out_a_partial_seed_as_the_summary_does(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import pytest
 from scipy import stats
 from test_report_fakes import fake_run, read_records
@@ -174,6 +175,50 @@ def test_separated_from_random_is_a_holm_corrected_paired_test_against_random() 
     clear = noisy + [_line("good", s, 0.7 + d) for s, d in enumerate((0.01, 0.02, 0.0))]
     (group,) = summarise(clear)
     assert group.separated_from_random == ["good"]
+
+
+def test_a_method_significantly_below_random_does_not_beat_it() -> None:
+    worse = [_line("worse", s, 0.5 - 0.05 + d) for s, d in enumerate((0.0, 0.01, -0.01))]
+    (group,) = summarise(worse)
+    assert group.rows["worse"]["gain"].mean < 0
+    assert group.separated_from_random == []
+    clear = worse + [_line("good", s, 0.7 + d) for s, d in enumerate((0.01, 0.02, 0.0))]
+    (group,) = summarise(clear)
+    assert group.separated_from_random == ["good"]
+
+
+def test_two_seeds_are_shown_with_intervals_but_not_tested() -> None:
+    # Equal differences on both seeds would make a t-test's p exactly 0 (one degree of
+    # freedom): two seeds are not tested at all.
+    records = [_line("best", s, v) for s, v in enumerate((0.88, 0.84))]
+    records += [_line("other", s, v) for s, v in enumerate((0.84, 0.80))]
+    records += [_line("random", s, v) for s, v in enumerate((0.06, 0.06))]
+    (group,) = summarise(records)
+    for method in ("other", "random"):
+        stat = group.rows[method]["subset_value@0.1"]
+        assert stat.p_value is None and not stat.tied and stat.interval is not None
+    assert math.isnan(group.detectable["subset_value@0.1"])
+    assert group.separated_from_random == []
+
+
+def test_means_equal_but_for_rounding_share_their_rank() -> None:
+    # 0.8666... as the mean of these differs in the last bit
+    a, b = (0.8, 0.82, 0.98), (0.82, 0.84, 0.94)
+    assert np.mean(a) != np.mean(b)
+    records = [_line("a", s, v) for s, v in enumerate(a)]
+    records += [_line("b", s, v) for s, v in enumerate(b)]
+    records += [_line("c", s, 0.5) for s in range(3)]
+    (group,) = summarise(records)
+    ranks = {m: group.rows[m]["subset_value@0.1"].rank for m in ("a", "b", "c")}
+    assert ranks == {"a": 1.5, "b": 1.5, "c": 3.0}
+    assert group.best_methods("subset_value@0.1") == ["a", "b"]
+    # the headline names both, each with its own interval (they share a mean, not a spread)
+    from valbench.report import _headline
+
+    (row,) = _headline([group])["rows"]
+    cell = row["cells"]["mislabel.recall_at_noise"]  # recall = the line's value here
+    assert cell["methods"] == ["a", "b"]
+    assert cell["stats"]["a"].half_width != cell["stats"]["b"].half_width
 
 
 # --------------------------------------------------------------------------- 5. cost
