@@ -49,7 +49,10 @@ Rebuild the throwaway environments (outside the repository; neither peer is a de
     /work/peers/venv-pydvl/bin/python tests/benchmarks/test_peer_speed.py   # pyDVL rows
     /work/peers/venv-odv/bin/python tests/benchmarks/test_peer_speed.py     # OpenDataVal rows
 
-print the table (``--rows ROW,ROW`` for some rows, ``--profile`` for valbench's cProfile).
+print the table (``--rows ROW,ROW`` for some rows, ``--profile`` for valbench's cProfile,
+``--floor`` for the CPU seconds valbench's side spends in matrix products alone: a lower
+bound on its time at the same arithmetic, so a peer time under ten times it rules out a
+tenfold lead without fewer operations).
 Under pytest each row is a ``slow`` test that skips unless its peer imports; it checks the
 fits spent and, for KNN-Shapley, that the values are identical; the speed ratio must reach
 ``PEER_SPEED_TARGET`` (environment; default 1, the issue's target is 10).
@@ -508,6 +511,26 @@ def profile_valbench(row: Row, top: int = 25) -> None:
         pstats.Stats(prof).sort_stats(key).print_stats(top)
 
 
+#: The torch ops that are matrix products (the arithmetic a fit cannot avoid).
+MATRIX_PRODUCT_OPS = ("aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm", "aten::matmul")
+
+
+def gemm_floor(row: Row) -> tuple[float, float]:
+    """CPU seconds of valbench's side of ``row`` (a second run, under the profiler) and the
+    part of them its matrix products took (torch profiler, self time of those ops)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with cell_threads():
+        valbench_side(row)()  # warm, as for --profile
+        run = valbench_side(row)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            start = cpu_seconds()
+            run()
+            total = cpu_seconds() - start
+    gemm = sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in MATRIX_PRODUCT_OPS)
+    return total, gemm / 1e6
+
+
 # ---------------------------------------------------------------- the stand-ins
 
 _STANDIN = '''"""Stand-in {name} for OpenDataVal on tabular data: every name raises when used."""
@@ -587,6 +610,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", default="", help="comma-separated rows (default: all)")
     parser.add_argument("--repeats", type=int, default=REPEATS, help="runs per side (min)")
     parser.add_argument("--profile", action="store_true", help="cProfile valbench's side")
+    parser.add_argument(
+        "--floor", action="store_true", help="valbench's CPU s in matrix products alone"
+    )
     parser.add_argument("--standins", action="store_true", help="write OpenDataVal stand-ins")
     args = parser.parse_args(argv)
     if args.standins:
@@ -600,6 +626,13 @@ def main(argv: list[str] | None = None) -> int:
         for key in keys:
             print(f"== {key}")
             profile_valbench(ROWS[key])
+        return 0
+    if args.floor:
+        print("| work | valbench CPU s (profiled) | of which matrix products | share |")
+        print("|---|---|---|---|")
+        for key in keys:
+            total, gemm = gemm_floor(ROWS[key])
+            print(f"| {ROWS[key].work} | {total:.3g} | {gemm:.3g} | {gemm / total:.0%} |")
         return 0
     rows = [ROWS[k] for k in keys if peer_available(ROWS[k].peer)]
     for key in keys:
