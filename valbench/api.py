@@ -30,6 +30,7 @@ from valbench.practitioner import (
     values_frame,
 )
 from valbench.records import CellRecord
+from valbench.store import check_output_files
 
 __all__ = ["Run", "ValueResult", "run", "value", "value_file", "export", "open_run"]
 
@@ -267,9 +268,10 @@ def value_file(
     ``out`` when given, and the page of the most suspicious rows to ``html`` when given."""
     if isinstance(top, bool) or not isinstance(top, int) or top < 1:
         raise UsageError(f"top must be a whole number >= 1, got {top!r}")
-    for target in (out, html):
-        if target is not None and not Path(target).parent.is_dir():
-            raise UsageError(printable(f"{Path(target).parent} does not exist; create it first"))
+    check_output_files(
+        {"out": None if out is None else Path(out), "html": None if html is None else Path(html)},
+        inputs=[Path(path)],
+    )
     data = read_user_file(path, label_column, id_column)
     result = value_arrays(
         data.x,
@@ -300,6 +302,7 @@ def export(
     methods: Sequence[str] | None = None,
 ) -> Any:
     """The per-row table of a run (see :mod:`valbench.export`); written to ``out`` when given."""
+    check_output_files({"out": None if out is None else Path(out)})
     frame = export_table(Path(run_dir), methods)
     if out is not None:
         write_table(frame, Path(out), fmt)

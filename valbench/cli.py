@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shlex
 import sys
 from collections.abc import Sequence
@@ -23,6 +24,8 @@ from valbench.spec import CONFIG_KEYS
 __all__ = ["main", "build_parser", "EXIT_OK", "EXIT_CELLS_FAILED", "EXIT_USAGE", "EXIT_INTERRUPTED"]
 
 EXIT_OK, EXIT_CELLS_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+#: 128 + SIGPIPE, what a command killed by a closed pipe exits with in a shell.
+EXIT_BROKEN_PIPE = 141
 
 
 class _Parser(argparse.ArgumentParser):
@@ -564,6 +567,7 @@ def _trusted_methods(run_dir: Path | None, goal: str) -> list[str]:
 def _cmd_value(args: argparse.Namespace) -> int:
     from valbench.api import value_file
     from valbench.spec import parse_param_assignments
+    from valbench.store import check_output_files
 
     folds, seed = _whole("--folds", args.folds), _whole("--seed", args.seed)
     top = _whole("--top", args.top)
@@ -574,6 +578,7 @@ def _cmd_value(args: argparse.Namespace) -> int:
         raise UsageError("--from is read only with --methods best")
     out = _directory("--out", args.out) or Path(f"{args.file.stem}-values.csv")
     html = _directory("--html", args.html) or out.with_suffix(".html")
+    check_output_files({"--out": out, "--html": html}, inputs=[args.file])
     frame, _ = value_file(
         args.file,
         methods,
@@ -595,10 +600,12 @@ def _cmd_value(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from valbench.api import export
+    from valbench.store import check_output_files
 
     fmt = args.fmt or ("parquet" if (args.out or "").endswith(".parquet") else "csv")
     # Beside, not inside, the run directory: that holds only what the run itself wrote.
     out = _directory("--out", args.out) or Path(f"{args.run_dir.resolve().name}-rows.{fmt}")
+    check_output_files({"--out": out})
     frame = export(args.run_dir, out=out, fmt=fmt, methods=args.method or None)
     print(f"{len(frame)} rows -> {out}")
     return EXIT_OK
@@ -608,11 +615,12 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     import re
 
     from valbench.compare import compare_runs, format_table, render_html
-    from valbench.store import read_manifest
+    from valbench.store import check_output_files, read_manifest
 
     for run_dir in (args.run_a, args.run_b):
         read_manifest(run_dir)  # a clear error when it is not a run directory
     html = _directory("--html", None if args.html is None else str(args.html))
+    check_output_files({"--html": html})
     comparison = compare_runs(args.run_a, args.run_b)
     if not comparison.differences:
         raise UsageError(
@@ -663,6 +671,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("valbench: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`valbench list | head`): stop quietly, as `cat` would, and
+        # keep Python from failing again on flushing stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

@@ -8,10 +8,12 @@ processes costs a run little over running them in the driver.
 from __future__ import annotations
 
 import multiprocessing as mp
+import signal
+import threading
 
 from valbench.spec import RunSpec
 
-__all__ = ["preload_modules", "warm_workers"]
+__all__ = ["preload_modules", "start_fork_server", "warm_workers"]
 
 #: Modules the fork server imports once for all workers; each saves every cell its import.
 _PRELOAD = (
@@ -49,7 +51,25 @@ def warm_workers(spec: RunSpec) -> None:
     (the driver imports every method to resolve names); the first worker then forks from a
     warm server instead of waiting for it. Harmless when the run is then refused.
     """
+    mp.get_context("forkserver").set_forkserver_preload(preload_modules(spec))
+    start_fork_server()
+
+
+def start_fork_server() -> None:
+    """Start the fork server (if it is not running) with Ctrl-C ignored.
+
+    The server imports its preload modules before it ignores SIGINT itself, and a Ctrl-C in
+    those seconds (it reaches the whole process group) printed a traceback from the server
+    under the driver's one-line "interrupted". An ignored signal stays ignored across the
+    server's exec, and Python then leaves it so; the driver's own handler is restored at once.
+    """
     from multiprocessing import forkserver
 
-    mp.get_context("forkserver").set_forkserver_preload(preload_modules(spec))
-    forkserver.ensure_running()
+    if threading.current_thread() is not threading.main_thread():
+        forkserver.ensure_running()  # only the main thread may change signal handlers
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        forkserver.ensure_running()
+    finally:
+        signal.signal(signal.SIGINT, previous)

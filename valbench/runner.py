@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from valbench.errors import CellTimeout, RunDirectoryError, UsageError
-from valbench.pool import preload_modules, warm_workers
+from valbench.pool import preload_modules, start_fork_server, warm_workers
 from valbench.records import CellRecord, Manifest
 from valbench.registry import dataset_names, discover, method_names
 from valbench.spec import FILE_PREFIX, Cell, CellProgressFn, RunSpec, dataset_slug
@@ -420,6 +420,7 @@ def run_processes(
     # Import the heavy stack once in the fork server, not in every worker (imports only: a
     # thread pool started before fork, e.g. OpenMP's, is not safe to inherit).
     ctx.set_forkserver_preload(preload_modules(spec))  # no-op when warm_workers started it
+    start_fork_server()
     pending = deque(cells)
     workers: list[_Worker] = []
     spec_data = spec.to_dict()

@@ -218,6 +218,15 @@ class RunSpec:
             raise UsageError("no datasets selected; name at least one with --datasets")
         if not self.fractions:
             raise UsageError("no fractions given; use e.g. --fractions 0.1,0.2")
+        for key in ("noise", "fractions"):
+            # A repeated rate would run (and count) the same cells twice.
+            values = [float(v) for v in getattr(self, key)]
+            repeated = sorted({v for v in values if values.count(v) > 1})
+            if repeated:
+                raise UsageError(
+                    f"--{key} lists {', '.join(f'{v:g}' for v in repeated)} more than once; "
+                    "give each value once"
+                )
         for f in self.fractions:
             # 1 is refused: the removal curve at 1 would train on nothing, failing every cell.
             if not (0 < f < 1):

@@ -61,6 +61,8 @@ __all__ = [
     "lock_holder",
     "describe_holder",
     "check_entries",
+    "check_output_files",
+    "enclosing_run_dir",
 ]
 
 log = logging.getLogger(__name__)
@@ -84,6 +86,70 @@ OWNED_FILES = (
 )
 _OWNED_SUBDIRS = {SCORES_DIR: ".npz", POINTS_DIR: ".npz", FIGURES_DIR: ".svg"}
 _FILE_MODE = 0o644  # results and reports are meant to be shared, as any file the umask allows
+
+
+def _holds_run(folder: Path) -> bool:
+    """Whether ``folder`` holds a valbench run: a manifest with valbench's own keys (a web
+    project's ``manifest.json`` is not one)."""
+    manifest = folder / MANIFEST_FILE
+    try:
+        if not manifest.is_file() or manifest.stat().st_size > 16 * 2**20:
+            return False
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and {"spec", "config_hash"} <= data.keys()
+
+
+def enclosing_run_dir(path: Path) -> Path | None:
+    """The valbench run directory that ``path`` lies in, if any."""
+    for folder in Path(os.path.abspath(path)).parents:
+        if _holds_run(folder):
+            return folder
+    return None
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet): compare where they would be
+        return Path(os.path.abspath(a)) == Path(os.path.abspath(b))
+
+
+def check_output_files(targets: Mapping[str, Path | None], inputs: Iterable[Path] = ()) -> None:
+    """Refuse, before any work, output files (``{flag: path}``) that would destroy something:
+    an input of the same command, each other, a finished run's files (anything inside a run
+    directory, which holds only what its run wrote), or a path whose folder is missing or is
+    a file. Raises :class:`UsageError` naming the flag and what to do instead."""
+    from valbench.errors import UsageError
+
+    given = {flag: Path(p) for flag, p in targets.items() if p is not None}
+    sources = [Path(p) for p in inputs]
+    for flag, path in given.items():
+        parent = path.parent
+        if parent.exists() and not parent.is_dir():
+            raise UsageError(f"{flag} {path}: {parent} is a file, not a folder")
+        if not parent.is_dir():
+            raise UsageError(f"{flag} {path}: the folder {parent} does not exist; create it first")
+        if path.is_dir():
+            raise UsageError(f"{flag} {path} is a folder; name the file to write")
+        for source in sources:
+            if _same_file(path, source):
+                raise UsageError(
+                    f"{flag} {path} is this command's own input; write the result elsewhere"
+                )
+        run_dir = enclosing_run_dir(path)
+        if run_dir is not None:
+            raise UsageError(
+                f"{flag} {path} is inside the run directory {run_dir}, which holds only what "
+                "its run wrote (writing there could destroy finished results); write it "
+                "beside the run directory instead"
+            )
+    flags = list(given)
+    for i, first in enumerate(flags):
+        for second in flags[i + 1 :]:
+            if _same_file(given[first], given[second]):
+                raise UsageError(f"{first} and {second} name the same file; give two paths")
 
 
 class StoreWriteError(RunDirectoryError):

@@ -312,6 +312,19 @@ def _read_validated(
     if len(kinds) > 1:
         raise _fail(path, "labels mix strings and integers across splits; use one type")
     classes = np.unique(np.concatenate([y for _, y in parts.values()]))
+    if classes.dtype.kind == "U":
+        # "dog" and "dog " would be two classes: a stray space must not change the problem.
+        by_text: dict[str, list[str]] = {}
+        for c in classes.tolist():
+            by_text.setdefault(c.strip(), []).append(c)
+        clash = next((v for v in by_text.values() if len(v) > 1), None)
+        if clash is not None:
+            shown = " and ".join(repr(c) for c in clash)
+            raise _fail(
+                path,
+                f"labels {shown} differ only in leading/trailing spaces, so they would be "
+                "separate classes; clean the label column",
+            )
     if len(classes) < 2:
         raise _fail(path, f"labels hold {len(classes)} class; need at least 2")
     train_classes = set(np.unique(parts["train"][1]).tolist())

@@ -141,6 +141,21 @@ def test_misleading_cases_get_their_own_one_line_message(tmp_path: Path) -> None
         assert "object arrays" not in str(err.value) and "not numeric" not in str(err.value)
 
 
+def test_labels_that_differ_only_in_spaces_are_refused_not_made_classes(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    labels = np.where(rng.random(60) < 0.5, "cat", "dog").astype(object)
+    labels[::5] = [f"{v} " for v in labels[::5]]  # a stray trailing space on every 5th row
+    frame = pd.DataFrame({"a": rng.normal(size=60), "label": labels})
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    with pytest.raises(DatasetError, match="differ only in leading/trailing spaces") as err:
+        FileDataset(path=str(tmp_path / "t.csv")).load(seed=0)
+    _one_line(str(err.value))
+    # clean labels with inner spaces are fine
+    frame["label"] = np.where(rng.random(60) < 0.5, "tabby cat", "dog")
+    frame.to_csv(tmp_path / "ok.csv", index=False)
+    assert FileDataset(path=str(tmp_path / "ok.csv")).load(seed=0).n_classes == 2
+
+
 @pytest.mark.parametrize("standardize", [True, False])
 def test_huge_finite_features_are_refused_naming_the_file(
     tmp_path: Path, standardize: bool

@@ -302,3 +302,40 @@ def test_max_train_per_dataset_reaches_the_cells(tmp_path: Path) -> None:
         == 0
     )
     assert {r.dataset: r.n_train for r in read_results(tmp_path)} == {"digits": 40, "wine": 30}
+
+
+def test_a_closed_pipe_ends_quietly() -> None:
+    import subprocess
+    import sys
+
+    # `valbench list --methods | head -1`: the reader leaves after one line
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "valbench", "list", "--methods"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) in (0, 141)
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
+
+
+def test_the_fork_server_starts_with_ctrl_c_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Ctrl-C while the server imports its preload modules must not print its traceback:
+    the server is spawned while SIGINT is ignored (inherited across exec), and the driver's
+    own handler is back afterwards."""
+    import signal
+    from multiprocessing import forkserver
+
+    from valbench.pool import start_fork_server
+
+    seen: list[object] = []
+    monkeypatch.setattr(
+        forkserver, "ensure_running", lambda: seen.append(signal.getsignal(signal.SIGINT))
+    )
+    before = signal.getsignal(signal.SIGINT)
+    start_fork_server()
+    assert seen == [signal.SIG_IGN]
+    assert signal.getsignal(signal.SIGINT) is before

@@ -106,6 +106,61 @@ def test_value_refuses_bad_input_with_one_line(
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    ("out", "html", "message"),
+    [
+        ("DATA", None, "--out DATA is this command's own input"),
+        ("v.csv", "DATA", "--html DATA is this command's own input"),
+        ("v.csv", "v.csv", "--out and --html name the same file"),
+        ("RUN/results.jsonl", None, "is inside the run directory"),
+        ("DATA/v.csv", None, "is a file, not a folder"),
+        ("nowhere/v.csv", None, "does not exist; create it first"),
+    ],
+)
+def test_value_never_writes_over_its_input_or_a_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], out: str, html: str | None, message: str
+) -> None:
+    data = tmp_path / "mine.csv"
+    _noisy_file(data, n=60)
+    run = fake_run(tmp_path / "run", methods=("random",), seeds=1)
+    before = {p: p.read_bytes() for p in (data, run / "results.jsonl")}
+
+    def where(name: str) -> str:
+        name = name.replace("DATA", str(data)).replace("RUN", str(run))
+        return name if name.startswith("/") else str(tmp_path / name)
+
+    args = ["value", str(data), "--methods", "random", "--out", where(out)]
+    if html is not None:
+        args += ["--html", where(html)]
+    assert main(args) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert message.replace("DATA", str(data)) in err and err.count("\n") == 1, err
+    assert all(p.read_bytes() == b for p, b in before.items())
+    assert not (tmp_path / "v.csv").exists()
+
+
+def test_export_and_compare_refuse_to_write_into_a_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = fake_run(tmp_path / "run", methods=("random", "loo"), seeds=2)
+    results = (run / "results.jsonl").read_bytes()
+    for args in (
+        ["export", str(run), "--out", str(run / "results.jsonl")],
+        ["export", str(run), "--out", str(run / "scores" / "rows.csv")],
+        ["compare", str(run), str(run), "--html", str(run / "results.jsonl")],
+    ):
+        assert main(args) == EXIT_USAGE, args
+        err = capsys.readouterr().err
+        assert "is inside the run directory" in err and err.count("\n") == 1, err
+    assert (run / "results.jsonl").read_bytes() == results
+    # a folder with some other program's manifest.json is not a run: writing there is fine
+    web = tmp_path / "webapp"
+    web.mkdir()
+    (web / "manifest.json").write_text('{"name": "app", "start_url": "/"}')
+    assert main(["compare", str(run), str(run), "--html", str(web / "same.html")]) == 0
+    assert (web / "same.html").is_file()
+
+
 def test_value_takes_the_methods_a_finished_run_recommends(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -149,6 +149,9 @@ def test_logreg_runs_hash_the_model_version() -> None:
         ({"noise": (False,)}, "noise must be numbers, not true/false"),
         ({"noise": (1.0,)}, "outside [0, 1)"),
         ({"noise": (-0.1,)}, "outside [0, 1)"),
+        # a repeated value would run and count the same cells twice
+        ({"noise": (0.1, 0.1)}, "--noise lists 0.1 more than once"),
+        ({"fractions": (0.5, 0.2, 0.5)}, "--fractions lists 0.5 more than once"),
         ({"seeds": 0}, ">= 1"),
         ({"methods": ()}, "no methods"),
         ({"datasets": ()}, "no datasets"),
