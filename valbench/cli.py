@@ -425,12 +425,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
         command=command,
         address=args.scheduler or args.address,
     )
-    ran = summary.total - summary.already_done
     skipped = f", {len(summary.skipped)} skipped" if summary.skipped else ""
+    left = summary.total - summary.finished
+    not_run = f", {left} not run" if left else ""
     print(
         f"{summary.ok}/{summary.total} cells ok, {len(summary.failed)} failed{skipped} "
-        f"({summary.already_done} already done, {ran} run now, {summary.wall_s:.1f} s) "
-        f"-> {summary.run_dir}"
+        f"({summary.already_done} already done, {summary.run_now} run now{not_run}, "
+        f"{summary.wall_s:.1f} s) -> {summary.run_dir}"
     )
     if summary.report is not None:
         print(f"report: {summary.report}")

@@ -77,6 +77,16 @@ class RunSummary:
     wall_s: float = 0.0
     report: Path | None = None
 
+    @property
+    def finished(self) -> int:
+        """Cells with a record: earlier runs' and this one's."""
+        return self.ok + len(self.failed) + len(self.skipped)
+
+    @property
+    def run_now(self) -> int:
+        """Cells this run finished (an interrupted run finishes fewer than it set out to)."""
+        return self.finished - self.already_done
+
 
 def resolve_names(spec: RunSpec, narrowable: Collection[str] = ()) -> RunSpec:
     """Expand ``all`` and check every method and dataset name against the registry.
@@ -739,7 +749,7 @@ def _execute_cells(
     finally:
         bar.close()
         summary.wall_s = time.perf_counter() - started
-        finished = summary.ok + len(summary.failed) + len(summary.skipped)
+        finished = summary.finished
         error = None
         if summary.interrupted:
             state = "interrupted"

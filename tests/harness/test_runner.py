@@ -300,12 +300,14 @@ def test_ctrl_c_keeps_finished_cells(tmp_path: Path, test_plugins: Path) -> None
     )
     _wait_for_lines(out / "results.jsonl", 2, proc)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    stdout, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "run the same command to resume" in err and "Traceback" not in err
     assert read_manifest(out).status == "interrupted"
     kept = read_results(out)
     assert len(kept) >= 2 and all(r.status == "ok" for r in kept)
+    # the last line counts what ran, not what was set out to run
+    assert f"(0 already done, {len(kept)} run now, {8 - len(kept)} not run," in stdout, stdout
     assert (out / "index.html").exists()
 
 
