@@ -124,9 +124,19 @@ def _read_table(
             + (" ..." if len(bad) > 5 else "")
             + " (encode or drop them; an id column: name it with --id-column)",
         )
+    # True/False columns are 0/1 features; beside numeric ones they would make the array
+    # an object one.
+    flags = [c for c in feats.columns if pd.api.types.is_bool_dtype(feats[c])]
+    if flags:
+        feats = feats.astype({c: np.float64 for c in flags})
     labels = frame[label_column]
     if labels.isna().any():
-        raise _fail(path, f"label column {label_column!r} has missing values; fill or drop rows")
+        first = int(np.flatnonzero(labels.isna().to_numpy())[0])
+        raise _fail(
+            path,
+            f"label column {label_column!r} has {int(labels.isna().sum())} missing values "
+            f"(first in row {first}, counting data rows from 0); fill or drop those rows",
+        )
     y = labels.to_numpy()
     if y.dtype == object:
         kinds = {type(v) for v in y}

@@ -141,6 +141,29 @@ def test_misleading_cases_get_their_own_one_line_message(tmp_path: Path) -> None
         assert "object arrays" not in str(err.value) and "not numeric" not in str(err.value)
 
 
+def test_true_false_features_beside_numbers_are_0_1_and_a_missing_label_names_its_row(
+    tmp_path: Path,
+) -> None:
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        {
+            "a": rng.normal(size=60),
+            "flag": rng.random(60) < 0.5,
+            "label": np.where(rng.random(60) < 0.5, "cat", "dog"),
+        }
+    )
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    splits = FileDataset(path=str(tmp_path / "t.csv"), standardize=False).load(seed=0)
+    flags = np.concatenate([splits.x_train[:, 1], splits.x_val[:, 1], splits.x_test[:, 1]])
+    assert set(np.unique(flags)) == {0.0, 1.0}
+    frame["label"] = frame["label"].astype(object)
+    frame.loc[[7, 9], "label"] = None
+    frame.to_csv(tmp_path / "na.csv", index=False)
+    with pytest.raises(DatasetError, match=r"2 missing values \(first in row 7") as err:
+        FileDataset(path=str(tmp_path / "na.csv")).load(seed=0)
+    _one_line(str(err.value))
+
+
 def test_labels_that_differ_only_in_spaces_are_refused_not_made_classes(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     labels = np.where(rng.random(60) < 0.5, "cat", "dog").astype(object)
