@@ -92,11 +92,11 @@ class Run:
 
     @property
     def results(self) -> Any:
-        """Tidy DataFrame: one row per cell and scalar metric (``results.csv``'s rows), with
-        the cell's ``status`` and ``complete`` flag."""
+        """Tidy DataFrame: one row per cell and scalar metric (``results.csv``'s rows and
+        columns), with the cell's ``status`` and ``complete`` flag."""
         import pandas as pd
 
-        from valbench.report import tidy_rows
+        from valbench.report import CSV_COLUMNS, tidy_rows
 
         rows: list[dict[str, Any]] = []
         for rec in self.records:
@@ -105,18 +105,7 @@ class Run:
             head["complete"] = rec.complete if rec.ok else None
             pairs: list[tuple[str | None, float | int | None]] = list(tidy_rows(rec))
             rows.extend({**head, "metric": m, "value": v} for m, v in pairs or [(None, None)])
-        columns = [
-            "cell_id",
-            "method",
-            "dataset",
-            "noise",
-            "seed",
-            "status",
-            "complete",
-            "metric",
-            "value",
-        ]
-        return pd.DataFrame(rows, columns=columns)
+        return pd.DataFrame(rows, columns=list(CSV_COLUMNS))
 
     def values(
         self, method: str, dataset: str, seed: int = 0, noise: float | None = None
