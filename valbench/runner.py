@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -30,7 +30,7 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
-from valbench.errors import CellTimeout, RunDirectoryError, UsageError
+from valbench.errors import CellTimeout, RunDirectoryError, UsageError, printable
 from valbench.pool import preload_modules, start_fork_server, warm_workers
 from valbench.records import CellRecord, Manifest
 from valbench.registry import dataset_names, discover, method_names
@@ -563,6 +563,24 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+def _spec_changes(old: Mapping[str, Any], spec: RunSpec, shown: int = 3) -> str:
+    """What differs between a stored run's spec and ``spec``, in the run's terms ("seeds 4 ->
+    5"), execution-only settings left out; a changed default when nothing given differs."""
+    new = spec.to_dict()
+    keys = sorted(k for k in new.keys() - set(RunSpec.EXECUTION_ONLY) if old.get(k) != new[k])
+
+    def text(value: Any) -> str:
+        if isinstance(value, list | tuple):
+            return ",".join(map(str, value)) or "none"
+        return str(value)
+
+    if not keys:
+        return "the same options, but valbench's defaults for them changed since that run"
+    parts = [f"{k} {text(old.get(k))} -> {text(new[k])}" for k in keys[:shown]]
+    more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
+    return printable("; ".join(parts) + more)
+
+
 def _open_run_dir(store: RunStore, spec: RunSpec, overwrite: bool, command: str) -> Manifest:
     """Create or reopen the run directory under its lock; refuse one that holds another run.
 
@@ -578,9 +596,9 @@ def _open_run_dir(store: RunStore, spec: RunSpec, overwrite: bool, command: str)
         if old.config_hash != config_hash:
             if not overwrite:
                 raise RunDirectoryError(
-                    f"{store.run_dir} holds another run (config {old.config_hash}, "
-                    "this one is "
-                    f"{config_hash}); pass --overwrite to replace it, or choose another --out"
+                    f"{store.run_dir} holds another run (config {old.config_hash}, this one is "
+                    f"{config_hash}: {_spec_changes(old.spec, spec)}); pass --overwrite to "
+                    "replace it (its finished cells are deleted), or choose another --out"
                 )
             store.clear()
         else:

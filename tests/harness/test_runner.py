@@ -64,8 +64,12 @@ def test_rerun_resumes_and_other_spec_is_refused(tmp_path: Path) -> None:
     again = execute(small_spec(), out=tmp_path, show_progress=False)
     assert again.already_done == 2 and again.ok == 2
     assert (tmp_path / "results.jsonl").read_bytes() == before
-    with pytest.raises(RunDirectoryError, match="holds another run.*--overwrite"):
+    with pytest.raises(RunDirectoryError, match="holds another run.*--overwrite") as err:
         execute(small_spec(seeds=2), out=tmp_path, show_progress=False)
+    # it names what changed, and what --overwrite would cost
+    assert "seeds 1 -> 2)" in str(err.value) and "finished cells are deleted" in str(err.value)
+    with pytest.raises(RunDirectoryError, match=r"fractions 0.1,0.5 -> 0.2,0.5; seeds 1 -> 3\)"):
+        execute(small_spec(seeds=3, fractions=(0.2, 0.5)), out=tmp_path, show_progress=False)
     replaced = execute(small_spec(seeds=2), out=tmp_path, overwrite=True, show_progress=False)
     assert replaced.already_done == 0 and replaced.ok == 4 and len(read_results(tmp_path)) == 4
 
