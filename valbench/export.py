@@ -158,10 +158,14 @@ class _FileRows:
     classes: list[str]
 
 
-def _file_rows(name: str, spec: RunSpec) -> _FileRows:
+def _file_rows(name: str, spec: RunSpec, run_cwd: str | None = None) -> _FileRows:
     from valbench.userdata import FileDataset, file_fingerprint, read_ids
 
     path = Path(name[len(FILE_PREFIX) :]).expanduser()
+    if not path.is_file() and not path.is_absolute() and run_cwd is not None:
+        # A relative path is relative to where the run started, not to where export runs;
+        # the content hash below still decides whether it is the run's file.
+        path = Path(run_cwd) / path
     if not path.is_file():
         raise UsageError(
             printable(f"{path}: the run's data file is gone; its rows cannot be matched")
@@ -274,7 +278,7 @@ def export_table(run_dir: Path, methods: Sequence[str] | None = None) -> Any:
         file = None
         if name.startswith(FILE_PREFIX):
             if name not in files:
-                files[name] = _file_rows(name, spec)
+                files[name] = _file_rows(name, spec, manifest.cwd)
             file = files[name]
         cells = load_cell_arrays(run_dir, record.scores_file)
         frames.append(_cell_frame(record, cells, file))

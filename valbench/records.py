@@ -598,6 +598,8 @@ class Manifest:
     status: str | None = None
     config_hash: str | None = None
     command: str | None = None
+    #: The working directory the run started in: relative ``file:`` paths are relative to it.
+    cwd: str | None = None
     git_revision: str | None = None
     started_at: str | None = None
     ended_at: str | None = None
@@ -635,6 +637,7 @@ class Manifest:
                 status=r.string("status"),
                 config_hash=r.string("config_hash"),
                 command=r.string("command"),
+                cwd=r.string("cwd"),
                 git_revision=r.string("git_revision"),
                 started_at=r.string("started_at"),
                 ended_at=r.string("ended_at"),
@@ -669,6 +672,8 @@ class Manifest:
             "wall_s": self.wall_s,
             **self.extra,
         }
+        if self.cwd is not None:
+            out["cwd"] = self.cwd
         if self.error is not None:
             out["error"] = self.error
         if self.claims:

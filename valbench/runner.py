@@ -621,6 +621,7 @@ def _open_run_dir(store: RunStore, spec: RunSpec, overwrite: bool, command: str)
         machine=_machine(),
         git_revision=_git_revision(),
         command=command,
+        cwd=os.getcwd(),
         started_at=_now(),
         ended_at=None,
         cells_total=len(spec.cells()),

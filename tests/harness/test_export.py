@@ -65,6 +65,25 @@ def test_export_maps_every_value_to_its_row(
     assert "sample" not in set(table.columns) - {"id"}
 
 
+def test_a_relative_file_path_is_found_from_another_folder(
+    tmp_path: Path, test_plugins: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``file:mine.csv`` is relative to where the run started, so export finds it from
+    anywhere (the content hash still decides that it is the run's file)."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    _users_file(tmp_path / "data" / "mine.csv", n=40)
+    monkeypatch.chdir(tmp_path / "data")
+    argv = ["run", "--methods", "row-echo", "--datasets", "file:mine.csv", "--label-column"]
+    argv += ["kind", "--id-column", "sample", "--seeds", "1", "--noise", "0"]
+    argv += ["--out", str(tmp_path / "run"), "--backend", "serial", "--no-progress"]
+    assert main(argv) == 0
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert main(["export", str(tmp_path / "run"), "--out", "rows.csv"]) == 0
+    table = pd.read_csv(tmp_path / "elsewhere" / "rows.csv", dtype={"id": str})
+    assert sorted(table["row"]) == list(range(40))
+
+
 def test_export_refuses_a_changed_file_and_unknown_method(
     tmp_path: Path, test_plugins: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
