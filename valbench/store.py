@@ -88,23 +88,12 @@ _OWNED_SUBDIRS = {SCORES_DIR: ".npz", POINTS_DIR: ".npz", FIGURES_DIR: ".svg"}
 _FILE_MODE = 0o644  # results and reports are meant to be shared, as any file the umask allows
 
 
-def _holds_run(folder: Path) -> bool:
-    """Whether ``folder`` holds a valbench run: a manifest with valbench's own keys (a web
-    project's ``manifest.json`` is not one)."""
-    manifest = folder / MANIFEST_FILE
-    try:
-        if not manifest.is_file() or manifest.stat().st_size > 16 * 2**20:
-            return False
-        data = json.loads(manifest.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and {"spec", "config_hash"} <= data.keys()
-
-
 def enclosing_run_dir(path: Path) -> Path | None:
-    """The valbench run directory that ``path`` lies in, if any."""
+    """The valbench run directory that ``path`` lies in, if any (a folder whose manifest is
+    valbench's: a web project's ``manifest.json`` is not one)."""
     for folder in Path(os.path.abspath(path)).parents:
-        if _holds_run(folder):
+        manifest = folder / MANIFEST_FILE
+        if manifest.is_file() and _is_valbench_manifest(manifest):
             return folder
     return None
 
