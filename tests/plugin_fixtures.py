@@ -178,6 +178,16 @@ class WrongSize(_Base):
         return Valuation(scores=ctx.rng.random(task.n_train), selections={f: np.arange(size)})
 
 
+class Vandal(_Base):
+    name = "vandal"
+
+    def value(self, task, ctx):
+        # Writes over every array it is given, as a careless plugin might.
+        for arr in (task.x_train, task.y_train, task.x_val, task.y_val):
+            arr[...] = 0
+        return Valuation(scores=ctx.rng.random(task.n_train))
+
+
 class BadWeights(_Base):
     name = "bad-weights"
 
@@ -195,6 +205,7 @@ class BadWeights(_Base):
 """
 
 ENTRY_POINTS = {
+    "vandal": "Vandal",
     "sleepy": "Sleepy",
     "raises": "Raises",
     "hangs": "Hangs",

@@ -186,6 +186,8 @@ def run(
         raise UsageError(
             f"unknown option {unknown[0]!r}; valid: {', '.join(sorted(CONFIG_KEYS - {'out'}))}"
         )
+    # numpy scalars (np.int64(40) from an array's shape) count as the numbers they hold
+    options = {k: v.item() if isinstance(v, np.generic) else v for k, v in options.items()}
     overrides: dict[str, Any] = {"methods": methods, **options}
     if datasets is not None:
         overrides["datasets"] = datasets
@@ -222,6 +224,11 @@ def value(
     whose validation set is the other folds, so each row gets one value (comparable within
     its fold; see :mod:`valbench.practitioner`). ``params`` are the method's parameters.
     """
+    if not isinstance(method, str):
+        raise UsageError(
+            f"method must be one method's name, got {method!r}; for several methods at once "
+            "use valbench.practitioner.value_arrays(x, y, methods=[...])"
+        )
     result = value_arrays(
         x, y, [method], folds=folds, seed=seed, model=model, budget=budget, params={method: params}
     )
@@ -290,7 +297,15 @@ def export(
     fmt: str | None = None,
     methods: Sequence[str] | None = None,
 ) -> Any:
-    """The per-row table of a run (see :mod:`valbench.export`); written to ``out`` when given."""
+    """The per-row table of a run (see :mod:`valbench.export`); written to ``out`` when given.
+
+    ``methods``: one method's name or a list of them (default: every method of the run)."""
+    if isinstance(methods, str):
+        methods = [methods]  # not its letters
+    elif methods is not None and not (
+        isinstance(methods, list | tuple) and all(isinstance(m, str) for m in methods)
+    ):
+        raise UsageError(f"methods must be a method's name or a list of names, got {methods!r}")
     check_output_files({"out": None if out is None else Path(out)})
     frame = export_table(Path(run_dir), methods)
     if out is not None:

@@ -319,7 +319,10 @@ def assign_params(obj: object, params: Mapping[str, Any], *, kind: str) -> None:
     own = getattr(obj, "__dict__", {})
     for key, spec in declared_params(cls).items():
         if key in params:
-            setattr(obj, key, params[key])
+            value = params[key]
+            # A numpy scalar the declaration accepted is stored as the plain number it holds,
+            # so a method's own checks (isinstance(k, int)) see what the declaration saw.
+            setattr(obj, key, value.item() if isinstance(value, np.generic) else value)
         elif key not in own:  # a plugin's __init__ may have stored it before calling super()
             setattr(obj, key, spec.default)
 

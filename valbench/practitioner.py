@@ -172,14 +172,15 @@ def value_arrays(
     from sklearn.model_selection import StratifiedKFold
 
     from valbench.models import MODEL_NAMES, ModelSpec
+    from valbench.userdata import feature_problem
     from valbench.utility import UtilityEngine
+    from valbench.worker import check_valuation
 
     x = np.asarray(x)
-    if x.ndim != 2 or not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
-        raise UsageError(f"x must be a 2-D numeric array (rows, features), got {x.shape} {x.dtype}")
+    problem = feature_problem("x", x, standardize=standardize)
+    if problem is not None:
+        raise UsageError(problem)
     x = x.astype(np.float64)
-    if not np.all(np.isfinite(x)):
-        raise UsageError("x holds NaN or infinite values; impute or drop those rows")
     codes, classes = _labels(y)
     if len(codes) != len(x):
         raise UsageError(f"x has {len(x)} rows but y has {len(codes)} labels")
@@ -230,8 +231,12 @@ def value_arrays(
                 budget=BudgetMeter(budget_obj, task.fit_counter),
                 fractions=_FRACTIONS,
             )
-            valuation = classes_by_name[name](**given[name]).value(task, ctx)
-            valuation.validate(len(rows), _FRACTIONS)
+            valuation = check_valuation(
+                classes_by_name[name](**given[name]).value(task.for_method(), ctx),
+                len(rows),
+                name,
+                _FRACTIONS,
+            )
             detection = (
                 valuation.scores
                 if valuation.detection_scores is None

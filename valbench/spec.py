@@ -724,7 +724,15 @@ def build_spec(
         *_as_names("datasets", merged["datasets"]),
     }
     for i, source in enumerate(sources):  # the preset's, then the config file's, then --param
-        for name, values in source.get("params", {}).items():
+        given = source.get("params", {})
+        if not isinstance(given, Mapping) or not all(
+            isinstance(v, Mapping) for v in given.values()
+        ):
+            raise UsageError(
+                f"params must map each method to its parameters, e.g. "
+                f'{{"loo": {{"batch_size": 32}}}}, got {given!r}'
+            )
+        for name, values in given.items():
             if i > 0 or name in selected or "all" in selected:  # a preset's: selected only
                 params.setdefault(name, {}).update(values)
     kwargs: dict[str, Any] = {"preset": preset, "params": params}

@@ -523,6 +523,23 @@ class ValuationTask(_SplitArrays):
             utility_factory=utility_factory,
         )
 
+    def for_method(self) -> Self:
+        """The task as the harness hands it to a method: its own copies of the training and
+        validation arrays, so a method that writes into them changes nothing the harness
+        measures with or later cells read, and no test split or planted-noise mask at all
+        (empty test arrays, ``noisy_mask`` None), so none can be read. The fit counter, model
+        and utility engine are the task's own: fits still count against the cell."""
+        return replace(
+            self,
+            x_train=self.x_train.copy(),
+            y_train=self.y_train.copy(),
+            x_val=self.x_val.copy(),
+            y_val=self.y_val.copy(),
+            x_test=self.x_test[:0].copy(),
+            y_test=self.y_test[:0].copy(),
+            noisy_mask=None,
+        )
+
     @property
     def n_train(self) -> int:
         """Number of training points, i.e. the length of every score vector."""
@@ -603,9 +620,14 @@ class Valuation:
         self.selection_weights = {
             float(k): np.asarray(v, dtype=np.float64) for k, v in self.selection_weights.items()
         }
-        if self.complete is None:
-            self.complete = bool(self.stats.get("complete", True))
-        self.complete = bool(self.complete)
+        flag = self.stats.get("complete", True) if self.complete is None else self.complete
+        # Only a real bool: the string "false" is truthy and would pass a partial estimate off
+        # as complete.
+        if not isinstance(flag, bool | np.bool_):
+            raise InvalidValuation(
+                f"complete must be True or False, got {flag!r} ({type(flag).__name__})"
+            )
+        self.complete = bool(flag)
         self.stats = {**self.stats, "complete": self.complete}
 
     def validate(self, n_train: int, fractions: Sequence[float] | None = None) -> Valuation:

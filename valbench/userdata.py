@@ -233,36 +233,44 @@ def read_file_arrays(
     raise _fail(path, f"unsupported file type; use one of {', '.join(SUFFIXES)}")
 
 
-def _check_x(path: Path, key: str, x: np.ndarray, *, standardize: bool) -> np.ndarray:
-    if x.dtype == bool:
-        x = x.astype(np.float64)
-    if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
-        raise _fail(path, f"{key} has dtype {x.dtype}; features must be real numbers")
+def feature_problem(key: str, x: np.ndarray, *, standardize: bool) -> str | None:
+    """What makes ``x`` unusable as features (one line naming ``key``), or None.
+
+    Real numbers only (bool, integers, floats: not complex, not time spans), 2-D, finite, and
+    small enough that standardising (or float32) cannot overflow.
+    """
+    if x.dtype.kind not in "biuf":
+        return f"{key} has dtype {x.dtype}; features must be real numbers"
     if x.ndim != 2:
-        raise _fail(path, f"{key} has shape {x.shape}; features must be 2-D (n_rows, n_features)")
+        return f"{key} has shape {x.shape}; features must be 2-D (n_rows, n_features)"
     if x.shape[1] == 0:
-        raise _fail(path, f"{key} has no feature columns")
+        return f"{key} has no feature columns"
+    x = x.astype(np.float64)
     bad = ~np.isfinite(x)
     if bad.any():
         rows = np.flatnonzero(bad.any(axis=1))
-        raise _fail(
-            path,
+        return (
             f"{key} has {int(bad.sum())} NaN/inf values (first in row {int(rows[0])}); "
-            "impute or drop those rows",
+            "impute or drop those rows"
         )
-    x = x.astype(np.float64)
     limit = _STANDARDIZE_LIMIT if standardize else _FLOAT32_LIMIT
     big = np.abs(x) > limit
     if big.any():
         rows = np.flatnonzero(big.any(axis=1))
         why = "standardising them would overflow" if standardize else "models use float32"
-        raise _fail(
-            path,
+        return (
             f"{key} has values too large (|value| up to {np.abs(x).max():.3g}, first in row "
             f"{int(rows[0])}; beyond {limit:.3g} {why}); rescale those features, e.g. divide "
-            "by a constant or take logs",
+            "by a constant or take logs"
         )
-    return x
+    return None
+
+
+def _check_x(path: Path, key: str, x: np.ndarray, *, standardize: bool) -> np.ndarray:
+    problem = feature_problem(key, x, standardize=standardize)
+    if problem is not None:
+        raise _fail(path, problem)
+    return x.astype(np.float64)
 
 
 def _check_y(path: Path, key: str, y: np.ndarray, n: int) -> np.ndarray:

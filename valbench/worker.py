@@ -48,6 +48,7 @@ from valbench.types import (
 __all__ = [
     "CellOutcome",
     "build_task",
+    "check_valuation",
     "build_task_with_provenance",
     "run_cell",
     "failure_record",
@@ -165,8 +166,9 @@ def _load_relabelled(
 def build_task(cell: Cell, spec: RunSpec) -> ValuationTask:
     """The ValuationTask of ``cell``: split, imbalance, label noise, evaluation model.
 
-    Imbalance and noise go to the training split only, after splitting; the noisy mask never
-    reaches methods. A dataset whose features are learned from the training labels (see
+    Imbalance and noise go to the training split only, after splitting. The task holds the
+    noisy mask and the test split for the metrics; a method gets
+    :meth:`~valbench.types.ValuationTask.for_method`, which holds neither. A dataset whose features are learned from the training labels (see
     :meth:`~valbench.types.Dataset.features_use_labels`) learns them from the noisy labels.
     """
     return build_task_with_provenance(cell, spec)[0]
@@ -651,7 +653,7 @@ def measure(
         # On the validation split, against the method's own scores (not detection_scores).
         result.update(_lds_metrics(task, scores, cell, spec))
     # Where each fraction's subset came from, so a score ranking standing in for a selector's
-    # own choice is visible in the record (_check_valuation keys selections by these fractions).
+    # own choice is visible in the record (check_valuation keys selections by these fractions).
     result["subset_source"] = {
         f"{f:g}": "selection" if f in valuation.selections else "scores" for f in fractions
     }
@@ -666,7 +668,8 @@ def measure(
     return result
 
 
-def _check_valuation(valuation: Any, n: int, method: str, fractions: Sequence[float]) -> Valuation:
+def check_valuation(valuation: Any, n: int, method: str, fractions: Sequence[float]) -> Valuation:
+    """``valuation`` validated for ``n`` training points; an error naming ``method`` otherwise."""
     if not isinstance(valuation, Valuation):
         raise TypeError(f"method {method!r} returned {type(valuation).__name__}, not a Valuation")
     try:
@@ -770,7 +773,7 @@ def _run_cell(cell: Cell, spec: RunSpec, progress: ProgressFn) -> CellOutcome:
                     fractions=tuple(sorted(spec.fractions)),
                     progress=budget_progress(progress, meter),
                 )
-                raw = method.value(task, ctx)
+                raw = method.value(task.for_method(), ctx)
         finally:  # a method that declines after spending its budget keeps its cost on record
             wall = time.perf_counter() - wall0
             cost = CellCost(
@@ -780,7 +783,7 @@ def _run_cell(cell: Cell, spec: RunSpec, progress: ProgressFn) -> CellOutcome:
                 model_fits=counter.count,
                 fits_per_s=counter.count / wall if counter.count and wall > 0 else None,
             )
-        valuation = _check_valuation(raw, task.n_train, cell.method, ctx.fractions)
+        valuation = check_valuation(raw, task.n_train, cell.method, ctx.fractions)
         measured = measure(task, valuation, cell, spec, pixels)
     except CellSkipped as exc:  # declined, up front or with no estimate: nothing to pass off
         return CellOutcome(failure_record(cell, spec, "skipped", "CellSkipped", str(exc), "", cost))

@@ -37,6 +37,35 @@ def test_run_returns_results_and_values_with_rows(tmp_path: Path) -> None:
         run.values("loo", "synthetic")
     with pytest.raises(UsageError, match="unknown option 'sedes'"):
         valbench.run(methods=["random"], sedes=2)
+    # one method's name is one method, not its letters
+    assert table.equals(run.export(methods="random")) and table.equals(
+        run.export(methods=["random"])
+    )
+    with pytest.raises(UsageError, match="a method's name or a list"):
+        run.export(methods=5)
+    with pytest.raises(UsageError, match="params must map each method to its parameters"):
+        valbench.run(methods=["random"], params={"random": 5}, out=tmp_path / "p")
+    # numpy integers (from an array's shape, say) count as the numbers they are
+    again = valbench.run(
+        methods=["random"],
+        datasets=["synthetic"],
+        seeds=np.int64(1),
+        noise=[0.1],
+        max_train=np.int64(60),
+        out=tmp_path / "r",
+    )
+    assert again.results.equals(results)
+
+
+def test_value_takes_one_method_and_numpy_parameters() -> None:
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(60, 3)), rng.integers(0, 2, size=60)
+    with pytest.raises(UsageError, match="method must be one method's name"):
+        valbench.value(x, y, method=["knn-shapley"])  # type: ignore[arg-type]
+    plain = valbench.value(x, y, method="knn-shapley", k=5)
+    np.testing.assert_array_equal(
+        valbench.value(x, y, method="knn-shapley", k=np.int64(5)).values, plain.values
+    )
 
 
 def test_readme_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

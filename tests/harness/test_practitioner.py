@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html.parser
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -159,6 +160,39 @@ def test_export_and_compare_refuse_to_write_into_a_run(
     (web / "manifest.json").write_text('{"name": "app", "start_url": "/"}')
     assert main(["compare", str(run), str(run), "--html", str(web / "same.html")]) == 0
     assert (web / "same.html").is_file()
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda x: x + 1j, "features must be real numbers"),  # would drop the imaginary part
+        (lambda x: (x * 1000).astype("timedelta64[ns]"), "features must be real numbers"),
+        (lambda x: x * 1e160, "standardising them would overflow"),  # every value the same
+        (lambda x: np.where(x > 2, np.nan, x), "NaN/inf values"),
+    ],
+)
+def test_value_arrays_refuses_features_it_would_quietly_change(make: Any, message: str) -> None:
+    from valbench.errors import UsageError
+    from valbench.practitioner import value_arrays
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(60, 3)), rng.integers(0, 2, size=60)
+    with pytest.raises(UsageError, match=message) as err:
+        value_arrays(make(x), y, ["knn-shapley"])
+    assert "\n" not in str(err.value)
+
+
+def test_a_method_writing_over_its_arrays_spoils_no_other_method(
+    tmp_path: Path, test_plugins: Path
+) -> None:
+    from valbench.practitioner import value_arrays
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(60, 3)), rng.integers(0, 2, size=60)
+    alone = value_arrays(x, y, ["knn-shapley"])
+    after = value_arrays(x, y, ["vandal", "knn-shapley"])
+    np.testing.assert_array_equal(after.values["knn-shapley"], alone.values["knn-shapley"])
+    assert np.isfinite(x).all() and x.any()  # the caller's arrays are untouched too
 
 
 def test_value_takes_the_methods_a_finished_run_recommends(

@@ -130,6 +130,18 @@ def test_complete_follows_the_stats_unless_given() -> None:
     assert Valuation(scores=np.zeros(2), stats={"complete": False}).complete is False
     partial = Valuation(scores=np.zeros(2), complete=False)
     assert partial.stats["complete"] is False
+    assert Valuation(scores=np.zeros(2), complete=np.False_).complete is False
+
+
+@pytest.mark.parametrize(
+    "flag", [{"complete": "false"}, {"stats": {"complete": "False"}}, {"complete": 0}]
+)
+def test_complete_must_be_a_real_bool(flag: dict) -> None:
+    from valbench.types import InvalidValuation, Valuation
+
+    # "false" is truthy: read as bool it would pass a partial estimate off as complete
+    with pytest.raises(InvalidValuation, match="complete must be True or False"):
+        Valuation(scores=np.zeros(2), **flag)
 
 
 def test_inner_progress_counts_against_the_budget() -> None:

@@ -74,6 +74,24 @@ def test_rerun_resumes_and_other_spec_is_refused(tmp_path: Path) -> None:
     assert replaced.already_done == 0 and replaced.ok == 4 and len(read_results(tmp_path)) == 4
 
 
+def test_a_method_can_spoil_neither_other_cells_nor_its_own_metrics(
+    tmp_path: Path, test_plugins: Path
+) -> None:
+    """A method gets its own copies of the training and validation arrays and no test split
+    or noise mask: writing over its arrays changes no number the harness measures, and
+    reading what it must not read fails its cell instead of scoring."""
+    execute(small_spec(methods=("random",)), out=tmp_path / "alone", show_progress=False)
+    spec = small_spec(methods=("vandal", "random", "reads-noise", "reads-test"))
+    execute(spec, out=tmp_path / "mixed", show_progress=False)
+    alone = {r.method: r for r in read_results(tmp_path / "alone")}
+    mixed = {r.method: r for r in read_results(tmp_path / "mixed")}
+    assert mixed["random"].metrics.to_json() == alone["random"].metrics.to_json()
+    # the vandal's own cell is measured on the untouched data
+    full = alone["random"].metrics.to_json()["full_data_value"]
+    assert mixed["vandal"].ok and mixed["vandal"].metrics.to_json()["full_data_value"] == full
+    assert mixed["reads-noise"].status == "failed" and mixed["reads-test"].status == "failed"
+
+
 def _numbers(run_dir: Path) -> dict[str, tuple[dict, list[float]]]:
     out = {}
     for rec in read_results(run_dir):
