@@ -168,7 +168,8 @@ def build_task(cell: Cell, spec: RunSpec) -> ValuationTask:
 
     Imbalance and noise go to the training split only, after splitting. The task holds the
     noisy mask and the test split for the metrics; a method gets
-    :meth:`~valbench.types.ValuationTask.for_method`, which holds neither. A dataset whose features are learned from the training labels (see
+    :meth:`~valbench.types.ValuationTask.for_method`, which holds neither. A dataset whose
+    features are learned from the training labels (see
     :meth:`~valbench.types.Dataset.features_use_labels`) learns them from the noisy labels.
     """
     return build_task_with_provenance(cell, spec)[0]
