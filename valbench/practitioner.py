@@ -174,7 +174,7 @@ def value_arrays(
     from valbench.models import MODEL_NAMES, ModelSpec
     from valbench.userdata import feature_problem
     from valbench.utility import UtilityEngine
-    from valbench.worker import check_valuation
+    from valbench.worker import check_fit_budget, check_valuation
 
     x = np.asarray(x)
     problem = feature_problem("x", x, standardize=standardize)
@@ -231,12 +231,9 @@ def value_arrays(
                 budget=BudgetMeter(budget_obj, task.fit_counter),
                 fractions=_FRACTIONS,
             )
-            valuation = check_valuation(
-                classes_by_name[name](**given[name]).value(task.for_method(), ctx),
-                len(rows),
-                name,
-                _FRACTIONS,
-            )
+            raw = classes_by_name[name](**given[name]).value(task.for_method(), ctx)
+            check_fit_budget(name, task.fit_counter.count, budget_obj.max_fits)
+            valuation = check_valuation(raw, len(rows), name, _FRACTIONS)
             detection = (
                 valuation.scores
                 if valuation.detection_scores is None

@@ -48,7 +48,9 @@ from valbench.types import (
 __all__ = [
     "CellOutcome",
     "build_task",
+    "check_fit_budget",
     "check_valuation",
+    "OverBudget",
     "build_task_with_provenance",
     "run_cell",
     "failure_record",
@@ -669,6 +671,22 @@ def measure(
     return result
 
 
+class OverBudget(ValbenchError):
+    """A method trained more models than the run's fit budget allows: its numbers were bought
+    at another cost than the other methods', so they are not ranked beside them."""
+
+
+def check_fit_budget(method: str, fits: int, max_fits: int | None) -> None:
+    """Fail the cell of a method that trained more than ``max_fits`` models (the budget is
+    the method's to keep: built-in methods stop at it, ``check_method`` tests a plugin's)."""
+    if max_fits is not None and fits > max_fits:
+        raise OverBudget(
+            f"{method} trained {fits} models against the run's budget of {max_fits} fits; "
+            "a method must stop at ctx.budget.remaining_fits() (valbench.testing.check_method "
+            "checks this)"
+        )
+
+
 def check_valuation(valuation: Any, n: int, method: str, fractions: Sequence[float]) -> Valuation:
     """``valuation`` validated for ``n`` training points; an error naming ``method`` otherwise."""
     if not isinstance(valuation, Valuation):
@@ -784,6 +802,7 @@ def _run_cell(cell: Cell, spec: RunSpec, progress: ProgressFn) -> CellOutcome:
                 model_fits=counter.count,
                 fits_per_s=counter.count / wall if counter.count and wall > 0 else None,
             )
+        check_fit_budget(cell.method, counter.count, spec.budget_obj.max_fits)
         valuation = check_valuation(raw, task.n_train, cell.method, ctx.fractions)
         measured = measure(task, valuation, cell, spec, pixels)
     except CellSkipped as exc:  # declined, up front or with no estimate: nothing to pass off

@@ -195,6 +195,16 @@ def test_a_method_writing_over_its_arrays_spoils_no_other_method(
     assert np.isfinite(x).all() and x.any()  # the caller's arrays are untouched too
 
 
+def test_value_refuses_a_method_that_overspends_its_budget(test_plugins: Path) -> None:
+    from valbench.practitioner import value_arrays
+    from valbench.worker import OverBudget
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(60, 3)), rng.integers(0, 2, size=60)
+    with pytest.raises(OverBudget, match="greedy trained 10 models against the run's budget"):
+        value_arrays(x, y, ["greedy"], budget=5)
+
+
 def test_value_takes_the_methods_a_finished_run_recommends(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -92,6 +92,20 @@ def test_a_method_can_spoil_neither_other_cells_nor_its_own_metrics(
     assert mixed["reads-noise"].status == "failed" and mixed["reads-test"].status == "failed"
 
 
+def test_a_method_that_overspends_the_fit_budget_fails_its_cell(
+    tmp_path: Path, test_plugins: Path
+) -> None:
+    # greedy trains 10 models whatever the budget; built-in methods stop at it
+    spec = small_spec(methods=("greedy", "loo"), budget="fits=5")
+    execute(spec, out=tmp_path, show_progress=False)
+    by_method = {r.method: r for r in read_results(tmp_path)}
+    greedy = by_method["greedy"]
+    assert greedy.status == "failed" and greedy.error is not None
+    assert greedy.error.type == "OverBudget" and "10 models against" in greedy.error.message
+    assert greedy.cost.model_fits == 10  # its cost stays on record
+    assert by_method["loo"].status == "ok" and by_method["loo"].cost.model_fits <= 5
+
+
 def _numbers(run_dir: Path) -> dict[str, tuple[dict, list[float]]]:
     out = {}
     for rec in read_results(run_dir):
