@@ -19,7 +19,13 @@ from typing import Any
 import numpy as np
 
 from valbench.errors import UsageError, printable
-from valbench.export import export_table, load_cell_arrays, point_stderr, write_table
+from valbench.export import (
+    export_table,
+    load_cell_arrays,
+    point_stderr,
+    table_format,
+    write_table,
+)
 from valbench.practitioner import (
     DEFAULT_FOLDS,
     DEFAULT_METHODS,
@@ -307,6 +313,7 @@ def export(
     ):
         raise UsageError(f"methods must be a method's name or a list of names, got {methods!r}")
     check_output_files({"out": None if out is None else Path(out)})
+    fmt = table_format(None if out is None else Path(out), fmt)
     frame = export_table(Path(run_dir), methods)
     if out is not None:
         write_table(frame, Path(out), fmt)

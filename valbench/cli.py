@@ -601,11 +601,14 @@ def _cmd_value(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from valbench.api import export
+    from valbench.export import table_format
     from valbench.store import check_output_files
 
-    fmt = args.fmt or ("parquet" if (args.out or "").endswith(".parquet") else "csv")
+    given = _directory("--out", args.out)
+    check_output_files({"--out": given})  # what it would destroy first, then its format
+    fmt = table_format(given, args.fmt)
     # Beside, not inside, the run directory: that holds only what the run itself wrote.
-    out = _directory("--out", args.out) or Path(f"{args.run_dir.resolve().name}-rows.{fmt}")
+    out = given or Path(f"{args.run_dir.resolve().name}-rows.{fmt}")
     check_output_files({"--out": out})
     frame = export(args.run_dir, out=out, fmt=fmt, methods=args.method or None)
     print(f"{len(frame)} rows -> {out}")

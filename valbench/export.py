@@ -32,6 +32,7 @@ from valbench.store import read_manifest, read_results
 
 __all__ = [
     "EXPORT_FORMATS",
+    "table_format",
     "EXPORT_COLUMNS",
     "point_stderr",
     "CellArrays",
@@ -289,12 +290,29 @@ def export_table(run_dir: Path, methods: Sequence[str] | None = None) -> Any:
     return frame.loc[:, list(EXPORT_COLUMNS)].reset_index(drop=True)
 
 
+def table_format(out: Path | None, fmt: str | None = None) -> str:
+    """The format a table is written in: ``fmt`` if given, else ``out``'s suffix (``.csv`` or
+    ``.parquet``); an unknown format, or a file name that says neither (``rows.xls`` would get
+    CSV under a misleading name), is refused in one line."""
+    if fmt is not None:
+        if fmt not in EXPORT_FORMATS:
+            raise UsageError(f"unknown format {fmt!r}; use one of {', '.join(EXPORT_FORMATS)}")
+        return fmt
+    suffix = "" if out is None else Path(out).suffix.lower()
+    if suffix in ("", ".csv"):
+        return "csv"
+    if suffix == ".parquet":
+        return "parquet"
+    raise UsageError(
+        f"{out}: valbench writes .csv or .parquet tables; name one of those, or give the format "
+        "(--format csv|parquet) to write it under this name"
+    )
+
+
 def write_table(frame: Any, out: Path, fmt: str | None = None) -> Path:
     """Write ``frame`` as CSV or Parquet (from ``fmt``, else from ``out``'s suffix)."""
     out = Path(out)
-    fmt = fmt or ("parquet" if out.suffix == ".parquet" else "csv")
-    if fmt not in EXPORT_FORMATS:
-        raise UsageError(f"unknown format {fmt!r}; use one of {', '.join(EXPORT_FORMATS)}")
+    fmt = table_format(out, fmt)
     if out.is_dir():
         raise UsageError(f"{out} is a directory; name the file to write")
     if not out.parent.is_dir():

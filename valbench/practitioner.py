@@ -79,12 +79,24 @@ class CrossFitValues:
 
 
 def _labels(y: Any) -> tuple[np.ndarray, list[Any]]:
-    y = np.asarray(y)
+    import pandas as pd
+
+    y = np.asarray(y, dtype=object) if isinstance(y, pd.Series | pd.Index) else np.asarray(y)
     if y.ndim != 1:
         raise UsageError(f"labels must be one per row (1-D), got shape {y.shape}")
-    if y.dtype.kind == "f":
-        if not np.all(np.isfinite(y)) or not np.all(np.mod(y, 1) == 0):
-            raise UsageError("labels must be integers or strings, not fractional numbers")
+    missing = np.flatnonzero(pd.isna(y))
+    if len(missing):
+        raise UsageError(
+            f"labels have {len(missing)} missing values (first in row {int(missing[0])}); "
+            "drop those rows or give them a label"
+        )
+    if y.dtype.kind == "f" and not np.all(np.mod(y, 1) == 0):
+        raise UsageError("labels must be integers or strings, not fractional numbers")
+    if y.dtype == object:
+        kinds = {type(v) for v in y.tolist()}
+        if not (kinds <= {str} or all(issubclass(k, int | np.integer) for k in kinds)):
+            names = ", ".join(sorted(k.__name__ for k in kinds))
+            raise UsageError(f"labels must be all integers or all strings, got {names}")
     classes, codes = np.unique(y, return_inverse=True)
     return codes.astype(np.int64), classes.tolist()
 

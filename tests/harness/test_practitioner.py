@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html.parser
+import re
 from pathlib import Path
 from typing import Any
 
@@ -180,6 +181,30 @@ def test_value_arrays_refuses_features_it_would_quietly_change(make: Any, messag
     with pytest.raises(UsageError, match=message) as err:
         value_arrays(make(x), y, ["knn-shapley"])
     assert "\n" not in str(err.value)
+
+
+def test_value_arrays_says_which_labels_are_missing_or_mixed() -> None:
+    import pandas as pd
+
+    from valbench.errors import UsageError
+    from valbench.practitioner import value_arrays
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(60, 3)), rng.integers(0, 2, size=60)
+    cases = [
+        (np.where(np.arange(60) == 7, np.nan, y.astype(float)), "1 missing values (first in row 7"),
+        (pd.Series(y, dtype="Int64").mask(np.arange(60) == 3), "(first in row 3"),
+        ([None] * 60, "60 missing values"),
+        (np.array([1, "a"] * 30, dtype=object), "all integers or all strings, got int, str"),
+    ]
+    for labels, message in cases:
+        with pytest.raises(UsageError, match=re.escape(message)):
+            value_arrays(x, labels, ["knn-shapley"])
+    # nullable integers without gaps are plain integer labels
+    same = value_arrays(x, pd.Series(y, dtype="Int64"), ["knn-shapley"])
+    np.testing.assert_array_equal(
+        same.values["knn-shapley"], value_arrays(x, y, ["knn-shapley"]).values["knn-shapley"]
+    )
 
 
 def test_a_method_writing_over_its_arrays_spoils_no_other_method(
