@@ -581,6 +581,21 @@ class InvalidValuation(ValueError):
     """A :class:`Valuation` breaks its contract (see :meth:`Valuation.validate`)."""
 
 
+def _check_positional(name: str, values: Any) -> None:
+    """Refuse a labelled vector (a pandas Series) whose labels are not its positions 0..n-1:
+    it would be read by position, so sorting it would silently move every score to another
+    point."""
+    index = getattr(values, "index", None)
+    if index is None or callable(index):  # a list's .index is a method
+        return
+    if not np.array_equal(np.asarray(index), np.arange(len(values))):
+        raise InvalidValuation(
+            f"{name} is labelled by an index other than the training rows' positions 0..n-1, "
+            f"and would be read by position; pass {name}.sort_index().to_numpy() (or plain "
+            "values in training-row order)"
+        )
+
+
 @dataclass
 class Valuation:
     """What a method returns: one score per training point (higher = more valuable).
@@ -611,6 +626,8 @@ class Valuation:
     complete: bool | None = None
 
     def __post_init__(self) -> None:
+        for name in ("scores", "detection_scores"):
+            _check_positional(name, getattr(self, name))
         self.scores = np.asarray(self.scores, dtype=np.float64)
         if self.detection_scores is not None:
             self.detection_scores = np.asarray(self.detection_scores, dtype=np.float64)

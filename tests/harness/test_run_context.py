@@ -133,6 +133,20 @@ def test_complete_follows_the_stats_unless_given() -> None:
     assert Valuation(scores=np.zeros(2), complete=np.False_).complete is False
 
 
+def test_a_labelled_score_vector_must_be_in_row_order() -> None:
+    import pandas as pd
+
+    from valbench.types import InvalidValuation, Valuation
+
+    scores = pd.Series([0.1, 0.5, 0.3])
+    np.testing.assert_array_equal(Valuation(scores=scores).scores, [0.1, 0.5, 0.3])
+    # sorted, it would be read by position: every score on another point
+    with pytest.raises(InvalidValuation, match="read by position"):
+        Valuation(scores=scores.sort_values())
+    with pytest.raises(InvalidValuation, match="detection_scores is labelled"):
+        Valuation(scores=np.zeros(3), detection_scores=scores.sort_values())
+
+
 @pytest.mark.parametrize(
     "flag", [{"complete": "false"}, {"stats": {"complete": "False"}}, {"complete": 0}]
 )
