@@ -81,7 +81,10 @@ class CrossFitValues:
 def _labels(y: Any) -> tuple[np.ndarray, list[Any]]:
     import pandas as pd
 
-    y = np.asarray(y, dtype=object) if isinstance(y, pd.Series | pd.Index) else np.asarray(y)
+    nullable = isinstance(y, pd.Series | pd.Index) and pd.api.types.is_extension_array_dtype(
+        y.dtype
+    )  # Int64, boolean, string: read as objects, where pd.NA stays visible
+    y = np.asarray(y, dtype=object) if nullable else np.asarray(y)
     if y.ndim != 1:
         raise UsageError(f"labels must be one per row (1-D), got shape {y.shape}")
     missing = np.flatnonzero(pd.isna(y))

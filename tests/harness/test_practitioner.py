@@ -200,11 +200,11 @@ def test_value_arrays_says_which_labels_are_missing_or_mixed() -> None:
     for labels, message in cases:
         with pytest.raises(UsageError, match=re.escape(message)):
             value_arrays(x, labels, ["knn-shapley"])
-    # nullable integers without gaps are plain integer labels
-    same = value_arrays(x, pd.Series(y, dtype="Int64"), ["knn-shapley"])
-    np.testing.assert_array_equal(
-        same.values["knn-shapley"], value_arrays(x, y, ["knn-shapley"]).values["knn-shapley"]
-    )
+    # nullable integers without gaps, and a float column of whole numbers, are integer labels
+    plain = value_arrays(x, y, ["knn-shapley"]).values["knn-shapley"]
+    for labels in (pd.Series(y, dtype="Int64"), pd.Series(y.astype(float))):
+        same = value_arrays(x, labels, ["knn-shapley"])
+        np.testing.assert_array_equal(same.values["knn-shapley"], plain)
 
 
 def test_a_method_writing_over_its_arrays_spoils_no_other_method(
