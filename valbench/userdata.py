@@ -94,6 +94,17 @@ def _read_table(
         raise _fail(path, f"cannot parse ({type(exc).__name__}: {msg}); fix the file") from exc
     if len(frame) == 0:
         raise _fail(path, "has no data rows; add one row per point")
+    if path.suffix == ".csv":
+        # pandas renames a repeated header ("label", "label.1"): a second label or id column
+        # would pass as a feature. (Repeated feature names are harmless: each is a feature.)
+        header = [str(c) for c in pd.read_csv(path, header=None, nrows=1).iloc[0].tolist()]
+        named = {label_column or "label", id_column, *(() if label_column else ("y",))}
+        clash = sorted(c for c in named - {None} if header.count(c) > 1)
+        if clash:
+            shown = clash[0].encode("unicode_escape").decode("ascii")
+            raise _fail(
+                path, f"has {header.count(clash[0])} columns named {shown}; rename all but one"
+            )
     columns = [str(c) for c in frame.columns]
     shown = [c.encode("unicode_escape").decode("ascii") for c in columns]  # one line each
     if label_column is None:

@@ -164,6 +164,17 @@ def test_true_false_features_beside_numbers_are_0_1_and_a_missing_label_names_it
     _one_line(str(err.value))
 
 
+def test_a_repeated_label_column_is_refused_not_made_a_feature(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    rows = [f"{a:.3f},{int(a > 0)},{b:.3f},{int(b > 0)}" for a, b in rng.normal(size=(40, 2))]
+    (tmp_path / "t.csv").write_text("a,label,c,label\n" + "\n".join(rows) + "\n")
+    with pytest.raises(DatasetError, match="has 2 columns named label; rename all but one"):
+        FileDataset(path=str(tmp_path / "t.csv")).load(seed=0)
+    # repeated feature names are harmless: each column is a feature
+    (tmp_path / "f.csv").write_text("a,label,a,c\n" + "\n".join(rows) + "\n")
+    assert FileDataset(path=str(tmp_path / "f.csv")).load(seed=0).x_train.shape[1] == 3
+
+
 def test_labels_that_differ_only_in_spaces_are_refused_not_made_classes(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     labels = np.where(rng.random(60) < 0.5, "cat", "dog").astype(object)
