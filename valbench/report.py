@@ -287,6 +287,7 @@ def _header(manifest: Manifest, records: Sequence[CellRecord]) -> dict[str, Any]
         "name": manifest.name or "valbench run",
         "status": manifest.status or "unknown",
         "ok": counts.get("ok", 0),
+        "partial": sum(1 for rec in records if rec.partial),
         "failed": sum(n for s, n in counts.items() if s not in ("ok", "skipped")),
         "skipped": counts.get("skipped", 0),
         "counts": sorted(counts.items()),
@@ -756,6 +757,7 @@ def render_report(run_dir: Path, include_partial: bool = False) -> Path:
         .get_template(TEMPLATE)
         .render(
             header=_header(manifest, records),
+            include_partial=include_partial,
             overview=_overview(manifest, records, groups),
             headline=_headline(groups),
             verdicts=verdict,

@@ -564,21 +564,37 @@ def holm(p_values: Mapping[str, float]) -> dict[str, float]:
 
 
 def min_detectable_difference(
-    sd: float, n: int, alpha: float = ALPHA, power: float = POWER
+    sd: float, n: int, alpha: float = ALPHA, power: float = POWER, comparisons: int = 1
 ) -> float:
-    """Smallest true mean difference a two-sided paired t-test on ``n`` pairs detects.
+    """Smallest true mean difference that a two-sided paired t-test on ``n`` pairs, one of
+    ``comparisons`` Holm-corrected tests, detects with probability ``power``.
 
-    ``(t[1 - α/2, n-1] + t[power, n-1]) · sd / √n``, with ``sd`` the standard deviation of the
-    paired differences: the usual normal-approximation formula with t quantiles in place of z.
-    NaN with fewer than :data:`MIN_TEST_PAIRS` pairs (no test is run).
+    A lone true difference among ``comparisons`` tests is rejected at Holm's first step, at
+    level α / comparisons; the power of the t-test at a true difference δ is that of a
+    noncentral t with ``n - 1`` degrees of freedom and noncentrality δ √n / ``sd`` (``sd``:
+    the standard deviation of the paired differences), solved for δ exactly rather than by
+    the normal approximation, which is off at a few seeds. NaN with fewer than
+    :data:`MIN_TEST_PAIRS` pairs (no test is run).
     """
     if n < MIN_TEST_PAIRS or not math.isfinite(sd):
         return math.nan
-    from scipy import stats
+    if sd == 0.0:
+        return 0.0
+    from scipy import optimize, stats
 
     df = n - 1
-    factor = float(stats.t.ppf(1.0 - alpha / 2.0, df) + stats.t.ppf(power, df))
-    return factor * sd / math.sqrt(n)
+    crit = float(stats.t.ppf(1.0 - alpha / max(1, comparisons) / 2.0, df))
+
+    def shortfall(nc: float) -> float:
+        # The far tail is negligible for nc > 0, and scipy returns NaN for some of its values.
+        lower = float(stats.nct.cdf(-crit, df, nc))
+        return float(stats.nct.sf(crit, df, nc)) + (lower if math.isfinite(lower) else 0.0) - power
+
+    high = crit + 1.0
+    while shortfall(high) < 0:
+        high *= 2.0
+    nc = optimize.brentq(shortfall, 0.0, high, xtol=1e-10)
+    return nc * sd / math.sqrt(n)
 
 
 def seed_values(records: Sequence[CellRecord], extract: Extract) -> dict[str, float]:
@@ -632,7 +648,9 @@ def _mark_column(
         )
     if not sds:
         return math.nan
-    return min_detectable_difference(math.sqrt(float(np.mean(np.square(sds)))), min(pairs))
+    return min_detectable_difference(
+        math.sqrt(float(np.mean(np.square(sds)))), min(pairs), comparisons=len(raw)
+    )
 
 
 def _separated_from_random(by_method: Mapping[str, Sequence[CellRecord]]) -> list[str]:
@@ -762,7 +780,8 @@ class HeadToHead:
     slug: str
     fractions: list[str]
     selectors: dict[str, dict[str, Stat]]  # selector -> fraction -> its subset-value stat
-    #: fraction -> (the per-point method with the best mean there, its stat), or None
+    #: fraction -> (the per-point method with the best mean there, or the tied ones as "a, b";
+    #: the stat of the first), or None
     best_point: dict[str, tuple[str, Stat] | None]
     #: fraction -> the methods (selectors or the per-point best) holding the top mean
     top: dict[str, list[str]]
@@ -786,7 +805,12 @@ def head_to_head(groups: Sequence[GroupSummary], families: Mapping[str, str]) ->
             for m in selectors:
                 rows[m][f] = g.rows[m].get(key) or _stat([], ".3f", UNIT)
             scored = [(m, g.rows[m][key]) for m in others if g.rows[m][key].present]
-            best_point[f] = max(scored, key=lambda ms: ms[1].mean) if scored else None
+            best_point[f] = None
+            if scored:
+                high = max(st.mean for _, st in scored)
+                tied = [(m, st) for m, st in scored if same_value(st.mean, high)]
+                # Methods tied at the best mean are named together (as "a, b").
+                best_point[f] = (", ".join(m for m, _ in tied), tied[0][1])
             entries = [(m, rows[m][f]) for m in selectors if rows[m][f].present]
             point = best_point[f]
             if point is not None:

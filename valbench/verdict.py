@@ -152,7 +152,7 @@ def _goal(group: GroupSummary, goal: str, question: str, key: str) -> GoalVerdic
             caveats.append(
                 f"Only {group.max_seeds} seeds: the tests would find a true difference from "
                 f"the best of about {format(mdd, col.fmt.lstrip('+'))} or more "
-                "(80 % power); smaller ones go unseen."
+                "(80 % power, Holm-corrected); smaller ones go unseen."
             )
         if len(recommended) > max(2, len(present) // 2):
             caveats.append(
@@ -168,7 +168,7 @@ def _goal(group: GroupSummary, goal: str, question: str, key: str) -> GoalVerdic
         if tested and not group.separated_from_random:
             caveats.append(
                 "No method's gain over a random subset of the same size is significantly "
-                "different from zero: random selection may do as well."
+                "above zero: random selection may do as well."
             )
         elif top.mean <= 0:
             caveats.append("No method beats a random subset of the same size on average.")

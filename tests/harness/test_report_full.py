@@ -438,6 +438,10 @@ def test_partial_cells_are_never_ranked_as_complete(tmp_path: Path) -> None:
     page = (run / "index.html").read_text()
     assert "Partial cells" in page and "--include-partial" in page and "(partial)" in page
     assert 'id="few-seeds-note"' in page  # two seeds: intervals, but no paired test
+    # the summary box counts the partial cells among the ok ones
+    partial = 2 * len(datasets)
+    assert f'of which partial <strong id="cells-partial">{partial}</strong>' in page
+    assert "left out of the rankings" in page.split('id="cells-partial"')[1][:80]
 
     render_report(run, include_partial=True)
     summary = json.loads((run / "summary.json").read_text())
