@@ -515,12 +515,25 @@ class GroupSummary:
         return next((c for c in self.columns if c.key == key), None)
 
     def detectable_text(self, key: str) -> str:
-        """The minimum detectable difference of column ``key`` as shown, or "—"."""
+        """The minimum detectable difference of column ``key`` as shown, "—" when nothing was
+        tested, "none" when it exceeds every difference the metric can take."""
         value = self.detectable.get(key, math.nan)
         col = self.column(key)
         if col is None or not math.isfinite(value):
             return "—"
+        if not self.detectable_within_range(key):
+            return "none"
         return format(value, col.fmt.lstrip("+"))
+
+    def detectable_within_range(self, key: str) -> bool:
+        """Whether column ``key``'s detectable difference is one its metric can show (below
+        the width of its range; always, for an unbounded metric)."""
+        col = self.column(key)
+        value = self.detectable.get(key, math.nan)
+        if col is None or not math.isfinite(value):
+            return False
+        low, high = col.bounds
+        return not (math.isfinite(low) and math.isfinite(high)) or value <= high - low
 
     def best_methods(self, key: str) -> list[str]:
         """Methods holding the best mean of column ``key`` (ties kept), sorted."""

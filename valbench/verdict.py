@@ -153,6 +153,10 @@ def _goal(group: GroupSummary, goal: str, question: str, key: str) -> GoalVerdic
                 f"Only {group.max_seeds} seeds: the tests would find a true difference from "
                 f"the best of about {format(mdd, col.fmt.lstrip('+'))} or more "
                 "(80 % power, Holm-corrected); smaller ones go unseen."
+                if group.detectable_within_range(key)
+                else f"Only {group.max_seeds} seeds: after the Holm correction over the "
+                f"{len(present) - 1} methods compared, no difference {col.label} can show "
+                "would be found with 80 % power, so a method not marked as worse may well be."
             )
         if len(recommended) > max(2, len(present) // 2):
             caveats.append(

@@ -173,6 +173,30 @@ def test_minimum_detectable_difference_has_the_power_it_claims() -> None:
     # at three seeds among 29 methods a t-test with 2 degrees of freedom detects nothing real
     assert min_detectable_difference(7.10, 3, comparisons=29) > 100
     assert math.isnan(min_detectable_difference(1.0, 2))
+
+
+def test_a_detectable_difference_beyond_the_metric_range_is_said_plainly() -> None:
+    # three seeds, accuracies with a wide spread of paired differences: no detectable
+    # difference an accuracy can show
+    best, other = (0.9, 0.5, 0.95), (0.3, 0.45, 0.2)
+    records = [_line("best", s, v) for s, v in enumerate(best)]
+    records += [_line("m", s, v) for s, v in enumerate(other)]
+    (group,) = summarise(records)
+    assert group.detectable["subset_value@0.1"] > 1
+    assert group.detectable_text("subset_value@0.1") == "none"
+    # and the verdict says so in words, for the detection AUC alike
+    from valbench.verdict import verdicts
+
+    lines = []
+    for method, aucs in (("best", best), ("m", other)):
+        for seed, auc in enumerate(aucs):
+            line = _line_json(method, seed, auc, 0.5)
+            line["metrics"]["mislabel"]["auc"] = auc
+            lines.append(CellRecord.from_json(line))
+    (verdict,) = verdicts(summarise(lines))
+    mislabel = verdict.goal("mislabel")
+    assert mislabel is not None
+    assert any("no difference detection AUC can show" in c for c in mislabel.caveats)
     best = [0.80, 0.82, 0.78]
     gap = (0.02, 0.03, 0.04)
     records = [_line("best", s, v) for s, v in enumerate(best)]
