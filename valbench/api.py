@@ -274,6 +274,8 @@ def value_file(
         {"out": None if out is None else Path(out), "html": None if html is None else Path(html)},
         inputs=[Path(path)],
     )
+    if out is not None:
+        table_format(Path(out))  # before the work, not after it
     data = read_user_file(path, label_column, id_column)
     result = value_arrays(
         data.x,

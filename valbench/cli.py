@@ -567,6 +567,7 @@ def _trusted_methods(run_dir: Path | None, goal: str) -> list[str]:
 
 def _cmd_value(args: argparse.Namespace) -> int:
     from valbench.api import value_file
+    from valbench.export import table_format
     from valbench.spec import parse_param_assignments
     from valbench.store import check_output_files
 
@@ -580,6 +581,7 @@ def _cmd_value(args: argparse.Namespace) -> int:
     out = _directory("--out", args.out) or Path(f"{args.file.stem}-values.csv")
     html = _directory("--html", args.html) or out.with_suffix(".html")
     check_output_files({"--out": out, "--html": html}, inputs=[args.file])
+    table_format(out)  # a table's name must say its format, before the work
     frame, _ = value_file(
         args.file,
         methods,

@@ -162,17 +162,21 @@ class _FileRows:
 def _file_rows(name: str, spec: RunSpec, run_cwd: str | None = None) -> _FileRows:
     from valbench.userdata import FileDataset, file_fingerprint, read_ids
 
-    path = Path(name[len(FILE_PREFIX) :]).expanduser()
-    if not path.is_file() and not path.is_absolute() and run_cwd is not None:
-        # A relative path is relative to where the run started, not to where export runs;
-        # the content hash below still decides whether it is the run's file.
-        path = Path(run_cwd) / path
+    typed = Path(name[len(FILE_PREFIX) :]).expanduser()
+    # A relative path is relative to where the run started (the manifest's cwd), then to
+    # here; of those that exist, the one with the run's content hash is the run's file.
+    candidates = [typed]
+    if not typed.is_absolute() and run_cwd is not None:
+        candidates.insert(0, Path(run_cwd) / typed)
+    existing = [c for c in candidates if c.is_file()]
+    want = dict(spec.data_fingerprints).get(name)
+    matching = [c for c in existing if want is not None and file_fingerprint(c) == want]
+    path = (matching or existing or candidates)[0]
     if not path.is_file():
         raise UsageError(
             printable(f"{path}: the run's data file is gone; its rows cannot be matched")
         )
-    want = dict(spec.data_fingerprints).get(name)
-    if want is not None and file_fingerprint(path) != want:
+    if want is not None and not matching:
         raise UsageError(
             printable(
                 f"{path} changed since the run (its content hash differs); its rows cannot be "
@@ -304,8 +308,8 @@ def table_format(out: Path | None, fmt: str | None = None) -> str:
     if suffix == ".parquet":
         return "parquet"
     raise UsageError(
-        f"{out}: valbench writes .csv or .parquet tables; name one of those, or give the format "
-        "(--format csv|parquet) to write it under this name"
+        f"{out}: valbench writes .csv or .parquet tables; end the file name with one of those "
+        "(export also takes --format csv|parquet to keep another name)"
     )
 
 

@@ -65,8 +65,11 @@ def start_fork_server() -> None:
     """
     from multiprocessing import forkserver
 
-    if threading.current_thread() is not threading.main_thread():
-        forkserver.ensure_running()  # only the main thread may change signal handlers
+    if (
+        threading.current_thread() is not threading.main_thread()  # only it may set handlers
+        or signal.getsignal(signal.SIGINT) is None  # a handler Python cannot put back
+    ):
+        forkserver.ensure_running()
         return
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:

@@ -97,7 +97,16 @@ def _labels(y: Any) -> tuple[np.ndarray, list[Any]]:
         raise UsageError("labels must be integers or strings, not fractional numbers")
     if y.dtype == object:
         kinds = {type(v) for v in y.tolist()}
-        if not (kinds <= {str} or all(issubclass(k, int | np.integer) for k in kinds)):
+        numbers = all(
+            issubclass(k, int | float | np.integer | np.floating) and not issubclass(k, bool)
+            for k in kinds
+        )
+        if numbers and any(issubclass(k, float | np.floating) for k in kinds):
+            y = y.astype(np.float64)  # whole numbers as floats (a Float64 column): integers
+            if not np.all(np.mod(y, 1) == 0):
+                raise UsageError("labels must be integers or strings, not fractional numbers")
+            y = y.astype(np.int64)
+        elif not (kinds <= {str} or numbers or kinds <= {bool, np.bool_}):
             names = ", ".join(sorted(k.__name__ for k in kinds))
             raise UsageError(f"labels must be all integers or all strings, got {names}")
     classes, codes = np.unique(y, return_inverse=True)

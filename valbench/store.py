@@ -88,13 +88,23 @@ _OWNED_SUBDIRS = {SCORES_DIR: ".npz", POINTS_DIR: ".npz", FIGURES_DIR: ".svg"}
 _FILE_MODE = 0o644  # results and reports are meant to be shared, as any file the umask allows
 
 
+def _holds_run_manifest(folder: Path) -> bool:
+    """Whether ``folder``'s ``manifest.json`` is a readable valbench manifest (a web
+    project's, or a damaged or non-object file, is not one)."""
+    try:
+        data = json.loads((folder / MANIFEST_FILE).read_bytes())
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(data, dict) and {"config_hash", "spec", "cells_total"} <= set(data)
+
+
 def enclosing_run_dir(path: Path) -> Path | None:
-    """The valbench run directory that ``path`` lies in, if any (a folder whose manifest is
-    valbench's: a web project's ``manifest.json`` is not one)."""
-    for folder in Path(os.path.abspath(path)).parents:
-        manifest = folder / MANIFEST_FILE
-        if manifest.is_file() and _is_valbench_manifest(manifest):
-            return folder
+    """The valbench run directory that ``path`` lies in, if any, also where a symbolic link
+    on the way leads (a write would follow it)."""
+    for where in (os.path.abspath(path), os.path.realpath(path)):
+        for folder in Path(where).parents:
+            if _holds_run_manifest(folder):
+                return folder
     return None
 
 

@@ -79,6 +79,8 @@ def test_a_relative_file_path_is_found_from_another_folder(
     argv += ["--out", str(tmp_path / "run"), "--backend", "serial", "--no-progress"]
     assert main(argv) == 0
     monkeypatch.chdir(tmp_path / "elsewhere")
+    # another file of the same name here is not the run's: the run's folder comes first
+    _users_file(tmp_path / "elsewhere" / "mine.csv", n=30)
     assert main(["export", str(tmp_path / "run"), "--out", "rows.csv"]) == 0
     table = pd.read_csv(tmp_path / "elsewhere" / "rows.csv", dtype={"id": str})
     assert sorted(table["row"]) == list(range(40))

@@ -117,6 +117,7 @@ def test_value_refuses_bad_input_with_one_line(
         ("RUN/results.jsonl", None, "is inside the run directory"),
         ("DATA/v.csv", None, "is a file, not a folder"),
         ("nowhere/v.csv", None, "does not exist; create it first"),
+        ("v.tsv", None, "end the file name with one of those"),  # refused before the work
     ],
 )
 def test_value_never_writes_over_its_input_or_a_run(
@@ -161,6 +162,15 @@ def test_export_and_compare_refuse_to_write_into_a_run(
     (web / "manifest.json").write_text('{"name": "app", "start_url": "/"}')
     assert main(["compare", str(run), str(run), "--html", str(web / "same.html")]) == 0
     assert (web / "same.html").is_file()
+    (web / "manifest.json").write_text("[]")  # nor is a JSON array or a damaged file
+    assert main(["compare", str(run), str(run), "--html", str(web / "again.html")]) == 0
+    capsys.readouterr()
+    # a link that leads into the run directory is followed, as the write would be
+    link = tmp_path / "rows.csv"
+    link.symlink_to(run / "results.csv")
+    assert main(["export", str(run), "--out", str(link)]) == EXIT_USAGE
+    assert "is inside the run directory" in capsys.readouterr().err
+    assert (run / "results.jsonl").read_bytes() == results
 
 
 @pytest.mark.parametrize(
@@ -202,7 +212,12 @@ def test_value_arrays_says_which_labels_are_missing_or_mixed() -> None:
             value_arrays(x, labels, ["knn-shapley"])
     # nullable integers without gaps, and a float column of whole numbers, are integer labels
     plain = value_arrays(x, y, ["knn-shapley"]).values["knn-shapley"]
-    for labels in (pd.Series(y, dtype="Int64"), pd.Series(y.astype(float))):
+    for labels in (
+        pd.Series(y, dtype="Int64"),
+        pd.Series(y.astype(float)),
+        pd.Series(y.astype(float), dtype="Float64"),
+        y.astype(float).astype(object),
+    ):
         same = value_arrays(x, labels, ["knn-shapley"])
         np.testing.assert_array_equal(same.values["knn-shapley"], plain)
 
