@@ -567,7 +567,6 @@ def _trusted_methods(run_dir: Path | None, goal: str) -> list[str]:
 
 def _cmd_value(args: argparse.Namespace) -> int:
     from valbench.api import value_file
-    from valbench.export import table_format
     from valbench.spec import parse_param_assignments
     from valbench.store import check_output_files
 
@@ -581,7 +580,6 @@ def _cmd_value(args: argparse.Namespace) -> int:
     out = _directory("--out", args.out) or Path(f"{args.file.stem}-values.csv")
     html = _directory("--html", args.html) or out.with_suffix(".html")
     check_output_files({"--out": out, "--html": html}, inputs=[args.file])
-    table_format(out)  # a table's name must say its format, before the work
     frame, _ = value_file(
         args.file,
         methods,
@@ -611,7 +609,6 @@ def _cmd_export(args: argparse.Namespace) -> int:
     fmt = table_format(given, args.fmt)
     # Beside, not inside, the run directory: that holds only what the run itself wrote.
     out = given or Path(f"{args.run_dir.resolve().name}-rows.{fmt}")
-    check_output_files({"--out": out})
     frame = export(args.run_dir, out=out, fmt=fmt, methods=args.method or None)
     print(f"{len(frame)} rows -> {out}")
     return EXIT_OK

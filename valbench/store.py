@@ -88,22 +88,14 @@ _OWNED_SUBDIRS = {SCORES_DIR: ".npz", POINTS_DIR: ".npz", FIGURES_DIR: ".svg"}
 _FILE_MODE = 0o644  # results and reports are meant to be shared, as any file the umask allows
 
 
-def _holds_run_manifest(folder: Path) -> bool:
-    """Whether ``folder``'s ``manifest.json`` is a readable valbench manifest (a web
-    project's, or a damaged or non-object file, is not one)."""
-    try:
-        data = json.loads((folder / MANIFEST_FILE).read_bytes())
-    except (OSError, ValueError, RecursionError):
-        return False
-    return isinstance(data, dict) and {"config_hash", "spec", "cells_total"} <= set(data)
-
-
 def enclosing_run_dir(path: Path) -> Path | None:
     """The valbench run directory that ``path`` lies in, if any, also where a symbolic link
     on the way leads (a write would follow it)."""
     for where in (os.path.abspath(path), os.path.realpath(path)):
         for folder in Path(where).parents:
-            if _holds_run_manifest(folder):
+            manifest = folder / MANIFEST_FILE
+            # Only a readable valbench manifest: a damaged one must not block every output.
+            if manifest.is_file() and _is_valbench_manifest(manifest, damaged=False):
                 return folder
     return None
 
@@ -622,16 +614,19 @@ def _is_scratch(entry: Path) -> bool:
     return name == LOCK_FILE or (name.startswith(".") and name.endswith(".tmp"))
 
 
-def _is_valbench_manifest(path: Path) -> bool:
-    """False only for a readable JSON object without valbench's fields: someone else's file.
+def _is_valbench_manifest(path: Path, *, damaged: bool = True) -> bool:
+    """Whether ``path`` is valbench's manifest: a JSON object with valbench's fields.
 
-    A damaged file counts as valbench's, so that :func:`read_manifest` explains the damage.
+    A damaged file (unreadable, or not a JSON object) counts as ``damaged`` says: as
+    valbench's by default, so that :func:`read_manifest` explains the damage.
     """
     try:
         data = json.loads(path.read_bytes())
     except (OSError, ValueError, RecursionError):
-        return True
-    return not isinstance(data, dict) or {"config_hash", "spec", "cells_total"} <= set(data)
+        return damaged
+    if not isinstance(data, dict):
+        return damaged
+    return {"config_hash", "spec", "cells_total"} <= set(data)
 
 
 def check_entries(run_dir: Path) -> None:
