@@ -70,6 +70,8 @@ SOLVERS: tuple[str, ...] = ("auto", "exact", "cg", "lissa")
 DTYPE = torch.float64
 #: Largest parameter count for which an explicit Hessian is built (``solver="auto"``).
 MAX_EXACT_PARAMS = 3000
+#: :func:`refine_head` stops once the gradient's Euclidean norm is at most this.
+REFINE_TOL = 1e-10
 
 
 def as_tensor(x: np.ndarray, dtype: torch.dtype = DTYPE) -> torch.Tensor:
@@ -537,7 +539,7 @@ def refine_head(
     l2: float,
     *,
     max_iter: int = 50,
-    tol: float = 1e-10,
+    tol: float = REFINE_TOL,
     contraction: float = 0.5,
 ) -> tuple[torch.Tensor, torch.Tensor, int, float]:
     """Newton's method (with backtracking) to a stationary point of the head objective.

@@ -586,6 +586,7 @@ class BatchedClassifier:
         epochs: int | None = None,
         sample_weight: np.ndarray | None = None,
         blocks: Sequence[np.ndarray] | None = None,
+        tol: float | None = None,
     ) -> Params:
         """Train one model per row of ``masks`` on the rows of ``x, y`` that row selects.
 
@@ -603,6 +604,9 @@ class BatchedClassifier:
                 groups). Where :attr:`fits_row_blocks` holds, each block's products run over
                 its own rows only; the models (their losses, starts and stopping rule) are
                 the same, so this changes float rounding only. Ignored otherwise.
+            tol: The L-BFGS or Newton gradient tolerance, overriding the spec's (for a caller
+                that finishes the fit itself to a tighter one; the game's fits keep the
+                spec's). Unused by Adam.
 
         Returns:
             The B trained models.
@@ -614,6 +618,9 @@ class BatchedClassifier:
         steps = self.spec.epochs if epochs is None else int(epochs)
         if steps < 0:
             raise UsageError(f"epochs must be >= 0, got {steps}")
+        stop_tol = float(self.spec.tol if tol is None else tol)
+        if not (math.isfinite(stop_tol) and stop_tol > 0):
+            raise UsageError(f"tol must be a finite number > 0, got {tol!r}")
         if init is None:
             params = self._init.repeat(batch)
         elif init.kind != self.spec.kind:
@@ -662,14 +669,14 @@ class BatchedClassifier:
                 absent = ((mass @ onehot_t.T) <= 0) & (counts > 0)[:, None]  # (B, C)
                 params = self._restart_absent(params, absent)
             if self.solver == "newton":
-                fitted = self._fit_logreg_newton(x, params, weights, decay, steps, absent)
+                fitted = self._fit_logreg_newton(x, params, weights, decay, steps, absent, stop_tol)
                 fitted = self._mark_absent(fitted, absent)
             elif self.solver == "lbfgs":
                 # Whitening pays off for a subset with enough rows to share the covariance of
                 # the whole training set (see _whitening); each model is judged on its own.
                 whiten = counts >= _WHITEN_MIN_ROWS_PER_COLUMN * (self.n_features + 1)
                 fitted = self._fit_logreg_lbfgs(
-                    x, params, weights, decay, steps, whiten, absent, blocks
+                    x, params, weights, decay, steps, whiten, absent, stop_tol, blocks
                 )
                 fitted = self._mark_absent(fitted, absent)
             else:
@@ -693,10 +700,10 @@ class BatchedClassifier:
             self.fit_counter.add(batch)
         return Params(self.spec.kind, {k: _from_class_major(v) for k, v in tensors.items()})
 
-    def _count_capped(self, gmax: torch.Tensor, failures: torch.Tensor) -> None:
-        """Add the models the iteration cap stopped above the tolerance to :attr:`fits_at_cap`
+    def _count_capped(self, gmax: torch.Tensor, failures: torch.Tensor, tol: float) -> None:
+        """Add the models the iteration cap stopped above ``tol`` to :attr:`fits_at_cap`
         (``gmax``, ``failures``: the models still in the batch when the loop ended)."""
-        capped = (gmax > float(self.spec.tol)) & (failures <= _LINE_SEARCH_STEPS)
+        capped = (gmax > tol) & (failures <= _LINE_SEARCH_STEPS)
         self.fits_at_cap += int(capped.sum())
 
     @property
@@ -890,6 +897,7 @@ class BatchedClassifier:
         max_iter: int,
         whiten: torch.Tensor,
         absent: torch.Tensor,
+        tol: float,
         blocks: Sequence[np.ndarray] | None = None,
     ) -> Params:
         """Batched L-BFGS on logreg until each model's largest gradient entry is <= ``tol``.
@@ -911,7 +919,6 @@ class BatchedClassifier:
         xa, xa_t, w, decay_aug = self._logreg_problem(x, params, decay)
         batch, c = w.shape[0], self.n_classes
         size = w[0].numel()
-        tol = float(self.spec.tol)
         eps = torch.finfo(self.dtype).eps
         white = self._whitening(x) if bool(whiten.any()) else None
         mixed = not bool(whiten.all())
@@ -1002,7 +1009,7 @@ class BatchedClassifier:
                 step = torch.where(ok, 1.0, step * 0.5)
                 failures = torch.where(ok, 0, failures + 1)
             out[active] = cur
-            self._count_capped(gmax, failures)
+            self._count_capped(gmax, failures, tol)
         out = out.view(batch, c, -1)
         if white is not None:
             # Back as start + the step taken, so a model that did not move is returned exactly.
@@ -1017,6 +1024,7 @@ class BatchedClassifier:
         decay: torch.Tensor,
         max_iter: int,
         absent: torch.Tensor,
+        tol: float,
     ) -> Params:
         """Batched Newton on a two-class logreg until each model's largest gradient entry is
         <= ``tol``.
@@ -1036,7 +1044,6 @@ class BatchedClassifier:
         """
         xa, xa_t, w, decay_aug = self._logreg_problem(x, params, decay)
         batch, size = w.shape[0], w.shape[2]
-        tol = float(self.spec.tol)
         eps = torch.finfo(self.dtype).eps
         label = self._onehot_t()[1]  # (n,): 1 for class 1
         start = w
@@ -1115,7 +1122,7 @@ class BatchedClassifier:
                 step = torch.where(ok, 1.0, step * 0.5)
                 failures = torch.where(ok, 0, failures + 1)
             out[active] = cur
-            self._count_capped(gmax, failures)
+            self._count_capped(gmax, failures, tol)
         # w₀ = −β/2, w₁ = β/2 on the weights; the biases around the start's common shift.
         fitted = torch.stack([-0.5 * out, 0.5 * out], dim=1)
         common = 0.5 * (start[:, 0, -1] + start[:, 1, -1])

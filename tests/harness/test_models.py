@@ -718,3 +718,24 @@ def test_epochs_default_follows_the_solver() -> None:
     assert ModelSpec.parse("logreg:epochs=300").epochs == 300
     with pytest.raises(UsageError, match="not a valid int"):
         ModelSpec.parse("logreg:epochs=many")
+
+
+def test_a_fit_tolerance_overrides_the_specs_for_that_fit_only() -> None:
+    x, y = blobs(n=200, d=6)
+    masks = np.random.default_rng(3).random((4, 200)) < 0.6
+    clf = ModelSpec(dtype="float64", tol=1e-9, epochs=5000).build(6, 3, seed=0)
+
+    def largest_gradient(params: Params) -> list[float]:
+        out = []
+        for b in range(len(masks)):
+            grads = clf.gradients(params.select(b), x, y, masks[b : b + 1])
+            out.append(max(float(g.abs().max()) for g in grads.values()))
+        return out
+
+    loose = largest_gradient(clf.fit(x, y, masks, tol=1e-3))
+    tight = largest_gradient(clf.fit(x, y, masks))
+    assert max(loose) <= 1e-3 and max(tight) <= 1e-9
+    assert min(loose) > 1e-9  # stopped at its own tolerance, well short of the spec's
+    for bad in (0.0, -1e-3, float("nan"), float("inf")):
+        with pytest.raises(UsageError, match="tol must be"):
+            clf.fit(x, y, masks, tol=bad)

@@ -238,3 +238,29 @@ def test_newton_reusing_its_factor_stops_where_plain_newton_does() -> None:
     # Both within tol of the same stationary point: |Δθ| <= 2 tol / λ_min(H) <= 2 tol / l2.
     assert float((fast[0] - plain[0]).norm()) <= 2 * tol / l2
     assert float((fast[1] - plain[1]).norm()) <= 2 * tol / l2
+
+
+def test_refinement_reaches_the_same_point_from_a_loose_or_a_tight_fit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # L-BFGS hands over to Newton at REFINE_START_TOL instead of the game's tolerance: the
+    # refined point, and so every score, must not depend on where the hand-over happened.
+    from valbench.methods import influence
+
+    loose = _val(make_check_task(n_train=80))
+    monkeypatch.setattr(influence, "REFINE_START_TOL", None)  # L-BFGS to the spec's 1e-8
+    tight = _val(make_check_task(n_train=80))
+    assert loose.complete and tight.complete
+    assert loose.stats["grad_norm"] <= gr.REFINE_TOL and tight.stats["grad_norm"] <= gr.REFINE_TOL
+    assert loose.stats["newton_iterations"] > tight.stats["newton_iterations"]  # it did hand over
+    for a, b in ((loose.scores, tight.scores), (loose.detection_scores, tight.detection_scores)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-7 * np.abs(b).max())
+
+
+def test_scores_off_a_stationary_point_are_marked_partial(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Newton stops at gradient norm <= 1e-10; a stricter bar than it reached stands in for a
+    # refinement that ran out of steps.
+    monkeypatch.setattr(gr, "REFINE_TOL", 1e-300)
+    got = _val(make_check_task(n_train=60))
+    assert not got.complete
+    assert "Newton refinement stopped at gradient norm" in got.stats["reason"]
