@@ -93,22 +93,25 @@ def _labels(y: Any) -> tuple[np.ndarray, list[Any]]:
             f"labels have {len(missing)} missing values (first in row {int(missing[0])}); "
             "drop those rows or give them a label"
         )
-    if y.dtype.kind == "f" and not np.all(np.mod(y, 1) == 0):
-        raise UsageError("labels must be integers or strings, not fractional numbers")
+    numbers = y.dtype.kind in "iuf"
     if y.dtype == object:
         kinds = {type(v) for v in y.tolist()}
         numbers = all(
             issubclass(k, int | float | np.integer | np.floating) and not issubclass(k, bool)
             for k in kinds
         )
-        if numbers and any(issubclass(k, float | np.floating) for k in kinds):
-            y = y.astype(np.float64)  # whole numbers as floats (a Float64 column): integers
-            if not np.all(np.mod(y, 1) == 0):
-                raise UsageError("labels must be integers or strings, not fractional numbers")
-            y = y.astype(np.int64)
-        elif not (kinds <= {str} or numbers or kinds <= {bool, np.bool_}):
+        if not (kinds <= {str} or numbers or kinds <= {bool, np.bool_}):
             names = ", ".join(sorted(k.__name__ for k in kinds))
             raise UsageError(f"labels must be all integers or all strings, got {names}")
+    if numbers:
+        # Whole numbers become int64 (a Float64 column too); one that a cast would merge
+        # with another is refused.
+        from valbench.userdata import integer_labels
+
+        labels = integer_labels("y", y)
+        if isinstance(labels, str):
+            raise UsageError(labels)
+        y = labels
     classes, codes = np.unique(y, return_inverse=True)
     return codes.astype(np.int64), classes.tolist()
 

@@ -277,6 +277,49 @@ def feature_problem(key: str, x: np.ndarray, *, standardize: bool) -> str | None
     return None
 
 
+#: Whole numbers stored as floating point are exact, and so distinct, only up to 2**53.
+_EXACT_FLOAT_INTEGERS = 2.0**53
+_INT64 = np.iinfo(np.int64)
+
+
+def integer_labels(key: str, y: np.ndarray) -> np.ndarray | str:
+    """Numeric labels ``y`` (1-D: integers, floats, or Python ints as objects) as int64, or
+    a one-line problem: NaN/inf, fractional numbers, or labels too large to stay distinct
+    (beyond 64 bits, or beyond 2**53 when stored as floating point), which a cast would
+    silently merge."""
+    if y.dtype == object:  # Python ints: pandas reads integers beyond 64 bits so
+        values = y.tolist()
+        if all(isinstance(v, int | np.integer) and not isinstance(v, bool) for v in values):
+            big = [i for i, v in enumerate(values) if not _INT64.min <= v <= _INT64.max]
+            if big:
+                return (
+                    f"{key} holds integer labels beyond 64 bits (first in row {big[0]}: "
+                    f"{values[big[0]]}); give such labels as text (quote them) or renumber them"
+                )
+            return np.asarray(values, dtype=np.int64)
+        y = y.astype(np.float64)
+    if np.issubdtype(y.dtype, np.integer):
+        if y.dtype == np.uint64 and bool((y > _INT64.max).any()):
+            row = int(np.flatnonzero(y > _INT64.max)[0])
+            return (
+                f"{key} holds integer labels beyond 64 bits (first in row {row}: {y[row]}); "
+                "give such labels as text (quote them) or renumber them"
+            )
+        return y.astype(np.int64)
+    if not np.all(np.isfinite(y)):
+        return f"{key} has NaN/inf labels; drop those rows"
+    if not np.all(np.mod(y, 1) == 0):
+        return f"{key} holds fractional numbers; labels must be integers or strings"
+    big = np.flatnonzero(np.abs(y) > _EXACT_FLOAT_INTEGERS)
+    if len(big):
+        return (
+            f"{key} holds whole-number labels stored as floating point beyond 2**53 (first in "
+            f"row {int(big[0])}: {y[big[0]]:.17g}), where distinct labels can round to one; "
+            "give them as text (quote them) or renumber them"
+        )
+    return y.astype(np.int64)
+
+
 def _check_x(path: Path, key: str, x: np.ndarray, *, standardize: bool) -> np.ndarray:
     problem = feature_problem(key, x, standardize=standardize)
     if problem is not None:
@@ -298,14 +341,12 @@ def _check_y(path: Path, key: str, y: np.ndarray, n: int) -> np.ndarray:
             ) from None
     if y.dtype == bool:
         return y.astype(np.int64)
-    if np.issubdtype(y.dtype, np.integer):
-        return y.astype(np.int64)
-    if np.issubdtype(y.dtype, np.floating):
-        if not np.all(np.isfinite(y)):
-            raise _fail(path, f"{key} has NaN/inf labels; drop those rows")
-        if np.all(np.mod(y, 1) == 0):
-            return y.astype(np.int64)
-        raise _fail(path, f"{key} holds non-integer numbers; labels must be integers or strings")
+    numeric = np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating)
+    if numeric or (y.dtype == object and all(isinstance(v, int | np.integer) for v in y.tolist())):
+        labels = integer_labels(key, y)
+        if isinstance(labels, str):
+            raise _fail(path, labels)
+        return labels
     raise _fail(path, f"{key} has dtype {y.dtype}; labels must be integers or strings")
 
 

@@ -78,6 +78,9 @@ MALFORMED = [
     ({"x": X, "y": Y, "x_val": X[:5, :3], "y_val": Y[:5]}, "feature counts differ"),
     ({"x": X, "y": Y, "x_val": X[:5]}, "without its partner"),
     ({"x": X, "y": Y.astype(complex)}, "labels must be integers or strings"),
+    # Whole numbers a cast to int64 would merge (1e20 and 2e20 both became -2**63).
+    ({"x": X, "y": np.where(Y == 0, 1e20, 2e20)}, r"beyond 2\*\*53 \(first in row 0: 1e\+20\)"),
+    ({"x": X, "y": Y.astype(np.uint64) + np.uint64(2**63)}, "beyond 64 bits .first in row 0"),
 ]
 
 
@@ -292,3 +295,13 @@ def test_a_file_datasets_parameters_are_set_with_param_and_checked_up_front(
     (scores,) = (out / "scores").glob("*.npz")
     with np.load(scores) as arrays:  # 120 rows: 36 validation (0.3), 24 test, 60 training
         assert (len(arrays["scores"]), len(arrays["val_rows"])) == (60, 36)
+
+
+def test_csv_integer_labels_beyond_64_bits_are_refused_not_merged(tmp_path: Path) -> None:
+    # pandas reads such a column as Python ints (dtype object); they used to be refused only
+    # as "dtype object", and their float form was cast to one int64 value.
+    frame = pd.DataFrame({"a": X[:, 0], "b": X[:, 1]})
+    frame["label"] = np.where(Y == 0, "1", "99999999999999999999999")
+    frame.to_csv(tmp_path / "big.csv", index=False)
+    with pytest.raises(DatasetError, match="beyond 64 bits .first in row [0-9]+: 9999"):
+        FileDataset(path=str(tmp_path / "big.csv")).load(seed=0)

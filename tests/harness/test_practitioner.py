@@ -206,6 +206,10 @@ def test_value_arrays_says_which_labels_are_missing_or_mixed() -> None:
         (pd.Series(y, dtype="Int64").mask(np.arange(60) == 3), "(first in row 3"),
         ([None] * 60, "60 missing values"),
         (np.array([1, "a"] * 30, dtype=object), "all integers or all strings, got int, str"),
+        # Labels a cast to int64 would merge into one class.
+        (pd.Series(np.where(y == 0, 1e20, 2e20), dtype="Float64"), "beyond 2**53 (first in row"),
+        (np.array([1 if v == 0 else 2**70 for v in y], dtype=object), "beyond 64 bits (first"),
+        (np.where(y == 0, 0.5, 1.0), "fractional numbers"),
     ]
     for labels, message in cases:
         with pytest.raises(UsageError, match=re.escape(message)):
