@@ -160,9 +160,15 @@ def resolve_names(spec: RunSpec, narrowable: Collection[str] = ()) -> RunSpec:
         elif name in narrowable and (name in method_names() or name in dataset_names()):
             del params[name]
         else:
+            files = [d for d in datasets if d.startswith(FILE_PREFIX)]
+            hint = ""
+            if files and name == FILE_PREFIX.rstrip(":"):
+                # A file dataset's parameters go under its whole name, path included.
+                key = next(iter(values), "val_fraction")
+                hint = f"; a file's parameters take its whole name: --param {files[0]}.{key}=..."
             raise UsageError(
                 f"parameters given for {name!r}, which is not among the selected methods "
-                f"({', '.join(methods)}) or datasets ({', '.join(datasets)})"
+                f"({', '.join(methods)}) or datasets ({', '.join(datasets)}){hint}"
             )
     return spec.with_overrides(
         methods=methods, datasets=datasets, data_fingerprints=fingerprints, params=params

@@ -55,6 +55,26 @@ def test_bad_input_is_one_line_exit_2(
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
+def test_a_file_parameter_under_a_short_name_is_shown_its_whole_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "g.csv"
+    data.write_text("a,b,label\n" + "".join(f"{i},{i % 7},{i % 2}\n" for i in range(60)))
+    args = [
+        "run",
+        "--datasets",
+        f"file:{data}",
+        "--methods",
+        "random",
+        "--out",
+        str(tmp_path / "r"),
+    ]
+    assert main([*args, "--param", "file.val_fraction=0.3"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert f"take its whole name: --param file:{data}.val_fraction=..." in err
+    assert len(err.strip().splitlines()) == 1
+
+
 def test_config_with_unknown_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = tmp_path / "c.toml"
     config.write_text('methods = ["random"]\nseedz = 3\n')
