@@ -310,12 +310,12 @@ def integer_labels(key: str, y: np.ndarray) -> np.ndarray | str:
         return f"{key} has NaN/inf labels; drop those rows"
     if not np.all(np.mod(y, 1) == 0):
         return f"{key} holds fractional numbers; labels must be integers or strings"
-    big = np.flatnonzero(np.abs(y) > _EXACT_FLOAT_INTEGERS)
-    if len(big):
+    inexact = np.flatnonzero(np.abs(y) > _EXACT_FLOAT_INTEGERS)
+    if len(inexact):
         return (
             f"{key} holds whole-number labels stored as floating point beyond 2**53 (first in "
-            f"row {int(big[0])}: {y[big[0]]:.17g}), where distinct labels can round to one; "
-            "give them as text (quote them) or renumber them"
+            f"row {int(inexact[0])}: {y[inexact[0]]:.17g}), where distinct labels can round to "
+            "one; give them as text (quote them) or renumber them"
         )
     return y.astype(np.int64)
 
