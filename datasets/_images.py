@@ -600,8 +600,8 @@ class ImageDataset(Dataset):
         train, val, test = self.split_indices(y_pool, y_test, seed=seed, max_train=max_train)
         y_train = y_pool[train]
         if relabel is not None:
-            rows, y_train = _checked_relabel(relabel, y_train, self.n_classes, self.name)
-            train = train[rows]
+            kept, y_train = _checked_relabel(relabel, y_train, self.n_classes, self.name)
+            train = train[kept]
         x_te_src = x_pool if x_test is None else x_test
         y_te_src = y_pool if y_test is None else y_test
         assert y_te_src is not None

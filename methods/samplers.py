@@ -50,7 +50,7 @@ class Block(NamedTuple):
     stratum.
     """
 
-    index: np.ndarray
+    index: np.ndarray  # type: ignore[assignment]  # shadows tuple.index, by design
     masks: np.ndarray
     stratum: np.ndarray
 
@@ -59,7 +59,7 @@ class MarginalLog(NamedTuple):
     """Every marginal a run evaluated, in order: point, coalition size, U(S ∪ {i}) − U(S),
     and the number and stratum of the block it came from."""
 
-    index: np.ndarray
+    index: np.ndarray  # type: ignore[assignment]  # shadows tuple.index, by design
     size: np.ndarray
     marginal: np.ndarray
     block: np.ndarray
@@ -98,7 +98,7 @@ class _Cells(NamedTuple):
 
     point: np.ndarray
     stratum: np.ndarray
-    count: np.ndarray
+    n_units: np.ndarray
     mean: np.ndarray
     var: np.ndarray
     unit_point: np.ndarray
@@ -223,11 +223,11 @@ class OwenSampler(Sampler):
         # have one unit each (inner = 1: no variance within a q; an overestimate then).
         cells = _cells(n, log, weighted)
         var, has_within = _pooled(n, cells)
-        units = np.bincount(cells.point, weights=cells.count, minlength=n)
+        units = np.bincount(cells.point, weights=cells.n_units, minlength=n)
         stratified = has_within & (units == self.q_points * self.inner)
-        total = np.bincount(cells.point, weights=cells.count * cells.mean, minlength=n)
+        total = np.bincount(cells.point, weights=cells.n_units * cells.mean, minlength=n)
         values = np.divide(total, units, out=np.zeros(n), where=units > 0)
-        spread = np.bincount(cells.point, weights=cells.count * var, minlength=n)
+        spread = np.bincount(cells.point, weights=cells.n_units * var, minlength=n)
         centred = (cells.unit_value - values[cells.unit_point]) ** 2
         iid = np.bincount(cells.unit_point, weights=centred, minlength=n)
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -317,7 +317,7 @@ class StratifiedSampler(Sampler):
         mass = np.bincount(cells.point, weights=weight, minlength=n)
         total = np.bincount(cells.point, weights=weight * cells.mean, minlength=n)
         values = np.divide(total, mass, out=np.zeros(n), where=mass > 0)
-        spread = np.bincount(cells.point, weights=weight**2 * var / cells.count, minlength=n)
+        spread = np.bincount(cells.point, weights=weight**2 * var / cells.n_units, minlength=n)
         with np.errstate(invalid="ignore", divide="ignore"):
             stderr = np.where(mass > 0, np.sqrt(spread) / mass, np.nan)
         planned = stratum_counts(n, self.target, self.rule)

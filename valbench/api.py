@@ -150,7 +150,7 @@ class Run:
             stderr=point_stderr(rec.stats, len(arrays.scores)),
             complete=rec.complete,
             detection_scores=arrays.detection_scores,
-            noise=rec.noise,
+            noise=0.0 if rec.noise is None else rec.noise,
         )
 
     def export(

@@ -95,6 +95,13 @@ def _interval(values: Sequence[float]) -> tuple[float, float | None, float | Non
     return mean, mean - half, mean + half
 
 
+def _reader(
+    values: Callable[[CellRecord, str], Mapping[str, float]], metric: str, fraction: str
+) -> Callable[[CellRecord], float | None]:
+    """A record's ``metric`` at ``fraction`` (None where it has none)."""
+    return lambda r: values(r, metric).get(fraction)
+
+
 def _by_seed(records: Iterable[CellRecord], read: Callable[[CellRecord], float | None]) -> dict:
     out: dict[int, float] = {}
     for rec in records:
@@ -137,13 +144,13 @@ def _subset_comparisons(
             continue
         fractions = sorted({f for r in mine for f in values(r, "subset_value")})
         for fraction in sorted(fractions, key=float):
-            value = _by_seed(mine, lambda r, f=fraction: values(r, "subset_value").get(f))
+            value = _by_seed(mine, _reader(values, "subset_value", fraction))
             rivals = {
-                name: _by_seed(recs, lambda r, f=fraction: values(r, "subset_value").get(f))
+                name: _by_seed(recs, _reader(values, "subset_value", fraction))
                 for name, recs in by_method.items()
                 if name not in rivals_excluded
             }
-            rnd = _by_seed(mine, lambda r, f=fraction: values(r, "random_subset_value").get(f))
+            rnd = _by_seed(mine, _reader(values, "random_subset_value", fraction))
             if rnd:
                 rivals["random subsets"] = rnd
             rivals = {k: v for k, v in rivals.items() if v}
@@ -221,15 +228,22 @@ def _group_order(item: tuple) -> tuple:
     return dataset, math.inf if noise is None else noise
 
 
+def _intervals(comparisons: Sequence[Comparison]) -> list[tuple[float, float]]:
+    """The (low, high) intervals of the comparisons that have one (two seeds or more)."""
+    return [(c.low, c.high) for c in comparisons if c.low is not None and c.high is not None]
+
+
 def _decide(
     comparisons: Sequence[Comparison],
-    supports: Callable[[Comparison], bool],
-    refutes: Callable[[Comparison], bool],
+    supports: Callable[[float, float], bool],
+    refutes: Callable[[float, float], bool],
 ) -> str:
-    tested = [c for c in comparisons if c.low is not None]
-    if any(refutes(c) for c in tested):
+    """HOLDS when every comparison has an interval and each ``supports(low, high)``;
+    NOT_HOLDS when some interval ``refutes``; INCONCLUSIVE otherwise."""
+    tested = _intervals(comparisons)
+    if any(refutes(low, high) for low, high in tested):
         return NOT_HOLDS
-    if tested and len(tested) == len(comparisons) and all(supports(c) for c in tested):
+    if tested and len(tested) == len(comparisons) and all(supports(*i) for i in tested):
         return HOLDS
     return INCONCLUSIVE
 
@@ -261,16 +275,16 @@ def _check(
         comps = _subset_comparisons(method, excluded, groups, scratch=bool(scratch))
         unit = " %"
         if kind == "higher-subset-value":
-            verdict = _decide(comps, lambda c: c.low > 0, lambda c: c.high < 0)
+            verdict = _decide(comps, lambda low, _: low > 0, lambda _, high: high < 0)
             rule = (
                 "holds when every gain's interval lies above 0; does not hold when one lies below 0"
             )
         else:
             half = t / 2
-            tested = [c for c in comps if c.low is not None]
-            if any(c.low >= half for c in tested):
+            tested = _intervals(comps)
+            if any(low >= half for low, _ in tested):
                 verdict = HOLDS
-            elif tested and len(tested) == len(comps) and all(c.high < half for c in tested):
+            elif tested and len(tested) == len(comps) and all(high < half for _, high in tested):
                 verdict = NOT_HOLDS
             else:
                 verdict = INCONCLUSIVE
@@ -282,13 +296,13 @@ def _check(
     elif kind == "mislabel-detection":
         comps = _mislabel_comparisons(method, groups)
         unit = " pts"
-        verdict = _decide(comps, lambda c: c.low > 0, lambda c: c.high <= 0)
+        verdict = _decide(comps, lambda low, _: low > 0, lambda _, high: high <= 0)
         rule = "holds when every interval lies above 0; does not hold when one lies at or below 0"
         subject = "recall of planted flips minus random's"
     else:
         comps = _runtime_comparisons(method, groups)
         unit = "x"
-        verdict = _decide(comps, lambda c: c.high <= t, lambda c: c.low > t)
+        verdict = _decide(comps, lambda _, high: high <= t, lambda low, _: low > t)
         rule = (
             f"holds when every ratio's interval ends at or below {t:g}x; does not hold when one "
             f"starts above {t:g}x"

@@ -466,7 +466,11 @@ def migrate_cell(data: Mapping[str, Any]) -> dict[str, Any]:
     if schema == 1:
         metrics = out.get("metrics")
         removal = metrics.get("removal") if isinstance(metrics, Mapping) else None
-        if isinstance(removal, Mapping) and isinstance(removal.get("high_first"), list):
+        if (
+            isinstance(metrics, Mapping)
+            and isinstance(removal, Mapping)
+            and isinstance(removal.get("high_first"), list)
+        ):
             # The first records wrote the removal curve as [[fraction, value], ...] pairs.
             pairs = [p for p in removal["high_first"] if isinstance(p, list) and len(p) == 2]
             new = {k: v for k, v in removal.items() if k != "high_first"}

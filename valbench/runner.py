@@ -150,13 +150,13 @@ def resolve_names(spec: RunSpec, narrowable: Collection[str] = ()) -> RunSpec:
                 "with features=cnn, pretrained or pca); none of the run's datasets is one"
             )
     params = dict(spec.params)
-    for name, values in spec.params.items():
+    for name, given in spec.params.items():
         if name in methods:
-            validate_params(get_method(name), dict(values))
+            validate_params(get_method(name), dict(given))
         elif name in datasets and name.startswith(FILE_PREFIX):
-            _check_file_params(name, dict(values))
+            _check_file_params(name, dict(given))
         elif name in datasets:
-            validate_params(get_dataset(name), dict(values))
+            validate_params(get_dataset(name), dict(given))
         elif name in narrowable and (name in method_names() or name in dataset_names()):
             del params[name]
         else:
@@ -164,7 +164,7 @@ def resolve_names(spec: RunSpec, narrowable: Collection[str] = ()) -> RunSpec:
             hint = ""
             if files and name == FILE_PREFIX.rstrip(":"):
                 # A file dataset's parameters go under its whole name, path included.
-                key = next(iter(values), "val_fraction")
+                key = next(iter(given), "val_fraction")
                 hint = f"; a file's parameters take its whole name: --param {files[0]}.{key}=..."
             raise UsageError(
                 f"parameters given for {name!r}, which is not among the selected methods "

@@ -329,19 +329,34 @@ class ModelFactory(Protocol):
     architecture and regularisation here so they match the evaluation model.
     """
 
-    #: The architecture's registered name (``valbench.nets``): ``"logreg"``, ``"mlp"`` (one
-    #: ReLU hidden layer), a deep one (``"cnn"``, ``"resnet18"``) or a plugin's.
-    kind: str
-    #: Optimisation steps per fit (Adam steps, or the most L-BFGS iterations); None only
-    #: before a spec resolves its default (``ModelSpec`` does so on construction).
-    epochs: int | None
-    #: Weight decay: ``l2/2 * ||weights||²`` is added to the loss (biases excluded).
-    l2: float
-    #: Hidden units of the MLP (unused by logreg).
-    hidden: int
-    #: ``"lbfgs"`` or ``"newton"`` (to a gradient tolerance) or ``"adam"`` (a fixed number of
-    #: steps); logreg's ``"auto"`` runs Newton on two classes (``ModelSpec.solver_for``).
-    resolved_solver: str
+    # Read-only properties: a spec is immutable (``ModelSpec`` is a frozen dataclass).
+    @property
+    def kind(self) -> str:
+        """The architecture's registered name (``valbench.nets``): ``"logreg"``, ``"mlp"``
+        (one ReLU hidden layer), a deep one (``"cnn"``, ``"resnet18"``) or a plugin's."""
+        ...
+
+    @property
+    def epochs(self) -> int | None:
+        """Optimisation steps per fit (Adam steps, or the most L-BFGS iterations); None only
+        before a spec resolves its default (``ModelSpec`` does so on construction)."""
+        ...
+
+    @property
+    def l2(self) -> float:
+        """Weight decay: ``l2/2 * ||weights||²`` is added to the loss (biases excluded)."""
+        ...
+
+    @property
+    def hidden(self) -> int:
+        """Hidden units of the MLP (unused by logreg)."""
+        ...
+
+    @property
+    def resolved_solver(self) -> str:
+        """``"lbfgs"`` or ``"newton"`` (to a gradient tolerance) or ``"adam"`` (a fixed number
+        of steps); logreg's ``"auto"`` runs Newton on two classes (``ModelSpec.solver_for``)."""
+        ...
 
     def build(self, n_features: int, n_classes: int, seed: int) -> BatchedModel[Any]:
         """A fresh model for ``n_features`` inputs and ``n_classes`` outputs, seeded by ``seed``."""
@@ -438,12 +453,18 @@ class Utility(Protocol):
     ``task.utility(**options)`` returns one; U(∅) is ``empty_score`` and costs no fit.
     """
 
-    #: U(all training points).
-    full_score: float
-    #: U(∅): chance accuracy 1 / n_classes.
-    empty_score: float
     #: Subsets answered without training.
     cache_hits: int
+
+    @property
+    def full_score(self) -> float:
+        """U(all training points)."""
+        ...
+
+    @property
+    def empty_score(self) -> float:
+        """U(∅): chance accuracy 1 / n_classes."""
+        ...
 
     def __call__(self, subset: Subset) -> float:
         """U(subset) for one subset."""

@@ -317,7 +317,7 @@ _CALL_COST = 4096
 
 def _used_columns(masks: np.ndarray, n_train: int) -> np.ndarray | None:
     """The points the subsets of ``masks`` touch, if few enough to train on those only."""
-    used = masks.any(axis=0)
+    used = np.asarray(masks.any(axis=0), dtype=bool)
     return used if int(used.sum()) <= _RESTRICT_FRACTION * n_train else None
 
 

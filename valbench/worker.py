@@ -830,7 +830,7 @@ def _run_cell(cell: Cell, spec: RunSpec, progress: ProgressFn) -> CellOutcome:
         family=cls.family,
         # False for an estimate its method could not finish: a partial result, never to be
         # read as the real one.
-        complete=valuation.complete,
+        complete=bool(valuation.complete),  # a bool once the Valuation is built
         cost=cost,
         metrics=CellMetrics.from_json(to_jsonable(measured)),
         stats=stats,

@@ -121,7 +121,7 @@ class LPLayer:
         )
 
     def __call__(
-        self, dn: torch.Tensor, do: torch.Tensor, k: int
+        self, dn: torch.Tensor, do: torch.Tensor, k: float
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Solve for ``(Zn, Zo)`` (float64, differentiable in ``dn`` and ``do``)."""
         kt = torch.tensor(float(k), dtype=torch.float64)
@@ -264,7 +264,7 @@ def _ds3_matrices(b: int) -> tuple[Any, Any]:
 
 
 def ds3_solve(
-    dn: np.ndarray, do: np.ndarray, k: int, method: str = "highs"
+    dn: np.ndarray, do: np.ndarray, k: float, method: str = "highs"
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The DS3 program: at most ``k`` incoming points may represent anyone (``sum_j t_j <= k``).
 
