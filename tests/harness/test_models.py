@@ -178,6 +178,7 @@ def test_whitening_cuts_lbfgs_passes_on_correlated_features(
         return plain_pass(self, *args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(BatchedClassifier, "_logreg_loss_grad", counted)
+    monkeypatch.setattr(models, "_MIXED_PRECISION", False)  # counts float64 L-BFGS passes
     results = {}
     for mode, min_rows in (("whitened", models._WHITEN_MIN_ROWS_PER_COLUMN), ("plain", 10**9)):
         monkeypatch.setattr(models, "_WHITEN_MIN_ROWS_PER_COLUMN", min_rows)
@@ -197,6 +198,7 @@ def test_only_models_with_enough_rows_per_column_are_whitened(
     flags: list[list[bool]] = []
     passes = [0]
     plain_fit, plain_pass = BatchedClassifier._fit_logreg_lbfgs, BatchedClassifier._logreg_loss_grad
+    monkeypatch.setattr(models, "_MIXED_PRECISION", False)  # counts float64 L-BFGS passes
 
     def spy(self: BatchedClassifier, *args: Any) -> Params:
         flags.append(args[5].tolist())  # (x, params, weights, decay, max_iter, whiten, absent)
@@ -676,14 +678,17 @@ def test_blocked_rows_fit_the_models_of_one_shared_batch(monkeypatch: pytest.Mon
     assert clf.fits_row_blocks
     shared = clf.fit(x, y, masks, sample_weight=weights)
     blocked = clf.fit(x, y, masks, sample_weight=weights, blocks=blocks)
-    assert shapes == [(3, 200, 5)]  # the longest block (the full-data model) sets the padding
+    # The longest block (the full-data model) sets the padding, in every phase of the fit.
+    assert shapes and set(shapes) == {(3, 200, 5)}
+    # Both within tol of the same optimum (rounding, float32 in the first phase, moves the
+    # path): |Δw| <= 2 tol / l2 by strong convexity.
     for name in shared.tensors:
-        torch.testing.assert_close(blocked[name], shared[name], rtol=0, atol=1e-7)
+        torch.testing.assert_close(blocked[name], shared[name], rtol=0, atol=2 * 1e-10 / 1e-3)
     assert float(blocked["b"][7, 2]) == models.ABSENT_BIAS
     # Without the full-data model the blocks run over their own prefixes only.
     shapes.clear()
     clf.fit(x, y, masks[:7], blocks=[np.arange(3), np.arange(3, 7)])
-    assert shapes == [(2, 175, 5)]
+    assert shapes and set(shapes) == {(2, 175, 5)}
 
 
 def test_blocks_must_cover_the_batch_in_order_and_are_a_hint_elsewhere() -> None:
