@@ -744,3 +744,119 @@ def test_a_fit_tolerance_overrides_the_specs_for_that_fit_only() -> None:
     for bad in (0.0, -1e-3, float("nan"), float("inf")):
         with pytest.raises(UsageError, match="tol must be"):
             clf.fit(x, y, masks, tol=bad)
+
+
+def _noisy_blobs() -> tuple[np.ndarray, np.ndarray]:
+    """Overlapping blobs with a tenth of the labels moved: fits that need many iterations."""
+    x, y = blobs(n=300, d=6, n_classes=4, spread=1.0)
+    flip = np.random.default_rng(7).random(len(y)) < 0.1
+    return x, np.where(flip, (y + 1) % 4, y)
+
+
+def test_mixed_precision_fits_are_the_float64_fits_within_the_tolerance(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    x, y = _noisy_blobs()
+    rng = np.random.default_rng(3)
+    masks = rng.random((16, 300)) < rng.uniform(0.05, 1.0, size=(16, 1))
+    masks[0] = np.isin(y, (0, 1, 2))  # class 3 absent: the limit model
+    spec = ModelSpec(tol=1e-9)
+    steps: list[int] = []
+    newton = BatchedClassifier._newton_cg_steps
+
+    def spy(self: BatchedClassifier, *args: Any) -> Params:
+        steps.append(len(args[1]["W"]))
+        return newton(self, *args)
+
+    monkeypatch.setattr(BatchedClassifier, "_newton_cg_steps", spy)
+    fits = {}
+    for mixed in (True, False):
+        monkeypatch.setattr(models, "_MIXED_PRECISION", mixed)
+        clf = spec.build(6, 4, seed=0)
+        fits[mixed] = (clf, clf.fit(x, y, masks))
+    assert steps == [16]  # the mixed phases ran once, for the whole batch
+    clf, mixed_fit = fits[True]
+    for b in range(len(masks)):
+        grads = clf.gradients(mixed_fit.select(b), x, y, masks[b : b + 1])
+        assert max(float(g.abs().max()) for g in grads.values()) <= 1e-9
+    # Within the tolerance of the same optimum, |Δw| <= 2 tol / l2, the common bias shift
+    # (which no loss sees) restored to the start's, and the absent class at its limit.
+    for name in ("W", "b"):
+        torch.testing.assert_close(mixed_fit[name], fits[False][1][name], rtol=0, atol=2e-6)
+    assert float(mixed_fit["b"][0, 3]) == models.ABSENT_BIAS
+    np.testing.assert_array_equal(
+        clf.predict(mixed_fit, x), fits[False][0].predict(fits[False][1], x)
+    )
+
+
+def test_mixed_precision_is_only_for_tight_tolerances_under_the_default_cap(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    x, y = _noisy_blobs()
+    masks = np.ones((2, 300), dtype=bool)
+    ran: list[bool] = []
+    newton = BatchedClassifier._newton_cg_steps
+
+    def spy(self: BatchedClassifier, *args: Any) -> Params:
+        ran.append(True)
+        return newton(self, *args)
+
+    monkeypatch.setattr(BatchedClassifier, "_newton_cg_steps", spy)
+    for spec, expected in (
+        (ModelSpec(), True),
+        (ModelSpec(tol=1e-5), False),  # nothing below the float32 phase's own tolerance
+        (ModelSpec(epochs=200), False),  # a lowered cap means float64 L-BFGS iterations
+        (ModelSpec(dtype="float32"), False),
+        (ModelSpec(solver="adam"), False),
+    ):
+        ran.clear()
+        spec.build(6, 4, seed=0).fit(x, y, masks)
+        assert bool(ran) == expected, spec
+
+
+def test_float64_lbfgs_finishes_what_the_newton_steps_leave(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # No Newton step at all, or CG stopped after one product: the fit still ends within tol.
+    x, y = _noisy_blobs()
+    masks = np.random.default_rng(4).random((6, 300)) < 0.5
+    for name, value in (("_NEWTON_CG_STEPS", 0), ("_CG_MAX_ITER", 1)):
+        with monkeypatch.context() as patch:
+            patch.setattr(models, name, value)
+            clf = ModelSpec(tol=1e-9).build(6, 4, seed=0)
+            fitted = clf.fit(x, y, masks)
+        for b in range(len(masks)):
+            grads = clf.gradients(fitted.select(b), x, y, masks[b : b + 1])
+            assert max(float(g.abs().max()) for g in grads.values()) <= 1e-9
+
+
+def test_newton_cg_direction_solves_the_newton_system() -> None:
+    # Against the explicit Hessian of the same objective (autograd), for a tight eta.
+    x, y = _noisy_blobs()
+    torch.manual_seed(0)
+    xa = torch.cat([torch.as_tensor(x, dtype=torch.float64), torch.ones(300, 1)], 1)
+    weights = torch.as_tensor(np.random.default_rng(5).random((2, 300)))
+    weights /= weights.sum(1, keepdim=True)
+    labels = torch.as_tensor(y).view(1, 1, -1)
+    layout = models._RowLayout(xa, xa.T.contiguous(), labels, weights[:, None, :])
+    w = 0.3 * torch.randn(2, 4, 7, dtype=torch.float64)
+    decay = torch.full((2, 1, 7), 1e-3, dtype=torch.float64)
+    decay[:, :, -1] = 0.0
+
+    def objective(flat: torch.Tensor, b: int) -> torch.Tensor:
+        v = flat.view(4, 7)
+        logp = torch.log_softmax(xa @ v.T, dim=1)
+        ce = -(weights[b] * logp[torch.arange(300), torch.as_tensor(y)]).sum()
+        return ce + 0.5 * (decay[b, 0] * v * v).sum()
+
+    probs = torch.softmax(layout.logits(w), dim=1)
+    g = torch.stack([torch.func.grad(objective)(w[b].flatten(), b).view(4, 7) for b in range(2)])
+    eta = torch.full((2,), 1e-10, dtype=torch.float64)
+    d = models._newton_cg_direction(g, probs, layout, decay, None, eta)
+    for b in range(2):
+        h = torch.func.hessian(objective)(w[b].flatten(), b)
+        # The Hessian is singular along the common bias shift, which g has no part in.
+        exact = torch.linalg.lstsq(h, -g[b].flatten()).solution
+        residual = h @ d[b].flatten() + g[b].flatten()
+        assert float(residual.norm()) <= 1e-8 * float(g[b].norm())
+        torch.testing.assert_close(h @ d[b].flatten(), h @ exact, rtol=0, atol=1e-9)
