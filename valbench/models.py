@@ -487,6 +487,10 @@ class Params:
         names = parts[0].tensors
         return Params(parts[0].kind, {k: torch.cat([p[k] for p in parts]) for k in names})
 
+    def to(self, dtype: torch.dtype) -> Params:
+        """The same parameters in ``dtype``."""
+        return Params(self.kind, {k: v.to(dtype) for k, v in self.tensors.items()})
+
     def numpy(self) -> dict[str, np.ndarray]:
         """The parameters as numpy arrays (copies)."""
         return {k: v.detach().cpu().numpy().copy() for k, v in self.tensors.items()}
@@ -972,12 +976,12 @@ class BatchedClassifier:
             x,
             y,
             masks.numpy(),
-            init=Params(params.kind, {k: v.to(torch.float32) for k, v in params.tensors.items()}),
+            init=params.to(torch.float32),
             sample_weight=sample_weight,
             blocks=blocks,
             tol=_FLOAT32_PHASE_TOL,
         )
-        start = Params(params.kind, {k: v.to(self.dtype) for k, v in rough.tensors.items()})
+        start = rough.to(self.dtype)
         # The float32 fit set the absent classes' limit (zero weights, ABSENT_BIAS); they stay
         # out of the softmax below, as in L-BFGS.
         moved = self._newton_cg_steps(x, start, weights, decay, whiten, absent, blocks)
@@ -1046,14 +1050,8 @@ class BatchedClassifier:
                 running = gmax > tol
                 if not bool(running.all()):
                     out[active[~running]] = u[~running]
-                    active, u, f, g, gmax = (
-                        active[running],
-                        u[running],
-                        f[running],
-                        g[running],
-                        gmax[running],
-                    )
-                    lay, lay32, dec = lay.keep(running), lay32.keep(running), dec[running]
+                    active, u, f, g, gmax, dec = (t[running] for t in (active, u, f, g, gmax, dec))
+                    lay, lay32 = lay.keep(running), lay32.keep(running)
                     off = None if off is None else off[running]
                 if len(active) == 0:
                     break

@@ -854,9 +854,9 @@ def test_newton_cg_direction_solves_the_newton_system() -> None:
     eta = torch.full((2,), 1e-10, dtype=torch.float64)
     d = models._newton_cg_direction(g, probs, layout, decay, None, eta)
     for b in range(2):
+        # H d = -g to the asked accuracy (H is singular along the common bias shift, which g
+        # has no part in, so d is defined up to that shift: compare H d, not d).
         h = torch.func.hessian(objective)(w[b].flatten(), b)
-        # The Hessian is singular along the common bias shift, which g has no part in.
-        exact = torch.linalg.lstsq(h, -g[b].flatten()).solution
         residual = h @ d[b].flatten() + g[b].flatten()
         assert float(residual.norm()) <= 1e-8 * float(g[b].norm())
-        torch.testing.assert_close(h @ d[b].flatten(), h @ exact, rtol=0, atol=1e-9)
+        assert float((d[b] * g[b]).sum()) < 0  # a descent direction
