@@ -703,7 +703,17 @@ class BatchedClassifier:
                 whiten = counts >= _WHITEN_MIN_ROWS_PER_COLUMN * (self.n_features + 1)
                 if self._mixed_precision_applies(steps, stop_tol):
                     params = self._fit_logreg_mixed(
-                        x, y, m, params, sample_weight, weights, decay, whiten, absent, blocks
+                        x,
+                        y,
+                        m,
+                        params,
+                        sample_weight,
+                        weights,
+                        decay,
+                        whiten,
+                        absent,
+                        stop_tol,
+                        blocks,
                     )
                 # Float64 L-BFGS decides every fit (after the mixed phases, it finishes any
                 # model still above the tolerance and leaves the others as they are).
@@ -956,13 +966,14 @@ class BatchedClassifier:
         decay: torch.Tensor,
         whiten: torch.Tensor,
         absent: torch.Tensor,
+        tol: float,
         blocks: Sequence[np.ndarray] | None,
     ) -> Params:
         """The first two phases of a float64 L-BFGS fit, which only move its start.
 
         1. float32 L-BFGS (the same solver and whitening) to a largest gradient entry of
            ``_FLOAT32_PHASE_TOL``, at about half the cost per pass;
-        2. float64 Newton steps (:meth:`_newton_cg_steps`) towards the tolerance.
+        2. float64 Newton steps (:meth:`_newton_cg_steps`) towards the fit's ``tol``.
 
         The caller's float64 L-BFGS then runs from the result with the fit's own stopping
         test, so what a converged fit is does not change; only the path to it does. On 128
@@ -984,7 +995,7 @@ class BatchedClassifier:
         start = rough.to(self.dtype)
         # The float32 fit set the absent classes' limit (zero weights, ABSENT_BIAS); they stay
         # out of the softmax below, as in L-BFGS.
-        moved = self._newton_cg_steps(x, start, weights, decay, whiten, absent, blocks)
+        moved = self._newton_cg_steps(x, start, weights, decay, whiten, absent, tol, blocks)
         # Adding a constant to every present class's bias changes no prediction and no loss,
         # and float64 L-BFGS keeps the start's mean bias over them exactly; float32 rounding
         # and CG let it drift (by some 1e-5). Put it back, so that a model is the same
@@ -1002,10 +1013,11 @@ class BatchedClassifier:
         decay: torch.Tensor,
         whiten: torch.Tensor,
         absent: torch.Tensor,
+        tol: float,
         blocks: Sequence[np.ndarray] | None,
     ) -> Params:
         """Inexact Newton from ``params`` until each model's largest gradient entry is at
-        most ``spec.tol`` (or ``_NEWTON_CG_STEPS`` steps, or a failed line search).
+        most ``tol`` (or ``_NEWTON_CG_STEPS`` steps, or a failed line search).
 
         The gradient, the objective and the Armijo backtracking are float64; each direction
         solves the Newton system by conjugate gradients on float32 Hessian-vector products,
@@ -1016,7 +1028,6 @@ class BatchedClassifier:
         """
         xa, xa_t, w, decay_aug = self._logreg_problem(x, params, decay)
         batch, c, width = w.shape
-        tol = float(self.spec.tol)
         eps = torch.finfo(self.dtype).eps
         white = self._whitening(x) if bool(whiten.any()) else None
         penalty = None
@@ -1032,8 +1043,10 @@ class BatchedClassifier:
             lay = _RowLayout.blocked(xa, labels, weights, blocks)
         lay32 = lay.to(torch.float32)
         pen32 = None if penalty is None else penalty.to(torch.float32)
-        off = torch.where(absent, -math.inf, 0.0).to(self.dtype)[:, :, None]
-        off = off if bool(absent.any()) else None
+        # Classes absent from a model's subset stay out of its softmax (as in L-BFGS).
+        off: torch.Tensor | None = None
+        if bool(absent.any()):
+            off = torch.where(absent, -math.inf, 0.0).to(self.dtype)[:, :, None]
         dec = decay_aug
 
         def largest_entry(g: torch.Tensor) -> torch.Tensor:

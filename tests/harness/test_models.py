@@ -765,7 +765,7 @@ def test_mixed_precision_fits_are_the_float64_fits_within_the_tolerance(
     newton = BatchedClassifier._newton_cg_steps
 
     def spy(self: BatchedClassifier, *args: Any) -> Params:
-        steps.append(len(args[1]["W"]))
+        steps.append(len(args[1]["W"]))  # (x, params, ...)
         return newton(self, *args)
 
     monkeypatch.setattr(BatchedClassifier, "_newton_cg_steps", spy)
