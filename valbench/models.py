@@ -106,6 +106,9 @@ _ALL_ACCEPT_SHORTCUT = True
 # products. False keeps float64 L-BFGS from the start.
 _MIXED_PRECISION = True
 _FLOAT32_PHASE_TOL = 1e-5
+# Features beyond this magnitude would overflow the float32 phase's covariance (timestamps in
+# nanoseconds, say: NaN weights, or an eigh failure); such fits run float64 L-BFGS throughout.
+_FLOAT32_FEATURE_LIMIT = 1e12
 # Newton-CG: a model's CG stops once its residual is at most eta |g|, with
 # eta = clamp(_CG_FORCING * tol / max|g|, _CG_ETA_MIN, _CG_ETA_MAX): loose far from the
 # tolerance, tight near it. At most _CG_MAX_ITER products per Newton step and _NEWTON_CG_STEPS
@@ -701,7 +704,7 @@ class BatchedClassifier:
                 # Whitening pays off for a subset with enough rows to share the covariance of
                 # the whole training set (see _whitening); each model is judged on its own.
                 whiten = counts >= _WHITEN_MIN_ROWS_PER_COLUMN * (self.n_features + 1)
-                if self._mixed_precision_applies(steps, stop_tol):
+                if self._mixed_precision_applies(steps, stop_tol, xt):
                     params = self._fit_logreg_mixed(
                         x,
                         y,
@@ -938,14 +941,15 @@ class BatchedClassifier:
             logits.add_(offset)
         return logits.sub_(logits.amax(dim=1, keepdim=True)).clamp_(min=-_LOGIT_RANGE)
 
-    def _mixed_precision_applies(self, steps: int, tol: float) -> bool:
+    def _mixed_precision_applies(self, steps: int, tol: float, features: torch.Tensor) -> bool:
         """Whether a float64 L-BFGS fit to ``tol`` starts with the mixed phases: only when the
-        tolerance, not a lowered iteration cap, ends it."""
+        tolerance, not a lowered iteration cap, ends it, and the features suit float32."""
         return (
             _MIXED_PRECISION
             and self.dtype == torch.float64
             and tol < _FLOAT32_PHASE_TOL
             and steps >= TOLERANCE_MAX_ITER
+            and (features.numel() == 0 or float(features.abs().max()) <= _FLOAT32_FEATURE_LIMIT)
         )
 
     def _float32_model(self) -> BatchedClassifier:
@@ -992,18 +996,39 @@ class BatchedClassifier:
             blocks=blocks,
             tol=_FLOAT32_PHASE_TOL,
         )
-        start = rough.to(self.dtype)
         # The float32 fit set the absent classes' limit (zero weights, ABSENT_BIAS); they stay
-        # out of the softmax below, as in L-BFGS.
+        # out of the softmax below, as in L-BFGS. A class whose weights underflow float32 was
+        # absent there only: it restarts at zero. A model the float32 phase or Newton left
+        # non-finite goes back to its start.
+        start = self._finite_or(self._restart_absent(rough.to(self.dtype), absent), params)
         moved = self._newton_cg_steps(x, start, weights, decay, whiten, absent, tol, blocks)
-        # Adding a constant to every present class's bias changes no prediction and no loss,
-        # and float64 L-BFGS keeps the start's mean bias over them exactly; float32 rounding
-        # and CG let it drift (by some 1e-5). Put it back, so that a model is the same
-        # parameters whatever its batch.
+        moved = self._finite_or(moved, params)
+        # Adding a constant to every present class's bias changes no prediction and no loss.
+        # Float32 rounding and CG let it drift (by some 1e-5); put it back to the start's
+        # mean over the present classes, so that a model is the same parameters whatever its
+        # batch. (Float64 L-BFGS from a cold start keeps that mean too; from a warm start
+        # whose absent classes carry weights it may move it, so there the two paths can
+        # differ by such a shift, which no prediction sees.)
         present = (~absent).to(self.dtype)
         drift = ((moved["b"] - params["b"]) * present).sum(1) / present.sum(1).clamp(min=1.0)
         b = moved["b"] - drift[:, None] * present
         return Params(params.kind, {"W": moved["W"], "b": b})
+
+    @staticmethod
+    def _finite_or(params: Params, fallback: Params) -> Params:
+        """``params``, with each model holding a non-finite value taken from ``fallback``."""
+        bad = torch.zeros(params.batch_size, dtype=torch.bool)
+        for v in params.tensors.values():
+            bad |= ~torch.isfinite(v).flatten(1).all(dim=1)
+        if not bool(bad.any()):
+            return params
+        return Params(
+            params.kind,
+            {
+                k: torch.where(bad.view(-1, *([1] * (v.ndim - 1))), fallback[k].to(v.dtype), v)
+                for k, v in params.tensors.items()
+            },
+        )
 
     def _newton_cg_steps(
         self,

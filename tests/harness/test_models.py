@@ -860,3 +860,36 @@ def test_newton_cg_direction_solves_the_newton_system() -> None:
         residual = h @ d[b].flatten() + g[b].flatten()
         assert float(residual.norm()) <= 1e-8 * float(g[b].norm())
         assert float((d[b] * g[b]).sum()) < 0  # a descent direction
+
+
+def test_features_too_large_for_float32_keep_the_float64_fit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A nanosecond-timestamp column (~3e18): its float32 covariance overflows. The mixed
+    # phases used to return NaN weights that passed the stopping test (NaN > tol is False).
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 300)
+    x = np.c_[rng.normal(size=(300, 2)) + y[:, None], 3e18 * rng.normal(size=300)]
+    fits = {}
+    for mixed in (True, False):
+        monkeypatch.setattr(models, "_MIXED_PRECISION", mixed)
+        fits[mixed] = ModelSpec().build(3, 3, seed=0).fit(x, y, np.ones((1, 300), dtype=bool))
+    assert bool(torch.isfinite(fits[True]["W"]).all() and torch.isfinite(fits[True]["b"]).all())
+    for name in ("W", "b"):
+        torch.testing.assert_close(fits[True][name], fits[False][name], rtol=0, atol=0)
+
+
+def test_a_class_whose_weights_underflow_float32_is_not_taken_for_absent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Weights of 1e-50 are 0 in float32: the float32 phase gave that class ABSENT_BIAS, the
+    # float64 fit counts it present, and re-centring the biases shifted all by some 3,300.
+    x, y = _noisy_blobs()
+    weights = np.where(y == 2, 1e-50, 1.0)[None, :]
+    fits = {}
+    for mixed in (True, False):
+        monkeypatch.setattr(models, "_MIXED_PRECISION", mixed)
+        clf = ModelSpec().build(6, 4, seed=0)
+        fits[mixed] = clf.fit(x, y, np.ones((1, 300), dtype=bool), sample_weight=weights)
+    assert float(fits[True]["b"].abs().max()) < 100
+    np.testing.assert_array_equal(clf.predict(fits[True], x), clf.predict(fits[False], x))
