@@ -64,9 +64,12 @@ def fit_representer(task: ValuationTask, l2: float | None = None) -> Representer
     phi_val = gr.head_features(params, task.x_val, clf)
     phi, phi_val, w0 = gr.in_training_span(phi, phi_val, head.params["W"])
     y = torch.as_tensor(task.y_train, dtype=torch.int64)
-    # Plain Newton (a fresh Hessian every step): its last, quadratic step lands far below the
-    # tolerance, and the representer identity W = Σ α_i φ_i is only as exact as ∇L / l2.
-    w, b, _, g_norm = gr.refine_head(phi, y, w0, head.params["b"], lam, contraction=0.0)
+    # Plain Newton (a fresh float64 Hessian every step): its last, quadratic step lands far
+    # below the tolerance, and the representer identity W = Σ α_i φ_i is only as exact as
+    # ∇L / l2 (float32 Hessians converge fast-linearly: just below it).
+    w, b, _, g_norm = gr.refine_head(
+        phi, y, w0, head.params["b"], lam, contraction=0.0, hessian_dtype=gr.DTYPE
+    )
     probs = torch.softmax(phi @ w + b, dim=1)
     onehot = torch.nn.functional.one_hot(y, task.n_classes).to(gr.DTYPE)
     # α_i = −1/(2λn) ∂ℓ_i/∂Φ_i with the paper's λ||W||², i.e. λ = l2/2 here: (onehot − p)/(l2 n).

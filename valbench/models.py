@@ -100,19 +100,20 @@ _WHITEN_FLOOR = 0.03
 # L-BFGS: when every model of the batch accepts its trial point, update them all without the
 # per-model selections (same numbers, fewer torch calls); False forces the general update.
 _ALL_ACCEPT_SHORTCUT = True
-# Mixed precision for float64 logreg fits run to a tolerance below _FLOAT32_PHASE_TOL (see
-# BatchedClassifier._fit_logreg_mixed): float32 L-BFGS to that largest gradient entry, then
-# float64 Newton steps whose directions conjugate gradients find on float32 Hessian-vector
-# products. False keeps float64 L-BFGS from the start.
+# Mixed precision for float64 L-BFGS logreg fits (see BatchedClassifier._fit_logreg_mixed):
+# float32 L-BFGS to the fit's tolerance or _FLOAT32_PHASE_TOL, whichever is larger; below
+# that, float64 Newton steps whose directions conjugate gradients find on float32
+# Hessian-vector products. False keeps float64 L-BFGS from the start.
 _MIXED_PRECISION = True
 _FLOAT32_PHASE_TOL = 1e-5
 # Features beyond this magnitude would overflow the float32 phase's covariance (timestamps in
 # nanoseconds, say: NaN weights, or an eigh failure); such fits run float64 L-BFGS throughout.
 _FLOAT32_FEATURE_LIMIT = 1e12
 # Newton-CG: a model's CG stops once its residual is at most eta |g|, with
-# eta = clamp(_CG_FORCING * tol / max|g|, _CG_ETA_MIN, _CG_ETA_MAX): loose far from the
-# tolerance, tight near it. At most _CG_MAX_ITER products per Newton step and _NEWTON_CG_STEPS
-# steps; float64 L-BFGS finishes any model still above the tolerance.
+# eta = clamp(_CG_FORCING * tol / max|g|, _CG_ETA_MIN, _CG_ETA_MAX): each direction aims at
+# the tolerance, so it is tight (3e-3) far from it and loose (0.1) close to it. At most
+# _CG_MAX_ITER products per Newton step and _NEWTON_CG_STEPS steps; float64 L-BFGS finishes
+# any model still above the tolerance.
 _CG_FORCING, _CG_ETA_MIN, _CG_ETA_MAX = 0.3, 3e-3, 0.1
 _CG_MAX_ITER = 200
 _NEWTON_CG_STEPS = 20
@@ -704,7 +705,7 @@ class BatchedClassifier:
                 # Whitening pays off for a subset with enough rows to share the covariance of
                 # the whole training set (see _whitening); each model is judged on its own.
                 whiten = counts >= _WHITEN_MIN_ROWS_PER_COLUMN * (self.n_features + 1)
-                if self._mixed_precision_applies(steps, stop_tol, xt):
+                if self._mixed_precision_applies(steps, xt):
                     params = self._fit_logreg_mixed(
                         x,
                         y,
@@ -941,13 +942,12 @@ class BatchedClassifier:
             logits.add_(offset)
         return logits.sub_(logits.amax(dim=1, keepdim=True)).clamp_(min=-_LOGIT_RANGE)
 
-    def _mixed_precision_applies(self, steps: int, tol: float, features: torch.Tensor) -> bool:
-        """Whether a float64 L-BFGS fit to ``tol`` starts with the mixed phases: only when the
-        tolerance, not a lowered iteration cap, ends it, and the features suit float32."""
+    def _mixed_precision_applies(self, steps: int, features: torch.Tensor) -> bool:
+        """Whether a float64 L-BFGS fit starts with the mixed phases: only when its tolerance,
+        not a lowered iteration cap, ends it, and the features suit float32."""
         return (
             _MIXED_PRECISION
             and self.dtype == torch.float64
-            and tol < _FLOAT32_PHASE_TOL
             and steps >= TOLERANCE_MAX_ITER
             and (features.numel() == 0 or float(features.abs().max()) <= _FLOAT32_FEATURE_LIMIT)
         )
@@ -976,8 +976,10 @@ class BatchedClassifier:
         """The first two phases of a float64 L-BFGS fit, which only move its start.
 
         1. float32 L-BFGS (the same solver and whitening) to a largest gradient entry of
-           ``_FLOAT32_PHASE_TOL``, at about half the cost per pass;
-        2. float64 Newton steps (:meth:`_newton_cg_steps`) towards the fit's ``tol``.
+           ``_FLOAT32_PHASE_TOL`` or the fit's ``tol`` if that is looser, at about half the
+           cost per pass;
+        2. for a ``tol`` below ``_FLOAT32_PHASE_TOL``, float64 Newton steps
+           (:meth:`_newton_cg_steps`) towards it.
 
         The caller's float64 L-BFGS then runs from the result with the fit's own stopping
         test, so what a converged fit is does not change; only the path to it does. On 128
@@ -994,15 +996,17 @@ class BatchedClassifier:
             init=params.to(torch.float32),
             sample_weight=sample_weight,
             blocks=blocks,
-            tol=_FLOAT32_PHASE_TOL,
+            tol=max(tol, _FLOAT32_PHASE_TOL),
         )
         # The float32 fit set the absent classes' limit (zero weights, ABSENT_BIAS); they stay
         # out of the softmax below, as in L-BFGS. A class whose weights underflow float32 was
         # absent there only: it restarts at zero. A model the float32 phase or Newton left
         # non-finite goes back to its start.
         start = self._finite_or(self._restart_absent(rough.to(self.dtype), absent), params)
-        moved = self._newton_cg_steps(x, start, weights, decay, whiten, absent, tol, blocks)
-        moved = self._finite_or(moved, params)
+        moved = start
+        if tol < _FLOAT32_PHASE_TOL:
+            moved = self._newton_cg_steps(x, start, weights, decay, whiten, absent, tol, blocks)
+            moved = self._finite_or(moved, params)
         # Adding a constant to every present class's bias changes no prediction and no loss.
         # Float32 rounding and CG let it drift (by some 1e-5); put it back to the start's
         # mean over the present classes, so that a model is the same parameters whatever its
