@@ -47,9 +47,9 @@ class DataOOB(Method):
             model trains on the distinct drawn points with equal weight (subbagging, ~63 % of
             the points; cheaper, an approximation).
         batch_size: Models trained per batched fit (default 200, >= 1).
-        warm_start: Start every bootstrap model from the full-data model (trained once, one
-            more fit), so ``epochs`` can be small: logreg is convex and each bootstrap optimum
-            lies near it (default False).
+        warm_start: Start every bootstrap model from the full-data model (trained once, as
+            one of the ``n_estimators`` fits), so ``epochs`` can be small: logreg is convex
+            and each bootstrap optimum lies near it (default False).
         epochs: Optimisation steps per bootstrap model (default None: the task's model spec;
             with ``warm_start`` None means a third of it; else >= 0).
     """

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from valbench import Method, RunContext, Valuation, ValuationTask
 from valbench.params import Interval, Param
+from valbench.utility import warm_start_refusal
 
 __all__ = ["LeaveOneOut"]
 
@@ -41,6 +44,10 @@ class LeaveOneOut(Method):
     }
     warm_start: bool
     batch_size: int
+
+    def model_refusal(self, model: Any) -> str | None:
+        """A warm start only on a model fitted to a tolerance (see the utility engine)."""
+        return warm_start_refusal(model) if self.warm_start else None
 
     def value(self, task: ValuationTask, ctx: RunContext) -> Valuation:
         n = task.n_train

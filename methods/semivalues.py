@@ -46,6 +46,7 @@ from valbench.methods.samplers import (
     StratifiedSampler,
 )
 from valbench.params import Interval, Options, Param
+from valbench.utility import warm_start_refusal
 
 __all__ = [
     "Game",
@@ -378,13 +379,21 @@ def msr_semivalue(
             w2, w2u, w2u2 = sq[side][:, known]
             var += np.maximum(w2u2 - 2 * mu * w2u + mu * mu * w2, 0.0) / total[known] ** 2
         stderr[known] = np.sqrt(var)
-    return scores, {
+    stats: dict[str, Any] = {
         "samples": drawn,
         "sample_counts": count.tolist(),
         "stderr": stderr.tolist(),
         "points_unestimated": int((~known).sum()),
-        "complete": bool(known.all()),
+        # Complete only with every sample drawn (the budget can stop the loop first: each
+        # estimate is then unbiased, but noisier than the method's own setting asks) and
+        # every point seen both inside and outside a sample.
+        "complete": bool(known.all()) and drawn >= max_samples,
     }
+    if drawn < max_samples:
+        stats["reason"] = f"the budget allowed {drawn} of {max_samples} samples"
+    elif not known.all():
+        stats["reason"] = f"{int((~known).sum())} points never fell on both sides of a sample"
+    return scores, stats
 
 
 def _distinct_rows(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -610,8 +619,10 @@ class TMCShapley(_EngineGame):
         convergence_window: Permutations the convergence test looks back over, and between
             two tests (default 100, as the original code).
         warm_start: Start each block of prefixes from the previous block's longest prefix
-            (default False). With the default tolerance this makes U(S) depend on the previous
-            prefix, so the values are no longer those of one game; opt in for speed only.
+            (default False). Only on a model fitted to a tolerance (the logreg default; refused
+            for Adam, SGD and the deep models): at the default tolerance 1e-8 the one-game test
+            finds no prediction it changes, but the path differs, so values may differ by
+            optimisation rounding.
     """
 
     name = "tmc-shapley"
@@ -638,7 +649,7 @@ class TMCShapley(_EngineGame):
             100, Interval(int, 1, None), doc="permutations looked back over, and between tests"
         ),
         "warm_start": Param(
-            False, bool, doc="start each block of prefixes from the previous longest (not one game)"
+            False, bool, doc="start each block of prefixes from the previous longest"
         ),
     }
     max_permutations: int
@@ -649,6 +660,10 @@ class TMCShapley(_EngineGame):
     convergence_tol: float
     convergence_window: int
     warm_start: bool
+
+    def model_refusal(self, model: Any) -> str | None:
+        """A warm start only on a model fitted to a tolerance (see the utility engine)."""
+        return warm_start_refusal(model) if self.warm_start else None
 
     def value(self, task: ValuationTask, ctx: RunContext) -> Valuation:
         n = task.n_train

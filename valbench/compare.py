@@ -14,7 +14,8 @@ one each run's report shows:
   the quality metrics (subset value, gain, detection, removal) form one family and the costs
   another, so a slower machine never hides or fakes a change of quality;
 - a change is ``better`` or ``worse`` when the corrected p is below :data:`ALPHA` and the mean
-  difference points that way; ``same`` otherwise; ``untested`` with fewer than 2 shared seeds.
+  difference points that way; ``same`` otherwise; ``untested`` with fewer than
+  :data:`~valbench.summary.MIN_TEST_PAIRS` (3) shared seeds.
 
 Only quality metrics count as a regression (:attr:`Comparison.regressions`): costs depend on
 the machine and its load, so they are shown and tested but never fail a comparison.

@@ -257,6 +257,13 @@ class ModelSpec:
             return self.solver
         return "lbfgs" if self.kind == "logreg" else "adam"
 
+    @property
+    def fits_to_tolerance(self) -> bool:
+        """Whether every fit runs to the gradient tolerance ``tol`` (logreg by L-BFGS or
+        Newton), so that where a fit starts cannot change what it reaches; Adam and the deep
+        recipes train a fixed number of steps instead."""
+        return self.kind == "logreg" and self.resolved_solver in ("lbfgs", "newton")
+
     def solver_for(self, n_classes: int) -> str:
         """The solver ``fit`` uses for ``n_classes`` classes: ``"auto"`` is Newton for a
         two-class logreg (its Hessian is (d+1)², cheap), else :attr:`resolved_solver`."""

@@ -170,6 +170,19 @@ def resolve_names(spec: RunSpec, narrowable: Collection[str] = ()) -> RunSpec:
                 f"parameters given for {name!r}, which is not among the selected methods "
                 f"({', '.join(methods)}) or datasets ({', '.join(datasets)}){hint}"
             )
+    # A method whose parameters do not suit a dataset's model (a warm start on Adam, say).
+    models = {ModelSpec.parse(spec.model_for(name), device=spec.device) for name in datasets}
+    for name in methods:
+        cls = get_method(name)
+        given = dict(params.get(name, {}))
+        validate_params(cls, given)
+        method = cls(**given)
+        for model in sorted(models, key=repr):
+            if cls.architectures is not None and model.kind not in cls.architectures:
+                continue  # the cell declines as skipped
+            reason = method.model_refusal(model)
+            if reason is not None:
+                raise UsageError(f"{name}: {reason}")
     return spec.with_overrides(
         methods=methods, datasets=datasets, data_fingerprints=fingerprints, params=params
     )

@@ -65,7 +65,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # HOST-CP's own setting (Das et al. 2021): its variants against the valuation methods the
     # paper compared with and the subset-selection family, on planted redundancy and on
     # images, where θ is an MLP on deep features learned from the noisy training data (the
-    # paper: on ResNet-18 features). --model fashion-mnist=cnn trains the CNN from scratch.
+    # paper: on ResNet-18 features). --model fashion-mnist=cnn with --param
+    # fashion-mnist.features=raw runs every method on the CNN trained from scratch.
     "hostcp-paper": {
         "methods": [
             *("hostcp", "hostcp-fast", "hostcp-smooth", "hostcp-ds3"),
@@ -623,8 +624,11 @@ def _merge_caps(
 ) -> tuple[int | None, dict[str, int | None]]:
     """Merge ``max_train`` from preset < config < flags: later defaults and entries win.
 
-    A preset's per-dataset caps apply only to the datasets the run selects (the user may have
-    chosen others); a cap the user names for a dataset outside the run is refused later.
+    A later source's default replaces the earlier sources' per-dataset caps too (``--max-train
+    none`` lifts a preset's ``fashion-mnist=600``); entries alone keep the earlier default and
+    entries. A preset's per-dataset caps apply only to the datasets the run selects (the user
+    may have chosen others); a cap the user names for a dataset outside the run is refused
+    later.
     """
     default: int | None = None
     per: dict[str, int | None] = {}
@@ -632,6 +636,7 @@ def _merge_caps(
         has_default, cap, caps = _as_caps(value)
         if has_default:
             default = cap
+            per = {}
         if i == 0 and from_preset:
             caps = {k: v for k, v in caps.items() if k in datasets}
         per.update(caps)

@@ -1,8 +1,9 @@
 """The public types every method and dataset plugin is written against.
 
 The contracts are described in docs/architecture.md, "Contracts". This module is the bottom
-layer: it imports nothing from valbench but :mod:`valbench.errors`, so the engine (models,
-utility) implements the protocols below without the contract depending on it.
+layer: it imports nothing from valbench but :mod:`valbench.errors` and :mod:`valbench.params`,
+so the engine (models, utility) implements the protocols below without the contract depending
+on it.
 """
 
 from __future__ import annotations
@@ -356,6 +357,12 @@ class ModelFactory(Protocol):
     def resolved_solver(self) -> str:
         """``"lbfgs"`` or ``"newton"`` (to a gradient tolerance) or ``"adam"`` (a fixed number
         of steps); logreg's ``"auto"`` runs Newton on two classes (``ModelSpec.solver_for``)."""
+        ...
+
+    @property
+    def fits_to_tolerance(self) -> bool:
+        """Whether every fit runs to a gradient tolerance, so that where it starts cannot
+        change what it reaches (only then may fits be warm-started)."""
         ...
 
     def build(self, n_features: int, n_classes: int, seed: int) -> BatchedModel[Any]:
@@ -892,6 +899,12 @@ class Method(_Parameterised, abc.ABC):
     @abc.abstractmethod
     def value(self, task: ValuationTask, ctx: RunContext) -> Valuation:
         """Score every training point of ``task`` within ``ctx.budget``, drawing on ``ctx.rng``."""
+
+    def model_refusal(self, model: Any) -> str | None:
+        """Why this method, with its parameters, cannot run on the evaluation model ``model``
+        (a ``valbench.models.ModelSpec``), or None when it can. The harness asks for every
+        dataset's model before any work starts and refuses the run with that line."""
+        return None
 
     def __repr__(self) -> str:
         try:

@@ -17,11 +17,24 @@ import numpy as np
 
 from valbench.errors import UsageError
 from valbench.models import Params
-from valbench.types import Subset, ValuationTask
+from valbench.types import ModelFactory, Subset, ValuationTask
 
-__all__ = ["UtilityEngine", "Subset"]
+__all__ = ["UtilityEngine", "Subset", "warm_start_refusal"]
 
 logger = logging.getLogger(__name__)
+
+
+def warm_start_refusal(model: ModelFactory) -> str | None:
+    """Why fits of ``model`` may not be warm-started (None when they may): only a model fitted
+    to a tolerance reaches the same point from any start, so only there does a warm start
+    leave U(S) a function of S alone."""
+    if model.fits_to_tolerance:
+        return None
+    return (
+        f"warm starts need an evaluation model fitted to a tolerance (logreg with L-BFGS or "
+        f"Newton); --model {model.kind} trains a fixed number of {model.resolved_solver} steps, "
+        "so the start would change every utility: set warm_start=false"
+    )
 
 
 class UtilityEngine:
@@ -42,9 +55,12 @@ class UtilityEngine:
         * With ``warm_start="nearest"`` each subset starts from the most similar subset of the
           previous fit call (Jaccard similarity at least ``NEAREST_MIN_JACCARD``): the next
           block of a Monte-Carlo permutation starts from the longest prefix of the block
-          before. This needs a solver that runs to a tolerance (L-BFGS, the logreg default):
-          then U(S) depends on the start only through that tolerance. With a fixed number of
-          Adam steps the start would change the model itself, so those fits start cold.
+          before.
+        * Either warm start needs a model fitted to a tolerance (logreg by L-BFGS or Newton,
+          the default): then U(S) depends on the start only through that tolerance. With a
+          fixed number of Adam or SGD steps the start would change the model itself, so the
+          engine refuses a warm start there (:func:`warm_start_refusal`) instead of running
+          another game.
 
     Args:
         task: The task whose ``x_train``/``y_train`` are subsetted and whose ``x_val``/``y_val``
@@ -85,10 +101,12 @@ class UtilityEngine:
         self._y_val = task.y_val
         self.n_train = int(self._x_train.shape[0])
         self.n_classes = int(task.n_classes)
-        self.model = task.build_model()
         # Only a model fitted to a tolerance may start anywhere (see the class docstring).
-        solver = getattr(self.model, "solver", None) or self.model.spec.resolved_solver
-        self.warm_nearest = warm_start == "nearest" and solver in ("lbfgs", "newton")
+        refusal = warm_start_refusal(task.model) if warm_start else None
+        if refusal is not None:
+            raise UsageError(refusal)
+        self.model = task.build_model()
+        self.warm_nearest = warm_start == "nearest"
         self._cache: OrderedDict[bytes, float] = OrderedDict()
         self._warm_params: Params | None = None
         # The subsets and models of the last fit call, for ``warm_start="nearest"``.

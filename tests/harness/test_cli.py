@@ -5,6 +5,8 @@ from pathlib import Path
 import pytest
 
 from valbench.cli import EXIT_USAGE, main
+from valbench.runner import resolve_names
+from valbench.spec import build_spec
 
 SMALL = ["--datasets", "synthetic", "--preset", "ci", "--seeds", "1", "--no-progress"]
 
@@ -73,6 +75,22 @@ def test_a_file_parameter_under_a_short_name_is_shown_its_whole_name(
     err = capsys.readouterr().err
     assert f"take its whole name: --param file:{data}.val_fraction=..." in err
     assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("method", ["loo", "tmc-shapley"])
+def test_a_warm_start_on_a_model_without_a_tolerance_is_refused_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], method: str
+) -> None:
+    out = tmp_path / "r"
+    args = ["run", "--methods", method, "--datasets", "synthetic", "--out", str(out)]
+    warm = ["--param", f"{method}.warm_start=true"]
+    assert main([*args, *warm, "--model", "mlp"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.startswith(f"valbench: error: {method}: warm starts need an evaluation model")
+    assert len(err.strip().splitlines()) == 1 and not out.exists()
+    # The default logreg runs to a tolerance: the same parameters pass the check.
+    spec = build_spec(None, {}, {"methods": method, "params": {method: {"warm_start": True}}})
+    resolve_names(spec)
 
 
 def test_config_with_unknown_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -421,6 +421,11 @@ def test_the_hostcp_paper_preset_sets_its_methods_models_caps_and_features() -> 
     )
     assert mine.methods == ("random",) and mine.params == {"mnist-5k": {"features": "raw"}}
     assert dict(mine.max_train_by_dataset) == {"mnist-5k": 600}
+    # A default cap from the flags lifts the preset's per-dataset caps (the full-size command).
+    big = build_spec("hostcp-paper", {}, {"max_train": "all,synthetic=400"})
+    assert big.train_cap("fashion-mnist") is None and big.train_cap("mnist-5k") is None
+    assert big.train_cap("synthetic") == 400
+    assert build_spec("hostcp-paper", {}, {"max_train": "none"}).train_cap("mnist-5k") is None
 
 
 def test_a_preset_dataset_joins_when_its_files_are_present() -> None:

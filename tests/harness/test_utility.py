@@ -212,15 +212,20 @@ def test_nearest_warm_start_reaches_the_same_models_from_earlier_prefixes() -> N
     np.testing.assert_allclose(np.concatenate(warm_params), np.concatenate(cold_params), atol=1e-6)
 
 
-def test_nearest_warm_start_needs_a_converged_solver() -> None:
-    # A fixed number of Adam steps would give another model from another start: cold starts.
-    adam = ModelSpec(solver="adam", epochs=40)
-    engine = UtilityEngine(dataclasses.replace(make_task(), model=adam), warm_start="nearest")
-    reference = UtilityEngine(dataclasses.replace(make_task(), model=adam))
-    order = np.arange(N_TRAIN)
-    for block in _prefix_blocks(order, 10):
-        np.testing.assert_array_equal(engine.many(list(block)), reference.many(list(block)))
-    assert not engine.warm_nearest and engine.warm_starts == 0
+@pytest.mark.parametrize("warm_start", [True, "nearest"])
+@pytest.mark.parametrize(
+    "model", [ModelSpec(solver="adam", epochs=40), ModelSpec(kind="mlp", epochs=5)]
+)
+def test_a_warm_start_needs_a_model_fitted_to_a_tolerance(
+    warm_start: bool | str, model: ModelSpec
+) -> None:
+    # A fixed number of Adam steps gives another model from another start: another game.
+    # Refused, not quietly started cold.
+    task = dataclasses.replace(make_task(), model=model)
+    with pytest.raises(UsageError, match="fitted to a tolerance.*set warm_start=false"):
+        UtilityEngine(task, warm_start=warm_start)
+    assert task.fit_counter.count == 0
+    UtilityEngine(task)  # cold is fine
     with pytest.raises(UsageError, match="warm_start"):
         UtilityEngine(make_task(), warm_start="previous")
 

@@ -227,6 +227,23 @@ def test_msr_on_a_closed_form_game_and_tiny_budget() -> None:
         n, game, np.random.default_rng(1), shapley_size_weights(n), remaining=lambda: 0
     )
     assert stats["samples"] == 0 and not stats["complete"] and np.array_equal(est, np.zeros(n))
+    # A budget of 100 subsets against max_samples=2000: every point estimated, yet partial.
+    spent = [0]
+
+    def counted(masks: np.ndarray) -> np.ndarray:
+        spent[0] += len(masks)
+        return game(masks)
+
+    est, stats = msr_semivalue(
+        n,
+        counted,
+        np.random.default_rng(1),
+        banzhaf_size_weights(n),
+        remaining=lambda: 100 - spent[0],
+        max_samples=2000,
+    )
+    assert stats["samples"] == 100 and stats["points_unestimated"] == 0
+    assert not stats["complete"] and stats["reason"] == "the budget allowed 100 of 2000 samples"
     full = float(game(np.ones((1, n), dtype=bool))[0])
     est, stats = tmc_shapley(
         n,
