@@ -219,6 +219,10 @@ def value_arrays(
     classes_by_name = check_request(codes, classes, methods, folds, params)
     given = {m: dict((params or {}).get(m, {})) for m in methods}
     spec = ModelSpec.parse(model)
+    for name, cls in classes_by_name.items():
+        reason = cls(**given[name]).model_refusal(spec)
+        if reason is not None:
+            raise UsageError(f"{name}: {reason}")
     n = len(codes)
     fold = np.empty(n, dtype=np.int64)
     splitter = StratifiedKFold(

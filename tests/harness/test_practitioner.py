@@ -193,6 +193,16 @@ def test_value_arrays_refuses_features_it_would_quietly_change(make: Any, messag
     assert "\n" not in str(err.value)
 
 
+def test_value_refuses_a_warm_start_on_a_model_without_a_tolerance() -> None:
+    from valbench.errors import UsageError
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(60, 3)), rng.integers(0, 2, size=60)
+    with pytest.raises(UsageError, match=r"^tmc-shapley: warm starts need") as err:
+        valbench.value(x, y, method="tmc-shapley", warm_start=True, model="mlp")
+    assert "\n" not in str(err.value)
+
+
 def test_value_arrays_says_which_labels_are_missing_or_mixed() -> None:
     import pandas as pd
 
