@@ -36,7 +36,7 @@ from valbench.practitioner import (
     values_frame,
 )
 from valbench.records import CellRecord
-from valbench.store import check_output_files
+from valbench.store import check_output_files, write_output_file
 
 __all__ = ["Run", "ValueResult", "run", "value", "value_file", "export", "open_run"]
 
@@ -292,9 +292,14 @@ def value_file(
         write_table(frame, Path(out))
     if html is not None:
         page = suspicious_rows_html(
-            frame, data.x, data.labels, title=f"Rows to check in {Path(path).name}", top=top
+            frame,
+            data.x,
+            data.labels,
+            title=f"Rows to check in {Path(path).name}",
+            top=top,
+            partial=result.partial_methods,
         )
-        Path(html).write_text(page, encoding="utf-8")
+        write_output_file(Path(html), page.encode("utf-8"))
     return frame, result
 
 

@@ -572,7 +572,7 @@ def _cmd_value(args: argparse.Namespace) -> int:
 
     folds, seed = _whole("--folds", args.folds), _whole("--seed", args.seed)
     top = _whole("--top", args.top)
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    methods = list(dict.fromkeys(m.strip() for m in args.methods.split(",") if m.strip()))
     if methods == ["best"]:
         methods = _trusted_methods(args.from_run, args.goal)
     elif args.from_run is not None:
@@ -580,7 +580,7 @@ def _cmd_value(args: argparse.Namespace) -> int:
     out = _directory("--out", args.out) or Path(f"{args.file.stem}-values.csv")
     html = _directory("--html", args.html) or out.with_suffix(".html")
     check_output_files({"--out": out, "--html": html}, inputs=[args.file])
-    frame, _ = value_file(
+    frame, result = value_file(
         args.file,
         methods,
         label_column=args.label_column,
@@ -595,6 +595,14 @@ def _cmd_value(args: argparse.Namespace) -> int:
         top=top,
     )
     print(f"{len(frame)} rows valued by {', '.join(methods)} -> {out}")
+    if result.partial_methods:
+        left_out = set(result.consensus_methods) != set(result.methods)
+        why = "left out of the consensus" if left_out else "so the consensus is partial too"
+        print(
+            f"partial: the budget cut {', '.join(result.partial_methods)} short ({why}; see "
+            "the _complete columns)",
+            file=sys.stderr,
+        )
     print(f"most suspicious rows: {html}")
     return EXIT_OK
 

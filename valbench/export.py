@@ -18,6 +18,7 @@ stored them; an older run's rows are refused with one line rather than guessed.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ import numpy as np
 from valbench.errors import RunDirectoryError, UsageError, printable
 from valbench.records import CellRecord
 from valbench.spec import FILE_PREFIX, RunSpec
-from valbench.store import read_manifest, read_results
+from valbench.store import read_manifest, read_results, write_output_file
 
 __all__ = [
     "EXPORT_FORMATS",
@@ -321,11 +322,15 @@ def write_table(frame: Any, out: Path, fmt: str | None = None) -> Path:
         raise UsageError(f"{out} is a directory; name the file to write")
     if not out.parent.is_dir():
         raise UsageError(f"{out.parent} does not exist; create it or choose another --out")
+    # Rendered in memory, then written through a temporary file and a rename: a failure
+    # (disk full, permissions) is one line and never leaves a cut-off table behind.
     if fmt == "parquet":
+        buffer = io.BytesIO()
         try:
-            frame.to_parquet(out, index=False)
+            frame.to_parquet(buffer, index=False)
         except ImportError as exc:
             raise UsageError(f"writing parquet needs pyarrow: pip install pyarrow ({exc})") from exc
+        data = buffer.getvalue()
     else:
-        frame.to_csv(out, index=False)
-    return out
+        data = frame.to_csv(index=False).encode("utf-8")
+    return write_output_file(out, data)

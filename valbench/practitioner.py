@@ -73,9 +73,22 @@ class CrossFitValues:
     params: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
+    def consensus_methods(self) -> tuple[str, ...]:
+        """The methods the consensus averages: those whose estimate is complete on every
+        fold (a partial one is never ranked as complete); all of them when none is, which
+        :attr:`partial_methods` then says."""
+        whole = tuple(m for m in self.methods if bool(self.complete[m].all()))
+        return whole or self.methods
+
+    @property
+    def partial_methods(self) -> tuple[str, ...]:
+        """The methods whose estimate is partial on some fold (the budget cut it short)."""
+        return tuple(m for m in self.methods if not bool(self.complete[m].all()))
+
+    @property
     def suspicion(self) -> np.ndarray:
-        """The consensus: mean of the methods' suspicions (1 = check first)."""
-        return np.mean([self.method_suspicion[m] for m in self.methods], axis=0)
+        """The consensus: mean of the :attr:`consensus_methods`' suspicions (1 = check first)."""
+        return np.mean([self.method_suspicion[m] for m in self.consensus_methods], axis=0)
 
 
 def _labels(y: Any) -> tuple[np.ndarray, list[Any]]:
@@ -203,6 +216,7 @@ def value_arrays(
     from valbench.utility import UtilityEngine
     from valbench.worker import check_fit_budget, check_valuation
 
+    methods = list(dict.fromkeys(methods))  # a method named twice is valued once, as `run`
     x = np.asarray(x)
     problem = feature_problem("x", x, standardize=standardize)
     if problem is not None:
@@ -370,13 +384,21 @@ def neighbour_votes(
 
 
 def suspicious_rows_html(
-    frame: Any, x: np.ndarray, labels: np.ndarray, *, title: str, top: int = 20, k: int = 10
+    frame: Any,
+    x: np.ndarray,
+    labels: np.ndarray,
+    *,
+    title: str,
+    top: int = 20,
+    k: int = 10,
+    partial: Sequence[str] = (),
 ) -> str:
     """A self-contained page (inline CSS, no scripts, no network) of the ``top`` most
     suspicious rows: label, consensus suspicion, each method's rank, and the labels of the
     row's nearest neighbours."""
     methods = [c.removesuffix("_rank") for c in frame.columns if c.endswith("_rank")]
     methods = [m for m in methods if m != "suspicion"]
+    consensus = [m for m in methods if m not in partial] or methods
     shown = frame.sort_values("suspicion_rank").head(top)
     votes = neighbour_votes(x, labels, shown["row"].tolist(), k=k)
     esc = html.escape
@@ -390,8 +412,9 @@ def suspicious_rows_html(
         "td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left}"
         ".disagree{color:#b00;font-weight:bold}</style></head><body>",
         f"<h1>{esc(title)}</h1>",
+        *_partial_note(methods, partial, esc),
         f"<p>The {len(shown)} rows of {len(frame)} most worth checking, by the consensus "
-        f"suspicion of {esc(', '.join(methods))} (each row valued once, as training data of its "
+        f"suspicion of {esc(', '.join(consensus))} (each row valued once, as training data of its "
         "fold, against the other folds; labels as given, none flipped). A rank is 1 for the "
         "row a method finds most suspicious. The neighbours are the nearest rows by "
         "standardised features; their labels are in red when most disagree with the row's.</p>",
@@ -414,6 +437,23 @@ def suspicious_rows_html(
         lines.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     lines += ["</tbody></table>", "</body></html>", ""]
     return "\n".join(lines)
+
+
+def _partial_note(methods: Sequence[str], partial: Sequence[str], esc: Any) -> list[str]:
+    """The page's warning when some methods' estimates are partial."""
+    cut = [m for m in methods if m in partial]
+    if not cut:
+        return []
+    left_out = len(cut) < len(methods)
+    return [
+        '<p class="disagree">Partial: the budget cut the estimate of '
+        f"{esc(', '.join(cut))} short (see its _complete column); "
+        + (
+            "it is left out of the consensus.</p>"
+            if left_out
+            else "every method is partial, so the consensus below rests on partial estimates.</p>"
+        )
+    ]
 
 
 def recall_at(suspicion: np.ndarray, flagged: np.ndarray, share: float) -> float:

@@ -136,6 +136,15 @@ def check_output_files(targets: Mapping[str, Path | None], inputs: Iterable[Path
                 "its run wrote (writing there could destroy finished results); write it "
                 "beside the run directory instead"
             )
+        # A folder the command cannot write into fails here, not after the work.
+        try:
+            fd, probe = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".probe")
+        except OSError as exc:
+            raise UsageError(
+                f"{flag} {path}: cannot write in {parent}: {exc.strerror or exc}"
+            ) from None
+        os.close(fd)
+        Path(probe).unlink(missing_ok=True)
     flags = list(given)
     for i, first in enumerate(flags):
         for second in flags[i + 1 :]:
@@ -174,6 +183,19 @@ def atomic_write(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_output_file(path: Path, data: bytes) -> Path:
+    """:func:`atomic_write` for a command's output file (a table, a page): a failure is one
+    line naming the file, and no cut-off file is left where it was to go."""
+    from valbench.errors import UsageError
+
+    try:
+        atomic_write(path, data)
+    except OSError as exc:
+        what = "no space left on the device" if exc.errno == errno.ENOSPC else exc.strerror
+        raise UsageError(f"cannot write {path}: {what or exc}") from None
+    return path
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:

@@ -78,6 +78,51 @@ def test_value_is_deterministic_and_honest_about_budgets(tmp_path: Path) -> None
         valbench.value(x, y, method="tmc-shapley", budget="fits=5")
 
 
+def test_value_names_a_method_twice_once_and_keeps_partial_ones_out_of_the_consensus(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "mine.csv"
+    _noisy_file(data, n=80)
+    out = tmp_path / "v.csv"
+    argv = ["value", str(data), "--label-column", "y", "--id-column", "id", "--out", str(out)]
+    # tmc-shapley's 150 fits walk a few permutations of its 1,000: a partial estimate.
+    methods = "knn-shapley,tmc-shapley,knn-shapley"
+    assert main([*argv, "--methods", methods, "--budget", "fits=150"]) == 0
+    printed = capsys.readouterr()
+    assert "valued by knn-shapley, tmc-shapley ->" in printed.out
+    assert "partial: the budget cut tmc-shapley short (left out of the consensus" in printed.err
+    table = pd.read_csv(out)
+    assert not table["tmc-shapley_complete"].any() and table["knn-shapley_complete"].all()
+    # The consensus is knn-shapley's alone: its own order.
+    assert (table["suspicion_rank"] == table["knn-shapley_rank"]).all()
+    page = out.with_suffix(".html").read_text()
+    assert "Partial: the budget cut the estimate of tmc-shapley short" in page
+
+
+def test_value_that_cannot_write_its_table_says_so_and_leaves_no_cut_off_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+    import os
+
+    from valbench import store
+
+    data = tmp_path / "mine.csv"
+    _noisy_file(data, n=60)
+    out = tmp_path / "v.csv"
+
+    def full_disk(src: str, dst: str) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(store.os, "replace", full_disk)
+    argv = ["value", str(data), "--label-column", "y", "--id-column", "id", "--out", str(out)]
+    assert main([*argv, "--methods", "knn-shapley"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert f"cannot write {out}: no space left on the device" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.csv"]
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
