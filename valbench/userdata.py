@@ -107,6 +107,9 @@ def _read_table(
             )
     columns = [str(c) for c in frame.columns]
     shown = [c.encode("unicode_escape").decode("ascii") for c in columns]  # one line each
+    if label_column is None and {"label", "y"} <= set(columns):
+        # The one not taken would be read as a feature (clean labels leaking in).
+        raise _fail(path, "has both a 'label' and a 'y' column; name the label with --label-column")
     if label_column is None:
         label_column = next((c for c in ("label", "y") if c in columns), None)
         if label_column is None:
@@ -117,6 +120,15 @@ def _read_table(
     if label_column not in columns:
         raise _fail(
             path, f"no column {label_column!r}; columns are: {', '.join(shown) or '(none)'}"
+        )
+    unnamed = [
+        c for c in columns if c.startswith("Unnamed: ") and c not in (id_column, label_column)
+    ]
+    if unnamed:
+        raise _fail(
+            path,
+            f"has a column without a name ({unnamed[0]!r}, a saved pandas index?), which would "
+            "be read as a feature; drop it (to_csv(index=False)) or name it with --id-column",
         )
     dropped = [label_column]
     if id_column is not None:
@@ -148,6 +160,18 @@ def _read_table(
             f"label column {label_column!r} has {int(labels.isna().sum())} missing values "
             f"(first in row {first}, counting data rows from 0); fill or drop those rows",
         )
+    if path.suffix == ".csv" and labels.dtype != object:
+        # pandas read the labels as numbers: "01" and "1" would be one class.
+        text = pd.read_csv(path, usecols=[label_column], dtype=str, keep_default_na=False)
+        spelled = text[label_column].str.strip()
+        if spelled.nunique() > labels.nunique():
+            both = spelled.groupby(labels.to_numpy()).unique()
+            merged = next(v for v in both if len(v) > 1)
+            raise _fail(
+                path,
+                f"labels {merged[0]!r} and {merged[1]!r} of column {label_column!r} are the "
+                "same number; write one class one way, or make text labels start with a letter",
+            )
     y = labels.to_numpy()
     if y.dtype == object:
         kinds = {type(v) for v in y}

@@ -178,6 +178,33 @@ def test_a_repeated_label_column_is_refused_not_made_a_feature(tmp_path: Path) -
     assert FileDataset(path=str(tmp_path / "f.csv")).load(seed=0).x_train.shape[1] == 3
 
 
+def test_label_codes_pandas_would_merge_are_refused(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    codes = rng.choice(["01", "1", "2"], size=60)
+    rows = [f"{a:.3f},{c}" for a, c in zip(rng.normal(size=60), codes, strict=True)]
+    (tmp_path / "t.csv").write_text("a,label\n" + "\n".join(rows) + "\n")
+    with pytest.raises(DatasetError, match="labels '0?1' and '0?1' of column 'label' are the same"):
+        FileDataset(path=str(tmp_path / "t.csv")).load(seed=0)
+    # one spelling per class: numeric labels as before
+    rows = [r.replace(",01", ",1") for r in rows]
+    (tmp_path / "ok.csv").write_text("a,label\n" + "\n".join(rows) + "\n")
+    assert FileDataset(path=str(tmp_path / "ok.csv")).load(seed=0).n_classes == 2
+
+
+def test_a_second_label_or_a_saved_index_is_refused_not_made_a_feature(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"a": rng.normal(size=40), "y": rng.integers(0, 2, size=40)})
+    frame["label"] = np.where(frame["y"] == 1, "pos", "neg")
+    frame.to_csv(tmp_path / "both.csv", index=False)
+    with pytest.raises(DatasetError, match="both a 'label' and a 'y' column; name the label"):
+        FileDataset(path=str(tmp_path / "both.csv")).load(seed=0)
+    assert FileDataset(path=str(tmp_path / "both.csv"), label_column="label").load(seed=0)
+    frame.drop(columns=["y"]).to_csv(tmp_path / "index.csv")  # pandas' index as a first column
+    with pytest.raises(DatasetError, match=r"without a name \('Unnamed: 0'.*--id-column") as err:
+        FileDataset(path=str(tmp_path / "index.csv")).load(seed=0)
+    _one_line(str(err.value))
+
+
 def test_labels_that_differ_only_in_spaces_are_refused_not_made_classes(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     labels = np.where(rng.random(60) < 0.5, "cat", "dog").astype(object)
