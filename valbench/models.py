@@ -294,6 +294,8 @@ class ModelSpec:
                     )
                 if key.strip() == "device":
                     raise UsageError("choose the device with --device, not inside --model")
+                if key.strip() in given:
+                    raise UsageError(f"--model {name!r}: {key.strip()} is given twice; keep one")
                 given[key.strip()] = value.strip()
             overrides = {**given, **overrides}
         if name not in model_names():

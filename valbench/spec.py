@@ -450,7 +450,14 @@ def parse_param_assignments(items: list[str]) -> dict[str, dict[str, Any]]:
             raise UsageError(
                 f"--param {item!r} is not of the form METHOD.NAME=VALUE (e.g. loo.batch_size=32)"
             )
-        out.setdefault(m.group(1), {})[m.group(2)] = _parse_scalar(m.group(3))
+        given = out.setdefault(m.group(1), {})
+        if m.group(2) in given:
+            # The same setting twice is a typo or a conflict: refused, as --noise 0.1,0.1 is.
+            raise UsageError(
+                f"--param {m.group(1)}.{m.group(2)} is given twice; keep one "
+                f"({m.group(1)}.{m.group(2)}={given[m.group(2)]!r} and {item!r})"
+            )
+        given[m.group(2)] = _parse_scalar(m.group(3))
     return out
 
 
@@ -739,7 +746,10 @@ def build_spec(
             )
         for name, values in given.items():
             if i > 0 or name in selected or "all" in selected:  # a preset's: selected only
-                params.setdefault(name, {}).update(values)
+                # numpy scalars (np.int64(3) from an API caller) as the Python values they
+                # hold: the spec is recorded as JSON.
+                plain = {k: v.item() if isinstance(v, np.generic) else v for k, v in values.items()}
+                params.setdefault(name, {}).update(plain)
     kwargs: dict[str, Any] = {"preset": preset, "params": params}
     for key, value in merged.items():
         if key in ("methods", "datasets"):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from valbench.errors import ConfigError, UsageError
+from valbench.models import ModelSpec
 from valbench.spec import (
     PRESETS,
     Cell,
@@ -303,6 +304,21 @@ def test_param_assignments() -> None:
     assert got == {"loo": {"batch_size": 32, "warm_start": True}, "x": {"name": "a", "raw": "abc"}}
     with pytest.raises(UsageError, match="METHOD.NAME=VALUE"):
         parse_param_assignments(["batch_size=3"])
+    # The same setting twice is refused, not settled by order.
+    with pytest.raises(UsageError, match="knn-shapley.k is given twice; keep one"):
+        parse_param_assignments(["knn-shapley.k=5", "knn-shapley.k=7"])
+    with pytest.raises(UsageError, match="tol is given twice; keep one"):
+        ModelSpec.parse("logreg:tol=1e-3,tol=1e-4")
+
+
+def test_numpy_scalar_parameters_are_recorded_as_plain_numbers() -> None:
+    import numpy as np
+
+    given = {"methods": "knn-shapley", "params": {"knn-shapley": {"k": np.int64(3)}}}
+    spec = build_spec(None, {}, given)
+    assert spec.params == {"knn-shapley": {"k": 3}} and type(spec.params["knn-shapley"]["k"]) is int
+    plain = build_spec(None, {}, {"methods": "knn-shapley", "params": {"knn-shapley": {"k": 3}}})
+    assert spec.config_hash() == plain.config_hash()
 
 
 def test_config_file(tmp_path: Path) -> None:
