@@ -91,13 +91,35 @@ class CrossFitValues:
         return np.mean([self.method_suspicion[m] for m in self.consensus_methods], axis=0)
 
 
+def _as_array(name: str, value: Any) -> np.ndarray:
+    """``value`` as a numpy array: a torch tensor through float64 (bfloat16, a graph), a
+    masked array refused (its mask would be dropped), anything numpy cannot stack as one
+    line saying so."""
+    if isinstance(value, np.ma.MaskedArray):
+        raise UsageError(
+            f"{name} is a masked array; its mask would be dropped: fill or drop the masked "
+            "entries first"
+        )
+    if hasattr(value, "detach") and hasattr(value, "numpy"):  # a torch tensor, without torch
+        tensor = value.detach().cpu()
+        value = tensor.double() if tensor.is_floating_point() else tensor
+        value = value.numpy()
+    try:
+        return np.asarray(value)
+    except (ValueError, TypeError) as exc:
+        raise UsageError(
+            f"{name} cannot be read as an array ({str(exc).splitlines()[0]}); give a "
+            "rectangular numpy array, list of rows or DataFrame"
+        ) from None
+
+
 def _labels(y: Any) -> tuple[np.ndarray, list[Any]]:
     import pandas as pd
 
     nullable = isinstance(y, pd.Series | pd.Index) and pd.api.types.is_extension_array_dtype(
         y.dtype
     )  # Int64, boolean, string: read as objects, where pd.NA stays visible
-    y = np.asarray(y, dtype=object) if nullable else np.asarray(y)
+    y = np.asarray(y, dtype=object) if nullable else _as_array("y", y)
     if y.ndim != 1:
         raise UsageError(f"labels must be one per row (1-D), got shape {y.shape}")
     missing = np.flatnonzero(pd.isna(y))
@@ -217,7 +239,7 @@ def value_arrays(
     from valbench.worker import check_fit_budget, check_valuation
 
     methods = list(dict.fromkeys(methods))  # a method named twice is valued once, as `run`
-    x = np.asarray(x)
+    x = _as_array("x", x)
     problem = feature_problem("x", x, standardize=standardize)
     if problem is not None:
         raise UsageError(problem)

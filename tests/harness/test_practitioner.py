@@ -238,6 +238,26 @@ def test_value_arrays_refuses_features_it_would_quietly_change(make: Any, messag
     assert "\n" not in str(err.value)
 
 
+def test_value_reads_tensors_and_refuses_ragged_or_masked_arrays_with_one_line() -> None:
+    import torch
+
+    from valbench.errors import UsageError
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(60, 3)), rng.integers(0, 2, size=60)
+    plain = valbench.value(x, y).values
+    graph = torch.tensor(x, requires_grad=True)  # a tensor that is part of a graph
+    np.testing.assert_array_equal(valbench.value(graph, torch.tensor(y)).values, plain)
+    assert np.isfinite(valbench.value(torch.tensor(x).bfloat16(), y).values).all()
+    for bad, message in (
+        ([[1.0, 2.0], [3.0]] * 30, "x cannot be read as an array"),
+        (np.ma.masked_array(x, mask=x > 2), "x is a masked array; its mask would be dropped"),
+    ):
+        with pytest.raises(UsageError, match=message) as err:
+            valbench.value(bad, y)
+        assert "\n" not in str(err.value)
+
+
 def test_value_refuses_a_warm_start_on_a_model_without_a_tolerance() -> None:
     from valbench.errors import UsageError
 
