@@ -346,10 +346,11 @@ def read_user_file(
     path = Path(path).expanduser()
     if not path.is_file():
         raise UsageError(printable(f"{path}: no such file; give the data file to value"))
+    # Checked as the valuation will see the features: standardised (value_arrays' default).
     ds = FileDataset(
-        path=str(path), label_column=label_column, id_column=id_column, standardize=False
+        path=str(path), label_column=label_column, id_column=id_column, standardize=True
     )
-    parts, classes = ds.read()
+    parts, classes = ds.read(carved=False)  # the folds split the rows, not a val/test carve
     if set(parts) != {"train"}:
         raise UsageError(
             printable(f"{path}: holds separate validation/test arrays; give one table of rows")

@@ -381,8 +381,10 @@ def _read_validated(
     label_column: str | None,
     standardize: bool,
     id_column: str | None = None,
+    carved: bool = True,
 ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[str]]:
-    # ``stamp`` (size, times, inode) keys the cache on the file's current state.
+    # ``stamp`` (size, times, inode) keys the cache on the file's current state. ``carved``:
+    # the missing validation and test splits will be carved from the training rows.
     path = Path(path_str)
     arrays = read_file_arrays(path, label_column, id_column)
     for key in ("x", "y"):
@@ -426,7 +428,7 @@ def _read_validated(
     if missing:
         raise _fail(path, f"classes {', '.join(missing)} never occur in x/y (training data)")
     mapped = {p: (x, np.searchsorted(classes, y).astype(np.int64)) for p, (x, y) in parts.items()}
-    need = 1 + sum(p not in parts for p in ("val", "test"))
+    need = 1 + sum(p not in parts for p in ("val", "test")) if carved else 1
     counts = np.bincount(mapped["train"][1], minlength=len(classes))
     if need > 1 and counts.min() < need:
         c = int(np.argmin(counts))
@@ -505,9 +507,13 @@ class FileDataset(Dataset):
         """Always (given a file)."""
         return True
 
-    def read(self) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[str]]:
+    def read(
+        self, *, carved: bool = True
+    ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[str]]:
         """Validated parts ``{"train": (x, y), ...}`` with int labels, and the class names.
 
+        ``carved=False`` for a caller that splits the rows its own way (``valbench value``'s
+        folds): no class then needs the rows a validation and a test split would take.
         The arrays are read-only: one parse serves every seed and cell of this process (the
         run's up-front check included) until the file changes.
         """
@@ -520,7 +526,7 @@ class FileDataset(Dataset):
         except OSError:
             stamp = None  # read_file_arrays says what is wrong
         return _read_validated(
-            str(path), stamp, self.label_column, self.standardize, self.id_column
+            str(path), stamp, self.label_column, self.standardize, self.id_column, carved
         )
 
     def load(self, *, seed: int, max_train: int | None = None) -> DatasetSplits:

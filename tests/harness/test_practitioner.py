@@ -258,6 +258,26 @@ def test_value_reads_tensors_and_refuses_ragged_or_masked_arrays_with_one_line()
         assert "\n" not in str(err.value)
 
 
+def test_value_on_a_file_needs_only_its_folds_rows_and_reads_features_as_it_values_them(
+    tmp_path: Path,
+) -> None:
+    # Two rows per class, two folds: the documented rule (a row per fold and class) holds; no
+    # validation or test split is carved from a file being valued. Features near 1e100 are
+    # standardised before valuing, as valbench.value does with the same array.
+    rng = np.random.default_rng(0)
+    tiny = tmp_path / "tiny.csv"
+    tiny.write_text("a,b,label\n1,2,0\n2,3,1\n3,4,0\n4,5,1\n")
+    out = ["--out", str(tmp_path / "v.csv")]
+    assert main(["value", str(tiny), "--methods", "knn-shapley", *out]) == 0
+    big = pd.DataFrame(rng.normal(size=(40, 2)) * 1e100, columns=["a", "b"])
+    big["label"] = np.arange(40) % 2
+    big.to_csv(tmp_path / "big.csv", index=False)
+    assert main(["value", str(tmp_path / "big.csv"), "--methods", "knn-shapley", *out]) == 0
+    from_file = pd.read_csv(tmp_path / "v.csv")["knn-shapley_value"].to_numpy()
+    arrays = valbench.value(pd.read_csv(tmp_path / "big.csv")[["a", "b"]], big["label"])
+    np.testing.assert_allclose(from_file, arrays.values)
+
+
 def test_value_refuses_a_warm_start_on_a_model_without_a_tolerance() -> None:
     from valbench.errors import UsageError
 
