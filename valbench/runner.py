@@ -115,6 +115,14 @@ def resolve_names(spec: RunSpec, narrowable: Collection[str] = ()) -> RunSpec:
 
     methods = check("method", spec.methods, method_names())
     datasets = check("dataset", spec.datasets, dataset_names())
+    files = [d for d in datasets if d.startswith(FILE_PREFIX)]
+    for i, first in enumerate(files):
+        for second in files[i + 1 :]:
+            a, b = (Path(d[len(FILE_PREFIX) :]).expanduser() for d in (first, second))
+            if os.path.samefile(a, b):
+                raise UsageError(
+                    f"--datasets names the same file twice ({first} and {second}); keep one"
+                )
     if "all" in spec.datasets:  # only what loads on this machine without a download
         datasets = tuple(d for d in datasets if available_offline(d))
     from valbench.models import ModelSpec

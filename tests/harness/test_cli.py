@@ -77,6 +77,20 @@ def test_a_file_parameter_under_a_short_name_is_shown_its_whole_name(
     assert len(err.strip().splitlines()) == 1
 
 
+def test_one_file_named_twice_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = tmp_path / "g.csv"
+    data.write_text("a,b,label\n" + "".join(f"{i},{i % 7},{i % 2}\n" for i in range(60)))
+    monkeypatch.chdir(tmp_path)
+    names = f"file:g.csv,file:./g.csv,file:{data}"
+    out = tmp_path / "r"
+    assert main(["run", "--datasets", names, "--methods", "random", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "names the same file twice (file:g.csv and file:./g.csv); keep one" in err
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("method", ["loo", "tmc-shapley"])
 def test_a_warm_start_on_a_model_without_a_tolerance_is_refused_before_any_work(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], method: str
