@@ -227,66 +227,69 @@ def test_fast_exact_path_equals_a_straightforward_reference() -> None:
     np.testing.assert_allclose(plain.scores, scores, rtol=0, atol=1e-8 * np.abs(scores).max())
 
 
-def test_newton_reusing_its_factor_stops_where_plain_newton_does() -> None:
+def _head_start(
+    tol: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """A 60-point head fitted by L-BFGS (to ``tol``, default the model's): the features,
+    labels, weights, biases and l2 a Newton refinement starts from."""
     task = make_check_task(n_train=60)
     clf = task.build_model()
-    params = clf.fit(task.x_train, task.y_train, np.ones((1, 60), dtype=bool))
+    params = clf.fit(task.x_train, task.y_train, np.ones((1, 60), dtype=bool), tol=tol)
     phi, y = gr.head_features(params, task.x_train), torch.as_tensor(task.y_train)
     w0, b0 = (params.tensors[k][0].to(torch.float64) for k in ("W", "b"))
-    l2, tol = float(clf.spec.l2), 1e-10
-    fast = gr.refine_head(phi, y, w0, b0, l2, tol=tol)
-    plain = gr.refine_head(phi, y, w0, b0, l2, tol=tol, contraction=0.0)
-    assert fast[3] <= tol and plain[3] <= tol
+    return phi, y, w0, b0, float(clf.spec.l2)
+
+
+def _assert_same_stationary_point(
+    a: tuple[Any, ...], b: tuple[Any, ...], tol: float, l2: float
+) -> None:
     # Both within tol of the same stationary point: |Δθ| <= 2 tol / λ_min(H) <= 2 tol / l2.
-    assert float((fast[0] - plain[0]).norm()) <= 2 * tol / l2
-    assert float((fast[1] - plain[1]).norm()) <= 2 * tol / l2
+    assert a[3] <= tol and b[3] <= tol
+    assert float((a[0] - b[0]).norm()) <= 2 * tol / l2
+    assert float((a[1] - b[1]).norm()) <= 2 * tol / l2
 
 
-def test_newton_on_float32_hessians_stops_where_float64_newton_does() -> None:
-    task = make_check_task(n_train=60)
-    clf = task.build_model()
-    params = clf.fit(task.x_train, task.y_train, np.ones((1, 60), dtype=bool), tol=1e-4)
-    phi, y = gr.head_features(params, task.x_train), torch.as_tensor(task.y_train)
-    w0, b0 = (params.tensors[k][0].to(torch.float64) for k in ("W", "b"))
-    l2, tol = float(clf.spec.l2), 1e-10
-    built: list[torch.dtype] = []
+def _recording_hessians(
+    mp: pytest.MonkeyPatch, built: list[torch.dtype], scale32: float = 1.0
+) -> None:
+    """Record the dtype of every head Hessian built; scale the float32 ones by ``scale32``."""
     closed_form = gr.head_hessian
 
     def spy(*args: Any, **kwargs: Any) -> torch.Tensor:
         h = closed_form(*args, **kwargs)
         built.append(h.dtype)
-        return h
+        return h * scale32 if h.dtype == torch.float32 else h
 
+    mp.setattr(gr, "head_hessian", spy)
+
+
+def test_newton_reusing_its_factor_stops_where_plain_newton_does() -> None:
+    phi, y, w0, b0, l2 = _head_start()
+    fast = gr.refine_head(phi, y, w0, b0, l2, tol=1e-10)
+    plain = gr.refine_head(phi, y, w0, b0, l2, tol=1e-10, contraction=0.0)
+    _assert_same_stationary_point(fast, plain, 1e-10, l2)
+
+
+def test_newton_on_float32_hessians_stops_where_float64_newton_does() -> None:
+    phi, y, w0, b0, l2 = _head_start(tol=1e-4)
+    built: list[torch.dtype] = []
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(gr, "head_hessian", spy)
-        cheap = gr.refine_head(phi, y, w0, b0, l2, tol=tol)
+        _recording_hessians(mp, built)
+        cheap = gr.refine_head(phi, y, w0, b0, l2, tol=1e-10)
     assert built and set(built) == {torch.float32}
-    exact = gr.refine_head(phi, y, w0, b0, l2, tol=tol, hessian_dtype=torch.float64)
-    assert cheap[3] <= tol and exact[3] <= tol
-    assert float((cheap[0] - exact[0]).norm()) <= 2 * tol / l2
-    assert float((cheap[1] - exact[1]).norm()) <= 2 * tol / l2
+    exact = gr.refine_head(phi, y, w0, b0, l2, tol=1e-10, hessian_dtype=torch.float64)
+    _assert_same_stationary_point(cheap, exact, 1e-10, l2)
 
 
 def test_newton_builds_float64_hessians_once_a_float32_step_fails_to_contract() -> None:
     # A float32 Hessian whose factor is badly off (here: scaled tenfold, so every step is a
     # tenth of Newton's) stops contracting by half; the refinement must switch to float64
     # Hessians and still reach the tolerance.
-    task = make_check_task(n_train=60)
-    clf = task.build_model()
-    params = clf.fit(task.x_train, task.y_train, np.ones((1, 60), dtype=bool), tol=1e-4)
-    phi, y = gr.head_features(params, task.x_train), torch.as_tensor(task.y_train)
-    w0, b0 = (params.tensors[k][0].to(torch.float64) for k in ("W", "b"))
-    closed_form = gr.head_hessian
+    phi, y, w0, b0, l2 = _head_start(tol=1e-4)
     built: list[torch.dtype] = []
-
-    def skewed(*args: Any, **kwargs: Any) -> torch.Tensor:
-        h = closed_form(*args, **kwargs)
-        built.append(h.dtype)
-        return h * 10.0 if h.dtype == torch.float32 else h
-
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(gr, "head_hessian", skewed)
-        w, b, _, g_norm = gr.refine_head(phi, y, w0, b0, float(clf.spec.l2), tol=1e-10)
+        _recording_hessians(mp, built, scale32=10.0)
+        *_, g_norm = gr.refine_head(phi, y, w0, b0, l2, tol=1e-10)
     assert g_norm <= 1e-10
     assert built[0] == torch.float32 and built[-1] == torch.float64
     assert built.count(torch.float32) == 1  # one failed contraction is enough to switch
