@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from collections import deque
 from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
@@ -727,6 +728,22 @@ def _execute_cells(
     run_dir = store.run_dir
     cells = spec.cells()
     done = {r.cell_id: r for r in read_results(run_dir)}
+    # A finished cell whose scores file is gone or cut off runs again: the report and the
+    # exports read its scores, so it is not finished any more.
+    lost = [
+        cid
+        for cid, r in done.items()
+        if r.scores_file is not None and not zipfile.is_zipfile(run_dir / r.scores_file)
+    ]
+    if lost:
+        log.warning(
+            "%d finished cell(s) lost their scores file (%s); running them again",
+            len(lost),
+            ", ".join(lost[:3]) + (" ..." if len(lost) > 3 else ""),
+        )
+        store.drop_cells(lost)
+        for cid in lost:
+            del done[cid]
     if retry_failed:
         retry = [cid for cid, r in done.items() if r.status in ("failed", "timeout")]
         store.drop_cells(retry)

@@ -74,6 +74,23 @@ def test_rerun_resumes_and_other_spec_is_refused(tmp_path: Path) -> None:
     assert replaced.already_done == 0 and replaced.ok == 4 and len(read_results(tmp_path)) == 4
 
 
+def test_a_finished_cell_whose_scores_file_is_lost_runs_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    execute(small_spec(), out=tmp_path, show_progress=False)
+    random, loo = read_results(tmp_path)
+    scores, _ = load_scores(tmp_path, loo.scores_file)
+    (tmp_path / random.scores_file).unlink()
+    cut = tmp_path / loo.scores_file
+    cut.write_bytes(cut.read_bytes()[:40])  # a torn write
+    again = execute(small_spec(), out=tmp_path, show_progress=False)
+    assert again.already_done == 0 and again.ok == 2
+    assert "2 finished cell(s) lost their scores file" in caplog.text
+    rerun = {r.method: r for r in read_results(tmp_path)}
+    assert len(read_results(tmp_path)) == 2  # replaced, not duplicated
+    np.testing.assert_array_equal(load_scores(tmp_path, rerun["loo"].scores_file)[0], scores)
+
+
 def test_a_method_can_spoil_neither_other_cells_nor_its_own_metrics(
     tmp_path: Path, test_plugins: Path
 ) -> None:
