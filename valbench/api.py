@@ -280,7 +280,7 @@ def value_file(
     result = value_arrays(
         data.x,
         data.labels,
-        list(methods),
+        methods if isinstance(methods, str) else list(methods),  # "a,b" is split, not spelled
         folds=folds,
         seed=seed,
         model=model,

@@ -238,6 +238,8 @@ def value_arrays(
     from valbench.utility import UtilityEngine
     from valbench.worker import check_fit_budget, check_valuation
 
+    if isinstance(methods, str):
+        methods = [m.strip() for m in methods.split(",") if m.strip()]  # not its letters
     methods = list(dict.fromkeys(methods))  # a method named twice is valued once, as `run`
     x = _as_array("x", x)
     problem = feature_problem("x", x, standardize=standardize)

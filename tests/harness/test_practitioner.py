@@ -278,6 +278,16 @@ def test_value_on_a_file_needs_only_its_folds_rows_and_reads_features_as_it_valu
     np.testing.assert_allclose(from_file, arrays.values)
 
 
+def test_value_file_takes_methods_as_one_comma_separated_string(tmp_path: Path) -> None:
+    from valbench.api import value_file
+
+    data = tmp_path / "mine.csv"
+    _noisy_file(data, n=60)
+    kwargs = {"label_column": "y", "id_column": "id"}
+    assert value_file(data, "knn-shapley", **kwargs)[1].methods == ("knn-shapley",)
+    assert value_file(data, "knn-shapley,random", **kwargs)[1].methods == ("knn-shapley", "random")
+
+
 def test_value_refuses_a_warm_start_on_a_model_without_a_tolerance() -> None:
     from valbench.errors import UsageError
 
