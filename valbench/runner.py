@@ -117,6 +117,13 @@ def resolve_names(spec: RunSpec, narrowable: Collection[str] = ()) -> RunSpec:
     methods = check("method", spec.methods, method_names())
     datasets = check("dataset", spec.datasets, dataset_names())
     files = [d for d in datasets if d.startswith(FILE_PREFIX)]
+    tables = [d for d in files if Path(d).suffix in (".csv", ".parquet")]
+    for flag, column in (("--label-column", spec.label_column), ("--id-column", spec.id_column)):
+        if column and not tables:
+            raise UsageError(
+                f"{flag} names a column of a .csv or .parquet file, and the run has none "
+                "(an .npz file names its arrays x and y itself)"
+            )
     for i, first in enumerate(files):
         for second in files[i + 1 :]:
             a, b = (Path(d[len(FILE_PREFIX) :]).expanduser() for d in (first, second))
@@ -219,7 +226,7 @@ def _check_data_file(path: str, spec: RunSpec) -> str:
     every cell fails. The parse is cached, so cells in this process do not repeat it.
     """
     from valbench.errors import printable
-    from valbench.userdata import SUFFIXES, file_fingerprint, load_file_dataset
+    from valbench.userdata import SUFFIXES, column_flags, file_fingerprint, load_file_dataset
 
     where = Path(path).expanduser()
     if where.is_dir():
@@ -241,9 +248,10 @@ def _check_data_file(path: str, spec: RunSpec) -> str:
     first = Cell(dataset=FILE_PREFIX + path, noise=0.0, seed=0, method="")
     params = dict(spec.params.get(FILE_PREFIX + path, {}))
     _check_file_params(FILE_PREFIX + path, params)
-    load_file_dataset(
-        path, label_column=spec.label_column, id_column=spec.id_column, **params
-    ).load(seed=first.data_seed(spec.root_seed), max_train=spec.train_cap(FILE_PREFIX + path))
+    columns = column_flags(path, spec.label_column, spec.id_column)
+    load_file_dataset(path, **columns, **params).load(
+        seed=first.data_seed(spec.root_seed), max_train=spec.train_cap(FILE_PREFIX + path)
+    )
     return fingerprint
 
 

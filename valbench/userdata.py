@@ -249,6 +249,16 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
         raise _fail(path, f"not a readable .npz ({msg}); save it again with numpy.savez") from exc
 
 
+def column_flags(path: str, label_column: str | None, id_column: str | None) -> dict[str, str]:
+    """The run's ``--label-column``/``--id-column`` as they apply to the file at ``path``: a
+    table's (.csv, .parquet); an .npz names its arrays itself, so a run over both kinds gives
+    the columns to its tables only."""
+    if Path(path).suffix == ".npz":
+        return {}
+    given = {"label_column": label_column, "id_column": id_column}
+    return {k: v for k, v in given.items() if v}
+
+
 def read_file_arrays(
     path: Path, label_column: str | None = None, id_column: str | None = None
 ) -> dict[str, np.ndarray]:

@@ -184,14 +184,14 @@ def build_task_with_provenance(
     import json
 
     from valbench.models import ModelSpec
+    from valbench.userdata import column_flags
     from valbench.utility import UtilityEngine
 
     data_seed = cell.data_seed(spec.root_seed)
     params = dict(spec.params.get(cell.dataset, {}))
-    if cell.dataset.startswith(FILE_PREFIX) and spec.label_column:
-        params["label_column"] = spec.label_column
-    if cell.dataset.startswith(FILE_PREFIX) and spec.id_column:
-        params["id_column"] = spec.id_column
+    if cell.dataset.startswith(FILE_PREFIX):
+        path = cell.dataset[len(FILE_PREFIX) :]
+        params.update(column_flags(path, spec.label_column, spec.id_column))
     params_json = json.dumps(params, sort_keys=True)
     noise_cell = replace(cell, method="")
     if _dataset(cell.dataset, params_json).features_use_labels():

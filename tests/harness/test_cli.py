@@ -77,6 +77,25 @@ def test_a_file_parameter_under_a_short_name_is_shown_its_whole_name(
     assert len(err.strip().splitlines()) == 1
 
 
+def test_label_column_applies_to_the_tables_of_a_run_that_also_has_an_npz(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import numpy as np
+
+    table = tmp_path / "g.csv"
+    table.write_text("a,b,kind\n" + "".join(f"{i},{i % 7},{i % 2}\n" for i in range(60)))
+    arrays = tmp_path / "h.npz"
+    np.savez(arrays, x=np.arange(120.0).reshape(60, 2), y=np.arange(60) % 2)
+    out = tmp_path / "r"
+    run = ["run", "--methods", "random", "--seeds", "1", "--label-column", "kind"]
+    names = f"file:{table},file:{arrays}"
+    assert main([*run, "--datasets", names, "--out", str(out), "--no-progress"]) == 0
+    capsys.readouterr()
+    # Only an .npz: the flag has nothing to apply to.
+    assert main([*run, "--datasets", f"file:{arrays}", "--out", str(tmp_path / "s")]) == 2
+    assert "--label-column names a column of a .csv or .parquet file" in capsys.readouterr().err
+
+
 def test_one_file_named_twice_is_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
