@@ -100,13 +100,16 @@ def resolve_names(spec: RunSpec, narrowable: Collection[str] = ()) -> RunSpec:
     from valbench.errors import UnknownNameError
 
     fingerprints: dict[str, str] = {}
+    train_sizes: dict[str, int] = {}  # of the file datasets, as a cell will see them
 
     def check(kind: str, names: tuple[str, ...], valid: list[str]) -> tuple[str, ...]:
         if "all" in names:
             return tuple(valid)
         for name in names:
             if kind == "dataset" and name.startswith(FILE_PREFIX):
-                fingerprints[name] = _check_data_file(name[len(FILE_PREFIX) :], spec)
+                fingerprints[name], train_sizes[name] = _check_data_file(
+                    name[len(FILE_PREFIX) :], spec
+                )
             elif name not in valid:
                 broken = discover("method" if kind == "method" else "dataset").get(name)
                 if broken is not None and not broken.ok:
@@ -133,6 +136,16 @@ def resolve_names(spec: RunSpec, narrowable: Collection[str] = ()) -> RunSpec:
                 )
     if "all" in spec.datasets:  # only what loads on this machine without a download
         datasets = tuple(d for d in datasets if available_offline(d))
+    for name in datasets:
+        # Planted flips are round(rate x n_train): too few training points plant none, and
+        # the mislabel metrics would have nothing to find.
+        n = train_sizes.get(name, spec.train_cap(name))
+        rate = min((r for r in spec.noise if r > 0), default=None)
+        if n is not None and rate is not None and round(rate * n) == 0:
+            raise UsageError(
+                f"--noise {rate:g} on the {n} training points of {name} plants no label flip "
+                f"(round({rate:g} x {n}) = 0); raise --max-train, or pass --noise 0"
+            )
     from valbench.models import ModelSpec
     from valbench.nets import resolve_device
     from valbench.registry import get_dataset, get_method, validate_params
@@ -219,8 +232,9 @@ def _check_file_params(name: str, values: dict[str, Any]) -> None:
     check_params(FileDataset, values, kind="dataset", name=name)
 
 
-def _check_data_file(path: str, spec: RunSpec) -> str:
-    """Load and validate a ``file:PATH`` dataset as a cell would; return its content hash.
+def _check_data_file(path: str, spec: RunSpec) -> tuple[str, int]:
+    """Load and validate a ``file:PATH`` dataset as a cell would; return its content hash and
+    its number of training points.
 
     Runs before the run directory exists: a bad file is one line and exit 2, not a run whose
     every cell fails. The parse is cached, so cells in this process do not repeat it.
@@ -249,10 +263,10 @@ def _check_data_file(path: str, spec: RunSpec) -> str:
     params = dict(spec.params.get(FILE_PREFIX + path, {}))
     _check_file_params(FILE_PREFIX + path, params)
     columns = column_flags(path, spec.label_column, spec.id_column)
-    load_file_dataset(path, **columns, **params).load(
+    splits = load_file_dataset(path, **columns, **params).load(
         seed=first.data_seed(spec.root_seed), max_train=spec.train_cap(FILE_PREFIX + path)
     )
-    return fingerprint
+    return fingerprint, len(splits.y_train)
 
 
 def available_offline(name: str) -> bool:

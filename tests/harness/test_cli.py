@@ -96,6 +96,26 @@ def test_label_column_applies_to_the_tables_of_a_run_that_also_has_an_npz(
     assert "--label-column names a column of a .csv or .parquet file" in capsys.readouterr().err
 
 
+def test_noise_that_plants_no_flip_is_refused_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "g.csv"
+    data.write_text("a,b,label\n" + "".join(f"{i},{i % 7},{i % 2}\n" for i in range(60)))
+    out = tmp_path / "r"
+    for datasets, cap in ((f"file:{data}", "4"), ("digits", "4")):
+        argv = ["run", "--datasets", datasets, "--methods", "random", "--max-train", cap]
+        assert main([*argv, "--out", str(out)]) == EXIT_USAGE
+        err = capsys.readouterr().err
+        assert "--noise 0.1 on the 4 training points of" in err and "plants no label flip" in err
+        assert not out.exists()
+    # A file smaller than the cap: its own training rows count (6 rows, fewer for training).
+    small = tmp_path / "s.csv"
+    small.write_text("a,b,label\n" + "".join(f"{i},{i % 7},{i % 2}\n" for i in range(6)))
+    argv = ["run", "--datasets", f"file:{small}", "--methods", "random", "--out", str(out)]
+    assert main(argv) == EXIT_USAGE
+    assert "plants no label flip" in capsys.readouterr().err
+
+
 def test_one_file_named_twice_is_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
