@@ -57,11 +57,16 @@ def test_bad_input_is_one_line_exit_2(
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
+def _write_table(path: Path, rows: int, label: str = "label") -> None:
+    """A small two-class CSV: columns a, b and the label column."""
+    path.write_text(f"a,b,{label}\n" + "".join(f"{i},{i % 7},{i % 2}\n" for i in range(rows)))
+
+
 def test_a_file_parameter_under_a_short_name_is_shown_its_whole_name(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     data = tmp_path / "g.csv"
-    data.write_text("a,b,label\n" + "".join(f"{i},{i % 7},{i % 2}\n" for i in range(60)))
+    _write_table(data, 60)
     args = [
         "run",
         "--datasets",
@@ -83,7 +88,7 @@ def test_label_column_applies_to_the_tables_of_a_run_that_also_has_an_npz(
     import numpy as np
 
     table = tmp_path / "g.csv"
-    table.write_text("a,b,kind\n" + "".join(f"{i},{i % 7},{i % 2}\n" for i in range(60)))
+    _write_table(table, 60, label="kind")
     arrays = tmp_path / "h.npz"
     np.savez(arrays, x=np.arange(120.0).reshape(60, 2), y=np.arange(60) % 2)
     out = tmp_path / "r"
@@ -100,7 +105,7 @@ def test_noise_that_plants_no_flip_is_refused_before_any_work(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     data = tmp_path / "g.csv"
-    data.write_text("a,b,label\n" + "".join(f"{i},{i % 7},{i % 2}\n" for i in range(60)))
+    _write_table(data, 60)
     out = tmp_path / "r"
     for datasets, cap in ((f"file:{data}", "4"), ("digits", "4")):
         argv = ["run", "--datasets", datasets, "--methods", "random", "--max-train", cap]
@@ -110,7 +115,7 @@ def test_noise_that_plants_no_flip_is_refused_before_any_work(
         assert not out.exists()
     # A file smaller than the cap: its own training rows count (6 rows, fewer for training).
     small = tmp_path / "s.csv"
-    small.write_text("a,b,label\n" + "".join(f"{i},{i % 7},{i % 2}\n" for i in range(6)))
+    _write_table(small, 6)
     argv = ["run", "--datasets", f"file:{small}", "--methods", "random", "--out", str(out)]
     assert main(argv) == EXIT_USAGE
     assert "plants no label flip" in capsys.readouterr().err
@@ -120,7 +125,7 @@ def test_one_file_named_twice_is_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     data = tmp_path / "g.csv"
-    data.write_text("a,b,label\n" + "".join(f"{i},{i % 7},{i % 2}\n" for i in range(60)))
+    _write_table(data, 60)
     monkeypatch.chdir(tmp_path)
     names = f"file:g.csv,file:./g.csv,file:{data}"
     out = tmp_path / "r"
