@@ -570,6 +570,8 @@ class BatchedClassifier:
         self._aug: tuple[np.ndarray, tuple[torch.Tensor, torch.Tensor]] | None = None
         self._white: tuple[np.ndarray, Whitening] | None = None
         self._float32: BatchedClassifier | None = None  # see _fit_logreg_mixed
+        # Whether the features suit the float32 phase, memoised per feature tensor.
+        self._float32_features: tuple[torch.Tensor, bool] | None = None
 
     # -- construction -------------------------------------------------------------------------
 
@@ -954,12 +956,13 @@ class BatchedClassifier:
     def _mixed_precision_applies(self, steps: int, features: torch.Tensor) -> bool:
         """Whether a float64 L-BFGS fit starts with the mixed phases: only when its tolerance,
         not a lowered iteration cap, ends it, and the features suit float32."""
-        return (
-            _MIXED_PRECISION
-            and self.dtype == torch.float64
-            and steps >= TOLERANCE_MAX_ITER
-            and (features.numel() == 0 or float(features.abs().max()) <= _FLOAT32_FEATURE_LIMIT)
-        )
+        if not (_MIXED_PRECISION and self.dtype == torch.float64 and steps >= TOLERANCE_MAX_ITER):
+            return False
+        # A pass over every feature: once per training set, not once per fit call.
+        if self._float32_features is None or self._float32_features[0] is not features:
+            small = features.numel() == 0 or float(features.abs().max()) <= _FLOAT32_FEATURE_LIMIT
+            self._float32_features = (features, small)
+        return self._float32_features[1]
 
     def _float32_model(self) -> BatchedClassifier:
         """This model in float32 (same init and solver), for the first phase of a mixed fit."""
