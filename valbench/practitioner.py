@@ -234,6 +234,7 @@ def value_arrays(
     from sklearn.model_selection import StratifiedKFold
 
     from valbench.models import MODEL_NAMES, ModelSpec
+    from valbench.registry import check_method_models
     from valbench.userdata import feature_problem
     from valbench.utility import UtilityEngine
     from valbench.worker import check_fit_budget, check_valuation
@@ -258,9 +259,7 @@ def value_arrays(
     given = {m: dict((params or {}).get(m, {})) for m in methods}
     spec = ModelSpec.parse(model)
     for name, cls in classes_by_name.items():
-        reason = cls(**given[name]).model_refusal(spec)
-        if reason is not None:
-            raise UsageError(f"{name}: {reason}")
+        check_method_models(name, cls, given[name], [spec])
     n = len(codes)
     fold = np.empty(n, dtype=np.int64)
     splitter = StratifiedKFold(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import re
 import traceback
+from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any, Literal
@@ -29,6 +30,7 @@ __all__ = [
     "method_names",
     "dataset_names",
     "validate_params",
+    "check_method_models",
 ]
 
 log = logging.getLogger(__name__)
@@ -176,6 +178,21 @@ def method_names() -> list[str]:
 def dataset_names() -> list[str]:
     """Names of the datasets that load; a broken one is skipped with a warning."""
     return _working_names("dataset")
+
+
+def check_method_models(
+    name: str, cls: type[Method], params: dict[str, Any], models: Iterable[Any]
+) -> None:
+    """Raise a one-line UsageError when method ``name`` with ``params`` cannot run on one of
+    the evaluation ``models`` (``Method.model_refusal``); a model whose cells the method
+    declines anyway (``architectures``) is not asked."""
+    method = cls(**params)  # checks each value against its declaration
+    for model in models:
+        if cls.architectures is not None and model.kind not in cls.architectures:
+            continue
+        reason = method.model_refusal(model)
+        if reason is not None:
+            raise UsageError(f"{name}: {reason}")
 
 
 def validate_params(cls: type[Method] | type[Dataset], params: dict[str, Any]) -> None:

@@ -136,19 +136,19 @@ def resolve_names(spec: RunSpec, narrowable: Collection[str] = ()) -> RunSpec:
                 )
     if "all" in spec.datasets:  # only what loads on this machine without a download
         datasets = tuple(d for d in datasets if available_offline(d))
-    for name in datasets:
-        # Planted flips are round(rate x n_train): too few training points plant none, and
-        # the mislabel metrics would have nothing to find.
+    # Planted flips are round(rate x n_train): too few training points plant none, and the
+    # mislabel metrics would have nothing to find.
+    rate = min((r for r in spec.noise if r > 0), default=0.0)
+    for name in datasets if rate > 0 else ():
         n = train_sizes.get(name, spec.train_cap(name))
-        rate = min((r for r in spec.noise if r > 0), default=None)
-        if n is not None and rate is not None and round(rate * n) == 0:
+        if n is not None and round(rate * n) == 0:
             raise UsageError(
                 f"--noise {rate:g} on the {n} training points of {name} plants no label flip "
                 f"(round({rate:g} x {n}) = 0); raise --max-train, or pass --noise 0"
             )
     from valbench.models import ModelSpec
     from valbench.nets import resolve_device
-    from valbench.registry import get_dataset, get_method, validate_params
+    from valbench.registry import check_method_models, get_dataset, get_method, validate_params
 
     # An unknown name, a bad override (--model cnn:epochs=x) or --device fail here.
     ModelSpec.parse(spec.model, device=spec.device)
@@ -202,16 +202,9 @@ def resolve_names(spec: RunSpec, narrowable: Collection[str] = ()) -> RunSpec:
     # A method whose parameters do not suit a dataset's model (a warm start on Adam, say).
     models = {ModelSpec.parse(spec.model_for(name), device=spec.device) for name in datasets}
     for name in methods:
-        cls = get_method(name)
-        given = dict(params.get(name, {}))
-        validate_params(cls, given)
-        method = cls(**given)
-        for model in sorted(models, key=repr):
-            if cls.architectures is not None and model.kind not in cls.architectures:
-                continue  # the cell declines as skipped
-            reason = method.model_refusal(model)
-            if reason is not None:
-                raise UsageError(f"{name}: {reason}")
+        check_method_models(
+            name, get_method(name), dict(params.get(name, {})), sorted(models, key=repr)
+        )
     return spec.with_overrides(
         methods=methods, datasets=datasets, data_fingerprints=fingerprints, params=params
     )
