@@ -113,6 +113,21 @@ def _as_array(name: str, value: Any) -> np.ndarray:
         ) from None
 
 
+def _features(x: Any) -> np.ndarray:
+    """``x`` as an array; a DataFrame's nullable and True/False columns as floats, a gap or
+    text column named."""
+    import pandas as pd
+
+    if isinstance(x, pd.DataFrame):
+        from valbench.userdata import frame_features
+
+        array = frame_features(x, "x's columns")
+        if isinstance(array, str):
+            raise UsageError(printable(array))
+        return array
+    return _as_array("x", x)
+
+
 def _labels(y: Any) -> tuple[np.ndarray, list[Any]]:
     import pandas as pd
 
@@ -128,6 +143,14 @@ def _labels(y: Any) -> tuple[np.ndarray, list[Any]]:
             f"labels have {len(missing)} missing values (first in row {int(missing[0])}); "
             "drop those rows or give them a label"
         )
+    if y.dtype.kind == "S":
+        try:
+            y = y.astype(str)
+        except UnicodeDecodeError:
+            raise UsageError("labels hold bytes that are not ASCII text; give str labels") from None
+    if y.dtype.kind not in "iufbUO":
+        # Complex numbers, dates, durations: not class names; a file with them is refused too.
+        raise UsageError(f"labels have dtype {y.dtype}; labels must be integers or strings")
     numbers = y.dtype.kind in "iuf"
     if y.dtype == object:
         kinds = {type(v) for v in y.tolist()}
@@ -242,7 +265,7 @@ def value_arrays(
     if isinstance(methods, str):
         methods = [m.strip() for m in methods.split(",") if m.strip()]  # not its letters
     methods = list(dict.fromkeys(methods))  # a method named twice is valued once, as `run`
-    x = _as_array("x", x)
+    x = _features(x)
     problem = feature_problem("x", x, standardize=standardize)
     if problem is not None:
         raise UsageError(problem)

@@ -72,10 +72,14 @@ def _read_frame(path: Path, id_column: str | None = None) -> Any:
     """The file's table (a pandas DataFrame); an id column is read as text."""
     import pandas as pd
 
-    if path.suffix == ".csv":
-        # Ids stay as written ("007" is not 7): read as text.
-        return pd.read_csv(path, dtype={id_column: str} if id_column else None)
-    return pd.read_parquet(path)
+    if path.suffix != ".csv":
+        return pd.read_parquet(path)
+    frame = pd.read_csv(path)
+    if id_column and id_column in frame.columns:
+        # Ids stay as written: "007" is not 7, and "NA" or "null" is an id, not a gap.
+        ids = pd.read_csv(path, usecols=[id_column], dtype=str, keep_default_na=False)
+        frame[id_column] = ids[id_column].str.strip().replace("", None)
+    return frame
 
 
 def _read_table(
@@ -134,24 +138,13 @@ def _read_table(
     if id_column is not None:
         _check_ids(path, frame, id_column, label_column, shown)
         dropped.append(id_column)
-    feats = frame.drop(columns=dropped)
-    bad = [
-        str(c).encode("unicode_escape").decode("ascii")
-        for c in feats.columns
-        if not pd.api.types.is_numeric_dtype(feats[c])
-    ]
-    if bad:
-        raise _fail(
-            path,
-            f"feature columns must be numeric; not numeric: {', '.join(bad[:5])}"
-            + (" ..." if len(bad) > 5 else "")
-            + " (encode or drop them; an id column: name it with --id-column)",
-        )
-    # True/False columns are 0/1 features; beside numeric ones they would make the array
-    # an object one.
-    flags = [c for c in feats.columns if pd.api.types.is_bool_dtype(feats[c])]
-    if flags:
-        feats = feats.astype({c: np.float64 for c in flags})
+    feats = frame_features(
+        frame.drop(columns=dropped),
+        "feature columns",
+        hint="; an id column: name it with --id-column",
+    )
+    if isinstance(feats, str):
+        raise _fail(path, feats)
     labels = frame[label_column]
     if labels.isna().any():
         first = int(np.flatnonzero(labels.isna().to_numpy())[0])
@@ -177,7 +170,45 @@ def _read_table(
         kinds = {type(v) for v in y}
         if kinds <= {str}:
             y = y.astype(str)
-    return {"x": feats.to_numpy(), "y": y}
+    return {"x": feats, "y": y}
+
+
+def frame_features(frame: Any, what: str, hint: str = "") -> np.ndarray | str:
+    """A DataFrame's columns as one feature array, or a one-line problem naming the column:
+    text columns, and gaps in nullable (Int64, Float64, boolean) columns. ``hint`` is added
+    to the advice on text columns."""
+    import pandas as pd
+
+    text = [
+        str(c).encode("unicode_escape").decode("ascii")
+        for c in frame.columns
+        if not pd.api.types.is_numeric_dtype(frame[c])
+    ]
+    if text:
+        return (
+            f"{what} must be numeric; not numeric: {', '.join(text[:5])}"
+            + (" ..." if len(text) > 5 else "")
+            + f" (encode or drop them{hint})"
+        )
+    # True/False and nullable columns become plain floats: beside other dtypes they would
+    # make an object array. NaN in a plain float column is left for feature_problem.
+    cast = [
+        c
+        for c in frame.columns
+        if pd.api.types.is_bool_dtype(frame[c])
+        or pd.api.types.is_extension_array_dtype(frame[c].dtype)
+    ]
+    for c in cast:
+        gaps = frame[c].isna().to_numpy()
+        if gaps.any():
+            name = str(c).encode("unicode_escape").decode("ascii")
+            return (
+                f"column {name} has {int(gaps.sum())} missing values (first in row "
+                f"{int(np.flatnonzero(gaps)[0])}); impute or drop those rows"
+            )
+    if cast:
+        frame = frame.astype({c: np.float64 for c in cast})
+    return frame.to_numpy()
 
 
 def _check_ids(path: Path, frame: Any, id_column: str, label_column: str, shown: list[str]) -> None:
@@ -374,7 +405,8 @@ def _check_y(path: Path, key: str, y: np.ndarray, n: int) -> np.ndarray:
                 path, f"{key} holds bytes that are not ASCII text; save str labels"
             ) from None
     if y.dtype == bool:
-        return y.astype(np.int64)
+        # Classes named as written ("False" < "True" keeps the 0/1 coding).
+        return np.where(y, "True", "False")
     numeric = np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating)
     if numeric or (y.dtype == object and all(isinstance(v, int | np.integer) for v in y.tolist())):
         labels = integer_labels(key, y)

@@ -332,3 +332,45 @@ def test_csv_integer_labels_beyond_64_bits_are_refused_not_merged(tmp_path: Path
     frame.to_csv(tmp_path / "big.csv", index=False)
     with pytest.raises(DatasetError, match="beyond 64 bits .first in row [0-9]+: 9999"):
         FileDataset(path=str(tmp_path / "big.csv")).load(seed=0)
+
+
+def test_nullable_feature_columns_are_numbers_and_a_gap_names_its_column(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"a": rng.normal(size=40), "label": np.arange(40) % 2})
+    frame["b"] = pd.Series(rng.integers(0, 9, size=40), dtype="Int64")
+    frame["c"] = pd.Series(rng.normal(size=40), dtype="Float64")
+    frame["d"] = pd.Series(rng.random(40) < 0.5, dtype="boolean")
+    frame.to_parquet(tmp_path / "ok.parquet")
+    parts, _ = FileDataset(path=str(tmp_path / "ok.parquet")).read(carved=False)
+    x = parts["train"][0]
+    assert x.dtype == np.float64
+    np.testing.assert_array_equal(x[:, 2], frame["c"].to_numpy(dtype=float))
+    frame.loc[5, "c"] = pd.NA
+    frame.to_parquet(tmp_path / "gap.parquet")
+    gap = r"column c has 1 missing values \(first in row 5\)"
+    with pytest.raises(DatasetError, match=gap) as err:
+        FileDataset(path=str(tmp_path / "gap.parquet")).read(carved=False)
+    _one_line(str(err.value))
+
+
+def test_ids_are_kept_as_written_even_when_pandas_would_read_them_as_missing(
+    tmp_path: Path,
+) -> None:
+    from valbench.userdata import read_ids
+
+    path = tmp_path / "ids.csv"
+    path.write_text("id,a,label\nNA,1,0\nnull,2,1\n007,3,0\nn/a,4,1\n")
+    np.testing.assert_array_equal(read_ids(path, "id"), ["NA", "null", "007", "n/a"])
+    FileDataset(path=str(path), id_column="id").read(carved=False)  # no "empty id" refusal
+    path.write_text("id,a,label\nx,1,0\n ,2,1\n")
+    with pytest.raises(DatasetError, match=r"id column 'id' is empty in row 1"):
+        FileDataset(path=str(path), id_column="id").read(carved=False)
+
+
+def test_true_false_labels_keep_their_names(tmp_path: Path) -> None:
+    path = tmp_path / "tf.npz"
+    rng = np.random.default_rng(0)
+    np.savez(path, x=rng.normal(size=(30, 2)), y=np.arange(30) % 3 == 0)
+    parts, classes = FileDataset(path=str(path)).read(carved=False)
+    assert classes == ["False", "True"]
+    np.testing.assert_array_equal(parts["train"][1], (np.arange(30) % 3 == 0).astype(int))

@@ -315,6 +315,10 @@ def test_value_arrays_says_which_labels_are_missing_or_mixed() -> None:
         (pd.Series(np.where(y == 0, 1e20, 2e20), dtype="Float64"), "beyond 2**53 (first in row"),
         (np.array([1 if v == 0 else 2**70 for v in y], dtype=object), "beyond 64 bits (first"),
         (np.where(y == 0, 0.5, 1.0), "fractional numbers"),
+        # not class names; a file holding them is refused as well
+        (y + 0j, "labels have dtype complex128"),
+        (y.astype("datetime64[D]"), "labels have dtype datetime64[D]"),
+        (np.array([b"\xff", b"a"] * 30), "bytes that are not ASCII text"),
     ]
     for labels, message in cases:
         with pytest.raises(UsageError, match=re.escape(message)):
@@ -369,3 +373,33 @@ def test_value_takes_the_methods_a_finished_run_recommends(
     table = pd.read_csv(out)
     chosen = [c.removesuffix("_value") for c in table if c.endswith("_value")]
     assert chosen and "random" not in chosen and set(chosen) <= {"loo", "knn-shapley"}
+
+
+def test_value_reads_nullable_and_true_false_columns_and_names_a_gap() -> None:
+    from valbench.errors import UsageError
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(60, 3)), rng.integers(0, 2, size=60)
+    plain = valbench.value(x, y).values
+    frame = pd.DataFrame(x, columns=["a", "b", "c"]).astype({"b": "Float64"})
+    np.testing.assert_array_equal(valbench.value(frame, y).values, plain)
+    frame["flag"] = pd.Series(x[:, 0] > 0, dtype="boolean")
+    assert np.isfinite(valbench.value(frame, y).values).all()
+    frame.loc[4, "b"] = pd.NA
+    with pytest.raises(UsageError, match=r"^column b has 1 missing values \(first in row 4\)"):
+        valbench.value(frame, y)
+    frame["b"] = frame["b"].astype(object).fillna("?")
+    with pytest.raises(UsageError, match=r"^x's columns must be numeric; not numeric: b "):
+        valbench.value(frame, y)
+
+
+def test_value_writes_true_false_labels_back_as_written(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(rng.normal(size=(40, 2)), columns=["a", "b"])
+    frame["label"] = frame["a"] > 0
+    frame.to_csv(tmp_path / "tf.csv", index=False)
+    out = tmp_path / "v.csv"
+    argv = ["value", str(tmp_path / "tf.csv"), "--methods", "knn-shapley", "--out", str(out)]
+    assert main(argv) == 0
+    written = pd.read_csv(out, dtype={"label": str})["label"]
+    assert written.tolist() == frame["label"].astype(str).tolist()
