@@ -140,7 +140,12 @@ class KNNShapley(Method):
             chunk_size=self.chunk_size,
             progress=ctx.progress,
         )
-        return Valuation(
-            scores=scores,
-            stats={"k": self.k, "n_val": int(len(task.x_val)), "model_fits": 0},
-        )
+        stats: dict[str, object] = {"k": self.k, "n_val": int(len(task.x_val)), "model_fits": 0}
+        if self.k >= len(task.x_train):
+            # Every point is among every validation point's k nearest: the game is additive.
+            stats["note"] = (
+                f"k = {self.k} >= {len(task.x_train)} training points: every point is a "
+                "neighbour of every validation point, so each value is only the share of "
+                "validation points sharing its label, divided by k (distances play no part)"
+            )
+        return Valuation(scores=scores, stats=stats)

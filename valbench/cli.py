@@ -413,8 +413,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     # dropped; a --param for a method the run leaves out is still refused.
     narrowable = set(config.get("params", {})) - set(overrides["params"])
     spec = resolve_names(spec, narrowable)
-    for line in _planting_lines(spec):
-        print(printable(line), file=sys.stderr)
+
+    def announce_planting() -> None:
+        for line in _planting_lines(spec):
+            print(printable(line), file=sys.stderr)
+
     summary = execute(
         spec,
         out=out,
@@ -424,6 +427,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         show_progress=args.progress,
         command=command,
         address=args.scheduler or args.address,
+        on_start=announce_planting,
     )
     skipped = f", {len(summary.skipped)} skipped" if summary.skipped else ""
     left = summary.total - summary.finished
@@ -521,6 +525,13 @@ def _cmd_status(args: argparse.Namespace) -> int:
     states = run_status(args.run_dir)
     total = sum(len(v) for v in states.values())
     status = manifest.status or "unknown"
+    pending = len(states["pending"])
+    if status == "complete" and pending:
+        # A torn last line or a lost scores file: the manifest's word is out of date.
+        status = (
+            f"incomplete (it finished once, but {pending} of its cells now lack a usable "
+            "result; run the same command to finish them)"
+        )
     liveness = run_liveness(args.run_dir, status)
     print(f"{args.run_dir}: {status}, {liveness}, {total} cells")
     for state, cells in states.items():

@@ -327,10 +327,14 @@ def split_caps(
     *, val: str, test: str, train: str = "cap on training rows (None: no cap)"
 ) -> dict[str, Param]:
     """A dataset's ``n_train``, ``n_val`` and ``n_test`` parameters, documented by ``train``,
-    ``val`` and ``test``: each None or a row count of at least 1, as :func:`resize_splits` and
-    :func:`pool_split_indices` take them."""
-    docs = {"n_train": train, "n_val": val, "n_test": test}
-    return {name: Param(None, Interval(int, 1, None), None, doc=doc) for name, doc in docs.items()}
+    ``val`` and ``test``: each None or a row count, as :func:`resize_splits` and
+    :func:`pool_split_indices` take them. Training needs 2 rows, as ``--max-train`` does (the
+    smallest removal must leave one); validation and test 1."""
+    docs = {"n_train": (train, 2), "n_val": (val, 1), "n_test": (test, 1)}
+    return {
+        name: Param(None, Interval(int, low, None), None, doc=doc)
+        for name, (doc, low) in docs.items()
+    }
 
 
 def _check_size(label: str, value: int | None) -> None:

@@ -22,7 +22,7 @@ import sys
 import time
 import zipfile
 from collections import deque
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -619,9 +619,25 @@ def _spec_changes(old: Mapping[str, Any], spec: RunSpec, shown: int = 3) -> str:
 
     if not keys:
         return "the same options, but valbench's defaults for them changed since that run"
+    # Data files are named by what happened to them, not by their fingerprints.
+    old_prints, new_prints = old.get("data_fingerprints") or {}, new["data_fingerprints"]
+    files = [
+        f"{name} changed since the run read it"
+        for name, print_ in new_prints.items()
+        if old_prints.get(name, print_) != print_
+    ]
+    # The same file spelled another way (./x.csv, an absolute path) is another dataset name,
+    # so the run's cells would not be found: say which name the run used.
+    files += [
+        f"{name} holds the same bytes as the run's {was}: name it so to resume"
+        for name, print_ in new_prints.items()
+        for was, old_print in old_prints.items()
+        if old_print == print_ and was != name and was not in new_prints
+    ]
+    keys = [k for k in keys if k != "data_fingerprints"]
     parts = [f"{k} {text(old.get(k))} -> {text(new[k])}" for k in keys[:shown]]
-    more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
-    return printable("; ".join(parts) + more)
+    more = [f"{len(keys) - shown} more"] if len(keys) > shown else []
+    return printable("; ".join([*parts, *more, *files[:2]]))
 
 
 def _open_run_dir(store: RunStore, spec: RunSpec, overwrite: bool, command: str) -> Manifest:
@@ -694,11 +710,14 @@ def execute(
     show_progress: bool = True,
     command: str = "",
     address: str | None = None,
+    on_start: Callable[[], None] | None = None,
 ) -> RunSummary:
     """Run (or resume) ``spec`` into a run directory and render its report.
 
     ``address`` is the Dask scheduler or Ray cluster of ``backend`` ``dask`` / ``ray``; without
-    one those backends start a local cluster.
+    one those backends start a local cluster. ``on_start`` is called once every up-front check
+    (names, backend, run directory) has passed, before the first cell: warnings printed there
+    never precede a refusal.
     """
     if backend in ("auto", "process"):
         warm_workers(spec)
@@ -726,6 +745,8 @@ def execute(
         manifest = _open_run_dir(store, spec, overwrite, command)
         store.repair()
         store.write_manifest(manifest)
+        if on_start is not None:
+            on_start()
         return _execute_cells(spec, store, manifest, retry_failed, backend, show_progress, address)
     finally:
         store.unlock()
@@ -743,13 +764,7 @@ def _execute_cells(
     run_dir = store.run_dir
     cells = spec.cells()
     done = {r.cell_id: r for r in read_results(run_dir)}
-    # A finished cell whose scores file is gone or cut off runs again: the report and the
-    # exports read its scores, so it is not finished any more.
-    lost = [
-        cid
-        for cid, r in done.items()
-        if r.scores_file is not None and not zipfile.is_zipfile(run_dir / r.scores_file)
-    ]
+    lost = _lost_scores(run_dir, done.values())
     if lost:
         log.warning(
             "%d finished cell(s) lost their scores file (%s); running them again",
@@ -864,11 +879,24 @@ def run_liveness(run_dir: Path, manifest_status: str) -> str:
     return "not live"
 
 
+def _lost_scores(run_dir: Path, records: Iterable[CellRecord]) -> list[str]:
+    """Finished cells whose scores file is gone or cut off: the report and the exports read
+    their scores, so they are not finished any more (a resume runs them again)."""
+    return [
+        r.cell_id
+        for r in records
+        if r.scores_file is not None and not zipfile.is_zipfile(run_dir / r.scores_file)
+    ]
+
+
 def run_status(run_dir: Path) -> dict[str, list[str]]:
-    """Cells of a run by state: ok, failed, timeout, skipped (too large for its method), pending."""
+    """Cells of a run by state: ok, failed, timeout, skipped (too large for its method), pending
+    (no usable result line, or a lost scores file: what a resume runs)."""
     manifest = read_manifest(run_dir)
     spec = RunSpec.from_dict(dict(manifest.spec))
-    done = {r.cell_id: r.status for r in read_results(run_dir)}
+    records = read_results(run_dir)
+    lost = set(_lost_scores(run_dir, records))
+    done = {r.cell_id: r.status for r in records if r.cell_id not in lost}
     states: dict[str, list[str]] = {
         "ok": [],
         "failed": [],

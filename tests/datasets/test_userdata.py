@@ -311,6 +311,8 @@ def test_a_file_datasets_parameters_are_set_with_param_and_checked_up_front(
         ("val_fraction=2", "val_fraction=2 is not in (0, 1)"),
         ("val_frac=0.3", "has no parameter 'val_frac'"),
         ("label_column=y", "set label_column with --label-column"),
+        # one training row: the smallest removal would leave nothing (as --max-train 1)
+        ("n_train=1", "n_train=1 is not in [2, inf) or None"),
     ]:
         out = tmp_path / "bad"
         assert main([*base, "--param", f"{name}.{bad}", "--out", str(out)]) == 2

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -363,7 +364,9 @@ def test_run_help_shows_every_presets_defaults(capsys: pytest.CaptureFixture[str
 def _stop_before_running(monkeypatch: pytest.MonkeyPatch) -> None:
     import valbench.runner
 
-    def execute(*args: object, **kwargs: object) -> None:
+    def execute(*args: object, on_start: Any = None, **kwargs: object) -> None:
+        if on_start is not None:
+            on_start()  # every up-front check passed
         raise KeyboardInterrupt  # the run itself is not what these tests look at
 
     monkeypatch.setattr(valbench.runner, "execute", execute)
@@ -387,6 +390,23 @@ def test_run_on_file_data_says_it_plants_label_flips(
     assert "planting" not in capsys.readouterr().err
     main(["run", "--methods", "random", "--datasets", "synthetic", "--out", str(tmp_path)])
     assert "planting" not in capsys.readouterr().err  # built-in data: nothing to say
+
+
+def test_a_refused_run_prints_only_its_refusal_not_the_planting_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "my.csv"
+    data.write_text("a,b,label\n" + "".join(f"{i},{i % 7},{i % 2}\n" for i in range(40)))
+    base = ["run", "--methods", "random", "--datasets", f"file:{data}"]
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where the run directory's parent should be")
+    for extra in (
+        ["--backend", "foo", "--out", str(tmp_path / "r")],
+        ["--out", str(blocker / "run")],
+    ):
+        assert main([*base, *extra]) == EXIT_USAGE
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("valbench: error:"), err
 
 
 def test_max_train_per_dataset_reaches_the_cells(tmp_path: Path) -> None:

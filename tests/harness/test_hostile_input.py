@@ -293,9 +293,14 @@ def test_edited_data_file_is_not_resumed_with_stale_results(
     before = default_run_dir(resolve_names(spec))
     assert _cli([*argv, "--out", str(out)])[0] == 0
     assert _cli([*argv, "--out", str(out)])[0] == 0  # the same file resumes
+    # The same file spelled another way: the message names the spelling that resumes.
+    respelled = [a.replace(f"file:{data}", f"file:{tmp_path}/./x.csv") for a in argv]
+    code, message = _cli([*respelled, "--out", str(out)])
+    assert code == 2 and f"holds the same bytes as the run's file:{data}" in message, message
     _small_csv(data, 5.0)  # edited in place: same path, same size class, new content
     code, message = _cli([*argv, "--out", str(out)])
     assert code == 2 and "holds another run" in message, message
+    assert f"file:{data} changed since the run read it" in message, message
     assert default_run_dir(resolve_names(spec)) != before
 
 

@@ -273,6 +273,18 @@ def test_status_lists_cells_by_state(tmp_path: Path, test_plugins: Path, capsys)
     assert main(["status", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "pending" in out and "synthetic.random.noise0.2.seed1" in out
+    # The manifest still says complete: status must not repeat that.
+    assert f"\n{tmp_path}: incomplete (it finished once, but 1 of its cells" in f"\n{out}"
+    # A torn last line, and a lost scores file, leave cells a resume would run: pending too.
+    text = (tmp_path / "results.jsonl").read_text()
+    (tmp_path / "results.jsonl").write_text(text[:-20])
+    ok = next(r for r in read_results(tmp_path) if r.status == "ok")
+    (tmp_path / ok.scores_file).write_bytes(b"cut off")
+    assert len(run_status(tmp_path)["pending"]) == 3
+    execute(small_spec(methods=("raises", "random"), seeds=2), out=tmp_path, show_progress=False)
+    capsys.readouterr()
+    assert main(["status", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.startswith(f"{tmp_path}: complete, not live, 4 cells")
 
 
 def test_timeout_in_the_serial_backend(tmp_path: Path, test_plugins: Path) -> None:

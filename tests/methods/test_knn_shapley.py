@@ -97,3 +97,15 @@ def test_method_trains_nothing_and_flags_noise() -> None:
 def test_conformance() -> None:
     check_method(KNNShapley)
     check_method(KNNShapley, {"k": 3, "chunk_size": 4})
+
+
+def test_k_covering_the_training_set_gives_the_additive_closed_form_and_says_so() -> None:
+    # With k >= n every subset's k nearest are all of it: U(S) = mean_v sum_{j in S} match/k,
+    # so phi_j = (share of validation points with j's label) / k.
+    task = make_check_task(n_train=12)
+    ctx = RunContext.for_task(task, budget=Budget(max_fits=0))
+    got = KNNShapley(k=12).value(task, ctx)
+    share = (task.y_train[None, :] == task.y_val[:, None]).mean(axis=0)
+    np.testing.assert_allclose(got.scores, share / 12, atol=1e-15)
+    assert "distances play no part" in got.stats["note"]
+    assert "note" not in KNNShapley(k=11).value(task, ctx).stats
