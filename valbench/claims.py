@@ -9,8 +9,12 @@ harness needs no knowledge of any one method. Every verdict is one word:
 - **inconclusive** otherwise: intervals too wide (few seeds), or nothing to compare.
 
 Each comparison is paired by seed (the same split, the same planted flips) and summarised by the
-mean with its Student-t 95 % interval over seeds, as in the leaderboards; one seed gives no
-interval and so no verdict but "inconclusive". The rules per kind:
+mean with its Student-t 95 % interval over seeds, clipped to the values it can take, as in the
+leaderboards; one seed gives no interval and so no verdict but "inconclusive". A verdict that
+every comparison must support (an intersection-union test) uses those intervals; one that any
+single comparison can decide uses each interval Bonferroni-widened to 1 - 0.05/m over the claim's
+m comparisons, so a claim checked in many places is not refuted (or upheld) by chance. The
+rules per kind:
 
 - ``higher-subset-value``: at each (dataset, noise, fraction), the per-seed relative gain in
   percent of the method's subset value over the *best other method* there (the highest mean
@@ -50,6 +54,11 @@ __all__ = ["HOLDS", "NOT_HOLDS", "INCONCLUSIVE", "ClaimCheck", "Comparison", "ch
 HOLDS, NOT_HOLDS, INCONCLUSIVE = "holds", "does not hold", "inconclusive"
 VALUATION_FAMILIES = ("retraining", "gradient")
 """The families whose median CPU time a ``comparable-runtime`` claim is measured against."""
+_CORRECTED = " (that one interval Bonferroni-widened over the comparisons)"
+GAIN_BOUNDS = (-100.0, math.inf)
+"""A relative subset-value gain, in %: a subset worth nothing is -100 %."""
+POINTS = (-100.0, 100.0)
+"""A difference of two recalls, in points."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +73,20 @@ class Comparison:
     low: float | None  # None with fewer than 2 seeds
     high: float | None
     seeds: int
+    #: The per-seed values the interval is taken over (logs for a runtime ratio), for the
+    #: Bonferroni-widened interval a verdict resting on any one comparison uses.
+    values: tuple[float, ...] = ()
+    bounds: tuple[float, float] = (-math.inf, math.inf)
+    log_scale: bool = False
+
+    def widened(self, comparisons: int) -> tuple[float, float] | None:
+        """The interval at confidence 1 - α/``comparisons`` (Bonferroni), clipped to the
+        bounds: what a verdict that any one of ``comparisons`` intervals decides must use."""
+        if len(self.values) < 2:
+            return None
+        alpha = (1.0 - CONFIDENCE) / max(1, comparisons)
+        low, high = _clipped(self.values, 1.0 - alpha, self.bounds)
+        return (math.exp(low), math.exp(high)) if self.log_scale else (low, high)
 
 
 @dataclass(frozen=True)
@@ -85,14 +108,31 @@ class ClaimCheck:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["claim"] = self.claim.to_json()
+        for comparison in out["comparisons"]:  # JSON has no infinite bounds
+            del comparison["bounds"], comparison["log_scale"]
         return out
 
 
-def _interval(values: Sequence[float]) -> tuple[float, float | None, float | None]:
-    mean, half = mean_ci(values, confidence=CONFIDENCE)
-    if len(values) < 2 or not math.isfinite(half):
-        return mean, None, None
-    return mean, mean - half, mean + half
+def _clipped(
+    values: Sequence[float], confidence: float, bounds: tuple[float, float]
+) -> tuple[float, float]:
+    mean, half = mean_ci(values, confidence=confidence)
+    if not math.isfinite(half):  # no spread to estimate: the interval is the mean
+        half = 0.0
+    return max(mean - half, bounds[0]), min(mean + half, bounds[1])
+
+
+def _interval(
+    values: Sequence[float], bounds: tuple[float, float] = (-math.inf, math.inf)
+) -> dict[str, Any]:
+    """The Comparison fields of ``values``: mean, 95 % interval clipped to ``bounds`` (the
+    values the quantity can take: a relative gain is at least -100 %), seeds and values."""
+    mean = statistics.fmean(values)
+    common = {"mean": mean, "seeds": len(values), "values": tuple(values), "bounds": bounds}
+    if len(values) < 2:
+        return {**common, "low": None, "high": None}
+    low, high = _clipped(values, CONFIDENCE, bounds)
+    return {**common, "low": low, "high": high}
 
 
 def _reader(
@@ -162,7 +202,7 @@ def _subset_comparisons(
             )
             if gains:
                 out.append(
-                    Comparison(dataset, noise, fraction, best, *_interval(gains), len(gains))
+                    Comparison(dataset, noise, fraction, best, **_interval(gains, GAIN_BOUNDS))
                 )
     return out
 
@@ -181,7 +221,7 @@ def _mislabel_comparisons(
             against, reference = "random inspection (expected)", dict.fromkeys(mine, 100.0 * noise)
         diffs = _paired(mine, reference, lambda a, b: a - b)
         if diffs:
-            out.append(Comparison(dataset, noise, None, against, *_interval(diffs), len(diffs)))
+            out.append(Comparison(dataset, noise, None, against, **_interval(diffs, POINTS)))
     return out
 
 
@@ -207,17 +247,19 @@ def _runtime_comparisons(
         median = {seed: statistics.median(v) for seed, v in others.items()}
         logs = _paired(mine, median, lambda m, o: math.log(m / o))
         if logs:
-            mean, low, high = _interval(logs)
+            on_logs = _interval(logs)
             out.append(
                 Comparison(
                     dataset,
                     noise,
                     None,
                     "median valuation method",
-                    math.exp(mean),
-                    None if low is None else math.exp(low),
-                    None if high is None else math.exp(high),
+                    math.exp(on_logs["mean"]),
+                    None if on_logs["low"] is None else math.exp(on_logs["low"]),
+                    None if on_logs["high"] is None else math.exp(on_logs["high"]),
                     len(logs),
+                    values=tuple(logs),
+                    log_scale=True,
                 )
             )
     return out
@@ -233,15 +275,23 @@ def _intervals(comparisons: Sequence[Comparison]) -> list[tuple[float, float]]:
     return [(c.low, c.high) for c in comparisons if c.low is not None and c.high is not None]
 
 
+def _any_of(comparisons: Sequence[Comparison]) -> list[tuple[float, float]]:
+    """The Bonferroni-widened intervals, for a verdict that any one comparison can decide:
+    with m comparisons, each at 1 - α/m keeps the chance of a wrong verdict at most α. (A
+    verdict that needs every comparison, an intersection-union test, needs no correction.)"""
+    wide = [c.widened(len(comparisons)) for c in comparisons]
+    return [w for w in wide if w is not None]
+
+
 def _decide(
     comparisons: Sequence[Comparison],
     supports: Callable[[float, float], bool],
     refutes: Callable[[float, float], bool],
 ) -> str:
     """HOLDS when every comparison has an interval and each ``supports(low, high)``;
-    NOT_HOLDS when some interval ``refutes``; INCONCLUSIVE otherwise."""
+    NOT_HOLDS when some Bonferroni-widened interval ``refutes``; INCONCLUSIVE otherwise."""
     tested = _intervals(comparisons)
-    if any(refutes(low, high) for low, high in tested):
+    if any(refutes(low, high) for low, high in _any_of(comparisons)):
         return NOT_HOLDS
     if tested and len(tested) == len(comparisons) and all(supports(*i) for i in tested):
         return HOLDS
@@ -277,12 +327,13 @@ def _check(
         if kind == "higher-subset-value":
             verdict = _decide(comps, lambda low, _: low > 0, lambda _, high: high < 0)
             rule = (
-                "holds when every gain's interval lies above 0; does not hold when one lies below 0"
+                "holds when every gain's interval lies above 0; does not hold when one lies "
+                f"below 0{_CORRECTED}"
             )
         else:
             half = t / 2
             tested = _intervals(comps)
-            if any(low >= half for low, _ in tested):
+            if any(low >= half for low, _ in _any_of(comps)):
                 verdict = HOLDS
             elif tested and len(tested) == len(comps) and all(high < half for _, high in tested):
                 verdict = NOT_HOLDS
@@ -290,14 +341,18 @@ def _check(
                 verdict = INCONCLUSIVE
             rule = (
                 f"“about {t:g} %” read as at least {half:g} %: holds when some gain's interval "
-                f"lies at or above {half:g} %; does not hold when every interval lies below it"
+                f"lies at or above {half:g} %{_CORRECTED}; does not hold when every interval "
+                "lies below it"
             )
         subject = "relative subset-value gain over the best other method"
     elif kind == "mislabel-detection":
         comps = _mislabel_comparisons(method, groups)
         unit = " pts"
         verdict = _decide(comps, lambda low, _: low > 0, lambda _, high: high <= 0)
-        rule = "holds when every interval lies above 0; does not hold when one lies at or below 0"
+        rule = (
+            "holds when every interval lies above 0; does not hold when one lies at or below "
+            f"0{_CORRECTED}"
+        )
         subject = "recall of planted flips minus random's"
     else:
         comps = _runtime_comparisons(method, groups)
@@ -305,7 +360,7 @@ def _check(
         verdict = _decide(comps, lambda _, high: high <= t, lambda low, _: low > t)
         rule = (
             f"holds when every ratio's interval ends at or below {t:g}x; does not hold when one "
-            f"starts above {t:g}x"
+            f"starts above {t:g}x{_CORRECTED}"
         )
         subject = "CPU time ÷ median valuation method's (retraining and gradient families)"
     reading = f"subset value read with {scratch} trained from scratch on pixels" if scratch else ""

@@ -432,8 +432,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     skipped = f", {len(summary.skipped)} skipped" if summary.skipped else ""
     left = summary.total - summary.finished
     not_run = f", {left} not run" if left else ""
+    partial = (
+        f" ({summary.partial} partial: their budget cut the estimate short; left out of the "
+        "rankings)"
+        if summary.partial
+        else ""
+    )
     print(
-        f"{summary.ok}/{summary.total} cells ok, {len(summary.failed)} failed{skipped} "
+        f"{summary.ok}/{summary.total} cells ok{partial}, {len(summary.failed)} failed{skipped} "
         f"({summary.already_done} already done, {summary.run_now} run now{not_run}, "
         f"{summary.wall_s:.1f} s) -> {summary.run_dir}"
     )
@@ -519,10 +525,11 @@ def _dataset_facts(cls: Any) -> str:
 
 def _cmd_status(args: argparse.Namespace) -> int:
     from valbench.runner import run_liveness, run_status
-    from valbench.store import read_manifest
+    from valbench.store import read_manifest, read_results
 
     manifest = read_manifest(args.run_dir)
-    states = run_status(args.run_dir)
+    records = read_results(args.run_dir)
+    states = run_status(args.run_dir, records)
     total = sum(len(v) for v in states.values())
     status = manifest.status or "unknown"
     pending = len(states["pending"])
@@ -534,10 +541,18 @@ def _cmd_status(args: argparse.Namespace) -> int:
         )
     liveness = run_liveness(args.run_dir, status)
     print(f"{args.run_dir}: {status}, {liveness}, {total} cells")
+    partial = {r.cell_id for r in records if r.partial}
     for state, cells in states.items():
         if cells:
             more = " …" if len(cells) > 6 else ""
             print(f"  {state:<8} {len(cells):>5}  {', '.join(cells[:6])}{more}")
+            cut = [c for c in cells if c in partial] if state == "ok" else []
+            if cut:
+                more = " …" if len(cut) > 6 else ""
+                print(
+                    f"    of which partial (budget cut, not ranked) {len(cut)}: "
+                    f"{', '.join(cut[:6])}{more}"
+                )
     return EXIT_OK
 
 

@@ -28,7 +28,7 @@ import numpy as np
 
 from valbench.metrics import mean_ci
 from valbench.records import CellRecord
-from valbench.summary import COST_KEY, GAIN_KEY, CDResult, GroupSummary
+from valbench.summary import COST_KEY, GAIN_KEY, RANDOM_METHOD, CDResult, GroupSummary
 
 __all__ = [
     "FAMILY_COLORS",
@@ -85,7 +85,6 @@ LINESTYLES: tuple[Any, ...] = (
 HIGHLIGHT = 5
 """Methods drawn in colour in a curve figure (the best by its column), besides random."""
 _MUTED = "#cfcfcf"
-RANDOM_METHOD = "random"
 
 
 @dataclass(frozen=True)
@@ -97,6 +96,8 @@ class MethodStyle:
     linestyle: Any
     family: str
     index: int  # position in the sorted method names: the ``vbm-<index>`` id of its artists
+    #: The name a figure writes: the method's, marked "(partial)" when partial cells are in.
+    label: str = ""
 
 
 def _mix(color: str, t: float) -> str:
@@ -107,15 +108,19 @@ def _mix(color: str, t: float) -> str:
 
 
 def method_styles(
-    methods: Iterable[str], families: Mapping[str, str] | None = None
+    methods: Iterable[str],
+    families: Mapping[str, str] | None = None,
+    partial: Iterable[str] = (),
 ) -> dict[str, MethodStyle]:
     """One style per method, stable for the same names and families.
 
     Methods are grouped by family (``families`` maps a name to its family; a missing one is
     family ``""``); a family gets its hue from :data:`FAMILY_COLORS` (other families, in sorted
     order, from a spare list), each member a shade of it from dark to light, and a marker and
-    line style of its own within the family.
+    line style of its own within the family. The methods in ``partial`` (partial cells drawn
+    among the complete ones) are labelled "name (partial)" in every figure.
     """
+    partial = set(partial)
     names = sorted(set(methods))
     families = families or {}
     members: dict[str, list[str]] = defaultdict(list)
@@ -139,6 +144,7 @@ def method_styles(
                 linestyle=LINESTYLES[i % len(LINESTYLES)],
                 family=family,
                 index=names.index(name),
+                label=f"{name} (partial)" if name in partial else name,
             )
     return out
 
@@ -151,7 +157,12 @@ def method_colors(
 
 
 def _style(styles: Mapping[str, MethodStyle], method: str) -> MethodStyle:
-    return styles.get(method) or MethodStyle("#333333", "o", "-", "", -1)
+    return styles.get(method) or MethodStyle("#333333", "o", "-", "", -1, method)
+
+
+def _name(styles: Mapping[str, MethodStyle], method: str) -> str:
+    """What a figure calls ``method`` (its style's label: "(partial)" when it is)."""
+    return _style(styles, method).label or method
 
 
 def highlighted(group: GroupSummary, key: str, k: int = HIGHLIGHT) -> list[str]:
@@ -281,7 +292,7 @@ def subset_figure(group: GroupSummary, styles: Mapping[str, MethodStyle]) -> str
                 else None
             )
             muted = method not in shown_in_colour
-            _plot_curve(ax, xs, mean, half, _style(styles, method), method, muted)
+            _plot_curve(ax, xs, mean, half, _style(styles, method), _name(styles, method), muted)
             if not muted:
                 shown.extend(mean.tolist())
         _muted_legend(ax, len(group.rows) - len(shown_in_colour))
@@ -369,7 +380,7 @@ def _plot_mean_curves(
         xs, mean, half = _mean_curve(cs)
         if xs.size:
             muted = method not in shown_in_colour
-            _plot_curve(ax, xs, mean, half, _style(styles, method), method, muted)
+            _plot_curve(ax, xs, mean, half, _style(styles, method), _name(styles, method), muted)
             if not muted:
                 shown.extend(mean.tolist())
     _muted_legend(ax, sum(m not in shown_in_colour for m in curves))
@@ -471,7 +482,7 @@ def runtime_figure(group: GroupSummary, styles: Mapping[str, MethodStyle]) -> st
             bar.set_gid(f"vbm-{_style(styles, m).index}-bar")
         if errs.any():
             ax.errorbar(means, ys, xerr=[lower, errs], fmt="none", ecolor="#222222", lw=0.8)
-        ax.set_yticks(ys, [_t(m) for m, _ in rows])
+        ax.set_yticks(ys, [_t(_name(styles, m)) for m, _ in rows])
         ax.invert_yaxis()
         ax.set_xscale("log")
         ax.set_xlim(float(means.min()) / 3.0, float((means + errs).max()) * 2.0)
@@ -525,7 +536,7 @@ def pareto_figure(group: GroupSummary, styles: Mapping[str, MethodStyle]) -> str
             if many and not on and m != RANDOM_METHOD:
                 dot = ax.scatter([t], [v], s=14, color=_MUTED, marker=style.marker, zorder=2)
                 ax.annotate(
-                    _t(m),
+                    _t(_name(styles, m)),
                     (t, v),
                     xytext=(3, 2),
                     textcoords="offset points",
@@ -541,7 +552,7 @@ def pareto_figure(group: GroupSummary, styles: Mapping[str, MethodStyle]) -> str
                     marker=style.marker,
                     edgecolors="#000000" if on else "none",
                     linewidths=0.8,
-                    label=_t(m),
+                    label=_t(_name(styles, m)),
                     zorder=3,
                 )
             dot.set_gid(f"vbm-{style.index}-point")
@@ -580,6 +591,7 @@ def rank_heatmap_figure(
     if not panels:
         return None
     methods = sorted({m for g in groups for m in g.rows})
+    partial = {m for g in groups if g.partial_included for m in g.partial}
     width = max(4.0, 1.6 + sum(0.9 * len(c) + 1.2 for _, _, c in panels))
     with _figure(width, 1.2 + 0.26 * len(methods)) as (fig, buf):
         axes = fig.subplots(1, len(panels), squeeze=False)[0]
@@ -613,7 +625,10 @@ def rank_heatmap_figure(
                 [_t(g.title.replace(" · label noise ", "\nnoise ")) for g in cols],
                 fontsize=7,
             )
-            ax.set_yticks(range(len(methods)), [_t(m) for m in methods])
+            ax.set_yticks(
+                range(len(methods)),
+                [_t(f"{m} (partial)" if m in partial else m) for m in methods],
+            )
             ax.set_title(_t(f"rank: {label}"))
         fig.tight_layout()
     return buf.getvalue()
@@ -656,7 +671,7 @@ def cd_figure(result: CDResult, styles: Mapping[str, MethodStyle]) -> str:
                 ax.text(
                     x_text + (-0.05 if side == "left" else 0.05),
                     y,
-                    _t(f"{m} ({r:.2f})"),
+                    _t(f"{_name(styles, m)} ({r:.2f})"),
                     ha="right" if side == "left" else "left",
                     va="center",
                     fontsize=8,

@@ -72,6 +72,7 @@ from valbench.summary import (
     HEADLINE_KEYS,
     INTERVAL_NAME,
     MIN_CD_BLOCKS,
+    MIN_CD_METHODS,
     MIN_TEST_PAIRS,
     POWER,
     TABLE_COLUMNS,
@@ -645,7 +646,7 @@ def _cross_figures(
         if result is None:
             datasets, methods, _ = dataset_blocks(groups, key)
             if datasets:
-                notes.append(_no_cd_note(label, len(datasets), len(methods)))
+                notes.append(_no_cd_note(label, len(datasets), len(methods)) + _left_out(groups))
             continue
         results.append(result)
         _add_figure(
@@ -667,23 +668,38 @@ def _cross_figures(
                 else ""
             )
             + f"; methods joined by a bar are within the Nemenyi critical difference CD = "
-            f"{result.critical_difference:.2f} (α = {ALPHA:g}) of each other (Demšar 2006).",
+            f"{result.critical_difference:.2f} (α = {ALPHA:g}) of each other (Demšar 2006)."
+            + _left_out(groups),
         )
     return figures, results, notes
 
 
-def _no_cd_note(label: str, n_datasets: int, n_methods: int) -> str:
-    if n_methods < 2:
-        return (
-            f"No Friedman test or critical-difference diagram for {label}: fewer than two "
-            "methods have a value on every dataset."
-        )
+def _left_out(groups: Sequence[GroupSummary]) -> str:
+    """The methods a cross-dataset comparison lost to partial cells (none when they are in)."""
+    dropped = sorted({m for g in groups if not g.partial_included for m in g.partial})
+    if not dropped:
+        return ""
     return (
-        f"No Friedman test or critical-difference diagram for {label}: this run has "
-        f"{n_datasets} dataset{'s' if n_datasets != 1 else ''} and they need at least "
-        f"{MIN_CD_BLOCKS} (each dataset is one block, its noise rates averaged). With fewer, the "
-        "test's approximations are poor and the critical difference is so wide that no method "
-        "can be told apart; compare methods within each dataset's table instead."
+        f" Left out where their cells are partial (budget cut): {', '.join(dropped)}; "
+        "`valbench report --include-partial` draws them, marked."
+    )
+
+
+def _no_cd_note(label: str, n_datasets: int, n_methods: int) -> str:
+    head = f"No Friedman test or critical-difference diagram for {label}: "
+    if n_methods < 2:
+        return head + "fewer than two methods have a value on every dataset."
+    if n_datasets < MIN_CD_BLOCKS:
+        return head + (
+            f"this run has {n_datasets} dataset{'s' if n_datasets != 1 else ''} and they need "
+            f"at least {MIN_CD_BLOCKS} (each dataset is one block, its noise rates averaged). "
+            "With fewer, the test's approximations are poor and the critical difference is so "
+            "wide that no method can be told apart; compare methods within each dataset's "
+            "table instead."
+        )
+    return head + (
+        f"only two methods have a value on every dataset, and the test needs {MIN_CD_METHODS}; "
+        "the paired test of each dataset's table compares them."
     )
 
 
@@ -734,7 +750,9 @@ def render_report(run_dir: Path, include_partial: bool = False) -> Path:
 
     groups = summarise(records, include_partial=include_partial)
     families = _families(records)
-    styles = method_styles((r.method for r in records), families)
+    # Partial cells drawn among complete ones (--include-partial): named so in every figure.
+    drawn_partial = {m for g in groups if g.partial_included for m in g.partial}
+    styles = method_styles((r.method for r in records), families, drawn_partial)
     colors = {m: s.color for m, s in styles.items()}
     damaged: dict[str, str] = {}  # cell id -> why its drawing is missing
     for group in groups:

@@ -22,7 +22,7 @@ import sys
 import time
 import zipfile
 from collections import deque
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -70,6 +70,8 @@ class RunSummary:
     total: int
     already_done: int = 0
     ok: int = 0
+    #: Of the ``ok`` cells, those whose method could not finish its estimate (budget cut).
+    partial: int = 0
     failed: list[str] = field(default_factory=list)
     #: Cells skipped because the method cannot take them (a training set above its
     #: ``max_train``): not failures.
@@ -785,6 +787,7 @@ def _execute_cells(
         status = done[cell.cell_id].status if cell.cell_id in done else None
         if status == "ok":
             summary.ok += 1
+            summary.partial += done[cell.cell_id].partial
         elif status == "skipped":
             summary.skipped.append(cell.cell_id)
         elif status is not None:
@@ -812,6 +815,7 @@ def _execute_cells(
         store.append_result(record)
         if record.status == "ok":
             summary.ok += 1
+            summary.partial += record.partial
         elif record.status == "skipped":
             summary.skipped.append(record.cell_id)
         else:
@@ -889,12 +893,13 @@ def _lost_scores(run_dir: Path, records: Iterable[CellRecord]) -> list[str]:
     ]
 
 
-def run_status(run_dir: Path) -> dict[str, list[str]]:
-    """Cells of a run by state: ok, failed, timeout, skipped (too large for its method), pending
-    (no usable result line, or a lost scores file: what a resume runs)."""
+def run_status(run_dir: Path, records: Sequence[CellRecord] | None = None) -> dict[str, list[str]]:
+    """Cells of a run by state: ok, failed, timeout, skipped (declined by its method), pending
+    (no usable result line, or a lost scores file: what a resume runs). ``records``: the run's
+    results, when the caller has read them already."""
     manifest = read_manifest(run_dir)
     spec = RunSpec.from_dict(dict(manifest.spec))
-    records = read_results(run_dir)
+    records = read_results(run_dir) if records is None else records
     lost = set(_lost_scores(run_dir, records))
     done = {r.cell_id: r.status for r in records if r.cell_id not in lost}
     states: dict[str, list[str]] = {

@@ -37,6 +37,7 @@ __all__ = [
     "GAIN_KEY",
     "HEADLINE_KEYS",
     "MIN_CD_BLOCKS",
+    "MIN_CD_METHODS",
     "INTERVAL_NAME",
     "SUMMARY_SCHEMA",
     "TABLE_COLUMNS",
@@ -52,6 +53,7 @@ __all__ = [
     "holm",
     "min_detectable_difference",
     "MIN_TEST_PAIRS",
+    "RANDOM_METHOD",
     "is_number",
     "paired_p_value",
     "record_sort_key",
@@ -71,6 +73,8 @@ MIN_TEST_PAIRS = 3
 any two nearly equal differences (common for accuracies, which move in steps of 1 / n_test)
 come out "significant" while a far larger but uneven one does not, so two seeds are shown
 with intervals but left untested."""
+RANDOM_METHOD = "random"
+"""The random baseline's method name: compared against, never recommended as a valuation."""
 SUMMARY_SCHEMA = 1
 GAIN_KEY = "gain"
 HEADLINE_KEYS = (
@@ -268,7 +272,17 @@ TABLE_COLUMNS: tuple[Column, ...] = (
         description="CPU seconds of the cell: the cost methods are compared on",
         bounds=COST,
     ),
-    Column("cost.wall_s", "wall s", _cost("wall_s"), False, fmt=".3g", group="cost", bounds=COST),
+    # Shown, not ranked: wall time depends on what else ran on the machine; CPU s compares.
+    Column(
+        "cost.wall_s",
+        "wall s",
+        _cost("wall_s"),
+        False,
+        fmt=".3g",
+        group="cost",
+        bounds=COST,
+        compared=False,
+    ),
     Column(
         "cost.peak_mem_mb",
         "peak MB",
@@ -370,6 +384,8 @@ class Stat:
     rank: float = math.nan
     p_value: float | None = None  # paired test against the best method (None: not tested)
     tied: bool = False  # not significantly different from the best (and not best itself)
+    #: Neither best nor tested against the best: fewer than MIN_TEST_PAIRS seeds shared with it
+    untested: bool = False
     bounds: tuple[float, float] = (-math.inf, math.inf)
     p_holm: float | None = None  # p_value after Holm's correction over the column's tests
 
@@ -432,8 +448,11 @@ def paired_p_value(a: Sequence[float], b: Sequence[float]) -> float | None:
     """Two-sided paired t-test p-value of ``a`` vs ``b``; None with fewer than
     :data:`MIN_TEST_PAIRS` pairs.
 
-    Identical pairs give 1.0; a constant non-zero difference gives 0.0 (the limit of the
-    t-test as the spread of the differences goes to 0).
+    Identical pairs give 1.0. A constant non-zero difference, where the t statistic is
+    undefined (no spread), gets the exact sign-flip p-value ``2^(1-n)``: all that is left to
+    test is that all n differences share a sign, as likely as 2 in 2^n under the null. Such
+    differences come from metrics that move in steps (a recall of 5 of 6 flips against 4 of
+    6 in every seed); the t-test's limit, p = 0, would call 3 equal draws certain.
     """
     if len(a) != len(b) or len(a) < MIN_TEST_PAIRS:
         return None
@@ -442,7 +461,7 @@ def paired_p_value(a: Sequence[float], b: Sequence[float]) -> float | None:
     if np.all(np.abs(diffs) <= 1e-12 * scale):
         return 1.0
     if np.allclose(diffs, diffs[0], rtol=1e-9, atol=1e-12 * scale):
-        return 0.0  # a constant non-zero difference: the t statistic is infinite
+        return 2.0 ** (1 - len(diffs))
     import warnings
 
     from scipy import stats
@@ -587,12 +606,11 @@ def min_detectable_difference(
     noncentral t with ``n - 1`` degrees of freedom and noncentrality δ √n / ``sd`` (``sd``:
     the standard deviation of the paired differences), solved for δ exactly rather than by
     the normal approximation, which is off at a few seeds. NaN with fewer than
-    :data:`MIN_TEST_PAIRS` pairs (no test is run).
+    :data:`MIN_TEST_PAIRS` pairs (no test is run), and NaN when the differences have no
+    spread (``sd`` 0): the t-test's power is then undefined, not perfect.
     """
-    if n < MIN_TEST_PAIRS or not math.isfinite(sd):
+    if n < MIN_TEST_PAIRS or not math.isfinite(sd) or sd == 0.0:
         return math.nan
-    if sd == 0.0:
-        return 0.0
     from scipy import optimize, stats
 
     df = n - 1
@@ -621,17 +639,24 @@ def _mark_column(
     """Set rank, best and the paired-test marks of one column in place.
 
     Every other method is tested against the best one; the p-values are Holm-corrected over
-    those tests, and ``tied`` follows the corrected p. Returns the column's minimum detectable
-    difference (:func:`min_detectable_difference` with the root-mean-square paired standard
-    deviation of those tests and the fewest shared seeds), NaN when nothing could be tested.
+    those tests, and ``tied`` follows the corrected p; a method without a test (too few seeds
+    in common with the best) is ``untested``, never shown as worse. The best is the best mean
+    among the methods with the column's most seeds: a mean over fewer seeds (a seed left out
+    as partial, say) is over other data, and could not be tested against the rest. Returns
+    the column's minimum detectable difference (:func:`min_detectable_difference` with the
+    root-mean-square paired standard deviation of those tests and the fewest shared seeds),
+    NaN when nothing could be tested.
     """
     methods = [m for m in rows if rows[m][col.key].present]
     if not methods or not col.compared:
         return math.nan
     means = [rows[m][col.key].mean for m in methods]
     ranks = rank_columns(np.asarray(means), higher_is_better=col.higher_is_better)
-    best_mean = max(means) if col.higher_is_better else min(means)
-    best = [m for m in methods if same_value(rows[m][col.key].mean, best_mean)]
+    most = max(rows[m][col.key].n for m in methods)
+    full = [m for m in methods if rows[m][col.key].n == most]
+    full_means = [rows[m][col.key].mean for m in full]
+    best_mean = max(full_means) if col.higher_is_better else min(full_means)
+    best = [m for m in full if same_value(rows[m][col.key].mean, best_mean)]
     ref_values = seed_values(by_method[best[0]], col.extract)
     raw: dict[str, float] = {}
     sds: list[float] = []
@@ -658,6 +683,8 @@ def _mark_column(
             p_value=raw.get(method),
             p_holm=p_holm,
             tied=p_holm is not None and p_holm >= ALPHA,
+            # (A run with fewer seeds than a test needs says so once, not in every cell.)
+            untested=method not in best and p_holm is None and most >= MIN_TEST_PAIRS,
         )
     if not sds:
         return math.nan
@@ -809,7 +836,8 @@ def head_to_head(groups: Sequence[GroupSummary], families: Mapping[str, str]) ->
         selectors = [m for m in g.rows if families.get(m) == SELECTION_FAMILY]
         if not selectors:
             continue
-        others = [m for m in g.rows if m not in selectors]
+        # The best per-point *valuation*: the random baseline is not one.
+        others = [m for m in g.rows if m not in selectors and m != RANDOM_METHOD]
         rows: dict[str, dict[str, Stat]] = {m: {} for m in selectors}
         best_point: dict[str, tuple[str, Stat] | None] = {}
         top: dict[str, list[str]] = {}
@@ -841,6 +869,11 @@ def head_to_head(groups: Sequence[GroupSummary], families: Mapping[str, str]) ->
 
 # --------------------------------------------------------------------------- across datasets
 
+
+MIN_CD_METHODS = 3
+"""Fewest methods for the Friedman test and the CD diagram: with two, the paired comparison of
+the leaderboard is the test, and the χ² form of Friedman's statistic is a poor stand-in for the
+exact sign test it then reduces to (on 5 datasets won by one method: p 0.025 against 0.0625)."""
 
 MIN_CD_BLOCKS = 5
 """Fewest datasets (blocks) for the Friedman test and the Nemenyi CD diagram.
@@ -923,11 +956,11 @@ def friedman_nemenyi(
     """Friedman, Iman–Davenport and Nemenyi over the datasets on column ``key`` (Demšar 2006).
 
     Blocks are datasets (:func:`dataset_blocks`). None with fewer than ``min_blocks`` datasets
-    (:data:`MIN_CD_BLOCKS`) or 2 methods.
+    (:data:`MIN_CD_BLOCKS`) or fewer than :data:`MIN_CD_METHODS` methods.
     """
     datasets, methods, matrix = dataset_blocks(groups, key)
     k, n = len(methods), len(datasets)
-    if n < max(2, min_blocks) or k < 2:
+    if n < max(2, min_blocks) or k < MIN_CD_METHODS:
         return None
     col = next(c for g in groups if (c := g.column(key)) is not None)
     ranks = rank_columns(matrix, higher_is_better=col.higher_is_better)
@@ -939,7 +972,12 @@ def friedman_nemenyi(
     # Iman & Davenport's F form of the statistic: less conservative than the χ² one.
     denominator = n * (k - 1) - chi2
     f_stat = (n - 1) * chi2 / denominator if denominator > 1e-12 else math.inf
-    f_p = float(stats.f.sf(f_stat, k - 1, (k - 1) * (n - 1))) if math.isfinite(f_stat) else 0.0
+    if math.isfinite(f_stat):
+        f_p = float(stats.f.sf(f_stat, k - 1, (k - 1) * (n - 1)))
+    else:
+        # Every dataset ranks the methods alike (F's denominator is 0): the exact chance of
+        # that under the null is k! identical orders out of (k!)^n, not the F limit 0.
+        f_p = math.exp(-(n - 1) * math.lgamma(k + 1))
     cd = _nemenyi_q(k) * math.sqrt(k * (k + 1) / (6.0 * n))
     order = sorted(range(k), key=lambda i: (avg[i], methods[i]))
     cliques: list[list[str]] = []
@@ -985,6 +1023,7 @@ def _stat_json(stat: Stat) -> dict[str, Any]:
         "p_vs_best": _num(stat.p_value),
         "p_vs_best_holm": _num(stat.p_holm),
         "not_significantly_worse": stat.tied,
+        "untested": stat.untested,
     }
 
 

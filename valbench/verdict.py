@@ -32,6 +32,7 @@ from valbench.summary import (
     COST_KEY,
     GAIN_KEY,
     MIN_TEST_PAIRS,
+    RANDOM_METHOD,
     GroupSummary,
     Stat,
 )
@@ -47,7 +48,6 @@ GOALS: tuple[tuple[str, str, str], ...] = (
 """``(goal, question, column key)`` of each goal, in the order the page shows them."""
 FEW_SEEDS = 5
 """Below this many seeds the verdict says how large a difference the tests could detect."""
-RANDOM_METHOD = "random"
 
 
 @dataclass(frozen=True)
@@ -116,6 +116,7 @@ def _goal(group: GroupSummary, goal: str, question: str, key: str) -> GoalVerdic
     if not best:  # a column the summary does not rank
         return None
     tied = [m for m, st in present.items() if st.tied]
+    untested = sorted(m for m, st in present.items() if st.untested)
     tested = group.max_seeds >= MIN_TEST_PAIRS and (
         len(best) == len(present) or any(st.p_value is not None for st in present.values())
     )
@@ -127,25 +128,41 @@ def _goal(group: GroupSummary, goal: str, question: str, key: str) -> GoalVerdic
         f"{'highest' if col.higher_is_better else 'lowest'} mean {col.label} ({top.text})"
     )
     worse = "costlier" if goal == "cost" else "worse"
+    apart = (
+        f" {_names(untested)} could not be tested against it (fewer than {MIN_TEST_PAIRS} "
+        "seeds in common), so the run says nothing of "
+        f"{'it' if len(untested) == 1 else 'them'}."
+        if untested
+        else ""
+    )
     if not tested:
         why = (
             f"{has}; with one seed per method nothing could be tested, so this is one draw."
             if group.max_seeds < 2
             else f"{has}; with fewer than {MIN_TEST_PAIRS} seeds per method nothing was "
             "tested, so this is not a ranking."
+            if group.max_seeds < MIN_TEST_PAIRS
+            else f"{has}; no other method shares {MIN_TEST_PAIRS} seeds with "
+            f"{'it' if len(best) == 1 else 'them'}, so nothing was tested and this is not a "
+            "ranking."
         )
     elif len(best) == len(present):
         why = f"{has}: all methods are equal on it."
     else:
-        others = len(present) - len(best)
-        why = f"{has}; " + (
-            f"{len(tied)} of the other {others} method{'s' if others != 1 else ''} "
-            f"{'is' if len(tied) == 1 else 'are'} not significantly {worse} (paired t-test "
-            f"over seeds, {CORRECTION}-corrected, α = {ALPHA:g}), so the run cannot tell "
-            "them apart from it."
-            if tied
-            else f"every other method is significantly {worse} (paired t-test over seeds, "
-            f"{CORRECTION}-corrected, α = {ALPHA:g})."
+        others = len(present) - len(best) - len(untested)
+        among = " tested" if untested else ""
+        why = (
+            f"{has}; "
+            + (
+                f"{len(tied)} of the other {others} method{'s' if others != 1 else ''}{among} "
+                f"{'is' if len(tied) == 1 else 'are'} not significantly {worse} (paired "
+                f"t-test over seeds, {CORRECTION}-corrected, α = {ALPHA:g}), so the run "
+                "cannot tell them apart from it."
+                if tied
+                else f"every other method{among} is significantly {worse} (paired t-test over "
+                f"seeds, {CORRECTION}-corrected, α = {ALPHA:g})."
+            )
+            + apart
         )
         mdd = group.detectable.get(key, math.nan)
         if group.max_seeds < FEW_SEEDS and math.isfinite(mdd):

@@ -228,3 +228,28 @@ def test_a_subset_claim_gets_a_verdict_per_reading() -> None:
     # Mislabel and runtime claims have one reading.
     (one,) = check_claims(records, _manifest(Claim("finds", SOURCE, "mislabel-detection")))
     assert not one.scratch and one.reading == ""
+
+
+def test_intervals_stay_in_range_and_one_of_many_comparisons_is_bonferroni_widened() -> None:
+    claim = Claim("higher subset value", SOURCE, "higher-subset-value")
+    # Two far-apart seeds: the 95 % interval of the relative gain runs below -100 %.
+    wide = [_rec("mine", 0, 0.05), _rec("mine", 1, 0.95)]
+    wide += [_rec("other", 0, 0.5), _rec("other", 1, 0.5)]
+    (comp,) = _one(wide, claim).comparisons
+    assert comp.low == -100.0 and comp.high is not None and comp.high > 100
+    # Four datasets; on one, three seeds lose by a little. Its plain 95 % interval lies below
+    # 0, but one of four comparisons deciding alone must clear 1 - 0.05/4.
+    records = []
+    for d, gaps in {"a": (0.01, 0.012, 0.008), "b": (0.2,) * 3, "c": (0.2,) * 3}.items():
+        for s, g in enumerate(gaps):
+            records += [_rec("mine", s, 0.6 + g + 0.001 * s, dataset=d)]
+            records += [_rec("other", s, 0.6 + 0.001 * s, dataset=d)]
+    # gains of -0.34, -0.50 and -0.66 %
+    records += [_rec("mine", s, 0.6 - 0.00204 - 0.00096 * s, dataset="z") for s in range(3)]
+    records += [_rec("other", s, 0.6, dataset="z") for s in range(3)]
+    check = _one(records, claim)
+    z = next(c for c in check.comparisons if c.dataset == "z")
+    assert z.high is not None and z.high < 0  # alone, this would refute the claim
+    widened = z.widened(len(check.comparisons))
+    assert widened is not None and widened[1] >= 0 > z.high
+    assert check.verdict == INCONCLUSIVE and "Bonferroni" in check.rule

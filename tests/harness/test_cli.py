@@ -455,3 +455,16 @@ def test_the_fork_server_starts_with_ctrl_c_ignored(monkeypatch: pytest.MonkeyPa
     start_fork_server()
     assert seen == [signal.SIG_IGN]
     assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_run_and_status_say_how_many_ok_cells_are_partial(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    argv = ["run", "--methods", "banzhaf,random", "--datasets", "synthetic", "--preset", "ci"]
+    argv += ["--seeds", "1", "--max-train", "30", "--budget", "fits=50", "--backend", "serial"]
+    assert main([*argv, "--no-progress", "--out", str(out)]) == 0
+    assert "2/2 cells ok (1 partial: their budget cut the estimate short" in capsys.readouterr().out
+    assert main(["status", str(out)]) == 0
+    shown = capsys.readouterr().out
+    assert "of which partial (budget cut, not ranked) 1: synthetic.banzhaf.noise0.1.seed0" in shown

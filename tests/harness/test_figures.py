@@ -22,7 +22,9 @@ def test_paired_p_value_edge_cases() -> None:
     # two pairs: one degree of freedom, untested (equal differences would read p = 0)
     assert paired_p_value([0.88, 0.84], [0.84, 0.80]) is None
     assert paired_p_value([1.0, 2.0, 3.0], [1.0, 2.0, 3.0]) == 1.0
-    assert paired_p_value([1.0, 2.0, 3.0], [0.5, 1.5, 2.5]) == 0.0
+    # A constant difference (the t statistic undefined): the exact sign-flip p, 2 in 2^n.
+    assert paired_p_value([1.0, 2.0, 3.0], [0.5, 1.5, 2.5]) == 0.25
+    assert paired_p_value([1.0, 2.0, 3.0, 4.0, 5.0], [0.5, 1.5, 2.5, 3.5, 4.5]) == 0.0625
     p = paired_p_value([0.9, 0.8, 0.85], [0.7, 0.75, 0.6])
     assert p is not None and 0.0 < p < 0.2
 

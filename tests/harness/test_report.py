@@ -277,10 +277,12 @@ def test_best_mean_per_column_is_bold(run_dir: Path) -> None:
     for col in ("subset_value@0.05", "subset_value@0.2", "mislabel.auc", "mislabel.f1_2means"):
         bold = {m for m in BASES if table[m][col]["bold"]}
         assert bold == {"knn"}, col
-    # lower is better: removal AUC, CPU and wall time -> random (smallest base)
-    for col in ("removal.auc", "cost.cpu_s", "cost.wall_s"):
+    # lower is better: removal AUC and CPU time -> random (smallest base)
+    for col in ("removal.auc", "cost.cpu_s"):
         bold = {m for m in BASES if table[m][col]["bold"]}
         assert bold == {"random"}, col
+    # wall time depends on the machine's load: shown, not ranked (CPU seconds compare)
+    assert not any(table[m]["cost.wall_s"]["bold"] for m in BASES)
     # the worker's resident memory includes what it held before the cell: shown, not ranked
     assert not any(table[m]["cost.peak_mem_mb"]["bold"] for m in BASES)
     # a fit is a different amount of work per method: fits are shown, never ranked

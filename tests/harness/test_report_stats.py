@@ -324,3 +324,72 @@ def test_page_states_intervals_corrections_limits_and_planted_flips(tmp_path: An
     assert "0.500 [0.000, 1.000]" in table  # method a's subset value: 0.95 and 0.05
     assert 'data-method="detectable difference"' in table
     assert "this run has 1 dataset and they need at least 5" in html
+
+
+# --------------------------------------------------------------------------- audit findings
+
+
+def test_a_constant_difference_is_not_called_certain_and_its_power_is_not_claimed() -> None:
+    # recall in steps of one flip: 5 of 6 against 4 of 6 in each of three seeds
+    records = [_line("knn", s, 0.6, recall=5 / 6) for s in range(3)]
+    records += [_line("oob", s, 0.5, recall=4 / 6) for s in range(3)]
+    (group,) = summarise(records)
+    stat = group.rows["oob"]["mislabel.recall_at_noise"]
+    assert stat.p_value == 0.25 and stat.tied  # all three signs alike: 2 in 8 under the null
+    assert math.isnan(group.detectable["mislabel.recall_at_noise"])  # no spread: unknown power
+    assert math.isnan(min_detectable_difference(0.0, 3))
+
+
+def test_a_method_without_enough_shared_seeds_is_untested_not_worse() -> None:
+    from valbench.verdict import verdicts
+
+    best = [0.80, 0.82, 0.78]
+    records = [_line("best", s, v) for s, v in enumerate(best)]
+    for name, gaps in {"close": (0.05, 0.1, 0.2), "far": (0.3, 0.31, 0.29)}.items():
+        records += [_line(name, s, v - g) for s, (v, g) in enumerate(zip(best, gaps, strict=True))]
+    # one seed of this one was partial: two left, with the highest mean of all
+    records += [_line("short", s, 0.95) for s in range(2)]
+    (group,) = summarise(records)
+    col = "subset_value@0.1"
+    short = group.rows["short"][col]
+    assert group.best_methods(col) == ["best"]  # the best among the methods with 3 seeds
+    assert short.untested and not short.tied and short.p_value is None and short.rank == 1
+    assert not group.rows["far"][col].untested and not group.rows["far"][col].tied
+    # the Holm family is the tests run: close and far
+    assert group.rows["far"][col].p_holm is not None
+    (verdict,) = verdicts([group])
+    subset = verdict.goal("subset")
+    assert subset is not None and subset.recommended[0] == "best"
+    assert "short could not be tested against it" in subset.why
+    assert "short" not in subset.recommended
+
+
+def test_friedman_needs_three_methods_and_perfect_agreement_is_not_p_zero(tmp_path: Any) -> None:
+    datasets = tuple(f"d{i}" for i in range(MIN_CD_BLOCKS))
+
+    def lines(methods: dict[str, float]) -> list[CellRecord]:
+        return [
+            _line(m, s, v + 0.01 * s, dataset=d)
+            for d in datasets
+            for m, v in methods.items()
+            for s in range(3)
+        ]
+
+    # one method wins on every dataset: a sign test gives 2/32, not Friedman's chi2 0.025
+    assert friedman_nemenyi(summarise(lines({"a": 0.9, "b": 0.5})), "gain") is None
+    res = friedman_nemenyi(summarise(lines({"a": 0.9, "b": 0.5, "c": 0.2})), "gain")
+    assert res is not None and math.isinf(res.iman_davenport_f)
+    # every dataset ranks a > b > c: k! of the (k!)^n orderings under the null
+    assert res.iman_davenport_p == pytest.approx(6.0 ** -(MIN_CD_BLOCKS - 1))
+    assert res.iman_davenport_p > 0
+
+
+def test_head_to_head_never_names_random_the_best_valuation() -> None:
+    from valbench.summary import head_to_head
+
+    records = [_line("random", s, 0.9) for s in range(3)]
+    records += [_line("knn", s, 0.7) for s in range(3)]
+    records += [_line("kcenter", s, 0.8) for s in range(3)]
+    (h2h,) = head_to_head(summarise(records), {"kcenter": "subset-selection"})
+    point = h2h.best_point["0.1"]
+    assert point is not None and point[0] == "knn"
