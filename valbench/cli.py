@@ -114,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--lds-subsets",
         dest="lds_subsets",
-        help="random half-subsets of the training set behind the LDS (default 100)",
+        help="random half-subsets of the training set behind the LDS (default 100, at least 3)",
     )
     run.add_argument("--noise-model", dest="noise_model", help="uniform (default) or pair flips")
     run.add_argument(
@@ -582,7 +582,12 @@ def _trusted_methods(run_dir: Path | None, goal: str) -> list[str]:
         raise UsageError(
             "--methods best needs --from RUN_DIR, a finished run to take the verdict of"
         )
-    read_manifest(run_dir)  # a clear error when it is not a run directory
+    manifest = read_manifest(run_dir)  # a clear error when it is not a run directory
+    if manifest.status != "complete":
+        raise UsageError(
+            f"{run_dir} is not a finished run (status {manifest.status or 'unknown'}): its "
+            "verdict rests on part of its cells; finish it first (run its command again)"
+        )
     try:
         methods, why = methods_to_trust(verdicts(summarise(read_results(run_dir))), goal)
     except ValueError as exc:

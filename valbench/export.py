@@ -113,6 +113,45 @@ class CellArrays:
     noisy_mask: np.ndarray
 
 
+def _arrays_problem(arrays: Mapping[str, np.ndarray]) -> str | None:
+    """What makes a scores file's arrays unusable, as valbench never writes them: the wrong
+    shape or kind, non-finite scores, negative row indices, a mask that is not 0/1."""
+    scores = arrays["scores"]
+    if scores.ndim != 1 or scores.dtype.kind not in "iuf":
+        return f"its scores are not one number per point (shape {scores.shape}, {scores.dtype})"
+    n = len(scores)
+    for key in ("train_rows", "given_labels", "labels", "noisy_mask", "detection_scores"):
+        if key in arrays and arrays[key].shape != (n,):
+            return f"{key} does not match its {n} scores"
+    for key in ("scores", "detection_scores"):
+        if key in arrays:
+            values = arrays[key]
+            if values.dtype.kind not in "iuf" or not np.isfinite(values).all():
+                return f"{key} holds values that are not finite numbers"
+    for key in ("train_rows", "val_rows", "test_rows", "given_labels", "labels"):
+        if key in arrays:
+            values = arrays[key]
+            if values.ndim != 1 or values.dtype.kind not in "iu" or (values < 0).any():
+                return f"{key} is not a list of non-negative whole numbers"
+    mask = arrays["noisy_mask"]
+    if mask.dtype != bool and not (mask.dtype.kind in "iu" and np.isin(mask, (0, 1)).all()):
+        return "noisy_mask is not a true/false mask"
+    return None
+
+
+def _rows_problem(cells: CellArrays, n_rows: int, n_classes: int) -> str | None:
+    """Row indices past the data file's rows, or labels past its classes."""
+    for key in ("train_rows", "val_rows", "test_rows"):
+        rows = getattr(cells, key)
+        if rows is not None and len(rows) and int(rows.max()) >= n_rows:
+            return f"{key} points past the data file's {n_rows} rows"
+    for key in ("given_labels", "labels"):
+        values = getattr(cells, key)
+        if len(values) and int(values.max()) >= n_classes:
+            return f"{key} name a class past the data file's {n_classes}"
+    return None
+
+
 def load_cell_arrays(run_dir: Path, scores_file: str) -> CellArrays:
     """Read a scores file with where its points came from; one-line error when it cannot."""
     path = Path(run_dir) / scores_file
@@ -135,10 +174,9 @@ def load_cell_arrays(run_dir: Path, scores_file: str) -> CellArrays:
     missing = [k for k in ("given_labels", "labels", "noisy_mask") if k not in arrays]
     if missing:
         raise RunDirectoryError(f"scores file {path} is damaged: it lacks {', '.join(missing)}")
-    n = len(arrays["scores"])
-    for key in ("train_rows", "given_labels", "labels", "noisy_mask", "detection_scores"):
-        if key in arrays and arrays[key].shape != (n,):
-            raise RunDirectoryError(f"scores file {path}: {key} does not match its {n} scores")
+    problem = _arrays_problem(arrays)
+    if problem is not None:
+        raise RunDirectoryError(f"scores file {path} is damaged: {problem}")
     return CellArrays(
         scores=arrays["scores"].astype(np.float64),
         detection_scores=arrays.get("detection_scores"),
@@ -201,6 +239,11 @@ def _cell_frame(record: CellRecord, cells: CellArrays, file: _FileRows | None) -
     detection = cells.scores if cells.detection_scores is None else cells.detection_scores
     stderr = point_stderr(record.stats, n)
     if file is not None:
+        problem = _rows_problem(cells, len(file.labels), len(file.classes))
+        if problem is not None:
+            raise RunDirectoryError(
+                f"cell {record.cell_id}: {problem}; the file or the scores file was altered"
+            )
         given = file.labels[rows]
         # The labels the cell was built from must be the file's: a mismatch is a wrong mapping.
         stored = np.asarray(file.classes, dtype=object)[cells.given_labels]

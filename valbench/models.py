@@ -90,6 +90,10 @@ ABSENT_BIAS = -1.0e4
 # L-BFGS: curvature pairs kept, halvings of a step before a model counts as stuck (float
 # noise at its optimum: it is then done), sufficient-decrease constant.
 _LBFGS_MEMORY = 5
+NEWTON_MAX_FEATURES = 256
+"""Widest two-class logreg that ``"auto"`` fits by Newton: a batch of 200 models holds 200
+(d+1)² Hessians, 105 MB in float64 at 256 features but 40 GB at 5,000 (which crashed a run);
+wider problems take L-BFGS, whose cost grows with d, not d²."""
 _LINE_SEARCH_STEPS = 20
 _ARMIJO_C1 = 1e-4
 # L-BFGS fits a model in whitened coordinates (see BatchedClassifier._whitening) when its subset
@@ -264,10 +268,17 @@ class ModelSpec:
         recipes train a fixed number of steps instead."""
         return self.kind == "logreg" and self.resolved_solver in ("lbfgs", "newton")
 
-    def solver_for(self, n_classes: int) -> str:
-        """The solver ``fit`` uses for ``n_classes`` classes: ``"auto"`` is Newton for a
-        two-class logreg (its Hessian is (d+1)², cheap), else :attr:`resolved_solver`."""
-        if self.kind == "logreg" and self.solver == "auto" and n_classes == 2:
+    def solver_for(self, n_classes: int, n_features: int = 0) -> str:
+        """The solver ``fit`` uses for ``n_classes`` classes and ``n_features`` features:
+        ``"auto"`` is Newton for a two-class logreg with at most :data:`NEWTON_MAX_FEATURES`
+        features (its Hessian is (d+1)², cheap there), else :attr:`resolved_solver`. Both
+        solvers run to the same gradient tolerance, so the choice moves no optimum."""
+        if (
+            self.kind == "logreg"
+            and self.solver == "auto"
+            and n_classes == 2
+            and n_features <= NEWTON_MAX_FEATURES
+        ):
             return "newton"
         return self.resolved_solver
 
@@ -541,8 +552,8 @@ class BatchedClassifier:
         self.n_classes = int(n_classes)
         self.seed = int(seed)
         self.dtype = _DTYPES[spec.dtype]
-        #: The solver of :meth:`fit` (``spec.solver_for(n_classes)``).
-        self.solver = spec.solver_for(self.n_classes)
+        #: The solver of :meth:`fit` (``spec.solver_for(n_classes, n_features)``).
+        self.solver = spec.solver_for(self.n_classes, self.n_features)
         if self.solver == "newton" and self.n_classes > 2:
             raise UsageError(
                 f"model solver 'newton' is for two classes; this task has {self.n_classes} "

@@ -309,6 +309,12 @@ def check_params(
             if len(shown) > 60:  # a pasted blob must not flood the one line
                 shown = shown[:57] + "..."
             raise UsageError(f"{kind} {name!r}: {key}={shown} is not {spec.allowed(value)}{hint}")
+    # Rules that tie parameters together (each valid alone) are the class's own.
+    joint = getattr(cls, "params_problem", None)
+    if callable(joint):
+        problem = joint({key: params.get(key, spec.default) for key, spec in specs.items()})
+        if problem is not None:
+            raise UsageError(f"{kind} {name!r}: {problem}")
 
 
 def assign_params(obj: object, params: Mapping[str, Any], *, kind: str) -> None:

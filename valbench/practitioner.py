@@ -118,6 +118,12 @@ def _features(x: Any) -> np.ndarray:
     text column named."""
     import pandas as pd
 
+    if hasattr(x, "toarray") and hasattr(x, "nnz"):  # a scipy sparse matrix, unimported
+        raise UsageError(
+            "x is a sparse matrix; valbench values dense features: pass x.toarray() (or "
+            "reduce its width first, e.g. with TruncatedSVD)"
+        )
+
     if isinstance(x, pd.DataFrame):
         from valbench.userdata import frame_features
 
@@ -200,8 +206,8 @@ def check_request(
         raise UsageError(
             printable(
                 f"class {classes[c]!r} has {int(counts[c])} row(s); with {folds} folds each "
-                f"class needs at least {folds} (one per fold): add rows, drop the class or "
-                "use fewer folds"
+                f"class needs at least {folds} (one per fold): add rows or drop the class"
+                + (" or use fewer folds" if folds > 2 else "")
             )
         )
     params = params or {}

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from valbench.errors import CellTimeout, RunDirectoryError, UsageError, printable
+from valbench.metrics import subset_size
 from valbench.pool import preload_modules, start_fork_server, warm_workers
 from valbench.records import CellRecord, Manifest
 from valbench.registry import dataset_names, discover, method_names
@@ -141,12 +142,22 @@ def resolve_names(spec: RunSpec, narrowable: Collection[str] = ()) -> RunSpec:
     # Planted flips are round(rate x n_train): too few training points plant none, and the
     # mislabel metrics would have nothing to find.
     rate = min((r for r in spec.noise if r > 0), default=0.0)
-    for name in datasets if rate > 0 else ():
+    # So does removing a fraction that leaves no point. A cap is an upper bound on the size,
+    # and both failures only grow more likely below it; the cells check their real sizes.
+    largest = max(spec.fractions)
+    for name in datasets:
         n = train_sizes.get(name, spec.train_cap(name))
-        if n is not None and round(rate * n) == 0:
+        if n is None:
+            continue
+        if rate > 0 and round(rate * n) == 0:
             raise UsageError(
                 f"--noise {rate:g} on the {n} training points of {name} plants no label flip "
                 f"(round({rate:g} x {n}) = 0); raise --max-train, or pass --noise 0"
+            )
+        if subset_size(n, largest) >= n:
+            raise UsageError(
+                f"removing the fraction {largest:g} of the {n} training points of {name} leaves "
+                "nothing to train on; use smaller --fractions or raise --max-train"
             )
     from valbench.models import ModelSpec
     from valbench.nets import resolve_device

@@ -104,6 +104,7 @@ DEFAULT_METRICS: tuple[str, ...] = ("lds",)
 DEFAULT_LDS_SUBSETS = 100
 #: More LDS subsets than any benchmark needs (each is one model fit per dataset, noise, seed).
 MAX_LDS_SUBSETS = 100_000
+MIN_LDS_SUBSETS = 3
 #: More seeds than any benchmark needs; a typo like ``--seeds 1000000000`` must not build a
 #: billion-cell grid in memory.
 MAX_SEEDS = 10_000
@@ -219,14 +220,18 @@ class RunSpec:
             raise UsageError("no datasets selected; name at least one with --datasets")
         if not self.fractions:
             raise UsageError("no fractions given; use e.g. --fractions 0.1,0.2")
+        if not self.noise:
+            raise UsageError("no noise rates given; use e.g. --noise 0.1 (or 0 for none)")
         for key in ("noise", "fractions"):
-            # A repeated rate would run (and count) the same cells twice.
-            values = [float(v) for v in getattr(self, key)]
-            repeated = sorted({v for v in values if values.count(v) > 1})
+            # A repeated rate would run (and count) the same cells twice. Cell ids, file names
+            # and labels write a rate to 6 significant digits: two rates equal there would
+            # share a cell id, and one cell's results would overwrite the other's.
+            labels = [f"{float(v):g}" for v in getattr(self, key)]
+            repeated = sorted({v for v in labels if labels.count(v) > 1})
             if repeated:
                 raise UsageError(
-                    f"--{key} lists {', '.join(f'{v:g}' for v in repeated)} more than once; "
-                    "give each value once"
+                    f"--{key} lists {', '.join(repeated)} more than once (to 6 significant "
+                    "digits, as cells are named); give each value once"
                 )
         for f in self.fractions:
             # 1 is refused: the removal curve at 1 would train on nothing, failing every cell.
@@ -291,10 +296,10 @@ class RunSpec:
                 )
         if len(set(self.metrics)) != len(self.metrics):
             raise UsageError(f"--metrics names a metric twice: {','.join(self.metrics)}")
-        if not (2 <= self.lds_subsets <= MAX_LDS_SUBSETS):
+        if not (MIN_LDS_SUBSETS <= self.lds_subsets <= MAX_LDS_SUBSETS):
             raise UsageError(
-                f"--lds-subsets must be in [2, {MAX_LDS_SUBSETS}] (a correlation needs two "
-                f"subsets), got {self.lds_subsets}"
+                f"--lds-subsets must be in [{MIN_LDS_SUBSETS}, {MAX_LDS_SUBSETS}] (a rank "
+                f"correlation of two subsets is always ±1), got {self.lds_subsets}"
             )
         Budget.parse(self.budget)  # validates
         for name in (*self.methods, *self.datasets):
@@ -535,13 +540,17 @@ def load_config_file(path: Path) -> dict[str, Any]:
     for key in ("out", "data_dir"):
         if key in data:
             data[key] = _beside(path, data[key])
+
+    def beside(name: str) -> str:
+        if not name.startswith(FILE_PREFIX):
+            return name
+        return FILE_PREFIX + _beside(path, name[len(FILE_PREFIX) :])
+
     if "datasets" in data:
-        data["datasets"] = [
-            FILE_PREFIX + _beside(path, name[len(FILE_PREFIX) :])
-            if name.startswith(FILE_PREFIX)
-            else name
-            for name in _as_names("datasets", data["datasets"])
-        ]
+        data["datasets"] = [beside(name) for name in _as_names("datasets", data["datasets"])]
+    # [params."file:data.csv"] names the same file as datasets = ["file:data.csv"].
+    if "params" in data:
+        data["params"] = {beside(name): values for name, values in params.items()}
     return data
 
 
@@ -718,6 +727,15 @@ def build_spec(
     ``datasets_when_present`` join its datasets where it says so, unless the config file or the
     flags name the datasets (None: they never join).
     """
+    # An empty value (an unset shell variable, say) would quietly mean "the default" or "no
+    # limit" (--budget "" lifting a preset's budget): refused, as --out "" is.
+    for source, where in ((config, "in the config file"), (overrides, "")):
+        for key, value in {**source, **({"preset": preset} if not where else {})}.items():
+            if isinstance(value, str) and not value.strip():
+                name = key if where else "--" + key.replace("_", "-")
+                raise UsageError(
+                    f"{name} is empty{' ' + where if where else ''}; give a value or leave it out"
+                )
     preset = preset or config.get("preset") or DEFAULT_PRESET
     if not isinstance(preset, str) or preset not in PRESETS:
         raise UsageError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from valbench.errors import RunDirectoryError
+from valbench.errors import RunDirectoryError, printable
 from valbench.records import (
     RECORD_SCHEMA,
     CellRecord,
@@ -436,7 +436,18 @@ class RunStore:
         return self.run_dir / RESULTS_FILE
 
     def prepare(self) -> None:
-        """Create the directory, refuse links inside it, and check that it is writable."""
+        """Create the directory, refuse links inside it, and check that it is writable.
+
+        A directory inside another run's is refused before anything is created: the outer
+        run would find a stranger among its own files and count itself damaged."""
+        outer = enclosing_run_dir(self.run_dir)
+        if outer is not None:
+            raise RunDirectoryError(
+                printable(
+                    f"{self.run_dir} lies inside the run directory {outer}; choose an --out "
+                    "outside it"
+                )
+            )
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:

@@ -971,6 +971,20 @@ class Dataset(_Parameterised, abc.ABC):
         """Whether the data loads on this machine without a download."""
         return True
 
+    @classmethod
+    def params_problem(cls, values: dict[str, Any]) -> str | None:
+        """What makes a set of parameter ``values`` (defaults filled in) unusable together,
+        each being valid alone; None when nothing. Checked with the parameters, before any
+        work. The base rule: the validation and test shares carved from the rows must leave
+        some for training."""
+        val, test = values.get("val_fraction"), values.get("test_fraction")
+        if isinstance(val, int | float) and isinstance(test, int | float) and val + test >= 1:
+            return (
+                f"val_fraction {val:g} and test_fraction {test:g} leave no rows for training "
+                "(their sum must be below 1)"
+            )
+        return None
+
     @abc.abstractmethod
     def load(self, *, seed: int, max_train: int | None = None) -> DatasetSplits:
         """Return standardized splits for ``seed``; at most ``max_train`` training points."""

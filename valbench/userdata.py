@@ -68,6 +68,19 @@ def file_fingerprint(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+@functools.lru_cache(maxsize=16)
+def _fingerprint_at(path: str, stamp: tuple[int, ...]) -> str:
+    return file_fingerprint(Path(path))
+
+
+def current_fingerprint(path: str | Path) -> str:
+    """:func:`file_fingerprint` of the file as it is now, hashed once per state of the file
+    (size, times, inode), so a cell can afford to check that its data is the run's."""
+    path = Path(path).expanduser()
+    st = path.stat()
+    return _fingerprint_at(str(path), (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
+
+
 def _read_frame(path: Path, id_column: str | None = None) -> Any:
     """The file's table (a pandas DataFrame); an id column is read as text."""
     import pandas as pd
@@ -111,6 +124,16 @@ def _read_table(
             )
     columns = [str(c) for c in frame.columns]
     shown = [c.encode("unicode_escape").decode("ascii") for c in columns]  # one line each
+    if path.suffix == ".csv" and len(columns) == 1:
+        # One column whose name holds another separator: not a comma-separated file.
+        seps = {";": "semicolons", "\t": "tabs", "|": "'|'"}
+        sep = next((name for s, name in seps.items() if s in columns[0]), None)
+        if sep is not None:
+            raise _fail(
+                path,
+                f"reads as one column ({shown[0]}): its values are separated by {sep}, not "
+                "commas; save it as comma-separated values",
+            )
     if label_column is None and {"label", "y"} <= set(columns):
         # The one not taken would be read as a feature (clean labels leaking in).
         raise _fail(path, "has both a 'label' and a 'y' column; name the label with --label-column")
@@ -176,14 +199,15 @@ def _read_table(
 def frame_features(frame: Any, what: str, hint: str = "") -> np.ndarray | str:
     """A DataFrame's columns as one feature array, or a one-line problem naming the column:
     text columns, and gaps in nullable (Int64, Float64, boolean) columns. ``hint`` is added
-    to the advice on text columns."""
+    to the advice on text columns. Columns are taken by position: a name may repeat."""
     import pandas as pd
 
-    text = [
-        str(c).encode("unicode_escape").decode("ascii")
-        for c in frame.columns
-        if not pd.api.types.is_numeric_dtype(frame[c])
-    ]
+    columns = [frame.iloc[:, i] for i in range(frame.shape[1])]
+
+    def shown(i: int) -> str:
+        return str(frame.columns[i]).encode("unicode_escape").decode("ascii")
+
+    text = [shown(i) for i, c in enumerate(columns) if not pd.api.types.is_numeric_dtype(c)]
     if text:
         return (
             f"{what} must be numeric; not numeric: {', '.join(text[:5])}"
@@ -193,22 +217,22 @@ def frame_features(frame: Any, what: str, hint: str = "") -> np.ndarray | str:
     # True/False and nullable columns become plain floats: beside other dtypes they would
     # make an object array. NaN in a plain float column is left for feature_problem.
     cast = [
-        c
-        for c in frame.columns
-        if pd.api.types.is_bool_dtype(frame[c])
-        or pd.api.types.is_extension_array_dtype(frame[c].dtype)
+        i
+        for i, c in enumerate(columns)
+        if pd.api.types.is_bool_dtype(c) or pd.api.types.is_extension_array_dtype(c.dtype)
     ]
-    for c in cast:
-        gaps = frame[c].isna().to_numpy()
+    for i in cast:
+        gaps = columns[i].isna().to_numpy()
         if gaps.any():
-            name = str(c).encode("unicode_escape").decode("ascii")
             return (
-                f"column {name} has {int(gaps.sum())} missing values (first in row "
+                f"column {shown(i)} has {int(gaps.sum())} missing values (first in row "
                 f"{int(np.flatnonzero(gaps)[0])}); impute or drop those rows"
             )
-    if cast:
-        frame = frame.astype({c: np.float64 for c in cast})
-    return frame.to_numpy()
+    if not cast:
+        return frame.to_numpy()
+    return np.column_stack(
+        [c.to_numpy(dtype=np.float64) if i in cast else c.to_numpy() for i, c in enumerate(columns)]
+    )
 
 
 def _check_ids(path: Path, frame: Any, id_column: str, label_column: str, shown: list[str]) -> None:

@@ -26,7 +26,7 @@ from threadpoolctl import threadpool_limits
 
 from valbench import metrics
 from valbench.data import apply_label_noise, imbalance_rows
-from valbench.errors import CellSkipped, ValbenchError
+from valbench.errors import CellSkipped, UsageError, ValbenchError
 from valbench.records import CellCost, CellError, CellMetrics, CellRecord
 from valbench.registry import get_dataset, get_method, validate_params
 from valbench.spec import FILE_PREFIX, Cell, RunSpec
@@ -184,7 +184,7 @@ def build_task_with_provenance(
     import json
 
     from valbench.models import ModelSpec
-    from valbench.userdata import column_flags
+    from valbench.userdata import column_flags, current_fingerprint
     from valbench.utility import UtilityEngine
 
     data_seed = cell.data_seed(spec.root_seed)
@@ -192,6 +192,15 @@ def build_task_with_provenance(
     if cell.dataset.startswith(FILE_PREFIX):
         path = cell.dataset[len(FILE_PREFIX) :]
         params.update(column_flags(path, spec.label_column, spec.id_column))
+        # The run is keyed on the file's content: a file edited or replaced since the run
+        # began would mix two datasets under one name.
+        want = dict(spec.data_fingerprints).get(cell.dataset)
+        if want is not None and current_fingerprint(path) != want:
+            raise UsageError(
+                f"{path} changed since this run began (its content hash differs), so this "
+                "cell would value other data under the run's name: restore the file, or "
+                "start a new run on it (another --out, or --overwrite)"
+            )
     params_json = json.dumps(params, sort_keys=True)
     noise_cell = replace(cell, method="")
     if _dataset(cell.dataset, params_json).features_use_labels():
@@ -753,6 +762,26 @@ def budget_progress(progress: ProgressFn, meter: BudgetMeter) -> ProgressFn:
     return report
 
 
+def _check_task_size(cell: Cell, spec: RunSpec, task: ValuationTask) -> None:
+    """Refuse a training set too small for the cell's noise rate or fractions, which would
+    otherwise come out as an "ok" cell without mislabel metrics (no flip planted) or fail
+    after the method ran (a removal leaving nothing). The run refuses what it can up front
+    (the caps); this catches the rest (a dataset smaller than its cap, an ``n_train``)."""
+    n = task.n_train
+    if cell.noise > 0 and task.noisy_mask is not None and not task.noisy_mask.any():
+        raise UsageError(
+            f"--noise {cell.noise:g} on the {n} training points of {cell.dataset} plants no "
+            f"label flip (round({cell.noise:g} x {n}) = 0); give it more training rows, or "
+            "pass --noise 0"
+        )
+    largest = max(spec.fractions)
+    if metrics.subset_size(n, largest) >= n:
+        raise UsageError(
+            f"removing the fraction {largest:g} of the {n} training points of {cell.dataset} "
+            "leaves nothing to train on; use smaller --fractions or more training rows"
+        )
+
+
 def run_cell(cell: Cell, spec: RunSpec, progress: ProgressFn = no_progress) -> CellOutcome:
     """Execute one cell; any exception becomes a failed record (the run goes on)."""
     with cell_threads():
@@ -768,6 +797,7 @@ def _run_cell(cell: Cell, spec: RunSpec, progress: ProgressFn) -> CellOutcome:
         method = cls(**params)
         params = method.get_params()
         task, provenance = build_task_with_provenance(cell, spec)
+        _check_task_size(cell, spec, task)  # before the method spends anything
         pixels = scratch_task(cell, spec, provenance)  # refused here, before the method runs
         if cls.architectures is not None and task.model.kind not in cls.architectures:
             raise CellSkipped(

@@ -20,7 +20,7 @@ SMALL = ["--datasets", "synthetic", "--preset", "ci", "--seeds", "1", "--no-prog
             ["--methods", "random", "--datasets", "mnist-9"],
             "unknown dataset 'mnist-9'; valid datasets:",
         ),
-        (["--methods", ""], "no methods selected"),
+        (["--methods", ""], "--methods is empty; give a value or leave it out"),
         (["--methods", "random", "--fractions", "0.1,1.5"], "fraction 1.5 is outside (0, 1)"),
         (["--methods", "random", "--fractions", "0"], "fraction 0 is outside (0, 1)"),
         (["--methods", "random", "--noise", "1"], "noise rate 1 is outside [0, 1)"),
@@ -40,7 +40,7 @@ SMALL = ["--datasets", "synthetic", "--preset", "ci", "--seeds", "1", "--no-prog
         (["--methods", "random", "--backend", "gpu"], "unknown backend 'gpu'"),
         (["--methods", "random", "--metrics", "bogus"], "unknown metric 'bogus' in --metrics"),
         (["--methods", "random", "--metrics", "none,lds"], "--metrics none cannot be combined"),
-        (["--methods", "random", "--lds-subsets", "1"], "--lds-subsets must be in [2, 100000]"),
+        (["--methods", "random", "--lds-subsets", "1"], "--lds-subsets must be in [3, 100000]"),
         (["--methods", "random", "--max-train", "iris=30"], "--max-train names iris, not among"),
     ],
 )
