@@ -601,6 +601,12 @@ def _cmd_value(args: argparse.Namespace) -> int:
     from valbench.spec import parse_param_assignments
     from valbench.store import check_output_files
 
+    # An empty value (an unset shell variable) would quietly mean the default: no budget,
+    # the default label column. Refused, as `run` refuses it.
+    for flag in ("methods", "label_column", "id_column", "model", "budget", "goal"):
+        value = getattr(args, flag)
+        if isinstance(value, str) and not value.strip():
+            raise UsageError(f"--{flag.replace('_', '-')} is empty; give a value or leave it out")
     folds, seed = _whole("--folds", args.folds), _whole("--seed", args.seed)
     top = _whole("--top", args.top)
     methods = list(dict.fromkeys(m.strip() for m in args.methods.split(",") if m.strip()))

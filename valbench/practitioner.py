@@ -206,8 +206,8 @@ def check_request(
         raise UsageError(
             printable(
                 f"class {classes[c]!r} has {int(counts[c])} row(s); with {folds} folds each "
-                f"class needs at least {folds} (one per fold): add rows or drop the class"
-                + (" or use fewer folds" if folds > 2 else "")
+                f"class needs at least {folds} (one per fold): add rows"
+                + (", drop the class or use fewer folds" if folds > 2 else " or drop the class")
             )
         )
     params = params or {}

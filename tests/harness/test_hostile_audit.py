@@ -196,3 +196,11 @@ def test_messages_name_the_real_problem(tmp_path: Path) -> None:
     # with the fewest folds there are, "use fewer folds" cannot be followed
     with pytest.raises(UsageError, match=r"add rows or drop the class$"):
         valbench.value(rng.normal(size=(21, 2)), np.r_[np.zeros(20, int), 1], folds=2)
+
+
+def test_value_refuses_empty_flag_values(tmp_path: Path) -> None:
+    table = tmp_path / "t.csv"
+    table.write_text("a,label\n" + "".join(f"{i},{i % 2}\n" for i in range(20)))
+    base = ["value", str(table), "--out", str(tmp_path / "v.csv")]
+    for flag in ("--budget", "--label-column", "--id-column", "--methods", "--model"):
+        _refused([*base, flag, ""], f"{flag} is empty; give a value or leave it out")
