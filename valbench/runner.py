@@ -146,18 +146,22 @@ def resolve_names(spec: RunSpec, narrowable: Collection[str] = ()) -> RunSpec:
     # and both failures only grow more likely below it; the cells check their real sizes.
     largest = max(spec.fractions)
     for name in datasets:
-        n = train_sizes.get(name, spec.train_cap(name))
+        # A dataset's own n_train caps it too (a file's is in its measured size already).
+        caps = [spec.train_cap(name), dict(spec.params.get(name, {})).get("n_train")]
+        known = [c for c in caps if isinstance(c, int) and not isinstance(c, bool)]
+        n = train_sizes.get(name, min(known, default=None))
         if n is None:
             continue
         if rate > 0 and round(rate * n) == 0:
             raise UsageError(
                 f"--noise {rate:g} on the {n} training points of {name} plants no label flip "
-                f"(round({rate:g} x {n}) = 0); raise --max-train, or pass --noise 0"
+                f"(round({rate:g} x {n}) = 0); raise --max-train (or its n_train), or pass "
+                "--noise 0"
             )
         if subset_size(n, largest) >= n:
             raise UsageError(
                 f"removing the fraction {largest:g} of the {n} training points of {name} leaves "
-                "nothing to train on; use smaller --fractions or raise --max-train"
+                "nothing to train on; use smaller --fractions or raise --max-train (or its n_train)"
             )
     from valbench.models import ModelSpec
     from valbench.nets import resolve_device

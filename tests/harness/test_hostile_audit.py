@@ -204,3 +204,8 @@ def test_value_refuses_empty_flag_values(tmp_path: Path) -> None:
     base = ["value", str(table), "--out", str(tmp_path / "v.csv")]
     for flag in ("--budget", "--label-column", "--id-column", "--methods", "--model"):
         _refused([*base, flag, ""], f"{flag} is empty; give a value or leave it out")
+
+
+def test_a_datasets_own_n_train_is_counted_up_front(tmp_path: Path) -> None:
+    argv = [*RUN, "--param", "synthetic.n_train=5", "--max-train", "40", "--noise", "0.1"]
+    _refused([*argv, "--out", str(tmp_path / "r")], "the 5 training points of synthetic plants no")
