@@ -23,6 +23,7 @@ from valbench.export import (
     export_table,
     load_cell_arrays,
     point_stderr,
+    run_data_files,
     table_format,
     write_table,
 )
@@ -319,7 +320,9 @@ def export(
         isinstance(methods, list | tuple) and all(isinstance(m, str) for m in methods)
     ):
         raise UsageError(f"methods must be a method's name or a list of names, got {methods!r}")
-    check_output_files({"out": None if out is None else Path(out)})
+    # Never over the user's data file the run read (an --out naming it, by mistake).
+    inputs = run_data_files(Path(run_dir))
+    check_output_files({"out": None if out is None else Path(out)}, inputs=inputs)
     fmt = table_format(None if out is None else Path(out), fmt)
     frame = export_table(Path(run_dir), methods)
     if out is not None:

@@ -147,9 +147,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ADDRESS",
         help="Ray cluster of --backend ray, e.g. ray://host:10001 (default: start a local one)",
     )
-    run.add_argument("--out", help="run directory (default: reports/<preset>-<config hash>)")
     run.add_argument(
-        "--config", type=Path, help="TOML file with any of these options and [params.METHOD] tables"
+        "--out", help="run directory (default: reports/<preset>-<8 hex digits of the config hash>)"
+    )
+    run.add_argument(
+        "--config",
+        type=Path,
+        help="TOML file with the run's options (not --backend, --scheduler, --address, "
+        "--overwrite, --retry-failed, --no-progress; --max-memory as max_memory_mb) and "
+        "[params.METHOD] tables",
     )
     run.add_argument(
         "--preset",
@@ -646,14 +652,17 @@ def _cmd_value(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from valbench.api import export
-    from valbench.export import table_format
+    from valbench.export import run_data_files, table_format
     from valbench.store import check_output_files
 
     given = _directory("--out", args.out)
-    check_output_files({"--out": given})  # what it would destroy first, then its format
+    # What it would destroy first (the run, the user's data file), then its format.
+    inputs = run_data_files(args.run_dir)
+    check_output_files({"--out": given}, inputs=inputs)
     fmt = table_format(given, args.fmt)
     # Beside, not inside, the run directory: that holds only what the run itself wrote.
     out = given or Path(f"{args.run_dir.resolve().name}-rows.{fmt}")
+    check_output_files({"--out": out}, inputs=inputs)
     frame = export(args.run_dir, out=out, fmt=fmt, methods=args.method or None)
     print(f"{len(frame)} rows -> {out}")
     return EXIT_OK
@@ -678,6 +687,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     if html is None:
         safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"compare-{comparison.run_b}-vs-{comparison.run_a}")
         html = Path(safe + ".html")
+        check_output_files({"--html": html})  # the default too: never into a run directory
     for line in format_table(comparison, changed_only=args.changed_only).splitlines():
         print(printable(line))
     try:

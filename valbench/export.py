@@ -38,6 +38,7 @@ __all__ = [
     "point_stderr",
     "CellArrays",
     "load_cell_arrays",
+    "run_data_files",
     "export_table",
     "write_table",
     "rank_desc",
@@ -198,15 +199,35 @@ class _FileRows:
     classes: list[str]
 
 
-def _file_rows(name: str, spec: RunSpec, run_cwd: str | None = None) -> _FileRows:
-    from valbench.userdata import FileDataset, file_fingerprint, read_ids
-
+def _file_candidates(name: str, run_cwd: str | None) -> list[Path]:
+    """Where a ``file:`` dataset's file may be: relative to where the run started (the
+    manifest's cwd), then to here."""
     typed = Path(name[len(FILE_PREFIX) :]).expanduser()
-    # A relative path is relative to where the run started (the manifest's cwd), then to
-    # here; of those that exist, the one with the run's content hash is the run's file.
     candidates = [typed]
     if not typed.is_absolute() and run_cwd is not None:
         candidates.insert(0, Path(run_cwd) / typed)
+    return candidates
+
+
+def run_data_files(run_dir: Path) -> list[Path]:
+    """The user's data files a run read (its ``file:`` datasets) that exist here: an export
+    must never write over one."""
+    manifest = read_manifest(Path(run_dir))
+    spec = RunSpec.from_dict(dict(manifest.spec))
+    return [
+        path
+        for name in spec.datasets
+        if name.startswith(FILE_PREFIX)
+        for path in _file_candidates(name, manifest.cwd)
+        if path.is_file()
+    ]
+
+
+def _file_rows(name: str, spec: RunSpec, run_cwd: str | None = None) -> _FileRows:
+    from valbench.userdata import FileDataset, file_fingerprint, read_ids
+
+    # Of the places it may be, the one with the run's content hash is the run's file.
+    candidates = _file_candidates(name, run_cwd)
     existing = [c for c in candidates if c.is_file()]
     want = dict(spec.data_fingerprints).get(name)
     matching = [c for c in existing if want is not None and file_fingerprint(c) == want]

@@ -144,7 +144,7 @@ def _goal(group: GroupSummary, goal: str, question: str, key: str) -> GoalVerdic
             if group.max_seeds < MIN_TEST_PAIRS
             else f"{has}; no other method shares {MIN_TEST_PAIRS} seeds with "
             f"{'it' if len(best) == 1 else 'them'}, so nothing was tested and this is not a "
-            "ranking."
+            "ranking." + apart
         )
     elif len(best) == len(present):
         why = f"{has}: all methods are equal on it."

@@ -209,3 +209,44 @@ def test_value_refuses_empty_flag_values(tmp_path: Path) -> None:
 def test_a_datasets_own_n_train_is_counted_up_front(tmp_path: Path) -> None:
     argv = [*RUN, "--param", "synthetic.n_train=5", "--max-train", "40", "--noise", "0.1"]
     _refused([*argv, "--out", str(tmp_path / "r")], "the 5 training points of synthetic plants no")
+
+
+def test_export_never_writes_over_the_runs_data_file_nor_compare_into_a_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = tmp_path / "d.csv"
+    data.write_text("a,label\n" + "".join(f"{i},{i % 2}\n" for i in range(60)))
+    before = data.read_bytes()
+    run = tmp_path / "r"
+    argv = ["run", "--methods", "random", "--seeds", "1", "--preset", "ci", "--noise", "0"]
+    assert _cli([*argv, "--datasets", f"file:{data}", "--no-progress", "--out", str(run)])[0] == 0
+    _refused(["export", str(run), "--out", str(data)], "is this command's own input")
+    assert data.read_bytes() == before
+    # compare's default page lands in the current directory: never when that is a run
+    monkeypatch.chdir(run)
+    _refused(["compare", str(run), str(run)], "is inside the run directory")
+
+
+def test_an_untested_method_is_named_even_when_nothing_else_was_tested() -> None:
+    from valbench.records import CellRecord
+    from valbench.summary import summarise
+    from valbench.verdict import verdicts
+
+    def line(method: str, seed: int, value: float) -> CellRecord:
+        return CellRecord.from_json(
+            {
+                "cell_id": f"d.{method}.{seed}",
+                "status": "ok",
+                "dataset": "d",
+                "noise": 0.1,
+                "method": method,
+                "seed": seed,
+                "metrics": {"subset_value": {"0.1": value}, "random_subset_value": {"0.1": 0.5}},
+            }
+        )
+
+    records = [line("a", s, 0.6 + 0.01 * s) for s in range(3)]
+    records += [line("e", s, 0.9) for s in range(2)]
+    (verdict,) = verdicts(summarise(records))
+    subset = verdict.goal("subset")
+    assert subset is not None and "e could not be tested against it" in subset.why
