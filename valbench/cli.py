@@ -661,8 +661,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     check_output_files({"--out": given}, inputs=inputs)
     fmt = table_format(given, args.fmt)
     # Beside, not inside, the run directory: that holds only what the run itself wrote.
-    out = given or Path(f"{args.run_dir.resolve().name}-rows.{fmt}")
-    check_output_files({"--out": out}, inputs=inputs)
+    out = given or Path(f"{args.run_dir.resolve().name}-rows.{fmt}")  # export() checks it
     frame = export(args.run_dir, out=out, fmt=fmt, methods=args.method or None)
     print(f"{len(frame)} rows -> {out}")
     return EXIT_OK

@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 from valbench.errors import CellTimeout, RunDirectoryError, UsageError, printable
-from valbench.metrics import subset_size
 from valbench.pool import preload_modules, start_fork_server, warm_workers
 from valbench.records import CellRecord, Manifest
 from valbench.registry import dataset_names, discover, method_names
@@ -45,7 +44,13 @@ from valbench.store import (
     read_manifest,
     read_results,
 )
-from valbench.worker import CellOutcome, failure_record, run_cell, scratch_params
+from valbench.worker import (
+    CellOutcome,
+    failure_record,
+    run_cell,
+    scratch_params,
+    training_size_problem,
+)
 
 __all__ = [
     "RunSummary",
@@ -152,17 +157,10 @@ def resolve_names(spec: RunSpec, narrowable: Collection[str] = ()) -> RunSpec:
         n = train_sizes.get(name, min(known, default=None))
         if n is None:
             continue
-        if rate > 0 and round(rate * n) == 0:
-            raise UsageError(
-                f"--noise {rate:g} on the {n} training points of {name} plants no label flip "
-                f"(round({rate:g} x {n}) = 0); raise --max-train (or its n_train), or pass "
-                "--noise 0"
-            )
-        if subset_size(n, largest) >= n:
-            raise UsageError(
-                f"removing the fraction {largest:g} of the {n} training points of {name} leaves "
-                "nothing to train on; use smaller --fractions or raise --max-train (or its n_train)"
-            )
+        advice = "raise --max-train (or its n_train)"
+        problem = training_size_problem(name, n, rate, round(rate * n) == 0, largest, advice)
+        if problem is not None:
+            raise UsageError(problem)
     from valbench.models import ModelSpec
     from valbench.nets import resolve_device
     from valbench.registry import check_method_models, get_dataset, get_method, validate_params

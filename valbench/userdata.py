@@ -259,9 +259,14 @@ def _check_ids(path: Path, frame: Any, id_column: str, label_column: str, shown:
 
 def read_ids(path: str | Path, id_column: str) -> np.ndarray:
     """The id of every row of a ``.csv``/``.parquet`` file, as text (row order of the file)."""
+    import pandas as pd
+
     path = Path(path).expanduser()
-    frame = _read_frame(path, id_column)
-    return frame[id_column].astype(str).to_numpy()
+    if path.suffix != ".csv":
+        return pd.read_parquet(path, columns=[id_column])[id_column].astype(str).to_numpy()
+    # The id column alone, read as the file's own parse reads it (as written, stripped).
+    ids = pd.read_csv(path, usecols=[id_column], dtype=str, keep_default_na=False)[id_column]
+    return ids.str.strip().to_numpy(dtype=str)
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:

@@ -762,24 +762,41 @@ def budget_progress(progress: ProgressFn, meter: BudgetMeter) -> ProgressFn:
     return report
 
 
+def training_size_problem(
+    name: str, n: int, noise: float, plants_none: bool, largest: float, advice: str
+) -> str | None:
+    """Why ``n`` training points of dataset ``name`` cannot serve a cell, or None: a noise rate
+    that plants no flip (``plants_none``), or a largest fraction whose removal leaves nothing.
+    ``advice`` says how to get more rows. Shared by the run's up-front check and the cell's."""
+    if noise > 0 and plants_none:
+        return (
+            f"--noise {noise:g} on the {n} training points of {name} plants no label flip "
+            f"(round({noise:g} x {n}) = 0); {advice}, or pass --noise 0"
+        )
+    if metrics.subset_size(n, largest) >= n:
+        return (
+            f"removing the fraction {largest:g} of the {n} training points of {name} leaves "
+            f"nothing to train on; use smaller --fractions or {advice}"
+        )
+    return None
+
+
 def _check_task_size(cell: Cell, spec: RunSpec, task: ValuationTask) -> None:
     """Refuse a training set too small for the cell's noise rate or fractions, which would
     otherwise come out as an "ok" cell without mislabel metrics (no flip planted) or fail
     after the method ran (a removal leaving nothing). The run refuses what it can up front
-    (the caps); this catches the rest (a dataset smaller than its cap, an ``n_train``)."""
-    n = task.n_train
-    if cell.noise > 0 and task.noisy_mask is not None and not task.noisy_mask.any():
-        raise UsageError(
-            f"--noise {cell.noise:g} on the {n} training points of {cell.dataset} plants no "
-            f"label flip (round({cell.noise:g} x {n}) = 0); give it more training rows, or "
-            "pass --noise 0"
-        )
-    largest = max(spec.fractions)
-    if metrics.subset_size(n, largest) >= n:
-        raise UsageError(
-            f"removing the fraction {largest:g} of the {n} training points of {cell.dataset} "
-            "leaves nothing to train on; use smaller --fractions or more training rows"
-        )
+    (the caps); this catches the rest (a dataset smaller than its cap)."""
+    mask = task.noisy_mask
+    problem = training_size_problem(
+        cell.dataset,
+        task.n_train,
+        cell.noise,
+        mask is not None and not mask.any(),
+        max(spec.fractions),
+        "give it more training rows",
+    )
+    if problem is not None:
+        raise UsageError(problem)
 
 
 def run_cell(cell: Cell, spec: RunSpec, progress: ProgressFn = no_progress) -> CellOutcome:
