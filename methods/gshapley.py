@@ -354,8 +354,9 @@ class GShapley(Method):
             )  # fmt: skip
 
         def epoch_seconds() -> float:
-            # Timed on the first points after an untimed warm-up (the first call builds the
-            # convolution kernels): k steps score the validation split k + 1 times, so one
+            # Timed on the first points after an untimed warm-up of both lengths (a first call
+            # builds the convolution kernels for its shapes, a one-off cost that must not be
+            # read as an epoch's): k steps score the validation split k + 1 times, so one
             # step and its scoring is the difference of a 2-step and a 1-step run.
             def run(k: int) -> float:
                 began = time.perf_counter()
@@ -364,7 +365,7 @@ class GShapley(Method):
                 )
                 return time.perf_counter() - began
 
-            run(1)
+            run(1), run(2)
             one, two = run(1), run(2)
             return task.n_train * max(two - one, one / 2)
 
