@@ -409,7 +409,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise UsageError("--scheduler goes with --backend dask, --address with --backend ray")
     spec = build_spec(args.preset, config, overrides, present=available_offline)
     out = out_flag if out_flag is not None else (Path(config["out"]) if "out" in config else None)
-    command = " ".join(["valbench", *map(shlex.quote, sys.argv[1:])])
+    command = " ".join(["valbench", *map(shlex.quote, args.argv)])
     if args.backend in ("auto", "process"):
         warm_workers(spec)  # the workers' imports overlap the driver's own, from here on
     from valbench.runner import execute, resolve_names
@@ -706,7 +706,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``valbench`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # recorded in a run's manifest as the command that made it
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -195,6 +196,14 @@ def test_run_config_file_and_params(
     text = (out / "results.jsonl").read_text()
     assert '"batch_size": 7' in text and '"0.2"' in text and '"0.05"' not in text
     assert "tmc-shapley" not in (out / "manifest.json").read_text()  # nor in the config hash
+    # the recorded command is the one given to main (not the test runner's own argv), and the
+    # report says where it ran, for its relative paths
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["command"] == f"valbench {' '.join(argv)} --methods loo"
+    assert (
+        f"<code>{elsewhere}</code> (the command's relative paths"
+        in (out / "index.html").read_text()
+    )
     assert "1/1 cells ok" in capsys.readouterr().out
     assert list(elsewhere.iterdir()) == []
     # a --param for a method the run leaves out is still a mistake, and so is a typo
