@@ -147,9 +147,9 @@ def resolve_names(spec: RunSpec, narrowable: Collection[str] = ()) -> RunSpec:
     # Planted flips are round(rate x n_train): too few training points plant none, and the
     # mislabel metrics would have nothing to find.
     rate = min((r for r in spec.noise if r > 0), default=0.0)
-    # So does removing a fraction that leaves no point. A cap is an upper bound on the size,
-    # and both failures only grow more likely below it; the cells check their real sizes.
-    largest = max(spec.fractions)
+    # So does removing a fraction that leaves no point, or two fractions of one size. A cap is
+    # an upper bound on the size, and these failures only grow more likely below it; the
+    # cells check their real sizes.
     for name in datasets:
         # A dataset's own n_train caps it too (a file's is in its measured size already).
         caps = [spec.train_cap(name), dict(spec.params.get(name, {})).get("n_train")]
@@ -158,7 +158,7 @@ def resolve_names(spec: RunSpec, narrowable: Collection[str] = ()) -> RunSpec:
         if n is None:
             continue
         advice = "raise --max-train (or its n_train)"
-        problem = training_size_problem(name, n, rate, round(rate * n) == 0, largest, advice)
+        problem = training_size_problem(name, n, rate, round(rate * n) == 0, spec.fractions, advice)
         if problem is not None:
             raise UsageError(problem)
     from valbench.models import ModelSpec

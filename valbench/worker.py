@@ -763,21 +763,33 @@ def budget_progress(progress: ProgressFn, meter: BudgetMeter) -> ProgressFn:
 
 
 def training_size_problem(
-    name: str, n: int, noise: float, plants_none: bool, largest: float, advice: str
+    name: str, n: int, noise: float, plants_none: bool, fractions: Sequence[float], advice: str
 ) -> str | None:
     """Why ``n`` training points of dataset ``name`` cannot serve a cell, or None: a noise rate
-    that plants no flip (``plants_none``), or a largest fraction whose removal leaves nothing.
-    ``advice`` says how to get more rows. Shared by the run's up-front check and the cell's."""
+    that plants no flip (``plants_none``), a largest fraction whose removal leaves nothing, or
+    two fractions that take the same number of points (their columns would be one subset
+    under two labels). ``advice`` says how to get more rows. Shared by the run's up-front
+    check and the cell's."""
     if noise > 0 and plants_none:
         return (
             f"--noise {noise:g} on the {n} training points of {name} plants no label flip "
             f"(round({noise:g} x {n}) = 0); {advice}, or pass --noise 0"
         )
+    largest = max(fractions)
     if metrics.subset_size(n, largest) >= n:
         return (
             f"removing the fraction {largest:g} of the {n} training points of {name} leaves "
             f"nothing to train on; use smaller --fractions or {advice}"
         )
+    taken: dict[int, float] = {}
+    for fraction in sorted(fractions):
+        size = metrics.subset_size(n, fraction)
+        if size in taken:
+            return (
+                f"--fractions {taken[size]:g} and {fraction:g} both take {size} of the {n} "
+                f"training points of {name}; keep one of them or {advice}"
+            )
+        taken[size] = fraction
     return None
 
 
@@ -792,7 +804,7 @@ def _check_task_size(cell: Cell, spec: RunSpec, task: ValuationTask) -> None:
         task.n_train,
         cell.noise,
         mask is not None and not mask.any(),
-        max(spec.fractions),
+        spec.fractions,
         "give it more training rows",
     )
     if problem is not None:

@@ -45,6 +45,13 @@ RUN = ["run", "--methods", "random", "--datasets", "synthetic", "--seeds", "1"]
         (["--lds-subsets", "2"], "a rank correlation of two subsets is always ±1"),
         # sizes known up front: a cap that leaves nothing after the largest removal
         (["--fractions", "0.1,0.98", "--max-train", "40"], "removing the fraction 0.98 of"),
+        # two fractions of one size would show one subset under two labels (ceil: 0.05 and 0.1
+        # of 10 points are both 1 point)
+        (
+            ["--max-train", "10", "--noise", "0.1"],
+            "--fractions 0.05 and 0.1 both take 1 of the 10 training points of synthetic",
+        ),
+        (["--fractions", "0.21,0.3", "--max-train", "10"], "0.21 and 0.3 both take 3 of the 10"),
         (
             ["--datasets", "breast_cancer", "--param", "breast_cancer.val_fraction=0.9"],
             "leave no rows for training",
