@@ -242,14 +242,20 @@ def random_subset_value(
     rng: np.random.Generator,
     repeats: int = 3,
 ) -> dict[float, float]:
-    """Random reference: mean over ``repeats`` of ``evaluate`` on random same-size subsets."""
+    """Random reference: mean over ``repeats`` of ``evaluate`` on random same-size subsets.
+
+    Each fraction draws from its own stream (one seed from ``rng``, then the fraction), so a
+    fraction's reference does not depend on which other fractions are listed, nor their order.
+    """
     if int(repeats) != repeats or repeats < 1:
         raise MetricInputError(f"repeats must be a positive integer, got {repeats!r}")
+    base = int(rng.integers(2**63))
     out: dict[float, float] = {}
     for f in _fractions(fractions):
         size = subset_size(n, f)
+        draws = np.random.default_rng([base, round(f * 1_000_000)])
         vals = [
-            _call(evaluate, rng.choice(int(n), size=size, replace=False)) for _ in range(repeats)
+            _call(evaluate, draws.choice(int(n), size=size, replace=False)) for _ in range(repeats)
         ]
         out[f] = float(np.mean(vals))
     return out

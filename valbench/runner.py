@@ -617,6 +617,21 @@ def _git_revision() -> str | None:
     return f"{rev}{'-dirty' if dirty else ''}" or None
 
 
+def _code_changes(old: Manifest, spec: RunSpec) -> str:
+    """How the code that began a run differs from this process's ("torch 2.12.0 -> 2.13.0,
+    git 1a2b3c4 -> 5d6e7f8"), or "" when it does not: a resume must not mix the two."""
+    now, was = _versions(spec), dict(old.versions)
+    parts = [
+        f"{name} {was.get(name, 'absent')} -> {now.get(name, 'absent')}"
+        for name in sorted(was.keys() | now.keys())
+        if was.get(name) != now.get(name)
+    ]
+    revision = _git_revision()
+    if old.git_revision and revision and old.git_revision != revision:
+        parts.append(f"git {old.git_revision[:12]} -> {revision[:12]}")
+    return printable(", ".join(parts))
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -667,12 +682,24 @@ def _open_run_dir(store: RunStore, spec: RunSpec, overwrite: bool, command: str)
     config_hash = spec.config_hash()
     if store.holds_run():  # again under the lock: another run may have just started here
         old = read_manifest(store.run_dir)
+        changed = "" if old.config_hash != config_hash else _code_changes(old, spec)
         if old.config_hash != config_hash:
             if not overwrite:
                 raise RunDirectoryError(
                     f"{store.run_dir} holds another run (config {old.config_hash}, this one is "
                     f"{config_hash}: {_spec_changes(old.spec, spec)}); pass --overwrite to "
                     "replace it (its finished cells are deleted), or choose another --out"
+                )
+            store.clear()
+        elif changed:
+            # The same spec under other code (a package upgraded, another commit): finished
+            # cells and new ones would disagree without any line saying so.
+            if not overwrite:
+                raise RunDirectoryError(
+                    f"{store.run_dir} was begun by other code ({changed}): resuming would mix "
+                    "its finished cells with numbers from this code; resume with the run's "
+                    "versions, pass --overwrite to start it over, or choose another --out "
+                    f"(valbench report {store.run_dir} re-renders its report as it is)"
                 )
             store.clear()
         else:

@@ -130,6 +130,9 @@ FILE_PREFIX = "file:"
 #: 3: the L-BFGS and Newton cap raised from 150 to 1,000 iterations, so that the tolerance
 #: ends every fit (version 2's cap stopped most fits on noisy digits short of it).
 LOGREG_VERSION = 3
+#: 2: a ``file:`` dataset's planted flips and random draws are seeded by the file's content
+#: fingerprint (version 1 seeded them by the path as written: a moved copy changed every number).
+FILE_SEED_VERSION = 2
 
 
 def dataset_slug(name: str) -> str:
@@ -233,6 +236,9 @@ class RunSpec:
                     f"--{key} lists {', '.join(repeated)} more than once (to 6 significant "
                     "digits, as cells are named); give each value once"
                 )
+        # One set, one run: the order a list is typed in changes neither the hash nor a number.
+        for key in ("noise", "fractions"):
+            object.__setattr__(self, key, tuple(sorted(getattr(self, key))))
         for f in self.fractions:
             # 1 is refused: the removal curve at 1 would train on nothing, failing every cell.
             if not (0 < f < 1):
@@ -355,7 +361,10 @@ class RunSpec:
     def config_hash(self) -> str:
         """Hash of what determines the numbers; a run directory belongs to one hash."""
         data = {k: v for k, v in self.to_dict().items() if k not in self.EXECUTION_ONLY}
-        if not data["data_fingerprints"]:  # runs without file: datasets keep their hashes
+        if data["data_fingerprints"]:
+            # Version 2 seeds a file's flips and draws by its bytes, not by its path string.
+            data["file_seed_version"] = FILE_SEED_VERSION
+        else:  # runs without file: datasets keep their hashes
             del data["data_fingerprints"]
         if data["id_column"] is None:  # so do runs without an id column
             del data["id_column"]
@@ -379,7 +388,13 @@ class RunSpec:
     def cells(self) -> list[Cell]:
         """The grid: one cell per (dataset, noise, seed, method), in a stable order."""
         return [
-            Cell(dataset=d, noise=float(n), seed=s, method=m)
+            Cell(
+                dataset=d,
+                noise=float(n),
+                seed=s,
+                method=m,
+                data_fingerprint=self.data_fingerprints.get(d, ""),
+            )
             for d in self.datasets
             for n in self.noise
             for s in range(self.seeds)
@@ -398,6 +413,10 @@ class Cell:
     noise: float
     seed: int
     method: str
+    #: A ``file:`` dataset's content fingerprint: it seeds the cell's draws in place of the
+    #: path, so the same bytes give the same numbers wherever they lie and however their path
+    #: is written. Empty for a built-in dataset (its name seeds them).
+    data_fingerprint: str = field(default="", repr=False)
 
     @property
     def cell_id(self) -> str:
@@ -409,7 +428,13 @@ class Cell:
 
     def _seq(self, root_seed: int, *parts: int) -> np.random.SeedSequence:
         return np.random.SeedSequence(
-            [root_seed, self.seed, stable_int(self.dataset), round(self.noise * 1_000_000), *parts]
+            [
+                root_seed,
+                self.seed,
+                stable_int(self.data_fingerprint or self.dataset),
+                round(self.noise * 1_000_000),
+                *parts,
+            ]
         )
 
     def noise_rng(self, root_seed: int) -> np.random.Generator:

@@ -818,6 +818,10 @@ def run_cell(cell: Cell, spec: RunSpec, progress: ProgressFn = no_progress) -> C
 
 
 def _run_cell(cell: Cell, spec: RunSpec, progress: ProgressFn) -> CellOutcome:
+    # A cell built by hand (not by spec.cells()) is seeded by its file's content all the same.
+    fingerprint = dict(spec.data_fingerprints).get(cell.dataset, "")
+    if cell.data_fingerprint != fingerprint:
+        cell = replace(cell, data_fingerprint=fingerprint)
     params = dict(spec.params.get(cell.method, {}))
     cost: CellCost | None = None
     try:

@@ -107,11 +107,13 @@ def test_cost_scaling_with_n(benchmark: Any, cls: type[Method], n: int, kind: st
 def test_default_cell_on_250_points_is_quick() -> None:
     # The quick preset: 250 training points, default parameters (R = 10, scaled epochs).
     task = make_task(250)
+    # CPU seconds of this process, not wall time: another job on the machine must not fail it
+    # (wall 6.3 s against CPU 0.47 s under load).
     for cls in (GraNd, EL2N, Forgetting):
-        start = time.perf_counter()
+        start = time.process_time()
         cls().value(task, RunContext.for_task(task))
-        elapsed = time.perf_counter() - start
-        print(f"\n{cls.name:10s} default on 250 points: {elapsed:.3f}s")
+        elapsed = time.process_time() - start
+        print(f"\n{cls.name:10s} default on 250 points: {elapsed:.3f} CPU s")
         assert elapsed < 5.0
 
 
