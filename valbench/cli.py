@@ -3,7 +3,7 @@
 
 Exit status: 0 success; 1 some cells failed or timed out (``compare --fail-on-regression``: a
 method got significantly worse); 2 bad input (one line on stderr);
-130 interrupted (finished cells are kept; the same command resumes).
+130 interrupted by Ctrl-C or SIGTERM (finished cells are kept; the same command resumes).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import argparse
 import logging
 import os
 import shlex
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -389,6 +390,10 @@ def _directory(flag: str, value: str | None) -> Path | None:
     return Path(value)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from valbench.cache import set_data_dir
     from valbench.pool import warm_workers
@@ -424,17 +429,25 @@ def _cmd_run(args: argparse.Namespace) -> int:
         for line in _planting_lines(spec):
             print(printable(line), file=sys.stderr)
 
-    summary = execute(
-        spec,
-        out=out,
-        overwrite=args.overwrite,
-        retry_failed=args.retry_failed,
-        backend=args.backend,
-        show_progress=args.progress,
-        command=command,
-        address=args.scheduler or args.address,
-        on_start=announce_planting,
-    )
+    # `kill`, `timeout` and job schedulers stop a run with SIGTERM: it ends the run as Ctrl-C
+    # does (finished cells kept, the manifest "interrupted", the report rendered) instead of
+    # leaving a manifest that says "running". Set after the fork server started, which keeps
+    # the default.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        summary = execute(
+            spec,
+            out=out,
+            overwrite=args.overwrite,
+            retry_failed=args.retry_failed,
+            backend=args.backend,
+            show_progress=args.progress,
+            command=command,
+            address=args.scheduler or args.address,
+            on_start=announce_planting,
+        )
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     skipped = f", {len(summary.skipped)} skipped" if summary.skipped else ""
     left = summary.total - summary.finished
     not_run = f", {left} not run" if left else ""

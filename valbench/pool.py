@@ -56,7 +56,7 @@ def warm_workers(spec: RunSpec) -> None:
 
 
 def start_fork_server() -> None:
-    """Start the fork server (if it is not running) with Ctrl-C ignored.
+    """Start the fork server (if it is not running) with Ctrl-C and SIGTERM ignored.
 
     The server imports its preload modules before it ignores SIGINT itself, and a Ctrl-C in
     those seconds (it reaches the whole process group) printed a traceback from the server
@@ -67,12 +67,16 @@ def start_fork_server() -> None:
 
     if (
         threading.current_thread() is not threading.main_thread()  # only it may set handlers
-        or signal.getsignal(signal.SIGINT) is None  # a handler Python cannot put back
+        or None in (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
     ):
         forkserver.ensure_running()
         return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # SIGTERM too: sent to the whole group (a scheduler, `kill -- -PGID`), it would kill the
+    # server, whose workers die with it, and their cells would be recorded as failed; the
+    # driver ends the run as for Ctrl-C and kills its workers itself.
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         forkserver.ensure_running()
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

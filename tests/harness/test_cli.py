@@ -457,13 +457,14 @@ def test_the_fork_server_starts_with_ctrl_c_ignored(monkeypatch: pytest.MonkeyPa
     from valbench.pool import start_fork_server
 
     seen: list[object] = []
+    signals = (signal.SIGINT, signal.SIGTERM)
     monkeypatch.setattr(
-        forkserver, "ensure_running", lambda: seen.append(signal.getsignal(signal.SIGINT))
+        forkserver, "ensure_running", lambda: seen.extend(map(signal.getsignal, signals))
     )
-    before = signal.getsignal(signal.SIGINT)
+    before = [signal.getsignal(sig) for sig in signals]
     start_fork_server()
-    assert seen == [signal.SIG_IGN]
-    assert signal.getsignal(signal.SIGINT) is before
+    assert seen == [signal.SIG_IGN, signal.SIG_IGN]  # SIGTERM to the group spares it too
+    assert [signal.getsignal(sig) for sig in signals] == before
 
 
 def test_run_and_status_say_how_many_ok_cells_are_partial(

@@ -363,13 +363,30 @@ def _foreground() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def test_ctrl_c_keeps_finished_cells(tmp_path: Path, test_plugins: Path) -> None:
+# SIGTERM (kill, timeout, a job scheduler; to the driver or its whole group) ends a run as
+# Ctrl-C does: it once left the manifest "running" with no report, and exit status 143.
+@pytest.mark.parametrize(
+    ("sig", "group"),
+    [(signal.SIGINT, False), (signal.SIGTERM, False), (signal.SIGTERM, True)],
+    ids=["ctrl-c", "sigterm", "sigterm-to-group"],
+)
+def test_ctrl_c_keeps_finished_cells(
+    tmp_path: Path, test_plugins: Path, sig: signal.Signals, group: bool
+) -> None:
     out = tmp_path / "run"
     proc = subprocess.Popen(
-        _cli(out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_foreground
+        _cli(out),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_foreground,
+        process_group=0,  # its own group, which the group signal reaches (and not pytest)
     )
     _wait_for_lines(out / "results.jsonl", 2, proc)
-    proc.send_signal(signal.SIGINT)
+    if group:
+        os.killpg(proc.pid, sig)
+    else:
+        proc.send_signal(sig)
     stdout, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "run the same command to resume" in err and "Traceback" not in err
