@@ -2,8 +2,9 @@
 
 Built-ins are registered the same way, in valbench's own ``pyproject.toml``; the harness never
 imports a method module by name. A plugin that fails to load, is registered under a name a run
-cannot use, or whose class calls itself by another name is reported as broken, not fatal:
-``valbench list`` shows why and ``--methods all`` leaves it out with a warning.
+cannot use, under a name another plugin also registers, or whose class calls itself by
+another name is reported as broken, not fatal: ``valbench list`` shows why and ``--methods
+all`` leaves it out with a warning. A built-in's name always means the built-in.
 """
 
 from __future__ import annotations
@@ -111,30 +112,71 @@ def _load(kind: Kind, ep: EntryPoint) -> Entry:
     return Entry(kind, ep.name, ep.value, dist, obj=obj)
 
 
-def _entry_points(kind: Kind) -> dict[str, EntryPoint]:
-    """Registered entry points of one kind by name, not yet imported (the first one wins)."""
+#: The distribution whose entry points are the built-ins.
+_BUILTIN_DIST = "valbench"
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    """A registry warning, once per process: the registry is read for every cell."""
+    if message not in _warned:
+        _warned.add(message)
+        log.warning("%s", message)
+
+
+def _dist_name(ep: EntryPoint) -> str:
+    return ep.dist.name if ep.dist is not None else "?"
+
+
+def _entry_points(kind: Kind) -> dict[str, list[EntryPoint]]:
+    """Registered entry points of one kind by name, not yet imported; a name registered more
+    than once (by other distributions: one installed twice counts once) keeps all of them."""
     group = METHODS_GROUP if kind == "method" else DATASETS_GROUP
-    found: dict[str, EntryPoint] = {}
-    for ep in sorted(entry_points(group=group), key=lambda e: e.name):
-        if ep.name in found:
-            log.warning("%s %r registered twice; keeping %s", kind, ep.name, found[ep.name].value)
-            continue
-        found[ep.name] = ep
+    found: dict[str, list[EntryPoint]] = {}
+    for ep in sorted(entry_points(group=group), key=lambda e: (e.name, _dist_name(e))):
+        same = found.setdefault(ep.name, [])
+        if not any(_dist_name(o) == _dist_name(ep) and o.value == ep.value for o in same):
+            same.append(ep)
     return found
+
+
+def _resolve(kind: Kind, name: str, eps: list[EntryPoint]) -> Entry:
+    """The one entry behind ``name``: a built-in always wins over a plugin of its name (a
+    plugin must not silently replace, say, the random baseline), and a name two plugins
+    claim is broken (which one a run got would depend on the order packages are found)."""
+    if len(eps) == 1:
+        return _load(kind, eps[0])
+    builtin = [ep for ep in eps if _dist_name(ep) == _BUILTIN_DIST]
+    others = ", ".join(f"{_dist_name(ep)} ({ep.value})" for ep in eps if ep not in builtin[:1])
+    if builtin:
+        _warn_once(
+            f"{kind} {name!r} is valbench's built-in; ignoring the plugin(s) that also register "
+            f"it: {others}; rename the plugin's {kind}"
+        )
+        return _load(kind, builtin[0])
+    ep = eps[0]
+    dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist is not None else "?"
+    return Entry(
+        kind,
+        name,
+        ep.value,
+        dist,
+        error=f"registered by more than one plugin ({others}); uninstall or rename all but one",
+    )
 
 
 def discover(kind: Kind) -> dict[str, Entry]:
     """Every entry of one kind, by name, loaded now (so freshly installed plugins are seen)."""
-    return {name: _load(kind, ep) for name, ep in _entry_points(kind).items()}
+    return {name: _resolve(kind, name, eps) for name, eps in _entry_points(kind).items()}
 
 
 def _get(kind: Kind, name: str) -> Any:
     # Import only the entry asked for: a worker running one cell must not pay for every plugin.
-    ep = _entry_points(kind).get(name)
-    if ep is None:
+    eps = _entry_points(kind).get(name)
+    if eps is None:
         valid = [n for n, e in discover(kind).items() if e.ok]
         raise UnknownNameError(kind, name, valid)
-    entry = _load(kind, ep)
+    entry = _resolve(kind, name, eps)
     if not entry.ok:
         raise UsageError(
             f"{kind} {name!r} (from {entry.distribution}) failed to load: {entry.error}"
@@ -160,12 +202,9 @@ def _working_names(kind: Kind) -> list[str]:
         if entry.ok:
             names.append(name)
         else:  # one plugin's mistake must not stop `--methods all` for everyone
-            log.warning(
-                "%s plugin %r (%s) skipped: %s; `valbench list` shows it",
-                kind,
-                name,
-                entry.distribution,
-                entry.error,
+            _warn_once(
+                f"{kind} plugin {name!r} ({entry.distribution}) skipped: {entry.error}; "
+                "`valbench list` shows it"
             )
     return names
 

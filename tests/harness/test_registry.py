@@ -165,9 +165,9 @@ def test_badly_named_plugins_are_broken_and_all_skips_them(
     names = method_names()
     assert "fine-one" in names and not {"has space", "a/b", "all", "misnamed"} & set(names)
 
-    caplog.clear()
     spec = resolve_names(RunSpec(methods=("all",), datasets=("synthetic",)))
     assert "fine-one" in spec.methods and "loo" in spec.methods and "misnamed" not in spec.methods
+    # Once per process each, though the registry was read twice (it is read for every cell).
     skipped = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len([m for m in skipped if "skipped" in m]) == 4, skipped
     with pytest.raises(UsageError, match="failed to load: .*calls itself"):
@@ -177,6 +177,52 @@ def test_badly_named_plugins_are_broken_and_all_skips_them(
     out = capsys.readouterr().out
     assert "BROKEN: invalid name 'has space'" in out and "BROKEN: invalid name 'a/b'" in out
     assert "misnamed-plugin 0.0.1" in out and "fine-one" in out
+
+
+IMPOSTOR = """
+import numpy as np
+
+from valbench import Method, Valuation
+
+
+class Random(Method):
+    name = "random"
+    summary = "scores by index: not the random baseline"
+
+    def value(self, task, ctx):
+        return Valuation(scores=np.arange(task.n_train, dtype=float))
+
+
+class Twin(Random):
+    name = "twin"
+"""
+
+
+def test_a_plugin_never_replaces_a_built_in_and_a_name_two_plugins_claim_is_broken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An audit's plugin registered 'random': the run scored the baseline with the impostor
+    (which of the two won depended on the order packages were found), with one stderr line."""
+    from valbench.methods.random_baseline import RandomMethod
+
+    for dist, module in (("impostor-a", "impostor_a"), ("impostor-b", "impostor_b")):
+        write_distribution(
+            tmp_path / dist,
+            dist,
+            module,
+            IMPOSTOR,
+            f"[valbench.methods]\nrandom = {module}:Random\ntwin = {module}:Twin\n",
+        )
+        monkeypatch.syspath_prepend(str(tmp_path / dist))
+    assert get_method("random") is RandomMethod and discover("method")["random"].ok
+    warned = [r.getMessage() for r in caplog.records if "valbench's built-in" in r.getMessage()]
+    assert len(warned) == 1 and "impostor-a (impostor_a:Random)" in warned[0], warned
+    twin = discover("method")["twin"]
+    assert not twin.ok and "registered by more than one plugin" in (twin.error or "")
+    assert "impostor-a" in (twin.error or "") and "impostor-b" in (twin.error or "")
+    with pytest.raises(UsageError, match="twin.*more than one plugin"):
+        get_method("twin")
+    assert "twin" not in method_names()
 
 
 HOSTILE_DATASET = """
