@@ -538,6 +538,9 @@ def _check_splits(splits: Any, max_train: int | None) -> DatasetSplits:
         raise ConformanceError(
             f"load(max_train={max_train}) returned {len(splits.x_train)} training rows"
         )
+    problem = splits.one_class_problem()
+    if problem is not None:
+        raise ConformanceError(problem)
     return splits
 
 
@@ -612,8 +615,9 @@ def dataset_checks(
         calls: list[tuple[np.ndarray, np.ndarray]] = []
 
         def relabel(y: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
-            # Every other row, each label moved to the next class: visibly not the clean ones.
-            rows = np.arange(0, len(y), 2)
+            # Two rows of every three, each label moved to the next class: visibly not the
+            # clean ones. (Every other row of labels that alternate would be one class.)
+            rows = np.flatnonzero(np.arange(len(y)) % 3 != 2)
             labels = (np.asarray(y)[rows] + 1) % n_classes
             calls.append((rows, labels))
             return rows, labels

@@ -942,6 +942,20 @@ class DatasetSplits(_SplitArrays):
                 if rows.shape != (len(y),):
                     raise ValueError(f"{part}: {len(y)} rows but {rows.shape} row indices")
 
+    def one_class_problem(self) -> str | None:
+        """Why these splits cannot be valued, or None: a training or validation split whose
+        labels are all one class (every model would predict it, and each cell would come out
+        "ok" with accuracy 1 and nothing to value)."""
+        for part in ("train", "val"):
+            y = getattr(self, f"y_{part}")
+            if len(y) and (y == y[0]).all():
+                return (
+                    f"every one of the {len(y)} labels of its {part} split is {y[0]}; a dataset "
+                    "needs at least 2 classes in its training and validation splits (is the "
+                    "label column the right one?)"
+                )
+        return None
+
     def with_train(self, rows: np.ndarray, labels: np.ndarray) -> DatasetSplits:
         """These splits with training rows ``rows`` only, labelled ``labels``; val/test kept."""
         rows = np.asarray(rows, dtype=np.int64)

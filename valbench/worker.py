@@ -26,7 +26,7 @@ from threadpoolctl import threadpool_limits
 
 from valbench import metrics
 from valbench.data import apply_label_noise, imbalance_rows
-from valbench.errors import CellSkipped, UsageError, ValbenchError
+from valbench.errors import CellSkipped, DatasetError, UsageError, ValbenchError
 from valbench.records import CellCost, CellError, CellMetrics, CellRecord
 from valbench.registry import get_dataset, get_method, validate_params
 from valbench.spec import FILE_PREFIX, Cell, RunSpec
@@ -165,6 +165,12 @@ def _load_relabelled(
     return splits, out["noisy"], out["given"]
 
 
+def _refuse_one_class(cell: Cell, splits: DatasetSplits) -> None:
+    problem = splits.one_class_problem()
+    if problem is not None:
+        raise DatasetError(f"dataset {cell.dataset!r}: {problem}")
+
+
 def build_task(cell: Cell, spec: RunSpec) -> ValuationTask:
     """The ValuationTask of ``cell``: split, imbalance, label noise, evaluation model.
 
@@ -214,9 +220,11 @@ def build_task_with_provenance(
         )
     else:
         clean = _load_splits(cell.dataset, data_seed, spec.train_cap(cell.dataset), params_json)
+        _refuse_one_class(cell, clean)  # before the noise, which would blame itself
         relabel, out = _relabeller(noise_cell, spec.root_seed, spec.imbalance, spec.noise_model)
         splits = clean.with_train(*relabel(clean.y_train, clean.n_classes))
         noisy, given = out["noisy"], out["given"]
+    _refuse_one_class(cell, splits)
     provenance = {"given_labels": given, "labels": splits.y_train, "noisy_mask": noisy}
     for part in ("train", "val", "test"):
         rows = getattr(splits, f"{part}_rows")

@@ -1,5 +1,6 @@
-"""Defects an independent reproducibility audit found: the same input must give the same
-numbers however it is spelled, and a resume must not mix numbers from two versions of the code."""
+"""Defects independent audits found (reproducibility, a plugin author's): the same input must
+give the same numbers however it is spelled, a resume must not mix numbers from two versions of
+the code, and data that cannot be valued must fail naming itself."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from valbench.errors import RunDirectoryError
 from valbench.runner import execute, resolve_names
 from valbench.spec import RunSpec
 from valbench.store import read_results
+from valbench.types import DatasetSplits
 from valbench.worker import build_task, run_cell
 
 
@@ -115,3 +117,28 @@ def test_a_resume_under_other_code_is_refused(
     monkeypatch.setattr(runner, "_git_revision", lambda: "b" * 40)
     again = execute(spec, out=tmp_path, show_progress=False, backend="serial", overwrite=True)
     assert again.run_now == 4
+
+
+def test_a_one_class_dataset_fails_its_cells_naming_the_dataset(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A plugin audit's dataset declared two classes and gave one: every cell came out "ok"
+    with accuracy 1 (declared with one class, they failed blaming the label noise)."""
+    from valbench import worker
+    from valbench.datasets.synthetic import SyntheticDataset
+
+    class OneClass(SyntheticDataset):
+        def load(self, *, seed: int, max_train: int | None = None) -> DatasetSplits:
+            s = super().load(seed=seed, max_train=max_train)
+            return DatasetSplits(
+                s.x_train, 0 * s.y_train, s.x_val, s.y_val, s.x_test, s.y_test, s.n_classes
+            )
+
+    monkeypatch.setattr(worker, "_dataset", lambda name, params_json: OneClass())
+    worker._load_splits.cache_clear()
+    spec = RunSpec(methods=("random",), datasets=("synthetic",), seeds=1, noise=(0.1,))
+    record = run_cell(spec.cells()[0], spec).record
+    worker._load_splits.cache_clear()
+    assert record.status == "failed" and record.error.type == "DatasetError"
+    assert "dataset 'synthetic': every one of the" in record.error.message
+    assert "labels of its train split is 0" in record.error.message
