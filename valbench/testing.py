@@ -431,7 +431,7 @@ def method_checks(
 
     def deterministic_given_rng() -> None:
         again = _run(cls(**params), make_check_task(n_train=n_train, guarded=True), budget)
-        if not np.array_equal(first().scores, again.scores):
+        if not np.array_equal(first().scores, again.scores, equal_nan=True):
             raise ConformanceError(
                 "the same seed gave different scores; draw randomness only from `rng`"
             )
@@ -439,7 +439,7 @@ def method_checks(
     def does_not_read_test_or_noise() -> None:
         clean = first()  # on the guarded task: a read raises there
         poisoned = _run(cls(**params), make_check_task(n_train=n_train, poison=True), budget)
-        if not np.array_equal(clean.scores, poisoned.scores):
+        if not np.array_equal(clean.scores, poisoned.scores, equal_nan=True):
             raise ConformanceError(
                 "scores changed when test data and the noise mask changed: the method leaks them"
             )

@@ -624,6 +624,18 @@ def _check_positional(name: str, values: Any) -> None:
         )
 
 
+def _real_vector(name: str, values: Any) -> np.ndarray:
+    """``values`` as float64, refusing what is not real numbers: complex scores would lose
+    their imaginary part with only a numpy warning, and text would fail deep in a cast."""
+    arr = np.asarray(values)
+    if arr.dtype.kind not in "biuf":
+        raise InvalidValuation(
+            f"{name} must be real numbers (bool, int or float), got an array of dtype "
+            f"{arr.dtype}; return one float per training point"
+        )
+    return np.asarray(arr, dtype=np.float64)
+
+
 @dataclass
 class Valuation:
     """What a method returns: one score per training point (higher = more valuable).
@@ -656,9 +668,9 @@ class Valuation:
     def __post_init__(self) -> None:
         for name in ("scores", "detection_scores"):
             _check_positional(name, getattr(self, name))
-        self.scores = np.asarray(self.scores, dtype=np.float64)
+        self.scores = _real_vector("scores", self.scores)
         if self.detection_scores is not None:
-            self.detection_scores = np.asarray(self.detection_scores, dtype=np.float64)
+            self.detection_scores = _real_vector("detection_scores", self.detection_scores)
         self.selections = {
             float(k): np.asarray(v, dtype=np.int64) for k, v in self.selections.items()
         }

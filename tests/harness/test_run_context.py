@@ -173,3 +173,21 @@ def test_inner_progress_counts_against_the_budget() -> None:
     shown(40, 1000)  # the budget is spent: the bar is full although the loop counted to 4 %
     shown(40, 0)
     assert seen == [(3, 1000), (25, 100), (100, 100), (100, 100)]
+
+
+@pytest.mark.parametrize(
+    ("field", "values", "dtype"),
+    [
+        # a plugin audit's complex scores became all zeros with only a numpy warning
+        ("scores", np.arange(3) * 1j, "complex128"),
+        ("scores", ["high", "low", "high"], "<U4"),
+        ("detection_scores", np.array([1, None, 2], dtype=object), "object"),
+    ],
+)
+def test_scores_must_be_real_numbers(field: str, values: object, dtype: str) -> None:
+    from valbench.types import InvalidValuation, Valuation
+
+    given = {"scores": np.zeros(3), field: values}
+    with pytest.raises(InvalidValuation, match=f"{field} must be real numbers.*dtype {dtype}"):
+        Valuation(**given)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(Valuation(scores=[True, 2, 3.5]).scores, [1.0, 2.0, 3.5])

@@ -43,6 +43,18 @@ def test_kit_rejects_broken_methods(test_plugins: Path, name: str, message: str)
         check_method(get_method(name))
 
 
+def test_nan_scores_fail_only_the_check_that_is_about_them(test_plugins: Path) -> None:
+    """NaN != NaN: the determinism and leak checks once accused a NaN-returning method of
+    global randomness and of reading the test data."""
+    failed = []
+    for name, check in method_checks(get_method("nan-scores")):
+        try:
+            check()
+        except ConformanceError:
+            failed.append(name)
+    assert failed == ["scores_valid"]
+
+
 def test_kit_rejects_what_is_not_a_method() -> None:
     with pytest.raises(ConformanceError, match="not a subclass"):
         check_method(dict)  # type: ignore[arg-type]
