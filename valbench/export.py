@@ -93,11 +93,11 @@ def point_stderr(stats: Mapping[str, Any] | None, n_train: int) -> np.ndarray | 
 
 
 def rank_desc(values: np.ndarray) -> np.ndarray:
-    """Rank 1 for the highest value; ties broken by index, as the metrics break them."""
-    order = np.lexsort((np.arange(len(values)), -np.asarray(values, dtype=np.float64)))
-    ranks = np.empty(len(values), dtype=np.int64)
-    ranks[order] = np.arange(1, len(values) + 1)
-    return ranks
+    """Rank 1 for the highest value; equal values share the best rank of their run (1, 2, 2,
+    4), so no row is ranked above an equal one for its place in the file."""
+    from scipy.stats import rankdata
+
+    return rankdata(-np.asarray(values, dtype=np.float64), method="min").astype(np.int64)
 
 
 @dataclass

@@ -132,6 +132,24 @@ def _ascending_order(scores: np.ndarray) -> np.ndarray:
     return np.argsort(scores, kind="stable")
 
 
+def _expected_found(scores: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``found[k]``: the expected number of flagged points (``mask``) among the ``k`` lowest
+    scores, for k = 0..n, with equal scores in a uniformly random order.
+
+    Equal scores say nothing about which of them is lower: ranking them by position would
+    let the order of the rows decide (a method that gives 170 of 200 points the same value
+    would find the flips near the top of the file). Within a run of g equal scores holding m
+    flagged points, each of the run's positions carries m / g, which is the exact expectation
+    over every order of the run, with no draw.
+    """
+    order = _ascending_order(scores)
+    ranked, flagged = scores[order], mask[order].astype(np.float64)
+    starts = np.concatenate(([0], np.flatnonzero(np.diff(ranked) != 0) + 1))
+    sizes = np.diff(np.concatenate((starts, [ranked.size])))
+    share = np.add.reduceat(flagged, starts) / sizes if ranked.size else flagged
+    return np.concatenate(([0.0], np.cumsum(np.repeat(share, sizes))))
+
+
 def _call(evaluate: EvaluateFn, indices: np.ndarray) -> float:
     return float(evaluate(np.sort(indices).astype(np.int64)))
 
@@ -267,7 +285,8 @@ def random_subset_value(
 def mislabel_recall_curve(
     scores: Any, noisy_mask: Any, fractions: Iterable[float] | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Recall of noisy points among the lowest-valued ``round(f * n)`` points, for each ``f``.
+    """Recall of noisy points among the lowest-valued ``round(f * n)`` points, for each ``f``;
+    equal scores count in a random order (the exact expectation, :func:`_expected_found`).
 
     Returns ``(fractions, recall)``; default fractions are 0, 0.01, ..., 1 (101 points).
     """
@@ -278,7 +297,7 @@ def mislabel_recall_curve(
         if fractions is None
         else np.asarray(_fractions(fractions, allow_zero=True), dtype=np.float64)
     )
-    found = np.concatenate([[0], np.cumsum(mask[_ascending_order(arr)])])
+    found = _expected_found(arr, mask)
     counts = np.array([_nearest_count(arr.size, f) for f in fr], dtype=np.int64)
     return fr, found[counts] / mask.sum()
 
@@ -316,16 +335,20 @@ def _prf(flags: np.ndarray, mask: np.ndarray) -> dict[str, float]:
 
 
 def detection_at_k(scores: Any, noisy_mask: Any, k: int | None = None) -> dict[str, float]:
-    """Precision, recall and F1 of flagging the ``k`` lowest-valued points (default: #noisy)."""
+    """Precision, recall and F1 of flagging the ``k`` lowest-valued points (default: #noisy);
+    equal scores across the cut are flagged in a random order (the expected true positives,
+    :func:`_expected_found`)."""
     arr = _as_scores(scores)
     mask = _as_mask(noisy_mask, arr.size)
     if k is None:
         k = int(mask.sum())
     if int(k) != k or not 1 <= k <= arr.size:
         raise MetricInputError(f"k must be an integer in [1, {arr.size}], got {k!r}")
-    flags = np.zeros(arr.size, dtype=bool)
-    flags[_ascending_order(arr)[: int(k)]] = True
-    return _prf(flags, mask)
+    tp, n_true = float(_expected_found(arr, mask)[int(k)]), int(mask.sum())
+    precision = tp / int(k)
+    recall = tp / n_true if n_true else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+    return {"precision": float(precision), "recall": float(recall), "f1": float(f1)}
 
 
 def two_means_split(scores: Any) -> np.ndarray:

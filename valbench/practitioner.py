@@ -9,8 +9,8 @@ kit checks this), and no test metric is computed here.
 Values of different folds come from different training sets, so a row's standing is read
 within its fold: each method's **suspicion** of a row is ``1 - q``, where ``q`` is the share
 of its fold's other rows whose detection score (the method's ``detection_scores``, else its
-scores; lowest = most suspicious) is lower than the row's: 1 for the fold's most suspicious
-row, 0 for its least. The **consensus suspicion** is the mean over the methods, and
+scores; lowest = most suspicious) is lower than the row's, an equal one counting half: 1
+for the fold's most suspicious row, 0 for its least, and equal scores equal suspicions. The **consensus suspicion** is the mean over the methods, and
 ``suspicion_rank`` 1 is the row to check first.
 """
 
@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from valbench import metrics
 from valbench.errors import UsageError, printable
 from valbench.export import point_stderr, rank_desc
 from valbench.spec import stable_int
@@ -235,11 +236,15 @@ def _standardize(train: np.ndarray, other: np.ndarray) -> tuple[np.ndarray, np.n
 
 
 def _within_fold_suspicion(detection: np.ndarray) -> np.ndarray:
-    """1 for the lowest detection score of the fold, 0 for the highest (ties by index)."""
+    """1 for the lowest detection score of the fold, 0 for the highest; equal scores share
+    their mean rank, so a tie says nothing about which row comes first (ranking ties by
+    position once sent rows near the top of the file to the top of the list)."""
+    from scipy.stats import rankdata
+
     n = len(detection)
     if n == 1:
         return np.ones(1)
-    low_rank = rank_desc(-detection)  # 1 = lowest detection score
+    low_rank = rankdata(np.asarray(detection, dtype=np.float64), method="average")
     return 1.0 - (low_rank - 1) / (n - 1)
 
 
@@ -510,7 +515,9 @@ def _partial_note(methods: Sequence[str], partial: Sequence[str], esc: Any) -> l
 
 
 def recall_at(suspicion: np.ndarray, flagged: np.ndarray, share: float) -> float:
-    """Share of ``flagged`` rows among the ``ceil(share * n)`` most suspicious rows."""
-    n = len(suspicion)
-    top = rank_desc(suspicion) <= math.ceil(share * n)
-    return float((top & flagged).sum() / max(1, flagged.sum()))
+    """Share of ``flagged`` rows among the ``ceil(share * n)`` most suspicious rows, equal
+    suspicions across the cut taken in a random order (the exact expectation)."""
+    if not flagged.any():
+        return 0.0
+    k = min(len(suspicion), max(1, math.ceil(share * len(suspicion))))
+    return metrics.detection_at_k(-np.asarray(suspicion), flagged, k)["recall"]

@@ -223,10 +223,32 @@ def test_recall_curve_default_grid() -> None:
     np.testing.assert_allclose(rec, expected)
 
 
-def test_recall_curve_ties_inspected_in_index_order() -> None:
+def test_recall_curve_counts_equal_scores_in_a_random_order() -> None:
+    """Ties were inspected in row order: constant scores "found" the flips at the end of the
+    file at recall 0 and those at its start at recall 1. Now a tie shares its flips."""
     mask = np.array([False, False, True, True])
     _, rec = M.mislabel_recall_curve(np.zeros(4), mask, [0.5, 0.75, 1.0])
-    np.testing.assert_allclose(rec, [0.0, 0.5, 1.0])
+    np.testing.assert_allclose(rec, [0.5, 0.75, 1.0])
+    _, rec_reversed = M.mislabel_recall_curve(np.zeros(4), mask[::-1], [0.5, 0.75, 1.0])
+    np.testing.assert_allclose(rec_reversed, rec)
+
+
+def test_tie_shared_counts_are_the_mean_over_every_order_of_the_ties() -> None:
+    import itertools
+
+    rng = np.random.default_rng(4)
+    scores = rng.integers(0, 3, size=7).astype(float)  # three values: long ties
+    mask = rng.random(7) < 0.4
+    mask[0] = True
+    by_order = []
+    for perm in itertools.permutations(range(7)):
+        order = sorted(range(7), key=lambda i: (scores[i], perm[i]))
+        by_order.append(np.concatenate(([0], np.cumsum(mask[order]))))
+    expected = np.mean(by_order, axis=0)
+    np.testing.assert_allclose(M._expected_found(scores, mask), expected, atol=1e-12)
+    for k in range(1, 8):
+        got = M.detection_at_k(scores, mask, k=k)
+        assert got["precision"] == pytest.approx(expected[k] / k)
 
 
 def test_recall_curve_no_noisy_points() -> None:
@@ -301,8 +323,11 @@ def test_detection_at_k_5() -> None:
 
 
 def test_detection_at_k_none_found() -> None:
-    out = M.detection_at_k(np.zeros(4), np.array([False, False, True, True]), k=2)
+    out = M.detection_at_k(np.array([0.0, 0.0, 1.0, 1.0]), np.array([False, False, True, True]))
     assert out == {"precision": 0.0, "recall": 0.0, "f1": 0.0}
+    # constant scores flag the k lowest in a random order: half of them, in expectation
+    out = M.detection_at_k(np.zeros(4), np.array([False, False, True, True]), k=2)
+    assert out == {"precision": 0.5, "recall": 0.5, "f1": 0.5}
 
 
 @pytest.mark.parametrize("k", [0, 11, 2.5])

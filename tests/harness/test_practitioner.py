@@ -47,7 +47,12 @@ def test_value_puts_the_wrong_labels_on_top(tmp_path: Path) -> None:
     table = pd.read_csv(out)
     users = pd.read_csv(data)
     assert (table["id"] == users["id"]).all() and (table["label"] == users["y"]).all()
-    assert sorted(table["suspicion_rank"]) == list(range(1, len(users) + 1))
+    # Rank 1 first; equal suspicions share the best rank of their run (none ranked above an
+    # equal one for its place in the file).
+    ranks, suspicion = table["suspicion_rank"].to_numpy(), table["suspicion"].to_numpy()
+    assert ranks.min() == 1 and all(
+        r == 1 + (suspicion > s).sum() for r, s in zip(ranks, suspicion, strict=True)
+    )
     assert {"knn-shapley_value", "knn-shapley_rank", "data-oob_value", "suspicion"} <= set(table)
     # Each row valued once: the folds partition the rows, nearly equal in size.
     assert sorted(table["fold"].value_counts()) == [150, 150]
@@ -403,3 +408,19 @@ def test_value_writes_true_false_labels_back_as_written(tmp_path: Path) -> None:
     assert main(argv) == 0
     written = pd.read_csv(out, dtype={"label": str})["label"]
     assert written.tolist() == frame["label"].astype(str).tolist()
+
+
+def test_tied_values_do_not_favour_rows_near_the_top_of_the_file() -> None:
+    """A newcomer's audit: with 172 of 200 leave-one-out values 0.0, suspicion followed the
+    row number (corr 0.99). Equal detection scores now get equal suspicion, and recall over
+    the most suspicious rows counts a tie across the cut in a random order."""
+    from valbench.practitioner import _within_fold_suspicion, recall_at
+
+    detection = np.array([0.0, 0.0, 0.0, 0.0, -1.0, 1.0])
+    suspicion = _within_fold_suspicion(detection)
+    assert suspicion[4] == 1.0 and suspicion[5] == 0.0
+    assert np.all(suspicion[:4] == suspicion[0]) and suspicion[0] == pytest.approx(0.5)
+    flagged = np.array([True, False, False, False, False, False])
+    # the most suspicious half: row 4, then two of the four tied rows: row 0 with chance 1/2
+    assert recall_at(suspicion, flagged, 0.5) == pytest.approx(0.5)
+    assert recall_at(suspicion, flagged[::-1].copy(), 0.5) == 0.0
