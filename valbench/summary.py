@@ -285,7 +285,7 @@ TABLE_COLUMNS: tuple[Column, ...] = (
     ),
     Column(
         "cost.peak_mem_mb",
-        "peak MB",
+        "process peak MB",
         _cost("peak_mem_mb"),
         False,
         fmt=".0f",
