@@ -281,13 +281,22 @@ def methods_to_trust(
     A method counts once per (dataset, noise) whose verdict recommends it for the goal (the
     best, or not significantly worse than it); the methods recommended most often come first,
     ties broken by how often each held the best mean, then by name. ``random`` is never
-    picked. At most ``most`` methods. Raises ValueError when no verdict judged the goal.
+    picked. At most ``most`` methods. Only groups whose methods were tested count. Raises
+    ValueError when no verdict judged the goal, or none tested it.
     """
     if goal not in {g for g, _, _ in GOALS}:
         raise ValueError(f"unknown goal {goal!r}; use one of {', '.join(g for g, _, _ in GOALS)}")
     judged = [g for v in verdict_list if (g := v.goal(goal)) is not None]
     if not judged:
         raise ValueError(f"the run holds no verdict on the goal {goal!r} (its metric is missing)")
+    if not any(g.tested for g in judged):
+        # Best means of untested seeds are one draw, not a ranking: the report says so too.
+        raise ValueError(
+            f"the run tested no method against another for the goal {goal!r} (too few seeds "
+            "in common), so it ranks none; name the methods yourself, or use a run with more "
+            "seeds"
+        )
+    judged = [g for g in judged if g.tested]
     counts: dict[str, tuple[int, int]] = {}
     for g in judged:
         for m in g.recommended:
