@@ -406,6 +406,8 @@ def _cells(
     for rec in sorted(records, key=record_sort_key):
         params, params_cut = _capped(_compact_json(dict(rec.params)))
         stats, stats_cut = _capped(_compact_json(dict(rec.stats)))
+        # A long list shown by its length and range is not the record either.
+        stats_cut = stats_cut or _compact_json(dict(rec.stats), shorten=False) != stats
         wall, cpu, fits = finite(rec.cost.wall_s), finite(rec.cost.cpu_s), rec.cost.model_fits
         out.append(
             {
@@ -426,11 +428,33 @@ def _cells(
     return out
 
 
-def _compact_json(value: Any) -> str:
+#: A list longer than this (per-point standard errors, sample counts) is shown as a summary.
+LONG_LIST = 8
+
+
+def _shortened(value: Any) -> Any:
+    """``value`` with every list longer than :data:`LONG_LIST` replaced by its length and, for
+    numbers, their range: 250 per-point standard errors would bury a cell's other stats."""
+    if isinstance(value, dict):
+        return {k: _shortened(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        if len(value) <= LONG_LIST:
+            return [_shortened(v) for v in value]
+        numbers = [v for v in value if isinstance(v, int | float) and not isinstance(v, bool)]
+        if len(numbers) == len(value):
+            finite = [v for v in numbers if math.isfinite(v)]
+            span = f", {min(finite):.3g} to {max(finite):.3g}" if finite else ""
+            return f"<{len(value)} values{span}>"
+        return f"<{len(value)} entries>"
+    return value
+
+
+def _compact_json(value: Any, shorten: bool = True) -> str:
     if not value:
         return ""
     try:
-        return json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
+        shown = _shortened(value) if shorten else value
+        return json.dumps(shown, ensure_ascii=False, sort_keys=True, default=str)
     except (ValueError, RecursionError):  # nested too deeply to print
         return "(not printable; see results.jsonl)"
 

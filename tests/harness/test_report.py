@@ -433,3 +433,23 @@ def test_noise_free_cell_has_no_mislabel_rows(tmp_path: Path) -> None:
         metrics = [r["metric"] for r in csv.DictReader(fh)]
     assert not [m for m in metrics if m.startswith("mislabel")]
     assert metrics[:3] == ["subset_value@0.05", "subset_value@0.1", "subset_value@0.2"]
+
+
+def test_the_cells_table_shows_a_long_list_by_its_length_and_range() -> None:
+    """A newcomer found the Cells table unreadable: each sampling cell dumped 250 standard
+    errors and sample counts. A long list now reads "<250 values, 0 to 0.31>", marked as
+    shortened (the full record is in results.jsonl)."""
+    import numpy as np
+    from test_report_fakes import _record
+
+    from valbench.records import CellRecord
+    from valbench.report import _cells
+
+    raw = _record(np.random.default_rng(0), "tmc", 0, "synthetic", 0.1, 0, 250)
+    raw["stats"] = {"stderr": [0.0] * 249 + [0.31], "sample_counts": [4] * 3, "complete": True}
+    (row,) = _cells([CellRecord.from_json(raw)])
+    assert '"stderr": "<250 values, 0 to 0.31>"' in row["stats"]
+    assert '"sample_counts": [4, 4, 4]' in row["stats"] and row["truncated"]
+    raw["stats"] = {"sample_counts": [4] * 3}
+    (row,) = _cells([CellRecord.from_json(raw)])
+    assert not row["truncated"]
