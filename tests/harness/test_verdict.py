@@ -132,5 +132,7 @@ def test_methods_to_trust_counts_recommendations_and_never_picks_random() -> Non
         methods_to_trust(verdicts(summarise(only_random)), "mislabel")
     # Two seeds test nothing: a newcomer's `value --methods best` picked the best means of a
     # run whose report said "nothing was tested, so this is not a ranking".
-    with pytest.raises(ValueError, match="tested no method against another for the goal .mislabel."):
+    with pytest.raises(
+        ValueError, match="tested no method against another for the goal .mislabel."
+    ):
         methods_to_trust(verdicts(summarise(_records(seeds=2))), "mislabel")
