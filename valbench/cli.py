@@ -565,6 +565,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
         if cells:
             more = " …" if len(cells) > 6 else ""
             print(f"  {state:<8} {len(cells):>5}  {', '.join(cells[:6])}{more}")
+            if state == "pending" and liveness.startswith("live"):
+                # A cell has no line until it finishes: the ones running now are among these.
+                print("    (the run is live: the cells it is running now are among these)")
             cut = [c for c in cells if c in partial] if state == "ok" else []
             if cut:
                 more = " …" if len(cut) > 6 else ""

@@ -235,7 +235,9 @@ def test_a_second_run_into_a_live_run_directory_is_refused(
         assert main(_run_args(out, "hangs")) == 2
         assert f"in use by another valbench run (pid {first.pid}" in _one_line_error(capsys)
         assert main(["status", str(out)]) == 0
-        assert f"live (pid {first.pid}" in capsys.readouterr().out
+        shown = capsys.readouterr().out
+        assert f"live (pid {first.pid}" in shown
+        assert "pending" in shown and "the cells it is running now are among these" in shown
     finally:
         first.kill()
         first.wait()
