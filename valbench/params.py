@@ -36,6 +36,7 @@ __all__ = [
     "Param",
     "Constraint",
     "declared_params",
+    "declaration_problem",
     "check_params",
     "assign_params",
     "stored_params",
@@ -175,8 +176,9 @@ class Param:
         self.default = default
         self.constraints = constraints
         self.doc = doc
-        if not self.accepts(default):
-            raise ValueError(f"default {default!r} is not {self.allowed()}")
+        # A default outside the constraints is not raised here, where the parameter has no
+        # name yet and the error would break every class of the module: declaration_problem
+        # names the class and the parameter, and the registry marks that class alone broken.
 
     def accepts(self, value: Any) -> bool:
         return not self.constraints or any(_accepts(c, value) for c in self.constraints)
@@ -260,6 +262,22 @@ def declared_params(cls: type) -> dict[str, Param]:
     return out
 
 
+def declaration_problem(cls: type) -> str | None:
+    """What is wrong with ``cls``'s parameter declarations, or None: a default its own
+    constraints refuse (``Param(0, Interval(int, 1, None))``)."""
+    try:
+        specs = declared_params(cls)
+    except Exception as exc:  # a broken declaration is reported, not raised
+        return f"{cls.__name__}'s parameters cannot be read: {type(exc).__name__}: {exc}"
+    for name, spec in specs.items():
+        if not spec.accepts(spec.default):
+            return (
+                f"{cls.__name__}.parameters[{name!r}]: default {spec.default!r} is not "
+                f"{spec.allowed()}; change the default or the constraint"
+            )
+    return None
+
+
 def toml_value(value: Any) -> str:
     """``value`` as ``--param`` reads it: ``true``, ``200``, ``0.1``, ``"counts"``."""
     if isinstance(value, bool | np.bool_):
@@ -321,6 +339,9 @@ def assign_params(obj: object, params: Mapping[str, Any], *, kind: str) -> None:
     """Check ``params`` against ``type(obj)``'s declaration and store every parameter on
     ``obj`` under its own name, defaults filled in."""
     cls = type(obj)
+    problem = declaration_problem(cls)
+    if problem is not None:
+        raise TypeError(problem)
     check_params(cls, params, kind=kind)
     own = getattr(obj, "__dict__", {})
     for key, spec in declared_params(cls).items():

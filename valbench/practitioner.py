@@ -10,8 +10,9 @@ Values of different folds come from different training sets, so a row's standing
 within its fold: each method's **suspicion** of a row is ``1 - q``, where ``q`` is the share
 of its fold's other rows whose detection score (the method's ``detection_scores``, else its
 scores; lowest = most suspicious) is lower than the row's, an equal one counting half: 1
-for the fold's most suspicious row, 0 for its least, and equal scores equal suspicions. The **consensus suspicion** is the mean over the methods, and
-``suspicion_rank`` 1 is the row to check first.
+for the fold's most suspicious row, 0 for its least, and equal scores equal suspicions. The
+**consensus suspicion** is the mean over the methods, and ``suspicion_rank`` 1 is the row to
+check first.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from importlib.metadata import EntryPoint, entry_points
 from typing import Any, Literal
 
 from valbench.errors import UnknownNameError, UsageError
-from valbench.params import check_params
+from valbench.params import check_params, declaration_problem
 from valbench.types import Dataset, Method
 
 __all__ = [
@@ -99,6 +99,9 @@ def _load(kind: Kind, ep: EntryPoint) -> Entry:
             dist,
             error=f"{ep.value} is not a subclass of valbench.{base.__name__}",
         )
+    problem = declaration_problem(obj)
+    if problem is not None:  # this class alone is broken, not the module's others
+        return Entry(kind, ep.name, ep.value, dist, error=problem)
     own = getattr(obj, "name", None)
     if own != ep.name:  # results would carry one name and the class report another
         return Entry(

@@ -83,8 +83,22 @@ def test_param_checks_its_default_and_accepts_any_constraint() -> None:
     assert p.accepts(None) and p.accepts(0) and not p.accepts(-1) and not p.accepts("x")
     assert p.type_text() == "int | None" and p.range_text() == "[0, inf)"
     assert Param(3).accepts("anything")  # no constraint: what a None signature default gives
-    with pytest.raises(ValueError, match="default"):
-        Param(0, Interval(int, 1, None))
+    # A default its constraints refuse is named with its class and parameter (raised here it
+    # had no name and broke every class of the plugin's module): the class alone is broken.
+    from valbench import Method
+    from valbench.params import declaration_problem
+
+    class BadDefault(Method):
+        name, family, summary = "bad-default", "test", "declares a default it refuses"
+        parameters = {"k": Param(0, Interval(int, 1, None), doc="k")}
+
+        def value(self, task, ctx):  # type: ignore[no-untyped-def]
+            raise AssertionError("never run")
+
+    problem = "BadDefault.parameters['k']: default 0 is not an int in [1, inf); change the"
+    assert (declaration_problem(BadDefault) or "").startswith(problem)
+    with pytest.raises(TypeError, match=r"BadDefault.parameters\['k'\]"):
+        BadDefault()
     with pytest.raises(TypeError):
         Param(1, "int")  # type: ignore[arg-type]
 

@@ -300,3 +300,52 @@ def test_example_plugins_installed_for_real(tmp_path: Path) -> None:
     results = (out / "results.jsonl").read_text()
     assert '"method": "centroid"' in results and '"dataset": "moons"' in results
     assert '"status": "ok"' in results and '"status": "failed"' not in results
+
+
+BAD_DEFAULT = """
+import numpy as np
+
+from valbench import Method, Valuation
+from valbench.params import Interval, Param
+
+
+class BadDefault(Method):
+    name = "bad-default"
+    summary = "declares a default its own constraint refuses"
+    parameters = {"k": Param(0, Interval(int, 1, None), doc="neighbours")}
+
+    def value(self, task, ctx):
+        return Valuation(scores=np.zeros(task.n_train))
+
+
+class Fine(Method):
+    name = "fine-neighbour"
+    summary = "a healthy class in the same module"
+
+    def value(self, task, ctx):
+        return Valuation(scores=np.zeros(task.n_train))
+"""
+
+
+def test_a_bad_default_breaks_its_own_class_only_and_names_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A plugin audit: Param(0, Interval(int, 1, None)) raised while the module imported, so
+    every class of the module was broken by "default 0 is not an int in [1, inf)", with
+    neither the class nor the parameter named."""
+    write_distribution(
+        tmp_path,
+        "bad-default-plugin",
+        "bad_default_mod",
+        BAD_DEFAULT,
+        "[valbench.methods]\nbad-default = bad_default_mod:BadDefault\n"
+        "fine-neighbour = bad_default_mod:Fine\n",
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    entries = discover("method")
+    assert entries["fine-neighbour"].ok
+    assert (entries["bad-default"].error or "").startswith(
+        "BadDefault.parameters['k']: default 0 is not an int in [1, inf)"
+    )
+    with pytest.raises(UsageError, match="change the default or the constraint"):
+        get_method("bad-default")
