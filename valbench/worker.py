@@ -219,7 +219,14 @@ def build_task_with_provenance(
             params_json,
         )
     else:
-        clean = _load_splits(cell.dataset, data_seed, spec.train_cap(cell.dataset), params_json)
+        try:
+            clean = _load_splits(cell.dataset, data_seed, spec.train_cap(cell.dataset), params_json)
+        except ValueError as exc:  # DatasetSplits refusing what load() built: the dataset's
+            # fault, not the method's, so say whose (each of its cells fails the same way)
+            raise DatasetError(
+                f"dataset {cell.dataset!r}: its load() failed: {exc}; check it with "
+                "valbench.testing.check_dataset"
+            ) from exc
         _refuse_one_class(cell, clean)  # before the noise, which would blame itself
         relabel, out = _relabeller(noise_cell, spec.root_seed, spec.imbalance, spec.noise_model)
         splits = clean.with_train(*relabel(clean.y_train, clean.n_classes))

@@ -142,3 +142,28 @@ def test_a_one_class_dataset_fails_its_cells_naming_the_dataset(
     assert record.status == "failed" and record.error.type == "DatasetError"
     assert "dataset 'synthetic': every one of the" in record.error.message
     assert "labels of its train split is 0" in record.error.message
+
+
+def test_a_dataset_whose_splits_are_invalid_fails_its_cells_naming_the_dataset(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A plugin audit: a dataset returning 61 rows of features for 60 labels failed each
+    method's cell with a bare ValueError that did not say whose fault it was."""
+    from valbench import worker
+    from valbench.datasets.synthetic import SyntheticDataset
+
+    class Mismatched(SyntheticDataset):
+        def load(self, *, seed: int, max_train: int | None = None) -> DatasetSplits:
+            s = super().load(seed=seed, max_train=max_train)
+            return DatasetSplits(
+                s.x_train, s.y_train[:-1], s.x_val, s.y_val, s.x_test, s.y_test, s.n_classes
+            )
+
+    monkeypatch.setattr(worker, "_dataset", lambda name, params_json: Mismatched())
+    worker._load_splits.cache_clear()
+    spec = RunSpec(methods=("random",), datasets=("synthetic",), seeds=1, noise=(0.1,))
+    record = run_cell(spec.cells()[0], spec).record
+    worker._load_splits.cache_clear()
+    assert record.status == "failed" and record.error.type == "DatasetError"
+    assert record.error.message.startswith("dataset 'synthetic': its load() failed: train:")
+    assert "check_dataset" in record.error.message
