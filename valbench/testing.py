@@ -507,6 +507,15 @@ def parametrize_method_checks(*method_classes: Any, budget: Budget | None = None
 # --- datasets ---------------------------------------------------------------------------
 
 
+def _loaded(load: Callable[[], Any]) -> Any:
+    """What ``load`` returns; a ValueError (DatasetSplits refusing the arrays, such as 61 rows
+    of features for 60 labels) is the dataset failing the contract, raised as such."""
+    try:
+        return load()
+    except ValueError as exc:
+        raise ConformanceError(f"load() failed: {exc}") from exc
+
+
 def _check_splits(splits: Any, max_train: int | None) -> DatasetSplits:
     if not isinstance(splits, DatasetSplits):
         raise ConformanceError(f"load() returned {type(splits).__name__}, not a DatasetSplits")
@@ -575,7 +584,11 @@ def dataset_checks(
     if not isinstance(cls, type) or not issubclass(cls, Dataset):
         return  # nothing else can be checked on what is not a Dataset
     seed, other_seed = seeds
-    first = _Once(lambda: _check_splits(cls(**params).load(seed=seed, max_train=max_train), None))
+    first = _Once(
+        lambda: _check_splits(
+            _loaded(lambda: cls(**params).load(seed=seed, max_train=max_train)), None
+        )
+    )
     params_round_trip, params_refuse_invalid, name_matches_entry_point = _plugin_checks(
         cls, params, DATASETS_GROUP
     )
@@ -592,7 +605,7 @@ def dataset_checks(
         _check_splits(first(), max_train)
 
     def deterministic_given_seed() -> None:
-        again = cls(**params).load(seed=seed, max_train=max_train)
+        again = _loaded(lambda: cls(**params).load(seed=seed, max_train=max_train))
         if not _same(first(), again):
             raise ConformanceError(
                 f"load(seed={seed}) gave other splits the second time; derive all randomness "
@@ -600,7 +613,7 @@ def dataset_checks(
             )
 
     def other_seed_other_split() -> None:
-        other = cls(**params).load(seed=other_seed, max_train=max_train)
+        other = _loaded(lambda: cls(**params).load(seed=other_seed, max_train=max_train))
         if _same(first(), other):
             raise ConformanceError(
                 f"load(seed={other_seed}) gave the same splits as seed {seed}; the seed must "
@@ -623,7 +636,8 @@ def dataset_checks(
             return rows, labels
 
         got = _check_splits(
-            ds.load_relabelled(seed=seed, relabel=relabel, max_train=max_train), max_train
+            _loaded(lambda: ds.load_relabelled(seed=seed, relabel=relabel, max_train=max_train)),
+            max_train,
         )
         if len(calls) != 1:
             raise ConformanceError(

@@ -135,6 +135,11 @@ def _one_class(self: Any, *, seed: int, max_train: int | None = None) -> Dataset
     return DatasetSplits(s.x_train, 0 * s.y_train, s.x_val, s.y_val, s.x_test, s.y_test, 2)
 
 
+def _mismatched(self: Any, *, seed: int, max_train: int | None = None) -> DatasetSplits:
+    s = _moons().load(self, seed=seed, max_train=max_train)
+    return DatasetSplits(s.x_train, s.y_train[:-1], s.x_val, s.y_val, s.x_test, s.y_test, 2)
+
+
 def _unseeded(self: Any, *, seed: int, max_train: int | None = None) -> DatasetSplits:
     return _moons().load(self, seed=0, max_train=max_train)
 
@@ -155,6 +160,12 @@ def _relabel_twice(self: Any, *, seed: int, relabel: Any, max_train: Any = None)
         ({"load": _unseeded}, "other_seed_other_split", "gave the same splits as seed 0"),
         # n_classes=2 declared, one class given: every cell came out "ok" with accuracy 1
         ({"load": _one_class}, "load_returns_valid_splits", "labels of its train split is 0"),
+        # a ValueError from DatasetSplits is the dataset failing the contract
+        (
+            {"load": _mismatched},
+            "load_returns_valid_splits",
+            "load.. failed: train: 24 rows of features but 23",
+        ),
         ({"load_relabelled": _relabel_twice}, "relabel_called_once", "relabel 2 times"),
         ({"available": classmethod(lambda cls: 1)}, "available_is_bool", "returned 1"),
         ({"summary": ""}, "class_attributes", "summary is empty"),
