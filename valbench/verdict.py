@@ -305,7 +305,15 @@ def methods_to_trust(
                 counts[m] = (rec + 1, best + int(m in g.best))
     chosen = sorted(counts, key=lambda m: (-counts[m][0], -counts[m][1], m))[:most]
     if not chosen:
-        raise ValueError(f"the run recommends only random for the goal {goal!r}")
+        raise ValueError(
+            f"the run recommends only random for the goal {goal!r} (every other method did "
+            "significantly worse than it there"
+            + (
+                "; random costs nothing, so use --goal mislabel or subset to pick by quality)"
+                if goal == "cost"
+                else ")"
+            )
+        )
     why = (
         f"recommended for '{goal}' in "
         + ", ".join(f"{m} {counts[m][0]}/{len(judged)}" for m in chosen)
