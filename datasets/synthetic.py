@@ -58,6 +58,8 @@ class SyntheticDataset(Dataset):
     name = "synthetic"
     summary = "2-D Gaussian mixture with dense near-duplicate clusters (planted redundancy)"
     is_2d = True
+    #: Its defaults (n_samples, n_classes): the parameters change them.
+    info = {"rows": 1200, "classes": 3, "features": 2}
 
     parameters = {
         "n_samples": Param(
