@@ -314,6 +314,9 @@ def test_page_states_intervals_corrections_limits_and_planted_flips(tmp_path: An
     html = render_report(run).read_text(encoding="utf-8")
     top = html.split('id="summary"')[1].split("<h3>")[0]
     assert "This run cannot show that any method beats random selection" in top
+    # with two seeds no test ran: the banner says so, and why an interval may exclude zero
+    assert "with 2 seeds no test ran at all (one needs ≥ 3)" in top
+    assert "each interval is one method's own" in top
     assert f"valbench planted 10% label flips in {name}" in top and "--noise 0" in top
     legend = html.split('class="note legend"')[1].split("</p>")[0]
     assert "clipped to that range and shown as [low, high]" in legend
