@@ -7,12 +7,14 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from valbench import runner
 from valbench.errors import RunDirectoryError
+from valbench.records import CellRecord
 from valbench.runner import execute, resolve_names
 from valbench.spec import RunSpec
 from valbench.store import read_results
@@ -119,26 +121,40 @@ def test_a_resume_under_other_code_is_refused(
     assert again.run_now == 4
 
 
+def _cell_on_relabelled_synthetic(monkeypatch: pytest.MonkeyPatch, train_labels: Any) -> CellRecord:
+    """The record of one ``random`` cell on synthetic data whose load() gives the training
+    labels ``train_labels(y_train)`` (a plugin's broken dataset)."""
+    from valbench import worker
+    from valbench.datasets.synthetic import SyntheticDataset
+
+    class Broken(SyntheticDataset):
+        def load(self, *, seed: int, max_train: int | None = None) -> DatasetSplits:
+            s = super().load(seed=seed, max_train=max_train)
+            return DatasetSplits(
+                s.x_train,
+                train_labels(s.y_train),
+                s.x_val,
+                s.y_val,
+                s.x_test,
+                s.y_test,
+                s.n_classes,
+            )
+
+    monkeypatch.setattr(worker, "_dataset", lambda name, params_json: Broken())
+    worker._load_splits.cache_clear()
+    spec = RunSpec(methods=("random",), datasets=("synthetic",), seeds=1, noise=(0.1,))
+    try:
+        return run_cell(spec.cells()[0], spec).record
+    finally:
+        worker._load_splits.cache_clear()
+
+
 def test_a_one_class_dataset_fails_its_cells_naming_the_dataset(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A plugin audit's dataset declared two classes and gave one: every cell came out "ok"
     with accuracy 1 (declared with one class, they failed blaming the label noise)."""
-    from valbench import worker
-    from valbench.datasets.synthetic import SyntheticDataset
-
-    class OneClass(SyntheticDataset):
-        def load(self, *, seed: int, max_train: int | None = None) -> DatasetSplits:
-            s = super().load(seed=seed, max_train=max_train)
-            return DatasetSplits(
-                s.x_train, 0 * s.y_train, s.x_val, s.y_val, s.x_test, s.y_test, s.n_classes
-            )
-
-    monkeypatch.setattr(worker, "_dataset", lambda name, params_json: OneClass())
-    worker._load_splits.cache_clear()
-    spec = RunSpec(methods=("random",), datasets=("synthetic",), seeds=1, noise=(0.1,))
-    record = run_cell(spec.cells()[0], spec).record
-    worker._load_splits.cache_clear()
+    record = _cell_on_relabelled_synthetic(monkeypatch, lambda y: 0 * y)
     assert record.status == "failed" and record.error.type == "DatasetError"
     assert "dataset 'synthetic': every one of the" in record.error.message
     assert "labels of its train split is 0" in record.error.message
@@ -149,21 +165,7 @@ def test_a_dataset_whose_splits_are_invalid_fails_its_cells_naming_the_dataset(
 ) -> None:
     """A plugin audit: a dataset returning 61 rows of features for 60 labels failed each
     method's cell with a bare ValueError that did not say whose fault it was."""
-    from valbench import worker
-    from valbench.datasets.synthetic import SyntheticDataset
-
-    class Mismatched(SyntheticDataset):
-        def load(self, *, seed: int, max_train: int | None = None) -> DatasetSplits:
-            s = super().load(seed=seed, max_train=max_train)
-            return DatasetSplits(
-                s.x_train, s.y_train[:-1], s.x_val, s.y_val, s.x_test, s.y_test, s.n_classes
-            )
-
-    monkeypatch.setattr(worker, "_dataset", lambda name, params_json: Mismatched())
-    worker._load_splits.cache_clear()
-    spec = RunSpec(methods=("random",), datasets=("synthetic",), seeds=1, noise=(0.1,))
-    record = run_cell(spec.cells()[0], spec).record
-    worker._load_splits.cache_clear()
+    record = _cell_on_relabelled_synthetic(monkeypatch, lambda y: y[:-1])
     assert record.status == "failed" and record.error.type == "DatasetError"
     assert record.error.message.startswith("dataset 'synthetic': its load() failed: train:")
     assert "check_dataset" in record.error.message
