@@ -407,7 +407,7 @@ def _cells(
         params, params_cut = _capped(_compact_json(dict(rec.params)))
         stats, stats_cut = _capped(_compact_json(dict(rec.stats)))
         # A long list shown by its length and range is not the record either.
-        stats_cut = stats_cut or _compact_json(dict(rec.stats), shorten=False) != stats
+        stats_cut = stats_cut or _shortened(dict(rec.stats)) != dict(rec.stats)
         wall, cpu, fits = finite(rec.cost.wall_s), finite(rec.cost.cpu_s), rec.cost.model_fits
         out.append(
             {
@@ -449,12 +449,11 @@ def _shortened(value: Any) -> Any:
     return value
 
 
-def _compact_json(value: Any, shorten: bool = True) -> str:
+def _compact_json(value: Any) -> str:
     if not value:
         return ""
     try:
-        shown = _shortened(value) if shorten else value
-        return json.dumps(shown, ensure_ascii=False, sort_keys=True, default=str)
+        return json.dumps(_shortened(value), ensure_ascii=False, sort_keys=True, default=str)
     except (ValueError, RecursionError):  # nested too deeply to print
         return "(not printable; see results.jsonl)"
 
