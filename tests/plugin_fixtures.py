@@ -120,10 +120,13 @@ class RowEcho(_Base):
     name = "row-echo"
 
     def value(self, task, ctx):
-        # A known function of each row: its first (standardised) feature; and a per-point
-        # "standard error" in stats, its second feature's magnitude.
+        # A known function of each row: its first (standardised) feature; in stats a per-point
+        # "standard error", its second feature's magnitude, and "sample counts", the rank of
+        # its score (1 = lowest).
         x = task.x_train.astype(float)
-        return Valuation(scores=x[:, 0], stats={"point_stderr": np.abs(x[:, 1]).tolist()})
+        ranks = np.argsort(np.argsort(x[:, 0])) + 1
+        stats = {"point_stderr": np.abs(x[:, 1]).tolist(), "sample_counts": ranks.tolist()}
+        return Valuation(scores=x[:, 0], stats=stats)
 
 
 class Hog(_Base):

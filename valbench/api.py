@@ -22,6 +22,7 @@ from valbench.errors import UsageError, printable
 from valbench.export import (
     export_table,
     load_cell_arrays,
+    point_sample_counts,
     point_stderr,
     run_data_files,
     table_format,
@@ -48,8 +49,9 @@ class ValueResult:
 
     ``indices`` are the rows of the dataset as loaded (for ``file:`` data, rows of the user's
     file; for :func:`value`, rows of ``x``), one per value; ``stderr`` holds the estimator's
-    per-point standard errors where the method reports them; ``complete`` is False for an
-    estimate the method could not finish (never to be read as the real one).
+    per-point standard errors and ``samples`` the number of samples (marginals) each value
+    averages, where the method reports them; ``complete`` is False for an estimate the method
+    could not finish (never to be read as the real one).
     """
 
     method: str
@@ -61,10 +63,11 @@ class ValueResult:
     complete: bool
     detection_scores: np.ndarray | None = None
     noise: float = 0.0
+    samples: np.ndarray | None = None
 
     def to_dataframe(self) -> Any:
-        """Columns ``index``, ``value``, ``stderr`` (empty when none), ``complete``, one row
-        per value, in the order of ``indices``."""
+        """Columns ``index``, ``value``, ``stderr`` and ``samples`` (empty when none),
+        ``complete``, one row per value, in the order of ``indices``."""
         import pandas as pd
 
         n = len(self.values)
@@ -73,6 +76,9 @@ class ValueResult:
                 "index": self.indices,
                 "value": self.values,
                 "stderr": self.stderr if self.stderr is not None else np.full(n, np.nan),
+                "samples": pd.array(
+                    self.samples if self.samples is not None else [None] * n, dtype="Int64"
+                ),
                 "complete": np.full(n, self.complete),
             }
         )
@@ -152,6 +158,7 @@ class Run:
             complete=rec.complete,
             detection_scores=arrays.detection_scores,
             noise=0.0 if rec.noise is None else rec.noise,
+            samples=point_sample_counts(rec.stats, len(arrays.scores)),
         )
 
     def export(
@@ -248,6 +255,7 @@ def value(
         stderr=result.stderr[method],
         complete=bool(result.complete[method].all()),
         detection_scores=result.detection[method],
+        samples=result.samples[method],
     )
 
 

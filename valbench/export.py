@@ -36,6 +36,7 @@ __all__ = [
     "table_format",
     "EXPORT_COLUMNS",
     "point_stderr",
+    "point_sample_counts",
     "CellArrays",
     "load_cell_arrays",
     "run_data_files",
@@ -62,24 +63,23 @@ EXPORT_COLUMNS = (
     "detection_score",
     "suspicion_rank",
     "stderr",
+    "samples",
     "complete",
 )
 
 
-def point_stderr(stats: Mapping[str, Any] | None, n_train: int) -> np.ndarray | None:
-    """The per-point standard errors a method put in its ``stats``, or None.
-
-    The one place that knows where they live: the first entry whose name contains ``stderr``
-    or ``std_err`` (top level first, then one level down) holding ``n_train`` finite
-    numbers >= 0.
-    """
+def _point_list(
+    stats: Mapping[str, Any] | None, n_train: int, names: tuple[str, ...]
+) -> np.ndarray | None:
+    """The first entry of ``stats`` whose name contains one of ``names`` (top level first,
+    then one level down) holding ``n_train`` finite numbers >= 0, or None."""
     if not isinstance(stats, Mapping):
         return None
     nested = [v for v in stats.values() if isinstance(v, Mapping)]
     for table in (stats, *nested):
         for key, value in table.items():
             name = str(key).lower()
-            if "stderr" not in name and "std_err" not in name:
+            if not any(part in name for part in names):
                 continue
             if isinstance(value, str | bytes) or not isinstance(value, Sequence | np.ndarray):
                 continue
@@ -90,6 +90,21 @@ def point_stderr(stats: Mapping[str, Any] | None, n_train: int) -> np.ndarray | 
             if arr.shape == (n_train,) and np.all(np.isfinite(arr)) and np.all(arr >= 0):
                 return arr
     return None
+
+
+def point_stderr(stats: Mapping[str, Any] | None, n_train: int) -> np.ndarray | None:
+    """The per-point standard errors a method put in its ``stats`` (an entry named like
+    ``stderr`` or ``std_err``), or None. The one place that knows where they live."""
+    return _point_list(stats, n_train, ("stderr", "std_err"))
+
+
+def point_sample_counts(stats: Mapping[str, Any] | None, n_train: int) -> np.ndarray | None:
+    """How many samples (marginals) each point's estimate averages, as a sampling method put
+    them in its ``stats`` (an entry named like ``sample_counts``), or None."""
+    counts = _point_list(stats, n_train, ("sample_count",))
+    if counts is None or not np.array_equal(counts, np.round(counts)):
+        return None
+    return counts.astype(np.int64)
 
 
 def rank_desc(values: np.ndarray) -> np.ndarray:
@@ -259,6 +274,7 @@ def _cell_frame(record: CellRecord, cells: CellArrays, file: _FileRows | None) -
     rows = cells.train_rows
     detection = cells.scores if cells.detection_scores is None else cells.detection_scores
     stderr = point_stderr(record.stats, n)
+    samples = point_sample_counts(record.stats, n)
     if file is not None:
         problem = _rows_problem(cells, len(file.labels), len(file.classes))
         if problem is not None:
@@ -288,6 +304,7 @@ def _cell_frame(record: CellRecord, cells: CellArrays, file: _FileRows | None) -
             "detection_score": detection,
             "suspicion_rank": rank_desc(-detection),
             "stderr": stderr if stderr is not None else np.full(n, np.nan),
+            "samples": pd.array(samples if samples is not None else [None] * n, dtype="Int64"),
             "complete": record.complete,
         }
     )

@@ -46,6 +46,9 @@ __all__ = [
     "rank_heatmap_figure",
     "removal_figure",
     "runtime_figure",
+    "SampledValues",
+    "pairs_told_apart",
+    "sampling_error_figure",
     "selection_figure",
     "subset_figure",
 ]
@@ -728,6 +731,79 @@ def selection_figure(
             ax.set_xticks([])
             ax.set_yticks([])
         for ax in axes.ravel()[len(names) :]:
+            ax.set_axis_off()
+        fig.set_label(_t(title))
+        fig.tight_layout()
+    return buf.getvalue()
+
+
+#: z of a two-sided 95 % normal interval: the sampling-error band and the pair test.
+_Z95 = 1.959963984540054
+
+
+@dataclass(frozen=True)
+class SampledValues:
+    """One sampled estimator's per-point values with their standard errors (one cell)."""
+
+    method: str
+    values: np.ndarray
+    stderr: np.ndarray
+    samples: np.ndarray | None
+    complete: bool
+
+
+def pairs_told_apart(values: np.ndarray, stderr: np.ndarray) -> float:
+    """Share of point pairs whose values differ by more than 1.96 standard errors of their
+    difference (independent estimates): how much of the ranking the sample resolves. 1 when
+    every pair is told apart; near 0 when the values are sampling noise."""
+    v = np.asarray(values, dtype=np.float64)
+    var = np.asarray(stderr, dtype=np.float64) ** 2
+    if len(v) < 2:
+        return float("nan")
+    i, j = np.triu_indices(len(v), k=1)
+    gap = np.abs(v[i] - v[j])
+    # A pair with zero error on both sides is told apart when its values differ at all.
+    return float(np.mean(gap > _Z95 * np.sqrt(var[i] + var[j])))
+
+
+def sampling_error_figure(
+    title: str, panels: Sequence[SampledValues], styles: Mapping[str, MethodStyle]
+) -> str:
+    """Each sampled estimator's values in ascending order with a band of ±1.96 standard
+    errors, titled with its median sample count and the share of pairs told apart.
+
+    ``title`` goes into the SVG's ``<title>`` (the caption under the figure says the rest).
+    """
+    ncols = min(3, max(1, len(panels)))
+    nrows = math.ceil(len(panels) / ncols)
+    with _figure(2.5 * ncols + 0.5, 2.2 * nrows + 0.3) as (fig, buf):
+        axes = fig.subplots(nrows, ncols, squeeze=False)
+        for ax, panel in zip(axes.ravel(), panels, strict=False):
+            order = np.argsort(panel.values, kind="stable")
+            v, se = panel.values[order], panel.stderr[order]
+            xs = np.arange(1, len(v) + 1)
+            style = _style(styles, panel.method)
+            ax.fill_between(
+                xs,
+                v - _Z95 * se,
+                v + _Z95 * se,
+                color=style.color,
+                alpha=0.25,
+                lw=0,
+                gid=f"vbm-{style.index}-band",
+            )
+            ax.plot(xs, v, color=style.color, lw=1.0, gid=f"vbm-{style.index}-line")
+            ax.axhline(0.0, color=_REF, lw=0.6, ls=":")
+            count = (
+                "" if panel.samples is None else f"median {np.median(panel.samples):.0f} samples, "
+            )
+            told = pairs_told_apart(panel.values, panel.stderr)
+            name = panel.method + ("" if panel.complete else " (partial)")
+            ax.set_title(_t(f"{name}\n{count}{told:.0%} of pairs told apart"), fontsize=8)
+            ax.set_xlabel("points, by value", fontsize=7)
+            ax.tick_params(labelsize=7)
+            ax.grid(True, alpha=0.3, lw=0.6)
+        for ax in axes.ravel()[len(panels) :]:
             ax.set_axis_off()
         fig.set_label(_t(title))
         fig.tight_layout()

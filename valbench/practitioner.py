@@ -28,7 +28,7 @@ import numpy as np
 
 from valbench import metrics
 from valbench.errors import UsageError, printable
-from valbench.export import point_stderr, rank_desc
+from valbench.export import point_sample_counts, point_stderr, rank_desc
 from valbench.spec import stable_int
 from valbench.types import (
     Budget,
@@ -68,6 +68,8 @@ class CrossFitValues:
     detection: dict[str, np.ndarray]
     #: Per-point standard errors where the method reports them (else None).
     stderr: dict[str, np.ndarray | None]
+    #: Per-point sample (marginal) counts where the method reports them (else None).
+    samples: dict[str, np.ndarray | None]
     #: Per row: False where the method's estimate for the row's fold is partial.
     complete: dict[str, np.ndarray]
     #: Each method's within-fold suspicion in [0, 1] (1 = its fold's most suspicious row).
@@ -307,6 +309,8 @@ def value_arrays(
         for key in ("values", "detection", "method_suspicion")
     }
     stderr: dict[str, np.ndarray | None] = {m: np.full(n, np.nan) for m in methods}
+    # -1 marks a row whose fold's method reported no counts; a method with none is None.
+    samples: dict[str, np.ndarray | None] = {m: np.full(n, -1, np.int64) for m in methods}
     complete = {m: np.ones(n, dtype=bool) for m in methods}
     # StratifiedKFold's test folds partition the rows: fold f is valued against the rest.
     for f, (rest, rows) in enumerate(splitter.split(np.zeros(n), codes)):
@@ -349,15 +353,21 @@ def value_arrays(
             errs = point_stderr(valuation.stats, len(rows))
             if errs is not None:
                 stderr[name][rows] = errs  # type: ignore[index]
+            counts = point_sample_counts(valuation.stats, len(rows))
+            if counts is not None:
+                samples[name][rows] = counts  # type: ignore[index]
     for name in methods:
         if np.all(np.isnan(stderr[name])):  # type: ignore[arg-type]
             stderr[name] = None
+        if np.all(samples[name] < 0):  # type: ignore[operator]
+            samples[name] = None
     return CrossFitValues(
         methods=tuple(methods),
         fold=fold,
         values=out["values"],
         detection=out["detection"],
         stderr=stderr,
+        samples=samples,
         complete=complete,
         method_suspicion=out["method_suspicion"],
         params=given,
@@ -399,7 +409,8 @@ def read_user_file(
 
 def values_frame(result: CrossFitValues, labels: np.ndarray, ids: np.ndarray | None) -> Any:
     """One row per input row, in file order: id, label, fold, each method's value, rank,
-    standard error (when reported) and completeness, the consensus suspicion and its rank."""
+    standard error and sample count (when reported) and completeness, the consensus
+    suspicion and its rank."""
     import pandas as pd
 
     n = len(result.fold)
@@ -415,6 +426,12 @@ def values_frame(result: CrossFitValues, labels: np.ndarray, ids: np.ndarray | N
         errs = result.stderr[name]
         if errs is not None:
             frame[f"{name}_stderr"] = errs
+        counts = result.samples[name]
+        if counts is not None:
+            # -1 (a fold without counts) becomes a gap in a nullable integer column.
+            frame[f"{name}_samples"] = pd.array(
+                [None if c < 0 else int(c) for c in counts], dtype="Int64"
+            )
         frame[f"{name}_complete"] = result.complete[name]
     frame["suspicion"] = result.suspicion
     frame["suspicion_rank"] = rank_desc(result.suspicion)

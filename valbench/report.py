@@ -36,9 +36,11 @@ import numpy as np
 
 from valbench.claims import check_claims
 from valbench.errors import RunDirectoryError, ValbenchError
+from valbench.export import point_sample_counts, point_stderr
 from valbench.figures import (
     HIGHLIGHT,
     MethodStyle,
+    SampledValues,
     cd_figure,
     highlighted,
     method_styles,
@@ -47,6 +49,7 @@ from valbench.figures import (
     rank_heatmap_figure,
     removal_figure,
     runtime_figure,
+    sampling_error_figure,
     selection_figure,
     subset_figure,
 )
@@ -528,9 +531,7 @@ def _selection_svg(
                 if idx is None:
                     idx = top_fraction(scores, SELECTION_FRACTION)
             except (RunDirectoryError, ValueError) as exc:
-                log.warning("%s", exc)
-                damaged[rec.cell_id] = f"left out of the selection figure: {exc}"
-                group.notes.append(f"{method} left out of the selection figure: {exc}.")
+                _left_out_of_figure(group, damaged, rec, "selection", str(exc))
                 continue
             idx = np.asarray(idx, dtype=np.int64)
             if idx.size and idx.min() >= 0 and idx.max() < len(x):
@@ -542,6 +543,59 @@ def _selection_svg(
             "(coloured), flipped labels (red ×)"
         )
         return selection_figure(title, x, y, noisy, selections, styles), seed
+    return None
+
+
+def _left_out_of_figure(
+    group: GroupSummary, damaged: dict[str, str], rec: CellRecord, figure: str, why: str
+) -> None:
+    """A cell whose scores file a figure cannot use: one warning, a note under the group's
+    figures and one in ``damaged`` by cell id."""
+    log.warning("%s: %s", rec.cell_id, why)
+    damaged[rec.cell_id] = f"left out of the {figure} figure: {why}"
+    group.notes.append(f"{rec.method} left out of the {figure} figure: {why}.")
+
+
+def _sampling_panels(
+    run_dir: Path, group: GroupSummary, damaged: dict[str, str]
+) -> tuple[list[SampledValues], Any] | None:
+    """The values and per-point standard errors of every sampled estimator of a group, from
+    its first seed that has any; or None. A damaged scores file is left out with one warning
+    and a note, as for the selection figure."""
+    seeds = sorted(
+        {r.seed for recs in group.records.values() for r in recs},
+        key=lambda s: (str(type(s)), s),
+    )
+    for seed in seeds:
+        panels = []
+        for method, recs in sorted(group.records.items()):
+            rec = next((r for r in recs if r.seed == seed and r.ok), None)
+            if rec is None or not rec.scores_file or rec.n_train is None:
+                continue
+            stderr = point_stderr(rec.stats, rec.n_train)
+            if stderr is None:  # not a sampling estimator: its scores file is not read
+                continue
+            try:
+                scores, _ = load_scores(run_dir, rec.scores_file)
+            except (RunDirectoryError, ValueError) as exc:
+                _left_out_of_figure(group, damaged, rec, "sampling-error", str(exc))
+                continue
+            n = len(scores)
+            if n != rec.n_train:
+                why = f"its scores file holds {n} scores for {rec.n_train} training points"
+                _left_out_of_figure(group, damaged, rec, "sampling-error", why)
+                continue
+            panels.append(
+                SampledValues(
+                    method=method,
+                    values=np.asarray(scores, dtype=np.float64),
+                    stderr=stderr,
+                    samples=point_sample_counts(rec.stats, n),
+                    complete=rec.complete is not False,
+                )
+            )
+        if panels:
+            return panels, seed
     return None
 
 
@@ -636,6 +690,22 @@ def _group_figures(
             " Grey, named points: methods off the front." if len(group.rows) > HIGHLIGHT + 1 else ""
         ),
     )
+    sampled = _sampling_panels(run_dir, group, damaged)
+    if sampled is not None:
+        panels, seed = sampled
+        add(
+            "sampling_error",
+            sampling_error_figure(
+                f"{group.title}, seed {seed}: values with their sampling error", panels, styles
+            ),
+            "values with their sampling error",
+            f"Seed {seed}: each sampled estimator's values in ascending order; band: ±1.96 "
+            "standard errors of each point's mean over its own samples (the estimator's "
+            'sampling error, not the spread over seeds). "Told apart": the share of point '
+            "pairs whose values differ by more than 1.96 standard errors of their difference; "
+            "the rest of the ranking is sampling noise, which more samples (a larger budget) "
+            "narrow by 1/√samples.",
+        )
     selection = _selection_svg(run_dir, group, styles, damaged)
     if selection is not None:
         add(

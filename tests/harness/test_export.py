@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from valbench.cli import EXIT_USAGE, main
-from valbench.export import point_stderr, rank_desc
+from valbench.export import point_sample_counts, point_stderr, rank_desc
 
 
 def _users_file(path: Path, n: int = 90) -> pd.DataFrame:
@@ -60,6 +60,9 @@ def test_export_maps_every_value_to_its_row(
         f2 = users["f2"].to_numpy()[train["row"]]
         np.testing.assert_allclose(train["stderr"], np.abs((f2 - f2.mean()) / f2.std()), atol=1e-5)
         assert (train["rank"] == rank_desc(train["score"].to_numpy())).all()
+        # The sample counts ride along with their rows: here the rank from the lowest score.
+        assert (train["samples"] == len(train) + 1 - train["rank"]).all()
+        assert cell.loc[cell["split"] != "train", "samples"].isna().all()
         held = cell[cell["split"] != "train"]
         assert held["score"].isna().all() and not held["planted_flip"].any()
     assert "sample" not in set(table.columns) - {"id"}
@@ -132,6 +135,12 @@ def test_point_stderr_lookup() -> None:
     assert point_stderr({"std_err": [0.1, 0.2, 0.3]}, 2) is None  # wrong length
     assert point_stderr({"stderr_mean": 0.1}, 2) is None  # a summary, not per point
     assert point_stderr({"complete": True}, 2) is None
+    assert point_sample_counts({"sample_counts": [3, 0]}, 2).tolist() == [3, 0]
+    assert point_sample_counts({"tmc": {"sample_counts": [3.0, 4.0]}}, 2).dtype == np.int64
+    assert point_sample_counts({"sample_counts": [3, 4, 5]}, 2) is None  # wrong length
+    assert point_sample_counts({"sample_counts": [3.5, 4]}, 2) is None  # not counts
+    assert point_sample_counts({"sample_counts": [-1, 4]}, 2) is None
+    assert point_sample_counts({"stderr": [0.1, 0.2]}, 2) is None
     assert rank_desc(np.array([0.5, 2.0, 0.5, -1.0])).tolist() == [2, 1, 2, 4]  # ties share
 
 

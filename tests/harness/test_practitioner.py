@@ -75,9 +75,14 @@ def test_value_is_deterministic_and_honest_about_budgets(tmp_path: Path) -> None
     np.testing.assert_array_equal(a.values, b.values)
     assert a.complete and a.stderr is None and a.indices.tolist() == list(range(80))
     frame = a.to_dataframe()
-    assert list(frame.columns) == ["index", "value", "stderr", "complete"]
+    assert list(frame.columns) == ["index", "value", "stderr", "samples", "complete"]
+    assert a.samples is None and frame["samples"].isna().all()
     partial = valbench.value(x, y, method="tmc-shapley", budget="fits=150")
     assert not partial.complete
+    # Every point of a fold gets one marginal per completed permutation of that fold: one
+    # count per fold (two folds), none zero.
+    assert partial.samples is not None and partial.samples.min() >= 1
+    assert 1 <= len(set(partial.samples.tolist())) <= 2
     # Five fits walk no whole permutation: no estimate, and the error says what one needs.
     with pytest.raises(CellSkipped, match="no whole permutation.*needs up to"):
         valbench.value(x, y, method="tmc-shapley", budget="fits=5")
@@ -98,6 +103,7 @@ def test_value_names_a_method_twice_once_and_keeps_partial_ones_out_of_the_conse
     assert "partial: the budget cut tmc-shapley short (left out of the consensus" in printed.err
     table = pd.read_csv(out)
     assert not table["tmc-shapley_complete"].any() and table["knn-shapley_complete"].all()
+    assert (table["tmc-shapley_samples"] >= 1).all() and "knn-shapley_samples" not in table
     # The consensus is knn-shapley's alone: its own order.
     assert (table["suspicion_rank"] == table["knn-shapley_rank"]).all()
     page = out.with_suffix(".html").read_text()

@@ -453,3 +453,49 @@ def test_the_cells_table_shows_a_long_list_by_its_length_and_range() -> None:
     raw["stats"] = {"sample_counts": [4] * 3}
     (row,) = _cells([CellRecord.from_json(raw)])
     assert not row["truncated"]
+
+
+def test_pairs_told_apart_counts_the_pairs_a_sample_resolves() -> None:
+    import numpy as np
+
+    from valbench.figures import pairs_told_apart
+
+    values = np.array([0.0, 1.0, 2.0])
+    assert pairs_told_apart(values, np.zeros(3)) == 1.0
+    assert pairs_told_apart(values, np.full(3, 10.0)) == 0.0
+    # Errors 0.3 each: the gap must exceed 1.96 * sqrt(0.18) = 0.83; 1 and 2 do, so all three.
+    assert pairs_told_apart(values, np.full(3, 0.3)) == 1.0
+    # Errors 0.4: the bound is 1.11; the gaps of 1 fail, the gap of 2 passes.
+    assert pairs_told_apart(values, np.full(3, 0.4)) == pytest.approx(1 / 3)
+    assert pairs_told_apart(np.array([1.0, 1.0]), np.zeros(2)) == 0.0  # a tie is not apart
+
+
+def test_sampled_estimators_get_a_figure_of_their_values_with_error_bands(tmp_path: Path) -> None:
+    """Per-point standard errors and sample counts are drawn as a band around each sampled
+    estimator's sorted values; a method without them (or with a list of the wrong length) is
+    not drawn, and a group without any gets no figure."""
+    import numpy as np
+    from test_report_fakes import fake_run, read_jsonl
+
+    run = fake_run(tmp_path / "run", methods=("random", "tmc", "msr"), seeds=2, n=40)
+    lines = read_jsonl(run)
+    for line in lines:
+        if line["dataset"] != "digits":
+            continue
+        if line["method"] == "tmc":
+            line["stats"] = {"stderr": [0.01] * 40, "sample_counts": [7] * 40}
+        elif line["method"] == "msr":
+            line["stats"] = {"stderr": [0.01] * 39, "sample_counts": [7] * 39}
+    (run / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    html = render_report(run).read_text()
+    figure = run / "figures" / "sampling_error-digits-noise0.1.svg"
+    assert figure.is_file() and "values with their sampling error" in html
+    svg = figure.read_text()
+    assert "median 7 samples" in svg and "tmc" in svg and "msr" not in svg
+    assert not list((run / "figures").glob("sampling_error-synthetic*"))
+    assert "Seed 0: each sampled" in html
+    # A scores file that does not fit its cell is left out, said, and the next seed drawn.
+    np.savez(run / "scores" / "digits.tmc.noise0.1.seed0.npz", scores=np.zeros(30))
+    html = render_report(run).read_text()
+    assert "tmc left out of the sampling-error figure: its scores file holds 30 scores" in html
+    assert "Seed 1: each sampled" in html
