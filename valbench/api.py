@@ -255,8 +255,14 @@ def value(
         stderr=result.stderr[method],
         complete=bool(result.complete[method].all()),
         detection_scores=result.detection[method],
-        samples=result.samples[method],
+        samples=_counts_on_every_fold(result.samples[method]),
     )
+
+
+def _counts_on_every_fold(counts: np.ndarray | None) -> np.ndarray | None:
+    """Per-row sample counts, or None unless the method reported them on every fold (a
+    fold without them is marked -1 there)."""
+    return None if counts is None or bool((counts < 0).any()) else counts
 
 
 def value_file(

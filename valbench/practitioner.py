@@ -68,7 +68,8 @@ class CrossFitValues:
     detection: dict[str, np.ndarray]
     #: Per-point standard errors where the method reports them (else None).
     stderr: dict[str, np.ndarray | None]
-    #: Per-point sample (marginal) counts where the method reports them (else None).
+    #: Per-point sample (marginal) counts where the method reports them (-1 on a fold where
+    #: it did not; None when it never did).
     samples: dict[str, np.ndarray | None]
     #: Per row: False where the method's estimate for the row's fold is partial.
     complete: dict[str, np.ndarray]

@@ -703,8 +703,8 @@ def _group_figures(
             "standard errors of each point's mean over its own samples (the estimator's "
             'sampling error, not the spread over seeds). "Told apart": the share of point '
             "pairs whose values differ by more than 1.96 standard errors of their difference; "
-            "the rest of the ranking is sampling noise, which more samples (a larger budget) "
-            "narrow by 1/√samples.",
+            "the order of the other pairs may be sampling noise. More samples (a larger "
+            "budget) narrow the band by 1/√samples.",
         )
     selection = _selection_svg(run_dir, group, styles, damaged)
     if selection is not None:
