@@ -543,10 +543,23 @@ def _dataset_facts(cls: Any) -> str:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
+    from valbench.errors import RunDirectoryError
     from valbench.runner import run_liveness, run_status
-    from valbench.store import read_manifest, read_results
+    from valbench.store import MANIFEST_FILE, describe_holder, lock_holder, read_manifest
+    from valbench.store import read_results
 
-    manifest = read_manifest(args.run_dir)
+    try:
+        manifest = read_manifest(args.run_dir)
+    except RunDirectoryError:
+        holder = lock_holder(args.run_dir)
+        if holder is None or (Path(args.run_dir) / MANIFEST_FILE).exists():
+            raise
+        # A run locks its directory before it writes the manifest: it is starting.
+        print(
+            f"{args.run_dir}: starting, live ({describe_holder(holder)}); its manifest is not "
+            "written yet: ask again in a moment"
+        )
+        return EXIT_OK
     records = read_results(args.run_dir)
     states = run_status(args.run_dir, records)
     total = sum(len(v) for v in states.values())

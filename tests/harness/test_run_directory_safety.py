@@ -232,6 +232,8 @@ def test_a_second_run_into_a_live_run_directory_is_refused(
         _wait_until(lambda: lock_holder(out) is not None, first)
         holder = lock_holder(out)
         assert holder is not None and holder["pid"] == first.pid
+        # The lock comes before the manifest: status needs the manifest for its cell counts.
+        _wait_until(lambda: (out / "manifest.json").exists(), first)
         assert main(_run_args(out, "hangs")) == 2
         assert f"in use by another valbench run (pid {first.pid}" in _one_line_error(capsys)
         assert main(["status", str(out)]) == 0
@@ -384,3 +386,21 @@ def test_a_worker_that_died_idle_is_replaced(
     else:  # a cell no worker lives to take fails, once, and the run still ends
         assert by_method["random"].status == by_method["loo"].status == "failed"
         assert by_method["random"].error.type == "WorkerCrashed"
+
+
+def test_status_of_a_run_that_has_locked_its_directory_but_not_yet_written_its_manifest(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run takes its directory's lock before it writes the manifest; status in between
+    says the run is starting (CI caught status refusing the directory in that moment)."""
+    store = RunStore(tmp_path)
+    store.lock()
+    try:
+        assert main(["status", str(tmp_path)]) == 0
+        shown = capsys.readouterr().out
+        assert "starting, live (pid" in shown and "manifest is not written yet" in shown
+    finally:
+        store.unlock()
+    # Unlocked and still without a manifest: not a run, as before.
+    assert main(["status", str(tmp_path)]) == 2
+    assert "holds no valbench run" in capsys.readouterr().err
