@@ -545,8 +545,13 @@ def _dataset_facts(cls: Any) -> str:
 def _cmd_status(args: argparse.Namespace) -> int:
     from valbench.errors import RunDirectoryError
     from valbench.runner import run_liveness, run_status
-    from valbench.store import MANIFEST_FILE, describe_holder, lock_holder, read_manifest
-    from valbench.store import read_results
+    from valbench.store import (
+        MANIFEST_FILE,
+        describe_holder,
+        lock_holder,
+        read_manifest,
+        read_results,
+    )
 
     try:
         manifest = read_manifest(args.run_dir)
