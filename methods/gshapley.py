@@ -2,7 +2,8 @@
 
 For each random permutation ``pi`` a fresh model takes one SGD step of batch size 1 on each
 training point in the order ``pi``; the marginal contribution of ``pi[j]`` is the change in
-validation score caused by its step. The value of a point is the mean of its marginals over
+validation score caused by its step (0 for ``pi[0]``, as in the original code, which
+differences the scores recorded after each step). The value of a point is the mean of its marginals over
 permutations. Several permutations run at once as a batch of models (parameters with a leading
 permutation dimension). The model is a multinomial logistic regression from zero weights
 (closed-form steps) on logreg and MLP tasks, and the task's own network from its seeded
@@ -259,7 +260,9 @@ class GShapley(Method):
     1 with ``lr``) exceeds the seconds left (it estimated 131 s and 197 s for two such
     epochs that took 161 s and 194 s).
 
-    Departures: the search scores on the validation split (the original: the test split);
+    Departures: each permutation's logistic model starts from zero weights (the original
+    draws a fresh random initialisation); the search scores on the validation split (the
+    original: the test split);
     logistic regression on MLP tasks; no convergence test (the original stops on the same test
     as TMC): ``max_permutations`` or the budget ends the run; architectures with batch norm
     (ResNet-18) are declined, since a single-image step has no batch statistics.
@@ -432,7 +435,12 @@ class GShapley(Method):
             # Permutations drawn in order from rng, so the first k are the same however the
             # run is batched or cut short.
             perms = np.stack([ctx.rng.permutation(n) for _ in range(size)])
-            sums += marginals(perms, float(lr), self.metric).sum(axis=0)
+            steps = marginals(perms, float(lr), self.metric)
+            # As the original (``marginal_contribs[1:] = vals[1:] - vals[:-1]``, vals the
+            # scores after each step): the first point of a permutation gets 0, not its step's
+            # change from the initial model's score.
+            steps[np.arange(size), perms[:, 0]] = 0.0
+            sums += steps.sum(axis=0)
             task.fit_counter.add(size)
             done += size
             ctx.progress(done, total)
