@@ -3,12 +3,12 @@
 For each random permutation ``pi`` a fresh model takes one SGD step of batch size 1 on each
 training point in the order ``pi``; the marginal contribution of ``pi[j]`` is the change in
 validation score caused by its step (0 for ``pi[0]``, as in the original code, which
-differences the scores recorded after each step). The value of a point is the mean of its marginals over
-permutations. Several permutations run at once as a batch of models (parameters with a leading
-permutation dimension). The model is a multinomial logistic regression from zero weights
-(closed-form steps) on logreg and MLP tasks, and the task's own network from its seeded
-initialisation on a deep one (steps by the architecture's per-point gradient, the copies
-one by one on a CPU; by ``vmap`` over the stacked copies on a GPU).
+differences the scores recorded after each step). The value of a point is the mean of its
+marginals over permutations. Several permutations run at once as a batch of models (parameters
+with a leading permutation dimension). The model is a multinomial logistic regression from zero
+weights (closed-form steps) on logreg and MLP tasks, and the task's own network from its seeded
+initialisation on a deep one (steps by the architecture's per-point gradient, the copies one by
+one on a CPU; by ``vmap`` over the stacked copies on a GPU).
 """
 
 from __future__ import annotations
