@@ -601,10 +601,13 @@ class TMCShapley(_EngineGame):
 
     Departures from the original code: up to ``parallel`` permutations advance together,
     ``lookahead`` prefixes at a time, and marginals computed past a truncation point within
-    the last block are kept (they are true marginals); U(∅) is chance accuracy rather than a
-    random-init model's score; U(D) is the full-data model's validation accuracy (the original
-    takes the mean of 100 bootstrap resamples of the test score); the truncation and
-    convergence tests use the validation split.
+    the last block are kept (they are true marginals); U(∅) is chance accuracy, 1 / classes
+    (the original: the test split's majority-class share, ``init_score``); every prefix is
+    valued by the engine's U(S), also one missing a class (the original fits no model until
+    the prefix holds every class of the test split and gives the points before that 0), so
+    TMC values the same game as the exact and sampled semivalues; U(D) is the full-data
+    model's validation accuracy (the original takes the mean of 100 bootstrap resamples of
+    the test score); the truncation and convergence tests use the validation split.
 
     Args:
         max_permutations: Most permutations walked (default 1000, >= 1).
