@@ -250,12 +250,14 @@ def forgetting_counts(correct: np.ndarray, never_learned: float | None = None) -
     """Forgetting events per point from per-presentation correctness (T presentations, ..., n).
 
     A forgetting event is a correct → incorrect transition between consecutive presentations.
-    Points never classified correctly get ``never_learned`` (default ``T + 1``, more than any
-    possible count), standing in for the paper's infinity.
+    Points never classified correctly get ``never_learned`` (default ``T``, the number of
+    presentations, as the original code's ``sort_examples_by_forgetting`` adds
+    ``npresentations``; more than any possible count, which is at most T / 2), standing in
+    for the paper's infinity.
     """
     seq = np.asarray(correct, dtype=bool)
     events = (seq[:-1] & ~seq[1:]).sum(axis=0).astype(np.float64)
-    fill = float(seq.shape[0] + 1) if never_learned is None else float(never_learned)
+    fill = float(seq.shape[0]) if never_learned is None else float(never_learned)
     return np.where(seq.any(axis=0), events, fill)
 
 
@@ -692,7 +694,7 @@ class EL2N(_TrainingDynamics):
 class Forgetting(_TrainingDynamics):
     """Forgetting events (Toneva et al.): correct → incorrect transitions between presentations.
 
-    Never-learned points count as most forgettable (``epochs + 1``). ``epochs=None`` trains about
+    Never-learned points count as most forgettable (``epochs`` events, as the original code). ``epochs=None`` trains about
     1000 minibatch steps (10–50 epochs), so there are enough presentations to forget; on
     ``cnn``/``resnet18`` it watches every epoch of the recipe's training (8 and 15 epochs by
     default; the paper trains 200), reading correctness from the training-mode forward pass

@@ -107,13 +107,14 @@ def test_forgetting_counts_a_hand_worked_sequence() -> None:
         ],
         dtype=bool,
     )
-    # Point 0 forgets twice (1→0 twice), point 1 never learns (T+1 = 7), point 2 learns once
-    # and keeps it (0), point 3 forgets twice (after presentations 2 and 5).
-    np.testing.assert_array_equal(forgetting_counts(correct), [2, 7, 0, 2])
+    # Point 0 forgets twice (1→0 twice), point 1 never learns (T = 6, the original code's
+    # npresentations), point 2 learns once and keeps it (0), point 3 forgets twice (after
+    # presentations 2 and 5).
+    np.testing.assert_array_equal(forgetting_counts(correct), [2, 6, 0, 2])
     np.testing.assert_array_equal(forgetting_counts(correct, never_learned=99), [2, 99, 0, 2])
     # Extra axes (e.g. runs) are counted independently along the first one.
     stacked = np.stack([correct, ~correct], axis=1)  # (T, 2, n)
-    np.testing.assert_array_equal(forgetting_counts(stacked)[0], [2, 7, 0, 2])
+    np.testing.assert_array_equal(forgetting_counts(stacked)[0], [2, 6, 0, 2])
     np.testing.assert_array_equal(forgetting_counts(~correct), forgetting_counts(stacked)[1])
 
 
