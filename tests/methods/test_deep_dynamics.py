@@ -118,7 +118,7 @@ def _plain_forgetting(task: ValuationTask, seed: int, epochs: int) -> np.ndarray
     counts = []
     for seq in history:
         events = sum(1 for a, b in zip(seq, seq[1:], strict=False) if a and not b)
-        counts.append(events if any(seq) else epochs + 1)
+        counts.append(events if any(seq) else epochs)  # never learned: T, as the original
     return np.array(counts, dtype=float)
 
 
