@@ -34,7 +34,7 @@ class DataOOB(Method):
     """Out-of-bag value from ``n_estimators`` bootstrap models (capped by the fit budget).
 
     Points that are in every bootstrap sample (never out of bag) get the mean of the others'
-    values.
+    values (a departure: the original code's ``evaluate_oob_accuracy`` has no entry for them).
 
     A budgeted fit is one bootstrap model; with ``warm_start`` the full-data model is one of
     the ``n_estimators`` fits, so B − 1 bootstrap models are trained.

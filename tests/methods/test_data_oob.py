@@ -106,3 +106,40 @@ def test_counts_weighting_also_detects_noise() -> None:
 def test_conformance() -> None:
     check_method(DataOOB)
     check_method(DataOOB, {"weighting": "counts", "warm_start": True, "n_estimators": 10})
+
+
+def _original_oob_values(
+    predictors: list, counts: np.ndarray, x: np.ndarray, y: np.ndarray
+) -> np.ndarray:
+    """A port of the original ``RandomForestClassifierDV.evaluate_oob_accuracy`` (Kwon & Zou's
+    Data-OOB code): per weak learner, its out-of-bag rows (bootstrap count 0) and whether it
+    predicts each correctly, collected into a frame with one column per row, averaged over the
+    learners that held the row out (pandas skips the missing entries)."""
+    import pandas as pd
+
+    oob_performance = []
+    for i, predict in enumerate(predictors):
+        oob_ind = np.where(counts[i] == 0)[0]
+        oob_acc = (predict(x[oob_ind]) == y[oob_ind]).astype(float)
+        oob_performance.append({oob_ind[ind]: j for ind, j in enumerate(oob_acc)})
+    df_oob = pd.DataFrame(oob_performance)[np.arange(len(x))]
+    return np.asarray(np.mean(df_oob, axis=0))
+
+
+def test_values_equal_a_port_of_the_original_on_models_trained_one_by_one() -> None:
+    """The same bootstrap samples (drawn first from the run's rng), each model trained alone on
+    its sample with repeats as the original's weak learners are, scored by the original's
+    out-of-bag accuracy: valbench's batched, count-weighted ensemble gives the same values."""
+    task = make_check_task(n_train=30)
+    got = DataOOB(n_estimators=25, batch_size=8).value(task, RunContext.for_task(task, seed=4))
+    counts = bootstrap_counts(30, 25, RunContext.for_task(task, seed=4).rng)
+    x, y = task.x_train, task.y_train
+    clf = task.build_model()
+    predictors = []
+    for row in counts:
+        idx = np.repeat(np.arange(30), row)  # the bootstrap sample, repeats included
+        params = clf.fit(x[idx], y[idx], np.ones((1, len(idx)), bool))
+        predictors.append(lambda rows, params=params: clf.predict(params, rows)[0])
+    want = _original_oob_values(predictors, counts, x, y)
+    assert got.stats["never_out_of_bag"] == 0 and (counts == 0).any(axis=0).all()
+    np.testing.assert_allclose(got.scores, want, rtol=0, atol=1e-12)
