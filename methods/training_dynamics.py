@@ -694,8 +694,9 @@ class EL2N(_TrainingDynamics):
 class Forgetting(_TrainingDynamics):
     """Forgetting events (Toneva et al.): correct → incorrect transitions between presentations.
 
-    Never-learned points count as most forgettable (``epochs`` events, as the original code). ``epochs=None`` trains about
-    1000 minibatch steps (10–50 epochs), so there are enough presentations to forget; on
+    Never-learned points count as most forgettable (``epochs`` events, as the original
+    code). ``epochs=None`` trains about 1000 minibatch steps (10–50 epochs), so there are
+    enough presentations to forget; on
     ``cnn``/``resnet18`` it watches every epoch of the recipe's training (8 and 15 epochs by
     default; the paper trains 200), reading correctness from the training-mode forward pass
     of each minibatch before its step, as the paper's code does.
