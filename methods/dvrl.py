@@ -11,6 +11,7 @@ of that model minus a baseline; the DVE takes one Adam step on the REINFORCE los
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -107,8 +108,11 @@ def _performance(
 
 
 class _Adam:
-    """Adam with torch.optim.Adam's defaults (betas 0.9, 0.999, eps 1e-8), by hand:
-    torch.optim imports torch._dynamo on first use, seconds per fresh worker process."""
+    """Adam as the original's ``tf.compat.v1.train.AdamOptimizer`` (betas 0.9, 0.999, eps
+    1e-8), by hand: torch.optim imports torch._dynamo on first use, seconds per fresh worker
+    process. TF1 adds eps to the uncorrected sqrt(v) (step ``lr·sqrt(1 − β₂ᵗ)/(1 − β₁ᵗ) ·
+    m / (sqrt(v) + eps)``); in bias-corrected terms that is eps / sqrt(1 − β₂ᵗ), not
+    torch.optim's eps."""
 
     def __init__(self, params: list[torch.Tensor], lr: float) -> None:
         self.params = params
@@ -127,7 +131,7 @@ class _Adam:
         torch._foreach_addcmul_(self.v, grads_l, grads_l, 1.0 - _BETA2)
         denom = torch._foreach_div(self.v, 1.0 - _BETA2**self.steps)
         torch._foreach_sqrt_(denom)
-        torch._foreach_add_(denom, _ADAM_EPS)
+        torch._foreach_add_(denom, _ADAM_EPS / math.sqrt(1.0 - _BETA2**self.steps))
         torch._foreach_addcdiv_(self.params, self.m, denom, -self.lr / (1.0 - _BETA1**self.steps))
 
 

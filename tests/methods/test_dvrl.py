@@ -135,3 +135,25 @@ def test_on_a_cnn_the_predictor_is_the_network_with_its_recipe(monkeypatch) -> N
     clf = task.build_model()
     full = clf.fit(task.x_train, task.y_train, np.ones((1, 18), dtype=bool))
     assert got.stats["full_data_performance"] == clf.accuracy(full, task.x_val, task.y_val)[0]
+
+
+def test_adam_steps_as_the_originals_tf1_optimizer() -> None:
+    """The original trains its estimator with ``tf.compat.v1.train.AdamOptimizer``, whose
+    update (ported from its documented formula) adds eps to the uncorrected sqrt(v):
+    θ ← θ − lr·sqrt(1 − β₂ᵗ)/(1 − β₁ᵗ) · m / (sqrt(v) + eps). With gradients that make v
+    tiny the two placements of eps differ, and the step must be TF1's."""
+    from valbench.methods.dvrl import _Adam
+
+    lr, beta1, beta2, eps = 0.01, 0.9, 0.999, 1e-8
+    theta = torch.zeros(3, dtype=torch.float64)
+    opt = _Adam([theta], lr=lr)
+    want = np.zeros(3)
+    m, v = np.zeros(3), np.zeros(3)
+    grads = [np.array([1e-8, -3e-8, 2.0]), np.array([2e-8, 1e-8, -1.0]), np.array([0, 5e-9, 0.5])]
+    for t, g in enumerate(grads, start=1):
+        opt.step((torch.from_numpy(g),))
+        m = beta1 * m + (1 - beta1) * g
+        v = beta2 * v + (1 - beta2) * g * g
+        lr_t = lr * np.sqrt(1 - beta2**t) / (1 - beta1**t)
+        want = want - lr_t * m / (np.sqrt(v) + eps)
+        np.testing.assert_allclose(theta.numpy(), want, rtol=1e-12, atol=1e-15)
