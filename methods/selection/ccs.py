@@ -17,7 +17,7 @@ from valbench.types import ValuationTask
 if TYPE_CHECKING:
     from valbench.types import RunContext
 
-__all__ = ["CCS", "difficulty", "allocate", "ccs_sample", "DIFFICULTIES"]
+__all__ = ["CCS", "difficulty", "difficulty_strata", "allocate", "ccs_sample", "DIFFICULTIES"]
 
 DIFFICULTIES: tuple[str, ...] = ("el2n", "margin")
 
@@ -66,22 +66,32 @@ def allocate(sizes: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
+def difficulty_strata(hardness: np.ndarray, strata: int) -> np.ndarray:
+    """The stratum (0 … ``strata`` − 1) of each hardness, as the original code cuts them:
+    ``strata`` half-open bins of equal width from the minimum to 1.0001 × the maximum, so the
+    top point falls inside the last bin. Where the maximum is not positive (the ``margin``
+    difficulty can be) that upper edge would fall at or below it and lose the top point; the
+    edge is then the maximum plus 1e-4 of its magnitude, and a top point still on it (a
+    maximum of 0) joins the last bin."""
+    h = np.asarray(hardness, dtype=np.float64)
+    lo, hi = float(h.min()), float(h.max())
+    top = hi * 1.0001 if hi > 0 else hi + 1e-4 * abs(hi)
+    width = (top - lo) / strata
+    if width <= 0:  # every point equally hard: one stratum
+        return np.zeros(len(h), dtype=np.int64)
+    return np.minimum(np.floor((h - lo) / width).astype(np.int64), strata - 1)
+
+
 def ccs_sample(
     hardness: np.ndarray, k: int, beta: float, strata: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """CCS for a budget of ``k``: drop the hardest ``min(floor(beta n), n - k)`` points, cut
-    the rest's hardness range into ``strata`` equal-width bins, allocate ``k`` over them with
+    the rest into ``strata`` equal-width bins (:func:`difficulty_strata`), allocate ``k`` with
     :func:`allocate`, and draw uniformly without replacement inside each bin."""
     n = len(hardness)
     pruned = min(math.floor(beta * n), n - k)
     keep = np.argsort(-hardness, kind="stable")[pruned:]
-    h = hardness[keep]
-    lo, hi = float(h.min()), float(h.max())
-    width = (hi - lo) / strata
-    if width > 0:
-        bins = np.minimum(((h - lo) / width).astype(np.int64), strata - 1)
-    else:
-        bins = np.zeros(len(h), dtype=np.int64)
+    bins = difficulty_strata(hardness[keep], strata)
     sizes = np.bincount(bins, minlength=strata)
     quota = allocate(sizes, k)
     chosen = [
@@ -102,10 +112,13 @@ class CCS(Selector):
     ``ctx.rng`` (selections are not nested). ``scores`` = how many of the run's fractions
     selected the point (points pruned as hardest are never selected).
 
-    Departures from the original: difficulty from one converged model instead of scores
-    recorded during training (AUM / forgetting / EL2N at an early epoch); never prunes below
-    the budget (``min(beta n, n - k)`` points); ``beta=0.1`` and ``strata=50`` as defaults where
-    the paper tunes ``beta`` per pruning rate; no per-class balancing.
+    Departures from the original: difficulty from one converged model instead of scores recorded
+    during training (AUM / forgetting / EL2N at an early epoch), and the hardest pruned by that
+    same difficulty (the original prunes by AUM whatever it stratifies); never prunes below the
+    budget (``min(beta n, n - k)`` points); strata of equal size are visited in index order (the
+    original's unstable argsort leaves that order open), and a non-positive maximum keeps its
+    top point (the original's 1.0001 × maximum drops it); ``beta=0.1`` and ``strata=50`` as
+    defaults where the paper tunes ``beta`` per pruning rate; no per-class balancing.
 
     A budgeted fit is the one full-data model that gives the difficulties.
 

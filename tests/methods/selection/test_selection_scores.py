@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
+import torch
 from selection_helpers import check_selections, make_ctx, points_task, small_task
 
 from valbench import Budget
 from valbench.errors import CellSkipped, UsageError
 from valbench.methods.selection import CCS, Moderate, Uncertainty
 from valbench.methods.selection._features import fit_all_data
-from valbench.methods.selection.ccs import allocate, ccs_sample, difficulty
+from valbench.methods.selection.ccs import allocate, ccs_sample, difficulty, difficulty_strata
 from valbench.methods.selection.moderate import centre_distances, moderate_scores
 from valbench.methods.selection.uncertainty import uncertainty_scores
 
@@ -129,3 +132,67 @@ def test_geometric_selector_with_one_point() -> None:
     task = points_task(np.zeros((1, 2)))
     out = Moderate().value(task, make_ctx(task, (0.5,)))
     np.testing.assert_array_equal(out.selections[0.5], [0])
+
+
+def _original_strata_and_budgets(score: torch.Tensor, k: int, stratas: int) -> tuple[list, Any]:
+    """A port of the original CCS ``stratified_sampling`` (Zheng et al.'s code) up to its
+    random draw: the bins from the minimum to 1.0001 × the maximum, the members of each
+    half-open bin, and ``bin_allocate``'s budgets."""
+    min_score = torch.min(score)
+    max_score = torch.max(score) * 1.0001
+    step = (max_score - min_score) / stratas
+
+    def bin_range(i: int) -> tuple[Any, Any]:
+        return min_score + i * step, min_score + (i + 1) * step
+
+    members = []
+    strata_num = []
+    for i in range(stratas):
+        start, end = bin_range(i)
+        mask = torch.logical_and(score >= start, score < end)
+        members.append(torch.arange(len(score))[mask].tolist())
+        strata_num.append(mask.sum())
+    bins = torch.tensor(strata_num)
+    sorted_index = torch.argsort(bins)
+    sort_bins = bins[sorted_index]
+    rest_exp_num = k
+    budgets = []
+    for i in range(bins.shape[0]):
+        avg = rest_exp_num // (bins.shape[0] - i)
+        cur_num = min(sort_bins[i].item(), avg)
+        budgets.append(cur_num)
+        rest_exp_num -= cur_num
+    rst = torch.zeros((bins.shape[0],)).type(torch.int)
+    rst[sorted_index] = torch.tensor(budgets).type(torch.int)
+    return members, rst.numpy()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_ccs_strata_and_quotas_equal_a_port_of_the_original(seed: int) -> None:
+    """Same strata members and the same budget per stratum as the original's code on positive
+    scores (EL2N), up to the order among strata of equal size, which the original's unstable
+    argsort leaves open."""
+    rng = np.random.default_rng(seed)
+    scores = rng.gamma(2.0, 0.3, size=600) ** (1 + seed % 3)
+    strata = (50, 20, 7)[seed % 3]
+    k = int(rng.integers(1, 600))
+    members, budgets = _original_strata_and_budgets(torch.from_numpy(scores), k, strata)
+    bins = difficulty_strata(scores, strata)
+    for b in range(strata):
+        assert np.flatnonzero(bins == b).tolist() == members[b]
+    quota = allocate(np.bincount(bins, minlength=strata), k)
+    assert quota.sum() == budgets.sum() == k
+    sizes = np.bincount(bins, minlength=strata)
+    for size in set(sizes.tolist()):
+        same = sizes == size
+        assert sorted(quota[same].tolist()) == sorted(budgets[same].tolist())
+
+
+def test_ccs_keeps_the_top_point_of_a_non_positive_difficulty() -> None:
+    """The original's upper edge, 1.0001 × the maximum, lies at or below a maximum <= 0 and
+    drops that point from every stratum; here it stays in the last one."""
+    for scores in (np.array([-3.0, -2.0, -1.0]), np.array([-1.0, -0.5, 0.0])):
+        bins = difficulty_strata(scores, 4)
+        assert bins.tolist()[-1] == 3 and bins.min() == 0
+        members, _ = _original_strata_and_budgets(torch.from_numpy(scores), 2, 4)
+        assert 2 not in sum(members, [])  # the original loses it
