@@ -75,7 +75,7 @@ class _HostCPBase(Method):
     mode: ClassVar[str] = "lp"
     #: θ is the evaluation model; deep architectures without buffers (the CNN) work too.
     architectures = ("logreg", "mlp", "cnn")
-    #: The abstract's three claims; the report checks each against the run (valbench.claims).
+    #: The abstract's four claims; the report checks each against the run (valbench.claims).
     claims = (
         Claim(
             "consistently higher value subsets of training data, compared to the recent "
