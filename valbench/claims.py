@@ -6,7 +6,8 @@ harness needs no knowledge of any one method. Every verdict is one word:
 
 - **holds** when the run's intervals support the claim everywhere it is tested;
 - **does not hold** when an interval contradicts it somewhere;
-- **inconclusive** otherwise: intervals too wide (few seeds), or nothing to compare.
+- **inconclusive** otherwise: intervals too wide, fewer than three seeds (two give an interval
+  on one degree of freedom, shown but never deciding), or nothing to compare.
 
 Each comparison is paired by seed (the same split, the same planted flips) and summarised by the
 mean with its Student-t 95 % interval over seeds, clipped to the values it can take, as in the
@@ -46,7 +47,7 @@ from typing import Any
 
 from valbench.metrics import mean_ci
 from valbench.records import CellRecord, Manifest
-from valbench.summary import CONFIDENCE
+from valbench.summary import CONFIDENCE, MIN_TEST_PAIRS
 from valbench.types import CLAIM_KINDS, Claim
 
 __all__ = ["HOLDS", "NOT_HOLDS", "INCONCLUSIVE", "ClaimCheck", "Comparison", "check_claims"]
@@ -82,7 +83,7 @@ class Comparison:
     def widened(self, comparisons: int) -> tuple[float, float] | None:
         """The interval at confidence 1 - α/``comparisons`` (Bonferroni), clipped to the
         bounds: what a verdict that any one of ``comparisons`` intervals decides must use."""
-        if len(self.values) < 2:
+        if len(self.values) < MIN_TEST_PAIRS:  # see _intervals: two seeds decide nothing
             return None
         alpha = (1.0 - CONFIDENCE) / max(1, comparisons)
         low, high = _clipped(self.values, 1.0 - alpha, self.bounds)
@@ -271,8 +272,15 @@ def _group_order(item: tuple) -> tuple:
 
 
 def _intervals(comparisons: Sequence[Comparison]) -> list[tuple[float, float]]:
-    """The (low, high) intervals of the comparisons that have one (two seeds or more)."""
-    return [(c.low, c.high) for c in comparisons if c.low is not None and c.high is not None]
+    """The (low, high) intervals of the comparisons that may decide a verdict: over at least
+    :data:`~valbench.summary.MIN_TEST_PAIRS` seeds. Two seeds give an interval on one degree
+    of freedom, which two nearly equal values make as narrow as they like (0.10 and 0.11 give
+    [0.04, 0.17]): shown, but never a verdict, as the leaderboard runs no test on them."""
+    return [
+        (c.low, c.high)
+        for c in comparisons
+        if c.low is not None and c.high is not None and c.seeds >= MIN_TEST_PAIRS
+    ]
 
 
 def _any_of(comparisons: Sequence[Comparison]) -> list[tuple[float, float]]:

@@ -10,8 +10,8 @@ __all__ = ["environment"]
 
 
 def environment() -> Any:
-    """Templates from ``valbench/templates``: autoescaped, undefined names an error, and a
-    ``pretty_json`` filter."""
+    """Templates from ``valbench/templates``: autoescaped, undefined names an error, and the
+    ``pretty_json`` and ``sentence`` (first letter upper case, the rest as written) filters."""
     from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
     env = Environment(
@@ -23,4 +23,6 @@ def environment() -> Any:
         keep_trailing_newline=True,
     )
     env.filters["pretty_json"] = lambda v: json.dumps(v, indent=2, ensure_ascii=False)
+    # Jinja's capitalize lowercases the rest ("mislabel detection auc"); this keeps it.
+    env.filters["sentence"] = lambda v: str(v)[:1].upper() + str(v)[1:]
     return env

@@ -6,8 +6,8 @@ trusted. :func:`verdicts` answers from the summary's own numbers (:class:`GroupS
 nothing here is a new statistic:
 
 - **recommended**: the best mean of the goal's column and every method *not significantly
-  worse* than it (the column's paired t-tests against the best, Holm-corrected, as marked by
-  :func:`valbench.summary.summarise`), best mean first;
+  worse* than it (the column's paired t-tests, Holm-corrected over every pair of methods, as
+  marked by :func:`valbench.summary.summarise`), best mean first;
 - **pareto**: the cost-Pareto set of the goal: the methods no other method beats on both mean
   CPU seconds (lower) and the goal's metric (higher) (:func:`valbench.figures.pareto_front`);
 - **why**: one sentence that says where the recommendation comes from;
@@ -173,9 +173,10 @@ def _goal(group: GroupSummary, goal: str, question: str, key: str) -> GoalVerdic
                 "or more (80 % power, Holm-corrected); smaller ones likely go unseen, unless "
                 "the method's seeds agree more closely."
                 if group.detectable_within_range(key)
-                else f"Only {group.max_seeds} seeds: after the Holm correction over the "
-                f"{len(present) - 1} methods compared, no difference {col.label} can show "
-                "would be found with 80 % power, so a method not marked as worse may well be."
+                else f"Only {group.max_seeds} seeds: after the Holm correction over every "
+                f"pair of the {len(present)} methods compared, no difference {col.label} can "
+                "show would be found with 80 % power, so a method not marked as worse may well "
+                "be."
             )
         if len(recommended) > max(2, len(present) // 2):
             caveats.append(

@@ -145,6 +145,22 @@ def test_one_seed_is_never_a_verdict() -> None:
     assert check.verdict == INCONCLUSIVE and "one seed" in check.measured
 
 
+def test_two_seeds_are_shown_but_never_a_verdict() -> None:
+    """Two seeds give an interval on one degree of freedom, which two nearly equal gains make
+    narrow ([0.04, 0.17] from 0.10 and 0.11): the leaderboard runs no test on them, and a
+    claim is not upheld or refuted on them either; a third seed decides."""
+    claim = Claim("higher", SOURCE, "higher-subset-value")
+    two = [r for r in _subset_run(0.80, 0.70) if r.seed < 2]
+    check = _one(two, claim)
+    (comparison,) = check.comparisons
+    assert comparison.seeds == 2 and comparison.low is not None and comparison.low > 0
+    assert check.verdict == INCONCLUSIVE
+    for mine in (0.80, 0.60):  # neither way on two seeds, either way on three
+        run = _subset_run(mine, 0.70)
+        assert _one([r for r in run if r.seed < 2], claim).verdict == INCONCLUSIVE
+        assert _one([r for r in run if r.seed < 3], claim).verdict in (HOLDS, NOT_HOLDS)
+
+
 def test_partial_cells_are_left_out_unless_asked() -> None:
     records = _subset_run(0.80, 0.70)
     partial = [
