@@ -649,8 +649,9 @@ def _mark_column(
     significantly worse (a method with fewer seeds whose mean is better is never marked
     worse); one without a test (too few seeds shared with the best) is ``untested``. Returns
     the column's minimum detectable difference (:func:`min_detectable_difference` with the
-    root-mean-square paired standard deviation of the tests against the best, their fewest
-    shared seeds and the number of pairs in the family), NaN when nothing could be tested.
+    root-mean-square paired standard deviation of the t-tests against the best (constant
+    differences, tested by the sign-flip rule, left out), their fewest shared seeds and the
+    number of pairs in the family), NaN when no t-test could be run.
     """
     methods = [m for m in rows if rows[m][col.key].present]
     if not methods or not col.compared:
@@ -701,12 +702,14 @@ def _mark_column(
             # (A run with fewer seeds than a test needs says so once, not in every cell.)
             untested=method not in best and p_holm is None and most >= MIN_TEST_PAIRS,
         )
-    if not against_best:
+    # A constant difference (sd 0) is judged by the sign-flip rule, not the t-test whose
+    # power this quotes: its zero would only shrink the root mean square.
+    spread = [(sd, n) for _, sd, n in against_best.values() if sd > 0]
+    if not spread:
         return math.nan
-    sds = [sd for _, sd, _ in against_best.values()]
     return min_detectable_difference(
-        math.sqrt(float(np.mean(np.square(sds)))),
-        min(n for _, _, n in against_best.values()),
+        math.sqrt(float(np.mean(np.square([sd for sd, _ in spread])))),
+        min(n for _, n in spread),
         comparisons=len(family),
     )
 

@@ -430,3 +430,21 @@ def test_head_to_head_never_names_random_the_best_valuation() -> None:
     (h2h,) = head_to_head(summarise(records), {"kcenter": "subset-selection"})
     point = h2h.best_point["0.1"]
     assert point is not None and point[0] == "knn"
+
+
+def test_a_constant_difference_does_not_shrink_the_detectable_difference() -> None:
+    """A method whose difference from the best is the same in every seed is judged by the
+    sign-flip rule; its zero spread stays out of the t-test power the page quotes."""
+    jitter = [0.0, 0.012, -0.004, 0.007, -0.01]
+    noisy = [_line("best", s, 0.80 + jitter[s]) for s in range(5)]
+    noisy += [_line("spread", s, 0.78 - jitter[s]) for s in range(5)]
+    constant = [_line("constant", s, 0.70 + jitter[s]) for s in range(5)]  # always 0.10 below
+    (alone,) = summarise(noisy)
+    (both,) = summarise(noisy + constant)
+    key = "subset_value@0.1"
+    assert both.rows["constant"][key].p_value == pytest.approx(2.0**-4)
+    # The same spread and seeds; only the family grew (1 pair -> 3), so the quoted difference
+    # grows with the stricter first Holm step and is not pulled down by the zero.
+    assert both.detectable[key] > alone.detectable[key]
+    sd = float(np.std(np.subtract([0.80 + j for j in jitter], [0.78 - j for j in jitter]), ddof=1))
+    assert both.detectable[key] == pytest.approx(min_detectable_difference(sd, 5, comparisons=3))
