@@ -143,53 +143,55 @@ def test_leaderboard_in_html_equals_summary_json_and_results(full_run: Path) -> 
             full = {m: v for m, v in means.items() if seeds[m] == max(seeds.values())}
             best = (max if col["higher_is_better"] else min)(full, key=full.__getitem__)
             assert group["methods"][best]["values"][key]["best"]
-            # paired t-test over the seeds both have, against the best
-            raw: dict[str, float] = {}
-            for method in means:
+            # paired t-tests over the seeds both have, for every pair of methods (the best is
+            # picked from the same seeds, so the family is every pair), Holm over all of them
+            per_seed = {
+                m: {
+                    r["seed"]: v
+                    for r, v in zip(
+                        [
+                            r
+                            for r in records
+                            if (r["dataset"], r["method"], r["status"]) == (dataset, m, "ok")
+                        ],
+                        _expected(records, dataset, m, key),
+                        strict=True,
+                    )
+                }
+                for m in means
+            }
+            methods = list(means)
+            raw: dict[tuple[str, str], float] = {}
+            for i, first in enumerate(methods):
+                for second in methods[i + 1 :]:
+                    seeds = sorted(set(per_seed[first]) & set(per_seed[second]))
+                    if len(seeds) < MIN_TEST_PAIRS:
+                        continue
+                    a = [per_seed[first][s] for s in seeds]
+                    b = [per_seed[second][s] for s in seeds]
+                    raw[(first, second)] = stats.ttest_rel(a, b).pvalue
+            order = sorted(raw, key=raw.__getitem__)
+            adjusted, running = {}, 0.0
+            for i, pair in enumerate(order):
+                running = max(running, min(1.0, (len(order) - i) * raw[pair]))
+                adjusted[pair] = adjusted[pair[::-1]] = running
+                raw[pair[::-1]] = raw[pair]
+            for method in methods:
                 if method == best:
                     continue
-                a = {
-                    r["seed"]: v
-                    for r, v in zip(
-                        [
-                            r
-                            for r in records
-                            if (r["dataset"], r["method"], r["status"]) == (dataset, best, "ok")
-                        ],
-                        _expected(records, dataset, best, key),
-                        strict=True,
-                    )
-                }
-                b = {
-                    r["seed"]: v
-                    for r, v in zip(
-                        [
-                            r
-                            for r in records
-                            if (r["dataset"], r["method"], r["status"]) == (dataset, method, "ok")
-                        ],
-                        _expected(records, dataset, method, key),
-                        strict=True,
-                    )
-                }
-                seeds = sorted(set(a) & set(b))
                 got = group["methods"][method]["values"][key]
-                if len(seeds) < MIN_TEST_PAIRS:  # loo lost a seed: two pairs are not tested
+                if (best, method) not in raw:  # loo lost a seed: two pairs are not tested
                     assert got["p_vs_best"] is None and not got["not_significantly_worse"]
                     assert got["untested"] and html[method][key]["untested"] == "1"
                     continue
                 assert not got["untested"]
-                p = stats.ttest_rel([a[s] for s in seeds], [b[s] for s in seeds]).pvalue
-                assert got["p_vs_best"] == pytest.approx(p, rel=1e-9)
-                raw[method] = p
-            # Holm over the methods compared with the best, by hand
-            order = sorted(raw, key=raw.__getitem__)
-            running = 0.0
-            for i, method in enumerate(order):
-                running = max(running, min(1.0, (len(order) - i) * raw[method]))
-                got = group["methods"][method]["values"][key]
-                assert got["p_vs_best_holm"] == pytest.approx(running, rel=1e-9)
-                assert got["not_significantly_worse"] == (running >= 0.05)
+                assert got["p_vs_best"] == pytest.approx(raw[(best, method)], rel=1e-9)
+                assert got["p_vs_best_holm"] == pytest.approx(adjusted[(best, method)], rel=1e-9)
+                sign = 1 if col["higher_is_better"] else -1
+                better = sign * (means[method] - means[best]) > 0
+                assert got["not_significantly_worse"] == (
+                    adjusted[(best, method)] >= 0.05 or better
+                )
     # and the independent CI checker agrees
     assert _check_module().check_report(full_run) == []
 
