@@ -557,19 +557,25 @@ def _left_out_of_figure(
 
 
 def _sampling_panels(
-    run_dir: Path, group: GroupSummary, damaged: dict[str, str]
+    run_dir: Path, group: GroupSummary, damaged: dict[str, str], records: Sequence[CellRecord]
 ) -> tuple[list[SampledValues], Any] | None:
     """The values and per-point standard errors of every sampled estimator of a group, from
-    its first seed that has any; or None. A damaged scores file is left out with one warning
-    and a note, as for the selection figure."""
+    its first seed that has any; or None. Partial cells are drawn too (marked so): the figure
+    ranks nothing, and a budget-cut estimate is where its sampling error matters most. A
+    damaged scores file is left out with one warning and a note, as for the selection
+    figure."""
+    by_method: dict[str, list[CellRecord]] = defaultdict(list)
+    for rec in records:
+        if rec.ok and rec.dataset == group.dataset and rec.noise == group.noise:
+            by_method[rec.method].append(rec)
     seeds = sorted(
-        {r.seed for recs in group.records.values() for r in recs},
+        {r.seed for recs in by_method.values() for r in recs},
         key=lambda s: (str(type(s)), s),
     )
     for seed in seeds:
         panels = []
-        for method, recs in sorted(group.records.items()):
-            rec = next((r for r in recs if r.seed == seed and r.ok), None)
+        for method, recs in sorted(by_method.items()):
+            rec = next((r for r in recs if r.seed == seed), None)
             if rec is None or not rec.scores_file or rec.n_train is None:
                 continue
             stderr = point_stderr(rec.stats, rec.n_train)
@@ -591,7 +597,7 @@ def _sampling_panels(
                     values=np.asarray(scores, dtype=np.float64),
                     stderr=stderr,
                     samples=point_sample_counts(rec.stats, n),
-                    complete=rec.complete is not False,
+                    complete=not rec.partial,
                 )
             )
         if panels:
@@ -626,7 +632,11 @@ def _add_figure(
 
 
 def _group_figures(
-    run_dir: Path, group: GroupSummary, styles: Mapping[str, MethodStyle], damaged: dict[str, str]
+    run_dir: Path,
+    group: GroupSummary,
+    styles: Mapping[str, MethodStyle],
+    damaged: dict[str, str],
+    records: Sequence[CellRecord],
 ) -> None:
     band = (
         f"band: {CONFIDENCE * 100:g} % CI over seeds"
@@ -690,7 +700,7 @@ def _group_figures(
             " Grey, named points: methods off the front." if len(group.rows) > HIGHLIGHT + 1 else ""
         ),
     )
-    sampled = _sampling_panels(run_dir, group, damaged)
+    sampled = _sampling_panels(run_dir, group, damaged, records)
     if sampled is not None:
         panels, seed = sampled
         add(
@@ -704,7 +714,8 @@ def _group_figures(
             'sampling error, not the spread over seeds). "Told apart": the share of point '
             "pairs whose values differ by more than 1.96 standard errors of their difference; "
             "the order of the other pairs may be sampling noise. More samples (a larger "
-            "budget) narrow the band by 1/√samples.",
+            "budget) narrow the band by 1/√samples. Estimates the budget cut short are drawn "
+            "too, marked (partial): this figure ranks nothing.",
         )
     selection = _selection_svg(run_dir, group, styles, damaged)
     if selection is not None:
@@ -850,7 +861,7 @@ def render_report(run_dir: Path, include_partial: bool = False) -> Path:
     colors = {m: s.color for m, s in styles.items()}
     damaged: dict[str, str] = {}  # cell id -> why its drawing is missing
     for group in groups:
-        _group_figures(run_dir, group, styles, damaged)
+        _group_figures(run_dir, group, styles, damaged, records)
     cross, cd_results, cd_notes = _cross_figures(run_dir, groups, styles)
 
     verdict = verdicts(groups)
