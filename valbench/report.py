@@ -565,9 +565,9 @@ def _sampling_panels(
     damaged scores file is left out with one warning and a note, as for the selection
     figure."""
     by_method: dict[str, list[CellRecord]] = defaultdict(list)
-    for rec in records:
-        if rec.ok and rec.dataset == group.dataset and rec.noise == group.noise:
-            by_method[rec.method].append(rec)
+    for line in records:
+        if line.ok and line.dataset == group.dataset and line.noise == group.noise:
+            by_method[line.method].append(line)
     seeds = sorted(
         {r.seed for recs in by_method.values() for r in recs},
         key=lambda s: (str(type(s)), s),
