@@ -69,10 +69,14 @@ EXPORT_COLUMNS = (
 
 
 def _point_list(
-    stats: Mapping[str, Any] | None, n_train: int, names: tuple[str, ...]
+    stats: Mapping[str, Any] | None,
+    n_train: int,
+    names: tuple[str, ...],
+    gaps: bool = False,
 ) -> np.ndarray | None:
     """The first entry of ``stats`` whose name contains one of ``names`` (top level first,
-    then one level down) holding ``n_train`` finite numbers >= 0, or None."""
+    then one level down) holding ``n_train`` numbers >= 0, finite or, with ``gaps``, NaN
+    (JSON null) where a point has none (but not all of them), or None."""
     if not isinstance(stats, Mapping):
         return None
     nested = [v for v in stats.values() if isinstance(v, Mapping)]
@@ -87,15 +91,22 @@ def _point_list(
                 arr = np.asarray(value, dtype=np.float64)
             except (TypeError, ValueError):
                 continue
-            if arr.shape == (n_train,) and np.all(np.isfinite(arr)) and np.all(arr >= 0):
+            known = ~np.isnan(arr) if gaps else np.ones(arr.shape, dtype=bool)
+            if (
+                arr.shape == (n_train,)
+                and known.any()
+                and np.all(np.isfinite(arr[known]))
+                and np.all(arr[known] >= 0)
+            ):
                 return arr
     return None
 
 
 def point_stderr(stats: Mapping[str, Any] | None, n_train: int) -> np.ndarray | None:
     """The per-point standard errors a method put in its ``stats`` (an entry named like
-    ``stderr`` or ``std_err``), or None. The one place that knows where they live."""
-    return _point_list(stats, n_train, ("stderr", "std_err"))
+    ``stderr`` or ``std_err``), or None; NaN for a point without one (fewer than two
+    samples, stored as null). The one place that knows where they live."""
+    return _point_list(stats, n_train, ("stderr", "std_err"), gaps=True)
 
 
 def point_sample_counts(stats: Mapping[str, Any] | None, n_train: int) -> np.ndarray | None:

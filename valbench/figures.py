@@ -775,7 +775,8 @@ def pairs_told_apart(values: np.ndarray, stderr: np.ndarray) -> float:
         i = rng.integers(0, n, size=size)
         j = (i + rng.integers(1, n, size=size)) % n  # a different point, uniformly
     gap = np.abs(v[i] - v[j])
-    # A pair with zero error on both sides is told apart when its values differ at all.
+    # A pair with zero error on both sides is told apart when its values differ at all; a
+    # pair with an unknown error (a point of one sample: NaN) is not.
     return float(np.mean(gap > _Z95 * np.sqrt(var[i] + var[j])))
 
 

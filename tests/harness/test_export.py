@@ -135,6 +135,10 @@ def test_point_stderr_lookup() -> None:
     assert point_stderr({"std_err": [0.1, 0.2, 0.3]}, 2) is None  # wrong length
     assert point_stderr({"stderr_mean": 0.1}, 2) is None  # a summary, not per point
     assert point_stderr({"complete": True}, 2) is None
+    # A point of one sample has no standard error (null in JSON): NaN there, the rest kept.
+    np.testing.assert_array_equal(point_stderr({"stderr": [None, 0.2]}, 2), [np.nan, 0.2])
+    assert point_stderr({"stderr": [None, None]}, 2) is None
+    assert point_stderr({"stderr": [float("inf"), 0.2]}, 2) is None
     assert point_sample_counts({"sample_counts": [3, 0]}, 2).tolist() == [3, 0]
     assert point_sample_counts({"tmc": {"sample_counts": [3.0, 4.0]}}, 2).dtype == np.int64
     assert point_sample_counts({"sample_counts": [3, 4, 5]}, 2) is None  # wrong length

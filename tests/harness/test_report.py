@@ -468,6 +468,8 @@ def test_pairs_told_apart_counts_the_pairs_a_sample_resolves() -> None:
     # Errors 0.4: the bound is 1.11; the gaps of 1 fail, the gap of 2 passes.
     assert pairs_told_apart(values, np.full(3, 0.4)) == pytest.approx(1 / 3)
     assert pairs_told_apart(np.array([1.0, 1.0]), np.zeros(2)) == 0.0  # a tie is not apart
+    # A point of one sample (no standard error) is told apart from nothing.
+    assert pairs_told_apart(values, np.array([np.nan, 0.0, 0.0])) == pytest.approx(1 / 3)
     # 50,000 points (1.25e9 pairs) are read from a sample of pairs, near the exact share:
     # half the points at 0, half at 1, errors 0.3: exactly the pairs across the halves
     # (about one half) are apart.
