@@ -325,13 +325,16 @@ def curve_area(x: Any, y: Any) -> float:
     return float(np.sum(np.diff(xa) * (ya[1:] + ya[:-1]) / 2.0) / width)
 
 
-def _prf(flags: np.ndarray, mask: np.ndarray) -> dict[str, float]:
-    tp = int(np.count_nonzero(flags & mask))
-    n_flag, n_true = int(flags.sum()), int(mask.sum())
+def _prf_counts(tp: float, n_flag: int, n_true: int) -> dict[str, float]:
+    """Precision, recall and F1 from (possibly expected) true positives and the counts."""
     precision = tp / n_flag if n_flag else 0.0
     recall = tp / n_true if n_true else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
     return {"precision": float(precision), "recall": float(recall), "f1": float(f1)}
+
+
+def _prf(flags: np.ndarray, mask: np.ndarray) -> dict[str, float]:
+    return _prf_counts(int(np.count_nonzero(flags & mask)), int(flags.sum()), int(mask.sum()))
 
 
 def detection_at_k(scores: Any, noisy_mask: Any, k: int | None = None) -> dict[str, float]:
@@ -344,11 +347,7 @@ def detection_at_k(scores: Any, noisy_mask: Any, k: int | None = None) -> dict[s
         k = int(mask.sum())
     if int(k) != k or not 1 <= k <= arr.size:
         raise MetricInputError(f"k must be an integer in [1, {arr.size}], got {k!r}")
-    tp, n_true = float(_expected_found(arr, mask)[int(k)]), int(mask.sum())
-    precision = tp / int(k)
-    recall = tp / n_true if n_true else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
-    return {"precision": float(precision), "recall": float(recall), "f1": float(f1)}
+    return _prf_counts(float(_expected_found(arr, mask)[int(k)]), int(k), int(mask.sum()))
 
 
 def two_means_split(scores: Any) -> np.ndarray:

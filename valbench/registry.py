@@ -69,8 +69,13 @@ class Entry:
         return str(getattr(self.obj, "family", "")) if self.ok else ""
 
 
+def _dist_label(ep: EntryPoint) -> str:
+    """``name version`` of the distribution that registers ``ep``."""
+    return f"{ep.dist.name} {ep.dist.version}" if ep.dist is not None else "?"
+
+
 def _load(kind: Kind, ep: EntryPoint) -> Entry:
-    dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist is not None else "?"
+    dist = _dist_label(ep)
     base = Method if kind == "method" else Dataset
     # Checked before importing: such a name would break every run that selects 'all'.
     if not _VALID_NAME.fullmatch(ep.name):
@@ -157,13 +162,11 @@ def _resolve(kind: Kind, name: str, eps: list[EntryPoint]) -> Entry:
             f"it: {others}; rename the plugin's {kind}"
         )
         return _load(kind, builtin[0])
-    ep = eps[0]
-    dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist is not None else "?"
     return Entry(
         kind,
         name,
-        ep.value,
-        dist,
+        eps[0].value,
+        _dist_label(eps[0]),
         error=f"registered by more than one plugin ({others}); uninstall or rename all but one",
     )
 

@@ -664,8 +664,9 @@ def _mark_column(
     best_mean = max(full_means) if col.higher_is_better else min(full_means)
     best = [m for m in full if same_value(rows[m][col.key].mean, best_mean)]
     values = {m: seed_values(by_method[m], col.extract) for m in methods}
-    family: dict[str, float] = {}  # "i\x00j" -> raw p of every testable pair
-    against_best: dict[str, tuple[float, float, int]] = {}  # method -> (raw p, sd, pairs)
+    family: dict[str, float] = {}  # one key per testable pair -> its raw p
+    # method -> (its pair's key, raw p, sd of the paired differences, shared seeds)
+    against_best: dict[str, tuple[str, float, float, int]] = {}
     for i, first in enumerate(methods):
         for second in methods[i + 1 :]:
             seeds = sorted(set(values[first]) & set(values[second]))
@@ -674,29 +675,22 @@ def _mark_column(
             p_value = paired_p_value(a, b)
             if p_value is None:
                 continue
-            family[f"{first}\x00{second}"] = p_value
+            pair = f"{first}\x00{second}"
+            family[pair] = p_value
             for ref, other in ((first, second), (second, first)):
                 if ref == best[0] and other not in best:
                     sd = float(np.std(np.subtract(a, b), ddof=1))
-                    against_best[other] = (p_value, sd, len(seeds))
+                    against_best[other] = (pair, p_value, sd, len(seeds))
     adjusted = holm(family)
-    p_holm_of = {
-        other: adjusted[
-            f"{best[0]}\x00{other}"
-            if f"{best[0]}\x00{other}" in adjusted
-            else f"{other}\x00{best[0]}"
-        ]
-        for other in against_best
-    }
     sign = 1.0 if col.higher_is_better else -1.0
     for method, rank in zip(methods, ranks, strict=True):
-        p_holm = p_holm_of.get(method)
+        p_holm = adjusted[against_best[method][0]] if method in against_best else None
         better = sign * (rows[method][col.key].mean - best_mean) > 0
         rows[method][col.key] = replace(
             rows[method][col.key],
             best=method in best,
             rank=float(rank),
-            p_value=against_best[method][0] if method in against_best else None,
+            p_value=against_best[method][1] if method in against_best else None,
             p_holm=p_holm,
             tied=p_holm is not None and (p_holm >= ALPHA or better),
             # (A run with fewer seeds than a test needs says so once, not in every cell.)
@@ -704,7 +698,7 @@ def _mark_column(
         )
     # A constant difference (sd 0) is judged by the sign-flip rule, not the t-test whose
     # power this quotes: its zero would only shrink the root mean square.
-    spread = [(sd, n) for _, sd, n in against_best.values() if sd > 0]
+    spread = [(sd, n) for _, _, sd, n in against_best.values() if sd > 0]
     if not spread:
         return math.nan
     return min_detectable_difference(
