@@ -21,12 +21,19 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.special import gammaln
-from sklearn.linear_model import LassoCV, LinearRegression
+from sklearn.linear_model import lasso_path
 
 from valbench import Method, RunContext, Valuation, ValuationTask
 from valbench.params import Interval, Options, Param
 
-__all__ = ["AME", "AME_PROBABILITIES", "ame_design", "ame_size_weights", "ame_regression"]
+__all__ = [
+    "AME",
+    "AME_PROBABILITIES",
+    "ame_design",
+    "ame_lasso",
+    "ame_regression",
+    "ame_size_weights",
+]
 
 #: The paper's law P of inclusion probabilities: uniform on these four values.
 AME_PROBABILITIES = (0.2, 0.4, 0.6, 0.8)
@@ -57,28 +64,156 @@ def ame_scale(probabilities: tuple[float, ...] = AME_PROBABILITIES) -> float:
     return float(np.mean(1.0 / (p * (1.0 - p))))
 
 
+#: Cross-validation folds of the original's ``cvglmnet`` call (fewer when there are fewer
+#: subsets).
+AME_FOLDS = 20
+#: glmnet's path: its length, the fewest penalties before it may end early, and the smallest
+#: relative gain in explained deviance that keeps it going (``fdev``).
+PATH_LENGTH = 100
+PATH_MIN_LENGTH = 5
+PATH_MIN_GAIN = 1e-5
+#: Stopping tolerance of the Lasso's coordinate descent (glmnet's ``thresh`` is 1e-7).
+LASSO_TOL = 1e-7
+PENALTY_RULES = ("1se", "min")
+
+
+def _group_means(values: np.ndarray, groups: np.ndarray, n_groups: int) -> np.ndarray:
+    """Per-group means of the rows of ``values`` (zero for a group with no rows)."""
+    sums = np.zeros((n_groups, *values.shape[1:]))
+    np.add.at(sums, groups, values)
+    counts = np.bincount(groups, minlength=n_groups).astype(np.float64)
+    shape = (n_groups,) + (1,) * (values.ndim - 1)
+    return sums / np.maximum(counts, 1.0).reshape(shape)
+
+
+def _standardized(
+    x: np.ndarray, y: np.ndarray, groups: np.ndarray, n_groups: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The Lasso with one unpenalised intercept per group, reduced to a plain Lasso.
+
+    Profiling the intercepts out (Frisch-Waugh-Lovell) centres ``x`` and ``y`` within each
+    group; each column is scaled by its standard deviation, as glmnet standardises. Returns
+    the reduced design and target, the scales, and the group means needed to predict."""
+    scale = x.std(axis=0)
+    scale[scale == 0] = 1.0
+    x_means, y_means = _group_means(x, groups, n_groups), _group_means(y, groups, n_groups)
+    return (x - x_means[groups]) / scale, y - y_means[groups], scale, x_means, y_means
+
+
+def _path(x: np.ndarray, y: np.ndarray, alphas: np.ndarray) -> np.ndarray:
+    """Lasso coefficients (features, len(alphas)) of (1/2m)·|y − x·b|² + alpha·|b|_1."""
+    _, coefs, _ = lasso_path(x, y, alphas=alphas, tol=LASSO_TOL, max_iter=100_000)
+    return np.asarray(coefs)
+
+
+def ame_lasso(
+    x: np.ndarray,
+    y: np.ndarray,
+    groups: np.ndarray,
+    folds: np.ndarray,
+    *,
+    penalty_rule: str = "1se",
+) -> tuple[np.ndarray, dict[str, float]]:
+    """The original's cross-validated Lasso: glmnet's ``cvglmnet`` (Gaussian, ``alpha=1``,
+    no global intercept) as the authors' code calls it.
+
+    One unpenalised intercept per group (the original's probability "buckets"); columns
+    standardised; the penalty path from the smallest penalty that zeroes every column, down
+    by a constant factor to 1e-4 of it (1e-2 with fewer rows than columns) over 100 values,
+    ended early as glmnet ends it: after at least 5 penalties, at the first whose gain in
+    explained sum of squares is below 1e-5 of the total explained so far (glmnet measures
+    both without an intercept, against the centred variance of ``y``, so the intercepts' share
+    is large and the path often ends early). Each fold is refitted on the others along that
+    path; the penalty is picked by ``penalty_rule``: ``"1se"`` (the original's
+    ``lambda_1se``) is the largest whose cross-validated error is within one standard error
+    of the smallest, ``"min"`` the one of the smallest. ``folds`` gives each row's fold.
+    Returns the coefficients at that penalty, in the units of ``x``.
+    """
+    rows, columns = x.shape
+    n_groups = int(groups.max()) + 1
+    xs, ys, scale, _, _ = _standardized(x, y, groups, n_groups)
+    ratio = 1e-2 if rows < columns + len(np.unique(groups)) else 1e-4
+    top = float(np.max(np.abs(xs.T @ ys))) / rows
+    if not top > 0 or not np.var(y) > 0:
+        return np.zeros(columns), {"lasso_alpha": 0.0, "nonzero": 0, "path_length": 0}
+    alphas = top * (ratio ** (1.0 / (PATH_LENGTH - 1))) ** np.arange(PATH_LENGTH)
+    coefs = _path(xs, ys, alphas)
+    # glmnet's early end: its R² counts what the intercepts explain of the uncentred sum of
+    # squares, over the centred variance.
+    explained = (np.mean(y**2) - np.mean((ys[:, None] - xs @ coefs) ** 2, axis=0)) / np.var(y)
+    gain = np.diff(explained, prepend=0.0)
+    ends = np.flatnonzero(
+        (np.arange(PATH_LENGTH) >= PATH_MIN_LENGTH - 1) & (gain < PATH_MIN_GAIN * explained)
+    )
+    length = int(ends[0]) + 1 if len(ends) else PATH_LENGTH
+    alphas, coefs = alphas[:length], coefs[:, :length]
+    fold_ids = np.unique(folds)
+    fold_mse = np.empty((len(fold_ids), length))
+    fold_size = np.empty(len(fold_ids))
+    for k, fold in enumerate(fold_ids):
+        held = folds == fold
+        fit_x, fit_y, fit_scale, x_means, y_means = _standardized(
+            x[~held], y[~held], groups[~held], n_groups
+        )
+        coef = _path(fit_x, fit_y, alphas) / fit_scale[:, None]
+        # Each present group's intercept at every penalty; an absent group's is zero.
+        intercepts = y_means[:, None] - x_means @ coef
+        pred = x[held] @ coef + intercepts[groups[held]]
+        fold_mse[k] = np.mean((y[held, None] - pred) ** 2, axis=0)
+        fold_size[k] = held.sum()
+    weights = fold_size / fold_size.sum()
+    mean = weights @ fold_mse
+    stderr = np.sqrt(weights @ (fold_mse - mean) ** 2 / max(len(fold_ids) - 1, 1))
+    best = int(np.flatnonzero(mean <= mean.min())[0])  # the largest penalty among ties
+    chosen = best
+    if penalty_rule == "1se":
+        chosen = int(np.flatnonzero(mean <= mean[best] + stderr[best])[0])
+    coef = coefs[:, chosen] / scale
+    return coef, {
+        "lasso_alpha": float(alphas[chosen]),
+        "nonzero": int(np.count_nonzero(coef)),
+        "path_length": length,
+    }
+
+
 def ame_regression(
     masks: np.ndarray,
     p: np.ndarray,
     utilities: np.ndarray,
     *,
     regression: str = "lasso",
-    cv: int = 5,
+    folds: int = AME_FOLDS,
+    knockoff_masks: np.ndarray | None = None,
+    penalty_rule: str = "1se",
     probabilities: tuple[float, ...] = AME_PROBABILITIES,
 ) -> tuple[np.ndarray, dict[str, float]]:
     """AME estimates from sampled subsets: the regression coefficients of ``utilities`` on
-    :func:`ame_design`, times v (:func:`ame_scale`); also returns the chosen Lasso penalty."""
+    :func:`ame_design` with one intercept per probability, times v (:func:`ame_scale`).
+
+    ``regression="lasso"`` is :func:`ame_lasso` with rows assigned to ``folds`` folds in turn
+    (the rows are independent draws, so this is a random split); ``knockoff_masks`` adds the
+    design of those independent draws as knockoff columns, whose selected count is returned
+    as ``knockoffs_selected`` (their coefficients estimate zero). ``"ols"`` is least squares.
+    """
     x = ame_design(masks, p)
     y = np.asarray(utilities, dtype=np.float64)
+    _, groups = np.unique(np.asarray(p, dtype=np.float64), return_inverse=True)
+    n = x.shape[1]
     info: dict[str, float] = {}
     if regression == "ols":
-        coef = LinearRegression().fit(x, y).coef_
+        n_groups = int(groups.max()) + 1
+        xc = x - _group_means(x, groups, n_groups)[groups]
+        yc = y - _group_means(y, groups, n_groups)[groups]
+        coef = np.linalg.lstsq(xc, yc, rcond=None)[0]
     else:
-        folds = int(min(cv, len(y)))
-        model = LassoCV(cv=folds, max_iter=10_000).fit(x, y)
-        coef = model.coef_
-        info["lasso_alpha"] = float(model.alpha_)
-        info["nonzero"] = int(np.count_nonzero(coef))
+        if knockoff_masks is not None:
+            x = np.hstack([x, ame_design(knockoff_masks, p)])
+        fold_of_row = np.arange(len(y)) % int(min(folds, len(y)))
+        coef, info = ame_lasso(x, y, groups, fold_of_row, penalty_rule=penalty_rule)
+        if knockoff_masks is not None:
+            info["knockoffs_selected"] = int(np.count_nonzero(coef[n:]))
+            info["nonzero"] = int(np.count_nonzero(coef[:n]))
+        coef = coef[:n]
     return np.asarray(coef, dtype=np.float64) * ame_scale(probabilities), info
 
 
@@ -88,25 +223,51 @@ class AME(Method):
     Draws ``max_samples`` subsets: each picks p uniformly from {0.2, 0.4, 0.6, 0.8} (the
     paper's P) and then holds every training point independently with probability p; U(S) is
     the task's utility (validation accuracy of the evaluation model trained on S). The scores
-    estimate AME_i, the semivalue with size law :func:`ame_size_weights`, by the paper's
-    design (1/p in, −1/(1 − p) out) and a cross-validated Lasso, rescaled by v = E[1/(p(1−p))]
-    so that a score is an average marginal effect in accuracy units.
+    estimate AME_i, the semivalue with size law :func:`ame_size_weights`, as the authors'
+    code does: the design 1/p (in) / −1/(1 − p) (out), one unpenalised intercept per p,
+    knockoff columns beside the design, and glmnet's cross-validated Lasso with the
+    one-standard-error penalty (:func:`ame_lasso`; a test replays a port of the original's
+    ``regress_batch`` on the same draws).
 
     One fit is one sampled subset's utility (a repeated subset is answered from the cache).
 
-    Departures: OpenDataVal's version (1000 models per probability) standardizes each *row*
-    of the 0/1 membership matrix and reports the raw Lasso coefficients; here the paper's
-    design and rescaling are used, so a score estimates AME itself. p is drawn per subset
-    rather than in blocks of one probability, so a run the budget cuts short still samples P
-    evenly; it then reports ``complete=False``. ``regression="ols"`` replaces the Lasso by
-    least squares (needs more subsets than points).
+    glmnet's path ends early once a penalty adds little to its R², which it counts over the
+    uncentred sum of squares: with utilities far from zero against their spread it can end
+    after 5 penalties, and with few subsets the one-standard-error penalty keeps no point
+    (all scores zero). The stats report ``path_length``, ``nonzero`` and
+    ``knockoffs_selected``. On the ``quick`` preset (600 subsets, 250 points, 3 seeds) the
+    mislabel AUC was 0.59-0.61 on breast_cancer, 0.78-0.87 on digits and 0.50-0.56 on
+    synthetic; ``penalty_rule="min", knockoffs=False`` gave 0.73-0.86, 0.91-0.93 and
+    0.54-0.77.
+
+    Departures from the authors' code (Lin et al.'s ``AMEExplainer``):
+    - scale: the original divides the coefficients by v = E[1/(p(1−p))]; the population
+      coefficients are AME / v (tested exactly by enumeration), so that gives AME / v².
+      Here they are multiplied by v, so a score is an average marginal effect in accuracy
+      units. Same ranking.
+    - solver: scikit-learn's coordinate descent (tolerance 1e-7) on glmnet's standardisation,
+      penalty path and early end, instead of glmnet's Fortran.
+    - folds: row k goes to fold k mod 20 (the rows are independent draws, so the split is
+      as random as glmnet's shuffled fold labels).
+    - every draw (p, subsets, knockoffs) comes from ``ctx.rng`` up front, so a run the
+      budget cuts short regresses on a prefix of the full run's subsets; it then reports
+      ``complete=False``.
+    OpenDataVal's version (1000 subsets per probability) standardizes each *row* of the 0/1
+    membership matrix, fits one global intercept and picks the penalty of least error; it is
+    not followed. ``regression="ols"`` replaces the Lasso by least squares with the same
+    intercepts (needs more subsets than points; no knockoffs).
 
     Args:
-        max_samples: Subsets drawn (default 4000, OpenDataVal's 1000 per probability; fewer
-            when the fit budget is smaller).
-        regression: ``"lasso"`` (the paper: Lasso with the penalty chosen by
-            cross-validation) or ``"ols"`` (ordinary least squares).
-        cv: Cross-validation folds choosing the Lasso penalty (default 5, >= 2).
+        max_samples: Subsets drawn (default 4000; fewer when the fit budget is smaller).
+        regression: ``"lasso"`` (the original: cross-validated Lasso) or ``"ols"``
+            (ordinary least squares).
+        cv: Cross-validation folds choosing the Lasso penalty (default 20 as the original,
+            >= 2; at most one per subset).
+        penalty_rule: ``"1se"`` (the original's ``lambda_1se``: the largest penalty within
+            one standard error of the least cross-validated error) or ``"min"``.
+        knockoffs: Add knockoff columns (independent draws of membership with each subset's
+            p) to the Lasso's design, as the original does by default; the count of knockoffs
+            it selects, a gauge of false selections, is reported as ``knockoffs_selected``.
         batch_size: Subsets trained per batched call of the utility engine (default 256).
     """
 
@@ -120,12 +281,20 @@ class AME(Method):
             4000, Interval(int, 1, None), doc="subsets drawn (fewer when the budget is smaller)"
         ),
         "regression": Param("lasso", Options(str, REGRESSIONS), doc="lasso (the paper) or ols"),
-        "cv": Param(5, Interval(int, 2, None), doc="cross-validation folds for the Lasso penalty"),
+        "cv": Param(
+            AME_FOLDS, Interval(int, 2, None), doc="cross-validation folds for the Lasso penalty"
+        ),
+        "penalty_rule": Param(
+            "1se", Options(str, PENALTY_RULES), doc="Lasso penalty: 1se (the original) or min"
+        ),
+        "knockoffs": Param(True, bool, doc="knockoff columns in the Lasso's design"),
         "batch_size": Param(256, Interval(int, 1, None), doc="subsets per utility call"),
     }
     max_samples: int
     regression: str
     cv: int
+    penalty_rule: str
+    knockoffs: bool
     batch_size: int
 
     def value(self, task: ValuationTask, ctx: RunContext) -> Valuation:
@@ -136,6 +305,7 @@ class AME(Method):
             rng.integers(0, len(AME_PROBABILITIES), self.max_samples)
         ]
         masks = rng.random((self.max_samples, n)) < probs[:, None]
+        knockoff_masks = rng.random((self.max_samples, n)) < probs[:, None]
         utility = task.utility(batch_size=self.batch_size)
         values = np.empty(self.max_samples)
         done = 0
@@ -154,7 +324,13 @@ class AME(Method):
         info: dict[str, float] = {}
         if np.ptp(values[:done]) > 0:
             scores, info = ame_regression(
-                masks[:done], probs[:done], values[:done], regression=self.regression, cv=self.cv
+                masks[:done],
+                probs[:done],
+                values[:done],
+                regression=self.regression,
+                folds=self.cv,
+                knockoff_masks=knockoff_masks[:done] if self.knockoffs else None,
+                penalty_rule=self.penalty_rule,
             )
         return Valuation(
             scores=scores,
