@@ -93,6 +93,13 @@ class RepresenterPoints(Method):
 
     A budgeted fit is the one full-data model (the last-layer refit finishes it).
 
+    Departures from the released ``compute_representer_vals.py``: the last layer is refitted
+    to a stationary point by float64 Newton steps (the script runs gradient descent until the
+    mean absolute gradient is 1/200 of its first value); the bias is unregularised and outside
+    the decomposition (the script appends a ones column, so its bias is a regularised row of
+    W); the targets are the training labels (the script fits whatever targets it is given,
+    for AwA the network's own softmax outputs).
+
     Args:
         l2: L2 strength of the last-layer refit (default None: the evaluation model's, or on
             a deep model without weight decay 0.006, Yeh et al.'s λ = 0.003 on ``λ||W||²``;
