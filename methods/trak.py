@@ -113,6 +113,20 @@ class TRAK(Method):
     eval mode (float64, ``vmap(grad)``, as the paper's per-sample gradients) and ``"last"``
     its head on the frozen penultimate features.
 
+    Departures from the reference library (``trak``; a test ports its featurize / finalize /
+    score path on a linear model and matches it for one model):
+    - ``(ΦᵀΦ)⁻¹`` is the pseudo-inverse through a thin SVD (:func:`trak_attribution`); the
+      library takes ``torch.linalg.inv`` in float32 (``lambda_reg`` = 0 by default), which is
+      meaningless once ΦᵀΦ is singular: whenever ``proj_dim`` reaches the gradients' rank, as
+      the default 2048 does on every logistic regression here (its margin gradients are
+      orthogonal to the bias-shift directions).
+    - the library divides each model's inverse by its mean absolute entry, which weighs the
+      models of the ensemble unequally; here every model counts the same.
+    - the projection is this module's seeded ±1/√k (or Gaussian) matrix, not the library's
+      CUDA ``fast_jl`` or ``BasicProjector`` draws (a common scale does not change a score).
+    - a point's value sums its attributions over the validation set (the library scores each
+      target separately).
+
     Args:
         proj_dim: Dimension k of the random projection (default 2048, the reference
             library's). At k >= the number of parameters nothing is lost.

@@ -200,3 +200,63 @@ def test_agreement_with_leave_one_out_retraining_grows_from_small_projections() 
     }  # fmt: skip
     assert rho[4] < rho[16] - 0.2, rho
     assert rho[63] > rho[4] + 0.2 and rho[63] > 0.7, rho
+
+
+def _reference_trak_scores(models, projections, x, y, xv, yv) -> np.ndarray:
+    """A port of the TRAK reference library's path on a linear model (``TRAKer.featurize``
+    with ``ImageClassificationModelOutput`` and per-sample ``vmap(grad)``, ``finalize_features``
+    with ``BasicScoreComputer(lambda_reg=0)``, ``score``/``finalize_scores``): for each model,
+    Φ = ∇f P, features Φ · inv₃₂(ΦᵀΦ) / mean|inv₃₂(ΦᵀΦ)|, scores features · Φ_targetᵀ,
+    averaged over the models and multiplied by the models' mean out-to-loss 1 − p_y. Summed
+    over the targets, as valbench values a point on the whole validation set."""
+
+    def get_output(theta, image, label):
+        w, b = theta[:-n_classes].reshape(-1, n_classes), theta[-n_classes:]
+        logits = (image @ w + b)[None]
+        bindex = torch.arange(logits.shape[0])
+        logits_correct = logits[bindex, label[None]]
+        cloned = logits.clone()
+        cloned[bindex, label[None]] = -torch.inf
+        return (logits_correct - cloned.logsumexp(dim=-1)).sum()
+
+    per_sample = torch.func.vmap(torch.func.grad(get_output), in_dims=(None, 0, 0))
+    scores, out_to_loss = 0.0, 0.0
+    for (w, b), proj in zip(models, projections, strict=True):
+        n_classes = w.shape[1]
+        theta = torch.cat([w.reshape(-1), b])
+        features = per_sample(theta, x, y) @ proj
+        xtx = features.T @ features
+        xtx_inv = torch.linalg.inv(xtx.to(torch.float32))
+        xtx_inv /= xtx_inv.abs().mean()
+        features = features @ xtx_inv.to(features.dtype)
+        scores = scores + features @ (per_sample(theta, xv, yv) @ proj).T
+        ps = torch.softmax(x @ w + b, dim=-1)[torch.arange(len(y)), y]
+        out_to_loss = out_to_loss + (1 - ps)
+    m = len(models)
+    return ((scores / m) * (out_to_loss / m)[:, None]).sum(1).numpy()
+
+
+def test_one_model_equals_a_port_of_the_reference_library_up_to_its_normalisation() -> None:
+    """With k below the gradients' rank (ΦᵀΦ invertible, as the reference library needs) and
+    one model, valbench's scores are the reference's times mean|inv(ΦᵀΦ)|, the scale the
+    library divides out of each model (a constant for one model; with several it weighs
+    them unequally, a departure the docstring lists)."""
+    from valbench.methods.trak import project
+
+    task = wide_task(n_train=60, width=8)  # 27 parameters, gradients of rank 18
+    got = _trak(task, seed=2, proj_dim=10, checkpoints=1)
+    seed = int(RunContext.for_task(task, seed=2).rng.integers(0, 2**31 - 1, size=(1, 2))[0, 1])
+    clf = task.build_model(seed=0)  # logistic regression starts from zeros: any seed's model
+    params = clf.fit(task.x_train, task.y_train, np.ones((1, task.n_train), dtype=bool))
+    model = gr.functional_from_params(params, 1e-3, "all")
+    w, b = model.params["W"], model.params["b"]
+    proj = project(torch.eye(model.n_params, dtype=gr.DTYPE), 10, "rademacher", seed)
+    x, y = gr.as_tensor(task.x_train), torch.as_tensor(task.y_train)
+    xv, yv = gr.as_tensor(task.x_val), torch.as_tensor(task.y_val)
+    want = _reference_trak_scores([(w, b)], [proj], x, y, xv, yv)
+    phi = margin_grads(model, x, y) @ proj
+    inverse = torch.linalg.inv((phi.T @ phi).to(torch.float32))
+    assert got.stats["feature_rank"] == [10]
+    np.testing.assert_allclose(
+        got.scores, want * float(inverse.abs().mean()), rtol=1e-4, atol=1e-6 * np.abs(want).max()
+    )
