@@ -762,10 +762,9 @@ def _cross_figures(
             f"critical-difference diagram: {label}",
             f"Average rank over {result.n_blocks} datasets (lower is better; one block per "
             f"dataset, its noise rates averaged) of the {len(result.methods)} methods with a "
-            f"value on every one. Friedman χ² (no tie correction, which errs on the side of "
-            f"no difference) = {result.friedman_chi2:.2f}, p = "
-            f"{result.friedman_p:.3g}; Iman–Davenport F = {result.iman_davenport_f:.2f}, p = "
-            f"{result.iman_davenport_p:.3g}"
+            f"value on every one. Friedman χ² (corrected for ties) = "
+            f"{result.friedman_chi2:.2f}, p = {result.friedman_p:.3g}; Iman–Davenport F = "
+            f"{result.iman_davenport_f:.2f}, p = {result.iman_davenport_p:.3g}"
             + (
                 f" (equal ranks are not rejected at α = {ALPHA:g}: the gaps between the "
                 "methods below are no evidence of a difference)"

@@ -968,7 +968,8 @@ def dataset_blocks(
 def friedman_nemenyi(
     groups: Sequence[GroupSummary], key: str, min_blocks: int = MIN_CD_BLOCKS
 ) -> CDResult | None:
-    """Friedman, Iman–Davenport and Nemenyi over the datasets on column ``key`` (Demšar 2006).
+    """Friedman (corrected for ties), Iman–Davenport and Nemenyi over the datasets on column
+    ``key`` (Demšar 2006).
 
     Blocks are datasets (:func:`dataset_blocks`). None with fewer than ``min_blocks`` datasets
     (:data:`MIN_CD_BLOCKS`) or fewer than :data:`MIN_CD_METHODS` methods.
@@ -981,6 +982,13 @@ def friedman_nemenyi(
     ranks = rank_columns(matrix, higher_is_better=col.higher_is_better)
     avg = ranks.mean(axis=1)
     chi2 = 12.0 * n / (k * (k + 1)) * (float(np.sum(avg**2)) - k * (k + 1) ** 2 / 4.0)
+    # Tied methods share an average rank, which shrinks the ranks' spread; dividing by the
+    # share of it left (Σ (t³ − t) over each dataset's ties) restores the χ² law.
+    ties = sum(
+        float(t**3 - t) for j in range(n) for t in np.unique(ranks[:, j], return_counts=True)[1]
+    )
+    spread_left = 1.0 - ties / (n * k * (k * k - 1))
+    chi2 = chi2 / spread_left if spread_left > 1e-12 else 0.0
     from scipy import stats
 
     p = float(stats.chi2.sf(chi2, k - 1))

@@ -421,6 +421,34 @@ def test_friedman_needs_three_methods_and_perfect_agreement_is_not_p_zero(tmp_pa
     assert res.iman_davenport_p > 0
 
 
+def test_friedman_is_corrected_for_ties_as_scipy_computes_it(tmp_path: Any) -> None:
+    """Methods b and c tie on three datasets; the χ² equals scipy's tie-corrected Friedman
+    statistic on the same table (blocks = datasets), larger than the uncorrected one."""
+    datasets = tuple(f"d{i}" for i in range(MIN_CD_BLOCKS + 1))
+    values = {
+        "a": [0.9, 0.8, 0.7, 0.6, 0.5, 0.4][: len(datasets)],
+        "b": [0.5, 0.5, 0.5, 0.7, 0.3, 0.2][: len(datasets)],
+        "c": [0.5, 0.5, 0.5, 0.2, 0.6, 0.3][: len(datasets)],
+        "d": [0.1, 0.9, 0.2, 0.1, 0.1, 0.6][: len(datasets)],
+    }
+    records = [
+        _line(m, s, vals[i], dataset=d)
+        for m, vals in values.items()
+        for i, d in enumerate(datasets)
+        for s in range(3)
+    ]
+    res = friedman_nemenyi(summarise(records), "gain")
+    assert res is not None and res.blocks == list(datasets)
+    gains = [[v - 0.5 for v in values[m]] for m in res.methods]
+    want = stats.friedmanchisquare(*gains)
+    assert res.friedman_chi2 == pytest.approx(want.statistic, rel=1e-12)
+    assert res.friedman_p == pytest.approx(want.pvalue, rel=1e-9)
+    k, n = 4, len(datasets)
+    spread = sum(r**2 for r in res.average_ranks.values()) - k * (k + 1) ** 2 / 4
+    uncorrected = 12 * n / (k * (k + 1)) * spread
+    assert res.friedman_chi2 > uncorrected * 1.01
+
+
 def test_head_to_head_never_names_random_the_best_valuation() -> None:
     from valbench.summary import head_to_head
 
