@@ -35,6 +35,7 @@ __all__ = [
     "json_type_name",
     "short_json",
     "fraction_label",
+    "DISTINCT_SCORES",
 ]
 
 #: Version of a results line. 2: ``family`` and the typed ``complete`` flag are top-level
@@ -42,6 +43,10 @@ __all__ = [
 RECORD_SCHEMA = 2
 #: Version of ``manifest.json``. 2: unchanged fields, written by the typed :class:`Manifest`.
 MANIFEST_SCHEMA = 2
+
+#: The key in a cell's ``stats`` under which the harness records how many distinct values its
+#: scores took (1: every point valued the same, so the scores rank nothing).
+DISTINCT_SCORES = "distinct_scores"
 
 #: The statuses a cell's results line can have.
 CELL_STATUSES = ("ok", "failed", "timeout", "skipped")
@@ -518,6 +523,12 @@ class CellRecord:
     def partial(self) -> bool:
         """An ``ok`` cell whose method could not finish its estimate (its budget ran out)."""
         return self.ok and not self.complete
+
+    @property
+    def constant_scores(self) -> bool:
+        """An ``ok`` cell whose scores gave every point the same value (recorded by the
+        harness since the stat existed; older lines count as not constant)."""
+        return self.ok and self.stats.get(DISTINCT_SCORES) == 1
 
     @classmethod
     def from_json(cls, data: Any) -> CellRecord:

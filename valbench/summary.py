@@ -789,6 +789,19 @@ def summarise(records: Iterable[CellRecord], include_partial: bool = False) -> l
                     "--include-partial RUN_DIR` shows them."
                 )
             )
+        constant = {
+            m: sum(r.constant_scores for r in rs)
+            for m, rs in sorted(by_method.items())
+            if any(r.constant_scores for r in rs)
+        }
+        if constant:
+            listed = ", ".join(f"{m} ({n} of {len(by_method[m])})" for m, n in constant.items())
+            notes.append(
+                f"Every point valued the same (cells): {listed}. Such scores rank nothing: a "
+                "subset picked by them follows the row order (shuffled when the data were "
+                "split), i.e. it is a random subset, and mislabel detection by them counts "
+                "every point as equally suspect, i.e. chance."
+            )
         out.append(
             GroupSummary(
                 dataset=dataset,

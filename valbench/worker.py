@@ -27,7 +27,7 @@ from threadpoolctl import threadpool_limits
 from valbench import metrics
 from valbench.data import apply_label_noise, imbalance_rows
 from valbench.errors import CellSkipped, DatasetError, UsageError, ValbenchError
-from valbench.records import CellCost, CellError, CellMetrics, CellRecord
+from valbench.records import DISTINCT_SCORES, CellCost, CellError, CellMetrics, CellRecord
 from valbench.registry import get_dataset, get_method, validate_params
 from valbench.spec import FILE_PREFIX, Cell, RunSpec
 from valbench.store import to_jsonable
@@ -895,6 +895,8 @@ def _run_cell(cell: Cell, spec: RunSpec, progress: ProgressFn) -> CellOutcome:
         )
     stats = {k: to_jsonable(v) for k, v in valuation.stats.items()}
     stats["evaluation_fits"] = measured.pop("evaluation_fits")
+    # One distinct value ranks nothing: the report says so beside the cell's numbers.
+    stats[DISTINCT_SCORES] = int(np.unique(valuation.scores).size)
     if cls.selects_subsets:
         # A requested fraction the selector did not serve (its budget ran out, say) was ranked
         # by scores instead: say so where the record's reader looks for the method's own notes.

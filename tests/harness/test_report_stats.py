@@ -421,6 +421,21 @@ def test_friedman_needs_three_methods_and_perfect_agreement_is_not_p_zero(tmp_pa
     assert res.iman_davenport_p > 0
 
 
+def test_a_method_that_valued_every_point_the_same_is_named_in_the_notes() -> None:
+    def line(method: str, seed: int, distinct: int) -> CellRecord:
+        data = _line_json(method, seed, 0.6, 0.5)
+        data["stats"] = {"distinct_scores": distinct}
+        return CellRecord.from_json(data)
+
+    records = [line("ame", 0, 1), line("ame", 1, 1), line("ame", 2, 40), line("loo", 0, 37)]
+    (group,) = summarise(records)
+    (note,) = [n for n in group.notes if "valued the same" in n]
+    assert "ame (2 of 3)" in note and "loo" not in note
+    # lines written before the stat existed say nothing either way
+    (old,) = summarise([CellRecord.from_json(_line_json("ame", 0, 0.6, 0.5))])
+    assert not any("valued the same" in n for n in old.notes)
+
+
 def test_friedman_is_corrected_for_ties_as_scipy_computes_it(tmp_path: Any) -> None:
     """Methods b and c tie on three datasets; the χ² equals scipy's tie-corrected Friedman
     statistic on the same table (blocks = datasets), larger than the uncorrected one."""

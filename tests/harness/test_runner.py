@@ -52,6 +52,9 @@ def test_run_writes_the_run_directory(tmp_path: Path) -> None:
     assert records[0].cost.fits_per_s is None  # random fits nothing
     scores, _ = load_scores(tmp_path, loo.scores_file)
     assert scores.shape == (40,) and loo.n_train == 40
+    # How many values the scores took: the report marks a method that valued all alike.
+    assert loo.stats["distinct_scores"] == np.unique(scores).size > 1
+    assert not loo.constant_scores
     assert (tmp_path / "index.html").stat().st_size > 0 and (tmp_path / "results.csv").exists()
     # synthetic is 2-D: its training points are kept once per split for the report's drawings.
     with np.load(tmp_path / "points" / "synthetic.seed0.noise0.2.npz") as points:
