@@ -743,6 +743,13 @@ class BetaShapley(Semivalue):
     A budgeted fit is one sampled subset's utility U(S) (repeats answered by the cache are
     free).
 
+    Departures from the authors' code (``betashap``): estimated by weighted maximum sample
+    reuse, not by walking random permutations until a Gelman-Rubin statistic falls below
+    1.0005; and the size-0 term p(0)·E[U({i}) − U(∅)] is kept, where the original never
+    records a permutation's first marginal and so estimates n/(n − 1) times the semivalue
+    without it (a test ports the estimator). ``alpha=16, beta=1`` is the paper's Beta(16, 1),
+    which the code writes as ``compute_weight_list(alpha=1, beta=16)``.
+
     Args:
         alpha: α of the Beta law over coalition sizes (default 16, > 0); α > β favours
             small coalitions.

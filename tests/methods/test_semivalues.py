@@ -485,3 +485,95 @@ def test_tmc_one_permutation_at_a_time_equals_a_port_of_the_original() -> None:
     assert stats["converged"] and stats["permutations"] == len(mem) >= 200
     assert 0 < stats["truncated_fraction"] < 1  # the walks did truncate
     np.testing.assert_allclose(got, mem.mean(axis=0), rtol=0, atol=1e-14)
+
+
+# -- Beta Shapley against the authors' code (Kwon & Zou's ``betashap``) -----------------------
+
+
+def _original_beta_constant(a: float, b: int) -> float:
+    """``utils.beta_constant``: B(a, b) for an integer ``b``."""
+    value = 1 / a
+    for i in range(1, b):
+        value = value * (i / (a + i))
+    return value
+
+
+def _original_weight_list(m: int, alpha: int = 1, beta: int = 1) -> np.ndarray:
+    """``utils.compute_weight_list``: the weight of a marginal contribution to a set of ``j``
+    points, for random permutations (the '/m' omitted, as the original says)."""
+    weight_list = np.zeros(m)
+    normalizing_constant = 1 / _original_beta_constant(alpha, beta)
+    for j in np.arange(m):
+        weight_list[j] = _original_beta_constant(j + alpha, m - j + beta - 1) / (
+            _original_beta_constant(j + 1, m - j)
+        )
+        weight_list[j] = normalizing_constant * weight_list[j]
+    return weight_list
+
+
+def _original_beta_shapley(game, n: int, weight_list: np.ndarray, permutations: int, seed: int):
+    """``ShapEngine._calculate_marginal_contributions_core`` (min_cardinality=1, the game in
+    place of a model's fit and score, its truncation rule kept) and
+    ``_compute_beta_shap_from_MC``: per permutation, each point's weighted marginal at its
+    position n >= 1 (the first point's is never recorded: its set of one is only the
+    baseline), then Σ_n weight[n]·(sum of marginals) / the mean count of recorded marginals.
+    The marginals are collected under Shapley's all-ones weights, as ``run`` does."""
+    rng = np.random.RandomState(seed)
+    sums, counts = np.zeros((n, n)), np.zeros((n, n))
+    ones = _original_weight_list(n, 1, 1)
+    for _ in range(permutations):
+        idxs = rng.permutation(n)
+        tmp = np.zeros(n)
+        mask = np.zeros(n, dtype=bool)
+        truncation_counter = 0
+        old_score = 0.0
+        for pos, idx in enumerate(idxs):
+            mask[idx] = True
+            if pos == 0:
+                old_score = float(game(mask[None])[0])
+                continue
+            new_score = float(game(mask[None])[0])
+            tmp[idx] = (new_score - old_score) * ones[pos]
+            sums[idx, pos] += tmp[idx]
+            counts[idx, pos] += 1
+            if np.abs(new_score * ones[pos] / (sum(tmp) + 1e-12)) <= 1e-6:
+                truncation_counter += 1
+                if truncation_counter > 10:
+                    break
+            else:
+                truncation_counter = 0
+            old_score = new_score
+    return np.sum(sums * weight_list, axis=1) / np.mean(np.sum(counts, axis=1))
+
+
+def _beta_game(masks: np.ndarray) -> np.ndarray:
+    m = np.asarray(masks, dtype=float)
+    w = np.array([0.3, -0.1, 0.2, 0.05, 0.0, 0.1])
+    return 0.1 + m @ w + 0.2 * m[:, 0] * m[:, 1] - 0.03 * m.sum(axis=1) ** 2
+
+
+def test_beta_weights_are_the_original_weight_list_and_its_estimator_drops_the_first_term() -> None:
+    """The original names ``weights_list`` entry (alpha, beta) "Beta(beta, alpha)": its
+    "Beta(16, 1)" is ``compute_weight_list(alpha=1, beta=16)``, which is n times valbench's
+    ``beta_size_weights(n, alpha=16, beta=1)`` (the '/m' it omits). Its estimator, ported and
+    run on a game of 6 points for 4000 permutations, converges to n/(n − 1) times the
+    semivalue without the size-0 term p(0)·E[U({i}) − U(∅)] (a permutation's first point
+    only sets the baseline), which valbench keeps: the difference here is p(0) = 16/21 of
+    each point's own U({i}) − U(∅)."""
+    n = 6
+    for alpha, beta in ((16, 1), (4, 1), (1, 1), (1, 4)):
+        np.testing.assert_allclose(
+            _original_weight_list(n, alpha=beta, beta=alpha),
+            n * beta_size_weights(n, alpha, beta),
+            rtol=1e-12,
+        )
+    p = beta_size_weights(n, 16, 1)
+    original = _original_beta_shapley(_beta_game, n, n * p, permutations=4000, seed=0)
+    without_first = exact_semivalue(n, _beta_game, np.concatenate([[0.0], p[1:]]))
+    full = exact_semivalue(n, _beta_game, p)
+    assert without_first is not None and full is not None
+    # A point's recorded marginals average T·(n − 1)/n over points, not T: a factor n/(n − 1).
+    np.testing.assert_allclose(original, n / (n - 1) * without_first, atol=0.01)
+    singletons = _beta_game(np.eye(n, dtype=bool)) - _beta_game(np.zeros((1, n), dtype=bool))
+    np.testing.assert_allclose(full - without_first, p[0] * singletons, atol=1e-12)
+    assert np.abs(original - full).max() > 0.1
