@@ -24,11 +24,13 @@ from scipy.special import gammaln
 from sklearn.linear_model import lasso_path
 
 from valbench import Method, RunContext, Valuation, ValuationTask
+from valbench.errors import UsageError
 from valbench.params import Interval, Options, Param
 
 __all__ = [
     "AME",
     "AME_PROBABILITIES",
+    "PENALTY_RULES",
     "ame_design",
     "ame_lasso",
     "ame_regression",
@@ -92,11 +94,16 @@ def _standardized(
     """The Lasso with one unpenalised intercept per group, reduced to a plain Lasso.
 
     Profiling the intercepts out (Frisch-Waugh-Lovell) centres ``x`` and ``y`` within each
-    group; each column is scaled by its standard deviation, as glmnet standardises. Returns
-    the reduced design and target, the scales, and the group means needed to predict."""
+    group; each column is scaled by its standard deviation, as glmnet standardises. glmnet
+    drops constant columns, so rows of a single group get no intercept at all (its indicator
+    is constant) and an absent group's intercept is zero. Returns the reduced design and
+    target, the scales, and the group means needed to predict."""
     scale = x.std(axis=0)
     scale[scale == 0] = 1.0
-    x_means, y_means = _group_means(x, groups, n_groups), _group_means(y, groups, n_groups)
+    x_means = np.zeros((n_groups, x.shape[1]))
+    y_means = np.zeros(n_groups)
+    if len(np.unique(groups)) > 1:
+        x_means, y_means = _group_means(x, groups, n_groups), _group_means(y, groups, n_groups)
     return (x - x_means[groups]) / scale, y - y_means[groups], scale, x_means, y_means
 
 
@@ -119,22 +126,34 @@ def ame_lasso(
 
     One unpenalised intercept per group (the original's probability "buckets"); columns
     standardised; the penalty path from the smallest penalty that zeroes every column, down
-    by a constant factor to 1e-4 of it (1e-2 with fewer rows than columns) over 100 values,
-    ended early as glmnet ends it: after at least 5 penalties, at the first whose gain in
-    explained sum of squares is below 1e-5 of the total explained so far (glmnet measures
-    both without an intercept, against the centred variance of ``y``, so the intercepts' share
-    is large and the path often ends early). Each fold is refitted on the others along that
-    path; the penalty is picked by ``penalty_rule``: ``"1se"`` (the original's
-    ``lambda_1se``) is the largest whose cross-validated error is within one standard error
-    of the smallest, ``"min"`` the one of the smallest. ``folds`` gives each row's fold.
+    by a constant factor to 1e-4 of it (1e-2 with fewer rows than columns, intercepts
+    counted) over 100 values, ended early as the authors' glmnet build ends it: after at
+    least 5 penalties, at the first whose gain in explained sum of squares is below 1e-5 of
+    the total explained so far (glmnet measures both without an intercept, against the
+    centred variance of ``y``, so the intercepts' share is large and the path often ends
+    early; stock glmnet would also end it once that share passes 0.999, which for accuracy
+    utilities is at the fifth penalty, but the authors' build turns that cap off). Each fold
+    is refitted on the others along that path; with fewer than 3 rows per fold the errors
+    are averaged over rows rather than folds, as glmnet does. The penalty is picked by
+    ``penalty_rule``: ``"1se"`` (the original's ``lambda_1se``) is the largest whose
+    cross-validated error is within one standard error of the smallest, ``"min"`` the one of
+    the smallest. ``folds`` gives each row's fold (at least 3 folds, as glmnet requires).
     Returns the coefficients at that penalty, in the units of ``x``.
     """
+    if penalty_rule not in PENALTY_RULES:
+        raise UsageError(f"penalty_rule must be one of {', '.join(PENALTY_RULES)}")
+    fold_ids = np.unique(folds)
+    if len(fold_ids) < 3:
+        raise UsageError(
+            f"the Lasso's cross-validation needs at least 3 folds, got {len(fold_ids)}"
+        )
     rows, columns = x.shape
     n_groups = int(groups.max()) + 1
     xs, ys, scale, _, _ = _standardized(x, y, groups, n_groups)
     ratio = 1e-2 if rows < columns + len(np.unique(groups)) else 1e-4
     top = float(np.max(np.abs(xs.T @ ys))) / rows
-    if not top > 0 or not np.var(y) > 0:
+    # Utilities the intercepts explain up to rounding leave nothing for the points to explain.
+    if not np.sqrt(np.mean(ys**2)) > 1e-12 * float(np.max(np.abs(y))):
         return np.zeros(columns), {"lasso_alpha": 0.0, "nonzero": 0, "path_length": 0}
     alphas = top * (ratio ** (1.0 / (PATH_LENGTH - 1))) ** np.arange(PATH_LENGTH)
     coefs = _path(xs, ys, alphas)
@@ -147,23 +166,25 @@ def ame_lasso(
     )
     length = int(ends[0]) + 1 if len(ends) else PATH_LENGTH
     alphas, coefs = alphas[:length], coefs[:, :length]
-    fold_ids = np.unique(folds)
-    fold_mse = np.empty((len(fold_ids), length))
-    fold_size = np.empty(len(fold_ids))
-    for k, fold in enumerate(fold_ids):
+    squared = np.empty((rows, length))  # each row's error when its fold is held out
+    for fold in fold_ids:
         held = folds == fold
         fit_x, fit_y, fit_scale, x_means, y_means = _standardized(
             x[~held], y[~held], groups[~held], n_groups
         )
         coef = _path(fit_x, fit_y, alphas) / fit_scale[:, None]
-        # Each present group's intercept at every penalty; an absent group's is zero.
+        # Each fitted group's intercept at every penalty; an absent group's is zero.
         intercepts = y_means[:, None] - x_means @ coef
         pred = x[held] @ coef + intercepts[groups[held]]
-        fold_mse[k] = np.mean((y[held, None] - pred) ** 2, axis=0)
-        fold_size[k] = held.sum()
-    weights = fold_size / fold_size.sum()
-    mean = weights @ fold_mse
-    stderr = np.sqrt(weights @ (fold_mse - mean) ** 2 / max(len(fold_ids) - 1, 1))
+        squared[held] = (y[held, None] - pred) ** 2
+    if rows / len(fold_ids) < 3:  # glmnet's cvelnet: too few rows per fold to group them
+        errors, weights = squared, np.full(rows, 1.0 / rows)
+    else:
+        sizes = np.array([np.sum(folds == f) for f in fold_ids], dtype=np.float64)
+        errors = np.array([squared[folds == f].mean(axis=0) for f in fold_ids])
+        weights = sizes / sizes.sum()
+    mean = weights @ errors
+    stderr = np.sqrt(weights @ (errors - mean) ** 2 / (len(errors) - 1))
     best = int(np.flatnonzero(mean <= mean.min())[0])  # the largest penalty among ties
     chosen = best
     if penalty_rule == "1se":
@@ -195,6 +216,8 @@ def ame_regression(
     design of those independent draws as knockoff columns, whose selected count is returned
     as ``knockoffs_selected`` (their coefficients estimate zero). ``"ols"`` is least squares.
     """
+    if regression not in REGRESSIONS:
+        raise UsageError(f"regression must be one of {', '.join(REGRESSIONS)}")
     x = ame_design(masks, p)
     y = np.asarray(utilities, dtype=np.float64)
     _, groups = np.unique(np.asarray(p, dtype=np.float64), return_inverse=True)
@@ -208,6 +231,8 @@ def ame_regression(
     else:
         if knockoff_masks is not None:
             x = np.hstack([x, ame_design(knockoff_masks, p)])
+        if len(y) < 3:  # glmnet refuses fewer than 3 folds; the original then scores zeros
+            return np.zeros(n), {"lasso_alpha": 0.0, "nonzero": 0, "path_length": 0}
         fold_of_row = np.arange(len(y)) % int(min(folds, len(y)))
         coef, info = ame_lasso(x, y, groups, fold_of_row, penalty_rule=penalty_rule)
         if knockoff_masks is not None:
@@ -262,7 +287,7 @@ class AME(Method):
         regression: ``"lasso"`` (the original: cross-validated Lasso) or ``"ols"``
             (ordinary least squares).
         cv: Cross-validation folds choosing the Lasso penalty (default 20 as the original,
-            >= 2; at most one per subset).
+            >= 3 as glmnet requires; at most one per subset).
         penalty_rule: ``"1se"`` (the original's ``lambda_1se``: the largest penalty within
             one standard error of the least cross-validated error) or ``"min"``.
         knockoffs: Add knockoff columns (independent draws of membership with each subset's
@@ -282,7 +307,7 @@ class AME(Method):
         ),
         "regression": Param("lasso", Options(str, REGRESSIONS), doc="lasso (the paper) or ols"),
         "cv": Param(
-            AME_FOLDS, Interval(int, 2, None), doc="cross-validation folds for the Lasso penalty"
+            AME_FOLDS, Interval(int, 3, None), doc="cross-validation folds for the Lasso penalty"
         ),
         "penalty_rule": Param(
             "1se", Options(str, PENALTY_RULES), doc="Lasso penalty: 1se (the original) or min"
