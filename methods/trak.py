@@ -117,9 +117,10 @@ class TRAK(Method):
     score path on a linear model and matches it for one model):
     - ``(ΦᵀΦ)⁻¹`` is the pseudo-inverse through a thin SVD (:func:`trak_attribution`); the
       library takes ``torch.linalg.inv`` in float32 (``lambda_reg`` = 0 by default), which is
-      meaningless once ΦᵀΦ is singular: whenever ``proj_dim`` reaches the gradients' rank, as
-      the default 2048 does on every logistic regression here (its margin gradients are
-      orthogonal to the bias-shift directions).
+      meaningless once ΦᵀΦ is singular: whenever ``proj_dim`` reaches the gradients' rank,
+      at most n_train and, for logistic regression, (features + 1)·(classes − 1) (its margin
+      gradients are orthogonal to the bias-shift directions), as the default 2048 does on
+      breast_cancer, digits, wine, mnist1d, synthetic and any run capped below 2048 points.
     - the library divides each model's inverse by its mean absolute entry, which weighs the
       models of the ensemble unequally; here every model counts the same.
     - the projection is this module's seeded ±1/√k (or Gaussian) matrix, not the library's

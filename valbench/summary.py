@@ -798,9 +798,11 @@ def summarise(records: Iterable[CellRecord], include_partial: bool = False) -> l
             listed = ", ".join(f"{m} ({n} of {len(by_method[m])})" for m, n in constant.items())
             notes.append(
                 f"Every point valued the same (cells): {listed}. Such scores rank nothing: a "
-                "subset picked by them follows the row order (shuffled when the data were "
-                "split), i.e. it is a random subset, and mislabel detection by them counts "
-                "every point as equally suspect, i.e. chance."
+                "subset picked by them (not by the method's own selection) follows the row "
+                "order, shuffled when the data were split, so it is a random subset; mislabel "
+                "detection by them (where the method gives no detection scores of its own) "
+                "counts every point as equally suspect: chance for the rank measures, and no "
+                "2-means split (F1 0)."
             )
         out.append(
             GroupSummary(
@@ -997,9 +999,8 @@ def friedman_nemenyi(
     chi2 = 12.0 * n / (k * (k + 1)) * (float(np.sum(avg**2)) - k * (k + 1) ** 2 / 4.0)
     # Tied methods share an average rank, which shrinks the ranks' spread; dividing by the
     # share of it left (Σ (t³ − t) over each dataset's ties) restores the χ² law.
-    ties = sum(
-        float(t**3 - t) for j in range(n) for t in np.unique(ranks[:, j], return_counts=True)[1]
-    )
+    tie_sizes = [np.unique(ranks[:, j], return_counts=True)[1] for j in range(n)]
+    ties = sum(float(t**3 - t) for sizes in tie_sizes for t in sizes)
     spread_left = 1.0 - ties / (n * k * (k * k - 1))
     chi2 = chi2 / spread_left if spread_left > 1e-12 else 0.0
     from scipy import stats
@@ -1011,9 +1012,15 @@ def friedman_nemenyi(
     if math.isfinite(f_stat):
         f_p = float(stats.f.sf(f_stat, k - 1, (k - 1) * (n - 1)))
     else:
-        # Every dataset ranks the methods alike (F's denominator is 0): the exact chance of
-        # that under the null is k! identical orders out of (k!)^n, not the F limit 0.
-        f_p = math.exp(-(n - 1) * math.lgamma(k + 1))
+        # Every dataset ranks the methods alike, ties included (F's denominator is 0). Under
+        # the null each further dataset matches the first with chance Π t! / k! (the orders
+        # of the methods that give the same ranks): k!^(1−n) without ties, not the F limit 0.
+        f_p = math.exp(
+            sum(
+                sum(math.lgamma(t + 1) for t in sizes) - math.lgamma(k + 1)
+                for sizes in tie_sizes[1:]
+            )
+        )
     cd = _nemenyi_q(k) * math.sqrt(k * (k + 1) / (6.0 * n))
     order = sorted(range(k), key=lambda i: (avg[i], methods[i]))
     cliques: list[list[str]] = []

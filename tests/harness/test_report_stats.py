@@ -419,6 +419,10 @@ def test_friedman_needs_three_methods_and_perfect_agreement_is_not_p_zero(tmp_pa
     # every dataset ranks a > b > c: k! of the (k!)^n orderings under the null
     assert res.iman_davenport_p == pytest.approx(6.0 ** -(MIN_CD_BLOCKS - 1))
     assert res.iman_davenport_p > 0
+    # with b and c tied on every dataset: each further dataset matches with chance 2!/4!
+    tied = friedman_nemenyi(summarise(lines({"a": 0.9, "b": 0.5, "c": 0.5, "d": 0.2})), "gain")
+    assert tied is not None and math.isinf(tied.iman_davenport_f)
+    assert tied.iman_davenport_p == pytest.approx(12.0 ** -(MIN_CD_BLOCKS - 1))
 
 
 def test_a_method_that_valued_every_point_the_same_is_named_in_the_notes() -> None:
@@ -440,12 +444,11 @@ def test_friedman_is_corrected_for_ties_as_scipy_computes_it(tmp_path: Any) -> N
     """Methods b and c tie on three datasets; the χ² equals scipy's tie-corrected Friedman
     statistic on the same table (blocks = datasets), larger than the uncorrected one."""
     datasets = tuple(f"d{i}" for i in range(MIN_CD_BLOCKS + 1))
-    values = {
-        "a": [0.9, 0.8, 0.7, 0.6, 0.5, 0.4][: len(datasets)],
-        "b": [0.5, 0.5, 0.5, 0.7, 0.3, 0.2][: len(datasets)],
-        "c": [0.5, 0.5, 0.5, 0.2, 0.6, 0.3][: len(datasets)],
-        "d": [0.1, 0.9, 0.2, 0.1, 0.1, 0.6][: len(datasets)],
-    }
+    # b and c tie on the first three datasets; the rest draw distinct values at random
+    rng = np.random.default_rng(4)
+    values = {m: list(rng.random(len(datasets)).round(3)) for m in "abcd"}
+    for i in range(3):
+        values["c"][i] = values["b"][i]
     records = [
         _line(m, s, vals[i], dataset=d)
         for m, vals in values.items()
