@@ -81,9 +81,10 @@ PENALTY_RULES = ("1se", "min")
 
 def _group_means(values: np.ndarray, groups: np.ndarray, n_groups: int) -> np.ndarray:
     """Per-group means of the rows of ``values`` (zero for a group with no rows)."""
-    sums = np.zeros((n_groups, *values.shape[1:]))
-    np.add.at(sums, groups, values)
-    counts = np.bincount(groups, minlength=n_groups).astype(np.float64)
+    member = np.zeros((n_groups, len(groups)))
+    member[groups, np.arange(len(groups))] = 1.0
+    sums = member @ values
+    counts = member.sum(axis=1)
     shape = (n_groups,) + (1,) * (values.ndim - 1)
     return sums / np.maximum(counts, 1.0).reshape(shape)
 
@@ -107,9 +108,47 @@ def _standardized(
     return (x - x_means[groups]) / scale, y - y_means[groups], scale, x_means, y_means
 
 
-def _path(x: np.ndarray, y: np.ndarray, alphas: np.ndarray) -> np.ndarray:
-    """Lasso coefficients (features, len(alphas)) of (1/2m)·|y − x·b|² + alpha·|b|_1."""
-    _, coefs, _ = lasso_path(x, y, alphas=alphas, tol=LASSO_TOL, max_iter=100_000)
+class _FoldGrams:
+    """xᵀx of each fold's reduced design (:func:`_standardized` of the rows left in) from
+    per-group cross-products taken once, so that a fold costs its held-out rows' products,
+    not the kept rows' (20 folds would otherwise compute the Gram matrix 20 times)."""
+
+    def __init__(self, x: np.ndarray, groups: np.ndarray, n_groups: int) -> None:
+        self.x, self.groups = x, groups
+        self.cross = x.T @ x
+        self.sums = (
+            _group_means(x, groups, n_groups) * np.bincount(groups, minlength=n_groups)[:, None]
+        )
+        self.counts = np.bincount(groups, minlength=n_groups).astype(np.float64)
+
+    def without(self, held: np.ndarray, scale: np.ndarray) -> np.ndarray:
+        """The reduced design's Gram matrix once the ``held`` rows are left out; ``scale`` is
+        that design's column scale."""
+        out = self.x[held]
+        gram = self.cross - out.T @ out
+        sums, counts = self.sums.copy(), self.counts.copy()
+        for g in np.unique(self.groups[held]):
+            sums[g] -= out[self.groups[held] == g].sum(axis=0)
+            counts[g] -= np.sum(self.groups[held] == g)
+        present = counts > 0
+        if present.sum() > 1:  # the per-group centring of _standardized
+            gram -= (sums[present] / counts[present, None]).T @ sums[present]
+        return gram / np.outer(scale, scale)
+
+
+def _path(
+    x: np.ndarray,
+    y: np.ndarray,
+    alphas: np.ndarray,
+    coef_init: np.ndarray | None = None,
+    gram: np.ndarray | None = None,
+) -> np.ndarray:
+    """Lasso coefficients (features, len(alphas)) of (1/2m)·|y − x·b|² + alpha·|b|_1, each
+    started from the previous one (the first from ``coef_init``); ``gram`` = xᵀx if known."""
+    extra = {} if gram is None else {"precompute": gram, "Xy": x.T @ y}
+    _, coefs, _ = lasso_path(
+        x, y, alphas=alphas, tol=LASSO_TOL, max_iter=100_000, coef_init=coef_init, **extra
+    )
     return np.asarray(coefs)
 
 
@@ -156,23 +195,34 @@ def ame_lasso(
     if not np.sqrt(np.mean(ys**2)) > 1e-12 * float(np.max(np.abs(y))):
         return np.zeros(columns), {"lasso_alpha": 0.0, "nonzero": 0, "path_length": 0}
     alphas = top * (ratio ** (1.0 / (PATH_LENGTH - 1))) ** np.arange(PATH_LENGTH)
-    coefs = _path(xs, ys, alphas)
-    # glmnet's early end: its R² counts what the intercepts explain of the uncentred sum of
-    # squares, over the centred variance.
-    explained = (np.mean(y**2) - np.mean((ys[:, None] - xs @ coefs) ** 2, axis=0)) / np.var(y)
-    gain = np.diff(explained, prepend=0.0)
-    ends = np.flatnonzero(
-        (np.arange(PATH_LENGTH) >= PATH_MIN_LENGTH - 1) & (gain < PATH_MIN_GAIN * explained)
-    )
-    length = int(ends[0]) + 1 if len(ends) else PATH_LENGTH
+    # The full-data path, a few penalties at a time, so that it stops where glmnet's ends
+    # (the small penalties past that point are the slow ones). glmnet's R² counts what the
+    # intercepts explain of the uncentred sum of squares, over the centred variance.
+    gram = xs.T @ xs if rows > columns else None  # as scikit-learn's "auto" would
+    coefs = np.empty((columns, PATH_LENGTH))
+    explained = np.empty(PATH_LENGTH)
+    length, done = PATH_LENGTH, 0
+    while done < length:
+        stop = min(PATH_LENGTH, done + max(PATH_MIN_LENGTH, done))
+        init = coefs[:, done - 1] if done else None
+        coefs[:, done:stop] = _path(xs, ys, alphas[done:stop], init, gram)
+        residual = ys[:, None] - xs @ coefs[:, done:stop]
+        explained[done:stop] = (np.mean(y**2) - np.mean(residual**2, axis=0)) / np.var(y)
+        for i in range(max(done, PATH_MIN_LENGTH - 1), stop):
+            if explained[i] - explained[i - 1] < PATH_MIN_GAIN * explained[i]:
+                length = i + 1
+                break
+        done = stop
     alphas, coefs = alphas[:length], coefs[:, :length]
     squared = np.empty((rows, length))  # each row's error when its fold is held out
+    grams = _FoldGrams(x, groups, n_groups) if rows - rows // len(fold_ids) > columns else None
     for fold in fold_ids:
         held = folds == fold
         fit_x, fit_y, fit_scale, x_means, y_means = _standardized(
             x[~held], y[~held], groups[~held], n_groups
         )
-        coef = _path(fit_x, fit_y, alphas) / fit_scale[:, None]
+        gram = None if grams is None else grams.without(held, fit_scale)
+        coef = _path(fit_x, fit_y, alphas, gram=gram) / fit_scale[:, None]
         # Each fitted group's intercept at every penalty; an absent group's is zero.
         intercepts = y_means[:, None] - x_means @ coef
         pred = x[held] @ coef + intercepts[groups[held]]

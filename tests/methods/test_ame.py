@@ -211,26 +211,36 @@ def _original_ame(masks, knockoffs, ps, ys, foldid, pval=AME_PROBABILITIES):
 
 
 @pytest.mark.parametrize(
-    ("offset", "m", "one_p"),
-    # 47 subsets: fewer than 3 per fold, errors averaged over rows; one p: no intercept at all
-    [(0.5, 240, False), (0.0, 240, False), (0.8, 240, False), (0.5, 47, False), (0.0, 90, True)],
+    ("offset", "m", "n", "one_p"),
+    # 47 subsets: fewer than 3 per fold, errors averaged over rows; one p: no intercept at
+    # all; 30 points in 40 subsets: fewer rows than columns (the path to 1e-2, no Gram matrix)
+    [
+        (0.5, 240, 8, False),
+        (0.0, 240, 8, False),
+        (0.8, 240, 8, False),
+        (0.5, 47, 8, False),
+        (0.0, 90, 8, True),
+        (0.5, 40, 30, False),
+    ],
 )
-def test_lasso_equals_a_port_of_the_original_regression(offset: float, m: int, one_p: bool) -> None:
+def test_lasso_equals_a_port_of_the_original_regression(
+    offset: float, m: int, n: int, one_p: bool
+) -> None:
     """Same subsets, knockoff draws, utilities and folds: valbench's Lasso (intercepts per
     probability profiled out, scikit-learn's path) gives the original's coefficients, times
     v² (the original divides by v what must be multiplied by it; see the docstring), and
     glmnet's path ends where the original's does. The utilities' mean moves where it ends.
     (This port agreed with the authors' glmnet build, its Fortran compiled, to 1.2e-7 on
-    these five games and two more of 30 and 59 subsets, with the same path lengths;
+    these six games and two more of 30 and 59 subsets, with the same path lengths;
     valbench to 3e-6.)"""
     rng = np.random.default_rng(5 + [0.5, 0.0, 0.8].index(offset))
-    n = 8
     p = np.asarray(AME_PROBABILITIES)[rng.integers(0, 4, m)]
     if one_p:
         p[:] = 0.4
     masks = rng.random((m, n)) < p[:, None]
     knockoffs = rng.random((m, n)) < p[:, None]
-    w = np.array([0.05, -0.03, 0.02, 0.0, 0.0, 0.01, 0.0, 0.0])
+    w = np.zeros(n)
+    w[:6] = [0.05, -0.03, 0.02, 0.0, 0.0, 0.01]
     u = offset + masks @ w + 0.02 * masks[:, 0] * masks[:, 1] + 0.01 * rng.standard_normal(m)
     got, info = ame_regression(masks, p, u, knockoff_masks=knockoffs)
     want, path_length = _original_ame(masks, knockoffs, p, u, np.arange(m) % 20)
