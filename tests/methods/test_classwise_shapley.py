@@ -3,15 +3,21 @@ against a hand computation, normalization, budget and (slow) noisy labels."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
 from valbench import Budget, RunContext
 from valbench.methods.classwise_shapley import (
+    CONTEXTS,
+    TRUNCATIONS,
     ClasswiseShapley,
+    class_utility,
     classwise_game,
     classwise_shapley,
+    draw_context,
 )
 from valbench.methods.semivalues import exact_semivalue
 from valbench.testing import make_check_task
@@ -22,17 +28,32 @@ WEIGHTS = np.array([0.3, 0.1, -0.2, 0.25, 0.05, 0.15, -0.1])
 
 def _game(masks: np.ndarray, c: int) -> np.ndarray:
     """A closed-form class game: in-class and out-of-class 'accuracies' that saturate and
-    interact, combined as a_in · exp(a_out)."""
+    interact (a_in is 0 without a point of class c, as a real model's)."""
     m = np.asarray(masks, dtype=float)
     inside = (Y == c).astype(float)
     a_in = np.tanh(m @ (WEIGHTS * inside) + 0.2 * m[:, 0] * m[:, 4])
     a_out = np.tanh(m @ (WEIGHTS * (1 - inside)))
-    return a_in * np.exp(a_out)
+    return np.stack([a_in, a_out], axis=1)
 
 
-def _exact() -> np.ndarray:
-    """v(i) by enumeration: for every out-of-class context S (each equally likely), the exact
-    Shapley value of i in T ↦ u_c(T ∪ S) over the class's points, averaged over S."""
+def _context_weight(context: np.ndarray, c: int, law: str) -> float:
+    """The chance of one out-of-class context under ``draw_context``'s law."""
+    others = Y != c
+    if law == "bernoulli":
+        return 0.5 ** int(others.sum())
+    weight = 1.0
+    for other in np.unique(Y[others]):
+        members = Y == other
+        size = int((context & members).sum())
+        if size == 0:
+            return 0.0
+        weight /= members.sum() * math.comb(int(members.sum()), size)
+    return weight
+
+
+def _exact(law: str) -> np.ndarray:
+    """v(i) by enumeration: for every out-of-class context S, weighted by its chance, the
+    exact Shapley value of i in T ↦ u_c(T ∪ S) over the class's points."""
     out = np.zeros(len(Y))
     for c in (0, 1):
         members = np.flatnonzero(Y == c)
@@ -40,6 +61,9 @@ def _exact() -> np.ndarray:
         for bits in range(1 << len(others)):
             context = np.zeros(len(Y), dtype=bool)
             context[others[(bits >> np.arange(len(others))) & 1 == 1]] = True
+            weight = _context_weight(context, c, law)
+            if weight == 0:
+                continue
 
             def inner(
                 sub: np.ndarray,
@@ -49,40 +73,122 @@ def _exact() -> np.ndarray:
             ) -> np.ndarray:
                 full = np.repeat(context[None, :], len(sub), axis=0)
                 full[:, members] = sub
-                return _game(full, c)
+                return class_utility(_game(full, c))
 
             phi = exact_semivalue(len(members), inner)
-            out[members] += phi / (1 << len(others))
+            out[members] += weight * phi
     return out
 
 
-def test_sampler_matches_exact_enumeration() -> None:
-    """Without truncation, 2000 rounds land within 0.01 of the enumerated values (the
-    standard error is about 0.003 at this size); the batch size does not change the result."""
-    exact = _exact()
+@pytest.mark.parametrize("law", CONTEXTS)
+def test_sampler_matches_exact_enumeration(law: str) -> None:
+    """Without truncation, 2000 rounds land within 0.01 of the values enumerated under the
+    context law (the standard error is about 0.003 at this size); the two laws differ by
+    more than that; the batch size does not change a truncated estimate."""
+    exact = _exact(law)
     sums, counts, rounds = classwise_shapley(
-        Y, _game, np.random.default_rng(0), max_rounds=2000, rtol=0.0, batch_size=2
+        Y,
+        _game,
+        np.random.default_rng(0),
+        max_rounds=2000,
+        context=law,
+        epsilon=0.0,
+        batch_size=2,
     )
     assert rounds == 2000 and (counts == 2000).all()
     np.testing.assert_allclose(sums / counts, exact, atol=0.01)
-    again = classwise_shapley(
-        Y, _game, np.random.default_rng(0), max_rounds=50, rtol=0.05, batch_size=64
-    )
-    other = classwise_shapley(
-        Y, _game, np.random.default_rng(0), max_rounds=50, rtol=0.05, batch_size=1
-    )
-    np.testing.assert_allclose(again[0], other[0], rtol=1e-12)  # BLAS rounding only
+    assert np.abs(_exact("per-class") - _exact("bernoulli")).max() > 0.02
+    for truncation in TRUNCATIONS:
+        again, other = (
+            classwise_shapley(
+                Y,
+                _game,
+                np.random.default_rng(0),
+                max_rounds=50,
+                context=law,
+                truncation=truncation,
+                epsilon=0.05,
+                rtol=0.05,
+                batch_size=size,
+            )
+            for size in (64, 1)
+        )
+        np.testing.assert_allclose(again[0], other[0], rtol=1e-12)  # BLAS rounding only
 
 
 def test_truncation_zeroes_the_tail() -> None:
-    """A game that is flat once any in-class point is present truncates right after the
-    burn-in: later points get marginal 0 but are still counted."""
+    """A game that is flat once any in-class point is present truncates at once: later
+    points get marginal 0 but are still counted (the relative rule after its burn-in)."""
 
     def flat(masks: np.ndarray, c: int) -> np.ndarray:
-        return np.where(np.asarray(masks)[:, Y == c].any(axis=1), 1.0, 0.0)
+        present = np.where(np.asarray(masks)[:, Y == c].any(axis=1), 1.0, 0.0)
+        return np.stack([present, np.zeros(len(present))], axis=1)
 
-    sums, counts, _ = classwise_shapley(Y, flat, np.random.default_rng(1), max_rounds=10)
-    assert (counts == 10).all() and np.isclose(sums.sum(), 20.0)  # one unit per class & round
+    for truncation in TRUNCATIONS:
+        sums, counts, _ = classwise_shapley(
+            Y, flat, np.random.default_rng(1), max_rounds=10, truncation=truncation
+        )
+        assert (counts == 10).all() and np.isclose(sums.sum(), 20.0)  # 1 per class & round
+
+
+def _original_cs_shapley(draws, n_class: int, game, epsilon: float, carry_a_out: bool):
+    """A port of the authors' ``cs_shapley`` loop (Valda), one class, ``resample=1``: for
+    each drawn (permutation, context), val_i[0] = 0 and val_i_non[0] from the context alone,
+    the full set's accuracies at N, then prefix j trained unless |val_i[N] − val_i[j−1]| <
+    epsilon (then val_i[j] = val_i[j−1]); wvalues = exp(val_i_non)·val_i; the running mean of
+    its differences. The game stands in for fit-and-score. With ``carry_a_out`` the one line
+    valbench changes: a skipped prefix also repeats val_i_non[j − 1] (the original leaves 0)."""
+    val, k = np.zeros(n_class), 0
+    for idx, context_rows in draws:
+        k += 1
+        val_i, val_i_non = np.zeros(n_class + 1), np.zeros(n_class + 1)
+        val_i[0] = 0.0
+        val_i_non[0] = game(context_rows, [])[1]
+        val_i[n_class], val_i_non[n_class] = game(context_rows, list(range(n_class)))
+        for j in range(1, n_class + 1):
+            if abs(val_i[n_class] - val_i[j - 1]) < epsilon:
+                val_i[j] = val_i[j - 1]
+                if carry_a_out:
+                    val_i_non[j] = val_i_non[j - 1] if j < n_class else val_i_non[j]
+            else:
+                val_i[j], val_i_non[j] = game(context_rows, list(idx[:j]))
+        wvalues = np.exp(val_i_non) * val_i
+        diff = wvalues[1:] - wvalues[:n_class]
+        val[idx] = (1.0 * (k - 1) / k) * val[idx] + (1.0 / k) * diff
+    return val
+
+
+def test_original_truncation_equals_a_port_of_the_authors_loop() -> None:
+    """The same permutations and contexts (replayed from valbench's draws): valbench's
+    class-wise values equal the port's, with the one line that carries a_out over a skipped
+    prefix; the original's a_out of 0 there moves value to each permutation's last point."""
+    rounds, eps = 40, 0.12
+    got, counts, done = classwise_shapley(
+        Y, _game, np.random.default_rng(3), max_rounds=rounds, epsilon=eps, batch_size=2
+    )
+    assert done == rounds and (counts == rounds).all()
+    for c in (0, 1):
+        members = np.flatnonzero(Y == c)
+        rng_draws = np.random.default_rng(3)  # valbench's draws, replayed
+        draws = []
+        for _ in range(rounds):
+            for cls in (0, 1):  # the draws in valbench's order: each class in turn
+                order = np.flatnonzero(Y == cls)[rng_draws.permutation(int((Y == cls).sum()))]
+                context = draw_context(Y, cls, rng_draws, "per-class")
+                if cls == c:
+                    draws.append((np.searchsorted(members, order), context))
+
+        def game(
+            context: np.ndarray, chosen: list[int], c: int = c, members: np.ndarray = members
+        ) -> np.ndarray:
+            mask = context.copy()
+            mask[members[chosen]] = True
+            return _game(mask[None], c)[0]
+
+        want = _original_cs_shapley(draws, len(members), game, eps, carry_a_out=True)
+        np.testing.assert_allclose(got[members] / rounds, want, rtol=1e-12, atol=1e-15)
+        quirk = _original_cs_shapley(draws, len(members), game, eps, carry_a_out=False)
+        assert not np.allclose(quirk, want, atol=1e-3)
 
 
 def test_utility_by_hand() -> None:
@@ -93,7 +199,7 @@ def test_utility_by_hand() -> None:
     game = classwise_game(clf, task.x_train, task.y_train, task.x_val, task.y_val, 3)
     mask = np.zeros((2, 12), dtype=bool)
     mask[0, :8] = True
-    got = game(mask, 1)
+    got = class_utility(game(mask, 1))
     pred = clf.predict(clf.fit(task.x_train, task.y_train, mask[:1]), task.x_val)[0]
     ok, m, inside = pred == task.y_val, len(task.y_val), task.y_val == 1
     assert np.isclose(got[0], (ok & inside).sum() / m * np.exp((ok & ~inside).sum() / m))
