@@ -14,8 +14,8 @@ A point that helps the whole model but hurts its own class (a flipped label, say
 value. The estimator walks, per round and per class, one random permutation of the class's
 points with one out-of-class context S_out (drawn as the authors' code draws it: for each
 other class a uniform size, then that many of its points), leaving the rest of a permutation
-untrained once the prefix's in-class accuracy is that of the full set (the authors' code);
-the values are then normalized per class.
+untrained once the prefix's in-class accuracy is within ``epsilon`` of the full set's (the
+authors' code); the values are then normalized per class.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from valbench import Method, RunContext, Valuation, ValuationTask
+from valbench.errors import UsageError
 from valbench.params import Interval, Options, Param
 from valbench.types import BatchedModel
 
@@ -79,6 +80,8 @@ def draw_context(y: np.ndarray, c: int, rng: np.random.Generator, law: str) -> n
     (the authors' ``class_conditional_sampling``): for each other class, a size uniform in
     1 … its count, then that many of its points uniformly; ``"bernoulli"``: each out-of-class
     point with probability 1/2 (every subset of the other classes equally likely)."""
+    if law not in CONTEXTS:
+        raise UsageError(f"context must be one of {', '.join(CONTEXTS)}, got {law!r}")
     context = np.zeros(len(y), dtype=bool)
     if law == "bernoulli":
         others = np.flatnonzero(y != c)
@@ -109,22 +112,29 @@ def classwise_shapley(
     rounds finished.
 
     Each round visits every class c: draws a permutation σ of D_c and a context S_out
-    (:func:`draw_context`), evaluates the full in-class set S_out ∪ D_c and the context alone,
-    then the prefixes S_out ∪ σ[:k], k = 1, 2, …, ``batch_size`` per call; the marginal of
-    σ[k−1] is u(prefix k) − u(prefix k−1), u = a_in·exp(a_out).
+    (:func:`draw_context`), evaluates the full in-class set S_out ∪ D_c, then the prefixes
+    S_out ∪ σ[:k], k = 1, 2, …, ``batch_size`` per call; the marginal of σ[k−1] is
+    u(prefix k) − u(prefix k−1), u = a_in·exp(a_out), with u = 0 for the context alone (no
+    point of class c, so a_in = 0, as the authors' code sets it; no model is trained).
 
-    ``truncation="original"`` (the authors' ``cs_shapley``): prefix k is not trained once the
-    previous prefix's a_in is within ``epsilon`` of the full set's (absolute; 0 never
-    truncates): it and every later prefix repeat that prefix's accuracies, except that the
-    last, the full set, keeps the full set's a_out, so the permutation's last point gets
-    a_in·(exp(a_out full) − exp(a_out at the cut)) and the marginals still sum to
-    u(full) − u(context). ``"relative"``: once k ≥ ``burn_in``·|D_c| and
-    |u(prefix) − u(full)| ≤ ``rtol``·|u(full)|, the rest of σ gets marginal 0.
+    ``truncation="original"`` (the authors' ``cs_shapley``): once the previous prefix's a_in
+    is within ``epsilon`` of the full set's (absolute; 0 never truncates), prefix k and every
+    later one repeat that prefix's accuracies, except that the last, the full set, keeps the
+    full set's a_out, so the permutation's last point gets a_in·(exp(a_out full) − exp(a_out
+    at the cut)) and the marginals still sum to u(full). ``"relative"``: once
+    k ≥ ``burn_in``·|D_c| and |u(prefix) − u(full)| ≤ ``rtol``·|u(full)|, the rest of σ gets
+    marginal 0.
 
-    Marginals computed past a truncation point in the same batch are discarded, so the
-    estimate does not depend on ``batch_size``. A value is the mean of the marginals sampled
-    for the point, so a permutation cut short by ``remaining()`` still counts what it measured.
+    A cut found between batches is found before the next batch is trained; prefixes past a
+    cut within a batch were trained (and are charged) but their marginals are discarded, so
+    the estimate does not depend on ``batch_size``, only its cost. A value is the mean of the
+    marginals sampled for the point, so a permutation cut short by ``remaining()`` still
+    counts what it measured.
     """
+    if context not in CONTEXTS:
+        raise UsageError(f"context must be one of {', '.join(CONTEXTS)}, got {context!r}")
+    if truncation not in TRUNCATIONS:
+        raise UsageError(f"truncation must be one of {', '.join(TRUNCATIONS)}, got {truncation!r}")
     y = np.asarray(y)
     n = len(y)
     sums = np.zeros(n)
@@ -139,11 +149,18 @@ def classwise_shapley(
             size = len(order)
             full_mask = ctx_mask.copy()
             full_mask[members] = True
-            full = prev = np.full(2, math.nan)
+            full = np.full(2, math.nan)
+            # The context alone holds no point of class c: a_in = 0, so u = 0 (the authors'
+            # val_i[0] = 0); no model is trained for it.
+            prev = np.zeros(2)
             k = 0
+            cut = -1  # position in σ from which the walk stops
             while k < size:
-                # The first call also trains the full in-class set and the context alone.
-                head = 2 if k == 0 else 0
+                if k and truncation == "original" and abs(full[0] - prev[0]) < epsilon:
+                    cut = k  # decided before the next batch is trained
+                    break
+                # The first call also trains the full in-class set.
+                head = 1 if k == 0 else 0
                 left = remaining() - head
                 if left < 1:
                     return sums, counts, rounds
@@ -155,14 +172,12 @@ def classwise_shapley(
                 last = k + step == size
                 asked = masks[:-1] if last else masks
                 if head:
-                    values = game(np.vstack([full_mask, ctx_mask, asked]), int(c))
-                    full, prev, values = values[0], values[1].copy(), values[2:]
-                    prev[0] = 0.0  # no point of class c: none of its validation points right
+                    values = game(np.vstack([full_mask, asked]), int(c))
+                    full, values = values[0], values[1:]
                 else:
                     values = game(asked, int(c)) if len(asked) else np.empty((0, 2))
                 if last:
                     values = np.vstack([values, full[None, :]])
-                cut = -1  # position in σ from which the walk stops
                 for r in range(step):
                     done = k + r + 1
                     if truncation == "original" and abs(full[0] - prev[0]) < epsilon:
@@ -181,14 +196,15 @@ def classwise_shapley(
                         cut = done
                         break
                 if cut >= 0:
-                    rest = order[cut:]
-                    counts[rest] += 1  # marginal 0 for the truncated tail ...
-                    if truncation == "original" and len(rest):
-                        # ... but the last point's: the full set's a_out against the cut's.
-                        ending = np.array([prev[0], full[1]])
-                        sums[rest[-1]] += class_utility(ending) - class_utility(prev)
                     break
                 k += step
+            if cut >= 0:
+                rest = order[cut:]
+                counts[rest] += 1  # marginal 0 for the truncated tail ...
+                if truncation == "original" and len(rest):
+                    # ... but the last point's: the full set's a_out against the cut's.
+                    ending = np.array([prev[0], full[1]])
+                    sums[rest[-1]] += class_utility(ending) - class_utility(prev)
         rounds += 1
     return sums, counts, rounds
 
@@ -208,7 +224,10 @@ class ClasswiseShapley(Method):
     loop on the same draws.
 
     One fit is one model trained on one subset: per round and class, one for the full
-    in-class set with its context, one for the context alone, and one per prefix walked.
+    in-class set with its context and one per prefix trained (the last prefix is the full
+    set): at most n per round. Prefixes are trained ``batch_size`` at a time, so a cut saves
+    only the batches after the one it falls in (a class of at most ``batch_size`` points
+    saves nothing; ``batch_size=1`` trains exactly what the authors' loop trains).
 
     Departures from the authors' code:
     - a prefix left untrained repeats the previous prefix's a_out as well as its a_in; the
@@ -297,9 +316,8 @@ class ClasswiseShapley(Method):
             remaining=remaining,
         )
         if rounds == 0:  # no class has a whole permutation's marginals
-            # A round walks every point once, two more fits per class for its full set and
-            # context.
-            need = task.n_train + 2 * len(np.unique(task.y_train))
+            # A round walks every point once, the last prefix of a class being its full set.
+            need = task.n_train
             raise ctx.budget.decline(self.name, "round", need)
         scores = np.where(counts > 0, sums / np.maximum(counts, 1), 0.0)
         unscaled = 0

@@ -137,8 +137,10 @@ def _original_cs_shapley(draws, n_class: int, game, epsilon: float, carry_a_out:
     the full set's accuracies at N, then prefix j trained unless |val_i[N] − val_i[j−1]| <
     epsilon (then val_i[j] = val_i[j−1]); wvalues = exp(val_i_non)·val_i; the running mean of
     its differences. The game stands in for fit-and-score. With ``carry_a_out`` the one line
-    valbench changes: a skipped prefix also repeats val_i_non[j − 1] (the original leaves 0)."""
+    valbench changes: a skipped prefix also repeats val_i_non[j − 1] (the original leaves 0).
+    Also returns how many prefixes short of the full set it trains."""
     val, k = np.zeros(n_class), 0
+    trained = 0  # prefixes short of the full set that the loop trains
     for idx, context_rows in draws:
         k += 1
         val_i, val_i_non = np.zeros(n_class + 1), np.zeros(n_class + 1)
@@ -152,10 +154,11 @@ def _original_cs_shapley(draws, n_class: int, game, epsilon: float, carry_a_out:
                     val_i_non[j] = val_i_non[j - 1] if j < n_class else val_i_non[j]
             else:
                 val_i[j], val_i_non[j] = game(context_rows, list(idx[:j]))
+                trained += j < n_class
         wvalues = np.exp(val_i_non) * val_i
         diff = wvalues[1:] - wvalues[:n_class]
         val[idx] = (1.0 * (k - 1) / k) * val[idx] + (1.0 / k) * diff
-    return val
+    return val, trained
 
 
 def test_original_truncation_equals_a_port_of_the_authors_loop() -> None:
@@ -163,10 +166,20 @@ def test_original_truncation_equals_a_port_of_the_authors_loop() -> None:
     class-wise values equal the port's, with the one line that carries a_out over a skipped
     prefix; the original's a_out of 0 there moves value to each permutation's last point."""
     rounds, eps = 40, 0.12
+    fits = {0: 0, 1: 0}
+
+    def counted(masks: np.ndarray, c: int) -> np.ndarray:
+        fits[c] += len(masks)
+        return _game(masks, c)
+
     got, counts, done = classwise_shapley(
-        Y, _game, np.random.default_rng(3), max_rounds=rounds, epsilon=eps, batch_size=2
+        Y, counted, np.random.default_rng(3), max_rounds=rounds, epsilon=eps, batch_size=1
     )
     assert done == rounds and (counts == rounds).all()
+    again, _, _ = classwise_shapley(
+        Y, _game, np.random.default_rng(3), max_rounds=rounds, epsilon=eps, batch_size=64
+    )
+    np.testing.assert_allclose(again, got, rtol=1e-12, atol=1e-15)
     for c in (0, 1):
         members = np.flatnonzero(Y == c)
         rng_draws = np.random.default_rng(3)  # valbench's draws, replayed
@@ -185,9 +198,11 @@ def test_original_truncation_equals_a_port_of_the_authors_loop() -> None:
             mask[members[chosen]] = True
             return _game(mask[None], c)[0]
 
-        want = _original_cs_shapley(draws, len(members), game, eps, carry_a_out=True)
+        want, trained = _original_cs_shapley(draws, len(members), game, eps, carry_a_out=True)
         np.testing.assert_allclose(got[members] / rounds, want, rtol=1e-12, atol=1e-15)
-        quirk = _original_cs_shapley(draws, len(members), game, eps, carry_a_out=False)
+        # One at a time, the same prefixes as the authors' loop, plus the full set per round.
+        assert fits[c] == trained + rounds and trained < rounds * (len(members) - 1)
+        quirk, _ = _original_cs_shapley(draws, len(members), game, eps, carry_a_out=False)
         assert not np.allclose(quirk, want, atol=1e-3)
 
 

@@ -80,7 +80,7 @@ def test_a_method_under_a_seconds_budget_overshoots_by_at_most_a_fit_or_two(
     ("method", "unit", "needs"),
     [
         ("tmc-shapley", "permutation", "61 fits"),
-        ("classwise-shapley", "round", "66 fits"),
+        ("classwise-shapley", "round", "60 fits"),
         ("ame", "pair of subsets", "2 fits"),
         ("loo", "leave-one-out value", "2 fits"),
         ("owen-shapley", "marginal", "2 fits"),
