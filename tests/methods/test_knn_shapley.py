@@ -109,3 +109,47 @@ def test_k_covering_the_training_set_gives_the_additive_closed_form_and_says_so(
     np.testing.assert_allclose(got.scores, share / 12, atol=1e-15)
     assert "distances play no part" in got.stats["note"]
     assert "note" not in KNNShapley(k=11).value(task, ctx).stats
+
+
+def _original_knn_shapley(x, y, xv, yv, n_neighbors: int) -> np.ndarray:
+    """A port of the KNN-Shapley recursion as Kwon & Zou's ``ShapEngine._calculate_knn``
+    carries it from Jia et al.'s code: per validation point, points sorted by squared
+    distance, the farthest valued [match] / N, then each nearer one from the next by
+    (match_i − match_{i+1}) / K · min(K, i + 1) / (i + 1); values averaged."""
+    n_sources = len(x)
+    knn_mat = np.zeros((n_sources, len(xv)))
+    for i, (xv_i, yv_i) in enumerate(zip(xv, yv, strict=True)):
+        diff = (x - xv_i).reshape(n_sources, -1)
+        dist = np.einsum("ij, ij->i", diff, diff)
+        idx = np.argsort(dist)
+        ans = y[idx]
+        last = idx[n_sources - 1]
+        knn_mat[last][i] = float(ans[n_sources - 1] == yv_i) / n_sources
+        cur = n_sources - 2
+        for _ in range(n_sources - 1):
+            const_factor = min(cur + 1, n_neighbors) / (cur + 1)
+            step = float(int(ans[cur] == yv_i) - int(ans[cur + 1] == yv_i))
+            knn_mat[idx[cur]][i] = knn_mat[idx[cur + 1]][i] + step / n_neighbors * const_factor
+            cur -= 1
+    return np.mean(knn_mat, axis=1)
+
+
+@pytest.mark.parametrize(("k", "seed"), [(5, 0), (10, 1), (1, 2), (50, 3), (60, 4)])
+def test_equals_a_port_of_the_original_recursion(k: int, seed: int) -> None:
+    """Continuous features (no distance ties), 50 points, 3 classes: the same values as the
+    original recursion to rounding for K up to the training set size. Above it the
+    original's base case, match / N for the farthest point, is not the Shapley value of its
+    own utility (then additive, match / K each, as the enumeration confirms): every value is
+    shifted by (1/N − 1/K) × the mean match of the farthest point."""
+    rng = np.random.default_rng(seed)
+    n = 50
+    x, xv = rng.normal(size=(n, 4)), rng.normal(size=(20, 4))
+    y, yv = rng.integers(0, 3, size=n), rng.integers(0, 3, size=20)
+    got, want = knn_shapley_values(x, y, xv, yv, k), _original_knn_shapley(x, y, xv, yv, k)
+    if k <= n:
+        np.testing.assert_allclose(got, want, atol=1e-14)
+        return
+    far = np.argmax(np.linalg.norm(xv[:, None, :] - x[None, :, :], axis=2), axis=1)
+    shift = (1 / n - 1 / k) * np.mean(y[far] == yv)
+    np.testing.assert_allclose(want - got, shift, atol=1e-14)
+    assert shift > 0
