@@ -31,7 +31,15 @@ from valbench.errors import UsageError
 from valbench.params import Interval, Options, Param
 from valbench.types import BatchedModel
 
-__all__ = ["ClasswiseShapley", "classwise_game", "classwise_shapley"]
+__all__ = [
+    "CONTEXTS",
+    "TRUNCATIONS",
+    "ClasswiseShapley",
+    "class_utility",
+    "classwise_game",
+    "classwise_shapley",
+    "draw_context",
+]
 
 ClassGame = Callable[[np.ndarray, int], np.ndarray]
 """``game(masks, c)``: (B, 2) — a_in and a_out of each subset (B, n) for class ``c``."""
