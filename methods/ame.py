@@ -79,12 +79,18 @@ LASSO_TOL = 1e-7
 PENALTY_RULES = ("1se", "min")
 
 
-def _group_means(values: np.ndarray, groups: np.ndarray, n_groups: int) -> np.ndarray:
-    """Per-group means of the rows of ``values`` (zero for a group with no rows)."""
+def _group_sums(
+    values: np.ndarray, groups: np.ndarray, n_groups: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-group sums of the rows of ``values`` (one product) and the rows in each group."""
     member = np.zeros((n_groups, len(groups)))
     member[groups, np.arange(len(groups))] = 1.0
-    sums = member @ values
-    counts = member.sum(axis=1)
+    return member @ values, member.sum(axis=1)
+
+
+def _group_means(values: np.ndarray, groups: np.ndarray, n_groups: int) -> np.ndarray:
+    """Per-group means of the rows of ``values`` (zero for a group with no rows)."""
+    sums, counts = _group_sums(values, groups, n_groups)
     shape = (n_groups,) + (1,) * (values.ndim - 1)
     return sums / np.maximum(counts, 1.0).reshape(shape)
 
@@ -116,20 +122,15 @@ class _FoldGrams:
     def __init__(self, x: np.ndarray, groups: np.ndarray, n_groups: int) -> None:
         self.x, self.groups = x, groups
         self.cross = x.T @ x
-        self.sums = (
-            _group_means(x, groups, n_groups) * np.bincount(groups, minlength=n_groups)[:, None]
-        )
-        self.counts = np.bincount(groups, minlength=n_groups).astype(np.float64)
+        self.sums, self.counts = _group_sums(x, groups, n_groups)
 
     def without(self, held: np.ndarray, scale: np.ndarray) -> np.ndarray:
         """The reduced design's Gram matrix once the ``held`` rows are left out; ``scale`` is
         that design's column scale."""
-        out = self.x[held]
+        out, out_groups = self.x[held], self.groups[held]
         gram = self.cross - out.T @ out
-        sums, counts = self.sums.copy(), self.counts.copy()
-        for g in np.unique(self.groups[held]):
-            sums[g] -= out[self.groups[held] == g].sum(axis=0)
-            counts[g] -= np.sum(self.groups[held] == g)
+        out_sums, out_counts = _group_sums(out, out_groups, len(self.counts))
+        sums, counts = self.sums - out_sums, self.counts - out_counts
         present = counts > 0
         if present.sum() > 1:  # the per-group centring of _standardized
             gram -= (sums[present] / counts[present, None]).T @ sums[present]
@@ -141,11 +142,12 @@ def _path(
     y: np.ndarray,
     alphas: np.ndarray,
     coef_init: np.ndarray | None = None,
-    gram: np.ndarray | None = None,
+    gram: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
     """Lasso coefficients (features, len(alphas)) of (1/2m)·|y − x·b|² + alpha·|b|_1, each
-    started from the previous one (the first from ``coef_init``); ``gram`` = xᵀx if known."""
-    extra = {} if gram is None else {"precompute": gram, "Xy": x.T @ y}
+    started from the previous one (the first from ``coef_init``); ``gram`` = (xᵀx, xᵀy) if
+    known."""
+    extra = {} if gram is None else {"precompute": gram[0], "Xy": gram[1]}
     _, coefs, _ = lasso_path(
         x, y, alphas=alphas, tol=LASSO_TOL, max_iter=100_000, coef_init=coef_init, **extra
     )
@@ -198,7 +200,7 @@ def ame_lasso(
     # The full-data path, a few penalties at a time, so that it stops where glmnet's ends
     # (the small penalties past that point are the slow ones). glmnet's R² counts what the
     # intercepts explain of the uncentred sum of squares, over the centred variance.
-    gram = xs.T @ xs if rows > columns else None  # as scikit-learn's "auto" would
+    gram = (xs.T @ xs, xs.T @ ys) if rows > columns else None  # as scikit-learn's "auto"
     coefs = np.empty((columns, PATH_LENGTH))
     explained = np.empty(PATH_LENGTH)
     length, done = PATH_LENGTH, 0
@@ -221,7 +223,7 @@ def ame_lasso(
         fit_x, fit_y, fit_scale, x_means, y_means = _standardized(
             x[~held], y[~held], groups[~held], n_groups
         )
-        gram = None if grams is None else grams.without(held, fit_scale)
+        gram = None if grams is None else (grams.without(held, fit_scale), fit_x.T @ fit_y)
         coef = _path(fit_x, fit_y, alphas, gram=gram) / fit_scale[:, None]
         # Each fitted group's intercept at every penalty; an absent group's is zero.
         intercepts = y_means[:, None] - x_means @ coef

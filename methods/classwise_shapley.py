@@ -139,9 +139,7 @@ def classwise_shapley(
     marginals sampled for the point, so a permutation cut short by ``remaining()`` still
     counts what it measured.
     """
-    if context not in CONTEXTS:
-        raise UsageError(f"context must be one of {', '.join(CONTEXTS)}, got {context!r}")
-    if truncation not in TRUNCATIONS:
+    if truncation not in TRUNCATIONS:  # an unknown context is refused by draw_context
         raise UsageError(f"truncation must be one of {', '.join(TRUNCATIONS)}, got {truncation!r}")
     y = np.asarray(y)
     n = len(y)

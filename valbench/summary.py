@@ -789,11 +789,8 @@ def summarise(records: Iterable[CellRecord], include_partial: bool = False) -> l
                     "--include-partial RUN_DIR` shows them."
                 )
             )
-        constant = {
-            m: sum(r.constant_scores for r in rs)
-            for m, rs in sorted(by_method.items())
-            if any(r.constant_scores for r in rs)
-        }
+        constant = {m: sum(r.constant_scores for r in rs) for m, rs in sorted(by_method.items())}
+        constant = {m: n for m, n in constant.items() if n}
         if constant:
             listed = ", ".join(f"{m} ({n} of {len(by_method[m])})" for m, n in constant.items())
             notes.append(
