@@ -1,4 +1,5 @@
-"""LAVA: the label distances and the transport against POT's exact OT and closed forms, the
+"""LAVA: the default against a port of the authors' code (``lava_reference``), the label
+distances and the converged transport against POT's exact OT and closed forms, the
 calibrated gradient against finite differences and a hand computation, and noisy labels
 found on a small problem."""
 
@@ -6,20 +7,107 @@ from __future__ import annotations
 
 from typing import Any
 
+import lava_reference as original
 import numpy as np
 import ot
 import pytest
+import torch
 from sklearn.metrics import roc_auc_score
 
-from valbench import Budget, RunContext
+from valbench import Budget, RunContext, ValuationTask
 from valbench.methods.lava import (
     LAVA,
+    annealed_sinkhorn,
     calibrated_gradient,
+    epsilon_schedule,
     label_distances,
     lava_cost,
     lava_potentials,
 )
+from valbench.models import ModelSpec
 from valbench.testing import make_check_task
+from valbench.types import DatasetSplits
+
+
+def _blobs(
+    n: int, m: int, classes: int, seed: int, val_classes: int | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Gaussian blobs in 5-D, at least two points of every class in each split (the
+    original drops classes below two points); ``val_classes`` leaves classes out of the
+    validation split."""
+    rng = np.random.default_rng(seed)
+    y_tr = np.arange(n) % classes
+    y_va = np.arange(m) % (val_classes or classes)
+    x_tr = rng.normal(size=(n, 5)) + 2.0 * y_tr[:, None] * (np.arange(5) == 0)
+    x_va = rng.normal(size=(m, 5)) + 2.0 * y_va[:, None] * (np.arange(5) == 0)
+    # float32, as a task holds its features, so that both sides read the same numbers.
+    x_tr, x_va = (v.astype(np.float32).astype(np.float64) for v in (x_tr, x_va))
+    return x_tr, rng.permutation(y_tr), x_va, y_va
+
+
+@pytest.mark.parametrize(
+    ("classes", "val_classes", "params"),
+    [
+        (3, None, {}),
+        (2, None, {"lam_x": 0.5, "lam_y": 2.0, "entreg": 0.05, "label_entreg": 0.2}),
+        (4, 3, {}),
+        (10, None, {"entreg": 1.0}),
+    ],
+)
+def test_the_default_is_the_authors_computation(
+    classes: int, val_classes: int | None, params: dict[str, float]
+) -> None:
+    """LAVA's default equals the port of the authors' ``dual_sol`` + ``values`` (their OTDD
+    fork on GeomLoss's annealed Sinkhorn) to rounding: the label costs, the schedule's start
+    from the label-augmented points, and the potentials. Labels are shuffled so that the
+    classes are not in blocks; a validation split without some training classes, non-default
+    weights and temperatures included."""
+    x_tr, y_tr, x_va, y_va = _blobs(40, 30, classes, seed=classes, val_classes=val_classes)
+    splits = DatasetSplits(x_tr, y_tr, x_va, y_va, x_va, y_va, n_classes=classes)
+    task = ValuationTask.from_splits(splits, model=ModelSpec(kind="logreg"), name="blobs", seed=0)
+    got = LAVA(**params).value(task, RunContext.for_task(task))
+    f, _ = original.dual_sol(
+        x_tr,
+        y_tr,
+        x_va,
+        y_va,
+        entreg=params.get("entreg", 0.1),
+        inner_entreg=params.get("label_entreg", 0.1),
+        lam_x=params.get("lam_x", 1.0),
+        lam_y=params.get("lam_y", 1.0),
+    )
+    want = -original.values(f, 40)
+    np.testing.assert_allclose(got.scores, want, rtol=1e-10, atol=1e-10 * np.abs(want).max())
+    assert got.complete and got.stats["solver"] == "annealed"
+
+
+def test_the_label_costs_are_the_authors_entropic_ones() -> None:
+    """``method="sinkhorn"`` gives the original's W (entropic OT at ε, not debiased) entry
+    for entry."""
+    x_tr, y_tr, x_va, y_va = _blobs(30, 24, 3, seed=7)
+    w = label_distances(x_tr, y_tr, x_va, y_va, 3, method="sinkhorn", reg=0.1)
+    want = original.pwdist_exact(
+        *(torch.as_tensor(v) for v in (x_tr, y_tr, x_va, y_va)), entreg=0.1
+    )
+    np.testing.assert_allclose(w, want.numpy(), rtol=1e-12)
+
+
+def test_the_annealing_schedule_by_hand() -> None:
+    """From diameter² down by scaling² per step, then blur²: diameter 4, blur 1/2 and
+    scaling 1/2 give 16, 16, 4, 1, 1/4."""
+    np.testing.assert_allclose(epsilon_schedule(4.0, 0.5, 0.5), [16, 16, 4, 1, 0.25])
+    np.testing.assert_allclose(
+        epsilon_schedule(4.0, 0.5, 0.5), original.epsilon_schedule(2, 4.0, 0.5, 0.5)
+    )
+
+
+def test_identical_points_start_the_schedule_at_the_final_temperature() -> None:
+    """Two clouds of one repeated point have diameter 0, where the original takes log 0 and
+    fails; here the schedule starts at ε and the transport is the only coupling."""
+    cost = np.zeros((3, 2))
+    f, g, info = annealed_sinkhorn(cost, diameter=0.0, reg=0.1)
+    assert info["final_eps"] == pytest.approx(0.1) and np.isfinite(f).all()
+    np.testing.assert_allclose(calibrated_gradient(f), 0.0, atol=1e-12)
 
 
 def test_label_distance_closed_form_in_one_dimension() -> None:
@@ -151,9 +239,12 @@ def test_an_underflowing_stabilized_kernel_hands_over_to_the_log_domain(
     np.testing.assert_allclose(calibrated_gradient(f), calibrated_gradient(f_ref), atol=1e-4)
 
 
-def test_a_spent_time_budget_stops_the_solve_and_marks_it_incomplete() -> None:
+def test_a_spent_time_budget_stops_the_converged_solve_and_marks_it_incomplete() -> None:
+    """``solver="converged"`` checks the time between rounds; the annealed default has a
+    fixed number of steps and runs them whole."""
     task = make_check_task(n_train=96)
-    got = LAVA().value(task, RunContext.for_task(task, budget=Budget(max_seconds=1e-9)))
+    spent = RunContext.for_task(task, budget=Budget(max_seconds=1e-9))
+    got = LAVA(solver="converged").value(task, spent)
     assert got.complete is False and got.stats["rounds"] == 1
     assert np.isfinite(got.scores).all() and task.fit_counter.count == 0
     calls = []
