@@ -170,10 +170,14 @@ def dual_sol(
     inner_entreg: float = 0.1,
     lam_x: float = 1.0,
     lam_y: float = 1.0,
+    maxsamples: int = 10_000,
+    rng: np.random.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``DatasetDistance(...).dual_sol()`` with ``method='precomputed_labeldist'``: the label
-    distances with the debiased layout (training classes first, validation classes after
-    them), then the outer potentials with debiasing switched off."""
+    """``DatasetDistance(...).dual_sol(maxsamples)`` with ``method='precomputed_labeldist'``:
+    the label distances with the debiased layout (training classes first, validation classes
+    after them) on all the data, then the outer potentials, debiasing switched off, on at most
+    ``maxsamples`` points of each split (``compute_dual`` leaves it at 10,000). The original
+    draws them with ``np.random.choice``; ``rng`` stands in for numpy's global generator."""
     rows1, y1 = reindexed(y_train, 0)
     rows2, y2 = reindexed(y_val, len(np.unique(y1)))
     x1 = torch.as_tensor(x_train[rows1], dtype=DTYPE)
@@ -183,8 +187,17 @@ def dual_sol(
     dyy2 = pwdist_exact(x2, y2_t, entreg=inner_entreg)
     dyy12 = pwdist_exact(x1, y1_t, x2, y2_t, entreg=inner_entreg)
     w = torch.cat([torch.cat([dyy1, dyy12], 1), torch.cat([dyy12.t(), dyy2], 1)], 0)
-    z1 = torch.cat((x1, y1_t.type(x1.dtype).unsqueeze(1)), -1)
-    z2 = torch.cat((x2, y2_t.type(x2.dtype).unsqueeze(1)), -1)
+    rng = np.random.default_rng() if rng is None else rng
+    if maxsamples and x1.shape[0] > maxsamples:
+        idxs_1 = sorted(rng.choice(x1.shape[0], maxsamples, replace=False))
+    else:
+        idxs_1 = np.s_[:]
+    if maxsamples and x2.shape[0] > maxsamples:
+        idxs_2 = sorted(rng.choice(x2.shape[0], maxsamples, replace=False))
+    else:
+        idxs_2 = np.s_[:]
+    z1 = torch.cat((x1[idxs_1], y1_t[idxs_1].type(x1.dtype).unsqueeze(1)), -1)
+    z2 = torch.cat((x2[idxs_2], y2_t[idxs_2].type(x2.dtype).unsqueeze(1)), -1)
 
     def cost(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return batch_augmented_cost(a, b, w=w, lam_x=lam_x, lam_y=lam_y)

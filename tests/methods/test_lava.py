@@ -5,6 +5,7 @@ found on a small problem."""
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import lava_reference as original
@@ -15,6 +16,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from valbench import Budget, RunContext, ValuationTask
+from valbench.errors import UsageError
 from valbench.methods.lava import (
     LAVA,
     annealed_sinkhorn,
@@ -81,6 +83,24 @@ def test_the_default_is_the_authors_computation(
     assert got.complete and got.stats["solver"] == "annealed"
 
 
+def test_a_large_validation_split_is_subsampled_as_the_authors_do() -> None:
+    """Beyond ``max_val_points`` validation points the outer problem takes a random sorted
+    subset of them (the label costs and the class numbering keep every point), as the
+    original's ``dual_sol(maxsamples)`` does; the cell's rng makes the draw."""
+    x_tr, y_tr, x_va, y_va = _blobs(20, 50, 3, seed=11)
+    splits = DatasetSplits(x_tr, y_tr, x_va, y_va, x_va, y_va, n_classes=3)
+    task = ValuationTask.from_splits(splits, model=ModelSpec(kind="logreg"), name="b", seed=0)
+    ctx = RunContext.for_task(task, seed=3)
+    draws = copy.deepcopy(ctx.rng)
+    got = LAVA(max_val_points=25).value(task, ctx)
+    f, _ = original.dual_sol(x_tr, y_tr, x_va, y_va, maxsamples=25, rng=draws)
+    want = -original.values(f, 20)
+    np.testing.assert_allclose(got.scores, want, rtol=1e-10, atol=1e-10 * np.abs(want).max())
+    assert got.stats["val_points"] == 25
+    whole = LAVA().value(task, RunContext.for_task(task, seed=3))
+    assert whole.stats["val_points"] == 50 and not np.allclose(whole.scores, got.scores)
+
+
 def test_the_label_costs_are_the_authors_entropic_ones() -> None:
     """``method="sinkhorn"`` gives the original's W (entropic OT at ε, not debiased) entry
     for entry."""
@@ -99,6 +119,12 @@ def test_the_annealing_schedule_by_hand() -> None:
     np.testing.assert_allclose(
         epsilon_schedule(4.0, 0.5, 0.5), original.epsilon_schedule(2, 4.0, 0.5, 0.5)
     )
+
+
+def test_an_unknown_label_cost_is_refused() -> None:
+    x_tr, y_tr, x_va, y_va = _blobs(6, 6, 2, seed=0)
+    with pytest.raises(UsageError, match="label cost method"):
+        label_distances(x_tr, y_tr, x_va, y_va, 2, method="sinkhorm")
 
 
 def test_identical_points_start_the_schedule_at_the_final_temperature() -> None:
