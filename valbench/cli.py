@@ -390,6 +390,14 @@ def _directory(flag: str, value: str | None) -> Path | None:
     return Path(value)
 
 
+def _html_page(flag: str, path: Path | None) -> Path | None:
+    """An HTML page's path; any other name is refused, so that a slip (``--html data.csv``)
+    cannot replace a data file with a page."""
+    if path is not None and path.suffix.lower() not in (".html", ".htm"):
+        raise UsageError(f"{flag} {path}: name an .html file (the page would replace {path})")
+    return path
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -655,8 +663,11 @@ def _cmd_value(args: argparse.Namespace) -> int:
     elif args.from_run is not None:
         raise UsageError("--from is read only with --methods best")
     out = _directory("--out", args.out) or Path(f"{args.file.stem}-values.csv")
+    # --out first: a folder (".") has no name to derive the page's from.
+    check_output_files({"--out": out}, inputs=[args.file])
     html = _directory("--html", args.html) or out.with_suffix(".html")
     check_output_files({"--out": out, "--html": html}, inputs=[args.file])
+    _html_page("--html", html)
     frame, result = value_file(
         args.file,
         methods,
@@ -705,12 +716,16 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     import re
 
     from valbench.compare import compare_runs, format_table, render_html
+    from valbench.export import run_data_files
     from valbench.store import check_output_files, read_manifest
 
     for run_dir in (args.run_a, args.run_b):
         read_manifest(run_dir)  # a clear error when it is not a run directory
     html = _directory("--html", None if args.html is None else str(args.html))
-    check_output_files({"--html": html})
+    # Neither run's own data files (their file: datasets) may be written over.
+    inputs = [*run_data_files(args.run_a), *run_data_files(args.run_b)]
+    check_output_files({"--html": html}, inputs=inputs)
+    _html_page("--html", html)
     comparison = compare_runs(args.run_a, args.run_b)
     if not comparison.differences:
         raise UsageError(

@@ -174,6 +174,7 @@ def test_value_refuses_bad_input_with_one_line(
         ("DATA/v.csv", None, "is a file, not a folder"),
         ("nowhere/v.csv", None, "does not exist; create it first"),
         ("v.tsv", None, "end the file name with one of those"),  # refused before the work
+        ("v.csv", "other.csv", "name an .html file"),
     ],
 )
 def test_value_never_writes_over_its_input_or_a_run(
@@ -196,6 +197,20 @@ def test_value_never_writes_over_its_input_or_a_run(
     assert message.replace("DATA", str(data)) in err and err.count("\n") == 1, err
     assert all(p.read_bytes() == b for p, b in before.items())
     assert not (tmp_path / "v.csv").exists()
+
+
+def test_value_out_dot_is_a_folder_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--out .`` (the current folder) is refused in one line, before the page's name is
+    derived from it (Path(".") has no name to give a suffix)."""
+    data = tmp_path / "mine.csv"
+    _noisy_file(data, n=60)
+    monkeypatch.chdir(tmp_path)
+    for out in (".", "./"):
+        assert main(["value", str(data), "--methods", "random", "--out", out]) == EXIT_USAGE
+        err = capsys.readouterr().err
+        assert "is a folder; name the file to write" in err and err.count("\n") == 1, err
 
 
 def test_export_and_compare_refuse_to_write_into_a_run(
@@ -221,6 +236,12 @@ def test_export_and_compare_refuse_to_write_into_a_run(
     (web / "manifest.json").write_text("[]")  # nor is a JSON array or a damaged file
     assert main(["compare", str(run), str(run), "--html", str(web / "again.html")]) == 0
     capsys.readouterr()
+    # nor over another file that is not a page (a data file, say): only an .html name
+    data = tmp_path / "data.csv"
+    data.write_text("x,y\n1,0\n")
+    assert main(["compare", str(run), str(run), "--html", str(data)]) == EXIT_USAGE
+    assert "name an .html file" in capsys.readouterr().err
+    assert data.read_text() == "x,y\n1,0\n"
     # a link that leads into the run directory is followed, as the write would be
     link = tmp_path / "rows.csv"
     link.symlink_to(run / "results.csv")
