@@ -10,6 +10,7 @@ process ends the run) and ``dask`` / ``ray`` (one task per cell on a cluster, se
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.metadata
 import logging
@@ -612,9 +613,22 @@ def _git_revision() -> str | None:
     try:
         rev = git("rev-parse", "HEAD")
         dirty = git("status", "--porcelain", "--untracked-files=no")
+        # Uncommitted edits get a digest of their diff, so that two different sets of
+        # edits on one commit are two revisions, not the same "-dirty".
+        edits = hashlib.sha256(git("diff", "HEAD").encode()).hexdigest()[:8] if dirty else ""
     except (OSError, subprocess.SubprocessError):
         return None
-    return f"{rev}{'-dirty' if dirty else ''}" or None
+    return f"{rev}{f'-dirty.{edits}' if dirty else ''}" or None
+
+
+def _describe_revision(revision: str) -> str:
+    """A stored revision for a message: the commit's first 12 digits and whether the working
+    tree had uncommitted edits (and which: their digest)."""
+    commit, _, edits = revision.partition("-dirty")
+    if not _:
+        return f"{commit[:12]} (clean)"
+    digest = edits.lstrip(".")
+    return f"{commit[:12]} (uncommitted edits{f' {digest}' if digest else ''})"
 
 
 def _code_changes(old: Manifest, spec: RunSpec) -> str:
@@ -628,7 +642,9 @@ def _code_changes(old: Manifest, spec: RunSpec) -> str:
     ]
     revision = _git_revision()
     if old.git_revision and revision and old.git_revision != revision:
-        parts.append(f"git {old.git_revision[:12]} -> {revision[:12]}")
+        parts.append(
+            f"git {_describe_revision(old.git_revision)} -> {_describe_revision(revision)}"
+        )
     return printable(", ".join(parts))
 
 

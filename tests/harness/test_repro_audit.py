@@ -108,11 +108,19 @@ def test_a_resume_under_other_code_is_refused(
     # Another commit of valbench itself, the versions equal.
     manifest["versions"] = runner._versions(spec)
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    old = "a" * 40 + "-dirty.1234abcd"  # begun on commit aaa… with uncommitted edits
+    manifest["git_revision"] = old
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     monkeypatch.setattr(runner, "_git_revision", lambda: "b" * 40)
-    old = manifest.get("git_revision")
-    if old:
-        with pytest.raises(RunDirectoryError, match=f"git {old[:12]} -> bbbbbbbbbbbb"):
-            execute(spec, out=tmp_path, show_progress=False, backend="serial")
+    with pytest.raises(
+        RunDirectoryError,
+        match=r"git aaaaaaaaaaaa \(uncommitted edits 1234abcd\) -> bbbbbbbbbbbb \(clean\)",
+    ):
+        execute(spec, out=tmp_path, show_progress=False, backend="serial")
+    # Other edits on the same commit are other code too, and the message says which.
+    monkeypatch.setattr(runner, "_git_revision", lambda: "a" * 40 + "-dirty.9999ffff")
+    with pytest.raises(RunDirectoryError, match=r"edits 1234abcd\) -> aaaaaaaaaaaa \(unc"):
+        execute(spec, out=tmp_path, show_progress=False, backend="serial")
     # Same code: the resume runs the rest; --overwrite starts over under the new code.
     monkeypatch.setattr(runner, "_git_revision", lambda: old)
     assert execute(spec, out=tmp_path, show_progress=False, backend="serial").run_now == 3
