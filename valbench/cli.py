@@ -606,9 +606,23 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from valbench.report import render_report
-    from valbench.store import read_manifest
+    from valbench.store import describe_holder, lock_holder, read_manifest, read_results
 
     read_manifest(args.run_dir)  # a clear error when it is not a run directory
+    records = read_results(args.run_dir)
+    if not records:
+        # An empty page would replace whatever the run rendered before.
+        raise UsageError(
+            f"{args.run_dir} holds no finished cell (no usable line in its results.jsonl); "
+            "nothing to render, its page is left as it is"
+        )
+    holder = lock_holder(args.run_dir)
+    if holder is not None:
+        print(
+            f"note: the run is live ({describe_holder(holder)}): this page shows the "
+            f"{len(records)} cells finished so far, and the run renders its own when it ends",
+            file=sys.stderr,
+        )
     print(render_report(args.run_dir, include_partial=args.include_partial))
     return EXIT_OK
 

@@ -925,7 +925,16 @@ def _execute_cells(
                 raise
         else:  # a report needs a writable directory: not after a failed write
             if not isinstance(aborted, StoreWriteError):
-                summary.report = _render(run_dir)
+                try:
+                    summary.report = _render(run_dir)
+                except KeyboardInterrupt:
+                    # The cells and the manifest are on disk; only the page is missing.
+                    summary.interrupted = True
+                    print(
+                        f"interrupted while rendering the report; nothing finished is lost "
+                        f"(`valbench report {run_dir}` renders it)",
+                        file=sys.stderr,
+                    )
     return summary
 
 

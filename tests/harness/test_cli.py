@@ -175,6 +175,31 @@ def test_report_on_a_directory_without_a_run(
     assert "holds no valbench run" in capsys.readouterr().err
 
 
+def test_report_keeps_the_page_of_a_run_without_finished_cells(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``valbench report`` on a run whose results are gone replaced its page with an empty
+    one; it refuses in one line and keeps the page. On a live run it says the page is of
+    the cells finished so far."""
+    from test_report_fakes import fake_run
+
+    from valbench import store
+
+    run = fake_run(tmp_path / "run", methods=("random",), datasets=("digits",), seeds=2)
+    monkeypatch.setattr(store, "lock_holder", lambda run_dir: {"pid": 4242})
+    monkeypatch.setattr(store, "describe_holder", lambda holder: f"pid {holder['pid']}")
+    assert main(["report", str(run)]) == 0
+    assert "note: the run is live (pid 4242): this page shows the 2 cells" in (
+        capsys.readouterr().err
+    )
+    page = (run / "index.html").read_bytes()
+    (run / "results.jsonl").write_text("")
+    assert main(["report", str(run)]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "holds no finished cell" in err and err.count("\n") == 1, err
+    assert (run / "index.html").read_bytes() == page
+
+
 def test_run_config_file_and_params(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

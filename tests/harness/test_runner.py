@@ -406,6 +406,27 @@ def test_ctrl_c_keeps_finished_cells(
     assert (out / "index.html").exists()
 
 
+def test_ctrl_c_while_the_report_renders_says_how_to_render_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A Ctrl-C after the last cell, while the page is drawn, ended with the bare line
+    "valbench: interrupted" and no page; it keeps every cell and says how to render it."""
+    from valbench import runner
+
+    def interrupted(run_dir: Path) -> Path:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "_render", interrupted)
+    summary = execute(small_spec(), out=tmp_path, show_progress=False, backend="serial")
+    assert summary.interrupted and summary.report is None and summary.ok == 2
+    err = capsys.readouterr().err
+    assert f"`valbench report {tmp_path}` renders it" in err and "nothing finished is lost" in err
+    assert read_manifest(tmp_path).status == "complete" and len(read_results(tmp_path)) == 2
+    assert not (tmp_path / "index.html").exists()
+    monkeypatch.undo()
+    assert main(["report", str(tmp_path)]) == 0 and (tmp_path / "index.html").is_file()
+
+
 def test_scores_are_finite_and_cover_every_point(tmp_path: Path) -> None:
     execute(small_spec(), out=tmp_path, show_progress=False)
     for rec in read_results(tmp_path):
