@@ -231,7 +231,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     value.add_argument(
         "--goal",
-        default="mislabel",
         help="with --methods best: mislabel (default), subset or cost",
     )
     value.add_argument("--label-column", dest="label_column", help="label column (.csv/.parquet)")
@@ -673,9 +672,10 @@ def _cmd_value(args: argparse.Namespace) -> int:
     top = _whole("--top", args.top)
     methods = list(dict.fromkeys(m.strip() for m in args.methods.split(",") if m.strip()))
     if methods == ["best"]:
-        methods = _trusted_methods(args.from_run, args.goal)
-    elif args.from_run is not None:
-        raise UsageError("--from is read only with --methods best")
+        methods = _trusted_methods(args.from_run, args.goal or "mislabel")
+    elif args.from_run is not None or args.goal is not None:
+        flag = "--from" if args.from_run is not None else "--goal"
+        raise UsageError(f"{flag} is read only with --methods best")
     out = _directory("--out", args.out) or Path(f"{args.file.stem}-values.csv")
     # --out first: a folder (".") has no name to derive the page's from.
     check_output_files({"--out": out}, inputs=[args.file])

@@ -40,9 +40,15 @@ class UnknownNameError(UsageError):
     """A method or dataset name is not registered."""
 
     def __init__(self, kind: str, name: str, valid: list[str]) -> None:
+        import difflib
+
         self.kind, self.name, self.valid = kind, name, sorted(valid)
+        # A typo's nearest names first ("knn-shaply", "Random"), then the whole list.
+        lowered = {v.lower(): v for v in self.valid}
+        close = difflib.get_close_matches(name.lower(), list(lowered), n=3, cutoff=0.75)
+        hint = f"did you mean {' or '.join(repr(lowered[c]) for c in close)}? " if close else ""
         super().__init__(
-            f"unknown {kind} {name!r}; valid {kind}s: "
+            f"unknown {kind} {name!r}; {hint}valid {kind}s: "
             f"{', '.join(self.valid) or '(none registered)'}"
         )
 

@@ -19,7 +19,7 @@ SMALL = ["--datasets", "synthetic", "--preset", "ci", "--seeds", "1", "--no-prog
         (["--methods", "nope"], "unknown method 'nope'; valid methods: "),
         (
             ["--methods", "random", "--datasets", "mnist-9"],
-            "unknown dataset 'mnist-9'; valid datasets:",
+            "unknown dataset 'mnist-9'; did you mean 'mnist' or 'mnist-5k'? valid datasets:",
         ),
         (["--methods", ""], "--methods is empty; give a value or leave it out"),
         (["--methods", "random", "--fractions", "0.1,1.5"], "fraction 1.5 is outside (0, 1)"),
@@ -159,6 +159,19 @@ def test_config_with_unknown_key(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert main(["run", "--config", str(config)]) == EXIT_USAGE
     err = capsys.readouterr().err
     assert "unknown key(s) seedz; valid keys:" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_mistyped_name_gets_the_nearest_names(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv, hint in (
+        (["--methods", "knn-shaply"], "unknown method 'knn-shaply'; did you mean 'knn-shapley'?"),
+        (["--methods", "Random"], "did you mean 'random'?"),
+        (["--datasets", "digts"], "unknown dataset 'digts'; did you mean 'digits'?"),
+    ):
+        assert main(["run", *argv]) == EXIT_USAGE
+        err = capsys.readouterr().err
+        assert hint in err and err.count("\n") == 1, err
+    assert main(["run", "--methods", "zzz"]) == EXIT_USAGE
+    assert "did you mean" not in capsys.readouterr().err
 
 
 def test_argparse_errors_use_exit_2(capsys: pytest.CaptureFixture[str]) -> None:

@@ -146,6 +146,7 @@ def test_value_that_cannot_write_its_table_says_so_and_leaves_no_cut_off_file(
         (["DATA", "--label-column", "y", "--id-column", "id", "--folds", "40"], "at least 40"),
         (["DATA", "--label-column", "y", "--id-column", "id", "--methods", "best"], "--from"),
         (["DATA", "--label-column", "y", "--from", "x.csv"], "only with --methods best"),
+        (["DATA", "--label-column", "y", "--goal", "cost"], "--goal is read only with --meth"),
         (["DATA", "--methods", "best", "--from", "RUN", "--goal", "fun"], "unknown goal 'fun'"),
     ],
 )
