@@ -266,18 +266,19 @@ def read_manifest(run_dir: Path) -> Manifest:
     except UnicodeDecodeError:
         raise _damaged(path, "is not UTF-8 text") from None
     except json.JSONDecodeError as exc:
-        raise RunDirectoryError(
-            f"{path} is not valid JSON ({exc}); the run directory is damaged"
-        ) from None
+        raise _damaged(path, f"is not valid JSON ({exc})") from None
     except (ValueError, RecursionError) as exc:  # an integer of 5000 digits, nesting too deep
         raise _damaged(path, f"cannot be read ({type(exc).__name__})") from None
     return _check_manifest(path, data)
 
 
 def _damaged(path: Path, problem: str) -> RunDirectoryError:
+    # Not --overwrite: without a readable manifest nothing shows the folder is valbench's,
+    # so nothing in it is deleted.
     return RunDirectoryError(
-        f"{path} {problem}; the run directory is damaged (restore the file, or start over "
-        "with `valbench run --overwrite`)"
+        f"{path} {problem}; the run directory is damaged: restore the file, or move the "
+        "directory aside and run again with another --out (its results.jsonl still holds "
+        "the finished cells)"
     )
 
 
