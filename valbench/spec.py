@@ -313,7 +313,17 @@ class RunSpec:
                 if len(name) == len(FILE_PREFIX):
                     raise UsageError("--datasets file: needs a path, e.g. file:my_embeddings.npz")
             elif name != _NAME_RE.sub("_", name):
-                raise UsageError(f"name {name!r} may only use letters, digits, '_' and '-'")
+                # --datasets splits at commas: "file:a,b.csv" arrives as "file:a" and "b.csv".
+                comma = any(d.startswith(FILE_PREFIX) for d in self.datasets) and (
+                    name in self.datasets and "." in name
+                )
+                hint = (
+                    " (--datasets splits at commas: name a file whose path holds a comma in a "
+                    'config file, datasets = ["file:a,b.csv"])'
+                    if comma
+                    else ""
+                )
+                raise UsageError(f"name {name!r} may only use letters, digits, '_' and '-'{hint}")
         from valbench.data import NOISE_MODELS
 
         if self.noise_model not in NOISE_MODELS:

@@ -22,6 +22,10 @@ SMALL = ["--datasets", "synthetic", "--preset", "ci", "--seeds", "1", "--no-prog
             "unknown dataset 'mnist-9'; did you mean 'mnist' or 'mnist-5k'? valid datasets:",
         ),
         (["--methods", ""], "--methods is empty; give a value or leave it out"),
+        (
+            ["--methods", "random", "--datasets", "file:my,data.csv"],
+            "(--datasets splits at commas: name a file whose path holds a comma in a config",
+        ),
         (["--methods", "random", "--fractions", "0.1,1.5"], "fraction 1.5 is outside (0, 1)"),
         (["--methods", "random", "--fractions", "0"], "fraction 0 is outside (0, 1)"),
         (["--methods", "random", "--noise", "1"], "noise rate 1 is outside [0, 1)"),
