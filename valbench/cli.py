@@ -682,20 +682,30 @@ def _cmd_value(args: argparse.Namespace) -> int:
     html = _directory("--html", args.html) or out.with_suffix(".html")
     check_output_files({"--out": out, "--html": html}, inputs=[args.file])
     _html_page("--html", html)
-    frame, result = value_file(
-        args.file,
-        methods,
-        label_column=args.label_column,
-        id_column=args.id_column,
-        folds=folds,
-        seed=seed,
-        model=args.model,
-        budget=args.budget,
-        params=parse_param_assignments(args.param),
-        out=out,
-        html=html,
-        top=top,
-    )
+    try:
+        frame, result = value_file(
+            args.file,
+            methods,
+            label_column=args.label_column,
+            id_column=args.id_column,
+            folds=folds,
+            seed=seed,
+            model=args.model,
+            budget=args.budget,
+            params=parse_param_assignments(args.param),
+            out=out,
+            html=html,
+            top=top,
+        )
+    except KeyboardInterrupt:
+        # Every method runs on every fold in turn, so no column is whole before the end.
+        print(
+            f"valbench value: interrupted before every method had valued every fold; nothing "
+            f"was written to {out} (the table is written once, at the end): run it again, "
+            "with --budget to bound its time",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
     print(f"{len(frame)} rows valued by {', '.join(methods)} -> {out}")
     if result.partial_methods:
         left_out = set(result.consensus_methods) != set(result.methods)

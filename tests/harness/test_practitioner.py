@@ -200,6 +200,25 @@ def test_value_never_writes_over_its_input_or_a_run(
     assert not (tmp_path / "v.csv").exists()
 
 
+def test_value_interrupted_says_nothing_was_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from valbench import api
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    data = tmp_path / "mine.csv"
+    _noisy_file(data, n=60)
+    monkeypatch.setattr(api, "value_file", interrupted)
+    out = tmp_path / "v.csv"
+    argv = ["value", str(data), "--label-column", "y", "--id-column", "id", "--out", str(out)]
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    assert f"nothing was written to {out}" in err and err.count("\n") == 1, err
+    assert not out.exists()
+
+
 def test_value_out_dot_is_a_folder_not_a_traceback(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
