@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 from pathlib import Path
 
 import numpy as np
@@ -136,6 +137,12 @@ def test_misleading_cases_get_their_own_one_line_message(tmp_path: Path) -> None
     folder = tmp_path / "folder.csv"
     folder.mkdir()
     cases.append((folder, "is a directory"))
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes(b"x1,label\ncaf\xe9,1\n2,0\n")
+    cases.append((latin, "not UTF-8 text: save it as UTF-8"))
+    packed = tmp_path / "packed.csv"
+    packed.write_bytes(gzip.compress(b"x1,label\n1,0\n2,1\n"))
+    cases.append((packed, "compressed .gzip or zip.: decompress it"))
     for path, message in cases:
         with pytest.raises(DatasetError, match=message) as err:
             FileDataset(path=str(path)).load(seed=0)
