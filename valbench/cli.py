@@ -419,7 +419,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     overrides["params"] = parse_param_assignments(args.param)
     if (args.scheduler and args.backend != "dask") or (args.address and args.backend != "ray"):
         raise UsageError("--scheduler goes with --backend dask, --address with --backend ray")
-    spec = build_spec(args.preset, config, overrides, present=available_offline)
+    spec = build_spec(
+        args.preset,
+        config,
+        overrides,
+        present=available_offline,
+        config_name=f"config file {args.config}" if args.config else "the config file",
+    )
     out = out_flag if out_flag is not None else (Path(config["out"]) if "out" in config else None)
     command = " ".join(["valbench", *map(shlex.quote, args.argv)])
     if args.backend in ("auto", "process"):

@@ -755,6 +755,7 @@ def build_spec(
     config: Mapping[str, Any],
     overrides: Mapping[str, Any],
     present: Callable[[str], bool] | None = None,
+    config_name: str = "the config file",
 ) -> RunSpec:
     """Merge preset defaults < config file < command-line flags into a checked RunSpec.
 
@@ -848,4 +849,26 @@ def build_spec(
             kwargs[key] = str(value)
     spec = RunSpec(**kwargs)
     _check_jobs(spec.jobs)
+    _check_overridden_config(preset, config, overrides, config_name)
     return spec
+
+
+#: Config keys whose value is checked only together with others (names, per-dataset caps and
+#: models, parameters, paths) or against the machine (jobs: a file may be written for a larger
+#: one): an overridden one is left to the run that uses it.
+_CHECKED_TOGETHER = frozenset(
+    {"methods", "datasets", "max_train", "model", "params", "out", "data_dir", "preset", "jobs"}
+)
+
+
+def _check_overridden_config(
+    preset: str, config: Mapping[str, Any], overrides: Mapping[str, Any], config_name: str
+) -> None:
+    """A config value that a flag overrides is still checked: a file that says ``seeds =
+    "abc"`` is wrong even while ``--seeds 1`` hides it, and would fail the next run without
+    that flag."""
+    for key in sorted((config.keys() & overrides.keys()) - _CHECKED_TOGETHER):
+        try:
+            build_spec(preset, {key: config[key]}, {})
+        except UsageError as exc:
+            raise ConfigError(f"{exc} (in {config_name}; a flag overrides it this time)") from None

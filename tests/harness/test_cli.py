@@ -165,6 +165,22 @@ def test_config_with_unknown_key(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert "unknown key(s) seedz; valid keys:" in err and len(err.strip().splitlines()) == 1
 
 
+def test_a_wrong_config_value_is_refused_even_when_a_flag_overrides_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "c.toml"
+    for text, flags, message in (
+        ('seeds = "abc"', ["--seeds", "1"], "seeds must be a whole number, got 'abc'"),
+        ("noise = [1.5]", ["--noise", "0.1"], "noise rate 1.5 is outside [0, 1)"),
+    ):
+        config.write_text(text + "\n")
+        argv = ["run", "--config", str(config), *flags, "--methods", "random"]
+        assert main([*argv, "--out", str(tmp_path / "run")]) == EXIT_USAGE
+        err = capsys.readouterr().err
+        assert message in err and f"(in config file {config}; a flag overrides it" in err, err
+        assert err.count("\n") == 1 and not (tmp_path / "run").exists()
+
+
 def test_a_mistyped_name_gets_the_nearest_names(capsys: pytest.CaptureFixture[str]) -> None:
     for argv, hint in (
         (["--methods", "knn-shaply"], "unknown method 'knn-shaply'; did you mean 'knn-shapley'?"),
