@@ -530,6 +530,13 @@ CONFIG_KEYS = {
 }
 
 
+#: `valbench run` flags that are not config keys: a config file naming one is told to give
+#: it on the command line instead of "unknown key".
+FLAG_ONLY = frozenset(
+    {"backend", "scheduler", "address", "overwrite", "retry_failed", "progress", "no_progress"}
+)
+
+
 def load_config_file(path: Path) -> dict[str, Any]:
     """Read a TOML config; unknown keys are refused with the list of valid ones."""
     path = Path(path)
@@ -556,6 +563,13 @@ def load_config_file(path: Path) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
     unknown = sorted(set(data) - CONFIG_KEYS)
+    flag_only = [k for k in unknown if k in FLAG_ONLY]
+    if flag_only:
+        flags = ", ".join("--" + k.replace("_", "-") for k in flag_only)
+        raise ConfigError(
+            f"config file {path}: {', '.join(flag_only)} is a command-line flag only ({flags}), "
+            "not a config key; give it on the command line"
+        )
     if unknown:
         raise ConfigError(
             f"config file {path}: unknown key(s) {', '.join(unknown)}; valid keys: "

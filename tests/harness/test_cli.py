@@ -165,6 +165,16 @@ def test_config_with_unknown_key(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert "unknown key(s) seedz; valid keys:" in err and len(err.strip().splitlines()) == 1
 
 
+def test_a_flag_only_setting_in_a_config_file_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('backend = "serial"\n')
+    assert main(["run", "--config", str(config), "--methods", "random"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "backend is a command-line flag only (--backend), not a config key" in err, err
+
+
 def test_a_wrong_config_value_is_refused_even_when_a_flag_overrides_it(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
