@@ -139,7 +139,7 @@ def label_distances(
     y_val: np.ndarray,
     n_classes: int,
     *,
-    method: str = "exact",
+    method: str = "sinkhorn",
     reg: float = 0.1,
     scaling: float = SCALING,
 ) -> np.ndarray:
@@ -147,9 +147,9 @@ def label_distances(
     class c and the validation features of class c'; NaN where either class is absent (no
     pair of points ever uses that entry).
 
-    ``method="exact"``: the unregularised cost (POT's ``ot.emd2``). ``method="sinkhorn"``: the
-    authors' choice, the entropic cost ⟨a, f⟩ + ⟨b, g⟩ at ε = ``reg`` from
-    :func:`annealed_sinkhorn`, the schedule starting at the diameter of the two class clouds.
+    ``method="sinkhorn"`` (default): the authors' choice, the entropic cost ⟨a, f⟩ + ⟨b, g⟩ at
+    ε = ``reg`` from :func:`annealed_sinkhorn`, the schedule starting at the diameter of the
+    two class clouds. ``method="exact"``: the unregularised cost (POT's ``ot.emd2``).
     """
     if method not in LABEL_COSTS:
         raise UsageError(f"label cost method must be one of {LABEL_COSTS}, got {method!r}")

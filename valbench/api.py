@@ -303,8 +303,8 @@ def value_file(
         params=params,
     )
     frame = values_frame(result, data.labels, data.ids)
-    if out is not None:
-        write_table(frame, Path(out))
+    # Both outputs are made before either is written, so that an interruption leaves none.
+    page = None
     if html is not None:
         page = suspicious_rows_html(
             frame,
@@ -314,6 +314,10 @@ def value_file(
             top=top,
             partial=result.partial_methods,
         )
+    if out is not None:
+        write_table(frame, Path(out))
+    if page is not None:
+        assert html is not None
         write_output_file(Path(html), page.encode("utf-8"))
     return frame, result
 

@@ -478,11 +478,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if summary.report is not None:
         print(f"report: {summary.report}")
     if summary.interrupted:
-        print(
-            f"interrupted: finished cells are kept in {summary.run_dir}; "
-            "run the same command to resume",
-            file=sys.stderr,
-        )
+        if summary.report_interrupted and summary.finished == summary.total:
+            message = (
+                f"interrupted while the report was drawn: every cell is finished and kept in "
+                f"{summary.run_dir}; `valbench report {summary.run_dir}` draws the page"
+            )
+        else:  # a resume runs the cells left and draws the report at its end
+            message = (
+                f"interrupted: finished cells are kept in {summary.run_dir}; "
+                "run the same command to resume"
+            )
+        print(message, file=sys.stderr)
         return EXIT_INTERRUPTED
     if summary.failed:
         print(f"failed cells: {', '.join(summary.failed)}", file=sys.stderr)
@@ -704,11 +710,12 @@ def _cmd_value(args: argparse.Namespace) -> int:
             top=top,
         )
     except KeyboardInterrupt:
-        # Every method runs on every fold in turn, so no column is whole before the end.
+        # Every method runs on every fold in turn, so no column is whole before the end; the
+        # table and the page are made before either is written.
         print(
-            f"valbench value: interrupted before every method had valued every fold; nothing "
-            f"was written to {out} (the table is written once, at the end): run it again, "
-            "with --budget to bound its time",
+            f"valbench value: interrupted before the table and the page were ready; nothing "
+            f"was written to {out} (both are written at the end): run it again, with --budget "
+            "to bound its time",
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED

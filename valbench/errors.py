@@ -45,7 +45,10 @@ class UnknownNameError(UsageError):
         self.kind, self.name, self.valid = kind, name, sorted(valid)
         # A typo's nearest names first ("knn-shaply", "Random"), then the whole list.
         lowered = {v.lower(): v for v in self.valid}
-        close = difflib.get_close_matches(name.lower(), list(lowered), n=3, cutoff=0.75)
+        if name.lower() in lowered:  # only the letter case differs: that name alone
+            close = [name.lower()]
+        else:
+            close = difflib.get_close_matches(name.lower(), list(lowered), n=3, cutoff=0.75)
         hint = f"did you mean {' or '.join(repr(lowered[c]) for c in close)}? " if close else ""
         super().__init__(
             f"unknown {kind} {name!r}; {hint}valid {kind}s: "

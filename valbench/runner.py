@@ -84,6 +84,8 @@ class RunSummary:
     #: ``max_train``): not failures.
     skipped: list[str] = field(default_factory=list)
     interrupted: bool = False
+    #: The interruption came while the report was drawn (every cell had its chance to run).
+    report_interrupted: bool = False
     wall_s: float = 0.0
     report: Path | None = None
 
@@ -601,22 +603,30 @@ def _machine() -> dict[str, Any]:
     }
 
 
-def _git_revision() -> str | None:
-    here = Path(__file__).resolve().parent
+#: The checkout's paths whose edits change what a run computes: the packages and their build
+#: settings (not the docs or the tests).
+CODE_PATHS = ("valbench", "methods", "datasets", "pyproject.toml")
 
-    def git(*args: str) -> str:
-        done = subprocess.run(
-            ["git", *args], cwd=here, capture_output=True, text=True, timeout=5, check=True
-        )
+
+def _git_revision(checkout: Path | None = None) -> str | None:
+    """The commit of the valbench checkout (``checkout``: a folder inside another one),
+    suffixed ``-dirty.<digest>`` when :data:`CODE_PATHS` hold uncommitted edits; None
+    outside git or when git does not answer within 5 s."""
+    here = Path(__file__).resolve().parent if checkout is None else checkout
+    code = [f":(top){path}" for path in CODE_PATHS]
+
+    def git(*args: str) -> bytes:
+        done = subprocess.run(["git", *args], cwd=here, capture_output=True, timeout=5, check=True)
         return done.stdout.strip()
 
     try:
-        rev = git("rev-parse", "HEAD")
-        dirty = git("status", "--porcelain", "--untracked-files=no")
-        # Uncommitted edits get a digest of their diff, so that two different sets of
-        # edits on one commit are two revisions, not the same "-dirty".
-        edits = hashlib.sha256(git("diff", "HEAD").encode()).hexdigest()[:8] if dirty else ""
-    except (OSError, subprocess.SubprocessError):
+        rev = git("rev-parse", "HEAD").decode("ascii")
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", *code)
+        # Uncommitted edits get a digest of their diff (raw bytes, whatever the encoding, and
+        # no user diff tools), so two sets of edits on one commit are two revisions.
+        diff = ("diff", "--no-ext-diff", "--no-textconv", "--no-color", "HEAD", "--", *code)
+        edits = hashlib.sha256(git(*diff)).hexdigest()[:8] if dirty else ""
+    except (OSError, subprocess.SubprocessError, UnicodeDecodeError):
         return None
     return f"{rev}{f'-dirty.{edits}' if dirty else ''}" or None
 
@@ -624,8 +634,8 @@ def _git_revision() -> str | None:
 def _describe_revision(revision: str) -> str:
     """A stored revision for a message: the commit's first 12 digits and whether the working
     tree had uncommitted edits (and which: their digest)."""
-    commit, _, edits = revision.partition("-dirty")
-    if not _:
+    commit, dirty, edits = revision.partition("-dirty")
+    if not dirty:
         return f"{commit[:12]} (clean)"
     digest = edits.lstrip(".")
     return f"{commit[:12]} (uncommitted edits{f' {digest}' if digest else ''})"
@@ -929,12 +939,7 @@ def _execute_cells(
                     summary.report = _render(run_dir)
                 except KeyboardInterrupt:
                     # The cells and the manifest are on disk; only the page is missing.
-                    summary.interrupted = True
-                    print(
-                        f"interrupted while rendering the report; nothing finished is lost "
-                        f"(`valbench report {run_dir}` renders it)",
-                        file=sys.stderr,
-                    )
+                    summary.interrupted = summary.report_interrupted = True
     return summary
 
 

@@ -130,6 +130,11 @@ FILE_PREFIX = "file:"
 #: 3: the L-BFGS and Newton cap raised from 150 to 1,000 iterations, so that the tolerance
 #: ends every fit (version 2's cap stopped most fits on noisy digits short of it).
 LOGREG_VERSION = 3
+#: Versions of built-in methods whose default numbers changed, in the config hash of every
+#: run that includes them, so that a run directory begun before the change is refused rather
+#: than resumed with cells of both kinds (runs without them keep their hashes). lava 2: the
+#: authors' annealed Sinkhorn and entropic label costs (1: converged potentials, exact costs).
+METHOD_VERSIONS = {"lava": 2}
 #: 2: a ``file:`` dataset's planted flips and random draws are seeded by the file's content
 #: fingerprint (version 1 seeded them by the path as written: a moved copy changed every number).
 FILE_SEED_VERSION = 2
@@ -393,6 +398,9 @@ class RunSpec:
         # numbers the model string alone does not pin (runs of other models keep their hashes).
         if any(self.model_for(d).partition(":")[0] == "logreg" for d in self.datasets):
             data["logreg_version"] = LOGREG_VERSION
+        versions = {m: METHOD_VERSIONS[m] for m in self.methods if m in METHOD_VERSIONS}
+        if versions:
+            data["method_versions"] = versions
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
     def cells(self) -> list[Cell]:
@@ -786,6 +794,11 @@ def build_spec(
                 raise UsageError(
                     f"{name} is empty{' ' + where if where else ''}; give a value or leave it out"
                 )
+    if preset and "preset" in config and config["preset"] not in PRESETS:  # hidden by --preset
+        raise ConfigError(
+            f"unknown preset {config['preset']!r} (in {config_name}; a flag overrides it this "
+            f"time); valid presets: {', '.join(PRESETS)}"
+        )
     preset = preset or config.get("preset") or DEFAULT_PRESET
     if not isinstance(preset, str) or preset not in PRESETS:
         raise UsageError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")

@@ -276,9 +276,8 @@ def _damaged(path: Path, problem: str) -> RunDirectoryError:
     # Not --overwrite: without a readable manifest nothing shows the folder is valbench's,
     # so nothing in it is deleted.
     return RunDirectoryError(
-        f"{path} {problem}; the run directory is damaged: restore the file, or move the "
-        "directory aside and run again with another --out (its results.jsonl still holds "
-        "the finished cells)"
+        f"{path} {problem}; the run directory is damaged: restore the file (to run the same "
+        "spec again, give `valbench run` another --out: this one cannot be resumed)"
     )
 
 

@@ -108,12 +108,19 @@ def _read_table(
         raise _fail(path, f"reading parquet needs pyarrow: pip install pyarrow ({exc})") from exc
     except Exception as exc:  # noqa: BLE001 - any parser failure is the file's fault
         msg = str(exc).replace("\n", " ")
-        with path.open("rb") as head:
-            magic = head.read(4)
-        if magic[:2] == b"\x1f\x8b" or magic == b"PK\x03\x04":
-            fix = "it is compressed (gzip or zip): decompress it and name the .csv inside"
+        try:
+            with path.open("rb") as head:
+                magic = head.read(4)
+        except OSError:
+            magic = b""
+        if magic[:2] == b"\x1f\x8b":
+            fix = "it is gzip-compressed: decompress it and name the .csv inside"
+        elif magic == b"PK\x03\x04":
+            fix = "it is a zip archive (or a spreadsheet such as .xlsx): give the CSV text itself"
+        elif magic[:2] in (b"\xff\xfe", b"\xfe\xff"):
+            fix = "it is UTF-16 text: save it as UTF-8"
         elif isinstance(exc, UnicodeDecodeError):
-            fix = "it is not UTF-8 text: save it as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+            fix = "it is not UTF-8 text: save it as UTF-8"
         else:
             fix = "fix the file"
         raise _fail(path, f"cannot parse ({type(exc).__name__}: {msg}); {fix}") from exc

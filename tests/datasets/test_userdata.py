@@ -142,7 +142,10 @@ def test_misleading_cases_get_their_own_one_line_message(tmp_path: Path) -> None
     cases.append((latin, "not UTF-8 text: save it as UTF-8"))
     packed = tmp_path / "packed.csv"
     packed.write_bytes(gzip.compress(b"x1,label\n1,0\n2,1\n"))
-    cases.append((packed, "compressed .gzip or zip.: decompress it"))
+    cases.append((packed, "gzip-compressed: decompress it"))
+    wide = tmp_path / "wide.csv"
+    wide.write_bytes("x1,label\n1,0\n2,1\n".encode("utf-16"))
+    cases.append((wide, "UTF-16 text: save it as UTF-8"))
     for path, message in cases:
         with pytest.raises(DatasetError, match=message) as err:
             FileDataset(path=str(path)).load(seed=0)

@@ -182,6 +182,7 @@ def test_a_wrong_config_value_is_refused_even_when_a_flag_overrides_it(
     for text, flags, message in (
         ('seeds = "abc"', ["--seeds", "1"], "seeds must be a whole number, got 'abc'"),
         ("noise = [1.5]", ["--noise", "0.1"], "noise rate 1.5 is outside [0, 1)"),
+        ('preset = "quik"', ["--preset", "ci"], "unknown preset 'quik'"),
     ):
         config.write_text(text + "\n")
         argv = ["run", "--config", str(config), *flags, "--methods", "random"]
@@ -195,6 +196,7 @@ def test_a_mistyped_name_gets_the_nearest_names(capsys: pytest.CaptureFixture[st
     for argv, hint in (
         (["--methods", "knn-shaply"], "unknown method 'knn-shaply'; did you mean 'knn-shapley'?"),
         (["--methods", "Random"], "did you mean 'random'?"),
+        (["--methods", "KNN-SHAPLEY"], "did you mean 'knn-shapley'? valid"),
         (["--datasets", "digts"], "unknown dataset 'digts'; did you mean 'digits'?"),
     ):
         assert main(["run", *argv]) == EXIT_USAGE

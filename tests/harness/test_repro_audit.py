@@ -177,3 +177,34 @@ def test_a_dataset_whose_splits_are_invalid_fails_its_cells_naming_the_dataset(
     assert record.status == "failed" and record.error.type == "DatasetError"
     assert record.error.message.startswith("dataset 'synthetic': its load() failed: train:")
     assert "check_dataset" in record.error.message
+
+
+def test_the_revision_digests_uncommitted_code_edits_only(tmp_path: Path) -> None:
+    """In a real git checkout: clean is the bare commit; an edit to the code (even bytes
+    that are not UTF-8) adds ``-dirty.<digest>``, the same edit the same digest and another
+    edit another; an edit to the docs alone leaves the revision clean."""
+    import subprocess
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    git("config", "user.email", "t@example.org")
+    git("config", "user.name", "t")
+    (tmp_path / "valbench").mkdir()
+    code, docs = tmp_path / "valbench" / "a.py", tmp_path / "README.md"
+    code.write_bytes(b"x = 1\n")
+    docs.write_text("docs\n")
+    git("add", "-A")
+    git("commit", "-q", "-m", "start")
+    clean = runner._git_revision(tmp_path / "valbench")
+    assert clean is not None and len(clean) == 40
+    docs.write_text("other docs\n")
+    assert runner._git_revision(tmp_path) == clean
+    code.write_bytes(b"x = 2  # caf\xe9\n")
+    first = runner._git_revision(tmp_path)
+    assert first is not None and first.startswith(clean + "-dirty.") and len(first) == 55
+    assert runner._git_revision(tmp_path / "valbench") == first
+    code.write_bytes(b"x = 3\n")
+    assert runner._git_revision(tmp_path) not in (first, clean)
+    assert runner._describe_revision(first) == f"{clean[:12]} (uncommitted edits {first[-8:]})"

@@ -417,10 +417,12 @@ def test_ctrl_c_while_the_report_renders_says_how_to_render_it(
         raise KeyboardInterrupt
 
     monkeypatch.setattr(runner, "_render", interrupted)
-    summary = execute(small_spec(), out=tmp_path, show_progress=False, backend="serial")
-    assert summary.interrupted and summary.report is None and summary.ok == 2
+    argv = ["run", "--methods", "random,loo", "--datasets", "synthetic", "--noise", "0.2"]
+    argv += ["--seeds", "1", "--max-train", "40", "--preset", "ci", "--backend", "serial"]
+    assert main([*argv, "--out", str(tmp_path), "--no-progress"]) == 130
     err = capsys.readouterr().err
-    assert f"`valbench report {tmp_path}` renders it" in err and "nothing finished is lost" in err
+    want = f"every cell is finished and kept in {tmp_path}; `valbench report {tmp_path}` draws"
+    assert want in err and "resume" not in err, err
     assert read_manifest(tmp_path).status == "complete" and len(read_results(tmp_path)) == 2
     assert not (tmp_path / "index.html").exists()
     monkeypatch.undo()

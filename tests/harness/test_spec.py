@@ -21,6 +21,24 @@ from valbench.spec import (
 from valbench.types import Budget
 
 
+def test_a_method_whose_defaults_changed_carries_its_version_in_the_hash() -> None:
+    """LAVA's default numbers changed (version 2): a run with it gets another hash than the
+    same spec had before, so its old directory is refused, not resumed; runs without it keep
+    their hashes."""
+    from valbench import spec as spec_module
+
+    with_lava = RunSpec(methods=("random", "lava"))
+    without = RunSpec(methods=("random",))
+    before = dict(spec_module.METHOD_VERSIONS)
+    try:
+        spec_module.METHOD_VERSIONS.clear()
+        old_with, old_without = with_lava.config_hash(), without.config_hash()
+    finally:
+        spec_module.METHOD_VERSIONS.update(before)
+    assert spec_module.METHOD_VERSIONS["lava"] == 2
+    assert with_lava.config_hash() != old_with and without.config_hash() == old_without
+
+
 @pytest.mark.parametrize(
     ("text", "fits", "seconds"),
     [
