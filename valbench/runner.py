@@ -160,7 +160,14 @@ def resolve_names(spec: RunSpec, narrowable: Collection[str] = ()) -> RunSpec:
         n = train_sizes.get(name, min(known, default=None))
         if n is None:
             continue
-        advice = "raise --max-train (or its n_train)"
+        # A file smaller than its cap: only more rows in the file give more training points.
+        cap = spec.train_cap(name)
+        whole_file = name in train_sizes and (cap is None or cap > n)
+        advice = (
+            f"give a file with more rows ({name} has {n} training points in all)"
+            if whole_file
+            else "raise --max-train (or its n_train)"
+        )
         problem = training_size_problem(name, n, rate, round(rate * n) == 0, spec.fractions, advice)
         if problem is not None:
             raise UsageError(problem)

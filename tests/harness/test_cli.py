@@ -118,13 +118,16 @@ def test_noise_that_plants_no_flip_is_refused_before_any_work(
         assert main([*argv, "--out", str(out)]) == EXIT_USAGE
         err = capsys.readouterr().err
         assert "--noise 0.1 on the 4 training points of" in err and "plants no label flip" in err
-        assert not out.exists()
-    # A file smaller than the cap: its own training rows count (6 rows, fewer for training).
+        assert "raise --max-train" in err and not out.exists()
+    # A file smaller than the cap: its own training rows count (6 rows, fewer for training),
+    # and only a larger file gives more of them.
     small = tmp_path / "s.csv"
     _write_table(small, 6)
     argv = ["run", "--datasets", f"file:{small}", "--methods", "random", "--out", str(out)]
     assert main(argv) == EXIT_USAGE
-    assert "plants no label flip" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "plants no label flip" in err and "give a file with more rows" in err, err
+    assert "--max-train" not in err
 
 
 def test_one_file_named_twice_is_refused(
