@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any, ClassVar
@@ -87,12 +88,42 @@ def _read_frame(path: Path, id_column: str | None = None) -> Any:
 
     if path.suffix != ".csv":
         return pd.read_parquet(path)
-    frame = pd.read_csv(path)
+    with warnings.catch_warnings():
+        # Rows longer than the header: by default pandas would take the extra leading fields
+        # as the index and shift every column onto its neighbour's name (the label column
+        # then holds another column's values); index_col=False drops them with this warning.
+        warnings.simplefilter("error", pd.errors.ParserWarning)
+        frame = pd.read_csv(path, index_col=False)
     if id_column and id_column in frame.columns:
         # Ids stay as written: "007" is not 7, and "NA" or "null" is an id, not a gap.
         ids = pd.read_csv(path, usecols=[id_column], dtype=str, keep_default_na=False)
         frame[id_column] = ids[id_column].str.strip().replace("", None)
     return frame
+
+
+def _ragged_row(path: Path) -> str | None:
+    """The problem with the first data row whose field count differs from the header's, or
+    None when every row has as many fields as the header (blank lines skipped, as pandas
+    skips them). Read with the csv module, which splits fields as pandas' defaults do."""
+    import csv
+
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = (row for row in csv.reader(f) if row)
+            header = next(rows, None)
+            if header is None:
+                return None
+            for i, row in enumerate(rows):
+                if len(row) != len(header):
+                    more = "more" if len(row) > len(header) else "fewer"
+                    return (
+                        f"data row {i} (counting from 0) has {len(row)} fields, {more} than "
+                        f"the {len(header)} columns the header names; give every row one "
+                        "value per column"
+                    )
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return None  # the caller's own message describes the file
+    return None
 
 
 def _read_table(
@@ -107,6 +138,9 @@ def _read_table(
     except ImportError as exc:
         raise _fail(path, f"reading parquet needs pyarrow: pip install pyarrow ({exc})") from exc
     except Exception as exc:  # noqa: BLE001 - any parser failure is the file's fault
+        ragged = _ragged_row(path) if path.suffix == ".csv" else None
+        if ragged is not None:
+            raise _fail(path, ragged) from None
         msg = str(exc).replace("\n", " ")
         try:
             with path.open("rb") as head:
@@ -126,6 +160,12 @@ def _read_table(
         raise _fail(path, f"cannot parse ({type(exc).__name__}: {msg}); {fix}") from exc
     if len(frame) == 0:
         raise _fail(path, "has no data rows; add one row per point")
+    if path.suffix == ".csv" and frame.isna().to_numpy().any():
+        # pandas fills a row shorter than the header with gaps: say which row is short
+        # rather than that a value is missing.
+        ragged = _ragged_row(path)
+        if ragged is not None:
+            raise _fail(path, ragged)
     if path.suffix == ".csv":
         # pandas renames a repeated header ("label", "label.1"): a second label or id column
         # would pass as a feature. (Repeated feature names are harmless: each is a feature.)

@@ -386,3 +386,40 @@ def test_true_false_labels_keep_their_names(tmp_path: Path) -> None:
     parts, classes = FileDataset(path=str(path)).read(carved=False)
     assert classes == ["False", "True"]
     np.testing.assert_array_equal(parts["train"][1], (np.arange(30) % 3 == 0).astype(int))
+
+
+@pytest.mark.parametrize(
+    ("lines", "problem"),
+    [
+        # Every row one field longer than the header: pandas would take the first field as
+        # the index and read each column's neighbour under its name (labels from "c").
+        (["a,b,label", "1,2,0,1", "3,4,1,0", "5,6,0,1"], "data row 0 .* 4 fields, more than"),
+        # Only a later row longer.
+        (["a,b,label", "1,2,0", "3,4,1", "5,6,0,7"], "data row 2 .* 4 fields, more than"),
+        # A short row: pandas would fill it with a gap, told as a missing label.
+        (["a,b,label", "1,2,0", "", "3,4", "5,6,1"], "data row 1 .* 2 fields, fewer than"),
+    ],
+)
+def test_a_csv_row_longer_or_shorter_than_the_header_is_named_not_shifted_or_filled(
+    tmp_path: Path, lines: list[str], problem: str
+) -> None:
+    path = tmp_path / "ragged.csv"
+    # Enough rows that nothing else (too few rows per class) is the first problem.
+    good = [f"{i % 7},{i % 5},{i % 2}" for i in range(60)]
+    path.write_text("\n".join(lines + good) + "\n")
+    with pytest.raises(DatasetError, match=problem) as err:
+        FileDataset(path=str(path)).load(seed=0)
+    assert "one value per column" in str(err.value)
+    _one_line(str(err.value))
+
+
+def test_a_gap_in_a_csv_whose_rows_all_match_the_header_is_still_a_missing_value(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "gap.csv"
+    good = [f"{i % 7},{i % 5},{i % 2}" for i in range(60)]
+    path.write_text("\n".join(["a,b,label", "1,2,", *good]) + "\n")
+    with pytest.raises(
+        DatasetError, match=r"label column 'label' has 1 missing values \(first in row 0"
+    ):
+        FileDataset(path=str(path)).load(seed=0)
