@@ -671,7 +671,7 @@ def _trusted_methods(run_dir: Path | None, goal: str) -> list[str]:
 
 def _cmd_value(args: argparse.Namespace) -> int:
     from valbench.api import value_file
-    from valbench.spec import parse_param_assignments
+    from valbench.spec import parse_param_assignments, split_names
     from valbench.store import check_output_files
 
     # An empty value (an unset shell variable) would quietly mean the default: no budget,
@@ -682,7 +682,7 @@ def _cmd_value(args: argparse.Namespace) -> int:
             raise UsageError(f"--{flag.replace('_', '-')} is empty; give a value or leave it out")
     folds, seed = _whole("--folds", args.folds), _whole("--seed", args.seed)
     top = _whole("--top", args.top)
-    methods = list(dict.fromkeys(m.strip() for m in args.methods.split(",") if m.strip()))
+    methods = list(dict.fromkeys(split_names("--methods", args.methods)))
     if methods == ["best"]:
         methods = _trusted_methods(args.from_run, args.goal or "mislabel")
     elif args.from_run is not None or args.goal is not None:

@@ -29,7 +29,7 @@ import numpy as np
 from valbench import metrics
 from valbench.errors import UsageError, printable
 from valbench.export import point_sample_counts, point_stderr, rank_desc
-from valbench.spec import stable_int
+from valbench.spec import split_names, stable_int
 from valbench.types import (
     Budget,
     BudgetMeter,
@@ -278,7 +278,7 @@ def value_arrays(
     from valbench.worker import check_fit_budget, check_valuation
 
     if isinstance(methods, str):
-        methods = [m.strip() for m in methods.split(",") if m.strip()]  # not its letters
+        methods = split_names("methods", methods)  # not its letters
     methods = list(dict.fromkeys(methods))  # a method named twice is valued once, as `run`
     x = _features(x)
     problem = feature_problem("x", x, standardize=standardize)

@@ -27,6 +27,7 @@ __all__ = [
     "CellProgressFn",
     "load_config_file",
     "parse_param_assignments",
+    "split_names",
     "stable_int",
     "build_spec",
     "dataset_slug",
@@ -618,9 +619,21 @@ def _beside(config: Path, value: str) -> str:
     return str(config.parent / value)
 
 
+def split_names(key: str, text: str) -> list[str]:
+    """The comma-separated names of ``text``; an empty name between commas (``a,,b``, a
+    trailing comma) is refused: it is usually a name left out, not a spare comma."""
+    names = [p.strip() for p in text.split(",")]
+    if len(names) > 1 and not all(names):
+        raise UsageError(
+            f"{key} {text!r} has an empty name between commas; remove the extra comma or add "
+            "the missing name"
+        )
+    return [n for n in names if n]
+
+
 def _as_names(key: str, value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
-        value = [v for v in (p.strip() for p in value.split(",")) if v]
+        value = split_names(key, value)
     if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
         raise UsageError(f'{key} must be a list of names, e.g. {key} = ["a", "b"]')
     return tuple(value)

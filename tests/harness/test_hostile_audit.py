@@ -42,6 +42,9 @@ RUN = ["run", "--methods", "random", "--datasets", "synthetic", "--seeds", "1"]
         (["--max-train", ""], "--max-train is empty"),
         (["--timeout", " "], "--timeout is empty"),
         (["--preset", ""], "--preset is empty"),
+        # a name left out between commas, not a spare comma to skip
+        (["--methods", "random,,loo"], "methods 'random,,loo' has an empty name between commas"),
+        (["--datasets", "synthetic,"], "datasets 'synthetic,' has an empty name between commas"),
         (["--lds-subsets", "2"], "a rank correlation of two subsets is always ±1"),
         # sizes known up front: a cap that leaves nothing after the largest removal
         (["--fractions", "0.1,0.98", "--max-train", "40"], "removing the fraction 0.98 of"),
@@ -211,6 +214,18 @@ def test_value_refuses_empty_flag_values(tmp_path: Path) -> None:
     base = ["value", str(table), "--out", str(tmp_path / "v.csv")]
     for flag in ("--budget", "--label-column", "--id-column", "--methods", "--model"):
         _refused([*base, flag, ""], f"{flag} is empty; give a value or leave it out")
+
+
+def test_value_refuses_an_empty_method_name_between_commas(tmp_path: Path) -> None:
+    from valbench.practitioner import value_arrays
+
+    table = tmp_path / "t.csv"
+    table.write_text("a,label\n" + "".join(f"{i},{i % 2}\n" for i in range(20)))
+    base = ["value", str(table), "--out", str(tmp_path / "v.csv")]
+    _refused([*base, "--methods", "random,,loo"], "--methods 'random,,loo' has an empty name")
+    assert not (tmp_path / "v.csv").exists()
+    with pytest.raises(UsageError, match="methods 'random,loo,' has an empty name"):
+        value_arrays(np.zeros((20, 1)), np.arange(20) % 2, "random,loo,", folds=2)
 
 
 def test_a_datasets_own_n_train_is_counted_up_front(tmp_path: Path) -> None:
