@@ -788,6 +788,12 @@ class DataBanzhaf(Semivalue):
     A budgeted fit is one sampled subset's utility U(S) (repeats answered by the cache are
     free).
 
+    Departures from the authors' code (``Banzhaf_GT``; a test replays valbench's draws
+    through a port of it): a point in every sample or in none keeps value 0, counted in
+    ``stats["points_unestimated"]`` and marking the run partial, where the original gives it
+    +mean U or −mean U; U(S) is one deterministic fit, where the original trains each subset
+    five times and values each run apart.
+
     Args:
         max_samples: Most random subsets drawn, one model fit each (default 2000, >= 1).
         batch_size: Subsets drawn and fitted per batch (default 64, >= 1).
