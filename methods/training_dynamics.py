@@ -638,6 +638,11 @@ class GraNd(_TrainingDynamics):
     :func:`valbench.nets.per_sample_grads`, batch norm on its running statistics (evaluation
     mode).
 
+    Departures from the authors' code (its scoring is ported in the tests and agrees): the
+    evaluation model and its optimiser are valbench's; on ``resnet18`` the initialisation is
+    torch's default (their Flax ResNet-18 uses ``lecun_normal``, three times the variance, which
+    at initialisation makes GraNd several times larger; the ranking may differ).
+
     A budgeted fit is one training run of the network (``runs`` in all).
 
     Args:
