@@ -30,6 +30,7 @@ finished are. ``--jobs`` does not apply (the cluster's workers set the paralleli
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import socket
@@ -37,7 +38,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from valbench.errors import UsageError
@@ -163,6 +164,21 @@ def _dask_task(cell: Cell, spec: RunSpec, topic: str | None) -> CellOutcome:
     return run_cell(cell, spec)
 
 
+@contextlib.contextmanager
+def _distributed_quiet() -> Iterator[None]:
+    """distributed logs a local cluster's start, connections and stop at INFO (some 30 lines
+    on stderr around a run's progress lines); keep them out unless this run logs at INFO
+    (``--verbose``), and restore the level afterwards."""
+    logger = logging.getLogger("distributed")
+    before = logger.level
+    if not log.isEnabledFor(logging.INFO):
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
+
+
 def run_dask(
     cells: list[Cell],
     spec: RunSpec,
@@ -172,10 +188,22 @@ def run_dask(
 ) -> None:
     """Run each cell as one Dask task on the scheduler at ``address`` (or a local cluster)."""
     try:
-        from distributed import Client, LocalCluster, wait
+        import distributed  # noqa: F401 - its logging is configured on import
     except ImportError as exc:
         raise _missing("dask", exc) from None
+    with _distributed_quiet():
+        _run_dask(cells, spec, on_result, on_progress, address)
+
+
+def _run_dask(
+    cells: list[Cell],
+    spec: RunSpec,
+    on_result: ResultFn,
+    on_progress: CellProgressFn,
+    address: str | None,
+) -> None:
     import dask
+    from distributed import Client, LocalCluster, wait
 
     cluster = None
     if address is None:

@@ -303,3 +303,18 @@ def test_dask_crashing_cell_runs_once_and_is_recorded(
     assert record.status == "failed" and record.error.type == "WorkerCrashed"
     assert summary.failed == [record.cell_id]
     assert marker.read_text().splitlines() == ["attempt"]
+
+
+@pytest.mark.slow  # a fresh interpreter and a local cluster: some 20 s
+@_needs("distributed")
+def test_a_dask_run_prints_its_progress_not_the_clusters_log(tmp_path: Path) -> None:
+    # A fresh interpreter, as a user runs it: distributed configures its own stderr logging
+    # at INFO when imported (some 30 lines around the progress line before this was fixed).
+    argv = ["run", "--methods", "random", "--datasets", "synthetic", "--seeds", "1"]
+    argv += ["--max-train", "30", "--backend", "dask", "--out", str(tmp_path / "r")]
+    done = subprocess.run(
+        [sys.executable, "-m", "valbench", *argv], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert "INFO" not in done.stderr and "distributed" not in done.stderr, done.stderr
+    assert "ok synthetic.random" in done.stderr
