@@ -67,8 +67,12 @@ class Moderate(ScoreSelector):
     the data (the paper uses a pretrained network's); the band is ranked by distance from the
     median rank, which nests across fractions (the authors cut
     ``[round(n (1 - r) / 2), round(n (1 + r) / 2))`` per rate, which can differ by one point
-    at the band's edges). ``per_class=True`` ranks within each class (DeepCore's balanced
-    variant); the default ranks all points together, as the authors do.
+    at the band's edges: on 150 selections of a port's test, 79 identical and 71 one point
+    apart, nested; at n = 30, r = 0.02 their band is empty). Ties break by ascending index
+    (theirs by numpy's unstable argsort); a class of one point is at distance 0 from its
+    centre (their ``squeeze`` makes its centre the median of its coordinates).
+    ``per_class=True`` ranks within each class (DeepCore's balanced variant); the default
+    ranks all points together, as the authors do.
 
     A budgeted fit is made only on a deep model (``--model cnn``/``resnet18``): the network
     trained on all the data, whose penultimate features are the embeddings.
