@@ -911,8 +911,9 @@ class StratifiedShapley(SampledShapley):
     marginal needs two.
 
     Departures from pyDVL: every size gets at least one coalition, so the estimate is
-    unbiased for any ``samples_per_index`` (pyDVL's rounding leaves sizes unsampled when the
-    count is below n, and its weights assume the unrounded shares), and each size's mean is
+    unbiased for any ``samples_per_index`` (pyDVL's rounding leaves sizes unsampled: with
+    constant shares below n per point, with the harmonic ones far above it, e.g. up to 322
+    per point on 100 points; and its weights assume the unrounded shares), and each size's mean is
     taken over the coalitions actually drawn; the sizes are visited round-robin rather than
     size by size; pyDVL sets no default count (200 here, what Owen's defaults draw).
 
