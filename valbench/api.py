@@ -32,6 +32,7 @@ from valbench.practitioner import (
     DEFAULT_FOLDS,
     DEFAULT_METHODS,
     CrossFitValues,
+    ValuationInterrupted,
     read_user_file,
     suspicious_rows_html,
     value_arrays,
@@ -282,7 +283,11 @@ def value_file(
 ) -> tuple[Any, CrossFitValues]:
     """Value every row of a ``.csv``/``.parquet``/``.npz`` file (what ``valbench value``
     does): the per-row table (see :func:`valbench.practitioner.values_frame`), written to
-    ``out`` when given, and the page of the most suspicious rows to ``html`` when given."""
+    ``out`` when given, and the page of the most suspicious rows to ``html`` when given.
+
+    A Ctrl-C after at least one method has valued every row writes both for those methods
+    (the page names the missing ones) and then raises
+    :class:`~valbench.practitioner.ValuationInterrupted`; one before writes nothing."""
     if isinstance(top, bool) or not isinstance(top, int) or top < 1:
         raise UsageError(f"top must be a whole number >= 1, got {top!r}")
     check_output_files(
@@ -292,16 +297,21 @@ def value_file(
     if out is not None:
         table_format(Path(out))  # before the work, not after it
     data = read_user_file(path, label_column, id_column)
-    result = value_arrays(
-        data.x,
-        data.labels,
-        methods if isinstance(methods, str) else list(methods),  # "a,b" is split, not spelled
-        folds=folds,
-        seed=seed,
-        model=model,
-        budget=budget,
-        params=params,
-    )
+    interrupted: ValuationInterrupted | None = None
+    try:
+        result = value_arrays(
+            data.x,
+            data.labels,
+            methods if isinstance(methods, str) else list(methods),  # "a,b" is split
+            folds=folds,
+            seed=seed,
+            model=model,
+            budget=budget,
+            params=params,
+        )
+    except ValuationInterrupted as exc:
+        # The methods that had valued every row are written, the page saying which are not.
+        interrupted, result = exc, exc.partial
     frame = values_frame(result, data.labels, data.ids)
     # Both outputs are made before either is written, so that an interruption leaves none.
     page = None
@@ -313,12 +323,15 @@ def value_file(
             title=f"Rows to check in {Path(path).name}",
             top=top,
             partial=result.partial_methods,
+            missing=() if interrupted is None else interrupted.missing,
         )
     if out is not None:
         write_table(frame, Path(out))
     if page is not None:
         assert html is not None
         write_output_file(Path(html), page.encode("utf-8"))
+    if interrupted is not None:
+        raise interrupted
     return frame, result
 
 

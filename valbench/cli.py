@@ -671,6 +671,7 @@ def _trusted_methods(run_dir: Path | None, goal: str) -> list[str]:
 
 def _cmd_value(args: argparse.Namespace) -> int:
     from valbench.api import value_file
+    from valbench.practitioner import ValuationInterrupted
     from valbench.spec import parse_param_assignments, split_names
     from valbench.store import check_output_files
 
@@ -709,13 +710,22 @@ def _cmd_value(args: argparse.Namespace) -> int:
             html=html,
             top=top,
         )
-    except KeyboardInterrupt:
-        # Every method runs on every fold in turn, so no column is whole before the end; the
-        # table and the page are made before either is written.
+    except ValuationInterrupted as stop:
+        # Methods run one after another over every fold: those that finished are written.
         print(
-            f"valbench value: interrupted before the table and the page were ready; nothing "
-            f"was written to {out} (both are written at the end): run it again, with --budget "
-            "to bound its time",
+            f"valbench value: interrupted while valuing with {stop.missing[0]}; {out} and "
+            f"{html} hold the methods that had finished ({', '.join(stop.partial.methods)}), "
+            f"not {', '.join(stop.missing)}: run it again for all, with --budget to bound "
+            "its time",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        # No method had valued every row yet; the table and the page are made before either
+        # is written.
+        print(
+            f"valbench value: interrupted before the first method had valued every row; "
+            f"nothing was written to {out}: run it again, with --budget to bound its time",
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED

@@ -43,6 +43,7 @@ __all__ = [
     "DEFAULT_FOLDS",
     "DEFAULT_METHODS",
     "CrossFitValues",
+    "ValuationInterrupted",
     "check_request",
     "value_arrays",
     "read_user_file",
@@ -314,10 +315,13 @@ def value_arrays(
     samples: dict[str, np.ndarray | None] = {m: np.full(n, -1, np.int64) for m in methods}
     complete = {m: np.ones(n, dtype=bool) for m in methods}
     # StratifiedKFold's test folds partition the rows: fold f is valued against the rest.
-    for f, (rest, rows) in enumerate(splitter.split(np.zeros(n), codes)):
+    folds_rows = list(splitter.split(np.zeros(n), codes))
+    for f, (_, rows) in enumerate(folds_rows):
         fold[rows] = f
+
+    def fold_splits(rest: np.ndarray, rows: np.ndarray) -> DatasetSplits:
         x_train, x_rest = _standardize(x[rows], x[rest]) if standardize else (x[rows], x[rest])
-        splits = DatasetSplits(
+        return DatasetSplits(
             x_train=x_train,
             y_train=codes[rows],
             x_val=x_rest,
@@ -326,53 +330,80 @@ def value_arrays(
             y_test=codes[rest],
             n_classes=len(classes),
         )
-        for name in methods:
-            task = ValuationTask.from_splits(
-                splits,
-                model=spec,
-                name="user-data",
-                seed=int(np.random.SeedSequence([seed, f]).generate_state(1)[0]) % 2**31,
-                utility_factory=UtilityEngine,
-            )
-            ctx = RunContext(
-                rng=np.random.default_rng(np.random.SeedSequence([seed, f, stable_int(name)])),
-                budget=BudgetMeter(budget_obj, task.fit_counter),
-                fractions=_FRACTIONS,
-            )
-            raw = classes_by_name[name](**given[name]).value(task.for_method(), ctx)
-            check_fit_budget(name, task.fit_counter.count, budget_obj.max_fits)
-            valuation = check_valuation(raw, len(rows), name, _FRACTIONS)
-            detection = (
-                valuation.scores
-                if valuation.detection_scores is None
-                else valuation.detection_scores
-            )
-            out["values"][name][rows] = valuation.scores
-            out["detection"][name][rows] = detection
-            out["method_suspicion"][name][rows] = _within_fold_suspicion(detection)
-            complete[name][rows] = bool(valuation.complete)
-            errs = point_stderr(valuation.stats, len(rows))
-            if errs is not None:
-                stderr[name][rows] = errs  # type: ignore[index]
-            counts = point_sample_counts(valuation.stats, len(rows))
-            if counts is not None:
-                samples[name][rows] = counts  # type: ignore[index]
+
+    def result(names: Sequence[str]) -> CrossFitValues:
+        for name in names:
+            if np.all(np.isnan(stderr[name])):  # type: ignore[arg-type]
+                stderr[name] = None
+            if np.all(samples[name] < 0):  # type: ignore[operator]
+                samples[name] = None
+        pick = tuple(names)
+        return CrossFitValues(
+            methods=pick,
+            fold=fold,
+            values={m: out["values"][m] for m in pick},
+            detection={m: out["detection"][m] for m in pick},
+            stderr={m: stderr[m] for m in pick},
+            samples={m: samples[m] for m in pick},
+            complete={m: complete[m] for m in pick},
+            method_suspicion={m: out["method_suspicion"][m] for m in pick},
+            params={m: given[m] for m in pick},
+        )
+
+    # Method by method, each over every fold: a Ctrl-C keeps the methods already whole. Every
+    # (method, fold) has its own seeds, so the order changes no number.
+    finished: list[str] = []
     for name in methods:
-        if np.all(np.isnan(stderr[name])):  # type: ignore[arg-type]
-            stderr[name] = None
-        if np.all(samples[name] < 0):  # type: ignore[operator]
-            samples[name] = None
-    return CrossFitValues(
-        methods=tuple(methods),
-        fold=fold,
-        values=out["values"],
-        detection=out["detection"],
-        stderr=stderr,
-        samples=samples,
-        complete=complete,
-        method_suspicion=out["method_suspicion"],
-        params=given,
-    )
+        try:
+            for f, (rest, rows) in enumerate(folds_rows):
+                task = ValuationTask.from_splits(
+                    fold_splits(rest, rows),
+                    model=spec,
+                    name="user-data",
+                    seed=int(np.random.SeedSequence([seed, f]).generate_state(1)[0]) % 2**31,
+                    utility_factory=UtilityEngine,
+                )
+                ctx = RunContext(
+                    rng=np.random.default_rng(np.random.SeedSequence([seed, f, stable_int(name)])),
+                    budget=BudgetMeter(budget_obj, task.fit_counter),
+                    fractions=_FRACTIONS,
+                )
+                raw = classes_by_name[name](**given[name]).value(task.for_method(), ctx)
+                check_fit_budget(name, task.fit_counter.count, budget_obj.max_fits)
+                valuation = check_valuation(raw, len(rows), name, _FRACTIONS)
+                detection = (
+                    valuation.scores
+                    if valuation.detection_scores is None
+                    else valuation.detection_scores
+                )
+                out["values"][name][rows] = valuation.scores
+                out["detection"][name][rows] = detection
+                out["method_suspicion"][name][rows] = _within_fold_suspicion(detection)
+                complete[name][rows] = bool(valuation.complete)
+                errs = point_stderr(valuation.stats, len(rows))
+                if errs is not None:
+                    stderr[name][rows] = errs  # type: ignore[index]
+                counts = point_sample_counts(valuation.stats, len(rows))
+                if counts is not None:
+                    samples[name][rows] = counts  # type: ignore[index]
+        except KeyboardInterrupt:
+            if not finished:
+                raise
+            missing = tuple(m for m in methods if m not in finished)
+            raise ValuationInterrupted(result(finished), missing) from None
+        finished.append(name)
+    return result(methods)
+
+
+class ValuationInterrupted(KeyboardInterrupt):
+    """A Ctrl-C during :func:`value_arrays` after some methods had valued every row:
+    ``partial`` holds those methods (whole); ``missing`` the rest, the one cut short first.
+    A KeyboardInterrupt, so a caller that handles that still does."""
+
+    def __init__(self, partial: CrossFitValues, missing: tuple[str, ...]) -> None:
+        super().__init__(f"interrupted while valuing with {missing[0]}")
+        self.partial = partial
+        self.missing = missing
 
 
 @dataclass
@@ -469,10 +500,11 @@ def suspicious_rows_html(
     top: int = 20,
     k: int = 10,
     partial: Sequence[str] = (),
+    missing: Sequence[str] = (),
 ) -> str:
     """A self-contained page (inline CSS, no scripts, no network) of the ``top`` most
     suspicious rows: label, consensus suspicion, each method's rank, and the labels of the
-    row's nearest neighbours."""
+    row's nearest neighbours. ``missing``: methods asked for that an interruption left out."""
     methods = [c.removesuffix("_rank") for c in frame.columns if c.endswith("_rank")]
     methods = [m for m in methods if m != "suspicion"]
     consensus = [m for m in methods if m not in partial] or methods
@@ -490,6 +522,15 @@ def suspicious_rows_html(
         ".disagree{color:#b00;font-weight:bold}</style></head><body>",
         f"<h1>{esc(title)}</h1>",
         *_partial_note(methods, partial, esc),
+        *(
+            [
+                '<p class="disagree">Interrupted: not valued by '
+                f"{esc(', '.join(missing))}; the consensus is that of "
+                f"{esc(', '.join(methods))} alone.</p>"
+            ]
+            if missing
+            else []
+        ),
         f"<p>The {len(shown)} rows of {len(frame)} most worth checking, by the consensus "
         f"suspicion of {esc(', '.join(consensus))} (each row valued once, as training data of its "
         "fold, against the other folds; labels as given, none flipped). A rank is 1 for the "

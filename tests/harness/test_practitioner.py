@@ -471,3 +471,47 @@ def test_tied_values_do_not_favour_rows_near_the_top_of_the_file() -> None:
     # the most suspicious half: row 4, then two of the four tied rows: row 0 with chance 1/2
     assert recall_at(suspicion, flagged, 0.5) == pytest.approx(0.5)
     assert recall_at(suspicion, flagged[::-1].copy(), 0.5) == 0.0
+
+
+def test_value_interrupted_keeps_the_methods_that_had_finished(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Methods run one after another over every fold, so a Ctrl-C in the second writes the
+    first's whole columns (the same numbers as an uninterrupted run) and a page naming the
+    missing method; a Ctrl-C in the first writes nothing."""
+    import pandas as pd
+
+    from valbench.methods.knn_shapley import KNNShapley
+
+    data = tmp_path / "mine.csv"
+    _noisy_file(data, n=60)
+    base = ["value", str(data), "--label-column", "y", "--id-column", "id"]
+    whole = tmp_path / "whole.csv"
+    assert main([*base, "--methods", "random,knn-shapley", "--out", str(whole)]) == 0
+    capsys.readouterr()
+
+    calls = []
+
+    def interrupted(self: object, *args: object, **kwargs: object) -> None:
+        calls.append(1)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(KNNShapley, "value", interrupted)
+    out = tmp_path / "v.csv"
+    assert main([*base, "--methods", "random,knn-shapley,loo", "--out", str(out)]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted while valuing with knn-shapley" in err and err.count("\n") == 1, err
+    assert "hold the methods that had finished (random), not knn-shapley, loo" in err, err
+    assert calls == [1]  # loo never started
+    got, full = pd.read_csv(out), pd.read_csv(whole)
+    assert not any(c.startswith(("knn-shapley", "loo")) for c in got.columns)
+    for column in ("random_value", "random_rank", "fold", "label"):
+        pd.testing.assert_series_equal(got[column], full[column])
+    page = out.with_suffix(".html").read_text()
+    assert "Interrupted: not valued by knn-shapley, loo" in page
+
+    first = tmp_path / "first.csv"
+    assert main([*base, "--methods", "knn-shapley,random", "--out", str(first)]) == 130
+    err = capsys.readouterr().err
+    assert f"nothing was written to {first}" in err and err.count("\n") == 1, err
+    assert not first.exists() and not first.with_suffix(".html").exists()
