@@ -98,7 +98,9 @@ class RepresenterPoints(Method):
     mean absolute gradient is 1/200 of its first value); the bias is unregularised and outside
     the decomposition (the script appends a ones column, so its bias is a regularised row of
     W); the targets are the training labels (the script fits whatever targets it is given,
-    for AwA the network's own softmax outputs).
+    for Cifar and AwA the network's own softmax outputs); the value sums the point's
+    representer term against each validation point's residual (the authors' notebooks sum
+    α_{i, y_v} k(x_i, x_v) instead). A port of the script is checked in the tests.
 
     Args:
         l2: L2 strength of the last-layer refit (default None: the evaluation model's, or on
