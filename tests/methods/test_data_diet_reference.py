@@ -41,6 +41,7 @@ import data_diet_reference as original
 import numpy as np
 import pytest
 import torch
+from image_tasks import half_bright_images
 
 import valbench.methods.training_dynamics as td
 from valbench import DatasetSplits, RunContext, ValuationTask, nets
@@ -77,14 +78,7 @@ def _shallow_task(kind: str) -> ValuationTask:
 
 def _image_task(model: str, n: int = N_DEEP) -> ValuationTask:
     """``n`` 28x28 images of 3 classes (class 1 brighter on the top half), raw pixels."""
-    rng = np.random.default_rng(0)
-    y = np.arange(n + N_VAL) % 3
-    x = rng.random((n + N_VAL, 784), dtype=np.float32) * 0.5
-    x[y == 1, :392] += 0.5
-    splits = DatasetSplits(x[:n], y[:n], x[n:], y[n:], x[n:], y[n:], n_classes=3)
-    return ValuationTask.from_splits(
-        splits, model=ModelSpec.parse(model), name="toy", seed=0, utility_factory=UtilityEngine
-    )
+    return half_bright_images(n + N_VAL, n, model, "toy", n_classes=3)
 
 
 @pytest.fixture

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from image_tasks import half_bright_images
 
-from valbench import DatasetSplits, RunContext, ValuationTask, nets
+from valbench import RunContext, ValuationTask, nets
 from valbench.errors import UsageError
 from valbench.methods.tracin import TracIn, deep_checkpoints
 from valbench.methods.training_dynamics import (
@@ -18,23 +19,14 @@ from valbench.methods.training_dynamics import (
     GraNd,
     train_deep_runs,
 )
-from valbench.models import ModelSpec
 from valbench.nets import ResNet18, SmallCNN
-from valbench.utility import UtilityEngine
 
 N, N_VAL = 40, 12
 
 
 def _task(model: str = "cnn:batch_size=8", n: int = N, seed: int = 0) -> ValuationTask:
     """``n`` 28x28 images of 3 classes (class 1 brighter on the top half), raw pixels."""
-    rng = np.random.default_rng(seed)
-    y = np.arange(n + N_VAL) % 3
-    x = rng.random((n + N_VAL, 784), dtype=np.float32) * 0.5
-    x[y == 1, :392] += 0.5
-    splits = DatasetSplits(x[:n], y[:n], x[n:], y[n:], x[n:], y[n:], n_classes=3)
-    return ValuationTask.from_splits(
-        splits, model=ModelSpec.parse(model), name="toy", seed=0, utility_factory=UtilityEngine
-    )
+    return half_bright_images(n + N_VAL, n, model, "toy", n_classes=3, seed=seed)
 
 
 def _images(x: np.ndarray, dtype: torch.dtype = torch.float32) -> torch.Tensor:
