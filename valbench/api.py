@@ -11,6 +11,7 @@ labels as given. The ``valbench export`` and ``valbench value`` commands are thi
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ from valbench.practitioner import (
     DEFAULT_FOLDS,
     DEFAULT_METHODS,
     CrossFitValues,
+    ValuationFailed,
     ValuationInterrupted,
     read_user_file,
     suspicious_rows_html,
@@ -285,33 +287,40 @@ def value_file(
     does): the per-row table (see :func:`valbench.practitioner.values_frame`), written to
     ``out`` when given, and the page of the most suspicious rows to ``html`` when given.
 
-    A Ctrl-C after at least one method has valued every row writes both for those methods
-    (the page names the missing ones) and then raises
-    :class:`~valbench.practitioner.ValuationInterrupted`; one before writes nothing."""
-    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
+    A Ctrl-C or a method's failure after at least one method has valued every row writes
+    both for those methods (the page names the missing ones) and then raises
+    :class:`~valbench.practitioner.ValuationInterrupted` or
+    :class:`~valbench.practitioner.ValuationFailed`; one before writes nothing."""
+    if isinstance(top, bool) or not isinstance(top, int | np.integer) or top < 1:
         raise UsageError(f"top must be a whole number >= 1, got {top!r}")
-    check_output_files(
-        {"out": None if out is None else Path(out), "html": None if html is None else Path(html)},
-        inputs=[Path(path)],
-    )
+    top = int(top)
+    if not isinstance(path, str | os.PathLike):
+        raise UsageError(f"path must be a file's path, got {path!r}")
+    # "~" means the home folder in every path, as the data file is read (and so compared).
+    path = Path(path).expanduser()
+    out = None if out is None else Path(out).expanduser()
+    html = None if html is None else Path(html).expanduser()
+    if html is not None and html.suffix.lower() not in (".html", ".htm"):
+        raise UsageError(f"html {html}: name an .html file (the page would replace {html})")
+    check_output_files({"out": out, "html": html}, inputs=[path])
     if out is not None:
-        table_format(Path(out))  # before the work, not after it
+        table_format(out)  # before the work, not after it
     data = read_user_file(path, label_column, id_column)
-    interrupted: ValuationInterrupted | None = None
+    stopped: ValuationInterrupted | ValuationFailed | None = None
     try:
         result = value_arrays(
             data.x,
             data.labels,
-            methods if isinstance(methods, str) else list(methods),  # "a,b" is split
+            methods,  # a string "a,b" is split there, a list checked
             folds=folds,
             seed=seed,
             model=model,
             budget=budget,
             params=params,
         )
-    except ValuationInterrupted as exc:
+    except (ValuationInterrupted, ValuationFailed) as exc:
         # The methods that had valued every row are written, the page saying which are not.
-        interrupted, result = exc, exc.partial
+        stopped, result = exc, exc.partial
     frame = values_frame(result, data.labels, data.ids)
     # Both outputs are made before either is written, so that an interruption leaves none.
     page = None
@@ -323,15 +332,15 @@ def value_file(
             title=f"Rows to check in {Path(path).name}",
             top=top,
             partial=result.partial_methods,
-            missing=() if interrupted is None else interrupted.missing,
+            missing=() if stopped is None else stopped.missing,
         )
     if out is not None:
-        write_table(frame, Path(out))
+        write_table(frame, out)
     if page is not None:
         assert html is not None
-        write_output_file(Path(html), page.encode("utf-8"))
-    if interrupted is not None:
-        raise interrupted
+        write_output_file(html, page.encode("utf-8"))
+    if stopped is not None:
+        raise stopped
     return frame, result
 
 

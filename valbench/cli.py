@@ -671,7 +671,7 @@ def _trusted_methods(run_dir: Path | None, goal: str) -> list[str]:
 
 def _cmd_value(args: argparse.Namespace) -> int:
     from valbench.api import value_file
-    from valbench.practitioner import ValuationInterrupted
+    from valbench.practitioner import ValuationFailed, ValuationInterrupted
     from valbench.spec import parse_param_assignments, split_names
     from valbench.store import check_output_files
 
@@ -689,15 +689,19 @@ def _cmd_value(args: argparse.Namespace) -> int:
     elif args.from_run is not None or args.goal is not None:
         flag = "--from" if args.from_run is not None else "--goal"
         raise UsageError(f"{flag} is read only with --methods best")
-    out = _directory("--out", args.out) or Path(f"{args.file.stem}-values.csv")
+    # "~" is the home folder in every path, quoted or not, as the data file is read.
+    data_file = args.file.expanduser()
+    out = (_directory("--out", args.out) or Path(f"{data_file.stem}-values.csv")).expanduser()
     # --out first: a folder (".") has no name to derive the page's from.
-    check_output_files({"--out": out}, inputs=[args.file])
-    html = _directory("--html", args.html) or out.with_suffix(".html")
-    check_output_files({"--out": out, "--html": html}, inputs=[args.file])
+    check_output_files({"--out": out}, inputs=[data_file])
+    html = (_directory("--html", args.html) or out.with_suffix(".html")).expanduser()
+    check_output_files({"--out": out, "--html": html}, inputs=[data_file])
     _html_page("--html", html)
+    # SIGTERM (`kill`, `timeout`, a scheduler) ends it as Ctrl-C does: finished methods kept.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         frame, result = value_file(
-            args.file,
+            data_file,
             methods,
             label_column=args.label_column,
             id_column=args.id_column,
@@ -710,6 +714,14 @@ def _cmd_value(args: argparse.Namespace) -> int:
             html=html,
             top=top,
         )
+    except ValuationFailed as failed:
+        print(
+            f"valbench value: {failed.missing[0]} failed; {out} and {html} hold the methods "
+            f"that had finished ({', '.join(failed.partial.methods)}), not "
+            f"{', '.join(failed.missing)}; its error follows",
+            file=sys.stderr,
+        )
+        raise failed.error from None
     except ValuationInterrupted as stop:
         # Methods run one after another over every fold: those that finished are written.
         print(
@@ -729,6 +741,8 @@ def _cmd_value(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print(f"{len(frame)} rows valued by {', '.join(methods)} -> {out}")
     if result.partial_methods:
         left_out = set(result.consensus_methods) != set(result.methods)

@@ -43,6 +43,7 @@ __all__ = [
     "DEFAULT_FOLDS",
     "DEFAULT_METHODS",
     "CrossFitValues",
+    "ValuationFailed",
     "ValuationInterrupted",
     "check_request",
     "value_arrays",
@@ -57,6 +58,8 @@ DEFAULT_FOLDS = 2
 DEFAULT_METHODS = ("knn-shapley", "data-oob")
 #: Subset fractions handed to set-aware selectors (their scores are used here, not subsets).
 _FRACTIONS = (0.05, 0.1, 0.2, 0.3, 0.5)
+#: The models' features are float32: a standardised value beyond this would become inf.
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass
@@ -146,7 +149,9 @@ def _labels(y: Any) -> tuple[np.ndarray, list[Any]]:
     nullable = isinstance(y, pd.Series | pd.Index) and pd.api.types.is_extension_array_dtype(
         y.dtype
     )  # Int64, boolean, string: read as objects, where pd.NA stays visible
-    y = np.asarray(y, dtype=object) if nullable else _as_array("y", y)
+    # A list keeps each label's type (numpy would turn [1, "1"] into two strings "1").
+    listed = isinstance(y, list | tuple)
+    y = np.asarray(y, dtype=object) if nullable or listed else _as_array("y", y)
     if y.ndim != 1:
         raise UsageError(f"labels must be one per row (1-D), got shape {y.shape}")
     missing = np.flatnonzero(pd.isna(y))
@@ -170,9 +175,12 @@ def _labels(y: Any) -> tuple[np.ndarray, list[Any]]:
             issubclass(k, int | float | np.integer | np.floating) and not issubclass(k, bool)
             for k in kinds
         )
-        if not (kinds <= {str} or numbers or kinds <= {bool, np.bool_}):
+        texts = all(issubclass(k, str) for k in kinds)  # numpy's str_ too
+        if not (texts or numbers or kinds <= {bool, np.bool_}):
             names = ", ".join(sorted(k.__name__ for k in kinds))
             raise UsageError(f"labels must be all integers or all strings, got {names}")
+        if texts:
+            y = y.astype(str)
     if numbers:
         # Whole numbers become int64 (a Float64 column too); one that a cast would merge
         # with another is refused.
@@ -183,6 +191,11 @@ def _labels(y: Any) -> tuple[np.ndarray, list[Any]]:
             raise UsageError(labels)
         y = labels
     classes, codes = np.unique(y, return_inverse=True)
+    from valbench.userdata import label_spacing_problem
+
+    spacing = label_spacing_problem(classes)
+    if spacing is not None:
+        raise UsageError(f"{spacing}; clean the labels")
     return codes.astype(np.int64), classes.tolist()
 
 
@@ -280,7 +293,31 @@ def value_arrays(
 
     if isinstance(methods, str):
         methods = split_names("methods", methods)  # not its letters
+    elif not (
+        isinstance(methods, Sequence | np.ndarray) and all(isinstance(m, str) for m in methods)
+    ):
+        raise UsageError(
+            f"methods must be method names: a string or a list of strings, got {methods!r}"
+        )
+    if params is not None and not (
+        isinstance(params, Mapping)
+        and all(isinstance(k, str) and isinstance(v, Mapping) for k, v in params.items())
+    ):
+        raise UsageError(
+            "params must map each method to a dict of its parameters, e.g. "
+            f"{{'knn-shapley': {{'k': 5}}}}, got {params!r}"
+        )
     methods = list(dict.fromkeys(methods))  # a method named twice is valued once, as `run`
+    x_index, y_index = getattr(x, "index", None), getattr(y, "index", None)
+    if x_index is not None and y_index is not None and hasattr(x_index, "equals"):
+        # Rows are paired by position, as numpy pairs them; pandas would pair them by index.
+        if len(x_index) == len(y_index) and not x_index.equals(y_index):
+            at = int(np.flatnonzero(np.asarray(x_index) != np.asarray(y_index))[0])
+            raise UsageError(
+                f"x's index and y's index differ (position {at}: {x_index[at]} against "
+                f"{y_index[at]}), and rows are paired by position; align them "
+                "(y = y.loc[x.index]) or pass .to_numpy() of both"
+            )
     x = _features(x)
     problem = feature_problem("x", x, standardize=standardize)
     if problem is not None:
@@ -319,8 +356,20 @@ def value_arrays(
     for f, (_, rows) in enumerate(folds_rows):
         fold[rows] = f
 
-    def fold_splits(rest: np.ndarray, rows: np.ndarray) -> DatasetSplits:
+    def fold_splits(f: int, rest: np.ndarray, rows: np.ndarray) -> DatasetSplits:
         x_train, x_rest = _standardize(x[rows], x[rest]) if standardize else (x[rows], x[rest])
+        # Held-out rows are standardised with the fold's own statistics: a value far outside
+        # them would leave float32, the models' precision, as inf.
+        for part, part_rows in ((x_train, rows), (x_rest, rest)):
+            wild = np.abs(part) > _FLOAT32_MAX
+            if wild.any():
+                i, j = np.argwhere(wild)[0]
+                r = int(part_rows[i])
+                raise UsageError(
+                    f"feature column {j} (0-based) of row {r} ({x[r, j]:.3g}) is beyond float32 "
+                    f"once standardised with the statistics of fold {f}'s rows; rescale that "
+                    "column (divide by a constant, take logs) or drop the row"
+                )
         return DatasetSplits(
             x_train=x_train,
             y_train=codes[rows],
@@ -350,14 +399,16 @@ def value_arrays(
             params={m: given[m] for m in pick},
         )
 
+    # Every fold's split before any work: a feature that cannot be standardised is refused.
+    fold_data = [fold_splits(f, rest, rows) for f, (rest, rows) in enumerate(folds_rows)]
     # Method by method, each over every fold: a Ctrl-C keeps the methods already whole. Every
     # (method, fold) has its own seeds, so the order changes no number.
     finished: list[str] = []
     for name in methods:
         try:
-            for f, (rest, rows) in enumerate(folds_rows):
+            for f, (_, rows) in enumerate(folds_rows):
                 task = ValuationTask.from_splits(
-                    fold_splits(rest, rows),
+                    fold_data[f],
                     model=spec,
                     name="user-data",
                     seed=int(np.random.SeedSequence([seed, f]).generate_state(1)[0]) % 2**31,
@@ -391,6 +442,11 @@ def value_arrays(
                 raise
             missing = tuple(m for m in methods if m not in finished)
             raise ValuationInterrupted(result(finished), missing) from None
+        except Exception as exc:
+            if not finished:
+                raise
+            missing = tuple(m for m in methods if m not in finished)
+            raise ValuationFailed(result(finished), missing, exc) from exc
         finished.append(name)
     return result(methods)
 
@@ -404,6 +460,20 @@ class ValuationInterrupted(KeyboardInterrupt):
         super().__init__(f"interrupted while valuing with {missing[0]}")
         self.partial = partial
         self.missing = missing
+
+
+class ValuationFailed(Exception):
+    """A method of :func:`value_arrays` raised ``error`` after others had valued every row:
+    ``partial`` holds those (whole), ``missing`` the rest, the failed one first."""
+
+    def __init__(self, partial: CrossFitValues, missing: tuple[str, ...], error: Exception) -> None:
+        super().__init__(
+            f"{missing[0]} failed ({type(error).__name__}: {error}); the methods that had "
+            f"finished ({', '.join(partial.methods)}) are in .partial"
+        )
+        self.partial = partial
+        self.missing = missing
+        self.error = error
 
 
 @dataclass
@@ -423,7 +493,15 @@ def read_user_file(
 
     path = Path(path).expanduser()
     if not path.is_file():
-        raise UsageError(printable(f"{path}: no such file; give the data file to value"))
+        if path.is_dir():
+            why = "is a folder; give the data file itself"
+        elif path.is_symlink() and not path.exists():
+            why = "is a link to nothing (a missing file or a loop of links); give the data file"
+        elif path.exists():
+            why = "is not a regular file (a pipe or a device); save the data to a .csv first"
+        else:
+            why = "no such file; give the data file to value"
+        raise UsageError(printable(f"{path}: {why}"))
     # Checked as the valuation will see the features: standardised (value_arrays' default).
     ds = FileDataset(
         path=str(path), label_column=label_column, id_column=id_column, standardize=True
@@ -504,7 +582,8 @@ def suspicious_rows_html(
 ) -> str:
     """A self-contained page (inline CSS, no scripts, no network) of the ``top`` most
     suspicious rows: label, consensus suspicion, each method's rank, and the labels of the
-    row's nearest neighbours. ``missing``: methods asked for that an interruption left out."""
+    row's nearest neighbours. ``missing``: methods asked for that an interruption or a
+    failure left out."""
     methods = [c.removesuffix("_rank") for c in frame.columns if c.endswith("_rank")]
     methods = [m for m in methods if m != "suspicion"]
     consensus = [m for m in methods if m not in partial] or methods
@@ -524,8 +603,8 @@ def suspicious_rows_html(
         *_partial_note(methods, partial, esc),
         *(
             [
-                '<p class="disagree">Interrupted: not valued by '
-                f"{esc(', '.join(missing))}; the consensus is that of "
+                '<p class="disagree">Stopped early (interrupted, or a method failed): not '
+                f"valued by {esc(', '.join(missing))}; the consensus is that of "
                 f"{esc(', '.join(methods))} alone.</p>"
             ]
             if missing

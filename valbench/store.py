@@ -115,7 +115,8 @@ def check_output_files(targets: Mapping[str, Path | None], inputs: Iterable[Path
     from valbench.errors import UsageError
 
     given = {flag: Path(p) for flag, p in targets.items() if p is not None}
-    sources = [Path(p) for p in inputs]
+    # An input read through ``~`` is the file under the home folder: compare that one.
+    sources = [Path(p).expanduser() for p in inputs]
     for flag, path in given.items():
         parent = path.parent
         if parent.exists() and not parent.is_dir():

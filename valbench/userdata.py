@@ -192,6 +192,15 @@ def _read_table(
     if label_column is None and {"label", "y"} <= set(columns):
         # The one not taken would be read as a feature (clean labels leaking in).
         raise _fail(path, "has both a 'label' and a 'y' column; name the label with --label-column")
+    wanted = [label_column] if label_column is not None else ["label", "y"]
+    spaced = next((c for c in columns if c != c.strip() and c.strip() in wanted), None)
+    if spaced is not None and not (set(wanted) & set(columns)):
+        # "a, b, label": the header's spaces after the commas are part of the names.
+        raise _fail(
+            path,
+            f"column {spaced!r} has spaces around its name, so it is not the label column "
+            f"{spaced.strip()!r}; remove the spaces in the header (or pass that exact name)",
+        )
     if label_column is None:
         label_column = next((c for c in ("label", "y") if c in columns), None)
         if label_column is None:
@@ -203,9 +212,25 @@ def _read_table(
         raise _fail(
             path, f"no column {label_column!r}; columns are: {', '.join(shown) or '(none)'}"
         )
+    other = {"label": "y", "y": "label"}.get(label_column)
+    if other in columns and other != id_column and _looks_like_labels(frame[other]):
+        # The two-label refusal above, answered with --label-column: the other one, read as
+        # a feature, could carry the clean labels into the model.
+        raise _fail(
+            path,
+            f"has a column {other!r} beside the label column {label_column!r} that looks like "
+            "labels too (text or a few whole numbers); it would be read as a feature and could "
+            "leak them: drop it, or rename it if it is a feature",
+        )
     unnamed = [
         c for c in columns if c.startswith("Unnamed: ") and c not in (id_column, label_column)
     ]
+    if unnamed and unnamed[-1] == columns[-1] and frame[columns[-1]].isna().all():
+        raise _fail(
+            path,
+            "every line ends with a comma (an empty last column without a name); remove the "
+            "trailing commas",
+        )
     if unnamed:
         raise _fail(
             path,
@@ -249,6 +274,36 @@ def _read_table(
         if kinds <= {str}:
             y = y.astype(str)
     return {"x": feats, "y": y}
+
+
+def label_spacing_problem(classes: np.ndarray) -> str | None:
+    """The problem when two text classes differ only in leading/trailing spaces ("dog" and
+    "dog " would be two classes: a stray space must not change the problem), else None."""
+    if classes.dtype.kind != "U":
+        return None
+    by_text: dict[str, list[str]] = {}
+    for c in classes.tolist():
+        by_text.setdefault(c.strip(), []).append(c)
+    clash = next((v for v in by_text.values() if len(v) > 1), None)
+    if clash is None:
+        return None
+    shown = " and ".join(repr(c) for c in clash)
+    return (
+        f"labels {shown} differ only in leading/trailing spaces, so they would be separate classes"
+    )
+
+
+def _looks_like_labels(column: Any) -> bool:
+    """Text, booleans, or whole numbers with few distinct values: a class column, not a
+    measurement (coordinates named y, say, are fractional)."""
+    import pandas as pd
+
+    values = column.dropna()
+    if not pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+        return True
+    numbers = values.to_numpy(dtype=np.float64)
+    whole = bool(np.all(np.isfinite(numbers)) and np.all(numbers == np.round(numbers)))
+    return whole and values.nunique() <= 20
 
 
 def frame_features(frame: Any, what: str, hint: str = "") -> np.ndarray | str:
@@ -534,19 +589,9 @@ def _read_validated(
     if len(kinds) > 1:
         raise _fail(path, "labels mix strings and integers across splits; use one type")
     classes = np.unique(np.concatenate([y for _, y in parts.values()]))
-    if classes.dtype.kind == "U":
-        # "dog" and "dog " would be two classes: a stray space must not change the problem.
-        by_text: dict[str, list[str]] = {}
-        for c in classes.tolist():
-            by_text.setdefault(c.strip(), []).append(c)
-        clash = next((v for v in by_text.values() if len(v) > 1), None)
-        if clash is not None:
-            shown = " and ".join(repr(c) for c in clash)
-            raise _fail(
-                path,
-                f"labels {shown} differ only in leading/trailing spaces, so they would be "
-                "separate classes; clean the label column",
-            )
+    spacing = label_spacing_problem(classes)
+    if spacing is not None:
+        raise _fail(path, f"{spacing}; clean the label column")
     if len(classes) < 2:
         raise _fail(path, f"labels hold {len(classes)} class; need at least 2")
     train_classes = set(np.unique(parts["train"][1]).tolist())

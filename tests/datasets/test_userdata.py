@@ -208,7 +208,14 @@ def test_a_second_label_or_a_saved_index_is_refused_not_made_a_feature(tmp_path:
     frame.to_csv(tmp_path / "both.csv", index=False)
     with pytest.raises(DatasetError, match="both a 'label' and a 'y' column; name the label"):
         FileDataset(path=str(tmp_path / "both.csv")).load(seed=0)
-    assert FileDataset(path=str(tmp_path / "both.csv"), label_column="label").load(seed=0)
+    # Naming the label does not make the other one a feature: it would carry the labels in.
+    with pytest.raises(DatasetError, match="column 'y' beside the label column 'label' that looks"):
+        FileDataset(path=str(tmp_path / "both.csv"), label_column="label").load(seed=0)
+    with pytest.raises(DatasetError, match="column 'label' beside the label column 'y' that looks"):
+        FileDataset(path=str(tmp_path / "both.csv"), label_column="y").load(seed=0)
+    # A measurement named y (fractional values) beside the labels is a feature.
+    frame.assign(y=rng.normal(size=40)).to_csv(tmp_path / "coords.csv", index=False)
+    assert FileDataset(path=str(tmp_path / "coords.csv"), label_column="label").load(seed=0)
     frame.drop(columns=["y"]).to_csv(tmp_path / "index.csv")  # pandas' index as a first column
     with pytest.raises(DatasetError, match=r"without a name \('Unnamed: 0'.*--id-column") as err:
         FileDataset(path=str(tmp_path / "index.csv")).load(seed=0)
@@ -423,3 +430,19 @@ def test_a_gap_in_a_csv_whose_rows_all_match_the_header_is_still_a_missing_value
         DatasetError, match=r"label column 'label' has 1 missing values \(first in row 0"
     ):
         FileDataset(path=str(path)).load(seed=0)
+
+
+def test_trailing_commas_and_spaced_header_names_are_told_as_such(tmp_path: Path) -> None:
+    good = [f"{i % 7},{i % 5},{i % 2}" for i in range(60)]
+    trailing = tmp_path / "trailing.csv"
+    trailing.write_text("\n".join(f"{line}," for line in ["a,b,label", *good]) + "\n")
+    with pytest.raises(DatasetError, match="every line ends with a comma") as err:
+        FileDataset(path=str(trailing)).load(seed=0)
+    _one_line(str(err.value))
+    spaced = tmp_path / "spaced.csv"
+    spaced.write_text("\n".join(["a, b, label", *good]) + "\n")
+    with pytest.raises(DatasetError, match="column ' label' has spaces around its name") as err:
+        FileDataset(path=str(spaced)).load(seed=0)
+    _one_line(str(err.value))
+    # the exact name, as the message offers, reads it
+    assert FileDataset(path=str(spaced), label_column=" label").load(seed=0).n_classes == 2

@@ -508,10 +508,126 @@ def test_value_interrupted_keeps_the_methods_that_had_finished(
     for column in ("random_value", "random_rank", "fold", "label"):
         pd.testing.assert_series_equal(got[column], full[column])
     page = out.with_suffix(".html").read_text()
-    assert "Interrupted: not valued by knn-shapley, loo" in page
+    assert "not valued by knn-shapley, loo" in page
 
     first = tmp_path / "first.csv"
     assert main([*base, "--methods", "knn-shapley,random", "--out", str(first)]) == 130
     err = capsys.readouterr().err
     assert f"nothing was written to {first}" in err and err.count("\n") == 1, err
     assert not first.exists() and not first.with_suffix(".html").exists()
+
+
+def test_value_failing_later_keeps_the_methods_that_had_finished(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A method that raises after another finished: the finished one's columns and the page
+    are written, one line says so, then the error itself as main reports it."""
+    import pandas as pd
+
+    from valbench.methods.knn_shapley import KNNShapley
+
+    def broken(self: object, *args: object, **kwargs: object) -> None:
+        raise ValueError("the method broke")
+
+    monkeypatch.setattr(KNNShapley, "value", broken)
+    data = tmp_path / "mine.csv"
+    _noisy_file(data, n=60)
+    out = tmp_path / "v.csv"
+    argv = ["value", str(data), "--label-column", "y", "--id-column", "id", "--out", str(out)]
+    with pytest.raises(ValueError, match="the method broke"):
+        main([*argv, "--methods", "random,knn-shapley"])
+    err = capsys.readouterr().err
+    assert "knn-shapley failed; " in err and "(random), not knn-shapley" in err, err
+    assert "random_value" in pd.read_csv(out).columns
+    assert "not valued by knn-shapley" in out.with_suffix(".html").read_text()
+
+
+def test_value_sigterm_ends_it_as_ctrl_c(tmp_path: Path) -> None:
+    """``kill``/``timeout`` send SIGTERM: the finished methods are written, exit 130."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    data = tmp_path / "mine.csv"
+    _noisy_file(data, n=200)
+    out = tmp_path / "v.csv"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "valbench", "value", str(data), "--label-column", "y"]
+        + ["--id-column", "id", "--methods", "random,tmc-shapley", "--out", str(out)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(8)  # imports, random on both folds, then tmc-shapley (minutes unbudgeted)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted while valuing with tmc-shapley" in err, err
+    assert out.exists() and out.with_suffix(".html").exists()
+
+
+def test_value_api_refuses_what_would_misread_or_overwrite(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pandas as pd
+
+    import valbench
+    from valbench.errors import UsageError
+
+    data = tmp_path / "mine.csv"
+    _noisy_file(data, n=60)
+    before = data.read_bytes()
+    # "~" is the home folder for the input and the outputs alike: never written over.
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(UsageError, match="is this command's own input"):
+        valbench.value_file("~/mine.csv", ["random"], label_column="y", out=data)
+    assert main(["value", "~/mine.csv", "--label-column", "y", "--out", str(data)]) == 2
+    assert data.read_bytes() == before
+    with pytest.raises(UsageError, match="html .*other.csv: name an .html file"):
+        valbench.value_file(data, ["random"], label_column="y", html=tmp_path / "other.csv")
+    for bad, message in [
+        (dict(params={"knn-shapley": 5}), "params must map each method to a dict"),
+        (dict(params="knn-shapley.k=5"), "params must map each method to a dict"),
+        (dict(methods=["knn-shapley", 3]), "methods must be method names"),
+        (dict(methods=None), "methods must be method names"),
+    ]:
+        with pytest.raises(UsageError, match=message):
+            valbench.value_file(
+                data, **{"methods": ["knn-shapley"], **bad}, label_column="y", id_column="id"
+            )
+    with pytest.raises(UsageError, match="path must be a file's path"):
+        valbench.value_file(None, ["knn-shapley"])  # type: ignore[arg-type]
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(rng.normal(size=(80, 3)), columns=list("abc"))
+    frame["label"] = np.where(frame.a > 0, "cat", "dog")
+    shuffled = frame.sample(frac=1, random_state=1)
+    with pytest.raises(UsageError, match="x's index and y's index differ"):
+        valbench.value(shuffled[["a", "b", "c"]], frame["label"])
+    aligned = valbench.value(shuffled[["a", "b", "c"]], shuffled["label"])
+    assert len(aligned.values) == 80
+    x = rng.normal(size=(60, 2))
+    with pytest.raises(UsageError, match="all integers or all strings, got int, str"):
+        valbench.value(x, [1, "1", 2, "2"] * 15)
+    with pytest.raises(UsageError, match="'cat' and 'cat ' differ only in leading/trailing"):
+        valbench.value(x, np.where(x[:, 0] > 0, "cat", "cat "))
+    # A value far outside its fold's rows would be inf in float32 once standardised.
+    x[5, 0] = 1e40
+    with pytest.raises(UsageError, match=r"feature column 0 \(0-based\) of row 5 \(1e\+40\)"):
+        valbench.value(x, np.arange(60) % 2)
+
+
+def test_value_says_what_the_path_is_when_it_is_no_data_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "loop1.csv").symlink_to(tmp_path / "loop2.csv")
+    (tmp_path / "loop2.csv").symlink_to(tmp_path / "loop1.csv")
+    for path, message in [
+        (tmp_path, "is a folder; give the data file itself"),
+        (tmp_path / "loop1.csv", "is a link to nothing"),
+        (Path("/dev/null"), "is not a regular file"),
+        (tmp_path / "nope.csv", "no such file"),
+    ]:
+        assert main(["value", str(path), "--out", str(tmp_path / "v.csv")]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
