@@ -321,18 +321,19 @@ def value_file(
     except (ValuationInterrupted, ValuationFailed) as exc:
         # The methods that had valued every row are written, the page saying which are not.
         stopped, result = exc, exc.partial
-    frame = values_frame(result, data.labels, data.ids)
+    frame = values_frame(result, data.shown_labels, data.ids)
     # Both outputs are made before either is written, so that an interruption leaves none.
     page = None
     if html is not None:
         page = suspicious_rows_html(
             frame,
             data.x,
-            data.labels,
+            data.shown_labels,
             title=f"Rows to check in {Path(path).name}",
             top=top,
             partial=result.partial_methods,
             missing=() if stopped is None else stopped.missing,
+            notes=result.notes,
         )
     if out is not None:
         write_table(frame, out)

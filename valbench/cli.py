@@ -744,6 +744,9 @@ def _cmd_value(args: argparse.Namespace) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
     print(f"{len(frame)} rows valued by {', '.join(methods)} -> {out}")
+    for method, said in result.notes.items():
+        for note in said:
+            print(printable(f"note: {method}, {note}"), file=sys.stderr)
     if result.partial_methods:
         left_out = set(result.consensus_methods) != set(result.methods)
         why = "left out of the consensus" if left_out else "so the consensus is partial too"

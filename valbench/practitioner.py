@@ -80,6 +80,9 @@ class CrossFitValues:
     #: Each method's within-fold suspicion in [0, 1] (1 = its fold's most suspicious row).
     method_suspicion: dict[str, np.ndarray]
     params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: What a method said about its estimate on some fold (``stats["note"]``: say, a
+    #: knn-shapley k beyond the fold's training rows, where distances play no part).
+    notes: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def consensus_methods(self) -> tuple[str, ...]:
@@ -351,6 +354,7 @@ def value_arrays(
     # -1 marks a row whose fold's method reported no counts; a method with none is None.
     samples: dict[str, np.ndarray | None] = {m: np.full(n, -1, np.int64) for m in methods}
     complete = {m: np.ones(n, dtype=bool) for m in methods}
+    notes: dict[str, list[str]] = {m: [] for m in methods}
     # StratifiedKFold's test folds partition the rows: fold f is valued against the rest.
     folds_rows = list(splitter.split(np.zeros(n), codes))
     for f, (_, rows) in enumerate(folds_rows):
@@ -397,6 +401,7 @@ def value_arrays(
             complete={m: complete[m] for m in pick},
             method_suspicion={m: out["method_suspicion"][m] for m in pick},
             params={m: given[m] for m in pick},
+            notes={m: tuple(dict.fromkeys(notes[m])) for m in pick if notes[m]},
         )
 
     # Every fold's split before any work: a feature that cannot be standardised is refused.
@@ -431,6 +436,8 @@ def value_arrays(
                 out["detection"][name][rows] = detection
                 out["method_suspicion"][name][rows] = _within_fold_suspicion(detection)
                 complete[name][rows] = bool(valuation.complete)
+                if isinstance(valuation.stats.get("note"), str):
+                    notes[name].append(f"fold {f}: {valuation.stats['note']}")
                 errs = point_stderr(valuation.stats, len(rows))
                 if errs is not None:
                     stderr[name][rows] = errs  # type: ignore[index]
@@ -478,11 +485,19 @@ class ValuationFailed(Exception):
 
 @dataclass
 class UserFile:
-    """A user's table as read for ``valbench value``: features, labels (as written), ids."""
+    """A user's table as read for ``valbench value``: features, labels (the classes as
+    parsed), ids, and the labels as the file spells them where that differs ("007" read
+    as 7)."""
 
     x: np.ndarray
     labels: np.ndarray
     ids: np.ndarray | None
+    written: np.ndarray | None = None
+
+    @property
+    def shown_labels(self) -> np.ndarray:
+        """The labels to write back: as the file spells them."""
+        return self.labels if self.written is None else self.written
 
 
 def read_user_file(
@@ -514,7 +529,25 @@ def read_user_file(
     x, codes = parts["train"]
     labels = np.asarray(classes, dtype=object)[codes]
     ids = read_ids(path, id_column) if id_column else None
-    return UserFile(x=np.asarray(x), labels=labels, ids=ids)
+    written = None
+    if path.suffix == ".csv":
+        # pandas may read labels as numbers ("007" as 7, "1.0" as 1); the reading refuses
+        # two spellings of one class ("01" beside "1"), so each class is written back as the
+        # file spells it.
+        import pandas as pd
+
+        column = label_column or ("label" if "label" in _csv_header(path) else "y")
+        text = pd.read_csv(path, usecols=[column], dtype=str, keep_default_na=False)[column]
+        pairs = pd.DataFrame({"code": codes, "text": text.to_numpy()}).drop_duplicates()
+        if len(pairs) == pairs["code"].nunique() == pairs["text"].nunique():
+            written = text.to_numpy(dtype=object)
+    return UserFile(x=np.asarray(x), labels=labels, ids=ids, written=written)
+
+
+def _csv_header(path: Path) -> list[str]:
+    import pandas as pd
+
+    return [str(c) for c in pd.read_csv(path, nrows=0).columns]
 
 
 def values_frame(result: CrossFitValues, labels: np.ndarray, ids: np.ndarray | None) -> Any:
@@ -579,11 +612,12 @@ def suspicious_rows_html(
     k: int = 10,
     partial: Sequence[str] = (),
     missing: Sequence[str] = (),
+    notes: Mapping[str, Sequence[str]] | None = None,
 ) -> str:
     """A self-contained page (inline CSS, no scripts, no network) of the ``top`` most
     suspicious rows: label, consensus suspicion, each method's rank, and the labels of the
     row's nearest neighbours. ``missing``: methods asked for that an interruption or a
-    failure left out."""
+    failure left out; ``notes``: what methods said of their estimates, shown at the top."""
     methods = [c.removesuffix("_rank") for c in frame.columns if c.endswith("_rank")]
     methods = [m for m in methods if m != "suspicion"]
     consensus = [m for m in methods if m not in partial] or methods
@@ -609,6 +643,11 @@ def suspicious_rows_html(
             ]
             if missing
             else []
+        ),
+        *(
+            f'<p class="disagree">Note from {esc(m)}: {esc(note)}</p>'
+            for m, said in (notes or {}).items()
+            for note in said
         ),
         f"<p>The {len(shown)} rows of {len(frame)} most worth checking, by the consensus "
         f"suspicion of {esc(', '.join(consensus))} (each row valued once, as training data of its "

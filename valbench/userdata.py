@@ -251,6 +251,18 @@ def _read_table(
     labels = frame[label_column]
     if labels.isna().any():
         first = int(np.flatnonzero(labels.isna().to_numpy())[0])
+        if path.suffix == ".csv":
+            text = pd.read_csv(path, usecols=[label_column], dtype=str, keep_default_na=False)
+            spelled = str(text[label_column].iloc[first])
+            if spelled.strip():
+                # "NA" (North America), "None", "null": pandas reads these as gaps.
+                raise _fail(
+                    path,
+                    f"label column {label_column!r} has {int(labels.isna().sum())} values "
+                    f"read as missing, spelled {spelled!r} (first in row {first}, counting "
+                    "data rows from 0); if that is a class, rename it (say 'NA_class'), "
+                    "else fill or drop those rows",
+                )
         raise _fail(
             path,
             f"label column {label_column!r} has {int(labels.isna().sum())} missing values "

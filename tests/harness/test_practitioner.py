@@ -631,3 +631,49 @@ def test_value_says_what_the_path_is_when_it_is_no_data_file(
         assert main(["value", str(path), "--out", str(tmp_path / "v.csv")]) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
+
+
+def test_value_writes_labels_back_as_the_file_spells_them(tmp_path: Path) -> None:
+    """pandas reads "007" as 7 and "1.0" as 1; the table and the page keep the spelling."""
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    for spelled in (["007", "008"], ["1.0", "2.0"], ["cat", "dog"]):
+        data = tmp_path / "labels.csv"
+        labels = np.where(rng.random(60) < 0.5, *spelled)
+        a, b = rng.normal(size=(2, 60))
+        lines = [f"{u:.3f},{v:.3f},{c}" for u, v, c in zip(a, b, labels, strict=True)]
+        data.write_text("\n".join(["a,b,label", *lines]) + "\n")
+        out = tmp_path / "v.csv"
+        assert main(["value", str(data), "--methods", "random", "--out", str(out)]) == 0
+        written = pd.read_csv(out, dtype={"label": str})["label"]
+        assert written.tolist() == labels.tolist()
+        assert f"<td>{spelled[0]}</td>" in out.with_suffix(".html").read_text()
+
+
+def test_value_shows_what_a_method_said_of_its_estimate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """knn-shapley with k at or beyond a fold's training rows: distances play no part, and
+    both the terminal and the page say so."""
+    data = tmp_path / "mine.csv"
+    _noisy_file(data, n=60)
+    out = tmp_path / "v.csv"
+    argv = ["value", str(data), "--label-column", "y", "--id-column", "id", "--out", str(out)]
+    assert main([*argv, "--methods", "knn-shapley", "--param", "knn-shapley.k=30"]) == 0
+    err = capsys.readouterr().err
+    assert "note: knn-shapley, fold 0: k = 30 >= 30 training points" in err, err
+    assert "Note from knn-shapley: fold 1: k = 30" in out.with_suffix(".html").read_text()
+    assert main([*argv, "--methods", "knn-shapley"]) == 0
+    assert "note:" not in capsys.readouterr().err
+
+
+def test_a_class_spelled_like_a_gap_is_told_as_such(tmp_path: Path) -> None:
+    from valbench.errors import DatasetError
+    from valbench.userdata import FileDataset
+
+    data = tmp_path / "regions.csv"
+    rows = [f"{i % 7},{'NA' if i % 2 else 'EU'}" for i in range(60)]
+    data.write_text("\n".join(["a,label", *rows]) + "\n")
+    with pytest.raises(DatasetError, match="read as missing, spelled 'NA' .*rename it"):
+        FileDataset(path=str(data)).load(seed=0)
