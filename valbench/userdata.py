@@ -320,7 +320,7 @@ def _looks_like_labels(column: Any) -> bool:
 
 def frame_features(frame: Any, what: str, hint: str = "") -> np.ndarray | str:
     """A DataFrame's columns as one feature array, or a one-line problem naming the column:
-    text columns, and gaps in nullable (Int64, Float64, boolean) columns. ``hint`` is added
+    text columns, and gaps (NaN, None, pd.NA) in any column. ``hint`` is added
     to the advice on text columns. Columns are taken by position: a name may repeat."""
     import pandas as pd
 
@@ -337,14 +337,15 @@ def frame_features(frame: Any, what: str, hint: str = "") -> np.ndarray | str:
             + f" (encode or drop them{hint})"
         )
     # True/False and nullable columns become plain floats: beside other dtypes they would
-    # make an object array. NaN in a plain float column is left for feature_problem.
+    # make an object array. (Infinities are left for feature_problem.)
     cast = [
         i
         for i, c in enumerate(columns)
         if pd.api.types.is_bool_dtype(c) or pd.api.types.is_extension_array_dtype(c.dtype)
     ]
-    for i in cast:
-        gaps = columns[i].isna().to_numpy()
+    for i, column in enumerate(columns):
+        # Named here, where the column has a name (the array check further on has none).
+        gaps = column.isna().to_numpy()
         if gaps.any():
             return (
                 f"column {shown(i)} has {int(gaps.sum())} missing values (first in row "

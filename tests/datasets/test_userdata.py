@@ -446,3 +446,12 @@ def test_trailing_commas_and_spaced_header_names_are_told_as_such(tmp_path: Path
     _one_line(str(err.value))
     # the exact name, as the message offers, reads it
     assert FileDataset(path=str(spaced), label_column=" label").load(seed=0).n_classes == 2
+
+
+def test_a_gap_in_a_feature_column_names_the_column(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"a": rng.normal(size=60), "e": np.nan, "label": np.arange(60) % 2})
+    frame.loc[:9, "e"] = 1.0  # gaps from row 10 on
+    frame.to_csv(tmp_path / "gaps.csv", index=False)
+    with pytest.raises(DatasetError, match=r"column e has 50 missing values \(first in row 10\)"):
+        FileDataset(path=str(tmp_path / "gaps.csv")).load(seed=0)
