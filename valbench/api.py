@@ -11,8 +11,11 @@ labels as given. The ``valbench export`` and ``valbench value`` commands are thi
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Mapping, Sequence
+import signal
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +44,7 @@ from valbench.practitioner import (
     values_frame,
 )
 from valbench.records import CellRecord
-from valbench.store import check_output_files, write_output_file
+from valbench.store import check_html_page, check_output_files, write_output_file
 
 __all__ = ["Run", "ValueResult", "run", "value", "value_file", "export", "open_run"]
 
@@ -300,8 +303,7 @@ def value_file(
     path = Path(path).expanduser()
     out = None if out is None else Path(out).expanduser()
     html = None if html is None else Path(html).expanduser()
-    if html is not None and html.suffix.lower() not in (".html", ".htm"):
-        raise UsageError(f"html {html}: name an .html file (the page would replace {html})")
+    check_html_page("html", html)
     check_output_files({"out": out, "html": html}, inputs=[path])
     if out is not None:
         table_format(out)  # before the work, not after it
@@ -321,28 +323,52 @@ def value_file(
     except (ValuationInterrupted, ValuationFailed) as exc:
         # The methods that had valued every row are written, the page saying which are not.
         stopped, result = exc, exc.partial
-    frame = values_frame(result, data.shown_labels, data.ids)
-    # Both outputs are made before either is written, so that an interruption leaves none.
-    page = None
-    if html is not None:
-        page = suspicious_rows_html(
-            frame,
-            data.x,
-            data.shown_labels,
-            title=f"Rows to check in {Path(path).name}",
-            top=top,
-            partial=result.partial_methods,
-            missing=() if stopped is None else stopped.missing,
-            notes=result.notes,
-        )
-    if out is not None:
-        write_table(frame, out)
-    if page is not None:
-        assert html is not None
-        write_output_file(html, page.encode("utf-8"))
+    # Both outputs are made, then written, with Ctrl-C and SIGTERM held for those moments: a
+    # second interruption would otherwise leave one file written and a message saying none.
+    try:
+        with _signals_held():
+            frame = values_frame(result, data.shown_labels, data.ids)
+            page = None
+            if html is not None:
+                page = suspicious_rows_html(
+                    frame,
+                    data.x,
+                    data.shown_labels,
+                    title=f"Rows to check in {Path(path).name}",
+                    top=top,
+                    partial=result.partial_methods,
+                    missing=() if stopped is None else stopped.missing,
+                    notes=result.notes,
+                )
+            if out is not None:
+                write_table(frame, out)
+            if page is not None:
+                assert html is not None
+                write_output_file(html, page.encode("utf-8"))
+    except Exception as exc:
+        if stopped is None:
+            raise
+        # The stop (an interruption, a failed method) must not vanish behind the write error.
+        raise UsageError(f"{stopped}; writing the finished methods failed too: {exc}") from exc
     if stopped is not None:
         raise stopped
     return frame, result
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Ctrl-C and SIGTERM wait until the block ends (in the main thread; elsewhere they
+    cannot arrive). One that arrived during it is dropped: the block's work was finished."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.signal(s, lambda signum, frame: None) for s in held}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def export(
@@ -363,9 +389,10 @@ def export(
         raise UsageError(f"methods must be a method's name or a list of names, got {methods!r}")
     # Never over the user's data file the run read (an --out naming it, by mistake).
     inputs = run_data_files(Path(run_dir))
-    check_output_files({"out": None if out is None else Path(out)}, inputs=inputs)
-    fmt = table_format(None if out is None else Path(out), fmt)
+    out = None if out is None else Path(out).expanduser()
+    check_output_files({"out": out}, inputs=inputs)
+    fmt = table_format(out, fmt)
     frame = export_table(Path(run_dir), methods)
     if out is not None:
-        write_table(frame, Path(out), fmt)
+        write_table(frame, out, fmt)
     return frame

@@ -14,7 +14,7 @@ import os
 import shlex
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -389,14 +389,6 @@ def _directory(flag: str, value: str | None) -> Path | None:
     return Path(value)
 
 
-def _html_page(flag: str, path: Path | None) -> Path | None:
-    """An HTML page's path; any other name is refused, so that a slip (``--html data.csv``)
-    cannot replace a data file with a page."""
-    if path is not None and path.suffix.lower() not in (".html", ".htm"):
-        raise UsageError(f"{flag} {path}: name an .html file (the page would replace {path})")
-    return path
-
-
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -673,7 +665,7 @@ def _cmd_value(args: argparse.Namespace) -> int:
     from valbench.api import value_file
     from valbench.practitioner import ValuationFailed, ValuationInterrupted
     from valbench.spec import parse_param_assignments, split_names
-    from valbench.store import check_output_files
+    from valbench.store import check_html_page, check_output_files
 
     # An empty value (an unset shell variable) would quietly mean the default: no budget,
     # the default label column. Refused, as `run` refuses it.
@@ -696,7 +688,7 @@ def _cmd_value(args: argparse.Namespace) -> int:
     check_output_files({"--out": out}, inputs=[data_file])
     html = (_directory("--html", args.html) or out.with_suffix(".html")).expanduser()
     check_output_files({"--out": out, "--html": html}, inputs=[data_file])
-    _html_page("--html", html)
+    check_html_page("--html", html)
     # SIGTERM (`kill`, `timeout`, a scheduler) ends it as Ctrl-C does: finished methods kept.
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
@@ -715,6 +707,7 @@ def _cmd_value(args: argparse.Namespace) -> int:
             top=top,
         )
     except ValuationFailed as failed:
+        _print_notes(failed.partial.notes)
         print(
             f"valbench value: {failed.missing[0]} failed; {out} and {html} hold the methods "
             f"that had finished ({', '.join(failed.partial.methods)}), not "
@@ -724,6 +717,7 @@ def _cmd_value(args: argparse.Namespace) -> int:
         raise failed.error from None
     except ValuationInterrupted as stop:
         # Methods run one after another over every fold: those that finished are written.
+        _print_notes(stop.partial.notes)
         print(
             f"valbench value: interrupted while valuing with {stop.missing[0]}; {out} and "
             f"{html} hold the methods that had finished ({', '.join(stop.partial.methods)}), "
@@ -744,9 +738,7 @@ def _cmd_value(args: argparse.Namespace) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
     print(f"{len(frame)} rows valued by {', '.join(methods)} -> {out}")
-    for method, said in result.notes.items():
-        for note in said:
-            print(printable(f"note: {method}, {note}"), file=sys.stderr)
+    _print_notes(result.notes)
     if result.partial_methods:
         left_out = set(result.consensus_methods) != set(result.methods)
         why = "left out of the consensus" if left_out else "so the consensus is partial too"
@@ -757,6 +749,13 @@ def _cmd_value(args: argparse.Namespace) -> int:
         )
     print(f"most suspicious rows: {html}")
     return EXIT_OK
+
+
+def _print_notes(notes: Mapping[str, Sequence[str]]) -> None:
+    """What the methods said of their estimates (``CrossFitValues.notes``), on stderr."""
+    for method, said in notes.items():
+        for note in said:
+            print(printable(f"note: {method}, {note}"), file=sys.stderr)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -781,15 +780,16 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
     from valbench.compare import compare_runs, format_table, render_html
     from valbench.export import run_data_files
-    from valbench.store import check_output_files, read_manifest
+    from valbench.store import check_html_page, check_output_files, read_manifest
 
     for run_dir in (args.run_a, args.run_b):
         read_manifest(run_dir)  # a clear error when it is not a run directory
     html = _directory("--html", None if args.html is None else str(args.html))
+    html = None if html is None else html.expanduser()
     # Neither run's own data files (their file: datasets) may be written over.
     inputs = [*run_data_files(args.run_a), *run_data_files(args.run_b)]
     check_output_files({"--html": html}, inputs=inputs)
-    _html_page("--html", html)
+    check_html_page("--html", html)
     comparison = compare_runs(args.run_a, args.run_b)
     if not comparison.differences:
         raise UsageError(

@@ -153,7 +153,7 @@ def _labels(y: Any) -> tuple[np.ndarray, list[Any]]:
         y.dtype
     )  # Int64, boolean, string: read as objects, where pd.NA stays visible
     # A list keeps each label's type (numpy would turn [1, "1"] into two strings "1").
-    listed = isinstance(y, list | tuple)
+    listed = isinstance(y, list | tuple) and not all(isinstance(v, bytes) for v in y)
     y = np.asarray(y, dtype=object) if nullable or listed else _as_array("y", y)
     if y.ndim != 1:
         raise UsageError(f"labels must be one per row (1-D), got shape {y.shape}")
@@ -256,6 +256,23 @@ def _standardize(train: np.ndarray, other: np.ndarray) -> tuple[np.ndarray, np.n
     return (train - mu) / sd, (other - mu) / sd
 
 
+def _check_standardized(x: np.ndarray, rest: np.ndarray, rows: np.ndarray, fold: int) -> None:
+    """Refuse a held-out value that standardising with fold ``fold``'s rows would take beyond
+    float32, naming its row; one fold's held-out rows at a time, so no copy of x is kept."""
+    train = x[rows]
+    mu, sd = train.mean(axis=0), train.std(axis=0)
+    sd[sd < 1e-12] = 1.0
+    wild = np.abs((x[rest] - mu) / sd) > _FLOAT32_MAX
+    if wild.any():
+        i, j = np.argwhere(wild)[0]
+        r = int(rest[i])
+        raise UsageError(
+            f"feature column {j} (0-based) of row {r} ({x[r, j]:.3g}) is beyond float32 once "
+            f"standardised with the statistics of fold {fold}'s rows; rescale that column "
+            "(divide by a constant, take logs) or drop the row"
+        )
+
+
 def _within_fold_suspicion(detection: np.ndarray) -> np.ndarray:
     """1 for the lowest detection score of the fold, 0 for the highest; equal scores share
     their mean rank, so a tie says nothing about which row comes first (ranking ties by
@@ -315,10 +332,14 @@ def value_arrays(
     if x_index is not None and y_index is not None and hasattr(x_index, "equals"):
         # Rows are paired by position, as numpy pairs them; pandas would pair them by index.
         if len(x_index) == len(y_index) and not x_index.equals(y_index):
-            at = int(np.flatnonzero(np.asarray(x_index) != np.asarray(y_index))[0])
+            import pandas as pd
+
+            xi, yi = np.asarray(x_index, dtype=object), np.asarray(y_index, dtype=object)
+            same = (xi == yi) | (pd.isna(xi) & pd.isna(yi))
+            at = int(np.flatnonzero(~same)[0]) if not same.all() else 0
             raise UsageError(
-                f"x's index and y's index differ (position {at}: {x_index[at]} against "
-                f"{y_index[at]}), and rows are paired by position; align them "
+                f"x's index and y's index differ (position {at}: {xi[at]!r} against "
+                f"{yi[at]!r}), and rows are paired by position; align them "
                 "(y = y.loc[x.index]) or pass .to_numpy() of both"
             )
     x = _features(x)
@@ -360,20 +381,8 @@ def value_arrays(
     for f, (_, rows) in enumerate(folds_rows):
         fold[rows] = f
 
-    def fold_splits(f: int, rest: np.ndarray, rows: np.ndarray) -> DatasetSplits:
+    def fold_splits(rest: np.ndarray, rows: np.ndarray) -> DatasetSplits:
         x_train, x_rest = _standardize(x[rows], x[rest]) if standardize else (x[rows], x[rest])
-        # Held-out rows are standardised with the fold's own statistics: a value far outside
-        # them would leave float32, the models' precision, as inf.
-        for part, part_rows in ((x_train, rows), (x_rest, rest)):
-            wild = np.abs(part) > _FLOAT32_MAX
-            if wild.any():
-                i, j = np.argwhere(wild)[0]
-                r = int(part_rows[i])
-                raise UsageError(
-                    f"feature column {j} (0-based) of row {r} ({x[r, j]:.3g}) is beyond float32 "
-                    f"once standardised with the statistics of fold {f}'s rows; rescale that "
-                    "column (divide by a constant, take logs) or drop the row"
-                )
         return DatasetSplits(
             x_train=x_train,
             y_train=codes[rows],
@@ -404,16 +413,20 @@ def value_arrays(
             notes={m: tuple(dict.fromkeys(notes[m])) for m in pick if notes[m]},
         )
 
-    # Every fold's split before any work: a feature that cannot be standardised is refused.
-    fold_data = [fold_splits(f, rest, rows) for f, (rest, rows) in enumerate(folds_rows)]
+    if standardize:
+        # Before any work. Held-out rows are standardised with their fold's statistics: a
+        # value far outside them would leave float32, the models' precision, as inf.
+        # (Unstandardised features beyond float32 were refused above.)
+        for f, (rest, rows) in enumerate(folds_rows):
+            _check_standardized(x, rest, rows, f)
     # Method by method, each over every fold: a Ctrl-C keeps the methods already whole. Every
     # (method, fold) has its own seeds, so the order changes no number.
     finished: list[str] = []
     for name in methods:
         try:
-            for f, (_, rows) in enumerate(folds_rows):
+            for f, (rest, rows) in enumerate(folds_rows):
                 task = ValuationTask.from_splits(
-                    fold_data[f],
+                    fold_splits(rest, rows),
                     model=spec,
                     name="user-data",
                     seed=int(np.random.SeedSequence([seed, f]).generate_state(1)[0]) % 2**31,
@@ -539,7 +552,11 @@ def read_user_file(
         column = label_column or ("label" if "label" in _csv_header(path) else "y")
         text = pd.read_csv(path, usecols=[column], dtype=str, keep_default_na=False)[column]
         pairs = pd.DataFrame({"code": codes, "text": text.to_numpy()}).drop_duplicates()
-        if len(pairs) == pairs["code"].nunique() == pairs["text"].nunique():
+        one_each = len(pairs) == pairs["code"].nunique() == pairs["text"].nunique()
+        respelled = any(
+            str(classes[c]) != t for c, t in zip(pairs["code"], pairs["text"], strict=True)
+        )
+        if one_each and respelled:  # else the parsed labels keep their type (ints stay ints)
             written = text.to_numpy(dtype=object)
     return UserFile(x=np.asarray(x), labels=labels, ids=ids, written=written)
 

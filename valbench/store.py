@@ -61,6 +61,7 @@ __all__ = [
     "lock_holder",
     "describe_holder",
     "check_entries",
+    "check_html_page",
     "check_output_files",
     "enclosing_run_dir",
 ]
@@ -105,6 +106,15 @@ def _same_file(a: Path, b: Path) -> bool:
         return os.path.samefile(a, b)
     except OSError:  # one of them does not exist (yet): compare where they would be
         return Path(os.path.abspath(a)) == Path(os.path.abspath(b))
+
+
+def check_html_page(flag: str, path: Path | None) -> None:
+    """An HTML page's path must end in .html or .htm, so that a slip (``--html data.csv``)
+    cannot replace a data file with a page."""
+    from valbench.errors import UsageError
+
+    if path is not None and Path(path).suffix.lower() not in (".html", ".htm"):
+        raise UsageError(f"{flag} {path}: name an .html file (the page would replace {path})")
 
 
 def check_output_files(targets: Mapping[str, Path | None], inputs: Iterable[Path] = ()) -> None:

@@ -103,13 +103,14 @@ def _read_frame(path: Path, id_column: str | None = None) -> Any:
 
 def _ragged_row(path: Path) -> str | None:
     """The problem with the first data row whose field count differs from the header's, or
-    None when every row has as many fields as the header (blank lines skipped, as pandas
-    skips them). Read with the csv module, which splits fields as pandas' defaults do."""
+    None when every row has as many fields as the header (blank and whitespace-only lines
+    skipped, as pandas skips them). Read with the csv module, which splits fields as
+    pandas' defaults do."""
     import csv
 
     try:
         with path.open(newline="", encoding="utf-8") as f:
-            rows = (row for row in csv.reader(f) if row)
+            rows = (row for row in csv.reader(f) if any(v.strip() for v in row))
             header = next(rows, None)
             if header is None:
                 return None
@@ -225,7 +226,12 @@ def _read_table(
     unnamed = [
         c for c in columns if c.startswith("Unnamed: ") and c not in (id_column, label_column)
     ]
-    if unnamed and unnamed[-1] == columns[-1] and frame[columns[-1]].isna().all():
+    if (
+        path.suffix == ".csv"
+        and unnamed
+        and unnamed[-1] == columns[-1]
+        and frame[columns[-1]].isna().all()
+    ):
         raise _fail(
             path,
             "every line ends with a comma (an empty last column without a name); remove the "
@@ -253,15 +259,19 @@ def _read_table(
         first = int(np.flatnonzero(labels.isna().to_numpy())[0])
         if path.suffix == ".csv":
             text = pd.read_csv(path, usecols=[label_column], dtype=str, keep_default_na=False)
-            spelled = str(text[label_column].iloc[first])
-            if spelled.strip():
+            gaps = text[label_column][labels.isna().to_numpy()].str.strip()
+            words = gaps[gaps != ""]
+            if len(words):
                 # "NA" (North America), "None", "null": pandas reads these as gaps.
+                blank = len(gaps) - len(words)
                 raise _fail(
                     path,
-                    f"label column {label_column!r} has {int(labels.isna().sum())} values "
-                    f"read as missing, spelled {spelled!r} (first in row {first}, counting "
-                    "data rows from 0); if that is a class, rename it (say 'NA_class'), "
-                    "else fill or drop those rows",
+                    f"label column {label_column!r} has {len(words)} values read as missing, "
+                    f"spelled {words.iloc[0]!r} (first in row {int(words.index[0])}, counting "
+                    "data rows from 0)"
+                    + (f", and {blank} empty ones" if blank else "")
+                    + "; if that is a class, rename it (say 'NA_class'), else fill or drop "
+                    "those rows",
                 )
         raise _fail(
             path,

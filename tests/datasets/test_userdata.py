@@ -455,3 +455,18 @@ def test_a_gap_in_a_feature_column_names_the_column(tmp_path: Path) -> None:
     frame.to_csv(tmp_path / "gaps.csv", index=False)
     with pytest.raises(DatasetError, match=r"column e has 50 missing values \(first in row 10\)"):
         FileDataset(path=str(tmp_path / "gaps.csv")).load(seed=0)
+
+
+def test_a_whitespace_line_is_skipped_as_pandas_skips_it_not_called_a_short_row(
+    tmp_path: Path,
+) -> None:
+    good = [f"{i % 7},{i % 5},{i % 2}" for i in range(60)]
+    path = tmp_path / "gap.csv"
+    path.write_text("\n".join(["a,b,label", *good[:10], "   ", ",4,1", *good[10:]]) + "\n")
+    with pytest.raises(DatasetError, match=r"column a has 1 missing values \(first in row 10\)"):
+        FileDataset(path=str(path)).load(seed=0)
+    # an empty label and one spelled 'NA': both counted, the spelling named
+    rows = [f"{i % 7},{'' if i == 3 else 'NA' if i % 2 else 'EU'}" for i in range(60)]
+    path.write_text("\n".join(["a,label", *rows]) + "\n")
+    with pytest.raises(DatasetError, match="29 values read as missing, spelled 'NA' .*and 1 empty"):
+        FileDataset(path=str(path)).load(seed=0)

@@ -542,27 +542,66 @@ def test_value_failing_later_keeps_the_methods_that_had_finished(
     assert "not valued by knn-shapley" in out.with_suffix(".html").read_text()
 
 
+_WAITS = """
+import time
+from pathlib import Path
+
+import numpy as np
+
+from valbench import Method, Valuation
+
+
+class Waits(Method):
+    name = "waits"
+    family = "test"
+    summary = "writes a marker file, then waits to be stopped"
+
+    def __init__(self, *, marker: str = "") -> None:
+        super().__init__(marker=marker)
+
+    def value(self, task, ctx):
+        Path(self.marker).touch()
+        time.sleep(120)
+        return Valuation(scores=np.zeros(task.n_train))
+"""
+
+
 def test_value_sigterm_ends_it_as_ctrl_c(tmp_path: Path) -> None:
     """``kill``/``timeout`` send SIGTERM: the finished methods are written, exit 130."""
+    import os
     import signal
     import subprocess
     import sys
     import time
 
+    from plugin_fixtures import write_distribution
+
+    root = write_distribution(
+        tmp_path / "plugins",
+        "vb-waits",
+        "vb_waits",
+        _WAITS,
+        "[valbench.methods]\nwaits = vb_waits:Waits\n",
+    )
     data = tmp_path / "mine.csv"
-    _noisy_file(data, n=200)
-    out = tmp_path / "v.csv"
+    _noisy_file(data, n=60)
+    out, marker = tmp_path / "v.csv", tmp_path / "started"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), *sys.path])}
     proc = subprocess.Popen(
         [sys.executable, "-m", "valbench", "value", str(data), "--label-column", "y"]
-        + ["--id-column", "id", "--methods", "random,tmc-shapley", "--out", str(out)],
+        + ["--id-column", "id", "--methods", "random,waits", "--out", str(out)]
+        + ["--param", f"waits.marker={marker}"],
         stderr=subprocess.PIPE,
         text=True,
+        env=env,
     )
-    time.sleep(8)  # imports, random on both folds, then tmc-shapley (minutes unbudgeted)
+    deadline = time.monotonic() + 120
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)  # random has valued both folds once waits has started
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
-    assert "interrupted while valuing with tmc-shapley" in err, err
+    assert "interrupted while valuing with waits" in err, err
     assert out.exists() and out.with_suffix(".html").exists()
 
 
@@ -677,3 +716,41 @@ def test_a_class_spelled_like_a_gap_is_told_as_such(tmp_path: Path) -> None:
     data.write_text("\n".join(["a,label", *rows]) + "\n")
     with pytest.raises(DatasetError, match="read as missing, spelled 'NA' .*rename it"):
         FileDataset(path=str(data)).load(seed=0)
+
+
+def test_value_writes_survive_a_second_interruption_and_a_write_failure_keeps_the_stop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C while the outputs are written waits for them (both files, no false 'nothing
+    was written'); a write that fails after an interruption says both."""
+    import os
+    import signal
+
+    from valbench import api
+    from valbench.errors import UsageError
+    from valbench.methods.knn_shapley import KNNShapley
+
+    data = tmp_path / "mine.csv"
+    _noisy_file(data, n=60)
+    kw = {"label_column": "y", "id_column": "id", "out": tmp_path / "v.csv"}
+    kw["html"] = tmp_path / "v.html"
+    real_write = api.write_table
+
+    def write_then_interrupted(*args: object, **kwargs: object) -> None:
+        real_write(*args, **kwargs)  # type: ignore[arg-type]
+        os.kill(os.getpid(), signal.SIGINT)  # held until the page is written too
+
+    monkeypatch.setattr(api, "write_table", write_then_interrupted)
+    api.value_file(data, ["random"], **kw)
+    assert (tmp_path / "v.csv").exists() and (tmp_path / "v.html").exists()
+
+    def interrupted(self: object, *args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    def no_space(*args: object, **kwargs: object) -> None:
+        raise UsageError("cannot write v.html: no space left on the device")
+
+    monkeypatch.setattr(KNNShapley, "value", interrupted)
+    monkeypatch.setattr(api, "write_output_file", no_space)
+    with pytest.raises(UsageError, match="interrupted while valuing with knn-shapley; writing"):
+        api.value_file(data, ["random", "knn-shapley"], **kw)
