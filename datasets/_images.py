@@ -33,7 +33,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from valbench.cache import config_key, data_dir
-from valbench.data import pool_split_indices, split_caps
+from valbench.data import pool_split_indices, split_caps, standardize
 from valbench.errors import DatasetError, UsageError, printable
 from valbench.params import Interval, Options, Param
 from valbench.types import Dataset, DatasetSplits, Relabel
@@ -345,13 +345,6 @@ def _pretrained_features(arrays: list[np.ndarray], *, size: int, data: Path) -> 
     from valbench.datasets._resnet import resnet18_features
 
     return resnet18_features(arrays, size=size, data=data)
-
-
-def _standardize(train: np.ndarray, others: list[np.ndarray]) -> list[np.ndarray]:
-    mu = train.mean(axis=0)
-    sd = train.std(axis=0)
-    sd[sd < 1e-12] = 1.0
-    return [(a - mu) / sd for a in [train, *others]]
 
 
 def _fingerprint(*arrays: np.ndarray) -> str:
@@ -675,12 +668,12 @@ class ImageDataset(Dataset):
                 dim=self.cnn_dim,
                 width=self.cnn_width,
             )
-            return _standardize(feats[0], feats[1:])
+            return standardize(feats[0], *feats[1:])
         if self.features == "pretrained":
             feats = _pretrained_features(
                 [x_tr, *others], size=self.pretrained_size, data=data_dir(self.data_dir)
             )
-            return _standardize(feats[0], feats[1:])
+            return standardize(feats[0], *feats[1:])
         flat = [a.reshape(len(a), -1).astype(np.float32) / 255.0 for a in [x_tr, *others]]
         if self.pca is None:
             return flat

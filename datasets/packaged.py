@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from valbench.data import pool_split_indices, split_caps
+from valbench.data import pool_split_indices, split_caps, train_scale
 from valbench.datasets._images import ImageDataset
 from valbench.errors import DatasetError, UsageError
 from valbench.types import Dataset, DatasetSplits
@@ -129,8 +129,7 @@ class MNIST1DDataset(Dataset):
         test = np.arange(len(y_te))
         if self.n_test is not None and self.n_test < len(y_te):
             _, test, _ = pool_split_indices(y_te, seed=seed, n_val=self.n_test, n_test=0)
-        mu, sd = x[train].mean(axis=0), x[train].std(axis=0)
-        sd[sd < 1e-12] = 1.0
+        mu, sd = train_scale(x[train])
         return DatasetSplits(
             x_train=(x[train] - mu) / sd,
             y_train=y[train],

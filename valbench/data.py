@@ -19,6 +19,8 @@ from valbench.types import DatasetSplits
 
 __all__ = [
     "NOISE_MODELS",
+    "train_scale",
+    "standardize",
     "stratified_splits",
     "cap_train",
     "resize_splits",
@@ -108,6 +110,21 @@ def cap_train(splits: DatasetSplits, max_train: int | None, seed: int) -> Datase
     rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(3)[2])
     keep = stratified_subsample(splits.y_train, max_train, rng)
     return splits.with_train(keep, splits.y_train[keep])
+
+
+def train_scale(train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The training rows' column means and standard deviations, a (nearly) constant column's
+    deviation taken as 1 so that it is centred, not blown up."""
+    mu, sd = train.mean(axis=0), train.std(axis=0)
+    sd[sd < 1e-12] = 1.0
+    return mu, sd
+
+
+def standardize(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
+    """``train`` and each of ``others`` standardised with the training rows' statistics
+    (:func:`train_scale`)."""
+    mu, sd = train_scale(train)
+    return [(a - mu) / sd for a in (train, *others)]
 
 
 def stratified_splits(

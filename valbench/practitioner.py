@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 
 from valbench import metrics
+from valbench.data import standardize as standardize_rows
+from valbench.data import train_scale
 from valbench.errors import UsageError, printable
 from valbench.export import point_sample_counts, point_stderr, rank_desc
 from valbench.spec import split_names, stable_int
@@ -250,18 +252,10 @@ def check_request(
     return out
 
 
-def _standardize(train: np.ndarray, other: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    mu, sd = train.mean(axis=0), train.std(axis=0)
-    sd[sd < 1e-12] = 1.0
-    return (train - mu) / sd, (other - mu) / sd
-
-
 def _check_standardized(x: np.ndarray, rest: np.ndarray, rows: np.ndarray, fold: int) -> None:
     """Refuse a held-out value that standardising with fold ``fold``'s rows would take beyond
     float32, naming its row; one fold's held-out rows at a time, so no copy of x is kept."""
-    train = x[rows]
-    mu, sd = train.mean(axis=0), train.std(axis=0)
-    sd[sd < 1e-12] = 1.0
+    mu, sd = train_scale(x[rows])
     wild = np.abs((x[rest] - mu) / sd) > _FLOAT32_MAX
     if wild.any():
         i, j = np.argwhere(wild)[0]
@@ -382,7 +376,7 @@ def value_arrays(
         fold[rows] = f
 
     def fold_splits(rest: np.ndarray, rows: np.ndarray) -> DatasetSplits:
-        x_train, x_rest = _standardize(x[rows], x[rest]) if standardize else (x[rows], x[rest])
+        x_train, x_rest = standardize_rows(x[rows], x[rest]) if standardize else (x[rows], x[rest])
         return DatasetSplits(
             x_train=x_train,
             y_train=codes[rows],
@@ -607,7 +601,7 @@ def neighbour_votes(
 
     from sklearn.neighbors import NearestNeighbors
 
-    z = (x - x.mean(axis=0)) / np.where(x.std(axis=0) < 1e-12, 1.0, x.std(axis=0))
+    (z,) = standardize_rows(x)
     k = min(k, len(x) - 1)
     nn = NearestNeighbors(n_neighbors=k + 1).fit(z)
     _, idx = nn.kneighbors(z[list(rows)])

@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from valbench.data import pool_split_indices, split_caps
+from valbench.data import pool_split_indices, split_caps, train_scale
 from valbench.errors import DatasetError, UsageError, printable
 from valbench.params import Interval, Param
 from valbench.types import Dataset, DatasetSplits
@@ -761,9 +761,7 @@ class FileDataset(Dataset):
             else:
                 out[p] = (x[idx], y[idx])
         if self.standardize:
-            mu = out["train"][0].mean(axis=0)
-            sd = out["train"][0].std(axis=0)
-            sd[sd < 1e-12] = 1.0
+            mu, sd = train_scale(out["train"][0])
             out = {p: ((px - mu) / sd, py) for p, (px, py) in out.items()}
             for p, (px, _) in out.items():
                 # A column nearly constant in training and far off elsewhere leaves float32.
