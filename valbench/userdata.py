@@ -295,6 +295,8 @@ def _read_table(
         kinds = {type(v) for v in y}
         if kinds <= {str}:
             y = y.astype(str)
+    # Checked here too, where the problem can name the column (the array check says "y").
+    _check_y(path, f"label column {label_column!r}", np.asarray(y), len(y))
     return {"x": feats, "y": y}
 
 

@@ -470,3 +470,12 @@ def test_a_whitespace_line_is_skipped_as_pandas_skips_it_not_called_a_short_row(
     path.write_text("\n".join(["a,label", *rows]) + "\n")
     with pytest.raises(DatasetError, match="29 values read as missing, spelled 'NA' .*and 1 empty"):
         FileDataset(path=str(path)).load(seed=0)
+
+
+def test_a_label_problem_in_a_table_names_the_label_column(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    pd.DataFrame({"a": rng.normal(size=40), "b": np.arange(40) % 2}).to_csv(
+        tmp_path / "t.csv", index=False
+    )
+    with pytest.raises(DatasetError, match="label column 'a' holds fractional numbers"):
+        FileDataset(path=str(tmp_path / "t.csv"), label_column="a").load(seed=0)
