@@ -114,6 +114,11 @@ def _ragged_row(path: Path) -> str | None:
             header = next(rows, None)
             if header is None:
                 return None
+            if len(header) == 1 and header[0].lstrip().startswith("#"):
+                return (
+                    f"the first line ({header[0][:40]!r}) is a comment, not the header naming "
+                    "the columns; remove the lines before the header"
+                )
             for i, row in enumerate(rows):
                 if len(row) != len(header):
                     more = "more" if len(row) > len(header) else "fewer"
@@ -285,10 +290,11 @@ def _read_table(
         if spelled.nunique() > labels.nunique():
             both = spelled.groupby(labels.to_numpy()).unique()
             merged = next(v for v in both if len(v) > 1)
+            kind = "truth value" if labels.dtype == bool else "number"
             raise _fail(
                 path,
                 f"labels {merged[0]!r} and {merged[1]!r} of column {label_column!r} are the "
-                "same number; write one class one way, or make text labels start with a letter",
+                f"same {kind}; write one class one way, or make text labels start with a letter",
             )
     y = labels.to_numpy()
     if y.dtype == object:
@@ -464,9 +470,13 @@ def read_file_arrays(
         raise _fail(path, "no such file")
     if path.suffix == ".npz":
         if label_column is not None:
-            raise _fail(path, "label_column applies to .csv/.parquet files, not .npz")
+            raise _fail(
+                path, "a label column (--label-column) applies to .csv/.parquet files, not .npz"
+            )
         if id_column is not None:
-            raise _fail(path, "id_column applies to .csv/.parquet files, not .npz")
+            raise _fail(
+                path, "an id column (--id-column) applies to .csv/.parquet files, not .npz"
+            )
         return _read_npz(path)
     if path.suffix in (".csv", ".parquet"):
         return _read_table(path, label_column, id_column)

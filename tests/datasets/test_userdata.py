@@ -479,3 +479,24 @@ def test_a_label_problem_in_a_table_names_the_label_column(tmp_path: Path) -> No
     )
     with pytest.raises(DatasetError, match="label column 'a' holds fractional numbers"):
         FileDataset(path=str(tmp_path / "t.csv"), label_column="a").load(seed=0)
+
+
+def test_a_comment_line_booleans_spelled_twice_and_npz_flags_are_told_plainly(
+    tmp_path: Path,
+) -> None:
+    good = [f"{i % 7},{i % 5},{i % 2}" for i in range(60)]
+    path = tmp_path / "commented.csv"
+    path.write_text("\n".join(["# exported by a tool", "a,b,label", *good]) + "\n")
+    with pytest.raises(
+        DatasetError, match=r"the first line \('# exported by a tool'\) is a comment"
+    ):
+        FileDataset(path=str(path)).load(seed=0)
+    truth = [f"{i % 7},{['true', 'True', 'False'][i % 3]}" for i in range(60)]
+    path.write_text("\n".join(["a,label", *truth]) + "\n")
+    with pytest.raises(
+        DatasetError, match="'true' and 'True' of column 'label' are the same truth"
+    ):
+        FileDataset(path=str(path)).load(seed=0)
+    np.savez(tmp_path / "d.npz", x=X, y=Y)
+    with pytest.raises(DatasetError, match=r"a label column \(--label-column\) applies to .csv"):
+        FileDataset(path=str(tmp_path / "d.npz"), label_column="y").load(seed=0)
