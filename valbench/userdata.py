@@ -347,12 +347,17 @@ def frame_features(frame: Any, what: str, hint: str = "") -> np.ndarray | str:
     def shown(i: int) -> str:
         return str(frame.columns[i]).encode("unicode_escape").decode("ascii")
 
-    text = [shown(i) for i, c in enumerate(columns) if not pd.api.types.is_numeric_dtype(c)]
+    text = [i for i, c in enumerate(columns) if not pd.api.types.is_numeric_dtype(c)]
     if text:
+        names = [shown(i) for i in text]
+        first = columns[text[0]]
+        # Numbers held as Python objects (a decimal column, an object-dtype DataFrame).
+        numbers = first.dtype == object and _all_numbers(first)
+        advice = "convert them to floats (.astype(float))" if numbers else "encode or drop them"
         return (
-            f"{what} must be numeric; not numeric: {', '.join(text[:5])}"
-            + (" ..." if len(text) > 5 else "")
-            + f" (encode or drop them{hint})"
+            f"{what} must be numeric; not numeric: {', '.join(names[:5])}"
+            + (" ..." if len(names) > 5 else "")
+            + f" ({advice}{'' if numbers else hint})"
         )
     # True/False and nullable columns become plain floats: beside other dtypes they would
     # make an object array. (Infinities are left for feature_problem.)
@@ -374,6 +379,16 @@ def frame_features(frame: Any, what: str, hint: str = "") -> np.ndarray | str:
     return np.column_stack(
         [c.to_numpy(dtype=np.float64) if i in cast else c.to_numpy() for i, c in enumerate(columns)]
     )
+
+
+def _all_numbers(column: Any) -> bool:
+    import pandas as pd
+
+    try:
+        pd.to_numeric(column.dropna(), errors="raise")
+    except (ValueError, TypeError):
+        return False
+    return not any(isinstance(v, str) for v in column.dropna().tolist())
 
 
 def _check_ids(path: Path, frame: Any, id_column: str, label_column: str, shown: list[str]) -> None:
@@ -474,9 +489,7 @@ def read_file_arrays(
                 path, "a label column (--label-column) applies to .csv/.parquet files, not .npz"
             )
         if id_column is not None:
-            raise _fail(
-                path, "an id column (--id-column) applies to .csv/.parquet files, not .npz"
-            )
+            raise _fail(path, "an id column (--id-column) applies to .csv/.parquet files, not .npz")
         return _read_npz(path)
     if path.suffix in (".csv", ".parquet"):
         return _read_table(path, label_column, id_column)

@@ -754,3 +754,19 @@ def test_value_writes_survive_a_second_interruption_and_a_write_failure_keeps_th
     monkeypatch.setattr(api, "write_output_file", no_space)
     with pytest.raises(UsageError, match="interrupted while valuing with knn-shapley; writing"):
         api.value_file(data, ["random", "knn-shapley"], **kw)
+
+
+def test_numbers_held_as_objects_are_told_to_be_converted() -> None:
+    import decimal
+
+    import pandas as pd
+
+    import valbench
+    from valbench.errors import UsageError
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"a": rng.normal(size=40), "c": [decimal.Decimal("1.5")] * 40})
+    with pytest.raises(UsageError, match=r"not numeric: c \(convert them to floats"):
+        valbench.value(frame.astype({"c": object}), np.arange(40) % 2)
+    with pytest.raises(UsageError, match=r"not numeric: c \(encode or drop them"):
+        valbench.value(frame.assign(c="x"), np.arange(40) % 2)
