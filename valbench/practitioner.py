@@ -550,7 +550,7 @@ def read_user_file(
         respelled = any(
             str(classes[c]) != t for c, t in zip(pairs["code"], pairs["text"], strict=True)
         )
-        if one_each and respelled:  # else the parsed labels keep their type (ints stay ints)
+        if one_each and respelled:  # else the parsed labels, which read the same
             written = text.to_numpy(dtype=object)
     return UserFile(x=np.asarray(x), labels=labels, ids=ids, written=written)
 
