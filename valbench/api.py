@@ -153,7 +153,7 @@ class Run:
         (rec,) = matches
         if not rec.ok or not rec.scores_file:
             raise UsageError(f"cell {rec.cell_id} has no values: its status is {rec.status}")
-        arrays = load_cell_arrays(self.run_dir, rec.scores_file)
+        arrays = load_cell_arrays(self.run_dir, rec.scores_file, rec.cell_id)
         return ValueResult(
             method=method,
             dataset=dataset,
@@ -175,8 +175,8 @@ class Run:
 
 
 def open_run(run_dir: str | Path) -> Run:
-    """A finished (or partial) run directory as a :class:`Run`."""
-    return Run(run_dir)
+    """A finished (or partial) run directory as a :class:`Run` (``~`` is the home folder)."""
+    return Run(Path(run_dir).expanduser())
 
 
 def run(

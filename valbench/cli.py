@@ -275,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="M",
-        help="only this method's cells (repeatable; default: every method)",
+        help="only this method's cells (repeatable, or comma-separated; default: every method)",
     )
     export.add_argument(
         "--out", help="file to write (default: ./<run directory name>-rows.csv or .parquet)"
@@ -761,16 +761,20 @@ def _print_notes(notes: Mapping[str, Sequence[str]]) -> None:
 def _cmd_export(args: argparse.Namespace) -> int:
     from valbench.api import export
     from valbench.export import run_data_files, table_format
+    from valbench.spec import split_names
     from valbench.store import check_output_files
 
     given = _directory("--out", args.out)
+    given = None if given is None else given.expanduser()
+    # "--method a,b" as --methods takes it elsewhere: each name its own --method here.
+    methods = [m for item in args.method for m in split_names("--method", item)]
     # What it would destroy first (the run, the user's data file), then its format.
     inputs = run_data_files(args.run_dir)
     check_output_files({"--out": given}, inputs=inputs)
     fmt = table_format(given, args.fmt)
     # Beside, not inside, the run directory: that holds only what the run itself wrote.
     out = given or Path(f"{args.run_dir.resolve().name}-rows.{fmt}")  # export() checks it
-    frame = export(args.run_dir, out=out, fmt=fmt, methods=args.method or None)
+    frame = export(args.run_dir, out=out, fmt=fmt, methods=methods or None)
     print(f"{len(frame)} rows -> {out}")
     return EXIT_OK
 
@@ -803,9 +807,10 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     for line in format_table(comparison, changed_only=args.changed_only).splitlines():
         print(printable(line))
     try:
-        print(f"page: {render_html(comparison, html)}")
+        page = render_html(comparison, html)
     except OSError as exc:
         raise UsageError(f"cannot write {html}: {exc.strerror or exc}") from None
+    print(f"page: {page}")  # outside the try: a closed stdout is not a failed page
     if comparison.regressions:
         print(
             f"{len(comparison.regressions)} significant regression(s): "

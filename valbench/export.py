@@ -29,7 +29,7 @@ import numpy as np
 from valbench.errors import RunDirectoryError, UsageError, printable
 from valbench.records import CellRecord
 from valbench.spec import FILE_PREFIX, RunSpec
-from valbench.store import read_manifest, read_results, write_output_file
+from valbench.store import read_manifest, read_results, scores_owner_problem, write_output_file
 
 __all__ = [
     "EXPORT_FORMATS",
@@ -179,8 +179,9 @@ def _rows_problem(cells: CellArrays, n_rows: int, n_classes: int) -> str | None:
     return None
 
 
-def load_cell_arrays(run_dir: Path, scores_file: str) -> CellArrays:
-    """Read a scores file with where its points came from; one-line error when it cannot."""
+def load_cell_arrays(run_dir: Path, scores_file: str, cell_id: str | None = None) -> CellArrays:
+    """Read a scores file with where its points came from (``cell_id``'s, when given: a file
+    naming another cell is refused); one-line error when it cannot."""
     path = Path(run_dir) / scores_file
     try:
         with np.load(path, allow_pickle=False) as data:
@@ -191,6 +192,9 @@ def load_cell_arrays(run_dir: Path, scores_file: str) -> CellArrays:
         raise RunDirectoryError(
             f"scores file {path} is damaged ({type(exc).__name__}: {exc})"
         ) from None
+    owner = scores_owner_problem(arrays, cell_id)
+    if owner is not None:
+        raise RunDirectoryError(f"scores file {path} is damaged: {owner}")
     if "train_rows" not in arrays or "scores" not in arrays:
         raise RunDirectoryError(
             f"scores file {path} does not say which rows its scores belong to (written before "
@@ -378,7 +382,7 @@ def export_table(run_dir: Path, methods: Sequence[str] | None = None) -> Any:
             if name not in files:
                 files[name] = _file_rows(name, spec, manifest.cwd)
             file = files[name]
-        cells = load_cell_arrays(run_dir, record.scores_file)
+        cells = load_cell_arrays(run_dir, record.scores_file, record.cell_id)
         frames.append(_cell_frame(record, cells, file))
     if not frames:
         raise UsageError(f"{run_dir} has no finished cells to export")

@@ -526,7 +526,7 @@ def _selection_svg(
             if rec is None or not rec.scores_file:
                 continue
             try:
-                scores, native = load_scores(run_dir, rec.scores_file)
+                scores, native = load_scores(run_dir, rec.scores_file, rec.cell_id)
                 idx = native.get(SELECTION_FRACTION)
                 if idx is None:
                     idx = top_fraction(scores, SELECTION_FRACTION)
@@ -582,7 +582,7 @@ def _sampling_panels(
             if stderr is None:  # not a sampling estimator: its scores file is not read
                 continue
             try:
-                scores, _ = load_scores(run_dir, rec.scores_file)
+                scores, _ = load_scores(run_dir, rec.scores_file, rec.cell_id)
             except (RunDirectoryError, ValueError) as exc:
                 _left_out_of_figure(group, damaged, rec, "sampling-error", str(exc))
                 continue

@@ -63,6 +63,7 @@ __all__ = [
     "check_entries",
     "check_html_page",
     "check_output_files",
+    "scores_owner_problem",
     "enclosing_run_dir",
 ]
 
@@ -626,6 +627,7 @@ class RunStore:
         rel = f"{SCORES_DIR}/{cell_id}.npz"
         arrays: dict[str, np.ndarray] = {k: np.asarray(v) for k, v in (extra or {}).items()}
         arrays["scores"] = np.asarray(scores)
+        arrays[SCORES_OWNER] = np.asarray(cell_id)  # read back against the results line
         if detection_scores is not None:
             arrays["detection_scores"] = np.asarray(detection_scores)
         for fraction, idx in selections.items():
@@ -749,8 +751,27 @@ def _line_cell_id(line: bytes) -> str | None:
     return cell_id if isinstance(cell_id, str) else None
 
 
-def load_scores(run_dir: Path, scores_file: str) -> tuple[np.ndarray, dict[float, np.ndarray]]:
-    """Read back a cell's scores and native selections.
+#: The array of a scores file naming the cell it belongs to.
+SCORES_OWNER = "cell_id"
+
+
+def scores_owner_problem(arrays: Any, cell_id: str | None) -> str | None:
+    """Why the scores file holding ``arrays`` (an npz or a dict) is not ``cell_id``'s: it
+    names another cell (copied or renamed over this one's). None when it is, when no cell is
+    asked for, or for a file from before scores files named their cell."""
+    if cell_id is None or SCORES_OWNER not in getattr(arrays, "files", arrays):
+        return None
+    owner = str(np.asarray(arrays[SCORES_OWNER]))
+    if owner == cell_id:
+        return None
+    return f"it holds the scores of cell {owner}, not of {cell_id}"
+
+
+def load_scores(
+    run_dir: Path, scores_file: str, cell_id: str | None = None
+) -> tuple[np.ndarray, dict[float, np.ndarray]]:
+    """Read back a cell's scores and native selections (``cell_id``'s, when given: a file
+    naming another cell is refused).
 
     A missing, truncated or foreign file raises a one-line RunDirectoryError naming it, which
     the report catches to leave that cell out of its drawings.
@@ -774,6 +795,7 @@ def load_scores(run_dir: Path, scores_file: str) -> tuple[np.ndarray, dict[float
         raise damaged("not an .npz archive")
     with data:
         try:
+            owner = scores_owner_problem(data, cell_id)
             scores = np.asarray(data["scores"])
             selections = {
                 float(k.removeprefix("selection_")): np.asarray(data[k])
@@ -784,6 +806,8 @@ def load_scores(run_dir: Path, scores_file: str) -> tuple[np.ndarray, dict[float
             raise damaged("no 'scores' array") from None
         except Exception as exc:  # the archive's members: the same dozen types as above
             raise damaged(f"{type(exc).__name__}: {exc}") from None
+    if owner is not None:
+        raise damaged(owner)
     if scores.ndim != 1 or scores.dtype.kind not in "biuf":
         raise damaged(f"scores are {scores.dtype} of shape {scores.shape}, not a vector")
     for fraction, idx in selections.items():

@@ -90,7 +90,10 @@ def test_a_relative_file_path_is_found_from_another_folder(
 
 
 def test_export_refuses_a_changed_file_and_unknown_method(
-    tmp_path: Path, test_plugins: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    test_plugins: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     data = tmp_path / "mine.csv"
     _users_file(data, n=40)
@@ -103,6 +106,21 @@ def test_export_refuses_a_changed_file_and_unknown_method(
     capsys.readouterr()
     assert main(["export", str(run), "--method", "loo", "--out", str(tmp_path / "a.csv")]) == 2
     assert "'loo' has no cells" in capsys.readouterr().err
+    # comma-separated names are split, as --methods is; an empty one is refused
+    assert (
+        main(["export", str(run), "--method", "row-echo,loo", "--out", str(tmp_path / "a.csv")])
+        == 2
+    )
+    assert "'loo' has no cells" in capsys.readouterr().err
+    assert (
+        main(["export", str(run), "--method", "row-echo,", "--out", str(tmp_path / "a.csv")]) == 2
+    )
+    assert "has an empty name between commas" in capsys.readouterr().err
+    # "~" is the home folder for the API's run directory too
+    from valbench.api import open_run
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert open_run("~/run").run_dir == run
     with data.open("a") as fh:
         fh.write("S-999x,1.0,cat,0.5\n")
     assert main(["export", str(run), "--out", str(tmp_path / "b.csv")]) == EXIT_USAGE

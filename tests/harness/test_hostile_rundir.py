@@ -298,6 +298,24 @@ def test_damaged_npz_still_renders_the_report(
         assert "damaged" in row[: row.index("</tr>")]
 
 
+def test_a_scores_file_copied_over_another_cells_is_refused_not_read(run_copy: Path) -> None:
+    """A scores file names its cell: one copied (or renamed) over another cell's is refused
+    by the report, the export and the API instead of serving the other cell's numbers."""
+    from valbench.api import open_run
+    from valbench.export import export_table
+
+    records = [r for r in read_results(run_copy) if r.ok and r.scores_file]
+    victim, donor = records[0], records[1]
+    shutil.copyfile(run_copy / donor.scores_file, run_copy / victim.scores_file)
+    with pytest.raises(RunDirectoryError, match=f"holds the scores of cell {donor.cell_id}"):
+        load_scores(run_copy, victim.scores_file, victim.cell_id)
+    with pytest.raises(RunDirectoryError, match=f"not of {victim.cell_id}"):
+        export_table(run_copy, None)
+    with pytest.raises(RunDirectoryError, match="holds the scores of cell"):
+        open_run(run_copy).values(victim.method, victim.dataset, victim.seed, noise=victim.noise)
+    assert load_scores(run_copy, donor.scores_file, donor.cell_id)  # its own cell reads it
+
+
 def test_scores_file_of_the_wrong_shape_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "scores").mkdir()
     np.savez(tmp_path / "scores" / "a.npz", scores=np.zeros((2, 2)))
