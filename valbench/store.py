@@ -427,6 +427,10 @@ def read_results(run_dir: Path) -> list[CellRecord]:
                 except RecordError as exc:
                     skip(lineno, str(exc))
                     continue
+                mismatch = _cell_id_mismatch(record)
+                if mismatch is not None:
+                    skip(lineno, mismatch)
+                    continue
                 by_cell.pop(record.cell_id, None)  # keep file order of the latest line
                 by_cell[record.cell_id] = record
     except OSError as exc:
@@ -434,6 +438,19 @@ def read_results(run_dir: Path) -> list[CellRecord]:
     if skipped > _MAX_LINE_WARNINGS:
         log.warning("%s: %d more damaged lines skipped", path, skipped - _MAX_LINE_WARNINGS)
     return list(by_cell.values())
+
+
+def _cell_id_mismatch(record: CellRecord) -> str | None:
+    """Why a line's cell id is not the one its method, dataset, noise and seed make (an edited
+    or foreign line: its numbers would be read as another cell's), or None."""
+    from valbench.spec import dataset_slug
+
+    if record.noise is None or record.seed is None:
+        return None
+    made = f"{dataset_slug(record.dataset)}.{record.method}.noise{record.noise:g}.seed{record.seed}"
+    if record.cell_id == made:
+        return None
+    return f"cell_id {short_json(record.cell_id)} is not the cell its fields name ({made})"
 
 
 class RunStore:

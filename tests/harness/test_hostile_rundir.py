@@ -316,6 +316,28 @@ def test_a_scores_file_copied_over_another_cells_is_refused_not_read(run_copy: P
     assert load_scores(run_copy, donor.scores_file, donor.cell_id)  # its own cell reads it
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("method", "knn-shapley"), ("seed", 7), ("noise", 0.3), ("cell_id", "x.retry")],
+)
+def test_a_results_line_whose_fields_name_another_cell_is_skipped(
+    run_copy: Path, field: str, value: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An edited (or appended) line whose cell id is not the one its method, dataset, noise
+    and seed make would be read as another cell's numbers: skipped with a warning, and the
+    cell it claims to be keeps its own line."""
+    path = run_copy / "results.jsonl"
+    lines = path.read_bytes().splitlines(keepends=True)
+    rec = json.loads(lines[0])
+    edited = {**rec, field: rec["cell_id"] + ".retry" if field == "cell_id" else value}
+    path.write_bytes(b"".join(lines) + (json.dumps(edited) + "\n").encode())
+    with caplog.at_level(logging.WARNING, logger="valbench.store"):
+        got = read_results(run_copy)
+    assert [r.cell_id for r in got] == [json.loads(x)["cell_id"] for x in lines]
+    assert [r.method for r in got] == [json.loads(x)["method"] for x in lines]
+    assert any("is not the cell its fields name" in r.getMessage() for r in caplog.records)
+
+
 def test_scores_file_of_the_wrong_shape_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "scores").mkdir()
     np.savez(tmp_path / "scores" / "a.npz", scores=np.zeros((2, 2)))
