@@ -53,7 +53,7 @@ def _manifest(name: str = "quick-1a2b3c4d", **extra: Any) -> dict[str, Any]:
 
 def _ok(method: str, seed: int, base: float, dataset: str = "digits", noise: float = 0.1) -> dict:
     """An ok line whose numbers depend on (method, seed) in a known way."""
-    cell_id = f"{dataset}.{method}.noise{noise}.seed{seed}"
+    cell_id = f"{dataset}.{method}.noise{noise:g}.seed{seed}"
     jitter = 0.01 * seed
     rnd = {f: 0.6 + float(f) + 0.001 * seed for f in FRACTIONS}
     mislabel = (

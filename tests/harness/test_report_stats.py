@@ -11,6 +11,7 @@ from scipy import stats
 from test_report_fakes import fake_run, read_records
 
 from valbench.records import CellRecord, Manifest
+from valbench.spec import dataset_slug
 from valbench.summary import (
     MIN_CD_BLOCKS,
     friedman_nemenyi,
@@ -27,8 +28,9 @@ def _line(method: str, seed: int, chosen: float, random: float = 0.5, **extra: A
 
 
 def _line_json(method: str, seed: int, chosen: float, random: float, **extra: Any) -> dict:
+    dataset, noise = extra.get("dataset", "d"), extra.get("noise", 0.1)
     return {
-        "cell_id": f"{extra.get('dataset', 'd')}.{method}.{extra.get('noise', 0.1)}.{seed}",
+        "cell_id": f"{dataset_slug(dataset)}.{method}.noise{noise:g}.seed{seed}",
         "status": "ok",
         "dataset": extra.get("dataset", "d"),
         "noise": extra.get("noise", 0.1),
