@@ -131,6 +131,12 @@ class Run:
     ) -> ValueResult:
         """The scores of the cell (``method``, ``dataset``, ``seed``; ``noise`` when the run
         has several rates), each with its row of the dataset."""
+        if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
+            raise UsageError(f"seed must be a whole number, got {seed!r}")
+        if noise is not None and (
+            isinstance(noise, bool) or not isinstance(noise, int | float | np.number)
+        ):
+            raise UsageError(f"noise must be a number (a rate such as 0.1), got {noise!r}")
         matches = [
             r
             for r in self.records
@@ -140,11 +146,22 @@ class Run:
             and (noise is None or r.noise == float(noise))
         ]
         if not matches:
-            held = sorted({f"{r.method}/{r.dataset}" for r in self.records})
+            same = [r for r in self.records if r.method == method and r.dataset == dataset]
+            if same:  # the method and dataset are there: say which seeds and rates are
+                seeds = ", ".join(
+                    str(v) for v in sorted({r.seed for r in same if r.seed is not None})
+                )
+                rates = ", ".join(
+                    f"{v:g}" for v in sorted({r.noise for r in same if r.noise is not None})
+                )
+                held_here = f"it holds {method}/{dataset} at seeds {seeds}, noise {rates}"
+            else:
+                held = sorted({f"{r.method}/{r.dataset}" for r in self.records})
+                held_here = f"it holds {', '.join(held)}"
+            at = "" if noise is None else f" noise {float(noise):g}"
             raise UsageError(
                 printable(
-                    f"no cell {method}/{dataset} seed {seed} in {self.run_dir}; it holds "
-                    f"{', '.join(held)}"
+                    f"no cell {method}/{dataset} seed {seed}{at} in {self.run_dir}; {held_here}"
                 )
             )
         if len(matches) > 1:

@@ -35,6 +35,14 @@ def test_run_returns_results_and_values_with_rows(tmp_path: Path) -> None:
     assert valbench.open_run(tmp_path / "r").values("random", "synthetic").noise == 0.1
     with pytest.raises(UsageError, match="no cell loo/synthetic"):
         run.values("loo", "synthetic")
+    # a seed or rate the run lacks: which ones it has; a wrong type: one line, not a guess
+    with pytest.raises(UsageError, match="holds random/synthetic at seeds 0, noise 0.1"):
+        run.values("random", "synthetic", seed=5)
+    with pytest.raises(UsageError, match="seed 0 noise 0.2 in .*seeds 0, noise 0.1"):
+        run.values("random", "synthetic", noise=0.2)
+    for seed, noise in ((True, None), ("0", None), (0, "abc"), (0, [0.1])):
+        with pytest.raises(UsageError, match="must be a"):
+            run.values("random", "synthetic", seed=seed, noise=noise)  # type: ignore[arg-type]
     with pytest.raises(UsageError, match="unknown option 'sedes'"):
         valbench.run(methods=["random"], sedes=2)
     # one method's name is one method, not its letters
