@@ -398,6 +398,12 @@ def table_format(out: Path | None, fmt: str | None = None) -> str:
     if fmt is not None:
         if fmt not in EXPORT_FORMATS:
             raise UsageError(f"unknown format {fmt!r}; use one of {', '.join(EXPORT_FORMATS)}")
+        named = None if out is None else Path(out).suffix.lower().lstrip(".")
+        if named in EXPORT_FORMATS and named != fmt:
+            # Another name is fine (that is what the format is for); the other format's is not.
+            raise UsageError(
+                f"{out} names a .{named} file but the format is {fmt}; make them agree"
+            )
         return fmt
     suffix = "" if out is None else Path(out).suffix.lower()
     if suffix in ("", ".csv"):

@@ -56,6 +56,10 @@ def test_run_returns_results_and_values_with_rows(tmp_path: Path) -> None:
         run.export(out=tmp_path / "t.xls")
     with pytest.raises(UsageError, match="unknown format 'xls'"):
         run.export(fmt="xls")
+    with pytest.raises(UsageError, match=r"names a \.csv file but the format is parquet"):
+        run.export(out=tmp_path / "t.csv", fmt="parquet")
+    assert not (tmp_path / "t.csv").exists()
+    run.export(out=tmp_path / "t.rows", fmt="csv")  # another name: what the format is for
     assert not (tmp_path / "t.xls").exists()
     with pytest.raises(UsageError, match="params must map each method to its parameters"):
         valbench.run(methods=["random"], params={"random": 5}, out=tmp_path / "p")
