@@ -776,6 +776,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
     out = given or Path(f"{args.run_dir.resolve().name}-rows.{fmt}")  # export() checks it
     frame = export(args.run_dir, out=out, fmt=fmt, methods=methods or None)
     print(f"{len(frame)} rows -> {out}")
+    from valbench.runner import run_status
+
+    # Only ok cells have values: say how many of the run's cells the table cannot hold.
+    without = {k: len(v) for k, v in run_status(args.run_dir).items() if k != "ok" and v}
+    if without:
+        counts = ", ".join(f"{n} {state}" for state, n in without.items())
+        print(f"not in the table: the run's cells without values ({counts})", file=sys.stderr)
     return EXIT_OK
 
 

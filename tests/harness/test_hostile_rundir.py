@@ -546,3 +546,12 @@ def test_any_damaged_npz_file_is_handled(real_run: Path, data: st.DataObject) ->
             else:
                 target.write_bytes(new)
         _commands_are_clean(run_dir, lines, status_counts=True)
+
+
+def test_export_says_which_cells_the_table_leaves_out(run_copy: Path, tmp_path: Path) -> None:
+    path = run_copy / "results.jsonl"
+    first, *_ = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(first)  # the other cell's line lost: pending
+    rc, out, err = _cli("export", str(run_copy), "--out", str(tmp_path / "rows.csv"))
+    assert rc == 0, err
+    assert "not in the table: the run's cells without values (1 pending)" in err, err
