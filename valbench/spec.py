@@ -242,6 +242,16 @@ class RunSpec:
                     f"--{key} lists {', '.join(repeated)} more than once (to 6 significant "
                     "digits, as cells are named); give each value once"
                 )
+        # Two datasets named alike in cell ids (file: paths whose 32-bit hashes collide) would
+        # share cells, one's results overwriting the other's.
+        slugs: dict[str, str] = {}
+        for name in self.datasets:
+            other = slugs.setdefault(dataset_slug(name), name)
+            if other != name:
+                raise UsageError(
+                    f"datasets {other} and {name} would share cell names "
+                    f"({dataset_slug(name)}); rename or move one of the files"
+                )
         # One set, one run: the order a list is typed in changes neither the hash nor a number.
         for key in ("noise", "fractions"):
             object.__setattr__(self, key, tuple(sorted(getattr(self, key))))

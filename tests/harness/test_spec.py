@@ -474,3 +474,17 @@ def test_a_preset_dataset_joins_when_its_files_are_present() -> None:
     named = build_spec("hostcp-paper", {}, {"datasets": "mnist-5k"}, present=lambda name: True)
     assert named.datasets == ("mnist-5k",)
     assert build_spec("hostcp-paper", {}, {}).datasets == absent.datasets  # no probe: none join
+
+
+def test_two_file_datasets_named_alike_in_cell_ids_are_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Cell ids name a file by its stem and a 32-bit hash of its path: two paths whose hashes
+    collide would share cells (one's results written over the other's)."""
+    import valbench.spec as spec_module
+
+    monkeypatch.setattr(spec_module, "stable_int", lambda text: 7)  # every hash collides
+    with pytest.raises(UsageError, match="would share cell names .file-d-00000007"):
+        spec_module.RunSpec(methods=("random",), datasets=("file:a/d.csv", "file:b/d.csv"))
+    # different stems still differ
+    spec_module.RunSpec(methods=("random",), datasets=("file:a/d.csv", "file:b/e.csv"))
