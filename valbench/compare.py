@@ -221,9 +221,14 @@ def compare_runs(run_a: Path, run_b: Path, alpha: float = ALPHA) -> Comparison:
             "differences are "
             "shown but untested, and never count as a regression."
         )
+    # The directories as given, not the names their manifests keep (a copied run keeps its
+    # source's): two copies of one run would both be called by the source's name.
+    name_a, name_b = run_a.resolve().name, run_b.resolve().name
+    if name_a == name_b:
+        name_a, name_b = str(run_a), str(run_b)
     return Comparison(
-        run_a=str(manifest_a.name or run_a.name),
-        run_b=str(manifest_b.name or run_b.name),
+        run_a=name_a,
+        run_b=name_b,
         revision_a=manifest_a.git_revision,
         revision_b=manifest_b.git_revision,
         differences=_judge(raw, alpha),

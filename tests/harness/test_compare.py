@@ -146,3 +146,15 @@ def test_runs_with_nothing_in_common_are_one_line(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "nothing to compare" in err
     assert main(["compare", str(base), str(tmp_path / "missing")]) == 2
+
+
+def test_runs_are_named_by_the_directories_given_not_their_manifests(
+    base: Path, tmp_path: Path
+) -> None:
+    copy = _copy(base, tmp_path)  # a copy keeps its source's manifest name, "a"
+    comparison = compare_runs(base, copy)
+    assert (comparison.run_a, comparison.run_b) == ("a", "b")
+    twin = tmp_path / "other" / "a"
+    shutil.copytree(base, twin)
+    same_name = compare_runs(base, twin)
+    assert (same_name.run_a, same_name.run_b) == (str(base), str(twin))
