@@ -374,8 +374,9 @@ def value_file(
 
 @contextlib.contextmanager
 def _signals_held() -> Iterator[None]:
-    """Ctrl-C and SIGTERM wait until the block ends (in the main thread; elsewhere they
-    cannot arrive). One that arrived during it is dropped: the block's work was finished."""
+    """Ctrl-C and SIGTERM are ignored while the block runs (in the main thread; elsewhere
+    they cannot arrive): it only writes work already finished, which an interruption would
+    leave half written, and it is short."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
