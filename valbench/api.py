@@ -344,7 +344,7 @@ def value_file(
     # second interruption would otherwise leave one file written and a message saying none.
     try:
         with _signals_held():
-            frame = values_frame(result, data.shown_labels, data.ids)
+            frame = values_frame(result, data.shown_labels, data.ids, data.lines)
             page = None
             if html is not None:
                 page = suspicious_rows_html(

@@ -53,6 +53,7 @@ EXPORT_COLUMNS = (
     "seed",
     "method",
     "row",
+    "line",
     "id",
     "split",
     "given_label",
@@ -227,6 +228,8 @@ class _FileRows:
     labels: np.ndarray
     ids: np.ndarray | None
     classes: list[str]
+    #: The line each row starts on (a CSV's; None for other formats).
+    lines: np.ndarray | None = None
 
 
 def _file_candidates(name: str, run_cwd: str | None) -> list[Path]:
@@ -254,7 +257,7 @@ def run_data_files(run_dir: Path) -> list[Path]:
 
 
 def _file_rows(name: str, spec: RunSpec, run_cwd: str | None = None) -> _FileRows:
-    from valbench.userdata import FileDataset, file_fingerprint, read_ids
+    from valbench.userdata import FileDataset, csv_record_lines, file_fingerprint, read_ids
 
     # Of the places it may be, the one with the run's content hash is the run's file.
     candidates = _file_candidates(name, run_cwd)
@@ -279,7 +282,8 @@ def _file_rows(name: str, spec: RunSpec, run_cwd: str | None = None) -> _FileRow
     parts, classes = ds.read()
     labels = np.asarray(classes, dtype=object)[parts["train"][1]]
     ids = read_ids(path, spec.id_column) if spec.id_column else None
-    return _FileRows(labels=labels, ids=ids, classes=classes)
+    lines = csv_record_lines(path, len(labels))
+    return _FileRows(labels=labels, ids=ids, classes=classes, lines=lines)
 
 
 def _cell_frame(record: CellRecord, cells: CellArrays, file: _FileRows | None) -> Any:
@@ -342,6 +346,10 @@ def _cell_frame(record: CellRecord, cells: CellArrays, file: _FileRows | None) -
         frame["id"] = None if file.ids is None else file.ids[frame["row"].to_numpy()]
     else:
         frame["id"] = None
+    lines = None if file is None else file.lines
+    frame["line"] = pd.array(
+        [None] * len(frame) if lines is None else lines[frame["row"].to_numpy()], dtype="Int64"
+    )
     frame["planted_flip"] = frame["planted_flip"].astype("boolean")
     frame["rank"] = frame["rank"].astype("Int64")
     frame["suspicion_rank"] = frame["suspicion_rank"].astype("Int64")

@@ -500,6 +500,8 @@ class UserFile:
     labels: np.ndarray
     ids: np.ndarray | None
     written: np.ndarray | None = None
+    #: The file line each row starts on (a ``.csv``'s; None for other formats).
+    lines: np.ndarray | None = None
 
     @property
     def shown_labels(self) -> np.ndarray:
@@ -511,7 +513,7 @@ def read_user_file(
     path: str | Path, label_column: str | None = None, id_column: str | None = None
 ) -> UserFile:
     """Read a ``.csv``/``.parquet``/``.npz`` file with the checks of ``file:`` datasets."""
-    from valbench.userdata import FileDataset, read_ids
+    from valbench.userdata import FileDataset, csv_record_lines, read_ids
 
     path = Path(path).expanduser()
     if not path.is_file():
@@ -552,7 +554,8 @@ def read_user_file(
         )
         if one_each and respelled:  # else the parsed labels, which read the same
             written = text.to_numpy(dtype=object)
-    return UserFile(x=np.asarray(x), labels=labels, ids=ids, written=written)
+    lines = csv_record_lines(path, len(labels))
+    return UserFile(x=np.asarray(x), labels=labels, ids=ids, written=written, lines=lines)
 
 
 def _csv_header(path: Path) -> list[str]:
@@ -561,14 +564,22 @@ def _csv_header(path: Path) -> list[str]:
     return [str(c) for c in pd.read_csv(path, nrows=0).columns]
 
 
-def values_frame(result: CrossFitValues, labels: np.ndarray, ids: np.ndarray | None) -> Any:
-    """One row per input row, in file order: id, label, fold, each method's value, rank,
-    standard error and sample count (when reported) and completeness, the consensus
-    suspicion and its rank."""
+def values_frame(
+    result: CrossFitValues,
+    labels: np.ndarray,
+    ids: np.ndarray | None,
+    lines: np.ndarray | None = None,
+) -> Any:
+    """One row per input row, in file order: id, row, the file line it starts on (a CSV's),
+    label, fold, each method's value, rank, standard error and sample count (when reported)
+    and completeness, the consensus suspicion and its rank."""
     import pandas as pd
 
     n = len(result.fold)
     frame = pd.DataFrame({"row": np.arange(n)})
+    if lines is not None:
+        # Blank lines and quoted line breaks put a row elsewhere than row + 2.
+        frame["line"] = lines
     if ids is not None:
         frame.insert(0, "id", ids)
     frame["label"] = labels
@@ -635,7 +646,9 @@ def suspicious_rows_html(
     shown = frame.sort_values("suspicion_rank").head(top)
     votes = neighbour_votes(x, labels, shown["row"].tolist(), k=k)
     esc = html.escape
-    head = ["#", "id" if "id" in frame else "row", "label", "suspicion"]
+    has_line = "line" in frame  # where an editor shows the row (a CSV's)
+    head = ["#", "id" if "id" in frame else "row", *(["line"] if has_line else []), "label"]
+    head += ["suspicion"]
     head += [f"{m} rank" for m in methods] + [f"{min(k, len(x) - 1)} nearest neighbours say"]
     lines = [
         "<!DOCTYPE html>",
@@ -676,6 +689,7 @@ def suspicious_rows_html(
         cells = [
             str(int(rec["suspicion_rank"])),
             esc(str(name)),
+            *([str(int(rec["line"]))] if has_line else []),
             esc(str(rec["label"])),
             f"{rec['suspicion']:.3f}",
             *(str(int(rec[f"{m}_rank"])) for m in methods),

@@ -35,6 +35,7 @@ __all__ = [
     "load_file_dataset",
     "read_file_arrays",
     "read_ids",
+    "csv_record_lines",
     "file_fingerprint",
     "printable",
     "SUFFIXES",
@@ -423,6 +424,31 @@ def read_ids(path: str | Path, id_column: str) -> np.ndarray:
     # The id column alone, read as the file's own parse reads it (as written, stripped).
     ids = pd.read_csv(path, usecols=[id_column], dtype=str, keep_default_na=False)[id_column]
     return ids.str.strip().to_numpy(dtype=str)
+
+
+def csv_record_lines(path: str | Path, n_rows: int) -> np.ndarray | None:
+    """The line of the file (1 = the header's first line, as an editor numbers them) on which
+    each data row of a ``.csv`` starts, skipping the empty and whitespace-only lines pandas
+    skips; None for another format, or when that count is not ``n_rows`` (never a wrong
+    number). A row spread over several lines (a quoted line break) starts on its first."""
+    import csv
+
+    path = Path(path).expanduser()
+    if path.suffix != ".csv":
+        return None
+    starts: list[int] = []
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.reader(f)
+            end = 0  # the line the previous record ended on
+            for row in reader:
+                if row and (len(row) > 1 or row[0].strip()):
+                    starts.append(end + 1)
+                end = reader.line_num
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return None
+    lines = np.asarray(starts[1:], dtype=np.int64)  # the first record is the header
+    return lines if len(lines) == n_rows else None
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:

@@ -173,3 +173,27 @@ def test_a_scores_file_missing_its_labels_is_refused_not_filled_in(tmp_path: Pat
     np.savez(tmp_path / "c.npz", scores=np.zeros(3), train_rows=np.arange(3), labels=np.zeros(3))
     with pytest.raises(RunDirectoryError, match="lacks given_labels, noisy_mask"):
         load_cell_arrays(tmp_path, "c.npz")
+
+
+def test_export_names_the_file_line_of_every_row(tmp_path: Path, test_plugins: Path) -> None:
+    """A CSV with blank lines between its rows: each exported row's `line` is the line of
+    the file that holds its id (an editor's numbering); a built-in dataset has none."""
+    users = _users_file(tmp_path / "plain.csv", n=40)
+    text = (tmp_path / "plain.csv").read_text().splitlines()
+    spaced = [text[0], ""] + [f"{t}\n" if i % 7 == 3 else t for i, t in enumerate(text[1:])]
+    data = tmp_path / "mine.csv"
+    data.write_text("\n".join(spaced) + "\n")
+    run = tmp_path / "run"
+    argv = ["run", "--methods", "row-echo", "--datasets", f"file:{data},breast_cancer"]
+    argv += ["--label-column", "kind", "--id-column", "sample", "--seeds", "1", "--noise", "0"]
+    assert main([*argv, "--out", str(run), "--backend", "serial", "--no-progress"]) == 0
+    out = tmp_path / "rows.csv"
+    assert main(["export", str(run), "--out", str(out)]) == 0
+    table = pd.read_csv(out, dtype={"id": str})
+    mine = table[table["dataset"] != "breast_cancer"]
+    physical = data.read_text().split("\n")
+    assert sorted(mine["row"]) == list(range(len(users)))
+    for line, ident in zip(mine["line"], mine["id"], strict=True):
+        assert physical[int(line) - 1].startswith(f"{ident},")
+    assert (mine["line"] > mine["row"] + 2).any()  # the blank lines moved some rows
+    assert table.loc[table["dataset"] == "breast_cancer", "line"].isna().all()

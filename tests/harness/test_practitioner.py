@@ -770,3 +770,41 @@ def test_numbers_held_as_objects_are_told_to_be_converted() -> None:
         valbench.value(frame.astype({"c": object}), np.arange(40) % 2)
     with pytest.raises(UsageError, match=r"not numeric: c \(encode or drop them"):
         valbench.value(frame.assign(c="x"), np.arange(40) % 2)
+
+
+def test_value_names_the_file_line_of_every_row_past_blank_lines(tmp_path: Path) -> None:
+    """`row` counts data rows; `line` is where an editor shows the row, past blank and
+    whitespace-only lines (skipped) and a quoted line break in an id."""
+    rng = np.random.default_rng(3)
+    n = 40
+    a, b = rng.normal(size=(2, n))
+    labels = np.where(a > 0, "cat", "dog")
+    text = ["id,a,b,label"]
+    expected = []
+    for i in range(n):
+        if i in (5, 17):
+            text += ["", "   "]  # skipped by the reader, counted by an editor
+        expected.append(sum(t.count("\n") + 1 for t in text) + 1)  # physical lines
+        ident = f'"r{i}\nsecond line"' if i == 9 else f"r{i}"
+        text.append(f"{ident},{a[i]:.4f},{b[i]:.4f},{labels[i]}")
+    data = tmp_path / "gaps.csv"
+    data.write_text("\n".join(text) + "\n\n")
+    out = tmp_path / "v.csv"
+    argv = ["value", str(data), "--methods", "random", "--id-column", "id", "--out", str(out)]
+    assert main(argv) == 0
+    table = pd.read_csv(out)
+    assert table["row"].tolist() == list(range(n))
+    assert table["line"].tolist() == expected
+    physical = data.read_text().split("\n")
+    for line, a_i in zip(table["line"], a, strict=True):
+        # The a value sits on the row's line (row 9's on the line after its id's break).
+        shown = physical[line - 1] + physical[line]
+        assert f"{a_i:.4f}" in shown
+    page = out.with_suffix(".html").read_text()
+    assert "<th>line</th>" in page
+    # An .npz has no lines: no column.
+    npz = tmp_path / "arrays.npz"
+    np.savez(npz, x=np.c_[a, b], y=(a > 0).astype(int))
+    out2 = tmp_path / "w.csv"
+    assert main(["value", str(npz), "--methods", "random", "--out", str(out2)]) == 0
+    assert "line" not in pd.read_csv(out2).columns
