@@ -11,11 +11,8 @@ labels as given. The ``valbench export`` and ``valbench value`` commands are thi
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
-import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,7 +41,12 @@ from valbench.practitioner import (
     values_frame,
 )
 from valbench.records import CellRecord
-from valbench.store import check_html_page, check_output_files, write_output_file
+from valbench.store import (
+    check_html_page,
+    check_output_files,
+    signals_ignored,
+    write_output_file,
+)
 
 __all__ = ["Run", "ValueResult", "run", "value", "value_file", "export", "open_run"]
 
@@ -343,7 +345,7 @@ def value_file(
     # Both outputs are made, then written, with Ctrl-C and SIGTERM held for those moments: a
     # second interruption would otherwise leave one file written and a message saying none.
     try:
-        with _signals_held():
+        with signals_ignored():
             frame = values_frame(result, data.shown_labels, data.ids, data.lines)
             page = None
             if html is not None:
@@ -370,23 +372,6 @@ def value_file(
     if stopped is not None:
         raise stopped
     return frame, result
-
-
-@contextlib.contextmanager
-def _signals_held() -> Iterator[None]:
-    """Ctrl-C and SIGTERM are ignored while the block runs (in the main thread; elsewhere
-    they cannot arrive): it only writes work already finished, which an interruption would
-    leave half written, and it is short."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    held = (signal.SIGINT, signal.SIGTERM)
-    previous = {s: signal.signal(s, lambda signum, frame: None) for s in held}
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
 
 
 def export(

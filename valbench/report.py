@@ -61,11 +61,13 @@ from valbench.store import (
     FIGURES_DIR,
     POINTS_DIR,
     RESULTS_CSV,
+    RESULTS_FILE,
     atomic_write,
     check_entries,
     load_scores,
     read_manifest,
     read_results,
+    read_results_checked,
 )
 from valbench.summary import (
     ALPHA,
@@ -190,14 +192,15 @@ def _csv_value(value: float | int) -> str:
     return repr(float(value))
 
 
-def write_results_csv(run_dir: Path) -> Path:
+def write_results_csv(run_dir: Path, records: Sequence[CellRecord] | None = None) -> Path:
     """Write ``run_dir/results.csv``: one row per cell and metric, cells sorted; returns its path.
 
     A cell without any metric or cost (a failure before timing started) still gets one row with
-    empty ``metric`` and ``value``, so every cell of ``results.jsonl`` appears.
+    empty ``metric`` and ``value``, so every readable cell of ``results.jsonl`` appears.
+    ``records``: the run's cells as already read (else read here).
     """
     run_dir = Path(run_dir)
-    records = sorted(read_results(run_dir), key=record_sort_key)
+    records = sorted(read_results(run_dir) if records is None else records, key=record_sort_key)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
@@ -849,8 +852,9 @@ def render_report(run_dir: Path, include_partial: bool = False) -> Path:
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir)
     _check_writable(run_dir)
-    records = sorted(read_results(run_dir), key=record_sort_key)
-    write_results_csv(run_dir)
+    records, unread = read_results_checked(run_dir)
+    records = sorted(records, key=record_sort_key)
+    write_results_csv(run_dir, records)
 
     groups = summarise(records, include_partial=include_partial)
     families = _families(records)
@@ -866,6 +870,8 @@ def render_report(run_dir: Path, include_partial: bool = False) -> Path:
     verdict = verdicts(groups)
     summary = summary_json(manifest, groups, cd_results)
     summary["verdict"] = [v.to_dict() for v in verdict]
+    if unread:  # the cells of these lines are in no table, figure or number here
+        summary["unread_results_lines"] = unread
     claims = check_claims(records, manifest, include_partial=include_partial)
     if claims:
         summary["claims"] = [c.to_dict() for c in claims]
@@ -879,6 +885,8 @@ def render_report(run_dir: Path, include_partial: bool = False) -> Path:
         .get_template(TEMPLATE)
         .render(
             header=_header(manifest, records),
+            unread=unread,
+            results_file=RESULTS_FILE,
             include_partial=include_partial,
             overview=_overview(manifest, records, groups),
             headline=_headline(groups),

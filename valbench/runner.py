@@ -44,6 +44,7 @@ from valbench.store import (
     lock_holder,
     read_manifest,
     read_results,
+    signals_deferred,
 )
 from valbench.worker import (
     CellOutcome,
@@ -869,6 +870,12 @@ def _execute_cells(
     bar = _ProgressBar(len(todo), enabled=show_progress)
 
     def on_result(outcome: CellOutcome) -> None:
+        # A Ctrl-C or SIGTERM between storing a cell and counting it would leave the last
+        # line reporting one cell fewer than results.jsonl holds: it waits for both.
+        with signals_deferred():
+            store_and_count(outcome)
+
+    def store_and_count(outcome: CellOutcome) -> None:
         record = outcome.record
         if outcome.scores is not None:
             record = record.with_scores_file(

@@ -15,9 +15,12 @@ import json
 import logging
 import math
 import os
+import signal
 import socket
 import tempfile
-from collections.abc import Callable, Iterable, Mapping
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -40,6 +43,8 @@ except ImportError:  # not POSIX: runs go unlocked
     fcntl = None  # type: ignore[assignment]
 
 __all__ = [
+    "signals_deferred",
+    "signals_ignored",
     "RESULTS_SCHEMA",
     "MANIFEST_FILE",
     "RESULTS_FILE",
@@ -52,6 +57,7 @@ __all__ = [
     "RunStore",
     "StoreWriteError",
     "read_results",
+    "read_results_checked",
     "read_manifest",
     "write_json_atomic",
     "write_bytes_atomic",
@@ -380,12 +386,66 @@ def _check_manifest(path: Path, data: Any) -> Manifest:
     return manifest
 
 
+#: The signals that stop valbench: Ctrl-C and ``kill``'s default.
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextmanager
+def signals_ignored() -> Iterator[None]:
+    """Ctrl-C and SIGTERM are ignored while the block runs (in the main thread; elsewhere
+    they cannot arrive): for a short block that only writes finished work, which an
+    interruption would leave half written, at the end of a command."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, lambda signum, frame: None) for s in _STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+@contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Ctrl-C and SIGTERM wait until the block ends, then act as they would have (the
+    handler in place before it runs): a block that stores one finished result and counts it
+    is never cut between the two, so what is stored and what is reported agree."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[tuple[signal.Signals, Any]] = []
+    previous = {
+        s: signal.signal(s, lambda signum, frame: caught.append((signal.Signals(signum), frame)))
+        for s in _STOP_SIGNALS
+    }
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if caught:
+        signum, frame = caught[0]
+        handler = previous[signum]
+        if callable(handler):
+            handler(signum, frame)  # Python's Ctrl-C raises KeyboardInterrupt here
+        elif handler != signal.SIG_IGN:
+            signal.raise_signal(signum)  # the default action, now
+
+
 #: Skipped results lines warned about one by one; beyond this, one line sums up the rest.
 _MAX_LINE_WARNINGS = 5
 
 
 def read_results(run_dir: Path) -> list[CellRecord]:
-    """All usable result lines of a run, in file order.
+    """All usable result lines of a run, in file order (see :func:`read_results_checked`)."""
+    return read_results_checked(run_dir)[0]
+
+
+def read_results_checked(run_dir: Path) -> tuple[list[CellRecord], list[str]]:
+    """All usable result lines of a run, in file order, and one line saying why for each
+    line that was left out (``"line 2: not JSON (JSONDecodeError)"``), for a reader that
+    must say so where its numbers are shown.
 
     A torn last line (the writer was killed), a line that is not JSON, and a line whose fields
     have the wrong types or an unknown status are skipped with a warning: a damaged line never
@@ -395,13 +455,15 @@ def read_results(run_dir: Path) -> list[CellRecord]:
     """
     path = Path(run_dir) / RESULTS_FILE
     if not path.is_file():
-        return []
+        return [], []
     by_cell: dict[str, CellRecord] = {}
     skipped = 0
+    unread: list[str] = []
 
     def skip(lineno: int, why: str) -> None:
         nonlocal skipped
         skipped += 1
+        unread.append(f"line {lineno}: {why}")
         if skipped <= _MAX_LINE_WARNINGS:
             log.warning("%s:%d: line skipped: %s", path, lineno, why)
 
@@ -412,6 +474,7 @@ def read_results(run_dir: Path) -> list[CellRecord]:
                     log.warning(
                         "%s:%d: torn last line dropped (the writer was killed)", path, lineno
                     )
+                    unread.append(f"line {lineno}: cut off (its writer stopped while writing it)")
                     continue
                 if not raw.strip():
                     continue
@@ -437,7 +500,7 @@ def read_results(run_dir: Path) -> list[CellRecord]:
         raise RunDirectoryError(f"cannot read {path}: {exc.strerror or exc}") from None
     if skipped > _MAX_LINE_WARNINGS:
         log.warning("%s: %d more damaged lines skipped", path, skipped - _MAX_LINE_WARNINGS)
-    return list(by_cell.values())
+    return list(by_cell.values()), unread
 
 
 def _cell_id_mismatch(record: CellRecord) -> str | None:

@@ -508,3 +508,30 @@ def test_a_record_without_the_flag_is_partial_by_its_stats() -> None:
     assert not CellRecord.from_json({**ok, "schema": 2, "stats": {"complete": False}}).partial
     (group,) = summarise([CellRecord.from_json(ok), older])
     assert group.partial == {"old": 1} and "old" not in group.rows
+
+
+def test_a_damaged_results_line_is_named_on_the_page_not_dropped_quietly(tmp_path: Path) -> None:
+    """A line of results.jsonl that cannot be read leaves its cell out of every number; the
+    page and summary.json say which line and why, and results.csv holds the other cells."""
+    run = fake_run(tmp_path / "run", methods=("random", "loo"), datasets=("digits",), seeds=2)
+    results = run / "results.jsonl"
+    lines = results.read_text().splitlines()
+    lost = json.loads(lines[1])["cell_id"]
+    lines[1] = lines[1][:40]  # cut mid-record, as an editor or a bad copy leaves it
+    results.write_text("\n".join(lines) + "\n")
+    page = render_report(run).read_text()
+    banner = re.search(r'<p class="warning" id="unread-lines">(.*?)</p>', page, re.S)
+    assert banner is not None
+    text = re.sub(r"<[^>]+>", "", banner.group(1))
+    assert text.startswith("1 line of results.jsonl could not be read")
+    assert "(line 2: not JSON (JSONDecodeError))" in text
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["unread_results_lines"] == ["line 2: not JSON (JSONDecodeError)"]
+    with (run / "results.csv").open() as f:
+        cells = {row["cell_id"] for row in csv.DictReader(f)}
+    assert lost not in cells and len(cells) == len(lines) - 1
+    assert "stored <strong>3</strong>" in page
+    # An intact run says nothing of the kind.
+    clean = fake_run(tmp_path / "clean", methods=("random", "loo"), datasets=("digits",), seeds=2)
+    assert 'id="unread-lines"' not in render_report(clean).read_text()
+    assert "unread_results_lines" not in json.loads((clean / "summary.json").read_text())

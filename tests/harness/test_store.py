@@ -8,7 +8,13 @@ import pytest
 
 from valbench.errors import RunDirectoryError
 from valbench.records import CellRecord, Manifest
-from valbench.store import RunStore, load_scores, read_manifest, read_results
+from valbench.store import (
+    RunStore,
+    load_scores,
+    read_manifest,
+    read_results,
+    read_results_checked,
+)
 
 
 def _rec(cell_id: str, status: str = "ok") -> CellRecord:
@@ -121,6 +127,14 @@ def test_results_lines_of_the_wrong_shape_are_skipped(
     assert len(messages) == 6  # five one by one, then one line for the rest
     assert "results.jsonl:2: line skipped: cell_id" in messages[0]
     assert "1 more damaged lines skipped" in messages[-1]
+    # Each line left out is named, for the report to show (a torn last line included).
+    with (tmp_path / "results.jsonl").open("a") as f:
+        f.write(good[0][:20])
+    records, unread = read_results_checked(tmp_path)
+    assert [r.cell_id for r in records] == ["a", "b"]
+    assert [u.split(":")[0] for u in unread] == [*(f"line {i}" for i in range(2, 8)), "line 9"]
+    assert unread[0].startswith("line 2: cell_id") and "not JSON" in unread[5]
+    assert unread[-1] == "line 9: cut off (its writer stopped while writing it)"
 
 
 def test_unwritable_directory() -> None:
@@ -133,3 +147,30 @@ def test_output_path_is_a_file(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
     with pytest.raises(RunDirectoryError, match="choose another with --out"):
         RunStore(tmp_path / "file").prepare()
+
+
+def test_a_stop_signal_waits_for_the_end_of_a_deferred_block_then_acts() -> None:
+    """Ctrl-C inside the block lets it finish (a result stored and counted together), then
+    raises KeyboardInterrupt; a SIGTERM handler runs after the block; none are lost."""
+    import os
+    import signal
+
+    from valbench.store import signals_deferred
+
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with signals_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            done.append("stored")
+            done.append("counted")
+    assert done == ["stored", "counted"]
+    seen: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
+    try:
+        with signals_deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert seen == []
+        assert seen == [signal.SIGTERM]
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGTERM, previous)
