@@ -689,7 +689,8 @@ def _group_figures(
         "runtime",
         runtime_figure(group, styles),
         "runtime per method",
-        "Mean CPU time per cell, log scale, fastest first; whiskers: CI over seeds.",
+        "Mean CPU time of a method's valuation (its value() call) per cell, log scale, fastest "
+        "first; whiskers: CI over seeds.",
     )
     add(
         "pareto",

@@ -5,7 +5,7 @@ Everything here is computed from ``results.jsonl`` records alone and is pure (no
 - :func:`summarise` groups the ``ok`` cells by (dataset, noise) and aggregates every
   :class:`Column` over seeds (mean and Student-t interval), ranks the methods per column, marks
   the best mean and every method not significantly different from it (:data:`TEST_NAME`,
-  Holm-corrected over the methods of the column);
+  every pair of methods in the column tested, Holm-corrected over all those pairs);
 - :func:`friedman_nemenyi` ranks the methods across datasets (Demšar 2006) for the CD diagram,
   one block per dataset and only with :data:`MIN_CD_BLOCKS` of them;
 - :func:`summary_json` is the ``summary.json`` export, the same numbers the HTML shows.
@@ -269,7 +269,8 @@ TABLE_COLUMNS: tuple[Column, ...] = (
         False,
         fmt=".3g",
         group="cost",
-        description="CPU seconds of the cell: the cost methods are compared on",
+        description="CPU seconds of the method's valuation (its value() call; the harness's "
+        "split, reference fits and evaluation are not counted): the cost methods are compared on",
         bounds=COST,
     ),
     # Shown, not ranked: wall time depends on what else ran on the machine; CPU s compares.
@@ -290,7 +291,8 @@ TABLE_COLUMNS: tuple[Column, ...] = (
         False,
         fmt=".0f",
         group="cost",
-        description="highest resident memory of the worker process during the cell: it "
+        description="highest resident memory of the worker process during the method's "
+        "valuation (its value() call): it "
         "includes what the process held before the cell (imports, earlier cells), which "
         "varies by tens of MB between cells of one method, so it is shown, not ranked",
         bounds=COST,
@@ -1081,7 +1083,7 @@ def summary_json(
             "name": TEST_NAME,
             "alpha": ALPHA,
             "against": "the best mean of the column",
-            "correction": f"{CORRECTION} over the methods tested in each column",
+            "correction": f"{CORRECTION} over every pair of methods tested in each column",
             "detectable_difference_power": POWER,
         },
         "groups": [

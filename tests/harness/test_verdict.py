@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -97,8 +98,68 @@ def test_random_among_the_recommended_is_said() -> None:
     (v,) = verdicts(summarise([CellRecord.from_json(r) for r in lines]))
     subset = v.goal("subset")
     assert subset is not None and set(subset.recommended) == {"random", "bad"}
-    assert any("beat chance" in c for c in subset.caveats)
+    said = next(c for c in subset.caveats if "baseline is among them" in c)
+    assert "cannot tell these methods from random scores" in said and "Still" not in said
     assert any("random subset" in c for c in subset.caveats)
+
+
+def test_random_among_the_recommended_does_not_deny_a_gain_the_page_shows() -> None:
+    """A random method that scatters widely is not significantly worse than the best, yet the
+    best's own gain over a random subset is significantly above zero: the caveat says both
+    (it said the run 'cannot show that these methods beat chance', beside a page that did)."""
+    wild = [30.0, -30.0, 25.0, -28.0]
+    lines = []
+    for r in _records():
+        if r.method in ("random", "good"):
+            line = r.to_json()
+            if r.method == "random":
+                gain = wild[r.seed or 0] / 100
+                line["metrics"]["subset_value"] = {
+                    f: v + gain for f, v in line["metrics"]["random_subset_value"].items()
+                }
+            lines.append(CellRecord.from_json(line))
+    (group,) = summarise(lines)
+    assert group.separated_from_random == ["good"]
+    (v,) = verdicts([group])
+    subset = v.goal("subset")
+    assert subset is not None and set(subset.recommended) == {"random", "good"}
+    said = next(c for c in subset.caveats if "baseline is among them" in c)
+    assert "Still, the gain of good over a random subset" in said
+    assert "significantly above zero" in said and "stricter" in said
+
+
+def test_partial_methods_ranked_as_asked_are_marked_wherever_named(tmp_path: Path) -> None:
+    """With --include-partial every verdict sentence and list that names a partial method
+    says so: the best, the recommended, the Pareto set and the headline's ≈ list."""
+    lines = []
+    for r in _records():
+        line = r.to_json()
+        if r.method == "good":
+            line["complete"] = False
+        lines.append(CellRecord.from_json(line))
+    (v,) = verdicts(summarise(lines, include_partial=True))
+    assert v.partial == ["good"]
+    mislabel = v.goal("mislabel")
+    assert mislabel is not None and mislabel.best == ["good"]
+    assert mislabel.why.startswith("good (partial) has the highest mean")
+    (left_out,) = verdicts(summarise(lines))
+    assert left_out.partial == [] and "good" not in str(left_out.goals)
+    from valbench.report import render_report
+
+    run = fake_run(tmp_path / "r", methods=("random", "loo"), datasets=("digits",), two_d=())
+    records = (run / "results.jsonl").read_text().splitlines()
+    marked = []
+    for text in records:
+        line = json.loads(text)
+        if line["method"] == "loo":
+            line["complete"] = False
+        marked.append(json.dumps(line))
+    (run / "results.jsonl").write_text("\n".join(marked) + "\n")
+    page = render_report(run, include_partial=True).read_text()
+    verdict = page[page.index('<section id="verdict">') :]
+    verdict = verdict[: verdict.index("</section>")]
+    use_cells = re.findall(r'<span class="method" data-method="loo">.*?</span></span>', verdict)
+    assert use_cells and all("(partial)" in c for c in use_cells)
 
 
 def test_the_report_shows_and_exports_the_verdict(tmp_path: Path) -> None:
