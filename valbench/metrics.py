@@ -368,8 +368,10 @@ def two_means_split(scores: Any) -> np.ndarray:
     flags = np.zeros(n, dtype=bool)
     if cuts.size == 0:
         return flags
-    # Centre first: sums of squares of large, close scores lose every digit otherwise.
-    centred = ranked - ranked.mean()
+    # Scale, then centre: squares of scores near 1e160 overflow, and sums of squares of
+    # large, close scores lose every digit. The split does not depend on either.
+    scaled = ranked / np.abs(ranked).max()
+    centred = scaled - scaled.mean()
     csum = np.concatenate(([0.0], np.cumsum(centred)))
     csq = np.concatenate(([0.0], np.cumsum(centred * centred)))
     low_n = cuts.astype(np.float64)
@@ -563,8 +565,10 @@ def linear_datamodeling_score(scores: Any, masks: Any, utilities: Any) -> float:
         )
     if not np.all(np.isfinite(util)):
         raise MetricInputError("utilities must be finite")
-    # Exact sums: the float64 dot product of a 0/1 matrix with the scores.
-    predicted = sets.astype(np.float64) @ arr
+    # Exact sums: the float64 dot product of a 0/1 matrix with the scores, scaled so that the
+    # sums of huge finite scores cannot overflow (a rank correlation ignores the scale).
+    top = float(np.abs(arr).max()) if arr.size else 0.0
+    predicted = sets.astype(np.float64) @ (arr / top if top > 0 else arr)
     if util.size < 2 or np.ptp(predicted) == 0 or np.ptp(util) == 0:
         return math.nan
     return float(stats.spearmanr(predicted, util).statistic)

@@ -263,12 +263,38 @@ def declared_params(cls: type) -> dict[str, Param]:
 
 
 def declaration_problem(cls: type) -> str | None:
-    """What is wrong with ``cls``'s parameter declarations, or None: a default its own
-    constraints refuse (``Param(0, Interval(int, 1, None))``)."""
+    """What is wrong with ``cls``'s parameter declarations, or None: a declaration that is
+    not a :class:`Param` (``{"k": 5}``), a default its own constraints refuse
+    (``Param(0, Interval(int, 1, None))``), or an ``__init__`` parameter with no default (the
+    harness builds every method from its parameters' defaults and the user's values)."""
     try:
+        declared = getattr(cls, "parameters", None) or {}
+        if not isinstance(declared, Mapping):
+            return (
+                f"{cls.__name__}.parameters is {type(declared).__name__}, not a mapping of "
+                "names to Param(default, ...)"
+            )
+        for name, spec in declared.items():
+            if not isinstance(spec, Param):
+                return (
+                    f"{cls.__name__}.parameters[{name!r}] is {spec!r}, not a Param; declare it "
+                    f"as Param({spec!r}, ...)"
+                )
         specs = declared_params(cls)
+        required = [
+            q.name
+            for q in list(inspect.signature(cls.__init__).parameters.values())[1:]  # type: ignore[misc]
+            if q.default is inspect.Parameter.empty
+            and q.kind not in (q.VAR_POSITIONAL, q.VAR_KEYWORD)
+        ]
     except Exception as exc:  # a broken declaration is reported, not raised
         return f"{cls.__name__}'s parameters cannot be read: {type(exc).__name__}: {exc}"
+    if required:
+        return (
+            f"{cls.__name__}.__init__ requires {', '.join(map(repr, required))} with no "
+            "default; give every parameter a default (the harness builds the method from "
+            "defaults and --param values)"
+        )
     for name, spec in specs.items():
         if not spec.accepts(spec.default):
             return (

@@ -9,8 +9,12 @@ all`` leaves it out with a warning. A built-in's name always means the built-in.
 
 from __future__ import annotations
 
+import contextlib
+import inspect
+import io
 import logging
 import re
+import sys
 import traceback
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -19,7 +23,7 @@ from typing import Any, Literal
 
 from valbench.errors import UnknownNameError, UsageError
 from valbench.params import check_params, declaration_problem
-from valbench.types import Dataset, Method
+from valbench.types import Claim, Dataset, Method
 
 __all__ = [
     "METHODS_GROUP",
@@ -91,11 +95,19 @@ def _load(kind: Kind, ep: EntryPoint) -> Entry:
         return Entry(
             kind, ep.name, ep.value, dist, error=f"the name {ep.name!r} is reserved by valbench"
         )
+    printed = io.StringIO()
     try:
-        obj = ep.load()
-    except Exception as exc:  # a broken plugin must not break the rest
+        with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+            obj = ep.load()
+    except (Exception, SystemExit) as exc:  # a broken plugin must not break the rest
+        # SystemExit: a module that parses sys.argv or exits when imported would otherwise
+        # end every valbench command with its own usage line. What it printed is told in the
+        # entry's error, not mixed into valbench's output as if valbench had said it.
         log.debug("plugin %s failed:\n%s", ep.value, traceback.format_exc())
-        return Entry(kind, ep.name, ep.value, dist, error=f"{type(exc).__name__}: {exc}")
+        lines = [line for line in printed.getvalue().splitlines() if line.strip()]
+        said = f" (on import it printed: {lines[-1].strip()[:200]})" if lines else ""
+        return Entry(kind, ep.name, ep.value, dist, error=f"{type(exc).__name__}: {exc}{said}")
+    sys.stderr.write(printed.getvalue())  # a plugin that loads keeps what it printed
     if not (isinstance(obj, type) and issubclass(obj, base)):
         return Entry(
             kind,
@@ -104,7 +116,7 @@ def _load(kind: Kind, ep: EntryPoint) -> Entry:
             dist,
             error=f"{ep.value} is not a subclass of valbench.{base.__name__}",
         )
-    problem = declaration_problem(obj)
+    problem = declaration_problem(obj) or class_problem(obj)
     if problem is not None:  # this class alone is broken, not the module's others
         return Entry(kind, ep.name, ep.value, dist, error=problem)
     own = getattr(obj, "name", None)
@@ -118,6 +130,35 @@ def _load(kind: Kind, ep: EntryPoint) -> Entry:
             "the two must match",
         )
     return Entry(kind, ep.name, ep.value, dist, obj=obj)
+
+
+def class_problem(cls: type[Method] | type[Dataset]) -> str | None:
+    """What would break a run of ``cls`` after its directory exists, or None: an abstract
+    method left unimplemented (``valuate`` for ``value``), or a class attribute of the wrong
+    type (a ``family`` of 42 gives result lines no reader accepts)."""
+    if inspect.isabstract(cls):
+        missing = ", ".join(sorted(getattr(cls, "__abstractmethods__", ())))
+        return f"{cls.__name__} does not implement {missing} (misspelled, or left out?)"
+    texts = ("name", "summary", "family") if issubclass(cls, Method) else ("name", "summary")
+    for attr in texts:
+        if not isinstance(getattr(cls, attr, ""), str):
+            return f"{cls.__name__}.{attr} is {getattr(cls, attr)!r}, not a string"
+    if not issubclass(cls, Method):
+        return None
+    cap = cls.max_train
+    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+        return f"{cls.__name__}.max_train is {cap!r}, not None or a positive integer"
+    if not isinstance(cls.selects_subsets, bool):
+        return f"{cls.__name__}.selects_subsets is {cls.selects_subsets!r}, not True or False"
+    archs = cls.architectures
+    if archs is not None and not (
+        isinstance(archs, tuple | list) and all(isinstance(a, str) for a in archs)
+    ):
+        return f"{cls.__name__}.architectures is {archs!r}, not None or a tuple of model names"
+    claims = cls.claims
+    if not (isinstance(claims, tuple | list) and all(isinstance(c, Claim) for c in claims)):
+        return f"{cls.__name__}.claims is {claims!r}, not a tuple of valbench.types.Claim"
+    return None
 
 
 #: The distribution whose entry points are the built-ins.
@@ -231,7 +272,15 @@ def check_method_models(
     """Raise a one-line UsageError when method ``name`` with ``params`` cannot run on one of
     the evaluation ``models`` (``Method.model_refusal``); a model whose cells the method
     declines anyway (``architectures``) is not asked."""
-    method = cls(**params)  # checks each value against its declaration
+    try:
+        method = cls(**params)  # checks each value against its declaration
+    except UsageError:
+        raise
+    except Exception as exc:  # a plugin's __init__ that raises: one line, before any work
+        raise UsageError(
+            f"method {name!r} cannot be built with {params or 'its defaults'}: "
+            f"{type(exc).__name__}: {exc}"
+        ) from None
     for model in models:
         if cls.architectures is not None and model.kind not in cls.architectures:
             continue

@@ -52,6 +52,7 @@ from valbench.worker import (
     run_cell,
     scratch_params,
     training_size_problem,
+    user_stops,
 )
 
 __all__ = [
@@ -309,7 +310,11 @@ def default_run_dir(spec: RunSpec, root: Path = Path("reports")) -> Path:
 
 @contextmanager
 def _alarm(seconds: float | None) -> Iterator[None]:
-    """Raise CellTimeout in this (main) thread after ``seconds``."""
+    """Raise CellTimeout in this (main) thread after ``seconds``, and again every second
+    after: a method that catches the first (a broad ``except Exception`` in a retry loop) is
+    stopped at its next step that does not. In one process this is all a timeout can do; a
+    method that swallows every exception forever is stopped only by the process backend,
+    which kills its worker."""
     if not seconds or not hasattr(signal, "setitimer"):
         yield
         return
@@ -318,7 +323,7 @@ def _alarm(seconds: float | None) -> Iterator[None]:
         raise CellTimeout(f"cell exceeded its time limit of {seconds:g} s")
 
     previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    signal.setitimer(signal.ITIMER_REAL, seconds, _ALARM_REPEAT_S)
     try:
         yield
     finally:
@@ -326,19 +331,42 @@ def _alarm(seconds: float | None) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
+#: Seconds between repeats of a serial cell's timeout once it has passed.
+_ALARM_REPEAT_S = 1.0
+
+
 def run_serial(
     cells: list[Cell], spec: RunSpec, on_result: ResultFn, on_progress: CellProgressFn
 ) -> None:
-    """Run cells one after another in this process."""
-    for cell in cells:
-        with _alarm(spec.timeout):
+    """Run cells one after another in this process (a KeyboardInterrupt a method raises
+    fails its cell; the user's Ctrl-C stops the run: :func:`valbench.worker.user_stops`)."""
+    with user_stops():
+        for cell in cells:
+            started = time.perf_counter()
             try:
-                outcome = run_cell(cell, spec, partial(on_progress, cell))
-            except CellTimeout as exc:  # raised outside the method's try (e.g. while loading)
-                outcome = CellOutcome(
-                    failure_record(cell, spec, "timeout", "CellTimeout", str(exc))
+                with _alarm(spec.timeout):
+                    try:
+                        outcome = run_cell(cell, spec, partial(on_progress, cell))
+                    except CellTimeout as exc:  # outside the method's try (while loading)
+                        outcome = CellOutcome(
+                            failure_record(cell, spec, "timeout", "CellTimeout", str(exc))
+                        )
+            except CellTimeout:  # the alarm went off as the finished cell left its limit
+                pass
+            late = time.perf_counter() - started
+            if spec.timeout and late > spec.timeout and outcome.record.status == "ok":
+                # Its method caught the stop and finished anyway: the process backend would
+                # have killed it at the limit, so it is a timeout here too.
+                message = (
+                    f"cell exceeded its time limit of {spec.timeout:g} s (its method caught "
+                    f"the stop and finished after {late:.1f} s)"
                 )
-        on_result(outcome)
+                outcome = CellOutcome(
+                    failure_record(
+                        cell, spec, "timeout", "CellTimeout", message, cost=outcome.record.cost
+                    )
+                )
+            on_result(outcome)
 
 
 def _worker_main(

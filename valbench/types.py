@@ -636,6 +636,23 @@ def _real_vector(name: str, values: Any) -> np.ndarray:
     return np.asarray(arr, dtype=np.float64)
 
 
+def _index_vector(fraction: Any, values: Any) -> np.ndarray:
+    """A selection's indices as int64, refusing what a cast would change: 0.9 would become
+    row 0, a text or complex index would fail deep in a cast."""
+    arr = np.asarray(values)
+    if arr.dtype.kind in "iu":
+        return np.asarray(arr, dtype=np.int64)
+    whole = arr.dtype.kind == "f" and bool(np.all(np.isfinite(arr) & (arr == np.round(arr))))
+    if not whole:
+        raise InvalidValuation(
+            f"selections[{fraction!r}] must hold whole-number training indices, got dtype "
+            f"{arr.dtype}"
+            + (" with fractional or non-finite values" if arr.dtype.kind == "f" else "")
+            + ("; for a mask, give np.flatnonzero(mask)" if arr.dtype.kind == "b" else "")
+        )
+    return np.asarray(arr, dtype=np.int64)
+
+
 @dataclass
 class Valuation:
     """What a method returns: one score per training point (higher = more valuable).
@@ -671,9 +688,7 @@ class Valuation:
         self.scores = _real_vector("scores", self.scores)
         if self.detection_scores is not None:
             self.detection_scores = _real_vector("detection_scores", self.detection_scores)
-        self.selections = {
-            float(k): np.asarray(v, dtype=np.int64) for k, v in self.selections.items()
-        }
+        self.selections = {float(k): _index_vector(k, v) for k, v in self.selections.items()}
         self.selection_weights = {
             float(k): np.asarray(v, dtype=np.float64) for k, v in self.selection_weights.items()
         }

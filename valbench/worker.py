@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
+import os
+import signal
 import threading
 import time
 import traceback
@@ -37,6 +40,7 @@ from valbench.types import (
     DatasetSplits,
     FitCounter,
     InvalidValuation,
+    Method,
     ProgressFn,
     Relabel,
     RunContext,
@@ -763,11 +767,20 @@ def budget_progress(progress: ProgressFn, meter: BudgetMeter) -> ProgressFn:
     to (a TMC run of 1,000 permutations cut off at 2,000 fits).
     """
     budget = meter.budget
-    if budget.max_fits is None and budget.max_seconds is None:
-        return progress
 
     def report(done: int, total: int) -> None:
-        shares = [done / total if total > 0 else 0.0]
+        # Progress is shown, never decides a cell: a NaN, infinite or non-number report is
+        # dropped (int(nan) would fail the cell), one beyond its total shown as done.
+        try:
+            part, whole = float(done), float(total)
+        except (TypeError, ValueError):
+            return
+        if not (math.isfinite(part) and math.isfinite(whole)) or part < 0 or whole < 0:
+            return
+        if budget.max_fits is None and budget.max_seconds is None:
+            progress(int(min(part, whole)), int(whole))
+            return
+        shares = [part / whole if whole > 0 else 0.0]
         if budget.max_fits:
             shares.append(meter.fits_used() / budget.max_fits)
         if budget.max_seconds:
@@ -827,9 +840,65 @@ def _check_task_size(cell: Cell, spec: RunSpec, task: ValuationTask) -> None:
 
 
 def run_cell(cell: Cell, spec: RunSpec, progress: ProgressFn = no_progress) -> CellOutcome:
-    """Execute one cell; any exception becomes a failed record (the run goes on)."""
-    with cell_threads():
-        return _run_cell(cell, spec, progress)
+    """Execute one cell; any exception becomes a failed record (the run goes on). The working
+    folder is the same after the cell as before: a method that changes it (os.chdir) must not
+    move the next cell's relative paths, or the run's own files."""
+    cwd = os.getcwd()
+    try:
+        with cell_threads():
+            return _run_cell(cell, spec, progress)
+    finally:
+        if os.getcwd() != cwd:
+            os.chdir(cwd)
+
+
+#: Set when the user stops the run (Ctrl-C, SIGTERM) in this process; see :func:`user_stops`.
+_USER_STOP = threading.Event()
+
+
+@contextmanager
+def user_stops() -> Iterator[None]:
+    """Marks the KeyboardInterrupt of a real Ctrl-C (or a SIGTERM whose handler raises it) in
+    this process, so that a cell tells a user's stop, which ends the run, from a
+    KeyboardInterrupt its method raises, which fails the cell only. For cells run in this
+    process (the serial backend); worker processes ignore SIGINT, so there every
+    KeyboardInterrupt is the method's."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _USER_STOP.clear()
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def marked(signum: int, frame: Any) -> None:
+        _USER_STOP.set()
+        handler = previous[signal.Signals(signum)]
+        if callable(handler):
+            handler(signum, frame)  # Python's own Ctrl-C handler raises KeyboardInterrupt
+
+    wrapped = [s for s, h in previous.items() if callable(h)]  # SIG_DFL / SIG_IGN act as before
+    for s in wrapped:
+        signal.signal(s, marked)
+    try:
+        yield
+    finally:
+        for s in wrapped:
+            signal.signal(s, previous[s])
+
+
+def _exception_text(exc: BaseException) -> str:
+    """``str(exc)``, or what can be said when that itself raises (a plugin's broken
+    ``__str__``): the failure must still be recorded."""
+    try:
+        return str(exc)
+    except Exception as inner:
+        return f"(its message could not be shown: {type(inner).__name__} in __str__)"
+
+
+def _traceback_text() -> str:
+    try:
+        return traceback.format_exc()
+    except Exception:
+        return ""
 
 
 def _run_cell(cell: Cell, spec: RunSpec, progress: ProgressFn) -> CellOutcome:
@@ -885,14 +954,45 @@ def _run_cell(cell: Cell, spec: RunSpec, progress: ProgressFn) -> CellOutcome:
         measured = measure(task, valuation, cell, spec, pixels)
     except CellSkipped as exc:  # declined, up front or with no estimate: nothing to pass off
         return CellOutcome(failure_record(cell, spec, "skipped", "CellSkipped", str(exc), "", cost))
-    except (Exception, SystemExit) as exc:  # a method calling sys.exit() fails its cell only
-        status = "timeout" if type(exc).__name__ == "CellTimeout" else "failed"
-        message = str(exc) if isinstance(exc, ValbenchError) else f"{type(exc).__name__}: {exc}"
-        return CellOutcome(
-            failure_record(
-                cell, spec, status, type(exc).__name__, message, traceback.format_exc(), cost
-            )
+    except KeyboardInterrupt as exc:
+        if _USER_STOP.is_set():  # the user's Ctrl-C: the run stops
+            raise
+        return _failed(cell, spec, exc, cost, " (raised by the method; not a Ctrl-C)")
+    except (Exception, SystemExit, GeneratorExit) as exc:  # sys.exit() fails its cell only
+        return _failed(cell, spec, exc, cost)
+    try:
+        assert cost is not None  # set once value() returned
+        return _ok_outcome(cell, spec, cls, params, task, valuation, measured, cost, provenance)
+    except Exception as exc:  # stats that cannot be stored (a cycle, a broken __repr__)
+        return _failed(cell, spec, exc, cost, " (while recording the method's result)")
+
+
+def _failed(
+    cell: Cell, spec: RunSpec, exc: BaseException, cost: CellCost | None, where: str = ""
+) -> CellOutcome:
+    """The failed (or timed out) record of a cell that raised ``exc``."""
+    status = "timeout" if type(exc).__name__ == "CellTimeout" else "failed"
+    text = _exception_text(exc)
+    message = text if isinstance(exc, ValbenchError) else f"{type(exc).__name__}: {text}"
+    return CellOutcome(
+        failure_record(
+            cell, spec, status, type(exc).__name__, message + where, _traceback_text(), cost
         )
+    )
+
+
+def _ok_outcome(
+    cell: Cell,
+    spec: RunSpec,
+    cls: type[Method],
+    params: dict[str, Any],
+    task: ValuationTask,
+    valuation: Valuation,
+    measured: dict[str, Any],
+    cost: CellCost,
+    provenance: dict[str, np.ndarray],
+) -> CellOutcome:
+    """The ok record and outputs of a cell whose method returned ``valuation``."""
     stats = {k: to_jsonable(v) for k, v in valuation.stats.items()}
     stats["evaluation_fits"] = measured.pop("evaluation_fits")
     # One distinct value ranks nothing: the report says so beside the cell's numbers.
