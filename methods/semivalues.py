@@ -435,13 +435,19 @@ def sampled_semivalue(
     block_no, offset = -1, 0
     logs: list[tuple[np.ndarray, ...]] = []
     done = evaluated = 0
+    # Samples drawn but not yet evaluated (a request that could afford only some of a batch):
+    # they come first in the next batch, so a paced budget evaluates the same samples in the
+    # same order as an unlimited one and drops none.
+    carried: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
     while done < planned:
         left = remaining()
         if left < 1:
             break
-        # Gather up to batch_size samples from the stream, across block boundaries.
-        pieces: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
-        have = 0
+        # Gather up to batch_size samples: the carried ones, then the stream's, across block
+        # boundaries.
+        pieces = carried
+        have = sum(len(piece[0]) for piece in pieces)
+        carried = []
         while have < batch_size:
             if offset == len(block_index):
                 block = next(stream, None)
@@ -465,8 +471,11 @@ def sampled_semivalue(
         within[np.arange(have), index] = True
         subsets, where = _distinct_rows(np.concatenate([within, without]))
         if len(subsets) > left:
-            # Keep what two subsets per sample surely affords; the rest is never evaluated.
-            have = int(min(have, left // 2))
+            # Keep what two subsets per sample surely affords; the rest waits for the next
+            # request (or, when the budget ends here, is never evaluated).
+            keep = int(min(have, left // 2))
+            carried = [(index[keep:], without[keep:], blocks[keep:], strata[keep:])]
+            have = keep
             if have < 1:
                 break
             index, within, without = index[:have], within[:have], without[:have]

@@ -151,3 +151,22 @@ def test_g_shapley_abandons_a_learning_rate_search_the_budget_cannot_finish(
     assert "covered no whole learning-rate search and permutation" in message
     assert "needs up to 81 fits, about 81 s" in message
     assert ctx.budget.fits_used() == (1 if deep else 10)
+
+
+@pytest.mark.parametrize("method", ["owen-shapley", "stratified-shapley"])
+def test_a_seconds_budget_never_reached_gives_the_unlimited_estimate(
+    monkeypatch: pytest.MonkeyPatch, method: str
+) -> None:
+    """Paced requests (16 fits first) evaluate the samples an unlimited run evaluates, in the
+    same order: the same values, complete. They used to drop the 120 samples of the first
+    batch beyond what the first request afforded and call the estimate partial."""
+    params = {"q_points": 10} if method == "owen-shapley" else {"samples_per_index": 20}
+    results = []
+    for budget in (Budget(max_fits=10**7), Budget(max_fits=10**7, max_seconds=10**6)):
+        task = _timed_task(monkeypatch, seconds_per_fit=0.001, task=make_check_task(n_train=24))
+        ctx = RunContext.for_task(task, seed=3, budget=budget)
+        results.append(get_method(method)(**params).value(task, ctx))
+    unlimited, paced = results
+    assert unlimited.complete and paced.complete
+    assert paced.stats["samples"] == unlimited.stats["samples"] == paced.stats["samples_planned"]
+    assert paced.scores.tolist() == unlimited.scores.tolist()
