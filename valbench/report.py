@@ -65,6 +65,7 @@ from valbench.store import (
     atomic_write,
     check_entries,
     load_scores,
+    lost_scores,
     read_manifest,
     read_results,
     read_results_checked,
@@ -284,15 +285,23 @@ def _elapsed(manifest: Manifest) -> float | None:
     return (end - start).total_seconds()
 
 
-def _header(manifest: Manifest, records: Sequence[CellRecord]) -> dict[str, Any]:
+def _header(
+    manifest: Manifest, records: Sequence[CellRecord], unread: Sequence[str], lost: Sequence[str]
+) -> dict[str, Any]:
     counts: dict[str, int] = defaultdict(int)
     for rec in records:
         counts[rec.status] += 1
     wall = sum(v for rec in records if (v := finite(rec.cost.wall_s)) is not None)
     total = manifest.cells_total
+    status = manifest.status or "unknown"
+    if status == "complete" and (unread or lost):
+        # Finished once, but cells were lost since (an unreadable line, a scores file gone):
+        # what `valbench status` says, and what a rerun of the command would recompute.
+        status = "incomplete"
     return {
         "name": manifest.name or "valbench run",
-        "status": manifest.status or "unknown",
+        "status": status,
+        "lost_scores": list(lost),
         "ok": counts.get("ok", 0),
         "partial": sum(1 for rec in records if rec.partial),
         "failed": sum(n for s, n in counts.items() if s not in ("ok", "skipped")),
@@ -885,7 +894,7 @@ def render_report(run_dir: Path, include_partial: bool = False) -> Path:
         environment()
         .get_template(TEMPLATE)
         .render(
-            header=_header(manifest, records),
+            header=_header(manifest, records, unread, lost_scores(run_dir, records)),
             unread=unread,
             results_file=RESULTS_FILE,
             include_partial=include_partial,

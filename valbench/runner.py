@@ -21,9 +21,8 @@ import signal
 import subprocess
 import sys
 import time
-import zipfile
 from collections import deque
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -42,6 +41,7 @@ from valbench.store import (
     StoreWriteError,
     describe_holder,
     lock_holder,
+    lost_scores,
     read_manifest,
     read_results,
     signals_deferred,
@@ -868,7 +868,7 @@ def _execute_cells(
     run_dir = store.run_dir
     cells = spec.cells()
     done = {r.cell_id: r for r in read_results(run_dir)}
-    lost = _lost_scores(run_dir, done.values())
+    lost = lost_scores(run_dir, done.values())
     if lost:
         log.warning(
             "%d finished cell(s) lost their scores file (%s); running them again",
@@ -995,16 +995,6 @@ def run_liveness(run_dir: Path, manifest_status: str) -> str:
     return "not live"
 
 
-def _lost_scores(run_dir: Path, records: Iterable[CellRecord]) -> list[str]:
-    """Finished cells whose scores file is gone or cut off: the report and the exports read
-    their scores, so they are not finished any more (a resume runs them again)."""
-    return [
-        r.cell_id
-        for r in records
-        if r.scores_file is not None and not zipfile.is_zipfile(run_dir / r.scores_file)
-    ]
-
-
 def run_status(run_dir: Path, records: Sequence[CellRecord] | None = None) -> dict[str, list[str]]:
     """Cells of a run by state: ok, failed, timeout, skipped (declined by its method), pending
     (no usable result line, or a lost scores file: what a resume runs). ``records``: the run's
@@ -1012,7 +1002,7 @@ def run_status(run_dir: Path, records: Sequence[CellRecord] | None = None) -> di
     manifest = read_manifest(run_dir)
     spec = RunSpec.from_dict(dict(manifest.spec))
     records = read_results(run_dir) if records is None else records
-    lost = set(_lost_scores(run_dir, records))
+    lost = set(lost_scores(run_dir, records))
     done = {r.cell_id: r.status for r in records if r.cell_id not in lost}
     states: dict[str, list[str]] = {
         "ok": [],

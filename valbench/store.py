@@ -19,6 +19,7 @@ import signal
 import socket
 import tempfile
 import threading
+import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -43,6 +44,7 @@ except ImportError:  # not POSIX: runs go unlocked
     fcntl = None  # type: ignore[assignment]
 
 __all__ = [
+    "lost_scores",
     "signals_deferred",
     "signals_ignored",
     "RESULTS_SCHEMA",
@@ -384,6 +386,16 @@ def _check_manifest(path: Path, data: Any) -> Manifest:
     except (TypeError, ValueError, OverflowError) as exc:  # a field the table above misses
         raise _damaged(path, f"has a spec valbench cannot use ({type(exc).__name__})") from None
     return manifest
+
+
+def lost_scores(run_dir: Path, records: Iterable[CellRecord]) -> list[str]:
+    """Finished cells whose scores file is gone or cut off: the report and the exports read
+    their scores, so they are not finished any more (a resume runs them again)."""
+    return [
+        r.cell_id
+        for r in records
+        if r.scores_file is not None and not zipfile.is_zipfile(Path(run_dir) / r.scores_file)
+    ]
 
 
 #: The signals that stop valbench: Ctrl-C and ``kill``'s default.

@@ -535,3 +535,20 @@ def test_a_damaged_results_line_is_named_on_the_page_not_dropped_quietly(tmp_pat
     clean = fake_run(tmp_path / "clean", methods=("random", "loo"), datasets=("digits",), seeds=2)
     assert 'id="unread-lines"' not in render_report(clean).read_text()
     assert "unread_results_lines" not in json.loads((clean / "summary.json").read_text())
+
+
+def test_a_lost_scores_file_makes_the_page_say_incomplete_and_name_the_cell(
+    tmp_path: Path,
+) -> None:
+    """A finished run whose scores file was deleted since: the badge says what `valbench
+    status` says (incomplete, not complete) and the cell is named."""
+    run = fake_run(tmp_path / "run", methods=("random", "loo"), datasets=("digits",), seeds=2)
+    page = render_report(run).read_text()
+    assert "badge status-complete" in page and 'id="lost-scores"' not in page
+    record = json.loads((run / "results.jsonl").read_text().splitlines()[0])
+    (run / record["scores_file"]).unlink()
+    page = render_report(run).read_text()
+    assert "badge status-incomplete" in page and "the run has not finished" in page
+    lost = re.search(r'<p class="warning" id="lost-scores">(.*?)</p>', page, re.S)
+    assert lost is not None and record["cell_id"] in lost.group(1)
+    assert "1 finished cell lost its scores file" in re.sub(r"<[^>]+>", "", lost.group(1))
