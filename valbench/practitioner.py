@@ -101,8 +101,14 @@ class CrossFitValues:
 
     @property
     def suspicion(self) -> np.ndarray:
-        """The consensus: mean of the :attr:`consensus_methods`' suspicions (1 = check first)."""
-        return np.mean([self.method_suspicion[m] for m in self.consensus_methods], axis=0)
+        """The consensus: mean of the :attr:`consensus_methods`' suspicions (1 = check first).
+
+        Summed in name order and rounded to 12 decimals: the same rational (497/894) summed
+        in another order, or from other terms, differed in its last bit, so rows of equal
+        suspicion got different ranks and the --methods order moved them. Distinct
+        suspicions differ by far more (a fold's steps are 1/(rows - 1))."""
+        names = sorted(self.consensus_methods)
+        return np.round(np.mean([self.method_suspicion[m] for m in names], axis=0), 12)
 
 
 def _as_array(name: str, value: Any) -> np.ndarray:
