@@ -387,6 +387,10 @@ class RunSpec:
     def config_hash(self) -> str:
         """Hash of what determines the numbers; a run directory belongs to one hash."""
         data = {k: v for k, v in self.to_dict().items() if k not in self.EXECUTION_ONLY}
+        # Every cell is seeded by its own identity, so the order methods and datasets are
+        # named in changes no number (only the report's order): a rerun naming them in another
+        # order resumes the run. Runs that named them in sorted order keep their hashes.
+        data["methods"], data["datasets"] = sorted(data["methods"]), sorted(data["datasets"])
         if data["data_fingerprints"]:
             # Version 2 seeds a file's flips and draws by its bytes, not by its path string.
             data["file_seed_version"] = FILE_SEED_VERSION

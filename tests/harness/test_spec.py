@@ -140,6 +140,7 @@ def test_logreg_runs_hash_the_model_version() -> None:
                 del data[key]
         for key in ("id_column", "metrics", "lds_subsets", "scratch_model"):
             del data[key]  # at their defaults: left out of the hash
+        data["methods"], data["datasets"] = sorted(data["methods"]), sorted(data["datasets"])
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
     logreg, mlp = RunSpec(model="logreg"), RunSpec(model="mlp")
@@ -488,3 +489,16 @@ def test_two_file_datasets_named_alike_in_cell_ids_are_refused(
         spec_module.RunSpec(methods=("random",), datasets=("file:a/d.csv", "file:b/d.csv"))
     # different stems still differ
     spec_module.RunSpec(methods=("random",), datasets=("file:a/d.csv", "file:b/e.csv"))
+
+
+def test_the_order_methods_and_datasets_are_named_in_keeps_the_run() -> None:
+    """No number depends on it (each cell is seeded by its identity), so the hash does not:
+    a rerun with --methods b,a resumed nothing and was refused as another run."""
+    from valbench.spec import RunSpec
+
+    one = RunSpec(methods=("loo", "knn-shapley"), datasets=("synthetic", "breast_cancer"))
+    other = RunSpec(methods=("knn-shapley", "loo"), datasets=("breast_cancer", "synthetic"))
+    assert one.config_hash() == other.config_hash()
+    assert {c.cell_id for c in one.cells()} == {c.cell_id for c in other.cells()}
+    fewer = RunSpec(methods=("loo",), datasets=("synthetic", "breast_cancer"))
+    assert fewer.config_hash() != one.config_hash()
