@@ -129,8 +129,11 @@ class RaisesGeneratorExit(_Base):
 class ChangesFolder(_Base):
     name = "changes-folder"
 
+    def __init__(self, *, to: str = "/"):
+        super().__init__(to=to)
+
     def value(self, task, ctx):
-        os.chdir(os.environ["HOSTILE_ELSEWHERE"])
+        os.chdir(self.to)
         return Valuation(scores=ctx.rng.random(task.n_train))
 
 
@@ -201,7 +204,7 @@ import argparse
 
 _parser = argparse.ArgumentParser()
 _parser.add_argument("--plugin-flag")
-ARGS = _parser.parse_args()
+ARGS = _parser.parse_args(["--not-its-flag"])  # as valbench's own arguments would read
 """
 
 
@@ -219,11 +222,9 @@ def hostile(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Monkey
         EXITS_ON_IMPORT,
         "[valbench.methods]\nexits-on-import = vb_exits:Late\n",
     )
-    elsewhere = tmp_path_factory.mktemp("elsewhere")
     monkeypatch.syspath_prepend(str(root))
     monkeypatch.setenv("PYTHONPATH", str(root))
-    monkeypatch.setenv("HOSTILE_ELSEWHERE", str(elsewhere))
-    return elsewhere
+    return tmp_path_factory.mktemp("elsewhere")  # where changes-folder is sent
 
 
 BROKEN = {
@@ -311,6 +312,7 @@ def test_a_method_changing_the_working_folder_moves_nothing(
         out = f"run-{backend}"
         argv = ["run", "--methods", "changes-folder,random", "--datasets", "file:mine.npz"]
         argv += ["--seeds", "1", "--noise", "0.1", "--out", out, "--no-progress"]
+        argv += ["--param", f"changes-folder.to={json.dumps(str(hostile))}"]
         assert main([*argv, "--backend", backend]) == 0
         assert os.getcwd() == str(tmp_path)
         cells = {r.method: r.status for r in read_results(Path(out))}

@@ -158,15 +158,18 @@ def test_a_stop_signal_waits_for_the_end_of_a_deferred_block_then_acts() -> None
     from valbench.store import signals_deferred
 
     done = []
-    with pytest.raises(KeyboardInterrupt):
-        with signals_deferred():
-            os.kill(os.getpid(), signal.SIGINT)
-            done.append("stored")
-            done.append("counted")
-    assert done == ["stored", "counted"]
-    seen: list[int] = []
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
+    # Python's own Ctrl-C handler, whatever an earlier test left in place.
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    previous = signal.getsignal(signal.SIGTERM)
     try:
+        with pytest.raises(KeyboardInterrupt):
+            with signals_deferred():
+                os.kill(os.getpid(), signal.SIGINT)
+                done.append("stored")
+                done.append("counted")
+        assert done == ["stored", "counted"]
+        seen: list[int] = []
+        signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
         with signals_deferred():
             os.kill(os.getpid(), signal.SIGTERM)
             assert seen == []
@@ -174,3 +177,4 @@ def test_a_stop_signal_waits_for_the_end_of_a_deferred_block_then_acts() -> None
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, before)
