@@ -108,7 +108,8 @@ class CrossFitValues:
         suspicion got different ranks and the --methods order moved them. Distinct
         suspicions differ by far more (a fold's steps are 1/(rows - 1))."""
         names = sorted(self.consensus_methods)
-        return np.round(np.mean([self.method_suspicion[m] for m in names], axis=0), 12)
+        mean = np.mean([self.method_suspicion[m] for m in names], axis=0)
+        return np.asarray(np.round(mean, 12), dtype=np.float64)
 
 
 def _as_array(name: str, value: Any) -> np.ndarray:

@@ -343,6 +343,7 @@ def run_serial(
     with user_stops():
         for cell in cells:
             started = time.perf_counter()
+            outcome: CellOutcome | None = None
             try:
                 with _alarm(spec.timeout):
                     try:
@@ -351,8 +352,11 @@ def run_serial(
                         outcome = CellOutcome(
                             failure_record(cell, spec, "timeout", "CellTimeout", str(exc))
                         )
-            except CellTimeout:  # the alarm went off as the finished cell left its limit
-                pass
+            except CellTimeout as exc:  # the alarm went off as the cell left its limit
+                if outcome is None:
+                    outcome = CellOutcome(
+                        failure_record(cell, spec, "timeout", "CellTimeout", str(exc))
+                    )
             late = time.perf_counter() - started
             if spec.timeout and late > spec.timeout and outcome.record.status == "ok":
                 # Its method caught the stop and finished anyway: the process backend would
