@@ -200,11 +200,12 @@ CLASSES = {
 
 #: A module that parses the command line when imported, as a script turned plugin might.
 EXITS_ON_IMPORT = """
-import argparse
+import sys
 
-_parser = argparse.ArgumentParser()
-_parser.add_argument("--plugin-flag")
-ARGS = _parser.parse_args(["--not-its-flag"])  # as valbench's own arguments would read
+# What argparse does with arguments it does not know (valbench's own, say).
+print("usage: plugin [-h] [--plugin-flag PLUGIN_FLAG]", file=sys.stderr)
+print("plugin: error: unrecognized arguments: run", file=sys.stderr)
+raise SystemExit(2)
 """
 
 
@@ -217,10 +218,10 @@ def hostile(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Monkey
     write_distribution(root, "vb-hostile", "vb_hostile", PLUGINS, eps)
     write_distribution(
         root,
-        "vb-exits",
-        "vb_exits",
+        "vb-exits-on-import",
+        "vb_exits_on_import",  # a module name no other test imports (they stay cached)
         EXITS_ON_IMPORT,
-        "[valbench.methods]\nexits-on-import = vb_exits:Late\n",
+        "[valbench.methods]\nexits-on-import = vb_exits_on_import:Late\n",
     )
     monkeypatch.syspath_prepend(str(root))
     monkeypatch.setenv("PYTHONPATH", str(root))
@@ -234,7 +235,7 @@ BROKEN = {
     "int-family": "family is 42, not a string",
     "bad-claims": "claims is ('not a claim',), not a tuple of valbench.types.Claim",
     "text-cap": "max_train is '100', not None or a positive integer",
-    "exits-on-import": "SystemExit: 2",
+    "exits-on-import": "SystemExit: 2 (on import it printed: plugin: error: unrecognized",
 }
 
 
