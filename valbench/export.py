@@ -257,7 +257,13 @@ def run_data_files(run_dir: Path) -> list[Path]:
 
 
 def _file_rows(name: str, spec: RunSpec, run_cwd: str | None = None) -> _FileRows:
-    from valbench.userdata import FileDataset, csv_record_lines, file_fingerprint, read_ids
+    from valbench.userdata import (
+        FileDataset,
+        column_flags,
+        csv_record_lines,
+        file_fingerprint,
+        read_ids,
+    )
 
     # Of the places it may be, the one with the run's content hash is the run's file.
     candidates = _file_candidates(name, run_cwd)
@@ -276,12 +282,18 @@ def _file_rows(name: str, spec: RunSpec, run_cwd: str | None = None) -> _FileRow
                 "matched to the stored scores: restore the file or run again"
             )
         )
+    # The run's label and id columns apply to its tables only (an .npz names its arrays).
+    columns = column_flags(str(path), spec.label_column, spec.id_column)
+    id_column = columns.get("id_column")
     ds = FileDataset(
-        path=str(path), label_column=spec.label_column, id_column=spec.id_column, standardize=False
+        path=str(path),
+        label_column=columns.get("label_column"),
+        id_column=id_column,
+        standardize=False,
     )
     parts, classes = ds.read()
     labels = np.asarray(classes, dtype=object)[parts["train"][1]]
-    ids = read_ids(path, spec.id_column) if spec.id_column else None
+    ids = read_ids(path, id_column) if id_column else None
     lines = csv_record_lines(path, len(labels))
     return _FileRows(labels=labels, ids=ids, classes=classes, lines=lines)
 

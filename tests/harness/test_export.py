@@ -197,3 +197,26 @@ def test_export_names_the_file_line_of_every_row(tmp_path: Path, test_plugins: P
         assert physical[int(line) - 1].startswith(f"{ident},")
     assert (mine["line"] > mine["row"] + 2).any()  # the blank lines moved some rows
     assert table.loc[table["dataset"] == "breast_cancer", "line"].isna().all()
+
+
+def test_export_of_a_run_over_a_table_and_an_npz_with_label_and_id_columns(
+    tmp_path: Path, test_plugins: Path
+) -> None:
+    """--label-column and --id-column apply to the run's tables only: the run took a .csv and
+    an .npz together, and the export refused the .npz for the columns it never had."""
+    users = _users_file(tmp_path / "mine.csv", n=40)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 2))
+    np.savez(tmp_path / "arrays.npz", x=x, y=(x[:, 0] > 0).astype(int))
+    run = tmp_path / "run"
+    datasets = f"file:{tmp_path / 'mine.csv'},file:{tmp_path / 'arrays.npz'}"
+    argv = ["run", "--methods", "row-echo", "--datasets", datasets, "--label-column", "kind"]
+    argv += ["--id-column", "sample", "--seeds", "1", "--noise", "0", "--out", str(run)]
+    assert main([*argv, "--backend", "serial", "--no-progress"]) == 0
+    out = tmp_path / "rows.csv"
+    assert main(["export", str(run), "--out", str(out)]) == 0
+    table = pd.read_csv(out, dtype={"id": str})
+    npz = table[table["dataset"].str.endswith("arrays.npz")]
+    csv_rows = table[table["dataset"].str.endswith("mine.csv")]
+    assert sorted(npz["row"]) == list(range(50)) and npz["id"].isna().all()
+    assert set(csv_rows["id"]) == set(users["sample"])
