@@ -211,8 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Value every row of FILE, labels as given (nothing is flipped): the rows "
         "are cut into --folds stratified folds, each valued as the training data of a task "
         "whose validation set is the other folds, so each row gets one value. Writes one row "
-        "per input row (id, label, fold, each method's value and rank, 1 = most suspicious, a "
-        "consensus suspicion score and its rank) and a self-contained HTML page of the most "
+        "per input row (id, row, the file line a CSV row starts on, label, fold, each "
+        "method's value and rank, 1 = most suspicious, its per-row standard error and sample "
+        "count where it reports them and whether its estimate is complete, a consensus "
+        "suspicion score and its rank) and a self-contained HTML page of the most "
         "suspicious rows with what their nearest neighbours are labelled.",
     )
     value.add_argument("file", type=Path, help="a .csv, .parquet or .npz (x, y) file")
@@ -262,11 +264,12 @@ def build_parser() -> argparse.ArgumentParser:
         "export",
         help="write a run's scores as a per-row table (row index, id, label, split, score, rank)",
         description="One row per (cell, row of the dataset): dataset, noise, seed, method, the "
-        "row's index in the data as loaded (file: data: its row in your file) and id, its split, "
+        "row's index in the data as loaded (file: data: its row in your file; a CSV's line), "
+        "its id, its split, "
         "its given label and the label the method saw, whether a flip was planted there, and "
         "for training rows the score, its rank (1 = highest), the detection score, the "
-        "suspicion rank (1 = most suspicious), the per-point standard error where the method "
-        "reports one and whether the estimate is complete.",
+        "suspicion rank (1 = most suspicious), the per-point standard error and sample count "
+        "where the method reports them and whether the estimate is complete.",
     )
     export.add_argument("run_dir", type=Path)
     export.add_argument("--format", dest="fmt", choices=("csv", "parquet"), default=None)
@@ -639,6 +642,7 @@ def _whole(flag: str, text: str) -> int:
 
 def _trusted_methods(run_dir: Path | None, goal: str) -> list[str]:
     """The methods the verdict of ``run_dir`` recommends for ``goal`` (``--methods best``)."""
+    from valbench.runner import run_status
     from valbench.store import read_manifest, read_results
     from valbench.summary import summarise
     from valbench.verdict import methods_to_trust, verdicts
@@ -653,8 +657,18 @@ def _trusted_methods(run_dir: Path | None, goal: str) -> list[str]:
             f"{run_dir} is not a finished run (status {manifest.status or 'unknown'}): its "
             "verdict rests on part of its cells; finish it first (run its command again)"
         )
+    records = read_results(run_dir)
+    # Finished once, but cells lost since (a deleted scores file, a removed or damaged line):
+    # what `valbench status` and the report call incomplete.
+    pending = run_status(run_dir, records)["pending"]
+    if pending:
+        raise UsageError(
+            f"{run_dir} is incomplete: {len(pending)} of its cells lost their results since it "
+            f"finished ({pending[0]}{', ...' if len(pending) > 1 else ''}); run its command "
+            "again to recompute them, then take its verdict"
+        )
     try:
-        methods, why = methods_to_trust(verdicts(summarise(read_results(run_dir))), goal)
+        methods, why = methods_to_trust(verdicts(summarise(records)), goal)
     except ValueError as exc:
         raise UsageError(f"{run_dir}: {exc}") from None
     print(f"methods from the verdict of {run_dir}: {', '.join(methods)} ({why})")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html.parser
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -425,6 +426,13 @@ def test_value_takes_the_methods_a_finished_run_recommends(
     table = pd.read_csv(out)
     chosen = [c.removesuffix("_value") for c in table if c.endswith("_value")]
     assert chosen and "random" not in chosen and set(chosen) <= {"loo", "knn-shapley"}
+    # A run that lost a cell since it finished (a scores file deleted) is incomplete, as
+    # `valbench status` and its report say: its verdict rests on part of its cells.
+    record = json.loads((run / "results.jsonl").read_text().splitlines()[0])
+    (run / record["scores_file"]).unlink()
+    assert main([*argv, "--methods", "best", "--from", str(run)]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "is incomplete: 1 of its cells lost their results" in err and err.count("\n") == 1
 
 
 def test_value_reads_nullable_and_true_false_columns_and_names_a_gap() -> None:
