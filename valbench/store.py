@@ -403,19 +403,27 @@ _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 @contextmanager
-def signals_ignored() -> Iterator[None]:
-    """Ctrl-C and SIGTERM are ignored while the block runs (in the main thread; elsewhere
-    they cannot arrive): for a short block that only writes finished work, which an
-    interruption would leave half written, at the end of a command."""
+def _stop_signals_to(handler: Callable[[int, Any], None]) -> Iterator[dict[Any, Any]]:
+    """Ctrl-C and SIGTERM go to ``handler`` while the block runs (in the main thread;
+    elsewhere they cannot arrive), then back to the handlers before; yields those."""
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield {}
         return
-    previous = {s: signal.signal(s, lambda signum, frame: None) for s in _STOP_SIGNALS}
+    previous = {s: signal.signal(s, handler) for s in _STOP_SIGNALS}
     try:
-        yield
+        yield previous
     finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+        for s, before in previous.items():
+            signal.signal(s, before)
+
+
+@contextmanager
+def signals_ignored() -> Iterator[None]:
+    """Ctrl-C and SIGTERM are ignored while the block runs: for a short block that only
+    writes finished work, which an interruption would leave half written, at the end of a
+    command."""
+    with _stop_signals_to(lambda signum, frame: None):
+        yield
 
 
 @contextmanager
@@ -423,19 +431,11 @@ def signals_deferred() -> Iterator[None]:
     """Ctrl-C and SIGTERM wait until the block ends, then act as they would have (the
     handler in place before it runs): a block that stores one finished result and counts it
     is never cut between the two, so what is stored and what is reported agree."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
     caught: list[tuple[signal.Signals, Any]] = []
-    previous = {
-        s: signal.signal(s, lambda signum, frame: caught.append((signal.Signals(signum), frame)))
-        for s in _STOP_SIGNALS
-    }
-    try:
+    with _stop_signals_to(
+        lambda signum, frame: caught.append((signal.Signals(signum), frame))
+    ) as previous:
         yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
     if caught:
         signum, frame = caught[0]
         handler = previous[signum]
