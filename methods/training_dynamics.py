@@ -428,8 +428,9 @@ def deep_error_l2_norms(runs: DeepRuns, x: np.ndarray, y: np.ndarray) -> np.ndar
             ]
         ).double()
     probs = torch.softmax(logits, dim=2)
-    onehot = nn.functional.one_hot(torch.as_tensor(np.asarray(y, dtype=np.int64)), probs.shape[2])
-    return torch.linalg.vector_norm(probs - onehot.double()[None], dim=2).numpy()
+    labels = torch.as_tensor(np.asarray(y, dtype=np.int64), device=probs.device)
+    onehot = nn.functional.one_hot(labels, probs.shape[2])
+    return torch.linalg.vector_norm(probs - onehot.double()[None], dim=2).cpu().numpy()
 
 
 # -- adapters ---------------------------------------------------------------------------------

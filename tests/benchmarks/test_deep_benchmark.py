@@ -10,8 +10,9 @@ measured numbers are printed. Run with
 On one CPU thread a convolution is arithmetic-bound at a minibatch of 64, and torch's
 vmapped (grouped) convolution ran slower than the copies' own, so stacking copies loses
 there (0.88x measured on one machine, 0.47-0.60x on an AMD EPYC) and ``train_copies`` trains
-them one after another on a CPU unless told to stack. The 3x target is for a GPU, where one
-copy leaves most of the device idle; it is asserted when CUDA is present.
+them one after another on a CPU unless told to stack. On a GPU, where one copy leaves most of
+the device idle, stacking measured 3.18x on an H200 (IEEE float32; 2.75x with torch's default
+TF32 convolutions); the 3x is asserted when CUDA is present.
 """
 
 from __future__ import annotations
@@ -104,8 +105,13 @@ def test_sixteen_copies_together_vs_one_by_one() -> None:
         f"{t1 - t0:.2f} s, one by one {t2 - t1:.2f} s, speed-up {ratio:.2f}x; "
         f"peak RSS {peak_gb:.2f} GB"
     )
-    # The last copy alone equals its slice of the batch (float rounding).
+    # The last copy alone equals its slice of the batch up to float reordering. On a GPU the
+    # stacked (grouped) convolutions sum in another order than a lone copy's, and Adam's
+    # first steps move a weight by about lr whatever its gradient's size, so a gradient near
+    # zero whose sign flips moves it by a step: 1.2e-3 measured on an H200, as a 1e-7
+    # relative nudge of the initial weights gives on a CPU (7e-4).
+    atol = 5e-3 if device.type == "cuda" else 1e-4
     for k in params:
-        torch.testing.assert_close(together[k][15], alone[k][0], atol=1e-4, rtol=0)
+        torch.testing.assert_close(together[k][15], alone[k][0], atol=atol, rtol=0)
     assert ratio >= (MIN_SPEEDUP_GPU if device.type == "cuda" else MIN_SPEEDUP_CPU)
     assert peak_gb < 4.0

@@ -101,6 +101,22 @@ def test_cuda_without_gpu_is_one_clear_error() -> None:
     assert nets.resolve_device("auto") == torch.device("cpu")
 
 
+def test_strict_cuda_arithmetic_turns_tf32_off_and_cudnn_deterministic(monkeypatch) -> None:
+    # The flags exist without a GPU; monkeypatch restores them for the other tests.
+    for flag in ("allow_tf32", "deterministic", "benchmark"):
+        monkeypatch.setattr(torch.backends.cudnn, flag, flag != "deterministic")
+    matmul_before = torch.backends.cuda.matmul.allow_tf32  # a module monkeypatch cannot undo
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        nets.resolve_device("cpu")  # the CPU leaves them alone
+        assert torch.backends.cudnn.allow_tf32 and not torch.backends.cudnn.deterministic
+        nets.strict_cuda_arithmetic()
+        assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul_before
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_copies_match_cpu() -> None:
     x = np.random.default_rng(0).random((48, 784), dtype=np.float32)

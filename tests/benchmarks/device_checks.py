@@ -1,0 +1,147 @@
+"""Measurements behind the GPU targets of the deep models, run by ``device_checks.sh``.
+
+``python tests/benchmarks/device_checks.py throughput --device cuda`` times the ResNet-18
+subset evaluation (train a network from scratch on each subset, then score it on a held-out
+set: what ``--scratch-model resnet18`` and the deep utility do) on CIFAR-10-sized inputs and
+prints one JSON line per setting. ``compare RUN_A RUN_B`` reads two runs of one config
+(made with ``--device cpu`` and ``--device cuda``) and prints, per method, how far the scores
+and the metrics moved between the devices.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from valbench.models import ModelSpec
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def subset_evaluation_throughput(
+    device: str,
+    *,
+    copies: int,
+    subset: int,
+    epochs: int = 1,
+    held_out: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Train ``copies`` ResNet-18s (width 64) on random ``subset``-image subsets of 3x32x32
+    images for ``epochs`` epochs, then score each on ``held_out`` images; the images trained
+    per second of wall time, scoring included (valbench's arithmetic: IEEE float32 on a GPU)."""
+    rng = np.random.default_rng(seed)
+    n = 2 * subset
+    x = rng.random((n + held_out, 3072), dtype=np.float32)
+    y = rng.integers(0, 10, n + held_out)
+    masks = np.zeros((copies, n), dtype=bool)
+    for row in masks:
+        row[rng.choice(n, subset, replace=False)] = True
+    clf = ModelSpec.parse("resnet18", epochs=epochs, device=device).build(3072, 10, seed)
+    # Warm-up: kernels, cuDNN's algorithm choice and the copies' shapes, outside the clock.
+    warm = clf.fit(x[:n], y[:n], masks[:, :n] & (np.arange(n) < 256)[None], epochs=1)
+    clf.accuracy(warm, x[n : n + 64], y[n : n + 64])
+    _sync(device)
+    t0 = time.perf_counter()
+    params = clf.fit(x[:n], y[:n], masks)
+    acc = clf.accuracy(params, x[n:], y[n:])
+    _sync(device)
+    seconds = time.perf_counter() - t0
+    return {
+        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+        "threads": torch.get_num_threads(),
+        "copies": copies,
+        "subset": subset,
+        "epochs": epochs,
+        "tf32": bool(torch.backends.cudnn.allow_tf32) if device == "cuda" else None,
+        "seconds": round(seconds, 3),
+        "images_per_s": round(copies * subset * epochs / seconds, 1),
+        "accuracy_finite": bool(np.isfinite(acc).all()),
+    }
+
+
+def compare_runs(cpu_dir: str, gpu_dir: str) -> list[dict[str, Any]]:
+    """Per method of two runs of one config: Spearman and max relative gap of the scores,
+    and the largest gap in any scalar metric."""
+    from scipy.stats import spearmanr
+
+    from valbench.api import open_run
+
+    runs = [open_run(cpu_dir), open_run(gpu_dir)]
+    recs = [{(r.method, r.dataset, r.seed): r for r in run.records} for run in runs]
+    # Costs (seconds, memory) differ between devices by design; every other metric should not.
+    metrics = []
+    for run in runs:
+        table = run.results.dropna(subset=["metric", "value"])
+        table = table[~table["metric"].str.startswith("cost.")]
+        metrics.append(
+            {
+                (m, d, s, name): float(v)
+                for m, d, s, name, v in table[
+                    ["method", "dataset", "seed", "metric", "value"]
+                ].itertuples(index=False)
+            }
+        )
+    rows = []
+    for key in sorted(set(recs[0]) | set(recs[1])):
+        a, b = recs[0].get(key), recs[1].get(key)
+        row: dict[str, Any] = {
+            "method": key[0],
+            "dataset": key[1],
+            "cpu": a.status if a else "absent",
+            "cuda": b.status if b else "absent",
+        }
+        if a is not None and b is not None and a.ok and b.ok:
+            va = runs[0].values(key[0], key[1], key[2]).values
+            vb = runs[1].values(key[0], key[1], key[2]).values
+            scale = max(float(np.abs(va).max()), 1e-300)
+            row["score_max_rel_gap"] = float(np.abs(va - vb).max() / scale)
+            same = np.ptp(va) > 0 and np.ptp(vb) > 0
+            row["spearman"] = float(spearmanr(va, vb).statistic) if same else None
+            gaps = [
+                (abs(value - metrics[1][name]), name[3])
+                for name, value in metrics[0].items()
+                if name[:3] == key and name in metrics[1]
+            ]
+            gap, worst = max(gaps) if gaps else (None, None)
+            row["metric_max_gap"], row["metric_worst"] = gap, worst
+            row["complete"] = (a.complete, b.complete)
+        rows.append(row)
+    return rows
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+    t = sub.add_parser("throughput")
+    t.add_argument("--device", default="cuda")
+    t.add_argument("--copies", type=int, nargs="+", default=[1, 8])
+    t.add_argument("--subset", type=int, default=2000)
+    t.add_argument("--epochs", type=int, default=1)
+    c = sub.add_parser("compare")
+    c.add_argument("cpu_run")
+    c.add_argument("gpu_run")
+    args = parser.parse_args(argv)
+    if args.what == "throughput":
+        for copies in args.copies:
+            out = subset_evaluation_throughput(
+                args.device, copies=copies, subset=args.subset, epochs=args.epochs
+            )
+            print(json.dumps(out), flush=True)
+        return 0
+    for row in compare_runs(args.cpu_run, args.gpu_run):
+        print(json.dumps(row, default=str), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
