@@ -343,29 +343,60 @@ def msr_semivalue(
     # Second moments for the standard errors: Σw², Σw²u, Σw²u² on each side, and sample counts.
     sq = np.zeros((2, 3, n))
     count = np.zeros(n, dtype=np.int64)
-    drawn = 0
+
+    def fold(sizes: np.ndarray, masks: np.ndarray, u: np.ndarray) -> None:
+        inside = masks.astype(np.float64)
+        outside = 1.0 - inside
+        a, c = w_in[sizes], w_out[sizes]
+        in_w[:] += a @ inside
+        in_wu[:] += (a * u) @ inside
+        out_w[:] += c @ outside
+        out_wu[:] += (c * u) @ outside
+        for side, (wts, member) in enumerate(((a, inside), (c, outside))):
+            w2 = wts * wts
+            sq[side] += np.stack([w2, w2 * u, w2 * u * u]) @ member
+        count[:] += ((a[:, None] * inside + c[:, None] * outside) > 0).sum(axis=0)
+
+    # Subsets are drawn in chunks of batch_size whatever a request affords; a request that
+    # affords less evaluates a chunk's head and leaves the rest for the next, and a chunk
+    # enters the sums once all of it is evaluated. So the samples are a function of their
+    # index alone and the sums are formed in the same order: a paced or cut-short budget
+    # gives bit for bit what an unlimited run gives for the samples it reached (drawing only
+    # what each request afforded made a seconds budget's complete estimate differ from a fits
+    # budget's).
+    queued_sizes = np.empty(0, dtype=np.int64)
+    queued_masks = np.empty((0, n), dtype=bool)
+    # Evaluated samples whose chunk is not yet whole (sizes, masks, utilities).
+    held: tuple[np.ndarray, ...] = (
+        np.empty(0, dtype=np.int64),
+        np.empty((0, n), dtype=bool),
+        np.empty(0),
+    )
+    drawn = folded = 0
     while drawn < max_samples:
         left = remaining()
         if left < 1:
             break
         b = int(min(batch_size, max_samples - drawn, left))
-        sizes = rng.choice(n + 1, size=b, p=r)
-        ranks = np.argsort(np.argsort(rng.random((b, n)), axis=1), axis=1)
-        masks = ranks < sizes[:, None]
-        u = many(masks)
-        inside = masks.astype(np.float64)
-        outside = 1.0 - inside
-        a, c = w_in[sizes], w_out[sizes]
-        in_w += a @ inside
-        in_wu += (a * u) @ inside
-        out_w += c @ outside
-        out_wu += (c * u) @ outside
-        for side, (wts, member) in enumerate(((a, inside), (c, outside))):
-            w2 = wts * wts
-            sq[side] += np.stack([w2, w2 * u, w2 * u * u]) @ member
-        count += ((a[:, None] * inside + c[:, None] * outside) > 0).sum(axis=0)
+        if len(queued_sizes) < b:
+            chunk = int(min(batch_size, max_samples - drawn - len(queued_sizes)))
+            new_sizes = rng.choice(n + 1, size=chunk, p=r)
+            ranks = np.argsort(np.argsort(rng.random((chunk, n)), axis=1), axis=1)
+            queued_sizes = np.concatenate([queued_sizes, new_sizes])
+            queued_masks = np.concatenate([queued_masks, ranks < new_sizes[:, None]])
+        sizes, masks = queued_sizes[:b], queued_masks[:b]
+        queued_sizes, queued_masks = queued_sizes[b:], queued_masks[b:]
+        new = (sizes, masks, np.asarray(many(masks), dtype=np.float64))
+        held = tuple(np.concatenate([old, part]) for old, part in zip(held, new, strict=True))
         drawn += b
+        while len(held[0]) and folded + len(held[0]) >= min(folded + batch_size, max_samples):
+            whole = min(batch_size, max_samples - folded)  # the chunk that starts at `folded`
+            fold(*(part[:whole] for part in held))
+            held = tuple(part[whole:] for part in held)
+            folded += whole
         progress(drawn, max_samples)
+    if len(held[0]):  # the budget stopped inside a chunk
+        fold(*held)
     known = (in_w > 0) & (out_w > 0)
     scores = np.zeros(n)
     stderr = np.full(n, np.nan)

@@ -135,7 +135,10 @@ LOGREG_VERSION = 3
 #: run that includes them, so that a run directory begun before the change is refused rather
 #: than resumed with cells of both kinds (runs without them keep their hashes). lava 2: the
 #: authors' annealed Sinkhorn and entropic label costs (1: converged potentials, exact costs).
-METHOD_VERSIONS = {"lava": 2}
+#: banzhaf 2, beta-shapley 2: subsets drawn in whole chunks whatever a request affords (1 drew
+#: what each request afforded, so a paced or cut-short budget evaluated other subsets; the
+#: numbers of runs whose every request was a whole chunk are unchanged).
+METHOD_VERSIONS = {"lava": 2, "banzhaf": 2, "beta-shapley": 2}
 #: 2: a ``file:`` dataset's planted flips and random draws are seeded by the file's content
 #: fingerprint (version 1 seeded them by the path as written: a moved copy changed every number).
 FILE_SEED_VERSION = 2

@@ -209,6 +209,41 @@ def test_msr_semivalues_converge_to_exact(kind: str) -> None:
     assert errors[2] < 0.02
 
 
+def test_msr_samples_do_not_depend_on_how_requests_are_sized() -> None:
+    # Requests of any size (a paced budget's 16 first, then whatever the pace allows, some
+    # crossing a chunk boundary) evaluate the subsets an unlimited run evaluates and sum them
+    # in the same order: equal bit for bit. A budget that stops early evaluated the unlimited
+    # run's first subsets.
+    n = 12
+    w = np.random.default_rng(0).normal(size=n)
+    seen: list[np.ndarray] = []
+
+    def game(masks: np.ndarray) -> np.ndarray:
+        seen.extend(masks)
+        return np.sqrt(masks @ np.abs(w)) + 0.1 * (masks[:, 0] ^ masks[:, 3])
+
+    p = beta_size_weights(n, 4, 1)
+
+    def paced(sizes: list[int]):
+        queue = list(sizes)
+        return lambda: queue.pop(0) if queue else 10**9
+
+    whole, whole_stats = msr_semivalue(n, game, np.random.default_rng(7), p, max_samples=300)
+    whole_subsets = np.array(seen)
+    for requests in ([16], [16, 50, 7, 64, 33, 1], [5] * 70, [63, 2, 64, 64]):
+        est, stats = msr_semivalue(
+            n, game, np.random.default_rng(7), p, max_samples=300, remaining=paced(requests)
+        )
+        assert est.tolist() == whole.tolist(), requests
+        assert stats == whole_stats
+    seen.clear()
+    _, cut_stats = msr_semivalue(
+        n, game, np.random.default_rng(7), p, max_samples=300, remaining=paced([16, 50, 7, 0])
+    )
+    assert cut_stats["samples"] == 73 and not cut_stats["complete"]
+    assert np.array_equal(np.array(seen), whole_subsets[:73])
+
+
 def test_msr_on_a_closed_form_game_and_tiny_budget() -> None:
     n = 10
     rng = np.random.default_rng(0)
