@@ -359,11 +359,10 @@ def msr_semivalue(
 
     # Subsets are drawn in chunks of batch_size whatever a request affords; a request that
     # affords less evaluates a chunk's head and leaves the rest for the next, and a chunk
-    # enters the sums once all of it is evaluated. So the samples are a function of their
-    # index alone and the sums are formed in the same order: a paced or cut-short budget
-    # gives bit for bit what an unlimited run gives for the samples it reached (drawing only
-    # what each request afforded made a seconds budget's complete estimate differ from a fits
-    # budget's).
+    # enters the sums once all of it is evaluated. So a paced or cut-short budget evaluates
+    # the unlimited run's first subsets in order and sums whole chunks as it does: a complete
+    # estimate is bit for bit the unlimited one (drawing only what each request afforded made
+    # a seconds budget's complete estimate differ from a fits budget's).
     queued_sizes = np.empty(0, dtype=np.int64)
     queued_masks = np.empty((0, n), dtype=bool)
     # Evaluated samples whose chunk is not yet whole (sizes, masks, utilities).
@@ -372,14 +371,14 @@ def msr_semivalue(
         np.empty((0, n), dtype=bool),
         np.empty(0),
     )
-    drawn = folded = 0
-    while drawn < max_samples:
+    evaluated = folded = 0
+    while evaluated < max_samples:
         left = remaining()
         if left < 1:
             break
-        b = int(min(batch_size, max_samples - drawn, left))
+        b = int(min(batch_size, max_samples - evaluated, left))
         if len(queued_sizes) < b:
-            chunk = int(min(batch_size, max_samples - drawn - len(queued_sizes)))
+            chunk = int(min(batch_size, max_samples - evaluated - len(queued_sizes)))
             new_sizes = rng.choice(n + 1, size=chunk, p=r)
             ranks = np.argsort(np.argsort(rng.random((chunk, n)), axis=1), axis=1)
             queued_sizes = np.concatenate([queued_sizes, new_sizes])
@@ -388,13 +387,13 @@ def msr_semivalue(
         queued_sizes, queued_masks = queued_sizes[b:], queued_masks[b:]
         new = (sizes, masks, np.asarray(many(masks), dtype=np.float64))
         held = tuple(np.concatenate([old, part]) for old, part in zip(held, new, strict=True))
-        drawn += b
+        evaluated += b
         while len(held[0]) and folded + len(held[0]) >= min(folded + batch_size, max_samples):
             whole = min(batch_size, max_samples - folded)  # the chunk that starts at `folded`
             fold(*(part[:whole] for part in held))
             held = tuple(part[whole:] for part in held)
             folded += whole
-        progress(drawn, max_samples)
+        progress(evaluated, max_samples)
     if len(held[0]):  # the budget stopped inside a chunk
         fold(*held)
     known = (in_w > 0) & (out_w > 0)
@@ -411,17 +410,17 @@ def msr_semivalue(
             var += np.maximum(w2u2 - 2 * mu * w2u + mu * mu * w2, 0.0) / total[known] ** 2
         stderr[known] = np.sqrt(var)
     stats: dict[str, Any] = {
-        "samples": drawn,
+        "samples": evaluated,
         "sample_counts": count.tolist(),
         "stderr": stderr.tolist(),
         "points_unestimated": int((~known).sum()),
-        # Complete only with every sample drawn (the budget can stop the loop first: each
+        # Complete only with every sample evaluated (the budget can stop the loop first: each
         # estimate is then unbiased, but noisier than the method's own setting asks) and
         # every point seen both inside and outside a sample.
-        "complete": bool(known.all()) and drawn >= max_samples,
+        "complete": bool(known.all()) and evaluated >= max_samples,
     }
-    if drawn < max_samples:
-        stats["reason"] = f"the budget allowed {drawn} of {max_samples} samples"
+    if evaluated < max_samples:
+        stats["reason"] = f"the budget allowed {evaluated} of {max_samples} samples"
     elif not known.all():
         stats["reason"] = f"{int((~known).sum())} points never fell on both sides of a sample"
     return scores, stats

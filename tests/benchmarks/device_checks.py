@@ -21,6 +21,9 @@ import torch
 
 from valbench.models import ModelSpec
 
+#: GPU arithmetic settings the throughput is measured under (see subset_evaluation_throughput).
+ARITHMETIC = ("strict", "float32", "tf32")
+
 
 def _sync(device: str) -> None:
     if device == "cuda":
@@ -34,11 +37,17 @@ def subset_evaluation_throughput(
     subset: int,
     epochs: int = 1,
     held_out: int = 1000,
+    arithmetic: str = "strict",
     seed: int = 0,
 ) -> dict[str, Any]:
     """Train ``copies`` ResNet-18s (width 64) on random ``subset``-image subsets of 3x32x32
     images for ``epochs`` epochs, then score each on ``held_out`` images; the images trained
-    per second of wall time, scoring included (valbench's arithmetic: IEEE float32 on a GPU)."""
+    per second of wall time, scoring included.
+
+    ``arithmetic`` on a GPU: ``strict`` is valbench's (IEEE float32, deterministic cuDNN);
+    ``float32`` IEEE float32 with cuDNN free to choose nondeterministic algorithms; ``tf32``
+    convolutions and products in TF32 (torch's default for convolutions), nondeterministic.
+    """
     rng = np.random.default_rng(seed)
     n = 2 * subset
     x = rng.random((n + held_out, 3072), dtype=np.float32)
@@ -47,6 +56,10 @@ def subset_evaluation_throughput(
     for row in masks:
         row[rng.choice(n, subset, replace=False)] = True
     clf = ModelSpec.parse("resnet18", epochs=epochs, device=device).build(3072, 10, seed)
+    if device == "cuda" and arithmetic != "strict":  # building chose valbench's; undo it
+        tf32 = arithmetic == "tf32"
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.deterministic = False
     # Warm-up: kernels, cuDNN's algorithm choice and the copies' shapes, outside the clock.
     warm = clf.fit(x[:n], y[:n], masks[:, :n] & (np.arange(n) < 256)[None], epochs=1)
     clf.accuracy(warm, x[n : n + 64], y[n : n + 64])
@@ -62,7 +75,13 @@ def subset_evaluation_throughput(
         "copies": copies,
         "subset": subset,
         "epochs": epochs,
-        "tf32": bool(torch.backends.cudnn.allow_tf32) if device == "cuda" else None,
+        "arithmetic": arithmetic if device == "cuda" else None,
+        "flags": {
+            "cudnn.allow_tf32": torch.backends.cudnn.allow_tf32,
+            "matmul.allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+            "cudnn.deterministic": torch.backends.cudnn.deterministic,
+            "cudnn.benchmark": torch.backends.cudnn.benchmark,
+        },
         "seconds": round(seconds, 3),
         "images_per_s": round(copies * subset * epochs / seconds, 1),
         "accuracy_finite": bool(np.isfinite(acc).all()),
@@ -127,16 +146,22 @@ def main(argv: list[str]) -> int:
     t.add_argument("--copies", type=int, nargs="+", default=[1, 8])
     t.add_argument("--subset", type=int, default=2000)
     t.add_argument("--epochs", type=int, default=1)
+    t.add_argument("--arithmetic", nargs="+", default=["strict"], choices=ARITHMETIC)
     c = sub.add_parser("compare")
     c.add_argument("cpu_run")
     c.add_argument("gpu_run")
     args = parser.parse_args(argv)
     if args.what == "throughput":
-        for copies in args.copies:
-            out = subset_evaluation_throughput(
-                args.device, copies=copies, subset=args.subset, epochs=args.epochs
-            )
-            print(json.dumps(out), flush=True)
+        for arithmetic in args.arithmetic:
+            for copies in args.copies:
+                out = subset_evaluation_throughput(
+                    args.device,
+                    copies=copies,
+                    subset=args.subset,
+                    epochs=args.epochs,
+                    arithmetic=arithmetic,
+                )
+                print(json.dumps(out), flush=True)
         return 0
     for row in compare_runs(args.cpu_run, args.gpu_run):
         print(json.dumps(row, default=str), flush=True)

@@ -43,11 +43,11 @@ RUNS=${RUNS:-/tmp/device-runs}
 step gpu_tests 150 $PY -m pytest -p no:cacheprovider -q -s -rs \
     tests/harness/test_devices.py tests/harness/test_nets.py
 step throughput 150 $PY tests/benchmarks/device_checks.py throughput --device "$DEVICE" \
-    --copies $COPIES --subset $SUBSET
+    --copies $COPIES --subset $SUBSET --arithmetic strict float32 tf32
 step copies16 90 $PY -m pytest -p no:cacheprovider -q -s -m slow \
     tests/benchmarks/test_deep_benchmark.py -k sixteen
 RUN=(-m valbench run --methods all --datasets mnist-5k --model cnn --max-train "$TRAIN"
-    --seeds 1 --budget "fits=$FITS" --timeout 200 --jobs "$JOBS" --metrics none)
+    --seeds 1 --budget "fits=$FITS" --timeout 150 --jobs "$JOBS" --metrics none)
 step run_cuda 170 $PY "${RUN[@]}" --device "$DEVICE" --out "$RUNS/cuda"
 step run_cpu 170 $PY "${RUN[@]}" --device cpu --out "$RUNS/cpu"
 TAIL=40 step compare 40 $PY tests/benchmarks/device_checks.py compare "$RUNS/cpu" "$RUNS/cuda"

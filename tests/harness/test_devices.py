@@ -54,6 +54,7 @@ def gpu_as_valbench_sets_it() -> None:
 
 def test_choosing_the_gpu_sets_strict_float32() -> None:
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = False, True
     resolve_device("auto")
     assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
     assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
@@ -140,7 +141,7 @@ def test_training_on_cuda_repeats_bit_for_bit(arch_name: str) -> None:
 def test_evaluation_and_gradients_on_cuda_equal_cpu(arch_name: str) -> None:
     # No training: the same parameters must give the same logits, features, accuracy and
     # per-sample gradients on both devices (the GPU evaluates copies vmapped, the CPU one by
-    # one; float32 rounding, TF32 convolutions included).
+    # one; float32 rounding).
     rng = np.random.default_rng(0)
     pixels = 3072 if arch_name == "resnet18" else 784
     x = rng.random((40, pixels), dtype=np.float32)

@@ -163,7 +163,7 @@ def test_a_seconds_budget_never_reached_gives_the_unlimited_estimate(
     same order: the same values, complete. Owen and stratified used to drop the 120 samples
     of the first batch beyond what the first request afforded and call the estimate partial;
     Banzhaf and Beta drew only what each request afforded, so the pace changed the subsets
-    (a complete estimate up to 0.016 and 0.04 away from the fits budget's)."""
+    (complete estimates 0.016 and 0.16 away from the fits budget's on this task)."""
     params = {
         "owen-shapley": {"q_points": 10},
         "stratified-shapley": {"samples_per_index": 20},
