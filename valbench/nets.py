@@ -664,11 +664,33 @@ def train_copies(
             {k: torch.cat([p[0][k] for p in parts]) for k in params},
             {k: torch.cat([p[1][k] for p in parts]) for k in buffers},
         )
+    bs = int(recipe.batch_size)
+    steps_per_epoch = ((weights > 0).sum(dim=1) + bs - 1) // bs  # (B,)
+    # A copy whose epoch is over only idles (weight 0, no update) until the largest copy's
+    # epoch ends. With the copies ordered by their steps per epoch, those still training at
+    # step t are a prefix and the pass leaves the rest out, so subsets of mixed sizes cost
+    # their own steps rather than the largest one's each. Not with ``on_batch``, which reads
+    # every copy's logits at every step.
+    order: torch.Tensor | None = None
+    if on_batch is None and batch > 1:
+        order = torch.argsort(steps_per_epoch, descending=True, stable=True)
+        if bool((order == torch.arange(batch, device=order.device)).all()):
+            order = None
+    if order is not None:
+        params = {k: v[order] for k, v in params.items()}
+        buffers = {k: v[order] for k, v in buffers.items()}
+        weights, steps_per_epoch = weights[order], steps_per_epoch[order]
+        seeds = [seeds[i] for i in order.tolist()]
+        inverse = torch.argsort(order)
+
+    def unsorted(d: Tensors) -> Tensors:
+        return d if order is None else {k: v[inverse] for k, v in d.items()}
+
     member = weights > 0
     counts = member.sum(dim=1)
-    bs = int(recipe.batch_size)
-    steps_per_epoch = (counts + bs - 1) // bs  # (B,)
     n_steps = int(steps_per_epoch.max()) if batch else 0
+    host_steps = steps_per_epoch.tolist()
+    live = [sum(s > t for s in host_steps) if on_batch is None else batch for t in range(n_steps)]
     state = _init_state(recipe.optimizer, params, batch, device)
 
     def copy_loss(
@@ -712,36 +734,56 @@ def train_copies(
         ranked = orders.gather(1, torch.sort(outside, dim=1, stable=True).indices)  # (B, n)
         for t in range(n_steps):
             cols = positions[t * bs : (t + 1) * bs]
-            idx = ranked[:, cols]  # (B, m)
-            valid = cols[None, :] < counts[:, None]
-            active = t < steps_per_epoch
+            run = live[t]  # the copies of this pass: the first `run` (all with on_batch)
+            whole = run == batch
+
+            def head(d: Tensors, run: int = run, whole: bool = whole) -> Tensors:
+                return d if whole else {k: v[:run] for k, v in d.items()}
+
+            idx = ranked[:run, cols]  # (run, m)
+            valid = cols[None, :] < counts[:run, None]
+            active = t < steps_per_epoch[:run]
             xb, yb = x[idx], y[idx]
-            wb = torch.where(valid, weights.gather(1, idx), 0.0)
-            leaves = {k: v.detach().requires_grad_() for k, v in params.items()}
-            losses, (new_buffers, logits) = forward(leaves, buffers, xb, yb, wb)
+            wb = torch.where(valid, weights[:run].gather(1, idx), 0.0)
+            leaves = {k: v.detach().requires_grad_() for k, v in head(params).items()}
+            run_buffers = head(buffers)
+            losses, (new_buffers, logits) = forward(leaves, run_buffers, xb, yb, wb)
             if on_batch is not None:
                 on_batch(epoch, copies, idx, valid, logits.detach())
             found = torch.autograd.grad(losses.sum(), [leaves[k] for k in names])
             grads = dict(zip(names, found, strict=True))
-            params = {k: v.detach() for k, v in leaves.items()}
+            stepped = {k: v.detach() for k, v in leaves.items()}
             if recipe.optimizer == "sgd":
-                params, state = sgd_step(
-                    params,
+                stepped, run_state = sgd_step(
+                    stepped,
                     grads,
-                    state,
+                    head(state),
                     lr=lr,
                     momentum=recipe.momentum,
                     weight_decay=recipe.weight_decay,
                     active=active,
                 )
             else:
-                params, state = adam_step(
-                    params, grads, state, lr=lr, weight_decay=recipe.weight_decay, active=active
+                stepped, run_state = adam_step(
+                    stepped,
+                    grads,
+                    head(state),
+                    lr=lr,
+                    weight_decay=recipe.weight_decay,
+                    active=active,
                 )
-            buffers = {k: _gate(active, v.detach(), buffers[k]) for k, v in new_buffers.items()}
+            run_buffers = {
+                k: _gate(active, v.detach(), run_buffers[k]) for k, v in new_buffers.items()
+            }
+            if whole:
+                params, state, buffers = stepped, run_state, run_buffers
+            else:  # the idle copies keep theirs
+                params = {k: torch.cat([v, params[k][run:]]) for k, v in stepped.items()}
+                state = {k: torch.cat([v, state[k][run:]]) for k, v in run_state.items()}
+                buffers = {k: torch.cat([v, buffers[k][run:]]) for k, v in run_buffers.items()}
         if on_epoch is not None:
-            on_epoch(epoch, copies, params, buffers)
-    return params, buffers
+            on_epoch(epoch, copies, unsorted(params), unsorted(buffers))
+    return unsorted(params), unsorted(buffers)
 
 
 def _shifted(hook: Callable[..., None] | None, first: int) -> Callable[..., None] | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -291,6 +292,65 @@ def test_resnet_copies_trained_together_equal_each_alone_in_float64() -> None:
             torch.testing.assert_close(p3[k][b], p1[k][0], atol=1e-9, rtol=0)
         for k in buffers:
             torch.testing.assert_close(b3[k][b], b1[k][0], atol=1e-9, rtol=0)
+
+
+def test_stacked_pass_leaves_out_copies_whose_epoch_is_over() -> None:
+    """Copies of mixed sizes (one empty) stacked: those whose epoch is over leave the pass
+    (they only idled with weight 0 before), which changes no number: float64, equal to the
+    pass that keeps every copy (forced by an ``on_batch`` hook) and to each copy alone;
+    ``on_epoch`` and the result keep the callers' order of copies, and per-copy seeds follow
+    their copies. Measured on one CPU thread with sizes 200, 20, 60, 0, 120, 5: 1.5 s
+    against 3.6 s (ResNet-18, width 4) and 0.2-0.3 s against 0.5-0.8 s (a small CNN)."""
+    arch = ResNet18(width=2)
+    params, buffers = arch.init((1, 28, 28), 3, 0)
+    params = {k: v.double() for k, v in params.items()}
+    buffers = {k: v.double() for k, v in buffers.items()}
+    x, y = images(40).double(), torch.from_numpy(np.arange(40) % 3)
+    rng = np.random.default_rng(2)
+    w = torch.zeros(5, 40, dtype=torch.float64)
+    for row, size in zip(w, (9, 40, 0, 25, 3), strict=True):
+        row[rng.choice(40, size, replace=False)] = 1.0
+    recipe = Recipe("sgd", 0.1, "cosine", 0.9, 5e-4, 8, 2)
+    seeds = [5, 6, 7, 8, 9]
+    seen: list[dict[str, torch.Tensor]] = []
+
+    def train(**hooks: Any) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        return train_copies(
+            arch,
+            stacked(params, 5),
+            stacked(buffers, 5),
+            x,
+            y,
+            w,
+            recipe=recipe,
+            seed=seeds,
+            stack=True,
+            **hooks,
+        )
+
+    skipped = train(on_epoch=lambda epoch, copies, p, b: seen.append(p))
+    kept = train(on_batch=lambda *args: None)
+    for k in params:
+        assert torch.equal(skipped[0][k], kept[0][k]), k
+        assert torch.equal(seen[-1][k], skipped[0][k]), k
+        assert torch.equal(skipped[0][k][2], params[k]), k  # the empty subset: untouched
+    for k in buffers:
+        assert torch.equal(skipped[1][k], kept[1][k]), k
+    for b in range(5):
+        alone, alone_buffers = train_copies(
+            arch,
+            stacked(params, 1),
+            stacked(buffers, 1),
+            x,
+            y,
+            w[b : b + 1],
+            recipe=recipe,
+            seed=seeds[b],
+        )
+        for k in params:
+            torch.testing.assert_close(skipped[0][k][b], alone[k][0], atol=1e-9, rtol=0)
+        for k in buffers:
+            torch.testing.assert_close(skipped[1][k][b], alone_buffers[k][0], atol=1e-9, rtol=0)
 
 
 def test_per_copy_seeds_stop_after_and_hooks() -> None:
