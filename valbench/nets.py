@@ -157,6 +157,25 @@ def max_pool_2x2(h: torch.Tensor) -> torch.Tensor:
     return torch.maximum(rows[..., 0::2], rows[..., 1::2])
 
 
+def _pool_windows(size: int, out: int) -> list[tuple[int, int]]:
+    """The windows of adaptive average pooling from ``size`` to ``out`` (as torch's)."""
+    return [((i * size) // out, -(-(i + 1) * size // out)) for i in range(out)]
+
+
+def adaptive_avg_pool(h: torch.Tensor, out: int, *, by_slices: bool | None = None) -> torch.Tensor:
+    """``F.adaptive_avg_pool2d(h, out)``; on a GPU (``by_slices`` None) as means of slices,
+    whose gradient sums in a fixed order: torch's CUDA kernel accumulates the gradient of
+    overlapping windows (7 to 4 overlap) in whatever order its atomic adds land, so a rerun
+    could differ in the last bit. The CPU keeps torch's kernel (its numbers unchanged); the
+    two agree to float rounding."""
+    if not (h.device.type != "cpu" if by_slices is None else by_slices):
+        return F.adaptive_avg_pool2d(h, out)
+    rows = [h[..., a:b, :].mean(dim=-2) for a, b in _pool_windows(h.shape[-2], out)]
+    stacked = torch.stack(rows, dim=-2)
+    cols = [stacked[..., a:b].mean(dim=-1) for a, b in _pool_windows(h.shape[-1], out)]
+    return torch.stack(cols, dim=-1)
+
+
 class ImageNetwork(Network):
     """Base of the deep architectures: networks on images (C, H, W), trained by minibatches
     with their :class:`Recipe` (:func:`train_copies`).
@@ -232,7 +251,7 @@ class SmallCNN(ImageNetwork):
         h = max_pool_2x2(
             F.relu(F.conv2d(h, params["conv2.weight"], params["conv2.bias"], padding=1))
         )
-        h = F.adaptive_avg_pool2d(h, 4).flatten(1)
+        h = adaptive_avg_pool(h, 4).flatten(1)
         feats = F.relu(F.linear(h, params["fc.weight"], params["fc.bias"]))
         return feats, F.linear(feats, params["head.weight"], params["head.bias"]), dict(buffers)
 

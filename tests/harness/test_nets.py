@@ -294,6 +294,23 @@ def test_resnet_copies_trained_together_equal_each_alone_in_float64() -> None:
             torch.testing.assert_close(b3[k][b], b1[k][0], atol=1e-9, rtol=0)
 
 
+@pytest.mark.parametrize("size", [(7, 7), (8, 8), (5, 9), (14, 14)])
+def test_adaptive_pool_by_slices_equals_torch_values_and_gradients(size: tuple[int, int]) -> None:
+    # The GPU's pooling (means of slices, a gradient summed in a fixed order) computes torch's
+    # function: overlapping windows (7 to 4), exact ones (8 to 4), fewer rows than twice the
+    # output (5 to 4); under vmap too (stacked copies).
+    h = torch.randn((3, 2, 5, *size), dtype=torch.float64, requires_grad=True)
+    ours = torch.func.vmap(lambda t: nets.adaptive_avg_pool(t, 4, by_slices=True))(h)
+    torchs = F.adaptive_avg_pool2d(h.flatten(0, 1), 4).view_as(ours)
+    torch.testing.assert_close(ours, torchs, atol=1e-15, rtol=0)
+    g = torch.randn_like(ours)
+    (d_ours,) = torch.autograd.grad(ours, h, g)
+    (d_torchs,) = torch.autograd.grad(torchs, h, g)
+    torch.testing.assert_close(d_ours, d_torchs, atol=1e-15, rtol=0)
+    # On the CPU, torch's own kernel.
+    assert torch.equal(nets.adaptive_avg_pool(h[0], 4), F.adaptive_avg_pool2d(h[0], 4))
+
+
 def test_stacked_pass_leaves_out_copies_whose_epoch_is_over() -> None:
     """Copies of mixed sizes (one empty) stacked: those whose epoch is over leave the pass
     (they only idled with weight 0 before), which changes no number: float64, equal to the
