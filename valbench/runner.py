@@ -102,6 +102,18 @@ class RunSummary:
         return self.finished - self.already_done
 
 
+def _gpu_memory_cap_problem(spec: RunSpec, device: Any) -> None:
+    """Refuse ``--max-memory`` where deep models train on a GPU: the cap limits each worker's
+    address space, and CUDA reserves address space far beyond what it allocates when it
+    starts (tens of GB), so a capped worker could not start it."""
+    if device.type == "cuda" and spec.max_memory_mb is not None:
+        raise UsageError(
+            "--max-memory caps each worker's address space, which CUDA's start-up exceeds "
+            "(it reserves far more than it allocates); drop --max-memory to train on the "
+            "GPU, or keep it with --device cpu"
+        )
+
+
 def resolve_names(spec: RunSpec, narrowable: Collection[str] = ()) -> RunSpec:
     """Expand ``all`` and check every method and dataset name against the registry.
 
@@ -183,7 +195,8 @@ def resolve_names(spec: RunSpec, narrowable: Collection[str] = ()) -> RunSpec:
         model = ModelSpec.parse(spec.model_for(name), device=spec.device)
         if not model.deep:
             continue
-        resolve_device(spec.device)  # --device cuda without a GPU: one line, before any work
+        # --device cuda without a GPU: one line, before any work.
+        _gpu_memory_cap_problem(spec, resolve_device(spec.device))
         ds = None if name.startswith(FILE_PREFIX) else get_dataset(name)
         if ds is not None:
             values = dict(spec.params.get(name, {}))
@@ -198,7 +211,7 @@ def resolve_names(spec: RunSpec, narrowable: Collection[str] = ()) -> RunSpec:
     if spec.scratch_model is not None:
         scratch = ModelSpec.parse(spec.scratch_model, device=spec.device)
         if scratch.deep:
-            resolve_device(spec.device)
+            _gpu_memory_cap_problem(spec, resolve_device(spec.device))
         if not any(scratch_params(d, spec) is not None for d in datasets):
             raise UsageError(
                 f"--scratch-model {spec.scratch_model} trains on the raw pixels of image datasets "

@@ -567,6 +567,29 @@ def test_device_is_execution_only_and_checked() -> None:
         RunSpec(device="gpu")
 
 
+def test_memory_cap_with_deep_models_on_a_gpu_is_refused(monkeypatch) -> None:
+    # CUDA reserves far more address space than it allocates, so a worker under
+    # --max-memory's RLIMIT_AS could not start it: refused in one line, before any work.
+    from valbench.runner import resolve_names
+    from valbench.spec import RunSpec
+
+    capped = RunSpec(methods=("loo",), datasets=("mnist-5k",), model="cnn", max_memory_mb=4000)
+    assert resolve_names(capped).max_memory_mb == 4000  # no GPU: the CPU, capped as asked
+    monkeypatch.setattr(nets, "resolve_device", lambda device: torch.device("cuda"))
+    with pytest.raises(UsageError, match="drop --max-memory to train on the GPU"):
+        resolve_names(capped)
+    scratch = RunSpec(
+        methods=("loo",),
+        datasets=("mnist-5k",),
+        params={"mnist-5k": {"features": "cnn"}},
+        scratch_model="cnn",
+        max_memory_mb=4000,
+    )
+    with pytest.raises(UsageError, match="drop --max-memory"):
+        resolve_names(scratch)
+    assert resolve_names(RunSpec(methods=("loo",), datasets=("mnist-5k",), model="cnn"))
+
+
 @pytest.mark.slow  # loads mnist-5k and the registry: 15 s on the shared machine
 def test_method_written_for_other_models_declines_a_cell() -> None:
     from valbench.registry import get_method
