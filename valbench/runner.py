@@ -102,10 +102,11 @@ class RunSummary:
         return self.finished - self.already_done
 
 
-def _gpu_memory_cap_problem(spec: RunSpec, device: Any) -> None:
+def _refuse_gpu_memory_cap(spec: RunSpec, device: Any) -> None:
     """Refuse ``--max-memory`` where deep models train on a GPU: the cap limits each worker's
-    address space, and CUDA reserves address space far beyond what it allocates when it
-    starts (tens of GB), so a capped worker could not start it."""
+    address space (RLIMIT_AS, relative to what it maps now), and CUDA reserves address space
+    far beyond what it allocates when it starts, so a capped worker could not start it. Not
+    seen on a device here; refused whatever the cap, a generous one included."""
     if device.type == "cuda" and spec.max_memory_mb is not None:
         raise UsageError(
             "--max-memory caps each worker's address space, which CUDA's start-up exceeds "
@@ -196,7 +197,7 @@ def resolve_names(spec: RunSpec, narrowable: Collection[str] = ()) -> RunSpec:
         if not model.deep:
             continue
         # --device cuda without a GPU: one line, before any work.
-        _gpu_memory_cap_problem(spec, resolve_device(spec.device))
+        _refuse_gpu_memory_cap(spec, resolve_device(spec.device))
         ds = None if name.startswith(FILE_PREFIX) else get_dataset(name)
         if ds is not None:
             values = dict(spec.params.get(name, {}))
@@ -211,7 +212,7 @@ def resolve_names(spec: RunSpec, narrowable: Collection[str] = ()) -> RunSpec:
     if spec.scratch_model is not None:
         scratch = ModelSpec.parse(spec.scratch_model, device=spec.device)
         if scratch.deep:
-            _gpu_memory_cap_problem(spec, resolve_device(spec.device))
+            _refuse_gpu_memory_cap(spec, resolve_device(spec.device))
         if not any(scratch_params(d, spec) is not None for d in datasets):
             raise UsageError(
                 f"--scratch-model {spec.scratch_model} trains on the raw pixels of image datasets "
