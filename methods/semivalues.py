@@ -388,8 +388,8 @@ def msr_semivalue(
         new = (sizes, masks, np.asarray(many(masks), dtype=np.float64))
         held = tuple(np.concatenate([old, part]) for old, part in zip(held, new, strict=True))
         evaluated += b
-        while len(held[0]) and folded + len(held[0]) >= min(folded + batch_size, max_samples):
-            whole = min(batch_size, max_samples - folded)  # the chunk that starts at `folded`
+        # Fold each chunk (the one that starts at `folded`) as soon as all of it is evaluated.
+        while len(held[0]) and len(held[0]) >= (whole := min(batch_size, max_samples - folded)):
             fold(*(part[:whole] for part in held))
             held = tuple(part[whole:] for part in held)
             folded += whole

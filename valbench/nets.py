@@ -712,6 +712,15 @@ def train_copies(
     live = [sum(s > t for s in host_steps) if on_batch is None else batch for t in range(n_steps)]
     state = _init_state(recipe.optimizer, params, batch, device)
 
+    def head(d: Tensors, run: int) -> Tensors:
+        """The first ``run`` copies of ``d`` (``d`` itself when that is every copy)."""
+        return d if run == batch else {k: v[:run] for k, v in d.items()}
+
+    step: Callable[..., tuple[Tensors, Tensors]] = adam_step
+    step_options: dict[str, float] = {}
+    if recipe.optimizer == "sgd":
+        step, step_options = sgd_step, {"momentum": recipe.momentum}
+
     def copy_loss(
         p: Tensors, b: Tensors, xb: torch.Tensor, yb: torch.Tensor, wb: torch.Tensor
     ) -> tuple[torch.Tensor, tuple[Tensors, torch.Tensor]]:
@@ -754,47 +763,30 @@ def train_copies(
         for t in range(n_steps):
             cols = positions[t * bs : (t + 1) * bs]
             run = live[t]  # the copies of this pass: the first `run` (all with on_batch)
-            whole = run == batch
-
-            def head(d: Tensors, run: int = run, whole: bool = whole) -> Tensors:
-                return d if whole else {k: v[:run] for k, v in d.items()}
-
             idx = ranked[:run, cols]  # (run, m)
             valid = cols[None, :] < counts[:run, None]
             active = t < steps_per_epoch[:run]
             xb, yb = x[idx], y[idx]
             wb = torch.where(valid, weights[:run].gather(1, idx), 0.0)
-            leaves = {k: v.detach().requires_grad_() for k, v in head(params).items()}
-            run_buffers = head(buffers)
+            leaves = {k: v.detach().requires_grad_() for k, v in head(params, run).items()}
+            run_buffers = head(buffers, run)
             losses, (new_buffers, logits) = forward(leaves, run_buffers, xb, yb, wb)
             if on_batch is not None:
                 on_batch(epoch, copies, idx, valid, logits.detach())
             found = torch.autograd.grad(losses.sum(), [leaves[k] for k in names])
-            grads = dict(zip(names, found, strict=True))
-            stepped = {k: v.detach() for k, v in leaves.items()}
-            if recipe.optimizer == "sgd":
-                stepped, run_state = sgd_step(
-                    stepped,
-                    grads,
-                    head(state),
-                    lr=lr,
-                    momentum=recipe.momentum,
-                    weight_decay=recipe.weight_decay,
-                    active=active,
-                )
-            else:
-                stepped, run_state = adam_step(
-                    stepped,
-                    grads,
-                    head(state),
-                    lr=lr,
-                    weight_decay=recipe.weight_decay,
-                    active=active,
-                )
+            stepped, run_state = step(
+                {k: v.detach() for k, v in leaves.items()},
+                dict(zip(names, found, strict=True)),
+                head(state, run),
+                lr=lr,
+                weight_decay=recipe.weight_decay,
+                active=active,
+                **step_options,
+            )
             run_buffers = {
                 k: _gate(active, v.detach(), run_buffers[k]) for k, v in new_buffers.items()
             }
-            if whole:
+            if run == batch:
                 params, state, buffers = stepped, run_state, run_buffers
             else:  # the idle copies keep theirs
                 params = {k: torch.cat([v, params[k][run:]]) for k, v in stepped.items()}

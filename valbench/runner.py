@@ -196,7 +196,7 @@ def resolve_names(spec: RunSpec, narrowable: Collection[str] = ()) -> RunSpec:
         model = ModelSpec.parse(spec.model_for(name), device=spec.device)
         if not model.deep:
             continue
-        # --device cuda without a GPU: one line, before any work.
+        # resolve_device: --device cuda without a GPU is one line, before any work.
         _refuse_gpu_memory_cap(spec, resolve_device(spec.device))
         ds = None if name.startswith(FILE_PREFIX) else get_dataset(name)
         if ds is not None:
