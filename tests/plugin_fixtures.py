@@ -146,6 +146,19 @@ class Greedy(_Base):
         return Valuation(scores=ctx.rng.random(task.n_train))
 
 
+class BuildsItsOwn(_Base):
+    # Trains 10 models on a model it builds from the spec, not through task.build_model().
+    name = "builds-its-own"
+
+    def value(self, task, ctx):
+        clf = task.model.build(task.n_features, task.n_classes, task.seed)
+        masks = np.zeros((10, task.n_train), dtype=bool)
+        for i in range(10):
+            masks[i, : i + 2] = True
+        clf.fit(task.x_train, task.y_train, masks)
+        return Valuation(scores=ctx.rng.random(task.n_train))
+
+
 class CountsThreads(_Base):
     name = "counts-threads"
 
@@ -220,6 +233,7 @@ ENTRY_POINTS = {
     "reads-test": "ReadsTestLabels",
     "global-random": "GlobalRandom",
     "greedy": "Greedy",
+    "builds-its-own": "BuildsItsOwn",
     "hog": "Hog",
     "small-only": "Small",
     "detects": "Detects",

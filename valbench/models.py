@@ -36,6 +36,7 @@ from valbench.types import (
     BatchedModel,
     FitCounter,
     ModelParams,
+    charge_fits,
     class_labels,
     feature_matrix,
     subset_masks,
@@ -749,8 +750,7 @@ class BatchedClassifier:
                 fitted = self._mark_absent(fitted, absent)
             else:
                 fitted = self._fit_logreg(x, params, weights, decay, steps)
-            if self.fit_counter is not None:
-                self.fit_counter.add(batch)
+            charge_fits(self.fit_counter, batch)
             return fitted
         tensors = {k: _to_class_major(v.to(self.dtype)) for k, v in params.tensors.items()}
         grad_fn = self._mlp_grads
@@ -764,8 +764,7 @@ class BatchedClassifier:
                 found = grad_fn(tensors, xt, xt_t, onehot_t, weights, decay)
                 grads = [found[k] for k in names]
                 foreach_adam_step(values, grads, state_m, state_v, step, lr)
-        if self.fit_counter is not None:
-            self.fit_counter.add(batch)
+        charge_fits(self.fit_counter, batch)
         return Params(self.spec.kind, {k: _from_class_major(v) for k, v in tensors.items()})
 
     def _count_capped(self, gmax: torch.Tensor, failures: torch.Tensor, tol: float) -> None:
@@ -980,6 +979,8 @@ class BatchedClassifier:
         if self._float32 is None:
             spec = dataclasses.replace(self.spec, dtype="float32")
             self._float32 = BatchedClassifier(spec, self.n_features, self.n_classes, self.seed)
+            # Its phases are part of this model's fit, counted once by this model.
+            self._float32.fit_counter = FitCounter()
         return self._float32
 
     def _fit_logreg_mixed(

@@ -49,7 +49,7 @@ import torch.nn.functional as F
 
 from valbench.errors import UnknownNameError, UsageError
 from valbench.network import MLP, LogReg, Network, uniform_init
-from valbench.types import FitCounter, class_labels, feature_matrix, subset_masks
+from valbench.types import FitCounter, charge_fits, class_labels, feature_matrix, subset_masks
 
 __all__ = [
     "ARCHITECTURE_GROUP",
@@ -996,8 +996,7 @@ class DeepClassifier:
                 seed=self.seed,
             )
             parts.append(DeepParams(self.spec.kind, p, b))
-        if self.fit_counter is not None:
-            self.fit_counter.add(batch)
+        charge_fits(self.fit_counter, batch)
         return DeepParams.concat(parts) if parts else start
 
     def fit_subset(

@@ -438,7 +438,8 @@ def value_arrays(
                     budget=BudgetMeter(budget_obj, task.fit_counter),
                     fractions=_FRACTIONS,
                 )
-                raw = classes_by_name[name](**given[name]).value(task.for_method(), ctx)
+                with task.fit_counter.charging():
+                    raw = classes_by_name[name](**given[name]).value(task.for_method(), ctx)
                 check_fit_budget(name, task.fit_counter.count, budget_obj.max_fits)
                 valuation = check_valuation(raw, len(rows), name, _FRACTIONS)
                 detection = (

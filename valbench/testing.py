@@ -346,7 +346,7 @@ def _run(method: Method, task: ValuationTask, budget: Budget, seed: int = 0) -> 
     from valbench.worker import cell_threads
 
     ctx = RunContext.for_task(task, seed=seed, budget=budget, fractions=CHECK_FRACTIONS)
-    with cell_threads():
+    with cell_threads(), task.fit_counter.charging():
         out = method.value(task, ctx)
     if not isinstance(out, Valuation):
         raise ConformanceError(f"value() returned {type(out).__name__}, not a valbench.Valuation")

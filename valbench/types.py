@@ -12,7 +12,9 @@ import abc
 import math
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, ClassVar, Protocol, Self, TypeVar
 
@@ -32,6 +34,7 @@ __all__ = [
     "BudgetMeter",
     "RunContext",
     "FitCounter",
+    "charge_fits",
     "ModelFactory",
     "ModelParams",
     "Architecture",
@@ -150,15 +153,50 @@ class Budget:
         return self.max_seconds is not None and time.perf_counter() - started >= self.max_seconds
 
 
+#: The counter of the method call now running in this thread (see ``FitCounter.charging``).
+_CHARGED: ContextVar[FitCounter | None] = ContextVar("valbench_charged_fits", default=None)
+
+
 class FitCounter:
-    """Counts model fits; shared by everything that trains on behalf of one method call."""
+    """Counts model fits; shared by everything that trains on behalf of one method call.
+
+    The count only grows (``add`` refuses a negative number and ``count`` cannot be set), so a
+    method cannot hand back the fits it spent. A model built by ``task.build_model()`` carries
+    the task's counter; one without a counter (``task.model.build(...)``) is charged to the
+    counter whose :meth:`charging` block is open in its thread, which the harness opens around
+    every ``Method.value`` call: no fit a method makes with a valbench model goes uncounted.
+    """
 
     def __init__(self) -> None:
-        self.count = 0
+        self._count = 0
+
+    @property
+    def count(self) -> int:
+        """Model fits recorded so far."""
+        return self._count
 
     def add(self, n: int = 1) -> None:
         """Record ``n`` more model fits."""
-        self.count += int(n)
+        if n < 0:
+            raise ValueError(f"a fit count only grows; cannot add {n}")
+        self._count += int(n)
+
+    @contextmanager
+    def charging(self) -> Iterator[FitCounter]:
+        """Within the block, this thread's fits of models that carry no counter count here."""
+        token = _CHARGED.set(self)
+        try:
+            yield self
+        finally:
+            _CHARGED.reset(token)
+
+
+def charge_fits(counter: FitCounter | None, n: int) -> None:
+    """Record ``n`` fits of a model: on its own ``counter``, else on the open
+    :meth:`FitCounter.charging` block's (none outside one: the harness's own models)."""
+    target = counter if counter is not None else _CHARGED.get()
+    if target is not None:
+        target.add(n)
 
 
 class BudgetMeter:

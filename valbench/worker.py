@@ -931,7 +931,7 @@ def _run_cell(cell: Cell, spec: RunSpec, progress: ProgressFn) -> CellOutcome:
         wall0, cpu0 = time.perf_counter(), time.process_time()
         mem = PeakMemory()
         try:
-            with mem:
+            with mem, counter.charging():
                 meter = BudgetMeter(spec.budget_obj, counter)
                 ctx = RunContext(
                     rng=cell.method_rng(spec.root_seed),

@@ -99,7 +99,6 @@ def test_selector_speed(benchmark: Any, tasks: dict[int, ValuationTask], name: s
     seconds: list[float] = []
 
     def run() -> Any:
-        task.fit_counter.count = 0
         ctx = RunContext.for_task(task, fractions=(FRACTION,))
         start = time.process_time()
         out = method.value(task, ctx)

@@ -7,9 +7,11 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 import valbench.types
 from valbench import Budget, BudgetMeter, FitCounter, RunContext
+from valbench.models import TOLERANCE_MAX_ITER, ModelSpec
 from valbench.testing import make_check_task
 
 
@@ -191,3 +193,43 @@ def test_scores_must_be_real_numbers(field: str, values: object, dtype: str) -> 
     with pytest.raises(InvalidValuation, match=f"{field} must be real numbers.*dtype {dtype}"):
         Valuation(**given)  # type: ignore[arg-type]
     np.testing.assert_array_equal(Valuation(scores=[True, 2, 3.5]).scores, [1.0, 2.0, 3.5])
+
+
+def test_a_fit_count_only_grows() -> None:
+    counter = FitCounter()
+    counter.add(2)
+    with pytest.raises(ValueError, match="only grows"):
+        counter.add(-1)
+    with pytest.raises(AttributeError):
+        counter.count = 0  # type: ignore[misc]
+    assert counter.count == 2
+
+
+def test_a_model_without_a_counter_is_charged_to_the_open_block_only() -> None:
+    """A model built from the spec (``task.model.build``) carries no counter: its fits go to
+    the method call's counter while the harness's block is open, and to no one outside it."""
+    task = make_check_task(n_train=12)
+    clf = task.model.build(task.n_features, task.n_classes, task.seed)
+    masks = np.ones((3, task.n_train), dtype=bool)
+    own = FitCounter()
+    with own.charging():
+        clf.fit(task.x_train, task.y_train, masks)
+        counted = task.build_model()  # carries the task's counter: charged there, not here
+        counted.fit(task.x_train, task.y_train, masks[:2])
+        with FitCounter().charging():  # an inner block takes over, then hands back
+            clf.fit(task.x_train, task.y_train, masks[:1])
+        clf.fit(task.x_train, task.y_train, masks[:1])
+    clf.fit(task.x_train, task.y_train, masks)  # the harness's own model: charged to no one
+    assert own.count == 4 and task.fit_counter.count == 2
+
+
+def test_a_mixed_precision_fit_counts_once() -> None:
+    """A multiclass float64 fit runs a float32 model inside it: one fit, not two."""
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(60, 4)).astype(np.float32), np.arange(60) % 3
+    clf = ModelSpec().build(4, 3, seed=0)  # the default: float32 L-BFGS, then float64
+    assert clf._mixed_precision_applies(TOLERANCE_MAX_ITER, torch.as_tensor(x))
+    own = FitCounter()
+    with own.charging():
+        clf.fit(x, y, np.ones((2, 60), dtype=bool))
+    assert own.count == 2

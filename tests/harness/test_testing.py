@@ -33,6 +33,7 @@ from valbench.testing import (
         ("global-random", "same seed gave different scores"),
         ("nan-scores", "NaN or infinite"),
         ("greedy", "budget of 3 model fits not honoured"),
+        ("builds-its-own", "budget of 3 model fits not honoured"),
         ("raises", "deliberate failure"),
         ("off-fraction", "selection at fraction 0.42, which the run did not ask for"),
         ("wrong-size", "selection at 0.15 holds 7 indices .* it must hold 8 distinct ones"),
