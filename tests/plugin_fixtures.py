@@ -159,6 +159,22 @@ class BuildsItsOwn(_Base):
         return Valuation(scores=ctx.rng.random(task.n_train))
 
 
+class Chatty(_Base):
+    # Prints 20,000 lines through Python, one through the file descriptor and one from a
+    # child process: all three write to the process's standard output.
+    name = "chatty"
+
+    def value(self, task, ctx):
+        import subprocess
+
+        for i in range(20000):
+            print(f"chatty line {i}")
+        os.write(1, b"chatty raw write\\n")
+        subprocess.run(["echo", "chatty child"], check=True)
+        print("chatty last line")
+        return Valuation(scores=ctx.rng.random(task.n_train))
+
+
 class CountsThreads(_Base):
     name = "counts-threads"
 
@@ -233,6 +249,7 @@ ENTRY_POINTS = {
     "reads-test": "ReadsTestLabels",
     "global-random": "GlobalRandom",
     "greedy": "Greedy",
+    "chatty": "Chatty",
     "builds-its-own": "BuildsItsOwn",
     "hog": "Hog",
     "small-only": "Small",

@@ -472,6 +472,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     )
     if summary.report is not None:
         print(f"report: {summary.report}")
+    if summary.printed:
+        where = summary.run_dir / Path(summary.printed[0]).parent
+        print(
+            printable(f"{len(summary.printed)} cells printed output, kept in {where}/"),
+            file=sys.stderr,
+        )
     if summary.interrupted:
         if summary.report_interrupted and summary.finished == summary.total:
             message = (

@@ -90,6 +90,8 @@ class RunSummary:
     report_interrupted: bool = False
     wall_s: float = 0.0
     report: Path | None = None
+    #: Where the cells that printed to their standard output have it (run-relative).
+    printed: list[str] = field(default_factory=list)
 
     @property
     def finished(self) -> int:
@@ -937,6 +939,10 @@ def _execute_cells(
             store.write_points(
                 f"{dataset_slug(record.dataset)}.seed{record.seed}.noise{record.noise:g}",
                 outcome.points,
+            )
+        if outcome.printed_bytes:
+            summary.printed.append(
+                store.write_printed(record.cell_id, outcome.printed, outcome.printed_bytes)
             )
         store.append_result(record)
         if record.status == "ok":

@@ -84,9 +84,12 @@ RESULTS_CSV = "results.csv"
 SCORES_DIR = "scores"
 POINTS_DIR = "points"
 FIGURES_DIR = "figures"
+#: What cells printed to their standard output (``printed/<cell id>.txt``, the last 64 KiB).
+PRINTED_DIR = "printed"
 LOCK_FILE = ".lock"
 #: The files valbench writes at the top of a run directory; ``--overwrite`` removes only these
-#: and the ``*.npz`` / ``*.svg`` files it writes in ``scores/``, ``points/`` and ``figures/``.
+#: and the ``*.npz`` / ``*.svg`` / ``*.txt`` files it writes in ``scores/``, ``points/``,
+#: ``figures/`` and ``printed/``.
 OWNED_FILES = (
     MANIFEST_FILE,
     RESULTS_FILE,
@@ -94,7 +97,7 @@ OWNED_FILES = (
     "index.html",
     "summary.json",
 )
-_OWNED_SUBDIRS = {SCORES_DIR: ".npz", POINTS_DIR: ".npz", FIGURES_DIR: ".svg"}
+_OWNED_SUBDIRS = {SCORES_DIR: ".npz", POINTS_DIR: ".npz", FIGURES_DIR: ".svg", PRINTED_DIR: ".txt"}
 _FILE_MODE = 0o644  # results and reports are meant to be shared, as any file the umask allows
 
 
@@ -725,6 +728,16 @@ class RunStore:
         for fraction, idx in selections.items():
             arrays[f"selection_{float(fraction):g}"] = np.asarray(idx)
         write_bytes_atomic(self.run_dir / rel, _npz_bytes(arrays))
+        return rel
+
+    def write_printed(self, cell_id: str, tail: bytes, size: int) -> str:
+        """Save what a cell printed (the tail its worker kept of ``size`` bytes in all);
+        returns the run-relative path."""
+        rel = f"{PRINTED_DIR}/{cell_id}.txt"
+        head = b""
+        if size > len(tail):
+            head = f"[the first {size - len(tail):,} of {size:,} bytes are not kept]\n".encode()
+        write_bytes_atomic(self.run_dir / rel, head + tail)
         return rel
 
     def write_points(self, name: str, arrays: Mapping[str, np.ndarray]) -> str:

@@ -9,14 +9,16 @@ record and the scores, and never touches the run store.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import math
 import os
 import signal
+import sys
 import threading
 import time
 import traceback
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -106,6 +108,10 @@ class CellOutcome:
     #: ``given_labels`` (before planted noise), ``labels`` (as the method saw them) and
     #: ``noisy_mask`` (the planted flips), all in training order.
     provenance: dict[str, np.ndarray] = field(default_factory=dict)
+    #: What the cell printed to its standard output (fd 1): the last ``PRINTED_TAIL`` bytes,
+    #: and how many it printed in all (see :func:`captured_stdout`).
+    printed: bytes = b""
+    printed_bytes: int = 0
 
 
 def _dataset(dataset: str, params_json: str) -> Dataset:
@@ -842,14 +848,90 @@ def _check_task_size(cell: Cell, spec: RunSpec, task: ValuationTask) -> None:
 def run_cell(cell: Cell, spec: RunSpec, progress: ProgressFn = no_progress) -> CellOutcome:
     """Execute one cell; any exception becomes a failed record (the run goes on). The working
     folder is the same after the cell as before: a method that changes it (os.chdir) must not
-    move the next cell's relative paths, or the run's own files."""
+    move the next cell's relative paths, or the run's own files. What the cell prints to its
+    standard output is kept with the outcome, not written to the user's terminal."""
     cwd = os.getcwd()
     try:
-        with cell_threads():
-            return _run_cell(cell, spec, progress)
+        with captured_stdout() as printed, cell_threads():
+            outcome = _run_cell(cell, spec, progress)
     finally:
         if os.getcwd() != cwd:
             os.chdir(cwd)
+    return replace(outcome, printed=printed.tail(), printed_bytes=printed.size)
+
+
+#: The most bytes of a cell's printed output kept (its last ones).
+PRINTED_TAIL = 64 * 1024
+
+
+class PrintedOutput:
+    """The last :data:`PRINTED_TAIL` bytes read from a pipe, and how many came in all."""
+
+    def __init__(self) -> None:
+        self.size = 0
+        self._chunks: deque[bytes] = deque()
+        self._held = 0
+
+    def take(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        self._chunks.append(chunk)
+        self._held += len(chunk)
+        while self._held - len(self._chunks[0]) >= PRINTED_TAIL:
+            self._held -= len(self._chunks.popleft())
+
+    def tail(self) -> bytes:
+        return b"".join(self._chunks)[-PRINTED_TAIL:]
+
+
+@contextmanager
+def captured_stdout() -> Iterator[PrintedOutput]:
+    """Within the block, this process's standard output (file descriptor 1, so also what C
+    code and child processes write there) goes to a pipe whose reader keeps the tail.
+
+    A method printing 200,000 lines would otherwise bury the run's own lines in the user's
+    terminal, or in a file the user redirected stdout to. Only on the main thread: file
+    descriptors belong to the process, so cells that share one in threads (a Dask worker's)
+    print as they did. Standard error is left alone: warnings and tracebacks stay in sight.
+    """
+    out = PrintedOutput()
+    if threading.current_thread() is not threading.main_thread():
+        yield out
+        return
+    try:
+        sys.stdout.flush()
+        saved = os.dup(1)
+    except (OSError, ValueError):  # no usable stdout (closed, or not a file): nothing to take
+        yield out
+        return
+    read_end, write_end = os.pipe()
+
+    def drain() -> None:
+        while chunk := os.read(read_end, 65536):
+            out.take(chunk)
+
+    reader = threading.Thread(target=drain, name="valbench-cell-stdout", daemon=True)
+    reader.start()
+    os.dup2(write_end, 1)
+    # Python's own stdout may not write to descriptor 1 (a test harness replaces it): the
+    # cell's gets the pipe as well.
+    python_stdout = sys.stdout
+    sys.stdout = io.TextIOWrapper(
+        io.FileIO(write_end, "w"), encoding="utf-8", errors="backslashreplace", line_buffering=True
+    )  # line-buffered as on a terminal, so its lines keep their order with raw writes
+    try:
+        yield out
+    finally:
+        cell_stdout, sys.stdout = sys.stdout, python_stdout
+        try:
+            cell_stdout.close()  # flushes, and closes one end of the pipe
+        except (OSError, ValueError):
+            pass
+        os.dup2(saved, 1)  # the pipe's last writer in this process goes: the reader sees EOF
+        os.close(saved)
+        # A child the method left running may still hold the pipe: keep what came so far.
+        reader.join(timeout=5.0)
+        if not reader.is_alive():
+            os.close(read_end)
 
 
 #: Set when the user stops the run (Ctrl-C, SIGTERM) in this process; see :func:`user_stops`.

@@ -431,6 +431,28 @@ def test_ctrl_c_while_the_report_renders_says_how_to_render_it(
     assert main(["report", str(tmp_path)]) == 0 and (tmp_path / "index.html").is_file()
 
 
+@pytest.mark.parametrize("backend", ["serial", "process"])
+def test_what_a_cell_prints_is_kept_in_the_run_not_the_terminal(
+    tmp_path: Path, test_plugins: Path, capfd: pytest.CaptureFixture[str], backend: str
+) -> None:
+    """A method printing 20,000 lines would bury the run's own lines (or fill a file the user
+    sent stdout to): its output, Python's, raw and a child's, goes to printed/<cell>.txt."""
+    argv = ["run", "--methods", "chatty,random", "--datasets", "synthetic", "--noise", "0.2"]
+    argv += ["--seeds", "1", "--max-train", "40", "--preset", "ci", "--backend", backend]
+    assert main([*argv, "--out", str(tmp_path), "--no-progress"]) == 0
+    out, err = capfd.readouterr()
+    assert "chatty" not in out and "chatty" not in err
+    assert f"1 cells printed output, kept in {tmp_path / 'printed'}/" in err
+    (chatty,) = [r for r in read_results(tmp_path) if r.method == "chatty"]
+    kept = (tmp_path / "printed" / f"{chatty.cell_id}.txt").read_text()
+    lines = kept.splitlines()
+    total = sum(len(f"chatty line {i}\n") for i in range(20000)) + 17 + 13 + 17
+    assert lines[0] == f"[the first {total - 64 * 1024:,} of {total:,} bytes are not kept]"
+    assert lines[-3:] == ["chatty raw write", "chatty child", "chatty last line"]
+    assert lines[-4] == "chatty line 19999" and len(kept.encode()) - len(lines[0]) - 1 == 65536
+    assert sorted(p.name for p in (tmp_path / "printed").iterdir()) == [f"{chatty.cell_id}.txt"]
+
+
 def test_scores_are_finite_and_cover_every_point(tmp_path: Path) -> None:
     execute(small_spec(), out=tmp_path, show_progress=False)
     for rec in read_results(tmp_path):
