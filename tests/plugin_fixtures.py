@@ -175,6 +175,56 @@ class Chatty(_Base):
         return Valuation(scores=ctx.rng.random(task.n_train))
 
 
+class RestoresStdout(_Base):
+    # The common "restore stdout" line: sys.stdout = sys.__stdout__.
+    name = "restores-stdout"
+
+    def value(self, task, ctx):
+        import sys
+
+        print("restores-stdout printed")
+        sys.stdout = sys.__stdout__
+        return Valuation(scores=ctx.rng.random(task.n_train))
+
+
+class LeavesChild(_Base):
+    # Starts a child that outlives the call and holds stdout (as a pool of workers can).
+    name = "leaves-child"
+
+    def value(self, task, ctx):
+        import subprocess
+
+        subprocess.Popen(["sleep", "8"])
+        print("leaves-child printed")
+        return Valuation(scores=ctx.rng.random(task.n_train))
+
+
+class PrintsThenFails(_Base):
+    # Prints and fails while the file named by VB_TEST_FAIL_MARKER exists, else is silent.
+    name = "prints-then-fails"
+
+    def value(self, task, ctx):
+        if os.path.exists(os.environ.get("VB_TEST_FAIL_MARKER", "")):
+            print("prints-then-fails printed")
+            raise RuntimeError("deliberate failure")
+        return Valuation(scores=ctx.rng.random(task.n_train))
+
+
+class PrintsSwallowsTimeout(_Base):
+    # Prints, then sleeps past its time limit catching every stop, then returns.
+    name = "prints-swallows-timeout"
+
+    def value(self, task, ctx):
+        print("prints-swallows-timeout printed")
+        end = time.monotonic() + 2.5
+        while time.monotonic() < end:
+            try:
+                time.sleep(0.05)
+            except Exception:
+                pass
+        return Valuation(scores=ctx.rng.random(task.n_train))
+
+
 class CountsThreads(_Base):
     name = "counts-threads"
 
@@ -250,6 +300,10 @@ ENTRY_POINTS = {
     "global-random": "GlobalRandom",
     "greedy": "Greedy",
     "chatty": "Chatty",
+    "restores-stdout": "RestoresStdout",
+    "leaves-child": "LeavesChild",
+    "prints-then-fails": "PrintsThenFails",
+    "prints-swallows-timeout": "PrintsSwallowsTimeout",
     "builds-its-own": "BuildsItsOwn",
     "hog": "Hog",
     "small-only": "Small",

@@ -475,7 +475,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if summary.printed:
         where = summary.run_dir / Path(summary.printed[0]).parent
         print(
-            printable(f"{len(summary.printed)} cells printed output, kept in {where}/"),
+            printable(f"cells that printed output: {len(summary.printed)}, kept in {where}/"),
             file=sys.stderr,
         )
     if summary.interrupted:
@@ -849,8 +849,28 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _open_standard_streams() -> None:
+    """Give each of descriptors 0-2 that the caller closed (``valbench run >&-``) /dev/null.
+
+    A closed one would be taken by the next file the run opens (its lock, say), so what a
+    method writes to its stdout would land there; and Python's ``sys.stdout`` is then None.
+    """
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)  # the lowest free descriptor: fd itself
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+    for name, fd in (("stdout", 1), ("stderr", 2)):
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(fd, "w", closefd=False, errors="backslashreplace"))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``valbench`` console script."""
+    _open_standard_streams()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv  # recorded in a run's manifest as the command that made it

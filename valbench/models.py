@@ -562,6 +562,9 @@ class BatchedClassifier:
             )
         #: Every model trained adds 1 here (a batch of B adds B); set by ``task.build_model``.
         self.fit_counter: FitCounter | None = None
+        #: False for a model whose fits are no method's (the harness's own, or an inner
+        #: phase of another model's fit): they are charged nowhere.
+        self.charges_fits = True
         #: Models L-BFGS or Newton stopped at the iteration cap (``epochs``) with a gradient
         #: entry still above ``tol``: approximate optima, which the default cap should never
         #: produce (see ``TOLERANCE_MAX_ITER``).
@@ -750,7 +753,8 @@ class BatchedClassifier:
                 fitted = self._mark_absent(fitted, absent)
             else:
                 fitted = self._fit_logreg(x, params, weights, decay, steps)
-            charge_fits(self.fit_counter, batch)
+            if self.charges_fits:
+                charge_fits(self.fit_counter, batch)
             return fitted
         tensors = {k: _to_class_major(v.to(self.dtype)) for k, v in params.tensors.items()}
         grad_fn = self._mlp_grads
@@ -764,7 +768,8 @@ class BatchedClassifier:
                 found = grad_fn(tensors, xt, xt_t, onehot_t, weights, decay)
                 grads = [found[k] for k in names]
                 foreach_adam_step(values, grads, state_m, state_v, step, lr)
-        charge_fits(self.fit_counter, batch)
+        if self.charges_fits:
+            charge_fits(self.fit_counter, batch)
         return Params(self.spec.kind, {k: _from_class_major(v) for k, v in tensors.items()})
 
     def _count_capped(self, gmax: torch.Tensor, failures: torch.Tensor, tol: float) -> None:
@@ -980,7 +985,7 @@ class BatchedClassifier:
             spec = dataclasses.replace(self.spec, dtype="float32")
             self._float32 = BatchedClassifier(spec, self.n_features, self.n_classes, self.seed)
             # Its phases are part of this model's fit, counted once by this model.
-            self._float32.fit_counter = FitCounter()
+            self._float32.charges_fits = False
         return self._float32
 
     def _fit_logreg_mixed(

@@ -905,6 +905,8 @@ class DeepClassifier:
         self.dtype = torch.float64 if spec.dtype == "float64" else torch.float32
         #: Every model trained adds 1 here (a batch of B adds B); set by ``task.build_model``.
         self.fit_counter: FitCounter | None = None
+        #: False for a model whose fits are no method's (the harness's own): charged nowhere.
+        self.charges_fits = True
         params, buffers = self.arch.init(self.shape, self.n_classes, self.seed)
         self._init = DeepParams(
             spec.kind,
@@ -996,7 +998,8 @@ class DeepClassifier:
                 seed=self.seed,
             )
             parts.append(DeepParams(self.spec.kind, p, b))
-        charge_fits(self.fit_counter, batch)
+        if self.charges_fits:
+            charge_fits(self.fit_counter, batch)
         return DeepParams.concat(parts) if parts else start
 
     def fit_subset(

@@ -48,6 +48,7 @@ from valbench.store import (
 )
 from valbench.worker import (
     CellOutcome,
+    PrintedOutput,
     failure_record,
     run_cell,
     scratch_params,
@@ -360,10 +361,11 @@ def run_serial(
         for cell in cells:
             started = time.perf_counter()
             outcome: CellOutcome | None = None
+            printed = PrintedOutput()  # kept also when the timeout stops run_cell itself
             try:
                 with _alarm(spec.timeout):
                     try:
-                        outcome = run_cell(cell, spec, partial(on_progress, cell))
+                        outcome = run_cell(cell, spec, partial(on_progress, cell), printed)
                     except CellTimeout as exc:  # outside the method's try (while loading)
                         outcome = CellOutcome(
                             failure_record(cell, spec, "timeout", "CellTimeout", str(exc))
@@ -386,7 +388,7 @@ def run_serial(
                         cell, spec, "timeout", "CellTimeout", message, cost=outcome.record.cost
                     )
                 )
-            on_result(outcome)
+            on_result(printed.attach(outcome))
 
 
 def _worker_main(

@@ -672,8 +672,11 @@ class RunStore:
         write_bytes_atomic(self.results_path, keep)
 
     def drop_cells(self, cell_ids: Iterable[str]) -> None:
-        """Remove the lines of ``cell_ids`` (used before retrying failed cells)."""
+        """Remove the lines of ``cell_ids`` (used before retrying failed cells), and what they
+        printed: a rerun that prints nothing must not keep the old run's output beside it."""
         drop = set(cell_ids)
+        for cell_id in drop:
+            (self.run_dir / PRINTED_DIR / f"{cell_id}.txt").unlink(missing_ok=True)
         if not drop or not self.results_path.exists():
             return
         kept = [

@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 import math
 import re
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -155,16 +156,19 @@ class Budget:
 
 #: The counter of the method call now running in this thread (see ``FitCounter.charging``).
 _CHARGED: ContextVar[FitCounter | None] = ContextVar("valbench_charged_fits", default=None)
+#: Every charging block open in this process, in any thread.
+_OPEN_BLOCKS: list[FitCounter] = []
+_OPEN_LOCK = threading.Lock()
 
 
 class FitCounter:
     """Counts model fits; shared by everything that trains on behalf of one method call.
 
     The count only grows (``add`` refuses a negative number and ``count`` cannot be set), so a
-    method cannot hand back the fits it spent. A model built by ``task.build_model()`` carries
-    the task's counter; one without a counter (``task.model.build(...)``) is charged to the
-    counter whose :meth:`charging` block is open in its thread, which the harness opens around
-    every ``Method.value`` call: no fit a method makes with a valbench model goes uncounted.
+    method cannot hand back the fits it spent. The harness opens :meth:`charging` around every
+    ``Method.value`` call, and every fit of a valbench model inside it is charged to the cell's
+    counter, whichever counter the model carries (none, from ``task.model.build(...)``, or one
+    of the method's own): see :func:`charge_fits`.
     """
 
     def __init__(self) -> None:
@@ -183,20 +187,32 @@ class FitCounter:
 
     @contextmanager
     def charging(self) -> Iterator[FitCounter]:
-        """Within the block, this thread's fits of models that carry no counter count here."""
+        """Within the block, the fits of valbench models in this thread count here (and in
+        threads the method starts, while this is the process's only open block)."""
         token = _CHARGED.set(self)
+        with _OPEN_LOCK:
+            _OPEN_BLOCKS.append(self)
         try:
             yield self
         finally:
+            with _OPEN_LOCK:
+                _OPEN_BLOCKS.remove(self)
             _CHARGED.reset(token)
 
 
 def charge_fits(counter: FitCounter | None, n: int) -> None:
-    """Record ``n`` fits of a model: on its own ``counter``, else on the open
-    :meth:`FitCounter.charging` block's (none outside one: the harness's own models)."""
-    target = counter if counter is not None else _CHARGED.get()
-    if target is not None:
-        target.add(n)
+    """Record ``n`` fits of a model that carries ``counter``: on the charging block open in
+    this thread, or else on the process's only open block (a thread the method started; with
+    several cells in threads of one process such fits are charged to no cell), and on
+    ``counter`` when it is another. Outside any block only on ``counter``."""
+    block = _CHARGED.get()
+    if block is None:
+        with _OPEN_LOCK:
+            block = _OPEN_BLOCKS[0] if len(_OPEN_BLOCKS) == 1 else None
+    if block is not None:
+        block.add(n)
+    if counter is not None and counter is not block:
+        counter.add(n)
 
 
 class BudgetMeter:
@@ -321,6 +337,8 @@ class BatchedModel(Protocol[P]):
 
     #: Every model trained adds 1 here (a batch of B adds B); set by ``task.build_model``.
     fit_counter: FitCounter | None
+    #: Whether its fits are charged (:func:`charge_fits`); False for the harness's own models.
+    charges_fits: bool
     #: The architecture (a ``valbench.network.Network``): its init, forward pass, head and
     #: per-sample gradients, for methods that differentiate the model themselves.
     arch: Any

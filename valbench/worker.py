@@ -37,6 +37,7 @@ from valbench.registry import get_dataset, get_method, validate_params
 from valbench.spec import FILE_PREFIX, Cell, RunSpec
 from valbench.store import to_jsonable
 from valbench.types import (
+    BatchedModel,
     BudgetMeter,
     Dataset,
     DatasetSplits,
@@ -299,6 +300,15 @@ def mean_one(weights: np.ndarray) -> np.ndarray:
     return w * (w.size / w.sum())
 
 
+def harness_model(task: ValuationTask) -> BatchedModel[Any]:
+    """The task's evaluation model for the harness's own readings (test accuracy, LDS): its
+    fits are charged to no method, even while a method's charging block is open in another
+    thread of this process."""
+    clf = task.model.build(task.n_features, task.n_classes, task.seed)
+    clf.charges_fits = False
+    return clf
+
+
 class TestEvaluator:
     """Test accuracy of the evaluation model trained on train subsets, all fits in one batch.
 
@@ -347,8 +357,7 @@ class TestEvaluator:
         from valbench.models import weighted_fit
 
         task = self.task
-        # A separate model: the harness's fits are not charged to the method.
-        clf = task.model.build(task.n_features, task.n_classes, task.seed)
+        clf = harness_model(task)
         keys = list(self._wanted)
         rows = np.stack([self._wanted[key] for key in keys])
         weighted = np.array([bool(key[1]) for key in keys])
@@ -467,8 +476,7 @@ def lds_reference(task: ValuationTask, cell: Cell, spec: RunSpec) -> LdsReferenc
     if cached is not None:
         return replace(cached, fits=0)
     masks = metrics.lds_subsets(task.n_train, m, cell.lds_rng(spec.root_seed))
-    # A separate model: the harness's fits are not charged to the method.
-    clf = task.model.build(task.n_features, task.n_classes, task.seed)
+    clf = harness_model(task)
     accuracy, losses = [], []
     for start in range(0, m, _LDS_BATCH):
         params = clf.fit(task.x_train, task.y_train, masks[start : start + _LDS_BATCH])
@@ -845,19 +853,26 @@ def _check_task_size(cell: Cell, spec: RunSpec, task: ValuationTask) -> None:
         raise UsageError(problem)
 
 
-def run_cell(cell: Cell, spec: RunSpec, progress: ProgressFn = no_progress) -> CellOutcome:
+def run_cell(
+    cell: Cell,
+    spec: RunSpec,
+    progress: ProgressFn = no_progress,
+    printed: PrintedOutput | None = None,
+) -> CellOutcome:
     """Execute one cell; any exception becomes a failed record (the run goes on). The working
     folder is the same after the cell as before: a method that changes it (os.chdir) must not
     move the next cell's relative paths, or the run's own files. What the cell prints to its
-    standard output is kept with the outcome, not written to the user's terminal."""
+    standard output goes into ``printed`` (a caller that may stop the cell itself, the serial
+    backend's timeout, passes its own) and comes back with the outcome, not on the terminal."""
+    printed = PrintedOutput() if printed is None else printed
     cwd = os.getcwd()
     try:
-        with captured_stdout() as printed, cell_threads():
+        with captured_stdout(printed), cell_threads():
             outcome = _run_cell(cell, spec, progress)
     finally:
         if os.getcwd() != cwd:
             os.chdir(cwd)
-    return replace(outcome, printed=printed.tail(), printed_bytes=printed.size)
+    return printed.attach(outcome)
 
 
 #: The most bytes of a cell's printed output kept (its last ones).
@@ -871,34 +886,54 @@ class PrintedOutput:
         self.size = 0
         self._chunks: deque[bytes] = deque()
         self._held = 0
+        self._lock = threading.Lock()  # the reader thread appends while a caller may read
 
     def take(self, chunk: bytes) -> None:
-        self.size += len(chunk)
-        self._chunks.append(chunk)
-        self._held += len(chunk)
-        while self._held - len(self._chunks[0]) >= PRINTED_TAIL:
-            self._held -= len(self._chunks.popleft())
+        with self._lock:
+            self.size += len(chunk)
+            self._chunks.append(chunk)
+            self._held += len(chunk)
+            while self._held - len(self._chunks[0]) >= PRINTED_TAIL:
+                self._held -= len(self._chunks.popleft())
 
     def tail(self) -> bytes:
-        return b"".join(self._chunks)[-PRINTED_TAIL:]
+        with self._lock:
+            return b"".join(self._chunks)[-PRINTED_TAIL:]
+
+    def attach(self, outcome: CellOutcome) -> CellOutcome:
+        """``outcome`` with what was printed so far."""
+        with self._lock:
+            size = self.size
+        return replace(outcome, printed=self.tail(), printed_bytes=size)
+
+
+#: Seconds a cell's end waits for the last of its output (a child it left running may hold the
+#: pipe open: what it prints later is read and dropped).
+_PRINTED_GRACE_S = 0.2
+#: The signals that could stop :func:`captured_stdout` half way through putting stdout back.
+_DEFERRED = (signal.SIGALRM, signal.SIGINT, signal.SIGTERM)
 
 
 @contextmanager
-def captured_stdout() -> Iterator[PrintedOutput]:
+def captured_stdout(out: PrintedOutput) -> Iterator[PrintedOutput]:
     """Within the block, this process's standard output (file descriptor 1, so also what C
-    code and child processes write there) goes to a pipe whose reader keeps the tail.
+    code and child processes write there, and Python's ``sys.stdout``) goes to a pipe whose
+    reader thread keeps the tail in ``out``.
 
     A method printing 200,000 lines would otherwise bury the run's own lines in the user's
     terminal, or in a file the user redirected stdout to. Only on the main thread: file
     descriptors belong to the process, so cells that share one in threads (a Dask worker's)
     print as they did. Standard error is left alone: warnings and tracebacks stay in sight.
+    Putting stdout back runs with the timeout's alarm, Ctrl-C and SIGTERM held, so none can
+    leave descriptor 1 on the pipe; they arrive right after.
     """
-    out = PrintedOutput()
     if threading.current_thread() is not threading.main_thread():
         yield out
         return
+    python_stdout = sys.stdout
     try:
-        sys.stdout.flush()
+        if python_stdout is not None:
+            python_stdout.flush()
         saved = os.dup(1)
     except (OSError, ValueError):  # no usable stdout (closed, or not a file): nothing to take
         yield out
@@ -906,32 +941,37 @@ def captured_stdout() -> Iterator[PrintedOutput]:
     read_end, write_end = os.pipe()
 
     def drain() -> None:
-        while chunk := os.read(read_end, 65536):
-            out.take(chunk)
+        try:
+            while chunk := os.read(read_end, 65536):
+                out.take(chunk)
+        finally:
+            os.close(read_end)
 
     reader = threading.Thread(target=drain, name="valbench-cell-stdout", daemon=True)
     reader.start()
     os.dup2(write_end, 1)
-    # Python's own stdout may not write to descriptor 1 (a test harness replaces it): the
-    # cell's gets the pipe as well.
-    python_stdout = sys.stdout
-    sys.stdout = io.TextIOWrapper(
+    # Python's own stdout may not write to descriptor 1 (a test harness replaces it), so the
+    # cell gets one that does; line-buffered as on a terminal, so its lines keep their order
+    # with raw writes.
+    cell_stdout = io.TextIOWrapper(
         io.FileIO(write_end, "w"), encoding="utf-8", errors="backslashreplace", line_buffering=True
-    )  # line-buffered as on a terminal, so its lines keep their order with raw writes
+    )
+    sys.stdout = cell_stdout
     try:
         yield out
     finally:
-        cell_stdout, sys.stdout = sys.stdout, python_stdout
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, _DEFERRED)
         try:
-            cell_stdout.close()  # flushes, and closes one end of the pipe
-        except (OSError, ValueError):
-            pass
-        os.dup2(saved, 1)  # the pipe's last writer in this process goes: the reader sees EOF
-        os.close(saved)
-        # A child the method left running may still hold the pipe: keep what came so far.
-        reader.join(timeout=5.0)
-        if not reader.is_alive():
-            os.close(read_end)
+            sys.stdout = python_stdout  # whatever the method set it to (sys.__stdout__, say)
+            try:
+                cell_stdout.close()  # flushes, and closes one end of the pipe
+            except (OSError, ValueError):
+                pass
+            os.dup2(saved, 1)  # the pipe's last writer in this process: the reader sees EOF
+            os.close(saved)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        reader.join(timeout=_PRINTED_GRACE_S)
 
 
 #: Set when the user stops the run (Ctrl-C, SIGTERM) in this process; see :func:`user_stops`.

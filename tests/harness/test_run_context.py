@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ import valbench.types
 from valbench import Budget, BudgetMeter, FitCounter, RunContext
 from valbench.models import TOLERANCE_MAX_ITER, ModelSpec
 from valbench.testing import make_check_task
+from valbench.worker import harness_model
 
 
 class _Clock:
@@ -205,22 +207,35 @@ def test_a_fit_count_only_grows() -> None:
     assert counter.count == 2
 
 
-def test_a_model_without_a_counter_is_charged_to_the_open_block_only() -> None:
-    """A model built from the spec (``task.model.build``) carries no counter: its fits go to
-    the method call's counter while the harness's block is open, and to no one outside it."""
+def test_every_fit_inside_the_block_is_charged_to_it() -> None:
+    """A model built from the spec (``task.model.build``) carries no counter, and a method
+    can give a model or a task copy a counter of its own: inside the harness's block every
+    fit is charged to the cell's counter (and to the model's own), outside it to no cell."""
     task = make_check_task(n_train=12)
     clf = task.model.build(task.n_features, task.n_classes, task.seed)
     masks = np.ones((3, task.n_train), dtype=bool)
-    own = FitCounter()
-    with own.charging():
+    cell = FitCounter()
+    with cell.charging():
         clf.fit(task.x_train, task.y_train, masks)
-        counted = task.build_model()  # carries the task's counter: charged there, not here
-        counted.fit(task.x_train, task.y_train, masks[:2])
-        with FitCounter().charging():  # an inner block takes over, then hands back
+        hidden = dataclasses.replace(task, fit_counter=FitCounter()).build_model()
+        hidden.fit(task.x_train, task.y_train, masks[:2])
+        with FitCounter().charging() as inner:  # an inner block takes over, then hands back
             clf.fit(task.x_train, task.y_train, masks[:1])
         clf.fit(task.x_train, task.y_train, masks[:1])
-    clf.fit(task.x_train, task.y_train, masks)  # the harness's own model: charged to no one
-    assert own.count == 4 and task.fit_counter.count == 2
+        thread = threading.Thread(target=clf.fit, args=(task.x_train, task.y_train, masks))
+        thread.start()  # a thread the method starts: the process's only open block
+        thread.join()
+    clf.fit(task.x_train, task.y_train, masks)  # no block open: charged to no cell
+    assert cell.count == 3 + 2 + 1 + 3 and inner.count == 1
+    assert hidden.fit_counter is not None and hidden.fit_counter.count == 2
+
+
+def test_the_harness_models_are_charged_to_no_method() -> None:
+    task = make_check_task(n_train=12)
+    cell = FitCounter()
+    with cell.charging():
+        harness_model(task).fit(task.x_train, task.y_train, np.ones((2, 12), dtype=bool))
+    assert cell.count == 0
 
 
 def test_a_mixed_precision_fit_counts_once() -> None:

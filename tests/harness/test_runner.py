@@ -442,7 +442,7 @@ def test_what_a_cell_prints_is_kept_in_the_run_not_the_terminal(
     assert main([*argv, "--out", str(tmp_path), "--no-progress"]) == 0
     out, err = capfd.readouterr()
     assert "chatty" not in out and "chatty" not in err
-    assert f"1 cells printed output, kept in {tmp_path / 'printed'}/" in err
+    assert f"cells that printed output: 1, kept in {tmp_path / 'printed'}/" in err
     (chatty,) = [r for r in read_results(tmp_path) if r.method == "chatty"]
     kept = (tmp_path / "printed" / f"{chatty.cell_id}.txt").read_text()
     lines = kept.splitlines()
@@ -451,6 +451,83 @@ def test_what_a_cell_prints_is_kept_in_the_run_not_the_terminal(
     assert lines[-3:] == ["chatty raw write", "chatty child", "chatty last line"]
     assert lines[-4] == "chatty line 19999" and len(kept.encode()) - len(lines[0]) - 1 == 65536
     assert sorted(p.name for p in (tmp_path / "printed").iterdir()) == [f"{chatty.cell_id}.txt"]
+
+
+def _run_argv(methods: str, backend: str, out: Path, *extra: str) -> list[str]:
+    argv = ["run", "--methods", methods, "--datasets", "synthetic", "--noise", "0.2"]
+    argv += ["--seeds", "1", "--max-train", "40", "--preset", "ci", "--backend", backend]
+    return [*argv, "--out", str(out), "--no-progress", *extra]
+
+
+@pytest.mark.parametrize("backend", ["serial", "process"])
+def test_a_method_resetting_stdout_or_leaving_a_child_on_it_spoils_nothing(
+    tmp_path: Path, test_plugins: Path, capfd: pytest.CaptureFixture[str], backend: str
+) -> None:
+    """``sys.stdout = sys.__stdout__`` in a method once closed the process's own stdout (the
+    next printing cell failed); a child left running with the pipe open held the cell 5 s,
+    past a 2 s limit. Both cells are ok, within the limit, and the next cell's output kept."""
+    argv = _run_argv("restores-stdout,leaves-child,chatty", backend, tmp_path, "--timeout", "2")
+    assert main(argv) == 0
+    records = {r.method: r for r in read_results(tmp_path)}
+    assert all(r.status == "ok" for r in records.values()), records
+    for name in ("restores-stdout", "leaves-child"):
+        kept = (tmp_path / "printed" / f"{records[name].cell_id}.txt").read_text()
+        assert kept == f"{name} printed\n"
+    assert (
+        "chatty last line"
+        in (tmp_path / "printed" / f"{records['chatty'].cell_id}.txt").read_text()
+    )
+    out, err = capfd.readouterr()
+    assert "printed" not in out and "chatty" not in out and "cells that printed output: 3" in err
+
+
+def test_a_serial_timeout_keeps_what_the_cell_printed(tmp_path: Path, test_plugins: Path) -> None:
+    """The serial backend recorded the timeout of a method that swallowed its stop as a new
+    failure record, without the cell's output."""
+    argv = _run_argv("prints-swallows-timeout", "serial", tmp_path, "--timeout", "1")
+    assert main(argv) == 1
+    (record,) = read_results(tmp_path)
+    assert record.status == "timeout"
+    kept = (tmp_path / "printed" / f"{record.cell_id}.txt").read_text()
+    assert kept == "prints-swallows-timeout printed\n"
+
+
+def test_a_retried_cell_keeps_no_output_of_its_failed_run(
+    tmp_path: Path, test_plugins: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    marker = tmp_path.parent / f"{tmp_path.name}.fail"
+    marker.touch()
+    monkeypatch.setenv("VB_TEST_FAIL_MARKER", str(marker))
+    run = tmp_path / "run"
+    assert main(_run_argv("prints-then-fails", "serial", run)) == 1
+    (failed,) = read_results(run)
+    assert (run / "printed" / f"{failed.cell_id}.txt").is_file()
+    marker.unlink()
+    assert main(_run_argv("prints-then-fails", "serial", run, "--retry-failed")) == 0
+    assert [r.status for r in read_results(run)] == ["ok"]
+    assert not any((run / "printed").iterdir())
+
+
+def test_a_run_with_its_stdout_closed_writes_nothing_into_its_own_files(
+    tmp_path: Path, test_plugins: Path
+) -> None:
+    """With descriptor 1 closed (``>&-``) the run's lock file took it, so a method's prints
+    went there, and ``sys.stdout`` was None (the serial run aborted)."""
+    argv = _run_argv("chatty,random", "serial", tmp_path / "run")
+    code = "import sys; from valbench.cli import main; sys.exit(main(sys.argv[1:]))"
+    done = subprocess.run(
+        [sys.executable, "-c", code, *argv],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=300,
+        preexec_fn=lambda: os.close(1),
+    )
+    assert done.returncode == 0, done.stderr
+    assert [r.status for r in read_results(tmp_path / "run")] == ["ok", "ok"]
+    for path in (tmp_path / "run").rglob("*"):
+        if path.is_file() and not path.name.endswith(".txt"):
+            assert b"chatty line" not in path.read_bytes(), path
 
 
 def test_scores_are_finite_and_cover_every_point(tmp_path: Path) -> None:
