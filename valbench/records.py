@@ -401,10 +401,12 @@ class CellMetrics:
             **self.extra,
         }
 
-    def fraction_values(self, name: str, *, scratch: bool = False) -> dict[str, float]:
-        """The finite values of a fraction-keyed metric ("subset_value" or
-        "random_subset_value") under fractions in (0, 1]; with ``scratch``, of the from-scratch
-        reading (empty without one)."""
+    def fraction_values(
+        self, name: str, *, scratch: bool = False, finite_only: bool = True
+    ) -> dict[str, float]:
+        """The finite values (every value, with ``finite_only=False``) of a fraction-keyed
+        metric ("subset_value" or "random_subset_value") under fractions in (0, 1]; with
+        ``scratch``, of the from-scratch reading (empty without one)."""
         source: Any = self.scratch if scratch else self
         if source is None:
             return {}
@@ -415,7 +417,7 @@ class CellMetrics:
         return {
             fraction_label(k): v
             for k, v in values.items()
-            if _is_fraction(k) and v is not None and math.isfinite(v)
+            if _is_fraction(k) and (not finite_only or (v is not None and math.isfinite(v)))
         }
 
 

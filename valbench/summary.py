@@ -119,11 +119,18 @@ def finite(value: float | None) -> float | None:
 
 
 def gain_over_random(record: CellRecord) -> float | None:
-    """Mean over fractions of (subset value − random subset value), in percentage points."""
-    chosen = record.metrics.fraction_values("subset_value")
-    rnd = record.metrics.fraction_values("random_subset_value")
-    diffs = [100.0 * (chosen[f] - rnd[f]) for f in chosen if f in rnd]
-    return sum(diffs) / len(diffs) if diffs else None
+    """Mean over fractions of (subset value − random subset value), in percentage points;
+    None unless both are finite at every fraction the cell has (a mean over fewer fractions
+    would not compare with the other methods')."""
+    metrics = record.metrics
+    chosen = metrics.fraction_values("subset_value")
+    rnd = metrics.fraction_values("random_subset_value")
+    every = set(metrics.fraction_values("subset_value", finite_only=False)) | set(
+        metrics.fraction_values("random_subset_value", finite_only=False)
+    )
+    if not every or set(chosen) != every or set(rnd) != every:
+        return None
+    return sum(100.0 * (chosen[f] - rnd[f]) for f in chosen) / len(chosen)  # the cell's order
 
 
 def record_sort_key(record: CellRecord) -> tuple[Any, ...]:
@@ -645,15 +652,17 @@ def _mark_column(
     sharing at least :data:`MIN_TEST_PAIRS` seeds is tested (two-sided paired t-test over
     those seeds) and the p-values are Holm-corrected over all those pairs: the best is
     chosen from the same data, so testing only against it would not keep the chance of any
-    false "worse" at α (6 equal methods over 5 seeds: 8.7 %, 20 methods: 13.6 %), while a
+    false "worse" at α (6 equal methods over 5 seeds: 8.7 %, 20 methods: about 15 %), while a
     family of every pair does, whichever method comes out best. A method's ``p_value`` and
     ``p_holm`` are those of its pair with the best; it is ``tied`` unless that test finds it
-    significantly worse (a method with fewer seeds whose mean is better is never marked
-    worse); one without a test (too few seeds shared with the best) is ``untested``. Returns
-    the column's minimum detectable difference (:func:`min_detectable_difference` with the
-    root-mean-square paired standard deviation of the t-tests against the best (constant
-    differences, tested by the sign-flip rule, left out), their fewest shared seeds and the
-    number of pairs in the family), NaN when no t-test could be run.
+    significantly worse: worse on the seeds both hold (the paired test's direction) and by
+    its mean (a method with fewer seeds whose mean is better is never marked worse, nor one
+    better than the best on their shared seeds); one without a test (too few seeds shared
+    with the best) is ``untested``. Returns the column's minimum detectable difference
+    (:func:`min_detectable_difference` with the root-mean-square paired standard deviation
+    of the t-tests against the best (constant differences, tested by the sign-flip rule,
+    left out), their fewest shared seeds and the number of pairs in the family), NaN when no
+    t-test could be run.
     """
     methods = [m for m in rows if rows[m][col.key].present]
     if not methods or not col.compared:
@@ -667,8 +676,9 @@ def _mark_column(
     best = [m for m in full if same_value(rows[m][col.key].mean, best_mean)]
     values = {m: seed_values(by_method[m], col.extract) for m in methods}
     family: dict[str, float] = {}  # one key per testable pair -> its raw p
-    # method -> (its pair's key, raw p, sd of the paired differences, shared seeds)
-    against_best: dict[str, tuple[str, float, float, int]] = {}
+    # method -> (its pair's key, raw p, sd and mean of its paired differences from the best,
+    # shared seeds)
+    against_best: dict[str, tuple[str, float, float, float, int]] = {}
     for i, first in enumerate(methods):
         for second in methods[i + 1 :]:
             seeds = sorted(set(values[first]) & set(values[second]))
@@ -679,15 +689,22 @@ def _mark_column(
                 continue
             pair = f"{first}\x00{second}"
             family[pair] = p_value
-            for ref, other in ((first, second), (second, first)):
+            for ref, other, diff in (
+                (first, second, np.subtract(b, a)),
+                (second, first, np.subtract(a, b)),
+            ):
                 if ref == best[0] and other not in best:
-                    sd = float(np.std(np.subtract(a, b), ddof=1))
-                    against_best[other] = (pair, p_value, sd, len(seeds))
+                    sd = float(np.std(diff, ddof=1))
+                    against_best[other] = (pair, p_value, sd, float(np.mean(diff)), len(seeds))
     adjusted = holm(family)
     sign = 1.0 if col.higher_is_better else -1.0
     for method, rank in zip(methods, ranks, strict=True):
         p_holm = adjusted[against_best[method][0]] if method in against_best else None
-        better = sign * (rows[method][col.key].mean - best_mean) > 0
+        # Worse only when the seeds both hold say so (the test's direction) and so does its
+        # mean: over fewer seeds (one left out as partial, say) the two can disagree.
+        better = sign * (rows[method][col.key].mean - best_mean) > 0 or (
+            method in against_best and sign * against_best[method][3] >= 0
+        )
         rows[method][col.key] = replace(
             rows[method][col.key],
             best=method in best,
@@ -700,7 +717,7 @@ def _mark_column(
         )
     # A constant difference (sd 0) is judged by the sign-flip rule, not the t-test whose
     # power this quotes: its zero would only shrink the root mean square.
-    spread = [(sd, n) for _, _, sd, n in against_best.values() if sd > 0]
+    spread = [(sd, n) for _, _, sd, _, n in against_best.values() if sd > 0]
     if not spread:
         return math.nan
     return min_detectable_difference(
