@@ -60,6 +60,7 @@ __all__ = [
     "seed_values",
     "summarise",
     "summary_json",
+    "cd_json",
 ]
 
 CONFIDENCE = 0.95
@@ -1145,18 +1146,23 @@ def summary_json(
             }
             for g in groups
         ],
-        "across_datasets": [
-            {
-                "key": r.key,
-                "blocks": r.blocks,
-                "average_ranks": r.average_ranks,
-                "friedman_chi2": _num(r.friedman_chi2),
-                "friedman_p": _num(r.friedman_p),
-                "iman_davenport_f": _num(r.iman_davenport_f),
-                "iman_davenport_p": _num(r.iman_davenport_p),
-                "nemenyi_critical_difference": _num(r.critical_difference),
-                "cliques": r.cliques,
-            }
-            for r in cd
-        ],
+        "across_datasets": [cd_json(r) for r in cd],
+    }
+
+
+def cd_json(result: CDResult) -> dict[str, Any]:
+    """One across-datasets comparison as ``summary.json`` writes it."""
+    return {
+        "key": result.key,
+        "blocks": result.blocks,
+        "average_ranks": result.average_ranks,
+        "friedman_chi2": _num(result.friedman_chi2),
+        "friedman_p": _num(result.friedman_p),
+        "iman_davenport_f": _num(result.iman_davenport_f),
+        # Every block ranks the methods alike: F is infinite (JSON has no infinity; the
+        # p-value is then exact), which null alone would not tell from "not computed".
+        "iman_davenport_f_infinite": math.isinf(result.iman_davenport_f),
+        "iman_davenport_p": _num(result.iman_davenport_p),
+        "nemenyi_critical_difference": _num(result.critical_difference),
+        "cliques": result.cliques,
     }

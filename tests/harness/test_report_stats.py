@@ -15,6 +15,7 @@ from valbench.records import CellRecord, Manifest
 from valbench.spec import dataset_slug
 from valbench.summary import (
     MIN_CD_BLOCKS,
+    cd_json,
     friedman_nemenyi,
     holm,
     min_detectable_difference,
@@ -456,6 +457,9 @@ def test_friedman_needs_three_methods_and_perfect_agreement_is_not_p_zero(tmp_pa
     # every dataset ranks a > b > c: k! of the (k!)^n orderings under the null
     assert res.iman_davenport_p == pytest.approx(6.0 ** -(MIN_CD_BLOCKS - 1))
     assert res.iman_davenport_p > 0
+    exported = cd_json(res)  # summary.json: null (JSON has no infinity), flagged as infinite
+    assert exported["iman_davenport_f"] is None and exported["iman_davenport_f_infinite"] is True
+    assert exported["iman_davenport_p"] == pytest.approx(6.0 ** -(MIN_CD_BLOCKS - 1))
     # with b and c tied on every dataset: each further dataset matches with chance 2!/4!
     tied = friedman_nemenyi(summarise(lines({"a": 0.9, "b": 0.5, "c": 0.5, "d": 0.2})), "gain")
     assert tied is not None and math.isinf(tied.iman_davenport_f)
