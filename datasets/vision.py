@@ -128,7 +128,8 @@ class _SearchedDataset(ImageDataset):
             f"{self.name} not found ({reason}); provide it one of three ways: put "
             f"{', '.join(self.files)} in {first}"
             + (f" (or install the system package that fills {system})" if system else "")
-            + f"; or pass root=DIR holding {self.torchvision_name}'s torchvision layout; or "
+            + f"; or pass root=DIR (--param {self.name}.root=DIR) holding "
+            f"{self.torchvision_name}'s torchvision layout; or "
             f"run once with a network to download it into {first} "
             "(--data-dir or VALBENCH_DATA choose another directory)"
         )

@@ -330,9 +330,10 @@ def _cell_frame(record: CellRecord, cells: CellArrays, file: _FileRows | None) -
             "given_label": given,
             "label_seen": seen,
             "planted_flip": cells.noisy_mask,
-            "score": cells.scores,
+            # + 0.0: a method's -0.0 (minus a zero) is written as 0.0, the same number.
+            "score": cells.scores + 0.0,
             "rank": rank_desc(cells.scores),
-            "detection_score": detection,
+            "detection_score": detection + 0.0,
             "suspicion_rank": rank_desc(-detection),
             "stderr": stderr if stderr is not None else np.full(n, np.nan),
             "samples": pd.array(samples if samples is not None else [None] * n, dtype="Int64"),

@@ -31,7 +31,7 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
-from valbench.errors import CellTimeout, RunDirectoryError, UsageError, printable
+from valbench.errors import CellTimeout, DatasetError, RunDirectoryError, UsageError, printable
 from valbench.pool import preload_modules, start_fork_server, warm_workers
 from valbench.records import CellRecord, Manifest
 from valbench.registry import dataset_names, discover, method_names
@@ -243,6 +243,17 @@ def resolve_names(spec: RunSpec, narrowable: Collection[str] = ()) -> RunSpec:
                 f"parameters given for {name!r}, which is not among the selected methods "
                 f"({', '.join(methods)}) or datasets ({', '.join(datasets)}){hint}"
             )
+    # A dataset whose files are not here is fetched once, now, before any cell: each cell
+    # would otherwise try the download again and fail with the same long error.
+    for name in datasets:
+        if name.startswith(FILE_PREFIX):
+            continue
+        locate = getattr(get_dataset(name)(**dict(params.get(name, {}))), "locate", None)
+        if callable(locate):
+            try:
+                locate()
+            except DatasetError as exc:
+                raise UsageError(str(exc)) from None
     # A method whose parameters do not suit a dataset's model (a warm start on Adam, say).
     models = {ModelSpec.parse(spec.model_for(name), device=spec.device) for name in datasets}
     for name in methods:

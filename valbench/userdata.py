@@ -373,7 +373,8 @@ def frame_features(frame: Any, what: str, hint: str = "") -> np.ndarray | str:
         if gaps.any():
             return (
                 f"column {shown(i)} has {int(gaps.sum())} missing values (first in row "
-                f"{int(np.flatnonzero(gaps)[0])}); impute or drop those rows"
+                f"{int(np.flatnonzero(gaps)[0])}, counting data rows from 0); impute or drop "
+                "those rows"
             )
     if not cast:
         return frame.to_numpy()

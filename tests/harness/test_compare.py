@@ -129,8 +129,11 @@ def test_unshared_seeds_methods_and_specs_are_said(base: Path, tmp_path: Path) -
     (run_b / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
     manifest = json.loads((run_b / "manifest.json").read_text())
     manifest["spec"]["root_seed"] = 7
+    manifest["spec"]["params"] = {**manifest["spec"].get("params", {}), "loo": {"batch_size": 8}}
     (run_b / "manifest.json").write_text(json.dumps(manifest))
     comparison = compare_runs(base, run_b)
+    # the changed setting is named with both values, not only as "params"
+    assert any("params.loo.batch_size: unset -> 8" in n for n in comparison.notes), comparison.notes
     loo = [d for d in comparison.differences if d.method == "loo"]
     assert loo and all(d.n_pairs == 1 and d.change == "untested" for d in loo)
     assert comparison.only_a == ["digits · label noise 0.1: random"]

@@ -270,6 +270,28 @@ def test_bad_data_file_is_refused_before_any_run_directory(tmp_path: Path) -> No
         assert not out.exists(), path
 
 
+def test_a_dataset_that_is_not_here_is_refused_before_any_run_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """mnist with no files and no way to fetch them: each cell tried the download again and
+    printed a long error, and the run wrote a directory and a report. Now one line, up front,
+    saying how to pass the files' folder."""
+    from valbench.datasets import _download, vision
+
+    monkeypatch.setenv("VALBENCH_DATA", str(tmp_path / "data"))
+    monkeypatch.setattr(vision, "SYSTEM_DIRS", {"mnist": []})
+    monkeypatch.setattr(_download, "MIRRORS", {})
+    out = tmp_path / "run"
+    argv = ["run", "--methods", "random", "--datasets", "mnist", "--seeds", "2"]
+    code, message = _cli([*argv, "--backend", "serial", "--no-progress", "--out", str(out)])
+    assert code == 2 and message.count("\n") == 1, message
+    assert (
+        message.startswith("valbench: error: mnist not found")
+        and "--param mnist.root=DIR" in message
+    )
+    assert not out.exists()
+
+
 def _small_csv(path: Path, shift: float) -> None:
     rng = np.random.default_rng(0)
     rows = [f"{a + shift:.4f},{b:.4f},{i % 2}" for i, (a, b) in enumerate(rng.normal(size=(40, 2)))]
