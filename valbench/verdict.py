@@ -182,7 +182,8 @@ def _goal(group: GroupSummary, goal: str, question: str, key: str) -> GoalVerdic
                 f"Only {group.max_seeds} seeds: for a method whose seeds scatter as much as "
                 "the compared methods' typically do (root mean square), the tests would find "
                 f"a true difference from the best of about {format(mdd, col.fmt.lstrip('+'))} "
-                "or more (80 % power, Holm-corrected); smaller ones likely go unseen, unless "
+                f"({col.label}) or more (80 % power, Holm-corrected); smaller ones likely go "
+                "unseen, unless "
                 "the method's seeds agree more closely."
                 if group.detectable_within_range(key)
                 else f"Only {group.max_seeds} seeds: after the Holm correction over every "

@@ -76,6 +76,7 @@ def test_recommended_is_the_best_and_those_not_significantly_worse() -> None:
     # more ... smaller ones go unseen" as a contradiction.
     few = next(c for c in mislabel.caveats if "Only 4 seeds" in c)
     assert "typically do (root mean square)" in few and "unless the method's seeds" in few
+    assert "(detection AUC) or more" in few  # the number comes with its column's unit
 
 
 def test_one_seed_is_no_evidence_and_noise_zero_has_no_detection_goal() -> None:
