@@ -31,10 +31,10 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 from valbench.pages import environment
 from valbench.records import CellRecord, Manifest
+from valbench.spec import spec_changes
 from valbench.store import atomic_write, read_manifest, read_results
 from valbench.summary import (
     ALPHA,
@@ -162,7 +162,7 @@ def _spec_notes(manifest_a: Manifest, manifest_b: Manifest) -> list[str]:
         )
     rest = [k for k in differing if k != "root_seed"]
     if rest:
-        changes = [c for k in rest for c in _changes(k, spec_a.get(k), spec_b.get(k))]
+        changes = [c for k in rest for c in spec_changes(spec_a.get(k), spec_b.get(k), k)]
         notes.append(
             "The runs' specs differ in "
             + "; ".join(changes[:8])
@@ -170,25 +170,6 @@ def _spec_notes(manifest_a: Manifest, manifest_b: Manifest) -> list[str]:
             + ": a difference below may come from that change rather than from the method."
         )
     return notes
-
-
-def _changes(key: str, a: Any, b: Any) -> list[str]:
-    """``key: A -> B`` for each setting that differs, nested tables (``params``) by their
-    dotted keys (``params.knn-shapley.k: 5 -> 1``)."""
-
-    def shown(value: Any) -> str:
-        text = "unset" if value is None else repr(value)
-        return text if len(text) <= 40 else text[:37] + "..."
-
-    table_a, table_b = (v if isinstance(v, dict) else {} for v in (a, b))
-    if (isinstance(a, dict) or isinstance(b, dict)) and table_a != table_b:
-        return [
-            c
-            for k in sorted(set(table_a) | set(table_b), key=str)
-            if table_a.get(k) != table_b.get(k)
-            for c in _changes(f"{key}.{k}", table_a.get(k), table_b.get(k))
-        ]
-    return [f"{key}: {shown(a)} -> {shown(b)}"]
 
 
 def compare_runs(run_a: Path, run_b: Path, alpha: float = ALPHA) -> Comparison:

@@ -35,8 +35,9 @@ from valbench.errors import CellTimeout, DatasetError, RunDirectoryError, UsageE
 from valbench.pool import preload_modules, start_fork_server, warm_workers
 from valbench.records import CellRecord, Manifest
 from valbench.registry import dataset_names, discover, method_names
-from valbench.spec import FILE_PREFIX, Cell, CellProgressFn, RunSpec, dataset_slug
+from valbench.spec import FILE_PREFIX, Cell, CellProgressFn, RunSpec, dataset_slug, spec_changes
 from valbench.store import (
+    MANIFEST_FILE,
     RunStore,
     StoreWriteError,
     describe_holder,
@@ -877,6 +878,10 @@ def execute(
 
         check_backend(backend, address)  # a missing extra, a bad or dead address
     run_dir = Path(out) if out is not None else default_run_dir(spec)
+    if out is None and not run_dir.exists():
+        note = _new_run_note(spec, run_dir)
+        if note:
+            print(printable(note), file=sys.stderr)
     store = RunStore(run_dir)
     try:
         manifest = _open_run_dir(store, spec, overwrite, command)
@@ -887,6 +892,39 @@ def execute(
         return _execute_cells(spec, store, manifest, retry_failed, backend, show_progress, address)
     finally:
         store.unlock()
+
+
+def _new_run_note(spec: RunSpec, run_dir: Path) -> str | None:
+    """Why the same command did not resume, when the default directory is new but the newest
+    run of the preset beside it has another spec (an installed plugin joins ``--methods all``,
+    say): its cells are not reused, which a user expecting a resume should hear up front."""
+    siblings = []
+    for path in run_dir.parent.glob(f"{spec.preset}-*"):
+        try:
+            if path != run_dir and (path / MANIFEST_FILE).is_file():
+                siblings.append(((path / MANIFEST_FILE).stat().st_mtime, path))
+        except OSError:
+            continue
+    if not siblings:
+        return None
+    newest = max(siblings)[1]
+    try:
+        before = read_manifest(newest).spec
+    except RunDirectoryError:
+        return None
+    now = spec.to_dict()
+    changes = [
+        c
+        for k in sorted(set(before) | set(now))
+        if k not in RunSpec.EXECUTION_ONLY
+        for c in spec_changes(before.get(k), now.get(k), k)
+    ]
+    why = "; ".join(changes[:4]) + ("; ..." if len(changes) > 4 else "")
+    return (
+        f"note: a new run in {run_dir}: {newest} holds a run of this preset with "
+        + (f"another spec ({why})" if changes else "other method or model versions")
+        + ", so none of its cells is reused here"
+    )
 
 
 def _execute_cells(

@@ -36,6 +36,7 @@ __all__ = [
     "METRICS",
     "DEFAULT_METRICS",
     "DEFAULT_LDS_SUBSETS",
+    "spec_changes",
 ]
 
 #: Presets pick dataset slices and budgets; ``quick`` is the default and keeps
@@ -929,3 +930,34 @@ def _check_overridden_config(
             build_spec(preset, {key: config[key]}, {})
         except UsageError as exc:
             raise ConfigError(f"{exc} (in {config_name}; a flag overrides it this time)") from None
+
+
+def spec_changes(a: Any, b: Any, key: str = "") -> list[str]:
+    """What changed from spec (or setting) ``a`` to ``b``, one short line per setting:
+    ``seeds: 3 -> 5``, nested tables by their dotted keys (``params.knn-shapley.k: 5 -> 1``),
+    lists by what joined and left (``methods: + centroid``); ``key`` prefixes the names."""
+
+    def shown(value: Any) -> str:
+        text = "unset" if value is None else repr(value)
+        return text if len(text) <= 40 else text[:37] + "..."
+
+    table_a, table_b = (v if isinstance(v, Mapping) else {} for v in (a, b))
+    if (isinstance(a, Mapping) or isinstance(b, Mapping)) and table_a != table_b:
+        return [
+            change
+            for k in sorted(set(table_a) | set(table_b), key=str)
+            if table_a.get(k) != table_b.get(k)
+            for change in spec_changes(
+                table_a.get(k), table_b.get(k), f"{key}.{k}" if key else str(k)
+            )
+        ]
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        added = [str(v) for v in b if v not in a]
+        gone = [str(v) for v in a if v not in b]
+        if not added and not gone:
+            return [f"{key}: the order"] if list(a) != list(b) else []
+        parts = ([f"+ {', '.join(added)}"] if added else []) + (
+            [f"- {', '.join(gone)}"] if gone else []
+        )
+        return [f"{key}: {' '.join(parts)}"]
+    return [f"{key}: {shown(a)} -> {shown(b)}"] if a != b else []

@@ -530,6 +530,23 @@ def test_a_run_with_its_stdout_closed_writes_nothing_into_its_own_files(
             assert b"chatty line" not in path.read_bytes(), path
 
 
+def test_a_new_default_run_beside_another_of_its_preset_says_why_it_did_not_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A plugin installed joins --methods all: the same command then starts a new directory,
+    silently redoing every cell; now it says which run it did not resume, and what changed."""
+    monkeypatch.chdir(tmp_path)
+    execute(small_spec(methods=("random",)), show_progress=False)
+    assert "note:" not in capsys.readouterr().err  # the first run of the preset
+    execute(small_spec(methods=("random",)), show_progress=False)
+    assert "note:" not in capsys.readouterr().err  # a resume
+    summary = execute(small_spec(methods=("random", "loo")), show_progress=False)
+    (before,) = [p for p in Path("reports").iterdir() if p != summary.run_dir]
+    err = capsys.readouterr().err
+    assert f"note: a new run in {summary.run_dir}: {before} holds a run of this preset" in err
+    assert "another spec (methods: + loo), so none of its cells is reused here" in err
+
+
 def test_scores_are_finite_and_cover_every_point(tmp_path: Path) -> None:
     execute(small_spec(), out=tmp_path, show_progress=False)
     for rec in read_results(tmp_path):

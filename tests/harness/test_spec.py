@@ -502,3 +502,18 @@ def test_the_order_methods_and_datasets_are_named_in_keeps_the_run() -> None:
     assert {c.cell_id for c in one.cells()} == {c.cell_id for c in other.cells()}
     fewer = RunSpec(methods=("loo",), datasets=("synthetic", "breast_cancer"))
     assert fewer.config_hash() != one.config_hash()
+
+
+def test_spec_changes_names_each_setting_with_both_values() -> None:
+    from valbench.spec import spec_changes
+
+    before = {"methods": ["random", "loo"], "seeds": 3, "params": {"loo": {"batch_size": 64}}}
+    after = {"methods": ["loo", "random", "centroid"], "seeds": 5, "params": {}}
+    assert spec_changes(before, after) == [
+        "methods: + centroid",
+        "params.loo.batch_size: 64 -> unset",
+        "seeds: 3 -> 5",
+    ]
+    assert spec_changes(["a", "b"], ["b", "a"], "methods") == ["methods: the order"]
+    assert spec_changes(["a", "b"], ["a"], "methods") == ["methods: - b"]
+    assert spec_changes(before, before) == []
