@@ -246,15 +246,14 @@ def resolve_names(spec: RunSpec, narrowable: Collection[str] = ()) -> RunSpec:
             )
     # A dataset whose files are not here is fetched once, now, before any cell: each cell
     # would otherwise try the download again and fail with the same long error.
+    # (Only datasets that say where their files are, valbench's image sets: ``locate``.)
     for name in datasets:
-        if name.startswith(FILE_PREFIX):
+        if name.startswith(FILE_PREFIX) or not callable(getattr(get_dataset(name), "locate", None)):
             continue
-        locate = getattr(get_dataset(name)(**dict(params.get(name, {}))), "locate", None)
-        if callable(locate):
-            try:
-                locate()
-            except DatasetError as exc:
-                raise UsageError(str(exc)) from None
+        try:
+            get_dataset(name)(**dict(params.get(name, {}))).locate()
+        except DatasetError as exc:
+            raise UsageError(str(exc)) from None
     # A method whose parameters do not suit a dataset's model (a warm start on Adam, say).
     models = {ModelSpec.parse(spec.model_for(name), device=spec.device) for name in datasets}
     for name in methods:
