@@ -244,16 +244,6 @@ def resolve_names(spec: RunSpec, narrowable: Collection[str] = ()) -> RunSpec:
                 f"parameters given for {name!r}, which is not among the selected methods "
                 f"({', '.join(methods)}) or datasets ({', '.join(datasets)}){hint}"
             )
-    # A dataset whose files are not here is fetched once, now, before any cell: each cell
-    # would otherwise try the download again and fail with the same long error.
-    # (Only datasets that say where their files are, valbench's image sets: ``locate``.)
-    for name in datasets:
-        if name.startswith(FILE_PREFIX) or not callable(getattr(get_dataset(name), "locate", None)):
-            continue
-        try:
-            get_dataset(name)(**dict(params.get(name, {}))).locate()
-        except DatasetError as exc:
-            raise UsageError(str(exc)) from None
     # A method whose parameters do not suit a dataset's model (a warm start on Adam, say).
     models = {ModelSpec.parse(spec.model_for(name), device=spec.device) for name in datasets}
     for name in methods:
@@ -877,8 +867,10 @@ def execute(
 
         check_backend(backend, address)  # a missing extra, a bad or dead address
     run_dir = Path(out) if out is not None else default_run_dir(spec)
-    if out is None and not run_dir.exists():
-        note = _new_run_note(spec, run_dir)
+    if not run_dir.exists():
+        if backend not in ("dask", "ray"):  # their workers read their own data directories
+            _fetch_missing_datasets(spec)
+        note = _new_run_note(spec, run_dir) if out is None else None
         if note:
             print(printable(note), file=sys.stderr)
     store = RunStore(run_dir)
@@ -893,6 +885,27 @@ def execute(
         store.unlock()
 
 
+def _fetch_missing_datasets(spec: RunSpec) -> None:
+    """Fetch, once and before a new run's directory exists, a built-in dataset whose files are
+    not here (the image sets say where theirs are: ``locate``), or refuse the run in one line:
+    each cell would otherwise try the download again and fail with the same long error.
+    (A resumed run's cells report a dataset gone missing themselves, as before.)"""
+    from valbench.registry import get_dataset
+
+    for name in spec.datasets:
+        if name.startswith(FILE_PREFIX):
+            continue
+        cls = get_dataset(name)
+        if not cls.__module__.startswith("valbench.") or not callable(getattr(cls, "locate", None)):
+            continue
+        try:
+            getattr(cls(**dict(spec.params.get(name, {}))), "locate")()  # noqa: B009
+        except DatasetError as exc:
+            raise UsageError(str(exc)) from None
+        except OSError as exc:  # a root= too long to be a path, or one that cannot be read
+            raise UsageError(f"dataset {name!r}: {exc}") from None
+
+
 def _new_run_note(spec: RunSpec, run_dir: Path) -> str | None:
     """Why the same command did not resume, when the default directory is new but the newest
     run of the preset beside it has another spec (an installed plugin joins ``--methods all``,
@@ -904,12 +917,14 @@ def _new_run_note(spec: RunSpec, run_dir: Path) -> str | None:
                 siblings.append(((path / MANIFEST_FILE).stat().st_mtime, path))
         except OSError:
             continue
-    if not siblings:
-        return None
-    newest = max(siblings)[1]
-    try:
-        before = read_manifest(newest).spec
-    except RunDirectoryError:
+    for _, newest in sorted(siblings, reverse=True):  # the newest readable run of the preset
+        try:
+            before = read_manifest(newest).spec
+        except RunDirectoryError:
+            continue
+        if before.get("preset") == spec.preset:
+            break
+    else:
         return None
     now = spec.to_dict()
     changes = [
@@ -917,6 +932,8 @@ def _new_run_note(spec: RunSpec, run_dir: Path) -> str | None:
         for k in sorted(set(before) | set(now))
         if k not in RunSpec.EXECUTION_ONLY
         for c in spec_changes(before.get(k), now.get(k), k)
+        # The order methods and datasets are named in does not make another run.
+        if not (k in ("methods", "datasets") and c.endswith(": the order"))
     ]
     why = "; ".join(changes[:4]) + ("; ..." if len(changes) > 4 else "")
     return (

@@ -655,8 +655,9 @@ def _mark_column(
     chosen from the same data, so testing only against it would not keep the chance of any
     false "worse" at α (6 equal methods over 5 seeds: 8.7 %, 20 methods: about 15 %), while a
     family of every pair does, whichever method comes out best. A method's ``p_value`` and
-    ``p_holm`` are those of its pair with the best; it is ``tied`` unless that test finds it
-    significantly worse: worse on the seeds both hold (the paired test's direction) and by
+    ``p_holm`` are those of its pair with the best (with several equal bests, the one it is
+    closest to: a method is worse only if worse than each); it is ``tied`` unless that test
+    finds it significantly worse: worse on the seeds both hold (the paired test's direction) and by
     its mean (a method with fewer seeds whose mean is better is never marked worse, nor one
     better than the best on their shared seeds); one without a test (too few seeds shared
     with the best) is ``untested``. Returns the column's minimum detectable difference
@@ -677,9 +678,9 @@ def _mark_column(
     best = [m for m in full if same_value(rows[m][col.key].mean, best_mean)]
     values = {m: seed_values(by_method[m], col.extract) for m in methods}
     family: dict[str, float] = {}  # one key per testable pair -> its raw p
-    # method -> (its pair's key, raw p, sd and mean of its paired differences from the best,
-    # shared seeds)
-    against_best: dict[str, tuple[str, float, float, float, int]] = {}
+    # method -> per best: (the pair's key, raw p, sd and mean of its paired differences from
+    # that best, shared seeds)
+    with_best: dict[str, list[tuple[str, float, float, float, int]]] = {}
     for i, first in enumerate(methods):
         for second in methods[i + 1 :]:
             seeds = sorted(set(values[first]) & set(values[second]))
@@ -694,11 +695,23 @@ def _mark_column(
                 (first, second, np.subtract(b, a)),
                 (second, first, np.subtract(a, b)),
             ):
-                if ref == best[0] and other not in best:
+                if ref in best and other not in best:
                     sd = float(np.std(diff, ddof=1))
-                    against_best[other] = (pair, p_value, sd, float(np.mean(diff)), len(seeds))
+                    entry = (pair, p_value, sd, float(np.mean(diff)), len(seeds))
+                    with_best.setdefault(other, []).append(entry)
     adjusted = holm(family)
     sign = 1.0 if col.higher_is_better else -1.0
+
+    def not_worse(entry: tuple[str, float, float, float, int]) -> bool:
+        return adjusted[entry[0]] >= ALPHA or sign * entry[3] >= 0
+
+    # With several equal bests a method is worse only if worse than each of them (never by
+    # which one sorts first): its pair with one it is not worse than counts, else the pair
+    # with the largest corrected p.
+    against_best = {
+        m: max(entries, key=lambda e: (not_worse(e), adjusted[e[0]]))
+        for m, entries in with_best.items()
+    }
     for method, rank in zip(methods, ranks, strict=True):
         p_holm = adjusted[against_best[method][0]] if method in against_best else None
         # Worse only when the seeds both hold say so (the test's direction) and so does its

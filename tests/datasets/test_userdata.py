@@ -366,7 +366,7 @@ def test_nullable_feature_columns_are_numbers_and_a_gap_names_its_column(tmp_pat
     np.testing.assert_array_equal(x[:, 2], frame["c"].to_numpy(dtype=float))
     frame.loc[5, "c"] = pd.NA
     frame.to_parquet(tmp_path / "gap.parquet")
-    gap = r"column c has 1 missing values \(first in row 5\)"
+    gap = r"column c has 1 missing values \(first in row 5, counting data rows from 0\)"
     with pytest.raises(DatasetError, match=gap) as err:
         FileDataset(path=str(tmp_path / "gap.parquet")).read(carved=False)
     _one_line(str(err.value))
@@ -453,7 +453,10 @@ def test_a_gap_in_a_feature_column_names_the_column(tmp_path: Path) -> None:
     frame = pd.DataFrame({"a": rng.normal(size=60), "e": np.nan, "label": np.arange(60) % 2})
     frame.loc[:9, "e"] = 1.0  # gaps from row 10 on
     frame.to_csv(tmp_path / "gaps.csv", index=False)
-    with pytest.raises(DatasetError, match=r"column e has 50 missing values \(first in row 10\)"):
+    with pytest.raises(
+        DatasetError,
+        match=r"column e has 50 missing values \(first in row 10, counting data rows from 0\)",
+    ):
         FileDataset(path=str(tmp_path / "gaps.csv")).load(seed=0)
 
 
@@ -463,7 +466,10 @@ def test_a_whitespace_line_is_skipped_as_pandas_skips_it_not_called_a_short_row(
     good = [f"{i % 7},{i % 5},{i % 2}" for i in range(60)]
     path = tmp_path / "gap.csv"
     path.write_text("\n".join(["a,b,label", *good[:10], "   ", ",4,1", *good[10:]]) + "\n")
-    with pytest.raises(DatasetError, match=r"column a has 1 missing values \(first in row 10\)"):
+    with pytest.raises(
+        DatasetError,
+        match=r"column a has 1 missing values \(first in row 10, counting data rows from 0\)",
+    ):
         FileDataset(path=str(path)).load(seed=0)
     # an empty label and one spelled 'NA': both counted, the spelling named
     rows = [f"{i % 7},{'' if i == 3 else 'NA' if i % 2 else 'EU'}" for i in range(60)]

@@ -290,6 +290,11 @@ def test_a_dataset_that_is_not_here_is_refused_before_any_run_directory(
         and "--param mnist.root=DIR" in message
     )
     assert not out.exists()
+    # a root no path can be (the OS refuses the name) is one line too, not a traceback
+    argv += ["--param", f"mnist.root={tmp_path / ('x' * 300)}"]
+    code, message = _cli([*argv, "--backend", "serial", "--no-progress", "--out", str(out)])
+    assert code == 2 and message.count("\n") == 1, message
+    assert message.startswith("valbench: error: dataset 'mnist': ") and not out.exists()
 
 
 def _small_csv(path: Path, shift: float) -> None:

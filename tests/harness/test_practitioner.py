@@ -446,7 +446,10 @@ def test_value_reads_nullable_and_true_false_columns_and_names_a_gap() -> None:
     frame["flag"] = pd.Series(x[:, 0] > 0, dtype="boolean")
     assert np.isfinite(valbench.value(frame, y).values).all()
     frame.loc[4, "b"] = pd.NA
-    with pytest.raises(UsageError, match=r"^column b has 1 missing values \(first in row 4\)"):
+    with pytest.raises(
+        UsageError,
+        match=r"^column b has 1 missing values \(first in row 4, counting data rows from 0\)",
+    ):
         valbench.value(frame, y)
     frame["b"] = frame["b"].astype(object).fillna("?")
     with pytest.raises(UsageError, match=r"^x's columns must be numeric; not numeric: b "):

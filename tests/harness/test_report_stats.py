@@ -212,6 +212,26 @@ def test_worse_means_worse_on_the_seeds_both_hold() -> None:
     assert not row["below"].tied
 
 
+def test_with_equal_bests_the_mark_does_not_depend_on_their_names() -> None:
+    """Two methods tie for the best mean; a third is far below one of them on every seed and
+    level with the other. It was tested against the alphabetically first only, so renaming
+    the two flipped its mark; worse now means worse than each."""
+    up, down = [0.5, 0.6, 0.7, 0.8, 0.9], [0.9, 0.8, 0.7, 0.6, 0.5]
+    third = [u - 0.05 + d for u, d in zip(up, [0.002, -0.001, 0.0, 0.001, -0.002], strict=True)]
+    marks = []
+    for first, second in (("a-up", "b-down"), ("a-down", "b-up")):
+        series = {first: up if first.endswith("up") else down}
+        series[second] = up if second.endswith("up") else down
+        series["c"] = third
+        records = [_line(m, s, v[s]) for m, v in series.items() for s in range(5)]
+        (group,) = summarise(records)
+        row = group.rows["c"]["subset_value@0.1"]
+        assert group.rows[first]["subset_value@0.1"].best
+        assert group.rows[second]["subset_value@0.1"].best
+        marks.append((row.tied, row.p_holm))
+    assert marks[0] == marks[1] and marks[0][0]  # tied both ways: level with "down"
+
+
 def test_a_gain_over_fewer_fractions_is_not_compared() -> None:
     """The gain is a mean over fractions: a cell missing one fraction's value gave a mean over
     the others, ranked against means over every fraction."""

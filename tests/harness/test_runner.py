@@ -545,6 +545,9 @@ def test_a_new_default_run_beside_another_of_its_preset_says_why_it_did_not_resu
     err = capsys.readouterr().err
     assert f"note: a new run in {summary.run_dir}: {before} holds a run of this preset" in err
     assert "another spec (methods: + loo), so none of its cells is reused here" in err
+    execute(small_spec(methods=("loo", "random"), seeds=2), show_progress=False)
+    err = capsys.readouterr().err  # the naming order makes no other run: not said
+    assert "another spec (seeds: 1 -> 2), so" in err and "order" not in err
 
 
 def test_scores_are_finite_and_cover_every_point(tmp_path: Path) -> None:
