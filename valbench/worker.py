@@ -938,7 +938,12 @@ def captured_stdout(out: PrintedOutput) -> Iterator[PrintedOutput]:
     except (OSError, ValueError):  # no usable stdout (closed, or not a file): nothing to take
         yield out
         return
-    read_end, write_end = os.pipe()
+    try:
+        read_end, write_end = os.pipe()
+    except OSError:  # out of descriptors: the cell prints where it would have
+        os.close(saved)
+        yield out
+        return
 
     def drain() -> None:
         try:
@@ -949,6 +954,8 @@ def captured_stdout(out: PrintedOutput) -> Iterator[PrintedOutput]:
 
     reader = threading.Thread(target=drain, name="valbench-cell-stdout", daemon=True)
     reader.start()
+    # From here to the try, a signal could leave descriptor 1 on the pipe: held till then.
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, _DEFERRED)
     os.dup2(write_end, 1)
     # Python's own stdout may not write to descriptor 1 (a test harness replaces it), so the
     # cell gets one that does; line-buffered as on a terminal, so its lines keep their order
@@ -958,6 +965,7 @@ def captured_stdout(out: PrintedOutput) -> Iterator[PrintedOutput]:
     )
     sys.stdout = cell_stdout
     try:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
         yield out
     finally:
         held = signal.pthread_sigmask(signal.SIG_BLOCK, _DEFERRED)
