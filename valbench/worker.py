@@ -1054,7 +1054,9 @@ def _run_cell(cell: Cell, spec: RunSpec, progress: ProgressFn) -> CellOutcome:
         if cls.max_train is not None and task.n_train > cls.max_train:
             message = (
                 f"{cell.method} handles at most {cls.max_train} training points and this slice "
-                f"of {cell.dataset} has {task.n_train}; run it with --max-train {cls.max_train}"
+                f"of {cell.dataset} has {task.n_train}, so it declines this cell (the others "
+                f"run); to value such a slice, run it on its own with --max-train "
+                f"{cls.max_train}"
             )
             return CellOutcome(failure_record(cell, spec, "skipped", "TooLarge", message))
         counter: FitCounter = task.fit_counter

@@ -550,6 +550,20 @@ def test_a_new_default_run_beside_another_of_its_preset_says_why_it_did_not_resu
     assert "another spec (seeds: 1 -> 2), so" in err and "order" not in err
 
 
+def test_a_method_declining_a_slice_too_large_says_the_run_goes_on(tmp_path: Path) -> None:
+    """exact-shapley takes at most 14 points: its cell is skipped, the others run, and the
+    advice is to run it on its own (not to cap every dataset of the run at 14)."""
+    summary = execute(small_spec(methods=("exact-shapley", "random")), out=tmp_path)
+    assert summary.ok == 1 and summary.skipped == ["synthetic.exact-shapley.noise0.2.seed0"]
+    (record,) = [r for r in read_results(tmp_path) if r.method == "exact-shapley"]
+    assert record.status == "skipped" and record.error is not None
+    assert record.error.message == (
+        "exact-shapley handles at most 14 training points and this slice of synthetic has 40, "
+        "so it declines this cell (the others run); to value such a slice, run it on its own "
+        "with --max-train 14"
+    )
+
+
 def test_scores_are_finite_and_cover_every_point(tmp_path: Path) -> None:
     execute(small_spec(), out=tmp_path, show_progress=False)
     for rec in read_results(tmp_path):
