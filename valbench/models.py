@@ -753,8 +753,7 @@ class BatchedClassifier:
                 fitted = self._mark_absent(fitted, absent)
             else:
                 fitted = self._fit_logreg(x, params, weights, decay, steps)
-            if self.charges_fits:
-                charge_fits(self.fit_counter, batch)
+            charge_fits(self, batch)
             return fitted
         tensors = {k: _to_class_major(v.to(self.dtype)) for k, v in params.tensors.items()}
         grad_fn = self._mlp_grads
@@ -768,8 +767,7 @@ class BatchedClassifier:
                 found = grad_fn(tensors, xt, xt_t, onehot_t, weights, decay)
                 grads = [found[k] for k in names]
                 foreach_adam_step(values, grads, state_m, state_v, step, lr)
-        if self.charges_fits:
-            charge_fits(self.fit_counter, batch)
+        charge_fits(self, batch)
         return Params(self.spec.kind, {k: _from_class_major(v) for k, v in tensors.items()})
 
     def _count_capped(self, gmax: torch.Tensor, failures: torch.Tensor, tol: float) -> None:

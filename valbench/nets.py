@@ -998,8 +998,7 @@ class DeepClassifier:
                 seed=self.seed,
             )
             parts.append(DeepParams(self.spec.kind, p, b))
-        if self.charges_fits:
-            charge_fits(self.fit_counter, batch)
+        charge_fits(self, batch)
         return DeepParams.concat(parts) if parts else start
 
     def fit_subset(

@@ -123,13 +123,10 @@ def gain_over_random(record: CellRecord) -> float | None:
     """Mean over fractions of (subset value − random subset value), in percentage points;
     None unless both are finite at every fraction the cell has (a mean over fewer fractions
     would not compare with the other methods')."""
-    metrics = record.metrics
-    chosen = metrics.fraction_values("subset_value")
-    rnd = metrics.fraction_values("random_subset_value")
-    every = set(metrics.fraction_values("subset_value", finite_only=False)) | set(
-        metrics.fraction_values("random_subset_value", finite_only=False)
-    )
-    if not every or set(chosen) != every or set(rnd) != every:
+    chosen = record.metrics.fraction_values("subset_value", finite_only=False)
+    rnd = record.metrics.fraction_values("random_subset_value", finite_only=False)
+    values = [*chosen.values(), *rnd.values()]
+    if not chosen or chosen.keys() != rnd.keys() or any(finite(v) is None for v in values):
         return None
     return sum(100.0 * (chosen[f] - rnd[f]) for f in chosen) / len(chosen)  # the cell's order
 
@@ -697,8 +694,9 @@ def _mark_column(
             ):
                 if ref in best and other not in best:
                     sd = float(np.std(diff, ddof=1))
-                    entry = (pair, p_value, sd, float(np.mean(diff)), len(seeds))
-                    with_best.setdefault(other, []).append(entry)
+                    with_best.setdefault(other, []).append(
+                        (pair, p_value, sd, float(np.mean(diff)), len(seeds))
+                    )
     adjusted = holm(family)
     sign = 1.0 if col.higher_is_better else -1.0
 
@@ -713,21 +711,19 @@ def _mark_column(
         for m, entries in with_best.items()
     }
     for method, rank in zip(methods, ranks, strict=True):
-        p_holm = adjusted[against_best[method][0]] if method in against_best else None
+        pair_with_best = against_best.get(method)
         # Worse only when the seeds both hold say so (the test's direction) and so does its
         # mean: over fewer seeds (one left out as partial, say) the two can disagree.
-        better = sign * (rows[method][col.key].mean - best_mean) > 0 or (
-            method in against_best and sign * against_best[method][3] >= 0
-        )
+        mean_better = sign * (rows[method][col.key].mean - best_mean) > 0
         rows[method][col.key] = replace(
             rows[method][col.key],
             best=method in best,
             rank=float(rank),
-            p_value=against_best[method][1] if method in against_best else None,
-            p_holm=p_holm,
-            tied=p_holm is not None and (p_holm >= ALPHA or better),
+            p_value=None if pair_with_best is None else pair_with_best[1],
+            p_holm=None if pair_with_best is None else adjusted[pair_with_best[0]],
+            tied=pair_with_best is not None and (not_worse(pair_with_best) or mean_better),
             # (A run with fewer seeds than a test needs says so once, not in every cell.)
-            untested=method not in best and p_holm is None and most >= MIN_TEST_PAIRS,
+            untested=method not in best and pair_with_best is None and most >= MIN_TEST_PAIRS,
         )
     # A constant difference (sd 0) is judged by the sign-flip rule, not the t-test whose
     # power this quotes: its zero would only shrink the root mean square.

@@ -200,11 +200,15 @@ class FitCounter:
             _CHARGED.reset(token)
 
 
-def charge_fits(counter: FitCounter | None, n: int) -> None:
-    """Record ``n`` fits of a model that carries ``counter``: on the charging block open in
-    this thread, or else on the process's only open block (a thread the method started; with
-    several cells in threads of one process such fits are charged to no cell), and on
-    ``counter`` when it is another. Outside any block only on ``counter``."""
+def charge_fits(model: BatchedModel[Any], n: int) -> None:
+    """Record ``n`` fits of ``model`` (none when its ``charges_fits`` is False): on the
+    charging block open in this thread, or else on the process's only open block (a thread
+    the method started; with several cells in threads of one process such fits are charged to
+    no cell), and on the model's own ``fit_counter`` when it is another. Outside any block
+    only on that counter."""
+    if not model.charges_fits:
+        return
+    counter = model.fit_counter
     block = _CHARGED.get()
     if block is None:
         with _OPEN_LOCK:

@@ -896,15 +896,11 @@ class PrintedOutput:
             while self._held - len(self._chunks[0]) >= PRINTED_TAIL:
                 self._held -= len(self._chunks.popleft())
 
-    def tail(self) -> bytes:
-        with self._lock:
-            return b"".join(self._chunks)[-PRINTED_TAIL:]
-
     def attach(self, outcome: CellOutcome) -> CellOutcome:
         """``outcome`` with what was printed so far."""
         with self._lock:
-            size = self.size
-        return replace(outcome, printed=self.tail(), printed_bytes=size)
+            tail, size = b"".join(self._chunks)[-PRINTED_TAIL:], self.size
+        return replace(outcome, printed=tail, printed_bytes=size)
 
 
 #: Seconds a cell's end waits for the last of its output (a child it left running may hold the
