@@ -3,9 +3,10 @@
 ``python tests/benchmarks/device_checks.py throughput --device cuda`` times the ResNet-18
 subset evaluation (train a network from scratch on each subset, then score it on a held-out
 set: what ``--scratch-model resnet18`` and the deep utility do) on CIFAR-10-sized inputs and
-prints one JSON line per setting. ``compare RUN_A RUN_B`` reads two runs of one config
-(made with ``--device cpu`` and ``--device cuda``) and prints, per method, how far the scores
-and the metrics moved between the devices.
+prints one JSON line per setting. ``fractions`` times copies of mixed sizes (the paper
+protocol's readings at 5 to 50 %) trained in one call against one call each. ``compare RUN_A
+RUN_B`` reads two runs of one config (made with ``--device cpu`` and ``--device cuda``) and
+prints, per method, how far the scores and the metrics moved between the devices.
 """
 
 from __future__ import annotations
@@ -33,28 +34,30 @@ def _sync(device: str) -> None:
 def subset_evaluation_throughput(
     device: str,
     *,
-    copies: int,
-    subset: int,
+    sizes: list[int],
+    together: bool = True,
     epochs: int = 1,
     held_out: int = 1000,
     arithmetic: str = "strict",
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Train ``copies`` ResNet-18s (width 64) on random ``subset``-image subsets of 3x32x32
-    images for ``epochs`` epochs, then score each on ``held_out`` images; the images trained
-    per second of wall time, scoring included.
+    """Train one ResNet-18 (width 64) per entry of ``sizes`` on a random subset of that many
+    3x32x32 images for ``epochs`` epochs, then score each on ``held_out`` images; the images
+    trained per second of wall time, scoring included.
 
-    ``arithmetic`` on a GPU: ``strict`` is valbench's (IEEE float32, deterministic cuDNN);
-    ``float32`` IEEE float32 with cuDNN free to choose nondeterministic algorithms; ``tf32``
-    convolutions and products in TF32 (torch's default for convolutions), nondeterministic.
+    ``together`` trains the copies in one call (stacked on a GPU, each leaving the pass once
+    its epoch is over); otherwise one call per copy. ``arithmetic`` on a GPU: ``strict`` is
+    valbench's (IEEE float32, deterministic cuDNN); ``float32`` IEEE float32 with cuDNN free
+    to choose nondeterministic algorithms; ``tf32`` convolutions and products in TF32 (torch's
+    default for convolutions), nondeterministic.
     """
     rng = np.random.default_rng(seed)
-    n = 2 * subset
+    n = 2 * max(sizes)
     x = rng.random((n + held_out, 3072), dtype=np.float32)
     y = rng.integers(0, 10, n + held_out)
-    masks = np.zeros((copies, n), dtype=bool)
-    for row in masks:
-        row[rng.choice(n, subset, replace=False)] = True
+    masks = np.zeros((len(sizes), n), dtype=bool)
+    for row, size in zip(masks, sizes, strict=True):
+        row[rng.choice(n, size, replace=False)] = True
     clf = ModelSpec.parse("resnet18", epochs=epochs, device=device).build(3072, 10, seed)
     if device == "cuda" and arithmetic != "strict":  # building chose valbench's; undo it
         tf32 = arithmetic == "tf32"
@@ -65,15 +68,16 @@ def subset_evaluation_throughput(
     clf.accuracy(warm, x[n : n + 64], y[n : n + 64])
     _sync(device)
     t0 = time.perf_counter()
-    params = clf.fit(x[:n], y[:n], masks)
-    acc = clf.accuracy(params, x[n:], y[n:])
+    groups = [masks] if together else [masks[i : i + 1] for i in range(len(sizes))]
+    acc = [clf.accuracy(clf.fit(x[:n], y[:n], group), x[n:], y[n:]) for group in groups]
     _sync(device)
     seconds = time.perf_counter() - t0
     return {
         "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
         "threads": torch.get_num_threads(),
-        "copies": copies,
-        "subset": subset,
+        "copies": len(sizes),
+        "sizes": sizes,
+        "together": together,
         "epochs": epochs,
         "arithmetic": arithmetic if device == "cuda" else None,
         "flags": {
@@ -83,8 +87,8 @@ def subset_evaluation_throughput(
             "cudnn.benchmark": torch.backends.cudnn.benchmark,
         },
         "seconds": round(seconds, 3),
-        "images_per_s": round(copies * subset * epochs / seconds, 1),
-        "accuracy_finite": bool(np.isfinite(acc).all()),
+        "images_per_s": round(sum(sizes) * epochs / seconds, 1),
+        "accuracy_finite": all(bool(np.isfinite(a).all()) for a in acc),
     }
 
 
@@ -147,6 +151,10 @@ def main(argv: list[str]) -> int:
     t.add_argument("--subset", type=int, default=2000)
     t.add_argument("--epochs", type=int, default=1)
     t.add_argument("--arithmetic", nargs="+", default=["strict"], choices=ARITHMETIC)
+    f = sub.add_parser("fractions", help="copies of mixed sizes: together vs one by one")
+    f.add_argument("--device", default="cuda")
+    f.add_argument("--n", type=int, default=4000)
+    f.add_argument("--fractions", type=float, nargs="+", default=[0.05, 0.1, 0.2, 0.3, 0.5])
     c = sub.add_parser("compare")
     c.add_argument("cpu_run")
     c.add_argument("gpu_run")
@@ -156,12 +164,18 @@ def main(argv: list[str]) -> int:
             for copies in args.copies:
                 out = subset_evaluation_throughput(
                     args.device,
-                    copies=copies,
-                    subset=args.subset,
+                    sizes=[args.subset] * copies,
                     epochs=args.epochs,
                     arithmetic=arithmetic,
                 )
                 print(json.dumps(out), flush=True)
+        return 0
+    if args.what == "fractions":
+        # The paper protocol's from-scratch readings: one copy per fraction of the training set.
+        sizes = [max(1, round(f * args.n)) for f in args.fractions]
+        for together in (True, False):
+            out = subset_evaluation_throughput(args.device, sizes=sizes, together=together)
+            print(json.dumps(out), flush=True)
         return 0
     for row in compare_runs(args.cpu_run, args.gpu_run):
         print(json.dumps(row, default=str), flush=True)

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The GPU checks of the deep models in one call: the CUDA tests, the 16-copies speed-up, the
-# ResNet-18 subset-evaluation throughput, and one all-methods CNN run on each device compared
-# method by method. Run from the repository root on a machine with a CUDA GPU whose python3
-# already holds torch; the other dependencies come as wheels in .whl/ when given (nothing is
-# downloaded; installed only where valbench is not). Logs land in $OUT (default /tmp/device-checks), the two runs in $RUNS; each step has
-# its own time limit so one slow or failing step leaves the others' numbers. DEVICE=cpu QUICK=1 rehearses
-# the flow on a CPU at small sizes.
+# ResNet-18 subset-evaluation throughput (equal copies, and mixed sizes together vs alone), and
+# one all-methods CNN run on each device compared method by method. Run from the repository
+# root on a machine with a CUDA GPU whose python3 already holds torch; the other dependencies
+# come as wheels in .whl/ when given (nothing is downloaded; installed only where valbench is
+# not). Logs land in $OUT (default /tmp/device-checks), the two runs in $RUNS; each step has its
+# own time limit so one slow or failing step leaves the others' numbers. DEVICE=cpu QUICK=1
+# rehearses the flow on a CPU at small sizes.
 set -u
 OUT=${OUT:-/tmp/device-checks}
 DEVICE=${DEVICE:-cuda}
@@ -34,9 +35,9 @@ step() {  # step NAME LIMIT_S COMMAND...: its log in $OUT/NAME.log, its tail and
 }
 
 if [ "$QUICK" = 1 ]; then
-    SUBSET=64; COPIES="1 2"; TRAIN=60; FITS=4; JOBS=2
+    SUBSET=64; COPIES="1 2"; TRAIN=60; FITS=4; JOBS=2; FRACTION_N=200
 else
-    SUBSET=2000; COPIES="1 8"; TRAIN=150; FITS=24; JOBS=8
+    SUBSET=2000; COPIES="1 8"; TRAIN=150; FITS=24; JOBS=8; FRACTION_N=4000
 fi
 
 RUNS=${RUNS:-/tmp/device-runs}
@@ -44,6 +45,8 @@ step gpu_tests 150 $PY -m pytest -p no:cacheprovider -q -s -rs \
     tests/harness/test_devices.py tests/harness/test_nets.py
 step throughput 150 $PY tests/benchmarks/device_checks.py throughput --device "$DEVICE" \
     --copies $COPIES --subset $SUBSET --arithmetic strict float32 tf32
+step fractions 90 $PY tests/benchmarks/device_checks.py fractions --device "$DEVICE" \
+    --n "$FRACTION_N"
 step copies16 90 $PY -m pytest -p no:cacheprovider -q -s -m slow \
     tests/benchmarks/test_deep_benchmark.py -k sixteen
 RUN=(-m valbench run --methods all --datasets mnist-5k --model cnn --max-train "$TRAIN"
