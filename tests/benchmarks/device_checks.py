@@ -36,14 +36,16 @@ def subset_evaluation_throughput(
     *,
     sizes: list[int],
     together: bool = True,
+    model: str = "resnet18",
     epochs: int = 1,
     held_out: int = 1000,
     arithmetic: str = "strict",
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Train one ResNet-18 (width 64) per entry of ``sizes`` on a random subset of that many
-    3x32x32 images for ``epochs`` epochs, then score each on ``held_out`` images; the images
-    trained per second of wall time, scoring included.
+    """Train one ``model`` (``resnet18``, width 64, on 3x32x32 images, or ``cnn`` on 28x28)
+    per entry of ``sizes`` on a random subset of that many images for ``epochs`` epochs, then
+    score each on ``held_out`` images; the images trained per second of wall time, scoring
+    included.
 
     ``together`` trains the copies in one call (stacked on a GPU, each leaving the pass once
     its epoch is over); otherwise one call per copy. ``arithmetic`` on a GPU: ``strict`` is
@@ -53,12 +55,12 @@ def subset_evaluation_throughput(
     """
     rng = np.random.default_rng(seed)
     n = 2 * max(sizes)
-    x = rng.random((n + held_out, 3072), dtype=np.float32)
+    x = rng.random((n + held_out, 3072 if model == "resnet18" else 784), dtype=np.float32)
     y = rng.integers(0, 10, n + held_out)
     masks = np.zeros((len(sizes), n), dtype=bool)
     for row, size in zip(masks, sizes, strict=True):
         row[rng.choice(n, size, replace=False)] = True
-    clf = ModelSpec.parse("resnet18", epochs=epochs, device=device).build(3072, 10, seed)
+    clf = ModelSpec.parse(model, epochs=epochs, device=device).build(x.shape[1], 10, seed)
     if device == "cuda" and arithmetic != "strict":  # building chose valbench's; undo it
         tf32 = arithmetic == "tf32"
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
@@ -75,6 +77,7 @@ def subset_evaluation_throughput(
     return {
         "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
         "threads": torch.get_num_threads(),
+        "model": model,
         "copies": len(sizes),
         "sizes": sizes,
         "together": together,
@@ -151,10 +154,13 @@ def main(argv: list[str]) -> int:
     t.add_argument("--subset", type=int, default=2000)
     t.add_argument("--epochs", type=int, default=1)
     t.add_argument("--arithmetic", nargs="+", default=["strict"], choices=ARITHMETIC)
+    t.add_argument("--alone", action="store_true", help="also time the copies one call each")
     f = sub.add_parser("fractions", help="copies of mixed sizes: together vs one by one")
     f.add_argument("--device", default="cuda")
     f.add_argument("--n", type=int, default=4000)
     f.add_argument("--fractions", type=float, nargs="+", default=[0.05, 0.1, 0.2, 0.3, 0.5])
+    f.add_argument("--models", nargs="+", default=["resnet18"], choices=["resnet18", "cnn"])
+    f.add_argument("--repeats", type=int, default=1)
     c = sub.add_parser("compare")
     c.add_argument("cpu_run")
     c.add_argument("gpu_run")
@@ -162,20 +168,26 @@ def main(argv: list[str]) -> int:
     if args.what == "throughput":
         for arithmetic in args.arithmetic:
             for copies in args.copies:
-                out = subset_evaluation_throughput(
-                    args.device,
-                    sizes=[args.subset] * copies,
-                    epochs=args.epochs,
-                    arithmetic=arithmetic,
-                )
-                print(json.dumps(out), flush=True)
+                for together in (True, False) if args.alone and copies > 1 else (True,):
+                    out = subset_evaluation_throughput(
+                        args.device,
+                        sizes=[args.subset] * copies,
+                        together=together,
+                        epochs=args.epochs,
+                        arithmetic=arithmetic,
+                    )
+                    print(json.dumps(out), flush=True)
         return 0
     if args.what == "fractions":
         # The paper protocol's from-scratch readings: one copy per fraction of the training set.
         sizes = [max(1, round(f * args.n)) for f in args.fractions]
-        for together in (True, False):
-            out = subset_evaluation_throughput(args.device, sizes=sizes, together=together)
-            print(json.dumps(out), flush=True)
+        for model in args.models:
+            for _ in range(args.repeats):
+                for together in (True, False):
+                    out = subset_evaluation_throughput(
+                        args.device, sizes=sizes, together=together, model=model
+                    )
+                    print(json.dumps(out), flush=True)
         return 0
     for row in compare_runs(args.cpu_run, args.gpu_run):
         print(json.dumps(row, default=str), flush=True)

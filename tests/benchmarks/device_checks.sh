@@ -6,7 +6,7 @@
 # come as wheels in .whl/ when given (nothing is downloaded; installed only where valbench is
 # not). Logs land in $OUT (default /tmp/device-checks), the two runs in $RUNS; each step has its
 # own time limit so one slow or failing step leaves the others' numbers. DEVICE=cpu QUICK=1
-# rehearses the flow on a CPU at small sizes.
+# rehearses the flow on a CPU at small sizes; STEPS="gpu_tests fractions" runs only those steps.
 set -u
 OUT=${OUT:-/tmp/device-checks}
 DEVICE=${DEVICE:-cuda}
@@ -25,9 +25,11 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,dri
     --format=csv,noheader
 $PY -c "import torch, numpy; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'numpy', numpy.__version__)"
 
+STEPS=${STEPS:-gpu_tests throughput fractions copies16 run_cuda run_cpu compare}
 step() {  # step NAME LIMIT_S COMMAND...: its log in $OUT/NAME.log, its tail and rc here
     local name=$1 limit=$2 t0=$SECONDS rc
     shift 2
+    [[ " $STEPS " == *" $name "* ]] || return 0
     timeout --kill-after=10 "$limit" "$@" >"$OUT/$name.log" 2>&1
     rc=$?
     echo "== $name: rc=$rc in $((SECONDS - t0)) s (limit $limit s)"
@@ -44,9 +46,9 @@ RUNS=${RUNS:-/tmp/device-runs}
 step gpu_tests 150 $PY -m pytest -p no:cacheprovider -q -s -rs \
     tests/harness/test_devices.py tests/harness/test_nets.py
 step throughput 150 $PY tests/benchmarks/device_checks.py throughput --device "$DEVICE" \
-    --copies $COPIES --subset $SUBSET --arithmetic strict float32 tf32
-step fractions 90 $PY tests/benchmarks/device_checks.py fractions --device "$DEVICE" \
-    --n "$FRACTION_N"
+    --copies $COPIES --subset $SUBSET --arithmetic strict float32 tf32 --alone
+step fractions 120 $PY tests/benchmarks/device_checks.py fractions --device "$DEVICE" \
+    --n "$FRACTION_N" --models resnet18 cnn --repeats 2
 step copies16 90 $PY -m pytest -p no:cacheprovider -q -s -m slow \
     tests/benchmarks/test_deep_benchmark.py -k sixteen
 RUN=(-m valbench run --methods all --datasets mnist-5k --model cnn --max-train "$TRAIN"

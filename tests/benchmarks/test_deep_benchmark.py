@@ -83,8 +83,11 @@ def test_sixteen_copies_together_vs_one_by_one() -> None:
     w = torch.from_numpy(masks).to(device)
     recipe = Recipe("adam", 1e-3, "constant", 0.0, 0.0, 64, 2)
 
-    def stack(copies: int) -> dict[str, torch.Tensor]:
-        return {k: v[None].expand(copies, *v.shape).clone().to(device) for k, v in params.items()}
+    def stack(copies: int, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+        return {
+            k: v[None].expand(copies, *v.shape).to(device, dtype, copy=True)
+            for k, v in params.items()
+        }
 
     def clock() -> float:
         if device.type == "cuda":
@@ -105,13 +108,24 @@ def test_sixteen_copies_together_vs_one_by_one() -> None:
         f"{t1 - t0:.2f} s, one by one {t2 - t1:.2f} s, speed-up {ratio:.2f}x; "
         f"peak RSS {peak_gb:.2f} GB"
     )
-    # The last copy alone equals its slice of the batch up to float reordering. On a GPU the
-    # stacked (grouped) convolutions sum in another order than a lone copy's, and Adam's
-    # first steps move a weight by about lr whatever its gradient's size, so a gradient near
-    # zero whose sign flips moves it by a step: 1.2e-3 measured on an H200, as a 1e-7
-    # relative nudge of the initial weights gives on a CPU (7e-4).
-    atol = 5e-3 if device.type == "cuda" else 1e-4
+    # The last copy alone equals its slice of the batch up to float reordering, which two
+    # epochs of Adam amplify: its first steps move a weight by about lr whatever the gradient's
+    # size, so a near-zero gradient whose sign flips moves it by a step. In float32 that gap
+    # measured 1.2e-3 and 8.4e-3 on an H200 (stacked grouped convolutions sum in another order
+    # there), as a 1e-7 relative nudge of the initial weights gives on a CPU (7e-4); so the
+    # equality is asserted where rounding cannot reach it, in float64, and the float32 gap only
+    # printed.
+    gap32 = max(float((together[k][15] - alone[k][0]).abs().max()) for k in params)
+    x64, w64 = x.double(), w.double()
+    together64, _ = train_copies(
+        arch, stack(16, torch.float64), {}, x64, y, w64, recipe=recipe, seed=0, stack=True
+    )
+    alone64, _ = train_copies(
+        arch, stack(1, torch.float64), {}, x64, y, w64[15:], recipe=recipe, seed=0
+    )
+    gap64 = max(float((together64[k][15] - alone64[k][0]).abs().max()) for k in params)
+    print(f"last copy together vs alone: float32 {gap32:.1e}, float64 {gap64:.1e}")
     for k in params:
-        torch.testing.assert_close(together[k][15], alone[k][0], atol=atol, rtol=0)
+        torch.testing.assert_close(together64[k][15], alone64[k][0], atol=1e-9, rtol=0)
     assert ratio >= (MIN_SPEEDUP_GPU if device.type == "cuda" else MIN_SPEEDUP_CPU)
     assert peak_gb < 4.0

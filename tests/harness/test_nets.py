@@ -575,6 +575,7 @@ def test_memory_cap_with_deep_models_on_a_gpu_is_refused(monkeypatch) -> None:
     from valbench.spec import RunSpec
 
     capped = RunSpec(methods=("loo",), datasets=("mnist-5k",), model="cnn", max_memory_mb=4000)
+    monkeypatch.setattr(nets, "resolve_device", lambda device: torch.device("cpu"))
     assert resolve_names(capped).max_memory_mb == 4000  # no GPU: the CPU, capped as asked
     monkeypatch.setattr(nets, "resolve_device", lambda device: torch.device("cuda"))
     with pytest.raises(UsageError, match="drop --max-memory to train on the GPU"):
