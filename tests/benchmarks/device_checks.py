@@ -61,6 +61,8 @@ def subset_evaluation_throughput(
     for row, size in zip(masks, sizes, strict=True):
         row[rng.choice(n, size, replace=False)] = True
     clf = ModelSpec.parse(model, epochs=epochs, device=device).build(x.shape[1], 10, seed)
+    if together:  # every copy in one pass, whatever the architecture's own cap per pass
+        clf.arch.max_copies = len(sizes)
     if device == "cuda" and arithmetic != "strict":  # building chose valbench's; undo it
         tf32 = arithmetic == "tf32"
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32

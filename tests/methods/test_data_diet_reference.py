@@ -229,17 +229,19 @@ def test_resnet_scores_with_batch_norm_on_its_running_statistics(
 ) -> None:
     task = _image_task(tiny_resnet, n=16)
     got = cls(runs=2, epochs=1).value(task, RunContext.for_task(task, seed=1))
-    (runs,) = captured
-    params, buffers = runs.run(0)
+    # ResNet-18 trains one copy per pass (its max_copies), so the two runs come as two groups.
+    assert [runs.runs for runs in captured] == [1, 1]
+    params, buffers = captured[0].run(0)
     assert not torch.equal(buffers["bn1.mean"], torch.zeros_like(buffers["bn1.mean"]))
     assert "bn1.weight" in params and "layer1.0.bn2.bias" in params  # batch norm is trained
     x, y, score = _images(task), task.y_train, _score_type(cls)
-    expected = _port(_deep_fn(runs.clf.arch), _deep_runs(runs), x, y, score, 8)
+    arch, trained = captured[0].clf.arch, [run for runs in captured for run in _deep_runs(runs)]
+    expected = _port(_deep_fn(arch), trained, x, y, score, 8)
     np.testing.assert_allclose(got.scores, expected, rtol=RTOL)
     # Scoring with batch norm on each batch's own statistics (the original's training-mode
     # ``apply_fn_train``) gives other numbers: measured, GraNd up to 19 times as large,
     # EL2N up to 26% off.
-    batch_stats = _port(_deep_fn(runs.clf.arch, train=True), _deep_runs(runs), x, y, score, 8)
+    batch_stats = _port(_deep_fn(arch, train=True), trained, x, y, score, 8)
     assert np.max(np.abs(batch_stats / got.scores - 1)) > 0.1
 
 
