@@ -9,13 +9,14 @@ one each run's report shows:
 - for every (dataset, noise, method) in both runs and every leaderboard column both have, the
   per-seed values of the seeds both runs hold are paired; the difference is the mean of
   ``B - A`` over those seeds, and the test is :data:`~valbench.summary.TEST_NAME`
-  (:func:`~valbench.summary.paired_p_value`);
+  (:func:`~valbench.summary.paired_p_value`), on the logarithm of CPU seconds (a ratio) as
+  the report tests them;
 - p-values are Holm-corrected (:func:`~valbench.summary.holm`) over every test of one family:
   the quality metrics (subset value, gain, detection, removal) form one family and the costs
   another, so a slower machine never hides or fakes a change of quality;
 - a change is ``better`` or ``worse`` when the corrected p is below :data:`ALPHA` and the mean
-  difference points that way; ``same`` otherwise; ``untested`` with fewer than
-  :data:`~valbench.summary.MIN_TEST_PAIRS` (3) shared seeds.
+  difference points that way (for a cost, on both scales); ``same`` otherwise; ``untested``
+  with fewer than :data:`~valbench.summary.MIN_TEST_PAIRS` (3) shared seeds.
 
 Only quality metrics count as a regression (:attr:`Comparison.regressions`): costs depend on
 the machine and its load, so they are shown and tested but never fail a comparison.
@@ -78,6 +79,9 @@ class Difference:
     mean_b: float
     n_pairs: int
     p_value: float | None  # paired test (None: fewer than 2 shared seeds)
+    #: Mean of ``B - A`` on the scale the test reads (:meth:`Column.tested`: a cost's
+    #: logarithm); a change needs it and :attr:`diff` to point the same way.
+    tested_diff: float = math.nan
     p_holm: float | None = None
     change: str = "untested"  # "better", "worse", "same" or "untested"
 
@@ -206,6 +210,7 @@ def compare_runs(run_a: Path, run_b: Path, alpha: float = ALPHA) -> Comparison:
                 if not a:
                     continue
                 few_seeds = few_seeds or len(a) < MIN_TEST_PAIRS
+                tested_a, tested_b = col.tested(a), col.tested(b)
                 raw.append(
                     Difference(
                         dataset=ga.dataset,
@@ -215,7 +220,8 @@ def compare_runs(run_a: Path, run_b: Path, alpha: float = ALPHA) -> Comparison:
                         mean_a=math.fsum(a) / len(a),
                         mean_b=math.fsum(b) / len(b),
                         n_pairs=len(a),
-                        p_value=paired_p_value(a, b),
+                        p_value=paired_p_value(tested_a, tested_b),
+                        tested_diff=(math.fsum(tested_b) - math.fsum(tested_a)) / len(a),
                     )
                 )
     if few_seeds:
@@ -256,7 +262,7 @@ def _judge(raw: Sequence[Difference], alpha: float) -> list[Difference]:
         p_holm = adjusted.get(i)
         if p_holm is None:
             change = "untested"
-        elif p_holm < alpha and d.diff != 0:
+        elif p_holm < alpha and d.diff * d.tested_diff > 0:
             change = "better" if (d.diff > 0) == d.column.higher_is_better else "worse"
         else:
             change = "same"

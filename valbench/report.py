@@ -74,6 +74,7 @@ from valbench.summary import (
     ALPHA,
     CONFIDENCE,
     CORRECTION,
+    CPU_FLOOR_S,
     GAIN_KEY,
     HEADLINE_KEYS,
     INTERVAL_NAME,
@@ -920,6 +921,7 @@ def render_report(run_dir: Path, include_partial: bool = False) -> Path:
             confidence=CONFIDENCE,
             alpha=ALPHA,
             test_name=TEST_NAME,
+            cpu_floor_ms=CPU_FLOOR_S * 1000,
             selection_fraction=SELECTION_FRACTION,
         )
     )

@@ -76,7 +76,7 @@ come out "significant" while a far larger but uneven one does not, so two seeds 
 with intervals but left untested."""
 RANDOM_METHOD = "random"
 """The random baseline's method name: compared against, never recommended as a valuation."""
-SUMMARY_SCHEMA = 1
+SUMMARY_SCHEMA = 2
 GAIN_KEY = "gain"
 HEADLINE_KEYS = (
     GAIN_KEY,
@@ -95,6 +95,9 @@ UNIT = (0.0, 1.0)
 GAIN_BOUNDS = (-100.0, 100.0)
 """Range of a difference of two accuracies, in percentage points."""
 COST = (0.0, math.inf)
+CPU_FLOOR_S = 1e-3
+"""CPU seconds below this count as this much in the cost tests (their logarithm): under a
+millisecond the clock and the harness's own overhead decide, not the method."""
 CORRELATION = (-1.0, 1.0)
 """Range of a rank correlation."""
 LDS_GROUP = "linear datamodeling (validation)"
@@ -161,10 +164,32 @@ class Column:
     bounds: tuple[float, float] = (-math.inf, math.inf)
     #: False for a column not comparable across methods: shown, but not ranked or tested.
     compared: bool = True
+    #: Set for a cost: its paired tests read log(max(value, log_floor)), since a cost's seeds
+    #: scatter by a factor rather than by an amount; they then compare ratios, and the
+    #: detectable difference is a ratio. None: the tests read the values.
+    log_floor: float | None = None
 
     @property
     def arrow(self) -> str:
         return "↑" if self.higher_is_better else "↓"
+
+    def tested(self, values: Sequence[float]) -> list[float]:
+        """``values`` on the scale the column's paired tests read."""
+        if self.log_floor is None:
+            return [float(v) for v in values]
+        return [math.log(max(float(v), self.log_floor)) for v in values]
+
+    def detectable_shown(self, tested_difference: float) -> float:
+        """A detectable difference on the tested scale as the column states it: the
+        difference itself, or for a log-tested column the ratio it is."""
+        return tested_difference if self.log_floor is None else math.exp(tested_difference)
+
+    def detectable_text(self, value: float) -> str:
+        """A detectable difference (as :meth:`detectable_shown` gives it) as the page shows
+        it: in the column's format, or for a log-tested column as a ratio, ``×1.6``."""
+        if self.log_floor is not None:
+            return f"×{value:.2g}"
+        return format(value, self.fmt.lstrip("+"))
 
 
 Extract = Callable[[CellRecord], float | None]
@@ -275,8 +300,10 @@ TABLE_COLUMNS: tuple[Column, ...] = (
         fmt=".3g",
         group="cost",
         description="CPU seconds of the method's valuation (its value() call; the harness's "
-        "split, reference fits and evaluation are not counted): the cost methods are compared on",
+        "split, reference fits and evaluation are not counted): the cost methods are compared "
+        "on, tested as ratios",
         bounds=COST,
+        log_floor=CPU_FLOOR_S,
     ),
     # Shown, not ranked: wall time depends on what else ran on the machine; CPU s compares.
     Column(
@@ -549,7 +576,7 @@ class GroupSummary:
             return "—"
         if not self.detectable_within_range(key):
             return "none"
-        return format(value, col.fmt.lstrip("+"))
+        return col.detectable_text(value)
 
     def detectable_within_range(self, key: str) -> bool:
         """Whether column ``key``'s detectable difference is one its metric can show (below
@@ -559,7 +586,8 @@ class GroupSummary:
         if col is None or not math.isfinite(value):
             return False
         low, high = col.bounds
-        return not (math.isfinite(low) and math.isfinite(high)) or value <= high - low
+        unbounded = not (math.isfinite(low) and math.isfinite(high))
+        return unbounded or col.log_floor is not None or value <= high - low
 
     def best_methods(self, key: str) -> list[str]:
         """Methods holding the best mean of column ``key`` (ties kept), sorted."""
@@ -645,23 +673,23 @@ def _mark_column(
 ) -> float:
     """Set rank, best and the paired-test marks of one column in place.
 
-    The best is the best mean among the methods with the column's most seeds: a mean over
-    fewer seeds (a seed left out as partial, say) is over other data. Every pair of methods
-    sharing at least :data:`MIN_TEST_PAIRS` seeds is tested (two-sided paired t-test over
-    those seeds) and the p-values are Holm-corrected over all those pairs: the best is
-    chosen from the same data, so testing only against it would not keep the chance of any
-    false "worse" at α (6 equal methods over 5 seeds: 8.7 %, 20 methods: about 15 %), while a
-    family of every pair does, whichever method comes out best. A method's ``p_value`` and
-    ``p_holm`` are those of its pair with the best (with several equal bests, the one it is
-    closest to: a method is worse only if worse than each); it is ``tied`` unless that test
-    finds it significantly worse: worse on the seeds both hold (the paired test's direction) and by
-    its mean (a method with fewer seeds whose mean is better is never marked worse, nor one
-    better than the best on their shared seeds); one without a test (too few seeds shared
-    with the best) is ``untested``. Returns the column's minimum detectable difference
-    (:func:`min_detectable_difference` with the root-mean-square paired standard deviation
-    of the t-tests against the best (constant differences, tested by the sign-flip rule,
-    left out), their fewest shared seeds and the number of pairs in the family), NaN when no
-    t-test could be run.
+    The best is the best mean among the methods with the column's most seeds: a mean over fewer
+    seeds (a seed left out as partial, say) is over other data. Every pair of methods sharing at
+    least :data:`MIN_TEST_PAIRS` seeds is tested (two-sided paired t-test over those seeds, on
+    :meth:`Column.tested`'s scale: a cost's logarithm) and the p-values are Holm-corrected over
+    all those pairs: the best is chosen from the same data, so testing only against it would not
+    keep the chance of any false "worse" at α (6 equal methods over 5 seeds: 8.7 %, 20 methods:
+    about 15 %), while a family of every pair does, whichever method comes out best. A method's
+    ``p_value`` and ``p_holm`` are those of its pair with the best (with several equal bests,
+    the one it is closest to: a method is worse only if worse than each); it is ``tied`` unless
+    that test finds it significantly worse: worse on the seeds both hold (the paired test's
+    direction) and by its mean (a method with fewer seeds whose mean is better is never marked
+    worse, nor one better than the best on their shared seeds); one without a test (too few
+    seeds shared with the best) is ``untested``. Returns the column's minimum detectable
+    difference (:func:`min_detectable_difference` with the root-mean-square paired standard
+    deviation of the t-tests against the best (constant differences, tested by the sign-flip
+    rule, left out), their fewest shared seeds and the number of pairs in the family; a ratio
+    for a log-tested column), NaN when no t-test could be run.
     """
     methods = [m for m in rows if rows[m][col.key].present]
     if not methods or not col.compared:
@@ -681,8 +709,8 @@ def _mark_column(
     for i, first in enumerate(methods):
         for second in methods[i + 1 :]:
             seeds = sorted(set(values[first]) & set(values[second]))
-            a = [values[first][s] for s in seeds]
-            b = [values[second][s] for s in seeds]
+            a = col.tested([values[first][s] for s in seeds])
+            b = col.tested([values[second][s] for s in seeds])
             p_value = paired_p_value(a, b)
             if p_value is None:
                 continue
@@ -730,10 +758,12 @@ def _mark_column(
     spread = [(sd, n) for _, _, sd, _, n in against_best.values() if sd > 0]
     if not spread:
         return math.nan
-    return min_detectable_difference(
-        math.sqrt(float(np.mean(np.square([sd for sd, _ in spread])))),
-        min(n for _, n in spread),
-        comparisons=len(family),
+    return col.detectable_shown(
+        min_detectable_difference(
+            math.sqrt(float(np.mean(np.square([sd for sd, _ in spread])))),
+            min(n for _, n in spread),
+            comparisons=len(family),
+        )
     )
 
 
@@ -1124,6 +1154,9 @@ def summary_json(
                         "label": c.label,
                         "group": c.group,
                         "higher_is_better": c.higher_is_better,
+                        # A log-tested column's tests compare ratios, and its
+                        # min_detectable_difference is a ratio.
+                        "tested_on": "value" if c.log_floor is None else "log",
                     }
                     for c in g.columns
                 ],

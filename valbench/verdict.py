@@ -7,7 +7,8 @@ nothing here is a new statistic:
 
 - **recommended**: the best mean of the goal's column and every method *not significantly
   worse* than it (the column's paired t-tests, Holm-corrected over every pair of methods, as
-  marked by :func:`valbench.summary.summarise`), best mean first;
+  marked by :func:`valbench.summary.summarise`; on the logarithm of CPU seconds for the
+  cost), best mean first;
 - **pareto**: the cost-Pareto set of the goal: the methods no other method beats on both mean
   CPU seconds (lower) and the goal's metric (higher) (:func:`valbench.figures.pareto_front`);
 - **why**: one sentence that says where the recommendation comes from;
@@ -162,28 +163,33 @@ def _goal(group: GroupSummary, goal: str, question: str, key: str) -> GoalVerdic
         why = f"{has}: all methods are equal on it."
     else:
         others = len(present) - len(best) - len(untested)
+        scale = " of the logarithms (cost ratios)" if col.log_floor is not None else ""
+        test = f"paired t-test{scale} over seeds, {CORRECTION}-corrected, α = {ALPHA:g}"
         among = " tested" if untested else ""
         why = (
             f"{has}; "
             + (
                 f"{len(tied)} of the other {others} method{'s' if others != 1 else ''}{among} "
-                f"{'is' if len(tied) == 1 else 'are'} not significantly {worse} (paired "
-                f"t-test over seeds, {CORRECTION}-corrected, α = {ALPHA:g}), so the run "
-                "cannot tell them apart from it."
+                f"{'is' if len(tied) == 1 else 'are'} not significantly {worse} ({test}), "
+                "so the run cannot tell them apart from it."
                 if tied
-                else f"every other method{among} is significantly {worse} (paired t-test over "
-                f"seeds, {CORRECTION}-corrected, α = {ALPHA:g})."
+                else f"every other method{among} is significantly {worse} ({test})."
             )
             + apart
         )
         mdd = group.detectable.get(key, math.nan)
         if group.max_seeds < FEW_SEEDS and math.isfinite(mdd):
+            found = (
+                f"a method costing about {col.detectable_text(mdd)} the cheapest's {col.label} "
+                "or more"
+                if col.log_floor is not None
+                else f"a true difference from the best of about {col.detectable_text(mdd)} "
+                f"({col.label}) or more"
+            )
             caveats.append(
                 f"Only {group.max_seeds} seeds: for a method whose seeds scatter as much as "
-                "the compared methods' typically do (root mean square), the tests would find "
-                f"a true difference from the best of about {format(mdd, col.fmt.lstrip('+'))} "
-                f"({col.label}) or more (80 % power, Holm-corrected); smaller ones likely go "
-                "unseen, unless "
+                f"the compared methods' typically do (root mean square), the tests would find "
+                f"{found} (80 % power, Holm-corrected); smaller ones likely go unseen, unless "
                 "the method's seeds agree more closely."
                 if group.detectable_within_range(key)
                 else f"Only {group.max_seeds} seeds: after the Holm correction over every "

@@ -122,6 +122,23 @@ def test_costs_are_tested_but_never_a_regression(base: Path, tmp_path: Path) -> 
     )
 
 
+def test_costs_are_compared_as_ratios(base: Path, tmp_path: Path) -> None:
+    # Seeds whose cells differ a hundredfold in size, B twice A's seconds give or take 5 %: the
+    # differences in seconds scatter with the seeds' sizes, the ratios do not.
+    scale, wobble = [1.0, 10.0, 100.0, 3.0, 30.0], [1.0, 1.04, 0.97, 1.02, 0.95]
+    run_a, run_b = tmp_path / "a", _copy(base, tmp_path)
+    shutil.copytree(base, run_a)
+    _rewrite(run_a, lambda rec: rec["cost"].update(cpu_s=scale[rec["seed"]]))
+    _rewrite(
+        run_b, lambda rec: rec["cost"].update(cpu_s=2 * scale[rec["seed"]] * wobble[rec["seed"]])
+    )
+    cpu = [d for d in compare_runs(run_a, run_b).differences if d.column.key == "cost.cpu_s"]
+    b = [2 * x * w for x, w in zip(scale, wobble, strict=True)]
+    assert cpu and all(d.change == "worse" for d in cpu)
+    assert cpu[0].p_value == pytest.approx(stats.ttest_rel(np.log(scale), np.log(b)).pvalue)
+    assert stats.ttest_rel(scale, b).pvalue > 0.05  # seconds alone would call them the same
+
+
 def test_unshared_seeds_methods_and_specs_are_said(base: Path, tmp_path: Path) -> None:
     run_b = _copy(base, tmp_path)
     lines = [r for r in read_jsonl(run_b) if r["method"] != "loo" or r["seed"] == 0]

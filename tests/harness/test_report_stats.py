@@ -14,6 +14,8 @@ from test_report_fakes import fake_run, read_records
 from valbench.records import CellRecord, Manifest
 from valbench.spec import dataset_slug
 from valbench.summary import (
+    ALPHA,
+    CPU_FLOOR_S,
     MIN_CD_BLOCKS,
     cd_json,
     friedman_nemenyi,
@@ -381,6 +383,46 @@ def test_costs_are_compared_in_cpu_seconds_and_fits_are_not_ranked() -> None:
     assert not fits.best and math.isnan(fits.rank) and fits.p_value is None
     assert group.best_methods("cost.model_fits") == []
     assert {m: t for m, t, _ in pareto_points(group)} == pytest.approx({"cheap": 9.1, "dear": 1.1})
+
+
+#: Seeds whose cells differ a hundredfold in size, and a method costing twice another's in each
+#: give or take 5 %: its differences in seconds scatter with the seed's size, its ratios do not.
+SEED_SCALE = [1.0, 10.0, 100.0, 3.0, 30.0]
+WOBBLE = [1.0, 1.04, 0.97, 1.02, 0.95]
+
+
+def test_costs_are_tested_as_ratios() -> None:
+    records = [_line("cheap", s, 0.6, cpu_s=SEED_SCALE[s]) for s in range(5)]
+    dear_s = [2 * SEED_SCALE[s] * WOBBLE[s] for s in range(5)]
+    records += [_line("dear", s, 0.6, cpu_s=dear_s[s]) for s in range(5)]
+    (group,) = summarise(records)
+    dear = group.rows["dear"]["cost.cpu_s"]
+    assert group.best_methods("cost.cpu_s") == ["cheap"]
+    assert dear.p_holm is not None and dear.p_holm < ALPHA and not dear.tied
+    assert dear.p_value == pytest.approx(stats.ttest_rel(np.log(dear_s), np.log(SEED_SCALE)).pvalue)
+    # The same test on the seconds themselves would not tell the two apart.
+    assert stats.ttest_rel(dear_s, SEED_SCALE).pvalue > ALPHA
+    # The detectable difference is a ratio: that of the log-differences' spread.
+    sd = float(np.std(np.log(np.multiply(2, WOBBLE)), ddof=1))
+    ratio = group.detectable["cost.cpu_s"]
+    assert ratio == pytest.approx(math.exp(min_detectable_difference(sd, 5, comparisons=1)))
+    assert 1.0 < ratio < 1.2 and group.detectable_text("cost.cpu_s") == f"×{ratio:.2g}"
+    payload = summary_json(Manifest(spec={}), [group], [])["groups"][0]
+    tested_on = {c["key"]: c["tested_on"] for c in payload["columns"]}
+    assert tested_on["cost.cpu_s"] == "log" and tested_on["gain"] == "value"
+    assert payload["min_detectable_difference"]["cost.cpu_s"] == pytest.approx(ratio)
+
+
+def test_costs_under_a_millisecond_are_one_cost() -> None:
+    # Below CPU_FLOOR_S the clock and the harness's overhead decide: a method at 0 s and one at
+    # 0.2-0.7 ms in every seed are not told apart (on seconds the second is always dearer).
+    records = [_line("random", s, 0.6, cpu_s=0.0) for s in range(5)]
+    records += [_line("knn", s, 0.6, cpu_s=CPU_FLOOR_S * (0.2 + 0.1 * s)) for s in range(5)]
+    records += [_line("tmc", s, 0.6, cpu_s=2.0 + 0.3 * s) for s in range(5)]
+    (group,) = summarise(records)
+    knn, tmc = group.rows["knn"]["cost.cpu_s"], group.rows["tmc"]["cost.cpu_s"]
+    assert knn.tied and knn.p_value == 1.0
+    assert not tmc.tied and tmc.p_holm is not None and tmc.p_holm < ALPHA
 
 
 # --------------------------------------------------------------------------- the page
