@@ -15,6 +15,13 @@ processes and shuts it down afterwards; with one it connects and only disconnect
   restarts that worker through its nanny; a worker without a nanny keeps running the task and
   its result is discarded.
 
+A worker process runs one cell at a time, whatever its threads: a cell's CPU seconds, peak
+memory and model fits are read off its process, which a cell in another thread would share.
+A Dask worker with several threads (``dask worker``'s default, one per core) so runs its
+cells one after another, and the run says so once at the start; start workers with
+``--nthreads 1`` and more ``--nworkers`` for cells in parallel. A Ray task has its worker
+process to itself.
+
 A cell that kills its worker (a segfault, ``os._exit``) is recorded as failed
 (``WorkerCrashed``) after one attempt: the local Dask cluster is started with
 ``distributed.scheduler.allowed-failures = 0`` (a scheduler started elsewhere keeps its own
@@ -154,14 +161,37 @@ def _crash_outcome(cell: Cell, spec: RunSpec, exc: BaseException) -> CellOutcome
 # ----------------------------------------------------------------------------- dask
 
 
-def _dask_task(cell: Cell, spec: RunSpec, topic: str | None) -> CellOutcome:
-    """What a Dask worker runs: announce the start (for the driver's clock), run the cell."""
-    if topic is not None:
-        from distributed import get_worker
+#: One cell at a time in a worker process. A cell's CPU seconds, peak memory and model fits are
+#: read off its process, so a second cell running in another thread of a Dask worker with
+#: several threads (``dask worker``'s default is one per core) would add its own to them.
+_ONE_CELL = threading.Lock()
 
-        worker = get_worker()
-        worker.log_event(topic, {"cell_id": cell.cell_id, "worker": worker.address})
-    return run_cell(cell, spec)
+
+def _dask_task(cell: Cell, spec: RunSpec, topic: str | None) -> CellOutcome:
+    """What a Dask worker runs: wait for the process's other cell to finish, announce the
+    start (for the driver's clock, which so leaves the wait out), run the cell."""
+    with _ONE_CELL:
+        if topic is not None:
+            from distributed import get_worker
+
+            worker = get_worker()
+            worker.log_event(topic, {"cell_id": cell.cell_id, "worker": worker.address})
+        return run_cell(cell, spec)
+
+
+def _warn_of_threaded_workers(client: Any) -> None:
+    """Say once, at the start, that workers with several threads run one cell at a time."""
+    try:
+        threads = [int(w.get("nthreads", 1)) for w in client.scheduler_info()["workers"].values()]
+    except Exception:  # noqa: BLE001 - only advice: a scheduler that will not say gets none
+        return
+    if threads and max(threads) > 1:
+        log.warning(
+            "the Dask workers have up to %d threads each, but valbench runs one cell at a time "
+            "in a worker process (a cell's CPU seconds, memory and fits are its process's); "
+            "for more cells at once start the workers with --nthreads 1 and more --nworkers",
+            max(threads),
+        )
 
 
 @contextlib.contextmanager
@@ -227,6 +257,7 @@ def _run_dask(
                 f"cannot reach the Dask scheduler at {address} ({_one_line(exc)}); "
                 "check --scheduler"
             ) from None
+        _warn_of_threaded_workers(client)
     topic = f"valbench-started-{uuid.uuid4().hex}" if spec.timeout else None
     started: dict[str, tuple[float, str]] = {}
     lock = threading.Lock()

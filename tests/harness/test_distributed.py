@@ -305,6 +305,70 @@ def test_dask_crashing_cell_runs_once_and_is_recorded(
     assert marker.read_text().splitlines() == ["attempt"]
 
 
+_SPANS = """
+import os
+import time
+
+import numpy as np
+
+from valbench import Method, Valuation
+
+
+class Spans(Method):
+    name = "spans"
+    family = "test"
+    summary = "notes when it starts and ends in a file, a second apart"
+
+    def __init__(self, *, marker: str = "") -> None:
+        super().__init__(marker=marker)
+
+    def value(self, task, ctx):
+        start = time.monotonic()
+        time.sleep(1.0)
+        with open(self.marker, "a") as fh:
+            fh.write(f"{os.getpid()} {start} {time.monotonic()}\\n")
+        return Valuation(scores=np.zeros(task.n_train))
+"""
+
+
+@_needs("distributed")
+def test_a_dask_worker_with_threads_runs_one_cell_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A cell's CPU seconds and memory are its process's: two cells in the threads of one
+    worker would each count the other's."""
+    from distributed import LocalCluster
+
+    from plugin_fixtures import write_distribution
+
+    root = write_distribution(
+        tmp_path / "plugins",
+        "vb-spans",
+        "vb_spans",
+        _SPANS,
+        "[valbench.methods]\nspans = vb_spans:Spans\n",
+    )
+    monkeypatch.syspath_prepend(str(root))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(root), *sys.path]))
+    marker = tmp_path / "spans.txt"
+    spec = _spec(methods=("spans",), seeds=3, params={"spans": {"marker": str(marker)}}, metrics=())
+    with LocalCluster(
+        n_workers=1, threads_per_worker=3, processes=True, dashboard_address=None
+    ) as cluster:
+        summary = execute(
+            spec,
+            out=tmp_path / "run",
+            backend="dask",
+            address=cluster.scheduler_address,
+            show_progress=False,
+        )
+    assert summary.ok == 3
+    spans = sorted(tuple(map(float, line.split()[1:])) for line in marker.read_text().splitlines())
+    assert len({line.split()[0] for line in marker.read_text().splitlines()}) == 1  # one process
+    assert all(end <= start for (_, end), (start, _) in zip(spans, spans[1:], strict=False))
+    assert "up to 3 threads each" in caplog.text and "--nthreads 1" in caplog.text
+
+
 @pytest.mark.slow  # a fresh interpreter and a local cluster: some 20 s
 @_needs("distributed")
 def test_a_dask_run_prints_its_progress_not_the_clusters_log(tmp_path: Path) -> None:
