@@ -224,6 +224,13 @@ def compare_runs(run_a: Path, run_b: Path, alpha: float = ALPHA) -> Comparison:
                         tested_diff=(math.fsum(tested_b) - math.fsum(tested_a)) / len(a),
                     )
                 )
+    if any(not d.gated for d in raw):
+        notes.append(
+            "Costs (CPU and wall seconds, memory, fits) are tested on their logarithm, as "
+            "ratios: a cell's seeds scatter by a factor; the difference shown is B - A in the "
+            "column's unit, and a change counts where the test finds one and both scales point "
+            "the same way."
+        )
     if few_seeds:
         notes.append(
             f"Some methods share fewer than {MIN_TEST_PAIRS} seeds between the runs: their "

@@ -19,8 +19,10 @@ A worker process runs one cell at a time, whatever its threads: a cell's CPU sec
 memory and model fits are read off its process, which a cell in another thread would share.
 A Dask worker with several threads (``dask worker``'s default, one per core) so runs its
 cells one after another, and the run says so once at the start; start workers with
-``--nthreads 1`` and more ``--nworkers`` for cells in parallel. A Ray task has its worker
-process to itself.
+``--nthreads 1`` and more ``--nworkers`` for cells in parallel. The driver keeps one cell in
+flight per worker process, so a cell never waits inside a busy worker while another sits
+idle, nor runs on after a Ctrl-C cancelled it there. A Ray task has its worker process to
+itself.
 
 A cell that kills its worker (a segfault, ``os._exit``) is recorded as failed
 (``WorkerCrashed``) after one attempt: the local Dask cluster is started with
@@ -179,10 +181,19 @@ def _dask_task(cell: Cell, spec: RunSpec, topic: str | None) -> CellOutcome:
         return run_cell(cell, spec)
 
 
+def _worker_processes(client: Any) -> int:
+    """The Dask workers (each a process) the scheduler knows now; at least 1, so that a cell
+    waits at the scheduler for a cluster whose workers have not joined yet."""
+    try:
+        return max(1, len(client.nthreads()))
+    except Exception:  # noqa: BLE001 - a scheduler that will not say gets one cell at a time
+        return 1
+
+
 def _warn_of_threaded_workers(client: Any) -> None:
     """Say once, at the start, that workers with several threads run one cell at a time."""
     try:
-        threads = [int(w.get("nthreads", 1)) for w in client.scheduler_info()["workers"].values()]
+        threads = [int(n) for n in client.nthreads().values()]
     except Exception:  # noqa: BLE001 - only advice: a scheduler that will not say gets none
         return
     if threads and max(threads) > 1:
@@ -270,11 +281,19 @@ def _run_dask(
 
         client.subscribe_topic(topic, on_started)
     futures: dict[Any, Cell] = {}
+    pending = deque(cells)
     try:
-        for cell in cells:
-            fut = client.submit(_dask_task, cell, spec, topic, pure=False, retries=0)
-            futures[fut] = cell
-        while futures:
+        while pending or futures:
+            # One cell in flight per worker process (counted afresh, as workers may come and
+            # go): a process runs one cell at a time (_ONE_CELL), and a cell queued behind
+            # another in a worker's threads would neither move to an idle worker nor stop on a
+            # cancel.
+            room = (_worker_processes(client) if pending else 0) - len(futures)
+            while pending and room > 0:
+                cell = pending.popleft()
+                fut = client.submit(_dask_task, cell, spec, topic, pure=False, retries=0)
+                futures[fut] = cell
+                room -= 1
             try:
                 done = wait(list(futures), timeout=_POLL_S, return_when="FIRST_COMPLETED").done
             except TimeoutError:  # nothing finished within the poll interval

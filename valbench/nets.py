@@ -307,8 +307,9 @@ class ResNet18(ImageNetwork):
     (:func:`strict_cuda_arithmetic`) stacking bought nothing on an H200 (8 copies on
     2,000-image subsets: 2,840 and 2,846 images/s stacked, 2,860 one by one; the five
     readings of 5 to 50 % of 4,000 images: 2,101 and 2,176 stacked, 2,455 and 2,286 one by
-    one; ``tests/benchmarks/device_checks.py``), and alone a copy's float32 numbers do not
-    depend on how many copies share its pass (grouped convolutions sum in another order).
+    one; ``tests/benchmarks/device_checks.py``), and a copy trained alone has float32 weights
+    that do not depend on how many copies share its pass (grouped convolutions sum in another
+    order). Evaluation still reads several copies in one pass.
     """
 
     name = "resnet18"
@@ -504,11 +505,12 @@ def strict_cuda_arithmetic() -> None:
     algorithms that accumulate in a varying order. Measured on an H200: two epochs of the
     small CNN ended 3.8e-4 (relative) away from the CPU's weights with TF32 and 2.2e-7
     without; ResNet-18 per-sample gradients of the same parameters differed by 9e-2 from the
-    CPU's with TF32 and 1.4e-6 without. So valbench trades speed (8 stacked ResNet-18 copies
-    trained 2,846 images/s this way, 3,312 in float32 with torch's algorithm choice, 10,344
-    with TF32) for numbers that mean the same on either device and on a rerun
-    (tests/harness/test_devices.py states the tolerances). Process-wide, set each time a GPU
-    is chosen.
+    CPU's with TF32 and 1.4e-6 without. So valbench trades speed where copies stack (8
+    stacked ResNet-18 copies trained 2,846 images/s this way, 3,312 in float32 with torch's
+    algorithm choice, 10,344 with TF32; one copy, as valbench now trains ResNet-18, ran
+    2,839-3,015 this way and 2,758-3,037 with TF32, no price) for numbers that mean the same
+    on either device and on a rerun (tests/harness/test_devices.py states the tolerances).
+    Process-wide, set each time a GPU is chosen.
     """
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False

@@ -164,14 +164,23 @@ class Column:
     bounds: tuple[float, float] = (-math.inf, math.inf)
     #: False for a column not comparable across methods: shown, but not ranked or tested.
     compared: bool = True
-    #: Set for a cost: its paired tests read log(max(value, log_floor)), since a cost's seeds
-    #: scatter by a factor rather than by an amount; they then compare ratios, and the
-    #: detectable difference is a ratio. None: the tests read the values.
+    #: Set for a cost: its paired tests (the leaderboard's where ``compared``, valbench
+    #: compare's for every cost) read log(max(value, log_floor)), since a cost's seeds scatter
+    #: by a factor rather than by an amount; they then compare ratios, and the detectable
+    #: difference is a ratio. None: the tests read the values.
     log_floor: float | None = None
 
     @property
     def arrow(self) -> str:
         return "↑" if self.higher_is_better else "↓"
+
+    @property
+    def tested_on(self) -> str | None:
+        """What the leaderboard's tests read: ``"value"``, ``"log"`` (ratios, whose detectable
+        difference is a ratio too) or None (a column shown, not compared)."""
+        if not self.compared:
+            return None
+        return "value" if self.log_floor is None else "log"
 
     def tested(self, values: Sequence[float]) -> list[float]:
         """``values`` on the scale the column's paired tests read."""
@@ -182,13 +191,16 @@ class Column:
     def detectable_shown(self, tested_difference: float) -> float:
         """A detectable difference on the tested scale as the column states it: the
         difference itself, or for a log-tested column the ratio it is."""
-        return tested_difference if self.log_floor is None else math.exp(tested_difference)
+        if self.log_floor is None:
+            return tested_difference
+        # exp overflows past e^709; a ratio that large is shown as "none" anyway.
+        return math.exp(tested_difference) if tested_difference < 700 else math.inf
 
     def detectable_text(self, value: float) -> str:
         """A detectable difference (as :meth:`detectable_shown` gives it) as the page shows
-        it: in the column's format, or for a log-tested column as a ratio, ``×1.6``."""
+        it: in the column's format, or for a log-tested column as a ratio, ``×1.06``."""
         if self.log_floor is not None:
-            return f"×{value:.2g}"
+            return f"×{value:.3g}"
         return format(value, self.fmt.lstrip("+"))
 
 
@@ -315,6 +327,7 @@ TABLE_COLUMNS: tuple[Column, ...] = (
         group="cost",
         bounds=COST,
         compared=False,
+        log_floor=CPU_FLOOR_S,
     ),
     Column(
         "cost.peak_mem_mb",
@@ -329,6 +342,7 @@ TABLE_COLUMNS: tuple[Column, ...] = (
         "varies by tens of MB between cells of one method, so it is shown, not ranked",
         bounds=COST,
         compared=False,
+        log_floor=1.0,
     ),
     Column(
         "cost.model_fits",
@@ -340,6 +354,7 @@ TABLE_COLUMNS: tuple[Column, ...] = (
         description=FIT_NOTE,
         bounds=COST,
         compared=False,
+        log_floor=1.0,
     ),
     Column(
         "cost.fits_per_s",
@@ -352,6 +367,7 @@ TABLE_COLUMNS: tuple[Column, ...] = (
         + FIT_NOTE,
         bounds=COST,
         compared=False,
+        log_floor=1e-3,
     ),
 )
 """Columns after the subset-value ones (which depend on the fractions of the run)."""
@@ -580,14 +596,23 @@ class GroupSummary:
 
     def detectable_within_range(self, key: str) -> bool:
         """Whether column ``key``'s detectable difference is one its metric can show (below
-        the width of its range; always, for an unbounded metric)."""
+        the width of its range; always, for an unbounded metric). For a log-tested column,
+        whose detectable difference is a ratio: at most the largest ratio between the
+        methods' mean costs here (floored as the tests floor them)."""
         col = self.column(key)
         value = self.detectable.get(key, math.nan)
         if col is None or not math.isfinite(value):
             return False
+        if col.log_floor is not None:
+            means = [
+                max(cells[key].mean, col.log_floor)
+                for cells in self.rows.values()
+                if key in cells and cells[key].present
+            ]
+            return len(means) > 1 and value <= max(means) / min(means)
         low, high = col.bounds
         unbounded = not (math.isfinite(low) and math.isfinite(high))
-        return unbounded or col.log_floor is not None or value <= high - low
+        return unbounded or value <= high - low
 
     def best_methods(self, key: str) -> list[str]:
         """Methods holding the best mean of column ``key`` (ties kept), sorted."""
@@ -1154,9 +1179,7 @@ def summary_json(
                         "label": c.label,
                         "group": c.group,
                         "higher_is_better": c.higher_is_better,
-                        # A log-tested column's tests compare ratios, and its
-                        # min_detectable_difference is a ratio.
-                        "tested_on": "value" if c.log_floor is None else "log",
+                        "tested_on": c.tested_on,
                     }
                     for c in g.columns
                 ],

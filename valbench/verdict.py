@@ -180,8 +180,7 @@ def _goal(group: GroupSummary, goal: str, question: str, key: str) -> GoalVerdic
         mdd = group.detectable.get(key, math.nan)
         if group.max_seeds < FEW_SEEDS and math.isfinite(mdd):
             found = (
-                f"a method costing about {col.detectable_text(mdd)} the cheapest's {col.label} "
-                "or more"
+                f"a method costing about {mdd:.3g} times the cheapest's {col.label} or more"
                 if col.log_floor is not None
                 else f"a true difference from the best of about {col.detectable_text(mdd)} "
                 f"({col.label}) or more"
@@ -193,8 +192,13 @@ def _goal(group: GroupSummary, goal: str, question: str, key: str) -> GoalVerdic
                 "the method's seeds agree more closely."
                 if group.detectable_within_range(key)
                 else f"Only {group.max_seeds} seeds: after the Holm correction over every "
-                f"pair of the {len(present)} methods compared, no difference {col.label} can "
-                "show would be found with 80 % power, so a method not marked as worse may well "
+                f"pair of the {len(present)} methods compared, "
+                + (
+                    f"no cost ratio as large as the largest between their mean {col.label}"
+                    if col.log_floor is not None
+                    else f"no difference {col.label} can show"
+                )
+                + " would be found with 80 % power, so a method not marked as worse may well "
                 "be."
             )
         if len(recommended) > max(2, len(present) // 2):

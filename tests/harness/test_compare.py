@@ -44,7 +44,10 @@ def _copy(base: Path, tmp_path: Path) -> Path:
 
 def test_a_run_against_itself_changes_nothing(base: Path, tmp_path: Path) -> None:
     comparison = compare_runs(base, base)
-    assert comparison.differences and not comparison.only_a and not comparison.notes
+    assert comparison.differences and not comparison.only_a
+    assert [n[:50] for n in comparison.notes] == [
+        "Costs (CPU and wall seconds, memory, fits) are tes"
+    ]
     assert all(
         d.diff == 0 and d.p_value == 1.0 and d.change == "same" for d in comparison.differences
     )
@@ -137,6 +140,13 @@ def test_costs_are_compared_as_ratios(base: Path, tmp_path: Path) -> None:
     assert cpu and all(d.change == "worse" for d in cpu)
     assert cpu[0].p_value == pytest.approx(stats.ttest_rel(np.log(scale), np.log(b)).pvalue)
     assert stats.ttest_rel(scale, b).pvalue > 0.05  # seconds alone would call them the same
+    # Wall seconds are a cost too: tested the same way, in the same (never failing) family.
+    _rewrite(
+        run_b, lambda rec: rec["cost"].update(wall_s=2 * scale[rec["seed"]] * wobble[rec["seed"]])
+    )
+    _rewrite(run_a, lambda rec: rec["cost"].update(wall_s=scale[rec["seed"]]))
+    wall = [d for d in compare_runs(run_a, run_b).differences if d.column.key == "cost.wall_s"]
+    assert wall and all(d.change == "worse" and not d.gated for d in wall)
 
 
 def test_unshared_seeds_methods_and_specs_are_said(base: Path, tmp_path: Path) -> None:

@@ -406,11 +406,29 @@ def test_costs_are_tested_as_ratios() -> None:
     sd = float(np.std(np.log(np.multiply(2, WOBBLE)), ddof=1))
     ratio = group.detectable["cost.cpu_s"]
     assert ratio == pytest.approx(math.exp(min_detectable_difference(sd, 5, comparisons=1)))
-    assert 1.0 < ratio < 1.2 and group.detectable_text("cost.cpu_s") == f"×{ratio:.2g}"
+    assert 1.0 < ratio < 1.2 and group.detectable_text("cost.cpu_s") == f"×{ratio:.3g}"
     payload = summary_json(Manifest(spec={}), [group], [])["groups"][0]
     tested_on = {c["key"]: c["tested_on"] for c in payload["columns"]}
     assert tested_on["cost.cpu_s"] == "log" and tested_on["gain"] == "value"
     assert payload["min_detectable_difference"]["cost.cpu_s"] == pytest.approx(ratio)
+
+
+def test_a_cost_ratio_beyond_any_between_the_methods_is_none() -> None:
+    from valbench.verdict import verdicts
+
+    # Three seeds scattering a hundredfold: the ratio the tests could find is far beyond the
+    # 1.5x between the two methods' mean costs, so the page says none, not x1e+20.
+    records = [_line("a", s, 0.6, cpu_s=c) for s, c in enumerate([1.0, 100.0, 1.0])]
+    records += [_line("b", s, 0.6, cpu_s=c) for s, c in enumerate([100.0, 1.0, 50.0])]
+    (group,) = summarise(records)
+    assert group.detectable["cost.cpu_s"] > 1e3
+    assert group.detectable_text("cost.cpu_s") == "none"
+    (verdict,) = verdicts([group])
+    cost = verdict.goal("cost")
+    assert cost is not None
+    assert any(
+        "no cost ratio as large as the largest between their mean CPU s" in c for c in cost.caveats
+    )
 
 
 def test_costs_under_a_millisecond_are_one_cost() -> None:
