@@ -47,7 +47,7 @@ from typing import Any
 
 from valbench.metrics import mean_ci
 from valbench.records import CellRecord, Manifest
-from valbench.summary import CONFIDENCE, MIN_TEST_PAIRS
+from valbench.summary import CONFIDENCE, CPU_FLOOR_S, MIN_TEST_PAIRS
 from valbench.types import CLAIM_KINDS, Claim
 
 __all__ = ["HOLDS", "NOT_HOLDS", "INCONCLUSIVE", "ClaimCheck", "Comparison", "check_claims"]
@@ -238,7 +238,8 @@ def _runtime_comparisons(
     for (dataset, noise), by_method in sorted(groups.items(), key=_group_order):
         if method not in by_method:
             continue
-        cpu = lambda r: r.cost.cpu_s if r.cost.cpu_s and r.cost.cpu_s > 0 else None  # noqa: E731
+        # Under CPU_FLOOR_S the clock decides, as in the leaderboard's cost tests.
+        cpu = lambda r: None if r.cost.cpu_s is None else max(r.cost.cpu_s, CPU_FLOOR_S)  # noqa: E731
         mine = _by_seed(by_method[method], cpu)
         others: dict[int, list[float]] = defaultdict(list)
         for name, recs in by_method.items():

@@ -212,7 +212,13 @@ class CellCost:
 
     @classmethod
     def from_json(cls, data: Any, where: str = "cost") -> CellCost:
-        return cls(**_scalar_fields(cls, _Reader(data or {}, where)))
+        values = _scalar_fields(cls, _Reader(data or {}, where))
+        # A cost below 0 was never measured (an edited line): the leaderboard would rank it
+        # the cheapest.
+        for name, value in values.items():
+            if value is not None and value < 0:
+                raise RecordError(f"{where}.{name} is {value}; a cost is at least 0")
+        return cls(**values)
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -106,6 +106,8 @@ def test_a_failed_record_round_trips() -> None:
         (("complete",), "yes", 'complete = "yes", not true or false'),
         (("cost", "cpu_s"), "1", 'cost.cpu_s = "1", not a number'),
         (("cost", "model_fits"), True, "cost.model_fits = true, not a whole number"),
+        (("cost", "cpu_s"), -0.75, "cost.cpu_s is -0.75; a cost is at least 0"),
+        (("cost", "peak_mem_mb"), -1, "cost.peak_mem_mb is -1.0; a cost is at least 0"),
         (("metrics", "subset_value", "0.1"), "x", 'metrics.subset_value.0.1 = "x", not a number'),
         (("metrics", "mislabel", "auc"), [1], "metrics.mislabel.auc = [1], not a number"),
         (("metrics", "lds"), "0.3", 'metrics.lds = "0.3", not a number'),
