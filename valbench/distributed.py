@@ -20,9 +20,9 @@ memory and model fits are read off its process, which a cell in another thread w
 A Dask worker with several threads (``dask worker``'s default, one per core) so runs its
 cells one after another, and the run says so once at the start; start workers with
 ``--nthreads 1`` and more ``--nworkers`` for cells in parallel. The driver keeps one cell in
-flight per worker process, so a cell never waits inside a busy worker while another sits
-idle, nor runs on after a Ctrl-C cancelled it there. A Ray task has its worker process to
-itself.
+flight per worker process, so no cell waits inside a busy worker while another worker sits
+idle, and none is left queued there to start after a Ctrl-C. A Ray task has its worker
+process to itself.
 
 A cell that kills its worker (a segfault, ``os._exit``) is recorded as failed
 (``WorkerCrashed``) after one attempt: the local Dask cluster is started with

@@ -187,7 +187,7 @@ def _goal(group: GroupSummary, goal: str, question: str, key: str) -> GoalVerdic
             )
             caveats.append(
                 f"Only {group.max_seeds} seeds: for a method whose seeds scatter as much as "
-                f"the compared methods' typically do (root mean square), the tests would find "
+                "the compared methods' typically do (root mean square), the tests would find "
                 f"{found} (80 % power, Holm-corrected); smaller ones likely go unseen, unless "
                 "the method's seeds agree more closely."
                 if group.detectable_within_range(key)
