@@ -205,6 +205,8 @@ class CellCost:
     cpu_s: float | None = None
     wall_s: float | None = None
     peak_mem_mb: float | None = None
+    #: Most GPU memory torch held allocated during ``value()``, in MB; None on the CPU.
+    gpu_peak_mb: float | None = None
     #: Model fits counted by the task's fit counter (what a "fit" is differs by method).
     model_fits: int | None = None
     #: Model fits per wall second of the method; None when it fitted nothing.

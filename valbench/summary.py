@@ -345,6 +345,20 @@ TABLE_COLUMNS: tuple[Column, ...] = (
         log_floor=1.0,
     ),
     Column(
+        "cost.gpu_peak_mb",
+        "GPU peak MB",
+        _cost("gpu_peak_mb"),
+        False,
+        fmt=".0f",
+        group="cost",
+        description="most GPU memory torch held allocated during the method's valuation (its "
+        "value() call; torch.cuda.max_memory_allocated, counting what was allocated when it "
+        "began): on runs where a GPU was used, shown, not ranked, like the process's peak",
+        bounds=COST,
+        compared=False,
+        log_floor=1.0,
+    ),
+    Column(
         "cost.model_fits",
         "model fits",
         _cost("model_fits"),

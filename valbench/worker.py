@@ -288,6 +288,31 @@ class PeakMemory:
         self.peak_mb = max(self.peak_mb, self._rss_mb())
 
 
+class GpuPeakMemory:
+    """The most GPU memory torch held allocated during the block (``max_memory_allocated``
+    from a reset at its start, so what was allocated then counts too), in MB; None where
+    torch's CUDA was never started, so a CPU cell neither imports torch nor starts CUDA."""
+
+    def __init__(self) -> None:
+        self.peak_mb: float | None = None
+
+    @staticmethod
+    def _cuda() -> Any:
+        torch = sys.modules.get("torch")
+        return torch.cuda if torch is not None and torch.cuda.is_initialized() else None
+
+    def __enter__(self) -> GpuPeakMemory:
+        cuda = self._cuda()
+        if cuda is not None:
+            cuda.reset_peak_memory_stats()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        cuda = self._cuda()
+        if cuda is not None:
+            self.peak_mb = float(cuda.max_memory_allocated()) / 2**20
+
+
 def mean_one(weights: np.ndarray) -> np.ndarray:
     """``weights`` scaled so their mean over the subset is 1 (float64).
 
@@ -1057,9 +1082,9 @@ def _run_cell(cell: Cell, spec: RunSpec, progress: ProgressFn) -> CellOutcome:
             return CellOutcome(failure_record(cell, spec, "skipped", "TooLarge", message))
         counter: FitCounter = task.fit_counter
         wall0, cpu0 = time.perf_counter(), time.process_time()
-        mem = PeakMemory()
+        mem, gpu_mem = PeakMemory(), GpuPeakMemory()
         try:
-            with mem, counter.charging():
+            with mem, gpu_mem, counter.charging():
                 meter = BudgetMeter(spec.budget_obj, counter)
                 ctx = RunContext(
                     rng=cell.method_rng(spec.root_seed),
@@ -1074,6 +1099,7 @@ def _run_cell(cell: Cell, spec: RunSpec, progress: ProgressFn) -> CellOutcome:
                 wall_s=wall,
                 cpu_s=time.process_time() - cpu0,
                 peak_mem_mb=mem.peak_mb,
+                gpu_peak_mb=gpu_mem.peak_mb,
                 model_fits=counter.count,
                 fits_per_s=counter.count / wall if counter.count and wall > 0 else None,
             )

@@ -180,3 +180,16 @@ def test_evaluation_and_gradients_on_cuda_equal_cpu(arch_name: str) -> None:
         f"features {feature_gap:.2e}, per-sample gradients {worst:.2e}"
     )
     assert worst < 1e-5
+
+
+def test_a_cell_on_the_gpu_records_the_gpu_memory_it_held() -> None:
+    from valbench.spec import Cell, RunSpec
+    from valbench.worker import run_cell
+
+    spec = RunSpec(
+        methods=("el2n",), datasets=("mnist-5k",), model="cnn", max_train=60, device="cuda"
+    )
+    record = run_cell(Cell(dataset="mnist-5k", noise=0.1, seed=0, method="el2n"), spec).record
+    assert record.status == "ok", record.error
+    # At least the CNN's own parameters (38,282 float32 values) were on the GPU.
+    assert record.cost.gpu_peak_mb is not None and record.cost.gpu_peak_mb > 38_282 * 4 / 2**20

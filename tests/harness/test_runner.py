@@ -32,6 +32,26 @@ def small_spec(**changes: object) -> RunSpec:
     return base.with_overrides(**changes)
 
 
+def test_gpu_memory_is_read_only_where_torch_started_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from valbench.worker import GpuPeakMemory
+
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    with GpuPeakMemory() as gpu:
+        pass
+    assert gpu.peak_mb is None
+    calls: list[str] = []
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda: calls.append("reset"))
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda: 3 * 2**20)
+    with GpuPeakMemory() as gpu:
+        assert calls == [
+            "reset"
+        ]  # from the block's start: an earlier cell's peak is not this one's
+    assert gpu.peak_mb == 3.0
+
+
 def test_run_writes_the_run_directory(tmp_path: Path) -> None:
     summary = execute(small_spec(), out=tmp_path, show_progress=False)
     assert summary.ok == 2 and not summary.failed
@@ -42,6 +62,7 @@ def test_run_writes_the_run_directory(tmp_path: Path) -> None:
     assert [r.method for r in records] == ["random", "loo"]
     loo = records[1]
     assert loo.schema == RECORD_SCHEMA and loo.status == "ok" and loo.error is None
+    assert loo.cost.gpu_peak_mb is None  # no GPU memory on a CPU run, not 0
     assert set(loo.metrics.subset_value) == {"0.1", "0.5"}
     # loo selects nothing itself: both subsets are the top of its ranking, and not flagged.
     assert loo.metrics.subset_source == {"0.1": "scores", "0.5": "scores"}
