@@ -6,6 +6,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -256,56 +257,13 @@ def test_check_backend_without_address_or_cluster_is_a_no_op() -> None:
     check_backend("serial", None)
 
 
-_EXITS = """
-import os
-
-import numpy as np
-
-from valbench import Method, Valuation
-
-
-class Exits(Method):
-    name = "exits"
-    family = "test"
-    summary = "kills its worker process; counts its attempts in a file"
-
-    def __init__(self, *, marker: str = "") -> None:
-        super().__init__(marker=marker)
-
-    def value(self, task, ctx):
-        with open(self.marker, "a") as fh:
-            fh.write("attempt\\n")
-        os._exit(3)
-        return Valuation(scores=np.zeros(task.n_train))
-"""
-
-
-@_needs("distributed")
-def test_dask_crashing_cell_runs_once_and_is_recorded(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A cell that kills its worker is not rerun on the next worker (Dask's default is 3 more)."""
+def _marker_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, body: str) -> None:
+    """Install method ``name`` (a plugin found by the cluster's workers too), whose value() runs
+    ``body`` with a ``marker`` file parameter, then returns zero scores."""
     from plugin_fixtures import write_distribution
 
-    root = write_distribution(
-        tmp_path / "plugins",
-        "vb-exits",
-        "vb_exits",
-        _EXITS,
-        "[valbench.methods]\nexits = vb_exits:Exits\n",
-    )
-    monkeypatch.syspath_prepend(str(root))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(root), *sys.path]))
-    marker = tmp_path / "attempts.txt"
-    spec = _spec(methods=("exits",), seeds=1, params={"exits": {"marker": str(marker)}})
-    summary = execute(spec, out=tmp_path / "run", backend="dask", show_progress=False)
-    (record,) = read_results(tmp_path / "run")
-    assert record.status == "failed" and record.error.type == "WorkerCrashed"
-    assert summary.failed == [record.cell_id]
-    assert marker.read_text().splitlines() == ["attempt"]
-
-
-_SPANS = """
+    module = f"vb_{name}"
+    source = f"""
 import os
 import time
 
@@ -314,21 +272,42 @@ import numpy as np
 from valbench import Method, Valuation
 
 
-class Spans(Method):
-    name = "spans"
+class Plugin(Method):
+    name = "{name}"
     family = "test"
-    summary = "notes when it starts and ends in a file, a second apart"
+    summary = "a test plugin that writes to a marker file"
 
     def __init__(self, *, marker: str = "") -> None:
         super().__init__(marker=marker)
 
     def value(self, task, ctx):
-        start = time.monotonic()
-        time.sleep(1.0)
-        with open(self.marker, "a") as fh:
-            fh.write(f"{os.getpid()} {start} {time.monotonic()}\\n")
+{textwrap.indent(textwrap.dedent(body).strip(), " " * 8)}
         return Valuation(scores=np.zeros(task.n_train))
 """
+    entry = f"[valbench.methods]\n{name} = {module}:Plugin\n"
+    root = write_distribution(tmp_path / "plugins", f"vb-{name}", module, source, entry)
+    monkeypatch.syspath_prepend(str(root))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(root), *sys.path]))
+
+
+@_needs("distributed")
+def test_dask_crashing_cell_runs_once_and_is_recorded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cell that kills its worker is not rerun on the next worker (Dask's default is 3 more)."""
+    body = """
+        with open(self.marker, "a") as fh:
+            fh.write("attempt\\n")
+        os._exit(3)
+    """
+    _marker_plugin(tmp_path, monkeypatch, "exits", body)
+    marker = tmp_path / "attempts.txt"
+    spec = _spec(methods=("exits",), seeds=1, params={"exits": {"marker": str(marker)}})
+    summary = execute(spec, out=tmp_path / "run", backend="dask", show_progress=False)
+    (record,) = read_results(tmp_path / "run")
+    assert record.status == "failed" and record.error.type == "WorkerCrashed"
+    assert summary.failed == [record.cell_id]
+    assert marker.read_text().splitlines() == ["attempt"]
 
 
 @_needs("distributed")
@@ -339,17 +318,13 @@ def test_a_dask_worker_with_threads_runs_one_cell_at_a_time(
     worker would each count the other's."""
     from distributed import LocalCluster
 
-    from plugin_fixtures import write_distribution
-
-    root = write_distribution(
-        tmp_path / "plugins",
-        "vb-spans",
-        "vb_spans",
-        _SPANS,
-        "[valbench.methods]\nspans = vb_spans:Spans\n",
-    )
-    monkeypatch.syspath_prepend(str(root))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(root), *sys.path]))
+    body = """
+        start = time.monotonic()
+        time.sleep(1.0)
+        with open(self.marker, "a") as fh:
+            fh.write(f"{os.getpid()} {start} {time.monotonic()}\\n")
+    """
+    _marker_plugin(tmp_path, monkeypatch, "spans", body)
     marker = tmp_path / "spans.txt"
     spec = _spec(methods=("spans",), seeds=3, params={"spans": {"marker": str(marker)}}, metrics=())
     with LocalCluster(
