@@ -105,6 +105,21 @@ class Difference:
         fmt = self.column.fmt.lstrip("+")
         return format(value, ("+" if signed else "") + fmt)
 
+    @property
+    def ratio(self) -> float | None:
+        """For a cost (tested on its logarithm): the geometric mean over the shared seeds of
+        B / A, the ratio its test compares; None for other columns."""
+        if self.column.log_floor is None or not math.isfinite(self.tested_diff):
+            return None
+        return math.exp(self.tested_diff)
+
+    @property
+    def change_text(self) -> str:
+        """B - A as the tables show it: with the ratio B / A after it for a cost."""
+        ratio = self.ratio
+        diff = self.text(self.diff, signed=True)
+        return diff if ratio is None else f"{diff} (×{ratio:.3g})"
+
 
 @dataclass(frozen=True)
 class Comparison:
@@ -227,9 +242,9 @@ def compare_runs(run_a: Path, run_b: Path, alpha: float = ALPHA) -> Comparison:
     if any(not d.gated for d in raw):
         notes.append(
             "Costs (CPU and wall seconds, memory, fits) are tested on their logarithm, as "
-            "ratios: a cell's seeds scatter by a factor; the difference shown is B - A in the "
-            "column's unit, and a change counts where the test finds one and both scales point "
-            "the same way."
+            "ratios (a cell's seeds scatter by a factor): beside B - A in the column's unit, "
+            "(×r) is the geometric mean of B / A over the shared seeds, what the test compares, "
+            "and a change counts where the test finds one and both point the same way."
         )
     if few_seeds:
         notes.append(
@@ -290,8 +305,9 @@ def format_table(comparison: Comparison, changed_only: bool = False) -> str:
     lines = [
         f"A = {comparison.run_a} ({comparison.revision_a or 'revision unknown'}), "
         f"B = {comparison.run_b} ({comparison.revision_b or 'revision unknown'})",
-        f"{TEST_NAME} on the seeds both runs hold; {CORRECTION}-corrected over the quality "
-        f"metrics (and apart over the costs), α = {ALPHA:g}; costs never count as a regression",
+        f"{TEST_NAME} on the seeds both runs hold (of a cost, on the logarithms: ×r); "
+        f"{CORRECTION}-corrected over the quality metrics (and apart over the costs), "
+        f"α = {ALPHA:g}; costs never count as a regression",
     ]
     for title, diffs in comparison.by_group().items():
         shown = [d for d in diffs if not changed_only or d.change in ("better", "worse")]
@@ -303,7 +319,7 @@ def format_table(comparison: Comparison, changed_only: bool = False) -> str:
                 f"{d.column.label} {d.column.arrow}",
                 d.text(d.mean_a),
                 d.text(d.mean_b),
-                d.text(d.diff, signed=True),
+                d.change_text,
                 str(d.n_pairs),
                 _p_text(d.p_holm),
                 d.change.upper() if d.change == "worse" and d.gated else d.change,

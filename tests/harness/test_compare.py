@@ -139,6 +139,9 @@ def test_costs_are_compared_as_ratios(base: Path, tmp_path: Path) -> None:
     b = [2 * x * w for x, w in zip(scale, wobble, strict=True)]
     assert cpu and all(d.change == "worse" for d in cpu)
     assert cpu[0].p_value == pytest.approx(stats.ttest_rel(np.log(scale), np.log(b)).pvalue)
+    ratio = float(np.exp(np.mean(np.log(np.divide(b, scale)))))
+    assert cpu[0].ratio == pytest.approx(ratio) and cpu[0].change_text.endswith(f"(×{ratio:.3g})")
+    assert all(d.ratio is None for d in compare_runs(run_a, run_b).differences if d.gated)
     assert stats.ttest_rel(scale, b).pvalue > 0.05  # seconds alone would call them the same
     # Wall seconds are a cost too: tested the same way, in the same (never failing) family.
     _rewrite(
