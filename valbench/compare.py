@@ -108,7 +108,8 @@ class Difference:
     @property
     def ratio(self) -> float | None:
         """For a cost (tested on its logarithm): the geometric mean over the shared seeds of
-        B / A, the ratio its test compares; None for other columns."""
+        B / A, each value counted as at least the column's floor (``Column.log_floor``), the
+        ratio its test compares; None for other columns."""
         if self.column.log_floor is None or not math.isfinite(self.tested_diff):
             return None
         return math.exp(self.tested_diff)
@@ -243,8 +244,9 @@ def compare_runs(run_a: Path, run_b: Path, alpha: float = ALPHA) -> Comparison:
         notes.append(
             "Costs (CPU and wall seconds, memory, fits) are tested on their logarithm, as "
             "ratios (a cell's seeds scatter by a factor): beside B - A in the column's unit, "
-            "(×r) is the geometric mean of B / A over the shared seeds, what the test compares, "
-            "and a change counts where the test finds one and both point the same way."
+            "(×r) is the geometric mean of B / A over the shared seeds, each value counted as at "
+            "least its floor (1 ms, 1 MB, 1 fit, 0.001 fits/s), what the test compares; "
+            "a change counts where the test finds one and both point the same way."
         )
     if few_seeds:
         notes.append(

@@ -21,8 +21,10 @@ A Dask worker with several threads (``dask worker``'s default, one per core) so 
 cells one after another, and the run says so once at the start; start workers with
 ``--nthreads 1`` and more ``--nworkers`` for cells in parallel. The driver keeps one cell in
 flight per worker process, so no cell waits inside a busy worker while another worker sits
-idle, and none is left queued there to start after a Ctrl-C. A Ray task has its worker
-process to itself.
+idle, and none is left queued there to start after a Ctrl-C; the local cluster's scheduler
+gives a worker no more cells than threads (``worker-saturation`` 1.0; a scheduler started
+elsewhere keeps its own, by default 1.1, which can queue a second cell behind a worker's one
+when another worker is paused). A Ray task has its worker process to itself.
 
 A cell that kills its worker (a segfault, ``os._exit``) is recorded as failed
 (``WorkerCrashed``) after one attempt: the local Dask cluster is started with
@@ -48,6 +50,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import CancelledError
 from typing import Any
 
 from valbench.errors import UsageError
@@ -249,9 +252,15 @@ def _run_dask(
     cluster = None
     if address is None:
         # One attempt per cell: by default the scheduler reruns a task that killed its worker
-        # on up to 3 more workers, each of which it kills too. The scheduler reads this setting
-        # when it is created (in this process for a local cluster).
-        with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        # on up to 3 more workers, each of which it kills too. And a worker takes no more
+        # cells than it has threads (the default saturation, 1.1, gives a one-thread worker a
+        # second, which would wait behind the first). The scheduler reads these settings when
+        # it is created (in this process for a local cluster).
+        settings = {
+            "distributed.scheduler.allowed-failures": 0,
+            "distributed.scheduler.worker-saturation": 1.0,
+        }
+        with dask.config.set(settings):
             cluster = LocalCluster(
                 n_workers=LOCAL_WORKERS,
                 threads_per_worker=1,
@@ -298,6 +307,8 @@ def _run_dask(
                 done = wait(list(futures), timeout=_POLL_S, return_when="FIRST_COMPLETED").done
             except TimeoutError:  # nothing finished within the poll interval
                 done = set()
+            except CancelledError:  # cancelled elsewhere (a lost scheduler, another client):
+                done = {fut for fut in futures if fut.done()}  # recorded as crashed below
             for fut in done:
                 cell = futures.pop(fut)
                 try:

@@ -205,7 +205,8 @@ class CellCost:
     cpu_s: float | None = None
     wall_s: float | None = None
     peak_mem_mb: float | None = None
-    #: Most GPU memory torch held allocated during ``value()``, in MB; None on the CPU.
+    #: Most GPU memory ``value()`` allocated through torch beyond what was allocated when it
+    #: began, in MB; None where it allocated none (every CPU cell).
     gpu_peak_mb: float | None = None
     #: Model fits counted by the task's fit counter (what a "fit" is differs by method).
     model_fits: int | None = None

@@ -349,11 +349,12 @@ TABLE_COLUMNS: tuple[Column, ...] = (
         "GPU peak MB",
         _cost("gpu_peak_mb"),
         False,
-        fmt=".0f",
+        fmt=".3g",
         group="cost",
-        description="most GPU memory torch held allocated during the method's valuation (its "
-        "value() call; torch.cuda.max_memory_allocated, counting what was allocated when it "
-        "began): on runs where a GPU was used, shown, not ranked, like the process's peak",
+        description="most GPU memory the method's valuation (its value() call) allocated "
+        "through torch beyond what was allocated when it began (torch.cuda."
+        "max_memory_allocated on the device valbench trains on); blank where it allocated "
+        "none; shown, not ranked, like the process's peak",
         bounds=COST,
         compared=False,
         log_floor=1.0,

@@ -289,12 +289,15 @@ class PeakMemory:
 
 
 class GpuPeakMemory:
-    """The most GPU memory torch held allocated during the block (``max_memory_allocated``
-    from a reset at its start, so what was allocated then counts too), in MB; None where
-    torch's CUDA was never started, so a CPU cell neither imports torch nor starts CUDA."""
+    """The most GPU memory the block allocated through torch beyond what was allocated when it
+    began (``max_memory_allocated`` from a reset at its start, on the current device, the one
+    valbench trains on), in MB; None where the block allocated none or torch's CUDA was never
+    started, so a CPU cell neither imports torch nor starts CUDA, and a cell that used no GPU
+    reads the same in a fresh worker and in one an earlier cell left CUDA started in."""
 
     def __init__(self) -> None:
         self.peak_mb: float | None = None
+        self._start = 0
 
     @staticmethod
     def _cuda() -> Any:
@@ -305,12 +308,18 @@ class GpuPeakMemory:
         cuda = self._cuda()
         if cuda is not None:
             cuda.reset_peak_memory_stats()
+            self._start = int(cuda.memory_allocated())
         return self
 
     def __exit__(self, *exc: object) -> None:
         cuda = self._cuda()
-        if cuda is not None:
-            self.peak_mb = float(cuda.max_memory_allocated()) / 2**20
+        if cuda is None:
+            return
+        try:
+            grown = int(cuda.max_memory_allocated()) - self._start
+        except Exception:  # noqa: BLE001 - a broken CUDA context: the method's error tells
+            return
+        self.peak_mb = grown / 2**20 if grown > 0 else None
 
 
 def mean_one(weights: np.ndarray) -> np.ndarray:

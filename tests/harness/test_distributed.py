@@ -344,6 +344,38 @@ def test_a_dask_worker_with_threads_runs_one_cell_at_a_time(
     assert "up to 3 threads each" in caplog.text and "--nthreads 1" in caplog.text
 
 
+@_needs("distributed")
+def test_a_cell_cancelled_elsewhere_is_recorded_and_the_run_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """distributed's wait() raises when a future it waits on was cancelled by someone else (a
+    lost scheduler, another client): that cell is recorded as crashed, the rest still run."""
+    from concurrent.futures import CancelledError
+
+    import distributed
+    from distributed.client import FuturesCancelledError
+
+    assert issubclass(FuturesCancelledError, CancelledError)  # what wait() raises
+
+    real_wait = distributed.wait
+    cancelled: list[str] = []
+
+    def wait(futures, **kwargs):  # noqa: ANN001, ANN202 - distributed's own signature
+        if not cancelled:
+            futures[0].cancel()
+            cancelled.append(futures[0].key)
+            raise CancelledError(futures[0].key)
+        return real_wait(futures, **kwargs)
+
+    monkeypatch.setattr(distributed, "wait", wait)
+    spec = _spec(methods=("random",), seeds=3, metrics=())
+    summary = execute(spec, out=tmp_path, backend="dask", show_progress=False)
+    records = read_results(tmp_path)
+    assert len(records) == 3 and summary.ok == 2
+    (crashed,) = [r for r in records if r.status == "failed"]
+    assert crashed.error.type == "WorkerCrashed" and "Cancelled" in crashed.error.message
+
+
 @pytest.mark.slow  # a fresh interpreter and a local cluster: some 20 s
 @_needs("distributed")
 def test_a_dask_run_prints_its_progress_not_the_clusters_log(tmp_path: Path) -> None:

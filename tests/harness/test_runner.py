@@ -44,12 +44,17 @@ def test_gpu_memory_is_read_only_where_torch_started_cuda(monkeypatch: pytest.Mo
     calls: list[str] = []
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
     monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda: calls.append("reset"))
-    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda: 3 * 2**20)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda: 1 * 2**20)  # an earlier cell's
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda: 4 * 2**20)
     with GpuPeakMemory() as gpu:
-        assert calls == [
-            "reset"
-        ]  # from the block's start: an earlier cell's peak is not this one's
-    assert gpu.peak_mb == 3.0
+        # From the block's start: an earlier cell's peak is not this one's.
+        assert calls == ["reset"]
+    assert gpu.peak_mb == 3.0  # beyond what was allocated when it began
+    # A cell that allocated nothing on the GPU reads as one in a fresh worker: none, not 0.
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda: 1 * 2**20)
+    with GpuPeakMemory() as gpu:
+        pass
+    assert gpu.peak_mb is None
 
 
 def test_run_writes_the_run_directory(tmp_path: Path) -> None:
