@@ -186,19 +186,14 @@ def _dask_task(cell: Cell, spec: RunSpec, topic: str | None) -> CellOutcome:
 
 def _worker_processes(client: Any) -> int:
     """The Dask workers (each a process) the scheduler knows now; at least 1, so that a cell
-    waits at the scheduler for a cluster whose workers have not joined yet."""
-    try:
-        return max(1, len(client.nthreads()))
-    except Exception:  # noqa: BLE001 - a scheduler that will not say gets one cell at a time
-        return 1
+    waits at the scheduler for a cluster whose workers have not joined yet. A scheduler that
+    cannot be asked has lost its connection: that error ends the run as any other call's."""
+    return max(1, len(client.nthreads()))
 
 
 def _warn_of_threaded_workers(client: Any) -> None:
     """Say once, at the start, that workers with several threads run one cell at a time."""
-    try:
-        threads = [int(n) for n in client.nthreads().values()]
-    except Exception:  # noqa: BLE001 - only advice: a scheduler that will not say gets none
-        return
+    threads = [int(n) for n in client.nthreads().values()]
     if threads and max(threads) > 1:
         log.warning(
             "the Dask workers have up to %d threads each, but valbench runs one cell at a time "

@@ -311,14 +311,13 @@ class GpuPeakMemory:
             self._start = int(cuda.memory_allocated())
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
         cuda = self._cuda()
-        if cuda is None:
+        # After the block raised (a broken CUDA context, say) nothing is read: the cell fails
+        # with the block's own error, which a second one from here would hide.
+        if cuda is None or exc_type is not None:
             return
-        try:
-            grown = int(cuda.max_memory_allocated()) - self._start
-        except Exception:  # noqa: BLE001 - a broken CUDA context: the method's error tells
-            return
+        grown = int(cuda.max_memory_allocated()) - self._start
         self.peak_mb = grown / 2**20 if grown > 0 else None
 
 
