@@ -240,13 +240,15 @@ def compare_runs(run_a: Path, run_b: Path, alpha: float = ALPHA) -> Comparison:
                         tested_diff=(math.fsum(tested_b) - math.fsum(tested_a)) / len(a),
                     )
                 )
-    if any(not d.gated for d in raw):
+    floors = {d.column.label: d.column.log_floor for d in raw if d.column.log_floor is not None}
+    if floors:
+        listed = ", ".join(f"{label} {floor:g}" for label, floor in floors.items())
         notes.append(
             "Costs (CPU and wall seconds, memory, fits) are tested on their logarithm, as "
             "ratios (a cell's seeds scatter by a factor): beside B - A in the column's unit, "
             "(×r) is the geometric mean of B / A over the shared seeds, each value counted as at "
-            "least its floor (1 ms, 1 MB, 1 fit, 0.001 fits/s), what the test compares; "
-            "a change counts where the test finds one and both point the same way."
+            f"least its column's floor ({listed}), what the test compares; a change counts "
+            "where the test finds one and both point the same way."
         )
     if few_seeds:
         notes.append(
