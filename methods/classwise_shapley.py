@@ -233,7 +233,8 @@ class ClasswiseShapley(Method):
     in-class set with its context and one per prefix trained (the last prefix is the full
     set): at most n per round. Prefixes are trained ``batch_size`` at a time, so a cut saves
     only the batches after the one it falls in (a class of at most ``batch_size`` points
-    saves nothing; ``batch_size=1`` trains exactly what the authors' loop trains).
+    saves nothing; ``batch_size=1`` trains what the authors' loop trains, less the two fits
+    listed below).
 
     Departures from the authors' code:
     - a prefix left untrained repeats the previous prefix's a_out as well as its a_in; the
@@ -241,6 +242,9 @@ class ClasswiseShapley(Method):
       a third of the prefix's utility) from the point at the cut to the permutation's last
       point.
     - the full set is not trained a second time as the last prefix (the same model).
+    - the context alone (the empty prefix) is not trained: the original fits it each round
+      and class, but a model trained on no point of the class has in-class accuracy 0, so
+      its utility is 0 whatever it learns.
     - a class whose values sum to 0 or less is not normalized (the original divides by that
       sum, flipping or blowing up the values).
     - prefixes are trained ``batch_size`` at a time; marginals computed past a truncation

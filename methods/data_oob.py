@@ -33,8 +33,13 @@ def bootstrap_counts(n: int, n_models: int, rng: np.random.Generator) -> np.ndar
 class DataOOB(Method):
     """Out-of-bag value from ``n_estimators`` bootstrap models (capped by the fit budget).
 
-    Points that are in every bootstrap sample (never out of bag) get the mean of the others'
-    values (a departure: the original code's ``evaluate_oob_accuracy`` has no entry for them).
+    Departures from the authors' code:
+    - B = 200 bootstrap models by default where the paper and its code bag 800 (trees of a
+      random forest): 200 fits inside the ``ci`` and ``quick`` presets' fit budgets (300 and
+      600), so the default cell is complete there; ``n_estimators=800`` is the paper's.
+    - the bagged model is the run's evaluation model, not a decision tree.
+    - points that are in every bootstrap sample (never out of bag) get the mean of the others'
+      values (the original code's ``evaluate_oob_accuracy`` has no entry for them).
 
     A budgeted fit is one bootstrap model; with ``warm_start`` the full-data model is one of
     the ``n_estimators`` fits, so B − 1 bootstrap models are trained.

@@ -34,8 +34,8 @@ _BETA1, _BETA2, _ADAM_EPS = 0.9, 0.999, 1e-8
 
 
 class ValueEstimator(torch.nn.Module):
-    """The DVE network of the original code: ``(x, onehot y)`` through ``layers - 2`` ReLU
-    layers (``layers - 3`` of width ``hidden``, then one of width ``comb``), concatenated with
+    """The DVE network of the original code: ``(x, onehot y)`` through ``layers - 1`` ReLU
+    layers (``layers - 2`` of width ``hidden``, then one of width ``comb``), concatenated with
     the prediction difference, one more ReLU layer of width ``comb`` and a sigmoid output.
     Weights Glorot-uniform, biases zero (the TF ``fully_connected`` defaults)."""
 

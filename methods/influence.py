@@ -140,6 +140,11 @@ class InfluenceFunction(Method):
     constant to every score (rankings unchanged; 3e-4 to 2e-2 of max|score| measured); their
     logistic regression has no bias and runs with damping 0, where valbench's has an undecayed
     bias and ``damping=None`` is 1e-3 (1 % of max|score|, Spearman 0.999 against 1e-10).
+    Beyond the logistic case: ``layers="last"`` by default, where Koh & Liang take every
+    parameter of their networks (``"all"`` does); LiSSA runs at most 1000 steps to ``tol``
+    with its scale set to 1.2 times a power-iteration estimate of the largest eigenvalue,
+    where their ``get_inverse_hvp_lissa`` runs 10,000 steps at a fixed scale of 10 (a scale
+    below that eigenvalue diverges).
 
     A budgeted fit is the one full-data model (its Newton refinement finishes it).
 

@@ -680,6 +680,12 @@ class EL2N(_TrainingDynamics):
     itself: a tenth of the recipe's epochs (at least 1: 1 of the cnn's 8, 2 of resnet18's
     15), the learning-rate schedule spanning the full recipe.
 
+    Departures from the authors' code (its scoring is ported in the tests and agrees): the
+    evaluation model and its optimiser are valbench's (Adam on logreg/MLP, the architecture's
+    recipe on a deep model; the paper trains ResNets with SGD); "early" on logreg/MLP is
+    counted in optimiser steps, so it scales with the dataset, where the paper scores at
+    epoch 20 of 200.
+
     A budgeted fit is one training run of the network (``runs`` in all).
 
     Args:
@@ -700,12 +706,18 @@ class EL2N(_TrainingDynamics):
 class Forgetting(_TrainingDynamics):
     """Forgetting events (Toneva et al.): correct → incorrect transitions between presentations.
 
-    Never-learned points count as most forgettable (``epochs`` events, as the original
-    code). ``epochs=None`` trains about 1000 minibatch steps (10–50 epochs), so there are
+    ``epochs=None`` trains about 1000 minibatch steps (10–50 epochs), so there are
     enough presentations to forget; on
     ``cnn``/``resnet18`` it watches every epoch of the recipe's training (8 and 15 epochs by
     default; the paper trains 200), reading correctness from the training-mode forward pass
     of each minibatch before its step, as the paper's code does.
+
+    Departures from the authors' code: counts are averaged over the R runs where the original
+    sums them (the same order when every run sees every point); the evaluation model and its
+    optimiser are valbench's (Adam on logreg/MLP, the recipe on a deep model), and a deep
+    model trains its recipe's epochs where the paper trains 200. Never-learned points count
+    as most forgettable, ``epochs`` events, as the original code does (the paper: infinitely
+    many).
 
     A budgeted fit is one training run of the network (``runs`` in all).
 

@@ -216,10 +216,13 @@ class FacilityLocation(_EmbeddingGreedy):
     Nemhauser et al. 1978), ``sim = dmax - distance`` on the embeddings. Scores: reverse pick
     order (first pick highest, unpicked 0).
 
-    Departures from DeepCore/apricot: the embeddings are the task's standardised features on a
-    shallow model (DeepCore's are the trained network's, as here on a deep model);
-    similarities are ``dmax - Euclidean distance`` within each class (DeepCore's default is
-    per-class, ``balance``), class quotas follow a divisor rule so every fraction is a prefix of
+    Departures from DeepCore/apricot: the points are embeddings (the task's standardised
+    features on a shallow model, the trained network's penultimate features on a deep one)
+    where DeepCore's ``Submodular`` compares each point's last-layer loss gradient (bias and
+    weight); similarities are ``dmax - Euclidean distance`` where DeepCore's default
+    ``metric`` is the cosine similarity (``dmax - distance`` is DeepCore's CRAIG's); per
+    class, as DeepCore's ``main.py`` runs it (``--balance`` True; the class's own default is
+    False); class quotas follow a divisor rule so every fraction is a prefix of
     one order; large classes compute similarity columns on demand instead of holding the
     matrix. apricot-select is not used (own lazy greedy with a heap).
 
