@@ -7,8 +7,9 @@ Checks, independently of valbench's own code (stdlib + html5lib):
   are non-empty; every figure file is well-formed XML (SVG);
 - the HTML parses with html5lib in strict mode (no parse errors), has no ``<script src>`` (only
   the inline method filter) and no external ``src``/``href``;
-- every leaderboard mean in ``summary.json`` equals the mean over seeds recomputed here from
-  ``results.jsonl`` (ok cells; a partial one only when the run included them, else counted
+- every leaderboard mean in ``summary.json`` equals the mean over seeds (the geometric mean,
+  each value counted as at least the column's floor, where the column says so) recomputed
+  here from ``results.jsonl`` (ok cells; a partial one only when the run included them, else counted
   as the summary's left-out cells), with the same number of seeds; and every ``data-mean`` of
   the HTML leaderboards equals the one in ``summary.json``;
 - every cell of ``results.jsonl`` has rows in ``results.csv``; every non-ok cell is on the page;
@@ -190,6 +191,13 @@ def check_report(run_dir: Path) -> list[str]:
                 f"summary.json {dataset}: partial cells {group.get('partial_cells')} but "
                 f"results.jsonl has {left_out}"
             )
+        # A column summarised by its geometric mean (the cost the tests read as logarithms)
+        # counts each value as at least its floor.
+        geometric = {
+            c["key"]: float(c["log_floor"])
+            for c in group.get("columns", [])
+            if c.get("mean") == "geometric"
+        }
         for method, entry in group["methods"].items():
             recs = [r for r in ok.get((dataset, noise, method), []) if included or not _partial(r)]
             if entry["n_seeds"] != len(recs):
@@ -199,7 +207,11 @@ def check_report(run_dir: Path) -> list[str]:
                 )
             for key, stat in entry["values"].items():
                 values = [v for r in recs if (v := _extract(r, key)) is not None]
-                expected = sum(values) / len(values) if values else None
+                if key in geometric and values:
+                    logs = [math.log(max(v, geometric[key])) for v in values]
+                    expected = math.exp(sum(logs) / len(logs))
+                else:
+                    expected = sum(values) / len(values) if values else None
                 if not _close(stat.get("mean"), expected) or stat.get("n") != len(values):
                     problems.append(
                         f"summary.json {dataset}/{method}/{key}: mean {stat.get('mean')} "

@@ -78,7 +78,7 @@ class Difference:
     mean_a: float
     mean_b: float
     n_pairs: int
-    p_value: float | None  # paired test (None: fewer than 2 shared seeds)
+    p_value: float | None  # paired test (None: fewer than MIN_TEST_PAIRS shared seeds)
     #: Mean of ``B - A`` on the scale the test reads (:meth:`Column.tested`: a cost's
     #: logarithm); a change needs it and :attr:`diff` to point the same way.
     tested_diff: float = math.nan

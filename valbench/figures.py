@@ -463,7 +463,8 @@ def removal_figure(group: GroupSummary, styles: Mapping[str, MethodStyle]) -> st
 
 
 def runtime_figure(group: GroupSummary, styles: Mapping[str, MethodStyle]) -> str | None:
-    """Mean CPU time per method on a log scale, with the CI as error bars, fastest on top."""
+    """CPU time per method (geometric mean over seeds) on a log scale, with the CI of the
+    logarithms as error bars, fastest on top."""
     rows = [
         (m, s)
         for m, cells in group.rows.items()
@@ -476,14 +477,14 @@ def runtime_figure(group: GroupSummary, styles: Mapping[str, MethodStyle]) -> st
         ax = fig.subplots()
         ys = np.arange(len(rows))
         means = np.array([s.mean for _, s in rows])
-        errs = np.array(
-            [s.half_width if s.n >= 2 and math.isfinite(s.half_width) else 0.0 for _, s in rows]
-        )
-        lower = np.minimum(errs, means * 0.999)  # keep the bar above zero on a log axis
+        # The interval as the table shows it (multiplicative for a geometric mean).
+        spans = [s.interval or (s.mean, s.mean) for _, s in rows]
+        lower = np.minimum(means - np.array([lo for lo, _ in spans]), means * 0.999)
+        errs = np.array([hi for _, hi in spans]) - means
         bars = ax.barh(ys, means, color=[_style(styles, m).color for m, _ in rows], height=0.7)
         for bar, (m, _) in zip(bars, rows, strict=True):
             bar.set_gid(f"vbm-{_style(styles, m).index}-bar")
-        if errs.any():
+        if errs.any() or lower.any():
             ax.errorbar(means, ys, xerr=[lower, errs], fmt="none", ecolor="#222222", lw=0.8)
         ax.set_yticks(ys, [_t(_name(styles, m)) for m, _ in rows])
         ax.invert_yaxis()
@@ -509,7 +510,8 @@ def pareto_front(points: Sequence[tuple[str, float, float]]) -> list[str]:
 
 
 def pareto_points(group: GroupSummary) -> list[tuple[str, float, float]]:
-    """``(method, mean CPU seconds, mean gain over random)`` of the methods with both.
+    """``(method, CPU seconds (geometric mean), mean gain over random)`` of the methods with
+    both.
 
     CPU seconds, not fits: a fit is a different amount of work per method.
     """

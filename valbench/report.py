@@ -699,17 +699,17 @@ def _group_figures(
         "runtime",
         runtime_figure(group, styles),
         "runtime per method",
-        "Mean CPU time of a method's valuation (its value() call) per cell, log scale, fastest "
-        "first; whiskers: CI over seeds.",
+        "Geometric mean over seeds of the CPU time of a method's valuation (its value() call) "
+        "per cell, log scale, fastest first; whiskers: the CI of the logarithms.",
     )
     add(
         "pareto",
         pareto_figure(group, styles),
         "value vs cost",
-        "Mean subset-value gain over random (points, mean over fractions) against mean CPU "
-        "seconds per cell; outlined points and the step line: the Pareto front (nothing else "
-        "is both cheaper and better). CPU seconds, not model fits: a fit is a different amount "
-        "of work per method."
+        "Mean subset-value gain over random (points, mean over fractions) against the "
+        "geometric mean of CPU seconds per cell; outlined points and the step line: the Pareto "
+        "front (nothing else is both cheaper and better). CPU seconds, not model fits: a fit "
+        "is a different amount of work per method."
         + (
             " Grey, named points: methods off the front." if len(group.rows) > HIGHLIGHT + 1 else ""
         ),

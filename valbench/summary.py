@@ -76,7 +76,7 @@ come out "significant" while a far larger but uneven one does not, so two seeds 
 with intervals but left untested."""
 RANDOM_METHOD = "random"
 """The random baseline's method name: compared against, never recommended as a valuation."""
-SUMMARY_SCHEMA = 2
+SUMMARY_SCHEMA = 3
 GAIN_KEY = "gain"
 HEADLINE_KEYS = (
     GAIN_KEY,
@@ -101,7 +101,10 @@ millisecond the clock and the harness's own overhead decide, not the method."""
 CORRELATION = (-1.0, 1.0)
 """Range of a rank correlation."""
 LDS_GROUP = "linear datamodeling (validation)"
-INTERVAL_NAME = "Student t over seeds, clipped to the metric's possible range"
+INTERVAL_NAME = (
+    "Student t over seeds, clipped to the metric's possible range; for CPU seconds, of the "
+    "logarithms (around the geometric mean)"
+)
 DETECTION_GROUP = "mislabel detection (planted flips)"
 """Detection metrics count only the flips valbench planted; labels wrong in the data count clean."""
 FIT_NOTE = (
@@ -173,6 +176,17 @@ class Column:
     @property
     def arrow(self) -> str:
         return "↑" if self.higher_is_better else "↓"
+
+    @property
+    def geometric(self) -> bool:
+        """Whether the column shows geometric means (and intervals of the logarithms): a
+        column whose tests read logarithms, so that the best, the ranks and the mean shown
+        all answer to the same scale as the tests."""
+        return self.tested_on == "log"
+
+    @property
+    def mean_name(self) -> str:
+        return "geometric mean" if self.geometric else "mean"
 
     @property
     def tested_on(self) -> str | None:
@@ -453,20 +467,40 @@ class Stat:
     untested: bool = False
     bounds: tuple[float, float] = (-math.inf, math.inf)
     p_holm: float | None = None  # p_value after Holm's correction over the column's tests
+    #: Set for a geometric stat (a cost, :attr:`Column.geometric`): ``mean`` is the geometric
+    #: mean of the values each counted as at least this floor, and ``half_width`` the
+    #: half-width of the t-interval of their logarithms, so the interval is multiplicative.
+    log_floor: float | None = None
 
     @property
     def present(self) -> bool:
         return self.n > 0 and math.isfinite(self.mean)
 
     @property
+    def at_floor(self) -> bool:
+        """A geometric stat whose every value was at most its floor (the mean is the floor)."""
+        # (exp(log(floor)) can come back a rounding above the floor.)
+        return (
+            self.log_floor is not None
+            and self.present
+            and self.mean <= self.log_floor * (1.0 + 1e-9)
+        )
+
+    @property
     def interval(self) -> tuple[float, float] | None:
         """The confidence interval, clipped to :attr:`bounds`; None with fewer than 2 values.
 
         With 2 seeds the t quantile is 12.7, so mean ± half-width easily leaves the range an
-        accuracy can take; the clipped interval is the set of possible values it covers.
+        accuracy can take; the clipped interval is the set of possible values it covers. A
+        geometric stat's is multiplicative, ``mean ÷ e^h`` to ``mean × e^h``, its low end at
+        least the floor.
         """
         if self.n < 2 or not math.isfinite(self.half_width) or not self.present:
             return None
+        if self.log_floor is not None:
+            # Each value counted as at least the floor: so is the interval's low end.
+            factor = math.exp(min(self.half_width, 700.0))
+            return max(self.mean / factor, self.log_floor), self.mean * factor
         low, high = self.bounds
         return max(self.mean - self.half_width, low), min(self.mean + self.half_width, high)
 
@@ -474,18 +508,25 @@ class Stat:
     def clipped(self) -> bool:
         """True when the interval reaches past the metric's range and is cut to it."""
         interval = self.interval
-        return interval is not None and (
-            interval[0] > self.mean - self.half_width or interval[1] < self.mean + self.half_width
+        return (
+            interval is not None
+            and self.log_floor is None
+            and (
+                interval[0] > self.mean - self.half_width
+                or interval[1] < self.mean + self.half_width
+            )
         )
 
     @property
     def text(self) -> str:
         if not self.present:
             return "—"
+        plain = self.fmt.lstrip("+")
+        if self.at_floor:  # every seed under the floor, which the clock cannot resolve
+            return f"≤{format(self.log_floor, plain)}"
         shown = format(self.mean, self.fmt)
         interval = self.interval
-        plain = self.fmt.lstrip("+")
-        if interval is not None and self.clipped:
+        if interval is not None and (self.clipped or self.log_floor is not None):
             # Asymmetric once clipped: "± h" would claim values the metric cannot take.
             shown += f" [{format(interval[0], plain)}, {format(interval[1], plain)}]"
         elif interval is not None:
@@ -500,13 +541,29 @@ class Stat:
 
 
 def _stat(
-    values: Iterable[float | None], fmt: str, bounds: tuple[float, float] = (-math.inf, math.inf)
+    values: Iterable[float | None],
+    fmt: str,
+    bounds: tuple[float, float] = (-math.inf, math.inf),
+    log_floor: float | None = None,
 ) -> Stat:
+    """Mean and t-interval of the values given; with ``log_floor``, the geometric mean of the
+    values each counted as at least ``log_floor``, and the t-interval of their logarithms."""
     kept = [v for v in values if v is not None]
     if not kept:
-        return Stat(math.nan, math.nan, 0, fmt, bounds=bounds)
-    mean, half = mean_ci(kept, confidence=CONFIDENCE)
-    return Stat(mean, half, len(kept), fmt, bounds=bounds)
+        return Stat(math.nan, math.nan, 0, fmt, bounds=bounds, log_floor=log_floor)
+    if log_floor is None:
+        mean, half = mean_ci(kept, confidence=CONFIDENCE)
+    else:
+        log_mean, half = mean_ci([math.log(max(v, log_floor)) for v in kept], CONFIDENCE)
+        # Every value at the floor: the floor itself (exp(log(floor)) may come back an ulp off).
+        mean = log_floor if max(kept) <= log_floor else math.exp(log_mean)
+    return Stat(mean, half, len(kept), fmt, bounds=bounds, log_floor=log_floor)
+
+
+def column_stat(col: Column, values: Iterable[float | None]) -> Stat:
+    """Column ``col``'s leaderboard cell over ``values`` (one per seed): a geometric stat for
+    a column whose tests read logarithms, else the mean and its clipped t-interval."""
+    return _stat(values, col.fmt, col.bounds, col.log_floor if col.geometric else None)
 
 
 def paired_p_value(a: Sequence[float], b: Sequence[float]) -> float | None:
@@ -866,10 +923,7 @@ def summarise(records: Iterable[CellRecord], include_partial: bool = False) -> l
         for rec in recs:
             by_method[rec.method].append(rec)
         rows: dict[str, dict[str, Stat]] = {
-            m: {
-                c.key: _stat((c.extract(r) for r in by_method[m]), c.fmt, c.bounds)
-                for c in candidates
-            }
+            m: {c.key: column_stat(c, (c.extract(r) for r in by_method[m])) for c in candidates}
             for m in sorted(by_method)
         }
         columns = [c for c in candidates if any(rows[m][c.key].present for m in rows)]
@@ -1153,7 +1207,8 @@ def _stat_json(stat: Stat) -> dict[str, Any]:
     interval = stat.interval
     return {
         "mean": _num(stat.mean),
-        "ci_half_width": _num(stat.half_width),
+        # A geometric stat's half-width is of the logarithms: its interval is [low, high].
+        "ci_half_width": None if stat.log_floor is not None else _num(stat.half_width),
         "ci_low": None if interval is None else _num(interval[0]),
         "ci_high": None if interval is None else _num(interval[1]),
         "n": stat.n,
@@ -1195,6 +1250,8 @@ def summary_json(
                         "group": c.group,
                         "higher_is_better": c.higher_is_better,
                         "tested_on": c.tested_on,
+                        "mean": "geometric" if c.geometric else "arithmetic",
+                        "log_floor": c.log_floor,
                     }
                     for c in g.columns
                 ],
@@ -1220,7 +1277,17 @@ def summary_json(
                 },
                 "best": {c.key: g.best_methods(c.key) for c in g.columns},
                 "partial_cells": g.partial,
-                "min_detectable_difference": {k: _num(v) for k, v in g.detectable.items()},
+                # As the page shows it: null where it exceeds every difference the metric
+                # can show ("none" there; those columns are listed apart).
+                "min_detectable_difference": {
+                    k: _num(v) if g.detectable_within_range(k) else None
+                    for k, v in g.detectable.items()
+                },
+                "min_detectable_difference_beyond_range": sorted(
+                    k
+                    for k, v in g.detectable.items()
+                    if math.isfinite(v) and not g.detectable_within_range(k)
+                ),
                 "separated_from_random": g.separated_from_random,
                 "partial_included": g.partial_included,
             }

@@ -107,7 +107,7 @@ def _ranked(group: GroupSummary, key: str, methods: Sequence[str], better_high: 
 
 
 def _front(group: GroupSummary, key: str) -> list[str]:
-    """Cost-Pareto set on (mean CPU s, mean of ``key``), cheapest first."""
+    """Cost-Pareto set on (geometric mean CPU s, mean of ``key``), cheapest first."""
     points = []
     for method, cells in group.rows.items():
         value, cpu = cells.get(key), cells.get(COST_KEY)
@@ -138,7 +138,8 @@ def _goal(group: GroupSummary, goal: str, question: str, key: str) -> GoalVerdic
     partial = _marked_partial(group)
     has = (
         f"{_names(best, partial)} {'has' if len(best) == 1 else 'share'} the "
-        f"{'highest' if col.higher_is_better else 'lowest'} mean {col.label} ({top.text})"
+        f"{'highest' if col.higher_is_better else 'lowest'} {col.mean_name} {col.label} "
+        f"({top.text})"
     )
     worse = "costlier" if goal == "cost" else "worse"
     apart = (
@@ -194,7 +195,8 @@ def _goal(group: GroupSummary, goal: str, question: str, key: str) -> GoalVerdic
                 else f"Only {group.max_seeds} seeds: after the Holm correction over every "
                 f"pair of the {len(present)} methods compared, "
                 + (
-                    f"no cost ratio as large as the largest between their mean {col.label}"
+                    "no cost ratio as large as the largest between their "
+                    f"{col.mean_name}s of {col.label}"
                     if col.log_floor is not None
                     else f"no difference {col.label} can show"
                 )

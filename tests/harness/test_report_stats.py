@@ -382,7 +382,11 @@ def test_costs_are_compared_in_cpu_seconds_and_fits_are_not_ranked() -> None:
     fits = group.rows["cheap"]["cost.model_fits"]
     assert not fits.best and math.isnan(fits.rank) and fits.p_value is None
     assert group.best_methods("cost.model_fits") == []
-    assert {m: t for m, t, _ in pareto_points(group)} == pytest.approx({"cheap": 9.1, "dear": 1.1})
+    # The cost the tests compare: the geometric mean over seeds.
+    geometric = {
+        m: float(stats.gmean([c, c + 0.1, c + 0.2])) for m, c in (("cheap", 9.0), ("dear", 1.0))
+    }
+    assert {m: t for m, t, _ in pareto_points(group)} == pytest.approx(geometric)
 
 
 #: Seeds whose cells differ a hundredfold in size, and a method costing twice another's in each
@@ -411,23 +415,61 @@ def test_costs_are_tested_as_ratios() -> None:
     tested_on = {c["key"]: c["tested_on"] for c in payload["columns"]}
     assert tested_on["cost.cpu_s"] == "log" and tested_on["gain"] == "value"
     assert payload["min_detectable_difference"]["cost.cpu_s"] == pytest.approx(ratio)
+    assert payload["min_detectable_difference_beyond_range"] == []
+
+
+def test_the_cheapest_is_the_one_the_tests_find_cheaper() -> None:
+    # One slow seed each: by arithmetic means "knn" (0.175 s) looks cheaper than "random"
+    # (0.190 s), yet the paired test of the logarithms finds random cheaper (x0.84, p 0.024).
+    # The column shows geometric means, so the best, the ranks and the verdict follow the test.
+    from valbench.verdict import verdicts
+
+    knn_s, random_s = [0.01] * 5 + [1.0], [0.008] * 5 + [1.1]
+    records = [_line("knn", s, 0.6, cpu_s=c) for s, c in enumerate(knn_s)]
+    records += [_line("random", s, 0.6, cpu_s=c) for s, c in enumerate(random_s)]
+    (group,) = summarise(records)
+    knn, rnd = group.rows["knn"]["cost.cpu_s"], group.rows["random"]["cost.cpu_s"]
+    assert np.mean(knn_s) < np.mean(random_s)
+    assert group.best_methods("cost.cpu_s") == ["random"] and rnd.rank == 1.0
+    assert knn.p_holm is not None and knn.p_holm < ALPHA and not knn.tied
+    assert rnd.mean == pytest.approx(stats.gmean(random_s))
+    low, high = stats.t.interval(
+        0.95, 5, loc=np.mean(np.log(knn_s)), scale=stats.sem(np.log(knn_s))
+    )
+    assert knn.interval == pytest.approx((math.exp(low), math.exp(high)))
+    assert knn.text == f"{stats.gmean(knn_s):.3g} [{math.exp(low):.3g}, {math.exp(high):.3g}]"
+    (verdict,) = verdicts([group])
+    cost = verdict.goal("cost")
+    assert cost is not None and cost.recommended == ["random"]
+    assert "lowest geometric mean CPU s" in cost.why
+    # The detectable ratio is within the ratio of the geometric means: shown, and exported.
+    payload = summary_json(Manifest(spec={}), [group], [])["groups"][0]
+    column = next(c for c in payload["columns"] if c["key"] == "cost.cpu_s")
+    assert column["mean"] == "geometric" and column["log_floor"] == CPU_FLOOR_S
+    cell = payload["methods"]["knn"]["values"]["cost.cpu_s"]
+    assert cell["ci_half_width"] is None and cell["ci_low"] == pytest.approx(math.exp(low))
 
 
 def test_a_cost_ratio_beyond_any_between_the_methods_is_none() -> None:
     from valbench.verdict import verdicts
 
     # Three seeds scattering a hundredfold: the ratio the tests could find is far beyond the
-    # 1.5x between the two methods' mean costs, so the page says none, not x1e+20.
+    # 3.7x between the two methods' (geometric) mean costs, so the page says none, not x1e+20.
     records = [_line("a", s, 0.6, cpu_s=c) for s, c in enumerate([1.0, 100.0, 1.0])]
     records += [_line("b", s, 0.6, cpu_s=c) for s, c in enumerate([100.0, 1.0, 50.0])]
     (group,) = summarise(records)
     assert group.detectable["cost.cpu_s"] > 1e3
     assert group.detectable_text("cost.cpu_s") == "none"
+    # summary.json says so too: no number, the column listed as beyond range.
+    payload = summary_json(Manifest(spec={}), [group], [])["groups"][0]
+    assert payload["min_detectable_difference"]["cost.cpu_s"] is None
+    assert payload["min_detectable_difference_beyond_range"] == ["cost.cpu_s"]
     (verdict,) = verdicts([group])
     cost = verdict.goal("cost")
     assert cost is not None
     assert any(
-        "no cost ratio as large as the largest between their mean CPU s" in c for c in cost.caveats
+        "no cost ratio as large as the largest between their geometric means of CPU s" in c
+        for c in cost.caveats
     )
 
 
@@ -439,7 +481,9 @@ def test_costs_under_a_millisecond_are_one_cost() -> None:
     records += [_line("tmc", s, 0.6, cpu_s=2.0 + 0.3 * s) for s in range(5)]
     (group,) = summarise(records)
     knn, tmc = group.rows["knn"]["cost.cpu_s"], group.rows["tmc"]["cost.cpu_s"]
-    assert knn.tied and knn.p_value == 1.0
+    # One cost: both hold the best (the floor), shown as at most it.
+    assert group.best_methods("cost.cpu_s") == ["knn", "random"]
+    assert knn.text == group.rows["random"]["cost.cpu_s"].text == f"≤{CPU_FLOOR_S:g}"
     assert not tmc.tied and tmc.p_holm is not None and tmc.p_holm < ALPHA
 
 
