@@ -31,6 +31,7 @@ __all__ = [
     "subset_value_curve",
     "random_subset_value",
     "mislabel_recall_curve",
+    "detection_auc_range",
     "curve_area",
     "detection_at_k",
     "two_means_f1",
@@ -408,6 +409,7 @@ def mislabel_metrics(scores: Any, noisy_mask: Any, seed: int = 0) -> dict[str, A
     at_noise = detection_at_k(scores, noisy_mask)
     fr, rec = mislabel_recall_curve(scores, noisy_mask)
     cfr, crec = mislabel_recall_curve(scores, noisy_mask, _COARSE_GRID)
+    low, high = detection_auc_range(noisy_mask)
     return {
         "recall_at_noise": at_noise["recall"],
         "precision_at_noise": at_noise["precision"],
@@ -415,7 +417,20 @@ def mislabel_metrics(scores: Any, noisy_mask: Any, seed: int = 0) -> dict[str, A
         "auc": curve_area(fr, rec),
         "f1_2means": two_means_f1(scores, noisy_mask, seed=seed),
         "curve": [[round(float(f), 10), float(r)] for f, r in zip(cfr, crec, strict=True)],
+        "auc_low": low,
+        "auc_high": high,
     }
+
+
+def detection_auc_range(noisy_mask: Any) -> tuple[float, float]:
+    """The lowest and highest detection AUC a valuation of these points can get: every flip
+    valued above every clean point, and below. Near ρ/2 and 1 − ρ/2 at noise rate ρ (the
+    curve needs the share ρ inspected to find every flip), so a [0, 1] interval would claim
+    values no method can reach."""
+    mask = np.asarray(noisy_mask, dtype=bool)
+    worst = curve_area(*mislabel_recall_curve(mask.astype(np.float64), mask))
+    best = curve_area(*mislabel_recall_curve((~mask).astype(np.float64), mask))
+    return float(worst), float(best)
 
 
 # --------------------------------------------------------------------------- removal / addition

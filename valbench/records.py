@@ -264,6 +264,10 @@ class MislabelMetrics:
     f1_2means: float | None
     #: (fraction inspected, recall) pairs.
     curve: tuple[tuple[float | None, float | None], ...] = ()
+    #: The lowest and highest ``auc`` the cell's points and flips allow (every flip valued
+    #: highest, or lowest); None in lines written before they were recorded.
+    auc_low: float | None = None
+    auc_high: float | None = None
 
     @classmethod
     def from_json(cls, data: Any, where: str = "metrics.mislabel") -> MislabelMetrics:
@@ -281,7 +285,13 @@ class MislabelMetrics:
         return cls(**_scalar_fields(cls, r), curve=tuple(curve))  # type: ignore[arg-type]
 
     def to_json(self) -> dict[str, Any]:
-        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "curve"}
+        # The AUC's range only where recorded, so older lines round-trip unchanged.
+        out = {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if f.name != "curve"
+            and not (f.name in ("auc_low", "auc_high") and getattr(self, f.name) is None)
+        }
         out["curve"] = [list(pair) for pair in self.curve]
         return out
 

@@ -165,6 +165,10 @@ class Column:
     description: str = ""
     #: The values the metric can take; an interval is never shown beyond them.
     bounds: tuple[float, float] = (-math.inf, math.inf)
+    #: Where the range depends on the cell (its points and flips): the range one cell allows,
+    #: or None where its line does not say. A group's column then takes the union over its
+    #: cells (:meth:`within`).
+    cell_bounds: Callable[[CellRecord], tuple[float, float] | None] | None = None
     #: False for a column not comparable across methods: shown, but not ranked or tested.
     compared: bool = True
     #: Set for a cost: its paired tests (the leaderboard's where ``compared``, valbench
@@ -176,6 +180,18 @@ class Column:
     @property
     def arrow(self) -> str:
         return "↑" if self.higher_is_better else "↓"
+
+    def within(self, records: Iterable[CellRecord]) -> Column:
+        """This column with :attr:`bounds` narrowed to what ``records`` allow (the union of
+        their :attr:`cell_bounds`, over those with a value); unchanged when one does not say."""
+        if self.cell_bounds is None:
+            return self
+        ranges = [self.cell_bounds(rec) for rec in records if self.extract(rec) is not None]
+        if not ranges or any(r is None for r in ranges):
+            return self
+        low = min(r[0] for r in ranges if r is not None)
+        high = max(r[1] for r in ranges if r is not None)
+        return replace(self, bounds=(max(low, self.bounds[0]), min(high, self.bounds[1])))
 
     @property
     def geometric(self) -> bool:
@@ -219,6 +235,14 @@ class Column:
 
 
 Extract = Callable[[CellRecord], float | None]
+
+
+def _auc_range(rec: CellRecord) -> tuple[float, float] | None:
+    """The detection AUCs cell ``rec``'s points and flips allow, where its line records them."""
+    mislabel = rec.metrics.mislabel if rec.ok else None
+    if mislabel is None or mislabel.auc_low is None or mislabel.auc_high is None:
+        return None
+    return mislabel.auc_low, mislabel.auc_high
 
 
 def _mislabel(name: str) -> Extract:
@@ -278,6 +302,7 @@ TABLE_COLUMNS: tuple[Column, ...] = (
         group=DETECTION_GROUP,
         description="area under the recall of planted flips vs fraction inspected curve",
         bounds=UNIT,
+        cell_bounds=_auc_range,
     ),
     Column(
         "mislabel.f1_2means",
@@ -918,7 +943,10 @@ def summarise(records: Iterable[CellRecord], include_partial: bool = False) -> l
         )
         scratch_models = sorted({r.metrics.scratch.model for r in recs if r.metrics.scratch})
         scratch = _scratch_columns(fractions, " / ".join(scratch_models)) if scratch_models else []
-        candidates = [_subset_column(f) for f in fractions] + scratch + list(TABLE_COLUMNS)
+        candidates = [
+            c.within(recs)
+            for c in [_subset_column(f) for f in fractions] + scratch + list(TABLE_COLUMNS)
+        ]
         by_method: dict[str, list[CellRecord]] = defaultdict(list)
         for rec in recs:
             by_method[rec.method].append(rec)

@@ -435,7 +435,17 @@ def test_mislabel_metrics() -> None:
         "auc",
         "f1_2means",
         "curve",
+        "auc_low",
+        "auc_high",
     }
+    # The range: the flips found first (recall min(k, 3) / 3 after k of 10 inspected) or last
+    # (max(0, k - 7) / 3), k = round-half-up(10 f) on the 101-point grid.
+    f = np.linspace(0, 1, 101)
+    k = np.floor(10 * f + 0.5)
+    high = np.trapezoid(np.minimum(k, 3) / 3, f)
+    low = np.trapezoid(np.maximum(k - 7, 0) / 3, f)
+    assert (out["auc_low"], out["auc_high"]) == pytest.approx((low, high))
+    assert low < out["auc"] < high
     assert out["recall_at_noise"] == pytest.approx(2 / 3)
     assert out["precision_at_noise"] == pytest.approx(2 / 3)
     assert out["f1_at_noise"] == pytest.approx(2 / 3)

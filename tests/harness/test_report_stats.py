@@ -659,3 +659,37 @@ def test_a_constant_difference_does_not_shrink_the_detectable_difference() -> No
     assert both.detectable[key] > alone.detectable[key]
     sd = float(np.std(np.subtract([0.80 + j for j in jitter], [0.78 - j for j in jitter]), ddof=1))
     assert both.detectable[key] == pytest.approx(min_detectable_difference(sd, 5, comparisons=3))
+
+
+def test_the_detection_auc_interval_stays_within_what_the_flips_allow() -> None:
+    from valbench.metrics import detection_auc_range, mislabel_metrics
+
+    # 250 points, 25 flips: no ordering reaches an AUC of 1 (the curve needs 10 % inspected
+    # to find every flip), nor 0.
+    mask = np.zeros(250, dtype=bool)
+    mask[:25] = True
+    low, high = detection_auc_range(mask)
+    assert low == pytest.approx(0.051, abs=1e-3) and high == pytest.approx(0.951, abs=1e-3)
+    rng = np.random.default_rng(0)
+    perfect = mislabel_metrics(np.where(mask, 0.0, 1.0), mask)
+    assert perfect["auc"] == pytest.approx(high) and perfect["auc_high"] == high
+    assert all(
+        low <= mislabel_metrics(rng.normal(size=250), mask)["auc"] <= high for _ in range(20)
+    )
+    # Two seeds far apart: the t-interval runs past 0.951; it is clipped there, not at 1.
+    records = []
+    for seed, auc in enumerate((0.90, 0.60)):
+        line = _line_json("a", seed, 0.6, 0.5)
+        line["metrics"]["mislabel"] = {**perfect, "auc": auc}
+        records.append(CellRecord.from_json(line))
+    (group,) = summarise(records)
+    stat = group.rows["a"]["mislabel.auc"]
+    assert stat.interval is not None and stat.interval[1] == pytest.approx(high)
+    assert stat.text.endswith(f", {high:.3f}]")
+    assert group.column("mislabel.auc").bounds == (low, high)
+    # A line written before the range was recorded keeps [0, 1], and round-trips unchanged.
+    old = _line_json("a", 0, 0.6, 0.5)
+    old["metrics"]["mislabel"] = {k: v for k, v in perfect.items() if not k.startswith("auc_")}
+    assert CellRecord.from_json(old).to_json()["metrics"]["mislabel"] == old["metrics"]["mislabel"]
+    (old_group,) = summarise([CellRecord.from_json(old)])
+    assert old_group.column("mislabel.auc").bounds == (0.0, 1.0)
