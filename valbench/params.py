@@ -265,8 +265,10 @@ def declared_params(cls: type) -> dict[str, Param]:
 def declaration_problem(cls: type) -> str | None:
     """What is wrong with ``cls``'s parameter declarations, or None: a declaration that is
     not a :class:`Param` (``{"k": 5}``), a default its own constraints refuse
-    (``Param(0, Interval(int, 1, None))``), or an ``__init__`` parameter with no default (the
-    harness builds every method from its parameters' defaults and the user's values)."""
+    (``Param(0, Interval(int, 1, None))``), an ``__init__`` parameter with no default (the
+    harness builds every method from its parameters' defaults and the user's values), or a
+    parameter named like an attribute of the contract (a method's ``value`` or ``name``: each
+    parameter is stored as an attribute, so it would replace the harness's)."""
     try:
         declared = getattr(cls, "parameters", None) or {}
         if not isinstance(declared, Mapping):
@@ -289,6 +291,13 @@ def declaration_problem(cls: type) -> str | None:
         ]
     except Exception as exc:  # a broken declaration is reported, not raised
         return f"{cls.__name__}'s parameters cannot be read: {type(exc).__name__}: {exc}"
+    reserved = _contract_names(cls) & set(specs)
+    if reserved:
+        return (
+            f"{cls.__name__} declares parameter(s) {', '.join(map(repr, sorted(reserved)))} "
+            "named like attributes of valbench's contract, which each parameter would replace "
+            "on the instance; rename them"
+        )
     if required:
         return (
             f"{cls.__name__}.__init__ requires {', '.join(map(repr, required))} with no "
@@ -302,6 +311,16 @@ def declaration_problem(cls: type) -> str | None:
                 f"{spec.allowed()}; change the default or the constraint"
             )
     return None
+
+
+def _contract_names(cls: type) -> set[str]:
+    """The public attributes of the contract class ``cls`` implements (Method or Dataset)."""
+    from valbench.types import Dataset, Method  # here: the contract classes import this module
+
+    for base in (Method, Dataset):
+        if isinstance(cls, type) and issubclass(cls, base):
+            return {n for n in dir(base) if not n.startswith("_")}
+    return set()
 
 
 def toml_value(value: Any) -> str:

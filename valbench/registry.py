@@ -143,6 +143,8 @@ def class_problem(cls: type[Method] | type[Dataset]) -> str | None:
     for attr in texts:
         if not isinstance(getattr(cls, attr, ""), str):
             return f"{cls.__name__}.{attr} is {getattr(cls, attr)!r}, not a string"
+        if not getattr(cls, attr, "").strip():  # the report and result lines need each
+            return f"{cls.__name__}.{attr} is not set; set it as a class attribute"
     if not issubclass(cls, Method):
         return None
     cap = cls.max_train
@@ -192,7 +194,12 @@ def _entry_points(kind: Kind) -> dict[str, list[EntryPoint]]:
 def _resolve(kind: Kind, name: str, eps: list[EntryPoint]) -> Entry:
     """The one entry behind ``name``: a built-in always wins over a plugin of its name (a
     plugin must not silently replace, say, the random baseline), and a name two plugins
-    claim is broken (which one a run got would depend on the order packages are found)."""
+    claim is broken (which one a run got would depend on the order packages are found). A
+    plugin named like one of the other kind is broken too: ``--param NAME.k=...`` is read for
+    the method and the dataset of that name alike."""
+    clash = _kind_clash(kind, name, eps)
+    if clash is not None:
+        return clash
     if len(eps) == 1:
         return _load(kind, eps[0])
     builtin = [ep for ep in eps if _dist_name(ep) == _BUILTIN_DIST]
@@ -209,6 +216,24 @@ def _resolve(kind: Kind, name: str, eps: list[EntryPoint]) -> Entry:
         eps[0].value,
         _dist_label(eps[0]),
         error=f"registered by more than one plugin ({others}); uninstall or rename all but one",
+    )
+
+
+def _kind_clash(kind: Kind, name: str, eps: list[EntryPoint]) -> Entry | None:
+    """The broken entry of a plugin ``name`` that the other kind registers too, or None. A
+    built-in keeps its name; a plugin's name clashing with a built-in's or another plugin's
+    of the other kind is refused (both plugins, where both are)."""
+    other: Kind = "dataset" if kind == "method" else "method"
+    theirs = _entry_points(other).get(name)
+    if not theirs or any(_dist_name(ep) == _BUILTIN_DIST for ep in eps):
+        return None
+    return Entry(
+        kind,
+        name,
+        eps[0].value,
+        _dist_label(eps[0]),
+        error=f"{_dist_name(theirs[0])} registers a {other} named {name!r} too, and "
+        f"--param {name}.<parameter> would be read for both; rename the plugin's {kind}",
     )
 
 

@@ -123,6 +123,7 @@ from valbench import Method, Valuation
 
 class Good(Method):
     name = "fine-one"
+    family = "other"
     summary = "a well-behaved plugin"
 
     def value(self, task, *, rng, budget, progress=None):
@@ -231,6 +232,7 @@ from valbench import Dataset
 
 class Odd(Dataset):
     name = "odd-info"
+    summary = "an info that is not a mapping, a probe that raises"
     info = ["not", "a", "mapping"]
 
     @classmethod
@@ -323,6 +325,7 @@ class BadDefault(Method):
 
 class Fine(Method):
     name = "fine-neighbour"
+    family = "other"
     summary = "a healthy class in the same module"
 
     def value(self, task, ctx):
@@ -352,3 +355,57 @@ def test_a_bad_default_breaks_its_own_class_only_and_names_it(
     )
     with pytest.raises(UsageError, match="change the default or the constraint"):
         get_method("bad-default")
+
+
+NAME_CLASHES = """
+import numpy as np
+
+from valbench import Method, Valuation
+from valbench.params import Param
+
+
+class Synthetic(Method):
+    name = "synthetic"
+    family = "other"
+    summary = "named like the built-in dataset"
+
+    def value(self, task, ctx):
+        return Valuation(scores=np.zeros(task.n_train))
+
+
+class Shadow(Synthetic):
+    name = "shadow"
+    parameters = {"value": Param(1, int, doc="replaces Method.value on the instance")}
+
+
+class Unnamed(Synthetic):
+    name = "unnamed"
+    family = ""
+"""
+
+
+def test_plugins_whose_names_would_break_a_run_are_refused_when_listed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A plugin audit: a method named like the built-in dataset took --param synthetic.k for
+    both (every cell of the run failed, and the dataset's own parameters could not be set);
+    a parameter named 'value' replaced the method's value() on the instance (every cell
+    failed with "'int' object is not callable"); a method without a family was listed."""
+    write_distribution(
+        tmp_path / "clashes",
+        "clashes",
+        "clashes_mod",
+        NAME_CLASHES,
+        "[valbench.methods]\nsynthetic = clashes_mod:Synthetic\nshadow = clashes_mod:Shadow\n"
+        "unnamed = clashes_mod:Unnamed\n",
+    )
+    monkeypatch.syspath_prepend(str(tmp_path / "clashes"))
+    found = discover("method")
+    assert "a dataset named 'synthetic' too" in (found["synthetic"].error or "")
+    assert "--param synthetic.<parameter>" in (found["synthetic"].error or "")
+    assert discover("dataset")["synthetic"].ok  # the built-in keeps its name
+    assert "parameter(s) 'value' named like attributes" in (found["shadow"].error or "")
+    assert found["unnamed"].error == "Unnamed.family is not set; set it as a class attribute"
+    assert not {"synthetic", "shadow", "unnamed"} & set(method_names())
+    with pytest.raises(UsageError, match="dataset named 'synthetic' too"):
+        get_method("synthetic")
