@@ -134,7 +134,20 @@ def _load_splits(
     dataset: str, data_seed: int, max_train: int | None, params_json: str
 ) -> DatasetSplits:
     # Cached so a serial run or a reused worker loads each split once for all its methods.
-    return _dataset(dataset, params_json).load(seed=data_seed, max_train=max_train)
+    splits = _dataset(dataset, params_json).load(seed=data_seed, max_train=max_train)
+    _refuse_over_cap(dataset, splits, max_train)
+    return splits
+
+
+def _refuse_over_cap(dataset: str, splits: DatasetSplits, max_train: int | None) -> None:
+    """A dataset (a plugin's) that returned more training points than ``--max-train``: the
+    cell fails rather than run at a size, and a cost, the user did not ask for."""
+    n = len(splits.y_train)
+    if max_train is not None and n > max_train:
+        raise DatasetError(
+            f"dataset {dataset!r} returned {n} training points, above --max-train "
+            f"{max_train}; its load() must cap them (valbench.testing.check_dataset checks it)"
+        )
 
 
 def _relabeller(
@@ -173,6 +186,7 @@ def _load_relabelled(
     )
     if "noisy" not in out:
         raise RuntimeError(f"dataset {noise_cell.dataset!r}: load_relabelled never called relabel")
+    _refuse_over_cap(noise_cell.dataset, splits, max_train)
     return splits, out["noisy"], out["given"]
 
 

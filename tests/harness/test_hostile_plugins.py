@@ -362,3 +362,40 @@ def test_huge_finite_scores_give_the_metrics_of_their_ranking(
     utilities = masks @ scores + rng.normal(scale=0.1, size=30)
     small = linear_datamodeling_score(scores, masks, utilities)
     assert linear_datamodeling_score(scores * 1e300, masks, utilities) == pytest.approx(small)
+
+
+UNCAPPED = """
+from valbench.datasets.synthetic import SyntheticDataset
+
+
+class Uncapped(SyntheticDataset):
+    name = "uncapped"
+    summary = "the synthetic data, whatever --max-train asks"
+
+    def load(self, *, seed, max_train=None):
+        return super().load(seed=seed, max_train=None)
+"""
+
+
+def test_a_dataset_ignoring_max_train_fails_its_cells(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A plugin audit: a dataset whose load() ignored --max-train 40 ran its cells on 300
+    points, unannounced (a cost the user capped)."""
+    write_distribution(
+        tmp_path / "dist",
+        "uncapped",
+        "uncapped_mod",
+        UNCAPPED,
+        "[valbench.datasets]\nuncapped = uncapped_mod:Uncapped\n",
+    )
+    monkeypatch.syspath_prepend(str(tmp_path / "dist"))
+    out = tmp_path / "run"
+    argv = ["run", "--methods", "random", "--datasets", "uncapped,synthetic", "--seeds", "1"]
+    main([*argv, "--max-train", "40", "--out", str(out), "--no-progress", "--backend", "serial"])
+    capsys.readouterr()
+    cells = {r.dataset: r for r in read_results(out)}
+    assert cells["synthetic"].status == "ok" and cells["synthetic"].n_train == 40
+    failed = cells["uncapped"]
+    assert failed.status == "failed" and failed.error is not None
+    assert "returned 720 training points, above --max-train 40" in failed.error.message
