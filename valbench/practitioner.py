@@ -29,13 +29,14 @@ import numpy as np
 from valbench import metrics
 from valbench.data import standardize as standardize_rows
 from valbench.data import train_scale
-from valbench.errors import UsageError, printable
+from valbench.errors import UsageError, ValbenchError, printable
 from valbench.export import point_sample_counts, point_stderr, rank_desc
 from valbench.spec import split_names, stable_int
 from valbench.types import (
     Budget,
     BudgetMeter,
     DatasetSplits,
+    InvalidValuation,
     Method,
     RunContext,
     ValuationTask,
@@ -45,6 +46,7 @@ __all__ = [
     "DEFAULT_FOLDS",
     "DEFAULT_METHODS",
     "CrossFitValues",
+    "InvalidMethodResult",
     "ValuationFailed",
     "ValuationInterrupted",
     "check_request",
@@ -438,10 +440,16 @@ def value_arrays(
                     budget=BudgetMeter(budget_obj, task.fit_counter),
                     fractions=_FRACTIONS,
                 )
-                with task.fit_counter.charging():
-                    raw = classes_by_name[name](**given[name]).value(task.for_method(), ctx)
+                try:
+                    with task.fit_counter.charging():
+                        raw = classes_by_name[name](**given[name]).value(task.for_method(), ctx)
+                except InvalidValuation as exc:  # building its Valuation: the contract's words
+                    raise InvalidMethodResult(name, exc) from None
                 check_fit_budget(name, task.fit_counter.count, budget_obj.max_fits)
-                valuation = check_valuation(raw, len(rows), name, _FRACTIONS)
+                try:
+                    valuation = check_valuation(raw, len(rows), name, _FRACTIONS)
+                except (InvalidValuation, TypeError) as exc:
+                    raise InvalidMethodResult(name, exc) from None
                 detection = (
                     valuation.scores
                     if valuation.detection_scores is None
@@ -471,6 +479,23 @@ def value_arrays(
             raise ValuationFailed(result(finished), missing, exc) from exc
         finished.append(name)
     return result(methods)
+
+
+class InvalidMethodResult(ValbenchError, InvalidValuation):
+    """A method's result broke the contract (not a :class:`~valbench.types.Valuation`, or one
+    that fails its checks): a one-line error naming the method, not a traceback through the
+    harness. An :class:`~valbench.types.InvalidValuation` still, for callers catching that."""
+
+    exit_code = 1
+
+    def __init__(self, method: str, error: Exception) -> None:
+        said = str(error)
+        # check_valuation names the method already; a Valuation built inside it does not.
+        prefix = f"method {method!r} "
+        super().__init__(
+            said if said.startswith(prefix) else f"{prefix}returned an invalid result: {said}"
+        )
+        self.method = method
 
 
 class ValuationInterrupted(KeyboardInterrupt):

@@ -837,3 +837,47 @@ def test_the_consensus_does_not_depend_on_the_order_of_the_methods(tmp_path: Pat
     assert first["suspicion_rank"].tolist() == second["suspicion_rank"].tolist()
     for _, same in first.groupby("suspicion"):
         assert same["suspicion_rank"].nunique() == 1
+
+
+@pytest.mark.parametrize(
+    ("returned", "said"),
+    [
+        ("short", "returned an invalid result: scores have shape (29,); expected (30,)"),
+        ("text", "returned an invalid result: scores must be real numbers"),
+        ("none", "returned NoneType, not a Valuation"),
+    ],
+)
+def test_value_says_in_one_line_which_method_broke_the_contract(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    returned: str,
+    said: str,
+) -> None:
+    """A plugin audit: a method returning scores of the wrong length or type ended `valbench
+    value` in a traceback through the harness, the dtype error without the method's name."""
+    from valbench.methods.knn_shapley import KNNShapley
+    from valbench.types import Valuation
+
+    def odd(self: object, task: Any, ctx: object) -> object:
+        if returned == "short":
+            return Valuation(scores=np.zeros(task.n_train - 1))
+        if returned == "text":
+            return Valuation(scores=np.array(["a"] * task.n_train))
+        return None
+
+    monkeypatch.setattr(KNNShapley, "value", odd)
+    data = tmp_path / "mine.csv"
+    _noisy_file(data, n=60)
+    out = tmp_path / "v.csv"
+    argv = ["value", str(data), "--label-column", "y", "--id-column", "id", "--out", str(out)]
+    assert main([*argv, "--methods", "knn-shapley,random"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith("valbench: error: method 'knn-shapley' ") and said in err, err
+    # After a method that finished: what it wrote is said first, then the same one line.
+    assert main([*argv, "--methods", "random,knn-shapley"]) == 1
+    err = capsys.readouterr().err
+    assert "knn-shapley failed; " in err and err.splitlines()[-1].startswith(
+        "valbench: error: method 'knn-shapley' "
+    ), err
