@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from valbench.params import Interval, Options, Param
 from valbench.types import (
     Budget,
     BudgetMeter,
@@ -41,7 +42,10 @@ __all__ = [
     "Dataset",
     "DatasetSplits",
     "FitCounter",
+    "Interval",
     "Method",
+    "Options",
+    "Param",
     "ProgressFn",
     "RunContext",
     "Valuation",

@@ -314,11 +314,10 @@ def declaration_problem(cls: type) -> str | None:
 
 
 def _contract_names(cls: type) -> set[str]:
-    """The public attributes of the contract class ``cls`` implements (Method or Dataset)."""
-    from valbench.types import Dataset, Method  # here: the contract classes import this module
-
-    for base in (Method, Dataset):
-        if isinstance(cls, type) and issubclass(cls, base):
+    """The public attributes of the contract class ``cls`` implements: the nearest base that
+    sets its own ``_param_kind`` (Method, Dataset; this module sits below them)."""
+    for base in getattr(cls, "__mro__", ()):
+        if base.__dict__.get("_param_kind"):
             return {n for n in dir(base) if not n.startswith("_")}
     return set()
 

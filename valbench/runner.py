@@ -143,7 +143,10 @@ def resolve_names(spec: RunSpec, narrowable: Collection[str] = ()) -> RunSpec:
             elif name not in valid:
                 broken = discover("method" if kind == "method" else "dataset").get(name)
                 if broken is not None and not broken.ok:
-                    raise UsageError(f"{kind} {name!r} failed to load: {broken.error}")
+                    raise UsageError(
+                        f"{kind} {name!r} (from {broken.distribution}) failed to load: "
+                        f"{broken.error}"
+                    )
                 raise UnknownNameError(kind, name, valid)
         return tuple(dict.fromkeys(names))
 
@@ -403,6 +406,8 @@ def _worker_main(
     # found here too.
     sys.path[:] = sys_path
     importlib.invalidate_caches()
+    # The driver has said what the registry warns of (a plugin skipped or shadowed) once.
+    logging.getLogger("valbench.registry").setLevel(logging.ERROR)
     if spec_data.get("max_memory_mb"):
         _cap_memory(float(spec_data["max_memory_mb"]))
     spec = RunSpec.from_dict(spec_data)

@@ -409,3 +409,28 @@ def test_plugins_whose_names_would_break_a_run_are_refused_when_listed(
     assert not {"synthetic", "shadow", "unnamed"} & set(method_names())
     with pytest.raises(UsageError, match="dataset named 'synthetic' too"):
         get_method("synthetic")
+
+
+def test_a_shadowed_built_in_is_warned_of_once_a_run(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A plugin audit: the warning that a plugin's 'random' is ignored came once from the
+    driver, then again from each worker process."""
+    write_distribution(
+        tmp_path / "impostor",
+        "impostor",
+        "impostor_once",
+        IMPOSTOR,
+        "[valbench.methods]\nrandom = impostor_once:Random\n",
+    )
+    monkeypatch.syspath_prepend(str(tmp_path / "impostor"))
+    argv = ["run", "--methods", "random", "--datasets", "synthetic", "--seeds", "2"]
+    assert main([*argv, "--max-train", "40", "--out", str(tmp_path / "r"), "--no-progress"]) == 0
+    said = "is valbench's built-in; ignoring the plugin(s) that also register it: impostor"
+    # The driver's (logged here in-process), and none from the worker processes' stderr.
+    assert sum(said in r.getMessage() for r in caplog.records) == 1
+    err = capfd.readouterr().err
+    assert said not in err, err

@@ -8,20 +8,28 @@ from __future__ import annotations
 
 import numpy as np
 
-from valbench import Method, RunContext, Valuation, ValuationTask
+from valbench import Method, Options, Param, RunContext, Valuation, ValuationTask
 
 __all__ = ["CentroidTypicality"]
 
 
 class CentroidTypicality(Method):
-    """Negative distance to the centroid of the point's labelled class (train data only)."""
+    """Negative distance to the centroid of the point's labelled class (train data only).
+
+    Args:
+        metric: ``"euclidean"`` (default) or ``"manhattan"``.
+    """
 
     name = "centroid"
     family = "geometry"
     summary = "Negative distance of each point to its labelled class centroid."
-
-    def __init__(self, *, metric: str = "euclidean") -> None:
-        self.metric = metric  # only store parameters (scikit-learn style)
+    # Declared, so valbench checks a --param value before anything runs.
+    parameters = {
+        "metric": Param(
+            "euclidean", Options(str, ("euclidean", "manhattan")), doc="distance to the centroid"
+        ),
+    }
+    metric: str
 
     def value(self, task: ValuationTask, ctx: RunContext) -> Valuation:
         x, y = task.x_train.astype(np.float64), task.y_train
@@ -31,9 +39,7 @@ class CentroidTypicality(Method):
         diff = x - centroids[y]
         if self.metric == "euclidean":
             dist = np.linalg.norm(diff, axis=1)
-        elif self.metric == "manhattan":
+        else:  # "manhattan": the declaration admits no other
             dist = np.abs(diff).sum(axis=1)
-        else:
-            raise ValueError(f"metric must be 'euclidean' or 'manhattan', got {self.metric!r}")
         ctx.progress(1, 1)
         return Valuation(scores=-dist, stats={"metric": self.metric})
