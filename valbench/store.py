@@ -566,7 +566,9 @@ class RunStore:
             raise RunDirectoryError(f"{self.run_dir} is not a directory; choose another --out")
         check_entries(self.run_dir)
         try:  # a fresh random name: nothing planted can be followed
-            fd, probe = tempfile.mkstemp(dir=self.run_dir, prefix=".write-probe.")
+            # Named as a scratch file, so one a kill leaves behind does not make the folder
+            # foreign.
+            fd, probe = tempfile.mkstemp(dir=self.run_dir, prefix=".write-probe.", suffix=".tmp")
             os.close(fd)
             os.unlink(probe)
         except OSError as exc:
@@ -603,8 +605,12 @@ class RunStore:
                 "wait for it to finish, or choose another --out"
             ) from None
         info = {"pid": os.getpid(), "host": socket.gethostname(), "since": _now()}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(info).encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(info).encode(), 0)
+        except OSError as exc:  # a full disk: said in one line, as any other write
+            os.close(fd)
+            raise _write_error(path, exc) from None
         self._lock_fd = fd
 
     def unlock(self) -> None:
@@ -641,21 +647,28 @@ class RunStore:
         return False
 
     def clear(self) -> None:
-        """Remove what valbench wrote here (for ``--overwrite``), and nothing else."""
+        """Remove what valbench wrote here (for ``--overwrite``), and nothing else.
+
+        The manifest goes last, with Ctrl-C and SIGTERM held: a clear stopped half way would
+        otherwise leave valbench's files without the manifest that makes the folder a run,
+        which every later command (``--overwrite`` too) refuses as someone else's."""
         check_entries(self.run_dir)
-        for name in OWNED_FILES:
-            (self.run_dir / name).unlink(missing_ok=True)
-        for sub, suffix in _OWNED_SUBDIRS.items():
-            folder = self.run_dir / sub
-            if not folder.is_dir():
-                continue
-            for entry in folder.iterdir():
-                if entry.is_file() and (entry.suffix == suffix or _is_scratch(entry)):
-                    entry.unlink()
-            try:
-                folder.rmdir()
-            except OSError:  # it holds files of someone else's: leave them
-                pass
+        with signals_deferred():
+            for name in OWNED_FILES:
+                if name != MANIFEST_FILE:
+                    (self.run_dir / name).unlink(missing_ok=True)
+            for sub, suffix in _OWNED_SUBDIRS.items():
+                folder = self.run_dir / sub
+                if not folder.is_dir():
+                    continue
+                for entry in folder.iterdir():
+                    if entry.is_file() and (entry.suffix == suffix or _is_scratch(entry)):
+                        entry.unlink()
+                try:
+                    folder.rmdir()
+                except OSError:  # it holds files of someone else's: leave them
+                    pass
+            (self.run_dir / MANIFEST_FILE).unlink(missing_ok=True)
 
     def write_manifest(self, manifest: Manifest) -> None:
         write_json_atomic(self.run_dir / MANIFEST_FILE, manifest.to_json())

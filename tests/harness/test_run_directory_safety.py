@@ -404,3 +404,60 @@ def test_status_of_a_run_that_has_locked_its_directory_but_not_yet_written_its_m
     # Unlocked and still without a manifest: not a run, as before.
     assert main(["status", str(tmp_path)]) == 2
     assert "holds no valbench run" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- stopped writes
+
+
+def test_an_overwrite_stopped_while_clearing_leaves_a_run_it_can_clear(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash audit: Ctrl-C landing while --overwrite cleared the old run (manifest first)
+    left valbench's files without a manifest, a folder every later command refused, even
+    --overwrite. Now a Ctrl-C waits for the clear, and a clear that fails half way keeps the
+    manifest until last."""
+    out = tmp_path / "run"
+    assert main(_run_args(out)) == 0
+    capsys.readouterr()
+    real_unlink = Path.unlink
+
+    def stopped_unlink(self: Path, missing_ok: bool = False) -> None:
+        if self.name == "results.csv":
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C, in the middle of the clear
+        real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", stopped_unlink)
+    with pytest.raises(KeyboardInterrupt):
+        RunStore(out).clear()
+    assert not (out / "manifest.json").exists() and not (out / "results.jsonl").exists()
+    assert not (out / "scores").exists()  # the whole clear ran before the Ctrl-C acted
+
+    def failing_unlink(self: Path, missing_ok: bool = False) -> None:
+        if self.suffix == ".npz":
+            raise OSError(errno.EIO, "I/O error")  # the clear stops half way
+        real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", real_unlink)
+    assert main(_run_args(out)) == 0
+    capsys.readouterr()
+    monkeypatch.setattr(Path, "unlink", failing_unlink)
+    with pytest.raises(OSError):
+        RunStore(out).clear()
+    monkeypatch.setattr(Path, "unlink", real_unlink)
+    assert (out / "manifest.json").exists()  # still a run: --overwrite clears it now
+    assert main(_run_args(out, "random", "--seeds", "1", "--overwrite")) == 0
+
+
+def test_a_full_disk_when_taking_the_lock_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash audit: on a full disk the lock's holder details failed to write with a
+    traceback and exit 1 ("some cells failed")."""
+
+    def full(fd: int, data: bytes, offset: int) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "pwrite", full)
+    assert main(_run_args(tmp_path / "run")) == 2
+    err = _one_line_error(capsys)
+    assert ".lock: no space left on the device" in err and "run the same command again" in err
