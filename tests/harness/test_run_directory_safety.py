@@ -427,8 +427,13 @@ def test_an_overwrite_stopped_while_clearing_leaves_a_run_it_can_clear(
         real_unlink(self, missing_ok=missing_ok)
 
     monkeypatch.setattr(Path, "unlink", stopped_unlink)
-    with pytest.raises(KeyboardInterrupt):
-        RunStore(out).clear()
+    # Python's own Ctrl-C handler, whatever an earlier test left in place.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            RunStore(out).clear()
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert not (out / "manifest.json").exists() and not (out / "results.jsonl").exists()
     assert not (out / "scores").exists()  # the whole clear ran before the Ctrl-C acted
 
