@@ -312,7 +312,9 @@ def value_file(
     A Ctrl-C or a method's failure after at least one method has valued every row writes
     both for those methods (the page names the missing ones) and then raises
     :class:`~valbench.practitioner.ValuationInterrupted` or
-    :class:`~valbench.practitioner.ValuationFailed`; one before writes nothing."""
+    :class:`~valbench.practitioner.ValuationFailed`, whose ``written`` says where; one before
+    writes nothing. Such a partial result never replaces a file already there (the finished
+    table of an earlier run, say): it goes beside it, ``values.partial.csv``."""
     if isinstance(top, bool) or not isinstance(top, int | np.integer) or top < 1:
         raise UsageError(f"top must be a whole number >= 1, got {top!r}")
     top = int(top)
@@ -340,12 +342,18 @@ def value_file(
             params=params,
         )
     except (ValuationInterrupted, ValuationFailed) as exc:
-        # The methods that had valued every row are written, the page saying which are not.
+        # The methods that had valued every row are written, the page saying which are not,
+        # beside (not over) what is there already.
         stopped, result = exc, exc.partial
+        if any(p is not None and p.exists() for p in (out, html)):
+            out, html = _beside(out), _beside(html)
+        stopped.written = (out, html)
     # Both outputs are made, then written, with Ctrl-C and SIGTERM held for those moments: a
     # second interruption would otherwise leave one file written and a message saying none.
     try:
         with signals_ignored():
+            if stopped is not None:  # the names beside, checked as the first ones were
+                check_output_files({"out": out, "html": html}, inputs=[path])
             frame = values_frame(result, data.shown_labels, data.ids, data.lines)
             page = None
             if html is not None:
@@ -372,6 +380,11 @@ def value_file(
     if stopped is not None:
         raise stopped
     return frame, result
+
+
+def _beside(path: Path | None) -> Path | None:
+    """Where a partial result goes beside ``path``: ``values.csv`` -> ``values.partial.csv``."""
+    return None if path is None else path.with_name(f"{path.stem}.partial{path.suffix}")
 
 
 def export(

@@ -728,6 +728,7 @@ def _cmd_value(args: argparse.Namespace) -> int:
         )
     except ValuationFailed as failed:
         _print_notes(failed.partial.notes)
+        out, html = (p or q for p, q in zip(failed.written, (out, html), strict=True))
         print(
             f"valbench value: {failed.missing[0]} failed; {out} and {html} hold the methods "
             f"that had finished ({', '.join(failed.partial.methods)}), not "
@@ -738,6 +739,7 @@ def _cmd_value(args: argparse.Namespace) -> int:
     except ValuationInterrupted as stop:
         # Methods run one after another over every fold: those that finished are written.
         _print_notes(stop.partial.notes)
+        out, html = (p or q for p, q in zip(stop.written, (out, html), strict=True))
         print(
             f"valbench value: interrupted while valuing with {stop.missing[0]}; {out} and "
             f"{html} hold the methods that had finished ({', '.join(stop.partial.methods)}), "

@@ -507,6 +507,8 @@ class ValuationInterrupted(KeyboardInterrupt):
         super().__init__(f"interrupted while valuing with {missing[0]}")
         self.partial = partial
         self.missing = missing
+        #: Where valbench.api.value_file wrote the finished methods (table, page).
+        self.written: tuple[Path | None, Path | None] = (None, None)
 
 
 class ValuationFailed(Exception):
@@ -521,6 +523,8 @@ class ValuationFailed(Exception):
         self.partial = partial
         self.missing = missing
         self.error = error
+        #: Where valbench.api.value_file wrote the finished methods (table, page).
+        self.written: tuple[Path | None, Path | None] = (None, None)
 
 
 @dataclass

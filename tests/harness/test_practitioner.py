@@ -881,3 +881,34 @@ def test_value_says_in_one_line_which_method_broke_the_contract(
     assert "knn-shapley failed; " in err and err.splitlines()[-1].startswith(
         "valbench: error: method 'knn-shapley' "
     ), err
+
+
+def test_a_stopped_rerun_of_value_never_replaces_the_finished_table(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hostile-input audit: a rerun stopped (Ctrl-C, a failed method) wrote its finished
+    methods over the table and page an earlier, complete run had left there."""
+    import pandas as pd
+
+    from valbench.methods.knn_shapley import KNNShapley
+
+    data = tmp_path / "mine.csv"
+    _noisy_file(data, n=60)
+    out = tmp_path / "v.csv"
+    argv = ["value", str(data), "--label-column", "y", "--id-column", "id", "--out", str(out)]
+    argv += ["--methods", "random,knn-shapley"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    finished = out.read_bytes(), out.with_suffix(".html").read_bytes()
+
+    def interrupted(self: object, *args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(KNNShapley, "value", interrupted)
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    partial = tmp_path / "v.partial.csv"
+    assert f"{partial} and {tmp_path / 'v.partial.html'} hold the methods" in err, err
+    assert (out.read_bytes(), out.with_suffix(".html").read_bytes()) == finished
+    assert "knn-shapley_value" not in pd.read_csv(partial).columns
+    assert "random_value" in pd.read_csv(partial).columns
