@@ -44,6 +44,9 @@ __all__ = [
 #: File types FileDataset reads.
 SUFFIXES = (".npz", ".csv", ".parquet")
 _PARTS = ("train", "val", "test")
+#: The arrays an .npz data file may hold: the training rows, and optionally its own
+#: validation and test rows (else carved from the training rows).
+NPZ_ARRAYS = ("x", "y", "x_val", "y_val", "x_test", "y_test")
 #: Largest feature magnitude standardisation survives: the squared deviations it sums must
 #: stay below float64's 1.8e308 (with room for ~1e7 rows).
 _STANDARDIZE_LIMIT = 1e150
@@ -484,12 +487,21 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
                         "integers or fixed-width strings (np.asarray(y, dtype=str)) and features "
                         "as numbers",
                     ) from None
-            return out
     except DatasetError:
         raise
     except Exception as exc:  # noqa: BLE001 - a damaged archive or member
         msg = f"{type(exc).__name__}: {exc}"
         raise _fail(path, f"not a readable .npz ({msg}); save it again with numpy.savez") from exc
+    # An array under another name (x_valid, X_test, weights) would be silently left out: the
+    # validation rows then carved from x instead of the user's own.
+    unread = sorted(set(out) - set(NPZ_ARRAYS))
+    if unread:
+        raise _fail(
+            path,
+            f"holds arrays valbench does not read ({', '.join(map(repr, unread))}); name them "
+            f"{', '.join(NPZ_ARRAYS)} (x and y required), or leave them out",
+        )
+    return out
 
 
 def column_flags(path: str, label_column: str | None, id_column: str | None) -> dict[str, str]:

@@ -506,3 +506,15 @@ def test_a_comment_line_booleans_spelled_twice_and_npz_flags_are_told_plainly(
     np.savez(tmp_path / "d.npz", x=X, y=Y)
     with pytest.raises(DatasetError, match=r"a label column \(--label-column\) applies to .csv"):
         FileDataset(path=str(tmp_path / "d.npz"), label_column="y").load(seed=0)
+
+
+def test_npz_arrays_under_other_names_are_refused_not_left_out(tmp_path: Path) -> None:
+    """A hostile-input audit: x_valid and X_test were silently left out, and the validation
+    and test rows carved from x instead of the user's own."""
+    x, y = _xy()
+    np.savez(tmp_path / "d.npz", x=x[:60], y=y[:60], x_valid=x[60:], y_valid=y[60:], X_test=x)
+    with pytest.raises(DatasetError) as err:
+        load_file_dataset(str(tmp_path / "d.npz"), label_column=None).load(seed=0)
+    said = str(err.value)
+    assert "holds arrays valbench does not read ('X_test', 'x_valid', 'y_valid')" in said
+    assert "name them x, y, x_val, y_val, x_test, y_test" in said and "\n" not in said
