@@ -321,6 +321,19 @@ class ModelSpec:
                 )
             kind = int if key in ("batch_size", "epochs") else type(getattr(cls, key))
             values[key] = _coerce(key, value, kind)
+        # What the command line may ask of the evaluation model, beyond a valid field: a
+        # model never trained scores every subset at chance; a minibatch size a full-batch
+        # model ignores would only change the config hash.
+        if values.get("epochs") == 0:
+            raise UsageError(
+                f"--model {name}: epochs=0 never trains the model, so every accuracy would be "
+                "chance; give epochs >= 1"
+            )
+        if "batch_size" in values and not get_architecture(name).deep:
+            raise UsageError(
+                f"--model {name}: batch_size applies to the image networks, which train by "
+                f"minibatches; {name} trains on the whole subset at once"
+            )
         return cls(kind=name, **values)
 
     def build(self, n_features: int, n_classes: int, seed: int) -> Any:

@@ -926,3 +926,19 @@ def test_a_class_whose_weights_underflow_float32_is_not_taken_for_absent(
         fits[mixed] = clf.fit(x, y, np.ones((1, 300), dtype=bool), sample_weight=weights)
     assert float(fits[True]["b"].abs().max()) < 100
     np.testing.assert_array_equal(clf.predict(fits[True], x), clf.predict(fits[False], x))
+
+
+@pytest.mark.parametrize(
+    ("given", "said"),
+    [
+        ("mlp:epochs=0", "epochs=0 never trains the model, so every accuracy would be chance"),
+        ("logreg:epochs=0", "epochs=0 never trains the model"),
+        ("mlp:batch_size=8", "batch_size applies to the image networks"),
+    ],
+)
+def test_model_overrides_that_would_mislead_are_refused(given: str, said: str) -> None:
+    """A hostile-input audit: --model mlp:epochs=0 ran, every subset value at chance (0.4917
+    for all), and batch_size, which logreg and the MLP ignore, only changed the config hash."""
+    with pytest.raises(UsageError, match=said):
+        ModelSpec.parse(given)
+    assert ModelSpec.parse("cnn:batch_size=8").batch_size == 8
