@@ -550,18 +550,11 @@ def read_user_file(
     path: str | Path, label_column: str | None = None, id_column: str | None = None
 ) -> UserFile:
     """Read a ``.csv``/``.parquet``/``.npz`` file with the checks of ``file:`` datasets."""
-    from valbench.userdata import FileDataset, csv_record_lines, read_ids
+    from valbench.userdata import FileDataset, csv_record_lines, not_a_data_file, read_ids
 
     path = Path(path).expanduser()
-    if not path.is_file():
-        if path.is_dir():
-            why = "is a folder; give the data file itself"
-        elif path.is_symlink() and not path.exists():
-            why = "is a link to nothing (a missing file or a loop of links); give the data file"
-        elif path.exists():
-            why = "is not a regular file (a pipe or a device); save the data to a .csv first"
-        else:
-            why = "no such file; give the data file to value"
+    why = not_a_data_file(path)
+    if why is not None:
         raise UsageError(printable(f"{path}: {why}"))
     # Checked as the valuation will see the features: standardised (value_arrays' default).
     ds = FileDataset(

@@ -281,25 +281,28 @@ def _check_data_file(path: str, spec: RunSpec) -> tuple[str, int]:
     every cell fails. The parse is cached, so cells in this process do not repeat it.
     """
     from valbench.errors import printable
-    from valbench.userdata import SUFFIXES, column_flags, file_fingerprint, load_file_dataset
+    from valbench.userdata import (
+        SUFFIXES,
+        column_flags,
+        file_fingerprint,
+        load_file_dataset,
+        not_a_data_file,
+        unreadable,
+    )
 
     where = Path(path).expanduser()
-    if where.is_dir():
-        raise UsageError(
-            printable(
-                f"dataset file {path} is a directory; give the data file itself, e.g. "
-                f"file:{Path(path) / 'data.csv'}"
-            )
-        )
-    if not where.is_file():
-        raise UsageError(
-            printable(f"dataset file {path} does not exist; give --datasets file:PATH to a file")
-        )
+    why = not_a_data_file(where)
+    if why is not None:
+        example = f", e.g. file:{Path(path) / 'data.csv'}" if where.is_dir() else ""
+        raise UsageError(printable(f"dataset file {path} {why}{example}"))
     if where.suffix not in SUFFIXES:
         raise UsageError(
             printable(f"dataset file {path}: unsupported type; use one of {', '.join(SUFFIXES)}")
         )
-    fingerprint = file_fingerprint(where)
+    try:
+        fingerprint = file_fingerprint(where)
+    except OSError as exc:
+        raise UsageError(printable(f"dataset file {path} {unreadable(exc)}")) from None
     first = Cell(dataset=FILE_PREFIX + path, noise=0.0, seed=0, method="")
     params = dict(spec.params.get(FILE_PREFIX + path, {}))
     _check_file_params(FILE_PREFIX + path, params)

@@ -64,6 +64,27 @@ def _label(value: Any) -> str:
     return repr(str(value)) if isinstance(value, str) else str(value)
 
 
+def not_a_data_file(path: Path) -> str | None:
+    """Why ``path`` cannot be a data file (a folder, a dangling link, a pipe, nothing there),
+    as the end of a line naming it; None for a regular file."""
+    if path.is_file():
+        return None
+    if path.is_dir():
+        return "is a folder; give the data file itself"
+    if path.is_symlink() and not path.exists():
+        return "is a link to nothing (a missing file or a loop of links); give the data file"
+    if path.exists():
+        return "is not a regular file (a pipe or a device); save the data to a .csv first"
+    return "does not exist (no such file)"
+
+
+def unreadable(exc: OSError) -> str:
+    """A file that cannot be opened or read, said so (not as a failed parse)."""
+    if isinstance(exc, PermissionError):
+        return "cannot be read: permission denied; make it readable (chmod u+r) or copy it"
+    return f"cannot be read ({exc.strerror or exc}); check the file and the disk"
+
+
 def file_fingerprint(path: Path) -> str:
     """First 16 hex digits of the file's sha256: what a run over ``file:PATH`` is keyed on."""
     digest = hashlib.sha256()
@@ -147,6 +168,8 @@ def _read_table(
         frame = _read_frame(path, id_column)
     except ImportError as exc:
         raise _fail(path, f"reading parquet needs pyarrow: pip install pyarrow ({exc})") from exc
+    except OSError as exc:  # the file could not be read at all: not a parse of its content
+        raise _fail(path, unreadable(exc)) from exc
     except Exception as exc:  # noqa: BLE001 - any parser failure is the file's fault
         ragged = _ragged_row(path) if path.suffix == ".csv" else None
         if ragged is not None:

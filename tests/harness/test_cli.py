@@ -551,3 +551,34 @@ def test_run_and_status_say_how_many_ok_cells_are_partial(
     assert main(["status", str(out)]) == 0
     shown = capsys.readouterr().out
     assert "of which partial (budget cut, not ranked) 1: synthetic.banzhaf.noise0.1.seed0" in shown
+
+
+def test_a_data_file_that_cannot_be_read_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hostile-input audit: an unreadable file given to run ended in a PermissionError
+    traceback, and a named pipe was said not to exist."""
+    import os
+
+    from valbench import userdata
+
+    pipe = tmp_path / "fifo.csv"
+    os.mkfifo(pipe)
+    base = ["run", "--methods", "random", "--seeds", "1", "--out", str(tmp_path / "r")]
+    assert main([*base, "--datasets", f"file:{pipe}"]) == 2
+    assert "is not a regular file (a pipe or a device)" in capsys.readouterr().err
+    data = tmp_path / "d.csv"
+    data.write_text("a,label\n1,0\n2,1\n")
+
+    def denied(path: Path) -> str:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(userdata, "file_fingerprint", denied)
+    assert main([*base, "--datasets", f"file:{data}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot be read: permission denied" in err, err
+    # value: the same, not "cannot parse".
+    monkeypatch.setattr(userdata, "_read_frame", lambda *a, **k: denied(data))
+    assert main(["value", str(data), "--out", str(tmp_path / "v.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot be read: permission denied" in err and "parse" not in err, err
