@@ -346,8 +346,9 @@ def split_caps(
     """A dataset's ``n_train``, ``n_val`` and ``n_test`` parameters, documented by ``train``,
     ``val`` and ``test``: each None or a row count, as :func:`resize_splits` and
     :func:`pool_split_indices` take them. Training needs 2 rows, as ``--max-train`` does (the
-    smallest removal must leave one); validation and test 1."""
-    docs = {"n_train": (train, 2), "n_val": (val, 1), "n_test": (test, 1)}
+    smallest removal must leave one); validation 2, for the two classes a validation split
+    must hold (refused here, before any work, not by every cell); test 1."""
+    docs = {"n_train": (train, 2), "n_val": (val, 2), "n_test": (test, 1)}
     return {
         name: Param(None, Interval(int, low, None), None, doc=doc)
         for name, (doc, low) in docs.items()

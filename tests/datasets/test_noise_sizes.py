@@ -93,3 +93,13 @@ def test_pool_split_indices_partition_and_shuffle() -> None:
     assert len(tr2) == 40 and set(tr2) <= set(tr)
     with pytest.raises(DatasetError, match="too few"):
         pool_split_indices(y, seed=0, n_val=250, n_test=250)
+
+
+def test_a_validation_split_too_small_for_two_classes_is_refused_before_work() -> None:
+    """A hostile-input audit: --param synthetic.n_val=1 started the run, and every cell failed
+    on a one-class validation split."""
+    from valbench.registry import get_dataset, validate_params
+
+    with pytest.raises(UsageError, match=r"n_val=1 is not in \[2, inf\)"):
+        validate_params(get_dataset("synthetic"), {"n_val": 1})
+    validate_params(get_dataset("synthetic"), {"n_val": 2})
