@@ -110,6 +110,9 @@ MIN_LDS_SUBSETS = 3
 #: More seeds than any benchmark needs; a typo like ``--seeds 1000000000`` must not build a
 #: billion-cell grid in memory.
 MAX_SEEDS = 10_000
+#: Random subsets averaged per fraction for the random reference (each a model fit per
+#: fraction of every cell): more than any benchmark needs; a typo must not stall a run.
+MAX_RANDOM_REPEATS = 1_000
 #: --timeout above this (about 116 days) is a typo; larger values overflow the timers.
 MAX_TIMEOUT_S = 1e7
 #: --max-memory below this leaves a worker no room to start (it can hang instead of failing);
@@ -313,8 +316,11 @@ class RunSpec:
                     f"{flag} names {', '.join(unknown)}, not among the run's datasets "
                     f"({', '.join(self.datasets)})"
                 )
-        if self.random_repeats < 1:
-            raise UsageError(f"random_repeats must be >= 1, got {self.random_repeats}")
+        if not (1 <= self.random_repeats <= MAX_RANDOM_REPEATS):
+            raise UsageError(
+                f"random_repeats must be in [1, {MAX_RANDOM_REPEATS}] (each is a model fit per "
+                f"fraction of every cell), got {self.random_repeats}"
+            )
         for name in self.metrics:
             if name not in METRICS:
                 raise UsageError(

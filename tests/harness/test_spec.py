@@ -517,3 +517,13 @@ def test_spec_changes_names_each_setting_with_both_values() -> None:
     assert spec_changes(["a", "b"], ["b", "a"], "methods") == ["methods: the order"]
     assert spec_changes(["a", "b"], ["a"], "methods") == ["methods: - b"]
     assert spec_changes(before, before) == []
+
+
+def test_random_repeats_beyond_any_benchmark_is_refused() -> None:
+    """A hostile-input audit: random_repeats = 100000000 in a config file stalled the run (no
+    cell finished within a minute) instead of being refused as a typo."""
+    from valbench.errors import UsageError
+
+    with pytest.raises(UsageError, match=r"random_repeats must be in \[1, 1000\]"):
+        RunSpec(methods=("random",), random_repeats=100_000_000)
+    assert RunSpec(methods=("random",), random_repeats=1000).random_repeats == 1000
