@@ -696,6 +696,11 @@ def _cmd_value(args: argparse.Namespace) -> int:
     folds, seed = _whole("--folds", args.folds), _whole("--seed", args.seed)
     top = _whole("--top", args.top)
     methods = list(dict.fromkeys(split_names("--methods", args.methods)))
+    if "best" in methods and len(methods) > 1:
+        raise UsageError(
+            "--methods best picks the methods from a run's verdict itself; give it alone, or "
+            "name the methods without it"
+        )
     if methods == ["best"]:
         methods = _trusted_methods(args.from_run, args.goal or "mislabel")
     elif args.from_run is not None or args.goal is not None:

@@ -381,6 +381,10 @@ def frame_features(frame: Any, what: str, hint: str = "") -> np.ndarray | str:
         # Numbers held as Python objects (a decimal column, an object-dtype DataFrame).
         numbers = first.dtype == object and _all_numbers(first)
         advice = "convert them to floats (.astype(float))" if numbers else "encode or drop them"
+        if numbers and any(
+            isinstance(v, int) and not -(2**63) <= v < 2**64 for v in first.dropna().tolist()
+        ):  # a CSV's integers past 64 bits, which pandas keeps as Python objects
+            advice = "integers too large for 64 bits: write them as decimals, e.g. 1e30"
         return (
             f"{what} must be numeric; not numeric: {', '.join(names[:5])}"
             + (" ..." if len(names) > 5 else "")
@@ -401,6 +405,13 @@ def frame_features(frame: Any, what: str, hint: str = "") -> np.ndarray | str:
                 f"column {shown(i)} has {int(gaps.sum())} missing values (first in row "
                 f"{int(np.flatnonzero(gaps)[0])}, counting data rows from 0); impute or drop "
                 "those rows"
+            )
+        infinite = ~np.isfinite(column.to_numpy(dtype=np.float64))
+        if infinite.any():
+            return (
+                f"column {shown(i)} has {int(infinite.sum())} infinite values (first in row "
+                f"{int(np.flatnonzero(infinite)[0])}, counting data rows from 0); replace or "
+                "drop those rows"
             )
     if not cast:
         return frame.to_numpy()

@@ -518,3 +518,14 @@ def test_npz_arrays_under_other_names_are_refused_not_left_out(tmp_path: Path) -
     said = str(err.value)
     assert "holds arrays valbench does not read ('X_test', 'x_valid', 'y_valid')" in said
     assert "name them x, y, x_val, y_val, x_test, y_test" in said and "\n" not in said
+
+
+def test_an_infinite_or_oversized_feature_is_named_by_its_column(tmp_path: Path) -> None:
+    """A hostile-input audit: an inf in a CSV was reported by row only ("x has 1 NaN/inf
+    values"), and integers past 64 bits got pandas advice (.astype(float))."""
+    (tmp_path / "inf.csv").write_text("a,b,label\n1,2,0\n3,inf,0\n3,4,1\n5,6,1\n")
+    with pytest.raises(DatasetError, match=r"column b has 1 infinite values \(first in row 1"):
+        load_file_dataset(str(tmp_path / "inf.csv"), label_column=None).load(seed=0)
+    (tmp_path / "big.csv").write_text(f"a,b,label\n{10**30},2,0\n1,1,0\n3,4,1\n5,6,1\n")
+    with pytest.raises(DatasetError, match="integers too large for 64 bits: write them as"):
+        load_file_dataset(str(tmp_path / "big.csv"), label_column=None).load(seed=0)

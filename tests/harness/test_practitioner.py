@@ -423,6 +423,11 @@ def test_value_takes_the_methods_a_finished_run_recommends(
     assert main([*argv, "--methods", "best", "--from", str(run)]) == 0
     said = capsys.readouterr().out
     assert said.startswith("methods from the verdict of") and "random" not in said.split("(")[0]
+    # best beside other names was told "--from is read only with --methods best".
+    assert main([*argv, "--methods", "best,loo", "--from", str(run)]) == EXIT_USAGE
+    assert "--methods best picks the methods from a run's verdict itself; give it alone" in (
+        capsys.readouterr().err
+    )
     table = pd.read_csv(out)
     chosen = [c.removesuffix("_value") for c in table if c.endswith("_value")]
     assert chosen and "random" not in chosen and set(chosen) <= {"loo", "knn-shapley"}
