@@ -245,10 +245,12 @@ def compare_runs(run_a: Path, run_b: Path, alpha: float = ALPHA) -> Comparison:
         listed = ", ".join(f"{label} {floor:g}" for label, floor in floors.items())
         notes.append(
             "Costs (CPU and wall seconds, memory, fits) are tested on their logarithm, as "
-            "ratios (a cell's seeds scatter by a factor): beside B - A in the column's unit, "
-            "(×r) is the geometric mean of B / A over the shared seeds, each value counted as at "
-            f"least its column's floor ({listed}), what the test compares; a change counts "
-            "where the test finds one and both point the same way."
+            "ratios (a cell's seeds scatter by a factor): A and B are their arithmetic means "
+            "over the shared seeds (a report's CPU s shows the geometric mean), and beside "
+            "B - A in the column's unit, (×r) is the geometric mean of B / A over the shared "
+            f"seeds, each value counted as at least its column's floor ({listed}), what the "
+            "test compares; a change counts where the test finds one and both point the same "
+            "way."
         )
     if few_seeds:
         notes.append(

@@ -291,12 +291,14 @@ def declaration_problem(cls: type) -> str | None:
         ]
     except Exception as exc:  # a broken declaration is reported, not raised
         return f"{cls.__name__}'s parameters cannot be read: {type(exc).__name__}: {exc}"
-    reserved = _contract_names(cls) & set(specs)
+    reserved = _contract_names(cls) & set(specs) | {
+        name for name in specs if _is_behaviour(inspect.getattr_static(cls, name, None))
+    }
     if reserved:
         return (
             f"{cls.__name__} declares parameter(s) {', '.join(map(repr, sorted(reserved)))} "
-            "named like attributes of valbench's contract, which each parameter would replace "
-            "on the instance; rename them"
+            "named like attributes of valbench's contract or methods of its own class, which "
+            "each parameter would replace on the instance; rename them"
         )
     if required:
         return (
@@ -311,6 +313,12 @@ def declaration_problem(cls: type) -> str | None:
                 f"{spec.allowed()}; change the default or the constraint"
             )
     return None
+
+
+def _is_behaviour(attr: Any) -> bool:
+    """A class attribute an instance attribute of its name would break: a method, property
+    or other descriptor (a plain default value may be shadowed; that is how it is stored)."""
+    return callable(attr) or hasattr(attr, "__get__")
 
 
 def _contract_names(cls: type) -> set[str]:

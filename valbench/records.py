@@ -282,7 +282,17 @@ class MislabelMetrics:
             ):
                 raise RecordError(f"{where}.curve holds {short_json(pair)}, not a pair of numbers")
             curve.append(tuple(None if v is None else float(v) for v in pair))
-        return cls(**_scalar_fields(cls, r), curve=tuple(curve))  # type: ignore[arg-type]
+        out = cls(**_scalar_fields(cls, r), curve=tuple(curve))  # type: ignore[arg-type]
+        low, high = out.auc_low, out.auc_high
+        # The report clips the AUC's interval to this range: a damaged one would invert it.
+        if (low is None) != (high is None) or (
+            low is not None and high is not None and not 0.0 <= low <= high <= 1.0
+        ):
+            raise RecordError(
+                f"{where}: auc_low {low} and auc_high {high} are not a range within [0, 1] "
+                "(both or neither, auc_low <= auc_high)"
+            )
+        return out
 
     def to_json(self) -> dict[str, Any]:
         # The AUC's range only where recorded, so older lines round-trip unchanged.

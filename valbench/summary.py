@@ -1279,7 +1279,7 @@ def summary_json(
                         "higher_is_better": c.higher_is_better,
                         "tested_on": c.tested_on,
                         "mean": "geometric" if c.geometric else "arithmetic",
-                        "log_floor": c.log_floor,
+                        "log_floor": c.log_floor if c.geometric else None,
                     }
                     for c in g.columns
                 ],

@@ -157,6 +157,31 @@ def _ragged_row(path: Path) -> str | None:
     return None
 
 
+def _parse_failure(path: Path, exc: Exception) -> str:
+    """What a table that could not be parsed is, and what to do: a ragged row, a compressed
+    or binary file, another encoding."""
+    ragged = _ragged_row(path) if path.suffix == ".csv" else None
+    if ragged is not None:
+        return ragged
+    msg = str(exc).replace("\n", " ")
+    try:
+        with path.open("rb") as head:
+            magic = head.read(4)
+    except OSError:
+        magic = b""
+    if magic[:2] == b"\x1f\x8b":
+        fix = "it is gzip-compressed: decompress it and name the .csv inside"
+    elif magic == b"PK\x03\x04":
+        fix = "it is a zip archive (or a spreadsheet such as .xlsx): give the CSV text itself"
+    elif magic[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        fix = "it is UTF-16 text: save it as UTF-8"
+    elif isinstance(exc, UnicodeDecodeError):
+        fix = "it is not UTF-8 text: save it as UTF-8"
+    else:
+        fix = "fix the file"
+    return f"cannot parse ({type(exc).__name__}: {msg}); {fix}"
+
+
 def _read_table(
     path: Path, label_column: str | None, id_column: str | None = None
 ) -> dict[str, np.ndarray]:
@@ -168,29 +193,13 @@ def _read_table(
         frame = _read_frame(path, id_column)
     except ImportError as exc:
         raise _fail(path, f"reading parquet needs pyarrow: pip install pyarrow ({exc})") from exc
-    except OSError as exc:  # the file could not be read at all: not a parse of its content
-        raise _fail(path, unreadable(exc)) from exc
+    except OSError as exc:
+        # Reading failed (an errno: permissions, the disk). pyarrow raises a bare OSError for
+        # a damaged file's content too: that one is a failed parse.
+        why = unreadable(exc) if exc.errno is not None else _parse_failure(path, exc)
+        raise _fail(path, why) from exc
     except Exception as exc:  # noqa: BLE001 - any parser failure is the file's fault
-        ragged = _ragged_row(path) if path.suffix == ".csv" else None
-        if ragged is not None:
-            raise _fail(path, ragged) from None
-        msg = str(exc).replace("\n", " ")
-        try:
-            with path.open("rb") as head:
-                magic = head.read(4)
-        except OSError:
-            magic = b""
-        if magic[:2] == b"\x1f\x8b":
-            fix = "it is gzip-compressed: decompress it and name the .csv inside"
-        elif magic == b"PK\x03\x04":
-            fix = "it is a zip archive (or a spreadsheet such as .xlsx): give the CSV text itself"
-        elif magic[:2] in (b"\xff\xfe", b"\xfe\xff"):
-            fix = "it is UTF-16 text: save it as UTF-8"
-        elif isinstance(exc, UnicodeDecodeError):
-            fix = "it is not UTF-8 text: save it as UTF-8"
-        else:
-            fix = "fix the file"
-        raise _fail(path, f"cannot parse ({type(exc).__name__}: {msg}); {fix}") from exc
+        raise _fail(path, _parse_failure(path, exc)) from exc
     if len(frame) == 0:
         raise _fail(path, "has no data rows; add one row per point")
     if path.suffix == ".csv" and frame.isna().to_numpy().any():
@@ -391,7 +400,7 @@ def frame_features(frame: Any, what: str, hint: str = "") -> np.ndarray | str:
             + f" ({advice}{'' if numbers else hint})"
         )
     # True/False and nullable columns become plain floats: beside other dtypes they would
-    # make an object array. (Infinities are left for feature_problem.)
+    # make an object array.
     cast = [
         i
         for i, c in enumerate(columns)
@@ -492,8 +501,11 @@ def csv_record_lines(path: str | Path, n_rows: int) -> np.ndarray | None:
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
     # np.load guesses the format from the first bytes (and would blame anything else on
     # pickled data), so the format is settled here first.
-    with open(path, "rb") as f:
-        head = f.read(6)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(6)
+    except OSError as exc:
+        raise _fail(path, unreadable(exc)) from exc
     if head == b"\x93NUMPY":
         raise _fail(
             path,
@@ -552,10 +564,9 @@ def read_file_arrays(
     path: Path, label_column: str | None = None, id_column: str | None = None
 ) -> dict[str, np.ndarray]:
     """Raw arrays of a user file: ``x``, ``y`` and optionally ``x_val``... (unvalidated)."""
-    if path.is_dir():
-        raise _fail(path, "is a directory; give the data file itself, e.g. file:DIR/data.csv")
-    if not path.is_file():
-        raise _fail(path, "no such file")
+    why = not_a_data_file(path)
+    if why is not None:
+        raise _fail(path, why)
     if path.suffix == ".npz":
         if label_column is not None:
             raise _fail(

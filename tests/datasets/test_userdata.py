@@ -136,7 +136,7 @@ def test_misleading_cases_get_their_own_one_line_message(tmp_path: Path) -> None
     cases.append((empty, "is empty"))
     folder = tmp_path / "folder.csv"
     folder.mkdir()
-    cases.append((folder, "is a directory"))
+    cases.append((folder, "is a folder; give the data file itself"))
     latin = tmp_path / "latin.csv"
     latin.write_bytes(b"x1,label\ncaf\xe9,1\n2,0\n")
     cases.append((latin, "not UTF-8 text: save it as UTF-8"))

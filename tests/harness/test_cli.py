@@ -582,3 +582,28 @@ def test_a_data_file_that_cannot_be_read_is_one_line(
     assert main(["value", str(data), "--out", str(tmp_path / "v.csv")]) == 2
     err = capsys.readouterr().err
     assert "cannot be read: permission denied" in err and "parse" not in err, err
+
+
+def test_an_npz_that_cannot_be_read_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reviewer: the .npz reader opened the file outside its error handling, so value on
+    an unreadable .npz ended in a PermissionError traceback."""
+    import builtins
+
+    import numpy as np
+
+    from valbench import userdata
+
+    data = tmp_path / "d.npz"
+    np.savez(data, x=np.arange(40.0).reshape(20, 2), y=np.arange(20) % 2)
+
+    def denied(file: object, *args: object, **kwargs: object) -> object:
+        if str(file) == str(data):
+            raise PermissionError(13, "Permission denied")
+        return builtins.open(file, *args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(userdata, "open", denied, raising=False)
+    assert main(["value", str(data), "--out", str(tmp_path / "v.csv")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot be read: permission denied" in err, err

@@ -205,7 +205,7 @@ def test_the_measured_cases_are_refused_by_the_constructors() -> None:
         ("loo", "loo.batch_size=true", "batch_size=true is not an int in [1, inf)"),
         ("loo", "loo.batch_size=2.5", "batch_size=2.5 is not an int in [1, inf)"),
         ("data-oob", 'data-oob.weighting="x"', "is not one of 'counts', 'unique'"),
-        ("random", "digits.n_val=0", "dataset 'digits': n_val=0 is not in [1, inf) or None"),
+        ("random", "digits.n_val=0", "dataset 'digits': n_val=0 is not in [2, inf) or None"),
     ],
 )
 def test_cli_refuses_bad_values_before_the_run_directory_exists(

@@ -116,6 +116,7 @@ def test_a_failed_record_round_trips() -> None:
         (("metrics", "removal"), 4, "metrics.removal = 4, not an object"),
         (("metrics", "subset_source", "0.1"), "own", "subset_source.0.1"),
         (("metrics", "mislabel", "curve"), [[1, 2, 3]], "not a pair of numbers"),
+        (("metrics", "mislabel", "auc_low"), 0.97, "auc_low 0.97 and auc_high None are not"),
         (("error",), "boom", 'error = "boom", not an object'),
         (("scores_file",), "../../etc/passwd", "not a path inside the run directory"),
         (("scores_file",), "/etc/passwd", "not a path inside the run directory"),
@@ -214,3 +215,14 @@ def test_the_readme_example_line_is_a_valid_current_record() -> None:
     line = json.loads(block.split("```", 1)[0])
     rec = CellRecord.from_json(line)
     assert line["schema"] == RECORD_SCHEMA and rec.to_json() == line
+
+
+def test_an_inverted_auc_range_is_refused() -> None:
+    """A reviewer: auc_low 0.97 above auc_high 0.2 was read, and the report showed the AUC's
+    interval inverted, [0.970, 0.200]."""
+    line = _ok_line()
+    line["metrics"]["mislabel"].update(auc_low=0.97, auc_high=0.2)
+    with pytest.raises(RecordError, match="auc_low 0.97 and auc_high 0.2 are not a range"):
+        CellRecord.from_json(line)
+    line["metrics"]["mislabel"].update(auc_low=0.05, auc_high=0.95)
+    assert CellRecord.from_json(line).metrics.mislabel.auc_high == 0.95  # type: ignore[union-attr]

@@ -378,6 +378,14 @@ class Shadow(Synthetic):
     parameters = {"value": Param(1, int, doc="replaces Method.value on the instance")}
 
 
+class OwnMethod(Synthetic):
+    name = "own-method"
+    parameters = {"score": Param(1, int, doc="replaces the class's own score() on the instance")}
+
+    def score(self, x):
+        return x
+
+
 class Unnamed(Synthetic):
     name = "unnamed"
     family = ""
@@ -397,7 +405,7 @@ def test_plugins_whose_names_would_break_a_run_are_refused_when_listed(
         "clashes_mod",
         NAME_CLASHES,
         "[valbench.methods]\nsynthetic = clashes_mod:Synthetic\nshadow = clashes_mod:Shadow\n"
-        "unnamed = clashes_mod:Unnamed\n",
+        "unnamed = clashes_mod:Unnamed\nown-method = clashes_mod:OwnMethod\n",
     )
     monkeypatch.syspath_prepend(str(tmp_path / "clashes"))
     found = discover("method")
@@ -405,6 +413,7 @@ def test_plugins_whose_names_would_break_a_run_are_refused_when_listed(
     assert "--param synthetic.<parameter>" in (found["synthetic"].error or "")
     assert discover("dataset")["synthetic"].ok  # the built-in keeps its name
     assert "parameter(s) 'value' named like attributes" in (found["shadow"].error or "")
+    assert "parameter(s) 'score' named like" in (found["own-method"].error or "")
     assert found["unnamed"].error == "Unnamed.family is not set; set it as a class attribute"
     assert not {"synthetic", "shadow", "unnamed"} & set(method_names())
     with pytest.raises(UsageError, match="dataset named 'synthetic' too"):
