@@ -191,13 +191,19 @@ def _entry_points(kind: Kind) -> dict[str, list[EntryPoint]]:
     return found
 
 
-def _resolve(kind: Kind, name: str, eps: list[EntryPoint]) -> Entry:
+def _resolve(
+    kind: Kind,
+    name: str,
+    eps: list[EntryPoint],
+    other_kind: dict[str, list[EntryPoint]] | None = None,
+) -> Entry:
     """The one entry behind ``name``: a built-in always wins over a plugin of its name (a
     plugin must not silently replace, say, the random baseline), and a name two plugins
     claim is broken (which one a run got would depend on the order packages are found). A
     plugin named like one of the other kind is broken too: ``--param NAME.k=...`` is read for
-    the method and the dataset of that name alike."""
-    clash = _kind_clash(kind, name, eps)
+    the method and the dataset of that name alike (``other_kind``: the other kind's entry
+    points, when the caller has them already)."""
+    clash = _kind_clash(kind, name, eps, other_kind)
     if clash is not None:
         return clash
     if len(eps) == 1:
@@ -219,12 +225,17 @@ def _resolve(kind: Kind, name: str, eps: list[EntryPoint]) -> Entry:
     )
 
 
-def _kind_clash(kind: Kind, name: str, eps: list[EntryPoint]) -> Entry | None:
+def _kind_clash(
+    kind: Kind,
+    name: str,
+    eps: list[EntryPoint],
+    other_kind: dict[str, list[EntryPoint]] | None = None,
+) -> Entry | None:
     """The broken entry of a plugin ``name`` that the other kind registers too, or None. A
     built-in keeps its name; a plugin's name clashing with a built-in's or another plugin's
     of the other kind is refused (both plugins, where both are)."""
     other: Kind = "dataset" if kind == "method" else "method"
-    theirs = _entry_points(other).get(name)
+    theirs = (_entry_points(other) if other_kind is None else other_kind).get(name)
     if not theirs or any(_dist_name(ep) == _BUILTIN_DIST for ep in eps):
         return None
     return Entry(
@@ -239,7 +250,9 @@ def _kind_clash(kind: Kind, name: str, eps: list[EntryPoint]) -> Entry | None:
 
 def discover(kind: Kind) -> dict[str, Entry]:
     """Every entry of one kind, by name, loaded now (so freshly installed plugins are seen)."""
-    return {name: _resolve(kind, name, eps) for name, eps in _entry_points(kind).items()}
+    # The other kind's names read once for all (each scan of the installed packages takes ms).
+    other = _entry_points("dataset" if kind == "method" else "method")
+    return {name: _resolve(kind, name, eps, other) for name, eps in _entry_points(kind).items()}
 
 
 def _get(kind: Kind, name: str) -> Any:
