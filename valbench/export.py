@@ -259,6 +259,7 @@ def run_data_files(run_dir: Path) -> list[Path]:
 def _file_rows(name: str, spec: RunSpec, run_cwd: str | None = None) -> _FileRows:
     from valbench.userdata import (
         FileDataset,
+        class_spellings,
         column_flags,
         csv_record_lines,
         file_fingerprint,
@@ -292,7 +293,10 @@ def _file_rows(name: str, spec: RunSpec, run_cwd: str | None = None) -> _FileRow
         standardize=False,
     )
     parts, classes = ds.read()
-    labels = np.asarray(classes, dtype=object)[parts["train"][1]]
+    codes = parts["train"][1]
+    # Classes as the file spells them ("007", not pandas' 7), as valbench value writes them.
+    classes = class_spellings(path, columns.get("label_column"), codes, classes) or classes
+    labels = np.asarray(classes, dtype=object)[codes]
     ids = read_ids(path, id_column) if id_column else None
     lines = csv_record_lines(path, len(labels))
     return _FileRows(labels=labels, ids=ids, classes=classes, lines=lines)

@@ -550,7 +550,13 @@ def read_user_file(
     path: str | Path, label_column: str | None = None, id_column: str | None = None
 ) -> UserFile:
     """Read a ``.csv``/``.parquet``/``.npz`` file with the checks of ``file:`` datasets."""
-    from valbench.userdata import FileDataset, csv_record_lines, not_a_data_file, read_ids
+    from valbench.userdata import (
+        FileDataset,
+        class_spellings,
+        csv_record_lines,
+        not_a_data_file,
+        read_ids,
+    )
 
     path = Path(path).expanduser()
     why = not_a_data_file(path)
@@ -568,30 +574,10 @@ def read_user_file(
     x, codes = parts["train"]
     labels = np.asarray(classes, dtype=object)[codes]
     ids = read_ids(path, id_column) if id_column else None
-    written = None
-    if path.suffix == ".csv":
-        # pandas may read labels as numbers ("007" as 7, "1.0" as 1); the reading refuses
-        # two spellings of one class ("01" beside "1"), so each class is written back as the
-        # file spells it.
-        import pandas as pd
-
-        column = label_column or ("label" if "label" in _csv_header(path) else "y")
-        text = pd.read_csv(path, usecols=[column], dtype=str, keep_default_na=False)[column]
-        pairs = pd.DataFrame({"code": codes, "text": text.to_numpy()}).drop_duplicates()
-        one_each = len(pairs) == pairs["code"].nunique() == pairs["text"].nunique()
-        respelled = any(
-            str(classes[c]) != t for c, t in zip(pairs["code"], pairs["text"], strict=True)
-        )
-        if one_each and respelled:  # else the parsed labels, which read the same
-            written = text.to_numpy(dtype=object)
+    spellings = class_spellings(path, label_column, codes, classes)
+    written = None if spellings is None else np.asarray(spellings, dtype=object)[codes]
     lines = csv_record_lines(path, len(labels))
     return UserFile(x=np.asarray(x), labels=labels, ids=ids, written=written, lines=lines)
-
-
-def _csv_header(path: Path) -> list[str]:
-    import pandas as pd
-
-    return [str(c) for c in pd.read_csv(path, nrows=0).columns]
 
 
 def values_frame(

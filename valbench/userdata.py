@@ -20,6 +20,7 @@ import functools
 import hashlib
 import warnings
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -471,6 +472,30 @@ def read_ids(path: str | Path, id_column: str) -> np.ndarray:
     # The id column alone, read as the file's own parse reads it (as written, stripped).
     ids = pd.read_csv(path, usecols=[id_column], dtype=str, keep_default_na=False)[id_column]
     return ids.str.strip().to_numpy(dtype=str)
+
+
+def class_spellings(
+    path: str | Path, label_column: str | None, codes: np.ndarray, classes: Sequence[Any]
+) -> list[str] | None:
+    """The classes as a ``.csv`` spells them, where pandas read them otherwise ("007" as 7,
+    "1.0" as 1), for writing labels back (``codes``: each row's class); None where the
+    parsed classes read the same (or another format). The reading refuses two spellings of
+    one class ("01" beside "1"), so each class has one spelling."""
+    import pandas as pd
+
+    path = Path(path).expanduser()
+    if path.suffix != ".csv":
+        return None
+    header = [str(c) for c in pd.read_csv(path, nrows=0).columns]
+    column = label_column or ("label" if "label" in header else "y")
+    text = pd.read_csv(path, usecols=[column], dtype=str, keep_default_na=False)[column]
+    pairs = pd.DataFrame({"code": codes, "text": text.to_numpy()}).drop_duplicates()
+    one_each = len(pairs) == pairs["code"].nunique() == pairs["text"].nunique()
+    spelling = dict(zip(pairs["code"].tolist(), pairs["text"].tolist(), strict=True))
+    respelled = any(str(classes[c]) != t for c, t in spelling.items())
+    if not (one_each and respelled):
+        return None
+    return [spelling.get(c, str(name)) for c, name in enumerate(classes)]
 
 
 def csv_record_lines(path: str | Path, n_rows: int) -> np.ndarray | None:

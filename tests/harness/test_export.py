@@ -220,3 +220,21 @@ def test_export_of_a_run_over_a_table_and_an_npz_with_label_and_id_columns(
     csv_rows = table[table["dataset"].str.endswith("mine.csv")]
     assert sorted(npz["row"]) == list(range(50)) and npz["id"].isna().all()
     assert set(csv_rows["id"]) == set(users["sample"])
+
+
+def test_export_writes_labels_as_the_file_spells_them(tmp_path: Path) -> None:
+    """A row-mapping audit: a file labelled 007 and 010 was exported as 7 and 10 (pandas'
+    reading), where valbench value writes them back as the file has them."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 2)).round(3)
+    y = np.where(x[:, 0] > 0, "007", "010")
+    rows = "".join(f"r{i},{x[i, 0]},{x[i, 1]},{y[i]}\n" for i in range(40))
+    (tmp_path / "lz.csv").write_text("id,a,b,label\n" + rows)
+    argv = ["run", "--methods", "random", "--datasets", f"file:{tmp_path / 'lz.csv'}"]
+    argv += ["--id-column", "id", "--seeds", "1", "--noise", "0.1", "--metrics", "none"]
+    assert main([*argv, "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "rows.csv")]) == 0
+    table = pd.read_csv(tmp_path / "rows.csv", dtype=str).set_index("id")
+    given = dict(zip([f"r{i}" for i in range(40)], y, strict=True))
+    assert table["given_label"].to_dict() == given
+    assert set(table["label_seen"].dropna()) == {"007", "010"}
