@@ -498,33 +498,37 @@ class InvalidMethodResult(ValbenchError, InvalidValuation):
         self.method = method
 
 
-class ValuationInterrupted(KeyboardInterrupt):
-    """A Ctrl-C during :func:`value_arrays` after some methods had valued every row:
-    ``partial`` holds those methods (whole); ``missing`` the rest, the one cut short first.
-    A KeyboardInterrupt, so a caller that handles that still does."""
+class _Stopped(BaseException):
+    """What a valuation stopped after some methods had valued every row carries: ``partial``
+    holds those methods (whole), ``missing`` the rest, the one stopped at first, and
+    ``written`` where :func:`valbench.api.value_file` wrote the finished ones (table, page)."""
 
-    def __init__(self, partial: CrossFitValues, missing: tuple[str, ...]) -> None:
-        super().__init__(f"interrupted while valuing with {missing[0]}")
+    def __init__(self, message: str, partial: CrossFitValues, missing: tuple[str, ...]) -> None:
+        super().__init__(message)
         self.partial = partial
         self.missing = missing
-        #: Where valbench.api.value_file wrote the finished methods (table, page).
         self.written: tuple[Path | None, Path | None] = (None, None)
 
 
-class ValuationFailed(Exception):
-    """A method of :func:`value_arrays` raised ``error`` after others had valued every row:
-    ``partial`` holds those (whole), ``missing`` the rest, the failed one first."""
+class ValuationInterrupted(_Stopped, KeyboardInterrupt):
+    """A Ctrl-C during :func:`value_arrays` after some methods had valued every row. A
+    KeyboardInterrupt, so a caller that handles that still does."""
+
+    def __init__(self, partial: CrossFitValues, missing: tuple[str, ...]) -> None:
+        super().__init__(f"interrupted while valuing with {missing[0]}", partial, missing)
+
+
+class ValuationFailed(_Stopped, Exception):
+    """A method of :func:`value_arrays` raised ``error`` after others had valued every row."""
 
     def __init__(self, partial: CrossFitValues, missing: tuple[str, ...], error: Exception) -> None:
         super().__init__(
             f"{missing[0]} failed ({type(error).__name__}: {error}); the methods that had "
-            f"finished ({', '.join(partial.methods)}) are in .partial"
+            f"finished ({', '.join(partial.methods)}) are in .partial",
+            partial,
+            missing,
         )
-        self.partial = partial
-        self.missing = missing
         self.error = error
-        #: Where valbench.api.value_file wrote the finished methods (table, page).
-        self.written: tuple[Path | None, Path | None] = (None, None)
 
 
 @dataclass

@@ -504,12 +504,8 @@ class Stat:
     @property
     def at_floor(self) -> bool:
         """A geometric stat whose every value was at most its floor (the mean is the floor)."""
-        # (exp(log(floor)) can come back a rounding above the floor.)
-        return (
-            self.log_floor is not None
-            and self.present
-            and self.mean <= self.log_floor * (1.0 + 1e-9)
-        )
+        # _stat sets such a mean to the floor itself.
+        return self.log_floor is not None and self.present and self.mean <= self.log_floor
 
     @property
     def interval(self) -> tuple[float, float] | None:
