@@ -302,9 +302,10 @@ def imbalance_indices(
 ) -> np.ndarray:
     """Sorted row indices that make ``y`` long-tailed with ``max/min`` class size ``ratio``.
 
-    Class ``c`` keeps ``n_max * ratio ** (-c / (K - 1))`` rows (an exponential profile, as in
-    long-tailed CIFAR), where ``n_max`` is the size of the smallest class so every target can
-    be met; ``ratio == 1`` balances the classes. Rows kept within a class are drawn at random.
+    Class ``c`` keeps ``floor(n_max * ratio ** (-c / (K - 1)))`` rows (an exponential profile,
+    as in long-tailed CIFAR), where ``n_max`` is the size of the smallest class so every target
+    can be met; ``ratio == 1`` balances the classes. Rows kept within a class are drawn at
+    random. A ratio above ``n_max`` is refused: its rarest class would keep under one row.
     """
     if ratio < 1:
         raise UsageError(f"imbalance ratio must be >= 1 (largest / smallest class), got {ratio}")
@@ -315,6 +316,14 @@ def imbalance_indices(
     if present.size < 2:
         return np.arange(len(y), dtype=np.int64)
     n_max = int(counts[present].min())
+    if ratio > n_max:
+        # The rarest class would keep under one row: the ratio reached would be n_max, not
+        # the one asked for, and the label would overstate it.
+        raise DatasetError(
+            f"--imbalance {ratio:g} would leave the rarest class under one row: this "
+            f"training split's smallest class has {n_max} rows; use --imbalance {n_max} or "
+            "less, or more training rows"
+        )
     steps = np.arange(present.size) / (present.size - 1)
     sizes = np.maximum(1, np.floor(n_max * float(ratio) ** (-steps))).astype(np.int64)
     chosen = [

@@ -70,6 +70,19 @@ def test_imbalance_train_only() -> None:
         imbalance_train(s, 0.5, seed=0)
 
 
+def test_imbalance_beyond_the_smallest_class_is_refused() -> None:
+    # The rarest class would keep under one row: the ratio reached would be the smallest
+    # class's size (133 here), not the one the run's label states.
+    s = _splits()
+    smallest = int(np.bincount(s.y_train).min())
+    assert smallest == 133
+    at_limit = np.bincount(imbalance_train(s, smallest, seed=0).y_train, minlength=3)
+    assert (at_limit[0], at_limit[-1]) == (smallest, 1)
+    for ratio in (smallest + 0.5, 1e300):
+        with pytest.raises(DatasetError, match=r"--imbalance 133 or less"):
+            imbalance_train(s, ratio, seed=0)
+
+
 def test_resize_splits_sizes_stratified_and_deterministic() -> None:
     s = _splits()
     a = resize_splits(s, seed=3, n_train=30, n_val=12, n_test=9)
