@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import math
+import textwrap
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -198,6 +199,18 @@ def _figure(width: float, height: float) -> Iterator[tuple[Any, io.StringIO]]:
         fig = Figure(figsize=(width, height))
         yield fig, buf
         fig.savefig(buf, format="svg", metadata={"Date": None})
+
+
+def _relative_luminance(rgb: Sequence[float]) -> float:
+    """WCAG 2 relative luminance of an sRGB colour with channels in [0, 1]."""
+    lin = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in rgb[:3]]
+    return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+
+
+def _text_on(background: Sequence[float]) -> str:
+    """Black or white, whichever contrasts more with ``background`` (WCAG contrast ratio)."""
+    lum = _relative_luminance(background)
+    return "#000000" if (lum + 0.05) / 0.05 >= 1.05 / (lum + 0.05) else "#ffffff"
 
 
 def _legend_right(ax: Any) -> None:
@@ -487,6 +500,8 @@ def runtime_figure(group: GroupSummary, styles: Mapping[str, MethodStyle]) -> st
         if errs.any() or lower.any():
             ax.errorbar(means, ys, xerr=[lower, errs], fmt="none", ecolor="#222222", lw=0.8)
         ax.set_yticks(ys, [_t(_name(styles, m)) for m, _ in rows])
+        for tick, (m, _) in zip(ax.get_yticklabels(), rows, strict=True):
+            tick.set_gid(f"vbm-{_style(styles, m).index}-tick")  # hidden with its bar
         ax.invert_yaxis()
         ax.set_xscale("log")
         ax.set_xlim(float(means.min()) / 3.0, float((means + errs).max()) * 2.0)
@@ -546,7 +561,8 @@ def pareto_figure(group: GroupSummary, styles: Mapping[str, MethodStyle]) -> str
                     xytext=(3, 2),
                     textcoords="offset points",
                     fontsize=6,
-                    color="#8a8a8a",
+                    color="#767676",  # 4.5:1 on white
+                    gid=f"vbm-{style.index}-label",  # the method filter hides it with its dot
                 )
             else:
                 dot = ax.scatter(
@@ -576,7 +592,7 @@ def pareto_figure(group: GroupSummary, styles: Mapping[str, MethodStyle]) -> str
         ax.axhline(0.0, ls="--", lw=1.0, color=_REF)
         ax.set_xscale("log")
         ax.set_xlabel("CPU time of the valuation per cell, seconds (log scale)")
-        ax.set_ylabel("subset value gain over random, points")
+        ax.set_ylabel("subset value gain over random, percentage points")
         ax.set_title(_t(f"{group.title}: value vs cost"))
         ax.grid(True, alpha=0.3, lw=0.6, which="both")
         _legend_right(ax)
@@ -612,7 +628,7 @@ def rank_heatmap_figure(
             )
             masked = np.ma.masked_invalid(mat)
             vmax = max(2.0, float(np.nanmax(mat))) if np.isfinite(mat).any() else 2.0
-            ax.imshow(masked, cmap="viridis_r", vmin=1, vmax=vmax, aspect="auto")
+            image = ax.imshow(masked, cmap="viridis_r", vmin=1, vmax=vmax, aspect="auto")
             for i in range(mat.shape[0]):
                 for j in range(mat.shape[1]):
                     if np.isfinite(mat[i, j]):
@@ -623,7 +639,7 @@ def rank_heatmap_figure(
                             ha="center",
                             va="center",
                             fontsize=7,
-                            color="#ffffff" if mat[i, j] > (1 + vmax) / 2 else "#000000",
+                            color=_text_on(image.to_rgba(mat[i, j])),
                         )
             ax.set_xticks(
                 range(len(cols)),
@@ -634,7 +650,7 @@ def rank_heatmap_figure(
                 range(len(methods)),
                 [_t(f"{m} (partial)" if m in partial else m) for m in methods],
             )
-            ax.set_title(_t(f"rank: {label}"))
+            ax.set_title(_t(textwrap.fill(f"rank: {label}", 28)), fontsize=9)
         fig.tight_layout()
     return buf.getvalue()
 
@@ -696,7 +712,8 @@ def selection_figure(
 ) -> str:
     """Each method's selected subset (filled, method colour) over the 2-D data; noisy points ×.
 
-    ``title`` goes into the SVG's ``<title>`` (the caption under the figure says the rest).
+    ``title`` labels the matplotlib figure only; the report writes the SVG's ``<title>`` (its
+    accessible name) when it saves the figure, and the caption under it says the rest.
     """
     names = list(selections)
     ncols = min(4, max(1, len(names)))
@@ -788,7 +805,8 @@ def sampling_error_figure(
     """Each sampled estimator's values in ascending order with a band of ±1.96 standard
     errors, titled with its median sample count and the share of pairs told apart.
 
-    ``title`` goes into the SVG's ``<title>`` (the caption under the figure says the rest).
+    ``title`` labels the matplotlib figure only; the report writes the SVG's ``<title>`` (its
+    accessible name) when it saves the figure, and the caption under it says the rest.
     """
     ncols = min(3, max(1, len(panels)))
     nrows = math.ceil(len(panels) / ncols)
@@ -819,7 +837,8 @@ def sampling_error_figure(
             told = pairs_told_apart(panel.values, panel.stderr)
             name = panel.method + ("" if panel.complete else " (partial)")
             ax.set_title(_t(f"{name}\n{count}{told:.0%} of pairs told apart"), fontsize=8)
-            ax.set_xlabel("points, by value", fontsize=7)
+            ax.set_xlabel("training points, by value", fontsize=7)
+            ax.set_ylabel("value (the estimator's own units)", fontsize=7)
             ax.tick_params(labelsize=7)
             ax.grid(True, alpha=0.3, lw=0.6)
         for ax in axes.ravel()[len(panels) :]:

@@ -673,10 +673,11 @@ def suspicious_rows_html(
     lines = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{esc(title)}</title>",
         "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
         "td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left}"
-        ".disagree{color:#b00;font-weight:bold}</style></head><body>",
+        ".disagree{color:#b00;font-weight:bold}.table-wrap{overflow-x:auto}</style></head><body>",
         f"<h1>{esc(title)}</h1>",
         *_partial_note(methods, partial, esc),
         *(
@@ -695,10 +696,18 @@ def suspicious_rows_html(
         ),
         f"<p>The {len(shown)} rows of {len(frame)} most worth checking, by the consensus "
         f"suspicion of {esc(', '.join(consensus))} (each row valued once, as training data of its "
-        "fold, against the other folds; labels as given, none flipped). A rank is 1 for the "
-        "row a method finds most suspicious. The neighbours are the nearest rows by "
-        "standardised features; their labels are in red when most disagree with the row's.</p>",
-        "<table><thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr></thead>",
+        "fold, against the other folds; labels as given, none flipped). A method's "
+        "suspicion of a row, between 0 and 1, is the share of the other rows of its fold that "
+        "the method finds less suspicious (equal ones counting half): values of different "
+        "folds come from different training sets, so a row is judged within its fold. The "
+        "consensus suspicion is the mean over the methods. A method's rank orders every row "
+        "by that suspicion, 1 the most suspicious; each fold's most suspicious row has "
+        "suspicion 1, so several rows can share rank 1. The neighbours are the nearest rows "
+        "by standardised features; their labels are in red when most disagree with the "
+        "row's.</p>",
+        '<div class="table-wrap"><table><thead><tr>'
+        + "".join(f'<th scope="col">{esc(h)}</th>' for h in head)
+        + "</tr></thead>",
         "<tbody>",
     ]
     for (_, rec), vote in zip(shown.iterrows(), votes, strict=True):
@@ -716,7 +725,7 @@ def suspicious_rows_html(
             f"<span{cls}>{said}</span>",
         ]
         lines.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    lines += ["</tbody></table>", "</body></html>", ""]
+    lines += ["</tbody></table></div>", "</body></html>", ""]
     return "\n".join(lines)
 
 

@@ -257,11 +257,27 @@ _SVG_METADATA = re.compile(r"<metadata>.*?</metadata>\s*", re.S)
 _SVG_IDS = re.compile(r'(\bid="|url\(#|href="#)([^")]+)')
 
 
+_SVG_OPEN = re.compile(r"<svg\b[^>]*>")
+
+
+def _titled_svg(svg: str, name: str) -> str:
+    """The figure with ``name`` as its ``<title>``, the accessible name a screen reader gives
+    it (read before, or instead of, its hundreds of tick labels)."""
+    from markupsafe import escape
+
+    opening = _SVG_OPEN.search(svg)
+    if opening is None:
+        raise ValueError("not an SVG document: no <svg> element")
+    return f"{svg[: opening.end()]}\n <title>{escape(name)}</title>{svg[opening.end() :]}"
+
+
 def _inline_svg(svg: str, prefix: str) -> str:
-    """SVG text fit to sit inside HTML: no XML prologue or RDF metadata, ids unique per figure."""
+    """SVG text fit to sit inside HTML: no XML prologue or RDF metadata, ids unique per figure,
+    announced as one image (its ``<title>`` names it)."""
     svg = _SVG_PROLOGUE.sub("", svg, count=1)
     svg = _SVG_METADATA.sub("", svg, count=1)
-    return _SVG_IDS.sub(lambda m: f"{m.group(1)}{prefix}-{m.group(2)}", svg).strip()
+    svg = _SVG_IDS.sub(lambda m: f"{m.group(1)}{prefix}-{m.group(2)}", svg).strip()
+    return svg.replace("<svg", '<svg role="img"', 1)
 
 
 # --------------------------------------------------------------------------- rendering
@@ -626,11 +642,16 @@ def _add_figure(
     svg: str | None,
     title: str,
     caption: str,
+    *,
+    context: str = "",
 ) -> None:
+    """Write figure ``svg`` and list it for the page; ``context`` (a group's title) leads its
+    accessible name, as it leads its caption."""
     from markupsafe import Markup
 
     if svg is None:
         return
+    svg = _titled_svg(svg, f"{context}: {title}" if context else title)
     name = f"{kind}-{slug}.svg" if slug else f"{kind}.svg"
     _write_atomic(run_dir / FIGURES_DIR / name, svg.encode("utf-8"))
     figures.append(
@@ -658,7 +679,9 @@ def _group_figures(
     )
 
     def add(kind: str, svg: str | None, title: str, caption: str) -> None:
-        _add_figure(run_dir, group.figures, kind, group.slug, svg, title, caption)
+        _add_figure(
+            run_dir, group.figures, kind, group.slug, svg, title, caption, context=group.title
+        )
 
     def colour(key: str, label: str) -> str:
         shown = highlighted(group, key)
@@ -667,8 +690,9 @@ def _group_figures(
             return ""
         return (
             f" In colour: the {HIGHLIGHT} best by {label} and random ({', '.join(shown)}); the "
-            f"other {muted} methods are light-grey lines without bands (the method filter above "
-            "the tables hides any)."
+            f"other {muted} methods are light-grey lines without bands, some perhaps beyond the "
+            "y range, which fits the coloured means (the tables hold every mean; the method "
+            "filter above them hides any line)."
         )
 
     if group.fractions:

@@ -191,3 +191,27 @@ def test_runs_are_named_by_the_directories_given_not_their_manifests(
     shutil.copytree(base, twin)
     same_name = compare_runs(base, twin)
     assert (same_name.run_a, same_name.run_b) == (str(base), str(twin))
+
+
+def test_compare_page_colours_read_at_wcag_aa_contrast() -> None:
+    # "worse" was #d55e00 bold on the row's #fbe9df: 3.3:1, under the 4.5:1 small text needs.
+    import re
+    from importlib import resources
+
+    from valbench.figures import _relative_luminance
+
+    css = resources.files("valbench").joinpath("templates/compare.html.j2").read_text()
+
+    def luminance(hex_colour: str) -> float:
+        return _relative_luminance([int(hex_colour[i : i + 2], 16) / 255 for i in (1, 3, 5)])
+
+    def contrast(a: str, b: str) -> float:
+        la, lb = sorted((luminance(a), luminance(b)))
+        return (lb + 0.05) / (la + 0.05)
+
+    colours = dict(re.findall(r"--([a-z-]+): (#[0-9a-f]{6})", css))
+    worse_row = re.search(r"tr\.worse td \{ background: (#[0-9a-f]{6})", css)
+    assert worse_row is not None
+    assert contrast(colours["worse"], worse_row[1]) >= 4.5
+    for name in ("fg", "muted", "better", "worse"):
+        assert contrast(colours[name], "#ffffff") >= 4.5, name

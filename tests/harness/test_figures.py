@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 from test_report_fakes import read_records
 
@@ -114,3 +115,45 @@ def test_curve_figures_highlight_the_best_few_and_random(tmp_path: Path) -> None
         assert f">{m}<" in svg
     assert not [m for m in methods if m not in shown and f">{m}<" in svg]
     assert highlighted(group, "gain", k=len(methods)) == sorted(methods)
+
+
+def test_text_on_a_colour_is_the_one_of_higher_contrast() -> None:
+    # The rank heatmap printed white on mid-viridis teal at 4.0:1 (black reads 5.4:1 there).
+    import matplotlib
+
+    from valbench.figures import _relative_luminance, _text_on
+
+    def contrast(a: float, b: float) -> float:
+        return (max(a, b) + 0.05) / (min(a, b) + 0.05)
+
+    cmap = matplotlib.colormaps["viridis_r"]
+    for x in np.linspace(0.0, 1.0, 41):
+        background = cmap(float(x))
+        lum = _relative_luminance(background)
+        chosen = contrast(lum, 0.0 if _text_on(background) == "#000000" else 1.0)
+        assert chosen == max(contrast(lum, 0.0), contrast(lum, 1.0))
+        assert chosen >= 4.5, (x, chosen)
+    assert _text_on((1.0, 1.0, 1.0)) == "#000000" and _text_on((0.0, 0.0, 0.0)) == "#ffffff"
+
+
+def test_method_filter_reaches_the_names_drawn_beside_points_and_bars(tmp_path: Path) -> None:
+    # The filter hid a method's dot and bar, and left its grey name and its tick label behind.
+    import re
+
+    from test_report_fakes import fake_run
+
+    from valbench.figures import HIGHLIGHT, method_styles, pareto_figure, runtime_figure
+
+    methods = ["random", *(f"m{i:02d}" for i in range(HIGHLIGHT + 4))]
+    run = fake_run(tmp_path / "r", methods=methods, datasets=("d",), seeds=2, two_d=())
+    (group,) = summarise(read_records(run))
+    styles = method_styles(methods)
+    pareto = pareto_figure(group, styles)
+    assert pareto is not None
+    labelled = set(re.findall(r'id="vbm-(\d+)-label"', pareto))
+    dots = set(re.findall(r'id="vbm-(\d+)-point"', pareto))
+    assert labelled and labelled < dots  # every grey name goes with its dot
+    runtime = runtime_figure(group, styles)
+    assert runtime is not None
+    ticks = set(re.findall(r'id="vbm-(\d+)-tick"', runtime))
+    assert ticks == set(re.findall(r'id="vbm-(\d+)-bar"', runtime)) and len(ticks) == len(methods)

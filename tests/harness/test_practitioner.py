@@ -817,7 +817,10 @@ def test_value_names_the_file_line_of_every_row_past_blank_lines(tmp_path: Path)
         shown = physical[line - 1] + physical[line]
         assert f"{a_i:.4f}" in shown
     page = out.with_suffix(".html").read_text()
-    assert "<th>line</th>" in page
+    assert '<th scope="col">line</th>' in page
+    # Readable on a phone, and the ranks say they are read within each fold.
+    assert '<meta name="viewport"' in page and '<div class="table-wrap"><table>' in page
+    assert "so several rows can share rank 1" in page
     # An .npz has no lines: no column.
     npz = tmp_path / "arrays.npz"
     np.savez(npz, x=np.c_[a, b], y=(a > 0).astype(int))

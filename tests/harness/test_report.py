@@ -507,3 +507,32 @@ def test_sampled_estimators_get_a_figure_of_their_values_with_error_bands(tmp_pa
     html = render_report(run).read_text()
     assert "tmc left out of the sampling-error figure: its scores file holds 30 scores" in html
     assert "Seed 1: each sampled" in html
+
+
+def test_every_figure_is_one_named_image(run_dir: Path) -> None:
+    # A screen reader met no name for the inline figures, only their hundreds of tick labels.
+    html = render_report(run_dir).read_text(encoding="utf-8")
+    opened = re.findall(r"<svg\b[^>]*>\s*<title>([^<]*)</title>", html)
+    assert len(opened) == html.count("<svg") > 0
+    assert html.count('<svg role="img"') == len(opened)
+    assert "digits · label noise 0.1: subset value vs fraction kept" in opened
+    saved = (run_dir / "figures" / "subset_value-digits-noise0.1.svg").read_text()
+    assert "<title>digits · label noise 0.1: subset value vs fraction kept</title>" in saved
+    assert 'href="figures/subset_value-digits-noise0.1.svg"' in html  # a link, to zoom
+
+
+def test_head_to_head_bolds_the_best_even_when_a_per_point_valuation(tmp_path: Path) -> None:
+    # The best per-point valuation's cell was marked best but not bold: the column showed no best.
+    from test_report_fakes import fake_run
+
+    run = fake_run(
+        tmp_path / "r", methods=("random", "knn-shapley", "kcenter"), datasets=("digits",)
+    )
+    html = render_report(run).read_text(encoding="utf-8")
+    section = html[html.index('<section id="head-to-head">') :]
+    section = section[: section.index("</section>")]
+    reference = re.search(r'<tr class="reference">(.*?)</tr>', section, re.S)
+    assert reference is not None
+    best = re.findall(r'<td class="best"><strong>[^<]+</strong> <span class="muted">', reference[1])
+    assert best and "(knn-shapley)" in reference[1]
+    assert "95 % confidence interval" in section and "test accuracy ↑" in section

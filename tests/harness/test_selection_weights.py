@@ -147,7 +147,7 @@ def test_craig_and_gradmatch_cells_train_weighted(tmp_path: Path) -> None:
     section = html[html.index('<section id="head-to-head">') :]
     section = section[: section.index("</section>")]
     assert "<h2>Subset selection, head to head</h2>" in section
-    assert section.count('<th class="name"><span class="swatch"') == 2
+    assert section.count('<th class="name" scope="row"><span class="swatch"') == 2
     assert "(random)" not in section
     assert "the method's weights): craig, gradmatch;" in section
 
