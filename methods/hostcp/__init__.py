@@ -190,10 +190,14 @@ class _HostCPBase(Method):
         # A run that selected nothing in its last epoch leaves its subset to the fill-up by
         # scores, which are then all zero: that subset is no HOST-CP selection.
         empty = [f"{f:g}" for f, res in runs.items() if len(res.selected) == 0]
+        # A run the seconds budget stopped between epochs: its subset is an earlier epoch's
+        # selection, not the one the method makes after its epochs of training.
+        truncated = [f"{f:g}" for f, res in runs.items() if res.stats["epochs"] < cfg.epochs]
         stats: dict[str, Any] = {
             "runs": len(runs),
-            "complete": len(runs) == len(fractions) and not empty,
+            "complete": len(runs) == len(fractions) and not empty and not truncated,
             "empty_selections": empty,
+            "truncated_runs": truncated,
             "params": {"mode": cfg.mode, "solver": cfg.solver, "eps": cfg.eps},
             "per_fraction": {f"{f:g}": res.stats for f, res in runs.items()},
         }

@@ -178,7 +178,9 @@ def run_reference(
     fextmp = np.zeros((0,))
     fxtch = torch.zeros(0)
     n = len(labels_all)
-    for _epoch in range(epochs):
+    # Recorded beside the port (not the authors'): each point's selection weight per epoch.
+    weights = np.zeros((epochs, n))
+    for epoch in range(epochs):
         fextemp: list[np.ndarray] = []
         selected: list[int] = []
         for i in range((n + b - 1) // b):
@@ -210,6 +212,7 @@ def run_reference(
             svn = sv / 0.9
             svf = svn / torch.max(svn) if torch.max(svn) != 0.0 else svn
             svfc = svf
+            weights[epoch, i * b : i * b + d_in] = svfc.detach().numpy()
             sc = svfc > torch.min(svfc)
             sind = list(sc.nonzero())
             selected.extend(i * b + int(s.item()) for s in sind)
@@ -270,4 +273,4 @@ def run_reference(
         selections.append(selected)
     theta = {name: p.detach().clone() for name, p in classf.named_parameters()}
     phi = {name: p.detach().clone() for name, p in red_dim.named_parameters()}
-    return {"selections": selections, "theta": theta, "phi": phi}
+    return {"selections": selections, "theta": theta, "phi": phi, "weights": weights}

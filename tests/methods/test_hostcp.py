@@ -320,9 +320,19 @@ def _tiny(kind: str) -> ValuationTask:
     return dataclasses.replace(task, model=ModelSpec(kind=kind, hidden=4))
 
 
-@pytest.mark.parametrize(("kind", "grad_sum"), [("mlp", "cumulative"), ("logreg", "per-sample")])
+@pytest.mark.parametrize(
+    ("kind", "grad_sum", "lr_phi", "decay"),
+    # φ's own step size (the authors' code has one for both) is told apart from θ's in the
+    # third case, with a weight decay that moves φ by 3 % (26 % at θ's step): a loop that
+    # swapped them, in the look-ahead or in φ's step, passed with both at 0.5.
+    [
+        ("mlp", "cumulative", 0.5, 5e-4),
+        ("logreg", "per-sample", 0.5, 5e-4),
+        ("mlp", "cumulative", 0.05, 0.05),
+    ],
+)
 def test_same_selections_as_a_line_by_line_port_of_the_authors_loop(
-    kind: str, grad_sum: str
+    kind: str, grad_sum: str, lr_phi: float, decay: float
 ) -> None:
     """``hostcp``'s loop against the authors' script ported statement by statement.
 
@@ -340,17 +350,20 @@ def test_same_selections_as_a_line_by_line_port_of_the_authors_loop(
     phi = Phi(theta.embed_dim, 6, torch.Generator().manual_seed(5))
     lr, fraction, epochs = 0.5, 0.3, 3
     cfg = LoopConfig(
-        batch_size=10, n_existing=10, epochs=epochs, lr=lr, lr_phi=lr, embed_dim=6,
-        grad_sum=grad_sum,
+        batch_size=10, n_existing=10, epochs=epochs, lr=lr, lr_phi=lr_phi, embed_dim=6,
+        grad_sum=grad_sum, weight_decay=decay,
     )  # fmt: skip
     got = run_online(task, fraction, cfg, np.random.default_rng(0), phi_init=phi.params)
     ref = run_reference(
         task.x_train, task.y_train, task.x_val, task.y_val, theta.params, phi.params,
-        fraction=fraction, epochs=epochs, b=10, e=10, lr=lr,
+        fraction=fraction, epochs=epochs, b=10, e=10, lr=lr, lr_phi=lr_phi, weight_decay=decay,
         accumulate=grad_sum == "cumulative",
     )  # fmt: skip
     assert [s.tolist() for s in got.epoch_selections] == ref["selections"]
     assert all(len(s) == 12 for s in ref["selections"])  # 3 of every 10 points, 4 batches
+    # valbench's scores (not the authors'): last epoch's weight plus the mean over epochs.
+    w = ref["weights"]
+    np.testing.assert_allclose(got.scores, w[-1] + w.mean(axis=0), rtol=0, atol=1e-6)
     for name, value in got.theta.items():
         want = ref["theta"][_THETA_KEYS[name]]
         want = want.T if want.ndim == 2 else want
@@ -360,6 +373,23 @@ def test_same_selections_as_a_line_by_line_port_of_the_authors_loop(
         want = ref["phi"][_PHI_KEYS[name]]
         want = want.T if want.ndim == 2 else want
         torch.testing.assert_close(value, want, rtol=0, atol=1e-3)
+
+
+def test_phi_hypergradient_scales_with_thetas_step_size() -> None:
+    """φ's gradient is that of the validation loss after θ's look-ahead step θ − lr·Σ s_j ∇ℓ_j,
+    so for steps too small to move θ it is proportional to θ's ``lr`` (not φ's ``lr_phi``):
+    a look-ahead taken with φ's step size passed every other test."""
+    task = _tiny("mlp")
+    phi = Phi(ThetaModel(task).embed_dim, 6, torch.Generator().manual_seed(5))
+    norms = []
+    for lr in (1e-6, 2e-6):
+        cfg = LoopConfig(
+            mode="smooth", batch_size=10, n_existing=10, epochs=1, lr=lr, lr_phi=1e-3,
+            weight_decay=0.0, embed_dim=6,
+        )  # fmt: skip
+        out = run_online(task, 0.3, cfg, np.random.default_rng(0), phi_init=phi.params)
+        norms.append(out.stats["phi_grad_norm"])
+    assert norms[0] > 0 and norms[1] / norms[0] == pytest.approx(2.0, rel=1e-3)
 
 
 def test_theta_training_changes_the_selections() -> None:
@@ -431,6 +461,22 @@ def test_a_budget_below_the_threshold_selects_nothing_and_is_marked_incomplete()
     assert out.stats["per_fraction"]["0.3"]["fraction_selected_per_epoch"] == [0.3]
 
 
+def test_a_run_the_seconds_budget_cut_between_epochs_is_marked_incomplete(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The last fraction's run stopped after 1 of 3 epochs was reported complete."""
+    task = make_check_task(n_train=40)
+    ctx = RunContext.for_task(task, fractions=(0.3,))
+    monkeypatch.setattr(ctx.budget, "remaining_seconds", lambda: 0.0)
+    out = HostCPFast(batch_size=10, n_existing=10, epochs=3).value(task, ctx)
+    assert out.stats["per_fraction"]["0.3"]["epochs"] == 1
+    assert out.stats["truncated_runs"] == ["0.3"] and out.complete is False
+    full = HostCPFast(batch_size=10, n_existing=10, epochs=3).value(
+        task, RunContext.for_task(task, fractions=(0.3,))
+    )
+    assert full.stats["truncated_runs"] == [] and full.complete is True
+
+
 def _tiny_images() -> ValuationTask:
     """40 training images of two classes told apart by which half of the image is bright."""
     return half_bright_images(60, 40, "cnn:epochs=1,batch_size=8", "images")
@@ -469,3 +515,19 @@ def test_hostcp_runs_on_the_cnn_and_declines_a_backbone_with_batch_norm() -> Non
     out = HostCPFast(batch_size=10, n_existing=10, epochs=1).value(task, ctx)
     assert out.complete and len(out.selections[0.2]) == 8
     assert "cnn" in HostCPFast.architectures and "resnet18" not in HostCPFast.architectures
+
+
+@pytest.mark.parametrize("variant", [HostCP, HostCPFast, HostCPSmooth, HostCPDS3])
+def test_defaults_are_the_authors(variant: type) -> None:
+    """The authors' scripts: B = 40 points per batch, E = k = 40 existing points, 5 epochs,
+    SGD at 1e-3 with weight decay 5e-4 for θ and φ alike, threshold 0.9 on r_j, φ 100 wide,
+    exact per-point gradients and batch statistics (the docstring's departures aside)."""
+    params = variant().get_params()
+    assert {k: params[k] for k in ("batch_size", "n_existing", "epochs", "embed_dim")} == {
+        "batch_size": 40,
+        "n_existing": 40,
+        "epochs": 5,
+        "embed_dim": 100,
+    }
+    assert (params["lr"], params["lr_phi"], params["weight_decay"]) == (1e-3, 1e-3, 5e-4)
+    assert (params["threshold"], params["phi_norm"]) == (0.9, "batch")
