@@ -2,8 +2,9 @@
 ``compare``.
 
 Exit status: 0 success; 1 some cells failed or timed out (``compare --fail-on-regression``: a
-method got significantly worse); 2 bad input (one line on stderr);
-130 interrupted by Ctrl-C or SIGTERM (finished cells are kept; the same command resumes).
+method got significantly worse, or cells ok in A failed or timed out in B); 2 bad input (one
+line on stderr); 130 interrupted by Ctrl-C or SIGTERM (finished cells are kept; the same
+command resumes).
 """
 
 from __future__ import annotations
@@ -302,7 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--fail-on-regression",
         dest="fail_on_regression",
         action="store_true",
-        help="exit 1 when a quality metric of a method got significantly worse (costs never count)",
+        help="exit 1 when a quality metric of a method got significantly worse, or a cell ok "
+        "in A failed or timed out in B (costs never count)",
     )
     compare.add_argument(
         "--changed-only",
@@ -851,8 +853,13 @@ def _cmd_compare(args: argparse.Namespace) -> int:
             + "; ".join(f"{d.title}: {d.method} {d.column.label}" for d in comparison.regressions),
             file=sys.stderr,
         )
-        if args.fail_on_regression:
-            return EXIT_CELLS_FAILED
+    if comparison.lost:
+        print(
+            f"cells ok in A that failed or timed out in B: {'; '.join(comparison.lost)}",
+            file=sys.stderr,
+        )
+    if comparison.failing and args.fail_on_regression:
+        return EXIT_CELLS_FAILED
     return EXIT_OK
 
 

@@ -19,7 +19,11 @@ one each run's report shows:
   with fewer than :data:`~valbench.summary.MIN_TEST_PAIRS` (3) shared seeds.
 
 Only quality metrics count as a regression (:attr:`Comparison.regressions`): costs depend on
-the machine and its load, so they are shown and tested but never fail a comparison.
+the machine and its load, so they are shown and tested but never fail a comparison. A cell
+that was ok in A and failed or timed out in B (same dataset, noise, method and seed) is a
+**lost cell** (:attr:`Comparison.lost`): its seed drops out of every pairing, so a method that
+started to crash would otherwise read as "only in A" or "untested" and pass; a lost cell fails
+a comparison as a regression does.
 
 The pairing is only as good as the seeds: two runs with the same root seed see the same splits
 and label flips at each seed; with different root seeds the pairs are unrelated draws (the test
@@ -97,9 +101,7 @@ class Difference:
 
     @property
     def title(self) -> str:
-        return (
-            self.dataset if self.noise is None else f"{self.dataset} · label noise {self.noise:g}"
-        )
+        return _title(self.dataset, self.noise)
 
     def text(self, value: float, signed: bool = False) -> str:
         fmt = self.column.fmt.lstrip("+")
@@ -116,10 +118,20 @@ class Difference:
 
     @property
     def change_text(self) -> str:
-        """B - A as the tables show it: with the ratio B / A after it for a cost."""
+        """B - A as the tables show it: with the ratio B / A after it for a cost, given to as
+        many digits as it takes not to read ×1 where the test found a change."""
         ratio = self.ratio
         diff = self.text(self.diff, signed=True)
-        return diff if ratio is None else f"{diff} (×{ratio:.3g})"
+        if ratio is None:
+            return diff
+        digits = 3
+        while digits < 8 and self.change in ("better", "worse") and f"{ratio:.{digits}g}" == "1":
+            digits += 1
+        return f"{diff} (×{ratio:.{digits}g})"
+
+
+def _title(dataset: str, noise: float | None) -> str:
+    return dataset if noise is None else f"{dataset} · label noise {noise:g}"
 
 
 @dataclass(frozen=True)
@@ -134,6 +146,13 @@ class Comparison:
     only_a: list[str] = field(default_factory=list)  # "dataset · noise: method" only in A
     only_b: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: "dataset · noise: method, seeds s1, s2 (failed|timeout)": ok in A, not in B.
+    lost: list[str] = field(default_factory=list)
+
+    @property
+    def failing(self) -> bool:
+        """True when B is worse: a quality regression, or cells A finished and B lost."""
+        return bool(self.regressions or self.lost)
 
     @property
     def regressions(self) -> list[Difference]:
@@ -162,6 +181,27 @@ def _pair(
     a, b = seed_values(records_a, col.extract), seed_values(records_b, col.extract)
     seeds = sorted(set(a) & set(b))
     return [a[s] for s in seeds], [b[s] for s in seeds]
+
+
+def _lost_cells(records_a: Sequence[CellRecord], records_b: Sequence[CellRecord]) -> list[str]:
+    """The cells ok in A that failed or timed out in B, per (dataset, noise, method)."""
+    ok_a = {(r.dataset, r.noise, r.method, r.seed) for r in records_a if r.ok}
+    lost: dict[tuple[str, float | None, str], dict[int | None, str]] = {}
+    for r in records_b:
+        if r.status in ("failed", "timeout") and (r.dataset, r.noise, r.method, r.seed) in ok_a:
+            lost.setdefault((r.dataset, r.noise, r.method), {})[r.seed] = r.status
+    out = []
+    for (dataset, noise, method), seeds in sorted(
+        lost.items(),
+        key=lambda kv: (kv[0][0], math.inf if kv[0][1] is None else kv[0][1], kv[0][2]),
+    ):
+        listed = ", ".join(str(s) for s in sorted(seeds, key=lambda s: -1 if s is None else s))
+        statuses = " or ".join(sorted(set(seeds.values())))
+        out.append(
+            f"{_title(dataset, noise)}: {method}, seed{'s' if len(seeds) > 1 else ''} "
+            f"{listed} ({statuses} in B)"
+        )
+    return out
 
 
 def _spec_notes(manifest_a: Manifest, manifest_b: Manifest) -> list[str]:
@@ -196,8 +236,9 @@ def compare_runs(run_a: Path, run_b: Path, alpha: float = ALPHA) -> Comparison:
     """Compare run B against run A (the reference); see the module docstring for the rules."""
     run_a, run_b = Path(run_a), Path(run_b)
     manifest_a, manifest_b = read_manifest(run_a), read_manifest(run_b)
-    groups_a = {_key(g): g for g in summarise(read_results(run_a))}
-    groups_b = {_key(g): g for g in summarise(read_results(run_b))}
+    records_a, records_b = read_results(run_a), read_results(run_b)
+    groups_a = {_key(g): g for g in summarise(records_a)}
+    groups_b = {_key(g): g for g in summarise(records_b)}
     raw: list[Difference] = []
     only_a: list[str] = []
     only_b: list[str] = []
@@ -272,6 +313,7 @@ def compare_runs(run_a: Path, run_b: Path, alpha: float = ALPHA) -> Comparison:
         only_a=only_a,
         only_b=only_b,
         notes=notes,
+        lost=_lost_cells(records_a, records_b),
     )
 
 
@@ -343,6 +385,8 @@ def format_table(comparison: Comparison, changed_only: bool = False) -> str:
             )
     if changed_only and not comparison.regressions and not comparison.improvements:
         lines += ["", "no significant change of any quality metric"]
+    if comparison.lost:
+        lines += ["", f"LOST (ok in A, failed or timed out in B): {'; '.join(comparison.lost)}"]
     for label, items in (("only in A", comparison.only_a), ("only in B", comparison.only_b)):
         if items:
             lines += ["", f"{label} (not compared): {', '.join(items)}"]

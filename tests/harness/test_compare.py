@@ -215,3 +215,51 @@ def test_compare_page_colours_read_at_wcag_aa_contrast() -> None:
     assert contrast(colours["worse"], worse_row[1]) >= 4.5
     for name in ("fg", "muted", "better", "worse"):
         assert contrast(colours[name], "#ffffff") >= 4.5, name
+
+
+def test_cells_lost_in_b_fail_the_comparison(
+    base: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # loo crashing on every seed of B read "only in A (not compared)" and exited 0 under
+    # --fail-on-regression; crashing on three of five left it "untested", unsaid.
+    run_b = _copy(base, tmp_path)
+
+    def crash(rec: dict[str, Any]) -> None:
+        if rec["method"] == "loo" or (rec["method"] == "knn-shapley" and rec["seed"] >= 2):
+            rec.update(
+                status="timeout" if rec["method"] == "knn-shapley" else "failed",
+                error={"type": "RuntimeError", "message": "boom", "traceback": ""},
+                metrics={},
+                scores_file=None,
+            )
+
+    _rewrite(run_b, crash)
+    comparison = compare_runs(base, run_b)
+    assert comparison.lost == [
+        "digits · label noise 0.1: knn-shapley, seeds 2, 3, 4 (timeout in B)",
+        "digits · label noise 0.1: loo, seeds 0, 1, 2, 3, 4 (failed in B)",
+    ]
+    assert comparison.regressions == [] and comparison.failing
+    assert compare_runs(run_b, base).lost == []  # cells B finished and A lost are not B's loss
+    page = tmp_path / "c.html"
+    argv = ["compare", str(base), str(run_b), "--html", str(page)]
+    assert main(argv) == 0
+    assert main([*argv, "--fail-on-regression"]) == 1
+    out, err = capsys.readouterr()
+    assert "LOST (ok in A, failed or timed out in B)" in out and "loo, seeds 0, 1" in err
+    assert 'id="lost"' in page.read_text()
+
+
+def test_a_cost_change_never_reads_as_a_ratio_of_one(base: Path, tmp_path: Path) -> None:
+    # "+0 (×1) ... worse": peak memory up by 0.05 % on every seed, shown as ×1.
+    run_b = _copy(base, tmp_path)
+
+    def heavier(rec: dict[str, Any]) -> None:
+        rec["cost"]["peak_mem_mb"] = rec["cost"]["peak_mem_mb"] * (1.0005 + 1e-6 * rec["seed"])
+
+    _rewrite(run_b, heavier)
+    memory = [
+        d for d in compare_runs(base, run_b).differences if d.column.key == "cost.peak_mem_mb"
+    ]
+    assert memory and all(d.change == "worse" for d in memory)
+    assert all(d.change_text.endswith("(×1.001)") for d in memory), [d.change_text for d in memory]
