@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from valbench.params import Interval, Options, Param
 from valbench.types import (
@@ -27,12 +27,26 @@ __version__ = "0.1.0"
 _API = ("run", "value", "value_file", "open_run", "Run", "ValueResult")
 
 
+if TYPE_CHECKING:  # type checkers see the API's own signatures, not __getattr__'s Any
+    from valbench.api import Run as Run
+    from valbench.api import ValueResult as ValueResult
+    from valbench.api import open_run as open_run
+    from valbench.api import run as run
+    from valbench.api import value as value
+    from valbench.api import value_file as value_file
+
+
 def __getattr__(name: str) -> Any:
     if name in _API:
         import importlib
 
         return getattr(importlib.import_module("valbench.api"), name)
     raise AttributeError(f"module 'valbench' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The module's names and the lazily loaded API's (so a notebook completes ``run``)."""
+    return sorted(set(globals()) | set(_API))
 
 
 __all__ = [

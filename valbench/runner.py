@@ -20,6 +20,7 @@ import platform
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
@@ -854,6 +855,15 @@ def execute(
     (names, backend, run directory) has passed, before the first cell: warnings printed there
     never precede a refusal.
     """
+    if getattr(mp.current_process(), "_inheriting", False):
+        # A worker process importing the user's script reached its unguarded run() call
+        # (multiprocessing's own test for it, which would fail the cell with its bootstrapping
+        # error, unexplained, when valbench starts its workers).
+        raise UsageError(
+            "valbench.run was called while a worker process imported the script that "
+            'started it: put the call under `if __name__ == "__main__":` (worker processes '
+            "import that script), or use backend 'serial'"
+        )
     if backend in ("auto", "process"):
         warm_workers(spec)
     spec = resolve_names(spec)
@@ -870,6 +880,16 @@ def execute(
         )
     if backend == "serial" and spec.max_memory_mb:  # before the run directory is made
         raise UsageError("--max-memory needs worker processes; drop --backend serial")
+    if (
+        backend == "serial"
+        and spec.timeout
+        and threading.current_thread() is not (threading.main_thread())
+    ):
+        # The serial timeout interrupts through SIGALRM, which only the main thread can handle.
+        raise UsageError(
+            "a timeout on the serial backend interrupts through a signal, which only the main "
+            "thread receives: run from the main thread, or use backend 'process'"
+        )
     if backend in ("dask", "ray"):
         from valbench.distributed import check_backend
 

@@ -92,3 +92,66 @@ def test_readme_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.chdir(tmp_path)
     exec(compile(block, "README.md", "exec"), {})
     assert (tmp_path / "reports" / "api-example" / "results.jsonl").is_file()
+
+
+def test_a_serial_timeout_off_the_main_thread_is_refused_before_any_work(tmp_path: Path) -> None:
+    # It raised "signal only works in main thread" from inside the run, leaving it aborted.
+    import threading
+
+    caught: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            valbench.run(
+                methods=["random"], datasets=["synthetic"], seeds=1, max_train=40,
+                out=tmp_path / "run", metrics="none", timeout=30,
+            )  # fmt: skip
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread to assert on
+            caught.append(exc)
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    thread.join()
+    (error,) = caught
+    assert isinstance(error, UsageError) and "only the main thread receives" in str(error)
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_unguarded_script_on_worker_processes_is_told_why_its_cells_fail(
+    tmp_path: Path,
+) -> None:
+    # Worker processes import the script that starts them; an unguarded run() call in it
+    # failed every cell with multiprocessing's bootstrapping RuntimeError, unexplained.
+    import subprocess
+    import sys
+
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "import valbench\n"
+        f"valbench.run(methods=['random'], datasets=['synthetic'], seeds=1, max_train=40,"
+        f" out={str(tmp_path / 'run')!r}, metrics='none', backend='process')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
+    assert 'put the call under `if __name__ == "__main__":`' in done.stderr
+    assert "bootstrapping phase" not in done.stderr
+
+
+def test_the_lazy_api_is_listed_and_typed() -> None:
+    # dir(valbench) lacked run/value (no notebook completion), and type checkers saw every API
+    # name as __getattr__'s Any.
+    import ast
+    import inspect
+
+    assert set(valbench._API) <= set(dir(valbench))
+    tree = ast.parse(inspect.getsource(valbench))
+    typed = {
+        alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING"
+        for stmt in node.body
+        if isinstance(stmt, ast.ImportFrom) and stmt.module == "valbench.api"
+        for alias in stmt.names
+    }
+    assert typed == set(valbench._API)
