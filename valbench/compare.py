@@ -353,7 +353,8 @@ def format_table(comparison: Comparison, changed_only: bool = False) -> str:
     lines = [
         f"A = {comparison.run_a} ({comparison.revision_a or 'revision unknown'}), "
         f"B = {comparison.run_b} ({comparison.revision_b or 'revision unknown'})",
-        f"{TEST_NAME} on the seeds both runs hold (of a cost, on the logarithms: ×r); "
+        f"{TEST_NAME} on the seeds both runs hold (of a cost, on the logarithms: ×r; a "
+        "difference equal on every seed gets the exact sign-flip p, 2^(1-n)); "
         f"{CORRECTION}-corrected over the quality metrics (and apart over the costs), "
         f"α = {ALPHA:g}; costs never count as a regression",
     ]

@@ -118,6 +118,11 @@ def _as_array(name: str, value: Any) -> np.ndarray:
     """``value`` as a numpy array: a torch tensor through float64 (bfloat16, a graph), a
     masked array refused (its mask would be dropped), anything numpy cannot stack as one
     line saying so."""
+    if value is None or isinstance(value, str | bytes):
+        raise UsageError(
+            f"{name} is {type(value).__name__}, not data: give a numpy array, list of rows or "
+            "DataFrame"
+        )
     if isinstance(value, np.ma.MaskedArray):
         raise UsageError(
             f"{name} is a masked array; its mask would be dropped: fill or drop the masked "
@@ -204,6 +209,8 @@ def _labels(y: Any) -> tuple[np.ndarray, list[Any]]:
         if isinstance(labels, str):
             raise UsageError(labels)
         y = labels
+    if len(y) == 0:
+        raise UsageError("y has no rows; give one label per row of x")
     classes, codes = np.unique(y, return_inverse=True)
     from valbench.userdata import label_spacing_problem
 

@@ -305,10 +305,14 @@ def test_value_reads_tensors_and_refuses_ragged_or_masked_arrays_with_one_line()
     for bad, message in (
         ([[1.0, 2.0], [3.0]] * 30, "x cannot be read as an array"),
         (np.ma.masked_array(x, mask=x > 2), "x is a masked array; its mask would be dropped"),
+        (None, "x is NoneType, not data"),  # was "x has dtype object"
+        ("features.csv", "x is str, not data"),
     ):
         with pytest.raises(UsageError, match=message) as err:
             valbench.value(bad, y)
         assert "\n" not in str(err.value)
+    with pytest.raises(UsageError, match="y has no rows"):  # was "the labels hold 0 class"
+        valbench.value(x[:0], y[:0])
 
 
 def test_value_on_a_file_needs_only_its_folds_rows_and_reads_features_as_it_values_them(
