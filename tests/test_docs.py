@@ -45,8 +45,9 @@ def test_registry_holds_every_builtin() -> None:
     assert _builtin(dataset_names(), get_dataset) == BUILTIN_DATASETS
 
 
-def args_section(doc: str | None) -> dict[str, str]:
-    """Parameter name -> first line of its description, from a Google-style ``Args:`` section.
+def args_section(doc: str | None, *, whole: bool = False) -> dict[str, str]:
+    """Parameter name -> first line of its description, from a Google-style ``Args:`` section
+    (with ``whole``, the whole description, its continuation lines joined by spaces).
 
     Raises AssertionError on a malformed section (an entry line that is not ``name: text``,
     a name given twice, or an entry with no description).
@@ -60,6 +61,7 @@ def args_section(doc: str | None) -> dict[str, str]:
     base = len(head) - len(head.lstrip())
     entries: dict[str, str] = {}
     indent: int | None = None
+    name = ""
     for line in lines[starts[0] + 1 :]:
         if not line.strip():
             continue
@@ -68,8 +70,10 @@ def args_section(doc: str | None) -> dict[str, str]:
             break  # the next section, or prose after the list
         if indent is None:
             indent = depth
-        if depth > indent:
-            continue  # a continuation line of the entry above
+        if depth > indent:  # a continuation line of the entry above
+            if whole:
+                entries[name] += " " + line.strip()
+            continue
         match = _ENTRY.fullmatch(line.strip())
         assert match, f"malformed Args entry: {line.strip()!r}"
         name = match["name"].lstrip("*")
@@ -104,6 +108,47 @@ def test_dataset_documents_its_parameters(name: str) -> None:
     _check_documented(get_dataset(name))
 
 
+# "(default 200", "(default 1e-3", "(default 10,000", "(default None: ...": a stated default.
+_STATED_DEFAULT = re.compile(
+    r"\(default (?P<value>-?\d{1,3}(?:,\d{3})+|-?\d+(?:\.\d+)?(?:e[-+]?\d+)?|True|False|None)\b"
+)
+# ``"el2n"`` (default) or ...: the option marked as the default.
+_DEFAULT_OPTION = re.compile(r'``"(?P<value>[^"`]+)"`` \(default\b')
+
+
+def _states(value: str, default: object, *, option: bool = False) -> bool:
+    """Whether a docstring's stated default ``value`` (an ``option`` string) is ``default``."""
+    if option:
+        return value == default
+    if value in ("True", "False", "None"):
+        return repr(default) == value
+    number = float(value.replace(",", ""))
+    return isinstance(default, int | float) and not isinstance(default, bool) and default == number
+
+
+def test_method_docstrings_state_the_declared_defaults() -> None:
+    """Every "(default X" an Args entry states (a number, True, False or None), and every
+    option it marks ``"X"`` (default), is that parameter's declared ``Param`` default. A changed
+    default (TMC's tolerance 0.01 -> 0.05, Beta-Shapley's alpha 16 -> 8) left the docstring,
+    and the help built from it, stating the old one."""
+    checked = 0
+    wrong = []
+    for name in BUILTIN_METHODS:
+        cls = get_method(name)
+        params = declared_params(cls)
+        for param, text in args_section(cls.__dict__.get("__doc__"), whole=True).items():
+            default = params[param].default
+            for pattern, option in ((_STATED_DEFAULT, False), (_DEFAULT_OPTION, True)):
+                for stated in pattern.finditer(text):
+                    checked += 1
+                    if not _states(stated["value"], default, option=option):
+                        wrong.append(
+                            f"{name} {param}: documented {stated['value']}, declared {default!r}"
+                        )
+    assert not wrong, wrong
+    assert checked >= 150, checked  # the parser still finds the defaults the docstrings state
+
+
 def test_args_parser() -> None:
     doc = """Summary.
 
@@ -116,6 +161,7 @@ def test_args_parser() -> None:
         nothing: not an argument.
     """
     assert args_section(doc) == {"alpha": "First.", "beta": "Second,"}
+    assert args_section(doc, whole=True) == {"alpha": "First.", "beta": "Second, continued."}
     assert args_section("No section.") == {}
     with pytest.raises(AssertionError, match="malformed"):
         args_section("S.\n\n    Args:\n        a: one. b: two\n        not an entry\n")

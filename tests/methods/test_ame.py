@@ -233,7 +233,13 @@ def test_lasso_equals_a_port_of_the_original_regression(
     (This port agreed with the authors' glmnet build, its Fortran compiled, to 1.2e-7 on
     these six games and two more of 30 and 59 subsets, with the same path lengths;
     valbench to 3e-6.)"""
-    rng = np.random.default_rng(5 + [0.5, 0.0, 0.8].index(offset))
+    _check_against_the_port(5 + [0.5, 0.0, 0.8].index(offset), m, n, offset, one_p)
+
+
+def _check_against_the_port(seed: int, m: int, n: int, offset: float, one_p: bool) -> None:
+    """``m`` subsets of ``n`` points (and ``n`` knockoffs) drawn from ``seed``, a sparse game
+    with an interaction and noise: valbench's Lasso equals the port's, path length included."""
+    rng = np.random.default_rng(seed)
     p = np.asarray(AME_PROBABILITIES)[rng.integers(0, 4, m)]
     if one_p:
         p[:] = 0.4
@@ -247,6 +253,22 @@ def test_lasso_equals_a_port_of_the_original_regression(
     assert info["nonzero"] >= 2  # a problem where the penalty leaves some points in
     assert info["path_length"] == path_length
     np.testing.assert_allclose(got, want * ame_scale() ** 2, rtol=0, atol=5e-6)
+
+
+@pytest.mark.parametrize(
+    ("seed", "m"),
+    # 18 subsets, 16 columns (8 points, 8 knockoffs) and 4 intercepts: more rows than columns
+    # but fewer than columns and intercepts, so glmnet's path goes down to 1e-2 (a rule that
+    # left the intercepts out went to 1e-4: coefficients off by 1.8e-2). 120 subsets in 20
+    # folds of 6: a game whose lambda_1se moves if the folds' standard error divides by the
+    # folds, not folds - 1 (coefficients off by 6.5e-4).
+    [(1, 18), (0, 120)],
+    ids=["path-ratio-counts-intercepts", "one-se-with-folds-minus-one"],
+)
+def test_lasso_equals_the_port_where_the_path_ratio_and_the_one_se_rule_decide(
+    seed: int, m: int
+) -> None:
+    _check_against_the_port(seed, m, 8, 0.5, False)
 
 
 def test_degenerate_regressions_score_zero_and_bad_arguments_are_refused() -> None:

@@ -143,3 +143,30 @@ def test_values_equal_a_port_of_the_original_on_models_trained_one_by_one() -> N
     want = _original_oob_values(predictors, counts, x, y)
     assert got.stats["never_out_of_bag"] == 0 and (counts == 0).any(axis=0).all()
     np.testing.assert_allclose(got.scores, want, rtol=0, atol=1e-12)
+
+
+def test_bootstrap_counts_draws_every_point_n_times_per_model() -> None:
+    """Each bootstrap draws n points with replacement from all n: every row sums to n and, over
+    many models, every point (the last included) is drawn about once per model. A wrong draw
+    from 0..n-2 never picked the last point (its column stayed 0)."""
+    n, n_models = 12, 2000
+    counts = bootstrap_counts(n, n_models, np.random.default_rng(0))
+    assert counts.shape == (n_models, n) and counts.dtype == np.int64
+    np.testing.assert_array_equal(counts.sum(axis=1), np.full(n_models, n))
+    assert (counts > 0).any(axis=0).all()  # every point is drawn by some model
+    # Binomial(n, 1/n) per cell: mean 1, sd of a column's mean ~ sqrt(11/12 / 2000) ~ 0.02.
+    np.testing.assert_allclose(counts.mean(axis=0), 1.0, atol=0.1)
+
+
+def test_points_never_out_of_bag_get_the_mean_of_the_others() -> None:
+    """With two bootstrap models most points are in both samples (never out of bag); they get
+    the mean of the out-of-bag values (the docstring's rule). A wrong filler gave them 0, the
+    bottom of the ranking, as if every one were mislabelled."""
+    task = make_check_task()
+    got = DataOOB(n_estimators=2).value(task, RunContext.for_task(task, seed=3))
+    counts = bootstrap_counts(task.n_train, 2, RunContext.for_task(task, seed=3).rng)
+    never = (counts > 0).all(axis=0)
+    assert got.stats["never_out_of_bag"] == int(never.sum()) > 0
+    mean_of_others = got.scores[~never].mean()
+    assert mean_of_others > 0
+    np.testing.assert_array_equal(got.scores[never], np.full(never.sum(), mean_of_others))

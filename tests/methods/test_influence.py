@@ -106,6 +106,22 @@ def test_closed_form_head_hessian_equals_autograd() -> None:
     torch.testing.assert_close(closed, auto, rtol=1e-10, atol=1e-12)
 
 
+def test_chunked_hvp_equals_the_unchunked_one_with_the_l2_term() -> None:
+    """The chunked Hessian-vector product (the data term summed over chunks of 7 of 30 points,
+    the decay added once) is the unchunked one on an MLP with l2 > 0, on every layer. A wrong
+    chunked product dropped the L2 term (off by l2 · v on the weights)."""
+    task = make_check_task(n_train=30)
+    task = type(task)(**{**task.__dict__, "model": ModelSpec(kind="mlp", epochs=20, hidden=5)})
+    clf = task.build_model()
+    params = clf.fit(task.x_train, task.y_train, np.ones((1, 30), dtype=bool))
+    model = gr.functional_from_params(params, 0.1, "all")
+    x, y = gr.as_tensor(task.x_train), torch.as_tensor(task.y_train)
+    whole = gr.full_hessian(gr.make_hvp(model, x, y), model.n_params)
+    chunked = gr.full_hessian(gr.make_hvp(model, x, y, chunk=7), model.n_params)
+    assert model.decay_mask().sum() > 0  # weights the decay applies to
+    torch.testing.assert_close(chunked, whole, rtol=1e-10, atol=1e-12)
+
+
 def test_exact_cg_and_lissa_agree() -> None:
     # Damping 0.1 so LiSSA (full-batch, deterministic) converges within its depth.
     runs = {

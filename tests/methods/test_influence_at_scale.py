@@ -99,6 +99,17 @@ def test_arnoldi_on_every_mlp_layer_matches_the_exact_solver() -> None:
     assert _rel(full.scores, exact.scores) < 1e-6
 
 
+def test_arnoldi_default_steps_are_twice_the_rank_plus_one() -> None:
+    """With ``arnoldi_iterations`` None the Krylov basis takes max(2 · rank + 1, 20) steps (the
+    docstring's rule), here on a 51-parameter head (16 features + bias, 3 classes) whose
+    Krylov space is not invariant before. A wrong rule took 2 · rank: 20 then 24 steps."""
+    task = wide_task(n_train=120, width=16)
+    for rank, steps in ((10, 21), (12, 25)):
+        got = _val(task, solver="arnoldi", arnoldi_rank=rank)
+        assert got.stats["arnoldi_steps"] == steps == 2 * rank + 1, got.stats
+        assert got.stats["arnoldi_rank"] == rank
+
+
 # --- EK-FAC ----------------------------------------------------------------------------
 
 

@@ -54,3 +54,21 @@ def test_loo_warm_start_agrees_with_cold_start() -> None:
     )
     # Both solve the same convex problem; they may differ by optimisation error on a point or two.
     assert np.mean(np.isclose(cold.scores, warm.scores)) >= 0.8
+
+
+def test_loo_points_the_budget_left_out_get_the_mean_of_those_retrained() -> None:
+    """Nine fits on 20 points retrain the first 8 of the run's seeded order; the other 12 get
+    the mean of those 8 values exactly (the docstring's rule, the middle of the ranking). A wrong
+    filler gave them 0 (here 0 is not the mean: the 8 values sum to 6/30)."""
+    task = make_check_task(n_train=20)
+    got = LeaveOneOut(batch_size=4).value(
+        task, RunContext.for_task(task, seed=3, budget=Budget(max_fits=9))
+    )
+    assert got.stats["points_retrained"] == 8 and not got.stats["complete"]
+    retrained = RunContext.for_task(task, seed=3).rng.permutation(20)[:8]
+    full = LeaveOneOut().value(fresh := make_check_task(n_train=20), RunContext.for_task(fresh))
+    np.testing.assert_allclose(got.scores[retrained], full.scores[retrained], atol=1e-12)
+    rest = np.setdiff1d(np.arange(20), retrained)
+    mean = float(got.scores[retrained].mean())
+    assert mean != 0.0
+    np.testing.assert_array_equal(got.scores[rest], np.full(12, mean))

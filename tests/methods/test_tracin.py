@@ -61,6 +61,21 @@ def test_sgd_gradient_equals_autograd(kind: str) -> None:
         torch.testing.assert_close(hand[k], leaves[k].grad)
 
 
+def test_sgd_minibatch_order_follows_the_run_seed() -> None:
+    """Minibatches (8 of the 48 points per step) are drawn from the run's rng: the same seed
+    repeats the scores exactly, another seed changes them. A wrong SGD ignored the rng (one
+    fixed order whatever the seed), so every seed gave the same checkpoints."""
+
+    def run(seed: int) -> np.ndarray:
+        task = make_check_task()
+        method = TracIn(epochs=3, checkpoints=2, lr=0.3, batch_size=8)
+        return method.value(task, RunContext.for_task(task, seed=seed)).scores
+
+    first = run(5)
+    np.testing.assert_array_equal(run(5), first)
+    assert not np.allclose(run(6), first, rtol=1e-6, atol=0)
+
+
 def test_checkpoint_epochs_are_spread_and_end_last() -> None:
     assert checkpoint_epochs(20, 5) == [4, 8, 12, 16, 20]
     assert checkpoint_epochs(3, 10) == [1, 2, 3]

@@ -114,6 +114,33 @@ def test_trak_is_deterministic_and_other_seeds_project_differently() -> None:
     assert not np.allclose(a.scores, c.scores)
 
 
+@pytest.mark.parametrize(
+    ("kind", "proj_dim"),
+    # logreg starts every fit from zeros, so its models coincide and only their projections
+    # (4 < 27 parameters: lossy) can differ; an MLP's projection to 64 >= 27 parameters is
+    # injective (the projection does not matter), so only its initialisations can differ.
+    [("logreg", 4), ("mlp", 64)],
+    ids=["own-projection", "own-initialisation"],
+)
+def test_each_model_has_its_own_seeds(kind: str, proj_dim: int) -> None:
+    """Two models average two different attributions: the scores move from those of the first
+    model alone (the same run cut to one fit by its budget). A wrong ensemble gave every model
+    the first model's projection seed (logreg) or initialisation seed (MLP), so the second
+    model repeated the first and two models scored exactly as one."""
+
+    def run(fits: int | None) -> np.ndarray:
+        task = dataclasses.replace(
+            make_check_task(n_train=30), model=ModelSpec(kind=kind, epochs=20, hidden=4)
+        )
+        ctx = RunContext.for_task(task, seed=2, budget=Budget(max_fits=fits))
+        got = TRAK(proj_dim=proj_dim, checkpoints=2).value(task, ctx)
+        assert got.stats["checkpoints_used"] == (fits or 2)
+        return got.scores
+
+    one, two = run(1), run(None)
+    assert np.abs(two - one).max() > 1e-3 * np.abs(one).max()
+
+
 def test_trak_budget_limits_the_models_and_marks_the_estimate_partial() -> None:
     task = make_check_task(n_train=40)
     full = _trak(task, proj_dim=8, checkpoints=3)
