@@ -54,6 +54,7 @@ from concurrent.futures import CancelledError
 from typing import Any
 
 from valbench.errors import UsageError
+from valbench.pool import stops_ignored_by_children
 from valbench.spec import Cell, CellProgressFn, RunSpec
 from valbench.worker import CellOutcome, failure_record, run_cell
 
@@ -115,6 +116,50 @@ def _check_dask_address(address: str) -> None:
         ) from None
     if host is not None:  # other schemes (ucx) are left to the Client
         _probe("Dask scheduler", address, host, port, "--scheduler")
+        _ask_dask_identity(address)
+
+
+def _ask_dask_identity(address: str) -> None:
+    """Ask the service at ``address`` who it is, with a deadline: a port that accepts a TCP
+    connection but is no scheduler (its dashboard's 8787, an SSH or web server) made the
+    Client read garbage (a length of exabytes: MemoryError) or wait forever."""
+    import asyncio
+
+    async def identity() -> Any:
+        from distributed.comm import connect
+
+        comm = await connect(address, timeout=CONNECT_TIMEOUT_S)
+        try:
+            await comm.write({"op": "identity", "reply": True})
+            return await comm.read()
+        finally:
+            comm.abort()
+
+    answer: list[Any] = []
+
+    def ask() -> None:
+        # In its own thread and event loop: the caller may be inside one (a notebook).
+        try:
+            answer.append(asyncio.run(asyncio.wait_for(identity(), CONNECT_TIMEOUT_S)))
+        except BaseException as exc:  # noqa: BLE001 - whatever the service sent, it is no scheduler
+            answer.append(exc)
+
+    asker = threading.Thread(target=ask, name="valbench-dask-identity", daemon=True)
+    asker.start()
+    asker.join(CONNECT_TIMEOUT_S + 5)
+    reply = answer[0] if answer else TimeoutError(f"no answer in {CONNECT_TIMEOUT_S:g} s")
+    if isinstance(reply, dict) and reply.get("type") == "Scheduler":
+        return
+    if isinstance(reply, BaseException):
+        why = _one_line(reply) or type(reply).__name__
+    elif isinstance(reply, dict):
+        why = f"it answered as {reply.get('type')!r}"
+    else:
+        why = "its answer names no service"
+    raise UsageError(
+        f"{address} accepts connections but is not a Dask scheduler ({why}); check --scheduler "
+        "(a scheduler listens on 8786 by default, its dashboard on 8787)"
+    )
 
 
 def _check_ray_address(address: str) -> None:
@@ -129,6 +174,40 @@ def _check_ray_address(address: str) -> None:
             "or ray://host:10001"
         )
     _probe("Ray cluster", address, host, int(port), "--address")
+    _ask_for_grpc(address, host, int(port))
+
+
+#: The HTTP/2 connection preface and an empty SETTINGS frame (RFC 9113, 3.4 and 6.5).
+_HTTP2_HELLO = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+_HTTP2_SETTINGS = 4
+
+
+def _ask_for_grpc(address: str, host: str, port: int) -> None:
+    """Greet the service at ``address`` as an HTTP/2 client: a Ray cluster's GCS and Ray
+    Client server speak gRPC, so they answer with a SETTINGS frame. ray.init waited forever
+    on a port that accepts connections but is something else (the dashboard's 8265, a web or
+    SSH server); this check gives up after ``CONNECT_TIMEOUT_S``."""
+    try:
+        with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S) as conn:
+            conn.sendall(_HTTP2_HELLO)
+            head = b""
+            while len(head) < 9:
+                chunk = conn.recv(9 - len(head))
+                if not chunk:
+                    break
+                head += chunk
+    except (OSError, ValueError) as exc:
+        reason = "no answer" if isinstance(exc, TimeoutError) else _one_line(exc)
+        head, why = b"", f"{reason or type(exc).__name__}"
+    else:
+        why = f"it answered {head[:20]!r}" if head else "it closed the connection"
+    if len(head) == 9 and head[3] == _HTTP2_SETTINGS:
+        return
+    raise UsageError(
+        f"{address} accepts connections but is not a Ray cluster ({why}); check --address "
+        "(a head node's GCS listens on 6379 by default, Ray Client on 10001, the dashboard "
+        "on 8265)"
+    )
 
 
 def _probe(what: str, address: str, host: str, port: int, flag: str) -> None:
@@ -159,7 +238,13 @@ def _timeout_outcome(cell: Cell, spec: RunSpec, how: str) -> CellOutcome:
 def _crash_outcome(cell: Cell, spec: RunSpec, exc: BaseException) -> CellOutcome:
     # run_cell turns every exception of the method into a record; what reaches here is the
     # engine's own failure (a killed worker, a lost connection, a serialization error).
-    message = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:500]
+    if type(exc).__name__ == "KilledWorker":  # Dask's 400 characters on a task id
+        message = (
+            "the worker process died while running the cell (a crash, a kill or a memory "
+            "limit; Dask's KilledWorker)"
+        )
+    else:
+        message = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:500]
     return CellOutcome(failure_record(cell, spec, "failed", "WorkerCrashed", message))
 
 
@@ -206,12 +291,14 @@ def _warn_of_threaded_workers(client: Any) -> None:
 @contextlib.contextmanager
 def _distributed_quiet() -> Iterator[None]:
     """distributed logs a local cluster's start, connections and stop at INFO (some 30 lines
-    on stderr around a run's progress lines); keep them out unless this run logs at INFO
-    (``--verbose``), and restore the level afterwards."""
+    on stderr around a run's progress lines), and each crash, kill or timeout of a cell as
+    WARNING and ERROR lines (restarts, lost and cancelled tasks) beside the driver's own line
+    for that cell; keep them out unless this run logs at INFO (``--verbose``), and restore
+    the level afterwards."""
     logger = logging.getLogger("distributed")
     before = logger.level
     if not log.isEnabledFor(logging.INFO):
-        logger.setLevel(logging.WARNING)
+        logger.setLevel(logging.CRITICAL)
     try:
         yield
     finally:
@@ -255,13 +342,14 @@ def _run_dask(
             "distributed.scheduler.allowed-failures": 0,
             "distributed.scheduler.worker-saturation": 1.0,
         }
-        with dask.config.set(settings):
+        with dask.config.set(settings), stops_ignored_by_children():
             cluster = LocalCluster(
                 n_workers=LOCAL_WORKERS,
                 threads_per_worker=1,
                 processes=True,
                 dashboard_address=None,
-                silence_logs=logging.WARNING,
+                # The workers' own logs: as quiet as the driver's (see _distributed_quiet).
+                silence_logs=logging.INFO if log.isEnabledFor(logging.INFO) else logging.CRITICAL,
             )
         client = Client(cluster)
     else:
@@ -311,6 +399,9 @@ def _run_dask(
                 except Exception as exc:  # noqa: BLE001 - the engine failed, not the method
                     outcome = _crash_outcome(cell, spec, exc)
                 on_result(outcome)
+                # Let the cluster forget the result: one a dying worker still held was
+                # recomputed elsewhere ("lose already computed task(s)").
+                fut.release()
             if spec.timeout:
                 now = time.monotonic()
                 for fut, cell in list(futures.items()):
@@ -378,12 +469,13 @@ def run_ray(
     if owned:
         try:
             if address is None:
-                ray.init(
-                    num_cpus=LOCAL_WORKERS,
-                    include_dashboard=False,
-                    log_to_driver=False,
-                    configure_logging=False,
-                )
+                with stops_ignored_by_children():
+                    ray.init(
+                        num_cpus=LOCAL_WORKERS,
+                        include_dashboard=False,
+                        log_to_driver=False,
+                        configure_logging=False,
+                    )
             else:
                 ray.init(address=address, log_to_driver=False, configure_logging=False)
         except (ConnectionError, ValueError) as exc:

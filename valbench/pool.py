@@ -7,9 +7,11 @@ processes costs a run little over running them in the driver.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import signal
 import threading
+from collections.abc import Iterator
 
 from valbench.spec import RunSpec
 
@@ -56,27 +58,34 @@ def warm_workers(spec: RunSpec) -> None:
 
 
 def start_fork_server() -> None:
-    """Start the fork server (if it is not running) with Ctrl-C and SIGTERM ignored.
-
-    The server imports its preload modules before it ignores SIGINT itself, and a Ctrl-C in
-    those seconds (it reaches the whole process group) printed a traceback from the server
-    under the driver's one-line "interrupted". An ignored signal stays ignored across the
-    server's exec, and Python then leaves it so; the driver's own handler is restored at once.
-    """
+    """Start the fork server (if it is not running) with Ctrl-C and SIGTERM ignored: it
+    imports its preload modules before it ignores SIGINT itself, and a Ctrl-C in those
+    seconds printed a traceback from the server (see :func:`stops_ignored_by_children`)."""
     from multiprocessing import forkserver
 
+    with stops_ignored_by_children():
+        forkserver.ensure_running()
+
+
+@contextlib.contextmanager
+def stops_ignored_by_children() -> Iterator[None]:
+    """Start processes inside this block with Ctrl-C and SIGTERM ignored (the fork server,
+    a local Dask or Ray cluster): a Ctrl-C reaches the whole process group, and each of them
+    printed its own traceback under the driver's one-line "interrupted" (or, for Ray, crashed
+    the driver). An ignored signal stays ignored across fork and exec, and Python then leaves
+    it so; the driver's own handlers are restored at the block's end. SIGTERM too: sent to the
+    whole group (a scheduler, `kill -- -PGID`), it would kill the workers, whose cells would
+    be recorded as failed; the driver ends the run as for Ctrl-C and stops them itself.
+    """
     if (
         threading.current_thread() is not threading.main_thread()  # only it may set handlers
         or None in (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
     ):
-        forkserver.ensure_running()
+        yield
         return
-    # SIGTERM too: sent to the whole group (a scheduler, `kill -- -PGID`), it would kill the
-    # server, whose workers die with it, and their cells would be recorded as failed; the
-    # driver ends the run as for Ctrl-C and kills its workers itself.
     previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        forkserver.ensure_running()
+        yield
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

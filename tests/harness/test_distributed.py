@@ -238,6 +238,68 @@ def test_dask_bad_scheduler_is_one_line_before_the_run_directory(
     assert not out.exists()
 
 
+def _engines() -> list[object]:
+    return [
+        pytest.param("dask", marks=_needs("distributed")),
+        pytest.param("ray", marks=_needs("ray")),
+    ]
+
+
+@pytest.mark.parametrize("backend", _engines())
+@pytest.mark.parametrize("service", ["talks", "silent", "web"])
+def test_a_port_that_answers_but_is_no_cluster_is_one_line(
+    backend: str,
+    service: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Dask read an SSH-like banner as a message length ("Unable to allocate 2.82 EiB": a
+    # traceback) and waited forever on a silent service; ray.init waited forever on any
+    # service that was not Ray's (its dashboard's port, a web server).
+    import socket
+    import threading
+
+    import valbench.distributed
+
+    monkeypatch.setattr(valbench.distributed, "CONNECT_TIMEOUT_S", 2.0)
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    held = []
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            held.append(conn)
+            if service == "talks":
+                conn.sendall(b"SSH-2.0-OpenSSH_9.6\r\n" * 4)
+            elif service == "web":
+                conn.recv(4096)
+                conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+
+    threading.Thread(target=serve, daemon=True).start()
+    out = tmp_path / "run"
+    flag, address, what = (
+        ("--scheduler", f"tcp://127.0.0.1:{port}", "a Dask scheduler")
+        if backend == "dask"
+        else ("--address", f"127.0.0.1:{port}", "a Ray cluster")
+    )
+    try:
+        code = main([*_ARGV, "--backend", backend, flag, address, "--out", str(out)])
+    finally:
+        server.close()
+        for conn in held:
+            conn.close()
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert f"{address} accepts connections but is not {what}" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not out.exists()
+
+
 @_needs("ray")
 def test_ray_unreachable_address_is_one_line_not_endless_retries(tmp_path: Path) -> None:
     # ray.init retries a dead address until killed: the check must give up on its own.
@@ -292,9 +354,11 @@ class Plugin(Method):
 
 @_needs("distributed")
 def test_dask_crashing_cell_runs_once_and_is_recorded(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    """A cell that kills its worker is not rerun on the next worker (Dask's default is 3 more)."""
+    """A cell that kills its worker is not rerun on the next worker (Dask's default is 3 more);
+    it is said once, in the cell's own line (the scheduler and nanny added ERROR and WARNING
+    lines, and the cell's message was KilledWorker's 400 characters on a task id)."""
     body = """
         with open(self.marker, "a") as fh:
             fh.write("attempt\\n")
@@ -308,6 +372,8 @@ def test_dask_crashing_cell_runs_once_and_is_recorded(
     assert record.status == "failed" and record.error.type == "WorkerCrashed"
     assert summary.failed == [record.cell_id]
     assert marker.read_text().splitlines() == ["attempt"]
+    assert record.error.message.startswith("the worker process died while running the cell")
+    assert "distributed." not in capfd.readouterr().err
 
 
 @_needs("distributed")
