@@ -633,6 +633,8 @@ class GroupSummary:
     #: the report includes partial cells (then they are in, and marked).
     partial: dict[str, int] = field(default_factory=dict)
     partial_included: bool = False
+    #: method -> number of its failed or timed-out cells in this (dataset, noise)
+    failed: dict[str, int] = field(default_factory=dict)
     #: column key -> smallest difference from the best this run's paired tests could detect
     #: (:func:`min_detectable_difference`; NaN where nothing was tested).
     detectable: dict[str, float] = field(default_factory=dict)
@@ -912,7 +914,11 @@ def summarise(records: Iterable[CellRecord], include_partial: bool = False) -> l
     """
     groups: dict[tuple[str, float | None], list[CellRecord]] = defaultdict(list)
     partial: dict[tuple[str, float | None], dict[str, int]] = defaultdict(dict)
+    failed: dict[tuple[str, float | None], dict[str, int]] = defaultdict(dict)
     for rec in sorted(records, key=record_sort_key):
+        if rec.status in ("failed", "timeout"):
+            lost = failed[(rec.dataset, rec.noise)]
+            lost[rec.method] = lost.get(rec.method, 0) + 1
         if not rec.ok:
             continue
         key = (rec.dataset, rec.noise)
@@ -1002,6 +1008,7 @@ def summarise(records: Iterable[CellRecord], include_partial: bool = False) -> l
                 records={m: by_method[m] for m in sorted(by_method)},
                 partial=dict(sorted(partial[(dataset, noise)].items())),
                 partial_included=include_partial,
+                failed=dict(sorted(failed[(dataset, noise)].items())),
                 detectable=detectable,
                 separated_from_random=_separated_from_random(by_method),
             )

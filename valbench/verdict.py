@@ -10,7 +10,8 @@ nothing here is a new statistic:
   marked by :func:`valbench.summary.summarise`; on the logarithm of CPU seconds for the
   cost), best mean first;
 - **pareto**: the cost-Pareto set of the goal: the methods no other method beats on both mean
-  CPU seconds (lower) and the goal's metric (higher) (:func:`valbench.figures.pareto_front`);
+  CPU seconds (lower) and the goal's metric (higher) (:func:`valbench.figures.pareto_front`),
+  among the methods with the column's most seeds, as the best is chosen;
 - **why**: one sentence that says where the recommendation comes from;
 - **caveats**: what the data impose (one seed, few seeds and the smallest detectable
   difference, planted flips only, no method beating random, partial cells left out).
@@ -106,12 +107,13 @@ def _ranked(group: GroupSummary, key: str, methods: Sequence[str], better_high: 
     return sorted(methods, key=lambda m: ((-1 if better_high else 1) * group.rows[m][key].mean, m))
 
 
-def _front(group: GroupSummary, key: str) -> list[str]:
-    """Cost-Pareto set on (geometric mean CPU s, mean of ``key``), cheapest first."""
+def _front(group: GroupSummary, key: str, most: int) -> list[str]:
+    """Cost-Pareto set on (geometric mean CPU s, mean of ``key``), cheapest first, among the
+    methods with ``most`` seeds in the column, as the best is chosen."""
     points = []
     for method, cells in group.rows.items():
         value, cpu = cells.get(key), cells.get(COST_KEY)
-        if value and cpu and value.present and cpu.present:
+        if value and cpu and value.present and cpu.present and value.n == most:
             points.append((method, cpu.mean, value.mean))
     front = set(pareto_front(points))
     return [m for m, _, _ in sorted(points, key=lambda p: (p[1], -p[2], p[0])) if m in front]
@@ -132,14 +134,24 @@ def _goal(group: GroupSummary, goal: str, question: str, key: str) -> GoalVerdic
     tested = group.max_seeds >= MIN_TEST_PAIRS and (
         len(best) == len(present) or any(st.p_value is not None for st in present.values())
     )
+    if len(present) == 1:  # nothing to compare it with
+        tested = False
     recommended = best + _ranked(group, key, tied, col.higher_is_better)
     top: Stat = present[best[0]]
     caveats: list[str] = []
     partial = _marked_partial(group)
+    # The best is chosen among the methods with the column's most seeds (summary.best_methods):
+    # one with fewer seeds may have a better mean, so the sentence says where it chose.
+    most = max(st.n for st in present.values())
+    among = (
+        f" among the methods with all {most} seeds"
+        if any(st.n < most for st in present.values())
+        else ""
+    )
     has = (
         f"{_names(best, partial)} {'has' if len(best) == 1 else 'share'} the "
-        f"{'highest' if col.higher_is_better else 'lowest'} {col.mean_name} {col.label} "
-        f"({top.text})"
+        f"{'highest' if col.higher_is_better else 'lowest'} {col.mean_name} {col.label}"
+        f"{among} ({top.text})"
     )
     worse = "costlier" if goal == "cost" else "worse"
     apart = (
@@ -149,7 +161,9 @@ def _goal(group: GroupSummary, goal: str, question: str, key: str) -> GoalVerdic
         if untested
         else ""
     )
-    if not tested:
+    if len(present) == 1:
+        why = f"{has}; it is the only method with this column, so nothing was compared."
+    elif not tested:
         why = (
             f"{has}; with one seed per method nothing could be tested, so this is one draw."
             if group.max_seeds < 2
@@ -208,18 +222,24 @@ def _goal(group: GroupSummary, goal: str, question: str, key: str) -> GoalVerdic
                 f"{len(recommended)} of {len(present)} methods are indistinguishable from the "
                 "best here: this run does not single one out."
             )
-    if goal != "cost" and RANDOM_METHOD in recommended:
-        # Not significantly worse than the best, as the others: the paired tests cannot tell
-        # them from random scores. A method's own gain over a random subset being above zero
-        # (the subset goal's separate test, below) is a smaller claim and can still hold.
+    if goal != "cost" and RANDOM_METHOD in recommended and not tested:
+        caveats.append(
+            f"The {RANDOM_METHOD} baseline has the best mean here, untested: nothing shows a "
+            "method doing better than random scores."
+        )
+    elif goal != "cost" and RANDOM_METHOD in recommended:
+        # Not significantly worse than the best: so the best is not shown to beat random
+        # scores (other pairs may differ: "not worse than the best" is no equivalence). A
+        # method's own gain over a random subset being above zero (the subset goal's separate
+        # test, below) is a smaller claim and can still hold.
         beat = [
             m
             for m in recommended
             if goal == "subset" and m != RANDOM_METHOD and m in group.separated_from_random
         ]
         caveats.append(
-            f"The {RANDOM_METHOD} baseline is among them: on this goal the paired tests cannot "
-            f"tell these methods from random scores."
+            f"The {RANDOM_METHOD} baseline is among them: the paired tests cannot tell it apart "
+            "from the best, so on this goal the best is not shown to beat random scores."
             + (
                 f" Still, the gain of {_names(beat, partial)} over a random subset of the same "
                 "size is significantly above zero (a test of each method's own gain, "
@@ -236,14 +256,19 @@ def _goal(group: GroupSummary, goal: str, question: str, key: str) -> GoalVerdic
                 "No method's gain over a random subset of the same size is significantly "
                 "above zero: random selection may do as well."
             )
-        elif top.mean <= 0:
+        elif max(st.mean for st in present.values()) <= 0:
             caveats.append("No method beats a random subset of the same size on average.")
+        elif top.mean <= 0:
+            caveats.append(
+                f"No method with all {most} seeds beats a random subset of the same size on "
+                "average; only methods with fewer seeds do."
+            )
     elif goal == "mislabel":
         caveats.append(
             "Scored on the label flips valbench planted only; labels already wrong in the data "
             "count as clean, and real label errors may be harder to find."
         )
-        if top.mean <= 0.5:
+        if max(st.mean for st in present.values()) <= 0.5:
             caveats.append("The best detection AUC is no better than inspecting at random (0.5).")
     else:  # cost
         useful = [m for m in recommended if m in group.separated_from_random and m != RANDOM_METHOD]
@@ -262,7 +287,7 @@ def _goal(group: GroupSummary, goal: str, question: str, key: str) -> GoalVerdic
         else:
             tail = "no method beats random selection significantly here."
         caveats.append("CPU seconds of one valuation on this machine, one thread; " + tail)
-    pareto = [] if goal == "cost" else _front(group, key)
+    pareto = [] if goal == "cost" else _front(group, key, most)
     return GoalVerdict(
         goal=goal,
         question=question,
@@ -301,6 +326,13 @@ def verdicts(groups: Sequence[GroupSummary]) -> list[Verdict]:
             )
         if group.noise in (None, 0):
             caveats.append("No labels were flipped, so mislabel detection is not judged.")
+        lost = {m: n for m, n in group.failed.items() if m not in group.rows}
+        if lost:
+            listed = ", ".join(f"{m} ({n})" for m, n in lost.items())
+            caveats.append(
+                f"Failed or timed out in every cell, so judged nowhere here: {listed} (the "
+                "failures are listed under the run's cells)."
+            )
         out.append(
             Verdict(
                 dataset=group.dataset,

@@ -100,7 +100,7 @@ def test_random_among_the_recommended_is_said() -> None:
     subset = v.goal("subset")
     assert subset is not None and set(subset.recommended) == {"random", "bad"}
     said = next(c for c in subset.caveats if "baseline is among them" in c)
-    assert "cannot tell these methods from random scores" in said and "Still" not in said
+    assert "cannot tell it apart from the best" in said and "Still" not in said
     assert any("random subset" in c for c in subset.caveats)
 
 
@@ -198,3 +198,59 @@ def test_methods_to_trust_counts_recommendations_and_never_picks_random() -> Non
         ValueError, match="tested no method against another for the goal .mislabel."
     ):
         methods_to_trust(verdicts(summarise(_records(seeds=2))), "mislabel")
+
+
+def test_sentences_say_the_best_is_chosen_among_the_methods_with_all_seeds() -> None:
+    # A method on 2 of 4 seeds with a far better mean: "random has the highest mean" and "no
+    # method beats a random subset on average" were false of it, and the Pareto set weighed
+    # it where the best did not.
+    lines = [r.to_json() for r in _records() if r.method in ("random", "bad")]
+    for r in lines:
+        if r["method"] == "bad":  # below random on every seed
+            r["metrics"]["subset_value"] = {
+                f: v - 0.05 - 0.001 * r["seed"]
+                for f, v in r["metrics"]["random_subset_value"].items()
+            }
+    few = _rec("few", 0, 18.0, 0.95, 0.001), _rec("few", 1, 18.5, 0.96, 0.001)
+    records = [CellRecord.from_json(r) for r in [*lines, *few]]
+    (v,) = verdicts(summarise(records))
+    subset, mislabel = v.goal("subset"), v.goal("mislabel")
+    assert subset is not None and mislabel is not None
+    assert subset.best == ["random"]
+    assert "the highest mean gain, pp among the methods with all 4 seeds" in subset.why
+    assert "No method beats a random subset of the same size on average." not in subset.caveats
+    assert "few" not in subset.pareto and "few" not in mislabel.pareto
+
+
+def test_one_method_is_compared_with_nothing() -> None:
+    records = [r for r in _records() if r.method == "good"]
+    (v,) = verdicts(summarise(records))
+    subset = v.goal("subset")
+    assert subset is not None and not subset.tested
+    assert "it is the only method with this column, so nothing was compared" in subset.why
+
+
+def test_random_best_on_too_few_seeds_claims_no_test() -> None:
+    lines = [r.to_json() for r in _records(seeds=2) if r.method in ("random", "bad")]
+    for r in lines:
+        r["metrics"]["subset_value"] = dict(r["metrics"]["random_subset_value"])
+        if r["method"] == "bad":
+            r["metrics"]["subset_value"] = {
+                f: v - 0.05 for f, v in r["metrics"]["subset_value"].items()
+            }
+    (v,) = verdicts(summarise([CellRecord.from_json(r) for r in lines]))
+    subset = v.goal("subset")
+    assert subset is not None and not subset.tested and subset.best == ["random"]
+    assert not any("paired tests" in c for c in subset.caveats)
+    assert any("best mean here, untested" in c for c in subset.caveats)
+
+
+def test_a_method_failing_everywhere_is_named() -> None:
+    failed = [
+        CellRecord.from_json(
+            {**_rec("crashes", s, 0.0, 0.5, 1.0), "status": "failed", "metrics": {}}
+        )
+        for s in range(4)
+    ]
+    (v,) = verdicts(summarise([*_records(), *failed]))
+    assert any("Failed or timed out in every cell" in c and "crashes (4)" in c for c in v.caveats)
