@@ -14,8 +14,14 @@ mean with its Student-t 95 % interval over seeds, clipped to the values it can t
 leaderboards; one seed gives no interval and so no verdict but "inconclusive". A verdict that
 every comparison must support (an intersection-union test) uses those intervals; one that any
 single comparison can decide uses each interval Bonferroni-widened to 1 - 0.05/m over the claim's
-m comparisons, so a claim checked in many places is not refuted (or upheld) by chance. The
-rules per kind:
+m comparisons, so a claim checked in many places is not refuted (or upheld) by chance; the
+verdict then names the comparison that decided it, with that widened interval. Differences
+equal on every seed (a recall in steps of one flip) have no t-interval: as in the leaderboard's
+tests, they decide only where the exact sign-flip p-value 2^(1-n) allows (six seeds at 95 %).
+Partial cells (a budget cut the estimate short), left out or included as the report is, never
+uphold a claim they take part in (the method's own, a rival's for subset value, a valuation
+method's for the runtime median): the verdict says which, and "holds" becomes "inconclusive".
+The rules per kind:
 
 - ``higher-subset-value``: at each (dataset, noise, fraction), the per-seed relative gain in
   percent of the method's subset value over the *best other method* there (the highest mean
@@ -47,7 +53,7 @@ from typing import Any
 
 from valbench.metrics import mean_ci
 from valbench.records import CellRecord, Manifest
-from valbench.summary import CONFIDENCE, CPU_FLOOR_S, MIN_TEST_PAIRS
+from valbench.summary import CONFIDENCE, CPU_FLOOR_S, MIN_TEST_PAIRS, sign_flip_p, without_spread
 from valbench.types import CLAIM_KINDS, Claim
 
 __all__ = ["HOLDS", "NOT_HOLDS", "INCONCLUSIVE", "ClaimCheck", "Comparison", "check_claims"]
@@ -86,7 +92,10 @@ class Comparison:
         if len(self.values) < MIN_TEST_PAIRS:  # see _intervals: two seeds decide nothing
             return None
         alpha = (1.0 - CONFIDENCE) / max(1, comparisons)
-        low, high = _clipped(self.values, 1.0 - alpha, self.bounds)
+        clipped = _clipped(self.values, 1.0 - alpha, self.bounds)
+        if clipped is None:
+            return None
+        low, high = clipped
         return (math.exp(low), math.exp(high)) if self.log_scale else (low, high)
 
 
@@ -116,10 +125,18 @@ class ClaimCheck:
 
 def _clipped(
     values: Sequence[float], confidence: float, bounds: tuple[float, float]
-) -> tuple[float, float]:
+) -> tuple[float, float] | None:
+    """The t-interval of ``values`` at ``confidence``, clipped to ``bounds``. Values without
+    spread have no t-interval: as the leaderboard's tests read them (the exact sign-flip
+    p-value 2^(1-n) of n equal differences), the interval is the value itself where that p is
+    below 1 - ``confidence``, and there is none (None) where it is not: three equal draws
+    are no certainty."""
+    if len(values) >= 2 and without_spread(values):
+        mean = statistics.fmean(values)
+        if mean == 0 or sign_flip_p(len(values)) >= 1.0 - confidence:
+            return None
+        return max(mean, bounds[0]), min(mean, bounds[1])
     mean, half = mean_ci(values, confidence=confidence)
-    if not math.isfinite(half):  # no spread to estimate: the interval is the mean
-        half = 0.0
     return max(mean - half, bounds[0]), min(mean + half, bounds[1])
 
 
@@ -130,9 +147,8 @@ def _interval(
     values the quantity can take: a relative gain is at least -100 %), seeds and values."""
     mean = statistics.fmean(values)
     common = {"mean": mean, "seeds": len(values), "values": tuple(values), "bounds": bounds}
-    if len(values) < 2:
-        return {**common, "low": None, "high": None}
-    low, high = _clipped(values, CONFIDENCE, bounds)
+    clipped = _clipped(values, CONFIDENCE, bounds) if len(values) >= 2 else None
+    low, high = clipped if clipped is not None else (None, None)
     return {**common, "low": low, "high": high}
 
 
@@ -284,27 +300,35 @@ def _intervals(comparisons: Sequence[Comparison]) -> list[tuple[float, float]]:
     ]
 
 
-def _any_of(comparisons: Sequence[Comparison]) -> list[tuple[float, float]]:
-    """The Bonferroni-widened intervals, for a verdict that any one comparison can decide:
-    with m comparisons, each at 1 - α/m keeps the chance of a wrong verdict at most α. (A
-    verdict that needs every comparison, an intersection-union test, needs no correction.)"""
-    wide = [c.widened(len(comparisons)) for c in comparisons]
-    return [w for w in wide if w is not None]
+def _first_widened(
+    comparisons: Sequence[Comparison], decides: Callable[[float, float], bool]
+) -> tuple[Comparison, tuple[float, float]] | None:
+    """The first comparison whose Bonferroni-widened interval ``decides``, for a verdict that
+    any one comparison can decide: with m comparisons, each at 1 - α/m keeps the chance of a
+    wrong verdict at most α. (A verdict that needs every comparison, an intersection-union
+    test, needs no correction.)"""
+    for c in comparisons:
+        wide = c.widened(len(comparisons))
+        if wide is not None and decides(*wide):
+            return c, wide
+    return None
 
 
 def _decide(
     comparisons: Sequence[Comparison],
     supports: Callable[[float, float], bool],
     refutes: Callable[[float, float], bool],
-) -> str:
+) -> tuple[str, tuple[Comparison, tuple[float, float]] | None]:
     """HOLDS when every comparison has an interval and each ``supports(low, high)``;
-    NOT_HOLDS when some Bonferroni-widened interval ``refutes``; INCONCLUSIVE otherwise."""
+    NOT_HOLDS when some Bonferroni-widened interval ``refutes`` (returned with it);
+    INCONCLUSIVE otherwise."""
     tested = _intervals(comparisons)
-    if any(refutes(low, high) for low, high in _any_of(comparisons)):
-        return NOT_HOLDS
+    refuted = _first_widened(comparisons, refutes)
+    if refuted is not None:
+        return NOT_HOLDS, refuted
     if tested and len(tested) == len(comparisons) and all(supports(*i) for i in tested):
-        return HOLDS
-    return INCONCLUSIVE
+        return HOLDS, None
+    return INCONCLUSIVE, None
 
 
 def _where(c: Comparison) -> str:
@@ -313,11 +337,34 @@ def _where(c: Comparison) -> str:
 
 
 def _shown(c: Comparison, unit: str) -> str:
-    if c.low is None:
-        return f"{c.mean:+.1f}{unit} (1 seed)" if unit != "x" else f"{c.mean:.2g}x (1 seed)"
+    mean = f"{c.mean:.2g}x" if unit == "x" else f"{c.mean:+.1f}{unit}"
+    if c.low is None or c.high is None:
+        if c.seeds < 2:
+            return f"{mean} (1 seed)"
+        return (
+            f"{mean} (the same on all {c.seeds} seeds: sign-flip p = "
+            f"{sign_flip_p(c.seeds):.2g}, no interval)"
+        )
+    return f"{mean} {_span(c.low, c.high, unit)}"
+
+
+def _span(low: float, high: float, unit: str) -> str:
     if unit == "x":
-        return f"{c.mean:.2g}x [{c.low:.2g}, {c.high:.2g}]"
-    return f"{c.mean:+.1f}{unit} [{c.low:+.1f}, {c.high:+.1f}]"
+        return f"[{low:.2g}, {high:.2g}]"
+    return f"[{low:+.1f}, {high:+.1f}]"
+
+
+def _decided_by(decided: tuple[Comparison, tuple[float, float]] | None, m: int, unit: str) -> str:
+    """The comparison that decided a verdict any one comparison can decide, with the widened
+    interval that decided it."""
+    if decided is None:
+        return ""
+    c, (low, high) = decided
+    level = 100.0 * (1.0 - (1.0 - CONFIDENCE) / max(1, m))
+    return (
+        f"; decided by {_where(c)} against {c.against}: {_span(low, high, unit)} at "
+        f"{level:.4g} % (Bonferroni over {m})"
+    )
 
 
 SUBSET_KINDS = ("higher-subset-value", "subset-value-gain")
@@ -325,16 +372,24 @@ MODEL_READING = "subset value read with the run's evaluation model on its featur
 
 
 def _check(
-    method: str, claim: Claim, excluded: set[str], groups: Mapping, scratch: str = ""
+    method: str,
+    claim: Claim,
+    excluded: set[str],
+    groups: Mapping,
+    scratch: str = "",
+    partial: Mapping[tuple, Mapping[str, tuple[int, str | None]]] | None = None,
+    include_partial: bool = False,
 ) -> ClaimCheck:
     """The verdict on ``claim``; with ``scratch`` (the model's name), a subset-value claim is
-    read from the from-scratch reading instead of the evaluation model's."""
+    read from the from-scratch reading instead of the evaluation model's. ``partial``: per
+    (dataset, noise), the methods with partial cells (their count and family)."""
     kind, t = claim.kind, claim.threshold
+    decided: tuple[Comparison, tuple[float, float]] | None = None
     if kind in SUBSET_KINDS:
         comps = _subset_comparisons(method, excluded, groups, scratch=bool(scratch))
         unit = " %"
         if kind == "higher-subset-value":
-            verdict = _decide(comps, lambda low, _: low > 0, lambda _, high: high < 0)
+            verdict, decided = _decide(comps, lambda low, _: low > 0, lambda _, high: high < 0)
             rule = (
                 "holds when every gain's interval lies above 0; does not hold when one lies "
                 f"below 0{_CORRECTED}"
@@ -342,7 +397,8 @@ def _check(
         else:
             half = t / 2
             tested = _intervals(comps)
-            if any(low >= half for low, _ in _any_of(comps)):
+            decided = _first_widened(comps, lambda low, _: low >= half)
+            if decided is not None:
                 verdict = HOLDS
             elif tested and len(tested) == len(comps) and all(high < half for _, high in tested):
                 verdict = NOT_HOLDS
@@ -357,7 +413,7 @@ def _check(
     elif kind == "mislabel-detection":
         comps = _mislabel_comparisons(method, groups)
         unit = " pts"
-        verdict = _decide(comps, lambda low, _: low > 0, lambda _, high: high <= 0)
+        verdict, decided = _decide(comps, lambda low, _: low > 0, lambda _, high: high <= 0)
         rule = (
             "holds when every interval lies above 0; does not hold when one lies at or below "
             f"0{_CORRECTED}"
@@ -366,7 +422,7 @@ def _check(
     else:
         comps = _runtime_comparisons(method, groups)
         unit = "x"
-        verdict = _decide(comps, lambda _, high: high <= t, lambda low, _: low > t)
+        verdict, decided = _decide(comps, lambda _, high: high <= t, lambda low, _: low > t)
         rule = (
             f"holds when every ratio's interval ends at or below {t:g}x; does not hold when one "
             f"starts above {t:g}x{_CORRECTED}"
@@ -392,10 +448,41 @@ def _check(
         f"({_where(worst)}), over {len(comps)} comparison{plural}"
     )
     if all(c.low is None for c in comps):
-        measured += "; one seed gives no interval, so no verdict"
+        measured += "; no interval (one seed, or the same difference on every seed), so no verdict"
+    measured += _decided_by(decided, len(comps), unit)
+    cut = _partial_in_play(method, kind, excluded, comps, partial or {})
+    if cut:
+        listed = ", ".join(f"{m} ({n})" for m, n in cut.items())
+        measured += f"; partial cells {'included' if include_partial else 'left out'}: {listed}"
+        if verdict == HOLDS:
+            # A full estimate could change the comparison (a rival's subset, the median cost,
+            # the method's own numbers): a claim is not upheld on cut-short cells.
+            verdict = INCONCLUSIVE
+            measured += ", so it is not upheld on this run"
     return ClaimCheck(
         method, claim, verdict, measured, rule, comps, reading=reading, scratch=bool(scratch)
     )
+
+
+def _partial_in_play(
+    method: str,
+    kind: str,
+    excluded: set[str],
+    comps: Sequence[Comparison],
+    partial: Mapping[tuple, Mapping[str, tuple[int, str | None]]],
+) -> dict[str, int]:
+    """The methods with partial cells where the claim is compared, that take part in it: the
+    method itself, a rival for subset value, a valuation method of the runtime median."""
+    where = {(c.dataset, c.noise) for c in comps}
+    out: dict[str, int] = {}
+    for key in sorted(where, key=lambda k: (k[0], math.inf if k[1] is None else k[1])):
+        for name, (count, family) in partial.get(key, {}).items():
+            rival = (kind in SUBSET_KINDS and name not in excluded) or (
+                kind == "comparable-runtime" and family in VALUATION_FAMILIES
+            )
+            if name == method or rival:
+                out[name] = out.get(name, 0) + count
+    return dict(sorted(out.items()))
 
 
 def check_claims(
@@ -427,7 +514,13 @@ def check_claims(
             declared[method] = claims
     if not declared:
         return []
+    records = list(records)
     groups = _groups(records, include_partial)
+    partial: dict[tuple, dict[str, tuple[int, str | None]]] = defaultdict(dict)
+    for rec in records:
+        if rec.partial:
+            count, _ = partial[(rec.dataset, rec.noise)].get(rec.method, (0, None))
+            partial[(rec.dataset, rec.noise)][rec.method] = (count + 1, rec.family)
     scratch_models = sorted(
         {
             rec.metrics.scratch.model
@@ -444,10 +537,10 @@ def check_claims(
     out = []
     for method, claims in declared.items():
         for claim in claims:
-            check = _check(method, claim, sources[claim.source], groups)
+            args = (method, claim, sources[claim.source], groups)
+            check = _check(*args, "", partial, include_partial)
             if claim.kind in SUBSET_KINDS and scratch_models:
-                model = " / ".join(scratch_models)
                 out.append(replace(check, reading=MODEL_READING))
-                check = _check(method, claim, sources[claim.source], groups, scratch=model)
+                check = _check(*args, " / ".join(scratch_models), partial, include_partial)
             out.append(check)
     return out

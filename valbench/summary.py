@@ -587,6 +587,20 @@ def column_stat(col: Column, values: Iterable[float | None]) -> Stat:
     return _stat(values, col.fmt, col.bounds, col.log_floor if col.geometric else None)
 
 
+def without_spread(diffs: Sequence[float] | np.ndarray, scale: float | None = None) -> bool:
+    """True when the differences are all equal up to rounding (relative to ``scale``, by
+    default their own magnitude): no spread, so no t statistic and no t-interval."""
+    d = np.asarray(diffs, dtype=np.float64)
+    if scale is None:
+        scale = max(float(np.max(np.abs(d))), 1e-300)
+    return bool(np.allclose(d, d[0], rtol=1e-9, atol=1e-12 * scale))
+
+
+def sign_flip_p(n: int) -> float:
+    """The exact two-sided sign-flip p-value of n equal non-zero differences: 2^(1-n)."""
+    return 2.0 ** (1 - n)
+
+
 def paired_p_value(a: Sequence[float], b: Sequence[float]) -> float | None:
     """Two-sided paired t-test p-value of ``a`` vs ``b``; None with fewer than
     :data:`MIN_TEST_PAIRS` pairs.
@@ -603,8 +617,8 @@ def paired_p_value(a: Sequence[float], b: Sequence[float]) -> float | None:
     scale = max(float(np.max(np.abs(a))), float(np.max(np.abs(b))), 1e-300)
     if np.all(np.abs(diffs) <= 1e-12 * scale):
         return 1.0
-    if np.allclose(diffs, diffs[0], rtol=1e-9, atol=1e-12 * scale):
-        return 2.0 ** (1 - len(diffs))
+    if without_spread(diffs, scale):
+        return sign_flip_p(len(diffs))
     from scipy.special import stdtr
 
     # scipy.stats.ttest_rel's statistic and two-sided p, without its ~2 ms of overhead a

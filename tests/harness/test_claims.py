@@ -174,8 +174,55 @@ def test_partial_cells_are_left_out_unless_asked() -> None:
     claim = Claim("higher", SOURCE, "higher-subset-value")
     (check,) = check_claims(partial, _manifest(claim))
     assert check.verdict == INCONCLUSIVE and not check.comparisons
+    # Included as asked, the cut-short cells are compared, said, and uphold nothing (they did).
     (check,) = check_claims(partial, _manifest(claim), include_partial=True)
-    assert check.verdict == HOLDS
+    assert check.comparisons and check.comparisons[0].low > 0
+    assert check.verdict == INCONCLUSIVE
+    assert "partial cells included: mine (4), so it is not upheld" in check.measured
+
+
+def test_a_rival_left_out_as_partial_is_said_and_upholds_nothing() -> None:
+    # A rival's partial cells, left out by default, beat the method on every seed: the claim
+    # "held" against the remaining rivals, and the claims section never said one was missing.
+    records = _subset_run(0.80, 0.70) + [
+        CellRecord.from_json({**_rec("rival", s, 0.90 + JITTER[s]).to_json(), "complete": False})
+        for s in SEEDS
+    ]
+    claim = Claim("higher", SOURCE, "higher-subset-value")
+    check = _one(records, claim)
+    assert check.verdict == INCONCLUSIVE
+    assert "partial cells left out: rival (4), so it is not upheld" in check.measured
+    (check,) = check_claims(records, _manifest(claim), include_partial=True)
+    assert check.verdict == NOT_HOLDS and check.comparisons[0].against == "rival"
+
+
+def test_a_constant_difference_decides_only_as_the_sign_flip_test_allows() -> None:
+    # Recall in steps of one flip: +12.5 points on every seed. Three equal draws were an
+    # interval [+12.5, +12.5] and "holds"; the leaderboard's rule gives them p = 2^(1-3).
+    claim = Claim("finds flips", SOURCE, "mislabel-detection")
+
+    def run(seeds: int) -> list[CellRecord]:
+        return [
+            _rec(m, s, 0.7, recall=0.5 + (0.125 if m == "mine" else 0.0))
+            for m in ("mine", "random")
+            for s in range(seeds)
+        ]
+
+    three = _one(run(3), claim)
+    assert three.verdict == INCONCLUSIVE and three.comparisons[0].low is None
+    assert "the same on all 3 seeds: sign-flip p = 0.25, no interval" in three.measured
+    six = _one(run(6), claim)  # 2^(1-6) = 0.031 < 0.05
+    assert six.verdict == HOLDS
+    assert (six.comparisons[0].low, six.comparisons[0].high) == (12.5, 12.5)
+
+
+def test_a_verdict_any_comparison_decides_names_it() -> None:
+    # "does not hold" showed the worst comparison's 95 % interval, not the widened one of the
+    # comparison that decided.
+    check = _one(_subset_run(0.60, 0.70), Claim("higher", SOURCE, "higher-subset-value"))
+    assert check.verdict == NOT_HOLDS
+    assert "; decided by d, noise 0.1, 10 % against other: [" in check.measured
+    assert "at 95 % (Bonferroni over 1)" in check.measured
 
 
 def test_a_bad_claim_declaration_is_refused() -> None:
