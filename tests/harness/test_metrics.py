@@ -145,6 +145,27 @@ def test_subset_value_curve_uses_native_selection() -> None:
     assert rec.calls[1].tolist() == [1, 8]
 
 
+def test_selection_weights_follow_their_points_when_sorted() -> None:
+    calls: list[tuple[list[int], list[float]]] = []
+
+    def weighted(idx: np.ndarray, weights: np.ndarray | None = None) -> float:
+        assert weights is not None
+        calls.append((np.asarray(idx).tolist(), np.asarray(weights).tolist()))
+        return float(np.dot(np.asarray(idx) + 1, weights))
+
+    # native selection 8, 1, 5 weighted 3, 1, 2: sorted 1, 5, 8 carry 1, 2, 3
+    out = M.subset_value_curve(
+        SCORES,
+        (0.3,),
+        sum_plus_one,
+        selections={0.3: np.array([8, 1, 5])},
+        selection_weights={0.3: [3.0, 1.0, 2.0]},
+        weighted=weighted,
+    )
+    assert calls == [([1, 5, 8], [1.0, 2.0, 3.0])]
+    assert out == {0.3: 2 * 1.0 + 6 * 2.0 + 9 * 3.0}  # 41
+
+
 @pytest.mark.parametrize(
     "sel, match",
     [
@@ -403,6 +424,14 @@ def test_two_means_split_by_hand() -> None:
     assert M.two_means_split(tied[::-1]).tolist() == [False] + [True] * 5
 
 
+def test_two_means_split_keeps_the_lowest_of_equally_good_splits() -> None:
+    # [0, 1, 2]: after 0 costs 0 + 0.5, after 1 costs 0.5 + 0: equal, the lower one is kept
+    assert M.two_means_split(np.array([2.0, 0.0, 1.0])).tolist() == [False, True, False]
+    # flips {0, 1}: flagging {0} alone gives precision 1, recall 1/2, F1 2/3 (not 1)
+    mask = np.array([False, True, True])
+    assert M.two_means_f1(np.array([2.0, 0.0, 1.0]), mask) == pytest.approx(2 / 3)
+
+
 def test_two_means_f1_equals_brute_force_over_all_labelings() -> None:
     rng = np.random.default_rng(7)
     cases = [KMEANS_TRAP] + [rng.normal(size=n) ** 3 for n in range(2, 11) for _ in range(25)]
@@ -484,6 +513,14 @@ def test_removal_curve_zero_given_once() -> None:
     assert vals.tolist() == [55.0, 54.0, 28.0]
 
 
+def test_removal_and_addition_take_the_ceiling_of_the_fraction() -> None:
+    # 0.21 of 10 is 2.1 points: subset_size is ceil -> 3 (rounding would give 2)
+    fr, vals = M.removal_curve(SCORES, (0.21,), sum_plus_one)
+    assert vals.tolist() == [55.0, 55.0 - 1 - 5 - 10]  # removes {0, 4, 9}
+    fr, vals = M.addition_curve(SCORES, (0.21,), sum_plus_one)
+    assert vals.tolist() == [1.0 + 5 + 10]  # trains on {0, 4, 9}
+
+
 def test_removal_curve_rejects_everything_removed() -> None:
     with pytest.raises(ValueError, match=r"\[0, 1\)"):
         M.removal_curve(SCORES, (0.5, 1.0), sum_plus_one)
@@ -537,6 +574,17 @@ def test_rank_columns_ties_by_rounding_are_ties() -> None:
     np.testing.assert_array_equal(M.rank_columns([0.92, tie, 0.5]), [1.5, 1.5, 3])
     # the tolerance is tight: a real difference in the 10th digit is no tie
     np.testing.assert_array_equal(M.rank_columns([0.92, 0.92 - 1e-10, 0.5]), [1, 2, 3])
+
+
+def test_rank_columns_ties_are_judged_against_the_first_value_of_a_run() -> None:
+    # Four values 0.6e-12 apart (relative): each is tied with its neighbour, but the third
+    # is 1.2e-12 from the first, so a new run starts there: ranks 1.5, 1.5, 3.5, 3.5.
+    step = 0.6e-12
+    values = [1.0, 1.0 + step, 1.0 + 2 * step, 1.0 + 3 * step]
+    assert M.same_value(values[0], values[1]) and not M.same_value(values[0], values[2])
+    np.testing.assert_array_equal(
+        M.rank_columns(values, higher_is_better=False), [1.5, 1.5, 3.5, 3.5]
+    )
 
 
 def test_rank_columns_nan_and_1d() -> None:

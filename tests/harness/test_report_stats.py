@@ -15,9 +15,11 @@ from valbench.records import CellRecord, Manifest
 from valbench.spec import dataset_slug
 from valbench.summary import (
     ALPHA,
+    CONFIDENCE,
     CPU_FLOOR_S,
     MIN_CD_BLOCKS,
     cd_json,
+    dataset_blocks,
     friedman_nemenyi,
     holm,
     min_detectable_difference,
@@ -122,6 +124,19 @@ def test_friedman_blocks_are_datasets_with_noise_rates_averaged(tmp_path: Any) -
     assert res.iman_davenport_p == pytest.approx(stats.f.sf(f, k - 1, (k - 1) * (n - 1)))
 
 
+def test_a_datasets_block_value_is_the_mean_over_its_noise_rates() -> None:
+    # gains (chosen − 0.5 random, in points): a 10 at noise 0.1 and 30 at 0.2, b 20 at both
+    records = [
+        _line("a", 0, 0.6, noise=0.1),
+        _line("a", 0, 0.8, noise=0.2),
+        _line("b", 0, 0.7, noise=0.1),
+        _line("b", 0, 0.7, noise=0.2),
+    ]
+    datasets, methods, values = dataset_blocks(summarise(records), "gain")
+    assert datasets == ["d"] and methods == ["a", "b"]
+    np.testing.assert_allclose(values, [[20.0], [20.0]])
+
+
 def test_no_friedman_or_cd_with_fewer_than_the_minimum_datasets(tmp_path: Any) -> None:
     # 4 datasets at 2 noise rates: 8 (dataset, noise) groups, but only 4 blocks
     datasets = tuple("d" * (i + 1) for i in range(MIN_CD_BLOCKS - 1))
@@ -139,6 +154,11 @@ def test_holm_adjusted_p_values() -> None:
     assert got == pytest.approx({"a": 0.03, "c": 0.06, "b": 0.06})
     assert holm({"x": 0.4, "y": 0.7}) == pytest.approx({"x": 0.8, "y": 0.8})
     assert holm({}) == {}
+
+
+def test_holm_adjusted_p_values_are_capped_at_one() -> None:
+    # 3·0.5, 2·0.7 and 1·0.9 capped at 1, then non-decreasing: never a p-value above 1
+    assert holm({"a": 0.5, "b": 0.7, "c": 0.9}) == {"a": 1.0, "b": 1.0, "c": 1.0}
 
 
 def test_tied_mark_uses_the_holm_corrected_p_over_every_pair() -> None:
@@ -309,6 +329,37 @@ def test_separated_from_random_is_a_holm_corrected_paired_test_against_random() 
     clear = noisy + [_line("good", s, 0.7 + d) for s, d in enumerate((0.01, 0.02, 0.0))]
     (group,) = summarise(clear)
     assert group.separated_from_random == ["good"]
+
+
+def test_separated_from_random_is_holm_corrected_over_the_methods() -> None:
+    # Gains of 4, 6 and 8 points: alone p = 0.0351 (separated); two such methods give Holm
+    # p = 2 · 0.0351 = 0.0702 for both, so neither is.
+    gains = (4.0, 6.0, 8.0)
+    assert stats.ttest_1samp(gains, 0.0).pvalue == pytest.approx(0.0351, abs=1e-4)
+    one = [_line("a", s, 0.5 + g / 100) for s, g in enumerate(gains)]
+    (group,) = summarise(one)
+    assert group.separated_from_random == ["a"]
+    two = one + [_line("b", s, 0.5 + g / 100) for s, g in enumerate(gains)]
+    (group,) = summarise(two)
+    assert group.separated_from_random == []
+
+
+def test_the_gain_is_the_mean_over_fractions() -> None:
+    line = _line_json("m", 0, 0.6, 0.5)
+    line["metrics"]["subset_value"] = {"0.1": 0.6, "0.2": 0.7, "0.5": 0.95}
+    line["metrics"]["random_subset_value"] = {"0.1": 0.5, "0.2": 0.5, "0.5": 0.5}
+    (group,) = summarise([CellRecord.from_json(line)])
+    # gains 10, 20 and 45 points: mean 25 (the median would be 20)
+    assert group.rows["m"]["gain"].mean == pytest.approx(25.0)
+
+
+def test_the_random_subset_reference_averages_within_each_seed_first() -> None:
+    # seed 0: two methods' random subsets (0.4, 0.6 -> 0.5); seed 1: one (0.8).
+    # Over seeds: (0.5 + 0.8) / 2 = 0.65, not the mean of all three lines (0.6).
+    records = [_line("a", 0, 0.7, 0.4), _line("b", 0, 0.7, 0.6), _line("a", 1, 0.7, 0.8)]
+    (group,) = summarise(records)
+    ref = group.random_subset["0.1"]
+    assert ref.n == 2 and ref.mean == pytest.approx(0.65)
 
 
 def test_a_method_significantly_below_random_does_not_beat_it() -> None:
@@ -485,6 +536,36 @@ def test_costs_under_a_millisecond_are_one_cost() -> None:
     assert group.best_methods("cost.cpu_s") == ["knn", "random"]
     assert knn.text == group.rows["random"]["cost.cpu_s"].text == f"≤{CPU_FLOOR_S:g}"
     assert not tmc.tied and tmc.p_holm is not None and tmc.p_holm < ALPHA
+
+
+def test_cpu_seconds_under_the_floor_count_as_the_floor_in_the_mean_and_interval() -> None:
+    # 0.1 ms counts as 1 ms: geometric mean (1e-3 · 0.1 · 0.1)^(1/3), not (1e-4 · 0.01)^(1/3)
+    cpu = (1e-4, 0.1, 0.1)
+    (group,) = summarise([_line("m", s, 0.6, cpu_s=c) for s, c in enumerate(cpu)])
+    stat = group.rows["m"]["cost.cpu_s"]
+    logs = np.log([CPU_FLOOR_S, 0.1, 0.1])
+    assert stat.mean == pytest.approx(1e-5 ** (1 / 3))
+    half = stats.t.ppf((1 + CONFIDENCE) / 2, 2) * np.std(logs, ddof=1) / math.sqrt(3)
+    assert stat.half_width == pytest.approx(half)
+    # the interval's low end, mean ÷ e^6.6, lies under the floor: it is the floor
+    assert stat.mean / math.exp(half) < CPU_FLOOR_S
+    assert stat.interval == pytest.approx((CPU_FLOOR_S, stat.mean * math.exp(half)))
+
+
+def test_the_detectable_difference_pools_the_spread_and_takes_the_fewest_seeds() -> None:
+    """Root mean square of the paired sds against the best, the fewest shared seeds of those
+    tests, and Holm's first step over every tested pair."""
+    best = [0.80, 0.82, 0.78, 0.81, 0.79]
+    gap1 = (0.02, 0.05, 0.03, 0.01, 0.04)  # five seeds shared with the best
+    gap2 = (0.10, 0.13, 0.07, 0.12)  # four
+    records = [_line("best", s, v) for s, v in enumerate(best)]
+    records += [_line("m1", s, best[s] - g) for s, g in enumerate(gap1)]
+    records += [_line("m2", s, best[s] - g) for s, g in enumerate(gap2)]
+    (group,) = summarise(records)
+    sd1, sd2 = stats.tstd(gap1), stats.tstd(gap2)
+    # three pairs tested (best-m1, best-m2, m1-m2)
+    expected = min_detectable_difference(math.sqrt((sd1**2 + sd2**2) / 2), 4, comparisons=3)
+    assert group.detectable["subset_value@0.1"] == pytest.approx(expected)
 
 
 # --------------------------------------------------------------------------- the page

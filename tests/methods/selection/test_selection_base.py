@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from valbench.methods.selection._base import (
+    ScoreSelector,
     class_schedule,
     fill_order,
     merge_class_orders,
@@ -47,3 +48,17 @@ def test_merge_and_fill() -> None:
     np.testing.assert_array_equal(merged, [3, 2, 1, 0])
     filled = fill_order(np.array([2]), 5, 4, np.random.default_rng(0))
     assert filled[0] == 2 and len(set(filled)) == 4
+
+
+class _TiedScores(ScoreSelector):
+    name = "tied-scores"
+
+    def point_scores(self, task, ctx):  # type: ignore[no-untyped-def]
+        return np.array([1.0, 2.0, 2.0, 1.0, 2.0]), {}
+
+
+def test_score_selector_breaks_ties_by_ascending_index() -> None:
+    # points 1, 2, 4 share the top score: they are taken in index order, as the harness ranks
+    _, chosen, _ = _TiedScores().select(None, None, {0.4: 2, 0.8: 4})  # type: ignore[arg-type]
+    assert chosen[0.4].tolist() == [1, 2]
+    assert chosen[0.8].tolist() == [1, 2, 4, 0]

@@ -16,7 +16,7 @@ from valbench.methods.selection._base import class_schedule
 from valbench.methods.selection._features import GradientRows, fit_all_data, last_layer_grads
 from valbench.methods.selection.craig import craig_weights
 from valbench.methods.selection.glister import ValidationLoss, glister_order
-from valbench.methods.selection.gradmatch import omp
+from valbench.methods.selection.gradmatch import omp, ridge_nnls
 from valbench.methods.selection.submodular import facility_location_order
 
 
@@ -190,6 +190,54 @@ def test_glister_naive_greedy_follows_the_updated_validation_gradient() -> None:
         gains = [-np.inf if i in chosen else eta * g[i] @ val.grad(current) for i in range(12)]
         chosen.append(int(np.argmax(gains)))
     assert order.tolist() == chosen
+
+
+class _RecordingLoss:
+    """A validation loss whose gradient is fixed, recording where it is asked."""
+
+    def __init__(self, grad: np.ndarray) -> None:
+        self.fixed = grad
+        self.at: list[np.ndarray] = []
+
+    def grad(self, theta: np.ndarray) -> np.ndarray:
+        self.at.append(np.array(theta))
+        return self.fixed
+
+
+def test_glister_steps_down_the_training_gradients_of_the_picks() -> None:
+    g = np.array([[1.0, 0.0], [0.0, 2.0], [3.0, 1.0]])
+    val = _RecordingLoss(np.array([1.0, 1.0]))  # gains 1, 2, 4: picks 2, then 1, then 0
+    theta0 = np.array([0.5, -0.5])
+    order = glister_order(g, val, theta0, 3, eta=0.1, greedy="naive")  # type: ignore[arg-type]
+    assert order.tolist() == [2, 1, 0]
+    # θ_S = θ0 − eta Σ_{s ∈ S} ∇ℓ_s after each pick
+    expected = [theta0, theta0 - 0.1 * g[2], theta0 - 0.1 * (g[2] + g[1]), theta0 - 0.1 * g.sum(0)]
+    np.testing.assert_allclose(val.at, expected)
+
+
+def test_stochastic_glister_scores_ceil_n_over_k_log_one_over_epsilon_points() -> None:
+    sizes: list[int] = []
+
+    class RecordingRng:
+        def __init__(self) -> None:
+            self.rng = np.random.default_rng(0)
+
+        def choice(self, pool: np.ndarray, size: int, replace: bool) -> np.ndarray:
+            sizes.append(size)
+            return self.rng.choice(pool, size=size, replace=replace)
+
+    g, val, theta = _tiny_problem(3)
+    # n 12, k 2, epsilon 0.05: 6 · ln 20 = 17.97 >= 12, so every point; epsilon 0.5:
+    # 6 · ln 2 = 4.16 -> 5 points a step
+    glister_order(g, val, theta, 2, eta=0.05, epsilon=0.5, rng=RecordingRng())  # type: ignore[arg-type]
+    assert sizes == [5, 5]
+
+
+def test_ridge_nnls_in_closed_form() -> None:
+    # one column: w = max(0, a·b / (a·a + lam)) = 2 / (1 + 3)
+    a = np.array([[1.0], [0.0]])
+    np.testing.assert_allclose(ridge_nnls(a, np.array([2.0, 0.0]), 3.0), [0.5])
+    np.testing.assert_allclose(ridge_nnls(a, np.array([-2.0, 0.0]), 3.0), [0.0])
 
 
 @pytest.mark.parametrize("greedy", ["stochastic", "naive"])

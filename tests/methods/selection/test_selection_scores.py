@@ -188,6 +188,11 @@ def test_ccs_strata_and_quotas_equal_a_port_of_the_original(seed: int) -> None:
         assert sorted(quota[same].tolist()) == sorted(budgets[same].tolist())
 
 
+def test_ccs_strata_reach_to_1_0001_times_the_maximum() -> None:
+    # edge 1.0001: two bins of width 0.50005, so 0.5 lies in the first (0.5 / 0.50005 < 1)
+    assert difficulty_strata(np.array([0.0, 0.5, 1.0]), 2).tolist() == [0, 0, 1]
+
+
 def test_ccs_keeps_the_top_point_of_a_non_positive_difficulty() -> None:
     """The original's upper edge, 1.0001 × the maximum, lies at or below a maximum <= 0 and
     drops that point from every stratum; here it stays in the last one."""
