@@ -26,6 +26,8 @@ import logging
 import os
 import pickle
 import tempfile
+import zipfile
+import zlib
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -101,7 +103,7 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     try:
         with _open(path) as f:
             raw = f.read()
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, zlib.error) as exc:  # zlib: a corrupt deflate stream
         raise DatasetError(f"{path}: cannot read ({exc}); replace the file") from exc
     try:
         return parse_idx(raw)
@@ -118,7 +120,7 @@ def check_idx_download(
     """
     try:
         raw = gzip.decompress(path.read_bytes())
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, zlib.error) as exc:
         raise ValueError(f"not a gzip file ({exc})") from exc
     arr = parse_idx(raw)
     if arr.dtype != np.uint8:
@@ -622,17 +624,31 @@ class ImageDataset(Dataset):
                     if json.loads(str(f["config"])) == config:
                         logger.info("features of %s read from %s", self.name, path)
                         return self._splits([f["x_train"], f["x_val"], f["x_test"]], ys, rows)
-            except (OSError, ValueError, KeyError) as exc:
+            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+                # Empty or cut short (a rename without fsync, then a power cut): recomputed
+                # and written over, as a garbled one is.
                 logger.warning("ignoring unreadable feature cache %s: %s", path, exc)
         feats = self._features(x_pool[train], y_train, [x_pool[val], x_te_src[test]], seed)
         if path is not None:
-            _atomic_savez(
-                path,
-                config=np.array(json.dumps(config, sort_keys=True)),
-                x_train=feats[0],
-                x_val=feats[1],
-                x_test=feats[2],
-            )
+            try:
+                _atomic_savez(
+                    path,
+                    config=np.array(json.dumps(config, sort_keys=True)),
+                    x_train=feats[0],
+                    x_val=feats[1],
+                    x_test=feats[2],
+                )
+            except OSError as exc:
+                # The features are computed: a cache that cannot be written (a read-only or
+                # full data directory) costs the next cell the time, never this cell its work.
+                logger.warning(
+                    "cannot cache the features of %s in %s (%s); computing them again next "
+                    "time (--param %s.cache_features=false skips the cache)",
+                    self.name,
+                    path.parent,
+                    exc.strerror or exc,
+                    self.name,
+                )
         return self._splits(feats, ys, rows)
 
     def _splits(

@@ -140,6 +140,9 @@ class IdxDataset(_SearchedDataset):
     """Base of the MNIST-family datasets stored as four IDX files."""
 
     files = tuple(f"{stem}.gz" for stem in IDX_FILES)
+    #: Images per class in the published training and test files: what a copy found on disk
+    #: must hold (see _check_class_counts).
+    class_counts: ClassVar[tuple[tuple[int, ...], tuple[int, ...]]]
 
     @classmethod
     def _candidates(cls, data: Path, root: str | None) -> list[Path]:
@@ -177,7 +180,32 @@ class IdxDataset(_SearchedDataset):
     def pools(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
         """The 60 000 training and 10 000 test images, ``(n, 1, 28, 28)`` uint8."""
         where = self.locate()
-        return _read_idx_cached(str(where), _stamp(where))
+        out = _read_idx_cached(str(where), _stamp(where))
+        _check_class_counts(self.name, where, out[1], out[3], self.class_counts)
+        return out
+
+
+def _check_class_counts(
+    name: str,
+    where: Path,
+    y_train: np.ndarray,
+    y_test: np.ndarray | None,
+    published: tuple[tuple[int, ...], tuple[int, ...]],
+) -> None:
+    """Files found on disk are not checksummed (a copy recompressed by a distribution differs
+    from the published archive, byte for byte, not in content), but their labels must count
+    the dataset's published images per class: another dataset's files put in its place (the
+    same format, Fashion-MNIST's for MNIST's) were read and labelled as it."""
+    for part, labels, want in (("training", y_train, published[0]), ("test", y_test, published[1])):
+        if labels is None:
+            continue
+        got = tuple(int(c) for c in np.bincount(labels, minlength=len(want)))
+        if got != want:
+            raise DatasetError(
+                f"{where}: its {part} labels count {list(got)} images per class, not {name}'s "
+                f"published {list(want)}: these are not {name}'s files (another dataset's, or "
+                "altered); replace them"
+            )
 
 
 class FashionMNISTDataset(IdxDataset):
@@ -187,6 +215,7 @@ class FashionMNISTDataset(IdxDataset):
     summary = "Fashion-MNIST: 60k+10k 28x28 clothing images, 10 classes (--param features=...)"
     info = {"rows": 70000, "classes": 10, "features": "784 pixels | cnn | pretrained"}
     torchvision_name = "FashionMNIST"
+    class_counts = ((6000,) * 10, (1000,) * 10)
 
 
 class MNISTDataset(IdxDataset):
@@ -196,6 +225,11 @@ class MNISTDataset(IdxDataset):
     summary = "MNIST: 60k+10k 28x28 handwritten digits, 10 classes (network or pre-placed files)"
     info = {"rows": 70000, "classes": 10, "features": "784 pixels | cnn | pretrained"}
     torchvision_name = "MNIST"
+    #: Images per digit 0-9 in the training and test files (LeCun et al.'s distribution).
+    class_counts = (
+        (5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949),
+        (980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009),
+    )
 
 
 class CIFAR10Dataset(_SearchedDataset):

@@ -139,6 +139,38 @@ def test_cnn_features_deterministic_and_cache_keyed(isolated: Path) -> None:
     stored["config"] = np.array('{"features": "other"}')
     np.savez(files[0], **stored)
     assert FashionMNISTDataset(**kw).load(seed=0).x_train.max() < 50
+    # An empty or cut-short file (a rename without fsync, then a power cut) failed every later
+    # cell ("No data left in file", BadZipFile): now recomputed and written over.
+    whole = files[0].read_bytes()
+    for broken in (b"", whole[: len(whole) // 2]):
+        files[0].write_bytes(broken)
+        np.testing.assert_allclose(FashionMNISTDataset(**kw).load(seed=0).x_train, a.x_train)
+        assert files[0].stat().st_size == len(whole)
+
+
+def test_features_a_cache_cannot_keep_are_used_all_the_same(
+    isolated: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A read-only (or full) data directory: the cell failed with PermissionError after its
+    # CNN was trained. Now a warning, and the features computed.
+    make_idx_dir(isolated / "fashion-mnist")
+    blocker = isolated / "features"
+    blocker.write_text("a file where the cache folder goes")
+    kw = {"features": "cnn", "n_val": 20, "cnn_epochs": 1, "cnn_dim": 8, "cnn_width": 4}
+    got = FashionMNISTDataset(**kw).load(seed=0)
+    want = FashionMNISTDataset(**kw, cache_features=False).load(seed=0)
+    np.testing.assert_allclose(got.x_train, want.x_train, atol=1e-5)
+    assert "cannot cache the features of fashion-mnist" in caplog.text
+    assert "fashion-mnist.cache_features=false" in caplog.text
+
+
+def test_a_corrupt_deflate_stream_names_its_file(tmp_path: Path) -> None:
+    # "Error -3 while decompressing data: invalid block type", with no file named, failed every
+    # cell: zlib's error escaped the check that names the file.
+    bad = tmp_path / "train-labels-idx1-ubyte.gz"
+    bad.write_bytes(b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff" + b"\xff" * 20)
+    with pytest.raises(DatasetError, match="train-labels-idx1-ubyte.gz: cannot read .*replace"):
+        read_idx(bad)
 
 
 def test_load_relabelled_raw_is_load_then_relabel(isolated: Path) -> None:
@@ -212,3 +244,34 @@ def test_cifar10_batch_that_runs_code_is_refused_not_run(
     msg = str(err.value)
     assert "\n" not in msg and str(folder / "data_batch_3") in msg
     assert "delete it" in msg and "download" in msg
+
+
+def test_another_datasets_files_in_its_place_are_refused(
+    isolated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Fashion-MNIST's four files put in the mnist directory (the same format) were read and
+    # labelled "mnist": files found on disk are not checksummed, so their labels must count the
+    # published images per class. The published counts here, with blank images.
+    published = {
+        "fashion-mnist": ((6000,) * 10, (1000,) * 10),
+        "mnist": (
+            (5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949),
+            (980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009),
+        ),
+    }
+    for cls in (FashionMNISTDataset, MNISTDataset):
+        monkeypatch.setattr(cls, "class_counts", published[cls.name])
+    for name in ("mnist", "fashion-mnist"):
+        folder = isolated / name
+        folder.mkdir(parents=True)
+        for prefix, counts in zip(("train", "t10k"), published["fashion-mnist"], strict=True):
+            labels = np.repeat(np.arange(10, dtype=np.uint8), counts)
+            write_idx(folder / f"{prefix}-labels-idx1-ubyte", labels)
+            images = np.zeros((len(labels), 28, 28), dtype=np.uint8)
+            write_idx(folder / f"{prefix}-images-idx3-ubyte", images)
+    x_train, y_train, _, _ = FashionMNISTDataset().pools()
+    assert x_train.shape == (60000, 1, 28, 28) and np.bincount(y_train).tolist() == [6000] * 10
+    with pytest.raises(DatasetError, match=r"not mnist's files") as err:
+        MNISTDataset().pools()
+    assert "its training labels count [6000, 6000" in str(err.value)
+    assert "published [5923, 6742" in str(err.value) and "\n" not in str(err.value)
