@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 import numpy as np
 from sklearn.datasets import load_breast_cancer, load_digits, load_wine
 
-from valbench.data import resize_splits, split_caps, stratified_splits
+from valbench.data import resize_splits, split_caps, stratified_splits, tightest_cap
 from valbench.params import Interval, Param
 from valbench.types import Dataset, DatasetSplits
 
@@ -76,12 +76,10 @@ class SklearnBundledDataset(Dataset):
             seed=seed,
             val_fraction=self.val_fraction,
             test_fraction=self.test_fraction,
-            max_train=max_train,
+            max_train=tightest_cap(max_train, self.n_train),
             n_classes=self.n_classes,
         )
-        return resize_splits(
-            splits, seed=seed, n_train=self.n_train, n_val=self.n_val, n_test=self.n_test
-        )
+        return resize_splits(splits, seed=seed, n_val=self.n_val, n_test=self.n_test)
 
 
 class BreastCancerDataset(SklearnBundledDataset):

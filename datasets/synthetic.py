@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from valbench.data import resize_splits, split_caps, stratified_splits
+from valbench.data import resize_splits, split_caps, stratified_splits, tightest_cap
 from valbench.errors import UsageError
 from valbench.params import Interval, Param
 from valbench.types import Dataset, DatasetSplits
@@ -146,7 +146,6 @@ class SyntheticDataset(Dataset):
         """Standardized stratified 60/20/20 splits of :meth:`generate` for ``seed``, then
         subsampled to ``n_train``/``n_val``/``n_test`` when given."""
         x, y, _ = self.generate(seed)
-        splits = stratified_splits(x, y, seed=seed, max_train=max_train, n_classes=self.n_classes)
-        return resize_splits(
-            splits, seed=seed, n_train=self.n_train, n_val=self.n_val, n_test=self.n_test
-        )
+        cap = tightest_cap(max_train, self.n_train)
+        splits = stratified_splits(x, y, seed=seed, max_train=cap, n_classes=self.n_classes)
+        return resize_splits(splits, seed=seed, n_val=self.n_val, n_test=self.n_test)

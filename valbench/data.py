@@ -24,6 +24,7 @@ __all__ = [
     "stratified_splits",
     "cap_train",
     "resize_splits",
+    "tightest_cap",
     "stratified_subsample",
     "inject_label_noise",
     "pair_flip_noise",
@@ -369,6 +370,14 @@ def _check_size(label: str, value: int | None) -> None:
         raise UsageError(f"{label} must be a positive integer or None, got {value!r}")
 
 
+def tightest_cap(*caps: int | None) -> int | None:
+    """The smallest of the training caps given (None: no cap). A dataset's own ``n_train``
+    and the harness's ``max_train`` are applied as this one cap, by :func:`cap_train` once:
+    capping a capped split again would choose other rows than the one cap does."""
+    given = [c for c in caps if c is not None]
+    return min(given) if given else None
+
+
 def resize_splits(
     splits: DatasetSplits,
     *,
@@ -379,8 +388,10 @@ def resize_splits(
 ) -> DatasetSplits:
     """Stratified, seeded subsamples of each split to at most ``n_train``/``n_val``/``n_test``.
 
-    ``None`` keeps a split whole. The training rows are chosen exactly as :func:`cap_train`
-    chooses them, so ``n_train`` and the harness's ``max_train`` agree.
+    ``None`` keeps a split whole. The training rows are chosen by :func:`cap_train`; a
+    dataset with a ``max_train`` of its own passes the :func:`tightest_cap` of the two
+    through its split instead, so ``n_train`` and the harness's ``max_train`` choose the
+    same rows.
     """
     for label, value in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):
         _check_size(label, value)
