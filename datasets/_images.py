@@ -509,6 +509,17 @@ class ImageDataset(Dataset):
 
     # -- shared ---------------------------------------------------------------------------
 
+    def check_files(self) -> None:
+        """Read, once before a run starts, what each of its cells would read: the images
+        (located, downloaded when missing, parsed and checked) and, for ``pretrained``
+        features, the ResNet-18 weights. Raises DatasetError (one line): a corrupt file or
+        missing weights failed every cell, each after trying again."""
+        self.pools()
+        if self.features == "pretrained":
+            from valbench.datasets._resnet import load_resnet18
+
+            load_resnet18(data_dir(self.data_dir))
+
     def feature_config(self) -> dict[str, Any]:
         """The parameters the features depend on (part of the cache key)."""
         cfg: dict[str, Any] = {"features": self.features}

@@ -914,20 +914,23 @@ def execute(
 
 
 def _fetch_missing_datasets(spec: RunSpec) -> None:
-    """Fetch, once and before a new run's directory exists, a built-in dataset whose files are
-    not here (the image sets say where theirs are: ``locate``), or refuse the run in one line:
-    each cell would otherwise try the download again and fail with the same long error.
-    (A resumed run's cells report a dataset gone missing themselves, as before.)"""
+    """Fetch and read, once and before a new run's directory exists, a built-in dataset's
+    files (the image sets check theirs: ``check_files``, downloading what is missing), or
+    refuse the run in one line: each cell would otherwise try the download again, or read the
+    same corrupt file, and fail with the same error. (A resumed run's cells report a dataset
+    gone missing themselves, as before.)"""
     from valbench.registry import get_dataset
 
     for name in spec.datasets:
         if name.startswith(FILE_PREFIX):
             continue
         cls = get_dataset(name)
-        if not cls.__module__.startswith("valbench.") or not callable(getattr(cls, "locate", None)):
+        if not cls.__module__.startswith("valbench.") or not callable(
+            getattr(cls, "check_files", None)
+        ):
             continue
         try:
-            getattr(cls(**dict(spec.params.get(name, {}))), "locate")()  # noqa: B009
+            getattr(cls(**dict(spec.params.get(name, {}))), "check_files")()  # noqa: B009
         except DatasetError as exc:
             raise UsageError(str(exc)) from None
         except OSError as exc:  # a root= too long to be a path, or one that cannot be read

@@ -297,6 +297,36 @@ def test_a_dataset_that_is_not_here_is_refused_before_any_run_directory(
     assert message.startswith("valbench: error: dataset 'mnist': ") and not out.exists()
 
 
+def test_a_corrupt_image_file_or_missing_weights_are_refused_before_any_run_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A truncated IDX file, or features=pretrained without the ResNet weights: the run made
+    its directory and every cell failed with the same line (each retrying the download)."""
+    from image_fixtures import make_idx_dir
+
+    from valbench.datasets import _download, _resnet, vision
+
+    data = tmp_path / "data"
+    monkeypatch.setenv("VALBENCH_DATA", str(data))
+    monkeypatch.setattr(vision, "SYSTEM_DIRS", {"fashion-mnist": []})
+    monkeypatch.setattr(_download, "MIRRORS", {})
+    monkeypatch.setattr(_resnet, "weights_candidates", lambda data: [data / "none.pth"])
+    make_idx_dir(data / "fashion-mnist")
+    out = tmp_path / "run"
+    argv = ["run", "--methods", "random", "--datasets", "fashion-mnist", "--seeds", "1"]
+    argv += ["--backend", "serial", "--no-progress", "--out", str(out)]
+    labels = data / "fashion-mnist" / "train-labels-idx1-ubyte.gz"
+    whole = labels.read_bytes()
+    labels.write_bytes(whole[: len(whole) // 2])
+    code, message = _cli(argv)
+    assert code == 2 and message.count("\n") == 1, message
+    assert "train-labels-idx1-ubyte.gz: cannot read" in message and not out.exists()
+    labels.write_bytes(whole)
+    code, message = _cli([*argv, "--param", "fashion-mnist.features=pretrained"])
+    assert code == 2 and message.count("\n") == 1, message
+    assert "resnet" in message.lower() and not out.exists()
+
+
 def _small_csv(path: Path, shift: float) -> None:
     rng = np.random.default_rng(0)
     rows = [f"{a + shift:.4f},{b:.4f},{i % 2}" for i, (a, b) in enumerate(rng.normal(size=(40, 2)))]
