@@ -46,6 +46,14 @@ def test_mnist1d_shapes_and_global_rng_untouched() -> None:
     assert s.n_classes == 10 and set(s.y_train.tolist()) == set(range(10))
     t = MNIST1DDataset(n_test=100).load(seed=1, max_train=40)
     assert len(t.y_train) == 40 and len(t.y_test) == 100
+    # A cap chooses training rows, never the values of the validation and test rows (they
+    # were scaled by the capped rows: other numbers under --max-train than without).
+    whole, capped = MNIST1DDataset().load(seed=1), MNIST1DDataset().load(seed=1, max_train=40)
+    np.testing.assert_array_equal(whole.x_val, capped.x_val)
+    np.testing.assert_array_equal(whole.x_test, capped.x_test)
+    assert set(capped.train_rows.tolist()) <= set(whole.train_rows.tolist())
+    by_param = MNIST1DDataset(n_train=40).load(seed=1, max_train=100)
+    np.testing.assert_array_equal(by_param.train_rows, capped.train_rows)
 
 
 @pytest.mark.parametrize(
