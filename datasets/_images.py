@@ -140,14 +140,26 @@ def check_idx_download(
 
 def _idx_path(directory: Path, stem: str) -> Path | None:
     for candidate in (directory / stem, directory / f"{stem}.gz"):
+        _refuse_dangling(candidate)
         if candidate.is_file():
             return candidate
     return None
 
 
+def _refuse_dangling(path: Path) -> None:
+    """A link that leads nowhere (a loop, a missing target) where a dataset's file or folder
+    goes: said as such, where it read as the file being missing."""
+    if path.is_symlink() and not path.exists():
+        raise DatasetError(
+            f"{path} is a link that leads nowhere (a loop, or its target is gone); replace it "
+            "with the file or folder itself"
+        )
+
+
 def find_idx_dir(candidates: list[Path]) -> Path | None:
     """The first directory in ``candidates`` holding all four IDX files (gzipped or not)."""
     for directory in candidates:
+        _refuse_dangling(directory)
         if all(_idx_path(directory, stem) is not None for stem in IDX_FILES):
             return directory
     return None

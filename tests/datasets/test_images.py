@@ -275,3 +275,19 @@ def test_another_datasets_files_in_its_place_are_refused(
         MNISTDataset().pools()
     assert "its training labels count [6000, 6000" in str(err.value)
     assert "published [5923, 6742" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_link_that_leads_nowhere_is_named(isolated: Path) -> None:
+    # A file that links to itself read as missing ("mnist not found ... put
+    # train-images-idx3-ubyte.gz in ..."), though a file by that name was there.
+    make_idx_dir(isolated / "mnist")
+    looped = isolated / "mnist" / "train-images-idx3-ubyte.gz"
+    looped.unlink()
+    looped.symlink_to(looped.name)
+    with pytest.raises(DatasetError, match="train-images-idx3-ubyte.gz is a link that leads"):
+        MNISTDataset().locate()
+    looped.unlink()
+    (isolated / "mnist").rename(isolated / "elsewhere")
+    (isolated / "mnist").symlink_to(isolated / "gone")
+    with pytest.raises(DatasetError, match=r"mnist is a link that leads nowhere"):
+        MNISTDataset().locate()
