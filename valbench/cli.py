@@ -495,6 +495,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
     if summary.failed:
         print(f"failed cells: {', '.join(summary.failed)}", file=sys.stderr)
+        print(
+            "the same command keeps them as they are; add --retry-failed to run them again",
+            file=sys.stderr,
+        )
         return EXIT_CELLS_FAILED
     return EXIT_OK
 

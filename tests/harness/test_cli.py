@@ -607,3 +607,18 @@ def test_an_npz_that_cannot_be_read_is_one_line(
     assert main(["value", str(data), "--out", str(tmp_path / "v.csv")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cannot be read: permission denied" in err, err
+
+
+def test_failed_cells_say_how_to_run_them_again(
+    tmp_path: Path, test_plugins: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A rerun after a crash printed "1 failed (1 already done, 0 run now)" and exit 1, with
+    # no word of --retry-failed.
+    argv = ["run", "--methods", "raises", "--datasets", "synthetic", "--seeds", "1"]
+    argv += ["--max-train", "40", "--backend", "serial", "--no-progress", "--out", str(tmp_path)]
+    for _ in range(2):
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert "add --retry-failed to run them again" in err
+    assert main([*argv, "--retry-failed"]) == 1
+    assert "1 run now" in capsys.readouterr().out
