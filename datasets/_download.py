@@ -26,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from valbench.cache import make_shareable
 from valbench.errors import DatasetError
 
 __all__ = [
@@ -148,6 +149,7 @@ def fetch_with(
                 raise ValueError(f"md5 {got_md5} differs from the expected {md5}")
             if sha256_prefix is not None and not got_sha.startswith(sha256_prefix):
                 raise ValueError(f"sha256 {got_sha} does not start with {sha256_prefix}")
+            make_shareable(tmp)  # before accept() moves it into place
             result = accept(tmp)
             logger.info("downloaded %s (%d bytes)", url, size)
             return result

@@ -34,7 +34,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from valbench.cache import config_key, data_dir
+from valbench.cache import config_key, data_dir, make_shareable
 from valbench.data import pool_split_indices, split_caps, standardize
 from valbench.errors import DatasetError, UsageError, printable
 from valbench.params import Interval, Options, Param
@@ -376,6 +376,7 @@ def _atomic_savez(path: Path, **arrays: Any) -> None:
     os.close(fd)
     try:
         np.savez(tmp, **arrays)
+        make_shareable(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

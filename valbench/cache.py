@@ -67,3 +67,16 @@ def config_key(config: dict[str, Any]) -> str:
     """A short stable hash of a JSON-serializable config (for cache file names)."""
     text = json.dumps(config, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+#: Results, reports, downloads and caches are meant to be shared, as far as the umask allows.
+SHARED_FILE_MODE = 0o644
+
+
+def make_shareable(path: str | os.PathLike[str]) -> None:
+    """Give a file made by :func:`tempfile.mkstemp` (owner-only) the mode an ordinary new file
+    gets: 0644 less the umask. A download or feature cache in a shared data directory was
+    unreadable to the other users ("Permission denied")."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, SHARED_FILE_MODE & ~mask)

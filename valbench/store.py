@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from valbench.cache import SHARED_FILE_MODE, make_shareable
 from valbench.errors import RunDirectoryError, printable
 from valbench.records import (
     RECORD_SCHEMA,
@@ -98,7 +99,6 @@ OWNED_FILES = (
     "summary.json",
 )
 _OWNED_SUBDIRS = {SCORES_DIR: ".npz", POINTS_DIR: ".npz", FIGURES_DIR: ".svg", PRINTED_DIR: ".txt"}
-_FILE_MODE = 0o644  # results and reports are meant to be shared, as any file the umask allows
 
 
 def enclosing_run_dir(path: Path) -> Path | None:
@@ -201,7 +201,7 @@ def atomic_write(path: Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, _FILE_MODE & ~_umask())  # mkstemp makes it owner-only
+        make_shareable(tmp)  # mkstemp makes it owner-only
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -227,12 +227,6 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
         atomic_write(path, data)
     except OSError as exc:
         raise _write_error(path, exc) from None
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -587,7 +581,7 @@ class RunStore:
             return
         path = self.run_dir / LOCK_FILE
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, _FILE_MODE)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, SHARED_FILE_MODE)
         except OSError as exc:
             if exc.errno == errno.ELOOP:
                 check_entries(self.run_dir)
@@ -708,7 +702,7 @@ class RunStore:
         line = json.dumps(to_jsonable(record.to_json()), allow_nan=False) + "\n"
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
         try:
-            fd = os.open(self.results_path, flags, _FILE_MODE)
+            fd = os.open(self.results_path, flags, SHARED_FILE_MODE)
         except OSError as exc:
             if exc.errno == errno.ELOOP:
                 check_entries(self.run_dir)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +71,16 @@ def test_idx_download_then_load_end_to_end(data: Path, monkeypatch: pytest.Monke
     assert _all_files(data) == sorted(f"fashion-mnist/{k}" for k in GZ_NAMES)
     for name in GZ_NAMES:
         assert (data / "fashion-mnist" / name).read_bytes() == files[name]
+        # As any new file (0644 less the umask), not mkstemp's owner-only 0600: a shared data
+        # directory's other users got "Permission denied".
+        mode = (data / "fashion-mnist" / name).stat().st_mode & 0o777
+        assert mode == 0o644 & ~_umask()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def test_bad_md5_or_bad_content_falls_through_to_next_mirror(
