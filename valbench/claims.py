@@ -379,6 +379,7 @@ def _check(
     scratch: str = "",
     partial: Mapping[tuple, Mapping[str, tuple[int, str | None]]] | None = None,
     include_partial: bool = False,
+    failed: int = 0,
 ) -> ClaimCheck:
     """The verdict on ``claim``; with ``scratch`` (the model's name), a subset-value claim is
     read from the from-scratch reading instead of the evaluation model's. ``partial``: per
@@ -434,7 +435,8 @@ def _check(
             method,
             claim,
             INCONCLUSIVE,
-            f"{subject}: nothing in this run to compare",
+            f"{subject}: nothing in this run to compare"
+            + (f" ({failed} of {method}'s cells failed or timed out)" if failed else ""),
             rule,
             reading=reading,
             scratch=bool(scratch),
@@ -516,6 +518,10 @@ def check_claims(
         return []
     records = list(records)
     groups = _groups(records, include_partial)
+    failed: dict[str, int] = defaultdict(int)
+    for rec in records:
+        if rec.status in ("failed", "timeout"):
+            failed[rec.method] += 1
     partial: dict[tuple, dict[str, tuple[int, str | None]]] = defaultdict(dict)
     for rec in records:
         if rec.partial:
@@ -538,9 +544,10 @@ def check_claims(
     for method, claims in declared.items():
         for claim in claims:
             args = (method, claim, sources[claim.source], groups)
-            check = _check(*args, "", partial, include_partial)
+            lost = failed.get(method, 0)
+            check = _check(*args, "", partial, include_partial, lost)
             if claim.kind in SUBSET_KINDS and scratch_models:
                 out.append(replace(check, reading=MODEL_READING))
-                check = _check(*args, " / ".join(scratch_models), partial, include_partial)
+                check = _check(*args, " / ".join(scratch_models), partial, include_partial, lost)
             out.append(check)
     return out

@@ -320,3 +320,15 @@ def test_intervals_stay_in_range_and_one_of_many_comparisons_is_bonferroni_widen
     widened = z.widened(len(check.comparisons))
     assert widened is not None and widened[1] >= 0 > z.high
     assert check.verdict == INCONCLUSIVE and "Bonferroni" in check.rule
+
+
+def test_a_method_whose_cells_all_failed_is_said_so() -> None:
+    records = [
+        CellRecord.from_json({**_rec("mine", s, 0.8).to_json(), "status": "failed", "metrics": {}})
+        for s in SEEDS
+    ] + [_rec("other", s, 0.7) for s in SEEDS]
+    check = _one(records, Claim("higher", SOURCE, "higher-subset-value"))
+    assert check.verdict == INCONCLUSIVE
+    assert check.measured.endswith(
+        "nothing in this run to compare (4 of mine's cells failed or timed out)"
+    )
