@@ -320,3 +320,44 @@ def test_grouped_fits_equal_one_batch() -> None:
     grouped = UtilityEngine(task, batch_size=len(masks), cache_size=0).many(list(masks))
     single = UtilityEngine(task, batch_size=1, cache_size=0).many(list(masks))
     np.testing.assert_array_equal(grouped, single)
+
+
+def test_nearest_warm_start_begins_at_the_closest_earlier_subsets_model(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    engine = UtilityEngine(make_task(), warm_start="nearest")
+
+    def masks(*rows: tuple[range, ...]) -> list[np.ndarray]:
+        out = np.zeros((len(rows), N_TRAIN), dtype=bool)
+        for i, parts in enumerate(rows):
+            for r in parts:
+                out[i, r] = True
+        return list(out)
+
+    engine.many(masks((range(0, 20),), (range(20, 40),), (range(40, 60),)))
+    fitted = engine._recent[1].numpy()
+    assert not np.allclose(fitted["W"][0], fitted["W"][2])  # models that can be told apart
+    starts = []
+    fit = engine.model.fit
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        starts.append(kwargs["init"].numpy())
+        return fit(*args, **kwargs)
+
+    monkeypatch.setattr(engine.model, "fit", spy)
+    engine.many(
+        masks(
+            (range(40, 58),),  # Jaccard 18/20 with the third earlier subset
+            (range(0, 15), range(20, 25)),  # 15/25 with the first, 5/35 with the second
+            (range(20, 30), range(40, 50)),  # 1/3 with the second and the third: too far
+            (range(20, 30),),  # exactly 1/2 with the second: near enough
+        )
+    )
+    (start,) = starts
+    cold = engine.model.init_params(1).numpy()
+    for name, value in start.items():
+        np.testing.assert_array_equal(value[0], fitted[name][2])
+        np.testing.assert_array_equal(value[1], fitted[name][0])
+        np.testing.assert_array_equal(value[2], cold[name][0])
+        np.testing.assert_array_equal(value[3], fitted[name][1])
+    assert engine.warm_starts == 3

@@ -8,6 +8,7 @@ from selection_helpers import check_selections, make_ctx, small_task
 
 from valbench.errors import UsageError
 from valbench.methods.selection import Herding
+from valbench.methods.selection._features import task_embeddings
 from valbench.methods.selection.herding import herding_order
 
 
@@ -62,3 +63,25 @@ def test_method(per_class: bool) -> None:
     np.testing.assert_array_equal(out.selections[0.1], out.selections[0.5][:6])
     with pytest.raises(UsageError):
         Herding(kernel="poly").value(task, make_ctx(task))
+
+
+@pytest.mark.parametrize("per_class", [False, True])
+def test_method_herds_with_its_own_gamma(per_class: bool) -> None:
+    task = small_task(60)
+    x = task_embeddings(task)
+    out = Herding(kernel="rbf", gamma=5.0, per_class=per_class).value(task, make_ctx(task, (1.0,)))
+    default = Herding(kernel="rbf", per_class=per_class).value(task, make_ctx(task, (1.0,)))
+    assert not np.array_equal(out.selections[1.0], default.selections[1.0])
+    if not per_class:
+        np.testing.assert_array_equal(out.selections[1.0], herding_order(x, 60, "rbf", 5.0))
+        return
+    for c in range(3):
+        rows = np.flatnonzero(task.y_train == c)
+        picks = [int(i) for i in out.selections[1.0] if task.y_train[i] == c]
+        assert picks == rows[herding_order(x[rows], len(rows), "rbf", 5.0)].tolist()
+
+
+def test_default_is_one_global_linear_herd() -> None:
+    task = small_task(60)
+    out = Herding().value(task, make_ctx(task, (1.0,)))
+    np.testing.assert_array_equal(out.selections[1.0], herding_order(task_embeddings(task), 60))

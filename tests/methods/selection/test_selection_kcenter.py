@@ -9,6 +9,7 @@ import pytest
 from selection_helpers import check_selections, make_ctx, points_task, small_task
 
 from valbench.methods.selection import KCenter
+from valbench.methods.selection._features import task_embeddings
 from valbench.methods.selection.kcenter import kcenter_greedy
 
 
@@ -88,3 +89,14 @@ def test_same_seed_same_selection() -> None:
     a = KCenter(metric="cosine").value(task, make_ctx(task, seed=3))
     b = KCenter(metric="cosine").value(task, make_ctx(task, seed=3))
     np.testing.assert_array_equal(a.scores, b.scores)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_first_centre_is_the_runs_first_draw(seed: int) -> None:
+    task = small_task(60)
+    first = int(make_ctx(task, seed=seed).rng.integers(60))
+    out = KCenter().value(task, make_ctx(task, (1.0,), seed=seed))
+    assert out.selections[1.0][0] == first
+    np.testing.assert_array_equal(
+        out.selections[1.0], kcenter_greedy(task_embeddings(task), 60, first)[0]
+    )

@@ -201,3 +201,26 @@ def test_ccs_keeps_the_top_point_of_a_non_positive_difficulty() -> None:
         assert bins.tolist()[-1] == 3 and bins.min() == 0
         members, _ = _original_strata_and_budgets(torch.from_numpy(scores), 2, 4)
         assert 2 not in sum(members, [])  # the original loses it
+
+
+def test_moderate_scores_in_closed_form() -> None:
+    # The set of test_moderate_keeps_the_median_band: -|rank - (m - 1) / 2| / m exactly.
+    x0 = np.array([[0.0], [1.0], [-2.0], [3.0], [-4.0], [5.0], [-6.0], [7.0], [-8.0]])
+    x = np.vstack([x0, [[100.0], [110.0], [89.5]]])
+    y = np.array([0] * 9 + [1] * 3)
+    ranks = np.array([0, 2, 3, 4, 5, 6, 7, 8, 9, 1, 10, 11])  # ties (0, 0) by index
+    np.testing.assert_allclose(moderate_scores(x, y, 2), -np.abs(ranks - 5.5) / 12)
+    per_class = moderate_scores(x, y, 2, per_class=True)
+    np.testing.assert_allclose(per_class[:9], -np.abs(np.arange(9) - 4.0) / 9)
+    np.testing.assert_allclose(per_class[9:], [-1 / 3, 0.0, -1 / 3])
+
+
+def test_uncertainty_defaults_to_least_confidence() -> None:
+    task = small_task(60)
+    out = Uncertainty().value(task, make_ctx(task, (0.5,)))
+    expected = uncertainty_scores(fit_all_data(small_task(60)).probs, "least_confidence")
+    np.testing.assert_allclose(out.scores, expected, rtol=1e-6, atol=1e-9)
+
+
+def test_margin_of_a_single_class_is_zero() -> None:
+    np.testing.assert_array_equal(uncertainty_scores(np.ones((3, 1)), "margin"), [0.0, 0.0, 0.0])

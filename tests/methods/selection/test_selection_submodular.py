@@ -14,6 +14,7 @@ from valbench.methods.selection.submodular import (
     facility_location_order,
     facility_location_value,
     graph_cut_order,
+    lazy_greedy,
 )
 
 
@@ -105,3 +106,20 @@ def test_methods_return_nested_selections(cls: type, per_class: bool) -> None:
     if per_class:
         counts = np.bincount(task.y_train[out.selections[0.3]], minlength=3)
         assert counts.max() - counts.min() <= 1  # balanced classes, balanced picks
+
+
+def test_lazy_greedy_breaks_a_stale_bounds_tie_to_the_lower_index() -> None:
+    # Fixed gains, but the bound overstates point 1: once its fresh gain is found equal to
+    # point 0's, plain greedy's argmax takes point 0 first.
+    gains = np.array([1.0, 1.0, 0.5])
+    order, _ = lazy_greedy(lambda j: float(gains[j]), np.array([1.0, 2.0, 0.5]), 3, lambda j: None)
+    assert order.tolist() == [0, 1, 2]
+
+
+def test_facility_location_selects_per_class_by_default() -> None:
+    task = small_task(60)
+    default = FacilityLocation().value(task, make_ctx(task, (1.0,)))
+    per_class = FacilityLocation(per_class=True).value(task, make_ctx(task, (1.0,)))
+    everyone = FacilityLocation(per_class=False).value(task, make_ctx(task, (1.0,)))
+    np.testing.assert_array_equal(default.selections[1.0], per_class.selections[1.0])
+    assert not np.array_equal(default.selections[1.0], everyone.selections[1.0])
