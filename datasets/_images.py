@@ -35,7 +35,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from valbench.cache import config_key, data_dir, make_shareable
-from valbench.data import pool_split_indices, split_caps, standardize
+from valbench.data import pool_split_indices, split_caps, standardize, tightest_cap
 from valbench.errors import DatasetError, UsageError, printable
 from valbench.params import Interval, Options, Param
 from valbench.types import Dataset, DatasetSplits, Relabel
@@ -523,15 +523,12 @@ class ImageDataset(Dataset):
     # -- shared ---------------------------------------------------------------------------
 
     def check_files(self) -> None:
-        """Read, once before a run starts, what each of its cells would read: the images
-        (located, downloaded when missing, parsed and checked) and, for ``pretrained``
-        features, the ResNet-18 weights. Raises DatasetError (one line): a corrupt file or
-        missing weights failed every cell, each after trying again."""
+        """Read, once before a run starts, the images each of its cells would read (located,
+        downloaded when missing, parsed and checked). Raises DatasetError (one line): a
+        corrupt file failed every cell, each after trying again. (The ResNet-18 weights of
+        ``pretrained`` features are left to the cells: one that finds its features cached
+        never needs them.)"""
         self.pools()
-        if self.features == "pretrained":
-            from valbench.datasets._resnet import load_resnet18
-
-            load_resnet18(data_dir(self.data_dir))
 
     def feature_config(self) -> dict[str, Any]:
         """The parameters the features depend on (part of the cache key)."""
@@ -565,8 +562,7 @@ class ImageDataset(Dataset):
         max_train: int | None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Indices of train and val rows in the pool, and of test rows (pool or test set)."""
-        caps = [c for c in (self.n_train, max_train) if c is not None]
-        cap = min(caps) if caps else None
+        cap = tightest_cap(self.n_train, max_train)
         n_val = self.n_val if self.n_val is not None else self.default_n_val
         if n_val is None:
             n_val = round(self.val_fraction * len(y_pool))

@@ -8,7 +8,13 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from valbench.data import pool_split_indices, split_caps, tightest_cap, train_scale
+from valbench.data import (
+    pool_split_indices,
+    split_caps,
+    tightest_cap,
+    train_scale,
+    training_pool,
+)
 from valbench.datasets._images import ImageDataset
 from valbench.errors import DatasetError, UsageError
 from valbench.types import Dataset, DatasetSplits
@@ -122,9 +128,14 @@ class MNIST1DDataset(Dataset):
             raise UsageError(f"mnist1d val_fraction must be in (0, 1), got {self.val_fraction}")
         x, y, x_te, y_te = self.generate()
         n_val = self.n_val if self.n_val is not None else round(self.val_fraction * len(y))
-        split = {"seed": seed, "n_val": max(1, n_val), "n_test": 0}
-        pool, val, _ = pool_split_indices(y, **split)
-        train, _, _ = pool_split_indices(y, **split, n_train=tightest_cap(self.n_train, max_train))
+        train, val, none = pool_split_indices(
+            y,
+            seed=seed,
+            n_val=max(1, n_val),
+            n_test=0,
+            n_train=tightest_cap(self.n_train, max_train),
+        )
+        pool = training_pool(len(y), val, none)
         test = np.arange(len(y_te))
         if self.n_test is not None and self.n_test < len(y_te):
             _, test, _ = pool_split_indices(y_te, seed=seed, n_val=self.n_test, n_test=0)

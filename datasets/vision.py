@@ -100,6 +100,15 @@ class _SearchedDataset(ImageDataset):
         """
         raise NotImplementedError
 
+    def check_files(self) -> None:
+        """As :meth:`ImageDataset.check_files`, without keeping the images: the run's driver
+        would hold them (about 180 MB for CIFAR-10) for the whole run, beside its workers."""
+        try:
+            super().check_files()
+        finally:
+            _read_idx_cached.cache_clear()
+            _read_cifar_cached.cache_clear()
+
     @classmethod
     def available(cls) -> bool:
         """True when the files are on disk here (no download needed)."""

@@ -77,6 +77,19 @@ def make_shareable(path: str | os.PathLike[str]) -> None:
     """Give a file made by :func:`tempfile.mkstemp` (owner-only) the mode an ordinary new file
     gets: 0644 less the umask. A download or feature cache in a shared data directory was
     unreadable to the other users ("Permission denied")."""
+    os.chmod(path, SHARED_FILE_MODE & ~_umask())
+
+
+def _umask() -> int:
+    """The process's umask, read where the kernel shows it (Linux): setting it to read it,
+    the portable way, would let a file another thread makes meanwhile take mode 0666."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
     mask = os.umask(0)
     os.umask(mask)
-    os.chmod(path, SHARED_FILE_MODE & ~mask)
+    return mask

@@ -53,7 +53,7 @@ from typing import Any
 
 from valbench.metrics import mean_ci
 from valbench.records import CellRecord, Manifest
-from valbench.summary import CONFIDENCE, CPU_FLOOR_S, MIN_TEST_PAIRS, sign_flip_p, without_spread
+from valbench.summary import CONFIDENCE, CPU_FLOOR_S, MIN_TEST_PAIRS, constant_difference_p
 from valbench.types import CLAIM_KINDS, Claim
 
 __all__ = ["HOLDS", "NOT_HOLDS", "INCONCLUSIVE", "ClaimCheck", "Comparison", "check_claims"]
@@ -131,13 +131,21 @@ def _clipped(
     p-value 2^(1-n) of n equal differences), the interval is the value itself where that p is
     below 1 - ``confidence``, and there is none (None) where it is not: three equal draws
     are no certainty."""
-    if len(values) >= 2 and without_spread(values):
-        mean = statistics.fmean(values)
-        if mean == 0 or sign_flip_p(len(values)) >= 1.0 - confidence:
+    constant = _constant_p(values) if len(values) >= 2 else None
+    if constant is not None:
+        if constant >= 1.0 - confidence:
             return None
+        mean = statistics.fmean(values)
         return max(mean, bounds[0]), min(mean, bounds[1])
     mean, half = mean_ci(values, confidence=confidence)
     return max(mean - half, bounds[0]), min(mean + half, bounds[1])
+
+
+def _constant_p(values: Sequence[float]) -> float | None:
+    """The leaderboard's p-value of differences without spread (None where they spread):
+    these are differences of quantities of order one or more (accuracies, percents, points,
+    log ratios), so rounding below 1e-12 of that is no difference."""
+    return constant_difference_p(values, max(1.0, max(abs(v) for v in values)))
 
 
 def _interval(
@@ -341,10 +349,9 @@ def _shown(c: Comparison, unit: str) -> str:
     if c.low is None or c.high is None:
         if c.seeds < 2:
             return f"{mean} (1 seed)"
-        return (
-            f"{mean} (the same on all {c.seeds} seeds: sign-flip p = "
-            f"{sign_flip_p(c.seeds):.2g}, no interval)"
-        )
+        p = _constant_p(c.values) if c.values else None
+        said = "" if p is None else f"p = {p:.2g}, "
+        return f"{mean} (the same on all {c.seeds} seeds: {said}no interval)"
     return f"{mean} {_span(c.low, c.high, unit)}"
 
 
@@ -451,16 +458,17 @@ def _check(
     )
     if all(c.low is None for c in comps):
         measured += "; no interval (one seed, or the same difference on every seed), so no verdict"
-    measured += _decided_by(decided, len(comps), unit)
     cut = _partial_in_play(method, kind, excluded, comps, partial or {})
+    # A full estimate could change the comparison (a rival's subset, the median cost, the
+    # method's own numbers): a claim is not upheld on cut-short cells.
+    withheld = bool(cut) and verdict == HOLDS
+    if withheld:
+        verdict, decided = INCONCLUSIVE, None
+    measured += _decided_by(decided, len(comps), unit)
     if cut:
         listed = ", ".join(f"{m} ({n})" for m, n in cut.items())
         measured += f"; partial cells {'included' if include_partial else 'left out'}: {listed}"
-        if verdict == HOLDS:
-            # A full estimate could change the comparison (a rival's subset, the median cost,
-            # the method's own numbers): a claim is not upheld on cut-short cells.
-            verdict = INCONCLUSIVE
-            measured += ", so it is not upheld on this run"
+        measured += ", so it is not upheld on this run" if withheld else ""
     return ClaimCheck(
         method, claim, verdict, measured, rule, comps, reading=reading, scratch=bool(scratch)
     )

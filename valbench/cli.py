@@ -496,7 +496,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if summary.failed:
         print(f"failed cells: {', '.join(summary.failed)}", file=sys.stderr)
         print(
-            "the same command keeps them as they are; add --retry-failed to run them again",
+            "they failed again under --retry-failed; the report lists why"
+            if args.retry_failed
+            else "the same command keeps them as they are; add --retry-failed to run them again",
             file=sys.stderr,
         )
         return EXIT_CELLS_FAILED

@@ -25,6 +25,7 @@ __all__ = [
     "cap_train",
     "resize_splits",
     "tightest_cap",
+    "training_pool",
     "stratified_subsample",
     "inject_label_noise",
     "pair_flip_noise",
@@ -368,6 +369,13 @@ def split_caps(
 def _check_size(label: str, value: int | None) -> None:
     if value is not None and (not isinstance(value, int | np.integer) or value < 1):
         raise UsageError(f"{label} must be a positive integer or None, got {value!r}")
+
+
+def training_pool(n_rows: int, val: np.ndarray, test: np.ndarray) -> np.ndarray:
+    """The rows :func:`pool_split_indices` leaves for training before any cap: what a
+    dataset standardises by, so that a cap chooses training rows and never changes the
+    values of the validation and test rows."""
+    return np.setdiff1d(np.arange(n_rows, dtype=np.int64), np.concatenate([val, test]))
 
 
 def tightest_cap(*caps: int | None) -> int | None:

@@ -44,6 +44,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import logging
+import os
 import socket
 import threading
 import time
@@ -116,19 +117,27 @@ def _check_dask_address(address: str) -> None:
         ) from None
     if host is not None:  # other schemes (ucx) are left to the Client
         _probe("Dask scheduler", address, host, port, "--scheduler")
-        _ask_dask_identity(address)
+        _ask_dask_identity(address, scheme)
 
 
-def _ask_dask_identity(address: str) -> None:
+def _ask_dask_identity(address: str, scheme: str) -> None:
     """Ask the service at ``address`` who it is, with a deadline: a port that accepts a TCP
     connection but is no scheduler (its dashboard's 8787, an SSH or web server) made the
-    Client read garbage (a length of exabytes: MemoryError) or wait forever."""
+    Client read garbage (a length of exabytes: MemoryError) or wait forever. It connects as
+    the Client will, with the TLS settings of dask's config; an encrypted address without
+    them is left to the Client, which says what is missing."""
     import asyncio
+
+    from distributed.security import Security
+
+    connection = Security().get_connection_args("client")
+    if scheme in ("tls", "wss") and connection.get("ssl_context") is None:
+        return
 
     async def identity() -> Any:
         from distributed.comm import connect
 
-        comm = await connect(address, timeout=CONNECT_TIMEOUT_S)
+        comm = await connect(address, timeout=CONNECT_TIMEOUT_S, **connection)
         try:
             await comm.write({"op": "identity", "reply": True})
             return await comm.read()
@@ -174,7 +183,10 @@ def _check_ray_address(address: str) -> None:
             "or ray://host:10001"
         )
     _probe("Ray cluster", address, host, int(port), "--address")
-    _ask_for_grpc(address, host, int(port))
+    if os.environ.get("RAY_USE_TLS", "0").lower() not in ("1", "true"):
+        # A TLS cluster answers a cleartext greeting with an alert: ray.init, configured for
+        # it, is left to connect.
+        _ask_for_grpc(address, host, int(port))
 
 
 #: The HTTP/2 connection preface and an empty SETTINGS frame (RFC 9113, 3.4 and 6.5).
@@ -235,10 +247,18 @@ def _timeout_outcome(cell: Cell, spec: RunSpec, how: str) -> CellOutcome:
     )
 
 
+def _is_killed_worker(exc: BaseException) -> bool:
+    try:
+        from distributed import KilledWorker
+    except ImportError:  # only Dask raises it
+        return False
+    return isinstance(exc, KilledWorker)
+
+
 def _crash_outcome(cell: Cell, spec: RunSpec, exc: BaseException) -> CellOutcome:
     # run_cell turns every exception of the method into a record; what reaches here is the
     # engine's own failure (a killed worker, a lost connection, a serialization error).
-    if type(exc).__name__ == "KilledWorker":  # Dask's 400 characters on a task id
+    if _is_killed_worker(exc):  # Dask's 400 characters on a task id
         message = (
             "the worker process died while running the cell (a crash, a kill or a memory "
             "limit; Dask's KilledWorker)"
@@ -289,16 +309,17 @@ def _warn_of_threaded_workers(client: Any) -> None:
 
 
 @contextlib.contextmanager
-def _distributed_quiet() -> Iterator[None]:
-    """distributed logs a local cluster's start, connections and stop at INFO (some 30 lines
-    on stderr around a run's progress lines), and each crash, kill or timeout of a cell as
-    WARNING and ERROR lines (restarts, lost and cancelled tasks) beside the driver's own line
-    for that cell; keep them out unless this run logs at INFO (``--verbose``), and restore
-    the level afterwards."""
+def _distributed_quiet(local: bool) -> Iterator[None]:
+    """distributed logs a cluster's start, connections and stop at INFO (some 30 lines on
+    stderr around a run's progress lines), and each crash, kill or timeout of a cell of a
+    ``local`` cluster as WARNING and ERROR lines (restarts, lost and cancelled tasks) beside
+    the driver's own line for that cell; keep them out unless this run logs at INFO
+    (``--verbose``), and restore the level afterwards. A remote cluster's errors (a lost
+    scheduler) stay on: the driver has no line of its own for them."""
     logger = logging.getLogger("distributed")
     before = logger.level
     if not log.isEnabledFor(logging.INFO):
-        logger.setLevel(logging.CRITICAL)
+        logger.setLevel(logging.CRITICAL if local else logging.ERROR)
     try:
         yield
     finally:
@@ -317,7 +338,7 @@ def run_dask(
         import distributed  # noqa: F401 - its logging is configured on import
     except ImportError as exc:
         raise _missing("dask", exc) from None
-    with _distributed_quiet():
+    with _distributed_quiet(local=address is None):
         _run_dask(cells, spec, on_result, on_progress, address)
 
 

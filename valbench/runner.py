@@ -32,6 +32,7 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
+from valbench.data import tightest_cap
 from valbench.errors import CellTimeout, DatasetError, RunDirectoryError, UsageError, printable
 from valbench.pool import preload_modules, start_fork_server, warm_workers
 from valbench.records import CellRecord, Manifest
@@ -180,7 +181,7 @@ def resolve_names(spec: RunSpec, narrowable: Collection[str] = ()) -> RunSpec:
         # A dataset's own n_train caps it too (a file's is in its measured size already).
         caps = [spec.train_cap(name), dict(spec.params.get(name, {})).get("n_train")]
         known = [c for c in caps if isinstance(c, int) and not isinstance(c, bool)]
-        n = train_sizes.get(name, min(known, default=None))
+        n = train_sizes.get(name, tightest_cap(*known))
         if n is None:
             continue
         # A file smaller than its cap: only more rows in the file give more training points.
@@ -194,6 +195,14 @@ def resolve_names(spec: RunSpec, narrowable: Collection[str] = ()) -> RunSpec:
         problem = training_size_problem(name, n, rate, round(rate * n) == 0, spec.fractions, advice)
         if problem is not None:
             raise UsageError(problem)
+        # Of two or more classes in n points, the smallest has at most n // 2: a ratio above
+        # that leaves it under one row in every cell (the cells check their real sizes).
+        if spec.imbalance > max(1, n // 2):
+            raise UsageError(
+                f"--imbalance {spec.imbalance:g} would leave the rarest class of {name} under "
+                f"one row: its {n} training points hold at most {n // 2} in their smallest "
+                f"class; use --imbalance {max(1, n // 2)} or less, or {advice}"
+            )
     from valbench.models import ModelSpec
     from valbench.nets import resolve_device
     from valbench.registry import check_method_models, get_dataset, get_method, validate_params

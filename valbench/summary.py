@@ -587,18 +587,17 @@ def column_stat(col: Column, values: Iterable[float | None]) -> Stat:
     return _stat(values, col.fmt, col.bounds, col.log_floor if col.geometric else None)
 
 
-def without_spread(diffs: Sequence[float] | np.ndarray, scale: float | None = None) -> bool:
-    """True when the differences are all equal up to rounding (relative to ``scale``, by
-    default their own magnitude): no spread, so no t statistic and no t-interval."""
+def constant_difference_p(diffs: Sequence[float] | np.ndarray, scale: float) -> float | None:
+    """The p-value of paired differences that have no spread, where the t statistic is
+    undefined: 1.0 when all are zero (up to rounding against ``scale``, the magnitude of the
+    values differenced), the exact two-sided sign-flip p-value 2^(1-n) when all are one
+    non-zero value; None when they spread (the t-test applies)."""
     d = np.asarray(diffs, dtype=np.float64)
-    if scale is None:
-        scale = max(float(np.max(np.abs(d))), 1e-300)
-    return bool(np.allclose(d, d[0], rtol=1e-9, atol=1e-12 * scale))
-
-
-def sign_flip_p(n: int) -> float:
-    """The exact two-sided sign-flip p-value of n equal non-zero differences: 2^(1-n)."""
-    return 2.0 ** (1 - n)
+    if np.all(np.abs(d) <= 1e-12 * scale):
+        return 1.0
+    if np.allclose(d, d[0], rtol=1e-9, atol=1e-12 * scale):
+        return 2.0 ** (1 - len(d))
+    return None
 
 
 def paired_p_value(a: Sequence[float], b: Sequence[float]) -> float | None:
@@ -615,10 +614,9 @@ def paired_p_value(a: Sequence[float], b: Sequence[float]) -> float | None:
         return None
     diffs = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
     scale = max(float(np.max(np.abs(a))), float(np.max(np.abs(b))), 1e-300)
-    if np.all(np.abs(diffs) <= 1e-12 * scale):
-        return 1.0
-    if without_spread(diffs, scale):
-        return sign_flip_p(len(diffs))
+    constant = constant_difference_p(diffs, scale)
+    if constant is not None:
+        return constant
     from scipy.special import stdtr
 
     # scipy.stats.ttest_rel's statistic and two-sided p, without its ~2 ms of overhead a

@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from valbench.data import pool_split_indices, split_caps, train_scale
+from valbench.data import pool_split_indices, split_caps, tightest_cap, train_scale, training_pool
 from valbench.errors import DatasetError, UsageError, printable
 from valbench.params import Interval, Param
 from valbench.types import Dataset, DatasetSplits
@@ -861,7 +861,6 @@ class FileDataset(Dataset):
         """Splits for ``seed``: given splits kept, missing ones carved (stratified)."""
         parts, classes = self.read()
         x, y = parts["train"]
-        caps = [c for c in (self.n_train, max_train) if c is not None]
         carve = {
             p: 0 if p in parts else max(1, round(frac * len(y)))
             for p, frac in (("val", self.val_fraction), ("test", self.test_fraction))
@@ -876,7 +875,7 @@ class FileDataset(Dataset):
                 seed=seed,
                 n_val=carve["val"],
                 n_test=carve["test"],
-                n_train=min(caps) if caps else None,
+                n_train=tightest_cap(self.n_train, max_train),
             )
         except DatasetError as exc:
             raise _fail(Path(self.path), str(exc)) from exc
@@ -895,7 +894,9 @@ class FileDataset(Dataset):
             else:
                 out[p] = (x[idx], y[idx])
         if self.standardize:
-            mu, sd = train_scale(out["train"][0])
+            # By the whole training pool, as the built-in datasets: a cap chooses training
+            # rows, never the values of the validation and test rows.
+            mu, sd = train_scale(x[training_pool(len(y), val, test)])
             out = {p: ((px - mu) / sd, py) for p, (px, py) in out.items()}
             for p, (px, _) in out.items():
                 # A column nearly constant in training and far off elsewhere leaves float32.

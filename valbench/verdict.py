@@ -144,7 +144,7 @@ def _goal(group: GroupSummary, goal: str, question: str, key: str) -> GoalVerdic
     # one with fewer seeds may have a better mean, so the sentence says where it chose.
     most = max(st.n for st in present.values())
     among = (
-        f" among the methods with all {most} seeds"
+        f" among the methods with the most seeds here ({most})"
         if any(st.n < most for st in present.values())
         else ""
     )
@@ -260,8 +260,8 @@ def _goal(group: GroupSummary, goal: str, question: str, key: str) -> GoalVerdic
             caveats.append("No method beats a random subset of the same size on average.")
         elif top.mean <= 0:
             caveats.append(
-                f"No method with all {most} seeds beats a random subset of the same size on "
-                "average; only methods with fewer seeds do."
+                f"No method with the most seeds here ({most}) beats a random subset of the same "
+                "size on average; only methods with fewer seeds do."
             )
     elif goal == "mislabel":
         caveats.append(
@@ -326,7 +326,10 @@ def verdicts(groups: Sequence[GroupSummary]) -> list[Verdict]:
             )
         if group.noise in (None, 0):
             caveats.append("No labels were flipped, so mislabel detection is not judged.")
-        lost = {m: n for m, n in group.failed.items() if m not in group.rows}
+        # Not ranked anywhere here, with no partial cell left out either: failures only.
+        lost = {
+            m: n for m, n in group.failed.items() if m not in group.rows and m not in group.partial
+        }
         if lost:
             listed = ", ".join(f"{m} ({n})" for m, n in lost.items())
             caveats.append(

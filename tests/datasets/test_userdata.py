@@ -28,7 +28,13 @@ def test_npz_carves_missing_splits_deterministically(tmp_path: Path) -> None:
     assert a.n_classes == 3 and a.x_train.dtype == np.float32 and a.y_train.dtype == np.int64
     assert np.array_equal(a.x_train, b.x_train)
     np.testing.assert_allclose(a.x_train.mean(axis=0), 0, atol=1e-5)
-    assert len(ds.load(seed=1, max_train=12).y_train) == 12
+    capped = ds.load(seed=1, max_train=12)
+    assert len(capped.y_train) == 12
+    # A cap chooses training rows, never the values of the validation and test rows (they
+    # were standardised by the capped rows).
+    np.testing.assert_array_equal(capped.x_val, a.x_val)
+    np.testing.assert_array_equal(capped.x_test, a.x_test)
+    assert set(capped.train_rows.tolist()) <= set(a.train_rows.tolist())
 
 
 def test_npz_given_splits_and_string_labels(tmp_path: Path) -> None:

@@ -210,10 +210,22 @@ def test_a_constant_difference_decides_only_as_the_sign_flip_test_allows() -> No
 
     three = _one(run(3), claim)
     assert three.verdict == INCONCLUSIVE and three.comparisons[0].low is None
-    assert "the same on all 3 seeds: sign-flip p = 0.25, no interval" in three.measured
+    assert "the same on all 3 seeds: p = 0.25, no interval" in three.measured
     six = _one(run(6), claim)  # 2^(1-6) = 0.031 < 0.05
     assert six.verdict == HOLDS
     assert (six.comparisons[0].low, six.comparisons[0].high) == (12.5, 12.5)
+    # No difference at all, or rounding's: p = 1, whatever the seeds (2e-16 on six seeds was
+    # an interval [2e-16, 2e-16] that upheld the claim).
+    for tiny in (0.0, 2e-16):
+        none = _one(
+            [
+                _rec(m, s, 0.7, recall=0.5 + (tiny if m == "mine" else 0.0))
+                for m in ("mine", "random")
+                for s in range(6)
+            ],
+            claim,
+        )
+        assert none.verdict == INCONCLUSIVE and "p = 1, no interval" in none.measured
 
 
 def test_a_verdict_any_comparison_decides_names_it() -> None:

@@ -621,4 +621,17 @@ def test_failed_cells_say_how_to_run_them_again(
         err = capsys.readouterr().err
         assert "add --retry-failed to run them again" in err
     assert main([*argv, "--retry-failed"]) == 1
-    assert "1 run now" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "1 run now" in out and "failed again under --retry-failed" in err
+
+
+def test_an_imbalance_no_capped_split_can_reach_is_refused_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Each cell failed on it, after the run directory was made.
+    argv = ["run", "--methods", "random", "--datasets", "synthetic", "--seeds", "1"]
+    argv += ["--max-train", "60", "--imbalance", "31", "--out", str(tmp_path / "run")]
+    assert main(argv) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "use --imbalance 30 or less, or raise --max-train" in err and err.count("\n") == 1
+    assert not (tmp_path / "run").exists()

@@ -455,3 +455,41 @@ def test_a_dask_run_prints_its_progress_not_the_clusters_log(tmp_path: Path) -> 
     assert done.returncode == 0, done.stderr
     assert "INFO" not in done.stderr and "distributed" not in done.stderr, done.stderr
     assert "ok synthetic.random" in done.stderr
+
+
+@_needs("distributed")
+def test_an_encrypted_dask_address_is_asked_as_the_client_would(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The identity check connected without dask's TLS settings: every tls:// scheduler was
+    # refused as "not a Dask scheduler". Without TLS settings it is left to the Client.
+    from distributed import comm
+
+    import valbench.distributed as engine
+
+    asked: list[dict] = []
+
+    async def connect(address: str, **kwargs: object) -> None:
+        asked.append(kwargs)
+        raise OSError("no one listens")
+
+    monkeypatch.setattr(comm, "connect", connect)
+    engine._ask_dask_identity("tls://127.0.0.1:1", "tls")  # no TLS configured: not asked
+    assert asked == []
+    with pytest.raises(UsageError, match="not a Dask scheduler"):
+        engine._ask_dask_identity("tcp://127.0.0.1:1", "tcp")
+    assert asked and "ssl_context" in asked[0]  # the client's connection arguments
+
+
+def test_a_tls_ray_cluster_is_not_greeted_in_cleartext(monkeypatch: pytest.MonkeyPatch) -> None:
+    import valbench.distributed as engine
+
+    monkeypatch.setattr(engine, "_probe", lambda *a: None)
+    greeted: list[str] = []
+    monkeypatch.setattr(engine, "_ask_for_grpc", lambda address, *a: greeted.append(address))
+    monkeypatch.setenv("RAY_USE_TLS", "1")
+    engine._check_ray_address("127.0.0.1:6379")
+    assert greeted == []
+    monkeypatch.setenv("RAY_USE_TLS", "0")
+    engine._check_ray_address("127.0.0.1:6379")
+    assert greeted == ["127.0.0.1:6379"]

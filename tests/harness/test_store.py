@@ -178,3 +178,18 @@ def test_a_stop_signal_waits_for_the_end_of_a_deferred_block_then_acts() -> None
     finally:
         signal.signal(signal.SIGTERM, previous)
         signal.signal(signal.SIGINT, before)
+
+
+def test_the_umask_is_read_without_being_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Setting the umask to 0 to read it let a file another thread made meanwhile take 0666.
+    import os
+
+    from valbench.cache import _umask
+
+    before = os.umask(0o027)
+    try:
+        monkeypatch.setattr(os, "umask", lambda mask: pytest.fail("umask set to read it"))
+        assert _umask() == 0o027
+    finally:
+        monkeypatch.undo()
+        os.umask(before)
