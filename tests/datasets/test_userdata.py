@@ -535,3 +535,82 @@ def test_an_infinite_or_oversized_feature_is_named_by_its_column(tmp_path: Path)
     (tmp_path / "big.csv").write_text(f"a,b,label\n{10**30},2,0\n1,1,0\n3,4,1\n5,6,1\n")
     with pytest.raises(DatasetError, match="integers too large for 64 bits: write them as"):
         load_file_dataset(str(tmp_path / "big.csv"), label_column=None).load(seed=0)
+
+
+def test_every_split_remembers_the_file_row_of_each_point(tmp_path: Path) -> None:
+    """A row-mapping audit: each split's rows (train_rows, val_rows, test_rows) are the rows
+    of the file its points hold, in the split's order; together they are every row once."""
+    n = 40
+    rows = "".join(f"{i},{(i * 7) % 5},{'cat' if i % 2 else 'dog'}\n" for i in range(n))
+    (tmp_path / "rows.csv").write_text("a,b,label\n" + rows)
+    ds = FileDataset(
+        path=str(tmp_path / "rows.csv"), val_fraction=0.1, test_fraction=0.3, standardize=False
+    )
+    for seed in (0, 1):
+        s = ds.load(seed=seed)
+        assert (len(s.train_rows), len(s.val_rows), len(s.test_rows)) == (24, 4, 12)
+        for x, y, where in [
+            (s.x_train, s.y_train, s.train_rows),
+            (s.x_val, s.y_val, s.val_rows),
+            (s.x_test, s.y_test, s.test_rows),
+        ]:
+            # column a holds the row number, the label is cat on odd rows
+            np.testing.assert_array_equal(x[:, 0], where)
+            np.testing.assert_array_equal(y, 1 - where % 2)
+        every = np.concatenate([s.train_rows, s.val_rows, s.test_rows])
+        assert sorted(every.tolist()) == list(range(n))
+        assert not np.array_equal(s.train_rows, np.sort(s.train_rows))  # shuffled, not sorted
+    capped = ds.load(seed=0, max_train=10)
+    np.testing.assert_array_equal(capped.x_train[:, 0], capped.train_rows)
+    assert len(capped.train_rows) == 10
+    # An .npz's own validation and test arrays are no rows of x: they have no row numbers.
+    x = np.arange(20.0)[:, None]
+    np.savez(tmp_path / "d.npz", x=x, y=np.arange(20) % 2, x_val=x[:6], y_val=np.arange(6) % 2)
+    s = FileDataset(path=str(tmp_path / "d.npz"), standardize=False).load(seed=0)
+    assert s.val_rows is None
+    np.testing.assert_array_equal(s.x_train[:, 0], s.train_rows)
+    np.testing.assert_array_equal(s.x_test[:, 0], s.test_rows)
+
+
+def test_csv_lines_ids_and_label_spellings_are_read_as_the_file_writes_them(
+    tmp_path: Path,
+) -> None:
+    """What exports write back beside each row: the line it starts on (1 = the header, as an
+    editor counts; blank and whitespace-only lines skipped, a quoted line break counted, a
+    row starting on its first line), its id as written (stripped; "007" not 7) and its label
+    as spelled ("010", not pandas' 10), found in a `y` column too."""
+    from valbench.userdata import class_spellings, csv_record_lines, read_ids
+
+    path = tmp_path / "mine.csv"
+    lines = ["id,a,y", " 007 ,0.5,010", "", "010,1.5,007", '"1\n2",2.5,010', "   ", "9,3.5,007"]
+    path.write_text("\n".join(lines) + "\n")
+    np.testing.assert_array_equal(csv_record_lines(path, 4), [2, 4, 5, 8])
+    assert csv_record_lines(path, 5) is None  # never a wrong number
+    np.testing.assert_array_equal(read_ids(path, "id"), ["007", "010", "1\n2", "9"])
+    numeric = tmp_path / "numeric.csv"
+    numeric.write_text("id,a,label\n007,1,0\n010,2,1\n")
+    np.testing.assert_array_equal(read_ids(numeric, "id"), ["007", "010"])
+    parts, classes = FileDataset(path=str(path), id_column="id").read(carved=False)
+    assert classes == ["7", "10"]
+    codes = parts["train"][1]
+    np.testing.assert_array_equal(codes, [1, 0, 1, 0])
+    assert class_spellings(path, None, codes, classes) == ["007", "010"]
+    assert class_spellings(path, "y", codes, classes) == ["007", "010"]
+
+
+def test_an_id_repeated_up_to_spaces_is_refused_naming_the_repeat(tmp_path: Path) -> None:
+    """Ids are read stripped, as exports write them: "r1" and " r1 " name one row."""
+    path = tmp_path / "ids.csv"
+    path.write_text("id,a,label\nr0,1,0\nr1,2,1\nr2,3,0\n r1 ,4,1\n")
+    with pytest.raises(DatasetError, match=r"repeats the id 'r1' \(row 3\)"):
+        FileDataset(path=str(path), id_column="id").read(carved=False)
+
+
+def test_a_label_read_as_missing_names_its_data_row(tmp_path: Path) -> None:
+    """Rows in messages count data rows from 0 (the line after the header is row 0)."""
+    path = tmp_path / "regions.csv"
+    path.write_text("a,label\n1,EU\n2,NA\n3,EU\n4,\n5,NA\n")
+    with pytest.raises(DatasetError) as err:
+        FileDataset(path=str(path)).read(carved=False)
+    assert "has 2 values read as missing, spelled 'NA' (first in row 1, counting" in str(err.value)
+    assert ", and 1 empty ones;" in str(err.value)

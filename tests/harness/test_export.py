@@ -87,6 +87,14 @@ def test_a_relative_file_path_is_found_from_another_folder(
     assert main(["export", str(tmp_path / "run"), "--out", "rows.csv"]) == 0
     table = pd.read_csv(tmp_path / "elsewhere" / "rows.csv", dtype={"id": str})
     assert sorted(table["row"]) == list(range(40))
+    # The run's folder holds another file of that name now, and the run's own is here: the
+    # content hash picks the file the run read.
+    original = (tmp_path / "data" / "mine.csv").read_bytes()
+    _users_file(tmp_path / "data" / "mine.csv", n=30)
+    (tmp_path / "elsewhere" / "mine.csv").write_bytes(original)
+    assert main(["export", str(tmp_path / "run"), "--out", "again.csv"]) == 0
+    again = pd.read_csv(tmp_path / "elsewhere" / "again.csv", dtype={"id": str})
+    assert again.equals(table)
 
 
 def test_export_refuses_a_changed_file_and_unknown_method(
@@ -238,3 +246,68 @@ def test_export_writes_labels_as_the_file_spells_them(tmp_path: Path) -> None:
     given = dict(zip([f"r{i}" for i in range(40)], y, strict=True))
     assert table["given_label"].to_dict() == given
     assert set(table["label_seen"].dropna()) == {"007", "010"}
+
+
+def test_export_puts_each_split_and_the_rows_left_out_under_their_own_names(
+    tmp_path: Path, test_plugins: Path
+) -> None:
+    """A row-mapping audit with splits of unequal sizes (10 % validation, 30 % test), a
+    training cap and a long-tailed training split: each row's split is its own, the rows the
+    cap and --imbalance left out are `unused`, and each training row's scores are its own."""
+    n = 40
+    a = (np.arange(n) * 13) % n  # a known, shuffled feature per row
+    rows = "".join(f"r{i},{a[i]},{i % 3},{'cat' if i % 2 else 'dog'}\n" for i in range(n))
+    data = tmp_path / "mine.csv"
+    data.write_text("id,a,b,label\n" + rows)
+    run = tmp_path / "run"
+    argv = ["run", "--methods", "row-echo,detects", "--datasets", f"file:{data}"]
+    argv += ["--param", f"file:{data}.val_fraction=0.1"]
+    argv += ["--param", f"file:{data}.test_fraction=0.3"]
+    argv += ["--id-column", "id", "--max-train", "20", "--imbalance", "2", "--seeds", "1"]
+    argv += ["--noise", "0", "--metrics", "none", "--out", str(run), "--no-progress"]
+    assert main([*argv, "--backend", "serial"]) == 0
+    out = tmp_path / "rows.csv"
+    assert main(["export", str(run), "--out", str(out)]) == 0
+    table = pd.read_csv(out)
+    for method, cell in table.groupby("method"):
+        assert cell["row"].tolist() == list(range(n))  # every row once, in file order
+        assert (cell["id"] == "r" + cell["row"].astype(str)).all()
+        sizes = cell["split"].value_counts().to_dict()
+        assert (sizes["val"], sizes["test"], sizes["train"] + sizes["unused"]) == (4, 12, 24)
+        assert 10 <= sizes["train"] < 20  # the cap, then the long tail
+        assert cell["planted_flip"].notna().all() and not cell["planted_flip"].any()
+        train = cell[cell["split"] == "train"]
+        assert (train["given_label"] == np.where(train["row"] % 2, "cat", "dog")).all()
+        if method == "row-echo":
+            # scores in the order of the rows' own feature a
+            assert (train["rank"] == rank_desc(a[train["row"]])).all()
+        else:
+            # suspicion rank 1 for the lowest detection score
+            d = train["detection_score"].to_numpy()
+            assert train["suspicion_rank"].tolist() == [1 + int((d < v).sum()) for v in d]
+            assert train["detection_score"].nunique() > 3
+    first_rows = table.groupby(["method"])["row"].first().tolist()
+    assert first_rows == [0, 0] and table["method"].is_monotonic_increasing
+
+
+def test_rank_desc_gives_a_tie_the_best_rank_of_its_run() -> None:
+    assert rank_desc(np.array([1.0, 1.0, 1.0, 0.0, 2.0])).tolist() == [2, 2, 2, 5, 1]
+
+
+def test_export_maps_a_built_in_datasets_scores_to_its_rows(
+    tmp_path: Path, test_plugins: Path
+) -> None:
+    """`row` of a built-in dataset is the row of the dataset as loaded (sklearn's order):
+    row-echo's scores follow that row's first feature."""
+    from sklearn.datasets import load_breast_cancer
+
+    run = tmp_path / "run"
+    argv = ["run", "--methods", "row-echo", "--datasets", "breast_cancer", "--seeds", "1"]
+    argv += ["--noise", "0", "--max-train", "60", "--metrics", "none", "--out", str(run)]
+    assert main([*argv, "--backend", "serial", "--no-progress"]) == 0
+    out = tmp_path / "rows.csv"
+    assert main(["export", str(run), "--out", str(out)]) == 0
+    train = pd.read_csv(out).query("split == 'train'")
+    assert len(train) == 60
+    radius = load_breast_cancer().data[train["row"].to_numpy(), 0]
+    assert (train["rank"] == rank_desc(radius)).all()

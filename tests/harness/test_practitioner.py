@@ -924,3 +924,120 @@ def test_a_stopped_rerun_of_value_never_replaces_the_finished_table(
     assert (out.read_bytes(), out.with_suffix(".html").read_bytes()) == finished
     assert "knn-shapley_value" not in pd.read_csv(partial).columns
     assert "random_value" in pd.read_csv(partial).columns
+
+
+def test_each_row_is_valued_in_its_own_stratified_seeded_fold(test_plugins: Path) -> None:
+    """A row-mapping audit of the cross-fitting: `fold` names the fold whose training set
+    holds the row (row-echo's value is the row's first feature standardised over exactly
+    those rows), the folds are stratified and drawn from the seed, and each method's
+    suspicion is read within the fold from its detection scores (1 - q)."""
+    from scipy.stats import rankdata
+
+    from valbench.practitioner import value_arrays
+
+    n = 31
+    x = np.c_[(np.arange(n) * 11) % n, np.arange(n) % 4].astype(float)
+    y = np.array(["a"] * 16 + ["b"] * 9 + ["c"] * 6)
+    result = value_arrays(x, y, ["row-echo", "detects"], folds=3, seed=4)
+    fold = result.fold
+    assert sorted(set(fold.tolist())) == [0, 1, 2]
+    for label in ("a", "b", "c"):  # stratified: each class spread evenly over the folds
+        counts = np.bincount(fold[y == label], minlength=3)
+        assert counts.max() - counts.min() <= 1, (label, counts)
+    for f in range(3):
+        rows = fold == f
+        first = x[rows, 0]
+        np.testing.assert_allclose(
+            result.values["row-echo"][rows], (first - first.mean()) / first.std(), atol=1e-6
+        )
+        # suspicion 1 for the fold's lowest detection score, 0 for its highest, ties averaged
+        for method in ("row-echo", "detects"):
+            low = rankdata(result.detection[method][rows])
+            expected = 1 - (low - 1) / (rows.sum() - 1)
+            np.testing.assert_allclose(result.method_suspicion[method][rows], expected)
+    # detects gives every row the score 0 and ranks them by its detection scores alone
+    assert (result.values["detects"] == 0).all()
+    assert len(set(result.method_suspicion["detects"].tolist())) > 3
+    np.testing.assert_array_equal(value_arrays(x, y, ["row-echo"], folds=3, seed=4).fold, fold)
+    others = [value_arrays(x, y, ["row-echo"], folds=3, seed=s).fold for s in (5, 6)]
+    assert any(not np.array_equal(other, fold) for other in others)
+
+
+def test_value_table_and_page_rank_every_row_by_its_suspicion(
+    tmp_path: Path, test_plugins: Path
+) -> None:
+    """Each method's rank, like the consensus rank, is 1 for its most suspicious row (the
+    lowest value of its fold); the page's line cell is the row's line of the file."""
+    rng = np.random.default_rng(1)
+    n = 24
+    a = rng.permutation(n).astype(float)
+    labels = np.where(np.arange(n) % 3 == 0, "cat", "dog")
+    text = ["id,a,b,label"]
+    for i in range(n):
+        text += [""] if i in (3, 11) else []
+        text.append(f"r{i},{a[i]},{i % 5},{labels[i]}")
+    data = tmp_path / "mine.csv"
+    data.write_text("\n".join(text) + "\n")
+    out = tmp_path / "v.csv"
+    argv = ["value", str(data), "--methods", "row-echo", "--id-column", "id", "--out", str(out)]
+    assert main([*argv, "--top", str(n)]) == 0
+    table = pd.read_csv(out)
+    expected_susp = np.empty(n)
+    for f in (0, 1):
+        rows = (table["fold"] == f).to_numpy()
+        order = np.argsort(np.argsort(table.loc[rows, "row-echo_value"].to_numpy()))
+        expected_susp[rows] = 1 - order / (rows.sum() - 1)  # distinct values: no ties
+    np.testing.assert_allclose(table["suspicion"], expected_susp)
+    for column in ("row-echo_rank", "suspicion_rank"):
+        expected = [1 + int((expected_susp > s).sum()) for s in expected_susp]
+        assert table[column].tolist() == expected
+    page = out.with_suffix(".html").read_text()
+    cells = re.findall(r"<tr><td>(\d+)</td><td>(r\d+)</td><td>(\d+)</td>", page)
+    assert len(cells) == n
+    line_of = dict(zip("r" + table["row"].astype(str), table["line"], strict=True))
+    for rank, ident, line in cells:
+        assert (
+            int(line)
+            == line_of[ident]
+            == int(ident[1:]) + 2 + (int(ident[1:]) >= 3) + (int(ident[1:]) >= 11)
+        )
+        assert int(rank) == int(table.loc[table["id"] == ident, "suspicion_rank"].iloc[0])
+
+
+def test_neighbour_votes_count_the_k_nearest_other_rows() -> None:
+    from valbench.practitioner import neighbour_votes
+
+    x = np.array([[0.0], [1.0], [2.5], [10.0], [11.0], [12.5]])
+    labels = np.array(["a", "a", "b", "b", "b", "a"])
+    votes = neighbour_votes(x, labels, [0, 3, 5], k=2)
+    # never the row itself; most common first, then by name
+    assert votes == [[("a", 1), ("b", 1)], [("a", 1), ("b", 1)], [("b", 2)]]
+
+
+def test_the_page_marks_neighbours_red_only_when_most_disagree() -> None:
+    """The page's `nearest neighbours say` cell: red when most neighbours carry another
+    label than the row's, plain on a tie; rows in suspicion-rank order with their own ranks."""
+    from valbench.practitioner import suspicious_rows_html
+
+    x = np.array([[0.0], [1.0], [2.5], [10.0], [11.0], [12.5]])
+    labels = np.array(["a", "a", "b", "b", "b", "a"])
+    frame = pd.DataFrame(
+        {
+            "row": np.arange(6),
+            "label": labels,
+            "m_rank": [1, 4, 5, 3, 6, 2],
+            "suspicion": [1.0, 0.4, 0.2, 0.6, 0.0, 0.8],
+            "suspicion_rank": [1, 4, 5, 3, 6, 2],
+        }
+    )
+    page = suspicious_rows_html(frame, x, labels, title="t", top=3, k=2)
+    rows = re.findall(r"<tr><td>.*</td></tr>", page)
+    assert rows == [
+        "<tr><td>1</td><td>0</td><td>a</td><td>1.000</td><td>1</td>"
+        "<td><span>1× a, 1× b</span></td></tr>",
+        "<tr><td>2</td><td>5</td><td>a</td><td>0.800</td><td>2</td>"
+        '<td><span class="disagree">2× b</span></td></tr>',
+        "<tr><td>3</td><td>3</td><td>b</td><td>0.600</td><td>3</td>"
+        "<td><span>1× a, 1× b</span></td></tr>",
+    ]
+    assert '<th scope="col">2 nearest neighbours say</th>' in page
