@@ -53,7 +53,13 @@ from typing import Any
 
 from valbench.metrics import mean_ci
 from valbench.records import CellRecord, Manifest
-from valbench.summary import CONFIDENCE, CPU_FLOOR_S, MIN_TEST_PAIRS, constant_difference_p
+from valbench.summary import (
+    CONFIDENCE,
+    CPU_FLOOR_S,
+    MIN_TEST_PAIRS,
+    constant_difference_p,
+    group_order,
+)
 from valbench.types import CLAIM_KINDS, Claim
 
 __all__ = ["HOLDS", "NOT_HOLDS", "INCONCLUSIVE", "ClaimCheck", "Comparison", "check_claims"]
@@ -292,8 +298,7 @@ def _runtime_comparisons(
 
 
 def _group_order(item: tuple) -> tuple:
-    (dataset, noise), _ = item
-    return dataset, math.inf if noise is None else noise
+    return group_order(item[0])
 
 
 def _intervals(comparisons: Sequence[Comparison]) -> list[tuple[float, float]]:
@@ -485,7 +490,7 @@ def _partial_in_play(
     method itself, a rival for subset value, a valuation method of the runtime median."""
     where = {(c.dataset, c.noise) for c in comps}
     out: dict[str, int] = {}
-    for key in sorted(where, key=lambda k: (k[0], math.inf if k[1] is None else k[1])):
+    for key in sorted(where, key=group_order):
         for name, (count, family) in partial.get(key, {}).items():
             rival = (kind in SUBSET_KINDS and name not in excluded) or (
                 kind == "comparable-runtime" and family in VALUATION_FAMILIES
@@ -528,7 +533,7 @@ def check_claims(
     groups = _groups(records, include_partial)
     failed: dict[str, int] = defaultdict(int)
     for rec in records:
-        if rec.status in ("failed", "timeout"):
+        if rec.failed:
             failed[rec.method] += 1
     partial: dict[tuple, dict[str, tuple[int, str | None]]] = defaultdict(dict)
     for rec in records:

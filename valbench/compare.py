@@ -48,6 +48,8 @@ from valbench.summary import (
     TEST_NAME,
     Column,
     GroupSummary,
+    group_order,
+    group_title,
     holm,
     paired_p_value,
     seed_values,
@@ -101,7 +103,7 @@ class Difference:
 
     @property
     def title(self) -> str:
-        return _title(self.dataset, self.noise)
+        return group_title(self.dataset, self.noise)
 
     def text(self, value: float, signed: bool = False) -> str:
         fmt = self.column.fmt.lstrip("+")
@@ -128,10 +130,6 @@ class Difference:
         while digits < 8 and self.change in ("better", "worse") and f"{ratio:.{digits}g}" == "1":
             digits += 1
         return f"{diff} (×{ratio:.{digits}g})"
-
-
-def _title(dataset: str, noise: float | None) -> str:
-    return dataset if noise is None else f"{dataset} · label noise {noise:g}"
 
 
 @dataclass(frozen=True)
@@ -188,17 +186,17 @@ def _lost_cells(records_a: Sequence[CellRecord], records_b: Sequence[CellRecord]
     ok_a = {(r.dataset, r.noise, r.method, r.seed) for r in records_a if r.ok}
     lost: dict[tuple[str, float | None, str], dict[int | None, str]] = {}
     for r in records_b:
-        if r.status in ("failed", "timeout") and (r.dataset, r.noise, r.method, r.seed) in ok_a:
+        if r.failed and (r.dataset, r.noise, r.method, r.seed) in ok_a:
             lost.setdefault((r.dataset, r.noise, r.method), {})[r.seed] = r.status
     out = []
     for (dataset, noise, method), seeds in sorted(
         lost.items(),
-        key=lambda kv: (kv[0][0], math.inf if kv[0][1] is None else kv[0][1], kv[0][2]),
+        key=lambda kv: (*group_order(kv[0][:2]), kv[0][2]),
     ):
         listed = ", ".join(str(s) for s in sorted(seeds, key=lambda s: -1 if s is None else s))
         statuses = " or ".join(sorted(set(seeds.values())))
         out.append(
-            f"{_title(dataset, noise)}: {method}, seed{'s' if len(seeds) > 1 else ''} "
+            f"{group_title(dataset, noise)}: {method}, seed{'s' if len(seeds) > 1 else ''} "
             f"{listed} ({statuses} in B)"
         )
     return out
@@ -244,9 +242,7 @@ def compare_runs(run_a: Path, run_b: Path, alpha: float = ALPHA) -> Comparison:
     only_b: list[str] = []
     notes = _spec_notes(manifest_a, manifest_b)
     few_seeds = False
-    for key in sorted(
-        set(groups_a) | set(groups_b), key=lambda k: (k[0], math.inf if k[1] is None else k[1])
-    ):
+    for key in sorted(set(groups_a) | set(groups_b), key=group_order):
         ga, gb = groups_a.get(key), groups_b.get(key)
         if ga is None or gb is None:
             present = gb if ga is None else ga

@@ -556,6 +556,11 @@ class CellRecord:
         return self.ok and not self.complete
 
     @property
+    def failed(self) -> bool:
+        """A cell that ended without a result: its method failed or ran out of time."""
+        return self.status in ("failed", "timeout")
+
+    @property
     def constant_scores(self) -> bool:
         """An ``ok`` cell whose scores gave every point the same value (recorded by the
         harness since the stat existed; older lines count as not constant)."""

@@ -889,11 +889,8 @@ def execute(
         )
     if backend == "serial" and spec.max_memory_mb:  # before the run directory is made
         raise UsageError("--max-memory needs worker processes; drop --backend serial")
-    if (
-        backend == "serial"
-        and spec.timeout
-        and threading.current_thread() is not (threading.main_thread())
-    ):
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    if backend == "serial" and spec.timeout and not on_main_thread:
         # The serial timeout interrupts through SIGALRM, which only the main thread can handle.
         raise UsageError(
             "a timeout on the serial backend interrupts through a signal, which only the main "
@@ -1006,7 +1003,7 @@ def _execute_cells(
         for cid in lost:
             del done[cid]
     if retry_failed:
-        retry = [cid for cid, r in done.items() if r.status in ("failed", "timeout")]
+        retry = [cid for cid, r in done.items() if r.failed]
         store.drop_cells(retry)
         for cid in retry:
             del done[cid]

@@ -587,6 +587,17 @@ def column_stat(col: Column, values: Iterable[float | None]) -> Stat:
     return _stat(values, col.fmt, col.bounds, col.log_floor if col.geometric else None)
 
 
+def group_title(dataset: str, noise: float | None) -> str:
+    """The title of a (dataset, noise) group, as every page and table names it."""
+    return dataset if noise is None else f"{dataset} · label noise {noise:g}"
+
+
+def group_order(key: tuple[str, float | None]) -> tuple[str, float]:
+    """Sort key of a (dataset, noise) group: by dataset, then noise, the noise-free last."""
+    dataset, noise = key
+    return dataset, math.inf if noise is None else noise
+
+
 def constant_difference_p(diffs: Sequence[float] | np.ndarray, scale: float) -> float | None:
     """The p-value of paired differences that have no spread, where the t statistic is
     undefined: 1.0 when all are zero (up to rounding against ``scale``, the magnitude of the
@@ -676,9 +687,7 @@ class GroupSummary:
 
     @property
     def title(self) -> str:
-        if self.noise is None:
-            return self.dataset
-        return f"{self.dataset} · label noise {self.noise:g}"
+        return group_title(self.dataset, self.noise)
 
     @property
     def slug(self) -> str:
@@ -928,7 +937,7 @@ def summarise(records: Iterable[CellRecord], include_partial: bool = False) -> l
     partial: dict[tuple[str, float | None], dict[str, int]] = defaultdict(dict)
     failed: dict[tuple[str, float | None], dict[str, int]] = defaultdict(dict)
     for rec in sorted(records, key=record_sort_key):
-        if rec.status in ("failed", "timeout"):
+        if rec.failed:
             lost = failed[(rec.dataset, rec.noise)]
             lost[rec.method] = lost.get(rec.method, 0) + 1
         if not rec.ok:
@@ -943,9 +952,7 @@ def summarise(records: Iterable[CellRecord], include_partial: bool = False) -> l
         groups[key].append(rec)
 
     out = []
-    for (dataset, noise), recs in sorted(
-        groups.items(), key=lambda kv: (kv[0][0], math.inf if kv[0][1] is None else kv[0][1])
-    ):
+    for (dataset, noise), recs in sorted(groups.items(), key=lambda kv: group_order(kv[0])):
         fractions = sorted(
             {
                 f
