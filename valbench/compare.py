@@ -36,9 +36,13 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
+from valbench.errors import UsageError
 from valbench.pages import environment
+from valbench.params import declared_params
 from valbench.records import CellRecord, Manifest
+from valbench.registry import get_dataset, get_method
 from valbench.spec import spec_changes
 from valbench.store import atomic_write, read_manifest, read_results
 from valbench.summary import (
@@ -219,15 +223,43 @@ def _spec_notes(manifest_a: Manifest, manifest_b: Manifest) -> list[str]:
             "power of pairing)."
         )
     rest = [k for k in differing if k != "root_seed"]
-    if rest:
-        changes = [c for k in rest for c in spec_changes(spec_a.get(k), spec_b.get(k), k)]
+    changes = [
+        c for k in rest for c in spec_changes(*_with_defaults(spec_a.get(k), spec_b.get(k), k), k)
+    ]
+    if changes:
         notes.append(
             "The runs' specs differ in "
             + "; ".join(changes[:8])
             + (f"; and {len(changes) - 8} more" if len(changes) > 8 else "")
-            + ": a difference below may come from that change rather than from the method."
+            + ": a difference may come from that change rather than from the method."
         )
     return notes
+
+
+def _with_defaults(a: Any, b: Any, key: str) -> tuple[Any, Any]:
+    """The ``params`` tables of two specs with each parameter one of them left unset given its
+    declared default, so a change reads ``k: 5 -> 1`` and an explicit default is no change."""
+    if key != "params":
+        return a, b
+    a, b = a or {}, b or {}  # a spec without a params table sets none
+    if not isinstance(a, dict) or not isinstance(b, dict):
+        return a, b
+    filled_a = {owner: dict(values) for owner, values in a.items()}
+    filled_b = {owner: dict(values) for owner, values in b.items()}
+    for owner in set(a) | set(b):
+        try:
+            declared = declared_params(get_method(owner))
+        except (UsageError, ImportError):  # a dataset's, a file's or a gone plugin's table
+            try:
+                declared = declared_params(get_dataset(owner))
+            except (UsageError, ImportError):
+                continue
+        for table in (filled_a, filled_b):
+            values = table.setdefault(owner, {})
+            for name in set(a.get(owner, {})) | set(b.get(owner, {})):
+                if name not in values and name in declared:
+                    values[name] = declared[name].default
+    return filled_a, filled_b
 
 
 def compare_runs(run_a: Path, run_b: Path, alpha: float = ALPHA) -> Comparison:

@@ -163,7 +163,8 @@ def test_unshared_seeds_methods_and_specs_are_said(base: Path, tmp_path: Path) -
     (run_b / "manifest.json").write_text(json.dumps(manifest))
     comparison = compare_runs(base, run_b)
     # the changed setting is named with both values, not only as "params"
-    assert any("params.loo.batch_size: unset -> 8" in n for n in comparison.notes), comparison.notes
+    # a parameter one run left unset reads as its declared default, not "unset"
+    assert any("params.loo.batch_size: 64 -> 8" in n for n in comparison.notes), comparison.notes
     loo = [d for d in comparison.differences if d.method == "loo"]
     assert loo and all(d.n_pairs == 1 and d.change == "untested" for d in loo)
     assert comparison.only_a == ["digits · label noise 0.1: random"]
@@ -248,6 +249,43 @@ def test_cells_lost_in_b_fail_the_comparison(
     out, err = capsys.readouterr()
     assert "LOST (ok in A, failed or timed out in B)" in out and "loo, seeds 0, 1" in err
     assert 'id="lost"' in page.read_text()
+
+
+def test_a_parameter_set_to_its_default_is_no_change(base: Path, tmp_path: Path) -> None:
+    run_b = _copy(base, tmp_path)
+    manifest = json.loads((run_b / "manifest.json").read_text())
+    manifest["spec"]["params"] = {"loo": {"batch_size": 64}, "file:gone.csv": {"x": 1}}
+    (run_b / "manifest.json").write_text(json.dumps(manifest))
+    notes = compare_runs(base, run_b).notes
+    assert not any("batch_size" in n for n in notes), notes
+    # a table of no registered method or dataset keeps its plain change
+    assert any("params.file:gone.csv.x: unset -> 1" in n for n in notes), notes
+
+
+def test_a_run_that_lost_every_cell_is_a_regression_not_bad_input(
+    base: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # B crashing everywhere left no difference to test: compare exited 2, "nothing to compare",
+    # and never listed the lost cells.
+    run_b = _copy(base, tmp_path)
+
+    def crash(rec: dict[str, Any]) -> None:
+        rec.update(
+            status="failed",
+            error={"type": "RuntimeError", "message": "boom", "traceback": ""},
+            metrics={},
+            scores_file=None,
+        )
+
+    _rewrite(run_b, crash)
+    page = tmp_path / "c.html"
+    argv = ["compare", str(base), str(run_b), "--html", str(page)]
+    assert main([*argv, "--fail-on-regression"]) == 1
+    out, err = capsys.readouterr()
+    assert "LOST (ok in A, failed or timed out in B)" in out
+    assert "random, seeds 0, 1, 2, 3, 4 (failed in B)" in err
+    assert 'id="lost"' in page.read_text()
+    assert main(argv) == 0
 
 
 def test_a_cost_change_never_reads_as_a_ratio_of_one(base: Path, tmp_path: Path) -> None:
