@@ -42,7 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="valbench", description="Benchmark data valuation and subset selection methods."
     )
     parser.add_argument("--version", action="version", version=f"valbench {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log debug messages (also after a command)"
+    )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser(
@@ -312,6 +314,17 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print only the significant changes (the page keeps every row)",
     )
+    # Also after the command (`valbench run ... --verbose`), as users type it; SUPPRESS keeps
+    # the top-level flag's value when it is not repeated here. `list -v` shows parameters.
+    for name, command in sub.choices.items():
+        if name != "list":
+            command.add_argument(
+                "-v",
+                "--verbose",
+                action="store_true",
+                default=argparse.SUPPRESS,
+                help="log debug messages (and a local cluster's own logs)",
+            )
     return parser
 
 
@@ -837,7 +850,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     check_output_files({"--html": html}, inputs=inputs)
     check_html_page("--html", html)
     comparison = compare_runs(args.run_a, args.run_b)
-    if not comparison.differences:
+    if not comparison.differences and not comparison.lost:  # lost cells are the finding
         raise UsageError(
             f"{args.run_a} and {args.run_b} share no method with ok cells on the same dataset "
             "and noise rate; nothing to compare"

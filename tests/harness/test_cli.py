@@ -216,6 +216,18 @@ def test_argparse_errors_use_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert "unrecognized arguments" in capsys.readouterr().err
 
 
+def test_verbose_is_taken_before_or_after_the_command() -> None:
+    # README's "the cluster's logs show with --verbose" met "unrecognized arguments" after run.
+    from valbench.cli import build_parser
+
+    parser = build_parser()
+    for argv in (["run", "--verbose"], ["--verbose", "run"], ["value", "f.csv", "-v"]):
+        assert parser.parse_args(argv).verbose is True, argv
+    assert parser.parse_args(["run"]).verbose is False
+    listed = parser.parse_args(["list", "-v"])  # list's -v shows every parameter instead
+    assert listed.details is True and listed.verbose is False
+
+
 def test_report_on_a_directory_without_a_run(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
