@@ -79,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--scratch-model",
         dest="scratch_model",
         help="also read subset value by training this model (e.g. cnn) from scratch on the raw "
-        "pixels of each subset, on image datasets run with features=cnn, pretrained or pca",
+        "pixels of each subset, on image datasets run with features=cnn, pretrained or pca; "
+        "none turns a preset's off",
     )
     run.add_argument(
         "--device",

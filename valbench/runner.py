@@ -37,7 +37,15 @@ from valbench.errors import CellTimeout, DatasetError, RunDirectoryError, UsageE
 from valbench.pool import preload_modules, start_fork_server, warm_workers
 from valbench.records import CellRecord, Manifest
 from valbench.registry import dataset_names, discover, method_names
-from valbench.spec import FILE_PREFIX, Cell, CellProgressFn, RunSpec, dataset_slug, spec_changes
+from valbench.spec import (
+    FILE_PREFIX,
+    PRESETS,
+    Cell,
+    CellProgressFn,
+    RunSpec,
+    dataset_slug,
+    spec_changes,
+)
 from valbench.store import (
     MANIFEST_FILE,
     RunStore,
@@ -231,10 +239,14 @@ def resolve_names(spec: RunSpec, narrowable: Collection[str] = ()) -> RunSpec:
         if scratch.deep:
             _refuse_gpu_memory_cap(spec, resolve_device(spec.device))
         if not any(scratch_params(d, spec) is not None for d in datasets):
+            preset = PRESETS.get(spec.preset, {}).get("scratch_model") == spec.scratch_model
             raise UsageError(
-                f"--scratch-model {spec.scratch_model} trains on the raw pixels of image datasets "
-                "whose run features are not pixels (fashion-mnist, mnist, mnist-5k or cifar10 "
-                "with features=cnn, pretrained or pca); none of the run's datasets is one"
+                f"--scratch-model {spec.scratch_model}"
+                + (f" (the {spec.preset} preset's)" if preset else "")
+                + " trains on the raw pixels of image datasets whose run features are not "
+                "pixels (fashion-mnist, mnist, mnist-5k or cifar10 with features=cnn, "
+                "pretrained or pca); none of the run's datasets is one: add one, or give "
+                "--scratch-model none"
             )
     params = dict(spec.params)
     for name, given in spec.params.items():

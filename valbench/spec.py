@@ -895,8 +895,9 @@ def build_spec(
             kwargs[key] = 1.0 if imbalance is None else imbalance
         elif key == "scratch_model":
             if value is not None and (not isinstance(value, str) or not value):
-                raise UsageError(f"scratch_model must be a model name, got {value!r}")
-            kwargs[key] = value or None
+                raise UsageError(f"scratch_model must be a model name or none, got {value!r}")
+            # "none" turns a preset's from-scratch reading off.
+            kwargs[key] = None if value in (None, "none") else value
         elif key in ("noise_model", "label_column", "id_column"):
             if not isinstance(value, str):
                 raise UsageError(f"{key} must be a string, got {value!r}")

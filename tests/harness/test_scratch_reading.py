@@ -13,7 +13,7 @@ from valbench import metrics, worker
 from valbench.cli import main
 from valbench.errors import UsageError
 from valbench.records import CellMetrics, ScratchReading
-from valbench.spec import Cell, RunSpec
+from valbench.spec import Cell, RunSpec, build_spec
 from valbench.worker import run_cell
 
 # mnist-5k projected on 12 principal components: features that are not pixels, fast to load.
@@ -125,7 +125,20 @@ def test_a_run_with_no_dataset_to_read_is_refused_up_front(
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
     assert "--scratch-model cnn trains on the raw pixels" in err[0]
+    assert "preset" not in err[0] and "--scratch-model none" in err[0]
     assert not (tmp_path / "run" / "results.jsonl").exists()
+
+
+def test_a_presets_reading_is_named_and_can_be_turned_off(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # hostcp-paper narrowed to synthetic blamed a --scratch-model the user never gave, and
+    # nothing turned the preset's reading off ("none" was an unknown model).
+    argv = ["run", "--preset", "hostcp-paper", "--methods", "random", "--datasets", "synthetic"]
+    assert main([*argv, "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert "--scratch-model cnn:epochs=30 (the hostcp-paper preset's)" in err, err
+    assert build_spec("hostcp-paper", {}, {"scratch_model": "none"}).scratch_model is None
 
 
 def test_a_pixel_variant_with_other_rows_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
