@@ -327,7 +327,7 @@ def value_file(
     check_html_page("html", html)
     check_output_files({"out": out, "html": html}, inputs=[path])
     if out is not None:
-        table_format(out)  # before the work, not after it
+        table_format(out, format_choosable=False)  # before the work, not after it
     data = read_user_file(path, label_column, id_column)
     stopped: ValuationInterrupted | ValuationFailed | None = None
     try:
@@ -368,7 +368,7 @@ def value_file(
                     notes=result.notes,
                 )
             if out is not None:
-                write_table(frame, out)
+                write_table(frame, out, format_choosable=False)
             if page is not None:
                 assert html is not None
                 write_output_file(html, page.encode("utf-8"))

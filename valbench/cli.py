@@ -64,11 +64,16 @@ def build_parser() -> argparse.ArgumentParser:
         "flipped on purpose, file: data included (default: from the preset; 0 keeps labels as "
         "given)",
     )
-    run.add_argument("--seeds", help="number of seeds (>= 1)")
+    run.add_argument("--seeds", help="number of seeds (>= 1; default: from the preset)")
     run.add_argument(
-        "--root-seed", dest="root_seed", help="root seed from which every cell's seeds derive"
+        "--root-seed",
+        dest="root_seed",
+        help="root seed from which every cell's seeds derive (default 0)",
     )
-    run.add_argument("--fractions", help="subset fractions in (0, 1), comma-separated")
+    run.add_argument(
+        "--fractions",
+        help="subset fractions in (0, 1), comma-separated (default 0.05,0.1,0.2,0.3,0.5)",
+    )
     run.add_argument(
         "--model",
         action="append",
@@ -88,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--budget",
-        help="per-method budget (> 0): '2000', 'fits=2000', '60s' or 'fits=2000,seconds=60'",
+        help="per-method budget (> 0): '2000', 'fits=2000', '60s' or 'fits=2000,seconds=60' "
+        "(default: from the preset)",
     )
     run.add_argument(
         "--max-train",
@@ -140,7 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="where datasets are cached/downloaded (default: $VALBENCH_DATA or ~/.cache/valbench)",
     )
     run.add_argument(
-        "--backend", default="auto", help="auto (default), serial, process, dask or ray"
+        "--backend",
+        default="auto",
+        help="auto (the default: process), serial, process, dask or ray",
     )
     run.add_argument(
         "--scheduler",
@@ -198,10 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     status = sub.add_parser("status", help="show a run's finished, failed and pending cells")
-    status.add_argument("run_dir", type=Path)
+    status.add_argument("run_dir", type=Path, help="a run directory (valbench run --out)")
 
     report = sub.add_parser("report", help="re-render a run's report from its stored results")
-    report.add_argument("run_dir", type=Path)
+    report.add_argument("run_dir", type=Path, help="a run directory (valbench run --out)")
     report.add_argument(
         "--include-partial",
         dest="include_partial",
@@ -249,7 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--folds", "-k", default="2", help="folds of the cross-fitting, >= 2 (default 2)"
     )
     value.add_argument("--seed", default="0", help="seed of the folds and methods (default 0)")
-    value.add_argument("--model", default="logreg", help="evaluation model: logreg or mlp")
+    value.add_argument(
+        "--model", default="logreg", help="evaluation model: logreg (default) or mlp"
+    )
     value.add_argument("--budget", help="per method and fold: '2000', '60s', ... (default none)")
     value.add_argument(
         "--param",
@@ -275,8 +285,14 @@ def build_parser() -> argparse.ArgumentParser:
         "suspicion rank (1 = most suspicious), the per-point standard error and sample count "
         "where the method reports them and whether the estimate is complete.",
     )
-    export.add_argument("run_dir", type=Path)
-    export.add_argument("--format", dest="fmt", choices=("csv", "parquet"), default=None)
+    export.add_argument("run_dir", type=Path, help="a run directory (valbench run --out)")
+    export.add_argument(
+        "--format",
+        dest="fmt",
+        choices=("csv", "parquet"),
+        default=None,
+        help="table format (default: from --out's suffix, else csv)",
+    )
     export.add_argument(
         "--method",
         action="append",
@@ -661,11 +677,16 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _whole(flag: str, text: str) -> int:
+def _whole(flag: str, text: str, at_least: int | None = None) -> int:
+    """``text`` as a whole number, refused in the flag's own name (the API names its argument)."""
     try:
-        return int(text)
+        number = int(text)
     except ValueError:
-        raise UsageError(f"{flag} must be a whole number, got {text!r}") from None
+        number = None
+    if number is None or (at_least is not None and number < at_least):
+        bound = "" if at_least is None else f" >= {at_least}"
+        raise UsageError(f"{flag} must be a whole number{bound}, got {text!r}")
+    return number
 
 
 def _trusted_methods(run_dir: Path | None, goal: str) -> list[str]:
@@ -715,8 +736,8 @@ def _cmd_value(args: argparse.Namespace) -> int:
         value = getattr(args, flag)
         if isinstance(value, str) and not value.strip():
             raise UsageError(f"--{flag.replace('_', '-')} is empty; give a value or leave it out")
-    folds, seed = _whole("--folds", args.folds), _whole("--seed", args.seed)
-    top = _whole("--top", args.top)
+    folds, seed = _whole("--folds", args.folds, 2), _whole("--seed", args.seed, 0)
+    top = _whole("--top", args.top, 1)
     methods = list(dict.fromkeys(split_names("--methods", args.methods)))
     if "best" in methods and len(methods) > 1:
         raise UsageError(

@@ -416,10 +416,11 @@ def export_table(run_dir: Path, methods: Sequence[str] | None = None) -> Any:
     return frame.loc[:, list(EXPORT_COLUMNS)].reset_index(drop=True)
 
 
-def table_format(out: Path | None, fmt: str | None = None) -> str:
+def table_format(out: Path | None, fmt: str | None = None, *, format_choosable: bool = True) -> str:
     """The format a table is written in: ``fmt`` if given, else ``out``'s suffix (``.csv`` or
     ``.parquet``); an unknown format, or a file name that says neither (``rows.xls`` would get
-    CSV under a misleading name), is refused in one line."""
+    CSV under a misleading name), is refused in one line (which offers a format only where
+    ``format_choosable``: export's ``--format``, not value's table)."""
     if fmt is not None:
         if fmt not in EXPORT_FORMATS:
             raise UsageError(f"unknown format {fmt!r}; use one of {', '.join(EXPORT_FORMATS)}")
@@ -436,15 +437,17 @@ def table_format(out: Path | None, fmt: str | None = None) -> str:
     if suffix == ".parquet":
         return "parquet"
     raise UsageError(
-        f"{out}: valbench writes .csv or .parquet tables; end the file name with one of those "
-        "(export also takes --format csv|parquet to keep another name)"
+        f"{out}: valbench writes .csv or .parquet tables; end the file name with one of those"
+        + (" (or give --format csv|parquet to keep this name)" if format_choosable else "")
     )
 
 
-def write_table(frame: Any, out: Path, fmt: str | None = None) -> Path:
+def write_table(
+    frame: Any, out: Path, fmt: str | None = None, *, format_choosable: bool = True
+) -> Path:
     """Write ``frame`` as CSV or Parquet (from ``fmt``, else from ``out``'s suffix)."""
     out = Path(out)
-    fmt = table_format(out, fmt)
+    fmt = table_format(out, fmt, format_choosable=format_choosable)
     if out.is_dir():
         raise UsageError(f"{out} is a directory; name the file to write")
     if not out.parent.is_dir():

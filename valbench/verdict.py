@@ -393,9 +393,8 @@ def methods_to_trust(
                 else ")"
             )
         )
-    why = (
-        f"recommended for '{goal}' in "
-        + ", ".join(f"{m} {counts[m][0]}/{len(judged)}" for m in chosen)
-        + " of the run's dataset and noise groups"
+    groups = f"{len(judged)} dataset and noise group" + ("s" if len(judged) != 1 else "")
+    why = f"recommended for '{goal}' in the run's {groups}: " + ", ".join(
+        f"{m} in {counts[m][0]}" for m in chosen
     )
     return chosen, why

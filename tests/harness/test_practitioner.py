@@ -142,7 +142,10 @@ def test_value_that_cannot_write_its_table_says_so_and_leaves_no_cut_off_file(
         (["DATA", "--label-column", "nope", "--id-column", "id"], "no column 'nope'"),
         (["DATA", "--label-column", "y"], "name it with --id-column"),
         (["DATA", "--label-column", "y", "--id-column", "id", "--methods", "magic"], "magic"),
-        (["DATA", "--label-column", "y", "--id-column", "id", "--folds", "1"], ">= 2"),
+        (["DATA", "--label-column", "y", "--id-column", "id", "--folds", "1"], "--folds must"),
+        (["DATA", "--label-column", "y", "--id-column", "id", "-k", "1"], ">= 2, got '1'"),
+        (["DATA", "--label-column", "y", "--id-column", "id", "--top", "0"], "--top must be"),
+        (["DATA", "--label-column", "y", "--id-column", "id", "--seed", "-1"], "--seed must be"),
         (["DATA", "--label-column", "y", "--id-column", "id", "--folds", "x"], "whole number"),
         (["DATA", "--label-column", "y", "--id-column", "id", "--folds", "40"], "at least 40"),
         (["DATA", "--label-column", "y", "--id-column", "id", "--methods", "best"], "--from"),
@@ -197,6 +200,7 @@ def test_value_never_writes_over_its_input_or_a_run(
     assert main(args) == EXIT_USAGE
     err = capsys.readouterr().err
     assert message.replace("DATA", str(data)) in err and err.count("\n") == 1, err
+    assert "--format" not in err  # export's option, which value does not have
     assert all(p.read_bytes() == b for p, b in before.items())
     assert not (tmp_path / "v.csv").exists()
 

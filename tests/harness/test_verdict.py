@@ -185,7 +185,7 @@ def test_methods_to_trust_counts_recommendations_and_never_picks_random() -> Non
     both = verdicts(summarise(_records() + _records(noise=0.2)))
     methods, why = methods_to_trust(both, "mislabel")
     assert methods[0] == "good" and "random" not in methods
-    assert "good 2/2" in why
+    assert "in the run's 2 dataset and noise groups: good in 2" in why, why
     assert methods_to_trust(both, "subset")[0][0] in ("good", "close")  # tied on gain
     with pytest.raises(ValueError, match="unknown goal"):
         methods_to_trust(both, "speed")
