@@ -26,3 +26,37 @@ def test_import_contracts_hold() -> None:
     )
     out = done.stdout + done.stderr
     assert done.returncode == 0 and " 0 broken" in out, out
+
+
+def test_every_library_the_code_imports_is_declared() -> None:
+    # pandas reached users only through seaborn and mlxtend: a project dependency they may drop.
+    import ast
+    import re
+    import tomllib
+    from importlib.metadata import packages_distributions
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    requirements = [
+        *project["dependencies"],
+        *(r for extra in project["optional-dependencies"].values() for r in extra),
+    ]
+    declared = {re.split(r"[\[<>=!~ ;]", r, maxsplit=1)[0].lower() for r in requirements}
+    # dask[distributed] installs the distribution of its extra's name
+    declared |= {extra.lower() for r in requirements for extra in re.findall(r"\[(\w+)\]", r)}
+    imported = set()
+    for package in ("valbench", "methods", "datasets"):
+        for path in (ROOT / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Import):
+                    imported |= {alias.name.split(".")[0] for alias in node.names}
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    imported.add(node.module.split(".")[0])
+    own = {"valbench", "methods", "datasets"}
+    third_party = imported - set(sys.stdlib_module_names) - own
+    distributions = packages_distributions()
+    undeclared = {
+        module: distributions.get(module)
+        for module in third_party
+        if not {d.lower() for d in distributions.get(module, [module])} & declared
+    }
+    assert not undeclared, f"imported but not in pyproject.toml: {undeclared}"
