@@ -3,8 +3,8 @@
 
 Exit status: 0 success; 1 some cells failed or timed out (``compare --fail-on-regression``: a
 method got significantly worse, or cells ok in A failed or timed out in B); 2 bad input (one
-line on stderr); 130 interrupted by Ctrl-C or SIGTERM (finished cells are kept; the same
-command resumes).
+line on stderr); 130 interrupted by Ctrl-C or SIGTERM, at any moment (finished cells are kept;
+the same command resumes); 141 the reader of the output went away (``valbench list | head``).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import os
 import shlex
 import signal
 import sys
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -469,25 +470,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
         for line in _planting_lines(spec):
             print(printable(line), file=sys.stderr)
 
-    # `kill`, `timeout` and job schedulers stop a run with SIGTERM: it ends the run as Ctrl-C
-    # does (finished cells kept, the manifest "interrupted", the report rendered) instead of
-    # leaving a manifest that says "running". Set after the fork server started, which keeps
-    # the default.
-    previous = signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        summary = execute(
-            spec,
-            out=out,
-            overwrite=args.overwrite,
-            retry_failed=args.retry_failed,
-            backend=args.backend,
-            show_progress=args.progress,
-            command=command,
-            address=args.scheduler or args.address,
-            on_start=announce_planting,
-        )
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    # SIGTERM ends the run as Ctrl-C does (main): finished cells kept, the manifest
+    # "interrupted", the report rendered, not a manifest that says "running".
+    summary = execute(
+        spec,
+        out=out,
+        overwrite=args.overwrite,
+        retry_failed=args.retry_failed,
+        backend=args.backend,
+        show_progress=args.progress,
+        command=command,
+        address=args.scheduler or args.address,
+        on_start=announce_planting,
+    )
     skipped = f", {len(summary.skipped)} skipped" if summary.skipped else ""
     left = summary.total - summary.finished
     not_run = f", {left} not run" if left else ""
@@ -757,9 +752,7 @@ def _cmd_value(args: argparse.Namespace) -> int:
     html = (_directory("--html", args.html) or out.with_suffix(".html")).expanduser()
     check_output_files({"--out": out, "--html": html}, inputs=[data_file])
     check_html_page("--html", html)
-    # SIGTERM (`kill`, `timeout`, a scheduler) ends it as Ctrl-C does: finished methods kept.
-    previous = signal.signal(signal.SIGTERM, _interrupt)
-    try:
+    try:  # SIGTERM ends it as Ctrl-C does (main): finished methods kept
         frame, result = value_file(
             data_file,
             methods,
@@ -805,8 +798,6 @@ def _cmd_value(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     print(f"{len(frame)} rows valued by {', '.join(methods)} -> {out}")
     _print_notes(result.notes)
     if result.partial_methods:
@@ -942,6 +933,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "value": _cmd_value,
         "compare": _cmd_compare,
     }
+    # `kill`, `timeout` and job schedulers stop with SIGTERM: every command ends as for Ctrl-C,
+    # from here on (a SIGTERM while a run still imported its stack exited 143, unexplained).
+    # Children that must not take it (the fork server, a local cluster) start with it ignored.
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if on_main_thread else None
     try:
         return commands[args.command](args)
     except ValbenchError as exc:
@@ -955,6 +951,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # keep Python from failing again on flushing stdout at exit.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
+    finally:
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -228,6 +228,26 @@ def test_verbose_is_taken_before_or_after_the_command() -> None:
     assert listed.details is True and listed.verbose is False
 
 
+def test_sigterm_ends_any_command_as_ctrl_c_from_its_start(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A SIGTERM while `run` still imported its stack (before its own handler) exited 143.
+    import os
+    import signal
+
+    import valbench.cli as cli
+
+    def terminated_early(args: Any) -> int:
+        os.kill(os.getpid(), signal.SIGTERM)
+        return 0  # not reached: the handler raises at the next bytecode
+
+    monkeypatch.setattr(cli, "_cmd_list", terminated_early)
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["list"]) == cli.EXIT_INTERRUPTED
+    assert capsys.readouterr().err == "valbench: interrupted\n"
+    assert signal.getsignal(signal.SIGTERM) is before  # restored for whoever called main
+
+
 def test_report_on_a_directory_without_a_run(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
