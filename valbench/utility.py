@@ -289,15 +289,22 @@ class UtilityEngine:
         if at_cap and not self._cap_warned:
             self._cap_warned = True
             spec = self.model.spec
+            if self.epochs is None:
+                cap = f"epochs={spec.epochs}"
+                advice = (
+                    f"raise the cap, e.g. --model {spec.kind}:epochs={4 * int(spec.epochs or 1)}"
+                )
+            else:  # the engine's own cap: --model's epochs does not reach these fits
+                cap = f"epochs={self.epochs}, the utility engine's own"
+                advice = "raise the epochs the method gives its utility engine"
             logger.warning(
-                "%d fit(s) stopped at the iteration cap (epochs=%s) with a gradient entry above "
+                "%d fit(s) stopped at the iteration cap (%s) with a gradient entry above "
                 "tol=%s: their U(S) is approximate (counted in the stats as "
-                "utility_fits_at_cap); raise the cap, e.g. --model %s:epochs=%d",
+                "utility_fits_at_cap); %s",
                 at_cap,
-                spec.epochs,
+                cap,
                 getattr(spec, "tol", "?"),
-                spec.kind,
-                4 * int(spec.epochs or 1),
+                advice,
             )
 
     def _nearest_init(self, masks: np.ndarray) -> Params | None:

@@ -269,6 +269,12 @@ def test_stats_count_fits_the_iteration_cap_ended(caplog: pytest.LogCaptureFixtu
     warned = [r.getMessage() for r in caplog.records]
     assert len(warned) == 1 and "iteration cap (epochs=2)" in warned[0]
     assert "--model logreg:epochs=8" in warned[0]
+    # The engine's own cap is named as such: raising --model's epochs would not reach it.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="valbench.utility"):
+        UtilityEngine(make_task(epochs=40), epochs=2).many([[0, 1, 2, 3, 4]])
+    (own,) = [r.getMessage() for r in caplog.records]
+    assert "(epochs=2, the utility engine's own)" in own and "--model" not in own
     default = UtilityEngine(dataclasses.replace(make_task(), model=ModelSpec()))
     default.many([[0, 1, 2, 3, 4], [5, 6, 7, 8]])
     assert "utility_fits_at_cap" not in default.stats()
@@ -361,3 +367,65 @@ def test_nearest_warm_start_begins_at_the_closest_earlier_subsets_model(
         np.testing.assert_array_equal(value[2], cold[name][0])
         np.testing.assert_array_equal(value[3], fitted[name][1])
     assert engine.warm_starts == 3
+
+
+def _two_class_task(n: int) -> ValuationTask:
+    """A two-class task (fitted by Newton, whose engine path fits each column group alone)."""
+    rng = np.random.default_rng(0)
+
+    def draw(m: int) -> tuple[np.ndarray, np.ndarray]:
+        y = np.arange(m) % 2
+        return (y[:, None] * 1.5 + rng.normal(size=(m, 2))).astype(np.float32), y.astype(np.int64)
+
+    x_train, y_train = draw(n)
+    x_val, y_val = draw(45)
+    x_test, y_test = draw(45)
+    return ValuationTask.from_splits(
+        DatasetSplits(x_train, y_train, x_val, y_val, x_test, y_test, n_classes=2),
+        model=ModelSpec(),
+        noisy_mask=np.zeros(n, dtype=bool),
+        name="t2",
+        seed=0,
+        utility_factory=UtilityEngine,
+    )
+
+
+def test_warm_starts_reach_each_column_group_of_a_newton_batch() -> None:
+    # Two permutations' prefix blocks split into two column groups; Newton fits each group on
+    # its own, from the rows of the start that belong to it (the shared full-data start for
+    # warm_start=True, each row's nearest earlier model for "nearest").
+    from valbench.utility import _column_groups
+
+    n, k = 400, 32
+    task = _two_class_task(n)
+    assert task.build_model().solver == "newton"
+    ranks = np.random.default_rng(0).permutation(n), np.random.default_rng(1).permutation(n)
+    first, second = (
+        np.stack([ranks[p] < m for p in (0, 1) for m in lengths])
+        for lengths in (100 + np.arange(1, k + 1), 100 + k + np.arange(1, k + 1))
+    )
+    assert len(_column_groups(first)) == 2 and len(_column_groups(second)) == 2
+    cold = UtilityEngine(task, batch_size=2 * k).many(list(first) + list(second))
+    warm = UtilityEngine(task, batch_size=2 * k, warm_start=True)
+    np.testing.assert_array_equal(warm.many(list(first)), cold[: 2 * k])
+    assert warm.fits == 2 * k + 1
+    nearest = UtilityEngine(task, batch_size=2 * k, warm_start="nearest")
+    nearest.many(list(first))
+    np.testing.assert_array_equal(nearest.many(list(second)), cold[2 * k :])
+    assert nearest.warm_starts == 2 * k
+
+
+def test_epochs_override_reaches_the_warm_start_and_grouped_fits() -> None:
+    # epochs=0 trains nothing: every fit stays at the model's init, the warm-start base fit
+    # included (so a warm start is the zero logreg too, predicting class 0: 1/3 here) ...
+    warm = UtilityEngine(make_task(), epochs=0, warm_start=True)
+    np.testing.assert_array_equal(warm.many([range(10), range(40)]), [1 / 3, 1 / 3])
+    # ... and the MLP, fitted group by group, scores its seeded init on every subset.
+    task = make_task(kind="mlp", epochs=30)
+    engine = UtilityEngine(task, epochs=0)
+    clf = task.build_model()
+    at_init = clf.accuracy(clf.init_params(1), task.x_val, task.y_val)[0]
+    np.testing.assert_array_equal(engine.many([range(10), range(40)]), [at_init, at_init])
+    trained = UtilityEngine(make_task(kind="mlp", epochs=30)).many([range(10), range(40)])
+    assert not np.array_equal(trained, [at_init, at_init])  # training would change them
+    assert engine.fits == 2 and task.fit_counter.count == 2
