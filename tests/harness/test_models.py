@@ -942,3 +942,124 @@ def test_model_overrides_that_would_mislead_are_refused(given: str, said: str) -
     with pytest.raises(UsageError, match=said):
         ModelSpec.parse(given)
     assert ModelSpec.parse("cnn:batch_size=8").batch_size == 8
+
+
+def test_the_documented_defaults() -> None:
+    # docs/architecture.md: logreg with L2 1e-3 in float64 to a gradient tolerance of 1e-8;
+    # the MLP one ReLU layer of 64 units, 150 full-batch Adam steps, in float32.
+    logreg, mlp = ModelSpec(), ModelSpec(kind="mlp")
+    assert (logreg.l2, logreg.tol, logreg.dtype, logreg.epochs) == (1e-3, 1e-8, "float64", 1000)
+    assert (mlp.hidden, mlp.epochs, mlp.lr, mlp.dtype, mlp.resolved_solver) == (
+        64,
+        150,
+        0.05,
+        "float32",
+        "adam",
+    )
+
+
+def test_newton_up_to_its_feature_limit_and_it_fits_to_a_tolerance() -> None:
+    limit = models.NEWTON_MAX_FEATURES
+    assert ModelSpec().solver_for(2, limit) == "newton"
+    assert ModelSpec().solver_for(2, limit + 1) == "lbfgs"
+    assert ModelSpec().solver_for(3, 4) == "lbfgs"
+    # An explicit Newton runs to the tolerance as L-BFGS does, so a warm start may use it.
+    assert ModelSpec(solver="newton").fits_to_tolerance
+    assert ModelSpec(solver="lbfgs").fits_to_tolerance
+    assert not ModelSpec(solver="adam").fits_to_tolerance
+    assert not ModelSpec(kind="mlp").fits_to_tolerance
+
+
+@pytest.mark.parametrize("spec", [ModelSpec(kind="mlp", epochs=5), ModelSpec(solver="adam")])
+def test_fit_counter_counts_every_adam_model(spec: ModelSpec) -> None:
+    x, y = blobs(n=40)
+    clf = spec.build(4, 3, seed=0)
+    clf.fit_counter = FitCounter()
+    clf.fit(x, y, np.ones((7, 40), dtype=bool), epochs=2)
+    assert clf.fit_counter.count == 7
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [ModelSpec(solver="adam", lr=0.1), ModelSpec(kind="mlp", hidden=5, lr=0.1, dtype="float64")],
+    ids=["logreg", "mlp"],
+)
+def test_adam_fits_equal_torch_optim_adam_on_the_objective(spec: ModelSpec) -> None:
+    # torch.optim.Adam (bias corrections included) on the autograd objective of loss(),
+    # from a start where every class has its own logits.
+    x, y = blobs(n=40, spread=1.0)
+    masks = np.zeros((2, 40), dtype=bool)
+    masks[0, :25] = True
+    masks[1, 10:] = True
+    clf = spec.build(4, 3, seed=0)
+    gen = torch.Generator().manual_seed(1)
+    start = Params(
+        spec.kind,
+        {
+            k: torch.randn(v.shape, generator=gen, dtype=v.dtype)
+            for k, v in clf.init_params(1).tensors.items()
+        },
+    )
+    got = clf.fit(x, y, masks, init=start, epochs=6).numpy()
+    leaves = {k: v.clone().requires_grad_() for k, v in start.repeat(2).tensors.items()}
+    opt = torch.optim.Adam(list(leaves.values()), lr=spec.lr)
+    for _ in range(6):
+        opt.zero_grad()
+        clf.loss(Params(spec.kind, leaves), x, y, masks).sum().backward()
+        opt.step()
+    for k, v in leaves.items():
+        np.testing.assert_allclose(got[k], v.detach().numpy(), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_weighted_fit_repeats_each_point_its_weight_times(kind: str) -> None:
+    x, y = blobs(n=60, d=3, spread=1.0)
+    clf = ModelSpec.parse(kind, epochs=20 if kind == "mlp" else None).build(3, 3, seed=0)
+    weights = np.zeros((1, 60))
+    weights[0, :40] = 1.0
+    weights[0, :10] = 3.0  # the first ten points three times over
+    repeated = np.concatenate([np.arange(40), np.repeat(np.arange(10), 2)])
+    got = models.weighted_fit(clf, x, y, weights).numpy()
+    want = clf.fit(x[repeated], y[repeated], [np.arange(len(repeated))]).numpy()
+    unweighted = clf.fit(x, y, weights > 0).numpy()
+    for k in got:
+        np.testing.assert_allclose(got[k], want[k], rtol=0, atol=1e-6)
+    assert not np.allclose(
+        got["b" if kind == "logreg" else "b2"],
+        unweighted["b" if kind == "logreg" else "b2"],
+        atol=1e-3,
+    )
+
+
+def test_log_loss_is_the_mean_cross_entropy() -> None:
+    x, y = blobs(n=30, spread=1.0)
+    clf = ModelSpec().build(4, 3, seed=0)
+    # The zero logreg gives every class 1/3: a loss of log 3 on any data.
+    np.testing.assert_allclose(clf.log_loss(clf.init_params(2), x, y), [np.log(3)] * 2, rtol=1e-12)
+    params = clf.fit(x, y, np.ones((1, 30), dtype=bool))
+    proba = clf.predict_proba(params, x)[0]
+    want = -np.log(proba[np.arange(30), y]).mean()
+    np.testing.assert_allclose(clf.log_loss(params, x, y), [want], rtol=1e-9)
+
+
+def test_newton_keeps_the_starts_common_bias_shift_and_stops_on_one_class() -> None:
+    x, y = blobs(n=40, d=2, n_classes=2, spread=1.0)
+    clf = ModelSpec().build(2, 2, seed=0)
+    assert clf.solver == "newton"
+    everyone = np.ones((1, 40), dtype=bool)
+    cold = clf.fit(x, y, everyone)
+    shifted = Params(
+        "logreg",
+        {
+            "W": torch.zeros(1, 2, 2, dtype=torch.float64),
+            "b": torch.full((1, 2), 3.0, dtype=torch.float64),
+        },
+    )
+    warm = clf.fit(x, y, everyone, init=shifted)
+    # The loss sees only b1 - b0: the fit keeps the start's mean bias, 3, and lands on the
+    # cold fit's optimum shifted by it.
+    np.testing.assert_allclose(warm["b"].numpy(), cold["b"].numpy() + 3.0, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(warm["W"].numpy(), cold["W"].numpy(), rtol=0, atol=1e-9)
+    # A subset of one class is its limit model at once, not a fit run to the iteration cap.
+    clf.fit(x, y, [np.flatnonzero(y == 1)])
+    assert clf.fits_at_cap == 0

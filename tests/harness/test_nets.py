@@ -681,3 +681,41 @@ def test_max_pool_2x2_equals_torchs(shape: tuple[int, ...]) -> None:
     (grad,) = torch.autograd.grad(nets.max_pool_2x2(leaf).sum(), leaf)
     (ref,) = torch.autograd.grad(F.max_pool2d(leaf, 2).sum(), leaf)
     assert torch.equal(grad, ref)
+
+
+def test_batch_norm_running_variance_is_unbiased_over_the_weighted_rows() -> None:
+    # Three real rows of 1x2 pixels (6 values per channel) and one padding row: the running
+    # variance moves towards the unbiased variance of the 6 real values (divisor 5).
+    h = torch.arange(16.0).view(4, 2, 1, 2) ** 1.5
+    params = {"bn.weight": torch.ones(2), "bn.bias": torch.zeros(2)}
+    buffers = {"bn.mean": torch.zeros(2), "bn.var": torch.ones(2)}
+    new: dict[str, torch.Tensor] = {}
+    nets._batch_norm(h, params, buffers, "bn", True, torch.tensor([1.0, 1, 1, 0]), new)
+    real = h[:3].transpose(0, 1).reshape(2, -1).double()
+    torch.testing.assert_close(new["bn.mean"].double(), 0.1 * real.mean(1))
+    torch.testing.assert_close(new["bn.var"].double(), 0.9 + 0.1 * real.var(1, unbiased=True))
+
+
+def test_deep_classifier_trains_with_its_seed_and_sample_weights() -> None:
+    # fit = train_copies from the seeded init, the epoch orders drawn from the same seed, the
+    # loss weighted by sample_weight: minibatches of 4 out of 12 points, so the order counts.
+    spec = ModelSpec.parse("cnn", epochs=2, batch_size=4)
+    clf = spec.build(784, 3, seed=3)
+    x = images(12).reshape(12, 784).numpy()
+    y = np.arange(12) % 3
+    mask = np.ones((1, 12), dtype=bool)
+    weight = np.linspace(0.5, 2.0, 12)[None, :]
+    got = clf.fit(x, y, mask, sample_weight=weight)
+    start = clf.init_params(1)
+    want, _ = train_copies(
+        clf.arch,
+        start.tensors,
+        {},
+        clf.images(x),
+        torch.from_numpy(y),
+        torch.from_numpy(weight.astype(np.float32)),
+        recipe=spec.recipe,
+        seed=3,
+    )
+    for k, v in want.items():
+        torch.testing.assert_close(got.tensors[k], v, atol=0, rtol=0)
