@@ -449,6 +449,19 @@ def test_per_copy_seeds_stop_after_and_hooks() -> None:
                 for i in idx[b][valid[b]].tolist()
             ]
             assert sorted(shown) == sorted(subset)
+    # Each epoch presents a copy's points in that epoch's own permutation of its seed, not
+    # the first epoch's again.
+    copy_subsets = ((5, set(range(20))), (9, set(range(4, 20))))
+    for b, (copy_seed, subset) in enumerate(copy_subsets):
+        orders = []
+        for epoch in range(3):
+            order = nets._epoch_order(20, copy_seed, epoch, torch.device("cpu")).tolist()
+            shown = [
+                i for e, _, idx, valid, _ in seen if e == epoch for i in idx[b][valid[b]].tolist()
+            ]
+            assert shown == [i for i in order if i in subset], (b, epoch)
+            orders.append(shown)
+        assert orders[0] != orders[1] and orders[1] != orders[2]
     _, copies, idx, valid, logits = seen[0]
     assert copies == range(2) and bool(valid.all())
     for b in range(2):
@@ -719,3 +732,16 @@ def test_deep_classifier_trains_with_its_seed_and_sample_weights() -> None:
     )
     for k, v in want.items():
         torch.testing.assert_close(got.tensors[k], v, atol=0, rtol=0)
+
+
+def test_deep_classifier_scores_in_evaluation_mode() -> None:
+    # Scored in training mode, a resnet18's batch norm would read each batch's own statistics:
+    # an image's logits would depend on the images scored beside it (every resnet18 number).
+    clf = ModelSpec.parse("resnet18").build(3 * 32 * 32, 3, seed=0)
+    params = clf.init_params(1)
+    x = images(6, shape=(3, 32, 32)).reshape(6, -1).numpy()
+    together = clf.logits(params, x)
+    for i in (0, 5):
+        np.testing.assert_allclose(
+            clf.logits(params, x[i : i + 1])[0, 0], together[0, i], atol=1e-5
+        )
