@@ -93,8 +93,9 @@ class Interval:
     def accepts(self, value: Any) -> bool:
         if not is_type(value, self.type):
             return False
-        v = float(value)
-        if math.isnan(v):
+        # Python compares an int with a float exactly; float() of a 400-digit int overflows.
+        v = value if isinstance(value, int) else float(value)
+        if isinstance(v, float) and math.isnan(v):
             return False
         low = -math.inf if self.low is None else self.low
         high = math.inf if self.high is None else self.high
@@ -367,7 +368,9 @@ def check_params(
         )
     for key, value in params.items():
         spec = specs[key]
-        if not spec.accepts(value):
+        # No array, tensor or C library takes an integer past 64 bits (it overflowed there).
+        huge = isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 2**63
+        if huge or not spec.accepts(value):
             example = _example(spec)
             hint = (
                 f"; e.g. --param {name}.{key}={toml_value(example)}" if example is not None else ""
@@ -378,7 +381,8 @@ def check_params(
             )
             if len(shown) > 60:  # a pasted blob must not flood the one line
                 shown = shown[:57] + "..."
-            raise UsageError(f"{kind} {name!r}: {key}={shown} is not {spec.allowed(value)}{hint}")
+            problem = "is too large (over 2^63)" if huge else f"is not {spec.allowed(value)}"
+            raise UsageError(f"{kind} {name!r}: {key}={shown} {problem}{hint}")
     # Rules that tie parameters together (each valid alone) are the class's own.
     joint = getattr(cls, "params_problem", None)
     if callable(joint):

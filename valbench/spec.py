@@ -687,7 +687,10 @@ def _as_floats(key: str, value: Any) -> tuple[float, ...]:
         isinstance(v, int | float) and not isinstance(v, bool) for v in value
     ):
         raise UsageError(f"{key} must be a list of numbers, got {value!r}")
-    return tuple(float(v) for v in value)
+    try:
+        return tuple(float(v) for v in value)
+    except OverflowError:  # a TOML integer of 400 digits
+        raise UsageError(f"{key} holds a number too large to be a rate or fraction") from None
 
 
 def _as_int(key: str, value: Any, optional: bool = False) -> int | None:
@@ -721,6 +724,9 @@ def _as_caps(value: Any) -> tuple[bool, int | None, dict[str, int | None]]:
         return True, _as_int("max_train", value, optional=True), {}
     has_default, default, per = False, None, {}
     for name, cap in items:
+        if name != "*" and isinstance(cap, str) and not cap:
+            # "wine=$CAP" with CAP unset must not lift wine's cap quietly.
+            raise UsageError(f"max_train {name}= gives no cap; give a number, or none for no cap")
         number = _as_int(f"max_train {name}" if name != "*" else "max_train", cap, optional=True)
         if name == "*":
             has_default, default = True, number
@@ -800,6 +806,10 @@ def _as_float_or_none(key: str, value: Any) -> float | None:
         return float(value)
     except ValueError:
         raise UsageError(f"{key} must be a number, got {value!r}") from None
+    except OverflowError:  # a TOML integer of 400 digits
+        raise UsageError(
+            f"{key} {str(value)[:12]}... ({len(str(value))} digits) is too large"
+        ) from None
 
 
 def _check_jobs(jobs: int) -> None:

@@ -382,3 +382,86 @@ def test_a_subclass_section_lists_only_what_is_new_and_the_base_supplies_the_res
         "Extended.\n\nArgs:\n    k: How many (default 1).\n    m: Its own words for m,\n"
         "        over two lines.\n    j: The new one.\n"
     )
+
+
+# --- bounds, options and declarations the tests above leave open ------------------------------
+
+
+def test_a_one_point_interval_holds_its_point_and_a_bad_closed_is_refused() -> None:
+    point = Interval(int, 3, 3)
+    assert point.accepts(3) and not point.accepts(2) and not point.accepts(4)
+    assert point.bounds() == "[3, 3]"
+    with pytest.raises(ValueError, match="closed must be both, left, right or neither"):
+        Interval(int, 0, 1, closed="open")  # type: ignore[arg-type]
+
+
+def test_options_hold_their_type_and_need_values() -> None:
+    ints = Options(int, (1, 2))
+    assert ints.accepts(1) and ints.accepts(2) and not ints.accepts(3)
+    assert not ints.accepts(True)  # True == 1, but a bool is not an int
+    assert not Options(float, (0.5, 1.0)).accepts(True)
+    with pytest.raises(ValueError, match="Options needs values"):
+        Options(str, ())
+
+
+def test_check_params_shortens_a_long_value_to_one_readable_line() -> None:
+    with pytest.raises(UsageError) as err:
+        check_params(Legacy, {"k": "x" * 200}, kind="method")
+    shown = '"' + "x" * 56 + "..."  # 60 characters: 57 of the value as --param shows it, "..."
+    assert f"k={shown} is not an int" in str(err.value)
+    assert "x" * 57 not in str(err.value)
+
+
+def test_an_integer_past_64_bits_is_one_line() -> None:
+    # --param data-oob.n_estimators=<400 nines> was an OverflowError traceback.
+    huge = 10**400
+    assert Interval(int, 1, None).accepts(huge) and not Interval(int, 1, 10**399).accepts(huge)
+    with pytest.raises(UsageError, match=r"n_estimators=9+\.\.\. is too large \(over 2\^63\)"):
+        validate_params(get_method("data-oob"), {"n_estimators": int("9" * 400)})
+    validate_params(get_method("data-oob"), {"n_estimators": 2**63 - 1})  # in range: its own
+
+
+def test_a_numpy_scalar_is_stored_as_the_plain_number_it_holds() -> None:
+    method = get_method("data-oob")(n_estimators=np.int64(7))
+    assert method.n_estimators == 7 and type(method.n_estimators) is int
+    assert type(method.get_params()["n_estimators"]) is int
+
+
+class _OptionalK(_Plugin):
+    name = "optional-k"
+
+    def __init__(self, *, k: int | None = 5, lr: float = 0.5) -> None:
+        self.k, self.lr = k, lr
+
+
+class _NewDefault(_Plugin):
+    """Declares k with a constraint, then gives its signature another default."""
+
+    name = "new-default"
+    parameters = {"k": Param(5, Interval(int, 1, None), doc="k")}
+
+    def __init__(self, *, k: int = 9) -> None:
+        self.k = k
+
+
+def test_signature_declarations_keep_none_and_the_signatures_default() -> None:
+    specs = declared_params(_OptionalK)
+    assert specs["k"] == Param(5, int, None) and specs["lr"] == Param(0.5, float)
+    validate_params(_OptionalK, {"k": None})
+    with pytest.raises(UsageError):
+        validate_params(_OptionalK, {"lr": None})
+    # the signature's default wins; the declaration's constraint is kept
+    assert declared_params(_NewDefault)["k"] == Param(9, Interval(int, 1, None), doc="k")
+    assert init_params(_NewDefault) == {"k": 9}
+    with pytest.raises(UsageError, match=r"k=0 is not in \[1, inf\)"):
+        validate_params(_NewDefault, {"k": 0})
+
+
+def test_a_toml_value_reads_back_as_the_value() -> None:
+    from valbench.params import toml_value
+    from valbench.spec import parse_param_assignments
+
+    for value in ('a"b', "back\\slash", "plain", True, False, 3, 0.25):
+        text = toml_value(value)
+        got = parse_param_assignments([f"m.k={text}"])["m"]["k"]
+        assert got == value and type(got) is type(value), (value, text)

@@ -443,3 +443,18 @@ def test_a_shadowed_built_in_is_warned_of_once_a_run(
     assert sum(said in r.getMessage() for r in caplog.records) == 1
     err = capfd.readouterr().err
     assert said not in err, err
+
+
+def test_a_method_whose_max_train_is_not_positive_is_broken() -> None:
+    from valbench.registry import class_problem
+
+    class Capped(Method):
+        name, family, summary = "capped", "test", "caps the training set"
+        max_train = 0
+
+        def value(self, task, ctx):  # type: ignore[no-untyped-def]
+            raise AssertionError("never run")
+
+    assert class_problem(Capped) == "Capped.max_train is 0, not None or a positive integer"
+    Capped.max_train = 1
+    assert class_problem(Capped) is None

@@ -527,3 +527,178 @@ def test_random_repeats_beyond_any_benchmark_is_refused() -> None:
     with pytest.raises(UsageError, match=r"random_repeats must be in \[1, 1000\]"):
         RunSpec(methods=("random",), random_repeats=100_000_000)
     assert RunSpec(methods=("random",), random_repeats=1000).random_repeats == 1000
+
+
+def test_presets_hold_the_values_the_docs_give() -> None:
+    """``--help`` is drawn from PRESETS, so only these pinned values catch an edited preset:
+    the README's quick (synthetic, breast_cancer, digits; 250 training points, 3 seeds,
+    fits=600,seconds=60), docs/methods.md's ci fit budget of 300, and full (six offline
+    datasets whole, 5 seeds, two noise rates)."""
+    quick = build_spec("quick", {}, {})
+    assert quick.methods == ("all",) and quick.preset == "quick"
+    assert quick.datasets == ("synthetic", "breast_cancer", "digits")
+    assert (quick.noise, quick.seeds, quick.max_train) == ((0.1,), 3, 250)
+    assert (quick.budget, quick.lds_subsets) == ("fits=600,seconds=60", 100)
+    ci = build_spec("ci", {}, {})
+    assert ci.datasets == ("synthetic", "breast_cancer")
+    assert (ci.noise, ci.seeds, ci.max_train, ci.budget) == ((0.1,), 2, 120, "fits=300,seconds=60")
+    full = build_spec("full", {}, {})
+    assert full.datasets == ("synthetic", "breast_cancer", "digits", "wine", "mnist1d", "mnist-5k")
+    assert (full.noise, full.seeds, full.max_train, full.budget) == (
+        (0.1, 0.2),
+        5,
+        None,
+        "fits=5000",
+    )
+    # a config file's preset is the run's preset when no flag names one
+    assert build_spec(None, {"preset": "ci"}, {}).seeds == 2
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"seeds": 10_001}, "--seeds must be <= 10000, got 10001"),
+        ({"lds_subsets": 100_001}, "--lds-subsets must be in [3, 100000]"),
+        ({"timeout": 0.0}, "--timeout must be > 0 seconds, got 0"),
+        ({"max_train": 1}, "--max-train must be >= 2, got 1"),
+        ({"random_repeats": 0}, "random_repeats must be in [1, 1000]"),
+        ({"root_seed": -1}, "--root-seed must be >= 0, got -1"),
+        ({"imbalance": 0.5}, "--imbalance is a max/min class-size ratio >= 1, got 0.5"),
+        ({"metrics": ("lds", "lds")}, "--metrics names a metric twice: lds,lds"),
+        ({"metrics": ("auc",)}, "unknown metric 'auc' in --metrics; valid: lds or none"),
+        ({"label_column": "y", "id_column": "y"}, "--id-column 'y' is also the --label-column"),
+        ({"device": "tpu"}, "--device must be auto, cpu or cuda, got 'tpu'"),
+        ({"max_memory_mb": 2.0**30 + 1}, "--max-memory must be a finite number of MB"),
+    ],
+)
+def test_spec_refuses_one_past_each_bound(changes: dict, message: str) -> None:
+    with pytest.raises(UsageError, match=re.escape(message)):
+        RunSpec(**changes)
+
+
+def test_spec_accepts_each_bound_itself() -> None:
+    edge = RunSpec(
+        seeds=10_000,
+        lds_subsets=3,
+        timeout=1e7,
+        max_memory_mb=64.0,
+        max_train=2,
+        random_repeats=1,
+        root_seed=0,
+        imbalance=1.0,
+        noise=(0.0,),
+        label_column="y",
+        id_column="id",
+        device="cpu",
+    )
+    assert (edge.seeds, edge.lds_subsets, edge.timeout, edge.max_memory_mb) == (10_000, 3, 1e7, 64)
+    assert RunSpec(lds_subsets=100_000, max_memory_mb=2.0**30).lds_subsets == 100_000
+    assert RunSpec(metrics=()).metrics == ()
+
+
+def test_noise_and_fractions_are_one_sorted_set_whatever_order_they_are_typed_in() -> None:
+    typed = RunSpec(noise=(0.2, 0.1), fractions=(0.5, 0.05, 0.2))
+    assert typed.noise == (0.1, 0.2) and typed.fractions == (0.05, 0.2, 0.5)
+    assert (
+        typed.config_hash() == RunSpec(noise=(0.1, 0.2), fractions=(0.05, 0.2, 0.5)).config_hash()
+    )
+
+
+def test_cells_run_exactly_the_seeds_asked_for() -> None:
+    spec = RunSpec(methods=("random",), datasets=("digits",), seeds=3)
+    assert [c.seed for c in spec.cells()] == [0, 1, 2]
+
+
+def test_close_noise_rates_draw_their_own_flips() -> None:
+    """Rates distinct to 6 digits are distinct cells, each with its own flips."""
+    a, b = Cell("digits", 0.1, 0, "loo"), Cell("digits", 0.1001, 0, "loo")
+    assert a.cell_id != b.cell_id
+    assert a.noise_rng(0).integers(1 << 62) != b.noise_rng(0).integers(1 << 62)
+
+
+def test_a_config_files_datasets_keep_the_preset_dataset_out_even_when_present() -> None:
+    """As with --datasets: naming the datasets in the config file is the run's whole list."""
+    spec = build_spec("hostcp-paper", {"datasets": ["mnist-5k"]}, {}, present=lambda name: True)
+    assert spec.datasets == ("mnist-5k",) and "cifar10" not in spec.params
+
+
+def test_a_config_files_unknown_preset_is_refused_even_under_a_preset_flag() -> None:
+    with pytest.raises(ConfigError, match=r"unknown preset 'huge' \(in the config file; a flag"):
+        build_spec("quick", {"preset": "huge"}, {})
+    assert build_spec("quick", {"preset": "ci"}, {}).preset == "quick"  # the flag wins
+
+
+def test_config_and_flag_parameters_reach_the_spec_whatever_the_selection() -> None:
+    """Only a preset's parameters are narrowed to the run's selection here; the config file's
+    and the flags' are kept for resolve_names, which drops or refuses them by name."""
+    spec = build_spec(
+        "quick",
+        {"params": {"loo": {"batch_size": 8}}},
+        {"methods": "random", "params": {"knn-shapley": {"k": 3}}},
+    )
+    assert spec.params == {"loo": {"batch_size": 8}, "knn-shapley": {"k": 3}}
+
+
+def test_metrics_none_selects_none_and_is_never_combined() -> None:
+    assert build_spec(None, {}, {"metrics": "none"}).metrics == ()
+    assert build_spec(None, {}, {"metrics": "lds"}).metrics == ("lds",)
+    with pytest.raises(UsageError, match="--metrics none cannot be combined with other metrics"):
+        build_spec(None, {}, {"metrics": "none,lds"})
+
+
+def test_a_preset_model_for_an_unselected_dataset_is_dropped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    preset = {**PRESETS["quick"], "model": {"*": "logreg", "digits": "mlp", "wine": "mlp"}}
+    monkeypatch.setitem(PRESETS, "quick", preset)
+    spec = build_spec("quick", {}, {"methods": "random", "datasets": "digits"})
+    assert dict(spec.model_by_dataset) == {"digits": "mlp"} and spec.model == "logreg"
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"seeds": 4},
+        {"root_seed": 1},
+        {"noise": (0.2,)},
+        {"fractions": (0.1, 0.2)},
+        {"model": "mlp"},
+        {"budget": "fits=10"},
+        {"max_train": 100},
+        {"noise_model": "pair"},
+        {"imbalance": 2.0},
+        {"label_column": "y"},
+        {"random_repeats": 5},
+        {"metrics": ()},
+        {"lds_subsets": 50},
+        {"params": {"loo": {"batch_size": 8}}},
+    ],
+)
+def test_every_setting_that_changes_a_number_changes_the_config_hash(changes: dict) -> None:
+    """A run directory is resumed only by the same hash: a setting left out of it would mix
+    cells computed under two values in one run."""
+    assert RunSpec().with_overrides(**changes).config_hash() != RunSpec().config_hash()
+
+
+@pytest.mark.parametrize(
+    ("key", "bad", "good"),
+    [("seeds", "abc", "1"), ("noise", "x", "0.1"), ("budget", "lots", "fits=5")],
+)
+def test_a_config_value_a_flag_overrides_is_still_checked(key: str, bad: str, good: str) -> None:
+    with pytest.raises(ConfigError, match=r"\(in the config file; a flag overrides it this time\)"):
+        build_spec(None, {key: bad}, {key: good})
+
+
+@pytest.mark.parametrize("key", ["imbalance", "timeout", "max_memory_mb", "noise", "fractions"])
+def test_an_integer_past_any_float_is_one_line(key: str) -> None:
+    # A TOML integer of 400 digits was an OverflowError traceback.
+    with pytest.raises(UsageError, match="too large"):
+        build_spec(None, {key: 10**400}, {"methods": "random"})
+
+
+def test_an_empty_per_dataset_cap_is_refused_not_lifted() -> None:
+    # "wine=$CAP" with CAP unset ran wine uncapped; "wine=none" is the way to say that.
+    with pytest.raises(UsageError, match="max_train wine= gives no cap"):
+        build_spec("quick", {}, {"datasets": "digits,wine", "max_train": "100,wine="})
+    uncapped = build_spec("quick", {}, {"datasets": "digits,wine", "max_train": "100,wine=none"})
+    assert uncapped.train_cap("wine") is None and uncapped.train_cap("digits") == 100
