@@ -5,8 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from valbench.data import cap_train, inject_label_noise, stratified_splits, stratified_subsample
-from valbench.errors import UsageError
+from valbench.data import (
+    apply_label_noise,
+    cap_train,
+    inject_label_noise,
+    standardize,
+    stratified_splits,
+    stratified_subsample,
+    train_scale,
+)
+from valbench.errors import DatasetError, UsageError
 from valbench.types import DatasetSplits
 
 N = 500
@@ -204,3 +212,59 @@ def test_a_datasets_n_train_and_the_harness_cap_choose_the_same_rows(name: str) 
     np.testing.assert_array_equal(by_param.x_train, by_cap.x_train)
     both = cls(n_train=80).load(seed=3, max_train=50)  # the tighter cap wins, either way
     np.testing.assert_array_equal(both.train_rows, by_cap.train_rows)
+
+
+# ------------------------------------------------------- mutation-hunt additions (exact values)
+
+
+def test_labels_equal_to_n_classes_are_refused() -> None:
+    # A label k of a k-class problem lies outside 0..k-1, one past the last class.
+    with pytest.raises(DatasetError, match=r"0\.\.1, got values in 0\.\.2"):
+        inject_label_noise(np.array([0, 1, 2]), 0.0, 2, np.random.default_rng(0))
+
+
+def test_a_class_of_one_row_splits_without_stratification() -> None:
+    # sklearn cannot stratify a class with a single member: the split goes on unstratified.
+    y = np.array([0] * 10 + [1] * 9 + [2])
+    x = np.arange(20, dtype=float)[:, None]
+    s = stratified_splits(x, y, seed=0)
+    rows = np.concatenate([s.train_rows, s.val_rows, s.test_rows])
+    assert (len(s.y_train), len(s.y_val), len(s.y_test)) == (12, 4, 4)
+    assert sorted(rows.tolist()) == list(range(20))
+
+
+def test_stratified_subsample_fills_by_largest_remainder() -> None:
+    # Quotas 4.9, 1.4, 0.7 of 7 rows: floors 4, 1, 0 (0 lifted to 1), then the one row left
+    # goes to the largest remainder (class 0's 0.9), not to the class holding fewest rows.
+    y = np.repeat([0, 1, 2], [70, 20, 10])
+    idx = stratified_subsample(y, 7, np.random.default_rng(0))
+    assert np.bincount(y[idx], minlength=3).tolist() == [5, 1, 1]
+
+
+def test_train_scale_is_population_std_and_centres_constant_columns() -> None:
+    train = np.array([[1.0, 5.0], [3.0, 5.0], [5.0, 5.0]])
+    mu, sd = train_scale(train)
+    np.testing.assert_allclose(mu, [3.0, 5.0])
+    np.testing.assert_allclose(sd, [np.sqrt(8 / 3), 1.0])  # ddof=0; constant column: 1
+    tr, other = standardize(train, np.array([[3.0, 7.0]]))
+    np.testing.assert_allclose(other, [[0.0, 2.0]])
+    np.testing.assert_allclose(tr[:, 0], np.array([-2.0, 0.0, 2.0]) / np.sqrt(8 / 3))
+
+
+def test_too_few_rows_and_a_negative_seed_are_named() -> None:
+    with pytest.raises(DatasetError, match="2 rows are too few to split"):
+        stratified_splits(np.zeros((2, 1)), np.array([0, 1]), seed=0)
+    x, y = _data()
+    with pytest.raises(UsageError, match="seed must be >= 0"):
+        stratified_splits(x, y, seed=-1)
+
+
+def test_noise_argument_errors() -> None:
+    rng = np.random.default_rng(0)
+    with pytest.raises(UsageError, match="at least 2 classes"):
+        inject_label_noise(np.zeros(10, dtype=int), 0.5, 1, rng)
+    y = np.arange(20) % 4
+    with pytest.raises(UsageError, match="only apply to the 'pair'"):
+        apply_label_noise(y, 0.2, 4, rng, model="uniform", pairs={0: 1})
+    with pytest.raises(UsageError, match=r"noise pair 0->4"):
+        apply_label_noise(y, 0.2, 4, rng, model="pair", pairs={0: 4})

@@ -291,3 +291,50 @@ def test_a_link_that_leads_nowhere_is_named(isolated: Path) -> None:
     (isolated / "mnist").symlink_to(isolated / "gone")
     with pytest.raises(DatasetError, match=r"mnist is a link that leads nowhere"):
         MNISTDataset().locate()
+
+
+# ------------------------------------------------------- mutation-hunt additions (exact values)
+
+
+def test_parse_idx_magic_trailing_bytes_and_big_endian() -> None:
+    from valbench.datasets._images import parse_idx
+
+    good = b"\x00\x00\x0b\x01" + (2).to_bytes(4, "big") + b"\x00\x01\x01\x00"
+    assert parse_idx(good).tolist() == [1, 256]  # 0x0B: big-endian int16
+    with pytest.raises(ValueError, match="magic"):
+        parse_idx(b"\x00\x01" + good[2:])
+    with pytest.raises(ValueError, match="data bytes"):
+        parse_idx(good + b"\x00")  # one byte more than the header's shape holds
+
+
+def test_corrupt_test_labels_are_refused(isolated: Path) -> None:
+    from valbench.datasets._images import read_idx_dir
+
+    folder = isolated / "fashion-mnist"
+    make_idx_dir(folder)
+    labels = folder / "t10k-labels-idx1-ubyte"
+    write_idx(labels, np.full(N_TEST, 10, dtype=np.uint8))  # one past class 9
+    with pytest.raises(DatasetError, match=r"test labels outside 0\.\.9"):
+        read_idx_dir(folder)
+    write_idx(labels, np.zeros(N_TEST - 1, dtype=np.uint8))
+    with pytest.raises(DatasetError, match=f"{N_TEST} test images but labels of shape"):
+        read_idx_dir(folder)
+
+
+@pytest.mark.parametrize("part", [0, 1])
+def test_class_counts_off_in_the_last_class_or_the_test_split_are_refused(
+    isolated: Path, monkeypatch: pytest.MonkeyPatch, part: int
+) -> None:
+    make_idx_dir(isolated / "fashion-mnist")  # 12 and 4 images a class
+    counts = [[N_TRAIN // 10] * 10, [N_TEST // 10] * 10]
+    counts[part][9] += 1  # the published counts differ in the last class only
+    monkeypatch.setattr(FashionMNISTDataset, "class_counts", tuple(map(tuple, counts)))
+    with pytest.raises(DatasetError, match="not fashion-mnist's files"):
+        FashionMNISTDataset().pools()
+
+
+def test_published_mnist_class_counts(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.undo()  # conftest's stand-in counts for the tiny files
+    train, test = MNISTDataset.class_counts
+    assert sum(train) == 60000 and sum(test) == 10000
+    assert test == (980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009)

@@ -7,6 +7,8 @@ import pytest
 
 from valbench.data import (
     apply_label_noise,
+    imbalance_indices,
+    imbalance_rows,
     imbalance_train,
     pair_flip_noise,
     pool_split_indices,
@@ -116,3 +118,42 @@ def test_a_validation_split_too_small_for_two_classes_is_refused_before_work() -
     with pytest.raises(UsageError, match=r"n_val=1 is not in \[2, inf\)"):
         validate_params(get_dataset("synthetic"), {"n_val": 1})
     validate_params(get_dataset("synthetic"), {"n_val": 2})
+
+
+# ------------------------------------------------------- mutation-hunt additions (exact values)
+
+
+def test_imbalance_sizes_are_the_floored_exponential_profile() -> None:
+    # n_max = 133 (the smallest class); class c keeps floor(133 * 10 ** (-c / 2)) rows.
+    s = _splits()
+    out = imbalance_train(s, 10.0, seed=0)
+    assert np.bincount(out.y_train, minlength=3).tolist() == [133, 42, 13]
+
+
+def test_imbalance_train_keeps_the_rows_imbalance_rows_names() -> None:
+    # The harness draws the rows with imbalance_rows; imbalance_train must keep the same ones.
+    s = _splits()
+    rows = imbalance_rows(s.y_train, 10.0, 4, 3)
+    out = imbalance_train(s, 10.0, seed=4)
+    np.testing.assert_array_equal(out.y_train, s.y_train[rows])
+    np.testing.assert_array_equal(out.x_train, s.x_train[rows].astype(np.float32))
+
+
+def test_imbalance_of_a_single_class_keeps_every_row() -> None:
+    kept = imbalance_indices(np.zeros(10, dtype=int), 5.0, np.random.default_rng(0))
+    np.testing.assert_array_equal(kept, np.arange(10))
+
+
+def test_resize_to_a_single_test_row() -> None:
+    out = resize_splits(_splits(), seed=0, n_val=2, n_test=1)
+    assert (len(out.y_val), len(out.y_test)) == (2, 1)
+
+
+def test_pool_split_shuffles_val_and_test_and_caps_stratified() -> None:
+    y = np.repeat(np.arange(5), 100)
+    tr, va, te = pool_split_indices(y, seed=0, n_val=50, n_test=100)
+    assert not np.all(np.diff(y[va]) >= 0) and not np.all(np.diff(y[te]) >= 0)
+    capped, _, _ = pool_split_indices(y, seed=0, n_val=50, n_test=100, n_train=40)
+    assert np.bincount(y[capped]).tolist() == [8] * 5  # 70 rows a class left: 8 of each
+    one_less, _, _ = pool_split_indices(y, seed=0, n_val=50, n_test=100, n_train=len(tr) - 1)
+    assert len(one_less) == len(tr) - 1

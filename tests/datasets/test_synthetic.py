@@ -158,3 +158,36 @@ def test_split_sizes_are_parameters() -> None:
     # Subsamples of the same split: every kept test row is a row of the full test split.
     full_rows = {tuple(r) for r in full.x_test.round(6)}
     assert all(tuple(r) in full_rows for r in small.x_test.round(6))
+
+
+# ------------------------------------------------------- mutation-hunt additions (exact values)
+
+
+def test_centres_sit_two_sqrt3_apart_at_any_class_count() -> None:
+    # K = 5: centre radius sqrt(3) / sin(pi / 5) = 2.947 (it is 2 only at K = 3).
+    x, y, _ = SyntheticDataset(n_classes=5, n_samples=5000, duplicate_fraction=0.0).generate(0)
+    means = np.stack([x[y == c].mean(axis=0) for c in range(5)])
+    np.testing.assert_allclose(
+        np.linalg.norm(means, axis=1), np.sqrt(3) / np.sin(np.pi / 5), atol=0.12
+    )
+    gaps = np.linalg.norm(means - np.roll(means, 1, axis=0), axis=1)
+    np.testing.assert_allclose(gaps, 2 * np.sqrt(3), atol=0.2)
+
+
+def test_duplicate_count_is_rounded_and_clusters_take_every_offset() -> None:
+    _, _, cid = SyntheticDataset(n_samples=100, duplicate_fraction=0.337).generate(0)
+    assert int(np.sum(cid >= 0)) == 34  # round(33.7), not 33
+    # Three clusters per class at angles phi_k + (0.45, 0.6, 0.75) * pi / K, for every class.
+    k = 3
+    x, y, cid = SyntheticDataset(clusters_per_class=3, n_samples=600).generate(1)
+    for c in range(k):
+        ids = np.unique(cid[(cid >= 0) & (y == c)])
+        assert len(ids) == 3
+        centres = np.stack([x[cid == i].mean(axis=0) for i in ids])
+        offset = np.mod(np.arctan2(centres[:, 1], centres[:, 0]) - 2 * np.pi * c / k, 2 * np.pi)
+        np.testing.assert_allclose(np.sort(offset) * k / np.pi, [0.45, 0.6, 0.75], atol=1e-2)
+
+
+def test_too_few_samples_per_class_is_refused() -> None:
+    with pytest.raises(UsageError, match=r"n_samples must be >= 10 \* n_classes = 30"):
+        SyntheticDataset(n_samples=25).load(seed=0)
