@@ -338,6 +338,27 @@ def test_a_results_line_whose_fields_name_another_cell_is_skipped(
     assert any("is not the cell its fields name" in r.getMessage() for r in caplog.records)
 
 
+def test_a_line_without_noise_and_seed_must_still_name_its_own_method_and_dataset(
+    run_copy: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Without noise or seed the check was skipped: a line claiming another method's and
+    # dataset's cell id was read as that cell's result, and a resume never reran it.
+    path = run_copy / "results.jsonl"
+    lines = path.read_bytes().splitlines(keepends=True)
+    rec = json.loads(lines[0])
+    for key in ("noise", "seed"):
+        rec.pop(key)
+    foreign = {**rec, "cell_id": f"other-data.{rec['method']}.noise0.1.seed0"}
+    path.write_bytes(b"".join(lines) + (json.dumps(foreign) + "\n").encode())
+    with caplog.at_level(logging.WARNING, logger="valbench.store"):
+        got = read_results(run_copy)
+    assert foreign["cell_id"] not in [r.cell_id for r in got]
+    assert any(f"is not a cell of the {rec['dataset']}" in r.getMessage() for r in caplog.records)
+    own = {**rec, "cell_id": rec["cell_id"]}  # its own cell id still reads without them
+    path.write_bytes(b"".join(lines[1:]) + (json.dumps(own) + "\n").encode())
+    assert rec["cell_id"] in [r.cell_id for r in read_results(run_copy)]
+
+
 def test_scores_file_of_the_wrong_shape_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "scores").mkdir()
     np.savez(tmp_path / "scores" / "a.npz", scores=np.zeros((2, 2)))

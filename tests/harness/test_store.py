@@ -16,9 +16,16 @@ from valbench.store import (
     read_results_checked,
 )
 
+#: A line's cell id starts with the dataset and method it names (else it is another's).
+_CELL = "synthetic.random."
+
 
 def _rec(cell_id: str, status: str = "ok") -> CellRecord:
-    return CellRecord(cell_id=cell_id, status=status, method="random", dataset="synthetic")
+    return CellRecord(cell_id=_CELL + cell_id, status=status, method="random", dataset="synthetic")
+
+
+def _short(cell_id: str) -> str:
+    return cell_id.removeprefix(_CELL)
 
 
 def test_append_and_read_back(tmp_path: Path) -> None:
@@ -26,7 +33,7 @@ def test_append_and_read_back(tmp_path: Path) -> None:
     store.prepare()
     store.append_result(_rec("a"))
     store.append_result(_rec("b", "failed"))
-    assert [r.cell_id for r in read_results(store.run_dir)] == ["a", "b"]
+    assert [_short(r.cell_id) for r in read_results(store.run_dir)] == ["a", "b"]
 
 
 def test_torn_last_line_is_dropped_not_parsed(tmp_path: Path) -> None:
@@ -35,11 +42,11 @@ def test_torn_last_line_is_dropped_not_parsed(tmp_path: Path) -> None:
     store.append_result(_rec("a"))
     with open(store.results_path, "ab") as fh:
         fh.write(b'{"schema": 1, "cell_id": "b", "sta')  # the writer was killed mid-line
-    assert [r.cell_id for r in read_results(tmp_path)] == ["a"]
+    assert [_short(r.cell_id) for r in read_results(tmp_path)] == ["a"]
     store.repair()
     store.append_result(_rec("c"))
     lines = store.results_path.read_text().splitlines()
-    assert [json.loads(x)["cell_id"] for x in lines] == ["a", "c"]
+    assert [_short(json.loads(x)["cell_id"]) for x in lines] == ["a", "c"]
 
 
 def test_last_line_of_a_cell_wins_and_drop_cells(tmp_path: Path) -> None:
@@ -49,9 +56,9 @@ def test_last_line_of_a_cell_wins_and_drop_cells(tmp_path: Path) -> None:
     store.append_result(_rec("b"))
     store.append_result(_rec("a", "ok"))
     got = read_results(tmp_path)
-    assert [(r.cell_id, r.status) for r in got] == [("b", "ok"), ("a", "ok")]
-    store.drop_cells(["a"])
-    assert [r.cell_id for r in read_results(tmp_path)] == ["b"]
+    assert [(_short(r.cell_id), r.status) for r in got] == [("b", "ok"), ("a", "ok")]
+    store.drop_cells([_CELL + "a"])
+    assert [_short(r.cell_id) for r in read_results(tmp_path)] == ["b"]
 
 
 def test_scores_round_trip(tmp_path: Path) -> None:
@@ -122,7 +129,7 @@ def test_results_lines_of_the_wrong_shape_are_skipped(
     good = [json.dumps(_rec(c).to_json()) for c in "ab"]
     lines = [good[0], *map(json.dumps, bad), "[" * 100_000, good[1]]
     (tmp_path / "results.jsonl").write_text("\n".join(lines) + "\n")
-    assert [r.cell_id for r in read_results(tmp_path)] == ["a", "b"]
+    assert [_short(r.cell_id) for r in read_results(tmp_path)] == ["a", "b"]
     messages = [r.getMessage() for r in caplog.records]
     assert len(messages) == 6  # five one by one, then one line for the rest
     assert "results.jsonl:2: line skipped: cell_id" in messages[0]
@@ -131,7 +138,7 @@ def test_results_lines_of_the_wrong_shape_are_skipped(
     with (tmp_path / "results.jsonl").open("a") as f:
         f.write(good[0][:20])
     records, unread = read_results_checked(tmp_path)
-    assert [r.cell_id for r in records] == ["a", "b"]
+    assert [_short(r.cell_id) for r in records] == ["a", "b"]
     assert [u.split(":")[0] for u in unread] == [*(f"line {i}" for i in range(2, 8)), "line 9"]
     assert unread[0].startswith("line 2: cell_id") and "not JSON" in unread[5]
     assert unread[-1] == "line 9: cut off (its writer stopped while writing it)"
@@ -193,3 +200,75 @@ def test_the_umask_is_read_without_being_set(monkeypatch: pytest.MonkeyPatch) ->
     finally:
         monkeypatch.undo()
         os.umask(before)
+
+
+def test_a_blank_line_is_no_damaged_line(tmp_path: Path) -> None:
+    good = [json.dumps(_rec(c).to_json()) for c in "ab"]
+    (tmp_path / "results.jsonl").write_text(f"{good[0]}\n\n   \n{good[1]}\n")
+    records, unread = read_results_checked(tmp_path)
+    assert [_short(r.cell_id) for r in records] == ["a", "b"] and unread == []
+
+
+def test_a_selection_is_read_back_under_its_own_fraction(tmp_path: Path) -> None:
+    store = RunStore(tmp_path)
+    store.prepare()
+    picks = {0.15: np.array([1]), 0.25: np.array([1, 2]), 1.0: np.array([0, 1, 2])}
+    rel = store.write_scores("c", np.array([0.5, 1.0, 2.0]), picks)
+    _, selections = load_scores(tmp_path, rel, "c")
+    assert sorted(selections) == [0.15, 0.25, 1.0]
+    np.testing.assert_array_equal(selections[0.25], [1, 2])
+
+
+def test_a_selection_of_other_than_whole_indices_is_refused(tmp_path: Path) -> None:
+    store = RunStore(tmp_path)
+    store.prepare()
+    rel = store.write_scores("c", np.array([0.5, 1.0, 2.0]), {0.5: np.array([1.0, 2.0])})
+    with pytest.raises(RunDirectoryError, match="selection 0.5 is not a vector of indices"):
+        load_scores(tmp_path, rel, "c")
+
+
+def test_a_scores_file_from_before_scores_named_their_cell_is_read(tmp_path: Path) -> None:
+    (tmp_path / "scores").mkdir()
+    arrays = {"scores": np.array([1.0, 2.0]), "selection_0.5": np.array([1])}
+    np.savez(tmp_path / "scores" / "c.npz", **arrays)
+    scores, selections = load_scores(tmp_path, "scores/c.npz", "c")
+    np.testing.assert_array_equal(scores, [1.0, 2.0])
+    assert list(selections) == [0.5]
+
+
+def test_a_short_write_on_a_full_disk_leaves_no_torn_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from valbench.store import StoreWriteError
+
+    store = RunStore(tmp_path)
+    store.prepare()
+    store.append_result(_rec("a"))
+    kept = store.results_path.read_bytes()
+    real_write = os.write
+    monkeypatch.setattr(os, "write", lambda fd, data: real_write(fd, data[:10]))
+    with pytest.raises(StoreWriteError, match="no space left on the device"):
+        store.append_result(_rec("b"))
+    monkeypatch.undo()
+    assert store.results_path.read_bytes() == kept  # the 10 bytes written are cut off
+    store.append_result(_rec("c"))
+    assert [_short(r.cell_id) for r in read_results(tmp_path)] == ["a", "c"]
+
+
+def test_a_manifest_without_valbench_fields_is_someone_elses(tmp_path: Path) -> None:
+    # Another tool's manifest.json with a "spec" of its own: not ours to write into or clear.
+    (tmp_path / "manifest.json").write_text(json.dumps({"spec": {}, "name": "theirs"}))
+    with pytest.raises(RunDirectoryError, match="was not written by valbench"):
+        RunStore(tmp_path).holds_run()
+
+
+def test_clear_removes_the_temporaries_of_an_interrupted_write(tmp_path: Path) -> None:
+    store = RunStore(tmp_path)
+    store.prepare()
+    store.write_manifest(Manifest(spec={"methods": ["random"]}, config_hash="x", cells_total=1))
+    store.write_scores("c", np.array([1.0]), {})
+    (tmp_path / "scores" / ".c.npz.k3j2.tmp").write_bytes(b"half")  # a kill mid-write
+    store.clear()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
