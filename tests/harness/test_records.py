@@ -226,3 +226,68 @@ def test_an_inverted_auc_range_is_refused() -> None:
         CellRecord.from_json(line)
     line["metrics"]["mislabel"].update(auc_low=0.05, auc_high=0.95)
     assert CellRecord.from_json(line).metrics.mislabel.auc_high == 0.95  # type: ignore[union-attr]
+
+
+def test_each_status_reads_as_its_own_kind() -> None:
+    """ok, failed, timeout and skipped lines of one incomplete estimate with constant scores:
+    only ok has a result (partial, constant, metrics read); failed and timeout both count as
+    failed (what --retry-failed runs again); skipped is neither."""
+    line = {**_ok_line(), "stats": {"distinct_scores": 1}}
+    got = {}
+    for status in ("ok", "failed", "timeout", "skipped"):
+        rec = CellRecord.from_json({**line, "status": status})
+        full = rec.metric(lambda m: m.full_data_value)
+        got[status] = (rec.ok, rec.failed, rec.partial, rec.constant_scores, full)
+    assert got == {
+        "ok": (True, False, True, True, 0.95),
+        "failed": (False, True, False, False, None),
+        "timeout": (False, True, False, False, None),
+        "skipped": (False, False, False, False, None),
+    }
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("status", "exploded", 'status = "exploded", not one of ok, failed, timeout, skipped'),
+        ("status", None, "status = null, not one of"),
+        ("cell_id", "", 'cell_id = "", not a cell id'),
+        ("schema", 0, "schema = 0, not a schema number"),
+        ("scores_file", "", 'scores_file = "", not a path inside the run directory'),
+    ],
+)
+def test_a_line_no_cell_could_have_written_is_refused(
+    key: str, value: object, message: str
+) -> None:
+    # An unknown status would count as finished on a resume (never run again), an empty id
+    # or scores path names no cell or file, and schema 0 was never written.
+    with pytest.raises(RecordError, match=message):
+        CellRecord.from_json({**_ok_line(), key: value})
+
+
+def test_a_schema_2_line_without_the_complete_flag_reads_as_complete() -> None:
+    line = _ok_line()
+    del line["complete"]
+    rec = CellRecord.from_json(line)
+    assert rec.complete is True and not rec.partial
+
+
+def test_fraction_values_keep_the_whole_set_and_leave_out_keys_off_zero_to_one() -> None:
+    metrics = CellMetrics.from_json(
+        {"subset_value": {"0.10": 0.8, "1": 0.95, "0": 0.5, "1.5": 0.7, "x": 0.6, "0.5": None}}
+    )
+    assert metrics.fraction_values("subset_value") == {"0.1": 0.8, "1": 0.95}
+    assert metrics.fraction_values("subset_value", finite_only=False) == {
+        "0.1": 0.8,
+        "1": 0.95,
+        "0.5": None,
+    }
+
+
+def test_a_manifest_keeps_its_working_directory_and_counts_no_resume_it_did_not_record() -> None:
+    manifest = Manifest(spec={"methods": ["random"]}, cwd="/home/u/project", claims={})
+    data = manifest.to_json()
+    assert data["cwd"] == "/home/u/project"  # relative file: datasets are read from there
+    assert Manifest.from_json(data) == manifest
+    del data["resumed"]
+    assert Manifest.from_json(data).resumed == 0

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from valbench.errors import RunDirectoryError
 from valbench.records import RECORD_SCHEMA
 from valbench.runner import execute, run_status
 from valbench.spec import RunSpec
-from valbench.store import load_scores, read_manifest, read_results
+from valbench.store import RunStore, load_scores, read_manifest, read_results
 
 
 def small_spec(**changes: object) -> RunSpec:
@@ -631,3 +632,152 @@ def test_a_method_that_finishes_no_whole_unit_is_skipped_with_its_cost(tmp_path:
     assert "needs up to 31 fits" in record.error.message
     assert summary.skipped == [record.cell_id] and record.cost.model_fits == 10
     assert record.cost.cpu_s > 0 and record.complete is False
+
+
+def _fake_backend(
+    monkeypatch: pytest.MonkeyPatch,
+    statuses: dict[str, str],
+    stop_after: int | None = None,
+    interrupt: bool = True,
+) -> list[list[str]]:
+    """Run no method: each cell ends with the status ``statuses`` gives its method (an ok
+    cell with an incomplete estimate and a scores file), and no report is drawn. Returns, per
+    run, the cells it was handed; ``stop_after`` cells in, the run is interrupted (or, without
+    ``interrupt``, the backend returns leaving the rest unrun)."""
+    from valbench import runner
+    from valbench.worker import CellOutcome, failure_record
+
+    handed: list[list[str]] = []
+
+    def run(cells, spec, on_result, on_progress) -> None:
+        handed.append([c.cell_id for c in cells])
+        for i, cell in enumerate(cells):
+            if stop_after is not None and i == stop_after:
+                if interrupt:
+                    raise KeyboardInterrupt
+                return
+            status = statuses[cell.method]
+            record = failure_record(cell, spec, status, "X", f"{status} on purpose")
+            if status != "ok":
+                on_result(CellOutcome(record))
+                continue
+            record = replace(record, error=None, n_train=3)
+            on_result(CellOutcome(record, scores=np.array([0.5, 1.0, 2.0])))
+
+    monkeypatch.setattr(runner, "run_serial", run)
+    monkeypatch.setattr(runner, "_render", lambda run_dir: None)
+    return handed
+
+
+_FOUR = {"random": "ok", "loo": "failed", "tmc-shapley": "timeout", "exact-shapley": "skipped"}
+
+
+def _four_spec() -> RunSpec:
+    return small_spec(methods=tuple(_FOUR), metrics=())
+
+
+def _ids(method: str) -> str:
+    return f"synthetic.{method}.noise0.2.seed0"
+
+
+def test_a_resume_runs_no_finished_cell_and_counts_each_by_its_status(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    handed = _fake_backend(monkeypatch, _FOUR)
+    first = execute(_four_spec(), out=tmp_path, backend="serial", show_progress=False)
+    again = execute(_four_spec(), out=tmp_path, backend="serial", show_progress=False)
+    assert handed == [[_ids(m) for m in _FOUR]]  # the second run handed nothing out
+    for summary in (first, again):
+        assert (summary.ok, summary.partial) == (1, 1)
+        assert summary.failed == [_ids("loo"), _ids("tmc-shapley")]
+        assert summary.skipped == [_ids("exact-shapley")]
+    assert (first.already_done, again.already_done) == (0, 4)
+    manifest = read_manifest(tmp_path)
+    assert (manifest.status, manifest.resumed) == ("complete", 1)
+
+
+def test_retry_failed_reruns_the_failed_and_timed_out_cells_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    handed = _fake_backend(monkeypatch, _FOUR)
+    execute(_four_spec(), out=tmp_path, backend="serial", show_progress=False)
+    retried = execute(
+        _four_spec(), out=tmp_path, retry_failed=True, backend="serial", show_progress=False
+    )
+    assert handed[1] == [_ids("loo"), _ids("tmc-shapley")]  # not the skipped cell
+    assert retried.already_done == 2
+    lines = (tmp_path / "results.jsonl").read_text().splitlines()
+    assert sorted(json.loads(x)["cell_id"] for x in lines) == sorted(map(_ids, _FOUR))
+
+
+def test_a_resume_replaces_the_line_of_a_lost_scores_file_and_a_torn_last_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    statuses = {"random": "ok", "loo": "ok", "tmc-shapley": "failed"}
+    handed = _fake_backend(monkeypatch, statuses)
+    spec = small_spec(methods=tuple(statuses), metrics=())
+    execute(spec, out=tmp_path, backend="serial", show_progress=False)
+    (tmp_path / "scores" / f"{_ids('random')}.npz").unlink()
+    text = (tmp_path / "results.jsonl").read_text()
+    (tmp_path / "results.jsonl").write_text(text[:-20])  # the failed cell's line, torn
+    execute(spec, out=tmp_path, backend="serial", show_progress=False)
+    assert handed[1] == [_ids("random"), _ids("tmc-shapley")]
+    lines = (tmp_path / "results.jsonl").read_text().splitlines()
+    # One whole line per cell: the lost cell's old line dropped, the torn tail cut off.
+    assert sorted(json.loads(x)["cell_id"] for x in lines) == sorted(map(_ids, statuses))
+    assert run_status(tmp_path)["pending"] == []
+
+
+def test_an_interrupted_run_says_so_and_a_resume_adds_to_its_wall_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    handed = _fake_backend(monkeypatch, _FOUR, stop_after=1)
+    summary = execute(_four_spec(), out=tmp_path, backend="serial", show_progress=False)
+    assert summary.interrupted and summary.run_now == 1
+    manifest = read_manifest(tmp_path)
+    assert manifest.status == "interrupted" and manifest.resumed == 0
+    RunStore(tmp_path).write_manifest(replace(manifest, wall_s=100.0))
+    execute(_four_spec(), out=tmp_path, backend="serial", show_progress=False)
+    manifest = read_manifest(tmp_path)
+    # Three cells left, of which the fake backend finishes one before it stops again.
+    assert handed[1] == [_ids(m) for m in list(_FOUR)[1:]]
+    assert manifest.status == "interrupted" and manifest.resumed == 1
+    assert 100.0 <= manifest.wall_s < 160.0  # the first run's seconds are kept
+
+
+def test_a_run_whose_backend_left_cells_unrun_is_incomplete_until_resumed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _fake_backend(monkeypatch, _FOUR, stop_after=2, interrupt=False)
+    summary = execute(_four_spec(), out=tmp_path, backend="serial", show_progress=False)
+    assert not summary.interrupted and summary.finished == 2
+    assert read_manifest(tmp_path).status == "incomplete"
+    _fake_backend(monkeypatch, _FOUR)
+    assert execute(_four_spec(), out=tmp_path, backend="serial", show_progress=False).finished == 4
+    assert read_manifest(tmp_path).status == "complete"
+
+
+def test_a_serial_cell_that_catches_its_stop_and_finishes_late_is_a_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The process backend kills a cell at its limit; on the serial backend a method that
+    catches the stop and returns a result after the limit is recorded as a timeout, not ok."""
+    from valbench import runner
+    from valbench.errors import CellTimeout
+    from valbench.worker import CellOutcome, failure_record
+
+    def late_cell(cell, spec, progress, printed) -> CellOutcome:
+        try:
+            time.sleep(5)
+        except CellTimeout:
+            pass  # caught: the method finishes anyway
+        record = failure_record(cell, spec, "ok", "", "")
+        return CellOutcome(replace(record, error=None, complete=True))
+
+    monkeypatch.setattr(runner, "run_cell", late_cell)
+    spec = small_spec(methods=("random",), timeout=0.2)
+    got: list = []
+    runner.run_serial(spec.cells(), spec, got.append, lambda *args: None)
+    (outcome,) = got
+    assert outcome.record.status == "timeout" and outcome.record.error.type == "CellTimeout"
+    assert "its method caught the stop and finished after" in outcome.record.error.message
