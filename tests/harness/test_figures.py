@@ -157,3 +157,57 @@ def test_method_filter_reaches_the_names_drawn_beside_points_and_bars(tmp_path: 
     assert runtime is not None
     ticks = set(re.findall(r'id="vbm-(\d+)-tick"', runtime))
     assert ticks == set(re.findall(r'id="vbm-(\d+)-bar"', runtime)) and len(ticks) == len(methods)
+
+
+def test_a_mean_curve_is_drawn_only_where_every_seed_has_a_point() -> None:
+    from valbench.figures import _mean_curve
+
+    xs, mean, half = _mean_curve([([0.0, 0.5, 1.0], [1.0, 2.0, 3.0]), ([0.0, 1.0], [3.0, 5.0])])
+    assert xs.tolist() == [0.0, 1.0] and mean.tolist() == [2.0, 4.0]
+    # two seeds 2 apart: the t quantile of one degree of freedom times sd / sqrt(2) = 1
+    assert half is not None and half == pytest.approx([12.706204736, 12.706204736])
+    assert _mean_curve([([0.0, 1.0], [0.2, 0.4])])[2] is None  # one seed: no band
+
+
+def test_the_runtime_figure_puts_the_fastest_method_first() -> None:
+    import re
+
+    from test_report_stats import _line
+
+    from valbench.figures import method_styles, runtime_figure
+
+    seconds = {"slow": 9.0, "fast": 0.5, "mid": 2.0}
+    records = [
+        _line(m, s, 0.6, cpu_s=c * (1 + 0.01 * s)) for m, c in seconds.items() for s in range(3)
+    ]
+    (group,) = summarise(records)
+    styles = method_styles(seconds)
+    svg = runtime_figure(group, styles)
+    assert svg is not None
+    ticks = [int(i) for i in re.findall(r'id="vbm-(\d+)-tick"', svg)]
+    names = {s.index: m for m, s in styles.items()}
+    assert [names[i] for i in ticks] == ["fast", "mid", "slow"]
+
+
+def test_the_cd_diagram_writes_each_average_rank_and_the_cd_to_two_decimals() -> None:
+    from valbench.figures import cd_figure, method_styles
+    from valbench.summary import CDResult
+
+    ranks = {"a": 1.25, "b": 2.0, "c": 2.75}
+    result = CDResult(
+        key="gain",
+        label="gain, pp",
+        blocks=["d1", "d2", "d3", "d4", "d5"],
+        methods=sorted(ranks),
+        average_ranks=ranks,
+        friedman_chi2=5.2,
+        friedman_p=0.07,
+        iman_davenport_f=3.5,
+        iman_davenport_p=0.08,
+        critical_difference=1.482,
+        cliques=[["a", "b"], ["b", "c"]],
+    )
+    svg = cd_figure(result, method_styles(ranks))
+    for name, text in (("a", "a (1.25)"), ("b", "b (2.00)"), ("c", "c (2.75)")):
+        assert text in svg, name
+    assert "CD = 1.48" in svg

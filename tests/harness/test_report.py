@@ -536,3 +536,59 @@ def test_head_to_head_bolds_the_best_even_when_a_per_point_valuation(tmp_path: P
     best = re.findall(r'<td class="best"><strong>[^<]+</strong> <span class="muted">', reference[1])
     assert best and "(knn-shapley)" in reference[1]
     assert "95 % confidence interval" in section and "test accuracy ↑" in section
+
+
+def test_cells_table_costs_partial_marks_and_a_winning_selector_are_where_they_belong(
+    tmp_path: Path,
+) -> None:
+    records = [_ok("loo", s, 0.7) for s in range(2)] + [_ok("knn", s, 0.75) for s in range(3)]
+    records[0]["complete"] = False  # loo's seed 0: a partial estimate
+    sel = [_ok("kcenter", s, 0.9) for s in range(3)]  # a subset selector, best everywhere
+    for line in sel:
+        line["family"] = "subset-selection"
+    alone = [_ok("loo", s, 0.7, dataset="iris") for s in range(3)]  # the best of its group
+    alone[0]["complete"] = False
+    skipped = _failed("knn", 3, status="skipped")  # declined by its method: not a failure
+    run = _write_run(tmp_path / "r", records + sel + alone + [skipped])
+    # left out by default: loo's complete seed is drawn, and not named partial
+    render_report(run)
+    assert ">loo<" in (run / "figures" / "subset_value-digits-noise0.1.svg").read_text()
+    assert "loo (partial)" not in (run / "figures" / "subset_value-digits-noise0.1.svg").read_text()
+    html = render_report(run, include_partial=True).read_text(encoding="utf-8")
+    assert re.search(r'id="cells-failed"\s*>0<', html) and 'id="cells-skipped">1<' in html
+    # included: no note says partial cells were left out of the cross-dataset comparison
+    assert "Left out where their cells are partial" not in html
+    # loo shares two seeds with the best: untested, so not listed as not significantly worse
+    digits = re.search(r'<tr data-group="digits-noise0.1">(.*?)</tr>', html, re.S)
+    assert digits is not None and "knn" in digits[1] and "loo" not in digits[1]
+    headline = re.search(r'<tr data-group="iris-noise0.1">(.*?)</tr>', html, re.S)
+    assert headline is not None
+    assert headline[1].count('<strong>loo</strong> <span class="partial">(partial)</span>') == 5
+    # the cells table: CPU s, wall s and model fits in their own columns
+    head = re.search(r'<table class="cells">\s*<thead><tr>(.*?)</tr>', html, re.S)
+    assert head is not None
+    assert re.findall(r">([^<]+)</th>", head[1])[2:6] == [
+        "n train",
+        "CPU s",
+        "wall s",
+        "model fits",
+    ]
+
+    def row(cell: str) -> list[str]:
+        found = re.search(rf'<tr data-cell="{re.escape(cell)}".*?</tr>', html, re.S)
+        assert found is not None
+        return [
+            re.sub(r"<[^>]+>", "", td).strip() for td in re.findall(r"<td.*?</td>", found[0], re.S)
+        ]
+
+    # loo seed 1: cpu 0.9 + 0.7, wall 1.0 + 0.7 + 1, fits 70 + 1
+    assert row("digits.loo.noise0.1.seed1")[1:6] == ["ok", "—", "1.6", "2.7", "71"]
+    assert row("digits.loo.noise0.1.seed0")[1] == "ok (partial)"
+    # included as asked: the row names how many of its own cells are partial
+    assert "(partial: 1 of 2 cells)" in html
+    # head to head: the selector's means are the column's best, in bold
+    section = html[html.index('<section id="head-to-head">') :].split("</section>")[0]
+    kcenter = re.search(r'<tr data-method="kcenter">(.*?)</tr>', section, re.S)
+    assert kcenter is not None
+    assert kcenter[1].count('<td class="best"><strong>') == len(FRACTIONS)
+    assert f"<strong>{0.9 + 0.1 / 2 + 0.01:.3f} ± " in kcenter[1]  # 10 %: mean over seeds

@@ -774,3 +774,157 @@ def test_the_detection_auc_interval_stays_within_what_the_flips_allow() -> None:
     assert CellRecord.from_json(old).to_json()["metrics"]["mislabel"] == old["metrics"]["mislabel"]
     (old_group,) = summarise([CellRecord.from_json(old)])
     assert old_group.column("mislabel.auc").bounds == (0.0, 1.0)
+
+
+# --------------------------------------------------------------------------- numbers as text
+
+
+def _spread(method: str, values: list[float], **extra: Any) -> list[CellRecord]:
+    return [_line(method, s, v, **extra) for s, v in enumerate(values)]
+
+
+def test_columns_are_labelled_with_their_fraction_and_direction() -> None:
+    records = [
+        CellRecord.from_json(
+            {
+                **_line_json("a", s, 0.6 + 0.01 * s, 0.5),
+                "metrics": {
+                    "subset_value": {"0.05": 0.6, "0.2": 0.7},
+                    "random_subset_value": {"0.05": 0.5, "0.2": 0.5},
+                    "removal": {"fractions": [0.0], "values": [0.9], "auc": 0.4},
+                },
+            }
+        )
+        for s in range(2)
+    ]
+    (group,) = summarise(records)
+    labels = {c.key: (c.label, c.arrow) for c in group.columns}
+    assert labels["subset_value@0.05"] == ("5%", "↑")
+    assert labels["subset_value@0.2"] == ("20%", "↑")
+    assert labels["gain"] == ("gain, pp", "↑")
+    assert labels["removal.auc"] == ("removal AUC", "↓")  # lower is better
+    assert labels["cost.cpu_s"] == ("CPU s", "↓")
+
+
+def test_a_detectable_gain_is_an_unsigned_difference_and_a_cost_one_a_ratio() -> None:
+    best = [0.80, 0.82, 0.78, 0.81, 0.79]
+    gap = [0.02, 0.05, 0.03, 0.01, 0.04]
+    records = _spread("best", best, cpu_s=1.0)
+    records += [_line("m", s, best[s] - g, cpu_s=2.0 + 0.3 * s) for s, g in enumerate(gap)]
+    (group,) = summarise(records)
+    gain = group.detectable["gain"]  # in points: 100 × the paired gaps' detectable difference
+    assert gain == pytest.approx(100 * min_detectable_difference(stats.tstd(gap), 5))
+    assert group.detectable_text("gain") == f"{gain:.1f}" and gain > 0
+    ratio = group.detectable["cost.cpu_s"]
+    assert group.detectable_text("cost.cpu_s") == f"×{ratio:.3g}"
+
+
+def test_the_detection_auc_range_of_a_group_is_the_union_of_its_cells() -> None:
+    records = []
+    for seed, (low, high) in enumerate(((0.05, 0.90), (0.10, 0.95))):
+        line = _line_json("a", seed, 0.6, 0.5)
+        line["metrics"]["mislabel"] = {"auc": 0.5, "auc_low": low, "auc_high": high}
+        records.append(CellRecord.from_json(line))
+    (group,) = summarise(records)
+    assert group.column("mislabel.auc").bounds == (0.05, 0.95)
+
+
+def test_summary_json_says_how_each_column_is_averaged_and_exports_the_shown_interval() -> None:
+    cpu = {"a": (1.0, 2.0, 4.0), "b": (8.0, 8.0, 8.0)}
+    records = []
+    for method, seconds in cpu.items():
+        for seed, s in enumerate(seconds):
+            line = _line_json(method, seed, 0.6 + 0.01 * seed, 0.5, cpu_s=s)
+            line["cost"]["wall_s"] = 2 * s
+            line["metrics"]["full_data_value"] = 0.9 + 0.02 * seed
+            records.append(CellRecord.from_json(line))
+    failed = {**_line_json("b", 3, 0.6, 0.5), "status": "failed", "metrics": {}}
+    records.append(CellRecord.from_json(failed))
+    (group,) = summarise(records)
+    exported = summary_json(Manifest(spec={}), [group], [])["groups"][0]
+    columns = {c["key"]: c for c in exported["columns"]}
+    assert (columns["cost.cpu_s"]["mean"], columns["cost.cpu_s"]["log_floor"]) == (
+        "geometric",
+        CPU_FLOOR_S,
+    )
+    assert columns["cost.cpu_s"]["tested_on"] == "log"
+    # wall seconds: shown, not compared, an arithmetic mean (no floor)
+    assert (columns["cost.wall_s"]["mean"], columns["cost.wall_s"]["log_floor"]) == (
+        "arithmetic",
+        None,
+    )
+    assert columns["cost.wall_s"]["tested_on"] is None
+    assert (columns["gain"]["mean"], columns["gain"]["tested_on"]) == ("arithmetic", "value")
+    # a geometric mean's interval is multiplicative: no ± half-width, its ends as shown
+    a = exported["methods"]["a"]["values"]["cost.cpu_s"]
+    logs = np.log(cpu["a"])
+    half = stats.t.ppf((1 + CONFIDENCE) / 2, 2) * np.std(logs, ddof=1) / math.sqrt(3)
+    assert a["mean"] == pytest.approx(2.0) and a["ci_half_width"] is None
+    assert (a["ci_low"], a["ci_high"]) == pytest.approx(
+        (2.0 / math.exp(half), 2.0 * math.exp(half))
+    )
+    assert exported["methods"]["a"]["values"]["cost.wall_s"]["mean"] == pytest.approx(14 / 3)
+    # the full-data reference is its own number, and a failed cell is no partial one
+    full = exported["references"]["full_data"]
+    assert full["mean"] == pytest.approx(0.92) and full["n"] == 3
+    assert exported["references"]["random_subset"]["0.1"]["mean"] == pytest.approx(0.5)
+    assert exported["partial_cells"] == {} and group.failed == {"b": 1}
+
+
+def test_summary_json_exports_a_clipped_interval_and_no_detectable_difference_beyond_range() -> (
+    None
+):
+    best, other = (0.9, 0.5, 0.95), (0.3, 0.45, 0.2)
+    records = _spread("best", list(best)) + _spread("m", list(other))
+    (group,) = summarise(records)
+    exported = summary_json(Manifest(spec={}), [group], [])["groups"][0]
+    key = "subset_value@0.1"
+    stat = exported["methods"]["best"]["values"][key]
+    h = stats.t.ppf((1 + CONFIDENCE) / 2, 2) * np.std(best, ddof=1) / math.sqrt(3)
+    assert stat["ci_half_width"] == pytest.approx(h) and np.mean(best) + h > 1
+    assert (stat["ci_low"], stat["ci_high"]) == pytest.approx((np.mean(best) - h, 1.0))
+    # beyond the range an accuracy can show: null, and listed as such (not as "not tested")
+    assert exported["min_detectable_difference"][key] is None
+    assert key in exported["min_detectable_difference_beyond_range"]
+    assert "lds" not in exported["min_detectable_difference_beyond_range"]
+    assert all(
+        not math.isnan(group.detectable[k])
+        for k in exported["min_detectable_difference_beyond_range"]
+    )
+
+
+def test_gain_shows_its_sign_an_unsigned_half_width_and_shared_ranks_halves() -> None:
+    records = _spread("a", [0.60, 0.61, 0.62]) + _spread("b", [0.60, 0.61, 0.62])
+    records += _spread("c", [0.45, 0.46, 0.44])
+    (group,) = summarise(records)
+    h = stats.t.ppf((1 + CONFIDENCE) / 2, 2) * 1.0 / math.sqrt(3)  # gains 10, 11, 12 points
+    gain = group.rows["a"]["gain"]
+    assert gain.text == f"+11.0 ± {h:.1f}"
+    assert group.rows["c"]["gain"].text.startswith("-5.0 ± ")
+    assert [group.rows[m]["gain"].rank_text for m in "abc"] == ["1.5", "1.5", "3"]
+
+
+def test_a_method_worse_on_the_shared_seeds_but_better_by_its_mean_is_not_marked_worse() -> None:
+    # "best" has the column's most seeds, and its fifth seed drags its mean down; "four" is
+    # below it on each shared seed (significantly) yet its mean is higher.
+    records = _spread("best", [0.90, 0.91, 0.92, 0.93, 0.10])
+    records += _spread("four", [0.85, 0.87, 0.86, 0.89])
+    (group,) = summarise(records)
+    four = group.rows["four"]["subset_value@0.1"]
+    assert group.rows["best"]["subset_value@0.1"].best and not four.best
+    p = stats.ttest_rel([0.85, 0.87, 0.86, 0.89], [0.90, 0.91, 0.92, 0.93]).pvalue
+    assert four.p_holm == pytest.approx(p) and p < ALPHA
+    assert four.mean > group.rows["best"]["subset_value@0.1"].mean and four.tied
+
+
+def test_the_head_to_head_shows_the_first_named_of_tied_best_valuations() -> None:
+    from valbench.summary import SELECTION_FAMILY, head_to_head
+
+    a, b = (0.8, 0.82, 0.98), (0.82, 0.84, 0.94)  # equal means but for rounding
+    records = _spread("a", list(a)) + _spread("b", list(b)) + _spread("sel", [0.6] * 3)
+    (group,) = summarise(records)
+    (h2h,) = head_to_head([group], {"sel": SELECTION_FAMILY})
+    point = h2h.best_point["0.1"]
+    assert point is not None and point[0] == "a, b"
+    shown = group.rows["a"]["subset_value@0.1"]
+    assert point[1].text == shown.text != group.rows["b"]["subset_value@0.1"].text
