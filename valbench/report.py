@@ -804,6 +804,12 @@ def _cross_figures(
             f"{result.friedman_chi2:.2f}, p = {result.friedman_p:.3g}; Iman–Davenport F = "
             f"{result.iman_davenport_f:.2f}, p = {result.iman_davenport_p:.3g}"
             + (
+                " (every dataset ranks the methods alike: p is the exact chance of that under "
+                "equal methods)"
+                if math.isinf(result.iman_davenport_f)
+                else ""
+            )
+            + (
                 f" (equal ranks are not rejected at α = {ALPHA:g}: the gaps between the "
                 "methods below are no evidence of a difference)"
                 if result.iman_davenport_p >= ALPHA

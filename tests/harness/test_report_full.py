@@ -552,3 +552,36 @@ def test_a_lost_scores_file_makes_the_page_say_incomplete_and_name_the_cell(
     lost = re.search(r'<p class="warning" id="lost-scores">(.*?)</p>', page, re.S)
     assert lost is not None and record["cell_id"] in lost.group(1)
     assert "1 finished cell lost its scores file" in re.sub(r"<[^>]+>", "", lost.group(1))
+
+
+def test_the_cd_caption_gives_each_test_its_own_p(tmp_path: Path) -> None:
+    # The caption's Friedman and Iman–Davenport p, recomputed from the average ranks (no ties
+    # among these fake values): each under its own name, and "equal ranks are not rejected"
+    # only where the F test does not reject them.
+    run = fake_run(
+        tmp_path / "run",
+        methods=("random", "loo", "knn-shapley", "data-oob"),
+        datasets=("d1", "d2", "d3", "d4", "d5"),
+        seeds=3,
+    )
+    render_report(run)
+    page = (run / "index.html").read_text()
+    captions = re.findall(r"Average rank over 5 datasets[^<]*", page)
+    results = json.loads((run / "summary.json").read_text())["across_datasets"]
+    assert len(captions) == len(results) == 2
+    for result in results:
+        ranks = np.array(list(result["average_ranks"].values()))
+        n, k = 5, len(ranks)
+        chi2 = 12 * n / (k * (k + 1)) * float(np.sum((ranks - (k + 1) / 2) ** 2))
+        friedman_p = stats.chi2.sf(chi2, k - 1)
+        (caption,) = [c for c in captions if f"χ² (corrected for ties) = {chi2:.2f}," in c]
+        assert f"p = {friedman_p:.3g}; Iman" in caption
+        if chi2 < n * (k - 1):
+            f_stat = (n - 1) * chi2 / (n * (k - 1) - chi2)
+            id_p = stats.f.sf(f_stat, k - 1, (k - 1) * (n - 1))
+            assert f"F = {f_stat:.2f}, p = {id_p:.3g};" in caption
+        else:  # every dataset ranks them alike: the exact chance of that, (k!)^(1-n)
+            exact = math.factorial(k) ** (1 - n)
+            assert f"F = inf, p = {exact:.3g} (every dataset ranks the methods alike" in caption
+        assert ("equal ranks are not rejected" in caption) == (result["iman_davenport_p"] >= 0.05)
+        assert result["iman_davenport_p"] < 0.05  # these fake methods differ on every dataset
