@@ -592,3 +592,59 @@ def test_cells_table_costs_partial_marks_and_a_winning_selector_are_where_they_b
     assert kcenter is not None
     assert kcenter[1].count('<td class="best"><strong>') == len(FRACTIONS)
     assert f"<strong>{0.9 + 0.1 / 2 + 0.01:.3f} ± " in kcenter[1]  # 10 %: mean over seeds
+
+
+def test_the_tied_mark_shows_the_holm_corrected_p_of_its_cell(tmp_path: Path) -> None:
+    # The ≈ tooltip must give the corrected p the mark was decided by, not the raw p.
+    from test_report_fakes import fake_run
+
+    run = fake_run(
+        tmp_path / "run",
+        methods=("random", "loo", "knn-shapley", "data-oob"),
+        datasets=("digits",),
+        seeds=5,
+        two_d=(),
+    )
+    render_report(run)
+    page = (run / "index.html").read_text()
+    tied = re.findall(
+        r'<td data-col="[^"]*"[^>]*data-p="([^"]*)" data-p-holm="([^"]*)"[^>]*class="tied">'
+        r'.*?title="not significantly worse than the best \(Holm-corrected p = ([^):]*)',
+        page,
+    )
+    assert any(float(raw) < float(holm) < 1 for raw, holm, _ in tied)  # the two differ here
+    for _, holm, shown in tied:
+        assert shown == f"{float(holm):.2g}"
+
+
+def test_the_cannot_beat_random_banner_needs_every_dataset_to_fail(tmp_path: Path) -> None:
+    # One dataset where a method beats random is enough to drop the banner; with none, it shows.
+    from test_report_fakes import fake_run, read_jsonl
+
+    from valbench.store import read_results
+    from valbench.summary import summarise
+
+    run = fake_run(
+        tmp_path / "run",
+        methods=("random", "loo", "knn-shapley"),
+        datasets=("digits", "wine"),
+        seeds=5,
+        two_d=(),
+    )
+    lines = read_jsonl(run)
+
+    def flatten(dataset: str) -> None:  # every subset exactly as good as the random one
+        for rec in lines:
+            if dataset in (rec["dataset"], "*"):
+                values = rec["metrics"]["subset_value"]
+                rec["metrics"]["random_subset_value"] = dict(values)
+        (run / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+
+    flatten("wine")
+    separated = {g.dataset: g.separated_from_random for g in summarise(read_results(run))}
+    assert separated["wine"] == [] and separated["digits"]
+    render_report(run)
+    assert 'id="too-small"' not in (run / "index.html").read_text()
+    flatten("*")
+    render_report(run)
+    assert 'id="too-small"' in (run / "index.html").read_text()
