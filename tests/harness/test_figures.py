@@ -211,3 +211,29 @@ def test_the_cd_diagram_writes_each_average_rank_and_the_cd_to_two_decimals() ->
     for name, text in (("a", "a (1.25)"), ("b", "b (2.00)"), ("c", "c (2.75)")):
         assert text in svg, name
     assert "CD = 1.48" in svg
+
+
+def test_the_ideal_mislabel_curve_finds_every_flip_by_the_noise_rate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Inspecting the flipped share ρ of the rows in the ideal order finds all of them: the
+    # dotted reference turns at (ρ, 1), not at (1 − ρ, 1).
+    from matplotlib.axes import Axes
+    from test_report_fakes import fake_run
+
+    from valbench.figures import method_styles, mislabel_figure
+
+    drawn: list[tuple[list[float], list[float]]] = []
+    plot = Axes.plot
+
+    def recording(self: Axes, *args: object, **kwargs: object) -> object:
+        if kwargs.get("label") == "ideal":
+            drawn.append((list(args[0]), list(args[1])))  # type: ignore[call-overload]
+        return plot(self, *args, **kwargs)
+
+    monkeypatch.setattr(Axes, "plot", recording)
+    methods = ["random", "loo"]
+    run = fake_run(tmp_path / "r", methods=methods, datasets=("d",), seeds=2, noise=0.2, two_d=())
+    (group,) = summarise(read_records(run))
+    assert mislabel_figure(group, method_styles(methods)) is not None
+    assert drawn == [([0, 0.2, 1], [0, 1, 1])]
