@@ -338,3 +338,84 @@ def test_published_mnist_class_counts(monkeypatch: pytest.MonkeyPatch) -> None:
     train, test = MNISTDataset.class_counts
     assert sum(train) == 60000 and sum(test) == 10000
     assert test == (980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009)
+
+
+def test_cnn_features_of_another_noise_draw_are_trained_again_on_the_kept_rows(
+    isolated: Path,
+) -> None:
+    # The cache key holds a fingerprint of the training labels: a CNN trained on the clean
+    # labels (or one noise draw) must never be reused for another draw (a label leak).
+    make_idx_dir(isolated / "fashion-mnist")
+    ds = FashionMNISTDataset(features="cnn", n_val=20, cnn_epochs=1, cnn_dim=4, cnn_width=2)
+    full = ds.load(seed=0)
+    n = len(full.y_train)
+    clean = ds.load_relabelled(seed=0, relabel=lambda y, k: (np.arange(len(y)), y))
+    flipped = ds.load_relabelled(seed=0, relabel=lambda y, k: (np.arange(len(y)), (y + 1) % k))
+    assert np.array_equal(clean.y_train, full.y_train) and not np.allclose(
+        flipped.x_train, clean.x_train, atol=1e-3
+    )
+    np.testing.assert_allclose(clean.x_train, full.x_train, atol=1e-5)  # same labels: same key
+    assert len(list((isolated / "features" / "fashion-mnist").glob("*.npz"))) == 2
+    # The CNN trains on the rows relabel keeps, and the splits hold exactly those rows.
+    rows = np.arange(0, n, 2)
+    half = ds.load_relabelled(seed=0, relabel=lambda y, k: (rows, y[rows]))
+    assert half.x_train.shape == (len(rows), 4) and np.array_equal(half.y_train, full.y_train[rows])
+    np.testing.assert_array_equal(half.train_rows, full.train_rows[rows])
+    raw = FashionMNISTDataset(n_val=20).load_relabelled(
+        seed=0, relabel=lambda y, k: (rows, y[rows])
+    )
+    np.testing.assert_array_equal(raw.train_rows, half.train_rows)
+    assert len(list((isolated / "features" / "fashion-mnist").glob("*.npz"))) == 3
+
+
+def test_test_rows_only_when_the_test_split_is_carved_from_the_pool(isolated: Path) -> None:
+    make_idx_dir(isolated / "fashion-mnist")
+    s = FashionMNISTDataset(n_val=20).load(seed=0)
+    assert s.test_rows is None and s.val_rows is not None and len(s.val_rows) == 20
+    # A relabelled cnn load reports the same provenance.
+    cnn = FashionMNISTDataset(features="cnn", n_val=20, cnn_epochs=1, cnn_dim=4, cnn_width=2)
+    r = cnn.load_relabelled(seed=0, relabel=lambda y, k: (np.arange(len(y)), y))
+    assert r.test_rows is None
+    np.testing.assert_array_equal(r.val_rows, s.val_rows)
+
+
+def test_cnn_relabel_label_equal_to_n_classes_is_refused(isolated: Path) -> None:
+    make_idx_dir(isolated / "fashion-mnist")
+    ds = FashionMNISTDataset(features="cnn", n_val=20, cnn_epochs=1, cnn_dim=4, cnn_width=2)
+    with pytest.raises(ValueError, match=r"labels outside 0\.\.9"):
+        ds.load_relabelled(seed=0, relabel=lambda y, k: (np.arange(len(y)), np.full(len(y), k)))
+    with pytest.raises(ValueError, match=r"rows outside 0\.\.99"):
+        ds.load_relabelled(seed=0, relabel=lambda y, k: (np.array([0, len(y)]), y[:2]))
+    with pytest.raises(ValueError, match="labels outside"):
+        ds.load_relabelled(seed=0, relabel=lambda y, k: (np.arange(len(y)), y - 1))
+
+
+def test_an_n_test_of_all_but_one_test_image_is_applied(isolated: Path) -> None:
+    make_idx_dir(isolated / "fashion-mnist")
+    assert len(FashionMNISTDataset(n_val=20, n_test=N_TEST - 1).load(seed=0).y_test) == N_TEST - 1
+    assert len(FashionMNISTDataset(n_val=20, n_test=N_TEST).load(seed=0).y_test) == N_TEST
+    assert len(FashionMNISTDataset(n_val=20, n_test=N_TEST + 5).load(seed=0).y_test) == N_TEST
+
+
+def test_cifar10_rows_are_channel_first_as_published(isolated: Path) -> None:
+    # A CIFAR row holds the 1024 red values, then green, then blue (row-major 32x32 each).
+    write_cifar(isolated / "cifar-10-batches-py")
+    from valbench.datasets._images import read_cifar10_dir
+
+    x_tr, y_tr, x_te, _ = read_cifar10_dir(isolated / "cifar-10-batches-py")
+    rng = np.random.default_rng(0)  # the fixture's draw of data_batch_1
+    data = rng.integers(0, 255, size=(20, 3072), dtype=np.uint8)
+    data[:, 0] = (np.arange(20) % 10) * 10
+    assert x_tr.shape == (100, 3, 32, 32) and x_te.shape == (30, 3, 32, 32)
+    np.testing.assert_array_equal(x_tr[:20, 1, 0, 0], data[:, 1024])
+    np.testing.assert_array_equal(x_tr[:20, 0, 0, 1], data[:, 1])
+    np.testing.assert_array_equal(x_tr[:20, 2, 31, 31], data[:, 3071])
+    np.testing.assert_array_equal(x_tr[:20].reshape(20, -1), data)
+
+
+def test_a_partial_cifar10_folder_is_not_read_but_downloaded(isolated: Path) -> None:
+    write_cifar(isolated / "cifar-10-batches-py")
+    (isolated / "cifar-10-batches-py" / "data_batch_4").unlink()
+    assert not CIFAR10Dataset.available()
+    with pytest.raises(DatasetError, match="download failed: no download mirror"):
+        CIFAR10Dataset(n_val=20).load(seed=0)

@@ -114,3 +114,13 @@ def test_mnist_5k_pixels_out_of_range_are_refused(
             _mnist_5k_arrays()
     finally:
         _mnist_5k_arrays.cache_clear()
+
+
+def test_mnist_5k_val_and_test_fractions_each_size_their_own_split() -> None:
+    s = MNIST5kDataset(val_fraction=0.1, test_fraction=0.3).load(seed=0)
+    assert (len(s.y_train), len(s.y_val), len(s.y_test)) == (3000, 500, 1500)
+    t = MNIST5kDataset(n_val=100, test_fraction=0.3).load(seed=0)
+    assert (len(t.y_val), len(t.y_test)) == (100, 1500)
+    u = MNIST5kDataset(val_fraction=0.3, n_test=200).load(seed=0)
+    assert (len(u.y_val), len(u.y_test)) == (1500, 200)
+    assert len(np.intersect1d(s.test_rows, s.val_rows)) == 0 and len(s.test_rows) == 1500

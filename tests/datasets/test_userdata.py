@@ -614,3 +614,94 @@ def test_a_label_read_as_missing_names_its_data_row(tmp_path: Path) -> None:
         FileDataset(path=str(path)).read(carved=False)
     assert "has 2 values read as missing, spelled 'NA' (first in row 1, counting" in str(err.value)
     assert ", and 1 empty ones;" in str(err.value)
+
+
+def test_nullable_integer_and_float_columns_alone_are_numbers(tmp_path: Path) -> None:
+    """Without a True/False column beside them, nullable Int64/Float64 columns made an object
+    array (refused as not numbers): they are cast to floats too."""
+    frame = pd.DataFrame({"a": [0.5, 1.5, 2.5, 3.5], "label": [0, 1, 0, 1]})
+    frame["b"] = pd.Series([4, 5, 6, 7], dtype="Int64")
+    frame["c"] = pd.Series([0.25, 0.5, 0.75, 1.0], dtype="Float64")
+    frame.to_parquet(tmp_path / "n.parquet")
+    parts, classes = FileDataset(path=str(tmp_path / "n.parquet")).read(carved=False)
+    x, y = parts["train"]
+    assert x.dtype == np.float64 and classes == ["0", "1"]
+    np.testing.assert_array_equal(x, [[0.5, 4, 0.25], [1.5, 5, 0.5], [2.5, 6, 0.75], [3.5, 7, 1]])
+    np.testing.assert_array_equal(y, [0, 1, 0, 1])
+
+
+def test_an_id_column_is_never_a_feature_and_never_the_label(tmp_path: Path) -> None:
+    from valbench.userdata import read_ids
+
+    frame = pd.DataFrame(
+        {"id": [101, 102, 103, 104], "a": [1.0, 2.0, 3.0, 4.0], "label": [0, 1, 0, 1]}
+    )
+    frame.to_parquet(tmp_path / "ids.parquet")
+    frame.to_csv(tmp_path / "ids.csv", index=False)
+    for name in ("ids.parquet", "ids.csv"):
+        path = tmp_path / name
+        parts, _ = FileDataset(path=str(path), id_column="id").read(carved=False)
+        np.testing.assert_array_equal(parts["train"][0], [[1.0], [2.0], [3.0], [4.0]])
+        ids = read_ids(path, "id")
+        assert ids.tolist() == ["101", "102", "103", "104"]  # text, as exports write it
+        with pytest.raises(DatasetError, match="'label' cannot be both the label and the id"):
+            FileDataset(path=str(path), id_column="label").read(carved=False)
+    # Without --id-column the numbers are a feature like any other.
+    parts, _ = FileDataset(path=str(tmp_path / "ids.parquet")).read(carved=False)
+    assert parts["train"][0].shape == (4, 2)
+
+
+def test_a_y_column_beside_the_label_is_refused_only_when_it_looks_like_labels(
+    tmp_path: Path,
+) -> None:
+    n = 42
+    base = pd.DataFrame({"a": np.arange(n, dtype=float), "label": np.arange(n) % 2})
+    looks = {
+        "twenty whole numbers": np.arange(n) % 20,
+        "true/false": np.arange(n) % 3 == 0,
+    }
+    for column in looks.values():
+        base.assign(y=column).to_csv(tmp_path / "d.csv", index=False)
+        with pytest.raises(DatasetError, match="looks like labels too"):
+            FileDataset(path=str(tmp_path / "d.csv"), label_column="label").read(carved=False)
+    # 21 distinct whole numbers (a count, a measurement): a feature.
+    base.assign(y=np.arange(n) % 21).to_csv(tmp_path / "d.csv", index=False)
+    parts, _ = FileDataset(path=str(tmp_path / "d.csv"), label_column="label").read(carved=False)
+    np.testing.assert_array_equal(parts["train"][0][:, 1], np.arange(n) % 21)
+    # A y column named as the id column holds the ids, read apart: no refusal.
+    base.assign(y=[f"r{i}" for i in range(n)]).to_csv(tmp_path / "ids.csv", index=False)
+    ds = FileDataset(path=str(tmp_path / "ids.csv"), label_column="label", id_column="y")
+    assert ds.read(carved=False)[0]["train"][0].shape == (n, 1)
+
+
+def test_given_splits_sizes_and_carved_shares(tmp_path: Path) -> None:
+    # Carved shares round to the nearest row: 0.19 of 30 is 5.7, so 6 rows.
+    x = np.arange(30.0)[:, None]
+    np.savez(tmp_path / "c.npz", x=x, y=np.arange(30) % 2)
+    s = FileDataset(path=str(tmp_path / "c.npz"), val_fraction=0.19, test_fraction=0.19).load(
+        seed=0
+    )
+    assert (len(s.y_train), len(s.y_val), len(s.y_test)) == (18, 6, 6)
+    # A given validation split: n_val subsamples it (stratified, all but one row too) and
+    # never carves rows out of the training data.
+    y_val = np.array([0, 0, 0, 0, 0, 1, 1, 1, 1])
+    np.savez(tmp_path / "g.npz", x=x, y=np.arange(30) % 2, x_val=x[:9] + 100, y_val=y_val)
+    for n_val, counts in ((4, [2, 2]), (8, [4, 4])):
+        g = FileDataset(path=str(tmp_path / "g.npz"), n_val=n_val, standardize=False).load(seed=0)
+        assert np.bincount(g.y_val).tolist() == counts and g.val_rows is None
+        assert (len(g.y_train), len(g.y_test)) == (24, 6)
+        assert set(g.x_val[:, 0].tolist()) <= set(range(100, 109))
+        assert g.y_val.flags.writeable  # a copy: the parsed arrays stay shared and read-only
+    whole = FileDataset(path=str(tmp_path / "g.npz"), n_val=9, standardize=False).load(seed=0)
+    np.testing.assert_array_equal(whole.y_val, y_val)
+    whole.y_val[:] = 1
+    again = FileDataset(path=str(tmp_path / "g.npz"), n_val=9, standardize=False).load(seed=0)
+    np.testing.assert_array_equal(again.y_val, y_val)
+
+
+def test_a_class_of_one_row_is_read_when_the_caller_splits_its_own_way(tmp_path: Path) -> None:
+    np.savez(tmp_path / "one.npz", x=np.arange(7.0)[:, None], y=[0, 0, 0, 1, 1, 1, 2])
+    parts, classes = FileDataset(path=str(tmp_path / "one.npz")).read(carved=False)
+    assert classes == ["0", "1", "2"] and len(parts["train"][1]) == 7
+    with pytest.raises(DatasetError, match="class 2 has 1 row"):
+        FileDataset(path=str(tmp_path / "one.npz")).read()

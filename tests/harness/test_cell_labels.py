@@ -17,6 +17,7 @@ from valbench import worker as cell_mod
 from valbench.data import apply_label_noise, imbalance_train
 from valbench.datasets import _download, vision
 from valbench.datasets.vision import FashionMNISTDataset
+from valbench.errors import DatasetError
 from valbench.spec import Cell, RunSpec
 from valbench.types import Dataset, DatasetSplits, Relabel
 
@@ -177,3 +178,39 @@ def test_the_hook_gets_clean_labels_gives_back_noisy_ones_and_never_the_mask(
     assert np.array_equal(task.y_train, labels)
     # The features were learned from the noisy labels, not the clean ones.
     assert np.array_equal(task.x_train.argmax(axis=1), labels)
+
+
+class _Silent(_Spy):
+    """A plugin whose load_relabelled never calls relabel (the clean labels, unmarked)."""
+
+    def load_relabelled(
+        self, *, seed: int, relabel: Relabel, max_train: int | None = None
+    ) -> DatasetSplits:
+        return self.load(seed=seed, max_train=max_train)
+
+
+def test_relabelled_loads_report_given_labels_and_refuse_what_the_hook_did_not_do(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(cell_mod, "get_dataset", lambda name: _Spy)
+    _Spy.seen.clear()
+    spec = _spec("spy", params={}, imbalance=3.0)
+    task, prov = cell_mod.build_task_with_provenance(Cell("spy", 0.3, 0, "random"), spec)
+    ((clean, rows, labels),) = _Spy.seen
+    assert len(rows) < 60  # the imbalance kept a subset
+    np.testing.assert_array_equal(prov["given_labels"], clean[rows])  # before the noise
+    np.testing.assert_array_equal(prov["labels"], labels)
+    assert (prov["given_labels"] != prov["labels"]).sum() == task.noisy_mask.sum() > 0
+    # The spy ignores --max-train: one point over the cap fails the cell.
+    cell_mod._load_relabelled.cache_clear()
+    over = _spec("spy", params={}, max_train=len(rows) - 1, imbalance=3.0)
+    with pytest.raises(DatasetError, match=f"returned {len(rows)} training points, above"):
+        cell_mod.build_task(Cell("spy", 0.3, 0, "random"), over)
+    monkeypatch.setattr(cell_mod, "get_dataset", lambda name: _Silent)
+    with pytest.raises(RuntimeError, match="load_relabelled never called relabel"):
+        cell_mod.build_task(Cell("spy", 0.3, 0, "random"), _spec("spy", params={}))
+
+
+def test_max_train_reaches_a_relabelled_load(data: Path) -> None:
+    task = cell_mod.build_task(Cell("fashion-mnist", 0.3, 0, "random"), _spec(max_train=30))
+    assert len(task.y_train) == 30 and np.bincount(task.y_train, minlength=10).sum() == 30
