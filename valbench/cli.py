@@ -952,7 +952,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
     finally:
-        if on_main_thread:
+        if on_main_thread and previous is not None:  # None: a handler from outside Python
             signal.signal(signal.SIGTERM, previous)
 
 

@@ -236,9 +236,21 @@ def _spec_notes(manifest_a: Manifest, manifest_b: Manifest) -> list[str]:
     return notes
 
 
+class _Unset:
+    """A parameter a run left unset, shown with today's declared default: the code that made
+    the run may have had another (compare reads runs of two commits), so it is never taken as
+    equal to a value set, only shown beside it."""
+
+    def __init__(self, default: Any) -> None:
+        self.default = default
+
+    def __repr__(self) -> str:
+        return f"unset (default now {self.default!r})"
+
+
 def _with_defaults(a: Any, b: Any, key: str) -> tuple[Any, Any]:
-    """The ``params`` tables of two specs with each parameter one of them left unset given its
-    declared default, so a change reads ``k: 5 -> 1`` and an explicit default is no change."""
+    """The ``params`` tables of two specs with each parameter one of them left unset shown with
+    its declared default: a change reads ``k: unset (default now 5) -> 1``, not ``unset -> 1``."""
     if key != "params":
         return a, b
     a, b = a or {}, b or {}  # a spec without a params table sets none
@@ -258,7 +270,7 @@ def _with_defaults(a: Any, b: Any, key: str) -> tuple[Any, Any]:
             values = table.setdefault(owner, {})
             for name in set(a.get(owner, {})) | set(b.get(owner, {})):
                 if name not in values and name in declared:
-                    values[name] = declared[name].default
+                    values[name] = _Unset(declared[name].default)
     return filled_a, filled_b
 
 

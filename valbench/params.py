@@ -368,9 +368,11 @@ def check_params(
         )
     for key, value in params.items():
         spec = specs[key]
-        # No array, tensor or C library takes an integer past 64 bits (it overflowed there).
-        huge = isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 2**63
-        if huge or not spec.accepts(value):
+        # No array, tensor or C library takes an integer past 64 bits (it overflowed there);
+        # the declared bounds speak first, where they refuse it.
+        accepted = spec.accepts(value)
+        huge = accepted and isinstance(value, int) and not -(2**63) <= value < 2**63
+        if huge or not accepted:
             example = _example(spec)
             hint = (
                 f"; e.g. --param {name}.{key}={toml_value(example)}" if example is not None else ""
@@ -381,7 +383,7 @@ def check_params(
             )
             if len(shown) > 60:  # a pasted blob must not flood the one line
                 shown = shown[:57] + "..."
-            problem = "is too large (over 2^63)" if huge else f"is not {spec.allowed(value)}"
+            problem = "is outside the 64-bit range" if huge else f"is not {spec.allowed(value)}"
             raise UsageError(f"{kind} {name!r}: {key}={shown} {problem}{hint}")
     # Rules that tie parameters together (each valid alone) are the class's own.
     joint = getattr(cls, "params_problem", None)

@@ -724,8 +724,8 @@ def _as_caps(value: Any) -> tuple[bool, int | None, dict[str, int | None]]:
         return True, _as_int("max_train", value, optional=True), {}
     has_default, default, per = False, None, {}
     for name, cap in items:
-        if name != "*" and isinstance(cap, str) and not cap:
-            # "wine=$CAP" with CAP unset must not lift wine's cap quietly.
+        if isinstance(cap, str) and not cap:
+            # "wine=$CAP" (or "*=$CAP") with CAP unset must not lift a cap quietly.
             raise UsageError(f"max_train {name}= gives no cap; give a number, or none for no cap")
         number = _as_int(f"max_train {name}" if name != "*" else "max_train", cap, optional=True)
         if name == "*":

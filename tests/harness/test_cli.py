@@ -238,6 +238,8 @@ def test_sigterm_ends_any_command_as_ctrl_c_from_its_start(
     import valbench.cli as cli
 
     def terminated_early(args: Any) -> int:
+        # Checked first: without main's handler the signal would end pytest itself.
+        assert signal.getsignal(signal.SIGTERM) is cli._interrupt
         os.kill(os.getpid(), signal.SIGTERM)
         return 0  # not reached: the handler raises at the next bytecode
 

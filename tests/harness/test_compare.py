@@ -163,8 +163,9 @@ def test_unshared_seeds_methods_and_specs_are_said(base: Path, tmp_path: Path) -
     (run_b / "manifest.json").write_text(json.dumps(manifest))
     comparison = compare_runs(base, run_b)
     # the changed setting is named with both values, not only as "params"
-    # a parameter one run left unset reads as its declared default, not "unset"
-    assert any("params.loo.batch_size: 64 -> 8" in n for n in comparison.notes), comparison.notes
+    # a parameter one run left unset is shown with today's declared default
+    expected = "params.loo.batch_size: unset (default now 64) -> 8"
+    assert any(expected in n for n in comparison.notes), comparison.notes
     loo = [d for d in comparison.differences if d.method == "loo"]
     assert loo and all(d.n_pairs == 1 and d.change == "untested" for d in loo)
     assert comparison.only_a == ["digits · label noise 0.1: random"]
@@ -251,13 +252,17 @@ def test_cells_lost_in_b_fail_the_comparison(
     assert 'id="lost"' in page.read_text()
 
 
-def test_a_parameter_set_to_its_default_is_no_change(base: Path, tmp_path: Path) -> None:
+def test_a_parameter_set_to_its_default_is_still_a_change_shown_with_it(
+    base: Path, tmp_path: Path
+) -> None:
+    # The code that made run A may have had another default: set and unset stay a change,
+    # today's default shown beside it.
     run_b = _copy(base, tmp_path)
     manifest = json.loads((run_b / "manifest.json").read_text())
     manifest["spec"]["params"] = {"loo": {"batch_size": 64}, "file:gone.csv": {"x": 1}}
     (run_b / "manifest.json").write_text(json.dumps(manifest))
     notes = compare_runs(base, run_b).notes
-    assert not any("batch_size" in n for n in notes), notes
+    assert any("params.loo.batch_size: unset (default now 64) -> 64" in n for n in notes), notes
     # a table of no registered method or dataset keeps its plain change
     assert any("params.file:gone.csv.x: unset -> 1" in n for n in notes), notes
 

@@ -416,9 +416,11 @@ def test_an_integer_past_64_bits_is_one_line() -> None:
     # --param data-oob.n_estimators=<400 nines> was an OverflowError traceback.
     huge = 10**400
     assert Interval(int, 1, None).accepts(huge) and not Interval(int, 1, 10**399).accepts(huge)
-    with pytest.raises(UsageError, match=r"n_estimators=9+\.\.\. is too large \(over 2\^63\)"):
+    with pytest.raises(UsageError, match=r"n_estimators=9+\.\.\. is outside the 64-bit range"):
         validate_params(get_method("data-oob"), {"n_estimators": int("9" * 400)})
     validate_params(get_method("data-oob"), {"n_estimators": 2**63 - 1})  # in range: its own
+    with pytest.raises(UsageError, match=r"is not in \[1, inf\)"):  # its bounds speak first
+        validate_params(get_method("data-oob"), {"n_estimators": -(10**30)})
 
 
 def test_a_numpy_scalar_is_stored_as_the_plain_number_it_holds() -> None:

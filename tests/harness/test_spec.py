@@ -700,5 +700,10 @@ def test_an_empty_per_dataset_cap_is_refused_not_lifted() -> None:
     # "wine=$CAP" with CAP unset ran wine uncapped; "wine=none" is the way to say that.
     with pytest.raises(UsageError, match="max_train wine= gives no cap"):
         build_spec("quick", {}, {"datasets": "digits,wine", "max_train": "100,wine="})
+    for every in ("*=,digits=100", "*="):  # the default cap too
+        with pytest.raises(UsageError, match=r"max_train \*= gives no cap"):
+            build_spec("quick", {}, {"datasets": "digits,wine", "max_train": every})
+    with pytest.raises(UsageError, match=r"max_train \*= gives no cap"):
+        build_spec("quick", {"max_train": {"*": ""}}, {"datasets": "digits,wine"})
     uncapped = build_spec("quick", {}, {"datasets": "digits,wine", "max_train": "100,wine=none"})
     assert uncapped.train_cap("wine") is None and uncapped.train_cap("digits") == 100
