@@ -745,3 +745,76 @@ def test_deep_classifier_scores_in_evaluation_mode() -> None:
         np.testing.assert_allclose(
             clf.logits(params, x[i : i + 1])[0, 0], together[0, i], atol=1e-5
         )
+
+
+class _BasicBlock(torch.nn.Module):
+    """The CIFAR ResNet basic block (He et al. 2016), written from the paper's description."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = torch.nn.BatchNorm2d(cout)
+        self.conv2 = torch.nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = torch.nn.BatchNorm2d(cout)
+        self.short = torch.nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.short = torch.nn.Sequential(
+                torch.nn.Conv2d(cin, cout, 1, stride, bias=False), torch.nn.BatchNorm2d(cout)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.short(x))
+
+
+def test_resnet18_matches_an_nn_module_resnet18_with_the_same_weights() -> None:
+    # Strides 1, 2, 2, 2 on the stages' first blocks only, a global *average* pool, running
+    # statistics in evaluation mode and batch statistics in training mode.
+    width, classes = 4, 3
+    arch = ResNet18(width=width)
+    params, buffers = arch.init((3, 32, 32), classes, 0)
+    gen = torch.Generator().manual_seed(1)
+    for name in list(params):
+        if ".bn" in f".{name}" or "shortbn" in name:  # batch-norm weights away from 1 and 0
+            params[name] = torch.rand(params[name].shape, generator=gen) + 0.5
+    for name in buffers:
+        buffers[name] = torch.rand(buffers[name].shape, generator=gen) + 0.5
+    stem = torch.nn.Sequential(
+        torch.nn.Conv2d(3, width, 3, 1, 1, bias=False), torch.nn.BatchNorm2d(width), torch.nn.ReLU()
+    )
+    layout, cin = [], width  # stages at width x 1, 2, 4, 8; only a stage's first block strides
+    for stage, (mult, stride) in enumerate(((1, 1), (2, 2), (4, 2), (8, 2)), start=1):
+        for block in range(2):
+            layout.append((f"layer{stage}.{block}", cin, width * mult, stride if block == 0 else 1))
+            cin = width * mult
+    blocks = [_BasicBlock(cin, cout, stride) for _, cin, cout, stride in layout]
+    head = torch.nn.Linear(8 * width, classes)
+    net = torch.nn.Sequential(
+        stem, *blocks, torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), head
+    ).double()
+
+    def load_bn(module: torch.nn.BatchNorm2d, name: str) -> None:
+        module.weight.copy_(params[f"{name}.weight"])
+        module.bias.copy_(params[f"{name}.bias"])
+        module.running_mean.copy_(buffers[f"{name}.mean"])
+        module.running_var.copy_(buffers[f"{name}.var"])
+
+    with torch.no_grad():
+        stem[0].weight.copy_(params["conv1.weight"])
+        load_bn(stem[1], "bn1")
+        for (name, *_), block in zip(layout, blocks, strict=True):
+            block.conv1.weight.copy_(params[f"{name}.conv1.weight"])
+            load_bn(block.bn1, f"{name}.bn1")
+            block.conv2.weight.copy_(params[f"{name}.conv2.weight"])
+            load_bn(block.bn2, f"{name}.bn2")
+            if len(block.short):
+                block.short[0].weight.copy_(params[f"{name}.short.weight"])
+                load_bn(block.short[1], f"{name}.shortbn")
+        head.weight.copy_(params["head.weight"])
+        head.bias.copy_(params["head.bias"])
+    p64 = {k: v.double() for k, v in params.items()}
+    b64 = {k: v.double() for k, v in buffers.items()}
+    x = images(4, shape=(3, 32, 32)).double()
+    with torch.no_grad():
+        torch.testing.assert_close(arch.apply(p64, b64, x)[1], net.eval()(x))
+        torch.testing.assert_close(arch.apply(p64, b64, x, train=True)[1], net.train()(x))
