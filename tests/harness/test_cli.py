@@ -669,3 +669,43 @@ def test_an_imbalance_no_capped_split_can_reach_is_refused_before_any_work(
     err = capsys.readouterr().err
     assert "use --imbalance 30 or less, or raise --max-train" in err and err.count("\n") == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_the_summary_line_counts_ok_failed_and_what_ran_now(
+    tmp_path: Path, test_plugins: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import re
+
+    argv = ["run", "--methods", "raises,random", "--datasets", "synthetic", "--seeds", "1"]
+    argv += ["--max-train", "40", "--backend", "serial", "--no-progress", "--out", str(tmp_path)]
+    summary = r"1/2 cells ok, 1 failed \({} already done, {} run now, \d+\.\d s\) -> "
+    assert main(argv) == 1
+    out = next(x for x in capsys.readouterr().out.splitlines() if "cells ok" in x)
+    assert re.fullmatch(summary.format(0, 2) + re.escape(str(tmp_path)), out), out
+    assert main(argv) == 1  # the failed cell is kept as it is: finished, nothing left to run
+    out = next(x for x in capsys.readouterr().out.splitlines() if "cells ok" in x)
+    assert re.fullmatch(summary.format(2, 0) + re.escape(str(tmp_path)), out), out
+
+
+@pytest.mark.parametrize("seeds", [6, 7])
+def test_status_counts_every_cell_and_lists_six_of_each_state(
+    tmp_path: Path, seeds: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from test_report_fakes import fake_run
+
+    run = fake_run(tmp_path / "run", methods=("random",), datasets=("digits",), seeds=seeds)
+    assert main(["status", str(run)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"{run}: complete, ") and lines[0].endswith(f", {seeds} cells")
+    cells = ", ".join(f"digits.random.noise0.1.seed{s}" for s in range(6))
+    assert lines[1:] == [f"  ok       {seeds:>5}  {cells}" + (" …" if seeds > 6 else "")]
+    # A lost scores file leaves a pending cell: the manifest's "complete" is out of date.
+    record = json.loads((run / "results.jsonl").read_text().splitlines()[0])
+    (run / record["scores_file"]).unlink()
+    assert main(["status", str(run)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"{run}: incomplete (it finished once, but 1 of its cells now")
+    assert lines[0].endswith(f", {seeds} cells")
+    assert lines[1].startswith(f"  ok       {seeds - 1:>5}  ") and lines[2].startswith(
+        "  pending      1  digits.random.noise0.1.seed0"
+    )

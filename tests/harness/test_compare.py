@@ -306,3 +306,103 @@ def test_a_cost_change_never_reads_as_a_ratio_of_one(base: Path, tmp_path: Path)
     ]
     assert memory and all(d.change == "worse" for d in memory)
     assert all(d.change_text.endswith("(×1.001)") for d in memory), [d.change_text for d in memory]
+
+
+def _set_spec(run: Path, **changes: Any) -> None:
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["spec"].update(changes)
+    (run / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_spec_notes_fill_defaults_on_either_side_and_skip_how_a_run_was_executed(
+    base: Path, tmp_path: Path
+) -> None:
+    # A set loo's batch size and digits' validation share, B left both unset: B's side shows
+    # the declared defaults (64, 0.2) beside "unset"; jobs, timeout, memory, and which methods
+    # and datasets each ran are not spec changes a difference could come from.
+    run_a, run_b = tmp_path / "a", _copy(base, tmp_path)
+    shutil.copytree(base, run_a)
+    params = {"loo": {"batch_size": 8}, "digits": {"val_fraction": 0.3}}
+    _set_spec(run_a, params=params, jobs=1, timeout=10.0, max_memory_mb=512)
+    _set_spec(run_b, methods=["random", "loo"], datasets=["digits", "wine"], jobs=2, timeout=99.0)
+    _set_spec(run_b, max_memory_mb=1024)
+    changed = [n for n in compare_runs(run_a, run_b).notes if n.startswith("The runs' specs")]
+    assert changed == [
+        "The runs' specs differ in params.digits.val_fraction: 0.3 -> unset (default now "
+        "0.2); params.loo.batch_size: 8 -> unset (default now 64): a difference may come from "
+        "that change rather than from the method."
+    ]
+
+
+@pytest.mark.parametrize("n", [8, 9])
+def test_spec_notes_list_eight_changes_and_count_the_rest(
+    base: Path, tmp_path: Path, n: int
+) -> None:
+    run_b = _copy(base, tmp_path)
+    _set_spec(run_b, params={"file:gone.csv": {f"x{i}": i for i in range(1, n + 1)}})
+    (changed,) = [n for n in compare_runs(base, run_b).notes if n.startswith("The runs' specs")]
+    listed = "; ".join(f"params.file:gone.csv.x{i}: unset -> {i}" for i in range(1, 9))
+    more = "; and 1 more" if n == 9 else ""
+    assert changed == (
+        f"The runs' specs differ in {listed}{more}: a difference may come from that change "
+        "rather than from the method."
+    )
+
+
+def test_lost_cells_are_those_ok_in_a_and_name_each_status(base: Path, tmp_path: Path) -> None:
+    run_a, run_b = tmp_path / "a", _copy(base, tmp_path)
+    shutil.copytree(base, run_a)
+    error = {"type": "RuntimeError", "message": "boom", "traceback": ""}
+
+    def crash(*cells: tuple[str, int, str]) -> Any:
+        def change(rec: dict[str, Any]) -> None:
+            for method, seed, status in cells:
+                if (rec["method"], rec["seed"]) == (method, seed):
+                    rec.update(status=status, error=error, metrics={}, scores_file=None)
+
+        return change
+
+    # loo failed on seed 0 in both runs: not lost by B. knn-shapley lost seed 1 to a timeout
+    # and seed 3 to a failure; random lost one seed.
+    _rewrite(run_a, crash(("loo", 0, "failed")))
+    lost_in_b = ("knn-shapley", 3, "failed"), ("knn-shapley", 1, "timeout"), ("random", 4, "failed")
+    _rewrite(run_b, crash(("loo", 0, "failed"), *lost_in_b))
+    assert compare_runs(run_a, run_b).lost == [
+        "digits · label noise 0.1: knn-shapley, seeds 1, 3 (failed or timeout in B)",
+        "digits · label noise 0.1: random, seed 4 (failed in B)",
+    ]
+
+
+def test_the_table_marks_only_quality_regressions_and_lists_what_it_could_not_compare(
+    base: Path, tmp_path: Path
+) -> None:
+    from valbench.compare import format_table
+
+    run_b = _copy(base, tmp_path)
+
+    def change(rec: dict[str, Any]) -> None:  # knn-shapley better, every method slower
+        rec["cost"]["cpu_s"] = rec["cost"]["cpu_s"] * 3 + 0.01 * rec["seed"]
+        if rec["method"] == "knn-shapley":
+            up = 0.05 + 0.001 * rec["seed"]
+            rec["metrics"]["subset_value"] = {
+                f: v + up for f, v in rec["metrics"]["subset_value"].items()
+            }
+
+    _rewrite(run_b, change)
+    lines = [r for r in read_jsonl(run_b) if r["method"] != "random"]
+    (run_b / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    _set_spec(run_b, root_seed=7)  # a second note, after the root seeds'
+    comparison = compare_runs(base, run_b)
+    assert comparison.improvements and not comparison.regressions
+    table = format_table(comparison)
+    rows = [line.split() for line in table.splitlines() if line.startswith("knn-shapley")]
+    changes = {(r[1], r[-1]) for r in rows}
+    assert ("CPU", "worse") in changes and ("gain,", "better") in changes, rows
+    assert "WORSE" not in table  # a slower machine is shown, never a regression
+    assert "only in A (not compared): digits · label noise 0.1: random" in table
+    assert "only in B" not in table
+    assert all(f"note: {n}" in table for n in comparison.notes) and len(comparison.notes) > 1
+    changed = format_table(comparison, changed_only=True)
+    assert "no significant change" not in changed
+    shown = [line.split()[-1] for line in changed.splitlines() if line.startswith("knn-shapley")]
+    assert "better" in shown and "same" not in shown, changed

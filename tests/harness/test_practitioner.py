@@ -1045,3 +1045,45 @@ def test_the_page_marks_neighbours_red_only_when_most_disagree() -> None:
         "<td><span>1× a, 1× b</span></td></tr>",
     ]
     assert '<th scope="col">2 nearest neighbours say</th>' in page
+
+
+@pytest.mark.parametrize(
+    ("flag", "blank"),
+    [("--model", ""), ("--budget", " "), ("--goal", ""), ("--out", " "), ("--html", "\t")],
+)
+def test_value_refuses_a_blank_flag_as_empty_not_as_its_default(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str, blank: str
+) -> None:
+    # A blank --out or --html named a folder " " in the working directory; a blank --goal
+    # with --methods best quietly meant mislabel.
+    data = tmp_path / "mine.csv"
+    data.write_text("a,y\n1,0\n2,1\n3,0\n4,1\n")
+    methods = ["best", "--from", "RUN"] if flag == "--goal" else ["random"]
+    argv = ["value", str(data), "--label-column", "y", "--methods", *methods]
+    assert main([*argv, flag, blank]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{flag} is empty" in err, err
+    assert list(tmp_path.iterdir()) == [data]
+    assert err.count("\n") == 1 and f"{flag} is empty" in err, err
+    assert list(tmp_path.iterdir()) == [data]
+
+
+def test_value_best_takes_the_mislabel_verdict_of_a_finished_run_only(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = fake_run(tmp_path / "run", methods=("random", "loo", "knn-shapley"), seeds=3)
+    data, out = tmp_path / "mine.csv", tmp_path / "values.csv"
+    _noisy_file(data, n=120)
+    argv = ["value", str(data), "--label-column", "y", "--id-column", "id", "--out", str(out)]
+    argv += ["--methods", "best", "--from", str(run)]
+    finished = (run / "manifest.json").read_text()
+    manifest = json.loads(finished)
+    (run / "manifest.json").write_text(json.dumps({**manifest, "status": "interrupted"}))
+    assert main(argv) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "is not a finished run (status interrupted)" in err and err.count("\n") == 1
+    assert not out.exists()
+    (run / "manifest.json").write_text(finished)
+    assert main(argv) == 0, capsys.readouterr().err
+    said = capsys.readouterr().out.splitlines()[0]
+    assert "(recommended for 'mislabel' in the run's 2 dataset and noise groups: " in said

@@ -258,3 +258,48 @@ def test_a_method_failing_everywhere_is_named() -> None:
     cut = CellRecord.from_json({**_rec("crashes", 5, 1.0, 0.6, 1.0), "complete": False})
     (v,) = verdicts(summarise([*_records(), *failed, cut]))
     assert not any("Failed or timed out in every cell" in c for c in v.caveats)
+
+
+def test_methods_to_trust_orders_by_recommendations_then_bests_then_name() -> None:
+    from valbench.verdict import GoalVerdict, Verdict, methods_to_trust
+
+    def group(i: int, best: list[str], recommended: list[str], tested: bool = True) -> Verdict:
+        goal = GoalVerdict(
+            goal="mislabel",
+            question="find mislabelled points",
+            key="mislabel.auc",
+            label="AUC",
+            best=best,
+            recommended=recommended,
+            pareto=[],
+            why="",
+            tested=tested,
+        )
+        return Verdict(f"d{i}", 0.1, f"d{i}", f"d{i}", 3, 4, [goal])
+
+    no_goal = Verdict("clean", 0.0, "clean", "clean", 3, 4, [])  # noise 0: nothing to detect
+    groups = [
+        group(1, ["oob"], ["oob", "random", "knn"]),
+        group(2, ["knn"], ["knn", "oob", "dvrl"]),
+        group(3, ["tmc"], ["tmc", "knn", "aa"]),
+        group(4, ["tmc"], ["tmc"]),
+        group(5, ["zz"], ["zz"], tested=False),  # one draw, not a ranking: not counted
+        no_goal,
+    ]
+    # knn 3 recommendations; tmc and oob 2 each, tmc the best twice and oob once; aa and dvrl
+    # one each and never the best, by name; random never
+    assert methods_to_trust(groups, "mislabel", most=10)[0] == ["knn", "tmc", "oob", "aa", "dvrl"]
+    methods, why = methods_to_trust(groups, "mislabel")
+    assert methods == ["knn", "tmc", "oob"]
+    assert why == (
+        "recommended for 'mislabel' in the run's 4 dataset and noise groups: knn in 3, tmc in 2, "
+        "oob in 2"
+    )
+    assert methods_to_trust(groups[:2], "mislabel")[1] == (
+        "recommended for 'mislabel' in the run's 2 dataset and noise groups: knn in 2, oob in 2, "
+        "dvrl in 1"
+    )
+    assert methods_to_trust(groups[3:], "mislabel") == (
+        ["tmc"],
+        "recommended for 'mislabel' in the run's 1 dataset and noise group: tmc in 1",
+    )
