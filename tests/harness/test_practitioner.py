@@ -1064,8 +1064,6 @@ def test_value_refuses_a_blank_flag_as_empty_not_as_its_default(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{flag} is empty" in err, err
     assert list(tmp_path.iterdir()) == [data]
-    assert err.count("\n") == 1 and f"{flag} is empty" in err, err
-    assert list(tmp_path.iterdir()) == [data]
 
 
 def test_value_best_takes_the_mislabel_verdict_of_a_finished_run_only(
