@@ -289,3 +289,44 @@ def test_degenerate_regressions_score_zero_and_bad_arguments_are_refused() -> No
         ame_regression(masks, p, u, penalty_rule="max")
     with pytest.raises(UsageError, match="regression"):
         ame_regression(masks, p, u, regression="ridge")
+
+
+def test_knockoffs_are_drawn_with_each_subsets_probability_and_not_counted_as_points(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The knockoff columns the method hands the regression are fresh memberships drawn with
+    the row's own p (0.2 rows hold about a fifth of the points, 0.8 rows four fifths),
+    independent of the subset itself; the ``nonzero`` statistic counts the points the Lasso
+    keeps (the nonzero scores), the knockoffs it keeps only in ``knockoffs_selected``."""
+    import valbench.methods.ame as ame
+
+    seen: dict[str, np.ndarray] = {}
+    real = ame.ame_regression
+
+    def recording(masks, p, utilities, **kwargs):
+        seen.update(masks=masks, p=p, knockoffs=kwargs["knockoff_masks"])
+        return real(masks, p, utilities, **kwargs)
+
+    monkeypatch.setattr(ame, "ame_regression", recording)
+    task = make_check_task(n_train=20)
+    got = AME(max_samples=150, penalty_rule="min").value(task, RunContext.for_task(task, seed=0))
+    p, knockoffs = seen["p"], seen["knockoffs"]
+    assert knockoffs.shape == seen["masks"].shape == (150, 20)
+    for q in (0.2, 0.8):
+        assert abs(knockoffs[p == q].mean() - q) < 0.1, (q, knockoffs[p == q].mean())
+    assert not np.array_equal(knockoffs, seen["masks"])
+    assert got.stats["knockoffs_selected"] > 0  # measured 8 here
+    assert got.stats["nonzero"] == np.count_nonzero(got.scores)
+
+
+def test_ols_with_one_probability_recovers_an_additive_game_exactly() -> None:
+    """With every subset drawn at p = 1/2, membership is s_i = X_i/4 + 1/2, so an additive
+    game U = 5 + Σ w_i s_i is exactly the intercept 5 + Σ w_i / 2 plus Σ (w_i / 4) X_i:
+    least squares with the group's intercept returns w_i / 4, times v = 4, on 40 subsets,
+    to rounding, however large the offset."""
+    rng = np.random.default_rng(3)
+    w = np.array([0.4, -0.3, 0.0, 0.25, 0.1, -0.05])
+    masks = rng.random((40, 6)) < 0.5
+    p = np.full(40, 0.5)
+    got, _ = ame_regression(masks, p, 5.0 + masks @ w, regression="ols", probabilities=(0.5,))
+    np.testing.assert_allclose(got, w, rtol=0, atol=1e-12)

@@ -246,3 +246,122 @@ def test_flipped_labels_rank_low() -> None:
     got = ClasswiseShapley(max_rounds=10).value(task, RunContext.for_task(task))
     auc = roc_auc_score(task.noisy_mask, -got.scores)
     assert auc > 0.7, auc
+
+
+def _counting(in_class: float, out_per_in_class: float, rows: list[int]):
+    """A game in which a_in = ``in_class`` × (in-class points present) and a_out =
+    ``out_per_in_class`` × the same count (a real model's out-of-class accuracy moves with
+    the in-class points too); ``rows`` collects how many subsets each call asks for."""
+
+    def game(masks: np.ndarray, c: int) -> np.ndarray:
+        rows.append(len(masks))
+        present = np.asarray(masks)[:, Y == c].sum(axis=1).astype(float)
+        return np.stack([in_class * np.minimum(present, 1.0), out_per_in_class * present], 1)
+
+    return game
+
+
+def test_a_cut_permutation_still_sums_to_the_full_sets_utility() -> None:
+    """a_in saturates at the first in-class point, so the original truncation cuts after it;
+    a_out grows with every in-class point, and the last point of the permutation gets
+    a_in·(exp(a_out of the full set) − exp(a_out at the cut)): per class and round the
+    marginals sum to u(full) = exp(0.1·|D_c|), the first point's share being exp(0.1)."""
+    rows: list[int] = []
+    sums, counts, rounds = classwise_shapley(
+        Y, _counting(1.0, 0.1, rows), np.random.default_rng(2), max_rounds=10, batch_size=1
+    )
+    assert rounds == 10 and (counts == 10).all()
+    for c, size in ((0, 3), (1, 4)):
+        assert np.isclose(sums[Y == c].sum(), 10 * math.exp(0.1 * size), rtol=1e-12)
+    # Trained per class and round: the full set with the first prefix, nothing after.
+    assert rows == [2] * 20
+
+
+def test_epsilon_zero_never_truncates_even_a_flat_in_class_accuracy() -> None:
+    """``epsilon=0``: |a_in(full) − a_in(prefix)| < 0 never holds, so every prefix is
+    trained (one subset per point and round, the last prefix being the full set) and each
+    point gets its own marginal exp(0.1·j) − exp(0.1·(j − 1)) at position j ≥ 2."""
+    rows: list[int] = []
+    sums, counts, _ = classwise_shapley(
+        Y, _counting(1.0, 0.1, rows), np.random.default_rng(2), max_rounds=10, epsilon=0.0,
+        batch_size=1,
+    )  # fmt: skip
+    assert sum(rows) == 10 * len(Y) and (counts == 10).all()
+    for c, size in ((0, 3), (1, 4)):
+        assert np.isclose(sums[Y == c].sum(), 10 * math.exp(0.1 * size), rtol=1e-12)
+        assert sums[Y == c].min() > 10 * (math.exp(0.1) - 1.0) - 1e-12  # no zero marginal
+
+
+def test_relative_truncation_is_relative_to_the_full_utility_and_starts_at_burn_in() -> None:
+    """Relative rule: stop once |u(prefix) − u(full)| ≤ rtol·|u(full)| and at least
+    ``burn_in``·|D_c| points are walked. a_in = 0.1 per in-class point (via the count) and
+    a_out = 0: u(prefix j) = 0.1 j. With rtol 0.6 the 3-point class stops at j = 2 (0.1 ≤
+    0.18 < 0.2) and the 4-point class at j = 2 (0.2 ≤ 0.24 < 0.3): the walked points share
+    0.2 per round. With burn_in 0.5 the 4-point class may stop at j = 2 = 0.5·4 exactly."""
+
+    def linear(masks: np.ndarray, c: int) -> np.ndarray:
+        rows.append(len(masks))
+        present = np.asarray(masks)[:, Y == c].sum(axis=1).astype(float)
+        return np.stack([0.1 * present, np.zeros(len(present))], 1)
+
+    rows: list[int] = []
+    sums, counts, _ = classwise_shapley(
+        Y, linear, np.random.default_rng(5), max_rounds=10, truncation="relative", rtol=0.6,
+        burn_in=0.0, batch_size=1,
+    )  # fmt: skip
+    assert (counts == 10).all()
+    for c in (0, 1):
+        assert np.isclose(sums[Y == c].sum(), 10 * 0.2, rtol=1e-12)
+    rows.clear()
+    sums, _, _ = classwise_shapley(
+        Y, linear, np.random.default_rng(5), max_rounds=1, truncation="relative", rtol=0.6,
+        burn_in=0.5, batch_size=1,
+    )  # fmt: skip
+    # Class 0: full + prefix 1, prefix 2 (2 >= 1.5); class 1: full + prefix 1, prefix 2.
+    assert rows == [2, 1, 2, 1] and np.isclose(sums[Y == 1].sum(), 0.2)
+
+
+def test_normalization_skips_non_positive_classes_and_completeness_needs_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The estimator replaced by fixed sums (class 0 summing to −0.3): class 0 keeps its raw
+    means (scaling by a negative sum would flip them) and is counted in
+    ``classes_not_normalized``; the others are scaled to their in-class accuracy. A point
+    without a marginal gets 0 and makes the result partial; so does a budget with no fit
+    left for the normalizing model."""
+    import valbench.methods.classwise_shapley as cs
+
+    task = make_check_task(n_train=24)
+    raw = 0.01 * np.arange(1, 25)  # distinct positive means ...
+    raw[task.y_train == 0] = -0.3 / (task.y_train == 0).sum()  # ... but class 0's
+
+    def fixed(y, game, rng, *, max_rounds, **kwargs):
+        return raw * 2, np.full(len(y), 2.0), max_rounds
+
+    monkeypatch.setattr(cs, "classwise_shapley", fixed)
+    got = ClasswiseShapley(max_rounds=3).value(task, RunContext.for_task(task))
+    assert got.complete and got.stats["classes_not_normalized"] == 1
+    zero = task.y_train == 0
+    np.testing.assert_allclose(got.scores[zero], raw[zero], rtol=1e-12)
+    clf = task.build_model()
+    pred = clf.predict(clf.fit(task.x_train, task.y_train, np.ones((1, 24), bool)), task.x_val)
+    for c in (1, 2):
+        in_class = ((pred[0] == task.y_val) & (task.y_val == c)).sum() / len(task.y_val)
+        scaled, given = got.scores[task.y_train == c], raw[task.y_train == c]
+        assert np.isclose(scaled.sum(), in_class)
+        np.testing.assert_allclose(scaled / given, scaled[0] / given[0])  # one factor
+    unnormalized = ClasswiseShapley(max_rounds=3).value(
+        task, RunContext.for_task(task, budget=Budget(max_fits=0))
+    )
+    assert not unnormalized.complete and not unnormalized.stats["normalized"]
+    np.testing.assert_allclose(unnormalized.scores, raw, rtol=1e-12)
+
+    def one_unvalued(y, game, rng, *, max_rounds, **kwargs):
+        counts = np.full(len(y), 2.0)
+        counts[5] = 0.0
+        return raw * 2, counts, max_rounds
+
+    monkeypatch.setattr(cs, "classwise_shapley", one_unvalued)
+    partial = ClasswiseShapley(max_rounds=3, normalize=False).value(task, RunContext.for_task(task))
+    assert not partial.complete and partial.stats["unvalued_points"] == 1
+    assert partial.scores[5] == 0.0

@@ -170,3 +170,55 @@ def test_points_never_out_of_bag_get_the_mean_of_the_others() -> None:
     mean_of_others = got.scores[~never].mean()
     assert mean_of_others > 0
     np.testing.assert_array_equal(got.scores[never], np.full(never.sum(), mean_of_others))
+
+
+def test_warm_start_trains_a_third_of_the_model_epochs_and_needs_two_fits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With ``warm_start`` and ``epochs=None`` each bootstrap model takes a third of the
+    model's epochs (40 // 3 = 13 on the kit's logreg) from the full-data model; a budget of
+    one fit has no room for that model, so it trains one cold bootstrap model instead of
+    declining."""
+    import valbench.methods.data_oob as data_oob
+
+    seen: list[object] = []
+
+    def spy(clf, x, y, counts, *, init=None, epochs=None):
+        seen.append((init is not None, epochs, len(counts)))
+        return weighted_fit(clf, x, y, counts, init=init, epochs=epochs)
+
+    monkeypatch.setattr(data_oob, "weighted_fit", spy)
+    task = make_check_task(n_train=30)
+    assert task.model.epochs == 40
+    got = DataOOB(warm_start=True, n_estimators=5).value(task, RunContext.for_task(task))
+    assert seen == [(True, 13, 4)] and got.stats["warm_start"] is True
+    seen.clear()
+    task = make_check_task(n_train=30)
+    one = DataOOB(warm_start=True, n_estimators=5).value(
+        task, RunContext.for_task(task, budget=Budget(max_fits=1))
+    )
+    assert seen == [(False, None, 1)] and task.fit_counter.count == 1
+    assert one.stats["warm_start"] is False and one.stats["n_estimators"] == 1
+    assert one.complete is False
+
+
+@pytest.mark.parametrize("weighting", ["counts", "unique"])
+def test_untrained_models_give_the_class_zero_hit_rate_and_exact_bag_stats(
+    weighting: str,
+) -> None:
+    """``epochs=0`` leaves every bootstrap model at its zero start, which predicts class 0:
+    a point's out-of-bag accuracy is then 1 if its label is 0 and 0 otherwise, and a point
+    never out of bag gets the mean of the others. The bag statistics follow from the
+    bootstraps the cell's rng draws first (:func:`bootstrap_counts`)."""
+    task = make_check_task(n_train=30)
+    got = DataOOB(n_estimators=8, weighting=weighting, epochs=0).value(
+        task, RunContext.for_task(task)
+    )
+    counts = bootstrap_counts(30, 8, RunContext.for_task(task).rng)
+    covered = (counts == 0).any(axis=0)
+    want = (task.y_train == 0).astype(float)
+    want[~covered] = want[covered].mean()
+    assert 0 < (~covered).sum() < 30  # both kinds of points present
+    np.testing.assert_allclose(got.scores, want, rtol=1e-12)
+    assert got.stats["never_out_of_bag"] == int((~covered).sum())
+    assert got.stats["mean_out_of_bag_per_point"] == pytest.approx((counts == 0).sum(0).mean())

@@ -157,3 +157,36 @@ def test_adam_steps_as_the_originals_tf1_optimizer() -> None:
         lr_t = lr * np.sqrt(1 - beta2**t) / (1 - beta1**t)
         want = want - lr_t * m / (np.sqrt(v) + eps)
         np.testing.assert_allclose(theta.numpy(), want, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("baseline", ["full", "moving_average"])
+def test_rewards_are_the_performance_minus_the_documented_baseline(
+    monkeypatch: pytest.MonkeyPatch, baseline: str
+) -> None:
+    """Every predictor's performance recorded as the method computes it: the rewards are
+    performance − full-data performance (``"full"``), or minus a moving average started at
+    the full-data performance and moved 1/20 of the way to each new performance
+    (``"moving_average"``); ``mean_reward_last_100`` averages the last 100 of 105."""
+    import valbench.methods.dvrl as dvrl_mod
+
+    perfs: list[float] = []
+    real = dvrl_mod._performance
+
+    def recorded(*args: object) -> float:
+        perfs.append(real(*args))  # type: ignore[arg-type]
+        return perfs[-1]
+
+    monkeypatch.setattr(dvrl_mod, "_performance", recorded)
+    task = make_check_task(n_train=20)
+    got = DVRL(iterations=105, hidden=8, comb=4, metric="log_loss", baseline=baseline).value(
+        task, RunContext.for_task(task)
+    )
+    full, rest = perfs[0], perfs[1:]
+    assert len(rest) == 105 and got.stats["full_data_performance"] == full
+    rewards, level = [], full
+    for perf in rest:
+        rewards.append(perf - level)
+        if baseline == "moving_average":
+            level += (perf - level) / 20
+    assert len(set(np.round(rest, 12))) > 10  # the performances do move
+    assert got.stats["mean_reward_last_100"] == pytest.approx(np.mean(rewards[-100:]), abs=1e-12)

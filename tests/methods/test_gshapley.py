@@ -313,3 +313,37 @@ def test_on_a_cnn_an_epoch_the_seconds_left_cannot_pay_for_is_declined_up_front(
         task, RunContext.for_task(task, budget=Budget(max_seconds=600))
     )
     assert got.complete and task.fit_counter.count == 2
+
+
+def test_the_methods_search_starts_from_the_zero_models_accuracy() -> None:
+    """The criteria the method reports are mean − std of the validation accuracy after each
+    candidate's epochs, counted from the zero model's accuracy (the share of class 0 in the
+    validation split): the same numbers as plain-numpy epochs on the cell's first draws."""
+    task = make_check_task(n_train=24)
+    got = GShapley(max_permutations=1).value(task, RunContext.for_task(task, seed=2))
+    rng = RunContext.for_task(task, seed=2).rng  # the search makes the cell's first draws
+    expected = []
+    for rate in LR_GRID:
+        accs = np.array([_epoch_accuracy(task, rng.permutation(24), rate) for _ in range(10)])
+        expected.append(accs.mean() - accs.std())
+    np.testing.assert_allclose(got.stats["lr_criteria"], expected, atol=1e-9)
+    assert got.stats["lr"] == LR_GRID[int(np.argmax(expected))]
+
+
+def test_a_run_stopped_between_batches_averages_the_permutations_it_ran() -> None:
+    """When the budget stops the run after two of seven permutations, a value is the mean of
+    those two permutations' marginals (not their sum over seven), and the result is partial."""
+    task = make_check_task(n_train=12)
+    ctx = RunContext.for_task(task, seed=5)
+    checks: list[int] = []
+
+    def after_two() -> bool:
+        checks.append(1)
+        return len(checks) > 2
+
+    ctx.budget.exhausted = after_two  # type: ignore[method-assign]
+    got = GShapley(lr=0.1, max_permutations=7, batch_size=1).value(task, ctx)
+    rng = np.random.default_rng(5)
+    perms = np.stack([rng.permutation(12) for _ in range(2)])
+    np.testing.assert_array_equal(got.scores, _reference(task, perms, 0.1, "accuracy"))
+    assert got.stats["permutations"] == 2 and not got.stats["complete"]

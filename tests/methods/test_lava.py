@@ -25,6 +25,7 @@ from valbench.methods.lava import (
     label_distances,
     lava_cost,
     lava_potentials,
+    outer_diameter,
 )
 from valbench.models import ModelSpec
 from valbench.testing import make_check_task
@@ -285,3 +286,52 @@ def test_a_spent_time_budget_stops_the_converged_solve_and_marks_it_incomplete()
     cost = np.random.default_rng(0).random((30, 20)) * 70
     _, _, info = lava_potentials(cost, reg=0.1, deadline=after_three)
     assert info["rounds"] == 3 and not info["converged"]
+
+
+def test_the_converged_solver_reports_the_transport_cost_of_its_plan() -> None:
+    """``stats["ot_cost"]`` is ⟨plan, C⟩ on the label-aware cost: at a small ε it is within
+    0.5 % of POT's exact OT on the same cost (a plan's total mass, 1, is not it)."""
+    task = make_check_task(n_train=30)
+    got = LAVA(solver="converged", label_cost="exact", entreg=1e-3).value(
+        task, RunContext.for_task(task)
+    )
+    x_tr, x_va = task.x_train.astype(float), task.x_val.astype(float)
+    w = label_distances(x_tr, task.y_train, x_va, task.y_val, 3, method="exact")
+    cost = lava_cost(x_tr, task.y_train, x_va, task.y_val, w)
+    exact = ot.emd2(ot.unif(30), ot.unif(len(task.y_val)), cost)
+    assert got.complete and got.stats["solver"] == "stabilized"
+    np.testing.assert_allclose(got.stats["ot_cost"], exact, rtol=5e-3)
+    assert abs(got.stats["ot_cost"] - 1.0) > 0.1
+
+
+def test_the_outer_diameter_numbers_the_classes_of_each_split_from_zero() -> None:
+    """Training classes {1, 2} are numbered 0, 1 and validation classes {0, 1, 2} 2, 3, 4
+    (after the training ones), whatever the raw labels: with features 0 and 3 against 1, the
+    augmented points span 3 in the feature and 4 in the label, a diagonal of 5; the
+    subsampled validation rows keep their numbers (rows 0 and 1: labels 2 and 3)."""
+    x_tr, y_tr = np.array([[0.0], [3.0]]), np.array([1, 2])
+    x_va, y_va = np.ones((3, 1)), np.array([0, 1, 2])
+    assert outer_diameter(x_tr, y_tr, x_va, y_va) == pytest.approx(5.0, rel=1e-12)
+    rows = np.array([0, 1])
+    assert outer_diameter(x_tr, y_tr, x_va, y_va, rows) == pytest.approx(
+        np.hypot(3.0, 3.0), rel=1e-12
+    )
+
+
+def test_the_converged_solver_starts_its_rounds_at_eps0() -> None:
+    """Round i solves at ε_i = (EPS0 − reg)·e^−i + reg: a deadline that is spent stops after
+    the first round, at ε_0 = EPS0 = 1e4, marked unconverged."""
+    cost = np.random.default_rng(1).random((6, 4))
+    _, _, info = lava_potentials(cost, reg=0.1, deadline=lambda: True)
+    assert info["rounds"] == 1 and info["final_eps"] == 1e4 and not info["converged"]
+    _, _, info = lava_potentials(cost, reg=0.1, max_iter=3)
+    assert info["final_eps"] == pytest.approx((1e4 - 0.1) * np.exp(-2) + 0.1, rel=1e-12)
+
+
+def test_calibrated_gradient_by_hand_and_of_a_single_point() -> None:
+    """g_i = (n f_i − Σ f) / (n − 1): f = (1, 2, 6) gives (−3, −1.5, 4.5); a single point has
+    no other point to take mass from, so its gradient is 0 (not 0/0)."""
+    np.testing.assert_allclose(calibrated_gradient(np.array([1.0, 2.0, 6.0])), [-3, -1.5, 4.5])
+    with np.errstate(all="raise"):
+        np.testing.assert_array_equal(calibrated_gradient(np.array([3.0])), [0.0])
+    assert calibrated_gradient(np.array([])).shape == (0,)

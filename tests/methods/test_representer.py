@@ -81,3 +81,15 @@ def test_wide_last_layer_in_the_span_of_its_training_inputs_changes_nothing(
     assert fit_representer(wide_task()).phi.shape[1] == 40
     np.testing.assert_allclose(reduced.scores, full.scores, rtol=1e-6, atol=1e-10)
     np.testing.assert_allclose(reduced.detection_scores, full.detection_scores, rtol=1e-6)
+
+
+def test_a_budget_without_a_fit_declines_before_training() -> None:
+    """The one full-data fit is charged: a budget of 0 fits declines the cell (CellSkipped)
+    and trains nothing."""
+    from valbench import Budget
+    from valbench.errors import CellSkipped
+
+    task = _task()
+    with pytest.raises(CellSkipped, match="representer"):
+        RepresenterPoints().value(task, RunContext.for_task(task, budget=Budget(max_fits=0)))
+    assert task.fit_counter.count == 0

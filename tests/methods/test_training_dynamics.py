@@ -265,3 +265,70 @@ def test_grand_after_training_finds_noise_but_not_at_initialisation() -> None:
 )
 def test_conformance(cls: type[Method], params: dict[str, object]) -> None:
     check_method(cls, params)
+
+
+def test_default_epochs_round_up_to_the_target_steps_within_the_clip() -> None:
+    """``epochs=None`` trains ceil(steps / minibatches per epoch) epochs, clipped: on 700
+    points in batches of 32 (22 minibatches an epoch) EL2N's 200 steps take ceil(9.09) = 10
+    epochs and forgetting's 1000 steps ceil(45.45) = 46; 90 points (3 minibatches) clip at
+    20 and 50; GraNd scores at initialisation unless told otherwise."""
+    from valbench.methods.training_dynamics import default_epochs
+
+    assert default_epochs(700, 32, 200, 1, 20) == 10
+    assert default_epochs(90, 32, 200, 1, 100) == 67
+    assert EL2N().resolved_epochs(700) == 10 and Forgetting().resolved_epochs(700) == 46
+    assert EL2N().resolved_epochs(90) == 20 and Forgetting().resolved_epochs(90) == 50
+    assert EL2N(epochs=0).resolved_epochs(700) == 0
+    assert GraNd().resolved_epochs(700) == 0 and GraNd(epochs=None).resolved_epochs(700) == 10
+
+
+def test_offset_rounds_the_fraction_to_the_nearest_count() -> None:
+    """``offset`` × n is rounded, not truncated: 0.29 of 10 points moves the 3 hardest
+    (2.9 -> 3), 0.21 of them 2."""
+    h = np.arange(10, dtype=np.float64)  # point 9 hardest
+    out = apply_offset(h, 0.29)
+    np.testing.assert_array_equal(np.argsort(out)[:3], [9, 8, 7])
+    assert out[:7].min() > out[[7, 8, 9]].max()
+    np.testing.assert_array_equal(np.argsort(apply_offset(h, 0.21))[:2], [9, 8])
+
+
+def test_full_batch_training_reaches_the_documented_regularised_optimum() -> None:
+    """The runs minimise the batch-mean cross-entropy plus ``l2/2·||W||²`` with the biases
+    unpenalised: full-batch Adam on 30 points lands on scikit-learn's multinomial logistic
+    regression with C = 1 / (l2 · n) (intercepts unpenalised; compared up to the softmax's
+    common shift of the biases)."""
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    y = np.arange(30) % 3
+    x = (2.0 * np.eye(3, 2)[y] + rng.normal(size=(30, 2))).astype(np.float32)
+    trained = train_runs(x, y, 3, seeds=[1], epochs=400, lr=0.02, batch_size=30, l2=0.5)
+    want = LogisticRegression(C=1 / (0.5 * 30), tol=1e-12, max_iter=10_000).fit(x, y)
+    w, b = trained.params["weight"][0].numpy(), trained.params["bias"][0].numpy()
+    np.testing.assert_allclose(w, want.coef_, atol=5e-4)
+    np.testing.assert_allclose(b - b.mean(), want.intercept_ - want.intercept_.mean(), atol=5e-4)
+
+
+@pytest.mark.parametrize("kind", ["logreg", "mlp"])
+def test_initialisation_is_uniform_within_one_over_root_fan_in(kind: str) -> None:
+    """Untrained runs (``epochs=0``) hold nn.Linear's default initialisation: every weight
+    and bias of a layer uniform in ±1/√(its input width), filling that range (at least 150
+    draws per layer, so the largest is above 0.9 of the bound but for odds of 1e-7)."""
+    x = np.random.default_rng(0).normal(size=(12, 50)).astype(np.float32)
+    y = np.arange(12) % 3
+    trained = train_runs(x, y, 3, seeds=[4], epochs=0, kind=kind, hidden=64)
+    layers = {"logreg": [("", 50)], "mlp": [("0.", 50), ("2.", 64)]}[kind]
+    assert len(trained.params) == 2 * len(layers)
+    for prefix, fan_in in layers:
+        both = [trained.params[prefix + p][0].numpy().ravel() for p in ("weight", "bias")]
+        values = np.abs(np.concatenate(both))
+        bound = 1 / np.sqrt(fan_in)
+        assert values.max() <= bound and values.max() > 0.9 * bound, (prefix, values.max())
+
+
+def test_training_reports_each_finished_epoch() -> None:
+    """``progress`` hears 1, 2, 3 after the three epochs (the epochs done, not their index)."""
+    x, y = _blobs(12)
+    heard: list[int] = []
+    train_runs(x, y, 3, seeds=[1, 2], epochs=3, batch_size=4, progress=heard.append)
+    assert heard == [1, 2, 3]

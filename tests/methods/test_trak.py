@@ -287,3 +287,79 @@ def test_one_model_equals_a_port_of_the_reference_library_up_to_its_normalisatio
     np.testing.assert_allclose(
         got.scores, want * float(inverse.abs().mean()), rtol=1e-4, atol=1e-6 * np.abs(want).max()
     )
+
+
+def test_attribution_keeps_small_but_genuine_singular_directions() -> None:
+    """``trak_attribution`` drops only singular values at rounding level (max(n, k)·eps·s_max):
+    a feature matrix with singular values 1 and 1e-6 is still of full column rank, and its
+    attribution is the exact ``Φ (ΦᵀΦ)⁻¹ φ`` (here, with Φ = diag(1, 1e-6) over two more zero
+    rows, the vector (φ_1, φ_2 / 1e-6, 0, 0))."""
+    from valbench.methods.trak import trak_attribution
+
+    phi = torch.zeros(4, 2, dtype=torch.float64)
+    phi[0, 0], phi[1, 1] = 1.0, 1e-6
+    a, rank = trak_attribution(phi, torch.tensor([2.0, 3e-6], dtype=torch.float64))
+    assert rank == 2
+    np.testing.assert_allclose(a.numpy(), [2.0, 3.0, 0.0, 0.0], rtol=1e-9, atol=1e-12)
+    # Exactly rank-deficient: a duplicated column leaves one direction.
+    twin = torch.tensor([[1.0, 1.0], [2.0, 2.0]], dtype=torch.float64)
+    a, rank = trak_attribution(twin, torch.tensor([1.0, 1.0], dtype=torch.float64))
+    # Φ (ΦᵀΦ)⁺ φ = u (vᵀφ) / s with u = (1, 2)/√5, v = (1, 1)/√2, s = √10: (1, 2) / 5.
+    assert rank == 1
+    np.testing.assert_allclose(a.numpy(), [0.2, 0.4], rtol=1e-12)
+
+
+def test_a_spent_seconds_budget_stops_trak_after_its_first_model() -> None:
+    """The seconds budget is checked between models: one already spent lets the first model
+    run (there is no estimate without one) and stops before the second, marking the scores
+    partial; unlimited, the same call trains all three."""
+    task = make_check_task(n_train=40)
+    spent = RunContext.for_task(task, budget=Budget(max_seconds=1e-9))
+    out = TRAK(proj_dim=8, checkpoints=3).value(task, spent)
+    assert out.stats["checkpoints_used"] == 1 and task.fit_counter.count == 1
+    assert not out.complete and out.stats["reason"] == "budget allowed 1 of 3 models"
+    one = _trak(make_check_task(n_train=40), proj_dim=8, checkpoints=1)
+    np.testing.assert_allclose(out.scores, one.scores, rtol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["rademacher", "normal"])
+def test_projection_entries_have_the_documented_law(kind: str) -> None:
+    """Projecting the identity reads the matrix P itself: √k·P has ±1 entries
+    (``"rademacher"``) or standard normal ones (``"normal"``): mean 0 and variance 1 over
+    240,000 entries (standard error of the mean 0.002), and one seed is one matrix."""
+    from valbench.methods.trak import project
+
+    eye = torch.eye(600, dtype=gr.DTYPE)
+    p = project(eye, 400, kind, seed=5).numpy() * np.sqrt(400)
+    if kind == "rademacher":
+        assert set(np.unique(p)) == {-1.0, 1.0}
+    assert abs(p.mean()) < 0.01 and abs(p.var() - 1.0) < 0.02
+    np.testing.assert_array_equal(project(eye, 400, kind, seed=5).numpy() * np.sqrt(400), p)
+
+
+def test_scores_average_the_attributions_and_the_reweighting_over_the_models() -> None:
+    """scores = (1/M Σ_m a_m) ⊙ (1/M Σ_m Q_m): each model m is the MLP fitted from seed
+    s_m0 and projected with seed s_m1 (the cell's rng draws both up front); rebuilt here
+    model by model, two of them (their initialisations and projections differ)."""
+    from valbench.methods.trak import out_to_loss, project, trak_attribution
+
+    task = dataclasses.replace(
+        make_check_task(n_train=30), model=ModelSpec(kind="mlp", epochs=20, hidden=4)
+    )
+    got = _trak(task, seed=6, proj_dim=5, checkpoints=2)
+    seeds = RunContext.for_task(task, seed=6).rng.integers(0, 2**31 - 1, size=(2, 2))
+    y, yv = torch.as_tensor(task.y_train), torch.as_tensor(task.y_val)
+    attributions, weights = [], []
+    for s_fit, s_proj in seeds:
+        clf = task.build_model(seed=int(s_fit))
+        params = clf.fit(task.x_train, task.y_train, np.ones((1, task.n_train), dtype=bool))
+        model = gr.functional_from_params(params, float(clf.spec.l2), "all", arch=clf.arch)
+        x = gr.functional_inputs(model, params, task.x_train, clf)
+        xv = gr.functional_inputs(model, params, task.x_val, clf)
+        phi = project(margin_grads(model, x, y), 5, "rademacher", int(s_proj))
+        target = project(margin_grads(model, xv, yv), 5, "rademacher", int(s_proj)).sum(0)
+        attributions.append(trak_attribution(phi, target)[0].numpy())
+        weights.append(out_to_loss(model, x, y).numpy())
+    want = np.mean(attributions, axis=0) * np.mean(weights, axis=0)
+    assert np.abs(weights[0] - weights[1]).max() > 1e-3  # the models do differ
+    np.testing.assert_allclose(got.scores, want, rtol=1e-9, atol=1e-12 * np.abs(want).max())
