@@ -262,7 +262,8 @@ def forgetting_counts(correct: np.ndarray, never_learned: float | None = None) -
 
 
 def apply_offset(hardness: np.ndarray, offset: float) -> np.ndarray:
-    """Move the hardest ``offset`` fraction below every other score (hardest lowest)."""
+    """Move the hardest ``offset`` fraction below every other score (hardest lowest): the
+    ``round(offset * n)`` hardest points, a half to the even count as Python rounds."""
     h = np.asarray(hardness, dtype=np.float64)
     k = int(round(offset * len(h)))
     if k <= 0:
