@@ -419,15 +419,25 @@ def test_value_refuses_a_method_that_overspends_its_budget(test_plugins: Path) -
         value_arrays(x, y, ["greedy"], budget=5)
 
 
+def _a_finished_run_and_a_file(tmp_path: Path) -> tuple[Path, Path, list[str]]:
+    """A fake finished run (random, loo, knn-shapley; 3 seeds), a user's noisy file, the table
+    value would write and the value command on that file, methods still to choose."""
+    run = fake_run(tmp_path / "run", methods=("random", "loo", "knn-shapley"), seeds=3)
+    data, out = tmp_path / "mine.csv", tmp_path / "values.csv"
+    _noisy_file(data, n=120)
+    return (
+        run,
+        out,
+        ["value", str(data), "--label-column", "y", "--id-column", "id", "--out", str(out)],
+    )
+
+
 def test_value_takes_the_methods_a_finished_run_recommends(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # In the fake run knn-shapley is the better detector (its fake skill is higher), and
     # random is never picked.
-    run = fake_run(tmp_path / "run", methods=("random", "loo", "knn-shapley"), seeds=3)
-    data, out = tmp_path / "mine.csv", tmp_path / "values.csv"
-    _noisy_file(data, n=120)
-    argv = ["value", str(data), "--label-column", "y", "--id-column", "id", "--out", str(out)]
+    run, out, argv = _a_finished_run_and_a_file(tmp_path)
     assert main([*argv, "--methods", "best", "--from", str(run)]) == 0
     said = capsys.readouterr().out
     assert said.startswith("methods from the verdict of") and "random" not in said.split("(")[0]
@@ -1069,10 +1079,7 @@ def test_value_refuses_a_blank_flag_as_empty_not_as_its_default(
 def test_value_best_takes_the_mislabel_verdict_of_a_finished_run_only(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    run = fake_run(tmp_path / "run", methods=("random", "loo", "knn-shapley"), seeds=3)
-    data, out = tmp_path / "mine.csv", tmp_path / "values.csv"
-    _noisy_file(data, n=120)
-    argv = ["value", str(data), "--label-column", "y", "--id-column", "id", "--out", str(out)]
+    run, out, argv = _a_finished_run_and_a_file(tmp_path)
     argv += ["--methods", "best", "--from", str(run)]
     finished = (run / "manifest.json").read_text()
     manifest = json.loads(finished)
