@@ -721,7 +721,7 @@ def _trusted_methods(run_dir: Path | None, goal: str) -> list[str]:
 
 def _cmd_value(args: argparse.Namespace) -> int:
     from valbench.api import value_file
-    from valbench.practitioner import ValuationFailed, ValuationInterrupted
+    from valbench.practitioner import MIN_FOLDS, ValuationFailed, ValuationInterrupted
     from valbench.spec import parse_param_assignments, split_names
     from valbench.store import check_html_page, check_output_files
 
@@ -731,7 +731,7 @@ def _cmd_value(args: argparse.Namespace) -> int:
         value = getattr(args, flag)
         if isinstance(value, str) and not value.strip():
             raise UsageError(f"--{flag.replace('_', '-')} is empty; give a value or leave it out")
-    folds, seed = _whole("--folds", args.folds, 2), _whole("--seed", args.seed, 0)
+    folds, seed = _whole("--folds", args.folds, MIN_FOLDS), _whole("--seed", args.seed, 0)
     top = _whole("--top", args.top, 1)
     methods = list(dict.fromkeys(split_names("--methods", args.methods)))
     if "best" in methods and len(methods) > 1:

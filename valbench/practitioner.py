@@ -59,6 +59,8 @@ __all__ = [
 ]
 
 DEFAULT_FOLDS = 2
+#: Fewest folds of the cross-fitting: each row is valued against the other folds.
+MIN_FOLDS = 2
 DEFAULT_METHODS = ("knn-shapley", "data-oob")
 #: Subset fractions handed to set-aware selectors (their scores are used here, not subsets).
 _FRACTIONS = (0.05, 0.1, 0.2, 0.3, 0.5)
@@ -230,10 +232,10 @@ def check_request(
     """Refuse a request that cannot be served, with one line, before any work."""
     from valbench.registry import get_method, validate_params
 
-    if isinstance(folds, bool) or not isinstance(folds, int | np.integer) or folds < 2:
+    if isinstance(folds, bool) or not isinstance(folds, int | np.integer) or folds < MIN_FOLDS:
         raise UsageError(
-            f"folds must be a whole number >= 2 (each row is valued in one fold against the "
-            f"others), got {folds!r}"
+            f"folds must be a whole number >= {MIN_FOLDS} (each row is valued in one fold "
+            f"against the others), got {folds!r}"
         )
     if not methods:
         raise UsageError("name at least one method, e.g. --methods knn-shapley")
