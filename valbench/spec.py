@@ -906,8 +906,8 @@ def build_spec(
         elif key == "scratch_model":
             if value is not None and (not isinstance(value, str) or not value):
                 raise UsageError(f"scratch_model must be a model name or none, got {value!r}")
-            # "none" turns a preset's from-scratch reading off.
-            kwargs[key] = None if value in (None, "none") else value
+            # "none" (any letter case: Python's None too) turns a preset's from-scratch reading off.
+            kwargs[key] = None if value is None or value.lower() == "none" else value
         elif key in ("noise_model", "label_column", "id_column"):
             if not isinstance(value, str):
                 raise UsageError(f"{key} must be a string, got {value!r}")

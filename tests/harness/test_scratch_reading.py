@@ -139,6 +139,9 @@ def test_a_presets_reading_is_named_and_can_be_turned_off(
     err = capsys.readouterr().err
     assert "--scratch-model cnn:epochs=30 (the hostcp-paper preset's)" in err, err
     assert build_spec("hostcp-paper", {}, {"scratch_model": "none"}).scratch_model is None
+    # Python's spelling too: "None" read as a model name was refused as an unknown model.
+    for spelling in ("None", "NONE"):
+        assert build_spec("hostcp-paper", {}, {"scratch_model": spelling}).scratch_model is None
 
 
 def test_a_pixel_variant_with_other_rows_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
