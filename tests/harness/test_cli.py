@@ -709,3 +709,28 @@ def test_status_counts_every_cell_and_lists_six_of_each_state(
     assert lines[1].startswith(f"  ok       {seeds - 1:>5}  ") and lines[2].startswith(
         "  pending      1  digits.random.noise0.1.seed0"
     )
+    assert len(lines) == 3  # not live: no word on running cells
+
+
+def test_status_of_a_live_run_says_its_running_cells_are_among_the_pending(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from test_report_fakes import fake_run
+
+    from valbench import runner
+
+    run = fake_run(tmp_path / "run", methods=("random",), datasets=("digits",), seeds=3)
+    monkeypatch.setattr(runner, "lock_holder", lambda run_dir: {"pid": 4242})
+    monkeypatch.setattr(runner, "describe_holder", lambda holder: f"pid {holder['pid']}")
+    assert main(["status", str(run)]) == 0  # nothing pending: no word on running cells
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"{run}: complete, live (pid 4242), 3 cells" and len(lines) == 2
+    # A cell has no line until it finishes: a live run's running cells are among the pending.
+    kept = (run / "results.jsonl").read_text().splitlines()[1:]
+    (run / "results.jsonl").write_text("".join(line + "\n" for line in kept))
+    assert main(["status", str(run)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2:] == [
+        "  pending      1  digits.random.noise0.1.seed0",
+        "    (the run is live: the cells it is running now are among these)",
+    ]
