@@ -155,3 +155,22 @@ def test_the_lazy_api_is_listed_and_typed() -> None:
         for alias in stmt.names
     }
     assert typed == set(valbench._API)
+
+
+def test_values_of_a_run_with_two_noise_rates_and_a_failed_cell(
+    tmp_path: Path, test_plugins: Path
+) -> None:
+    run = valbench.run(
+        methods=["random", "raises"], datasets=["synthetic"], seeds=1, noise=[0.1, 0.2],
+        max_train=40, metrics="none", out=tmp_path / "r",
+    )  # fmt: skip
+    with pytest.raises(UsageError, match=r"has random/synthetic at noise 0.1, 0.2: pass noise="):
+        run.values("random", "synthetic")
+    assert [run.values("random", "synthetic", noise=r).noise for r in (0.2, 0.1)] == [0.2, 0.1]
+    with pytest.raises(UsageError, match=r"noise0.1.seed0 has no values: its status is failed"):
+        run.values("raises", "synthetic", noise=0.1)
+    results = run.results
+    failed = results[results["method"] == "raises"]
+    assert set(failed["cell_id"]) == {f"synthetic.raises.noise{r}.seed0" for r in (0.1, 0.2)}
+    assert (failed["status"] == "failed").all() and failed["complete"].isna().all()
+    assert (results[results["method"] == "random"]["complete"] == True).all()  # noqa: E712

@@ -43,6 +43,11 @@ SMALL = ["--datasets", "synthetic", "--preset", "ci", "--seeds", "1", "--no-prog
         (["--methods", "random", "--jobs", "0"], "--jobs must be >= 1"),
         (["--methods", "random", "--out", "/proc/valbench-x"], "cannot write to output directory"),
         (["--methods", "random", "--backend", "gpu"], "unknown backend 'gpu'"),
+        (["--methods", "random", "--scheduler", "tcp://h:8786"], "--scheduler goes with --backend"),
+        (
+            ["--methods", "random", "--backend", "dask", "--address", "ray://h:10001"],
+            "--address with --backend ray",
+        ),
         (["--methods", "random", "--metrics", "bogus"], "unknown metric 'bogus' in --metrics"),
         (["--methods", "random", "--metrics", "none,lds"], "--metrics none cannot be combined"),
         (["--methods", "random", "--lds-subsets", "1"], "--lds-subsets must be in [3, 100000]"),
@@ -420,12 +425,17 @@ def test_jobs_above_the_cpu_count(tmp_path: Path, capsys: pytest.CaptureFixture[
 
 
 @pytest.mark.parametrize("flag", ["--out", "--data-dir"])
+@pytest.mark.parametrize("blank", ["", "  "])
 def test_empty_directory_flags(
-    flag: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    flag: str,
+    blank: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     # Path("") is "."; an empty value (an unset shell variable) must not write into the cwd.
     monkeypatch.chdir(tmp_path)
-    err = _refused(["--methods", "random", *SMALL, flag, ""], capsys)
+    err = _refused(["--methods", "random", *SMALL, flag, blank], capsys)
     assert f"{flag} is empty" in err
     assert list(tmp_path.iterdir()) == []
 
@@ -734,3 +744,89 @@ def test_status_of_a_live_run_says_its_running_cells_are_among_the_pending(
         "  pending      1  digits.random.noise0.1.seed0",
         "    (the run is live: the cells it is running now are among these)",
     ]
+
+
+def test_flags_override_the_config_files_out_and_data_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import valbench.cache
+    import valbench.runner
+
+    seen: dict[str, Any] = {}
+
+    def execute(spec: Any, *, out: Any = None, **kwargs: Any) -> None:
+        seen["out"] = out
+        raise KeyboardInterrupt  # where it would write is all this test looks at
+
+    monkeypatch.setattr(valbench.runner, "execute", execute)
+    monkeypatch.setattr(valbench.cache, "set_data_dir", lambda d: seen.setdefault("data", d))
+    config = tmp_path / "c.toml"
+    config.write_text(f'methods = ["random"]\nout = "from-config"\ndata_dir = "{tmp_path}/cd"\n')
+    argv = ["run", "--config", str(config), *SMALL]
+    assert main(argv) == 130
+    assert seen == {"out": tmp_path / "from-config", "data": str(tmp_path / "cd")}
+    seen.clear()
+    assert main([*argv, "--out", str(tmp_path / "flag"), "--data-dir", str(tmp_path / "fd")]) == 130
+    assert seen == {"out": tmp_path / "flag", "data": tmp_path / "fd"}
+
+
+def test_a_param_flag_for_a_method_left_out_is_refused_even_when_the_config_names_it_too(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The config file's tables for other methods are dropped; a --param never is.
+    config = tmp_path / "c.toml"
+    config.write_text('methods = ["random"]\n[params.banzhaf]\nmax_subsets = 20\n')
+    argv = ["run", "--config", str(config), *SMALL, "--out", str(tmp_path / "r")]
+    err = _refused([*argv[1:], "--param", "banzhaf.max_subsets=10"], capsys)
+    assert "parameters given for 'banzhaf'" in err and not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    ("finished", "report_interrupted", "message"),
+    [
+        (2, True, "interrupted while the report was drawn: every cell is finished and kept in"),
+        (2, False, "interrupted: finished cells are kept in"),
+        (1, True, "interrupted: finished cells are kept in"),
+    ],
+)
+def test_an_interrupted_run_says_what_is_kept_and_exits_130(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    finished: int,
+    report_interrupted: bool,
+    message: str,
+) -> None:
+    from types import SimpleNamespace
+
+    import valbench.runner
+
+    summary = SimpleNamespace(
+        ok=finished, total=2, finished=finished, partial=0, failed=[], skipped=[],
+        already_done=0, run_now=finished, wall_s=1.0, run_dir=tmp_path, report=None,
+        printed=[], interrupted=True, report_interrupted=report_interrupted,
+    )  # fmt: skip
+    monkeypatch.setattr(valbench.runner, "execute", lambda *a, **k: summary)
+    assert main(["run", "--methods", "random", *SMALL, "--out", str(tmp_path)]) == 130
+    err = capsys.readouterr().err
+    assert err == f"{message} {tmp_path}" + (
+        f"; `valbench report {tmp_path}` draws the page\n"
+        if message.startswith("interrupted while")
+        else "; run the same command to resume\n"
+    )
+
+
+def test_list_verbose_shows_each_parameter_and_plain_list_none(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["list", "--methods", "-v"]) == 0
+    lines = [line.strip() for line in capsys.readouterr().out.splitlines()]
+    after = {lines[i].split()[0]: lines[i + 1] for i in range(len(lines) - 1) if lines[i]}
+    assert after["craig"] == "(no parameters)"
+    assert (
+        after["knn-shapley"] == "k           int = 5, in [1, inf) -- neighbours of the KNN utility"
+    )
+    assert "weighting     str = \"counts\", one of 'counts', 'unique' -- counts" in "\n".join(lines)
+    assert main(["list", "--methods"]) == 0
+    plain = capsys.readouterr().out
+    assert "(no parameters)" not in plain and "neighbours of the KNN utility" not in plain

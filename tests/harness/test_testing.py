@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ import pytest
 from plugin_fixtures import write_distribution
 from valbench import Dataset, DatasetSplits, Method, RunContext, Valuation, ValuationTask
 from valbench.errors import ConformanceError
-from valbench.params import Interval, Param
+from valbench.params import Interval, Options, Param
 from valbench.registry import get_dataset, get_method
 from valbench.testing import (
     DATASET_CHECKS,
@@ -19,6 +20,7 @@ from valbench.testing import (
     check_dataset,
     check_method,
     dataset_checks,
+    invalid_values,
     make_check_task,
     method_checks,
     parametrize_method_checks,
@@ -208,3 +210,279 @@ def test_a_class_registered_under_another_name_fails(
     with pytest.raises(ConformanceError, match="registered as 'renamed'.*its name is 'synthetic'"):
         dict(dataset_checks(get_dataset("synthetic")))["name_matches_entry_point"]()
     dict(method_checks(get_method("loo")))["name_matches_entry_point"]()
+
+
+# --- one deliberately broken plugin per rule ----------------------------------------------
+
+
+class _Fine(Method):
+    """Passes every method check: the base of the broken ones below."""
+
+    name, family, summary = "kit-fine", "test", "zero for every point"
+    parameters = {"k": Param(3, Interval(int, 1, None), doc="k")}
+
+    def value(self, task: ValuationTask, ctx: RunContext) -> Valuation:
+        return Valuation(scores=np.zeros(task.n_train))
+
+
+def _broken(**attrs: Any) -> type[Method]:
+    """``_Fine`` with ``attrs`` (class attributes or methods) replaced to break one rule."""
+    return type("Broken", (_Fine,), attrs)
+
+
+def _value_returning(make: Any) -> Any:
+    return lambda self, task, ctx: make(task, ctx)
+
+
+def _fits(count: int) -> Any:
+    def value(self: Any, task: ValuationTask, ctx: RunContext) -> Valuation:
+        task.utility().many([np.arange(i + 2) for i in range(count)])
+        return Valuation(scores=np.zeros(task.n_train))
+
+    return value
+
+
+def _reads_x_test(self: Any, task: ValuationTask, ctx: RunContext) -> Valuation:
+    task.x_test  # noqa: B018 - the read is the breakage, whatever is done with it
+    return Valuation(scores=np.zeros(task.n_train))
+
+
+def _reads_past_the_guard(self: Any, task: ValuationTask, ctx: RunContext) -> Valuation:
+    # The instance's own dict is not guarded: only the poisoned rerun tells.
+    y_test = vars(task)["y_test"]
+    return Valuation(scores=np.full(task.n_train, float(y_test.mean())))
+
+
+def _circular_stats(self: Any, task: ValuationTask, ctx: RunContext) -> Valuation:
+    loop: list[Any] = []
+    loop.append(loop)
+    return Valuation(scores=np.zeros(task.n_train), stats={"loop": loop})
+
+
+def _forgets_given(self: Any) -> dict[str, Any]:
+    return {"k": 3}
+
+
+def _default_given_reads_otherwise(self: Any, **params: Any) -> None:
+    _Fine.__init__(self, **params)
+    if params.get("k") == 3:  # the default, passed explicitly, is stored as something else
+        self.k = 99
+
+
+@pytest.mark.parametrize(
+    ("attrs", "params", "check", "message"),
+    [
+        ({"family": ""}, {}, "class_attributes", "Broken.family is empty"),
+        ({"summary": ""}, {}, "class_attributes", "Broken.summary is empty"),
+        ({"architectures": ()}, {}, "class_attributes", r"architectures must be None .* got \(\)"),
+        ({"get_params": _forgets_given}, {"k": 4}, "params_round_trip", "loses the given"),
+        (
+            {"__init__": _default_given_reads_otherwise},
+            {},
+            "params_round_trip",
+            "rebuilding the method from get_params.. gives other parameters",
+        ),
+        (
+            {"value": _value_returning(lambda task, ctx: {"scores": np.zeros(task.n_train)})},
+            {},
+            "scores_valid",
+            "value.. returned dict, not a valbench.Valuation",
+        ),
+        (
+            {"value": _value_returning(lambda task, ctx: Valuation(np.zeros(task.n_train - 1)))},
+            {},
+            "scores_valid",
+            r"invalid scores: scores have shape \(47,\); expected \(48,\)",
+        ),
+        (
+            {"selects_subsets": True},
+            {},
+            "selections_at_run_fractions",
+            r"selects_subsets is True but value.. returned no selections for fractions "
+            r"\(0.15, 0.25, 0.5\)",
+        ),
+        (
+            {
+                "value": _value_returning(
+                    lambda task, ctx: Valuation(
+                        np.zeros(task.n_train), selections={0.1: np.arange(5)}
+                    )
+                )
+            },
+            {},
+            "selections_at_run_fractions",
+            "selection at fraction 0.1, which the run did not ask for",
+        ),
+        ({"value": _circular_stats}, {}, "stats_json", "stats cannot be stored as JSON"),
+        ({"value": _reads_x_test}, {}, "scores_valid", "the method read task.x_test"),
+        (
+            {"value": _reads_past_the_guard},
+            {},
+            "does_not_read_test_or_noise",
+            "scores changed when test data and the noise mask changed",
+        ),
+        ({"value": _fits(4)}, {}, "honours_fit_budget", "the method made 4"),
+    ],
+)
+def test_each_method_check_rejects_a_plugin_that_breaks_its_rule(
+    attrs: dict[str, Any], params: dict[str, Any], check: str, message: str
+) -> None:
+    cls = _broken(**attrs)
+    checks = dict(method_checks(cls, params))
+    with pytest.raises(ConformanceError, match=message):
+        checks[check]()
+    with pytest.raises(ConformanceError, match=message):
+        check_method(cls, params)
+
+
+def test_the_plugin_the_broken_ones_start_from_passes_every_check() -> None:
+    check_method(_Fine)
+    check_method(_Fine, {"k": 4})
+    check_method(_broken(value=_fits(3)))  # three fits on a budget of three: honoured
+
+
+def _moons_loaded(self: Any, seed: int = 0, max_train: int | None = None) -> DatasetSplits:
+    return _moons().load(self, seed=seed, max_train=max_train)
+
+
+def _as_tuple(self: Any, *, seed: int, max_train: int | None = None) -> Any:
+    s = _moons_loaded(self, seed, max_train)
+    return (s.x_train, s.y_train)
+
+
+def _one_class_declared(self: Any, *, seed: int, max_train: int | None = None) -> DatasetSplits:
+    s = _moons_loaded(self, seed, max_train)
+    return replace(s, n_classes=1)
+
+
+def _wider_val(self: Any, *, seed: int, max_train: int | None = None) -> DatasetSplits:
+    s = _moons_loaded(self, seed, max_train)
+    return replace(s, x_val=np.hstack([s.x_val, s.x_val[:, :1]]))
+
+
+def _flat_features(self: Any, *, seed: int, max_train: int | None = None) -> DatasetSplits:
+    s = _moons_loaded(self, seed, max_train)
+    return replace(s, x_test=s.x_test[:, 0])
+
+
+def _no_test_rows(self: Any, *, seed: int, max_train: int | None = None) -> DatasetSplits:
+    s = _moons_loaded(self, seed, max_train)
+    return replace(s, x_test=s.x_test[:0], y_test=s.y_test[:0])
+
+
+def _val_drifts(self: Any, *, seed: int, max_train: int | None = None) -> DatasetSplits:
+    s = _moons_loaded(self, seed, max_train)
+    return replace(s, x_val=s.x_val + np.random.normal(size=s.x_val.shape).astype(np.float32))
+
+
+def _test_drifts(self: Any, *, seed: int, max_train: int | None = None) -> DatasetSplits:
+    s = _moons_loaded(self, seed, max_train)
+    return replace(s, y_test=np.random.permutation(s.y_test))
+
+
+def _keeps_own_labels(self: Any, *, seed: int, relabel: Any, max_train: Any = None) -> Any:
+    splits = self.load(seed=seed, max_train=max_train)
+    rows, _ = relabel(splits.y_train, splits.n_classes)
+    return splits.with_train(rows, splits.y_train[rows])  # the chosen rows, clean labels
+
+
+def _first_rows(self: Any, *, seed: int, relabel: Any, max_train: Any = None) -> Any:
+    splits = self.load(seed=seed, max_train=max_train)
+    rows, labels = relabel(splits.y_train, splits.n_classes)
+    # relabel's labels, but on the first len(rows) rows, not on the rows it chose
+    return replace(splits, x_train=splits.x_train[: len(rows)], y_train=labels)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "check", "message"),
+    [
+        ({"load": _as_tuple}, "load_returns_valid_splits", "returned tuple, not a DatasetSplits"),
+        ({"load": _one_class_declared}, "load_returns_valid_splits", "n_classes is 1; it must"),
+        (
+            {"load": _wider_val},
+            "load_returns_valid_splits",
+            r"val: features of shape \(3,\), train \(2,\)",
+        ),
+        ({"load": _flat_features}, "load_returns_valid_splits", r"test: features of shape \(12,\)"),
+        ({"load": _no_test_rows}, "load_returns_valid_splits", "expected a non-empty"),
+        ({"load": _val_drifts}, "deterministic_given_seed", "other splits the second time"),
+        ({"load": _test_drifts}, "deterministic_given_seed", "other splits the second time"),
+        (
+            {"load_relabelled": _keeps_own_labels},
+            "relabel_called_once",
+            "did not return the rows and labels relabel chose",
+        ),
+        (
+            {"load_relabelled": _first_rows},
+            "relabel_called_once",
+            "features_use_labels.. is False but load_relabelled.. gave other features",
+        ),
+        (
+            {"features_use_labels": lambda self: "no"},
+            "relabel_called_once",
+            "features_use_labels.. returned 'no', not a bool",
+        ),
+        ({"name": ""}, "class_attributes", "name is empty"),
+    ],
+)
+def test_each_dataset_check_rejects_a_dataset_that_breaks_its_rule(
+    overrides: dict[str, Any], check: str, message: str
+) -> None:
+    cls = _moons(**overrides)
+    with pytest.raises(ConformanceError, match=message):
+        dict(dataset_checks(cls, max_train=24))[check]()
+    with pytest.raises(ConformanceError, match=message):
+        check_dataset(cls, max_train=24)
+
+
+def test_a_dataset_whose_seed_moves_only_its_test_split_gives_another_split() -> None:
+    # The seed choosing any part of the split is enough: not only the training rows.
+    def test_by_seed(self: Any, *, seed: int, max_train: int | None = None) -> DatasetSplits:
+        s = _moons_loaded(self, 0, max_train)
+        return replace(s, y_test=np.roll(s.y_test, seed))
+
+    check_dataset(_moons(load=test_by_seed), max_train=24)
+
+
+def test_an_unavailable_datasets_cases_are_skipped_saying_why() -> None:
+    from valbench.testing import parametrize_dataset_checks
+
+    away = _moons(available=classmethod(lambda cls: False))
+    params = parametrize_dataset_checks(_moons(), away).args[1]
+    assert len(params) == 2 * len(DATASET_CHECKS)
+    here, there = params[: len(DATASET_CHECKS)], params[len(DATASET_CHECKS) :]
+    assert all(p.marks == () or list(p.marks) == [] for p in here)
+    reasons = {m.kwargs["reason"] for p in there for m in p.marks}
+    assert reasons == {"kit-moons is not available here (available())"}
+
+
+@pytest.mark.parametrize(
+    ("spec", "refused"),
+    [
+        # closed int bound: one step outside; a float between; bools; numeric strings
+        (Param(3, Interval(int, 1, None)), [0, 1.5, True, False, "5", "abc", "true"]),
+        (Param(5, Interval(int, 1, 10)), [0, 11, 1.5, True, False, "5", "abc", "true"]),
+        # open float bounds: the bound itself; closed: the next float out; NaN; no bound: inf
+        (
+            Param(0.5, Interval(float, 0, 1, "neither")),
+            [0.0, 1.0, "nan", True, False, "5", "abc", "true"],
+        ),
+        (
+            Param(0.5, Interval(float, 0, 1)),
+            [-5e-324, 1.0000000000000002, "nan", True, False, "5", "abc", "true"],
+        ),
+        (
+            Param(1.0, Interval(float, 0, None, "left")),
+            [-5e-324, np.inf, "nan", True, False, "5", "abc", "true"],
+        ),
+        (Param("a", Options(str, ("a", "b"))), ["not-an-option", True, False, 3]),
+        (Param(2, Options(int, (1, 2, 4))), [5, True, False, "5", "abc", "true"]),
+        (Param(False, bool), ["5", "abc", "true", 1, 0]),
+    ],
+)
+def test_invalid_values_derives_what_each_declaration_refuses(
+    spec: Param, refused: list[Any]
+) -> None:
+    got = [("nan" if isinstance(v, float) and np.isnan(v) else v) for v in invalid_values(spec)]
+    assert got == refused and [type(v) for v in got] == [type(v) for v in refused]
+    assert not any(spec.accepts(v) for v in invalid_values(spec))
