@@ -781,3 +781,108 @@ def test_a_serial_cell_that_catches_its_stop_and_finishes_late_is_a_timeout(
     (outcome,) = got
     assert outcome.record.status == "timeout" and outcome.record.error.type == "CellTimeout"
     assert "its method caught the stop and finished after" in outcome.record.error.message
+
+
+def test_a_cell_is_seeded_by_its_identity_and_plants_flips_only_where_asked() -> None:
+    """The split model's seed is the cell's data seed (mod 2**31), the method's rng is
+    ``cell.method_rng``, and a noise-0 cell's task holds no noise mask (nor do its points)."""
+    from valbench.worker import build_task, run_cell
+
+    spec = small_spec(methods=("random",), noise=(0.0, 0.2), metrics=())
+    clean, noisy = spec.cells()
+    assert (clean.noise, noisy.noise) == (0.0, 0.2)
+    task = build_task(noisy, spec)
+    assert task.seed == noisy.data_seed(spec.root_seed) % 2**31
+    assert task.noisy_mask is not None and task.noisy_mask.sum() == 8  # round(0.2 x 40)
+    assert build_task(clean, spec).noisy_mask is None
+    outcome = run_cell(noisy, spec)
+    assert outcome.record.status == "ok"
+    want = noisy.method_rng(spec.root_seed).random(40)
+    np.testing.assert_array_equal(outcome.scores, want)
+    clean_outcome = run_cell(clean, spec)
+    assert clean_outcome.record.metrics.mislabel is None
+    assert set(clean_outcome.points) == {"x_train", "y_train"}
+
+
+def test_peak_memory_is_the_highest_reading_and_the_last() -> None:
+    """The peak is the most memory the block held (not its last sample), and memory still
+    held when the block ends counts even when no sample saw it."""
+    from valbench.worker import PeakMemory
+
+    size_mb = 64
+    with PeakMemory(interval=0.005) as mem:
+        before = mem.peak_mb
+        block = np.ones(size_mb * 2**17)  # 64 MB of float64, touched
+        time.sleep(0.1)
+        del block  # returned to the system: the last samples are low again
+        time.sleep(0.1)
+    assert mem.peak_mb >= before + 0.9 * size_mb
+    with PeakMemory(interval=60.0) as mem:  # no sample while the block runs
+        before = mem.peak_mb
+        kept = np.ones(size_mb * 2**17)
+    assert mem.peak_mb >= before + 0.9 * size_mb and kept.size
+
+
+def test_gpu_memory_is_not_read_after_the_block_raised(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from valbench.worker import GpuPeakMemory
+
+    def broken() -> int:
+        raise RuntimeError("CUDA error: an illegal memory access")
+
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda: None)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", broken)
+    with pytest.raises(ValueError, match="the block's own"), GpuPeakMemory() as gpu:
+        raise ValueError("the block's own error")
+    assert gpu.peak_mb is None
+
+
+def test_a_dataset_returning_more_than_max_train_points_is_refused() -> None:
+    from valbench.errors import DatasetError
+    from valbench.types import DatasetSplits
+    from valbench.worker import _refuse_over_cap
+
+    rng = np.random.default_rng(0)
+
+    def splits(n: int) -> DatasetSplits:
+        x, y = rng.normal(size=(n, 2)), np.arange(n) % 2
+        return DatasetSplits(x, y, x[:4], y[:4], x[:4], y[:4], 2)
+
+    _refuse_over_cap("mine", splits(40), 40)  # at the cap: taken
+    _refuse_over_cap("mine", splits(41), None)  # no cap
+    with pytest.raises(DatasetError, match="returned 41 training points, above --max-train 40"):
+        _refuse_over_cap("mine", splits(41), 40)
+
+
+def test_a_cells_cost_tells_its_cpu_seconds_from_its_wall_seconds(test_plugins: Path) -> None:
+    """sleepy sleeps 0.4 s: wall time, not CPU time; the memory it held is read."""
+    from valbench.worker import run_cell
+
+    spec = small_spec(methods=("sleepy",), params={"sleepy": {"seconds": 0.4}}, metrics=())
+    record = run_cell(spec.cells()[0], spec).record
+    assert record.status == "ok" and record.params == {"seconds": 0.4}
+    assert record.cost.wall_s >= 0.4 and record.cost.cpu_s < record.cost.wall_s - 0.3
+    assert record.cost.peak_mem_mb > 0 and record.cost.model_fits == 0
+    assert record.cost.fits_per_s is None
+
+
+def test_the_split_references_fits_are_counted_in_the_cell_that_trained_them() -> None:
+    """The random-subset and full-data references are trained once per split and process:
+    the first cell's ``evaluation_fits`` holds their 2 fractions x 3 draws + 1 full-data fits
+    (all distinct subsets of 40 points), the next cell of the split's none of them."""
+    from valbench import worker
+    from valbench.worker import run_cell
+
+    spec = small_spec(methods=("random",), metrics=())
+    (cell,) = spec.cells()
+    worker._REFERENCE_CACHE.clear()
+    first = run_cell(cell, spec).record
+    again = run_cell(cell, spec).record
+    assert first.status == again.status == "ok"
+    assert first.metrics.to_json() == again.metrics.to_json()
+    assert spec.random_repeats == 3
+    want = len(spec.fractions) * spec.random_repeats + 1
+    assert first.stats["evaluation_fits"] - again.stats["evaluation_fits"] == want
