@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -344,3 +345,157 @@ def test_a_method_whose_cells_all_failed_is_said_so() -> None:
     assert check.measured.endswith(
         "nothing in this run to compare (4 of mine's cells failed or timed out)"
     )
+
+
+def test_a_rivals_seed_without_a_usable_value_is_left_out_of_the_pairing() -> None:
+    claim = Claim("higher", SOURCE, "higher-subset-value")
+    mine = [_rec("mine", s, 0.80 + JITTER[s], family="subset-selection") for s in SEEDS]
+    # A rival worth nothing on seed 0 has no relative gain there (it would divide by 0) ...
+    worthless = [_rec("other", s, 0.0 if s == 0 else 0.70) for s in SEEDS]
+    (comparison,) = _one(mine + worthless, claim).comparisons
+    assert comparison.against == "other" and comparison.seeds == 3
+    assert comparison.values == pytest.approx(
+        [100 * (0.80 + JITTER[s] - 0.70) / 0.70 for s in (1, 2, 3)]
+    )
+    # ... and a seed the rival did not run is not compared either.
+    missing = [_rec("other", s, 0.70) for s in SEEDS if s != 3]
+    (comparison,) = _one(mine + missing, claim).comparisons
+    assert comparison.against == "other" and comparison.seeds == 3
+    assert comparison.values == pytest.approx(
+        [100 * (0.80 + JITTER[s] - 0.70) / 0.70 for s in (0, 1, 2)]
+    )
+
+
+def test_a_claim_holds_only_where_every_comparison_has_a_deciding_interval() -> None:
+    # Dataset "a" upholds the claim on four seeds; on "b" one seed ran: no interval there.
+    one_seed = [_rec("mine", 0, 0.80, dataset="b"), _rec("other", 0, 0.70, dataset="b")]
+    check = _one(_subset_run(0.80, 0.70) + one_seed, Claim("higher", SOURCE, "higher-subset-value"))
+    assert {(c.dataset, c.seeds) for c in check.comparisons} == {("d", 4), ("b", 1)}
+    assert check.verdict == INCONCLUSIVE
+    # The same for "does not hold" of a gain claim, which needs every interval below T/2.
+    claim = Claim("~20% higher", SOURCE, "subset-value-gain", threshold=20.0)
+    assert _one(_subset_run(0.75, 0.70), claim).verdict == NOT_HOLDS
+    assert _one(_subset_run(0.75, 0.70) + one_seed, claim).verdict == INCONCLUSIVE
+
+
+def test_a_gain_interval_across_half_the_threshold_decides_nothing() -> None:
+    # Gains of 8, 12, 9 and 11 % (mean 10, sd 1.826): the 95 % interval 10 ± 3.182 * 0.913
+    # = [7.09, 12.91] straddles T/2 = 10, so "about 20 %" neither holds nor fails, although
+    # the whole interval lies below T itself.
+    claim = Claim("~20% higher", SOURCE, "subset-value-gain", threshold=20.0)
+    gains = (8.0, 12.0, 9.0, 11.0)
+    records = [_rec("mine", s, 0.6 * (1 + g / 100)) for s, g in enumerate(gains)]
+    records += [_rec("other", s, 0.6) for s in SEEDS]
+    check = _one(records, claim)
+    (comparison,) = check.comparisons
+    assert comparison.against == "other"
+    assert (comparison.low, comparison.high) == pytest.approx((7.0948, 12.9052), abs=1e-4)
+    assert check.verdict == INCONCLUSIVE
+
+
+def test_mislabel_detection_is_compared_with_the_random_method_where_it_ran() -> None:
+    claim = Claim("finds flips", SOURCE, "mislabel-detection")
+    found = [_rec("mine", s, 0.7, recall=0.5 + JITTER[s]) for s in SEEDS]
+    rnd = [_rec("random", s, 0.7, recall=0.1 + JITTER[s] / 2, family="baseline") for s in SEEDS]
+    (comparison,) = _one(found + rnd, claim).comparisons
+    # per seed 100 * (0.4 + J / 2): mean 40 + 50 * mean(J) = 40 + 50 * 0.00075
+    assert comparison.against == "random"
+    assert comparison.mean == pytest.approx(40.0375)
+    # Without planted flips there is nothing to detect: no comparison, whatever the recalls.
+    clean = [
+        _rec(
+            r.method,
+            r.seed,
+            0.7,
+            recall=r.metrics.mislabel.recall_at_noise,
+            family=r.family,
+            noise=0.0,
+        )
+        for r in found + rnd
+    ]
+    check = _one(clean, claim)
+    assert not check.comparisons and check.verdict == INCONCLUSIVE
+
+
+def _runtime(ratios: dict[str, float], **mark: object) -> list[CellRecord]:
+    out = []
+    for dataset, ratio in ratios.items():
+        for s in SEEDS:
+            out.append(_rec("mine", s, 0.7, cpu=2.0 * ratio * (1 + JITTER[s]), dataset=dataset))
+            for name, cpu in (("a", 1.0), ("b", 2.0), ("c", 4.0)):
+                out.append(_rec(name, s, 0.7, cpu=cpu, dataset=dataset))
+    return out
+
+
+def test_runtime_best_and_worst_are_the_smallest_and_largest_ratio() -> None:
+    claim = Claim("comparable time", SOURCE, "comparable-runtime", threshold=3.0)
+    check = _one(_runtime({"d1": 8.0, "d2": 2.0}), claim)
+    # median of 1, 2 and 4 s is 2 s: ratios 8 on d1 (listed first) and 2 on d2
+    assert [round(c.mean) for c in check.comparisons] == [8, 2]
+    assert re.search(
+        r": best 2x \[[^]]*\] \(d2, noise 0.1\), worst 8x \[[^]]*\] \(d1, noise 0.1\), over 2 ",
+        check.measured,
+    ), check.measured
+
+
+def test_runtime_claims_leave_out_failed_cells_and_are_not_upheld_on_partial_ones() -> None:
+    claim = Claim("comparable time", SOURCE, "comparable-runtime", threshold=3.0)
+    run = _runtime({"d": 2.0})
+    assert _one(run, claim).verdict == HOLDS
+    # A valuation method's failed cells carry a cost, but no result: not in the median.
+    failed = [
+        CellRecord.from_json(
+            {**_rec("slow", s, 0.7, cpu=100.0).to_json(), "status": "failed", "metrics": {}}
+        )
+        for s in SEEDS
+    ]
+    check = _one(run + failed, claim)
+    assert check.comparisons[0].mean == pytest.approx(2.0, rel=0.01) and check.verdict == HOLDS
+    # A valuation method cut short is left out of the median, and the claim is not upheld.
+    cut = [
+        CellRecord.from_json({**r.to_json(), "complete": False}) if r.method == "c" else r
+        for r in run
+    ]
+    check = _one(cut, claim)
+    assert check.comparisons[0].mean == pytest.approx(4.0 / 1.5, rel=0.01)
+    assert check.verdict == INCONCLUSIVE
+    assert "partial cells left out: c (4), so it is not upheld" in check.measured
+
+
+def test_a_refutation_by_one_of_many_comparisons_names_its_bonferroni_level() -> None:
+    claim = Claim("higher", SOURCE, "higher-subset-value")
+    records = []
+    for d, gain in {"a": 0.2, "b": 0.2, "c": 0.2, "z": -0.2}.items():
+        for s in SEEDS:
+            records += [
+                _rec("mine", s, 0.6 + gain + JITTER[s], dataset=d),
+                _rec("other", s, 0.6, dataset=d),
+            ]
+    check = _one(records, claim)
+    assert check.verdict == NOT_HOLDS
+    z = next(c for c in check.comparisons if c.dataset == "z")
+    low, high = z.widened(4)
+    assert (
+        f"; decided by z, noise 0.1, 10 % against other: [{low:+.1f}, {high:+.1f}] "
+        "at 98.75 % (Bonferroni over 4)" in check.measured
+    )
+
+
+def test_an_interval_across_the_bar_decides_nothing() -> None:
+    # Recall minus random's of +2, -1, +1 and -1.5 points: the interval spans 0.
+    claim = Claim("finds flips", SOURCE, "mislabel-detection")
+    diffs = (2.0, -1.0, 1.0, -1.5)
+    records = [_rec("mine", s, 0.7, recall=0.3 + d / 100) for s, d in enumerate(diffs)]
+    records += [_rec("random", s, 0.7, recall=0.3, family="baseline") for s in SEEDS]
+    check = _one(records, claim)
+    (comparison,) = check.comparisons
+    assert comparison.low < 0 < comparison.high and check.verdict == INCONCLUSIVE
+    # CPU time 2, 4, 2.5 and 3.5 times the median's: the interval spans the factor 3.
+    claim = Claim("comparable time", SOURCE, "comparable-runtime", threshold=3.0)
+    records = []
+    for s, ratio in enumerate((2.0, 4.0, 2.5, 3.5)):
+        records.append(_rec("mine", s, 0.7, cpu=2.0 * ratio))
+        records += [_rec(n, s, 0.7, cpu=c) for n, c in (("a", 1.0), ("b", 2.0), ("c", 4.0))]
+    check = _one(records, claim)
+    (comparison,) = check.comparisons
+    assert comparison.low < 3.0 < comparison.high and check.verdict == INCONCLUSIVE

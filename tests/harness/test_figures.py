@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import stats
 from test_report_fakes import read_records
 
 from valbench.figures import method_colors, pareto_front
@@ -237,3 +238,160 @@ def test_the_ideal_mislabel_curve_finds_every_flip_by_the_noise_rate(
     (group,) = summarise(read_records(run))
     assert mislabel_figure(group, method_styles(methods)) is not None
     assert drawn == [([0, 0.2, 1], [0, 1, 1])]
+
+
+def test_pareto_front_ties_and_equal_points() -> None:
+    # Same time, more value dominates; same value, less time dominates; equal points both stay.
+    pts = [("a", 1.0, 2.0), ("b", 1.0, 3.0), ("c", 0.5, 3.0), ("d", 0.5, 3.0)]
+    assert pareto_front(pts) == ["c", "d"]
+    assert pareto_front([("a", 1.0, 2.0), ("b", 1.0, 3.0)]) == ["b"]
+
+
+def test_pareto_points_plot_the_mean_gain_over_random() -> None:
+    from test_report_stats import _line
+
+    from valbench.figures import pareto_points
+
+    # chosen 0.6 + 0.01 s against random 0.5: gains 10, 11, 12 points, mean 11
+    records = [_line("m", s, 0.6 + 0.01 * s, 0.5, cpu_s=2.0) for s in range(3)]
+    (group,) = summarise(records)
+    ((name, cpu, gain),) = pareto_points(group)
+    assert (name, cpu, gain) == ("m", pytest.approx(2.0), pytest.approx(11.0))
+
+
+def test_the_subset_band_is_clipped_to_accuracies(monkeypatch: pytest.MonkeyPatch) -> None:
+    from matplotlib.axes import Axes
+    from test_report_stats import _line
+
+    from valbench.figures import method_styles, subset_figure
+
+    bands: list[tuple[list[float], list[float]]] = []
+    fill = Axes.fill_between
+
+    def recording(self: Axes, x: object, lo: object, hi: object, **kw: object) -> object:
+        bands.append((list(np.asarray(lo)), list(np.asarray(hi))))
+        return fill(self, x, lo, hi, **kw)
+
+    monkeypatch.setattr(Axes, "fill_between", recording)
+    # Two seeds 0.05 and 0.95 at both fractions: mean 0.5, half-width 12.7 * 0.636 = 8.1.
+    records = []
+    for s, v in enumerate((0.05, 0.95)):
+        line = _line("m", s, v).to_json()
+        line["metrics"]["subset_value"] = {"0.1": v, "0.5": v}
+        line["metrics"]["random_subset_value"] = {"0.1": 0.5, "0.5": 0.5}
+        records.append(type(_line("m", 0, 0.5)).from_json(line))
+    (group,) = summarise(records)
+    subset_figure(group, method_styles(["m"]))
+    assert bands == [([0.0, 0.0], [1.0, 1.0])]
+
+
+def test_the_runtime_error_bars_are_the_geometric_interval(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from matplotlib.axes import Axes
+    from test_report_stats import _line
+
+    from valbench.figures import method_styles, runtime_figure
+
+    drawn: list[tuple[list[float], list[float], list[float]]] = []
+    errorbar = Axes.errorbar
+
+    def recording(self: Axes, x: object, y: object, xerr: object = None, **kw: object) -> object:
+        lower, upper = xerr  # type: ignore[misc]
+        drawn.append((list(np.asarray(x)), list(np.asarray(lower)), list(np.asarray(upper))))
+        return errorbar(self, x, y, xerr=xerr, **kw)
+
+    monkeypatch.setattr(Axes, "errorbar", recording)
+    seconds = [1.0, 2.0, 4.0]
+    (group,) = summarise([_line("m", s, 0.6, cpu_s=c) for s, c in enumerate(seconds)])
+    assert runtime_figure(group, method_styles(["m"])) is not None
+    # logs 0, ln 2, 2 ln 2: mean ln 2, sd ln 2; the interval exp(ln 2 ± t * ln 2 / sqrt 3)
+    half = stats.t.ppf(0.975, 2) * math.log(2.0) / math.sqrt(3)
+    low, high = 2.0 * math.exp(-half), 2.0 * math.exp(half)
+    ((x, lower, upper),) = drawn
+    assert x == pytest.approx([2.0])
+    assert lower == pytest.approx([2.0 - low]) and upper == pytest.approx([high - 2.0])
+
+
+def test_the_mislabel_figure_draws_each_methods_mean_recall_curve(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from matplotlib.axes import Axes
+    from test_report_fakes import fake_run
+
+    from valbench.figures import method_styles, mislabel_figure
+
+    drawn: dict[str, tuple[list[float], list[float]]] = {}
+    plot = Axes.plot
+
+    def recording(self: Axes, *args: object, **kwargs: object) -> object:
+        if kwargs.get("label") in ("random", "loo"):
+            drawn[str(kwargs["label"])] = (list(args[0]), list(args[1]))  # type: ignore[call-overload]
+        return plot(self, *args, **kwargs)
+
+    monkeypatch.setattr(Axes, "plot", recording)
+    methods = ["random", "loo"]
+    run = fake_run(tmp_path / "r", methods=methods, datasets=("d",), seeds=2, two_d=())
+    (group,) = summarise(read_records(run))
+    assert mislabel_figure(group, method_styles(methods)) is not None
+    for m in methods:
+        curves = [r.metrics.mislabel.curve for r in group.records[m]]
+        xs = [x for x, _ in curves[0]]
+        mean = [(a[1] + b[1]) / 2 for a, b in zip(*curves, strict=True)]
+        assert drawn[m][0] == pytest.approx(xs) and drawn[m][1] == pytest.approx(mean)
+
+
+def test_a_mean_curve_keeps_points_that_differ_past_the_second_decimal() -> None:
+    from valbench.figures import _mean_curve
+
+    xs, mean, _ = _mean_curve([([0.001, 0.002], [0.25, 0.75])])
+    assert xs.tolist() == [0.001, 0.002] and mean.tolist() == [0.25, 0.75]
+
+
+def test_the_sampling_error_band_follows_each_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    from matplotlib.axes import Axes
+
+    from valbench.figures import SampledValues, method_styles, sampling_error_figure
+
+    bands: list[tuple[list[float], list[float], list[float]]] = []
+    fill = Axes.fill_between
+
+    def recording(self: Axes, x: object, lo: object, hi: object, **kw: object) -> object:
+        bands.append((list(np.asarray(x)), list(np.asarray(lo)), list(np.asarray(hi))))
+        return fill(self, x, lo, hi, **kw)
+
+    monkeypatch.setattr(Axes, "fill_between", recording)
+    panel = SampledValues("m", np.array([3.0, 1.0, 2.0]), np.array([0.3, 0.1, 0.2]), None, True)
+    sampling_error_figure("t", [panel], method_styles(["m"]))
+    z = 1.959963984540054
+    # ascending values 1, 2, 3 with their own errors 0.1, 0.2, 0.3
+    ((x, lo, hi),) = bands
+    assert x == [1, 2, 3]
+    assert lo == pytest.approx([1 - 0.1 * z, 2 - 0.2 * z, 3 - 0.3 * z])
+    assert hi == pytest.approx([1 + 0.1 * z, 2 + 0.2 * z, 3 + 0.3 * z])
+
+
+def test_the_rank_heatmap_writes_each_methods_rank(monkeypatch: pytest.MonkeyPatch) -> None:
+    from matplotlib.axes import Axes
+    from test_report_stats import _line
+
+    from valbench.figures import rank_heatmap_figure
+
+    written: list[tuple[float, float, str]] = []
+    text = Axes.text
+
+    def recording(self: Axes, x: float, y: float, s: str, *args: object, **kw: object) -> object:
+        written.append((x, y, s))
+        return text(self, x, y, s, *args, **kw)
+
+    monkeypatch.setattr(Axes, "text", recording)
+    # gains over random 0.5: a +30, b +10, c +20 points (a little spread over three seeds)
+    records = [
+        _line(m, s, v + 0.001 * s)
+        for m, v in (("a", 0.8), ("b", 0.6), ("c", 0.7))
+        for s in range(3)
+    ]
+    (group,) = summarise(records)
+    assert rank_heatmap_figure([group], [("gain", "gain")]) is not None
+    # rows a, b, c (sorted names), one column: ranks 1, 3, 2
+    assert written == [(0, 0, "1"), (0, 1, "3"), (0, 2, "2")]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -170,3 +171,23 @@ def test_metrics_spec_and_config_hash() -> None:
     }
     assert len(hashes) == 3
     assert build_spec("quick", {}, {"methods": "random"}).lds_subsets == 100
+
+
+def test_lds_of_scores_whose_sums_overflow_still_ranks_every_subset() -> None:
+    # Sums of the rows: 1.9e308, 1.8e308 (both past the float maximum 1.8e308 ...), 1.7e308
+    # and 8e307: ascending in the utilities, so rho = 1. Unscaled, the first two both become
+    # inf and tie.
+    scores = [1e308, 9e307, 8e307, 0.0]
+    masks = np.array([[1, 1, 0, 0], [1, 0, 1, 0], [0, 1, 1, 0], [0, 0, 1, 1]], dtype=bool)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert M.linear_datamodeling_score(scores, masks, [4.0, 3.0, 2.0, 1.0]) == pytest.approx(
+            1.0
+        )
+
+
+def test_lds_of_constant_scores_is_nan_without_a_warning() -> None:
+    masks = np.array([[1, 1, 0, 0], [0, 0, 1, 1], [1, 0, 1, 0]], dtype=bool)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert math.isnan(M.linear_datamodeling_score(np.ones(4), masks, [1.0, 2.0, 3.0]))

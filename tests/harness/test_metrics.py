@@ -614,3 +614,29 @@ def test_rank_stability_constant_and_mismatch() -> None:
 def test_all_exports_exist() -> None:
     for name in M.__all__:
         assert hasattr(M, name), name
+
+
+def test_rank_order_keeps_index_order_among_many_ties() -> None:
+    # 200 scores of three values: an unstable sort (numpy's default) reorders the ties.
+    scores = np.random.default_rng(0).integers(0, 3, size=200).astype(float)
+    expected = sorted(range(200), key=lambda i: (-scores[i], i))
+    assert M.rank_order(scores).tolist() == expected
+    assert M.top_fraction(scores, 0.25).tolist() == expected[:50]
+
+
+def test_rank_stability_of_two_points_is_their_direction() -> None:
+    assert M.rank_stability([1.0, 2.0], [3.0, 5.0]) == pytest.approx(1.0)
+    assert M.rank_stability([1.0, 2.0], [5.0, 3.0]) == pytest.approx(-1.0)
+    assert math.isnan(M.rank_stability([1.0], [2.0]))
+
+
+def test_negative_selection_weights_are_refused() -> None:
+    with pytest.raises(M.MetricInputError, match=r"must be 3 finite values >= 0"):
+        M.subset_value_curve(
+            [0.9, -0.5, 0.3],
+            (1.0,),
+            lambda idx: 0.0,
+            selections={1.0: np.array([0, 1, 2])},
+            selection_weights={1.0: [1.0, -1.0, 1.0]},
+            weighted=lambda idx, weights=None: 0.0,
+        )
