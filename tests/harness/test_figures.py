@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -116,6 +117,40 @@ def test_curve_figures_highlight_the_best_few_and_random(tmp_path: Path) -> None
         assert f">{m}<" in svg
     assert not [m for m in methods if m not in shown and f">{m}<" in svg]
     assert highlighted(group, "gain", k=len(methods)) == sorted(methods)
+
+
+def test_the_removal_figure_colours_the_lowest_areas_and_random(tmp_path: Path) -> None:
+    """Removal AUC is better low: the removal figure colours the HIGHLIGHT methods of lowest
+    mean area (not the highest) and the random baseline; k best means k, not one fewer."""
+    from test_report_fakes import fake_run
+
+    from valbench.figures import HIGHLIGHT, highlighted, method_styles, removal_figure
+
+    methods = ["random", *(f"m{i:02d}" for i in range(12))]
+    run = fake_run(tmp_path / "r", methods=methods, datasets=("d",), seeds=2, two_d=())
+    # The fake's removal areas follow its gains: lower the two worst gainers' curves, so
+    # colouring by another column (or the other way round) shows.
+    lines = [json.loads(x) for x in (run / "results.jsonl").read_text().splitlines()]
+    for line in lines:
+        if line["method"] in ("m02", "m04"):
+            removal = line["metrics"]["removal"]
+            removal["values"] = [v - 0.2 for v in removal["values"]]
+            removal["auc"] -= 0.2
+    (run / "results.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    (group,) = summarise(read_records(run))
+    means = {m: group.rows[m]["removal.auc"].mean for m in methods}
+    assert {"m02", "m04"} <= set(highlighted(group, "removal.auc")) - set(
+        highlighted(group, "gain")
+    )
+    ranked = sorted(methods, key=lambda m: (means[m], m))
+    assert len(set(means.values())) == len(methods)
+    shown = highlighted(group, "removal.auc")
+    assert shown == sorted({*ranked[:HIGHLIGHT], "random"})
+    k = ranked.index("random")  # random just outside the k best: k methods and random
+    assert k >= 2 and highlighted(group, "removal.auc", k=k) == sorted([*ranked[:k], "random"])
+    svg = removal_figure(group, method_styles(methods))
+    assert svg is not None and f"{len(methods) - len(shown)} other methods" in svg
+    assert sorted(m for m in methods if f">{m}<" in svg) == shown
 
 
 def test_text_on_a_colour_is_the_one_of_higher_contrast() -> None:
