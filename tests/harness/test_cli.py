@@ -830,3 +830,22 @@ def test_list_verbose_shows_each_parameter_and_plain_list_none(
     assert main(["list", "--methods"]) == 0
     plain = capsys.readouterr().out
     assert "(no parameters)" not in plain and "neighbours of the KNN utility" not in plain
+
+
+def test_the_fork_server_preloads_the_runs_built_in_methods_only(test_plugins: Path) -> None:
+    # A plugin may raise anything at import, which the fork server does not survive.
+    from importlib.metadata import entry_points
+
+    from valbench.pool import _PRELOAD, preload_modules
+    from valbench.spec import RunSpec
+
+    builtin = {
+        ep.name: ep.module
+        for ep in entry_points(group="valbench.methods")
+        if ep.module.startswith("valbench.")
+    }
+    assert "hangs" not in builtin and "loo" in builtin
+    one = preload_modules(RunSpec(methods=("loo", "hangs"), datasets=("synthetic",)))
+    assert one == [*_PRELOAD, builtin["loo"]]
+    every = preload_modules(RunSpec(methods=("all",), datasets=("synthetic",)))
+    assert every == [*_PRELOAD, *sorted(set(builtin.values()))]

@@ -85,11 +85,15 @@ def test_ray_local_cluster_equals_serial(tmp_path: Path, serial_numbers: dict) -
 
 @_needs("distributed")
 def test_dask_scheduler_address_and_timeout(tmp_path: Path, plugin_env: Path) -> None:
-    from distributed import LocalCluster
+    from distributed import Client, LocalCluster
 
-    with LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
-    ) as cluster:
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        Client(cluster) as watcher,
+    ):
+        before = set(watcher.run(os.getpid).values())
         # Long enough for a cold worker's start and first imports on a loaded 2-core machine
         # (8 s was not: "raises" then timed out); "hangs" still hits it. No LDS: its 100 fits
         # in a cold worker would make this a test of the machine's speed.
@@ -101,6 +105,9 @@ def test_dask_scheduler_address_and_timeout(tmp_path: Path, plugin_env: Path) ->
             address=cluster.scheduler_address,
             show_progress=False,
         )
+        watcher.wait_for_workers(2, timeout=60)
+        after = set(watcher.run(os.getpid).values())
+    assert len(before - after) == 1  # the hanging cell's worker process was replaced
     by_method = {r.method: r for r in read_results(tmp_path)}
     assert by_method["hangs"].status == "timeout"
     assert "time limit of 30 s" in by_method["hangs"].error.message
@@ -493,3 +500,171 @@ def test_a_tls_ray_cluster_is_not_greeted_in_cleartext(monkeypatch: pytest.Monke
     monkeypatch.setenv("RAY_USE_TLS", "0")
     engine._check_ray_address("127.0.0.1:6379")
     assert greeted == ["127.0.0.1:6379"]
+
+
+@pytest.mark.parametrize("backend", _engines())
+def test_check_backend_without_address_asks_nothing(
+    backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No address: the run starts its own cluster; no address is parsed, probed or greeted.
+    import valbench.distributed as engine
+
+    def refuse(*args: object) -> None:
+        pytest.fail(f"an address was checked: {args}")
+
+    for name in ("_check_dask_address", "_check_ray_address", "_probe"):
+        monkeypatch.setattr(engine, name, refuse)
+    check_backend(backend, None)
+
+
+def test_a_missing_extra_is_refused_before_the_run_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    for backend in ("dask", "ray"):
+        out = tmp_path / backend
+        with pytest.raises(UsageError, match=rf"pip install 'valbench\[{backend}\]'"):
+            execute(_spec(seeds=1, methods=("random",)), out=out, backend=backend)
+        assert not out.exists()
+
+
+@_needs("distributed")
+def test_an_in_process_dask_address_is_no_scheduler_address() -> None:
+    # inproc:// lives inside one process: never the address of another process's scheduler.
+    with pytest.raises(UsageError, match="'inproc://127.0.0.1/1/2' is not a Dask scheduler"):
+        check_backend("dask", "inproc://127.0.0.1/1/2")
+
+
+@_needs("distributed")
+def test_a_dask_worker_is_no_scheduler(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A worker's port speaks Dask's protocol too, but it answers as a Worker.
+    from distributed import comm
+
+    import valbench.distributed as engine
+
+    class Comm:
+        async def write(self, msg: object) -> None:
+            assert msg == {"op": "identity", "reply": True}
+
+        async def read(self) -> dict:
+            return {"type": "Worker", "id": "w"}
+
+        def abort(self) -> None:
+            pass
+
+    async def connect(address: str, **kwargs: object) -> Comm:
+        return Comm()
+
+    monkeypatch.setattr(comm, "connect", connect)
+    with pytest.raises(UsageError, match="it answered as 'Worker'"):
+        engine._ask_dask_identity("tcp://127.0.0.1:1", "tcp")
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["http://127.0.0.1:6379", "127.0.0.1:gcs", "127.0.0.1", ":6379", "tcp://127.0.0.1:6379"],
+)
+def test_a_malformed_ray_address_is_refused_before_any_connection(
+    address: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import valbench.distributed as engine
+
+    monkeypatch.setattr(engine, "_probe", lambda *a: pytest.fail("probed"))
+    with pytest.raises(UsageError, match="is not a Ray cluster address"):
+        engine._check_ray_address(address)
+
+
+@pytest.mark.parametrize(
+    ("address", "host", "port"),
+    [
+        ("127.0.0.1:6379", "127.0.0.1", 6379),
+        ("ray://head:10001", "head", 10001),
+        ("[::1]:6379", "::1", 6379),
+        ("ray://[fe80::1]:10001", "fe80::1", 10001),
+    ],
+)
+def test_a_ray_address_is_probed_at_its_host_and_port(
+    address: str, host: str, port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import valbench.distributed as engine
+
+    probed: list[tuple] = []
+    monkeypatch.setattr(engine, "_probe", lambda what, a, h, p, flag: probed.append((h, p)))
+    monkeypatch.setattr(engine, "_ask_for_grpc", lambda a, h, p: probed.append((h, p)))
+    monkeypatch.delenv("RAY_USE_TLS", raising=False)
+    engine._check_ray_address(address)
+    assert probed == [(host, port), (host, port)]
+
+
+@pytest.mark.parametrize("address", ["auto", "local"])
+def test_ray_finds_its_own_cluster_for_auto_and_local(
+    address: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import valbench.distributed as engine
+
+    monkeypatch.setattr(engine, "_probe", lambda *a: pytest.fail("probed"))
+    engine._check_ray_address(address)
+
+
+@pytest.mark.parametrize("port", [0, 65536, 99999])
+def test_a_port_outside_the_range_is_said_so(port: int) -> None:
+    import valbench.distributed as engine
+
+    with pytest.raises(UsageError, match=f"port {port} of x:{port} is outside 1-65535"):
+        engine._probe("Ray cluster", f"x:{port}", "127.0.0.1", port, "--address")
+
+
+@pytest.mark.parametrize("value", ["true", "True", "TRUE"])
+def test_ray_tls_is_read_as_ray_reads_it(value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import valbench.distributed as engine
+
+    monkeypatch.setattr(engine, "_probe", lambda *a: None)
+    monkeypatch.setattr(engine, "_ask_for_grpc", lambda *a: pytest.fail("greeted in cleartext"))
+    monkeypatch.setenv("RAY_USE_TLS", value)
+    engine._check_ray_address("127.0.0.1:6379")
+
+
+class _Scheduler:
+    """What the driver asks a Dask client before it submits: each worker's threads."""
+
+    def __init__(self, nthreads: dict[str, int]) -> None:
+        self._nthreads = nthreads
+
+    def nthreads(self) -> dict[str, int]:
+        return self._nthreads
+
+
+def test_one_cell_in_flight_per_worker_process_and_a_warning_only_for_threads(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import logging
+
+    import valbench.distributed as engine
+
+    assert engine._worker_processes(_Scheduler({"a": 3, "b": 1})) == 2  # processes, not threads
+    assert engine._worker_processes(_Scheduler({})) == 1  # waits at the scheduler for one
+    with caplog.at_level(logging.WARNING, logger="valbench.distributed"):
+        engine._warn_of_threaded_workers(_Scheduler({"a": 1, "b": 1}))
+        engine._warn_of_threaded_workers(_Scheduler({}))
+        assert caplog.text == ""
+        engine._warn_of_threaded_workers(_Scheduler({"a": 1, "b": 4}))
+    assert "up to 4 threads each" in caplog.text
+
+
+def test_the_clusters_log_is_quiet_during_a_run_and_restored_after() -> None:
+    import logging
+
+    import valbench.distributed as engine
+
+    logger = logging.getLogger("distributed")
+    before = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        with engine._distributed_quiet(local=True):
+            assert logger.level == logging.CRITICAL
+        assert logger.level == logging.INFO
+        with engine._distributed_quiet(local=False):  # a remote scheduler's errors stay on
+            assert logger.level == logging.ERROR
+        assert logger.level == logging.INFO
+    finally:
+        logger.setLevel(before)

@@ -272,3 +272,71 @@ def test_clear_removes_the_temporaries_of_an_interrupted_write(tmp_path: Path) -
     (tmp_path / "scores" / ".c.npz.k3j2.tmp").write_bytes(b"half")  # a kill mid-write
     store.clear()
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_shared_file_takes_0644_less_the_umask(tmp_path: Path) -> None:
+    import os
+    import stat
+    import tempfile
+
+    from valbench.cache import make_shareable
+
+    before = os.umask(0o077)
+    try:
+        fd, name = tempfile.mkstemp(dir=tmp_path)
+        os.close(fd)
+        make_shareable(name)
+        assert stat.S_IMODE(os.stat(name).st_mode) == 0o600
+        os.umask(0o022)
+        make_shareable(name)
+        assert stat.S_IMODE(os.stat(name).st_mode) == 0o644
+    finally:
+        os.umask(before)
+
+
+def test_the_data_directory_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # An argument, then --data-dir (which workers see through $VALBENCH_DATA), then the
+    # environment, then $XDG_CACHE_HOME/valbench.
+    import os
+
+    from valbench import cache
+
+    monkeypatch.setattr(cache, "_override", None)
+    monkeypatch.delenv(cache.ENV_VAR, raising=False)
+    monkeypatch.setattr(cache.sys, "platform", "linux")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache.data_dir() == tmp_path / "xdg" / "valbench"
+    assert cache.data_dir("") == tmp_path / "xdg" / "valbench"  # an empty --data-dir: unset
+    monkeypatch.setenv(cache.ENV_VAR, str(tmp_path / "env"))
+    assert cache.data_dir() == tmp_path / "env"
+    cache.set_data_dir(tmp_path / "flag")
+    assert cache.data_dir() == tmp_path / "flag"
+    assert os.environ[cache.ENV_VAR] == str(tmp_path / "flag")
+    assert cache.data_dir(tmp_path / "arg") == tmp_path / "arg"
+    monkeypatch.setenv(cache.ENV_VAR, str(tmp_path / "later"))
+    assert cache.data_dir() == tmp_path / "flag"  # --data-dir wins over the environment
+    cache.set_data_dir(None)
+    assert cache.data_dir() == tmp_path / "later"
+
+
+def test_a_config_key_ignores_the_order_of_its_keys() -> None:
+    from valbench.cache import config_key
+
+    a = config_key({"model": "resnet18", "size": 32})
+    assert a == config_key({"size": 32, "model": "resnet18"})
+    assert a != config_key({"model": "resnet18", "size": 64}) and len(a) == 20
+
+
+def test_a_data_directory_under_home_is_expanded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from valbench import cache
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setattr(cache, "_override", None)
+    monkeypatch.setenv(cache.ENV_VAR, "~/env")
+    assert cache.data_dir() == tmp_path / "env"
+    assert cache.data_dir("~/arg") == tmp_path / "arg"
+    cache.set_data_dir("~/flag")
+    assert cache.data_dir() == tmp_path / "flag"
+    cache.set_data_dir(None)
