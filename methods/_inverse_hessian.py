@@ -188,7 +188,7 @@ def ekfac_mlp_factors(
     layer's pre-activation gradient is ``diag(relu'(pre)) W2 (p − e_ŷ)``, so its ``B`` is
     ``diag(relu'(pre)) W2``; the output layer's is the identity."""
     pre = x @ params["W1"] + params["b1"]
-    act = pre.clamp(min=0)
+    act = torch.relu(pre)
     probs = torch.softmax(act @ params["W2"] + params["b2"], dim=1)
     jac = (pre > 0).to(DTYPE)[:, :, None] * params["W2"][None]  # (n, h, C)
     return [ekfac_layer_factors(x, probs, l2, jac), ekfac_layer_factors(act, probs, l2)]

@@ -1532,7 +1532,7 @@ class BatchedClassifier:
         """Logits (B, m, C) of parameters in the Params layout."""
         if self.spec.kind == "logreg":
             return torch.matmul(x, p["W"]) + p["b"][:, None, :]
-        act = (torch.matmul(x, p["W1"]) + p["b1"][:, None, :]).clamp(min=0)
+        act = torch.relu(torch.matmul(x, p["W1"]) + p["b1"][:, None, :])
         return torch.bmm(act, p["W2"]) + p["b2"][:, None, :]
 
     def _class_major_logits(self, p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:

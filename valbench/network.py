@@ -301,7 +301,7 @@ class MLP(Network):
 
     def penultimate(self, params: TensorMap, buffers: TensorMap, x: torch.Tensor) -> torch.Tensor:
         """The hidden ReLUs."""
-        return (x @ params["W1"] + params["b1"]).clamp(min=0)
+        return torch.relu(x @ params["W1"] + params["b1"])
 
     def embed(self, params: TensorMap, buffers: TensorMap, x: torch.Tensor) -> torch.Tensor:
         """The hidden layer *before* its ReLU: HOST-CP's extractor is ``nn.Sequential`` of the
@@ -341,7 +341,7 @@ class MLP(Network):
     ) -> Tensors:
         """Closed form of the minibatch objective's gradient."""
         pre = x @ params["W1"] + params["b1"]
-        act = pre.clamp(min=0)
+        act = torch.relu(pre)
         g = (torch.softmax(act @ params["W2"] + params["b2"], dim=1) - onehot) / x.shape[0]
         d_pre = (g @ params["W2"].T) * (pre > 0)
         return {

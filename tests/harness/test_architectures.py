@@ -219,3 +219,24 @@ def test_a_new_architecture_in_one_class_runs_the_gradient_methods(mlp2: None) -
     ctx = RunContext.for_task(task, seed=1, fractions=(0.25,))
     out = HostCPFast(batch_size=8, n_existing=8, epochs=1).value(task, ctx)
     assert out.complete and len(out.selections[0.25]) > 0
+
+
+def test_the_mlp_closed_forms_pass_no_gradient_through_a_unit_at_exactly_zero() -> None:
+    # ReLU's gradient at 0 is 0 (torch.relu's convention): a hidden unit whose pre-activation
+    # is exactly zero (a zero row, zero biases) passes no gradient to W1 or b1.
+    arch = MLP(hidden=3)
+    params, _ = arch.init((2,), 2, 0)
+    params["b1"] = torch.zeros(3, dtype=torch.float64)
+    x = torch.tensor([[0.0, 0.0], [1.0, -2.0]], dtype=torch.float64)
+    y = torch.tensor([0, 1])
+    closed = arch.per_sample_grads(params, {}, x, y)
+    assert torch.count_nonzero(closed["b1"][0]) == 0 and torch.count_nonzero(closed["W1"][0]) == 0
+    onehot = F.one_hot(y, 2).to(torch.float64)
+    step = arch.objective_grad(params, x[:1], onehot[:1], 0.0)
+    assert torch.count_nonzero(step["b1"]) == 0 and torch.count_nonzero(step["W1"]) == 0
+    assert torch.count_nonzero(step["b2"]) == 2
+    # torch.func through the forward pass agrees there too (the forward's ReLU once passed
+    # a gradient of 1 at exactly zero, so the generic path and the closed forms differed).
+    generic = func_per_sample_grads(arch, params, {}, x, y)
+    for name, grad in closed.items():
+        torch.testing.assert_close(grad, generic[name], rtol=1e-12, atol=1e-15)
