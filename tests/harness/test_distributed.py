@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -672,3 +673,74 @@ def test_the_clusters_log_is_quiet_during_a_run_and_restored_after() -> None:
         assert logger.level == logging.INFO
     finally:
         logger.setLevel(before)
+
+
+@_needs("distributed")
+def test_a_dask_cell_that_finishes_past_its_limit_between_polls_keeps_its_result(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A cell over its time limit whose future is already done when the sweep looks (it
+    finished after the poll gave up) keeps its real result: it is not cancelled and
+    recorded as a timeout."""
+    import time
+
+    import distributed
+
+    import valbench.distributed as engine
+
+    events: list[str] = []
+
+    class Finished:
+        def done(self) -> bool:
+            return True
+
+        def result(self) -> str:
+            return "its own result"
+
+        def release(self) -> None:
+            pass
+
+        def cancel(self) -> None:
+            events.append("cancelled")
+
+    class FakeClient:
+        def __init__(self, address: str, timeout: float) -> None:
+            self.listeners: list[Any] = []
+
+        def subscribe_topic(self, topic: str, handler: Any) -> None:
+            self.listeners.append(handler)
+
+        def unsubscribe_topic(self, topic: str) -> None:
+            pass
+
+        def submit(self, fn: Any, cell: Any, *args: Any, **kwargs: Any) -> Finished:
+            for handler in self.listeners:  # the cell starts at once
+                handler((0.0, {"cell_id": cell.cell_id, "worker": "tcp://w:1"}))
+            return Finished()
+
+        def restart_workers(self, *args: Any, **kwargs: Any) -> None:
+            events.append("restarted")
+
+        def cancel(self, *args: Any, **kwargs: Any) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+    polls: list[int] = []
+
+    def wait(futures: list[Any], timeout: float, return_when: str) -> Any:
+        polls.append(len(futures))
+        if len(polls) == 1:  # past the cell's limit, and nothing had finished yet
+            time.sleep(0.05)
+            raise TimeoutError
+        return type("Waited", (), {"done": set(futures)})()
+
+    monkeypatch.setattr(distributed, "Client", FakeClient)
+    monkeypatch.setattr(distributed, "wait", wait)
+    monkeypatch.setattr(engine, "_warn_of_threaded_workers", lambda client: None)
+    monkeypatch.setattr(engine, "_worker_processes", lambda client: 1)
+    spec = _spec(seeds=1, methods=("random",), timeout=0.01)
+    got: list[Any] = []
+    engine._run_dask(spec.cells(), spec, got.append, lambda *a: None, "tcp://scheduler:8786")
+    assert got == ["its own result"] and events == [] and polls == [1, 1]
