@@ -335,3 +335,66 @@ def test_scores_off_a_stationary_point_are_marked_partial(monkeypatch: pytest.Mo
     got = _val(make_check_task(n_train=60))
     assert not got.complete
     assert "Newton refinement stopped at gradient norm" in got.stats["reason"]
+
+
+def test_newton_from_its_own_stationary_point_takes_no_step() -> None:
+    phi, y, w0, b0, l2 = _head_start()
+    w, b, its, g_norm = gr.refine_head(phi, y, w0, b0, l2)
+    assert its >= 1 and 0 < g_norm <= gr.REFINE_TOL
+    w2, b2, its2, g2 = gr.refine_head(phi, y, w, b, l2)
+    assert its2 == 0 and g2 == g_norm  # the gradient is checked before any step
+    assert torch.equal(w2, w) and torch.equal(b2, b)
+
+
+def test_a_gradient_norm_just_above_the_bar_marks_the_run_partial(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Newton stops at its own tolerance (1e-10, bound when refine_head was defined); a bar
+    # set at half the norm it reached flags the scores, however close to it they are.
+    reached = _val(make_check_task(n_train=60)).stats["grad_norm"]
+    assert 0 < reached <= gr.REFINE_TOL
+    monkeypatch.setattr(gr, "REFINE_TOL", reached / 2)
+    got = _val(make_check_task(n_train=60))
+    assert got.stats["grad_norm"] == reached and not got.complete
+
+
+def test_one_cg_solve_stopping_short_marks_the_run_partial(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The right-hand side's solve comes first; the self-influence solves after it converge.
+    real, calls = gr.solve_cg, []
+
+    def first_short(*args: Any, **kwargs: Any) -> tuple[torch.Tensor, int, bool]:
+        x, its, ok = real(*args, **kwargs)
+        calls.append(ok)
+        return x, its, ok and len(calls) > 1
+
+    monkeypatch.setattr(gr, "solve_cg", first_short)
+    got = _val(make_check_task(n_train=20), solver="cg", chunk=10, tol=1e-6)
+    assert len(calls) == 3 and all(calls)
+    assert (
+        not got.complete and got.stats["reason"] == "the cg solver did not converge (see its stats)"
+    )
+
+
+def test_cg_stops_at_non_positive_curvature_and_says_so() -> None:
+    a = torch.diag(torch.tensor([1.0, -1.0], dtype=torch.float64))
+    b = torch.tensor([[1.0], [1.0]], dtype=torch.float64)  # bᵀAb = 0 at the first step
+    info: dict[str, object] = {}
+    x, its, ok = gr.solve_cg(lambda v: a @ v, b, 0.0, info=info)
+    assert not ok and info == {"negative_curvature": True}
+    assert its == 0 and torch.equal(x, torch.zeros_like(b))
+    info = {}
+    x, _, ok = gr.solve_cg(lambda v: a.abs() @ v, b, 0.5, info=info)
+    assert ok and info == {}
+    torch.testing.assert_close(x, b / 1.5, rtol=0, atol=1e-12)
+
+
+def test_lissa_scale_is_1_2_times_the_top_eigenvalue_of_the_damped_hessian() -> None:
+    from valbench.methods.influence import fit_for_gradients
+
+    task = make_check_task(n_train=40)
+    got = _val(task, solver="lissa", damping=0.05, self_influence=False, tol=1e-3)
+    model, phi, _, _ = fit_for_gradients(make_check_task(n_train=40), "last", True)
+    probs = torch.softmax(model.logits(model.params, phi), dim=1)
+    top = float(torch.linalg.eigvalsh(gr.head_hessian(phi, probs, model.l2)).max())
+    # Power iteration approaches the top eigenvalue from below.
+    assert 1.2 * (0.9 * top + 0.05) <= got.stats["lissa_scale"] <= 1.2 * (top + 0.05) * (1 + 1e-9)

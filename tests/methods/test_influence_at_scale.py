@@ -319,3 +319,20 @@ def test_datainf_reproduces_pydvl_up_to_its_batch_normalisation() -> None:
     solve = ih.datainf_inverse(g, [(0, 9), (9, 12)], [0.05, 0.05])
     got = (g_test @ solve(g.T)).numpy()
     np.testing.assert_allclose(got, 12 * np.asarray(PYDVL_DATAINF), rtol=1e-10)
+
+
+def test_arnoldi_keeps_the_pairs_of_largest_magnitude_on_an_indefinite_hessian() -> None:
+    # H = Q diag(5, −4, 1, 0.5) Qᵀ: rank 2 keeps 5 and −4 (largest |μ|), not 5 and 1; four
+    # Krylov steps span everything, so the kept pairs are exact. −4 + λ < 0: no whitener.
+    q, _ = torch.linalg.qr(torch.as_tensor(np.random.default_rng(0).normal(size=(4, 4))))
+    mu = torch.tensor([5.0, -4.0, 1.0, 0.5], dtype=torch.float64)
+    h = q @ torch.diag(mu) @ q.T
+    solve, whiten, info = ih.arnoldi_inverse(
+        lambda v: h @ v, 4, rank=2, iterations=4, damping=0.1, rng=np.random.default_rng(1)
+    )
+    assert whiten is None and info["arnoldi_rank"] == 2
+    assert info["arnoldi_top_eigenvalue"] == pytest.approx(5.0, abs=1e-10)
+    b = torch.as_tensor(np.random.default_rng(2).normal(size=(4, 3)))
+    kept = q[:, :2]
+    expected = kept @ torch.diag(1.0 / (mu[:2] + 0.1)) @ kept.T @ b
+    torch.testing.assert_close(solve(b), expected, rtol=0, atol=1e-10)

@@ -7,6 +7,7 @@ import numpy as np
 from valbench import Budget, RunContext
 from valbench.methods.loo import LeaveOneOut
 from valbench.testing import make_check_task
+from valbench.utility import UtilityEngine
 
 
 def _retrain_accuracy(task, keep: np.ndarray) -> float:
@@ -72,3 +73,33 @@ def test_loo_points_the_budget_left_out_get_the_mean_of_those_retrained() -> Non
     mean = float(got.scores[retrained].mean())
     assert mean != 0.0
     np.testing.assert_array_equal(got.scores[rest], np.full(12, mean))
+
+
+def test_loo_warm_start_counts_its_extra_fit_against_the_budget() -> None:
+    # Nine fits with a warm start: U(D), the full-data solution to start from, and 7 points.
+    task = make_check_task(n_train=20)
+    got = LeaveOneOut(warm_start=True, batch_size=4).value(
+        task, RunContext.for_task(task, budget=Budget(max_fits=9))
+    )
+    assert task.fit_counter.count <= 9
+    assert got.stats["points_retrained"] == 7 and not got.stats["complete"]
+
+
+def test_loo_sizes_each_request_by_the_budgets_pace(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # The batch size is an upper bound; each request is what the budget says it may ask
+    # for (under a seconds budget, the pace), here 3 left-out models at a time.
+    task = make_check_task(n_train=10)
+    ctx = RunContext.for_task(task)
+    monkeypatch.setattr(ctx.budget, "next_request", lambda wanted=float("inf"): min(wanted, 3))
+    sizes: list[int] = []
+    many = UtilityEngine.many
+
+    def counted(self, masks):  # type: ignore[no-untyped-def]
+        sizes.append(len(masks))
+        return many(self, masks)
+
+    monkeypatch.setattr(UtilityEngine, "many", counted)
+    got = LeaveOneOut().value(task, ctx)
+    assert sizes == [1, 3, 3, 3, 1] and got.stats["complete"]  # U(D) first
+    full = LeaveOneOut().value(fresh := make_check_task(n_train=10), RunContext.for_task(fresh))
+    np.testing.assert_allclose(got.scores, full.scores, atol=1e-12)

@@ -15,6 +15,7 @@ import pytest
 from valbench import Budget, RunContext
 from valbench.errors import UsageError
 from valbench.methods.samplers import (
+    MarginalLog,
     OwenSampler,
     StratifiedSampler,
     owen_size_law,
@@ -277,3 +278,56 @@ def test_methods_on_the_real_utility(cls: type) -> None:
         cuts.append(cut.scores)
     np.testing.assert_array_equal(cuts[0], cuts[1])  # same seed, same numbers
     assert not np.array_equal(cuts[0], cuts[2])
+
+
+def test_stratified_points_visit_a_rounds_sizes_in_orders_of_their_own() -> None:
+    # Round 1 has every size due; each point meets each size once, in its own random order,
+    # so a run cut inside the round has a random choice of sizes for every point, not the
+    # same ones (the smallest, say) for all.
+    n = 6
+    sampler = StratifiedSampler(60)
+    due = next(sampler.rounds(n))
+    assert due.tolist() == list(range(n))
+    stream = sampler.blocks(n, np.random.default_rng(0))
+    sizes = np.zeros((n, n), dtype=np.int64)
+    for step in range(n):
+        block = next(stream)
+        assert np.array_equal(block.masks.sum(axis=1), block.stratum)
+        sizes[block.index, step] = block.stratum
+    assert all(sorted(row) == list(range(n)) for row in sizes.tolist())
+    assert len({tuple(row) for row in sizes.tolist()}) > 1
+
+
+def test_owen_stderr_by_hand_for_a_full_and_a_cut_point() -> None:
+    # Two grid points, two repeats; blocks 0-3 on q = 0, 1, 0, 1. Point 0 has its whole plan:
+    # marginals (1, 3) at q0 and (2, 6) at q1, so Var = Σ_q c_q s_q² / (Σ c_q)² with ddof=1
+    # s² of 2 and 8: stderr = √(2·2 + 2·8) / 4. Point 1 was cut after block 2, (1, 2) at q0
+    # and 4 at q1: the i.i.d. standard error of 1, 2, 4, √(s² / 3) with s² = 7/3.
+    log = MarginalLog(
+        index=np.array([0, 1, 0, 1, 0, 1, 0]),
+        size=np.zeros(7, dtype=np.int64),
+        marginal=np.array([1.0, 1.0, 2.0, 4.0, 3.0, 2.0, 6.0]),
+        block=np.array([0, 0, 1, 1, 2, 2, 3]),
+        stratum=np.array([0, 0, 1, 1, 0, 0, 1]),
+    )
+    values, stderr, _ = OwenSampler(2, 2).estimate(2, log, shapley_size_weights(2))
+    np.testing.assert_allclose(values, [3.0, 7 / 3], rtol=1e-15)
+    np.testing.assert_allclose(stderr, [np.sqrt(20) / 4, np.sqrt(7 / 9)], rtol=1e-14)
+
+
+def test_stratified_stderr_by_hand_with_a_size_of_one_sample() -> None:
+    # Point 0 of 3 has marginals (1, 3) at size 0, (2, 6) at size 1 and 5 at size 2. With
+    # p = 1/3 the value is the mean of the size means, (2 + 4 + 5) / 3; the lone sample at
+    # size 2 borrows the mean of the point's other variances, (2 + 8) / 2, so
+    # Var = Σ_k p² s_k² / m_k = (2/2 + 8/2 + 5/1) / 9.
+    log = MarginalLog(
+        index=np.zeros(5, dtype=np.int64),
+        size=np.array([0, 0, 1, 1, 2]),
+        marginal=np.array([1.0, 3.0, 2.0, 6.0, 5.0]),
+        block=np.arange(5),
+        stratum=np.array([0, 0, 1, 1, 2]),
+    )
+    values, stderr, _ = StratifiedSampler(5).estimate(3, log, shapley_size_weights(3))
+    assert values[0] == pytest.approx(11 / 3, rel=1e-15)
+    assert stderr[0] == pytest.approx(np.sqrt(10) / 3, rel=1e-14)
+    assert values[1] == values[2] == 0.0 and np.isnan(stderr[1:]).all()

@@ -613,3 +613,208 @@ def test_beta_weights_are_the_original_weight_list_and_its_estimator_drops_the_f
     singletons = _beta_game(np.eye(n, dtype=bool)) - _beta_game(np.zeros((1, n), dtype=bool))
     np.testing.assert_allclose(full - without_first, p[0] * singletons, atol=1e-12)
     assert np.abs(original - full).max() > 0.1
+
+
+# -- truncation rule, its stats, and the budget accounting, on closed-form games ---------------
+
+
+@pytest.mark.parametrize("steps", [0, 2])
+def test_tmc_truncates_after_more_than_truncation_steps_in_a_row(steps: int) -> None:
+    # U(S) = 1 once S is non-empty, U(D) = 1: with tolerance 0 every prefix from the first on
+    # equals U(D), so the streak counts from step 1 and a walk stops after steps + 1 prefixes
+    # ("more than truncation_steps in a row"). With lookahead=1 nothing past the cut is
+    # evaluated, so each walk gives its first point marginal 1 and every other point 0.
+    n, perms = 7, 30
+
+    def game(masks: np.ndarray) -> np.ndarray:
+        return (masks.sum(axis=1) >= 1).astype(float)
+
+    est, stats = tmc_shapley(
+        n, game, np.random.default_rng(0), full=1.0, empty=0.0, tolerance=0.0,
+        truncation_steps=steps, max_permutations=perms, convergence_tol=0.0, lookahead=1,
+    )  # fmt: skip
+    walk = steps + 1
+    assert stats["permutations"] == perms and stats["mean_walk_length"] == walk
+    assert stats["subsets_evaluated"] == perms * walk
+    assert stats["truncated_fraction"] == pytest.approx((n - walk) / n, abs=1e-15)
+    rng = np.random.default_rng(0)
+    firsts = [int(rng.permutation(n)[0]) for _ in range(perms)]
+    np.testing.assert_allclose(est, np.bincount(firsts, minlength=n) / perms, atol=1e-15)
+
+
+def test_tmc_streak_restarts_when_a_prefix_leaves_the_tolerance() -> None:
+    # U(S) = |S| mod 2 on 7 points (U(D) = 1): prefixes alternate 1, 0, 1, ... so no two in a
+    # row are within tolerance 0 of U(D), and with truncation_steps=1 no walk is truncated
+    # (a streak that did not restart at the 0s would reach 2 at the third prefix). With
+    # lookahead=1 a truncation would skip the rest of the walk, not keep a block past it.
+    n = 7
+
+    def game(masks: np.ndarray) -> np.ndarray:
+        return (masks.sum(axis=1) % 2).astype(float)
+
+    est, stats = tmc_shapley(
+        n, game, np.random.default_rng(0), full=1.0, empty=0.0, tolerance=0.0,
+        truncation_steps=1, max_permutations=20, convergence_tol=0.0, lookahead=1,
+    )  # fmt: skip
+    assert stats["truncated_fraction"] == 0.0 and stats["mean_walk_length"] == n
+    # Position j (0-based) of a walk has marginal +1 for even j, −1 for odd j.
+    rng = np.random.default_rng(0)
+    expected = np.zeros(n)
+    for _ in range(20):
+        expected[rng.permutation(n)] += np.where(np.arange(n) % 2 == 0, 1.0, -1.0)
+    np.testing.assert_allclose(est, expected / 20, atol=1e-15)
+
+
+def test_tmc_counts_the_fits_a_budget_cut_drops() -> None:
+    # Every fit the game answered is either in a completed walk (n each, no truncation) or
+    # dropped with an unfinished one.
+    n, fits = 10, [0]
+
+    def game(masks: np.ndarray) -> np.ndarray:
+        fits[0] += len(masks)
+        return _square_game(n)(masks)
+
+    _, stats = tmc_shapley(
+        n, game, np.random.default_rng(0), full=1.0, empty=0.0, remaining=lambda: 55 - fits[0],
+        tolerance=0.0, parallel=4, lookahead=3,
+    )  # fmt: skip
+    assert stats["subsets_evaluated"] == fits[0]
+    assert stats["dropped_fits"] == fits[0] - stats["permutations"] * n > 0
+
+
+def test_tmc_that_walks_max_permutations_is_complete() -> None:
+    task = make_check_task(n_train=5)
+    got = TMCShapley(max_permutations=3, convergence_tol=0.0).value(task, RunContext.for_task(task))
+    assert got.stats["permutations"] == 3 and not got.stats["converged"]
+    assert got.stats["complete"]
+
+
+def test_banzhaf_msr_cut_inside_a_chunk_is_the_plain_msr_of_every_evaluated_sample() -> None:
+    # Banzhaf's weights are constant, so the estimate is mean U(T ∋ i) − mean U(T ∌ i) over
+    # the subsets evaluated, recomputed here from what the game saw. A budget of 100 against
+    # chunks of 64 ends inside the second chunk: its 36 evaluated samples count too.
+    n = 6
+    w = np.array([0.9, -0.4, 0.3, 0.0, 1.2, -0.7])
+    seen: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def game(masks: np.ndarray) -> np.ndarray:
+        u = np.tanh(masks @ w) + 0.5 * (masks[:, 0] & masks[:, 4])
+        seen.append((masks.copy(), u))
+        return u
+
+    est, stats = msr_semivalue(
+        n, game, np.random.default_rng(3), banzhaf_size_weights(n),
+        remaining=lambda: 100 - sum(len(m) for m, _ in seen), max_samples=500, batch_size=64,
+    )  # fmt: skip
+    masks = np.concatenate([m for m, _ in seen])
+    u = np.concatenate([v for _, v in seen])
+    assert stats["samples"] == len(u) == 100 and not stats["complete"]
+    expected = [u[masks[:, i]].mean() - u[~masks[:, i]].mean() for i in range(n)]
+    np.testing.assert_allclose(est, expected, atol=1e-12)
+    assert stats["sample_counts"] == [100] * n
+
+
+def test_msr_points_never_on_both_sides_make_the_run_partial() -> None:
+    # One sample puts every point on one side only: no point is estimated, whatever the draw.
+    est, stats = msr_semivalue(
+        4, lambda m: m.sum(axis=1) / 4.0, np.random.default_rng(0), banzhaf_size_weights(4),
+        max_samples=1,
+    )  # fmt: skip
+    assert stats["samples"] == 1 and stats["points_unestimated"] == 4
+    assert (
+        not stats["complete"] and stats["reason"] == "4 points never fell on both sides of a sample"
+    )
+    np.testing.assert_array_equal(est, np.zeros(4))
+    assert all(math.isnan(s) for s in stats["stderr"])
+
+
+def test_msr_with_all_weight_on_size_n_minus_1_is_leave_one_out() -> None:
+    # p = e_{n−1} is the leave-one-out semivalue φ_i = U(D) − U(D∖{i}). MSR draws only sizes
+    # n − 1 and n; a point inside a size-(n − 1) subset has weight p(n − 2) = 0 there, so its
+    # samples are those equal to D and those that leave it out, and the estimate is exact.
+    n = 5
+    w = np.array([0.4, -0.2, 0.7, 0.1, 0.3])
+    seen: list[np.ndarray] = []
+
+    def game(masks: np.ndarray) -> np.ndarray:
+        seen.append(masks.copy())
+        return np.tanh(masks @ w) + 0.2 * (masks[:, 1] & masks[:, 2])
+
+    p = np.zeros(n)
+    p[-1] = 1.0
+    est, stats = msr_semivalue(n, game, np.random.default_rng(0), p, max_samples=200)
+    everyone = np.ones((1, n), dtype=bool)
+    loo = [game(everyone)[0] - game(~np.eye(n, dtype=bool)[[i]])[0] for i in range(n)]
+    np.testing.assert_allclose(est, loo, atol=1e-12)
+    masks = np.concatenate(seen[: -2 * n])  # the samples, not the checks just made
+    assert len(masks) == 200 and set(masks.sum(axis=1)) == {n - 1, n}
+    full = masks.all(axis=1)
+    expected_counts = [int((full | ~masks[:, i]).sum()) for i in range(n)]
+    assert stats["sample_counts"] == expected_counts
+
+
+def test_tmc_stderr_of_a_few_permutations_is_the_sample_standard_error() -> None:
+    # Three walks of U(S) = (|S| / n)², replayed here: the stderr is the ddof=1 standard
+    # deviation of each point's three marginals over √3.
+    n, perms = 4, 3
+    est, stats = tmc_shapley(
+        n, _square_game(n), np.random.default_rng(5), full=1.0, empty=0.0,
+        max_permutations=perms, tolerance=0.0, convergence_tol=0.0,
+    )  # fmt: skip
+    rng = np.random.default_rng(5)
+    rows = np.zeros((perms, n))
+    for t in range(perms):
+        rows[t, rng.permutation(n)] = (2 * np.arange(n) + 1) / n**2
+    np.testing.assert_allclose(est, rows.mean(axis=0), atol=1e-15)
+    np.testing.assert_allclose(stats["stderr"], rows.std(axis=0, ddof=1) / math.sqrt(3), atol=1e-15)
+
+
+def test_tmc_can_converge_at_the_first_window() -> None:
+    # An additive game gives every walk the same marginals: the running means never move, the
+    # error is 0 at the first test, after one window (as the original, whose error() is
+    # first below `err` at 100 permutations).
+    n = 6
+    w = np.linspace(-1.0, 1.0, n) + 0.3
+    _, stats = tmc_shapley(
+        n, lambda m: m @ w, np.random.default_rng(0), full=float(w.sum()), empty=0.0,
+        tolerance=0.0, convergence_tol=0.1, convergence_window=5,
+    )  # fmt: skip
+    assert stats["converged"] and stats["permutations"] == 5
+    assert stats["convergence_error"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_tmc_never_evaluates_more_subsets_than_the_budget_has_left() -> None:
+    # U(S) = 1 once point 0 is in S: a walk is truncated where point 0 joins, so walks have
+    # random lengths and a round sized by the mean length can have more walks in flight than
+    # the budget's last fits afford; only as many walks as it affords may take a step.
+    n = 10
+    for budget in range(10, 60):
+        fits = [0]
+
+        def game(masks: np.ndarray, fits: list[int] = fits) -> np.ndarray:
+            fits[0] += len(masks)
+            return masks[:, 0].astype(float)
+
+        tmc_shapley(
+            n, game, np.random.default_rng(0), full=1.0, empty=0.0,
+            remaining=lambda b=budget, f=fits: b - f[0], tolerance=0.0, truncation_steps=0,
+            parallel=8, lookahead=1,
+        )  # fmt: skip
+        assert fits[0] <= budget, budget
+
+
+def test_exact_shapley_takes_14_points_and_skips_them_on_a_small_budget() -> None:
+    # 14 is the documented limit: refused only for its budget (2^14 − 1 fits), not its size.
+    task = make_check_task(n_train=14)
+    with pytest.raises(CellSkipped, match=r"needs 2\^14 - 1 = 16383 fits"):
+        ExactShapley().value(task, RunContext.for_task(task, budget=Budget(max_fits=10)))
+    assert task.fit_counter.count == 0
+
+
+@pytest.mark.parametrize("cls", [DataBanzhaf, BetaShapley])
+def test_msr_method_that_estimated_no_point_declines_the_cell(cls: type) -> None:
+    # One fit is one subset: no point has been seen both inside and outside a sample.
+    task = make_check_task(n_train=6)
+    with pytest.raises(CellSkipped, match="covered no whole pair of subsets"):
+        cls().value(task, RunContext.for_task(task, budget=Budget(max_fits=1)))
+    assert task.fit_counter.count <= 1
