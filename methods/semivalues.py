@@ -209,7 +209,7 @@ def tmc_shapley(
     permutations, the error is max_t mean_i |φ_t,i − φ_last,i| / (|φ_last,i| + 1e-12); the run
     stops when it is below ``convergence_tol``. As there (``run(save_every=100, err=0.1)``),
     the test is made every ``convergence_window`` permutations, so a run that converges does so
-    after a multiple of the window, at least two windows.
+    after a whole number of windows; the first window can already pass, as there.
     """
     sums = np.zeros(n)
     squares = np.zeros(n)
