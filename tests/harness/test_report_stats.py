@@ -928,3 +928,292 @@ def test_the_head_to_head_shows_the_first_named_of_tied_best_valuations() -> Non
     assert point is not None and point[0] == "a, b"
     shown = group.rows["a"]["subset_value@0.1"]
     assert point[1].text == shown.text != group.rows["b"]["subset_value@0.1"].text
+
+
+# --------------------------------------------------------------------------- mutation hunt
+
+
+def test_an_interval_past_only_the_top_of_the_range_is_clipped_there() -> None:
+    # 0.95 and 0.85: mean 0.9, half-width t(0.975, 1) · 0.0707 / √2 = 0.635 -> [0.265, 1.535]
+    (group,) = summarise(_spread("m", [0.95, 0.85]))
+    stat = group.rows["m"]["subset_value@0.1"]
+    h = stats.t.ppf((1 + CONFIDENCE) / 2, 1) * np.std([0.95, 0.85], ddof=1) / math.sqrt(2)
+    assert stat.half_width == pytest.approx(h) and 0.9 - h > 0 and 0.9 + h > 1
+    assert stat.interval == pytest.approx((0.9 - h, 1.0))
+    assert stat.clipped and stat.text == f"0.900 [{0.9 - h:.3f}, 1.000]"
+
+
+def test_paired_p_value_zero_and_constant_differences_are_judged_against_the_values() -> None:
+    from valbench.summary import paired_p_value
+
+    # Equal but for rounding at a magnitude of 1e5: differences of ~1e-10, zero against it.
+    a = [1e6 / 3 + 0.1, 2e6 / 3 + 0.2, 1e6 / 7 + 0.7, 5e5 / 9 + 0.3]
+    b = [1e6 / 3 + 0.2 - 0.1, 2e6 / 3 + 0.3 - 0.1, 1e6 / 7 + 0.5 + 0.2, 5e5 / 9 + 0.4 - 0.1]
+    assert any(np.subtract(a, b) != 0)
+    assert paired_p_value(a, b) == 1.0
+    # Differences spreading by a ten-thousandth of themselves: the t-test, not the sign flip.
+    base = [0.3, 0.5, 0.7, 0.4]
+    shifted = [v - d for v, d in zip(base, (0.1, 0.10001, 0.09999, 0.1), strict=True)]
+    assert paired_p_value(base, shifted) == pytest.approx(stats.ttest_rel(base, shifted).pvalue)
+    assert paired_p_value(base, shifted) < 1e-6
+    # Exactly one difference in every pair: 2 of the 2^4 sign patterns.
+    assert paired_p_value(base, [v - 0.25 for v in base]) == pytest.approx(2.0**-3)
+    assert paired_p_value(base[:2], shifted[:2]) is None
+
+
+def test_with_equal_bests_a_method_better_than_one_of_them_is_not_marked_worse() -> None:
+    """Methods a and b share the best mean; c (four seeds, a lower mean) is significantly above
+    a on every seed they share and significantly below b: worse only if worse than each,
+    so it is not marked worse, and its p-value is that of its pair with a. The two bests
+    carry no test against each other."""
+    a = [0.50, 0.52, 0.48, 0.51, 0.99]
+    b = [0.64, 0.658, 0.624, 0.646, 0.432]
+    c = [0.551, 0.568, 0.530, 0.561]
+    records = _spread("a", a) + _spread("b", b) + _spread("c", c)
+    (group,) = summarise(records)
+    key = "subset_value@0.1"
+    assert group.best_methods(key) == ["a", "b"]
+    p_a, p_b = stats.ttest_rel(c, a[:4]).pvalue, stats.ttest_rel(c, b[:4]).pvalue
+    assert p_a < p_b < ALPHA / 3  # significant both ways, after Holm over the 3 pairs
+    assert np.mean(c[:4]) < np.mean(a)  # and not better by its mean
+    stat = group.rows["c"][key]
+    assert stat.tied and stat.p_value == pytest.approx(p_a)
+    assert stat.p_holm == pytest.approx(3 * p_a)
+    for best in ("a", "b"):
+        mark = group.rows[best][key]
+        assert mark.p_value is None and mark.p_holm is None and not mark.tied
+        assert not mark.untested
+
+
+def test_two_seeds_mark_nothing_untested() -> None:
+    # no method is tested at all: the page says so once, not "?" in every cell
+    records = _spread("best", [0.88, 0.84]) + _spread("other", [0.70, 0.71])
+    (group,) = summarise(records)
+    for method in ("best", "other"):
+        stat = group.rows[method]["subset_value@0.1"]
+        assert stat.p_value is None and not stat.untested and not stat.tied
+    assert group.rows["best"]["subset_value@0.1"].best
+
+
+def test_friedman_on_a_cost_ranks_the_cheapest_first_and_finds_its_cliques_by_hand() -> None:
+    """Ten datasets, CPU seconds (lower is better): z is cheapest on every one, b and c trade
+    places. Average ranks 1, 2.5, 2.5: χ² = 12·10/(3·4) · (1 + 2·2.5² − 3·4²/4) = 15, whose
+    χ²(2) tail is e^(−7.5); Iman–Davenport F = 9·15 / (10·2 − 15) = 27; the Nemenyi CD is
+    Demšar's q(3) = 2.343 times √(3·4 / 60). z is 1.5 from b and c, beyond the CD: one clique,
+    b and c, and none holding z alone."""
+    records = []
+    for i in range(10):
+        costs = {"z": 0.1, "b": 1.0 if i % 2 else 2.0, "c": 2.0 if i % 2 else 1.0}
+        records += [
+            _line(m, s, 0.6, dataset=f"d{i}", cpu_s=cpu * (1 + 0.01 * s))
+            for m, cpu in costs.items()
+            for s in range(3)
+        ]
+    res = friedman_nemenyi(summarise(records), "cost.cpu_s")
+    assert res is not None and res.n_blocks == 10
+    assert list(res.average_ranks) == ["z", "b", "c"]  # best first
+    assert res.average_ranks == pytest.approx({"z": 1.0, "b": 2.5, "c": 2.5})
+    assert res.friedman_chi2 == pytest.approx(15.0)
+    assert res.friedman_p == pytest.approx(math.exp(-7.5))
+    assert res.iman_davenport_f == pytest.approx(27.0)
+    assert res.iman_davenport_p == pytest.approx(stats.f.sf(27.0, 2, 18))
+    assert res.critical_difference == pytest.approx(2.343 * math.sqrt(12 / 60), abs=1e-3)
+    assert res.cliques == [["b", "c"]]
+    exported = cd_json(res)
+    assert exported["friedman_chi2"] == pytest.approx(15.0)
+    assert exported["friedman_p"] == pytest.approx(math.exp(-7.5))
+    assert exported["iman_davenport_f"] == pytest.approx(27.0)
+    assert exported["nemenyi_critical_difference"] == pytest.approx(res.critical_difference)
+    assert exported["cliques"] == [["b", "c"]] and exported["blocks"] == res.blocks
+
+
+def test_nemenyi_cliques_are_maximal_runs_within_the_critical_difference() -> None:
+    """Four methods over five datasets, CD = q(4) √(4·5 / 30) = 2.569 · 0.8165 = 2.098:
+    a always first (1.0), d always last (4.0), b and c trading 2nd and 3rd (2.4, 2.6).
+    From a: b and c within the CD, d not; from b: c and d; the run from c is inside the
+    one from b, so it is not a clique of its own."""
+    ranks = {"a": [1] * 5, "b": [2, 2, 2, 3, 3], "c": [3, 3, 3, 2, 2], "d": [4] * 5}
+    records = [
+        _line(m, s, 0.9 - 0.1 * r[i] + 0.01 * s, dataset=f"d{i}")
+        for m, r in ranks.items()
+        for i in range(5)
+        for s in range(3)
+    ]
+    res = friedman_nemenyi(summarise(records), "gain")
+    assert res is not None
+    assert res.average_ranks == pytest.approx({"a": 1.0, "b": 2.4, "c": 2.6, "d": 4.0})
+    assert res.critical_difference == pytest.approx(2.569 * math.sqrt(20 / 30), abs=1e-3)
+    assert res.cliques == [["a", "b", "c"], ["b", "c", "d"]]
+
+
+def _noise_line(method: str, seed: int, dataset: str, noise: float | None) -> CellRecord:
+    line = _line_json(method, seed, 0.6 + 0.01 * seed, 0.5, dataset=dataset, noise=noise or 0.0)
+    line["noise"] = noise
+    line["cell_id"] = f"{dataset}.{method}.{noise}.seed{seed}"
+    return CellRecord.from_json(line)
+
+
+def test_groups_come_by_dataset_then_noise_with_the_noise_free_last() -> None:
+    from valbench.summary import group_order
+
+    records = [
+        _noise_line("m", s, dataset, noise)
+        for dataset in ("b", "a")
+        for noise in (None, 0.2, 0.1)
+        for s in range(2)
+    ]
+    order = [(g.dataset, g.noise) for g in summarise(records)]
+    assert order == [(d, n) for d in ("a", "b") for n in (0.1, 0.2, None)]
+    assert sorted([("a", None), ("a", 0.3), ("a", 0.0)], key=group_order) == [
+        ("a", 0.0),
+        ("a", 0.3),
+        ("a", None),
+    ]
+
+
+def test_results_lines_sort_by_dataset_noise_method_then_numeric_seed() -> None:
+    from valbench.summary import record_sort_key
+
+    lines = [
+        _noise_line("b", 10, "d", 0.1),
+        _noise_line("a", 2, "d", None),
+        _noise_line("b", 2, "d", 0.1),
+        _noise_line("a", 1, "d", 0.1),
+        _noise_line("c", 0, "c", 0.2),
+        _noise_line("a", 10, "d", 0.1),
+    ]
+    got = [(r.dataset, r.noise, r.method, r.seed) for r in sorted(lines, key=record_sort_key)]
+    assert got == [
+        ("c", 0.2, "c", 0),
+        ("d", 0.1, "a", 1),
+        ("d", 0.1, "a", 10),
+        ("d", 0.1, "b", 2),
+        ("d", 0.1, "b", 10),
+        ("d", None, "a", 2),
+    ]
+
+
+def test_partial_and_failed_cells_are_counted_per_method_and_a_group_of_partials_kept() -> None:
+    def line(method: str, seed: int, dataset: str = "d", **change: Any) -> CellRecord:
+        return CellRecord.from_json(
+            {**_line_json(method, seed, 0.6 + 0.01 * seed, 0.5, dataset=dataset), **change}
+        )
+
+    records = [line("a", s) for s in range(3)]
+    records += [line("p", 0), line("p", 1, complete=False), line("p", 2, complete=False)]
+    records += [line("f", s, status="failed", metrics={}) for s in range(2)]
+    records += [line("x", s, dataset="only", complete=False) for s in range(2)]
+    first, only = summarise(records)
+    assert (first.dataset, only.dataset) == ("d", "only")
+    assert first.partial == {"p": 2} and first.failed == {"f": 2}
+    assert first.n_seeds == {"a": 3, "p": 1} and not first.partial_included
+    assert any("p (2)" in n and "Left out" in n for n in first.notes)
+    # a (dataset, noise) whose every cell was partial still says so
+    assert only.rows == {} and only.partial == {"x": 2}
+    assert any("x (2)" in n for n in only.notes)
+    included, _ = summarise(records, include_partial=True)
+    assert included.n_seeds == {"a": 3, "p": 3} and included.partial == {"p": 2}
+    exported = summary_json(Manifest(spec={}), [included], [])["groups"][0]
+    assert exported["partial_cells"] == {"p": 2} and exported["partial_included"] is True
+    assert exported["methods"]["p"]["n_seeds"] == 3
+
+
+def test_the_head_to_head_lists_a_selector_weighted_in_any_of_its_cells() -> None:
+    from valbench.summary import SELECTION_FAMILY, head_to_head
+
+    records = _spread("plain", [0.6, 0.61, 0.62])
+    for s in range(3):
+        line = _line_json("weighted", s, 0.7, 0.5)
+        line["metrics"]["subset_weighted"] = {"0.1": s == 1}  # one cell of three
+        records.append(CellRecord.from_json(line))
+    (group,) = summarise(records)
+    families = {"plain": SELECTION_FAMILY, "weighted": SELECTION_FAMILY}
+    (h2h,) = head_to_head([group], families)
+    assert h2h.weighted == ["weighted"]
+    assert h2h.best_point["0.1"] is None and h2h.top["0.1"] == ["weighted"]
+
+
+def test_summary_json_exports_each_cells_marks_as_the_table_sets_them() -> None:
+    best = [0.80, 0.82, 0.78]
+    series = {
+        "best": best,
+        "close": [v - g for v, g in zip(best, (0.05, 0.1, 0.2), strict=True)],
+        "far": [v - g for v, g in zip(best, (0.3, 0.31, 0.29), strict=True)],
+        "short": [0.95, 0.95],  # two seeds: the highest mean, untested
+    }
+    records = [r for m, vals in series.items() for r in _spread(m, vals)]
+    (group,) = summarise(records)
+    exported = summary_json(Manifest(spec={}), [group], [])["groups"][0]
+    key = "subset_value@0.1"
+    cells = {m: exported["methods"][m]["values"][key] for m in series}
+    assert {m: exported["methods"][m]["n_seeds"] for m in series} == {
+        "best": 3,
+        "close": 3,
+        "far": 3,
+        "short": 2,
+    }
+    assert exported["best"][key] == ["best"]
+    raw = {m: stats.ttest_rel(best, series[m]).pvalue for m in ("close", "far")}
+    pairs = sorted([*raw.values(), stats.ttest_rel(series["close"], series["far"]).pvalue])
+    assert cells["best"] == {
+        **cells["best"],
+        "rank": 2.0,
+        "n": 3,
+        "best": True,
+        "p_vs_best": None,
+        "p_vs_best_holm": None,
+        "not_significantly_worse": False,
+        "untested": False,
+    }
+    far = cells["far"]
+    assert far["rank"] == 4.0 and far["best"] is False and far["untested"] is False
+    assert far["p_vs_best"] == pytest.approx(raw["far"])
+    assert far["p_vs_best_holm"] == pytest.approx(3 * raw["far"]) and far["p_vs_best_holm"] < ALPHA
+    assert raw["far"] == pairs[0] and far["not_significantly_worse"] is False
+    close = cells["close"]
+    assert close["p_vs_best"] == pytest.approx(raw["close"]) and close["p_vs_best_holm"] >= ALPHA
+    assert close["not_significantly_worse"] is True and close["rank"] == 3.0
+    assert close["best"] is False and far["n"] == 3
+    short = cells["short"]
+    assert short["untested"] is True and short["n"] == 2 and short["rank"] == 1.0
+    assert short["p_vs_best"] is None and short["not_significantly_worse"] is False
+    # gains 30, 32, 28 points: p = 0.0015 alone, under α after Holm over the 3 tested
+    assert 3 * stats.ttest_1samp([30.0, 32.0, 28.0], 0.0).pvalue < ALPHA
+    assert exported["separated_from_random"] == ["best"] == group.separated_from_random
+
+
+def test_a_column_some_methods_lack_is_shown_and_one_none_has_is_not() -> None:
+    records = _spread("a", [0.6, 0.62, 0.64]) + _spread("b", [0.5, 0.52, 0.54])
+    for record, lds in zip(records[:3], (0.3, 0.35, 0.4), strict=True):
+        line = record.to_json()
+        line["metrics"]["lds"] = lds
+        records[records.index(record)] = CellRecord.from_json(line)
+    (group,) = summarise(records)
+    keys = [c.key for c in group.columns]
+    assert "lds" in keys and "removal.auc" not in keys and "lds_loss" not in keys
+    assert group.rows["a"]["lds"].mean == pytest.approx(0.35) and group.rows["a"]["lds"].best
+    assert not group.rows["b"]["lds"].present and group.rows["b"]["lds"].text == "—"
+
+
+def test_the_head_to_head_top_holds_a_selector_and_a_valuation_equal_but_for_rounding() -> None:
+    from valbench.summary import SELECTION_FAMILY, head_to_head
+
+    a, b = (0.8, 0.82, 0.98), (0.82, 0.84, 0.94)  # equal means but for the last bit
+    assert np.mean(a) != np.mean(b)
+    (group,) = summarise(_spread("sel", list(a)) + _spread("knn", list(b)))
+    (h2h,) = head_to_head([group], {"sel": SELECTION_FAMILY})
+    assert h2h.top["0.1"] == ["sel", "knn"]
+
+
+def test_summary_json_counts_a_methods_cells_apart_from_a_columns_values() -> None:
+    holed = _line_json("holed", 2, 0.7, 0.5)
+    holed["metrics"]["subset_value"] = {"0.1": None}
+    records = _spread("holed", [0.6, 0.62]) + [CellRecord.from_json(holed)]
+    records += _spread("one", [0.9])
+    (group,) = summarise(records)
+    exported = summary_json(Manifest(spec={}), [group], [])["groups"][0]["methods"]
+    key = "subset_value@0.1"
+    assert exported["holed"]["n_seeds"] == 3 and exported["holed"]["values"][key]["n"] == 2
+    one = exported["one"]["values"][key]
+    assert exported["one"]["n_seeds"] == 1 and one["n"] == 1 and one["mean"] == 0.9
+    assert one["ci_low"] is None and one["ci_half_width"] is None
