@@ -531,3 +531,232 @@ def test_defaults_are_the_authors(variant: type) -> None:
     }
     assert (params["lr"], params["lr_phi"], params["weight_decay"]) == (1e-3, 1e-3, 5e-4)
     assert (params["threshold"], params["phi_norm"]) == (0.9, "batch")
+
+
+# -- the programs against cvxpy solved directly, the selection sizes and the run's marking -----
+
+
+def _direct_lp(dn: np.ndarray, do: np.ndarray, k: float) -> tuple[np.ndarray, np.ndarray]:
+    """The authors' LP (budget: the norm of the column norms of Zn) by cvxpy, no layer."""
+    import cvxpy as cp
+
+    zn, zo = cp.Variable(dn.shape), cp.Variable(do.shape)
+    rows = cp.sum(zn, axis=1) + cp.sum(zo, axis=1)
+    budget = cp.norm(cp.norm(zn, 1, axis=0), 1) <= k
+    cons = [zn >= 0, zn <= 1, zo >= 0, zo <= 1, rows == 1, budget]
+    cost = cp.sum(cp.multiply(dn, zn)) + cp.sum(cp.multiply(do, zo))
+    cp.Problem(cp.Minimize(cost), cons).solve(solver="CLARABEL")
+    return zn.value, zo.value
+
+
+@pytest.mark.parametrize("k", [1.0, 1.5, 3.5, 4.0])
+def test_lp_layer_and_closed_form_equal_the_authors_program_solved_directly(k: float) -> None:
+    """b = 4: a fractional budget, one in (b - 1, b) and the whole batch (every row its own)."""
+    dn, do = _instance(2, 4, 3, dim=3)
+    want_n, want_o = _direct_lp(dn.numpy(), do.numpy(), k)
+    zn, zo = lp_layer(4, 3)(dn, do, k)
+    cn, co = lp_closed_form(dn, do, k)
+    for got_n, got_o in ((zn.detach(), zo.detach()), (cn, co)):
+        np.testing.assert_allclose(got_n.numpy(), want_n, atol=1e-6)
+        np.testing.assert_allclose(got_o.numpy(), want_o, atol=1e-6)
+    assert float(cn.sum()) == pytest.approx(k)
+    if k == 4.0:
+        torch.testing.assert_close(cn, torch.eye(4, dtype=torch.float64))
+        assert sorted(closed_form_selection(do, 4).tolist()) == [0, 1, 2, 3]
+
+
+def test_padded_batch_and_repeated_columns_keep_the_direct_optimum() -> None:
+    """A short batch (3 rows in a 5-row layer) over 2 existing points repeated to 4 columns."""
+    from valbench.methods.hostcp.loop import _fill_columns, _pad
+
+    dn, do = _instance(4, 3, 2, dim=3)
+    want_n, want_o = _direct_lp(dn.numpy(), do.numpy(), 1.5)
+    do_f = _fill_columns(do.T, 4).T
+    np.testing.assert_array_equal(do_f.numpy(), do[:, [0, 1, 0, 1]].numpy())
+    dn_p, do_p = _pad(dn, do_f, 5)
+    zn, zo = lp_layer(5, 4)(dn_p, do_p, 1.5)
+    zn, zo = zn.detach().numpy(), zo.detach().numpy()
+    np.testing.assert_allclose(zn[:3, :3], want_n, atol=1e-6)
+    np.testing.assert_allclose(zo[:3, :2] + zo[:3, 2:], want_o, atol=1e-6)
+    # The padded rows sit on the first existing column and take none of the budget.
+    np.testing.assert_allclose(zo[3:, 0], 1.0, atol=1e-6)
+    np.testing.assert_allclose(zn[:, 3:], 0.0, atol=1e-6)
+
+
+@pytest.mark.parametrize(("k", "binding"), [(1.0, True), (2.0, True), (3.9, False)])
+def test_entropic_multiplier_is_the_budgets_dual_value(k: float, binding: bool) -> None:
+    import cvxpy as cp
+
+    eps = 0.5
+    dn, do = _instance(2, 4, 3, dim=3)
+    zn, zo = cp.Variable((4, 4), nonneg=True), cp.Variable((4, 3), nonneg=True)
+    budget = cp.sum(zn) <= k
+    cost = cp.sum(cp.multiply(dn.numpy(), zn)) + cp.sum(cp.multiply(do.numpy(), zo))
+    entropy = cp.sum(cp.entr(zn)) + cp.sum(cp.entr(zo))
+    rows = cp.sum(zn, axis=1) + cp.sum(zo, axis=1) == 1
+    cp.Problem(cp.Minimize(cost - eps * entropy), [rows, budget]).solve(solver="CLARABEL")
+    got_n, got_o, mu = entropic_assign(dn, do, k, eps)
+    np.testing.assert_allclose(got_n.numpy(), zn.value, atol=1e-4)
+    np.testing.assert_allclose(got_o.numpy(), zo.value, atol=1e-4)
+    if binding:
+        assert float(mu) == pytest.approx(float(budget.dual_value), rel=1e-4)
+    else:
+        assert float(mu) == 0.0 and float(budget.dual_value) < 1e-6
+
+
+def test_selection_weights_follow_the_authors_rule() -> None:
+    """``s = r / max r`` above the threshold; selected: weights above the batch's smallest."""
+    from valbench.methods.hostcp.loop import selection_weights
+
+    s, chosen = selection_weights(torch.tensor([0.5, 0.95, 0.92, 0.9], dtype=torch.float64), 0.9)
+    torch.testing.assert_close(s, torch.tensor([0.0, 1.0, 0.92 / 0.95, 0.0], dtype=torch.float64))
+    assert chosen.tolist() == [1, 2]
+    # Every point above the threshold: none exceeds the smallest weight, so none is selected.
+    s, chosen = selection_weights(torch.ones(3, dtype=torch.float64), 0.9)
+    assert s.tolist() == [1.0, 1.0, 1.0] and chosen.tolist() == []
+
+
+def test_a_whole_batch_budget_selects_nothing_and_is_marked_empty() -> None:
+    """f = 1: every r_j = 1, so the authors' rule selects none; weights are all 1."""
+    task = make_check_task(n_train=20)
+    cfg = LoopConfig(mode="fast", batch_size=10, n_existing=10, epochs=1, embed_dim=6)
+    res = run_online(task, 1.0, cfg, np.random.default_rng(0))
+    assert [s.tolist() for s in res.epoch_selections] == [[]]
+    np.testing.assert_array_equal(res.scores, np.full(20, 2.0))
+    out = HostCPFast(batch_size=10, n_existing=10, epochs=1, embed_dim=6).value(
+        task, RunContext.for_task(task, fractions=(1.0,))
+    )
+    assert out.stats["empty_selections"] == ["1"] and out.complete is False
+
+
+@pytest.mark.parametrize("variant", ["fast", "lp", "smooth"])
+def test_a_short_last_batch_gets_the_fraction_of_its_own_size(variant: str) -> None:
+    """25 points in batches of 10, f = 0.3: 3 + 3 + ⌊1.5⌋ = 7 selected per epoch (not 9)."""
+    task = make_check_task(n_train=25)
+    cfg = LoopConfig(mode=variant, batch_size=10, n_existing=10, epochs=1, embed_dim=6)
+    res = run_online(task, 0.3, cfg, np.random.default_rng(0))
+    sel = res.epoch_selections[0]
+    assert [int(((sel >= a) & (sel < a + 10)).sum()) for a in (0, 10, 20)] == [3, 3, 1]
+    assert res.stats["fraction_selected_per_epoch"] == [0.28]
+
+
+@pytest.mark.parametrize("cls", [HostCPFast, HostCPSmooth])
+def test_a_budget_a_rounding_below_an_integer_selects_that_integer(cls: type) -> None:
+    """0.58 · 50 is 28.999999999999996 in floating point: 29 points, not 28."""
+    task = make_check_task(n_train=50)
+    out = cls(batch_size=50, n_existing=10, epochs=1, embed_dim=6).value(
+        task, RunContext.for_task(task, fractions=(0.58,))
+    )
+    assert out.stats["per_fraction"]["0.58"]["fraction_selected_per_epoch"] == [0.58]
+
+
+def test_the_native_selection_is_the_last_epochs() -> None:
+    task = _tiny("mlp")
+    cfg = LoopConfig(batch_size=10, n_existing=10, epochs=3, lr=0.5, embed_dim=6)
+    res = run_online(task, 0.3, cfg, np.random.default_rng(0))
+    assert res.epoch_selections[0].tolist() != res.epoch_selections[-1].tolist()
+    np.testing.assert_array_equal(res.selected, res.epoch_selections[-1])
+
+
+def test_mean_representativeness_of_the_lp_is_the_fraction() -> None:
+    """Every batch's LP spends its whole budget f·m, so r averages f per point and epoch."""
+    task = make_check_task(n_train=25)
+    cfg = LoopConfig(mode="fast", batch_size=10, n_existing=10, epochs=3, embed_dim=6)
+    res = run_online(task, 0.3, cfg, np.random.default_rng(0))
+    assert res.stats["mean_representativeness"] == pytest.approx(0.3, rel=1e-12)
+
+
+def test_final_subset_ranks_the_last_epochs_picks_then_fills_by_score() -> None:
+    from valbench.methods.hostcp import _final_subset
+    from valbench.methods.hostcp.loop import RunResult
+
+    scores = np.array([0.5, 0.1, 0.9, 0.3, 0.7, 0.2])
+    res = RunResult(selected=np.array([3, 1, 4]), scores=scores)
+    assert _final_subset(res, 2).tolist() == [4, 3]  # the cut keeps the best-scored picks
+    assert _final_subset(res, 3).tolist() == [4, 3, 1]
+    assert _final_subset(res, 5).tolist() == [4, 3, 1, 2, 0]  # then the rest by score
+
+
+def test_a_fit_budget_runs_the_first_fractions_and_is_marked_incomplete() -> None:
+    from valbench.types import Budget
+
+    task = make_check_task(n_train=20)
+    method = HostCPFast(batch_size=10, n_existing=10, epochs=1, embed_dim=6)
+    ctx = RunContext.for_task(task, fractions=(0.2, 0.4), budget=Budget(max_fits=1))
+    out = method.value(task, ctx)
+    assert out.stats["runs"] == 1 and list(out.selections) == [0.2] and out.complete is False
+    assert ctx.budget.fits_used() == 1
+
+
+def test_scores_are_the_mean_of_one_seeded_run_per_fraction() -> None:
+    """Each fraction's run draws φ from its own child stream; ``eps`` reaches the program."""
+    task = make_check_task(n_train=20)
+    params = {"batch_size": 10, "n_existing": 10, "epochs": 2, "embed_dim": 6, "eps": 0.5}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        out = HostCPSmooth(**params).value(
+            task, RunContext.for_task(task, seed=4, fractions=(0.2, 0.4))
+        )
+        assert torch.get_num_threads() == 2  # restored after the single-threaded runs
+    finally:
+        torch.set_num_threads(threads)
+    seeds = np.random.default_rng(4).spawn(2)
+    cfg = LoopConfig(mode="smooth", **params)
+    runs = [run_online(task, f, cfg, rng) for f, rng in zip((0.2, 0.4), seeds, strict=True)]
+    np.testing.assert_allclose(out.scores, (runs[0].scores + runs[1].scores) / 2, atol=1e-12)
+    assert out.stats["params"] == {"mode": "smooth", "solver": "ECOS", "eps": 0.5}
+    assert out.stats["objective_mean"] == pytest.approx(
+        (runs[0].stats["objective_mean"] + runs[1].stats["objective_mean"]) / 2
+    )
+
+
+@pytest.mark.parametrize(
+    ("cls", "params", "want"),
+    [
+        (HostCP, {"solver": "CLARABEL"}, ("lp", "CLARABEL")),
+        (HostCPFast, {}, ("fast", "ECOS")),
+        (HostCPDS3, {}, ("ds3", "ECOS")),
+    ],
+)
+def test_each_variant_runs_its_own_program(cls: type, params: dict, want: tuple) -> None:
+    task = make_check_task(n_train=20)
+    out = cls(batch_size=10, n_existing=10, epochs=1, embed_dim=6, **params).value(
+        task, RunContext.for_task(task, fractions=(0.3,))
+    )
+    assert (out.stats["params"]["mode"], out.stats["params"]["solver"]) == want
+
+
+def test_smooth_weights_are_r_over_the_batch_maximum_on_the_top_k_only() -> None:
+    """One epoch: scores = 2·s; per batch of 10 at f = 0.3, 3 points weigh, the top one 1."""
+    task = make_check_task(n_train=20)
+    cfg = LoopConfig(mode="smooth", batch_size=10, n_existing=10, epochs=1, embed_dim=6)
+    res = run_online(task, 0.3, cfg, np.random.default_rng(0))
+    for batch in (res.scores[:10], res.scores[10:]):
+        w = batch[batch > 0]
+        assert len(w) == 3 and w.max() == 2.0 and w.min() < 2.0
+    assert sorted(np.flatnonzero(res.scores).tolist()) == sorted(res.selected.tolist())
+
+
+def test_objective_of_the_first_batch_against_an_empty_existing_set() -> None:
+    """With no existing point yet, D^o is each embedding's norm: the LP's cost is the sum of
+    the norms of the rows that do not assign to themselves (all but the 3 largest)."""
+    task = make_check_task(n_train=10)
+    theta = ThetaModel(task)
+    phi = Phi(theta.embed_dim, 6, torch.Generator().manual_seed(5))
+    x = torch.as_tensor(task.x_train, dtype=torch.float64)
+    norms = np.sort(phi(theta.embed(x)).detach().norm(dim=1).numpy())
+    cfg = LoopConfig(mode="fast", batch_size=10, n_existing=10, epochs=1, embed_dim=6)
+    res = run_online(task, 0.3, cfg, np.random.default_rng(0), phi_init=phi.params)
+    assert res.stats["objective_mean"] == pytest.approx(float(norms[:-3].sum()), rel=1e-12)
+
+
+def test_a_spent_seconds_budget_stops_before_the_next_fraction() -> None:
+    from valbench.types import Budget
+
+    task = make_check_task(n_train=20)
+    method = HostCPFast(batch_size=10, n_existing=10, epochs=2, embed_dim=6)
+    ctx = RunContext.for_task(task, fractions=(0.2, 0.4), budget=Budget(max_seconds=1e-6))
+    out = method.value(task, ctx)
+    assert out.stats["runs"] == 1 and out.stats["truncated_runs"] == ["0.2"]
+    assert out.stats["per_fraction"]["0.2"]["epochs"] == 1 and out.complete is False
