@@ -283,6 +283,19 @@ def test_diagnostics_are_reported() -> None:
     assert np.isfinite(out.stats["objective_mean"])
 
 
+def test_phi_learns_through_the_faithful_lp_layer() -> None:
+    """The LP's solution is differentiated into φ (cvxpylayers): φ's hypergradient is not
+    zero, and it is exactly zero when φ is not learnt."""
+    task = _tiny("logreg")
+    norms = {}
+    for learn in (True, False):
+        cfg = LoopConfig(
+            mode="lp", batch_size=10, n_existing=10, epochs=1, learn_phi=learn, embed_dim=6,
+        )  # fmt: skip
+        norms[learn] = run_online(task, 0.3, cfg, np.random.default_rng(0)).stats["phi_grad_norm"]
+    assert norms[True] > 0 and norms[False] == 0
+
+
 def test_entropic_layer_batched_equals_one_problem_at_a_time() -> None:
     """P programs solved at once give each one's solution and exact gradient."""
     gen = torch.Generator().manual_seed(3)
