@@ -248,3 +248,14 @@ def test_a_mixed_precision_fit_counts_once() -> None:
     with own.charging():
         clf.fit(x, y, np.ones((2, 60), dtype=bool))
     assert own.count == 2
+
+
+def test_progress_beyond_its_total_shows_as_done_without_a_budget() -> None:
+    from valbench.worker import budget_progress
+
+    seen: list[tuple[int, int]] = []
+    free = budget_progress(lambda d, t: seen.append((d, t)), BudgetMeter(Budget(), FitCounter()))
+    free(12, 10)  # a loop that counts past its own total: a full bar, not 120 %
+    free(2.7, 10.0)  # numbers of another type: whole units
+    free(float("nan"), 10)  # dropped
+    assert seen == [(10, 10), (2, 10)]

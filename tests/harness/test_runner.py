@@ -886,3 +886,277 @@ def test_the_split_references_fits_are_counted_in_the_cell_that_trained_them() -
     assert spec.random_repeats == 3
     want = len(spec.fractions) * spec.random_repeats + 1
     assert first.stats["evaluation_fits"] - again.stats["evaluation_fits"] == want
+
+
+def test_a_skipped_cells_line_records_the_parameters_the_run_gave_its_method() -> None:
+    """The results line of a cell that ends without an estimate still names the parameters
+    the run set for its method (docs/architecture.md: "the run records them in ``params`` of
+    each results line"), not an empty object."""
+    from valbench.worker import run_cell
+
+    spec = small_spec(
+        methods=("exact-shapley",),
+        max_train=8,
+        budget="100",
+        metrics=(),
+        params={"exact-shapley": {"batch_size": 7}},
+    )
+    record = run_cell(spec.cells()[0], spec).record
+    assert record.status == "skipped" and "needs 2^8 - 1 = 255 fits" in record.error.message
+    assert record.params == {"batch_size": 7}
+
+
+def test_a_valbench_errors_message_is_not_prefixed_with_its_type(test_plugins: Path) -> None:
+    """A valbench error (OverBudget) reads as its own sentence, its type in ``error.type``;
+    any other exception's message starts with its type."""
+    from valbench.worker import run_cell
+
+    spec = small_spec(methods=("greedy", "raises"), budget="fits=5", metrics=())
+    greedy, raises = (run_cell(cell, spec).record for cell in spec.cells())
+    assert greedy.status == "failed" and greedy.error.type == "OverBudget"
+    assert greedy.error.message.startswith("greedy trained 10 models against the run's budget")
+    assert raises.error.message == "RuntimeError: deliberate failure in a test method"
+
+
+def test_a_selection_without_weights_is_not_recorded_as_weighted() -> None:
+    """facility-location selects both fractions itself and gives no per-point weights:
+    both subsets come from its selections, neither is marked weighted; CRAIG weights both."""
+    from valbench.worker import run_cell
+
+    spec = small_spec(methods=("facility-location", "craig"), metrics=())
+    plain, weighted = (run_cell(cell, spec).record for cell in spec.cells())
+    for record in (plain, weighted):
+        assert record.status == "ok", record.error
+        assert record.metrics.subset_source == {"0.1": "selection", "0.5": "selection"}
+    assert plain.metrics.subset_weighted == {}
+    assert weighted.metrics.subset_weighted == {"0.1": True, "0.5": True}
+
+
+def test_only_a_positive_noise_rate_that_plants_no_flip_is_refused_up_front() -> None:
+    """round(0.01 x 40) = 0 flips: refused before any work, also beside a rate that plants
+    some (round(0.2 x 40) = 8); a run at noise 0 plants none on purpose and goes ahead."""
+    from valbench.errors import UsageError
+    from valbench.runner import resolve_names
+
+    assert resolve_names(small_spec(noise=(0.0,))).noise == (0.0,)
+    with pytest.raises(UsageError, match=r"--noise 0.01 on the 40 training points of synthetic"):
+        resolve_names(small_spec(noise=(0.0, 0.01, 0.2)))
+
+
+def test_an_imbalance_above_half_the_training_points_is_refused_up_front() -> None:
+    """40 training points hold at most 20 in their smallest class: --imbalance 20 is taken,
+    21 refused before any work."""
+    from valbench.errors import UsageError
+    from valbench.runner import resolve_names
+
+    assert resolve_names(small_spec(imbalance=20)).imbalance == 20
+    with pytest.raises(UsageError, match=r"--imbalance 21 would leave the rarest class"):
+        resolve_names(small_spec(imbalance=21))
+
+
+def test_a_serial_cell_that_fails_or_times_out_keeps_its_own_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Only an ok cell that finished past the limit is rewritten as a caught stop: a cell
+    stopped by the alarm keeps the alarm's words, one that failed late its own error."""
+    from valbench import runner
+    from valbench.errors import CellTimeout
+    from valbench.worker import CellOutcome, failure_record
+
+    def stopped_or_late(cell, spec, progress, printed) -> CellOutcome:
+        try:
+            time.sleep(5)
+        except CellTimeout as exc:
+            if cell.method == "random":  # as run_cell records a method the alarm stopped
+                return CellOutcome(failure_record(cell, spec, "timeout", "CellTimeout", str(exc)))
+        return CellOutcome(failure_record(cell, spec, "failed", "RuntimeError", "its own"))
+
+    monkeypatch.setattr(runner, "run_cell", stopped_or_late)
+    spec = small_spec(methods=("random", "loo"), timeout=0.2)
+    got: list = []
+    runner.run_serial(spec.cells(), spec, got.append, lambda *args: None)
+    stopped, late = (outcome.record for outcome in got)
+    assert (stopped.status, stopped.error.type) == ("timeout", "CellTimeout")
+    assert stopped.error.message == "cell exceeded its time limit of 0.2 s"
+    assert (late.status, late.error.type, late.error.message) == (
+        "failed",
+        "RuntimeError",
+        "its own",
+    )
+
+
+def test_the_process_backend_kills_a_silent_cell_at_its_time_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker that never answers is killed once its cell has run for ``timeout`` seconds
+    (polled every 0.2 s), not later. The worker is a stand-in: a pipe that is never answered
+    and a process that is alive until killed."""
+    import multiprocessing
+    from types import SimpleNamespace
+
+    from valbench import runner
+
+    killed: list[float] = []
+
+    class Silent(runner._Worker):
+        def __init__(self, ctx: object, spec_data: dict) -> None:
+            self.conn, self._far = multiprocessing.Pipe()
+            self._sentinel, self._never = multiprocessing.Pipe(duplex=False)
+            alive = [True]
+            self.process = SimpleNamespace(
+                is_alive=lambda: alive[0],
+                kill=lambda: (alive.__setitem__(0, False), killed.append(time.monotonic())),
+                join=lambda timeout=None: None,
+                sentinel=self._sentinel,
+            )
+            self.cell, self.started, self.outcome = None, 0.0, None
+
+    context = SimpleNamespace(set_forkserver_preload=lambda modules: None)
+    monkeypatch.setattr(runner, "mp", SimpleNamespace(get_context=lambda kind: context))
+    monkeypatch.setattr(runner, "start_fork_server", lambda: None)
+    monkeypatch.setattr(runner, "_Worker", Silent)
+    spec = small_spec(methods=("random",), timeout=1.0)
+    got: list = []
+    began = time.monotonic()
+    runner.run_processes(spec.cells(), spec, got.append, lambda *args: None)
+    (outcome,) = got
+    assert outcome.record.status == "timeout"
+    assert outcome.record.error.message == "cell exceeded its time limit of 1 s; worker killed"
+    assert 1.0 <= killed[0] - began < 2.0
+
+
+def test_a_worker_always_sends_a_cells_last_progress_report(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker sends at most one progress report each 0.25 s, but always the one that says
+    the cell is done: three reports in a burst arrive as the first and the last."""
+    import logging
+    import multiprocessing
+    from types import SimpleNamespace
+
+    from valbench import runner
+    from valbench.worker import CellOutcome, failure_record
+
+    def reports(cell, spec, progress) -> CellOutcome:
+        for done in (0, 5, 10):
+            progress(done, 10)
+        return CellOutcome(failure_record(cell, spec, "failed", "X", "x"))
+
+    monkeypatch.setattr(runner, "run_cell", reports)
+    monkeypatch.setattr(runner, "_die_with_driver", lambda pid, create_time: None)
+    monkeypatch.setattr(
+        runner, "signal", SimpleNamespace(signal=lambda *args: None, SIGINT=2, SIG_IGN=1)
+    )
+    spec = small_spec(methods=("random",))
+    driver, worker = multiprocessing.Pipe()
+    driver.send(spec.cells()[0])
+    driver.send(None)  # then stop
+    registry_log = logging.getLogger("valbench.registry")
+    level = registry_log.level
+    try:
+        runner._worker_main(spec.to_dict(), worker, list(sys.path), (0, 0.0))
+    finally:
+        registry_log.setLevel(level)
+    sent = []
+    while driver.poll():
+        sent.append(driver.recv())
+    assert [m for m in sent if m[0] == "progress"] == [("progress", 0, 10), ("progress", 10, 10)]
+    assert sent[-1][0] == "result"
+
+
+def test_a_budget_cut_estimate_is_recorded_as_partial(test_plugins: Path) -> None:
+    """TMC on 10 points with 25 fits walks some whole permutations but not to convergence:
+    an ok cell whose line says its estimate is not complete. A method whose limit is 10
+    training points runs on exactly 10."""
+    from valbench.worker import run_cell
+
+    spec = small_spec(methods=("tmc-shapley", "small-only"), max_train=10, budget="25", metrics=())
+    tmc, small = (run_cell(cell, spec).record for cell in spec.cells())
+    assert tmc.status == "ok" and tmc.error is None, tmc.error
+    assert tmc.complete is False and tmc.partial and tmc.cost.model_fits <= 25
+    assert small.status == "ok" and small.complete is True and small.n_train == 10
+
+
+def test_a_serial_cell_that_catches_its_first_stop_is_stopped_a_second_later(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The alarm repeats each second past the limit: a method that swallows the first stop is
+    stopped at its next step that does not, not left to run to its end."""
+    from valbench import runner
+    from valbench.errors import CellTimeout
+    from valbench.worker import CellOutcome, failure_record
+
+    def swallows_once(cell, spec, progress, printed) -> CellOutcome:
+        try:
+            time.sleep(5)
+        except CellTimeout:
+            pass  # swallowed: on with the work
+        time.sleep(5)
+        record = failure_record(cell, spec, "ok", "", "")
+        return CellOutcome(replace(record, error=None, complete=True))
+
+    monkeypatch.setattr(runner, "run_cell", swallows_once)
+    spec = small_spec(methods=("random",), timeout=0.2)
+    got: list = []
+    began = time.monotonic()
+    runner.run_serial(spec.cells(), spec, got.append, lambda *args: None)
+    assert time.monotonic() - began < 3.0  # the second alarm at 1.2 s, not the end at 10 s
+    (outcome,) = got
+    assert outcome.record.status == "timeout"
+    assert outcome.record.error.message == "cell exceeded its time limit of 0.2 s"
+
+
+def test_a_memory_cap_gives_each_cell_a_fresh_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cap is measured from a worker's starting size, so with one each cell gets its own
+    worker; without one, a worker runs cell after cell. The workers are stand-ins that answer
+    each cell at once."""
+    import multiprocessing
+    from types import SimpleNamespace
+
+    from valbench import runner
+    from valbench.worker import CellOutcome, failure_record
+
+    started: list[int] = []
+
+    class Answers(runner._Worker):
+        def __init__(self, ctx: object, spec_data: dict) -> None:
+            started.append(1)
+            self.spec = RunSpec.from_dict(spec_data)
+            self.conn, self._far = multiprocessing.Pipe()
+            self._sentinel, self._never = multiprocessing.Pipe(duplex=False)
+            alive = [True]
+            self.process = SimpleNamespace(
+                is_alive=lambda: alive[0],
+                kill=lambda: alive.__setitem__(0, False),
+                join=lambda timeout=None: None,
+                sentinel=self._sentinel,
+            )
+            self.cell, self.started, self.outcome = None, 0.0, None
+
+        def submit(self, cell) -> bool:
+            record = failure_record(cell, self.spec, "failed", "X", "answered")
+            self._far.send(("result", CellOutcome(record)))
+            return super().submit(cell)
+
+    context = SimpleNamespace(set_forkserver_preload=lambda modules: None)
+    monkeypatch.setattr(runner, "mp", SimpleNamespace(get_context=lambda kind: context))
+    monkeypatch.setattr(runner, "start_fork_server", lambda: None)
+    monkeypatch.setattr(runner, "_Worker", Answers)
+    for cap, workers in ((None, 1), (500.0, 2)):
+        started.clear()
+        spec = small_spec(max_memory_mb=cap)
+        got: list = []
+        runner.run_processes(spec.cells(), spec, got.append, lambda *args: None)
+        assert [o.record.method for o in got] == ["random", "loo"]
+        assert len(started) == workers, cap
+
+
+def test_a_default_run_directory_is_named_by_the_preset_and_8_hex_digits_of_the_hash() -> None:
+    import re
+
+    from valbench.runner import default_run_dir
+
+    spec = small_spec()
+    where = default_run_dir(spec, Path("runs"))
+    assert where.parent == Path("runs") and re.fullmatch(r"ci-[0-9a-f]{8}", where.name)
+    assert spec.config_hash().startswith(where.name[len("ci-") :])
