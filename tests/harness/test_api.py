@@ -174,3 +174,156 @@ def test_values_of_a_run_with_two_noise_rates_and_a_failed_cell(
     assert set(failed["cell_id"]) == {f"synthetic.raises.noise{r}.seed0" for r in (0.1, 0.2)}
     assert (failed["status"] == "failed").all() and failed["complete"].isna().all()
     assert (results[results["method"] == "random"]["complete"] == True).all()  # noqa: E712
+
+
+def test_values_of_a_run_carry_each_rows_stderr_and_sample_count(
+    tmp_path: Path, test_plugins: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pandas as pd
+
+    from valbench.api import export
+
+    rng = np.random.default_rng(4)
+    f1, f2 = rng.normal(size=50), rng.normal(size=50)
+    frame = pd.DataFrame({"f1": f1 * 3 + 1, "f2": f2 * 2 - 1, "y": (f1 + f2 > 0).astype(int)})
+    data = tmp_path / "mine.csv"
+    frame.to_csv(data, index=False)
+    name = f"file:{data}"
+    run = valbench.run(
+        methods=["row-echo", "detects"], datasets=[name], seeds=1, noise=[0],
+        label_column="y", metrics="none", out=tmp_path / "r",
+    )  # fmt: skip
+    assert set(run.results["seed"]) == {0} and set(run.results["noise"]) == {0.0}
+    got = run.values("row-echo", name)
+    # row-echo: score = the row's standardised f1, stderr = |standardised f2|, samples = the
+    # rank of its score (1 = lowest), each over the training rows, found here by their rows
+    a, b = frame["f1"].to_numpy()[got.indices], frame["f2"].to_numpy()[got.indices]
+    za, zb = (a - a.mean()) / a.std(), (b - b.mean()) / b.std()
+    np.testing.assert_allclose(got.values, za, atol=1e-5)
+    np.testing.assert_allclose(got.stderr, np.abs(zb), atol=1e-5)
+    assert got.samples is not None
+    assert got.samples.tolist() == (np.argsort(np.argsort(a)) + 1).tolist()
+    table = got.to_dataframe()
+    assert table["index"].tolist() == got.indices.tolist()
+    np.testing.assert_array_equal(table["stderr"], got.stderr)
+    assert table["samples"].tolist() == got.samples.tolist() and table["complete"].all()
+    # detects: minus each row's distance to its class's centroid, as its detection score
+    found = run.values("detects", name)
+    x, y = np.column_stack([za, zb]), frame["y"].to_numpy()[got.indices]
+    assert found.indices.tolist() == got.indices.tolist()
+    centroids = np.stack([x[y == c].mean(axis=0) for c in (0, 1)])
+    assert found.detection_scores is not None
+    want = -np.linalg.norm(x - centroids[y], axis=1)
+    np.testing.assert_allclose(found.detection_scores, want, atol=1e-5)
+    with pytest.raises(UsageError, match=r"no cell row-echo/synthetic .*it holds detects/file:"):
+        run.values("row-echo", "synthetic")
+    # the export: one method's rows when asked; never into the run, "~" the home folder
+    assert set(run.export(methods="detects")["method"]) == {"detects"}
+    with pytest.raises(UsageError, match="is inside the run directory"):
+        export(run.run_dir, out=run.run_dir / "rows.csv")
+    assert not (run.run_dir / "rows.csv").exists()
+    with pytest.raises(UsageError, match="is this command's own input"):
+        run.export(out=data, fmt="csv")
+    assert pd.read_csv(data).equals(frame)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert len(run.export(out="~/rows.csv")) == 100  # two methods, 50 rows each
+    assert len(pd.read_csv(tmp_path / "rows.csv")) == 100
+
+
+def test_value_of_arrays_gives_each_row_its_value_under_the_seed_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from plugin_fixtures import write_distribution
+    from valbench.practitioner import value_arrays
+
+    # a method that finishes and counts its samples only on folds of an even size
+    source = """
+    import numpy as np
+
+    from valbench import Method, Valuation
+
+
+    class EvenOnly(Method):
+        name = "even-only"
+        family = "test"
+        summary = "test plugin"
+
+        def value(self, task, ctx):
+            x = task.x_train.astype(float)
+            even = task.n_train % 2 == 0
+            stats = {"sample_counts": [3] * task.n_train} if even else {}
+            stats["point_stderr"] = [0.5] * task.n_train
+            return Valuation(scores=x[:, 0], complete=even, stats=stats)
+    """
+    eps = "[valbench.methods]\neven-only = vb_even_only:EvenOnly\n"
+    root = write_distribution(tmp_path / "p", "vb-even-only", "vb_even_only", source, eps)
+    monkeypatch.syspath_prepend(str(root))
+    rng = np.random.default_rng(5)
+    x, y = rng.normal(size=(61, 3)), np.arange(61) % 2  # two folds: 31 rows and 30
+    by_seed = {}
+    for seed in (0, 3):
+        got = by_seed[seed] = valbench.value(x, y, method="knn-shapley", seed=seed, k=3)
+        assert got.seed == seed and got.dataset == "arrays"
+        assert got.indices.tolist() == list(range(61))  # the rows of x, in order
+        want = value_arrays(x, y, ["knn-shapley"], seed=seed, params={"knn-shapley": {"k": 3}})
+        np.testing.assert_array_equal(got.values, want.values["knn-shapley"])
+        assert got.detection_scores is not None
+        np.testing.assert_array_equal(got.detection_scores, want.detection["knn-shapley"])
+    assert not np.array_equal(by_seed[0].values, by_seed[3].values)  # other folds
+    half = valbench.value(x, y, method="even-only")
+    # the odd fold left its estimate unfinished and uncounted: neither is passed off as whole
+    assert half.complete is False and half.samples is None
+    assert half.stderr is not None and (half.stderr == 0.5).all()
+    assert sorted(np.bincount(value_arrays(x, y, ["even-only"]).fold)) == [30, 31]
+
+
+def test_value_file_refuses_a_top_below_one_or_a_bool(tmp_path: Path) -> None:
+    for top in (0, -1, True, 2.0):
+        with pytest.raises(UsageError, match=f"top must be a whole number >= 1, got {top!r}"):
+            valbench.value_file(tmp_path / "absent.csv", ["random"], top=top)
+
+
+def test_results_keep_a_cell_that_failed_before_any_cost_was_measured(tmp_path: Path) -> None:
+    import json
+
+    from test_report_fakes import fake_run
+
+    run = fake_run(tmp_path / "run", methods=("random",), datasets=("digits",), seeds=2)
+    lines = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
+    lines[1].update(status="failed", metrics={}, scores_file=None, cost={})
+    lines[1]["error"] = {"type": "OSError", "message": "no disk", "traceback": "Traceback"}
+    (run / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    results = valbench.open_run(run).results
+    failed = results[results["cell_id"] == lines[1]["cell_id"]]
+    assert len(failed) == 1 and failed["status"].tolist() == ["failed"]
+    assert failed["metric"].isna().all() and failed["value"].isna().all()
+    assert failed["complete"].isna().all()
+    assert set(results["cell_id"]) == {r["cell_id"] for r in lines}
+
+
+def test_run_with_overwrite_starts_again_under_the_new_settings(tmp_path: Path) -> None:
+    from valbench.errors import RunDirectoryError
+
+    settings = dict(methods=["random"], datasets=["synthetic"], max_train=40, metrics="none")
+    valbench.run(**settings, seeds=1, out=tmp_path / "r")
+    with pytest.raises(RunDirectoryError, match="holds another run .*seeds 1 -> 2"):
+        valbench.run(**settings, seeds=2, out=tmp_path / "r")
+    again = valbench.run(**settings, seeds=2, out=tmp_path / "r", overwrite=True)
+    assert sorted(set(again.results["seed"])) == [0, 1]
+
+
+def test_run_takes_its_data_dir_for_this_process_and_its_workers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    import valbench.cache as cache
+
+    monkeypatch.setattr(cache, "_override", None)  # both restored after the test
+    monkeypatch.setenv(cache.ENV_VAR, str(tmp_path / "env"))
+    valbench.run(
+        methods=["random"], datasets=["synthetic"], seeds=1, max_train=40, metrics="none",
+        data_dir=tmp_path / "d", out=tmp_path / "r",
+    )  # fmt: skip
+    assert cache.data_dir() == tmp_path / "d"
+    assert os.environ[cache.ENV_VAR] == str(tmp_path / "d")

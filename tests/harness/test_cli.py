@@ -849,3 +849,55 @@ def test_the_fork_server_preloads_the_runs_built_in_methods_only(test_plugins: P
     assert one == [*_PRELOAD, builtin["loo"]]
     every = preload_modules(RunSpec(methods=("all",), datasets=("synthetic",)))
     assert every == [*_PRELOAD, *sorted(set(builtin.values()))]
+
+
+def test_verbose_logs_debug_messages_and_without_it_only_warnings(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import logging
+
+    for argv, level in (
+        (["--verbose", "list", "--methods"], logging.DEBUG),
+        (["list"], logging.WARNING),
+    ):
+        # as from a shell: no handler yet (pytest's own would make basicConfig do nothing)
+        monkeypatch.setattr(logging.root, "handlers", [])
+        monkeypatch.setattr(logging.root, "level", logging.NOTSET)
+        assert main(argv) == 0
+        assert logging.root.level == level, argv
+        capsys.readouterr()
+        logging.getLogger("valbench.runner").debug("a debug line")
+        logging.getLogger("valbench.runner").warning("a warning")
+        err = capsys.readouterr().err
+        assert "WARNING valbench.runner: a warning\n" in err
+        assert ("DEBUG valbench.runner: a debug line\n" in err) == (level == logging.DEBUG)
+
+
+def test_root_seed_flag_reaches_the_runs_spec(tmp_path: Path) -> None:
+    from valbench.store import read_manifest
+
+    argv = ["run", "--methods", "random", "--datasets", "digits", "--max-train", "40"]
+    argv += ["--seeds", "1", "--root-seed", "7", "--metrics", "none", "--no-progress"]
+    assert main([*argv, "--backend", "serial", "--out", str(tmp_path)]) == 0
+    assert read_manifest(tmp_path).spec["root_seed"] == 7
+
+
+def test_a_reader_that_leaves_ends_the_command_with_141_and_stdout_on_dev_null(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The subprocess test above may end 0 (its output fits the pipe); here the pipe breaks.
+    import os
+    import sys
+
+    import valbench.cli as cli
+
+    def reader_gone(args: Any) -> int:
+        raise BrokenPipeError
+
+    monkeypatch.setattr(cli, "_cmd_list", reader_gone)
+    with open(tmp_path / "stdout", "w") as stdout:
+        monkeypatch.setattr(sys, "stdout", stdout)
+        assert main(["list"]) == cli.EXIT_BROKEN_PIPE == 141
+        # later flushes (at exit) go nowhere instead of failing again
+        assert os.path.samestat(os.fstat(stdout.fileno()), os.stat(os.devnull))
+    assert capsys.readouterr().err == ""

@@ -406,3 +406,18 @@ def test_the_table_marks_only_quality_regressions_and_lists_what_it_could_not_co
     assert "no significant change" not in changed
     shown = [line.split()[-1] for line in changed.splitlines() if line.startswith("knn-shapley")]
     assert "better" in shown and "same" not in shown, changed
+
+
+def test_changed_only_on_the_command_line_shows_only_significant_changes(
+    base: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["compare", str(base), str(base), "--html", str(tmp_path / "c.html")]
+    assert main([*argv, "--changed-only"]) == 0
+    out = capsys.readouterr().out
+    assert "no significant change of any quality metric" in out
+    assert not [line for line in out.splitlines() if line.split()[:1] == ["random"]], out
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "no significant change" not in out
+    rows = [line.split() for line in out.splitlines() if line.split()[:1] == ["random"]]
+    assert rows and all(r[-1] == "same" for r in rows)

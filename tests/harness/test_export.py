@@ -38,7 +38,9 @@ def test_export_maps_every_value_to_its_row(
     argv += ["kind", "--id-column", "sample", "--seeds", "2", "--noise", "0.2", "--out", str(run)]
     assert main([*argv, "--backend", "serial", "--no-progress"]) == 0
     out = tmp_path / "rows.csv"
+    capsys.readouterr()
     assert main(["export", str(run), "--out", str(out)]) == 0
+    assert capsys.readouterr().err == ""  # every cell is in the table: nothing to say
     table = pd.read_csv(out, dtype={"id": str})
     assert set(table["seed"]) == {0, 1}
     for _, cell in table.groupby("seed"):
@@ -69,7 +71,10 @@ def test_export_maps_every_value_to_its_row(
 
 
 def test_a_relative_file_path_is_found_from_another_folder(
-    tmp_path: Path, test_plugins: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    test_plugins: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """``file:mine.csv`` is relative to where the run started, so export finds it from
     anywhere (the content hash still decides that it is the run's file)."""
@@ -95,6 +100,13 @@ def test_a_relative_file_path_is_found_from_another_folder(
     assert main(["export", str(tmp_path / "run"), "--out", "again.csv"]) == 0
     again = pd.read_csv(tmp_path / "elsewhere" / "again.csv", dtype={"id": str})
     assert again.equals(table)
+    # neither is the run's file now: the one where the run started is named
+    _users_file(tmp_path / "elsewhere" / "mine.csv", n=35)
+    assert main(["export", str(tmp_path / "run"), "--out", "third.csv"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.startswith(
+        f"valbench: error: {tmp_path / 'data' / 'mine.csv'} changed since the run"
+    )
 
 
 def test_export_refuses_a_changed_file_and_unknown_method(
@@ -311,3 +323,67 @@ def test_export_maps_a_built_in_datasets_scores_to_its_rows(
     assert len(train) == 60
     radius = load_breast_cancer().data[train["row"].to_numpy(), 0]
     assert (train["rank"] == rank_desc(radius)).all()
+
+
+def test_export_by_default_beside_the_run_in_its_format_with_each_method_and_cells_left_out(
+    tmp_path: Path,
+    test_plugins: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    data = tmp_path / "mine.csv"
+    _users_file(data, n=40)
+    run = tmp_path / "run"
+    argv = ["run", "--methods", "row-echo,random,raises", "--datasets", f"file:{data}"]
+    argv += ["--label-column", "kind", "--id-column", "sample", "--seeds", "2", "--noise", "0"]
+    argv += ["--metrics", "none", "--out", str(run), "--backend", "serial", "--no-progress"]
+    assert main(argv) == 1  # raises' cells failed
+    capsys.readouterr()
+    monkeypatch.chdir(tmp_path)
+    # --method twice: both methods; no --out: "<run>-rows.<format>" here, in that format
+    assert main(["export", str(run), "--method", "row-echo", "--method", "random"]) == 0
+    out, err = capsys.readouterr()
+    assert out == "160 rows -> run-rows.csv\n"
+    # only the failed cell is said to be missing, not the two ok ones
+    assert err == "not in the table: the run's cells without values (2 failed)\n"
+    table = pd.read_csv(tmp_path / "run-rows.csv")
+    assert sorted(set(table["method"])) == ["random", "row-echo"] and len(table) == 160
+    # by seed, then method, then row
+    order = list(zip(table["seed"], table["method"], table["row"], strict=True))
+    assert order == sorted(order) and table["seed"].tolist()[:80] == [0] * 80
+    assert main(["export", str(run), "--format", "parquet", "--method", "random"]) == 0
+    out, err = capsys.readouterr()
+    assert out == "80 rows -> run-rows.parquet\n"
+    assert err == "not in the table: the run's cells without values (2 failed)\n"
+    table = pd.read_parquet(tmp_path / "run-rows.parquet")
+    assert set(table["method"]) == {"random"} and len(table) == 80
+    # a method whose every cell failed has nothing to export: one line, no file
+    assert main(["export", str(run), "--method", "raises", "--out", "r.csv"]) == EXIT_USAGE
+    assert f"{run} has no finished cells to export\n" in capsys.readouterr().err
+    assert not (tmp_path / "r.csv").exists()
+    # "~" is the home folder, and a suffix in capitals is still .csv
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert main(["export", str(run), "--method", "random", "--out", "~/ROWS.CSV"]) == 0
+    assert capsys.readouterr().out == f"80 rows -> {tmp_path / 'ROWS.CSV'}\n"
+    again = pd.read_csv(tmp_path / "ROWS.CSV")
+    assert again["row"].tolist() == table["row"].tolist() and set(again["method"]) == {"random"}
+    np.testing.assert_array_equal(again["score"], table["score"])
+    # a cell that timed out has no values to export, even with a scores file left behind
+    import json
+
+    lines = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
+    for rec in lines:
+        if rec["method"] == "random":
+            assert rec["scores_file"]
+            rec["status"] = "timeout"
+            rec["error"] = {"type": "CellTimeout", "message": "over 1 s", "traceback": ""}
+    (run / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    assert main(["export", str(run), "--method", "random", "--out", "t.csv"]) == EXIT_USAGE
+    assert f"{run} has no finished cells to export\n" in capsys.readouterr().err
+    # the run's data file gone: one line naming it
+    data.rename(tmp_path / "moved.csv")
+    assert main(["export", str(run), "--out", "gone.csv"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert (
+        err == f"valbench: error: {data}: the run's data file is gone; its rows cannot be matched\n"
+    )
