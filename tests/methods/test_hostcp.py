@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -773,3 +774,143 @@ def test_a_spent_seconds_budget_stops_before_the_next_fraction() -> None:
     out = method.value(task, ctx)
     assert out.stats["runs"] == 1 and out.stats["truncated_runs"] == ["0.2"]
     assert out.stats["per_fraction"]["0.2"]["epochs"] == 1 and out.complete is False
+
+
+# -- mutation hunt, round 3: closed forms of the entropic program, DS3 against cvxpy, the DS3
+# selection rule, smooth's scale-free ε, solver checking and progress ----------------------
+
+
+def test_entropic_layer_equals_its_closed_form_when_every_row_is_alike() -> None:
+    """Dn = c(1 - I), Do = d: every row's incoming share is k/b, so ``mu/eps = a - log(k/(b-k))``
+    with ``a = log(1 + (b-1)e^{-c/eps}) - log(e) + d/eps``, the multiplier far above ``a``."""
+    b, e, k, eps, c, d = 10, 4, 1.0, 0.5, 2.0, 3.0
+    dn = c * (1 - torch.eye(b, dtype=torch.float64))
+    do = torch.full((b, e), d, dtype=torch.float64)
+    zn, zo, mu = entropic_assign(dn, do, k, eps)
+    mass = 1 + (b - 1) * np.exp(-c / eps)
+    a = np.log(mass) - np.log(e) + d / eps
+    assert float(mu) == pytest.approx(eps * (a - np.log(k / (b - k))), rel=1e-12)
+    want_n = (k / b) * np.where(np.eye(b) == 1, 1.0, np.exp(-c / eps)) / mass
+    np.testing.assert_allclose(zn.numpy(), want_n, rtol=1e-10)
+    np.testing.assert_allclose(zo.numpy(), np.full((b, e), (1 - k / b) / e), rtol=1e-10)
+
+
+def test_entropic_layer_with_a_zero_budget_sends_every_row_to_the_existing_set() -> None:
+    dn, do = _instance(6, 5, 3, dim=3)
+    eps = 0.4
+    zn, zo, mu = entropic_assign(dn, do, 0.0, eps)
+    w = np.exp(-do.numpy() / eps)
+    np.testing.assert_allclose(zo.numpy(), w / w.sum(axis=1, keepdims=True), rtol=1e-12)
+    assert float(zn.abs().sum()) == 0.0 and float(mu) == float("inf")
+
+
+def test_lp_layer_refuses_a_solver_outside_its_list() -> None:
+    from valbench.methods.hostcp.layers import LPLayer
+
+    with pytest.raises(ValueError, match="solver must be one of ECOS, CLARABEL, SCS, got 'MOREAU'"):
+        LPLayer(3, 2, "MOREAU")
+
+
+@pytest.mark.parametrize("k", [1.0, 2.0, 2.5])
+def test_ds3_program_equals_the_program_solved_directly(k: float) -> None:
+    """DS3 with the full B x E existing block, written in cvxpy: the same Zn, Zo and t (rows
+    here also assign to other incoming points, so Zn is not diagonal)."""
+    import cvxpy as cp
+
+    dn, do = (m.numpy() for m in _instance(25, 6, 4, dim=2))
+    zn, zo, t = cp.Variable((6, 6), nonneg=True), cp.Variable((6, 4), nonneg=True), cp.Variable(6)
+    cons = [
+        cp.sum(zn, axis=1) + cp.sum(zo, axis=1) == 1,
+        zn <= cp.reshape(t, (1, 6), order="C"),
+        t >= 0,
+        t <= 1,
+        cp.sum(t) <= k,
+    ]
+    cost = cp.sum(cp.multiply(dn, zn)) + cp.sum(cp.multiply(do, zo))
+    cp.Problem(cp.Minimize(cost), cons).solve(solver="CLARABEL")
+    got_n, got_o, got_t = ds3_solve(dn, do, k)
+    np.testing.assert_allclose(got_n, zn.value, atol=1e-6)
+    np.testing.assert_allclose(got_o, zo.value, atol=1e-6)
+    np.testing.assert_allclose(got_t, t.value, atol=1e-6)
+
+
+def _fake_ds3(opened: bool) -> Callable[..., tuple]:
+    """A feasible DS3 solution for a batch of 10 at budget 1.6: column 0 opened (t = 1) with
+    mass 1, column 1 half-open (t = 0.6) with mass 3; or nothing opened at all."""
+
+    def solve(dn: np.ndarray, do: np.ndarray, k: float) -> tuple:
+        b, e = do.shape
+        zn, zo, t = np.zeros((b, b)), np.zeros((b, e)), np.zeros(b)
+        zo[:, 0] = 1.0
+        if opened:
+            t[:2] = [1.0, 0.6]
+            zn[0, 0], zo[0, 0] = 1.0, 0.0
+            zn[1:6, 1], zo[1:6, 0] = 0.6, 0.4
+        return zn, zo, t
+
+    return solve
+
+
+@pytest.mark.parametrize(("opened", "want"), [(True, [0]), (False, [])])
+def test_ds3_selects_the_opened_columns_not_the_heaviest(
+    monkeypatch: pytest.MonkeyPatch, opened: bool, want: list
+) -> None:
+    """⌊1.6⌋ = 1 representative: the fully opened column, though another carries more mass;
+    none when the program opens none (the top-k cut must not pick closed columns)."""
+    import valbench.methods.hostcp.loop as loop
+
+    monkeypatch.setattr(loop, "ds3_solve", _fake_ds3(opened))
+    task = make_check_task(n_train=10)
+    cfg = LoopConfig(mode="ds3", batch_size=10, n_existing=10, epochs=1, embed_dim=6)
+    res = run_online(task, 0.16, cfg, np.random.default_rng(0))
+    assert res.epoch_selections[0].tolist() == want
+    np.testing.assert_array_equal(res.scores, np.eye(10)[0] * 2 if opened else np.zeros(10))
+
+
+def test_a_last_epoch_that_selects_nothing_marks_the_run_empty(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first epoch selects, the last does not: the native subset is the last epoch's."""
+    import valbench.methods.hostcp.loop as loop
+
+    calls = []
+
+    def solve(dn: np.ndarray, do: np.ndarray, k: float) -> tuple:
+        calls.append(k)
+        return _fake_ds3(len(calls) == 1)(dn, do, k)
+
+    monkeypatch.setattr(loop, "ds3_solve", solve)
+    task = make_check_task(n_train=10)
+    out = HostCPDS3(batch_size=10, n_existing=10, epochs=2, embed_dim=6).value(
+        task, RunContext.for_task(task, fractions=(0.16,))
+    )
+    assert len(calls) == 2
+    assert out.stats["empty_selections"] == ["0.16"] and out.complete is False
+
+
+def test_smooth_selection_is_invariant_to_the_embeddings_scale() -> None:
+    """ε is relative to the batch's nearest-existing distance: with φ frozen (lr_phi = 0),
+    scaling every embedding by γ = 10 changes no weight, so θ and the scores are the same."""
+    task = make_check_task(n_train=20)
+    theta = ThetaModel(task)
+    phi = Phi(theta.embed_dim, 6, torch.Generator().manual_seed(2))
+    cfg = LoopConfig(
+        mode="smooth", batch_size=10, n_existing=10, epochs=2, embed_dim=6, eps=0.5, lr_phi=0.0
+    )
+    scores = []
+    for gamma in (1.0, 10.0):
+        init = dict(phi.params, gamma=torch.full((6,), gamma, dtype=torch.float64))
+        res = run_online(task, 0.3, cfg, np.random.default_rng(0), phi_init=init)
+        scores.append(res.scores)
+    assert np.count_nonzero(scores[0]) >= 6  # 3 per batch
+    np.testing.assert_allclose(scores[1], scores[0], rtol=1e-9, atol=1e-12)
+
+
+def test_progress_hears_each_fractions_run() -> None:
+    task = make_check_task(n_train=20)
+    heard: list[tuple[int, int]] = []
+    HostCPFast(batch_size=10, n_existing=10, epochs=1, embed_dim=6).value(
+        task,
+        RunContext.for_task(task, fractions=(0.2, 0.4), progress=lambda d, t: heard.append((d, t))),
+    )
+    assert heard == [(1, 2), (2, 2)]
