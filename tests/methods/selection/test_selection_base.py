@@ -7,6 +7,7 @@ import pytest
 
 from valbench.methods.selection._base import (
     ScoreSelector,
+    Stopper,
     class_schedule,
     fill_order,
     merge_class_orders,
@@ -62,3 +63,45 @@ def test_score_selector_breaks_ties_by_ascending_index() -> None:
     _, chosen, _ = _TiedScores().select(None, None, {0.4: 2, 0.8: 4})  # type: ignore[arg-type]
     assert chosen[0.4].tolist() == [1, 2]
     assert chosen[0.8].tolist() == [1, 2, 4, 0]
+
+
+def test_class_schedule_by_hand_with_ties_to_the_lower_class() -> None:
+    # Sainte-Laguë priorities size / (taken + 0.5), worked by hand.
+    # (5, 5, 5): three-way ties at every round, so each round is 0, 1, 2.
+    y = np.repeat([0, 1, 2], 5)
+    assert class_schedule(y, 3, 6).tolist() == [0, 1, 2, 0, 1, 2]
+    # (1, 3): 2 vs 6 -> 1; 2 vs 3/1.5 = 2, a tie -> 0; class 0 is then full -> 1, 1.
+    assert class_schedule(np.array([0, 1, 1, 1]), 2, 4).tolist() == [1, 0, 1, 1]
+    # (3, 6): 6 vs 12 -> 1; 6 vs 4 -> 0; 2 vs 4 -> 1; 2 vs 2.4 -> 1; 2 vs 1.71 -> 0;
+    # 1.2 vs 1.71 -> 1; 1.2 vs 1.33 -> 1; 1.2 vs 1.09 -> 0; then 1.
+    y = np.repeat([0, 1], [3, 6])
+    assert class_schedule(y, 2, 9).tolist() == [1, 0, 1, 1, 0, 1, 1, 0, 1]
+
+
+class _Budget:
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def remaining_seconds(self) -> float:
+        return self.seconds
+
+
+class _Ctx:
+    def __init__(self, seconds: float) -> None:
+        self.budget = _Budget(seconds)
+        self.calls: list[tuple[int, int]] = []
+
+    def progress(self, done: int, total: int) -> None:
+        self.calls.append((done, total))
+
+
+def test_stopper_reports_every_few_steps_and_stops_on_the_clock() -> None:
+    ctx = _Ctx(5.0)
+    stopper = Stopper(ctx, 10, every=4)  # type: ignore[arg-type]
+    assert [stopper.step() for _ in range(8)] == [False] * 8
+    assert stopper.step(5) is False  # 13 steps: progress capped at the total
+    assert ctx.calls == [(1, 10), (4, 10), (8, 10), (10, 10)]
+    ctx.budget.seconds = 0.0
+    # The clock is read only at the next report (step 16); a stop then sticks.
+    assert [stopper.step() for _ in range(4)] == [False, False, True, True]
+    assert ctx.calls[-1] == (10, 10) and len(ctx.calls) == 5

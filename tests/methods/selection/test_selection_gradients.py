@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from scipy.optimize import nnls
-from selection_helpers import check_selections, make_ctx, small_task
+from selection_helpers import check_selections, make_ctx, points_task, small_task
 from sklearn.linear_model import orthogonal_mp
 
 from valbench.methods import _gradients as gr
@@ -276,3 +276,159 @@ def test_factored_gradients_equal_the_dense_rows() -> None:
     )
     order = facility_location_order(dense, 5)[0]
     np.testing.assert_array_equal(craig_weights(rows, order), craig_weights(dense, order))
+
+
+def _autograd_head(task):  # type: ignore[no-untyped-def]
+    """The all-data model's head, its per-sample training gradients (autograd) and its mean
+    validation cross-entropy as a torch function of the flat ``[W, b]``, built independently
+    of the selectors' closed forms."""
+    clf = task.build_model()
+    params = clf.fit(task.x_train, task.y_train, np.ones((1, task.n_train), dtype=bool))
+    head = gr.functional_from_params(params, float(clf.spec.l2), "last")
+    phi = gr.head_features(params, task.x_train, clf)
+    grads = gr.per_sample_grads(head, phi, torch.as_tensor(task.y_train)).numpy()
+    phi_val = gr.head_features(params, task.x_val, clf)
+    y_val = torch.as_tensor(task.y_val)
+    shape = head.params["W"].shape
+
+    def val_loss(theta: torch.Tensor) -> torch.Tensor:
+        w, b = theta[: shape.numel()].reshape(shape), theta[shape.numel() :]
+        return torch.nn.functional.cross_entropy(phi_val @ w + b, y_val)
+
+    return grads, head.flat().detach(), val_loss
+
+
+def test_glister_method_is_the_naive_greedy_on_the_all_data_head() -> None:
+    # Default eta 0.01: each pick maximises ∇ℓ_i · ∇L_val(θ0 - eta Σ_S ∇ℓ_s), the validation
+    # gradient taken by autograd at the stepped head.
+    task = small_task(60)
+    out = Glister(greedy="naive").value(task, make_ctx(task, (0.2,)))
+    grads, theta0, val_loss = _autograd_head(small_task(60))
+    eta = 0.01
+    chosen: list[int] = []
+    for _ in range(12):
+        theta = (theta0 - eta * torch.as_tensor(grads[chosen].sum(0))).requires_grad_(True)
+        (val_grad,) = torch.autograd.grad(val_loss(theta), theta)
+        gains = grads @ val_grad.numpy()
+        gains[chosen] = -np.inf
+        chosen.append(int(np.argmax(gains)))
+    assert out.selections[0.2].tolist() == chosen
+    stepped = theta0 - eta * torch.as_tensor(grads[chosen].sum(0))
+    assert out.stats["val_loss_after_step"] == pytest.approx(float(val_loss(stepped)), rel=1e-6)
+
+
+def _ridge_nonneg_fit(a: np.ndarray, b: np.ndarray, lam: float) -> np.ndarray:
+    # argmin_{w >= 0} ||a w - b||² + lam ||w||², as NNLS on the ridge-augmented system.
+    s = a.shape[1]
+    return nnls(np.vstack([a, np.sqrt(lam) * np.eye(s)]), np.concatenate([b, np.zeros(s)]))[0]
+
+
+def test_gradmatch_method_is_ridge_nonnegative_omp_of_each_class_gradient_sum() -> None:
+    # Default lam 0.5; in each class the target is the class's summed autograd gradient, each
+    # pick the untaken gradient most positively correlated with the residual, each refit the
+    # ridge NNLS; a fraction's weights are the refit on its own picks of the class.
+    task = small_task(60)
+    fractions = (0.1, 0.5)
+    out = GradMatch().value(task, make_ctx(task, fractions))
+    assert out.stats["random_fill"] == 0
+    grads, _, _ = _autograd_head(small_task(60))
+    lam = 0.5
+    for f in fractions:
+        sel = out.selections[f]
+        for c in range(3):
+            rows = np.flatnonzero(task.y_train == c)
+            a, b = grads[rows].T, grads[rows].sum(0)
+            support: list[int] = []
+            resid = b.copy()
+            for _ in range(int(np.sum(task.y_train[out.selections[0.5]] == c))):
+                corr = a.T @ resid
+                corr[support] = -np.inf
+                support.append(int(np.argmax(corr)))
+                resid = b - a[:, support] @ _ridge_nonneg_fit(a[:, support], b, lam)
+            mine = [int(i) for i in sel if task.y_train[i] == c]
+            assert mine == rows[support[: len(mine)]].tolist()
+            expected = _ridge_nonneg_fit(a[:, support[: len(mine)]], b, lam)
+            got = out.selection_weights[f][task.y_train[sel] == c]
+            np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-8)
+
+
+def test_craig_method_weighs_each_pick_by_its_cluster_at_every_fraction() -> None:
+    # A pick's weight at fraction f: how many points of its class have it as their nearest
+    # (autograd) gradient among the class's picks at f, in the selection's own order.
+    task = small_task(60)
+    fractions = (0.1, 0.3, 0.5)
+    out = Craig().value(task, make_ctx(task, fractions))
+    grads, _, _ = _autograd_head(small_task(60))
+    for f in fractions:
+        sel = out.selections[f]
+        expected = np.zeros(len(sel))
+        for c in range(3):
+            rows = np.flatnonzero(task.y_train == c)
+            at = np.flatnonzero(task.y_train[sel] == c)
+            d = np.linalg.norm(grads[rows][:, None] - grads[sel[at]][None], axis=2)
+            expected[at] = np.bincount(np.argmin(d, axis=1), minlength=len(at))
+        np.testing.assert_array_equal(out.selection_weights[f], expected)
+    assert out.stats["weight_sum"] == 60.0
+
+
+def test_gradmatch_fills_an_exactly_matched_class_at_random_with_weight_one() -> None:
+    # Class 0 is six copies of one point: one pick matches its gradient sum exactly (lam 0,
+    # weight 6), so OMP stops and the other five places are random class-0 points weighing 1.
+    rng = np.random.default_rng(3)
+    x = np.vstack([np.tile([[0.5, -0.5]], (6, 1)), rng.normal(size=(12, 2)) + 2.0])
+    y = np.array([0] * 6 + [1, 2] * 6)
+    task = points_task(x, y, n_classes=3)
+    out = GradMatch(lam=0.0).value(task, make_ctx(task, (1 / 3, 1.0)))
+    assert out.stats["random_fill"] == 5  # classes 1 and 2 are matched by all six points
+    # OMP's own weights: 6 for the one class-0 pick, and 1 for each point of classes 1, 2.
+    assert out.stats["weight_sum"] == pytest.approx(18.0, rel=1e-9)
+    for f in (1 / 3, 1.0):
+        sel = out.selections[f]
+        in_zero = y[sel] == 0
+        assert in_zero.sum() == (2 if f < 1 else 6)
+        np.testing.assert_allclose(
+            out.selection_weights[f][in_zero], [6.0] + [1.0] * (in_zero.sum() - 1)
+        )
+
+
+@pytest.mark.parametrize("seed", [192, 196, 199])
+def test_nonnegative_omp_never_adds_a_copy_of_a_picked_atom(seed: int) -> None:
+    # Every atom twice: a copy of a picked atom correlates with the residual by rounding only
+    # (exactly 0 at the refit's optimum), so it is not added, as the reference stops.
+    rng = np.random.default_rng(seed)
+    a = np.abs(rng.normal(size=(3, 5)))
+    a = np.hstack([a, a])
+    b = rng.normal(size=3) + 0.5
+    support, w = omp(a, b, 10, nonneg=True)
+    ref_support, ref_w = _nonneg_omp_reference(a, b, 10)
+    assert support.tolist() == ref_support
+    assert len(set((support % 5).tolist())) == len(support)
+    np.testing.assert_allclose(w, ref_w, atol=1e-10)
+
+
+def test_glister_default_is_stochastic_greedy_over_ceil_n_over_k_log_100_points() -> None:
+    # Defaults eta 0.01, epsilon 0.01: n 60, k 12 -> each step scores a sorted draw (the
+    # run's rng) of ceil(5 ln 100) = 24 of the points not yet picked.
+    task = small_task(60)
+    out = Glister().value(task, make_ctx(task, (0.2,), seed=5))
+    grads, theta0, val_loss = _autograd_head(small_task(60))
+    rng = make_ctx(task, (0.2,), seed=5).rng
+    chosen: list[int] = []
+    for _ in range(12):
+        theta = (theta0 - 0.01 * torch.as_tensor(grads[chosen].sum(0))).requires_grad_(True)
+        (val_grad,) = torch.autograd.grad(val_loss(theta), theta)
+        pool = np.sort(rng.choice(np.setdiff1d(np.arange(60), chosen), size=24, replace=False))
+        chosen.append(int(pool[np.argmax(grads[pool] @ val_grad.numpy())]))
+    assert out.selections[0.2].tolist() == chosen
+
+
+def test_nonnegative_omp_stops_when_no_atom_correlates_positively() -> None:
+    # b = (1, -1) on atoms e1, e2: e1 fits b's first coordinate (weight 1); the residual
+    # (0, -1) then correlates negatively with e2, so the pursuit stops with one atom.
+    a = np.eye(2)
+    support, w = omp(a, np.array([1.0, -1.0]), 2, nonneg=True)
+    assert support.tolist() == [0]
+    np.testing.assert_allclose(w, [1.0])
+    # A target against every atom: nothing is picked.
+    support, w = omp(a, np.array([-1.0, -2.0]), 2, nonneg=True)
+    assert support.tolist() == [] and len(w) == 0

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from selection_helpers import check_selections, make_ctx, points_task, small_task
 
+from valbench import Budget
 from valbench.methods.selection import KCenter
+from valbench.methods.selection._base import class_schedule
 from valbench.methods.selection._features import task_embeddings
 from valbench.methods.selection.kcenter import kcenter_greedy
 
@@ -100,3 +102,20 @@ def test_first_centre_is_the_runs_first_draw(seed: int) -> None:
     np.testing.assert_array_equal(
         out.selections[1.0], kcenter_greedy(task_embeddings(task), 60, first)[0]
     )
+
+
+def test_a_spent_budget_keeps_the_first_centre_and_fills_each_class_from_itself() -> None:
+    y = np.repeat([0, 1, 2], [30, 20, 10])
+    task = points_task(np.random.default_rng(2).normal(size=(60, 3)), y, 3)
+    spent = Budget(max_seconds=1e-9)
+    # Global: the clock is read after the first pick, so one greedy pick, then random fill.
+    first = int(make_ctx(task, seed=4).rng.integers(60))
+    out = KCenter().value(task, make_ctx(task, (0.5,), seed=4, budget=spent))
+    assert out.stats["complete"] is False and out.stats["greedy_picks"] == 1
+    assert out.selections[0.5][0] == first
+    # Per class: every class still gets its scheduled share, from its own points.
+    out = KCenter(per_class=True).value(task, make_ctx(task, (0.5,), seed=4, budget=spent))
+    check_selections(out, 60, (0.5,))
+    assert out.stats["complete"] is False
+    sel = out.selections[0.5]
+    np.testing.assert_array_equal(y[sel], class_schedule(y, 3, 30))  # pick t of class sched[t]

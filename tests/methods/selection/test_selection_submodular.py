@@ -6,9 +6,10 @@ import itertools
 
 import numpy as np
 import pytest
-from selection_helpers import check_selections, make_ctx, small_task
+from selection_helpers import check_selections, make_ctx, points_task, small_task
 
 from valbench.methods.selection import FacilityLocation, GraphCut
+from valbench.methods.selection._features import embeddings
 from valbench.methods.selection.submodular import (
     Similarity,
     facility_location_order,
@@ -123,3 +124,54 @@ def test_facility_location_selects_per_class_by_default() -> None:
     everyone = FacilityLocation(per_class=False).value(task, make_ctx(task, (1.0,)))
     np.testing.assert_array_equal(default.selections[1.0], per_class.selections[1.0])
     assert not np.array_equal(default.selections[1.0], everyone.selections[1.0])
+
+
+def _graph_cut_greedy(x: np.ndarray, k: int, lam: float) -> list[int]:
+    # Plain greedy on f(S) = Σ_{i ∈ V, j ∈ S} sim(i, j) - lam Σ_{i, j ∈ S} sim(i, j).
+    sim = _sim(x)
+    chosen: list[int] = []
+    for _ in range(k):
+        gains = [
+            -np.inf
+            if j in chosen
+            else sim[:, [*chosen, j]].sum()
+            - lam * sim[np.ix_([*chosen, j], [*chosen, j])].sum()
+            - (sim[:, chosen].sum() - lam * sim[np.ix_(chosen, chosen)].sum())
+            for j in range(len(x))
+        ]
+        chosen.append(int(np.argmax(gains)))
+    return chosen
+
+
+def test_graph_cut_defaults_to_lam_one_on_euclidean_embeddings() -> None:
+    # Eight points on one class; lam 0.5 or cosine distances pick in another order.
+    x = np.array(
+        [
+            [0.0, 1.0],
+            [0.2, 1.1],
+            [3.0, 0.5],
+            [2.9, 0.6],
+            [1.5, 2.0],
+            [1.4, 1.9],
+            [5.0, 3.0],
+            [0.1, 4.0],
+        ]
+    )
+    x = x.astype(np.float32).astype(np.float64)
+    task = points_task(x)
+    out = GraphCut().value(task, make_ctx(task, (1.0,)))
+    expected = _graph_cut_greedy(x, 8, 1.0)
+    assert out.selections[1.0].tolist() == expected
+    assert expected != _graph_cut_greedy(x, 8, 0.5)
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    assert expected != _graph_cut_greedy(unit, 8, 1.0)
+    cosine = GraphCut(metric="cosine").value(task, make_ctx(task, (1.0,)))
+    assert cosine.selections[1.0].tolist() == _graph_cut_greedy(unit, 8, 1.0)
+
+
+def test_cosine_embeddings_are_the_unit_rows() -> None:
+    x = np.array([[3.0, 4.0], [0.0, 0.0], [-1.0, 0.0], [0.5, 0.5]])
+    np.testing.assert_allclose(
+        embeddings(x, "cosine"), [[0.6, 0.8], [0.0, 0.0], [-1.0, 0.0], [0.5**0.5, 0.5**0.5]]
+    )
+    np.testing.assert_array_equal(embeddings(x), x)  # euclidean: the rows as they are
