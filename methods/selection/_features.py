@@ -96,7 +96,7 @@ class AllDataModel:
     """The evaluation model trained on all training data, as float64 arrays.
 
     ``phi``/``phi_val``: last-layer inputs; ``w`` (d, C), ``b`` (C,): the last layer;
-    ``probs``/``probs_val``: its class probabilities.
+    ``probs``: its class probabilities on the training points.
     """
 
     phi: np.ndarray
@@ -104,7 +104,6 @@ class AllDataModel:
     w: np.ndarray
     b: np.ndarray
     probs: np.ndarray
-    probs_val: np.ndarray
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
@@ -128,7 +127,6 @@ def fit_all_data(task: ValuationTask) -> AllDataModel:
         w=w,
         b=b,
         probs=_softmax(phi @ w + b),
-        probs_val=_softmax(phi_val @ w + b),
     )
 
 
