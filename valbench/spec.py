@@ -906,7 +906,7 @@ def build_spec(
         elif key == "scratch_model":
             if value is not None and (not isinstance(value, str) or not value):
                 raise UsageError(f"scratch_model must be a model name or none, got {value!r}")
-            # "none" (any letter case: Python's None too) turns a preset's from-scratch reading off.
+            # "none" in any letter case ("None" as Python spells it) turns a preset's reading off.
             kwargs[key] = None if value is None or value.lower() == "none" else value
         elif key in ("noise_model", "label_column", "id_column"):
             if not isinstance(value, str):

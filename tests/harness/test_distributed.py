@@ -94,6 +94,7 @@ def test_dask_scheduler_address_and_timeout(tmp_path: Path, plugin_env: Path) ->
         ) as cluster,
         Client(cluster) as watcher,
     ):
+        watcher.wait_for_workers(2, timeout=60)
         before = set(watcher.run(os.getpid).values())
         # Long enough for a cold worker's start and first imports on a loaded 2-core machine
         # (8 s was not: "raises" then timed out); "hangs" still hits it. No LDS: its 100 fits
@@ -525,8 +526,10 @@ def test_check_backend_without_address_asks_nothing(
 def test_a_missing_extra_is_refused_before_the_run_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    import valbench.distributed as engine
+
     for backend in ("dask", "ray"):
+        monkeypatch.setitem(engine._MODULES, backend, "valbench_no_such_module")
         out = tmp_path / backend
         with pytest.raises(UsageError, match=rf"pip install 'valbench\[{backend}\]'"):
             execute(_spec(seeds=1, methods=("random",)), out=out, backend=backend)
@@ -743,4 +746,4 @@ def test_a_dask_cell_that_finishes_past_its_limit_between_polls_keeps_its_result
     spec = _spec(seeds=1, methods=("random",), timeout=0.01)
     got: list[Any] = []
     engine._run_dask(spec.cells(), spec, got.append, lambda *a: None, "tcp://scheduler:8786")
-    assert got == ["its own result"] and events == [] and polls == [1, 1]
+    assert got == ["its own result"] and events == [] and len(polls) == 2

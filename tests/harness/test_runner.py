@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -865,34 +866,15 @@ def test_a_dataset_returning_more_than_max_train_points_is_refused() -> None:
 
 
 def test_a_cells_cost_tells_its_cpu_seconds_from_its_wall_seconds(test_plugins: Path) -> None:
-    """sleepy sleeps 0.4 s: wall time, not CPU time; the memory it held is read."""
+    """sleepy sleeps 1 s: wall time, not CPU time; the memory it held is read."""
     from valbench.worker import run_cell
 
-    spec = small_spec(methods=("sleepy",), params={"sleepy": {"seconds": 0.4}}, metrics=())
+    spec = small_spec(methods=("sleepy",), params={"sleepy": {"seconds": 1.0}}, metrics=())
     record = run_cell(spec.cells()[0], spec).record
-    assert record.status == "ok" and record.params == {"seconds": 0.4}
-    assert record.cost.wall_s >= 0.4 and record.cost.cpu_s < record.cost.wall_s - 0.3
+    assert record.status == "ok" and record.params == {"seconds": 1.0}
+    assert record.cost.wall_s >= 1.0 and record.cost.cpu_s < record.cost.wall_s - 0.5
     assert record.cost.peak_mem_mb > 0 and record.cost.model_fits == 0
     assert record.cost.fits_per_s is None
-
-
-def test_the_split_references_fits_are_counted_in_the_cell_that_trained_them() -> None:
-    """The random-subset and full-data references are trained once per split and process:
-    the first cell's ``evaluation_fits`` holds their 2 fractions x 3 draws + 1 full-data fits
-    (all distinct subsets of 40 points), the next cell of the split's none of them."""
-    from valbench import worker
-    from valbench.worker import run_cell
-
-    spec = small_spec(methods=("random",), metrics=())
-    (cell,) = spec.cells()
-    worker._REFERENCE_CACHE.clear()
-    first = run_cell(cell, spec).record
-    again = run_cell(cell, spec).record
-    assert first.status == again.status == "ok"
-    assert first.metrics.to_json() == again.metrics.to_json()
-    assert spec.random_repeats == 3
-    want = len(spec.fractions) * spec.random_repeats + 1
-    assert first.stats["evaluation_fits"] - again.stats["evaluation_fits"] == want
 
 
 def test_a_skipped_cells_line_records_the_parameters_the_run_gave_its_method() -> None:
@@ -992,27 +974,25 @@ def test_a_serial_cell_that_fails_or_times_out_keeps_its_own_error(
     )
 
 
-def test_the_process_backend_kills_a_silent_cell_at_its_time_limit(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """A worker that never answers is killed once its cell has run for ``timeout`` seconds
-    (polled every 0.2 s), not later. The worker is a stand-in: a pipe that is never answered
-    and a process that is alive until killed."""
+def _stand_in_workers(
+    monkeypatch: pytest.MonkeyPatch, on_kill: Callable[[], object] = lambda: None
+) -> type:
+    """``runner.run_processes`` with stand-in workers (a pipe the test may answer on, a
+    process alive until killed, no fork server); returns the stand-in class to subclass."""
     import multiprocessing
     from types import SimpleNamespace
 
     from valbench import runner
 
-    killed: list[float] = []
-
-    class Silent(runner._Worker):
+    class StandIn(runner._Worker):
         def __init__(self, ctx: object, spec_data: dict) -> None:
+            self.spec = RunSpec.from_dict(spec_data)
             self.conn, self._far = multiprocessing.Pipe()
             self._sentinel, self._never = multiprocessing.Pipe(duplex=False)
             alive = [True]
             self.process = SimpleNamespace(
                 is_alive=lambda: alive[0],
-                kill=lambda: (alive.__setitem__(0, False), killed.append(time.monotonic())),
+                kill=lambda: (alive.__setitem__(0, False), on_kill()),
                 join=lambda timeout=None: None,
                 sentinel=self._sentinel,
             )
@@ -1021,7 +1001,20 @@ def test_the_process_backend_kills_a_silent_cell_at_its_time_limit(
     context = SimpleNamespace(set_forkserver_preload=lambda modules: None)
     monkeypatch.setattr(runner, "mp", SimpleNamespace(get_context=lambda kind: context))
     monkeypatch.setattr(runner, "start_fork_server", lambda: None)
-    monkeypatch.setattr(runner, "_Worker", Silent)
+    monkeypatch.setattr(runner, "_Worker", StandIn)
+    return StandIn
+
+
+def test_the_process_backend_kills_a_silent_cell_at_its_time_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker that never answers is killed once its cell has run for ``timeout`` seconds
+    (polled every 0.2 s), not later. The worker is a stand-in: a pipe that is never answered
+    and a process that is alive until killed."""
+    from valbench import runner
+
+    killed: list[float] = []
+    _stand_in_workers(monkeypatch, on_kill=lambda: killed.append(time.monotonic()))
     spec = small_spec(methods=("random",), timeout=1.0)
     got: list = []
     began = time.monotonic()
@@ -1029,7 +1022,7 @@ def test_the_process_backend_kills_a_silent_cell_at_its_time_limit(
     (outcome,) = got
     assert outcome.record.status == "timeout"
     assert outcome.record.error.message == "cell exceeded its time limit of 1 s; worker killed"
-    assert 1.0 <= killed[0] - began < 2.0
+    assert 1.0 <= killed[0] - began < 2.5  # not at 3x the limit
 
 
 def test_a_worker_always_sends_a_cells_last_progress_report(
@@ -1117,37 +1110,22 @@ def test_a_memory_cap_gives_each_cell_a_fresh_worker(monkeypatch: pytest.MonkeyP
     """The cap is measured from a worker's starting size, so with one each cell gets its own
     worker; without one, a worker runs cell after cell. The workers are stand-ins that answer
     each cell at once."""
-    import multiprocessing
-    from types import SimpleNamespace
-
     from valbench import runner
     from valbench.worker import CellOutcome, failure_record
 
     started: list[int] = []
+    stand_in = _stand_in_workers(monkeypatch)
 
-    class Answers(runner._Worker):
+    class Answers(stand_in):  # type: ignore[misc,valid-type]
         def __init__(self, ctx: object, spec_data: dict) -> None:
             started.append(1)
-            self.spec = RunSpec.from_dict(spec_data)
-            self.conn, self._far = multiprocessing.Pipe()
-            self._sentinel, self._never = multiprocessing.Pipe(duplex=False)
-            alive = [True]
-            self.process = SimpleNamespace(
-                is_alive=lambda: alive[0],
-                kill=lambda: alive.__setitem__(0, False),
-                join=lambda timeout=None: None,
-                sentinel=self._sentinel,
-            )
-            self.cell, self.started, self.outcome = None, 0.0, None
+            super().__init__(ctx, spec_data)
 
         def submit(self, cell) -> bool:
             record = failure_record(cell, self.spec, "failed", "X", "answered")
             self._far.send(("result", CellOutcome(record)))
             return super().submit(cell)
 
-    context = SimpleNamespace(set_forkserver_preload=lambda modules: None)
-    monkeypatch.setattr(runner, "mp", SimpleNamespace(get_context=lambda kind: context))
-    monkeypatch.setattr(runner, "start_fork_server", lambda: None)
     monkeypatch.setattr(runner, "_Worker", Answers)
     for cap, workers in ((None, 1), (500.0, 2)):
         started.clear()

@@ -183,7 +183,9 @@ def test_the_report_shows_and_checks_the_reading(tmp_path: Path) -> None:
     assert _check_module().check_report(out) == []
 
 
-def test_the_random_and_full_data_references_are_one_per_split(fresh_cache: None) -> None:
+def test_the_random_and_full_data_references_are_one_per_split(
+    fresh_cache: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Every method of a split reads the same random-subset and full-data references, trained
     once per process in a batch of their own; removal at 0 % is the full-data model."""
     spec = _spec(datasets=("digits",), params={}, scratch_model=None)
@@ -197,7 +199,7 @@ def test_the_random_and_full_data_references_are_one_per_split(fresh_cache: None
     assert first.stats["evaluation_fits"] - second.stats["evaluation_fits"] == references
     # The reference equals a fresh computation (no cache): it depends on the split alone.
     task = worker.build_task(Cell("digits", 0.1, 0, "loo"), spec)
-    worker._REFERENCE_CACHE.clear()
+    monkeypatch.setattr(worker, "_REFERENCE_CACHE", type(worker._REFERENCE_CACHE)())
     again = worker.subset_reference(task, Cell("digits", 0.1, 0, "loo"), spec)
     assert again.fits == references
     assert {f"{f:g}": v for f, v in again.random_subset_value.items()} == dict(
