@@ -430,3 +430,27 @@ def test_the_rank_heatmap_writes_each_methods_rank(monkeypatch: pytest.MonkeyPat
     assert rank_heatmap_figure([group], [("gain", "gain")]) is not None
     # rows a, b, c (sorted names), one column: ranks 1, 3, 2
     assert written == [(0, 0, "1"), (0, 1, "3"), (0, 2, "2")]
+
+
+def test_the_removal_figure_draws_the_full_data_accuracy_as_its_reference(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from matplotlib.axes import Axes
+    from test_report_fakes import fake_run
+
+    from valbench.figures import method_styles, removal_figure
+
+    lines: list[tuple[float, object]] = []
+    axhline = Axes.axhline
+
+    def recording(self: Axes, y: float = 0, *args: object, **kwargs: object) -> object:
+        lines.append((y, kwargs.get("label")))
+        return axhline(self, y, *args, **kwargs)
+
+    monkeypatch.setattr(Axes, "axhline", recording)
+    methods = ["random", "loo"]
+    run = fake_run(tmp_path / "r", methods=methods, datasets=("d",), seeds=2, two_d=())
+    (group,) = summarise(read_records(run))
+    assert group.full_data.present
+    assert removal_figure(group, method_styles(methods)) is not None
+    assert lines == [(pytest.approx(group.full_data.mean), "full data")]
