@@ -454,3 +454,32 @@ def test_the_removal_figure_draws_the_full_data_accuracy_as_its_reference(
     assert group.full_data.present
     assert removal_figure(group, method_styles(methods)) is not None
     assert lines == [(pytest.approx(group.full_data.mean), "full data")]
+
+
+def test_the_random_subset_line_leaves_out_fractions_without_a_value(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from matplotlib.axes import Axes
+    from test_report_stats import _line
+
+    from valbench.figures import method_styles, subset_figure
+
+    drawn: list[tuple[list[float], list[float]]] = []
+    plot = Axes.plot
+
+    def recording(self: Axes, *args: object, **kwargs: object) -> object:
+        if kwargs.get("label") == "random subset":
+            drawn.append((list(args[0]), list(args[1])))  # type: ignore[call-overload]
+        return plot(self, *args, **kwargs)
+
+    monkeypatch.setattr(Axes, "plot", recording)
+    records = []
+    for s, v in enumerate((0.6, 0.7)):
+        line = _line("m", s, v).to_json()
+        line["metrics"]["subset_value"] = {"0.1": v, "0.5": v}
+        line["metrics"]["random_subset_value"] = {"0.1": None, "0.5": 0.5 + s / 10}
+        records.append(type(_line("m", 0, 0.5)).from_json(line))
+    (group,) = summarise(records)
+    assert not group.random_subset["0.1"].present
+    subset_figure(group, method_styles(["m"]))
+    assert drawn == [([0.5], [pytest.approx(0.55)])]
