@@ -249,29 +249,51 @@ def test_the_cd_diagram_writes_each_average_rank_and_the_cd_to_two_decimals() ->
     assert "CD = 1.48" in svg
 
 
+def _axes_calls(monkeypatch: pytest.MonkeyPatch, name: str) -> list[tuple[tuple, dict]]:
+    """Every call of ``matplotlib.axes.Axes.<name>`` from now on, as (args without the axes,
+    kwargs); each still draws."""
+    from matplotlib.axes import Axes
+
+    calls: list[tuple[tuple, dict]] = []
+    draw = getattr(Axes, name)
+
+    def recording(self: Axes, *args: object, **kwargs: object) -> object:
+        calls.append((args, kwargs))
+        return draw(self, *args, **kwargs)
+
+    monkeypatch.setattr(Axes, name, recording)
+    return calls
+
+
+def _subset_records(values: list[float], randoms: list[dict[str, float | None]]) -> list:
+    """Method m's cells, one per seed: subset value ``values[seed]`` at fractions 0.1 and 0.5,
+    random subsets worth ``randoms[seed]`` by fraction."""
+    from test_report_stats import _line
+
+    records = []
+    for s, (v, random) in enumerate(zip(values, randoms, strict=True)):
+        line = _line("m", s, v).to_json()
+        line["metrics"]["subset_value"] = {"0.1": v, "0.5": v}
+        line["metrics"]["random_subset_value"] = random
+        records.append(type(_line("m", 0, 0.5)).from_json(line))
+    return records
+
+
 def test_the_ideal_mislabel_curve_finds_every_flip_by_the_noise_rate(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Inspecting the flipped share ρ of the rows in the ideal order finds all of them: the
     # dotted reference turns at (ρ, 1), not at (1 − ρ, 1).
-    from matplotlib.axes import Axes
     from test_report_fakes import fake_run
 
     from valbench.figures import method_styles, mislabel_figure
 
-    drawn: list[tuple[list[float], list[float]]] = []
-    plot = Axes.plot
-
-    def recording(self: Axes, *args: object, **kwargs: object) -> object:
-        if kwargs.get("label") == "ideal":
-            drawn.append((list(args[0]), list(args[1])))  # type: ignore[call-overload]
-        return plot(self, *args, **kwargs)
-
-    monkeypatch.setattr(Axes, "plot", recording)
+    calls = _axes_calls(monkeypatch, "plot")
     methods = ["random", "loo"]
     run = fake_run(tmp_path / "r", methods=methods, datasets=("d",), seeds=2, noise=0.2, two_d=())
     (group,) = summarise(read_records(run))
     assert mislabel_figure(group, method_styles(methods)) is not None
+    drawn = [(list(a[0]), list(a[1])) for a, kw in calls if kw.get("label") == "ideal"]
     assert drawn == [([0, 0.2, 1], [0, 1, 1])]
 
 
@@ -295,55 +317,32 @@ def test_pareto_points_plot_the_mean_gain_over_random() -> None:
 
 
 def test_the_subset_band_is_clipped_to_accuracies(monkeypatch: pytest.MonkeyPatch) -> None:
-    from matplotlib.axes import Axes
-    from test_report_stats import _line
-
     from valbench.figures import method_styles, subset_figure
 
-    bands: list[tuple[list[float], list[float]]] = []
-    fill = Axes.fill_between
-
-    def recording(self: Axes, x: object, lo: object, hi: object, **kw: object) -> object:
-        bands.append((list(np.asarray(lo)), list(np.asarray(hi))))
-        return fill(self, x, lo, hi, **kw)
-
-    monkeypatch.setattr(Axes, "fill_between", recording)
+    calls = _axes_calls(monkeypatch, "fill_between")
     # Two seeds 0.05 and 0.95 at both fractions: mean 0.5, half-width 12.7 * 0.636 = 8.1.
-    records = []
-    for s, v in enumerate((0.05, 0.95)):
-        line = _line("m", s, v).to_json()
-        line["metrics"]["subset_value"] = {"0.1": v, "0.5": v}
-        line["metrics"]["random_subset_value"] = {"0.1": 0.5, "0.5": 0.5}
-        records.append(type(_line("m", 0, 0.5)).from_json(line))
-    (group,) = summarise(records)
+    (group,) = summarise(_subset_records([0.05, 0.95], [{"0.1": 0.5, "0.5": 0.5}] * 2))
     subset_figure(group, method_styles(["m"]))
+    bands = [(list(np.asarray(a[1])), list(np.asarray(a[2]))) for a, _ in calls]
     assert bands == [([0.0, 0.0], [1.0, 1.0])]
 
 
 def test_the_runtime_error_bars_are_the_geometric_interval(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from matplotlib.axes import Axes
     from test_report_stats import _line
 
     from valbench.figures import method_styles, runtime_figure
 
-    drawn: list[tuple[list[float], list[float], list[float]]] = []
-    errorbar = Axes.errorbar
-
-    def recording(self: Axes, x: object, y: object, xerr: object = None, **kw: object) -> object:
-        lower, upper = xerr  # type: ignore[misc]
-        drawn.append((list(np.asarray(x)), list(np.asarray(lower)), list(np.asarray(upper))))
-        return errorbar(self, x, y, xerr=xerr, **kw)
-
-    monkeypatch.setattr(Axes, "errorbar", recording)
+    calls = _axes_calls(monkeypatch, "errorbar")
     seconds = [1.0, 2.0, 4.0]
     (group,) = summarise([_line("m", s, 0.6, cpu_s=c) for s, c in enumerate(seconds)])
     assert runtime_figure(group, method_styles(["m"])) is not None
     # logs 0, ln 2, 2 ln 2: mean ln 2, sd ln 2; the interval exp(ln 2 ± t * ln 2 / sqrt 3)
     half = stats.t.ppf(0.975, 2) * math.log(2.0) / math.sqrt(3)
     low, high = 2.0 * math.exp(-half), 2.0 * math.exp(half)
-    ((x, lower, upper),) = drawn
+    ((args, kwargs),) = calls
+    x, (lower, upper) = list(np.asarray(args[0])), kwargs["xerr"]
     assert x == pytest.approx([2.0])
     assert lower == pytest.approx([2.0 - low]) and upper == pytest.approx([high - 2.0])
 
@@ -351,24 +350,16 @@ def test_the_runtime_error_bars_are_the_geometric_interval(
 def test_the_mislabel_figure_draws_each_methods_mean_recall_curve(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from matplotlib.axes import Axes
     from test_report_fakes import fake_run
 
     from valbench.figures import method_styles, mislabel_figure
 
-    drawn: dict[str, tuple[list[float], list[float]]] = {}
-    plot = Axes.plot
-
-    def recording(self: Axes, *args: object, **kwargs: object) -> object:
-        if kwargs.get("label") in ("random", "loo"):
-            drawn[str(kwargs["label"])] = (list(args[0]), list(args[1]))  # type: ignore[call-overload]
-        return plot(self, *args, **kwargs)
-
-    monkeypatch.setattr(Axes, "plot", recording)
+    calls = _axes_calls(monkeypatch, "plot")
     methods = ["random", "loo"]
     run = fake_run(tmp_path / "r", methods=methods, datasets=("d",), seeds=2, two_d=())
     (group,) = summarise(read_records(run))
     assert mislabel_figure(group, method_styles(methods)) is not None
+    drawn = {kw["label"]: (list(a[0]), list(a[1])) for a, kw in calls if kw.get("label") in methods}
     for m in methods:
         curves = [r.metrics.mislabel.curve for r in group.records[m]]
         xs = [x for x, _ in curves[0]]
@@ -384,42 +375,25 @@ def test_a_mean_curve_keeps_points_that_differ_past_the_second_decimal() -> None
 
 
 def test_the_sampling_error_band_follows_each_value(monkeypatch: pytest.MonkeyPatch) -> None:
-    from matplotlib.axes import Axes
-
     from valbench.figures import SampledValues, method_styles, sampling_error_figure
 
-    bands: list[tuple[list[float], list[float], list[float]]] = []
-    fill = Axes.fill_between
-
-    def recording(self: Axes, x: object, lo: object, hi: object, **kw: object) -> object:
-        bands.append((list(np.asarray(x)), list(np.asarray(lo)), list(np.asarray(hi))))
-        return fill(self, x, lo, hi, **kw)
-
-    monkeypatch.setattr(Axes, "fill_between", recording)
+    calls = _axes_calls(monkeypatch, "fill_between")
     panel = SampledValues("m", np.array([3.0, 1.0, 2.0]), np.array([0.3, 0.1, 0.2]), None, True)
     sampling_error_figure("t", [panel], method_styles(["m"]))
     z = 1.959963984540054
     # ascending values 1, 2, 3 with their own errors 0.1, 0.2, 0.3
-    ((x, lo, hi),) = bands
+    ((x, lo, hi),) = [[list(np.asarray(part)) for part in a[:3]] for a, _ in calls]
     assert x == [1, 2, 3]
     assert lo == pytest.approx([1 - 0.1 * z, 2 - 0.2 * z, 3 - 0.3 * z])
     assert hi == pytest.approx([1 + 0.1 * z, 2 + 0.2 * z, 3 + 0.3 * z])
 
 
 def test_the_rank_heatmap_writes_each_methods_rank(monkeypatch: pytest.MonkeyPatch) -> None:
-    from matplotlib.axes import Axes
     from test_report_stats import _line
 
     from valbench.figures import rank_heatmap_figure
 
-    written: list[tuple[float, float, str]] = []
-    text = Axes.text
-
-    def recording(self: Axes, x: float, y: float, s: str, *args: object, **kw: object) -> object:
-        written.append((x, y, s))
-        return text(self, x, y, s, *args, **kw)
-
-    monkeypatch.setattr(Axes, "text", recording)
+    calls = _axes_calls(monkeypatch, "text")
     # gains over random 0.5: a +30, b +10, c +20 points (a little spread over three seeds)
     records = [
         _line(m, s, v + 0.001 * s)
@@ -429,57 +403,36 @@ def test_the_rank_heatmap_writes_each_methods_rank(monkeypatch: pytest.MonkeyPat
     (group,) = summarise(records)
     assert rank_heatmap_figure([group], [("gain", "gain")]) is not None
     # rows a, b, c (sorted names), one column: ranks 1, 3, 2
+    written = [tuple(a[:3]) for a, _ in calls]
     assert written == [(0, 0, "1"), (0, 1, "3"), (0, 2, "2")]
 
 
 def test_the_removal_figure_draws_the_full_data_accuracy_as_its_reference(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from matplotlib.axes import Axes
     from test_report_fakes import fake_run
 
     from valbench.figures import method_styles, removal_figure
 
-    lines: list[tuple[float, object]] = []
-    axhline = Axes.axhline
-
-    def recording(self: Axes, y: float = 0, *args: object, **kwargs: object) -> object:
-        lines.append((y, kwargs.get("label")))
-        return axhline(self, y, *args, **kwargs)
-
-    monkeypatch.setattr(Axes, "axhline", recording)
+    calls = _axes_calls(monkeypatch, "axhline")
     methods = ["random", "loo"]
     run = fake_run(tmp_path / "r", methods=methods, datasets=("d",), seeds=2, two_d=())
     (group,) = summarise(read_records(run))
     assert group.full_data.present
     assert removal_figure(group, method_styles(methods)) is not None
+    lines = [(a[0], kw.get("label")) for a, kw in calls]
     assert lines == [(pytest.approx(group.full_data.mean), "full data")]
 
 
 def test_the_random_subset_line_leaves_out_fractions_without_a_value(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from matplotlib.axes import Axes
-    from test_report_stats import _line
-
     from valbench.figures import method_styles, subset_figure
 
-    drawn: list[tuple[list[float], list[float]]] = []
-    plot = Axes.plot
-
-    def recording(self: Axes, *args: object, **kwargs: object) -> object:
-        if kwargs.get("label") == "random subset":
-            drawn.append((list(args[0]), list(args[1])))  # type: ignore[call-overload]
-        return plot(self, *args, **kwargs)
-
-    monkeypatch.setattr(Axes, "plot", recording)
-    records = []
-    for s, v in enumerate((0.6, 0.7)):
-        line = _line("m", s, v).to_json()
-        line["metrics"]["subset_value"] = {"0.1": v, "0.5": v}
-        line["metrics"]["random_subset_value"] = {"0.1": None, "0.5": 0.5 + s / 10}
-        records.append(type(_line("m", 0, 0.5)).from_json(line))
-    (group,) = summarise(records)
+    calls = _axes_calls(monkeypatch, "plot")
+    randoms = [{"0.1": None, "0.5": 0.5}, {"0.1": None, "0.5": 0.6}]
+    (group,) = summarise(_subset_records([0.6, 0.7], randoms))
     assert not group.random_subset["0.1"].present
     subset_figure(group, method_styles(["m"]))
+    drawn = [(list(a[0]), list(a[1])) for a, kw in calls if kw.get("label") == "random subset"]
     assert drawn == [([0.5], [pytest.approx(0.55)])]
