@@ -226,3 +226,106 @@ def test_idx_files_of_fixture_are_real_idx() -> None:
     assert arrays["train-images-idx3-ubyte"].shape == (N_TRAIN, 28, 28)
     raw = gzip.decompress(idx_gz_files()["train-labels-idx1-ubyte.gz"])
     assert raw[:4] == b"\x00\x00\x08\x01" and int.from_bytes(raw[4:8], "big") == N_TRAIN
+
+
+# The downloader's parts on their own: each guard below is one the loaders' end-to-end paths
+# above can hide behind a later check (a checksum, a content check, a link filter).
+
+
+def test_a_transfer_cut_short_is_refused_even_without_checksum_or_check(tmp_path: Path) -> None:
+    body = bytes(range(256)) * 8
+    with serve({"/f/blob.bin": ("truncate", body)}) as srv:
+        with pytest.raises(_download.DownloadError) as err:
+            _download.fetch([f"{srv.url}/f/blob.bin"], tmp_path / "blob.bin")
+    msg = str(err.value)
+    assert msg.startswith("no mirror delivered blob.bin (")
+    assert f"truncated: {len(body) // 2} of {len(body)} bytes received" in msg
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_multi_line_reason_is_folded_into_the_one_line_error(tmp_path: Path) -> None:
+    def check(path: Path) -> None:
+        raise ValueError("bad header\n  expected magic 2051")
+
+    with serve({"/f/blob.bin": b"abc"}) as srv:
+        with pytest.raises(_download.DownloadError) as err:
+            _download.fetch([f"{srv.url}/f/blob.bin"], tmp_path / "blob.bin", check=check)
+    assert str(err.value).endswith("/f/blob.bin: bad header expected magic 2051)")
+
+
+def test_the_default_timeout_applies_to_a_silent_mirror(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    monkeypatch.setattr(_download, "TIMEOUT_S", 0.2)
+    with socket.socket() as listener:  # accepts connections (backlog) but never answers
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/blob.bin"
+        with pytest.raises(_download.DownloadError, match="timed out"):
+            _download.fetch([url], tmp_path / "blob.bin")
+    assert list(tmp_path.iterdir()) == []
+
+
+def _archive(tmp_path: Path, data: bytes) -> Path:
+    path = tmp_path / "a.tar.gz"
+    path.write_bytes(data)
+    return path
+
+
+def test_extract_members_accepts_dot_slash_names_and_takes_only_the_wanted(
+    tmp_path: Path,
+) -> None:
+    archive = _archive(tmp_path, tarball({"./d/x": b"1", "./d/y": b"2", "./d/z": b"3"}))
+    out = _download.extract_members(archive, "d", {"x", "y"}, tmp_path / "into")
+    assert out == tmp_path / "into" / "d"
+    assert sorted(p.name for p in out.iterdir()) == ["x", "y"]
+    assert (out / "x").read_bytes() == b"1"
+
+
+def test_extract_members_refuses_an_archive_lacking_a_member_and_writes_nothing(
+    tmp_path: Path,
+) -> None:
+    archive = _archive(tmp_path, tarball({"d/x": b"1", "d/w": b"2"}))
+    with pytest.raises(ValueError, match=r"^archive lacks d/y, d/z$"):
+        _download.extract_members(archive, "d", {"x", "y", "z"}, tmp_path / "into")
+    assert not (tmp_path / "into").exists()
+
+
+def test_extract_members_never_takes_a_link_even_one_pointing_inside(tmp_path: Path) -> None:
+    # A relative link within the folder passes tarfile's "data" filter; only the
+    # regular-file rule keeps it out.
+    archive = _archive(tmp_path, tarball({"d/x": b"1"}, links={"d/y": "x"}))
+    with pytest.raises(ValueError, match=r"^archive lacks d/y$"):
+        _download.extract_members(archive, "d", {"x", "y"}, tmp_path / "into")
+    assert not (tmp_path / "into" / "d" / "y").is_symlink()
+
+
+def test_extract_members_drops_setuid_and_world_write_bits(tmp_path: Path) -> None:
+    import io
+    import stat
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        info = tarfile.TarInfo("d/x")
+        info.size, info.mode = 1, 0o4777
+        tar.addfile(info, io.BytesIO(b"1"))
+    out = _download.extract_members(_archive(tmp_path, buf.getvalue()), "d", {"x"}, tmp_path)
+    mode = stat.S_IMODE((out / "x").stat().st_mode)
+    assert not mode & (stat.S_ISUID | stat.S_IWOTH | stat.S_IWGRP)
+
+
+def test_replace_tree_into_an_existing_target_keeps_its_other_files_and_drops_staging(
+    tmp_path: Path,
+) -> None:
+    staged, target = tmp_path / ".staged", tmp_path / "target"
+    staged.mkdir()
+    target.mkdir()
+    (staged / "a").write_bytes(b"new")
+    (target / "a").write_bytes(b"old")
+    (target / "b").write_bytes(b"kept")
+    _download.replace_tree(staged, target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["target"]
+    assert (target / "a").read_bytes() == b"new" and (target / "b").read_bytes() == b"kept"
