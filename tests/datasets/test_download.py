@@ -329,3 +329,19 @@ def test_replace_tree_into_an_existing_target_keeps_its_other_files_and_drops_st
     _download.replace_tree(staged, target)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["target"]
     assert (target / "a").read_bytes() == b"new" and (target / "b").read_bytes() == b"kept"
+
+
+def test_an_interrupted_idx_download_fetches_only_the_missing_files(
+    data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = idx_gz_files()
+    stems = [name.removesuffix(".gz") for name in GZ_NAMES]
+    target = data / "mnist"
+    target.mkdir(parents=True)
+    # One file kept as downloaded (gzipped), one unpacked by hand: both count as present.
+    (target / GZ_NAMES[0]).write_bytes(files[GZ_NAMES[0]])
+    (target / stems[1]).write_bytes(gzip.decompress(files[GZ_NAMES[1]]))
+    with serve({f"/m/{k}": v for k, v in files.items()}) as srv:
+        monkeypatch.setitem(_download.MIRRORS, "mnist", [f"{srv.url}/m/"])
+        MNISTDataset(n_val=20).load(seed=0)
+    assert srv.hits == [f"/m/{GZ_NAMES[2]}", f"/m/{GZ_NAMES[3]}"]

@@ -419,3 +419,63 @@ def test_a_partial_cifar10_folder_is_not_read_but_downloaded(isolated: Path) -> 
     assert not CIFAR10Dataset.available()
     with pytest.raises(DatasetError, match="download failed: no download mirror"):
         CIFAR10Dataset(n_val=20).load(seed=0)
+
+
+def test_the_torchvision_layout_inside_the_data_dir_is_found(isolated: Path) -> None:
+    make_idx_dir(isolated / "FashionMNIST" / "raw", gz=False)
+    assert FashionMNISTDataset.available()
+    assert FashionMNISTDataset(n_val=20).locate() == isolated / "FashionMNIST" / "raw"
+
+
+def test_a_root_with_a_tilde_is_the_users_home(
+    tmp_path: Path, isolated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    make_idx_dir(tmp_path / "home" / "tv" / "MNIST" / "raw", gz=True)
+    write_cifar(tmp_path / "home" / "tv" / "cifar-10-batches-py")
+    assert MNISTDataset(root="~/tv").locate() == tmp_path / "home/tv/MNIST/raw"
+    assert CIFAR10Dataset(root="~/tv").locate() == tmp_path / "home/tv/cifar-10-batches-py"
+
+
+def test_the_offline_error_names_the_system_directory_when_there_is_one(
+    tmp_path: Path, isolated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    debian = tmp_path / "usr/share/datasets/fashion-mnist"
+    monkeypatch.setattr(vision, "SYSTEM_DIRS", {"fashion-mnist": [debian]})
+    with pytest.raises(DatasetError) as err:
+        FashionMNISTDataset().load(seed=0)
+    assert f"(or install the system package that fills {debian})" in str(err.value)
+
+
+def test_a_data_dir_that_cannot_be_created_is_one_line_naming_the_os_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("VALBENCH_DATA", str(blocker / "data"))
+    monkeypatch.setattr(vision, "SYSTEM_DIRS", {"fashion-mnist": []})
+    monkeypatch.setattr(_download, "MIRRORS", {"fashion-mnist": ["http://127.0.0.1:9/"]})
+    with pytest.raises(DatasetError) as err:
+        FashionMNISTDataset().load(seed=0)
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert msg.startswith("fashion-mnist not found (download failed: NotADirectoryError: ")
+
+
+def test_check_files_reads_the_images_but_keeps_none_in_memory(isolated: Path) -> None:
+    make_idx_dir(isolated / "mnist")
+    write_cifar(isolated / "cifar-10-batches-py")
+    for ds in (MNISTDataset(n_val=10), CIFAR10Dataset(n_val=10)):
+        ds.check_files()
+    assert vision._read_idx_cached.cache_info().currsize == 0
+    assert vision._read_cifar_cached.cache_info().currsize == 0
+    MNISTDataset(n_val=10).load(seed=0)  # a cell's read is cached, as before
+    assert vision._read_idx_cached.cache_info().currsize == 1
+
+
+@pytest.mark.parametrize("cls", [FashionMNISTDataset, MNISTDataset, CIFAR10Dataset])
+def test_the_standard_image_sets_carve_2000_validation_rows_by_default(cls: type) -> None:
+    y_pool = np.repeat(np.arange(10), 500)
+    train, val, test = cls().split_indices(y_pool, np.zeros(300), seed=0, max_train=None)
+    assert (len(train), len(val), len(test)) == (3000, 2000, 300)
+    assert np.bincount(y_pool[val]).tolist() == [200] * 10
