@@ -654,7 +654,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from valbench.store import describe_holder, lock_holder, read_manifest, read_results
 
     read_manifest(args.run_dir)  # a clear error when it is not a run directory
-    records = read_results(args.run_dir)
+    records = read_results(args.run_dir, warn=False)  # render_report reads it again, warning
     if not records:
         # An empty page would replace whatever the run rendered before.
         raise UsageError(

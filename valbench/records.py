@@ -85,7 +85,14 @@ def _is_int(value: Any) -> bool:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    """A JSON number a float can hold (an integer of 400 digits parses, then overflows)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    try:
+        float(value)
+    except OverflowError:
+        return False
+    return True
 
 
 class _Reader:
@@ -216,11 +223,11 @@ class CellCost:
     @classmethod
     def from_json(cls, data: Any, where: str = "cost") -> CellCost:
         values = _scalar_fields(cls, _Reader(data or {}, where))
-        # A cost below 0 was never measured (an edited line): the leaderboard would rank it
-        # the cheapest.
+        # A cost below 0 (or NaN) was never measured (an edited line): the leaderboard would
+        # rank it the cheapest, or not at all.
         for name, value in values.items():
-            if value is not None and value < 0:
-                raise RecordError(f"{where}.{name} is {value}; a cost is at least 0")
+            if value is not None and not value >= 0:
+                raise RecordError(f"{where}.{name} is {value}; a cost is a number at least 0")
         return cls(**values)
 
     def to_json(self) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -285,6 +286,23 @@ def test_report_keeps_the_page_of_a_run_without_finished_cells(
     err = capsys.readouterr().err
     assert "holds no finished cell" in err and err.count("\n") == 1, err
     assert (run / "index.html").read_bytes() == page
+
+
+def test_report_warns_once_for_each_damaged_results_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The command reads results.jsonl to refuse an empty run, then renders it: each damaged
+    line was warned about twice."""
+    from test_report_fakes import fake_run
+
+    run = fake_run(tmp_path / "run", methods=("random",), datasets=("digits",), seeds=1)
+    with (run / "results.jsonl").open("a") as fh:
+        fh.write('not json\n{"torn')
+    with caplog.at_level(logging.WARNING, logger="valbench.store"):
+        assert main(["report", str(run)]) == 0
+    warned = [r.getMessage() for r in caplog.records if r.name == "valbench.store"]
+    assert len(warned) == 2, warned
+    assert "line skipped: not JSON" in warned[0] and "torn last line dropped" in warned[1]
 
 
 def test_run_config_file_and_params(

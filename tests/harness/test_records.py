@@ -106,8 +106,15 @@ def test_a_failed_record_round_trips() -> None:
         (("complete",), "yes", 'complete = "yes", not true or false'),
         (("cost", "cpu_s"), "1", 'cost.cpu_s = "1", not a number'),
         (("cost", "model_fits"), True, "cost.model_fits = true, not a whole number"),
-        (("cost", "cpu_s"), -0.75, "cost.cpu_s is -0.75; a cost is at least 0"),
-        (("cost", "peak_mem_mb"), -1, "cost.peak_mem_mb is -1.0; a cost is at least 0"),
+        (("cost", "cpu_s"), -0.75, "cost.cpu_s is -0.75; a cost is a number at least 0"),
+        (("cost", "peak_mem_mb"), -1, "cost.peak_mem_mb is -1.0; a cost is a number at least 0"),
+        (("cost", "cpu_s"), float("nan"), "cost.cpu_s is nan; a cost is a number at least 0"),
+        # An integer a float cannot hold: JSON parses it, float() would overflow.
+        (("cost", "wall_s"), 10**400, "cost.wall_s = 1000000000"),
+        (("metrics", "subset_value", "0.1"), 10**400, "metrics.subset_value.0.1 = 1000000"),
+        (("metrics", "removal", "values"), [0.5, 10**400], "metrics.removal.values = [0.5, 1"),
+        (("metrics", "mislabel", "curve"), [[0.1, 10**400]], "not a pair of numbers"),
+        (("metrics", "lds"), 10**400, "metrics.lds = 100000"),
         (("metrics", "subset_value", "0.1"), "x", 'metrics.subset_value.0.1 = "x", not a number'),
         (("metrics", "mislabel", "auc"), [1], "metrics.mislabel.auc = [1], not a number"),
         (("metrics", "lds"), "0.3", 'metrics.lds = "0.3", not a number'),
@@ -291,3 +298,162 @@ def test_a_manifest_keeps_its_working_directory_and_counts_no_resume_it_did_not_
     assert Manifest.from_json(data) == manifest
     del data["resumed"]
     assert Manifest.from_json(data).resumed == 0
+
+
+def test_json_type_names_and_short_values_for_error_lines() -> None:
+    from valbench.records import json_type_name, short_json
+
+    values = ({}, [], "", True, None, 1.5, 2)
+    names = [json_type_name(v) for v in values]
+    assert names == ["object", "list", "string", "boolean", "null", "number", "number"]
+    with pytest.raises(RecordError, match="^a JSON boolean, not an object$"):
+        CellRecord.from_json(True)
+    assert short_json("x" * 58) == '"' + "x" * 58 + '"'  # 60 characters: kept whole
+    assert short_json("x" * 59) == '"' + "x" * 58 + "…"  # 61: cut to 59 and an ellipsis
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        (("cost", "cpu_s"), True, "cost.cpu_s = true, not a number"),
+        (("noise",), False, "noise = false, not a number"),
+        (("metrics", "subset_value", "0.1"), True, "metrics.subset_value.0.1 = true, not a number"),
+        (("metrics", "removal", "values"), [0.9, "x"], "metrics.removal.values = "),
+        (("metrics", "removal", "fractions"), [True, 0.1], "metrics.removal.fractions = "),
+        (("metrics", "subset_weighted", "0.1"), "yes", 'subset_weighted.0.1 = "yes", not true'),
+        (("metrics", "subset_weighted", "0.5"), 1, "subset_weighted.0.5 = 1, not true or false"),
+    ],
+)
+def test_a_boolean_is_no_number_and_a_list_is_checked_item_by_item(
+    path: tuple[str, ...], value: object, message: str
+) -> None:
+    # true read as 1.0 would be a cost or an accuracy nobody measured; "x" in a curve would
+    # stop the reader with a traceback instead of one line
+    line = _ok_line()
+    node = line
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    with pytest.raises(RecordError, match=message.replace(".", r"\.")):
+        CellRecord.from_json(line)
+
+
+@pytest.mark.parametrize("key", ["method", "dataset"])
+def test_a_line_without_its_method_or_dataset_is_refused(key: str) -> None:
+    line = _ok_line()
+    del line[key]
+    with pytest.raises(RecordError, match=f"^{key} is missing$"):
+        CellRecord.from_json(line)
+
+
+def test_whole_numbers_read_as_floats_where_the_record_holds_floats() -> None:
+    line = _ok_line()
+    line["metrics"]["subset_value"] = {"0.1": 1, "0.5": None}
+    line["metrics"]["removal"] = {"fractions": [0, 1], "values": [1, 0], "auc": 0}
+    line["cost"] = {"cpu_s": 2}
+    rec = CellRecord.from_json(line)
+    read = [rec.metrics.subset_value["0.1"], rec.cost.cpu_s, rec.metrics.removal.auc]  # type: ignore[union-attr]
+    read += [*rec.metrics.removal.fractions, *rec.metrics.removal.values]  # type: ignore[union-attr]
+    assert read == [1.0, 2.0, 0.0, 0.0, 1.0, 1.0, 0.0]
+    assert all(type(v) is float for v in read)
+
+
+def test_a_measured_zero_cost_survives_a_round_trip() -> None:
+    """A method that fitted no model, and a cell that allocated no GPU memory, measured 0:
+    written and read back as 0, not as "not measured"."""
+    cost = CellCost(cpu_s=0.0, wall_s=0.0, peak_mem_mb=0.0, gpu_peak_mb=0.0, model_fits=0)
+    assert cost.to_json() == {
+        "cpu_s": 0.0,
+        "wall_s": 0.0,
+        "peak_mem_mb": 0.0,
+        "gpu_peak_mb": 0.0,
+        "model_fits": 0,
+    }
+    assert CellCost.from_json(json.loads(json.dumps(cost.to_json()))) == cost
+    assert CellCost().to_json() == {}
+
+
+def test_a_non_finite_metric_reads_as_none_without_the_store() -> None:
+    from dataclasses import replace
+
+    rec = CellRecord.from_json(_ok_line())
+    for bad in (math.nan, math.inf, -math.inf):
+        metrics = replace(rec.metrics, full_data_value=bad, subset_value={"0.1": bad, "0.5": 0.7})
+        odd = replace(rec, metrics=metrics)
+        assert odd.metric(lambda m: m.full_data_value) is None
+        assert odd.metrics.fraction_values("subset_value") == {"0.5": 0.7}
+    assert rec.metric(lambda m: m.full_data_value) == 0.95
+
+
+@pytest.mark.parametrize(("low", "high"), [(-0.5, 0.5), (0.5, 1.5), (-0.1, 1.1)])
+def test_an_auc_range_outside_zero_to_one_is_refused(low: float, high: float) -> None:
+    line = _ok_line()
+    line["metrics"]["mislabel"].update(auc_low=low, auc_high=high)
+    with pytest.raises(RecordError, match=f"auc_low {low} and auc_high {high} are not a range"):
+        CellRecord.from_json(line)
+    line["metrics"]["mislabel"].update(auc_low=0.0, auc_high=1.0)  # the ends themselves: fine
+    assert CellRecord.from_json(line).metrics.mislabel.auc_low == 0.0  # type: ignore[union-attr]
+
+
+def test_an_lds_without_its_subset_count_round_trips() -> None:
+    line = _ok_line()
+    del line["metrics"]["lds_subsets"], line["metrics"]["lds_loss"]
+    rec = CellRecord.from_json(line)
+    assert (rec.metrics.lds, rec.metrics.lds_loss, rec.metrics.lds_subsets) == (0.3, None, None)
+    assert rec.to_json() == line  # the correlation is not dropped for want of its count
+
+
+def test_a_scores_path_holding_a_nul_byte_is_refused() -> None:
+    with pytest.raises(RecordError, match="not a path inside the run directory"):
+        CellRecord.from_json({**_ok_line(), "scores_file": "scores/a\x00.npz"})
+
+
+def test_schema_1_migration_drops_a_removal_entry_that_is_no_pair() -> None:
+    line = _ok_line()
+    del line["complete"], line["family"]
+    line["schema"] = 1
+    high_first = [[0.0, 0.95], [0.05], [0.1, 0.9], [0.2, 0.8, 0.1], "x"]
+    line["metrics"]["removal"] = {"high_first": high_first, "auc": 0.09}
+    rec = CellRecord.from_json(line)
+    assert rec.metrics.removal == Curve((0.0, 0.1), (0.95, 0.9), 0.09)
+
+
+def test_schema_1_migration_keeps_a_top_level_flag_and_reads_only_a_real_bool() -> None:
+    line = _ok_line()
+    del line["schema"]  # no schema: a schema 1 line
+    line["stats"] = {}
+    assert CellRecord.from_json(line).partial  # its own flag, not "no flag in stats"
+    del line["complete"]
+    for flag, partial in ((0, False), ("false", False), (None, False), (False, True)):
+        line["stats"] = {"complete": flag}
+        assert CellRecord.from_json(line).partial is partial, flag
+
+
+def test_a_manifest_round_trips_every_field() -> None:
+    manifest = Manifest(
+        spec={"methods": ["loo"], "datasets": ["digits"]},
+        name="r",
+        status="aborted",
+        config_hash="abc123",
+        command="valbench run --preset quick",
+        cwd="/home/u",
+        git_revision="f0f1b1d",
+        started_at="2026-12-02T01:00:00+00:00",
+        ended_at="2026-12-02T02:00:00+00:00",
+        cells_total=4,
+        resumed=2,
+        wall_s=12.5,
+        versions={"valbench": "0.2"},
+        machine={"cpus": 2},
+        error="interrupted (Ctrl-C)",
+        claims={"loo": [{"text": "t", "source": "s", "kind": "mislabel-detection"}]},
+        extra={"note": "kept"},
+    )
+    data = json.loads(json.dumps(manifest.to_json()))
+    assert Manifest.from_json(data) == manifest
+    assert data["error"] == "interrupted (Ctrl-C)" and data["git_revision"] == "f0f1b1d"
+    assert data["ended_at"] == "2026-12-02T02:00:00+00:00" and data["note"] == "kept"
+    assert type(Manifest.from_json({**data, "wall_s": 3}).wall_s) is float
+    for key, value in (("resumed", 1.5), ("resumed", True), ("wall_s", "2"), ("cells_total", 2.0)):
+        with pytest.raises(RecordError, match=f"^has {key} = "):
+            Manifest.from_json({**data, key: value})

@@ -259,3 +259,73 @@ def test_progress_beyond_its_total_shows_as_done_without_a_budget() -> None:
     free(2.7, 10.0)  # numbers of another type: whole units
     free(float("nan"), 10)  # dropped
     assert seen == [(10, 10), (2, 10)]
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ({"max_fits": -1}, "budget fits must be >= 0, got -1"),
+        ({"max_seconds": 0.0}, "budget seconds must be > 0, got 0.0"),
+        ({"max_seconds": -2.0}, "budget seconds must be > 0, got -2.0"),
+        ({"max_seconds": math.nan}, "budget seconds must be > 0, got nan"),
+    ],
+)
+def test_a_budget_below_its_floor_is_refused(given: dict, message: str) -> None:
+    from valbench.errors import UsageError
+
+    with pytest.raises(UsageError, match=message):
+        Budget(**given)
+    assert Budget(max_fits=0).remaining_fits(0) == 0  # leftovers of 0 fits: allowed
+
+
+def test_a_budget_of_seconds_is_spent_when_its_seconds_are(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = _Clock()
+    monkeypatch.setattr(valbench.types, "time", clock)
+    budget, started = Budget(max_seconds=2.0), clock.now
+    clock.now += 1.5
+    assert not budget.exhausted(10**6, started)  # no fit limit
+    clock.now += 0.5
+    assert budget.exhausted(0, started)  # exactly 2 s: spent
+    assert not Budget().exhausted(10**6, started - 10**6)
+
+
+def test_a_model_counting_on_the_cells_own_counter_is_charged_once() -> None:
+    task = make_check_task(n_train=12)
+    masks = np.ones((3, task.n_train), dtype=bool)
+    with task.fit_counter.charging():
+        task.build_model().fit(task.x_train, task.y_train, masks)
+    assert task.fit_counter.count == 3
+
+
+def test_with_two_blocks_open_a_threads_fits_are_charged_to_neither() -> None:
+    task = make_check_task(n_train=12)
+    clf = task.model.build(task.n_features, task.n_classes, task.seed)
+    masks = np.ones((2, task.n_train), dtype=bool)
+    first, second = FitCounter(), FitCounter()
+    opened, done = threading.Event(), threading.Event()
+
+    def other_cell() -> None:
+        with second.charging():
+            opened.set()
+            done.wait(10)
+
+    cell = threading.Thread(target=other_cell)
+    cell.start()
+    opened.wait(10)
+    with first.charging():
+        stray = threading.Thread(target=clf.fit, args=(task.x_train, task.y_train, masks))
+        stray.start()  # whose cell is it? two blocks are open: charged to no cell
+        stray.join()
+    done.set()
+    cell.join()
+    assert (first.count, second.count) == (0, 0)
+
+
+def test_the_pace_counts_from_the_first_fit(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = _Clock()
+    monkeypatch.setattr(valbench.types, "time", clock)
+    counter = FitCounter()
+    meter = BudgetMeter(Budget(max_fits=100, max_seconds=10.0), counter)
+    counter.add(1)
+    clock.now += 4.0  # one fit in 4 s, 6 s left: one more
+    assert meter.remaining_fits() == 1 and meter.next_request() == 1
