@@ -155,8 +155,8 @@ def _goal(group: GroupSummary, goal: str, question: str, key: str) -> GoalVerdic
     )
     worse = "costlier" if goal == "cost" else "worse"
     apart = (
-        f" {_names(untested, partial)} could not be tested against it (fewer than {MIN_TEST_PAIRS} "
-        "seeds in common), so the run says nothing of "
+        f" {_names(untested, partial)} could not be tested against the best (fewer than "
+        f"{MIN_TEST_PAIRS} seeds in common), so the run says nothing of "
         f"{'it' if len(untested) == 1 else 'them'}."
         if untested
         else ""
@@ -186,7 +186,8 @@ def _goal(group: GroupSummary, goal: str, question: str, key: str) -> GoalVerdic
             + (
                 f"{len(tied)} of the other {others} method{'s' if others != 1 else ''}{among} "
                 f"{'is' if len(tied) == 1 else 'are'} not significantly {worse} ({test}), "
-                "so the run cannot tell them apart from it."
+                f"so the run cannot tell {'it' if len(tied) == 1 else 'them'} apart from the "
+                "best."
                 if tied
                 else f"every other method{among} is significantly {worse} ({test})."
             )
@@ -238,8 +239,14 @@ def _goal(group: GroupSummary, goal: str, question: str, key: str) -> GoalVerdic
             if goal == "subset" and m != RANDOM_METHOD and m in group.separated_from_random
         ]
         caveats.append(
-            f"The {RANDOM_METHOD} baseline is among them: the paired tests cannot tell it apart "
-            "from the best, so on this goal the best is not shown to beat random scores."
+            (
+                f"The {RANDOM_METHOD} baseline {'has' if len(best) == 1 else 'shares'} the "
+                "best mean here: no method is shown to beat random scores."
+                if RANDOM_METHOD in best
+                else f"The {RANDOM_METHOD} baseline is among them: the paired tests cannot "
+                "tell it apart from the best, so on this goal the best is not shown to beat "
+                "random scores."
+            )
             + (
                 f" Still, the gain of {_names(beat, partial)} over a random subset of the same "
                 "size is significantly above zero (a test of each method's own gain, "

@@ -421,3 +421,140 @@ def test_changed_only_on_the_command_line_shows_only_significant_changes(
     assert "no significant change" not in out
     rows = [line.split() for line in out.splitlines() if line.split()[:1] == ["random"]]
     assert rows and all(r[-1] == "same" for r in rows)
+
+
+def test_a_cost_change_of_a_hundred_thousandth_gets_the_digits_to_show_it(
+    base: Path, tmp_path: Path
+) -> None:
+    run_b = _copy(base, tmp_path)
+
+    def heavier(rec: dict[str, Any]) -> None:
+        rec["cost"]["peak_mem_mb"] = rec["cost"]["peak_mem_mb"] * (1.00002 + 1e-9 * rec["seed"])
+
+    _rewrite(run_b, heavier)
+    memory = [
+        d for d in compare_runs(base, run_b).differences if d.column.key == "cost.peak_mem_mb"
+    ]
+    assert memory and all(d.change == "worse" for d in memory)
+    assert all(d.change_text.endswith("(×1.00002)") for d in memory), [
+        d.change_text for d in memory
+    ]
+
+
+def test_a_cell_skipped_in_b_is_not_lost(base: Path, tmp_path: Path) -> None:
+    run_b = _copy(base, tmp_path)
+
+    def skip(rec: dict[str, Any]) -> None:
+        if rec["method"] == "loo" and rec["seed"] == 0:
+            error = {"type": "TooLarge", "message": "declined", "traceback": ""}
+            rec.update(status="skipped", error=error, metrics={}, scores_file=None)
+
+    _rewrite(run_b, skip)
+    comparison = compare_runs(base, run_b)
+    assert comparison.lost == [] and not comparison.failing
+
+
+def test_the_preset_is_how_a_run_was_executed_not_a_spec_change(base: Path, tmp_path: Path) -> None:
+    run_b = _copy(base, tmp_path)
+    _set_spec(run_b, preset="quick")
+    assert not any(n.startswith("The runs' specs") for n in compare_runs(base, run_b).notes)
+
+
+def test_a_cost_whose_ratio_and_seconds_disagree_is_the_same(tmp_path: Path) -> None:
+    # Eleven seeds twice as slow, one ten-thousand-second seed 1 % faster: the ratio test finds
+    # B slower, the mean seconds say faster; the change needs both, so it is "same".
+    run_a = fake_run(tmp_path / "a", methods=("random",), seeds=12, datasets=("digits",), two_d=())
+    run_b = tmp_path / "b"
+    shutil.copytree(run_a, run_b)
+    _rewrite(run_a, lambda rec: rec["cost"].update(cpu_s=10000.0 if rec["seed"] == 0 else 1.0))
+    _rewrite(run_b, lambda rec: rec["cost"].update(cpu_s=9900.0 if rec["seed"] == 0 else 2.0))
+    (cpu,) = [d for d in compare_runs(run_a, run_b).differences if d.column.key == "cost.cpu_s"]
+    assert cpu.diff == pytest.approx((11 * 2 + 9900) / 12 - (11 + 10000) / 12)
+    assert cpu.tested_diff > 0 and cpu.p_holm is not None and cpu.p_holm < 0.05
+    assert cpu.change == "same"
+
+
+def test_three_shared_seeds_are_tested_and_a_method_only_in_b_is_named(
+    base: Path, tmp_path: Path
+) -> None:
+    run_a, run_b = tmp_path / "a", _copy(base, tmp_path)
+    shutil.copytree(base, run_a)
+    lines = [r for r in read_jsonl(run_a) if r["method"] != "random"]
+    (run_a / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    lines = [r for r in read_jsonl(run_b) if r["seed"] < 3]
+    (run_b / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    comparison = compare_runs(run_a, run_b)
+    assert comparison.only_a == [] and comparison.only_b == ["digits · label noise 0.1: random"]
+    assert {d.n_pairs for d in comparison.differences} == {3}
+    assert all(d.p_value is not None for d in comparison.differences)
+    assert not any("fewer than 3 seeds" in n for n in comparison.notes)
+    from valbench.compare import render_html
+
+    html = render_html(comparison, tmp_path / "c.html").read_text()
+    assert '<p class="note">Only in B: digits · label noise 0.1: random</p>' in html
+    assert '<td class="change">same (cost)</td>' in html  # a cost row says it is one
+    assert '<td class="change">same</td>' in html
+
+
+def test_changed_only_leaves_out_untested_rows_and_p_has_two_digits(
+    base: Path, tmp_path: Path
+) -> None:
+    from valbench.compare import format_table
+
+    run_b = _copy(base, tmp_path)
+    lines = [r for r in read_jsonl(run_b) if r["method"] != "loo" or r["seed"] == 0]
+    (run_b / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    _rewrite(
+        run_b, lambda rec: rec["cost"].update(cpu_s=rec["cost"]["cpu_s"] * 3 + 0.01 * rec["seed"])
+    )
+    comparison = compare_runs(base, run_b)
+    assert any(d.change == "untested" for d in comparison.differences if d.method == "loo")
+    changed = format_table(comparison, changed_only=True)
+    assert not [line for line in changed.splitlines() if line.startswith("loo ")], changed
+    (cpu,) = [
+        d for d in comparison.differences if (d.method, d.column.key) == ("random", "cost.cpu_s")
+    ]
+    assert cpu.change == "worse" and cpu.p_holm is not None
+    rows = [line.split() for line in changed.splitlines() if line.startswith("random ")]
+    (row,) = [r for r in rows if r[1] == "CPU"]
+    assert row[-2] == f"{cpu.p_holm:.2g}" != f"{cpu.p_holm:.1g}", row  # two digits shown
+
+
+def test_partial_cells_of_b_and_different_root_seeds_are_said(base: Path, tmp_path: Path) -> None:
+    from valbench.compare import render_html
+
+    run_b = _copy(base, tmp_path)
+
+    def cut(rec: dict[str, Any]) -> None:
+        if rec["method"] == "loo" and rec["seed"] == 1:
+            rec["complete"] = False
+        if rec["method"] == "knn-shapley":  # a planted regression
+            drop = 0.05 + 0.001 * rec["seed"]
+            rec["metrics"]["subset_value"] = {
+                f: v - drop for f, v in rec["metrics"]["subset_value"].items()
+            }
+
+    _rewrite(run_b, cut)
+    _set_spec(run_b, root_seed=7)
+    comparison = compare_runs(base, run_b)
+    assert "digits · label noise 0.1: partial cells of run B left out: loo (1)." in (
+        comparison.notes
+    )
+    assert comparison.notes[0].startswith("The runs have different root seeds: seed i of A")
+    assert comparison.regressions
+    html = render_html(comparison, tmp_path / "c.html").read_text()
+    assert '<p class="verdict bad" id="verdict"><strong>' in html
+    (gain,) = [
+        d for d in comparison.differences if (d.method, d.column.key) == ("knn-shapley", "gain")
+    ]
+    assert gain.mean_b < gain.mean_a  # A's column first, then B's, then B - A
+    cells = f"<td>{gain.text(gain.mean_a)}</td><td>{gain.text(gain.mean_b)}</td>"
+    assert f"{cells}<td>{gain.change_text}</td>" in html
+    (up,) = [
+        d
+        for d in compare_runs(run_b, base).differences
+        if (d.method, d.column.key) == ("knn-shapley", "gain")
+    ]
+    assert up.change == "better" and up.change_text == f"+{up.diff:.1f}"
+    same = render_html(compare_runs(base, base), tmp_path / "same.html").read_text()
+    assert '<p class="verdict" id="verdict">No quality metric got significantly worse.' in same

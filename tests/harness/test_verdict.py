@@ -98,9 +98,12 @@ def test_random_among_the_recommended_is_said() -> None:
             }
     (v,) = verdicts(summarise([CellRecord.from_json(r) for r in lines]))
     subset = v.goal("subset")
-    assert subset is not None and set(subset.recommended) == {"random", "bad"}
-    said = next(c for c in subset.caveats if "baseline is among them" in c)
-    assert "cannot tell it apart from the best" in said and "Still" not in said
+    assert subset is not None and subset.best == ["bad", "random"]
+    # random shares the best mean: no "among them" and "cannot tell it apart from the best"
+    said = next(c for c in subset.caveats if "baseline" in c)
+    assert said == (
+        "The random baseline shares the best mean here: no method is shown to beat random scores."
+    )
     assert any("random subset" in c for c in subset.caveats)
 
 
@@ -218,6 +221,12 @@ def test_sentences_say_the_best_is_chosen_among_the_methods_with_all_seeds() -> 
     assert subset is not None and mislabel is not None
     assert subset.best == ["random"]
     assert "the highest mean gain, pp among the methods with the most seeds here (4)" in subset.why
+    # random is the best, not merely among the recommended: said so, not "cannot tell it apart"
+    assert subset.tested and not any("among them" in c for c in subset.caveats)
+    assert (
+        "The random baseline has the best mean here: no method is shown to beat random scores."
+        in subset.caveats
+    )
     assert "No method beats a random subset of the same size on average." not in subset.caveats
     assert "few" not in subset.pareto and "few" not in mislabel.pareto
 
@@ -303,3 +312,152 @@ def test_methods_to_trust_orders_by_recommendations_then_bests_then_name() -> No
         ["tmc"],
         "recommended for 'mislabel' in the run's 1 dataset and noise group: tmc in 1",
     )
+
+
+def _twin(
+    records: list[CellRecord], method: str, name: str, shift: float = 0.0
+) -> list[CellRecord]:
+    """Copies of ``method``'s lines named ``name``, its subset values ``shift`` points higher."""
+    out = []
+    for r in records:
+        if r.method == method:
+            line = r.to_json()
+            line["method"], line["cell_id"] = name, r.cell_id.replace(method, name)
+            line["metrics"]["subset_value"] = {
+                f: v + shift / 100 for f, v in line["metrics"]["subset_value"].items()
+            }
+            out.append(CellRecord.from_json(line))
+    return out
+
+
+def test_co_best_methods_share_the_best_and_the_tied_follow_by_mean() -> None:
+    records = _records()
+    # twin equals good on every seed; "aclose" is close 0.1 points lower: both tied, and by
+    # mean close (5.375) comes before aclose (5.275), by name after it.
+    lines = [*records, *_twin(records, "good", "twin"), *_twin(records, "close", "aclose", -0.1)]
+    (v,) = verdicts(summarise(lines))
+    subset = v.goal("subset")
+    assert subset is not None and subset.best == ["good", "twin"]
+    assert subset.recommended == ["good", "twin", "close", "aclose"]
+    assert subset.why.startswith("good, twin share the highest mean gain, pp (+5.4 ± 0.7); 2 of")
+    assert "are not significantly worse (" in subset.why
+    assert subset.why.endswith("so the run cannot tell them apart from the best.")
+    assert "4 of 6 methods are indistinguishable from the best here" in " ".join(subset.caveats)
+    # two of four recommended is half of the methods: not said to single none out
+    (plain,) = verdicts(summarise(records))
+    two = plain.goal("subset")
+    assert two is not None and two.recommended == ["good", "close"]
+    assert not any("indistinguishable" in c for c in two.caveats)
+
+
+def test_the_untested_are_counted_apart_and_named_it_or_them() -> None:
+    few = [CellRecord.from_json(_rec("few", s, 18.0, 0.95, 0.001)) for s in range(2)]
+    (v,) = verdicts(summarise([*_records(), *few]))
+    subset = v.goal("subset")
+    assert subset is not None and subset.recommended == ["good", "close"]
+    assert "; 1 of the other 3 methods tested is not significantly worse (" in subset.why
+    assert "so the run cannot tell it apart from the best. few could" in subset.why
+    assert subset.why.endswith(
+        " few could not be tested against the best (fewer than 3 seeds in common), so the run says "
+        "nothing of it."
+    )
+    more = [CellRecord.from_json(_rec("more", s, 18.0, 0.95, 0.001)) for s in range(2)]
+    (v,) = verdicts(summarise([*_records(), *few, *more]))
+    subset = v.goal("subset")
+    assert subset is not None and "; 1 of the other 3 methods tested is not" in subset.why
+    assert subset.why.endswith(
+        " few, more could not be tested against the best (fewer than 3 seeds in common), so the "
+        "run says nothing of them."
+    )
+
+
+def test_five_seeds_need_no_detectable_difference_caveat() -> None:
+    fifth = {"good": (5.3, 0.9, 10.1), "close": (5.2, 0.71, 1.02), "bad": (1.05, 0.6, 0.1)}
+    fifth["random"] = (0.05, 0.5, 0.01)
+    lines = [*_records(), *(CellRecord.from_json(_rec(m, 4, *t)) for m, t in fifth.items())]
+    (v,) = verdicts(summarise(lines))
+    assert v.seeds == 5
+    assert not any("seeds:" in c for g in v.goals for c in g.caveats)
+    (four,) = verdicts(summarise(_records()))
+    assert all(any(c.startswith("Only 4 seeds:") for c in g.caveats) for g in four.goals)
+
+
+def test_two_seeds_are_named_and_claim_no_test_against_random() -> None:
+    (v,) = verdicts(summarise(_records(seeds=2)))
+    assert v.caveats[0] == (
+        "2 seeds: no method can be told apart from another by a test (paired tests need at "
+        "least 3 seeds)."
+    )
+    subset, cost = v.goal("subset"), v.goal("cost")
+    assert subset is not None and not subset.tested and subset.caveats == []
+    # random is the cheapest, untested: the cost goal does not read it as "better than random"
+    assert cost is not None and cost.recommended == ["random"]
+    assert not any("baseline" in c for c in cost.caveats)
+
+
+def test_gains_and_aucs_exactly_at_chance_are_said_to_be_no_better() -> None:
+    def line(method: str, seed: int, gain: float) -> CellRecord:
+        rec = _rec(method, seed, gain, 0.5, 1.0)
+        rnd = rec["metrics"]["random_subset_value"]
+        rec["metrics"]["subset_value"] = {f: v + gain for f, v in rnd.items()}  # exact sums
+        return CellRecord.from_json(rec)
+
+    # two seeds: nothing tested, so the caveats read the means; random's gain is exactly 0
+    lines = [line(m, s, g) for m, g in (("random", 0.0), ("bad", -0.05)) for s in range(2)]
+    (v,) = verdicts(summarise(lines))
+    subset, mislabel = v.goal("subset"), v.goal("mislabel")
+    assert subset is not None and mislabel is not None
+    assert "No method beats a random subset of the same size on average." in subset.caveats
+    assert "The best detection AUC is no better than inspecting at random (0.5)." in (
+        mislabel.caveats
+    )
+    # a method on one seed with a large gain: only it beats random on average
+    (v,) = verdicts(summarise([*lines, line("few", 0, 0.18)]))
+    subset = v.goal("subset")
+    assert subset is not None and subset.best == ["random"]
+    assert (
+        "No method with the most seeds here (2) beats a random subset of the same size on "
+        "average; only methods with fewer seeds do." in subset.caveats
+    )
+
+
+def test_the_random_method_beating_random_subsets_is_not_a_useful_cheap_pick() -> None:
+    lines = []
+    for r in _records():
+        line = r.to_json()
+        if r.method == "random":  # its own gain over a random subset is above zero
+            gain = [0.5, 0.6, 0.55, 0.52][r.seed or 0] / 100
+            rnd = line["metrics"]["random_subset_value"]
+            line["metrics"]["subset_value"] = {f: v + gain for f, v in rnd.items()}
+        lines.append(CellRecord.from_json(line))
+    (group,) = summarise(lines)
+    assert "random" in group.separated_from_random
+    (v,) = verdicts([group])
+    cost = v.goal("cost")
+    assert cost is not None and cost.recommended == ["random"]
+    assert cost.caveats[-1].startswith(
+        "CPU seconds of one valuation on this machine, one thread; none of these beats random "
+        "selection significantly; the cheapest that does is bad (0.107 ["
+    )
+
+
+def test_a_dataset_without_noise_is_not_judged_on_detection() -> None:
+    lines = []
+    for r in _records(noise=0.0):
+        line = r.to_json()
+        line["noise"], line["cell_id"] = None, r.cell_id.replace("noise0", "clean")
+        lines.append(CellRecord.from_json(line))
+    (v,) = verdicts(summarise(lines))
+    assert v.noise is None and v.goal("mislabel") is None
+    assert "No labels were flipped, so mislabel detection is not judged." in v.caveats
+
+
+def test_partial_cells_left_out_are_counted_per_method() -> None:
+    lines = []
+    for r in _records():
+        line = r.to_json()
+        if r.method == "good" and (r.seed or 0) < 2:
+            line["complete"] = False
+        lines.append(CellRecord.from_json(line))
+    (v,) = verdicts(summarise(lines))
+    assert "Partial cells left out: good (2)." in v.caveats
