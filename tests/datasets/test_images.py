@@ -479,3 +479,69 @@ def test_the_standard_image_sets_carve_2000_validation_rows_by_default(cls: type
     train, val, test = cls().split_indices(y_pool, np.zeros(300), seed=0, max_train=None)
     assert (len(train), len(val), len(test)) == (3000, 2000, 300)
     assert np.bincount(y_pool[val]).tolist() == [200] * 10
+
+
+def test_cnn_features_are_the_penultimate_layer_of_the_cnn_trained_as_configured() -> None:
+    # features="cnn": the cnn architecture (width, dim) from the seed's init, trained with its
+    # recipe for cnn_epochs (not the recipe's 8) on the training images standardized per
+    # channel by the training split's mean and deviation; the penultimate layer of every split.
+    import torch
+
+    from valbench.datasets._images import _cnn_features
+    from valbench.nets import Recipe, SmallCNN, train_copies
+
+    rng = np.random.default_rng(0)  # 70 images: two minibatches of the recipe's 64, in order
+    x_tr = rng.integers(0, 256, size=(70, 1, 28, 28), dtype=np.uint8)
+    x_te = rng.integers(0, 256, size=(3, 1, 28, 28), dtype=np.uint8)
+    y_tr = np.arange(70) % 3
+    got = _cnn_features(x_tr, y_tr, [x_te], n_classes=3, seed=5, epochs=2, dim=4, width=2)
+    arch = SmallCNN(width=2, dim=4)
+    params, _ = arch.init((1, 28, 28), 3, 5)
+    pixels = x_tr.astype(np.float64) / 255.0
+    mean, std = pixels.mean(), pixels.std(ddof=1)
+
+    def standardized(x: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(((x / 255.0 - mean) / std).astype(np.float32))
+
+    trained, _ = train_copies(
+        arch,
+        {k: v[None] for k, v in params.items()},
+        {},
+        standardized(x_tr),
+        torch.from_numpy(y_tr),
+        torch.ones(1, 70),
+        recipe=Recipe("adam", 1e-3, "constant", 0.0, 0.0, 64, 2),
+        seed=5,
+    )
+    final = {k: v[0] for k, v in trained.items()}
+    with torch.no_grad():
+        for x, feats in zip((x_tr, x_te), got, strict=True):
+            np.testing.assert_allclose(feats, arch.apply(final, {}, standardized(x))[0], atol=1e-5)
+    once = _cnn_features(x_tr, y_tr, [x_te], n_classes=3, seed=5, epochs=1, dim=4, width=2)
+    assert not np.allclose(once[0], got[0], atol=1e-5)  # the epochs asked for are trained
+
+
+def test_cnn_features_are_standardized_with_the_training_rows(isolated: Path) -> None:
+    # The CNN's penultimate features, then each column centred and scaled by the training
+    # rows' mean and deviation (val and test with the same statistics).
+    make_idx_dir(isolated / "fashion-mnist")
+    kw = {"features": "cnn", "n_val": 20, "cnn_epochs": 1, "cnn_dim": 4, "cnn_width": 2}
+    s = FashionMNISTDataset(**kw, cache_features=False).load(seed=0)
+    sd = s.x_train.std(axis=0)
+    assert (sd > 0.5).any()
+    np.testing.assert_allclose(s.x_train.mean(axis=0), 0, atol=1e-5)
+    np.testing.assert_allclose(sd[sd > 1e-6], 1, atol=1e-4)
+
+
+def test_cnn_feature_cache_is_keyed_by_epochs_and_width(isolated: Path) -> None:
+    # A CNN trained for other epochs or with another width gives other features: never the
+    # cached ones of the first.
+    make_idx_dir(isolated / "fashion-mnist")
+    kw = {"features": "cnn", "n_val": 20, "cnn_epochs": 1, "cnn_dim": 4, "cnn_width": 2}
+    first = FashionMNISTDataset(**kw).load(seed=0)
+    for change in ({"cnn_epochs": 2}, {"cnn_width": 3}):
+        other = FashionMNISTDataset(**{**kw, **change}).load(seed=0)
+        fresh = FashionMNISTDataset(**{**kw, **change}, cache_features=False).load(seed=0)
+        np.testing.assert_allclose(other.x_train, fresh.x_train, atol=1e-5)
+        assert not np.allclose(other.x_train, first.x_train, atol=1e-3), change
+    assert len(list((isolated / "features" / "fashion-mnist").glob("*.npz"))) == 3

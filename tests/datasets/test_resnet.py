@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from image_fixtures import N_TEST, N_TRAIN, make_idx_dir, serve
 
 from valbench.datasets import _download, _resnet, vision
@@ -255,3 +256,83 @@ def test_weights_download_checks_sha256_prefix_then_falls_through(
     assert torch.equal(
         net.state_dict()["conv1.weight"], torch.load(data / "models" / name)["conv1.weight"]
     )
+
+
+def _triangle_weights(size_in: int, size_out: int) -> np.ndarray:
+    """(out, in) weights of an antialiased bilinear resize (PIL's, which torchvision's
+    ``antialias=True`` follows): a triangle filter widened by the downscale factor, centred
+    on each output pixel's centre in input coordinates, normalised per output pixel."""
+    scale = size_in / size_out
+    support = max(scale, 1.0)
+    centres = (np.arange(size_out) + 0.5) * scale
+    taps = np.arange(size_in) + 0.5
+    w = np.clip(1.0 - np.abs(taps[None, :] - centres[:, None]) / support, 0.0, None)
+    return w / w.sum(axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("shape", [(28, 28), (20, 28)])
+def test_preprocess_is_torchvisions_resize_crop_and_normalize(shape: tuple[int, int]) -> None:
+    # Crop 16: the short side resized (antialiased bilinear, rounded to 8-bit levels) to
+    # int(16 * 256 / 224) = 18, the long side in proportion, a centred 16x16 crop, then
+    # (level / 255 - mean) / std per channel; spelled out here with numpy.
+    h, w = shape
+    img = np.random.default_rng(3).integers(0, 256, size=(2, 3, h, w), dtype=np.uint8)
+    got = _resnet.preprocess(img, 16).numpy()
+    new_h, new_w = (18, int(18 * w / h)) if h <= w else (int(18 * h / w), 18)
+    rows, cols = _triangle_weights(h, new_h), _triangle_weights(w, new_w)
+    resized = np.round(np.einsum("oh,nchw,pw->ncop", rows, img.astype(np.float64), cols))
+    top, left = round((new_h - 16) / 2), round((new_w - 16) / 2)
+    crop = resized[:, :, top : top + 16, left : left + 16] / 255.0
+    mean = np.array([0.485, 0.456, 0.406])[None, :, None, None]  # torchvision's ImageNet
+    std = np.array([0.229, 0.224, 0.225])[None, :, None, None]  # normalization
+    levels = (got * std + mean) * 255.0  # rounded back to 8-bit levels, as torchvision does
+    np.testing.assert_allclose(levels, np.round(levels), rtol=0, atol=1e-3)
+    # float32 against float64 arithmetic may round a level that lies within 1e-6 of .5 the
+    # other way: one level off for a handful of the 1,536 values, never more.
+    off = np.abs(levels - crop * 255.0)
+    assert off.max() < 1.001 and (off > 1e-3).mean() < 0.01
+
+
+def test_features_are_the_published_resnet18_forward_pass() -> None:
+    # The ImageNet ResNet-18 (He et al. 2016) in functional form from the state dict: 7x7/2
+    # stem, BN, ReLU, 3x3/2 max pool (padding 1), basic blocks whose first block in stages
+    # 2-4 strides 2 (1x1/2 conv + BN shortcut), ReLU after the sum, global average pool.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net = _resnet.ResNet18().eval()
+        with torch.no_grad():
+            for mod in net.modules():
+                if isinstance(mod, torch.nn.BatchNorm2d):
+                    mod.running_mean.normal_(0, 0.2)
+                    mod.running_var.uniform_(0.5, 2.0)
+    s = net.state_dict()
+
+    def bn(h: torch.Tensor, name: str) -> torch.Tensor:
+        return F.batch_norm(
+            h,
+            s[f"{name}.running_mean"],
+            s[f"{name}.running_var"],
+            s[f"{name}.weight"],
+            s[f"{name}.bias"],
+            training=False,
+            eps=1e-5,
+        )
+
+    x = torch.randn(2, 3, 40, 40, generator=torch.Generator().manual_seed(1))
+    h = F.relu(bn(F.conv2d(x, s["conv1.weight"], stride=2, padding=3), "bn1"))
+    h = F.max_pool2d(h, 3, stride=2, padding=1)
+    for stage in range(1, 5):
+        for block in range(2):
+            p = f"layer{stage}.{block}"
+            stride = 2 if stage > 1 and block == 0 else 1
+            out = F.relu(
+                bn(F.conv2d(h, s[f"{p}.conv1.weight"], stride=stride, padding=1), f"{p}.bn1")
+            )
+            out = bn(F.conv2d(out, s[f"{p}.conv2.weight"], padding=1), f"{p}.bn2")
+            if f"{p}.downsample.0.weight" in s:
+                h = bn(
+                    F.conv2d(h, s[f"{p}.downsample.0.weight"], stride=stride), f"{p}.downsample.1"
+                )
+            h = F.relu(out + h)
+    with torch.no_grad():
+        torch.testing.assert_close(net.features(x), h.mean(dim=(2, 3)))

@@ -69,6 +69,9 @@ def test_plugin_architecture_by_entry_point(monkeypatch: pytest.MonkeyPatch) -> 
 def test_spec_recipe_defaults_and_overrides() -> None:
     cnn = ModelSpec.parse("cnn")
     assert (cnn.epochs, cnn.lr, cnn.l2, cnn.batch_size) == (8, 1e-3, 0.0, 64)
+    # The documented recipes (README, the classes' docstrings), as every run trains them.
+    assert ModelSpec.parse("resnet18").recipe == Recipe("sgd", 0.1, "cosine", 0.9, 5e-4, 128, 15)
+    assert ModelSpec.parse("cnn").recipe == Recipe("adam", 1e-3, "constant", 0.0, 0.0, 64, 8)
     res = ModelSpec.parse("resnet18", epochs="3", batch_size="32")
     assert res.recipe == Recipe("sgd", 0.1, "cosine", 0.9, 5e-4, 32, 3)
     assert res.resolved_solver == "sgd" and cnn.resolved_solver == "adam"
@@ -680,7 +683,9 @@ def test_utility_methods_run_a_cnn_cell_end_to_end(method: str) -> None:
     assert record.cost is not None and record.cost.model_fits > 0
 
 
-@pytest.mark.parametrize("shape", [(3, 4, 28, 28), (2, 5, 14, 14), (1, 2, 7, 7), (2, 3, 6, 9)])
+@pytest.mark.parametrize(
+    "shape", [(3, 4, 28, 28), (2, 5, 14, 14), (1, 2, 7, 7), (2, 3, 6, 9), (2, 3, 9, 6)]
+)
 def test_max_pool_2x2_equals_torchs(shape: tuple[int, ...]) -> None:
     """The evaluation path of the CNN's pooling gives torch's numbers exactly (ties after ReLU,
     NaN and odd sizes included), and under autograd torch's own gradient."""
@@ -818,3 +823,324 @@ def test_resnet18_matches_an_nn_module_resnet18_with_the_same_weights() -> None:
     with torch.no_grad():
         torch.testing.assert_close(arch.apply(p64, b64, x)[1], net.eval()(x))
         torch.testing.assert_close(arch.apply(p64, b64, x, train=True)[1], net.train()(x))
+
+
+def _torch_loop(arch, params, buffers, x, y, subset, recipe, seed):
+    """One copy trained by a plain loop: torch.optim and its scheduler, a minibatch of the
+    subset's points in the epoch's order, nothing padded."""
+    leaves = {k: v.clone().requires_grad_() for k, v in params.items()}
+    buffers = dict(buffers)
+    if recipe.optimizer == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(
+            list(leaves.values()),
+            lr=recipe.lr,
+            momentum=recipe.momentum,
+            weight_decay=recipe.weight_decay,
+        )
+    else:
+        opt = torch.optim.Adam(
+            list(leaves.values()), lr=recipe.lr, weight_decay=recipe.weight_decay
+        )
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=recipe.epochs)
+    inside = set(subset)
+    for epoch in range(recipe.epochs):
+        order = nets._epoch_order(len(x), seed, epoch, torch.device("cpu")).tolist()
+        mine = torch.tensor([i for i in order if i in inside])
+        for s in range(0, len(mine), recipe.batch_size):
+            rows = mine[s : s + recipe.batch_size]
+            _, logits, buffers = arch.apply(leaves, buffers, x[rows], train=True)
+            buffers = {k: v.detach() for k, v in buffers.items()}
+            opt.zero_grad()
+            F.cross_entropy(logits, y[rows]).backward()
+            opt.step()
+        if recipe.schedule == "cosine":
+            sched.step()
+    return {k: v.detach() for k, v in leaves.items()}, buffers
+
+
+@pytest.mark.parametrize("kind", ["cnn", "resnet18"])
+def test_one_copy_trains_as_a_plain_torch_loop(kind: str) -> None:
+    """train_copies against torch.optim (SGD with momentum and coupled decay, or Adam), torch's
+    CosineAnnealingLR stepped per epoch, a mean cross-entropy over the real rows of each
+    minibatch (10 points in batches of 4: a short last one), float64 to 1e-9: the optimiser,
+    schedule, loss and batching a trained model's numbers come from."""
+    if kind == "cnn":
+        arch: nets.ImageNetwork = SmallCNN(width=2, dim=4)
+        recipe = Recipe("adam", 0.05, "constant", 0.0, 1e-2, 4, 2)
+    else:
+        arch = ResNet18(width=2)
+        recipe = Recipe("sgd", 0.1, "cosine", 0.8, 5e-2, 4, 3)
+    params, buffers = arch.init((1, 28, 28), 3, 0)
+    params = {k: v.double() for k, v in params.items()}
+    buffers = {k: v.double() for k, v in buffers.items()}
+    x, y = images(14).double(), torch.from_numpy(np.arange(14) % 3)
+    subset = [0, 1, 2, 4, 5, 7, 8, 10, 11, 13]
+    w = torch.zeros(1, 14, dtype=torch.float64)
+    w[0, subset] = 1.0
+    got, got_buffers = train_copies(
+        arch, stacked(params, 1), stacked(buffers, 1), x, y, w, recipe=recipe, seed=4
+    )
+    want, want_buffers = _torch_loop(arch, params, buffers, x, y, subset, recipe, seed=4)
+    for k in params:
+        torch.testing.assert_close(got[k][0], want[k], atol=1e-9, rtol=0)
+    for k in buffers:
+        torch.testing.assert_close(got_buffers[k][0], want_buffers[k], atol=1e-9, rtol=0)
+    assert max(float((want[k] - params[k]).abs().max()) for k in params) > 1e-2
+
+
+def test_deep_fit_subset_trains_on_exactly_those_points() -> None:
+    spec = ModelSpec.parse("cnn", epochs=1, batch_size=4)
+    x = images(12).reshape(12, 784).numpy()
+    y = np.arange(12) % 3
+    mask = np.zeros((1, 12), dtype=bool)
+    mask[0, [1, 4, 5, 9]] = True
+    got = spec.build(784, 3, seed=0).fit_subset(x, y, [1, 4, 5, 9])
+    want = spec.build(784, 3, seed=0).fit(x, y, mask)
+    start = spec.build(784, 3, seed=0).init_params(1)
+    for k, v in want.tensors.items():
+        assert torch.equal(got.tensors[k], v), k
+    assert any(not torch.equal(start.tensors[k], v) for k, v in want.tensors.items())
+
+
+def test_deep_classifier_scores_are_those_of_its_logits() -> None:
+    # Accuracy, mean cross-entropy, probabilities and labels of every copy, computed here in
+    # numpy from the logits: exact fractions (2/3, not its float32 rounding), the mean over
+    # the scored rows, a softmax over the classes.
+    spec = ModelSpec.parse("cnn", epochs=1, batch_size=4, lr=0.05, dtype="float64")
+    clf = spec.build(784, 3, seed=0)
+    x = images(9).reshape(9, 784).numpy()
+    y = np.arange(9) % 3
+    masks = np.ones((2, 9), dtype=bool)
+    masks[1, :5] = False
+    params = clf.fit(x, y, masks)
+    assert all(v.dtype == torch.float64 for v in params.tensors.values())
+    logits = clf.logits(params, x[:3])
+    assert logits.dtype == np.float64 and logits.shape == (2, 3, 3)
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    logp = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    labels = np.array([0, 1, 1])
+    acc = (logits.argmax(-1) == labels).sum(axis=1) / 3
+    np.testing.assert_array_equal(clf.accuracy(params, x[:3], labels), acc)
+    np.testing.assert_array_equal(clf.predict(params, x[:3]), logits.argmax(-1))
+    loss = -logp[:, np.arange(3), labels].mean(axis=1)
+    np.testing.assert_allclose(clf.log_loss(params, x[:3], labels), loss, rtol=1e-12)
+    np.testing.assert_allclose(clf.predict_proba(params, x[:3]), np.exp(logp), rtol=1e-12)
+    assert np.isnan(clf.accuracy(params, x[:0], labels[:0])).all()
+
+
+def test_deep_classifier_refuses_non_finite_pixels_and_negative_weights() -> None:
+    clf = ModelSpec.parse("cnn", epochs=1, batch_size=4).build(784, 3, seed=0)
+    x = images(6).reshape(6, 784).numpy()
+    y = np.arange(6) % 3
+    mask = np.ones((1, 6), dtype=bool)
+    params = clf.init_params(1)
+    for bad in (np.nan, np.inf):
+        broken = x.copy()
+        broken[4, 100] = bad
+        with pytest.raises(UsageError, match="NaN or inf"):
+            clf.fit(broken, y, mask)
+        with pytest.raises(UsageError, match="NaN or inf"):
+            clf.accuracy(params, broken, y)
+    weight = np.ones((1, 6))
+    weight[0, 2] = -0.5
+    with pytest.raises(UsageError, match="non-negative"):
+        clf.fit(x, y, mask, sample_weight=weight)
+    with pytest.raises(UsageError, match="non-negative"):
+        clf.fit(x, y, mask, sample_weight=np.ones((2, 6)))
+
+
+def test_stop_after_beyond_the_recipe_trains_the_recipe_only() -> None:
+    arch = SmallCNN(width=2, dim=4)
+    params, _ = arch.init((1, 28, 28), 3, 0)
+    x, y = images(8), torch.from_numpy(np.arange(8) % 3)
+    recipe = Recipe("sgd", 0.1, "cosine", 0.9, 0.0, 4, 2)
+    w = torch.ones(1, 8)
+    full, _ = train_copies(arch, stacked(params, 1), {}, x, y, w, recipe=recipe, seed=0)
+    over, _ = train_copies(
+        arch, stacked(params, 1), {}, x, y, w, recipe=recipe, seed=0, stop_after=5
+    )
+    for k in params:
+        assert torch.equal(over[k], full[k]), k
+
+
+def test_deep_fit_from_one_init_per_copy_and_epochs_checked() -> None:
+    # init holding one model per mask row: copy b starts from init copy b (here with no
+    # epochs, so it is returned as it is); a negative epoch count is refused, not read as 0.
+    spec = ModelSpec.parse("cnn", epochs=1, batch_size=4)
+    clf = spec.build(784, 3, seed=0)
+    x = images(6).reshape(6, 784).numpy()
+    y = np.arange(6) % 3
+    starts = nets.DeepParams.concat([spec.build(784, 3, seed=s).init_params(1) for s in (1, 2)])
+    got = clf.fit(x, y, np.ones((2, 6), dtype=bool), init=starts, epochs=0)
+    for k, v in starts.tensors.items():
+        assert torch.equal(got.tensors[k], v), k
+    with pytest.raises(UsageError, match="epochs must be >= 0"):
+        clf.fit(x, y, np.ones((1, 6), dtype=bool), epochs=-1)
+
+
+def test_resnet18_is_full_width() -> None:
+    # --model resnet18 is the pytorch-cifar ResNet-18: 11,173,962 parameters for 10 classes
+    # (batch-norm scales and shifts included), 512 penultimate features.
+    clf = ModelSpec.parse("resnet18").build(3 * 32 * 32, 10, seed=0)
+    assert sum(v[0].numel() for v in clf.init_params(1).tensors.values()) == 11_173_962
+    assert clf.init_params(1).tensors["head.weight"].shape == (1, 10, 512)
+
+
+def test_bare_plugin_is_trained_in_training_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A plugin written against the bare protocol gets the training flag and the row weights
+    # (its batch norm, dropout... depend on them).
+    inner = SmallCNN(width=2, dim=4)
+    seen: list[tuple[bool, Any]] = []
+
+    class Bare:
+        name, recipe, max_copies, eval_rows = "bare", inner.recipe, 1, 8
+
+        def init(self, *args: Any) -> Any:
+            return inner.init(*args)
+
+        def apply(self, params, buffers, x, *, train=False, weight=None):  # type: ignore[no-untyped-def]
+            seen.append((train, weight))
+            return inner.apply(params, buffers, x, train=train, weight=weight)
+
+    class EntryPoint:
+        name = "bare"
+
+        def load(self) -> type:
+            return Bare
+
+    monkeypatch.setattr(nets, "_plugins", lambda: {"bare": EntryPoint()})
+    arch = nets.get_architecture("bare")
+    params, buffers = arch.init((1, 28, 28), 3, 0)
+    w = torch.tensor([1.0, 0.0])
+    arch.apply(params, buffers, images(2), train=True, weight=w)
+    assert seen[-1][0] is True and seen[-1][1] is w
+    arch.apply(params, buffers, images(2))
+    assert seen[-1] == (False, None)
+
+
+def test_plugin_names_follow_the_builtins_sorted(monkeypatch: pytest.MonkeyPatch) -> None:
+    # (A --model listing in the same order on every run: not a set's hash order.)
+    names = ("zeta", "cnn", "alpha", "mid", "omega", "beta", "kappa")
+    monkeypatch.setattr(nets, "_plugins", lambda: {name: object() for name in names})
+    builtins = ("logreg", "mlp", "cnn", "resnet18")
+    plugins = ("alpha", "beta", "kappa", "mid", "omega", "zeta")
+    assert nets.architecture_names() == (*builtins, *plugins)
+
+
+def test_head_without_its_bias_is_one_clear_error() -> None:
+    arch = SmallCNN(width=2, dim=4)
+    params, _ = arch.init((1, 28, 28), 3, 0)
+    w, b = arch.head(params)
+    assert torch.equal(w, params["head.weight"].T) and torch.equal(b, params["head.bias"])
+    for missing in ("head.weight", "head.bias"):
+        partial = {k: v for k, v in params.items() if k != missing}
+        with pytest.raises(UsageError, match="'head.weight' and 'head.bias'"):
+            arch.head(partial)
+
+
+def test_cnn_init_draws_each_layer_in_order_from_the_seed() -> None:
+    # torch.nn's default U(+-1/sqrt(fan_in)) for every weight and bias, drawn (float64) from
+    # one generator seeded with the model seed, layer by layer from the input: the numbers a
+    # seed means.
+    arch = SmallCNN(width=2, dim=4)
+    params, buffers = arch.init((1, 28, 28), 3, 7)
+    gen = torch.Generator().manual_seed(7)
+    layers = (
+        ("conv1", (2, 1, 3, 3), 9),
+        ("conv2", (4, 2, 3, 3), 18),
+        ("fc", (4, 64), 64),
+        ("head", (3, 4), 4),
+    )
+    want = {}
+    for name, shape, fan_in in layers:
+        for part, size in (("weight", shape), ("bias", shape[:1])):
+            draw = torch.rand(size, generator=gen, dtype=torch.float64)
+            want[f"{name}.{part}"] = ((draw * 2 - 1) / math.sqrt(fan_in)).float()
+    assert list(params) == list(want) and buffers == {}
+    for k, v in want.items():
+        torch.testing.assert_close(params[k], v, rtol=0, atol=0)
+
+
+def test_deep_fit_epochs_override_keeps_the_schedule(monkeypatch: pytest.MonkeyPatch) -> None:
+    # fit(epochs=2) trains the recipe with 2 epochs: its cosine schedule spans those 2.
+    class CosineCNN(SmallCNN):
+        name = "coscnn"
+        recipe = Recipe("sgd", 0.1, "cosine", 0.9, 0.0, 4, 5)
+
+    class EntryPoint:
+        name = "coscnn"
+
+        def load(self) -> type:
+            return lambda: CosineCNN(width=2, dim=4)
+
+    monkeypatch.setattr(nets, "_plugins", lambda: {"coscnn": EntryPoint()})
+    clf = ModelSpec.parse("coscnn").build(784, 3, seed=0)
+    x = images(8).reshape(8, 784).numpy()
+    y = np.arange(8) % 3
+    got = clf.fit(x, y, np.ones((1, 8), dtype=bool), epochs=2)
+    want, _ = train_copies(
+        clf.arch,
+        clf.init_params(1).tensors,
+        {},
+        clf.images(x),
+        torch.from_numpy(y),
+        torch.ones(1, 8),
+        recipe=Recipe("sgd", 0.1, "cosine", 0.9, 0.0, 4, 2),
+        seed=0,
+    )
+    for k, v in want.items():
+        assert torch.equal(got.tensors[k], v), k
+
+
+def test_train_copies_refuses_a_negative_stop_after() -> None:
+    arch = SmallCNN(width=2, dim=4)
+    params, _ = arch.init((1, 28, 28), 3, 0)
+    x, y = images(4), torch.from_numpy(np.arange(4) % 3)
+    recipe = Recipe("sgd", 0.1, "constant", 0.0, 0.0, 4, 1)
+    with pytest.raises(UsageError, match="stop_after must be >= 0, got -1"):
+        train_copies(
+            arch,
+            stacked(params, 1),
+            {},
+            x,
+            y,
+            torch.ones(1, 4),
+            recipe=recipe,
+            seed=0,
+            stop_after=-1,
+        )
+
+
+def test_fractional_sample_weights_are_a_weighted_mean() -> None:
+    # Weights summing below 1 in a minibatch: still sum w_i ce_i / sum w_i, so 0.05 on every
+    # point trains as weight 1 does.
+    arch = SmallCNN(width=2, dim=4)
+    params, _ = arch.init((1, 28, 28), 3, 0)
+    x, y = images(8), torch.from_numpy(np.arange(8) % 3)
+    recipe = Recipe("sgd", 0.1, "constant", 0.0, 0.0, 8, 2)
+    ones = torch.ones(1, 8)
+    a, _ = train_copies(arch, stacked(params, 1), {}, x, y, ones, recipe=recipe, seed=0)
+    b, _ = train_copies(arch, stacked(params, 1), {}, x, y, 0.05 * ones, recipe=recipe, seed=0)
+    for k in params:
+        torch.testing.assert_close(a[k], b[k])
+
+
+def test_deep_classifier_trains_on_the_labels_of_each_call() -> None:
+    # The same pixel array with other labels: a fit on those labels, not the remembered ones.
+    spec = ModelSpec.parse("cnn", epochs=1, batch_size=4)
+    x = images(8).reshape(8, 784).numpy()
+    y = np.arange(8) % 3
+    mask = np.ones((1, 8), dtype=bool)
+    clf = spec.build(784, 3, seed=0)
+    clf.fit(x, y, mask)
+    got = clf.fit(x, (y + 1) % 3, mask)
+    want = spec.build(784, 3, seed=0).fit(x, (y + 1) % 3, mask)
+    for k, v in want.tensors.items():
+        assert torch.equal(got.tensors[k], v), k
+
+
+def test_deep_classifier_refuses_labels_outside_its_classes() -> None:
+    clf = ModelSpec.parse("cnn", epochs=1, batch_size=4).build(784, 3, seed=0)
+    x = images(4).reshape(4, 784).numpy()
+    with pytest.raises(UsageError, match=r"labels must lie in \[0, 3\), got 0..3"):
+        clf.fit(x, np.array([0, 1, 2, 3]), np.ones((1, 4), dtype=bool))
