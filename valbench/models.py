@@ -39,6 +39,7 @@ from valbench.types import (
     charge_fits,
     class_labels,
     feature_matrix,
+    require_finite_rows,
     subset_masks,
 )
 
@@ -616,12 +617,7 @@ class BatchedClassifier:
 
     def _features(self, x: np.ndarray) -> torch.Tensor:
         arr = np.ascontiguousarray(feature_matrix(x, self.n_features), dtype=self.spec.dtype)
-        finite = np.isfinite(arr).all(axis=1)
-        if not finite.all():
-            raise UsageError(
-                f"features hold NaN or inf in {int((~finite).sum())} of {len(arr)} rows "
-                f"(first: row {int(np.argmin(finite))}); impute or drop them before valuing"
-            )
+        require_finite_rows(arr, "features", "impute or drop them before valuing")
         # torch.from_numpy shares memory and warns on read-only arrays; copy those instead.
         return torch.from_numpy(arr if arr.flags.writeable else arr.copy())
 

@@ -49,7 +49,14 @@ import torch.nn.functional as F
 
 from valbench.errors import UnknownNameError, UsageError
 from valbench.network import MLP, LogReg, Network, uniform_init
-from valbench.types import FitCounter, charge_fits, class_labels, feature_matrix, subset_masks
+from valbench.types import (
+    FitCounter,
+    charge_fits,
+    class_labels,
+    feature_matrix,
+    require_finite_rows,
+    subset_masks,
+)
 
 __all__ = [
     "ARCHITECTURE_GROUP",
@@ -935,8 +942,7 @@ class DeepClassifier:
 
     def _images(self, x: np.ndarray) -> torch.Tensor:
         arr = feature_matrix(x, self.n_features)
-        if not np.isfinite(arr).all():
-            raise UsageError("images hold NaN or inf; the deep models need raw pixels in [0, 1]")
+        require_finite_rows(arr, "images", "the deep models need raw pixels in [0, 1]")
         t = torch.as_tensor(np.ascontiguousarray(arr, dtype=np.float32)).to(self.device, self.dtype)
         return self.arch.inputs(t, self.shape)
 

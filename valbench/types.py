@@ -503,6 +503,17 @@ def feature_matrix(x: np.ndarray, n_features: int) -> np.ndarray:
     return arr
 
 
+def require_finite_rows(arr: np.ndarray, what: str, advice: str) -> None:
+    """Refuse, in one line naming how many rows and the first, a 2-D ``arr`` holding NaN or
+    inf (a model would train on it without a word, or to NaN)."""
+    finite = np.isfinite(arr).all(axis=1)
+    if not finite.all():
+        raise UsageError(
+            f"{what} hold NaN or inf in {int((~finite).sum())} of {len(arr)} rows "
+            f"(first: row {int(np.argmin(finite))}); {advice}"
+        )
+
+
 def class_labels(y: np.ndarray, n: int, n_classes: int) -> np.ndarray:
     """``y`` as int64 class indices, one for each of ``n`` rows, each in ``[0, n_classes)``;
     refused in one line otherwise."""
