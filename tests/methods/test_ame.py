@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from valbench import Budget, RunContext
-from valbench.errors import UsageError
+from valbench.errors import CellSkipped, UsageError
 from valbench.methods.ame import (
     AME,
     AME_PROBABILITIES,
@@ -262,8 +262,9 @@ def _check_against_the_port(seed: int, m: int, n: int, offset: float, one_p: boo
     # left the intercepts out went to 1e-4: coefficients off by 1.8e-2). 120 subsets in 20
     # folds of 6: a game whose lambda_1se moves if the folds' standard error divides by the
     # folds, not folds - 1 (coefficients off by 6.5e-4).
-    [(1, 18), (0, 120)],
-    ids=["path-ratio-counts-intercepts", "one-se-with-folds-minus-one"],
+    # 60 subsets in 20 folds of exactly 3: glmnet still groups the errors by fold.
+    [(1, 18), (0, 120), (0, 60)],
+    ids=["path-ratio-counts-intercepts", "one-se-with-folds-minus-one", "three-rows-per-fold"],
 )
 def test_lasso_equals_the_port_where_the_path_ratio_and_the_one_se_rule_decide(
     seed: int, m: int
@@ -330,3 +331,36 @@ def test_ols_with_one_probability_recovers_an_additive_game_exactly() -> None:
     p = np.full(40, 0.5)
     got, _ = ame_regression(masks, p, 5.0 + masks @ w, regression="ols", probabilities=(0.5,))
     np.testing.assert_allclose(got, w, rtol=0, atol=1e-12)
+
+
+def test_defaults_are_the_documented_ones_and_bad_values_are_refused() -> None:
+    assert AME().get_params() == {
+        "max_samples": 4000,
+        "regression": "lasso",
+        "cv": 20,
+        "penalty_rule": "1se",
+        "knockoffs": True,
+        "batch_size": 256,
+    }
+    for bad in ({"cv": 2}, {"max_samples": 0}, {"regression": "ridge"}):
+        with pytest.raises(UsageError, match="ame"):
+            AME(**bad)
+
+
+def test_one_subset_declines_and_the_lasso_gets_cv_folds(monkeypatch: pytest.MonkeyPatch) -> None:
+    import valbench.methods.ame as ame
+
+    task = make_check_task(n_train=12)
+    with pytest.raises(CellSkipped, match="pair of subsets"):
+        AME(max_samples=50).value(task, RunContext.for_task(task, budget=Budget(max_fits=1)))
+    folds: list[int] = []
+    real = ame.ame_lasso
+
+    def recording(x, y, groups, fold_of_row, **kwargs):
+        folds.append(len(np.unique(fold_of_row)))
+        return real(x, y, groups, fold_of_row, **kwargs)
+
+    monkeypatch.setattr(ame, "ame_lasso", recording)
+    task = make_check_task(n_train=12)
+    AME(max_samples=60, cv=5).value(task, RunContext.for_task(task, seed=1))
+    assert folds == [5]

@@ -10,6 +10,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from valbench import Budget, RunContext
+from valbench.errors import UsageError
 from valbench.methods.classwise_shapley import (
     CONTEXTS,
     TRUNCATIONS,
@@ -365,3 +366,38 @@ def test_normalization_skips_non_positive_classes_and_completeness_needs_it(
     partial = ClasswiseShapley(max_rounds=3, normalize=False).value(task, RunContext.for_task(task))
     assert not partial.complete and partial.stats["unvalued_points"] == 1
     assert partial.scores[5] == 0.0
+
+
+def test_relative_truncation_stops_at_an_exact_tie_with_the_tolerance() -> None:
+    """a_in = 0.25 per in-class point, a_out = 0 (binary fractions: no rounding). With
+    rtol 0.5 the 4-point class stops at prefix 2, where |0.5 − 1.0| = 0.5 · 1.0 exactly
+    (≤, not <), and the 3-point class at prefix 2 (0.25 ≤ 0.375)."""
+
+    def quarter(masks: np.ndarray, c: int) -> np.ndarray:
+        rows.append(len(masks))
+        present = np.asarray(masks)[:, Y == c].sum(axis=1).astype(float)
+        return np.stack([0.25 * present, np.zeros(len(present))], 1)
+
+    rows: list[int] = []
+    sums, counts, _ = classwise_shapley(
+        Y, quarter, np.random.default_rng(0), max_rounds=1, truncation="relative", rtol=0.5,
+        burn_in=0.0, batch_size=1,
+    )  # fmt: skip
+    assert rows == [2, 1, 2, 1]  # per class: the full set with prefix 1, then prefix 2
+    assert (counts == 1).all() and sums[Y == 1].sum() == 0.5
+
+
+def test_defaults_are_the_documented_ones_and_bad_values_are_refused() -> None:
+    assert ClasswiseShapley().get_params() == {
+        "max_rounds": 500,
+        "context": "per-class",
+        "truncation": "original",
+        "epsilon": 1e-3,
+        "rtol": 0.01,
+        "burn_in": 0.3,
+        "normalize": True,
+        "batch_size": 64,
+    }
+    for bad in ({"burn_in": 1.5}, {"epsilon": -1e-3}, {"max_rounds": 0}, {"context": "x"}):
+        with pytest.raises(UsageError, match="classwise-shapley"):
+            ClasswiseShapley(**bad)

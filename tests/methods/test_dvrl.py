@@ -14,7 +14,7 @@ from sklearn.metrics import roc_auc_score
 from valbench import Budget, RunContext, ValuationTask, nets
 from valbench.data import inject_label_noise
 from valbench.datasets.sklearn_bundled import DigitsDataset
-from valbench.errors import CellSkipped
+from valbench.errors import CellSkipped, UsageError
 from valbench.methods.dvrl import DVRL, LOG_EPS, ValueEstimator, reinforce_loss
 from valbench.models import ModelSpec
 from valbench.testing import check_method, make_check_task
@@ -190,3 +190,44 @@ def test_rewards_are_the_performance_minus_the_documented_baseline(
             level += (perf - level) / 20
     assert len(set(np.round(rest, 12))) > 10  # the performances do move
     assert got.stats["mean_reward_last_100"] == pytest.approx(np.mean(rewards[-100:]), abs=1e-12)
+
+
+def test_defaults_are_the_documented_ones_and_bad_values_are_refused() -> None:
+    """The docstring's defaults (the authors' code, but 500 iterations); a threshold below
+    1/2 (an empty band [1 - t, t]) and fewer than 3 layers are refused up front."""
+    assert DVRL().get_params() == {
+        "iterations": 500,
+        "batch_size": 2000,
+        "hidden": 100,
+        "comb": 10,
+        "layers": 5,
+        "lr": 0.01,
+        "threshold": 0.9,
+        "exploration": 1e3,
+        "metric": "accuracy",
+        "baseline": "full",
+    }
+    for bad in ({"threshold": 0.4}, {"threshold": 1.01}, {"layers": 2}):
+        with pytest.raises(UsageError, match="dvrl"):
+            DVRL(**bad)
+
+
+def test_estimator_starts_glorot_uniform_with_zero_biases() -> None:
+    """TF ``fully_connected`` defaults: every bias 0, every weight inside the Glorot-uniform
+    bound sqrt(6 / (fan_in + fan_out)) and spread over it (not a normal draw's tails)."""
+    net = ValueEstimator(6, 3, hidden=40, comb=10, layers=5, generator=torch.Generator())
+    for m in net.modules():
+        if isinstance(m, torch.nn.Linear):
+            assert not m.bias.any()
+            bound = np.sqrt(6.0 / (m.in_features + m.out_features))
+            w = m.weight.detach().abs()
+            assert float(w.max()) <= bound
+            if w.numel() >= 100:  # the largest of 100+ uniform draws nears the bound
+                assert float(w.max()) > 0.9 * bound
+
+
+def test_mean_selection_probability_is_the_mean_score() -> None:
+    task = make_check_task(n_train=24)
+    got = DVRL(iterations=3, hidden=8, comb=4).value(task, RunContext.for_task(task, seed=2))
+    assert got.stats["mean_selection_probability"] == pytest.approx(got.scores.mean(), abs=1e-15)
+    assert np.ptp(got.scores) > 0  # a mean, not any one score

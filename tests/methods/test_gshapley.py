@@ -10,7 +10,7 @@ import torch
 from image_tasks import half_bright_images
 
 from valbench import Budget, DatasetSplits, RunContext, ValuationTask, nets
-from valbench.errors import CellSkipped
+from valbench.errors import CellSkipped, UsageError
 from valbench.methods.gshapley import (
     LR_GRID,
     GShapley,
@@ -347,3 +347,16 @@ def test_a_run_stopped_between_batches_averages_the_permutations_it_ran() -> Non
     perms = np.stack([rng.permutation(12) for _ in range(2)])
     np.testing.assert_array_equal(got.scores, _reference(task, perms, 0.1, "accuracy"))
     assert got.stats["permutations"] == 2 and not got.stats["complete"]
+
+
+def test_defaults_are_the_documented_ones_and_bad_values_are_refused() -> None:
+    assert GShapley().get_params() == {
+        "lr": None,
+        "l2": 0.0,
+        "metric": "accuracy",
+        "max_permutations": 100,
+        "batch_size": 50,
+    }
+    for bad in ({"l2": -0.5}, {"lr": 0.0}, {"max_permutations": 0}, {"batch_size": 0}):
+        with pytest.raises(UsageError, match="g-shapley"):
+            GShapley(**bad)

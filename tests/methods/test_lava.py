@@ -335,3 +335,51 @@ def test_calibrated_gradient_by_hand_and_of_a_single_point() -> None:
     with np.errstate(all="raise"):
         np.testing.assert_array_equal(calibrated_gradient(np.array([3.0])), [0.0])
     assert calibrated_gradient(np.array([])).shape == (0,)
+
+
+def test_defaults_are_the_documented_ones_and_bad_values_are_refused() -> None:
+    assert LAVA().get_params() == {
+        "entreg": 0.1,
+        "lam_x": 1.0,
+        "lam_y": 1.0,
+        "label_cost": "sinkhorn",
+        "label_entreg": 0.1,
+        "solver": "annealed",
+        "scaling": 0.5,
+        "max_iter": 1000,
+        "max_val_points": 10_000,
+    }
+    for bad in ({"scaling": 1.0}, {"scaling": 0.0}, {"entreg": 0.0}, {"max_iter": 0}):
+        with pytest.raises(UsageError, match="lava"):
+            LAVA(**bad)
+
+
+def test_the_annealed_solve_runs_the_schedule_of_its_scaling() -> None:
+    """One update per temperature of ``epsilon_schedule(diameter, sqrt(reg), scaling)`` plus
+    the first and the last: the scaling passed, not GeomLoss's default 0.5."""
+    cost = np.random.default_rng(0).random((5, 4))
+    for scaling in (0.5, 0.8):
+        _, _, info = annealed_sinkhorn(cost, diameter=3.0, reg=0.01, scaling=scaling)
+        assert info["sinkhorn_updates"] == len(epsilon_schedule(3.0, 0.1, scaling)) + 2
+    assert len(epsilon_schedule(3.0, 0.1, 0.8)) != len(epsilon_schedule(3.0, 0.1, 0.5))
+
+
+def test_converged_needs_the_tolerance_and_iterations_add_up_over_rounds() -> None:
+    """At tol = 0 no round stops early (each runs its 99 POT iterations) and the marginal
+    error, though tiny, is above tol: 45 rounds reach eps = reg but are not converged; the
+    iteration count is the sum over the rounds."""
+    cost = np.random.default_rng(0).random((5, 4))
+    _, _, info = lava_potentials(cost, reg=0.1, max_iter=45, tol=0.0)
+    assert info["final_eps"] - 0.1 <= 1e-12 * 0.1 and info["marginal_error"] > 0
+    assert info["converged"] is False
+    _, _, one = lava_potentials(cost, reg=0.1, max_iter=1, tol=0.0)
+    _, _, three = lava_potentials(cost, reg=0.1, max_iter=3, tol=0.0)
+    assert one["iterations"] > 0 and three["iterations"] == 3 * one["iterations"]
+
+
+def test_non_finite_scores_are_marked_incomplete() -> None:
+    """A cost that overflows (lam_x = 1e308) leaves NaN potentials: the valuation says so."""
+    task = make_check_task(n_train=12)
+    with np.errstate(over="ignore"):
+        got = LAVA(lam_x=1e308).value(task, RunContext.for_task(task))
+    assert not np.isfinite(got.scores).all() and got.complete is False

@@ -14,7 +14,7 @@ from scipy.stats import spearmanr
 from wide_task import wide_task
 
 from valbench import Budget, RunContext
-from valbench.errors import CellSkipped
+from valbench.errors import CellSkipped, UsageError
 from valbench.methods import _gradients as gr
 from valbench.methods.influence import InfluenceFunction
 from valbench.methods.trak import TRAK, margin_grads
@@ -363,3 +363,26 @@ def test_scores_average_the_attributions_and_the_reweighting_over_the_models() -
     want = np.mean(attributions, axis=0) * np.mean(weights, axis=0)
     assert np.abs(weights[0] - weights[1]).max() > 1e-3  # the models do differ
     np.testing.assert_allclose(got.scores, want, rtol=1e-9, atol=1e-12 * np.abs(want).max())
+
+
+def test_defaults_are_the_documented_ones_and_bad_values_are_refused() -> None:
+    assert TRAK().get_params() == {
+        "proj_dim": 2048,
+        "checkpoints": 5,
+        "projection": "rademacher",
+        "layers": "all",
+        "chunk": 1024,
+    }
+    for bad in ({"proj_dim": 0}, {"checkpoints": 0}, {"projection": "sparse"}):
+        with pytest.raises(UsageError):
+            TRAK(**bad)
+
+
+def test_chunks_of_training_and_validation_points_do_not_change_the_scores() -> None:
+    """30 validation and 24 training points in chunks of 7: every chunk of the target is
+    summed, so the scores equal those of one chunk."""
+    task = make_check_task(n_train=24)
+    whole = TRAK(proj_dim=16, checkpoints=2).value(task, RunContext.for_task(task, seed=4))
+    task = make_check_task(n_train=24)
+    parts = TRAK(proj_dim=16, checkpoints=2, chunk=7).value(task, RunContext.for_task(task, seed=4))
+    np.testing.assert_allclose(parts.scores, whole.scores, rtol=1e-9, atol=1e-12)
