@@ -474,6 +474,32 @@ Subset = np.ndarray | Iterable[int]
 """A training subset: an iterable of indices or a bool mask over the training points."""
 
 
+def whole_numbers(values: Any) -> np.ndarray | None:
+    """``values`` as int64 when they are integers or floats with whole, finite values (2.0 is
+    row 2); None otherwise (0.9 would become row 0, a bool mask rows 0 and 1, text would fail
+    deep in a cast)."""
+    arr = np.asarray(values)
+    if arr.dtype.kind in "iu":
+        return np.asarray(arr, dtype=np.int64)
+    if arr.dtype.kind == "f" and bool(np.all(np.isfinite(arr) & (arr == np.round(arr)))):
+        return np.asarray(arr, dtype=np.int64)
+    return None
+
+
+def _class_indices(values: Any) -> np.ndarray | None:
+    """Labels as int64 class indices: bools as 0/1, numbers held as text or objects read as
+    numbers, and then only whole ones (None otherwise: 0.7 would be read as class 0)."""
+    arr = np.asarray(values)
+    if arr.dtype.kind == "b":
+        return arr.astype(np.int64)
+    if arr.dtype.kind in "OSU":
+        try:
+            arr = arr.astype(np.float64)
+        except (TypeError, ValueError):
+            return None
+    return whole_numbers(arr)
+
+
 def subset_masks(masks: np.ndarray | Sequence[np.ndarray], n: int) -> np.ndarray:
     """Bool (B, n) masks from a bool array (one row or B) or B index arrays or bool rows."""
     if isinstance(masks, np.ndarray) and masks.dtype == bool:
@@ -484,9 +510,16 @@ def subset_masks(masks: np.ndarray | Sequence[np.ndarray], n: int) -> np.ndarray
         for i, row in enumerate(rows):
             arr = np.asarray(row)
             if arr.dtype == bool:
+                if arr.shape != (n,):
+                    raise UsageError(f"a bool mask must have shape ({n},), got {arr.shape}")
                 out[i] = arr
             elif arr.size:
-                idx = arr.astype(np.int64, copy=False)
+                idx = whole_numbers(arr)
+                if idx is None:
+                    raise UsageError(
+                        f"subset indices must be whole numbers, got dtype {arr.dtype}"
+                        + (" with fractional or non-finite values" if arr.dtype.kind == "f" else "")
+                    )
                 if idx.min() < 0 or idx.max() >= n:
                     raise UsageError(f"subset index out of range for {n} training points")
                 out[i, idx] = True
@@ -517,9 +550,15 @@ def require_finite_rows(arr: np.ndarray, what: str, advice: str) -> None:
 def class_labels(y: np.ndarray, n: int, n_classes: int) -> np.ndarray:
     """``y`` as int64 class indices, one for each of ``n`` rows, each in ``[0, n_classes)``;
     refused in one line otherwise."""
-    labels = np.asarray(y, dtype=np.int64)
-    if labels.shape != (n,):
-        raise UsageError(f"expected {n} labels, got shape {labels.shape}")
+    given = np.asarray(y)
+    if given.shape != (n,):
+        raise UsageError(f"expected {n} labels, got shape {given.shape}")
+    labels = _class_indices(given) if given.size else given.astype(np.int64)
+    if labels is None:
+        raise UsageError(
+            f"labels must be whole-number class indices, got dtype {given.dtype}"
+            + (" with fractional or non-finite values" if given.dtype.kind == "f" else "")
+        )
     if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
         raise UsageError(f"labels must lie in [0, {n_classes}), got {labels.min()}..{labels.max()}")
     return labels
@@ -711,17 +750,15 @@ def _index_vector(fraction: Any, values: Any) -> np.ndarray:
     """A selection's indices as int64, refusing what a cast would change: 0.9 would become
     row 0, a text or complex index would fail deep in a cast."""
     arr = np.asarray(values)
-    if arr.dtype.kind in "iu":
-        return np.asarray(arr, dtype=np.int64)
-    whole = arr.dtype.kind == "f" and bool(np.all(np.isfinite(arr) & (arr == np.round(arr))))
-    if not whole:
+    idx = whole_numbers(arr)
+    if idx is None:
         raise InvalidValuation(
             f"selections[{fraction!r}] must hold whole-number training indices, got dtype "
             f"{arr.dtype}"
             + (" with fractional or non-finite values" if arr.dtype.kind == "f" else "")
             + ("; for a mask, give np.flatnonzero(mask)" if arr.dtype.kind == "b" else "")
         )
-    return np.asarray(arr, dtype=np.int64)
+    return idx
 
 
 @dataclass
@@ -761,7 +798,8 @@ class Valuation:
             self.detection_scores = _real_vector("detection_scores", self.detection_scores)
         self.selections = {float(k): _index_vector(k, v) for k, v in self.selections.items()}
         self.selection_weights = {
-            float(k): np.asarray(v, dtype=np.float64) for k, v in self.selection_weights.items()
+            float(k): _real_vector(f"selection_weights[{k!r}]", v)
+            for k, v in self.selection_weights.items()
         }
         flag = self.stats.get("complete", True) if self.complete is None else self.complete
         # Only a real bool: the string "false" is truthy and would pass a partial estimate off
@@ -799,10 +837,19 @@ class Valuation:
         for fraction, idx in self.selections.items():
             requested = _requested_fraction(fraction, fractions)
             if requested is None:
-                asked = ", ".join(f"{f:g}" for f in fractions or ())
+                asked = (
+                    "fractions lie in (0, 1)"
+                    if fractions is None
+                    else ", ".join(f"{f:g}" for f in fractions) or "it asked for none"
+                )
                 raise InvalidValuation(
-                    f"a selection at fraction {fraction:g}, which the run did not ask for "
-                    f"({asked or 'fractions lie in (0, 1)'})"
+                    f"a selection at fraction {fraction:g}, which the run did not ask for ({asked})"
+                )
+            if requested in keyed:
+                other = next(f for f, r in requested_of.items() if r == requested)
+                raise InvalidValuation(
+                    f"two selections, at fractions {other!r} and {fraction!r}, both stand for "
+                    f"the asked fraction {requested:g}; give one selection per fraction"
                 )
             if idx.ndim != 1 or (idx.size and (idx.min() < 0 or idx.max() >= n)):
                 raise InvalidValuation(
@@ -1030,7 +1077,13 @@ class DatasetSplits(_SplitArrays):
         for part in ("train", "val", "test"):
             x, y = getattr(self, f"x_{part}"), getattr(self, f"y_{part}")
             object.__setattr__(self, f"x_{part}", np.ascontiguousarray(x, dtype=np.float32))
-            object.__setattr__(self, f"y_{part}", np.ascontiguousarray(y, dtype=np.int64))
+            labels = _class_indices(y) if len(y) else np.asarray(y).astype(np.int64)
+            if labels is None:
+                raise ValueError(
+                    f"{part}: labels must be whole-number class indices, got dtype "
+                    f"{np.asarray(y).dtype} (0.7 would be read as class 0)"
+                )
+            object.__setattr__(self, f"y_{part}", np.ascontiguousarray(labels))
             if len(x) != len(y):
                 raise ValueError(f"{part}: {len(x)} rows of features but {len(y)} labels")
             rows = getattr(self, f"{part}_rows")

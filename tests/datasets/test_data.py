@@ -268,3 +268,59 @@ def test_noise_argument_errors() -> None:
         apply_label_noise(y, 0.2, 4, rng, model="uniform", pairs={0: 1})
     with pytest.raises(UsageError, match=r"noise pair 0->4"):
         apply_label_noise(y, 0.2, 4, rng, model="pair", pairs={0: 4})
+
+
+def test_splits_refuse_features_labels_and_origins_that_disagree() -> None:
+    x, y = np.zeros((4, 2)), np.array([0, 1, 0, 1])
+    with pytest.raises(ValueError, match="train: 4 rows of features but 3 labels"):
+        DatasetSplits(x, y[:3], x, y, x, y, 2)
+    with pytest.raises(ValueError, match=r"val: 4 rows but \(3,\) row indices"):
+        DatasetSplits(x, y, x, y, x, y, 2, val_rows=np.arange(3))
+
+
+def test_a_split_of_one_class_is_named() -> None:
+    x, y = np.zeros((4, 2)), np.array([0, 1, 1, 1])
+    assert DatasetSplits(x, y, x, y, x, y, 2).one_class_problem() is None
+    one = DatasetSplits(x, y, x, np.ones(4, dtype=int), x, y, 2).one_class_problem()
+    assert one is not None and one.startswith("every one of the 4 labels of its val split is 1")
+
+
+def test_with_train_keeps_the_chosen_rows_their_new_labels_and_their_origins() -> None:
+    x, y = np.arange(10.0).reshape(5, 2), np.array([0, 1, 0, 1, 0])
+    splits = DatasetSplits(x, y, x[:2], y[:2], x[:2], y[:2], 2, train_rows=np.arange(10, 15))
+    kept = splits.with_train(np.array([3, 0]), np.array([0, 0]))
+    np.testing.assert_array_equal(kept.x_train, x[[3, 0]])
+    assert kept.y_train.tolist() == [0, 0] and kept.train_rows.tolist() == [13, 10]
+    np.testing.assert_array_equal(kept.x_val, x[:2])
+    reordered = splits.with_train(np.array([4, 3, 2, 1, 0]), y[::-1])  # every row, reordered
+    np.testing.assert_array_equal(reordered.x_train, x[::-1])
+    assert reordered.train_rows.tolist() == [14, 13, 12, 11, 10]
+
+
+@pytest.mark.parametrize(
+    ("val", "test", "refused"),
+    [(0.5, 0.5, True), (0.2, 0.9, True), (0, 1, True), (0.2, 0.79, False), (0.2, None, False)],
+)
+def test_validation_and_test_shares_must_leave_rows_for_training(
+    val: float, test: float | None, refused: bool
+) -> None:
+    from valbench.types import Dataset
+
+    problem = Dataset.params_problem({"val_fraction": val, "test_fraction": test})
+    assert (problem is not None) == refused
+    if refused:
+        assert problem == (
+            f"val_fraction {val:g} and test_fraction {test:g} leave no rows for training "
+            "(their sum must be below 1)"
+        )
+
+
+def test_splits_refuse_fractional_labels_and_read_whole_ones() -> None:
+    x = np.zeros((3, 2))
+    with pytest.raises(ValueError, match=r"^val: labels must be whole-number class indices"):
+        DatasetSplits(x, np.array([0, 1, 0]), x, np.array([0.7, 1.0, 0.0]), x, np.zeros(3), 2)
+    s = DatasetSplits(
+        x, np.array([1.0, 0.0, 1.0]), x, np.array([True, False, True]), x, [0, 1, 0], 2
+    )
+    assert s.y_train.tolist() == [1, 0, 1] and s.y_val.tolist() == [1, 0, 1]
+    assert s.y_train.dtype == s.y_val.dtype == s.y_test.dtype == np.int64

@@ -499,3 +499,11 @@ def test_an_interval_across_the_bar_decides_nothing() -> None:
     check = _one(records, claim)
     (comparison,) = check.comparisons
     assert comparison.low < 3.0 < comparison.high and check.verdict == INCONCLUSIVE
+
+
+def test_a_claims_threshold_is_checked_at_its_floor() -> None:
+    assert Claim("x", SOURCE, "comparable-runtime", threshold=1.0).threshold == 1.0  # "as fast"
+    assert Claim("x", SOURCE, "subset-value-gain", threshold=0.5).threshold == 0.5
+    for kind, threshold in (("comparable-runtime", 0.5), ("subset-value-gain", 0.0)):
+        with pytest.raises(ValueError, match="threshold"):
+            Claim("x", SOURCE, kind, threshold=threshold)

@@ -1063,3 +1063,51 @@ def test_newton_keeps_the_starts_common_bias_shift_and_stops_on_one_class() -> N
     # A subset of one class is its limit model at once, not a fit run to the iteration cap.
     clf.fit(x, y, [np.flatnonzero(y == 1)])
     assert clf.fits_at_cap == 0
+
+
+def test_subset_masks_reads_index_arrays_and_bool_rows() -> None:
+    from valbench.types import subset_masks
+
+    got = subset_masks([np.array([2, 0]), np.array([], dtype=int), np.array([1, 0, 0, 1]) > 0], 4)
+    assert got.tolist() == [[1, 0, 1, 0], [0, 0, 0, 0], [1, 0, 0, 1]]
+    assert subset_masks(np.array([True, False, True]), 3).tolist() == [[True, False, True]]
+    for bad in ([np.array([0, -1])], [np.array([4])]):
+        with pytest.raises(UsageError, match="subset index out of range for 4 training points"):
+            subset_masks(bad, 4)
+    with pytest.raises(UsageError, match=r"masks must have shape \(B, 4\), got \(2, 5\)"):
+        subset_masks(np.ones((2, 5), dtype=bool), 4)
+
+
+def test_features_and_labels_of_the_wrong_shape_or_range_are_refused() -> None:
+    from valbench.types import class_labels, feature_matrix
+
+    assert feature_matrix(np.zeros((3, 2)), 2).shape == (3, 2)
+    with pytest.raises(UsageError, match=r"expected features of shape \(n, 3\), got \(3, 2\)"):
+        feature_matrix(np.zeros((3, 2)), 3)
+    assert class_labels(np.array([2, 0, 1]), 3, 3).tolist() == [2, 0, 1]
+    for labels, message in (
+        ([0, 3, 1], r"labels must lie in \[0, 3\), got 0..3"),
+        ([0, -1, 1], r"labels must lie in \[0, 3\), got -1..1"),
+        ([[0], [1], [2]], r"expected 3 labels, got shape \(3, 1\)"),
+    ):
+        with pytest.raises(UsageError, match=message):
+            class_labels(np.array(labels), 3, 3)
+
+
+def test_fractional_indices_labels_and_short_bool_rows_are_refused_not_truncated() -> None:
+    from valbench.types import class_labels, subset_masks
+
+    # 0.5 and 2.7 were read as rows 0 and 2; 0.7 and 1.9 as classes 0 and 1.
+    with pytest.raises(UsageError, match="^subset indices must be whole numbers, got dtype float"):
+        subset_masks([np.array([0.5, 2.7])], 5)
+    assert subset_masks([np.array([4.0, 1.0])], 5).tolist() == [[0, 1, 0, 0, 1]]
+    with pytest.raises(UsageError, match=r"^a bool mask must have shape \(5,\), got \(4,\)$"):
+        subset_masks([np.ones(4, dtype=bool)], 5)
+    with pytest.raises(UsageError, match="^labels must be whole-number class indices"):
+        class_labels(np.array([0.7, 1.9]), 2, 2)
+    # Whole numbers however held: floats, bools, numbers as objects.
+    assert class_labels(np.array([1.0, 0.0]), 2, 2).tolist() == [1, 0]
+    assert class_labels(np.array([True, False]), 2, 2).tolist() == [1, 0]
+    assert class_labels(np.array([1, 0], dtype=object), 2, 2).tolist() == [1, 0]
+    with pytest.raises(UsageError, match="^labels must be whole-number class indices"):
+        class_labels(np.array(["cat", "dog"]), 2, 2)

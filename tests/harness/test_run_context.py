@@ -329,3 +329,189 @@ def test_the_pace_counts_from_the_first_fit(monkeypatch: pytest.MonkeyPatch) -> 
     counter.add(1)
     clock.now += 4.0  # one fit in 4 s, 6 s left: one more
     assert meter.remaining_fits() == 1 and meter.next_request() == 1
+
+
+def test_an_explicit_complete_flag_overrides_the_stats() -> None:
+    from valbench.types import Valuation
+
+    partial = Valuation(scores=np.zeros(2), stats={"complete": True, "fits": 3}, complete=False)
+    assert partial.complete is False and partial.stats == {"complete": False, "fits": 3}
+
+
+def test_selection_keys_are_read_as_floats() -> None:
+    from valbench.types import Valuation
+
+    got = Valuation(
+        scores=np.zeros(20),
+        selections={"0.5": [3, 1, 4, 0, 5, 9, 2, 6, 8, 7]},
+        selection_weights={"0.5": [1] * 10},
+    )
+    assert list(got.selections) == [0.5] and list(got.selection_weights) == [0.5]
+    assert got.selections[0.5].dtype == np.int64 and got.selection_weights[0.5].dtype == np.float64
+
+
+@pytest.mark.parametrize(
+    ("indices", "dtype"),
+    [
+        # a cast would make row 0 of 0.9 and a huge negative row of inf
+        (np.array([0.9, 1.0]), "float64 with fractional or non-finite values"),
+        (np.array([0.0, 1.0, 2.5]), "float64 with fractional or non-finite values"),
+        (np.array([0.0, np.inf]), "float64 with fractional or non-finite values"),
+        (np.array([0.0, np.nan]), "float64 with fractional or non-finite values"),
+        (np.array([True, False, True]), r"bool; for a mask, give np.flatnonzero\(mask\)"),
+        (np.array(["1", "2"]), "<U1$"),
+    ],
+)
+def test_a_selection_must_hold_whole_number_indices(indices: np.ndarray, dtype: str) -> None:
+    from valbench.types import InvalidValuation, Valuation
+
+    message = rf"selections\[0.1\] must hold whole-number training indices, got dtype {dtype}"
+    with pytest.raises(InvalidValuation, match=message):
+        Valuation(scores=np.zeros(20), selections={0.1: indices})
+
+
+def test_whole_float_and_unsigned_indices_are_read_as_rows() -> None:
+    from valbench.types import Valuation
+
+    got = Valuation(
+        scores=np.zeros(20),
+        selections={0.1: np.array([7.0, 2.0]), 0.2: np.array([9, 0, 3, 1], dtype=np.uint8)},
+    ).validate(20, (0.1, 0.2))
+    assert {f: s.tolist() for f, s in got.selections.items()} == {0.1: [7, 2], 0.2: [9, 0, 3, 1]}
+    assert all(s.dtype == np.int64 for s in got.selections.values())
+
+
+def test_bool_scores_are_real_numbers() -> None:
+    from valbench.types import Valuation
+
+    got = Valuation(scores=np.array([True, False]), detection_scores=np.array([False, True]))
+    np.testing.assert_array_equal(got.scores, [1.0, 0.0])
+    assert got.detection_scores is not None and got.detection_scores.tolist() == [0.0, 1.0]
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ({"scores": np.zeros((2, 5))}, r"scores have shape \(2, 5\); expected \(10,\)"),
+        ({"scores": np.r_[np.zeros(9), np.inf]}, "scores hold 1 NaN or infinite values"),
+        (
+            {"scores": np.zeros(10), "detection_scores": np.r_[-np.inf, np.zeros(8), np.nan]},
+            "detection scores hold 2 NaN or infinite values",
+        ),
+        (
+            {"scores": np.zeros(10), "detection_scores": np.zeros((10, 1))},
+            r"detection scores have shape \(10, 1\); expected \(10,\)",
+        ),
+    ],
+)
+def test_scores_must_be_one_finite_number_per_point(given: dict, message: str) -> None:
+    from valbench.types import InvalidValuation, Valuation
+
+    with pytest.raises(InvalidValuation, match=message):
+        Valuation(**given).validate(10)
+
+
+@pytest.mark.parametrize(
+    ("selection", "message"),
+    [
+        (np.array([-1, 0, 1]), r"the selection at 0.3 holds indices outside \[0, 10\)"),
+        (np.array([[0, 1, 2]]), r"the selection at 0.3 holds indices outside \[0, 10\)"),
+        (np.array([4, 7]), "holds 2 indices .2 distinct.; at 0.3 of 10 points it must hold 3"),
+    ],
+)
+def test_a_selection_holds_its_size_of_rows_of_the_training_set(
+    selection: np.ndarray, message: str
+) -> None:
+    from valbench.types import InvalidValuation, Valuation
+
+    with pytest.raises(InvalidValuation, match=message):
+        Valuation(scores=np.zeros(10), selections={0.3: selection}).validate(10, (0.3,))
+
+
+@pytest.mark.parametrize(
+    ("fraction", "fractions"),
+    [(1.0, None), (0.0, None), (0.3005, (0.3,)), (0.3, ())],
+)
+def test_a_selection_is_only_at_a_fraction_the_run_asked_for(
+    fraction: float, fractions: tuple[float, ...] | None
+) -> None:
+    from valbench.types import InvalidValuation, Valuation, subset_size
+
+    chosen = np.arange(subset_size(10, fraction))
+    with pytest.raises(InvalidValuation, match="which the run did not ask for"):
+        Valuation(scores=np.zeros(10), selections={fraction: chosen}).validate(10, fractions)
+    got = Valuation(scores=np.zeros(10), selections={0.3: np.arange(3)}).validate(10)
+    assert list(got.selections) == [0.3]  # without the run's fractions: any in (0, 1)
+
+
+def test_subset_size_rounds_up_and_stays_within_the_training_set() -> None:
+    from valbench.types import subset_size
+
+    # ceil: 2.5 -> 3 and 2.4 -> 3 (round would give 2); float error absorbed, nothing more
+    assert [subset_size(10, 0.25), subset_size(8, 0.3), subset_size(1000, 0.30001)] == [3, 3, 301]
+    assert subset_size(4, 2.0) == 4 and subset_size(4, 1.0) == 4
+
+
+def test_for_method_hands_copies_and_no_test_split_or_noise() -> None:
+    task = make_check_task()
+    seen = task.for_method()
+    for name in ("x_train", "y_train", "x_val", "y_val"):
+        np.testing.assert_array_equal(getattr(seen, name), getattr(task, name))
+        assert not np.shares_memory(getattr(seen, name), getattr(task, name)), name
+    assert seen.x_test.shape == (0, task.n_features) and seen.y_test.shape == (0,)
+    assert task.noisy_mask is not None and seen.noisy_mask is None
+    assert seen.fit_counter is task.fit_counter and seen.model is task.model
+
+
+def test_decline_says_what_the_budget_covered_and_what_one_unit_needs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = _Clock()
+    monkeypatch.setattr(valbench.types, "time", clock)
+    counter = FitCounter()
+    counter.add(7)  # before the method was called: not its fits
+    meter = BudgetMeter(Budget(max_fits=5), counter)
+    assert str(meter.decline("tmc", "permutation", 1)) == (
+        "tmc: the budget (fits=5) covered no whole permutation (0 model fits in 0 s); one "
+        "permutation needs up to 1 fit; raise --budget"
+    )
+    counter.add(1)
+    clock.now += 3.0  # one fit in 3 s
+    assert str(meter.decline("tmc", "permutation", 1500)) == (
+        "tmc: the budget (fits=5) covered no whole permutation (1 model fits in 3 s); one "
+        "permutation needs up to 1,500 fits, about 4,500 s at this cell's 3 s a fit; "
+        "raise --budget"
+    )
+    counter.add(3)
+    clock.now += 1.0  # four fits in 4 s
+    assert "about 20 s at this cell's 1 s a fit" in str(meter.decline("ame", "pair", 20))
+
+
+def test_selection_weights_must_be_real_numbers() -> None:
+    from valbench.types import InvalidValuation, Valuation
+
+    # Complex weights lost their imaginary part with a numpy warning only; text failed in a cast.
+    for bad, dtype in (([1 + 0j, 1j], "complex128"), (["a", "b"], "<U1")):
+        with pytest.raises(
+            InvalidValuation, match=rf"^selection_weights\[0.1\] must be real.*{dtype}"
+        ):
+            Valuation(np.zeros(20), selections={0.1: [0, 1]}, selection_weights={0.1: bad})
+
+
+def test_two_selections_standing_for_one_asked_fraction_are_refused() -> None:
+    from valbench.types import InvalidValuation, Valuation
+
+    twice = Valuation(np.zeros(20), selections={0.1: [0, 1], 0.1 + 1e-12: [2, 3]})
+    with pytest.raises(InvalidValuation, match="both stand for the asked fraction 0.1; give one"):
+        twice.validate(20, (0.1, 0.5))
+
+
+def test_a_selection_when_the_run_asked_for_no_fraction_says_so() -> None:
+    from valbench.types import InvalidValuation, Valuation
+
+    got = Valuation(np.zeros(10), selections={0.3: [0, 1, 2]})
+    with pytest.raises(InvalidValuation, match=r"did not ask for \(it asked for none\)$"):
+        got.validate(10, ())
+    got = Valuation(np.zeros(10), selections={0.3: [0, 1, 2]})
+    with pytest.raises(InvalidValuation, match=r"did not ask for \(0.5\)$"):
+        got.validate(10, (0.5,))

@@ -171,3 +171,8 @@ def test_craig_and_gradmatch_weigh_each_fraction_by_its_own_picks() -> None:
     # At the largest fraction, OMP's own weights; a smaller prefix is refitted, not cut.
     assert got.selection_weights[0.5].sum() == pytest.approx(got.stats["weight_sum"], rel=1e-6)
     assert not np.allclose(got.selection_weights[0.1], got.selection_weights[0.5][:9])
+
+
+def test_validate_rejects_weights_of_another_shape_than_the_selection() -> None:
+    with pytest.raises(InvalidValuation, match=r"shape \(2, 1\); the selection holds 2 indices"):
+        _valuation({0.1: np.ones((2, 1))}).validate(20, (0.1, 0.5))
