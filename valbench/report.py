@@ -286,7 +286,7 @@ def _inline_svg(svg: str, prefix: str) -> str:
 def _duration(seconds: float | None) -> str:
     if seconds is None or not math.isfinite(seconds):
         return "—"
-    if seconds < 60:
+    if round(seconds, 1) < 60:  # 59.96 s is "1 min 00 s", not "60.0 s"
         return f"{seconds:.1f} s"
     minutes, secs = divmod(round(seconds), 60)
     hours, minutes = divmod(minutes, 60)
@@ -299,7 +299,8 @@ def _elapsed(manifest: Manifest) -> float | None:
         end = datetime.fromisoformat(str(manifest.ended_at))
     except (TypeError, ValueError):
         return None
-    return (end - start).total_seconds()
+    elapsed = (end - start).total_seconds()
+    return elapsed if elapsed >= 0 else None  # a clock set back during the run: unknown
 
 
 def _header(
@@ -565,6 +566,15 @@ def _selection_svg(
             idx = np.asarray(idx, dtype=np.int64)
             if idx.size and idx.min() >= 0 and idx.max() < len(x):
                 selections[method] = idx
+            elif idx.size:
+                bad = int(idx.min()) if idx.min() < 0 else int(idx.max())
+                _left_out_of_figure(
+                    group,
+                    damaged,
+                    rec,
+                    "selection",
+                    f"its selection names point {bad}, outside the {len(x)} training points",
+                )
         if not selections:
             continue
         title = (
@@ -690,9 +700,14 @@ def _group_figures(
             return ""
         return (
             f" In colour: the {HIGHLIGHT} best by {label} and random ({', '.join(shown)}); the "
-            f"other {muted} methods are light-grey lines without bands, some perhaps beyond the "
-            "y range, which fits the coloured means (the tables hold every mean; the method "
-            "filter above them hides any line)."
+            + (
+                "other method is a light-grey line without bands, perhaps beyond the y range,"
+                if muted == 1
+                else f"other {muted} methods are light-grey lines without bands, some perhaps "
+                "beyond the y range,"
+            )
+            + " which fits the coloured means (the tables hold every mean; the method filter "
+            "above them hides any line)."
         )
 
     if group.fractions:

@@ -648,3 +648,446 @@ def test_the_cannot_beat_random_banner_needs_every_dataset_to_fail(tmp_path: Pat
     flatten("*")
     render_report(run)
     assert 'id="too-small"' in (run / "index.html").read_text()
+
+
+def _rec(line: dict) -> Any:
+    from valbench.records import CellRecord
+
+    return CellRecord.from_json(line)
+
+
+def test_durations_switch_to_minutes_at_one_minute_and_to_hours_at_one_hour() -> None:
+    from valbench.report import _duration
+
+    assert _duration(59.94) == "59.9 s"
+    assert _duration(60.0) == _duration(59.96) == "1 min 00 s"
+    assert _duration(3599.4) == "59 min 59 s"
+    assert _duration(3725.0) == "1 h 02 min"  # 1 h, 2 min, 5 s: seconds dropped
+    assert _duration(None) == _duration(float("nan")) == _duration(float("inf")) == "—"
+
+
+def test_the_header_counts_every_stored_cell_and_all_their_wall_time() -> None:
+    from valbench.records import Manifest
+    from valbench.report import _header
+
+    partial = _ok("loo", 1, 0.7)
+    partial["complete"] = False
+    lines = [_ok("loo", 0, 0.7), partial, _failed("knn", 0), _failed("knn", 1, "timeout")]
+    lines.append(_failed("knn", 2, "skipped"))
+    header = _header(Manifest.from_json(_manifest()), [_rec(x) for x in lines], [], [])
+    assert (header["ok"], header["partial"], header["failed"], header["skipped"]) == (2, 1, 2, 1)
+    assert header["finished"] == 5 and header["total"] == 10
+    assert header["counts"] == [("failed", 1), ("ok", 2), ("skipped", 1), ("timeout", 1)]
+    # ok cells 1.7 + 2.7 s, and 0.5 s in each of the three others: the time was spent
+    assert header["cell_wall"] == f"{1.7 + 2.7 + 3 * 0.5:.1f} s"
+    assert header["elapsed"] == "2 min 05 s" and header["status"] == "complete"
+
+
+def test_the_overview_names_the_spec_and_plants_flips_only_in_files() -> None:
+    from valbench.records import Manifest
+    from valbench.report import _overview
+    from valbench.spec import FILE_PREFIX
+    from valbench.summary import MIN_TEST_PAIRS, summarise
+
+    records = [_rec(_ok(m, 0, b)) for m, b in BASES.items()]
+    groups = summarise(records)
+    spec = _manifest()["spec"]
+    data_file = f"{FILE_PREFIX}data.csv"
+    spec.update(datasets=["digits", data_file], noise=[0, 0.1], seeds="all")
+    view = _overview(Manifest.from_json(_manifest(spec=spec)), records, groups)
+    assert view["methods"] == ["loo", "random", "knn"]  # the spec's order, not sorted
+    assert view["noise"] == ["0", "0.1"]
+    assert view["planted"] == [f"valbench planted 10% label flips in {data_file}"]
+    assert view["seeds"] == 1  # not a number in the spec: the seeds the cells have
+    assert view["one_seed"] and not view["untested"]
+    assert view["fractions"] == FRACTIONS
+    spec.update(methods=[], noise=[0.0])  # an empty list: the cells' methods, sorted
+    view = _overview(Manifest.from_json(_manifest(spec=spec)), records, groups)
+    assert view["methods"] == ["knn", "loo", "random"] and view["planted"] == []
+    two = [_rec(_ok(m, s, b)) for m, b in BASES.items() for s in range(2)]
+    view = _overview(Manifest.from_json(_manifest()), two, summarise(two))
+    assert not view["one_seed"] and view["untested"] and view["max_seeds"] == 2
+    enough = [_rec(_ok(m, s, b)) for m, b in BASES.items() for s in range(MIN_TEST_PAIRS)]
+    view = _overview(Manifest.from_json(_manifest()), enough, summarise(enough))
+    assert not view["one_seed"] and not view["untested"] and view["seeds"] == 3
+
+
+def test_failures_list_skipped_cells_and_cap_each_part_of_an_error() -> None:
+    from valbench.report import EMBED_LIMIT, _failures
+
+    long_tb = _failed("loo", 0)
+    long_tb["error"]["traceback"] = "t" * (EMBED_LIMIT + 1)
+    long_tb["error"]["type"] = "E" * 201
+    exact = _failed("loo", 1)
+    exact["error"]["message"] = "m" * EMBED_LIMIT
+    lines = [long_tb, exact, _failed("loo", 2, "skipped"), _ok("loo", 3, 0.7)]
+    rows = _failures([_rec(x) for x in lines])
+    assert [(r["cell_id"][-5:], r["status"]) for r in rows] == [
+        ("seed0", "failed"),
+        ("seed1", "failed"),
+        ("seed2", "skipped"),
+    ]
+    assert rows[0]["truncated"] and rows[0]["traceback"] == "t" * EMBED_LIMIT + " …"
+    assert (
+        rows[0]["type"] == "E" * 200 + " …" and rows[0]["message"] == lines[0]["error"]["message"]
+    )
+    assert not rows[1]["truncated"] and rows[1]["message"] == "m" * EMBED_LIMIT
+    assert rows[2]["message"] == "solver diverged <badly> & gave up"
+
+
+def test_the_cells_table_shows_fits_whole_and_long_lists_by_their_kind() -> None:
+    from valbench.report import LONG_LIST, _cells
+
+    line = _ok("loo", 0, 0.7)
+    line["cost"]["model_fits"] = 12345
+    line["stats"] = {
+        "short": list(range(LONG_LIST)),
+        "nan": [float("nan")] * (LONG_LIST + 1),
+        "mixed": [1.0] * LONG_LIST + ["x"],
+    }
+    (row,) = _cells([_rec(line)])
+    assert row["fits"] == "12345"
+    assert json.loads(row["stats"]) == {
+        "short": list(range(LONG_LIST)),
+        "nan": f"<{LONG_LIST + 1} values>",
+        "mixed": f"<{LONG_LIST + 1} entries>",
+    }
+
+
+def test_the_csv_keeps_every_digit_and_orders_fractions_by_value(tmp_path: Path) -> None:
+    line = _ok("loo", 0, 0.7)
+    line["metrics"]["subset_value"] = {"0.2": 0.123456789012, "0.05": 0.5, "0.1": 0.25}
+    run = _write_run(tmp_path / "r", [line])
+    with write_results_csv(run).open(newline="") as fh:
+        rows = [(r["metric"], r["value"]) for r in csv.DictReader(fh)][:3]
+    assert rows == [
+        ("subset_value@0.05", "0.5"),
+        ("subset_value@0.1", "0.25"),
+        ("subset_value@0.2", "0.123456789012"),
+    ]
+
+
+def test_no_cd_note_says_why_for_each_missing_requirement() -> None:
+    from valbench.report import _no_cd_note
+
+    assert _no_cd_note("gain", 5, 1).endswith(
+        "fewer than two methods have a value on every dataset."
+    )
+    assert "this run has 1 dataset and they need" in _no_cd_note("gain", 1, 4)
+    assert "only two methods have a value on every dataset" in _no_cd_note("gain", 5, 2)
+
+
+def test_a_method_not_installed_keeps_the_family_its_lines_recorded() -> None:
+    from valbench.report import _families
+
+    line = _ok("my-plugin-method", 0, 0.7)
+    line["family"] = "subset-selection"
+    assert _families([_rec(line), _rec(_ok("not-installed", 0, 0.7))]) == {
+        "my-plugin-method": "subset-selection",
+        "not-installed": "",
+    }
+
+
+def test_the_page_names_the_first_few_and_counts_the_rest_of_every_long_list(
+    tmp_path: Path,
+) -> None:
+    """Seven methods over three seeds whose differences from the best are the same on every
+    seed (so none is significantly worse), in an interrupted run with lost scores, unread
+    lines and a skipped cell; a second dataset has two seeds."""
+    bases = {"random": 0.6, **{f"v{i}": 0.6 + 0.01 * i for i in range(1, 7)}}
+    lines = [_ok(m, s, b) for m, b in bases.items() for s in range(3)]
+    lines += [_ok(m, s, b, dataset="iris") for m, b in list(bases.items())[:3] for s in range(2)]
+    lines[0]["stats"] = {"note": "x" * 70_000}
+    lines.append(_failed("v1", 3, "skipped"))
+    manifest = _manifest(status="interrupted", ended_at=None, cells_total=40)
+    run = _write_run(tmp_path / "r", lines, manifest)
+    with (run / "results.jsonl").open("a") as fh:
+        fh.write("".join(f"not json {i}\n" for i in range(7)))
+    html = render_report(run).read_text(encoding="utf-8")
+    text = re.sub(r"<[^>]+>", "", html)
+    assert "interrupted" in html and "the run has not finished" in html
+    assert "stored 28 of 40" in " ".join(text.split())
+    # the headline: v6 is best, the other six follow the ≈, four named and two counted
+    headline = re.search(
+        r'<tr data-group="digits-noise0.1">.*?<td data-col="gain".*?</td>', html, re.S
+    )
+    assert headline is not None
+    assert (
+        "(≈ random, v1, v2, v3 and 2 more)" in headline[0] and "<strong>v6</strong>" in headline[0]
+    )
+    lost = re.search(r'<p class="warning" id="lost-scores">(.*?)</p>', html, re.S)
+    assert lost is not None and "27 finished cells lost their scores" in lost[1]
+    assert (
+        len(re.findall(r"\w+\.\w+\.noise0\.1\.seed\d", lost[1])) == 5 and "and 22 more" in lost[1]
+    )
+    unread = re.search(r'<p class="warning" id="unread-lines">(.*?)</p>', html, re.S)
+    assert unread is not None and unread[1].count("line ") == 5 and "; and 2 more)" in unread[1]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["unread_results_lines"][6] == "line 35: not JSON (JSONDecodeError)"
+    # a skipped cell is counted and listed, but not as a failure
+    assert 'id="cells-skipped">1<' in html
+    assert "<td>skipped (declined by the method)</td>" in html
+    cell = re.search(r'<tr data-cell="digits.random.noise0.1.seed0".*?</tr>', html, re.S)
+    assert cell is not None and "(truncated; full record in results.jsonl)" in cell[0]
+    # curve captions: six in colour (the five best and random), one grey; two seeds give a band
+    assert (
+        "gain over random and random (random, v2, v3, v4, v5, v6); the other method is a "
+        "light-grey line without bands, perhaps beyond the y range, which fits" in html
+    )
+    assert "removal AUC and random (random, v1, v2, v3, v4); the other 2 methods" in html
+    assert " Grey, named points: methods off the front." in html
+    iris = html[html.index('<section id="iris-noise0.1"') :].split("</section>")[0]
+    assert "band: 95 % CI over seeds" in iris and "Grey, named points" not in iris
+
+
+def test_partial_marks_weights_and_damaged_files_are_said_where_they_apply(tmp_path: Path) -> None:
+    import numpy as np
+    from test_report_fakes import fake_run, read_jsonl
+
+    run = fake_run(
+        tmp_path / "r", methods=("random", "loo", "kcenter"), datasets=("synthetic",), n=40
+    )
+    lines = read_jsonl(run)
+    for line in lines:
+        if line["method"] == "kcenter":
+            line["family"] = "subset-selection"
+            line["metrics"]["subset_weighted"] = {"0.1": True}
+    lines[1]["complete"] = False  # loo, seed 0: partial; its seeds 1 and 2 are complete
+    (run / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    (run / "points" / "synthetic.seed0.noise0.1.npz").write_bytes(b"not a zip")
+    # loo's seed 1 selection names a point the split does not have: not drawn
+    np.savez(
+        run / "scores" / "synthetic.loo.noise0.1.seed1.npz",
+        scores=np.zeros(40),
+        **{"selection_0.1": np.array([0, 40])},
+    )
+    html = render_report(run).read_text(encoding="utf-8")
+    section = html[html.index('<section id="synthetic-noise0.1"') :].split("</section>")[0]
+    loo = re.search(r'<tr data-method="loo">(.*?)</th>', section, re.S)
+    assert loo is not None and "partial" not in loo[1]  # left out, so not marked
+    assert "left out of the rankings" in html and "ranked and marked" not in html
+    assert re.search(r'<p class="note damaged">Selection figure not drawn from seed 0: ', section)
+    assert "Seed 1: each method&#39;s top 10 %" in section
+    selection = (run / "figures" / "selection-synthetic-noise0.1.svg").read_text()
+    assert ">random<" in selection and ">kcenter<" in selection and ">loo<" not in selection
+    h2h = html[html.index('<section id="head-to-head">') :].split("</section>")[0]
+    assert (
+        "Weighted (trained on each selection with the method's weights): kcenter; "
+        "the others unweighted." in h2h
+    )
+    html = render_report(run, include_partial=True).read_text(encoding="utf-8")
+    assert "(ranked and marked)" in html and "left out of the rankings" not in html
+
+
+def test_a_failed_line_that_carries_metrics_gives_only_its_cost_rows(tmp_path: Path) -> None:
+    # A failure's metrics are no result: results.csv must not offer them beside the ok cells'.
+    line = _ok("loo", 0, 0.7)
+    line.update(status="failed", error={"type": "E", "message": "after scoring"})
+    run = _write_run(tmp_path / "r", [line])
+    with write_results_csv(run).open(newline="") as fh:
+        rows = [(r["status"], r["complete"], r["metric"]) for r in csv.DictReader(fh)]
+    assert sorted(rows) == sorted(("failed", "", f"cost.{k}") for k in line["cost"])
+
+
+def test_the_sampling_error_figure_of_a_noise_rate_reads_only_its_own_cells(
+    tmp_path: Path,
+) -> None:
+    import numpy as np
+    from test_report_fakes import fake_run, read_jsonl
+
+    run = fake_run(tmp_path / "r", methods=("random", "tmc"), datasets=("digits",), seeds=1, n=40)
+    lines = read_jsonl(run)
+    for line in list(lines):
+        if line["method"] == "tmc":
+            line["stats"] = {"stderr": [0.01] * 40, "sample_counts": [7] * 40}
+        twin = json.loads(json.dumps(line))  # the same cell at noise 0.2
+        twin["cell_id"] = line["cell_id"].replace("noise0.1", "noise0.2")
+        twin.update(noise=0.2, scores_file=f"scores/{twin['cell_id']}.npz")
+        np.savez(run / twin["scores_file"], scores=np.zeros(30 if line["method"] == "tmc" else 40))
+        lines.append(twin)
+    (run / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    html = render_report(run).read_text(encoding="utf-8")
+    assert (run / "figures" / "sampling_error-digits-noise0.1.svg").is_file()
+    assert not (run / "figures" / "sampling_error-digits-noise0.2.svg").exists()
+    section = html[html.index('<section id="digits-noise0.2"') :].split("</section>")[0]
+    assert "tmc left out of the sampling-error figure: its scores file holds 30 scores" in section
+
+
+def test_the_sentence_filter_capitalises_the_first_letter_only() -> None:
+    from valbench.pages import environment
+
+    sentence = environment().filters["sentence"]
+    assert sentence("critical-difference diagram: detection AUC") == (
+        "Critical-difference diagram: detection AUC"
+    )
+    assert sentence("") == ""
+    page = environment().from_string("{{ v }}").render(v="<b>&")
+    assert page == "&lt;b&gt;&amp;"  # autoescaped
+
+
+def test_a_method_significantly_better_on_fewer_seeds_is_marked_not_worse(
+    tmp_path: Path,
+) -> None:
+    # b has four of a's five seeds and beats it on each by a varying margin: a significant
+    # difference, yet b is not worse; c shares two seeds only, so it is not tested at all.
+    lines = [_ok(m, s, b) for m, b in (("a", 0.7), ("random", 0.6)) for s in range(5)]
+    for s in range(4):
+        line = _ok("b", s, 0.7)
+        values = line["metrics"]["subset_value"]
+        line["metrics"]["subset_value"] = {f: v + 0.1 + 0.01 * s * s for f, v in values.items()}
+        lines.append(line)
+    lines += [_ok("c", s, 0.65) for s in range(2)]
+    html = render_report(_write_run(tmp_path / "r", lines)).read_text(encoding="utf-8")
+    row = re.search(r'<tr data-method="b">.*?</tr>', html, re.S)
+    assert row is not None
+    cell = re.search(
+        r'<td data-col="subset_value@0.1"[^>]*data-p-holm="([^"]+)"[^>]*>(.*?)</td>', row[0], re.S
+    )
+    assert cell is not None and 'class="tied"' in cell[0] and float(cell[1]) < 0.05
+    assert (
+        f'title="not significantly worse than the best (Holm-corrected p = {float(cell[1]):.2g}: '
+        "a significant difference, but not one where it is worse both on the seeds both have "
+        'and by its mean)">≈</span><span class="rank">(1)</span>' in cell[2]
+    )
+    row = re.search(r'<tr data-method="c">.*?</tr>', html, re.S)
+    assert row is not None
+    assert (
+        '<span class="mark untested" title="not tested against the best: fewer than 3 seeds'
+        in row[0]
+    )
+
+
+def test_the_cd_caption_says_when_equal_ranks_are_not_rejected(tmp_path: Path) -> None:
+    # Five datasets whose rankings of three methods rotate: average ranks 2, 1.8 and 2.2, so
+    # Friedman's χ² = 12 * 5 / (3 * 4) * 0.08 = 0.4, far from significant.
+    from valbench.records import CellRecord
+    from valbench.report import _cross_figures
+    from valbench.summary import summarise
+
+    orders = [(0.7, 0.75, 0.8), (0.75, 0.8, 0.7), (0.8, 0.7, 0.75)] * 2
+    lines = [
+        _ok(m, 0, order[i], dataset=f"d{d}")
+        for d, order in enumerate(orders[:5])
+        for i, m in enumerate(("a", "b", "c"))
+    ]
+    groups = summarise([CellRecord.from_json(x) for x in lines])
+    (tmp_path / "figures").mkdir()
+    figures, results, _ = _cross_figures(tmp_path, groups, {})
+    (gain,) = [f for f in figures if f["title"].endswith("subset value gain over random")]
+    assert "χ² (corrected for ties) = 0.40," in gain["caption"]
+    assert "(equal ranks are not rejected at α = 0.05: the gaps" in gain["caption"]
+
+
+def test_a_noise_free_2d_run_draws_its_selection_and_files_unknown_methods_as_other(
+    tmp_path: Path,
+) -> None:
+    from test_report_fakes import fake_run
+
+    run = fake_run(
+        tmp_path / "r",
+        methods=("random", "my-method"),
+        datasets=("synthetic",),
+        seeds=1,
+        noise=0.0,
+        n=40,
+    )
+    assert (run / "points" / "synthetic.seed0.noise0.npz").is_file()
+    html = render_report(run).read_text(encoding="utf-8")
+    assert (run / "figures" / "selection-synthetic-noise0.svg").is_file()
+    other = re.search(r'<span class="family-name">other</span>(.*?)</div>', html, re.S)
+    assert other is not None and 'data-method="my-method"' in other[1]
+    assert 'data-method="random"' not in other[1]
+
+
+def test_the_selection_figure_draws_a_methods_native_selection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import numpy as np
+    from test_report_fakes import fake_run
+
+    import valbench.report as report
+    from valbench.store import read_results
+    from valbench.summary import summarise
+
+    run = fake_run(tmp_path / "r", methods=("random", "loo"), datasets=("synthetic",), seeds=1)
+    drawn: dict[str, Any] = {}
+    monkeypatch.setattr(report, "selection_figure", lambda *a: drawn.update(a[4]) or "<svg/>")
+    (group,) = summarise(read_results(run))
+    assert report._selection_svg(run, group, {}, {}) == ("<svg/>", 0)
+    with np.load(run / "scores" / "synthetic.loo.noise0.1.seed0.npz") as stored:
+        native = stored["selection_0.1"]
+    with np.load(run / "scores" / "synthetic.random.noise0.1.seed0.npz") as stored:
+        top = np.argsort(-stored["scores"], kind="stable")[:8]  # top 10 % of 80 points
+    assert drawn["loo"].tolist() == native.tolist()
+    assert sorted(drawn["random"].tolist()) == sorted(top.tolist())
+
+
+def _verdict_rows(html: str) -> dict[str, str]:
+    section = html[html.index('<section id="verdict">') :].split("</section>")[0]
+    section = re.sub(r'<span class="swatch"[^>]*></span>', "", section)
+    return dict(re.findall(r'<tr data-goal="(\w+)".*?</td>\s*(<td>.*?)</tr>', section, re.S))
+
+
+def test_the_verdict_bolds_only_the_best_and_marks_partial_methods_in_every_column(
+    tmp_path: Path,
+) -> None:
+    from test_report_fakes import fake_run, read_jsonl
+
+    # every method shares its differences from knn on each seed: none significantly worse
+    lines = [_ok(m, s, b) for m, b in BASES.items() for s in range(3)]
+    rows = _verdict_rows(render_report(_write_run(tmp_path / "a", lines)).read_text())
+    assert rows["subset"].split("</td>")[0] == (
+        '<td><span class="method" data-method="knn"><strong>knn</strong></span>, '
+        '<span class="method" data-method="loo">loo</span>, '
+        '<span class="method" data-method="random">random</span>'
+    )
+    run = fake_run(
+        tmp_path / "b", methods=("random", "loo", "knn-shapley"), datasets=("digits",), two_d=()
+    )
+    lines = read_jsonl(run)
+    for line in lines:
+        line["complete"] = line["method"] != "loo"
+    (run / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    html = render_report(run, include_partial=True).read_text()
+    assert '<p class="note caveat">Partial cells included as asked (--include-partial)' in html
+    cells = _verdict_rows(html)["subset"].split("</td>")
+    assert cells[1].strip() == '<td>loo <span class="partial">(partial)</span>'  # cost-Pareto
+    assert '<span class="caveat">Only 3 seeds: ' in cells[2]
+
+
+def test_a_run_whose_clock_went_back_has_an_unknown_elapsed_time() -> None:
+    from valbench.records import Manifest
+    from valbench.report import _elapsed
+
+    def manifest(start: str, end: str) -> Manifest:
+        return Manifest(spec={}, started_at=start, ended_at=end)
+
+    assert _elapsed(manifest("2026-12-05T10:00:00", "2026-12-05T10:01:30")) == 90.0
+    assert _elapsed(manifest("2026-12-05T10:00:05", "2026-12-05T10:00:00")) is None
+
+
+def test_a_native_selection_outside_the_split_is_said_not_silently_dropped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import numpy as np
+    from test_report_fakes import fake_run
+
+    import valbench.report as report
+    from valbench.store import read_results
+    from valbench.summary import summarise
+
+    run = fake_run(tmp_path / "r", methods=("random", "loo"), datasets=("synthetic",), seeds=1)
+    path = run / "scores" / "synthetic.loo.noise0.1.seed0.npz"
+    with np.load(path) as stored:
+        kept = dict(stored)
+    kept["selection_0.1"] = np.array([0, 80])
+    np.savez(path, **kept)
+    drawn: dict[str, Any] = {}
+    monkeypatch.setattr(report, "selection_figure", lambda *a: drawn.update(a[4]) or "<svg/>")
+    (group,) = summarise(read_results(run))
+    damaged: dict[str, str] = {}
+    assert report._selection_svg(run, group, {}, damaged) == ("<svg/>", 0)
+    assert list(drawn) == ["random"]
+    why = "its selection names point 80, outside the 80 training points"
+    assert damaged == {"synthetic.loo.noise0.1.seed0": f"left out of the selection figure: {why}"}
+    assert f"loo left out of the selection figure: {why}." in group.notes
