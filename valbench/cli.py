@@ -651,15 +651,19 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from valbench.report import render_report
-    from valbench.store import describe_holder, lock_holder, read_manifest, read_results
+    from valbench.store import describe_holder, lock_holder, read_manifest, read_results_checked
 
     read_manifest(args.run_dir)  # a clear error when it is not a run directory
-    records = read_results(args.run_dir, warn=False)  # render_report reads it again, warning
+    # Quietly: render_report reads the file again and warns about each damaged line.
+    records, unread = read_results_checked(args.run_dir, warn=False)
     if not records:
         # An empty page would replace whatever the run rendered before.
+        why = f": {unread[0]}" if unread else ""
+        if len(unread) > 1:
+            why += f" (and {len(unread) - 1} more)"
         raise UsageError(
-            f"{args.run_dir} holds no finished cell (no usable line in its results.jsonl); "
-            "nothing to render, its page is left as it is"
+            f"{args.run_dir} holds no finished cell (no usable line in its results.jsonl"
+            f"{why}); nothing to render, its page is left as it is"
         )
     holder = lock_holder(args.run_dir)
     if holder is not None:

@@ -1430,8 +1430,9 @@ class BatchedClassifier:
     def fit_subset(
         self, x: np.ndarray, y: np.ndarray, indices: np.ndarray | Sequence[int]
     ) -> Params:
-        """Train a single model on ``x[indices], y[indices]`` (a batch of one)."""
-        return self.fit(x, y, [np.asarray(indices, dtype=np.int64)])
+        """Train a single model on ``x[indices], y[indices]`` (a batch of one); ``indices``
+        may also be a bool mask over the rows (see :func:`~valbench.types.subset_masks`)."""
+        return self.fit(x, y, [np.asarray(indices)])
 
     @staticmethod
     def _residual(

@@ -1019,8 +1019,9 @@ class DeepClassifier:
     def fit_subset(
         self, x: np.ndarray, y: np.ndarray, indices: np.ndarray | Sequence[int]
     ) -> DeepParams:
-        """Train a single copy on ``x[indices], y[indices]``."""
-        return self.fit(x, y, [np.asarray(indices, dtype=np.int64)])
+        """Train a single copy on ``x[indices], y[indices]``; ``indices`` may also be a bool
+        mask over the rows (see :func:`~valbench.types.subset_masks`)."""
+        return self.fit(x, y, [np.asarray(indices)])
 
     def _outputs(self, params: DeepParams, x: np.ndarray, what: int) -> torch.Tensor:
         """Logits (what=1) or penultimate features (what=0) of every copy, (B, m, ·)."""

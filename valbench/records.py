@@ -81,7 +81,9 @@ def short_json(value: Any, limit: int = 60) -> str:
 
 
 def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    """A JSON whole number a 64-bit integer can hold (a count of 400 digits parses, then
+    overflows wherever it is formatted or summed as a float)."""
+    return isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63
 
 
 def _is_number(value: Any) -> bool:
@@ -223,11 +225,13 @@ class CellCost:
     @classmethod
     def from_json(cls, data: Any, where: str = "cost") -> CellCost:
         values = _scalar_fields(cls, _Reader(data or {}, where))
-        # A cost below 0 (or NaN) was never measured (an edited line): the leaderboard would
-        # rank it the cheapest, or not at all.
+        # A cost below 0 or not finite was never measured (an edited line): the leaderboard
+        # would rank it the cheapest, the costliest, or not at all.
         for name, value in values.items():
-            if value is not None and not value >= 0:
-                raise RecordError(f"{where}.{name} is {value}; a cost is a number at least 0")
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise RecordError(
+                    f"{where}.{name} is {value}; a cost is a finite number at least 0"
+                )
         return cls(**values)
 
     def to_json(self) -> dict[str, Any]:

@@ -297,9 +297,9 @@ def _elapsed(manifest: Manifest) -> float | None:
     try:
         start = datetime.fromisoformat(str(manifest.started_at))
         end = datetime.fromisoformat(str(manifest.ended_at))
+        elapsed = (end - start).total_seconds()  # TypeError: one stamp with a zone, one without
     except (TypeError, ValueError):
         return None
-    elapsed = (end - start).total_seconds()
     return elapsed if elapsed >= 0 else None  # a clock set back during the run: unknown
 
 

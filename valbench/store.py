@@ -461,7 +461,7 @@ def read_results_checked(run_dir: Path, *, warn: bool = True) -> tuple[list[Cell
     takes a valid cell with it. Lines of an older schema are migrated; a line of a newer one
     refuses the whole file (RunDirectoryError): half a run must not pass as all of it. When a
     cell appears more than once (a retried failure), the last usable line wins. ``warn=False``
-    keeps the warnings for a later read of the same file (a command reads it twice).
+    logs nothing: for a caller whose later read of the same file warns.
     """
     path = Path(run_dir) / RESULTS_FILE
     if not path.is_file():

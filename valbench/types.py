@@ -474,14 +474,27 @@ Subset = np.ndarray | Iterable[int]
 """A training subset: an iterable of indices or a bool mask over the training points."""
 
 
+_INT64_LIMIT = 2.0**63
+
+
 def whole_numbers(values: Any) -> np.ndarray | None:
-    """``values`` as int64 when they are integers or floats with whole, finite values (2.0 is
-    row 2); None otherwise (0.9 would become row 0, a bool mask rows 0 and 1, text would fail
-    deep in a cast)."""
+    """``values`` as int64 when they are integers, or floats (or Python numbers in an object
+    array) with whole, finite values that int64 holds (2.0 is row 2); None otherwise: 0.9
+    would become row 0, 1e20 wrap to a negative row, a bool mask become rows 0 and 1, and
+    text fail deep in a cast."""
     arr = np.asarray(values)
-    if arr.dtype.kind in "iu":
+    if arr.dtype.kind == "O":
+        try:
+            arr = arr.astype(np.float64)
+        except (TypeError, ValueError):
+            return None
+    if arr.dtype.kind == "i":
         return np.asarray(arr, dtype=np.int64)
-    if arr.dtype.kind == "f" and bool(np.all(np.isfinite(arr) & (arr == np.round(arr)))):
+    if arr.dtype.kind == "u":
+        return arr.astype(np.int64) if not arr.size or arr.max() < 2**63 else None
+    if arr.dtype.kind == "f" and bool(
+        np.all(np.isfinite(arr) & (arr == np.round(arr)) & (np.abs(arr) < _INT64_LIMIT))
+    ):
         return np.asarray(arr, dtype=np.int64)
     return None
 
@@ -553,7 +566,7 @@ def class_labels(y: np.ndarray, n: int, n_classes: int) -> np.ndarray:
     given = np.asarray(y)
     if given.shape != (n,):
         raise UsageError(f"expected {n} labels, got shape {given.shape}")
-    labels = _class_indices(given) if given.size else given.astype(np.int64)
+    labels = _class_indices(given)
     if labels is None:
         raise UsageError(
             f"labels must be whole-number class indices, got dtype {given.dtype}"
@@ -734,14 +747,16 @@ def _check_positional(name: str, values: Any) -> None:
         )
 
 
-def _real_vector(name: str, values: Any) -> np.ndarray:
+def _real_vector(
+    name: str, values: Any, wanted: str = "one float per training point"
+) -> np.ndarray:
     """``values`` as float64, refusing what is not real numbers: complex scores would lose
     their imaginary part with only a numpy warning, and text would fail deep in a cast."""
     arr = np.asarray(values)
     if arr.dtype.kind not in "biuf":
         raise InvalidValuation(
             f"{name} must be real numbers (bool, int or float), got an array of dtype "
-            f"{arr.dtype}; return one float per training point"
+            f"{arr.dtype}; return {wanted}"
         )
     return np.asarray(arr, dtype=np.float64)
 
@@ -798,7 +813,9 @@ class Valuation:
             self.detection_scores = _real_vector("detection_scores", self.detection_scores)
         self.selections = {float(k): _index_vector(k, v) for k, v in self.selections.items()}
         self.selection_weights = {
-            float(k): _real_vector(f"selection_weights[{k!r}]", v)
+            float(k): _real_vector(
+                f"selection_weights[{float(k)!r}]", v, "one float per index of the selection"
+            )
             for k, v in self.selection_weights.items()
         }
         flag = self.stats.get("complete", True) if self.complete is None else self.complete
@@ -1077,15 +1094,17 @@ class DatasetSplits(_SplitArrays):
         for part in ("train", "val", "test"):
             x, y = getattr(self, f"x_{part}"), getattr(self, f"y_{part}")
             object.__setattr__(self, f"x_{part}", np.ascontiguousarray(x, dtype=np.float32))
-            labels = _class_indices(y) if len(y) else np.asarray(y).astype(np.int64)
+            given = np.ascontiguousarray(y)
+            labels = _class_indices(given)
             if labels is None:
                 raise ValueError(
                     f"{part}: labels must be whole-number class indices, got dtype "
-                    f"{np.asarray(y).dtype} (0.7 would be read as class 0)"
+                    f"{given.dtype}"
+                    + (" with fractional or non-finite values" if given.dtype.kind == "f" else "")
                 )
             object.__setattr__(self, f"y_{part}", np.ascontiguousarray(labels))
-            if len(x) != len(y):
-                raise ValueError(f"{part}: {len(x)} rows of features but {len(y)} labels")
+            if len(x) != len(labels):
+                raise ValueError(f"{part}: {len(x)} rows of features but {len(labels)} labels")
             rows = getattr(self, f"{part}_rows")
             if rows is not None:
                 rows = np.ascontiguousarray(rows, dtype=np.int64)

@@ -324,3 +324,13 @@ def test_splits_refuse_fractional_labels_and_read_whole_ones() -> None:
     )
     assert s.y_train.tolist() == [1, 0, 1] and s.y_val.tolist() == [1, 0, 1]
     assert s.y_train.dtype == s.y_val.dtype == s.y_test.dtype == np.int64
+
+
+def test_splits_name_text_labels_plainly_and_count_a_lone_label_as_one() -> None:
+    x = np.zeros((3, 2))
+    with pytest.raises(
+        ValueError, match=r"^train: labels must be whole-number class indices, got dtype <U3$"
+    ):
+        DatasetSplits(x, np.array(["cat", "dog", "cat"]), x, [0, 1, 0], x, [0, 1, 0], 2)
+    with pytest.raises(ValueError, match="^train: 3 rows of features but 1 labels$"):
+        DatasetSplits(x, np.int64(1), x, [0, 1, 0], x, [0, 1, 0], 2)

@@ -286,6 +286,16 @@ def test_report_keeps_the_page_of_a_run_without_finished_cells(
     err = capsys.readouterr().err
     assert "holds no finished cell" in err and err.count("\n") == 1, err
     assert (run / "index.html").read_bytes() == page
+    # every line damaged: the one line says why (the warnings came only from the page's read)
+    (run / "results.jsonl").write_text('not json\n{"schema": 2}\n')
+    assert main(["report", str(run)]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert (
+        "(no usable line in its results.jsonl: line 1: not JSON (JSONDecodeError) (and 1 more))"
+        in err
+    )
+    assert (run / "index.html").read_bytes() == page
 
 
 def test_report_warns_once_for_each_damaged_results_line(

@@ -1111,3 +1111,39 @@ def test_fractional_indices_labels_and_short_bool_rows_are_refused_not_truncated
     assert class_labels(np.array([1, 0], dtype=object), 2, 2).tolist() == [1, 0]
     with pytest.raises(UsageError, match="^labels must be whole-number class indices"):
         class_labels(np.array(["cat", "dog"]), 2, 2)
+
+
+def test_whole_numbers_int64_cannot_hold_are_refused_not_wrapped() -> None:
+    from valbench.types import class_labels, subset_masks, whole_numbers
+
+    # 1e20 became -9223372036854775808 and 2**64 - 1 became -1 in a cast to int64.
+    assert whole_numbers(np.array([1e20, 0.0])) is None
+    assert whole_numbers(np.array([2**64 - 1], dtype=np.uint64)) is None
+    assert whole_numbers(np.array([3, 1], dtype=np.uint64)).tolist() == [3, 1]
+    assert whole_numbers(np.array([2, 0], dtype=object)).tolist() == [2, 0]
+    assert whole_numbers(np.array([0.5], dtype=object)) is None
+    assert whole_numbers(np.array(["1"])) is None  # text is no index
+    with pytest.raises(UsageError, match="^labels must be whole-number class indices"):
+        class_labels(np.array([1e20, 0.0]), 2, 2)
+    with pytest.raises(UsageError, match="^subset indices must be whole numbers"):
+        subset_masks([np.array([1e19])], 5)
+    assert subset_masks([np.array([3, 0], dtype=object)], 4).tolist() == [[1, 0, 0, 1]]
+
+
+@pytest.mark.parametrize("kind", ["logreg", "cnn"])
+def test_fit_subset_reads_a_bool_mask_as_a_mask_and_refuses_fractional_indices(
+    kind: str,
+) -> None:
+    spec = models.ModelSpec.parse(kind, **({"epochs": 1, "batch_size": 4} if kind == "cnn" else {}))
+    rng = np.random.default_rng(0)
+    x = rng.random((12, 784)).astype(np.float32)
+    y = np.arange(12) % 3
+    model = spec.build(784, 3, seed=0)
+    mask = np.zeros(12, dtype=bool)
+    mask[[2, 5, 7, 9]] = True
+    # the mask was cast to the indices 0 and 1 (a subset of rows 0 and 1)
+    got, want = model.fit_subset(x, y, mask), model.fit(x, y, [np.array([2, 5, 7, 9])])
+    for k, v in want.tensors.items():
+        assert torch.equal(got.tensors[k], v), k
+    with pytest.raises(UsageError, match="^subset indices must be whole numbers"):
+        model.fit_subset(x, y, [0.9, 2.7])

@@ -106,10 +106,22 @@ def test_a_failed_record_round_trips() -> None:
         (("complete",), "yes", 'complete = "yes", not true or false'),
         (("cost", "cpu_s"), "1", 'cost.cpu_s = "1", not a number'),
         (("cost", "model_fits"), True, "cost.model_fits = true, not a whole number"),
-        (("cost", "cpu_s"), -0.75, "cost.cpu_s is -0.75; a cost is a number at least 0"),
-        (("cost", "peak_mem_mb"), -1, "cost.peak_mem_mb is -1.0; a cost is a number at least 0"),
-        (("cost", "cpu_s"), float("nan"), "cost.cpu_s is nan; a cost is a number at least 0"),
-        # An integer a float cannot hold: JSON parses it, float() would overflow.
+        (("cost", "cpu_s"), -0.75, "cost.cpu_s is -0.75; a cost is a finite number at least 0"),
+        (
+            ("cost", "peak_mem_mb"),
+            -1,
+            "cost.peak_mem_mb is -1.0; a cost is a finite number at least 0",
+        ),
+        (
+            ("cost", "cpu_s"),
+            float("nan"),
+            "cost.cpu_s is nan; a cost is a finite number at least 0",
+        ),
+        (("cost", "cpu_s"), float("inf"), "cost.cpu_s is inf; a cost is a finite number at"),
+        # An integer a float (or, for a count, int64) cannot hold: JSON parses it, float()
+        # and formatting overflow.
+        (("cost", "model_fits"), 10**400, "cost.model_fits = 10000000"),
+        (("cost", "model_fits"), 2**63, "cost.model_fits = 9223372036854775808, not a whole"),
         (("cost", "wall_s"), 10**400, "cost.wall_s = 1000000000"),
         (("metrics", "subset_value", "0.1"), 10**400, "metrics.subset_value.0.1 = 1000000"),
         (("metrics", "removal", "values"), [0.5, 10**400], "metrics.removal.values = [0.5, 1"),

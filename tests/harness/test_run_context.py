@@ -515,3 +515,17 @@ def test_a_selection_when_the_run_asked_for_no_fraction_says_so() -> None:
     got = Valuation(np.zeros(10), selections={0.3: [0, 1, 2]})
     with pytest.raises(InvalidValuation, match=r"did not ask for \(0.5\)$"):
         got.validate(10, (0.5,))
+
+
+def test_selection_weights_of_text_ask_for_one_float_per_index_of_the_selection() -> None:
+    from valbench.types import InvalidValuation, Valuation
+
+    with pytest.raises(
+        InvalidValuation,
+        match=r"^selection_weights\[0.1\] must be .*; return one float per index of the selection$",
+    ):
+        Valuation(
+            np.zeros(10),
+            selections={np.float64(0.1): [1]},
+            selection_weights={np.float64(0.1): ["a"]},
+        )
