@@ -204,7 +204,9 @@ class UtilityEngine:
         if arr.dtype == bool:
             if arr.shape != (n,):
                 raise UsageError(f"a subset mask must have shape ({n},), got {arr.shape}")
-            return arr
+            # A copy: many() reads its masks only after taking them all, and a caller's
+            # generator may yield one buffer grown in place (every U would be the last one's).
+            return arr.copy()
         if arr.size == 0:
             return np.zeros(n, dtype=bool)
         if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):

@@ -270,6 +270,106 @@ def test_noise_argument_errors() -> None:
         apply_label_noise(y, 0.2, 4, rng, model="pair", pairs={0: 4})
 
 
+# ------------------------------------------------ mutation-hunt additions, second round
+
+
+def test_negative_and_fractional_labels_are_refused() -> None:
+    x = np.zeros((30, 1))
+    with pytest.raises(DatasetError, match=r"0\.\.2, got values in -1\.\.2"):
+        stratified_splits(x, np.arange(30) % 4 - 1, seed=0, n_classes=3)
+    with pytest.raises(DatasetError, match="labels must be integers"):
+        stratified_splits(x, (np.arange(30) % 3) + 0.5, seed=0)
+
+
+def test_stratified_subsample_of_no_rows_is_empty() -> None:
+    idx = stratified_subsample(np.repeat([0, 1], 5), 0, np.random.default_rng(0))
+    assert idx.dtype == np.int64 and idx.shape == (0,)
+
+
+@pytest.mark.parametrize(
+    ("counts", "size", "expected"),
+    [
+        # Quotas 0.8, 0.67, 0.53 of 2 rows: floors 0, 0, 0, then the two largest remainders.
+        ((6, 5, 4), 2, [1, 1, 0]),
+        # As many rows as classes: each class keeps one, even at a quota of 0.03.
+        ((95, 4, 1), 3, [1, 1, 1]),
+        # Quotas 3, 2.4, 0.3, 0.3 of 6: floors 3, 2, 0, 0 lifted to 3, 2, 1, 1 (one too many);
+        # the row comes off the class furthest above its quota (class 0, at +0, not -0.4).
+        ((10, 8, 1, 1), 6, [2, 2, 1, 1]),
+    ],
+)
+def test_stratified_subsample_counts_by_quota(
+    counts: tuple[int, ...], size: int, expected: list[int]
+) -> None:
+    y = np.repeat(np.arange(len(counts)), counts)
+    idx = stratified_subsample(y, size, np.random.default_rng(0))
+    assert np.bincount(y[idx], minlength=len(counts)).tolist() == expected
+
+
+def test_cap_train_refuses_a_cap_below_one() -> None:
+    x, y = _data()
+    s = stratified_splits(x, y, seed=0)
+    with pytest.raises(UsageError, match="max_train must be a positive integer, got 0"):
+        cap_train(s, 0, seed=0)
+
+
+def test_train_scale_treats_a_nearly_constant_column_as_constant() -> None:
+    # A deviation of 1e-13 is rounding noise: dividing by it would blow the column up 1e13x.
+    train = np.array([[0.0, 1.0], [2e-13, 3.0]])
+    mu, sd = train_scale(train)
+    np.testing.assert_allclose(sd, [1.0, 1.0])
+    np.testing.assert_allclose(mu, [1e-13, 2.0])
+
+
+def test_split_sizes_round_to_the_nearest_row_and_keep_at_least_one() -> None:
+    # 0.2 of 19 rows is 3.8: 4 rows each for val and test, 11 for train.
+    y = np.arange(19) % 2
+    s = stratified_splits(np.arange(19.0)[:, None], y, seed=0)
+    assert (len(s.y_train), len(s.y_val), len(s.y_test)) == (11, 4, 4)
+    # 0.05 of 8 rows is 0.4: still one row each (a class of one row: unstratified).
+    y = np.array([0] * 7 + [1])
+    s = stratified_splits(np.arange(8.0)[:, None], y, seed=0, val_fraction=0.05, test_fraction=0.05)
+    assert (len(s.y_train), len(s.y_val), len(s.y_test)) == (6, 1, 1)
+
+
+@pytest.mark.parametrize("fractions", [(0.0, 0.2), (0.2, 0.0)])
+def test_a_zero_val_or_test_fraction_is_refused(fractions: tuple[float, float]) -> None:
+    x, y = _data()
+    with pytest.raises(UsageError, match=r"each be in \(0, 1\)"):
+        stratified_splits(x, y, seed=0, val_fraction=fractions[0], test_fraction=fractions[1])
+
+
+def test_noise_at_rate_zero_needs_no_second_class() -> None:
+    noisy, mask = inject_label_noise(np.zeros(5, dtype=int), 0.0, 1, np.random.default_rng(0))
+    assert noisy.tolist() == [0] * 5 and not mask.any()
+
+
+def test_same_seed_same_rows_across_versions() -> None:
+    # The rows a seed chooses are part of every number a run reports: a change of random
+    # stream (a seed's spawn key, the range of a derived seed, the draw order) changes them.
+    # Recorded 2026-12-05 (numpy Generator streams, sklearn's train_test_split).
+    y = np.repeat(np.arange(3), [12, 9, 6])
+    x = np.arange(27, dtype=float)[:, None]
+    s = stratified_splits(x, y, seed=5)
+    assert s.val_rows.tolist() == [12, 16, 25, 10, 4]
+    assert s.test_rows.tolist() == [11, 0, 23, 13, 18]
+    assert s.train_rows.tolist()[:6] == [7, 5, 20, 9, 6, 19]
+    capped = stratified_splits(x, y, seed=5, max_train=6)
+    assert capped.train_rows.tolist() == [6, 19, 15, 26, 8, 1]
+    noisy, mask = inject_label_noise(np.arange(12) % 3, 0.25, 3, np.random.default_rng(5))
+    assert np.flatnonzero(mask).tolist() == [0, 6, 8] and noisy[[0, 6, 8]].tolist() == [1, 2, 1]
+
+
+def test_features_are_centred_in_float64_before_the_float32_cast() -> None:
+    # Readings of 1000 +- 0.01: float32 keeps them only to ~6e-5, half a percent of their
+    # spread; centred in float64 first, the standardized values are exact to float32.
+    x = np.random.default_rng(0).normal(1000.0, 0.01, size=(50, 2))
+    s = stratified_splits(x, np.arange(50) % 2, seed=0)
+    train = x[s.train_rows]
+    expected = (x[s.val_rows] - train.mean(axis=0)) / train.std(axis=0)
+    np.testing.assert_allclose(s.x_val, expected, atol=1e-5)
+
+
 def test_splits_refuse_features_labels_and_origins_that_disagree() -> None:
     x, y = np.zeros((4, 2)), np.array([0, 1, 0, 1])
     with pytest.raises(ValueError, match="train: 4 rows of features but 3 labels"):

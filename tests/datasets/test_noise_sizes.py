@@ -157,3 +157,82 @@ def test_pool_split_shuffles_val_and_test_and_caps_stratified() -> None:
     assert np.bincount(y[capped]).tolist() == [8] * 5  # 70 rows a class left: 8 of each
     one_less, _, _ = pool_split_indices(y, seed=0, n_val=50, n_test=100, n_train=len(tr) - 1)
     assert len(one_less) == len(tr) - 1
+
+
+# ------------------------------------------------ mutation-hunt additions, second round
+
+
+def test_noise_pairs_outside_the_classes_are_refused() -> None:
+    # A negative class would index the partner table from its end: pairs={-1: 0} re-pointed
+    # the last class, silently.
+    y = np.arange(40) % 4
+    for pairs in ({-1: 0}, {0: -1}):
+        with pytest.raises(UsageError, match="must map a class in 0..3 to another one"):
+            pair_flip_noise(y, 0.2, 4, np.random.default_rng(0), pairs=pairs)
+
+
+def test_imbalance_profile_is_floored_and_ratio_one_keeps_every_row() -> None:
+    # Ratio 3 of 10 rows a class: 10 * 3 ** (-c / 2) = 10, 5.77, 3.33 floored (not rounded),
+    # each a draw of distinct rows.
+    y = np.repeat(np.arange(3), 10)
+    kept = imbalance_indices(y, 3.0, np.random.default_rng(0))
+    assert np.bincount(y[kept]).tolist() == [10, 5, 3]
+    assert len(np.unique(kept)) == len(kept)
+    # imbalance_indices at ratio 1 balances the classes to the smallest one ...
+    y = np.repeat(np.arange(3), [8, 6, 4])
+    kept = imbalance_indices(y, 1.0, np.random.default_rng(0))
+    assert np.bincount(y[kept]).tolist() == [4, 4, 4]
+    # ... but ratio 1 is the harness's "no imbalance": every training row stays.
+    np.testing.assert_array_equal(imbalance_rows(y, 1, 0, 3), np.arange(18))
+
+
+def test_negative_pool_sizes_and_fractional_caps_are_refused() -> None:
+    y = np.repeat(np.arange(2), 20)
+    with pytest.raises(DatasetError, match="too few for -1 validation"):
+        pool_split_indices(y, seed=0, n_val=-1, n_test=5)
+    with pytest.raises(UsageError, match="n_val must be a positive integer or None, got 2.5"):
+        resize_splits(_splits(), seed=0, n_val=2.5)
+    with pytest.raises(UsageError, match="n_train must be a positive integer"):
+        pool_split_indices(y, seed=0, n_val=4, n_test=4, n_train=3.0)
+
+
+def test_a_training_cap_of_one_row_is_refused_before_work() -> None:
+    # Leave-one-out of a single row leaves nothing: n_train needs 2, as --max-train does.
+    from valbench.registry import get_dataset, validate_params
+
+    with pytest.raises(UsageError, match=r"n_train=1 is not in \[2, inf\)"):
+        validate_params(get_dataset("synthetic"), {"n_train": 1})
+    with pytest.raises(UsageError, match=r"n_test=0 is not in \[1, inf\)"):
+        validate_params(get_dataset("synthetic"), {"n_test": 0})
+    validate_params(get_dataset("synthetic"), {"n_train": 2, "n_test": 1})
+
+
+def test_same_seed_same_rows_across_versions() -> None:
+    # Imbalance, resized splits and pool splits draw from their own seeded streams; a change
+    # of stream changes the rows every run of that seed reports on. Recorded 2026-12-05.
+    y = np.repeat(np.arange(3), [8, 8, 8])
+    assert imbalance_rows(y, 4.0, 5, 3).tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 13, 15, 18, 22]
+    y = np.repeat(np.arange(3), [12, 9, 6])
+    from valbench.data import stratified_splits
+
+    s = stratified_splits(np.arange(27, dtype=float)[:, None], y, seed=5)
+    r = resize_splits(s, seed=5, n_train=6, n_val=3, n_test=3)
+    assert r.train_rows.tolist() == [6, 19, 15, 26, 8, 1]
+    assert (r.val_rows.tolist(), r.test_rows.tolist()) == ([16, 25, 4], [11, 23, 13])
+    tr, va, te = pool_split_indices(y, seed=5, n_val=3, n_test=3, n_train=6)
+    assert (tr.tolist(), va.tolist(), te.tolist()) == (
+        [10, 23, 8, 4, 12, 19],
+        [22, 18, 11],
+        [0, 25, 20],
+    )
+
+
+def test_resized_splits_keep_each_row_with_its_label() -> None:
+    # The first feature is the label: subsampled rows carry their own labels along.
+    y = np.arange(300) % 3
+    x = np.column_stack([y, np.arange(300)]).astype(float)
+    s = DatasetSplits(x[:100], y[:100], x[100:200], y[100:200], x[200:], y[200:], 3)
+    out = resize_splits(s, seed=1, n_train=20, n_val=10, n_test=7)
+    for part in ("train", "val", "test"):
+        xs, ys = getattr(out, f"x_{part}"), getattr(out, f"y_{part}")
+        np.testing.assert_array_equal(xs[:, 0], ys)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 from pathlib import Path
 
 import numpy as np
@@ -705,3 +706,32 @@ def test_a_class_of_one_row_is_read_when_the_caller_splits_its_own_way(tmp_path:
     assert classes == ["0", "1", "2"] and len(parts["train"][1]) == 7
     with pytest.raises(DatasetError, match="class 2 has 1 row"):
         FileDataset(path=str(tmp_path / "one.npz")).read()
+
+
+# ------------------------------------------------ mutation-hunt additions, second round
+
+
+def test_file_fingerprint_is_the_first_16_hex_digits_of_the_sha256(tmp_path: Path) -> None:
+    # A run stores this key; a resumed run compares the file against it, so it must not drift.
+    from valbench.userdata import file_fingerprint
+
+    path = tmp_path / "abc.csv"
+    path.write_bytes(b"abc")
+    assert file_fingerprint(path) == "ba7816bf8f01cfea"  # sha256("abc") = ba7816bf8f01cfea41...
+
+
+def test_file_fingerprint_reads_past_the_first_mebibyte(tmp_path: Path) -> None:
+    # Two files alike in their first 2 MiB but for the last byte: different data, different key.
+    from valbench.userdata import current_fingerprint, file_fingerprint
+
+    body = bytes(2 << 20)
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    a.write_bytes(body + b"0")
+    b.write_bytes(body + b"1")
+    assert file_fingerprint(a) != file_fingerprint(b)
+    # Rewritten in place with the same size, the file is hashed again, not served from cache.
+    before = current_fingerprint(a)
+    stamp = a.stat().st_mtime_ns
+    a.write_bytes(body + b"1")
+    os.utime(a, ns=(stamp + 10**9, stamp + 10**9))  # a later time, even on a coarse clock
+    assert current_fingerprint(a) == file_fingerprint(b) != before

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -429,3 +430,98 @@ def test_epochs_override_reaches_the_warm_start_and_grouped_fits() -> None:
     trained = UtilityEngine(make_task(kind="mlp", epochs=30)).many([range(10), range(40)])
     assert not np.array_equal(trained, [at_init, at_init])  # training would change them
     assert engine.fits == 2 and task.fit_counter.count == 2
+
+
+# ------------------------------------------------ mutation-hunt additions, second round
+
+
+def test_subsets_differing_in_the_first_or_last_point_are_different_cache_keys(
+    task: ValuationTask,
+) -> None:
+    # The key packs every point's bit: subsets one point apart at either end of the mask (the
+    # padded last byte included) are trained and remembered apart, never answered for each other.
+    engine = UtilityEngine(task)
+    inner, tail = list(range(1, 10)), list(range(40, 50))
+    request = [inner, [0, *inner], tail, [*tail, N_TRAIN - 1]]
+    values = engine.many(request)
+    assert engine.fits == 4 and engine.cache_misses == 4 and len(engine) == 4
+    assert values[0] != values[1] and values[2] != values[3]
+    np.testing.assert_array_equal([engine(s) for s in request[::-1]], values[::-1])
+    assert engine.fits == 4 and engine.cache_hits == 4
+
+
+def test_a_cached_utility_of_zero_is_a_cache_hit() -> None:
+    # Every validation label is 1 and the subset holds class 0 only: U(S) = 0, remembered like
+    # any other value (not taken for "not cached" and retrained).
+    task = dataclasses.replace(make_task(), y_val=np.ones(45, dtype=np.int64))
+    engine = UtilityEngine(task)
+    zeros = np.flatnonzero(task.y_train == 0)[:5]
+    assert engine(zeros) == 0.0 and engine(zeros) == 0.0
+    assert (engine.fits, engine.cache_hits, engine.cache_misses) == (1, 1, 1)
+    assert task.fit_counter.count == 1
+
+
+def test_empty_score_is_chance_over_the_tasks_classes_not_the_ones_present() -> None:
+    # A four-class task whose training split holds classes 0..2 only: guessing among four
+    # classes scores 1/4, not 1/3.
+    base = make_task()
+    task = dataclasses.replace(base, n_classes=4, fit_counter=FitCounter())
+    assert UtilityEngine(task)([]) == 0.25
+
+
+def test_a_one_class_subset_scores_that_classs_share_of_the_validation_labels() -> None:
+    # Trained on one class, the model can only predict it: U(S) is that class's share of the
+    # validation labels (10, 20 and 15 of 45 for classes 0, 1, 2), whatever the subset's size;
+    # a subset missing one class of three never predicts it (the limit model), so on
+    # all-class-2 validation rows it scores 0.
+    y_val = np.repeat(np.arange(3), [10, 20, 15])
+    task = dataclasses.replace(make_task(), y_val=y_val)
+    engine = UtilityEngine(task)
+    zeros, ones, twos = (np.flatnonzero(task.y_train == c) for c in range(3))
+    # One request: each value lands on its own subset.
+    values = engine.many([ones[:1], zeros, ones, twos[:4], ones[:7], twos])
+    assert values.tolist() == [20 / 45, 10 / 45, 20 / 45, 15 / 45, 20 / 45, 15 / 45]
+    only2 = dataclasses.replace(
+        task, y_val=np.full(45, 2, dtype=np.int64), fit_counter=FitCounter()
+    )
+    assert UtilityEngine(only2)(np.concatenate([zeros, ones])) == 0.0
+
+
+def test_column_groups_measure_each_row_against_its_own_groups_union() -> None:
+    # Three permutations' prefixes of lengths 501..532 of 1,000 points: the third's rows hold
+    # about a quarter of their points outside the first two permutations' union but half
+    # outside the second's alone, the group they follow. Three groups, one per permutation.
+    from valbench.utility import _column_groups
+
+    n, k = 1000, 32
+    rng = np.random.default_rng(0)
+    ranks = np.stack([rng.permutation(n) for _ in range(3)])
+    lengths = 500 + np.arange(1, k + 1)
+    masks = (ranks[:, None, :] < lengths[None, :, None]).reshape(3 * k, n)
+    groups = _column_groups(masks)
+    assert [g.tolist() for g in groups] == [list(range(i * k, (i + 1) * k)) for i in range(3)]
+
+
+def test_stats_count_the_warm_start_base_fit_as_a_utility_fit() -> None:
+    # One subset trained from the full-data solution: two fits (the base and the subset's),
+    # one cache miss. The stats report fits, the cost a method is charged for.
+    task = make_task()
+    engine = UtilityEngine(task, warm_start=True)
+    engine([0, 1, 2, 3, 4])
+    stats = engine.stats()
+    assert (stats["utility_fits"], stats["cache_misses"]) == (2, 1)
+    assert task.fit_counter.count == 2
+
+
+def test_a_generator_growing_one_mask_in_place_values_each_prefix() -> None:
+    def prefixes(order: np.ndarray) -> Iterator[np.ndarray]:
+        mask = np.zeros(N_TRAIN, dtype=bool)
+        for i in order:
+            mask[i] = True
+            yield mask
+
+    order = np.random.default_rng(0).permutation(N_TRAIN)[:5]
+    want = UtilityEngine(make_task()).many([m.copy() for m in prefixes(order)])
+    got = UtilityEngine(make_task()).many(prefixes(order))
+    np.testing.assert_array_equal(got, want)
+    assert len(set(want.tolist())) > 1  # the prefixes' values differ: each was read as its own
