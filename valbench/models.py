@@ -59,6 +59,8 @@ MODEL_NAMES: tuple[str, ...] = ("logreg", "mlp")
 #: ModelSpec fields a deep architecture fills from its recipe when left at their defaults
 #: (ModelSpec field -> Recipe field).
 _RECIPE_FIELDS = {"epochs": "epochs", "lr": "lr", "l2": "weight_decay"}
+#: The logreg and MLP defaults of the fields a deep model takes from its recipe.
+SHALLOW_DEFAULTS = {"lr": 0.05, "l2": 1e-3}
 
 
 def model_names() -> tuple[str, ...]:
@@ -162,9 +164,11 @@ class ModelSpec:
     """
 
     kind: str = "logreg"
-    epochs: int | None = None  # resolved on construction, as dtype
-    lr: float = 0.05
-    l2: float = 1e-3
+    # None: not given, resolved on construction (the recipe's for a deep model, else the
+    # shallow default below), as dtype is; a value given is kept, whatever it is.
+    epochs: int | None = None
+    lr: float = None  # type: ignore[assignment]
+    l2: float = None  # type: ignore[assignment]
     hidden: int = 64
     dtype: str = "auto"
     solver: str = "auto"
@@ -184,6 +188,10 @@ class ModelSpec:
         if self.epochs is None and not self.deep:
             tolerance = self.kind == "logreg" and self.solver != "adam"
             object.__setattr__(self, "epochs", TOLERANCE_MAX_ITER if tolerance else ADAM_STEPS)
+        if not self.deep:
+            for key, default in SHALLOW_DEFAULTS.items():
+                if getattr(self, key) is None:
+                    object.__setattr__(self, key, default)
         if not self.deep and self.kind not in MODEL_NAMES:
             raise UsageError(
                 f"model {self.kind} is a shallow architecture; BatchedClassifier's solvers fit "
@@ -191,9 +199,8 @@ class ModelSpec:
             )
         if self.deep:
             recipe = get_architecture(self.kind).recipe
-            defaults = {f.name: f.default for f in dataclasses.fields(self)}
             for key, recipe_key in _RECIPE_FIELDS.items():
-                if getattr(self, key) == defaults[key]:
+                if getattr(self, key) is None:
                     object.__setattr__(self, key, getattr(recipe, recipe_key))
             if self.batch_size is None:
                 object.__setattr__(self, "batch_size", recipe.batch_size)
@@ -320,7 +327,13 @@ class ModelSpec:
                 raise UsageError(
                     f"model {name!r} has no parameter {key!r}; valid: {', '.join(sorted(fields))}"
                 )
-            kind = int if key in ("batch_size", "epochs") else type(getattr(cls, key))
+            kind = (
+                int
+                if key in ("batch_size", "epochs")
+                else float
+                if key in SHALLOW_DEFAULTS
+                else type(getattr(cls, key))
+            )
             values[key] = _coerce(key, value, kind)
         # What the command line may ask of the evaluation model, beyond a valid field: a
         # model never trained scores every subset at chance; a minibatch size a full-batch

@@ -1147,3 +1147,17 @@ def test_fit_subset_reads_a_bool_mask_as_a_mask_and_refuses_fractional_indices(
         assert torch.equal(got.tensors[k], v), k
     with pytest.raises(UsageError, match="^subset indices must be whole numbers"):
         model.fit_subset(x, y, [0.9, 2.7])
+
+
+@pytest.mark.parametrize("kind", ["cnn", "resnet18"])
+def test_a_deep_models_given_lr_and_l2_are_kept_even_at_the_shallow_defaults(kind: str) -> None:
+    # lr=0.05 and l2=0.001 are logreg's defaults: a deep spec took them for "not given" and
+    # trained with its recipe's values instead.
+    spec = models.ModelSpec.parse(f"{kind}:lr=0.05,l2=0.001")
+    assert (spec.lr, spec.l2) == (0.05, 0.001)
+    recipe = models.ModelSpec.parse(kind).recipe
+    plain = models.ModelSpec.parse(kind)
+    assert (plain.lr, plain.l2, plain.epochs) == (recipe.lr, recipe.weight_decay, recipe.epochs)
+    assert models.ModelSpec(kind=kind, l2=0.001).l2 == 0.001
+    shallow = models.ModelSpec.parse("logreg")
+    assert (shallow.lr, shallow.l2) == (0.05, 0.001)

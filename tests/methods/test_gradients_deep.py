@@ -602,3 +602,64 @@ def test_ekfac_refuses_layers_its_kronecker_factors_do_not_cover(kind: str, matc
     model = gr.Functional(kind="odd", params=params, decayed=(), l2=0.0, arch=arch)
     with pytest.raises(UsageError, match=match):
         ih.network_layers(model, torch.zeros(1, 1, 28, 28))
+
+
+class _TwoLinear(nets.ImageNetwork):
+    """The one-hidden-layer MLP written with ``F.linear`` calls (weights stored (out, in)), so
+    EK-FAC's network tap sees both layers."""
+
+    name = "twolinear"
+    recipe = nets.SmallCNN.recipe
+
+    def init(self, in_shape, n_classes, seed):
+        gen = torch.Generator().manual_seed(seed)
+        p = {
+            "fc.weight": torch.randn(3, 4, generator=gen, dtype=F64),
+            "fc.bias": torch.randn(3, generator=gen, dtype=F64),
+            "head.weight": torch.randn(n_classes, 3, generator=gen, dtype=F64),
+            "head.bias": torch.randn(n_classes, generator=gen, dtype=F64),
+        }
+        return p, {}
+
+    def apply(self, params, buffers, x, *, train=False, weight=None):
+        h = torch.relu(torch.nn.functional.linear(x, params["fc.weight"], params["fc.bias"]))
+        logits = torch.nn.functional.linear(h, params["head.weight"], params["head.bias"])
+        return h, logits, dict(buffers)
+
+
+def _two_linear(decayed: tuple[str, ...], l2: float) -> tuple[gr.Functional, torch.Tensor]:
+    arch = _TwoLinear()
+    params, _ = arch.init((4,), 3, 0)
+    x = torch.randn(30, 4, generator=torch.Generator().manual_seed(1), dtype=F64)
+    return gr.Functional(kind="twolinear", params=params, decayed=decayed, l2=l2, arch=arch), x
+
+
+def test_ekfac_network_factors_of_linear_layers_equal_the_mlp_closed_form() -> None:
+    # The same MLP two ways: the network's class-by-class backward passes and the closed form
+    # of ekfac_mlp_factors (B = diag(relu') W2, S = E[B (diag p − ppᵀ) Bᵀ]), with the L2 term
+    # on the weights only. Bases and Λ* must agree layer by layer.
+    model, x = _two_linear(("fc.weight", "head.weight"), 0.05)
+    p = model.params
+    mlp = {
+        "W1": p["fc.weight"].T,
+        "b1": p["fc.bias"],
+        "W2": p["head.weight"].T,
+        "b2": p["head.bias"],
+    }
+    want = ih.ekfac_mlp_factors(mlp, x, 0.05)
+    got, order = ih.ekfac_network_factors(model, x, chunk=7)
+    assert sorted(order.tolist()) == list(range(model.n_params))
+    for (_, _, lam_got), (_, _, lam_want) in zip(got, want, strict=True):
+        torch.testing.assert_close(lam_got, lam_want, rtol=1e-8, atol=1e-12)
+
+
+def test_ekfac_network_factors_add_l2_on_exactly_the_decayed_rows() -> None:
+    # Decaying the head's weight and bias but not the hidden layer: Λ*(l2) − Λ*(0) is l2 on
+    # every entry of the head (Σ_r Q_A[r, a]² = 1 over all its rows) and 0 on the hidden layer.
+    decayed = ("head.weight", "head.bias")
+    model, x = _two_linear(decayed, 0.25)
+    bare, _ = _two_linear(decayed, 0.0)
+    (_, _, fc), (_, _, head) = ih.ekfac_network_factors(model, x)[0]
+    (_, _, fc0), (_, _, head0) = ih.ekfac_network_factors(bare, x)[0]
+    torch.testing.assert_close(fc, fc0, rtol=0, atol=1e-14)
+    torch.testing.assert_close(head - head0, torch.full_like(head, 0.25), rtol=0, atol=1e-12)

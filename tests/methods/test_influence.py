@@ -398,3 +398,24 @@ def test_lissa_scale_is_1_2_times_the_top_eigenvalue_of_the_damped_hessian() -> 
     top = float(torch.linalg.eigvalsh(gr.head_hessian(phi, probs, model.l2)).max())
     # Power iteration approaches the top eigenvalue from below.
     assert 1.2 * (0.9 * top + 0.05) <= got.stats["lissa_scale"] <= 1.2 * (top + 0.05) * (1 + 1e-9)
+
+
+def test_head_features_in_chunks_keep_every_row_and_empty_gradients_keep_the_width() -> None:
+    # Five rows in chunks of 2 (2, 2, 1): the last, short chunk is not dropped; a logreg's
+    # features are its rows. No points give a (0, P) gradient matrix.
+    task = make_check_task(n_train=20)
+    clf = task.build_model()
+    params = clf.fit(task.x_train, task.y_train, np.ones((1, 20), dtype=bool))
+    got = gr.head_features(params, task.x_train[:5], clf, chunk=2)
+    torch.testing.assert_close(got, gr.as_tensor(task.x_train[:5]), rtol=0, atol=0)
+    model = gr.functional_from_params(params, 0.01)
+    empty = torch.zeros(0, task.x_train.shape[1], dtype=torch.float64)
+    grads = gr.per_sample_grads(model, empty, torch.zeros(0, dtype=torch.int64))
+    assert tuple(grads.shape) == (0, model.n_params)
+
+
+def test_power_iteration_estimates_the_largest_eigenvalue_by_magnitude() -> None:
+    # diag(−5, 2, 1): the dominant eigenvalue is −5, so LiSSA's scale must see 5, not −5.
+    h = torch.diag(torch.tensor([-5.0, 2.0, 1.0], dtype=torch.float64))
+    top = gr.power_iteration(lambda v: h @ v, 3, np.random.default_rng(0), iters=200)
+    assert top == pytest.approx(5.0, rel=1e-9)

@@ -336,3 +336,39 @@ def test_arnoldi_keeps_the_pairs_of_largest_magnitude_on_an_indefinite_hessian()
     kept = q[:, :2]
     expected = kept @ torch.diag(1.0 / (mu[:2] + 0.1)) @ kept.T @ b
     torch.testing.assert_close(solve(b), expected, rtol=0, atol=1e-10)
+
+
+def test_arnoldi_reports_the_top_eigenvalue_by_magnitude_and_whitens_a_positive_spectrum() -> None:
+    # H = Q diag(−6, 3, 1) Qᵀ: the largest |μ| is 6 (a negative eigenvalue), which the stats
+    # report as 6, not the largest signed 3. With damping 7 every kept μ + λ is positive
+    # (1, 10, 8), so a whitener exists and (Wb)ᵀ(Wc) is bᵀ solve(c).
+    q, _ = torch.linalg.qr(torch.as_tensor(np.random.default_rng(3).normal(size=(3, 3))))
+    mu = torch.tensor([-6.0, 3.0, 1.0], dtype=torch.float64)
+    h = q @ torch.diag(mu) @ q.T
+    solve, whiten, info = ih.arnoldi_inverse(
+        lambda v: h @ v, 3, rank=3, iterations=3, damping=7.0, rng=np.random.default_rng(0)
+    )
+    assert info["arnoldi_top_eigenvalue"] == pytest.approx(6.0, abs=1e-10)
+    assert info["arnoldi_rank"] == 3
+    b = torch.as_tensor(np.random.default_rng(4).normal(size=(3, 2)))
+    expected = torch.linalg.solve(h + 7.0 * torch.eye(3, dtype=torch.float64), b)
+    torch.testing.assert_close(solve(b), expected, rtol=0, atol=1e-10)
+    assert whiten is not None
+    torch.testing.assert_close(whiten(b).T @ whiten(b), b.T @ expected, rtol=0, atol=1e-10)
+
+
+def test_ekfac_has_no_whitener_when_a_damped_eigenvalue_is_negative() -> None:
+    # Λ* + λ = (0.5, −0.5) in one entry: no square root exists, so whiten is None (a whitener
+    # would give NaN); the solve still divides by each shifted value.
+    q_a = torch.eye(2, dtype=torch.float64)
+    q_s = torch.eye(1, dtype=torch.float64)
+    lam = torch.tensor([[0.4], [-0.6]], dtype=torch.float64)
+    solve, whiten = ih.ekfac_inverse(q_a, q_s, lam, 0.1)
+    assert whiten is None
+    b = torch.tensor([[1.0], [1.0]], dtype=torch.float64)
+    torch.testing.assert_close(solve(b), torch.tensor([[2.0], [-2.0]], dtype=torch.float64))
+    _, whiten_positive = ih.ekfac_inverse(q_a, q_s, lam, 1.0)
+    assert whiten_positive is not None
+    torch.testing.assert_close(
+        whiten_positive(b), torch.tensor([[1.4**-0.5], [0.4**-0.5]], dtype=torch.float64)
+    )

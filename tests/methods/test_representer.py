@@ -93,3 +93,8 @@ def test_a_budget_without_a_fit_declines_before_training() -> None:
     with pytest.raises(CellSkipped, match="representer"):
         RepresenterPoints().value(task, RunContext.for_task(task, budget=Budget(max_fits=0)))
     assert task.fit_counter.count == 0
+
+
+def test_defaults_are_the_documented_ones() -> None:
+    method = RepresenterPoints()
+    assert method.chunk == 1024 and method.l2 is None

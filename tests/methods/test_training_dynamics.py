@@ -16,6 +16,7 @@ from valbench.methods.training_dynamics import (
     GraNd,
     TrainedRuns,
     apply_offset,
+    deep_default_epochs,
     error_l2_norms,
     forgetting_counts,
     make_network,
@@ -332,3 +333,27 @@ def test_training_reports_each_finished_epoch() -> None:
     heard: list[int] = []
     train_runs(x, y, 3, seeds=[1, 2], epochs=3, batch_size=4, progress=heard.append)
     assert heard == [1, 2, 3]
+
+
+def test_offset_breaks_ties_among_the_hardest_by_index() -> None:
+    """Twenty points tie as hardest (1.0, every even index of 40); an offset of 0.25 moves
+    10 of them: the first 10 in index order (a stable sort), 0, 2, ..., 18, to -1."""
+    h = np.tile([1.0, 0.0], 20)
+    out = apply_offset(h, 0.25)
+    moved = np.arange(0, 20, 2)
+    np.testing.assert_array_equal(np.flatnonzero(out < 0), moved)
+    np.testing.assert_array_equal(out[moved], -1.0)
+
+
+def test_deep_default_epochs_round_the_fraction_up() -> None:
+    """A tenth of 25 recipe epochs is 2.5 -> 3 (ceil, not round-half-even's 2); an exact
+    2.0 stays 2 despite float error in 0.1 x 20; never below 1."""
+    assert deep_default_epochs(25, 0.1) == 3
+    assert deep_default_epochs(20, 0.1) == 2
+    assert deep_default_epochs(3, 0.1) == 1
+    assert deep_default_epochs(15, 1.0) == 15
+
+
+def test_runs_default_to_ten() -> None:
+    for cls in (GraNd, EL2N, Forgetting):
+        assert cls().runs == 10
