@@ -499,6 +499,13 @@ def whole_numbers(values: Any) -> np.ndarray | None:
     return None
 
 
+def _dtype_said(arr: np.ndarray) -> str:
+    """How a refusal of :func:`whole_numbers` names what it got."""
+    return f"dtype {arr.dtype}" + (
+        " with fractional, non-finite or out-of-range values" if arr.dtype.kind == "f" else ""
+    )
+
+
 def _class_indices(values: Any) -> np.ndarray | None:
     """Labels as int64 class indices: bools as 0/1, numbers held as text or objects read as
     numbers, and then only whole ones (None otherwise: 0.7 would be read as class 0)."""
@@ -530,8 +537,7 @@ def subset_masks(masks: np.ndarray | Sequence[np.ndarray], n: int) -> np.ndarray
                 idx = whole_numbers(arr)
                 if idx is None:
                     raise UsageError(
-                        f"subset indices must be whole numbers, got dtype {arr.dtype}"
-                        + (" with fractional or non-finite values" if arr.dtype.kind == "f" else "")
+                        f"subset indices must be whole numbers, got {_dtype_said(arr)}"
                     )
                 if idx.min() < 0 or idx.max() >= n:
                     raise UsageError(f"subset index out of range for {n} training points")
@@ -568,10 +574,7 @@ def class_labels(y: np.ndarray, n: int, n_classes: int) -> np.ndarray:
         raise UsageError(f"expected {n} labels, got shape {given.shape}")
     labels = _class_indices(given)
     if labels is None:
-        raise UsageError(
-            f"labels must be whole-number class indices, got dtype {given.dtype}"
-            + (" with fractional or non-finite values" if given.dtype.kind == "f" else "")
-        )
+        raise UsageError(f"labels must be whole-number class indices, got {_dtype_said(given)}")
     if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
         raise UsageError(f"labels must lie in [0, {n_classes}), got {labels.min()}..{labels.max()}")
     return labels
@@ -768,9 +771,8 @@ def _index_vector(fraction: Any, values: Any) -> np.ndarray:
     idx = whole_numbers(arr)
     if idx is None:
         raise InvalidValuation(
-            f"selections[{fraction!r}] must hold whole-number training indices, got dtype "
-            f"{arr.dtype}"
-            + (" with fractional or non-finite values" if arr.dtype.kind == "f" else "")
+            f"selections[{fraction!r}] must hold whole-number training indices, got "
+            + _dtype_said(arr)
             + ("; for a mask, give np.flatnonzero(mask)" if arr.dtype.kind == "b" else "")
         )
     return idx
@@ -1098,9 +1100,7 @@ class DatasetSplits(_SplitArrays):
             labels = _class_indices(given)
             if labels is None:
                 raise ValueError(
-                    f"{part}: labels must be whole-number class indices, got dtype "
-                    f"{given.dtype}"
-                    + (" with fractional or non-finite values" if given.dtype.kind == "f" else "")
+                    f"{part}: labels must be whole-number class indices, got " + _dtype_said(given)
                 )
             object.__setattr__(self, f"y_{part}", np.ascontiguousarray(labels))
             if len(x) != len(labels):

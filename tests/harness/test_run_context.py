@@ -354,10 +354,10 @@ def test_selection_keys_are_read_as_floats() -> None:
     ("indices", "dtype"),
     [
         # a cast would make row 0 of 0.9 and a huge negative row of inf
-        (np.array([0.9, 1.0]), "float64 with fractional or non-finite values"),
-        (np.array([0.0, 1.0, 2.5]), "float64 with fractional or non-finite values"),
-        (np.array([0.0, np.inf]), "float64 with fractional or non-finite values"),
-        (np.array([0.0, np.nan]), "float64 with fractional or non-finite values"),
+        (np.array([0.9, 1.0]), "float64 with fractional, non-finite or out-of-range values"),
+        (np.array([0.0, 1.0, 2.5]), "float64 with fractional, non-finite or out-of-range values"),
+        (np.array([0.0, np.inf]), "float64 with fractional, non-finite or out-of-range values"),
+        (np.array([0.0, np.nan]), "float64 with fractional, non-finite or out-of-range values"),
         (np.array([True, False, True]), r"bool; for a mask, give np.flatnonzero\(mask\)"),
         (np.array(["1", "2"]), "<U1$"),
     ],
