@@ -98,6 +98,16 @@ def test_a_failed_record_round_trips() -> None:
     assert back.to_json()["metrics"] == {} and back.metric(lambda m: m.full_data_value) is None
 
 
+def _ok_line_with(path: tuple[str, ...], value: object) -> dict:
+    """An ok line with the field at ``path`` set to ``value``."""
+    line = _ok_line()
+    node = line
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    return line
+
+
 @pytest.mark.parametrize(
     ("path", "value", "message"),
     [
@@ -145,11 +155,7 @@ def test_a_failed_record_round_trips() -> None:
 def test_a_field_of_the_wrong_type_is_named_in_one_line(
     path: tuple[str, ...], value: object, message: str
 ) -> None:
-    line = _ok_line()
-    node = line
-    for key in path[:-1]:
-        node = node[key]
-    node[path[-1]] = value
+    line = _ok_line_with(path, value)
     with pytest.raises(RecordError, match=message.replace("[", r"\[").replace(".", r"\.")) as err:
         CellRecord.from_json(line)
     assert "\n" not in str(err.value)
@@ -341,11 +347,7 @@ def test_a_boolean_is_no_number_and_a_list_is_checked_item_by_item(
 ) -> None:
     # true read as 1.0 would be a cost or an accuracy nobody measured; "x" in a curve would
     # stop the reader with a traceback instead of one line
-    line = _ok_line()
-    node = line
-    for key in path[:-1]:
-        node = node[key]
-    node[path[-1]] = value
+    line = _ok_line_with(path, value)
     with pytest.raises(RecordError, match=message.replace(".", r"\.")):
         CellRecord.from_json(line)
 
