@@ -735,3 +735,82 @@ def test_file_fingerprint_reads_past_the_first_mebibyte(tmp_path: Path) -> None:
     a.write_bytes(body + b"1")
     os.utime(a, ns=(stamp + 10**9, stamp + 10**9))  # a later time, even on a coarse clock
     assert current_fingerprint(a) == file_fingerprint(b) != before
+
+
+def test_a_repeated_y_column_is_refused_when_y_is_the_default_label(tmp_path: Path) -> None:
+    """With no --label-column, 'y' is the label: a second 'y' (pandas' 'y.1') would be read
+    as a feature carrying the labels in."""
+    rows = "".join(f"{i % 7},{i % 2},{i % 2}\n" for i in range(40))
+    (tmp_path / "yy.csv").write_text("a,y,y\n" + rows)
+    with pytest.raises(DatasetError, match="has 2 columns named y; rename all but one"):
+        FileDataset(path=str(tmp_path / "yy.csv")).read()
+
+
+def test_an_unnamed_last_column_with_some_values_is_not_called_trailing_commas(
+    tmp_path: Path,
+) -> None:
+    """Only a nameless last column empty on every row is a line of trailing commas; one
+    holding values on some rows is a column without a name."""
+    rows = [f"{i % 7},{i % 2},{'' if i % 3 else i}" for i in range(30)]
+    (tmp_path / "half.csv").write_text("a,label,\n" + "\n".join(rows) + "\n")
+    with pytest.raises(DatasetError, match=r"a column without a name \('Unnamed: 2'") as err:
+        FileDataset(path=str(tmp_path / "half.csv")).read()
+    assert "trailing" not in str(err.value)
+
+
+def test_infinite_values_are_counted_not_just_noticed(tmp_path: Path) -> None:
+    (tmp_path / "inf.csv").write_text("a,b,label\n1,-inf,0\n3,2,0\n3,inf,1\n5,inf,1\n")
+    with pytest.raises(DatasetError, match=r"column b has 3 infinite values \(first in row 0,"):
+        FileDataset(path=str(tmp_path / "inf.csv")).read()
+
+
+def test_only_the_classes_a_csv_respells_change_how_they_are_written(tmp_path: Path) -> None:
+    """'007' is written back as '007' even when the other class ('8') reads as written."""
+    from valbench.userdata import class_spellings
+
+    path = tmp_path / "mixed.csv"
+    path.write_text("a,label\n1,007\n2,8\n3,007\n4,8\n")
+    parts, classes = FileDataset(path=str(path)).read(carved=False)
+    assert classes == ["7", "8"]
+    assert class_spellings(path, None, parts["train"][1], classes) == ["007", "8"]
+
+
+def test_unstandardised_features_must_fit_float32_standardised_ones_only_float64() -> None:
+    from valbench.userdata import feature_problem
+
+    x = np.array([[1.0, 2.0], [3.0, 1e39]])  # beyond float32 (3.4e38), far below 1e150
+    assert feature_problem("x", x, standardize=True) is None
+    problem = feature_problem("x", x, standardize=False)
+    assert problem is not None and "first in row 1" in problem and "models use float32" in problem
+
+
+def test_negative_and_column_shaped_labels_are_read_as_given(tmp_path: Path) -> None:
+    from valbench.userdata import integer_labels
+
+    # Python ints (as pandas keeps integers past 64 bits): negatives are no overflow.
+    labels = integer_labels("y", np.array([-(2**63), -3, 2], dtype=object))
+    np.testing.assert_array_equal(labels, [-(2**63), -3, 2])
+    # A float label below -2**53 is as inexact as one above it.
+    assert "beyond 2**53" in str(integer_labels("y", np.array([-1e17, 0.0])))
+    # y of shape (n, 1), as sklearn-style code often saves it, is one label per row
+    x, y = _xy(30, 2, 2)
+    np.savez(tmp_path / "col.npz", x=x, y=y[:, None])
+    parts, classes = FileDataset(path=str(tmp_path / "col.npz")).read()
+    np.testing.assert_array_equal(parts["train"][1], y)
+
+
+def test_labels_of_different_types_across_splits_are_refused(tmp_path: Path) -> None:
+    x, y = _xy(30, 2, 2)
+    np.savez(tmp_path / "mix.npz", x=x, y=y, x_val=x[:6], y_val=np.array(["0", "1"] * 3))
+    with pytest.raises(DatasetError, match="labels mix strings and integers across splits"):
+        FileDataset(path=str(tmp_path / "mix.npz")).read()
+
+
+def test_a_column_leaving_float32_after_standardising_is_named(tmp_path: Path) -> None:
+    """Column 1 is ordinary in training and beyond float32 in the given test split."""
+    x, y = _xy(30, 2, 3)
+    x_test = x[:6].copy()
+    x_test[2, 1] = 1e39
+    np.savez(tmp_path / "w.npz", x=x, y=y, x_test=x_test, y_test=y[:6])
+    with pytest.raises(DatasetError, match="feature column 1 is too large in the test split"):
+        FileDataset(path=str(tmp_path / "w.npz")).load(seed=0)

@@ -1092,3 +1092,222 @@ def test_value_best_takes_the_mislabel_verdict_of_a_finished_run_only(
     assert main(argv) == 0, capsys.readouterr().err
     said = capsys.readouterr().out.splitlines()[0]
     assert "(recommended for 'mislabel' in the run's 2 dataset and noise groups: " in said
+
+
+def test_a_consensus_of_only_partial_methods_averages_them_all() -> None:
+    from valbench.practitioner import CrossFitValues
+
+    n = 4
+    a, b = np.array([1.0, 0.0, 0.5, 0.25]), np.array([0.0, 1.0, 0.5, 0.75])
+    result = CrossFitValues(
+        methods=("m1", "m2"),
+        fold=np.zeros(n, dtype=np.int64),
+        values={"m1": a, "m2": b},
+        detection={"m1": a, "m2": b},
+        stderr={"m1": None, "m2": None},
+        samples={"m1": None, "m2": None},
+        complete={"m1": np.zeros(n, bool), "m2": np.array([True, True, False, True])},
+        method_suspicion={"m1": a, "m2": b},
+    )
+    assert result.partial_methods == ("m1", "m2") and result.consensus_methods == ("m1", "m2")
+    np.testing.assert_array_equal(result.suspicion, [0.5, 0.5, 0.5, 0.5])
+    # one complete method: the consensus is its suspicion alone
+    result.complete["m2"][:] = True
+    assert result.consensus_methods == ("m2",)
+    np.testing.assert_array_equal(result.suspicion, b)
+
+
+def test_each_class_needs_a_row_per_fold_and_a_method_its_fold_size() -> None:
+    from valbench.errors import UsageError
+    from valbench.practitioner import check_request
+
+    codes = np.array([0, 0, 0, 1])
+    with pytest.raises(UsageError, match="class 'b' has 1 row.s.; with 2 folds each class needs"):
+        check_request(codes, ["a", "b"], ["knn-shapley"], 2)
+    assert set(check_request(np.arange(6) % 2, ["a", "b"], ["knn-shapley"], 3)) == {"knn-shapley"}
+    # exact-shapley takes at most 14 training points: 28 rows in 2 folds are 14 a fold
+    assert set(check_request(np.arange(28) % 2, [0, 1], ["exact-shapley"], 2)) == {"exact-shapley"}
+    with pytest.raises(UsageError, match="at most 14 training points and each of the 2 folds"):
+        check_request(np.arange(30) % 2, [0, 1], ["exact-shapley"], 2)
+
+
+def test_a_method_named_twice_is_valued_once() -> None:
+    from valbench.practitioner import value_arrays
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(20, 2)), np.arange(20) % 2
+    twice = value_arrays(x, y, ["knn-shapley", "knn-shapley"])
+    once = value_arrays(x, y, ["knn-shapley"])
+    assert twice.methods == ("knn-shapley",)
+    np.testing.assert_array_equal(twice.values["knn-shapley"], once.values["knn-shapley"])
+
+
+def test_errors_and_counts_reported_on_some_folds_only_are_kept_for_those_rows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A method that reports per-point standard errors and sample counts (here 0) on one
+    fold only: its rows keep them, the other fold's rows get NaN and -1 (a gap in the table)."""
+    import valbench.registry
+    from valbench import Method, Valuation
+    from valbench.practitioner import value_arrays, values_frame
+
+    class OddFoldStats(Method):
+        name = "odd-fold-stats"
+        family = "test"
+        summary = "test method"
+
+        def value(self, task: Any, ctx: Any) -> Valuation:
+            n = task.n_train
+            stats = {"point_stderr": [0.5] * n, "sample_counts": [0] * n} if n % 2 else {}
+            return Valuation(scores=np.arange(n, dtype=float), stats=stats)
+
+    real = valbench.registry.get_method
+    monkeypatch.setattr(
+        valbench.registry,
+        "get_method",
+        lambda name: OddFoldStats if name == OddFoldStats.name else real(name),
+    )
+    x, y = np.arange(18.0).reshape(9, 2), np.array([0, 1] * 4 + [0])
+    result = value_arrays(x, y, [OddFoldStats.name])
+    odd = np.bincount(result.fold)[result.fold] % 2 == 1  # the rows of the 5-row fold
+    assert odd.sum() == 5
+    stderr, samples = result.stderr[OddFoldStats.name], result.samples[OddFoldStats.name]
+    assert stderr is not None and samples is not None
+    np.testing.assert_array_equal(stderr, np.where(odd, 0.5, np.nan))
+    np.testing.assert_array_equal(samples, np.where(odd, 0, -1))
+    frame = values_frame(result, y, None)
+    # a count of 0 is a count, not a gap
+    assert frame[f"{OddFoldStats.name}_samples"].isna().tolist() == (~odd).tolist()
+
+
+def test_the_page_names_only_the_complete_methods_as_the_consensus() -> None:
+    from valbench.practitioner import suspicious_rows_html
+
+    x = np.arange(6.0)[:, None]
+    labels = np.array(["a", "b"] * 3)
+    frame = pd.DataFrame(
+        {
+            "row": np.arange(6),
+            "label": labels,
+            "m1_rank": [1, 2, 3, 4, 5, 6],
+            "m2_rank": [6, 5, 4, 3, 2, 1],
+            "suspicion": [1.0, 0.8, 0.6, 0.4, 0.2, 0.0],
+            "suspicion_rank": [1, 2, 3, 4, 5, 6],
+        }
+    )
+    page = suspicious_rows_html(frame, x, labels, title="t", top=2, k=2, partial=("m2",))
+    assert "by the consensus suspicion of m1 (each row" in page
+    assert "cut the estimate of m2 short (see its _complete column); it is left out" in page
+    page = suspicious_rows_html(frame, x, labels, title="t", top=2, k=2)
+    assert "by the consensus suspicion of m1, m2 (each row" in page
+
+
+def test_the_table_starts_with_the_id_and_recall_rounds_the_share_up() -> None:
+    from valbench.practitioner import CrossFitValues, values_frame
+
+    n = 4
+    s = np.array([1.0, 0.0, 1.0, 0.0])
+    result = CrossFitValues(
+        methods=("m",),
+        fold=np.array([0, 0, 1, 1]),
+        values={"m": s},
+        detection={"m": s},
+        stderr={"m": None},
+        samples={"m": None},
+        complete={"m": np.ones(n, bool)},
+        method_suspicion={"m": s},
+    )
+    frame = values_frame(result, np.array(["a", "b", "a", "b"]), np.array(["r0", "r1", "r2", "r3"]))
+    assert list(frame.columns[:4]) == ["id", "row", "label", "fold"]
+    assert frame["id"].tolist() == ["r0", "r1", "r2", "r3"]
+    # 10 % of 25 rows is 2.5: the 3 most suspicious rows are read, holding all 3 flagged
+    suspicion = np.linspace(1.0, 0.0, 25)
+    flagged = np.arange(25) < 3
+    assert recall_at(suspicion, flagged, 0.1) == 1.0
+
+
+def test_value_refuses_an_npz_with_its_own_validation_rows(tmp_path: Path) -> None:
+    """Those rows would be left unvalued: every row of the file is valued, in folds."""
+    from valbench.errors import UsageError
+    from valbench.practitioner import read_user_file
+
+    x, y = np.arange(24.0).reshape(12, 2), np.arange(12) % 2
+    np.savez(tmp_path / "v.npz", x=x, y=y, x_val=x[:4], y_val=y[:4])
+    with pytest.raises(UsageError, match="holds separate validation/test arrays; give one table"):
+        read_user_file(tmp_path / "v.npz")
+    np.savez(tmp_path / "one.npz", x=x, y=y)
+    np.testing.assert_array_equal(read_user_file(tmp_path / "one.npz").labels, y.astype(str))
+
+
+def test_value_arrays_refuses_list_labels_a_cast_would_merge() -> None:
+    """Labels given as a Python list: True beside 1, or 'cat' beside 'cat ', would be read
+    as one class (or two for one), so they are refused."""
+    from valbench.errors import UsageError
+    from valbench.practitioner import value_arrays
+
+    x = np.arange(40.0).reshape(20, 2)
+    with pytest.raises(UsageError, match="all integers or all strings, got bool, int"):
+        value_arrays(x, [True, 1] * 10, ["knn-shapley"])
+    with pytest.raises(UsageError, match="'cat' and 'cat ' differ only in leading/trailing"):
+        value_arrays(x, ["cat", "cat ", "dog", "dog"] * 5, ["knn-shapley"])
+
+
+def test_equal_consensus_suspicions_summed_from_different_terms_tie() -> None:
+    """(0.1 + 0.2) / 2 and (0.3 + 0.0) / 2 are one suspicion, not two a last bit apart."""
+    from valbench.practitioner import CrossFitValues
+
+    a, b = np.array([0.1, 0.3, 1.0]), np.array([0.2, 0.0, 1.0])
+    result = CrossFitValues(
+        methods=("m1", "m2"),
+        fold=np.zeros(3, dtype=np.int64),
+        values={"m1": a, "m2": b},
+        detection={"m1": a, "m2": b},
+        stderr={"m1": None, "m2": None},
+        samples={"m1": None, "m2": None},
+        complete={"m1": np.ones(3, bool), "m2": np.ones(3, bool)},
+        method_suspicion={"m1": a, "m2": b},
+    )
+    assert result.suspicion[0] == result.suspicion[1] == 0.15
+
+
+def test_value_arrays_refusals_name_the_first_problem() -> None:
+    import pandas as pd
+
+    from valbench.errors import UsageError
+    from valbench.practitioner import check_request, value_arrays
+
+    x, y = np.arange(40.0).reshape(20, 2), np.arange(20) % 2
+    with pytest.raises(UsageError, match="x has 20 rows but y has 19 labels"):
+        value_arrays(x, y[:19], ["knn-shapley"])
+    with pytest.raises(UsageError, match=r"folds must be a whole number >= 2 .*, got 1"):
+        check_request(y, [0, 1], ["knn-shapley"], 1)
+    gaps = np.where(np.isin(np.arange(20), [2, 9]), np.nan, y.astype(float))
+    with pytest.raises(UsageError, match=r"2 missing values \(first in row 2\)"):
+        value_arrays(x, gaps, ["knn-shapley"])
+    index = np.arange(20)
+    moved = index.copy()
+    moved[[4, 11]] = [40, 41]
+    with pytest.raises(UsageError, match=r"position 4: 4 against 40"):
+        value_arrays(pd.DataFrame(x, index=index), pd.Series(y, index=moved), ["knn-shapley"])
+
+
+def test_neighbour_votes_put_the_commonest_label_first_and_all_partial_is_said() -> None:
+    from valbench.practitioner import neighbour_votes, suspicious_rows_html
+
+    x = np.array([[0.0], [1.0], [2.0], [3.0], [20.0]])
+    labels = np.array(["a", "b", "b", "a", "a"])
+    # row 0's 3 nearest others: rows 1, 2 (b) and 3 (a)
+    assert neighbour_votes(x, labels, [0], k=3) == [[("b", 2), ("a", 1)]]
+    frame = pd.DataFrame(
+        {
+            "row": np.arange(5),
+            "label": labels,
+            "m1_rank": [1, 2, 3, 4, 5],
+            "m2_rank": [5, 4, 3, 2, 1],
+            "suspicion": [1.0, 0.75, 0.5, 0.25, 0.0],
+            "suspicion_rank": [1, 2, 3, 4, 5],
+        }
+    )
+    page = suspicious_rows_html(frame, x, labels, title="t", top=2, k=2, partial=("m1", "m2"))
+    assert "every method is partial, so the consensus below rests on partial estimates" in page
+    assert "left out of the consensus" not in page
