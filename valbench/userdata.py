@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import re
 import warnings
 import zipfile
 from collections.abc import Sequence
@@ -140,6 +141,11 @@ def _ragged_row(path: Path) -> str | None:
             header = next(rows, None)
             if header is None:
                 return None
+            if header[0].lower().startswith("sep=") and len(header) <= 2:
+                return (
+                    f"the first line ({','.join(header)[:40]!r}) is a spreadsheet's separator "
+                    "hint, not the header naming the columns; remove that line"
+                )
             if len(header) == 1 and header[0].lstrip().startswith("#"):
                 return (
                     f"the first line ({header[0][:40]!r}) is a comment, not the header naming "
@@ -165,6 +171,14 @@ def _parse_failure(path: Path, exc: Exception) -> str:
     if ragged is not None:
         return ragged
     msg = str(exc).replace("\n", " ")
+    if type(exc).__name__ == "EmptyDataError":  # pandas: not one column to read
+        return (
+            "holds no header and no rows (only blank lines, or a byte-order mark); write a "
+            "header and one row per point into it"
+        )
+    repeated = re.search(r"Multiple matches for FieldRef\.Name\((.*?)\)", msg)
+    if repeated:  # pyarrow: a parquet file with two columns of one name
+        return f"has more than one column named {repeated[1]}; rename all but one"
     try:
         with path.open("rb") as head:
             magic = head.read(4)

@@ -814,3 +814,40 @@ def test_a_column_leaving_float32_after_standardising_is_named(tmp_path: Path) -
     np.savez(tmp_path / "w.npz", x=x, y=y, x_test=x_test, y_test=y[:6])
     with pytest.raises(DatasetError, match="feature column 1 is too large in the test split"):
         FileDataset(path=str(tmp_path / "w.npz")).load(seed=0)
+
+
+@pytest.mark.parametrize(
+    ("content", "said"),
+    [
+        # Excel saving an empty sheet: a byte-order mark, or line breaks, and nothing else
+        (
+            b"\xef\xbb\xbf",
+            r"holds no header and no rows \(only blank lines, or a byte-order mark\)",
+        ),
+        (b"\r\n\r\n", "holds no header and no rows"),
+        # Excel's separator hint stood where the header should be
+        (
+            b"sep=,\na,b,label\n" + b"".join(b"%d,%d,%d\n" % (i, i % 3, i % 2) for i in range(8)),
+            r"the first line \('sep=,'\) is a spreadsheet's separator hint, not the header",
+        ),
+    ],
+)
+def test_spreadsheet_leftovers_are_named_not_reported_as_parse_errors(
+    tmp_path: Path, content: bytes, said: str
+) -> None:
+    path = tmp_path / "sheet.csv"
+    path.write_bytes(content)
+    with pytest.raises(DatasetError, match=said) as err:
+        FileDataset(path=str(path)).load(seed=0)
+    assert "cannot parse" not in str(err.value)
+
+
+def test_a_parquet_file_with_a_repeated_column_name_is_named(tmp_path: Path) -> None:
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    columns = [pa.array([1.0, 2.0, 3.0, 4.0]), pa.array([0, 1, 0, 1]), pa.array([1, 0, 1, 0])]
+    path = tmp_path / "twice.parquet"
+    pq.write_table(pa.table(columns, names=["a", "label", "label"]), path)
+    with pytest.raises(DatasetError, match="has more than one column named label; rename all"):
+        FileDataset(path=str(path)).load(seed=0)
