@@ -134,8 +134,9 @@ class ModelSpec:
     A deep ``kind`` (``cnn``, ``resnet18`` or a plugin of ``valbench.nets``) trains on raw
     image pixels by minibatches: ``epochs`` are passes over the subset, ``lr`` the peak
     learning rate, ``l2`` the optimiser's coupled weight decay (biases and batch norm
-    included), and ``batch_size`` the minibatch; any of these left at its field default
-    takes the architecture's recipe (:class:`valbench.nets.Recipe`).
+    included), and ``batch_size`` the minibatch; any of these not given takes the
+    architecture's recipe (:class:`valbench.nets.Recipe`); a value given is kept, even one
+    equal to the logreg default.
 
     Attributes:
         kind: ``"logreg"`` (multinomial logistic regression), ``"mlp"`` (one ReLU hidden layer)
@@ -143,8 +144,9 @@ class ModelSpec:
         epochs: Steps per fit: full-batch Adam steps (default :data:`ADAM_STEPS`), or the most
             L-BFGS or Newton iterations (default :data:`TOLERANCE_MAX_ITER`, so that the
             tolerance, not the cap, ends a fit); a deep model's default is its recipe's.
-        lr: Adam learning rate (unused by L-BFGS).
-        l2: Weight decay, added to each model's loss as ``l2/2 * ||weights||²`` (biases excluded).
+        lr: Adam learning rate (unused by L-BFGS; default 0.05, a deep model's its recipe's).
+        l2: Weight decay, added to each model's loss as ``l2/2 * ||weights||²`` (biases
+            excluded; default 1e-3, a deep model's its recipe's).
         hidden: Hidden units of the MLP (ignored by logreg).
         dtype: ``"float32"``, ``"float64"`` or ``"auto"`` (the default): float64 for logreg,
             float32 for the MLP and the deep models. Resolved on construction, so ``dtype``
