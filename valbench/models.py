@@ -56,7 +56,7 @@ __all__ = [
 #: The shallow models, fitted by BatchedClassifier's batched solvers (their architectures,
 #: init and forward pass, are :mod:`valbench.network`'s).
 MODEL_NAMES: tuple[str, ...] = ("logreg", "mlp")
-#: ModelSpec fields a deep architecture fills from its recipe when left at their defaults
+#: ModelSpec fields a deep architecture fills from its recipe when not given (None)
 #: (ModelSpec field -> Recipe field).
 _RECIPE_FIELDS = {"epochs": "epochs", "lr": "lr", "l2": "weight_decay"}
 #: The logreg and MLP defaults of the fields a deep model takes from its recipe.
