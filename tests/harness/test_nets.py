@@ -45,6 +45,13 @@ def subsets(copies: int, n: int, seed: int = 1) -> torch.Tensor:
 # -- registry and names -------------------------------------------------------------------------
 
 
+def _tiny_cnn_case(n: int) -> tuple[SmallCNN, dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """A width-2 CNN at its seed-0 init and ``n`` images labelled 0, 1, 2, 0, ..."""
+    arch = SmallCNN(width=2, dim=4)
+    params, _ = arch.init((1, 28, 28), 3, 0)
+    return arch, params, images(n), torch.from_numpy(np.arange(n) % 3)
+
+
 def test_names_and_unknown_architecture() -> None:
     assert model_names()[:4] == ("logreg", "mlp", "cnn", "resnet18")
     assert isinstance(nets.get_architecture("cnn"), SmallCNN)
@@ -492,9 +499,7 @@ def test_per_copy_seeds_stop_after_and_hooks() -> None:
 def test_sample_weights_scale_the_loss() -> None:
     """Integer weights = repeating a point within its minibatch: weight 2 on every point of a
     one-batch subset equals weight 1 (the minibatch loss is a weighted mean)."""
-    arch = SmallCNN(width=2, dim=4)
-    params, _ = arch.init((1, 28, 28), 3, 0)
-    x, y = images(8), torch.from_numpy(np.arange(8) % 3)
+    arch, params, x, y = _tiny_cnn_case(8)
     recipe = Recipe("sgd", 0.1, "constant", 0.0, 0.0, 8, 2)
     ones = torch.ones(1, 8)
     a, _ = train_copies(arch, stacked(params, 1), {}, x, y, ones, recipe=recipe, seed=0)
@@ -951,9 +956,7 @@ def test_deep_classifier_refuses_non_finite_pixels_and_negative_weights() -> Non
 
 
 def test_stop_after_beyond_the_recipe_trains_the_recipe_only() -> None:
-    arch = SmallCNN(width=2, dim=4)
-    params, _ = arch.init((1, 28, 28), 3, 0)
-    x, y = images(8), torch.from_numpy(np.arange(8) % 3)
+    arch, params, x, y = _tiny_cnn_case(8)
     recipe = Recipe("sgd", 0.1, "cosine", 0.9, 0.0, 4, 2)
     w = torch.ones(1, 8)
     full, _ = train_copies(arch, stacked(params, 1), {}, x, y, w, recipe=recipe, seed=0)
@@ -1094,9 +1097,7 @@ def test_deep_fit_epochs_override_keeps_the_schedule(monkeypatch: pytest.MonkeyP
 
 
 def test_train_copies_refuses_a_negative_stop_after() -> None:
-    arch = SmallCNN(width=2, dim=4)
-    params, _ = arch.init((1, 28, 28), 3, 0)
-    x, y = images(4), torch.from_numpy(np.arange(4) % 3)
+    arch, params, x, y = _tiny_cnn_case(4)
     recipe = Recipe("sgd", 0.1, "constant", 0.0, 0.0, 4, 1)
     with pytest.raises(UsageError, match="stop_after must be >= 0, got -1"):
         train_copies(
@@ -1115,9 +1116,7 @@ def test_train_copies_refuses_a_negative_stop_after() -> None:
 def test_fractional_sample_weights_are_a_weighted_mean() -> None:
     # Weights summing below 1 in a minibatch: still sum w_i ce_i / sum w_i, so 0.05 on every
     # point trains as weight 1 does.
-    arch = SmallCNN(width=2, dim=4)
-    params, _ = arch.init((1, 28, 28), 3, 0)
-    x, y = images(8), torch.from_numpy(np.arange(8) % 3)
+    arch, params, x, y = _tiny_cnn_case(8)
     recipe = Recipe("sgd", 0.1, "constant", 0.0, 0.0, 8, 2)
     ones = torch.ones(1, 8)
     a, _ = train_copies(arch, stacked(params, 1), {}, x, y, ones, recipe=recipe, seed=0)
