@@ -654,8 +654,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from valbench.store import describe_holder, lock_holder, read_manifest, read_results_checked
 
     read_manifest(args.run_dir)  # a clear error when it is not a run directory
-    # Quietly: render_report reads the file again and warns about each damaged line.
-    records, unread = read_results_checked(args.run_dir, warn=False)
+    records, unread = read_results_checked(args.run_dir)
     if not records:
         # An empty page would replace whatever the run rendered before.
         why = f": {unread[0]}" if unread else ""
@@ -672,7 +671,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
             f"{len(records)} cells finished so far, and the run renders its own when it ends",
             file=sys.stderr,
         )
-    print(render_report(args.run_dir, include_partial=args.include_partial))
+    page = render_report(
+        args.run_dir, include_partial=args.include_partial, results=(records, unread)
+    )
+    print(page)
     return EXIT_OK
 
 

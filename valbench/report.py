@@ -896,7 +896,12 @@ def _families(records: Sequence[CellRecord]) -> dict[str, str]:
     return out
 
 
-def render_report(run_dir: Path, include_partial: bool = False) -> Path:
+def render_report(
+    run_dir: Path,
+    include_partial: bool = False,
+    *,
+    results: tuple[list[CellRecord], list[str]] | None = None,
+) -> Path:
     """Render ``run_dir/index.html`` with ``results.csv``, ``summary.json`` and ``figures/``.
 
     Partial cells (an estimate the method could not finish) are left out of every table,
@@ -908,7 +913,8 @@ def render_report(run_dir: Path, include_partial: bool = False) -> Path:
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir)
     _check_writable(run_dir)
-    records, unread = read_results_checked(run_dir)
+    # ``results``: what read_results_checked returned to a caller that read them already.
+    records, unread = read_results_checked(run_dir) if results is None else results
     records = sorted(records, key=record_sort_key)
     write_results_csv(run_dir, records)
 

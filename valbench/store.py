@@ -446,12 +446,12 @@ def signals_deferred() -> Iterator[None]:
 _MAX_LINE_WARNINGS = 5
 
 
-def read_results(run_dir: Path, *, warn: bool = True) -> list[CellRecord]:
+def read_results(run_dir: Path) -> list[CellRecord]:
     """All usable result lines of a run, in file order (see :func:`read_results_checked`)."""
-    return read_results_checked(run_dir, warn=warn)[0]
+    return read_results_checked(run_dir)[0]
 
 
-def read_results_checked(run_dir: Path, *, warn: bool = True) -> tuple[list[CellRecord], list[str]]:
+def read_results_checked(run_dir: Path) -> tuple[list[CellRecord], list[str]]:
     """All usable result lines of a run, in file order, and one line saying why for each
     line that was left out (``"line 2: not JSON (JSONDecodeError)"``), for a reader that
     must say so where its numbers are shown.
@@ -460,8 +460,7 @@ def read_results_checked(run_dir: Path, *, warn: bool = True) -> tuple[list[Cell
     have the wrong types or an unknown status are skipped with a warning: a damaged line never
     takes a valid cell with it. Lines of an older schema are migrated; a line of a newer one
     refuses the whole file (RunDirectoryError): half a run must not pass as all of it. When a
-    cell appears more than once (a retried failure), the last usable line wins. ``warn=False``
-    logs nothing: for a caller whose later read of the same file warns.
+    cell appears more than once (a retried failure), the last usable line wins.
     """
     path = Path(run_dir) / RESULTS_FILE
     if not path.is_file():
@@ -474,19 +473,16 @@ def read_results_checked(run_dir: Path, *, warn: bool = True) -> tuple[list[Cell
         nonlocal skipped
         skipped += 1
         unread.append(f"line {lineno}: {why}")
-        if warn and skipped <= _MAX_LINE_WARNINGS:
+        if skipped <= _MAX_LINE_WARNINGS:
             log.warning("%s:%d: line skipped: %s", path, lineno, why)
 
     try:
         with path.open("rb") as fh:
             for lineno, raw in enumerate(fh, 1):
                 if not raw.endswith(b"\n"):
-                    if warn:
-                        log.warning(
-                            "%s:%d: torn last line dropped (the writer was killed)",
-                            path,
-                            lineno,
-                        )
+                    log.warning(
+                        "%s:%d: torn last line dropped (the writer was killed)", path, lineno
+                    )
                     unread.append(f"line {lineno}: cut off (its writer stopped while writing it)")
                     continue
                 if not raw.strip():
@@ -511,7 +507,7 @@ def read_results_checked(run_dir: Path, *, warn: bool = True) -> tuple[list[Cell
                 by_cell[record.cell_id] = record
     except OSError as exc:
         raise RunDirectoryError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if warn and skipped > _MAX_LINE_WARNINGS:
+    if skipped > _MAX_LINE_WARNINGS:
         log.warning("%s: %d more damaged lines skipped", path, skipped - _MAX_LINE_WARNINGS)
     return list(by_cell.values()), unread
 
