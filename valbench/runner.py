@@ -163,7 +163,9 @@ def resolve_names(spec: RunSpec, narrowable: Collection[str] = ()) -> RunSpec:
     methods = check("method", spec.methods, method_names())
     datasets = check("dataset", spec.datasets, dataset_names())
     files = [d for d in datasets if d.startswith(FILE_PREFIX)]
-    tables = [d for d in files if Path(d).suffix in (".csv", ".parquet")]
+    from valbench.userdata import file_type
+
+    tables = [d for d in files if file_type(d) in (".csv", ".parquet")]
     for flag, column in (("--label-column", spec.label_column), ("--id-column", spec.id_column)):
         if column and not tables:
             raise UsageError(
@@ -307,6 +309,7 @@ def _check_data_file(path: str, spec: RunSpec) -> tuple[str, int]:
         SUFFIXES,
         column_flags,
         file_fingerprint,
+        file_type,
         load_file_dataset,
         not_a_data_file,
         unreadable,
@@ -317,7 +320,7 @@ def _check_data_file(path: str, spec: RunSpec) -> tuple[str, int]:
     if why is not None:
         example = f", e.g. file:{Path(path) / 'data.csv'}" if where.is_dir() else ""
         raise UsageError(printable(f"dataset file {path} {why}{example}"))
-    if where.suffix not in SUFFIXES:
+    if file_type(where) not in SUFFIXES:
         raise UsageError(
             printable(f"dataset file {path}: unsupported type; use one of {', '.join(SUFFIXES)}")
         )

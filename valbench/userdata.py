@@ -41,6 +41,7 @@ __all__ = [
     "file_fingerprint",
     "printable",
     "SUFFIXES",
+    "file_type",
 ]
 
 #: File types FileDataset reads.
@@ -54,6 +55,12 @@ NPZ_ARRAYS = ("x", "y", "x_val", "y_val", "x_test", "y_test")
 _STANDARDIZE_LIMIT = 1e150
 #: Without standardisation features reach the models as float32.
 _FLOAT32_LIMIT = float(np.finfo(np.float32).max)
+
+
+def file_type(path: str | Path) -> str:
+    """The file's type as :data:`SUFFIXES` spells it: its suffix in lower case, so that
+    ``DATA.CSV`` (as some Windows tools name files) reads as the ``.csv`` it is."""
+    return Path(path).suffix.lower()
 
 
 def _fail(path: Path, what: str) -> DatasetError:
@@ -113,7 +120,7 @@ def _read_frame(path: Path, id_column: str | None = None) -> Any:
     """The file's table (a pandas DataFrame); an id column is read as text."""
     import pandas as pd
 
-    if path.suffix != ".csv":
+    if file_type(path) != ".csv":
         return pd.read_parquet(path)
     with warnings.catch_warnings():
         # Rows longer than the header: by default pandas would take the extra leading fields
@@ -167,7 +174,7 @@ def _ragged_row(path: Path) -> str | None:
 def _parse_failure(path: Path, exc: Exception) -> str:
     """What a table that could not be parsed is, and what to do: a ragged row, a compressed
     or binary file, another encoding."""
-    ragged = _ragged_row(path) if path.suffix == ".csv" else None
+    ragged = _ragged_row(path) if file_type(path) == ".csv" else None
     if ragged is not None:
         return ragged
     msg = str(exc).replace("\n", " ")
@@ -217,13 +224,13 @@ def _read_table(
         raise _fail(path, _parse_failure(path, exc)) from exc
     if len(frame) == 0:
         raise _fail(path, "has no data rows; add one row per point")
-    if path.suffix == ".csv" and frame.isna().to_numpy().any():
+    if file_type(path) == ".csv" and frame.isna().to_numpy().any():
         # pandas fills a row shorter than the header with gaps: say which row is short
         # rather than that a value is missing.
         ragged = _ragged_row(path)
         if ragged is not None:
             raise _fail(path, ragged)
-    if path.suffix == ".csv":
+    if file_type(path) == ".csv":
         # pandas renames a repeated header ("label", "label.1"): a second label or id column
         # would pass as a feature. (Repeated feature names are harmless: each is a feature.)
         header = [str(c) for c in pd.read_csv(path, header=None, nrows=1).iloc[0].tolist()]
@@ -236,7 +243,7 @@ def _read_table(
             )
     columns = [str(c) for c in frame.columns]
     shown = [c.encode("unicode_escape").decode("ascii") for c in columns]  # one line each
-    if path.suffix == ".csv" and len(columns) == 1:
+    if file_type(path) == ".csv" and len(columns) == 1:
         # One column whose name holds another separator: not a comma-separated file.
         seps = {";": "semicolons", "\t": "tabs", "|": "'|'"}
         sep = next((name for s, name in seps.items() if s in columns[0]), None)
@@ -283,7 +290,7 @@ def _read_table(
         c for c in columns if c.startswith("Unnamed: ") and c not in (id_column, label_column)
     ]
     if (
-        path.suffix == ".csv"
+        file_type(path) == ".csv"
         and unnamed
         and unnamed[-1] == columns[-1]
         and frame[columns[-1]].isna().all()
@@ -313,7 +320,7 @@ def _read_table(
     labels = frame[label_column]
     if labels.isna().any():
         first = int(np.flatnonzero(labels.isna().to_numpy())[0])
-        if path.suffix == ".csv":
+        if file_type(path) == ".csv":
             text = pd.read_csv(path, usecols=[label_column], dtype=str, keep_default_na=False)
             gaps = text[label_column][labels.isna().to_numpy()].str.strip()
             words = gaps[gaps != ""]
@@ -334,7 +341,7 @@ def _read_table(
             f"label column {label_column!r} has {int(labels.isna().sum())} missing values "
             f"(first in row {first}, counting data rows from 0); fill or drop those rows",
         )
-    if path.suffix == ".csv" and labels.dtype != object:
+    if file_type(path) == ".csv" and labels.dtype != object:
         # pandas read the labels as numbers: "01" and "1" would be one class.
         text = pd.read_csv(path, usecols=[label_column], dtype=str, keep_default_na=False)
         spelled = text[label_column].str.strip()
@@ -481,7 +488,7 @@ def read_ids(path: str | Path, id_column: str) -> np.ndarray:
     import pandas as pd
 
     path = Path(path).expanduser()
-    if path.suffix != ".csv":
+    if file_type(path) != ".csv":
         return pd.read_parquet(path, columns=[id_column])[id_column].astype(str).to_numpy()
     # The id column alone, read as the file's own parse reads it (as written, stripped).
     ids = pd.read_csv(path, usecols=[id_column], dtype=str, keep_default_na=False)[id_column]
@@ -498,7 +505,7 @@ def class_spellings(
     import pandas as pd
 
     path = Path(path).expanduser()
-    if path.suffix != ".csv":
+    if file_type(path) != ".csv":
         return None
     header = [str(c) for c in pd.read_csv(path, nrows=0).columns]
     column = label_column or ("label" if "label" in header else "y")
@@ -520,7 +527,7 @@ def csv_record_lines(path: str | Path, n_rows: int) -> np.ndarray | None:
     import csv
 
     path = Path(path).expanduser()
-    if path.suffix != ".csv":
+    if file_type(path) != ".csv":
         return None
     starts: list[int] = []
     try:
@@ -593,7 +600,7 @@ def column_flags(path: str, label_column: str | None, id_column: str | None) -> 
     """The run's ``--label-column``/``--id-column`` as they apply to the file at ``path``: a
     table's (.csv, .parquet); an .npz names its arrays itself, so a run over both kinds gives
     the columns to its tables only."""
-    if Path(path).suffix == ".npz":
+    if file_type(path) == ".npz":
         return {}
     given = {"label_column": label_column, "id_column": id_column}
     return {k: v for k, v in given.items() if v}
@@ -606,7 +613,7 @@ def read_file_arrays(
     why = not_a_data_file(path)
     if why is not None:
         raise _fail(path, why)
-    if path.suffix == ".npz":
+    if file_type(path) == ".npz":
         if label_column is not None:
             raise _fail(
                 path, "a label column (--label-column) applies to .csv/.parquet files, not .npz"
@@ -614,7 +621,7 @@ def read_file_arrays(
         if id_column is not None:
             raise _fail(path, "an id column (--id-column) applies to .csv/.parquet files, not .npz")
         return _read_npz(path)
-    if path.suffix in (".csv", ".parquet"):
+    if file_type(path) in (".csv", ".parquet"):
         return _read_table(path, label_column, id_column)
     raise _fail(path, f"unsupported file type; use one of {', '.join(SUFFIXES)}")
 
@@ -941,7 +948,7 @@ def load_file_dataset(
 ) -> FileDataset:
     """A :class:`FileDataset` for ``path`` (what ``--datasets file:PATH`` resolves to), with
     its other parameters (split shares and sizes, ``standardize``)."""
-    suffix = Path(path).suffix
+    suffix = file_type(path)
     if suffix not in SUFFIXES:
         raise _fail(Path(path), f"unsupported file type; use one of {', '.join(SUFFIXES)}")
     return FileDataset(path=path, label_column=label_column, id_column=id_column, **params)

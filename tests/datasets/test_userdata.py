@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -119,6 +120,38 @@ def test_object_arrays_and_table_problems(tmp_path: Path) -> None:
         load_file_dataset(str(tmp_path / "d.txt"), label_column=None)
     with pytest.raises(DatasetError, match="no such file"):
         FileDataset(path=str(tmp_path / "missing.npz")).load(seed=0)
+
+
+def test_upper_case_suffixes_read_as_their_type(tmp_path: Path) -> None:
+    # Windows tools write DATA.CSV; its type is .csv, read with every .csv rule (here the
+    # labels as written: "01" and "02" are two classes, not 1 and 2 read as numbers).
+    x, y = _xy(k=2)
+    frame = pd.DataFrame(x, columns=[f"f{i}" for i in range(4)])
+    frame["label"] = np.array(["01", "02"])[y]
+    frame.to_csv(tmp_path / "DATA.CSV", index=False)
+    with open(tmp_path / "DATA.NPZ", "wb") as f:  # a path would get ".npz" appended
+        np.savez(f, x=x, y=y)
+    frame.to_parquet(tmp_path / "DATA.Parquet")
+    csv = load_file_dataset(str(tmp_path / "DATA.CSV"), label_column="label").load(seed=0)
+    npz = load_file_dataset(str(tmp_path / "DATA.NPZ")).load(seed=0)
+    parquet = load_file_dataset(str(tmp_path / "DATA.Parquet"), label_column="label")
+    assert csv.n_classes == npz.n_classes == parquet.load(seed=0).n_classes == 2
+    np.testing.assert_array_equal(csv.x_train, npz.x_train)
+    with pytest.raises(DatasetError, match="applies to .csv/.parquet files, not .npz"):
+        load_file_dataset(str(tmp_path / "DATA.NPZ"), label_column="label").load(seed=0)
+
+
+def test_an_upper_case_table_takes_the_run_s_column_flags(tmp_path: Path) -> None:
+    from valbench.runner import resolve_names
+    from valbench.spec import RunSpec
+
+    x, y = _xy(k=2)
+    frame = pd.DataFrame(x, columns=[f"f{i}" for i in range(4)])
+    frame["kind"] = y
+    frame.to_csv(tmp_path / "DATA.CSV", index=False)
+    spec = RunSpec(methods=("random",), datasets=(f"file:{tmp_path / 'DATA.CSV'}",))
+    resolved = resolve_names(replace(spec, label_column="kind"))
+    assert resolved.datasets == spec.datasets
 
 
 def _one_line(message: str) -> None:
