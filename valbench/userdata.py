@@ -47,6 +47,9 @@ __all__ = [
 #: File types FileDataset reads.
 SUFFIXES = (".npz", ".csv", ".parquet")
 _PARTS = ("train", "val", "test")
+#: A number as a decimal-comma locale (or a thousands separator) writes it; at least one value
+#: of the column must hold the comma.
+_COMMA_NUMBER = re.compile(r"\s*[-+]?\d+(,\d+)*\s*")
 #: The arrays an .npz data file may hold: the training rows, and optionally its own
 #: validation and test rows (else carved from the training rows).
 NPZ_ARRAYS = ("x", "y", "x_val", "y_val", "x_test", "y_test")
@@ -171,6 +174,31 @@ def _ragged_row(path: Path) -> str | None:
     return None
 
 
+def _nul_byte(path: Path) -> str | None:
+    """Where a .csv holds a NUL byte: not text pandas reads whole (it cuts the field short and
+    the column reads as text), and no CSV tool writes one. None for a compressed or UTF-16
+    file, whose parse fails and :func:`_parse_failure` names."""
+    try:
+        with path.open("rb") as f:
+            magic = f.read(4)
+            if magic[:2] in (b"\x1f\x8b", b"\xff\xfe", b"\xfe\xff") or magic == b"PK\x03\x04":
+                return None
+            f.seek(0)
+            line = 1
+            for block in iter(lambda: f.read(1 << 20), b""):
+                at = block.find(b"\x00")
+                if at >= 0:
+                    line += block.count(b"\n", 0, at)
+                    return (
+                        f"holds a NUL byte (on line {line}), which no CSV text holds (a "
+                        "binary file, or text saved as UTF-16?); save it as UTF-8 CSV"
+                    )
+                line += block.count(b"\n")
+    except OSError:
+        return None  # the read that follows fails and says why
+    return None
+
+
 def _parse_failure(path: Path, exc: Exception) -> str:
     """What a table that could not be parsed is, and what to do: a ragged row, a compressed
     or binary file, another encoding."""
@@ -211,6 +239,9 @@ def _read_table(
 
     if path.stat().st_size == 0:
         raise _fail(path, "is empty (0 bytes); write one row per point into it")
+    nul = _nul_byte(path) if file_type(path) == ".csv" else None
+    if nul is not None:
+        raise _fail(path, nul)
     try:
         frame = _read_frame(path, id_column)
     except ImportError as exc:
@@ -412,6 +443,15 @@ def frame_features(frame: Any, what: str, hint: str = "") -> np.ndarray | str:
         # Numbers held as Python objects (a decimal column, an object-dtype DataFrame).
         numbers = first.dtype == object and _all_numbers(first)
         advice = "convert them to floats (.astype(float))" if numbers else "encode or drop them"
+        comma = _comma_number(first)
+        if comma is not None:  # "0,5": a decimal comma (or a thousands separator)
+            numbers, advice = (
+                True,
+                (
+                    f"numbers written with a comma ({comma!r}): write them with a decimal point "
+                    "and no thousands separator, e.g. 0.5 or 1234"
+                ),
+            )
         if numbers and any(
             isinstance(v, int) and not -(2**63) <= v < 2**64 for v in first.dropna().tolist()
         ):  # a CSV's integers past 64 bits, which pandas keeps as Python objects
@@ -449,6 +489,15 @@ def frame_features(frame: Any, what: str, hint: str = "") -> np.ndarray | str:
     return np.column_stack(
         [c.to_numpy(dtype=np.float64) if i in cast else c.to_numpy() for i, c in enumerate(columns)]
     )
+
+
+def _comma_number(column: Any) -> str | None:
+    """The first value of a text column whose every value is a number with a comma in it
+    ("0,5", "-1,25", "1,234,567"); None otherwise."""
+    values = column.dropna().tolist()
+    if not all(isinstance(v, str) and _COMMA_NUMBER.fullmatch(v) for v in values):
+        return None
+    return next((v.strip() for v in values if "," in v), None)
 
 
 def _all_numbers(column: Any) -> bool:

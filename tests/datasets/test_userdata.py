@@ -186,12 +186,33 @@ def test_misleading_cases_get_their_own_one_line_message(tmp_path: Path) -> None
     wide = tmp_path / "wide.csv"
     wide.write_bytes("x1,label\n1,0\n2,1\n".encode("utf-16"))
     cases.append((wide, "UTF-16 text: save it as UTF-8"))
+    bare = tmp_path / "bare.csv"  # UTF-16 without its byte-order mark: NULs between letters
+    bare.write_bytes("x1,label\n1,0\n2,1\n".encode("utf-16-le"))
+    cases.append((bare, r"holds a NUL byte \(on line 1\).*save it as UTF-8 CSV"))
+    nul = tmp_path / "nul.csv"  # pandas would cut the field at the NUL and read text
+    nul.write_bytes(b"x1,label\n1,0\n2\x00,1\n3,0\n")
+    cases.append((nul, r"holds a NUL byte \(on line 3\)"))
+    far = tmp_path / "far.csv"  # past the first block read: lines counted across blocks
+    far.write_bytes(b"x1,label\n" + b"1.000000,0\n" * 100_000 + b"\x00")
+    cases.append((far, r"holds a NUL byte \(on line 100002\)"))
     for path, message in cases:
         with pytest.raises(DatasetError, match=message) as err:
             FileDataset(path=str(path)).load(seed=0)
         assert str(err.value).startswith(str(path)), err.value
         _one_line(str(err.value))
         assert "object arrays" not in str(err.value) and "not numeric" not in str(err.value)
+
+
+def test_numbers_written_with_a_decimal_comma_are_named_as_such(tmp_path: Path) -> None:
+    rows = "".join(f'"{i % 7},5",{i % 3},{i % 2}\n' for i in range(40))
+    (tmp_path / "comma.csv").write_text("a,b,label\n" + rows)
+    with pytest.raises(DatasetError, match="not numeric: a") as err:
+        FileDataset(path=str(tmp_path / "comma.csv")).load(seed=0)
+    assert "numbers written with a comma ('0,5'): write them with a decimal point" in str(err.value)
+    # Text that is not all numbers keeps the advice to encode it.
+    (tmp_path / "words.csv").write_text("a,b,label\n" + rows.replace('"6,5"', "six"))
+    with pytest.raises(DatasetError, match=r"not numeric: a \(encode or drop them"):
+        FileDataset(path=str(tmp_path / "words.csv")).load(seed=0)
 
 
 def test_true_false_features_beside_numbers_are_0_1_and_a_missing_label_names_its_row(
