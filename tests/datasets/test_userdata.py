@@ -215,6 +215,19 @@ def test_numbers_written_with_a_decimal_comma_are_named_as_such(tmp_path: Path) 
         FileDataset(path=str(tmp_path / "words.csv")).load(seed=0)
 
 
+def test_a_table_of_labels_and_ids_only_names_what_it_holds(tmp_path: Path) -> None:
+    (tmp_path / "labels.csv").write_text("label\n" + "0\n1\n" * 10)
+    with pytest.raises(DatasetError, match="no feature columns, only the label column 'label';"):
+        FileDataset(path=str(tmp_path / "labels.csv")).load(seed=0)
+    (tmp_path / "ids.csv").write_text("id,kind\n" + "".join(f"r{i},{i % 2}\n" for i in range(20)))
+    with pytest.raises(
+        DatasetError, match="only the label column 'kind' and the id column 'id'; add one column"
+    ):
+        load_file_dataset(str(tmp_path / "ids.csv"), label_column="kind", id_column="id").load(
+            seed=0
+        )
+
+
 def test_true_false_features_beside_numbers_are_0_1_and_a_missing_label_names_its_row(
     tmp_path: Path,
 ) -> None:
