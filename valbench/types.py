@@ -539,8 +539,16 @@ def subset_masks(masks: np.ndarray | Sequence[np.ndarray], n: int) -> np.ndarray
                     raise UsageError(
                         f"subset indices must be whole numbers, got {_dtype_said(arr)}"
                     )
+                if idx.ndim != 1:
+                    raise UsageError(
+                        f"subset indices must be a 1-D array (or a bool mask of shape ({n},)), "
+                        f"got shape {idx.shape}"
+                    )
                 if idx.min() < 0 or idx.max() >= n:
-                    raise UsageError(f"subset index out of range for {n} training points")
+                    raise UsageError(
+                        f"subset index out of range for {n} training points (0..{n - 1}): "
+                        f"got {idx.min()}..{idx.max()}"
+                    )
                 out[i, idx] = True
     if out.ndim != 2 or out.shape[1] != n:
         raise UsageError(f"masks must have shape (B, {n}), got {out.shape}")

@@ -17,7 +17,7 @@ import numpy as np
 
 from valbench.errors import UsageError
 from valbench.models import Params
-from valbench.types import ModelFactory, Subset, ValuationTask
+from valbench.types import ModelFactory, Subset, ValuationTask, subset_masks
 
 __all__ = ["UtilityEngine", "Subset", "warm_start_refusal"]
 
@@ -199,26 +199,10 @@ class UtilityEngine:
     # -- internals ----------------------------------------------------------------------------
 
     def _mask(self, subset: Subset) -> np.ndarray:
-        arr = np.asarray(subset if isinstance(subset, np.ndarray) else list(subset))
-        n = self.n_train
-        if arr.dtype == bool:
-            if arr.shape != (n,):
-                raise UsageError(f"a subset mask must have shape ({n},), got {arr.shape}")
-            # A copy: many() reads its masks only after taking them all, and a caller's
-            # generator may yield one buffer grown in place (every U would be the last one's).
-            return arr.copy()
-        if arr.size == 0:
-            return np.zeros(n, dtype=bool)
-        if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
-            raise UsageError(
-                f"a subset must be a bool mask or a 1-D array of integer indices, got {arr.dtype} "
-                f"with shape {arr.shape}"
-            )
-        if arr.min() < 0 or arr.max() >= n:
-            raise UsageError(f"subset index out of range [0, {n}): {arr.min()}..{arr.max()}")
-        mask = np.zeros(n, dtype=bool)
-        mask[arr] = True
-        return mask
+        arr = subset if isinstance(subset, np.ndarray) else np.asarray(list(subset))
+        # subset_masks copies each row: many() reads its masks only after taking them all, and
+        # a caller's generator may yield one buffer grown in place (every U would be the last).
+        return subset_masks([arr], self.n_train)[0]
 
     def _remember(self, key: bytes, value: float) -> None:
         if self.cache_size == 0:

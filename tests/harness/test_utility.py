@@ -12,7 +12,7 @@ import pytest
 
 from valbench.errors import UsageError
 from valbench.models import BatchedClassifier, ModelSpec
-from valbench.types import DatasetSplits, FitCounter, ValuationTask
+from valbench.types import DatasetSplits, FitCounter, ValuationTask, subset_masks
 from valbench.utility import UtilityEngine
 
 N_TRAIN = 60
@@ -246,11 +246,28 @@ def test_mlp_engine(task: ValuationTask) -> None:
 
 
 @pytest.mark.parametrize(
-    "subset", [[N_TRAIN], [-1], np.ones(N_TRAIN - 1, dtype=bool), [0.5, 1.5], [[0, 1]]]
+    ("subset", "message"),
+    [
+        ([N_TRAIN], rf"out of range for {N_TRAIN} training points \(0..{N_TRAIN - 1}\): got"),
+        ([-1], "got -1..-1"),
+        (np.ones(N_TRAIN - 1, dtype=bool), rf"bool mask must have shape \({N_TRAIN},\)"),
+        ([0.5, 1.5], "whole numbers, got dtype float64 with fractional"),
+        ([[0, 1]], r"1-D array .*got shape \(1, 2\)"),
+        (["a"], "whole numbers, got dtype <U1"),
+    ],
 )
-def test_invalid_subsets(task: ValuationTask, subset: Any) -> None:
-    with pytest.raises(UsageError):
+def test_invalid_subsets(task: ValuationTask, subset: Any, message: str) -> None:
+    # One validity rule for subsets (types.subset_masks) for the engine and the methods.
+    with pytest.raises(UsageError, match=message):
         UtilityEngine(task)(subset)
+    with pytest.raises(UsageError, match=message):
+        subset_masks([np.asarray(subset)], N_TRAIN)
+
+
+def test_whole_number_float_indices_are_the_rows_they_name(task: ValuationTask) -> None:
+    engine = UtilityEngine(task)
+    assert engine([0.0, 3.0, 7.0, 12.0]) == engine(np.array([0, 3, 7, 12])) == engine({0, 3, 7, 12})
+    assert engine.fits == 1  # one subset, cached under one key
 
 
 @pytest.mark.parametrize("options", [{"cache_size": -1}, {"batch_size": 0}, {"epochs": -2}])
