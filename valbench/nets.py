@@ -1026,14 +1026,17 @@ class DeepClassifier:
     def _outputs(self, params: DeepParams, x: np.ndarray, what: int) -> torch.Tensor:
         """Logits (what=1) or penultimate features (what=0) of every copy, (B, m, ·)."""
         xt = self._images(x)
-        if len(xt) == 0:
-            width = self.n_classes if what == 1 else 0
-            return torch.zeros(params.batch_size, 0, width, device=self.device)
 
         def run(p: Tensors, b: Tensors, xb: torch.Tensor) -> torch.Tensor:
             feats, logits, _ = self.arch.apply(p, b, xb, train=False)
             return logits if what == 1 else feats
 
+        if len(xt) == 0:  # the chunked passes below would join no chunks
+            if what == 1:
+                return torch.zeros(params.batch_size, 0, self.n_classes, device=self.device)
+            # The features' width is the architecture's: one pass over no images gives it.
+            with torch.no_grad():
+                return torch.stack([run(p, b, xt) for p, b in params.copies()])
         with torch.no_grad():
             if self.device.type != "cpu":  # all copies at once, as many images as fit
                 rows = max(1, int(self.arch.eval_rows) // max(1, params.batch_size))

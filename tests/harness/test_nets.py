@@ -543,6 +543,10 @@ def test_deep_classifier_fits_counts_and_scores() -> None:
     proba = clf.predict_proba(params, x[:5])
     np.testing.assert_allclose(proba.sum(-1), 1.0, rtol=1e-5)
     assert clf.features(params, x[:5]).shape == (3, 5, 64)
+    none = x[:0]  # no rows: empty results of the shapes rows would have
+    assert clf.features(params, none).shape == (3, 0, 64)
+    assert clf.logits(params, none).shape == clf.predict_proba(params, none).shape == (3, 0, 2)
+    assert clf.predict(params, none).shape == (3, 0)
     loss = clf.log_loss(params, x, y)
     assert loss.shape == (3,) and loss[0] < loss[2]
     both = clf.accuracy_and_log_loss(params, x, y)  # one forward pass, the same numbers
