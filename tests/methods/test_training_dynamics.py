@@ -81,6 +81,38 @@ def test_grand_equals_single_sample_backward_passes(kind: str) -> None:
             assert got[r, i] == pytest.approx(float(norm), rel=1e-5, abs=1e-7)
 
 
+@pytest.mark.parametrize("kind", ["logreg", "mlp"])
+def test_stacked_runs_train_as_a_plain_torch_optim_adam_loop(kind: str) -> None:
+    # One run at a time by the textbook loop: an nn.Module, torch.optim.Adam, minibatches in a
+    # per-epoch randperm order from the run's generator (after its initialisation), a short
+    # last batch averaged over its own rows, and the l2 term on weights only.
+    from valbench.methods.training_dynamics import _seeded_init
+
+    x, y = _blobs(25)  # batches of 8, 8, 8 and 1
+    seeds, epochs, lr, l2, size = [3, 11], 3, 0.05, 0.1, 8
+    trained = train_runs(
+        x, y, 3, seeds=seeds, epochs=epochs, kind=kind, hidden=8, lr=lr, batch_size=size, l2=l2
+    )
+    assert trained.steps == epochs * 4
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    for r, seed in enumerate(seeds):
+        gen = torch.Generator().manual_seed(seed)
+        net = make_network(kind, 2, 3, hidden=8)
+        net.load_state_dict(_seeded_init(net, gen))
+        opt = torch.optim.Adam(net.parameters(), lr=lr)
+        for _ in range(epochs):
+            order = torch.randperm(len(x), generator=gen)
+            for start in range(0, len(x), size):
+                idx = order[start : start + size]
+                loss = torch.nn.functional.cross_entropy(net(xt[idx]), yt[idx])
+                decay = sum(p.pow(2).sum() for n, p in net.named_parameters() if "weight" in n)
+                opt.zero_grad()
+                (loss + 0.5 * l2 * decay).backward()
+                opt.step()
+        for name, p in net.named_parameters():
+            torch.testing.assert_close(trained.params[name][r], p.detach(), rtol=1e-4, atol=1e-5)
+
+
 def test_el2n_equals_hand_computed_error_norm() -> None:
     x, y = _blobs(30)
     trained = train_runs(x, y, 3, seeds=[5, 6, 7], epochs=3, batch_size=8)
