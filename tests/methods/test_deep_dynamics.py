@@ -114,10 +114,14 @@ def _plain_forgetting(task: ValuationTask, seed: int, epochs: int) -> np.ndarray
     return np.array(counts, dtype=float)
 
 
-def test_forgetting_equals_a_plain_training_loop() -> None:
-    # float64 so the two optimiser implementations cannot flip an argmax by rounding.
-    task = _task("cnn:batch_size=8,lr=0.01,dtype=float64")
+@pytest.mark.parametrize("recipe_epochs", [8, 2])
+def test_forgetting_equals_a_plain_training_loop(recipe_epochs: int) -> None:
+    # float64 so the two optimiser implementations cannot flip an argmax by rounding. Four
+    # epochs are the first half of the recipe's eight, or run past its two (the cnn's
+    # schedule is constant, so both are four epochs of the plain loop).
+    task = _task(f"cnn:batch_size=8,lr=0.01,dtype=float64,epochs={recipe_epochs}")
     got = Forgetting(runs=2, epochs=4).value(task, RunContext.for_task(task, seed=5))
+    assert got.stats["epochs"] == 4
     expected = np.mean([_plain_forgetting(task, s, 4) for s in _seeds(5, 2)], axis=0)
     np.testing.assert_array_equal(got.scores, expected)
     assert expected.max() > 0  # something was forgotten
@@ -224,6 +228,19 @@ def test_resnet_grand_forgetting_and_tracin(tiny_resnet: str) -> None:
     tracin = TracIn(checkpoints=2, layers="last").value(task, RunContext.for_task(task))
     assert tracin.stats["checkpoint_epochs"] == [8, 15]
     assert tracin.stats["checkpoint_lrs"][0] == pytest.approx(nets.lr_at(0.1, "cosine", 7, 15))
+
+
+def test_resnet_runs_past_the_recipe_stretch_its_cosine_schedule(tiny_resnet: str) -> None:
+    # Two epochs of a one-epoch recipe: the schedule spans the two (the evaluation model fitted
+    # with epochs=2), not one epoch at the peak rate and one past the schedule's end.
+    task = _task(tiny_resnet.replace("batch_size=8", "batch_size=8,epochs=1"), n=16)
+    seed = _seeds(6, 1)[0]
+    runs = train_deep_runs(task, [seed], epochs=2)
+    assert runs.epochs == 2 and runs.steps == 4
+    clf = task.model.build(784, 3, seed)
+    fitted = clf.fit(task.x_train, task.y_train, np.ones((1, 16), dtype=bool), epochs=2)
+    for name, value in runs.params.items():
+        torch.testing.assert_close(value, fitted.tensors[name], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.slow  # the full-width ResNet-18 (11M parameters): per-sample gradients on a CPU
