@@ -251,8 +251,9 @@ class _LayerTap(TorchFunctionMode):
         bias_name = None if bias is None else self.names.get(id(bias))
         if bias is not None and bias_name is None:
             raise UsageError(f"EK-FAC: the bias of layer {weight!r} is not a parameter")
-        if weight in self.used or bias_name in self.used:
-            raise UsageError(f"EK-FAC: parameter {weight!r} is used by more than one layer")
+        shared = next((k for k in (weight, bias_name) if k in self.used), None)
+        if shared is not None:
+            raise UsageError(f"EK-FAC: parameter {shared!r} is used by more than one layer")
         unfold = None
         if conv:
             if call.get("groups", 1) != 1 or isinstance(call.get("padding", 0), str):

@@ -564,8 +564,9 @@ def test_representer_on_a_resnet_reads_its_penultimate_features_with_batch_norm_
 
 
 class _OddNet(nets.ImageNetwork):
-    """A network whose layers EK-FAC cannot factor: a grouped convolution, or one linear
-    layer's weight applied twice."""
+    """A network whose layers EK-FAC cannot factor: a grouped or "same"-padded convolution,
+    one layer's weight or bias applied twice, a bias that is no parameter, or a parameter
+    outside every conv and linear call."""
 
     name = "odd"
     recipe = nets.SmallCNN.recipe
@@ -580,21 +581,39 @@ class _OddNet(nets.ImageNetwork):
             "head.weight": torch.randn(n_classes, 2, generator=gen),
             "head.bias": torch.zeros(n_classes),
         }
+        if self.kind == "shared_bias":
+            p["extra.weight"] = torch.randn(n_classes, n_classes, generator=gen)
+        if self.kind == "scale":
+            p["scale"] = torch.ones(2)
         return p, {}
 
     def apply(self, params, buffers, x, *, train=False, weight=None):
         h = torch.cat([x, x], dim=1)
         groups = 2 if self.kind == "grouped" else 1
-        h = torch.nn.functional.conv2d(h, params["conv.weight"], padding=1, groups=groups)
+        padding = "same" if self.kind == "same_padding" else 1
+        h = torch.nn.functional.conv2d(h, params["conv.weight"], padding=padding, groups=groups)
         feats = h.mean(dim=(2, 3))
-        logits = torch.nn.functional.linear(feats, params["head.weight"], params["head.bias"])
+        if self.kind == "scale":
+            feats = feats * params["scale"]
+        bias = torch.zeros(2) if self.kind == "loose_bias" else params["head.bias"]
+        logits = torch.nn.functional.linear(feats, params["head.weight"], bias)
         if self.kind == "shared":
             logits = torch.nn.functional.linear(logits[:, :2], params["head.weight"])
+        if self.kind == "shared_bias":
+            logits = torch.nn.functional.linear(logits, params["extra.weight"], params["head.bias"])
         return feats, logits, dict(buffers)
 
 
 @pytest.mark.parametrize(
-    ("kind", "match"), [("grouped", "grouped or string-padded"), ("shared", "more than one layer")]
+    ("kind", "match"),
+    [
+        ("grouped", "layer 'conv.weight' is a grouped or string-padded convolution"),
+        ("same_padding", "layer 'conv.weight' is a grouped or string-padded convolution"),
+        ("shared", "parameter 'head.weight' is used by more than one layer"),
+        ("shared_bias", "parameter 'head.bias' is used by more than one layer"),
+        ("loose_bias", "the bias of layer 'head.weight' is not a parameter"),
+        ("scale", "parameters scale are in neither"),
+    ],
 )
 def test_ekfac_refuses_layers_its_kronecker_factors_do_not_cover(kind: str, match: str) -> None:
     arch = _OddNet(kind)
