@@ -887,7 +887,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     print(f"page: {page}")  # outside the try: a closed stdout is not a failed page
     if comparison.regressions:
         print(
-            f"{len(comparison.regressions)} significant regression(s): "
+            f"{len(comparison.regressions)} significant "
+            + ("regression: " if len(comparison.regressions) == 1 else "regressions: ")
             + "; ".join(f"{d.title}: {d.method} {d.column.label}" for d in comparison.regressions),
             file=sys.stderr,
         )
