@@ -90,6 +90,8 @@ ARCHITECTURE_GROUP = "valbench.models"
 DEVICES = ("auto", "cpu", "cuda")
 #: Flattened raw-pixel widths and the image shape (C, H, W) they are read as.
 _PIXEL_SHAPES = {784: (1, 28, 28), 3072: (3, 32, 32)}
+#: How far outside [0, 1] a pixel may stray by rounding (a float32 x / 255, a resize).
+PIXEL_SLACK = 1e-3
 #: Images per evaluation chunk on a CPU, copy by copy (see DeepClassifier._outputs).
 CPU_EVAL_ROWS = 64
 _BN_EPS = 1e-5
@@ -937,12 +939,23 @@ class DeepClassifier:
 
     def images(self, x: np.ndarray) -> torch.Tensor:
         """Flattened raw pixels ``x`` (n, C·H·W) in [0, 1] as the (n, C, H, W) tensor the
-        network reads (``2x - 1``, on the model's device and dtype)."""
+        network reads (``2x - 1``, on the model's device and dtype); UsageError for values
+        outside [0, 1] (beyond :data:`PIXEL_SLACK`)."""
         return self._images(x)
 
     def _images(self, x: np.ndarray) -> torch.Tensor:
         arr = feature_matrix(x, self.n_features)
         require_finite_rows(arr, "images", "the deep models need raw pixels in [0, 1]")
+        if arr.size:
+            # The networks read 2x - 1 of pixels in [0, 1] (Dataset.pixel_shape's contract):
+            # 0..255 pixels would train without a word, on inputs 255 times too large.
+            lo, hi = float(arr.min()), float(arr.max())
+            if lo < -PIXEL_SLACK or hi > 1 + PIXEL_SLACK:
+                raise UsageError(
+                    f"images hold values from {lo:g} to {hi:g}; the deep models read raw pixels "
+                    "in [0, 1]"
+                    + (" (divide 0..255 pixels by 255)" if lo >= 0 and hi <= 255 else "")
+                )
         t = torch.as_tensor(np.ascontiguousarray(arr, dtype=np.float32)).to(self.device, self.dtype)
         return self.arch.inputs(t, self.shape)
 

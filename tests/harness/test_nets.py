@@ -522,6 +522,21 @@ def test_sample_weights_scale_the_loss() -> None:
 # -- DeepClassifier (the BatchedModel of --model cnn) --------------------------------------------
 
 
+def test_deep_classifier_refuses_pixels_outside_0_1() -> None:
+    clf = ModelSpec.parse("cnn").build(784, 2, seed=0)
+    params = clf.init_params(1)
+    pixels = np.random.default_rng(0).random((4, 784), dtype=np.float32)
+    with pytest.raises(
+        UsageError, match=r"from 0\.\S+ to 254\.\S+; .*\(divide 0..255 pixels by 255\)"
+    ):
+        clf.fit(pixels * 255, np.array([0, 1, 0, 1]), np.ones((1, 4), dtype=bool))
+    normalised = (pixels - 0.1307) / 0.3081  # torchvision's MNIST normalisation
+    with pytest.raises(UsageError, match=r"read raw pixels in \[0, 1\]$"):
+        clf.logits(params, normalised)
+    # A rounding's worth past 1 (float32 arithmetic) is still a pixel.
+    assert clf.logits(params, np.minimum(pixels + 5e-4, 1 + 5e-4)).shape == (1, 4, 2)
+
+
 def test_deep_classifier_fits_counts_and_scores() -> None:
     rng = np.random.default_rng(0)
     y = np.arange(60) % 2
