@@ -49,3 +49,13 @@ def test_plugins(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.M
     monkeypatch.syspath_prepend(str(root))
     monkeypatch.setenv("PYTHONPATH", str(root))
     return root
+
+
+@pytest.fixture
+def tiny_resnet(monkeypatch: pytest.MonkeyPatch) -> str:
+    """``resnet18`` at width 2 (batch norm and all), so a test runs in seconds: the model
+    spec to give a task."""
+    from valbench import nets
+
+    monkeypatch.setitem(nets._BUILTINS, "resnet18", lambda: nets.ResNet18(width=2))
+    return "resnet18:batch_size=8"

@@ -44,9 +44,8 @@ import torch
 from image_tasks import half_bright_images
 
 import valbench.methods.training_dynamics as td
-from valbench import DatasetSplits, RunContext, ValuationTask, nets
+from valbench import DatasetSplits, RunContext, ValuationTask
 from valbench.models import ModelSpec
-from valbench.nets import ResNet18
 from valbench.utility import UtilityEngine
 
 N_SHALLOW, N_DEEP, N_VAL = 90, 40, 12
@@ -97,13 +96,6 @@ def captured(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Any]]:
     monkeypatch.setattr(td, "train_runs", keep(td.train_runs))
     monkeypatch.setattr(td, "train_deep_runs", keep(td.train_deep_runs))
     yield seen
-
-
-@pytest.fixture
-def tiny_resnet(monkeypatch: pytest.MonkeyPatch) -> str:
-    """``resnet18`` at width 2 (batch norm and all), so a test runs in seconds."""
-    monkeypatch.setitem(nets._BUILTINS, "resnet18", lambda: ResNet18(width=2))
-    return "resnet18:batch_size=8"
 
 
 # -- the networks as the original's ``fn(params, state, X)`` ----------------------------------

@@ -205,13 +205,6 @@ def test_budget_cuts_deep_runs_to_a_prefix() -> None:
     np.testing.assert_array_equal(cut.scores, one.scores)
 
 
-@pytest.fixture
-def tiny_resnet(monkeypatch: pytest.MonkeyPatch) -> str:
-    """``resnet18`` at width 2 (batch norm and all), so a test runs in seconds."""
-    monkeypatch.setitem(nets._BUILTINS, "resnet18", lambda: ResNet18(width=2))
-    return "resnet18:batch_size=8"
-
-
 def test_resnet_grand_forgetting_and_tracin(tiny_resnet: str) -> None:
     task = _task(tiny_resnet, n=16)
     got = GraNd(runs=1, epochs=1).value(task, RunContext.for_task(task, seed=2))
