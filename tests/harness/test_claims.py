@@ -507,3 +507,180 @@ def test_a_claims_threshold_is_checked_at_its_floor() -> None:
     for kind, threshold in (("comparable-runtime", 0.5), ("subset-value-gain", 0.0)):
         with pytest.raises(ValueError, match="threshold"):
             Claim("x", SOURCE, kind, threshold=threshold)
+
+
+def test_recall_differences_stay_within_a_hundred_points() -> None:
+    # Recall 100 % against random's 0 to 20 %: the t-interval of the differences runs past
+    # +100 points, which no difference of two recalls can reach.
+    claim = Claim("finds flips", SOURCE, "mislabel-detection")
+    records = [_rec("mine", s, 0.7, recall=1.0) for s in SEEDS]
+    records += [
+        _rec("random", s, 0.7, recall=r, family="baseline")
+        for s, r in zip(SEEDS, (0.0, 0.2, 0.0, 0.1), strict=True)
+    ]
+    (comparison,) = _one(records, claim).comparisons
+    assert comparison.mean == pytest.approx(92.5)
+    assert comparison.high == 100.0 and comparison.low < 92.5
+    lost = [_rec("mine", s, 0.7, recall=0.0) for s in SEEDS]
+    lost += [
+        _rec("random", s, 0.7, recall=r, family="baseline")
+        for s, r in zip(SEEDS, (1.0, 0.8, 1.0, 0.9), strict=True)
+    ]
+    (comparison,) = _one(lost, claim).comparisons
+    assert comparison.low == -100.0 and comparison.high > -92.5
+
+
+def _constant_gain_run(mine: float, other: float, seeds: int = 6) -> list[CellRecord]:
+    return [_rec("mine", s, mine) for s in range(seeds)] + [
+        _rec("other", s, other) for s in range(seeds)
+    ]
+
+
+def test_a_gain_of_exactly_half_the_threshold_holds() -> None:
+    # 0.84375 against 0.75 is +12.5 % exactly (no rounding), on six seeds: p = 2^-5 gives the
+    # interval [12.5, 12.5], which lies "at or above" T/2 = 12.5 for "about 25 %".
+    claim = Claim("~25% higher", SOURCE, "subset-value-gain", threshold=25.0)
+    check = _one(_constant_gain_run(0.84375, 0.75), claim)
+    (comparison,) = check.comparisons
+    assert (comparison.low, comparison.high) == (12.5, 12.5)
+    assert check.verdict == HOLDS
+
+
+def test_a_runtime_of_exactly_the_factor_holds() -> None:
+    # 4 s against a median of 2 s on six seeds: the ratio is 2 on every seed (exactly, also
+    # through the log scale), and "at most 2x" holds.
+    claim = Claim("comparable time", SOURCE, "comparable-runtime", threshold=2.0)
+    records = []
+    for s in range(6):
+        records.append(_rec("mine", s, 0.7, cpu=4.0))
+        records += [_rec(n, s, 0.7, cpu=c) for n, c in (("a", 1.0), ("b", 2.0), ("c", 4.0))]
+    check = _one(records, claim)
+    (comparison,) = check.comparisons
+    assert (comparison.low, comparison.high) == (2.0, 2.0)
+    assert check.verdict == HOLDS
+
+
+def test_one_seed_is_shown_as_such_with_its_signed_gain() -> None:
+    check = _one(
+        [_rec("mine", 0, 0.9), _rec("other", 0, 0.6)],
+        Claim("higher", SOURCE, "higher-subset-value"),
+    )
+    assert check.measured.startswith(
+        "relative subset-value gain over the best other method: best +50.0 % (1 seed) "
+        "(d, noise 0.1, 10 %), worst +50.0 % (1 seed) (d, noise 0.1, 10 %), over 1 comparison;"
+    )
+
+
+def test_the_no_interval_note_needs_every_comparison_without_one() -> None:
+    # One dataset has an interval, the other one seed: inconclusive, but not for want of any
+    # interval at all.
+    one_seed = [_rec("mine", 0, 0.80, dataset="b"), _rec("other", 0, 0.70, dataset="b")]
+    check = _one(_subset_run(0.80, 0.70) + one_seed, Claim("higher", SOURCE, "higher-subset-value"))
+    assert check.verdict == INCONCLUSIVE
+    assert "so no verdict" not in check.measured
+
+
+def test_a_comparison_without_noise_is_named_by_its_dataset_alone() -> None:
+    records = [
+        _rec(m, s, v + JITTER[s], noise=0.0)
+        for s in SEEDS
+        for m, v in (("mine", 0.60), ("other", 0.70))
+    ]
+    check = _one(records, Claim("higher", SOURCE, "higher-subset-value"))
+    assert check.verdict == NOT_HOLDS
+    assert "; decided by d, 10 % against other: [" in check.measured
+
+
+def test_a_refutation_with_partial_rivals_included_is_not_said_to_be_withheld() -> None:
+    records = _subset_run(0.80, 0.70) + [
+        CellRecord.from_json({**_rec("rival", s, 0.90 + JITTER[s]).to_json(), "complete": False})
+        for s in SEEDS
+    ]
+    claim = Claim("higher", SOURCE, "higher-subset-value")
+    (check,) = check_claims(records, _manifest(claim), include_partial=True)
+    assert check.verdict == NOT_HOLDS
+    assert check.measured.endswith("; partial cells included: rival (4)")
+
+
+def _partial(record: CellRecord) -> CellRecord:
+    return CellRecord.from_json({**record.to_json(), "complete": False})
+
+
+def test_partial_cells_that_take_no_part_in_a_claim_do_not_withhold_it() -> None:
+    claim = Claim("higher", SOURCE, "higher-subset-value")
+    # A variant of the same paper is no rival: its partial cells do not stop "holds".
+    sibling = [_partial(_rec("sibling", s, 0.95, family="subset-selection")) for s in SEEDS]
+    mine, _ = check_claims(
+        _subset_run(0.80, 0.70) + sibling, _manifest(claim, methods=("mine", "sibling"))
+    )
+    assert mine.verdict == HOLDS and "partial" not in mine.measured
+    # Nor do a rival's partial cells on a dataset the method did not run on.
+    elsewhere = [_partial(_rec("rival", s, 0.95, dataset="e")) for s in SEEDS]
+    check = _one(_subset_run(0.80, 0.70) + elsewhere, claim)
+    assert check.verdict == HOLDS and "partial" not in check.measured
+    # Nor, for runtime, a method outside the valuation families the median is taken over.
+    runtime = Claim("comparable time", SOURCE, "comparable-runtime", threshold=3.0)
+    fast = [_partial(_rec("fast", s, 0.7, cpu=1e-4, family="baseline")) for s in SEEDS]
+    check = _one(_runtime({"d": 2.0}) + fast, runtime)
+    assert check.verdict == HOLDS and "partial" not in check.measured
+
+
+def test_partial_cells_are_counted_over_every_compared_dataset() -> None:
+    records = []
+    for dataset in ("d1", "d2"):
+        records += [_rec("mine", s, 0.80 + JITTER[s], dataset=dataset) for s in SEEDS]
+        records += [_rec("other", s, 0.70, dataset=dataset) for s in SEEDS]
+        records += [_partial(_rec("rival", s, 0.60, dataset=dataset)) for s in SEEDS]
+    check = _one(records, Claim("higher", SOURCE, "higher-subset-value"))
+    assert check.verdict == INCONCLUSIVE
+    assert "partial cells left out: rival (8), so it is not upheld" in check.measured
+
+
+def test_skipped_cells_are_not_said_to_have_failed() -> None:
+    skipped = [
+        CellRecord.from_json({**_rec("mine", s, 0.8).to_json(), "status": "skipped", "metrics": {}})
+        for s in SEEDS
+    ]
+    check = _one(
+        skipped + [_rec("other", s, 0.7) for s in SEEDS], Claim("h", SOURCE, "higher-subset-value")
+    )
+    assert check.verdict == INCONCLUSIVE
+    assert check.measured.endswith("nothing in this run to compare")
+
+
+def test_a_method_with_nothing_to_compare_against_is_inconclusive() -> None:
+    # No other method and no random reference at that fraction: nothing to compare, no error.
+    data = _rec("mine", 0, 0.8).to_json()
+    del data["metrics"]["random_subset_value"]
+    records = [CellRecord.from_json({**data, "seed": s, "cell_id": f"c{s}"}) for s in SEEDS]
+    check = _one(records, Claim("higher", SOURCE, "higher-subset-value"))
+    assert check.verdict == INCONCLUSIVE and not check.comparisons
+
+
+def test_a_rivals_seed_of_no_positive_value_gives_no_relative_gain() -> None:
+    claim = Claim("higher", SOURCE, "higher-subset-value")
+    mine = [_rec("mine", s, 0.80 + JITTER[s], family="subset-selection") for s in SEEDS]
+    below = [_rec("other", s, -0.02 if s == 0 else 0.70) for s in SEEDS]
+    (comparison,) = _one(mine + below, claim).comparisons
+    assert comparison.against == "other" and comparison.seeds == 3
+
+
+def test_a_fraction_some_seeds_lack_is_still_compared_on_the_others() -> None:
+    mine = []
+    for s in SEEDS:
+        data = _rec("mine", s, 0.80 + JITTER[s]).to_json()
+        if s > 0:  # seed 0 recorded no 20 % subset
+            data["metrics"]["subset_value"]["0.2"] = 0.9 + JITTER[s]
+            data["metrics"]["random_subset_value"]["0.2"] = 0.5
+        mine.append(CellRecord.from_json(data))
+    check = _one(
+        mine + [_rec("other", s, 0.7) for s in SEEDS], Claim("h", SOURCE, "higher-subset-value")
+    )
+    assert [(c.fraction, c.seeds) for c in check.comparisons] == [("0.1", 4), ("0.2", 3)]
+
+
+def test_exported_claims_are_strict_json() -> None:
+    check = _one(_subset_run(0.80, 0.70), Claim("higher", SOURCE, "higher-subset-value"))
+    exported = json.loads(json.dumps(check.to_dict(), allow_nan=False))
+    assert exported["comparisons"][0]["against"] == "other"
+    assert "bounds" not in exported["comparisons"][0]

@@ -94,6 +94,8 @@ def test_lds_subsets_are_seeded_halves(n: int) -> None:
     assert (masks == M.lds_subsets(n, 25, np.random.default_rng(3))).all()
     with pytest.raises(M.MetricInputError, match="m must be a positive integer"):
         M.lds_subsets(n, 0, np.random.default_rng(3))
+    with pytest.raises(M.MetricInputError, match="m must be a positive integer"):
+        M.lds_subsets(n, 2.5, np.random.default_rng(3))  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------- in the harness

@@ -640,3 +640,115 @@ def test_negative_selection_weights_are_refused() -> None:
             selection_weights={1.0: [1.0, -1.0, 1.0]},
             weighted=lambda idx, weights=None: 0.0,
         )
+
+
+def test_recall_curve_rounds_a_half_up_through_float_error() -> None:
+    # 0.58 * 25 is 14.499999999999998 in floats: the true 14.5 inspects 15 points, not 14.
+    scores = np.arange(25, dtype=float)
+    mask = np.zeros(25, dtype=bool)
+    mask[14] = True  # the 15th lowest
+    _, rec = M.mislabel_recall_curve(scores, mask, [0.57, 0.58])
+    assert rec.tolist() == [0.0, 1.0]  # 14.25 -> 14 points, 14.5 -> 15
+
+
+def test_scores_apart_by_less_than_rounding_are_still_ordered() -> None:
+    # Only exactly equal scores share their flips: 1e-13 above 0 is above it.
+    mask = np.array([False, True, False])
+    out = M.detection_at_k([1e-13, 0.0, 5.0], mask, k=1)
+    assert out == {"precision": 1.0, "recall": 1.0, "f1": 1.0}
+
+
+def test_a_two_dimensional_noisy_mask_is_refused() -> None:
+    with pytest.raises(ValueError, match="noisy_mask must be 1-D"):
+        M.mislabel_recall_curve(SCORES, NOISY[:, None])
+
+
+def test_curve_area_refuses_two_dimensional_curves() -> None:
+    with pytest.raises(ValueError, match="must be 1-D of equal length"):
+        M.curve_area([[0.0, 1.0], [0.0, 1.0]], [[1.0, 1.0], [2.0, 2.0]])
+
+
+def test_mislabel_curve_fractions_are_the_grid_decimals() -> None:
+    # linspace gives 0.15000000000000002 for the fourth point; the record says 0.15.
+    fractions = [p[0] for p in M.mislabel_metrics(SCORES, NOISY)["curve"]]
+    assert fractions == [round(i / 20, 10) for i in range(21)]
+    assert fractions[3] == 0.15
+
+
+def _weighted_curve(weights: list[float], key: float = 0.3) -> tuple[dict, list]:
+    calls: list = []
+
+    def weighted(idx: np.ndarray, weights: np.ndarray | None = None) -> float:
+        calls.append((np.asarray(idx).tolist(), np.asarray(weights).tolist()))
+        return 1.0
+
+    out = M.subset_value_curve(
+        SCORES,
+        (0.3,),
+        sum_plus_one,
+        selections={key: np.array([8, 1, 5])},
+        selection_weights={key: weights},
+        weighted=weighted,
+    )
+    return out, calls
+
+
+def test_selection_weights_may_leave_some_points_out_but_not_all() -> None:
+    # A zero weight is a point the selector kept at no weight: allowed, passed on as given.
+    out, calls = _weighted_curve([0.0, 1.0, 2.0])
+    assert out == {0.3: 1.0} and calls == [([1, 5, 8], [1.0, 2.0, 0.0])]
+    with pytest.raises(M.MetricInputError, match="are all zero"):
+        _weighted_curve([0.0, 0.0, 0.0])
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_selection_weights_must_be_finite(bad: float) -> None:
+    with pytest.raises(M.MetricInputError, match="must be 3 finite values >= 0"):
+        _weighted_curve([1.0, bad, 1.0])
+
+
+def test_selection_weights_match_their_fraction_up_to_float_error() -> None:
+    # key 0.1 + 0.2 == 0.30000000000000004 still weights the selection at 0.3
+    out, calls = _weighted_curve([3.0, 1.0, 2.0], key=0.1 + 0.2)
+    assert calls == [([1, 5, 8], [1.0, 2.0, 3.0])]
+
+
+def test_weighted_selection_without_a_weighted_evaluate_is_refused() -> None:
+    with pytest.raises(M.MetricInputError, match="has weights but no weighted evaluate"):
+        M.subset_value_curve(
+            SCORES,
+            (0.3,),
+            sum_plus_one,
+            selections={0.3: np.array([8, 1, 5])},
+            selection_weights={0.3: [3.0, 1.0, 2.0]},
+        )
+
+
+def test_random_subset_value_refuses_fractional_repeats() -> None:
+    with pytest.raises(M.MetricInputError, match="repeats must be a positive integer"):
+        M.random_subset_value(10, (0.1,), sum_plus_one, np.random.default_rng(0), repeats=2.5)
+
+
+@pytest.mark.parametrize(("shift", "scale"), [(0.0, 1e160), (1.0, 1e-9), (1e6, 1e-6)])
+def test_two_means_split_ignores_shift_and_scale(shift: float, scale: float) -> None:
+    # Squares of 1e160 overflow; sums of squares of 1 + 1e-9 x lose the x: neither may
+    # change the split of [0, 1, 2, 3, 10] (the 4 lowest, by test_two_means_split_by_hand).
+    base = np.array([3.0, 10.0, 0.0, 2.0, 1.0])
+    assert M.two_means_split(shift + scale * base).tolist() == [True, False, True, True, True]
+
+
+def test_mean_ci_refuses_a_confidence_of_one() -> None:
+    with pytest.raises(ValueError, match=r"confidence must lie in \(0, 1\)"):
+        M.mean_ci([1.0, 2.0], confidence=1.0)
+
+
+def test_rank_columns_ties_values_within_the_absolute_floor_near_zero() -> None:
+    # 0 and 1e-17 differ by rounding alone: the relative tolerance cannot see that at 0.
+    assert M.same_value(0.0, 1e-17)
+    np.testing.assert_array_equal(M.rank_columns([0.0, 1e-17, 0.5]), [2.5, 2.5, 1])
+
+
+def test_rank_stability_against_constant_scores_is_nan_without_a_warning() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert math.isnan(M.rank_stability([1, 2, 3], [4, 4, 4]))
