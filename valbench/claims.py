@@ -51,7 +51,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from valbench.metrics import mean_ci
+from valbench.metrics import mean_ci, same_value
 from valbench.records import CellRecord, Manifest
 from valbench.summary import (
     CONFIDENCE,
@@ -313,6 +313,18 @@ def _intervals(comparisons: Sequence[Comparison]) -> list[tuple[float, float]]:
     ]
 
 
+def _above(value: float, bar: float) -> bool:
+    """``value > bar`` with a value at the bar up to rounding (:func:`metrics.same_value`) at
+    it: a gain of exactly 10 % comes out 9.999999999999996 and a ratio of exactly 3 as
+    exp(log 3) = 3.0000000000000004, and a verdict must read the numbers it prints."""
+    return value > bar and not same_value(value, bar)
+
+
+def _below(value: float, bar: float) -> bool:
+    """``value < bar``, a value at the bar up to rounding being at it (see :func:`_above`)."""
+    return value < bar and not same_value(value, bar)
+
+
 def _first_widened(
     comparisons: Sequence[Comparison], decides: Callable[[float, float], bool]
 ) -> tuple[Comparison, tuple[float, float]] | None:
@@ -402,7 +414,9 @@ def _check(
         comps = _subset_comparisons(method, excluded, groups, scratch=bool(scratch))
         unit = " %"
         if kind == "higher-subset-value":
-            verdict, decided = _decide(comps, lambda low, _: low > 0, lambda _, high: high < 0)
+            verdict, decided = _decide(
+                comps, lambda low, _: _above(low, 0), lambda _, high: _below(high, 0)
+            )
             rule = (
                 "holds when every gain's interval lies above 0; does not hold when one lies "
                 f"below 0{_CORRECTED}"
@@ -410,10 +424,14 @@ def _check(
         else:
             half = t / 2
             tested = _intervals(comps)
-            decided = _first_widened(comps, lambda low, _: low >= half)
+            decided = _first_widened(comps, lambda low, _: not _below(low, half))
             if decided is not None:
                 verdict = HOLDS
-            elif tested and len(tested) == len(comps) and all(high < half for _, high in tested):
+            elif (
+                tested
+                and len(tested) == len(comps)
+                and all(_below(high, half) for _, high in tested)
+            ):
                 verdict = NOT_HOLDS
             else:
                 verdict = INCONCLUSIVE
@@ -426,7 +444,9 @@ def _check(
     elif kind == "mislabel-detection":
         comps = _mislabel_comparisons(method, groups)
         unit = " pts"
-        verdict, decided = _decide(comps, lambda low, _: low > 0, lambda _, high: high <= 0)
+        verdict, decided = _decide(
+            comps, lambda low, _: _above(low, 0), lambda _, high: not _above(high, 0)
+        )
         rule = (
             "holds when every interval lies above 0; does not hold when one lies at or below "
             f"0{_CORRECTED}"
@@ -435,7 +455,9 @@ def _check(
     else:
         comps = _runtime_comparisons(method, groups)
         unit = "x"
-        verdict, decided = _decide(comps, lambda _, high: high <= t, lambda low, _: low > t)
+        verdict, decided = _decide(
+            comps, lambda _, high: not _above(high, t), lambda low, _: _above(low, t)
+        )
         rule = (
             f"holds when every ratio's interval ends at or below {t:g}x; does not hold when one "
             f"starts above {t:g}x{_CORRECTED}"

@@ -560,6 +560,23 @@ def test_a_runtime_of_exactly_the_factor_holds() -> None:
     assert check.verdict == HOLDS
 
 
+def test_a_value_at_the_bar_up_to_rounding_is_at_the_bar() -> None:
+    # 0.99 against 0.90 is +10 % on every seed, computed as 9.999999999999996; a ratio of 3
+    # comes back from the log scale as 3.0000000000000004. Both are at their bar, as printed.
+    gain = Claim("~20% higher", SOURCE, "subset-value-gain", threshold=20.0)
+    check = _one(_constant_gain_run(0.99, 0.90), gain)
+    assert check.comparisons[0].high < 10.0  # the rounding this test is about
+    assert check.verdict == HOLDS
+    runtime = Claim("comparable time", SOURCE, "comparable-runtime", threshold=3.0)
+    records = []
+    for s in range(6):
+        records.append(_rec("mine", s, 0.7, cpu=6.0))
+        records += [_rec(n, s, 0.7, cpu=c) for n, c in (("a", 1.0), ("b", 2.0), ("c", 4.0))]
+    check = _one(records, runtime)
+    assert check.comparisons[0].low > 3.0  # the rounding this test is about
+    assert check.verdict == HOLDS
+
+
 def test_one_seed_is_shown_as_such_with_its_signed_gain() -> None:
     check = _one(
         [_rec("mine", 0, 0.9), _rec("other", 0, 0.6)],
