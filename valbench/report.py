@@ -69,6 +69,7 @@ from valbench.store import (
     read_manifest,
     read_results,
     read_results_checked,
+    to_jsonable,
 )
 from valbench.summary import (
     ALPHA,
@@ -939,7 +940,11 @@ def render_report(
         summary["claims"] = [c.to_dict() for c in claims]
     _write_atomic(
         run_dir / SUMMARY_FILE,
-        (json.dumps(summary, indent=2, ensure_ascii=False) + "\n").encode("utf-8"),
+        # Strict JSON (no NaN, which browsers' JSON.parse refuses): a number missed by the
+        # exporters' own None for "no number" is null too.
+        (
+            json.dumps(to_jsonable(summary), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+        ).encode("utf-8"),
     )
 
     html = (

@@ -102,10 +102,14 @@ def _expected(records: list[dict[str, Any]], dataset: str, method: str, key: str
     return out
 
 
+def _no_constant(name: str) -> None:
+    raise AssertionError(f"summary.json holds {name}, which strict JSON has not")
+
+
 @pytest.mark.filterwarnings("ignore:Precision loss:RuntimeWarning")
 def test_leaderboard_in_html_equals_summary_json_and_results(full_run: Path) -> None:
     tree = _strict_parse((full_run / "index.html").read_text(encoding="utf-8"))
-    summary = json.loads((full_run / "summary.json").read_text())
+    summary = json.loads((full_run / "summary.json").read_text(), parse_constant=_no_constant)
     records = read_jsonl(full_run)
     keys = [
         "subset_value@0.1",
