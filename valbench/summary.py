@@ -611,6 +611,11 @@ def constant_difference_p(diffs: Sequence[float] | np.ndarray, scale: float) -> 
     return None
 
 
+def _difference_scale(a: Sequence[float], b: Sequence[float]) -> float:
+    """The magnitude of paired values, against which their differences' rounding is judged."""
+    return max(float(np.max(np.abs(a))), float(np.max(np.abs(b))), 1e-300)
+
+
 def paired_p_value(a: Sequence[float], b: Sequence[float]) -> float | None:
     """Two-sided paired t-test p-value of ``a`` vs ``b``; None with fewer than
     :data:`MIN_TEST_PAIRS` pairs.
@@ -624,8 +629,7 @@ def paired_p_value(a: Sequence[float], b: Sequence[float]) -> float | None:
     if len(a) != len(b) or len(a) < MIN_TEST_PAIRS:
         return None
     diffs = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
-    scale = max(float(np.max(np.abs(a))), float(np.max(np.abs(b))), 1e-300)
-    constant = constant_difference_p(diffs, scale)
+    constant = constant_difference_p(diffs, _difference_scale(a, b))
     if constant is not None:
         return constant
     from scipy.special import stdtr
@@ -862,7 +866,11 @@ def _mark_column(
                 (second, first, np.subtract(a, b)),
             ):
                 if ref in best and other not in best:
-                    sd = float(np.std(diff, ddof=1))
+                    # 0 for differences constant up to rounding (as paired_p_value judges
+                    # them): the sign-flip rule tested those, not the t-test whose power the
+                    # detectable difference quotes.
+                    constant = constant_difference_p(diff, _difference_scale(a, b))
+                    sd = 0.0 if constant is not None else float(np.std(diff, ddof=1))
                     with_best.setdefault(other, []).append(
                         (pair, p_value, sd, float(np.mean(diff)), len(seeds))
                     )
@@ -883,19 +891,20 @@ def _mark_column(
         pair_with_best = against_best.get(method)
         # Worse only when the seeds both hold say so (the test's direction) and so does its
         # mean: over fewer seeds (one left out as partial, say) the two can disagree.
-        mean_better = sign * (rows[method][col.key].mean - best_mean) > 0
+        mean = rows[method][col.key].mean
+        mean_not_worse = sign * (mean - best_mean) > 0 or same_value(mean, best_mean)
         rows[method][col.key] = replace(
             rows[method][col.key],
             best=method in best,
             rank=float(rank),
             p_value=None if pair_with_best is None else pair_with_best[1],
             p_holm=None if pair_with_best is None else adjusted[pair_with_best[0]],
-            tied=pair_with_best is not None and (not_worse(pair_with_best) or mean_better),
+            tied=pair_with_best is not None and (not_worse(pair_with_best) or mean_not_worse),
             # (A run with fewer seeds than a test needs says so once, not in every cell.)
             untested=method not in best and pair_with_best is None and most >= MIN_TEST_PAIRS,
         )
-    # A constant difference (sd 0) is judged by the sign-flip rule, not the t-test whose
-    # power this quotes: its zero would only shrink the root mean square.
+    # A constant difference (sd 0 above) is judged by the sign-flip rule, not the t-test
+    # whose power this quotes: its zero would only shrink the root mean square.
     spread = [(sd, n) for _, _, sd, _, n in against_best.values() if sd > 0]
     if not spread:
         return math.nan

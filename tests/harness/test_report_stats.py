@@ -740,6 +740,28 @@ def test_a_constant_difference_does_not_shrink_the_detectable_difference() -> No
     assert both.detectable[key] > alone.detectable[key]
     sd = float(np.std(np.subtract([0.80 + j for j in jitter], [0.78 - j for j in jitter]), ddof=1))
     assert both.detectable[key] == pytest.approx(min_detectable_difference(sd, 5, comparisons=3))
+    # 0.07 below in every seed but for rounding (a spread of about 5e-17): still constant.
+    rounded = [_line("constant", s, 0.80 + jitter[s] - 0.07) for s in range(5)]
+    diffs = np.subtract([0.80 + j - 0.07 for j in jitter], [0.80 + j for j in jitter])
+    assert np.std(diffs) > 0  # the rounding this case is about
+    (third,) = summarise(noisy + rounded)
+    assert third.rows["constant"][key].p_value == pytest.approx(2.0**-4)
+    assert third.detectable[key] == pytest.approx(both.detectable[key])
+
+
+def test_a_method_whose_mean_equals_the_best_is_never_marked_worse() -> None:
+    # Five seeds of the best and four of x (one seed the best lacks): both means are 0.725
+    # exactly, but on the four shared seeds x is below the best. Worse needs both the paired
+    # test and the mean to say so.
+    best = [0.875, 0.9375, 0.8125, 0.5, 0.5]
+    x = {0: 0.75, 1: 0.84375, 2: 0.71875, 5: 0.5875}
+    lines = [_line("best", s, v) for s, v in enumerate(best)]
+    lines += [_line("x", s, v) for s, v in x.items()]
+    (group,) = summarise(lines)
+    stat = group.rows["x"]["subset_value@0.1"]
+    assert stat.mean == group.rows["best"]["subset_value@0.1"].mean == 0.725
+    assert stat.p_holm is not None and stat.p_holm < 0.05  # the shared seeds alone say worse
+    assert stat.tied
 
 
 def test_the_detection_auc_interval_stays_within_what_the_flips_allow() -> None:
@@ -1217,3 +1239,115 @@ def test_summary_json_counts_a_methods_cells_apart_from_a_columns_values() -> No
     one = exported["one"]["values"][key]
     assert exported["one"]["n_seeds"] == 1 and one["n"] == 1 and one["mean"] == 0.9
     assert one["ci_low"] is None and one["ci_half_width"] is None
+
+
+# --------------------------------------------------------------------------- edge cases
+
+
+def test_a_cost_interval_too_wide_for_a_float_is_open_at_the_top() -> None:
+    # Two seeds a factor 1e303 apart: the log interval's half-width is ~4432, past what exp
+    # can hold; the interval runs from the floor to infinity instead of raising.
+    records = [_line("m", 0, 0.6, cpu_s=1e-3), _line("m", 1, 0.6, cpu_s=1e300)]
+    (group,) = summarise(records + [_line("r", 0, 0.5)])
+    stat = group.rows["m"]["cost.cpu_s"]
+    assert stat.half_width > 700
+    assert stat.interval == (CPU_FLOOR_S, math.inf)
+    assert stat.text.endswith("[0.001, inf]")
+
+
+def test_differences_far_above_rounding_are_tested_not_called_equal() -> None:
+    from valbench.summary import paired_p_value
+
+    # Differences of a few ten-millionths of values near 0.5: a million times a float's
+    # rounding, so a real (if tiny) difference the t-test judges.
+    base = [0.3, 0.5, 0.7, 0.4]
+    shifted = [v - d for v, d in zip(base, (1e-7, 3e-7, 2e-7, 2.5e-7), strict=True)]
+    assert paired_p_value(base, shifted) == pytest.approx(stats.ttest_rel(base, shifted).pvalue)
+    assert paired_p_value(base, shifted) < 0.05
+
+
+def test_a_constant_difference_spread_only_by_rounding_gets_the_sign_flip_p() -> None:
+    from valbench.summary import paired_p_value
+
+    # 2e-6 below at a magnitude of 1e5: the differences spread by ~1e-11 (rounding of the
+    # values), far more than 1e-9 of 2e-6, yet still one difference: 2 of 2^4 sign patterns.
+    a = [1e6 / 3 + 0.1, 2e6 / 3 + 0.2, 1e6 / 7 + 0.7, 5e5 / 9 + 0.3]
+    b = [v - 2e-6 for v in a]
+    assert np.ptp(np.subtract(a, b)) > 1e-9 * 2e-6
+    assert paired_p_value(a, b) == pytest.approx(2.0**-3)
+
+
+def test_the_reference_intervals_stay_within_what_an_accuracy_can_take() -> None:
+    # Two seeds' random subsets at 0.95 and 0.05, full data at 0.99 and 0.01: the t-intervals
+    # (half-width ~5.7) are cut to [0, 1] like every accuracy column's.
+    records = []
+    for seed, (rnd, full) in enumerate(((0.95, 0.99), (0.05, 0.01))):
+        line = _line_json("m", seed, 0.6, rnd)
+        line["metrics"]["full_data_value"] = full
+        records.append(CellRecord.from_json(line))
+    (group,) = summarise(records)
+    for ref in (group.random_subset["0.1"], group.full_data):
+        assert ref.half_width > 1 and ref.interval == (0.0, 1.0)
+        assert ref.text == "0.500 [0.000, 1.000]"
+
+
+def test_a_cell_without_a_value_in_any_column_still_counts_as_a_seed() -> None:
+    bare = _line_json("m", 2, 0.6, 0.5)
+    bare["cost"], bare["metrics"] = {}, {}
+    records = [_line("m", 0, 0.6), _line("m", 1, 0.7), CellRecord.from_json(bare)]
+    (group,) = summarise(records)
+    assert max(stat.n for stat in group.rows["m"].values()) == 2
+    assert group.n_seeds == {"m": 3}
+
+
+def test_the_detection_auc_range_is_known_only_when_every_cell_with_an_auc_says_it() -> None:
+    # One cell records its range, one (written before ranges were) does not: the group's
+    # range is unknown, so [0, 1] holds, not the one cell's range. A cell without an AUC
+    # takes no part in the union, whatever range it records.
+    def cell(seed: int, mislabel: dict) -> CellRecord:
+        line = _line_json("a", seed, 0.6, 0.5)
+        line["metrics"]["mislabel"] = mislabel
+        return CellRecord.from_json(line)
+
+    ranged = cell(0, {"auc": 0.5, "auc_low": 0.10, "auc_high": 0.90})
+    (mixed,) = summarise([ranged, cell(1, {"auc": 0.6})])
+    assert mixed.column("mislabel.auc").bounds == (0.0, 1.0)
+    no_auc = cell(1, {"recall_at_noise": 0.5, "auc": None, "auc_low": 0.0, "auc_high": 0.99})
+    (group,) = summarise([ranged, no_auc])
+    assert group.column("mislabel.auc").bounds == (0.10, 0.90)
+
+
+def test_a_gain_where_the_random_subset_has_other_fractions_is_not_compared() -> None:
+    from valbench.summary import gain_over_random
+
+    line = _line_json("m", 0, 0.6, 0.5)
+    line["metrics"]["random_subset_value"] = {"0.1": 0.5, "0.5": 0.65}  # 0.5: no subset value
+    assert gain_over_random(CellRecord.from_json(line)) is None
+
+
+def test_a_detectable_difference_within_the_range_of_an_accuracy_is_shown() -> None:
+    # Gaps of 0.1, 0.3 and 0.5 (sd 0.2) over three seeds: 0.65 is detectable, more than half
+    # of an accuracy's range yet within it, so it is a number, not "none".
+    records = _spread("best", [0.9, 0.9, 0.9])
+    records += _spread("m", [0.8, 0.6, 0.4])
+    (group,) = summarise(records)
+    key = "subset_value@0.1"
+    detectable = group.detectable[key]
+    assert detectable == pytest.approx(min_detectable_difference(0.2, 3))
+    assert 0.5 < detectable < 1.0
+    assert group.detectable_text(key) == f"{detectable:.3f}"
+
+
+def test_friedman_needs_two_datasets_whatever_minimum_is_asked() -> None:
+    records = [_line(m, s, v) for m, v in (("a", 0.6), ("b", 0.7), ("c", 0.8)) for s in range(3)]
+    groups = summarise(records)
+    assert friedman_nemenyi(groups, "subset_value@0.1", min_blocks=1) is None
+
+
+def test_a_seedless_line_sorts_before_the_seeded_lines_of_its_method() -> None:
+    from valbench.summary import record_sort_key
+
+    seedless = _line_json("a", 0, 0.6, 0.5)
+    seedless["seed"] = None
+    lines = [_line("a", 1, 0.6), _line("a", 0, 0.6), CellRecord.from_json(seedless)]
+    assert [r.seed for r in sorted(lines, key=record_sort_key)] == [None, 0, 1]
