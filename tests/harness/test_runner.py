@@ -1145,3 +1145,348 @@ def test_a_default_run_directory_is_named_by_the_preset_and_8_hex_digits_of_the_
     where = default_run_dir(spec, Path("runs"))
     assert where.parent == Path("runs") and re.fullmatch(r"ci-[0-9a-f]{8}", where.name)
     assert spec.config_hash().startswith(where.name[len("ci-") :])
+
+
+def test_a_serial_cell_finishing_late_keeps_its_cost_and_what_it_printed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A method that catches its stop and finishes past the limit is recorded as a timeout;
+    the fits and seconds it spent, and what it printed, stay on its line as for any cell."""
+    from valbench import runner
+    from valbench.errors import CellTimeout
+    from valbench.records import CellCost
+    from valbench.worker import CellOutcome, failure_record
+
+    def late_cell(cell, spec, progress, printed) -> CellOutcome:
+        try:
+            time.sleep(5)
+        except CellTimeout:
+            pass  # caught: the method finishes anyway
+        printed.take(b"late line\n")
+        record = failure_record(cell, spec, "ok", "", "", cost=CellCost(wall_s=0.3, model_fits=7))
+        return CellOutcome(replace(record, error=None, complete=True))
+
+    monkeypatch.setattr(runner, "run_cell", late_cell)
+    spec = small_spec(methods=("random",), timeout=0.2)
+    got: list = []
+    runner.run_serial(spec.cells(), spec, got.append, lambda *args: None)
+    (outcome,) = got
+    assert outcome.record.status == "timeout"
+    assert (outcome.record.cost.model_fits, outcome.record.cost.wall_s) == (7, 0.3)
+    assert (outcome.printed, outcome.printed_bytes) == (b"late line\n", 10)
+
+
+def test_a_serial_cell_is_stopped_at_its_time_limit_not_later(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first stop comes when the cell has run for ``timeout`` seconds."""
+    from valbench import runner
+    from valbench.errors import CellTimeout
+    from valbench.worker import CellOutcome, failure_record
+
+    stopped: list[float] = []
+
+    def sleeps(cell, spec, progress, printed) -> CellOutcome:
+        try:
+            time.sleep(10)
+        except CellTimeout:
+            stopped.append(time.monotonic())
+        return CellOutcome(failure_record(cell, spec, "timeout", "CellTimeout", "stopped"))
+
+    import signal
+
+    timers: list[float] = []
+    real_setitimer = signal.setitimer
+
+    def setitimer(which: int, seconds: float, interval: float = 0.0) -> tuple[float, float]:
+        timers.append(seconds)
+        return real_setitimer(which, seconds, interval)
+
+    monkeypatch.setattr(runner, "run_cell", sleeps)
+    monkeypatch.setattr(signal, "setitimer", setitimer)
+    spec = small_spec(methods=("random",), timeout=1.0)
+    began = time.monotonic()
+    runner.run_serial(spec.cells(), spec, lambda outcome: None, lambda *args: None)
+    # The timer asked for is the limit itself (not twice it), and it stopped the cell; the
+    # clock reading only bounds it from below (a loaded machine may deliver the signal late).
+    assert timers[0] == 1.0 and len(stopped) == 1 and stopped[0] - began >= 1.0
+
+
+def test_the_process_backend_kills_a_cell_at_the_first_poll_past_its_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On a clock that moves 0.5 s per reading, a 1 s limit kills the silent cell at the first
+    poll past 1 s from its hand-over (1.5 s), not at a later one."""
+    from types import SimpleNamespace
+
+    from valbench import runner
+
+    readings: list[float] = []
+
+    def monotonic() -> float:
+        readings.append(0.5 * (len(readings) + 1))
+        return readings[-1]
+
+    handed: list[float] = []
+    killed: list[float] = []
+    stand_in = _stand_in_workers(monkeypatch, on_kill=lambda: killed.append(readings[-1]))
+
+    class Silent(stand_in):  # type: ignore[misc,valid-type]
+        def submit(self, cell) -> bool:
+            accepted = super().submit(cell)
+            handed.append(self.started)
+            return accepted
+
+    monkeypatch.setattr(runner, "_Worker", Silent)
+    monkeypatch.setattr(runner, "time", SimpleNamespace(monotonic=monotonic))
+    spec = small_spec(methods=("random",), timeout=1.0)
+    got: list = []
+    runner.run_processes(spec.cells(), spec, got.append, lambda *args: None)
+    (outcome,) = got
+    assert outcome.record.status == "timeout"
+    assert killed[0] - handed[0] == 1.5
+
+
+def test_the_manifest_counts_the_runs_cells_not_its_methods(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _fake_backend(monkeypatch, {"random": "ok"})
+    spec = small_spec(methods=("random",), seeds=3, metrics=())
+    execute(spec, out=tmp_path, backend="serial", show_progress=False)
+    assert read_manifest(tmp_path).cells_total == 3
+
+
+def test_already_done_counts_only_the_runs_own_cells(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A results line of a cell outside the run (pasted in from another run) is neither
+    counted as done nor run: the resume says 4 already done and 0 run now."""
+    _fake_backend(monkeypatch, _FOUR)
+    execute(_four_spec(), out=tmp_path, backend="serial", show_progress=False)
+    results = tmp_path / "results.jsonl"
+    line = next(json.loads(x) for x in results.read_text().splitlines() if '"loo"' in x)
+    line.update(seed=7, cell_id="synthetic.loo.noise0.2.seed7")
+    with results.open("a") as fh:
+        fh.write(json.dumps(line) + "\n")
+    assert "synthetic.loo.noise0.2.seed7" in {r.cell_id for r in read_results(tmp_path)}
+    again = execute(_four_spec(), out=tmp_path, backend="serial", show_progress=False)
+    assert (again.already_done, again.run_now, again.finished) == (4, 0, 4)
+    assert again.failed == [_ids("loo"), _ids("tmc-shapley")]
+
+
+def test_a_file_smaller_than_no_cap_is_told_to_grow_not_to_raise_the_cap(
+    tmp_path: Path,
+) -> None:
+    """Without any --max-train, a file too small for its noise rate can only gain training
+    points from more rows: the advice says so, and does not name --max-train."""
+    from valbench.errors import UsageError
+    from valbench.runner import resolve_names
+
+    data = tmp_path / "small.csv"
+    data.write_text("a,b,label\n" + "".join(f"{i},{i % 7},{i % 2}\n" for i in range(6)))
+    spec = small_spec(methods=("random",), datasets=(f"file:{data}",), max_train=None)
+    with pytest.raises(UsageError, match="plants no label flip") as err:
+        resolve_names(spec.with_overrides(noise=(0.1,)))
+    assert "give a file with more rows" in str(err.value)
+    assert "--max-train" not in str(err.value)
+
+
+def test_a_largest_fraction_whose_removal_leaves_no_point_is_refused_up_front() -> None:
+    """ceil(0.99 x 40) = 40: removing it leaves nothing to train on; 0.97 leaves one point."""
+    from valbench.errors import UsageError
+    from valbench.runner import resolve_names
+
+    assert resolve_names(small_spec(fractions=(0.5, 0.97))).fractions == (0.5, 0.97)
+    with pytest.raises(UsageError, match="removing the fraction 0.99 of the 40 training points"):
+        resolve_names(small_spec(fractions=(0.5, 0.99)))
+
+
+def test_a_ctrl_c_during_a_serial_cell_stops_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The user's Ctrl-C while a serial cell runs ends the run (the next cell never starts),
+    unlike a KeyboardInterrupt the method raises itself, which fails its cell only."""
+    from valbench import runner, worker
+
+    def interrupted(cell, spec):
+        os.kill(os.getpid(), signal.SIGINT)  # as the user's Ctrl-C reaches this process
+        time.sleep(5)
+
+    monkeypatch.setattr(worker, "build_task_with_provenance", interrupted)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    spec = small_spec(metrics=())
+    got: list = []
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            runner.run_serial(spec.cells(), spec, got.append, lambda *args: None)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert got == []
+
+
+def test_a_failed_write_ends_the_run_with_its_own_error_and_draws_no_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A results line that cannot be written aborts the run with that error, and no report is
+    drawn in a directory that cannot be written; a manifest that cannot be written at the end
+    is that error too, except after another one, which it must not hide."""
+    from valbench import runner
+    from valbench.store import StoreWriteError
+
+    drawn: list[Path] = []
+    _fake_backend(monkeypatch, {"random": "ok"})
+    monkeypatch.setattr(runner, "_render", lambda run_dir: drawn.append(run_dir))
+
+    def full(*args: object) -> None:
+        raise StoreWriteError("cannot write: no space left on the device")
+
+    spec = small_spec(methods=("random",), metrics=())
+    with monkeypatch.context() as patched:
+        patched.setattr(RunStore, "append_result", full)
+        with pytest.raises(StoreWriteError, match="no space left"):
+            execute(spec, out=tmp_path / "results", backend="serial", show_progress=False)
+    assert read_manifest(tmp_path / "results").status == "aborted" and drawn == []
+
+    real_write = RunStore.write_manifest
+    writes: list[str] = []
+
+    def last_write_fails(store: RunStore, manifest) -> None:  # type: ignore[no-untyped-def]
+        writes.append(manifest.status)
+        if manifest.status == "running":
+            return real_write(store, manifest)
+        full()
+
+    monkeypatch.setattr(RunStore, "write_manifest", last_write_fails)
+    with pytest.raises(StoreWriteError, match="no space left"):
+        execute(spec, out=tmp_path / "manifest", backend="serial", show_progress=False)
+    assert writes == ["running", "complete"] and drawn == []
+
+    def broken(*args: object) -> None:
+        raise ConnectionError("scheduler went away")
+
+    monkeypatch.setattr(runner, "run_serial", broken)
+    with pytest.raises(ConnectionError, match="scheduler went away"):
+        execute(spec, out=tmp_path / "both", backend="serial", show_progress=False)
+
+
+def test_a_run_not_live_says_whether_its_driver_left_it_unfinished(tmp_path: Path) -> None:
+    from valbench.runner import run_liveness
+
+    assert run_liveness(tmp_path, "running") == (
+        "not live (its driver is gone; run the same command to resume)"
+    )
+    for status in ("complete", "interrupted", "aborted"):
+        assert run_liveness(tmp_path, status) == "not live"
+
+
+def test_a_result_sent_as_the_worker_exited_is_kept_not_a_crash(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker that sent its cell's result and exited before the driver read it: the driver
+    finds the result in the pipe and records it, not a crash of the worker."""
+    from valbench import runner
+    from valbench.worker import CellOutcome, failure_record
+
+    stand_in = _stand_in_workers(monkeypatch)
+
+    class SendsAndExits(stand_in):  # type: ignore[misc,valid-type]
+        def submit(self, cell) -> bool:
+            record = failure_record(cell, self.spec, "skipped", "X", "the worker's own result")
+            alive = [True]
+            self.process.is_alive = lambda: alive[0]
+            # The result reaches the pipe only as the process is joined (its last flush).
+            self.process.join = lambda timeout=None: self._far.send(("result", CellOutcome(record)))
+            accepted = super().submit(cell)
+            alive[0] = False
+            return accepted
+
+    monkeypatch.setattr(runner, "_Worker", SendsAndExits)
+    spec = small_spec(methods=("random",))
+    got: list = []
+    runner.run_processes(spec.cells(), spec, got.append, lambda *args: None)
+    (outcome,) = got
+    assert outcome.record.status == "skipped"
+    assert outcome.record.error.message == "the worker's own result"
+
+
+def test_a_result_the_worker_cannot_send_is_still_one_failed_record(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An outcome that cannot be pickled (a method's object in it) reaches the driver as the
+    cell's failure, saying why, and the worker goes on to its next cell."""
+    import logging
+    import multiprocessing
+    from types import SimpleNamespace
+
+    from valbench import runner
+    from valbench.worker import CellOutcome, failure_record
+
+    def unsendable(cell, spec, progress) -> CellOutcome:
+        record = failure_record(cell, spec, "ok", "", "")
+        return CellOutcome(record, provenance={"rows": lambda: None})  # type: ignore[dict-item]
+
+    monkeypatch.setattr(runner, "run_cell", unsendable)
+    monkeypatch.setattr(runner, "_die_with_driver", lambda pid, create_time: None)
+    monkeypatch.setattr(
+        runner, "signal", SimpleNamespace(signal=lambda *args: None, SIGINT=2, SIG_IGN=1)
+    )
+    spec = small_spec()
+    driver, worker = multiprocessing.Pipe()
+    for cell in spec.cells():
+        driver.send(cell)
+    driver.send(None)
+    registry_log = logging.getLogger("valbench.registry")
+    level = registry_log.level
+    try:
+        runner._worker_main(spec.to_dict(), worker, list(sys.path), (0, 0.0))
+    finally:
+        registry_log.setLevel(level)
+    sent = []
+    while driver.poll():
+        sent.append(driver.recv())
+    results = [payload[0].record for kind, *payload in sent if kind == "result"]
+    assert [r.method for r in results] == ["random", "loo"]
+    for record in results:
+        assert record.status == "failed"
+        assert "the cell's result could not be sent to the driver" in record.error.message
+
+
+def test_two_fractions_of_one_subset_size_are_refused_up_front() -> None:
+    """ceil(0.11 x 40) = ceil(0.12 x 40) = 5: two labels for one subset; 0.1 and 0.12 differ."""
+    from valbench.errors import UsageError
+    from valbench.runner import resolve_names
+
+    assert resolve_names(small_spec(fractions=(0.1, 0.12))).fractions == (0.1, 0.12)
+    with pytest.raises(UsageError, match="--fractions 0.11 and 0.12 both take 5 of the 40"):
+        resolve_names(small_spec(fractions=(0.11, 0.12)))
+
+
+def test_a_refusal_names_a_changed_data_file_apart_from_one_named_another_way() -> None:
+    """The same bytes under another name are named as the run's file (resume under its
+    name), not as a file that changed; a file whose bytes changed is said to have changed."""
+    from valbench.runner import _spec_changes
+
+    def spec(prints: dict[str, str]) -> RunSpec:
+        return small_spec(datasets=tuple(prints), data_fingerprints=prints)
+
+    old = spec({"file:a.csv": "f1"}).to_dict()
+    renamed = _spec_changes(old, spec({"file:./a.csv": "f1"}))
+    assert "file:./a.csv holds the same bytes as the run's file:a.csv: name it so" in renamed
+    assert "changed since" not in renamed
+    edited = _spec_changes(old, spec({"file:a.csv": "f2"}))
+    assert "file:a.csv changed since the run read it" in edited
+    assert "same bytes" not in edited
+
+
+def test_a_resume_records_the_execution_settings_it_ran_with(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--timeout and --jobs change no cell, so a resume may change them; the manifest then
+    records the settings of the run that last ran cells, and the command that gave them."""
+    _fake_backend(monkeypatch, {"random": "ok"}, stop_after=1, interrupt=False)
+    spec = small_spec(methods=("random",), seeds=2, metrics=())
+    execute(spec, out=tmp_path, backend="serial", show_progress=False, command="first")
+    _fake_backend(monkeypatch, {"random": "ok"})
+    resumed = spec.with_overrides(timeout=30.0, jobs=2)
+    execute(resumed, out=tmp_path, backend="serial", show_progress=False, command="second")
+    manifest = read_manifest(tmp_path)
+    assert (manifest.spec["timeout"], manifest.spec["jobs"]) == (30.0, 2)
+    assert (manifest.command, manifest.resumed, manifest.status) == ("second", 1, "complete")
