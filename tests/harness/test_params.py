@@ -467,3 +467,184 @@ def test_a_toml_value_reads_back_as_the_value() -> None:
         text = toml_value(value)
         got = parse_param_assignments([f"m.k={text}"])["m"]["k"]
         assert got == value and type(got) is type(value), (value, text)
+
+
+# --- refusal messages, hints and declaration problems -----------------------------------------
+
+
+class _Open(_Plugin):
+    """Parameters whose hints and refusals the tests below read."""
+
+    name = "open"
+    parameters = {
+        "k": Param(None, Interval(int, 0, 5, closed="neither"), None, doc="k"),
+        "mode": Param(None, Options(str, ("fast", "slow")), None, doc="mode"),
+        "tag": Param(None, str, None, doc="tag"),
+        "shift": Param(0, int, doc="any whole number"),
+    }
+
+
+def test_a_hint_suggests_a_value_the_declaration_accepts() -> None:
+    # (0, 5) holds 1, not its bound 0; an option is suggested by its first value.
+    with pytest.raises(
+        UsageError, match=r"k=9 is not in \(0, 5\) or None; e\.g\. --param open\.k=1$"
+    ):
+        check_params(_Open, {"k": 9}, kind="method")
+    with pytest.raises(UsageError, match=r'e\.g\. --param open\.mode="fast"$'):
+        check_params(_Open, {"mode": "quick"}, kind="method")
+    # nothing to suggest: no hint, rather than "e.g. ...=None"
+    with pytest.raises(UsageError) as err:
+        check_params(_Open, {"tag": 3}, kind="method")
+    assert str(err.value) == "method 'open': tag=3 is not a str or None"
+
+
+def test_unknown_names_are_all_named_in_order_with_the_valid_ones() -> None:
+    with pytest.raises(UsageError) as err:
+        check_params(_Open, {"zeta": 1, "alpha": 2}, kind="method")
+    assert str(err.value) == (
+        "method 'open' has no parameter 'alpha', 'zeta'; valid: k, mode, shift, tag"
+    )
+
+
+def test_the_64_bit_range_is_exactly_that_of_a_signed_integer() -> None:
+    check_params(_Open, {"shift": -(2**63)}, kind="method")
+    check_params(_Open, {"shift": 2**63 - 1}, kind="method")
+    for value in (2**63, -(2**63) - 1):
+        with pytest.raises(UsageError, match="is outside the 64-bit range"):
+            check_params(_Open, {"shift": value}, kind="method")
+
+
+class _Joint(_Plugin):
+    name = "joint"
+    parameters = {
+        "low": Param(1, Interval(int, 0, None), doc="low"),
+        "high": Param(5, Interval(int, 0, None), doc="high"),
+    }
+
+    @staticmethod
+    def params_problem(params: dict[str, Any]) -> str | None:
+        if params["low"] > params["high"]:
+            return f"low={params['low']} is above high={params['high']}"
+        return None
+
+
+def test_a_joint_rule_sees_the_defaults_of_the_parameters_not_given() -> None:
+    check_params(_Joint, {"low": 4}, kind="method")
+    with pytest.raises(UsageError, match=r"^method 'joint': low=6 is above high=5$"):
+        check_params(_Joint, {"low": 6}, kind="method")
+    with pytest.raises(UsageError, match="low=6 is above high=5"):
+        _Joint(low=6)
+
+
+def test_declaration_problems_name_the_class_and_what_to_do() -> None:
+    from valbench.params import declaration_problem
+
+    class NotMapping(_Plugin):
+        name = "not-mapping"
+        parameters = [("k", Param(1, int))]  # type: ignore[assignment]
+
+    class NotParam(_Plugin):
+        name = "not-param"
+        parameters = {"k": 5}  # type: ignore[dict-item]
+
+    class NeedsArg(_Plugin):
+        name = "needs-arg"
+
+        def __init__(self, k: int) -> None:
+            self.k = k
+
+    class Shadows(_Plugin):
+        name = "shadows"
+        parameters = {"value": Param(1, int, doc="v")}
+
+    class ShadowsProperty(_Plugin):
+        name = "shadows-property"
+        parameters = {"width": Param(1, int, doc="w")}
+
+        @property
+        def width(self) -> int:
+            return 1
+
+    class TakesAnything(_Plugin):
+        name = "takes-anything"
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+
+    problems = {
+        cls.__name__: declaration_problem(cls) or ""
+        for cls in (NotMapping, NotParam, NeedsArg, Shadows, ShadowsProperty, TakesAnything)
+    }
+    assert problems["NotMapping"].startswith("NotMapping.parameters is list, not a mapping")
+    assert problems["NotParam"].startswith("NotParam.parameters['k'] is 5, not a Param")
+    assert problems["NeedsArg"].startswith("NeedsArg.__init__ requires 'k' with no default")
+    assert problems["Shadows"].startswith("Shadows declares parameter(s) 'value' named like")
+    assert problems["ShadowsProperty"].startswith("ShadowsProperty declares parameter(s) 'width'")
+    assert problems["TakesAnything"] == ""  # *args and **kwargs are not parameters
+
+
+def test_a_class_attribute_holding_a_parameters_default_is_no_declaration_problem() -> None:
+    from valbench.params import declaration_problem
+
+    class Defaulted(_Plugin):
+        name = "defaulted"
+        k = 3
+        parameters = {"k": Param(3, Interval(int, 1, None), doc="k")}
+
+    assert declaration_problem(Defaulted) is None
+    assert Defaulted(k=4).get_params() == {"k": 4}
+
+
+class _Untyped(_Plugin):
+    name = "untyped"
+
+    def __init__(self, *, extra: Any = None, rate: float = np.float64(0.5)) -> None:
+        self.extra, self.rate = extra, rate
+
+
+def test_a_signature_default_of_none_accepts_anything_and_a_numpy_float_is_a_float() -> None:
+    assert declared_params(_Untyped)["extra"] == Param(None)
+    validate_params(_Untyped, {"extra": [1, 2], "rate": 0.25})
+    validate_params(_Untyped, {"rate": 1})
+
+
+def test_type_and_bounds_texts_read_as_the_list_command_shows_them() -> None:
+    assert Param(1, Interval(int, 1, 5), Interval(int, 10, 20)).type_text() == "int"
+    assert Interval(float, 0.0, 1.0).bounds() == "[0, 1]"
+    assert Interval(float, None, 0.5).bounds() == "(-inf, 0.5]"
+    assert Interval(int, None, None).describe() == "an int in (-inf, inf)"
+
+
+def test_valid_alternative_below_an_upper_bound() -> None:
+    other = valid_alternative(Param(0.0, Interval(float, None, 0)))
+    assert other is not None and other < 0
+
+
+def test_a_value_just_past_60_characters_is_cut() -> None:
+    with pytest.raises(UsageError) as err:
+        check_params(Legacy, {"k": "x" * 59}, kind="method")  # shown quoted: 61 characters
+    assert f'k="{"x" * 56}... is not an int' in str(err.value)
+
+
+def test_a_subclass_that_documents_every_parameter_keeps_its_docstring_as_written() -> None:
+    from valbench.types import Dataset
+
+    class Base(Dataset):
+        """Base.
+
+        Args:
+            k: How many (default 1).
+        """
+
+        parameters = {"k": Param(1, Interval(int, 1, None), doc="how many")}
+
+    doc = """Its own words.
+
+        Args:
+            k: Its own description.
+        """
+
+    class Own(Base):
+        __doc__ = doc
+
+    assert Own.__doc__ == doc

@@ -194,6 +194,21 @@ def test_logreg_runs_hash_the_model_version() -> None:
         ({"jobs": True}, "jobs must be a whole number, not true/false"),
         ({"budget": "x"}, "invalid budget"),
         ({"methods": ("a b",)}, "letters, digits"),
+        # True would pass as 1 where a whole number is due (bool is an int subclass).
+        ({"root_seed": True}, "--root-seed must be a whole number, not true/false"),
+        ({"random_repeats": True}, "random_repeats must be a whole number, not true/false"),
+        ({"lds_subsets": True}, "--lds-subsets must be a whole number, not true/false"),
+        ({"max_train": True}, "--max-train must be a whole number, not true/false"),
+        ({"max_train": 2.5}, "--max-train 2.5: not a whole number"),
+        (
+            {"datasets": ("digits",), "max_train_by_dataset": {"digits": "40"}},
+            "--max-train digits='40': not a whole number",
+        ),
+        ({"fractions": ()}, "no fractions given; use e.g. --fractions 0.1,0.2"),
+        ({"noise": ()}, "no noise rates given; use e.g. --noise 0.1 (or 0 for none)"),
+        # Distinct floats that cells name alike (6 significant digits) would share cell ids.
+        ({"noise": (0.1, 0.1000001)}, "--noise lists 0.1 more than once (to 6 significant"),
+        ({"datasets": ("file:",)}, "--datasets file: needs a path, e.g. file:my_embeddings.npz"),
     ],
 )
 def test_spec_rejects_bad_values(changes: dict, message: str) -> None:
@@ -672,6 +687,9 @@ def test_a_preset_model_for_an_unselected_dataset_is_dropped(
         {"metrics": ()},
         {"lds_subsets": 50},
         {"params": {"loo": {"batch_size": 8}}},
+        {"max_train_by_dataset": {"digits": 100}},
+        {"model_by_dataset": {"digits": "mlp"}},
+        {"id_column": "id"},
     ],
 )
 def test_every_setting_that_changes_a_number_changes_the_config_hash(changes: dict) -> None:
@@ -707,3 +725,156 @@ def test_an_empty_per_dataset_cap_is_refused_not_lifted() -> None:
         build_spec("quick", {"max_train": {"*": ""}}, {"datasets": "digits,wine"})
     uncapped = build_spec("quick", {}, {"datasets": "digits,wine", "max_train": "100,wine=none"})
     assert uncapped.train_cap("wine") is None and uncapped.train_cap("digits") == 100
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"jobs": 2}, {"timeout": 30.0}, {"preset": "ci"}, {"max_memory_mb": 512.0}, {"device": "cpu"}],
+)
+def test_an_execution_only_setting_keeps_the_config_hash(changes: dict) -> None:
+    """Where and how fast cells run changes no number: a rerun with another of these resumes
+    the run instead of being refused as another one."""
+    assert RunSpec().with_overrides(**changes).config_hash() == RunSpec().config_hash()
+
+
+def test_a_file_datasets_content_not_its_path_seeds_and_hashes_its_cells() -> None:
+    """A file edited in place is another run; the same bytes elsewhere draw the same flips."""
+    name = "file:data/x.csv"
+    spec = RunSpec(methods=("random",), datasets=(name,), data_fingerprints={name: "aa"})
+    edited = spec.with_overrides(data_fingerprints={name: "bb"})
+    assert spec.config_hash() != edited.config_hash()
+    assert {c.data_fingerprint for c in spec.cells()} == {"aa"}
+
+    def flips(path: str, fingerprint: str) -> int:
+        cell = Cell(path, 0.1, 0, "random", data_fingerprint=fingerprint)
+        return int(cell.noise_rng(0).integers(1 << 62))
+
+    assert flips("file:a/x.csv", "aa") == flips("file:b/moved.csv", "aa")
+    assert flips("file:a/x.csv", "aa") != flips("file:a/x.csv", "bb")
+
+
+def test_each_draw_of_a_cell_has_its_own_stream() -> None:
+    """Label flips, the random reference, the LDS subsets and the method must not reuse one
+    another's random numbers (a reference drawn from the flip stream follows the flips)."""
+    cell = Cell("digits", 0.1, 0, "random")
+    draws = [
+        int(rng.integers(1 << 62))
+        for rng in (cell.noise_rng(0), cell.eval_rng(0), cell.lds_rng(0), cell.method_rng(0))
+    ]
+    assert len(set(draws)) == 4
+
+
+def test_a_param_for_a_file_dataset_keeps_the_dots_of_its_path() -> None:
+    got = parse_param_assignments(['file:data/x.v2.csv.label_column="y"'])
+    assert got == {"file:data/x.v2.csv": {"label_column": "y"}}
+
+
+def test_a_config_file_of_exactly_the_size_limit_is_read(tmp_path: Path) -> None:
+    from valbench.spec import MAX_CONFIG_BYTES
+
+    path = tmp_path / "edge.toml"
+    path.write_text("# " + "x" * (MAX_CONFIG_BYTES - 3) + "\n")
+    assert path.stat().st_size == MAX_CONFIG_BYTES and load_config_file(path) == {}
+
+
+def test_a_config_files_file_dataset_params_are_relative_to_it(tmp_path: Path) -> None:
+    """[params."file:data.csv"] names the file datasets = ["file:data.csv"] names."""
+    folder = tmp_path / "conf"
+    folder.mkdir()
+    path = folder / "run.toml"
+    path.write_text('datasets = ["file:data.csv"]\n[params."file:data.csv"]\nlabel_column = "y"\n')
+    data = load_config_file(path)
+    name = f"file:{folder / 'data.csv'}"
+    assert data["datasets"] == [name] and data["params"] == {name: {"label_column": "y"}}
+
+
+@pytest.mark.parametrize(
+    ("config", "overrides", "message"),
+    [
+        ({"metrics": []}, {}, "--metrics is empty; name metrics (e.g. lds) or none"),
+        ({}, {"budget": "  "}, "--budget is empty; give a value or leave it out"),
+        ({"model": [3]}, {}, "model must be a string, got 3"),
+        ({}, {"model": ["digits="]}, "model for digits must be a model name, got ''"),
+        ({"label_column": 3}, {}, "label_column must be a string, got 3"),
+        ({"id_column": ["id"]}, {}, "id_column must be a string, got ['id']"),
+        ({"device": True}, {}, "device must be a string, got True"),
+        ({"budget": True}, {}, "budget must be a string, got True"),
+    ],
+)
+def test_build_spec_refuses_bad_values_by_name(config: dict, overrides: dict, message: str) -> None:
+    with pytest.raises(UsageError, match=re.escape(message)):
+        build_spec(None, config, {"methods": "random", "datasets": "digits", **overrides})
+
+
+def test_per_dataset_models_alone_keep_logreg_as_the_default() -> None:
+    spec = build_spec(
+        None, {}, {"methods": "random", "datasets": "digits,wine", "model": ["wine=mlp"]}
+    )
+    assert (spec.model_for("digits"), spec.model_for("wine")) == ("logreg", "mlp")
+
+
+def test_every_dataset_keeps_the_presets_dataset_parameters_and_caps() -> None:
+    """--datasets all selects the preset's datasets too: their parameters (features=cnn) and
+    per-dataset entries stay."""
+    spec = build_spec("hostcp-paper", {}, {"datasets": "all"})
+    assert spec.params["fashion-mnist"] == {"features": "cnn"}
+    RunSpec(datasets=("all",), max_train_by_dataset={"wine": 40}, model_by_dataset={"wine": "mlp"})
+
+
+def test_a_scratch_model_of_none_in_any_case_turns_the_presets_off() -> None:
+    for text in ("none", "None", "NONE"):
+        assert build_spec("hostcp-paper", {}, {"scratch_model": text}).scratch_model is None
+
+
+def test_a_config_jobs_a_flag_overrides_is_left_to_the_machine_it_was_written_for(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("os.cpu_count", lambda: 4)
+    assert build_spec(None, {"jobs": 9}, {"methods": "random", "jobs": "1"}).jobs == 1
+
+
+def test_spec_changes_shortens_a_long_value() -> None:
+    from valbench.spec import spec_changes
+
+    assert spec_changes("x" * 50, "y", "model") == [f"model: '{'x' * 36}... -> 'y'"]
+
+
+def test_a_file_datasets_slug_is_safe_and_never_empty() -> None:
+    from valbench.spec import dataset_slug, stable_int
+
+    assert dataset_slug("digits") == "digits"
+    assert (
+        dataset_slug("file:d/__my data__.csv")
+        == f"file-my_data-{stable_int('d/__my data__.csv'):08x}"
+    )
+    assert dataset_slug("file:d/@@.csv") == f"file-data-{stable_int('d/@@.csv'):08x}"
+
+
+def test_the_comma_hint_is_only_for_runs_with_file_datasets() -> None:
+    with pytest.raises(UsageError) as err:
+        RunSpec(methods=("random",), datasets=("digits", "my.set"))
+    assert "may only use letters" in str(err.value) and "splits at commas" not in str(err.value)
+    with pytest.raises(UsageError, match="splits at commas"):
+        RunSpec(methods=("random",), datasets=("file:a", "b.csv"))
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("out = 3\n", "3"), ('data_dir = ["a"]\n', "['a']")],
+    ids=["out", "data_dir"],
+)
+def test_a_config_files_paths_must_be_strings(tmp_path: Path, text: str, value: str) -> None:
+    path = tmp_path / "run.toml"
+    path.write_text(text)
+    key = text.partition(" ")[0]
+    with pytest.raises(ConfigError, match=re.escape(f"{key} must be a path string, got {value}")):
+        load_config_file(path)
+
+
+@pytest.mark.parametrize("text", ["random,", ",random", "random,,loo"])
+def test_an_empty_name_between_commas_is_refused(text: str) -> None:
+    from valbench.spec import split_names
+
+    with pytest.raises(UsageError, match="has an empty name between commas"):
+        split_names("methods", text)
+    assert split_names("methods", " random , loo ") == ["random", "loo"]
