@@ -237,7 +237,10 @@ def _from_signature(p: inspect.Parameter) -> Param:
         t = float if "float" in ann else int
     elif t is not bool and isinstance(default, numbers.Real):
         t = float
-    return Param(default, t, *((None,) if "None" in ann else ()))
+    # `int | None`, `Union[int, None]` (NoneType) and `Optional[int]` (which str() spells
+    # without "None") all accept None.
+    nullable = "None" in ann or "Optional" in ann
+    return Param(default, t, *((None,) if nullable else ()))
 
 
 def declared_params(cls: type) -> dict[str, Param]:

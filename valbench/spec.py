@@ -221,8 +221,13 @@ class RunSpec:
             ("max_train", "--max-train"),
             ("lds_subsets", "--lds-subsets"),
         ):
-            if isinstance(getattr(self, key), bool):
+            value = getattr(self, key)
+            if isinstance(value, bool):
                 raise UsageError(f"{flag} must be a whole number, not true/false")
+            if key != "max_train" and not isinstance(value, int | np.integer):
+                # (max_train has its own check below.) The CLI and config files give ints;
+                # the Python API can give 2.5, which failed later, deep in cells().
+                raise UsageError(f"{flag} must be a whole number, got {value!r}")
         for key, flag in (
             ("timeout", "--timeout"),
             ("max_memory_mb", "--max-memory"),
@@ -238,6 +243,10 @@ class RunSpec:
             raise UsageError("no fractions given; use e.g. --fractions 0.1,0.2")
         if not self.noise:
             raise UsageError("no noise rates given; use e.g. --noise 0.1 (or 0 for none)")
+        for key in ("noise", "fractions"):
+            # -0.0 is 0.0: as its own rate it would run the noise-free cells again as "noise-0".
+            values = getattr(self, key)
+            object.__setattr__(self, key, tuple(0.0 if v == 0 else v for v in values))
         for key in ("noise", "fractions"):
             # A repeated rate would run (and count) the same cells twice. Cell ids, file names
             # and labels write a rate to 6 significant digits: two rates equal there would
@@ -677,8 +686,15 @@ def _as_metrics(value: Any) -> tuple[str, ...]:
 
 def _as_floats(key: str, value: Any) -> tuple[float, ...]:
     if isinstance(value, str):
+        parts = value.split(",")
+        if len(parts) > 1 and not all(p.strip() for p in parts):
+            # "0.1,,0.2" or "0.1,": a typo, refused as split_names refuses one in a name list.
+            raise UsageError(
+                f"{key} {value!r} has an empty part between commas; remove the extra comma or "
+                "add the missing number"
+            )
         try:
-            value = [float(p) for p in value.split(",") if p.strip()]
+            value = [float(p) for p in parts if p.strip()]
         except ValueError:
             raise UsageError(f"{key} must be comma-separated numbers, got {value!r}") from None
     if isinstance(value, int | float) and not isinstance(value, bool):

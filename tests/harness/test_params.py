@@ -446,6 +446,28 @@ class _NewDefault(_Plugin):
         self.k = k
 
 
+def test_every_spelling_of_an_optional_annotation_accepts_none() -> None:
+    import typing
+
+    class Spelled(_Plugin):
+        name = "spelled"
+
+        def __init__(
+            self,
+            *,
+            a: typing.Optional[int] = 5,  # noqa: UP045 - the spelling under test
+            b: typing.Union[int, None] = 5,  # noqa: UP007 - the spelling under test
+            c: int = 5,
+        ) -> None:
+            self.a, self.b, self.c = a, b, c
+
+    # Evaluated annotations (str() of typing.Optional[int] holds no "None"), and as text.
+    Spelled.__init__.__annotations__.update(a=typing.Optional[int], b=typing.Union[int, None])  # noqa: UP007, UP045
+    validate_params(Spelled, {"a": None, "b": None})
+    with pytest.raises(UsageError, match="c=None"):
+        validate_params(Spelled, {"c": None})
+
+
 def test_signature_declarations_keep_none_and_the_signatures_default() -> None:
     specs = declared_params(_OptionalK)
     assert specs["k"] == Param(5, int, None) and specs["lr"] == Param(0.5, float)

@@ -209,11 +209,31 @@ def test_logreg_runs_hash_the_model_version() -> None:
         # Distinct floats that cells name alike (6 significant digits) would share cell ids.
         ({"noise": (0.1, 0.1000001)}, "--noise lists 0.1 more than once (to 6 significant"),
         ({"datasets": ("file:",)}, "--datasets file: needs a path, e.g. file:my_embeddings.npz"),
+        # -0 is the rate 0: "0,-0" would run the noise-free cells twice (one set as noise-0).
+        ({"noise": (0.0, -0.0)}, "--noise lists 0 more than once"),
+        # Whole-number fields from the Python API: 2.5 failed later, in cells(), unsaid.
+        ({"seeds": 2.5}, "--seeds must be a whole number, got 2.5"),
+        ({"jobs": 2.0}, "--jobs must be a whole number, got 2.0"),
+        ({"root_seed": "1"}, "--root-seed must be a whole number, got '1'"),
+        ({"random_repeats": 1.5}, "random_repeats must be a whole number, got 1.5"),
+        ({"lds_subsets": 9.5}, "--lds-subsets must be a whole number, got 9.5"),
     ],
 )
 def test_spec_rejects_bad_values(changes: dict, message: str) -> None:
     with pytest.raises(UsageError, match=re.escape(message)):
         RunSpec(**changes)
+
+
+def test_minus_zero_is_the_noise_free_rate() -> None:
+    spec = RunSpec(methods=("random",), datasets=("synthetic",), noise=(-0.0,), seeds=1)
+    assert [c.cell_id for c in spec.cells()] == ["synthetic.random.noise0.seed0"]
+
+
+@pytest.mark.parametrize(("key", "text"), [("noise", "0.1,,0.2"), ("fractions", "0.1,")])
+def test_an_empty_part_of_a_number_list_is_refused(key: str, text: str) -> None:
+    with pytest.raises(UsageError, match=f"{key} '{re.escape(text)}' has an empty part between"):
+        build_spec("ci", {}, {key: text})
+    assert build_spec("ci", {}, {key: " 0.1 , 0.2 "}).__getattribute__(key) == (0.1, 0.2)
 
 
 def test_build_spec_precedence() -> None:
