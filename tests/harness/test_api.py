@@ -251,7 +251,8 @@ def test_value_of_arrays_gives_each_row_its_value_under_the_seed_asked(
         def value(self, task, ctx):
             x = task.x_train.astype(float)
             even = task.n_train % 2 == 0
-            stats = {"sample_counts": [3] * task.n_train} if even else {}
+            # a point no sample reached has a count of 0: a count, not a missing one
+            stats = {"sample_counts": [0] + [3] * (task.n_train - 1)} if even else {}
             stats["point_stderr"] = [0.5] * task.n_train
             return Valuation(scores=x[:, 0], complete=even, stats=stats)
     """
@@ -275,6 +276,18 @@ def test_value_of_arrays_gives_each_row_its_value_under_the_seed_asked(
     assert half.complete is False and half.samples is None
     assert half.stderr is not None and (half.stderr == 0.5).all()
     assert sorted(np.bincount(value_arrays(x, y, ["even-only"]).fold)) == [30, 31]
+    whole = valbench.value(x[:60], y[:60], method="even-only")  # two folds of 30
+    assert whole.complete and whole.samples is not None
+    assert sorted(whole.samples.tolist()) == [0, 0] + [3] * 58
+
+
+def test_value_gives_a_methods_detection_scores_apart_from_its_values(test_plugins: Path) -> None:
+    # detects values every row 0 and ranks suspicion by minus the distance to its centroid
+    rng = np.random.default_rng(2)
+    x, y = rng.normal(size=(40, 2)), np.arange(40) % 2
+    got = valbench.value(x, y, method="detects")
+    assert (got.values == 0).all() and got.detection_scores is not None
+    assert (got.detection_scores < 0).all() and got.detection_scores.std() > 0
 
 
 def test_value_file_refuses_a_top_below_one_or_a_bool(tmp_path: Path) -> None:
@@ -327,3 +340,64 @@ def test_run_takes_its_data_dir_for_this_process_and_its_workers(
     )  # fmt: skip
     assert cache.data_dir() == tmp_path / "d"
     assert os.environ[cache.ENV_VAR] == str(tmp_path / "d")
+
+
+def test_values_keep_the_training_order_and_say_an_estimate_is_unfinished(
+    tmp_path: Path,
+) -> None:
+    from test_report_fakes import fake_rows_run
+
+    run = valbench.open_run(fake_rows_run(tmp_path / "partial", complete=False))
+    got = run.values("random", "synthetic")
+    assert got.indices.tolist() == [5, 0, 3, 8, 1, 7]  # each value with its own row
+    assert got.values.tolist() == [0.5, -0.0, 0.5, 2.0, -1.0, 0.5]
+    assert got.complete is False and got.stderr is None and got.samples is None
+    table = got.to_dataframe()
+    assert table["index"].tolist() == [5, 0, 3, 8, 1, 7]
+    assert not table["complete"].any()  # an unfinished estimate is never passed off as whole
+    assert table["stderr"].isna().all() and table["samples"].isna().all()  # none, not 0
+    # a cell that timed out has no values, even with its scores file left behind
+    timed_out = valbench.open_run(fake_rows_run(tmp_path / "timeout", timed_out=True))
+    with pytest.raises(UsageError, match="has no values: its status is timeout"):
+        timed_out.values("random", "synthetic")
+
+
+def _labelled_file(path: Path, n: int = 60) -> Path:
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(n, 2)).round(4)
+    rows = "".join(f"r{i},{x[i, 0]},{x[i, 1]},{'ab'[int(x[i, 0] > 0)]}\n" for i in range(n))
+    path.write_text("id,f1,f2,y\n" + rows)
+    return path
+
+
+def test_value_file_writes_to_home_paths_and_a_stopped_rerun_beside_the_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from valbench.methods.knn_shapley import KNNShapley
+    from valbench.practitioner import ValuationInterrupted
+
+    data = _labelled_file(tmp_path / "mine.csv")
+    kw = {"label_column": "y", "id_column": "id"}
+    monkeypatch.setenv("HOME", str(tmp_path))
+    valbench.value_file(data, ["random"], **kw, out="~/v.csv", html="~/v.html")
+    assert (tmp_path / "v.csv").is_file() and (tmp_path / "v.html").is_file()
+    finished = (tmp_path / "v.csv").read_bytes()
+
+    def interrupted(self: object, *args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(KNNShapley, "value", interrupted)
+    # only the table was asked for, and it is there: the stopped run's goes beside it
+    with pytest.raises(ValuationInterrupted) as stop:
+        valbench.value_file(data, ["random", "knn-shapley"], **kw, out=tmp_path / "v.csv")
+    assert stop.value.written == (tmp_path / "v.partial.csv", None)
+    assert (tmp_path / "v.csv").read_bytes() == finished
+    assert "random_value" in (tmp_path / "v.partial.csv").read_text()
+    # the name beside is the data file itself: refused, the stop still said, nothing written
+    data.rename(tmp_path / "v.partial.csv")
+    before = (tmp_path / "v.partial.csv").read_bytes()
+    with pytest.raises(UsageError, match="interrupted .*failed too: .*this command's own input"):
+        valbench.value_file(
+            tmp_path / "v.partial.csv", ["random", "knn-shapley"], **kw, out=tmp_path / "v.csv"
+        )
+    assert (tmp_path / "v.partial.csv").read_bytes() == before

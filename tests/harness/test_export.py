@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from test_report_fakes import fake_rows_run
 
 from valbench.cli import EXIT_USAGE, main
-from valbench.export import point_sample_counts, point_stderr, rank_desc
+from valbench.export import EXPORT_COLUMNS, point_sample_counts, point_stderr, rank_desc
 
 
 def _users_file(path: Path, n: int = 90) -> pd.DataFrame:
@@ -290,10 +291,14 @@ def test_export_puts_each_split_and_the_rows_left_out_under_their_own_names(
         assert cell["planted_flip"].notna().all() and not cell["planted_flip"].any()
         train = cell[cell["split"] == "train"]
         assert (train["given_label"] == np.where(train["row"] % 2, "cat", "dog")).all()
+        # a row no method trained on was seen with its label as given
+        held = cell[cell["split"] != "train"]
+        assert (held["label_seen"] == np.where(held["row"] % 2, "cat", "dog")).all()
         if method == "row-echo":
             # scores in the order of the rows' own feature a
             assert (train["rank"] == rank_desc(a[train["row"]])).all()
         else:
+            assert (train["rank"] == 1).all()  # its scores are all 0: one tie, ranked first
             # suspicion rank 1 for the lowest detection score
             d = train["detection_score"].to_numpy()
             assert train["suspicion_rank"].tolist() == [1 + int((d < v).sum()) for v in d]
@@ -387,3 +392,88 @@ def test_export_by_default_beside_the_run_in_its_format_with_each_method_and_cel
     assert (
         err == f"valbench: error: {data}: the run's data file is gone; its rows cannot be matched\n"
     )
+
+
+def test_export_ranks_ties_alike_and_says_what_a_cell_lacks(tmp_path: Path) -> None:
+    """Each training value on its own row (train_rows 5, 0, 3, 8, 1, 7); equal scores share
+    the best rank of their run; without detection scores the score is what detection ranks
+    (lowest = suspicion rank 1); no per-point errors are empty, not 0; an unfinished
+    estimate is marked so; a -0.0 is written 0.0."""
+    from valbench.api import export
+
+    run = fake_rows_run(tmp_path / "run", complete=False)
+    out = tmp_path / "rows.csv"
+    table = export(run, out=out)
+    assert out.read_text().splitlines()[0] == ",".join(EXPORT_COLUMNS)  # no index column
+    written = pd.read_csv(out)
+    assert written["row"].tolist() == list(range(10))
+    train = written[written["split"] == "train"].set_index("row")
+    assert train["score"].to_dict() == {0: 0.0, 1: -1.0, 3: 0.5, 5: 0.5, 7: 0.5, 8: 2.0}
+    assert "-0.0" not in out.read_text()
+    assert train["rank"].to_dict() == {0: 5, 1: 6, 3: 2, 5: 2, 7: 2, 8: 1}
+    assert (train["detection_score"] == train["score"]).all()
+    assert train["suspicion_rank"].to_dict() == {0: 2, 1: 1, 3: 3, 5: 3, 7: 3, 8: 6}
+    assert train.index[train["planted_flip"]].tolist() == [3]  # the flip rides with its row
+    assert train["stderr"].isna().all() and train["samples"].isna().all()
+    assert (train["complete"] == False).all()  # noqa: E712
+    assert written.set_index("row")["split"].to_dict() == {
+        **{r: "train" for r in (0, 1, 3, 5, 7, 8)}, 2: "val", 6: "val", 4: "test", 9: "test"
+    }  # fmt: skip
+    held = table[table["split"] != "train"]
+    assert held[["score", "rank", "suspicion_rank", "complete"]].isna().all().all()
+    assert export(run, methods=("random",)).equals(table)  # a tuple of names as a list
+
+
+def test_a_scores_file_valbench_would_never_write_is_refused_in_one_line(tmp_path: Path) -> None:
+    """Damage the row mapping would otherwise take for data: a negative row (numpy reads
+    -1 as the last row), scores or detection scores that are not one finite number per
+    point, a file from before valbench stored its rows."""
+    from valbench.errors import RunDirectoryError
+    from valbench.export import load_cell_arrays
+
+    good = {
+        "scores": np.array([0.1, 0.2, 0.3]),
+        "train_rows": np.array([2, 0, 1]),
+        "given_labels": np.array([0, 1, 0]),
+        "labels": np.array([0, 1, 0]),
+        "noisy_mask": np.zeros(3, dtype=bool),
+    }
+    np.savez(tmp_path / "good.npz", **good)
+    assert load_cell_arrays(tmp_path, "good.npz").train_rows.tolist() == [2, 0, 1]
+    for damage, message in [
+        ({"train_rows": np.array([2, -1, 1])}, "train_rows is not a list of non-negative"),
+        ({"labels": np.array([0, -1, 0])}, "labels is not a list of non-negative"),
+        ({"scores": good["scores"][:, None]}, "its scores are not one number per point"),
+        ({"detection_scores": np.array([0.1, np.nan, 0.3])}, "detection_scores holds values"),
+        ({"detection_scores": np.zeros(4)}, "detection_scores does not match its 3 scores"),
+    ]:
+        np.savez(tmp_path / "bad.npz", **{**good, **damage})
+        with pytest.raises(RunDirectoryError, match=f"bad.npz is damaged: {message}"):
+            load_cell_arrays(tmp_path, "bad.npz")
+    old = {k: v for k, v in good.items() if k != "train_rows"}
+    np.savez(tmp_path / "old.npz", **old)
+    with pytest.raises(RunDirectoryError, match="does not say which rows .* run it again"):
+        load_cell_arrays(tmp_path, "old.npz")
+
+
+def test_table_format_follows_the_name_in_any_case_and_write_table_the_format(
+    tmp_path: Path,
+) -> None:
+    from valbench.errors import UsageError
+    from valbench.export import table_format, write_table
+
+    assert table_format(tmp_path / "rows") == "csv"  # no suffix: the default
+    assert table_format(None) == "csv" and table_format(tmp_path / "R.PARQUET") == "parquet"
+    with pytest.raises(UsageError, match=r"names a \.csv file but the format is parquet"):
+        table_format(tmp_path / "ROWS.CSV", "parquet")
+    frame = pd.DataFrame({"row": [2, 0], "score": [0.5, -1.0]})
+    # the format given decides, whatever the name says
+    write_table(frame, tmp_path / "t.rows", "parquet")
+    assert pd.read_parquet(tmp_path / "t.rows").equals(frame)
+    write_table(frame, tmp_path / "t.dat", "csv")
+    assert (tmp_path / "t.dat").read_text() == "row,score\n2,0.5\n0,-1.0\n"
+    (tmp_path / "folder.csv").mkdir()
+    with pytest.raises(UsageError, match="folder.csv is a directory; name the file to write"):
+        write_table(frame, tmp_path / "folder.csv")
+    with pytest.raises(UsageError, match="nowhere does not exist; create it or choose another"):
+        write_table(frame, tmp_path / "nowhere" / "t.csv")

@@ -180,6 +180,7 @@ def test_export_refuses_a_scores_file_valbench_would_never_write(tmp_path: Path)
         ({"given_labels": good["given_labels"] + 7}, "given_labels name a class past"),
         # one past the end: the file's 60 rows are 0..59, its 2 classes 0 and 1
         ({"test_rows": np.r_[good["test_rows"][:-1], 60]}, "test_rows points past the data file"),
+        ({"val_rows": np.r_[60, good["val_rows"][1:]]}, "val_rows points past the data file"),
         ({"labels": np.full(n, 2)}, "labels name a class past the data file's 2"),
         ({"val_rows": good["val_rows"][:, None]}, "val_rows is not a list of non-negative"),
         ({"noisy_mask": np.full(n, 7)}, "noisy_mask is not a true/false mask"),

@@ -173,6 +173,31 @@ def fake_run(
     return path
 
 
+def fake_rows_run(path: Path, *, complete: bool = True, timed_out: bool = False) -> Path:
+    """A run of `random` on synthetic whose one scores file holds, in valbench's layout, six
+    training rows out of row order (5, 0, 3, 8, 1, 7), scores with ties and a -0.0, two
+    validation and two test rows, one planted flip: a cell to read back without training."""
+    run = fake_run(path, methods=("random",), datasets=("synthetic",), seeds=1, n=6)
+    (line,) = (run / "results.jsonl").read_text().splitlines()
+    record = json.loads(line)
+    record["complete"] = complete
+    if timed_out:
+        record["status"] = "timeout"
+        record["error"] = {"type": "CellTimeout", "message": "over 1 s", "traceback": ""}
+    (run / "results.jsonl").write_text(json.dumps(record) + "\n")
+    np.savez(
+        run / record["scores_file"],
+        scores=np.array([0.5, -0.0, 0.5, 2.0, -1.0, 0.5]),
+        train_rows=np.array([5, 0, 3, 8, 1, 7]),
+        val_rows=np.array([2, 6]),
+        test_rows=np.array([9, 4]),
+        given_labels=np.array([0, 1, 1, 0, 1, 0]),
+        labels=np.array([0, 1, 0, 0, 1, 0]),
+        noisy_mask=np.array([False, False, True, False, False, False]),
+    )
+    return run
+
+
 def test_fake_run_is_a_readable_run(tmp_path: Path) -> None:
     from valbench.store import read_manifest, read_results
 
