@@ -738,6 +738,7 @@ def _as_caps(value: Any) -> tuple[bool, int | None, dict[str, int | None]]:
             items.append((name.strip(), cap.strip()) if eq else ("*", name))
     else:
         return True, _as_int("max_train", value, optional=True), {}
+    _one_each("max_train", items)
     has_default, default, per = False, None, {}
     for name, cap in items:
         if isinstance(cap, str) and not cap:
@@ -792,10 +793,29 @@ def _model_entries(value: Any) -> list[tuple[str, str]]:
             head = entry.partition(":")[0]
             name, eq, rest = entry.partition("=")
             items.append((name.strip(), rest.strip()) if eq and "=" in head else ("*", entry))
+    _one_each("model", items)
     for name, model in items:
         if not isinstance(model, str) or not model:
             raise UsageError(f"model for {name} must be a model name, got {model!r}")
     return items
+
+
+def _one_each(key: str, items: Sequence[tuple[str, Any]]) -> None:
+    """Refuse a source of ``key`` (one flag's or file's entries) that names no dataset in an
+    entry ("=mlp") or one twice ("wine=40,wine=50", "--model mlp --model cnn"): which entry
+    wins would be the order they were typed in, unsaid."""
+    for name, value in items:
+        if not name:
+            raise UsageError(
+                f"{key} entry ={value} names no dataset; write DATASET={value}, or {value} "
+                "alone for every dataset"
+            )
+    names = [name for name, _ in items]
+    twice = next((n for n in names if names.count(n) > 1), None)
+    if twice is not None:
+        given = ", ".join(str(v) if n == "*" else f"{n}={v}" for n, v in items if n == twice)
+        which = "the default for every dataset" if twice == "*" else twice
+        raise UsageError(f"{key} gives {which} more than once ({given}); keep one")
 
 
 def _merge_models(

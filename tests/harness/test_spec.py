@@ -236,6 +236,31 @@ def test_an_empty_part_of_a_number_list_is_refused(key: str, text: str) -> None:
     assert build_spec("ci", {}, {key: " 0.1 , 0.2 "}).__getattribute__(key) == (0.1, 0.2)
 
 
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"max_train": "100,200"}, "max_train gives the default for every dataset more than once"),
+        (
+            {"max_train": "wine=40,wine=50"},
+            "max_train gives wine more than once (wine=40, wine=50)",
+        ),
+        ({"model": ["mlp", "cnn"]}, "model gives the default for every dataset more than once"),
+        ({"model": ["digits=mlp", "digits=cnn"]}, "model gives digits more than once"),
+        ({"model": ["=mlp"]}, "model entry =mlp names no dataset; write DATASET=mlp"),
+        ({"max_train": "=40"}, "max_train entry =40 names no dataset"),
+    ],
+)
+def test_one_source_names_each_dataset_once(overrides: dict, message: str) -> None:
+    # Which of two entries of one flag wins would be the order they were typed in, unsaid.
+    with pytest.raises(UsageError, match=re.escape(message)):
+        build_spec("ci", {"datasets": ["wine", "digits"]}, overrides)
+    # Across sources the later one still wins (a flag over the config file over the preset).
+    spec = build_spec(
+        "ci", {"datasets": ["wine"], "max_train": "wine=40"}, {"max_train": "wine=50"}
+    )
+    assert spec.max_train_by_dataset == {"wine": 50}
+
+
 def test_build_spec_precedence() -> None:
     spec = build_spec(
         "ci", {"seeds": 4, "datasets": ["digits"]}, {"seeds": "5", "methods": "random"}
