@@ -342,8 +342,8 @@ def _read_table(
         _check_ids(path, frame, id_column, label_column, shown)
         dropped.append(id_column)
     if len(columns) == len(dropped):
-        kinds = ("label", "id")[: len(dropped)]
-        held = " and ".join(f"the {k} column {c!r}" for k, c in zip(kinds, dropped, strict=True))
+        roles = ("label", "id")[: len(dropped)]
+        held = " and ".join(f"the {k} column {c!r}" for k, c in zip(roles, dropped, strict=True))
         raise _fail(path, f"has no feature columns, only {held}; add one column per feature")
     feats = frame_features(
         frame.drop(columns=dropped),
