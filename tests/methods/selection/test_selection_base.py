@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from selection_helpers import check_selections, make_ctx, small_task
 
+from valbench import Budget
+from valbench.methods.selection import Uncertainty
 from valbench.methods.selection._base import (
+    GreedySelector,
     ScoreSelector,
     Stopper,
     class_schedule,
@@ -105,3 +109,69 @@ def test_stopper_reports_every_few_steps_and_stops_on_the_clock() -> None:
     # The clock is read only at the next report (step 16); a stop then sticks.
     assert [stopper.step() for _ in range(4)] == [False, False, True, True]
     assert ctx.calls[-1] == (10, 10) and len(ctx.calls) == 5
+
+
+def test_class_schedule_refuses_more_picks_than_points() -> None:
+    y = np.array([0, 0, 1])
+    assert class_schedule(y, 2, 3).tolist() == [0, 1, 0]
+    with pytest.raises(ValueError, match="cannot schedule 4 picks over 3 points"):
+        class_schedule(y, 2, 4)
+
+
+def test_fill_order_cuts_a_long_order_and_fills_at_random() -> None:
+    np.testing.assert_array_equal(
+        fill_order(np.array([3, 1, 2]), 5, 2, np.random.default_rng(0)), [3, 1]
+    )
+    # The fill is a uniform draw from the rest, not the lowest unpicked indices.
+    fills = {int(fill_order(np.array([0]), 100, 2, np.random.default_rng(s))[1]) for s in range(20)}
+    assert len(fills) > 5 and fills != {1}
+
+
+class _ShortGreedy(GreedySelector):
+    """A greedy order one pick short of ``k``, as a budget cut leaves it."""
+
+    name = "short-greedy"
+
+    def greedy_order(self, task, ctx, k):  # type: ignore[no-untyped-def]
+        return np.arange(k - 1)[::-1].copy(), {}
+
+
+def test_an_order_one_pick_short_is_completed_and_marked_incomplete() -> None:
+    task = small_task(40)
+    out = _ShortGreedy().value(task, make_ctx(task, (0.25,)))
+    check_selections(out, 40, (0.25,))
+    assert out.stats["complete"] is False and out.stats["greedy_picks"] == 9
+    assert out.selections[0.25][:9].tolist() == list(range(8, -1, -1))
+
+
+def test_model_fits_counts_only_the_selectors_own_fits() -> None:
+    task = small_task(40)
+    Uncertainty().value(task, make_ctx(task, (0.25,)))
+    again = Uncertainty().value(task, make_ctx(task, (0.25,)))
+    assert task.fit_counter.count == 2 and again.stats["model_fits"] == 1
+
+
+class _OnePickPerClass(GreedySelector):
+    """Per-class greedy whose group takes one step and one pick, recording each call."""
+
+    name = "one-pick-per-class"
+
+    def greedy_order(self, task, ctx, k):  # type: ignore[no-untyped-def]
+        self.calls: list[int] = []
+
+        def group(rows, kc, stopper):  # type: ignore[no-untyped-def]
+            self.calls.append(len(rows))
+            stopper.step()
+            return np.zeros(1, dtype=np.int64)
+
+        order, complete = self.per_class_order(task, ctx, k, group)
+        return order, {"complete": complete}
+
+
+def test_a_spent_budget_runs_no_greedy_in_the_classes_after() -> None:
+    task = small_task(60)
+    assert task.n_classes > 1
+    selector = _OnePickPerClass()
+    out = selector.value(task, make_ctx(task, (0.5,), budget=Budget(max_seconds=1e-9)))
+    check_selections(out, 60, (0.5,))
+    assert len(selector.calls) == 1 and out.stats["complete"] is False

@@ -13,7 +13,12 @@ from sklearn.linear_model import orthogonal_mp
 from valbench.methods import _gradients as gr
 from valbench.methods.selection import Craig, Glister, GradMatch
 from valbench.methods.selection._base import class_schedule
-from valbench.methods.selection._features import GradientRows, fit_all_data, last_layer_grads
+from valbench.methods.selection._features import (
+    GradientRows,
+    fit_all_data,
+    last_layer_grads,
+    training_gradients,
+)
 from valbench.methods.selection.craig import craig_weights
 from valbench.methods.selection.glister import ValidationLoss, glister_order
 from valbench.methods.selection.gradmatch import omp, ridge_nnls
@@ -432,3 +437,60 @@ def test_nonnegative_omp_stops_when_no_atom_correlates_positively() -> None:
     # A target against every atom: nothing is picked.
     support, w = omp(a, np.array([-1.0, -2.0]), 2, nonneg=True)
     assert support.tolist() == [] and len(w) == 0
+
+
+def test_stochastic_glister_breaks_ties_to_the_lowest_index_it_scored() -> None:
+    # Twenty equal gradients: every gain ties, so each pick is the lowest index of its draw.
+    g, val, theta = _tiny_problem(4)
+    g = np.tile(g[:1], (20, 1))
+    order = glister_order(g, val, theta, 10, eta=0.05, rng=np.random.default_rng(7))
+    rng, available, expected = np.random.default_rng(7), np.ones(20, dtype=bool), []
+    for _ in range(10):  # 20 / 10 · ln 100 = 9.2: ten of the untaken points a step
+        j = int(rng.choice(np.flatnonzero(available), size=10, replace=False).min())
+        expected.append(j)
+        available[j] = False
+    assert order.tolist() == expected
+
+
+def test_craig_weights_break_a_distance_tie_to_the_earlier_pick() -> None:
+    # Rows 0 and 1 are equal gradients and both picked: the rows they share go to pick 0.
+    g = np.array([[1.0, 0.0], [1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])
+    np.testing.assert_array_equal(craig_weights(g, np.array([0, 1, 3])), [3.0, 0.0, 1.0])
+    np.testing.assert_array_equal(craig_weights(g, np.array([1, 0, 3])), [3.0, 0.0, 1.0])
+
+
+def test_omp_tolerance_is_relative_to_the_targets_norm() -> None:
+    # A tiny target is matched in full: the stop is ||r|| <= tol ||b||, not ||r|| <= tol.
+    b = 1e-12 * np.array([3.0, 2.0, 1.0])
+    support, weights = omp(np.eye(3), b, 3, tol=1e-10)
+    assert support.tolist() == [0, 1, 2]
+    np.testing.assert_allclose(weights, b, rtol=1e-12)
+
+
+def test_glister_method_runs_with_its_own_eta() -> None:
+    task = small_task(40)
+    out = Glister(greedy="naive", eta=2.0).value(task, make_ctx(task, (0.25,)))
+    model = fit_all_data(small_task(40))
+    grads = last_layer_grads(model.phi, model.probs, task.y_train)
+    val = ValidationLoss(model.phi_val, task.y_val, task.n_classes)
+    theta0 = np.vstack([model.w, model.b[None, :]]).reshape(-1)
+    expected = glister_order(grads, val, theta0, 10, eta=2.0, greedy="naive")
+    assert out.selections[0.25].tolist() == expected.tolist()
+    assert (
+        expected.tolist()
+        != glister_order(grads, val, theta0, 10, eta=0.01, greedy="naive").tolist()
+    )
+
+
+def test_gradmatch_method_stops_omp_at_its_own_tol() -> None:
+    # tol 0.5: each class's OMP stops once its residual is at most half the target's norm;
+    # the rest of its quota is random fill.
+    task = small_task(60)
+    out = GradMatch(lam=0.0, tol=0.5).value(task, make_ctx(task, (0.5,)))
+    grads = training_gradients(small_task(60))
+    quota = np.bincount(class_schedule(task.y_train, 3, 30), minlength=3)
+    fill = 0
+    for c in range(3):
+        g = grads.subset(np.flatnonzero(task.y_train == c))
+        fill += quota[c] - len(omp(g, g.total(), int(quota[c]), nonneg=True, tol=0.5)[0])
+    assert out.stats["random_fill"] == fill > 0

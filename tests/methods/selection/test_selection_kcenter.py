@@ -119,3 +119,24 @@ def test_a_spent_budget_keeps_the_first_centre_and_fills_each_class_from_itself(
     assert out.stats["complete"] is False
     sel = out.selections[0.5]
     np.testing.assert_array_equal(y[sel], class_schedule(y, 3, 30))  # pick t of class sched[t]
+
+
+def test_per_class_traversals_start_from_the_runs_draws() -> None:
+    # Each class's first centre is the run's next draw over that class, classes in order.
+    y = np.repeat([0, 1, 2], [30, 20, 10])
+    x = np.random.default_rng(5).normal(size=(60, 3))
+    task = points_task(x, y, 3)
+    sched = class_schedule(y, 3, 30)
+    for seed in range(3):
+        rng = make_ctx(task, seed=seed).rng
+        firsts = [int(np.flatnonzero(y == c)[rng.integers(m)]) for c, m in enumerate((30, 20, 10))]
+        sel = KCenter(per_class=True).value(task, make_ctx(task, (0.5,), seed=seed)).selections
+        assert [int(sel[0.5][np.flatnonzero(sched == c)[0]]) for c in range(3)] == firsts
+
+
+def test_equally_far_points_are_taken_in_index_order() -> None:
+    # From the origin, four points at distance 1 and one at 2: the far one, then ties by index.
+    x = np.array([[0.0, 0.0], [0.0, 1.0], [1.0, 0.0], [-2.0, 0.0], [0.0, -1.0], [-1.0, 0.0]])
+    order, radius = kcenter_greedy(x, 4, first=0)
+    assert order.tolist() == [0, 3, 1, 2]
+    assert radius == pytest.approx(1.0)

@@ -224,3 +224,39 @@ def test_uncertainty_defaults_to_least_confidence() -> None:
 
 def test_margin_of_a_single_class_is_zero() -> None:
     np.testing.assert_array_equal(uncertainty_scores(np.ones((3, 1)), "margin"), [0.0, 0.0, 0.0])
+
+
+def test_ccs_defaults_are_el2n_beta_0_1_and_50_strata() -> None:
+    # n = 75: beta n = 7.5 prunes 7 (floor); each fraction draws from the run's rng in turn.
+    task = small_task(75)
+    fractions = (0.2, 0.4)
+    out = CCS().value(task, make_ctx(task, fractions, seed=1))
+    hardness = difficulty(fit_all_data(small_task(75)).probs, task.y_train, "el2n")
+    rng = make_ctx(task, seed=1).rng
+    for f in fractions:
+        expected, info = ccs_sample(hardness, len(out.selections[f]), 0.1, 50, rng)
+        np.testing.assert_array_equal(out.selections[f], expected)
+        assert info["pruned"] == out.stats["pruned"][repr(f)] == 7
+    # scores count the fractions selecting each point
+    counts = np.zeros(75)
+    for f in fractions:
+        counts[out.selections[f]] += 1
+    np.testing.assert_array_equal(out.scores, counts)
+    assert out.scores.max() == 2
+
+
+def test_ccs_strata_of_equal_or_negative_difficulties() -> None:
+    # All equally hard (a margin of 0 everywhere): one stratum, no division by a zero width.
+    np.testing.assert_array_equal(difficulty_strata(np.zeros(4), 3), [0, 0, 0, 0])
+    # Negative maximum: the upper edge is -1 + 1e-4, so bins are 0.50005 wide and -1.5 is in
+    # the first (a top edge at the maximum itself would put it on the boundary, in the second).
+    np.testing.assert_array_equal(difficulty_strata(np.array([-2.0, -1.5, -1.0]), 2), [0, 0, 1])
+
+
+def test_ccs_method_runs_with_its_own_difficulty_beta_and_strata() -> None:
+    task = small_task(60)
+    out = CCS(difficulty="margin", beta=0.4, strata=4).value(task, make_ctx(task, (0.25,)))
+    hardness = difficulty(fit_all_data(small_task(60)).probs, task.y_train, "margin")
+    expected, info = ccs_sample(hardness, 15, 0.4, 4, make_ctx(task).rng)
+    np.testing.assert_array_equal(out.selections[0.25], expected)
+    assert info["pruned"] == out.stats["pruned"]["0.25"] == 24

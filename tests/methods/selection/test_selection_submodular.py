@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from selection_helpers import check_selections, make_ctx, points_task, small_task
 
-from valbench.methods.selection import FacilityLocation, GraphCut
-from valbench.methods.selection._features import embeddings
+from valbench.methods.selection import FacilityLocation, GraphCut, submodular
+from valbench.methods.selection._features import embeddings, task_embeddings
 from valbench.methods.selection.submodular import (
     Similarity,
     facility_location_order,
@@ -175,3 +175,38 @@ def test_cosine_embeddings_are_the_unit_rows() -> None:
         embeddings(x, "cosine"), [[0.6, 0.8], [0.0, 0.0], [-1.0, 0.0], [0.5**0.5, 0.5**0.5]]
     )
     np.testing.assert_array_equal(embeddings(x), x)  # euclidean: the rows as they are
+
+
+def test_similarity_over_many_blocks_takes_the_largest_distance_of_all(monkeypatch) -> None:
+    # Blocks of 7 rows: dmax is the largest distance over all blocks, not the last block's.
+    x = np.random.default_rng(6).normal(size=(40, 3))
+    x[:2] = [[30.0, 0.0, 0.0], [-30.0, 0.0, 0.0]]  # the farthest pair, both in block 0
+    monkeypatch.setattr(submodular, "block_rows", lambda m: 7)
+    for dense_max in (0, 100):
+        sim = Similarity(x, dense_max=dense_max)
+        assert sim.dmax == pytest.approx(np.linalg.norm(x[:, None] - x[None], axis=2).max())
+        np.testing.assert_allclose(sim.column(3), _sim(x)[:, 3], atol=1e-5)
+        np.testing.assert_allclose(sim.colsum, _sim(x).sum(0), rtol=1e-8)
+
+
+def test_lazy_greedy_equals_plain_greedy_across_separated_clusters() -> None:
+    # Three clusters far apart: after the first pick, the gains of the other clusters' points
+    # stay near their singleton values, so a bound below the singleton value misorders them.
+    rng = np.random.default_rng(0)
+    x = np.vstack(
+        [
+            rng.normal(size=(10, 2)) * 0.1,
+            rng.normal(size=(10, 2)) * 0.1 + [10.0, 0.0],
+            rng.normal(size=(3, 2)) * 0.1 + [5.0, 8.0],
+        ]
+    )
+    assert facility_location_order(x, 6)[0].tolist() == _plain_greedy_fl(x, 6)
+
+
+def test_graph_cut_method_runs_with_its_own_lam() -> None:
+    x = np.random.default_rng(8).normal(size=(20, 2))
+    task = points_task(x)
+    out = GraphCut(lam=0.3).value(task, make_ctx(task, (0.5,)))
+    expected = graph_cut_order(task_embeddings(task), 10, 0.3)[0].tolist()
+    assert out.selections[0.5].tolist() == expected
+    assert expected != graph_cut_order(task_embeddings(task), 10, 1.0)[0].tolist()
