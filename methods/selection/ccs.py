@@ -44,8 +44,10 @@ def difficulty(probs: np.ndarray, y: np.ndarray, kind: str) -> np.ndarray:
 
 def allocate(sizes: np.ndarray, k: int) -> np.ndarray:
     """Points to draw from each stratum: visiting strata from the smallest, each takes
-    ``min(size, floor(rest / strata left))``; what rounding leaves goes one point at a time to
-    the largest strata with room. Sums to ``k`` when ``k <= sum(sizes)``."""
+    ``min(size, floor(rest / strata left))``. Sums to ``k`` when ``k <= sum(sizes)``: the
+    smallest-first order leaves what remains within what the remaining strata hold, so the
+    last stratum takes the rest; the loop after it, handing out leftovers to the largest
+    strata with room, is a guard that only ever refuses ``k > sum(sizes)``."""
     sizes = np.asarray(sizes, dtype=np.int64)
     out = np.zeros_like(sizes)
     rest = int(k)
