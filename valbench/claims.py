@@ -314,9 +314,10 @@ def _intervals(comparisons: Sequence[Comparison]) -> list[tuple[float, float]]:
 
 
 def _above(value: float, bar: float) -> bool:
-    """``value > bar`` with a value at the bar up to rounding (:func:`metrics.same_value`) at
-    it: a gain of exactly 10 % comes out 9.999999999999996 and a ratio of exactly 3 as
-    exp(log 3) = 3.0000000000000004, and a verdict must read the numbers it prints."""
+    """``value > bar``, a value at the bar up to float rounding (:func:`metrics.same_value`,
+    relative 1e-12) being at it: a gain of exactly 10 % comes out 9.999999999999996 and a
+    ratio of exactly 3 as exp(log 3) = 3.0000000000000004, and a verdict must agree with the
+    numbers it prints."""
     return value > bar and not same_value(value, bar)
 
 

@@ -954,7 +954,7 @@ class DeepClassifier:
                 raise UsageError(
                     f"images hold values from {lo:g} to {hi:g}; the deep models read raw pixels "
                     "in [0, 1]"
-                    + (" (divide 0..255 pixels by 255)" if lo >= 0 and hi <= 255 else "")
+                    + (" (divide 0..255 pixels by 255)" if lo >= 0 and 2 < hi <= 255 else "")
                 )
         t = torch.as_tensor(np.ascontiguousarray(arr, dtype=np.float32)).to(self.device, self.dtype)
         return self.arch.inputs(t, self.shape)
@@ -1047,9 +1047,11 @@ class DeepClassifier:
         if len(xt) == 0:  # the chunked passes below would join no chunks
             if what == 1:
                 return torch.zeros(params.batch_size, 0, self.n_classes, device=self.device)
-            # The features' width is the architecture's: one pass over no images gives it.
+            # The features' width is the architecture's: a pass over one blank image gives it
+            # (not over none: a plugin's reshape(len(x), -1) cannot infer -1 for 0 rows).
+            blank = xt.new_zeros((1, *xt.shape[1:]))
             with torch.no_grad():
-                return torch.stack([run(p, b, xt) for p, b in params.copies()])
+                return torch.stack([run(p, b, blank)[:0] for p, b in params.copies()])
         with torch.no_grad():
             if self.device.type != "cpu":  # all copies at once, as many images as fit
                 rows = max(1, int(self.arch.eval_rows) // max(1, params.batch_size))

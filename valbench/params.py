@@ -237,8 +237,8 @@ def _from_signature(p: inspect.Parameter) -> Param:
         t = float if "float" in ann else int
     elif t is not bool and isinstance(default, numbers.Real):
         t = float
-    # `int | None`, `Union[int, None]` (NoneType) and `Optional[int]` (which str() spells
-    # without "None") all accept None.
+    # `int | None` and `Union[int, str, None]` (NoneType) name None; `Optional[int]` and
+    # `Union[int, None]` print as "typing.Optional[int]", which does not.
     nullable = "None" in ann or "Optional" in ann
     return Param(default, t, *((None,) if nullable else ()))
 

@@ -163,7 +163,7 @@ def resolve_names(spec: RunSpec, narrowable: Collection[str] = ()) -> RunSpec:
     methods = check("method", spec.methods, method_names())
     datasets = check("dataset", spec.datasets, dataset_names())
     files = [d for d in datasets if d.startswith(FILE_PREFIX)]
-    from valbench.userdata import file_type
+    from valbench.userdata import file_type  # lazily, as _check_data_file: userdata is big
 
     tables = [d for d in files if file_type(d) in (".csv", ".parquet")]
     for flag, column in (("--label-column", spec.label_column), ("--id-column", spec.id_column)):

@@ -222,9 +222,11 @@ class RunSpec:
             ("lds_subsets", "--lds-subsets"),
         ):
             value = getattr(self, key)
-            if isinstance(value, bool):
+            if isinstance(value, bool | np.bool_):
                 raise UsageError(f"{flag} must be a whole number, not true/false")
-            if key != "max_train" and not isinstance(value, int | np.integer):
+            if isinstance(value, np.integer):  # an API caller's np.int64(3): JSON needs an int
+                object.__setattr__(self, key, value := int(value))
+            if key != "max_train" and not isinstance(value, int):
                 # (max_train has its own check below.) The CLI and config files give ints;
                 # the Python API can give 2.5, which failed later, deep in cells().
                 raise UsageError(f"{flag} must be a whole number, got {value!r}")
@@ -307,8 +309,14 @@ class RunSpec:
                     f"--max-memory must be at least {MIN_MEMORY_MB} MB (a worker needs that "
                     f"much to start), got {self.max_memory_mb:g}"
                 )
+        if any(isinstance(c, np.integer) for c in self.max_train_by_dataset.values()):
+            plain = {
+                k: int(c) if isinstance(c, np.integer) else c
+                for k, c in self.max_train_by_dataset.items()
+            }
+            object.__setattr__(self, "max_train_by_dataset", plain)
         for name, cap in (("", self.max_train), *self.max_train_by_dataset.items()):
-            if isinstance(cap, bool) or not (cap is None or isinstance(cap, int)):
+            if isinstance(cap, bool | np.bool_) or not (cap is None or isinstance(cap, int)):
                 raise UsageError(
                     f"--max-train {name}{'=' if name else ''}{cap!r}: not a whole number"
                 )
@@ -733,7 +741,13 @@ def _as_caps(value: Any) -> tuple[bool, int | None, dict[str, int | None]]:
         items = [(str(k), v) for k, v in value.items()]
     elif isinstance(value, str) and ("=" in value or "," in value):
         items = []
-        for part in filter(None, (p.strip() for p in value.split(","))):
+        parts = [p.strip() for p in value.split(",")]
+        if not all(parts):  # "250,,wine=40" or "wine=40,": refused as in --noise
+            raise UsageError(
+                f"max_train {value!r} has an empty part between commas; remove the extra "
+                "comma or add the missing cap"
+            )
+        for part in parts:
             name, eq, cap = part.partition("=")
             items.append((name.strip(), cap.strip()) if eq else ("*", name))
     else:

@@ -546,8 +546,9 @@ def subset_masks(masks: np.ndarray | Sequence[np.ndarray], n: int) -> np.ndarray
                     )
                 if idx.min() < 0 or idx.max() >= n:
                     raise UsageError(
-                        f"subset index out of range for {n} training points (0..{n - 1}): "
-                        f"got {idx.min()}..{idx.max()}"
+                        f"subset index out of range for {n} training points"
+                        + (f" (0..{n - 1})" if n else "")
+                        + f": got {idx.min()}..{idx.max()}"
                     )
                 out[i, idx] = True
     if out.ndim != 2 or out.shape[1] != n:

@@ -496,8 +496,9 @@ def frame_features(frame: Any, what: str, hint: str = "") -> np.ndarray | str:
 
 
 def _comma_number(column: Any) -> str | None:
-    """The first value of a text column whose every value is a number with a comma in it
-    ("0,5", "-1,25", "1,234,567"); None otherwise."""
+    """The first value holding a comma of a text column whose every value is a number written
+    with commas or none ("0,5", "-1,25", "1,234,567", "3"), at least one with a comma; None
+    otherwise ("1.234,56", dot thousands and comma decimals, is not recognised)."""
     values = column.dropna().tolist()
     if not all(isinstance(v, str) and _COMMA_NUMBER.fullmatch(v) for v in values):
         return None

@@ -533,6 +533,8 @@ def test_deep_classifier_refuses_pixels_outside_0_1() -> None:
     normalised = (pixels - 0.1307) / 0.3081  # torchvision's MNIST normalisation
     with pytest.raises(UsageError, match=r"read raw pixels in \[0, 1\]$"):
         clf.logits(params, normalised)
+    with pytest.raises(UsageError, match=r"to 1\.\d+; .*in \[0, 1\]$"):  # no 0..255 advice
+        clf.logits(params, np.minimum(pixels * 1.2, 1.2))
     # A rounding's worth past 1 (float32 arithmetic) is still a pixel.
     assert clf.logits(params, np.minimum(pixels + 5e-4, 1 + 5e-4)).shape == (1, 4, 2)
 

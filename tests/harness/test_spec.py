@@ -3,6 +3,7 @@ from __future__ import annotations
 import math
 import os
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -224,16 +225,37 @@ def test_spec_rejects_bad_values(changes: dict, message: str) -> None:
         RunSpec(**changes)
 
 
+def test_numpy_whole_numbers_from_the_api_are_ints() -> None:
+    spec = RunSpec(
+        datasets=("digits",),
+        seeds=np.int64(2),
+        max_train=np.int64(50),
+        max_train_by_dataset={"digits": np.int32(40)},
+    )
+    assert (spec.seeds, spec.max_train, spec.max_train_by_dataset) == (2, 50, {"digits": 40})
+    assert type(spec.seeds) is int and type(spec.max_train_by_dataset["digits"]) is int
+    assert spec.config_hash() == replace(spec, seeds=2).config_hash()  # JSON-able, the same
+
+
 def test_minus_zero_is_the_noise_free_rate() -> None:
     spec = RunSpec(methods=("random",), datasets=("synthetic",), noise=(-0.0,), seeds=1)
     assert [c.cell_id for c in spec.cells()] == ["synthetic.random.noise0.seed0"]
 
 
-@pytest.mark.parametrize(("key", "text"), [("noise", "0.1,,0.2"), ("fractions", "0.1,")])
+@pytest.mark.parametrize(
+    ("key", "text"),
+    [("noise", "0.1,,0.2"), ("fractions", "0.1,"), ("max_train", "250,,wine=40")],
+)
 def test_an_empty_part_of_a_number_list_is_refused(key: str, text: str) -> None:
     with pytest.raises(UsageError, match=f"{key} '{re.escape(text)}' has an empty part between"):
-        build_spec("ci", {}, {key: text})
-    assert build_spec("ci", {}, {key: " 0.1 , 0.2 "}).__getattribute__(key) == (0.1, 0.2)
+        build_spec("ci", {"datasets": ["wine"]}, {key: text})
+    # Without the empty part, spaces around the commas and all, the list is taken.
+    fixed = build_spec(
+        "ci",
+        {"datasets": ["wine"]},
+        {key: " , ".join(text.replace(",,", ",").strip(",").split(","))},
+    )
+    assert getattr(fixed, key) == {"noise": (0.1, 0.2), "fractions": (0.1,), "max_train": 250}[key]
 
 
 @pytest.mark.parametrize(
