@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -32,6 +34,28 @@ def small_spec(**changes: object) -> RunSpec:
         preset="ci",
     )
     return base.with_overrides(**changes)
+
+
+def _worker_messages(spec: RunSpec, cells: list) -> list:
+    """What ``runner._worker_main`` sends back for ``cells`` (then told to stop), run in this
+    process (the caller patches what it must: run_cell, signals), the registry's log level
+    restored after it."""
+    from valbench import runner
+
+    driver, worker = multiprocessing.Pipe()
+    for cell in cells:
+        driver.send(cell)
+    driver.send(None)
+    registry_log = logging.getLogger("valbench.registry")
+    level = registry_log.level
+    try:
+        runner._worker_main(spec.to_dict(), worker, list(sys.path), (0, 0.0))
+    finally:
+        registry_log.setLevel(level)
+    sent = []
+    while driver.poll():
+        sent.append(driver.recv())
+    return sent
 
 
 def test_gpu_memory_is_read_only_where_torch_started_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -979,7 +1003,6 @@ def _stand_in_workers(
 ) -> type:
     """``runner.run_processes`` with stand-in workers (a pipe the test may answer on, a
     process alive until killed, no fork server); returns the stand-in class to subclass."""
-    import multiprocessing
     from types import SimpleNamespace
 
     from valbench import runner
@@ -1030,8 +1053,6 @@ def test_a_worker_always_sends_a_cells_last_progress_report(
 ) -> None:
     """A worker sends at most one progress report each 0.25 s, but always the one that says
     the cell is done: three reports in a burst arrive as the first and the last."""
-    import logging
-    import multiprocessing
     from types import SimpleNamespace
 
     from valbench import runner
@@ -1048,18 +1069,7 @@ def test_a_worker_always_sends_a_cells_last_progress_report(
         runner, "signal", SimpleNamespace(signal=lambda *args: None, SIGINT=2, SIG_IGN=1)
     )
     spec = small_spec(methods=("random",))
-    driver, worker = multiprocessing.Pipe()
-    driver.send(spec.cells()[0])
-    driver.send(None)  # then stop
-    registry_log = logging.getLogger("valbench.registry")
-    level = registry_log.level
-    try:
-        runner._worker_main(spec.to_dict(), worker, list(sys.path), (0, 0.0))
-    finally:
-        registry_log.setLevel(level)
-    sent = []
-    while driver.poll():
-        sent.append(driver.recv())
+    sent = _worker_messages(spec, spec.cells()[:1])
     assert [m for m in sent if m[0] == "progress"] == [("progress", 0, 10), ("progress", 10, 10)]
     assert sent[-1][0] == "result"
 
@@ -1412,8 +1422,6 @@ def test_a_result_the_worker_cannot_send_is_still_one_failed_record(
 ) -> None:
     """An outcome that cannot be pickled (a method's object in it) reaches the driver as the
     cell's failure, saying why, and the worker goes on to its next cell."""
-    import logging
-    import multiprocessing
     from types import SimpleNamespace
 
     from valbench import runner
@@ -1429,19 +1437,7 @@ def test_a_result_the_worker_cannot_send_is_still_one_failed_record(
         runner, "signal", SimpleNamespace(signal=lambda *args: None, SIGINT=2, SIG_IGN=1)
     )
     spec = small_spec()
-    driver, worker = multiprocessing.Pipe()
-    for cell in spec.cells():
-        driver.send(cell)
-    driver.send(None)
-    registry_log = logging.getLogger("valbench.registry")
-    level = registry_log.level
-    try:
-        runner._worker_main(spec.to_dict(), worker, list(sys.path), (0, 0.0))
-    finally:
-        registry_log.setLevel(level)
-    sent = []
-    while driver.poll():
-        sent.append(driver.recv())
+    sent = _worker_messages(spec, spec.cells())
     results = [payload[0].record for kind, *payload in sent if kind == "result"]
     assert [r.method for r in results] == ["random", "loo"]
     for record in results:
