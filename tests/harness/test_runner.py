@@ -786,9 +786,11 @@ def test_a_serial_cell_that_catches_its_stop_and_finishes_late_is_a_timeout(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The process backend kills a cell at its limit; on the serial backend a method that
-    catches the stop and returns a result after the limit is recorded as a timeout, not ok."""
+    catches the stop and returns a result after the limit is recorded as a timeout, not ok;
+    the fits and seconds it spent, and what it printed, stay on its line as for any cell."""
     from valbench import runner
     from valbench.errors import CellTimeout
+    from valbench.records import CellCost
     from valbench.worker import CellOutcome, failure_record
 
     def late_cell(cell, spec, progress, printed) -> CellOutcome:
@@ -796,7 +798,8 @@ def test_a_serial_cell_that_catches_its_stop_and_finishes_late_is_a_timeout(
             time.sleep(5)
         except CellTimeout:
             pass  # caught: the method finishes anyway
-        record = failure_record(cell, spec, "ok", "", "")
+        printed.take(b"late line\n")
+        record = failure_record(cell, spec, "ok", "", "", cost=CellCost(wall_s=0.3, model_fits=7))
         return CellOutcome(replace(record, error=None, complete=True))
 
     monkeypatch.setattr(runner, "run_cell", late_cell)
@@ -806,6 +809,8 @@ def test_a_serial_cell_that_catches_its_stop_and_finishes_late_is_a_timeout(
     (outcome,) = got
     assert outcome.record.status == "timeout" and outcome.record.error.type == "CellTimeout"
     assert "its method caught the stop and finished after" in outcome.record.error.message
+    assert (outcome.record.cost.model_fits, outcome.record.cost.wall_s) == (7, 0.3)
+    assert (outcome.printed, outcome.printed_bytes) == (b"late line\n", 10)
 
 
 def test_a_cell_is_seeded_by_its_identity_and_plants_flips_only_where_asked() -> None:
@@ -1155,35 +1160,6 @@ def test_a_default_run_directory_is_named_by_the_preset_and_8_hex_digits_of_the_
     where = default_run_dir(spec, Path("runs"))
     assert where.parent == Path("runs") and re.fullmatch(r"ci-[0-9a-f]{8}", where.name)
     assert spec.config_hash().startswith(where.name[len("ci-") :])
-
-
-def test_a_serial_cell_finishing_late_keeps_its_cost_and_what_it_printed(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """A method that catches its stop and finishes past the limit is recorded as a timeout;
-    the fits and seconds it spent, and what it printed, stay on its line as for any cell."""
-    from valbench import runner
-    from valbench.errors import CellTimeout
-    from valbench.records import CellCost
-    from valbench.worker import CellOutcome, failure_record
-
-    def late_cell(cell, spec, progress, printed) -> CellOutcome:
-        try:
-            time.sleep(5)
-        except CellTimeout:
-            pass  # caught: the method finishes anyway
-        printed.take(b"late line\n")
-        record = failure_record(cell, spec, "ok", "", "", cost=CellCost(wall_s=0.3, model_fits=7))
-        return CellOutcome(replace(record, error=None, complete=True))
-
-    monkeypatch.setattr(runner, "run_cell", late_cell)
-    spec = small_spec(methods=("random",), timeout=0.2)
-    got: list = []
-    runner.run_serial(spec.cells(), spec, got.append, lambda *args: None)
-    (outcome,) = got
-    assert outcome.record.status == "timeout"
-    assert (outcome.record.cost.model_fits, outcome.record.cost.wall_s) == (7, 0.3)
-    assert (outcome.printed, outcome.printed_bytes) == (b"late line\n", 10)
 
 
 def test_a_serial_cell_is_stopped_at_its_time_limit_not_later(
