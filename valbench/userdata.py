@@ -47,9 +47,10 @@ __all__ = [
 #: File types FileDataset reads.
 SUFFIXES = (".npz", ".csv", ".parquet")
 _PARTS = ("train", "val", "test")
-#: A number as a decimal-comma locale (or a thousands separator) writes it; at least one value
-#: of the column must hold the comma.
-_COMMA_NUMBER = re.compile(r"\s*[-+]?\d+(,\d+)*\s*")
+#: A number written with commas: "0,5", "1,234,567", or with dot or space thousands and a
+#: decimal comma as much of Europe writes it ("1.234,56", "1 234,5"). At least one value of
+#: the column must hold the comma.
+_COMMA_NUMBER = re.compile(r"\s*[-+]?(\d+(,\d+)*|\d{1,3}([. ]\d{3})+(,\d+)?)\s*")
 #: The arrays an .npz data file may hold: the training rows, and optionally its own
 #: validation and test rows (else carved from the training rows).
 NPZ_ARRAYS = ("x", "y", "x_val", "y_val", "x_test", "y_test")
@@ -497,8 +498,8 @@ def frame_features(frame: Any, what: str, hint: str = "") -> np.ndarray | str:
 
 def _comma_number(column: Any) -> str | None:
     """The first value holding a comma of a text column whose every value is a number written
-    with commas or none ("0,5", "-1,25", "1,234,567", "3"), at least one with a comma; None
-    otherwise ("1.234,56", dot thousands and comma decimals, is not recognised)."""
+    with commas or none ("0,5", "-1,25", "1,234,567", "1.234,56", "3"), at least one with a
+    comma; None otherwise."""
     values = column.dropna().tolist()
     if not all(isinstance(v, str) and _COMMA_NUMBER.fullmatch(v) for v in values):
         return None
