@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -212,12 +213,22 @@ def test_cifar10_all_archives_bad_reports_each_reason(
 
 def test_published_checksums_are_the_torchvision_ones() -> None:
     # Pinned here so an accidental edit of the table is caught (values as torchvision checks).
-    assert _download.CHECKSUMS["mnist"]["train-images-idx3-ubyte.gz"].startswith("f68b3c2d")
-    assert _download.CHECKSUMS["fashion-mnist"]["t10k-labels-idx1-ubyte.gz"].startswith("bb300cfd")
-    assert _download.CHECKSUMS["cifar10"]["cifar-10-python.tar.gz"] == (
-        "c58f30108f718f92721af3b95e74349a"
-    )
-    assert all(len(v) == 4 for k, v in _download.CHECKSUMS.items() if "mnist" in k)
+    assert _download.CHECKSUMS == {
+        "mnist": {
+            "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+            "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+            "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+            "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+        },
+        "fashion-mnist": {
+            "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+            "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+            "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+            "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
+        },
+        "cifar10": {"cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a"},
+        "resnet18": {},  # its file name carries a sha256 prefix instead
+    }
     assert _download.MIRRORS["mnist"][0].startswith("https://ossci-datasets.s3.amazonaws.com/")
 
 
@@ -345,3 +356,50 @@ def test_an_interrupted_idx_download_fetches_only_the_missing_files(
         monkeypatch.setitem(_download.MIRRORS, "mnist", [f"{srv.url}/m/"])
         MNISTDataset(n_val=20).load(seed=0)
     assert srv.hits == [f"/m/{GZ_NAMES[2]}", f"/m/{GZ_NAMES[3]}"]
+
+
+def test_a_download_of_many_chunks_is_counted_and_hashed_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Real files span many 1 MiB chunks; small chunks here make this body 147 of them. A size
+    # or hash of the last chunk alone read every real download as truncated or corrupt.
+    monkeypatch.setattr(_download, "_CHUNK", 7)
+    body = bytes(range(256)) * 4 + b"tail"
+    with serve({"/f/blob.bin": body}) as srv:
+        got = _download.fetch([f"{srv.url}/f/blob.bin"], tmp_path / "blob.bin", md5=_md5(body))
+    assert got.read_bytes() == body
+
+
+def test_a_refused_connection_is_said_as_the_reason_alone(tmp_path: Path) -> None:
+    url = refused_url() + "blob.bin"
+    with pytest.raises(_download.DownloadError) as err:
+        _download.fetch([url], tmp_path / "blob.bin")
+    assert re.fullmatch(
+        rf"no mirror delivered blob\.bin \({re.escape(url)}: \[Errno \d+\] Connection refused\)",
+        str(err.value),
+    )
+
+
+def test_extract_members_leaves_the_owner_able_to_read_and_write(tmp_path: Path) -> None:
+    # tarfile's "data" filter: a member stored with mode 000 is readable by its owner once
+    # unpacked (the "tar" filter keeps 000: a batch no later run could read).
+    import io
+    import stat
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        info = tarfile.TarInfo("d/x")
+        info.size, info.mode = 1, 0o000
+        tar.addfile(info, io.BytesIO(b"1"))
+    out = _download.extract_members(_archive(tmp_path, buf.getvalue()), "d", {"x"}, tmp_path)
+    assert stat.S_IMODE((out / "x").stat().st_mode) & 0o600 == 0o600
+
+
+@pytest.mark.parametrize(
+    "data", [b"junk", gzip.compress(b"not a tar archive" * 40)], ids=["not-gzip", "gzip-not-tar"]
+)
+def test_extract_members_says_an_unreadable_archive_is_one(tmp_path: Path, data: bytes) -> None:
+    with pytest.raises(ValueError, match=r"^not a readable tar archive \("):
+        _download.extract_members(_archive(tmp_path, data), "d", {"x"}, tmp_path / "into")
+    assert not (tmp_path / "into").exists()

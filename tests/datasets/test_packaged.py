@@ -36,12 +36,17 @@ def test_mnist_5k_shapes_shuffled_deterministic() -> None:
 
 @pytest.mark.skipif(not MNIST1DDataset.available(), reason="mnist1d not installed")
 def test_mnist1d_shapes_and_global_rng_untouched() -> None:
+    import random
+
     _mnist1d_arrays.cache_clear()  # generate now: that is when the global RNG is at risk
     np.random.seed(123)
-    expected = np.random.random()
+    random.seed(123)
+    expected = np.random.random(), random.random()
     np.random.seed(123)
+    random.seed(123)
     s = MNIST1DDataset().load(seed=0)
-    assert np.random.random() == expected  # mnist1d reseeds; valbench restores the state
+    # mnist1d reseeds numpy's and Python's generators; valbench restores both states.
+    assert (np.random.random(), random.random()) == expected
     assert (s.x_train.shape, s.x_val.shape, s.x_test.shape) == ((3200, 40), (800, 40), (1000, 40))
     assert s.n_classes == 10 and set(s.y_train.tolist()) == set(range(10))
     t = MNIST1DDataset(n_test=100).load(seed=1, max_train=40)
@@ -124,3 +129,9 @@ def test_mnist_5k_val_and_test_fractions_each_size_their_own_split() -> None:
     u = MNIST5kDataset(val_fraction=0.3, n_test=200).load(seed=0)
     assert (len(u.y_val), len(u.y_test)) == (1500, 200)
     assert len(np.intersect1d(s.test_rows, s.val_rows)) == 0 and len(s.test_rows) == 1500
+
+
+@pytest.mark.skipif(not MNIST1DDataset.available(), reason="mnist1d not installed")
+def test_mnist1d_val_fraction_sizes_the_validation_split() -> None:
+    s = MNIST1DDataset(val_fraction=0.1).load(seed=0)
+    assert (len(s.y_train), len(s.y_val)) == (3600, 400)

@@ -251,6 +251,7 @@ def test_weights_download_checks_sha256_prefix_then_falls_through(
         monkeypatch.setitem(_download.MIRRORS, "resnet18", [f"{srv.url}/bad/", f"{srv.url}/good/"])
         net = _resnet.load_resnet18(data)
         assert srv.hits == [f"/bad/{name}", f"/good/{name}"]
+    assert not net.training  # eval mode: batch norm uses its running statistics
     assert (data / "models" / name).read_bytes() == weights_bytes
     assert sorted(p.name for p in (data / "models").iterdir()) == [name]
     assert torch.equal(
@@ -270,7 +271,7 @@ def _triangle_weights(size_in: int, size_out: int) -> np.ndarray:
     return w / w.sum(axis=1, keepdims=True)
 
 
-@pytest.mark.parametrize("shape", [(28, 28), (20, 28)])
+@pytest.mark.parametrize("shape", [(28, 28), (20, 28), (10, 11)])
 def test_preprocess_is_torchvisions_resize_crop_and_normalize(shape: tuple[int, int]) -> None:
     # Crop 16: the short side resized (antialiased bilinear, rounded to 8-bit levels) to
     # int(16 * 256 / 224) = 18, the long side in proportion, a centred 16x16 crop, then
@@ -336,3 +337,25 @@ def test_features_are_the_published_resnet18_forward_pass() -> None:
             h = F.relu(out + h)
     with torch.no_grad():
         torch.testing.assert_close(net.features(x), h.mean(dim=(2, 3)))
+
+
+def test_weights_placed_in_the_data_directory_itself_are_used(
+    data: Path, weights_bytes: bytes
+) -> None:
+    path = _place(weights_bytes, data)
+    assert _resnet.find_weights(data) == path
+    net = _resnet.load_resnet18(data, download=False)
+    assert torch.equal(net.state_dict()["fc.bias"], torch.load(path)["fc.bias"])
+
+
+def test_a_data_directory_that_cannot_hold_the_weights_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setitem(_download.MIRRORS, "resnet18", ["http://127.0.0.1:9/"])
+    with pytest.raises(DatasetError) as err:
+        _resnet.load_resnet18(blocker / "data")
+    msg = str(err.value)
+    assert "\n" not in msg and "(download failed: [Errno 20] Not a directory: " in msg

@@ -191,3 +191,33 @@ def test_duplicate_count_is_rounded_and_clusters_take_every_offset() -> None:
 def test_too_few_samples_per_class_is_refused() -> None:
     with pytest.raises(UsageError, match=r"n_samples must be >= 10 \* n_classes = 30"):
         SyntheticDataset(n_samples=25).load(seed=0)
+
+
+# ------------------------------------------------ mutation-hunt additions, round 48 (datasets/)
+
+
+def test_informative_points_take_the_classes_in_turn() -> None:
+    _, y, cid = SyntheticDataset(n_samples=601, duplicate_fraction=0.0).generate(2)
+    assert (cid == -1).all() and np.bincount(y).tolist() == [201, 200, 200]
+
+
+def test_informative_points_scatter_with_unit_deviation_around_their_centre() -> None:
+    x, y, cid = SyntheticDataset(n_samples=6000, duplicate_fraction=0.0).generate(0)
+    phi = 2 * np.pi * y / 3
+    centres = 2.0 * np.stack([np.cos(phi), np.sin(phi)], axis=1)  # r = 2 at K = 3
+    np.testing.assert_allclose((x - centres).std(axis=0), 1.0, atol=0.03)
+
+
+def test_dense_clusters_sit_at_2_25_times_the_centre_radius_with_the_spread_asked() -> None:
+    x, _, cid = SyntheticDataset(cluster_spread=0.1, n_samples=3000).generate(0)
+    offsets = []
+    for c in range(6):
+        pts = x[cid == c]
+        assert np.linalg.norm(pts.mean(axis=0)) == pytest.approx(2.25 * 2.0, abs=0.02)
+        offsets.append(pts - pts.mean(axis=0))
+    assert np.concatenate(offsets).std() == pytest.approx(0.1, abs=0.005)
+
+
+def test_ten_samples_per_class_is_enough() -> None:
+    s = SyntheticDataset(n_samples=30).load(seed=0)
+    assert len(s.y_train) + len(s.y_val) + len(s.y_test) == 30
