@@ -213,6 +213,10 @@ CIFAR10_TEST = "test_batch"
 _REFETCH = "; delete it so valbench downloads a fresh copy, or re-download it"
 
 
+class _ForeignGlobal(pickle.UnpicklingError):
+    """A batch names a global outside the CIFAR allowance (never imported, never called)."""
+
+
 def _numpy_reconstruct() -> Any:
     try:
         from numpy._core.multiarray import _reconstruct  # numpy >= 2
@@ -221,8 +225,17 @@ def _numpy_reconstruct() -> Any:
     return _reconstruct
 
 
-class _ForeignGlobal(pickle.UnpicklingError):
-    """A batch names a global outside the CIFAR allowance (never imported, never called)."""
+def _array_from_buffer(buffer: Any, dtype: Any, shape: Any, order: Any) -> np.ndarray:
+    """What pickle protocol 5 calls to rebuild an array (numpy's ``_frombuffer``): data only."""
+    return np.frombuffer(buffer, dtype=dtype).reshape(shape, order=order)
+
+
+def _latin1_bytes(text: str, encoding: str) -> bytes:
+    """What pickle protocol 2 from Python 3 calls to rebuild bytes (``_codecs.encode``); only
+    the latin-1 codec it writes is allowed, so no other codec is ever looked up."""
+    if encoding not in ("latin1", "latin-1"):
+        raise _ForeignGlobal(f"_codecs.encode with the {encoding!r} codec")
+    return text.encode("latin-1")
 
 
 class _CifarUnpickler(pickle.Unpickler):
@@ -231,11 +244,18 @@ class _CifarUnpickler(pickle.Unpickler):
 
     Dicts, lists, ints and byte strings need no globals; a numpy array needs these three
     (``numpy.core`` in the published files, ``numpy._core`` when re-pickled by numpy 2).
+    A batch re-saved with pickle protocol 5 rebuilds its arrays with ``_frombuffer`` and one
+    saved with protocol 2 from Python 3 its byte strings with ``_codecs.encode``: both stand
+    in as data-only functions of the same arguments.
     """
 
     def find_class(self, module: str, name: str) -> Any:
         if name == "_reconstruct" and module in ("numpy.core.multiarray", "numpy._core.multiarray"):
             return _numpy_reconstruct()
+        if name == "_frombuffer" and module in ("numpy.core.numeric", "numpy._core.numeric"):
+            return _array_from_buffer
+        if (module, name) == ("_codecs", "encode"):
+            return _latin1_bytes
         if (module, name) == ("numpy", "ndarray"):
             return np.ndarray
         if (module, name) == ("numpy", "dtype"):

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import gzip
+import os
 import pickle
+import struct
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from image_fixtures import N_TEST, N_TRAIN, make_idx_dir, write_cifar, write_idx
+from image_fixtures import N_TEST, N_TRAIN, idx_bytes, make_idx_dir, write_cifar, write_idx
 
 from valbench.datasets import _download, vision
 from valbench.datasets._images import IDX_FILES, read_idx
@@ -545,3 +548,231 @@ def test_cnn_feature_cache_is_keyed_by_epochs_and_width(isolated: Path) -> None:
         np.testing.assert_allclose(other.x_train, fresh.x_train, atol=1e-5)
         assert not np.allclose(other.x_train, first.x_train, atol=1e-3), change
     assert len(list((isolated / "features" / "fashion-mnist").glob("*.npz"))) == 3
+
+
+# ------------------------------------------------ mutation-hunt additions, round 48 (datasets/)
+
+
+@pytest.mark.parametrize(
+    "code, payload, values",
+    [
+        (0x09, b"\xff\x01", [-1, 1]),  # signed byte
+        (0x0C, (-2).to_bytes(4, "big", signed=True), [-2]),  # big-endian int32
+        (0x0D, struct.pack(">f", 1.5), [1.5]),  # big-endian float32
+        (0x0E, struct.pack(">d", -0.25), [-0.25]),  # big-endian float64
+    ],
+    ids=["int8", "int32", "float32", "float64"],
+)
+def test_parse_idx_decodes_each_type_code_as_the_format_defines(
+    code: int, payload: bytes, values: list[float]
+) -> None:
+    from valbench.datasets._images import parse_idx
+
+    n = len(values).to_bytes(4, "big")
+    assert parse_idx(bytes([0, 0, code, 1]) + n + payload).tolist() == values
+
+
+def test_parse_idx_refuses_a_header_of_no_dimensions() -> None:
+    from valbench.datasets._images import parse_idx
+
+    with pytest.raises(ValueError, match="IDX header"):
+        parse_idx(b"\x00\x00\x08\x00\x05")
+
+
+def test_a_gzip_file_cut_short_names_its_file(tmp_path: Path) -> None:
+    path = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    path.write_bytes(gzip.compress(idx_bytes(np.zeros(500, np.uint8)))[:-12])
+    with pytest.raises(DatasetError, match="t10k-labels-idx1-ubyte.gz: cannot read .*replace"):
+        read_idx(path)
+
+
+@pytest.mark.parametrize(
+    "stem, raw, match",
+    [
+        (
+            "train-labels-idx1-ubyte",
+            b"\x00\x00\x0b\x01" + (3).to_bytes(4, "big") + bytes(6),
+            "train-labels-idx1-ubyte holds >i2, expected uint8",
+        ),
+        (
+            "train-labels-idx1-ubyte",
+            idx_bytes(np.zeros((3, 1), np.uint8)),
+            r"train-labels-idx1-ubyte holds shape \(3, 1\), expected \(n,\)",
+        ),
+    ],
+    ids=["int16-labels", "labels-in-a-column"],
+)
+def test_a_downloaded_label_file_of_another_type_or_shape_is_refused(
+    tmp_path: Path, stem: str, raw: bytes, match: str
+) -> None:
+    from valbench.datasets._images import check_idx_download
+
+    path = tmp_path / f"{stem}.gz"
+    path.write_bytes(gzip.compress(raw))
+    with pytest.raises(ValueError, match=f"^{match}$"):
+        check_idx_download(path, stem)
+
+
+def test_images_stored_as_16_bit_are_refused(isolated: Path) -> None:
+    from valbench.datasets._images import read_idx_dir
+
+    folder = isolated / "mnist"
+    make_idx_dir(folder)
+    (folder / "train-images-idx3-ubyte.gz").write_bytes(
+        gzip.compress(
+            b"\x00\x00\x0b\x03"
+            + struct.pack(">3I", N_TRAIN, 28, 28)
+            + np.ones((N_TRAIN, 28, 28), ">i2").tobytes()
+        )
+    )
+    with pytest.raises(DatasetError, match=r"train images have shape \(28, 28\) and dtype >i2"):
+        read_idx_dir(folder)
+
+
+def test_a_cifar10_batch_with_a_negative_label_is_refused(isolated: Path) -> None:
+    from image_fixtures import py2_pickle
+
+    folder = isolated / "cifar-10-batches-py"
+    write_cifar(folder)
+    data = np.zeros((30, 3072), np.uint8)
+    (folder / "test_batch").write_bytes(py2_pickle({b"data": data, b"labels": [-1] + [0] * 29}))
+    with pytest.raises(DatasetError, match=r"test_batch: batch labels outside 0\.\.9 \(found -1"):
+        CIFAR10Dataset(n_val=20).load(seed=0)
+
+
+@pytest.mark.parametrize(
+    ("protocol", "byte_keys", "global_used"),
+    [
+        (pickle.DEFAULT_PROTOCOL, False, b"numpy._core.multiarray"),
+        (5, False, b"_frombuffer"),  # pickle.HIGHEST_PROTOCOL: arrays rebuilt from a buffer
+        (2, True, b"_codecs"),  # Python 3's protocol 2 rebuilds byte strings by encoding text
+    ],
+)
+def test_cifar10_batches_repickled_by_python3_and_numpy2_read_the_same(
+    isolated: Path, protocol: int, byte_keys: bool, global_used: bytes
+) -> None:
+    # pickle.dump of a loaded batch (numpy._core globals, any protocol Python 3 writes) is as
+    # good as the published Python 2 file (byte keys, numpy.core).
+    from valbench.datasets._images import CIFAR10_TEST, CIFAR10_TRAIN, read_cifar10_dir
+
+    published, repickled = isolated / "published", isolated / "repickled"
+    write_cifar(published)
+    repickled.mkdir()
+    for name in (*CIFAR10_TRAIN, CIFAR10_TEST):
+        with open(published / name, "rb") as f:
+            batch = pickle.load(f, encoding="bytes")
+        data = np.asarray(batch[b"data"])
+        assert data.dtype == np.uint8
+        keyed = {"data": data, "labels": batch[b"labels"]}
+        if byte_keys:
+            keyed = {k.encode(): v for k, v in keyed.items()}
+        (repickled / name).write_bytes(pickle.dumps(keyed, protocol=protocol))
+        assert global_used in (repickled / name).read_bytes()
+    for want, got in zip(read_cifar10_dir(published), read_cifar10_dir(repickled), strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_cifar10_batch_asking_for_another_codec_is_refused_unrun(tmp_path: Path) -> None:
+    # _codecs.encode is let through for the latin-1 text protocol 2 writes, never another codec.
+    import codecs
+
+    from valbench.datasets._images import _read_cifar_batch
+
+    class OtherCodec:
+        def __reduce__(self) -> tuple:
+            return (codecs.encode, ("abc", "rot13"))
+
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(pickle.dumps({b"data": OtherCodec(), b"labels": [0]}, protocol=2))
+    with pytest.raises(DatasetError, match=r"not a genuine CIFAR-10 batch: .*'rot13' codec"):
+        _read_cifar_batch(path)
+
+
+def test_cifar10_raw_rows_are_images_of_the_pixel_shape(isolated: Path) -> None:
+    # pixel_shape() tells a pixel model how to fold a raw row back into an image.
+    write_cifar(isolated / "cifar-10-batches-py")
+    ds = CIFAR10Dataset(n_val=20)
+    assert ds.pixel_shape() == (3, 32, 32)
+    s = ds.load(seed=0)
+    images = s.x_train.reshape(len(s.x_train), *ds.pixel_shape())
+    np.testing.assert_allclose(images[:, 0, 0, 0] * 255 / 10, s.y_train, atol=1e-4)
+
+
+def test_the_cifar10_offline_error_claims_no_system_package(isolated: Path) -> None:
+    # CIFAR-10 has no system directory: the error says the three ways, no empty fourth.
+    with pytest.raises(DatasetError) as err:
+        CIFAR10Dataset().load(seed=0)
+    msg = str(err.value)
+    assert f"test_batch in {isolated / 'cifar-10-batches-py'}; or pass root=DIR" in msg
+    assert "system package" not in msg
+
+
+def test_published_class_counts_of_both_datasets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.undo()  # conftest's stand-in counts for the tiny files
+    assert MNISTDataset.class_counts[0] == (
+        5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949
+    )  # fmt: skip
+    assert FashionMNISTDataset.class_counts == ((6000,) * 10, (1000,) * 10)
+
+
+def test_the_test_subsample_is_stratified_and_seeded() -> None:
+    # n_test below the test set's size: each class keeps its share, the rows depend on the seed.
+    y_pool = np.repeat(np.arange(10), 50)
+    y_test = np.repeat(np.arange(10), [80, 80, 40, 40, 40, 40, 40, 40, 40, 40])  # sorted
+    ds = FashionMNISTDataset(n_val=20, n_test=48)
+    tests = [ds.split_indices(y_pool, y_test, seed=s, max_train=None)[2] for s in (0, 1)]
+    for test in tests:
+        assert np.bincount(y_test[test], minlength=10).tolist() == [8, 8] + [4] * 8
+    assert set(tests[0].tolist()) != set(tests[1].tolist())
+
+
+def test_pca_is_fitted_on_the_training_split_alone(isolated: Path) -> None:
+    from sklearn.decomposition import PCA
+
+    make_idx_dir(isolated / "fashion-mnist")
+    raw = FashionMNISTDataset(n_val=20).load(seed=4)
+    s = FashionMNISTDataset(n_val=20, pca=8).load(seed=4)
+    proj = PCA(n_components=8, random_state=4).fit(raw.x_train)
+    for got, pixels in ((s.x_train, raw.x_train), (s.x_val, raw.x_val), (s.x_test, raw.x_test)):
+        np.testing.assert_allclose(np.abs(got), np.abs(proj.transform(pixels)), atol=1e-4)
+
+
+def test_pca_may_keep_as_many_components_as_training_rows(isolated: Path) -> None:
+    make_idx_dir(isolated / "fashion-mnist")
+    s = FashionMNISTDataset(n_val=20, pca=N_TRAIN - 20).load(seed=0)
+    assert s.x_train.shape == (N_TRAIN - 20, N_TRAIN - 20)
+
+
+def test_pca_with_other_features_is_refused() -> None:
+    with pytest.raises(UsageError, match="pca must be a positive integer with features='raw'"):
+        FashionMNISTDataset(features="cnn", pca=4).load(seed=0)
+
+
+def test_the_feature_cache_is_written_only_when_asked_and_shareable(isolated: Path) -> None:
+    make_idx_dir(isolated / "fashion-mnist")
+    kw = {"features": "cnn", "n_val": 20, "cnn_epochs": 1, "cnn_dim": 4, "cnn_width": 2}
+    FashionMNISTDataset(**kw, cache_features=False).load(seed=0)
+    assert not (isolated / "features").exists()
+    FashionMNISTDataset(**kw).load(seed=0)
+    (cached,) = (isolated / "features" / "fashion-mnist").glob("*.npz")
+    # As any new file (0644 less the umask), not mkstemp's 0600: others sharing the data
+    # directory read it.
+    mask = os.umask(0)
+    os.umask(mask)
+    assert cached.stat().st_mode & 0o777 == 0o644 & ~mask
+
+
+def test_features_cached_for_one_test_set_are_not_served_for_another(isolated: Path) -> None:
+    # Test files replaced by another copy (here: the same images in another order) while the
+    # training files stay: the cached test features belong to the old files.
+    folder = isolated / "fashion-mnist"
+    make_idx_dir(folder)
+    kw = {"features": "cnn", "n_val": 20, "cnn_epochs": 1, "cnn_dim": 4, "cnn_width": 2}
+    FashionMNISTDataset(**kw).load(seed=0)
+    order = np.arange(N_TEST)[::-1]
+    for stem in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        write_idx(folder / stem, read_idx(folder / f"{stem}.gz")[order])
+    got = FashionMNISTDataset(**kw).load(seed=0)
+    fresh = FashionMNISTDataset(**kw, cache_features=False).load(seed=0)
+    np.testing.assert_array_equal(got.y_test, fresh.y_test)
+    np.testing.assert_allclose(got.x_test, fresh.x_test, atol=1e-5)
