@@ -120,7 +120,6 @@ def fetch_with(
     *,
     md5: str | None = None,
     sha256_prefix: str | None = None,
-    timeout: float | None = None,
 ) -> T:
     """Download from the first mirror that works and hand the verified temporary file on.
 
@@ -142,9 +141,7 @@ def fetch_with(
         tmp = Path(tmp_name)
         try:
             logger.info("downloading %s into %s", url, directory)
-            got_md5, got_sha, size = _stream(
-                url, tmp, timeout=TIMEOUT_S if timeout is None else timeout
-            )
+            got_md5, got_sha, size = _stream(url, tmp, timeout=TIMEOUT_S)
             if md5 is not None and got_md5 != md5:
                 raise ValueError(f"md5 {got_md5} differs from the expected {md5}")
             if sha256_prefix is not None and not got_sha.startswith(sha256_prefix):
@@ -168,7 +165,6 @@ def fetch(
     check: Callable[[Path], None] | None = None,
     md5: str | None = None,
     sha256_prefix: str | None = None,
-    timeout: float | None = None,
 ) -> Path:
     """Download one file to ``dest``: verified (checksum, then ``check``), then renamed there.
 
@@ -181,9 +177,7 @@ def fetch(
         os.replace(tmp, dest)
         return dest
 
-    return fetch_with(
-        urls, dest.parent, accept, md5=md5, sha256_prefix=sha256_prefix, timeout=timeout
-    )
+    return fetch_with(urls, dest.parent, accept, md5=md5, sha256_prefix=sha256_prefix)
 
 
 def extract_members(archive: Path, folder: str, names: set[str], into: Path) -> Path:
