@@ -239,6 +239,16 @@ def test_method_normalizes_and_keeps_its_budget() -> None:
     assert cut.stats["rounds"] >= 1
 
 
+def test_the_budgets_last_fit_pays_for_the_normalization() -> None:
+    # The walk keeps one fit in reserve; on 30 fits it stops mid-permutation with exactly that
+    # one left, and the full-data model it trains scales the classes (a rule that wanted two
+    # left returned the scores unnormalized and the run partial for want of one fit).
+    task = make_check_task(n_train=24)
+    got = ClasswiseShapley().value(task, RunContext.for_task(task, budget=Budget(max_fits=30)))
+    assert task.fit_counter.count == 30 and got.stats["normalized"]
+    assert got.stats["rounds"] == 1 and not got.complete
+
+
 @pytest.mark.slow
 def test_flipped_labels_rank_low() -> None:
     """On the kit's 24-point task (2 flipped labels), 10 rounds rank the flips low: AUC 0.80

@@ -9,6 +9,7 @@ import pytest
 import torch
 from image_tasks import half_bright_images
 
+import valbench.types
 from valbench import Budget, DatasetSplits, RunContext, ValuationTask, nets
 from valbench.errors import CellSkipped, UsageError
 from valbench.methods.gshapley import (
@@ -328,6 +329,72 @@ def test_the_methods_search_starts_from_the_zero_models_accuracy() -> None:
         expected.append(accs.mean() - accs.std())
     np.testing.assert_allclose(got.stats["lr_criteria"], expected, atol=1e-9)
     assert got.stats["lr"] == LR_GRID[int(np.argmax(expected))]
+
+
+def test_the_search_counts_from_the_validation_share_of_class_0() -> None:
+    """Zero weights predict class 0 everywhere, so the search's starting accuracy is the share
+    of class 0 in the validation split. The check task's split is balanced (every class's share
+    is 1/3); here class 1 has 4 of 24 points and class 0 has 10, so counting from another
+    class's share would move every criterion."""
+    task = make_check_task(n_train=24)
+    keep = np.flatnonzero((task.y_val != 1) | (np.cumsum(task.y_val == 1) <= 4))
+    xv, yv = task.x_val[keep], task.y_val[keep]
+    assert np.bincount(yv).tolist() == [10, 4, 10]
+    splits = DatasetSplits(task.x_train, task.y_train, xv, yv, xv, yv, n_classes=3)
+    task = ValuationTask.from_splits(
+        splits, model=ModelSpec(), name="unbalanced", seed=0, utility_factory=UtilityEngine
+    )
+    got = GShapley(max_permutations=1).value(task, RunContext.for_task(task, seed=2))
+    rng = RunContext.for_task(task, seed=2).rng  # the search makes the cell's first draws
+    expected = []
+    for rate in LR_GRID:
+        accs = np.array([_epoch_accuracy(task, rng.permutation(24), rate) for _ in range(10)])
+        expected.append(accs.mean() - accs.std())
+    np.testing.assert_allclose(got.stats["lr_criteria"], expected, atol=1e-9)
+
+
+def test_a_search_that_would_leave_no_permutation_is_abandoned_early(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """At 1 s a fit (a clock that moves only when a fit is charged), 80 s pay for the search's
+    80 epochs and nothing after: after its first ten epochs 70 s are left for 70 more and the
+    permutation, so the cell declines then instead of running a search it cannot use."""
+
+    class Clock:
+        now = 0.0
+
+        def perf_counter(self) -> float:
+            return self.now
+
+    clock = Clock()
+    monkeypatch.setattr(valbench.types, "time", clock)
+    task = make_check_task(n_train=12)
+    add = task.fit_counter.add
+
+    def timed_add(n: int = 1) -> None:
+        add(n)
+        clock.now += float(n)
+
+    monkeypatch.setattr(task.fit_counter, "add", timed_add)
+    ctx = RunContext.for_task(task, budget=Budget(max_seconds=80.0))
+    with pytest.raises(CellSkipped, match="no whole learning-rate search and permutation"):
+        GShapley().value(task, ctx)
+    assert task.fit_counter.count == 10
+
+
+def test_bad_values_set_after_construction_are_refused_before_any_work() -> None:
+    task = make_check_task(n_train=12)
+    for key, bad, fragment in (
+        ("lr", 0.0, "lr must be a number > 0 or None, got 0.0"),
+        ("l2", -1.0, "l2 must be a number >= 0, got -1.0"),
+        ("metric", "auc", "metric must be one of accuracy, log_likelihood, got 'auc'"),
+        ("max_permutations", 0, "max_permutations must be an integer >= 1, got 0"),
+    ):
+        method = GShapley()
+        setattr(method, key, bad)
+        with pytest.raises(UsageError, match=fragment):
+            method.value(task, RunContext.for_task(task))
+        assert task.fit_counter.count == 0
 
 
 def test_a_run_stopped_between_batches_averages_the_permutations_it_ran() -> None:

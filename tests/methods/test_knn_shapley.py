@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from valbench import Budget, RunContext
+from valbench.errors import UsageError
 from valbench.methods.knn_shapley import KNNShapley, _nearest_first, knn_shapley_values
 from valbench.testing import check_method, make_check_task
 
@@ -88,6 +89,8 @@ def test_method_trains_nothing_and_flags_noise() -> None:
     task = make_check_task(n_train=120)
     got = KNNShapley(k=5).value(task, RunContext.for_task(task, budget=Budget(max_fits=0)))
     assert task.fit_counter.count == 0
+    assert got.stats["model_fits"] == 0 and got.stats["k"] == 5
+    assert got.stats["n_val"] == len(task.x_val) != task.n_train
     assert got.scores.shape == (120,) and np.isfinite(got.scores).all()
     noisy = task.noisy_mask  # read by the test only
     assert noisy is not None
@@ -97,6 +100,22 @@ def test_method_trains_nothing_and_flags_noise() -> None:
 def test_conformance() -> None:
     check_method(KNNShapley)
     check_method(KNNShapley, {"k": 3, "chunk_size": 4})
+
+
+def test_bad_k_or_chunk_size_set_after_construction_is_refused_in_one_line() -> None:
+    # The parameters refuse these when the method is built; value() refuses them too when an
+    # attribute is set afterwards (k = 0 would divide by zero: NaN scores, no error).
+    task = make_check_task(n_train=12)
+    ctx = RunContext.for_task(task, budget=Budget(max_fits=0))
+    for k in (0, 2.0):
+        method = KNNShapley()
+        method.k = k  # type: ignore[assignment]
+        with pytest.raises(UsageError, match=r"k must be an integer >= 1, got "):
+            method.value(task, ctx)
+    method = KNNShapley()
+    method.chunk_size = 0
+    with pytest.raises(UsageError, match=r"chunk_size must be >= 1 or None, got 0"):
+        method.value(task, ctx)
 
 
 def test_k_covering_the_training_set_gives_the_additive_closed_form_and_says_so() -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from valbench import Budget, RunContext
+from valbench.errors import CellSkipped
 from valbench.methods.loo import LeaveOneOut
 from valbench.testing import make_check_task
 from valbench.utility import UtilityEngine
@@ -103,3 +105,33 @@ def test_loo_sizes_each_request_by_the_budgets_pace(monkeypatch) -> None:  # typ
     assert sizes == [1, 3, 3, 3, 1] and got.stats["complete"]  # U(D) first
     full = LeaveOneOut().value(fresh := make_check_task(n_train=10), RunContext.for_task(fresh))
     np.testing.assert_allclose(got.scores, full.scores, atol=1e-12)
+
+
+def test_loo_stopped_by_its_requests_counts_only_the_points_it_retrained(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # A seconds budget affords every point up front (no fit limit) and then stops the loop:
+    # here two requests of 3 and then none. Six points were retrained; the other four get the
+    # mean of those six, and the stats say six, not the ten the run set out to do.
+    task = make_check_task(n_train=10)
+    ctx = RunContext.for_task(task)
+    sizes = iter([3, 3])
+    monkeypatch.setattr(ctx.budget, "next_request", lambda wanted=float("inf"): next(sizes, 0))
+    got = LeaveOneOut().value(task, ctx)
+    assert got.stats["points_retrained"] == 6 and not got.stats["complete"]
+    assert task.fit_counter.count == 7  # U(D) and six left-out models
+    full = LeaveOneOut().value(fresh := make_check_task(n_train=10), RunContext.for_task(fresh))
+    retrained = np.arange(6)  # an unlimited fit budget keeps the training order
+    np.testing.assert_allclose(got.scores[retrained], full.scores[retrained], atol=1e-12)
+    np.testing.assert_array_equal(got.scores[6:], np.full(4, got.scores[:6].mean()))
+
+
+@pytest.mark.parametrize(("warm_start", "fits"), [(False, 1), (True, 2)])
+def test_loo_without_room_for_one_point_declines_before_fitting_anything(
+    warm_start: bool, fits: int
+) -> None:
+    # U(D) (and the warm start's full-data solution) leave no fit for a left-out model: the
+    # cell declines saying one value needs 2 fits, and spends none of its budget on U(D).
+    task = make_check_task(n_train=10)
+    ctx = RunContext.for_task(task, budget=Budget(max_fits=fits))
+    with pytest.raises(CellSkipped, match="one leave-one-out value needs up to 2 fits"):
+        LeaveOneOut(warm_start=warm_start).value(task, ctx)
+    assert task.fit_counter.count == 0

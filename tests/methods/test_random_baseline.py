@@ -16,3 +16,4 @@ def test_random_scores_are_uniform_and_seeded() -> None:
     assert not np.array_equal(a.scores, c.scores)
     assert a.scores.min() >= 0 and a.scores.max() < 1 and abs(a.scores.mean() - 0.5) < 0.03
     assert task.fit_counter.count == 0
+    assert a.stats["model_fits"] == 0  # the label says no model was trained

@@ -25,6 +25,7 @@ from valbench.methods.semivalues import (
     ExactShapley,
     OwenShapley,
     StratifiedShapley,
+    beta_size_weights,
     exact_semivalue,
     sampled_semivalue,
     shapley_size_weights,
@@ -94,6 +95,19 @@ def test_owen_on_a_coarse_grid_estimates_the_grid_semivalue() -> None:
     assert np.abs(est - grid_value).max() < 0.015
 
 
+def test_owen_reweights_each_marginal_by_the_semivalues_size_law() -> None:
+    # On the grid q ∈ {0, 1} every point sees exactly S = ∅ and S = D ∖ {i}, once each, so
+    # the estimate of the semivalue with law p is n (p(0) m_∅ + p(n − 1) m_rest) / 2 by hand:
+    # each marginal weighted by p(k) / (1/n). Beta(16, 1) weighs the two sizes very unequally.
+    p = beta_size_weights(N, 16, 1)
+    est, stats = sampled_semivalue(N, _game, np.random.default_rng(0), OwenSampler(2, 1), p)
+    assert stats["complete"] and stats["sample_counts"] == [2] * N
+    alone, rest = np.eye(N, dtype=bool), ~np.eye(N, dtype=bool)
+    m_empty = _game(alone) - _game(np.zeros((1, N), dtype=bool))
+    m_rest = _game(np.ones((1, N), dtype=bool)) - _game(rest)
+    np.testing.assert_allclose(est, N * (p[0] * m_empty + p[-1] * m_rest) / 2, atol=1e-12)
+
+
 def test_stratum_counts() -> None:
     counts = stratum_counts(8, 200)
     assert counts.sum() == 200 and np.all(np.diff(counts) <= 0)  # harmonic: small sizes first
@@ -103,6 +117,16 @@ def test_stratum_counts() -> None:
     assert wide.min() == 1 and wide.sum() > 300
     with pytest.raises(UsageError, match="one of"):
         StratifiedSampler(10, "cubic")
+
+
+def test_samplers_refuse_a_plan_with_no_samples() -> None:
+    # Used directly (the methods' parameters stop these earlier), an empty grid or no repeats
+    # would plan no marginal at all: each is refused with the values it was given.
+    for q_points, inner in ((0, 2), (2, 0)):
+        with pytest.raises(UsageError, match=f"q_points >= 1 and inner >= 1, got {q_points}, "):
+            OwenSampler(q_points, inner)
+    with pytest.raises(UsageError, match="per_point >= 1, got 0"):
+        StratifiedSampler(0)
 
 
 def test_blocks_never_include_the_point_and_follow_the_plan() -> None:

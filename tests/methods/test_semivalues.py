@@ -16,6 +16,8 @@ from valbench.methods.semivalues import (
     BetaShapley,
     DataBanzhaf,
     ExactShapley,
+    OwenShapley,
+    StratifiedShapley,
     TMCShapley,
     banzhaf_size_weights,
     beta_size_weights,
@@ -811,6 +813,15 @@ def test_exact_shapley_takes_14_points_and_skips_them_on_a_small_budget() -> Non
     assert task.fit_counter.count == 0
 
 
+def test_tmc_with_no_fit_left_declines_before_fitting_u_of_d() -> None:
+    # One permutation of 8 points needs up to 8 prefixes and U(D): 9 fits, as the message says;
+    # with none left, not even U(D) is fitted.
+    task = make_check_task(n_train=8)
+    with pytest.raises(CellSkipped, match="one permutation needs up to 9 fits"):
+        TMCShapley().value(task, RunContext.for_task(task, budget=Budget(max_fits=0)))
+    assert task.fit_counter.count == 0
+
+
 @pytest.mark.parametrize("cls", [DataBanzhaf, BetaShapley])
 def test_msr_method_that_estimated_no_point_declines_the_cell(cls: type) -> None:
     # One fit is one subset: no point has been seen both inside and outside a sample.
@@ -818,3 +829,48 @@ def test_msr_method_that_estimated_no_point_declines_the_cell(cls: type) -> None
     with pytest.raises(CellSkipped, match="covered no whole pair of subsets"):
         cls().value(task, RunContext.for_task(task, budget=Budget(max_fits=1)))
     assert task.fit_counter.count <= 1
+
+
+def test_defaults_are_the_documented_ones_and_bad_values_are_refused() -> None:
+    # The originals' settings the docstrings cite: TMC truncates after more than 5 steps within
+    # 1 % of U(D) and tests convergence every 100 permutations at 0.1; Beta(16, 1); Owen's
+    # 100-point grid with the paper's 2 coalitions per q; VRDS's harmonic sizes.
+    assert TMCShapley().get_params() == {
+        "max_permutations": 1000,
+        "tolerance": 0.01,
+        "truncation_steps": 5,
+        "parallel": 16,
+        "lookahead": 16,
+        "convergence_tol": 0.1,
+        "convergence_window": 100,
+        "warm_start": False,
+    }
+    assert BetaShapley().get_params() == {
+        "alpha": 16.0,
+        "beta": 1.0,
+        "max_samples": 2000,
+        "batch_size": 64,
+    }
+    assert DataBanzhaf().get_params() == {"max_samples": 2000, "batch_size": 64}
+    assert ExactShapley().get_params() == {"batch_size": 256}
+    assert OwenShapley().get_params() == {
+        "q_points": 100,
+        "inner_samples": 2,
+        "antithetic": False,
+        "batch_size": 128,
+    }
+    assert StratifiedShapley().get_params() == {
+        "samples_per_index": 200,
+        "sample_sizes": "harmonic",
+        "batch_size": 128,
+    }
+    bad = (
+        (TMCShapley, {"truncation_steps": -1}, "truncation_steps=-1"),
+        (BetaShapley, {"alpha": 0.0}, "alpha=0.0"),
+        (DataBanzhaf, {"max_samples": 0}, "max_samples=0"),
+        (OwenShapley, {"q_points": 1}, "q_points=1"),
+        (StratifiedShapley, {"sample_sizes": "cubic"}, "sample_sizes"),
+    )
+    for cls, params, fragment in bad:
+        with pytest.raises(UsageError, match=f"{cls.name}.*{fragment}"):
+            cls(**params)
