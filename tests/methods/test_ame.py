@@ -236,23 +236,59 @@ def test_lasso_equals_a_port_of_the_original_regression(
     _check_against_the_port(5 + [0.5, 0.0, 0.8].index(offset), m, n, offset, one_p)
 
 
-def _check_against_the_port(seed: int, m: int, n: int, offset: float, one_p: bool) -> None:
+def _check_against_the_port(
+    seed: int,
+    m: int,
+    n: int,
+    offset: float,
+    one_p: bool,
+    min_nonzero: int = 2,
+    in_every_subset: int | None = None,
+) -> int:
     """``m`` subsets of ``n`` points (and ``n`` knockoffs) drawn from ``seed``, a sparse game
-    with an interaction and noise: valbench's Lasso equals the port's, path length included."""
+    with an interaction and noise: valbench's Lasso equals the port's, path length included
+    (returned). ``in_every_subset``: a point put in every subset."""
     rng = np.random.default_rng(seed)
     p = np.asarray(AME_PROBABILITIES)[rng.integers(0, 4, m)]
     if one_p:
         p[:] = 0.4
     masks = rng.random((m, n)) < p[:, None]
+    if in_every_subset is not None:
+        masks[:, in_every_subset] = True
     knockoffs = rng.random((m, n)) < p[:, None]
     w = np.zeros(n)
     w[:6] = [0.05, -0.03, 0.02, 0.0, 0.0, 0.01]
     u = offset + masks @ w + 0.02 * masks[:, 0] * masks[:, 1] + 0.01 * rng.standard_normal(m)
     got, info = ame_regression(masks, p, u, knockoff_masks=knockoffs)
     want, path_length = _original_ame(masks, knockoffs, p, u, np.arange(m) % 20)
-    assert info["nonzero"] >= 2  # a problem where the penalty leaves some points in
+    assert info["nonzero"] >= min_nonzero  # a problem where the penalty leaves some points in
     assert info["path_length"] == path_length
     np.testing.assert_allclose(got, want * ame_scale() ** 2, rtol=0, atol=5e-6)
+    return path_length
+
+
+@pytest.mark.parametrize("offset", [0.5, 0.0])
+def test_a_point_in_every_subset_of_one_probability_is_left_out_as_glmnet_leaves_it(
+    offset: float,
+) -> None:
+    """Subsets drawn at one probability get no intercept, and a point in all of them is a
+    constant column, which glmnet leaves out (coefficient 0). Kept, it stood in for the
+    intercept: 1.09 (offset 0.5) and 0.04 (offset 0) where the port gives 0, other points and
+    the path's length moved with it."""
+    _check_against_the_port(5, 90, 8, offset, True, min_nonzero=0, in_every_subset=3)
+    rng = np.random.default_rng(5)
+    masks = rng.random((90, 8)) < 0.4
+    masks[:, 3] = True
+    u = 0.5 + masks @ np.array([0.05, -0.03, 0.02, 0, 0, 0.01, 0, 0])
+    got, _ = ame_regression(masks, np.full(90, 0.4), u + 0.01 * rng.standard_normal(90))
+    assert got[3] == 0.0
+
+
+def test_utilities_far_from_zero_end_the_path_at_its_fifth_penalty() -> None:
+    """glmnet ends its path no earlier than the fifth penalty: utilities around 5 with a spread
+    of a few hundredths leave almost nothing to gain after the first penalties (R² counts the
+    intercepts' share), so the path stops exactly there, as the port's does."""
+    assert _check_against_the_port(0, 120, 8, 5.0, False, min_nonzero=1) == 5
 
 
 @pytest.mark.parametrize(
