@@ -35,7 +35,14 @@ from valbench.params import Interval, Options, Param
 from valbench.types import Claim
 
 from .layers import SOLVERS
-from .loop import GRAD_SUMS, PHI_NORMS, LoopConfig, RunResult, run_online
+from .loop import (
+    GRAD_SUMS,
+    PHI_NORMS,
+    LoopConfig,
+    RunResult,
+    check_phi_can_learn,
+    run_online,
+)
 
 __all__ = ["HostCP", "HostCPFast", "HostCPSmooth", "HostCPDS3"]
 
@@ -166,6 +173,7 @@ class _HostCPBase(Method):
 
     def value(self, task: ValuationTask, ctx: RunContext) -> Valuation:
         cfg = self._config()
+        check_phi_can_learn(cfg, task)  # before the first fit is charged
         n = task.n_train
         fractions = [float(f) for f in ctx.fractions]
         affordable = int(min(len(fractions), ctx.budget.remaining_fits()))

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from valbench.errors import UsageError
 from valbench.network import func_per_sample_grads
 from valbench.types import ValuationTask
 
@@ -44,6 +45,8 @@ __all__ = [
     "RunResult",
     "ThetaModel",
     "VAL_BATCH",
+    "check_phi_can_learn",
+    "learns_phi",
     "per_sample_grads",
     "per_sample_grads_func",
     "nearest",
@@ -362,6 +365,23 @@ def _val_loss(
     return total
 
 
+def learns_phi(cfg: LoopConfig) -> bool:
+    """Whether a run learns φ: only the faithful and smooth programs pass a gradient to it
+    (the others have none, so their look-ahead would be wasted work; φ still takes its
+    weight decay)."""
+    return cfg.learn_phi and cfg.mode in ("lp", "smooth")
+
+
+def check_phi_can_learn(cfg: LoopConfig, task: ValuationTask) -> None:
+    """Refuses a run that would learn φ with no validation points: its look-ahead has no
+    loss, so φ would stay as drawn and the run pass hostcp-fast's selection as its own."""
+    if learns_phi(cfg) and len(task.y_val) == 0:
+        raise UsageError(
+            "HOST-CP learns phi from the look-ahead loss on the validation points, and this "
+            "task has none; give the task validation points, or set learn_phi=False"
+        )
+
+
 def run_online(
     task: ValuationTask,
     fraction: float,
@@ -392,9 +412,8 @@ def run_online(
     if phi_init is not None:
         phi.params = {k: v.to(_DT).clone() for k, v in phi_init.items()}
     b_max, e_max = cfg.batch_size, cfg.n_existing
-    # Only the faithful and smooth programs pass a gradient to φ (the others have none, so
-    # their look-ahead would be wasted work; φ still takes its weight decay).
-    wants_grad = cfg.learn_phi and cfg.mode in ("lp", "smooth") and len(yv) > 0
+    check_phi_can_learn(cfg, task)
+    wants_grad = learns_phi(cfg)
 
     weights = np.zeros((cfg.epochs, n))
     reps = np.zeros(n)

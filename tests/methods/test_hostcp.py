@@ -485,6 +485,8 @@ def test_a_run_the_seconds_budget_cut_between_epochs_is_marked_incomplete(
     out = HostCPFast(batch_size=10, n_existing=10, epochs=3).value(task, ctx)
     assert out.stats["per_fraction"]["0.3"]["epochs"] == 1
     assert out.stats["truncated_runs"] == ["0.3"] and out.complete is False
+    # Averaged over the one epoch that ran (the LP spends f per point and epoch), not the 3 asked.
+    assert out.stats["per_fraction"]["0.3"]["mean_representativeness"] == pytest.approx(0.3)
     full = HostCPFast(batch_size=10, n_existing=10, epochs=3).value(
         task, RunContext.for_task(task, fractions=(0.3,))
     )
@@ -914,3 +916,322 @@ def test_progress_hears_each_fractions_run() -> None:
         RunContext.for_task(task, fractions=(0.2, 0.4), progress=lambda d, t: heard.append((d, t))),
     )
     assert heard == [(1, 2), (2, 2)]
+
+
+# -- mutation hunt, round 4: a spent fit budget, tie order of the final subset, a one-point
+# selection, the refusals of the loop, the pool past its first buffer, truncated statistics ----
+
+
+def test_a_spent_fit_budget_declines_before_any_run() -> None:
+    """No fit left: not one online run, so no selection; the decline names the unit's cost."""
+    from valbench.errors import CellSkipped
+    from valbench.types import Budget
+
+    task = make_check_task(n_train=20)
+    ctx = RunContext.for_task(task, fractions=(0.2,), budget=Budget(max_fits=0))
+    with pytest.raises(
+        CellSkipped, match=r"hostcp-fast: .*no whole online run .*needs up to 1 fit;"
+    ):
+        HostCPFast(batch_size=10, n_existing=10, epochs=1, embed_dim=6).value(task, ctx)
+    assert ctx.budget.fits_used() == 0
+
+
+def test_final_subset_breaks_score_ties_by_the_lower_index() -> None:
+    """Equal scores keep index order, among the last epoch's picks and in the fill-up (which
+    is mostly ties: points picked in no epoch, or only in the same earlier ones)."""
+    from valbench.methods.hostcp import _final_subset
+    from valbench.methods.hostcp.loop import RunResult
+
+    scores = np.zeros(100)
+    scores[::7] = 0.1  # points picked in earlier epochs only
+    scores[[90, 40, 60, 10]] = [0.5, 0.5, 0.2, 0.5]
+    res = RunResult(selected=np.array([40, 90, 60, 10]), scores=scores)
+    assert _final_subset(res, 3).tolist() == [10, 40, 90]
+    earlier = list(range(0, 100, 7))
+    zero = [i for i in range(100) if i % 7 and i not in (10, 40, 60, 90)]
+    assert _final_subset(res, 40).tolist() == [10, 40, 90, 60] + earlier + zero[:21]
+
+
+def test_a_last_epoch_that_selects_one_point_is_not_marked_empty(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One opened column, one selected point: a HOST-CP selection, and the run is complete."""
+    import valbench.methods.hostcp.loop as loop
+
+    monkeypatch.setattr(loop, "ds3_solve", _fake_ds3(True))
+    task = make_check_task(n_train=10)
+    out = HostCPDS3(batch_size=10, n_existing=10, epochs=1, embed_dim=6).value(
+        task, RunContext.for_task(task, fractions=(0.16,))
+    )
+    assert out.stats["empty_selections"] == [] and out.complete is True
+    assert out.selections[0.16].tolist() == [0, 1]  # the pick, then the fill by score
+
+
+def test_each_parameter_reaches_the_online_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every parameter a user sets is the one the run uses (none left at its default)."""
+    import valbench.methods.hostcp as hostcp
+
+    seen: list[LoopConfig] = []
+
+    def record(task: ValuationTask, fraction: float, cfg: LoopConfig, *args, **kwargs):
+        seen.append(cfg)
+        return run_online(task, fraction, dataclasses.replace(cfg, epochs=1), *args, **kwargs)
+
+    monkeypatch.setattr(hostcp, "run_online", record)
+    given = {
+        "batch_size": 7, "n_existing": 5, "epochs": 2, "lr": 0.02, "lr_phi": 0.03,
+        "weight_decay": 0.01, "threshold": 0.8, "embed_dim": 6, "grad_sum": "cumulative",
+        "phi_norm": "running",
+    }  # fmt: skip
+    task = make_check_task(n_train=14)
+    for cls, extra, mode in (
+        (HostCP, {"solver": "SCS", "learn_phi": False}, "lp"),
+        (HostCPSmooth, {"eps": 0.3}, "smooth"),
+        (HostCPDS3, {}, "ds3"),
+    ):
+        seen.clear()
+        cls(**given, **extra).value(task, RunContext.for_task(task, fractions=(0.3,)))
+        want = LoopConfig(mode=mode, **given, **extra)
+        assert seen == [want]
+
+
+def test_the_variants_defaults_beyond_the_authors_are_the_documented_ones() -> None:
+    """The paper's per-sample sum, φ learnt, ECOS; the smooth program's ε = 0.05."""
+    params = HostCP().get_params()
+    assert (params["grad_sum"], params["learn_phi"], params["solver"]) == (
+        "per-sample",
+        True,
+        "ECOS",
+    )
+    assert HostCPSmooth().get_params()["eps"] == 0.05
+    # hostcp-smooth and hostcp-fast leave these to the loop's defaults.
+    cfg = LoopConfig()
+    assert (cfg.mode, cfg.solver, cfg.eps, cfg.learn_phi) == ("lp", "ECOS", 0.05, True)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("mode", "qp", "mode must be one of ('lp', 'fast', 'smooth', 'ds3'), got 'qp'"),
+        ("grad_sum", "mean", "grad_sum must be one of ('per-sample', 'cumulative'), got 'mean'"),
+    ],
+)
+def test_run_online_refuses_an_unknown_program_or_gradient_sum(
+    field: str, value: str, message: str
+) -> None:
+    """Refused before a fit is counted (unchecked, an unknown mode would run the DS3 branch)."""
+    import re
+
+    task = make_check_task(n_train=10)
+    cfg = LoopConfig(batch_size=10, n_existing=10, epochs=1, embed_dim=6)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        run_online(task, 0.3, dataclasses.replace(cfg, **{field: value}), np.random.default_rng(0))
+    assert task.fit_counter.count == 0
+
+
+def test_phi_refuses_an_unknown_normalisation() -> None:
+    with pytest.raises(
+        ValueError, match=r"norm must be one of \('batch', 'running'\), got 'layer'"
+    ):
+        Phi(3, 4, torch.Generator().manual_seed(0), "layer")
+
+
+def test_phi_running_statistics_average_with_momentum_one_tenth() -> None:
+    """The second batch is normalised by 0.9 · the first's statistics + 0.1 · its own."""
+    gen = torch.Generator().manual_seed(0)
+    phi = Phi(3, 4, gen, "running")
+    h1 = torch.randn(6, 3, generator=gen, dtype=torch.float64)
+    h2 = torch.randn(5, 3, generator=gen, dtype=torch.float64) + 2.0
+    z1 = torch.relu(h1 @ phi.params["W"] + phi.params["b"])
+    z2 = torch.relu(h2 @ phi.params["W"] + phi.params["b"])
+    first = phi(h1)
+    torch.testing.assert_close(
+        first, (z1 - z1.mean(0)) / torch.sqrt(z1.var(0, unbiased=False) + 1e-5)
+    )
+    mean = 0.9 * z1.mean(0) + 0.1 * z2.mean(0)
+    var = 0.9 * z1.var(0, unbiased=False) + 0.1 * z2.var(0, unbiased=False)
+    torch.testing.assert_close(phi(h2), (z2 - mean) / torch.sqrt(var + 1e-5))
+
+
+def test_the_existing_pool_keeps_every_row_and_norm_as_it_grows() -> None:
+    """Past its first buffer of 64 rows the pool reallocates: no row or squared norm is lost."""
+    from valbench.methods.hostcp.loop import _Pool
+
+    gen = torch.Generator().manual_seed(0)
+    chunks = [torch.randn(n, 3, generator=gen, dtype=torch.float64) for n in (40, 30, 70, 5)]
+    pool = _Pool()
+    for chunk in chunks:
+        pool.add(chunk)
+    rows = torch.cat(chunks)
+    assert len(pool) == 145
+    assert torch.equal(pool.rows(), rows)
+    torch.testing.assert_close(pool.squared_norms(), rows.pow(2).sum(dim=1), rtol=1e-15, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("cls", "given", "message"),
+    [
+        # θ would never move; the program would no longer be smooth; r_j is at most 1.
+        (HostCPFast, {"lr": 0.0}, "lr=0.0 is not in (0, inf)"),
+        (HostCPSmooth, {"eps": 0.0}, "eps=0.0 is not in (0, inf)"),
+        (HostCPFast, {"threshold": 1.5}, "threshold=1.5 is not in [0, 1]"),
+        (HostCPFast, {"lr_phi": -1.0}, "lr_phi=-1.0 is not in [0, inf)"),
+        (HostCPFast, {"batch_size": 0}, "batch_size=0 is not in [1, inf)"),
+    ],
+)
+def test_parameters_outside_their_range_are_refused(cls: type, given: dict, message: str) -> None:
+    import re
+
+    from valbench.errors import UsageError
+
+    with pytest.raises(UsageError, match=re.escape(message)):
+        cls(**given)
+
+
+def test_the_lp_path_uses_the_solver_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``solver`` picks diffcp's method in the cached layer and in the loop's call for it."""
+    import valbench.methods.hostcp.loop as loop
+
+    assert lp_layer(4, 3, "SCS").solver == "SCS" and lp_layer(4, 3, "clarabel").solver == "CLARABEL"
+    asked: list[tuple] = []
+
+    def record(b: int, e: int, solver: str = "ECOS"):
+        asked.append((b, e, solver))
+        return lp_layer(b, e, solver)
+
+    monkeypatch.setattr(loop, "lp_layer", record)
+    task = make_check_task(n_train=10)
+    cfg = LoopConfig(batch_size=10, n_existing=10, epochs=1, embed_dim=6, solver="CLARABEL")
+    run_online(task, 0.3, cfg, np.random.default_rng(0))
+    assert asked == [(10, 10, "CLARABEL")]
+
+
+def test_phi_norm_reaches_the_selection_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    import valbench.methods.hostcp.loop as loop
+
+    norms: list[str] = []
+
+    class Recording(Phi):
+        def __init__(self, d_in: int, dim: int, gen: torch.Generator, norm: str = "batch") -> None:
+            norms.append(norm)
+            super().__init__(d_in, dim, gen, norm)
+
+    monkeypatch.setattr(loop, "Phi", Recording)
+    task = make_check_task(n_train=10)
+    cfg = LoopConfig(mode="fast", batch_size=10, n_existing=10, epochs=1, embed_dim=6)
+    run_online(task, 0.3, dataclasses.replace(cfg, phi_norm="running"), np.random.default_rng(0))
+    assert norms == ["running"]
+
+
+def test_smooth_selects_the_top_columns_with_eps_relative_to_the_nearest_distance(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Per batch: ε = eps · the mean over rows of the distance to the nearest existing point,
+    and the ⌊f·m⌋ points selected are the columns of largest r_j = Σ_i Zn_ij."""
+    import valbench.methods.hostcp.loop as loop
+
+    calls: list[tuple] = []
+
+    def record(dn: torch.Tensor, do: torch.Tensor, k: float, eps: float) -> tuple:
+        out = entropic_assign(dn, do, k, eps)
+        calls.append((do.detach(), eps, out[0].detach().sum(dim=0)))
+        return out
+
+    monkeypatch.setattr(loop, "entropic_assign", record)
+    task = make_check_task(n_train=20)
+    cfg = LoopConfig(mode="smooth", batch_size=10, n_existing=10, epochs=1, embed_dim=6, eps=0.4)
+    res = run_online(task, 0.3, cfg, np.random.default_rng(0))
+    assert len(calls) == 2
+    for batch, (do, eps, r) in enumerate(calls):
+        assert eps == pytest.approx(0.4 * float(do.min(dim=1).values.mean()), rel=1e-12)
+        top = torch.sort(-r, stable=True).indices[:3] + 10 * batch
+        picked = res.epoch_selections[0][3 * batch : 3 * batch + 3]
+        assert picked.tolist() == top.tolist()
+        assert len(set(r.tolist())) == 10  # no ties: the top three are well defined
+
+
+def test_ds3_breaks_a_tie_in_opening_by_the_heavier_column(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two columns opened alike (t = 0.8), ⌊1.6⌋ = 1 representative: the one with more mass."""
+    import valbench.methods.hostcp.loop as loop
+
+    def solve(dn: np.ndarray, do: np.ndarray, k: float) -> tuple:
+        b, e = do.shape
+        zn, zo, t = np.zeros((b, b)), np.zeros((b, e)), np.zeros(b)
+        t[[2, 5]] = 0.8
+        zn[[2, 3], 2] = 0.8  # column 2: mass 1.6
+        zn[[5, 6, 7], 5] = 0.8  # column 5: mass 2.4
+        zo[:, 0] = 1.0 - zn.sum(axis=1)
+        return zn, zo, t
+
+    monkeypatch.setattr(loop, "ds3_solve", solve)
+    task = make_check_task(n_train=10)
+    cfg = LoopConfig(mode="ds3", batch_size=10, n_existing=10, epochs=1, embed_dim=6)
+    res = run_online(task, 0.16, cfg, np.random.default_rng(0))
+    assert res.epoch_selections[0].tolist() == [5]
+
+
+def test_closed_form_breaks_ties_in_the_nearest_distance_by_the_lower_index() -> None:
+    """A batch of 40 with many rows equally far from the existing set (duplicates do this):
+    the budget goes to the first of them, so the fast path's selection is deterministic."""
+    do = torch.full((40, 3), 0.5, dtype=torch.float64)
+    do[::3] = 1.0  # rows 0, 3, 6, ... tie at the largest nearest distance
+    assert closed_form_selection(do, 5).tolist() == [0, 3, 6, 9, 12]
+    zn, _ = lp_closed_form(torch.zeros(40, 40, dtype=torch.float64), do, 2.5)
+    assert zn.diagonal()[:9].tolist() == [1.0, 0, 0, 1.0, 0, 0, 0.5, 0, 0]
+
+
+def test_phi_is_drawn_from_the_runs_generator() -> None:
+    """φ's initialisation comes from ``rng``: the same stream draws the same φ, another a
+    different one (lr_phi = 0 and no weight decay keep φ at its draw)."""
+    task = make_check_task(n_train=10)
+    cfg = LoopConfig(
+        mode="fast", batch_size=10, n_existing=10, epochs=1, embed_dim=6, lr_phi=0.0,
+        weight_decay=0.0,
+    )  # fmt: skip
+    w = [run_online(task, 0.3, cfg, np.random.default_rng(s)).phi["W"] for s in (0, 0, 1)]
+    assert torch.equal(w[0], w[1]) and not torch.equal(w[0], w[2])
+    assert float(w[0].abs().max()) <= 1 / np.sqrt(2)  # torch.nn.Linear's bound, 1/√d_in
+
+
+def test_the_look_ahead_loss_sums_the_mean_loss_of_batches_of_1000() -> None:
+    """As the original's test loop: 2,500 validation points are 1000 + 1000 + 500, each
+    batch's mean cross-entropy, summed (not one mean over all, not one sum over points)."""
+    from valbench.methods.hostcp.loop import _val_loss
+
+    task = make_check_task(n_train=10)
+    theta = ThetaModel(task)
+    gen = torch.Generator().manual_seed(0)
+    params = {
+        k: torch.randn(v.shape, generator=gen, dtype=v.dtype) for k, v in theta.params.items()
+    }
+    xv = torch.randn(2500, task.n_features, generator=gen, dtype=torch.float64)
+    yv = torch.randint(0, task.n_classes, (2500,), generator=gen)
+    ce = torch.nn.functional.cross_entropy(theta.logits(params, xv), yv, reduction="none")
+    want = ce[:1000].mean() + ce[1000:2000].mean() + ce[2000:].mean()
+    torch.testing.assert_close(_val_loss(theta, params, xv, yv), want, rtol=1e-12, atol=0)
+
+
+def test_theta_refuses_an_architecture_with_batch_norm_buffers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """θ is trained functionally without running statistics: a ResNet (width 2 here) is refused
+    with the reason, not trained with its batch-norm buffers frozen."""
+    from valbench import nets
+
+    monkeypatch.setitem(nets._BUILTINS, "resnet18", lambda: nets.ResNet18(width=2))
+    task = half_bright_images(20, 10, "resnet18:epochs=1,batch_size=8", "images")
+    with pytest.raises(ValueError, match="θ = resnet18: architectures with buffers"):
+        ThetaModel(task)
+
+
+def test_learning_phi_with_no_validation_points_is_refused() -> None:
+    # With no validation points the look-ahead has no loss, so φ stayed as drawn and the
+    # run reported itself complete: hostcp-fast's selection under hostcp-smooth's name.
+    from valbench.errors import UsageError
+
+    task = make_check_task(n_train=20)
+    empty = dataclasses.replace(task, x_val=task.x_val[:0], y_val=task.y_val[:0])
+    method = HostCPSmooth(batch_size=10, n_existing=10, epochs=1, embed_dim=6)
+    with pytest.raises(UsageError, match="learns phi from the look-ahead loss on the validation"):
+        method.value(empty, RunContext.for_task(empty, seed=0, fractions=(0.3,)))
+    assert empty.fit_counter.count == 0
