@@ -222,3 +222,71 @@ def test_untrained_models_give_the_class_zero_hit_rate_and_exact_bag_stats(
     np.testing.assert_allclose(got.scores, want, rtol=1e-12)
     assert got.stats["never_out_of_bag"] == int((~covered).sum())
     assert got.stats["mean_out_of_bag_per_point"] == pytest.approx((counts == 0).sum(0).mean())
+
+
+def test_unique_weighting_equals_models_trained_on_their_distinct_drawn_points() -> None:
+    # Subbagging: bootstrap model b trains on each point its sample drew (once or more), with
+    # equal weight, and the values are the original's out-of-bag accuracy of those models.
+    task = make_check_task(n_train=30)
+    got = DataOOB(n_estimators=10, weighting="unique").value(task, RunContext.for_task(task))
+    counts = bootstrap_counts(30, 10, RunContext.for_task(task).rng)
+    x, y = task.x_train, task.y_train
+    clf = task.build_model()
+    predictors = []
+    for row in counts:
+        params = clf.fit(x[row > 0], y[row > 0], np.ones((1, int((row > 0).sum())), bool))
+        predictors.append(lambda rows, params=params: clf.predict(params, rows)[0])
+    want = _original_oob_values(predictors, counts, x, y)
+    covered = (counts == 0).any(axis=0)
+    np.testing.assert_allclose(got.scores[covered], want[covered], rtol=0, atol=1e-12)
+
+
+def test_a_seconds_budget_asks_for_a_small_first_batch_of_models(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # No pace is known before the first fit: the first batched fit holds Budget.FIRST_REQUEST
+    # (16) models, not batch_size (40), so a short time limit is not overrun by one batch.
+    import valbench.methods.data_oob as data_oob
+
+    sizes: list[int] = []
+
+    def spy(clf, x, y, counts, *, init=None, epochs=None):
+        sizes.append(len(counts))
+        return weighted_fit(clf, x, y, counts, init=init, epochs=epochs)
+
+    monkeypatch.setattr(data_oob, "weighted_fit", spy)
+    task = make_check_task(n_train=20)
+    budget = Budget(max_seconds=3600)
+    got = DataOOB(n_estimators=40, batch_size=40).value(
+        task, RunContext.for_task(task, budget=budget)
+    )
+    assert sizes[0] == 16 and sum(sizes) == 40 and got.complete
+
+
+def test_a_budget_of_no_fits_declines_before_training() -> None:
+    from valbench.errors import CellSkipped
+
+    task = make_check_task(n_train=20)
+    with pytest.raises(CellSkipped, match="data-oob"):
+        DataOOB().value(task, RunContext.for_task(task, budget=Budget(max_fits=0)))
+    assert task.fit_counter.count == 0
+
+
+def test_warm_start_on_a_model_of_two_epochs_still_trains_each_bootstrap_model(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A third of 2 epochs rounds down to 0; each warm bootstrap model trains at least 1,
+    # else it would be the full-data model itself, trained on the points it scores out of bag.
+    import valbench.methods.data_oob as data_oob
+
+    seen: list[object] = []
+
+    def spy(clf, x, y, counts, *, init=None, epochs=None):
+        seen.append(epochs)
+        return weighted_fit(clf, x, y, counts, init=init, epochs=epochs)
+
+    monkeypatch.setattr(data_oob, "weighted_fit", spy)
+    base = make_check_task(n_train=20)
+    task = type(base)(**{**base.__dict__, "model": ModelSpec(kind="logreg", epochs=2)})
+    DataOOB(warm_start=True, n_estimators=3).value(task, RunContext.for_task(task))
+    assert seen == [1]

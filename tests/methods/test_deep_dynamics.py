@@ -86,6 +86,13 @@ def test_runs_are_the_evaluation_model_of_their_seed_and_el2n_reads_them() -> No
     assert runs.steps == 5 and runs.runs == 2
 
 
+def test_a_short_last_minibatch_counts_as_an_optimiser_step() -> None:
+    # 20 images in batches of 16: each epoch takes a full batch and a short one of 4.
+    task = _task("cnn:batch_size=16", n=20)
+    got = EL2N(runs=1).value(task, RunContext.for_task(task))
+    assert got.stats["epochs"] == 1 and got.stats["optimizer_steps_per_run"] == 2
+
+
 def _plain_forgetting(task: ValuationTask, seed: int, epochs: int) -> np.ndarray:
     """A plain loop: torch.optim.Adam on the architecture's parameters, the model seed's
     batch order, correctness of each minibatch before its step; events counted by hand."""
@@ -122,6 +129,8 @@ def test_forgetting_equals_a_plain_training_loop(recipe_epochs: int) -> None:
     task = _task(f"cnn:batch_size=8,lr=0.01,dtype=float64,epochs={recipe_epochs}")
     got = Forgetting(runs=2, epochs=4).value(task, RunContext.for_task(task, seed=5))
     assert got.stats["epochs"] == 4
+    # Four epochs past a two-epoch recipe stretch its schedule to four (and say so).
+    assert got.stats["recipe"]["schedule_epochs"] == max(recipe_epochs, 4)
     expected = np.mean([_plain_forgetting(task, s, 4) for s in _seeds(5, 2)], axis=0)
     np.testing.assert_array_equal(got.scores, expected)
     assert expected.max() > 0  # something was forgotten
@@ -193,6 +202,10 @@ def test_recipe_parameters_are_refused_on_a_deep_model() -> None:
         EL2N(lr=0.1).value(fresh := _task(), RunContext.for_task(fresh))
     with pytest.raises(UsageError, match=r"--model cnn:epochs=VALUE"):
         TracIn(epochs=3).value(fresh := _task(), RunContext.for_task(fresh))
+    for key, value in (("lr", 0.5), ("batch_size", 8)):
+        with pytest.raises(UsageError, match=rf"tracin {key}={value}: .* --model cnn:{key}=VALUE"):
+            TracIn(**{key: value}).value(fresh := _task(), RunContext.for_task(fresh))
+        assert fresh.fit_counter.count == 0
 
 
 def test_budget_cuts_deep_runs_to_a_prefix() -> None:

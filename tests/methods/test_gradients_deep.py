@@ -202,6 +202,18 @@ def test_last_layer_influence_on_the_cnn_predicts_refitting_the_head_without_a_p
     assert np.argmax(got.scores) == np.argmax(actual)
 
 
+def test_a_head_without_weight_decay_is_taken_at_its_trained_weights_and_says_so() -> None:
+    # The cnn recipe has no weight decay: a head that separates its points has no stationary
+    # point to refine to, so the head is the trained one, and stats["refined"] says so.
+    task = _images_task("cnn:epochs=1,batch_size=8", n_train=12, n_val=6)
+    model, phi, _, stats = fit_for_gradients(task, "last", refine=True)
+    assert stats["refined"] is False and "newton_iterations" not in stats
+    clf, p = _trained(task)
+    with torch.no_grad():
+        trained = clf.arch.apply(p, {}, _pixels(task.x_train))[1]
+    torch.testing.assert_close(model.logits(model.params, phi), trained, rtol=1e-6, atol=1e-6)
+
+
 # --- influence on every layer of a (tiny) CNN --------------------------------------------------
 
 
@@ -306,6 +318,33 @@ def test_all_layer_requests_a_deep_model_cannot_serve_are_refused_before_trainin
         with pytest.raises(UsageError, match=match):
             InfluenceFunction(**params).value(task, RunContext.for_task(task))
         assert task.fit_counter.count == 0  # refused before any fit
+
+
+def test_auto_on_every_layer_of_a_small_deep_model_solves_exactly_with_self_influence(
+    tiny_cnn, monkeypatch
+) -> None:
+    # The tiny cnn has 105 parameters: "auto" is the exact solver, which serves self-influence,
+    # so the request passes the up-front check (and reaches the budget, which declines it).
+    # Past the exact solver's limit "auto" is CG, refused up front with self-influence.
+    from valbench import Budget
+    from valbench.errors import CellSkipped
+
+    task = _images_task("cnn:epochs=1,batch_size=8", n_train=12, n_val=6)
+    no_fits = RunContext.for_task(task, budget=Budget(max_fits=0))
+    with pytest.raises(CellSkipped):
+        InfluenceFunction(layers="all").value(task, no_fits)
+    monkeypatch.setattr(gr, "MAX_EXACT_PARAMS", 104)
+    with pytest.raises(UsageError, match="one cg solve per training point"):
+        InfluenceFunction(layers="all").value(task, no_fits)
+
+
+def test_every_layer_of_a_deep_model_needs_its_architecture() -> None:
+    # A whole deep network is differentiated with its classifier's own architecture, which the
+    # parameters alone do not carry: asked without it, the call says what it needs.
+    task = _images_task("cnn:epochs=1,batch_size=8", n_train=12, n_val=6)
+    init = task.build_model().init_params(1)
+    with pytest.raises(UsageError, match="layers='all' on cnn needs its architecture"):
+        gr.functional_from_params(init, 0.0, "all")
 
 
 # --- EK-FAC on every layer of a (small) CNN: convolutions as Kronecker layers -------------------
@@ -517,6 +556,14 @@ def test_representer_on_the_cnn_decomposes_the_refitted_heads_logits() -> None:
     np.testing.assert_allclose(out.scores, want.numpy(), rtol=1e-8, atol=1e-12)
     # The two flipped labels are poorly fitted: the largest weights on their own label.
     assert set(np.argsort(out.detection_scores)[:2]) == {3, 7}
+
+
+def test_representer_refuses_an_explicit_l2_of_zero_on_a_deep_model() -> None:
+    # Yeh et al.'s λ stands in only for l2=None on a model without weight decay; an l2 the
+    # caller gives must be > 0, on a deep model too.
+    task = _images_task("cnn:epochs=1,batch_size=8", n_train=12, n_val=6)
+    with pytest.raises(UsageError, match="need an L2-regularised last layer; got l2=0.0"):
+        fit_representer(task, l2=0.0)
 
 
 # --- the harness ---------------------------------------------------------------------------------

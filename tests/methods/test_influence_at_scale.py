@@ -99,15 +99,37 @@ def test_arnoldi_on_every_mlp_layer_matches_the_exact_solver() -> None:
     assert _rel(full.scores, exact.scores) < 1e-6
 
 
-def test_arnoldi_default_steps_are_twice_the_rank_plus_one() -> None:
+def test_arnoldi_default_steps_are_twice_the_rank_plus_one_and_at_least_20() -> None:
     """With ``arnoldi_iterations`` None the Krylov basis takes max(2 · rank + 1, 20) steps (the
     docstring's rule), here on a 51-parameter head (16 features + bias, 3 classes) whose
-    Krylov space is not invariant before. A wrong rule took 2 · rank: 20 then 24 steps."""
+    Krylov space is not invariant before. A wrong rule took 2 · rank: 20 then 24 steps. Rank 5
+    takes pyDVL's floor of 20 steps."""
     task = wide_task(n_train=120, width=16)
-    for rank, steps in ((10, 21), (12, 25)):
+    for rank, steps in ((5, 20), (10, 21), (12, 25)):
         got = _val(task, solver="arnoldi", arnoldi_rank=rank)
-        assert got.stats["arnoldi_steps"] == steps == 2 * rank + 1, got.stats
+        assert got.stats["arnoldi_steps"] == steps == max(2 * rank + 1, 20), got.stats
         assert got.stats["arnoldi_rank"] == rank
+
+
+def test_arnoldi_stops_once_its_krylov_space_is_invariant() -> None:
+    # Two distinct eigenvalues: the Krylov space of any start is two-dimensional, so two steps
+    # find both exactly and the third has nothing left to add.
+    h = torch.diag(torch.tensor([1.0, 1.0, 1.0, 2.0, 2.0, 2.0], dtype=torch.float64))
+    evals, vecs, steps = ih.arnoldi_eigenpairs(lambda v: h @ v, 6, 6, np.random.default_rng(0))
+    assert steps == 2 and vecs.shape == (6, 2)
+    torch.testing.assert_close(evals, torch.tensor([1.0, 2.0], dtype=torch.float64))
+
+
+def test_arnoldi_starts_from_the_runs_rng() -> None:
+    # Four steps on a 12-dimensional spectrum: the Ritz values depend on the start vector,
+    # which the run's seed draws.
+    h = torch.diag(torch.arange(1.0, 13.0, dtype=torch.float64))
+
+    def ritz(seed: int) -> torch.Tensor:
+        return ih.arnoldi_eigenpairs(lambda v: h @ v, 12, 4, np.random.default_rng(seed))[0]
+
+    torch.testing.assert_close(ritz(0), ritz(0), rtol=0, atol=0)
+    assert not torch.allclose(ritz(0), ritz(1))
 
 
 # --- EK-FAC ----------------------------------------------------------------------------
@@ -220,6 +242,23 @@ def test_datainf_equals_the_papers_formula_computed_densely() -> None:
     got = _val(solver="datainf")
     assert _rel(got.scores, expected) < 1e-9
     assert set(got.stats["datainf_damping"]) == {"W", "b"}
+
+
+def test_datainf_gives_a_block_without_gradient_a_finite_damping() -> None:
+    # The second block's gradients are all zero (a parameter no loss sees): the paper's rule
+    # would give it λ = 0 and a 0/0 solve; any λ serves, and 1 leaves the vector as it is.
+    grads = torch.zeros(5, 4, dtype=torch.float64)
+    grads[:, :2] = torch.randn(
+        5, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64
+    )
+    blocks = [(0, 2), (2, 4)]
+    dampings = ih.datainf_dampings(grads, blocks, None)
+    assert (
+        dampings[0] == pytest.approx(0.1 * float((grads[:, :2] ** 2).mean())) and dampings[1] == 1.0
+    )
+    v = torch.ones(4, 1, dtype=torch.float64)
+    out = ih.datainf_inverse(grads, blocks, dampings)(v)
+    assert torch.isfinite(out).all() and torch.equal(out[2:], v[2:])
 
 
 def test_datainf_approaches_the_damped_fisher_inverse_as_damping_grows() -> None:

@@ -103,3 +103,9 @@ def test_tracin_mlp_last_layer_runs() -> None:
 
 def test_tracin_conforms() -> None:
     check_method(TracIn)
+
+
+def test_defaults_are_the_documented_ones() -> None:
+    method = TracIn()
+    assert (method.epochs, method.checkpoints, method.lr, method.batch_size) == (20, 5, 0.1, 32)
+    assert method.layers == "all" and method.chunk == 1024

@@ -379,9 +379,10 @@ def test_offset_breaks_ties_among_the_hardest_by_index() -> None:
 
 def test_deep_default_epochs_round_the_fraction_up() -> None:
     """A tenth of 25 recipe epochs is 2.5 -> 3 (ceil, not round-half-even's 2); an exact
-    2.0 stays 2 despite float error in 0.1 x 20; never below 1."""
+    7 stays 7 despite float error (0.07 x 100 is 7.000000000000001); never below 1."""
     assert deep_default_epochs(25, 0.1) == 3
     assert deep_default_epochs(20, 0.1) == 2
+    assert deep_default_epochs(100, 0.07) == 7
     assert deep_default_epochs(3, 0.1) == 1
     assert deep_default_epochs(15, 1.0) == 15
 
