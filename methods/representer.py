@@ -50,15 +50,15 @@ def fit_representer(task: ValuationTask, l2: float | None = None) -> Representer
     :data:`YEH_L2`.
     """
     clf = task.build_model()
-    params = clf.fit(task.x_train, task.y_train, np.ones((1, task.n_train), dtype=bool))
     lam = float(clf.spec.l2 if l2 is None else l2)
     if l2 is None and clf.arch.deep and not lam > 0:
         lam = YEH_L2
-    if not lam > 0:
+    if not lam > 0:  # refused before the fit it would waste
         raise UsageError(
             f"representer points need an L2-regularised last layer; got l2={lam!r} "
             "(pass l2=... > 0 to the method or to the model)"
         )
+    params = clf.fit(task.x_train, task.y_train, np.ones((1, task.n_train), dtype=bool))
     head = gr.functional_from_params(params, lam, "last")
     phi = gr.head_features(params, task.x_train, clf)
     phi_val = gr.head_features(params, task.x_val, clf)

@@ -61,6 +61,10 @@ def test_representer_detects_planted_noise() -> None:
 def test_representer_needs_a_regularised_last_layer() -> None:
     with pytest.raises(UsageError, match="l2"):
         RepresenterPoints().value(fresh := _task(l2=0.0), RunContext.for_task(fresh))
+    assert fresh.fit_counter.count == 0  # refused before the fit it would waste
+    with pytest.raises(UsageError, match=r"got l2=-1\.0"):
+        fit_representer(task := _task("logreg"), l2=-1.0)
+    assert task.fit_counter.count == 0
 
 
 def test_representer_conforms() -> None:
