@@ -214,7 +214,8 @@ _REFETCH = "; delete it so valbench downloads a fresh copy, or re-download it"
 
 
 class _ForeignGlobal(pickle.UnpicklingError):
-    """A batch names a global outside the CIFAR allowance (never imported, never called)."""
+    """A batch names a global outside the CIFAR allowance (never imported, never called), or
+    asks a stand-in for more than data (a codec other than latin-1)."""
 
 
 def _numpy_reconstruct() -> Any:
@@ -225,9 +226,14 @@ def _numpy_reconstruct() -> Any:
     return _reconstruct
 
 
-def _array_from_buffer(buffer: Any, dtype: Any, shape: Any, order: Any) -> np.ndarray:
+def _array_from_buffer(
+    buffer: Any, dtype: Any, shape: Any, order: Any, axis_order: Any = None
+) -> np.ndarray:
     """What pickle protocol 5 calls to rebuild an array (numpy's ``_frombuffer``): data only."""
-    return np.frombuffer(buffer, dtype=dtype).reshape(shape, order=order)
+    array = np.frombuffer(buffer, dtype=dtype)
+    if order == "K" and axis_order is not None:  # a non-contiguous array's memory order
+        return array.reshape(shape, order="C").transpose(axis_order)
+    return array.reshape(shape, order=order)
 
 
 def _latin1_bytes(text: str, encoding: str) -> bytes:
@@ -240,13 +246,14 @@ def _latin1_bytes(text: str, encoding: str) -> bytes:
 
 class _CifarUnpickler(pickle.Unpickler):
     """Unpickles CIFAR-10 batches and nothing else: pickle.load would run any callable a
-    crafted file names, so only the globals the published (Python 2) batches use resolve.
+    crafted file names, so only the globals the published (Python 2) batches use resolve,
+    and data-only stand-ins for those a batch re-saved by Python 3 uses.
 
     Dicts, lists, ints and byte strings need no globals; a numpy array needs these three
     (``numpy.core`` in the published files, ``numpy._core`` when re-pickled by numpy 2).
     A batch re-saved with pickle protocol 5 rebuilds its arrays with ``_frombuffer`` and one
     saved with protocol 2 from Python 3 its byte strings with ``_codecs.encode``: both stand
-    in as data-only functions of the same arguments.
+    in as data-only functions taking the same arguments.
     """
 
     def find_class(self, module: str, name: str) -> Any:

@@ -103,10 +103,11 @@ def _standardized(
     Profiling the intercepts out (Frisch-Waugh-Lovell) centres ``x`` and ``y`` within each
     group; each column is scaled by its standard deviation, as glmnet standardises. glmnet
     drops constant columns, so rows of a single group get no intercept at all (its indicator
-    is constant) and an absent group's intercept is zero. A design column of one value (a
-    point in every subset or in none) is left out too: its scale is infinite, which makes it
-    zero in the reduced design and its coefficient zero (kept, a point in every subset of
-    one group would stand in for the missing intercept). Returns the reduced design and
+    is constant) and an absent group's intercept is zero. A design column of one value is
+    left out too (with one group, a point in every subset or in none; with several, 1/p
+    differs between groups): its scale is infinite, which makes it zero in the reduced design
+    and its coefficient zero (kept, it would stand in for the missing intercept). Returns the
+    reduced design and
     target, the scales, and the group means needed to predict."""
     constant = np.all(x == x[:1], axis=0)  # glmnet's test: every value equals the first
     scale = np.where(constant, np.inf, x.std(axis=0))

@@ -47,10 +47,13 @@ __all__ = [
 #: File types FileDataset reads.
 SUFFIXES = (".npz", ".csv", ".parquet")
 _PARTS = ("train", "val", "test")
-#: A number written with commas: "0,5", "1,234,567", or with dot or space thousands and a
-#: decimal comma as much of Europe writes it ("1.234,56", "1 234,5"). At least one value of
-#: the column must hold the comma.
-_COMMA_NUMBER = re.compile(r"\s*[-+]?(\d+(,\d+)*|\d{1,3}([. ]\d{3})+(,\d+)?)\s*")
+#: A number written with commas: "0,5", "1,234,567", or with dot or space thousands (one
+#: kind per number; French spreadsheets use a no-break space) and a decimal comma as much of
+#: Europe writes it ("1.234,56", "1 234,5"). At least one value of the column must hold the
+#: comma.
+_COMMA_NUMBER = re.compile(
+    r"\s*[-+]?(\d+(,\d+)*|\d{1,3}(?P<sep>[. \u00a0\u202f])\d{3}((?P=sep)\d{3})*(,\d+)?)\s*"
+)
 #: The arrays an .npz data file may hold: the training rows, and optionally its own
 #: validation and test rows (else carved from the training rows).
 NPZ_ARRAYS = ("x", "y", "x_val", "y_val", "x_test", "y_test")

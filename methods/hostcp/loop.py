@@ -374,11 +374,15 @@ def learns_phi(cfg: LoopConfig) -> bool:
 
 def check_phi_can_learn(cfg: LoopConfig, task: ValuationTask) -> None:
     """Refuses a run that would learn φ with no validation points: its look-ahead has no
-    loss, so φ would stay as drawn and the run pass hostcp-fast's selection as its own."""
+    loss, so φ would stay as drawn and the run pass a selection with φ untrained as its own."""
     if learns_phi(cfg) and len(task.y_val) == 0:
+        # hostcp has learn_phi; hostcp-smooth always learns φ.
+        other = (
+            "set learn_phi=False" if cfg.mode == "lp" else "use hostcp-fast, which learns no phi"
+        )
         raise UsageError(
             "HOST-CP learns phi from the look-ahead loss on the validation points, and this "
-            "task has none; give the task validation points, or set learn_phi=False"
+            f"task has none; give the task validation points, or {other}"
         )
 
 
@@ -399,6 +403,7 @@ def run_online(
         raise ValueError(f"mode must be one of {MODES}, got {cfg.mode!r}")
     if cfg.grad_sum not in GRAD_SUMS:
         raise ValueError(f"grad_sum must be one of {GRAD_SUMS}, got {cfg.grad_sum!r}")
+    check_phi_can_learn(cfg, task)
     task.fit_counter.add(1)  # θ is trained once per run
     gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
     n = task.n_train
@@ -412,7 +417,6 @@ def run_online(
     if phi_init is not None:
         phi.params = {k: v.to(_DT).clone() for k, v in phi_init.items()}
     b_max, e_max = cfg.batch_size, cfg.n_existing
-    check_phi_can_learn(cfg, task)
     wants_grad = learns_phi(cfg)
 
     weights = np.zeros((cfg.epochs, n))

@@ -672,6 +672,20 @@ def test_cifar10_batches_repickled_by_python3_and_numpy2_read_the_same(
         np.testing.assert_array_equal(got, want)
 
 
+def test_protocol_5_arrays_of_any_memory_layout_unpickle_as_numpy_does() -> None:
+    # numpy's _frombuffer rebuilds a transposed (order "K") array by its axis order; the
+    # stand-in takes the same arguments and gives the same arrays.
+    import io
+
+    from valbench.datasets._images import _CifarUnpickler
+
+    cube = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
+    for array in (cube, cube.transpose(2, 0, 1), np.asfortranarray(cube[0])):
+        text = pickle.dumps({b"data": array}, protocol=5)
+        got = _CifarUnpickler(io.BytesIO(text), encoding="bytes").load()[b"data"]
+        np.testing.assert_array_equal(got, array)
+
+
 def test_cifar10_batch_asking_for_another_codec_is_refused_unrun(tmp_path: Path) -> None:
     # _codecs.encode is let through for the latin-1 text protocol 2 writes, never another codec.
     import codecs

@@ -209,11 +209,10 @@ def test_numbers_written_with_a_decimal_comma_are_named_as_such(tmp_path: Path) 
     with pytest.raises(DatasetError, match="not numeric: a") as err:
         FileDataset(path=str(tmp_path / "comma.csv")).load(seed=0)
     assert "numbers written with a comma ('0,5'): write them with a decimal point" in str(err.value)
-    # Dot or space thousands with a decimal comma, as German or French spreadsheets save them;
-    # a value with no comma ("1.234") may sit beside them.
-    euro = "".join(
-        f'"{("1.234,5", "1.234", "2 345,25")[i % 3]}",{i % 3},{i % 2}\n' for i in range(40)
-    )
+    # Dot or space thousands with a decimal comma, as German or French spreadsheets save them
+    # (French ones with a no-break space); a value with no comma ("1.234") may sit beside them.
+    kinds = ("1.234,5", "1.234", "2 345,25", "2\u00a0345,25", "3\u202f456,5")
+    euro = "".join(f'"{kinds[i % 5]}",{i % 3},{i % 2}\n' for i in range(40))
     (tmp_path / "euro.csv").write_text("a,b,label\n" + euro)
     with pytest.raises(DatasetError, match="not numeric: a") as err:
         FileDataset(path=str(tmp_path / "euro.csv")).load(seed=0)

@@ -1226,12 +1226,19 @@ def test_theta_refuses_an_architecture_with_batch_norm_buffers(
 
 def test_learning_phi_with_no_validation_points_is_refused() -> None:
     # With no validation points the look-ahead has no loss, so φ stayed as drawn and the
-    # run reported itself complete: hostcp-fast's selection under hostcp-smooth's name.
+    # run reported itself complete: a selection with φ untrained under hostcp-smooth's name.
     from valbench.errors import UsageError
 
     task = make_check_task(n_train=20)
     empty = dataclasses.replace(task, x_val=task.x_val[:0], y_val=task.y_val[:0])
-    method = HostCPSmooth(batch_size=10, n_existing=10, epochs=1, embed_dim=6)
-    with pytest.raises(UsageError, match="learns phi from the look-ahead loss on the validation"):
-        method.value(empty, RunContext.for_task(empty, seed=0, fractions=(0.3,)))
+    small = {"batch_size": 10, "n_existing": 10, "epochs": 1, "embed_dim": 6}
+    for method, advice in (
+        (HostCPSmooth(**small), "or use hostcp-fast, which learns no phi"),
+        (HostCP(**small), "or set learn_phi=False"),
+    ):
+        with pytest.raises(UsageError, match="learns phi from the look-ahead loss") as err:
+            method.value(empty, RunContext.for_task(empty, seed=0, fractions=(0.3,)))
+        assert str(err.value).endswith(advice)
+    with pytest.raises(UsageError, match="learns phi"):  # the loop itself, before its fit
+        run_online(empty, 0.3, LoopConfig(**small), np.random.default_rng(0))
     assert empty.fit_counter.count == 0
