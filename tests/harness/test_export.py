@@ -477,3 +477,92 @@ def test_table_format_follows_the_name_in_any_case_and_write_table_the_format(
         write_table(frame, tmp_path / "folder.csv")
     with pytest.raises(UsageError, match="nowhere does not exist; create it or choose another"):
         write_table(frame, tmp_path / "nowhere" / "t.csv")
+
+
+def test_export_refuses_a_scores_file_whose_rows_or_labels_do_not_fit_the_data_file(
+    tmp_path: Path, test_plugins: Path
+) -> None:
+    """A scores file altered after the run (or a data file swapped for one of the same hash's
+    name) must not be mapped onto the wrong rows: a row past the file's end, in any split, a
+    class past its classes, or stored labels that are not the file's are each refused."""
+    from valbench.errors import RunDirectoryError
+    from valbench.export import export_table
+
+    n = 40
+    rows = "".join(f"r{i},{i * 7 % n},{i % 3},{'cat' if i % 2 else 'dog'}\n" for i in range(n))
+    data = tmp_path / "mine.csv"
+    data.write_text("id,a,b,label\n" + rows)
+    run = tmp_path / "run"
+    argv = ["run", "--methods", "row-echo", "--datasets", f"file:{data}", "--id-column", "id"]
+    argv += ["--seeds", "1", "--noise", "0", "--metrics", "none", "--out", str(run)]
+    assert main([*argv, "--backend", "serial", "--no-progress"]) == 0
+    (scores,) = (run / "scores").glob("*.npz")
+    with np.load(scores) as f:
+        good = {k: f[k] for k in f.files}
+    assert len(export_table(run)) == n  # the file as written maps
+
+    def moved(key: str, value: int, at: int = 0) -> dict[str, np.ndarray]:
+        changed = good[key].copy()
+        changed[at] = value
+        return {key: changed}
+
+    flipped = good["given_labels"].copy()
+    flipped[0] = 1 - flipped[0]
+    for damage, message in [
+        (moved("train_rows", n), f"train_rows points past the data file's {n} rows"),
+        (moved("val_rows", n), f"val_rows points past the data file's {n} rows"),
+        (moved("test_rows", n), f"test_rows points past the data file's {n} rows"),
+        (moved("labels", 2), "labels name a class past the data file's 2"),
+        (moved("given_labels", 2), "given_labels name a class past the data file's 2"),
+        ({"given_labels": flipped}, "the stored labels disagree with the data file's rows"),
+    ]:
+        np.savez(scores, **{**good, **damage})
+        with pytest.raises(RunDirectoryError, match=message):
+            export_table(run)
+
+
+def test_a_scores_file_with_damaged_held_out_rows_labels_or_owner_is_refused(
+    tmp_path: Path,
+) -> None:
+    """The validation and test rows, the labels and the flip mask are mapped onto the file's
+    rows as the scores are: a negative row (numpy's last row), labels of another length, a
+    mask that is not 0/1, or a file naming another cell are refused, not exported."""
+    from valbench.errors import RunDirectoryError
+    from valbench.export import load_cell_arrays
+
+    good = {
+        "scores": np.array([0.1, 0.2, 0.3]),
+        "train_rows": np.array([2, 0, 1]),
+        "val_rows": np.array([3, 4]),
+        "test_rows": np.array([5]),
+        "given_labels": np.array([0, 1, 0]),
+        "labels": np.array([0, 1, 0]),
+        "noisy_mask": np.zeros(3, dtype=bool),
+        "cell_id": np.array("d.m.noise0.seed0"),
+    }
+    np.savez(tmp_path / "good.npz", **good)
+    assert load_cell_arrays(tmp_path, "good.npz", "d.m.noise0.seed0").val_rows.tolist() == [3, 4]
+    for damage, message in [
+        ({"val_rows": np.array([3, -1])}, "val_rows is not a list of non-negative"),
+        ({"test_rows": np.array([-2])}, "test_rows is not a list of non-negative"),
+        ({"given_labels": np.array([0, 1])}, "given_labels does not match its 3 scores"),
+        ({"labels": np.array([0, 1, 0, 1])}, "labels does not match its 3 scores"),
+        ({"noisy_mask": np.zeros(2, dtype=bool)}, "noisy_mask does not match its 3 scores"),
+        ({"noisy_mask": np.array([0, 2, 0])}, "noisy_mask is not a true/false mask"),
+        ({"cell_id": np.array("d.m.noise0.seed1")}, "it holds the scores of cell d.m.noise0.seed1"),
+    ]:
+        np.savez(tmp_path / "bad.npz", **{**good, **damage})
+        with pytest.raises(RunDirectoryError, match=f"bad.npz is damaged: {message}"):
+            load_cell_arrays(tmp_path, "bad.npz", "d.m.noise0.seed0")
+
+
+def test_a_parquet_table_holds_its_columns_and_no_index(tmp_path: Path) -> None:
+    """A reader other than pandas (polars, R, DuckDB) sees exactly the table's columns: no
+    pandas index stored as an extra `__index_level_0__` column."""
+    import pyarrow.parquet as pq
+
+    from valbench.export import write_table
+
+    frame = pd.DataFrame({"row": [2, 0], "score": [0.5, -1.0]})
+    write_table(frame, tmp_path / "t.parquet")
+    assert pq.read_schema(tmp_path / "t.parquet").names == ["row", "score"]
