@@ -217,6 +217,7 @@ def run(
     isolated workers. Bad input raises a :class:`~valbench.errors.ValbenchError` before any
     cell runs.
     """
+    from valbench.cache import data_dir_unless_refused
     from valbench.runner import available_offline, execute
     from valbench.spec import CONFIG_KEYS, build_spec
 
@@ -230,11 +231,10 @@ def run(
     overrides: dict[str, Any] = {"methods": methods, **options}
     if datasets is not None:
         overrides["datasets"] = datasets
-    if options.get("data_dir"):
-        from valbench.cache import set_data_dir
-
-        set_data_dir(options["data_dir"])
-    spec = build_spec(preset, {}, overrides, present=available_offline)
+    # The data folder is set first (which datasets are present depends on it); a refused
+    # call puts the previous one back.
+    with data_dir_unless_refused(options.get("data_dir") or None):
+        spec = build_spec(preset, {}, overrides, present=available_offline)
     summary = execute(
         spec,
         out=None if out is None else Path(out),
@@ -403,6 +403,8 @@ def export(
         isinstance(methods, list | tuple) and all(isinstance(m, str) for m in methods)
     ):
         raise UsageError(f"methods must be a method's name or a list of names, got {methods!r}")
+    if methods is not None and not methods:  # an empty filter would read as "every method"
+        raise UsageError("methods is empty; name the methods to export, or leave it out for all")
     # Never over the user's data file the run read (an --out naming it, by mistake).
     inputs = run_data_files(Path(run_dir))
     out = None if out is None else Path(out).expanduser()

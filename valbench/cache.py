@@ -8,14 +8,23 @@ directory (``$XDG_CACHE_HOME/valbench`` or ``~/.cache/valbench`` on Linux,
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ENV_VAR", "data_dir", "set_data_dir", "default_data_dir", "config_key"]
+__all__ = [
+    "ENV_VAR",
+    "data_dir",
+    "data_dir_unless_refused",
+    "set_data_dir",
+    "default_data_dir",
+    "config_key",
+]
 
 #: Environment variable naming the data directory (inherited by worker processes).
 ENV_VAR = "VALBENCH_DATA"
@@ -46,6 +55,25 @@ def set_data_dir(path: str | os.PathLike[str] | None) -> None:
         return
     _override = Path(path).expanduser()
     os.environ[ENV_VAR] = str(_override)
+
+
+@contextlib.contextmanager
+def data_dir_unless_refused(path: str | os.PathLike[str] | None) -> Iterator[None]:
+    """:func:`set_data_dir` (nothing when ``path`` is None), undone when the block raises:
+    a call refused for bad input leaves the process's data directory as it was."""
+    global _override
+    before, env_before = _override, os.environ.get(ENV_VAR)
+    if path is not None:
+        set_data_dir(path)
+    try:
+        yield
+    except BaseException:
+        _override = before
+        if env_before is None:
+            os.environ.pop(ENV_VAR, None)
+        else:
+            os.environ[ENV_VAR] = env_before
+        raise
 
 
 def data_dir(override: str | os.PathLike[str] | None = None) -> Path:

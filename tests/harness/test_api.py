@@ -51,6 +51,9 @@ def test_run_returns_results_and_values_with_rows(tmp_path: Path) -> None:
     )
     with pytest.raises(UsageError, match="a method's name or a list"):
         run.export(methods=5)
+    for empty in ([], ()):  # an empty filter is no "every method"
+        with pytest.raises(UsageError, match="methods is empty; name the methods to export"):
+            run.export(methods=empty)
     # a table under a name that says another format, or an unknown format: refused up front
     with pytest.raises(UsageError, match=r"writes \.csv or \.parquet tables.*--format csv"):
         run.export(out=tmp_path / "t.xls")
@@ -342,6 +345,29 @@ def test_run_takes_its_data_dir_for_this_process_and_its_workers(
     assert os.environ[cache.ENV_VAR] == str(tmp_path / "d")
 
 
+@pytest.mark.parametrize("env_before", [None, "env"])
+def test_a_refused_run_leaves_the_data_dir_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, env_before: str | None
+) -> None:
+    import os
+
+    import valbench.cache as cache
+
+    monkeypatch.setattr(cache, "_override", None)  # both restored after the test
+    if env_before is None:
+        monkeypatch.delenv(cache.ENV_VAR, raising=False)
+    else:
+        monkeypatch.setenv(cache.ENV_VAR, str(tmp_path / env_before))
+    with pytest.raises(UsageError, match="seeds must be a whole number, got 'x'"):
+        valbench.run(
+            methods=["random"], datasets=["synthetic"], seeds="x", data_dir=tmp_path / "d",
+            out=tmp_path / "never",
+        )  # fmt: skip
+    assert cache._override is None
+    assert os.environ.get(cache.ENV_VAR) == (env_before and str(tmp_path / env_before))
+    assert not (tmp_path / "never").exists()
+
+
 def test_values_keep_the_training_order_and_say_an_estimate_is_unfinished(
     tmp_path: Path,
 ) -> None:
@@ -401,3 +427,48 @@ def test_value_file_writes_to_home_paths_and_a_stopped_rerun_beside_the_table(
             tmp_path / "v.partial.csv", ["random", "knn-shapley"], **kw, out=tmp_path / "v.csv"
         )
     assert (tmp_path / "v.partial.csv").read_bytes() == before
+
+
+def test_value_file_refuses_bad_outputs_and_paths_before_valuing_anything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each refusal comes before the valuation (which can take hours), and the user's data
+    file is never written over by its own table."""
+    import valbench.api
+
+    data = _labelled_file(tmp_path / "mine.csv")
+    before = data.read_bytes()
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("valued before the refusal")
+
+    monkeypatch.setattr(valbench.api, "value_arrays", never)
+    kw = {"label_column": "y", "id_column": "id"}
+    with pytest.raises(UsageError, match=r"writes \.csv or \.parquet tables; end the file name"):
+        valbench.value_file(data, ["random"], **kw, out=tmp_path / "v.xls")
+    with pytest.raises(UsageError, match="is this command's own input"):
+        valbench.value_file(data, ["random"], **kw, out=data)
+    assert data.read_bytes() == before
+    with pytest.raises(UsageError, match="path must be a file's path, got 5"):
+        valbench.value_file(5, ["random"])  # type: ignore[arg-type]
+
+
+def test_values_refuses_a_bool_noise_and_names_the_seeds_of_that_method_only(
+    tmp_path: Path,
+) -> None:
+    """noise=True is no rate (not 1.0); a run cut short holds loo at seed 0 only though
+    random reached seed 1: the refusal names the seeds loo has, not the run's."""
+    import json
+
+    from test_report_fakes import fake_run
+
+    run = fake_run(tmp_path / "run", methods=("random", "loo"), datasets=("digits",), seeds=2)
+    lines = (run / "results.jsonl").read_text().splitlines()
+    kept = [line for line in lines if json.loads(line)["cell_id"] != "digits.loo.noise0.1.seed1"]
+    assert len(kept) == len(lines) - 1
+    (run / "results.jsonl").write_text("\n".join(kept) + "\n")
+    opened = valbench.open_run(run)
+    with pytest.raises(UsageError, match="noise must be a number .*, got True"):
+        opened.values("random", "digits", noise=True)  # type: ignore[arg-type]
+    with pytest.raises(UsageError, match=r"holds loo/digits at seeds 0, noise 0.1$"):
+        opened.values("loo", "digits", seed=1)
