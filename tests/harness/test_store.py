@@ -340,3 +340,437 @@ def test_a_data_directory_under_home_is_expanded(
     cache.set_data_dir("~/flag")
     assert cache.data_dir() == tmp_path / "flag"
     cache.set_data_dir(None)
+
+
+def test_to_jsonable_makes_numpy_values_tuples_and_paths_strict_json() -> None:
+    from valbench.store import to_jsonable
+
+    value = {
+        np.int64(1): np.float32(0.5),
+        "grid": np.array([[1.0, np.nan], [np.inf, 2.0]]),
+        "pair": (np.int64(2), Path("runs/a")),
+        "flag": np.bool_(True),
+        "low": -np.inf,
+    }
+    got = to_jsonable(value)
+    assert got == {
+        "1": 0.5,
+        "grid": [[1.0, None], [None, 2.0]],
+        "pair": [2, "runs/a"],
+        "flag": True,
+        "low": None,
+    }
+    assert type(got["pair"][0]) is int and type(got["1"]) is float
+    json.dumps(got, allow_nan=False)  # strict JSON: numpy types and NaN would fail here
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("seeds", True, "spec.seeds = true, not a whole number"),
+        ("imbalance", True, "spec.imbalance = true, not a number"),
+        ("methods", "random", 'spec.methods = "random", not a list of names'),
+        ("model_by_dataset", [1], r"spec.model_by_dataset = \[1\], not an object of strings"),
+        ("params", {"random": 1}, "spec.params = .*, not an object of objects"),
+        ("noise", [10**400], r"a spec valbench cannot use \(OverflowError\)"),
+    ],
+)
+def test_a_spec_field_of_the_wrong_type_is_named(
+    tmp_path: Path, field: str, value: object, message: str
+) -> None:
+    from valbench.spec import RunSpec
+
+    spec = {**RunSpec(methods=("random",), datasets=("synthetic",)).to_dict(), field: value}
+    (tmp_path / "manifest.json").write_text(json.dumps({"spec": spec}))
+    with pytest.raises(RunDirectoryError, match=f"manifest.json has {message}; the run"):
+        read_manifest(tmp_path)
+
+
+def test_a_whole_spec_with_its_nulls_is_read_back(tmp_path: Path) -> None:
+    from valbench.spec import RunSpec
+
+    spec = RunSpec(methods=("random",), datasets=("synthetic",)).to_dict()
+    assert spec["max_train"] is None and spec["label_column"] is None  # optional fields
+    manifest = Manifest(spec=spec, config_hash="h", cells_total=1)
+    RunStore(tmp_path).write_manifest(manifest)
+    assert read_manifest(tmp_path) == manifest
+    assert (tmp_path / "manifest.json").read_text().endswith("}\n")  # a text file's last line
+
+
+def test_a_manifest_of_a_newer_valbench_asks_for_an_upgrade_not_a_restore(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "manifest.json").write_text(json.dumps({"schema": 99, "spec": {}}))
+    with pytest.raises(RunDirectoryError, match="upgrade valbench") as info:
+        read_manifest(tmp_path)
+    assert "damaged" not in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_results_line_of_a_newer_valbench_refuses_the_whole_file(tmp_path: Path) -> None:
+    lines = [_rec("a").to_json(), {**_rec("b").to_json(), "schema": 99}]
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    with pytest.raises(RunDirectoryError, match=r"results.jsonl:2: .*upgrade valbench"):
+        read_results(tmp_path)
+
+
+def test_a_line_with_a_seed_but_no_noise_is_read_by_what_it_names(tmp_path: Path) -> None:
+    store = RunStore(tmp_path)
+    store.append_result(
+        CellRecord(cell_id=_CELL + "x", status="ok", method="random", dataset="synthetic", seed=0)
+    )
+    assert [r.cell_id for r in read_results(tmp_path)] == [_CELL + "x"]
+
+
+def test_a_cell_of_noise_zero_is_named_as_the_spec_names_it(tmp_path: Path) -> None:
+    cell_id = "synthetic.random.noise0.seed1"
+    store = RunStore(tmp_path)
+    store.append_result(
+        CellRecord(
+            cell_id=cell_id,
+            status="ok",
+            method="random",
+            dataset="synthetic",
+            noise=0.0,
+            seed=1,
+        )
+    )
+    assert [r.cell_id for r in read_results(tmp_path)] == [cell_id]
+
+
+def test_lost_scores_names_a_cut_off_or_missing_scores_file(tmp_path: Path) -> None:
+    from valbench.store import lost_scores
+
+    store = RunStore(tmp_path)
+    store.prepare()
+    whole = store.write_scores(_CELL + "a", np.array([1.0, 2.0]), {})
+    cut = store.write_scores(_CELL + "b", np.array([1.0, 2.0]), {})
+    data = (tmp_path / cut).read_bytes()
+    (tmp_path / cut).write_bytes(data[: len(data) // 2])
+    records = [
+        CellRecord(
+            cell_id=_CELL + c, status="ok", method="random", dataset="synthetic", scores_file=f
+        )
+        for c, f in (("a", whole), ("b", cut), ("c", "scores/c.npz"))
+    ]
+    records.append(_rec("d"))  # no scores file: nothing to lose
+    assert lost_scores(tmp_path, records) == [_CELL + "b", _CELL + "c"]
+
+
+def test_a_run_directory_inside_another_run_is_refused_before_it_is_made(tmp_path: Path) -> None:
+    outer = RunStore(tmp_path)
+    outer.prepare()
+    outer.write_manifest(Manifest(spec={"methods": ["random"]}, config_hash="h", cells_total=1))
+    inner = tmp_path / "nested" / "run"
+    with pytest.raises(RunDirectoryError, match=f"lies inside the run directory {tmp_path}"):
+        RunStore(inner).prepare()
+    assert not (tmp_path / "nested").exists()
+
+
+def test_the_lock_names_its_holder_over_an_older_longer_record(tmp_path: Path) -> None:
+    import os
+
+    from valbench.store import lock_holder
+
+    (tmp_path / ".lock").write_text(json.dumps({"pid": 1, "host": "x" * 500}))
+    store = RunStore(tmp_path)
+    store.lock()
+    try:
+        holder = lock_holder(tmp_path)
+    finally:
+        store.unlock()
+    assert holder is not None and holder["pid"] == os.getpid()
+    assert lock_holder(tmp_path) is None
+
+
+def test_empty_folders_of_valbench_s_own_names_leave_a_folder_empty(tmp_path: Path) -> None:
+    for sub in ("scores", "points", "figures", "printed"):
+        (tmp_path / sub).mkdir()
+    assert RunStore(tmp_path).holds_run() is False
+    (tmp_path / "figures" / "mine.png").write_bytes(b"png")
+    with pytest.raises(RunDirectoryError, match=r"is not empty \(figures\) and holds no"):
+        RunStore(tmp_path).holds_run()
+
+
+def test_clear_removes_every_file_valbench_wrote_and_keeps_the_rest(tmp_path: Path) -> None:
+    store = RunStore(tmp_path)
+    store.prepare()
+    store.write_manifest(Manifest(spec={"methods": ["random"]}, config_hash="h", cells_total=1))
+    store.append_result(_rec("a"))
+    store.write_scores(_CELL + "a", np.array([1.0]), {})
+    store.write_points("synthetic", {"x": np.zeros((2, 2))})
+    store.write_printed(_CELL + "a", b"hello\n", 6)
+    for name in ("results.csv", "index.html", "summary.json"):
+        (tmp_path / name).write_text("valbench's")
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / "curve.svg").write_text("<svg/>")
+    mine = ["notes.txt", "figures/mine.png", "printed/mine.log", "scores/mine.csv"]
+    for name in mine:
+        (tmp_path / name).write_text("mine")
+    store.clear()
+    left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    assert left == sorted(mine)
+    assert not (tmp_path / "points").exists()  # emptied folders go too
+
+
+def test_clear_refuses_a_planted_scores_link_and_deletes_nothing_behind_it(
+    tmp_path: Path,
+) -> None:
+    run = tmp_path / "run"
+    store = RunStore(run)
+    store.prepare()
+    store.write_manifest(Manifest(spec={"methods": ["random"]}, config_hash="h", cells_total=1))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "precious.npz").write_bytes(b"precious")
+    (run / "scores").symlink_to(elsewhere)
+    with pytest.raises(RunDirectoryError, match="scores is a symbolic link"):
+        store.clear()
+    assert (elsewhere / "precious.npz").read_bytes() == b"precious"
+    assert (run / "manifest.json").exists()
+
+
+def test_a_link_planted_inside_scores_is_refused(tmp_path: Path) -> None:
+    from valbench.store import check_entries
+
+    (tmp_path / "scores").mkdir()
+    (tmp_path / "scores" / "c.npz").symlink_to(tmp_path / "victim")
+    with pytest.raises(RunDirectoryError, match=r"scores/c.npz is a symbolic link.*remove it"):
+        check_entries(tmp_path)
+
+
+@pytest.mark.parametrize("planted", ["results.jsonl", ".lock"])
+def test_a_planted_link_met_while_writing_says_to_remove_it(tmp_path: Path, planted: str) -> None:
+    # Not the full-disk advice ("free the space ... run the same command again").
+    store = RunStore(tmp_path)
+    (tmp_path / planted).symlink_to(tmp_path.parent / f"{tmp_path.name}-victim")
+    with pytest.raises(RunDirectoryError, match=f"{planted} is a symbolic link.*remove it"):
+        if planted == ".lock":
+            store.lock()
+        else:
+            store.append_result(_rec("a"))
+
+
+def test_drop_cells_removes_what_the_cell_printed(tmp_path: Path) -> None:
+    store = RunStore(tmp_path)
+    store.prepare()
+    store.append_result(_rec("a"))
+    store.append_result(_rec("b"))
+    for c in "ab":
+        store.write_printed(_CELL + c, b"out\n", 4)
+    with store.results_path.open("a") as fh:
+        fh.write("[" * 100_000 + "\n[1, 2]\n")  # damaged lines are kept, not a crash
+    store.drop_cells([_CELL + "a"])
+    assert sorted(p.name for p in (tmp_path / "printed").iterdir()) == [f"{_CELL}b.txt"]
+    lines = store.results_path.read_text().splitlines()
+    assert len(lines) == 3 and json.loads(lines[0])["cell_id"] == _CELL + "b"
+
+
+def test_scores_keep_detection_scores_and_extra_arrays(tmp_path: Path) -> None:
+    store = RunStore(tmp_path)
+    store.prepare()
+    rel = store.write_scores(
+        "c",
+        np.array([1.0, 2.0]),
+        {},
+        detection_scores=np.array([0.5, 0.25]),
+        extra={"source_index": np.array([7, 3])},
+    )
+    with np.load(tmp_path / rel) as data:
+        np.testing.assert_array_equal(data["detection_scores"], [0.5, 0.25])
+        np.testing.assert_array_equal(data["source_index"], [7, 3])
+        assert str(data["cell_id"]) == "c"
+
+
+def test_printed_output_says_how_much_was_cut_and_only_then(tmp_path: Path) -> None:
+    store = RunStore(tmp_path)
+    whole = store.write_printed("c", b"all of it\n", 10)
+    assert (tmp_path / whole).read_bytes() == b"all of it\n"
+    cut = store.write_printed("d", b"tail\n", 1005)
+    assert (tmp_path / cut).read_bytes() == b"[the first 1,000 of 1,005 bytes are not kept]\ntail\n"
+
+
+_UNPICKLED: list[str] = []
+
+
+def _unpickled() -> str:
+    _UNPICKLED.append("ran")
+    return "x"
+
+
+class _Payload:
+    def __reduce__(self) -> tuple[object, tuple[()]]:
+        return (_unpickled, ())
+
+
+def test_a_scores_file_holding_a_pickle_is_refused_without_running_it(tmp_path: Path) -> None:
+    (tmp_path / "scores").mkdir()
+    np.savez(tmp_path / "scores" / "c.npz", scores=np.array([_Payload()], dtype=object))
+    _UNPICKLED.clear()
+    with pytest.raises(RunDirectoryError, match="scores/c.npz is damaged"):
+        load_scores(tmp_path, "scores/c.npz")
+    assert _UNPICKLED == []
+
+
+def test_an_interrupted_atomic_write_leaves_no_temporary_and_the_old_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from valbench.store import atomic_write
+
+    target = tmp_path / "summary.json"
+    target.write_bytes(b"old")
+
+    def interrupted(fd: int) -> None:
+        raise KeyboardInterrupt  # Ctrl-C during the write
+
+    monkeypatch.setattr(os, "fsync", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(target, b"new")
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+    assert target.read_bytes() == b"old"
+
+
+def test_a_damaged_manifest_is_explained_not_called_someone_elses(tmp_path: Path) -> None:
+    (tmp_path / "manifest.json").write_text("{")
+    assert RunStore(tmp_path).holds_run() is True  # read_manifest then says what is wrong
+
+
+def test_a_visible_tmp_file_is_someone_elses(tmp_path: Path) -> None:
+    (tmp_path / "draft.tmp").write_text("mine")
+    with pytest.raises(RunDirectoryError, match=r"not empty \(draft.tmp\)"):
+        RunStore(tmp_path).holds_run()
+
+
+def test_a_lock_record_that_is_not_an_object_is_holder_unknown(tmp_path: Path) -> None:
+    from valbench.store import lock_holder
+
+    store = RunStore(tmp_path)
+    store.lock()
+    try:
+        (tmp_path / ".lock").write_text("[1, 2]")  # the lock is advisory: this write goes in
+        assert lock_holder(tmp_path) == {}
+        with pytest.raises(RunDirectoryError, match=r"another valbench run \(holder unknown\)"):
+            RunStore(tmp_path).lock()
+    finally:
+        store.unlock()
+
+
+def _refusal(targets: dict[str, Path], inputs: tuple[Path, ...] = ()) -> str:
+    from valbench.errors import UsageError
+    from valbench.store import check_output_files
+
+    with pytest.raises(UsageError) as info:
+        check_output_files(targets, inputs)
+    assert "\n" not in str(info.value)
+    return str(info.value)
+
+
+def test_output_files_that_would_destroy_something_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "data.csv").write_text("x\n")
+    (tmp_path / "folder").mkdir()
+    message = _refusal({"--csv": tmp_path / "data.csv" / "t.csv"})
+    assert message.endswith("data.csv is a file, not a folder")
+    assert "does not exist; create it first" in _refusal({"--csv": tmp_path / "no" / "t.csv"})
+    assert _refusal({"--csv": tmp_path / "folder"}).endswith("is a folder; name the file to write")
+    own = _refusal({"--csv": tmp_path / "data.csv"}, (tmp_path / "data.csv",))
+    assert own.startswith(f"--csv {tmp_path / 'data.csv'} is this command's own input")
+    both = _refusal({"--csv": tmp_path / "t.csv", "--html": tmp_path / "t.csv"})
+    assert both == "--csv and --html name the same file; give two paths"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.csv", "folder"]  # no probe left
+
+
+def test_distinct_new_output_files_are_accepted(tmp_path: Path) -> None:
+    from valbench.store import check_output_files
+
+    check_output_files({"--csv": tmp_path / "t.csv", "--html": tmp_path / "t.html", "--x": None})
+    assert list(tmp_path.iterdir()) == []  # the writability probe is gone
+
+
+def test_an_input_under_home_is_the_same_file_as_its_expanded_output(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "data.csv").write_text("x\n")
+    message = _refusal({"--out": tmp_path / "data.csv"}, (Path("~/data.csv"),))
+    assert "is this command's own input" in message
+
+
+def test_an_output_inside_a_run_directory_is_refused_also_through_a_link(tmp_path: Path) -> None:
+    from valbench.store import check_output_files
+
+    run = tmp_path / "run"
+    RunStore(run).write_manifest(
+        Manifest(spec={"methods": ["random"]}, config_hash="h", cells_total=1)
+    )
+    inside = _refusal({"--csv": run / "t.csv"})
+    assert f"is inside the run directory {run}" in inside
+    assert inside.endswith("write it beside the run directory instead")
+    # A link to a folder inside the run: only where the link leads shows the run.
+    (run / "figures").mkdir()
+    (tmp_path / "link").symlink_to(run / "figures")
+    assert "inside the run directory" in _refusal({"--csv": tmp_path / "link" / "t.csv"})
+    # A damaged manifest does not make its folder a run: it must not block every output.
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "manifest.json").write_text("{")
+    check_output_files({"--csv": tmp_path / "other" / "t.csv"})
+
+
+def test_an_html_page_may_be_named_in_capitals(tmp_path: Path) -> None:
+    from valbench.errors import UsageError
+    from valbench.store import check_html_page
+
+    check_html_page("--html", tmp_path / "REPORT.HTML")
+    check_html_page("--html", tmp_path / "r.htm")
+    with pytest.raises(UsageError, match="name an .html file"):
+        check_html_page("--html", tmp_path / "data.csv")
+
+
+def test_points_are_written_once_per_split(tmp_path: Path) -> None:
+    store = RunStore(tmp_path)
+    rel = store.write_points("synthetic.seed0", {"x": np.array([1.0])})
+    assert store.write_points("synthetic.seed0", {"x": np.array([2.0])}) == rel
+    with np.load(tmp_path / rel) as data:
+        np.testing.assert_array_equal(data["x"], [1.0])
+
+
+def test_taking_the_lock_twice_is_holding_it_once(tmp_path: Path) -> None:
+    store = RunStore(tmp_path)
+    store.lock()
+    try:
+        store.lock()  # not a second lock refused by the first
+    finally:
+        store.unlock()
+
+
+def test_the_owner_of_scores_given_as_a_dict_is_checked() -> None:
+    from valbench.store import scores_owner_problem
+
+    arrays = {"cell_id": np.asarray("a"), "scores": np.array([1.0])}
+    assert scores_owner_problem(arrays, "b") == "it holds the scores of cell a, not of b"
+    assert scores_owner_problem(arrays, "a") is None
+    assert scores_owner_problem({"scores": np.array([1.0])}, "b") is None  # an older file
+
+
+def test_a_run_without_results_reads_as_none(tmp_path: Path) -> None:
+    assert read_results_checked(tmp_path) == ([], [])
+
+
+def test_repair_leaves_an_empty_results_file_alone(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = RunStore(tmp_path)
+    store.results_path.write_bytes(b"")
+    store.repair()
+    assert store.results_path.read_bytes() == b"" and caplog.records == []
+
+
+def test_a_scores_file_without_scores_or_not_an_archive_is_named_damaged(tmp_path: Path) -> None:
+    (tmp_path / "scores").mkdir()
+    np.savez(tmp_path / "scores" / "a.npz", other=np.array([1.0]))
+    with pytest.raises(RunDirectoryError, match=r"a.npz is damaged \(no 'scores' array\)"):
+        load_scores(tmp_path, "scores/a.npz")
+    with open(tmp_path / "scores" / "b.npz", "wb") as fh:
+        np.save(fh, np.array([1.0, 2.0]))  # a bare .npy under an .npz name
+    with pytest.raises(RunDirectoryError, match=r"b.npz is damaged \(not an .npz archive\)"):
+        load_scores(tmp_path, "scores/b.npz")
