@@ -235,8 +235,14 @@ class RunSpec:
             ("max_memory_mb", "--max-memory"),
             ("imbalance", "--imbalance"),
         ):
-            if isinstance(getattr(self, key), bool):
+            value = getattr(self, key)
+            if isinstance(value, bool):
                 raise UsageError(f"{flag} must be a number, not true/false")
+            if isinstance(value, int) and not -1e308 < value < 1e308:  # no float holds it
+                raise UsageError(
+                    f"{flag} must be a number a float can hold, "
+                    f"got a {len(str(value))}-digit integer"
+                )
         if not self.methods:
             raise UsageError("no methods selected; name at least one with --methods (or 'all')")
         if not self.datasets:
