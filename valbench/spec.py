@@ -241,7 +241,7 @@ class RunSpec:
             if isinstance(value, int) and not -1e308 < value < 1e308:  # no float holds it
                 raise UsageError(
                     f"{flag} must be a number a float can hold, "
-                    f"got a {len(str(value))}-digit integer"
+                    f"got a {len(str(abs(value)))}-digit integer"
                 )
         if not self.methods:
             raise UsageError("no methods selected; name at least one with --methods (or 'all')")
