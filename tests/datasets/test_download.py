@@ -8,6 +8,7 @@ import gzip
 import hashlib
 import os
 import re
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -313,19 +314,27 @@ def test_extract_members_never_takes_a_link_even_one_pointing_inside(tmp_path: P
     assert not (tmp_path / "into" / "d" / "y").is_symlink()
 
 
-def test_extract_members_drops_setuid_and_world_write_bits(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("stored", "kept", "wanted"),
+    # setuid and group/world write dropped; tarfile's "data" filter makes a member stored
+    # with mode 000 readable and writable by its owner once unpacked (the "tar" filter keeps
+    # 000: a batch no later run could read).
+    [(0o4777, stat.S_ISUID | stat.S_IWOTH | stat.S_IWGRP, 0), (0o000, 0o600, 0o600)],
+    ids=["setuid-world-write", "mode-000"],
+)
+def test_extract_members_sets_safe_modes(
+    tmp_path: Path, stored: int, kept: int, wanted: int
+) -> None:
     import io
-    import stat
     import tarfile
 
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
         info = tarfile.TarInfo("d/x")
-        info.size, info.mode = 1, 0o4777
+        info.size, info.mode = 1, stored
         tar.addfile(info, io.BytesIO(b"1"))
     out = _download.extract_members(_archive(tmp_path, buf.getvalue()), "d", {"x"}, tmp_path)
-    mode = stat.S_IMODE((out / "x").stat().st_mode)
-    assert not mode & (stat.S_ISUID | stat.S_IWOTH | stat.S_IWGRP)
+    assert stat.S_IMODE((out / "x").stat().st_mode) & kept == wanted
 
 
 def test_replace_tree_into_an_existing_target_keeps_its_other_files_and_drops_staging(
@@ -378,22 +387,6 @@ def test_a_refused_connection_is_said_as_the_reason_alone(tmp_path: Path) -> Non
         rf"no mirror delivered blob\.bin \({re.escape(url)}: \[Errno \d+\] Connection refused\)",
         str(err.value),
     )
-
-
-def test_extract_members_leaves_the_owner_able_to_read_and_write(tmp_path: Path) -> None:
-    # tarfile's "data" filter: a member stored with mode 000 is readable by its owner once
-    # unpacked (the "tar" filter keeps 000: a batch no later run could read).
-    import io
-    import stat
-    import tarfile
-
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        info = tarfile.TarInfo("d/x")
-        info.size, info.mode = 1, 0o000
-        tar.addfile(info, io.BytesIO(b"1"))
-    out = _download.extract_members(_archive(tmp_path, buf.getvalue()), "d", {"x"}, tmp_path)
-    assert stat.S_IMODE((out / "x").stat().st_mode) & 0o600 == 0o600
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -316,11 +317,34 @@ def test_on_a_cnn_an_epoch_the_seconds_left_cannot_pay_for_is_declined_up_front(
     assert got.complete and task.fit_counter.count == 2
 
 
-def test_the_methods_search_starts_from_the_zero_models_accuracy() -> None:
+def _class_1_scarce_task() -> ValuationTask:
+    """The check task with a validation split of 10, 4 and 10 points of classes 0, 1, 2 (the
+    check task's is balanced: every class's share is 1/3)."""
+    task = make_check_task(n_train=24)
+    keep = np.flatnonzero((task.y_val != 1) | (np.cumsum(task.y_val == 1) <= 4))
+    xv, yv = task.x_val[keep], task.y_val[keep]
+    assert np.bincount(yv).tolist() == [10, 4, 10]
+    splits = DatasetSplits(task.x_train, task.y_train, xv, yv, xv, yv, n_classes=3)
+    return ValuationTask.from_splits(
+        splits, model=ModelSpec(), name="unbalanced", seed=0, utility_factory=UtilityEngine
+    )
+
+
+@pytest.mark.parametrize(
+    "make_task",
+    # Zero weights predict class 0 everywhere, so the start is the share of class 0 in the
+    # validation split; with class 1 scarce, counting from another class's share would move
+    # every criterion.
+    [lambda: make_check_task(n_train=24), _class_1_scarce_task],
+    ids=["balanced", "class-1-scarce"],
+)
+def test_the_methods_search_starts_from_the_zero_models_accuracy(
+    make_task: Callable[[], ValuationTask],
+) -> None:
     """The criteria the method reports are mean − std of the validation accuracy after each
     candidate's epochs, counted from the zero model's accuracy (the share of class 0 in the
     validation split): the same numbers as plain-numpy epochs on the cell's first draws."""
-    task = make_check_task(n_train=24)
+    task = make_task()
     got = GShapley(max_permutations=1).value(task, RunContext.for_task(task, seed=2))
     rng = RunContext.for_task(task, seed=2).rng  # the search makes the cell's first draws
     expected = []
@@ -329,28 +353,6 @@ def test_the_methods_search_starts_from_the_zero_models_accuracy() -> None:
         expected.append(accs.mean() - accs.std())
     np.testing.assert_allclose(got.stats["lr_criteria"], expected, atol=1e-9)
     assert got.stats["lr"] == LR_GRID[int(np.argmax(expected))]
-
-
-def test_the_search_counts_from_the_validation_share_of_class_0() -> None:
-    """Zero weights predict class 0 everywhere, so the search's starting accuracy is the share
-    of class 0 in the validation split. The check task's split is balanced (every class's share
-    is 1/3); here class 1 has 4 of 24 points and class 0 has 10, so counting from another
-    class's share would move every criterion."""
-    task = make_check_task(n_train=24)
-    keep = np.flatnonzero((task.y_val != 1) | (np.cumsum(task.y_val == 1) <= 4))
-    xv, yv = task.x_val[keep], task.y_val[keep]
-    assert np.bincount(yv).tolist() == [10, 4, 10]
-    splits = DatasetSplits(task.x_train, task.y_train, xv, yv, xv, yv, n_classes=3)
-    task = ValuationTask.from_splits(
-        splits, model=ModelSpec(), name="unbalanced", seed=0, utility_factory=UtilityEngine
-    )
-    got = GShapley(max_permutations=1).value(task, RunContext.for_task(task, seed=2))
-    rng = RunContext.for_task(task, seed=2).rng  # the search makes the cell's first draws
-    expected = []
-    for rate in LR_GRID:
-        accs = np.array([_epoch_accuracy(task, rng.permutation(24), rate) for _ in range(10)])
-        expected.append(accs.mean() - accs.std())
-    np.testing.assert_allclose(got.stats["lr_criteria"], expected, atol=1e-9)
 
 
 def test_a_search_that_would_leave_no_permutation_is_abandoned_early(
