@@ -240,3 +240,27 @@ def test_the_mlp_closed_forms_pass_no_gradient_through_a_unit_at_exactly_zero() 
     generic = func_per_sample_grads(arch, params, {}, x, y)
     for name, grad in closed.items():
         torch.testing.assert_close(grad, generic[name], rtol=1e-12, atol=1e-15)
+
+
+def test_the_shallow_modules_compute_the_architectures_logits() -> None:
+    # The training-dynamics runs train these modules: the same network as init and apply.
+    x = torch.randn(6, 4, dtype=torch.float64)
+    mlp = MLP(hidden=5).module(4, 3).double()
+    params = {
+        "W1": mlp[0].weight.T,
+        "b1": mlp[0].bias,
+        "W2": mlp[2].weight.T,
+        "b2": mlp[2].bias,
+    }
+    with torch.no_grad():
+        torch.testing.assert_close(mlp(x), MLP(hidden=5).logits(params, {}, x))
+        linear = LogReg().module(4, 3).double()
+        want = LogReg().logits({"W": linear.weight.T, "b": linear.bias}, {}, x)
+        torch.testing.assert_close(linear(x), want)
+
+
+def test_the_registrys_mlp_has_the_documented_width_of_the_specs_default() -> None:
+    # docs/architecture.md: one ReLU hidden layer of 64 units, as ModelSpec's default.
+    plain = nets.get_architecture("mlp")
+    assert isinstance(plain, MLP) and plain.hidden == ModelSpec(kind="mlp").hidden == 64
+    assert nets.get_architecture("mlp").init((3,), 2, 0)[0]["W1"].shape == (3, 64)
