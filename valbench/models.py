@@ -631,8 +631,19 @@ class BatchedClassifier:
     # -- conversion ---------------------------------------------------------------------------
 
     def _features(self, x: np.ndarray) -> torch.Tensor:
-        arr = np.ascontiguousarray(feature_matrix(x, self.n_features), dtype=self.spec.dtype)
-        require_finite_rows(arr, "features", "impute or drop them before valuing")
+        given = feature_matrix(x, self.n_features)
+        with np.errstate(over="ignore"):  # a value past float32's range: refused below
+            arr = np.ascontiguousarray(given, dtype=self.spec.dtype)
+        if not np.isfinite(arr).all():
+            require_finite_rows(given, "features", "impute or drop them before valuing")
+            # Finite as given: too large for the model's precision.
+            beyond = ~np.isfinite(arr).all(axis=1)
+            raise UsageError(
+                f"features hold values beyond {self.spec.dtype}'s range "
+                f"(+-{np.finfo(arr.dtype).max:.2g}) in {int(beyond.sum())} of {len(arr)} rows "
+                f"(first: row {int(np.argmax(beyond))}); rescale them (standardise, say), or "
+                "train with the model option dtype=float64"
+            )
         # torch.from_numpy shares memory and warns on read-only arrays; copy those instead.
         return torch.from_numpy(arr if arr.flags.writeable else arr.copy())
 
@@ -847,7 +858,8 @@ class BatchedClassifier:
         """
         xa, xa_t = self._augmented(x)
         batch, d = params["W"].shape[0], self.n_features
-        w = torch.cat([params["W"].to(self.dtype).transpose(1, 2), params["b"][:, :, None]], 2)
+        w = params["W"].to(self.dtype).transpose(1, 2)
+        w = torch.cat([w, params["b"].to(self.dtype)[:, :, None]], 2)  # a start of any dtype
         decay_aug = decay.expand(batch, 1, d + 1).clone()
         decay_aug[:, :, d] = 0.0
         return xa, xa_t, w.contiguous(), decay_aug
@@ -1566,9 +1578,9 @@ class BatchedClassifier:
 
     def accuracy(self, params: Params, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Accuracy of every model on ``(x, y)``, shape (B,), float64 (NaN when ``x`` is empty)."""
-        labels = torch.from_numpy(np.asarray(y, dtype=np.int64))
         with torch.no_grad():
             xt = self._features(x)
+            labels = torch.from_numpy(class_labels(y, xt.shape[0], self.n_classes))
             if xt.shape[0] == 0:
                 return np.full(params.batch_size, np.nan)
             pred = self._class_major_logits(params.tensors, xt).argmax(dim=1)  # (B, m)
@@ -1579,9 +1591,9 @@ class BatchedClassifier:
         """Mean cross-entropy of every model on ``(x, y)``, shape (B,), float64 (NaN when ``x``
         is empty); computed from the log-softmax of the logits, so it is finite even where a
         probability underflows to 0."""
-        labels = torch.from_numpy(np.asarray(y, dtype=np.int64))
         with torch.no_grad():
             xt = self._features(x)
+            labels = torch.from_numpy(class_labels(y, xt.shape[0], self.n_classes))
             if xt.shape[0] == 0:
                 return np.full(params.batch_size, np.nan)
             logp = torch.log_softmax(self._class_major_logits(params.tensors, xt), dim=1)

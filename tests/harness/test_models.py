@@ -1161,3 +1161,275 @@ def test_a_deep_models_given_lr_and_l2_are_kept_even_at_the_shallow_defaults(kin
     assert models.ModelSpec(kind=kind, l2=0.001).l2 == 0.001
     shallow = models.ModelSpec.parse("logreg")
     assert (shallow.lr, shallow.l2) == (0.05, 0.001)
+
+
+# -- refusals, solver choice, intercepts, precision, memoised training data ----------------------
+
+
+def test_model_overrides_given_twice_or_without_a_key_are_refused() -> None:
+    with pytest.raises(UsageError, match="^--model 'logreg': tol is given twice; keep one$"):
+        ModelSpec.parse("logreg:tol=1e-5, tol=1e-6")
+    with pytest.raises(UsageError, match="^--model 'logreg': override '=5' is not KEY=VALUE"):
+        ModelSpec.parse("logreg:=5")
+
+
+def test_a_deep_model_refuses_a_zero_minibatch_and_a_shallow_solver() -> None:
+    with pytest.raises(UsageError, match=r"^model batch_size must be an integer >= 1, got 0$"):
+        ModelSpec(kind="cnn", batch_size=0)
+    assert ModelSpec(kind="cnn", batch_size=1).batch_size == 1
+    said = "trains with its recipe's optimiser; leave solver=auto"
+    for solver in ("lbfgs", "adam"):
+        with pytest.raises(UsageError, match=said):
+            ModelSpec(kind="cnn", solver=solver)
+
+
+@pytest.mark.parametrize("solver", ["lbfgs", "adam"])
+def test_a_solver_asked_for_is_the_one_two_classes_get(solver: str) -> None:
+    # Only "auto" picks Newton for two classes; an explicit solver is kept.
+    spec = ModelSpec(solver=solver)
+    assert spec.solver_for(2, 4) == solver
+    assert spec.build(4, 2, seed=0).solver == solver
+
+
+def test_a_model_without_features_or_a_negative_step_count_is_refused() -> None:
+    with pytest.raises(UsageError, match="^need at least one feature and one class, got 0 and 3$"):
+        ModelSpec().build(0, 3, seed=0)
+    with pytest.raises(UsageError, match="^need at least one feature and one class, got 4 and 0$"):
+        ModelSpec().build(4, 0, seed=0)
+    x, y = blobs(n=30)
+    for spec in (ModelSpec(), small_spec("mlp")):
+        with pytest.raises(UsageError, match="^epochs must be >= 0, got -1$"):
+            spec.build(4, 3, seed=0).fit(x, y, np.ones((1, 30), dtype=bool), epochs=-1)
+
+
+def test_a_foreign_init_an_empty_block_and_bad_sample_weights_are_refused() -> None:
+    x, y = blobs(n=60, d=4)
+    masks = np.ones((2, 60), dtype=bool)
+    clf = ModelSpec().build(4, 3, seed=0)
+    mlp_init = small_spec("mlp").build(4, 3, seed=0).init_params()
+    with pytest.raises(UsageError, match="^init holds mlp parameters, this model is logreg$"):
+        clf.fit(x, y, masks, init=mlp_init)
+    with pytest.raises(UsageError, match="consecutive runs"):
+        clf.fit(x, y, masks, blocks=[np.arange(1), np.array([], dtype=int), np.arange(1, 2)])
+    said = r"^sample_weight must be non-negative of shape \(2, 60\)$"
+    negative = np.ones((2, 60))
+    negative[1, 5] = -1.0
+    for bad in (negative, np.ones(60), np.ones((1, 60))):  # a row broadcast is no weight per model
+        with pytest.raises(UsageError, match=said):
+            clf.fit(x, y, masks, sample_weight=bad)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_sample_weights_of_any_scale_give_the_same_fit(kind: str) -> None:
+    # The loss is sum w_i loss_i / sum w_i: weights summing to less than 1 are not cut short.
+    x, y = blobs(n=40, d=3, spread=1.0)
+    weights = np.random.default_rng(2).integers(1, 4, size=(1, 40)).astype(float)
+    clf = ModelSpec.parse(kind, epochs=20 if kind == "mlp" else None).build(3, 3, seed=0)
+    big = models.weighted_fit(clf, x, y, weights).numpy()
+    small = models.weighted_fit(clf, x, y, weights / 1000).numpy()
+    for name, value in big.items():
+        np.testing.assert_allclose(small[name], value, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_a_one_class_subset_is_the_same_limit_model_whatever_the_solver(n_classes: int) -> None:
+    # Its loss is 0 whatever the parameters: the class keeps its start (0), the others get
+    # ABSENT_BIAS, every weight is 0; Newton (two classes) returns it as L-BFGS does.
+    x, y = blobs(n=60, d=3, n_classes=n_classes)
+    clf = ModelSpec().build(3, n_classes, seed=0)
+    fitted = clf.fit(x, y, (y == 1)[None, :])
+    want = np.full((1, n_classes), models.ABSENT_BIAS)
+    want[0, 1] = 0.0
+    np.testing.assert_array_equal(fitted["b"].numpy(), want)
+    assert not fitted["W"].any() and clf.fits_at_cap == 0
+
+
+def test_newton_keeps_the_mean_of_unequal_start_biases() -> None:
+    # The loss sees b1 - b0 only; the fit keeps the start's mean bias, (1 + 5) / 2 = 3.
+    x, y = blobs(n=40, d=2, n_classes=2, spread=1.0)
+    clf = ModelSpec().build(2, 2, seed=0)
+    everyone = np.ones((1, 40), dtype=bool)
+    cold = clf.fit(x, y, everyone)
+    start = Params(
+        "logreg",
+        {"W": torch.zeros(1, 2, 2, dtype=torch.float64), "b": torch.tensor([[1.0, 5.0]])},
+    )
+    warm = clf.fit(x, y, everyone, init=start.to(torch.float64))
+    np.testing.assert_allclose(warm["b"].numpy(), cold["b"].numpy() + 3.0, rtol=0, atol=1e-9)
+
+
+def test_a_model_the_mixed_phases_leave_non_finite_restarts_from_its_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    x, y = _noisy_blobs()
+    masks = np.random.default_rng(6).random((3, 300)) < 0.5
+    clf = ModelSpec().build(6, 4, seed=0)
+    plain = clf.fit(x, y, masks)
+    rough_fit = BatchedClassifier.fit
+
+    def poisoned(self: BatchedClassifier, *args: Any, **kwargs: Any) -> Params:
+        out = rough_fit(self, *args, **kwargs)
+        if self.dtype == torch.float32:  # the float32 phase: model 1 goes to NaN
+            out.tensors["W"][1] = float("nan")
+        return out
+
+    monkeypatch.setattr(BatchedClassifier, "fit", poisoned)
+    got = clf.fit(x, y, masks)
+    assert bool(torch.isfinite(got["W"]).all())
+    for b in range(3):
+        grads = clf.gradients(got.select(b), x, y, masks[b : b + 1])
+        assert max(float(g.abs().max()) for g in grads.values()) <= 1e-8
+    np.testing.assert_array_equal(clf.predict(got, x), clf.predict(plain, x))
+
+
+@pytest.mark.parametrize("tol", [1e-2, 1e-3])
+def test_newton_stops_each_model_within_its_gradient_tolerance(tol: float) -> None:
+    x, y = blobs(n=200, d=6, n_classes=2, spread=0.5)
+    rng = np.random.default_rng(1)
+    masks = rng.random((16, 200)) < rng.uniform(0.05, 1.0, size=(16, 1))
+    masks[:, :2] = True  # both classes in every subset
+    clf = ModelSpec(tol=tol).build(6, 2, seed=0)
+    assert clf.solver == "newton"
+    params = clf.fit(x, y, masks)
+    for b in range(len(masks)):
+        grads = clf.gradients(params.select(b), x, y, masks[b : b + 1])
+        assert max(float(g.abs().max()) for g in grads.values()) <= tol
+
+
+def test_a_mixed_precision_fit_is_charged_once_to_the_open_block() -> None:
+    # Its float32 phase is part of the same fit: a cell's block counts each model once.
+    x, y = _noisy_blobs()
+    clf = ModelSpec().build(6, 4, seed=0)  # the default runs the mixed phases (tested above)
+    with FitCounter().charging() as cell:
+        clf.fit(x, y, np.ones((5, 300), dtype=bool))
+    assert cell.count == 5
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_new_labels_on_the_same_features_are_read_not_the_memoised_ones(kind: str) -> None:
+    x, y = blobs(n=60, d=3)
+    relabelled = (y + 1) % 3
+    clf = small_spec(kind).build(3, 3, seed=0)
+    everyone = np.ones((1, 60), dtype=bool)
+    clf.fit(x, y, everyone)
+    got = clf.fit(x, relabelled, everyone)
+    want = small_spec(kind).build(3, 3, seed=0).fit(x, relabelled, everyone)
+    for name, value in want.tensors.items():
+        assert torch.equal(got[name], value), name
+
+
+def test_a_models_second_training_set_is_judged_afresh_for_float32(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Whether the float32 phase suits the features is decided per training set: a model that
+    # first fitted ordinary features keeps timestamps' fit in float64 (as a fresh model does).
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 300)
+    x = np.c_[rng.normal(size=(300, 2)) + y[:, None], 3e18 * rng.normal(size=300)]
+    everyone = np.ones((1, 300), dtype=bool)
+    clf = ModelSpec().build(3, 3, seed=0)
+    clf.fit(x / 3e18, y, everyone)
+    got = clf.fit(x, y, everyone)
+    monkeypatch.setattr(models, "_MIXED_PRECISION", False)
+    want = ModelSpec().build(3, 3, seed=0).fit(x, y, everyone)
+    for name in ("W", "b"):
+        torch.testing.assert_close(got[name], want[name], rtol=0, atol=0)
+
+
+def test_a_start_of_another_precision_trains_in_the_models_own() -> None:
+    x, y = blobs(n=60, d=3)
+    everyone = np.ones((1, 60), dtype=bool)
+    for kind, dtype, other in (("mlp", "float32", "float64"), ("logreg", "float64", "float32")):
+        start = small_spec(kind, dtype=other, epochs=5).build(3, 3, seed=1).init_params()
+        clf = small_spec(kind, dtype=dtype, epochs=5).build(3, 3, seed=0)
+        got = clf.fit(x, y, everyone, init=start)
+        want = clf.fit(x, y, everyone, init=start.to(models._DTYPES[dtype]))
+        for name, value in want.tensors.items():
+            assert got[name].dtype == value.dtype == models._DTYPES[dtype], name
+            torch.testing.assert_close(got[name], value, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_accuracy_and_log_loss_are_float64_whatever_the_models_dtype(kind: str) -> None:
+    x, y = blobs(n=30)
+    clf = small_spec(kind, dtype="float32", epochs=5).build(4, 3, seed=0)
+    params = clf.fit(x, y, np.ones((2, 30), dtype=bool))
+    assert clf.accuracy(params, x, y).dtype == np.float64
+    assert clf.log_loss(params, x, y).dtype == np.float64
+
+
+def test_log_loss_is_finite_on_a_class_the_subset_never_saw() -> None:
+    # The limit model gives an absent class probability exactly 0; its log-likelihood, read
+    # from the log-softmax, is still a finite -1e4 or so, not -inf.
+    x, y = blobs(n=60, d=3)
+    clf = ModelSpec().build(3, 3, seed=0)
+    fitted = clf.fit(x, y, (y != 2)[None, :])
+    assert clf.predict_proba(fitted, x)[0, y == 2, 2].max() == 0.0
+    loss = clf.log_loss(fitted, x[y == 2], y[y == 2])
+    assert np.isfinite(loss).all() and loss[0] > 1e3
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_weighted_fit_reads_zero_weights_as_points_left_out(kind: str) -> None:
+    # A model whose weights are all zero has an empty subset: it keeps its initialisation.
+    x, y = blobs(n=30, d=3)
+    clf = small_spec(kind, epochs=5).build(3, 3, seed=0)
+    weights = np.zeros((2, 30))
+    weights[1, :20] = 1.0
+    got = models.weighted_fit(clf, x, y, weights)
+    for name, value in clf.init_params().tensors.items():
+        assert torch.equal(got[name][:1], value), name
+
+
+def test_blocks_of_empty_subsets_keep_the_init() -> None:
+    x, y = blobs(n=60, d=4)
+    masks = np.zeros((3, 60), dtype=bool)
+    masks[2, :20] = True
+    clf = ModelSpec().build(4, 3, seed=0)
+    got = clf.fit(x, y, masks, blocks=[np.arange(2), np.arange(2, 3)])
+    want = clf.fit(x, y, masks)
+    assert not got["W"][:2].any() and not got["b"][:2].any()
+    torch.testing.assert_close(got["W"], want["W"], rtol=0, atol=2e-5)
+    none = clf.fit(x, y, masks[:2], blocks=[np.arange(1), np.arange(1, 2)])
+    assert not none["W"].any() and not none["b"].any()
+
+
+def test_a_float32_logreg_takes_a_float64_start() -> None:
+    # The bias was left in the start's dtype: float32 weights and a float64 bias failed in
+    # torch ("expected m1 and m2 to have the same dtype") for every solver.
+    rng = np.random.default_rng(0)
+    x, y, mask = rng.normal(size=(20, 3)), np.arange(20) % 3, np.ones((1, 20), dtype=bool)
+    start = ModelSpec().build(3, 3, 0).fit(x, y, mask)
+    for solver in ("lbfgs", "adam"):
+        clf = ModelSpec(dtype="float32", solver=solver).build(3, 3, 0)
+        got = clf.fit(x, y, mask, init=start)
+        assert got.tensors["b"].dtype == got.tensors["W"].dtype == torch.float32
+
+
+def test_a_finite_feature_beyond_float32_is_named_as_out_of_range() -> None:
+    rng = np.random.default_rng(0)
+    x, y, mask = rng.normal(size=(20, 3)), np.arange(20) % 3, np.ones((1, 20), dtype=bool)
+    x[4, 1] = 1e39  # finite in float64, inf once cast for the float32 MLP
+    with pytest.raises(UsageError) as err:
+        ModelSpec(kind="mlp").build(3, 3, 0).fit(x, y, mask)
+    assert str(err.value) == (
+        "features hold values beyond float32's range (+-3.4e+38) in 1 of 20 rows (first: row "
+        "4); rescale them (standardise, say), or train with the model option dtype=float64"
+    )
+    x[4, 1] = np.nan  # a gap as given is still a gap
+    with pytest.raises(UsageError, match="features hold NaN or inf in 1 of 20 rows"):
+        ModelSpec(kind="mlp").build(3, 3, 0).fit(x, y, mask)
+
+
+def test_accuracy_and_log_loss_check_the_labels_they_score() -> None:
+    # One label was broadcast over every row (accuracy 0.5 on four rows, said of nothing);
+    # labels out of range reached torch's gather.
+    rng = np.random.default_rng(0)
+    x, y, mask = rng.normal(size=(20, 3)), np.arange(20) % 3, np.ones((1, 20), dtype=bool)
+    clf = ModelSpec().build(3, 3, 0)
+    params = clf.fit(x, y, mask)
+    for score in (clf.accuracy, clf.log_loss):
+        with pytest.raises(UsageError, match=r"expected 4 labels, got shape \(1,\)"):
+            score(params, x[:4], np.array([1]))
+        with pytest.raises(UsageError, match=r"labels must lie in \[0, 3\), got 0..5"):
+            score(params, x[:4], np.array([0, 1, 2, 5]))
