@@ -895,14 +895,20 @@ def test_newton_cg_direction_solves_the_newton_system() -> None:
         assert float((d[b] * g[b]).sum()) < 0  # a descent direction
 
 
+def _timestamp_features() -> tuple[np.ndarray, np.ndarray]:
+    """300 rows of three classes: two ordinary features and a nanosecond-timestamp-like
+    column (~3e18) whose float32 covariance overflows."""
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 300)
+    return np.c_[rng.normal(size=(300, 2)) + y[:, None], 3e18 * rng.normal(size=300)], y
+
+
 def test_features_too_large_for_float32_keep_the_float64_fit(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # A nanosecond-timestamp column (~3e18): its float32 covariance overflows. The mixed
     # phases used to return NaN weights that passed the stopping test (NaN > tol is False).
-    rng = np.random.default_rng(0)
-    y = rng.integers(0, 3, 300)
-    x = np.c_[rng.normal(size=(300, 2)) + y[:, None], 3e18 * rng.normal(size=300)]
+    x, y = _timestamp_features()
     fits = {}
     for mixed in (True, False):
         monkeypatch.setattr(models, "_MIXED_PRECISION", mixed)
@@ -1323,9 +1329,7 @@ def test_a_models_second_training_set_is_judged_afresh_for_float32(
 ) -> None:
     # Whether the float32 phase suits the features is decided per training set: a model that
     # first fitted ordinary features keeps timestamps' fit in float64 (as a fresh model does).
-    rng = np.random.default_rng(0)
-    y = rng.integers(0, 3, 300)
-    x = np.c_[rng.normal(size=(300, 2)) + y[:, None], 3e18 * rng.normal(size=300)]
+    x, y = _timestamp_features()
     everyone = np.ones((1, 300), dtype=bool)
     clf = ModelSpec().build(3, 3, seed=0)
     clf.fit(x / 3e18, y, everyone)
