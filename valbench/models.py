@@ -1357,9 +1357,10 @@ class BatchedClassifier:
         is halved while the Armijo test fails (a model whose trial fails stays put and tries
         half the step at the next iteration, as in :meth:`_fit_logreg_lbfgs`). Newton is
         affine invariant, so no whitening. The biases keep the start's common shift (the loss
-        does not see it); a model already within ``tol`` at its start is returned as it was,
-        and so is one whose subset holds a single class (``absent``: the caller sets its
-        limit model).
+        does not see it); a model already within ``tol`` at its start (its full gradient, both
+        class blocks: a start off the symmetric line w₀ = −w₁ is symmetrised, which lowers
+        the penalty and keeps β) is returned as it was, and so is one whose subset holds a
+        single class (``absent``: the caller sets its limit model).
         """
         xa, xa_t, w, decay_aug = self._logreg_problem(x, params, decay)
         batch, size = w.shape[0], w.shape[2]
@@ -1383,11 +1384,16 @@ class BatchedClassifier:
 
         with torch.no_grad():
             out = beta0.clone()
-            moved = torch.zeros(batch, dtype=torch.bool)
             active = torch.arange(batch)
             cur, wts, pen = beta0, wts_all, curv
             f, g, h = evaluate(cur, wts, pen)
             gmax = g.abs().amax(dim=1).masked_fill_(absent.any(dim=1), 0.0)
+            # β's gradient alone misses a start off the symmetric line (w₀ ≠ −w₁): the full
+            # gradient's class blocks are ±g + l2/2 (w₀ + w₁). Such a start is not returned as
+            # it was even when β is already within tol: it is symmetrised (output from β).
+            spread = pen * (w[:, 0] + w[:, 1])
+            start_gmax = torch.maximum((g + spread).abs(), (g - spread).abs()).amax(dim=1)
+            moved = start_gmax.masked_fill_(absent.any(dim=1), 0.0) > tol
             step = torch.ones(batch, dtype=self.dtype)
             failures = torch.zeros(batch, dtype=torch.int64)
             eye = torch.eye(size, dtype=self.dtype)

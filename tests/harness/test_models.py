@@ -1264,6 +1264,24 @@ def test_newton_keeps_the_mean_of_unequal_start_biases() -> None:
     np.testing.assert_allclose(warm["b"].numpy(), cold["b"].numpy() + 3.0, rtol=0, atol=1e-9)
 
 
+def test_newton_symmetrises_a_start_whose_difference_is_already_optimal() -> None:
+    # W0 = 0, W1 = the optimum's W1 - W0: the loss's data term is at its optimum (β is), the
+    # penalty is not (it is smallest at W0 = -W1); the fit must not return this start as it was.
+    x, y = blobs(n=40, d=2, n_classes=2, spread=1.0)
+    clf = ModelSpec().build(2, 2, seed=0)
+    assert clf.solver == "newton"
+    everyone = np.ones((1, 40), dtype=bool)
+    cold = clf.fit(x, y, everyone)
+    weights = cold["W"].clone()
+    weights[..., 1] -= weights[..., 0]
+    weights[..., 0] = 0.0
+    lopsided = Params("logreg", {"W": weights, "b": cold["b"].clone()})
+    warm = clf.fit(x, y, everyone, init=lopsided)
+    np.testing.assert_allclose(warm["W"].numpy(), cold["W"].numpy(), rtol=0, atol=1e-12)
+    grads = clf.gradients(warm, x, y, everyone)
+    assert max(float(g.abs().max()) for g in grads.values()) <= ModelSpec().tol
+
+
 def test_a_model_the_mixed_phases_leave_non_finite_restarts_from_its_start(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
