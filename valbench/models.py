@@ -350,7 +350,29 @@ class ModelSpec:
                 f"--model {name}: batch_size applies to the image networks, which train by "
                 f"minibatches; {name} trains on the whole subset at once"
             )
-        return cls(kind=name, **values)
+        spec = cls(kind=name, **values)
+        # Likewise an option the resolved model never reads: it would be recorded as the
+        # setting of a run it did not touch.
+        unused = {
+            "hidden": (
+                spec.kind != "mlp",
+                "it is the MLP's hidden width (use --model mlp:hidden=...)",
+            ),
+            "lr": (
+                spec.fits_to_tolerance,
+                f"{spec.kind} fits by {spec.resolved_solver} to a gradient tolerance, with no "
+                "learning rate (set solver=adam to train by Adam steps)",
+            ),
+            "tol": (
+                not spec.fits_to_tolerance,
+                f"{spec.kind} trains a fixed number of steps (epochs), with no gradient "
+                "tolerance (only logreg with solver auto, lbfgs or newton fits to one)",
+            ),
+        }
+        for key, (ignored, why) in unused.items():
+            if key in values and ignored:
+                raise UsageError(f"--model {name}: {key} is not used here; {why}")
+        return spec
 
     def build(self, n_features: int, n_classes: int, seed: int) -> Any:
         """A fresh classifier for ``n_features`` inputs and ``n_classes`` outputs: a

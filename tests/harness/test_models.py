@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
@@ -71,8 +72,6 @@ def test_unknown_model_name() -> None:
         {"epochs": "many"},
         {"solver": "sgd"},
         {"solver": "lbfgs"},  # the MLP is not convex: L-BFGS is offered for logreg only
-        {"tol": 0.0},
-        {"tol": float("inf")},
     ],
 )
 def test_bad_model_params(params: dict[str, object]) -> None:
@@ -80,12 +79,45 @@ def test_bad_model_params(params: dict[str, object]) -> None:
         ModelSpec.parse("mlp", **params)
 
 
+@pytest.mark.parametrize("tol", [0.0, float("inf")])
+def test_bad_model_tolerance(tol: float) -> None:
+    with pytest.raises(UsageError, match="tol must be a finite number > 0"):
+        ModelSpec.parse("logreg", tol=tol)
+
+
+@pytest.mark.parametrize(
+    ("model", "why"),
+    [
+        ("logreg:hidden=32", "hidden is not used here; it is the MLP's hidden width"),
+        ("cnn:hidden=32", "hidden is not used here"),
+        ("logreg:lr=0.1", "lr is not used here; logreg fits by lbfgs to a gradient tolerance"),
+        ("logreg:solver=newton,lr=0.1", "logreg fits by newton to a gradient tolerance"),
+        ("mlp:tol=1e-6", "tol is not used here; mlp trains a fixed number of steps"),
+        ("logreg:solver=adam,tol=1e-6", "tol is not used here"),
+        ("cnn:tol=1e-6", "tol is not used here; cnn trains a fixed number of steps"),
+    ],
+)
+def test_a_model_option_the_model_never_reads_is_refused(model: str, why: str) -> None:
+    # Recorded in the run's config, it would name a setting the run never used.
+    with pytest.raises(UsageError, match=re.escape(why)):
+        ModelSpec.parse(model)
+    name, _, tail = model.partition(":")
+    options = dict(item.split("=") for item in tail.split(","))
+    with pytest.raises(UsageError, match=re.escape(why)):
+        ModelSpec.parse(name, **options)
+
+
+def test_the_options_each_model_reads_are_accepted() -> None:
+    assert ModelSpec.parse("mlp:hidden=8,lr=0.01").hidden == 8
+    assert ModelSpec.parse("logreg:solver=adam,lr=0.1").lr == 0.1
+    assert ModelSpec.parse("logreg:solver=lbfgs,tol=1e-6").tol == 1e-6
+    assert ModelSpec.parse("cnn:lr=0.01").lr == 0.01
+
+
 def test_auto_solver_is_lbfgs_for_logreg_and_adam_for_mlp() -> None:
     assert ModelSpec().resolved_solver == "lbfgs"
     assert ModelSpec(kind="mlp").resolved_solver == "adam"
-    assert ModelSpec.parse("logreg", solver="adam", tol="1e-5") == ModelSpec(
-        solver="adam", tol=1e-5
-    )
+    assert ModelSpec.parse("logreg", solver="adam", lr="0.1") == ModelSpec(solver="adam", lr=0.1)
 
 
 # -- accuracy ---------------------------------------------------------------------------------
