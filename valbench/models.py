@@ -360,7 +360,7 @@ class ModelSpec:
             ),
             "lr": (
                 spec.fits_to_tolerance,
-                f"{spec.kind} fits by {spec.resolved_solver} to a gradient tolerance, with no "
+                f"{spec.kind} with solver={spec.solver} fits to a gradient tolerance, with no "
                 "learning rate (set solver=adam to train by Adam steps)",
             ),
             "tol": (

@@ -90,8 +90,11 @@ def test_bad_model_tolerance(tol: float) -> None:
     [
         ("logreg:hidden=32", "hidden is not used here; it is the MLP's hidden width"),
         ("cnn:hidden=32", "hidden is not used here"),
-        ("logreg:lr=0.1", "lr is not used here; logreg fits by lbfgs to a gradient tolerance"),
-        ("logreg:solver=newton,lr=0.1", "logreg fits by newton to a gradient tolerance"),
+        (
+            "logreg:lr=0.1",
+            "lr is not used here; logreg with solver=auto fits to a gradient tolerance",
+        ),
+        ("logreg:solver=newton,lr=0.1", "logreg with solver=newton fits to a gradient tolerance"),
         ("mlp:tol=1e-6", "tol is not used here; mlp trains a fixed number of steps"),
         ("logreg:solver=adam,tol=1e-6", "tol is not used here"),
         ("cnn:tol=1e-6", "tol is not used here; cnn trains a fixed number of steps"),
