@@ -221,6 +221,10 @@ def run(
     from valbench.runner import available_offline, execute
     from valbench.spec import CONFIG_KEYS, build_spec
 
+    # A truthy string ("false") must not pass for True: overwrite=True deletes the run there.
+    for name, flag in (("overwrite", overwrite), ("progress", progress)):
+        if not isinstance(flag, bool | np.bool_):
+            raise UsageError(f"{name} must be True or False, got {flag!r}")
     unknown = sorted(set(options) - CONFIG_KEYS)
     if unknown:
         raise UsageError(
@@ -238,9 +242,9 @@ def run(
     summary = execute(
         spec,
         out=None if out is None else Path(out),
-        overwrite=overwrite,
+        overwrite=bool(overwrite),
         backend=backend,
-        show_progress=progress,
+        show_progress=bool(progress),
         command="valbench.run(...)",
     )
     return Run(summary.run_dir)

@@ -328,6 +328,20 @@ def test_run_with_overwrite_starts_again_under_the_new_settings(tmp_path: Path) 
     assert sorted(set(again.results["seed"])) == [0, 1]
 
 
+@pytest.mark.parametrize(("name", "flag"), [("overwrite", "false"), ("progress", 1)])
+def test_run_refuses_a_flag_that_is_not_true_or_false(
+    tmp_path: Path, name: str, flag: object
+) -> None:
+    # overwrite="false" is truthy: it deleted the finished run it was meant to keep.
+    settings = dict(methods=["random"], datasets=["synthetic"], max_train=40, metrics="none")
+    valbench.run(**settings, seeds=1, out=tmp_path / "r")
+    with pytest.raises(UsageError, match=f"{name} must be True or False, got {flag!r}"):
+        valbench.run(**settings, seeds=2, out=tmp_path / "r", **{name: flag})
+    assert sorted(set(valbench.open_run(tmp_path / "r").results["seed"])) == [0]
+    again = valbench.run(**settings, seeds=2, out=tmp_path / "r", overwrite=np.True_)
+    assert sorted(set(again.results["seed"])) == [0, 1]
+
+
 def test_run_takes_its_data_dir_for_this_process_and_its_workers(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
