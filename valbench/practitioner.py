@@ -339,6 +339,8 @@ def value_arrays(
             "params must map each method to a dict of its parameters, e.g. "
             f"{{'knn-shapley': {{'k': 5}}}}, got {params!r}"
         )
+    if not isinstance(standardize, bool | np.bool_):  # "no" would read as True
+        raise UsageError(f"standardize must be True or False, got {standardize!r}")
     methods = list(dict.fromkeys(methods))  # a method named twice is valued once, as `run`
     x_index, y_index = getattr(x, "index", None), getattr(y, "index", None)
     if x_index is not None and y_index is not None and hasattr(x_index, "equals"):

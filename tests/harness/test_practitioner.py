@@ -295,6 +295,20 @@ def test_value_arrays_refuses_features_it_would_quietly_change(make: Any, messag
     assert "\n" not in str(err.value)
 
 
+def test_value_arrays_refuses_a_standardize_that_is_not_true_or_false() -> None:
+    from valbench.errors import UsageError
+    from valbench.practitioner import value_arrays
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(60, 3)) * [1.0, 100.0, 0.01], rng.integers(0, 2, size=60)
+    with pytest.raises(UsageError, match="standardize must be True or False, got 'no'"):
+        value_arrays(x, y, ["knn-shapley"], standardize="no")  # truthy: it standardised
+    raw = value_arrays(x, y, ["knn-shapley"], standardize=np.False_)
+    assert not np.array_equal(
+        raw.values["knn-shapley"], value_arrays(x, y, ["knn-shapley"]).values["knn-shapley"]
+    )
+
+
 def test_value_reads_tensors_and_refuses_ragged_or_masked_arrays_with_one_line() -> None:
     import torch
 
