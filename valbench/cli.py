@@ -492,8 +492,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if summary.partial
         else ""
     )
+    timed_out = f" ({summary.timed_out} of them timed out)" if summary.timed_out else ""
     print(
-        f"{summary.ok}/{summary.total} cells ok{partial}, {len(summary.failed)} failed{skipped} "
+        f"{summary.ok}/{summary.total} cells ok{partial}, {len(summary.failed)} failed"
+        f"{timed_out}{skipped} "
         f"({summary.already_done} already done, {summary.run_now} run now{not_run}, "
         f"{summary.wall_s:.1f} s) -> {summary.run_dir}"
     )

@@ -94,6 +94,8 @@ class RunSummary:
     #: Of the ``ok`` cells, those whose method could not finish its estimate (budget cut).
     partial: int = 0
     failed: list[str] = field(default_factory=list)
+    #: Of the ``failed`` cells, those stopped by their time limit (status ``timeout``).
+    timed_out: int = 0
     #: Cells skipped because the method cannot take them (a training set above its
     #: ``max_train``): not failures.
     skipped: list[str] = field(default_factory=list)
@@ -1033,6 +1035,7 @@ def _execute_cells(
             summary.skipped.append(cell.cell_id)
         elif status is not None:
             summary.failed.append(cell.cell_id)
+            summary.timed_out += status == "timeout"
 
     bar = _ProgressBar(len(todo), enabled=show_progress)
 
@@ -1071,6 +1074,7 @@ def _execute_cells(
             summary.skipped.append(record.cell_id)
         else:
             summary.failed.append(record.cell_id)
+            summary.timed_out += record.status == "timeout"
         bar.cell_done(record, summary.ok, len(summary.failed))
 
     def on_progress(cell: Cell, done_: int, total: int) -> None:

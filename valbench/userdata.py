@@ -725,7 +725,7 @@ _INT64 = np.iinfo(np.int64)
 def integer_labels(key: str, y: np.ndarray) -> np.ndarray | str:
     """Numeric labels ``y`` (1-D: integers, floats, or Python ints as objects) as int64, or
     a one-line problem: NaN/inf, fractional numbers, or labels too large to stay distinct
-    (beyond 64 bits, or beyond 2**53 when stored as floating point), which a cast would
+    (beyond int64's range, or beyond 2**53 when stored as floating point), which a cast would
     silently merge."""
     if y.dtype == object:  # Python ints: pandas reads integers beyond 64 bits so
         values = y.tolist()
@@ -733,7 +733,7 @@ def integer_labels(key: str, y: np.ndarray) -> np.ndarray | str:
             big = [i for i, v in enumerate(values) if not _INT64.min <= v <= _INT64.max]
             if big:
                 return (
-                    f"{key} holds integer labels beyond 64 bits (first in row {big[0]}: "
+                    f"{key} holds integer labels beyond int64's range (first in row {big[0]}: "
                     f"{values[big[0]]}); give such labels as text (quote them) or renumber them"
                 )
             return np.asarray(values, dtype=np.int64)
@@ -742,7 +742,7 @@ def integer_labels(key: str, y: np.ndarray) -> np.ndarray | str:
         if y.dtype == np.uint64 and bool((y > _INT64.max).any()):
             row = int(np.flatnonzero(y > _INT64.max)[0])
             return (
-                f"{key} holds integer labels beyond 64 bits (first in row {row}: {y[row]}); "
+                f"{key} holds integer labels beyond int64's range (first in row {row}: {y[row]}); "
                 "give such labels as text (quote them) or renumber them"
             )
         return y.astype(np.int64)

@@ -89,7 +89,7 @@ MALFORMED = [
     ({"x": X, "y": Y.astype(complex)}, "labels must be integers or strings"),
     # Whole numbers a cast to int64 would merge (1e20 and 2e20 both became -2**63).
     ({"x": X, "y": np.where(Y == 0, 1e20, 2e20)}, r"beyond 2\*\*53 \(first in row 0: 1e\+20\)"),
-    ({"x": X, "y": Y.astype(np.uint64) + np.uint64(2**63)}, "beyond 64 bits .first in row 0"),
+    ({"x": X, "y": Y.astype(np.uint64) + np.uint64(2**63)}, "beyond int64.s range .first in row 0"),
 ]
 
 
@@ -431,7 +431,7 @@ def test_csv_integer_labels_beyond_64_bits_are_refused_not_merged(tmp_path: Path
     frame = pd.DataFrame({"a": X[:, 0], "b": X[:, 1]})
     frame["label"] = np.where(Y == 0, "1", "99999999999999999999999")
     frame.to_csv(tmp_path / "big.csv", index=False)
-    with pytest.raises(DatasetError, match="beyond 64 bits .first in row [0-9]+: 9999"):
+    with pytest.raises(DatasetError, match="beyond int64.s range .first in row [0-9]+: 9999"):
         FileDataset(path=str(tmp_path / "big.csv")).load(seed=0)
 
 

@@ -725,6 +725,23 @@ def test_the_summary_line_counts_ok_failed_and_what_ran_now(
     assert re.fullmatch(summary.format(2, 0) + re.escape(str(tmp_path)), out), out
 
 
+def test_the_summary_line_says_how_many_failures_timed_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from valbench import runner
+
+    def finished(*args: Any, **kwargs: Any) -> runner.RunSummary:
+        return runner.RunSummary(
+            run_dir=tmp_path, total=5, ok=2, failed=["a", "b", "c"], timed_out=2, wall_s=1.0
+        )
+
+    monkeypatch.setattr(runner, "execute", finished)
+    argv = ["run", "--methods", "random", "--datasets", "synthetic", "--out", str(tmp_path)]
+    assert main([*argv, "--no-progress"]) == 1
+    out = capsys.readouterr().out
+    assert "2/5 cells ok, 3 failed (2 of them timed out) (0 already done, 5 run now" in out
+
+
 @pytest.mark.parametrize("seeds", [6, 7])
 def test_status_counts_every_cell_and_lists_six_of_each_state(
     tmp_path: Path, seeds: int, capsys: pytest.CaptureFixture[str]

@@ -349,9 +349,13 @@ def test_status_lists_cells_by_state(tmp_path: Path, test_plugins: Path, capsys)
 def test_timeout_in_the_serial_backend(tmp_path: Path, test_plugins: Path) -> None:
     # The alarm covers the whole cell: "random" takes 0.3 s idle, over 1 s on a loaded machine.
     spec = small_spec(methods=("hangs", "random"), timeout=5.0, metrics=())
-    execute(spec, out=tmp_path, backend="serial", show_progress=False)
+    summary = execute(spec, out=tmp_path, backend="serial", show_progress=False)
     by_method = {r.method: r for r in read_results(tmp_path)}
     assert by_method["hangs"].status == "timeout" and by_method["random"].status == "ok"
+    assert (summary.failed, summary.timed_out) == ([by_method["hangs"].cell_id], 1)
+    # Kept on a rerun (nothing left to run): the timeout is still counted as one.
+    again = execute(spec, out=tmp_path, backend="serial", show_progress=False)
+    assert (len(again.failed), again.timed_out, again.run_now) == (1, 1, 0)
 
 
 def _cli(out: Path, *extra: str) -> list[str]:
