@@ -388,7 +388,7 @@ def test_value_arrays_says_which_labels_are_missing_or_mixed() -> None:
         (np.array([1, "a"] * 30, dtype=object), "all integers or all strings, got int, str"),
         # Labels a cast to int64 would merge into one class.
         (pd.Series(np.where(y == 0, 1e20, 2e20), dtype="Float64"), "beyond 2**53 (first in row"),
-        (np.array([1 if v == 0 else 2**70 for v in y], dtype=object), "beyond int64's range (first"),
+        (np.array([1 if v == 0 else 2**70 for v in y], dtype=object), "beyond int64's range"),
         (np.where(y == 0, 0.5, 1.0), "fractional numbers"),
         # not class names; a file holding them is refused as well
         (y + 0j, "labels have dtype complex128"),
