@@ -410,6 +410,12 @@ def export_table(run_dir: Path, methods: Sequence[str] | None = None) -> Any:
         cells = load_cell_arrays(run_dir, record.scores_file, record.cell_id)
         frames.append(_cell_frame(record, cells, file))
     if not frames:
+        finished = sorted({r.method for r in records.values() if r.ok and r.scores_file})
+        if methods and finished:  # the run has finished cells, only not of these methods
+            raise UsageError(
+                f"{run_dir} has no finished cells of {', '.join(methods)} to export (none "
+                f"ended ok); finished cells are of: {', '.join(finished)}"
+            )
         raise UsageError(f"{run_dir} has no finished cells to export")
     frame = pd.concat(frames, ignore_index=True)
     frame = frame.sort_values(["dataset", "noise", "seed", "method", "row"], kind="stable")

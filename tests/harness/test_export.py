@@ -364,7 +364,8 @@ def test_export_by_default_beside_the_run_in_its_format_with_each_method_and_cel
     assert set(table["method"]) == {"random"} and len(table) == 80
     # a method whose every cell failed has nothing to export: one line, no file
     assert main(["export", str(run), "--method", "raises", "--out", "r.csv"]) == EXIT_USAGE
-    assert f"{run} has no finished cells to export\n" in capsys.readouterr().err
+    said = f"{run} has no finished cells of raises to export (none ended ok); finished cells "
+    assert said + "are of: random, row-echo\n" in capsys.readouterr().err
     assert not (tmp_path / "r.csv").exists()
     # "~" is the home folder, and a suffix in capitals is still .csv
     monkeypatch.setenv("HOME", str(tmp_path))
@@ -384,7 +385,8 @@ def test_export_by_default_beside_the_run_in_its_format_with_each_method_and_cel
             rec["error"] = {"type": "CellTimeout", "message": "over 1 s", "traceback": ""}
     (run / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
     assert main(["export", str(run), "--method", "random", "--out", "t.csv"]) == EXIT_USAGE
-    assert f"{run} has no finished cells to export\n" in capsys.readouterr().err
+    said = f"{run} has no finished cells of random to export (none ended ok); finished cells "
+    assert said + "are of: row-echo\n" in capsys.readouterr().err
     # the run's data file gone: one line naming it
     data.rename(tmp_path / "moved.csv")
     assert main(["export", str(run), "--out", "gone.csv"]) == EXIT_USAGE
