@@ -295,6 +295,12 @@ def _duration(seconds: float | None) -> str:
 
 
 def _elapsed(manifest: Manifest) -> float | None:
+    """The run's time: first start to end for a run of one session; for a resumed run the
+    sessions' summed time (``wall_s``), since the time between them (a day, say) is no part
+    of the run's."""
+    if manifest.resumed:
+        wall = finite(manifest.wall_s)
+        return wall if wall is not None and wall > 0 else None
     try:
         start = datetime.fromisoformat(str(manifest.started_at))
         end = datetime.fromisoformat(str(manifest.ended_at))
@@ -330,6 +336,7 @@ def _header(
         "total": total,
         "cell_wall": _duration(wall),
         "elapsed": _duration(_elapsed(manifest)),
+        "sessions": manifest.resumed + 1,
         "started_at": manifest.started_at,
         "ended_at": manifest.ended_at,
     }

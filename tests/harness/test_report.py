@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import re
 import statistics
@@ -1064,6 +1065,34 @@ def test_a_run_whose_clock_went_back_has_an_unknown_elapsed_time() -> None:
 
     assert _elapsed(manifest("2026-12-05T10:00:00", "2026-12-05T10:01:30")) == 90.0
     assert _elapsed(manifest("2026-12-05T10:00:05", "2026-12-05T10:00:00")) is None
+
+
+def test_a_resumed_runs_elapsed_time_is_its_sessions_not_the_days_between(
+    tmp_path: Path,
+) -> None:
+    from valbench.records import Manifest
+    from valbench.report import _elapsed, _header
+
+    # Started on the 4th, resumed on the 5th: 33.35 s of running, not a day and a minute.
+    resumed = Manifest(
+        spec={},
+        started_at="2026-12-04T10:00:00",
+        ended_at="2026-12-05T10:01:00",
+        resumed=1,
+        wall_s=33.35,
+    )
+    assert _elapsed(resumed) == 33.35
+    header = _header(resumed, [], [], [])
+    assert (header["elapsed"], header["sessions"]) == ("33.4 s", 2)
+    # a resumed run from before the manifest summed its time: unknown, not the span
+    old = Manifest(spec={}, started_at="2026-12-04T10:00:00", ended_at="2026-12-05T10:01:00")
+    assert _elapsed(dataclasses.replace(old, resumed=3)) is None
+    assert _header(old, [], [], [])["sessions"] == 1
+    # on the page: the sessions' time, and that it is theirs
+    records = [_ok(m, s, b) for m, b in BASES.items() for s in range(3)]
+    manifest = _manifest(resumed=1, wall_s=33.35, ended_at="2026-11-28T01:00:00+00:00")
+    html = render_report(_write_run(tmp_path / "run", records, manifest)).read_text("utf-8")
+    assert '<strong id="run-elapsed">33.4 s</strong> over its 2 sessions (the time' in html
 
 
 def test_a_native_selection_outside_the_split_is_said_not_silently_dropped(
