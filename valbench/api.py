@@ -56,10 +56,16 @@ class ValueResult:
     """One method's values of the training rows of one dataset and seed.
 
     ``indices`` are the rows of the dataset as loaded (for ``file:`` data, rows of the user's
-    file; for :func:`value`, rows of ``x``), one per value; ``stderr`` holds the estimator's
-    per-point standard errors and ``samples`` the number of samples (marginals) each value
-    averages, where the method reports them; ``complete`` is False for an estimate the method
-    could not finish (never to be read as the real one).
+    file; for :func:`value`, positions in ``x``, 0 to n - 1, whatever index a DataFrame
+    ``x`` carries), one per value; ``stderr`` holds the estimator's per-point standard errors
+    and ``samples`` the number of samples (marginals) each value averages, where the method
+    reports them; ``complete`` is False for an estimate the method could not finish (never to
+    be read as the real one).
+
+    From :func:`value` also: ``fold``, the cross-fitting fold each row was valued in (values
+    of different folds come from different training sets: compare them within a fold), and
+    ``suspicion``, the row's within-fold suspicion in [0, 1] (1 = its fold's most suspicious
+    row), which ranks rows across folds; ``x_index``, a pandas ``x``'s own index.
     """
 
     method: str
@@ -72,24 +78,32 @@ class ValueResult:
     detection_scores: np.ndarray | None = None
     noise: float = 0.0
     samples: np.ndarray | None = None
+    fold: np.ndarray | None = None
+    suspicion: np.ndarray | None = None
+    x_index: Any = None
 
     def to_dataframe(self) -> Any:
-        """Columns ``index``, ``value``, ``stderr`` and ``samples`` (empty when none),
-        ``complete``, one row per value, in the order of ``indices``."""
+        """Columns ``index`` (positions, see the class doc), ``value``, ``stderr`` and
+        ``samples`` (empty when none), ``complete``, and from :func:`value` ``fold`` and
+        ``suspicion``; one row per value, in the order of ``indices``. The frame's own index
+        is ``x``'s when ``x`` was a pandas object, so ``df.loc[frame.index]`` finds its rows."""
         import pandas as pd
 
         n = len(self.values)
-        return pd.DataFrame(
-            {
-                "index": self.indices,
-                "value": self.values,
-                "stderr": self.stderr if self.stderr is not None else np.full(n, np.nan),
-                "samples": pd.array(
-                    self.samples if self.samples is not None else [None] * n, dtype="Int64"
-                ),
-                "complete": np.full(n, self.complete),
-            }
-        )
+        columns = {
+            "index": self.indices,
+            "value": self.values,
+            "stderr": self.stderr if self.stderr is not None else np.full(n, np.nan),
+            "samples": pd.array(
+                self.samples if self.samples is not None else [None] * n, dtype="Int64"
+            ),
+            "complete": np.full(n, self.complete),
+        }
+        if self.fold is not None:
+            columns["fold"] = self.fold
+        if self.suspicion is not None:
+            columns["suspicion"] = self.suspicion
+        return pd.DataFrame(columns, index=self.x_index)
 
 
 class Run:
@@ -285,7 +299,18 @@ def value(
         complete=bool(result.complete[method].all()),
         detection_scores=result.detection[method],
         samples=_counts_on_every_fold(result.samples[method]),
+        fold=result.fold,
+        suspicion=result.method_suspicion[method],
+        x_index=_pandas_index(x),
     )
+
+
+def _pandas_index(x: Any) -> Any:
+    """``x``'s index when ``x`` is a pandas object (a list's ``index`` is a method)."""
+    import pandas as pd
+
+    index = getattr(x, "index", None)
+    return index if isinstance(index, pd.Index) else None
 
 
 def _counts_on_every_fold(counts: np.ndarray | None) -> np.ndarray | None:

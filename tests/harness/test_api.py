@@ -210,6 +210,7 @@ def test_values_of_a_run_carry_each_rows_stderr_and_sample_count(
     assert table["index"].tolist() == got.indices.tolist()
     np.testing.assert_array_equal(table["stderr"], got.stderr)
     assert table["samples"].tolist() == got.samples.tolist() and table["complete"].all()
+    assert "fold" not in table and "suspicion" not in table  # a run's cell has no folds
     # detects: minus each row's distance to its class's centroid, as its detection score
     found = run.values("detects", name)
     x, y = np.column_stack([za, zb]), frame["y"].to_numpy()[got.indices]
@@ -282,6 +283,31 @@ def test_value_of_arrays_gives_each_row_its_value_under_the_seed_asked(
     whole = valbench.value(x[:60], y[:60], method="even-only")  # two folds of 30
     assert whole.complete and whole.samples is not None
     assert sorted(whole.samples.tolist()) == [0, 0] + [3] * 58
+
+
+def test_value_gives_each_rows_fold_and_suspicion_and_a_frames_own_index() -> None:
+    import pandas as pd
+
+    from valbench.practitioner import value_arrays
+
+    rng = np.random.default_rng(4)
+    x, y = rng.normal(size=(40, 3)), np.arange(40) % 2
+    want = value_arrays(x, y, ["knn-shapley"], params={"knn-shapley": {"k": 3}})
+    # x after a train_test_split: its index is no longer 0..n-1
+    df = pd.DataFrame(x, index=np.arange(100, 140)[::-1])
+    got = valbench.value(df, pd.Series(y, index=df.index), method="knn-shapley", k=3)
+    np.testing.assert_array_equal(got.values, want.values["knn-shapley"])
+    np.testing.assert_array_equal(got.fold, want.fold)
+    np.testing.assert_array_equal(got.suspicion, want.method_suspicion["knn-shapley"])
+    frame = got.to_dataframe()
+    assert frame["index"].tolist() == list(range(40))  # positions, as documented
+    assert frame.index.tolist() == df.index.tolist()  # df.loc[frame.index] finds the rows
+    top = frame.nlargest(5, "suspicion")
+    np.testing.assert_array_equal(df.loc[top.index].to_numpy(), x[top["index"]])
+    assert frame["fold"].tolist() == want.fold.tolist()
+    # list input (whose .index is a method): a plain 0..n-1 index
+    plain = valbench.value(x.tolist(), y.tolist(), method="knn-shapley", k=3).to_dataframe()
+    assert plain.index.tolist() == list(range(40)) and "suspicion" in plain
 
 
 def test_value_gives_a_methods_detection_scores_apart_from_its_values(test_plugins: Path) -> None:
