@@ -86,6 +86,17 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63
 
 
+def _is_session_list(value: Any) -> bool:
+    """A list of earlier sessions: objects with a ``command`` (a string or null) and
+    ``settings`` (an object)."""
+    return isinstance(value, list) and all(
+        isinstance(x, Mapping)
+        and isinstance(x.get("command"), str | None)
+        and isinstance(x.get("settings", {}), Mapping)
+        for x in value
+    )
+
+
 def _is_number(value: Any) -> bool:
     """A JSON number a float can hold (an integer of 400 digits parses, then overflows)."""
     if not isinstance(value, int | float) or isinstance(value, bool):
@@ -668,6 +679,10 @@ class Manifest:
     cells_total: int | None = None
     resumed: int = 0
     wall_s: float = 0.0
+    #: The sessions before the last, oldest first: each one's ``command`` and ``settings``,
+    #: the spec keys it ran with that the last session changed (execution settings such as
+    #: ``timeout``, which a resume may change; cells kept from then ran under them).
+    earlier_sessions: tuple[Mapping[str, Any], ...] = ()
     versions: Mapping[str, Any] = field(default_factory=dict)
     machine: Mapping[str, Any] = field(default_factory=dict)
     #: Why the run stopped, for an aborted run.
@@ -706,6 +721,9 @@ class Manifest:
                 cells_total=r.integer("cells_total"),
                 resumed=r.get("resumed", _is_int, "a whole number", 0),
                 wall_s=float(r.get("wall_s", _is_number, "a number", 0.0)),
+                earlier_sessions=tuple(
+                    r.get("earlier_sessions", _is_session_list, "a list of objects", [])
+                ),
                 versions=r.obj("versions"),
                 machine=r.obj("machine"),
                 error=r.string("error"),
@@ -740,4 +758,6 @@ class Manifest:
             out["error"] = self.error
         if self.claims:
             out["claims"] = {m: list(c) for m, c in self.claims.items()}
+        if self.earlier_sessions:
+            out["earlier_sessions"] = [dict(x) for x in self.earlier_sessions]
         return out

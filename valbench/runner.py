@@ -823,12 +823,19 @@ def _open_run_dir(store: RunStore, spec: RunSpec, overwrite: bool, command: str)
                 )
             store.clear()
         else:
+            now = spec.to_dict()
+            # The session that ends here, as it ran: kept cells may come from it.
+            ended = {
+                "command": old.command,
+                "settings": {k: v for k, v in old.spec.items() if now.get(k, v) != v},
+            }
             return replace(
                 old,
                 status="running",
                 ended_at=None,
                 error=None,
-                spec=spec.to_dict(),
+                spec=now,
+                earlier_sessions=(*old.earlier_sessions, ended),
                 resumed=old.resumed + 1,
                 command=command,
                 claims=_claims(spec),

@@ -457,6 +457,10 @@ def test_a_manifest_round_trips_every_field() -> None:
         cells_total=4,
         resumed=2,
         wall_s=12.5,
+        earlier_sessions=(
+            {"command": "valbench run --timeout 3", "settings": {"timeout": 3.0}},
+            {"command": None, "settings": {}},
+        ),
         versions={"valbench": "0.2"},
         machine={"cpus": 2},
         error="interrupted (Ctrl-C)",
@@ -468,6 +472,17 @@ def test_a_manifest_round_trips_every_field() -> None:
     assert data["error"] == "interrupted (Ctrl-C)" and data["git_revision"] == "f0f1b1d"
     assert data["ended_at"] == "2026-12-02T02:00:00+00:00" and data["note"] == "kept"
     assert type(Manifest.from_json({**data, "wall_s": 3}).wall_s) is float
-    for key, value in (("resumed", 1.5), ("resumed", True), ("wall_s", "2"), ("cells_total", 2.0)):
+    bad_sessions = [("earlier_sessions", {"command": "x"}), ("earlier_sessions", [3])]
+    bad_sessions += [
+        ("earlier_sessions", [{"command": 3}]),
+        ("earlier_sessions", [{"settings": 1}]),
+    ]
+    for key, value in (
+        ("resumed", 1.5),
+        ("resumed", True),
+        ("wall_s", "2"),
+        ("cells_total", 2.0),
+        *bad_sessions,
+    ):
         with pytest.raises(RecordError, match=f"^has {key} = "):
             Manifest.from_json({**data, key: value})

@@ -17,7 +17,7 @@ import pytest
 
 from valbench.cli import main
 from valbench.errors import RunDirectoryError
-from valbench.records import RECORD_SCHEMA
+from valbench.records import RECORD_SCHEMA, Manifest
 from valbench.runner import execute, run_status
 from valbench.spec import RunSpec
 from valbench.store import RunStore, load_scores, read_manifest, read_results
@@ -356,6 +356,19 @@ def test_timeout_in_the_serial_backend(tmp_path: Path, test_plugins: Path) -> No
     # Kept on a rerun (nothing left to run): the timeout is still counted as one.
     again = execute(spec, out=tmp_path, backend="serial", show_progress=False)
     assert (len(again.failed), again.timed_out, again.run_now) == (1, 1, 0)
+    # A rerun under a longer limit keeps that cell: the manifest keeps the limit it ran under.
+    longer = replace(spec, timeout=20.0)
+    execute(longer, out=tmp_path, backend="serial", show_progress=False, command="vb --timeout 20")
+    manifest = read_manifest(tmp_path)
+    assert manifest.spec["timeout"] == 20.0 and manifest.resumed == 2
+    assert [dict(x) for x in manifest.earlier_sessions] == [
+        {"command": "", "settings": {}},
+        {"command": "", "settings": {"timeout": 5.0}},
+    ]
+    assert read_manifest(tmp_path) == Manifest.from_json(manifest.to_json())  # round trip
+    page = (tmp_path / "index.html").read_text(encoding="utf-8")
+    assert "ran with timeout <code>5.0</code> (the last session: <code>20.0</code>)" in page
+    assert '<th scope="row">command (last session)</th><td><code>vb --timeout 20<' in page
 
 
 def _cli(out: Path, *extra: str) -> list[str]:
