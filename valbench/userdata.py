@@ -142,6 +142,22 @@ def _read_frame(path: Path, id_column: str | None = None) -> Any:
     return frame
 
 
+def _foreign_separator(header: Sequence[str]) -> str | None:
+    """The problem with a header read as one column whose name holds another separator
+    (semicolons, as much of Europe writes CSV, tabs, '|'), or None."""
+    if len(header) != 1:
+        return None
+    seps = {";": "semicolons", "\t": "tabs", "|": "'|'"}
+    sep = next((name for s, name in seps.items() if s in header[0]), None)
+    if sep is None:
+        return None
+    shown = header[0].encode("unicode_escape").decode("ascii")
+    return (
+        f"reads as one column ({shown}): its values are separated by {sep}, not commas; save "
+        "it as comma-separated values"
+    )
+
+
 def _ragged_row(path: Path) -> str | None:
     """The problem with the first data row whose field count differs from the header's, or
     None when every row has as many fields as the header (blank and whitespace-only lines
@@ -160,6 +176,9 @@ def _ragged_row(path: Path) -> str | None:
                     f"the first line ({','.join(header)[:40]!r}) is a spreadsheet's separator "
                     "hint, not the header naming the columns; remove that line"
                 )
+            foreign = _foreign_separator(header)
+            if foreign is not None:  # its decimal commas would read as ragged rows
+                return foreign
             if len(header) == 1 and header[0].lstrip().startswith("#"):
                 return (
                     f"the first line ({header[0][:40]!r}) is a comment, not the header naming "
@@ -278,16 +297,9 @@ def _read_table(
             )
     columns = [str(c) for c in frame.columns]
     shown = [c.encode("unicode_escape").decode("ascii") for c in columns]  # one line each
-    if file_type(path) == ".csv" and len(columns) == 1:
-        # One column whose name holds another separator: not a comma-separated file.
-        seps = {";": "semicolons", "\t": "tabs", "|": "'|'"}
-        sep = next((name for s, name in seps.items() if s in columns[0]), None)
-        if sep is not None:
-            raise _fail(
-                path,
-                f"reads as one column ({shown[0]}): its values are separated by {sep}, not "
-                "commas; save it as comma-separated values",
-            )
+    foreign = _foreign_separator(columns) if file_type(path) == ".csv" else None
+    if foreign is not None:
+        raise _fail(path, foreign)
     if label_column is None and {"label", "y"} <= set(columns):
         # The one not taken would be read as a feature (clean labels leaking in).
         raise _fail(path, "has both a 'label' and a 'y' column; name the label with --label-column")

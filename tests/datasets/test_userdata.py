@@ -223,6 +223,20 @@ def test_numbers_written_with_a_decimal_comma_are_named_as_such(tmp_path: Path) 
         FileDataset(path=str(tmp_path / "words.csv")).load(seed=0)
 
 
+@pytest.mark.parametrize(("sep", "name"), [(";", "semicolons"), ("\t", "tabs"), ("|", "'|'")])
+def test_another_separator_is_named_even_with_decimal_commas_in_the_rows(
+    tmp_path: Path, sep: str, name: str
+) -> None:
+    # "1,5;2,25;x": the commas split the rows into more fields than the one-column header,
+    # which read as a ragged row, not as a file separated by semicolons.
+    for decimal in (",", "."):
+        rows = "".join(f"{i}{decimal}5{sep}{i % 3}{decimal}25{sep}{i % 2}\n" for i in range(8))
+        path = tmp_path / f"data{decimal == ','}.csv"
+        path.write_text(f"a{sep}b{sep}label\n" + rows)
+        with pytest.raises(DatasetError, match=f"its values are separated by {name}, not commas"):
+            FileDataset(path=str(path)).load(seed=0)
+
+
 def test_a_table_of_labels_and_ids_only_names_what_it_holds(tmp_path: Path) -> None:
     (tmp_path / "labels.csv").write_text("label\n" + "0\n1\n" * 10)
     with pytest.raises(DatasetError, match="no feature columns, only the label column 'label';"):
