@@ -1469,7 +1469,8 @@ def test_a_resume_records_the_execution_settings_it_ran_with(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """--timeout and --jobs change no cell, so a resume may change them; the manifest then
-    records the settings of the run that last ran cells, and the command that gave them."""
+    records the settings of the run that last ran cells, and the command that gave them, and
+    keeps the earlier sessions' commands and the settings they ran with."""
     _fake_backend(monkeypatch, {"random": "ok"}, stop_after=1, interrupt=False)
     spec = small_spec(methods=("random",), seeds=2, metrics=())
     execute(spec, out=tmp_path, backend="serial", show_progress=False, command="first")
@@ -1479,3 +1480,6 @@ def test_a_resume_records_the_execution_settings_it_ran_with(
     manifest = read_manifest(tmp_path)
     assert (manifest.spec["timeout"], manifest.spec["jobs"]) == (30.0, 2)
     assert (manifest.command, manifest.resumed, manifest.status) == ("second", 1, "complete")
+    # and the first session's, under which its cell ran
+    first = {"command": "first", "settings": {"jobs": 1, "timeout": None}}
+    assert [dict(x) for x in manifest.earlier_sessions] == [first]
