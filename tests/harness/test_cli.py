@@ -847,7 +847,7 @@ def test_an_interrupted_run_says_what_is_kept_and_exits_130(
     import valbench.runner
 
     summary = SimpleNamespace(
-        ok=finished, total=2, finished=finished, partial=0, failed=[], skipped=[],
+        ok=finished, total=2, finished=finished, partial=0, failed=[], timed_out=0, skipped=[],
         already_done=0, run_now=finished, wall_s=1.0, run_dir=tmp_path, report=None,
         printed=[], interrupted=True, report_interrupted=report_interrupted,
     )  # fmt: skip
@@ -958,3 +958,327 @@ def test_a_reader_that_leaves_ends_the_command_with_141_and_stdout_on_dev_null(
         # later flushes (at exit) go nowhere instead of failing again
         assert os.path.samestat(os.fstat(stdout.fileno()), os.stat(os.devnull))
     assert capsys.readouterr().err == ""
+
+
+def _capture_value_file(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """Make ``value_file`` record what the command passed it, then stop as a Ctrl-C would."""
+    from valbench import api
+
+    seen: dict[str, Any] = {}
+
+    def value_file(path: Path, methods: list[str], **kwargs: Any) -> None:
+        seen.update(path=path, methods=methods, **kwargs)
+        raise KeyboardInterrupt  # what reached it is all these tests look at
+
+    monkeypatch.setattr(api, "value_file", value_file)
+    return seen
+
+
+def test_value_without_flags_uses_the_defaults_its_help_and_readme_give(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seen = _capture_value_file(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    _write_table(tmp_path / "mine.csv", 20)
+    assert main(["value", "mine.csv"]) == 130
+    assert "nothing was written to mine-values.csv" in capsys.readouterr().err
+    assert seen == {
+        "path": Path("mine.csv"),
+        "methods": ["knn-shapley", "data-oob"],
+        "label_column": None,
+        "id_column": None,
+        "folds": 2,
+        "seed": 0,
+        "model": "logreg",
+        "budget": None,
+        "params": {},
+        "out": Path("mine-values.csv"),
+        "html": Path("mine-values.html"),
+        "top": 20,
+    }
+
+
+def test_value_reads_home_in_its_output_paths_and_names_the_html_flag(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seen = _capture_value_file(monkeypatch)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    _write_table(tmp_path / "mine.csv", 20)
+    # "~" quoted (or after "=") reaches valbench unexpanded: it is the home folder all the same.
+    argv = ["value", "~/mine.csv", "--out", "~/v.csv"]
+    assert main([*argv, "--html", "~/page.html"]) == 130
+    assert (seen["out"], seen["html"]) == (tmp_path / "v.csv", tmp_path / "page.html")
+    capsys.readouterr()
+    # A page under another suffix is refused in the command's own words (--html, not html).
+    assert main([*argv, "--html", "~/page.txt"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err == (
+        f"valbench: error: --html {tmp_path}/page.txt: name an .html file (the page would "
+        f"replace {tmp_path}/page.txt)\n"
+    )
+
+
+def test_value_best_names_the_first_lost_cell_and_says_whether_there_are_more(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from test_report_fakes import fake_run
+
+    run = fake_run(tmp_path / "run", methods=("random", "loo"), datasets=("digits",), seeds=3)
+    _write_table(tmp_path / "mine.csv", 20)
+    argv = ["value", str(tmp_path / "mine.csv"), "--methods", "best", "--from", str(run)]
+    records = [json.loads(x) for x in (run / "results.jsonl").read_text().splitlines()]
+    first = records[0]["cell_id"]
+    for lost, listed in ((1, first), (2, f"{first}, ...")):
+        (run / records[lost - 1]["scores_file"]).unlink()
+        assert main([*argv, "--out", str(tmp_path / "v.csv")]) == EXIT_USAGE
+        err = capsys.readouterr().err
+        assert f"is incomplete: {lost} of its cells lost their results since it finished " in err
+        assert f"finished ({listed}); run its command again" in err, err
+
+
+def test_every_run_flag_reaches_the_runs_spec(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A flag parsed but left out of the overrides would run with the preset's value, silently.
+    import shlex
+
+    import valbench.pool
+    import valbench.runner
+
+    seen: dict[str, Any] = {}
+
+    def execute(spec: Any, **kwargs: Any) -> None:
+        seen.update(spec=spec, **kwargs)
+        raise KeyboardInterrupt  # what reached the run is all this test looks at
+
+    monkeypatch.setattr(valbench.runner, "execute", execute)
+    monkeypatch.setattr(valbench.pool, "warm_workers", lambda spec: None)
+    data = tmp_path / "g.csv"
+    data.write_text("id,a,b,kind\n" + "".join(f"r{i},{i},{i % 7},{i % 2}\n" for i in range(80)))
+    flags = {
+        "--methods": "random",
+        "--datasets": f"file:{data}",
+        "--noise": "0.2",
+        "--seeds": "2",
+        "--root-seed": "5",
+        "--fractions": "0.2,0.4",
+        "--model": "mlp",
+        "--device": "cpu",
+        "--budget": "fits=100",
+        "--max-train": "50",
+        "--jobs": "1",
+        "--timeout": "100",
+        "--max-memory": "1000",
+        "--metrics": "none",
+        "--lds-subsets": "10",
+        "--noise-model": "pair",
+        "--imbalance": "2",
+        "--label-column": "kind",
+        "--id-column": "id",
+        "--backend": "process",
+    }
+    argv = ["run", *(x for item in flags.items() for x in item), "--no-progress"]
+    argv += ["--retry-failed", "--overwrite", "--out", str(tmp_path / "my run")]
+    assert main(argv) == 130
+    spec = seen["spec"]
+    assert (spec.methods, spec.datasets) == (("random",), (f"file:{data}",))
+    assert (spec.noise, spec.seeds, spec.root_seed, spec.fractions) == ((0.2,), 2, 5, (0.2, 0.4))
+    assert (spec.model, spec.device, spec.max_train, spec.jobs) == ("mlp", "cpu", 50, 1)
+    assert (spec.timeout, spec.max_memory_mb, spec.metrics, spec.lds_subsets) == (
+        100.0,
+        1000.0,
+        (),
+        10,
+    )
+    assert (spec.noise_model, spec.imbalance) == ("pair", 2.0)
+    assert (spec.label_column, spec.id_column) == ("kind", "id")
+    assert "100" in spec.budget
+    assert (seen["backend"], seen["out"], seen["overwrite"]) == (
+        "process",
+        tmp_path / "my run",
+        True,
+    )
+    assert (seen["retry_failed"], seen["show_progress"]) == (True, False)
+    # The manifest's command, quoted for a shell: a path with a space stays one argument.
+    assert shlex.split(seen["command"]) == ["valbench", *argv]
+
+
+def test_compare_writes_its_page_by_default_as_compare_b_vs_a_here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    from test_report_fakes import fake_run
+
+    run_a = fake_run(tmp_path / "run a", methods=("random",), datasets=("digits",), two_d=())
+    shutil.copytree(run_a, tmp_path / "b")
+    monkeypatch.chdir(tmp_path)
+    assert main(["compare", "run a", "b", "--fail-on-regression"]) == 0
+    # B first, as the help says; what a file name cannot hold (a space) becomes "_"
+    assert "page: compare-b-vs-run_a.html\n" in capsys.readouterr().out
+    assert (tmp_path / "compare-b-vs-run_a.html").is_file()
+
+
+def test_compare_names_one_regression_in_the_singular_and_each_lost_cell(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import dataclasses
+    import shutil
+
+    from test_report_fakes import fake_run
+
+    import valbench.compare
+
+    run_a = fake_run(
+        tmp_path / "a", methods=("random", "loo"), datasets=("digits",), seeds=5, two_d=()
+    )
+    shutil.copytree(run_a, tmp_path / "b")
+    lines = [json.loads(x) for x in (tmp_path / "b" / "results.jsonl").read_text().splitlines()]
+    for rec in lines:
+        if rec["method"] == "loo":  # a planted drop of every subset value
+            drop = 0.05 + 0.001 * rec["seed"]
+            rec["metrics"]["subset_value"] = {
+                f: v - drop for f, v in rec["metrics"]["subset_value"].items()
+            }
+    (tmp_path / "b" / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    found = valbench.compare.compare_runs(run_a, tmp_path / "b")
+    worst = found.regressions[0]
+    # One regression and one lost cell, each said on stderr, and the exit status they earn.
+    one = dataclasses.replace(
+        found, differences=[worst], lost=["digits · label noise 0.1: loo, seed 2 (failed in B)"]
+    )
+    monkeypatch.setattr(valbench.compare, "compare_runs", lambda a, b: one)
+    argv = ["compare", str(run_a), str(tmp_path / "b"), "--html", str(tmp_path / "c.html")]
+    assert main([*argv, "--fail-on-regression"]) == 1
+    assert capsys.readouterr().err == (
+        f"1 significant regression: {worst.title}: loo {worst.column.label}\n"
+        "cells ok in A that failed or timed out in B: digits · label noise 0.1: loo, seed 2 "
+        "(failed in B)\n"
+    )
+    assert main(argv) == 0  # said, but a failure only when asked
+
+
+def test_the_summary_line_counts_skipped_partial_and_unrun_cells_and_where_output_went(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from types import SimpleNamespace
+
+    import valbench.runner
+
+    summary = SimpleNamespace(
+        ok=2, total=5, finished=4, partial=1, failed=["d.loo.noise0.1.seed1"], timed_out=0,
+        skipped=["d.exact.noise0.1.seed0"], already_done=1, run_now=3, wall_s=1.5,
+        run_dir=tmp_path, report=tmp_path / "index.html", printed=["output/d.loo.txt"],
+        interrupted=False, report_interrupted=False,
+    )  # fmt: skip
+    monkeypatch.setattr(valbench.runner, "execute", lambda *a, **k: summary)
+    assert main(["run", "--methods", "random", *SMALL, "--out", str(tmp_path)]) == 1
+    out, err = capsys.readouterr()
+    assert out == (
+        "2/5 cells ok (1 partial: their budget cut the estimate short; left out of the "
+        "rankings), 1 failed, 1 skipped (1 already done, 3 run now, 1 not run, 1.5 s) -> "
+        f"{tmp_path}\nreport: {tmp_path / 'index.html'}\n"
+    )
+    assert err.splitlines() == [
+        f"cells that printed output: 1, kept in {tmp_path / 'output'}/",
+        "failed cells: d.loo.noise0.1.seed1",
+        "the same command keeps them as they are; add --retry-failed to run them again",
+    ]
+
+
+def test_list_with_both_kinds_named_lists_both(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["list", "--methods", "--datasets"]) == 0
+    out = capsys.readouterr().out
+    assert "Methods:\n" in out and "Datasets:\n" in out
+    assert out.index("Methods:") < out.index("Datasets:")
+
+
+def test_status_calls_only_a_finished_run_incomplete_and_marks_partial_ok_cells_only(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from test_report_fakes import fake_run
+
+    run = fake_run(tmp_path / "run", methods=("random",), datasets=("digits",), seeds=2)
+    lines = [json.loads(x) for x in (run / "results.jsonl").read_text().splitlines()]
+    lines[0]["complete"] = False  # a partial cell: ok, but its budget cut it short
+    (run / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    cut = lines[0]["cell_id"]
+    assert main(["status", str(run)]) == 0
+    assert f"    of which partial (budget cut, not ranked) 1: {cut}" in capsys.readouterr().out
+    # Its scores file lost, the partial cell is pending: no "of which partial" under pending.
+    (run / lines[0]["scores_file"]).unlink()
+    assert main(["status", str(run)]) == 0
+    shown = capsys.readouterr().out.splitlines()
+    assert shown[2:] == [f"  pending      1  {cut}"], shown
+    # An interrupted run with cells left is just that: it never finished, so not "incomplete".
+    manifest = json.loads((run / "manifest.json").read_text())
+    (run / "manifest.json").write_text(json.dumps({**manifest, "status": "interrupted"}))
+    assert main(["status", str(run)]) == 0
+    assert capsys.readouterr().out.startswith(f"{run}: interrupted, not live")
+
+
+def test_status_of_a_live_run_with_a_damaged_manifest_names_the_damage(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # "starting, its manifest is not written yet" is for a missing manifest only.
+    from valbench.store import RunStore
+
+    store = RunStore(tmp_path)
+    store.lock()
+    try:
+        (tmp_path / "manifest.json").write_text("{not json")
+        assert main(["status", str(tmp_path)]) == EXIT_USAGE
+        err = capsys.readouterr().err
+        assert "manifest.json" in err and "starting" not in err and err.count("\n") == 1, err
+    finally:
+        store.unlock()
+
+
+def test_report_of_one_damaged_line_names_it_and_counts_no_more(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from test_report_fakes import fake_run
+
+    run = fake_run(tmp_path / "run", methods=("random",), datasets=("digits",), seeds=1)
+    (run / "results.jsonl").write_text("not json\n")
+    assert main(["report", str(run)]) == EXIT_USAGE
+    assert capsys.readouterr().err == (
+        f"valbench: error: {run} holds no finished cell (no usable line in its results.jsonl: "
+        "line 1: not JSON (JSONDecodeError)); nothing to render, its page is left as it is\n"
+    )
+
+
+def test_run_help_shows_a_presets_models_and_parameters(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from valbench.spec import PRESETS
+
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    out = capsys.readouterr().out
+    shown = 0
+    for name, preset in PRESETS.items():
+        (line,) = [x for x in out.splitlines() if x.strip().startswith(f"{name}")]
+        for key in ("model", "scratch_model"):
+            if preset.get(key):
+                assert f"; {key} {preset[key]}" in line, line
+                shown += 1
+        for owner, values in (preset.get("params") or {}).items():
+            listed = ", ".join(f"{k}: {v}" for k, v in values.items())
+            assert f"{owner}: {listed}" in line, line
+    assert shown  # some preset sets its models: the check above is not empty
+
+
+def test_an_error_naming_a_path_with_control_characters_stays_one_plain_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A newline or an escape sequence in a name the user typed must not split or colour the line.
+    for argv in (
+        ["report", str(tmp_path / "a\nb\x1b[31m")],
+        ["run", "--methods", "random", "--config", str(tmp_path / "c\x1b[31m.toml")],
+        ["run", "--methods", "random", *SMALL, "--max-train", "wi\nne\x1b=3"],
+    ):
+        assert main(argv) == EXIT_USAGE
+        err = capsys.readouterr().err
+        assert err.startswith("valbench: error: ") and err.count("\n") == 1, err
+        assert "\x1b" not in err and "\\x1b" in err, err  # shown escaped, as text

@@ -560,3 +560,51 @@ def test_partial_cells_of_b_and_different_root_seeds_are_said(base: Path, tmp_pa
     assert up.change == "better" and up.change_text == f"+{up.diff:.1f}"
     same = render_html(compare_runs(base, base), tmp_path / "same.html").read_text()
     assert '<p class="verdict" id="verdict">No quality metric got significantly worse.' in same
+
+
+def test_a_change_needs_p_below_alpha_and_a_nonzero_difference_both_ways(base: Path) -> None:
+    from dataclasses import replace
+
+    from valbench.compare import ALPHA, _judge
+
+    same = compare_runs(base, base).differences
+    gain = next(d for d in same if d.column.key == "gain")
+    cpu = next(d for d in same if d.column.key == "cost.cpu_s")
+    up = replace(gain, mean_b=gain.mean_a + 1.0, tested_diff=1.0)
+    # One test in its family: Holm leaves its p as it is. "Below α" is strict.
+    assert [d.change for d in _judge([replace(up, p_value=ALPHA)], ALPHA)] == ["same"]
+    assert [d.change for d in _judge([replace(up, p_value=ALPHA * 0.99)], ALPHA)] == ["better"]
+    # A cost whose mean seconds did not move is no change, whatever its ratio test says.
+    flat = replace(cpu, mean_b=cpu.mean_a, tested_diff=0.5, p_value=1e-6)
+    assert [d.change for d in _judge([flat], ALPHA)] == ["same"]
+
+
+def test_a_dataset_only_one_run_holds_is_listed_under_that_run(tmp_path: Path) -> None:
+    run_a = fake_run(tmp_path / "a", methods=("random",), datasets=("digits", "synthetic"))
+    run_b = tmp_path / "b"
+    shutil.copytree(run_a, run_b)
+    lines = [r for r in read_jsonl(run_b) if r["dataset"] != "synthetic"]
+    (run_b / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    comparison = compare_runs(run_a, run_b)
+    assert comparison.only_a == ["synthetic · label noise 0.1: random"]
+    assert comparison.only_b == []
+    reverse = compare_runs(run_b, run_a)
+    assert reverse.only_b == ["synthetic · label noise 0.1: random"] and reverse.only_a == []
+
+
+def test_a_cost_that_got_better_by_a_hundred_thousandth_gets_the_digits_too(
+    base: Path, tmp_path: Path
+) -> None:
+    run_b = _copy(base, tmp_path)
+
+    def lighter(rec: dict[str, Any]) -> None:
+        rec["cost"]["peak_mem_mb"] = rec["cost"]["peak_mem_mb"] * (0.99998 - 1e-9 * rec["seed"])
+
+    _rewrite(run_b, lighter)
+    memory = [
+        d for d in compare_runs(base, run_b).differences if d.column.key == "cost.peak_mem_mb"
+    ]
+    assert memory and all(d.change == "better" for d in memory)
+    assert all(d.change_text.endswith("(×0.99998)") for d in memory), [
+        d.change_text for d in memory
+    ]

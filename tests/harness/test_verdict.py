@@ -466,3 +466,59 @@ def test_partial_cells_left_out_are_counted_per_method() -> None:
         lines.append(CellRecord.from_json(line))
     (v,) = verdicts(summarise(lines))
     assert "Partial cells left out: good (2)." in v.caveats
+
+
+def test_three_seeds_are_tested_and_two_are_said_to_be_too_few_not_one_draw() -> None:
+    # MIN_TEST_PAIRS (3) seeds is enough for the paired tests: a verdict, with no "too few".
+    (v,) = verdicts(summarise(_records(seeds=3)))
+    assert v.seeds == 3 and not any("no method can be told apart" in c for c in v.caveats)
+    subset = v.goal("subset")
+    assert subset is not None and subset.tested and "nothing was tested" not in subset.why
+    # Two seeds: too few to test, but not the single draw of one seed.
+    (two,) = verdicts(summarise(_records(seeds=2)))
+    subset = two.goal("subset")
+    assert subset is not None and subset.why.endswith(
+        "; with fewer than 3 seeds per method nothing was tested, so this is not a ranking."
+    )
+    (one,) = verdicts(summarise(_records(seeds=1)))
+    subset = one.goal("subset")
+    assert subset is not None and subset.why.endswith(
+        "; with one seed per method nothing could be tested, so this is one draw."
+    )
+
+
+def test_the_cost_goal_speaks_of_the_lowest_cost_and_costlier_methods() -> None:
+    (v,) = verdicts(summarise(_records()))
+    cost = v.goal("cost")
+    assert cost is not None and cost.best == ["random"]
+    assert cost.why.startswith("random has the lowest "), cost.why
+    assert "significantly costlier (paired t-test of the logarithms (cost ratios)" in cost.why
+
+
+def test_a_detection_tie_with_random_does_not_borrow_the_subset_goals_gain_test() -> None:
+    # random detects as well as good here; good's gain over random subsets is significant, but
+    # that is the subset goal's claim, not one that rescues detection.
+    lines = []
+    for r in _records():
+        line = r.to_json()
+        if r.method == "random":
+            auc = TABLE["good"][r.seed or 0][1] + (0.004 if (r.seed or 0) % 2 else -0.004)
+            line["metrics"]["mislabel"] = {"auc": auc}
+        lines.append(CellRecord.from_json(line))
+    (group,) = summarise(lines)
+    assert "good" in group.separated_from_random
+    (v,) = verdicts([group])
+    mislabel = v.goal("mislabel")
+    assert mislabel is not None and "random" in mislabel.recommended
+    assert any("baseline" in c for c in mislabel.caveats)
+    assert not any("Still, the gain of" in c for c in mislabel.caveats), mislabel.caveats
+
+
+def test_a_cheapest_method_that_beats_random_selection_is_said_to() -> None:
+    (v,) = verdicts(summarise([r for r in _records() if r.method != "random"]))
+    cost = v.goal("cost")
+    assert cost is not None and cost.recommended == ["bad"]
+    assert cost.caveats[-1] == (
+        "CPU seconds of one valuation on this machine, one thread; of these, bad also beat "
+        "random selection significantly."
+    )
