@@ -130,6 +130,28 @@ class Recipe:
     epochs: int
     augment: bool = False
 
+    def __post_init__(self) -> None:
+        # Training reads "sgd" and gives every other name Adam's step, and drops augment: a
+        # plugin's "rmsprop" (or "SGD") would train as Adam under its own name.
+        if self.optimizer not in OPTIMIZERS:
+            raise UsageError(
+                f"recipe optimizer {self.optimizer!r} is not one valbench trains with; valid: "
+                f"{', '.join(OPTIMIZERS)}"
+            )
+        if self.schedule not in SCHEDULES:
+            raise UsageError(
+                f"unknown lr schedule {self.schedule!r}; valid: {', '.join(SCHEDULES)}"
+            )
+        if self.augment:
+            raise UsageError(
+                "recipe augment=True: valbench trains without data augmentation; set augment=False"
+            )
+
+
+#: The optimisers :func:`train_copies` implements, and the schedules :func:`lr_at` knows.
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("constant", "cosine")
+
 
 def _uniform(gen: torch.Generator, shape: tuple[int, ...], fan_in: int) -> torch.Tensor:
     # torch.nn's default init for conv and linear layers and their biases, kept in float32.
@@ -536,7 +558,7 @@ def lr_at(recipe_lr: float, schedule: str, epoch: int, epochs: int) -> float:
         return recipe_lr
     if schedule == "cosine":
         return recipe_lr * 0.5 * (1.0 + math.cos(math.pi * epoch / max(epochs, 1)))
-    raise UsageError(f"unknown lr schedule {schedule!r}; valid: constant, cosine")
+    raise UsageError(f"unknown lr schedule {schedule!r}; valid: {', '.join(SCHEDULES)}")
 
 
 def _gate(active: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:

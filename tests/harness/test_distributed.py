@@ -7,6 +7,9 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
+import types
+from concurrent.futures import CancelledError
 from pathlib import Path
 from typing import Any
 
@@ -747,3 +750,334 @@ def test_a_dask_cell_that_finishes_past_its_limit_between_polls_keeps_its_result
     got: list[Any] = []
     engine._run_dask(spec.cells(), spec, got.append, lambda *a: None, "tcp://scheduler:8786")
     assert got == ["its own result"] and events == [] and len(polls) == 2
+
+
+# ----------------------------------------------------------------------------- fake engines
+class _DaskFuture:
+    """A future of the fake Dask client: its cell's own result, or an engine error."""
+
+    def __init__(self, cell: Any, client: _DaskClient) -> None:
+        self.cell, self.client = cell, client
+        self.finished = False
+
+    def done(self) -> bool:
+        return self.finished
+
+    def result(self) -> Any:
+        if self.cell.cell_id in self.client.cancelled:
+            raise CancelledError(self.cell.cell_id)
+        self.client.read.append(self.cell.cell_id)
+        error = self.client.errors.get(self.cell.cell_id)
+        if error is not None:
+            raise error
+        return ("result of", self.cell.cell_id)
+
+    def release(self) -> None:
+        pass
+
+    def cancel(self) -> None:  # as Dask's: the future is done, its result an error
+        self.client.cancelled.append(self.cell.cell_id)
+        self.finished = True
+
+
+class _DaskClient:
+    """What _run_dask asks of a distributed.Client, scripted: ``errors`` the cells whose task
+    fails in the engine, ``starts`` the cells that announce their start at submission and then
+    run until cancelled."""
+
+    def __init__(self, errors: dict[str, BaseException], starts: set[str]) -> None:
+        self.errors, self.starts = errors, starts
+        self.listeners: list[Any] = []
+        self.submitted: list[_DaskFuture] = []
+        self.read: list[str] = []
+        self.cancelled: list[str] = []
+        self.restarted: list[list[str]] = []
+        self.options: dict[str, Any] = {}
+        self.closed = False
+
+    def __call__(self, address: str, timeout: float) -> _DaskClient:
+        return self
+
+    def subscribe_topic(self, topic: str, handler: Any) -> None:
+        self.listeners.append(handler)
+
+    def unsubscribe_topic(self, topic: str) -> None:
+        pass
+
+    def submit(self, fn: Any, cell: Any, *args: Any, **kwargs: Any) -> _DaskFuture:
+        if cell.cell_id in self.starts:
+            for handler in self.listeners:
+                handler((0.0, {"cell_id": cell.cell_id, "worker": f"tcp://{cell.cell_id}:1"}))
+        self.options = kwargs
+        fut = _DaskFuture(cell, self)
+        self.submitted.append(fut)
+        return fut
+
+    def restart_workers(self, workers: list[str], **kwargs: Any) -> None:
+        self.restarted.append(workers)
+
+    def cancel(self, futures: list[_DaskFuture], force: bool = False) -> None:
+        self.cancelled.extend(f.cell.cell_id for f in futures)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _outcome_cell(outcome: Any) -> str:
+    """The cell an outcome of the fakes is for: a result names it, a record holds it."""
+    return outcome[1] if isinstance(outcome, tuple) else outcome.record.cell_id
+
+
+def _fake_dask(monkeypatch: pytest.MonkeyPatch, client: _DaskClient) -> tuple[Any, list[int]]:
+    import distributed
+
+    import valbench.distributed as engine
+
+    waited: list[int] = []
+
+    def wait(futures: list[_DaskFuture], timeout: float, return_when: str) -> Any:
+        waited.append(len(futures))
+        if len(waited) > 100:  # some 2 s of polls with nothing left to finish
+            pytest.fail("the run never ended")
+        done = {f for f in futures if f.finished}  # cancelled ones
+        # Otherwise the newest future finishes first: results arrive out of submission order;
+        # a cell that announced its start runs until cancelled.
+        live = [f for f in futures if f.cell.cell_id not in client.starts]
+        if not done and live:
+            live[-1].finished = True
+            done = {live[-1]}
+        if not done:
+            time.sleep(0.02)
+            raise TimeoutError
+        return types.SimpleNamespace(done=done)
+
+    monkeypatch.setattr(distributed, "Client", client)
+    monkeypatch.setattr(distributed, "wait", wait)
+    monkeypatch.setattr(engine, "_warn_of_threaded_workers", lambda client: None)
+    monkeypatch.setattr(engine, "_worker_processes", lambda client: 2)
+    return engine, waited
+
+
+def test_dask_results_out_of_order_go_to_their_own_cells(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each outcome belongs to the cell whose future it came from (the newest finishes first
+    here), an engine error is that cell's failure, and at most one cell per worker process
+    (two) is in flight."""
+    spec = _spec(seeds=2, methods=("random", "loo"), metrics=())
+    cells = spec.cells()
+    crashed = cells[0].cell_id
+    client = _DaskClient({crashed: OSError("connection to the worker lost")}, set())
+    engine, waited = _fake_dask(monkeypatch, client)
+    got: list[Any] = []
+    engine._run_dask(cells, spec, got.append, lambda *a: None, "tcp://scheduler:8786")
+    assert sorted(_outcome_cell(g) for g in got) == sorted(c.cell_id for c in cells)
+    assert client.closed
+    results = [g for g in got if isinstance(g, tuple)]
+    assert results == [("result of", c) for c in client.read if c != crashed]
+    (failure,) = [g for g in got if not isinstance(g, tuple)]
+    assert failure.record.cell_id == crashed and failure.record.status == "failed"
+    assert failure.record.error.type == "WorkerCrashed"
+    assert "OSError: connection to the worker lost" in failure.record.error.message
+    assert max(waited) == 2
+    assert client.options == {"pure": False, "retries": 0}  # one attempt, as documented
+
+
+def test_a_dask_cell_past_its_limit_is_a_timeout_never_a_result(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A cell running past --timeout is recorded once, as a timeout of that cell: its future
+    cancelled, its worker restarted, no result of it read; the other cell keeps its own."""
+    spec = _spec(seeds=1, methods=("random", "loo"), metrics=(), timeout=0.01)
+    cells = spec.cells()
+    slow = cells[0].cell_id
+    client = _DaskClient({}, {slow})
+    engine, _ = _fake_dask(monkeypatch, client)
+    got: list[Any] = []
+    engine._run_dask(cells, spec, got.append, lambda *a: None, "tcp://scheduler:8786")
+    (timeout,) = [g for g in got if not isinstance(g, tuple)]
+    assert timeout.record.cell_id == slow and timeout.record.status == "timeout"
+    assert timeout.record.error.type == "CellTimeout"
+    assert "time limit of 0.01 s; task cancelled and its worker restarted" in (
+        timeout.record.error.message
+    )
+    assert got.count(("result of", cells[1].cell_id)) == 1 and len(got) == 2
+    assert client.cancelled == [slow] and client.restarted == [[f"tcp://{slow}:1"]]
+    assert slow not in client.read
+
+
+def test_an_interrupted_dask_run_cancels_the_cells_in_flight(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ctrl-C (here while the first outcome is stored) cancels every cell still in flight: none
+    is left to run on the cluster after the driver is gone."""
+    spec = _spec(seeds=2, methods=("random",), metrics=())
+    cells = spec.cells()
+    client = _DaskClient({}, set())
+    engine, _ = _fake_dask(monkeypatch, client)
+
+    def interrupted(outcome: Any) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        engine._run_dask(cells, spec, interrupted, lambda *a: None, "tcp://scheduler:8786")
+    in_flight = [f.cell.cell_id for f in client.submitted if not f.finished]
+    assert in_flight and client.cancelled == in_flight and client.closed
+
+
+class _Ref:
+    """A Ray object reference of the fake: which cell's task it is."""
+
+    def __init__(self, cell_id: str) -> None:
+        self.cell_id = cell_id
+
+
+_AGES = _Ref("the start log's ages")
+
+
+class _FakeRay(types.ModuleType):
+    """What run_ray asks of the ray module, scripted: ``errors`` the cells whose task fails in
+    the engine, ``ages`` how long each cell has been running (missing: not started)."""
+
+    def __init__(
+        self, errors: dict[str, BaseException], ages: dict[str, float], initialized: bool
+    ) -> None:
+        super().__init__("ray")
+        self.errors, self.cell_ages, self.initialized = errors, ages, initialized
+        self.calls: list[str] = []
+        self.refs: list[Any] = []
+        self.read: list[str] = []
+        self.cancelled: list[str] = []
+        self.options: dict[str, Any] = {}
+        self.polls = 0
+
+    def is_initialized(self) -> bool:
+        return self.initialized
+
+    def init(self, **kwargs: Any) -> None:
+        self.calls.append("init")
+
+    def shutdown(self) -> None:
+        self.calls.append("shutdown")
+
+    def put(self, value: Any) -> Any:
+        return value
+
+    def cluster_resources(self) -> dict[str, float]:
+        return {"CPU": 2.0}
+
+    def remote(self, **options: Any) -> Any:
+        ray = self
+
+        def wrap(fn: Any) -> Any:
+            if isinstance(fn, type):  # the start log actor
+                actor = types.SimpleNamespace(ages=types.SimpleNamespace(remote=lambda: _AGES))
+                return types.SimpleNamespace(remote=lambda: actor)
+            ray.options = options
+
+            def submit(cell: Any, spec: Any, starts: Any) -> Any:
+                ref = _Ref(cell.cell_id)
+                ray.refs.append(ref)
+                return ref
+
+            return types.SimpleNamespace(remote=submit)
+
+        return wrap
+
+    def wait(self, refs: list[Any], num_returns: int, timeout: float) -> Any:
+        # A cancelled task is ready (its result an error); otherwise the newest finishes first,
+        # and a cell that has started (has an age) runs until cancelled.
+        self.polls += 1
+        if self.polls > 100:
+            pytest.fail("the run never ended")
+        ready = [r for r in refs if r.cell_id in self.cancelled]
+        live = [r for r in refs if r.cell_id not in self.cell_ages]
+        return ((ready or live)[-1:], [])
+
+    def get(self, ref: Any) -> Any:
+        if ref is _AGES:
+            return dict(self.cell_ages)
+        if ref.cell_id in self.cancelled:
+            raise RuntimeError(f"task {ref.cell_id} was cancelled")
+        self.read.append(ref.cell_id)
+        if ref.cell_id in self.errors:
+            raise self.errors[ref.cell_id]
+        return ("result of", ref.cell_id)
+
+    def cancel(self, ref: Any, force: bool = False) -> None:
+        self.cancelled.append(ref.cell_id)
+
+
+def test_ray_results_out_of_order_go_to_their_own_cells(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As for Dask: each outcome is its own cell's (the newest task finishes first here), an
+    engine error that cell's failure; tasks run once, on a local cluster shut down after."""
+    import valbench.distributed as engine
+
+    spec = _spec(seeds=2, methods=("random", "loo"), metrics=())
+    cells = spec.cells()
+    crashed = cells[1].cell_id
+    ray = _FakeRay({crashed: RuntimeError("the worker died unexpectedly")}, {}, False)
+    monkeypatch.setitem(sys.modules, "ray", ray)
+    got: list[Any] = []
+    engine.run_ray(cells, spec, got.append, lambda *a: None)
+    assert sorted(_outcome_cell(g) for g in got) == sorted(c.cell_id for c in cells)
+    results = [g for g in got if isinstance(g, tuple)]
+    assert results == [("result of", c) for c in ray.read if c != crashed]
+    (failure,) = [g for g in got if not isinstance(g, tuple)]
+    assert failure.record.cell_id == crashed and failure.record.status == "failed"
+    assert failure.record.error.type == "WorkerCrashed"
+    assert "RuntimeError: the worker died unexpectedly" in failure.record.error.message
+    assert ray.options == {"num_cpus": 1, "max_retries": 0}  # one attempt, as documented
+    assert ray.calls == ["init", "shutdown"]  # its own local cluster, shut down after
+
+
+def test_a_ray_cell_past_its_limit_is_a_timeout_never_a_result(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A task running past --timeout is recorded once, as that cell's timeout, and killed; its
+    result is never read (a killed task's reference then raises, which is no second record)."""
+    import valbench.distributed as engine
+
+    spec = _spec(seeds=1, methods=("random", "loo"), metrics=(), timeout=5.0)
+    cells = spec.cells()
+    slow = cells[0].cell_id
+    ray = _FakeRay({}, {slow: 6.0}, True)
+    monkeypatch.setitem(sys.modules, "ray", ray)
+    got: list[Any] = []
+    engine.run_ray(cells, spec, got.append, lambda *a: None, address="auto")
+    (timeout,) = [g for g in got if not isinstance(g, tuple)]
+    assert timeout.record.cell_id == slow and timeout.record.status == "timeout"
+    assert "time limit of 5 s; its worker process was killed" in timeout.record.error.message
+    assert got.count(("result of", cells[1].cell_id)) == 1 and len(got) == 2
+    assert ray.cancelled == [slow] and slow not in ray.read
+    assert ray.calls == []  # a cluster this process had already joined: neither joined nor left
+
+
+def test_a_dask_worker_process_runs_one_cell_at_a_time_whatever_its_threads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Cells given to two threads of one worker process (a worker that joined late, a
+    # scheduler's saturation) still run one after the other: their CPU seconds, memory and
+    # fits are read off the process.
+    import threading
+
+    import valbench.distributed as engine
+
+    inside: list[str] = []
+    overlaps: list[int] = []
+
+    def run_cell(cell: Any, spec: RunSpec) -> str:
+        inside.append(cell.cell_id)
+        overlaps.append(len(inside))
+        time.sleep(0.05)
+        inside.remove(cell.cell_id)
+        return cell.cell_id
+
+    monkeypatch.setattr(engine, "run_cell", run_cell)
+    spec = _spec(seeds=3, methods=("random",), metrics=())
+    threads = [
+        threading.Thread(target=engine._dask_task, args=(cell, spec, None)) for cell in spec.cells()
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert overlaps == [1, 1, 1]

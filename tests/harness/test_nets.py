@@ -1165,3 +1165,230 @@ def test_deep_classifier_refuses_labels_outside_its_classes() -> None:
     x = images(4).reshape(4, 784).numpy()
     with pytest.raises(UsageError, match=r"labels must lie in \[0, 3\), got 0..3"):
         clf.fit(x, np.array([0, 1, 2, 3]), np.ones((1, 4), dtype=bool))
+
+
+def test_resnet18_init_draws_each_conv_in_order_from_the_seed() -> None:
+    # torch.nn's default U(+-1/sqrt(fan_in)) for every convolution (no biases) and the head,
+    # drawn from one generator seeded with the model seed, from the stem to the head, the
+    # shortcut after its block's two convolutions; batch norm starts as torch.nn's (scale 1,
+    # shift 0, running mean 0, running variance 1).
+    arch = ResNet18(width=2)
+    params, buffers = arch.init((1, 28, 28), 3, 7)
+    gen = torch.Generator().manual_seed(7)
+
+    def draw(shape: tuple[int, ...], fan_in: int) -> torch.Tensor:
+        u = torch.rand(shape, generator=gen, dtype=torch.float64)
+        return ((u * 2 - 1) / math.sqrt(fan_in)).float()
+
+    want = {"conv1.weight": draw((2, 1, 3, 3), 9)}
+    cin = 2
+    for stage, (mult, stride) in enumerate(((1, 1), (2, 2), (4, 2), (8, 2)), start=1):
+        cout = 2 * mult
+        for block in range(2):
+            name = f"layer{stage}.{block}"
+            want[f"{name}.conv1.weight"] = draw((cout, cin, 3, 3), cin * 9)
+            want[f"{name}.conv2.weight"] = draw((cout, cout, 3, 3), cout * 9)
+            if block == 0 and stride != 1:
+                want[f"{name}.short.weight"] = draw((cout, cin, 1, 1), cin)
+            cin = cout
+    want["head.weight"], want["head.bias"] = draw((3, 16), 16), draw((3,), 16)
+    for k, v in want.items():
+        torch.testing.assert_close(params[k], v, rtol=0, atol=0)
+    norms = [k[: -len(".weight")] for k in params if k.endswith(".weight") and k not in want]
+    assert len(norms) == 1 + 2 * 8 + 3 and set(params) == set(want) | {
+        f"{n}.{p}" for n in norms for p in ("weight", "bias")
+    }
+    for n in norms:
+        assert torch.equal(params[f"{n}.weight"], torch.ones(params[f"{n}.weight"].shape))
+        assert not params[f"{n}.bias"].any() and not buffers[f"{n}.mean"].any()
+        assert torch.equal(buffers[f"{n}.var"], torch.ones(buffers[f"{n}.var"].shape))
+    assert set(buffers) == {f"{n}.{s}" for n in norms for s in ("mean", "var")}
+
+
+def test_a_plugin_cannot_replace_a_builtin(monkeypatch: pytest.MonkeyPatch) -> None:
+    # An installed package registering "cnn" does not change what --model cnn trains.
+    class EntryPoint:
+        name = "cnn"
+
+        def load(self) -> Any:
+            return lambda: pytest.fail("the plugin was loaded")
+
+    monkeypatch.setattr(nets, "_plugins", lambda: {"cnn": EntryPoint()})
+    assert type(nets.get_architecture("cnn")) is SmallCNN
+    assert nets.architecture_names().count("cnn") == 1
+
+
+@pytest.mark.parametrize("device", ["tpu", "mps", "cuda:0", "CPU"])
+def test_resolve_device_refuses_other_devices_in_one_line(device: str) -> None:
+    with pytest.raises(
+        UsageError, match=rf"^--device must be one of auto, cpu, cuda, got '{device}'$"
+    ):
+        nets.resolve_device(device)
+
+
+def test_choosing_cuda_sets_strict_arithmetic(monkeypatch: pytest.MonkeyPatch) -> None:
+    # No GPU needed: torch.device("cuda") is only a name until a tensor goes there.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for flag in ("allow_tf32", "deterministic", "benchmark"):
+        monkeypatch.setattr(torch.backends.cudnn, flag, flag != "deterministic")
+    matmul_before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        for device in ("cuda", "auto"):
+            torch.backends.cudnn.deterministic = False
+            assert nets.resolve_device(device) == torch.device("cuda")
+            assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+            assert not torch.backends.cudnn.allow_tf32
+            assert not torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul_before
+
+
+def test_an_unknown_schedule_is_refused_not_read_as_constant() -> None:
+    with pytest.raises(
+        UsageError, match=r"^unknown lr schedule 'linear'; valid: constant, cosine$"
+    ):
+        nets.lr_at(0.1, "linear", 0, 10)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"optimizer": "rmsprop"}, r"recipe optimizer 'rmsprop' is not one .*; valid: sgd, adam$"),
+        ({"optimizer": "SGD"}, r"recipe optimizer 'SGD' is not one"),  # not read as Adam
+        ({"schedule": "linear"}, r"^unknown lr schedule 'linear'; valid: constant, cosine$"),
+        ({"augment": True}, r"valbench trains without data augmentation; set augment=False$"),
+    ],
+)
+def test_a_recipe_training_cannot_follow_is_refused_when_it_is_made(
+    fields: dict[str, Any], message: str
+) -> None:
+    # Training gave every optimiser but "sgd" Adam's step and dropped augment, silently, so a
+    # plugin's recipe could train other than its own name said.
+    base = {"optimizer": "adam", "lr": 0.01, "schedule": "constant", "momentum": 0.9}
+    base |= {"weight_decay": 0.0, "batch_size": 4, "epochs": 1}
+    with pytest.raises(UsageError, match=message):
+        Recipe(**{**base, **fields})
+    assert Recipe(**base).optimizer == "adam"
+
+
+def test_a_numpy_integer_seed_is_one_seed_for_every_copy() -> None:
+    # A seed read off a numpy array (np.int64) is the int it holds, not a sequence of seeds.
+    arch, params, x, y = _tiny_cnn_case(12)
+    recipe = Recipe("sgd", 0.1, "constant", 0.9, 0.0, 4, 1)
+    w = torch.ones(2, 12)
+    got, _ = train_copies(arch, stacked(params, 2), {}, x, y, w, recipe=recipe, seed=np.int64(3))
+    want, _ = train_copies(arch, stacked(params, 2), {}, x, y, w, recipe=recipe, seed=3)
+    for k in params:
+        assert torch.equal(got[k], want[k]), k
+
+
+@pytest.mark.parametrize("stack", [True, False])
+def test_stop_after_zero_is_the_start_and_one_is_the_first_epoch(stack: bool) -> None:
+    # stop_after=0: a network before any training (no refusal); stop_after=1 on either path
+    # (stacked or one copy after the other): each copy's checkpoint after its first epoch.
+    arch, params, x, y = _tiny_cnn_case(12)
+    recipe = Recipe("sgd", 0.1, "cosine", 0.9, 0.0, 4, 3)
+    w = torch.ones(2, 12)
+    w[1, :5] = 0.0
+    start = stacked(params, 2)
+    none, _ = train_copies(arch, start, {}, x, y, w, recipe=recipe, seed=[1, 2], stop_after=0)
+    for k in params:
+        assert torch.equal(none[k], start[k]), k
+    saved: dict[int, dict[str, torch.Tensor]] = {}
+
+    def on_epoch(epoch: int, copies: range, p: Any, b: Any) -> None:
+        for j, c in enumerate(copies):
+            saved.setdefault(epoch, {})[c] = {k: v[j] for k, v in p.items()}
+
+    full, _ = train_copies(
+        arch, start, {}, x, y, w, recipe=recipe, seed=[1, 2], stack=stack, on_epoch=on_epoch
+    )
+    one, _ = train_copies(
+        arch, start, {}, x, y, w, recipe=recipe, seed=[1, 2], stack=stack, stop_after=1
+    )
+    for c in range(2):
+        for k in params:
+            assert torch.equal(one[k][c], saved[0][c][k]), (c, k)
+            assert not torch.equal(one[k][c], full[k][c]), (c, k)
+
+
+def test_the_loop_path_reports_each_copys_batches_under_its_own_number() -> None:
+    # One copy after the other (the CPU's default): on_batch says which copy of the caller's
+    # batch it reports, so each copy's points are recorded against that copy.
+    arch, params, x, y = _tiny_cnn_case(10)
+    recipe = Recipe("sgd", 0.1, "constant", 0.9, 0.0, 4, 1)
+    w = torch.zeros(3, 10)
+    w[0, :3], w[1, 3:8], w[2, 8:] = 1.0, 1.0, 1.0
+    shown: dict[int, list[int]] = {0: [], 1: [], 2: []}
+
+    def on_batch(epoch: int, copies: range, idx: Any, valid: Any, logits: Any) -> None:
+        for j, c in enumerate(copies):
+            shown[c] += idx[j][valid[j]].tolist()
+
+    train_copies(
+        arch, stacked(params, 3), {}, x, y, w, recipe=recipe, seed=0, stack=False, on_batch=on_batch
+    )
+    assert {c: sorted(v) for c, v in shown.items()} == {0: [0, 1, 2], 1: [3, 4, 5, 6, 7], 2: [8, 9]}
+
+
+def test_on_a_cpu_each_copy_of_a_fit_is_the_copy_trained_alone() -> None:
+    # The CPU trains the copies one after the other, so copy b of a batch is bit for bit the
+    # model a fit on its mask alone gives (a stacked pass rounds in another order).
+    spec = ModelSpec.parse("cnn", epochs=1, batch_size=4)
+    x = images(16).reshape(16, 784).numpy()
+    y = np.arange(16) % 3
+    masks = np.random.default_rng(0).random((3, 16)) < 0.6
+    together = spec.build(784, 3, seed=0).fit(x, y, masks)
+    for b in range(3):
+        alone = spec.build(784, 3, seed=0).fit(x, y, masks[b : b + 1])
+        for k, v in alone.tensors.items():
+            assert torch.equal(together.tensors[k][b], v[0]), (b, k)
+
+
+def test_a_deep_classifier_needs_a_class() -> None:
+    with pytest.raises(UsageError, match=r"^need at least one class, got 0$"):
+        ModelSpec.parse("cnn").build(784, 0, seed=0)
+
+
+def test_negative_pixels_alone_are_refused() -> None:
+    # Pixels centred on 0 (x - 0.5) stay below 1: their negative half is what gives them away.
+    clf = ModelSpec.parse("cnn").build(784, 2, seed=0)
+    pixels = np.random.default_rng(0).random((4, 784), dtype=np.float32) - 0.5
+    with pytest.raises(
+        UsageError, match=r"^images hold values from -0\.\d+ to 0\.\d+; .*\[0, 1\]$"
+    ):
+        clf.logits(clf.init_params(1), pixels)
+    # A rounding's worth below 0 is still a pixel.
+    assert clf.logits(clf.init_params(1), np.maximum(pixels, -5e-4)).shape == (1, 4, 2)
+
+
+def test_an_init_of_another_model_or_count_is_refused() -> None:
+    spec = ModelSpec.parse("cnn", epochs=1, batch_size=4)
+    clf = spec.build(784, 3, seed=0)
+    x = images(6).reshape(6, 784).numpy()
+    y = np.arange(6) % 3
+    masks = np.ones((2, 6), dtype=bool)
+    other = nets.DeepParams("resnet18", clf.init_params(1).tensors)
+    with pytest.raises(UsageError, match=r"^init holds resnet18 parameters, this model is cnn$"):
+        clf.fit(x, y, masks, init=other)
+    with pytest.raises(UsageError, match=r"^init holds 3 models, need 1 or 2$"):
+        clf.fit(x, y, masks, init=clf.init_params(3))
+
+
+def test_log_loss_of_a_float32_model_is_computed_in_float64() -> None:
+    # The mean cross-entropy of a float32 model's logits, to float64 precision (a float32
+    # log-softmax is off by some 1e-7 relative).
+    clf = ModelSpec.parse("cnn", epochs=1, batch_size=4, lr=0.05).build(784, 3, seed=0)
+    x = images(9).reshape(9, 784).numpy()
+    y = np.arange(9) % 3
+    params = clf.fit(x, y, np.ones((1, 9), dtype=bool))
+    logits = clf.logits(params, x).astype(np.float64)
+    assert clf.logits(params, x).dtype == np.float32
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    logp = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    want = -logp[:, np.arange(9), y].mean(axis=1)
+    got = clf.log_loss(params, x, y)
+    assert got.dtype == np.float64
+    np.testing.assert_allclose(got, want, rtol=1e-13)
+    np.testing.assert_allclose(clf.accuracy_and_log_loss(params, x, y)[1], want, rtol=1e-13)
