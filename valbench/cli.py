@@ -492,7 +492,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if summary.partial
         else ""
     )
-    timed_out = f" ({summary.timed_out} of them timed out)" if summary.timed_out else ""
+    timed_out = (
+        ""
+        if not summary.timed_out
+        else " (timed out)"
+        if summary.timed_out == len(summary.failed)
+        else f" ({summary.timed_out} of them timed out)"
+    )
     print(
         f"{summary.ok}/{summary.total} cells ok{partial}, {len(summary.failed)} failed"
         f"{timed_out}{skipped} "

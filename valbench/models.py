@@ -32,6 +32,7 @@ from valbench.nets import (
     architecture_names,
     get_architecture,
 )
+from valbench.network import Network
 from valbench.types import (
     BatchedModel,
     FitCounter,
@@ -355,7 +356,8 @@ class ModelSpec:
         # setting of a run it did not touch.
         unused = {
             "hidden": (
-                spec.kind != "mlp",
+                # an architecture reads the spec only through its own `configured`
+                type(get_architecture(spec.kind)).configured is Network.configured,
                 "it is the MLP's hidden width (use --model mlp:hidden=...)",
             ),
             "lr": (

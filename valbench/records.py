@@ -680,8 +680,8 @@ class Manifest:
     resumed: int = 0
     wall_s: float = 0.0
     #: The sessions before the last, oldest first: each one's ``command`` and ``settings``,
-    #: the spec keys it ran with that the last session changed (execution settings such as
-    #: ``timeout``, which a resume may change; cells kept from then ran under them).
+    #: the execution settings it ran with (``timeout``, ``jobs``...: a resume may change them;
+    #: cells kept from that session ran under them).
     earlier_sessions: tuple[Mapping[str, Any], ...] = ()
     versions: Mapping[str, Any] = field(default_factory=dict)
     machine: Mapping[str, Any] = field(default_factory=dict)

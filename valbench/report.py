@@ -296,8 +296,8 @@ def _duration(seconds: float | None) -> str:
 
 def _elapsed(manifest: Manifest) -> float | None:
     """The run's time: first start to end for a run of one session; for a resumed run the
-    sessions' summed time (``wall_s``), since the time between them (a day, say) is no part
-    of the run's."""
+    time its sessions spent running cells, summed (``wall_s``), since the time between them
+    (a day, say) is no part of the run's."""
     if manifest.resumed:
         wall = finite(manifest.wall_s)
         return wall if wall is not None and wall > 0 else None
@@ -308,6 +308,25 @@ def _elapsed(manifest: Manifest) -> float | None:
     except (TypeError, ValueError):
         return None
     return elapsed if elapsed >= 0 else None  # a clock set back during the run: unknown
+
+
+def _earlier_sessions(manifest: Manifest) -> list[tuple[str | None, list[tuple[str, str, str]]]]:
+    """Each earlier session's command and the settings it ran with that the last session
+    changed, as (key, its value, the last session's) in JSON ("none" for no value)."""
+
+    def shown(value: Any) -> str:
+        return "none" if value is None else json.dumps(value)
+
+    out = []
+    for session in manifest.earlier_sessions:
+        settings = session.get("settings") or {}
+        changed = [
+            (str(key), shown(value), shown(manifest.spec.get(key)))
+            for key, value in settings.items()
+            if value != manifest.spec.get(key)
+        ]
+        out.append((session.get("command"), changed))
+    return out
 
 
 def _header(
@@ -967,6 +986,7 @@ def render_report(
             verdicts=verdict,
             claims=claims,
             manifest=manifest,
+            earlier_sessions=_earlier_sessions(manifest),
             groups=groups,
             colors=colors,
             head_to_head=head_to_head(groups, families),

@@ -823,18 +823,18 @@ def _open_run_dir(store: RunStore, spec: RunSpec, overwrite: bool, command: str)
                 )
             store.clear()
         else:
-            now = spec.to_dict()
-            # The session that ends here, as it ran: kept cells may come from it.
+            # The session that ends here, as it ran: kept cells may come from it. Its own
+            # execution settings, whole (a later session may change them, and change back).
             ended = {
                 "command": old.command,
-                "settings": {k: v for k, v in old.spec.items() if now.get(k, v) != v},
+                "settings": {k: old.spec[k] for k in RunSpec.EXECUTION_ONLY if k in old.spec},
             }
             return replace(
                 old,
                 status="running",
                 ended_at=None,
                 error=None,
-                spec=now,
+                spec=spec.to_dict(),
                 earlier_sessions=(*old.earlier_sessions, ended),
                 resumed=old.resumed + 1,
                 command=command,

@@ -176,14 +176,14 @@ def _ragged_row(path: Path) -> str | None:
                     f"the first line ({','.join(header)[:40]!r}) is a spreadsheet's separator "
                     "hint, not the header naming the columns; remove that line"
                 )
-            foreign = _foreign_separator(header)
-            if foreign is not None:  # its decimal commas would read as ragged rows
-                return foreign
             if len(header) == 1 and header[0].lstrip().startswith("#"):
                 return (
                     f"the first line ({header[0][:40]!r}) is a comment, not the header naming "
                     "the columns; remove the lines before the header"
                 )
+            foreign = _foreign_separator(header)
+            if foreign is not None:  # its decimal commas would read as ragged rows
+                return foreign
             for i, row in enumerate(rows):
                 if len(row) != len(header):
                     more = "more" if len(row) > len(header) else "fewer"

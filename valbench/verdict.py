@@ -367,8 +367,8 @@ def methods_to_trust(
     A method counts once per (dataset, noise) whose verdict recommends it for the goal (the
     best, or not significantly worse than it); the methods recommended most often come first,
     ties broken by how often each held the best mean, then by name. ``random`` is never
-    picked; the line says in how many groups random was recommended too (no method shown to
-    beat it there). At most ``most`` methods. Only groups whose methods were tested count. Raises
+    picked; the line says in how many groups random was recommended too (not shown worse
+    than the best). At most ``most`` methods. Only groups whose methods were tested count. Raises
     ValueError when no verdict judged the goal, or none tested it.
     """
     if goal not in {g for g, _, _ in GOALS}:
@@ -406,11 +406,11 @@ def methods_to_trust(
         f"{m} in {counts[m][0]}" for m in chosen
     )
     # Where random itself is among the recommended, "recommended" means only "not shown
-    # worse than the best": no method there was shown to beat a random choice.
+    # worse than the best", which random was too.
     level = [g for g in judged if RANDOM_METHOD in g.recommended]
     if level:
         led = sum(RANDOM_METHOD in g.best for g in level)
-        why += f"; in {len(level)} of them no method was shown to beat random" + (
+        why += f"; in {len(level)} of them random too was not shown worse than the best" + (
             f" (random held the best mean in {led})" if led else ""
         )
     return chosen, why

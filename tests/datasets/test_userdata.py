@@ -235,6 +235,11 @@ def test_another_separator_is_named_even_with_decimal_commas_in_the_rows(
         path.write_text(f"a{sep}b{sep}label\n" + rows)
         with pytest.raises(DatasetError, match=f"its values are separated by {name}, not commas"):
             FileDataset(path=str(path)).load(seed=0)
+    # A comment line before the header is a comment, whatever it holds.
+    path = tmp_path / "commented.csv"
+    path.write_text(f"# exported by a tool{sep} v2\na,b,label\n1,2,0\n3,4,1\n")
+    with pytest.raises(DatasetError, match="the first line .* is a comment, not the header"):
+        FileDataset(path=str(path)).load(seed=0)
 
 
 def test_a_table_of_labels_and_ids_only_names_what_it_holds(tmp_path: Path) -> None:

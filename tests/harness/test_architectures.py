@@ -5,6 +5,7 @@ architecture is one class that the gradient methods then run on."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import pytest
@@ -264,3 +265,22 @@ def test_the_registrys_mlp_has_the_documented_width_of_the_specs_default() -> No
     plain = nets.get_architecture("mlp")
     assert isinstance(plain, MLP) and plain.hidden == ModelSpec(kind="mlp").hidden == 64
     assert nets.get_architecture("mlp").init((3,), 2, 0)[0]["W1"].shape == (3, 64)
+
+
+def test_hidden_is_taken_by_an_architecture_that_reads_the_spec_and_refused_otherwise(
+    mlp2: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An architecture reads the model spec only through its ``configured``: a plugin that
+    overrides it may read ``hidden``; one that does not never would."""
+
+    class Wide(TwoHiddenLayers):
+        name = "wide"
+
+        def configured(self, spec: Any) -> Wide:
+            return self
+
+    plugins = {**nets._plugins(), "wide": EntryPoint("wide", Wide)}
+    monkeypatch.setattr(nets, "_plugins", lambda: plugins)
+    assert ModelSpec.parse("wide:hidden=8").hidden == 8
+    with pytest.raises(UsageError, match="hidden is not used here"):
+        ModelSpec.parse("mlp2:hidden=8")

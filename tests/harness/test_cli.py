@@ -725,21 +725,31 @@ def test_the_summary_line_counts_ok_failed_and_what_ran_now(
     assert re.fullmatch(summary.format(2, 0) + re.escape(str(tmp_path)), out), out
 
 
+@pytest.mark.parametrize(
+    ("failed", "timed_out", "said"),
+    [(3, 2, "3 failed (2 of them timed out)"), (2, 2, "2 failed (timed out)"), (1, 0, "1 failed")],
+)
 def test_the_summary_line_says_how_many_failures_timed_out(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    failed: int,
+    timed_out: int,
+    said: str,
 ) -> None:
     from valbench import runner
 
     def finished(*args: Any, **kwargs: Any) -> runner.RunSummary:
+        cells = [f"c{i}" for i in range(failed)]
         return runner.RunSummary(
-            run_dir=tmp_path, total=5, ok=2, failed=["a", "b", "c"], timed_out=2, wall_s=1.0
+            run_dir=tmp_path, total=5, ok=2, failed=cells, timed_out=timed_out, wall_s=1.0
         )
 
     monkeypatch.setattr(runner, "execute", finished)
     argv = ["run", "--methods", "random", "--datasets", "synthetic", "--out", str(tmp_path)]
     assert main([*argv, "--no-progress"]) == 1
     out = capsys.readouterr().out
-    assert "2/5 cells ok, 3 failed (2 of them timed out) (0 already done, 5 run now" in out
+    assert f"2/5 cells ok, {said} (0 already done, {2 + failed} run now" in out
 
 
 @pytest.mark.parametrize("seeds", [6, 7])

@@ -76,7 +76,15 @@ def test_value_is_deterministic_and_honest_about_budgets(tmp_path: Path) -> None
     np.testing.assert_array_equal(a.values, b.values)
     assert a.complete and a.stderr is None and a.indices.tolist() == list(range(80))
     frame = a.to_dataframe()
-    assert list(frame.columns) == ["index", "value", "stderr", "samples", "complete"]
+    assert list(frame.columns) == [
+        "index",
+        "value",
+        "stderr",
+        "samples",
+        "complete",
+        "fold",
+        "suspicion",
+    ]
     assert a.samples is None and frame["samples"].isna().all()
     partial = valbench.value(x, y, method="tmc-shapley", budget="fits=150")
     assert not partial.complete

@@ -1092,7 +1092,7 @@ def test_a_resumed_runs_elapsed_time_is_its_sessions_not_the_days_between(
     records = [_ok(m, s, b) for m, b in BASES.items() for s in range(3)]
     manifest = _manifest(resumed=1, wall_s=33.35, ended_at="2026-11-28T01:00:00+00:00")
     html = render_report(_write_run(tmp_path / "run", records, manifest)).read_text("utf-8")
-    assert '<strong id="run-elapsed">33.4 s</strong> over its 2 sessions (the time' in html
+    assert '<strong id="run-elapsed">33.4 s</strong>: the time its 2 sessions spent' in html
 
 
 def test_a_native_selection_outside_the_split_is_said_not_silently_dropped(

@@ -361,14 +361,18 @@ def test_timeout_in_the_serial_backend(tmp_path: Path, test_plugins: Path) -> No
     execute(longer, out=tmp_path, backend="serial", show_progress=False, command="vb --timeout 20")
     manifest = read_manifest(tmp_path)
     assert manifest.spec["timeout"] == 20.0 and manifest.resumed == 2
-    assert [dict(x) for x in manifest.earlier_sessions] == [
-        {"command": "", "settings": {}},
-        {"command": "", "settings": {"timeout": 5.0}},
-    ]
+    sessions = [(x["command"], x["settings"]["timeout"]) for x in manifest.earlier_sessions]
+    assert sessions == [("", 5.0), ("", 5.0)]  # each session's own settings, whole
+    assert set(manifest.earlier_sessions[0]["settings"]) == set(RunSpec.EXECUTION_ONLY)
     assert read_manifest(tmp_path) == Manifest.from_json(manifest.to_json())  # round trip
     page = (tmp_path / "index.html").read_text(encoding="utf-8")
     assert "ran with timeout <code>5.0</code> (the last session: <code>20.0</code>)" in page
     assert '<th scope="row">command (last session)</th><td><code>vb --timeout 20<' in page
+    # Back to 5 s: only the session under 20 s differs from the last one, and says so.
+    execute(spec, out=tmp_path, backend="serial", show_progress=False, command="vb --timeout 5")
+    page = (tmp_path / "index.html").read_text(encoding="utf-8")
+    assert page.count("ran with timeout") == 1
+    assert "vb --timeout 20</code>: ran with timeout <code>20.0</code> (the last session: " in page
 
 
 def _cli(out: Path, *extra: str) -> list[str]:
@@ -1481,5 +1485,5 @@ def test_a_resume_records_the_execution_settings_it_ran_with(
     assert (manifest.spec["timeout"], manifest.spec["jobs"]) == (30.0, 2)
     assert (manifest.command, manifest.resumed, manifest.status) == ("second", 1, "complete")
     # and the first session's, under which its cell ran
-    first = {"command": "first", "settings": {"jobs": 1, "timeout": None}}
-    assert [dict(x) for x in manifest.earlier_sessions] == [first]
+    ((command, settings),) = [(x["command"], x["settings"]) for x in manifest.earlier_sessions]
+    assert (command, settings["jobs"], settings["timeout"]) == ("first", 1, None)

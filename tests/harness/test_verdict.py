@@ -302,16 +302,16 @@ def test_methods_to_trust_orders_by_recommendations_then_bests_then_name() -> No
     assert methods == ["knn", "tmc", "oob"]
     assert why == (
         "recommended for 'mislabel' in the run's 4 dataset and noise groups: knn in 3, tmc in 2, "
-        "oob in 2; in 1 of them no method was shown to beat random"
+        "oob in 2; in 1 of them random too was not shown worse than the best"
     )
     assert methods_to_trust(groups[:2], "mislabel")[1] == (
         "recommended for 'mislabel' in the run's 2 dataset and noise groups: knn in 2, oob in 2, "
-        "dvrl in 1; in 1 of them no method was shown to beat random"
+        "dvrl in 1; in 1 of them random too was not shown worse than the best"
     )
     # random held the best mean: the others are "recommended" only as not shown worse
     assert methods_to_trust([group(6, ["random"], ["random", "knn"])], "mislabel")[1] == (
         "recommended for 'mislabel' in the run's 1 dataset and noise group: knn in 1; in 1 of "
-        "them no method was shown to beat random (random held the best mean in 1)"
+        "them random too was not shown worse than the best (random held the best mean in 1)"
     )
     assert methods_to_trust(groups[3:], "mislabel") == (
         ["tmc"],
