@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -223,6 +224,12 @@ def test_the_runtime_figure_puts_the_fastest_method_first() -> None:
     ticks = [int(i) for i in re.findall(r'id="vbm-(\d+)-tick"', svg)]
     names = {s.index: m for m, s in styles.items()}
     assert [names[i] for i in ticks] == ["fast", "mid", "slow"]
+    # and drawn fastest on top: SVG y grows downwards, so the top label has the smallest y
+    ys = {
+        int(i): float(y)
+        for i, y in re.findall(r'<g id="vbm-(\d+)-tick">\s*<text [^>]*\by="([^"]+)"', svg)
+    }
+    assert [names[i] for i in sorted(ys, key=ys.__getitem__)] == ["fast", "mid", "slow"]
 
 
 def test_the_cd_diagram_writes_each_average_rank_and_the_cd_to_two_decimals() -> None:
@@ -436,3 +443,168 @@ def test_the_random_subset_line_leaves_out_fractions_without_a_value(
     subset_figure(group, method_styles(["m"]))
     drawn = [(list(a[0]), list(a[1])) for a, kw in calls if kw.get("label") == "random subset"]
     assert drawn == [([0.5], [pytest.approx(0.55)])]
+
+
+def test_methods_of_the_black_family_get_a_swatch_each() -> None:
+    # Black has no darker shade: the baseline family's members only lighten towards grey, so
+    # four of them (two would have been darkened) still get four colours.
+    from valbench.figures import method_styles
+
+    names = ["random", "b1", "b2", "b3"]
+    styles = method_styles(names, dict.fromkeys(names, "baseline"))
+    assert len({s.color for s in styles.values()}) == 4
+
+
+def test_every_method_gets_its_own_filter_id_whatever_its_family() -> None:
+    from valbench.figures import method_styles
+
+    styles = method_styles(["c", "a", "b"], {"a": "retraining", "b": "gradient", "c": "retraining"})
+    assert {m: s.index for m, s in styles.items()} == {"a": 0, "b": 1, "c": 2}
+
+
+def test_six_methods_are_all_drawn_in_colour() -> None:
+    # HIGHLIGHT best plus random is six: with six methods none is muted, even when random is
+    # among the best (it would otherwise leave the last one grey).
+    from test_report_stats import _line
+
+    from valbench.figures import HIGHLIGHT, highlighted
+    from valbench.summary import summarise
+
+    methods = ["a", "b", "c", "d", "random", "z"]
+    assert len(methods) == HIGHLIGHT + 1
+    value = {m: 0.9 - 0.05 * i for i, m in enumerate(methods)}  # random 5th, z last
+    records = [_line(m, s, value[m] + 0.001 * s) for m in methods for s in range(3)]
+    (group,) = summarise(records)
+    assert highlighted(group, "gain") == methods
+
+
+def test_the_subset_figure_labels_its_fractions_in_percent() -> None:
+    from valbench.figures import method_styles, subset_figure
+    from valbench.summary import summarise
+
+    (group,) = summarise(_subset_records([0.6, 0.7], [{"0.1": 0.5, "0.5": 0.5}] * 2))
+    svg = subset_figure(group, method_styles(["m"]))
+    assert ">10%<" in svg and ">50%<" in svg and ">0.1%<" not in svg
+
+
+def test_curve_figures_put_each_label_on_its_own_axis(monkeypatch: pytest.MonkeyPatch) -> None:
+    from valbench.figures import method_styles, subset_figure
+    from valbench.summary import summarise
+
+    xlabels = _axes_calls(monkeypatch, "set_xlabel")
+    ylabels = _axes_calls(monkeypatch, "set_ylabel")
+    (group,) = summarise(_subset_records([0.6, 0.7], [{"0.1": 0.5, "0.5": 0.5}] * 2))
+    subset_figure(group, method_styles(["m"]))
+    assert [a[0] for a, _ in xlabels] == ["fraction of training data kept (highest-valued first)"]
+    assert [a[0] for a, _ in ylabels] == ["test accuracy"]
+
+
+def test_figures_name_partial_methods_so_and_keep_dollars_literal() -> None:
+    from test_report_stats import _line
+
+    from valbench.figures import method_styles, subset_figure
+    from valbench.summary import summarise
+
+    (group,) = summarise(_subset_records([0.6, 0.7], [{"0.1": 0.5, "0.5": 0.5}] * 2))
+    svg = subset_figure(group, method_styles(["m"], partial=["m"]))
+    assert ">m (partial)<" in svg
+    # a "$" is a dollar, not the start of matplotlib's mathtext (which would drop both)
+    (group,) = summarise([_line("$x$", s, 0.6 + 0.01 * s) for s in range(2)])
+    assert ">$x$<" in subset_figure(group, method_styles(["$x$"]))
+
+
+def test_the_sampling_error_title_gives_the_median_sample_count() -> None:
+    from valbench.figures import SampledValues, method_styles, sampling_error_figure
+
+    panel = SampledValues(
+        "m", np.array([3.0, 1.0, 2.0]), np.array([0.3, 0.1, 0.2]), np.array([1, 1, 10]), True
+    )
+    svg = sampling_error_figure("t", [panel], method_styles(["m"]))
+    assert "median 1 samples" in svg
+
+
+def test_a_stored_curve_point_without_a_fraction_is_not_drawn() -> None:
+    from valbench.figures import _finite_points
+
+    assert _finite_points([None, 0.5, 1.0], [0.1, None, 0.3]) == ([1.0], [0.3])
+    assert _finite_points([None], [0.1]) is None
+
+
+def test_a_method_without_a_value_in_the_column_is_not_among_its_best() -> None:
+    from test_report_stats import _line, _line_json
+
+    from valbench.figures import highlighted
+    from valbench.records import CellRecord
+    from valbench.summary import summarise
+
+    methods = ["b", "c", "d", "e", "f", "random"]
+    records = [
+        _line(m, s, 0.9 - 0.05 * i + 0.001 * s) for i, m in enumerate(methods) for s in range(3)
+    ]
+    for s in range(3):  # "a" valued the points but has no subset value (its retraining failed)
+        line = _line_json("a", s, 0.9, 0.5)
+        line["metrics"]["subset_value"] = {}
+        records.append(CellRecord.from_json(line))
+    (group,) = summarise(records)
+    assert not group.rows["a"]["gain"].present
+    assert highlighted(group, "gain") == ["b", "c", "d", "e", "f", "random"]
+
+
+def test_a_fraction_a_method_has_no_value_at_leaves_its_band_elsewhere(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from test_report_stats import _line_json
+
+    from valbench.figures import method_styles, subset_figure
+    from valbench.records import CellRecord
+    from valbench.summary import summarise
+
+    calls = _axes_calls(monkeypatch, "fill_between")
+    records = []
+    for s in range(3):
+        for method, fractions in (("m", ("0.1", "0.3")), ("k", ("0.1", "0.3", "0.5"))):
+            line = _line_json(method, s, 0.6, 0.5)
+            line["metrics"]["subset_value"] = {f: 0.6 + 0.01 * s for f in fractions}
+            line["metrics"]["random_subset_value"] = dict.fromkeys(("0.1", "0.3", "0.5"), 0.5)
+            records.append(CellRecord.from_json(line))
+    (group,) = summarise(records)
+    assert not group.rows["m"]["subset_value@0.5"].present
+    subset_figure(group, method_styles(["k", "m"]))
+    # one band per method: m's over the two fractions it has
+    assert sorted(len(np.asarray(a[0])) for a, _ in calls) == [2, 3]
+
+
+def test_the_pareto_figure_keeps_random_in_colour_among_many_methods() -> None:
+    from test_report_stats import _line
+
+    from valbench.figures import HIGHLIGHT, method_styles, pareto_figure
+    from valbench.summary import summarise
+
+    methods = [f"m{i}" for i in range(HIGHLIGHT + 2)]
+    records = [
+        _line(m, s, 0.9 - 0.01 * i + 0.001 * s, cpu_s=1.0 + i)
+        for i, m in enumerate(methods)
+        for s in range(3)
+    ]
+    records += [_line("random", s, 0.5 + 0.001 * s, cpu_s=50.0) for s in range(3)]  # off the front
+    (group,) = summarise(records)
+    styles = method_styles([*methods, "random"])
+    svg = pareto_figure(group, styles)
+    assert svg is not None
+    grey = {int(i) for i in re.findall(r'id="vbm-(\d+)-label"', svg)}
+    assert grey and styles["random"].index not in grey
+
+
+def test_the_pareto_figure_outlines_only_the_front(monkeypatch: pytest.MonkeyPatch) -> None:
+    from test_report_stats import _line
+
+    from valbench.figures import method_styles, pareto_figure
+
+    calls = _axes_calls(monkeypatch, "scatter")
+    # fast: cheapest; good: best gain; slow: dearer and worse than good, off the front
+    spec = {"fast": (0.6, 1.0), "good": (0.9, 4.0), "slow": (0.7, 9.0)}
+    records = [_line(m, s, v + 0.001 * s, cpu_s=c) for m, (v, c) in spec.items() for s in range(3)]
+    (group,) = summarise(records)
+    assert pareto_figure(group, method_styles(spec)) is not None
+    outlined = {kw["label"] for _, kw in calls if kw.get("edgecolors") == "#000000"}
+    assert outlined == {"fast", "good"}

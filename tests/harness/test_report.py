@@ -5,12 +5,14 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import math
 import re
 import statistics
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from valbench.report import render_report, write_results_csv
@@ -1065,6 +1067,7 @@ def test_a_run_whose_clock_went_back_has_an_unknown_elapsed_time() -> None:
 
     assert _elapsed(manifest("2026-12-05T10:00:00", "2026-12-05T10:01:30")) == 90.0
     assert _elapsed(manifest("2026-12-05T10:00:05", "2026-12-05T10:00:00")) is None
+    assert _elapsed(manifest("2026-12-05T10:00:00", "2026-12-05T10:00:00")) == 0.0  # not unknown
 
 
 def test_a_resumed_runs_elapsed_time_is_its_sessions_not_the_days_between(
@@ -1120,3 +1123,211 @@ def test_a_native_selection_outside_the_split_is_said_not_silently_dropped(
     why = "its selection names point 80, outside the 80 training points"
     assert damaged == {"synthetic.loo.noise0.1.seed0": f"left out of the selection figure: {why}"}
     assert f"loo left out of the selection figure: {why}." in group.notes
+
+
+def test_the_csv_leaves_out_a_fraction_without_a_number(tmp_path: Path) -> None:
+    # A random subset that could not be scored at one fraction (null) and a selector's
+    # weighted flags (true/false) are no numbers: no row, and no crash writing the file.
+    line = _ok("loo", 0, 0.7)
+    line["metrics"]["random_subset_value"]["0.05"] = None
+    line["metrics"]["subset_weighted"] = {"0.1": True}
+    run = _write_run(tmp_path / "r", [line])
+    with write_results_csv(run).open(newline="") as fh:
+        metrics = [r["metric"] for r in csv.DictReader(fh)]
+    assert [m for m in metrics if m.startswith("random_subset_value")] == [
+        "random_subset_value@0.1",
+        "random_subset_value@0.2",
+    ]
+    assert not [m for m in metrics if m.startswith("subset_weighted")]
+
+
+def test_a_cell_cut_only_in_its_message_or_its_parameters_says_so() -> None:
+    from valbench.report import EMBED_LIMIT, _cells, _failures
+
+    failed = _failed("loo", 0)
+    failed["error"]["message"] = "m" * (EMBED_LIMIT + 1)
+    (row,) = _failures([_rec(failed)])
+    assert row["truncated"] and row["message"] == "m" * EMBED_LIMIT + " …"
+    line = _ok("loo", 0, 0.7)
+    line["params"] = {"blob": "p" * EMBED_LIMIT}
+    (cell,) = _cells([_rec(line)])
+    assert cell["truncated"] and cell["params"].endswith(" …")
+
+
+def test_the_cells_table_carries_the_note_of_a_cell_left_out_of_a_figure() -> None:
+    from valbench.report import _cells
+
+    line = _ok("loo", 0, 0.7)
+    rows = _cells([_rec(line)], {line["cell_id"]: "left out of the selection figure: why"})
+    assert [r["note"] for r in rows] == ["left out of the selection figure: why"]
+    assert _cells([_rec(line)])[0]["note"] == ""
+
+
+@pytest.mark.parametrize(
+    ("arrays", "why"),
+    [
+        ({"x_train": np.zeros(4), "y_train": np.zeros(4)}, "x_train (4,), y_train (4,)"),
+        (
+            {"x_train": np.zeros((4, 2)), "y_train": np.zeros(4), "noisy_mask": np.zeros(3)},
+            "x_train (4, 2), y_train (4,) do not match",
+        ),
+    ],
+)
+def test_a_points_file_whose_arrays_do_not_fit_is_damaged(
+    tmp_path: Path, arrays: dict[str, Any], why: str
+) -> None:
+    from valbench.errors import RunDirectoryError
+    from valbench.report import _load_points
+
+    path = tmp_path / "p.npz"
+    np.savez(path, **arrays)
+    with pytest.raises(RunDirectoryError, match=re.escape(why)):
+        _load_points(path)
+
+
+def test_the_selection_figure_reads_each_methods_cell_of_the_drawn_seed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Seed 0's points are damaged, so seed 1 is drawn: every method's selection must come
+    # from its seed-1 cell, not from its first cell.
+    from test_report_fakes import fake_run
+
+    import valbench.report as report
+    from valbench.store import read_results
+    from valbench.summary import summarise
+
+    run = fake_run(tmp_path / "r", methods=("random",), datasets=("synthetic",), seeds=2)
+    (run / "points" / "synthetic.seed0.noise0.1.npz").write_bytes(b"not a zip")
+    drawn: dict[str, Any] = {}
+    monkeypatch.setattr(report, "selection_figure", lambda *a: drawn.update(a[4]) or "<svg/>")
+    (group,) = summarise(read_results(run))
+    assert report._selection_svg(run, group, {}, {}) == ("<svg/>", 1)
+    with np.load(run / "scores" / "synthetic.random.noise0.1.seed1.npz") as stored:
+        top = np.argsort(-stored["scores"], kind="stable")[:8]  # top 10 % of 80 points
+    assert sorted(drawn["random"].tolist()) == sorted(top.tolist())
+
+
+def test_a_seed_whose_every_selection_is_unusable_gives_way_to_the_next(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from test_report_fakes import fake_run
+
+    import valbench.report as report
+    from valbench.store import read_results
+    from valbench.summary import summarise
+
+    run = fake_run(tmp_path / "r", methods=("random",), datasets=("synthetic",), seeds=2)
+    (run / "scores" / "synthetic.random.noise0.1.seed0.npz").write_bytes(b"not a zip")
+    monkeypatch.setattr(report, "selection_figure", lambda *a: "<svg/>")
+    (group,) = summarise(read_results(run))
+    assert report._selection_svg(run, group, {}, {}) == ("<svg/>", 1)
+
+
+def test_a_selection_below_the_first_point_is_named_by_its_own_index(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from test_report_fakes import fake_run
+
+    import valbench.report as report
+    from valbench.store import read_results
+    from valbench.summary import summarise
+
+    run = fake_run(tmp_path / "r", methods=("random", "loo"), datasets=("synthetic",), seeds=1)
+    path = run / "scores" / "synthetic.loo.noise0.1.seed0.npz"
+    with np.load(path) as stored:
+        kept = dict(stored)
+    kept["selection_0.1"] = np.array([-3, 79])
+    np.savez(path, **kept)
+    monkeypatch.setattr(report, "selection_figure", lambda *a: "<svg/>")
+    (group,) = summarise(read_results(run))
+    damaged: dict[str, str] = {}
+    report._selection_svg(run, group, {}, damaged)
+    assert damaged["synthetic.loo.noise0.1.seed0"].endswith(
+        "its selection names point -3, outside the 80 training points"
+    )
+
+
+def test_a_figure_title_escapes_the_names_in_it() -> None:
+    from valbench.report import _titled_svg
+
+    svg = _titled_svg('<?xml version="1.0"?>\n<svg width="1">\n</svg>', "a&b <c>")
+    assert '<svg width="1">\n <title>a&amp;b &lt;c&gt;</title>' in svg
+
+
+def test_inline_figures_get_ids_of_their_own() -> None:
+    # Two figures carry the same clip-path ids (one hash salt): inlined as they are, the
+    # second figure would be clipped by the first one's rectangles.
+    from valbench.report import _inline_svg
+
+    svg = '<svg><clipPath id="p1"/><g clip-path="url(#p1)"/><use xlink:href="#p1"/></svg>'
+    inlined = _inline_svg(svg, "fig-a")
+    assert 'id="fig-a-p1"' in inlined and "url(#fig-a-p1)" in inlined
+    assert 'href="#fig-a-p1"' in inlined and 'id="p1"' not in inlined
+
+
+def test_six_methods_draw_no_grey_names_and_the_caption_promises_none(tmp_path: Path) -> None:
+    from test_report_stats import _line
+
+    from valbench.figures import HIGHLIGHT, method_styles
+    from valbench.report import _group_figures
+    from valbench.summary import summarise
+
+    methods = ["a", "b", "c", "d", "e", "random"]
+    assert len(methods) == HIGHLIGHT + 1
+    records = [
+        _line(m, s, 0.9 - 0.05 * i + 0.001 * s, cpu_s=1.0 + i)
+        for i, m in enumerate(methods)
+        for s in range(3)
+    ]
+    (group,) = summarise(records)
+    (tmp_path / "figures").mkdir()
+    _group_figures(tmp_path, group, method_styles(methods), {}, records)
+    (pareto,) = [f for f in group.figures if f["kind"] == "pareto"]
+    assert "Grey, named points" not in pareto["caption"]
+    assert not re.search(r'id="[^"]*vbm-\d+-label"', str(pareto["svg"]))
+
+
+def test_a_noise_free_run_gives_no_note_on_detection_it_never_measured(tmp_path: Path) -> None:
+    from valbench.report import _cross_figures
+    from valbench.summary import summarise
+
+    lines = [_ok(m, 0, b, noise=0.0) for m, b in (("a", 0.7), ("b", 0.75), ("c", 0.8))]
+    (tmp_path / "figures").mkdir()
+    _, _, notes = _cross_figures(tmp_path, summarise([_rec(x) for x in lines]), {})
+    assert len(notes) == 1 and "subset value gain over random" in notes[0]
+
+
+def test_the_cd_caption_reads_each_of_its_remarks_from_its_own_test(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Friedman's p and Iman–Davenport's p can fall on either side of α: the "not rejected"
+    # remark follows Iman–Davenport's (the test the diagram reports), and the count of
+    # datasets is the number of blocks, not of methods.
+    import valbench.report as report
+    from valbench.summary import CDResult
+
+    base = CDResult(
+        key="gain",
+        label="gain",
+        blocks=["d1", "d2", "d3", "d4", "d5"],
+        methods=["a", "b", "c"],
+        average_ranks={"a": 1.2, "b": 2.0, "c": 2.8},
+        friedman_chi2=7.6,
+        friedman_p=0.02,
+        iman_davenport_f=6.0,
+        iman_davenport_p=0.07,
+        critical_difference=1.48,
+        cliques=[["a", "b"], ["b", "c"]],
+    )
+    (tmp_path / "figures").mkdir()
+    for result, remarks in (
+        (base, {"not rejected"}),
+        (dataclasses.replace(base, friedman_p=0.07, iman_davenport_p=0.02), set()),
+        (dataclasses.replace(base, iman_davenport_f=math.inf, iman_davenport_p=0.001), {"alike"}),
+    ):
+        monkeypatch.setattr(report, "friedman_nemenyi", lambda groups, key, r=result: r)
+        figures, _, _ = report._cross_figures(tmp_path, [], {})
+        caption = figures[0]["caption"]
+        assert caption.startswith("Average rank over 5 datasets")
+        assert ("equal ranks are not rejected" in caption) == ("not rejected" in remarks)
+        assert ("every dataset ranks the methods alike" in caption) == ("alike" in remarks)
