@@ -20,7 +20,7 @@ import io
 import math
 import textwrap
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -494,6 +494,11 @@ def runtime_figure(group: GroupSummary, styles: Mapping[str, MethodStyle]) -> st
         spans = [s.interval or (s.mean, s.mean) for _, s in rows]
         lower = np.minimum(means - np.array([lo for lo, _ in spans]), means * 0.999)
         errs = np.array([hi for _, hi in spans]) - means
+        # An interval too wide for a float is open at the top (hi = inf): its whisker runs to
+        # the plot's edge, marked there, instead of an infinite axis limit (a crash).
+        open_top = ~np.isfinite(errs)
+        right = float(np.max(np.where(open_top, means, means + errs))) * 2.0
+        errs = np.where(open_top, right - means, errs)
         bars = ax.barh(ys, means, color=[_style(styles, m).color for m, _ in rows], height=0.7)
         for bar, (m, _) in zip(bars, rows, strict=True):
             bar.set_gid(f"vbm-{_style(styles, m).index}-bar")
@@ -504,8 +509,13 @@ def runtime_figure(group: GroupSummary, styles: Mapping[str, MethodStyle]) -> st
             tick.set_gid(f"vbm-{_style(styles, m).index}-tick")  # hidden with its bar
         ax.invert_yaxis()
         ax.set_xscale("log")
-        ax.set_xlim(float(means.min()) / 3.0, float((means + errs).max()) * 2.0)
-        ax.set_xlabel("CPU time of the valuation per cell, seconds (log scale)")
+        ax.set_xlim(float(means.min()) / 3.0, right)
+        if open_top.any():
+            ax.plot([right] * int(open_top.sum()), ys[open_top], ">", color="#222222", ms=6)
+        ax.set_xlabel(
+            "CPU time of the valuation per cell, seconds (log scale)"
+            + ("; ▸ an interval open at the top" if open_top.any() else "")
+        )
         ax.set_title(_t(f"{group.title}: runtime"))
         ax.grid(True, axis="x", alpha=0.3, lw=0.6, which="both")
         fig.tight_layout()
@@ -709,8 +719,10 @@ def selection_figure(
     noisy: np.ndarray | None,
     selections: Mapping[str, np.ndarray],
     styles: Mapping[str, MethodStyle],
+    partial: Collection[str] = (),
 ) -> str:
     """Each method's selected subset (filled, method colour) over the 2-D data; noisy points ×.
+    A method in ``partial`` (its drawn cell's estimate was cut short) is titled so.
 
     ``title`` labels the matplotlib figure only; the report writes the SVG's ``<title>`` (its
     accessible name) when it saves the figure, and the caption under it says the rest.
@@ -746,7 +758,7 @@ def selection_figure(
                 ax.scatter(
                     x[noisy, 0], x[noisy, 1], s=14, marker="x", color="#c62828", linewidths=0.7
                 )
-            ax.set_title(_t(name), fontsize=8)
+            ax.set_title(_t(f"{name} (partial)" if name in partial else name), fontsize=8)
             ax.set_xticks([])
             ax.set_yticks([])
         for ax in axes.ravel()[len(names) :]:

@@ -578,6 +578,7 @@ def _selection_svg(
         if x.shape[1] != 2:
             return None
         selections: dict[str, np.ndarray] = {}
+        partial: set[str] = set()  # drawn cells whose estimate was cut short
         for method, recs in group.records.items():
             rec = next((r for r in recs if r.seed == seed), None)
             if rec is None or not rec.scores_file:
@@ -593,6 +594,8 @@ def _selection_svg(
             idx = np.asarray(idx, dtype=np.int64)
             if idx.size and idx.min() >= 0 and idx.max() < len(x):
                 selections[method] = idx
+                if rec.partial:
+                    partial.add(method)
             elif idx.size:
                 bad = int(idx.min()) if idx.min() < 0 else int(idx.max())
                 _left_out_of_figure(
@@ -608,7 +611,7 @@ def _selection_svg(
             f"{group.title}, seed {seed}: top {SELECTION_FRACTION * 100:g}% selected "
             "(coloured), flipped labels (red ×)"
         )
-        return selection_figure(title, x, y, noisy, selections, styles), seed
+        return selection_figure(title, x, y, noisy, selections, styles, partial), seed
     return None
 
 

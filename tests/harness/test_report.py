@@ -1331,3 +1331,32 @@ def test_the_cd_caption_reads_each_of_its_remarks_from_its_own_test(
         assert caption.startswith("Average rank over 5 datasets")
         assert ("equal ranks are not rejected" in caption) == ("not rejected" in remarks)
         assert ("every dataset ranks the methods alike" in caption) == ("alike" in remarks)
+
+
+def test_the_selection_figure_marks_a_partial_cell_as_every_figure_does(tmp_path: Path) -> None:
+    # With --include-partial every figure names a budget-cut estimate "(partial)"; the
+    # selection figure titled its panel by the bare name.
+    from test_report_fakes import fake_run, read_jsonl
+
+    run = fake_run(tmp_path / "run", methods=("random", "loo"), datasets=("synthetic",), seeds=1)
+    lines = read_jsonl(run)
+    for line in lines:
+        if line["method"] == "loo":
+            line["complete"] = False  # its only cell: a partial estimate
+    (run / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    render_report(run, include_partial=True)
+    figures = run / "figures"
+    assert ">loo (partial)<" in (figures / "subset_value-synthetic-noise0.1.svg").read_text()
+    selection = (figures / "selection-synthetic-noise0.1.svg").read_text()
+    assert "loo (partial)" in selection and ">random<" in selection
+
+
+def test_a_cost_interval_open_at_the_top_is_drawn_to_the_edge_not_a_crash(tmp_path: Path) -> None:
+    # Two seeds 1e303 apart: the summary's interval is (floor, inf), which the runtime
+    # figure set as its axis limit, so render_report raised and no page was written.
+    lines = [_ok(m, s, b) for m, b in (("loo", 0.7), ("random", 0.6)) for s in range(2)]
+    lines[0]["cost"]["cpu_s"], lines[1]["cost"]["cpu_s"] = 1e-3, 1e300
+    run = _write_run(tmp_path / "run", lines)
+    assert render_report(run).is_file()
+    runtime = (run / "figures" / "runtime-digits-noise0.1.svg").read_text()
+    assert "an interval open at the top" in runtime
