@@ -425,22 +425,24 @@ def test_changed_only_on_the_command_line_shows_only_significant_changes(
     assert rows and all(r[-1] == "same" for r in rows)
 
 
+@pytest.mark.parametrize(
+    ("factor", "step", "change", "shown"),
+    [(1.00002, 1e-9, "worse", "(×1.00002)"), (0.99998, -1e-9, "better", "(×0.99998)")],
+)
 def test_a_cost_change_of_a_hundred_thousandth_gets_the_digits_to_show_it(
-    base: Path, tmp_path: Path
+    base: Path, tmp_path: Path, factor: float, step: float, change: str, shown: str
 ) -> None:
     run_b = _copy(base, tmp_path)
 
-    def heavier(rec: dict[str, Any]) -> None:
-        rec["cost"]["peak_mem_mb"] = rec["cost"]["peak_mem_mb"] * (1.00002 + 1e-9 * rec["seed"])
+    def scaled(rec: dict[str, Any]) -> None:
+        rec["cost"]["peak_mem_mb"] = rec["cost"]["peak_mem_mb"] * (factor + step * rec["seed"])
 
-    _rewrite(run_b, heavier)
+    _rewrite(run_b, scaled)
     memory = [
         d for d in compare_runs(base, run_b).differences if d.column.key == "cost.peak_mem_mb"
     ]
-    assert memory and all(d.change == "worse" for d in memory)
-    assert all(d.change_text.endswith("(×1.00002)") for d in memory), [
-        d.change_text for d in memory
-    ]
+    assert memory and all(d.change == change for d in memory)
+    assert all(d.change_text.endswith(shown) for d in memory), [d.change_text for d in memory]
 
 
 def test_a_cell_skipped_in_b_is_not_lost(base: Path, tmp_path: Path) -> None:
@@ -590,21 +592,3 @@ def test_a_dataset_only_one_run_holds_is_listed_under_that_run(tmp_path: Path) -
     assert comparison.only_b == []
     reverse = compare_runs(run_b, run_a)
     assert reverse.only_b == ["synthetic · label noise 0.1: random"] and reverse.only_a == []
-
-
-def test_a_cost_that_got_better_by_a_hundred_thousandth_gets_the_digits_too(
-    base: Path, tmp_path: Path
-) -> None:
-    run_b = _copy(base, tmp_path)
-
-    def lighter(rec: dict[str, Any]) -> None:
-        rec["cost"]["peak_mem_mb"] = rec["cost"]["peak_mem_mb"] * (0.99998 - 1e-9 * rec["seed"])
-
-    _rewrite(run_b, lighter)
-    memory = [
-        d for d in compare_runs(base, run_b).differences if d.column.key == "cost.peak_mem_mb"
-    ]
-    assert memory and all(d.change == "better" for d in memory)
-    assert all(d.change_text.endswith("(×0.99998)") for d in memory), [
-        d.change_text for d in memory
-    ]
