@@ -46,6 +46,7 @@ from valbench.figures import (
     method_styles,
     mislabel_figure,
     pareto_figure,
+    pareto_points,
     rank_heatmap_figure,
     removal_figure,
     runtime_figure,
@@ -779,8 +780,11 @@ def _group_figures(
         "geometric mean of CPU seconds per cell; outlined points and the step line: the Pareto "
         "front (nothing else is both cheaper and better). CPU seconds, not model fits: a fit "
         "is a different amount of work per method."
+        # As the figure decides: by the methods it draws (those with a gain and a cost).
         + (
-            " Grey, named points: methods off the front." if len(group.rows) > HIGHLIGHT + 1 else ""
+            " Grey, named points: methods off the front."
+            if len(pareto_points(group)) > HIGHLIGHT + 1
+            else ""
         ),
     )
     sampled = _sampling_panels(run_dir, group, damaged, records)

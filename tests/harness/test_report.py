@@ -1287,6 +1287,36 @@ def test_six_methods_draw_no_grey_names_and_the_caption_promises_none(tmp_path: 
     assert not re.search(r'id="[^"]*vbm-\d+-label"', str(pareto["svg"]))
 
 
+def test_the_pareto_caption_counts_the_methods_the_figure_draws(tmp_path: Path) -> None:
+    # Seven methods, one without a CPU time: the figure draws six, so no grey names; the
+    # caption counted the seven rows and promised them.
+    from test_report_stats import _line_json
+
+    from valbench.figures import HIGHLIGHT, method_styles, pareto_points
+    from valbench.records import CellRecord
+    from valbench.report import _group_figures
+    from valbench.summary import summarise
+
+    methods = ["a", "b", "c", "d", "e", "f", "random"]
+    assert len(methods) == HIGHLIGHT + 2
+    lines = [
+        _line_json(m, s, 0.9 - 0.05 * i + 0.001 * s, 0.5, cpu_s=1.0 + i)
+        for i, m in enumerate(methods)
+        for s in range(3)
+    ]
+    for line in lines:
+        if line["method"] == "f":
+            line["cost"] = {}
+    records = [CellRecord.from_json(line) for line in lines]
+    (group,) = summarise(records)
+    assert len(group.rows) == HIGHLIGHT + 2 and len(pareto_points(group)) == HIGHLIGHT + 1
+    (tmp_path / "figures").mkdir()
+    _group_figures(tmp_path, group, method_styles(methods), {}, records)
+    (pareto,) = [f for f in group.figures if f["kind"] == "pareto"]
+    assert "Grey, named points" not in pareto["caption"]
+    assert not re.search(r'id="[^"]*vbm-\d+-label"', str(pareto["svg"]))
+
+
 def test_a_noise_free_run_gives_no_note_on_detection_it_never_measured(tmp_path: Path) -> None:
     from valbench.report import _cross_figures
     from valbench.summary import summarise
