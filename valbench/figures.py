@@ -269,7 +269,8 @@ def _plot_curve(
 def _muted_legend(ax: Any, n_muted: int) -> None:
     """A legend entry for the grey lines, when there are any."""
     if n_muted:
-        ax.plot([], [], lw=0.8, color=_MUTED, label=f"{n_muted} other methods")
+        label = f"{n_muted} other method" + ("s" if n_muted != 1 else "")
+        ax.plot([], [], lw=0.8, color=_MUTED, label=label)
 
 
 def _fit_ylim(ax: Any, values: Iterable[float]) -> None:
@@ -291,6 +292,7 @@ def subset_figure(group: GroupSummary, styles: Mapping[str, MethodStyle]) -> str
     with _figure(6.8, 3.8) as (fig, buf):
         ax = fig.subplots()
         shown: list[float] = []
+        n_muted = 0
         for method, cells in sorted(group.rows.items(), key=lambda mc: mc[0] in shown_in_colour):
             pts = [
                 (float(f), s)
@@ -309,9 +311,10 @@ def subset_figure(group: GroupSummary, styles: Mapping[str, MethodStyle]) -> str
             )
             muted = method not in shown_in_colour
             _plot_curve(ax, xs, mean, half, _style(styles, method), _name(styles, method), muted)
+            n_muted += muted
             if not muted:
                 shown.extend(mean.tolist())
-        _muted_legend(ax, len(group.rows) - len(shown_in_colour))
+        _muted_legend(ax, n_muted)
         rnd = [(float(f), s) for f, s in group.random_subset.items() if s.present]
         shown.extend(s.mean for _, s in rnd)
         if group.full_data.present:
@@ -381,6 +384,23 @@ def _curves(group: GroupSummary, read: CurveOf) -> dict[str, list[tuple[list[flo
     }
 
 
+def curve_methods(group: GroupSummary, key: str) -> set[str]:
+    """The methods the curve figure coloured by ``key`` draws a line for (:data:`GAIN_KEY`:
+    the subset figure; ``mislabel.auc``, ``removal.auc``: the stored-curve figures), so a
+    caption counts the grey lines there are."""
+    if key == GAIN_KEY:
+        return {
+            m
+            for m, cells in group.rows.items()
+            if any(
+                (c := cells.get(f"subset_value@{f}")) is not None and c.present
+                for f in group.fractions
+            )
+        }
+    read = {"mislabel.auc": _mislabel_curve, "removal.auc": _removal_curve}[key]
+    return {m for m, cs in _curves(group, read).items() if _mean_curve(cs)[0].size}
+
+
 def _plot_mean_curves(
     ax: Any,
     group: GroupSummary,
@@ -392,14 +412,16 @@ def _plot_mean_curves(
     muted, drawn first); returns the coloured means."""
     shown_in_colour = set(highlighted(group, column))
     shown: list[float] = []
+    drawn: set[str] = set()
     for method, cs in sorted(curves.items(), key=lambda mc: mc[0] in shown_in_colour):
         xs, mean, half = _mean_curve(cs)
         if xs.size:
+            drawn.add(method)
             muted = method not in shown_in_colour
             _plot_curve(ax, xs, mean, half, _style(styles, method), _name(styles, method), muted)
             if not muted:
                 shown.extend(mean.tolist())
-    _muted_legend(ax, sum(m not in shown_in_colour for m in curves))
+    _muted_legend(ax, sum(m not in shown_in_colour and m in drawn for m in curves))
     return shown
 
 

@@ -42,6 +42,7 @@ from valbench.figures import (
     MethodStyle,
     SampledValues,
     cd_figure,
+    curve_methods,
     highlighted,
     method_styles,
     mislabel_figure,
@@ -726,7 +727,7 @@ def _group_figures(
 
     def colour(key: str, label: str) -> str:
         shown = highlighted(group, key)
-        muted = len(group.rows) - len(shown)
+        muted = len(curve_methods(group, key) - set(shown))  # the grey lines drawn
         if not muted:
             return ""
         return (

@@ -1317,6 +1317,36 @@ def test_the_pareto_caption_counts_the_methods_the_figure_draws(tmp_path: Path) 
     assert not re.search(r'id="[^"]*vbm-\d+-label"', str(pareto["svg"]))
 
 
+def test_the_colour_caption_counts_the_grey_lines_the_figure_draws(tmp_path: Path) -> None:
+    # Eight methods, six in colour, a muted one without a subset curve: one grey line is
+    # drawn, where the caption and the legend said two.
+    from test_report_stats import _line_json
+
+    from valbench.figures import GAIN_KEY, HIGHLIGHT, curve_methods, method_styles
+    from valbench.records import CellRecord
+    from valbench.report import _group_figures
+    from valbench.summary import summarise
+
+    methods = ["a", "b", "c", "d", "e", "f", "g", "random"]
+    assert len(methods) == HIGHLIGHT + 3
+    lines = [
+        _line_json(m, s, 0.9 - 0.05 * i + 0.001 * s, 0.5, cpu_s=1.0 + i)
+        for i, m in enumerate(methods)
+        for s in range(3)
+    ]
+    for line in lines:
+        if line["method"] == "g":  # the worst: muted, and now without a curve
+            del line["metrics"]["subset_value"]
+    records = [CellRecord.from_json(line) for line in lines]
+    (group,) = summarise(records)
+    assert curve_methods(group, GAIN_KEY) == set(methods) - {"g"}
+    (tmp_path / "figures").mkdir()
+    _group_figures(tmp_path, group, method_styles(methods), {}, records)
+    (subset,) = [f for f in group.figures if f["kind"] == "subset_value"]
+    assert "the other method is a light-grey line without bands" in subset["caption"]
+    assert ">1 other method</text>" in str(subset["svg"])  # the legend: not "2 other methods"
+
+
 def test_a_noise_free_run_gives_no_note_on_detection_it_never_measured(tmp_path: Path) -> None:
     from valbench.report import _cross_figures
     from valbench.summary import summarise
