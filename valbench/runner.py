@@ -913,6 +913,11 @@ def execute(
         )
     if backend == "serial" and spec.max_memory_mb:  # before the run directory is made
         raise UsageError("--max-memory needs worker processes; drop --backend serial")
+    if backend == "serial" and spec.jobs > 1:  # it would be recorded, and not happen
+        raise UsageError(
+            f"--jobs {spec.jobs} runs cells in worker processes, and --backend serial runs "
+            "them one at a time in this process; drop one of the two"
+        )
     on_main_thread = threading.current_thread() is threading.main_thread()
     if backend == "serial" and spec.timeout and not on_main_thread:
         # The serial timeout interrupts through SIGALRM, which only the main thread can handle.

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from valbench.cli import main
-from valbench.errors import RunDirectoryError
+from valbench.errors import RunDirectoryError, UsageError
 from valbench.records import RECORD_SCHEMA, Manifest
 from valbench.runner import execute, run_status
 from valbench.spec import RunSpec
@@ -711,6 +711,7 @@ def _fake_backend(
             on_result(CellOutcome(record, scores=np.array([0.5, 1.0, 2.0])))
 
     monkeypatch.setattr(runner, "run_serial", run)
+    monkeypatch.setattr(runner, "run_processes", run)
     monkeypatch.setattr(runner, "_render", lambda run_dir: None)
     return handed
 
@@ -974,7 +975,6 @@ def test_a_selection_without_weights_is_not_recorded_as_weighted() -> None:
 def test_only_a_positive_noise_rate_that_plants_no_flip_is_refused_up_front() -> None:
     """round(0.01 x 40) = 0 flips: refused before any work, also beside a rate that plants
     some (round(0.2 x 40) = 8); a run at noise 0 plants none on purpose and goes ahead."""
-    from valbench.errors import UsageError
     from valbench.runner import resolve_names
 
     assert resolve_names(small_spec(noise=(0.0,))).noise == (0.0,)
@@ -1480,7 +1480,9 @@ def test_a_resume_records_the_execution_settings_it_ran_with(
     execute(spec, out=tmp_path, backend="serial", show_progress=False, command="first")
     _fake_backend(monkeypatch, {"random": "ok"})
     resumed = spec.with_overrides(timeout=30.0, jobs=2)
-    execute(resumed, out=tmp_path, backend="serial", show_progress=False, command="second")
+    with pytest.raises(UsageError, match="--jobs 2 runs cells in worker processes, and --backe"):
+        execute(resumed, out=tmp_path, backend="serial", show_progress=False, command="second")
+    execute(resumed, out=tmp_path, backend="process", show_progress=False, command="second")
     manifest = read_manifest(tmp_path)
     assert (manifest.spec["timeout"], manifest.spec["jobs"]) == (30.0, 2)
     assert (manifest.command, manifest.resumed, manifest.status) == ("second", 1, "complete")
