@@ -13,7 +13,7 @@ from scipy import stats
 from test_report_fakes import read_records
 
 from valbench.figures import method_colors, pareto_front
-from valbench.summary import friedman_nemenyi, paired_p_value, summarise
+from valbench.summary import CDResult, friedman_nemenyi, paired_p_value, summarise
 
 
 def test_pareto_front_keeps_only_undominated_points() -> None:
@@ -608,3 +608,148 @@ def test_the_pareto_figure_outlines_only_the_front(monkeypatch: pytest.MonkeyPat
     assert pareto_figure(group, method_styles(spec)) is not None
     outlined = {kw["label"] for _, kw in calls if kw.get("edgecolors") == "#000000"}
     assert outlined == {"fast", "good"}
+
+
+def test_the_pareto_step_line_joins_the_front_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    from test_report_stats import _line
+
+    from valbench.figures import method_styles, pareto_figure, pareto_points
+
+    calls = _axes_calls(monkeypatch, "step")
+    # fast: cheapest; good: best gain; slow: dearer and worse than good, off the front
+    spec = {"fast": (0.6, 1.0), "good": (0.9, 4.0), "slow": (0.7, 9.0)}
+    records = [_line(m, s, v + 0.001 * s, cpu_s=c) for m, (v, c) in spec.items() for s in range(3)]
+    (group,) = summarise(records)
+    assert pareto_figure(group, method_styles(spec)) is not None
+    at = {m: (t, v) for m, t, v in pareto_points(group)}
+    ((xs, ys), kw), *more = calls
+    assert not more and kw["label"] == "Pareto front"
+    assert list(xs) == [at["fast"][0], at["good"][0]]
+    assert list(ys) == [at["fast"][1], at["good"][1]]
+    # a front point's gain holds from its cost up to the next point's: a step after it
+    assert kw["where"] == "post"
+
+
+def test_the_rank_heatmap_marks_partial_methods_only_when_their_cells_are_in() -> None:
+    from test_report_stats import _line_json
+
+    from valbench.figures import rank_heatmap_figure
+    from valbench.records import CellRecord
+
+    records = [CellRecord.from_json(_line_json("a", s, 0.8 + 0.01 * s, 0.5)) for s in range(3)]
+    # p: seed 0 complete, seeds 1 and 2 cut short
+    records += [
+        CellRecord.from_json({**_line_json("p", s, 0.6 + 0.01 * s, 0.5), "complete": s == 0})
+        for s in range(3)
+    ]
+    (left_out,) = summarise(records)
+    svg = rank_heatmap_figure([left_out], [("gain", "gain")])
+    assert svg is not None and ">p<" in svg and "(partial)" not in svg
+    (included,) = summarise(records, include_partial=True)
+    svg = rank_heatmap_figure([included], [("gain", "gain")])
+    assert svg is not None and ">p (partial)<" in svg and ">a<" in svg
+
+
+def _cd_result() -> CDResult:
+    ranks = {"a": 1.25, "b": 2.0, "c": 2.75}
+    return CDResult(
+        key="gain",
+        label="gain, pp",
+        blocks=["d1", "d2", "d3", "d4", "d5"],
+        methods=sorted(ranks),
+        average_ranks=ranks,
+        friedman_chi2=5.2,
+        friedman_p=0.07,
+        iman_davenport_f=3.5,
+        iman_davenport_p=0.08,
+        critical_difference=1.482,
+        cliques=[["a", "b"], ["b", "c"]],
+    )
+
+
+def test_the_cd_diagram_draws_its_axis_bar_rank_lines_and_cliques_where_they_belong(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from valbench.figures import cd_figure, method_styles
+
+    lines = _axes_calls(monkeypatch, "plot")
+    texts = _axes_calls(monkeypatch, "text")
+    result = _cd_result()
+    styles = method_styles(result.average_ranks)
+    cd_figure(result, styles)
+    drawn = [([float(x) for x in a[0]], [float(y) for y in a[1]], kw) for a, kw in lines]
+    # the rank axis runs from 1 to the number of methods, with a tick at each rank
+    assert drawn[0][0] == [1.0, 3.0] and drawn[0][1][0] == drawn[0][1][1]
+    axis_y = drawn[0][1][0]
+    assert [t[0][::2] for t in texts[:3]] == [(1, "1"), (2, "2"), (3, "3")]
+    # the CD bar starts at rank 1 and is the critical difference long
+    (bar,) = [d for d in drawn if d[1][0] == d[1][1] and d[1][0] > axis_y + 0.3]
+    assert bar[0] == pytest.approx([1.0, 2.482])
+    # one thick bar per clique, spanning its members' average ranks
+    cliques = sorted(d[0] for d in drawn if d[2].get("lw") == 2.4)
+    assert [c for ends in cliques for c in ends] == pytest.approx([1.22, 2.03, 1.97, 2.78])
+    # each method's line drops from its average rank, in its colour, to its name
+    ranked = {kw["color"]: xs for xs, _, kw in drawn if len(xs) == 3}
+    for name, rank in result.average_ranks.items():
+        assert ranked[styles[name].color][:2] == [rank, rank], name
+    # the better half is named on the left (text right-aligned), the rest on the right
+    sides = {a[2].split(" (")[0]: kw["ha"] for a, kw in texts if "(" in str(a[2])}
+    assert sides == {"a": "right", "b": "right", "c": "left"}
+
+
+def test_the_selection_figure_colours_the_chosen_points_and_crosses_the_flipped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from valbench.figures import method_styles, selection_figure
+
+    calls = _axes_calls(monkeypatch, "scatter")
+    x = np.arange(12, dtype=float).reshape(6, 2)  # point i at (2i, 2i + 1)
+    y = np.array([0, 1, 0, 1, 0, 1])
+    noisy = np.array([False, True, False, False, True, False])
+    styles = method_styles(["m"])
+    selection_figure("t", x, y, noisy, {"m": np.array([0, 1, 3])}, styles)
+
+    def points(color: str) -> dict[int, str]:
+        """Point index -> marker of the points drawn in ``color``."""
+        out = {}
+        for args, kw in calls:
+            if kw["color"] == color:
+                out.update({int(px) // 2: kw["marker"] for px in np.asarray(args[0])})
+        return out
+
+    assert set(points(styles["m"].color)) == {0, 1, 3}
+    assert set(points("#c8c8c8")) == {2, 4, 5}
+    assert points("#c62828") == {1: "x", 4: "x"}
+    # one marker per label class, and the two classes told apart
+    shape = {**points("#c8c8c8"), **points(styles["m"].color)}
+    assert len({shape[i] for i in (0, 2, 4)}) == 1 and len({shape[i] for i in (1, 3, 5)}) == 1
+    assert shape[0] != shape[1]
+
+
+def test_the_runtime_axis_starts_left_of_the_fastest_bar(monkeypatch: pytest.MonkeyPatch) -> None:
+    # On a log axis a bar runs from the left edge: an edge at the fastest mean hides its bar.
+    from test_report_stats import _line
+
+    from valbench.figures import method_styles, runtime_figure
+
+    limits = _axes_calls(monkeypatch, "set_xlim")
+    seconds = {"slow": 9.0, "fast": 0.5}
+    records = [_line(m, s, 0.6, cpu_s=c) for m, c in seconds.items() for s in range(3)]
+    (group,) = summarise(records)
+    assert runtime_figure(group, method_styles(seconds)) is not None
+    (left, right), *_ = [a for a, _ in limits if len(a) == 2]  # the figure's own call
+    assert 0 < left < group.rows["fast"]["cost.cpu_s"].mean and right > 9.0
+
+
+@pytest.mark.parametrize("level", [0.01, 0.99])
+def test_the_subset_figure_keeps_its_y_range_within_accuracies(
+    monkeypatch: pytest.MonkeyPatch, level: float
+) -> None:
+    from valbench.figures import method_styles, subset_figure
+
+    limits = _axes_calls(monkeypatch, "set_ylim")
+    random = {"0.1": level, "0.5": level}
+    (group,) = summarise(_subset_records([level, level + 0.005], [random, random]))
+    subset_figure(group, method_styles(["m"]))
+    (low, high), *_ = [a for a, _ in limits if len(a) == 2]  # the figure's own call
+    assert 0.0 <= low < level < high <= 1.005

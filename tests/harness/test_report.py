@@ -1420,3 +1420,26 @@ def test_a_cost_interval_open_at_the_top_is_drawn_to_the_edge_not_a_crash(tmp_pa
     assert render_report(run).is_file()
     runtime = (run / "figures" / "runtime-digits-noise0.1.svg").read_text()
     assert "an interval open at the top" in runtime
+
+
+def test_claims_are_checked_with_partial_cells_in_when_the_report_includes_them(
+    tmp_path: Path,
+) -> None:
+    # --include-partial draws the cut-short cells; the claims section must count them too.
+    from test_report_fakes import fake_run, read_jsonl
+
+    from valbench.store import MANIFEST_FILE, read_manifest
+    from valbench.types import Claim
+
+    run = fake_run(tmp_path / "r", methods=("random", "loo"), datasets=("digits",), two_d=())
+    lines = read_jsonl(run)
+    for line in lines:
+        line["complete"] = line["method"] != "loo" or line["seed"] == 0  # loo's seeds 1, 2 cut
+    (run / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    claim = Claim("finds flips", "a paper", "mislabel-detection")
+    manifest = dataclasses.replace(read_manifest(run), claims={"loo": [claim.to_json()]})
+    (run / MANIFEST_FILE).write_text(json.dumps(manifest.to_json()))
+    for include, said in ((False, "left out: loo (2)"), (True, "included: loo (2)")):
+        render_report(run, include_partial=include)
+        (check,) = json.loads((run / "summary.json").read_text())["claims"]
+        assert f"partial cells {said}" in check["measured"], include
