@@ -466,12 +466,20 @@ def _check(
         subject = "CPU time ÷ median valuation method's (retraining and gradient families)"
     reading = f"subset value read with {scratch} trained from scratch on pixels" if scratch else ""
     if not comps:
+        # Nothing to compare may be because the method's every cell was cut short and left out.
+        own = sum(c for by in (partial or {}).values() for m, (c, _) in by.items() if m == method)
+        left_out = (
+            f"; partial cells left out: {method} ({own}); --include-partial would include them"
+            if own and not include_partial
+            else ""
+        )
         return ClaimCheck(
             method,
             claim,
             INCONCLUSIVE,
             f"{subject}: nothing in this run to compare"
-            + (f" ({failed} of {method}'s cells failed or timed out)" if failed else ""),
+            + (f" ({failed} of {method}'s cells failed or timed out)" if failed else "")
+            + left_out,
             rule,
             reading=reading,
             scratch=bool(scratch),

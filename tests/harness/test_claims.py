@@ -278,6 +278,34 @@ def test_the_report_shows_and_exports_the_checked_claims(tmp_path: Path) -> None
     assert "“finds flips”" in html
 
 
+def test_a_claim_whose_every_cell_was_partial_says_they_were_left_out(tmp_path: Path) -> None:
+    # "nothing in this run to compare" alone hid that the method's cells exist, cut short
+    # by the budget, and that --include-partial would compare them.
+    from test_report_fakes import fake_run, read_jsonl
+
+    from valbench.store import MANIFEST_FILE, read_manifest, read_results
+
+    run = fake_run(
+        tmp_path / "r", methods=("random", "loo"), datasets=("digits",), two_d=(), seeds=3
+    )
+    lines = read_jsonl(run)
+    for line in lines:
+        if line["method"] == "loo":
+            line["complete"] = False
+    (run / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    claim = Claim("finds flips", SOURCE, "mislabel-detection")
+    manifest = replace(read_manifest(run), claims={"loo": [claim.to_json()]})
+    (run / MANIFEST_FILE).write_text(json.dumps(manifest.to_json()))
+    (check,) = check_claims(read_results(run), read_manifest(run))
+    assert check.measured == (
+        "recall of planted flips minus random's: nothing in this run to compare; partial "
+        "cells left out: loo (3); --include-partial would include them"
+    )
+    (included,) = check_claims(read_results(run), read_manifest(run), include_partial=True)
+    assert "nothing in this run to compare" not in included.measured
+    assert "partial cells included: loo (3)" in included.measured
+
+
 def _with_scratch(record: CellRecord, value: float) -> CellRecord:
     """``record`` with a from-scratch reading whose subset value at 10 % is ``value``."""
     data = record.to_json()
