@@ -6,6 +6,7 @@ import json
 import math
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -595,32 +596,34 @@ def test_the_pareto_figure_keeps_random_in_colour_among_many_methods() -> None:
     assert grey and styles["random"].index not in grey
 
 
-def test_the_pareto_figure_outlines_only_the_front(monkeypatch: pytest.MonkeyPatch) -> None:
+def _front_of_two() -> tuple[Any, Any]:
+    """A group of three methods whose Pareto front is two (fast: cheapest; good: best gain;
+    slow: dearer and worse than good, off the front), and their styles."""
     from test_report_stats import _line
 
-    from valbench.figures import method_styles, pareto_figure
+    from valbench.figures import method_styles
 
-    calls = _axes_calls(monkeypatch, "scatter")
-    # fast: cheapest; good: best gain; slow: dearer and worse than good, off the front
     spec = {"fast": (0.6, 1.0), "good": (0.9, 4.0), "slow": (0.7, 9.0)}
     records = [_line(m, s, v + 0.001 * s, cpu_s=c) for m, (v, c) in spec.items() for s in range(3)]
     (group,) = summarise(records)
-    assert pareto_figure(group, method_styles(spec)) is not None
+    return group, method_styles(spec)
+
+
+def test_the_pareto_figure_outlines_only_the_front(monkeypatch: pytest.MonkeyPatch) -> None:
+    from valbench.figures import pareto_figure
+
+    calls = _axes_calls(monkeypatch, "scatter")
+    assert pareto_figure(*_front_of_two()) is not None
     outlined = {kw["label"] for _, kw in calls if kw.get("edgecolors") == "#000000"}
     assert outlined == {"fast", "good"}
 
 
 def test_the_pareto_step_line_joins_the_front_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    from test_report_stats import _line
-
-    from valbench.figures import method_styles, pareto_figure, pareto_points
+    from valbench.figures import pareto_figure, pareto_points
 
     calls = _axes_calls(monkeypatch, "step")
-    # fast: cheapest; good: best gain; slow: dearer and worse than good, off the front
-    spec = {"fast": (0.6, 1.0), "good": (0.9, 4.0), "slow": (0.7, 9.0)}
-    records = [_line(m, s, v + 0.001 * s, cpu_s=c) for m, (v, c) in spec.items() for s in range(3)]
-    (group,) = summarise(records)
-    assert pareto_figure(group, method_styles(spec)) is not None
+    group, styles = _front_of_two()
+    assert pareto_figure(group, styles) is not None
     at = {m: (t, v) for m, t, v in pareto_points(group)}
     ((xs, ys), kw), *more = calls
     assert not more and kw["label"] == "Pareto front"

@@ -1098,13 +1098,12 @@ def test_a_resumed_runs_elapsed_time_is_its_sessions_not_the_days_between(
     assert '<strong id="run-elapsed">33.4 s</strong>: the time its 2 sessions spent' in html
 
 
-def test_a_native_selection_outside_the_split_is_said_not_silently_dropped(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _run_with_loo_selection(tmp_path: Path, selection: list[int]) -> tuple[Path, Any]:
+    """A one-seed synthetic run (80 training points) whose loo cell stores ``selection`` as
+    its native 10 % subset, and its summary group."""
     import numpy as np
     from test_report_fakes import fake_run
 
-    import valbench.report as report
     from valbench.store import read_results
     from valbench.summary import summarise
 
@@ -1112,11 +1111,20 @@ def test_a_native_selection_outside_the_split_is_said_not_silently_dropped(
     path = run / "scores" / "synthetic.loo.noise0.1.seed0.npz"
     with np.load(path) as stored:
         kept = dict(stored)
-    kept["selection_0.1"] = np.array([0, 80])
+    kept["selection_0.1"] = np.array(selection)
     np.savez(path, **kept)
+    (group,) = summarise(read_results(run))
+    return run, group
+
+
+def test_a_native_selection_outside_the_split_is_said_not_silently_dropped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import valbench.report as report
+
+    run, group = _run_with_loo_selection(tmp_path, [0, 80])
     drawn: dict[str, Any] = {}
     monkeypatch.setattr(report, "selection_figure", lambda *a: drawn.update(a[4]) or "<svg/>")
-    (group,) = summarise(read_results(run))
     damaged: dict[str, str] = {}
     assert report._selection_svg(run, group, {}, damaged) == ("<svg/>", 0)
     assert list(drawn) == ["random"]
@@ -1226,20 +1234,10 @@ def test_a_seed_whose_every_selection_is_unusable_gives_way_to_the_next(
 def test_a_selection_below_the_first_point_is_named_by_its_own_index(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from test_report_fakes import fake_run
-
     import valbench.report as report
-    from valbench.store import read_results
-    from valbench.summary import summarise
 
-    run = fake_run(tmp_path / "r", methods=("random", "loo"), datasets=("synthetic",), seeds=1)
-    path = run / "scores" / "synthetic.loo.noise0.1.seed0.npz"
-    with np.load(path) as stored:
-        kept = dict(stored)
-    kept["selection_0.1"] = np.array([-3, 79])
-    np.savez(path, **kept)
+    run, group = _run_with_loo_selection(tmp_path, [-3, 79])
     monkeypatch.setattr(report, "selection_figure", lambda *a: "<svg/>")
-    (group,) = summarise(read_results(run))
     damaged: dict[str, str] = {}
     report._selection_svg(run, group, {}, damaged)
     assert damaged["synthetic.loo.noise0.1.seed0"].endswith(
