@@ -235,23 +235,9 @@ def test_the_runtime_figure_puts_the_fastest_method_first() -> None:
 
 def test_the_cd_diagram_writes_each_average_rank_and_the_cd_to_two_decimals() -> None:
     from valbench.figures import cd_figure, method_styles
-    from valbench.summary import CDResult
 
-    ranks = {"a": 1.25, "b": 2.0, "c": 2.75}
-    result = CDResult(
-        key="gain",
-        label="gain, pp",
-        blocks=["d1", "d2", "d3", "d4", "d5"],
-        methods=sorted(ranks),
-        average_ranks=ranks,
-        friedman_chi2=5.2,
-        friedman_p=0.07,
-        iman_davenport_f=3.5,
-        iman_davenport_p=0.08,
-        critical_difference=1.482,
-        cliques=[["a", "b"], ["b", "c"]],
-    )
-    svg = cd_figure(result, method_styles(ranks))
+    result = _cd_result()  # ranks 1.25, 2.0, 2.75; CD 1.482
+    svg = cd_figure(result, method_styles(result.methods))
     for name, text in (("a", "a (1.25)"), ("b", "b (2.00)"), ("c", "c (2.75)")):
         assert text in svg, name
     assert "CD = 1.48" in svg

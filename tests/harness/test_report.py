@@ -1263,24 +1263,41 @@ def test_inline_figures_get_ids_of_their_own() -> None:
     assert 'href="#fig-a-p1"' in inlined and 'id="p1"' not in inlined
 
 
-def test_six_methods_draw_no_grey_names_and_the_caption_promises_none(tmp_path: Path) -> None:
-    from test_report_stats import _line
+def _graded_group_figure(
+    tmp_path: Path, methods: list[str], kind: str, edit: Any = None
+) -> tuple[Any, dict[str, Any]]:
+    """One group of ``methods`` over 3 seeds, each a step worse and costlier than the one
+    before (``edit`` changes each results line first), drawn; the group and its ``kind``
+    figure."""
+    from test_report_stats import _line_json
 
-    from valbench.figures import HIGHLIGHT, method_styles
+    from valbench.figures import method_styles
+    from valbench.records import CellRecord
     from valbench.report import _group_figures
     from valbench.summary import summarise
 
-    methods = ["a", "b", "c", "d", "e", "random"]
-    assert len(methods) == HIGHLIGHT + 1
-    records = [
-        _line(m, s, 0.9 - 0.05 * i + 0.001 * s, cpu_s=1.0 + i)
+    lines = [
+        _line_json(m, s, 0.9 - 0.05 * i + 0.001 * s, 0.5, cpu_s=1.0 + i)
         for i, m in enumerate(methods)
         for s in range(3)
     ]
+    for line in lines:
+        if edit is not None:
+            edit(line)
+    records = [CellRecord.from_json(line) for line in lines]
     (group,) = summarise(records)
     (tmp_path / "figures").mkdir()
     _group_figures(tmp_path, group, method_styles(methods), {}, records)
-    (pareto,) = [f for f in group.figures if f["kind"] == "pareto"]
+    (figure,) = [f for f in group.figures if f["kind"] == kind]
+    return group, figure
+
+
+def test_six_methods_draw_no_grey_names_and_the_caption_promises_none(tmp_path: Path) -> None:
+    from valbench.figures import HIGHLIGHT
+
+    methods = ["a", "b", "c", "d", "e", "random"]
+    assert len(methods) == HIGHLIGHT + 1
+    _, pareto = _graded_group_figure(tmp_path, methods, "pareto")
     assert "Grey, named points" not in pareto["caption"]
     assert not re.search(r'id="[^"]*vbm-\d+-label"', str(pareto["svg"]))
 
@@ -1288,29 +1305,16 @@ def test_six_methods_draw_no_grey_names_and_the_caption_promises_none(tmp_path: 
 def test_the_pareto_caption_counts_the_methods_the_figure_draws(tmp_path: Path) -> None:
     # Seven methods, one without a CPU time: the figure draws six, so no grey names; the
     # caption counted the seven rows and promised them.
-    from test_report_stats import _line_json
+    from valbench.figures import HIGHLIGHT, pareto_points
 
-    from valbench.figures import HIGHLIGHT, method_styles, pareto_points
-    from valbench.records import CellRecord
-    from valbench.report import _group_figures
-    from valbench.summary import summarise
+    def no_cost_for_f(line: dict[str, Any]) -> None:
+        if line["method"] == "f":
+            line["cost"] = {}
 
     methods = ["a", "b", "c", "d", "e", "f", "random"]
     assert len(methods) == HIGHLIGHT + 2
-    lines = [
-        _line_json(m, s, 0.9 - 0.05 * i + 0.001 * s, 0.5, cpu_s=1.0 + i)
-        for i, m in enumerate(methods)
-        for s in range(3)
-    ]
-    for line in lines:
-        if line["method"] == "f":
-            line["cost"] = {}
-    records = [CellRecord.from_json(line) for line in lines]
-    (group,) = summarise(records)
+    group, pareto = _graded_group_figure(tmp_path, methods, "pareto", no_cost_for_f)
     assert len(group.rows) == HIGHLIGHT + 2 and len(pareto_points(group)) == HIGHLIGHT + 1
-    (tmp_path / "figures").mkdir()
-    _group_figures(tmp_path, group, method_styles(methods), {}, records)
-    (pareto,) = [f for f in group.figures if f["kind"] == "pareto"]
     assert "Grey, named points" not in pareto["caption"]
     assert not re.search(r'id="[^"]*vbm-\d+-label"', str(pareto["svg"]))
 
@@ -1318,29 +1322,16 @@ def test_the_pareto_caption_counts_the_methods_the_figure_draws(tmp_path: Path) 
 def test_the_colour_caption_counts_the_grey_lines_the_figure_draws(tmp_path: Path) -> None:
     # Eight methods, six in colour, a muted one without a subset curve: one grey line is
     # drawn, where the caption and the legend said two.
-    from test_report_stats import _line_json
+    from valbench.figures import GAIN_KEY, HIGHLIGHT, curve_methods
 
-    from valbench.figures import GAIN_KEY, HIGHLIGHT, curve_methods, method_styles
-    from valbench.records import CellRecord
-    from valbench.report import _group_figures
-    from valbench.summary import summarise
+    def no_curve_for_g(line: dict[str, Any]) -> None:
+        if line["method"] == "g":  # the worst: muted, and now without a curve
+            del line["metrics"]["subset_value"]
 
     methods = ["a", "b", "c", "d", "e", "f", "g", "random"]
     assert len(methods) == HIGHLIGHT + 3
-    lines = [
-        _line_json(m, s, 0.9 - 0.05 * i + 0.001 * s, 0.5, cpu_s=1.0 + i)
-        for i, m in enumerate(methods)
-        for s in range(3)
-    ]
-    for line in lines:
-        if line["method"] == "g":  # the worst: muted, and now without a curve
-            del line["metrics"]["subset_value"]
-    records = [CellRecord.from_json(line) for line in lines]
-    (group,) = summarise(records)
+    group, subset = _graded_group_figure(tmp_path, methods, "subset_value", no_curve_for_g)
     assert curve_methods(group, GAIN_KEY) == set(methods) - {"g"}
-    (tmp_path / "figures").mkdir()
-    _group_figures(tmp_path, group, method_styles(methods), {}, records)
-    (subset,) = [f for f in group.figures if f["kind"] == "subset_value"]
     assert "the other method is a light-grey line without bands" in subset["caption"]
     assert ">1 other method</text>" in str(subset["svg"])  # the legend: not "2 other methods"
 
