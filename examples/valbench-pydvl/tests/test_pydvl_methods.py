@@ -221,3 +221,11 @@ def test_mlp_is_refused_in_one_line() -> None:
     with pytest.raises(UsageError, match="logreg evaluation model only") as err:
         run(PyDVLTMCShapley(), task)
     assert "\n" not in str(err.value)
+
+
+def test_adam_trained_logreg_is_refused_in_one_line() -> None:
+    """SameLogReg fits L-BFGS to the tolerance: values from it are not those of Adam's steps."""
+    task = dataclasses.replace(make_check_task(), model=ModelSpec(kind="logreg", solver="adam"))
+    with pytest.raises(UsageError, match="not solver=adam; run it with solver auto") as err:
+        run(PyDVLTMCShapley(), task)
+    assert "\n" not in str(err.value)

@@ -134,6 +134,13 @@ def check_logreg(task: ValuationTask, method: str) -> None:
             f"{method} reproduces valbench's logreg evaluation model only, not "
             f"{task.model.kind!r}; run it with --model logreg"
         )
+    if not task.model.fits_to_tolerance:
+        # SameLogReg fits L-BFGS to the gradient tolerance; Adam's fixed steps reach another
+        # model, so its values would be labelled with a model they were not computed with.
+        raise UsageError(
+            f"{method} reproduces valbench's logreg fitted to its gradient tolerance, not "
+            f"solver={task.model.solver}; run it with solver auto, lbfgs or newton"
+        )
 
 
 def pydvl_data(task: ValuationTask) -> tuple[Any, Any]:
