@@ -2,7 +2,7 @@
 ``compare``.
 
 Exit status: 0 success; 1 some cells failed or timed out (``compare --fail-on-regression``: a
-method got significantly worse, or cells ok in A failed or timed out in B); 2 bad input (one
+method got significantly worse, or cells ok in A are not ok in B); 2 bad input (one
 line on stderr); 130 interrupted by Ctrl-C or SIGTERM, at any moment (finished cells are kept;
 the same command resumes); 141 the reader of the output went away (``valbench list | head``).
 """
@@ -324,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="fail_on_regression",
         action="store_true",
         help="exit 1 when a quality metric of a method got significantly worse, or a cell ok "
-        "in A failed or timed out in B (costs never count)",
+        "in A failed, timed out, was skipped or has no result in B (costs never count)",
     )
     compare.add_argument(
         "--changed-only",
@@ -902,7 +902,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         )
     if comparison.lost:
         print(
-            f"cells ok in A that failed or timed out in B: {'; '.join(comparison.lost)}",
+            f"cells ok in A and not in B: {'; '.join(comparison.lost)}",
             file=sys.stderr,
         )
     if comparison.failing and args.fail_on_regression:

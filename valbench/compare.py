@@ -20,10 +20,12 @@ one each run's report shows:
 
 Only quality metrics count as a regression (:attr:`Comparison.regressions`): costs depend on
 the machine and its load, so they are shown and tested but never fail a comparison. A cell
-that was ok in A and failed or timed out in B (same dataset, noise, method and seed) is a
-**lost cell** (:attr:`Comparison.lost`): its seed drops out of every pairing, so a method that
-started to crash would otherwise read as "only in A" or "untested" and pass; a lost cell fails
-a comparison as a regression does.
+that was ok in A and failed, timed out or was declined (skipped) in B, or that B's spec has but
+B holds no result of (an interrupted or still running B), is a **lost cell**
+(:attr:`Comparison.lost`; same dataset, noise, method and seed): its seed drops out of every
+pairing, so a method that started to crash, or a run cut off before it got there, would
+otherwise read as "only in A" or "untested" and pass; a lost cell fails a comparison as a
+regression does. A run that has not finished is named in :attr:`Comparison.notes`.
 
 The pairing is only as good as the seeds: two runs with the same root seed see the same splits
 and label flips at each seed; with different root seeds the pairs are unrelated draws (the test
@@ -43,8 +45,14 @@ from valbench.pages import environment
 from valbench.params import declared_params
 from valbench.records import CellRecord, Manifest
 from valbench.registry import get_dataset, get_method
-from valbench.spec import spec_changes
-from valbench.store import atomic_write, read_manifest, read_results
+from valbench.spec import RunSpec, spec_changes
+from valbench.store import (
+    atomic_write,
+    describe_holder,
+    lock_holder,
+    read_manifest,
+    read_results,
+)
 from valbench.summary import (
     ALPHA,
     CORRECTION,
@@ -148,7 +156,8 @@ class Comparison:
     only_a: list[str] = field(default_factory=list)  # "dataset · noise: method" only in A
     only_b: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    #: "dataset · noise: method, seeds s1, s2 (failed|timeout)": ok in A, not in B.
+    #: "dataset · noise: method, seeds s1, s2 (failed in B)": ok in A, and in B failed, timed
+    #: out, skipped, or with no result though B's spec has it (B unfinished).
     lost: list[str] = field(default_factory=list)
 
     @property
@@ -185,13 +194,20 @@ def _pair(
     return [a[s] for s in seeds], [b[s] for s in seeds]
 
 
-def _lost_cells(records_a: Sequence[CellRecord], records_b: Sequence[CellRecord]) -> list[str]:
-    """The cells ok in A that failed or timed out in B, per (dataset, noise, method)."""
-    ok_a = {(r.dataset, r.noise, r.method, r.seed) for r in records_a if r.ok}
+def _lost_cells(
+    records_a: Sequence[CellRecord], records_b: Sequence[CellRecord], unfinished_b: set[str]
+) -> list[str]:
+    """The cells ok in A that B failed, timed out, declined (skipped) or holds no result of
+    though its spec has them (``unfinished_b``: an interrupted or live B), per (dataset, noise,
+    method)."""
+    ok_a = {r.cell_id: r for r in records_a if r.ok}
     lost: dict[tuple[str, float | None, str], dict[int | None, str]] = {}
     for r in records_b:
-        if r.failed and (r.dataset, r.noise, r.method, r.seed) in ok_a:
+        if not r.ok and r.cell_id in ok_a:
             lost.setdefault((r.dataset, r.noise, r.method), {})[r.seed] = r.status
+    for cell_id in unfinished_b & set(ok_a):
+        r = ok_a[cell_id]
+        lost.setdefault((r.dataset, r.noise, r.method), {})[r.seed] = "no result"
     out = []
     for (dataset, noise, method), seeds in sorted(
         lost.items(),
@@ -204,6 +220,40 @@ def _lost_cells(records_a: Sequence[CellRecord], records_b: Sequence[CellRecord]
             f"{listed} ({statuses} in B)"
         )
     return out
+
+
+def _unfinished(
+    run_dir: Path, manifest: Manifest, records: Sequence[CellRecord], side: str
+) -> tuple[set[str], list[str]]:
+    """The cells of a run's spec without a results line, and a note when there are any or the
+    run is live: an interrupted, aborted or still running run (or a finished one whose lines
+    were lost since) holds fewer cells than it was asked for, which is not a method's doing,
+    and an unfinished B must not pass a comparison as a finished one."""
+    holder = lock_holder(run_dir)
+    status = manifest.status or "unknown"
+    try:
+        cells = RunSpec.from_dict(dict(manifest.spec)).cells()
+    except UsageError as exc:  # a spec this version refuses: its missing cells are unknown
+        if status == "complete" and holder is None:
+            return set(), []
+        return set(), [
+            f"Run {side} is {status} and its spec cannot be read here ({exc}), so its cells "
+            "without a result are not known."
+        ]
+    done = {r.cell_id for r in records}
+    missing = {c.cell_id for c in cells if c.cell_id not in done}
+    if not missing and holder is None:
+        return set(), []
+    live = f", live now ({describe_holder(holder)})" if holder is not None else ""
+    effect = (
+        "a cell ok in A that B has no result of is lost"
+        if side == "B"
+        else "those cells are not compared"
+    )
+    return missing, [
+        f"Run {side} is {status}{live}: {len(missing)} of its {len(cells)} cells have no "
+        f"result; {effect}."
+    ]
 
 
 def _spec_notes(manifest_a: Manifest, manifest_b: Manifest) -> list[str]:
@@ -284,7 +334,9 @@ def compare_runs(run_a: Path, run_b: Path, alpha: float = ALPHA) -> Comparison:
     raw: list[Difference] = []
     only_a: list[str] = []
     only_b: list[str] = []
-    notes = _spec_notes(manifest_a, manifest_b)
+    unfinished_b, notes = _unfinished(run_b, manifest_b, records_b, "B")
+    notes += _unfinished(run_a, manifest_a, records_a, "A")[1]
+    notes += _spec_notes(manifest_a, manifest_b)
     few_seeds = False
     for key in sorted(set(groups_a) | set(groups_b), key=group_order):
         ga, gb = groups_a.get(key), groups_b.get(key)
@@ -353,7 +405,7 @@ def compare_runs(run_a: Path, run_b: Path, alpha: float = ALPHA) -> Comparison:
         only_a=only_a,
         only_b=only_b,
         notes=notes,
-        lost=_lost_cells(records_a, records_b),
+        lost=_lost_cells(records_a, records_b, unfinished_b),
     )
 
 
@@ -427,7 +479,7 @@ def format_table(comparison: Comparison, changed_only: bool = False) -> str:
     if changed_only and not comparison.regressions and not comparison.improvements:
         lines += ["", "no significant change of any quality metric"]
     if comparison.lost:
-        lines += ["", f"LOST (ok in A, failed or timed out in B): {'; '.join(comparison.lost)}"]
+        lines += ["", f"LOST (ok in A, not ok in B): {'; '.join(comparison.lost)}"]
     for label, items in (("only in A", comparison.only_a), ("only in B", comparison.only_b)):
         if items:
             lines += ["", f"{label} (not compared): {', '.join(items)}"]

@@ -250,7 +250,7 @@ def test_cells_lost_in_b_fail_the_comparison(
     assert main(argv) == 0
     assert main([*argv, "--fail-on-regression"]) == 1
     out, err = capsys.readouterr()
-    assert "LOST (ok in A, failed or timed out in B)" in out and "loo, seeds 0, 1" in err
+    assert "LOST (ok in A, not ok in B)" in out and "loo, seeds 0, 1" in err
     assert 'id="lost"' in page.read_text()
 
 
@@ -289,7 +289,7 @@ def test_a_run_that_lost_every_cell_is_a_regression_not_bad_input(
     argv = ["compare", str(base), str(run_b), "--html", str(page)]
     assert main([*argv, "--fail-on-regression"]) == 1
     out, err = capsys.readouterr()
-    assert "LOST (ok in A, failed or timed out in B)" in out
+    assert "LOST (ok in A, not ok in B)" in out
     assert "random, seeds 0, 1, 2, 3, 4 (failed in B)" in err
     assert 'id="lost"' in page.read_text()
     assert main(argv) == 0
@@ -445,17 +445,82 @@ def test_a_cost_change_of_a_hundred_thousandth_gets_the_digits_to_show_it(
     assert all(d.change_text.endswith(shown) for d in memory), [d.change_text for d in memory]
 
 
-def test_a_cell_skipped_in_b_is_not_lost(base: Path, tmp_path: Path) -> None:
+def test_a_cell_skipped_in_b_is_lost(base: Path, tmp_path: Path) -> None:
+    # A method that now declines a cell it ran in A has lost that seed from every pairing as a
+    # crash has: it read "untested" or "only in A" and passed --fail-on-regression.
     run_b = _copy(base, tmp_path)
 
     def skip(rec: dict[str, Any]) -> None:
-        if rec["method"] == "loo" and rec["seed"] == 0:
+        if rec["method"] == "loo":
             error = {"type": "TooLarge", "message": "declined", "traceback": ""}
             rec.update(status="skipped", error=error, metrics={}, scores_file=None)
 
     _rewrite(run_b, skip)
     comparison = compare_runs(base, run_b)
-    assert comparison.lost == [] and not comparison.failing
+    assert comparison.lost == ["digits · label noise 0.1: loo, seeds 0, 1, 2, 3, 4 (skipped in B)"]
+    assert comparison.failing
+
+
+def _interrupt(run: Path, keep: int) -> None:
+    """Leave the first ``keep`` results lines, the manifest saying the run was interrupted."""
+    lines = (run / "results.jsonl").read_text().splitlines(keepends=True)
+    (run / "results.jsonl").write_text("".join(lines[:keep]))
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["status"] = "interrupted"
+    (run / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_an_interrupted_b_loses_the_cells_it_never_ran(
+    base: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # B cut off by Ctrl-C after 5 of 15 cells exited 0 under --fail-on-regression and never
+    # said B was interrupted: its rows read "untested", as if the methods had been compared.
+    run_b = _copy(base, tmp_path)
+    _interrupt(run_b, keep=5)
+    kept = {(r["method"], r["seed"]) for r in read_jsonl(run_b)}
+    assert len(kept) == 5
+    comparison = compare_runs(base, run_b)
+    assert "Run B is interrupted: 10 of its 15 cells have no result; a cell ok in A that B " in (
+        " ".join(comparison.notes)
+    )
+    expected = []
+    for method in sorted({m for m, _ in kept} | {"random", "loo", "knn-shapley"}):
+        seeds = [str(s) for s in range(5) if (method, s) not in kept]
+        if seeds:
+            many = "s" if len(seeds) > 1 else ""
+            expected.append(
+                f"digits · label noise 0.1: {method}, seed{many} {', '.join(seeds)} "
+                "(no result in B)"
+            )
+    assert comparison.lost == expected
+    page = tmp_path / "c.html"
+    argv = ["compare", str(base), str(run_b), "--html", str(page), "--fail-on-regression"]
+    assert main(argv) == 1
+    assert "note: Run B is interrupted" in capsys.readouterr().out
+    # An interrupted A: its missing cells are only not compared, never B's loss.
+    reverse = compare_runs(run_b, base)
+    assert reverse.lost == [] and not reverse.failing
+    assert any(n.startswith("Run A is interrupted: 10 of its 15") for n in reverse.notes)
+
+
+def test_a_live_b_is_named_and_its_missing_cells_are_lost(base: Path, tmp_path: Path) -> None:
+    from valbench.store import RunStore
+
+    run_b = _copy(base, tmp_path)
+    lines = (run_b / "results.jsonl").read_text().splitlines(keepends=True)
+    (run_b / "results.jsonl").write_text("".join(lines[:-1]))
+    store = RunStore(run_b)
+    store.lock()
+    try:
+        comparison = compare_runs(base, run_b)
+    finally:
+        store.unlock()
+    (note,) = [n for n in comparison.notes if n.startswith("Run B")]
+    assert note.startswith("Run B is complete, live now (") and "1 of its 15 cells" in note
+    assert len(comparison.lost) == 1 and comparison.lost[0].endswith("(no result in B)")
+    # Not live, "complete" with a line gone (a torn write): still a cell B holds no result of.
+    (note,) = [n for n in compare_runs(base, run_b).notes if n.startswith("Run B")]
+    assert note.startswith("Run B is complete: 1 of its 15 cells have no result")
 
 
 def test_the_preset_is_how_a_run_was_executed_not_a_spec_change(base: Path, tmp_path: Path) -> None:
