@@ -86,6 +86,7 @@ MALFORMED = [
     ({"x": X, "y": np.r_[np.zeros(88, int), [1, 1]]}, "class 1 has 2 row.s.; each class needs"),
     ({"x": X, "y": Y, "x_val": X[:5, :3], "y_val": Y[:5]}, "feature counts differ"),
     ({"x": X, "y": Y, "x_val": X[:5]}, "without its partner"),
+    ({"x": X, "y": Y, "y_test": Y[:5]}, "has y_test without its partner"),
     ({"x": X, "y": Y.astype(complex)}, "labels must be integers or strings"),
     # Whole numbers a cast to int64 would merge (1e20 and 2e20 both became -2**63).
     ({"x": X, "y": np.where(Y == 0, 1e20, 2e20)}, r"beyond 2\*\*53 \(first in row 0: 1e\+20\)"),
@@ -284,6 +285,10 @@ def test_a_repeated_label_column_is_refused_not_made_a_feature(tmp_path: Path) -
     (tmp_path / "t.csv").write_text("a,label,c,label\n" + "\n".join(rows) + "\n")
     with pytest.raises(DatasetError, match="has 2 columns named label; rename all but one"):
         FileDataset(path=str(tmp_path / "t.csv")).load(seed=0)
+    # nor is a repeated id column (its second copy would pass as a feature)
+    (tmp_path / "i.csv").write_text("id,a,id,label\n" + "\n".join(rows) + "\n")
+    with pytest.raises(DatasetError, match="has 2 columns named id; rename all but one"):
+        FileDataset(path=str(tmp_path / "i.csv"), id_column="id").load(seed=0)
     # repeated feature names are harmless: each column is a feature
     (tmp_path / "f.csv").write_text("a,label,a,c\n" + "\n".join(rows) + "\n")
     assert FileDataset(path=str(tmp_path / "f.csv")).load(seed=0).x_train.shape[1] == 3
@@ -321,6 +326,13 @@ def test_a_second_label_or_a_saved_index_is_refused_not_made_a_feature(tmp_path:
     with pytest.raises(DatasetError, match=r"without a name \('Unnamed: 0'.*--id-column") as err:
         FileDataset(path=str(tmp_path / "index.csv")).load(seed=0)
     _one_line(str(err.value))
+    # as the message offers, the saved index named as the id column reads, as ids
+    ds = FileDataset(path=str(tmp_path / "index.csv"), id_column="Unnamed: 0")
+    assert ds.read(carved=False)[0]["train"][0].shape == (40, 1)
+    # a saved index before an empty last column is not called trailing commas
+    frame.drop(columns=["y"]).assign(b=np.nan).to_csv(tmp_path / "index_gap.csv")
+    with pytest.raises(DatasetError, match=r"without a name \('Unnamed: 0'"):
+        FileDataset(path=str(tmp_path / "index_gap.csv")).load(seed=0)
 
 
 def test_labels_that_differ_only_in_spaces_are_refused_not_made_classes(tmp_path: Path) -> None:
@@ -332,6 +344,13 @@ def test_labels_that_differ_only_in_spaces_are_refused_not_made_classes(tmp_path
     with pytest.raises(DatasetError, match="differ only in leading/trailing spaces") as err:
         FileDataset(path=str(tmp_path / "t.csv")).load(seed=0)
     _one_line(str(err.value))
+    # a stray leading space too
+    frame["label"] = np.where(
+        np.arange(60) % 3 == 0, " dog", np.where(labels == "cat", "cat", "dog")
+    )
+    frame.to_csv(tmp_path / "lead.csv", index=False)
+    with pytest.raises(DatasetError, match="labels ' dog' and 'dog' differ only in leading"):
+        FileDataset(path=str(tmp_path / "lead.csv")).load(seed=0)
     # clean labels with inner spaces are fine
     frame["label"] = np.where(rng.random(60) < 0.5, "tabby cat", "dog")
     frame.to_csv(tmp_path / "ok.csv", index=False)
@@ -482,8 +501,8 @@ def test_ids_are_kept_as_written_even_when_pandas_would_read_them_as_missing(
     path.write_text("id,a,label\nNA,1,0\nnull,2,1\n007,3,0\nn/a,4,1\n")
     np.testing.assert_array_equal(read_ids(path, "id"), ["NA", "null", "007", "n/a"])
     FileDataset(path=str(path), id_column="id").read(carved=False)  # no "empty id" refusal
-    path.write_text("id,a,label\nx,1,0\n ,2,1\n")
-    with pytest.raises(DatasetError, match=r"id column 'id' is empty in row 1"):
+    path.write_text("id,a,label\nx,1,0\n ,2,1\ny,3,0\n,4,1\n")
+    with pytest.raises(DatasetError, match=r"id column 'id' is empty in row 1;"):
         FileDataset(path=str(path), id_column="id").read(carved=False)
 
 
@@ -709,6 +728,10 @@ def test_a_label_read_as_missing_names_its_data_row(tmp_path: Path) -> None:
         FileDataset(path=str(path)).read(carved=False)
     assert "has 2 values read as missing, spelled 'NA' (first in row 1, counting" in str(err.value)
     assert ", and 1 empty ones;" in str(err.value)
+    # an empty label before the first 'NA': the row named is the first 'NA'
+    path.write_text("a,label\n1,EU\n2,\n3,EU\n4,NA\n")
+    with pytest.raises(DatasetError, match=r"spelled 'NA' \(first in row 3, counting"):
+        FileDataset(path=str(path)).read(carved=False)
 
 
 def test_nullable_integer_and_float_columns_alone_are_numbers(tmp_path: Path) -> None:
@@ -777,6 +800,9 @@ def test_given_splits_sizes_and_carved_shares(tmp_path: Path) -> None:
         seed=0
     )
     assert (len(s.y_train), len(s.y_val), len(s.y_test)) == (18, 6, 6)
+    # a share rounding to no row still carves one: a split is never empty
+    s = FileDataset(path=str(tmp_path / "c.npz"), val_fraction=0.01).load(seed=0)
+    assert (len(s.y_train), len(s.y_val), len(s.y_test)) == (23, 1, 6)
     # A given validation split: n_val subsamples it (stratified, all but one row too) and
     # never carves rows out of the training data.
     y_val = np.array([0, 0, 0, 0, 0, 1, 1, 1, 1])
@@ -867,6 +893,10 @@ def test_only_the_classes_a_csv_respells_change_how_they_are_written(tmp_path: P
     parts, classes = FileDataset(path=str(path)).read(carved=False)
     assert classes == ["7", "8"]
     assert class_spellings(path, None, parts["train"][1], classes) == ["007", "8"]
+    # "8" beside " 8" (one number, a stray space): written as parsed, not as " 8"
+    path.write_text("a,label\n1,7\n2,8\n3,7\n4, 8\n")
+    parts, classes = FileDataset(path=str(path)).read(carved=False)
+    assert class_spellings(path, None, parts["train"][1], classes) is None
 
 
 def test_unstandardised_features_must_fit_float32_standardised_ones_only_float64() -> None:
@@ -945,3 +975,11 @@ def test_a_parquet_file_with_a_repeated_column_name_is_named(tmp_path: Path) -> 
     pq.write_table(pa.table(columns, names=["a", "label", "label"]), path)
     with pytest.raises(DatasetError, match="has more than one column named label; rename all"):
         FileDataset(path=str(path)).load(seed=0)
+
+
+def test_the_run_s_column_flags_apply_to_its_tables_not_its_npz_files() -> None:
+    from valbench.userdata import column_flags
+
+    assert column_flags("d.NPZ", "y", "id") == {}  # an .npz names its arrays itself
+    assert column_flags("d.csv", "y", None) == {"label_column": "y"}
+    assert column_flags("d.parquet", None, "id") == {"id_column": "id"}

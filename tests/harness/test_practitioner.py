@@ -1077,6 +1077,10 @@ def test_the_page_marks_neighbours_red_only_when_most_disagree() -> None:
         "<td><span>1× a, 1× b</span></td></tr>",
     ]
     assert '<th scope="col">2 nearest neighbours say</th>' in page
+    # a k beyond the other rows: the heading counts the neighbours the cells count
+    page = suspicious_rows_html(frame, x, labels, title="t", top=1, k=10)
+    assert '<th scope="col">5 nearest neighbours say</th>' in page
+    assert '<td><span class="disagree">3× b, 2× a</span></td>' in page
 
 
 @pytest.mark.parametrize(
@@ -1151,6 +1155,9 @@ def test_each_class_needs_a_row_per_fold_and_a_method_its_fold_size() -> None:
     assert set(check_request(np.arange(28) % 2, [0, 1], ["exact-shapley"], 2)) == {"exact-shapley"}
     with pytest.raises(UsageError, match="at most 14 training points and each of the 2 folds"):
         check_request(np.arange(30) % 2, [0, 1], ["exact-shapley"], 2)
+    # parameters of a method not asked for would be dropped without a word
+    with pytest.raises(UsageError, match="parameters given for 'loo', which is not among the"):
+        check_request(np.arange(6) % 2, ["a", "b"], ["knn-shapley"], 2, {"loo": {}})
 
 
 def test_a_method_named_twice_is_valued_once() -> None:
@@ -1257,6 +1264,9 @@ def test_value_refuses_an_npz_with_its_own_validation_rows(tmp_path: Path) -> No
     np.savez(tmp_path / "v.npz", x=x, y=y, x_val=x[:4], y_val=y[:4])
     with pytest.raises(UsageError, match="holds separate validation/test arrays; give one table"):
         read_user_file(tmp_path / "v.npz")
+    np.savez(tmp_path / "t.npz", x=x, y=y, x_test=x[:4], y_test=y[:4])
+    with pytest.raises(UsageError, match="holds separate validation/test arrays; give one table"):
+        read_user_file(tmp_path / "t.npz")
     np.savez(tmp_path / "one.npz", x=x, y=y)
     np.testing.assert_array_equal(read_user_file(tmp_path / "one.npz").labels, y.astype(str))
 
@@ -1270,6 +1280,8 @@ def test_value_arrays_refuses_list_labels_a_cast_would_merge() -> None:
     x = np.arange(40.0).reshape(20, 2)
     with pytest.raises(UsageError, match="all integers or all strings, got bool, int"):
         value_arrays(x, [True, 1] * 10, ["knn-shapley"])
+    with pytest.raises(UsageError, match="all integers or all strings, got int, str"):
+        value_arrays(x, (1, "1") * 10, ["knn-shapley"])  # a tuple as a list
     with pytest.raises(UsageError, match="'cat' and 'cat ' differ only in leading/trailing"):
         value_arrays(x, ["cat", "cat ", "dog", "dog"] * 5, ["knn-shapley"])
 
@@ -1333,3 +1345,121 @@ def test_neighbour_votes_put_the_commonest_label_first_and_all_partial_is_said()
     page = suspicious_rows_html(frame, x, labels, title="t", top=2, k=2, partial=("m1", "m2"))
     assert "every method is partial, so the consensus below rests on partial estimates" in page
     assert "left out of the consensus" not in page
+
+
+def test_the_table_s_columns_come_in_the_documented_order_with_each_row_s_own_values() -> None:
+    """id, row, line, label, fold, then per method value, rank, stderr, samples, complete,
+    then the consensus: a method partial on one fold only is partial on that fold's rows."""
+    from valbench.practitioner import CrossFitValues, values_frame
+
+    s = np.array([1.0, 0.0, 0.0, 1.0])
+    result = CrossFitValues(
+        methods=("m",),
+        fold=np.array([0, 0, 1, 1]),
+        values={"m": np.array([-2.0, 3.0, 5.0, -1.0])},
+        detection={"m": s},
+        stderr={"m": np.array([0.1, 0.2, 0.3, 0.4])},
+        samples={"m": np.array([4, 4, -1, -1])},
+        complete={"m": np.array([True, True, False, False])},
+        method_suspicion={"m": s},
+    )
+    frame = values_frame(
+        result, np.array(["a", "b", "a", "b"]), np.array(["r0", "r1", "r2", "r3"]), [2, 3, 5, 6]
+    )
+    assert list(frame.columns) == [
+        "id",
+        "row",
+        "line",
+        "label",
+        "fold",
+        "m_value",
+        "m_rank",
+        "m_stderr",
+        "m_samples",
+        "m_complete",
+        "suspicion",
+        "suspicion_rank",
+    ]
+    assert frame["line"].tolist() == [2, 3, 5, 6]
+    assert frame["m_stderr"].tolist() == [0.1, 0.2, 0.3, 0.4]
+    assert frame["m_samples"].tolist() == [4, 4, pd.NA, pd.NA]
+    assert frame["m_complete"].tolist() == [True, True, False, False]
+    assert frame["m_rank"].tolist() == [1, 3, 3, 1]
+
+
+def test_a_fold_cut_short_marks_its_own_rows_and_its_note_names_the_table_s_fold(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A method partial on one fold only: that fold's rows are partial, the other fold's
+    complete, and its note names the fold as the table's `fold` column numbers it."""
+    import valbench.registry
+    from valbench import Method, Valuation
+    from valbench.practitioner import value_arrays
+
+    class OneFoldShort(Method):
+        name = "one-fold-short"
+        family = "test"
+        summary = "test method"
+
+        def value(self, task: Any, ctx: Any) -> Valuation:
+            n = task.n_train
+            stats = {"note": "cut short"} if n % 2 else {}
+            return Valuation(scores=np.arange(n, dtype=float), complete=n % 2 == 0, stats=stats)
+
+    real = valbench.registry.get_method
+    monkeypatch.setattr(
+        valbench.registry,
+        "get_method",
+        lambda name: OneFoldShort if name == OneFoldShort.name else real(name),
+    )
+    x, y = np.arange(18.0).reshape(9, 2), np.array([0, 1] * 4 + [0])
+    result = value_arrays(x, y, [OneFoldShort.name])
+    odd = np.bincount(result.fold)[result.fold] == 5  # the rows of the 5-row fold
+    np.testing.assert_array_equal(result.complete[OneFoldShort.name], ~odd)
+    assert result.partial_methods == (OneFoldShort.name,)
+    short_fold = int(result.fold[odd][0])
+    assert result.notes == {OneFoldShort.name: (f"fold {short_fold}: cut short",)}
+
+
+def test_a_value_beyond_float32_names_the_fold_whose_statistics_scaled_it() -> None:
+    """Row 5 is held out from the other fold's training rows and scaled by their statistics:
+    the refusal names that fold, as the table's `fold` column numbers folds."""
+    from valbench.errors import UsageError
+    from valbench.practitioner import value_arrays
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(60, 2)), np.arange(60) % 2
+    folds = value_arrays(x, y, ["random"]).fold  # the folds depend on the labels and seed only
+    x[5, 0] = 1e40
+    other = 1 - int(folds[5])
+    with pytest.raises(UsageError, match=rf"of row 5 .* statistics of fold {other}'s rows"):
+        value_arrays(x, y, ["random"])
+
+
+def test_a_class_too_small_for_the_folds_is_told_fewer_folds_only_above_the_fewest() -> None:
+    """Two folds are the fewest: the advice to use fewer is given only above that."""
+    from valbench.errors import UsageError
+    from valbench.practitioner import check_request
+
+    codes = np.array([0, 0, 0, 0, 1, 1])
+    with pytest.raises(UsageError) as err:
+        check_request(np.array([0, 0, 0, 1]), ["a", "b"], ["knn-shapley"], 2)
+    assert str(err.value).endswith("(one per fold): add rows or drop the class")
+    with pytest.raises(UsageError) as err:
+        check_request(codes, ["a", "b"], ["knn-shapley"], 3)
+    assert str(err.value) == (
+        "class 'b' has 2 row(s); with 3 folds each class needs at least 3 (one per fold): add "
+        "rows, drop the class or use fewer folds"
+    )
+
+
+def test_neighbour_votes_count_k_rows_even_among_duplicates_of_the_row() -> None:
+    """Six identical rows: the search may return three others and not the row itself; the
+    vote still counts the k nearest others, no more."""
+    from valbench.practitioner import neighbour_votes
+
+    x = np.zeros((8, 1))
+    x[6:] = 5.0
+    labels = np.array(list("aaaaabbb"))
+    votes = neighbour_votes(x, labels, list(range(8)), k=2)
+    assert [sum(c for _, c in vote) for vote in votes] == [2] * 8
