@@ -260,11 +260,13 @@ def check_request(
     for name in methods:
         cls = get_method(name)  # an unknown name: one line listing the valid ones
         validate_params(cls, dict(params.get(name, {})))
-        n_train = int(counts.sum()) // folds
+        # A fold's rows are its training set. StratifiedKFold deals the rows, sorted by
+        # class, round-robin over the folds, so the largest holds ceil(n / folds) of them.
+        n_train = -(-int(counts.sum()) // folds)
         if cls.max_train is not None and n_train > cls.max_train:
             raise UsageError(
-                f"{name} handles at most {cls.max_train} training points and each of the "
-                f"{folds} folds holds about {n_train}; use more folds or another method"
+                f"{name} handles at most {cls.max_train} training points and the largest of "
+                f"the {folds} folds holds {n_train}; use more folds or another method"
             )
         out[name] = cls
     return out

@@ -1144,6 +1144,8 @@ def test_a_consensus_of_only_partial_methods_averages_them_all() -> None:
 
 
 def test_each_class_needs_a_row_per_fold_and_a_method_its_fold_size() -> None:
+    from sklearn.model_selection import StratifiedKFold
+
     from valbench.errors import UsageError
     from valbench.practitioner import check_request
 
@@ -1153,8 +1155,17 @@ def test_each_class_needs_a_row_per_fold_and_a_method_its_fold_size() -> None:
     assert set(check_request(np.arange(6) % 2, ["a", "b"], ["knn-shapley"], 3)) == {"knn-shapley"}
     # exact-shapley takes at most 14 training points: 28 rows in 2 folds are 14 a fold
     assert set(check_request(np.arange(28) % 2, [0, 1], ["exact-shapley"], 2)) == {"exact-shapley"}
-    with pytest.raises(UsageError, match="at most 14 training points and each of the 2 folds"):
+    with pytest.raises(UsageError, match="at most 14 training points and the largest of the 2"):
         check_request(np.arange(30) % 2, [0, 1], ["exact-shapley"], 2)
+    # 29 rows in 2 folds are 15 and 14: refused before any work, not after the other methods
+    # ran (and then with advice, --max-train, that `valbench value` does not have)
+    with pytest.raises(UsageError, match="largest of the 2 folds holds 15; use more folds"):
+        check_request(np.arange(29) % 2, [0, 1], ["exact-shapley"], 2)
+    for n, folds in ((29, 2), (31, 3), (47, 5)):
+        codes = np.arange(n) % 3 % 2
+        splitter = StratifiedKFold(folds, shuffle=True, random_state=n)
+        sizes = [len(rows) for _, rows in splitter.split(codes, codes)]
+        assert max(sizes) == -(-n // folds), (n, folds, sizes)
     # parameters of a method not asked for would be dropped without a word
     with pytest.raises(UsageError, match="parameters given for 'loo', which is not among the"):
         check_request(np.arange(6) % 2, ["a", "b"], ["knn-shapley"], 2, {"loo": {}})
