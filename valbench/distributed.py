@@ -42,6 +42,7 @@ finished are. ``--jobs`` does not apply (the cluster's workers set the paralleli
 from __future__ import annotations
 
 import contextlib
+import importlib
 import importlib.util
 import logging
 import os
@@ -55,7 +56,7 @@ from concurrent.futures import CancelledError
 from typing import Any
 
 from valbench.errors import UsageError
-from valbench.pool import stops_ignored_by_children
+from valbench.pool import preload_modules, stops_ignored_by_children
 from valbench.spec import Cell, CellProgressFn, RunSpec
 from valbench.worker import CellOutcome, failure_record, run_cell
 
@@ -277,10 +278,21 @@ def _crash_outcome(cell: Cell, spec: RunSpec, exc: BaseException) -> CellOutcome
 _ONE_CELL = threading.Lock()
 
 
+def _import_stack(spec: RunSpec) -> None:
+    """Import what the process backend's fork server preloads (once per worker process; a
+    no-op after), before a task announces its start: a fresh worker spent seconds importing
+    torch and the methods inside its first cell's time limit, so a cell that took
+    milliseconds could time out on Dask or Ray and not on the process backend."""
+    for module in preload_modules(spec):
+        importlib.import_module(module)
+
+
 def _dask_task(cell: Cell, spec: RunSpec, topic: str | None) -> CellOutcome:
-    """What a Dask worker runs: wait for the process's other cell to finish, announce the
-    start (for the driver's clock, which so leaves the wait out), run the cell."""
+    """What a Dask worker runs: wait for the process's other cell to finish, import the
+    run's stack, announce the start (for the driver's clock, which so leaves the wait and the
+    imports out), run the cell."""
     with _ONE_CELL:
+        _import_stack(spec)
         if topic is not None:
             from distributed import get_worker
 
@@ -468,7 +480,9 @@ class _StartLog:
 
 
 def _ray_task(cell: Cell, spec: RunSpec, starts: Any = None) -> CellOutcome:
-    """What a Ray worker runs (noting its start first, when the run has a timeout)."""
+    """What a Ray worker runs: the run's stack imported, its start noted (when the run has a
+    timeout), the cell."""
+    _import_stack(spec)
     if starts is not None:
         starts.start.remote(cell.cell_id)
     return run_cell(cell, spec)

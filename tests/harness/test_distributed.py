@@ -1081,3 +1081,35 @@ def test_a_dask_worker_process_runs_one_cell_at_a_time_whatever_its_threads(
     for thread in threads:
         thread.join()
     assert overlaps == [1, 1, 1]
+
+
+def test_a_cluster_task_imports_the_run_stack_before_its_clock_starts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A fresh Dask or Ray worker imported torch and the methods inside its first cell's time
+    # limit: a cell that took milliseconds timed out there and not on the process backend,
+    # whose fork server preloads them. The start is now announced after those imports.
+    import types
+
+    import valbench.distributed as engine
+    from valbench.pool import preload_modules
+
+    events: list[str] = []
+    importer = types.SimpleNamespace(import_module=lambda m: events.append(f"import {m}"))
+    monkeypatch.setattr(engine, "importlib", importer)
+    monkeypatch.setattr(engine, "run_cell", lambda cell, spec: events.append("run"))
+    spec = _spec(methods=("knn-shapley",), seeds=1)
+    (cell,) = spec.cells()
+    stack = [f"import {m}" for m in preload_modules(spec)]
+    assert "import valbench.worker" in stack and len(stack) > 5
+
+    starts = types.SimpleNamespace(start=types.SimpleNamespace(remote=events.append))
+    engine._ray_task(cell, spec, starts)
+    assert events == [*stack, cell.cell_id, "run"]
+
+    events.clear()
+    distributed = pytest.importorskip("distributed")
+    worker = types.SimpleNamespace(address="w", log_event=lambda topic, msg: events.append(topic))
+    monkeypatch.setattr(distributed, "get_worker", lambda: worker)
+    engine._dask_task(cell, spec, "started")
+    assert events == [*stack, "started", "run"]
