@@ -918,6 +918,18 @@ def execute(
             f"--jobs {spec.jobs} runs cells in worker processes, and --backend serial runs "
             "them one at a time in this process; drop one of the two"
         )
+    if backend in ("dask", "ray") and spec.jobs > 1:  # the cluster's workers decide
+        from valbench.distributed import LOCAL_WORKERS
+
+        where = (
+            "the cluster's workers"
+            if address is not None
+            else f"its local cluster's {LOCAL_WORKERS} workers"
+        )
+        raise UsageError(
+            f"--jobs {spec.jobs} sets the process backend's worker count; with --backend "
+            f"{backend} {where} run the cells: drop --jobs"
+        )
     on_main_thread = threading.current_thread() is threading.main_thread()
     if backend == "serial" and spec.timeout and not on_main_thread:
         # The serial timeout interrupts through SIGALRM, which only the main thread can handle.

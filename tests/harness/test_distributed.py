@@ -1113,3 +1113,22 @@ def test_a_cluster_task_imports_the_run_stack_before_its_clock_starts(
     monkeypatch.setattr(distributed, "get_worker", lambda: worker)
     engine._dask_task(cell, spec, "started")
     assert events == [*stack, "started", "run"]
+
+
+@pytest.mark.parametrize("backend", ["dask", "ray"])
+def test_jobs_above_one_with_a_cluster_backend_is_refused_before_any_work(
+    backend: str, tmp_path: Path
+) -> None:
+    # The cluster's workers ran the cells while the manifest recorded --jobs, said nowhere.
+    from valbench.errors import UsageError
+    from valbench.runner import execute
+
+    with pytest.raises(
+        UsageError,
+        match=f"--jobs 2 sets the process backend's worker count; "
+        f"with --backend {backend} its local cluster's 2 workers run the cells",
+    ):
+        execute(_spec(jobs=2), out=tmp_path / "run", backend=backend, show_progress=False)
+    with pytest.raises(UsageError, match="the cluster's workers run the cells: drop --jobs"):
+        execute(_spec(jobs=2), out=tmp_path / "run", backend=backend, address="h:1")
+    assert not (tmp_path / "run").exists()
