@@ -360,6 +360,28 @@ def _invalid(what: str, check: Callable[[], object]) -> None:
         raise ConformanceError(f"value() returned invalid {what}: {exc}") from None
 
 
+def _first_difference(a: Valuation, b: Valuation) -> str | None:
+    """The first output two runs of a method disagree on, or None: the scores, and what the
+    metrics read beside them (detection scores, each fraction's selection and its weights)."""
+    pairs: list[tuple[str, Any, Any]] = [
+        ("scores", a.scores, b.scores),
+        ("detection scores", a.detection_scores, b.detection_scores),
+    ]
+    for name, got, other in (
+        ("selections", a.selections, b.selections),
+        ("selection weights", a.selection_weights, b.selection_weights),
+    ):
+        if set(got) != set(other):
+            return f"{name} (at fractions {sorted(got)} and {sorted(other)})"
+        pairs += [(f"{name} at fraction {f:g}", got[f], other[f]) for f in sorted(got)]
+    for name, x, y in pairs:
+        if (x is None) != (y is None) or (
+            x is not None and not np.array_equal(x, y, equal_nan=True)
+        ):
+            return name
+    return None
+
+
 def method_checks(
     method_cls: type[Method],
     params: Mapping[str, Any] | None = None,
@@ -431,17 +453,20 @@ def method_checks(
 
     def deterministic_given_rng() -> None:
         again = _run(cls(**params), make_check_task(n_train=n_train, guarded=True), budget)
-        if not np.array_equal(first().scores, again.scores, equal_nan=True):
+        differing = _first_difference(first(), again)
+        if differing is not None:
             raise ConformanceError(
-                "the same seed gave different scores; draw randomness only from `rng`"
+                f"the same seed gave different {differing}; draw randomness only from `rng`"
             )
 
     def does_not_read_test_or_noise() -> None:
         clean = first()  # on the guarded task: a read raises there
         poisoned = _run(cls(**params), make_check_task(n_train=n_train, poison=True), budget)
-        if not np.array_equal(clean.scores, poisoned.scores, equal_nan=True):
+        differing = _first_difference(clean, poisoned)
+        if differing is not None:
             raise ConformanceError(
-                "scores changed when test data and the noise mask changed: the method leaks them"
+                f"{differing} changed when test data and the noise mask changed: the method "
+                "leaks them"
             )
 
     def honours_fit_budget() -> None:

@@ -26,6 +26,7 @@ from valbench.testing import (
     method_checks,
     parametrize_method_checks,
 )
+from valbench.types import subset_size
 
 
 @pytest.mark.parametrize(
@@ -334,6 +335,50 @@ def test_each_method_check_rejects_a_plugin_that_breaks_its_rule(
         checks[check]()
     with pytest.raises(ConformanceError, match=message):
         check_method(cls, params)
+
+
+def _unseeded_detection(self: Any, task: ValuationTask, ctx: RunContext) -> Valuation:
+    unseeded = np.random.default_rng()  # not ctx.rng: another draw on every run
+    return Valuation(np.zeros(task.n_train), detection_scores=unseeded.random(task.n_train))
+
+
+def _unseeded_selections(self: Any, task: ValuationTask, ctx: RunContext) -> Valuation:
+    unseeded = np.random.default_rng()
+    n = task.n_train
+    chosen = {f: unseeded.permutation(n)[: subset_size(n, f)] for f in ctx.fractions}
+    return Valuation(np.zeros(n), selections=chosen)
+
+
+@pytest.mark.parametrize(
+    "attrs",
+    [
+        {"value": _unseeded_detection},
+        {"value": _unseeded_selections, "selects_subsets": True},
+    ],
+    ids=["detection-scores", "selections"],
+)
+def test_determinism_covers_what_the_metrics_read(attrs: dict[str, Any]) -> None:
+    # Detection scores or selections drawn outside ctx.rng, which the mislabel and subset-value
+    # metrics read, passed the kit: it compared the scores only.
+    checks = dict(method_checks(_broken(**attrs)))
+    with pytest.raises(ConformanceError, match="the same seed gave different (detection|sel)"):
+        checks["deterministic_given_rng"]()
+
+
+def _leaky_detection(self: Any, task: ValuationTask, ctx: RunContext) -> Valuation:
+    # Reads the test split's labels (the guarded task refuses a read; the poisoned one
+    # answers with other data) only for its detection scores.
+    try:
+        peek = float(np.asarray(task.y_test).sum())
+    except Exception:
+        peek = 0.0
+    return Valuation(np.zeros(task.n_train), detection_scores=np.full(task.n_train, peek))
+
+
+def test_the_leak_check_covers_detection_scores() -> None:
+    checks = dict(method_checks(_broken(value=_leaky_detection)))
+    with pytest.raises(ConformanceError, match="detection scores changed when test data"):
+        checks["does_not_read_test_or_noise"]()
 
 
 def test_the_plugin_the_broken_ones_start_from_passes_every_check() -> None:
