@@ -434,3 +434,13 @@ def test_splits_name_text_labels_plainly_and_count_a_lone_label_as_one() -> None
         DatasetSplits(x, np.array(["cat", "dog", "cat"]), x, [0, 1, 0], x, [0, 1, 0], 2)
     with pytest.raises(ValueError, match="^train: 3 rows of features but 1 labels$"):
         DatasetSplits(x, np.int64(1), x, [0, 1, 0], x, [0, 1, 0], 2)
+
+
+# ------------------------------------------------ mutation-hunt additions, third round
+
+
+def test_labels_of_more_than_one_dimension_are_refused() -> None:
+    # A column of labels (n, 1) is no label vector: flipping "rows" of it would flip nothing
+    # a split reads as labels.
+    with pytest.raises(DatasetError, match=r"labels must be a 1-D array, got shape \(10, 1\)"):
+        inject_label_noise(np.zeros((10, 1), dtype=int), 0.2, 2, np.random.default_rng(0))

@@ -236,3 +236,30 @@ def test_resized_splits_keep_each_row_with_its_label() -> None:
     for part in ("train", "val", "test"):
         xs, ys = getattr(out, f"x_{part}"), getattr(out, f"y_{part}")
         np.testing.assert_array_equal(xs[:, 0], ys)
+
+
+# ------------------------------------------------ mutation-hunt additions, third round
+
+
+def test_the_training_pool_leaves_out_both_validation_and_test_rows() -> None:
+    # A dataset standardises by these rows: a test row among them leaks into every feature.
+    from valbench.data import training_pool
+
+    pool = training_pool(10, np.array([7, 2]), np.array([5]))
+    assert pool.dtype == np.int64 and pool.tolist() == [0, 1, 3, 4, 6, 8, 9]
+
+
+def test_resizing_to_one_row_fewer_drops_one_row() -> None:
+    s = _splits()
+    out = resize_splits(s, seed=0, n_val=len(s.y_val) - 1, n_test=len(s.y_test) - 1)
+    assert (len(out.y_val), len(out.y_test)) == (len(s.y_val) - 1, len(s.y_test) - 1)
+    same = resize_splits(s, seed=0, n_val=len(s.y_val), n_test=len(s.y_test))
+    np.testing.assert_array_equal(same.x_val, s.x_val)  # the whole split: kept as it is
+
+
+def test_a_one_way_noise_pair_moves_its_class_and_leaves_the_others_default() -> None:
+    # pairs={0: 2}: class 0 flips to 2; classes 1 and 2 keep their default partners 2 and 0.
+    y = np.arange(300) % 3
+    noisy, mask = pair_flip_noise(y, 0.3, 3, np.random.default_rng(0), pairs={0: 2})
+    moved = {(int(a), int(b)) for a, b in zip(y[mask], noisy[mask], strict=True)}
+    assert moved == {(0, 2), (1, 2), (2, 0)}
