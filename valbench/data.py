@@ -309,7 +309,7 @@ def imbalance_indices(
     can be met; ``ratio == 1`` balances the classes. Rows kept within a class are drawn at
     random. A ratio above ``n_max`` is refused: its rarest class would keep under one row.
     """
-    if ratio < 1:
+    if not ratio >= 1:  # NaN too: it passed both bounds and failed in numpy
         raise UsageError(f"imbalance ratio must be >= 1 (largest / smallest class), got {ratio}")
     y = np.asarray(y)
     k = _check_labels(y, n_classes)

@@ -87,7 +87,9 @@ class UtilityEngine:
             raise UsageError(f"batch_size must be >= 1, got {batch_size}")
         if epochs is not None and epochs < 0:
             raise UsageError(f"epochs must be >= 0, got {epochs}")
-        if warm_start not in (True, False, "nearest"):
+        # By identity: 1 == True and np.True_ == True, and the lines below read warm_start
+        # by identity and by truth, so such a value ran cold starts or was refused for Adam.
+        if not any(warm_start is v for v in (True, False)) and warm_start != "nearest":
             raise UsageError(f"warm_start must be True, False or 'nearest', got {warm_start!r}")
         self.task = task
         self.cache_size = int(cache_size)

@@ -177,6 +177,9 @@ def test_imbalance_profile_is_floored_and_ratio_one_keeps_every_row() -> None:
     y = np.repeat(np.arange(3), 10)
     kept = imbalance_indices(y, 3.0, np.random.default_rng(0))
     assert np.bincount(y[kept]).tolist() == [10, 5, 3]
+    # a NaN ratio passed both bounds and failed in numpy ("negative dimensions")
+    with pytest.raises(UsageError, match="imbalance ratio must be >= 1"):
+        imbalance_indices(y, float("nan"), np.random.default_rng(0))
     assert len(np.unique(kept)) == len(kept)
     # imbalance_indices at ratio 1 balances the classes to the smallest one ...
     y = np.repeat(np.arange(3), [8, 6, 4])

@@ -229,6 +229,11 @@ def test_a_warm_start_needs_a_model_fitted_to_a_tolerance(
     UtilityEngine(task)  # cold is fine
     with pytest.raises(UsageError, match="warm_start"):
         UtilityEngine(make_task(), warm_start="previous")
+    # 1 and np.True_ equal True but are not it: they ran cold starts (or, for Adam, were
+    # refused for a warm start never made); refused as what they are
+    for almost in (1, np.True_, 0):
+        with pytest.raises(UsageError, match="warm_start must be True, False or 'nearest'"):
+            UtilityEngine(make_task(), warm_start=almost)
 
 
 def test_epochs_override_changes_the_model(task: ValuationTask) -> None:
