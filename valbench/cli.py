@@ -852,12 +852,22 @@ def _cmd_export(args: argparse.Namespace) -> int:
     frame = export(args.run_dir, out=out, fmt=fmt, methods=methods or None)
     print(f"{len(frame)} rows -> {out}")
     from valbench.runner import run_status
+    from valbench.spec import RunSpec
+    from valbench.store import read_manifest
 
-    # Only ok cells have values: say how many of the run's cells the table cannot hold.
-    without = {k: len(v) for k, v in run_status(args.run_dir).items() if k != "ok" and v}
+    # Only ok cells have values: say how many of the asked-for cells the table cannot hold
+    # (with --method, of those methods only: not another method's failures).
+    states = run_status(args.run_dir)
+    whose = "the run's cells"
+    if methods:
+        spec = RunSpec.from_dict(dict(read_manifest(args.run_dir).spec))
+        asked = {c.cell_id for c in spec.cells() if c.method in methods}
+        states = {state: [c for c in cells if c in asked] for state, cells in states.items()}
+        whose = f"the cells of {', '.join(dict.fromkeys(methods))}"
+    without = {k: len(v) for k, v in states.items() if k != "ok" and v}
     if without:
         counts = ", ".join(f"{n} {state}" for state, n in without.items())
-        print(f"not in the table: the run's cells without values ({counts})", file=sys.stderr)
+        print(f"not in the table: {whose} without values ({counts})", file=sys.stderr)
     return EXIT_OK
 
 

@@ -349,8 +349,8 @@ def test_export_by_default_beside_the_run_in_its_format_with_each_method_and_cel
     assert main(["export", str(run), "--method", "row-echo", "--method", "random"]) == 0
     out, err = capsys.readouterr()
     assert out == "160 rows -> run-rows.csv\n"
-    # only the failed cell is said to be missing, not the two ok ones
-    assert err == "not in the table: the run's cells without values (2 failed)\n"
+    # raises' failed cells are not of the methods asked for: nothing said of them
+    assert err == ""
     table = pd.read_csv(tmp_path / "run-rows.csv")
     assert sorted(set(table["method"])) == ["random", "row-echo"] and len(table) == 160
     # by seed, then method, then row
@@ -359,7 +359,16 @@ def test_export_by_default_beside_the_run_in_its_format_with_each_method_and_cel
     assert main(["export", str(run), "--format", "parquet", "--method", "random"]) == 0
     out, err = capsys.readouterr()
     assert out == "80 rows -> run-rows.parquet\n"
-    assert err == "not in the table: the run's cells without values (2 failed)\n"
+    assert err == ""
+    # without --method: the run's cells, the failed ones said
+    assert main(["export", str(run), "--out", "all.csv"]) == 0
+    assert (
+        capsys.readouterr().err == "not in the table: the run's cells without values (2 failed)\n"
+    )
+    # a method asked for by name with a failed cell of its own: its cells only
+    assert main(["export", str(run), "--method", "random,raises", "--out", "two.csv"]) == 0
+    err = capsys.readouterr().err
+    assert err == "not in the table: the cells of random, raises without values (2 failed)\n"
     table = pd.read_parquet(tmp_path / "run-rows.parquet")
     assert set(table["method"]) == {"random"} and len(table) == 80
     # a method whose every cell failed has nothing to export: one line, no file
