@@ -363,6 +363,10 @@ def _cell_frame(record: CellRecord, cells: CellArrays, file: _FileRows | None) -
         frame["id"] = None if file.ids is None else file.ids[frame["row"].to_numpy()]
     else:
         frame["id"] = None
+        # Class indices, missing on held-out rows: whole numbers, not the floats (2.0) a
+        # parquet file stored for a column of ints and NaN.
+        for key in ("given_label", "label_seen"):
+            frame[key] = pd.array(frame[key], dtype="Int64")
     lines = None if file is None else file.lines
     frame["line"] = pd.array(
         [None] * len(frame) if lines is None else lines[frame["row"].to_numpy()], dtype="Int64"

@@ -328,6 +328,15 @@ def test_export_maps_a_built_in_datasets_scores_to_its_rows(
     assert len(train) == 60
     radius = load_breast_cancer().data[train["row"].to_numpy(), 0]
     assert (train["rank"] == rank_desc(radius)).all()
+    # The labels are class indices, whole numbers in parquet too (they were floats, 1.0),
+    # missing on the held-out rows, which export() has no labels for.
+    assert main(["export", str(run), "--out", str(tmp_path / "rows.parquet")]) == 0
+    table = pd.read_parquet(tmp_path / "rows.parquet")
+    for key in ("given_label", "label_seen"):
+        assert str(table[key].dtype) == "Int64", key
+        kept = table.loc[table["split"] == "train", key]
+        assert kept.notna().all() and set(kept) == {0, 1}
+    assert (table["row"] == pd.read_csv(out)["row"]).all()
 
 
 def test_export_by_default_beside_the_run_in_its_format_with_each_method_and_cells_left_out(
