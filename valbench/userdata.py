@@ -580,11 +580,18 @@ def class_spellings(
     header = [str(c) for c in pd.read_csv(path, nrows=0).columns]
     column = label_column or ("label" if "label" in header else "y")
     text = pd.read_csv(path, usecols=[column], dtype=str, keep_default_na=False)[column]
-    pairs = pd.DataFrame({"code": codes, "text": text.to_numpy()}).drop_duplicates()
-    one_each = len(pairs) == pairs["code"].nunique() == pairs["text"].nunique()
-    spelling = dict(zip(pairs["code"].tolist(), pairs["text"].tolist(), strict=True))
-    respelled = any(str(classes[c]) != t for c, t in spelling.items())
-    if not (one_each and respelled):
+    # Stripped: " 8" beside "8" is one number with a stray space, one spelling, where it
+    # once cost every class its spelling ("007" written back as 7).
+    pairs = pd.DataFrame({"code": codes, "text": text.str.strip().to_numpy()}).drop_duplicates()
+    # A class with two spellings, or a text shared by two classes, keeps its parsed name.
+    shared = set(pairs.loc[pairs["text"].duplicated(keep=False), "code"])
+    spellings = pairs["code"].value_counts()
+    spelling = {
+        int(c): t
+        for c, t in zip(pairs["code"], pairs["text"], strict=True)
+        if spellings[c] == 1 and c not in shared
+    }
+    if not any(str(classes[c]) != t for c, t in spelling.items()):
         return None
     return [spelling.get(c, str(name)) for c, name in enumerate(classes)]
 
