@@ -43,13 +43,13 @@ else
 fi
 
 RUNS=${RUNS:-/tmp/device-runs}
-step gpu_tests 150 $PY -m pytest -p no:cacheprovider -q -s -rs \
+step gpu_tests 150 $PY -m pytest -p no:cacheprovider -n 0 -q -s -rs \
     tests/harness/test_devices.py tests/harness/test_nets.py
 step throughput 150 $PY tests/benchmarks/device_checks.py throughput --device "$DEVICE" \
     --copies $COPIES --subset $SUBSET --arithmetic strict float32 tf32 --alone
 step fractions 120 $PY tests/benchmarks/device_checks.py fractions --device "$DEVICE" \
     --n "$FRACTION_N" --models resnet18 cnn --repeats 2
-step copies16 90 $PY -m pytest -p no:cacheprovider -q -s -m slow \
+step copies16 90 $PY -m pytest -p no:cacheprovider -n 0 -q -s -m slow \
     tests/benchmarks/test_deep_benchmark.py -k sixteen
 RUN=(-m valbench run --methods all --datasets mnist-5k --model cnn --max-train "$TRAIN"
     --seeds 1 --budget "fits=$FITS" --timeout 150 --jobs "$JOBS" --metrics none)
