@@ -251,9 +251,11 @@ def _kind(cls: type[Any]) -> str:
 
 
 def _check_entry_point_name(cls: type[Any], group: str) -> None:
-    # Cheap filter on the attribute name first: loading every plugin would import them all.
+    # Every entry point of another name is loaded (an import the registry makes anyway): one
+    # filtered on the attribute's text missed a class registered under an alias
+    # (`centroid = mod:Centroid` with `Centroid = CentroidMethod`) or a nested path.
     for ep in entry_points(group=group):
-        if ep.attr != cls.__name__:
+        if ep.name == cls.name:
             continue
         try:
             registered = ep.load()

@@ -458,3 +458,173 @@ def test_a_method_whose_max_train_is_not_positive_is_broken() -> None:
     assert class_problem(Capped) == "Capped.max_train is 0, not None or a positive integer"
     Capped.max_train = 1
     assert class_problem(Capped) is None
+
+
+@pytest.mark.parametrize(
+    ("attrs", "problem"),
+    [
+        ({"max_train": True}, "Capped.max_train is True, not None or a positive integer"),
+        ({"max_train": 2.5}, "Capped.max_train is 2.5, not None or a positive integer"),
+        ({"selects_subsets": "yes"}, "Capped.selects_subsets is 'yes', not True or False"),
+        ({"architectures": "logreg"}, "Capped.architectures is 'logreg', not None or a tuple"),
+        ({"architectures": ("logreg", 3)}, "Capped.architectures is ('logreg', 3), not None"),
+        ({"family": "  "}, "Capped.family is not set; set it as a class attribute"),
+        ({"summary": 3}, "Capped.summary is 3, not a string"),
+    ],
+)
+def test_a_method_with_a_class_attribute_a_run_cannot_use_is_broken(
+    attrs: dict[str, object], problem: str
+) -> None:
+    from valbench.registry import class_problem
+
+    class Capped(Method):
+        name, family, summary = "capped", "test", "caps the training set"
+
+        def value(self, task, ctx):  # type: ignore[no-untyped-def]
+            raise AssertionError("never run")
+
+    assert class_problem(Capped) is None
+    for key, value in attrs.items():
+        setattr(Capped, key, value)
+    assert (class_problem(Capped) or "").startswith(problem)
+
+
+CHATTY_IMPORT = """
+import numpy as np
+
+from valbench import Method, Valuation
+
+print("chatty-import: banner")
+
+
+class Loud(Method):
+    name, family, summary = "loud", "other", "prints a banner when imported"
+
+    def value(self, task, ctx):
+        return Valuation(scores=np.zeros(task.n_train))
+"""
+
+
+def test_what_a_loading_plugin_prints_goes_to_stderr_and_a_method_is_no_dataset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_distribution(
+        tmp_path,
+        "chatty-import",
+        "chatty_import_mod",  # imported by no other test: its banner is printed here
+        CHATTY_IMPORT,
+        "[valbench.methods]\nloud = chatty_import_mod:Loud\n"
+        "[valbench.datasets]\nloud-data = chatty_import_mod:Loud\n",
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert discover("method")["loud"].ok
+    said = capsys.readouterr()
+    # Kept (it may be the plugin's warning), but never on stdout, where output is read.
+    assert "chatty-import: banner" in said.err and "banner" not in said.out
+    data = discover("dataset")["loud-data"]
+    assert data.error == "chatty_import_mod:Loud is not a subclass of valbench.Dataset"
+
+
+def test_check_method_models_asks_only_the_models_a_method_runs_on() -> None:
+    from valbench.models import ModelSpec
+    from valbench.params import Interval, Param
+    from valbench.registry import check_method_models
+
+    class Picky(Method):
+        name, family, summary = "picky", "test", "refuses the mlp unless told otherwise"
+        architectures = ("logreg", "mlp")
+        parameters = {"k": Param(3, Interval(int, 1, None), doc="k")}
+
+        def value(self, task, ctx):  # type: ignore[no-untyped-def]
+            raise AssertionError("never run")
+
+        def model_refusal(self, model):  # type: ignore[no-untyped-def]
+            return None if model.kind == "logreg" else f"needs logreg, not {model.kind}"
+
+    logreg, mlp = ModelSpec.parse("logreg"), ModelSpec.parse("mlp")
+    check_method_models("picky", Picky, {}, [logreg])
+    with pytest.raises(UsageError, match="^picky: needs logreg, not mlp$"):
+        check_method_models("picky", Picky, {}, [logreg, mlp])
+    Picky.architectures = ("logreg",)  # the mlp's cells are declined anyway: not asked
+    check_method_models("picky", Picky, {}, [logreg, mlp])
+    # The declaration's own one line, not wrapped as a constructor's failure.
+    with pytest.raises(UsageError, match="^method 'picky': k=0 is not in") as info:
+        check_method_models("picky", Picky, {"k": 0}, [logreg])
+    assert "cannot be built" not in str(info.value)
+
+
+def test_a_dataset_parameter_is_refused_as_a_datasets() -> None:
+    from valbench.registry import validate_params
+
+    with pytest.raises(UsageError, match="^dataset 'synthetic' has no parameter 'bogus'"):
+        validate_params(get_dataset("synthetic"), {"bogus": 1})
+
+
+def test_an_unknown_name_lists_only_the_names_that_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_distribution(
+        tmp_path,
+        "broken-listed",
+        "broken_listed_mod",
+        BROKEN,
+        "[valbench.methods]\nbroken-listed = broken_listed_mod:Nope\n",
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(UnknownNameError, match="valid methods: .*loo") as info:
+        get_method("nope")
+    assert "broken-listed" not in str(info.value)
+
+
+def test_names_come_sorted_and_a_built_in_wins_whatever_the_plugins_are_called(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A distribution named after 'valbench' in sort order, found first on the path."""
+    from valbench.methods.random_baseline import RandomMethod
+
+    write_distribution(
+        tmp_path,
+        "zz-impostor",
+        "zz_impostor",
+        IMPOSTOR,
+        "[valbench.methods]\nrandom = zz_impostor:Random\naaa-twin = zz_impostor:Twin\n",
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert get_method("random") is RandomMethod
+    warned = [r.getMessage() for r in caplog.records if "valbench's built-in" in r.getMessage()]
+    assert warned and warned[0].endswith(
+        "ignoring the plugin(s) that also register it: zz-impostor (zz_impostor:Random); "
+        "rename the plugin's method"
+    ), warned
+    names = list(discover("method"))
+    assert names == sorted(names)
+
+
+TWICE = """
+import numpy as np
+
+from valbench import Method, Valuation
+
+
+class Twice(Method):
+    name, family, summary = "twice", "other", "installed in two folders"
+
+    def value(self, task, ctx):
+        return Valuation(scores=np.zeros(task.n_train))
+"""
+
+
+def test_a_plugin_installed_twice_counts_once_and_two_registering_one_class_clash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def install(where: str, dist: str) -> None:
+        eps = "[valbench.methods]\ntwice = twice_mod:Twice\n"
+        write_distribution(tmp_path / where, dist, "twice_mod", TWICE, eps)
+        monkeypatch.syspath_prepend(str(tmp_path / where))
+
+    install("one", "twice")
+    install("two", "twice")  # the same distribution again, in another folder
+    assert discover("method")["twice"].ok
+    install("three", "also-twice")  # another distribution, the same class
+    error = discover("method")["twice"].error or ""
+    assert "registered by more than one plugin" in error and "also-twice" in error

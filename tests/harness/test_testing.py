@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import numbers
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import pytest
 
 from plugin_fixtures import write_distribution
 from valbench import Dataset, DatasetSplits, Method, RunContext, Valuation, ValuationTask
-from valbench.errors import ConformanceError
+from valbench.errors import CellSkipped, ConformanceError
 from valbench.params import Interval, Options, Param
 from valbench.registry import get_dataset, get_method
 from valbench.testing import (
@@ -41,6 +42,7 @@ from valbench.types import subset_size
         ("raises", "deliberate failure"),
         ("off-fraction", "selection at fraction 0.42, which the run did not ask for"),
         ("wrong-size", "selection at 0.15 holds 7 indices .* it must hold 8 distinct ones"),
+        ("bad-weights", "selection weights at 0.15 hold 1 negative values"),
     ],
 )
 def test_kit_rejects_broken_methods(test_plugins: Path, name: str, message: str) -> None:
@@ -100,6 +102,33 @@ def test_a_constructor_that_accepts_an_invalid_value_fails_its_check() -> None:
     checks["params_round_trip"]()
     with pytest.raises(ConformanceError, match=r"k=0 was accepted by the constructor"):
         checks["params_refuse_invalid"]()
+
+
+def test_a_parameter_stored_under_no_name_fails_its_check_saying_so() -> None:
+    class Forgets(Method):
+        name, family, summary = "forgets", "test", "takes k and keeps it nowhere"
+
+        def __init__(self, *, k: int = 3) -> None:
+            pass  # neither self.k = k nor super().__init__(k=k)
+
+        def value(self, task: ValuationTask, ctx: RunContext) -> Valuation:
+            return Valuation(scores=np.zeros(task.n_train))
+
+    with pytest.raises(ConformanceError, match=r"get_params.. failed: .*stored no attribute 'k'"):
+        dict(method_checks(Forgets))["params_round_trip"]()
+
+
+def test_a_declaration_that_admits_bools_fails_its_check() -> None:
+    # numbers.Real takes True (a bool is a Real in Python): --param lr=true would run as lr=1.
+    class Lax(Method):
+        name, family, summary = "lax-real", "test", "declares any Real"
+        parameters = {"lr": Param(0.1, numbers.Real, doc="rate")}
+
+        def value(self, task: ValuationTask, ctx: RunContext) -> Valuation:
+            return Valuation(scores=np.zeros(task.n_train))
+
+    with pytest.raises(ConformanceError, match="lr=True was accepted by the declaration"):
+        dict(method_checks(Lax))["params_refuse_invalid"]()
 
 
 def _moons(**overrides: Any) -> type[Dataset]:
@@ -214,6 +243,81 @@ def test_a_class_registered_under_another_name_fails(
     dict(method_checks(get_method("loo")))["name_matches_entry_point"]()
 
 
+ALIASED = """
+import numpy as np
+
+from valbench import Method, Valuation
+
+
+class CentroidMethod(Method):
+    name, family, summary = "centroid-x", "test", "zero for every point"
+
+    def value(self, task, ctx):
+        return Valuation(scores=np.zeros(task.n_train))
+
+
+Centroid = CentroidMethod  # the public name its entry point uses
+"""
+
+
+def test_a_class_registered_under_an_alias_and_another_name_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_distribution(
+        tmp_path,
+        "aliased",
+        "aliased_mod",
+        ALIASED,
+        "[valbench.methods]\ncentroid = aliased_mod:Centroid\n",
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import aliased_mod  # type: ignore[import-not-found]
+
+    with pytest.raises(
+        ConformanceError, match="registered as 'centroid'.*its name is 'centroid-x'"
+    ):
+        dict(method_checks(aliased_mod.CentroidMethod))["name_matches_entry_point"]()
+
+
+def test_check_method_fails_a_method_registered_under_another_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_distribution(
+        tmp_path,
+        "coin-plugin",
+        "coin_mod",
+        "from valbench.methods.random_baseline import RandomMethod\n",
+        "[valbench.methods]\ncoin = coin_mod:RandomMethod\n",
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ConformanceError, match="registered as 'coin'.*its name is 'random'"):
+        check_method(get_method("random"))
+
+
+def test_the_entry_point_check_blames_only_the_class_registered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another plugin's class of the same class name, registered under its own name or
+    failing to import, is not this class's mistake."""
+    loo = get_method("loo")
+    write_distribution(
+        tmp_path,
+        "namesake",
+        "namesake_mod",
+        f"from valbench.methods.random_baseline import RandomMethod as {loo.__name__}\n",
+        f"[valbench.methods]\nnamesake = namesake_mod:{loo.__name__}\n",
+    )
+    write_distribution(
+        tmp_path,
+        "broken-namesake",
+        "broken_namesake_mod",
+        'raise ImportError("needs a library that is not installed")\n',
+        f"[valbench.methods]\nbroken-namesake = broken_namesake_mod:{loo.__name__}\n",
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    dict(method_checks(loo))["name_matches_entry_point"]()
+
+
 # --- one deliberately broken plugin per rule ----------------------------------------------
 
 
@@ -271,12 +375,25 @@ def _default_given_reads_otherwise(self: Any, **params: Any) -> None:
         self.k = 99
 
 
+def _drops_params(self: Any, **params: Any) -> None:
+    _Fine.__init__(self)  # every instance gets the defaults, whatever it was given
+
+
 @pytest.mark.parametrize(
     ("attrs", "params", "check", "message"),
     [
         ({"family": ""}, {}, "class_attributes", "Broken.family is empty"),
         ({"summary": ""}, {}, "class_attributes", "Broken.summary is empty"),
         ({"architectures": ()}, {}, "class_attributes", r"architectures must be None .* got \(\)"),
+        # ("logreg") is a string, not a tuple: `in` would then match substrings of it
+        ({"architectures": "logreg"}, {}, "class_attributes", "architectures must be None"),
+        ({"architectures": ("logreg", 3)}, {}, "class_attributes", "architectures must be None"),
+        (
+            {"__init__": _drops_params},
+            {},
+            "params_round_trip",
+            r"Broken\(k=1\).get_params.. gives k=3; store each parameter under its own name",
+        ),
         ({"get_params": _forgets_given}, {"k": 4}, "params_round_trip", "loses the given"),
         (
             {"__init__": _default_given_reads_otherwise},
@@ -387,6 +504,79 @@ def test_the_plugin_the_broken_ones_start_from_passes_every_check() -> None:
     check_method(_broken(value=_fits(3)))  # three fits on a budget of three: honoured
 
 
+def _nan_detection(self: Any, task: ValuationTask, ctx: RunContext) -> Valuation:
+    detection = np.zeros(task.n_train)
+    detection[0] = np.nan
+    return Valuation(scores=np.zeros(task.n_train), detection_scores=detection)
+
+
+def _off_fraction(self: Any, task: ValuationTask, ctx: RunContext) -> Valuation:
+    return Valuation(scores=np.zeros(task.n_train), selections={0.1: np.arange(5)})
+
+
+@pytest.mark.parametrize(
+    ("value", "only"),
+    [(_nan_detection, "scores_valid"), (_off_fraction, "selections_at_run_fractions")],
+)
+def test_a_broken_part_of_the_result_fails_only_the_check_about_it(value: Any, only: str) -> None:
+    # One test per rule in a plugin's suite: each must point at what is actually broken.
+    failed = []
+    for name, check in method_checks(_broken(value=value)):
+        try:
+            check()
+        except ConformanceError:
+            failed.append(name)
+    assert failed == [only]
+
+
+def _spends_what_it_may(self: Any, task: ValuationTask, ctx: RunContext) -> Valuation:
+    # Reads the budget it is given, as a plugin should, and spends all of it (five at most).
+    n = int(min(ctx.budget.remaining_fits(), 5))
+    task.utility().many([np.arange(i + 2) for i in range(n)])
+    return Valuation(scores=np.zeros(task.n_train))
+
+
+def _declines_a_small_budget(self: Any, task: ValuationTask, ctx: RunContext) -> Valuation:
+    if ctx.budget.remaining_fits() < 10:
+        raise CellSkipped("needs at least 10 fits")
+    return Valuation(scores=np.zeros(task.n_train))
+
+
+@pytest.mark.parametrize("value", [_spends_what_it_may, _declines_a_small_budget])
+def test_a_method_spending_or_declining_the_budget_it_is_given_passes(value: Any) -> None:
+    check_method(_broken(value=value))
+
+
+def test_every_check_together_runs_the_method_four_times() -> None:
+    """As documented: a first run shared by the checks, a rerun, a poisoned run and one on a
+    3-fit budget."""
+    calls: list[int] = []
+
+    def counted(self: Any, task: ValuationTask, ctx: RunContext) -> Valuation:
+        calls.append(task.n_train)
+        return Valuation(scores=np.zeros(task.n_train))
+
+    check_method(_broken(value=counted))
+    assert len(calls) == 4
+
+
+@pytest.mark.parametrize(("max_train", "n_train"), [(None, 48), (20, 7), (5, 5)])
+def test_a_method_runs_on_the_documented_budget_and_task_size(
+    max_train: int | None, n_train: int
+) -> None:
+    """Default budget 200 fits; a size-limited method gets a task its limit allows and an
+    exact enumeration can cover within that budget (7 points: 127 fits)."""
+    seen: list[tuple[int, float]] = []
+
+    def records(self: Any, task: ValuationTask, ctx: RunContext) -> Valuation:
+        seen.append((task.n_train, ctx.budget.remaining_fits()))
+        return Valuation(scores=np.zeros(task.n_train))
+
+    checks = dict(method_checks(_broken(value=records, max_train=max_train)))
+    checks["scores_valid"]()
+    assert seen == [(n_train, 200)]
+
+
 def _moons_loaded(self: Any, seed: int = 0, max_train: int | None = None) -> DatasetSplits:
     return _moons().load(self, seed=seed, max_train=max_train)
 
@@ -442,6 +632,36 @@ def _first_rows(self: Any, *, seed: int, relabel: Any, max_train: Any = None) ->
     return replace(splits, x_train=splits.x_train[: len(rows)], y_train=labels)
 
 
+def _one_row_over(self: Any, *, seed: int, max_train: int | None = None) -> DatasetSplits:
+    return _moons_loaded(self, seed, None if max_train is None else max_train + 1)
+
+
+def _infinite(self: Any, *, seed: int, max_train: int | None = None) -> DatasetSplits:
+    s = _moons_loaded(self, seed, max_train)
+    s.x_train[0, 0] = np.inf
+    return s
+
+
+def _negative_labels(self: Any, *, seed: int, max_train: int | None = None) -> DatasetSplits:
+    s = _moons_loaded(self, seed, max_train)
+    return replace(s, y_val=s.y_val - (np.arange(len(s.y_val)) == 0))
+
+
+def _float_classes(self: Any, *, seed: int, max_train: int | None = None) -> DatasetSplits:
+    return replace(_moons_loaded(self, seed, max_train), n_classes=2.0)
+
+
+def _column_labels(self: Any, *, seed: int, max_train: int | None = None) -> DatasetSplits:
+    s = _moons_loaded(self, seed, max_train)
+    return replace(s, y_val=s.y_val[:, None])
+
+
+def _rebuilt_otherwise(self: Any, **params: Any) -> None:
+    Dataset.__init__(self, **params)
+    if params.get("n") == 60:  # the default, passed explicitly, is stored as something else
+        self.n = 61
+
+
 @pytest.mark.parametrize(
     ("overrides", "check", "message"),
     [
@@ -472,6 +692,16 @@ def _first_rows(self: Any, *, seed: int, relabel: Any, max_train: Any = None) ->
             "features_use_labels.. returned 'no', not a bool",
         ),
         ({"name": ""}, "class_attributes", "name is empty"),
+        ({"load": _one_row_over}, "respects_max_train", "load.max_train=24. returned 25 training"),
+        ({"load": _infinite}, "load_returns_valid_splits", "train: features hold NaN or infinite"),
+        ({"load": _negative_labels}, "load_returns_valid_splits", r"labels span \[-1, 1\]"),
+        (
+            {"load": _float_classes},
+            "load_returns_valid_splits",
+            "n_classes is 2.0; it must be an int",
+        ),
+        ({"load": _column_labels}, r"load_returns_valid_splits", r"labels of shape \(12, 1\)"),
+        ({"__init__": _rebuilt_otherwise}, "params_round_trip", "rebuilding the dataset from"),
     ],
 )
 def test_each_dataset_check_rejects_a_dataset_that_breaks_its_rule(
@@ -482,6 +712,32 @@ def test_each_dataset_check_rejects_a_dataset_that_breaks_its_rule(
         dict(dataset_checks(cls, max_train=24))[check]()
     with pytest.raises(ConformanceError, match=message):
         check_dataset(cls, max_train=24)
+
+
+def test_a_relabelled_load_that_ignores_max_train_fails() -> None:
+    def unbounded(self: Any, *, seed: int, relabel: Any, max_train: Any = None) -> Any:
+        splits = self.load(seed=seed)  # all 36 rows; relabel keeps two of every three
+        return splits.with_train(*relabel(splits.y_train, splits.n_classes))
+
+    checks = dict(dataset_checks(_moons(load_relabelled=unbounded), max_train=12))
+    with pytest.raises(ConformanceError, match="load.max_train=12. returned 24 training rows"):
+        checks["relabel_called_once"]()
+
+
+@pytest.mark.parametrize(
+    "part", ["x_train", "y_train", "x_val", "y_val", "x_test", "y_test", "n_classes"]
+)
+def test_a_dataset_drifting_in_any_one_part_fails_the_determinism_check(part: str) -> None:
+    def drifting(self: Any, *, seed: int, max_train: int | None = None) -> DatasetSplits:
+        s = _moons_loaded(self, seed, max_train)
+        step = next(_loads)
+        if part == "n_classes":  # 2 or 3 classes: labels 0 and 1 are valid under both
+            return replace(s, n_classes=2 + step % 2)
+        was = getattr(s, part)
+        return replace(s, **{part: was + step if part[0] == "x" else (was + step) % 2})
+
+    with pytest.raises(ConformanceError, match="other splits the second time"):
+        dict(dataset_checks(_moons(load=drifting), max_train=24))["deterministic_given_seed"]()
 
 
 def test_a_dataset_whose_seed_moves_only_its_test_split_gives_another_split() -> None:
@@ -527,6 +783,11 @@ def test_an_unavailable_datasets_cases_are_skipped_saying_why() -> None:
         (Param("a", Options(str, ("a", "b"))), ["not-an-option", True, False, 3]),
         (Param(2, Options(int, (1, 2, 4))), [5, True, False, "5", "abc", "true"]),
         (Param(False, bool), ["5", "abc", "true", 1, 0]),
+        # an int of at least 2 or a fraction: 1, one step below the int bound, is a fraction
+        (
+            Param(2, Interval(int, 2, None), Interval(float, 0, 1)),
+            [2.5, -5e-324, 1.0000000000000002, "nan", True, False, "5"],
+        ),
     ],
 )
 def test_invalid_values_derives_what_each_declaration_refuses(
