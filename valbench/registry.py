@@ -154,9 +154,12 @@ def class_problem(cls: type[Method] | type[Dataset]) -> str | None:
         return f"{cls.__name__}.selects_subsets is {cls.selects_subsets!r}, not True or False"
     archs = cls.architectures
     if archs is not None and not (
-        isinstance(archs, tuple | list) and all(isinstance(a, str) for a in archs)
-    ):
-        return f"{cls.__name__}.architectures is {archs!r}, not None or a tuple of model names"
+        isinstance(archs, tuple | list) and archs and all(isinstance(a, str) for a in archs)
+    ):  # () would decline every cell, as the test kit says
+        return (
+            f"{cls.__name__}.architectures is {archs!r}, not None or a non-empty tuple of "
+            "model names"
+        )
     claims = cls.claims
     if not (isinstance(claims, tuple | list) and all(isinstance(c, Claim) for c in claims)):
         return f"{cls.__name__}.claims is {claims!r}, not a tuple of valbench.types.Claim"

@@ -239,10 +239,12 @@ def _check_params_refuse_invalid(cls: type[Any], params: dict[str, Any]) -> None
                     except UsageError:
                         pass
             if where:
+                # True is a Real to Python; the parameter must still refuse it.
+                never = " (never true/false)" if isinstance(value, bool) else ""
                 raise ConformanceError(
                     f"{cls.__name__}: {key}={value!r} was accepted by {where}, but {key} must "
-                    f"be {spec.allowed()}; declare each parameter's constraints and pass the "
-                    "parameters to super().__init__(**params)"
+                    f"be {spec.allowed()}{never}; declare each parameter's constraints and pass "
+                    "the parameters to super().__init__(**params)"
                 )
 
 

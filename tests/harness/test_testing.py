@@ -127,8 +127,10 @@ def test_a_declaration_that_admits_bools_fails_its_check() -> None:
         def value(self, task: ValuationTask, ctx: RunContext) -> Valuation:
             return Valuation(scores=np.zeros(task.n_train))
 
-    with pytest.raises(ConformanceError, match="lr=True was accepted by the declaration"):
+    with pytest.raises(ConformanceError, match="lr=True was accepted by the declaration") as err:
         dict(method_checks(Lax))["params_refuse_invalid"]()
+    # "must be a Real" alone contradicts itself for True, a Real to Python
+    assert "(never true/false); declare" in str(err.value)
 
 
 def _moons(**overrides: Any) -> type[Dataset]:
