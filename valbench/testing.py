@@ -93,6 +93,7 @@ DATASET_CHECKS = (
     "deterministic_given_seed",
     "other_seed_other_split",
     "relabel_called_once",
+    "pixels_match_pixel_shape",
     "name_matches_entry_point",
 )
 
@@ -684,6 +685,37 @@ def dataset_checks(
                 "than load() restricted to the chosen rows"
             )
 
+    def pixels_match_pixel_shape() -> None:
+        # --model cnn and the from-scratch reading reshape each row to pixel_shape() and
+        # train on it as raw pixels: a shape or a scale that lies trains on other input.
+        shape = cls(**params).pixel_shape()
+        if shape is None:
+            return
+        if not (
+            isinstance(shape, tuple)
+            and len(shape) == 3
+            and all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape)
+        ):
+            raise ConformanceError(
+                f"pixel_shape() returned {shape!r}; it must be None or (C, H, W), three "
+                "positive integers"
+            )
+        splits = first()
+        pixels = math.prod(shape)
+        if splits.x_train.shape[1] != pixels:
+            raise ConformanceError(
+                f"pixel_shape() is {shape} ({pixels} pixels a row) but load() gives "
+                f"{splits.x_train.shape[1]} features a row; return None from pixel_shape() "
+                "unless the features are the image's pixels"
+            )
+        for split, x in (("train", splits.x_train), ("val", splits.x_val), ("test", splits.x_test)):
+            if len(x) and (x.min() < 0 or x.max() > 1):
+                raise ConformanceError(
+                    f"pixel_shape() says the features are raw pixels in [0, 1] but load()'s "
+                    f"{split} features span [{x.min():.3g}, {x.max():.3g}]; scale them to "
+                    "[0, 1], or return None from pixel_shape() for other features"
+                )
+
     yield from _named(
         params_round_trip,
         params_refuse_invalid,
@@ -693,6 +725,7 @@ def dataset_checks(
         deterministic_given_seed,
         other_seed_other_split,
         relabel_called_once,
+        pixels_match_pixel_shape,
         name_matches_entry_point,
     )
 
@@ -711,7 +744,8 @@ def check_dataset(
     features and int64 labels in ``[0, n_classes)``, finite, at most ``max_train`` training
     rows; the same seed gives the same splits and another seed another split;
     ``load_relabelled`` calls ``relabel`` exactly once and keeps the rows and labels it
-    chose; the class's name is the entry point it is registered under.
+    chose; a ``pixel_shape()`` other than None counts each row's features and holds them in
+    [0, 1]; the class's name is the entry point it is registered under.
     """
     for _name, check in dataset_checks(dataset_cls, params, max_train=max_train):
         check()

@@ -790,3 +790,15 @@ def test_features_cached_for_one_test_set_are_not_served_for_another(isolated: P
     fresh = FashionMNISTDataset(**kw, cache_features=False).load(seed=0)
     np.testing.assert_array_equal(got.y_test, fresh.y_test)
     np.testing.assert_allclose(got.x_test, fresh.x_test, atol=1e-5)
+
+
+def test_raw_image_features_are_what_their_pixel_shape_says(isolated: Path) -> None:
+    """The kit's pixel check on the built-in image datasets: each row is the image's pixels,
+    all in [0, 1] (what --model cnn reshapes and trains on)."""
+    from valbench.testing import dataset_checks
+
+    make_idx_dir(isolated / "fashion-mnist")
+    write_cifar(isolated / "cifar-10-batches-py")
+    for cls, shape in ((FashionMNISTDataset, (1, 28, 28)), (CIFAR10Dataset, (3, 32, 32))):
+        assert cls(n_val=10).pixel_shape() == shape
+        dict(dataset_checks(cls, {"n_val": 10}, max_train=24))["pixels_match_pixel_shape"]()

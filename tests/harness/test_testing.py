@@ -800,3 +800,40 @@ def test_invalid_values_derives_what_each_declaration_refuses(
     missing = [v for v in refused if not any(type(g) is type(v) and g == v for g in got)]
     assert not missing, (missing, got)
     assert not any(spec.accepts(v) for v in invalid_values(spec))
+
+
+def _tiny_images(self: Any, *, seed: int, max_train: int | None = None) -> DatasetSplits:
+    """2x2 grey images in [0, 1], four pixels a row."""
+    rng = np.random.default_rng(seed)
+    x, y = rng.random(size=(60, 4)), np.arange(60) % 2
+    cut = 36 if max_train is None else min(36, max_train)
+    return DatasetSplits(x[:cut], y[:cut], x[36:48], y[36:48], x[48:], y[48:], 2)
+
+
+def _standardised_images(self: Any, *, seed: int, max_train: int | None = None) -> DatasetSplits:
+    s = _tiny_images(self, seed=seed, max_train=max_train)
+    return replace(s, x_test=(s.x_test - 0.5) * 4)
+
+
+@pytest.mark.parametrize(
+    ("shape", "load", "message"),
+    [
+        # a (3, 32, 32) image declared over 2 standardised features: cnn cells fail or train
+        # on mis-scaled input, and the kit passed it
+        ((3, 32, 32), None, r"pixel_shape.. is \(3, 32, 32\) \(3072 pixels a row\) but load"),
+        ((1, 2, 2), _standardised_images, r"load...s test features span \[-1.9"),
+        ((1, 4), _tiny_images, r"pixel_shape.. returned \(1, 4\); it must be None or \(C, H, W"),
+    ],
+)
+def test_a_pixel_shape_must_describe_the_features(shape: Any, load: Any, message: str) -> None:
+    overrides: dict[str, Any] = {"pixel_shape": lambda self: shape}
+    if load is not None:
+        overrides["load"] = load
+    checks = dict(dataset_checks(_moons(**overrides), max_train=24))
+    with pytest.raises(ConformanceError, match=message):
+        checks["pixels_match_pixel_shape"]()
+    # true pixels pass, and so does a dataset without images
+    dict(dataset_checks(_moons(load=_tiny_images, pixel_shape=lambda self: (1, 2, 2))))[
+        "pixels_match_pixel_shape"
+    ]()
+    dict(dataset_checks(_moons()))["pixels_match_pixel_shape"]()
