@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,18 +10,6 @@ sys.path.insert(0, str(Path(__file__).parent))  # tests' own helper modules
 sys.path.insert(1, str(Path(__file__).parent / "datasets"))  # image_fixtures
 
 from plugin_fixtures import write_test_plugins  # noqa: E402
-
-
-def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
-    """``-n auto`` (the default, pyproject.toml): one test process per CPU this process may
-    run on. xdist would ask psutil for the machine's physical cores, which in a container
-    limited to two CPUs can be dozens, each worker importing torch; at most 8 (memory).
-    None with ``--benchmark-enable``: a benchmark measures alone, in this process."""
-    if config.getoption("benchmark_enable", default=False):
-        return 0
-    usable = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
-    cpus = len(usable) if usable is not None else os.cpu_count() or 1
-    return max(1, min(8, cpus))
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -33,7 +33,7 @@ Get the sources (no install; numpy, scipy and torch are valbench's own)::
     git clone https://github.com/decile-team/cords /path/cords           # holds cords/
     export VALBENCH_DEEPCORE_SRC=/path/DeepCore VALBENCH_CORDS_SRC=/path/cords
     python tests/benchmarks/test_selection_peers.py        # prints the table
-    pytest -q -m slow tests/benchmarks/test_selection_peers.py
+    pytest -q -n 0 -m slow tests/benchmarks/test_selection_peers.py
 
 Without the variables (the default suite) every test skips, saying why. Under pytest each row
 asserts the agreement recorded in docs/methods.md ("Agreement with DeepCore and CORDS").

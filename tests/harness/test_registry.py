@@ -43,11 +43,12 @@ def _pip_install(*examples: Path, target: Path) -> dict[str, str]:
 
 def _plugin_tests(*examples: Path, env: dict[str, str], cwd: Path) -> None:
     """The plugins' own test suites (the conformance kit) on the installed classes, in one
-    pytest process (importlib mode: the suites' files share a name)."""
+    pytest process (importlib mode: the suites' files share a name; -n 0: this test already
+    runs in one of the suite's test processes)."""
     suites = [str(example / "tests") for example in examples]
+    pytest = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0"]
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--import-mode=importlib"]
-        + suites,
+        [*pytest, "--import-mode=importlib", *suites],
         env=env,
         capture_output=True,
         text=True,
