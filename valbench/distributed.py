@@ -284,7 +284,10 @@ def _import_stack(spec: RunSpec) -> None:
     torch and the methods inside its first cell's time limit, so a cell that took
     milliseconds could time out on Dask or Ray and not on the process backend."""
     for module in preload_modules(spec):
-        importlib.import_module(module)
+        try:
+            importlib.import_module(module)
+        except ImportError:  # as the fork server skips it: the cell's own record says it
+            pass
 
 
 def _dask_task(cell: Cell, spec: RunSpec, topic: str | None) -> CellOutcome:

@@ -916,7 +916,8 @@ def execute(
     if backend == "serial" and spec.jobs > 1:  # it would be recorded, and not happen
         raise UsageError(
             f"--jobs {spec.jobs} runs cells in worker processes, and --backend serial runs "
-            "them one at a time in this process; drop one of the two"
+            "them one at a time in this process; drop one of the two (--jobs may come from "
+            "the config file)"
         )
     if backend in ("dask", "ray") and spec.jobs > 1:  # the cluster's workers decide
         from valbench.distributed import LOCAL_WORKERS
@@ -928,7 +929,7 @@ def execute(
         )
         raise UsageError(
             f"--jobs {spec.jobs} sets the process backend's worker count; with --backend "
-            f"{backend} {where} run the cells: drop --jobs"
+            f"{backend} {where} run the cells: drop --jobs (or the config file's jobs)"
         )
     on_main_thread = threading.current_thread() is threading.main_thread()
     if backend == "serial" and spec.timeout and not on_main_thread:

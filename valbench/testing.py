@@ -14,6 +14,8 @@ give a plugin's own pytest suite one test per rule::
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -260,10 +262,12 @@ def _check_entry_point_name(cls: type[Any], group: str) -> None:
     for ep in entry_points(group=group):
         if ep.name == cls.name:
             continue
+        printed = io.StringIO()  # what another plugin prints on import is not the kit's
         try:
-            registered = ep.load()
-        except Exception:  # another plugin's breakage is not this class's failure
-            continue
+            with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+                registered = ep.load()
+        except (Exception, SystemExit):  # another plugin's breakage, an exit on import too,
+            continue  # is not this class's failure (the registry lists it broken)
         if registered is cls and ep.name != cls.name:
             raise ConformanceError(
                 f"{cls.__name__} is registered as {ep.name!r} in {group} but its name is "

@@ -571,7 +571,9 @@ def class_spellings(
     """The classes as a ``.csv`` spells them, where pandas read them otherwise ("007" as 7,
     "1.0" as 1), for writing labels back (``codes``: each row's class); None where the
     parsed classes read the same (or another format). The reading refuses two spellings of
-    one class ("01" beside "1"), so each class has one spelling."""
+    one class ("01" beside "1"); a class spelled two ways that differ only in spaces ("8"
+    beside " 8", one number) keeps its parsed name, as does a class the reading kept as
+    text."""
     import pandas as pd
 
     path = Path(path).expanduser()
@@ -591,9 +593,11 @@ def class_spellings(
         for c, t in zip(pairs["code"], pairs["text"], strict=True)
         if spellings[c] == 1 and c not in shared
     }
-    if not any(str(classes[c]) != t for c, t in spelling.items()):
+    # Spaces decide nothing here: a class the reading kept as text (" dog") keeps its name.
+    respelled = {c: t for c, t in spelling.items() if str(classes[c]).strip() != t}
+    if not respelled:
         return None
-    return [spelling.get(c, str(name)) for c, name in enumerate(classes)]
+    return [respelled.get(c, str(name)) for c, name in enumerate(classes)]
 
 
 def csv_record_lines(path: str | Path, n_rows: int) -> np.ndarray | None:

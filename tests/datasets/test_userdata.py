@@ -901,6 +901,11 @@ def test_only_the_classes_a_csv_respells_change_how_they_are_written(tmp_path: P
     path.write_text("a,label\n1,007\n2,8\n3,007\n4, 8\n")
     parts, classes = FileDataset(path=str(path)).read(carved=False)
     assert class_spellings(path, None, parts["train"][1], classes) == ["007", "8"]
+    # text labels with a leading space are their own names: written as read, not stripped
+    path.write_text("a,label\n1, dog\n2, cat\n3, dog\n4, cat\n")
+    parts, classes = FileDataset(path=str(path)).read(carved=False)
+    assert classes == [" cat", " dog"]
+    assert class_spellings(path, None, parts["train"][1], classes) is None
 
 
 def test_unstandardised_features_must_fit_float32_standardised_ones_only_float64() -> None:

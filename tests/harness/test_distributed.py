@@ -1114,6 +1114,16 @@ def test_a_cluster_task_imports_the_run_stack_before_its_clock_starts(
     engine._dask_task(cell, spec, "started")
     assert events == [*stack, "started", "run"]
 
+    # a module that fails to import is skipped, as the fork server skips it: the cell runs
+    # and says so in its own record, not a "WorkerCrashed" from before it started
+    def refuse(module: str) -> None:
+        raise ImportError(f"no {module}")
+
+    events.clear()
+    monkeypatch.setattr(engine, "importlib", types.SimpleNamespace(import_module=refuse))
+    engine._ray_task(cell, spec, starts)
+    assert events == [cell.cell_id, "run"]
+
 
 @pytest.mark.parametrize("backend", ["dask", "ray"])
 def test_jobs_above_one_with_a_cluster_backend_is_refused_before_any_work(

@@ -297,7 +297,7 @@ def test_check_method_fails_a_method_registered_under_another_name(
 
 
 def test_the_entry_point_check_blames_only_the_class_registered(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Another plugin's class of the same class name, registered under its own name or
     failing to import, is not this class's mistake."""
@@ -316,8 +316,17 @@ def test_the_entry_point_check_blames_only_the_class_registered(
         'raise ImportError("needs a library that is not installed")\n',
         f"[valbench.methods]\nbroken-namesake = broken_namesake_mod:{loo.__name__}\n",
     )
+    # one that prints and exits when imported (the registry lists it broken and goes on)
+    write_distribution(
+        tmp_path,
+        "exiting",
+        "exiting_mod",
+        'print("usage: exiting_mod ARGS")\nimport sys\nsys.exit(2)\n',
+        "[valbench.methods]\nexiting = exiting_mod:Exiting\n",
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     dict(method_checks(loo))["name_matches_entry_point"]()
+    assert "usage: exiting_mod" not in capsys.readouterr().out
 
 
 # --- one deliberately broken plugin per rule ----------------------------------------------
