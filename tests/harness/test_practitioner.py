@@ -14,6 +14,7 @@ import pytest
 from test_report_fakes import fake_run
 
 import valbench
+from valbench import Method, Valuation
 from valbench.cli import EXIT_USAGE, main
 from valbench.errors import CellSkipped
 from valbench.practitioner import recall_at
@@ -1182,14 +1183,28 @@ def test_a_method_named_twice_is_valued_once() -> None:
     np.testing.assert_array_equal(twice.values["knn-shapley"], once.values["knn-shapley"])
 
 
+def _nine_rows_valued_by(monkeypatch: pytest.MonkeyPatch, method: type[Method]) -> Any:
+    """x, y and ``method``'s values (registered for this test) over nine rows, in two folds
+    of 5 and 4 rows."""
+    import valbench.registry
+    from valbench.practitioner import value_arrays
+
+    real = valbench.registry.get_method
+    monkeypatch.setattr(
+        valbench.registry,
+        "get_method",
+        lambda name: method if name == method.name else real(name),
+    )
+    x, y = np.arange(18.0).reshape(9, 2), np.array([0, 1] * 4 + [0])
+    return x, y, value_arrays(x, y, [method.name])
+
+
 def test_errors_and_counts_reported_on_some_folds_only_are_kept_for_those_rows(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A method that reports per-point standard errors and sample counts (here 0) on one
     fold only: its rows keep them, the other fold's rows get NaN and -1 (a gap in the table)."""
-    import valbench.registry
-    from valbench import Method, Valuation
-    from valbench.practitioner import value_arrays, values_frame
+    from valbench.practitioner import values_frame
 
     class OddFoldStats(Method):
         name = "odd-fold-stats"
@@ -1201,14 +1216,7 @@ def test_errors_and_counts_reported_on_some_folds_only_are_kept_for_those_rows(
             stats = {"point_stderr": [0.5] * n, "sample_counts": [0] * n} if n % 2 else {}
             return Valuation(scores=np.arange(n, dtype=float), stats=stats)
 
-    real = valbench.registry.get_method
-    monkeypatch.setattr(
-        valbench.registry,
-        "get_method",
-        lambda name: OddFoldStats if name == OddFoldStats.name else real(name),
-    )
-    x, y = np.arange(18.0).reshape(9, 2), np.array([0, 1] * 4 + [0])
-    result = value_arrays(x, y, [OddFoldStats.name])
+    x, y, result = _nine_rows_valued_by(monkeypatch, OddFoldStats)
     odd = np.bincount(result.fold)[result.fold] % 2 == 1  # the rows of the 5-row fold
     assert odd.sum() == 5
     stderr, samples = result.stderr[OddFoldStats.name], result.samples[OddFoldStats.name]
@@ -1403,9 +1411,6 @@ def test_a_fold_cut_short_marks_its_own_rows_and_its_note_names_the_table_s_fold
 ) -> None:
     """A method partial on one fold only: that fold's rows are partial, the other fold's
     complete, and its note names the fold as the table's `fold` column numbers it."""
-    import valbench.registry
-    from valbench import Method, Valuation
-    from valbench.practitioner import value_arrays
 
     class OneFoldShort(Method):
         name = "one-fold-short"
@@ -1417,14 +1422,7 @@ def test_a_fold_cut_short_marks_its_own_rows_and_its_note_names_the_table_s_fold
             stats = {"note": "cut short"} if n % 2 else {}
             return Valuation(scores=np.arange(n, dtype=float), complete=n % 2 == 0, stats=stats)
 
-    real = valbench.registry.get_method
-    monkeypatch.setattr(
-        valbench.registry,
-        "get_method",
-        lambda name: OneFoldShort if name == OneFoldShort.name else real(name),
-    )
-    x, y = np.arange(18.0).reshape(9, 2), np.array([0, 1] * 4 + [0])
-    result = value_arrays(x, y, [OneFoldShort.name])
+    x, y, result = _nine_rows_valued_by(monkeypatch, OneFoldShort)
     odd = np.bincount(result.fold)[result.fold] == 5  # the rows of the 5-row fold
     np.testing.assert_array_equal(result.complete[OneFoldShort.name], ~odd)
     assert result.partial_methods == (OneFoldShort.name,)
