@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -12,8 +13,10 @@ from valbench import metrics as M
 from valbench import worker
 from valbench.records import CellRecord
 from valbench.report import tidy_rows
-from valbench.spec import Cell, build_spec
+from valbench.spec import Cell, RunSpec, build_spec
 from valbench.summary import summarise
+from valbench.types import Valuation, ValuationTask
+from valbench.worker import LdsReference
 
 
 def _spec(**overrides: object):
@@ -64,6 +67,23 @@ def test_lds_of_random_scores_is_near_zero() -> None:
     assert 0.1 < draws.std() < 0.22
 
 
+def test_lds_predicts_by_the_sum_of_the_scores_not_their_mean() -> None:
+    # Subsets of sizes 1, 3, 4: sums 2, 3, 5 rise with the utilities (rho = 1); the means
+    # 2, 1, 1.25 would give rho = -0.5.
+    scores = [2.0, 1.0, 1.0, 1.0]
+    masks = np.array([[1, 0, 0, 0], [0, 1, 1, 1], [1, 1, 1, 1]], dtype=bool)
+    assert M.linear_datamodeling_score(scores, masks, [0.1, 0.2, 0.3]) == pytest.approx(1.0)
+
+
+def test_lds_of_two_subsets_is_their_direction() -> None:
+    # Two subsets are the fewest a rank correlation is defined on: +1 or -1; one gives NaN.
+    scores = [1.0, 2.0, 3.0]
+    masks = np.array([[1, 1, 0], [0, 1, 1]], dtype=bool)  # sums 3, 5
+    assert M.linear_datamodeling_score(scores, masks, [0.1, 0.2]) == pytest.approx(1.0)
+    assert M.linear_datamodeling_score(scores, masks, [0.2, 0.1]) == pytest.approx(-1.0)
+    assert math.isnan(M.linear_datamodeling_score(scores, masks[:1], [0.1]))
+
+
 def test_lds_is_nan_when_a_side_is_constant() -> None:
     masks = M.lds_subsets(6, 10, np.random.default_rng(0))
     assert math.isnan(M.linear_datamodeling_score(np.zeros(6), masks, np.arange(10.0)))
@@ -77,6 +97,8 @@ def test_lds_is_nan_when_a_side_is_constant() -> None:
         (np.ones(3), np.ones((2, 3)), [1.0, 2.0], r"masks must be a bool array"),
         (np.ones(3), np.ones((2, 3), bool), [1.0], r"one number per subset \(2\)"),
         (np.ones(3), np.ones((2, 3), bool), [1.0, np.nan], "utilities must be finite"),
+        (np.ones(3), np.ones((2, 3), bool), [1.0, np.inf], "utilities must be finite"),
+        (np.ones(3), np.ones((2, 3), bool), [[1.0], [2.0]], r"one number per subset \(2\)"),
         ([1.0, np.inf, 0.0], np.ones((2, 3), bool), [1.0, 2.0], "scores must be finite"),
     ],
 )
@@ -161,8 +183,6 @@ def test_metrics_spec_and_config_hash() -> None:
     assert default.metrics == ("lds",) and default.lds_subsets == 100
     # The default stays out of the hash, so runs from before --metrics keep theirs.
     data = {k: v for k, v in default.to_dict().items() if k not in ("metrics", "lds_subsets")}
-    from valbench.spec import RunSpec
-
     assert RunSpec.from_dict(data).config_hash() == default.config_hash()
     assert _spec(metrics="lds").config_hash() == default.config_hash()
     assert _spec(metrics="none").metrics == ()
@@ -186,6 +206,12 @@ def test_lds_of_scores_whose_sums_overflow_still_ranks_every_subset() -> None:
         assert M.linear_datamodeling_score(scores, masks, [4.0, 3.0, 2.0, 1.0]) == pytest.approx(
             1.0
         )
+        # All negative, the sums overflow towards -inf: scaled by the largest magnitude, not
+        # the largest value (0 here, which would leave them unscaled).
+        negated = [-s for s in scores]
+        assert M.linear_datamodeling_score(negated, masks, [1.0, 2.0, 3.0, 4.0]) == pytest.approx(
+            1.0
+        )
 
 
 def test_lds_of_constant_scores_is_nan_without_a_warning() -> None:
@@ -193,3 +219,57 @@ def test_lds_of_constant_scores_is_nan_without_a_warning() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert math.isnan(M.linear_datamodeling_score(np.ones(4), masks, [1.0, 2.0, 3.0]))
+
+
+def test_the_cached_reference_is_reused_only_for_the_same_draw_and_data(fresh_cache: None) -> None:
+    spec = _spec(lds_subsets=8)
+    cell = Cell("synthetic", 0.1, 0, "random")
+    task = worker.build_task(cell, spec)
+    first = worker.lds_reference(task, cell, spec)
+    # The subsets are exactly the cell's LDS stream under the run's root seed.
+    assert np.array_equal(first.masks, M.lds_subsets(task.n_train, 8, cell.lds_rng(0)))
+    # Another number of subsets, another root seed, or other training data (a user's file
+    # edited between two runs of one process) is another reference, never the cached one.
+    more = worker.lds_reference(task, cell, replace(spec, lds_subsets=12))
+    assert more.fits == 12 and more.masks.shape == (12, task.n_train)
+    reseeded = worker.lds_reference(task, cell, replace(spec, root_seed=5))
+    assert reseeded.fits == 8
+    assert np.array_equal(reseeded.masks, M.lds_subsets(task.n_train, 8, cell.lds_rng(5)))
+    edited = replace(task, x_train=task.x_train[::-1].copy())
+    assert worker.lds_reference(edited, cell, spec).fits == 8
+    assert worker.lds_reference(task, cell, spec).fits == 0  # the first one, still cached
+
+
+def test_lds_loss_is_left_out_when_a_subsets_loss_is_not_finite(
+    fresh_cache: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A model with an infinite validation loss on one subset: no rank correlation with the
+    # loss is defined, so lds_loss is None; lds, from the accuracies, is still measured.
+    real = worker.lds_reference
+
+    def infinite_first_loss(task: ValuationTask, cell: Cell, spec: RunSpec) -> LdsReference:
+        ref = real(task, cell, spec)
+        assert ref.loss is not None
+        loss = ref.loss.copy()
+        loss[0] = np.inf
+        return replace(ref, loss=loss)
+
+    monkeypatch.setattr(worker, "lds_reference", infinite_first_loss)
+    spec = _spec(lds_subsets=8)
+    cell = Cell("synthetic", 0.1, 0, "random")
+    record = worker.run_cell(cell, spec).record
+    assert record.status == "ok", record.error
+    assert record.metrics.lds_loss is None and record.metrics.lds is not None
+    assert record.metrics.lds_subsets == 8
+
+
+def test_lds_reads_the_scores_not_the_detection_scores(fresh_cache: None) -> None:
+    spec = _spec(lds_subsets=8)
+    cell = Cell("synthetic", 0.1, 0, "random")
+    task = worker.build_task(cell, spec)
+    scores = np.arange(task.n_train, dtype=float)
+    valuation = Valuation(scores=scores, detection_scores=-scores)
+    got = worker.measure(task, valuation, cell, spec)
+    ref = worker.lds_reference(task, cell, spec)
+    want = M.linear_datamodeling_score(scores, ref.masks, ref.accuracy)
+    assert want != 0 and got["lds"] == want  # -want from the detection scores

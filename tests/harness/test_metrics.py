@@ -117,6 +117,13 @@ def test_full_data_value() -> None:
     assert M.full_data_value(10, sum_plus_one) == 55.0
 
 
+@pytest.mark.parametrize("n", [0, -3, 2.5])
+def test_full_data_value_refuses_a_count_that_is_not_a_positive_integer(n: float) -> None:
+    # n = 0 would train the reference on no points at all
+    with pytest.raises(M.MetricInputError, match="n must be a positive integer"):
+        M.full_data_value(n, sum_plus_one)  # type: ignore[arg-type]
+
+
 def test_subset_value_curve_ranks_by_scores() -> None:
     rec = Recorder()
     out = M.subset_value_curve(SCORES, M.DEFAULT_FRACTIONS, rec)
@@ -174,6 +181,7 @@ def test_selection_weights_follow_their_points_when_sorted() -> None:
         (np.array([1, 1]), "repeats"),
         (np.array([], dtype=np.int64), "non-empty"),
         (np.array([0.5]), "integer"),
+        (np.array([[8], [1]]), "1-D"),  # a column of indices is not a selection
     ],
 )
 def test_subset_value_curve_bad_selection(sel: np.ndarray, match: str) -> None:
@@ -218,6 +226,13 @@ def test_a_fractions_random_reference_ignores_the_other_fractions_and_their_orde
 
     alone, after, before = run((0.3,)), run((0.1, 0.3)), run((0.3, 0.1, 0.5))
     assert alone[0.3] == after[0.3] == before[0.3] and after[0.1] == before[0.1]
+
+
+def test_random_subsets_have_the_size_of_the_ranked_subset() -> None:
+    # 0.21 of 10 is 2.1 points: the top fraction takes ceil -> 3, so the random reference
+    # it is compared with must draw 3 (rounding would draw 2).
+    out = M.random_subset_value(10, (0.21,), lambda idx: float(len(idx)), np.random.default_rng(0))
+    assert out == {0.21: 3.0} and len(M.top_fraction(SCORES, 0.21)) == 3
 
 
 def test_random_subset_value_bad_repeats() -> None:
@@ -292,6 +307,13 @@ def test_bad_noisy_mask(mask: np.ndarray, match: str) -> None:
 def test_noisy_mask_accepts_zero_one() -> None:
     _, rec = M.mislabel_recall_curve(SCORES, NOISY.astype(int), [0.5])
     assert rec.tolist() == [1.0]
+
+
+@pytest.mark.parametrize("dtype", [int, float])
+def test_a_zero_one_noisy_mask_gives_every_metric_of_the_boolean_one(dtype: type) -> None:
+    # A mask read from a CSV arrives as 0/1 numbers; the 2-means F1 intersects it with its
+    # boolean flags, which a float array cannot do.
+    assert M.mislabel_metrics(SCORES, NOISY.astype(dtype)) == M.mislabel_metrics(SCORES, NOISY)
 
 
 def test_recall_curve_fraction_range() -> None:
@@ -377,6 +399,14 @@ def test_two_means_f1_constant_scores_no_warning() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert M.two_means_f1(np.full(10, 0.3), NOISY) == 0.0
+
+
+def test_two_means_flags_nothing_on_constant_scores_whatever_the_first_point() -> None:
+    # Constant scores have no split: no point is flagged, so F1 is 0 even when the first
+    # point (the one a split "after the first" would flag) is a flip.
+    assert M.two_means_split(np.full(5, 0.3)).tolist() == [False] * 5
+    mask = np.array([True, False, False, False, False])
+    assert M.two_means_f1(np.full(5, 0.3), mask) == 0.0
 
 
 def test_two_means_two_distinct_values_no_warning() -> None:
@@ -587,6 +617,16 @@ def test_rank_columns_ties_are_judged_against_the_first_value_of_a_run() -> None
     )
 
 
+def test_rank_columns_cuts_a_chain_of_near_ties_from_the_best_end() -> None:
+    # 1, 1 + s, 1 + 2s with s = 0.6e-12: neighbours tie, the ends do not. A run starts at its
+    # best value (the first in sorted order of the keys), so the two best tie and the third
+    # is alone, in either direction.
+    step = 0.6e-12
+    values = [1.0, 1.0 + step, 1.0 + 2 * step]
+    np.testing.assert_array_equal(M.rank_columns(values), [3, 1.5, 1.5])
+    np.testing.assert_array_equal(M.rank_columns(values, higher_is_better=False), [1.5, 1.5, 3])
+
+
 def test_rank_columns_nan_and_1d() -> None:
     np.testing.assert_array_equal(M.rank_columns([0.2, np.nan, 0.7]), [2, np.nan, 1])
     r = M.rank_columns([[np.nan], [np.nan]])
@@ -701,6 +741,11 @@ def test_selection_weights_may_leave_some_points_out_but_not_all() -> None:
         _weighted_curve([0.0, 0.0, 0.0])
 
 
+def test_selection_weights_must_hold_one_weight_per_selected_point() -> None:
+    with pytest.raises(M.MetricInputError, match="must be 3 finite values >= 0"):
+        _weighted_curve([1.0, 2.0])
+
+
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
 def test_selection_weights_must_be_finite(bad: float) -> None:
     with pytest.raises(M.MetricInputError, match="must be 3 finite values >= 0"):
@@ -737,9 +782,19 @@ def test_two_means_split_ignores_shift_and_scale(shift: float, scale: float) -> 
     assert M.two_means_split(shift + scale * base).tolist() == [True, False, True, True, True]
 
 
-def test_mean_ci_refuses_a_confidence_of_one() -> None:
+@pytest.mark.parametrize("confidence", [0.0, 1.0])
+def test_mean_ci_refuses_a_confidence_of_zero_or_one(confidence: float) -> None:
+    # 0 would report a half-width of 0 (t at the median), 1 an infinite one
     with pytest.raises(ValueError, match=r"confidence must lie in \(0, 1\)"):
-        M.mean_ci([1.0, 2.0], confidence=1.0)
+        M.mean_ci([1.0, 2.0], confidence=confidence)
+
+
+def test_mean_ci_drops_nans_but_keeps_an_infinite_value() -> None:
+    # Only NaN means "no value"; an infinite value is a value and the mean says so.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # inf - inf in the deviation
+        mean, _ = M.mean_ci([1.0, math.inf, float("nan")])
+    assert mean == math.inf
 
 
 def test_rank_columns_ties_values_within_the_absolute_floor_near_zero() -> None:
