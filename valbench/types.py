@@ -731,6 +731,9 @@ class ValuationTask(_SplitArrays):
 
 #: Absorbs float error in ``fraction * n`` (0.3 * 10 == 3.0000000000000004).
 _FRACTION_EPS = 1e-9
+#: How near a selection's key must lie to a run's fraction to stand for it: a key that went
+#: through float32 (a torch tensor of ``ctx.fractions``) is within 6e-8 of it.
+_KEY_ATOL = 1e-6
 
 
 def subset_size(n: int, fraction: float) -> int:
@@ -764,7 +767,7 @@ def _real_vector(
 ) -> np.ndarray:
     """``values`` as float64, refusing what is not real numbers: complex scores would lose
     their imaginary part with only a numpy warning, and text would fail deep in a cast."""
-    arr = np.asarray(values)
+    arr = _as_array(name, values)
     if arr.dtype.kind not in "biuf":
         raise InvalidValuation(
             f"{name} must be real numbers (bool, int or float), got an array of dtype "
@@ -773,10 +776,41 @@ def _real_vector(
     return np.asarray(arr, dtype=np.float64)
 
 
+def _by_fraction(name: str, table: Mapping[Any, Any]) -> list[tuple[float, Any]]:
+    """``table``'s items keyed by float fractions, refusing a key that is no number and two
+    keys that are one number (``0.1`` and ``"0.1"``: a dict would keep the last, unsaid)."""
+    out: dict[float, Any] = {}
+    for key, values in table.items():
+        try:
+            fraction = float(key)
+        except (TypeError, ValueError):
+            raise InvalidValuation(
+                f"{name} is keyed by {key!r}, not a fraction; key each by its fraction of "
+                "ctx.fractions"
+            ) from None
+        if fraction in out:
+            raise InvalidValuation(
+                f"{name} has two keys for the fraction {fraction!r}; give one per fraction"
+            )
+        out[fraction] = values
+    return list(out.items())
+
+
+def _as_array(name: str, values: Any) -> np.ndarray:
+    """``np.asarray``, a ragged list refused in one line naming the field (numpy says only
+    "inhomogeneous shape")."""
+    try:
+        return np.asarray(values)
+    except ValueError:
+        raise InvalidValuation(
+            f"{name} is not a flat array of numbers (rows of different lengths?)"
+        ) from None
+
+
 def _index_vector(fraction: Any, values: Any) -> np.ndarray:
     """A selection's indices as int64, refusing what a cast would change: 0.9 would become
     row 0, a text or complex index would fail deep in a cast."""
-    arr = np.asarray(values)
+    arr = _as_array(f"selections[{fraction!r}]", values)
     idx = whole_numbers(arr)
     if idx is None:
         raise InvalidValuation(
@@ -822,12 +856,12 @@ class Valuation:
         self.scores = _real_vector("scores", self.scores)
         if self.detection_scores is not None:
             self.detection_scores = _real_vector("detection_scores", self.detection_scores)
-        self.selections = {float(k): _index_vector(k, v) for k, v in self.selections.items()}
+        self.selections = {
+            k: _index_vector(k, v) for k, v in _by_fraction("selections", self.selections)
+        }
         self.selection_weights = {
-            float(k): _real_vector(
-                f"selection_weights[{float(k)!r}]", v, "one float per index of the selection"
-            )
-            for k, v in self.selection_weights.items()
+            k: _real_vector(f"selection_weights[{k!r}]", v, "one float per index of the selection")
+            for k, v in _by_fraction("selection_weights", self.selection_weights)
         }
         flag = self.stats.get("complete", True) if self.complete is None else self.complete
         # Only a real bool: the string "false" is truthy and would pass a partial estimate off
@@ -871,7 +905,7 @@ class Valuation:
                     else ", ".join(f"{f:g}" for f in fractions) or "it asked for none"
                 )
                 raise InvalidValuation(
-                    f"a selection at fraction {fraction:g}, which the run did not ask for ({asked})"
+                    f"a selection at fraction {fraction!r}, which the run did not ask for ({asked})"
                 )
             if requested in keyed:
                 other = next(f for f, r in requested_of.items() if r == requested)
@@ -935,7 +969,7 @@ def _requested_fraction(fraction: float, fractions: Sequence[float] | None) -> f
     if fractions is None:
         return float(fraction) if 0 < fraction < 1 else None
     for f in fractions:
-        if math.isclose(float(fraction), float(f), rel_tol=0.0, abs_tol=_FRACTION_EPS):
+        if math.isclose(float(fraction), float(f), rel_tol=0.0, abs_tol=_KEY_ATOL):
             return float(f)
     return None
 

@@ -383,6 +383,8 @@ def test_a_split_of_one_class_is_named() -> None:
     assert DatasetSplits(x, y, x, y, x, y, 2).one_class_problem() is None
     one = DatasetSplits(x, y, x, np.ones(4, dtype=int), x, y, 2).one_class_problem()
     assert one is not None and one.startswith("every one of the 4 labels of its val split is 1")
+    lone = DatasetSplits(x, y, x[:1], y[:1], x, y, 2).one_class_problem()  # one row: one class
+    assert lone is not None and lone.startswith("every one of the 1 labels of its val split is 0")
 
 
 def test_with_train_keeps_the_chosen_rows_their_new_labels_and_their_origins() -> None:
@@ -424,6 +426,9 @@ def test_splits_refuse_fractional_labels_and_read_whole_ones() -> None:
     )
     assert s.y_train.tolist() == [1, 0, 1] and s.y_val.tolist() == [1, 0, 1]
     assert s.y_train.dtype == s.y_val.dtype == s.y_test.dtype == np.int64
+    # whole numbers written as text (a CSV column read as strings) are class indices too
+    text = DatasetSplits(x, np.array(["1", "0", "1"]), x, [0, 1, 0], x, [0, 1, 0], 2)
+    assert text.y_train.tolist() == [1, 0, 1] and text.y_train.dtype == np.int64
 
 
 def test_splits_name_text_labels_plainly_and_count_a_lone_label_as_one() -> None:

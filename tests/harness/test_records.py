@@ -150,6 +150,9 @@ def _ok_line_with(path: tuple[str, ...], value: object) -> dict:
         (("scores_file",), "../../etc/passwd", "not a path inside the run directory"),
         (("scores_file",), "/etc/passwd", "not a path inside the run directory"),
         (("stats",), [1], "stats = [1], not an object"),
+        # a flag of 0 or 1 is an edited line, not a partial or complete estimate
+        (("complete",), 0, "complete = 0, not true or false"),
+        (("seed",), -(2**63) - 1, "seed = -9223372036854775809, not a whole number"),
     ],
 )
 def test_a_field_of_the_wrong_type_is_named_in_one_line(
@@ -181,6 +184,7 @@ def test_schema_1_lines_are_migrated() -> None:
     line["stats"] = {}
     assert not CellRecord.from_json(line).partial  # no flag at all: complete
     assert migrate_cell({"cell_id": "c", "status": "ok"})["complete"] is True
+    assert migrate_cell({"schema": 1, "cell_id": "c"})["schema"] == RECORD_SCHEMA
     # Schema 2 reads the typed flag alone: a stale stats entry does not override it.
     two = {**_ok_line(), "complete": True}
     assert not CellRecord.from_json(two).partial
@@ -364,11 +368,13 @@ def test_whole_numbers_read_as_floats_where_the_record_holds_floats() -> None:
     line = _ok_line()
     line["metrics"]["subset_value"] = {"0.1": 1, "0.5": None}
     line["metrics"]["removal"] = {"fractions": [0, 1], "values": [1, 0], "auc": 0}
+    line["metrics"]["mislabel"]["curve"] = [[0, 1]]
     line["cost"] = {"cpu_s": 2}
     rec = CellRecord.from_json(line)
     read = [rec.metrics.subset_value["0.1"], rec.cost.cpu_s, rec.metrics.removal.auc]  # type: ignore[union-attr]
     read += [*rec.metrics.removal.fractions, *rec.metrics.removal.values]  # type: ignore[union-attr]
-    assert read == [1.0, 2.0, 0.0, 0.0, 1.0, 1.0, 0.0]
+    read += [*rec.metrics.mislabel.curve[0]]  # type: ignore[union-attr]
+    assert read == [1.0, 2.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0]
     assert all(type(v) is float for v in read)
 
 
@@ -486,3 +492,10 @@ def test_a_manifest_round_trips_every_field() -> None:
     ):
         with pytest.raises(RecordError, match=f"^has {key} = "):
             Manifest.from_json({**data, key: value})
+
+
+def test_a_scratch_reading_without_its_model_is_refused() -> None:
+    # its numbers would be shown under a nameless model
+    line = _ok_line_with(("metrics", "scratch"), {"subset_value": {"0.1": 0.5}})
+    with pytest.raises(RecordError, match=r"^metrics\.scratch\.model is missing$"):
+        CellRecord.from_json(line)

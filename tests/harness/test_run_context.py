@@ -5,15 +5,17 @@ from __future__ import annotations
 import dataclasses
 import math
 import threading
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
 import valbench.types
-from valbench import Budget, BudgetMeter, FitCounter, RunContext
+from valbench import Budget, BudgetMeter, FitCounter, RunContext, Valuation
 from valbench.models import TOLERANCE_MAX_ITER, ModelSpec
 from valbench.testing import make_check_task
+from valbench.types import InvalidValuation
 from valbench.worker import harness_model
 
 
@@ -200,6 +202,7 @@ def test_scores_must_be_real_numbers(field: str, values: object, dtype: str) -> 
 def test_a_fit_count_only_grows() -> None:
     counter = FitCounter()
     counter.add(2)
+    counter.add(0)  # a batch of no models (a deep fit of zero masks) is no error
     with pytest.raises(ValueError, match="only grows"):
         counter.add(-1)
     with pytest.raises(AttributeError):
@@ -331,6 +334,18 @@ def test_the_pace_counts_from_the_first_fit(monkeypatch: pytest.MonkeyPatch) -> 
     assert meter.remaining_fits() == 1 and meter.next_request() == 1
 
 
+def test_fits_made_in_no_measurable_time_leave_the_fit_limit_to_decide(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # a clock too coarse to see the fits gives no pace: no division by it
+    clock = _Clock()
+    monkeypatch.setattr(valbench.types, "time", clock)
+    counter = FitCounter()
+    meter = BudgetMeter(Budget(max_fits=100, max_seconds=10.0), counter)
+    counter.add(3)
+    assert meter.remaining_fits() == 97 and not meter.exhausted()
+
+
 def test_an_explicit_complete_flag_overrides_the_stats() -> None:
     from valbench.types import Valuation
 
@@ -358,6 +373,9 @@ def test_selection_keys_are_read_as_floats() -> None:
         (np.array([0.0, 1.0, 2.5]), "float64 with fractional, non-finite or out-of-range values"),
         (np.array([0.0, np.inf]), "float64 with fractional, non-finite or out-of-range values"),
         (np.array([0.0, np.nan]), "float64 with fractional, non-finite or out-of-range values"),
+        # 2**63 is one past int64: a cast would wrap it to a negative row
+        (np.array([0.0, 2.0**63]), "float64 with fractional, non-finite or out-of-range values"),
+        (np.array([0, 2**63], dtype=np.uint64), "uint64$"),
         (np.array([True, False, True]), r"bool; for a mask, give np.flatnonzero\(mask\)"),
         (np.array(["1", "2"]), "<U1$"),
     ],
@@ -450,6 +468,7 @@ def test_subset_size_rounds_up_and_stays_within_the_training_set() -> None:
     # ceil: 2.5 -> 3 and 2.4 -> 3 (round would give 2); float error absorbed, nothing more
     assert [subset_size(10, 0.25), subset_size(8, 0.3), subset_size(1000, 0.30001)] == [3, 3, 301]
     assert subset_size(4, 2.0) == 4 and subset_size(4, 1.0) == 4
+    assert subset_size(5, 1e-12) == 1  # at least one point, however small the fraction
 
 
 def test_for_method_hands_copies_and_no_test_split_or_noise() -> None:
@@ -529,3 +548,83 @@ def test_selection_weights_of_text_ask_for_one_float_per_index_of_the_selection(
             selections={np.float64(0.1): [1]},
             selection_weights={np.float64(0.1): ["a"]},
         )
+
+
+def test_a_selection_is_sized_by_the_fraction_it_stands_for() -> None:
+    """A key within float noise of an asked fraction is sized as that fraction: 0.3 of 10 is 3
+    points, though 0.3 + 5e-10 of 10 would round up to 4."""
+    from valbench.types import Valuation
+
+    got = Valuation(np.zeros(10), selections={0.3 + 5e-10: [0, 1, 2]}).validate(10, (0.3,))
+    assert list(got.selections) == [0.3] and got.selections[0.3].tolist() == [0, 1, 2]
+
+
+def test_from_splits_keeps_the_fit_counter_it_is_given() -> None:
+    from valbench.types import DatasetSplits, ValuationTask
+
+    task = make_check_task(n_train=12)
+    splits = DatasetSplits(
+        task.x_train, task.y_train, task.x_val, task.y_val, task.x_test, task.y_test, 3
+    )
+    counter = FitCounter()
+    given = ValuationTask.from_splits(
+        splits, model=task.model, name="t", seed=0, fit_counter=counter
+    )
+    assert given.fit_counter is counter and given.build_model().fit_counter is counter
+    fresh = ValuationTask.from_splits(splits, model=task.model, name="t", seed=0)
+    assert fresh.fit_counter is not task.fit_counter and fresh.fit_counter.count == 0
+
+
+def test_build_model_is_seeded_by_the_seed_asked_for() -> None:
+    """An ensemble (TRAK) builds its models with seeds of its own: each must start elsewhere."""
+    task = dataclasses.replace(make_check_task(n_train=12), model=ModelSpec(kind="mlp", epochs=5))
+
+    def first_layer(seed: int | None) -> torch.Tensor:
+        return task.build_model(seed=seed).init_params().tensors["W1"]
+
+    assert not torch.equal(first_layer(1), first_layer(2))
+    assert torch.equal(first_layer(None), first_layer(task.seed))
+
+
+def test_a_selection_keyed_through_float32_stands_for_its_fraction() -> None:
+    # ctx.fractions passed through a torch tensor: float32(0.1) is 1.5e-9 off 0.1, and the
+    # cell failed with "a selection at fraction 0.1, which the run did not ask for (..., 0.1, ...)"
+    out = Valuation(np.zeros(100), selections={np.float32(0.1): np.arange(10)})
+    out.validate(100, (0.05, 0.1, 0.2))
+    far = Valuation(np.zeros(100), selections={0.1001: np.arange(10)})
+    with pytest.raises(InvalidValuation, match=r"at fraction 0\.1001, which the run did not"):
+        far.validate(100, (0.05, 0.1, 0.2))
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        # two keys of one number: a dict kept the last, unsaid
+        (
+            lambda: Valuation(
+                np.zeros(100), selections={0.1: np.arange(10), "0.1": np.arange(10, 20)}
+            ),
+            r"selections has two keys for the fraction 0\.1; give one per fraction",
+        ),
+        (
+            lambda: Valuation(np.zeros(10), selections={"ten percent": [1]}),
+            r"selections is keyed by 'ten percent', not a fraction",
+        ),
+        (
+            lambda: Valuation(np.zeros(10), selection_weights={None: [1.0]}),
+            r"selection_weights is keyed by None, not a fraction",
+        ),
+        # numpy's "inhomogeneous shape" ValueError, which named no field
+        (lambda: Valuation([[1, 2], [3]]), r"scores is not a flat array of numbers"),
+        (
+            lambda: Valuation(np.zeros(10), selections={0.1: [[1, 2], [3]]}),
+            r"selections\[0\.1\] is not a flat array of numbers",
+        ),
+    ],
+)
+def test_a_valuation_built_from_what_is_no_table_of_fractions_says_which_field(
+    build: Any, message: str
+) -> None:
+    with pytest.raises(InvalidValuation, match=message) as err:
+        build()
+    assert "\n" not in str(err.value)

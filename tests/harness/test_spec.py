@@ -58,7 +58,8 @@ def test_budget_parse(text: str | None, fits: int | None, seconds: float | None)
     assert Budget.parse(str(budget)) == budget
 
 
-@pytest.mark.parametrize("text", ["lots", "fits=-1", "fits=1.5", "0s", "fits=3,junk"])
+# "2.5" names no unit and is no whole number of fits: refused, not read as seconds.
+@pytest.mark.parametrize("text", ["lots", "fits=-1", "fits=1.5", "0s", "fits=3,junk", "2.5"])
 def test_budget_parse_rejects(text: str) -> None:
     with pytest.raises(UsageError):
         Budget.parse(text)
@@ -91,6 +92,8 @@ def test_budget_accounting() -> None:
     assert budget.remaining_fits(12) == 0
     assert budget.exhausted(10, 0.0) and not budget.exhausted(9, 0.0)
     assert Budget().remaining_fits(10**9) == float("inf")
+    # what a decline message and the manifest show
+    assert str(Budget()) == "none" and str(Budget(4, 1.5)) == "fits=4,seconds=1.5"
 
 
 def test_cells_grid_order_and_ids() -> None:
