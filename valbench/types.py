@@ -931,7 +931,7 @@ class Valuation:
             matched = [
                 f
                 for f in self.selections
-                if math.isclose(fraction, f, rel_tol=0.0, abs_tol=_FRACTION_EPS)
+                if math.isclose(fraction, f, rel_tol=0.0, abs_tol=_KEY_ATOL)
             ]
             if not matched:
                 raise InvalidValuation(

@@ -590,7 +590,14 @@ def test_a_selection_keyed_through_float32_stands_for_its_fraction() -> None:
     # ctx.fractions passed through a torch tensor: float32(0.1) is 1.5e-9 off 0.1, and the
     # cell failed with "a selection at fraction 0.1, which the run did not ask for (..., 0.1, ...)"
     out = Valuation(np.zeros(100), selections={np.float32(0.1): np.arange(10)})
-    out.validate(100, (0.05, 0.1, 0.2))
+    assert list(out.validate(100, (0.05, 0.1, 0.2)).selections) == [0.1]  # the run's key
+    # weights keyed the other way find their selection too
+    weighted = Valuation(
+        np.zeros(100),
+        selections={0.1: np.arange(10)},
+        selection_weights={np.float32(0.1): np.ones(10)},
+    )
+    assert list(weighted.validate(100, (0.05, 0.1, 0.2)).selection_weights) == [0.1]
     far = Valuation(np.zeros(100), selections={0.1001: np.arange(10)})
     with pytest.raises(InvalidValuation, match=r"at fraction 0\.1001, which the run did not"):
         far.validate(100, (0.05, 0.1, 0.2))
