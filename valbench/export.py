@@ -425,8 +425,7 @@ def export_table(run_dir: Path, methods: Sequence[str] | None = None) -> Any:
     for key in ("given_label", "label_seen"):
         # One run's datasets label in their own kinds (a built-in's class indices, a file's
         # words): a column of both is text, as a CSV writes it (parquet refuses a mix).
-        kinds = {type(v) for v in frame[key].dropna()}
-        if len(kinds) > 1:
+        if pd.api.types.infer_dtype(frame[key], skipna=True).startswith("mixed"):
             frame[key] = frame[key].map(lambda v: v if pd.isna(v) else str(v)).astype("string")
     frame = frame.sort_values(["dataset", "noise", "seed", "method", "row"], kind="stable")
     return frame.loc[:, list(EXPORT_COLUMNS)].reset_index(drop=True)
