@@ -184,6 +184,19 @@ def _scalar_fields(cls: type, r: _Reader) -> dict[str, Any]:
     return {f.name: readers[f.type](f.name) for f in fields(cls) if f.type in readers}
 
 
+#: Slack for a bounded number computed in floating point (a Spearman correlation of 1 can be
+#: written as 1.0000000000000002).
+_BOUND_SLACK = 1e-9
+
+
+def _check_range(where: str, name: str, value: float | None, low: float, high: float) -> None:
+    """Refuse ``value`` outside [low, high]: an edited or damaged line, whose number no
+    measurement could have given (the report would rank or average it as a real one)."""
+    if value is not None and not low - _BOUND_SLACK <= value <= high + _BOUND_SLACK:
+        bound = f"below {low:g}" if math.isinf(high) else f"outside [{low:g}, {high:g}]"
+        raise RecordError(f"{where}.{name} = {value}, {bound}")
+
+
 def _finite(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
@@ -314,6 +327,13 @@ class MislabelMetrics:
                 f"{where}: auc_low {low} and auc_high {high} are not a range within [0, 1] "
                 "(both or neither, auc_low <= auc_high)"
             )
+        # Rates, an AUC and the curve's (fraction, recall) pairs are all shares of points.
+        for f in fields(cls):
+            if f.name != "curve":
+                _check_range(where, f.name, getattr(out, f.name), 0.0, 1.0)
+        for i, pair in enumerate(out.curve):
+            for value in pair:
+                _check_range(where, f"curve[{i}]", value, 0.0, 1.0)
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -413,6 +433,9 @@ class CellMetrics:
                 )
         removal, addition, mislabel = r.sub("removal"), r.sub("addition"), r.sub("mislabel")
         scratch = r.sub("scratch")
+        for name in ("lds", "lds_loss"):
+            _check_range(where, name, r.number(name), -1.0, 1.0)
+        _check_range(where, "lds_subsets", r.integer("lds_subsets"), 1, math.inf)
         return cls(
             subset_value=r.number_map("subset_value"),
             random_subset_value=r.number_map("random_subset_value"),
@@ -603,6 +626,10 @@ class CellRecord:
         data = migrate_cell(data)
         r = _Reader(data)
         error = r.sub("error")
+        # A seed, a noise rate and a training-set size the harness could never have run.
+        _check_range("record", "seed", r.integer("seed"), 0, math.inf)
+        _check_range("record", "noise", r.number("noise"), 0.0, 1.0)
+        _check_range("record", "n_train", r.integer("n_train"), 1, math.inf)
         return cls(
             cell_id=cell_id,
             status=data["status"],

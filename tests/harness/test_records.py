@@ -499,3 +499,47 @@ def test_a_scratch_reading_without_its_model_is_refused() -> None:
     line = _ok_line_with(("metrics", "scratch"), {"subset_value": {"0.1": 0.5}})
     with pytest.raises(RecordError, match=r"^metrics\.scratch\.model is missing$"):
         CellRecord.from_json(line)
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        (("seed",), -1, "record.seed = -1, below 0"),
+        (("n_train",), 0, "record.n_train = 0, below 1"),
+        (("noise",), -0.1, r"record.noise = -0.1, outside \[0, 1\]"),
+        (("noise",), 1.5, r"record.noise = 1.5, outside \[0, 1\]"),
+        (("metrics", "mislabel", "auc"), 1.2, r"mislabel.auc = 1.2, outside \[0, 1\]"),
+        (("metrics", "mislabel", "recall_at_noise"), -0.5, "recall_at_noise = -0.5"),
+        (("metrics", "mislabel", "f1_2means"), 2.0, "f1_2means = 2.0"),
+        (("metrics", "mislabel", "curve"), [[0.0, 0.0], [1.0, 1.5]], r"curve\[1\] = 1.5"),
+        (("metrics", "mislabel", "curve"), [[-0.1, 0.0]], r"curve\[0\] = -0.1"),
+        (("metrics", "lds"), 1.5, r"metrics.lds = 1.5, outside \[-1, 1\]"),
+        (("metrics", "lds_loss"), -1.01, "metrics.lds_loss = -1.01"),
+        (("metrics", "lds_subsets"), 0, "metrics.lds_subsets = 0, below 1"),
+    ],
+)
+def test_a_number_no_run_could_have_measured_is_refused(
+    path: tuple[str, ...], value: object, message: str
+) -> None:
+    """An edited or damaged line: a negative seed or a recall of -0.5 would be ranked and
+    averaged in the report as if measured."""
+    with pytest.raises(RecordError, match=message):
+        CellRecord.from_json(_ok_line_with(path, value))
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        (("seed",), 0),
+        (("n_train",), 1),
+        (("noise",), 0.0),
+        (("metrics", "mislabel", "auc"), 1.0),
+        (("metrics", "mislabel", "auc"), 0.0),
+        (("metrics", "lds"), -1.0),
+        (("metrics", "lds"), 1.0000000000000002),  # a Spearman of 1 in floating point
+        (("metrics", "lds_subsets"), 1),
+    ],
+)
+def test_the_ends_of_each_range_are_kept(path: tuple[str, ...], value: object) -> None:
+    rec = CellRecord.from_json(_ok_line_with(path, value))
+    assert CellRecord.from_json(rec.to_json()) == rec

@@ -46,7 +46,8 @@ def _line_json(method: str, seed: int, chosen: float, random: float, **extra: An
         "metrics": {
             "subset_value": {"0.1": chosen},
             "random_subset_value": {"0.1": random},
-            "mislabel": {"recall_at_noise": extra.get("recall", chosen)},
+            # A recall is a share of the flips: a chosen value outside [0, 1] is clipped to one.
+            "mislabel": {"recall_at_noise": extra.get("recall", min(max(chosen, 0.0), 1.0))},
         },
     }
 
