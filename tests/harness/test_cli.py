@@ -606,10 +606,22 @@ def test_the_fork_server_starts_with_ctrl_c_ignored(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(
         forkserver, "ensure_running", lambda: seen.extend(map(signal.getsignal, signals))
     )
-    before = [signal.getsignal(sig) for sig in signals]
-    start_fork_server()
+
+    # Handlers of the driver's own, set here: a test process started with SIGINT ignored
+    # (a background job) would otherwise see SIG_IGN whether or not the server ignored it.
+    def on_int(*_: object) -> None: ...
+
+    def on_term(*_: object) -> None: ...
+
+    inherited = [signal.signal(signal.SIGINT, on_int), signal.signal(signal.SIGTERM, on_term)]
+    try:
+        start_fork_server()
+        after = [signal.getsignal(sig) for sig in signals]
+    finally:
+        for sig, handler in zip(signals, inherited, strict=True):
+            signal.signal(sig, handler)
     assert seen == [signal.SIG_IGN, signal.SIG_IGN]  # SIGTERM to the group spares it too
-    assert [signal.getsignal(sig) for sig in signals] == before
+    assert after == [on_int, on_term]
 
 
 def test_run_and_status_say_how_many_ok_cells_are_partial(
