@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from valbench.errors import RunDirectoryError, UsageError, printable
+from valbench.metrics import snap_score_ties
 from valbench.records import CellRecord
 from valbench.spec import FILE_PREFIX, RunSpec
 from valbench.store import read_manifest, read_results, scores_owner_problem, write_output_file
@@ -121,10 +122,12 @@ def point_sample_counts(stats: Mapping[str, Any] | None, n_train: int) -> np.nda
 
 def rank_desc(values: np.ndarray) -> np.ndarray:
     """Rank 1 for the highest value; equal values share the best rank of their run (1, 2, 2,
-    4), so no row is ranked above an equal one for its place in the file."""
+    4), so no row is ranked above an equal one for its place in the file; equal up to rounding
+    (:func:`valbench.metrics.snap_score_ties`: a mean of the same suspicions summed in another
+    order can differ in its last bit)."""
     from scipy.stats import rankdata
 
-    return rankdata(-np.asarray(values, dtype=np.float64), method="min").astype(np.int64)
+    return rankdata(-snap_score_ties(values), method="min").astype(np.int64)
 
 
 @dataclass

@@ -133,6 +133,41 @@ def _ascending_order(scores: np.ndarray) -> np.ndarray:
     return np.argsort(scores, kind="stable")
 
 
+#: Two means closer than this (relative, with an absolute floor) are the same number: means
+#: over seeds of the same accuracies can differ in the last bits by summation order alone.
+TIE_RTOL, TIE_ATOL = 1e-12, 1e-15
+
+
+#: Two per-point scores are one value when they differ by at most this share of the larger
+#: magnitude, plus :data:`SCORE_TIE_FLOOR` of the largest score's (for values that cancel
+#: to near 0): the same exact value (7/90, say) reached by two summation orders differs in
+#: its last bits, and ranking on those bits would order rows by rounding alone.
+SCORE_TIE_RTOL = TIE_RTOL
+SCORE_TIE_FLOOR = 1e-15
+
+
+def snap_score_ties(scores: Any) -> np.ndarray:
+    """``scores`` (float64) with each run of finite values tied up to rounding set to the
+    run's lowest value: in sorted order, a run continues while the next value lies within
+    :data:`SCORE_TIE_RTOL` of the larger magnitude of the two plus :data:`SCORE_TIE_FLOOR`
+    of the largest finite magnitude. Non-finite values are kept."""
+    arr = np.array(scores, dtype=np.float64)
+    finite = np.flatnonzero(np.isfinite(arr))
+    if finite.size < 2:
+        return arr
+    values = arr[finite]
+    order = np.argsort(values, kind="stable")
+    ranked = values[order]
+    larger = np.maximum(np.abs(ranked[:-1]), np.abs(ranked[1:]))
+    bound = SCORE_TIE_RTOL * larger + SCORE_TIE_FLOOR * float(np.abs(ranked).max())
+    starts = np.concatenate(([0], np.flatnonzero(np.diff(ranked) > bound) + 1))
+    sizes = np.diff(np.concatenate((starts, [ranked.size])))
+    snapped = np.empty_like(values)
+    snapped[order] = np.repeat(ranked[starts], sizes)
+    arr[finite] = snapped
+    return arr
+
+
 def _expected_found(scores: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """``found[k]``: the expected number of flagged points (``mask``) among the ``k`` lowest
     scores, for k = 0..n, with equal scores in a uniformly random order.
@@ -141,8 +176,10 @@ def _expected_found(scores: np.ndarray, mask: np.ndarray) -> np.ndarray:
     let the order of the rows decide (a method that gives 170 of 200 points the same value
     would find the flips near the top of the file). Within a run of g equal scores holding m
     flagged points, each of the run's positions carries m / g, which is the exact expectation
-    over every order of the run, with no draw.
+    over every order of the run, with no draw. Equal means equal up to rounding
+    (:func:`snap_score_ties`).
     """
+    scores = snap_score_ties(scores)
     order = _ascending_order(scores)
     ranked, flagged = scores[order], mask[order].astype(np.float64)
     starts = np.concatenate(([0], np.flatnonzero(np.diff(ranked) != 0) + 1))
@@ -358,9 +395,10 @@ def two_means_split(scores: Any) -> np.ndarray:
     split point and keeping the one with the least within-cluster sum of squares is exact (no
     random restarts; Grønlund et al. 2017). Equal scores always fall in the same cluster, so the
     result does not depend on the order of the points; among equally good splits the lowest one
-    is kept. Constant scores cannot be split: all False.
+    is kept. Constant scores cannot be split: all False. Equal means equal up to rounding
+    (:func:`snap_score_ties`).
     """
-    arr = _as_scores(scores)
+    arr = snap_score_ties(_as_scores(scores))
     order = np.argsort(arr, kind="stable")
     ranked = arr[order]
     n = ranked.size
@@ -485,11 +523,6 @@ def mean_ci(values: Iterable[float], confidence: float = 0.95) -> tuple[float, f
         return mean, math.nan
     t = float(stats.t.ppf((1.0 + float(confidence)) / 2.0, df=arr.size - 1))
     return mean, t * float(arr.std(ddof=1)) / math.sqrt(arr.size)
-
-
-#: Two means closer than this (relative, with an absolute floor) are the same number: means
-#: over seeds of the same accuracies can differ in the last bits by summation order alone.
-TIE_RTOL, TIE_ATOL = 1e-12, 1e-15
 
 
 def same_value(a: float, b: float) -> bool:

@@ -31,6 +31,7 @@ from valbench.data import standardize as standardize_rows
 from valbench.data import train_scale
 from valbench.errors import UsageError, ValbenchError, printable
 from valbench.export import point_sample_counts, point_stderr, rank_desc
+from valbench.metrics import snap_score_ties
 from valbench.spec import split_names, stable_int
 from valbench.types import (
     Budget,
@@ -290,13 +291,14 @@ def _check_standardized(x: np.ndarray, rest: np.ndarray, rows: np.ndarray, fold:
 def _within_fold_suspicion(detection: np.ndarray) -> np.ndarray:
     """1 for the lowest detection score of the fold, 0 for the highest; equal scores share
     their mean rank, so a tie says nothing about which row comes first (ranking ties by
-    position once sent rows near the top of the file to the top of the list)."""
+    position once sent rows near the top of the file to the top of the list). Equal means
+    equal up to rounding (:func:`valbench.metrics.snap_score_ties`)."""
     from scipy.stats import rankdata
 
     n = len(detection)
     if n == 1:
         return np.ones(1)
-    low_rank = rankdata(np.asarray(detection, dtype=np.float64), method="average")
+    low_rank = rankdata(snap_score_ties(detection), method="average")
     return 1.0 - (low_rank - 1) / (n - 1)
 
 

@@ -1171,8 +1171,9 @@ def _ok_outcome(
     """The ok record and outputs of a cell whose method returned ``valuation``."""
     stats = {k: to_jsonable(v) for k, v in valuation.stats.items()}
     stats["evaluation_fits"] = measured.pop("evaluation_fits")
-    # One distinct value ranks nothing: the report says so beside the cell's numbers.
-    stats[DISTINCT_SCORES] = int(np.unique(valuation.scores).size)
+    # One distinct value ranks nothing: the report says so beside the cell's numbers. Values
+    # equal up to rounding are one value (scores of 1/n summed in different orders, say).
+    stats[DISTINCT_SCORES] = int(np.unique(metrics.snap_score_ties(valuation.scores)).size)
     if cls.selects_subsets:
         # A requested fraction the selector did not serve (its budget ran out, say) was ranked
         # by scores instead: say so where the record's reader looks for the method's own notes.

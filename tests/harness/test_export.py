@@ -311,6 +311,15 @@ def test_rank_desc_gives_a_tie_the_best_rank_of_its_run() -> None:
     assert rank_desc(np.array([1.0, 1.0, 1.0, 0.0, 2.0])).tolist() == [2, 2, 2, 5, 1]
 
 
+def test_rank_desc_ties_a_mean_that_differs_by_its_summation_order_alone() -> None:
+    """Three suspicions summed in two orders: the same mean, one bit apart. The row was
+    ranked above its equal by that bit."""
+    a, b, c = 0.3, 0.9, 0.2
+    first, second = (a + b + c) / 3, (b + c + a) / 3
+    assert first != second
+    assert rank_desc(np.array([first, second, 0.9])).tolist() == [2, 2, 1]
+
+
 def test_export_maps_a_built_in_datasets_scores_to_its_rows(
     tmp_path: Path, test_plugins: Path
 ) -> None:

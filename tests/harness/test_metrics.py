@@ -287,6 +287,51 @@ def test_tie_shared_counts_are_the_mean_over_every_order_of_the_ties() -> None:
         assert got["precision"] == pytest.approx(expected[k] / k)
 
 
+def _rounding_ties() -> tuple[np.ndarray, np.ndarray]:
+    """Four points of the exact value 7/90, two of them reached by another summation order
+    (one bit lower), and two clearly higher; and the same scores with the tie exact."""
+    seven_ninetieths = 7 / 90
+    low_bit = np.nextafter(seven_ninetieths, 0.0)
+    assert low_bit != seven_ninetieths
+    rounded = np.array([seven_ninetieths, low_bit, seven_ninetieths, low_bit, 0.5, 0.6])
+    exact = np.array([seven_ninetieths] * 4 + [0.5, 0.6])
+    return rounded, exact
+
+
+def test_snap_score_ties_makes_values_equal_up_to_rounding_one_value() -> None:
+    rounded, exact = _rounding_ties()
+    snapped = M.snap_score_ties(rounded)
+    assert len(set(snapped[:4].tolist())) == 1 and snapped[4:].tolist() == [0.5, 0.6]
+    # scaled far down, a real difference of 1e-6 of the value is kept
+    tiny = np.array([1e-30, 1e-30 * (1 + 1e-6), 2e-30])
+    assert np.unique(M.snap_score_ties(tiny)).size == 3
+    # small values beside a huge one keep their differences; a value that cancels to a few
+    # rounding errors of the largest score's magnitude from 0 is 0
+    spread = np.array([1e6, 1e-7, 2e-7, 0.0, 1e-8])
+    assert np.unique(M.snap_score_ties(spread)).size == 5
+    assert M.snap_score_ties(np.array([5.0, 0.0, 4e-15])).tolist() == [5.0, 0.0, 0.0]
+    # a NaN or an infinity is kept and does not widen the tolerance
+    odd = np.array([np.nan, np.inf, 1.0, 1.0 + 1e-9, np.nextafter(1.0, 2.0)])
+    out = M.snap_score_ties(odd)
+    assert np.isnan(out[0]) and out[1] == np.inf
+    assert out[2] == out[4] == 1.0 and out[3] == 1.0 + 1e-9
+    np.testing.assert_array_equal(M.snap_score_ties(exact), exact)
+
+
+def test_detection_counts_values_equal_up_to_rounding_as_one_tie() -> None:
+    """Exact 7/90 values that differ in their last bit were ranked by that bit: the two a bit
+    lower were "found" first. Rounding says nothing about which point is lower."""
+    rounded, exact = _rounding_ties()
+    mask = np.array([False, True, False, True, False, False])
+    flipped = np.array([True, False, True, False, False, False])
+    for m in (mask, flipped):
+        np.testing.assert_array_equal(M._expected_found(rounded, m), M._expected_found(exact, m))
+        assert M.mislabel_metrics(rounded, m) == M.mislabel_metrics(exact, m)
+    assert M.detection_at_k(rounded, mask, k=2)["recall"] == pytest.approx(0.5)
+    # and the 2-means split keeps them together
+    assert M.two_means_split(rounded).tolist() == M.two_means_split(exact).tolist()
+
+
 def test_recall_curve_no_noisy_points() -> None:
     with pytest.raises(ValueError, match="no noisy points"):
         M.mislabel_recall_curve(SCORES, np.zeros(10, dtype=bool))
