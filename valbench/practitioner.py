@@ -699,7 +699,7 @@ def suspicious_rows_html(
             [
                 '<p class="disagree">Stopped early (interrupted, or a method failed): not '
                 f"valued by {esc(', '.join(missing))}; the consensus is that of "
-                f"{esc(', '.join(methods))} alone.</p>"
+                f"{esc(', '.join(consensus))} alone.</p>"
             ]
             if missing
             else []

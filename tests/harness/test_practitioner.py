@@ -1474,12 +1474,10 @@ def test_neighbour_votes_count_k_rows_even_among_duplicates_of_the_row() -> None
     assert [sum(c for _, c in vote) for vote in votes] == [2] * 8
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hostile51: the 'Stopped early' line names a partial method as part of the "
-    "consensus that the paragraph below says leaves it out (practitioner.py:700)",
-)
 def test_a_stopped_page_names_the_same_consensus_as_its_partial_note() -> None:
+    """A run stopped with one method partial and one missing: the red line said the
+    consensus was that of both finished methods, the paragraph below that of the complete
+    one (which is what the suspicion column holds)."""
     from valbench.practitioner import suspicious_rows_html
 
     x = np.arange(6.0)[:, None]
