@@ -37,7 +37,7 @@ import numpy as np
 from valbench.cache import config_key, data_dir, make_shareable
 from valbench.data import pool_split_indices, split_caps, standardize, tightest_cap
 from valbench.errors import DatasetError, UsageError, printable
-from valbench.params import Interval, Options, Param
+from valbench.params import Interval, Options, Param, toml_value
 from valbench.types import Dataset, DatasetSplits, Relabel
 
 __all__ = [
@@ -64,6 +64,16 @@ IDX_FILES = (
 )
 #: Feature kinds of image datasets.
 FEATURES = ("raw", "cnn", "pretrained")
+#: The parameters only some feature kinds read, and those kinds: another kind ignores them, so
+#: a value other than the default there is refused (it would be recorded and do nothing).
+READ_ONLY_BY: dict[str, tuple[str, ...]] = {
+    "pca": ("raw",),
+    "cnn_epochs": ("cnn",),
+    "cnn_dim": ("cnn",),
+    "cnn_width": ("cnn",),
+    "pretrained_size": ("pretrained",),
+    "cache_features": ("cnn", "pretrained"),
+}
 _FEATURE_CACHE_VERSION = 3  # 3: the CNN of valbench.nets
 
 _IDX_DTYPES: dict[int, np.dtype[Any]] = {
@@ -568,17 +578,23 @@ class ImageDataset(Dataset):
             cfg.update(model="resnet18-imagenet1k-v1", size=self.pretrained_size)
         return cfg
 
-    def _validate(self) -> None:
-        if self.features not in FEATURES:
-            raise UsageError(
-                f"{self.name}: unknown features {self.features!r}; valid: {', '.join(FEATURES)}"
-            )
-        if self.pca is not None and (self.features != "raw" or self.pca < 1):
-            raise UsageError(f"{self.name}: pca must be a positive integer with features='raw'")
-        if not (0 < self.val_fraction < 1 and 0 < self.test_fraction < 1):
-            raise UsageError(f"{self.name}: val_fraction and test_fraction must be in (0, 1)")
-        if self.cnn_epochs < 1 or self.cnn_dim < 1 or self.cnn_width < 1:
-            raise UsageError(f"{self.name}: cnn_epochs, cnn_dim and cnn_width must be >= 1")
+    @classmethod
+    def params_problem(cls, values: dict[str, Any]) -> str | None:
+        """The base rule, then: a parameter the chosen features never read (``pca`` beside
+        ``cnn`` features, ``cnn_epochs`` beside ``raw``) set to other than its default."""
+        problem = super().params_problem(values)
+        if problem is not None:
+            return problem
+        features = values.get("features")
+        for key, kinds in READ_ONLY_BY.items():
+            value = values.get(key, cls.parameters[key].default)
+            if features not in kinds and value != cls.parameters[key].default:
+                wanted = " or ".join(f"features={kind}" for kind in kinds)
+                return (
+                    f"{key}={toml_value(value)} is read only with {wanted}, not with "
+                    f"features={features}: drop it, or set {wanted}"
+                )
+        return None
 
     def split_indices(
         self,
@@ -618,7 +634,10 @@ class ImageDataset(Dataset):
     def pixel_params(self) -> dict[str, Any] | None:
         """``features="raw"`` without ``pca``: the same rows (the split and the relabelling do
         not depend on the features) as pixels; None when this instance gives pixels already."""
-        return None if self.pixel_shape() is not None else {"features": "raw", "pca": None}
+        if self.pixel_shape() is not None:
+            return None
+        # Raw pixels read none of the other kinds' parameters: back to their defaults.
+        return {key: self.parameters[key].default for key in READ_ONLY_BY} | {"features": "raw"}
 
     def features_use_labels(self) -> bool:
         """True for ``cnn`` features: the CNN is trained on the training labels."""
@@ -637,7 +656,6 @@ class ImageDataset(Dataset):
         return self._load(seed=seed, max_train=max_train, relabel=relabel)
 
     def _load(self, *, seed: int, max_train: int | None, relabel: Relabel | None) -> DatasetSplits:
-        self._validate()
         x_pool, y_pool, x_test, y_test = self.pools()
         train, val, test = self.split_indices(y_pool, y_test, seed=seed, max_train=max_train)
         y_train = y_pool[train]

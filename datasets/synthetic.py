@@ -24,10 +24,11 @@ and a one-point-at-a-time ranking can miss. Features are then split and standard
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from valbench.data import resize_splits, split_caps, stratified_splits, tightest_cap
-from valbench.errors import UsageError
 from valbench.params import Interval, Param
 from valbench.types import Dataset, DatasetSplits
 
@@ -90,24 +91,20 @@ class SyntheticDataset(Dataset):
     n_val: int | None
     n_test: int | None
 
-    def _validate(self) -> None:
-        if self.n_classes < 2:
-            raise UsageError(f"synthetic n_classes must be >= 2, got {self.n_classes}")
-        if not 0.0 <= self.duplicate_fraction < 1.0:
-            raise UsageError(
-                f"synthetic duplicate_fraction must be in [0, 1), got {self.duplicate_fraction}"
-            )
-        if self.clusters_per_class < 1:
-            raise UsageError(
-                f"synthetic clusters_per_class must be >= 1, got {self.clusters_per_class}"
-            )
-        if self.cluster_spread < 0:
-            raise UsageError(f"synthetic cluster_spread must be >= 0, got {self.cluster_spread}")
-        if self.n_samples < 10 * self.n_classes:
-            raise UsageError(
-                f"synthetic n_samples must be >= 10 * n_classes = {10 * self.n_classes}, "
-                f"got {self.n_samples}"
-            )
+    @classmethod
+    def params_problem(cls, values: dict[str, Any]) -> str | None:
+        """The base rule, then at least 10 points per class."""
+        problem = super().params_problem(values)
+        if problem is not None:
+            return problem
+        n_samples, n_classes = values.get("n_samples"), values.get("n_classes")
+        if isinstance(n_samples, int) and isinstance(n_classes, int):
+            if n_samples < 10 * n_classes:
+                return (
+                    f"n_samples must be >= 10 * n_classes = {10 * n_classes}, got {n_samples}: "
+                    "raise n_samples or lower n_classes"
+                )
+        return None
 
     def generate(self, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Draw the raw (unsplit, unstandardized) points.
@@ -116,7 +113,6 @@ class SyntheticDataset(Dataset):
             ``(x, y, cluster)``: float64 points ``(n_samples, 2)``, int64 labels, and the
             dense-cluster id of each point (``-1`` for informative points).
         """
-        self._validate()
         rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(2)[1])
         k = self.n_classes
         phi = 2.0 * np.pi * np.arange(k) / k

@@ -758,8 +758,36 @@ def test_pca_may_keep_as_many_components_as_training_rows(isolated: Path) -> Non
 
 
 def test_pca_with_other_features_is_refused() -> None:
-    with pytest.raises(UsageError, match="pca must be a positive integer with features='raw'"):
-        FashionMNISTDataset(features="cnn", pca=4).load(seed=0)
+    with pytest.raises(
+        UsageError, match="pca=4 is read only with features=raw, not with features=cnn"
+    ):
+        FashionMNISTDataset(features="cnn", pca=4)
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"cnn_epochs": 3}, "cnn_epochs=3 is read only with features=cnn, not with features=raw"),
+        ({"cnn_dim": 8, "features": "pretrained"}, "cnn_dim=8 is read only with features=cnn"),
+        ({"pretrained_size": 64, "features": "cnn"}, "pretrained_size=64 is read only with"),
+        ({"cache_features": False}, "features=cnn or features=pretrained, not with features=raw"),
+    ],
+)
+def test_a_parameter_the_features_never_read_is_refused(params: dict, message: str) -> None:
+    """``cnn_epochs`` beside raw pixels was accepted, recorded in the manifest and did
+    nothing (one easily taken for ``--model cnn:epochs=``)."""
+    with pytest.raises(UsageError, match=message):
+        FashionMNISTDataset(**params)
+    # the defaults, given beside any features, change nothing and are accepted
+    FashionMNISTDataset(features="raw", cnn_epochs=8, pretrained_size=224, cache_features=True)
+
+
+def test_the_pixel_variant_of_cnn_features_drops_their_parameters() -> None:
+    params = {"features": "cnn", "cnn_epochs": 2, "cnn_dim": 4, "n_val": 20}
+    changes = FashionMNISTDataset(**params).pixel_params()
+    assert changes is not None
+    pixels = FashionMNISTDataset(**{**params, **changes})
+    assert pixels.pixel_shape() == FashionMNISTDataset.image_shape and pixels.n_val == 20
 
 
 def test_the_feature_cache_is_written_only_when_asked_and_shareable(isolated: Path) -> None:

@@ -190,7 +190,7 @@ def test_duplicate_count_is_rounded_and_clusters_take_every_offset() -> None:
 
 def test_too_few_samples_per_class_is_refused() -> None:
     with pytest.raises(UsageError, match=r"n_samples must be >= 10 \* n_classes = 30"):
-        SyntheticDataset(n_samples=25).load(seed=0)
+        SyntheticDataset(n_samples=25)
 
 
 # ------------------------------------------------ mutation-hunt additions, round 48 (datasets/)

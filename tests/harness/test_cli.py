@@ -1303,3 +1303,18 @@ def test_an_error_naming_a_path_with_control_characters_stays_one_plain_line(
         err = capsys.readouterr().err
         assert err.startswith("valbench: error: ") and err.count("\n") == 1, err
         assert "\x1b" not in err and "\\x1b" in err, err  # shown escaped, as text
+
+
+def test_dataset_parameters_that_contradict_each_other_are_refused_before_the_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Synthetic's n_samples below 10 per class (each valid alone) made a run folder and
+    failed every cell (exit 1); a bad value is refused before the run (exit 2)."""
+    out = tmp_path / "run"
+    argv = ["run", "--methods", "random", "--datasets", "synthetic", "--seeds", "1"]
+    argv += ["--param", "synthetic.n_samples=20", "--param", "synthetic.n_classes=3"]
+    argv += ["--metrics", "none", "--no-progress", "--backend", "serial", "--out", str(out)]
+    assert main(argv) == EXIT_USAGE
+    assert not out.exists()
+    err = capsys.readouterr().err
+    assert "dataset 'synthetic': n_samples must be >= 10 * n_classes = 30, got 20" in err
