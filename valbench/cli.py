@@ -259,7 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     value.add_argument("--seed", default="0", help="seed of the folds and methods (default 0)")
     value.add_argument(
-        "--model", default="logreg", help="evaluation model: logreg (default) or mlp"
+        "--model",
+        default="logreg",
+        help="evaluation model: logreg (default) or mlp, options after a colon (mlp:hidden=64)",
     )
     value.add_argument("--budget", help="per method and fold: '2000', '60s', ... (default none)")
     value.add_argument(

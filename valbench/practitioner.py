@@ -370,12 +370,16 @@ def value_arrays(
         raise UsageError(f"x has {len(x)} rows but y has {len(codes)} labels")
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
         raise UsageError(f"seed must be a whole number >= 0, got {seed!r}")
-    if model not in MODEL_NAMES:
-        raise UsageError(f"unknown model {model!r}; valid: {', '.join(MODEL_NAMES)}")
+    # Options after a colon (mlp:hidden=8) as for `run`; the networks on images are refused.
+    spec = ModelSpec.parse(model)
+    if spec.kind not in MODEL_NAMES:
+        raise UsageError(
+            f"value trains {' or '.join(MODEL_NAMES)} on the rows of a table, not {spec.kind!r} "
+            "(a network on images); options go after a colon, as in mlp:hidden=64"
+        )
     budget_obj = Budget.parse(budget)
     classes_by_name = check_request(codes, classes, methods, folds, params)
     given = {m: dict((params or {}).get(m, {})) for m in methods}
-    spec = ModelSpec.parse(model)
     for name, cls in classes_by_name.items():
         check_method_models(name, cls, given[name], [spec])
     n = len(codes)

@@ -382,6 +382,23 @@ def test_value_refuses_a_warm_start_on_a_model_without_a_tolerance() -> None:
     assert "\n" not in str(err.value)
 
 
+def test_value_takes_model_options_after_a_colon_and_refuses_image_networks() -> None:
+    """``mlp:hidden=8`` was refused as "unknown model 'mlp:hidden=8'; valid: logreg, mlp",
+    naming mlp as valid; options after a colon are read as for ``run``."""
+    from valbench.errors import UsageError
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 3))
+    y = (x[:, 0] > 0).astype(int)
+    narrow = valbench.value(x, y, method="loo", model="mlp:hidden=4,epochs=20")
+    wide = valbench.value(x, y, method="loo", model="mlp:epochs=20")
+    assert not np.array_equal(narrow.values, wide.values)  # the option reached the model
+    with pytest.raises(UsageError, match=r"^value trains logreg or mlp on the rows of a table"):
+        valbench.value(x, y, method="loo", model="cnn")
+    with pytest.raises(UsageError, match="model 'mlp' has no parameter 'width'"):
+        valbench.value(x, y, method="loo", model="mlp:width=4")
+
+
 def test_value_arrays_says_which_labels_are_missing_or_mixed() -> None:
     import pandas as pd
 
