@@ -729,3 +729,67 @@ def test_exported_claims_are_strict_json() -> None:
     exported = json.loads(json.dumps(check.to_dict(), allow_nan=False))
     assert exported["comparisons"][0]["against"] == "other"
     assert "bounds" not in exported["comparisons"][0]
+
+
+def test_a_gain_claim_fails_only_where_every_interval_lies_below_half_the_threshold() -> None:
+    """A claim of "about T % higher" fails only if every comparison says less than T/2: one
+    dataset clearly below it and another whose interval straddles it leave the claim open."""
+    claim = Claim("~20% higher", SOURCE, "subset-value-gain", threshold=20.0)
+    below = [_rec("mine", s, 0.6 * (1 + g / 100)) for s, g in enumerate((1.0, 1.5, 0.5, 1.2))]
+    # gains 8, 12, 9 and 11 %: the interval [7.09, 12.91] straddles T/2 = 10
+    across = [
+        _rec("mine", s, 0.6 * (1 + g / 100), dataset="e")
+        for s, g in enumerate((8.0, 12.0, 9.0, 11.0))
+    ]
+    others = [_rec("other", s, 0.6, dataset=d) for d in ("d", "e") for s in SEEDS]
+    assert _one(below + others[:4], claim).verdict == NOT_HOLDS
+    check = _one(below + across + others, claim)
+    low, high = zip(*((c.low, c.high) for c in check.comparisons), strict=True)
+    assert high[0] < 10 and low[1] < 10 < high[1]
+    assert check.verdict == INCONCLUSIVE
+
+
+def test_nothing_to_compare_counts_the_methods_own_partial_cells_only() -> None:
+    """A runtime claim with no complete cell to compare: the note counts the method's own
+    partial cells (not a rival's), and says "left out" only where they were left out."""
+
+    def cut(rec: CellRecord) -> CellRecord:
+        return CellRecord.from_json({**rec.to_json(), "complete": False})
+
+    records = [cut(_rec("mine", s, 0.8)) for s in range(2)]
+    records += [cut(_rec("other", s, 0.7)) for s in range(3)]
+    claim = Claim("as fast", SOURCE, "comparable-runtime", threshold=2.0)
+    check = _one(records, claim)
+    assert check.verdict == INCONCLUSIVE
+    assert check.measured.endswith(
+        "nothing in this run to compare; partial cells left out: mine (2); "
+        "--include-partial would include them"
+    )
+    # Included, a lone method still has nothing to compare, and nothing was left out.
+    (included,) = check_claims(records[:2], _manifest(claim), include_partial=True)
+    assert included.verdict == INCONCLUSIVE
+    assert included.measured.endswith("nothing in this run to compare")
+
+
+def test_a_manifest_claim_that_cannot_be_a_claim_is_skipped_not_fatal() -> None:
+    """A manifest edited by hand (or by an older plugin) may hold a claim its kind refuses
+    (no threshold, a threshold that is no number): it is skipped, and the good one checked."""
+    good = Claim("higher", SOURCE, "higher-subset-value")
+    bad_threshold = {"text": "x", "source": SOURCE, "kind": "subset-value-gain"}
+    wrong_type = {"text": "x", "source": SOURCE, "kind": "comparable-runtime", "threshold": "3"}
+    manifest = Manifest(spec={}, claims={"mine": [bad_threshold, good.to_json(), wrong_type]})
+    (check,) = check_claims(_subset_run(0.80, 0.70), manifest)
+    assert check.claim == good and check.verdict == HOLDS
+
+
+def test_the_best_rival_among_equal_means_does_not_depend_on_the_record_order() -> None:
+    """Two rivals share the best mean but not their seeds' values: the comparison is against
+    the first by name, whichever comes first in the results."""
+    mine = [_rec("mine", s, 0.80 + JITTER[s], family="subset-selection") for s in SEEDS]
+    spread = (0.0, 0.01, -0.01, 0.0)
+    zeta = [_rec("zeta", s, 0.70 + spread[s]) for s in SEEDS]
+    alpha = [_rec("alpha", s, 0.70 - spread[s]) for s in SEEDS]
+    claim = Claim("higher", SOURCE, "higher-subset-value")
+    for order in (mine + zeta + alpha, mine + alpha + zeta):
+        check = _one(order, claim)
+        assert [c.against for c in check.comparisons] == ["alpha"]

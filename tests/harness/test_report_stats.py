@@ -1352,3 +1352,35 @@ def test_a_seedless_line_sorts_before_the_seeded_lines_of_its_method() -> None:
     seedless["seed"] = None
     lines = [_line("a", 1, 0.6), _line("a", 0, 0.6), CellRecord.from_json(seedless)]
     assert [r.seed for r in sorted(lines, key=record_sort_key)] == [None, 0, 1]
+
+
+def test_negative_values_equal_but_for_rounding_are_judged_against_their_magnitude() -> None:
+    """Gains below random are negative: rounding is judged against the values' magnitude,
+    not their signed maximum (which left no tolerance and t-tested the rounding)."""
+    from valbench.summary import paired_p_value
+
+    a = [-(0.1 + 0.2), -0.7, -0.3]  # -0.30000000000000004 against -0.3: one ulp apart
+    b = [-0.3, -0.7, -0.3]
+    assert np.subtract(a, b)[0] != 0
+    assert paired_p_value(a, b) == 1.0
+
+
+def test_a_timed_out_cell_counts_as_failed_and_a_skipped_one_does_not() -> None:
+    def line(method: str, seed: int, **change: Any) -> CellRecord:
+        return CellRecord.from_json({**_line_json(method, seed, 0.6, 0.5), **change})
+
+    records = [line("a", s) for s in range(3)]
+    records += [line("t", 0, status="timeout", metrics={}), line("t", 1, status="failed")]
+    records += [line("s", s, status="skipped", metrics={}) for s in range(2)]
+    (group,) = summarise(records)
+    assert group.failed == {"t": 2}  # a skipped cell was never run: it did not fail
+    assert group.n_seeds == {"a": 3}
+
+
+def test_a_seedless_line_counts_in_the_references_as_in_the_rows() -> None:
+    seedless = _line_json("a", 0, 0.7, 0.8)
+    seedless["seed"] = None
+    (group,) = summarise([_line("a", 0, 0.7, 0.4), CellRecord.from_json(seedless)])
+    assert group.n_seeds == {"a": 2} and group.rows["a"]["subset_value@0.1"].n == 2
+    ref = group.random_subset["0.1"]
+    assert ref.n == 2 and ref.mean == pytest.approx(0.6)
