@@ -224,10 +224,14 @@ def _subset_comparisons(
             rnd = _by_seed(mine, _reader(values, "random_subset_value", fraction))
             if rnd:
                 rivals["random subsets"] = rnd
-            rivals = {k: v for k, v in rivals.items() if v}
-            if not value or not rivals:
+            # The best rival by its mean over the seeds it shares with the method: the gain is
+            # paired over those, and a seed the method lacks (a cell that failed) must not
+            # pull a rival down into second place.
+            shared = {k: [v[s] for s in v if s in value] for k, v in rivals.items()}
+            shared = {k: on_seeds for k, on_seeds in shared.items() if on_seeds}
+            if not value or not shared:
                 continue
-            best = max(sorted(rivals), key=lambda k: statistics.fmean(rivals[k].values()))
+            best = max(sorted(shared), key=lambda k: statistics.fmean(shared[k]))
             gains = _paired(
                 value, rivals[best], lambda m, o: 100.0 * (m - o) / o if o > 0 else None
             )

@@ -793,3 +793,18 @@ def test_the_best_rival_among_equal_means_does_not_depend_on_the_record_order() 
     for order in (mine + zeta + alpha, mine + alpha + zeta):
         check = _one(order, claim)
         assert [c.against for c in check.comparisons] == ["alpha"]
+
+
+def test_the_best_rival_is_chosen_on_the_seeds_it_shares_with_the_method() -> None:
+    """``mine`` failed on seed 3. Rival ``a`` beats it on every seed they share, but its mean
+    over its four seeds, pulled down by seed 3, put ``b`` first: the claim then held."""
+    mine = [0.790, 0.792, 0.788]
+    a = [0.800, 0.801, 0.799, 0.30]
+    b = [0.760, 0.761, 0.759, 0.760]
+    records = [_rec("mine", s, v, family="subset-selection") for s, v in enumerate(mine)]
+    records += [_rec("a", s, v) for s, v in enumerate(a)]
+    records += [_rec("b", s, v) for s, v in enumerate(b)]
+    check = _one(records, Claim("higher", SOURCE, "higher-subset-value"))
+    assert check.verdict == NOT_HOLDS
+    (comparison,) = check.comparisons
+    assert comparison.against == "a" and comparison.seeds == 3
