@@ -813,6 +813,22 @@ def seed_values(records: Sequence[CellRecord], extract: Extract) -> dict[str, fl
     return {str(r.seed): v for r in records if (v := extract(r)) is not None}
 
 
+def best_on_most_seeds(
+    entries: Sequence[tuple[str, Stat]], col: Column | None = None
+) -> list[tuple[str, Stat]]:
+    """The entries holding the best mean (ties by :func:`same_value`, in the given order)
+    among those with the most seeds: a mean over fewer seeds (a seed left out as partial, or
+    failed) is over other data, and one lucky seed must not outrank five. Higher is better
+    unless ``col`` says otherwise; empty for no entries."""
+    if not entries:
+        return []
+    most = max(st.n for _, st in entries)
+    full = [(m, st) for m, st in entries if st.n == most]
+    means = [st.mean for _, st in full]
+    best_mean = max(means) if col is None or col.higher_is_better else min(means)
+    return [(m, st) for m, st in full if same_value(st.mean, best_mean)]
+
+
 def _mark_column(
     col: Column, rows: dict[str, dict[str, Stat]], by_method: Mapping[str, Sequence[Any]]
 ) -> float:
@@ -842,10 +858,8 @@ def _mark_column(
     means = [rows[m][col.key].mean for m in methods]
     ranks = rank_columns(np.asarray(means), higher_is_better=col.higher_is_better)
     most = max(rows[m][col.key].n for m in methods)
-    full = [m for m in methods if rows[m][col.key].n == most]
-    full_means = [rows[m][col.key].mean for m in full]
-    best_mean = max(full_means) if col.higher_is_better else min(full_means)
-    best = [m for m in full if same_value(rows[m][col.key].mean, best_mean)]
+    best = [m for m, _ in best_on_most_seeds([(m, rows[m][col.key]) for m in methods], col)]
+    best_mean = rows[best[0]][col.key].mean
     values = {m: seed_values(by_method[m], col.extract) for m in methods}
     family: dict[str, float] = {}  # one key per testable pair -> its raw p
     # method -> per best: (the pair's key, raw p, sd and mean of its paired differences from
@@ -1059,10 +1073,11 @@ class HeadToHead:
     slug: str
     fractions: list[str]
     selectors: dict[str, dict[str, Stat]]  # selector -> fraction -> its subset-value stat
-    #: fraction -> (the per-point method with the best mean there, or the tied ones as "a, b";
-    #: the stat of the first), or None
+    #: fraction -> (the per-point method with the best mean there among those with the most
+    #: seeds, or the tied ones as "a, b"; the stat of the first), or None
     best_point: dict[str, tuple[str, Stat] | None]
-    #: fraction -> the methods (selectors or the per-point best) holding the top mean
+    #: fraction -> the methods (selectors or the per-point best) holding the top mean, among
+    #: those with the most seeds
     top: dict[str, list[str]]
     weighted: list[str]  # selectors whose cells trained on weighted selections
 
@@ -1086,17 +1101,16 @@ def head_to_head(groups: Sequence[GroupSummary], families: Mapping[str, str]) ->
                 rows[m][f] = g.rows[m].get(key) or _stat([], ".3f", UNIT)
             scored = [(m, g.rows[m][key]) for m in others if g.rows[m][key].present]
             best_point[f] = None
-            if scored:
-                high = max(st.mean for _, st in scored)
-                tied = [(m, st) for m, st in scored if same_value(st.mean, high)]
+            # As the leaderboard's best: the best mean among the most seeds.
+            tied = best_on_most_seeds(scored)
+            if tied:
                 # Methods tied at the best mean are named together (as "a, b").
                 best_point[f] = (", ".join(m for m, _ in tied), tied[0][1])
             entries = [(m, rows[m][f]) for m in selectors if rows[m][f].present]
             point = best_point[f]
             if point is not None:
                 entries.append(point)
-            high = max((st.mean for _, st in entries), default=math.nan)
-            top[f] = [m for m, st in entries if same_value(st.mean, high)]
+            top[f] = [m for m, _ in best_on_most_seeds(entries)]
         weighted = [
             m
             for m in selectors

@@ -1384,3 +1384,20 @@ def test_a_seedless_line_counts_in_the_references_as_in_the_rows() -> None:
     assert group.n_seeds == {"a": 2} and group.rows["a"]["subset_value@0.1"].n == 2
     ref = group.random_subset["0.1"]
     assert ref.n == 2 and ref.mean == pytest.approx(0.6)
+
+
+def test_head_to_head_picks_its_best_among_the_methods_with_the_most_seeds() -> None:
+    """A per-point method with one seed at 0.95 (its others failed) was named the best
+    valuation and the top method, where the leaderboard marks the five-seed one best."""
+    records = [_line("sel", s, 0.70 + 0.01 * s) for s in range(5)]
+    records += [_line("five", s, 0.72 + 0.01 * s) for s in range(5)]
+    records += [_line("one", 0, 0.95)]
+    (group,) = summarise(records)
+    assert group.rows["five"]["subset_value@0.1"].best
+    assert not group.rows["one"]["subset_value@0.1"].best
+    from valbench.summary import head_to_head
+
+    (table,) = head_to_head([group], {"sel": "subset-selection"})
+    point = table.best_point["0.1"]
+    assert point is not None and point[0] == "five"
+    assert table.top["0.1"] == ["five"]
