@@ -470,11 +470,17 @@ def _check(
         subject = "CPU time ÷ median valuation method's (retraining and gradient families)"
     reading = f"subset value read with {scratch} trained from scratch on pixels" if scratch else ""
     if not comps:
-        # Nothing to compare may be because the method's every cell was cut short and left out.
-        own = sum(c for by in (partial or {}).values() for m, (c, _) in by.items() if m == method)
+        # Nothing to compare may be because the method's cells, or its rivals', were cut short
+        # and left out: name them all (the method first), as --include-partial would use them.
+        cut: dict[str, int] = defaultdict(int)
+        for by in (partial or {}).values():
+            for m, (c, _) in by.items():
+                cut[m] += c
+        named = sorted((m for m in cut if cut[m]), key=lambda m: (m != method, m))
         left_out = (
-            f"; partial cells left out: {method} ({own}); --include-partial would include them"
-            if own and not include_partial
+            f"; partial cells left out: {', '.join(f'{m} ({cut[m]})' for m in named)}; "
+            "--include-partial would include them"
+            if named and not include_partial
             else ""
         )
         return ClaimCheck(

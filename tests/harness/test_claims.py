@@ -749,9 +749,10 @@ def test_a_gain_claim_fails_only_where_every_interval_lies_below_half_the_thresh
     assert check.verdict == INCONCLUSIVE
 
 
-def test_nothing_to_compare_counts_the_methods_own_partial_cells_only() -> None:
-    """A runtime claim with no complete cell to compare: the note counts the method's own
-    partial cells (not a rival's), and says "left out" only where they were left out."""
+def test_nothing_to_compare_counts_every_methods_partial_cells_left_out() -> None:
+    """A runtime claim with no complete cell to compare: the note counts the partial cells
+    left out, the method's first, then its rivals' (it named the method's alone, where
+    --include-partial compares with the rival's), and says "left out" only where they were."""
 
     def cut(rec: CellRecord) -> CellRecord:
         return CellRecord.from_json({**rec.to_json(), "complete": False})
@@ -762,9 +763,17 @@ def test_nothing_to_compare_counts_the_methods_own_partial_cells_only() -> None:
     check = _one(records, claim)
     assert check.verdict == INCONCLUSIVE
     assert check.measured.endswith(
-        "nothing in this run to compare; partial cells left out: mine (2); "
+        "nothing in this run to compare; partial cells left out: mine (2), other (3); "
         "--include-partial would include them"
     )
+    # the rival's alone: still named
+    only_rival = [_rec("mine", s, 0.8) for s in range(2)] + records[2:]
+    assert _one(only_rival, claim).measured.endswith(
+        "nothing in this run to compare; partial cells left out: other (3); "
+        "--include-partial would include them"
+    )
+    # and with them included there is a comparison
+    assert check_claims(records, _manifest(claim), include_partial=True)[0].comparisons
     # Included, a lone method still has nothing to compare, and nothing was left out.
     (included,) = check_claims(records[:2], _manifest(claim), include_partial=True)
     assert included.verdict == INCONCLUSIVE
