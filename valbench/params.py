@@ -433,8 +433,20 @@ def stored_params(obj: object) -> dict[str, Any]:
     return out
 
 
-def valid_alternative(spec: Param) -> Any:
-    """A valid value other than the default (to check it is stored), or None if none is found."""
+def valid_alternative(spec: Param, cls: type | None = None, key: str | None = None) -> Any:
+    """A valid value other than the default (to check it is stored), or None if none is found.
+    With ``cls`` and ``key`` (the parameter of ``cls`` that ``spec`` declares), one that the
+    class's rules tying parameters together (``params_problem``) accept beside the other
+    parameters' defaults: ``cnn_epochs`` of an image set has none (its default features
+    never read it)."""
+    joint = getattr(cls, "params_problem", None) if cls is not None else None
+    defaults = {k: s.default for k, s in declared_params(cls).items()} if cls is not None else {}
+
+    def usable(value: Any) -> bool:
+        if not spec.accepts(value) or value == spec.default:
+            return False
+        return not callable(joint) or joint({**defaults, str(key): value}) is None
+
     candidates: list[Any] = []
     for c in spec.constraints:
         if c is bool:
@@ -449,7 +461,7 @@ def valid_alternative(spec: Param) -> Any:
             candidates += list(c.values)
         elif isinstance(c, Interval):
             candidates += _interval_candidates(c)
-    return next((v for v in candidates if spec.accepts(v) and v != spec.default), None)
+    return next((v for v in candidates if usable(v)), None)
 
 
 def _interval_candidates(c: Interval) -> list[Any]:

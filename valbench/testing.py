@@ -206,7 +206,7 @@ def _check_params_round_trip(cls: type[Any], params: dict[str, Any]) -> None:
     # Each parameter set to another valid value must come back as given: one stored under
     # another name (self._k) or read from a class attribute would be recorded as its default.
     for key, spec in declared_params(cls).items():
-        other = valid_alternative(spec)
+        other = valid_alternative(spec, cls, key)
         if key in params or other is None:
             continue
         back = _params_of(cls(**{**params, key: other})).get(key)

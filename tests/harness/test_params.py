@@ -115,6 +115,20 @@ def test_valid_alternative_differs_from_the_default_and_is_valid() -> None:
         assert other is not None and other != spec.default and spec.accepts(other)
 
 
+def test_valid_alternative_of_a_class_passes_its_joint_rules() -> None:
+    """n_samples=20 is valid alone but below synthetic's 10 per class (3 classes): the
+    round-trip checks built synthetic with it and failed on the class's own rule."""
+    from valbench.datasets.synthetic import SyntheticDataset
+    from valbench.datasets.vision import FashionMNISTDataset
+
+    n_samples = SyntheticDataset.parameters["n_samples"]
+    assert valid_alternative(n_samples) == 20
+    assert valid_alternative(n_samples, SyntheticDataset, "n_samples") == 30
+    # no value of cnn_epochs is read beside the default raw features
+    epochs = FashionMNISTDataset.parameters["cnn_epochs"]
+    assert valid_alternative(epochs, FashionMNISTDataset, "cnn_epochs") is None
+
+
 # --- every registered class -----------------------------------------------------------------
 
 
@@ -163,7 +177,7 @@ def test_defaults_round_trip_through_get_params(kind: str, name: str) -> None:
     assert cls(**got).get_params() == got
     validate_params(cls, got)
     for key, spec in declared_params(cls).items():
-        other = valid_alternative(spec)
+        other = valid_alternative(spec, cls, key)
         if other is not None:  # a non-default value is stored, not replaced by the default
             assert cls(**{key: other}).get_params()[key] == other
 
@@ -489,6 +503,8 @@ def test_a_toml_value_reads_back_as_the_value() -> None:
         text = toml_value(value)
         got = parse_param_assignments([f"m.k={text}"])["m"]["k"]
         assert got == value and type(got) is type(value), (value, text)
+    # A numpy default (a plugin's np.float64(0.5)) is suggested as --param reads it.
+    assert (toml_value(np.float64(0.5)), toml_value(np.int64(3))) == ("0.5", "3")
 
 
 # --- refusal messages, hints and declaration problems -----------------------------------------
@@ -518,6 +534,18 @@ def test_a_hint_suggests_a_value_the_declaration_accepts() -> None:
     with pytest.raises(UsageError) as err:
         check_params(_Open, {"tag": 3}, kind="method")
     assert str(err.value) == "method 'open': tag=3 is not a str or None"
+
+
+class _Bare(_Plugin):
+    name = "bare"
+    parameters = {"n": Param(None, int, None, doc="n")}
+
+
+def test_a_hint_for_a_bare_number_type_suggests_a_number() -> None:
+    # Neither a default nor bounds to take one from: 1 is a number the type admits.
+    with pytest.raises(UsageError) as err:
+        check_params(_Bare, {"n": 0.5}, kind="method")
+    assert str(err.value) == "method 'bare': n=0.5 is not an int or None; e.g. --param bare.n=1"
 
 
 def test_unknown_names_are_all_named_in_order_with_the_valid_ones() -> None:
@@ -630,10 +658,21 @@ def test_a_signature_default_of_none_accepts_anything_and_a_numpy_float_is_a_flo
     validate_params(_Untyped, {"rate": 1})
 
 
+def test_a_numpy_bool_signature_default_makes_a_bool_parameter() -> None:
+    class Flagged:
+        def __init__(self, *, flag: bool = np.True_) -> None:
+            self.flag = flag
+
+    spec = declared_params(Flagged)["flag"]
+    assert spec.accepts(False) and spec.accepts(True) and not spec.accepts(1)
+
+
 def test_type_and_bounds_texts_read_as_the_list_command_shows_them() -> None:
     assert Param(1, Interval(int, 1, 5), Interval(int, 10, 20)).type_text() == "int"
     assert Interval(float, 0.0, 1.0).bounds() == "[0, 1]"
     assert Interval(float, None, 0.5).bounds() == "(-inf, 0.5]"
+    # A bound is shown as declared, not cut to fewer digits (a refusal must name the real one).
+    assert Interval(float, 0.00125, 12.5).bounds() == "[0.00125, 12.5]"
     assert Interval(int, None, None).describe() == "an int in (-inf, inf)"
 
 

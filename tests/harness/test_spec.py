@@ -102,6 +102,14 @@ def test_cells_grid_order_and_ids() -> None:
     assert len(cells) == 2 * 2 * 2
     assert len({c.cell_id for c in cells}) == len(cells)
     assert cells[0].cell_id == "digits.random.noise0.1.seed0"
+    # Every method of one split runs before the next seed: a run stopped half way holds whole
+    # seeds on which the methods can be compared.
+    assert [c.cell_id for c in cells[:4]] == [
+        "digits.random.noise0.1.seed0",
+        "digits.loo.noise0.1.seed0",
+        "digits.random.noise0.1.seed1",
+        "digits.loo.noise0.1.seed1",
+    ]
 
 
 def test_seeds_shared_where_they_must_be() -> None:
@@ -654,6 +662,8 @@ def test_presets_hold_the_values_the_docs_give() -> None:
     [
         ({"seeds": 10_001}, "--seeds must be <= 10000, got 10001"),
         ({"lds_subsets": 100_001}, "--lds-subsets must be in [3, 100000]"),
+        ({"lds_subsets": 2}, "--lds-subsets must be in [3, 100000] (a rank"),
+        ({"random_repeats": 1_001}, "random_repeats must be in [1, 1000]"),
         ({"timeout": 0.0}, "--timeout must be > 0 seconds, got 0"),
         ({"max_train": 1}, "--max-train must be >= 2, got 1"),
         ({"random_repeats": 0}, "random_repeats must be in [1, 1000]"),
@@ -663,6 +673,7 @@ def test_presets_hold_the_values_the_docs_give() -> None:
         ({"metrics": ("auc",)}, "unknown metric 'auc' in --metrics; valid: lds or none"),
         ({"label_column": "y", "id_column": "y"}, "--id-column 'y' is also the --label-column"),
         ({"device": "tpu"}, "--device must be auto, cpu or cuda, got 'tpu'"),
+        ({"noise_model": "swap"}, "unknown noise model 'swap'; valid: uniform, pair"),
         ({"max_memory_mb": 2.0**30 + 1}, "--max-memory must be a finite number of MB"),
     ],
 )
@@ -958,3 +969,43 @@ def test_an_empty_name_between_commas_is_refused(text: str) -> None:
     with pytest.raises(UsageError, match="has an empty name between commas"):
         split_names("methods", text)
     assert split_names("methods", " random , loo ") == ["random", "loo"]
+
+
+@pytest.mark.parametrize("key", ["seeds", "root_seed", "jobs", "lds_subsets", "max_train"])
+def test_a_numpy_bool_is_no_whole_number(key: str) -> None:
+    # np.bool_ is no Python bool: it must be named true/false all the same, not "got np.True_".
+    with pytest.raises(UsageError, match="must be a whole number, not true/false"):
+        RunSpec(**{key: np.bool_(True)})
+
+
+def test_a_file_run_hashes_the_version_of_its_seeding(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A change to how file: datasets are seeded makes every run with one another run (its
+    directory refused, never resumed); runs without file datasets keep their hashes."""
+    from valbench import spec as spec_module
+
+    name = "file:data/x.csv"
+    with_file = RunSpec(methods=("random",), datasets=(name,), data_fingerprints={name: "aa"})
+    without = RunSpec(methods=("random",), datasets=("digits",))
+    before = with_file.config_hash(), without.config_hash()
+    monkeypatch.setattr(spec_module, "FILE_SEED_VERSION", spec_module.FILE_SEED_VERSION + 1)
+    assert with_file.config_hash() != before[0] and without.config_hash() == before[1]
+
+
+def test_a_config_file_naming_a_flag_is_told_to_give_it_on_the_command_line(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "run.toml"
+    path.write_text("overwrite = true\nseeds = 2\n")
+    with pytest.raises(
+        ConfigError, match=re.escape("overwrite is a command-line flag only (--overwrite)")
+    ):
+        load_config_file(path)
+
+
+@pytest.mark.parametrize("key", ["out", "data_dir"])
+def test_a_config_files_blank_path_is_refused(tmp_path: Path, key: str) -> None:
+    # "  " is no folder name anyone means; read as one it would make a folder of spaces.
+    path = tmp_path / "run.toml"
+    path.write_text(f'{key} = "  "\n')
+    with pytest.raises(ConfigError, match=f"{key} is empty; name a directory or drop it"):
+        load_config_file(path)

@@ -774,3 +774,146 @@ def test_a_scores_file_without_scores_or_not_an_archive_is_named_damaged(tmp_pat
         np.save(fh, np.array([1.0, 2.0]))  # a bare .npy under an .npz name
     with pytest.raises(RunDirectoryError, match=r"b.npz is damaged \(not an .npz archive\)"):
         load_scores(tmp_path, "scores/b.npz")
+
+
+def test_a_line_whose_cell_id_is_not_the_cell_its_fields_name_is_skipped(tmp_path: Path) -> None:
+    """An edited or foreign line: its numbers must never be read as another cell's."""
+    store = RunStore(tmp_path)
+    other_seed = CellRecord(
+        cell_id="synthetic.random.noise0.1.seed0",
+        status="ok",
+        method="random",
+        dataset="synthetic",
+        noise=0.1,
+        seed=1,
+    )
+    other_dataset = CellRecord(
+        cell_id="digits.random.x", status="ok", method="random", dataset="synthetic"
+    )
+    store.append_result(other_seed)
+    store.append_result(other_dataset)
+    records, unread = read_results_checked(tmp_path)
+    assert records == []
+    assert (
+        unread[0].startswith("line 1: cell_id") and "(synthetic.random.noise0.1.seed1)" in unread[0]
+    )
+    assert (
+        unread[1].startswith("line 2: cell_id")
+        and "not a cell of the synthetic.random" in unread[1]
+    )
+
+
+def test_repair_of_a_whole_results_file_leaves_it_and_warns_of_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = RunStore(tmp_path)
+    store.append_result(_rec("a"))
+    inode = store.results_path.stat().st_ino
+    store.repair()
+    # Not rewritten (a rewrite is a new file) and no "torn last line" claimed.
+    assert store.results_path.stat().st_ino == inode and caplog.records == []
+
+
+def test_an_extra_array_never_replaces_a_cells_own_scores_or_owner(tmp_path: Path) -> None:
+    store = RunStore(tmp_path)
+    rel = store.write_scores(
+        "c", np.array([1.0, 2.0]), {}, extra={"scores": np.array([9.0]), "cell_id": "d"}
+    )
+    scores, _ = load_scores(tmp_path, rel, "c")
+    np.testing.assert_array_equal(scores, [1.0, 2.0])
+
+
+@pytest.mark.parametrize(("name", "make"), [("results.jsonl", "dir"), ("scores", "file")])
+def test_an_entry_of_the_wrong_kind_is_refused_before_any_write(
+    tmp_path: Path, name: str, make: str
+) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    if make == "dir":
+        (run / name).mkdir()
+    else:
+        (run / name).write_text("x")
+    kind = "a file" if make == "dir" else "a directory"
+    with pytest.raises(RunDirectoryError, match=f"{name} should be {kind} but is not"):
+        RunStore(run).prepare()
+
+
+def test_scores_of_more_than_one_dimension_are_named_damaged(tmp_path: Path) -> None:
+    (tmp_path / "scores").mkdir()
+    np.savez(tmp_path / "scores" / "a.npz", scores=np.ones((2, 3)))
+    with pytest.raises(RunDirectoryError, match=r"scores are float64 of shape \(2, 3\), not a"):
+        load_scores(tmp_path, "scores/a.npz")
+
+
+def test_two_outputs_spelled_apart_that_name_one_file_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "old.csv").write_text("x\n")
+    (tmp_path / "link.csv").symlink_to(tmp_path / "old.csv")
+    for other in (tmp_path / "folder" / ".." / "t.csv", tmp_path / "link.csv"):
+        first = tmp_path / ("t.csv" if other.name == "t.csv" else "old.csv")
+        message = _refusal({"--csv": first, "--json": other})
+        assert message == "--csv and --json name the same file; give two paths"
+
+
+def test_a_deferred_sigterm_under_the_default_action_ends_the_process_after_the_block() -> None:
+    """`kill` during a block that stores a result must still stop valbench once the block
+    ends (the default action), not be swallowed."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os, signal\n"
+        "from valbench.store import signals_deferred\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_DFL)\n"
+        "with signals_deferred():\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    print('block done', flush=True)\n"
+        "print('went on', flush=True)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.stdout == "block done\n" and done.returncode == -15, done.stderr
+
+
+def test_selections_are_read_back_at_fractions_of_more_than_two_decimals(tmp_path: Path) -> None:
+    picks = {0.005: np.array([0]), 0.125: np.array([1, 2])}
+    rel = RunStore(tmp_path).write_scores("c", np.array([0.5, 1.0, 2.0]), picks)
+    assert sorted(load_scores(tmp_path, rel, "c")[1]) == [0.005, 0.125]
+
+
+def test_a_clear_stopped_half_way_keeps_the_manifest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The manifest goes last: a clear that fails half way leaves a folder later commands
+    still know as valbench's (and can --overwrite), not files without their manifest."""
+    store = RunStore(tmp_path)
+    store.write_manifest(Manifest(spec={"methods": ["random"]}, config_hash="h", cells_total=1))
+    store.append_result(_rec("a"))
+    (tmp_path / "index.html").write_text("valbench's")
+    unlink = Path.unlink
+
+    def failing(self: Path, missing_ok: bool = False) -> None:
+        if self.name == "index.html":
+            raise PermissionError(13, "Permission denied")
+        unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", failing)
+    with pytest.raises(PermissionError):
+        store.clear()
+    assert read_manifest(tmp_path).config_hash == "h"
+
+
+def test_a_file_datasets_line_is_read_under_the_cell_id_the_spec_gives_it(tmp_path: Path) -> None:
+    from valbench.spec import Cell
+
+    cell = Cell("file:data/x.csv", 0.1, 0, "random")
+    RunStore(tmp_path).append_result(
+        CellRecord(
+            cell_id=cell.cell_id,
+            status="ok",
+            method="random",
+            dataset=cell.dataset,
+            noise=0.1,
+            seed=0,
+        )
+    )
+    assert [r.cell_id for r in read_results(tmp_path)] == [cell.cell_id]
