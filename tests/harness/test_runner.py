@@ -1489,3 +1489,55 @@ def test_a_resume_records_the_execution_settings_it_ran_with(
     # and the first session's, under which its cell ran
     ((command, settings),) = [(x["command"], x["settings"]) for x in manifest.earlier_sessions]
     assert (command, settings["jobs"], settings["timeout"]) == ("first", 1, None)
+
+
+def test_a_refusal_names_what_makes_another_run_not_the_execution_settings() -> None:
+    """--timeout and --jobs make no other run: a refusal names the seeds that changed, not
+    the execution settings changed beside them."""
+    from valbench.runner import _spec_changes
+
+    said = _spec_changes(small_spec().to_dict(), small_spec(seeds=2, timeout=30.0, jobs=2))
+    assert said == "seeds 1 -> 2"
+
+
+def test_the_process_backend_passes_a_workers_progress_on_with_its_cell(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What a worker reports of its cell's progress reaches the progress bar named by that
+    cell, before the cell's result."""
+    from valbench import runner
+    from valbench.worker import CellOutcome, failure_record
+
+    stand_in = _stand_in_workers(monkeypatch)
+
+    class Reports(stand_in):  # type: ignore[misc,valid-type]
+        def submit(self, cell) -> bool:
+            self._far.send(("progress", 3, 10))
+            self._far.send(("result", CellOutcome(failure_record(cell, self.spec, "ok", "", ""))))
+            return super().submit(cell)
+
+    monkeypatch.setattr(runner, "_Worker", Reports)
+    spec = small_spec(methods=("random",))
+    seen: list = []
+    runner.run_processes(
+        spec.cells(),
+        spec,
+        lambda outcome: seen.append(outcome.record.cell_id),
+        lambda cell, done, total: seen.append((cell.cell_id, done, total)),
+    )
+    cell_id = spec.cells()[0].cell_id
+    assert seen == [(cell_id, 3, 10), cell_id]
+
+
+def test_a_memory_cap_is_refused_only_where_models_train_on_a_gpu() -> None:
+    """CUDA's start-up reserves more address space than any --max-memory leaves a worker:
+    refused with a GPU, taken on the CPU, and a GPU run without a cap goes ahead."""
+    from types import SimpleNamespace
+
+    from valbench.runner import _refuse_gpu_memory_cap
+
+    capped = small_spec(max_memory_mb=500.0)
+    _refuse_gpu_memory_cap(capped, SimpleNamespace(type="cpu"))
+    _refuse_gpu_memory_cap(small_spec(), SimpleNamespace(type="cuda"))
+    with pytest.raises(UsageError, match="drop --max-memory to train on the GPU"):
+        _refuse_gpu_memory_cap(capped, SimpleNamespace(type="cuda"))

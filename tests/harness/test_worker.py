@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -223,3 +224,180 @@ def test_weights_are_scaled_to_a_mean_of_one() -> None:
     np.testing.assert_allclose(mean_one(np.array([2.0, 6.0])), [0.5, 1.5])
     # tiny weights come out where float32 holds them, not at its underflow
     np.testing.assert_allclose(mean_one(np.full(4, 1e-40)), np.ones(4))
+
+
+def _run_with_dataset(monkeypatch: pytest.MonkeyPatch, n_train: int, labels: int) -> Any:
+    """The record of a cell of small_spec() (--max-train 40) whose dataset, a plugin's in
+    place of synthetic, loads ``n_train`` training points with ``labels`` labels."""
+    from valbench import worker
+    from valbench.types import DatasetSplits
+
+    x, y = np.random.default_rng(0).normal(size=(n_train, 2)), np.arange(labels) % 2
+
+    class Plugin:
+        def __init__(self, **params: object) -> None:
+            pass
+
+        def features_use_labels(self) -> bool:
+            return False
+
+        def load(self, *, seed: int, max_train: int | None = None) -> DatasetSplits:
+            return DatasetSplits(x, y, x[:10], y[:10], x[:10], y[:10], 2)
+
+    monkeypatch.setattr(worker, "get_dataset", lambda name: Plugin)
+    monkeypatch.setattr(worker, "validate_params", lambda cls, params: None)
+    spec = small_spec()
+    worker._load_splits.cache_clear()  # the split is cached by name: none of synthetic's
+    try:
+        return worker.run_cell(spec.cells()[0], spec).record
+    finally:
+        worker._load_splits.cache_clear()  # nor this one's left for later tests
+
+
+def test_a_dataset_that_ignores_max_train_fails_its_cell(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A dataset whose load() returns 41 training points under --max-train 40: the cell
+    fails naming the dataset's fault, rather than run at a size (and a cost) the user did
+    not ask for."""
+    record = _run_with_dataset(monkeypatch, 41, 41)
+    assert (record.status, record.error.type) == ("failed", "DatasetError")
+    assert record.error.message.startswith(
+        "dataset 'synthetic' returned 41 training points, above --max-train 40;"
+    )
+
+
+def test_a_dataset_whose_load_builds_invalid_splits_is_blamed_for_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """40 training rows with 39 labels: the cell fails as the dataset's fault, saying how to
+    check it, not as a bare ValueError of the method's cell."""
+    record = _run_with_dataset(monkeypatch, 40, 39)
+    assert (record.status, record.error.type) == ("failed", "DatasetError")
+    assert record.error.message.startswith("dataset 'synthetic': its load() failed: ")
+    assert record.error.message.endswith("; check it with valbench.testing.check_dataset")
+
+
+def test_a_cell_trains_each_distinct_subset_once_and_removes_nothing_on_the_full_model(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With its split's reference known, a cell trains one model per distinct subset its
+    metrics ask for: the top 10 % and 50 % (shared by the subset-value and addition curves)
+    and the two removals, 4 in all; removing 0 % is the reference's full-data model, read,
+    not trained again."""
+    from valbench import worker
+    from valbench.types import Valuation
+
+    monkeypatch.setattr(worker, "_REFERENCE_CACHE", worker._Recent())
+    spec = small_spec()
+    (cell,) = spec.cells()
+    task = worker.build_task(cell, spec)
+    valuation = Valuation(scores=np.arange(task.n_train, dtype=float))
+    worker.measure(task, valuation, cell, spec)  # the split's first cell trains the reference
+    second = worker.measure(task, valuation, cell, spec)
+    assert second["evaluation_fits"] == 4
+    assert second["removal"]["values"][0] == second["full_data_value"]
+
+
+def test_unbudgeted_progress_shows_a_report_past_its_total_as_done() -> None:
+    """Without a budget a report is passed on as the method gives it, except that one past
+    its total (12 of 10) is shown as done (10 of 10), never as more than done."""
+    from valbench.types import Budget
+    from valbench.worker import budget_progress
+
+    shown: list[tuple[int, int]] = []
+    meter = SimpleNamespace(
+        budget=Budget.parse("none"), fits_used=lambda: 0, seconds_used=lambda: 0.0
+    )
+    report = budget_progress(lambda done, total: shown.append((done, total)), meter)
+    report(3, 10)
+    report(12, 10)
+    assert shown == [(3, 10), (10, 10)]
+
+
+def test_budgeted_progress_of_a_loop_with_no_total_is_the_budgets_share() -> None:
+    """A method reporting 0 of 0 steps (a loop with no known length) under a 100-fit budget
+    of which it used 10 is shown at 10 %, not at done."""
+    from valbench.types import Budget
+    from valbench.worker import budget_progress
+
+    shown: list[tuple[int, int]] = []
+    meter = SimpleNamespace(
+        budget=Budget.parse("fits=100"), fits_used=lambda: 10, seconds_used=lambda: 0.0
+    )
+    budget_progress(lambda done, total: shown.append((done, total)), meter)(0, 0)
+    assert shown == [(10, 100)]
+
+
+def test_a_cell_runs_on_one_thread_and_gives_the_process_its_threads_back() -> None:
+    import torch
+
+    from valbench.worker import cell_threads
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with cell_threads():
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2  # the driver's own work is not left on one
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_a_stop_marked_in_an_earlier_run_does_not_make_a_methods_interrupt_a_users(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Ctrl-C that stopped an earlier serial run in this process (an API user's session)
+    leaves its mark; the next run starts unmarked, so a KeyboardInterrupt raised inside a
+    cell fails that cell instead of stopping the new run."""
+    from valbench import worker
+
+    def interrupts(cell: Cell, spec: RunSpec) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(worker, "build_task_with_provenance", interrupts)
+    spec = small_spec()
+    worker._USER_STOP.set()  # as the earlier run's Ctrl-C left it
+    try:
+        with worker.user_stops():
+            record = worker.run_cell(spec.cells()[0], spec).record
+    except KeyboardInterrupt:
+        pytest.fail("the method's KeyboardInterrupt was taken for the user's Ctrl-C")
+    finally:
+        worker._USER_STOP.clear()
+    assert (record.status, record.error.type) == ("failed", "KeyboardInterrupt")
+    assert record.error.message.endswith("(raised by the method; not a Ctrl-C)")
+
+
+def test_the_empty_subset_is_worth_chance_accuracy_without_a_fit() -> None:
+    """The metrics' U(empty set) is the utility engine's: chance, 1 / n_classes, whatever
+    an untrained model would score on the test split (here all of class 1)."""
+    from dataclasses import replace
+
+    from valbench.worker import TestEvaluator, build_task
+
+    spec = small_spec()
+    task = build_task(spec.cells()[0], spec)
+    task = replace(task, y_test=np.ones_like(task.y_test))
+    evaluator = TestEvaluator(task)
+    value = evaluator.two_pass(lambda evaluate: evaluate(np.array([], dtype=np.int64)))
+    assert task.n_classes == 3 and value == 1 / 3
+
+
+def test_one_fit_over_the_budget_fails_the_cell_and_the_whole_budget_does_not() -> None:
+    from valbench.worker import OverBudget, check_fit_budget
+
+    check_fit_budget("m", 5, 5)  # the whole budget spent: taken
+    check_fit_budget("m", 6, None)  # no budget
+    with pytest.raises(OverBudget, match="^m trained 6 models against the run's budget of 5 fits"):
+        check_fit_budget("m", 6, 5)
+
+
+@pytest.mark.parametrize("status", ["failed", "timeout", "skipped"])
+def test_a_cell_without_an_estimate_is_never_recorded_as_complete(status: str) -> None:
+    """The line of a cell that failed, timed out or was declined says its estimate is not
+    complete (an export's ``complete`` column must not read true beside no numbers)."""
+    from valbench.worker import failure_record
+
+    spec = small_spec()
+    record = failure_record(spec.cells()[0], spec, status, "X", "why")
+    assert (record.status, record.complete, record.error.message) == (status, False, "why")
+    assert record.to_json()["complete"] is False
