@@ -256,6 +256,16 @@ class RunSpec:
             values = getattr(self, key)
             object.__setattr__(self, key, tuple(0.0 if v == 0 else v for v in values))
         for key in ("noise", "fractions"):
+            # Labels, cell ids and stored keys keep 6 significant digits: 0.1000001 would be
+            # shown everywhere as 0.1 while its subsets were cut at 0.1000001 (26 of 250).
+            for v in getattr(self, key):
+                if math.isfinite(v) and float(f"{float(v):g}") != float(v):
+                    raise UsageError(
+                        f"--{key} value {float(v)!r} has more significant digits than the 6 "
+                        f"that labels and cell names keep (it would be shown as {float(v):g}); "
+                        "give at most 6"
+                    )
+        for key in ("noise", "fractions"):
             # A repeated rate would run (and count) the same cells twice. Cell ids, file names
             # and labels write a rate to 6 significant digits: two rates equal there would
             # share a cell id, and one cell's results would overwrite the other's.

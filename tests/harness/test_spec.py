@@ -228,8 +228,16 @@ def test_logreg_runs_hash_the_model_version() -> None:
         ),
         ({"fractions": ()}, "no fractions given; use e.g. --fractions 0.1,0.2"),
         ({"noise": ()}, "no noise rates given; use e.g. --noise 0.1 (or 0 for none)"),
-        # Distinct floats that cells name alike (6 significant digits) would share cell ids.
-        ({"noise": (0.1, 0.1000001)}, "--noise lists 0.1 more than once (to 6 significant"),
+        ({"noise": (0.1, 0.1)}, "--noise lists 0.1 more than once (to 6 significant"),
+        # Distinct floats that cells name alike (6 significant digits) would share cell ids,
+        # and one alone would be shown and stored as 0.1 but used as itself.
+        (
+            {"noise": (0.1, 0.1000001)},
+            "--noise value 0.1000001 has more significant digits than the 6 that labels and "
+            "cell names keep (it would be shown as 0.1); give at most 6",
+        ),
+        ({"fractions": (0.1000001,)}, "--fractions value 0.1000001 has more significant"),
+        ({"fractions": (1 / 3,)}, "(it would be shown as 0.333333)"),
         ({"datasets": ("file:",)}, "--datasets file: needs a path, e.g. file:my_embeddings.npz"),
         # -0 is the rate 0: "0,-0" would run the noise-free cells twice (one set as noise-0).
         ({"noise": (0.0, -0.0)}, "--noise lists 0 more than once"),
