@@ -587,6 +587,8 @@ class ImageDataset(Dataset):
             return problem
         features = values.get("features")
         for key, kinds in READ_ONLY_BY.items():
+            if key not in cls.parameters:  # a subclass that does not declare it
+                continue
             value = values.get(key, cls.parameters[key].default)
             if features not in kinds and value != cls.parameters[key].default:
                 wanted = " or ".join(f"features={kind}" for kind in kinds)
@@ -637,7 +639,8 @@ class ImageDataset(Dataset):
         if self.pixel_shape() is not None:
             return None
         # Raw pixels read none of the other kinds' parameters: back to their defaults.
-        return {key: self.parameters[key].default for key in READ_ONLY_BY} | {"features": "raw"}
+        defaults = {k: self.parameters[k].default for k in READ_ONLY_BY if k in self.parameters}
+        return defaults | {"features": "raw"}
 
     def features_use_labels(self) -> bool:
         """True for ``cnn`` features: the CNN is trained on the training labels."""

@@ -371,6 +371,8 @@ def value_arrays(
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
         raise UsageError(f"seed must be a whole number >= 0, got {seed!r}")
     # Options after a colon (mlp:hidden=8) as for `run`; the networks on images are refused.
+    if not isinstance(model, str):
+        raise UsageError(f"model must be a model name such as 'logreg' or 'mlp', got {model!r}")
     spec = ModelSpec.parse(model)
     if spec.kind not in MODEL_NAMES:
         raise UsageError(

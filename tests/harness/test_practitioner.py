@@ -397,6 +397,8 @@ def test_value_takes_model_options_after_a_colon_and_refuses_image_networks() ->
         valbench.value(x, y, method="loo", model="cnn")
     with pytest.raises(UsageError, match="model 'mlp' has no parameter 'width'"):
         valbench.value(x, y, method="loo", model="mlp:width=4")
+    with pytest.raises(UsageError, match="model must be a model name such as 'logreg'"):
+        valbench.value(x, y, method="loo", model=None)  # type: ignore[arg-type]
 
 
 def test_value_arrays_says_which_labels_are_missing_or_mixed() -> None:
