@@ -175,3 +175,62 @@ def test_a_spent_budget_runs_no_greedy_in_the_classes_after() -> None:
     out = selector.value(task, make_ctx(task, (0.5,), budget=Budget(max_seconds=1e-9)))
     check_selections(out, 60, (0.5,))
     assert len(selector.calls) == 1 and out.stats["complete"] is False
+
+
+class _ManyTiedScores(ScoreSelector):
+    name = "many-tied-scores"
+
+    def point_scores(self, task, ctx):  # type: ignore[no-untyped-def]
+        return np.tile([1.0, 2.0], 20), {}
+
+
+def test_score_selector_keeps_ascending_index_among_many_ties() -> None:
+    # Forty points, twenty tied at the top: past numpy's small-array insertion sort, only a
+    # stable sort keeps them in index order (an unstable one shuffles them: 1, 3, 7, 5, ...).
+    _, chosen, _ = _ManyTiedScores().select(None, None, {0.25: 10, 0.75: 30})  # type: ignore[arg-type]
+    assert chosen[0.25].tolist() == list(range(1, 20, 2))
+    assert chosen[0.75].tolist() == list(range(1, 40, 2)) + list(range(0, 20, 2))
+
+
+class _NoPicks(GreedySelector):
+    """Per-class greedy whose groups pick nothing, so every class is filled at random."""
+
+    name = "no-picks"
+
+    def greedy_order(self, task, ctx, k):  # type: ignore[no-untyped-def]
+        def group(rows, kc, stopper):  # type: ignore[no-untyped-def]
+            return np.zeros(0, dtype=np.int64)
+
+        order, complete = self.per_class_order(task, ctx, k, group)
+        return order, {"complete": complete}
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_short_class_is_filled_from_the_runs_rng_classes_in_order(seed: int) -> None:
+    # Each class's fill is a uniform draw of its quota from its own rows, by the run's rng,
+    # class 0 first; the global order then interleaves them by the schedule.
+    task = small_task(30)
+    out = _NoPicks().value(task, make_ctx(task, (0.5,), seed=seed))
+    assert out.stats["complete"] is False
+    schedule = class_schedule(task.y_train, 3, 15)
+    rng = np.random.default_rng(seed)
+    orders = {}
+    for c in range(3):
+        rows = np.flatnonzero(task.y_train == c)
+        quota = int(np.sum(schedule == c))
+        orders[c] = rows[rng.permutation(len(rows))[:quota]]
+    expected = merge_class_orders(schedule, orders)
+    np.testing.assert_array_equal(out.selections[0.5], expected)
+
+
+class _RepeatingGreedy(GreedySelector):
+    name = "repeating-greedy"
+
+    def greedy_order(self, task, ctx, k):  # type: ignore[no-untyped-def]
+        return np.zeros(k, dtype=np.int64), {}
+
+
+def test_a_greedy_order_that_repeats_a_point_is_refused() -> None:
+    task = small_task(40)
+    with pytest.raises(AssertionError, match="repeating-greedy: greedy order repeats points"):
+        _RepeatingGreedy().value(task, make_ctx(task, (0.1,)))

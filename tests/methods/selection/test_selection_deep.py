@@ -73,3 +73,12 @@ def test_kcenter_on_a_cnn_traverses_the_all_data_networks_penultimate_features()
     # Pixels would pick differently: the network's features are what is traversed.
     on_pixels, _ = kcenter_greedy(task.x_train.astype(np.float64), 10, first)
     assert set(order.tolist()) != set(on_pixels.tolist())
+
+
+@pytest.mark.parametrize("cls", [*GRADIENT_SELECTORS, Uncertainty, CCS], ids=lambda c: c.name)
+def test_model_based_selectors_need_one_fit_on_a_cnn(cls: type[Method]) -> None:
+    # Their one all-data fit also gives whatever they read of the network: no second fit.
+    task = _cnn_task()
+    assert cls().fits_for(task) == 1
+    out = cls().value(task, make_ctx(task, (0.25,), budget=Budget(max_fits=1)))
+    assert out.stats["complete"] is True and task.fit_counter.count == 1

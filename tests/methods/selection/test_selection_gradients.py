@@ -10,6 +10,8 @@ from scipy.optimize import nnls
 from selection_helpers import check_selections, make_ctx, points_task, small_task
 from sklearn.linear_model import orthogonal_mp
 
+from valbench import Budget
+from valbench.errors import UsageError
 from valbench.methods import _gradients as gr
 from valbench.methods.selection import Craig, Glister, GradMatch
 from valbench.methods.selection._base import class_schedule
@@ -494,3 +496,66 @@ def test_gradmatch_method_stops_omp_at_its_own_tol() -> None:
         g = grads.subset(np.flatnonzero(task.y_train == c))
         fill += quota[c] - len(omp(g, g.total(), int(quota[c]), nonneg=True, tol=0.5)[0])
     assert out.stats["random_fill"] == fill > 0
+
+
+def test_omp_adds_a_nearly_parallel_but_independent_column() -> None:
+    # Atoms (1, 0) and (1, 1e-4), target (0, 1): the second correlates first; the first is
+    # then nearly parallel (Cholesky pivot 1e-8 of its squared norm) yet independent and
+    # correlated with the residual, so it is added and the two fit the target exactly.
+    a = np.array([[1.0, 1.0], [0.0, 1e-4]])
+    support, w = omp(a, np.array([0.0, 1.0]), 2)
+    assert support.tolist() == [1, 0]
+    np.testing.assert_allclose(w, [1e4, -1e4], rtol=1e-6)
+
+
+def test_glister_order_refuses_an_unknown_greedy_and_a_missing_rng() -> None:
+    g, val, theta = _tiny_problem()
+    with pytest.raises(UsageError, match="greedy must be one of stochastic, naive, got 'lazy'"):
+        glister_order(g, val, theta, 2, eta=0.1, greedy="lazy")
+    with pytest.raises(UsageError, match="stochastic greedy needs an rng"):
+        glister_order(g, val, theta, 2, eta=0.1)
+
+
+@pytest.mark.parametrize("nonneg", [False, True])
+def test_omp_picks_no_atom_orthogonal_to_the_target(nonneg: bool) -> None:
+    # The only atom, (1, 0), has zero correlation with (0, 1): adding it cannot lower the
+    # residual, so the support stays empty.
+    support, w = omp(np.array([[1.0], [0.0]]), np.array([0.0, 1.0]), 1, nonneg=nonneg)
+    assert support.tolist() == [] and len(w) == 0
+
+
+@pytest.mark.parametrize(
+    ("params", "fragment"),
+    [
+        ({"eta": 0.0}, r"eta=0.0 is not in \(0, inf\)"),
+        ({"epsilon": 1.0}, r"epsilon=1.0 is not in \(0, 1\)"),
+        ({"epsilon": 0.0}, r"epsilon=0.0 is not in \(0, 1\)"),
+    ],
+    ids=["eta-0", "epsilon-1", "epsilon-0"],
+)
+def test_glister_refuses_a_zero_step_and_an_epsilon_outside_the_open_interval(
+    params: dict, fragment: str
+) -> None:
+    # eta 0 never moves θ; epsilon 1 samples ceil(n / k · log 1) = 0 points a step.
+    with pytest.raises(UsageError, match=fragment):
+        Glister(**params)
+
+
+def test_gradmatch_on_a_spent_budget_keeps_one_omp_pick_and_fills_the_rest() -> None:
+    # The clock is read after the first OMP pick: class 0 (first scheduled) keeps that pick,
+    # weighed by its ridge refit; every other point is random fill, weighing 1.
+    task = small_task(60)
+    out = GradMatch().value(task, make_ctx(task, (0.5,), budget=Budget(max_seconds=1e-9)))
+    check_selections(out, 60, (0.5,))
+    assert out.stats["complete"] is False
+    sel, weights = out.selections[0.5], out.selection_weights[0.5]
+    grads = training_gradients(small_task(60))
+    rows = np.flatnonzero(task.y_train == 0)
+    g = grads.subset(rows)
+    first = int(omp(g, g.total(), 1, nonneg=True, lam=0.5)[0][0])
+    assert sel[0] == rows[first]
+    np.testing.assert_allclose(
+        weights[0], ridge_nnls(g.dense(np.array([first])).T, g.total(), 0.5)[0], rtol=1e-9
+    )
+    assert weights[0] != 1.0
+    np.testing.assert_array_equal(weights[1:], np.ones(29))

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from selection_helpers import check_selections, make_ctx, small_task
 
+from valbench import Budget
 from valbench.errors import UsageError
 from valbench.methods.selection import Herding
 from valbench.methods.selection._features import task_embeddings
@@ -85,3 +86,25 @@ def test_default_is_one_global_linear_herd() -> None:
     task = small_task(60)
     out = Herding().value(task, make_ctx(task, (1.0,)))
     np.testing.assert_array_equal(out.selections[1.0], herding_order(task_embeddings(task), 60))
+
+
+@pytest.mark.parametrize("kernel", ["linear", "rbf"])
+def test_a_spent_budget_keeps_the_first_herding_pick(kernel: str) -> None:
+    # The clock is read after the first pick: that pick stays first, the rest is random fill.
+    task = small_task(40)
+    spent = Budget(max_seconds=1e-9)
+    out = Herding(kernel=kernel).value(task, make_ctx(task, (0.5,), budget=spent))
+    check_selections(out, 40, (0.5,))
+    assert out.stats["complete"] is False and out.stats["greedy_picks"] == 1
+    assert out.selections[0.5][0] == herding_order(task_embeddings(task), 1, kernel)[0]
+
+
+def test_herding_order_refuses_an_unknown_kernel() -> None:
+    with pytest.raises(UsageError, match="kernel must be one of linear, rbf, got 'poly'"):
+        herding_order(np.zeros((3, 2)), 2, "poly")
+
+
+def test_herding_refuses_a_zero_rbf_width() -> None:
+    # gamma 0 makes every kernel value 1: no herding left to do.
+    with pytest.raises(UsageError, match=r"gamma=0.0 is not in \(0, inf\) or None"):
+        Herding(kernel="rbf", gamma=0.0)

@@ -140,3 +140,16 @@ def test_equally_far_points_are_taken_in_index_order() -> None:
     order, radius = kcenter_greedy(x, 4, first=0)
     assert order.tolist() == [0, 3, 1, 2]
     assert radius == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_class_without_picks_draws_no_first_centre(seed: int) -> None:
+    # Classes of 2 and 20 points, 5 picks: all five go to class 1 (2 / 0.5 = 4 stays below
+    # 20 / (4 + 0.5)), so the run's first draw is class 1's first centre; class 0, with no
+    # quota, must not spend a draw first.
+    y = np.repeat([0, 1], [2, 20])
+    task = points_task(np.random.default_rng(9).normal(size=(22, 2)), y, 2)
+    assert class_schedule(y, 2, 5).tolist() == [1] * 5
+    first = 2 + int(make_ctx(task, seed=seed).rng.integers(20))
+    out = KCenter(per_class=True).value(task, make_ctx(task, (0.2,), seed=seed))
+    assert out.selections[0.2][0] == first

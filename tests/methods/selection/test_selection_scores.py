@@ -260,3 +260,89 @@ def test_ccs_method_runs_with_its_own_difficulty_beta_and_strata() -> None:
     expected, info = ccs_sample(hardness, 15, 0.4, 4, make_ctx(task).rng)
     np.testing.assert_array_equal(out.selections[0.25], expected)
     assert info["pruned"] == out.stats["pruned"]["0.25"] == 24
+
+
+def test_uncertainty_entropy_counts_small_probabilities_and_margin_of_two_classes() -> None:
+    probs = np.array([[0.9999, 1e-4, 0.0], [0.7, 0.3, 0.0]])
+    expected = [
+        -(0.9999 * np.log(0.9999) + 1e-4 * np.log(1e-4)),
+        -(0.7 * np.log(0.7) + 0.3 * np.log(0.3)),
+    ]
+    np.testing.assert_allclose(uncertainty_scores(probs, "entropy"), expected, rtol=1e-12)
+    # Two classes: the margin is minus the gap between them, not 0.
+    np.testing.assert_allclose(uncertainty_scores(probs[:, :2], "margin"), [-0.9998, -0.4])
+
+
+def test_moderate_ranks_many_tied_distances_by_ascending_index() -> None:
+    # One class of forty on a line, values 1, -2, -1, 2 repeated: median 0, distances 1, 2
+    # alternating. Ranked stably the twenty at 1 (even indices) take ranks 0 .. 19 in index
+    # order and the twenty at 2 (odd) ranks 20 .. 39; the median rank is 19.5, so the band is
+    # ranks 19, 20 (indices 38, 1), then 18, 21 (36, 3), equal scores by ascending index.
+    x = np.tile([1.0, -2.0, -1.0, 2.0], 10)[:, None]
+    y = np.zeros(40, dtype=np.int64)
+    ranks = np.empty(40)
+    ranks[0::2], ranks[1::2] = np.arange(20), np.arange(20, 40)
+    np.testing.assert_allclose(moderate_scores(x, y, 1), -np.abs(ranks - 19.5) / 40)
+    task = points_task(x, y)
+    out = Moderate().value(task, make_ctx(task, (0.1,)))
+    assert out.selections[0.1].tolist() == [1, 38, 3, 36]
+
+
+def test_allocation_visits_strata_of_equal_size_in_index_order() -> None:
+    # Ten strata of 5 (even indices) and ten of 9 (odd), 25 points: floor(rest / left) is 1
+    # for the first fifteen strata visited (the 5s, then 9s at 1, 3, 5, 7, 9) and 2 for the
+    # last five (the 9s at 11 .. 19).
+    got = allocate(np.tile([5, 9], 10), 25)
+    expected = np.ones(20, dtype=np.int64)
+    expected[11::2] = 2
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_ccs_strata_edges_for_a_negative_maximum_and_a_point_on_an_edge() -> None:
+    # Negative maximum -1: the upper edge is -1 + 1e-4, bins 0.50005 wide, so -1.4997
+    # (0.5003 above the minimum) lies in the second bin.
+    np.testing.assert_array_equal(difficulty_strata(np.array([-2.0, -1.4997, -1.0]), 2), [0, 1, 1])
+    # Bins are half-open, [lo + i w, lo + (i + 1) w): a point exactly on the first inner edge
+    # (1.0001 / 2) opens the second bin, as in the original's code.
+    scores = np.array([0.0, 0.50005, 1.0])
+    members, _ = _original_strata_and_budgets(torch.from_numpy(scores), 2, 2)
+    assert members == [[0], [1, 2]]
+    np.testing.assert_array_equal(difficulty_strata(scores, 2), [0, 1, 1])
+
+
+def test_ccs_draws_each_stratum_at_random_not_its_hardest() -> None:
+    # One stratum, nothing pruned: each draw of 3 of 10 points is uniform, so over 20 seeds
+    # the draws differ and reach every point, the easiest included.
+    hardness = np.arange(10, dtype=np.float64)
+    draws = [
+        tuple(ccs_sample(hardness, 3, 0.0, 1, np.random.default_rng(s))[0].tolist())
+        for s in range(20)
+    ]
+    assert len(set(draws)) > 1
+    assert set(sum(draws, ())) == set(range(10))
+
+
+def test_difficulty_refuses_an_unknown_kind() -> None:
+    with pytest.raises(UsageError, match="difficulty must be one of el2n, margin, got 'aum'"):
+        difficulty(PROBS, np.zeros(4, dtype=np.int64), "aum")
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_ccs_gives_the_extra_point_to_the_last_of_equal_strata(seed: int) -> None:
+    # Three strata of two points (hardness 0, 1, 2), nothing pruned, 4 points: visited in
+    # index order they take 4 // 3 = 1, 3 // 2 = 1 and 2, so both hardest points are drawn.
+    hardness = np.array([0.0, 0.0, 1.0, 1.0, 2.0, 2.0])
+    chosen, _ = ccs_sample(hardness, 4, 0.0, 3, np.random.default_rng(seed))
+    assert {4, 5} <= set(chosen.tolist())
+    assert len({0, 1} & set(chosen.tolist())) == len({2, 3} & set(chosen.tolist())) == 1
+
+
+def test_ccs_prunes_exactly_floor_beta_n_points() -> None:
+    # n 10, beta 0.1: one point pruned (the hardest, 9), so a budget of 9 takes all the rest.
+    chosen, info = ccs_sample(np.arange(10.0), 9, 0.1, 3, np.random.default_rng(0))
+    assert info["pruned"] == 1 and chosen.tolist() == list(range(9))
+
+
+def test_ccs_refuses_no_strata() -> None:
+    with pytest.raises(UsageError, match=r"strata=0 is not in \[1, inf\)"):
+        CCS(strata=0)

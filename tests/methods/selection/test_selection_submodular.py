@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 from selection_helpers import check_selections, make_ctx, points_task, small_task
 
+from valbench import Budget
+from valbench.errors import UsageError
 from valbench.methods.selection import FacilityLocation, GraphCut, submodular
 from valbench.methods.selection._features import embeddings, task_embeddings
 from valbench.methods.selection.submodular import (
@@ -210,3 +212,30 @@ def test_graph_cut_method_runs_with_its_own_lam() -> None:
     expected = graph_cut_order(task_embeddings(task), 10, 0.3)[0].tolist()
     assert out.selections[0.5].tolist() == expected
     assert expected != graph_cut_order(task_embeddings(task), 10, 1.0)[0].tolist()
+
+
+def test_graph_cut_selects_per_class_by_default() -> None:
+    task = small_task(60)
+    default = GraphCut().value(task, make_ctx(task, (0.5,)))
+    per_class = GraphCut(per_class=True).value(task, make_ctx(task, (0.5,)))
+    everyone = GraphCut(per_class=False).value(task, make_ctx(task, (0.5,)))
+    np.testing.assert_array_equal(default.selections[0.5], per_class.selections[0.5])
+    assert not np.array_equal(default.selections[0.5], everyone.selections[0.5])
+
+
+@pytest.mark.parametrize("cls", [FacilityLocation, GraphCut])
+def test_a_spent_budget_keeps_the_greedy_pick_made_before_the_clock_is_read(cls: type) -> None:
+    # The clock is read after the first pick: that pick stays first, the rest is random fill.
+    x = np.random.default_rng(3).normal(size=(20, 2))
+    task = points_task(x)
+    spent = Budget(max_seconds=1e-9)
+    out = cls(per_class=False).value(task, make_ctx(task, (0.5,), budget=spent))
+    check_selections(out, 20, (0.5,))
+    assert out.stats["complete"] is False and out.stats["greedy_picks"] == 1
+    whole = cls(per_class=False).value(task, make_ctx(task, (0.5,)))
+    assert out.selections[0.5][0] == whole.selections[0.5][0]
+
+
+def test_embeddings_refuse_an_unknown_metric() -> None:
+    with pytest.raises(UsageError, match="metric must be one of euclidean, cosine, got 'l1'"):
+        embeddings(np.zeros((2, 2)), "l1")
