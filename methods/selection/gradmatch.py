@@ -154,12 +154,11 @@ class GradMatch(WeightedGreedySelector):
         self, task: ValuationTask, ctx: RunContext, k: int
     ) -> tuple[np.ndarray, dict[str, Any], Callable[[np.ndarray], np.ndarray]]:
         grads = training_gradients(task)
-        filled = 0
         weight_sum = 0.0
         picked = np.zeros(task.n_train, dtype=bool)  # chosen by OMP, not by the random fill
 
         def group(rows: np.ndarray, kc: int, stopper: Stopper) -> np.ndarray:
-            nonlocal filled, weight_sum
+            nonlocal weight_sum
             g = grads.subset(rows)
             support, w = omp(
                 g,
@@ -171,7 +170,6 @@ class GradMatch(WeightedGreedySelector):
                 stopper=stopper,
             )
             weight_sum += float(w.sum())
-            filled += kc - len(support)
             picked[rows[support]] = True
             return fill_order(support, len(rows), kc, ctx.rng)
 
@@ -187,7 +185,10 @@ class GradMatch(WeightedGreedySelector):
             return weights
 
         order, complete = self.per_class_order(task, ctx, k, group)
-        stats = {"random_fill": filled, "weight_sum": weight_sum, "complete": complete}
+        # Every selected point OMP did not choose, in the classes it ran in and in those the
+        # budget stopped it before (filled at random by per_class_order).
+        random_fill = int(len(order) - picked[order].sum())
+        stats = {"random_fill": random_fill, "weight_sum": weight_sum, "complete": complete}
         return order, stats, weigh
 
 

@@ -559,3 +559,16 @@ def test_gradmatch_on_a_spent_budget_keeps_one_omp_pick_and_fills_the_rest() -> 
     )
     assert weights[0] != 1.0
     np.testing.assert_array_equal(weights[1:], np.ones(29))
+
+
+def test_gradmatch_counts_the_classes_its_budget_left_unmatched_as_random_fill() -> None:
+    """With the time budget spent, class 0 gets one OMP pick and classes 1 and 2 none: 29 of
+    the 30 selected points are random, and random_fill said 9 (the classes OMP ran in)."""
+    from valbench import RunContext
+
+    task = small_task(60)
+    ctx = RunContext.for_task(task, fractions=(0.5,), budget=Budget(max_seconds=1e-9))
+    out = GradMatch().value(task, ctx)
+    assert not out.complete
+    picks = len(out.selections[0.5])
+    assert out.stats["random_fill"] == picks - 1 == 29
