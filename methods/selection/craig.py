@@ -66,15 +66,9 @@ class Craig(WeightedGreedySelector):
         self, task: ValuationTask, ctx: RunContext, k: int
     ) -> tuple[np.ndarray, dict[str, Any], Callable[[np.ndarray], np.ndarray]]:
         grads = training_gradients(task)
-        weight_sum = 0.0
 
         def group(rows: np.ndarray, kc: int, stopper: Stopper) -> np.ndarray:
-            nonlocal weight_sum
-            g = grads.subset(rows)
-            order = facility_location_order(g, kc, stopper)[0]
-            if len(order):
-                weight_sum += float(craig_weights(g, order).sum())
-            return order
+            return facility_location_order(grads.subset(rows), kc, stopper)[0]
 
         def weigh(prefix: np.ndarray) -> np.ndarray:
             weights = np.empty(len(prefix))
@@ -86,4 +80,7 @@ class Craig(WeightedGreedySelector):
             return weights
 
         order, complete = self.per_class_order(task, ctx, k, group)
+        # The weights the largest selection trains with, a class the budget left to the
+        # random fill included (summing the greedy's classes alone undercounted it).
+        weight_sum = float(weigh(order).sum())
         return order, {"weight_sum": weight_sum, "complete": complete}, weigh

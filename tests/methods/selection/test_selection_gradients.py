@@ -572,3 +572,15 @@ def test_gradmatch_counts_the_classes_its_budget_left_unmatched_as_random_fill()
     assert not out.complete
     picks = len(out.selections[0.5])
     assert out.stats["random_fill"] == picks - 1 == 29
+
+
+def test_craig_weight_sum_is_that_of_the_weights_its_largest_selection_trains_with() -> None:
+    """With the time budget spent, classes 1 and 2 are filled at random and weighted by their
+    clusters like any pick; weight_sum counted the greedy's classes only (20 of 60)."""
+    from valbench import RunContext
+
+    task = small_task(60)
+    ctx = RunContext.for_task(task, fractions=(0.5,), budget=Budget(max_seconds=1e-9))
+    out = Craig().value(task, ctx)
+    assert not out.complete
+    assert out.stats["weight_sum"] == out.selection_weights[0.5].sum() == 60.0
