@@ -1490,3 +1490,159 @@ def test_accuracy_and_log_loss_check_the_labels_they_score() -> None:
             score(params, x[:4], np.array([1]))
         with pytest.raises(UsageError, match=r"labels must lie in \[0, 3\), got 0..5"):
             score(params, x[:4], np.array([0, 1, 2, 5]))
+
+
+# -- mutation hunt, second round: what the tests above left open ---------------------------------
+
+
+@pytest.mark.parametrize(("given", "field"), [("logreg:l2=inf", "l2"), ("mlp:lr=inf", "lr")])
+def test_an_infinite_l2_or_learning_rate_is_refused(given: str, field: str) -> None:
+    # inf passes "> 0" and ">= 0": only the finiteness check stops a run training with it.
+    with pytest.raises(UsageError, match=f"^model {field} must be a finite number .* got inf$"):
+        ModelSpec.parse(given)
+
+
+def test_the_smallest_valid_values_of_each_bound_are_accepted() -> None:
+    # The bounds are the documented ones: l2 >= 0 (no penalty), hidden >= 1.
+    assert ModelSpec.parse("logreg:l2=0").l2 == 0.0
+    one = ModelSpec.parse("mlp:hidden=1,epochs=2")
+    assert one.hidden == 1
+    x, y = blobs(n=12, d=2)
+    clf = one.build(2, 3, seed=0)
+    assert clf.fit(x, y, np.ones((1, 12), dtype=bool))["W1"].shape == (1, 2, 1)
+
+
+def test_empty_items_of_a_model_string_are_skipped() -> None:
+    # "--model logreg:tol=1e-5," (a trailing comma) names the same model as without it.
+    assert ModelSpec.parse("logreg:tol=1e-5,") == ModelSpec(tol=1e-5)
+    assert ModelSpec.parse("mlp:hidden=8,,epochs=3") == ModelSpec(kind="mlp", hidden=8, epochs=3)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_each_model_of_a_batch_trains_from_its_own_start(kind: str) -> None:
+    # A batch of starts (one per model) is not read as one start broadcast: model b of the
+    # batch is the fit from start b alone.
+    x, y = blobs(n=30, d=3, spread=1.0)
+    spec = ModelSpec(solver="adam", lr=0.1) if kind == "logreg" else ModelSpec(kind="mlp")
+    clf = spec.build(3, 3, seed=0)
+    gen = torch.Generator().manual_seed(0)
+    starts = Params(
+        kind,
+        {
+            k: torch.randn(v.shape, generator=gen, dtype=v.dtype)
+            for k, v in clf.init_params(2).tensors.items()
+        },
+    )
+    masks = np.ones((2, 30), dtype=bool)
+    together = clf.fit(x, y, masks, init=starts, epochs=3)
+    for b in range(2):
+        alone = clf.fit(x, y, masks[:1], init=starts.select(b), epochs=3)
+        for name, value in alone.tensors.items():
+            torch.testing.assert_close(together[name][b : b + 1], value, rtol=0, atol=1e-6)
+    first = next(iter(together.tensors))
+    assert not torch.allclose(together[first][0], together[first][1])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_sample_weights_outside_a_models_subset_are_ignored(kind: str) -> None:
+    # Model b minimises the weighted mean loss over its own subset: a positive weight on a
+    # row the mask leaves out must not bring that row in.
+    x, y = blobs(n=40, d=3, spread=1.0)
+    masks = np.zeros((2, 40), dtype=bool)
+    masks[0, :25] = True
+    masks[1, 15:] = True
+    weights = np.random.default_rng(3).uniform(0.5, 2.0, size=(2, 40))
+    clf = ModelSpec.parse(kind, epochs=20 if kind == "mlp" else None).build(3, 3, seed=0)
+    got = clf.fit(x, y, masks, sample_weight=weights).numpy()
+    want = clf.fit(x, y, masks, sample_weight=weights * masks).numpy()
+    for name, value in want.items():
+        np.testing.assert_allclose(got[name], value, rtol=0, atol=1e-7)
+
+
+def test_accuracy_is_the_share_of_rows_whose_largest_logit_is_the_label() -> None:
+    # A hand-set logreg on one feature: class 1 where x > 0, else class 0 (logits 0 and x).
+    clf = ModelSpec().build(1, 2, seed=0)
+    params = Params(
+        "logreg",
+        {
+            "W": torch.tensor([[[0.0, 1.0]], [[0.0, -1.0]]], dtype=torch.float64),
+            "b": torch.zeros(2, 2, dtype=torch.float64),
+        },
+    )
+    x = np.array([[-2.0], [-1.0], [1.0], [2.0]])
+    y = np.array([0, 0, 1, 0])
+    np.testing.assert_array_equal(clf.predict(params, x), [[0, 0, 1, 1], [1, 1, 0, 0]])
+    assert clf.accuracy(params, x, y).tolist() == [0.75, 0.25]
+
+
+def test_a_loose_fit_the_float32_phase_leaves_non_finite_restarts_from_its_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # At tol >= 1e-5 no Newton step follows the float32 phase: a NaN model from it would go
+    # straight to float64 L-BFGS, whose stopping test (NaN > tol is False) would return it.
+    x, y = _noisy_blobs()
+    masks = np.random.default_rng(6).random((3, 300)) < 0.5
+    clf = ModelSpec(tol=1e-4).build(6, 4, seed=0)
+    rough_fit = BatchedClassifier.fit
+
+    def poisoned(self: BatchedClassifier, *args: Any, **kwargs: Any) -> Params:
+        out = rough_fit(self, *args, **kwargs)
+        if self.dtype == torch.float32:  # the float32 phase: model 1 goes to NaN
+            out.tensors["W"][1] = float("nan")
+        return out
+
+    monkeypatch.setattr(BatchedClassifier, "fit", poisoned)
+    got = clf.fit(x, y, masks)
+    assert bool(torch.isfinite(got["W"]).all() and torch.isfinite(got["b"]).all())
+    grads = clf.gradients(got.select(1), x, y, masks[1:2])
+    assert max(float(g.abs().max()) for g in grads.values()) <= 1e-4
+
+
+def test_params_concat_keeps_the_parts_in_order() -> None:
+    # The utility engine fits a batch in chunks and joins them: model i must stay model i.
+    x, y = blobs(n=30)
+    clf = small_spec("logreg", solver="adam", lr=0.1, epochs=3).build(4, 3, seed=0)
+    params = clf.fit(x, y, [range(10), range(20), range(30)])
+    joined = Params.concat([params.select(0), params.select([1, 2])])
+    assert joined.batch_size == 3
+    for name, value in params.tensors.items():
+        assert torch.equal(joined[name], value), name
+
+
+def test_a_deep_models_given_lr_and_l2_reach_the_recipe_it_trains_with() -> None:
+    # The deep classifier trains from spec.recipe: an l2 kept on the spec but not in the
+    # recipe would be recorded as the run's setting and never applied.
+    from valbench.nets import Recipe
+
+    got = ModelSpec.parse("cnn:l2=0.01,lr=0.002").recipe
+    assert got == Recipe("adam", 0.002, "constant", 0.0, 0.01, 64, 8)
+    assert ModelSpec.parse("resnet18:l2=0").recipe.weight_decay == 0.0
+
+
+def test_an_mlp_of_two_classes_reports_the_solver_it_trains_with() -> None:
+    # Newton is logreg's two-class solver: an MLP of two classes still trains by Adam.
+    spec = ModelSpec(kind="mlp")
+    assert spec.solver_for(2, 4) == "adam"
+    assert spec.build(4, 2, seed=0).solver == "adam"
+
+
+def test_two_class_newton_with_sample_weights_is_sklearns_weighted_logistic_regression() -> None:
+    # Two classes: w0 = -β/2, w1 = β/2, so the penalty l2/2 (|w0|² + |w1|²) is l2/4 |β|², and
+    # sum s_i ce_i / sum s_i + l2/4 |β|² is sklearn's C sum s_i ce_i + |β|²/2 at
+    # C = 2 / (l2 sum s_i).
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    x, y = load_breast_cancer(return_X_y=True)
+    x, y = StandardScaler().fit_transform(x[:120, :8]), y[:120]
+    weights = np.random.default_rng(0).uniform(0.2, 3.0, size=120)
+    spec = ModelSpec(tol=1e-10)
+    clf = spec.build(8, 2, seed=0)
+    assert clf.solver == "newton"
+    ours = clf.predict_proba(
+        clf.fit(x, y, np.ones((1, 120), dtype=bool), sample_weight=weights[None]), x
+    )
+    sk = LogisticRegression(C=2.0 / (spec.l2 * weights.sum()), tol=1e-12, max_iter=10000)
+    sk.fit(x, y, sample_weight=weights)
+    np.testing.assert_allclose(ours[0], sk.predict_proba(x), rtol=0, atol=1e-6)
