@@ -34,8 +34,10 @@ RUN = ["run", "--methods", "random", "--datasets", "synthetic", "--seeds", "1"]
     ("flags", "message"),
     [
         # two rates equal to 6 digits would share a cell id: one cell overwriting the other
-        (["--noise", "0.01234649,0.01234651"], "--noise lists 0.0123465 more than once"),
-        (["--noise", "0.1,0.1000001"], "--noise lists 0.1 more than once"),
+        # Rates that cells would name alike (6 significant digits): refused for their digits.
+        (["--noise", "0.01234649,0.01234651"], "--noise value 0.01234649 has more significant"),
+        (["--noise", "0.1,0.1000001"], "--noise value 0.1000001 has more significant digits"),
+        (["--noise", "0.1,0.1"], "--noise lists 0.1 more than once"),
         (["--noise", ""], "--noise is empty"),
         # an unset shell variable must not lift a preset's budget or caps
         (["--budget", ""], "--budget is empty"),
