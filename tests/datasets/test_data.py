@@ -449,3 +449,13 @@ def test_labels_of_more_than_one_dimension_are_refused() -> None:
     # a split reads as labels.
     with pytest.raises(DatasetError, match=r"labels must be a 1-D array, got shape \(10, 1\)"):
         inject_label_noise(np.zeros((10, 1), dtype=int), 0.2, 2, np.random.default_rng(0))
+
+
+# ------------------------------------------------ mutation-hunt additions, round 51
+
+
+def test_the_class_count_given_is_kept_when_the_last_classes_have_no_rows() -> None:
+    # Five classes declared, labels 0..2 only: the splits are of a five-class problem (a
+    # model's output layer, the noise targets), not of the three classes seen.
+    x, y = _data()
+    assert stratified_splits(x, y, seed=0, n_classes=5).n_classes == 5

@@ -396,3 +396,54 @@ def test_extract_members_says_an_unreadable_archive_is_one(tmp_path: Path, data:
     with pytest.raises(ValueError, match=r"^not a readable tar archive \("):
         _download.extract_members(_archive(tmp_path, data), "d", {"x"}, tmp_path / "into")
     assert not (tmp_path / "into").exists()
+
+
+def test_a_sha256_prefix_is_matched_at_the_start_of_the_digest_only(tmp_path: Path) -> None:
+    # The prefix a checkpoint's name carries is the digest's first characters: the same
+    # characters found further in (another file's digest) are no match.
+    body = b"not the checkpoint"
+    digest = hashlib.sha256(body).hexdigest()
+    with serve({"/f/w.pth": body}) as srv:
+        with pytest.raises(_download.DownloadError, match=f"does not start with {digest[8:16]}"):
+            _download.fetch([f"{srv.url}/f/w.pth"], tmp_path / "w.pth", sha256_prefix=digest[8:16])
+        assert list(tmp_path.iterdir()) == []
+        got = _download.fetch([f"{srv.url}/f/w.pth"], tmp_path / "w.pth", sha256_prefix=digest[:8])
+    assert got.read_bytes() == body
+
+
+def test_an_md5_differing_only_past_its_first_characters_is_refused(tmp_path: Path) -> None:
+    body = b"a copy altered past its header"
+    real = _md5(body)
+    near = real[:16] + ("0" if real[16] != "0" else "1") + real[17:]
+    with serve({"/f/blob.bin": body}) as srv:
+        with pytest.raises(_download.DownloadError, match=f"md5 {real} differs from the expected"):
+            _download.fetch([f"{srv.url}/f/blob.bin"], tmp_path / "blob.bin", md5=near)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_multi_line_network_reason_is_folded_into_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import urllib.error
+
+    def unreachable(*args: object, **kwargs: object) -> None:
+        raise urllib.error.URLError("name resolution failed\n  try again later")
+
+    monkeypatch.setattr(_download.urllib.request, "urlopen", unreachable)
+    with pytest.raises(_download.DownloadError) as err:
+        _download.fetch(["http://mirror.invalid/blob.bin"], tmp_path / "blob.bin")
+    assert str(err.value).endswith("blob.bin: name resolution failed try again later)")
+
+
+def test_a_verified_download_is_renamed_into_place_not_copied(tmp_path: Path) -> None:
+    # A rename is atomic: a reader sees the old name absent or the whole file, never a copy
+    # in progress. The file checked is the very file (inode) that lands at the name.
+    checked: list[int] = []
+    with serve({"/f/blob.bin": b"payload"}) as srv:
+        dest = _download.fetch(
+            [f"{srv.url}/f/blob.bin"],
+            tmp_path / "blob.bin",
+            check=lambda tmp: checked.append(tmp.stat().st_ino),
+        )
+    assert dest.read_bytes() == b"payload" and [dest.stat().st_ino] == checked
+    assert [p.name for p in tmp_path.iterdir()] == ["blob.bin"]

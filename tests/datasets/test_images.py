@@ -770,7 +770,11 @@ def test_pca_with_other_features_is_refused() -> None:
         ({"cnn_epochs": 3}, "cnn_epochs=3 is read only with features=cnn, not with features=raw"),
         ({"cnn_dim": 8, "features": "pretrained"}, "cnn_dim=8 is read only with features=cnn"),
         ({"pretrained_size": 64, "features": "cnn"}, "pretrained_size=64 is read only with"),
-        ({"cache_features": False}, "features=cnn or features=pretrained, not with features=raw"),
+        (
+            {"cache_features": False},
+            "cache_features=false is read only with features=cnn or features=pretrained, not "
+            "with features=raw",
+        ),
     ],
 )
 def test_a_parameter_the_features_never_read_is_refused(params: dict, message: str) -> None:
@@ -830,3 +834,174 @@ def test_raw_image_features_are_what_their_pixel_shape_says(isolated: Path) -> N
     for cls, shape in ((FashionMNISTDataset, (1, 28, 28)), (CIFAR10Dataset, (3, 32, 32))):
         assert cls(n_val=10).pixel_shape() == shape
         dict(dataset_checks(cls, {"n_val": 10}, max_train=24))["pixels_match_pixel_shape"]()
+
+
+# ------------------------------------------------ mutation-hunt additions, round 51 (datasets/)
+
+
+def test_an_idx_file_of_an_unknown_type_code_is_named_bad_magic(tmp_path: Path) -> None:
+    # Type code 0x07 is none of the format's: the file is refused in one line naming it,
+    # not a KeyError from the type table.
+    path = tmp_path / "train-labels-idx1-ubyte"
+    path.write_bytes(b"\x00\x00\x07\x01" + (2).to_bytes(4, "big") + b"\x00\x01")
+    with pytest.raises(DatasetError, match=r"train-labels-idx1-ubyte: not an IDX file"):
+        read_idx(path)
+
+
+@pytest.mark.parametrize("width", [100, 1024])
+def test_a_cifar10_batch_of_another_row_width_is_refused(tmp_path: Path, width: int) -> None:
+    # 100 bytes a row cannot be 3x32x32 images at all; 1024 (grey 32x32) would be read as a
+    # third as many colour images. Both are named as the wrong shape.
+    from valbench.datasets._images import _read_cifar_batch
+
+    path = tmp_path / "data_batch_1"
+    batch = {b"data": np.zeros((6, width), dtype=np.uint8), b"labels": [0, 1] * 3}
+    path.write_bytes(pickle.dumps(batch, protocol=2))
+    with pytest.raises(DatasetError, match=rf"has shape \(6, {width}\) .*expected \(n, 3072\)"):
+        _read_cifar_batch(path)
+
+
+def test_a_checked_cifar10_download_names_the_batch_without_the_advice_to_delete_it(
+    tmp_path: Path,
+) -> None:
+    # check_cifar10_dir judges a download still in staging: the loader's advice (delete the
+    # file so valbench downloads a fresh copy) means nothing there.
+    from valbench.datasets._images import check_cifar10_dir
+
+    folder = tmp_path / "cifar-10-batches-py"
+    write_cifar(folder)
+    crafted = {b"data": _Payload(print, "x"), b"labels": [0]}
+    (folder / "data_batch_2").write_bytes(pickle.dumps(crafted, protocol=2))
+    with pytest.raises(ValueError) as err:
+        check_cifar10_dir(folder)
+    msg = str(err.value)
+    assert msg.startswith("data_batch_2: not a genuine CIFAR-10 batch")
+    assert msg.endswith("(a tampered or foreign file; nothing was run)")
+
+
+@pytest.mark.parametrize("protocol", [3, 4, 5])
+def test_a_batch_of_a_newer_pickle_protocol_that_runs_code_is_refused(
+    tmp_path: Path, protocol: int
+) -> None:
+    # Protocol 2 names exec as __builtin__.exec; protocols 3+ as builtins.exec: neither runs.
+    from valbench.datasets._images import _read_cifar_batch
+
+    marker = tmp_path / "pwned"
+    payload = _Payload(exec, f"open({str(marker)!r}, 'w').close()")
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(pickle.dumps({b"data": payload, b"labels": [0]}, protocol=protocol))
+    with pytest.raises(DatasetError, match=r"not a genuine CIFAR-10 batch: .*builtins\.exec"):
+        _read_cifar_batch(path)
+    assert not marker.exists()
+
+
+def test_a_feature_cache_write_that_fails_leaves_no_temporary_file(
+    isolated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The write fails after the temporary file exists (here: making it shareable): the
+    # features are used all the same and nothing half-written stays in the cache folder.
+    from valbench.datasets import _images
+
+    def refuse(path: Any) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    make_idx_dir(isolated / "fashion-mnist")
+    monkeypatch.setattr(_images, "make_shareable", refuse)
+    kw = {"features": "cnn", "n_val": 20, "cnn_epochs": 1, "cnn_dim": 4, "cnn_width": 2}
+    s = FashionMNISTDataset(**kw).load(seed=0)
+    assert s.x_train.shape == (N_TRAIN - 20, 4)
+    assert list((isolated / "features" / "fashion-mnist").iterdir()) == []
+
+
+def test_pca_features_are_no_pixels_and_their_pixel_variant_drops_pca() -> None:
+    ds = FashionMNISTDataset(pca=5, n_val=20)
+    assert ds.pixel_shape() is None
+    changes = ds.pixel_params()
+    assert changes is not None and changes["pca"] is None and changes["features"] == "raw"
+    assert FashionMNISTDataset(**{"pca": 5, "n_val": 20, **changes}).pixel_shape() == (1, 28, 28)
+
+
+def test_only_cnn_features_are_learned_from_the_training_labels() -> None:
+    # pretrained and raw features ignore the labels: one copy serves every noise draw.
+    assert FashionMNISTDataset(features="cnn").features_use_labels()
+    assert not FashionMNISTDataset(features="pretrained").features_use_labels()
+    assert not FashionMNISTDataset().features_use_labels()
+
+
+def test_cnn_features_standardize_each_colour_channel_on_its_own() -> None:
+    # The green channel halved and lifted by 10 grey levels is the same image once each
+    # channel is standardized by its own mean and deviation: the same features.
+    from valbench.datasets._images import _cnn_features
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 128, size=(40, 3, 16, 16), dtype=np.uint8)
+    x[:, 1] *= 2
+    shifted = x.copy()
+    shifted[:, 1] = x[:, 1] // 2 + 10
+    y = np.arange(40) % 2
+    kw = {"n_classes": 2, "seed": 0, "epochs": 1, "dim": 4, "width": 2}
+    a = _cnn_features(x, y, [], **kw)[0]
+    b = _cnn_features(shifted, y, [], **kw)[0]
+    assert np.abs(a).max() > 0.01
+    np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_the_feature_cache_may_be_turned_off_beside_pretrained_features() -> None:
+    # cache_features is read by cnn and by pretrained features: off is refused only beside raw.
+    assert not FashionMNISTDataset(features="pretrained", cache_features=False).cache_features
+    assert not FashionMNISTDataset(features="cnn", cache_features=False).cache_features
+
+
+def test_cifar10_batch_asking_for_utf8_text_is_refused_unrun(tmp_path: Path) -> None:
+    # Only latin-1, the codec protocol 2 writes byte strings with: utf-8 would turn each
+    # byte above 127 into two and misread the pixels.
+    import codecs
+
+    from valbench.datasets._images import _read_cifar_batch
+
+    class Utf8:
+        def __reduce__(self) -> tuple:
+            return (codecs.encode, ("\xff" * 3072, "utf-8"))
+
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(pickle.dumps({b"data": Utf8(), b"labels": [0]}, protocol=2))
+    with pytest.raises(DatasetError, match=r"not a genuine CIFAR-10 batch: .*'utf-8' codec"):
+        _read_cifar_batch(path)
+
+
+def test_a_feature_cache_not_yet_written_is_no_unreadable_one(
+    isolated: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The first load computes and writes the features: no warning of a cache it could not read.
+    make_idx_dir(isolated / "fashion-mnist")
+    kw = {"features": "cnn", "n_val": 20, "cnn_epochs": 1, "cnn_dim": 4, "cnn_width": 2}
+    FashionMNISTDataset(**kw).load(seed=0)
+    assert "unreadable feature cache" not in caplog.text
+    assert len(list((isolated / "features" / "fashion-mnist").glob("*.npz"))) == 1
+
+
+def test_a_feature_cache_holding_pickled_objects_is_never_unpickled(
+    isolated: Path, tmp_path: Path
+) -> None:
+    # A cache file is data only: one whose config is a pickled object (a tampered or foreign
+    # file) is ignored and rewritten, never unpickled (which would run what it names).
+    make_idx_dir(isolated / "fashion-mnist")
+    kw = {"features": "cnn", "n_val": 20, "cnn_epochs": 1, "cnn_dim": 4, "cnn_width": 2}
+    want = FashionMNISTDataset(**kw).load(seed=0)
+    (cached,) = (isolated / "features" / "fashion-mnist").glob("*.npz")
+    marker = tmp_path / "pwned"
+    payload = np.array([_Payload(exec, f"open({str(marker)!r}, 'w').close()")], dtype=object)
+    with open(cached, "wb") as f:
+        np.savez(f, config=payload, x_train=want.x_train, x_val=want.x_val, x_test=want.x_test)
+    got = FashionMNISTDataset(**kw).load(seed=0)
+    assert not marker.exists()
+    np.testing.assert_allclose(got.x_train, want.x_train, atol=1e-5)
+
+
+def test_a_cache_key_tells_apart_splits_that_differ_only_at_their_boundary() -> None:
+    # Rows [1, 2] | [3] and [1] | [2, 3]: the same numbers in a row, other train and val
+    # splits, so other features.
+    from valbench.datasets._images import _fingerprint
+
+    a = _fingerprint(np.array([1, 2]), np.array([3]))
+    assert a != _fingerprint(np.array([1]), np.array([2, 3]))

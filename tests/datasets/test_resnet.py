@@ -359,3 +359,54 @@ def test_a_data_directory_that_cannot_hold_the_weights_is_one_line(
         _resnet.load_resnet18(blocker / "data")
     msg = str(err.value)
     assert "\n" not in msg and "(download failed: [Errno 20] Not a directory: " in msg
+
+
+# ------------------------------------------------ mutation-hunt additions, round 51 (datasets/)
+
+
+def test_a_download_matching_its_sha256_prefix_but_no_checkpoint_is_not_kept(
+    data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The prefix is 8 hex digits: the content is loaded before the rename, so a file that
+    # matches it and holds no checkpoint never lands where the next run would load it.
+    junk = b"an error page, not weights"
+    name = f"resnet18-{hashlib.sha256(junk).hexdigest()[:8]}.pth"
+    monkeypatch.setattr(_resnet, "WEIGHTS_FILE", name)
+    with serve({f"/m/{name}": junk}) as srv:
+        monkeypatch.setitem(_download.MIRRORS, "resnet18", [f"{srv.url}/m/"])
+        with pytest.raises(DatasetError, match="download failed: .*not a torch checkpoint"):
+            _resnet.load_resnet18(data)
+    assert not (data / "models").exists() or not any((data / "models").iterdir())
+
+
+def test_a_checkpoint_that_runs_code_is_refused_not_run(data: Path, tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self) -> tuple:
+            return (exec, (f"open({str(marker)!r}, 'w').close()",))
+
+    path = data / "models" / _resnet.WEIGHTS_FILE
+    path.parent.mkdir(parents=True)
+    torch.save({"conv1.weight": Payload()}, path)
+    with pytest.raises(DatasetError, match=f"{path}: not a torch checkpoint"):
+        _resnet.load_resnet18(data)
+    assert not marker.exists()
+
+
+def test_a_checkpoint_holding_no_state_dict_is_named(data: Path) -> None:
+    path = data / "models" / _resnet.WEIGHTS_FILE
+    path.parent.mkdir(parents=True)
+    torch.save([torch.zeros(2)], path)
+    with pytest.raises(DatasetError, match=f"{path}: holds a list, not a state dict; delete it"):
+        _resnet.load_resnet18(data)
+
+
+def test_weights_are_never_downloaded_when_downloads_are_off(
+    data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with serve({}) as srv:
+        monkeypatch.setitem(_download.MIRRORS, "resnet18", [f"{srv.url}/m/"])
+        with pytest.raises(DatasetError, match=r"\(downloads are off\)"):
+            _resnet.load_resnet18(data, download=False)
+        assert srv.hits == []

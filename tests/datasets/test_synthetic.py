@@ -221,3 +221,32 @@ def test_dense_clusters_sit_at_2_25_times_the_centre_radius_with_the_spread_aske
 def test_ten_samples_per_class_is_enough() -> None:
     s = SyntheticDataset(n_samples=30).load(seed=0)
     assert len(s.y_train) + len(s.y_val) + len(s.y_test) == 30
+
+
+# ------------------------------------------------ mutation-hunt additions, round 51 (datasets/)
+
+
+def test_same_seed_same_points_across_versions() -> None:
+    # The points a seed draws are part of every number a run on them reports: a change of
+    # random stream (the generator's spawn key, shared with the split's stream) changes them.
+    # Recorded 2026-12-05.
+    x, y, cid = SyntheticDataset(n_samples=30).generate(4)
+    np.testing.assert_allclose(
+        x[:3], [[4.0094, 2.0642], [-3.7606, 2.4388], [-3.7695, 2.4652]], atol=1e-4
+    )
+    assert y[:6].tolist() == [0, 1, 1, 1, 0, 1] and cid[:6].tolist() == [0, 2, 2, -1, -1, -1]
+    s = SyntheticDataset(n_samples=30).load(seed=4)
+    assert s.train_rows[:6].tolist() == [19, 12, 28, 9, 10, 18]
+    assert s.val_rows.tolist() == [24, 7, 27, 3, 5, 0]
+
+
+def test_cluster_angles_scale_with_the_class_count() -> None:
+    # K = 4: the clusters sit at phi_k + (0.45, 0.75) * pi / 4, short of the boundary at
+    # phi_k + pi / 4 (offsets of pi / 3, right only at K = 3, would cross it).
+    k = 4
+    x, y, cid = SyntheticDataset(n_classes=k, n_samples=800).generate(1)
+    for c in range(k):
+        ids = np.unique(cid[(cid >= 0) & (y == c)])
+        centres = np.stack([x[cid == i].mean(axis=0) for i in ids])
+        offset = np.mod(np.arctan2(centres[:, 1], centres[:, 0]) - 2 * np.pi * c / k, 2 * np.pi)
+        np.testing.assert_allclose(np.sort(offset) * k / np.pi, [0.45, 0.75], atol=1e-2)
