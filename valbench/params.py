@@ -391,7 +391,10 @@ def check_params(
     # Rules that tie parameters together (each valid alone) are the class's own.
     joint = getattr(cls, "params_problem", None)
     if callable(joint):
-        problem = joint({key: params.get(key, spec.default) for key, spec in specs.items()})
+        # As assign_params stores them: a numpy scalar as its Python number (a rule asking
+        # isinstance(v, int) skipped np.int64(25)).
+        given = {key: params.get(key, spec.default) for key, spec in specs.items()}
+        problem = joint({k: v.item() if isinstance(v, np.generic) else v for k, v in given.items()})
         if problem is not None:
             raise UsageError(f"{kind} {name!r}: {problem}")
 

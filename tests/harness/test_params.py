@@ -709,3 +709,17 @@ def test_a_subclass_that_documents_every_parameter_keeps_its_docstring_as_writte
         __doc__ = doc
 
     assert Own.__doc__ == doc
+
+
+def test_joint_rules_see_numpy_scalars_as_the_numbers_they_are_stored_as() -> None:
+    """SyntheticDataset(n_samples=np.int64(25)) passed its 10-per-class rule (which asks for
+    an int) and loaded 15 training rows; WineDataset's shares summing past 1 as float32 too."""
+    import numpy as np
+
+    from valbench.datasets.sklearn_bundled import WineDataset
+    from valbench.datasets.synthetic import SyntheticDataset
+
+    with pytest.raises(UsageError, match=r"n_samples must be >= 10 \* n_classes = 30, got 25"):
+        SyntheticDataset(n_samples=np.int64(25))
+    with pytest.raises(UsageError, match="leave no rows for training"):
+        WineDataset(val_fraction=np.float32(0.6), test_fraction=np.float32(0.6))
