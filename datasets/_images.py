@@ -486,6 +486,9 @@ class ImageDataset(Dataset):
     default_n_val: ClassVar[int | None] = None
     #: Shape (C, H, W) of one image.
     image_shape: ClassVar[tuple[int, int, int]] = (1, 28, 28)
+    #: Declared parameters this dataset never reads, and why: a value other than the default
+    #: is refused (it would be recorded and do nothing).
+    unused_params: ClassVar[dict[str, str]] = {}
 
     parameters = {
         "features": Param(
@@ -582,6 +585,11 @@ class ImageDataset(Dataset):
     def params_problem(cls, values: dict[str, Any]) -> str | None:
         """The base rule, then: a parameter the chosen features never read (``pca`` beside
         ``cnn`` features, ``cnn_epochs`` beside ``raw``) set to other than its default."""
+        for key, why in cls.unused_params.items():
+            if key in cls.parameters and values.get(key, cls.parameters[key].default) != (
+                cls.parameters[key].default
+            ):
+                return f"{key}={toml_value(values[key])} is not used by {cls.name}: {why}"
         problem = super().params_problem(values)
         if problem is not None:
             return problem

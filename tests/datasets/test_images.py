@@ -786,6 +786,21 @@ def test_a_parameter_the_features_never_read_is_refused(params: dict, message: s
     FashionMNISTDataset(features="raw", cnn_epochs=8, pretrained_size=224, cache_features=True)
 
 
+def test_a_parameter_the_dataset_never_reads_is_refused() -> None:
+    """fashion-mnist's val_fraction (n_val has a fixed default) and test_fraction (it has a
+    test set) were recorded and did nothing, and test_fraction=0.9 was refused as leaving no
+    rows for training; mnist-5k's root likewise."""
+    from valbench.datasets.packaged import MNIST5kDataset
+
+    with pytest.raises(UsageError, match="val_fraction=0.3 is not used by fashion-mnist"):
+        FashionMNISTDataset(val_fraction=0.3)
+    with pytest.raises(UsageError, match="test_fraction=0.9 is not used by fashion-mnist: the"):
+        FashionMNISTDataset(test_fraction=0.9)
+    with pytest.raises(UsageError, match='root="/x" is not used by mnist-5k'):
+        MNIST5kDataset(root="/x")
+    assert MNIST5kDataset(val_fraction=0.3).val_fraction == 0.3  # read there
+
+
 def test_the_pixel_variant_of_cnn_features_drops_their_parameters() -> None:
     params = {"features": "cnn", "cnn_epochs": 2, "cnn_dim": 4, "n_val": 20}
     changes = FashionMNISTDataset(**params).pixel_params()
