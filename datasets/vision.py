@@ -27,6 +27,7 @@ from valbench.datasets._images import (
     CIFAR10_TRAIN,
     IDX_FILES,
     ImageDataset,
+    _refuse_dangling,
     check_cifar10_dir,
     check_idx_download,
     find_idx_dir,
@@ -268,6 +269,9 @@ class CIFAR10Dataset(_SearchedDataset):
     @classmethod
     def _find(cls, candidates: list[Path]) -> Path | None:
         for directory in candidates:
+            # A link that leads nowhere is said as such, as for the IDX sets.
+            for path in (directory, *(directory / name for name in cls.files)):
+                _refuse_dangling(path)
             if all((directory / name).is_file() for name in cls.files):
                 return directory
         return None

@@ -296,6 +296,16 @@ def test_a_link_that_leads_nowhere_is_named(isolated: Path) -> None:
         MNISTDataset().locate()
 
 
+def test_a_cifar_batch_link_that_leads_nowhere_is_named(isolated: Path) -> None:
+    # As for the IDX files: a batch linked to a missing target read as the file being missing.
+    write_cifar(isolated / "cifar-10-batches-py")
+    batch = isolated / "cifar-10-batches-py" / "data_batch_1"
+    batch.unlink()
+    batch.symlink_to(isolated / "gone")
+    with pytest.raises(DatasetError, match="data_batch_1 is a link that leads nowhere"):
+        CIFAR10Dataset().locate()
+
+
 # ------------------------------------------------------- mutation-hunt additions (exact values)
 
 
