@@ -1317,13 +1317,8 @@ def test_newton_symmetrises_a_start_whose_difference_is_already_optimal() -> Non
     assert max(float(g.abs().max()) for g in grads.values()) <= ModelSpec().tol
 
 
-def test_a_model_the_mixed_phases_leave_non_finite_restarts_from_its_start(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    x, y = _noisy_blobs()
-    masks = np.random.default_rng(6).random((3, 300)) < 0.5
-    clf = ModelSpec().build(6, 4, seed=0)
-    plain = clf.fit(x, y, masks)
+def _poison_float32_phase(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the float32 phase of every logreg fit return model 1 as NaN."""
     rough_fit = BatchedClassifier.fit
 
     def poisoned(self: BatchedClassifier, *args: Any, **kwargs: Any) -> Params:
@@ -1333,6 +1328,16 @@ def test_a_model_the_mixed_phases_leave_non_finite_restarts_from_its_start(
         return out
 
     monkeypatch.setattr(BatchedClassifier, "fit", poisoned)
+
+
+def test_a_model_the_mixed_phases_leave_non_finite_restarts_from_its_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    x, y = _noisy_blobs()
+    masks = np.random.default_rng(6).random((3, 300)) < 0.5
+    clf = ModelSpec().build(6, 4, seed=0)
+    plain = clf.fit(x, y, masks)
+    _poison_float32_phase(monkeypatch)
     got = clf.fit(x, y, masks)
     assert bool(torch.isfinite(got["W"]).all())
     for b in range(3):
@@ -1583,15 +1588,7 @@ def test_a_loose_fit_the_float32_phase_leaves_non_finite_restarts_from_its_start
     x, y = _noisy_blobs()
     masks = np.random.default_rng(6).random((3, 300)) < 0.5
     clf = ModelSpec(tol=1e-4).build(6, 4, seed=0)
-    rough_fit = BatchedClassifier.fit
-
-    def poisoned(self: BatchedClassifier, *args: Any, **kwargs: Any) -> Params:
-        out = rough_fit(self, *args, **kwargs)
-        if self.dtype == torch.float32:  # the float32 phase: model 1 goes to NaN
-            out.tensors["W"][1] = float("nan")
-        return out
-
-    monkeypatch.setattr(BatchedClassifier, "fit", poisoned)
+    _poison_float32_phase(monkeypatch)
     got = clf.fit(x, y, masks)
     assert bool(torch.isfinite(got["W"]).all() and torch.isfinite(got["b"]).all())
     grads = clf.gradients(got.select(1), x, y, masks[1:2])

@@ -1247,9 +1247,8 @@ def test_errors_and_counts_reported_on_some_folds_only_are_kept_for_those_rows(
     assert frame[f"{OddFoldStats.name}_samples"].isna().tolist() == (~odd).tolist()
 
 
-def test_the_page_names_only_the_complete_methods_as_the_consensus() -> None:
-    from valbench.practitioner import suspicious_rows_html
-
+def _two_method_frame() -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+    """Six rows ranked by two methods in opposite orders, for the page's consensus lines."""
     x = np.arange(6.0)[:, None]
     labels = np.array(["a", "b"] * 3)
     frame = pd.DataFrame(
@@ -1262,6 +1261,13 @@ def test_the_page_names_only_the_complete_methods_as_the_consensus() -> None:
             "suspicion_rank": [1, 2, 3, 4, 5, 6],
         }
     )
+    return x, labels, frame
+
+
+def test_the_page_names_only_the_complete_methods_as_the_consensus() -> None:
+    from valbench.practitioner import suspicious_rows_html
+
+    x, labels, frame = _two_method_frame()
     page = suspicious_rows_html(frame, x, labels, title="t", top=2, k=2, partial=("m2",))
     assert "by the consensus suspicion of m1 (each row" in page
     assert "cut the estimate of m2 short (see its _complete column); it is left out" in page
@@ -1499,18 +1505,7 @@ def test_a_stopped_page_names_the_same_consensus_as_its_partial_note() -> None:
     one (which is what the suspicion column holds)."""
     from valbench.practitioner import suspicious_rows_html
 
-    x = np.arange(6.0)[:, None]
-    labels = np.array(["a", "b"] * 3)
-    frame = pd.DataFrame(
-        {
-            "row": np.arange(6),
-            "label": labels,
-            "m1_rank": [1, 2, 3, 4, 5, 6],
-            "m2_rank": [6, 5, 4, 3, 2, 1],
-            "suspicion": [1.0, 0.8, 0.6, 0.4, 0.2, 0.0],
-            "suspicion_rank": [1, 2, 3, 4, 5, 6],
-        }
-    )
+    x, labels, frame = _two_method_frame()
     page = suspicious_rows_html(
         frame, x, labels, title="t", top=2, k=2, partial=("m2",), missing=("m3",)
     )
