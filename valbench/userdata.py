@@ -716,7 +716,14 @@ def feature_problem(key: str, x: np.ndarray, *, standardize: bool) -> str | None
     if x.dtype.kind not in "biuf":
         return f"{key} has dtype {x.dtype}; features must be real numbers"
     if x.ndim != 2:
-        return f"{key} has shape {x.shape}; features must be 2-D (n_rows, n_features)"
+        fix = (
+            f" (an image per row: flatten it, {key}.reshape(len({key}), -1))"
+            if x.ndim > 2
+            else f" (one feature per row: {key}.reshape(-1, 1))"
+            if x.ndim == 1
+            else ""
+        )
+        return f"{key} has shape {x.shape}; features must be 2-D (n_rows, n_features){fix}"
     if x.shape[1] == 0:
         return f"{key} has no feature columns"
     x = x.astype(np.float64)

@@ -992,3 +992,16 @@ def test_the_run_s_column_flags_apply_to_its_tables_not_its_npz_files() -> None:
     assert column_flags("d.NPZ", "y", "id") == {}  # an .npz names its arrays itself
     assert column_flags("d.csv", "y", None) == {"label_column": "y"}
     assert column_flags("d.parquet", None, "id") == {"id_column": "id"}
+
+
+def test_features_of_another_dimension_are_refused_saying_how_to_reshape_them() -> None:
+    from valbench.userdata import feature_problem
+
+    images = feature_problem("x", np.zeros((20, 2, 2)), standardize=True)
+    assert images == (
+        "x has shape (20, 2, 2); features must be 2-D (n_rows, n_features) (an image per "
+        "row: flatten it, x.reshape(len(x), -1))"
+    )
+    column = feature_problem("x_val", np.zeros(5), standardize=True)
+    assert column is not None and column.endswith("(one feature per row: x_val.reshape(-1, 1))")
+    assert feature_problem("x", np.zeros((5, 2)), standardize=True) is None
