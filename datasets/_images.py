@@ -583,25 +583,26 @@ class ImageDataset(Dataset):
 
     @classmethod
     def params_problem(cls, values: dict[str, Any]) -> str | None:
-        """The base rule, then: a parameter the chosen features never read (``pca`` beside
-        ``cnn`` features, ``cnn_epochs`` beside ``raw``) set to other than its default."""
+        """A parameter this dataset never reads (:attr:`unused_params`) set to other than its
+        default, then the base rule, then a parameter the chosen features never read (``pca``
+        beside ``cnn`` features, ``cnn_epochs`` beside ``raw``) set to other than its default."""
+
+        def changed(key: str) -> bool:  # declared, and given another value than the default
+            spec = cls.parameters.get(key)
+            return spec is not None and values.get(key, spec.default) != spec.default
+
         for key, why in cls.unused_params.items():
-            if key in cls.parameters and values.get(key, cls.parameters[key].default) != (
-                cls.parameters[key].default
-            ):
+            if changed(key):
                 return f"{key}={toml_value(values[key])} is not used by {cls.name}: {why}"
         problem = super().params_problem(values)
         if problem is not None:
             return problem
         features = values.get("features")
         for key, kinds in READ_ONLY_BY.items():
-            if key not in cls.parameters:  # a subclass that does not declare it
-                continue
-            value = values.get(key, cls.parameters[key].default)
-            if features not in kinds and value != cls.parameters[key].default:
+            if features not in kinds and changed(key):
                 wanted = " or ".join(f"features={kind}" for kind in kinds)
                 return (
-                    f"{key}={toml_value(value)} is read only with {wanted}, not with "
+                    f"{key}={toml_value(values[key])} is read only with {wanted}, not with "
                     f"features={features}: drop it, or set {wanted}"
                 )
         return None
